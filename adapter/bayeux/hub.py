@@ -1,0 +1,139 @@
+"""The asyncio driver of the Bayeux core: one timer, one future per held connect.
+
+`Hub` owns a `BayeuxServer` and is the only object the rest of the adapter
+touches (`hub.deliver(app_id, channel, data)`). It reads the loop's monotonic
+clock, re-arms a single `loop.call_at` from `BayeuxServer.get_timer()` after
+every call into the core, and turns `ConnectReleased` events into the results
+of the futures that long-polling requests and WebSocket tasks await. Nothing
+here sleeps: a held connect is a pending future, not a parked coroutine
+counting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
+from adapter.bayeux.limits import BayeuxLimits
+from adapter.bayeux.message import Message
+from adapter.bayeux.server import Authenticator, BayeuxServer, Counters, Credentials, Received
+
+log = logging.getLogger("adapter.bayeux")
+
+
+class Hub:
+    def __init__(self, authenticate: Authenticator, limits: BayeuxLimits | None = None) -> None:
+        self.server = BayeuxServer(authenticate, limits)
+        self._waiters: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    @property
+    def limits(self) -> BayeuxLimits:
+        return self.server.limits
+
+    @property
+    def counters(self) -> Counters:
+        return self.server.counters
+
+    def deliver(self, app_id: str, channel: str, data: Any) -> int:
+        """Publish `data` on `channel` (under /bayeux/<app_id>) to the application.
+
+        Reaches every live session subscribed to the channel; kept in the
+        application's bounded backlog when there is none. Returns the number
+        of sessions reached. Must be called from the event loop's thread.
+        """
+        try:
+            return self.server.deliver(app_id, channel, data, self._now())
+        finally:
+            self._after()
+
+    def receive(
+        self,
+        messages: Sequence[Message],
+        *,
+        transport: str,
+        credentials: Credentials | None = None,
+    ) -> Received:
+        try:
+            received = self.server.receive(
+                messages, self._now(), transport=transport, credentials=credentials
+            )
+            if received.held is not None:
+                self._waiters[received.held] = self._loop().create_future()
+            return received
+        finally:
+            self._after()
+
+    async def wait(self, token: int) -> list[dict[str, Any]]:
+        """The replies that answer held connect `token`, once it is released."""
+        future = self._waiters[token]
+        try:
+            return await future
+        finally:
+            self._waiters.pop(token, None)
+
+    def abandon(self, token: int) -> None:
+        """The connection holding `token` went away before its answer was sent."""
+        future = self._waiters.pop(token, None)
+        if future is not None and not future.done():
+            future.cancel()
+        self.server.abandon(token, self._now())
+        self._after()
+
+    def close_application(self, app_id: str) -> int:
+        try:
+            return self.server.close_application(app_id, self._now())
+        finally:
+            self._after()
+
+    def close(self) -> None:
+        """Answer every held connect and stop the timer (at shutdown)."""
+        self.server.release_all(self._now())
+        self._after()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def _now(self) -> float:
+        return self._loop().time()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.server.handle_timer(self._now())
+        self._after()
+
+    def _after(self) -> None:
+        while (event := self.server.next_event()) is not None:
+            if isinstance(event, ConnectReleased):
+                future = self._waiters.get(event.token)
+                if future is not None and not future.done():
+                    future.set_result(event.replies)
+            elif isinstance(event, MessagesDropped):
+                where = f"session {event.client_id[:8]}…" if event.client_id else "backlog"
+                log.warning(
+                    "bayeux: dropped %d oldest message(s) for %s (%s full); %d dropped in total",
+                    event.count,
+                    event.app_id,
+                    where,
+                    self.server.counters.messages_dropped,
+                )
+            elif isinstance(event, SessionExpired):
+                log.info("bayeux: session of %s expired (no /meta/connect)", event.app_id)
+        deadline = self.server.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._loop().call_at(deadline, self._on_timer)

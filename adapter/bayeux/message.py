@@ -1,0 +1,122 @@
+"""Bayeux messages as they cross the wire (Bayeux 1.0 §3, §5).
+
+A batch is a JSON array of message objects, or a single object (accepted for
+the benefit of hand-written clients). Everything received is validated here,
+once: after `parse_batch` the rest of the layer works on typed values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adapter.bayeux.channels import Channel
+from adapter.bayeux.errors import RemoteProtocolError
+
+# A message id is echoed back verbatim (Bayeux 1.0 §5.1.7 "id": a reply
+# "MAY include the id field from the request").
+MessageId = str | int | None
+
+# json.loads recurses once per nesting level; a hostile body of "[[[[…" must
+# become a RemoteProtocolError, not a RecursionError from deep inside.
+_MAX_MESSAGES_PER_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received Bayeux message, fields validated by type."""
+
+    channel: str
+    id: MessageId = None
+    client_id: str | None = None
+    # As sent: one channel name, or a list (the CometD client batches
+    # re-subscriptions into one message); echoed back in the reply.
+    subscription: str | tuple[str, ...] | None = None
+    connection_type: str | None = None
+    supported_connection_types: tuple[str, ...] | None = None
+    version: str | None = None
+    ext: Mapping[str, Any] | None = None
+    advice: Mapping[str, Any] | None = None
+    data: Any = None
+
+    @classmethod
+    def parse(cls, obj: object) -> Message:
+        if not isinstance(obj, dict):
+            raise RemoteProtocolError("a Bayeux message must be a JSON object")
+        channel = obj.get("channel")
+        if not isinstance(channel, str):
+            raise RemoteProtocolError("message without a string 'channel'")
+        message_id = obj.get("id")
+        if message_id is not None and (
+            isinstance(message_id, bool) or not isinstance(message_id, str | int)
+        ):
+            raise RemoteProtocolError("'id' must be a string")
+        subscription = obj.get("subscription")
+        if isinstance(subscription, list):
+            if not all(isinstance(s, str) for s in subscription):
+                raise RemoteProtocolError("'subscription' must be channel names")
+            subscription = tuple(subscription)
+        elif subscription is not None and not isinstance(subscription, str):
+            raise RemoteProtocolError("'subscription' must be a channel name")
+        supported = obj.get("supportedConnectionTypes")
+        if supported is not None:
+            if not isinstance(supported, list) or not all(isinstance(s, str) for s in supported):
+                raise RemoteProtocolError("'supportedConnectionTypes' must be a list of strings")
+            supported = tuple(supported)
+        return cls(
+            channel=channel,
+            id=message_id,
+            client_id=_optional(obj, "clientId", str),
+            subscription=subscription,
+            connection_type=_optional(obj, "connectionType", str),
+            supported_connection_types=supported,
+            version=_optional(obj, "version", str),
+            ext=_optional(obj, "ext", dict),
+            advice=_optional(obj, "advice", dict),
+            data=obj.get("data"),
+        )
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        if self.subscription is None:
+            return ()
+        if isinstance(self.subscription, str):
+            return (self.subscription,)
+        return self.subscription
+
+
+def _optional(obj: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise RemoteProtocolError(f"{key!r} has the wrong type")
+    return value
+
+
+def parse_batch(payload: bytes | str) -> list[Message]:
+    """Decode one HTTP body or WebSocket frame into messages."""
+    try:
+        decoded = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RemoteProtocolError("body is not JSON") from exc
+    items = decoded if isinstance(decoded, list) else [decoded]
+    if len(items) > _MAX_MESSAGES_PER_BATCH:
+        raise RemoteProtocolError("too many messages in one batch")
+    return [Message.parse(item) for item in items]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message the adapter publishes to subscribers of `channel`."""
+
+    channel: Channel
+    data: Any
+    id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"channel": str(self.channel), "data": self.data, "id": self.id}
+
+
+def encode_batch(messages: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps(list(messages), separators=(",", ":"), ensure_ascii=False)
