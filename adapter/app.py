@@ -1,0 +1,99 @@
+"""The web application: routes, error bodies and lifespan, composed in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapter.config import Config
+from adapter.errors import RestError, ServiceError
+from adapter.health import SipProbe, health_endpoint
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+#: A lifespan for what the caller owns (the SIP user agent, the store, ...). Its
+#: optional state mapping is merged into every request's ``request.state``.
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+
+def _error_response(error: RestError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=dict(error.headers))
+
+
+async def _rest_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RestError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (unknown path, wrong method) in the REST error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = ServiceError.invalid_input(request.url.path, status=404)
+    elif exc.status_code == 405:
+        error = ServiceError.service_error(
+            f"method {request.method} not allowed on {request.url.path}", status=405
+        )
+    else:
+        error = ServiceError.service_error(exc.detail, status=exc.status_code)
+    # Keep what Starlette adds, e.g. Allow on a 405 (RFC 9110 §15.5.6: "MUST generate").
+    headers = {**(exc.headers or {}), **error.headers}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """Last resort: the client gets SVC0001 without details, the log gets the traceback."""
+    logger.error(
+        "unexpected error answering %s %s", request.method, request.url.path, exc_info=exc
+    )
+    return _error_response(ServiceError.service_error("internal error", status=500))
+
+
+def create_app(
+    config: Config,
+    *,
+    sip_probe: SipProbe,
+    routes: Sequence[BaseRoute] = (),
+    lifespan: Lifespan | None = None,
+) -> Starlette:
+    """The adapter's Starlette application.
+
+    ``sip_probe`` answers /health. ``routes`` are added after the adapter's own, and
+    ``lifespan`` (optional) runs inside the app's lifespan, for the objects that the
+    caller starts and stops with the server.
+    """
+
+    @contextlib.asynccontextmanager
+    async def app_lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        async with contextlib.AsyncExitStack() as stack:
+            state = await stack.enter_async_context(lifespan(app)) if lifespan else None
+            logger.info("serving on http://%s", config.http.address)
+            yield dict(state or {})
+
+    app = Starlette(
+        routes=[Route("/health", health_endpoint, methods=["GET"]), *routes],
+        middleware=[],
+        exception_handlers={
+            RestError: _rest_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=app_lifespan,
+    )
+    # No 307 from "/cometd/" to "/cometd": Bayeux clients POST to both forms and do
+    # not follow redirects, and REST clients must get the error body, not a redirect.
+    app.router.redirect_slashes = False
+    app.state.config = config
+    app.state.sip_probe = sip_probe
+    return app

@@ -1,0 +1,66 @@
+"""The ``presence-adapter`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from adapter.config import Config, ConfigError, check_ports, load_config
+
+__all__ = ["main"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: Seconds uvicorn waits for open requests on shutdown. Bayeux long-polls are held
+#: for tens of seconds; Ctrl-C must not wait for them.
+GRACEFUL_SHUTDOWN = 3
+
+EXIT_USAGE = 2  # bad arguments or bad configuration, as argparse does
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presence-adapter",
+        description="Gateway between the OCSG RESTful Presence API and SIP SIMPLE presence.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve the REST API and the Bayeux server")
+    serve.add_argument("--config", required=True, metavar="PATH", help="the adapter's TOML file")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
+    return parser
+
+
+def _serve(config: Config, log_level: str) -> int:
+    import uvicorn
+
+    # make_app wires the SIP user agent, the store and the services into the app
+    # from adapter.app.create_app; imported here so that configuration errors are
+    # reported before any of that is loaded.
+    from adapter.app import make_app  # type: ignore[attr-defined]
+
+    uvicorn.run(
+        make_app(config),
+        host=config.http.host,
+        port=config.http.port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        check_ports(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    return _serve(config, args.log_level)

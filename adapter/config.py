@@ -1,0 +1,495 @@
+"""The adapter's configuration file (TOML), read into frozen values.
+
+The keys below are a contract with outside tools (docs: DESIGN "Configuration and
+command line"): they may be added to, never renamed. Everything is validated at
+load time, and every problem is reported as one ``ConfigError`` whose message is a
+single line naming the file, the key path and the problem, e.g.::
+
+    conf/adapter.toml: sip.server: "foo" is not a SIP URI
+
+Decisions this module makes (also stated in the README):
+
+- Unknown keys are accepted, so that a newer file still starts an older adapter,
+  and are reported once per load in one warning.
+- ``store.path``, when relative, is relative to the current working directory of
+  the process (not to the file), like every other relative path given on a command
+  line.
+- The same SIP address may appear in several accounts: several applications may act
+  as one SIP identity, as several devices of one SIP user do. Within one account an
+  address may be listed only once, and account ids must be unique.
+- Whether the HTTP and SIP listen ports are free is checked by ``check_ports`` when
+  serving, not by ``load_config``: loading must stay possible while the adapter runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+__all__ = [
+    "Account",
+    "Config",
+    "ConfigError",
+    "HostPort",
+    "HttpConfig",
+    "SipConfig",
+    "StoreConfig",
+    "XcapConfig",
+    "check_ports",
+    "load_config",
+]
+
+logger = logging.getLogger(__name__)
+
+Transport = Literal["udp", "tcp"]
+TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
+
+
+class ConfigError(Exception):
+    """A configuration problem, stated in one line: ``<file>: <key>: <problem>``."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        # One line whatever the input: values are quoted with json.dumps, which
+        # escapes newlines, but a problem text from the OS or tomllib could carry one.
+        super().__init__(" ".join(f"{where}: {problem}".split()))
+
+
+# -- values -------------------------------------------------------------------------
+
+# RFC 1123 §2.1 host names: letters, digits, hyphens; labels of at most 63 characters.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    if re.fullmatch(r"[0-9.]+", host):
+        return False  # looks like a dotted quad but is not one (e.g. 300.1.1.1)
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def _valid_port(port: int) -> bool:
+    return 1 <= port <= 65535
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """``host:port``, IPv6 hosts in brackets (``[::1]:5080``), as in RFC 3986 §3.2.2."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not port.isascii():
+            raise ValueError("is not host:port")
+        if not _valid_host(host):
+            raise ValueError("has no valid host")
+        if not _valid_port(int(port)):
+            raise ValueError("has a port outside 1-65535")
+        return cls(host, int(port))
+
+    @property
+    def bind_host(self) -> str:
+        """The host as socket functions want it (no brackets around IPv6)."""
+        return self.host[1:-1] if self.host.startswith("[") else self.host
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+# RFC 3261 §19.1.1 / §25.1: sip:user:password@host:port;uri-parameters?headers.
+# Only the outline is checked here (scheme, host, port); the SIP stack parses fully.
+_SIP_URI = re.compile(
+    r"(?P<scheme>sips?):(?:(?P<user>[^@\s]+)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
+    r"(?::(?P<port>[0-9]+))?(?P<rest>[;?]\S*)?",
+    re.IGNORECASE,  # "URI scheme tokens are case-insensitive" (RFC 3261 §19.1.4)
+)
+
+
+def _sip_uri_problem(text: str, *, need_user: bool) -> str | None:
+    m = _SIP_URI.fullmatch(text)
+    if m is None:
+        return f"{_show(text)} is not a SIP URI"
+    if not _valid_host(m["host"]):
+        return f"{_show(text)} has no valid host"
+    if m["port"] is not None and not _valid_port(int(m["port"])):
+        return f"{_show(text)} has a port outside 1-65535"
+    if need_user and not m["user"]:
+        return f"{_show(text)} has no user part (expected sip:user@host)"
+    return None
+
+
+def _http_url_problem(text: str) -> str | None:
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return f"{_show(text)} is not an HTTP URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{_show(text)} is not an http:// or https:// URL with a host"
+    if port == 0:
+        return f"{_show(text)} has a port outside 1-65535"
+    if parts.query or parts.fragment:
+        return f"{_show(text)} must not have a query or fragment"
+    return None
+
+
+# -- the configuration -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> HostPort:
+        return HostPort(f"[{self.host}]" if ":" in self.host else self.host, self.port)
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    #: The presence server every request goes to (outbound proxy), a sip:/sips: URI.
+    server: str
+    #: Our own SIP address, bound for both UDP and TCP.
+    listen: HostPort
+    transport: Transport
+
+
+@dataclass(frozen=True)
+class XcapConfig:
+    #: Without a trailing slash: documents live at ``{root}/pres-rules/users/...``.
+    root: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    #: Absolute: a relative ``store.path`` is resolved against the working directory.
+    path: Path
+
+
+@dataclass(frozen=True)
+class Account:
+    """An application instance account: who may call the REST API and as whom."""
+
+    #: The appInstanceID; also the root of its Bayeux channels, /bayeux/<id>/**.
+    id: str
+    password: str = field(repr=False)
+    #: The SIP identities the application may act as; the first is its default.
+    addresses: tuple[str, ...]
+
+    @property
+    def default_address(self) -> str:
+        return self.addresses[0]
+
+    def may_act_as(self, address: str) -> bool:
+        return address in self.addresses
+
+
+@dataclass(frozen=True)
+class Config:
+    #: The file the configuration was read from, as given (used in messages).
+    source: str
+    http: HttpConfig
+    sip: SipConfig
+    xcap: XcapConfig
+    store: StoreConfig
+    accounts: tuple[Account, ...]
+    #: Key paths present in the file that this version does not know.
+    unknown_keys: tuple[str, ...] = ()
+
+    def account(self, account_id: str) -> Account | None:
+        for account in self.accounts:
+            if account.id == account_id:
+                return account
+        return None
+
+
+# -- reading -----------------------------------------------------------------------
+
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: bool is a subclass of int
+    (str, "a string"),
+    (int, "an integer"),
+    (float, "a float"),
+    (list, "an array"),
+    (dict, "a table"),
+    (datetime.datetime, "a date-time"),
+    (datetime.date, "a date"),
+    (datetime.time, "a time"),
+)
+
+
+def _type_name(value: object) -> str:
+    for cls, name in _TYPE_NAMES:
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Table:
+    """One TOML table being read: typed getters that know their key path."""
+
+    def __init__(self, data: dict[str, Any], path: str, source: str) -> None:
+        self.data = data
+        self.path = path
+        self.source = source
+        self.read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str | None, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name) if name else self.path or None, problem)
+
+    def get(self, name: str, expected: type, article: str, *, required: bool = True) -> Any:
+        self.read.add(name)
+        if name not in self.data:
+            if required:
+                raise self.error(name, "missing (required)")
+            return None
+        value = self.data[name]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise self.error(name, f"must be {article}, not {_type_name(value)}")
+        return value
+
+    def string(self, name: str, *, required: bool = True) -> str | None:
+        value = self.get(name, str, "a string", required=required)
+        if value is not None and not value.strip():
+            raise self.error(name, "must not be empty")
+        return cast("str | None", value)
+
+    def required_string(self, name: str) -> str:
+        value = self.string(name)
+        assert value is not None
+        return value
+
+    def integer(self, name: str) -> int:
+        return cast(int, self.get(name, int, "an integer"))
+
+    def table(self, name: str) -> _Table:
+        value = self.get(name, dict, "a table")
+        return _Table(value, self.key(name), self.source)
+
+    def tables(self, name: str) -> Iterator[_Table]:
+        value = self.get(name, list, "an array of tables ([[" + self.key(name) + "]])")
+        for index, item in enumerate(value):
+            where = f"{self.key(name)}[{index}]"
+            if not isinstance(item, dict):
+                raise ConfigError(self.source, where, f"must be a table, not {_type_name(item)}")
+            yield _Table(item, where, self.source)
+
+    def unknown(self) -> list[str]:
+        return [self.key(name) for name in self.data if name not in self.read]
+
+
+def _read_http(table: _Table) -> HttpConfig:
+    host = table.required_string("host")
+    if not _valid_host(f"[{host}]" if ":" in host else host):
+        raise table.error("host", f"{_show(host)} is not a host name or IP address")
+    port = table.integer("port")
+    if not _valid_port(port):
+        raise table.error("port", f"{port} is outside 1-65535")
+    return HttpConfig(host, port)
+
+
+def _read_sip(table: _Table) -> SipConfig:
+    server = table.required_string("server")
+    problem = _sip_uri_problem(server, need_user=False)
+    if problem:
+        raise table.error("server", problem)
+    listen_text = table.required_string("listen")
+    try:
+        listen = HostPort.parse(listen_text)
+    except ValueError as exc:
+        raise table.error("listen", f"{_show(listen_text)} {exc}") from None
+    transport = table.required_string("transport")
+    if transport not in TRANSPORTS:
+        raise table.error("transport", f'{_show(transport)} must be "udp" or "tcp"')
+    return SipConfig(server, listen, transport)
+
+
+def _read_xcap(table: _Table) -> XcapConfig:
+    root = table.required_string("root")
+    problem = _http_url_problem(root)
+    if problem:
+        raise table.error("root", problem)
+    username = table.string("username", required=False)
+    password = table.get("password", str, "a string", required=False)
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        raise table.error(missing, "missing (username and password go together)")
+    return XcapConfig(root.rstrip("/"), username, password)
+
+
+def _read_store(table: _Table, cwd: Path) -> StoreConfig:
+    path = Path(table.required_string("path")).expanduser()
+    return StoreConfig(path if path.is_absolute() else cwd / path)
+
+
+# Bayeux 1.0 §2.2.1: a channel segment is 1*( ALPHA / DIGIT / mark ), with
+# mark = "-" / "_" / "!" / "~" / "(" / ")" / "$" / "@". The id is such a segment
+# (/bayeux/<id>); it also excludes ":", which HTTP Basic user-ids cannot contain
+# (RFC 7617 §2).
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9_!~()$@-]+")
+
+
+def _read_account(table: _Table) -> Account:
+    account_id = table.required_string("id")
+    if not _ACCOUNT_ID.fullmatch(account_id):
+        raise table.error(
+            "id",
+            f"{_show(account_id)} must be letters, digits and - _ ! ~ ( ) $ @ only "
+            "(it names the Bayeux channel /bayeux/<id>)",
+        )
+    password = table.required_string("password")
+    addresses = table.get("addresses", list, "an array of SIP URIs")
+    if not addresses:
+        raise table.error("addresses", "must list at least one SIP address")
+    seen: set[str] = set()
+    for index, address in enumerate(addresses):
+        where = f"addresses[{index}]"
+        if not isinstance(address, str):
+            raise table.error(where, f"must be a string, not {_type_name(address)}")
+        problem = _sip_uri_problem(address, need_user=True)
+        if problem:
+            raise table.error(where, problem)
+        if address in seen:
+            raise table.error(where, f"{_show(address)} is listed twice")
+        seen.add(address)
+    return Account(account_id, password, tuple(addresses))
+
+
+def _overlap(a: HostPort, b: HostPort) -> bool:
+    wildcard = {"0.0.0.0", "[::]"}
+    return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
+
+
+def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Config:
+    """Read and validate the configuration file at ``path``.
+
+    ``cwd`` (default: the process's working directory) anchors a relative store path.
+    Raises ``ConfigError`` (one line) for any problem.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, None, f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"invalid TOML: not UTF-8 ({exc.reason})") from None
+
+    root = _Table(data, "", source)
+    sections = [root.table(name) for name in ("http", "sip", "xcap", "store")]
+    http_table, sip_table, xcap_table, store_table = sections
+    http = _read_http(http_table)
+    sip = _read_sip(sip_table)
+    xcap = _read_xcap(xcap_table)
+    store = _read_store(store_table, Path.cwd() if cwd is None else cwd)
+
+    account_tables = list(root.tables("accounts"))
+    if not account_tables:
+        raise ConfigError(source, "accounts", "at least one [[accounts]] entry is required")
+    accounts: list[Account] = []
+    first_index: dict[str, int] = {}
+    for index, table in enumerate(account_tables):
+        account = _read_account(table)
+        if account.id in first_index:
+            raise table.error(
+                "id", f"{_show(account.id)} duplicates accounts[{first_index[account.id]}].id"
+            )
+        first_index[account.id] = index
+        accounts.append(account)
+
+    if _overlap(http.address, sip.listen):
+        raise ConfigError(
+            source, "sip.listen", f"{sip.listen} is also http.host/http.port (both use TCP)"
+        )
+
+    unknown = root.unknown()
+    for table in [*sections, *account_tables]:
+        unknown += table.unknown()
+    if unknown:
+        logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
+    return Config(source, http, sip, xcap, store, tuple(accounts), tuple(unknown))
+
+
+# -- serve-time checks -------------------------------------------------------------
+
+
+def _bind_problem(address: HostPort, kind: socket.SocketKind) -> str | None:
+    try:
+        infos = socket.getaddrinfo(address.bind_host, address.port, type=kind)
+    except socket.gaierror as exc:
+        return f"cannot resolve {address.host}: {exc.strerror}"
+    family, socktype, proto, _, sockaddr = infos[0]
+    with socket.socket(family, socktype, proto) as sock:
+        if kind == socket.SOCK_STREAM:
+            # As every TCP server does, so that connections of a previous run still
+            # in TIME_WAIT do not count as "in use"; a listening socket still does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            proto_name = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+            if exc.errno == errno.EADDRINUSE:
+                return f"{address} ({proto_name}) is already in use"
+            return f"cannot bind {address} ({proto_name}): {exc.strerror or exc}"
+    return None
+
+
+def check_ports(config: Config) -> None:
+    """Raise ``ConfigError`` if the HTTP port or the SIP listen port cannot be bound.
+
+    Checked just before serving, so that "port in use" is one clear line instead of
+    a server's traceback; whoever binds first afterwards still wins a race.
+    """
+    checks = [
+        ("http.port", config.http.address, socket.SOCK_STREAM),
+        ("sip.listen", config.sip.listen, socket.SOCK_DGRAM),
+        ("sip.listen", config.sip.listen, socket.SOCK_STREAM),
+    ]
+    for key, address, kind in checks:
+        problem = _bind_problem(address, kind)
+        if problem:
+            raise ConfigError(config.source, key, problem)
