@@ -1,0 +1,207 @@
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from adapter.app import create_app
+from adapter.config import Config, load_config
+from adapter.errors import PolicyError, ServiceError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return load_config(REPO / "conf/adapter.toml", cwd=REPO)
+
+
+class AnsweringProbe:
+    def __init__(self, rtt: float) -> None:
+        self.rtt = rtt
+        self.pings = 0
+
+    async def ping(self) -> float:
+        self.pings += 1
+        return self.rtt
+
+
+class FailingProbe:
+    async def ping(self) -> float:
+        raise ConnectionRefusedError("ICMP port unreachable from 127.0.0.1:5070")
+
+
+def client_for(config: Config, probe=None, **kwargs) -> TestClient:
+    app = create_app(config, sip_probe=probe or AnsweringProbe(0.001), **kwargs)
+    return TestClient(app, raise_server_exceptions=False, follow_redirects=False)
+
+
+def test_health_when_the_presence_server_answers(config: Config) -> None:
+    probe = AnsweringProbe(0.0123)
+    with client_for(config, probe) as client:
+        response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "sip": {"server": "sip:127.0.0.1:5070", "reachable": True, "rtt_ms": 12.3},
+    }
+    assert response.headers["cache-control"] == "no-store"
+    assert probe.pings == 1
+
+
+def test_health_when_the_presence_server_does_not_answer(config: Config) -> None:
+    with client_for(config, FailingProbe()) as client:
+        response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "degraded",
+        "sip": {
+            "server": "sip:127.0.0.1:5070",
+            "reachable": False,
+            "reason": "ICMP port unreachable from 127.0.0.1:5070",
+        },
+    }
+
+
+def requesterror(kind: str, message_id: str, text: str, variables: list[str]) -> dict:
+    return {"requestError": {kind: {"messageId": message_id, "text": text, "variables": variables}}}
+
+
+def test_unknown_path_gets_the_rest_error_body(config: Config) -> None:
+    with client_for(config) as client:
+        response = client.get("/rest/presence/nowhere")
+    assert response.status_code == 404
+    assert response.json() == requesterror(
+        "serviceException",
+        "SVC0002",
+        "Invalid input value for message part %1",
+        ["/rest/presence/nowhere"],
+    )
+
+
+def test_wrong_method_gets_the_rest_error_body_and_allow(config: Config) -> None:
+    with client_for(config) as client:
+        response = client.post("/health")
+    assert response.status_code == 405
+    assert "GET" in response.headers["allow"]
+    assert response.json() == requesterror(
+        "serviceException",
+        "SVC0001",
+        "A service error occurred. Error code is %1",
+        ["method POST not allowed on /health"],
+    )
+
+
+async def bayeux_stand_in(request: Request) -> JSONResponse:
+    return JSONResponse([{"channel": "/meta/handshake", "successful": True}])
+
+
+def test_trailing_slash_is_never_redirected(config: Config) -> None:
+    routes = [Route("/cometd", bayeux_stand_in, methods=["POST"])]
+    with client_for(config, routes=routes) as client:
+        assert client.post("/cometd", json=[]).status_code == 200
+        slashed = client.post("/cometd/", json=[])
+        health = client.get("/health/")
+    for response in (slashed, health):
+        assert response.status_code == 404
+        assert "location" not in response.headers
+        assert response.json()["requestError"]["serviceException"]["messageId"] == "SVC0002"
+
+
+async def raises_policy(request: Request) -> JSONResponse:
+    raise PolicyError.unauthenticated("presence")
+
+
+async def raises_service(request: Request) -> JSONResponse:
+    raise ServiceError.service_error("SIP request timed out", status=504)
+
+
+async def raises_http(request: Request) -> JSONResponse:
+    raise HTTPException(413, "request body too large")
+
+
+async def raises_bug(request: Request) -> JSONResponse:
+    raise KeyError("secret-internal-detail")
+
+
+ERROR_ROUTES = [
+    Route("/policy", raises_policy),
+    Route("/service", raises_service),
+    Route("/http", raises_http),
+    Route("/bug", raises_bug),
+]
+
+
+def test_errors_raised_by_endpoints_become_the_rest_body(config: Config) -> None:
+    with client_for(config, routes=ERROR_ROUTES) as client:
+        policy = client.get("/policy")
+        service = client.get("/service")
+        http = client.get("/http")
+    assert policy.status_code == 401
+    assert policy.headers["www-authenticate"] == 'Basic realm="presence", charset="UTF-8"'
+    assert policy.json() == requesterror(
+        "policyException",
+        "POL0001",
+        "A policy error occurred. Error code is %1",
+        ["authentication required"],
+    )
+    assert service.status_code == 504
+    assert service.json()["requestError"]["serviceException"]["variables"] == [
+        "SIP request timed out"
+    ]
+    assert http.status_code == 413
+    assert http.json()["requestError"]["serviceException"]["variables"] == [
+        "request body too large"
+    ]
+
+
+def test_unexpected_exception_is_logged_not_shown(config: Config, caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger="adapter.app"):
+        with client_for(config, routes=ERROR_ROUTES) as client:
+            response = client.get("/bug")
+    assert response.status_code == 500
+    assert response.json() == requesterror(
+        "serviceException",
+        "SVC0001",
+        "A service error occurred. Error code is %1",
+        ["internal error"],
+    )
+    assert "secret-internal-detail" not in response.text
+    assert "Traceback" not in response.text
+    records = [r for r in caplog.records if r.name == "adapter.app"]
+    assert len(records) == 1
+    assert "GET /bug" in records[0].getMessage()
+    assert records[0].exc_info is not None and records[0].exc_info[0] is KeyError
+
+
+def test_long_lived_objects_live_in_app_state(config: Config) -> None:
+    probe = AnsweringProbe(0.001)
+    app = create_app(config, sip_probe=probe)
+    assert app.state.config is config
+    assert app.state.sip_probe is probe
+
+
+def test_caller_lifespan_runs_around_serving_and_shares_its_state(config: Config) -> None:
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        events.append("started")
+        yield {"user_agent": "ua-object"}
+        events.append("stopped")
+
+    async def shows_state(request: Request) -> JSONResponse:
+        return JSONResponse({"user_agent": request.state.user_agent})
+
+    client = client_for(config, routes=[Route("/state", shows_state)], lifespan=lifespan)
+    with client:
+        assert events == ["started"]
+        assert client.get("/state").json() == {"user_agent": "ua-object"}
+    assert events == ["started", "stopped"]

@@ -1,0 +1,362 @@
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from adapter.config import (
+    Account,
+    ConfigError,
+    HostPort,
+    check_ports,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+VALID = """\
+[http]
+host = "127.0.0.1"
+port = 8080
+
+[sip]
+server = "sip:127.0.0.1:5070"
+listen = "127.0.0.1:5080"
+transport = "udp"
+
+[xcap]
+root = "http://127.0.0.1:5070/xcap-root/"
+
+[store]
+path = "var/adapter.sqlite"
+
+[[accounts]]
+id = "alice-app"
+password = "alice-secret"
+addresses = ["sip:alice@example.com", "sip:alice@work.example.com"]
+
+[[accounts]]
+id = "bob-app"
+password = "bob-secret"
+addresses = ["sip:bob@example.com"]
+"""
+
+
+SERVER = '"sip:127.0.0.1:5070"'
+LISTEN = '"127.0.0.1:5080"'
+ROOT = '"http://127.0.0.1:5070/xcap-root/"'
+BOB = '["sip:bob@example.com"]'
+BAD_ID = (
+    "must be letters, digits and - _ ! ~ ( ) $ @ only (it names the Bayeux channel /bayeux/<id>)"
+)
+NOT_URL = "is not an http:// or https:// URL with a host"
+
+
+def edited(old: str, new: str, text: str = VALID) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    def write(text: str) -> Path:
+        path = tmp_path / "adapter.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+def error_line(path: Path, cwd: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, cwd=cwd)
+    line = str(info.value)
+    assert "\n" not in line
+    return line.removeprefix(f"{path}: ")
+
+
+def test_valid_file_is_read_into_values(write, tmp_path: Path) -> None:
+    config = load_config(write(VALID), cwd=tmp_path)
+    assert config.http.host == "127.0.0.1" and config.http.port == 8080
+    assert config.sip.server == "sip:127.0.0.1:5070"
+    assert config.sip.listen == HostPort("127.0.0.1", 5080)
+    assert config.sip.transport == "udp"
+    assert config.xcap.root == "http://127.0.0.1:5070/xcap-root"  # trailing slash dropped
+    assert config.xcap.username is None and config.xcap.password is None
+    assert config.store.path == tmp_path / "var/adapter.sqlite"
+    alice = config.account("alice-app")
+    assert alice is not None
+    assert alice.default_address == "sip:alice@example.com"
+    assert alice.may_act_as("sip:alice@work.example.com")
+    assert not alice.may_act_as("sip:bob@example.com")
+    assert config.account("carol-app") is None
+    assert config.unknown_keys == ()
+
+
+def test_bundled_configuration_is_valid() -> None:
+    config = load_config(REPO / "conf/adapter.toml", cwd=REPO)
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
+    assert config.sip.server == "sip:127.0.0.1:5070"
+    assert str(config.sip.listen) == "127.0.0.1:5080"
+    assert config.sip.transport == "udp"
+    assert config.xcap.root == "http://127.0.0.1:5070/xcap-root"
+    assert config.store.path == REPO / "var/adapter.sqlite"
+    assert len(config.accounts) == 2
+    assert config.unknown_keys == ()
+
+
+def test_passwords_stay_out_of_repr(write) -> None:
+    text = edited("[store]", 'username = "u"\npassword = "xcap-pw"\n\n[store]')
+    config = load_config(write(text))
+    assert config.xcap.password == "xcap-pw"
+    assert "secret" not in repr(config) and "xcap-pw" not in repr(config)
+
+
+def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "state.sqlite"
+    config = load_config(write(edited('"var/adapter.sqlite"', f'"{target}"')), cwd=Path("/"))
+    assert config.store.path == target
+
+
+def test_relative_store_path_follows_the_working_directory(write, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(write(VALID)).store.path == tmp_path / "var/adapter.sqlite"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line"),
+    [
+        # missing keys and sections
+        ('host = "127.0.0.1"\n', "", "http.host: missing (required)"),
+        ("port = 8080\n", "", "http.port: missing (required)"),
+        ('transport = "udp"\n', "", "sip.transport: missing (required)"),
+        ('[store]\npath = "var/adapter.sqlite"\n', "", "store: missing (required)"),
+        # wrong types
+        ("port = 8080", 'port = "8080"', "http.port: must be an integer, not a string"),
+        ("port = 8080", "port = true", "http.port: must be an integer, not a boolean"),
+        ("port = 8080", "port = 80.5", "http.port: must be an integer, not a float"),
+        (
+            'listen = "127.0.0.1:5080"',
+            "listen = 5080",
+            "sip.listen: must be a string, not an integer",
+        ),
+        (
+            'password = "bob-secret"',
+            "password = 1",
+            "accounts[1].password: must be a string, not an integer",
+        ),
+        ('password = "bob-secret"', 'password = ""', "accounts[1].password: must not be empty"),
+        # bad values
+        ("port = 8080", "port = 0", "http.port: 0 is outside 1-65535"),
+        ("port = 8080", "port = 70000", "http.port: 70000 is outside 1-65535"),
+        (
+            'host = "127.0.0.1"',
+            'host = "bad host"',
+            'http.host: "bad host" is not a host name or IP address',
+        ),
+        (SERVER, '"foo"', 'sip.server: "foo" is not a SIP URI'),
+        (SERVER, '"http://127.0.0.1:5070"', 'sip.server: "http://127.0.0.1:5070" is not a SIP URI'),
+        (SERVER, '"sip:"', 'sip.server: "sip:" is not a SIP URI'),
+        (SERVER, '"sip:300.1.1.1"', 'sip.server: "sip:300.1.1.1" has no valid host'),
+        (
+            SERVER,
+            '"sip:127.0.0.1:99999"',
+            'sip.server: "sip:127.0.0.1:99999" has a port outside 1-65535',
+        ),
+        (LISTEN, '"127.0.0.1"', 'sip.listen: "127.0.0.1" is not host:port'),
+        (LISTEN, '"::1:5080"', 'sip.listen: "::1:5080" has no valid host'),
+        (LISTEN, '"127.0.0.1:0"', 'sip.listen: "127.0.0.1:0" has a port outside 1-65535'),
+        (
+            LISTEN,
+            '"127.0.0.1:8080"',
+            "sip.listen: 127.0.0.1:8080 is also http.host/http.port (both use TCP)",
+        ),
+        ('transport = "udp"', 'transport = "tls"', 'sip.transport: "tls" must be "udp" or "tcp"'),
+        (ROOT, '"ftp://127.0.0.1/x"', 'xcap.root: "ftp://127.0.0.1/x" ' + NOT_URL),
+        (ROOT, '"http:///x"', 'xcap.root: "http:///x" ' + NOT_URL),
+        (ROOT, '"http://h:x/"', 'xcap.root: "http://h:x/" is not an HTTP URL'),
+        (ROOT, '"http://h/x?a=1"', 'xcap.root: "http://h/x?a=1" must not have a query or fragment'),
+        (
+            "[store]",
+            'username = "u"\n[store]',
+            "xcap.password: missing (username and password go together)",
+        ),
+        ('path = "var/adapter.sqlite"', 'path = " "', "store.path: must not be empty"),
+        # accounts
+        (
+            'id = "bob-app"',
+            'id = "alice-app"',
+            'accounts[1].id: "alice-app" duplicates accounts[0].id',
+        ),
+        ('id = "bob-app"', 'id = "bob/app"', 'accounts[1].id: "bob/app" ' + BAD_ID),
+        ('id = "bob-app"', 'id = "bob:app"', 'accounts[1].id: "bob:app" ' + BAD_ID),
+        ('id = "bob-app"\n', "", "accounts[1].id: missing (required)"),
+        (BOB, "[]", "accounts[1].addresses: must list at least one SIP address"),
+        (
+            BOB,
+            '"sip:bob@example.com"',
+            "accounts[1].addresses: must be an array of SIP URIs, not a string",
+        ),
+        (BOB, "[1]", "accounts[1].addresses[0]: must be a string, not an integer"),
+        (
+            BOB,
+            '["bob@example.com"]',
+            'accounts[1].addresses[0]: "bob@example.com" is not a SIP URI',
+        ),
+        (
+            BOB,
+            '["sip:example.com"]',
+            'accounts[1].addresses[0]: "sip:example.com" has no user part (expected sip:user@host)',
+        ),
+        (
+            BOB,
+            '["sip:bob@example.com", "sip:bob@example.com"]',
+            'accounts[1].addresses[1]: "sip:bob@example.com" is listed twice',
+        ),
+    ],
+)
+def test_each_problem_is_one_line_naming_the_key(write, old: str, new: str, line: str) -> None:
+    assert error_line(write(edited(old, new))) == line
+
+
+def test_section_must_be_a_table(write) -> None:
+    text = 'xcap = "http://127.0.0.1/"\n' + edited(
+        '[xcap]\nroot = "http://127.0.0.1:5070/xcap-root/"\n', ""
+    )
+    assert error_line(write(text)) == "xcap: must be a table, not a string"
+
+
+def test_accounts_must_exist(write) -> None:
+    text = VALID.split("[[accounts]]")[0]
+    assert error_line(write(text)) == "accounts: missing (required)"
+    assert error_line(write("accounts = []\n" + text)) == (
+        "accounts: at least one [[accounts]] entry is required"
+    )
+
+
+def test_accounts_must_be_an_array_of_tables(write) -> None:
+    text = VALID.split("[[accounts]]")[0] + '[accounts]\nid = "x"\n'
+    assert (
+        error_line(write(text))
+        == "accounts: must be an array of tables ([[accounts]]), not a table"
+    )
+    text = 'accounts = ["x"]\n' + VALID.split("[[accounts]]")[0]
+    assert error_line(write(text)) == "accounts[0]: must be a table, not a string"
+
+
+def test_unreadable_and_malformed_files(write, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    assert error_line(missing) == "cannot read: No such file or directory"
+    assert error_line(write("[http\nport = 1\n")).startswith("invalid TOML: ")
+    path = write("")
+    path.write_bytes(b'[http]\nhost = "\xff"\n')
+    assert error_line(path).startswith("invalid TOML")
+
+
+def test_same_address_in_two_accounts_is_allowed(write) -> None:
+    text = edited('["sip:bob@example.com"]', '["sip:bob@example.com", "sip:alice@example.com"]')
+    config = load_config(write(text))
+    assert [a.id for a in config.accounts if a.may_act_as("sip:alice@example.com")] == [
+        "alice-app",
+        "bob-app",
+    ]
+
+
+def test_sip_uri_forms_accepted(write) -> None:
+    for server in [
+        "sips:proxy.example.com",
+        "sip:[::1]:5070;transport=tcp",
+        "SIP:pres@host.example",
+    ]:
+        config = load_config(write(edited('"sip:127.0.0.1:5070"', f'"{server}"')))
+        assert config.sip.server == server
+    config = load_config(write(edited('"127.0.0.1:5080"', '"[::1]:5080"')))
+    assert config.sip.listen == HostPort("[::1]", 5080)
+    assert config.sip.listen.bind_host == "::1"
+    assert str(config.sip.listen) == "[::1]:5080"
+
+
+def test_host_port_round_trips() -> None:
+    for text in ["127.0.0.1:5080", "[::1]:5060", "sip.example.com:5061"]:
+        assert str(HostPort.parse(text)) == text
+    with pytest.raises(ValueError):
+        HostPort.parse("127.0.0.1:5o80")
+
+
+def test_unknown_keys_are_accepted_and_warned_once(write, caplog) -> None:
+    text = edited("[sip]", "[sip]\nretries = 3") + "\n[bayeux]\nqueue = 10\n"
+    text = edited('id = "bob-app"', 'id = "bob-app"\ncolour = "blue"', text)
+    with caplog.at_level(logging.WARNING, logger="adapter.config"):
+        config = load_config(write(text))
+    assert config.unknown_keys == ("bayeux", "sip.retries", "accounts[1].colour")
+    warnings = [r for r in caplog.records if r.name == "adapter.config"]
+    assert len(warnings) == 1
+    assert "bayeux, sip.retries, accounts[1].colour" in warnings[0].getMessage()
+
+
+def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
+    text = edited('"sip:127.0.0.1:5070"', '"sip:\\nfoo"')
+    assert error_line(write(text)) == 'sip.server: "sip:\\nfoo" is not a SIP URI'
+
+
+def test_account_values_are_frozen() -> None:
+    account = Account("a", "p", ("sip:a@example.com",))
+    with pytest.raises(AttributeError):
+        account.id = "b"  # type: ignore[misc]
+
+
+# -- port checks at serve time ------------------------------------------------------
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config_with_ports(write, http_port: int, sip_port: int):
+    text = edited("port = 8080", f"port = {http_port}")
+    text = edited('"127.0.0.1:5080"', f'"127.0.0.1:{sip_port}"', text)
+    return load_config(write(text))
+
+
+def test_free_ports_pass(write) -> None:
+    check_ports(config_with_ports(write, free_port(), free_port(socket.SOCK_DGRAM)))
+
+
+def test_http_port_in_use(write) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config = config_with_ports(write, port, free_port(socket.SOCK_DGRAM))
+        with pytest.raises(ConfigError) as info:
+            check_ports(config)
+    assert str(info.value) == (
+        f"{config.source}: http.port: 127.0.0.1:{port} (TCP) is already in use"
+    )
+
+
+def test_sip_udp_port_in_use(write) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = config_with_ports(write, free_port(), port)
+        with pytest.raises(ConfigError) as info:
+            check_ports(config)
+    assert str(info.value) == (
+        f"{config.source}: sip.listen: 127.0.0.1:{port} (UDP) is already in use"
+    )
+
+
+def test_sip_tcp_port_in_use(write) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config = config_with_ports(write, free_port(), port)
+        with pytest.raises(ConfigError) as info:
+            check_ports(config)
+    assert str(info.value) == (
+        f"{config.source}: sip.listen: 127.0.0.1:{port} (TCP) is already in use"
+    )
