@@ -39,11 +39,11 @@ def bayeux_routes(hub: Hub, path: str = "/cometd") -> list[BaseRoute]:
     long_polling = _LongPolling(hub)
     websocket = _WebSocketEndpoint(hub)
     return [
-        Route(path, long_polling, methods=["POST"]),
-        Route(path + "/", long_polling, methods=["POST"]),
-        Route(path + "/{kind:str}", long_polling, methods=["POST"]),
-        WebSocketRoute(path, websocket),
-        WebSocketRoute(path + "/", websocket),
+        Route(path, long_polling.handle, methods=["POST"]),
+        Route(path + "/", long_polling.handle, methods=["POST"]),
+        Route(path + "/{kind:str}", long_polling.handle, methods=["POST"]),
+        WebSocketRoute(path, websocket.handle),
+        WebSocketRoute(path + "/", websocket.handle),
     ]
 
 
@@ -70,7 +70,7 @@ class _LongPolling:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         limit = self._hub.limits.max_body
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -105,7 +105,7 @@ class _WebSocketEndpoint:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    async def __call__(self, websocket: WebSocket) -> None:
+    async def handle(self, websocket: WebSocket) -> None:
         # No subprotocol: the CometD, Faye and aiocometd clients all connect
         # without one.
         await websocket.accept()

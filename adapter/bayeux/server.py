@@ -412,6 +412,9 @@ class BayeuxServer:
             return self._unknown_client(message)
         if session.hold is not None:
             self._release(session, now, with_messages=False)
+        # A client that disconnects on purpose has processed what it was
+        # sent; only what it was never sent is kept for the application.
+        session.drop_sent()
         self._remove(session, now)
         reply = _reply(message)
         reply.update(clientId=session.client_id, successful=True)

@@ -70,6 +70,10 @@ class Session:
             self.queue.clear()
         return self.last_batch, deliveries
 
+    def drop_sent(self) -> None:
+        """Treat everything already sent as received (the client said goodbye)."""
+        self.queue = deque(queued for queued in self.queue if queued.batch is None)
+
     def undelivered(self) -> list[Delivery]:
         """Whatever the client has not confirmed (or, without ack, not been sent)."""
         return [queued.delivery for queued in self.queue]
