@@ -1,0 +1,319 @@
+"""The bundled presence server (conf/kamailio/) does what the adapter relies on.
+
+Driven with the independent raw SIP peer (tests/rawsip.py) and httpx for
+XCAP, against a real Kamailio started by the ``presence_server`` fixture.
+Every test uses its own presentity and watcher names, so the tests share one
+server with the rest of the suite without seeing each other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from lxml import etree
+
+from tests.presence_server import RUN_SCRIPT, PresenceServer
+from tests.rawsip import SipMessage, SipPeer, exchange_tcp, format_request, new_token
+
+pytestmark = pytest.mark.integration
+
+OPTIONS = """
+    OPTIONS sip:{server} SIP/2.0
+    Via: SIP/2.0/{transport} {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:probe@example.com>;tag={tag}
+    To: <sip:{server}>
+    Call-ID: {call_id}
+    CSeq: 1 OPTIONS
+"""
+
+PUBLISH = """
+    PUBLISH sip:{presentity} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:{presentity}>;tag={tag}
+    To: <sip:{presentity}>
+    Call-ID: {call_id}
+    CSeq: 1 PUBLISH
+    Event: presence
+    Expires: 3600
+    Content-Type: application/pidf+xml
+"""
+
+SUBSCRIBE = """
+    SUBSCRIBE sip:{presentity} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:{subscriber}>;tag={tag}
+    To: <sip:{presentity}>
+    Call-ID: {call_id}
+    CSeq: 1 SUBSCRIBE
+    Contact: <sip:{local}>
+    Event: {event}
+    Accept: {accept}
+    Expires: 600
+"""
+
+MESSAGE = """
+    MESSAGE sip:{presentity} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:probe@example.com>;tag={tag}
+    To: <sip:{presentity}>
+    Call-ID: {call_id}
+    CSeq: 1 MESSAGE
+    Content-Type: text/plain
+"""
+
+PIDF = """<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:{presentity}">
+  <tuple id="t1">
+    <status><basic>open</basic></status>
+    <note>{note}</note>
+  </tuple>
+</presence>
+"""
+
+# RFC 5025 §3.2.1 sub-handling inside an RFC 4745 common-policy rule.
+PRES_RULES = """<?xml version="1.0" encoding="UTF-8"?>
+<cr:ruleset xmlns="urn:ietf:params:xml:ns:pres-rules"
+    xmlns:cr="urn:ietf:params:xml:ns:common-policy">
+  <cr:rule id="rule-1">
+    <cr:conditions>
+      <cr:identity><cr:one id="sip:{watcher}"/></cr:identity>
+    </cr:conditions>
+    <cr:actions><sub-handling>{handling}</sub-handling></cr:actions>
+    <cr:transformations>
+      <provide-services><all-services/></provide-services>
+      <provide-persons><all-persons/></provide-persons>
+      <provide-devices><all-devices/></provide-devices>
+      <provide-all-attributes/>
+    </cr:transformations>
+  </cr:rule>
+</cr:ruleset>
+"""
+
+PIDF_NS = "urn:ietf:params:xml:ns:pidf"
+WINFO_NS = "urn:ietf:params:xml:ns:watcherinfo"
+
+
+@dataclass
+class Pair:
+    """A presentity and a watcher, each with its own UDP endpoint."""
+
+    presentity: str
+    watcher: str
+    presentity_peer: SipPeer
+    watcher_peer: SipPeer
+
+
+@pytest.fixture
+def pair(presence_server: PresenceServer) -> Iterator[Pair]:
+    suffix = new_token()
+    with SipPeer(presence_server.sip_address) as a, SipPeer(presence_server.sip_address) as w:
+        yield Pair(f"alice-{suffix}@example.com", f"bob-{suffix}@example.com", a, w)
+
+
+def pres_rules_url(server: PresenceServer, presentity: str) -> str:
+    return f"{server.xcap_root}/pres-rules/users/sip:{presentity}/index"
+
+
+def put_rules(
+    server: PresenceServer, presentity: str, watcher: str, handling: str
+) -> httpx.Response:
+    return httpx.put(
+        pres_rules_url(server, presentity),
+        content=PRES_RULES.format(watcher=watcher, handling=handling),
+        headers={"Content-Type": "application/auth-policy+xml"},
+        timeout=5.0,
+    )
+
+
+def publish(peer: SipPeer, presentity: str, note: str) -> SipMessage:
+    call_id = new_token()
+    peer.send_request(
+        PUBLISH,
+        PIDF.format(presentity=presentity, note=note),
+        presentity=presentity,
+        tag=new_token(),
+        call_id=call_id,
+    )
+    return peer.response(call_id, "PUBLISH")
+
+
+def subscribe(
+    peer: SipPeer, presentity: str, subscriber: str, event: str, accept: str
+) -> tuple[str, SipMessage]:
+    call_id = new_token()
+    peer.send_request(
+        SUBSCRIBE,
+        presentity=presentity,
+        subscriber=subscriber,
+        tag=new_token(),
+        call_id=call_id,
+        event=event,
+        accept=accept,
+    )
+    return call_id, peer.response(call_id, "SUBSCRIBE")
+
+
+def notify_in_state(peer: SipPeer, call_id: str, state: str) -> SipMessage:
+    """The next NOTIFY of ``call_id`` whose Subscription-State value is ``state``.
+
+    Earlier NOTIFYs in other states are skipped: the server may send the
+    same state more than once (an allow rule usually yields two NOTIFYs).
+    """
+    return peer.wait_for(
+        lambda m: (
+            not m.is_response
+            and m.method == "NOTIFY"
+            and m.call_id == call_id
+            and (m.header("Subscription-State") or "").split(";")[0] == state
+        ),
+    )
+
+
+def test_options_over_udp_is_answered_200(presence_server: PresenceServer) -> None:
+    with SipPeer(presence_server.sip_address) as peer:
+        call_id = new_token()
+        peer.send_request(
+            OPTIONS,
+            server=f"{presence_server.host}:{presence_server.port}",
+            transport="UDP",
+            tag=new_token(),
+            call_id=call_id,
+        )
+        reply = peer.response(call_id, "OPTIONS")
+    assert reply.status == 200
+    assert {m.strip() for m in reply.require("Allow").split(",")} >= {"PUBLISH", "SUBSCRIBE"}
+
+
+def test_tcp_port_accepts_sip(presence_server: PresenceServer) -> None:
+    call_id = new_token()
+    request = format_request(
+        OPTIONS,
+        server=f"{presence_server.host}:{presence_server.port}",
+        transport="TCP",
+        local=f"{presence_server.host}:9",
+        tag=new_token(),
+        call_id=call_id,
+    )
+    reply = exchange_tcp(presence_server.sip_address, request)
+    assert reply.status == 200
+    assert reply.call_id == call_id
+
+
+def test_unsupported_method_gets_405_with_allow(pair: Pair) -> None:
+    call_id = new_token()
+    pair.watcher_peer.send_request(
+        MESSAGE, "hello", presentity=pair.presentity, tag=new_token(), call_id=call_id
+    )
+    reply = pair.watcher_peer.response(call_id, "MESSAGE")
+    assert reply.status == 405
+    assert "SUBSCRIBE" in reply.require("Allow")
+
+
+def test_publish_is_answered_200_with_sip_etag(pair: Pair) -> None:
+    reply = publish(pair.presentity_peer, pair.presentity, "at my desk")
+    assert reply.status == 200
+    assert reply.require("SIP-ETag")
+    assert reply.require("Expires") == "3600"
+
+
+def test_watcher_moves_from_pending_to_active_to_rejected(
+    presence_server: PresenceServer, pair: Pair
+) -> None:
+    note = f"note {new_token()}"
+    assert publish(pair.presentity_peer, pair.presentity, note).status == 200
+
+    call_id, reply = subscribe(
+        pair.watcher_peer, pair.presentity, pair.watcher, "presence", "application/pidf+xml"
+    )
+    assert reply.status == 200  # RFC 6665 §8.3.1 retired 202
+    # No rule for this watcher yet: pending, and nothing about the presentity.
+    pending = notify_in_state(pair.watcher_peer, call_id, "pending")
+    assert pending.body == b""
+    assert pending.require("Event") == "presence"
+    # RFC 6665 §4.1.2.4: the NOTIFY belongs to the dialog the 200 created.
+    assert pending.tag("From") == reply.tag("To")
+
+    rules = put_rules(presence_server, pair.presentity, pair.watcher, "allow")
+    assert rules.status_code == 200
+    assert rules.headers["ETag"]
+
+    active = notify_in_state(pair.watcher_peer, call_id, "active")
+    assert active.require("Content-Type") == "application/pidf+xml"
+    document = etree.fromstring(active.body)
+    assert document.get("entity") == f"sip:{pair.presentity}"
+    assert document.findtext(f"{{{PIDF_NS}}}tuple/{{{PIDF_NS}}}note") == note
+
+    winfo_id, winfo_reply = subscribe(
+        pair.presentity_peer,
+        pair.presentity,
+        pair.presentity,
+        "presence.winfo",
+        "application/watcherinfo+xml",
+    )
+    assert winfo_reply.status == 200
+    winfo = pair.presentity_peer.notify(winfo_id)
+    assert winfo.require("Content-Type") == "application/watcherinfo+xml"
+    watchers = etree.fromstring(winfo.body).findall(f".//{{{WINFO_NS}}}watcher")
+    assert [(w.text, w.get("status")) for w in watchers] == [(f"sip:{pair.watcher}", "active")]
+    assert watchers[0].get("id") == call_id
+
+    assert put_rules(presence_server, pair.presentity, pair.watcher, "block").status_code == 200
+    terminated = notify_in_state(pair.watcher_peer, call_id, "terminated")
+    assert terminated.require("Subscription-State") == "terminated;reason=rejected"
+
+
+def test_xcap_document_reads_back_byte_for_byte(
+    presence_server: PresenceServer, pair: Pair
+) -> None:
+    put = put_rules(presence_server, pair.presentity, pair.watcher, "confirm")
+    assert put.status_code == 200
+    got = httpx.get(pres_rules_url(presence_server, pair.presentity), timeout=5.0)
+    assert got.status_code == 200
+    assert got.content == PRES_RULES.format(watcher=pair.watcher, handling="confirm").encode()
+    assert got.headers["ETag"] == put.headers["ETag"]
+
+    stale = httpx.put(
+        pres_rules_url(presence_server, pair.presentity),
+        content=PRES_RULES.format(watcher=pair.watcher, handling="allow"),
+        headers={"Content-Type": "application/auth-policy+xml", "If-Match": '"stale"'},
+        timeout=5.0,
+    )
+    assert stale.status_code == 412
+
+
+def test_http_outside_xcap_root_is_404(presence_server: PresenceServer) -> None:
+    reply = httpx.get(f"http://{presence_server.host}:{presence_server.port}/other", timeout=5.0)
+    assert reply.status_code == 404
+
+
+def test_run_check_validates_the_config(tmp_path: os.PathLike[str]) -> None:
+    done = subprocess.run(
+        [str(RUN_SCRIPT), "--dir", str(tmp_path), "--port", "5999", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "config file ok" in done.stdout + done.stderr
+
+
+def test_run_without_kamailio_fails_with_one_line(tmp_path: os.PathLike[str]) -> None:
+    done = subprocess.run(
+        [str(RUN_SCRIPT), "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "KAMAILIO": "/nonexistent/kamailio"},
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1
+    assert "kamailio is not installed" in done.stderr

@@ -1,0 +1,223 @@
+"""A private instance of the bundled presence server for the test suite.
+
+Starts ``conf/kamailio/run`` on a free loopback port with its own temporary
+directory (database, PID file, log), waits until it answers OPTIONS over
+UDP, and stops it by PID. Parallel test runs never share a port or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from tests.rawsip import RawSipError, SipMessage, format_request, new_token
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_SCRIPT = REPO / "conf" / "kamailio" / "run"
+
+OPTIONS_TEMPLATE = """
+    OPTIONS sip:{server} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:readiness@{local}>;tag={tag}
+    To: <sip:{server}>
+    Call-ID: {call_id}
+    CSeq: 1 OPTIONS
+"""
+
+
+class PresenceServerError(Exception):
+    """The presence server could not be started."""
+
+
+def free_port(host: str) -> int:
+    """A port free on ``host`` for both TCP and UDP right now.
+
+    The server needs the same number for both; the OS only promises a free
+    port for one protocol, so take a TCP port and check UDP too.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+        return port
+    raise PresenceServerError(f"no port free for both TCP and UDP on {host}")
+
+
+class PresenceServer:
+    """One Kamailio presence server in its own temporary directory.
+
+    ``start()`` returns once the server answers SIP; ``stop()`` (TERM, then
+    KILL) is safe to call more than once. Use as a context manager.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", keep_directory: bool = False) -> None:
+        self.host = host
+        self.port = 0
+        self.directory = Path(tempfile.mkdtemp(prefix="presence-server-"))
+        self.keep_directory = keep_directory
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def sip_uri(self) -> str:
+        return f"sip:{self.host}:{self.port}"
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def xcap_root(self) -> str:
+        return f"http://{self.host}:{self.port}/xcap-root"
+
+    @property
+    def db_path(self) -> Path:
+        return self.directory / "presence.sqlite"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "kamailio.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            raise PresenceServerError("already started")
+        # The same lookup as conf/kamailio/run, to fail with a clear message.
+        binary = os.environ.get("KAMAILIO") or shutil.which("kamailio") or "/usr/sbin/kamailio"
+        if not os.access(binary, os.X_OK):
+            raise PresenceServerError(
+                f"kamailio is not installed ({binary} not found); scripts/test installs it "
+                "(apt-get install kamailio kamailio-presence-modules "
+                "kamailio-sqlite-modules sqlite3)"
+            )
+        # Between probing the port and kamailio binding it another process may
+        # take it; kamailio then exits at once, so try again on a new port.
+        for _attempt in range(3):
+            self.port = free_port(self.host)
+            self._spawn()
+            if self._wait_ready(timeout):
+                return
+            if self.process is not None and self.process.poll() is None:
+                break  # running but silent: not a port race
+            if "bind" not in self.log_tail(200).lower():
+                break
+            self._reap()
+        tail = self.log_tail()
+        self.stop()
+        raise PresenceServerError(
+            f"presence server on {self.host}:{self.port} did not answer OPTIONS "
+            f"within {timeout} s; last lines of {self.log_path}:\n{tail}"
+        )
+
+    def _spawn(self) -> None:
+        self._log = open(self.log_path, "ab")  # closed in _reap
+        self.process = subprocess.Popen(
+            [
+                str(RUN_SCRIPT),
+                "--dir",
+                str(self.directory),
+                "--listen",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+        )
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """Poll with OPTIONS until a 200 comes back, the process dies or time is up."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((self.host, 0))
+            local = "{}:{}".format(*sock.getsockname())
+            call_id = new_token()
+            request = format_request(
+                OPTIONS_TEMPLATE,
+                server=f"{self.host}:{self.port}",
+                local=local,
+                tag=new_token(),
+                call_id=call_id,
+            )
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                sock.sendto(request, (self.host, self.port))
+                sock.settimeout(0.05)
+                try:
+                    data = sock.recv(65535)
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+                try:
+                    reply = SipMessage.parse(data)
+                except RawSipError:
+                    continue
+                if reply.is_response and reply.call_id == call_id and reply.status == 200:
+                    return True
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process is not None:
+            self._reap(timeout)
+        if not self.keep_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _reap(self, timeout: float = 5.0) -> None:
+        """TERM the server (run exec'd kamailio, so this is its main PID), then KILL."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # Kamailio's workers are in the main process's group only if
+                # it made one; kill the known PIDs instead of a group.
+                self._kill_children(process.pid)
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _kill_children(self, pid: int) -> None:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return
+        for child in children:
+            try:
+                os.kill(int(child), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> PresenceServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
