@@ -1,0 +1,551 @@
+"""Non-INVITE transactions (RFC 3261 §17.1.2 client, §17.2.2 server).
+
+Theory of operation
+-------------------
+A transaction is the request and every response to it, plus the machinery
+that makes one request reliable over an unreliable transport: the client
+retransmits until it hears something, the server absorbs retransmitted
+requests and repeats its last response.  Both are small state machines
+written here as *tables*: ``(state, input) -> (next state, effect)``.  Any
+pair missing from a table is an input that cannot happen in that state; when
+it comes from our own code (the transaction user asked for something
+impossible) it raises :class:`LocalProtocolError`.  Inputs from the network
+never raise in a table lookup: every state lists what it does with a stray
+response or request, usually nothing.
+
+Client (RFC 3261 Figure 6; ``INITIAL`` is ours: built but not yet sent)
+
+    state       start   1xx            200-699       Timer E    Timer F     Timer K     transport
+    ----------  ------  -------------  ------------  ---------  ----------  ----------  ----------
+    INITIAL     TRYING  —              —             —          —           —           —
+    TRYING      —       PROCEEDING/TU  COMPLETED/TU  ·/resend   TERMINATED  —           TERMINATED
+    PROCEEDING  —       ·/TU           COMPLETED/TU  ·/resend   TERMINATED  —           TERMINATED
+    COMPLETED   —       ·/absorb       ·/absorb      —          —           TERMINATED  ·/ignore
+    TERMINATED  —       ·/ignore       ·/ignore      —          —           —           ·/ignore
+
+    ``·`` stays, ``/TU`` passes the response up (:class:`ResponseReceived`),
+    Timer F reports :class:`TimedOut` and a transport error
+    :class:`TransportFailed`.
+
+Server (RFC 3261 Figure 8; the transaction is created on the request, which
+the user agent passes to its TU itself)
+
+    state        request          1xx from TU      200-699 from TU  Timer J      transport err
+    ----------   ---------------  ---------------  ---------------  -----------  -------------
+    TRYING       ·/absorb         PROCEEDING/send  COMPLETED/send   —            —
+    PROCEEDING   ·/resend last    ·/send           COMPLETED/send   —            TERMINATED
+    COMPLETED    ·/resend last    —                —                TERMINATED   TERMINATED
+    TERMINATED   ·/ignore         —                —                —            ·/ignore
+
+Timers (§17.1.2.2, §17.2.2; defaults from Table 4).  Entering TRYING arms
+Timer E at T1 (unreliable transports only) and Timer F at 64*T1.  Timer E
+doubles up to T2 while TRYING; once PROCEEDING it is re-armed at T2 each time
+it fires.  Entering COMPLETED disarms E and F and arms Timer K (client) at T4
+or Timer J (server) at 64*T1 — both zero on a reliable transport, in which
+case the transaction passes straight through to TERMINATED in the same call.
+A timer is re-armed from the ``now`` at which it fired, so a late
+``handle_timer`` call causes one retransmission, not a burst.
+
+Sans-IO: every input takes ``now`` and returns a list of actions for the user
+agent to carry out in order — :class:`Transmit` (bytes to hand to the
+transport; the user agent picks the destination) and the events for the
+transaction user.  ``get_timer()`` is the one deadline at which
+``handle_timer(now)`` must be called; once ``state`` is ``TERMINATED`` the
+user agent forgets the transaction.
+
+Identity.  RFC 3261 §17.1.3 matches a response to a client transaction by the
+top Via branch and the CSeq method; §17.2.3 matches a request to a server
+transaction by branch, sent-by and method.  Only RFC 3261 branches (starting
+with the magic cookie ``z9hG4bK``) are supported: the RFC 2543 fallback of
+§17.2.3, which compares Request-URI, tags, Call-ID and CSeq, is not — every
+stack written this century sends the cookie, and a request without it is
+refused as a remote protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .message import Request, Response
+
+__all__ = [
+    "MAGIC_COOKIE",
+    "ClientKey",
+    "ClientState",
+    "ClientTransaction",
+    "ResponseReceived",
+    "ServerKey",
+    "ServerState",
+    "ServerTransaction",
+    "TimedOut",
+    "TransactionAction",
+    "TransactionTimings",
+    "Transmit",
+    "TransportFailed",
+    "client_key",
+    "new_branch",
+    "server_key",
+]
+
+# RFC 3261 §8.1.1.7: "The branch parameter value MUST start with the magic
+# cookie "z9hG4bK"."
+MAGIC_COOKIE = "z9hG4bK"
+
+ClientKey = tuple[str, str]
+ServerKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class TransactionTimings:
+    """RFC 3261 Table 4 timer values, in seconds."""
+
+    t1: float = 0.5  # round-trip time estimate
+    t2: float = 4.0  # maximum retransmit interval for non-INVITE requests
+    t4: float = 5.0  # maximum duration a message remains in the network
+
+    def __post_init__(self) -> None:
+        if not (0 < self.t1 <= self.t2) or self.t4 < 0:
+            raise LocalProtocolError(f"inconsistent timer values {self}")
+
+    @property
+    def timeout(self) -> float:
+        """Timer F (client) and Timer J (server, unreliable): 64*T1."""
+        return 64 * self.t1
+
+
+# --- actions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """Hand ``data`` (the serialised ``message``) to the transport."""
+
+    message: Request | Response
+    data: bytes
+    retransmission: bool = False
+
+
+@dataclass(frozen=True)
+class ResponseReceived:
+    """A response for the transaction user: every 1xx and the one final."""
+
+    response: Response
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """Timer F fired: no final response within 64*T1 (§17.1.2.2)."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
+class TransportFailed:
+    """The transport could not deliver one of our messages (§17.1.4, §17.2.4)."""
+
+    reason: str
+
+
+TransactionAction = Transmit | ResponseReceived | TimedOut | TransportFailed
+
+
+# --- identity (§17.1.3, §17.2.3) --------------------------------------------
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+
+def new_branch(random_token: str) -> str:
+    """A branch for a new transaction: the magic cookie, then ``random_token``.
+
+    §8.1.1.7: the branch "MUST be unique across space and time for all
+    requests sent by the UA" — the caller supplies the randomness (e.g.
+    ``secrets.token_hex(8)``); we supply the cookie.
+    """
+    if _TOKEN_RE.fullmatch(random_token) is None:
+        raise LocalProtocolError(f"branch token must be a non-empty token: {random_token!r}")
+    return MAGIC_COOKIE + random_token
+
+
+def _top_branch(message: Request | Response) -> tuple[str, str]:
+    """(branch, sent-by) of the top Via, or RemoteProtocolError."""
+    vias = message.vias
+    if not vias:
+        raise RemoteProtocolError("message has no Via header")
+    top = vias[0]
+    branch = top.branch
+    if branch is None or not branch.startswith(MAGIC_COOKIE) or branch == MAGIC_COOKIE:
+        # RFC 2543 peers (no cookie) would need the §17.2.3 fallback matching.
+        raise RemoteProtocolError(f"top Via has no RFC 3261 branch: {branch!r}")
+    # Host names compare case-insensitively (§19.1.4); the port as sent.
+    host = top.host.lower()
+    sent_by = host if top.port is None else f"{host}:{top.port}"
+    return branch, sent_by
+
+
+def client_key(message: Request | Response) -> ClientKey:
+    """§17.1.3: (top Via branch, CSeq method) — for our request or its responses.
+
+    "the response matches a client transaction under two conditions: 1. If
+    the response has the same value of the branch parameter in the top Via
+    header field as the branch parameter in the top Via header field of the
+    request that created the transaction.  2. If the method parameter in the
+    CSeq header field matches the method of the request that created the
+    transaction."
+    """
+    branch, _ = _top_branch(message)
+    return branch, message.cseq.method
+
+
+def server_key(request: Request) -> ServerKey:
+    """§17.2.3: (top Via branch, sent-by, method), ACK counting as INVITE.
+
+    "the request matches a transaction if: 1. the branch parameter in the
+    request is equal to the one in the top Via header field of the request
+    that created the transaction, and 2. the sent-by value in the top Via of
+    the request is equal to the one in the request that created the
+    transaction, and 3. the method of the request matches the one that
+    created the transaction, except for ACK, where the method of the request
+    that created the transaction is INVITE."
+    """
+    branch, sent_by = _top_branch(request)
+    method = "INVITE" if request.method == "ACK" else request.method
+    return branch, sent_by, method
+
+
+def _check_non_invite(request: Request) -> None:
+    # §17: INVITE transactions have their own machines (and ACK none).
+    if request.method in ("INVITE", "ACK"):
+        raise LocalProtocolError(f"{request.method} is not a non-INVITE transaction")
+
+
+# --- client --------------------------------------------------------------
+
+
+class ClientState(enum.Enum):
+    INITIAL = "initial"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+class _ClientInput(enum.Enum):
+    START = "start"
+    PROVISIONAL = "1xx"
+    FINAL = "200-699"
+    TIMER_E = "timer E"
+    TIMER_F = "timer F"
+    TIMER_K = "timer K"
+    TRANSPORT_ERROR = "transport error"
+
+
+class _Effect(enum.Enum):
+    NOTHING = "nothing"  # absorb / ignore
+    SEND = "send"  # the request (client) or the new response (server)
+    RESEND = "resend"  # retransmit the request / the last response
+    TO_TU = "to TU"
+    TIMEOUT = "timeout"
+    TRANSPORT_FAILURE = "transport failure"
+
+
+_CS = ClientState
+_CI = _ClientInput
+_E = _Effect
+
+_CLIENT_TABLE: dict[tuple[ClientState, _ClientInput], tuple[ClientState, _Effect]] = {
+    (_CS.INITIAL, _CI.START): (_CS.TRYING, _E.SEND),
+    # §17.1.2.2: "If Timer E fires while still in this state, the timer is
+    # reset, but this time with a value of MIN(2*T1, T2)."
+    (_CS.TRYING, _CI.TIMER_E): (_CS.TRYING, _E.RESEND),
+    (_CS.TRYING, _CI.PROVISIONAL): (_CS.PROCEEDING, _E.TO_TU),
+    (_CS.TRYING, _CI.FINAL): (_CS.COMPLETED, _E.TO_TU),
+    (_CS.TRYING, _CI.TIMER_F): (_CS.TERMINATED, _E.TIMEOUT),
+    (_CS.TRYING, _CI.TRANSPORT_ERROR): (_CS.TERMINATED, _E.TRANSPORT_FAILURE),
+    # "If Timer E fires while in the "Proceeding" state, the request MUST be
+    # passed to the transport layer for retransmission, and Timer E MUST be
+    # reset with a value of T2 seconds."
+    (_CS.PROCEEDING, _CI.TIMER_E): (_CS.PROCEEDING, _E.RESEND),
+    (_CS.PROCEEDING, _CI.PROVISIONAL): (_CS.PROCEEDING, _E.TO_TU),
+    (_CS.PROCEEDING, _CI.FINAL): (_CS.COMPLETED, _E.TO_TU),
+    (_CS.PROCEEDING, _CI.TIMER_F): (_CS.TERMINATED, _E.TIMEOUT),
+    (_CS.PROCEEDING, _CI.TRANSPORT_ERROR): (_CS.TERMINATED, _E.TRANSPORT_FAILURE),
+    # "The "Completed" state exists to buffer any additional response
+    # retransmissions that may be received (which is why the client
+    # transaction remains there only for unreliable transports)."
+    (_CS.COMPLETED, _CI.PROVISIONAL): (_CS.COMPLETED, _E.NOTHING),
+    (_CS.COMPLETED, _CI.FINAL): (_CS.COMPLETED, _E.NOTHING),
+    (_CS.COMPLETED, _CI.TIMER_K): (_CS.TERMINATED, _E.NOTHING),
+    # A late transport error (an ICMP error for an earlier retransmission)
+    # changes nothing: the final response is already with the TU.
+    (_CS.COMPLETED, _CI.TRANSPORT_ERROR): (_CS.COMPLETED, _E.NOTHING),
+    (_CS.TERMINATED, _CI.PROVISIONAL): (_CS.TERMINATED, _E.NOTHING),
+    (_CS.TERMINATED, _CI.FINAL): (_CS.TERMINATED, _E.NOTHING),
+    (_CS.TERMINATED, _CI.TRANSPORT_ERROR): (_CS.TERMINATED, _E.NOTHING),
+}
+
+# When several timers are due in one handle_timer call, the one that ends the
+# state wins: retransmitting a request we are about to give up on is waste.
+_CLIENT_TIMER_PRIORITY = (_CI.TIMER_F, _CI.TIMER_K, _CI.TIMER_E)
+
+
+class ClientTransaction:
+    """A non-INVITE client transaction (RFC 3261 §17.1.2)."""
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        reliable: bool,
+        timings: TransactionTimings = TransactionTimings(),
+    ) -> None:
+        _check_non_invite(request)
+        try:
+            self.key: ClientKey = client_key(request)
+        except RemoteProtocolError as exc:
+            # We built this request: a bad Via or CSeq is our own mistake.
+            raise LocalProtocolError(f"cannot start a transaction: {exc}") from exc
+        if self.key[1] != request.method:
+            raise LocalProtocolError("CSeq method differs from the request method")
+        self.request = request
+        self.reliable = reliable
+        self.timings = timings
+        self.state = ClientState.INITIAL
+        self.final_response: Response | None = None
+        self._data = b""
+        self._interval_e = timings.t1
+        self._timers: dict[_ClientInput, float] = {}
+
+    def get_timer(self) -> float | None:
+        return min(self._timers.values()) if self._timers else None
+
+    def start(self, now: float) -> list[TransactionAction]:
+        """Send the request for the first time."""
+        return self._apply(_CI.START, now)
+
+    def receive_response(self, response: Response, now: float) -> list[TransactionAction]:
+        """A response the user agent matched to :attr:`key`."""
+        if self.state is ClientState.INITIAL:
+            raise LocalProtocolError("response routed to a transaction that was never started")
+        if not 100 <= response.status <= 699:
+            raise RemoteProtocolError(f"status code {response.status} out of range")
+        kind = _CI.PROVISIONAL if response.status < 200 else _CI.FINAL
+        return self._apply(kind, now, response)
+
+    def transport_failed(self, reason: str, now: float) -> list[TransactionAction]:
+        """The transport could not send our request (§17.1.4)."""
+        if self.state is ClientState.INITIAL:
+            raise LocalProtocolError("transport error for a transaction that sent nothing")
+        return self._apply(_CI.TRANSPORT_ERROR, now, reason=reason)
+
+    def handle_timer(self, now: float) -> list[TransactionAction]:
+        """Fire the timer that is due at ``now``, if any."""
+        for timer in _CLIENT_TIMER_PRIORITY:
+            deadline = self._timers.get(timer)
+            if deadline is not None and deadline <= now:
+                del self._timers[timer]
+                return self._apply(timer, now)
+        return []
+
+    def _apply(
+        self,
+        event: _ClientInput,
+        now: float,
+        response: Response | None = None,
+        reason: str = "",
+    ) -> list[TransactionAction]:
+        try:
+            next_state, effect = _CLIENT_TABLE[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"client transaction cannot handle {event.value} in state {self.state.value}"
+            ) from None
+        actions: list[TransactionAction] = []
+        if effect is _E.SEND:
+            self._data = bytes(self.request)
+            actions.append(Transmit(self.request, self._data))
+        elif effect is _E.RESEND:
+            actions.append(Transmit(self.request, self._data, retransmission=True))
+        elif effect is _E.TO_TU:
+            assert response is not None
+            actions.append(ResponseReceived(response))
+            if event is _CI.FINAL:
+                self.final_response = response
+        elif effect is _E.TIMEOUT:
+            actions.append(TimedOut(self.request))
+        elif effect is _E.TRANSPORT_FAILURE:
+            actions.append(TransportFailed(reason))
+
+        if event is _CI.TIMER_E:
+            # Re-armed from now: §17.1.2.2 resets the timer as it fires.
+            if next_state is ClientState.TRYING:
+                self._interval_e = min(2 * self._interval_e, self.timings.t2)
+            else:
+                self._interval_e = self.timings.t2
+            self._timers[_CI.TIMER_E] = now + self._interval_e
+        if next_state is not self.state:
+            self._enter(next_state, now)
+        return actions
+
+    def _enter(self, state: ClientState, now: float) -> None:
+        self.state = state
+        if state is ClientState.TRYING:
+            # §17.1.2.2: "If an unreliable transport is being used, the client
+            # transaction MUST start timer E with a value of T1."  "the client
+            # transaction SHOULD set timer F to fire in 64*T1 seconds."
+            if not self.reliable:
+                self._timers[_CI.TIMER_E] = now + self._interval_e
+            self._timers[_CI.TIMER_F] = now + self.timings.timeout
+        elif state is ClientState.COMPLETED:
+            # "Once the client transaction enters the "Completed" state, it
+            # MUST set Timer K to fire in T4 seconds for unreliable transports,
+            # and zero seconds for reliable transports."
+            self._timers.clear()
+            if self.reliable:
+                self._enter(ClientState.TERMINATED, now)
+            else:
+                self._timers[_CI.TIMER_K] = now + self.timings.t4
+        elif state is ClientState.TERMINATED:
+            self._timers.clear()
+
+
+# --- server --------------------------------------------------------------
+
+
+class ServerState(enum.Enum):
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+class _ServerInput(enum.Enum):
+    REQUEST = "request retransmission"
+    PROVISIONAL = "1xx from TU"
+    FINAL = "200-699 from TU"
+    TIMER_J = "timer J"
+    TRANSPORT_ERROR = "transport error"
+
+
+_SS = ServerState
+_SI = _ServerInput
+
+_SERVER_TABLE: dict[tuple[ServerState, _ServerInput], tuple[ServerState, _Effect]] = {
+    # §17.2.2: "While in the "Trying" state, any further request
+    # retransmissions are discarded."
+    (_SS.TRYING, _SI.REQUEST): (_SS.TRYING, _E.NOTHING),
+    (_SS.TRYING, _SI.PROVISIONAL): (_SS.PROCEEDING, _E.SEND),
+    (_SS.TRYING, _SI.FINAL): (_SS.COMPLETED, _E.SEND),
+    # "If a retransmission of the request is received while in the
+    # "Proceeding" state, the most recently sent provisional response MUST
+    # be passed to the transport layer for retransmission."
+    (_SS.PROCEEDING, _SI.REQUEST): (_SS.PROCEEDING, _E.RESEND),
+    (_SS.PROCEEDING, _SI.PROVISIONAL): (_SS.PROCEEDING, _E.SEND),
+    (_SS.PROCEEDING, _SI.FINAL): (_SS.COMPLETED, _E.SEND),
+    (_SS.PROCEEDING, _SI.TRANSPORT_ERROR): (_SS.TERMINATED, _E.TRANSPORT_FAILURE),
+    # "While in the "Completed" state, the server transaction MUST pass the
+    # final response to the transport layer for retransmission whenever a
+    # retransmission of the request is received.  Any other final responses
+    # passed by the TU to the server transaction MUST be discarded while in
+    # the "Completed" state."  A TU doing that has a bug: we raise instead
+    # of discarding silently (the pair is absent from this table).
+    (_SS.COMPLETED, _SI.REQUEST): (_SS.COMPLETED, _E.RESEND),
+    (_SS.COMPLETED, _SI.TIMER_J): (_SS.TERMINATED, _E.NOTHING),
+    (_SS.COMPLETED, _SI.TRANSPORT_ERROR): (_SS.TERMINATED, _E.TRANSPORT_FAILURE),
+    (_SS.TERMINATED, _SI.REQUEST): (_SS.TERMINATED, _E.NOTHING),
+    (_SS.TERMINATED, _SI.TRANSPORT_ERROR): (_SS.TERMINATED, _E.NOTHING),
+}
+
+
+class ServerTransaction:
+    """A non-INVITE server transaction (RFC 3261 §17.2.2).
+
+    Created by the user agent on a request that matched no transaction; the
+    user agent hands that request to its TU.  Raises
+    :class:`RemoteProtocolError` when the request cannot be keyed (no Via,
+    no magic-cookie branch, malformed CSeq).
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        reliable: bool,
+        timings: TransactionTimings = TransactionTimings(),
+    ) -> None:
+        _check_non_invite(request)
+        self.key: ServerKey = server_key(request)
+        self.request = request
+        self.reliable = reliable
+        self.timings = timings
+        self.state = ServerState.TRYING
+        self.last_response: Response | None = None
+        self._data = b""
+        self._timer_j: float | None = None
+
+    def get_timer(self) -> float | None:
+        return self._timer_j
+
+    def receive_request(self, request: Request, now: float) -> list[TransactionAction]:
+        """A retransmission of our request (the user agent matched :attr:`key`)."""
+        return self._apply(_SI.REQUEST, now)
+
+    def send_response(self, response: Response, now: float) -> list[TransactionAction]:
+        """The TU answers (any number of 1xx, then one final response)."""
+        if not 100 <= response.status <= 699:
+            raise LocalProtocolError(f"status code {response.status} out of range")
+        kind = _SI.PROVISIONAL if response.status < 200 else _SI.FINAL
+        return self._apply(kind, now, response)
+
+    def transport_failed(self, reason: str, now: float) -> list[TransactionAction]:
+        """The transport could not send our response (§17.2.4)."""
+        return self._apply(_SI.TRANSPORT_ERROR, now, reason=reason)
+
+    def handle_timer(self, now: float) -> list[TransactionAction]:
+        if self._timer_j is not None and self._timer_j <= now:
+            self._timer_j = None
+            return self._apply(_SI.TIMER_J, now)
+        return []
+
+    def _apply(
+        self,
+        event: _ServerInput,
+        now: float,
+        response: Response | None = None,
+        reason: str = "",
+    ) -> list[TransactionAction]:
+        try:
+            next_state, effect = _SERVER_TABLE[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"server transaction cannot handle {event.value} in state {self.state.value}"
+            ) from None
+        actions: list[TransactionAction] = []
+        if effect is _E.SEND:
+            assert response is not None
+            self.last_response = response
+            self._data = bytes(response)
+            actions.append(Transmit(response, self._data))
+        elif effect is _E.RESEND:
+            assert self.last_response is not None
+            actions.append(Transmit(self.last_response, self._data, retransmission=True))
+        elif effect is _E.TRANSPORT_FAILURE:
+            actions.append(TransportFailed(reason))
+        if next_state is not self.state:
+            self._enter(next_state, now)
+        return actions
+
+    def _enter(self, state: ServerState, now: float) -> None:
+        self.state = state
+        if state is ServerState.COMPLETED:
+            # §17.2.2: "When the server transaction enters the "Completed"
+            # state, it MUST set Timer J to fire in 64*T1 seconds for
+            # unreliable transports, and zero seconds for reliable transports."
+            if self.reliable:
+                self._enter(ServerState.TERMINATED, now)
+            else:
+                self._timer_j = now + self.timings.timeout
+        elif state is ServerState.TERMINATED:
+            self._timer_j = None
