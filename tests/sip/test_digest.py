@@ -1,6 +1,8 @@
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip.digest import (
     Algorithm,
@@ -277,6 +279,28 @@ def test_authorization_parse_rejects_garbage() -> None:
         Authorization.parse(
             'Digest username="u", realm="r", nonce="n", uri="x", response="y", nc=1'
         )
+
+
+_ALPHABET = st.sampled_from(
+    list('Digest realm nonce qop="auth,-int" algorithm=SHA-256 \\ ,=;\t\x00é')
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(_ALPHABET, max_size=60) | st.text(max_size=60))
+def test_garbage_raises_only_remote_errors(value: str) -> None:
+    try:
+        chosen = select_challenge([value])
+    except RemoteProtocolError:
+        return
+    if chosen is not None:
+        # Whatever parsed must be answerable and round-trip.
+        assert Challenge.parse(str(chosen)) == chosen
+        compute_authorization(chosen, MUFASA_2617, method="M", uri="sip:x", cnonce="c")
+    try:
+        Authorization.parse(value)
+    except RemoteProtocolError:
+        pass
 
 
 # --- local misuse -------------------------------------------------------------------
