@@ -439,4 +439,3 @@ __all__ = [
     "is_uri",
     "parse_instant",
 ]
-
