@@ -4,7 +4,7 @@ import pytest
 from served_hub import ServedHub, node_available
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def served() -> Iterator[ServedHub]:
     with ServedHub() as server:
         yield server
