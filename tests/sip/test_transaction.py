@@ -3,7 +3,7 @@
 import pytest
 
 from sip.errors import LocalProtocolError, RemoteProtocolError
-from sip.message import Headers, Request, Response
+from sip.message import Headers, Request, Response, parse_message
 from sip.transaction import (
     ClientState,
     ClientTransaction,
@@ -20,6 +20,8 @@ from sip.transaction import (
     server_key,
 )
 from sip.uri import SipURI
+
+TAG = "as83kd9bs"  # the To tag a UAS adds (RFC 3261 §8.2.6.2)
 
 
 def make_request(
@@ -100,7 +102,7 @@ def test_client_proceeding_retransmits_every_t2() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     txn.start(0.0)
     assert len(transmits(txn.handle_timer(0.5))) == 1  # E: next at 1.5
-    trying = txn.request.response(100)
+    trying = txn.request.response(100, to_tag=TAG)
     assert txn.receive_response(trying, 0.7) == [ResponseReceived(trying)]
     assert txn.state is ClientState.PROCEEDING
     log = run_client_timers(txn, until=100.0)
@@ -121,7 +123,7 @@ def test_client_proceeding_retransmits_every_t2() -> None:
 def test_client_passes_every_provisional_up() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     txn.start(0.0)
-    r1, r2 = txn.request.response(100), txn.request.response(183)
+    r1, r2 = txn.request.response(100, to_tag=TAG), txn.request.response(183, to_tag=TAG)
     assert txn.receive_response(r1, 0.1) == [ResponseReceived(r1)]
     assert txn.receive_response(r2, 0.2) == [ResponseReceived(r2)]
     assert txn.state is ClientState.PROCEEDING
@@ -130,15 +132,15 @@ def test_client_passes_every_provisional_up() -> None:
 def test_client_final_response_timer_k_absorbs_retransmissions() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     txn.start(0.0)
-    ok = txn.request.response(200)
+    ok = txn.request.response(200, to_tag=TAG)
     assert txn.receive_response(ok, 0.7) == [ResponseReceived(ok)]
     assert txn.state is ClientState.COMPLETED
     assert txn.final_response is ok
     assert txn.get_timer() == pytest.approx(0.7 + 5.0)  # Timer K = T4, E and F gone
     # Retransmitted finals (even a different one) and late 1xx are absorbed.
     assert txn.receive_response(ok, 1.0) == []
-    assert txn.receive_response(txn.request.response(500), 2.0) == []
-    assert txn.receive_response(txn.request.response(100), 3.0) == []
+    assert txn.receive_response(txn.request.response(500, to_tag=TAG), 2.0) == []
+    assert txn.receive_response(txn.request.response(100, to_tag=TAG), 3.0) == []
     assert txn.handle_timer(5.69) == []
     assert txn.state is ClientState.COMPLETED
     assert txn.handle_timer(5.7) == []
@@ -151,8 +153,8 @@ def test_client_final_response_timer_k_absorbs_retransmissions() -> None:
 def test_client_final_after_proceeding() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     txn.start(0.0)
-    txn.receive_response(txn.request.response(100), 0.1)
-    busy = txn.request.response(486)
+    txn.receive_response(txn.request.response(100, to_tag=TAG), 0.1)
+    busy = txn.request.response(486, to_tag=TAG)
     assert txn.receive_response(busy, 3.0) == [ResponseReceived(busy)]
     assert txn.state is ClientState.COMPLETED
     assert txn.get_timer() == 8.0
@@ -198,7 +200,7 @@ def test_client_transport_error() -> None:
 def test_client_transport_error_after_final_is_ignored() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     txn.start(0.0)
-    txn.receive_response(txn.request.response(200), 0.1)
+    txn.receive_response(txn.request.response(200, to_tag=TAG), 0.1)
     assert txn.transport_failed("late ICMP", 0.2) == []
     assert txn.state is ClientState.COMPLETED
 
@@ -218,7 +220,7 @@ def test_client_tcp_sends_once_and_times_out_at_64_t1() -> None:
 def test_client_tcp_final_terminates_at_once() -> None:
     txn = ClientTransaction(make_request(), reliable=True)
     txn.start(0.0)
-    ok = txn.request.response(200)
+    ok = txn.request.response(200, to_tag=TAG)
     assert txn.receive_response(ok, 0.3) == [ResponseReceived(ok)]
     assert txn.state is ClientState.TERMINATED  # Timer K is zero
     assert txn.get_timer() is None
@@ -230,7 +232,7 @@ def test_client_tcp_final_terminates_at_once() -> None:
 def test_client_invalid_local_transitions() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     with pytest.raises(LocalProtocolError):
-        txn.receive_response(txn.request.response(200), 0.0)
+        txn.receive_response(txn.request.response(200, to_tag=TAG), 0.0)
     with pytest.raises(LocalProtocolError):
         txn.transport_failed("x", 0.0)
     txn.start(0.0)
@@ -255,7 +257,9 @@ def test_client_refuses_requests_it_cannot_run() -> None:
 def test_client_rejects_out_of_range_status_from_network() -> None:
     txn = ClientTransaction(make_request(), reliable=False)
     txn.start(0.0)
-    bogus = Response(status=700, reason="Nope", headers=txn.request.response(200).headers)
+    bogus = Response(
+        status=700, reason="Nope", headers=txn.request.response(200, to_tag=TAG).headers
+    )
     with pytest.raises(RemoteProtocolError):
         txn.receive_response(bogus, 0.1)
     assert txn.state is ClientState.TRYING
@@ -272,14 +276,14 @@ def test_server_udp_absorbs_and_resends() -> None:
     assert txn.receive_request(request, 0.1) == []
     assert txn.get_timer() is None
 
-    trying = request.response(100)
+    trying = request.response(100, to_tag=TAG)
     assert txn.send_response(trying, 0.2) == [Transmit(trying, bytes(trying))]
     assert txn.state is ServerState.PROCEEDING
     assert txn.receive_request(request, 0.3) == [
         Transmit(trying, bytes(trying), retransmission=True)
     ]
 
-    ok = request.response(200, to_tag="as83kd9bs")
+    ok = request.response(200, to_tag=TAG)
     assert txn.send_response(ok, 0.4) == [Transmit(ok, bytes(ok))]
     assert txn.state is ServerState.COMPLETED
     assert txn.last_response is ok
@@ -298,7 +302,7 @@ def test_server_udp_absorbs_and_resends() -> None:
 def test_server_final_straight_from_trying() -> None:
     request = make_request("NOTIFY")
     txn = ServerTransaction(request, reliable=False)
-    ok = request.response(200)
+    ok = request.response(200, to_tag=TAG)
     assert transmits(txn.send_response(ok, 1.0)) == [Transmit(ok, bytes(ok))]
     assert txn.state is ServerState.COMPLETED
     assert txn.receive_request(request, 2.0) == [Transmit(ok, bytes(ok), retransmission=True)]
@@ -307,7 +311,7 @@ def test_server_final_straight_from_trying() -> None:
 def test_server_tcp_terminates_when_final_is_sent() -> None:
     request = make_request("NOTIFY")
     txn = ServerTransaction(request, reliable=True)
-    ok = request.response(200)
+    ok = request.response(200, to_tag=TAG)
     assert txn.send_response(ok, 1.0) == [Transmit(ok, bytes(ok))]
     assert txn.state is ServerState.TERMINATED  # Timer J is zero
     assert txn.get_timer() is None
@@ -318,12 +322,12 @@ def test_server_transport_errors() -> None:
     txn = ServerTransaction(request, reliable=False)
     with pytest.raises(LocalProtocolError):  # nothing sent yet
         txn.transport_failed("reset", 0.0)
-    txn.send_response(request.response(100), 0.1)
+    txn.send_response(request.response(100, to_tag=TAG), 0.1)
     assert txn.transport_failed("reset", 0.2) == [TransportFailed("reset")]
     assert txn.state is ServerState.TERMINATED
 
     txn = ServerTransaction(request, reliable=False)
-    txn.send_response(request.response(200), 0.1)
+    txn.send_response(request.response(200, to_tag=TAG), 0.1)
     assert txn.transport_failed("reset", 0.2) == [TransportFailed("reset")]
     assert txn.state is ServerState.TERMINATED
     assert txn.get_timer() is None
@@ -335,15 +339,15 @@ def test_server_invalid_local_transitions() -> None:
     txn = ServerTransaction(request, reliable=False)
     with pytest.raises(LocalProtocolError):
         txn.send_response(Response(status=99, reason="x", headers=Headers()), 0.0)
-    txn.send_response(request.response(200), 0.1)
+    txn.send_response(request.response(200, to_tag=TAG), 0.1)
     with pytest.raises(LocalProtocolError):
-        txn.send_response(request.response(500), 0.2)
+        txn.send_response(request.response(500, to_tag=TAG), 0.2)
     with pytest.raises(LocalProtocolError):
-        txn.send_response(request.response(100), 0.2)
+        txn.send_response(request.response(100, to_tag=TAG), 0.2)
     assert txn.last_response is not None and txn.last_response.status == 200
     txn.handle_timer(100.0)
     with pytest.raises(LocalProtocolError):
-        txn.send_response(request.response(200), 101.0)
+        txn.send_response(request.response(200, to_tag=TAG), 101.0)
     with pytest.raises(LocalProtocolError):
         ServerTransaction(make_request("INVITE"), reliable=False)
 
@@ -361,9 +365,28 @@ def test_server_refuses_unkeyable_requests() -> None:
 def test_client_key_matches_request_and_its_responses() -> None:
     request = make_request("SUBSCRIBE")
     assert client_key(request) == ("z9hG4bK776asdhds", "SUBSCRIBE")
-    assert client_key(request.response(200)) == client_key(request)
+    assert client_key(request.response(200, to_tag=TAG)) == client_key(request)
     other_method = make_request("PUBLISH")
     assert client_key(other_method) != client_key(request)
+
+
+def test_keys_survive_the_wire() -> None:
+    request = make_request("SUBSCRIBE")
+    txn = ClientTransaction(request, reliable=False)
+    (sent,) = txn.start(0.0)
+    assert isinstance(sent, Transmit)
+    received = parse_message(sent.data)
+    assert isinstance(received, Request)
+    server = ServerTransaction(received, reliable=False)
+    (answer,) = server.send_response(received.response(202, to_tag=TAG), 0.1)
+    assert isinstance(answer, Transmit)
+    response = parse_message(answer.data)
+    assert isinstance(response, Response)
+    assert client_key(response) == txn.key
+    retransmitted = parse_message(sent.data)
+    assert isinstance(retransmitted, Request)
+    assert server_key(retransmitted) == server.key
+    assert txn.receive_response(response, 0.2) == [ResponseReceived(response)]
 
 
 def test_server_key() -> None:
