@@ -174,6 +174,7 @@ class SipPeer:
 
     Everything received is kept in ``received`` in arrival order; NOTIFYs are
     answered 200 the moment they arrive (``notify_status`` changes that).
+    ``transcript`` records every datagram sent and received, in order.
     """
 
     def __init__(self, server: tuple[str, int], host: str = "127.0.0.1") -> None:
@@ -182,6 +183,7 @@ class SipPeer:
         self.sock.bind((host, 0))
         self.host, self.port = self.sock.getsockname()
         self.received: list[SipMessage] = []
+        self.transcript: list[tuple[str, bytes]] = []
         self.notify_status = 200
         self._taken: set[int] = set()
 
@@ -200,6 +202,7 @@ class SipPeer:
         self.close()
 
     def send(self, data: bytes) -> None:
+        self.transcript.append(("sent", data))
         self.sock.sendto(data, self.server)
 
     def send_request(self, template: str, body: bytes | str = b"", **values: object) -> bytes:
@@ -253,9 +256,12 @@ class SipPeer:
             data, source = self.sock.recvfrom(65535)
         except TimeoutError:
             return
+        self.transcript.append(("received", data))
         message = SipMessage.parse(data)
         if not message.is_response and message.method == "NOTIFY":
-            self.sock.sendto(response_to(message, self.notify_status), source)
+            answer = response_to(message, self.notify_status)
+            self.sock.sendto(answer, source)
+            self.transcript.append(("sent", answer))
         self.received.append(message)
 
 
