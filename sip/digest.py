@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "AUTH_HEADERS",
     "Algorithm",
     "Authorization",
     "Challenge",
@@ -37,6 +38,14 @@ __all__ = [
     "parse_challenges",
     "select_challenge",
 ]
+
+
+# RFC 3261 §22.2 (401, user agent / registrar) and §22.3 (407, proxy): the
+# challenge header of the response and the credentials header of the retry.
+AUTH_HEADERS: dict[int, tuple[str, str]] = {
+    401: ("WWW-Authenticate", "Authorization"),
+    407: ("Proxy-Authenticate", "Proxy-Authorization"),
+}
 
 
 class Algorithm(enum.Enum):

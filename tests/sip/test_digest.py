@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip.digest import (
+    AUTH_HEADERS,
     Algorithm,
     Authorization,
     Challenge,
@@ -15,6 +16,7 @@ from sip.digest import (
     select_challenge,
 )
 from sip.errors import LocalProtocolError, RemoteProtocolError
+from sip.message import Response, parse_message
 
 # RFC 7616 §3.9.1 — the two WWW-Authenticate headers, unfolded.
 RFC7616_SHA256 = (
@@ -346,3 +348,36 @@ def test_session_counts_uses_of_each_nonce() -> None:
     assert sorted(session.realms) == ["r", "s"]
     session.forget("r")
     assert session.challenge_for("r") is None
+
+
+# --- with the message layer -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "challenge_header", "credentials_header"),
+    [
+        (401, "WWW-Authenticate", "Authorization"),
+        (407, "Proxy-Authenticate", "Proxy-Authorization"),
+    ],
+)
+def test_challenge_from_a_received_response(
+    status: int, challenge_header: str, credentials_header: str
+) -> None:
+    assert AUTH_HEADERS[status] == (challenge_header, credentials_header)
+    data = (
+        f"SIP/2.0 {status} Unauthorized\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKx\r\n"
+        "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>;tag=2\r\n"
+        "Call-ID: c1\r\nCSeq: 1 PUBLISH\r\n"
+        f'{challenge_header}: Digest realm="example.com", nonce="n1",\r\n'
+        '  qop="auth,auth-int", algorithm=MD5\r\n'
+        f'{challenge_header}: Digest realm="example.com", nonce="n2", qop="auth", '
+        "algorithm=SHA-256\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    response = parse_message(data)
+    assert isinstance(response, Response)
+    chosen = select_challenge(response.headers.get_all(challenge_header))
+    assert chosen == Challenge(
+        realm="example.com", nonce="n2", algorithm=Algorithm.SHA_256, qop=("auth",)
+    )
