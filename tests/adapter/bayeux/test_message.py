@@ -1,0 +1,100 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapter.bayeux.errors import RemoteProtocolError
+from adapter.bayeux.message import Message, parse_batch
+
+
+def test_parses_a_cometd_handshake_batch():
+    body = json.dumps(
+        [
+            {
+                "id": "1",
+                "version": "1.0",
+                "minimumVersion": "1.0",
+                "channel": "/meta/handshake",
+                "supportedConnectionTypes": ["websocket", "long-polling"],
+                "advice": {"timeout": 60000, "interval": 0},
+                "ext": {"ack": True},
+            }
+        ]
+    )
+    (message,) = parse_batch(body.encode())
+    assert message.channel == "/meta/handshake"
+    assert message.id == "1"
+    assert message.supported_connection_types == ("websocket", "long-polling")
+    assert message.ext == {"ack": True}
+    assert message.advice == {"timeout": 60000, "interval": 0}
+
+
+def test_a_single_object_is_a_batch_of_one():
+    assert parse_batch('{"channel": "/meta/connect", "clientId": "x"}') == [
+        Message(channel="/meta/connect", client_id="x")
+    ]
+
+
+def test_subscription_may_be_a_list():
+    (message,) = parse_batch('[{"channel": "/meta/subscribe", "subscription": ["/a", "/b"]}]')
+    assert message.subscriptions == ("/a", "/b")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[1]",
+        b'[{"channel": 3}]',
+        b'[{"data": {}}]',
+        b'[{"channel": "/a", "id": true}]',
+        b'[{"channel": "/a", "id": {}}]',
+        b'[{"channel": "/a", "clientId": 5}]',
+        b'[{"channel": "/a", "subscription": 5}]',
+        b'[{"channel": "/a", "subscription": [5]}]',
+        b'[{"channel": "/a", "ext": []}]',
+        b'[{"channel": "/a", "advice": "x"}]',
+        b'[{"channel": "/a", "supportedConnectionTypes": "websocket"}]',
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps([{"channel": "/a"}] * 1001).encode(),
+    ],
+)
+def test_garbage_is_a_remote_protocol_error(body):
+    with pytest.raises(RemoteProtocolError):
+        parse_batch(body)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+message_like = st.dictionaries(
+    st.sampled_from(
+        [
+            "channel",
+            "id",
+            "clientId",
+            "subscription",
+            "ext",
+            "advice",
+            "data",
+            "connectionType",
+            "supportedConnectionTypes",
+            "version",
+        ]
+    ),
+    json_values,
+)
+
+
+@given(st.binary() | st.lists(message_like).map(lambda m: json.dumps(m).encode()))
+def test_only_remote_protocol_errors_escape(body):
+    try:
+        messages = parse_batch(body)
+    except RemoteProtocolError:
+        return
+    assert all(isinstance(m.channel, str) for m in messages)
