@@ -1,6 +1,8 @@
 """Non-INVITE transactions driven by a manual clock (a float we advance)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.message import Headers, Request, Response, parse_message
@@ -417,6 +419,23 @@ def test_key_of_message_without_via() -> None:
     request.headers.remove("Via")
     with pytest.raises(RemoteProtocolError):
         server_key(request)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    via=st.text(st.sampled_from(list("SIP/2.0UDP 1.:;=branchz9G4bK[]\t,x")), max_size=40),
+    cseq=st.text(st.sampled_from(list("0123456789 NOTIFYx\t-")), max_size=15),
+)
+def test_keys_of_garbage_raise_only_remote_errors(via: str, cseq: str) -> None:
+    request = make_request("NOTIFY")
+    request.headers.set("Via", via)
+    request.headers.set("CSeq", cseq)
+    for key in (client_key, server_key):
+        try:
+            branch = key(request)[0]
+        except RemoteProtocolError:
+            continue
+        assert branch.startswith("z9hG4bK") and len(branch) > 7
 
 
 def test_new_branch() -> None:
