@@ -105,6 +105,13 @@ class PresenceServer:
     def start(self, timeout: float = 10.0) -> None:
         if self.process is not None:
             raise PresenceServerError("already started")
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()  # also removes the temporary directory
+            raise
+
+    def _start(self, timeout: float) -> None:
         # The same lookup as conf/kamailio/run, to fail with a clear message.
         binary = os.environ.get("KAMAILIO") or shutil.which("kamailio") or "/usr/sbin/kamailio"
         if not os.access(binary, os.X_OK):
@@ -126,7 +133,6 @@ class PresenceServer:
                 break
             self._reap()
         tail = self.log_tail()
-        self.stop()
         raise PresenceServerError(
             f"presence server on {self.host}:{self.port} did not answer OPTIONS "
             f"within {timeout} s; last lines of {self.log_path}:\n{tail}"

@@ -59,6 +59,21 @@ SUBSCRIBE = """
     Expires: 600
 """
 
+# RFC 6665 §4.1.2.3: "A subscriber may send a SUBSCRIBE request with an
+# "Expires" header field of 0 in order to remove a subscription."
+UNSUBSCRIBE = """
+    SUBSCRIBE {remote_target} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:{subscriber}>;tag={tag}
+    To: <sip:{presentity}>;tag={remote_tag}
+    Call-ID: {call_id}
+    CSeq: 2 SUBSCRIBE
+    Contact: <sip:{local}>
+    Event: presence
+    Expires: 0
+"""
+
 MESSAGE = """
     MESSAGE sip:{presentity} SIP/2.0
     Via: SIP/2.0/UDP {local};branch={branch};rport
@@ -269,6 +284,39 @@ def test_watcher_moves_from_pending_to_active_to_rejected(
     assert put_rules(presence_server, pair.presentity, pair.watcher, "block").status_code == 200
     terminated = notify_in_state(pair.watcher_peer, call_id, "terminated")
     assert terminated.require("Subscription-State") == "terminated;reason=rejected"
+
+
+def test_in_dialog_subscribe_with_expires_0_ends_the_subscription(pair: Pair) -> None:
+    tag = new_token()
+    call_id = new_token()
+    pair.watcher_peer.send_request(
+        SUBSCRIBE,
+        presentity=pair.presentity,
+        subscriber=pair.watcher,
+        tag=tag,
+        call_id=call_id,
+        event="presence",
+        accept="application/pidf+xml",
+    )
+    reply = pair.watcher_peer.response(call_id, "SUBSCRIBE")
+    assert reply.status == 200
+    notify_in_state(pair.watcher_peer, call_id, "pending")
+
+    # RFC 3261 §12.2.1.1: in-dialog requests go to the remote target, the
+    # Contact of the 200.
+    remote_target = reply.require("Contact").strip("<>")
+    pair.watcher_peer.send_request(
+        UNSUBSCRIBE,
+        remote_target=remote_target,
+        presentity=pair.presentity,
+        subscriber=pair.watcher,
+        tag=tag,
+        remote_tag=reply.tag("To"),
+        call_id=call_id,
+    )
+    assert pair.watcher_peer.response(call_id, "SUBSCRIBE").status == 200
+    final = notify_in_state(pair.watcher_peer, call_id, "terminated")
+    assert final.require("Subscription-State") == "terminated;reason=timeout"
 
 
 def test_xcap_document_reads_back_byte_for_byte(
