@@ -10,9 +10,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
@@ -52,12 +54,39 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    """Last resort: the client gets SVC0001 without details, the log gets the traceback."""
-    logger.error(
-        "unexpected error answering %s %s", request.method, request.url.path, exc_info=exc
-    )
-    return _error_response(ServiceError.service_error("internal error", status=500))
+class _LastResort:
+    """Answers SVC0001 for an exception nothing else handled, and logs it once.
+
+    Starlette's own 500 handler would answer too, but then re-raises so that the
+    server logs the traceback a second time; this middleware ends the exception here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watched)
+        # The one place that catches everything: whatever escaped the endpoints is a
+        # bug, and the client must still get the REST error body, never a traceback.
+        except Exception:
+            if started:
+                raise  # too late to answer; the server logs it and drops the connection
+            logger.exception(
+                "unexpected error answering %s %s", scope.get("method"), scope.get("path")
+            )
+            error = ServiceError.service_error("internal error", status=500)
+            await _error_response(error)(scope, receive, send)
 
 
 def create_app(
@@ -83,12 +112,8 @@ def create_app(
 
     app = Starlette(
         routes=[Route("/health", health_endpoint, methods=["GET"]), *routes],
-        middleware=[],
-        exception_handlers={
-            RestError: _rest_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
-        },
+        middleware=[Middleware(_LastResort)],
+        exception_handlers={RestError: _rest_error, HTTPException: _http_error},
         lifespan=app_lifespan,
     )
     # No 307 from "/cometd/" to "/cometd": Bayeux clients POST to both forms and do
