@@ -8,9 +8,9 @@ read what comes back, parse it just enough (start line, headers, body) and
 answer every NOTIFY with 200 at once.
 
 Answering at once matters: the presence server retransmits an unanswered
-NOTIFY and then deletes the subscription (RFC 6665 §4.2.2: "If the NOTIFY
-request fails due to expiration of SIP Timer F [...] the notifier removes
-the corresponding subscription").
+NOTIFY and, when the transaction times out, deletes the subscription
+(RFC 6665 §4.2.2 lets a notifier remove a subscription whose NOTIFY fails;
+Kamailio's presence module does so, timeout_rm_subs=1).
 """
 
 from __future__ import annotations

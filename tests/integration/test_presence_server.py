@@ -41,7 +41,7 @@ PUBLISH = """
     Call-ID: {call_id}
     CSeq: 1 PUBLISH
     Event: presence
-    Expires: 3600
+    Expires: {expires}
     Content-Type: application/pidf+xml
 """
 
@@ -59,8 +59,8 @@ SUBSCRIBE = """
     Expires: 600
 """
 
-# RFC 6665 §4.1.2.3: "A subscriber may send a SUBSCRIBE request with an
-# "Expires" header field of 0 in order to remove a subscription."
+# RFC 6665 §4.1.2.3: unsubscribing is a refresh (in-dialog SUBSCRIBE) with
+# Expires 0.
 UNSUBSCRIBE = """
     SUBSCRIBE {remote_target} SIP/2.0
     Via: SIP/2.0/UDP {local};branch={branch};rport
@@ -149,7 +149,7 @@ def put_rules(
     )
 
 
-def publish(peer: SipPeer, presentity: str, note: str) -> SipMessage:
+def publish(peer: SipPeer, presentity: str, note: str, expires: int = 3600) -> SipMessage:
     call_id = new_token()
     peer.send_request(
         PUBLISH,
@@ -157,6 +157,7 @@ def publish(peer: SipPeer, presentity: str, note: str) -> SipMessage:
         presentity=presentity,
         tag=new_token(),
         call_id=call_id,
+        expires=expires,
     )
     return peer.response(call_id, "PUBLISH")
 
@@ -240,6 +241,14 @@ def test_publish_is_answered_200_with_sip_etag(pair: Pair) -> None:
     assert reply.require("Expires") == "3600"
 
 
+def test_publish_lifetime_is_capped_at_a_day(pair: Pair) -> None:
+    # RFC 3903 §6 (step 5) lets the server grant less than the requested
+    # expiration; conf/kamailio/kamailio.cfg allows at most 86400 s.
+    reply = publish(pair.presentity_peer, pair.presentity, "long", expires=10 * 86400)
+    assert reply.status == 200
+    assert reply.require("Expires") == "86400"
+
+
 def test_watcher_moves_from_pending_to_active_to_rejected(
     presence_server: PresenceServer, pair: Pair
 ) -> None:
@@ -254,7 +263,7 @@ def test_watcher_moves_from_pending_to_active_to_rejected(
     pending = notify_in_state(pair.watcher_peer, call_id, "pending")
     assert pending.body == b""
     assert pending.require("Event") == "presence"
-    # RFC 6665 §4.1.2.4: the NOTIFY belongs to the dialog the 200 created.
+    # The NOTIFY belongs to the dialog the 200 created (RFC 6665 §4.1.2).
     assert pending.tag("From") == reply.tag("To")
 
     rules = put_rules(presence_server, pair.presentity, pair.watcher, "allow")

@@ -58,7 +58,9 @@ def main() -> None:
         body = PIDF.format(presentity=ALICE, note="at my desk")
         save(
             "01-publish.txt",
-            alice.send_request(PUBLISH, body, presentity=ALICE, tag=new_token(), call_id=call_id),
+            alice.send_request(
+                PUBLISH, body, presentity=ALICE, tag=new_token(), call_id=call_id, expires=3600
+            ),
         )
         save("02-publish-200.txt", alice.response(call_id, "PUBLISH").raw)
 
