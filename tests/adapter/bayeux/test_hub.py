@@ -1,0 +1,85 @@
+"""The asyncio driver: held connects are futures, one timer, no sleeping objects."""
+
+import asyncio
+import logging
+
+from adapter.bayeux.hub import Hub
+from adapter.bayeux.limits import BayeuxLimits
+from adapter.bayeux.message import Message
+
+
+def authenticate(user: str, password: str) -> str | None:
+    return user if password == "pw" else None
+
+
+async def held_session(hub: Hub) -> tuple[str, int]:
+    (reply,) = hub.receive(
+        [Message("/meta/handshake")], transport="websocket", credentials=("app", "pw")
+    ).replies
+    client_id = reply["clientId"]
+    hub.receive(
+        [Message("/meta/subscribe", client_id=client_id, subscription="/bayeux/app/**")],
+        transport="websocket",
+    )
+    hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
+    held = hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
+    assert held.held is not None
+    return client_id, held.held
+
+
+def test_a_delivery_answers_the_waiting_connect_on_the_next_loop_turn():
+    async def scenario() -> list:
+        hub = Hub(authenticate)
+        _, token = await held_session(hub)
+        waiter = asyncio.ensure_future(hub.wait(token))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        hub.deliver("app", "/bayeux/app/x", {"n": 1})
+        hub.deliver("app", "/bayeux/app/x", {"n": 2})
+        return await asyncio.wait_for(waiter, 1)
+
+    replies = asyncio.run(scenario())
+    assert [r.get("data") for r in replies] == [{"n": 1}, {"n": 2}, None]
+
+
+def test_the_hub_timer_releases_a_held_connect_at_the_advice_timeout():
+    async def scenario() -> float:
+        hub = Hub(authenticate, BayeuxLimits(connect_timeout=0.05))
+        _, token = await held_session(hub)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        replies = await asyncio.wait_for(hub.wait(token), 2)
+        assert replies[-1]["successful"] is True
+        return loop.time() - started
+
+    assert 0.04 <= asyncio.run(scenario()) < 1
+
+
+def test_abandon_keeps_the_session_and_its_messages():
+    async def scenario() -> list:
+        hub = Hub(authenticate)
+        client_id, token = await held_session(hub)
+        hub.abandon(token)
+        hub.deliver("app", "/bayeux/app/x", {"n": 1})
+        again = hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
+        hub.close()
+        return again.replies
+
+    replies = asyncio.run(scenario())
+    assert [r.get("data") for r in replies] == [{"n": 1}, None]
+
+
+def test_close_answers_held_connects(caplog):
+    async def scenario() -> list:
+        hub = Hub(authenticate, BayeuxLimits(queue_size=1))
+        _, token = await held_session(hub)
+        waiter = asyncio.ensure_future(hub.wait(token))
+        with caplog.at_level(logging.WARNING, logger="adapter.bayeux"):
+            hub.deliver("app", "/bayeux/app/x", {"n": 1})
+            hub.deliver("app", "/bayeux/app/x", {"n": 2})
+        hub.close()
+        return await asyncio.wait_for(waiter, 1)
+
+    replies = asyncio.run(scenario())
+    assert [r.get("data") for r in replies] == [{"n": 2}, None]
+    assert "dropped 1 oldest message(s) for app" in caplog.text
