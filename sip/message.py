@@ -1,0 +1,708 @@
+"""SIP messages: headers, requests, responses, and their framing on the wire.
+
+Parsing (RFC 3261 §7)
+---------------------
+``parse_message`` reads one datagram; ``StreamParser`` frames messages out of
+a TCP/TLS byte stream by Content-Length (§18.3).  Both share one head parser:
+the start line, then header lines split on CRLF, with folded continuation
+lines joined (§7.3.1: "the entire line can be treated as a single line with
+the LWS replaced by a single SP").  Header *values* are kept as strings and
+parsed into typed values only when an accessor asks, except the five that
+every layer above needs on every message — Via, From, To, Call-ID, CSeq —
+which are checked (and cached) when the message is parsed, so a message that
+``parse_message`` returns never fails on those accessors.
+
+Lines end in CRLF only: a bare CR or LF in the head is garbage.  The head is
+UTF-8 (§7.3.1: values may contain UTF-8 text).
+
+Typed accessors parse on access and cache the result keyed by the raw header
+strings they came from, so mutating ``headers`` afterwards is safe.  They
+return fresh lists, never the cached ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .headers import CSeq, Event, RetryAfter, SubscriptionState, Via
+from .params import is_token, parse_delta_seconds, split_outside
+from .uri import URI, NameAddr, parse_uri
+
+__all__ = [
+    "DEFAULT_MAX_DATAGRAM",
+    "DEFAULT_MAX_STREAM_MESSAGE",
+    "REASON_PHRASES",
+    "Headers",
+    "Message",
+    "Request",
+    "Response",
+    "StreamParser",
+    "is_keepalive",
+    "parse_message",
+]
+
+# The largest UDP payload over IPv4; nothing larger can arrive as one datagram.
+DEFAULT_MAX_DATAGRAM = 65535
+DEFAULT_MAX_STREAM_MESSAGE = 256 * 1024
+
+# RFC 3261 §7.3.3 compact forms, plus those of later RFCs:
+# o, u: RFC 6665 §8.2.1/§8.2.2; r: RFC 3515; b: RFC 3892; x: RFC 4028;
+# a, j, d: RFC 3841; y, n: RFC 4474.
+_COMPACT = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
+}
+
+_CANONICAL_NAMES = [
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info",
+    "Allow", "Allow-Events", "Authentication-Info", "Authorization", "Call-ID",
+    "Call-Info", "Contact", "Content-Disposition", "Content-Encoding",
+    "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
+    "Error-Info", "Event", "Expires", "From", "Identity", "Identity-Info",
+    "In-Reply-To", "Max-Forwards", "MIME-Version", "Min-Expires", "Min-SE",
+    "Organization", "P-Asserted-Identity", "Path", "Priority",
+    "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
+    "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact",
+    "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route", "RSeq",
+    "Server", "Service-Route", "Session-Expires", "SIP-ETag", "SIP-If-Match",
+    "Subject", "Subscription-State", "Supported", "Timestamp", "To",
+    "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+]  # fmt: skip
+_CANONICAL = {name.lower(): name for name in _CANONICAL_NAMES}
+
+# Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1: "Multiple
+# header field rows with the same field-name MAY be present ... if and only if
+# the entire field-value for that header field is defined as a comma-separated
+# list").  Everything else — WWW-Authenticate, Authorization, Date, unknown
+# headers — is never split, as commas are part of those values.
+_LIST_KEYS = frozenset(
+    {
+        "accept", "accept-contact", "accept-encoding", "accept-language",
+        "alert-info", "allow", "allow-events", "call-info", "contact",
+        "content-encoding", "content-language", "error-info", "in-reply-to",
+        "p-asserted-identity", "path", "proxy-require", "reason", "record-route",
+        "reject-contact", "request-disposition", "require", "route",
+        "service-route", "supported", "unsupported", "via", "warning",
+    }
+)  # fmt: skip
+
+
+def _key(name: str) -> str:
+    k = name.lower()
+    return _COMPACT.get(k, k)
+
+
+class Headers:
+    """An ordered list of header fields, looked up case-insensitively.
+
+    Names are stored in canonical spelling (compact forms expanded, known
+    headers in their RFC spelling, unknown ones as given).  Values are the
+    raw field values, trimmed.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        # (lower-case canonical name, display name, value)
+        self._items: list[tuple[str, str, str]] = []
+        for name, value in items:
+            self.add(name, value)
+
+    @staticmethod
+    def _checked(name: str, value: str) -> tuple[str, str, str]:
+        if not is_token(name):
+            raise LocalProtocolError(f"bad header name: {name!r}")
+        if "\r" in value or "\n" in value or "\0" in value:
+            # A CR or LF would end the header line and let the value forge
+            # further headers; RFC 3261 §7.3.1 folding is never needed on output.
+            raise LocalProtocolError(f"CR, LF or NUL in {name} value: {value!r}")
+        key = _key(name)
+        return key, _CANONICAL.get(key, name), value.strip()
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field (after any existing ones of that name)."""
+        self._items.append(self._checked(name, value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a field first (a new topmost Via, §8.1.1.7 / §16.6)."""
+        self._items.insert(0, self._checked(name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field of that name with one, at the first one's place."""
+        item = self._checked(name, value)
+        key = item[0]
+        for i, (k, _, _) in enumerate(self._items):
+            if k == key:
+                self._items[i] = item
+                self._items[i + 1 :] = [it for it in self._items[i + 1 :] if it[0] != key]
+                return
+        self._items.append(item)
+
+    def remove(self, name: str) -> int:
+        """Remove every field of that name; returns how many there were."""
+        key = _key(name)
+        before = len(self._items)
+        self._items = [it for it in self._items if it[0] != key]
+        return before - len(self._items)
+
+    def get(self, name: str) -> str | None:
+        """The first value, or None.  For list headers, the first list element."""
+        key = _key(name)
+        for k, _, v in self._items:
+            if k == key:
+                if key in _LIST_KEYS and ("," in v or not v):
+                    values = self.get_all(name)
+                    return values[0] if values else None
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value in order; comma-joined values of list headers split."""
+        key = _key(name)
+        if key not in _LIST_KEYS:
+            return [v for k, _, v in self._items if k == key]
+        out: list[str] = []
+        for k, _, v in self._items:
+            if k == key:
+                if "," in v:
+                    out.extend(p.strip() for p in split_outside(v, ",") if p.strip())
+                elif v:
+                    out.append(v)
+        return out
+
+    def get_raw(self, name: str) -> list[str]:
+        """The field values as they appear, one per header line, never split."""
+        key = _key(name)
+        return [v for k, _, v in self._items if k == key]
+
+    def copy(self) -> Headers:
+        new = Headers()
+        new._items = list(self._items)
+        return new
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for _, name, value in self._items:
+            yield name, value
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = _key(name)
+        return any(k == key for k, _, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return [(k, v) for k, _, v in self._items] == [(k, v) for k, _, v in other._items]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({[(n, v) for _, n, v in self._items]!r})"
+
+
+T = TypeVar("T")
+
+
+class _Accessors:
+    """Typed views of the headers shared by Request and Response."""
+
+    headers: Headers
+    body: bytes
+    _cache: dict[str, tuple[tuple[str, ...], object]]
+
+    def _cached(self, key: str, build: Callable[[Headers], T]) -> T:
+        raw = tuple(self.headers.get_raw(key))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == raw:
+            return cast(T, hit[1])
+        value = build(self.headers)
+        self._cache[key] = (raw, value)
+        return value
+
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise RemoteProtocolError(f"missing {name} header")
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        """RFC 3261 §20.42, topmost first."""
+        return list(self._cached("via", lambda h: tuple(Via.parse(v) for v in h.get_all("via"))))
+
+    @property
+    def call_id(self) -> str:
+        """RFC 3261 §20.8: ``callid = word [ "@" word ]`` — no blanks."""
+        return self._cached("call-id", lambda h: _call_id(self._required("Call-ID")))
+
+    @property
+    def cseq(self) -> CSeq:
+        return self._cached("cseq", lambda h: CSeq.parse(self._required("CSeq")))
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._cached("from", lambda h: NameAddr.parse(self._required("From")))
+
+    @property
+    def to(self) -> NameAddr:
+        return self._cached("to", lambda h: NameAddr.parse(self._required("To")))
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        return list(self._cached("contact", lambda h: _name_addrs(h, "contact")))
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return list(self._cached("record-route", lambda h: _name_addrs(h, "record-route")))
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return list(self._cached("route", lambda h: _name_addrs(h, "route")))
+
+    @property
+    def expires(self) -> int | None:
+        """RFC 3261 §20.19, delta-seconds."""
+        return self._delta("expires", "Expires")
+
+    @property
+    def min_expires(self) -> int | None:
+        """RFC 3261 §20.23 (with 423 Interval Too Brief)."""
+        return self._delta("min-expires", "Min-Expires")
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self._delta("max-forwards", "Max-Forwards")
+
+    def _delta(self, key: str, what: str) -> int | None:
+        def build(h: Headers) -> int | None:
+            value = h.get(key)
+            return None if value is None else parse_delta_seconds(value, what)
+
+        return self._cached(key, build)
+
+    @property
+    def event(self) -> Event | None:
+        return self._cached("event", lambda h: _optional(h, "event", Event.parse))
+
+    @property
+    def subscription_state(self) -> SubscriptionState | None:
+        return self._cached(
+            "subscription-state",
+            lambda h: _optional(h, "subscription-state", SubscriptionState.parse),
+        )
+
+    @property
+    def retry_after(self) -> RetryAfter | None:
+        return self._cached("retry-after", lambda h: _optional(h, "retry-after", RetryAfter.parse))
+
+    @property
+    def sip_etag(self) -> str | None:
+        """RFC 3903 §11.3.1: ``SIP-ETag = "SIP-ETag" HCOLON entity-tag``, a token."""
+        return self._cached("sip-etag", lambda h: _optional(h, "sip-etag", _entity_tag))
+
+    @property
+    def sip_if_match(self) -> str | None:
+        """RFC 3903 §11.3.2."""
+        return self._cached("sip-if-match", lambda h: _optional(h, "sip-if-match", _entity_tag))
+
+    @property
+    def content_type(self) -> str | None:
+        """The Content-Type value as sent (``application/pidf+xml;charset=UTF-8``)."""
+        return self.headers.get("Content-Type")
+
+    @property
+    def media_type(self) -> str | None:
+        """Content-Type without parameters, lower-cased (§20.15: case-insensitive)."""
+        value = self.headers.get("Content-Type")
+        return None if value is None else value.partition(";")[0].strip().lower()
+
+
+def _call_id(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise RemoteProtocolError(f"bad Call-ID: {value!r}")
+    return value
+
+
+def _entity_tag(value: str) -> str:
+    if not is_token(value):
+        raise RemoteProtocolError(f"bad entity-tag: {value!r}")
+    return value
+
+
+def _name_addrs(h: Headers, key: str) -> tuple[NameAddr, ...]:
+    return tuple(NameAddr.parse(v) for v in h.get_all(key))
+
+
+def _optional(h: Headers, key: str, parse: Callable[[str], T]) -> T | None:
+    value = h.get(key)
+    return None if value is None else parse(value)
+
+
+def _serialise(start: str, headers: Headers, body: bytes) -> bytes:
+    lines = [start]
+    length_done = False
+    for key, name, value in headers._items:
+        if key == "content-length":
+            # Always the real body length, at the place of the first one.
+            if not length_done:
+                lines.append(f"Content-Length: {len(body)}")
+                length_done = True
+            continue
+        lines.append(f"{name}: {value}")
+    if not length_done:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+# RFC 3261 §21, RFC 3265/6665 (202, 489), RFC 3903 (412), RFC 5839 (204),
+# RFC 4474 (428, 436-438), RFC 6228 (199), RFC 3329 (494).
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated",
+    200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily",
+    305: "Use Proxy", 380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
+    423: "Interval Too Brief", 428: "Use Identity Header",
+    436: "Bad Identity-Info", 437: "Unsupported Certificate", 438: "Invalid Identity Header",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
+    485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 494: "Security Agreement Required",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}  # fmt: skip
+_CLASS_PHRASES = {1: "Trying", 2: "OK", 3: "Redirect", 4: "Client Error", 5: "Server Error",
+                  6: "Global Failure"}  # fmt: skip
+
+
+@dataclass(eq=True)
+class Request(_Accessors):
+    method: str
+    uri: URI
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    _cache: dict[str, tuple[tuple[str, ...], object]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __bytes__(self) -> bytes:
+        return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
+
+    def response(
+        self, status: int, reason: str | None = None, *, to_tag: str | None = None
+    ) -> Response:
+        """A response to this request, per RFC 3261 §8.2.6.2.
+
+        "The From field of the response MUST equal the From header field of
+        the request.  The Call-ID header field of the response MUST equal the
+        Call-ID header field of the request.  The CSeq header field of the
+        response MUST equal the CSeq field of the request.  The Via header
+        field values in the response MUST equal the Via header field values in
+        the request and MUST maintain the same ordering."  The To is copied
+        too, and "if the request contained no tag in the To header field, the
+        UAS MUST add one" — except in a 100 (Trying).  That tag is ``to_tag``;
+        it is required then and ignored when the request's To already has one.
+        """
+        if not 100 <= status <= 699:
+            raise LocalProtocolError(f"status code out of range: {status}")
+        if self.method == "ACK":
+            raise LocalProtocolError("ACK is never answered (RFC 3261 §17.1.1.3)")
+        h = Headers()
+        items = h._items
+        for key in ("via", "from", "to", "call-id", "cseq"):
+            for k, name, value in self.headers._items:
+                if k == key:
+                    items.append((k, name, value))
+        to_index = next((i for i, it in enumerate(items) if it[0] == "to"), None)
+        if to_index is not None and self.to.tag is None:
+            if to_tag is not None:
+                if not is_token(to_tag):
+                    raise LocalProtocolError(f"bad To tag: {to_tag!r}")
+                # Appending keeps the request's To text as it was; after an
+                # addr-spec too, ";tag=" is a header parameter (§20).
+                k, name, value = items[to_index]
+                items[to_index] = (k, name, f"{value};tag={to_tag}")
+            elif status != 100:
+                raise LocalProtocolError(
+                    f"a {status} response needs a To tag (RFC 3261 §8.2.6.2): pass to_tag"
+                )
+        if status == 100:
+            # §8.2.6.1: "If a Timestamp header field is present in the request,
+            # it MUST be copied into this 100 (Trying) response."
+            for k, name, value in self.headers._items:
+                if k == "timestamp":
+                    items.append((k, name, value))
+        elif status < 300 and self.method in ("SUBSCRIBE", "REFER", "INVITE"):
+            # §12.1.1: a UAS establishing a dialog "MUST copy all Record-Route
+            # header field values from the request into the response".
+            for k, name, value in self.headers._items:
+                if k == "record-route":
+                    items.append((k, name, value))
+        if reason is None:
+            reason = REASON_PHRASES.get(status) or _CLASS_PHRASES[status // 100]
+        return Response(status, reason, h)
+
+
+@dataclass(eq=True)
+class Response(_Accessors):
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    _cache: dict[str, tuple[tuple[str, ...], object]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __bytes__(self) -> bytes:
+        return _serialise(f"SIP/2.0 {self.status} {self.reason}", self.headers, self.body)
+
+
+Message = Request | Response
+
+
+# -- parsing -----------------------------------------------------------------
+
+_Head = tuple[str, Headers]
+
+
+def _parse_head(data: bytes | bytearray, end: int) -> _Head:
+    """Start line and headers of ``data[:end]`` (``end`` = the blank line)."""
+    try:
+        text = bytes(data[:end]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"message head is not UTF-8: {exc}") from None
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf or text.count("\n") != crlf:
+        raise RemoteProtocolError("bare CR or LF in message head")
+    lines = text.split("\r\n")
+    headers = Headers()
+    items = headers._items
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            # §7.3.1 folding: a line starting with whitespace continues the
+            # previous header value.
+            if not items:
+                raise RemoteProtocolError("continuation line before any header")
+            k, name, value = items[-1]
+            items[-1] = (k, name, f"{value} {line.strip()}".strip())
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise RemoteProtocolError(f"bad header line: {line!r}")
+        # HCOLON = *( SP / HTAB ) ":" SWS — blanks may precede the colon.
+        name = line[:colon].rstrip(" \t")
+        if not is_token(name):
+            raise RemoteProtocolError(f"bad header name: {line!r}")
+        key = _key(name)
+        items.append((key, _CANONICAL.get(key, name), line[colon + 1 :].strip()))
+    return lines[0], headers
+
+
+def _content_length(headers: Headers) -> int | None:
+    values = headers.get_raw("content-length")
+    if not values:
+        return None
+    if any(v != values[0] for v in values):
+        raise RemoteProtocolError(f"conflicting Content-Length values: {values!r}")
+    value = values[0]
+    if not value.isdigit() or not value.isascii() or len(value) > 12:
+        raise RemoteProtocolError(f"bad Content-Length: {value!r}")
+    return int(value)
+
+
+def _build(head: _Head, body: bytes) -> Message:
+    start, headers = head
+    msg: Message
+    if start[:4].upper() == "SIP/":
+        parts = start.split(" ", 2)
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+            raise RemoteProtocolError(f"bad status line: {start!r}")
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
+            raise RemoteProtocolError(f"bad status code: {start!r}")
+        msg = Response(int(code), parts[2] if len(parts) == 3 else "", headers, body)
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3 or parts[2].upper() != "SIP/2.0" or not is_token(parts[0]):
+            raise RemoteProtocolError(f"bad request line: {start!r}")
+        msg = Request(parts[0], parse_uri(parts[1]), headers, body)
+    # §8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are mandatory in a
+    # request; Max-Forwards is tolerated missing (§16.6 defaults it), the rest
+    # are what every layer above matches on, so they are checked here once.
+    if not msg.vias:
+        raise RemoteProtocolError("missing Via header")
+    msg.call_id  # noqa: B018
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+    cseq = msg.cseq
+    if isinstance(msg, Request) and cseq.method != msg.method:
+        # §8.1.1.5: "The method MUST match that of the request."
+        raise RemoteProtocolError(f"CSeq method {cseq.method} does not match {msg.method}")
+    return msg
+
+
+def is_keepalive(data: bytes) -> bool:
+    """A datagram of CRLFs only: a keep-alive (RFC 5626 §4.4.1 style), not a message."""
+    return bool(data) and not data.replace(b"\r\n", b"")
+
+
+def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_DATAGRAM) -> Message:
+    """Parse one datagram into a Request or Response (RemoteProtocolError on garbage).
+
+    §18.3: with Content-Length, bytes beyond the body are discarded; "If the
+    transport packet ends before the end of the message body, this is
+    considered an error."  Without it, the body is the rest of the datagram.
+    """
+    if len(data) > max_size:
+        raise RemoteProtocolError(f"datagram of {len(data)} bytes exceeds {max_size}")
+    # §7.5: CRLFs before the start line are ignored.
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    if start:
+        data = data[start:]
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise RemoteProtocolError("no empty line after the headers")
+    head = _parse_head(data, end)
+    body_start = end + 4
+    length = _content_length(head[1])
+    if length is None:
+        body = data[body_start:]
+    else:
+        if body_start + length > len(data):
+            raise RemoteProtocolError(
+                f"Content-Length {length} exceeds the {len(data) - body_start} bytes received"
+            )
+        body = data[body_start : body_start + length]
+    return _build(head, bytes(body))
+
+
+class StreamParser:
+    """Frames messages out of a stream transport (RFC 3261 §18.3).
+
+    "In the case of stream-oriented transports such as TCP, the Content-Length
+    header field indicates the size of the body" and is required here: a
+    message without one cannot be delimited, so the stream fails.  CRLFs
+    between messages are skipped (§7.5); a double CRLF there is an RFC 5626
+    §3.5.1 keep-alive "ping", counted for ``take_pings()`` so that the
+    transport can answer with a single-CRLF "pong".
+
+    After a RemoteProtocolError the stream cannot be resynchronised, and every
+    later ``feed`` raises again: close the connection.
+    """
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_STREAM_MESSAGE) -> None:
+        self.max_message_size = max_message_size
+        self._buf = bytearray()
+        self._scanned = 0  # bytes already searched for the blank line
+        self._head: _Head | None = None
+        self._body_start = 0
+        self._total = 0
+        self._crlfs = 0  # consecutive CRLFs seen between messages
+        self._pings = 0
+        self._broken: str | None = None
+
+    def feed(self, data: bytes) -> list[Message]:
+        if self._broken is not None:
+            raise RemoteProtocolError(f"stream already failed: {self._broken}")
+        self._buf += data
+        try:
+            return self._drain()
+        except RemoteProtocolError as exc:
+            self._broken = str(exc)
+            self._buf.clear()
+            raise
+
+    def take_pings(self) -> int:
+        """How many double-CRLF keep-alive pings arrived since the last call."""
+        pings, self._pings = self._pings, 0
+        return pings
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def _drain(self) -> list[Message]:
+        out: list[Message] = []
+        buf = self._buf
+        while True:
+            if self._head is None:
+                skip = 0
+                while buf.startswith(b"\r\n", skip):
+                    skip += 2
+                    self._crlfs += 1
+                    if self._crlfs == 2:
+                        self._pings += 1
+                        self._crlfs = 0
+                if skip:
+                    del buf[:skip]
+                    self._scanned = 0
+                if not buf or buf == b"\r":
+                    break
+                self._crlfs = 0
+                end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+                if end < 0:
+                    if len(buf) > self.max_message_size:
+                        raise RemoteProtocolError(
+                            f"message head exceeds {self.max_message_size} bytes"
+                        )
+                    self._scanned = len(buf)
+                    break
+                head = _parse_head(buf, end)
+                length = _content_length(head[1])
+                if length is None:
+                    raise RemoteProtocolError(
+                        "Content-Length is required on a stream transport (RFC 3261 §18.3)"
+                    )
+                self._body_start = end + 4
+                self._total = self._body_start + length
+                if self._total > self.max_message_size:
+                    raise RemoteProtocolError(
+                        f"message of {self._total} bytes exceeds {self.max_message_size}"
+                    )
+                self._head = head
+            if len(buf) < self._total:
+                break
+            body = bytes(buf[self._body_start : self._total])
+            head, self._head = self._head, None
+            del buf[: self._total]
+            self._scanned = 0
+            out.append(_build(head, body))
+        return out

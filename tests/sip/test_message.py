@@ -1,0 +1,561 @@
+from pathlib import Path
+
+import pytest
+
+from sip.errors import LocalProtocolError, RemoteProtocolError
+from sip.headers import CSeq, Event, RetryAfter, SubscriptionState, Via
+from sip.message import (
+    Headers,
+    Request,
+    Response,
+    StreamParser,
+    is_keepalive,
+    parse_message,
+)
+from sip.uri import NameAddr, SipURI
+
+DATA = Path(__file__).parent.parent / "data" / "sip"
+SAMPLES = sorted(p.name for p in DATA.glob("*.sip"))
+# Written in canonical form: serialising the parsed message gives the same bytes.
+CANONICAL = [
+    "comma_via.sip",
+    "notify_active.sip",
+    "notify_terminated.sip",
+    "publish_pidf.sip",
+    "response_200_publish.sip",
+    "response_401.sip",
+    "subscribe.sip",
+]
+
+
+def sample(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def minimal(method: str = "NOTIFY", extra: str = "", body: bytes = b"") -> bytes:
+    head = (
+        f"{method} sip:bob@127.0.0.1:5080 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+        "From: <sip:alice@example.com>;tag=a\r\n"
+        "To: <sip:bob@example.com>\r\n"
+        "Call-ID: c1@host\r\n"
+        f"CSeq: 1 {method}\r\n"
+        f"{extra}"
+        "\r\n"
+    )
+    return head.encode() + body
+
+
+class TestHeaders:
+    def test_canonical_names_and_compact_forms(self) -> None:
+        h = Headers([("v", "SIP/2.0/UDP a"), ("call-id", "x"), ("cseq", "1 X"), ("X-Custom", "1")])
+        assert [name for name, _ in h] == ["Via", "Call-ID", "CSeq", "X-Custom"]
+        assert h.get("VIA") == "SIP/2.0/UDP a"
+        assert h.get("i") == "x"
+        assert h.get("x-custom") == "1"
+        assert "Via" in h and "v" in h and "Contact" not in h
+        assert 5 not in h
+        assert len(h) == 4
+
+    @pytest.mark.parametrize(
+        ("compact", "full"),
+        [
+            ("i", "Call-ID"), ("m", "Contact"), ("e", "Content-Encoding"),
+            ("l", "Content-Length"), ("c", "Content-Type"), ("f", "From"), ("s", "Subject"),
+            ("k", "Supported"), ("t", "To"), ("v", "Via"), ("o", "Event"),
+            ("u", "Allow-Events"), ("r", "Refer-To"), ("b", "Referred-By"),
+            ("x", "Session-Expires"),
+        ],
+    )  # fmt: skip
+    def test_every_compact_form(self, compact: str, full: str) -> None:
+        h = Headers()
+        h.add(compact.upper(), "v1")
+        assert list(h) == [(full, "v1")]
+        assert h.get(full.lower()) == "v1"
+
+    def test_add_set_remove(self) -> None:
+        h = Headers()
+        h.add("Route", "<sip:a;lr>")
+        h.add("Expires", "10")
+        h.add("Route", "<sip:b;lr>")
+        h.set("route", "<sip:c;lr>")
+        assert list(h) == [("Route", "<sip:c;lr>"), ("Expires", "10")]
+        h.set("Max-Forwards", "70")
+        assert list(h)[-1] == ("Max-Forwards", "70")
+        assert h.remove("Expires") == 1
+        assert h.remove("Expires") == 0
+        assert h.get("Expires") is None
+        h.prepend("Via", "SIP/2.0/UDP top")
+        assert list(h)[0] == ("Via", "SIP/2.0/UDP top")
+
+    def test_get_all_splits_list_headers(self) -> None:
+        h = Headers()
+        h.add("Via", "SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b;branch=2")
+        h.add("Via", "SIP/2.0/UDP c;branch=3")
+        h.add("Contact", '"Doe, John" <sip:j@d;x=a,b>;q=0.1, <sip:k@d>')
+        h.add("Allow", "INVITE, ACK,NOTIFY")
+        assert h.get_all("v") == [
+            "SIP/2.0/UDP a;branch=1",
+            "SIP/2.0/UDP b;branch=2",
+            "SIP/2.0/UDP c;branch=3",
+        ]
+        assert h.get("Via") == "SIP/2.0/UDP a;branch=1"
+        assert h.get_raw("Via")[0] == "SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b;branch=2"
+        assert h.get_all("m") == ['"Doe, John" <sip:j@d;x=a,b>;q=0.1', "<sip:k@d>"]
+        assert h.get_all("Allow") == ["INVITE", "ACK", "NOTIFY"]
+
+    def test_get_all_does_not_split_comma_valued_headers(self) -> None:
+        challenge = 'Digest realm="a", nonce="b", qop="auth,auth-int"'
+        h = Headers()
+        h.add("WWW-Authenticate", challenge)
+        h.add("WWW-Authenticate", 'Digest realm="a", algorithm=SHA-256')
+        h.add("Date", "Sat, 13 Nov 2010 23:29:00 GMT")
+        h.add("X-Unknown", "a, b")
+        assert h.get_all("www-authenticate") == [challenge, 'Digest realm="a", algorithm=SHA-256']
+        assert h.get("WWW-Authenticate") == challenge
+        assert h.get_all("Date") == ["Sat, 13 Nov 2010 23:29:00 GMT"]
+        assert h.get_all("X-Unknown") == ["a, b"]
+        for name in ("Authorization", "Proxy-Authenticate", "Proxy-Authorization"):
+            h.add(name, 'Digest a="1", b="2"')
+            assert h.get_all(name) == ['Digest a="1", b="2"']
+
+    def test_header_injection_is_refused(self) -> None:
+        h = Headers()
+        with pytest.raises(LocalProtocolError):
+            h.add("Subject", "hi\r\nVia: SIP/2.0/UDP evil")
+        with pytest.raises(LocalProtocolError):
+            h.set("Bad Name", "x")
+        with pytest.raises(LocalProtocolError):
+            h.add("", "x")
+
+    def test_equality_and_copy(self) -> None:
+        a = Headers([("v", "x"), ("To", "y")])
+        b = a.copy()
+        assert a == b and a == Headers([("Via", "x"), ("t", "y")])
+        b.add("Expires", "1")
+        assert a != b and len(a) == 2
+
+
+class TestSamples:
+    def test_all_samples_are_present(self) -> None:
+        assert len(SAMPLES) >= 9
+
+    @pytest.mark.parametrize("name", SAMPLES)
+    def test_round_trip(self, name: str) -> None:
+        data = sample(name)
+        msg = parse_message(data)
+        again = parse_message(bytes(msg))
+        assert again == msg
+        assert bytes(again) == bytes(msg)
+        if name in CANONICAL:
+            assert bytes(msg) == data
+
+    def test_publish(self) -> None:
+        req = parse_message(sample("publish_pidf.sip"))
+        assert isinstance(req, Request)
+        assert req.method == "PUBLISH"
+        assert req.uri == SipURI("sip", "alice", "example.com")
+        assert req.cseq == CSeq(2, "PUBLISH")
+        assert req.event == Event("presence")
+        assert req.expires == 3600
+        assert req.max_forwards == 70
+        assert req.sip_if_match == "a.1700000000.12345.1.0"
+        assert req.sip_etag is None
+        assert req.content_type == "application/pidf+xml"
+        assert req.media_type == "application/pidf+xml"
+        assert req.body.startswith(b"<?xml") and req.body.endswith(b"</presence>\n")
+        assert req.from_.tag == "f8a1c2" and req.to.tag is None
+        assert req.vias[0].rport_requested
+
+    def test_subscribe(self) -> None:
+        req = parse_message(sample("subscribe.sip"))
+        assert isinstance(req, Request)
+        assert req.from_ == NameAddr.parse('"Bob" <sip:bob@example.com>;tag=b0b1')
+        assert req.contacts == [NameAddr.parse("<sip:bob@127.0.0.1:5080;transport=tcp>")]
+        assert req.headers.get_all("Accept") == [
+            "application/pidf+xml",
+            "application/rlmi+xml",
+            "multipart/related",
+        ]
+        assert req.headers.get_all("u") == ["presence", "presence.winfo"]
+        assert req.body == b""
+        assert req.vias[0].transport == "TCP"
+
+    def test_notify(self) -> None:
+        req = parse_message(sample("notify_active.sip"))
+        assert isinstance(req, Request)
+        assert req.subscription_state == SubscriptionState("active", (("expires", "3599"),))
+        assert req.record_routes == [NameAddr.parse("<sip:127.0.0.1:5070;transport=tcp;lr>")]
+        assert req.contacts[0].sip_uri.host == "127.0.0.1"
+        assert req.body.count(b"\n") == 14
+        assert req.call_id == "sub-1f2e3d@127.0.0.1"
+
+    def test_notify_terminated(self) -> None:
+        req = parse_message(sample("notify_terminated.sip"))
+        state = req.subscription_state
+        assert state is not None
+        assert (state.state, state.reason, state.retry_after) == ("terminated", "rejected", 120)
+
+    def test_401(self) -> None:
+        resp = parse_message(sample("response_401.sip"))
+        assert isinstance(resp, Response)
+        assert (resp.status, resp.reason) == (401, "Unauthorized")
+        challenges = resp.headers.get_all("WWW-Authenticate")
+        assert len(challenges) == 1 and 'qop="auth,auth-int"' in challenges[0]
+        via = resp.vias[0]
+        assert (via.received, via.rport) == ("127.0.0.1", 5080)
+        assert resp.to.tag == "4f5a6e3d2b1c"
+
+    def test_200_publish(self) -> None:
+        resp = parse_message(sample("response_200_publish.sip"))
+        assert isinstance(resp, Response)
+        assert resp.sip_etag == "a.1700000000.12345.2.0"
+        assert resp.expires == 3600
+        assert resp.retry_after is None
+        assert resp.event is None and resp.subscription_state is None
+
+    def test_compact_forms(self) -> None:
+        req = parse_message(sample("compact_forms.sip"))
+        assert isinstance(req, Request)
+        assert req.event == Event("presence", (("id", "42"),))
+        assert req.call_id == "compact-1@127.0.0.1"
+        assert req.content_type == "application/pidf+xml"
+        assert req.headers.get_all("Supported") == ["eventlist"]
+        assert req.contacts[0].uri == SipURI("sip", None, "127.0.0.1", 5070)
+        assert b"\r\nContent-Length: " in bytes(req) and b"\r\nl: " not in bytes(req)
+        assert req.body.startswith(b"<?xml")
+
+    def test_folded_headers(self) -> None:
+        req = parse_message(sample("folded_headers.sip"))
+        assert isinstance(req, Request)
+        assert req.vias == [Via("UDP", "127.0.0.1", 5080, (("branch", "z9hG4bK-fold-1"),))]
+        assert req.from_.display == "Bob Smith"
+        assert req.to.uri == SipURI("sip", "alice", "example.com")
+        assert req.cseq == CSeq(7, "SUBSCRIBE")
+        assert req.headers.get_all("Accept") == [
+            "application/pidf+xml",
+            "application/watcherinfo+xml",
+        ]
+
+    def test_comma_joined_vias_and_routes(self) -> None:
+        req = parse_message(sample("comma_via.sip"))
+        assert [v.branch for v in req.vias] == ["z9hG4bK-top", "z9hG4bK-mid", "z9hG4bK-bottom"]
+        assert req.vias[1].host == "[2001:db8::1]"
+        assert [r.sip_uri.host for r in req.routes] == ["p1.example.com", "p2.example.com"]
+
+
+class TestAccessors:
+    def test_absent_optional_headers(self) -> None:
+        msg = parse_message(minimal())
+        assert msg.contacts == [] and msg.record_routes == [] and msg.routes == []
+        assert msg.expires is None and msg.min_expires is None and msg.max_forwards is None
+        assert msg.event is None and msg.subscription_state is None
+        assert msg.sip_etag is None and msg.content_type is None and msg.media_type is None
+        assert msg.retry_after is None
+
+    def test_retry_after_and_min_expires(self) -> None:
+        resp = Response(423, "Interval Too Brief")
+        resp.headers.add("Min-Expires", "1800")
+        resp.headers.add("Retry-After", "30 (busy)")
+        assert resp.min_expires == 1800
+        assert resp.retry_after == RetryAfter(30, "busy")
+
+    def test_accessors_follow_header_changes(self) -> None:
+        msg = parse_message(minimal(extra="Expires: 60\r\n"))
+        assert msg.expires == 60
+        msg.headers.set("Expires", "120")
+        assert msg.expires == 120
+        msg.headers.remove("Expires")
+        assert msg.expires is None
+        msg.headers.set("CSeq", "5 NOTIFY")
+        assert msg.cseq.seq == 5
+
+    def test_returned_lists_are_copies(self) -> None:
+        msg = parse_message(minimal())
+        msg.vias.clear()
+        assert len(msg.vias) == 1
+
+    @pytest.mark.parametrize(
+        ("header", "accessor"),
+        [
+            ("Expires: soon", "expires"),
+            ("Event: pres ence", "event"),
+            ("Subscription-State: active;expires=x", "subscription_state"),
+            ("SIP-ETag: a b", "sip_etag"),
+            ("Contact: <sip:a@b", "contacts"),
+            ("Retry-After: later", "retry_after"),
+            ("Record-Route: garbage", "record_routes"),
+        ],
+    )
+    def test_malformed_optional_header_fails_on_access(self, header: str, accessor: str) -> None:
+        msg = parse_message(minimal(extra=header + "\r\n"))
+        with pytest.raises(RemoteProtocolError):
+            getattr(msg, accessor)
+
+    def test_missing_mandatory_header_on_a_local_message(self) -> None:
+        req = Request("OPTIONS", SipURI("sip", None, "example.com"))
+        with pytest.raises(RemoteProtocolError):
+            req.call_id  # noqa: B018
+        assert req.vias == []
+
+
+class TestSerialise:
+    def test_content_length_from_body(self) -> None:
+        h = Headers([("Content-Length", "999"), ("Content-Type", "text/plain")])
+        req = Request("MESSAGE", SipURI("sip", "a", "b"), h, b"hello")
+        assert bytes(req) == (
+            b"MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
+        )
+        assert bytes(Response(200, "OK")) == b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    def test_duplicate_content_length_written_once(self) -> None:
+        h = Headers([("l", "1"), ("Content-Length", "2")])
+        assert bytes(Response(200, "OK", h)).count(b"Content-Length") == 1
+
+    def test_utf8(self) -> None:
+        resp = Response(200, "Très bien")
+        resp.headers.add("Subject", "Grüße")
+        data = bytes(resp)
+        assert "Très bien".encode() in data and "Grüße".encode() in data
+
+
+class TestResponse:
+    def request(self, to_tag: str | None = None) -> Request:
+        to = "To: <sip:bob@example.com>" + (f";tag={to_tag}" if to_tag else "")
+        data = (
+            "SUBSCRIBE sip:bob@example.com SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP p1;branch=z9hG4bK1, SIP/2.0/UDP p2;branch=z9hG4bK2\r\n"
+            "Via: SIP/2.0/UDP uac;branch=z9hG4bK3;rport\r\n"
+            "Record-Route: <sip:p1;lr>\r\n"
+            'From: "A" <sip:alice@example.com>;tag=f1\r\n'
+            f"{to}\r\n"
+            "Call-ID: call-1\r\n"
+            "CSeq: 10 SUBSCRIBE\r\n"
+            "Timestamp: 54\r\n"
+            "Event: presence\r\n"
+            "Expires: 60\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        req = parse_message(data)
+        assert isinstance(req, Request)
+        return req
+
+    def test_copies_per_8_2_6_2(self) -> None:
+        req = self.request()
+        resp = req.response(200, to_tag="t9")
+        assert (resp.status, resp.reason) == (200, "OK")
+        assert resp.headers.get_raw("Via") == req.headers.get_raw("Via")
+        assert resp.vias == req.vias
+        assert resp.from_ == req.from_
+        assert resp.call_id == "call-1"
+        assert resp.cseq == req.cseq
+        assert resp.to == req.to.with_tag("t9")
+        # §12.1.1: a dialog-creating 2xx carries the Record-Route.
+        assert resp.record_routes == req.record_routes
+        # Nothing else is copied.
+        assert resp.event is None and resp.expires is None
+        assert resp.headers.get("Timestamp") is None
+
+    def test_existing_to_tag_is_kept(self) -> None:
+        req = self.request(to_tag="dialog")
+        assert req.response(481, to_tag="other").to.tag == "dialog"
+        assert req.response(200).to.tag == "dialog"
+
+    def test_to_tag_required_for_final_response(self) -> None:
+        with pytest.raises(LocalProtocolError):
+            self.request().response(404)
+
+    def test_100_trying(self) -> None:
+        resp = self.request().response(100)
+        assert resp.reason == "Trying"
+        assert resp.to.tag is None
+        # §8.2.6.1: Timestamp copied into a 100.
+        assert resp.headers.get("Timestamp") == "54"
+        assert resp.record_routes == []
+
+    def test_reason_phrases(self) -> None:
+        req = self.request(to_tag="x")
+        assert req.response(489).reason == "Bad Event"
+        assert req.response(412).reason == "Conditional Request Failed"
+        assert req.response(481).reason == "Call/Transaction Does Not Exist"
+        assert req.response(499).reason == "Client Error"
+        assert req.response(200, "Fine").reason == "Fine"
+        assert req.response(404).record_routes == []
+
+    def test_response_round_trips(self) -> None:
+        resp = self.request().response(202, to_tag="abc")
+        again = parse_message(bytes(resp))
+        assert isinstance(again, Response)
+        assert bytes(again) == bytes(resp)
+        assert (again.status, again.reason, again.to, again.vias) == (
+            202,
+            "Accepted",
+            resp.to,
+            resp.vias,
+        )
+
+    def test_bad_uses(self) -> None:
+        req = self.request(to_tag="x")
+        with pytest.raises(LocalProtocolError):
+            req.response(700)
+        with pytest.raises(LocalProtocolError):
+            self.request().response(200, to_tag="bad tag")
+        ack = parse_message(minimal("ACK"))
+        assert isinstance(ack, Request)
+        with pytest.raises(LocalProtocolError):
+            ack.response(200)
+
+
+class TestParseMessage:
+    def test_content_length_truncates_and_missing_means_rest(self) -> None:
+        msg = parse_message(minimal(extra="Content-Length: 3\r\n", body=b"abcdef"))
+        assert msg.body == b"abc"
+        assert parse_message(minimal(body=b"abcdef")).body == b"abcdef"
+
+    def test_short_body_is_an_error(self) -> None:
+        # RFC 3261 §18.3: a datagram ending before the body's end is an error.
+        with pytest.raises(RemoteProtocolError):
+            parse_message(minimal(extra="Content-Length: 10\r\n", body=b"abc"))
+
+    def test_leading_crlf_ignored(self) -> None:
+        assert parse_message(b"\r\n\r\n" + minimal()).method == "NOTIFY"  # type: ignore[union-attr]
+
+    def test_response_without_reason_phrase(self) -> None:
+        data = minimal().replace(b"NOTIFY sip:bob@127.0.0.1:5080 SIP/2.0", b"SIP/2.0 200")
+        resp = parse_message(data)
+        assert isinstance(resp, Response) and resp.reason == ""
+
+    def test_blanks_before_colon(self) -> None:
+        # HCOLON = *( SP / HTAB ) ":" SWS
+        assert parse_message(minimal().replace(b"From:", b"From \t:")).from_.tag == "a"
+
+    def test_max_forwards_may_be_absent(self) -> None:
+        assert parse_message(minimal()).max_forwards is None
+
+    def test_non_sip_request_uri(self) -> None:
+        data = minimal().replace(b"sip:bob@127.0.0.1:5080", b"tel:+15551234")
+        req = parse_message(data)
+        assert isinstance(req, Request) and str(req.uri) == "tel:+15551234"
+
+    def test_size_cap(self) -> None:
+        data = minimal(body=b"x" * 2000)
+        with pytest.raises(RemoteProtocolError):
+            parse_message(data, max_size=1000)
+        assert parse_message(data, max_size=len(data)).body == b"x" * 2000
+
+    @pytest.mark.parametrize("missing", [b"Via", b"From", b"To", b"Call-ID", b"CSeq"])
+    def test_mandatory_headers(self, missing: bytes) -> None:
+        lines = minimal().split(b"\r\n")
+        data = b"\r\n".join(line for line in lines if not line.startswith(missing + b":"))
+        with pytest.raises(RemoteProtocolError):
+            parse_message(data)
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"",
+            b"\r\n\r\n",
+            b"garbage",
+            minimal().replace(b"CSeq: 1 NOTIFY", b"CSeq: 1 SUBSCRIBE"),
+            minimal().replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1),
+            minimal().replace(b"NOTIFY sip", b"NOT IFY sip"),
+            minimal().replace(b" SIP/2.0\r\n", b"\r\n", 1),
+            minimal().replace(b"\r\n\r\n", b"\r\n"),
+            minimal().replace(b"Call-ID: c1@host", b"Call-ID: c1 host"),
+            minimal().replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com"),
+            minimal().replace(b"Via: SIP/2.0/UDP", b"Via: SIP/2.0"),
+            minimal().replace(b"From:", b"Fr om:"),
+            # A blank-led From line folds into the Via: no From is left.
+            minimal().replace(b"From:", b" From:", 1),
+            minimal(extra="Content-Length: -1\r\n"),
+            minimal(extra="Content-Length: 1\r\nl: 2\r\n", body=b"ab"),
+            minimal(extra="Bad\nLine: x\r\n"),
+            minimal(extra="X: a\rb\r\n"),
+            minimal(extra="no colon\r\n"),
+            minimal(extra=": empty name\r\n"),
+            b"SIP/2.0 99 Low\r\n" + minimal().split(b"\r\n", 1)[1],
+            b"SIP/2.0 2000 OK\r\n" + minimal().split(b"\r\n", 1)[1],
+            b"SIP/2.0 abc OK\r\n" + minimal().split(b"\r\n", 1)[1],
+            b" continuation first\r\n" + minimal(),
+            minimal().replace(b"c1@host", b"c1@\xff\xfe"),
+        ],
+    )
+    def test_garbage(self, data: bytes) -> None:
+        with pytest.raises(RemoteProtocolError):
+            parse_message(data)
+
+
+class TestStreamParser:
+    def stream(self) -> tuple[bytes, list[bytes]]:
+        parts = [sample(n) for n in SAMPLES if n != "folded_headers.sip"]
+        parts.append(sample("folded_headers.sip"))
+        return b"".join(parts), parts
+
+    def test_several_messages_in_one_chunk(self) -> None:
+        data, parts = self.stream()
+        msgs = StreamParser().feed(data)
+        assert msgs == [parse_message(p) for p in parts]
+
+    def test_split_at_every_byte_boundary(self) -> None:
+        data = sample("notify_active.sip") + sample("response_200_publish.sip")
+        expected = [parse_message(sample("notify_active.sip")),
+                    parse_message(sample("response_200_publish.sip"))]  # fmt: skip
+        for cut in range(len(data) + 1):
+            sp = StreamParser()
+            got = sp.feed(data[:cut]) + sp.feed(data[cut:])
+            assert got == expected, cut
+            assert sp.buffered == 0
+
+    def test_byte_at_a_time(self) -> None:
+        data, parts = self.stream()
+        sp = StreamParser()
+        got = []
+        for i in range(len(data)):
+            got.extend(sp.feed(data[i : i + 1]))
+        assert got == [parse_message(p) for p in parts]
+
+    def test_keepalive_pings_and_pongs(self) -> None:
+        # RFC 5626 §3.5.1: "\r\n\r\n" is a ping, a single "\r\n" a pong.
+        msg = sample("subscribe.sip")
+        sp = StreamParser()
+        assert sp.feed(b"\r\n\r\n") == []  # ping
+        assert sp.feed(b"\r") == []
+        assert sp.feed(b"\n") == []  # a lone pong, split in two
+        assert sp.feed(msg + b"\r\n\r\n\r\n\r\n") == [parse_message(msg)]  # two pings
+        assert sp.take_pings() == 3
+        assert sp.take_pings() == 0
+        assert sp.buffered == 0
+
+    def test_content_length_required(self) -> None:
+        with pytest.raises(RemoteProtocolError):
+            StreamParser().feed(minimal())
+
+    def test_max_message_size(self) -> None:
+        big = minimal(extra="Content-Length: 5000\r\n")
+        with pytest.raises(RemoteProtocolError):
+            StreamParser(max_message_size=4096).feed(big)
+        endless_head = b"NOTIFY sip:a@b SIP/2.0\r\nX: " + b"y" * 5000
+        with pytest.raises(RemoteProtocolError):
+            StreamParser(max_message_size=4096).feed(endless_head)
+
+    def test_waits_for_body(self) -> None:
+        data = minimal(extra="Content-Length: 4\r\n", body=b"abcd")
+        sp = StreamParser()
+        assert sp.feed(data[:-2]) == []
+        (msg,) = sp.feed(data[-2:])
+        assert msg.body == b"abcd"
+
+    def test_broken_stream_stays_broken(self) -> None:
+        sp = StreamParser()
+        with pytest.raises(RemoteProtocolError):
+            sp.feed(b"garbage\r\n\r\n")
+        with pytest.raises(RemoteProtocolError):
+            sp.feed(sample("subscribe.sip"))
+
+
+def test_is_keepalive() -> None:
+    assert is_keepalive(b"\r\n")
+    assert is_keepalive(b"\r\n\r\n")
+    assert not is_keepalive(b"")
+    assert not is_keepalive(b"\r\nX")
+    assert not is_keepalive(minimal())
