@@ -1,0 +1,357 @@
+"""One event publication, client side (RFC 3903).
+
+Theory of operation
+-------------------
+A :class:`Publication` is the event publication agent (EPA) for one
+address-of-record and one event package.  It keeps the *desired* state (the
+latest body the caller handed us) apart from the *published* state (what the
+state agent confirmed with a SIP-ETag), and drives the difference to zero with
+at most one PUBLISH outstanding:
+
+    RFC 3903 §4.1: "the EPA MUST NOT send a new PUBLISH request (not a
+    re-transmission) for the same Request-URI until it has received a final
+    response from the ESC for the previous one or the previous PUBLISH request
+    has timed out."
+
+State table (rows: state, columns: what happens; ``·`` = stays)
+
+    state        publish()     remove()        2xx            412 / error           timer
+    -----------  ------------  --------------  -------------  --------------------  -----------
+    IDLE         SENDING       REMOVED         —              —                     —
+    SENDING      dirty         remove pending  PUBLISHED (*)  retry / FAILED        —
+    PUBLISHED    SENDING       REMOVING        —              —                     SENDING (refr.)
+    RETRY_WAIT   · (dirty)     REMOVED (**)    —              —                     SENDING
+    REMOVING     SENDING (***) ·               REMOVED        REMOVED               —
+    FAILED       SENDING       REMOVED         —              —                     —
+    REMOVED      LocalProtocolError everywhere
+
+    (*)   then at once SENDING again if the caller published while we waited,
+          or REMOVING if the caller removed while we waited.
+    (**)  when the server still holds an entity tag we send Expires: 0 first.
+    (***) publishing again while a removal is outstanding revives the
+          publication once the removal completes.
+
+A 412 (Conditional Request Failed) means the state agent forgot our entity tag
+(it restarted, or the publication expired): RFC 3903 §6 step 4 — the EPA then
+publishes its full state again *without* SIP-If-Match, as a new publication.
+Transient failures (timeouts, 5xx, 408, 480...) are retried with exponential
+backoff, honouring Retry-After: a publication keeps itself alive until the
+caller removes it.  Failures that no retry can mend (400, 403, 404, 415, 489,
+...) stop in FAILED; a later publish() starts over.
+
+Nothing here performs I/O: methods take ``now`` and return the actions the
+user agent must carry out, in order — :class:`~sip.message.Request` values to
+send in a new client transaction, and events for the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError
+from .message import Headers, Request, Response
+from .uri import NameAddr, SipURI
+
+__all__ = [
+    "Publication",
+    "PublicationConfirmed",
+    "PublicationFailed",
+    "PublicationRemoved",
+    "PublicationState",
+    "RefreshPolicy",
+]
+
+
+class PublicationState(enum.Enum):
+    IDLE = "idle"
+    SENDING = "sending"
+    PUBLISHED = "published"
+    RETRY_WAIT = "retry-wait"
+    REMOVING = "removing"
+    FAILED = "failed"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class PublicationConfirmed:
+    """The state agent accepted our state (initial, modify or refresh)."""
+
+    publication_id: int
+    etag: str
+    expires: int
+
+
+@dataclass(frozen=True)
+class PublicationFailed:
+    """A PUBLISH failed.  ``retry_at`` is when we try again; None = we gave up."""
+
+    publication_id: int
+    status: int | None
+    reason: str
+    retry_at: float | None
+
+
+@dataclass(frozen=True)
+class PublicationRemoved:
+    """The publication is gone (Expires: 0 answered, or it never existed)."""
+
+    publication_id: int
+
+
+PublicationEvent = PublicationConfirmed | PublicationFailed | PublicationRemoved
+Action = Request | PublicationEvent
+
+# Final responses after which retrying the same request cannot succeed.
+_PERMANENT = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 416, 420, 484, 489, 603, 604, 606})
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    """When to refresh something the server granted for ``expires`` seconds.
+
+    The refresh falls between ``low`` and ``high`` of the granted interval; the
+    exact point is fixed per object by ``spread`` (0..1, drawn once by the user
+    agent) so that ten thousand publications restored together do not refresh
+    in the same second.  It never falls later than ``guard`` seconds before
+    expiry, which leaves room for a full transaction timeout (64*T1 = 32 s).
+    """
+
+    low: float = 0.75
+    high: float = 0.90
+    guard: float = 32.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+
+    def refresh_delay(self, expires: int, spread: float) -> float:
+        delay = expires * (self.low + (self.high - self.low) * spread)
+        return max(min(delay, expires - self.guard), expires / 2)
+
+    def backoff(self, failures: int, retry_after: int | None) -> float:
+        delay = min(self.backoff_initial * 2.0 ** max(failures - 1, 0), self.backoff_max)
+        if retry_after is not None:
+            delay = max(delay, float(retry_after))
+        return delay
+
+
+class Publication:
+    """The EPA for one (address-of-record, event package)."""
+
+    def __init__(
+        self,
+        publication_id: int,
+        aor: SipURI,
+        *,
+        call_id: str,
+        local_tag: str,
+        event: str = "presence",
+        content_type: str = "application/pidf+xml",
+        expires: int = 3600,
+        spread: float = 0.0,
+        policy: RefreshPolicy = RefreshPolicy(),
+    ) -> None:
+        self.id = publication_id
+        self.aor = aor
+        self.event = event
+        self.content_type = content_type
+        self.requested_expires = expires
+        self.policy = policy
+        self.state = PublicationState.IDLE
+        self.etag: str | None = None
+        self.expires_at: float | None = None
+        self._call_id = call_id
+        self._local_tag = local_tag
+        self._cseq = 0
+        self._spread = spread
+        self._body: bytes | None = None  # desired state
+        self._dirty = False  # desired state differs from what was last sent
+        self._remove_pending = False
+        self._failures = 0
+        self._timer: float | None = None  # refresh or retry instant
+
+    # -- API ---------------------------------------------------------------
+
+    @property
+    def body(self) -> bytes | None:
+        return self._body
+
+    def publish(self, body: bytes, now: float) -> list[Action]:
+        """Set the desired state; send it now unless a PUBLISH is outstanding."""
+        self._check_alive()
+        self._body = body
+        self._dirty = True
+        self._remove_pending = False
+        if self.state in (PublicationState.IDLE, PublicationState.PUBLISHED,
+                          PublicationState.FAILED):
+            return [self._send(now)]
+        return []  # SENDING / REMOVING: sent when the answer comes; RETRY_WAIT: at the timer
+
+    def remove(self, now: float) -> list[Action]:
+        """Withdraw the publication (PUBLISH with Expires: 0, RFC 3903 §4.5)."""
+        self._check_alive()
+        self._body = None
+        self._dirty = False
+        if self.state is PublicationState.SENDING:
+            self._remove_pending = True
+            return []
+        if self.state is PublicationState.REMOVING:
+            return []
+        if self.etag is not None and self._etag_alive(now):
+            return [self._send_remove()]
+        return self._finish_removed()
+
+    def get_timer(self) -> float | None:
+        return self._timer
+
+    def handle_timer(self, now: float) -> list[Action]:
+        if self._timer is None or now < self._timer:
+            return []
+        self._timer = None
+        if self.state is PublicationState.PUBLISHED:
+            # RFC 3903 §4.2: a refresh carries SIP-If-Match and no body.
+            return [self._send(now, refresh=True)]
+        if self.state is PublicationState.RETRY_WAIT:
+            return [self._send(now)]
+        return []
+
+    def receive_response(self, response: Response, now: float) -> list[Action]:
+        """A final response to our outstanding PUBLISH."""
+        if self.state not in (PublicationState.SENDING, PublicationState.REMOVING):
+            return []  # late answer to something we no longer wait for
+        status = response.status
+        if self.state is PublicationState.REMOVING:
+            return self._removal_done(now)
+        if 200 <= status < 300:
+            return self._confirmed(response, now)
+        if status == 412:
+            # RFC 3903 §6 step 4: our entity tag is unknown to the ESC; the
+            # whole state goes out again as a new publication.
+            self.etag = None
+            self.expires_at = None
+            if self._remove_pending or self._body is None:
+                return self._finish_removed()
+            return [self._send(now)]
+        if status == 423:
+            # RFC 3903 §4.1 / RFC 3261 §21.4.17: retry with Min-Expires.
+            min_expires = response.min_expires
+            if min_expires is not None and min_expires > self.requested_expires:
+                self.requested_expires = min_expires
+                return [self._send(now)]
+        retry_after = response.retry_after.seconds if response.retry_after else None
+        return self._failed(status, response.reason, now, retry_after, status in _PERMANENT)
+
+    def transaction_failed(self, reason: str, now: float) -> list[Action]:
+        """The outstanding PUBLISH timed out or could not be sent."""
+        if self.state is PublicationState.REMOVING:
+            return self._removal_done(now)
+        if self.state is not PublicationState.SENDING:
+            return []
+        return self._failed(None, reason, now, None, permanent=False)
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self.state is PublicationState.REMOVED:
+            raise LocalProtocolError(f"publication {self.id} was removed")
+
+    def _etag_alive(self, now: float) -> bool:
+        return self.expires_at is not None and now < self.expires_at
+
+    def _confirmed(self, response: Response, now: float) -> list[Action]:
+        etag = response.sip_etag
+        expires = response.expires if response.expires is not None else self.requested_expires
+        if etag is None:
+            # RFC 3903 §11.3.1: a 2xx to PUBLISH MUST carry SIP-ETag.  Without
+            # one we could never refresh; treat it as a server failure.
+            return self._failed(response.status, "2xx without SIP-ETag", now, None, False)
+        self.etag = etag
+        self._failures = 0
+        self.expires_at = now + expires
+        self.state = PublicationState.PUBLISHED
+        actions: list[Action] = [PublicationConfirmed(self.id, etag, expires)]
+        if self._remove_pending:
+            self._remove_pending = False
+            actions.append(self._send_remove())
+        elif self._dirty:
+            actions.append(self._send(now))
+        else:
+            self._timer = now + self.policy.refresh_delay(expires, self._spread)
+        return actions
+
+    def _failed(
+        self, status: int | None, reason: str, now: float, retry_after: int | None, permanent: bool
+    ) -> list[Action]:
+        self._failures += 1
+        if not self._etag_alive(now):
+            self.etag = None
+        if self._remove_pending:
+            if self.etag is not None:
+                return [PublicationFailed(self.id, status, reason, None), self._send_remove()]
+            return [PublicationFailed(self.id, status, reason, None), *self._finish_removed()]
+        if permanent:
+            self.state = PublicationState.FAILED
+            self._timer = None
+            return [PublicationFailed(self.id, status, reason, None)]
+        self.state = PublicationState.RETRY_WAIT
+        self._dirty = True  # whatever we sent was not confirmed
+        self._timer = now + self.policy.backoff(self._failures, retry_after)
+        return [PublicationFailed(self.id, status, reason, self._timer)]
+
+    def _removal_done(self, now: float) -> list[Action]:
+        """The Expires: 0 exchange is over, whatever its outcome."""
+        self.etag = None
+        self.expires_at = None
+        if self._body is not None:
+            # Published again while the removal was under way: start afresh.
+            return [self._send(now)]
+        return self._finish_removed()
+
+    def _finish_removed(self) -> list[Action]:
+        self.state = PublicationState.REMOVED
+        self._timer = None
+        self.etag = None
+        self.expires_at = None
+        return [PublicationRemoved(self.id)]
+
+    def _send(self, now: float, *, refresh: bool = False) -> Request:
+        body = self._body
+        if refresh or body is None:
+            body_out = b""
+        else:
+            body_out = body
+        if not self._etag_alive(now):
+            self.etag = None
+            if refresh or body is None:
+                # Nothing we can refresh: the server forgot us; publish it all.
+                body_out = body or b""
+        self._dirty = False
+        self._timer = None
+        self.state = PublicationState.SENDING
+        return self._request(self.requested_expires, body_out, self.etag)
+
+    def _send_remove(self) -> Request:
+        self.state = PublicationState.REMOVING
+        self._timer = None
+        return self._request(0, b"", self.etag)
+
+    def _request(self, expires: int, body: bytes, etag: str | None) -> Request:
+        self._cseq += 1
+        h = Headers()
+        h.add("From", str(NameAddr(None, self.aor, (("tag", self._local_tag),))))
+        h.add("To", str(NameAddr(None, self.aor, ())))
+        h.add("Call-ID", self._call_id)
+        h.add("CSeq", f"{self._cseq} PUBLISH")
+        h.add("Event", self.event)
+        h.add("Expires", str(expires))
+        if etag is not None:
+            h.add("SIP-If-Match", etag)
+        if body:
+            h.add("Content-Type", self.content_type)
+        return Request(method="PUBLISH", uri=self.aor, headers=h, body=body)
+
+    def restamp(self, request: Request) -> Request:
+        """The same request with the next CSeq (RFC 3261 §22.2 auth retry)."""
+        self._cseq += 1
+        request.headers.set("CSeq", f"{self._cseq} PUBLISH")
+        return request
+

@@ -1,0 +1,363 @@
+"""One subscription, subscriber side (RFC 6665), with its dialog (RFC 3261 §12).
+
+Theory of operation
+-------------------
+A :class:`Subscription` is created by the user agent for (subscriber, target,
+event package).  It sends the initial SUBSCRIBE, builds the dialog from
+whichever arrives first — the 2xx or a NOTIFY (RFC 6665 §4.1.2.4: "NOTIFY
+requests ... may arrive before the 2xx") — refreshes before expiry, and ends
+exactly once, with one :class:`SubscriptionTerminated` telling why.
+
+State table (rows: state, columns: what happens; ``·`` = stays)
+
+    state        2xx      non-2xx      NOTIFY act/pend  NOTIFY term  timer             unsubscribe()
+    -----------  -------  -----------  ---------------  -----------  ----------------  -------------
+    SUBSCRIBING  dialog   TERMINATED   PENDING/ACTIVE   TERMINATED   N: TERMINATED     after 2xx
+    PENDING      ·        (refresh)    · / ACTIVE       TERMINATED   refresh / expiry  UNSUBSCRIBING
+    ACTIVE       ·        (refresh)    PENDING / ·      TERMINATED   refresh / expiry  UNSUBSCRIBING
+    UNSUBSCRIB.  ·        TERMINATED   ·                TERMINATED   guard: TERMINATED ·
+    TERMINATED   ignored  ignored      answered 481 by the user agent
+
+Refresh failures (RFC 6665 §4.1.2.2): "If a SUBSCRIBE request to refresh a
+subscription fails with any error code other than 405 (Method Not Allowed) or
+489 (Bad Event), the original subscription is still considered valid for the
+duration of the most recently known 'Expires' value" — except 481, which says
+the dialog is gone (RFC 6665 §4.1.2.2, RFC 5057), and a timeout, which ends it.
+
+Nothing here performs I/O: methods take ``now`` and return actions for the
+user agent — requests to send in new client transactions, and events.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError
+from .headers import SubscriptionState
+from .message import Headers, Request, Response
+from .publication import RefreshPolicy
+from .uri import NameAddr, SipURI
+
+__all__ = [
+    "NotifyReceived",
+    "Subscription",
+    "SubscriptionAccepted",
+    "SubscriptionPhase",
+    "SubscriptionTerminated",
+]
+
+
+class SubscriptionPhase(enum.Enum):
+    SUBSCRIBING = "subscribing"
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBING = "unsubscribing"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class NotifyReceived:
+    """A NOTIFY for this subscription was accepted (and answered 200)."""
+
+    subscription_id: int
+    state: SubscriptionState
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class SubscriptionAccepted:
+    """The notifier answered the initial SUBSCRIBE with a 2xx."""
+
+    subscription_id: int
+    expires: int
+
+
+@dataclass(frozen=True)
+class SubscriptionTerminated:
+    """The subscription ended.
+
+    ``reason`` is the RFC 6665 §4.2.2 reason the notifier gave (deactivated,
+    probation, rejected, timeout, giveup, noresource, invariant, or another
+    token), or one of ours: ``"unsubscribed"`` (the caller asked),
+    ``"failed"`` (non-2xx to the initial SUBSCRIBE; ``status`` says which),
+    ``"dialog-gone"`` (481 to a refresh), ``"timeout"`` (a transaction timed
+    out, no NOTIFY within Timer N, or the subscription expired unrefreshed),
+    ``"transport-error"``.
+    """
+
+    subscription_id: int
+    reason: str
+    status: int | None = None
+    retry_after: int | None = None
+
+
+Action = Request | NotifyReceived | SubscriptionAccepted | SubscriptionTerminated
+
+
+class Subscription:
+    """The subscriber's side of one subscription and its dialog."""
+
+    def __init__(
+        self,
+        subscription_id: int,
+        subscriber: SipURI,
+        target: SipURI,
+        *,
+        call_id: str,
+        local_tag: str,
+        event: str = "presence",
+        accept: tuple[str, ...] = ("application/pidf+xml",),
+        expires: int = 3600,
+        spread: float = 0.0,
+        timer_n: float = 32.0,
+        policy: RefreshPolicy = RefreshPolicy(),
+    ) -> None:
+        self.id = subscription_id
+        self.subscriber = subscriber
+        self.target = target
+        self.event = event
+        self.accept = accept
+        self.requested_expires = expires
+        self.policy = policy
+        self.state = SubscriptionPhase.SUBSCRIBING
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.remote_tag: str | None = None
+        self.remote_target: SipURI | None = None
+        self.route_set: tuple[NameAddr, ...] = ()
+        self.expires_at: float | None = None
+        self._local_cseq = 0
+        self._remote_cseq: int | None = None
+        self._spread = spread
+        self._timer_n = timer_n
+        self._outstanding = False  # a SUBSCRIBE transaction is under way
+        self._unsubscribe_pending = False
+        self._accepted = False  # the initial SUBSCRIBE got its 2xx
+        self._refresh_at: float | None = None
+        self._deadline_n: float | None = None  # Timer N, RFC 6665 §4.1.2.4
+        self._guard_at: float | None = None  # waiting for the final NOTIFY
+
+    # -- API ---------------------------------------------------------------
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is SubscriptionPhase.TERMINATED
+
+    def start(self, now: float) -> list[Action]:
+        """The initial SUBSCRIBE (RFC 6665 §4.1.2.1)."""
+        if self._local_cseq != 0:
+            raise LocalProtocolError("subscription already started")
+        # RFC 6665 §4.1.2.4: "the subscriber ... starts Timer N ... when it
+        # sends the SUBSCRIBE request; if no NOTIFY arrives before Timer N
+        # fires, the subscriber considers the subscription failed".
+        self._deadline_n = now + self._timer_n
+        return [self._subscribe(self.requested_expires)]
+
+    def unsubscribe(self, now: float) -> list[Action]:
+        """End the subscription: SUBSCRIBE with Expires: 0 (RFC 6665 §4.1.2.3)."""
+        if self.state in (SubscriptionPhase.TERMINATED, SubscriptionPhase.UNSUBSCRIBING):
+            return []
+        if self.remote_tag is None:
+            if self._outstanding:
+                # No dialog yet to send it in: wait for the 2xx or a NOTIFY.
+                self._unsubscribe_pending = True
+                return []
+            return self._terminate("unsubscribed")
+        self.state = SubscriptionPhase.UNSUBSCRIBING
+        self._refresh_at = None
+        # The final NOTIFY should follow; do not wait for it for ever.
+        self._guard_at = now + self._timer_n
+        if self._outstanding:
+            self._unsubscribe_pending = True
+            return []
+        return [self._subscribe(0)]
+
+    def get_timer(self) -> float | None:
+        deadlines = [
+            t
+            for t in (self._refresh_at, self.expires_at, self._deadline_n, self._guard_at)
+            if t is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[Action]:
+        if self.terminated:
+            return []
+        if self._guard_at is not None and now >= self._guard_at:
+            return self._terminate("unsubscribed")
+        if self._deadline_n is not None and now >= self._deadline_n:
+            return self._terminate("timeout")
+        if self.expires_at is not None and now >= self.expires_at:
+            # RFC 6665 §4.1.2.2: the subscription lapses unless refreshed.
+            return self._terminate("timeout")
+        if self._refresh_at is not None and now >= self._refresh_at:
+            self._refresh_at = None
+            if not self._outstanding and self.remote_tag is not None:
+                return [self._subscribe(self.requested_expires)]
+        return []
+
+    def receive_response(self, response: Response, now: float) -> list[Action]:
+        """A final response to our outstanding SUBSCRIBE."""
+        self._outstanding = False
+        if self.terminated:
+            return []
+        status = response.status
+        initial = not self._accepted
+        unsubscribing = self.state is SubscriptionPhase.UNSUBSCRIBING
+        if 200 <= status < 300:
+            if self.remote_tag is None:
+                # RFC 3261 §12.1.2: the UAC builds the dialog from the 2xx —
+                # route set = Record-Route reversed, remote target = Contact.
+                self.remote_tag = response.to.tag
+                contacts = response.contacts
+                self.remote_target = contacts[0].sip_uri if contacts else None
+                self.route_set = tuple(reversed(response.record_routes))
+            if unsubscribing:
+                return self._after_exchange(now)
+            expires = response.expires
+            if expires is None:
+                expires = self.requested_expires
+            if expires == 0:
+                # The notifier granted nothing; a terminating NOTIFY follows.
+                self._guard_at = now + self._timer_n
+            else:
+                self._arm(expires, now)
+            accepted: list[Action] = []
+            if initial:
+                self._accepted = True
+                accepted.append(SubscriptionAccepted(self.id, expires))
+            return accepted + self._after_exchange(now)
+        if unsubscribing:
+            return self._terminate("unsubscribed")
+        retry_after = response.retry_after.seconds if response.retry_after else None
+        if status == 423 and initial:
+            min_expires = response.min_expires
+            if min_expires is not None and min_expires > self.requested_expires:
+                self.requested_expires = min_expires
+                return [self._subscribe(min_expires)]
+        if initial:
+            return self._terminate("failed", status, retry_after)
+        if status == 481:
+            return self._terminate("dialog-gone", status, retry_after)
+        if status in (405, 489):
+            return self._terminate("failed", status, retry_after)
+        # Any other refresh failure: the old expiry still stands.
+        return []
+
+    def transaction_failed(self, reason: str, now: float) -> list[Action]:
+        """Our outstanding SUBSCRIBE timed out or could not be sent."""
+        self._outstanding = False
+        if self.terminated:
+            return []
+        if self.state is SubscriptionPhase.UNSUBSCRIBING:
+            return self._terminate("unsubscribed")
+        # RFC 6665 §4.1.2.2 lets a subscription outlive a failed refresh, but a
+        # timeout means the notifier is unreachable: NOTIFYs would not reach
+        # us either, so the caller learns now rather than at expiry.
+        return self._terminate(reason)
+
+    def receive_notify(self, request: Request, now: float) -> tuple[int, list[Action]]:
+        """A NOTIFY the user agent matched to this dialog.
+
+        Returns the status code to answer with and the resulting actions.
+        """
+        if self.terminated:
+            return 481, []
+        state = request.subscription_state
+        if state is None:
+            # RFC 6665 §8.2.3: NOTIFY requests MUST contain Subscription-State.
+            return 400, []
+        cseq = request.cseq.seq
+        if self._remote_cseq is not None and cseq < self._remote_cseq:
+            # RFC 3261 §12.2.2: "If the remote sequence number was not empty,
+            # but the sequence number of the request is lower than the remote
+            # sequence number, the request is out of order and MUST be
+            # rejected with a 500 (Server Internal Error) response."
+            return 500, []
+        self._remote_cseq = cseq
+        if self.remote_tag is None:
+            # RFC 3261 §12.1.1 (as UAS of the NOTIFY): route set = the
+            # Record-Route in order, remote target = the Contact.
+            self.remote_tag = request.from_.tag
+            contacts = request.contacts
+            self.remote_target = contacts[0].sip_uri if contacts else None
+            self.route_set = tuple(request.record_routes)
+        elif request.contacts:
+            # RFC 6665 §4.1.3: a NOTIFY may update the remote target.
+            self.remote_target = request.contacts[0].sip_uri
+        self._deadline_n = None
+        actions: list[Action] = [
+            NotifyReceived(self.id, state, request.body, request.content_type)
+        ]
+        value = state.state.lower()
+        if value == "terminated":
+            if self.state is SubscriptionPhase.UNSUBSCRIBING:
+                actions.extend(self._terminate("unsubscribed"))
+            else:
+                actions.extend(
+                    self._terminate(state.reason or "unknown", None, state.retry_after)
+                )
+            return 200, actions
+        if self.state is not SubscriptionPhase.UNSUBSCRIBING:
+            self.state = (
+                SubscriptionPhase.ACTIVE if value == "active" else SubscriptionPhase.PENDING
+            )
+            if state.expires is not None:
+                # RFC 6665 §4.1.3: the "expires" parameter is authoritative.
+                self._arm(state.expires, now)
+        if self._unsubscribe_pending and not self._outstanding:
+            self._unsubscribe_pending = False
+            actions.extend(self.unsubscribe(now))
+        return 200, actions
+
+    def restamp(self, request: Request) -> Request:
+        """The same request with the next CSeq (RFC 3261 §22.2 auth retry)."""
+        self._local_cseq += 1
+        request.headers.set("CSeq", f"{self._local_cseq} SUBSCRIBE")
+        return request
+
+    # -- internals ---------------------------------------------------------
+
+    def _arm(self, expires: int, now: float) -> None:
+        self.expires_at = now + expires
+        self._refresh_at = now + self.policy.refresh_delay(expires, self._spread)
+
+    def _after_exchange(self, now: float) -> list[Action]:
+        if self._unsubscribe_pending and self.remote_tag is not None:
+            self._unsubscribe_pending = False
+            if self.state is SubscriptionPhase.UNSUBSCRIBING:
+                return [self._subscribe(0)]
+            return self.unsubscribe(now)
+        return []
+
+    def _terminate(
+        self, reason: str, status: int | None = None, retry_after: int | None = None
+    ) -> list[Action]:
+        self.state = SubscriptionPhase.TERMINATED
+        self._refresh_at = self.expires_at = self._deadline_n = self._guard_at = None
+        return [SubscriptionTerminated(self.id, reason, status, retry_after)]
+
+    def _subscribe(self, expires: int) -> Request:
+        self._local_cseq += 1
+        self._outstanding = True
+        h = Headers()
+        for route in self.route_set:
+            h.add("Route", str(route))
+        h.add("From", str(NameAddr(None, self.subscriber, (("tag", self.local_tag),))))
+        to_params: tuple[tuple[str, str | None], ...] = ()
+        if self.remote_tag is not None:
+            to_params = (("tag", self.remote_tag),)
+        h.add("To", str(NameAddr(None, self.target, to_params)))
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{self._local_cseq} SUBSCRIBE")
+        h.add("Event", self.event)
+        h.add("Expires", str(expires))
+        h.add("Accept", ", ".join(self.accept))
+        # RFC 3261 §12.2.1.1: in-dialog requests go to the remote target.
+        uri = self.target
+        if self.remote_tag is not None and self.remote_target is not None:
+            uri = self.remote_target
+        return Request(method="SUBSCRIBE", uri=uri, headers=h, body=b"")
+

@@ -1,0 +1,643 @@
+"""The SIP user agent for presence: one object, any number of identities.
+
+Theory of operation
+-------------------
+:class:`UserAgent` is sans-IO in the style of aioquic's ``QuicConnection``.
+Three kinds of input drive it:
+
+* API calls — :meth:`publish`, :meth:`modify`, :meth:`unpublish`,
+  :meth:`subscribe`, :meth:`unsubscribe`, :meth:`options`;
+* :meth:`receive` (a UDP datagram) / :meth:`receive_message` (a message framed
+  from a TCP stream), with the source address and ``now``;
+* :meth:`handle_timer` at the single deadline :meth:`get_timer` returns.
+
+Two outputs: :meth:`datagrams_to_send` (bytes and where to send them) and
+:meth:`next_event` (frozen dataclasses named in the past tense).
+
+Every request goes to the one configured server (the outbound proxy of RFC
+3261 §8.1.2): the presence server here is also the registrar and proxy of the
+domain, so in-dialog requests reach it too, with the remote target as
+Request-URI.  Owners — :class:`~sip.publication.Publication`,
+:class:`~sip.subscription.Subscription` and the OPTIONS probes — build their
+requests without Via; the user agent adds Via (a fresh branch per
+transaction, RFC 3261 §8.1.1.7), Max-Forwards, Contact and credentials, runs
+the client transaction, and hands the owner the final response or the
+failure.
+
+Digest challenges (RFC 3261 §22.2): a 401/407 to a request from an identity
+with credentials is answered once — the same request, next CSeq, new branch,
+with Authorization.  The challenge is kept per identity so later requests
+carry credentials pre-emptively, with the nonce count incremented (RFC 7616
+§3.4); a stale nonce is answered again.
+
+Scale: one :class:`~sip.timers.TimerHeap` holds every deadline (transactions,
+refreshes, expiries), keyed by owner; no task or thread per subscription.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from . import digest
+from .errors import RemoteProtocolError
+from .message import Headers, Request, Response, parse_message
+from .publication import Publication, PublicationEvent, PublicationState, RefreshPolicy
+from .subscription import Action as SubscriptionAction
+from .subscription import (
+    NotifyReceived,
+    Subscription,
+    SubscriptionAccepted,
+    SubscriptionTerminated,
+)
+from .timers import TimerHeap
+from .transaction import (
+    ClientKey,
+    ClientState,
+    ClientTransaction,
+    ResponseReceived,
+    ServerKey,
+    ServerState,
+    ServerTransaction,
+    TimedOut,
+    TransactionAction,
+    TransactionTimings,
+    Transmit,
+    TransportFailed,
+    client_key,
+    new_branch,
+    server_key,
+)
+from .uri import SipURI
+
+__all__ = [
+    "Destination",
+    "MessageDropped",
+    "OptionsAnswered",
+    "OptionsFailed",
+    "UserAgent",
+    "UserAgentEvent",
+]
+
+Transport = Literal["udp", "tcp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where bytes go or came from.  For TCP the driver maps it to a connection."""
+
+    transport: Transport
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class OptionsAnswered:
+    """An OPTIONS probe got a final response after ``rtt`` seconds."""
+
+    probe_id: int
+    status: int
+    rtt: float
+
+
+@dataclass(frozen=True)
+class OptionsFailed:
+    """An OPTIONS probe timed out or could not be sent."""
+
+    probe_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageDropped:
+    """Bytes from the network that were not a SIP message we could use."""
+
+    source: Destination
+    reason: str
+
+
+UserAgentEvent = (
+    PublicationEvent
+    | NotifyReceived
+    | SubscriptionAccepted
+    | SubscriptionTerminated
+    | OptionsAnswered
+    | OptionsFailed
+    | MessageDropped
+)
+
+#: What we answer to (RFC 3261 §20.5) and which event packages we subscribe to.
+ALLOW = "NOTIFY, OPTIONS"
+ALLOW_EVENTS = "presence, presence.winfo"
+ACCEPT = "application/pidf+xml, application/watcherinfo+xml"
+
+
+class _Probe:
+    """The owner of one OPTIONS request (RFC 3261 §11), used as a liveness check."""
+
+    def __init__(self, probe_id: int, now: float) -> None:
+        self.id = probe_id
+        self.sent_at = now
+
+    def receive_response(self, response: Response, now: float) -> list[UserAgentEvent]:
+        return [OptionsAnswered(self.id, response.status, now - self.sent_at)]
+
+    def transaction_failed(self, reason: str, now: float) -> list[UserAgentEvent]:
+        return [OptionsFailed(self.id, reason)]
+
+    def restamp(self, request: Request) -> Request:
+        cseq = request.cseq
+        request.headers.set("CSeq", f"{cseq.seq + 1} {cseq.method}")
+        return request
+
+
+Owner = Publication | Subscription | _Probe
+
+
+@dataclass
+class _Outgoing:
+    transaction: ClientTransaction
+    owner: Owner
+    identity: str | None  # the AOR whose credentials apply
+    authenticated: bool  # we already answered a challenge for this request
+
+
+@dataclass
+class _Credentials:
+    session: digest.DigestSession
+    # The last challenge and its header, to authorise later requests up front.
+    challenge: digest.Challenge | None = None
+    proxy: bool = False
+
+
+class UserAgent:
+    """A presence user agent (PUBLISH, SUBSCRIBE; answers NOTIFY and OPTIONS)."""
+
+    def __init__(
+        self,
+        *,
+        local: Destination,
+        server: SipURI,
+        rng: random.Random,
+        user_agent: str = "presence-adapter",
+        publication_expires: int = 3600,
+        subscription_expires: int = 3600,
+        timings: TransactionTimings = TransactionTimings(),
+        policy: RefreshPolicy = RefreshPolicy(),
+    ) -> None:
+        self.local = local
+        self.server = server
+        transport = server.transport or local.transport
+        self.server_destination = Destination(
+            "tcp" if transport == "tcp" else "udp", server.host, server.port or 5060
+        )
+        self._reliable = self.server_destination.transport == "tcp"
+        self._via_prefix = f"SIP/2.0/{self.server_destination.transport.upper()} "
+        self._via_prefix += f"{_host(local.host)}:{local.port};branch="
+        self._rng = rng
+        self._user_agent = user_agent
+        self._publication_expires = publication_expires
+        self._subscription_expires = subscription_expires
+        self._timings = timings
+        self._policy = policy
+        self._next_id = 0
+        self._credentials: dict[str, _Credentials] = {}
+        self._outgoing: dict[ClientKey, _Outgoing] = {}
+        self._incoming: dict[ServerKey, tuple[ServerTransaction, Destination]] = {}
+        self._publications: dict[int, Publication] = {}
+        self._subscriptions: dict[int, Subscription] = {}
+        self._dialogs: dict[tuple[str, str], Subscription] = {}
+        # Keys: ("c", client key), ("s", server key), ("p", publication id),
+        # ("u", subscription id).
+        self._timers: TimerHeap[tuple[str, Any]] = TimerHeap()
+        self._datagrams: list[tuple[bytes, Destination]] = []
+        self._events: deque[UserAgentEvent] = deque()
+
+    # -- configuration -----------------------------------------------------
+
+    def set_credentials(self, aor: SipURI, credentials: digest.Credentials) -> None:
+        """Credentials used when requests from ``aor`` are challenged."""
+        self._credentials[aor.aor] = _Credentials(digest.DigestSession(credentials))
+
+    # -- outputs -----------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Destination]]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def next_event(self) -> UserAgentEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        return self._timers.next_deadline()
+
+    # -- API: publications (RFC 3903) --------------------------------------
+
+    def publish(
+        self,
+        aor: SipURI,
+        body: bytes,
+        now: float,
+        *,
+        event: str = "presence",
+        content_type: str = "application/pidf+xml",
+        expires: int | None = None,
+    ) -> int:
+        """Start a publication of ``body`` for ``aor``; returns its id.
+
+        The outcome arrives as :class:`~sip.publication.PublicationConfirmed`
+        or :class:`~sip.publication.PublicationFailed`.
+        """
+        publication = Publication(
+            self._new_id(),
+            aor,
+            call_id=self._token(),
+            local_tag=self._token(),
+            event=event,
+            content_type=content_type,
+            expires=expires or self._publication_expires,
+            spread=self._rng.random(),
+            policy=self._policy,
+        )
+        self._publications[publication.id] = publication
+        self._run(publication, publication.publish(body, now), now)
+        return publication.id
+
+    def modify(self, publication_id: int, body: bytes, now: float) -> None:
+        """Replace the published state (RFC 3903 §4.4)."""
+        publication = self._publications[publication_id]
+        self._run(publication, publication.publish(body, now), now)
+
+    def unpublish(self, publication_id: int, now: float) -> None:
+        """Remove the publication (RFC 3903 §4.5); ends in PublicationRemoved."""
+        publication = self._publications[publication_id]
+        self._run(publication, publication.remove(now), now)
+
+    def publication(self, publication_id: int) -> Publication | None:
+        return self._publications.get(publication_id)
+
+    # -- API: subscriptions (RFC 6665) -------------------------------------
+
+    def subscribe(
+        self,
+        subscriber: SipURI,
+        target: SipURI,
+        now: float,
+        *,
+        event: str = "presence",
+        accept: tuple[str, ...] = ("application/pidf+xml",),
+        expires: int | None = None,
+    ) -> int:
+        """Subscribe ``subscriber`` to ``target``'s ``event``; returns the id.
+
+        Outcomes: SubscriptionAccepted (2xx), NotifyReceived for each NOTIFY,
+        and exactly one SubscriptionTerminated at the end.
+        """
+        subscription = Subscription(
+            self._new_id(),
+            subscriber,
+            target,
+            call_id=self._token(),
+            local_tag=self._token(),
+            event=event,
+            accept=accept,
+            expires=expires or self._subscription_expires,
+            spread=self._rng.random(),
+            timer_n=self._timings.timeout,
+            policy=self._policy,
+        )
+        self._subscriptions[subscription.id] = subscription
+        self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
+        self._run(subscription, subscription.start(now), now)
+        return subscription.id
+
+    def unsubscribe(self, subscription_id: int, now: float) -> None:
+        """End a subscription (RFC 6665 §4.1.2.3); unknown ids are ignored."""
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is not None:
+            self._run(subscription, subscription.unsubscribe(now), now)
+
+    def subscription(self, subscription_id: int) -> Subscription | None:
+        return self._subscriptions.get(subscription_id)
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._subscriptions)
+
+    # -- API: OPTIONS ------------------------------------------------------
+
+    def options(self, now: float) -> int:
+        """Send OPTIONS to the server; answered by OptionsAnswered / OptionsFailed."""
+        probe = _Probe(self._new_id(), now)
+        uri = SipURI("sip", None, self.server.host, self.server.port)
+        local = SipURI("sip", None, _host(self.local.host), self.local.port)
+        headers = Headers()
+        headers.add("From", f"<{local}>;tag={self._token()}")
+        headers.add("To", f"<{uri}>")
+        headers.add("Call-ID", self._token())
+        headers.add("CSeq", "1 OPTIONS")
+        headers.add("Accept", ACCEPT)
+        self._start(probe, Request("OPTIONS", uri, headers), now)
+        return probe.id
+
+    # -- network input -----------------------------------------------------
+
+    def receive(self, data: bytes, source: Destination, now: float) -> None:
+        """One UDP datagram."""
+        if not data.strip(b"\r\n"):
+            return  # RFC 5626 §4.4.1 keep-alive
+        try:
+            message = parse_message(data)
+        except RemoteProtocolError as exc:
+            self._events.append(MessageDropped(source, str(exc)))
+            return
+        self.receive_message(message, source, now)
+
+    def receive_message(
+        self, message: Request | Response, source: Destination, now: float
+    ) -> None:
+        """One parsed message (a datagram, or framed from a TCP stream)."""
+        try:
+            if isinstance(message, Response):
+                self._receive_response(message, now)
+            else:
+                self._receive_request(message, source, now)
+        except RemoteProtocolError as exc:
+            # A header we needed was malformed: the message is unusable.
+            self._events.append(MessageDropped(source, str(exc)))
+
+    def transport_failed(self, destination: Destination, reason: str, now: float) -> None:
+        """The driver could not reach ``destination``: fail what waits on it.
+
+        RFC 3261 §17.1.4: the transport layer informs the transaction, which
+        informs its user.  All our requests go to the server.
+        """
+        if destination != self.server_destination:
+            return
+        for key, outgoing in list(self._outgoing.items()):
+            if outgoing.transaction.state in (ClientState.TRYING, ClientState.PROCEEDING):
+                actions = outgoing.transaction.transport_failed(reason, now)
+                self._client_actions(key, outgoing, actions, now)
+
+    # -- timers ------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        for kind, ident in self._timers.pop_expired(now):
+            if kind == "c":
+                outgoing = self._outgoing.get(ident)
+                if outgoing is not None:
+                    actions = outgoing.transaction.handle_timer(now)
+                    self._client_actions(ident, outgoing, actions, now)
+            elif kind == "s":
+                entry = self._incoming.get(ident)
+                if entry is not None:
+                    transaction, source = entry
+                    self._server_actions(ident, transaction, source,
+                                         transaction.handle_timer(now))
+            elif kind == "p":
+                publication = self._publications.get(ident)
+                if publication is not None:
+                    self._run(publication, publication.handle_timer(now), now)
+            elif kind == "u":
+                subscription = self._subscriptions.get(ident)
+                if subscription is not None:
+                    self._run(subscription, subscription.handle_timer(now), now)
+
+    # -- owners ------------------------------------------------------------
+
+    def _run(
+        self, owner: Owner, actions: Sequence[Request | UserAgentEvent], now: float
+    ) -> None:
+        """Carry out an owner's actions, then file its timer."""
+        for action in actions:
+            if isinstance(action, Request):
+                self._start(owner, action, now)
+            else:
+                self._events.append(action)
+        if isinstance(owner, Publication):
+            if owner.state is PublicationState.REMOVED:
+                self._publications.pop(owner.id, None)
+                self._timers.cancel(("p", owner.id))
+            else:
+                self._file_timer(("p", owner.id), owner.get_timer())
+        elif isinstance(owner, Subscription):
+            if owner.terminated:
+                self._subscriptions.pop(owner.id, None)
+                self._dialogs.pop((owner.call_id, owner.local_tag), None)
+                self._timers.cancel(("u", owner.id))
+            else:
+                self._file_timer(("u", owner.id), owner.get_timer())
+
+    def _file_timer(self, key: tuple[str, Any], deadline: float | None) -> None:
+        if deadline is None:
+            self._timers.cancel(key)
+        else:
+            self._timers.schedule(deadline, key)
+
+    # -- client transactions -----------------------------------------------
+
+    def _identity(self, owner: Owner) -> str | None:
+        if isinstance(owner, Publication):
+            return owner.aor.aor
+        if isinstance(owner, Subscription):
+            return owner.subscriber.aor
+        return None
+
+    def _start(
+        self, owner: Owner, request: Request, now: float, *, authenticated: bool = False
+    ) -> None:
+        """Send ``request`` for ``owner`` in a new client transaction."""
+        headers = request.headers
+        headers.prepend("Via", self._via_prefix + new_branch(self._token()) + ";rport")
+        if "Max-Forwards" not in headers:
+            headers.add("Max-Forwards", "70")
+        if request.method == "SUBSCRIBE" and isinstance(owner, Subscription):
+            # RFC 6665 §4.1.2.1 / RFC 3261 §8.1.1.8: the NOTIFYs come here.
+            contact = SipURI("sip", owner.subscriber.user, _host(self.local.host),
+                             self.local.port)
+            if self.server_destination.transport == "tcp":
+                contact = contact.with_params(transport="tcp")
+            headers.set("Contact", f"<{contact}>")
+            headers.set("Allow", ALLOW)
+        if "User-Agent" not in headers:
+            headers.add("User-Agent", self._user_agent)
+        identity = self._identity(owner)
+        if identity is not None:
+            self._authorize(identity, request)
+        transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
+        outgoing = _Outgoing(transaction, owner, identity, authenticated)
+        self._outgoing[transaction.key] = outgoing
+        self._client_actions(transaction.key, outgoing, transaction.start(now), now)
+
+    def _authorize(self, identity: str, request: Request) -> None:
+        """Add credentials up front when this identity was challenged before."""
+        creds = self._credentials.get(identity)
+        if creds is None or creds.challenge is None:
+            return
+        authorization = creds.session.authorize(
+            creds.challenge,
+            method=request.method,
+            uri=str(request.uri),
+            cnonce=self._token(),
+            body=request.body,
+        )
+        name = "Proxy-Authorization" if creds.proxy else "Authorization"
+        request.headers.set(name, str(authorization))
+
+    def _receive_response(self, response: Response, now: float) -> None:
+        key = client_key(response)
+        outgoing = self._outgoing.get(key)
+        if outgoing is None:
+            # RFC 3261 §18.1.2: a response matching no transaction is discarded.
+            return
+        actions = outgoing.transaction.receive_response(response, now)
+        self._client_actions(key, outgoing, actions, now)
+
+    def _client_actions(
+        self, key: ClientKey, outgoing: _Outgoing, actions: list[TransactionAction], now: float
+    ) -> None:
+        owner = outgoing.owner
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._datagrams.append((action.data, self.server_destination))
+            elif isinstance(action, ResponseReceived):
+                response = action.response
+                if response.status < 200:
+                    continue
+                if response.status in (401, 407) and self._retry_with_credentials(
+                    outgoing, response, now
+                ):
+                    continue
+                self._run(owner, owner.receive_response(response, now), now)
+            elif isinstance(action, TimedOut):
+                self._run(owner, owner.transaction_failed("timeout", now), now)
+            elif isinstance(action, TransportFailed):
+                self._run(owner, owner.transaction_failed("transport-error", now), now)
+        transaction = outgoing.transaction
+        if transaction.state is ClientState.TERMINATED:
+            self._outgoing.pop(key, None)
+            self._timers.cancel(("c", key))
+        else:
+            self._file_timer(("c", key), transaction.get_timer())
+
+    def _retry_with_credentials(self, outgoing: _Outgoing, response: Response, now: float) -> bool:
+        """RFC 3261 §22.2: answer one challenge by resending with credentials."""
+        creds = self._credentials.get(outgoing.identity or "")
+        if creds is None:
+            return False
+        proxy = response.status == 407
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        challenge = digest.select_challenge(response.headers.get_raw(name))
+        if challenge is None:
+            return False
+        if outgoing.authenticated and not challenge.stale:
+            # We answered already and the server still refuses: the
+            # credentials are wrong.  The owner sees the 401/407.
+            creds.challenge = None
+            return False
+        creds.challenge, creds.proxy = challenge, proxy
+        request = outgoing.transaction.request
+        retry = Request(request.method, request.uri, request.headers.copy(), request.body)
+        retry.headers.remove("Via")
+        retry.headers.remove("Authorization")
+        retry.headers.remove("Proxy-Authorization")
+        # §22.2: "...MUST increment the CSeq header field value as it would
+        # normally do when sending an updated request."
+        retry = outgoing.owner.restamp(retry)
+        self._start(outgoing.owner, retry, now, authenticated=True)
+        return True
+
+    # -- server transactions -----------------------------------------------
+
+    def _receive_request(self, request: Request, source: Destination, now: float) -> None:
+        if request.method == "ACK":
+            return  # only INVITE is acknowledged; we never answer INVITE with 2xx
+        key = server_key(request)
+        entry = self._incoming.get(key)
+        if entry is not None:
+            transaction, origin = entry
+            actions = transaction.receive_request(request, now)
+            self._server_actions(key, transaction, origin, actions)
+            return
+        if request.method in ("INVITE", "CANCEL"):
+            # We run no INVITE server transaction (§17.2.1); a stateless
+            # answer (§8.2.1) is enough to say we do not take calls.
+            response = request.response(405 if request.method == "INVITE" else 481,
+                                        to_tag=self._token())
+            response.headers.add("Allow", ALLOW)
+            self._datagrams.append((bytes(response), source))
+            return
+        transaction = ServerTransaction(
+            request, reliable=source.transport == "tcp", timings=self._timings
+        )
+        self._incoming[key] = (transaction, source)
+        owner, status = self._answer(request, now)
+        response = request.response(status, to_tag=self._token())
+        if status == 405 or request.method == "OPTIONS":
+            response.headers.add("Allow", ALLOW)
+        if request.method == "OPTIONS":
+            response.headers.add("Accept", ACCEPT)
+            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        if status == 489:
+            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        # Answer first: a NOTIFY not answered at once is retransmitted and,
+        # in the end, the notifier drops the subscription.
+        self._server_actions(key, transaction, source, transaction.send_response(response, now))
+        if owner is not None:
+            subscription, caused = owner
+            self._run(subscription, caused, now)
+
+    def _answer(
+        self, request: Request, now: float
+    ) -> tuple[tuple[Subscription, list[SubscriptionAction]] | None, int]:
+        """The status for a new request, and the subscription actions it causes."""
+        if request.method == "OPTIONS":
+            return None, 200
+        if request.method != "NOTIFY":
+            return None, 405
+        to_tag = request.to.tag
+        subscription = self._dialogs.get((request.call_id, to_tag or ""))
+        if subscription is None or subscription.terminated:
+            # RFC 6665 §4.1.3: "a subscriber ... MUST return a 481 (Subscription
+            # does not exist) response ... if it does not match".
+            return None, 481
+        event = request.event
+        if event is None or event.package.lower() != subscription.event.lower():
+            # RFC 6665 §8.2.1: Event is mandatory and must match the dialog.
+            return None, 489
+        status, actions = subscription.receive_notify(request, now)
+        return (subscription, list(actions)), status
+
+    def _server_actions(
+        self,
+        key: ServerKey,
+        transaction: ServerTransaction,
+        destination: Destination,
+        actions: list[TransactionAction],
+    ) -> None:
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._datagrams.append((action.data, destination))
+        if transaction.state is ServerState.TERMINATED:
+            self._incoming.pop(key, None)
+            self._timers.cancel(("s", key))
+        else:
+            self._file_timer(("s", key), transaction.get_timer())
+
+    # -- identifiers -------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _token(self) -> str:
+        """A random token for tags, Call-IDs and branches (RFC 3261 §19.3: ≥ 32 bits)."""
+        return f"{self._rng.getrandbits(64):016x}"
+
+
+def _host(host: str) -> str:
+    """A host for a URI or Via: IPv6 literals in brackets (RFC 3261 §25.1)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
