@@ -251,7 +251,8 @@ def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
             # Place is granted when either of its two elements is provided.
             if any(_is_true(transformations.find(f"{_PR}{name}")) for name in names):
                 grants.add(kind)
-        if _is_true(transformations.find(f"{_PR}provide-all-attributes")):
+        # RFC 5025 §3.2.11: provide-all-attributes is an empty element.
+        if transformations.find(f"{_PR}provide-all-attributes") is not None:
             grants.update(_BOOLEAN_TRANSFORMS)
             grants.add(AttributeType.OTHER)
         for unknown in transformations.iterfind(f"{_PR}provide-unknown-attribute"):

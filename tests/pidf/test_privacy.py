@@ -1,0 +1,55 @@
+"""pidf/privacy.py: decoded presence stripped to a watcher's grants."""
+
+from datetime import UTC, datetime
+
+from pidf.document import Presence, decode, encode
+from pidf.model import (
+    Activity,
+    AttributeType,
+    Communication,
+    CommunicationMeans,
+    MeansType,
+    Other,
+    Place,
+    PresenceAttribute,
+    Privacy,
+    Sphere,
+)
+from pidf.privacy import filter_attributes, filter_presence
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+ALL = (
+    PresenceAttribute(Activity.BUSY, T0),
+    PresenceAttribute(Place.OFFICE, T0),
+    PresenceAttribute(Privacy.PRIVACY_PRIVATE, T0),
+    PresenceAttribute(Sphere.SPHERE_WORK, T0),
+    PresenceAttribute(Communication((CommunicationMeans("tel:+1", 1.0, MeansType.PHONE),)), T0),
+    PresenceAttribute(Other("mood", "fine"), T0),
+)
+
+
+def test_each_attribute_alone() -> None:
+    for kind in AttributeType:
+        kept = filter_attributes(ALL, [kind])
+        assert [a.type for a in kept] == [kind]
+
+
+def test_unfiltered_body_is_filtered_by_decisions() -> None:
+    presence = decode(encode(ALL, entity="sip:a@example.com", now=T0))
+    decisions = {
+        AttributeType.ACTIVITY: False,
+        AttributeType.PLACE: True,
+        AttributeType.SPHERE: True,
+        AttributeType.COMMUNICATION: False,
+    }
+    seen = filter_presence(presence, decisions)
+    assert [a.type for a in seen.attributes] == [AttributeType.PLACE, AttributeType.SPHERE]
+    # The basic status would reveal reachability: hidden without Activity/Communication.
+    assert presence.open and not seen.open
+
+
+def test_nothing_granted_leaves_nothing() -> None:
+    presence = Presence("sip:a@x", ALL, True)
+    seen = filter_presence(presence, {})
+    assert seen.attributes == () and seen.open is False
+    assert filter_presence(presence, {AttributeType.COMMUNICATION: True}).open
