@@ -1,0 +1,429 @@
+"""The asyncio driver of the user agent: sockets, one timer, awaitable calls.
+
+Everything SIP happens in :class:`~sip.useragent.UserAgent`; this module only
+moves bytes and time in and out of it (aioquic's ``asyncio/protocol.py`` is
+the model).  After every input — an API call, a datagram, a TCP segment, the
+timer — :meth:`SipEndpoint._flush` sends what the user agent queued,
+dispatches its events, and re-arms a single ``loop.call_at`` at
+``UserAgent.get_timer()``.  There is no task or timer per transaction or per
+subscription.
+
+Transports: one UDP socket and one TCP listener on the local address (the
+configuration's ``sip.listen``).  Requests to the server over TCP use one
+connection, opened on demand; requests that arrive over TCP are answered on
+the connection they came in on (RFC 3261 §18.2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import SipError
+from ..message import StreamParser
+from ..publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
+from ..subscription import SubscriptionAccepted, SubscriptionTerminated
+from ..transaction import TransactionTimings
+from ..uri import SipURI
+from ..useragent import (
+    Destination,
+    MessageDropped,
+    OptionsAnswered,
+    OptionsFailed,
+    Transport,
+    UserAgent,
+    UserAgentEvent,
+)
+
+__all__ = ["RequestFailed", "RequestTimedOut", "SipEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[UserAgentEvent], None]
+
+
+class RequestFailed(SipError):
+    """The server answered a request with a failure, or never reached us."""
+
+    def __init__(self, what: str, status: int | None, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        detail = f"{status} {reason}" if status is not None else reason
+        super().__init__(f"{what} failed: {detail}")
+
+
+class RequestTimedOut(RequestFailed):
+    """No final response within the transaction timeout (64*T1)."""
+
+
+@dataclass(frozen=True)
+class _Waiter:
+    kind: str  # "p" publication, "u" subscription, "o" options
+    ident: int
+
+
+class SipEndpoint:
+    """A :class:`UserAgent` bound to sockets on the running event loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        server: SipURI,
+        transport: Transport = "udp",
+        rng: random.Random | None = None,
+        user_agent: str = "presence-adapter",
+        timings: TransactionTimings = TransactionTimings(),
+        publication_expires: int = 3600,
+        subscription_expires: int = 3600,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._server = server
+        self._transport: Transport = transport
+        self._rng = rng or random.SystemRandom()
+        self._user_agent = user_agent
+        self._timings = timings
+        self._publication_expires = publication_expires
+        self._subscription_expires = subscription_expires
+        self._ua: UserAgent | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._connections: dict[Destination, _StreamProtocol] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._waiters: dict[_Waiter, list[asyncio.Future[UserAgentEvent]]] = defaultdict(list)
+        self._listeners: list[Listener] = []
+        self.dropped = 0  # datagrams that were not usable SIP
+
+    # -- life cycle --------------------------------------------------------
+
+    @property
+    def ua(self) -> UserAgent:
+        if self._ua is None:
+            raise RuntimeError("SipEndpoint.start() has not run")
+        return self._ua
+
+    @property
+    def local(self) -> Destination:
+        return self.ua.local
+
+    async def start(self) -> None:
+        """Bind UDP and TCP on the local address (port 0 = any free port)."""
+        loop = self._loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(self), local_addr=(self._host, self._port)
+        )
+        self._udp = udp
+        port = udp.get_extra_info("sockname")[1]
+        try:
+            self._tcp_server = await loop.create_server(
+                lambda: _StreamProtocol(self, None), self._host, port
+            )
+        except OSError:
+            udp.close()
+            raise
+        self._ua = UserAgent(
+            local=Destination(self._transport, self._host, port),
+            server=self._server,
+            rng=self._rng,
+            user_agent=self._user_agent,
+            timings=self._timings,
+            publication_expires=self._publication_expires,
+            subscription_expires=self._subscription_expires,
+        )
+        logger.info("SIP on %s:%d (udp, tcp), server %s", self._host, port, self._server)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._udp is not None:
+            self._udp.close()
+        for connection in list(self._connections.values()):
+            connection.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            await self._tcp_server.wait_closed()
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        self._waiters.clear()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every event of the user agent, in order."""
+        self._listeners.append(listener)
+
+    # -- awaitable API -----------------------------------------------------
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def ping(self) -> float:
+        """OPTIONS to the server; the round-trip time in seconds."""
+        probe = self.ua.options(self.now())
+        event = await self._wait(_Waiter("o", probe))
+        if isinstance(event, OptionsAnswered):
+            if event.status >= 300:
+                raise RequestFailed("OPTIONS", event.status, "")
+            return event.rtt
+        assert isinstance(event, OptionsFailed)
+        raise RequestTimedOut("OPTIONS", None, event.reason)
+
+    async def publish(
+        self, aor: SipURI, body: bytes, *, expires: int | None = None
+    ) -> tuple[int, PublicationConfirmed]:
+        """A new publication; returns its id once the server confirmed it."""
+        publication_id = self.ua.publish(aor, body, self.now(), expires=expires)
+        return publication_id, await self._publication_outcome(publication_id)
+
+    async def modify(self, publication_id: int, body: bytes) -> PublicationConfirmed:
+        self.ua.modify(publication_id, body, self.now())
+        return await self._publication_outcome(publication_id)
+
+    async def unpublish(self, publication_id: int) -> None:
+        if self.ua.publication(publication_id) is None:
+            return
+        self.ua.unpublish(publication_id, self.now())
+        while self.ua.publication(publication_id) is not None:
+            await self._wait(_Waiter("p", publication_id))
+
+    async def subscribe(
+        self,
+        subscriber: SipURI,
+        target: SipURI,
+        *,
+        event: str = "presence",
+        accept: tuple[str, ...] = ("application/pidf+xml",),
+        expires: int | None = None,
+    ) -> int:
+        """A new subscription; returns its id once the server accepted it."""
+        subscription_id = self.ua.subscribe(
+            subscriber, target, self.now(), event=event, accept=accept, expires=expires
+        )
+        outcome = await self._wait(_Waiter("u", subscription_id))
+        if isinstance(outcome, SubscriptionTerminated):
+            if outcome.reason == "timeout":
+                raise RequestTimedOut("SUBSCRIBE", outcome.status, outcome.reason)
+            raise RequestFailed("SUBSCRIBE", outcome.status, outcome.reason)
+        return subscription_id
+
+    async def unsubscribe(self, subscription_id: int) -> None:
+        """End a subscription; returns once it is over (final NOTIFY or guard)."""
+        if self.ua.subscription(subscription_id) is None:
+            return
+        self.ua.unsubscribe(subscription_id, self.now())
+        while self.ua.subscription(subscription_id) is not None:
+            await self._wait(_Waiter("u", subscription_id))
+
+    async def _publication_outcome(self, publication_id: int) -> PublicationConfirmed:
+        event = await self._wait(_Waiter("p", publication_id))
+        if isinstance(event, PublicationConfirmed):
+            return event
+        if isinstance(event, PublicationFailed):
+            if event.status is None:
+                raise RequestTimedOut("PUBLISH", None, event.reason)
+            raise RequestFailed("PUBLISH", event.status, event.reason)
+        raise RequestFailed("PUBLISH", None, "publication removed")
+
+    async def _wait(self, waiter: _Waiter) -> UserAgentEvent:
+        """The next event for ``waiter``; sends what the call just queued."""
+        assert self._loop is not None
+        future: asyncio.Future[UserAgentEvent] = self._loop.create_future()
+        self._waiters[waiter].append(future)
+        self._flush()
+        try:
+            return await future
+        finally:
+            futures = self._waiters.get(waiter)
+            if futures is not None and future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._waiters[waiter]
+
+    # -- the pump ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send what the user agent queued, dispatch its events, re-arm the timer."""
+        ua = self.ua
+        for data, destination in ua.datagrams_to_send():
+            self._send(data, destination)
+        while (event := ua.next_event()) is not None:
+            self._dispatch(event)
+        # Dispatching may have called the user agent again.
+        for data, destination in ua.datagrams_to_send():
+            self._send(data, destination)
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.ua.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.ua.handle_timer(self.now())
+        self._flush()
+
+    def _dispatch(self, event: UserAgentEvent) -> None:
+        waiter = _waiter_for(event)
+        if waiter is not None:
+            for future in self._waiters.pop(waiter, ()):
+                if not future.done():
+                    future.set_result(event)
+        if isinstance(event, MessageDropped):
+            self.dropped += 1
+            logger.info("dropped a message from %s: %s", event.source, event.reason)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            # A listener's bug must not stop the SIP pump: that would leave
+            # NOTIFYs unanswered and the server would drop our subscriptions.
+            except Exception:
+                logger.exception("SIP event listener failed on %r", event)
+
+    def _send(self, data: bytes, destination: Destination) -> None:
+        if destination.transport == "udp":
+            assert self._udp is not None
+            self._udp.sendto(data, (destination.host, destination.port))
+            return
+        connection = self._connections.get(destination)
+        if connection is None:
+            if destination != self.ua.server_destination:
+                # An answer for a connection that has closed: nothing to do.
+                logger.info("no TCP connection to %s any more; dropped a reply", destination)
+                return
+            connection = self._connect(destination)
+        connection.write(data)
+
+    def _connect(self, destination: Destination) -> _StreamProtocol:
+        assert self._loop is not None
+        protocol = _StreamProtocol(self, destination)
+        self._connections[destination] = protocol
+
+        async def connect() -> None:
+            assert self._loop is not None
+            try:
+                await self._loop.create_connection(
+                    lambda: protocol, destination.host, destination.port
+                )
+            except OSError as exc:
+                logger.warning("TCP connection to %s failed: %s", destination, exc)
+                self._connection_lost(protocol, f"connect failed: {exc}")
+
+        protocol.connecting = self._loop.create_task(connect())
+        return protocol
+
+    # -- transport callbacks -----------------------------------------------
+
+    def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.ua.receive(data, Destination("udp", addr[0], addr[1]), self.now())
+        self._flush()
+
+    def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:
+        try:
+            messages = protocol.parser.feed(data)
+        except SipError as exc:
+            # RFC 3261 §18.3: a stream we cannot frame cannot be resynchronised.
+            logger.info("closing TCP connection from %s: %s", protocol.peer, exc)
+            self.dropped += 1
+            protocol.close()
+            return
+        assert protocol.peer is not None
+        now = self.now()
+        for message in messages:
+            self.ua.receive_message(message, protocol.peer, now)
+        self._flush()
+
+    def _connection_made(self, protocol: _StreamProtocol) -> None:
+        assert protocol.peer is not None
+        self._connections.setdefault(protocol.peer, protocol)
+
+    def _connection_lost(self, protocol: _StreamProtocol, reason: str) -> None:
+        peer = protocol.peer
+        if peer is not None and self._connections.get(peer) is protocol:
+            del self._connections[peer]
+        if peer is not None and self._ua is not None:
+            self._ua.transport_failed(peer, reason, self.now())
+            self._flush()
+
+
+def _waiter_for(event: UserAgentEvent) -> _Waiter | None:
+    if isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
+        return _Waiter("p", event.publication_id)
+    if isinstance(event, SubscriptionAccepted | SubscriptionTerminated):
+        return _Waiter("u", event.subscription_id)
+    if isinstance(event, OptionsAnswered | OptionsFailed):
+        return _Waiter("o", event.probe_id)
+    return None  # NOTIFYs and dropped messages go to the listeners only
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.endpoint._datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the transaction timers decide.
+        logger.debug("UDP error: %s", exc)
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """One TCP connection, framed by Content-Length (RFC 3261 §18.3)."""
+
+    def __init__(self, endpoint: SipEndpoint, peer: Destination | None) -> None:
+        self.endpoint = endpoint
+        self.peer = peer
+        self.parser = StreamParser()
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.connecting: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.peer is None:
+            host, port = transport.get_extra_info("peername")[:2]
+            self.peer = Destination("tcp", host, port)
+        self.endpoint._connection_made(self)
+        if self.pending:
+            transport.write(b"".join(self.pending))
+            self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.endpoint._stream_messages(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.endpoint._connection_lost(self, str(exc) if exc else "connection closed")
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        elif self.connecting is not None:
+            self.connecting.cancel()
