@@ -235,6 +235,11 @@ class _Accessors:
     body: bytes
     _cache: dict[str, tuple[tuple[str, ...], object]]
 
+    def _fields(self) -> list[tuple[str, str]]:
+        # Content-Length is derived from the body on output, so two messages
+        # that differ only in it (or in having it) are the same message.
+        return [(k, v) for k, _, v in self.headers._items if k != "content-length"]
+
     def _cached(self, key: str, build: Callable[[Headers], T]) -> T:
         raw = tuple(self.headers.get_raw(key))
         hit = self._cache.get(key)
@@ -411,7 +416,7 @@ _CLASS_PHRASES = {1: "Trying", 2: "OK", 3: "Redirect", 4: "Client Error", 5: "Se
                   6: "Global Failure"}  # fmt: skip
 
 
-@dataclass(eq=True)
+@dataclass(eq=False)
 class Request(_Accessors):
     method: str
     uri: URI
@@ -423,6 +428,18 @@ class Request(_Accessors):
 
     def __bytes__(self) -> bytes:
         return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (
+            self.method == other.method
+            and self.uri == other.uri
+            and self.body == other.body
+            and self._fields() == other._fields()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def response(
         self, status: int, reason: str | None = None, *, to_tag: str | None = None
@@ -479,7 +496,7 @@ class Request(_Accessors):
         return Response(status, reason, h)
 
 
-@dataclass(eq=True)
+@dataclass(eq=False)
 class Response(_Accessors):
     status: int
     reason: str
@@ -491,6 +508,18 @@ class Response(_Accessors):
 
     def __bytes__(self) -> bytes:
         return _serialise(f"SIP/2.0 {self.status} {self.reason}", self.headers, self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (
+            self.status == other.status
+            and self.reason == other.reason
+            and self.body == other.body
+            and self._fields() == other._fields()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 Message = Request | Response
