@@ -348,3 +348,52 @@ def test_unqualified_pidf_is_accepted() -> None:
 def test_malformed_documents_raise_remote_protocol_error(body: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode(body)
+
+
+# -- bodies captured from the bundled Kamailio --------------------------------
+
+K0 = datetime(2024, 5, 1, 10, 0, 0, 250000, tzinfo=UTC)
+
+
+def test_kamailio_aggregated_capture() -> None:
+    presence = decode((DATA / "kamailio-aggregated.xml").read_bytes())
+    later = K0 + timedelta(minutes=3)
+    assert presence.get(AttributeType.ACTIVITY) == PresenceAttribute(
+        Activity.IN_TRANSIT, later, "mobile"
+    )
+    assert presence.get(AttributeType.PLACE) == PresenceAttribute(Place.OFFICE, K0)
+    comm = presence.get(AttributeType.COMMUNICATION)
+    assert comm is not None and comm.value == Communication(
+        (
+            CommunicationMeans("im:alice@example.com", 0.4, MeansType.CHAT),
+            CommunicationMeans("tel:+15550100", 0.9, MeansType.PHONE),
+        )
+    )
+    assert presence.get(AttributeType.OTHER) == PresenceAttribute(Other("battery", "40%"), later)
+
+
+def test_kamailio_after_removal_capture_ignores_the_closed_tuple() -> None:
+    presence = decode((DATA / "kamailio-after-removal.xml").read_bytes())
+    assert [a.to_json() for a in presence.attributes] == [
+        PresenceAttribute(Activity.BUSY, K0, "desk").to_json(),
+        PresenceAttribute(Place.OFFICE, K0).to_json(),
+        PresenceAttribute(
+            Communication((CommunicationMeans("tel:+15550100", 0.9, MeansType.PHONE),)),
+            K0,
+            "desk phone",
+        ).to_json(),
+    ]
+
+
+def test_kamailio_all_attributes_capture() -> None:
+    presence = decode((DATA / "kamailio-all-attributes.xml").read_bytes())
+    assert [a.type for a in presence.attributes] == list(AttributeType)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_remote_protocol_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except RemoteProtocolError:
+        pass

@@ -136,3 +136,15 @@ def test_resources_are_kept_apart() -> None:
     state.apply(WatcherInfo.parse(body))
     assert set(state.resources()) == {("sip:a@x", "presence"), ("sip:b@x", "presence")}
     assert [x.id for x in state.watchers("sip:b@x")] == ["2"]
+
+
+def test_kamailio_capture() -> None:
+    from pathlib import Path
+
+    body = (
+        Path(__file__).resolve().parent.parent / "data/pidf/kamailio-watcherinfo.xml"
+    ).read_bytes()
+    info = WatcherInfo.parse(body)
+    (watchers,) = info.lists
+    assert (info.version, info.full, len(watchers.watchers)) == (1, True, 1)
+    assert watchers.watchers[0].status is WatcherStatus.ACTIVE
