@@ -348,7 +348,7 @@ class _Accessors:
 
 
 def _call_id(value: str) -> str:
-    if not value or any(c.isspace() for c in value):
+    if len(value.split(None, 1)) != 1:
         raise RemoteProtocolError(f"bad Call-ID: {value!r}")
     return value
 
@@ -369,6 +369,8 @@ def _optional(h: Headers, key: str, parse: Callable[[str], T]) -> T | None:
 
 
 def _serialise(start: str, headers: Headers, body: bytes) -> bytes:
+    if "\r" in start or "\n" in start:
+        raise LocalProtocolError(f"CR or LF in start line: {start!r}")
     lines = [start]
     length_done = False
     for key, name, value in headers._items:
@@ -412,8 +414,9 @@ REASON_PHRASES: dict[int, str] = {
     600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere",
     606: "Not Acceptable",
 }  # fmt: skip
-_CLASS_PHRASES = {1: "Trying", 2: "OK", 3: "Redirect", 4: "Client Error", 5: "Server Error",
-                  6: "Global Failure"}  # fmt: skip
+# For codes without a phrase of their own: the class names of RFC 3261 §7.2.
+_CLASS_PHRASES = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error",
+                  5: "Server Error", 6: "Global Failure"}  # fmt: skip
 
 
 @dataclass(eq=False)

@@ -325,6 +325,12 @@ class TestSerialise:
         assert req != Request("OPTIONS", SipURI("sip", None, "h2"))
         assert req != a
 
+    def test_start_line_injection_is_refused(self) -> None:
+        with pytest.raises(LocalProtocolError):
+            bytes(Response(200, "OK\r\nVia: SIP/2.0/UDP evil"))
+        with pytest.raises(LocalProtocolError):
+            bytes(Request("OPTIONS\r\n", SipURI("sip", None, "h")))
+
     def test_utf8(self) -> None:
         resp = Response(200, "Très bien")
         resp.headers.add("Subject", "Grüße")
@@ -392,6 +398,8 @@ class TestResponse:
         assert req.response(412).reason == "Conditional Request Failed"
         assert req.response(481).reason == "Call/Transaction Does Not Exist"
         assert req.response(499).reason == "Client Error"
+        assert req.response(150).reason == "Provisional"
+        assert req.response(299).reason == "Success"
         assert req.response(200, "Fine").reason == "Fine"
         assert req.response(404).record_routes == []
 
