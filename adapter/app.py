@@ -19,8 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
+from sip.aio import SipEndpoint
+from sip.uri import SipURI
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "make_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +124,31 @@ def create_app(
     app.state.config = config
     app.state.sip_probe = sip_probe
     return app
+
+
+def sip_endpoint(config: Config) -> SipEndpoint:
+    """The SIP user agent the configuration describes (not started)."""
+    server = SipURI.parse(config.sip.server)
+    if config.sip.transport == "tcp" and server.transport is None:
+        server = server.with_params(transport="tcp")
+    return SipEndpoint(
+        host=config.sip.listen.bind_host,
+        port=config.sip.listen.port,
+        server=server,
+        transport=config.sip.transport,
+    )
+
+
+def make_app(config: Config) -> Starlette:
+    """The adapter as ``presence-adapter serve`` runs it: the app and its SIP user agent."""
+    endpoint = sip_endpoint(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        await endpoint.start()
+        try:
+            yield {"sip": endpoint}
+        finally:
+            await endpoint.close()
+
+    return create_app(config, sip_probe=endpoint, lifespan=lifespan)

@@ -38,7 +38,7 @@ def _serve(config: Config, log_level: str) -> int:
     # make_app wires the SIP user agent, the store and the services into the app
     # from adapter.app.create_app; imported here so that configuration errors are
     # reported before any of that is loaded.
-    from adapter.app import make_app  # type: ignore[attr-defined]
+    from adapter.app import make_app
 
     uvicorn.run(
         make_app(config),

@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from sip.errors import SipError
+from sip.uri import SipURI
+
 __all__ = [
     "Account",
     "Config",
@@ -126,25 +129,19 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
-# RFC 3261 §19.1.1 / §25.1: sip:user:password@host:port;uri-parameters?headers.
-# Only the outline is checked here (scheme, host, port); the SIP stack parses fully.
-_SIP_URI = re.compile(
-    r"(?P<scheme>sips?):(?:(?P<user>[^@\s]+)@)?"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
-    r"(?::(?P<port>[0-9]+))?(?P<rest>[;?]\S*)?",
-    re.IGNORECASE,  # "URI scheme tokens are case-insensitive" (RFC 3261 §19.1.4)
-)
-
-
 def _sip_uri_problem(text: str, *, need_user: bool) -> str | None:
-    m = _SIP_URI.fullmatch(text)
-    if m is None:
+    """Why ``text`` is not a usable SIP URI (parsed by the SIP stack itself), or None."""
+    try:
+        uri = SipURI.parse(text)
+    except SipError as exc:
+        if "port" in str(exc):
+            return f"{_show(text)} has a port outside 1-65535"
         return f"{_show(text)} is not a SIP URI"
-    if not _valid_host(m["host"]):
+    if not _valid_host(uri.host):
         return f"{_show(text)} has no valid host"
-    if m["port"] is not None and not _valid_port(int(m["port"])):
+    if uri.port is not None and not _valid_port(uri.port):
         return f"{_show(text)} has a port outside 1-65535"
-    if need_user and not m["user"]:
+    if need_user and not uri.user:
         return f"{_show(text)} has no user part (expected sip:user@host)"
     return None
 
