@@ -216,8 +216,11 @@ class PresenceAttribute:
             raise ValidationError(f"{self.value!r} is not a presence value", "typeAndValue")
         if self.last_change is not None:
             object.__setattr__(self, "last_change", normalise_instant(self.last_change))
-        if self.note is not None and (not isinstance(self.note, str) or not _xml_safe(self.note)):
-            raise ValidationError("note must be a string XML can carry", "note")
+        if self.note is not None:
+            if not isinstance(self.note, str):
+                raise ValidationError("note must be a string", "note")
+            if not _xml_safe(self.note):
+                raise ValidationError("note contains characters XML cannot carry", "note")
 
     @property
     def type(self) -> AttributeType:
