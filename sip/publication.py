@@ -102,8 +102,12 @@ class PublicationRemoved:
 PublicationEvent = PublicationConfirmed | PublicationFailed | PublicationRemoved
 Action = Request | PublicationEvent
 
-# Final responses after which retrying the same request cannot succeed.
-_PERMANENT = frozenset({400, 403, 404, 405, 410, 413, 414, 415, 416, 420, 484, 489, 603, 604, 606})
+# Final responses after which retrying the same request cannot succeed.  A
+# 401/407 reaches a publication only when the user agent could not answer the
+# challenge (no credentials) or the server refused the answer (wrong ones).
+_PERMANENT = frozenset(
+    {400, 401, 403, 404, 405, 407, 410, 413, 414, 415, 416, 420, 484, 489, 603, 604, 606}
+)
 
 
 @dataclass(frozen=True)
