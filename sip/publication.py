@@ -235,8 +235,9 @@ class Publication:
             if self._remove_pending or self._body is None:
                 return self._finish_removed()
             return [self._send(now)]
-        if status == 423:
-            # RFC 3903 §4.1 / RFC 3261 §21.4.17: retry with Min-Expires.
+        if status == 423 and not self._remove_pending:
+            # RFC 3903 §4.1 / RFC 3261 §21.4.17: retry with Min-Expires.  Not
+            # when the caller removed meanwhile: the retry would carry no body.
             min_expires = response.min_expires
             if min_expires is not None and min_expires > self.requested_expires:
                 self.requested_expires = min_expires
