@@ -147,8 +147,8 @@ class Subscription:
 
     def start(self, now: float) -> list[Action]:
         """The initial SUBSCRIBE (RFC 6665 §4.1.2.1)."""
-        if self._local_cseq != 0:
-            raise LocalProtocolError("subscription already started")
+        if self._local_cseq != 0 or self.terminated:
+            raise LocalProtocolError("subscription already started or ended")
         # RFC 6665 §4.1.2.4: "the subscriber ... starts Timer N ... when it
         # sends the SUBSCRIBE request; if no NOTIFY arrives before Timer N
         # fires, the subscriber considers the subscription failed".
