@@ -230,6 +230,12 @@ class Subscription:
                 accepted.append(SubscriptionAccepted(self.id, expires))
             return accepted + self._after_exchange(now)
         if unsubscribing:
+            if self._unsubscribe_pending and status != 481:
+                # A refresh failed while the caller's unsubscribe waited for
+                # it; the subscription still stands at the notifier
+                # (RFC 6665 §4.1.2.2), so the Expires: 0 must still go out.
+                self._unsubscribe_pending = False
+                return [self._subscribe(0)]
             return self._terminate("unsubscribed")
         retry_after = response.retry_after.seconds if response.retry_after else None
         if status == 423 and initial:
