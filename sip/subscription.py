@@ -185,8 +185,17 @@ class Subscription:
     def handle_timer(self, now: float) -> list[Action]:
         if self.terminated:
             return []
+        if self.state is SubscriptionPhase.UNSUBSCRIBING:
+            # Whichever deadline comes first (the guard, a Timer N still
+            # running from the initial SUBSCRIBE, the expiry), the caller
+            # asked for the end and that is the reason it gets.
+            due = (self._guard_at, self._deadline_n, self.expires_at)
+            if any(t is not None and now >= t for t in due):
+                return self._terminate("unsubscribed")
+            return []
         if self._guard_at is not None and now >= self._guard_at:
-            return self._terminate("unsubscribed")
+            # The notifier granted Expires: 0 and never sent the final NOTIFY.
+            return self._terminate("timeout")
         if self._deadline_n is not None and now >= self._deadline_n:
             return self._terminate("timeout")
         if self.expires_at is not None and now >= self.expires_at:
