@@ -208,24 +208,32 @@ class Subscription:
         return []
 
     def receive_response(self, response: Response, now: float) -> list[Action]:
-        """A final response to our outstanding SUBSCRIBE."""
-        self._outstanding = False
+        """A final response to our outstanding SUBSCRIBE.
+
+        Raises RemoteProtocolError, changing nothing, when a header it needs
+        is malformed.
+        """
         if self.terminated:
+            self._outstanding = False
             return []
         status = response.status
         initial = not self._accepted
         unsubscribing = self.state is SubscriptionPhase.UNSUBSCRIBING
         if 200 <= status < 300:
+            # Every header is read before anything changes.
+            expires = None if unsubscribing else response.expires
             if self.remote_tag is None:
                 # RFC 3261 §12.1.2: the UAC builds the dialog from the 2xx —
                 # route set = Record-Route reversed, remote target = Contact.
-                self.remote_tag = response.to.tag
                 contacts = response.contacts
-                self.remote_target = contacts[0].sip_uri if contacts else None
-                self.route_set = tuple(reversed(response.record_routes))
+                remote_target = contacts[0].sip_uri if contacts else None
+                route_set = tuple(reversed(response.record_routes))
+                self.remote_tag = response.to.tag
+                self.remote_target = remote_target
+                self.route_set = route_set
+            self._outstanding = False
             if unsubscribing:
                 return self._after_exchange(now)
-            expires = response.expires
             if expires is None:
                 expires = self.requested_expires
             if expires == 0:
@@ -238,6 +246,9 @@ class Subscription:
                 self._accepted = True
                 accepted.append(SubscriptionAccepted(self.id, expires))
             return accepted + self._after_exchange(now)
+        retry_after = response.retry_after.seconds if response.retry_after else None
+        min_expires = response.min_expires if status == 423 else None
+        self._outstanding = False
         if unsubscribing:
             if self._unsubscribe_pending and status != 481:
                 # A refresh failed while the caller's unsubscribe waited for
@@ -246,9 +257,7 @@ class Subscription:
                 self._unsubscribe_pending = False
                 return [self._subscribe(0)]
             return self._terminate("unsubscribed")
-        retry_after = response.retry_after.seconds if response.retry_after else None
         if status == 423 and initial:
-            min_expires = response.min_expires
             if min_expires is not None and min_expires > self.requested_expires:
                 self.requested_expires = min_expires
                 return [self._subscribe(min_expires)]
@@ -277,6 +286,8 @@ class Subscription:
         """A NOTIFY the user agent matched to this dialog.
 
         Returns the status code to answer with and the resulting actions.
+        Raises RemoteProtocolError, changing nothing, when a header it needs
+        is malformed (the user agent answers 400).
         """
         if self.terminated:
             return 481, []
@@ -285,6 +296,11 @@ class Subscription:
             # RFC 6665 §8.2.3: NOTIFY requests MUST contain Subscription-State.
             return 400, []
         cseq = request.cseq.seq
+        # Every header is read before anything changes: a malformed one
+        # raises RemoteProtocolError with the dialog as it was.
+        contacts = request.contacts
+        remote_target = contacts[0].sip_uri if contacts else None
+        record_routes = request.record_routes if self.remote_tag is None else []
         if self._remote_cseq is not None and cseq < self._remote_cseq:
             # RFC 3261 §12.2.2: "If the remote sequence number was not empty,
             # but the sequence number of the request is lower than the remote
@@ -296,12 +312,11 @@ class Subscription:
             # RFC 3261 §12.1.1 (as UAS of the NOTIFY): route set = the
             # Record-Route in order, remote target = the Contact.
             self.remote_tag = request.from_.tag
-            contacts = request.contacts
-            self.remote_target = contacts[0].sip_uri if contacts else None
-            self.route_set = tuple(request.record_routes)
-        elif request.contacts:
+            self.remote_target = remote_target
+            self.route_set = tuple(record_routes)
+        elif remote_target is not None:
             # RFC 6665 §4.1.3: a NOTIFY may update the remote target.
-            self.remote_target = request.contacts[0].sip_uri
+            self.remote_target = remote_target
         self._deadline_n = None
         actions: list[Action] = [
             NotifyReceived(self.id, state, request.body, request.content_type)
