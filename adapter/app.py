@@ -16,9 +16,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapter import rest
+from adapter.auth import Accounts
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
+from adapter.presentity import PresentityService
+from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 #: A lifespan for what the caller owns (the SIP user agent, the store, ...). Its
 #: optional state mapping is merged into every request's ``request.state``.
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+ExceptionHandler = Callable[[Request, Exception], Any]
 
 
 def _error_response(error: RestError) -> JSONResponse:
@@ -97,6 +102,7 @@ def create_app(
     sip_probe: SipProbe,
     routes: Sequence[BaseRoute] = (),
     lifespan: Lifespan | None = None,
+    exception_handlers: Mapping[type[Exception], ExceptionHandler] | None = None,
 ) -> Starlette:
     """The adapter's Starlette application.
 
@@ -115,7 +121,11 @@ def create_app(
     app = Starlette(
         routes=[Route("/health", health_endpoint, methods=["GET"]), *routes],
         middleware=[Middleware(_LastResort)],
-        exception_handlers={RestError: _rest_error, HTTPException: _http_error},
+        exception_handlers={
+            **(exception_handlers or {}),
+            RestError: _rest_error,
+            HTTPException: _http_error,
+        },
         lifespan=app_lifespan,
     )
     # No 307 from "/cometd/" to "/cometd": Bayeux clients POST to both forms and do
@@ -140,15 +150,29 @@ def sip_endpoint(config: Config) -> SipEndpoint:
 
 
 def make_app(config: Config) -> Starlette:
-    """The adapter as ``presence-adapter serve`` runs it: the app and its SIP user agent."""
+    """The adapter as ``presence-adapter serve`` runs it: the app and its services."""
     endpoint = sip_endpoint(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         await endpoint.start()
+        xcap = XcapClient(
+            config.xcap.root, username=config.xcap.username, password=config.xcap.password
+        )
         try:
-            yield {"sip": endpoint}
+            yield {
+                "sip": endpoint,
+                "accounts": Accounts(config.accounts),
+                "presentity": PresentityService(endpoint, xcap),
+            }
         finally:
+            await xcap.close()
             await endpoint.close()
 
-    return create_app(config, sip_probe=endpoint, lifespan=lifespan)
+    return create_app(
+        config,
+        sip_probe=endpoint,
+        routes=rest.routes(),
+        lifespan=lifespan,
+        exception_handlers=rest.EXCEPTION_HANDLERS,
+    )

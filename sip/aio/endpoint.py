@@ -183,11 +183,11 @@ class SipEndpoint:
     ) -> tuple[int, PublicationConfirmed]:
         """A new publication; returns its id once the server confirmed it."""
         publication_id = self.ua.publish(aor, body, self.now(), expires=expires)
-        return publication_id, await self._publication_outcome(publication_id)
+        return publication_id, await self.publication_outcome(publication_id)
 
     async def modify(self, publication_id: int, body: bytes) -> PublicationConfirmed:
         self.ua.modify(publication_id, body, self.now())
-        return await self._publication_outcome(publication_id)
+        return await self.publication_outcome(publication_id)
 
     async def unpublish(self, publication_id: int) -> None:
         if self.ua.publication(publication_id) is None:
@@ -224,7 +224,12 @@ class SipEndpoint:
         while self.ua.subscription(subscription_id) is not None:
             await self._wait(_Waiter("u", subscription_id))
 
-    async def _publication_outcome(self, publication_id: int) -> PublicationConfirmed:
+    async def publication_outcome(self, publication_id: int) -> PublicationConfirmed:
+        """The next outcome of a publication: confirmed, or RequestFailed.
+
+        After a failure the publication stays and keeps retrying (RFC 3903
+        state is never dropped silently); the caller decides whether to remove it.
+        """
         event = await self._wait(_Waiter("p", publication_id))
         if isinstance(event, PublicationConfirmed):
             return event

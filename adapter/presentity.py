@@ -1,0 +1,290 @@
+"""The presentity side: publish, see who asks, authorise, block, list watchers.
+
+One :class:`PresentityService` serves every presentity address of every
+application.  Per presentity it keeps
+
+* the published attributes and the SIP publication that carries them (one
+  per address, RFC 3903: later publishes modify it with SIP-If-Match);
+* a presence.winfo subscription (RFC 3857), opened on first need and kept,
+  whose NOTIFYs say which watchers have a subscription and in what state.
+
+Who is *authorised* is decided by the presentity's pres-rules document, which
+the adapter reads and writes over XCAP.  Kamailio 5.6 does not send a new
+watcherinfo NOTIFY when only the rules change (measured, DESIGN.md), so the
+answers combine both sources: the winfo says who has a live subscription, the
+rules say what the presentity decided:
+
+* open subscriptions = watchers pending/waiting in winfo for whom no rule has
+  decided yet (no rule, or ``confirm``);
+* my watchers = watchers with a live subscription whose rule allows them, or
+  — when no rule names them (a wildcard rule written by another tool) — whom
+  the server reports active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from adapter.xcap import XcapClient
+from pidf import (
+    AttributeType,
+    Other,
+    Outcome,
+    PidfError,
+    PresenceAttribute,
+    PresRules,
+    SubHandling,
+    WatcherInfo,
+    WatcherInfoState,
+    WatcherStatus,
+    encode,
+    validate_publication,
+)
+from pidf.watcherinfo import CONTENT_TYPE as WATCHERINFO
+from sip import NotifyReceived, SipError, SipURI, SubscriptionTerminated, UserAgentEvent
+from sip.aio import SipEndpoint
+
+__all__ = ["OpenSubscription", "PresentityService", "UnknownWatcher", "WatcherDirectory"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a first Get Open Subscriptions waits for the winfo subscription's
+#: first NOTIFY (Kamailio sends it right after the 200: ≈1 ms here).
+WINFO_READY_TIMEOUT = 3.0
+
+_LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
+_UNDECIDED = (None, SubHandling.CONFIRM)
+
+
+class UnknownWatcher(LookupError):
+    """The watcher neither subscribed to the presentity nor has a rule."""
+
+
+@dataclass(frozen=True)
+class OpenSubscription:
+    """A watcher waiting for the presentity's decision."""
+
+    watcher: str
+    application: str
+    attributes: tuple[AttributeType, ...]  # empty = all
+
+
+#: What the adapter knows about a watcher that subscribed through it:
+#: (watcher, presentity) -> (application name, attributes asked for).
+WatcherDirectory = Callable[[str, str], tuple[str, tuple[AttributeType, ...]] | None]
+
+
+@dataclass
+class _Presentity:
+    aor: SipURI
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    attributes: tuple[PresenceAttribute, ...] = ()
+    publication_id: int | None = None
+    winfo_id: int | None = None
+    winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
+    winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PresentityService:
+    def __init__(
+        self,
+        sip: SipEndpoint,
+        xcap: XcapClient,
+        *,
+        directory: WatcherDirectory | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sip = sip
+        self._xcap = xcap
+        self._directory = directory or (lambda watcher, presentity: None)
+        self._clock = clock
+        self._presentities: dict[str, _Presentity] = {}
+        self._by_winfo: dict[int, _Presentity] = {}
+        sip.add_listener(self._on_sip_event)
+
+    def _presentity(self, address: str) -> _Presentity:
+        entry = self._presentities.get(address)
+        if entry is None:
+            entry = self._presentities[address] = _Presentity(SipURI.parse(address))
+        return entry
+
+    # -- Publish -----------------------------------------------------------
+
+    async def publish(self, presentity: str, attributes: tuple[PresenceAttribute, ...]) -> None:
+        """Publish ``attributes``; those not named keep their published value.
+
+        Raises ValidationError for a bad set, RequestFailed when the presence
+        server refuses or does not answer.  The state is kept either way: the
+        publication retries in the background until the server takes it.
+        """
+        validate_publication(attributes)
+        entry = self._presentity(presentity)
+        async with entry.lock:
+            merged = _merge(entry.attributes, attributes)
+            body = encode(merged, entity=presentity, now=self._clock())
+            entry.attributes = merged
+            ua = self._sip.ua
+            if entry.publication_id is None or ua.publication(entry.publication_id) is None:
+                # Keep the id before waiting: a failed first PUBLISH still
+                # leaves a publication that retries, and later publishes
+                # must modify it rather than start a second one.
+                entry.publication_id = ua.publish(entry.aor, body, self._sip.now())
+            else:
+                ua.modify(entry.publication_id, body, self._sip.now())
+            await self._sip.publication_outcome(entry.publication_id)
+
+    def published(self, presentity: str) -> tuple[PresenceAttribute, ...]:
+        entry = self._presentities.get(presentity)
+        return entry.attributes if entry is not None else ()
+
+    # -- watchers ----------------------------------------------------------
+
+    async def open_subscriptions(self, presentity: str) -> list[OpenSubscription]:
+        watchers = await self._live_watchers(presentity)
+        rules = (await self._xcap.get(presentity)).rules
+        out = []
+        for uri, status in watchers.items():
+            if status is WatcherStatus.ACTIVE:
+                continue
+            rule = rules.rule_for(uri)
+            if (rule.sub_handling if rule is not None else None) not in _UNDECIDED:
+                continue
+            application, attributes = self._directory(uri, presentity) or ("", ())
+            out.append(OpenSubscription(uri, application, attributes))
+        return out
+
+    async def watchers(self, presentity: str) -> list[str]:
+        """The watchers currently authorised and subscribed."""
+        watchers = await self._live_watchers(presentity)
+        rules = (await self._xcap.get(presentity)).rules
+        out = []
+        for uri, status in watchers.items():
+            rule = rules.rule_for(uri)
+            if rule is None:
+                if status is WatcherStatus.ACTIVE:
+                    out.append(uri)
+            elif rule.sub_handling is SubHandling.ALLOW:
+                out.append(uri)
+        return out
+
+    async def authorize(self, presentity: str, watcher: str,
+                        decisions: Mapping[AttributeType, bool]) -> None:
+        """Grant ``watcher`` the attributes decided true (RFC 5025 §3.2).
+
+        All false: the watcher is politely blocked (RFC 5025 §3.2.1: its
+        subscription stays, it learns nothing).
+        """
+        def change(rules: PresRules) -> PresRules:
+            if any(decisions.values()):
+                return rules.allow(watcher, decisions)
+            return rules.allow(watcher, decisions).set_handling(
+                watcher, SubHandling.POLITE_BLOCK
+            )
+
+        await self._xcap.update(presentity, change)
+
+    async def block(self, presentity: str, watcher: str) -> None:
+        """Block ``watcher``: the server terminates its subscription (rejected)."""
+        await self._xcap.update(
+            presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
+        )
+
+    async def require_known_watcher(self, presentity: str, watcher: str) -> None:
+        """Raise UnknownWatcher unless ``watcher`` subscribed or has a rule.
+
+        The operations on a watcher are about those who "have recently asked
+        for subscriptions" or are "current watchers" (the spec's words).
+        """
+        if watcher in await self._live_watchers(presentity):
+            return
+        if (await self._xcap.get(presentity)).rules.rule_for(watcher) is not None:
+            return
+        raise UnknownWatcher(watcher)
+
+    async def decisions(self, presentity: str, watcher: str) -> dict[AttributeType, bool]:
+        return (await self._xcap.get(presentity)).rules.decisions_for(watcher)
+
+    async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
+        """Watcher URI -> the best status of its live presence subscriptions."""
+        entry = self._presentity(presentity)
+        await self._ensure_winfo(entry)
+        found: dict[str, WatcherStatus] = {}
+        for resource, package in entry.winfo.resources():
+            if package != "presence" or _aor(resource) != entry.aor.aor:
+                continue
+            for watcher in entry.winfo.watchers(resource, package):
+                if watcher.status not in _LIVE:
+                    continue
+                if found.get(watcher.uri) is not WatcherStatus.ACTIVE:
+                    found[watcher.uri] = watcher.status
+        return found
+
+    async def _ensure_winfo(self, entry: _Presentity) -> None:
+        async with entry.lock:
+            if entry.winfo_id is None:
+                entry.winfo = WatcherInfoState()
+                entry.winfo_ready.clear()
+                entry.winfo_id = await self._sip.subscribe(
+                    entry.aor, entry.aor, event="presence.winfo", accept=(WATCHERINFO,)
+                )
+                self._by_winfo[entry.winfo_id] = entry
+        try:
+            await asyncio.wait_for(entry.winfo_ready.wait(), WINFO_READY_TIMEOUT)
+        except TimeoutError:
+            logger.warning("no watcherinfo for %s within %.0f s", entry.aor, WINFO_READY_TIMEOUT)
+
+    # -- SIP events --------------------------------------------------------
+
+    def _on_sip_event(self, event: UserAgentEvent) -> None:
+        if isinstance(event, NotifyReceived):
+            entry = self._by_winfo.get(event.subscription_id)
+            if entry is None or not event.body:
+                return
+            try:
+                document = WatcherInfo.parse(event.body)
+            except PidfError as exc:
+                logger.warning("unreadable watcherinfo for %s: %s", entry.aor, exc)
+                return
+            outcome = entry.winfo.apply(document)
+            if entry.winfo.synchronised:
+                entry.winfo_ready.set()
+            if outcome is Outcome.GAP:
+                logger.info("watcherinfo gap for %s; subscribing afresh", entry.aor)
+                self._forget_winfo(entry)
+        elif isinstance(event, SubscriptionTerminated):
+            entry = self._by_winfo.get(event.subscription_id)
+            if entry is not None:
+                logger.info("winfo subscription of %s ended (%s)", entry.aor, event.reason)
+                self._forget_winfo(entry)
+
+    def _forget_winfo(self, entry: _Presentity) -> None:
+        if entry.winfo_id is not None:
+            self._by_winfo.pop(entry.winfo_id, None)
+            self._sip.ua.unsubscribe(entry.winfo_id, self._sip.now())
+        entry.winfo_id = None
+        entry.winfo_ready.clear()
+
+
+def _aor(text: str) -> str:
+    try:
+        return SipURI.parse(text).aor
+    except SipError:
+        return text
+
+
+def _merge(
+    current: tuple[PresenceAttribute, ...], update: tuple[PresenceAttribute, ...]
+) -> tuple[PresenceAttribute, ...]:
+    """``update`` replaces attributes of the same type (Other: of the same name)."""
+
+    def key(attribute: PresenceAttribute) -> object:
+        if isinstance(attribute.value, Other):
+            return (attribute.type, attribute.value.name)
+        return attribute.type
+
+    replaced = {key(a) for a in update}
+    return tuple(a for a in current if key(a) not in replaced) + tuple(update)

@@ -1,0 +1,136 @@
+"""XCAP client for presence rules (RFC 4825, RFC 5025).
+
+A presentity's authorisation lives in one document on the presence server:
+``{root}/pres-rules/users/{presentity}/index``.  Every change is a
+read-modify-write guarded by the entity tag: GET (ETag), change one rule, PUT
+with ``If-Match`` — and on 412 (RFC 4825 §7.11, someone else wrote in
+between) start over from a fresh GET.  A document that does not exist yet is
+created with ``If-None-Match: *`` so two first writers cannot overwrite each
+other either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from pidf import PresRules
+from pidf.errors import PidfError
+from pidf.presrules import CONTENT_TYPE
+
+__all__ = ["XcapClient", "XcapError", "XcapTimeout", "RulesDocument"]
+
+logger = logging.getLogger(__name__)
+
+#: Attempts of one read-modify-write before giving up on a busy document.
+MAX_ATTEMPTS = 5
+
+
+class XcapError(Exception):
+    """The XCAP server refused or garbled a request."""
+
+    def __init__(self, what: str, status: int | None, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        where = f"{status} " if status is not None else ""
+        super().__init__(f"XCAP {what} failed: {where}{detail}".rstrip())
+
+
+class XcapTimeout(XcapError):
+    """The XCAP server did not answer in time."""
+
+
+@dataclass(frozen=True)
+class RulesDocument:
+    rules: PresRules
+    etag: str | None  # None: the document does not exist yet
+
+
+class XcapClient:
+    """Reads and writes presentities' pres-rules documents."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.root = root.rstrip("/")
+        auth = httpx.DigestAuth(username, password) if username and password else None
+        self._client = httpx.AsyncClient(timeout=timeout, auth=auth, transport=transport)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def rules_url(self, presentity: str) -> str:
+        # RFC 5025 §9.7: pres-rules documents of a user live under
+        # users/<xui>/; the presence server stores the URI as written, so we
+        # always write it the same way (the SIP URI, verbatim — ':' and '@'
+        # are pchars, RFC 3986 §3.3).
+        return f"{self.root}/pres-rules/users/{presentity}/index"
+
+    async def get(self, presentity: str) -> RulesDocument:
+        response = await self._request("GET", presentity)
+        if response.status_code == 404:
+            return RulesDocument(PresRules(), None)
+        if response.status_code != 200:
+            raise XcapError("GET", response.status_code, _detail(response))
+        try:
+            rules = PresRules.parse(response.content)
+        except PidfError as exc:
+            raise XcapError("GET", None, f"unreadable pres-rules document: {exc}") from exc
+        return RulesDocument(rules, response.headers.get("ETag"))
+
+    async def update(
+        self, presentity: str, change: Callable[[PresRules], PresRules]
+    ) -> PresRules:
+        """Apply ``change`` to the presentity's rules; returns what was stored."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            document = await self.get(presentity)
+            rules = change(document.rules)
+            headers = {"Content-Type": CONTENT_TYPE}
+            if document.etag is not None:
+                headers["If-Match"] = document.etag
+            else:
+                headers["If-None-Match"] = "*"
+            response = await self._request("PUT", presentity, rules.to_xml(), headers)
+            if response.status_code in (200, 201):
+                return rules
+            if response.status_code == 412:
+                logger.info(
+                    "pres-rules of %s changed under us (attempt %d); retrying",
+                    presentity,
+                    attempt,
+                )
+                continue
+            raise XcapError("PUT", response.status_code, _detail(response))
+        raise XcapError("PUT", 412, f"document kept changing ({MAX_ATTEMPTS} attempts)")
+
+    async def _request(
+        self,
+        method: str,
+        presentity: str,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        url = self.rules_url(presentity)
+        try:
+            return await self._client.request(method, url, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise XcapTimeout(method, None, f"no answer from {self.root}") from exc
+        except httpx.HTTPError as exc:
+            raise XcapError(method, None, f"{self.root} unreachable: {exc}") from exc
+
+
+def _detail(response: httpx.Response) -> str:
+    text = response.reason_phrase or ""
+    body = response.text.strip().splitlines()
+    if body:
+        text = f"{text}: {body[0][:200]}"
+    return text
