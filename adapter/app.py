@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter import rest
 from adapter.auth import Accounts
+from adapter.bayeux import Hub, bayeux_routes
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
@@ -152,6 +153,13 @@ def sip_endpoint(config: Config) -> SipEndpoint:
 def make_app(config: Config) -> Starlette:
     """The adapter as ``presence-adapter serve`` runs it: the app and its services."""
     endpoint = sip_endpoint(config)
+    accounts = Accounts(config.accounts)
+
+    def bayeux_login(user: str, password: str) -> str | None:
+        account = accounts.check(user, password)
+        return account.id if account is not None else None
+
+    hub = Hub(bayeux_login, config.bayeux)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
@@ -162,17 +170,19 @@ def make_app(config: Config) -> Starlette:
         try:
             yield {
                 "sip": endpoint,
-                "accounts": Accounts(config.accounts),
+                "accounts": accounts,
+                "bayeux": hub,
                 "presentity": PresentityService(endpoint, xcap),
             }
         finally:
+            hub.close()
             await xcap.close()
             await endpoint.close()
 
     return create_app(
         config,
         sip_probe=endpoint,
-        routes=rest.routes(),
+        routes=[*rest.routes(), *bayeux_routes(hub)],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
     )

@@ -33,11 +33,12 @@ import re
 import socket
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from adapter.bayeux.limits import BayeuxLimits
 from sip.errors import SipError
 from sip.uri import SipURI
 
@@ -226,6 +227,8 @@ class Config:
     accounts: tuple[Account, ...]
     #: Key paths present in the file that this version does not know.
     unknown_keys: tuple[str, ...] = ()
+    #: Optional ``[bayeux]`` table: the Bayeux server's limits (defaults otherwise).
+    bayeux: BayeuxLimits = field(default_factory=BayeuxLimits)
 
     def account(self, account_id: str) -> Account | None:
         for account in self.accounts:
@@ -394,6 +397,23 @@ def _read_account(table: _Table) -> Account:
     return Account(account_id, password, tuple(addresses))
 
 
+def _read_bayeux(table: _Table) -> BayeuxLimits:
+    """``[bayeux]``: any field of BayeuxLimits, each optional (seconds, counts, bytes)."""
+    values: dict[str, float | int] = {}
+    for limit in fields(BayeuxLimits):
+        kind = int if limit.type in ("int", int) else float
+        article = "an integer" if kind is int else "a number"
+        expected: type | tuple[type, ...] = int if kind is int else (int, float)
+        value = table.get(limit.name, expected, article, required=False)  # type: ignore[arg-type]
+        if value is not None:
+            values[limit.name] = value
+    try:
+        return BayeuxLimits(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        name = str(exc).split(".", 1)[-1].split(" ", 1)[0]
+        raise table.error(name, "must be positive") from None
+
+
 def _overlap(a: HostPort, b: HostPort) -> bool:
     wildcard = {"0.0.0.0", "[::]"}
     return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
@@ -443,12 +463,16 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
             source, "sip.listen", f"{sip.listen} is also http.host/http.port (both use TCP)"
         )
 
+    bayeux_table = root.table("bayeux") if "bayeux" in data else None
+    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else BayeuxLimits()
+
     unknown = root.unknown()
-    for table in [*sections, *account_tables]:
+    extra = [bayeux_table] if bayeux_table is not None else []
+    for table in [*sections, *account_tables, *extra]:
         unknown += table.unknown()
     if unknown:
         logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
-    return Config(source, http, sip, xcap, store, tuple(accounts), tuple(unknown))
+    return Config(source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux)
 
 
 # -- serve-time checks -------------------------------------------------------------
