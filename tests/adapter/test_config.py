@@ -284,14 +284,25 @@ def test_host_port_round_trips() -> None:
 
 
 def test_unknown_keys_are_accepted_and_warned_once(write, caplog) -> None:
-    text = edited("[sip]", "[sip]\nretries = 3") + "\n[bayeux]\nqueue = 10\n"
+    text = edited("[sip]", "[sip]\nretries = 3") + "\n[telemetry]\nqueue = 10\n"
     text = edited('id = "bob-app"', 'id = "bob-app"\ncolour = "blue"', text)
     with caplog.at_level(logging.WARNING, logger="adapter.config"):
         config = load_config(write(text))
-    assert config.unknown_keys == ("bayeux", "sip.retries", "accounts[1].colour")
+    assert config.unknown_keys == ("telemetry", "sip.retries", "accounts[1].colour")
     warnings = [r for r in caplog.records if r.name == "adapter.config"]
     assert len(warnings) == 1
-    assert "bayeux, sip.retries, accounts[1].colour" in warnings[0].getMessage()
+    assert "telemetry, sip.retries, accounts[1].colour" in warnings[0].getMessage()
+
+
+def test_bayeux_limits_are_optional_and_validated(write) -> None:
+    assert load_config(write(edited("[sip]", "[sip]"))).bayeux.queue_size == 1000
+    text = edited("[sip]", "[sip]") + "\n[bayeux]\nqueue_size = 10\nconnect_timeout = 2.5\n"
+    limits = load_config(write(text)).bayeux
+    assert (limits.queue_size, limits.connect_timeout) == (10, 2.5)
+    with pytest.raises(ConfigError, match=r"bayeux\.queue_size: must be positive"):
+        load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nqueue_size = 0\n"))
+    with pytest.raises(ConfigError, match=r"bayeux\.max_body: must be an integer, not a float"):
+        load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nmax_body = 1.5\n"))
 
 
 def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
