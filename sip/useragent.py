@@ -574,7 +574,15 @@ class UserAgent:
             request, reliable=source.transport == "tcp", timings=self._timings
         )
         self._incoming[key] = (transaction, source)
-        owner, status = self._answer(request, now)
+        try:
+            owner, status = self._answer(request, now)
+        except RemoteProtocolError as exc:
+            # A header we need (Subscription-State, Event, Contact...) is
+            # malformed.  The request still gets its final answer — RFC 3261
+            # §8.2: a UAS answers every request it cannot process, and a NOTIFY
+            # left unanswered is retransmitted until the notifier gives up.
+            self._events.append(MessageDropped(source, str(exc)))
+            owner, status = None, 400
         response = request.response(status, to_tag=self._token())
         if status == 405 or request.method == "OPTIONS":
             response.headers.add("Allow", ALLOW)
