@@ -84,7 +84,8 @@ class SubscriptionTerminated:
     ``"failed"`` (non-2xx to the initial SUBSCRIBE; ``status`` says which),
     ``"dialog-gone"`` (481 to a refresh), ``"timeout"`` (a transaction timed
     out, no NOTIFY within Timer N, or the subscription expired unrefreshed),
-    ``"transport-error"``.
+    ``"transport-error"``, ``"bad-response"`` (the final response to our
+    SUBSCRIBE had a malformed header we needed).
     """
 
     subscription_id: int

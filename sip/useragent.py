@@ -507,11 +507,20 @@ class UserAgent:
                 response = action.response
                 if response.status < 200:
                     continue
-                if response.status in (401, 407) and self._retry_with_credentials(
-                    outgoing, response, now
-                ):
-                    continue
-                self._run(owner, owner.receive_response(response, now), now)
+                try:
+                    if response.status in (401, 407) and self._retry_with_credentials(
+                        outgoing, response, now
+                    ):
+                        continue
+                    caused = owner.receive_response(response, now)
+                except RemoteProtocolError as exc:
+                    # The final response is in, so no other will come: an
+                    # owner left waiting for one would wait for ever.  A
+                    # malformed header it needed (Expires, SIP-ETag, a
+                    # challenge...) makes the request a failure instead.
+                    self._events.append(MessageDropped(self.server_destination, str(exc)))
+                    caused = owner.transaction_failed("bad-response", now)
+                self._run(owner, caused, now)
             elif isinstance(action, TimedOut):
                 self._run(owner, owner.transaction_failed("timeout", now), now)
             elif isinstance(action, TransportFailed):
