@@ -4,10 +4,17 @@ import random
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sip import digest
 from sip.message import Headers, Request, Response, parse_message
-from sip.publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
+from sip.publication import (
+    PublicationConfirmed,
+    PublicationFailed,
+    PublicationRemoved,
+    PublicationState,
+)
 from sip.subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.transaction import MAGIC_COOKIE
 from sip.uri import SipURI
@@ -95,7 +102,20 @@ class Net:
         event: str | None = None,
         to_tag: str | None = None,
     ) -> Request:
-        """A NOTIFY in the dialog ``subscribe`` created (the server's side)."""
+        """Send a NOTIFY in the dialog ``subscribe`` created (the server's side)."""
+        request = self.build_notify(subscribe, state, body=body, event=event, to_tag=to_tag)
+        self.feed(request, NOTIFIER_ADDR)
+        return request
+
+    def build_notify(
+        self,
+        subscribe: Request,
+        state: str,
+        *,
+        body: bytes = b"",
+        event: str | None = None,
+        to_tag: str | None = None,
+    ) -> Request:
         self.notify_cseq += 1
         h = Headers()
         h.add("Via", f"SIP/2.0/UDP 127.0.0.1:5071;branch={MAGIC_COOKIE}n{self.notify_cseq}")
@@ -110,10 +130,7 @@ class Net:
         h.add("Contact", "<sip:presence@127.0.0.1:5070>")
         if body:
             h.add("Content-Type", "application/pidf+xml")
-        contact = subscribe.contacts[0].sip_uri
-        request = Request("NOTIFY", contact, h, body)
-        self.feed(request, NOTIFIER_ADDR)
-        return request
+        return Request("NOTIFY", subscribe.contacts[0].sip_uri, h, body)
 
     # -- time ----------------------------------------------------------------
 
@@ -387,6 +404,56 @@ def test_garbage_is_dropped_with_an_event(data: bytes) -> None:
     assert net.sent() == []
 
 
+_SIPISH = st.text(alphabet=st.sampled_from(list(" ;,:<>=\"@/tag0123456789zZ\r\n\t\x00é")))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mangled_answers_and_notifies_never_raise(data: st.DataObject) -> None:
+    """Garbage from the network ends as an answer, a dropped message or a failure."""
+    net = Net()
+    sub_id = net.ua.subscribe(BOB, ALICE, net.now)
+    subscribe = net.request()
+    ok = subscribe.response(200, to_tag="srvtag")
+    ok.headers.add("Expires", "3600")
+    ok.headers.add("Contact", "<sip:presence@127.0.0.1:5070>")
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    pub_ok = publish.response(200, to_tag="srvtag")
+    pub_ok.headers.add("SIP-ETag", "e1")
+    pub_ok.headers.add("Expires", "60")
+    notify = net.build_notify(subscribe, "active;expires=60", body=PIDF)
+    for message, source in ((ok, SERVER_ADDR), (pub_ok, SERVER_ADDR), (notify, NOTIFIER_ADDR)):
+        raw = bytes(message)
+        start = data.draw(st.integers(0, len(raw)))
+        end = data.draw(st.integers(start, min(len(raw), start + 40)))
+        junk = data.draw(_SIPISH).encode("utf-8")
+        net.ua.receive(raw[:start] + junk + raw[end:], source, net.now)
+        # A request we could parse is answered, whatever else was wrong.
+        out = net.sent()
+        assert len(out) <= 1
+        if message is notify and out:
+            assert isinstance(out[0][0], Response) and out[0][1] == NOTIFIER_ADDR
+    net.run_until(200.0)
+    net.sent()
+    # Every request we took in was answered and its transaction is over.
+    assert net.ua._incoming == {}
+    # Whatever happened, each owner is done, has a deadline, or waits on a
+    # transaction that is still running: none waits for an answer that
+    # cannot come.
+    waiting = {id(o.owner) for o in net.ua._outgoing.values()}
+    subscription = net.ua.subscription(sub_id)
+    assert subscription is None or subscription.get_timer() is not None
+    publication = net.ua.publication(pub_id)
+    assert publication is not None
+    if publication.state is PublicationState.SENDING:
+        assert id(publication) in waiting
+    else:
+        assert publication.state in (PublicationState.PUBLISHED, PublicationState.RETRY_WAIT)
+    ends = [e for e in net.events() if isinstance(e, SubscriptionTerminated)]
+    assert len(ends) <= 1
+
+
 # -- OPTIONS probes -------------------------------------------------------------------
 
 
@@ -579,6 +646,26 @@ def test_subscription_refresh_and_unsubscribe() -> None:
     assert net.response_to().status == 200
     assert net.events()[-1] == SubscriptionTerminated(sub_id, "unsubscribed")
     assert net.ua.subscription_count == 0
+
+
+def test_notify_before_the_2xx_is_matched_to_the_new_dialog() -> None:
+    net = Net()
+    sub_id = net.ua.subscribe(BOB, ALICE, net.now)
+    subscribe = net.request()
+    # RFC 6665 §4.1.2.4: the NOTIFY may overtake the 2xx.
+    net.notify(subscribe, "pending;expires=3600")
+    assert net.response_to().status == 200
+    (event,) = net.events()
+    assert isinstance(event, NotifyReceived) and event.state.state == "pending"
+    net.reply(subscribe, 200, ("Expires", "3600"))
+    assert net.events() == [SubscriptionAccepted(sub_id, 3600)]
+    net.notify(subscribe, "active;expires=3600", body=PIDF)
+    assert net.response_to().status == 200
+    (event,) = net.events()
+    assert isinstance(event, NotifyReceived) and event.body == PIDF
+    # No Timer N left: nothing ends it before the refresh.
+    net.run_until(1000.0)
+    assert net.events() == [] and net.ua.subscription_count == 1
 
 
 def test_subscription_without_notify_times_out_by_timer_n() -> None:
