@@ -113,6 +113,28 @@ def _key(name: str) -> str:
     return _COMPACT.get(k, k)
 
 
+# Header names already checked: name as written -> (key, display name).  Every
+# message built or parsed checks each of its header names, almost always the
+# same dozen, and the token check and lower-casing were a sizeable part of a
+# PUBLISH round trip (profiled).  Bounded, because received names are chosen
+# by the peer.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_MAX = 512
+
+
+def _checked_name(name: str) -> tuple[str, str] | None:
+    """(key, display name) of a valid header name; None if it is no token."""
+    hit = _NAMES.get(name)
+    if hit is None:
+        if not is_token(name):
+            return None
+        key = _key(name)
+        hit = (key, _CANONICAL.get(key, name))
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = hit
+    return hit
+
+
 class Headers:
     """An ordered list of header fields, looked up case-insensitively.
 
@@ -121,36 +143,42 @@ class Headers:
     raw field values, trimmed.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         # (lower-case canonical name, display name, value)
         self._items: list[tuple[str, str, str]] = []
+        # Bumped by every change, so a message's typed views of its headers
+        # know whether they are still current without rescanning the fields.
+        self._version = 0
         for name, value in items:
             self.add(name, value)
 
     @staticmethod
     def _checked(name: str, value: str) -> tuple[str, str, str]:
-        if not is_token(name):
+        names = _checked_name(name)
+        if names is None:
             raise LocalProtocolError(f"bad header name: {name!r}")
         if "\r" in value or "\n" in value or "\0" in value:
             # A CR or LF would end the header line and let the value forge
             # further headers; RFC 3261 §7.3.1 folding is never needed on output.
             raise LocalProtocolError(f"CR, LF or NUL in {name} value: {value!r}")
-        key = _key(name)
-        return key, _CANONICAL.get(key, name), value.strip()
+        return names[0], names[1], value.strip()
 
     def add(self, name: str, value: str) -> None:
         """Append a field (after any existing ones of that name)."""
         self._items.append(self._checked(name, value))
+        self._version += 1
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a field first (a new topmost Via, §8.1.1.7 / §16.6)."""
         self._items.insert(0, self._checked(name, value))
+        self._version += 1
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of that name with one, at the first one's place."""
         item = self._checked(name, value)
+        self._version += 1
         key = item[0]
         for i, (k, _, _) in enumerate(self._items):
             if k == key:
@@ -164,6 +192,7 @@ class Headers:
         key = _key(name)
         before = len(self._items)
         self._items = [it for it in self._items if it[0] != key]
+        self._version += 1
         return before - len(self._items)
 
     def get(self, name: str) -> str | None:
@@ -233,7 +262,7 @@ class _Accessors:
 
     headers: Headers
     body: bytes
-    _cache: dict[str, tuple[tuple[str, ...], object]]
+    _cache: dict[str, tuple[Headers, int, object]]
 
     def _fields(self) -> list[tuple[str, str]]:
         # Content-Length is derived from the body on output, so two messages
@@ -241,12 +270,14 @@ class _Accessors:
         return [(k, v) for k, _, v in self.headers._items if k != "content-length"]
 
     def _cached(self, key: str, build: Callable[[Headers], T]) -> T:
-        raw = tuple(self.headers.get_raw(key))
+        # Valid while the same Headers object is unchanged (its version);
+        # ``headers`` may also be replaced wholesale on a message.
+        headers = self.headers
         hit = self._cache.get(key)
-        if hit is not None and hit[0] == raw:
-            return cast(T, hit[1])
-        value = build(self.headers)
-        self._cache[key] = (raw, value)
+        if hit is not None and hit[0] is headers and hit[1] == headers._version:
+            return cast(T, hit[2])
+        value = build(headers)
+        self._cache[key] = (headers, headers._version, value)
         return value
 
     def _required(self, name: str) -> str:
@@ -425,7 +456,7 @@ class Request(_Accessors):
     uri: URI
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, tuple[tuple[str, ...], object]] = field(
+    _cache: dict[str, tuple[Headers, int, object]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -505,7 +536,7 @@ class Response(_Accessors):
     reason: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, tuple[tuple[str, ...], object]] = field(
+    _cache: dict[str, tuple[Headers, int, object]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -558,11 +589,10 @@ def _parse_head(data: bytes | bytearray, end: int) -> _Head:
         if colon <= 0:
             raise RemoteProtocolError(f"bad header line: {line!r}")
         # HCOLON = *( SP / HTAB ) ":" SWS — blanks may precede the colon.
-        name = line[:colon].rstrip(" \t")
-        if not is_token(name):
+        names = _checked_name(line[:colon].rstrip(" \t"))
+        if names is None:
             raise RemoteProtocolError(f"bad header name: {line!r}")
-        key = _key(name)
-        items.append((key, _CANONICAL.get(key, name), line[colon + 1 :].strip()))
+        items.append((names[0], names[1], line[colon + 1 :].strip()))
     return lines[0], headers
 
 
