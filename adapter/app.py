@@ -23,6 +23,7 @@ from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
 from adapter.presentity import PresentityService
+from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
@@ -167,14 +168,21 @@ def make_app(config: Config) -> Starlette:
         xcap = XcapClient(
             config.xcap.root, username=config.xcap.username, password=config.xcap.password
         )
+        watchers = WatcherService(endpoint, xcap, hub)
+        presentities = PresentityService(
+            endpoint, xcap, directory=watchers.directory, rules_changed=watchers.rules_changed
+        )
         try:
             yield {
                 "sip": endpoint,
                 "accounts": accounts,
                 "bayeux": hub,
-                "presentity": PresentityService(endpoint, xcap),
+                "presentity": presentities,
+                "watcher": watchers,
+                "notification_policy": config.notifications,
             }
         finally:
+            await watchers.close()
             hub.close()
             await xcap.close()
             await endpoint.close()

@@ -217,6 +217,20 @@ class Account:
 
 
 @dataclass(frozen=True)
+class NotificationPolicy:
+    """Limits on Start Presence Notification (optional ``[notifications]`` table)."""
+
+    #: Shortest allowed ``frequency`` (seconds); below it: POL0009.
+    min_frequency: float = 0.0
+    #: Longest allowed ``duration`` (seconds); also the duration when none is given.
+    max_duration: float = 86400.0
+    #: Largest allowed ``count``; beyond it: POL0005.
+    max_count: int = 100000
+    #: Whether ``count`` 0 (no limit) is accepted; if not: POL0004.
+    allow_unlimited_count: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     #: The file the configuration was read from, as given (used in messages).
     source: str
@@ -229,6 +243,8 @@ class Config:
     unknown_keys: tuple[str, ...] = ()
     #: Optional ``[bayeux]`` table: the Bayeux server's limits (defaults otherwise).
     bayeux: BayeuxLimits = field(default_factory=BayeuxLimits)
+    #: Optional ``[notifications]`` table: limits on notification requests.
+    notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
 
     def account(self, account_id: str) -> Account | None:
         for account in self.accounts:
@@ -414,6 +430,26 @@ def _read_bayeux(table: _Table) -> BayeuxLimits:
         raise table.error(name, "must be positive") from None
 
 
+def _read_notifications(table: _Table) -> NotificationPolicy:
+    default = NotificationPolicy()
+    values: dict[str, Any] = {}
+    for name in ("min_frequency", "max_duration"):
+        value = table.get(name, (int, float), "a number", required=False)  # type: ignore[arg-type]
+        if value is not None:
+            if value < 0 or (name == "max_duration" and value == 0):
+                raise table.error(name, "must be positive")
+            values[name] = float(value)
+    max_count = table.get("max_count", int, "an integer", required=False)
+    if max_count is not None:
+        if max_count < 1:
+            raise table.error("max_count", "must be positive")
+        values["max_count"] = max_count
+    unlimited = table.get("allow_unlimited_count", bool, "a boolean", required=False)
+    if unlimited is not None:
+        values["allow_unlimited_count"] = unlimited
+    return NotificationPolicy(**{**default.__dict__, **values})
+
+
 def _overlap(a: HostPort, b: HostPort) -> bool:
     wildcard = {"0.0.0.0", "[::]"}
     return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
@@ -465,14 +501,20 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
 
     bayeux_table = root.table("bayeux") if "bayeux" in data else None
     bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else BayeuxLimits()
+    policy_table = root.table("notifications") if "notifications" in data else None
+    policy = (
+        _read_notifications(policy_table) if policy_table is not None else NotificationPolicy()
+    )
 
     unknown = root.unknown()
-    extra = [bayeux_table] if bayeux_table is not None else []
+    extra = [t for t in (bayeux_table, policy_table) if t is not None]
     for table in [*sections, *account_tables, *extra]:
         unknown += table.unknown()
     if unknown:
         logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
-    return Config(source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux)
+    return Config(
+        source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux, policy
+    )
 
 
 # -- serve-time checks -------------------------------------------------------------

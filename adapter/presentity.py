@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from adapter.xcap import XcapClient
@@ -46,7 +46,7 @@ from pidf import (
 )
 from pidf.watcherinfo import CONTENT_TYPE as WATCHERINFO
 from sip import NotifyReceived, SipError, SipURI, SubscriptionTerminated, UserAgentEvent
-from sip.aio import SipEndpoint
+from sip.aio import RequestFailed, SipEndpoint
 
 __all__ = ["OpenSubscription", "PresentityService", "UnknownWatcher", "WatcherDirectory"]
 
@@ -96,11 +96,13 @@ class PresentityService:
         xcap: XcapClient,
         *,
         directory: WatcherDirectory | None = None,
+        rules_changed: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._sip = sip
         self._xcap = xcap
         self._directory = directory or (lambda watcher, presentity: None)
+        self._rules_changed = rules_changed or (lambda presentity: None)
         self._clock = clock
         self._presentities: dict[str, _Presentity] = {}
         self._by_winfo: dict[int, _Presentity] = {}
@@ -123,9 +125,15 @@ class PresentityService:
         """
         validate_publication(attributes)
         entry = self._presentity(presentity)
+        now = self._clock()
+        # Stamp what changes now, so that the attributes kept from earlier
+        # publishes keep their own lastChange (watchers diff on it).
+        stamped = tuple(
+            a if a.last_change is not None else replace(a, last_change=now) for a in attributes
+        )
         async with entry.lock:
-            merged = _merge(entry.attributes, attributes)
-            body = encode(merged, entity=presentity, now=self._clock())
+            merged = _merge(entry.attributes, stamped)
+            body = encode(merged, entity=presentity, now=now)
             entry.attributes = merged
             ua = self._sip.ua
             if entry.publication_id is None or ua.publication(entry.publication_id) is None:
@@ -186,12 +194,14 @@ class PresentityService:
             )
 
         await self._xcap.update(presentity, change)
+        self._rules_changed(presentity)
 
     async def block(self, presentity: str, watcher: str) -> None:
         """Block ``watcher``: the server terminates its subscription (rejected)."""
         await self._xcap.update(
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
+        self._rules_changed(presentity)
 
     async def require_known_watcher(self, presentity: str, watcher: str) -> None:
         """Raise UnknownWatcher unless ``watcher`` subscribed or has a rule.
@@ -228,10 +238,19 @@ class PresentityService:
             if entry.winfo_id is None:
                 entry.winfo = WatcherInfoState()
                 entry.winfo_ready.clear()
-                entry.winfo_id = await self._sip.subscribe(
-                    entry.aor, entry.aor, event="presence.winfo", accept=(WATCHERINFO,)
+                # Filed before the answer: the first NOTIFY may come first.
+                winfo_id = self._sip.ua.subscribe(
+                    entry.aor, entry.aor, self._sip.now(),
+                    event="presence.winfo", accept=(WATCHERINFO,),
                 )
-                self._by_winfo[entry.winfo_id] = entry
+                entry.winfo_id = winfo_id
+                self._by_winfo[winfo_id] = entry
+                try:
+                    await self._sip.subscription_outcome(winfo_id)
+                except RequestFailed:
+                    self._by_winfo.pop(winfo_id, None)
+                    entry.winfo_id = None
+                    raise
         try:
             await asyncio.wait_for(entry.winfo_ready.wait(), WINFO_READY_TIMEOUT)
         except TimeoutError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -19,10 +20,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapter.auth import Accounts, Caller
-from adapter.errors import RestError, ServiceError
+from adapter.config import NotificationPolicy
+from adapter.errors import PolicyError, RestError, ServiceError
+from adapter.notification import Criterion, Schedule
 from adapter.presentity import PresentityService, UnknownWatcher
+from adapter.watcher import (
+    DuplicateCorrelator,
+    NoSubscription,
+    NotAuthorized,
+    Reference,
+    UnknownCorrelator,
+    WatcherService,
+)
 from adapter.xcap import XcapError, XcapTimeout
-from pidf import AttributeType, ValidationError, attributes_from_json
+from pidf import AttributeType, ValidationError, attributes_from_json, attributes_to_json
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
 
@@ -151,11 +162,220 @@ async def block_subscription(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# -- watcher operations -----------------------------------------------------------
+
+#: Parlay X TimeMetric units, in seconds (a month of 30 days, a year of 365).
+METRICS = {
+    "Millisecond": 0.001,
+    "Second": 1.0,
+    "Minute": 60.0,
+    "Hour": 3600.0,
+    "Day": 86400.0,
+    "Week": 7 * 86400.0,
+    "Month": 30 * 86400.0,
+    "Year": 365 * 86400.0,
+}
+
+
+def attribute_list(value: Any, part: str) -> frozenset[AttributeType]:
+    """The spec's ``attributes``: absent or empty = all."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ServiceError.invalid_input(part)
+    return frozenset(AttributeType.parse(item, f"{part}[{i}]") for i, item in enumerate(value))
+
+
+def reference(value: Any, who: Caller) -> Reference:
+    """The spec's ``reference``; its endpoint must be the caller's own channel."""
+    if not isinstance(value, dict):
+        raise ServiceError.invalid_input("reference")
+    correlator = value.get("correlator")
+    if not isinstance(correlator, str) or not correlator:
+        raise ServiceError.invalid_input("reference.correlator")
+    endpoint = value.get("endpoint")
+    if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+        raise ServiceError.invalid_input("reference.endpoint")
+    root = f"/bayeux/{who.account.id}"
+    if not (endpoint == root or endpoint.startswith(root + "/")) or "*" in endpoint:
+        raise PolicyError.policy_error(f"reference.endpoint must be {root} or below it")
+    interface_name = value.get("interfaceName", "")
+    if not isinstance(interface_name, str):
+        raise ServiceError.invalid_input("reference.interfaceName")
+    return Reference(correlator, endpoint, interface_name)
+
+
+def boolean(value: Any, part: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # the spec writes booleans as strings
+    if not isinstance(value, bool):
+        raise ServiceError.invalid_input(part)
+    return value
+
+
+def period(value: Any, part: str) -> float | None:
+    """A Parlay X TimeMetric ``{"metric","units"}`` in seconds; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ServiceError.invalid_input(part)
+    metric = value.get("metric")
+    if metric not in METRICS:
+        raise ServiceError.invalid_input_values(f"{part}.metric", list(METRICS))
+    units = value.get("units")
+    if isinstance(units, str) and units.isdigit():
+        units = int(units)
+    if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+        raise ServiceError.invalid_input(f"{part}.units")
+    return METRICS[metric] * units
+
+
+def criteria(value: Any) -> frozenset[Criterion]:
+    if value is None or value == "":
+        return frozenset()
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ServiceError.invalid_input("criteria")
+    out = set()
+    for item in items:
+        try:
+            out.add(Criterion(item))
+        except ValueError:
+            raise ServiceError.invalid_input_values(
+                "criteria", [c.value for c in Criterion]
+            ) from None
+    return frozenset(out)
+
+
+async def subscribe_presence(request: Request) -> Response:
+    """Subscribe Presence: POST …/subscription → 204."""
+    who = caller(request)
+    body = await json_object(request)
+    presentity = uri(body.get("presentity"), "presentity")
+    application = body.get("application", "")
+    if not isinstance(application, str):
+        raise ServiceError.invalid_input("application")
+    service: WatcherService = request.state.watcher
+    await service.subscribe(
+        who.account.id,
+        who.address,
+        presentity,
+        application=application,
+        attributes=attribute_list(body.get("attributes"), "attributes"),
+        reference=reference(body.get("reference"), who),
+    )
+    return Response(status_code=204)
+
+
+async def end_subscription(request: Request) -> Response:
+    """DELETE …/subscription?presentity=URI → 204 (an extension: the watcher's own end)."""
+    who = caller(request)
+    presentity = uri(request.query_params.get("presentity"), "presentity")
+    service: WatcherService = request.state.watcher
+    await service.unsubscribe(who.address, presentity)
+    return Response(status_code=204)
+
+
+async def get_user_presence(request: Request) -> Response:
+    """Get User Presence: GET /rest/presence?query={"presentity","attributes"}."""
+    who = caller(request)
+    params = request.query_params
+    query: Any = {"presentity": params.get("presentity"), "attributes": params.get("attributes")}
+    if "query" in params:
+        try:
+            query = json.loads(params["query"])
+        except json.JSONDecodeError:
+            raise ServiceError.invalid_input("query (not JSON)") from None
+        if not isinstance(query, dict):
+            raise ServiceError.invalid_input("query")
+    presentity = uri(query.get("presentity"), "presentity")
+    asked = attribute_list(query.get("attributes"), "attributes")
+    service: WatcherService = request.state.watcher
+    presence = service.presence(who.address, presentity, asked)
+    attributes = presence.attributes if presence is not None else ()
+    return JSONResponse({"result": attributes_to_json(attributes)})
+
+
+async def start_notification(request: Request) -> Response:
+    """Start Presence Notification: POST /rest/presence/notification → 201."""
+    who = caller(request)
+    body = await json_object(request)
+    policy: NotificationPolicy = request.state.notification_policy
+    presentity = uri(body.get("presentity"), "presentity")
+    ref = reference(body.get("reference"), who)
+    frequency = period(body.get("frequency"), "frequency")
+    if frequency is None:
+        frequency = policy.min_frequency
+    if frequency < policy.min_frequency:
+        raise PolicyError.invalid_frequency()
+    duration = period(body.get("duration"), "duration")
+    if duration is None or duration == 0:
+        duration = policy.max_duration
+    if duration > policy.max_duration:
+        raise PolicyError.policy_error(
+            f"duration longer than {policy.max_duration:g} s is not allowed"
+        )
+    count = body.get("count", 0)
+    if isinstance(count, str) and count.isdigit():
+        count = int(count)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ServiceError.invalid_input("count")
+    if count == 0 and not policy.allow_unlimited_count:
+        raise PolicyError.unlimited_notifications()
+    if count > policy.max_count:
+        raise PolicyError.too_many_notifications()
+    now = time.time()
+    schedule = Schedule(
+        correlator=ref.correlator,
+        app_id=who.account.id,
+        endpoint=ref.endpoint,
+        watcher=who.address,
+        presentity=presentity,
+        interface_name=ref.interface_name,
+        attributes=attribute_list(body.get("attributes"), "attributes"),
+        criteria=criteria(body.get("criteria")),
+        frequency=frequency,
+        remaining=count or None,
+        deadline=now + duration,
+    )
+    service: WatcherService = request.state.watcher
+    ok = await service.start_notification(
+        who.account.id,
+        who.address,
+        presentity,
+        schedule,
+        check_immediate=boolean(body.get("checkImmediate"), "checkImmediate", False),
+    )
+    location = str(request.base_url).rstrip("/") + "/cometd"
+    return JSONResponse(
+        {"result": [] if ok else [presentity]}, status_code=201, headers={"Location": location}
+    )
+
+
+async def end_notification(request: Request) -> Response:
+    """End Presence Notification: DELETE /rest/presence/notification/{correlator} → 204."""
+    who = caller(request)
+    service: WatcherService = request.state.watcher
+    await service.end_notification(who.account.id, unquote(request.path_params["correlator"]))
+    return Response(status_code=204)
+
+
 def routes() -> list[BaseRoute]:
-    out: list[BaseRoute] = [Route(BASE, publish, methods=["POST"])]
+    out: list[BaseRoute] = [
+        Route(BASE, publish, methods=["POST"]),
+        Route(BASE, get_user_presence, methods=["GET"]),
+        Route(f"{BASE}/notification", start_notification, methods=["POST"]),
+        Route(f"{BASE}/notification/{{correlator:path}}", end_notification, methods=["DELETE"]),
+    ]
     for path in SUBSCRIPTION_PATHS:
         out.append(Route(path, get_subscriptions, methods=["GET"]))
         out.append(Route(path, update_authorization, methods=["PUT"]))
+        out.append(Route(path, subscribe_presence, methods=["POST"]))
+        out.append(Route(path, end_subscription, methods=["DELETE"]))
         out.append(Route(path + "/{watcher:path}", block_subscription, methods=["DELETE"]))
     return out
 
@@ -190,8 +410,28 @@ async def _unknown_watcher(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.invalid_input("watcher", status=404))
 
 
+async def _no_subscription(request: Request, exc: Exception) -> Response:
+    return _json_error(ServiceError.invalid_input("presentity", status=404))
+
+
+async def _not_authorized(request: Request, exc: Exception) -> Response:
+    return _json_error(PolicyError.privacy_refused(str(exc)))
+
+
+async def _duplicate_correlator(request: Request, exc: Exception) -> Response:
+    return _json_error(ServiceError.duplicate_correlator(str(exc), "reference.correlator"))
+
+
+async def _unknown_correlator(request: Request, exc: Exception) -> Response:
+    return _json_error(ServiceError.invalid_input("correlator", status=404))
+
+
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
     UnknownWatcher: _unknown_watcher,
+    NoSubscription: _no_subscription,
+    NotAuthorized: _not_authorized,
+    DuplicateCorrelator: _duplicate_correlator,
+    UnknownCorrelator: _unknown_correlator,
     ValidationError: _validation_error,
     RequestFailed: _sip_error,
     XcapError: _xcap_error,

@@ -205,16 +205,25 @@ class SipEndpoint:
         accept: tuple[str, ...] = ("application/pidf+xml",),
         expires: int | None = None,
     ) -> int:
-        """A new subscription; returns its id once the server accepted it."""
+        """A new subscription; returns its id once the server accepted it.
+
+        NOTIFYs can arrive before the 2xx (RFC 6665 §4.1.2.4) and so before
+        this returns: a caller that must see them all starts the subscription
+        with ``ua.subscribe`` and awaits :meth:`subscription_outcome`.
+        """
         subscription_id = self.ua.subscribe(
             subscriber, target, self.now(), event=event, accept=accept, expires=expires
         )
+        await self.subscription_outcome(subscription_id)
+        return subscription_id
+
+    async def subscription_outcome(self, subscription_id: int) -> None:
+        """Wait for the answer to the initial SUBSCRIBE; RequestFailed if refused."""
         outcome = await self._wait(_Waiter("u", subscription_id))
         if isinstance(outcome, SubscriptionTerminated):
             if outcome.reason == "timeout":
                 raise RequestTimedOut("SUBSCRIBE", outcome.status, outcome.reason)
             raise RequestFailed("SUBSCRIBE", outcome.status, outcome.reason)
-        return subscription_id
 
     async def unsubscribe(self, subscription_id: int) -> None:
         """End a subscription; returns once it is over (final NOTIFY or guard)."""

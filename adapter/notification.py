@@ -1,0 +1,199 @@
+"""Presence notification schedules (Start/End Presence Notification), sans-IO.
+
+Theory of operation
+-------------------
+A :class:`Schedule` is one Start Presence Notification: a correlator, where to
+deliver (the application's Bayeux channel), which attributes and criteria
+matter, and the Parlay X limits — ``frequency`` (minimum time between two
+notifications), ``count`` (how many at most) and ``duration`` (how long).
+It is fed presence states with :meth:`Schedule.offer` and time with
+:meth:`Schedule.handle_timer`, and answers with the messages to deliver.  It
+reads no clock: ``now`` is wall-clock seconds (epoch), because the deadline and
+the last-sent instant must mean the same thing after a restart.
+
+Coalescing: a change that arrives sooner than ``frequency`` after the last
+notification is not dropped and not queued — the schedule remembers the
+*latest* state and sends it when the interval ends, so a burst of changes
+becomes one notification carrying the last state.
+
+What a notification carries: the granted attributes (those the presentity
+allowed *and* the schedule asked for) that differ from what this schedule
+delivered last.  A state that changes nothing the application may see sends
+nothing.  ``criteria`` (Reachable / UnReachable / Busy), when given, further
+restricts which states are notified; it is judged on what the watcher may see.
+
+End: after ``count`` notifications, or at the deadline, one ``statusEnd``.
+End Presence Notification (the application's own request) sends none.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pidf import Activity, AttributeType, Other, Presence, PresenceAttribute, attributes_to_json
+
+__all__ = ["Criterion", "Delivery", "Schedule", "matches_criteria"]
+
+
+class Criterion(enum.Enum):
+    REACHABLE = "Reachable"
+    UNREACHABLE = "UnReachable"
+    BUSY = "Busy"
+
+
+#: Activities that make a presentity Busy for the criteria (DESIGN.md).
+BUSY_ACTIVITIES = frozenset(
+    {Activity.BUSY, Activity.ON_THE_PHONE, Activity.MEETING, Activity.DO_NOT_DISTURB}
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message for the application's channel."""
+
+    data: dict[str, Any]
+
+
+def _key(attribute: PresenceAttribute) -> object:
+    if isinstance(attribute.value, Other):
+        return (attribute.type, attribute.value.name)
+    return attribute.type
+
+
+def matches_criteria(presence: Presence | None, criteria: Iterable[Criterion]) -> bool:
+    """Whether ``presence`` (as the watcher may see it) meets any of ``criteria``."""
+    wanted = set(criteria)
+    if not wanted:
+        return True
+    if Criterion.REACHABLE in wanted and presence is not None and presence.open:
+        return True
+    if Criterion.UNREACHABLE in wanted and (presence is None or not presence.open):
+        return True
+    if Criterion.BUSY in wanted and presence is not None:
+        activity = presence.get(AttributeType.ACTIVITY)
+        if activity is not None and activity.value in BUSY_ACTIVITIES:
+            return True
+    return False
+
+
+@dataclass
+class Schedule:
+    correlator: str
+    app_id: str
+    endpoint: str
+    watcher: str
+    presentity: str
+    interface_name: str = ""
+    attributes: frozenset[AttributeType] = frozenset()  # empty = all
+    criteria: frozenset[Criterion] = frozenset()  # empty = every change
+    frequency: float = 0.0  # seconds
+    remaining: int | None = None  # notifications left; None = unlimited
+    deadline: float | None = None  # epoch seconds; None = no end
+    last_sent: float | None = None
+    ended: bool = False
+    #: What this schedule delivered last, per attribute key.
+    sent: dict[object, PresenceAttribute] = field(default_factory=dict)
+    #: The latest state not yet delivered (coalescing), and its grants.
+    pending: tuple[Presence, frozenset[AttributeType]] | None = None
+
+    # -- inputs ------------------------------------------------------------
+
+    def start(
+        self, current: Presence | None, granted: frozenset[AttributeType], now: float,
+        *, check_immediate: bool
+    ) -> list[Delivery]:
+        """The schedule begins; ``checkImmediate`` sends the current state at once."""
+        if check_immediate and current is not None:
+            return self._send(current, granted, now, everything=True)
+        if current is not None:
+            # Without checkImmediate the current state is the baseline:
+            # only later changes are notified.
+            self.sent = {_key(a): a for a in self._visible(current, granted)}
+        return []
+
+    def offer(
+        self, presence: Presence, granted: frozenset[AttributeType], now: float
+    ) -> list[Delivery]:
+        """A new state of the presentity arrived."""
+        if self.ended:
+            return []
+        if self.deadline is not None and now >= self.deadline:
+            return self.handle_timer(now)
+        if self.last_sent is not None and now < self.last_sent + self.frequency:
+            self.pending = (presence, granted)  # the latest wins; sent at the interval's end
+            return []
+        return self._send(presence, granted, now)
+
+    def get_timer(self) -> float | None:
+        if self.ended:
+            return None
+        deadlines = [self.deadline] if self.deadline is not None else []
+        if self.pending is not None and self.last_sent is not None:
+            deadlines.append(self.last_sent + self.frequency)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[Delivery]:
+        if self.ended:
+            return []
+        out: list[Delivery] = []
+        due = self.last_sent is None or now >= self.last_sent + self.frequency
+        at_end = self.deadline is not None and now >= self.deadline
+        if self.pending is not None and (due or at_end):
+            presence, granted = self.pending
+            out += self._send(presence, granted, now)
+        if at_end and not self.ended:
+            out.append(self._end())
+        return out
+
+    def end_quietly(self) -> None:
+        """End Presence Notification: over, without statusEnd (the spec's rule)."""
+        self.ended = True
+        self.pending = None
+
+    # -- internals ---------------------------------------------------------
+
+    def _visible(
+        self, presence: Presence, granted: frozenset[AttributeType]
+    ) -> list[PresenceAttribute]:
+        allowed = granted if not self.attributes else granted & self.attributes
+        return [a for a in presence.attributes if a.type in allowed]
+
+    def _send(
+        self, presence: Presence, granted: frozenset[AttributeType], now: float,
+        *, everything: bool = False
+    ) -> list[Delivery]:
+        self.pending = None
+        visible = self._visible(presence, granted)
+        seen = Presence(presence.entity, tuple(visible), presence.open)
+        if not matches_criteria(seen, self.criteria):
+            return []
+        changed = visible if everything else [a for a in visible if self.sent.get(_key(a)) != a]
+        if not changed:
+            return []
+        for attribute in changed:
+            self.sent[_key(attribute)] = attribute
+        self.last_sent = now
+        out = [
+            Delivery(
+                {
+                    "statusChanged": {
+                        "correlator": self.correlator,
+                        "presentity": self.presentity,
+                        "changedAttributes": attributes_to_json(changed),
+                    }
+                }
+            )
+        ]
+        if self.remaining is not None:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                out.append(self._end())
+        return out
+
+    def _end(self) -> Delivery:
+        self.ended = True
+        self.pending = None
+        return Delivery({"statusEnd": {"correlator": self.correlator}})

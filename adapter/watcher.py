@@ -1,0 +1,497 @@
+"""The watcher side: subscribe, poll, and presence notifications on Bayeux.
+
+A :class:`Watch` is one watcher address watching one presentity through one
+SIP presence subscription (RFC 6665).  Subscribe Presence creates it and keeps
+it until the application ends it; Start Presence Notification reuses it, or
+creates one that lives as long as its notification schedules.
+
+What the watcher may see is what the presentity granted it.  Kamailio 5.6
+sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
+re-SUBSCRIBE — measured, DESIGN.md), so the adapter filters every state
+itself, with decisions read from the presentity's pres-rules over XCAP:
+exact when the rules are readable and name the watcher, otherwise every
+requested attribute is taken as granted.  Decisions are re-read when the
+subscription becomes active, when this adapter changes the presentity's rules,
+and when they are older than :data:`DECISIONS_TTL`.
+
+Subscription endings (RFC 6665 §4.2.2 reasons): ``rejected`` is a block →
+``subscriptionEnded`` "Blocked".  Everything else that ends a subscription we
+did not end ourselves (probation, deactivated, timeout, giveup, 481, 408, the
+server gone) is answered by subscribing again, a bounded number of times with
+backoff; only when that fails does the application get ``subscriptionEnded``
+"Timeout".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from adapter.notification import Delivery, Schedule
+from adapter.xcap import XcapClient, XcapError
+from pidf import AttributeType, PidfError, Presence, decode, filter_presence
+from pidf.presrules import SubHandling
+from sip import NotifyReceived, SipURI, SubscriptionTerminated, UserAgentEvent
+from sip.aio import RequestFailed, SipEndpoint
+from sip.timers import TimerHeap
+
+__all__ = [
+    "DuplicateCorrelator",
+    "NotAuthorized",
+    "NoSubscription",
+    "Reference",
+    "UnknownCorrelator",
+    "Watch",
+    "WatcherService",
+]
+
+logger = logging.getLogger(__name__)
+
+DECISIONS_TTL = 30.0
+#: Re-subscribe attempts after an unexpected end, and the waits between them.
+RESUBSCRIBE_DELAYS = (0.5, 2.0, 5.0)
+ALL_ATTRIBUTES = tuple(AttributeType)
+
+
+class Deliverer(Protocol):
+    def deliver(self, app_id: str, channel: str, data: Any) -> int: ...
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where an application wants its notifications (the spec's ``reference``)."""
+
+    correlator: str
+    endpoint: str
+    interface_name: str = ""
+
+
+class NoSubscription(LookupError):
+    """The watcher has no subscription to that presentity."""
+
+
+class NotAuthorized(PermissionError):
+    """The subscription exists but the presentity has not authorised it (or blocked it)."""
+
+
+class DuplicateCorrelator(ValueError):
+    pass
+
+
+class UnknownCorrelator(LookupError):
+    pass
+
+
+@dataclass
+class Watch:
+    watcher: str
+    presentity: str
+    app_id: str
+    application: str = ""
+    attributes: frozenset[AttributeType] = frozenset()  # asked for; empty = all
+    reference: Reference | None = None  # from Subscribe Presence
+    subscription_id: int | None = None
+    state: str = "pending"  # pending | active | blocked | ended
+    presence: Presence | None = None
+    decisions: dict[AttributeType, bool] | None = None
+    decisions_read_at: float = float("-inf")
+    decisions_sent: tuple[tuple[AttributeType, bool], ...] | None = None
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.watcher, self.presentity)
+
+    @property
+    def granted(self) -> frozenset[AttributeType]:
+        decisions = self.decisions or {}
+        return frozenset(kind for kind, granted in decisions.items() if granted)
+
+    @property
+    def needed(self) -> bool:
+        return self.reference is not None or bool(self.schedules)
+
+
+class WatcherService:
+    def __init__(
+        self,
+        sip: SipEndpoint,
+        xcap: XcapClient,
+        bayeux: Deliverer,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sip = sip
+        self._xcap = xcap
+        self._bayeux = bayeux
+        self._clock = clock
+        self._watches: dict[tuple[str, str], Watch] = {}
+        self._by_subscription: dict[int, Watch] = {}
+        self._schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
+        self._timers: TimerHeap[tuple[str, str]] = TimerHeap()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        sip.add_listener(self._on_sip_event)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- what the presentity side asks ---------------------------------------
+
+    def directory(
+        self, watcher: str, presentity: str
+    ) -> tuple[str, tuple[AttributeType, ...]] | None:
+        watch = self._watches.get((watcher, presentity))
+        if watch is None:
+            return None
+        return watch.application, tuple(a for a in ALL_ATTRIBUTES if a in watch.attributes)
+
+    def rules_changed(self, presentity: str) -> None:
+        """This adapter changed ``presentity``'s rules: re-read the decisions."""
+        for watch in list(self._watches.values()):
+            if watch.presentity == presentity and watch.state == "active":
+                watch.decisions_read_at = float("-inf")
+                self._spawn(self._recheck(watch))
+
+    # -- Subscribe Presence ------------------------------------------------
+
+    async def subscribe(
+        self,
+        app_id: str,
+        watcher: str,
+        presentity: str,
+        *,
+        application: str,
+        attributes: frozenset[AttributeType],
+        reference: Reference,
+    ) -> None:
+        watch = self._watches.get((watcher, presentity))
+        if watch is None:
+            watch = Watch(watcher, presentity, app_id)
+            self._watches[watch.key] = watch
+        watch.app_id = app_id
+        watch.application = application
+        watch.attributes = attributes
+        watch.reference = reference
+        watch.decisions_sent = None  # a new reference hears the decisions again
+        try:
+            await self._ensure_subscribed(watch)
+        except RequestFailed:
+            if not watch.schedules:
+                self._drop(watch)
+            else:
+                watch.reference = None
+            raise
+        if watch.state == "active":
+            self._spawn(self._recheck(watch))
+
+    async def unsubscribe(self, watcher: str, presentity: str) -> None:
+        """The watcher ends its own subscription (an extension of the spec)."""
+        watch = self._watches.get((watcher, presentity))
+        if watch is None:
+            raise NoSubscription(presentity)
+        for schedule in list(watch.schedules.values()):
+            self._remove_schedule(watch, schedule)
+        watch.reference = None
+        await self._end_subscription(watch)
+
+    # -- Get User Presence -------------------------------------------------
+
+    def presence(
+        self, watcher: str, presentity: str, attributes: frozenset[AttributeType]
+    ) -> Presence | None:
+        watch = self._watches.get((watcher, presentity))
+        if watch is None or watch.state == "ended":
+            raise NoSubscription(presentity)
+        if watch.state != "active":
+            raise NotAuthorized(presentity)
+        if watch.presence is None:
+            return None
+        granted = watch.granted
+        if watch.attributes:
+            granted &= watch.attributes
+        if attributes:
+            granted &= attributes
+        return filter_presence(watch.presence, {kind: True for kind in granted})
+
+    # -- Start / End Presence Notification ---------------------------------
+
+    async def start_notification(
+        self,
+        app_id: str,
+        watcher: str,
+        presentity: str,
+        schedule: Schedule,
+        *,
+        check_immediate: bool,
+    ) -> bool:
+        """Start a schedule; False when the presentity could not be subscribed."""
+        if (app_id, schedule.correlator) in self._schedules:
+            raise DuplicateCorrelator(schedule.correlator)
+        watch = self._watches.get((watcher, presentity))
+        if watch is None:
+            watch = Watch(watcher, presentity, app_id)
+            self._watches[watch.key] = watch
+        try:
+            await self._ensure_subscribed(watch)
+        except RequestFailed as exc:
+            logger.info("notification %s: cannot subscribe to %s: %s",
+                        schedule.correlator, presentity, exc)
+            if not watch.needed:
+                self._drop(watch)
+            return False
+        if (app_id, schedule.correlator) in self._schedules:
+            raise DuplicateCorrelator(schedule.correlator)
+        watch.schedules[schedule.correlator] = schedule
+        self._schedules[(app_id, schedule.correlator)] = (watch, schedule)
+        async with watch.lock:
+            if watch.state == "active":
+                await self._read_decisions(watch)
+            current = watch.presence if watch.state == "active" else None
+            self._deliver(watch, schedule, schedule.start(
+                current, watch.granted, self._clock(), check_immediate=check_immediate
+            ))
+        self._file(schedule)
+        return True
+
+    async def end_notification(self, app_id: str, correlator: str) -> None:
+        entry = self._schedules.get((app_id, correlator))
+        if entry is None:
+            raise UnknownCorrelator(correlator)
+        watch, schedule = entry
+        schedule.end_quietly()
+        self._remove_schedule(watch, schedule)
+        if not watch.needed:
+            await self._end_subscription(watch)
+
+    # -- SIP subscription lifecycle -----------------------------------------
+
+    async def _ensure_subscribed(self, watch: Watch) -> None:
+        if watch.subscription_id is not None and watch.state in ("pending", "active"):
+            return
+        watch.state = "pending"
+        watch.presence = None
+        if watch.subscription_id is not None:
+            self._by_subscription.pop(watch.subscription_id, None)
+        # Filed before the answer: NOTIFYs may come before the 2xx.
+        subscription_id = self._sip.ua.subscribe(
+            SipURI.parse(watch.watcher), SipURI.parse(watch.presentity), self._sip.now()
+        )
+        watch.subscription_id = subscription_id
+        self._by_subscription[subscription_id] = watch
+        try:
+            await self._sip.subscription_outcome(subscription_id)
+        except RequestFailed:
+            self._by_subscription.pop(subscription_id, None)
+            watch.subscription_id = None
+            raise
+
+    async def _end_subscription(self, watch: Watch) -> None:
+        self._drop(watch)
+        if watch.subscription_id is not None:
+            await self._sip.unsubscribe(watch.subscription_id)
+
+    def _drop(self, watch: Watch) -> None:
+        watch.state = "ended"
+        if self._watches.get(watch.key) is watch:
+            del self._watches[watch.key]
+        if watch.subscription_id is not None:
+            self._by_subscription.pop(watch.subscription_id, None)
+
+    def _on_sip_event(self, event: UserAgentEvent) -> None:
+        if isinstance(event, NotifyReceived):
+            watch = self._by_subscription.get(event.subscription_id)
+            if watch is not None:
+                self._spawn(self._on_notify(watch, event))
+        elif isinstance(event, SubscriptionTerminated):
+            watch = self._by_subscription.pop(event.subscription_id, None)
+            if watch is not None and watch.subscription_id == event.subscription_id:
+                self._spawn(self._on_terminated(watch, event))
+
+    async def _on_notify(self, watch: Watch, event: NotifyReceived) -> None:
+        async with watch.lock:
+            if watch.state in ("ended", "blocked"):
+                return
+            state = event.state.state.lower()
+            if state == "pending":
+                watch.state = "pending"
+                return
+            if state != "active":
+                return  # terminated: SubscriptionTerminated follows
+            became_active = watch.state != "active"
+            watch.state = "active"
+            if event.body:
+                try:
+                    watch.presence = decode(event.body)
+                except PidfError as exc:
+                    # Answered 200 all the same (the user agent did): one bad
+                    # body must not cost the subscription.
+                    logger.warning("unreadable PIDF from %s: %s", watch.presentity, exc)
+                    return
+            if became_active:
+                watch.decisions_read_at = float("-inf")
+            await self._read_decisions(watch)
+            if watch.state != "active":
+                return  # ended while the rules were read
+            self._notify_decisions(watch)
+            if event.body and watch.presence is not None:
+                now = self._clock()
+                for schedule in list(watch.schedules.values()):
+                    self._deliver(watch, schedule,
+                                  schedule.offer(watch.presence, watch.granted, now))
+                    self._file(schedule)
+
+    async def _recheck(self, watch: Watch) -> None:
+        async with watch.lock:
+            if watch.state != "active":
+                return
+            await self._read_decisions(watch)
+            if watch.state == "active":  # not ended while the rules were read
+                self._notify_decisions(watch)
+
+    async def _on_terminated(self, watch: Watch, event: SubscriptionTerminated) -> None:
+        if event.reason == "unsubscribed" or watch.state == "ended":
+            return
+        if event.reason == "rejected":
+            watch.state = "blocked"
+            self._ended(watch, "Blocked")
+            return
+        for delay in (event.retry_after or 0, *RESUBSCRIBE_DELAYS):
+            if delay:
+                await asyncio.sleep(delay)
+            if watch.state == "ended" or not watch.needed:
+                return
+            watch.subscription_id = None
+            try:
+                await self._ensure_subscribed(watch)
+            except RequestFailed as exc:
+                logger.info("re-subscribing %s to %s failed: %s",
+                            watch.watcher, watch.presentity, exc)
+                continue
+            logger.info("re-subscribed %s to %s after %s",
+                        watch.watcher, watch.presentity, event.reason)
+            return
+        self._ended(watch, "Timeout")
+
+    def _ended(self, watch: Watch, reason: str) -> None:
+        """Tell the application, end the schedules (no statusEnd: RFC says error)."""
+        data = {"subscriptionEnded": {"presentity": watch.presentity, "reason": reason}}
+        endpoints = {s.endpoint for s in watch.schedules.values()}
+        if watch.reference is not None:
+            endpoints.add(watch.reference.endpoint)
+        for endpoint in sorted(endpoints):
+            self._bayeux.deliver(watch.app_id, endpoint, data)
+        for schedule in list(watch.schedules.values()):
+            schedule.end_quietly()
+            self._remove_schedule(watch, schedule)
+        if reason != "Blocked":
+            self._drop(watch)
+
+    # -- decisions -----------------------------------------------------------
+
+    async def _read_decisions(self, watch: Watch) -> None:
+        now = time.monotonic()
+        if watch.decisions is not None and now - watch.decisions_read_at < DECISIONS_TTL:
+            return
+        asked = watch.attributes or frozenset(ALL_ATTRIBUTES)
+        try:
+            rules = (await self._xcap.get(watch.presentity)).rules
+        except XcapError as exc:
+            logger.info("rules of %s unreadable (%s): all asked attributes granted",
+                        watch.presentity, exc)
+            rule = None
+        else:
+            rule = rules.rule_for(watch.watcher)
+        if rule is None:
+            watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
+        elif rule.sub_handling is SubHandling.ALLOW:
+            watch.decisions = rule.decisions()
+        else:
+            watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
+        watch.decisions_read_at = now
+
+    def _notify_decisions(self, watch: Watch) -> None:
+        if watch.reference is None or watch.decisions is None:
+            return
+        asked = [a for a in ALL_ATTRIBUTES if not watch.attributes or a in watch.attributes]
+        decisions = tuple((kind, watch.decisions.get(kind, False)) for kind in asked)
+        if decisions == watch.decisions_sent:
+            return
+        watch.decisions_sent = decisions
+        self._bayeux.deliver(
+            watch.app_id,
+            watch.reference.endpoint,
+            {
+                "notifySubscription": {
+                    "presentity": watch.presentity,
+                    "decisions": [
+                        {"presenceAttribute": kind.value, "decision": granted}
+                        for kind, granted in decisions
+                    ],
+                }
+            },
+        )
+
+    # -- schedules and their single timer -------------------------------------
+
+    def _deliver(self, watch: Watch, schedule: Schedule, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self._bayeux.deliver(schedule.app_id, schedule.endpoint, delivery.data)
+        if schedule.ended:
+            self._remove_schedule(watch, schedule)
+            if not watch.needed:
+                self._spawn(self._end_subscription(watch))
+
+    def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
+        watch.schedules.pop(schedule.correlator, None)
+        self._schedules.pop((schedule.app_id, schedule.correlator), None)
+        self._timers.cancel((schedule.app_id, schedule.correlator))
+        self._arm()
+
+    def _file(self, schedule: Schedule) -> None:
+        key = (schedule.app_id, schedule.correlator)
+        deadline = schedule.get_timer()
+        if deadline is None or key not in self._schedules:
+            self._timers.cancel(key)
+        else:
+            self._timers.schedule(deadline, key)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._timers.next_deadline()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(deadline - self._clock(), 0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock()
+        for key in self._timers.pop_expired(now):
+            entry = self._schedules.get(key)
+            if entry is None:
+                continue
+            watch, schedule = entry
+            self._deliver(watch, schedule, schedule.handle_timer(now))
+            self._file(schedule)
+        self._arm()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("watcher task failed", exc_info=task.exception())
