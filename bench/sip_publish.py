@@ -324,10 +324,6 @@ async def ua_phase(
         background = publication is None or publication.aor not in in_flight
         status = 200 if isinstance(event, PublicationConfirmed) else event.status
         window.outcome(status, time.perf_counter(), background=background)
-        if publication is not None and isinstance(event, PublicationFailed):
-            # SipEndpoint.publish raises without the id of the publication
-            # the user agent keeps retrying; learn it here.
-            ids.setdefault(publication.aor, event.publication_id)
 
     endpoint.add_listener(listener)
     targets = [(SipURI.parse(aor), bodies(aor)) for aor in aors]
@@ -356,8 +352,12 @@ async def ua_phase(
             in_flight.add(aor)
             try:
                 if publication_id is None:
-                    publication_id, _ = await endpoint.publish(aor, body)
+                    # SipEndpoint.publish in two steps, so that the id is ours
+                    # even when the PUBLISH fails (the user agent keeps
+                    # retrying that publication, RFC 3903 state is not dropped).
+                    publication_id = endpoint.ua.publish(aor, body, endpoint.now())
                     ids[aor] = publication_id
+                    await endpoint.publication_outcome(publication_id)
                 else:
                     await endpoint.modify(publication_id, body)
             except RequestFailed:
