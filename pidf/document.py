@@ -1,6 +1,6 @@
 """Presence attributes ⇄ PIDF documents (RFC 3863, RFC 4479, RFC 4480, RFC 5196).
 
-Encoding follows the table in docs/pidf-mapping.md: person-level attributes
+Encoding follows the table in README.md ("Presence document mapping"): person-level attributes
 (Activity, Place, Privacy, Sphere, Other) become RPID elements — or our
 extension elements where RPID has no token — inside one ``dm:person``; each
 Communication means becomes one ``tuple`` with ``contact``/``priority`` and the
@@ -61,7 +61,7 @@ def _q(ns: str, name: str) -> str:
     return f"{{{ns}}}{name}"
 
 
-# -- the mapping tables (docs/pidf-mapping.md is their prose form) -----------
+# -- the mapping tables (README.md "Presence document mapping" is their prose form) -----------
 
 # RFC 4480 §3.2 activity tokens. DoNotDisturb, ActivityOther and Available have
 # none; they are handled in _activity_children().
