@@ -1,0 +1,139 @@
+"""Fixtures for the integration tests (the real presence server is in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+INTEROP = Path(__file__).resolve().parent.parent / "interop"
+
+Message = dict[str, Any]
+
+
+class BayeuxListener:
+    """The CometD JavaScript client (tests/interop/cometd_listen.mjs) on an application's channels.
+
+    A real third-party Bayeux client, run by node in its own process: it
+    handshakes with the account's credentials, subscribes to
+    ``/bayeux/<account>/**`` with the ack extension and reports every message.
+    ``messages`` holds what arrived, in order, as ``{"channel", "data"}``.
+    """
+
+    def __init__(self, url: str, user: str, password: str, transport: str | None = None) -> None:
+        self.url = url
+        self.user = user
+        self.messages: list[Message] = []
+        self.errors: list[str] = []
+        self._subscribed = False
+        self._changed = threading.Condition()
+        args = [url, user, password] + ([transport] if transport else [])
+        self._process = subprocess.Popen(
+            ["node", str(INTEROP / "cometd_listen.mjs"), *args],
+            cwd=INTEROP,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = {"event": "error", "error": f"unreadable line: {line!r}"}
+            with self._changed:
+                if event["event"] == "subscribed":
+                    self._subscribed = True
+                elif event["event"] == "message":
+                    self.messages.append({"channel": event["channel"], "data": event["data"]})
+                else:
+                    self.errors.append(str(event.get("error")))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _wait(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                result = ready()
+                if result:
+                    return result
+                if self.errors:
+                    raise AssertionError(f"Bayeux client: {self.errors}")
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(
+                        f"no {what} within {timeout} s; received: {self.messages}; "
+                        f"client stderr: {self._stderr()}"
+                    )
+                self._changed.wait(left)
+
+    def wait_subscribed(self, timeout: float = 10) -> None:
+        self._wait(lambda: self._subscribed, timeout, "subscription")
+
+    def matching(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """The messages received so far that satisfy ``predicate``."""
+        with self._changed:
+            return [m for m in self.messages if predicate(m)]
+
+    def wait_for(
+        self, predicate: Callable[[Message], bool], count: int = 1, timeout: float = 10
+    ) -> list[Message]:
+        """Once at least ``count`` messages satisfy ``predicate``: all of them."""
+
+        def ready() -> list[Message]:
+            found = [m for m in self.messages if predicate(m)]
+            return found if len(found) >= count else []
+
+        return list(self._wait(ready, timeout, f"{count} matching message(s)"))
+
+    def _stderr(self) -> str:
+        if self._process.poll() is None or self._process.stderr is None:
+            return "(running)"
+        return self._process.stderr.read()[-2000:]
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._reader.join(timeout=5)
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def bayeux_listener() -> Iterator[Callable[..., BayeuxListener]]:
+    """Start CometD clients on an adapter (``listen(url, user, password)``); stopped afterwards."""
+    if shutil.which("node") is None or not (INTEROP / "node_modules").is_dir():
+        pytest.fail("node and tests/interop/node_modules are required (scripts/setup runs npm ci)")
+    started: list[BayeuxListener] = []
+
+    def listen(
+        url: str, user: str, password: str, transport: str | None = None
+    ) -> BayeuxListener:
+        listener = BayeuxListener(url, user, password, transport)
+        started.append(listener)
+        listener.wait_subscribed()
+        return listener
+
+    yield listen
+    for listener in started:
+        listener.stop()
