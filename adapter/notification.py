@@ -33,7 +33,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pidf import Activity, AttributeType, Other, Presence, PresenceAttribute, attributes_to_json
+from pidf import (
+    Activity,
+    AttributeType,
+    Other,
+    Presence,
+    PresenceAttribute,
+    attributes_to_json,
+    filter_presence,
+)
 
 __all__ = ["Criterion", "Delivery", "Schedule", "matches_criteria"]
 
@@ -167,7 +175,12 @@ class Schedule:
     ) -> list[Delivery]:
         self.pending = None
         visible = self._visible(presence, granted)
-        seen = Presence(presence.entity, tuple(visible), presence.open)
+        # Criteria are judged on the state as the watcher may see it: the
+        # granted attributes, and the basic status only with Activity or
+        # Communication granted (pidf.filter_presence, RFC 3863 §4.1.4) — not
+        # on this schedule's attributes filter, which only narrows what a
+        # notification carries.
+        seen = filter_presence(presence, {kind: True for kind in granted})
         if not matches_criteria(seen, self.criteria):
             return []
         changed = visible if everything else [a for a in visible if self.sent.get(_key(a)) != a]
