@@ -22,6 +22,7 @@ from adapter.bayeux import Hub, bayeux_routes
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
+from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
@@ -190,7 +191,7 @@ def make_app(config: Config) -> Starlette:
     return create_app(
         config,
         sip_probe=endpoint,
-        routes=[*rest.routes(), *bayeux_routes(hub)],
+        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub)],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
     )

@@ -1,0 +1,794 @@
+"""The REST API described once: the OpenAPI 3.1 document and the service page.
+
+OCSG serves "REST service descriptions of these operations ... at run-time"; ours
+are ``GET /openapi.json`` and ``GET /rest/presence/index.html``.  Both are generated
+from :data:`OPERATIONS`, :data:`NOTIFICATIONS` and :func:`schemas` below, so the page
+cannot say what the document does not.  Enumerated values are taken from the enums
+the REST edge validates with (``pidf.model``, ``adapter.notification``,
+``adapter.rest``), never retyped, so the description cannot drift from the code.
+
+The schemas describe what the adapter accepts, which is a little more than the
+spec's letter where the spec's own samples quote scalars (``"Boolean"``,
+``"Integer"``, ``"Float"``): those members take the quoted form too.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapter.auth import IDENTITY_HEADER, REALM
+from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
+from adapter.notification import Criterion
+from adapter.rest import BASE, METRICS, SUBSCRIPTION_PATHS
+from pidf.model import Activity, AttributeType, MeansType, Place, Privacy, Sphere
+
+__all__ = [
+    "NOTIFICATIONS",
+    "OPERATIONS",
+    "Operation",
+    "openapi_document",
+    "openapi_routes",
+    "schemas",
+    "service_description_html",
+]
+
+Schema = dict[str, Any]
+Role = Literal["presentity", "watcher", "description"]
+
+DOCUMENT_PATH = "/openapi.json"
+PAGE_PATH = f"{BASE}/index.html"
+SUBSCRIPTION, SUBSCRIPTIONS = SUBSCRIPTION_PATHS  # the spec's and OCSG 4.1's spelling
+
+# pidf.model.is_uri (RFC 3986 §3.1: scheme ":" and a non-empty rest) in ECMA-262 syntax.
+URI_PATTERN = r'^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+$'
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _alternation(values: list[str]) -> str:
+    return "(" + "|".join(values) + ")"
+
+
+def _quoted(schema: Schema, pattern: str, what: str) -> Schema:
+    """A scalar the spec's samples quote: the JSON type, or a string spelling it."""
+    return {"anyOf": [schema, {"type": "string", "pattern": pattern}], "description": what}
+
+
+URI: Schema = {"type": "string", "pattern": URI_PATTERN, "description": "An absolute URI."}
+BOOLEAN = _quoted(
+    {"type": "boolean"},
+    "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$",
+    'A boolean; the strings "true" and "false" are accepted too.',
+)
+COUNT = _quoted({"type": "integer", "minimum": 0}, "^[0-9]+$", "A non-negative integer.")
+
+
+def schemas() -> dict[str, Schema]:
+    """The components/schemas of the document (JSON Schema 2020-12)."""
+    out: dict[str, Schema] = {
+        cls.__name__: {
+            "type": "string",
+            "enum": [member.value for member in cls],
+            "description": doc,
+        }
+        for cls, doc in (
+            (AttributeType, "A presence attribute (unionElement, presenceAttribute)."),
+            (Activity, "ActivityNone: not set; ActivityOther: any activity not listed."),
+            (Place, "PlaceNone: not set; PlaceOther: any place not listed."),
+            (Privacy, "PrivacyNone: not set; PrivacyOther: any level not listed."),
+            (Sphere, "SphereNone: not set; SphereOther: any sphere not listed."),
+            (MeansType, "The kind of contact client of a means of communication."),
+        )
+    }
+    out["Attributes"] = {
+        "type": "array",
+        "items": ref("AttributeType"),
+        "description": "Presence attributes; an empty array (or none) means all of them.",
+    }
+    out["Means"] = {
+        "type": "object",
+        "required": ["contact", "priority", "type"],
+        "properties": {
+            "contact": URI,
+            # PIDF carries it as a qvalue (RFC 3261 §25.1: "0" [ "." 0*3DIGIT ] /
+            # "1" [ "." 0*3("0") ]), so more than three decimals are refused.
+            "priority": _quoted(
+                {"type": "number", "minimum": 0.0, "maximum": 1.0},
+                r"^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$",
+                "0.0 (lowest) to 1.0 (highest), at most three decimals.",
+            ),
+            "type": ref("MeansType"),
+        },
+    }
+    out["Communication"] = {
+        "type": "object",
+        "required": ["means"],
+        "properties": {"means": {"type": "array", "minItems": 1, "items": ref("Means")}},
+    }
+    out["Other"] = {
+        "type": "object",
+        "required": ["name", "value"],
+        "properties": {"name": {"type": "string", "minLength": 1}, "value": {"type": "string"}},
+        "description": "Arbitrary name/value information.",
+    }
+    # The member carrying each union element is the element's name in lower case,
+    # and it must be the only one present (pidf.model rejects a second member).
+    members = {kind: kind.value.lower() for kind in AttributeType}
+    out["TypeAndValue"] = {
+        "type": "object",
+        "description": "One presence value: unionElement names which member carries it.",
+        "oneOf": [
+            {
+                "required": ["unionElement", member],
+                "properties": {"unionElement": {"const": kind.value}, member: ref(kind.value)},
+                "not": {"anyOf": [{"required": [m]} for m in members.values() if m != member]},
+            }
+            for kind, member in members.items()
+        ],
+    }
+    out["PresenceAttribute"] = {
+        "type": "object",
+        "required": ["typeAndValue"],
+        "properties": {
+            "lastChange": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO 8601 extended; without an offset it is taken as UTC.",
+            },
+            "typeAndValue": ref("TypeAndValue"),
+            "note": {"type": "string", "description": "An explanatory note."},
+        },
+    }
+    out["PublishRequest"] = _object(
+        presence={"type": "array", "minItems": 1, "items": ref("PresenceAttribute")}
+    )
+    out["PresenceResult"] = _object(
+        result={"type": "array", "items": ref("PresenceAttribute")}
+    )
+    out["OpenSubscription"] = _object(
+        optional=("application", "attributes"),
+        application={"type": "string", "description": "Informational only."},
+        attributes=ref("Attributes"),
+        watcher=URI,
+    )
+    out["OpenSubscriptionsResult"] = _object(
+        result={"type": "array", "items": ref("OpenSubscription")}
+    )
+    out["UriResult"] = _object(result={"type": "array", "items": URI})
+    out["Decision"] = _object(presenceAttribute=ref("AttributeType"), decision=BOOLEAN)
+    out["UpdateAuthorizationRequest"] = _object(
+        watcher=URI, decisions={"type": "array", "minItems": 1, "items": ref("Decision")}
+    )
+    out["Reference"] = _object(
+        optional=("interfaceName",),
+        correlator={"type": "string", "minLength": 1},
+        endpoint={
+            "type": "string",
+            "pattern": "^/",
+            "description": "A Bayeux channel: /bayeux/<appInstanceID> or a channel below it.",
+        },
+        interfaceName={"type": "string", "description": "Identifies the notification."},
+    )
+    out["SubscribePresenceRequest"] = _object(
+        optional=("application", "attributes"),
+        application={"type": "string", "description": "Informational only."},
+        presentity=URI,
+        attributes=ref("Attributes"),
+        reference=ref("Reference"),
+    )
+    out["UserPresenceQuery"] = _object(
+        optional=("attributes",), presentity=URI, attributes=ref("Attributes")
+    )
+    out["TimeMetric"] = _object(
+        metric={"type": "string", "enum": list(METRICS)},
+        units=COUNT,
+    )
+    criterion = _alternation([c.value for c in Criterion])
+    out["StartNotificationRequest"] = _object(
+        optional=(
+            "checkImmediate", "criteria", "frequency", "attributes", "count", "duration"
+        ),
+        presentity=URI,
+        checkImmediate=BOOLEAN,
+        criteria={
+            "anyOf": [
+                {"type": "array", "items": {"enum": [c.value for c in Criterion]}},
+                {"type": "string", "pattern": rf"^(\s*{criterion}\s*(,\s*{criterion}\s*)*)?$"},
+            ],
+            "description": "Notify only these state changes; comma-separated in a string.",
+        },
+        frequency=ref("TimeMetric"),
+        reference=ref("Reference"),
+        attributes=ref("Attributes"),
+        count=COUNT,
+        duration=ref("TimeMetric"),
+    )
+    out["StatusChanged"] = _wrapped(
+        "statusChanged",
+        correlator={"type": "string"},
+        presentity=URI,
+        changedAttributes={"type": "array", "items": ref("PresenceAttribute")},
+    )
+    out["StatusEnd"] = _wrapped("statusEnd", correlator={"type": "string"})
+    out["NotifySubscription"] = _wrapped(
+        "notifySubscription",
+        presentity=URI,
+        decisions={
+            "type": "array",
+            "items": _object(presenceAttribute=ref("AttributeType"), decision={"type": "boolean"}),
+        },
+    )
+    out["SubscriptionEnded"] = _wrapped(
+        "subscriptionEnded",
+        presentity=URI,
+        reason={"type": "string", "examples": ["Blocked", "Timeout"]},
+    )
+    fault = _object(
+        messageId={"type": "string", "enum": [code.message_id for code in FaultCode]},
+        text={"type": "string", "description": "%1, %2 stand for the variables."},
+        variables={"type": "array", "items": {"type": "string"}},
+    )
+    out["RequestError"] = _object(
+        requestError={
+            "type": "object",
+            "oneOf": [_object(serviceException=fault), _object(policyException=fault)],
+        }
+    )
+    return out
+
+
+def _object(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "properties": properties,
+    }
+
+
+def _wrapped(name: str, **properties: Schema) -> Schema:
+    return {"type": "object", "required": [name], "properties": {name: _object(optional=(), **properties)}}
+
+
+# -- the operations ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: Literal["query", "path"]
+    description: str
+    schema: Schema
+    required: bool = False
+    as_json: bool = False  # URL-encoded JSON (OCSG's ?query= convention)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    description: str
+    schema: str | None = None  # a component of schemas()
+    example: Any = None
+    headers: tuple[tuple[str, str], ...] = ()  # (name, description)
+    media: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Fault:
+    error: RestError
+    when: str
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of the spec (or one of ours, marked ``extension``)."""
+
+    id: str
+    name: str
+    role: Role
+    method: str
+    paths: tuple[str, ...]
+    description: str
+    params: tuple[Param, ...] = ()
+    body: str | None = None
+    body_example: Any = None
+    replies: tuple[Reply, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    notifications: tuple[str, ...] = ()
+    extension: bool = False
+
+    @property
+    def public(self) -> bool:
+        return self.role == "description"
+
+    def all_faults(self) -> tuple[Fault, ...]:
+        if self.public:
+            return self.faults
+        return self.faults + AUTH_FAULTS
+
+
+AUTH_FAULTS = (
+    Fault(PolicyError.unauthenticated(REALM), "No or wrong HTTP Basic credentials."),
+    Fault(
+        PolicyError.policy_error("account alice-app may not act as sip:carol@example.com"),
+        f"{IDENTITY_HEADER} names an address the account does not hold.",
+    ),
+)
+BAD_INPUT = Fault(ServiceError.invalid_input("presentity"), "A member is missing or invalid.")
+SIP_FAILED = Fault(
+    ServiceError.service_error("presence server: 500 Server Internal Error", status=502),
+    "The presence server refused the request (504 when it did not answer).",
+)
+XCAP_FAILED = Fault(
+    ServiceError.service_error("presence rules: 503 Service Unavailable", status=502),
+    "The presence rules could not be written (504 when the server did not answer).",
+)
+NO_SUBSCRIPTION = Fault(
+    ServiceError.invalid_input("presentity", status=404), "No subscription to that presentity."
+)
+UNKNOWN_WATCHER = Fault(
+    ServiceError.invalid_input("watcher", status=404), "That watcher never asked to subscribe."
+)
+
+ALICE, BOB = "sip:alice@example.com", "sip:bob@example.com"
+REFERENCE = {
+    "correlator": "board-7",
+    "endpoint": "/bayeux/bob-app/presence",
+    "interfaceName": "PresenceNotification",
+}
+PRESENCE = [
+    {
+        "lastChange": "2024-05-01T10:00:00Z",
+        "typeAndValue": {"unionElement": "Activity", "activity": "Meeting"},
+        "note": "Weekly review until 11:00",
+    },
+    {"typeAndValue": {"unionElement": "Place", "place": "Office"}},
+    {"typeAndValue": {"unionElement": "Sphere", "sphere": "SphereWork"}},
+    {
+        "typeAndValue": {
+            "unionElement": "Communication",
+            "communication": {
+                "means": [
+                    {"contact": ALICE, "priority": 1.0, "type": "Chat"},
+                    {"contact": "tel:+15551234567", "priority": 0.5, "type": "Phone"},
+                ]
+            },
+        }
+    },
+    {"typeAndValue": {"unionElement": "Other", "other": {"name": "mood", "value": "focused"}}},
+]
+DECISIONS = [
+    {"presenceAttribute": "Activity", "decision": True},
+    {"presenceAttribute": "Place", "decision": False},
+]
+NO_CONTENT = Reply(204, "Done; no body.")
+SUBSCRIPTION_BOTH = (SUBSCRIPTION, SUBSCRIPTIONS)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "publish", "Publish", "presentity", "POST", (BASE,),
+        "Publishes the presence of the acting address (PUBLISH, PIDF+RPID). The publication "
+        "is refreshed before it expires and replaced by the next Publish.",
+        body="PublishRequest", body_example={"presence": PRESENCE},
+        replies=(NO_CONTENT,),
+        faults=(Fault(ServiceError.invalid_input("presence[0].typeAndValue.activity"),
+                      "The presence array is missing, empty or holds an invalid value."),
+                SIP_FAILED),
+    ),
+    Operation(
+        "getOpenSubscriptions", "Get Open Subscriptions", "presentity", "GET", SUBSCRIPTION_BOTH,
+        "Lists the watchers who asked to subscribe and are waiting for authorization.",
+        params=(Param("status", "query", "Must be open.", {"type": "string", "enum": ["open"]},
+                      required=True),),
+        replies=(Reply(200, "The waiting watchers.", "OpenSubscriptionsResult", {"result": [
+            {"application": "Team board", "attributes": ["Activity", "Place"], "watcher": BOB}
+        ]}),),
+        faults=(Fault(ServiceError.invalid_input_values("status", ["open"]),
+                      "status has another value."), SIP_FAILED),
+    ),
+    Operation(
+        "getMyWatchers", "Get My Watchers", "presentity", "GET", SUBSCRIPTION_BOTH,
+        "Lists the watchers currently authorized (subscriptions in the active state).",
+        params=(Param("filter", "query", "Must be watcher.",
+                      {"type": "string", "enum": ["watcher"]}, required=True),),
+        replies=(Reply(200, "The current watchers.", "UriResult", {"result": [BOB]}),),
+        faults=(Fault(ServiceError.invalid_input_values("filter", ["watcher"]),
+                      "filter has another value."), SIP_FAILED),
+    ),
+    Operation(
+        "updateSubscriptionAuthorization", "Update Subscription Authorization", "presentity",
+        "PUT", SUBSCRIPTION_BOTH,
+        "Grants or revokes, attribute by attribute, a watcher's access (presence rules over "
+        "XCAP). An attribute not named is not granted; the watcher gets notifySubscription.",
+        body="UpdateAuthorizationRequest", body_example={"watcher": BOB, "decisions": DECISIONS},
+        replies=(NO_CONTENT,),
+        faults=(Fault(ServiceError.invalid_input("decisions[0].presenceAttribute"),
+                      "watcher or decisions missing or invalid, or an attribute repeated."),
+                UNKNOWN_WATCHER, XCAP_FAILED),
+    ),
+    Operation(
+        "blockSubscription", "Block Subscription", "presentity", "DELETE",
+        tuple(f"{p}/{{watcher}}" for p in SUBSCRIPTION_BOTH),
+        "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked).",
+        params=(Param("watcher", "path", "The watcher's URI, percent-encoded.", URI,
+                      required=True),),
+        replies=(NO_CONTENT,), faults=(UNKNOWN_WATCHER, XCAP_FAILED),
+    ),
+    Operation(
+        "subscribePresence", "Subscribe Presence", "watcher", "POST", SUBSCRIPTION_BOTH,
+        "Asks to subscribe to a presentity's attributes. Nothing is visible until the "
+        "presentity authorizes the watcher; the decisions arrive as notifySubscription on "
+        "reference.endpoint, and the end of the subscription as subscriptionEnded.",
+        body="SubscribePresenceRequest",
+        body_example={"application": "Team board", "presentity": ALICE,
+                      "attributes": ["Activity", "Place"], "reference": REFERENCE},
+        replies=(NO_CONTENT,),
+        faults=(BAD_INPUT,
+                Fault(PolicyError.policy_error("reference.endpoint must be /bayeux/bob-app "
+                                               "or below it"),
+                      "reference.endpoint is not a channel of the calling application."),
+                SIP_FAILED),
+        notifications=("notifySubscription", "subscriptionEnded"),
+    ),
+    Operation(
+        "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
+        "Ends the watcher's own subscription to a presentity (unSUBSCRIBE) and every "
+        "notification started for it. Not in the OCSG interface: an extension.",
+        params=(Param("presentity", "query", "The presentity's URI.", URI, required=True),),
+        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
+    ),
+    Operation(
+        "getUserPresence", "Get User Presence", "watcher", "GET", (BASE,),
+        "Returns the presentity's current presence, only the attributes both asked for and "
+        "authorized. Either ?query= with URL-encoded JSON, or plain presentity and attributes.",
+        params=(
+            Param("query", "query", "URL-encoded JSON (OCSG convention).",
+                  ref("UserPresenceQuery"), as_json=True),
+            Param("presentity", "query", "Instead of query: the presentity's URI.", URI),
+            Param("attributes", "query", "Instead of query: comma-separated attributes.",
+                  {"type": "string", "examples": ["Activity,Place"]}),
+        ),
+        replies=(Reply(200, "The authorized attributes.", "PresenceResult",
+                       {"result": PRESENCE[:2]}),),
+        faults=(BAD_INPUT, NO_SUBSCRIPTION,
+                Fault(PolicyError.privacy_refused(ALICE),
+                      "The presentity has not (yet) authorized the watcher.")),
+    ),
+    Operation(
+        "startPresenceNotification", "Start Presence Notification", "watcher", "POST",
+        (f"{BASE}/notification",),
+        "Starts statusChanged notifications to reference.endpoint: at most one per frequency "
+        "(changes in between are coalesced and the latest is sent), at most count of them "
+        "(0: no limit), for duration; then statusEnd. checkImmediate sends the current state "
+        "at once; criteria and attributes filter which changes are sent.",
+        body="StartNotificationRequest",
+        body_example={"presentity": ALICE, "checkImmediate": True, "criteria": "Reachable",
+                      "frequency": {"metric": "Second", "units": 30}, "reference": REFERENCE,
+                      "attributes": ["Activity"], "count": 10,
+                      "duration": {"metric": "Hour", "units": 2}},
+        replies=(Reply(201, "Started; result lists the presentities that could not be "
+                       "subscribed.", "UriResult", {"result": []},
+                       headers=(("Location", "The Bayeux server URL, e.g. "
+                                 "http://127.0.0.1:8080/cometd"),)),),
+        faults=(BAD_INPUT,
+                Fault(ServiceError.duplicate_correlator("board-7", "reference.correlator"),
+                      "The correlator is already in use by this application."),
+                Fault(PolicyError.unlimited_notifications(),
+                      "count 0 while the configuration forbids unlimited notifications."),
+                Fault(PolicyError.too_many_notifications(),
+                      "count above the configured maximum."),
+                Fault(PolicyError.invalid_frequency(), "frequency below the configured minimum."),
+                SIP_FAILED),
+        notifications=("statusChanged", "statusEnd", "subscriptionEnded"),
+    ),
+    Operation(
+        "endPresenceNotification", "End Presence Notification", "watcher", "DELETE",
+        (f"{BASE}/notification/{{correlator}}",),
+        "Stops the notifications of that correlator (no statusEnd); the subscription ends "
+        "when nothing else needs it.",
+        params=(Param("correlator", "path", "The correlator given at the start.",
+                      {"type": "string"}, required=True),),
+        replies=(NO_CONTENT,),
+        faults=(Fault(ServiceError.invalid_input("correlator", status=404),
+                      "No notification with that correlator for this application."),),
+    ),
+    Operation(
+        "getOpenApiDocument", "OpenAPI document", "description", "GET", (DOCUMENT_PATH,),
+        "This API as an OpenAPI 3.1 document. No authentication.",
+        replies=(Reply(200, "The document.", media="application/json"),),
+    ),
+    Operation(
+        "getServiceDescription", "Service description", "description", "GET", (PAGE_PATH,),
+        "This API as a readable page. No authentication.",
+        replies=(Reply(200, "The page.", media="text/html"),),
+    ),
+)
+
+#: The notifications published on Bayeux: name → (schema, when, example).
+NOTIFICATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "statusChanged": ("StatusChanged", "The presentity's state changed (Start Presence "
+                      "Notification).", {"statusChanged": {
+                          "correlator": "board-7", "presentity": ALICE,
+                          "changedAttributes": PRESENCE[:1]}}),
+    "statusEnd": ("StatusEnd", "count or duration is reached.",
+                  {"statusEnd": {"correlator": "board-7"}}),
+    "notifySubscription": ("NotifySubscription", "The presentity decided on the watcher's "
+                           "subscription.", {"notifySubscription": {
+                               "presentity": ALICE, "decisions": DECISIONS}}),
+    "subscriptionEnded": ("SubscriptionEnded", "The subscription ended: the presentity "
+                          "blocked the watcher (Blocked) or it could not be kept (Timeout).",
+                          {"subscriptionEnded": {"presentity": ALICE, "reason": "Blocked"}}),
+}
+
+
+# -- the OpenAPI document ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One OpenAPI operation: a path and method, served by one or more spec operations.
+
+    Get Open Subscriptions and Get My Watchers share ``GET …/subscription`` (told apart
+    by the query), and OpenAPI allows one operation per path and method.
+    """
+
+    path: str
+    method: str
+    operations: tuple[Operation, ...]
+
+    @property
+    def operation_id(self) -> str:
+        ids = [op.id for op in self.operations]
+        name = ids[0] + "".join("Or" + i[0].upper() + i[1:] for i in ids[1:])
+        return name + ("Plural" if self.path.startswith(SUBSCRIPTIONS) else "")
+
+
+def endpoints() -> Iterator[Endpoint]:
+    seen: dict[tuple[str, str], list[Operation]] = {}
+    for op in OPERATIONS:
+        for path in op.paths:
+            seen.setdefault((path, op.method), []).append(op)
+    for (path, method), ops in seen.items():
+        yield Endpoint(path, method, tuple(ops))
+
+
+def _example_map(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {name: {"value": value} for name, value in pairs}
+
+
+def _openapi_operation(endpoint: Endpoint) -> Schema:
+    ops = endpoint.operations
+    first = ops[0]
+    out: Schema = {
+        "operationId": endpoint.operation_id,
+        "summary": " / ".join(op.name for op in ops),
+        "description": "\n\n".join(f"**{op.name}**: {op.description}" for op in ops)
+        if len(ops) > 1 else first.description,
+        "tags": [first.role],
+        "x-role": first.role,
+    }
+    if first.extension:
+        out["x-extension"] = True
+    if endpoint.path.startswith(SUBSCRIPTIONS):
+        out["description"] += "\n\nOCSG 4.1's plural spelling of the same operation."
+    if first.public:
+        out["security"] = []
+    params: list[Schema] = [] if first.public else [{"$ref": "#/components/parameters/Identity"}]
+    names = set()
+    for op in ops:
+        for p in op.params:
+            if p.name in names:
+                continue
+            names.add(p.name)
+            param: Schema = {"name": p.name, "in": p.where, "description": p.description,
+                             "required": p.required and (p.where == "path" or len(ops) == 1)}
+            if p.as_json:
+                param["content"] = {"application/json": {"schema": p.schema}}
+            else:
+                param["schema"] = p.schema
+            params.append(param)
+    if params:
+        out["parameters"] = params
+    if first.body:
+        out["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": ref(first.body), "example": first.body_example}}}
+    responses: dict[str, Schema] = {}
+    for status in sorted({r.status for op in ops for r in op.replies}):
+        replies = [(op, r) for op in ops for r in op.replies if r.status == status]
+        response: Schema = {"description": " / ".join(r.description for _, r in replies)}
+        headers = {name: {"description": text, "schema": {"type": "string"}}
+                   for _, r in replies for name, text in r.headers}
+        if headers:
+            response["headers"] = headers
+        typed = [(op, r) for op, r in replies if r.status != 204]
+        if typed:
+            media: Schema = {}
+            refs = [ref(r.schema) for _, r in typed if r.schema]
+            if refs:
+                media["schema"] = refs[0] if len(refs) == 1 else {"oneOf": refs}
+            examples = [(op.id, r.example) for op, r in typed if r.example is not None]
+            if examples:
+                media["examples"] = _example_map(examples)
+            response["content"] = {typed[0][1].media: media}
+        responses[str(status)] = response
+    faults = [f for op in ops for f in op.all_faults()]
+    for status in sorted({f.error.status for f in faults}):
+        same = [f for f in faults if f.error.status == status]
+        responses[str(status)] = {
+            "description": " ".join(dict.fromkeys(f.when for f in same)),
+            "content": {"application/json": {
+                "schema": ref("RequestError"),
+                "examples": _example_map(
+                    [(f"{f.error.message_id}-{i}", f.error.body()) for i, f in enumerate(same)]
+                ),
+            }},
+        }
+    if any(op.notifications for op in ops):
+        out["x-bayeux-notifications"] = sorted({n for op in ops for n in op.notifications})
+    out["responses"] = responses
+    return out
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at ``/openapi.json``."""
+    paths: dict[str, Schema] = {}
+    for endpoint in endpoints():
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _openapi_operation(
+            endpoint
+        )
+    components = schemas()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "presence-adapter: RESTful Presence",
+            "version": version("presence-adapter"),
+            "description": INTRODUCTION,
+        },
+        "tags": [
+            {"name": "presentity", "description": "Publishing, and deciding who may watch."},
+            {"name": "watcher", "description": "Watching presentities; notifications on "
+                                               "Bayeux."},
+            {"name": "description", "description": "This description itself."},
+        ],
+        "security": [{"basic": []}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic",
+                                          "description": "The application instance account."}},
+            "parameters": {"Identity": {
+                "name": IDENTITY_HEADER, "in": "header", "required": False, "schema": URI,
+                "description": "The SIP address the request acts as, one of the account's; "
+                               "default: the account's first address.",
+            }},
+        },
+        "x-bayeux-notifications": {
+            name: {"description": when, "schema": ref(schema), "example": example}
+            for name, (schema, when, example) in NOTIFICATIONS.items()
+        },
+    }
+
+
+INTRODUCTION = (
+    "The OCSG RESTful Presence interface over SIP SIMPLE. Requests authenticate an "
+    "application instance account with HTTP Basic and act as one of its SIP addresses "
+    f"(header {IDENTITY_HEADER}; default: its first). Bodies are JSON. Notifications are "
+    "published on the adapter's Bayeux server (/cometd) to the channel given as "
+    "reference.endpoint, below /bayeux/<account id>. Errors carry a requestError body with "
+    "a Parlay X messageId. /rest/presence/subscriptions (OCSG 4.1) is the same as "
+    "/rest/presence/subscription."
+)
+
+
+# -- the service description page ---------------------------------------------------
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+section{border-top:1px solid #ccc;padding-top:.5rem;margin-top:1.5rem}
+code,pre{font-family:ui-monospace,monospace;font-size:13px}
+pre{background:#f5f5f5;padding:.6rem;overflow-x:auto}
+.method{font-weight:bold;color:#fff;background:#555;padding:0 .4rem;border-radius:3px}
+.role{font-size:12px;border:1px solid #888;border-radius:3px;padding:0 .3rem}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _json(value: Any) -> str:
+    return f"<pre>{_e(json.dumps(value, indent=2))}</pre>"
+
+
+def _operation_html(op: Operation, ids: dict[tuple[str, str], str]) -> Iterator[str]:
+    badge = op.role + (", extension" if op.extension else "")
+    yield f'<section id="{_e(op.id)}"><h3>{_e(op.name)} <span class="role">{_e(badge)}</span></h3>'
+    for path in op.paths:
+        yield (f'<p><span class="method">{_e(op.method)}</span> <code>{_e(path)}</code> '
+               f"(operationId <code>{_e(ids[path, op.method])}</code>)</p>")
+    yield f"<p>{_e(op.description)}</p>"
+    if op.params:
+        yield "<table><tr><th>parameter</th><th>in</th><th>required</th><th>meaning</th></tr>"
+        for p in op.params:
+            yield (f"<tr><td><code>{_e(p.name)}</code></td><td>{_e(p.where)}</td>"
+                   f"<td>{'yes' if p.required else 'no'}</td><td>{_e(p.description)}</td></tr>")
+        yield "</table>"
+    if op.body:
+        yield f"<h4>Request body (<code>{_e(op.body)}</code>)</h4>{_json(op.body_example)}"
+    for r in op.replies:
+        yield f"<h4>{r.status} {_e(r.description)}</h4>"
+        for name, text in r.headers:
+            yield f"<p><code>{_e(name)}</code>: {_e(text)}</p>"
+        if r.example is not None:
+            yield _json(r.example)
+    if op.notifications:
+        links = ", ".join(f'<a href="#{n}"><code>{n}</code></a>' for n in op.notifications)
+        yield f"<p>Notifications on reference.endpoint: {links}</p>"
+    faults = op.all_faults()
+    if faults:
+        yield "<h4>Errors</h4><table><tr><th>status</th><th>messageId</th><th>when</th>"
+        yield "<th>body</th></tr>"
+        for f in faults:
+            yield (f"<tr><td>{f.error.status}</td><td>{_e(f.error.message_id)}</td>"
+                   f"<td>{_e(f.when)}</td><td><code>{_e(json.dumps(f.error.body()))}</code>"
+                   "</td></tr>")
+        yield "</table>"
+    yield "</section>"
+
+
+def service_description_html() -> str:
+    """The readable, self-contained page served at ``/rest/presence/index.html``."""
+    ids = {(e.path, e.method): e.operation_id for e in endpoints()}
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<title>RESTful Presence: service description</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>RESTful Presence</h1>",
+        f"<p>{_e(INTRODUCTION)}</p>",
+        f'<p>Machine-readable: <a href="{DOCUMENT_PATH}"><code>{DOCUMENT_PATH}</code></a> '
+        "(OpenAPI 3.1).</p>",
+    ]
+    titles = {"presentity": "Presentity operations", "watcher": "Watcher operations",
+              "description": "Service description"}
+    for role, title in titles.items():
+        parts.append(f"<h2>{title}</h2>")
+        for op in OPERATIONS:
+            if op.role == role:
+                parts.extend(_operation_html(op, ids))
+    parts.append("<h2>Notifications</h2>")
+    for name, (_, when, example) in NOTIFICATIONS.items():
+        parts.append(f'<section id="{name}"><h3><code>{name}</code></h3><p>{_e(when)}</p>')
+        parts.append(f"{_json(example)}</section>")
+    parts.append("<h2>Error codes</h2><table><tr><th>messageId</th><th>text</th></tr>")
+    for code in FaultCode:
+        parts.append(f"<tr><td>{code.message_id}</td><td>{_e(code.text)}</td></tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+def openapi_routes() -> list[BaseRoute]:
+    """``GET /openapi.json`` and ``GET /rest/presence/index.html``, rendered once."""
+    document = json.dumps(openapi_document()).encode()
+    page = service_description_html()
+
+    async def serve_document(request: Request) -> Response:
+        return Response(document, media_type=JSONResponse.media_type)
+
+    async def serve_page(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    return [
+        Route(DOCUMENT_PATH, serve_document, methods=["GET"]),
+        Route(PAGE_PATH, serve_page, methods=["GET"]),
+    ]
