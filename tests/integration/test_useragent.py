@@ -1,0 +1,609 @@
+"""The product's SIP user agent (sip/useragent.py through sip/aio/endpoint.py)
+against the real bundled Kamailio, over UDP and over TCP.
+
+Every test drives its own :class:`~sip.aio.SipEndpoint` on a free loopback
+port and uses names of its own, so the tests share the session's presence
+server without seeing each other's presentities, watchers or pres-rules.
+The endpoint's listener records every event; tests wait on those events with
+short timeouts instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from lxml import etree
+
+from sip.aio import SipEndpoint
+from sip.publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
+from sip.subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
+from sip.uri import SipURI
+from sip.useragent import MessageDropped, UserAgentEvent
+from tests.presence_server import PresenceServer
+from tests.rawsip import SipPeer, exchange_tcp, format_request, new_token
+
+pytestmark = pytest.mark.integration
+
+PIDF_NS = "urn:ietf:params:xml:ns:pidf"
+WINFO_NS = "urn:ietf:params:xml:ns:watcherinfo"
+
+PIDF = """<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{presentity}">
+  <tuple id="t1">
+    <status><basic>open</basic></status>
+    <note>{note}</note>
+  </tuple>
+</presence>
+"""
+
+# RFC 5025 §3.2.1 sub-handling inside an RFC 4745 common-policy rule.
+PRES_RULES = """<?xml version="1.0" encoding="UTF-8"?>
+<cr:ruleset xmlns="urn:ietf:params:xml:ns:pres-rules"
+    xmlns:cr="urn:ietf:params:xml:ns:common-policy">
+  <cr:rule id="rule-1">
+    <cr:conditions>
+      <cr:identity><cr:one id="{watcher}"/></cr:identity>
+    </cr:conditions>
+    <cr:actions><sub-handling>{handling}</sub-handling></cr:actions>
+    <cr:transformations>
+      <provide-services><all-services/></provide-services>
+      <provide-persons><all-persons/></provide-persons>
+      <provide-devices><all-devices/></provide-devices>
+      <provide-all-attributes/>
+    </cr:transformations>
+  </cr:rule>
+</cr:ruleset>
+"""
+
+# RFC 3903 §4.2/§4.5: a PUBLISH with the entity tag and no body refreshes
+# the publication, or removes it with Expires 0.  Sent by the independent
+# raw peer, behind the user agent's back.
+RAW_PUBLISH_IF_MATCH = """
+    PUBLISH {presentity} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <{presentity}>;tag={tag}
+    To: <{presentity}>
+    Call-ID: {call_id}
+    CSeq: 1 PUBLISH
+    Event: presence
+    Expires: {expires}
+    SIP-If-Match: {etag}
+"""
+
+# A NOTIFY in a dialog the endpoint never created.
+RAW_NOTIFY = """
+    NOTIFY sip:nobody@{endpoint} SIP/2.0
+    Via: SIP/2.0/{transport} {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:ghost-{token}@example.com>;tag={tag}
+    To: <sip:nobody-{token}@example.com>;tag={to_tag}
+    Call-ID: {call_id}
+    CSeq: 1 NOTIFY
+    Event: presence
+    Subscription-State: active;expires=600
+    Contact: <sip:{local}>
+"""
+
+RAW_OPTIONS = """
+    OPTIONS sip:{endpoint} SIP/2.0
+    Via: SIP/2.0/{transport} {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:probe-{token}@example.com>;tag={tag}
+    To: <sip:{endpoint}>
+    Call-ID: {call_id}
+    CSeq: 1 OPTIONS
+"""
+
+#: How long a test waits for one expected event.  Kamailio answers in
+#: milliseconds on loopback; this only bounds a failing test.
+WAIT = 3.0
+
+E = TypeVar("E")
+
+
+@pytest.fixture(params=["udp", "tcp"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(scenario: Coroutine[Any, Any, None]) -> None:
+    """Run one test scenario on a fresh event loop, bounded in time."""
+
+    async def bounded() -> None:
+        async with asyncio.timeout(15):
+            await scenario
+
+    asyncio.run(bounded())
+
+
+class Events:
+    """Every event of an endpoint, in order, with awaitable look-ups.
+
+    ``wait`` returns the first event not yet taken that matches, so a test
+    can step through a sequence (pending, then active, ...) without sleeping.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[UserAgentEvent] = []
+        self._taken: set[int] = set()
+        self._arrived = asyncio.Event()
+
+    def __call__(self, event: UserAgentEvent) -> None:
+        self.seen.append(event)
+        self._arrived.set()
+
+    async def wait(
+        self, kind: type[E], predicate: Callable[[E], bool] = lambda _: True,
+        timeout: float = WAIT,
+    ) -> E:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for index, event in enumerate(self.seen):
+                        if (
+                            index not in self._taken
+                            and isinstance(event, kind)
+                            and predicate(event)
+                        ):
+                            self._taken.add(index)
+                            return event
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            seen = "\n".join(repr(e) for e in self.seen)
+            raise AssertionError(
+                f"no matching {kind.__name__} within {timeout} s; events:\n{seen}"
+            ) from None
+
+    async def notify(
+        self, subscription_id: int, state: str, predicate: Callable[[bytes], bool] = lambda _: True
+    ) -> NotifyReceived:
+        """The next NOTIFY of a subscription in ``state`` whose body satisfies ``predicate``.
+
+        Earlier NOTIFYs that do not match are skipped: the server may send the
+        same state twice (an allow rule usually yields two NOTIFYs).
+        """
+        return await self.wait(
+            NotifyReceived,
+            lambda n: (
+                n.subscription_id == subscription_id
+                and n.state.state == state
+                and predicate(n.body)
+            ),
+        )
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.seen if isinstance(e, kind)]
+
+
+@dataclass
+class Client:
+    endpoint: SipEndpoint
+    events: Events
+    server: PresenceServer
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.local.port
+
+
+@asynccontextmanager
+async def client(server: PresenceServer, transport: str) -> AsyncIterator[Client]:
+    """A started endpoint on a free port, talking to ``server`` over ``transport``."""
+    uri = server.sip_uri + (";transport=tcp" if transport == "tcp" else "")
+    endpoint = SipEndpoint(
+        host=server.host,
+        port=0,
+        server=SipURI.parse(uri),
+        transport="tcp" if transport == "tcp" else "udp",
+    )
+    events = Events()
+    endpoint.add_listener(events)
+    await endpoint.start()
+    try:
+        yield Client(endpoint, events, server)
+    finally:
+        await endpoint.close()
+
+
+def names() -> tuple[SipURI, SipURI]:
+    """A presentity and a watcher nobody else in the session uses."""
+    suffix = new_token()
+    return (
+        SipURI.parse(f"sip:alice-{suffix}@example.com"),
+        SipURI.parse(f"sip:bob-{suffix}@example.com"),
+    )
+
+
+def pidf(presentity: SipURI, note: str) -> bytes:
+    return PIDF.format(presentity=presentity, note=note).encode()
+
+
+def note_of(body: bytes) -> str | None:
+    return etree.fromstring(body).findtext(f"{{{PIDF_NS}}}tuple/{{{PIDF_NS}}}note")
+
+
+def has_note(note: str) -> Callable[[bytes], bool]:
+    return lambda body: bool(body) and note_of(body) == note
+
+
+async def put_rules(
+    server: PresenceServer, presentity: SipURI, watcher: SipURI, handling: str
+) -> None:
+    """Store the presentity's pres-rules over XCAP (the server re-evaluates its watchers)."""
+    url = f"{server.xcap_root}/pres-rules/users/{presentity}/index"
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        reply = await http.put(
+            url,
+            content=PRES_RULES.format(watcher=watcher, handling=handling),
+            headers={"Content-Type": "application/auth-policy+xml"},
+        )
+    assert reply.status_code == 200, reply.text
+
+
+def watchers_in(body: bytes) -> list[tuple[str | None, str | None]]:
+    """(watcher URI, status) pairs of a watcherinfo document (RFC 3858)."""
+    document = etree.fromstring(body)
+    assert document.tag == f"{{{WINFO_NS}}}watcherinfo"
+    return [
+        (w.text, w.get("status")) for w in document.iter(f"{{{WINFO_NS}}}watcher")
+    ]
+
+
+def until_412(
+    server: PresenceServer, presentity: SipURI, etag: str, *, expires: int, within: float = 1.0
+) -> list[int]:
+    """Raw PUBLISHes with ``SIP-If-Match: etag`` and no body until one gets 412.
+
+    ``expires=0`` removes the publication behind the user agent's back;
+    ``expires>0`` is a refresh, which never removes anything, so it ends in
+    412 only when the entity tag is already gone.  Returns the statuses, the
+    last of them 412.  One try is not enough: the server answers a removal
+    200 (and NOTIFYs the watchers) before the entry is gone, and a request
+    with the same entity tag within the next millisecond or so may still
+    find it (200) or fail (500) — tests/data/kamailio/README.md, "Removal
+    race".
+    """
+    template = RAW_PUBLISH_IF_MATCH.replace("{expires}", str(expires))
+    statuses: list[int] = []
+    deadline = time.monotonic() + within
+    with SipPeer(server.sip_address) as peer:
+        while 412 not in statuses and time.monotonic() < deadline:
+            call_id = new_token()
+            peer.send_request(
+                template, presentity=presentity, tag=new_token(), call_id=call_id, etag=etag
+            )
+            statuses.append(peer.response(call_id, "PUBLISH").status)
+    assert statuses[-1:] == [412], statuses
+    return statuses
+
+
+# -- OPTIONS -------------------------------------------------------------------
+
+
+def test_ping_answers_with_a_round_trip_time(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        async with client(presence_server, transport) as c:
+            rtt = await c.endpoint.ping()
+            assert 0 < rtt < WAIT
+
+    run(scenario())
+
+
+# -- publications (RFC 3903) -----------------------------------------------------
+
+
+def test_modify_gets_a_new_etag_and_reaches_an_allowed_watcher(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            pid, first = await ep.publish(alice, pidf(alice, "first"))
+            assert first.etag
+            assert first.expires == 3600
+
+            sid = await ep.subscribe(bob, alice)
+            await put_rules(presence_server, alice, bob, "allow")
+            await c.events.notify(sid, "active", has_note("first"))
+
+            second = await ep.modify(pid, pidf(alice, "second"))
+            assert second.etag != first.etag
+            await c.events.notify(sid, "active", has_note("second"))
+            assert ep.ua.publication(pid) is not None
+            assert not c.events.of(PublicationFailed)
+
+    run(scenario())
+
+
+def test_a_short_publication_refreshes_itself(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    # conf/kamailio/kamailio.cfg sets the presence module's min_expires to 0,
+    # so the server grants even 2 s (no 423); RefreshPolicy then refreshes at
+    # half the interval, 1 s after the confirmation.
+    async def scenario() -> None:
+        alice, _ = names()
+        async with client(presence_server, transport) as c:
+            pid, first = await c.endpoint.publish(alice, pidf(alice, "short"), expires=2)
+            assert first.expires == 2
+            refreshed = await c.events.wait(
+                PublicationConfirmed,
+                lambda e: e.publication_id == pid and e.etag != first.etag,
+            )
+            # RFC 3903 §4.2: a refresh returns a new entity tag and the same
+            # (requested) lifetime.
+            assert refreshed.expires == 2
+            assert not c.events.of(PublicationFailed)
+
+    run(scenario())
+
+
+def test_unpublish_closes_the_watchers_view_and_forgets_the_publication(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            pid, confirmed = await ep.publish(alice, pidf(alice, "going"))
+            sid = await ep.subscribe(bob, alice)
+            await put_rules(presence_server, alice, bob, "allow")
+            await c.events.notify(sid, "active", has_note("going"))
+
+            await ep.unpublish(pid)
+            assert ep.ua.publication(pid) is None
+            await c.events.wait(PublicationRemoved, lambda e: e.publication_id == pid)
+            # The watcher is told: the published tuple is gone; what the
+            # server sends instead has no open tuple.
+            closed = await c.events.notify(sid, "active", lambda b: note_of(b) != "going")
+            document = etree.fromstring(closed.body)
+            basics = [b.text for b in document.iter(f"{{{PIDF_NS}}}basic")]
+            assert "open" not in basics
+
+        # The server forgot the entity tag: a refresh with it is a 412.
+        until_412(presence_server, alice, confirmed.etag, expires=3600)
+
+    run(scenario())
+
+
+def test_modify_after_the_server_forgot_the_etag_publishes_anew(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    # RFC 3903 §6 step 4: an unknown SIP-If-Match is answered 412; the
+    # publication then sends its full state without SIP-If-Match.
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            pid, confirmed = await ep.publish(alice, pidf(alice, "before"))
+            sid = await ep.subscribe(bob, alice)
+            await put_rules(presence_server, alice, bob, "allow")
+            await c.events.notify(sid, "active", has_note("before"))
+
+            statuses = await asyncio.to_thread(
+                until_412, presence_server, alice, confirmed.etag, expires=0
+            )
+            assert statuses[0] == 200  # the removal itself
+
+            recovered = await ep.modify(pid, pidf(alice, "after"))
+            assert recovered.etag != confirmed.etag
+            assert not c.events.of(PublicationFailed)
+            await c.events.notify(sid, "active", has_note("after"))
+
+    run(scenario())
+
+
+# -- subscriptions (RFC 6665) ----------------------------------------------------
+
+
+def test_watcher_is_pending_until_allowed_then_active_with_the_pidf(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            await ep.publish(alice, pidf(alice, "visible"))
+            sid = await ep.subscribe(bob, alice)
+            accepted = await c.events.wait(
+                SubscriptionAccepted, lambda e: e.subscription_id == sid
+            )
+            assert accepted.expires > 0
+
+            pending = await c.events.wait(NotifyReceived, lambda n: n.subscription_id == sid)
+            assert pending.state.state == "pending"
+            assert pending.body == b""
+
+            await put_rules(presence_server, alice, bob, "allow")
+            active = await c.events.notify(sid, "active")
+            assert active.content_type == "application/pidf+xml"
+            assert etree.fromstring(active.body).get("entity") == str(alice)
+            assert note_of(active.body) == "visible"
+
+    run(scenario())
+
+
+def test_winfo_subscription_lists_the_pending_watcher(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            sid = await ep.subscribe(bob, alice)
+            await c.events.notify(sid, "pending")
+
+            wid = await ep.subscribe(
+                alice, alice, event="presence.winfo", accept=("application/watcherinfo+xml",)
+            )
+            winfo = await c.events.notify(wid, "active")
+            assert winfo.content_type == "application/watcherinfo+xml"
+            assert watchers_in(winfo.body) == [(str(bob), "pending")]
+
+    run(scenario())
+
+
+def test_block_rule_rejects_the_watcher(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            sid = await ep.subscribe(bob, alice)
+            await c.events.notify(sid, "pending")
+
+            await put_rules(presence_server, alice, bob, "block")
+            ended = await c.events.wait(
+                SubscriptionTerminated, lambda e: e.subscription_id == sid
+            )
+            assert ended.reason == "rejected"
+            assert ep.ua.subscription(sid) is None
+
+    run(scenario())
+
+
+async def subscribe_winfo(ep: SipEndpoint, presentity: SipURI) -> int:
+    return await ep.subscribe(
+        presentity, presentity, event="presence.winfo",
+        accept=("application/watcherinfo+xml",),
+    )
+
+
+def test_unsubscribe_ends_the_subscription_and_the_watcher_leaves_winfo(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            await ep.publish(alice, pidf(alice, "here"))
+            wid = await subscribe_winfo(ep, alice)
+            await c.events.notify(wid, "active", lambda b: watchers_in(b) == [])
+            sid = await ep.subscribe(bob, alice)
+            # A new watcher is announced to the winfo subscriber.
+            listed = [(str(bob), "pending")]
+            await c.events.notify(wid, "active", lambda b: watchers_in(b) == listed)
+            await put_rules(presence_server, alice, bob, "allow")
+            await c.events.notify(sid, "active", has_note("here"))
+
+            await ep.unsubscribe(sid)
+            ended = await c.events.wait(
+                SubscriptionTerminated, lambda e: e.subscription_id == sid
+            )
+            assert ended.reason == "unsubscribed"
+            assert ep.ua.subscription(sid) is None
+            # The winfo subscriber is told the watcher left ...
+            await c.events.notify(wid, "active", lambda b: watchers_in(b) == [])
+            # ... and a new winfo subscription does not list it.
+            fresh = await subscribe_winfo(ep, alice)
+            winfo = await c.events.notify(fresh, "active")
+            assert watchers_in(winfo.body) == []
+
+    run(scenario())
+
+
+def test_a_pending_watcher_that_unsubscribes_stays_listed_as_waiting(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    # RFC 3857 §3.2: a subscription that ends before it was authorised moves
+    # the watcher to "waiting", so that the presentity can still authorise
+    # it.  Kamailio keeps listing it (tests/data/kamailio/README.md,
+    # "Waiting watcher"); Get Open Subscriptions must expect that status.
+    async def scenario() -> None:
+        alice, bob = names()
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            sid = await ep.subscribe(bob, alice)
+            await c.events.notify(sid, "pending")
+
+            await ep.unsubscribe(sid)
+            ended = await c.events.wait(
+                SubscriptionTerminated, lambda e: e.subscription_id == sid
+            )
+            assert ended.reason == "unsubscribed"
+
+            wid = await subscribe_winfo(ep, alice)
+            winfo = await c.events.notify(wid, "active")
+            assert watchers_in(winfo.body) == [(str(bob), "waiting")]
+
+    run(scenario())
+
+
+# -- what the endpoint answers ---------------------------------------------------
+
+
+def raw_request(c: Client, template: str, transport: str, **values: object) -> int:
+    """Send one request straight to the endpoint; the status of its answer."""
+    values.update(
+        endpoint=f"{c.server.host}:{c.port}", token=new_token(), tag=new_token(),
+        call_id=(call_id := new_token()),
+    )
+    if transport == "udp":
+        with SipPeer((c.server.host, c.port)) as peer:
+            peer.send_request(template, transport="UDP", **values)
+            return peer.wait_for(lambda m: m.is_response and m.call_id == call_id).status
+    request = format_request(
+        template, transport="TCP", local=f"{c.server.host}:9", **values
+    )
+    return exchange_tcp((c.server.host, c.port), request).status
+
+
+def test_notify_for_an_unknown_dialog_gets_481(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        async with client(presence_server, transport) as c:
+            status = await asyncio.to_thread(
+                raw_request, c, RAW_NOTIFY, transport, to_tag=new_token()
+            )
+            assert status == 481
+
+    run(scenario())
+
+
+def test_options_to_the_endpoint_gets_200(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        async with client(presence_server, transport) as c:
+            assert await asyncio.to_thread(raw_request, c, RAW_OPTIONS, transport) == 200
+
+    run(scenario())
+
+
+def test_garbage_does_not_break_the_endpoint(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    async def scenario() -> None:
+        async with client(presence_server, transport) as c:
+            ep = c.endpoint
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for junk in (b"\x00\xff\xfe garbage", b"NOT SIP\r\n\r\n", b"\xc3\x28" * 500):
+                    sock.sendto(junk, (c.server.host, c.port))
+            for _ in range(3):
+                await c.events.wait(MessageDropped)
+            if transport == "tcp":
+                # RFC 3261 §18.3: a stream that cannot be framed is closed.
+                reader, writer = await asyncio.open_connection(c.server.host, c.port)
+                writer.write(b"\x00\xff garbage\r\n\r\n")
+                assert await asyncio.wait_for(reader.read(), WAIT) == b""
+                writer.close()
+                await writer.wait_closed()
+            assert await ep.ping() > 0
+            assert ep.dropped >= 3
+
+    run(scenario())
