@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -19,11 +20,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapter import rest
 from adapter.auth import Accounts
 from adapter.bayeux import Hub, bayeux_routes
+from adapter.bayeux.backlog import Backlog
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
+from adapter.store import BacklogJournal, SqliteStore, Store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
@@ -152,27 +155,43 @@ def sip_endpoint(config: Config) -> SipEndpoint:
     )
 
 
-def make_app(config: Config) -> Starlette:
-    """The adapter as ``presence-adapter serve`` runs it: the app and its services."""
+def make_app(config: Config, *, store: Store | None = None) -> Starlette:
+    """The adapter as ``presence-adapter serve`` runs it: the app and its services.
+
+    The store is opened here, before serving, so that an unusable store file
+    stops start-up with one line (StoreError) rather than inside the server.
+    """
     endpoint = sip_endpoint(config)
     accounts = Accounts(config.accounts)
+    store = store or SqliteStore(config.store.path)
+    journal = BacklogJournal(store)
+    backlog = Backlog(config.bayeux.backlog_size, config.bayeux.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, config.bayeux)
+    hub = Hub(bayeux_login, config.bayeux, backlog=backlog)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        kept = journal.restore(backlog, asyncio.get_running_loop().time())
+        if kept:
+            logger.info("kept %d Bayeux messages for applications from before the restart", kept)
         await endpoint.start()
         xcap = XcapClient(
             config.xcap.root, username=config.xcap.username, password=config.xcap.password
         )
-        watchers = WatcherService(endpoint, xcap, hub)
+        watchers = WatcherService(endpoint, xcap, hub, store=store)
         presentities = PresentityService(
-            endpoint, xcap, directory=watchers.directory, rules_changed=watchers.rules_changed
+            endpoint,
+            xcap,
+            store=store,
+            directory=watchers.directory,
+            rules_changed=watchers.rules_changed,
         )
+        # Recovery runs beside the server: requests are answered meanwhile.
+        recovery = asyncio.gather(presentities.restore(), watchers.restore())
         try:
             yield {
                 "sip": endpoint,
@@ -183,10 +202,12 @@ def make_app(config: Config) -> Starlette:
                 "notification_policy": config.notifications,
             }
         finally:
+            recovery.cancel()
             await watchers.close()
             hub.close()
             await xcap.close()
             await endpoint.close()
+            await store.close()
 
     return create_app(
         config,

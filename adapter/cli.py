@@ -39,9 +39,15 @@ def _serve(config: Config, log_level: str) -> int:
     # from adapter.app.create_app; imported here so that configuration errors are
     # reported before any of that is loaded.
     from adapter.app import make_app
+    from adapter.store import StoreError
 
+    try:
+        app = make_app(config)
+    except StoreError as exc:
+        print(f"{config.source}: store.path: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     uvicorn.run(
-        make_app(config),
+        app,
         host=config.http.host,
         port=config.http.port,
         log_level=log_level,

@@ -39,11 +39,19 @@ from pidf import (
     Other,
     Presence,
     PresenceAttribute,
+    attributes_from_json,
     attributes_to_json,
     filter_presence,
 )
 
-__all__ = ["Criterion", "Delivery", "Schedule", "matches_criteria"]
+__all__ = [
+    "Criterion",
+    "Delivery",
+    "Schedule",
+    "matches_criteria",
+    "schedule_from_record",
+    "schedule_to_record",
+]
 
 
 class Criterion(enum.Enum):
@@ -210,3 +218,72 @@ class Schedule:
         self.ended = True
         self.pending = None
         return Delivery({"statusEnd": {"correlator": self.correlator}})
+
+
+# -- persistence: a schedule as a JSON-able record ----------------------------------
+
+
+def _presence_record(presence: Presence) -> dict[str, Any]:
+    return {
+        "entity": presence.entity,
+        "open": presence.open,
+        "attributes": attributes_to_json(presence.attributes),
+    }
+
+
+def _presence_from_record(record: dict[str, Any]) -> Presence:
+    return Presence(
+        record.get("entity"), attributes_from_json(record["attributes"]), bool(record["open"])
+    )
+
+
+def schedule_to_record(schedule: Schedule) -> dict[str, Any]:
+    pending = None
+    if schedule.pending is not None:
+        presence, granted = schedule.pending
+        pending = {
+            "presence": _presence_record(presence),
+            "granted": sorted(kind.value for kind in granted),
+        }
+    return {
+        "correlator": schedule.correlator,
+        "app_id": schedule.app_id,
+        "endpoint": schedule.endpoint,
+        "watcher": schedule.watcher,
+        "presentity": schedule.presentity,
+        "interface_name": schedule.interface_name,
+        "attributes": sorted(kind.value for kind in schedule.attributes),
+        "criteria": sorted(c.value for c in schedule.criteria),
+        "frequency": schedule.frequency,
+        "remaining": schedule.remaining,
+        "deadline": schedule.deadline,
+        "last_sent": schedule.last_sent,
+        "sent": attributes_to_json(schedule.sent.values()),
+        "pending": pending,
+    }
+
+
+def schedule_from_record(record: dict[str, Any]) -> Schedule:
+    sent = attributes_from_json(record.get("sent", []))
+    pending = None
+    if record.get("pending"):
+        pending = (
+            _presence_from_record(record["pending"]["presence"]),
+            frozenset(AttributeType(k) for k in record["pending"]["granted"]),
+        )
+    return Schedule(
+        correlator=record["correlator"],
+        app_id=record["app_id"],
+        endpoint=record["endpoint"],
+        watcher=record["watcher"],
+        presentity=record["presentity"],
+        interface_name=record.get("interface_name", ""),
+        attributes=frozenset(AttributeType(k) for k in record.get("attributes", [])),
+        criteria=frozenset(Criterion(c) for c in record.get("criteria", [])),
+        frequency=float(record.get("frequency", 0.0)),
+        remaining=record.get("remaining"),
+        deadline=record.get("deadline"),
+        last_sent=record.get("last_sent"),
+        sent={_key(a): a for a in sent},
+        pending=pending,
+    )

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from adapter.recovery import RecoveryPace, recover
+from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient
 from pidf import (
     AttributeType,
@@ -41,6 +43,8 @@ from pidf import (
     WatcherInfo,
     WatcherInfoState,
     WatcherStatus,
+    attributes_from_json,
+    attributes_to_json,
     encode,
     validate_publication,
 )
@@ -55,6 +59,8 @@ logger = logging.getLogger(__name__)
 #: How long a first Get Open Subscriptions waits for the winfo subscription's
 #: first NOTIFY (Kamailio sends it right after the 200: ≈1 ms here).
 WINFO_READY_TIMEOUT = 3.0
+
+PUBLICATION = "publication"  # store kind: presentity -> published attributes (REST JSON)
 
 _LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
 _UNDECIDED = (None, SubHandling.CONFIRM)
@@ -95,12 +101,14 @@ class PresentityService:
         sip: SipEndpoint,
         xcap: XcapClient,
         *,
+        store: Store | None = None,
         directory: WatcherDirectory | None = None,
         rules_changed: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._sip = sip
         self._xcap = xcap
+        self._store: Store = store or MemoryStore()
         self._directory = directory or (lambda watcher, presentity: None)
         self._rules_changed = rules_changed or (lambda presentity: None)
         self._clock = clock
@@ -134,6 +142,9 @@ class PresentityService:
         async with entry.lock:
             merged = _merge(entry.attributes, stamped)
             body = encode(merged, entity=presentity, now=now)
+            # Durable before anything is answered: after a crash the
+            # publication comes back from the store.
+            await self._store.put(PUBLICATION, presentity, attributes_to_json(merged))
             entry.attributes = merged
             ua = self._sip.ua
             if entry.publication_id is None or ua.publication(entry.publication_id) is None:
@@ -144,6 +155,34 @@ class PresentityService:
             else:
                 ua.modify(entry.publication_id, body, self._sip.now())
             await self._sip.publication_outcome(entry.publication_id)
+
+    async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
+        """Publish again what the store kept (at start, paced)."""
+        stored = self._store.load(PUBLICATION)
+        entries = []
+        for presentity, items in stored.items():
+            try:
+                entry = self._presentity(presentity)
+                entry.attributes = attributes_from_json(items)
+            except (PidfError, SipError) as exc:
+                logger.error("stored publication of %s unusable, dropped: %s", presentity, exc)
+                await self._store.delete(PUBLICATION, presentity)
+                continue
+            entries.append(entry)
+
+        async def start(entry: _Presentity) -> None:
+            async with entry.lock:
+                if entry.publication_id is not None:
+                    return  # published again by a request meanwhile
+                body = encode(entry.attributes, entity=str(entry.aor), now=self._clock())
+                ua = self._sip.ua
+                entry.publication_id = ua.publish(entry.aor, body, self._sip.now())
+            try:
+                await self._sip.publication_outcome(entry.publication_id)
+            except RequestFailed as exc:
+                logger.info("re-publishing %s: %s (keeps retrying)", entry.aor, exc)
+
+        await recover("publications", entries, start, pace=pace)
 
     def published(self, presentity: str) -> tuple[PresenceAttribute, ...]:
         entry = self._presentities.get(presentity)

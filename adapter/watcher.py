@@ -25,13 +25,21 @@ backoff; only when that fails does the application get ``subscriptionEnded``
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from adapter.notification import Delivery, Schedule
+from adapter.notification import (
+    Delivery,
+    Schedule,
+    schedule_from_record,
+    schedule_to_record,
+)
+from adapter.recovery import RecoveryPace, recover
+from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence, decode, filter_presence
 from pidf.presrules import SubHandling
@@ -52,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DECISIONS_TTL = 30.0
+WATCH = "watch"  # store kinds
+SCHEDULE = "schedule"
 #: Re-subscribe attempts after an unexpected end, and the waits between them.
 RESUBSCRIBE_DELAYS = (0.5, 2.0, 5.0)
 ALL_ATTRIBUTES = tuple(AttributeType)
@@ -124,8 +134,10 @@ class WatcherService:
         xcap: XcapClient,
         bayeux: Deliverer,
         *,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._store: Store = store or MemoryStore()
         self._sip = sip
         self._xcap = xcap
         self._bayeux = bayeux
@@ -182,6 +194,7 @@ class WatcherService:
         watch.attributes = attributes
         watch.reference = reference
         watch.decisions_sent = None  # a new reference hears the decisions again
+        await self._save(watch)  # durable before the 204
         try:
             await self._ensure_subscribed(watch)
         except RequestFailed:
@@ -189,6 +202,7 @@ class WatcherService:
                 self._drop(watch)
             else:
                 watch.reference = None
+                await self._save(watch)
             raise
         if watch.state == "active":
             self._spawn(self._recheck(watch))
@@ -252,6 +266,8 @@ class WatcherService:
             raise DuplicateCorrelator(schedule.correlator)
         watch.schedules[schedule.correlator] = schedule
         self._schedules[(app_id, schedule.correlator)] = (watch, schedule)
+        await self._save(watch)
+        await self._save_schedule(schedule)  # durable before the 201
         async with watch.lock:
             if watch.state == "active":
                 await self._read_decisions(watch)
@@ -269,6 +285,7 @@ class WatcherService:
         watch, schedule = entry
         schedule.end_quietly()
         self._remove_schedule(watch, schedule)
+        await self._store.delete(SCHEDULE, _key(app_id, correlator))
         if not watch.needed:
             await self._end_subscription(watch)
 
@@ -303,6 +320,7 @@ class WatcherService:
         watch.state = "ended"
         if self._watches.get(watch.key) is watch:
             del self._watches[watch.key]
+            self._store.delete(WATCH, _key(*watch.key))
         if watch.subscription_id is not None:
             self._by_subscription.pop(watch.subscription_id, None)
 
@@ -362,9 +380,14 @@ class WatcherService:
             return
         if event.reason == "rejected":
             watch.state = "blocked"
+            self._save(watch)
             self._ended(watch, "Blocked")
             return
-        for delay in (event.retry_after or 0, *RESUBSCRIBE_DELAYS):
+        await self._resubscribe(watch, event.reason, event.retry_after or 0)
+
+    async def _resubscribe(self, watch: Watch, why: str, first_delay: float) -> None:
+        """Subscribe again, a bounded number of times; subscriptionEnded Timeout if all fail."""
+        for delay in (first_delay, *RESUBSCRIBE_DELAYS):
             if delay:
                 await asyncio.sleep(delay)
             if watch.state == "ended" or not watch.needed:
@@ -376,8 +399,7 @@ class WatcherService:
                 logger.info("re-subscribing %s to %s failed: %s",
                             watch.watcher, watch.presentity, exc)
                 continue
-            logger.info("re-subscribed %s to %s after %s",
-                        watch.watcher, watch.presentity, event.reason)
+            logger.info("re-subscribed %s to %s after %s", watch.watcher, watch.presentity, why)
             return
         self._ended(watch, "Timeout")
 
@@ -392,6 +414,7 @@ class WatcherService:
         for schedule in list(watch.schedules.values()):
             schedule.end_quietly()
             self._remove_schedule(watch, schedule)
+            self._store.delete(SCHEDULE, _key(schedule.app_id, schedule.correlator))
         if reason != "Blocked":
             self._drop(watch)
 
@@ -410,6 +433,7 @@ class WatcherService:
             rule = None
         else:
             rule = rules.rule_for(watch.watcher)
+        before = watch.decisions
         if rule is None:
             watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
         elif rule.sub_handling is SubHandling.ALLOW:
@@ -417,6 +441,8 @@ class WatcherService:
         else:
             watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
         watch.decisions_read_at = now
+        if watch.decisions != before:
+            self._save(watch)
 
     def _notify_decisions(self, watch: Watch) -> None:
         if watch.reference is None or watch.decisions is None:
@@ -440,6 +466,58 @@ class WatcherService:
             },
         )
 
+    # -- persistence and recovery ----------------------------------------------
+
+    def _save(self, watch: Watch) -> asyncio.Future[None]:
+        return self._store.put(WATCH, _key(*watch.key), watch_to_record(watch))
+
+    def _save_schedule(self, schedule: Schedule) -> asyncio.Future[None]:
+        key = _key(schedule.app_id, schedule.correlator)
+        return self._store.put(SCHEDULE, key, schedule_to_record(schedule))
+
+    async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
+        """Bring back watches and schedules from the store (at start).
+
+        Schedules keep their remaining count and original deadline; one whose
+        deadline passed while the adapter was down ends now, with statusEnd.
+        Subscriptions are made afresh (new dialogs), paced.
+        """
+        for key, record in self._store.load(WATCH).items():
+            try:
+                watch = watch_from_record(record)
+            except (KeyError, ValueError) as exc:
+                logger.error("stored watch %s unusable, dropped: %s", key, exc)
+                await self._store.delete(WATCH, key)
+                continue
+            self._watches[watch.key] = watch
+        now = self._clock()
+        for key, record in self._store.load(SCHEDULE).items():
+            try:
+                schedule = schedule_from_record(record)
+            except (KeyError, ValueError, PidfError) as exc:
+                logger.error("stored schedule %s unusable, dropped: %s", key, exc)
+                await self._store.delete(SCHEDULE, key)
+                continue
+            owner = self._watches.get((schedule.watcher, schedule.presentity))
+            if owner is None:
+                owner = Watch(schedule.watcher, schedule.presentity, schedule.app_id)
+                self._watches[owner.key] = owner
+            owner.schedules[schedule.correlator] = schedule
+            self._schedules[(schedule.app_id, schedule.correlator)] = (owner, schedule)
+            self._deliver(owner, schedule, schedule.handle_timer(now))
+            self._file(schedule)
+        live = [w for w in self._watches.values() if w.needed and w.state != "blocked"]
+        for watch in [w for w in self._watches.values() if not w.needed]:
+            self._drop(watch)
+
+        async def start(watch: Watch) -> None:
+            try:
+                await self._ensure_subscribed(watch)
+            except RequestFailed as exc:
+                self._spawn(self._resubscribe(watch, f"restart ({exc})", RESUBSCRIBE_DELAYS[0]))
+
+        await recover("subscriptions", live, start, pace=pace)
+
     # -- schedules and their single timer -------------------------------------
 
     def _deliver(self, watch: Watch, schedule: Schedule, deliveries: list[Delivery]) -> None:
@@ -447,8 +525,13 @@ class WatcherService:
             self._bayeux.deliver(schedule.app_id, schedule.endpoint, delivery.data)
         if schedule.ended:
             self._remove_schedule(watch, schedule)
+            self._store.delete(SCHEDULE, _key(schedule.app_id, schedule.correlator))
             if not watch.needed:
                 self._spawn(self._end_subscription(watch))
+        elif deliveries or schedule.pending is not None:
+            # Remaining count, last-sent instant, coalesced state: a restart
+            # resumes where this left off.
+            self._save_schedule(schedule)
 
     def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
         watch.schedules.pop(schedule.correlator, None)
@@ -495,3 +578,50 @@ class WatcherService:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("watcher task failed", exc_info=task.exception())
+
+
+def _key(*parts: str) -> str:
+    return json.dumps(parts)
+
+
+def watch_to_record(watch: Watch) -> dict[str, Any]:
+    reference = None
+    if watch.reference is not None:
+        reference = {
+            "correlator": watch.reference.correlator,
+            "endpoint": watch.reference.endpoint,
+            "interfaceName": watch.reference.interface_name,
+        }
+    decisions = None
+    if watch.decisions is not None:
+        decisions = {kind.value: granted for kind, granted in watch.decisions.items()}
+    return {
+        "watcher": watch.watcher,
+        "presentity": watch.presentity,
+        "app_id": watch.app_id,
+        "application": watch.application,
+        "attributes": sorted(kind.value for kind in watch.attributes),
+        "reference": reference,
+        "blocked": watch.state == "blocked",
+        "decisions": decisions,
+    }
+
+
+def watch_from_record(record: dict[str, Any]) -> Watch:
+    reference = None
+    if record.get("reference"):
+        ref = record["reference"]
+        reference = Reference(ref["correlator"], ref["endpoint"], ref.get("interfaceName", ""))
+    decisions = None
+    if record.get("decisions") is not None:
+        decisions = {AttributeType(k): bool(v) for k, v in record["decisions"].items()}
+    return Watch(
+        watcher=record["watcher"],
+        presentity=record["presentity"],
+        app_id=record["app_id"],
+        application=record.get("application", ""),
+        attributes=frozenset(AttributeType(k) for k in record.get("attributes", [])),
+        reference=reference,
+        state="blocked" if record.get("blocked") else "pending",
+        decisions=decisions,
+    )

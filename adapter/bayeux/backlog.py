@@ -21,6 +21,17 @@ from adapter.bayeux.message import Delivery
 class Kept:
     delivery: Delivery
     expires_at: float
+    token: int | None = None  # the journal's handle for this message
+
+
+class Journal(Protocol):
+    """Where a durable backlog writes what it keeps and forgets (see adapter/store.py)."""
+
+    def added(self, app_id: str, delivery: Delivery, expires_at: float, now: float) -> int:
+        """Record a kept message; returns its token."""
+
+    def removed(self, tokens: Iterable[int]) -> None:
+        """Forget kept messages (delivered, dropped or expired)."""
 
 
 class BacklogStore(Protocol):
@@ -38,20 +49,35 @@ class BacklogStore(Protocol):
 class Backlog:
     """In-memory `BacklogStore`."""
 
-    def __init__(self, size: int, ttl: float) -> None:
+    def __init__(self, size: int, ttl: float, journal: Journal | None = None) -> None:
         self._size = size
         self._ttl = ttl
         self._kept: dict[str, deque[Kept]] = {}
+        self._journal = journal
+
+    def restore(self, app_id: str, delivery: Delivery, expires_at: float, token: int) -> None:
+        """Put back a message the journal kept (at start, oldest first)."""
+        self._kept.setdefault(app_id, deque()).append(Kept(delivery, expires_at, token))
 
     def add(self, app_id: str, delivery: Delivery, now: float) -> int:
         self._expire_app(app_id, now)
         kept = self._kept.setdefault(app_id, deque())
-        dropped = 0
+        dropped: list[Kept] = []
         while len(kept) >= self._size:
-            kept.popleft()
-            dropped += 1
-        kept.append(Kept(delivery, now + self._ttl))
-        return dropped
+            dropped.append(kept.popleft())
+        expires_at = now + self._ttl
+        token = None
+        if self._journal is not None:
+            token = self._journal.added(app_id, delivery, expires_at, now)
+        kept.append(Kept(delivery, expires_at, token))
+        self._forget(dropped)
+        return len(dropped)
+
+    def _forget(self, items: Iterable[Kept]) -> None:
+        if self._journal is not None:
+            tokens = [item.token for item in items if item.token is not None]
+            if tokens:
+                self._journal.removed(tokens)
 
     def take(self, app_id: str, patterns: Iterable[Channel], now: float) -> list[Delivery]:
         if app_id not in self._kept:
@@ -61,18 +87,19 @@ class Backlog:
         if not kept:
             return []
         wanted = list(patterns)
-        taken: list[Delivery] = []
+        taken: list[Kept] = []
         remaining: deque[Kept] = deque()
         for item in kept:
             if any(p.matches(item.delivery.channel) for p in wanted):
-                taken.append(item.delivery)
+                taken.append(item)
             else:
                 remaining.append(item)
         if remaining:
             self._kept[app_id] = remaining
         else:
             del self._kept[app_id]
-        return taken
+        self._forget(taken)
+        return [item.delivery for item in taken]
 
     def expire(self, now: float) -> None:
         for app_id in list(self._kept):
@@ -91,7 +118,9 @@ class Backlog:
         kept = self._kept.get(app_id)
         if kept is None:
             return
+        expired: list[Kept] = []
         while kept and kept[0].expires_at <= now:
-            kept.popleft()
+            expired.append(kept.popleft())
+        self._forget(expired)
         if not kept:
             del self._kept[app_id]

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from adapter.bayeux.backlog import BacklogStore
 from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Message
@@ -25,8 +26,14 @@ log = logging.getLogger("adapter.bayeux")
 
 
 class Hub:
-    def __init__(self, authenticate: Authenticator, limits: BayeuxLimits | None = None) -> None:
-        self.server = BayeuxServer(authenticate, limits)
+    def __init__(
+        self,
+        authenticate: Authenticator,
+        limits: BayeuxLimits | None = None,
+        *,
+        backlog: BacklogStore | None = None,
+    ) -> None:
+        self.server = BayeuxServer(authenticate, limits, backlog=backlog)
         self._waiters: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None

@@ -1,0 +1,291 @@
+"""What the adapter must not forget across a restart, behind one small interface.
+
+The services keep their working state in memory and write through to a
+:class:`Store`: publications, watches (watcher subscriptions with their
+reference and known decisions), notification schedules, and the Bayeux
+backlog.  On start the adapter loads everything and re-creates the SIP side
+from it.
+
+The interface speaks of *records* — a kind, a key, a JSON-able value — plus
+an ordered backlog, and nothing else, so that another backend (PostgreSQL for
+several nodes) can implement it without the callers changing.  Writes are
+queued in order to one writer; a caller that must not answer before the data
+is durable (a REST call's 204) awaits the write, others let it go.
+
+:class:`SqliteStore` is the default backend: one file, WAL journal, one
+writer thread that commits everything queued together (group commit), so the
+event loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from adapter.bayeux.backlog import Backlog
+from adapter.bayeux.channels import Channel
+from adapter.bayeux.message import Delivery
+
+__all__ = ["BacklogJournal", "BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KINDS = ("publication", "watch", "schedule")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class BacklogRow:
+    seq: int
+    app_id: str
+    channel: str
+    data: Any
+    expires_at: float  # epoch seconds
+
+
+class Store(Protocol):
+    """The persistence interface of the adapter."""
+
+    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        """Insert or replace one record; the future completes once it is durable."""
+
+    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+        """Remove one record (absent is fine)."""
+
+    def load(self, kind: str) -> dict[str, Any]:
+        """Every record of ``kind``, as stored (read at start, before serving)."""
+
+    def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
+        """Append to an application's backlog; returns the row's sequence number."""
+
+    def backlog_remove(self, seqs: Iterable[int]) -> None:
+        """Forget backlog rows (delivered, dropped or expired)."""
+
+    def backlog_load(self) -> list[BacklogRow]:
+        """The whole backlog, oldest first (read at start)."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A store that forgets everything on exit (tests, and deployments that want that)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        self._backlog: dict[int, BacklogRow] = {}
+        self._seq = 0
+
+    def _done(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        self._records[kind][key] = json.loads(json.dumps(value))
+        return self._done()
+
+    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+        self._records[kind].pop(key, None)
+        return self._done()
+
+    def load(self, kind: str) -> dict[str, Any]:
+        return dict(self._records[kind])
+
+    def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
+        self._seq += 1
+        self._backlog[self._seq] = BacklogRow(self._seq, app_id, channel, data, expires_at)
+        return self._seq
+
+    def backlog_remove(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            self._backlog.pop(seq, None)
+
+    def backlog_load(self) -> list[BacklogRow]:
+        return [self._backlog[seq] for seq in sorted(self._backlog)]
+
+    async def close(self) -> None:
+        return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS backlog (
+    seq INTEGER PRIMARY KEY, app_id TEXT NOT NULL, channel TEXT NOT NULL,
+    data TEXT NOT NULL, expires_at REAL NOT NULL
+);
+"""
+
+# One queued write: SQL statements to run in order, and who waits for them.
+_Write = tuple[list[tuple[str, tuple[Any, ...]]], "Future[None] | None"]
+
+
+class SqliteStore:
+    """The default store: one SQLite file, written by one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # Durable at commit: a 204 must not be answered for data a power
+            # cut could still take (synchronous=FULL in WAL mode).
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            version = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema'"
+            ).fetchone()
+            if version is None:
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif version[0] != str(SCHEMA_VERSION):
+                raise StoreError(f"{path}: schema version {version[0]}, expected {SCHEMA_VERSION}")
+            self._db.execute("SELECT count(*) FROM records").fetchone()
+            row = self._db.execute("SELECT max(seq) FROM backlog").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        self._seq: int = row[0] or 0
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
+        self._thread.start()
+        self.failures = 0
+
+    # -- reads (at start, before the writer has anything to do) ---------------
+
+    def load(self, kind: str) -> dict[str, Any]:
+        rows = self._db.execute("SELECT key, value FROM records WHERE kind = ?", (kind,))
+        return {key: json.loads(value) for key, value in rows.fetchall()}
+
+    def backlog_load(self) -> list[BacklogRow]:
+        rows = self._db.execute(
+            "SELECT seq, app_id, channel, data, expires_at FROM backlog ORDER BY seq"
+        ).fetchall()
+        return [BacklogRow(s, a, c, json.loads(d), e) for s, a, c, d, e in rows]
+
+    # -- writes ----------------------------------------------------------------
+
+    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        text = json.dumps(value, separators=(",", ":"))
+        return self._submit(
+            [("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (kind, key, text))]
+        )
+
+    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+        return self._submit([("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))])
+
+    def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
+        self._seq += 1
+        text = json.dumps(data, separators=(",", ":"))
+        self._queue.put(
+            ([("INSERT INTO backlog VALUES (?, ?, ?, ?, ?)",
+               (self._seq, app_id, channel, text, expires_at))], None)
+        )
+        return self._seq
+
+    def backlog_remove(self, seqs: Iterable[int]) -> None:
+        statements = [("DELETE FROM backlog WHERE seq = ?", (seq,)) for seq in seqs]
+        if statements:
+            self._queue.put((statements, None))
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._db.close()
+
+    def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
+        done: Future[None] = Future()
+        self._queue.put((statements, done))
+        return asyncio.wrap_future(done)
+
+    def _writer(self) -> None:
+        """Commit whatever is queued in one transaction, in order, until closed."""
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while True:  # group commit: take everything already waiting
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            writes = [w for w in batch if w is not None]
+            if writes:
+                self._commit(writes)
+            if None in batch:
+                return
+
+    def _commit(self, writes: list[_Write]) -> None:
+        error: Exception | None = None
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for statements, _ in writes:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.failures += 1
+            logger.error("store %s: write failed: %s", self.path, exc)
+            error = StoreError(f"{self.path}: {exc}")
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        for _, done in writes:
+            if done is None:
+                continue
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+
+class BacklogJournal:
+    """Mirrors the Bayeux backlog into a :class:`Store` (adapter.bayeux.backlog.Journal).
+
+    The Bayeux core counts time on the event loop's monotonic clock; the store
+    keeps wall-clock expiry so that a restart can tell what is still alive.
+    """
+
+    def __init__(self, store: Store, wall_clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._wall = wall_clock
+
+    def added(self, app_id: str, delivery: Delivery, expires_at: float, now: float) -> int:
+        wall_expiry = self._wall() + (expires_at - now)
+        return self._store.backlog_add(app_id, str(delivery.channel), delivery.data, wall_expiry)
+
+    def removed(self, tokens: Iterable[int]) -> None:
+        self._store.backlog_remove(tokens)
+
+    def restore(self, backlog: Backlog, now: float) -> int:
+        """Refill ``backlog`` from the store (at start); returns how many came back."""
+        wall = self._wall()
+        expired: list[int] = []
+        count = 0
+        for row in self._store.backlog_load():
+            if row.expires_at <= wall:
+                expired.append(row.seq)
+                continue
+            delivery = Delivery(Channel.parse(row.channel), row.data, f"r{row.seq}")
+            backlog.restore(row.app_id, delivery, now + (row.expires_at - wall), row.seq)
+            count += 1
+        self._store.backlog_remove(expired)
+        return count
