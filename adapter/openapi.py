@@ -257,7 +257,8 @@ def _object(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
 
 
 def _wrapped(name: str, **properties: Schema) -> Schema:
-    return {"type": "object", "required": [name], "properties": {name: _object(optional=(), **properties)}}
+    inner = _object(optional=(), **properties)
+    return {"type": "object", "required": [name], "properties": {name: inner}}
 
 
 # -- the operations ---------------------------------------------------------------
