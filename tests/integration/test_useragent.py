@@ -23,10 +23,11 @@ import pytest
 from lxml import etree
 
 from sip.aio import SipEndpoint
+from sip.message import Request, Response
 from sip.publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
 from sip.subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.uri import SipURI
-from sip.useragent import MessageDropped, UserAgentEvent
+from sip.useragent import Destination, MessageDropped, UserAgentEvent
 from tests.presence_server import PresenceServer
 from tests.rawsip import SipPeer, exchange_tcp, format_request, new_token
 
@@ -142,7 +143,9 @@ class Events:
         self._arrived.set()
 
     async def wait(
-        self, kind: type[E], predicate: Callable[[E], bool] = lambda _: True,
+        self,
+        kind: type[E],
+        predicate: Callable[[E], bool] = lambda _: True,
         timeout: float = WAIT,
     ) -> E:
         try:
@@ -190,10 +193,20 @@ class Client:
     endpoint: SipEndpoint
     events: Events
     server: PresenceServer
+    #: Every message the user agent received, in order (see ``client``).
+    received: list[Request | Response]
 
     @property
     def port(self) -> int:
         return self.endpoint.local.port
+
+    def statuses(self, method: str) -> list[int]:
+        """The statuses of the final responses received to ``method``, in order."""
+        return [
+            m.status
+            for m in self.received
+            if isinstance(m, Response) and m.status >= 200 and m.cseq.method == method
+        ]
 
 
 @asynccontextmanager
@@ -209,8 +222,19 @@ async def client(server: PresenceServer, transport: str) -> AsyncIterator[Client
     events = Events()
     endpoint.add_listener(events)
     await endpoint.start()
+    # The user agent's one entry for parsed messages (UDP and TCP alike) is
+    # wrapped so that tests can see answers that cause no event, like a 412.
+    received: list[Request | Response] = []
+    ua = endpoint.ua
+    deliver = ua.receive_message
+
+    def record(message: Request | Response, source: Destination, now: float) -> None:
+        received.append(message)
+        deliver(message, source, now)
+
+    ua.receive_message = record  # type: ignore[method-assign]
     try:
-        yield Client(endpoint, events, server)
+        yield Client(endpoint, events, server, received)
     finally:
         await endpoint.close()
 
@@ -254,9 +278,7 @@ def watchers_in(body: bytes) -> list[tuple[str | None, str | None]]:
     """(watcher URI, status) pairs of a watcherinfo document (RFC 3858)."""
     document = etree.fromstring(body)
     assert document.tag == f"{{{WINFO_NS}}}watcherinfo"
-    return [
-        (w.text, w.get("status")) for w in document.iter(f"{{{WINFO_NS}}}watcher")
-    ]
+    return [(w.text, w.get("status")) for w in document.iter(f"{{{WINFO_NS}}}watcher")]
 
 
 def until_412(
@@ -400,8 +422,44 @@ def test_modify_after_the_server_forgot_the_etag_publishes_anew(
 
             recovered = await ep.modify(pid, pidf(alice, "after"))
             assert recovered.etag != confirmed.etag
+            # publish, modify refused with 412, the same state published anew
+            assert c.statuses("PUBLISH") == [200, 412, 200]
             assert not c.events.of(PublicationFailed)
             await c.events.notify(sid, "active", has_note("after"))
+
+    run(scenario())
+
+
+def test_modify_after_a_server_restart_publishes_anew(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A private server, restarted on the same port with a new directory (so a
+    # new, empty database): it has never seen our entity tag.  Over TCP the
+    # endpoint's connection to the old server is gone and a new one is opened.
+    async def scenario() -> None:
+        first = PresenceServer()
+        await asyncio.to_thread(first.start)
+        second: PresenceServer | None = None
+        try:
+            async with client(first, transport) as c:
+                alice, _ = names()
+                pid, confirmed = await c.endpoint.publish(alice, pidf(alice, "before"))
+                # The loop keeps running while the server stops and starts, as
+                # it would in the adapter: the endpoint sees the TCP close.
+                await asyncio.to_thread(first.stop)
+                monkeypatch.setattr("tests.presence_server.free_port", lambda _: first.port)
+                second = PresenceServer()
+                await asyncio.to_thread(second.start)
+                assert second.port == first.port
+
+                recovered = await c.endpoint.modify(pid, pidf(alice, "after"))
+                assert recovered.etag != confirmed.etag
+                assert c.statuses("PUBLISH") == [200, 412, 200]
+                assert not c.events.of(PublicationFailed)
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
 
     run(scenario())
 
@@ -418,9 +476,7 @@ def test_watcher_is_pending_until_allowed_then_active_with_the_pidf(
             ep = c.endpoint
             await ep.publish(alice, pidf(alice, "visible"))
             sid = await ep.subscribe(bob, alice)
-            accepted = await c.events.wait(
-                SubscriptionAccepted, lambda e: e.subscription_id == sid
-            )
+            accepted = await c.events.wait(SubscriptionAccepted, lambda e: e.subscription_id == sid)
             assert accepted.expires > 0
 
             pending = await c.events.wait(NotifyReceived, lambda n: n.subscription_id == sid)
@@ -456,9 +512,7 @@ def test_winfo_subscription_lists_the_pending_watcher(
     run(scenario())
 
 
-def test_block_rule_rejects_the_watcher(
-    presence_server: PresenceServer, transport: str
-) -> None:
+def test_block_rule_rejects_the_watcher(presence_server: PresenceServer, transport: str) -> None:
     async def scenario() -> None:
         alice, bob = names()
         async with client(presence_server, transport) as c:
@@ -467,9 +521,7 @@ def test_block_rule_rejects_the_watcher(
             await c.events.notify(sid, "pending")
 
             await put_rules(presence_server, alice, bob, "block")
-            ended = await c.events.wait(
-                SubscriptionTerminated, lambda e: e.subscription_id == sid
-            )
+            ended = await c.events.wait(SubscriptionTerminated, lambda e: e.subscription_id == sid)
             assert ended.reason == "rejected"
             assert ep.ua.subscription(sid) is None
 
@@ -478,7 +530,9 @@ def test_block_rule_rejects_the_watcher(
 
 async def subscribe_winfo(ep: SipEndpoint, presentity: SipURI) -> int:
     return await ep.subscribe(
-        presentity, presentity, event="presence.winfo",
+        presentity,
+        presentity,
+        event="presence.winfo",
         accept=("application/watcherinfo+xml",),
     )
 
@@ -501,9 +555,7 @@ def test_unsubscribe_ends_the_subscription_and_the_watcher_leaves_winfo(
             await c.events.notify(sid, "active", has_note("here"))
 
             await ep.unsubscribe(sid)
-            ended = await c.events.wait(
-                SubscriptionTerminated, lambda e: e.subscription_id == sid
-            )
+            ended = await c.events.wait(SubscriptionTerminated, lambda e: e.subscription_id == sid)
             assert ended.reason == "unsubscribed"
             assert ep.ua.subscription(sid) is None
             # The winfo subscriber is told the watcher left ...
@@ -531,9 +583,7 @@ def test_a_pending_watcher_that_unsubscribes_stays_listed_as_waiting(
             await c.events.notify(sid, "pending")
 
             await ep.unsubscribe(sid)
-            ended = await c.events.wait(
-                SubscriptionTerminated, lambda e: e.subscription_id == sid
-            )
+            ended = await c.events.wait(SubscriptionTerminated, lambda e: e.subscription_id == sid)
             assert ended.reason == "unsubscribed"
 
             wid = await subscribe_winfo(ep, alice)
@@ -549,16 +599,16 @@ def test_a_pending_watcher_that_unsubscribes_stays_listed_as_waiting(
 def raw_request(c: Client, template: str, transport: str, **values: object) -> int:
     """Send one request straight to the endpoint; the status of its answer."""
     values.update(
-        endpoint=f"{c.server.host}:{c.port}", token=new_token(), tag=new_token(),
+        endpoint=f"{c.server.host}:{c.port}",
+        token=new_token(),
+        tag=new_token(),
         call_id=(call_id := new_token()),
     )
     if transport == "udp":
         with SipPeer((c.server.host, c.port)) as peer:
-            peer.send_request(template, transport="UDP", **values)
+            peer.send_request(template, b"", transport="UDP", **values)
             return peer.wait_for(lambda m: m.is_response and m.call_id == call_id).status
-    request = format_request(
-        template, transport="TCP", local=f"{c.server.host}:9", **values
-    )
+    request = format_request(template, b"", transport="TCP", local=f"{c.server.host}:9", **values)
     return exchange_tcp((c.server.host, c.port), request).status
 
 
@@ -575,9 +625,7 @@ def test_notify_for_an_unknown_dialog_gets_481(
     run(scenario())
 
 
-def test_options_to_the_endpoint_gets_200(
-    presence_server: PresenceServer, transport: str
-) -> None:
+def test_options_to_the_endpoint_gets_200(presence_server: PresenceServer, transport: str) -> None:
     async def scenario() -> None:
         async with client(presence_server, transport) as c:
             assert await asyncio.to_thread(raw_request, c, RAW_OPTIONS, transport) == 200
