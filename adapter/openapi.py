@@ -56,10 +56,6 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _alternation(values: list[str]) -> str:
-    return "(" + "|".join(values) + ")"
-
-
 def _quoted(schema: Schema, pattern: str, what: str) -> Schema:
     """A scalar the spec's samples quote: the JSON type, or a string spelling it."""
     return {"anyOf": [schema, {"type": "string", "pattern": pattern}], "description": what}
@@ -77,11 +73,7 @@ COUNT = _quoted({"type": "integer", "minimum": 0}, "^[0-9]+$", "A non-negative i
 def schemas() -> dict[str, Schema]:
     """The components/schemas of the document (JSON Schema 2020-12)."""
     out: dict[str, Schema] = {
-        cls.__name__: {
-            "type": "string",
-            "enum": [member.value for member in cls],
-            "description": doc,
-        }
+        cls.__name__: {"type": "string", "enum": [m.value for m in cls], "description": doc}
         for cls, doc in (
             (AttributeType, "A presence attribute (unionElement, presenceAttribute)."),
             (Activity, "ActivityNone: not set; ActivityOther: any activity not listed."),
@@ -91,43 +83,28 @@ def schemas() -> dict[str, Schema]:
             (MeansType, "The kind of contact client of a means of communication."),
         )
     }
-    out["Attributes"] = {
-        "type": "array",
-        "items": ref("AttributeType"),
-        "description": "Presence attributes; an empty array (or none) means all of them.",
-    }
-    out["Means"] = {
-        "type": "object",
-        "required": ["contact", "priority", "type"],
-        "properties": {
-            "contact": URI,
-            # PIDF carries it as a qvalue (RFC 3261 §25.1: "0" [ "." 0*3DIGIT ] /
-            # "1" [ "." 0*3("0") ]), so more than three decimals are refused.
-            "priority": _quoted(
-                {"type": "number", "minimum": 0.0, "maximum": 1.0},
-                r"^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$",
-                "0.0 (lowest) to 1.0 (highest), at most three decimals.",
-            ),
-            "type": ref("MeansType"),
-        },
-    }
-    out["Communication"] = {
-        "type": "object",
-        "required": ["means"],
-        "properties": {"means": {"type": "array", "minItems": 1, "items": ref("Means")}},
-    }
-    out["Other"] = {
-        "type": "object",
-        "required": ["name", "value"],
-        "properties": {"name": {"type": "string", "minLength": 1}, "value": {"type": "string"}},
-        "description": "Arbitrary name/value information.",
-    }
+    out["Attributes"] = _array(
+        ref("AttributeType"), description="An empty array (or none) means all attributes."
+    )
+    out["Means"] = _object(
+        contact=URI,
+        # PIDF carries it as a qvalue (RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] )
+        # / ( "1" [ "." 0*3("0") ] )), so pidf.model refuses more than three decimals.
+        priority=_quoted(
+            {"type": "number", "minimum": 0.0, "maximum": 1.0},
+            r"^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$",
+            "0.0 (lowest) to 1.0 (highest), at most three decimals.",
+        ),
+        type=ref("MeansType"),
+    )
+    out["Communication"] = _object(means=_array(ref("Means"), minItems=1))
+    out["Other"] = _object(name=_string(minLength=1), value=_string())
     # The member carrying each union element is the element's name in lower case,
-    # and it must be the only one present (pidf.model rejects a second member).
+    # and it must be the only one present (pidf.model refuses a second member).
     members = {kind: kind.value.lower() for kind in AttributeType}
     out["TypeAndValue"] = {
         "type": "object",
-        "description": "One presence value: unionElement names which member carries it.",
+        "description": "One presence value: unionElement names the member that carries it.",
         "oneOf": [
             {
                 "required": ["unionElement", member],
@@ -137,52 +114,40 @@ def schemas() -> dict[str, Schema]:
             for kind, member in members.items()
         ],
     }
-    out["PresenceAttribute"] = {
-        "type": "object",
-        "required": ["typeAndValue"],
-        "properties": {
-            "lastChange": {
-                "type": "string",
-                "format": "date-time",
-                "description": "ISO 8601 extended; without an offset it is taken as UTC.",
-            },
-            "typeAndValue": ref("TypeAndValue"),
-            "note": {"type": "string", "description": "An explanatory note."},
-        },
-    }
-    out["PublishRequest"] = _object(
-        presence={"type": "array", "minItems": 1, "items": ref("PresenceAttribute")}
+    out["PresenceAttribute"] = _object(
+        optional=("lastChange", "note"),
+        lastChange=_string(
+            format="date-time", description="ISO 8601 extended; no offset means UTC."
+        ),
+        typeAndValue=ref("TypeAndValue"),
+        note=_string(description="An explanatory note."),
     )
-    out["PresenceResult"] = _object(
-        result={"type": "array", "items": ref("PresenceAttribute")}
-    )
+    out["PublishRequest"] = _object(presence=_array(ref("PresenceAttribute"), minItems=1))
+    out["PresenceResult"] = _object(result=_array(ref("PresenceAttribute")))
+    application = _string(description="A descriptive name; informational only.")
     out["OpenSubscription"] = _object(
         optional=("application", "attributes"),
-        application={"type": "string", "description": "Informational only."},
+        application=application,
         attributes=ref("Attributes"),
         watcher=URI,
     )
-    out["OpenSubscriptionsResult"] = _object(
-        result={"type": "array", "items": ref("OpenSubscription")}
-    )
-    out["UriResult"] = _object(result={"type": "array", "items": URI})
+    out["OpenSubscriptionsResult"] = _object(result=_array(ref("OpenSubscription")))
+    out["UriResult"] = _object(result=_array(URI))
     out["Decision"] = _object(presenceAttribute=ref("AttributeType"), decision=BOOLEAN)
     out["UpdateAuthorizationRequest"] = _object(
-        watcher=URI, decisions={"type": "array", "minItems": 1, "items": ref("Decision")}
+        watcher=URI, decisions=_array(ref("Decision"), minItems=1)
     )
     out["Reference"] = _object(
         optional=("interfaceName",),
-        correlator={"type": "string", "minLength": 1},
-        endpoint={
-            "type": "string",
-            "pattern": "^/",
-            "description": "A Bayeux channel: /bayeux/<appInstanceID> or a channel below it.",
-        },
-        interfaceName={"type": "string", "description": "Identifies the notification."},
+        correlator=_string(minLength=1),
+        endpoint=_string(
+            pattern="^/", description="A Bayeux channel: /bayeux/<account id> or below it."
+        ),
+        interfaceName=_string(description="Identifies the kind of notification."),
     )
     out["SubscribePresenceRequest"] = _object(
         optional=("application", "attributes"),
-        application={"type": "string", "description": "Informational only."},
+        application=application,
         presentity=URI,
         attributes=ref("Attributes"),
         reference=ref("Reference"),
@@ -190,23 +155,19 @@ def schemas() -> dict[str, Schema]:
     out["UserPresenceQuery"] = _object(
         optional=("attributes",), presentity=URI, attributes=ref("Attributes")
     )
-    out["TimeMetric"] = _object(
-        metric={"type": "string", "enum": list(METRICS)},
-        units=COUNT,
-    )
-    criterion = _alternation([c.value for c in Criterion])
+    out["TimeMetric"] = _object(metric=_string(enum=list(METRICS)), units=COUNT)
+    criteria = [c.value for c in Criterion]
+    one = "(" + "|".join(criteria) + ")"
     out["StartNotificationRequest"] = _object(
-        optional=(
-            "checkImmediate", "criteria", "frequency", "attributes", "count", "duration"
-        ),
+        optional=("checkImmediate", "criteria", "frequency", "attributes", "count", "duration"),
         presentity=URI,
         checkImmediate=BOOLEAN,
         criteria={
             "anyOf": [
-                {"type": "array", "items": {"enum": [c.value for c in Criterion]}},
-                {"type": "string", "pattern": rf"^(\s*{criterion}\s*(,\s*{criterion}\s*)*)?$"},
+                _array(_string(enum=criteria)),
+                _string(pattern=rf"^(\s*{one}\s*(,\s*{one}\s*)*)?$"),
             ],
-            "description": "Notify only these state changes; comma-separated in a string.",
+            "description": "Notify only these changes; in a string, comma-separated.",
         },
         frequency=ref("TimeMetric"),
         reference=ref("Reference"),
@@ -216,36 +177,38 @@ def schemas() -> dict[str, Schema]:
     )
     out["StatusChanged"] = _wrapped(
         "statusChanged",
-        correlator={"type": "string"},
+        correlator=_string(),
         presentity=URI,
-        changedAttributes={"type": "array", "items": ref("PresenceAttribute")},
+        changedAttributes=_array(ref("PresenceAttribute")),
     )
-    out["StatusEnd"] = _wrapped("statusEnd", correlator={"type": "string"})
+    out["StatusEnd"] = _wrapped("statusEnd", correlator=_string())
     out["NotifySubscription"] = _wrapped(
         "notifySubscription",
         presentity=URI,
-        decisions={
-            "type": "array",
-            "items": _object(presenceAttribute=ref("AttributeType"), decision={"type": "boolean"}),
-        },
+        decisions=_array(
+            _object(presenceAttribute=ref("AttributeType"), decision={"type": "boolean"})
+        ),
     )
     out["SubscriptionEnded"] = _wrapped(
-        "subscriptionEnded",
-        presentity=URI,
-        reason={"type": "string", "examples": ["Blocked", "Timeout"]},
+        "subscriptionEnded", presentity=URI, reason=_string(examples=["Blocked", "Timeout"])
     )
     fault = _object(
-        messageId={"type": "string", "enum": [code.message_id for code in FaultCode]},
-        text={"type": "string", "description": "%1, %2 stand for the variables."},
-        variables={"type": "array", "items": {"type": "string"}},
+        messageId=_string(enum=[code.message_id for code in FaultCode]),
+        text=_string(description="%1, %2 … stand for the variables, in order."),
+        variables=_array(_string()),
     )
     out["RequestError"] = _object(
-        requestError={
-            "type": "object",
-            "oneOf": [_object(serviceException=fault), _object(policyException=fault)],
-        }
+        requestError={"oneOf": [_object(serviceException=fault), _object(policyException=fault)]}
     )
     return out
+
+
+def _string(**keywords: Any) -> Schema:
+    return {"type": "string", **keywords}
+
+
+def _array(items: Schema, **keywords: Any) -> Schema:
+    return {"type": "array", "items": items, **keywords}
 
 
 def _object(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
@@ -324,18 +287,28 @@ AUTH_FAULTS = (
         PolicyError.policy_error("account alice-app may not act as sip:carol@example.com"),
         f"{IDENTITY_HEADER} names an address the account does not hold.",
     ),
+    Fault(ServiceError.service_error("internal error", status=500),
+          "An unexpected failure of the adapter (logged there, never shown)."),
 )
 BAD_INPUT = Fault(ServiceError.invalid_input("presentity"), "A member is missing or invalid.")
-SIP_FAILED = Fault(
-    ServiceError.service_error("presence server: 500 Server Internal Error", status=502),
-    "The presence server refused the request (504 when it did not answer).",
+SIP_FAILED = (
+    Fault(ServiceError.service_error("presence server: 500 Server Internal Error", status=502),
+          "The presence server refused the request."),
+    Fault(ServiceError.service_error("presence server: timed out", status=504),
+          "The presence server did not answer."),
 )
-XCAP_FAILED = Fault(
-    ServiceError.service_error("presence rules: 503 Service Unavailable", status=502),
-    "The presence rules could not be written (504 when the server did not answer).",
+XCAP_FAILED = (
+    Fault(ServiceError.service_error("presence rules: 503 Service Unavailable", status=502),
+          "The presence rules could not be read or written."),
+    Fault(ServiceError.service_error("presence rules: timed out", status=504),
+          "The XCAP server did not answer."),
 )
 NO_SUBSCRIPTION = Fault(
     ServiceError.invalid_input("presentity", status=404), "No subscription to that presentity."
+)
+ENDPOINT_REFUSED = Fault(
+    PolicyError.policy_error("reference.endpoint must be /bayeux/bob-app or below it"),
+    "reference.endpoint is not a channel of the calling application.",
 )
 UNKNOWN_WATCHER = Fault(
     ServiceError.invalid_input("watcher", status=404), "That watcher never asked to subscribe."
@@ -384,7 +357,7 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("presence[0].typeAndValue.activity"),
                       "The presence array is missing, empty or holds an invalid value."),
-                SIP_FAILED),
+                *SIP_FAILED),
     ),
     Operation(
         "getOpenSubscriptions", "Get Open Subscriptions", "presentity", "GET", SUBSCRIPTION_BOTH,
@@ -395,7 +368,7 @@ OPERATIONS: tuple[Operation, ...] = (
             {"application": "Team board", "attributes": ["Activity", "Place"], "watcher": BOB}
         ]}),),
         faults=(Fault(ServiceError.invalid_input_values("status", ["open"]),
-                      "status has another value."), SIP_FAILED),
+                      "status has another value."), *SIP_FAILED),
     ),
     Operation(
         "getMyWatchers", "Get My Watchers", "presentity", "GET", SUBSCRIPTION_BOTH,
@@ -404,7 +377,7 @@ OPERATIONS: tuple[Operation, ...] = (
                       {"type": "string", "enum": ["watcher"]}, required=True),),
         replies=(Reply(200, "The current watchers.", "UriResult", {"result": [BOB]}),),
         faults=(Fault(ServiceError.invalid_input_values("filter", ["watcher"]),
-                      "filter has another value."), SIP_FAILED),
+                      "filter has another value."), *SIP_FAILED),
     ),
     Operation(
         "updateSubscriptionAuthorization", "Update Subscription Authorization", "presentity",
@@ -415,7 +388,7 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("decisions[0].presenceAttribute"),
                       "watcher or decisions missing or invalid, or an attribute repeated."),
-                UNKNOWN_WATCHER, XCAP_FAILED),
+                UNKNOWN_WATCHER, *XCAP_FAILED),
     ),
     Operation(
         "blockSubscription", "Block Subscription", "presentity", "DELETE",
@@ -423,7 +396,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked).",
         params=(Param("watcher", "path", "The watcher's URI, percent-encoded.", URI,
                       required=True),),
-        replies=(NO_CONTENT,), faults=(UNKNOWN_WATCHER, XCAP_FAILED),
+        replies=(NO_CONTENT,), faults=(UNKNOWN_WATCHER, *XCAP_FAILED),
     ),
     Operation(
         "subscribePresence", "Subscribe Presence", "watcher", "POST", SUBSCRIPTION_BOTH,
@@ -434,11 +407,7 @@ OPERATIONS: tuple[Operation, ...] = (
         body_example={"application": "Team board", "presentity": ALICE,
                       "attributes": ["Activity", "Place"], "reference": REFERENCE},
         replies=(NO_CONTENT,),
-        faults=(BAD_INPUT,
-                Fault(PolicyError.policy_error("reference.endpoint must be /bayeux/bob-app "
-                                               "or below it"),
-                      "reference.endpoint is not a channel of the calling application."),
-                SIP_FAILED),
+        faults=(BAD_INPUT, ENDPOINT_REFUSED, *SIP_FAILED),
         notifications=("notifySubscription", "subscriptionEnded"),
     ),
     Operation(
@@ -482,14 +451,19 @@ OPERATIONS: tuple[Operation, ...] = (
                        headers=(("Location", "The Bayeux server URL, e.g. "
                                  "http://127.0.0.1:8080/cometd"),)),),
         faults=(BAD_INPUT,
+                Fault(ServiceError.invalid_input_values("frequency.metric", list(METRICS)),
+                      "A metric or a criterion that does not exist."),
                 Fault(ServiceError.duplicate_correlator("board-7", "reference.correlator"),
                       "The correlator is already in use by this application."),
+                ENDPOINT_REFUSED,
+                Fault(PolicyError.policy_error("duration longer than 86400 s is not allowed"),
+                      "duration beyond the configured maximum."),
                 Fault(PolicyError.unlimited_notifications(),
                       "count 0 while the configuration forbids unlimited notifications."),
                 Fault(PolicyError.too_many_notifications(),
                       "count above the configured maximum."),
                 Fault(PolicyError.invalid_frequency(), "frequency below the configured minimum."),
-                SIP_FAILED),
+                *SIP_FAILED),
         notifications=("statusChanged", "statusEnd", "subscriptionEnded"),
     ),
     Operation(
@@ -616,13 +590,14 @@ def _openapi_operation(endpoint: Endpoint) -> Schema:
             media: Schema = {}
             refs = [ref(r.schema) for _, r in typed if r.schema]
             if refs:
-                media["schema"] = refs[0] if len(refs) == 1 else {"oneOf": refs}
+                # anyOf: an empty result is both an OpenSubscriptionsResult and a UriResult.
+                media["schema"] = refs[0] if len(refs) == 1 else {"anyOf": refs}
             examples = [(op.id, r.example) for op, r in typed if r.example is not None]
             if examples:
                 media["examples"] = _example_map(examples)
             response["content"] = {typed[0][1].media: media}
         responses[str(status)] = response
-    faults = [f for op in ops for f in op.all_faults()]
+    faults = list(dict.fromkeys(f for op in ops for f in op.all_faults()))
     for status in sorted({f.error.status for f in faults}):
         same = [f for f in faults if f.error.status == status]
         responses[str(status)] = {
@@ -705,7 +680,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;t
 
 
 def _e(text: object) -> str:
-    return html.escape(str(text))
+    return html.escape(str(text), quote=False)  # text only; attribute values are our ids
 
 
 def _json(value: Any) -> str:
