@@ -24,7 +24,8 @@ class BayeuxListener:
     A real third-party Bayeux client, run by node in its own process: it
     handshakes with the account's credentials, subscribes to
     ``/bayeux/<account>/**`` with the ack extension and reports every message.
-    ``messages`` holds what arrived, in order, as ``{"channel", "data"}``.
+    ``messages`` holds what arrived, in order, as ``{"channel", "data", "at"}``
+    (``at``: ``time.monotonic()`` when the line was read).
     """
 
     def __init__(self, url: str, user: str, password: str, transport: str | None = None) -> None:
@@ -57,7 +58,9 @@ class BayeuxListener:
                 if event["event"] == "subscribed":
                     self._subscribed = True
                 elif event["event"] == "message":
-                    self.messages.append({"channel": event["channel"], "data": event["data"]})
+                    self.messages.append(
+                        {"channel": event["channel"], "data": event["data"], "at": time.monotonic()}
+                    )
                 else:
                     self.errors.append(str(event.get("error")))
                 self._changed.notify_all()

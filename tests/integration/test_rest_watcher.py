@@ -1,0 +1,387 @@
+"""The watcher side of the REST API end to end: HTTP, a real Bayeux client, the real Kamailio.
+
+One adapter process (``presence-adapter serve``) against the session's
+presence server, with two applications: ``alice-app`` acting as presentities
+and ``bob-app`` as watchers.  Each test uses SIP addresses of its own (the
+account holds several; the ``X-Presence-Identity`` header picks one) and
+Bayeux channels and correlators of its own, so the tests share the adapter
+without seeing each other.  Notifications are received by the CometD
+JavaScript client (tests/interop/cometd_listen.mjs) subscribed to
+``/bayeux/bob-app/**``; tests wait for them with timeouts and use later
+messages as barriers instead of sleeping.
+
+The adapter runs with notification limits (``[notifications]``), so every
+Start Presence Notification here gives a ``count``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.presence_server import PresenceServer, free_port
+from tests.rawsip import new_token
+
+pytestmark = pytest.mark.integration
+
+RUN = new_token()[:8]
+PASSWORD = "secret"
+SCENARIOS = (
+    "main", "duration", "end", "ending", "criteria", "privacy", "sipuser", "errors", "own-end"
+)
+MIN_FREQUENCY = 0.1
+MAX_DURATION = 600
+
+
+def alice(scenario: str) -> str:
+    return f"sip:alice-{scenario}-{RUN}@example.com"
+
+
+def bob(scenario: str) -> str:
+    return f"sip:bob-{scenario}-{RUN}@example.com"
+
+
+CONFIG = """\
+[http]
+host = "127.0.0.1"
+port = {http_port}
+
+[sip]
+server = "{sip_server}"
+listen = "127.0.0.1:{sip_port}"
+transport = "udp"
+
+[xcap]
+root = "{xcap_root}"
+
+[store]
+path = "{store}"
+
+[notifications]
+min_frequency = {min_frequency}
+max_duration = {max_duration}
+allow_unlimited_count = false
+
+[[accounts]]
+id = "alice-app"
+password = "{password}"
+addresses = {alices}
+
+[[accounts]]
+id = "bob-app"
+password = "{password}"
+addresses = {bobs}
+"""
+
+
+@dataclass
+class Adapter:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def adapter(
+    presence_server: PresenceServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Adapter]:
+    directory = tmp_path_factory.mktemp("adapter")
+    http_port = free_port("127.0.0.1")
+    config = directory / "adapter.toml"
+    config.write_text(
+        CONFIG.format(
+            http_port=http_port,
+            sip_server=presence_server.sip_uri,
+            sip_port=free_port("127.0.0.1"),
+            xcap_root=presence_server.xcap_root,
+            store=directory / "adapter.sqlite",
+            min_frequency=MIN_FREQUENCY,
+            max_duration=MAX_DURATION,
+            password=PASSWORD,
+            alices=json.dumps([alice(s) for s in SCENARIOS]),
+            bobs=json.dumps([bob(s) for s in SCENARIOS]),
+        )
+    )
+    log = (directory / "adapter.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapter", "serve", "--config", str(config), "--log-level", "info"],
+        cwd=directory,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError((directory / "adapter.log").read_text())
+        time.sleep(0.05)
+    try:
+        yield Adapter(url, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+# -- the applications' side -----------------------------------------------------
+
+
+def activity(value: str) -> dict[str, Any]:
+    return {"typeAndValue": {"unionElement": "Activity", "activity": value}}
+
+
+def place(value: str) -> dict[str, Any]:
+    return {"typeAndValue": {"unionElement": "Place", "place": value}}
+
+
+def privacy(value: str) -> dict[str, Any]:
+    return {"typeAndValue": {"unionElement": "Privacy", "privacy": value}}
+
+
+def values(attributes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The typeAndValues of a result or changedAttributes list, in a stable order."""
+    return sorted((a["typeAndValue"] for a in attributes), key=lambda t: t["unionElement"])
+
+
+def typed(*items: dict[str, Any]) -> list[dict[str, Any]]:
+    return values(list(items))
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
+
+
+def error_id(response: httpx.Response) -> str:
+    """The messageId of a requestError body."""
+    (exception,) = response.json()["requestError"].values()
+    return str(exception["messageId"])
+
+
+class App:
+    """One application account acting as one of its SIP addresses."""
+
+    def __init__(self, adapter: Adapter, account: str, address: str) -> None:
+        self.address = address
+        self.account = account
+        self.http = httpx.Client(
+            base_url=adapter.url,
+            auth=(account, PASSWORD),
+            headers={"X-Presence-Identity": address},
+            timeout=10,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    # presentity side
+
+    def publish(self, *attributes: dict[str, Any]) -> None:
+        response = self.http.post("/rest/presence", json={"presence": list(attributes)})
+        assert response.status_code == 204, response.text
+
+    def open_subscriptions(self) -> list[dict[str, Any]]:
+        response = self.http.get("/rest/presence/subscription", params={"status": "open"})
+        assert response.status_code == 200, response.text
+        return list(response.json()["result"])
+
+    def authorize(self, watcher: str, **decisions: bool) -> None:
+        body = {
+            "watcher": watcher,
+            "decisions": [
+                {"presenceAttribute": kind, "decision": granted}
+                for kind, granted in decisions.items()
+            ],
+        }
+        response = self.http.put("/rest/presence/subscription", json=body)
+        assert response.status_code == 204, response.text
+
+    def authorize_when_asked(self, watcher: str, **decisions: bool) -> None:
+        eventually(
+            lambda: any(s["watcher"] == watcher for s in self.open_subscriptions()),
+            what=f"{watcher} among the open subscriptions",
+        )
+        self.authorize(watcher, **decisions)
+
+    # watcher side
+
+    def channel(self, name: str) -> str:
+        return f"/bayeux/{self.account}/{name}"
+
+    def subscribe(
+        self, presentity: str, attributes: list[str], correlator: str, endpoint: str,
+        application: str = "presence test",
+    ) -> httpx.Response:
+        return self.http.post(
+            "/rest/presence/subscription",
+            json={
+                "application": application,
+                "presentity": presentity,
+                "attributes": attributes,
+                "reference": {
+                    "correlator": correlator,
+                    "endpoint": endpoint,
+                    "interfaceName": "PresenceNotification",
+                },
+            },
+        )
+
+    def start(
+        self, presentity: str, correlator: str, endpoint: str, **fields: Any
+    ) -> httpx.Response:
+        body = {
+            "presentity": presentity,
+            "reference": {"correlator": correlator, "endpoint": endpoint},
+            **fields,
+        }
+        return self.http.post("/rest/presence/notification", json=body)
+
+    def end(self, correlator: str) -> httpx.Response:
+        return self.http.delete(f"/rest/presence/notification/{correlator}")
+
+    def presence(self, presentity: str, attributes: list[str] | None = None) -> httpx.Response:
+        query = {"presentity": presentity, "attributes": attributes or []}
+        return self.http.get("/rest/presence", params={"query": json.dumps(query)})
+
+    def seen(self, presentity: str, attributes: list[str] | None = None) -> list[dict[str, Any]]:
+        response = self.presence(presentity, attributes)
+        assert response.status_code == 200, response.text
+        return values(response.json()["result"])
+
+
+@pytest.fixture
+def apps(adapter: Adapter) -> Iterator[Callable[[str], tuple[App, App]]]:
+    """``apps(scenario)`` → (alice-app as that scenario's presentity, bob-app as its watcher)."""
+    made: list[App] = []
+
+    def make(scenario: str) -> tuple[App, App]:
+        pair = App(adapter, "alice-app", alice(scenario)), App(adapter, "bob-app", bob(scenario))
+        made.extend(pair)
+        return pair
+
+    yield make
+    for app in made:
+        app.close()
+
+
+@pytest.fixture
+def bob_channels(adapter: Adapter, bayeux_listener: Callable[..., Any]) -> Any:
+    """The CometD client on bob-app's channels."""
+    return bayeux_listener(adapter.url + "/cometd", "bob-app", PASSWORD)
+
+
+def on(channel: str, kind: str, correlator: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: a ``kind`` message (statusChanged…) on ``channel`` (for ``correlator``)."""
+
+    def matches(message: dict[str, Any]) -> bool:
+        if message["channel"] != channel or kind not in message["data"]:
+            return False
+        return correlator is None or message["data"][kind].get("correlator") == correlator
+
+    return matches
+
+
+def changed(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return values(message["data"]["statusChanged"]["changedAttributes"])
+
+
+# -- the issue's scenario ----------------------------------------------------------
+
+
+def test_subscribe_authorize_notify_coalesce_count_and_block(apps, bob_channels) -> None:
+    a, b = apps("main")
+    subscription = b.channel("main/subscription")
+    notifications = b.channel("main/notifications")
+
+    response = b.subscribe(a.address, ["Activity", "Place"], "main-sub", subscription,
+                           application="Bob's buddy list")
+    assert response.status_code == 204, response.text
+
+    a.authorize_when_asked(b.address, Activity=True, Place=True)
+    assert {"application": "Bob's buddy list", "attributes": ["Activity", "Place"],
+            "watcher": b.address} not in a.open_subscriptions()  # decided now
+    (granted,) = bob_channels.wait_for(on(subscription, "notifySubscription"))
+    assert granted["data"] == {
+        "notifySubscription": {
+            "presentity": a.address,
+            "decisions": [
+                {"presenceAttribute": "Activity", "decision": True},
+                {"presenceAttribute": "Place", "decision": True},
+            ],
+        }
+    }
+
+    a.publish(activity("Busy"), place("Office"), privacy("PrivacyQuiet"))
+    # Privacy was published but not granted: only Activity and Place.
+    expected = typed(activity("Busy"), place("Office"))
+    eventually(lambda: b.seen(a.address) == expected, what="Busy at the Office")
+
+    response = b.start(a.address, "main-n", notifications, checkImmediate=True,
+                       frequency={"metric": "Second", "units": 1}, count=3)
+    assert response.status_code == 201, response.text
+    assert response.headers["Location"] == b.http.base_url.join("/cometd").__str__()
+    assert response.json() == {"result": []}
+    status = on(notifications, "statusChanged", "main-n")
+    (first,) = bob_channels.wait_for(status)
+    assert first["data"]["statusChanged"]["presentity"] == a.address
+    assert changed(first) == expected
+
+    # Five changes well inside the 1 s interval that checkImmediate started:
+    # one notification, at the interval's end, carrying the last state.
+    burst = time.monotonic()
+    for value in ("Away", "Meal", "Meeting", "OnThePhone", "Travel"):
+        a.publish(activity(value))
+    assert time.monotonic() - burst < 0.8, "the burst must fit in one frequency interval"
+    first_two = bob_channels.wait_for(status, count=2)
+    assert changed(first_two[1]) == typed(activity("Travel"))
+    assert first_two[1]["at"] - first["at"] > 0.8  # frequency: 1 s between notifications
+
+    a.publish(activity("Sleeping"))
+    third = bob_channels.wait_for(status, count=3)[2]
+    assert changed(third) == typed(activity("Sleeping"))
+    assert third["at"] - first_two[1]["at"] > 0.8
+    (end,) = bob_channels.wait_for(on(notifications, "statusEnd", "main-n"))
+    assert end["data"] == {"statusEnd": {"correlator": "main-n"}}
+
+    a.publish(activity("Holiday"))  # after count: notified to nobody
+    eventually(lambda: b.seen(a.address, ["Activity"]) == typed(activity("Holiday")),
+               what="Holiday")
+
+    response = a.http.delete(f"/rest/presence/subscription/{b.address}")
+    assert response.status_code == 204, response.text
+    (ended,) = bob_channels.wait_for(on(subscription, "subscriptionEnded"))
+    assert ended["data"] == {
+        "subscriptionEnded": {"presentity": a.address, "reason": "Blocked"}
+    }
+    assert len(bob_channels.matching(status)) == 3
+    response = b.presence(a.address)
+    assert (response.status_code, error_id(response)) == (403, "POL0002")
+    everything = json.dumps(bob_channels.matching(lambda m: "main" in m["channel"]))
+    assert "Privacy" not in everything
+    for value in ("Away", "Meal", "Meeting", "OnThePhone", "Holiday"):
+        assert value not in everything
