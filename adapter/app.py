@@ -24,6 +24,7 @@ from adapter.bayeux.backlog import Backlog
 from adapter.config import Config
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
+from adapter.liveness import ServerLiveness
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
 from adapter.store import BacklogJournal, SqliteStore, Store
@@ -182,14 +183,23 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         xcap = XcapClient(
             config.xcap.root, username=config.xcap.username, password=config.xcap.password
         )
-        watchers = WatcherService(endpoint, xcap, hub, store=store)
+        liveness = ServerLiveness(endpoint, config.sip.keepalive)
+        timeout = config.sip.request_timeout
+        watchers = WatcherService(
+            endpoint, xcap, hub, store=store, liveness=liveness, request_timeout=timeout
+        )
         presentities = PresentityService(
             endpoint,
             xcap,
             store=store,
+            liveness=liveness,
+            request_timeout=timeout,
             directory=watchers.directory,
             rules_changed=watchers.rules_changed,
         )
+        liveness.on_resync(presentities.resync)
+        liveness.on_resync(watchers.resync)
+        liveness.start()
         # Recovery runs beside the server: requests are answered meanwhile.
         recovery = asyncio.gather(presentities.restore(), watchers.restore())
         try:
@@ -203,6 +213,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             }
         finally:
             recovery.cancel()
+            await liveness.close()
             await watchers.close()
             hub.close()
             await xcap.close()

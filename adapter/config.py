@@ -182,6 +182,11 @@ class SipConfig:
     #: Our own SIP address, bound for both UDP and TCP.
     listen: HostPort
     transport: Transport
+    #: Seconds between OPTIONS probes of the server (0: none); a server found
+    #: down and back, or restarted, makes the adapter re-create its state there.
+    keepalive: float = 5.0
+    #: Longest a REST call waits for the presence server before answering 504.
+    request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -359,7 +364,14 @@ def _read_sip(table: _Table) -> SipConfig:
     transport = table.required_string("transport")
     if transport not in TRANSPORTS:
         raise table.error("transport", f'{_show(transport)} must be "udp" or "tcp"')
-    return SipConfig(server, listen, transport)
+    timing: dict[str, float] = {}
+    for name in ("keepalive", "request_timeout"):
+        value = table.get(name, (int, float), "a number", required=False)  # type: ignore[arg-type]
+        if value is not None:
+            if value < 0 or (value == 0 and name == "request_timeout"):
+                raise table.error(name, "must be positive")
+            timing[name] = float(value)
+    return SipConfig(server, listen, transport, **timing)
 
 
 def _read_xcap(table: _Table) -> XcapConfig:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from adapter.liveness import ServerLiveness, bounded
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient
@@ -102,6 +103,8 @@ class PresentityService:
         xcap: XcapClient,
         *,
         store: Store | None = None,
+        liveness: ServerLiveness | None = None,
+        request_timeout: float = 10.0,
         directory: WatcherDirectory | None = None,
         rules_changed: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -109,6 +112,8 @@ class PresentityService:
         self._sip = sip
         self._xcap = xcap
         self._store: Store = store or MemoryStore()
+        self._liveness = liveness
+        self._timeout = request_timeout
         self._directory = directory or (lambda watcher, presentity: None)
         self._rules_changed = rules_changed or (lambda presentity: None)
         self._clock = clock
@@ -154,7 +159,36 @@ class PresentityService:
                 entry.publication_id = ua.publish(entry.aor, body, self._sip.now())
             else:
                 ua.modify(entry.publication_id, body, self._sip.now())
-            await self._sip.publication_outcome(entry.publication_id)
+            outcome = self._sip.publication_outcome(entry.publication_id)
+            await bounded(outcome, "PUBLISH", self._liveness, self._timeout)
+
+    async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
+        """The server came back or restarted: refresh every publication now.
+
+        A modify with SIP-If-Match; a server that forgot the entity tag answers
+        412 and the publication is sent afresh (RFC 3903 §6).  Watcher info
+        subscriptions are dropped and re-opened on next need.
+        """
+        entries = [e for e in self._presentities.values() if e.publication_id is not None]
+        for entry in self._presentities.values():
+            self._forget_winfo(entry)
+
+        async def start(entry: _Presentity) -> None:
+            async with entry.lock:
+                if entry.publication_id is None:
+                    return
+                body = encode(entry.attributes, entity=str(entry.aor), now=self._clock())
+                if self._sip.ua.publication(entry.publication_id) is None:
+                    entry.publication_id = self._sip.ua.publish(entry.aor, body, self._sip.now())
+                else:
+                    self._sip.ua.modify(entry.publication_id, body, self._sip.now())
+                publication_id = entry.publication_id
+            try:
+                await self._sip.publication_outcome(publication_id)
+            except RequestFailed as exc:
+                logger.info("refreshing %s after the server %s: %s", entry.aor, why, exc)
+
+        await recover("publications", entries, start, pace=pace)
 
     async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
         """Publish again what the store kept (at start, paced)."""
@@ -285,7 +319,8 @@ class PresentityService:
                 entry.winfo_id = winfo_id
                 self._by_winfo[winfo_id] = entry
                 try:
-                    await self._sip.subscription_outcome(winfo_id)
+                    outcome = self._sip.subscription_outcome(winfo_id)
+                    await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
                 except RequestFailed:
                     self._by_winfo.pop(winfo_id, None)
                     entry.winfo_id = None
@@ -322,7 +357,7 @@ class PresentityService:
     def _forget_winfo(self, entry: _Presentity) -> None:
         if entry.winfo_id is not None:
             self._by_winfo.pop(entry.winfo_id, None)
-            self._sip.ua.unsubscribe(entry.winfo_id, self._sip.now())
+            self._sip.end_subscription(entry.winfo_id)
         entry.winfo_id = None
         entry.winfo_ready.clear()
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from adapter.liveness import ServerLiveness, bounded
 from adapter.notification import (
     Delivery,
     Schedule,
@@ -135,9 +136,13 @@ class WatcherService:
         bayeux: Deliverer,
         *,
         store: Store | None = None,
+        liveness: ServerLiveness | None = None,
+        request_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store: Store = store or MemoryStore()
+        self._liveness = liveness
+        self._timeout = request_timeout
         self._sip = sip
         self._xcap = xcap
         self._bayeux = bayeux
@@ -291,11 +296,12 @@ class WatcherService:
 
     # -- SIP subscription lifecycle -----------------------------------------
 
-    async def _ensure_subscribed(self, watch: Watch) -> None:
+    async def _ensure_subscribed(self, watch: Watch, *, keep_state: bool = False) -> None:
         if watch.subscription_id is not None and watch.state in ("pending", "active"):
             return
-        watch.state = "pending"
-        watch.presence = None
+        if not keep_state:
+            watch.state = "pending"
+            watch.presence = None
         if watch.subscription_id is not None:
             self._by_subscription.pop(watch.subscription_id, None)
         # Filed before the answer: NOTIFYs may come before the 2xx.
@@ -305,16 +311,20 @@ class WatcherService:
         watch.subscription_id = subscription_id
         self._by_subscription[subscription_id] = watch
         try:
-            await self._sip.subscription_outcome(subscription_id)
+            outcome = self._sip.subscription_outcome(subscription_id)
+            await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
         except RequestFailed:
             self._by_subscription.pop(subscription_id, None)
+            self._sip.end_subscription(subscription_id)  # it may still be answered
             watch.subscription_id = None
             raise
 
     async def _end_subscription(self, watch: Watch) -> None:
         self._drop(watch)
         if watch.subscription_id is not None:
-            await self._sip.unsubscribe(watch.subscription_id)
+            # Not awaited to the end: the final NOTIFY (or its absence, when
+            # the server is down) is no concern of the REST caller.
+            self._sip.end_subscription(watch.subscription_id)
 
     def _drop(self, watch: Watch) -> None:
         watch.state = "ended"
@@ -391,6 +401,13 @@ class WatcherService:
             if delay:
                 await asyncio.sleep(delay)
             if watch.state == "ended" or not watch.needed:
+                return
+            if self._liveness is not None and not self._liveness.reachable:
+                # The server is down: nothing to count against the watch.  It
+                # stays pending and is subscribed again when the server is back
+                # (ServerLiveness -> resync).
+                watch.state = "pending"
+                watch.subscription_id = None
                 return
             watch.subscription_id = None
             try:
@@ -474,6 +491,25 @@ class WatcherService:
     def _save_schedule(self, schedule: Schedule) -> asyncio.Future[None]:
         key = _key(schedule.app_id, schedule.correlator)
         return self._store.put(SCHEDULE, key, schedule_to_record(schedule))
+
+    async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
+        """The server came back or restarted: subscribe again in new dialogs."""
+        watches = [
+            w for w in self._watches.values() if w.needed and w.state in ("pending", "active")
+        ]
+
+        async def start(watch: Watch) -> None:
+            old = watch.subscription_id
+            if old is not None:
+                self._by_subscription.pop(old, None)  # its end is no news
+                self._sip.end_subscription(old)
+                watch.subscription_id = None
+            try:
+                await self._ensure_subscribed(watch, keep_state=True)
+            except RequestFailed as exc:
+                self._spawn(self._resubscribe(watch, f"{why} ({exc})", RESUBSCRIBE_DELAYS[0]))
+
+        await recover("subscriptions", watches, start, pace=pace)
 
     async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
         """Bring back watches and schedules from the store (at start).

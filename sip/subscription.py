@@ -156,6 +156,22 @@ class Subscription:
         self._deadline_n = now + self._timer_n
         return [self._subscribe(self.requested_expires)]
 
+    def refresh(self, now: float) -> list[Action]:
+        """Refresh now (RFC 6665 §4.1.2.2), e.g. to learn whether the notifier
+        still knows the dialog: a 481 ends the subscription as "dialog-gone".
+
+        Nothing happens while the dialog is not established or a SUBSCRIBE
+        is already under way.
+        """
+        if (
+            self.state not in (SubscriptionPhase.PENDING, SubscriptionPhase.ACTIVE)
+            or self.remote_tag is None
+            or self._outstanding
+        ):
+            return []
+        self._refresh_at = None
+        return [self._subscribe(self.requested_expires)]
+
     def unsubscribe(self, now: float) -> list[Action]:
         """End the subscription: SUBSCRIBE with Expires: 0 (RFC 6665 §4.1.2.3)."""
         if self.state in (SubscriptionPhase.TERMINATED, SubscriptionPhase.UNSUBSCRIBING):

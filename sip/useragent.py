@@ -101,6 +101,10 @@ class OptionsAnswered:
     probe_id: int
     status: int
     rtt: float
+    #: The To tag the server chose.  Not a protocol promise, but Kamailio's
+    #: stateless replies carry a per-process prefix (before the "."), which
+    #: changes when the server restarts — measured, tests/data/kamailio/README.md.
+    server_tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ class _Probe:
         self.sent_at = now
 
     def receive_response(self, response: Response, now: float) -> list[UserAgentEvent]:
-        return [OptionsAnswered(self.id, response.status, now - self.sent_at)]
+        return [OptionsAnswered(self.id, response.status, now - self.sent_at, response.to.tag)]
 
     def transaction_failed(self, reason: str, now: float) -> list[UserAgentEvent]:
         return [OptionsFailed(self.id, reason)]
@@ -313,6 +317,12 @@ class UserAgent:
         self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
         self._run(subscription, subscription.start(now), now)
         return subscription.id
+
+    def refresh(self, subscription_id: int, now: float) -> None:
+        """Refresh a subscription now (RFC 6665 §4.1.2.2); unknown ids are ignored."""
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is not None:
+            self._run(subscription, subscription.refresh(now), now)
 
     def unsubscribe(self, subscription_id: int, now: float) -> None:
         """End a subscription (RFC 6665 §4.1.2.3); unknown ids are ignored."""

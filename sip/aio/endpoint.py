@@ -169,12 +169,16 @@ class SipEndpoint:
 
     async def ping(self) -> float:
         """OPTIONS to the server; the round-trip time in seconds."""
+        return (await self.probe()).rtt
+
+    async def probe(self) -> OptionsAnswered:
+        """OPTIONS to the server; its answer, or RequestFailed / RequestTimedOut."""
         probe = self.ua.options(self.now())
         event = await self._wait(_Waiter("o", probe))
         if isinstance(event, OptionsAnswered):
             if event.status >= 300:
                 raise RequestFailed("OPTIONS", event.status, "")
-            return event.rtt
+            return event
         assert isinstance(event, OptionsFailed)
         raise RequestTimedOut("OPTIONS", None, event.reason)
 
@@ -224,6 +228,33 @@ class SipEndpoint:
             if outcome.reason == "timeout":
                 raise RequestTimedOut("SUBSCRIBE", outcome.status, outcome.reason)
             raise RequestFailed("SUBSCRIBE", outcome.status, outcome.reason)
+
+    def start_subscription(
+        self,
+        subscriber: SipURI,
+        target: SipURI,
+        *,
+        event: str = "presence",
+        accept: tuple[str, ...] = ("application/pidf+xml",),
+        expires: int | None = None,
+    ) -> int:
+        """Send the initial SUBSCRIBE and return the id at once (no waiting)."""
+        subscription_id = self.ua.subscribe(
+            subscriber, target, self.now(), event=event, accept=accept, expires=expires
+        )
+        self._flush()
+        return subscription_id
+
+    def refresh_subscription(self, subscription_id: int) -> None:
+        """Send an in-dialog refresh now (a 481 to it ends the subscription)."""
+        self.ua.refresh(subscription_id, self.now())
+        self._flush()
+
+    def end_subscription(self, subscription_id: int) -> None:
+        """Start ending a subscription (Expires: 0) without waiting for the end."""
+        if self.ua.subscription(subscription_id) is not None:
+            self.ua.unsubscribe(subscription_id, self.now())
+            self._flush()
 
     async def unsubscribe(self, subscription_id: int) -> None:
         """End a subscription; returns once it is over (final NOTIFY or guard)."""

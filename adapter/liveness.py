@@ -1,0 +1,133 @@
+"""Is the presence server there, and does it still know our dialogs?
+
+Every ``keepalive`` seconds the adapter probes the server.  Two things make it
+re-create its state there — publications refreshed (a server that forgot an
+entity tag answers 412 and the publication is sent afresh, RFC 3903 §6) and
+subscriptions made again in new dialogs:
+
+* the server was unreachable (no answer to OPTIONS) and answers again;
+* the server lost its subscriptions — it restarted between two probes.  SIP
+  has no boot counter, and Kamailio's OPTIONS replies look the same after a
+  restart (its To-tag prefix is a hash of its address: measured,
+  tests/data/kamailio/README.md).  So the adapter keeps one *canary*
+  subscription of its own and refreshes it at every probe: a 481 to the
+  refresh (RFC 6665 §4.1.2.2: the notifier does not know the dialog) means
+  every other dialog is gone too.
+
+While the server is known to be down, REST calls answer 504 at once instead
+of waiting for a SIP transaction to time out (:attr:`ServerLiveness.reachable`
+and :func:`bounded`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sip import SipURI, SubscriptionTerminated, UserAgentEvent
+from sip.aio import RequestFailed, RequestTimedOut, SipEndpoint
+
+__all__ = ["CANARY_USER", "ServerLiveness", "bounded"]
+
+logger = logging.getLogger(__name__)
+
+Resync = Callable[[str], Awaitable[None]]
+T = TypeVar("T")
+
+#: The user part of the canary's address (subscriber and target alike).
+CANARY_USER = "presence-adapter-canary"
+
+
+class ServerLiveness:
+    def __init__(self, sip: SipEndpoint, interval: float) -> None:
+        self._sip = sip
+        self._interval = interval
+        self._resyncs: list[Resync] = []
+        self._task: asyncio.Task[None] | None = None
+        self._canary: int | None = None
+        self._canary_lost = False
+        self.reachable = True  # until a probe says otherwise
+        self.resyncs = 0
+        sip.add_listener(self._on_sip_event)
+
+    def on_resync(self, callback: Resync) -> None:
+        self._resyncs.append(callback)
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def check(self) -> None:
+        """One probe; re-create the server-side state if it came back or forgot us."""
+        try:
+            await asyncio.wait_for(self._sip.probe(), self._interval or 5.0)
+        except (RequestFailed, TimeoutError) as exc:
+            if self.reachable:
+                logger.warning("presence server unreachable: %s", exc or "no answer")
+            self.reachable = False
+            return
+        came_back = not self.reachable
+        self.reachable = True
+        forgot = self._canary_lost
+        if came_back or forgot:
+            why = "came back" if came_back else "lost its subscriptions (restarted?)"
+            logger.warning("presence server %s: re-creating publications and subscriptions", why)
+            self.resyncs += 1
+            self._new_canary()
+            for resync in self._resyncs:
+                await resync(why)
+        elif self._canary is None:
+            self._new_canary()
+        else:
+            self._sip.refresh_subscription(self._canary)
+
+    def _new_canary(self) -> None:
+        if self._canary is not None:
+            self._sip.end_subscription(self._canary)
+        server = self._sip.ua.server
+        uri = SipURI("sip", CANARY_USER, server.host)
+        self._canary = self._sip.start_subscription(uri, uri)
+        self._canary_lost = False
+
+    def _on_sip_event(self, event: UserAgentEvent) -> None:
+        if isinstance(event, SubscriptionTerminated) and event.subscription_id == self._canary:
+            self._canary = None
+            if event.reason != "unsubscribed":
+                logger.info("canary subscription ended: %s", event.reason)
+                self._canary_lost = True
+
+    async def _run(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self._interval)
+
+
+async def bounded(
+    outcome: Awaitable[T], what: str, liveness: ServerLiveness | None, timeout: float
+) -> T:
+    """Wait for a SIP outcome on behalf of a REST call: never longer than ``timeout``,
+    and not at all while the server is known to be down.
+
+    The SIP side goes on either way (a publication keeps retrying, a
+    subscription keeps trying): only the REST caller stops waiting.
+    """
+    if liveness is not None and not liveness.reachable:
+        if isinstance(outcome, asyncio.Future | asyncio.Task):
+            outcome.cancel()
+        elif asyncio.iscoroutine(outcome):
+            outcome.close()
+        raise RequestTimedOut(what, None, "presence server unreachable")
+    try:
+        return await asyncio.wait_for(outcome, timeout)
+    except TimeoutError:
+        raise RequestTimedOut(what, None, f"no answer within {timeout:g} s") from None
