@@ -101,10 +101,6 @@ class OptionsAnswered:
     probe_id: int
     status: int
     rtt: float
-    #: The To tag the server chose.  Not a protocol promise, but Kamailio's
-    #: stateless replies carry a per-process prefix (before the "."), which
-    #: changes when the server restarts — measured, tests/data/kamailio/README.md.
-    server_tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +143,7 @@ class _Probe:
         self.sent_at = now
 
     def receive_response(self, response: Response, now: float) -> list[UserAgentEvent]:
-        return [OptionsAnswered(self.id, response.status, now - self.sent_at, response.to.tag)]
+        return [OptionsAnswered(self.id, response.status, now - self.sent_at)]
 
     def transaction_failed(self, reason: str, now: float) -> list[UserAgentEvent]:
         return [OptionsFailed(self.id, reason)]
