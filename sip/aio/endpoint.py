@@ -17,6 +17,7 @@ the connection they came in on (RFC 3261 §18.2.2).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 from collections import defaultdict
@@ -44,6 +45,9 @@ __all__ = ["RequestFailed", "RequestTimedOut", "SipEndpoint"]
 logger = logging.getLogger(__name__)
 
 Listener = Callable[[UserAgentEvent], None]
+
+#: How often start() picks a new port when port 0's UDP port is busy for TCP.
+_BIND_ATTEMPTS = 20
 
 
 class RequestFailed(SipError):
@@ -117,18 +121,27 @@ class SipEndpoint:
     async def start(self) -> None:
         """Bind UDP and TCP on the local address (port 0 = any free port)."""
         loop = self._loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(self), local_addr=(self._host, self._port)
-        )
-        self._udp = udp
-        port = udp.get_extra_info("sockname")[1]
-        try:
-            self._tcp_server = await loop.create_server(
-                lambda: _StreamProtocol(self, None), self._host, port
+        # With port 0 the OS picks a port free for UDP only; the same number
+        # may be taken for TCP (often by some connection's ephemeral port),
+        # so pick again rather than fail.
+        attempts = _BIND_ATTEMPTS if self._port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), local_addr=(self._host, self._port)
             )
-        except OSError:
-            udp.close()
-            raise
+            port = udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp_server = await loop.create_server(
+                    lambda: _StreamProtocol(self, None), self._host, port
+                )
+            except OSError as exc:
+                udp.close()
+                if exc.errno != errno.EADDRINUSE or attempt == attempts:
+                    raise
+                logger.debug("TCP port %d is in use; choosing another", port)
+                continue
+            self._udp = udp
+            break
         self._ua = UserAgent(
             local=Destination(self._transport, self._host, port),
             server=self._server,
