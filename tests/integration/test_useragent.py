@@ -430,20 +430,24 @@ def test_modify_after_the_server_forgot_the_etag_publishes_anew(
     run(scenario())
 
 
-def test_modify_after_a_server_restart_publishes_anew(
+def test_after_a_server_restart_modify_publishes_anew_and_the_refresh_finds_no_dialog(
     transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A private server, restarted on the same port with a new directory (so a
-    # new, empty database): it has never seen our entity tag.  Over TCP the
-    # endpoint's connection to the old server is gone and a new one is opened.
+    # new, empty database): it has never seen our entity tag nor our dialog.
+    # Over TCP the endpoint's connection to the old server is gone and a new
+    # one is opened.
     async def scenario() -> None:
         first = PresenceServer()
         await asyncio.to_thread(first.start)
         second: PresenceServer | None = None
         try:
             async with client(first, transport) as c:
-                alice, _ = names()
-                pid, confirmed = await c.endpoint.publish(alice, pidf(alice, "before"))
+                ep = c.endpoint
+                alice, bob = names()
+                pid, confirmed = await ep.publish(alice, pidf(alice, "before"))
+                # Refreshed 1.5 s from now, well after the restart below.
+                sid = await ep.subscribe(bob, alice, expires=3)
                 # The loop keeps running while the server stops and starts, as
                 # it would in the adapter: the endpoint sees the TCP close.
                 await asyncio.to_thread(first.stop)
@@ -452,10 +456,17 @@ def test_modify_after_a_server_restart_publishes_anew(
                 await asyncio.to_thread(second.start)
                 assert second.port == first.port
 
-                recovered = await c.endpoint.modify(pid, pidf(alice, "after"))
+                recovered = await ep.modify(pid, pidf(alice, "after"))
                 assert recovered.etag != confirmed.etag
+                # publish, modify refused with 412, the same state published anew
                 assert c.statuses("PUBLISH") == [200, 412, 200]
                 assert not c.events.of(PublicationFailed)
+
+                # RFC 6665 §4.1.2.2: a 481 to a refresh means the dialog is gone.
+                ended = await c.events.wait(
+                    SubscriptionTerminated, lambda e: e.subscription_id == sid
+                )
+                assert (ended.reason, ended.status) == ("dialog-gone", 481)
         finally:
             first.stop()
             if second is not None:
@@ -653,5 +664,38 @@ def test_garbage_does_not_break_the_endpoint(
                 await writer.wait_closed()
             assert await ep.ping() > 0
             assert ep.dropped >= 3
+
+    run(scenario())
+
+
+def test_start_picks_another_port_when_the_udp_port_is_taken_for_tcp(
+    presence_server: PresenceServer, transport: str
+) -> None:
+    # The endpoint listens on one port number for UDP and TCP; with port 0
+    # the OS vouches only for UDP.  The first UDP bind is steered onto a port
+    # whose TCP twin is held here (the event loop is the seam).
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+            holder.bind((presence_server.host, 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            binds: list[tuple[str, int]] = []
+            create = loop.create_datagram_endpoint
+
+            async def steered(factory: Any, local_addr: tuple[str, int], **kw: Any) -> Any:
+                binds.append(local_addr)
+                if len(binds) == 1:
+                    local_addr = (local_addr[0], taken)
+                return await create(factory, local_addr=local_addr, **kw)
+
+            loop.create_datagram_endpoint = steered  # type: ignore[method-assign,assignment]
+            try:
+                async with client(presence_server, transport) as c:
+                    assert len(binds) == 2
+                    assert c.port != taken
+                    assert await c.endpoint.ping() > 0
+            finally:
+                del loop.create_datagram_endpoint
 
     run(scenario())
