@@ -1,7 +1,8 @@
 from collections.abc import Iterator
 
 import pytest
-from served_hub import ServedHub, node_available
+
+from tests.interop.served_hub import ServedHub, node_available
 
 
 @pytest.fixture

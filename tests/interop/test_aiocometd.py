@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from served_hub import ServedHub
+
+from tests.interop.served_hub import ServedHub
 
 DRIVER = Path(__file__).with_name("aiocometd_client.py")
 

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from served_hub import ServedHub, run_node
+
+from tests.interop.served_hub import ServedHub, run_node
 
 TRANSPORTS = ["long-polling", "websocket"]
 
