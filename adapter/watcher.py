@@ -44,7 +44,13 @@ from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence, decode, filter_presence
 from pidf.presrules import SubHandling
-from sip import NotifyReceived, SipURI, SubscriptionTerminated, UserAgentEvent
+from sip import (
+    NotifyReceived,
+    SipURI,
+    SubscriptionAccepted,
+    SubscriptionTerminated,
+    UserAgentEvent,
+)
 from sip.aio import RequestFailed, SipEndpoint
 from sip.timers import TimerHeap
 
@@ -149,6 +155,8 @@ class WatcherService:
         self._clock = clock
         self._watches: dict[tuple[str, str], Watch] = {}
         self._by_subscription: dict[int, Watch] = {}
+        #: Subscriptions whose initial SUBSCRIBE has no answer yet.
+        self._starting: set[int] = set()
         self._schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self._timers: TimerHeap[tuple[str, str]] = TimerHeap()
         self._timer: asyncio.TimerHandle | None = None
@@ -310,6 +318,7 @@ class WatcherService:
         )
         watch.subscription_id = subscription_id
         self._by_subscription[subscription_id] = watch
+        self._starting.add(subscription_id)
         try:
             outcome = self._sip.subscription_outcome(subscription_id)
             await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
@@ -318,6 +327,8 @@ class WatcherService:
             self._sip.end_subscription(subscription_id)  # it may still be answered
             watch.subscription_id = None
             raise
+        finally:
+            self._starting.discard(subscription_id)
 
     async def _end_subscription(self, watch: Watch) -> None:
         self._drop(watch)
@@ -339,7 +350,16 @@ class WatcherService:
             watch = self._by_subscription.get(event.subscription_id)
             if watch is not None:
                 self._spawn(self._on_notify(watch, event))
+        elif isinstance(event, SubscriptionAccepted):
+            self._starting.discard(event.subscription_id)
         elif isinstance(event, SubscriptionTerminated):
+            if event.subscription_id in self._starting:
+                # The initial SUBSCRIBE failed.  Whoever awaits its outcome gets
+                # RequestFailed and decides; re-subscribing from here as well
+                # would act behind its back (and, inside a re-subscribe loop,
+                # start one more loop per failed attempt).
+                self._starting.discard(event.subscription_id)
+                return
             watch = self._by_subscription.pop(event.subscription_id, None)
             if watch is not None and watch.subscription_id == event.subscription_id:
                 self._spawn(self._on_terminated(watch, event))

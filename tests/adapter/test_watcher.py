@@ -1,0 +1,670 @@
+"""WatcherService with fakes at its seams: the SIP endpoint, the XCAP client, Bayeux.
+
+The fake endpoint behaves as sip.aio.SipEndpoint does where it matters: every
+user-agent event reaches the listeners — including the SubscriptionTerminated
+of an initial SUBSCRIBE that was refused, which reaches them before the
+awaiting ``subscription_outcome`` raises RequestFailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from adapter import watcher as watcher_module
+from adapter.notification import Schedule
+from adapter.watcher import (
+    DuplicateCorrelator,
+    NoSubscription,
+    NotAuthorized,
+    Reference,
+    UnknownCorrelator,
+    WatcherService,
+)
+from adapter.xcap import RulesDocument, XcapError
+from pidf import (
+    Activity,
+    AttributeType,
+    Place,
+    PresenceAttribute,
+    PresRules,
+    Sphere,
+    SubHandling,
+    encode,
+)
+from sip import NotifyReceived, SubscriptionTerminated
+from sip.aio import RequestFailed
+from sip.headers import SubscriptionState
+
+ALICE = "sip:alice@example.com"
+BOB = "sip:bob@example.com"
+APP = "bob-app"
+REF_CHANNEL = f"/bayeux/{APP}/subscription"
+EPOCH = 1_700_000_000.0
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+A, P, PR, S = (AttributeType.ACTIVITY, AttributeType.PLACE, AttributeType.PRIVACY,
+               AttributeType.SPHERE)
+
+
+# -- fakes ---------------------------------------------------------------------
+
+
+class FakeUserAgent:
+    def __init__(self) -> None:
+        self.subscribed: list[tuple[str, str, int]] = []
+        self.live: set[int] = set()
+        self._next = 100
+
+    def subscribe(self, subscriber: Any, target: Any, now: float, **kwargs: Any) -> int:
+        self._next += 1
+        self.subscribed.append((str(subscriber), str(target), self._next))
+        self.live.add(self._next)
+        return self._next
+
+
+class FakeEndpoint:
+    def __init__(self) -> None:
+        self.ua = FakeUserAgent()
+        self.listeners: list[Callable[[Any], None]] = []
+        self.refuse = 0  # how many of the next initial SUBSCRIBEs are refused
+        self.unsubscribed: list[int] = []  # ended by us (Expires: 0), in order
+        self.gate: asyncio.Event | None = None  # holds the 2xx back while set
+
+    def now(self) -> float:
+        return 42.0
+
+    def add_listener(self, listener: Callable[[Any], None]) -> None:
+        self.listeners.append(listener)
+
+    def emit(self, event: Any) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    async def subscription_outcome(self, subscription_id: int) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        if self.refuse:
+            self.refuse -= 1
+            self.ua.live.discard(subscription_id)
+            self.emit(SubscriptionTerminated(subscription_id, "failed", status=403))
+            raise RequestFailed("SUBSCRIBE", 403, "Forbidden")
+
+    def end_subscription(self, subscription_id: int) -> None:
+        # As the endpoint: a subscription the user agent no longer has (a
+        # refused one) is ignored.
+        if subscription_id in self.ua.live:
+            self.ua.live.discard(subscription_id)
+            self.unsubscribed.append(subscription_id)
+            self.emit(SubscriptionTerminated(subscription_id, "unsubscribed"))
+
+    async def unsubscribe(self, subscription_id: int) -> None:
+        self.end_subscription(subscription_id)
+
+    @property
+    def last_id(self) -> int:
+        return self.ua.subscribed[-1][2]
+
+
+class FakeXcap:
+    def __init__(self) -> None:
+        self.rules = PresRules()
+        self.error: XcapError | None = None
+        self.reads = 0
+
+    async def get(self, presentity: str) -> RulesDocument:
+        assert presentity == ALICE
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return RulesDocument(self.rules, '"etag"')
+
+
+class FakeBayeux:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Any]] = []
+
+    def deliver(self, app_id: str, channel: str, data: Any) -> int:
+        self.sent.append((app_id, channel, data))
+        return 1
+
+    def kinds(self) -> list[str]:
+        return [next(iter(data)) for _, _, data in self.sent]
+
+    def take(self) -> list[tuple[str, str, Any]]:
+        out, self.sent = self.sent, []
+        return out
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = EPOCH
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    def __init__(self) -> None:
+        self.sip = FakeEndpoint()
+        self.xcap = FakeXcap()
+        self.bayeux = FakeBayeux()
+        self.clock = Clock()
+        self.service = WatcherService(
+            self.sip, self.xcap, self.bayeux, clock=self.clock  # type: ignore[arg-type]
+        )
+
+    async def subscribe(self, attributes: frozenset[AttributeType] = frozenset()) -> int:
+        await self.service.subscribe(
+            APP, BOB, ALICE, application="bob's app", attributes=attributes,
+            reference=Reference("ref-1", REF_CHANNEL, "presence"),
+        )
+        return self.sip.last_id
+
+    async def start(self, correlator: str, *, check_immediate: bool = False,
+                    **kwargs: Any) -> bool:
+        schedule = Schedule(correlator=correlator, app_id=APP,
+                            endpoint=f"/bayeux/{APP}/{correlator}", watcher=BOB,
+                            presentity=ALICE, **kwargs)
+        return await self.service.start_notification(
+            APP, BOB, ALICE, schedule, check_immediate=check_immediate
+        )
+
+    async def notify(self, state: str, *attributes: PresenceAttribute,
+                     body: bytes | None = None, subscription_id: int | None = None) -> None:
+        if body is None:
+            body = encode(attributes, entity=ALICE, now=T0) if attributes else b""
+        self.sip.emit(NotifyReceived(
+            subscription_id or self.sip.last_id, SubscriptionState.parse(state), body,
+            "application/pidf+xml" if body else None,
+        ))
+        await settle()
+
+    async def terminate(self, reason: str) -> None:
+        self.sip.ua.live.discard(self.sip.last_id)
+        self.sip.emit(SubscriptionTerminated(self.sip.last_id, reason))
+        await settle()
+
+
+async def settle() -> None:
+    """Run every task the service spawned until none is left."""
+    for _ in range(100):
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not tasks:
+            return
+        await asyncio.gather(*tasks, return_exceptions=True)
+    raise AssertionError("the watcher service keeps spawning tasks")
+
+
+def run(scenario: Callable[[World], Awaitable[None]]) -> None:
+    async def main() -> None:
+        world = World()
+        try:
+            await scenario(world)
+            await settle()
+        finally:
+            await world.service.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(autouse=True)
+def no_failed_tasks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.INFO, logger="adapter.watcher")
+    yield
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failures, [r.getMessage() for r in failures]
+
+
+def busy(t: int = 0) -> PresenceAttribute:
+    return PresenceAttribute(Activity.BUSY, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
+
+
+def office(t: int = 0) -> PresenceAttribute:
+    return PresenceAttribute(Place.OFFICE, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
+
+
+def work(t: int = 0) -> PresenceAttribute:
+    return PresenceAttribute(Sphere.SPHERE_WORK, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
+
+
+def decisions_message(**granted: bool) -> dict[str, Any]:
+    return {"notifySubscription": {"presentity": ALICE, "decisions": [
+        {"presenceAttribute": name, "decision": value} for name, value in granted.items()
+    ]}}
+
+
+# -- notifySubscription ---------------------------------------------------------
+
+
+def test_a_pending_subscription_sends_nothing() -> None:
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        assert w.sip.ua.subscribed == [(BOB, ALICE, w.sip.last_id)]
+        await w.notify("pending;expires=3600")
+        assert w.bayeux.sent == []
+        with pytest.raises(NotAuthorized):
+            w.service.presence(BOB, ALICE, frozenset())
+
+    run(scenario)
+
+
+def test_active_sends_the_decision_per_requested_attribute_from_the_rules() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True, P: True, PR: False})
+        await w.subscribe(frozenset({A, P, PR}))
+        await w.notify("active;expires=3600", busy())
+        assert w.bayeux.sent == [(APP, REF_CHANNEL, decisions_message(
+            Activity=True, Place=True, Privacy=False))]
+
+    run(scenario)
+
+
+def test_no_attributes_asked_means_a_decision_for_every_attribute() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {S: True})
+        await w.subscribe()
+        await w.notify("active;expires=3600")
+        assert w.bayeux.sent == [(APP, REF_CHANNEL, decisions_message(
+            Activity=False, Place=False, Privacy=False, Sphere=True, Communication=False,
+            Other=False))]
+
+    run(scenario)
+
+
+def test_unreadable_rules_grant_every_requested_attribute() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.error = XcapError("GET", 503, "busy")
+        await w.subscribe(frozenset({A, S}))
+        await w.notify("active;expires=3600", busy(), office(), work())
+        assert w.bayeux.sent == [(APP, REF_CHANNEL, decisions_message(Activity=True, Sphere=True))]
+        seen = w.service.presence(BOB, ALICE, frozenset())
+        assert seen is not None and {a.type for a in seen.attributes} == {A, S}
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("handling", [SubHandling.POLITE_BLOCK, SubHandling.CONFIRM])
+def test_a_rule_that_does_not_allow_denies_everything(handling: SubHandling) -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True}).set_handling(BOB, handling)
+        await w.subscribe(frozenset({A, P}))
+        await w.notify("active;expires=3600", busy())
+        assert w.bayeux.sent == [(APP, REF_CHANNEL, decisions_message(Activity=False,
+                                                                       Place=False))]
+        seen = w.service.presence(BOB, ALICE, frozenset())
+        assert seen is not None and seen.attributes == () and not seen.open
+
+    run(scenario)
+
+
+def test_unchanged_decisions_are_not_sent_again() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A}))
+        await w.notify("active;expires=3600", busy(0))
+        await w.notify("active;expires=3600", busy(1))
+        reads = w.xcap.reads
+        w.service.rules_changed(ALICE)
+        await settle()
+        assert w.xcap.reads == reads + 1  # read again, found the same
+        assert w.bayeux.kinds() == ["notifySubscription"]
+
+    run(scenario)
+
+
+def test_rules_changed_sends_new_decisions_when_they_changed() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A, P}))
+        await w.notify("active;expires=3600", busy())
+        w.xcap.rules = PresRules().allow(BOB, {A: True, P: True})
+        w.service.rules_changed("sip:carol@example.com")  # someone else's rules
+        await settle()
+        w.service.rules_changed(ALICE)
+        await settle()
+        assert [data for _, _, data in w.bayeux.sent] == [
+            decisions_message(Activity=True, Place=False),
+            decisions_message(Activity=True, Place=True),
+        ]
+
+    run(scenario)
+
+
+def test_a_notify_before_the_2xx_is_not_lost() -> None:
+    async def scenario(w: World) -> None:
+        w.sip.gate = asyncio.Event()
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        subscribing = asyncio.ensure_future(w.subscribe(frozenset({A})))
+        while not w.sip.ua.subscribed:
+            await asyncio.sleep(0)
+        w.sip.emit(NotifyReceived(w.sip.last_id, SubscriptionState.parse("active;expires=60"),
+                                  encode([busy()], entity=ALICE, now=T0), "application/pidf+xml"))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        w.sip.gate.set()
+        await subscribing
+        await settle()
+        assert w.bayeux.sent == [(APP, REF_CHANNEL, decisions_message(Activity=True))]
+        seen = w.service.presence(BOB, ALICE, frozenset())
+        assert seen is not None and seen.attributes == (busy(),)
+
+    run(scenario)
+
+
+# -- Get User Presence -----------------------------------------------------------
+
+
+def test_get_user_presence_without_a_subscription() -> None:
+    async def scenario(w: World) -> None:
+        with pytest.raises(NoSubscription):
+            w.service.presence(BOB, ALICE, frozenset())
+
+    run(scenario)
+
+
+def test_get_user_presence_is_filtered_to_asked_and_granted() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True, P: True})
+        await w.subscribe()
+        await w.notify("active;expires=3600", busy(), office(), work())
+        everything = w.service.presence(BOB, ALICE, frozenset())
+        assert everything is not None and everything.attributes == (busy(), office())
+        asked = w.service.presence(BOB, ALICE, frozenset({P, S}))
+        assert asked is not None and asked.attributes == (office(),)
+        assert not asked.open  # Activity not asked: the basic status is not given away
+
+    run(scenario)
+
+
+# -- statusChanged privacy -------------------------------------------------------
+
+
+def test_status_changed_only_carries_granted_attributes() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        assert await w.start("n1")
+        await w.notify("active;expires=3600", busy(), office(), work())
+        ((app, channel, data),) = w.bayeux.take()
+        assert (app, channel) == (APP, f"/bayeux/{APP}/n1")
+        assert data == {"statusChanged": {
+            "correlator": "n1", "presentity": ALICE,
+            "changedAttributes": [busy().to_json()],
+        }}
+        # A change of an attribute not granted is no change for the watcher.
+        await w.notify("active;expires=3600", busy(), office(5), work(5))
+        assert w.bayeux.sent == []
+
+    run(scenario)
+
+
+def test_check_immediate_sends_the_current_granted_state() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {P: True})
+        await w.subscribe(frozenset({P}))
+        await w.notify("active;expires=3600", busy(), office())
+        w.bayeux.take()
+        assert await w.start("n1", check_immediate=True, remaining=1)
+        assert w.bayeux.sent == [
+            (APP, f"/bayeux/{APP}/n1", {"statusChanged": {
+                "correlator": "n1", "presentity": ALICE,
+                "changedAttributes": [office().to_json()]}}),
+            (APP, f"/bayeux/{APP}/n1", {"statusEnd": {"correlator": "n1"}}),
+        ]
+        assert w.sip.unsubscribed == []  # the Subscribe Presence reference still needs it
+
+    run(scenario)
+
+
+def test_a_malformed_pidf_body_is_logged_and_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A}))
+        assert await w.start("n1")
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        await w.notify("active;expires=3600", body=b"<presence><unclosed></presence>")
+        await w.notify("active;expires=3600", body=b"<not-pidf xmlns='urn:x'/>")
+        assert w.bayeux.sent == []
+        assert w.sip.unsubscribed == []
+        seen = w.service.presence(BOB, ALICE, frozenset())
+        assert seen is not None and seen.attributes == (busy(),)
+        # Still subscribed and delivering.
+        await w.notify("active;expires=3600", busy(7))
+        assert w.bayeux.kinds() == ["statusChanged"]
+
+    run(scenario)
+    assert any("unreadable PIDF" in r.getMessage() for r in caplog.records)
+
+
+# -- subscription endings ---------------------------------------------------------
+
+
+def test_rejected_ends_with_blocked_to_every_endpoint_and_no_status_end() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A}))
+        assert await w.start("n1")
+        assert await w.start("n2", deadline=EPOCH + 60)
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        await w.terminate("rejected")
+        blocked = {"subscriptionEnded": {"presentity": ALICE, "reason": "Blocked"}}
+        assert sorted(w.bayeux.sent) == sorted([
+            (APP, REF_CHANNEL, blocked),
+            (APP, f"/bayeux/{APP}/n1", blocked),
+            (APP, f"/bayeux/{APP}/n2", blocked),
+        ])
+        assert len(w.sip.ua.subscribed) == 1  # a block is not answered by subscribing again
+        with pytest.raises(NotAuthorized):
+            w.service.presence(BOB, ALICE, frozenset())
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification(APP, "n1")
+        # A NOTIFY straggling after the block changes nothing.
+        await w.notify("active;expires=3600", busy(9))
+        assert len(w.bayeux.sent) == 3
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("reason", ["probation", "deactivated", "timeout", "dialog-gone"])
+def test_an_unexpected_end_subscribes_again_without_a_message(
+    reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher_module, "RESUBSCRIBE_DELAYS", (0, 0, 0))
+
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A}))
+        assert await w.start("n1")
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        first = w.sip.last_id
+        await w.terminate(reason)
+        assert len(w.sip.ua.subscribed) == 2 and w.sip.last_id != first
+        assert w.bayeux.sent == []
+        # The new subscription carries on: same decisions (not repeated), and
+        # the schedule keeps going.
+        await w.notify("active;expires=3600", busy(3))
+        assert w.bayeux.kinds() == ["statusChanged"]
+        # NOTIFYs of the old dialog are no longer ours.
+        await w.notify("active;expires=3600", busy(4), subscription_id=first)
+        assert len(w.bayeux.sent) == 1
+
+    run(scenario)
+
+
+def test_when_every_resubscribe_fails_the_application_hears_timeout_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watcher_module, "RESUBSCRIBE_DELAYS", (0, 0, 0))
+
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        assert await w.start("n1")
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        w.sip.refuse = 100
+        await w.terminate("timeout")
+        # One attempt at once, one per RESUBSCRIBE_DELAYS entry: bounded.
+        assert len(w.sip.ua.subscribed) == 1 + 1 + 3
+        timeout = {"subscriptionEnded": {"presentity": ALICE, "reason": "Timeout"}}
+        assert sorted(w.bayeux.sent) == sorted([
+            (APP, REF_CHANNEL, timeout),
+            (APP, f"/bayeux/{APP}/n1", timeout),
+        ])
+        with pytest.raises(NoSubscription):
+            w.service.presence(BOB, ALICE, frozenset())
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification(APP, "n1")
+
+    run(scenario)
+
+
+def test_our_own_unsubscribe_is_no_unexpected_end() -> None:
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        first = w.sip.last_id
+        await w.service.unsubscribe(BOB, ALICE)
+        assert w.sip.unsubscribed == [first]
+        assert len(w.sip.ua.subscribed) == 1
+        assert w.bayeux.sent == []
+        with pytest.raises(NoSubscription):
+            w.service.presence(BOB, ALICE, frozenset())
+
+    run(scenario)
+
+
+def test_a_refused_subscribe_raises_and_is_not_retried_behind_the_callers_back() -> None:
+    async def scenario(w: World) -> None:
+        w.sip.refuse = 1
+        with pytest.raises(RequestFailed):
+            await w.subscribe(frozenset({A}))
+        await settle()
+        assert len(w.sip.ua.subscribed) == 1
+        assert w.bayeux.sent == []
+        with pytest.raises(NoSubscription):
+            w.service.presence(BOB, ALICE, frozenset())
+
+    run(scenario)
+
+
+def test_start_notification_reports_a_presentity_it_could_not_subscribe() -> None:
+    async def scenario(w: World) -> None:
+        w.sip.refuse = 1
+        assert await w.start("n1") is False
+        await settle()
+        assert len(w.sip.ua.subscribed) == 1
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification(APP, "n1")
+        assert w.bayeux.sent == []
+
+    run(scenario)
+
+
+# -- Start / End Presence Notification -------------------------------------------------
+
+
+def test_a_notification_reuses_the_watchers_subscription() -> None:
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        assert await w.start("n1")
+        assert await w.start("n2")
+        assert len(w.sip.ua.subscribed) == 1
+
+    run(scenario)
+
+
+def test_end_notification_unsubscribes_when_nothing_else_needs_the_watch() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1")
+        assert await w.start("n2")
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        await w.service.end_notification(APP, "n1")
+        assert w.sip.unsubscribed == []  # n2 still needs it
+        await w.service.end_notification(APP, "n2")
+        assert w.sip.unsubscribed == [w.sip.last_id]
+        assert w.bayeux.sent == []  # no statusEnd for End Presence Notification
+
+    run(scenario)
+
+
+def test_end_notification_keeps_a_subscription_the_watcher_subscribed() -> None:
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        assert await w.start("n1")
+        await w.service.end_notification(APP, "n1")
+        assert w.sip.unsubscribed == []
+
+    run(scenario)
+
+
+def test_count_reached_ends_the_schedule_and_a_subscription_nothing_needs() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", remaining=2)
+        await w.notify("active;expires=3600", busy(0))
+        await w.notify("active;expires=3600", busy(1))
+        await w.notify("active;expires=3600", busy(2))
+        assert w.bayeux.kinds() == ["statusChanged", "statusChanged", "statusEnd"]
+        assert w.sip.unsubscribed == [w.sip.last_id]
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification(APP, "n1")
+
+    run(scenario)
+
+
+def test_duplicate_and_unknown_correlators() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1")
+        with pytest.raises(DuplicateCorrelator):
+            await w.start("n1")
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification(APP, "nope")
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification("other-app", "n1")
+        await w.service.end_notification(APP, "n1")
+        with pytest.raises(UnknownCorrelator):
+            await w.service.end_notification(APP, "n1")
+
+    run(scenario)
+
+
+def test_coalesced_state_is_sent_when_the_interval_ends() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", frequency=0.02)
+        await w.notify("active;expires=3600", busy(0))
+        w.clock.now += 0.005
+        await w.notify("active;expires=3600", busy(1), office(1))
+        await w.notify("active;expires=3600", busy(2), office(1))
+        assert w.bayeux.kinds() == ["statusChanged"]
+        w.clock.now += 0.015
+        await asyncio.sleep(0.1)  # the service's timer runs on the event loop
+        assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
+            [busy(0).to_json()],
+            [busy(2).to_json(), office(1).to_json()],
+        ]
+
+    run(scenario)
+
+
+def test_duration_ends_with_status_end_and_unsubscribes() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", deadline=EPOCH + 0.02)
+        await w.notify("active;expires=3600", busy(0))
+        w.clock.now += 0.02
+        await asyncio.sleep(0.1)
+        await settle()
+        assert w.bayeux.kinds() == ["statusChanged", "statusEnd"]
+        assert w.sip.unsubscribed == [w.sip.last_id]
+
+    run(scenario)
