@@ -295,7 +295,7 @@ async def get_user_presence(request: Request) -> Response:
     presentity = uri(query.get("presentity"), "presentity")
     asked = attribute_list(query.get("attributes"), "attributes")
     service: WatcherService = request.state.watcher
-    presence = service.presence(who.address, presentity, asked)
+    presence = await service.user_presence(who.address, presentity, asked)
     attributes = presence.attributes if presence is not None else ()
     return JSONResponse({"result": attributes_to_json(attributes)})
 

@@ -10,9 +10,10 @@ sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
 re-SUBSCRIBE — measured, DESIGN.md), so the adapter filters every state
 itself, with decisions read from the presentity's pres-rules over XCAP:
 exact when the rules are readable and name the watcher, otherwise every
-requested attribute is taken as granted.  Decisions are re-read when the
-subscription becomes active, when this adapter changes the presentity's rules,
-and when they are older than :data:`DECISIONS_TTL`.
+requested attribute is taken as granted; once they were readable, a failed
+read never widens the decisions.  Decisions are re-read when the subscription
+becomes active, when this adapter changes the presentity's rules (before Get
+User Presence answers), and when they are older than :data:`DECISIONS_TTL`.
 
 Subscription endings (RFC 6665 §4.2.2 reasons): ``rejected`` is a block →
 ``subscriptionEnded`` "Blocked".  Everything else that ends a subscription we
@@ -117,6 +118,11 @@ class Watch:
     decisions: dict[AttributeType, bool] | None = None
     decisions_read_at: float = float("-inf")
     decisions_sent: tuple[tuple[AttributeType, bool], ...] | None = None
+    #: This adapter changed the presentity's rules and has not read them back:
+    #: the decisions held may still grant what was just withdrawn.
+    rules_unconfirmed: bool = False
+    #: Reading them back failed: nothing is shown until a read succeeds.
+    withheld: bool = False
     schedules: dict[str, Schedule] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -126,6 +132,8 @@ class Watch:
 
     @property
     def granted(self) -> frozenset[AttributeType]:
+        if self.withheld:
+            return frozenset()
         decisions = self.decisions or {}
         return frozenset(kind for kind, granted in decisions.items() if granted)
 
@@ -182,9 +190,11 @@ class WatcherService:
     def rules_changed(self, presentity: str) -> None:
         """This adapter changed ``presentity``'s rules: re-read the decisions."""
         for watch in list(self._watches.values()):
-            if watch.presentity == presentity and watch.state == "active":
+            if watch.presentity == presentity:
+                watch.rules_unconfirmed = True
                 watch.decisions_read_at = float("-inf")
-                self._spawn(self._recheck(watch))
+                if watch.state == "active":
+                    self._spawn(self._recheck(watch))
 
     # -- Subscribe Presence ------------------------------------------------
 
@@ -231,6 +241,23 @@ class WatcherService:
         await self._end_subscription(watch)
 
     # -- Get User Presence -------------------------------------------------
+
+    async def user_presence(
+        self, watcher: str, presentity: str, attributes: frozenset[AttributeType]
+    ) -> Presence | None:
+        """Get User Presence: :meth:`presence` under decisions that are not stale.
+
+        A rules change made through this adapter marks the decisions stale
+        before its 204; reading them again here (instead of leaving it to the
+        re-check running in the background) is what keeps an attribute just
+        withdrawn out of an answer given right after that 204.
+        """
+        watch = self._watches.get((watcher, presentity))
+        if watch is not None and watch.state == "active":
+            async with watch.lock:
+                if watch.state == "active":
+                    await self._read_decisions(watch)
+        return self.presence(watcher, presentity, attributes)
 
     def presence(
         self, watcher: str, presentity: str, attributes: frozenset[AttributeType]
@@ -465,11 +492,22 @@ class WatcherService:
         try:
             rules = (await self._xcap.get(watch.presentity)).rules
         except XcapError as exc:
+            if watch.decisions is not None:
+                # The rules were readable before: a failed read must not widen
+                # what the watcher sees to "all asked" (a privacy leak right
+                # after the presentity narrowed its grants).  Keep what is
+                # known, or show nothing while a change made here is unread;
+                # read_at stays old, so the next need reads again.
+                watch.withheld = watch.rules_unconfirmed
+                logger.warning("rules of %s unreadable (%s): %s", watch.presentity, exc,
+                               "attributes withheld" if watch.withheld else "decisions kept")
+                return
             logger.info("rules of %s unreadable (%s): all asked attributes granted",
                         watch.presentity, exc)
             rule = None
         else:
             rule = rules.rule_for(watch.watcher)
+        watch.rules_unconfirmed = watch.withheld = False
         before = watch.decisions
         if rule is None:
             watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
