@@ -470,11 +470,13 @@ class WatcherService:
     def _ended(self, watch: Watch, reason: str) -> None:
         """Tell the application, end the schedules (no statusEnd: RFC says error)."""
         data = {"subscriptionEnded": {"presentity": watch.presentity, "reason": reason}}
-        endpoints = {s.endpoint for s in watch.schedules.values()}
+        # Each schedule under its own application: two accounts acting as the
+        # same address share the watch, not their channels.
+        targets = {(s.app_id, s.endpoint) for s in watch.schedules.values()}
         if watch.reference is not None:
-            endpoints.add(watch.reference.endpoint)
-        for endpoint in sorted(endpoints):
-            self._bayeux.deliver(watch.app_id, endpoint, data)
+            targets.add((watch.app_id, watch.reference.endpoint))
+        for app_id, endpoint in sorted(targets):
+            self._bayeux.deliver(app_id, endpoint, data)
         for schedule in list(watch.schedules.values()):
             schedule.end_quietly()
             self._remove_schedule(watch, schedule)

@@ -668,3 +668,24 @@ def test_duration_ends_with_status_end_and_unsubscribes() -> None:
         assert w.sip.unsubscribed == [w.sip.last_id]
 
     run(scenario)
+
+
+def test_an_ending_reaches_each_schedule_in_its_own_application() -> None:
+    # Two application accounts may act as the same SIP address: they share the
+    # watch, but each hears the ending under its own /bayeux/<appInstanceID>.
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        other = Schedule(correlator="n9", app_id="carol-app", endpoint="/bayeux/carol-app/n9",
+                         watcher=BOB, presentity=ALICE)
+        assert await w.service.start_notification("carol-app", BOB, ALICE, other,
+                                                  check_immediate=False)
+        await w.notify("active;expires=3600", busy())
+        w.bayeux.take()
+        await w.terminate("rejected")
+        blocked = {"subscriptionEnded": {"presentity": ALICE, "reason": "Blocked"}}
+        assert sorted(w.bayeux.sent) == [
+            (APP, REF_CHANNEL, blocked),
+            ("carol-app", "/bayeux/carol-app/n9", blocked),
+        ]
+
+    run(scenario)
