@@ -403,6 +403,10 @@ class SipEndpoint:
             self.dropped += 1
             protocol.close()
             return
+        pings = protocol.parser.take_pings()
+        if pings:
+            # RFC 5626 §4.4.1: each double-CRLF ping is answered with a CRLF pong.
+            protocol.write(b"\r\n" * pings)
         assert protocol.peer is not None
         now = self.now()
         for message in messages:
