@@ -328,9 +328,11 @@ def test_subscribe_authorize_notify_coalesce_count_and_block(apps, bob_channels)
                            application="Bob's buddy list")
     assert response.status_code == 204, response.text
 
-    a.authorize_when_asked(b.address, Activity=True, Place=True)
-    assert {"application": "Bob's buddy list", "attributes": ["Activity", "Place"],
-            "watcher": b.address} not in a.open_subscriptions()  # decided now
+    asking = {"application": "Bob's buddy list", "attributes": ["Activity", "Place"],
+              "watcher": b.address}
+    eventually(lambda: asking in a.open_subscriptions(), what="bob's open subscription")
+    a.authorize(b.address, Activity=True, Place=True)
+    assert asking not in a.open_subscriptions()  # decided now
     (granted,) = bob_channels.wait_for(on(subscription, "notifySubscription"))
     assert granted["data"] == {
         "notifySubscription": {
@@ -347,10 +349,13 @@ def test_subscribe_authorize_notify_coalesce_count_and_block(apps, bob_channels)
     expected = typed(activity("Busy"), place("Office"))
     eventually(lambda: b.seen(a.address) == expected, what="Busy at the Office")
 
+    # frequency is the minimum time between two notifications: checkImmediate
+    # sends the current state and so opens the first interval (without it the
+    # burst's first change would be sent at once, as nothing was sent before).
     response = b.start(a.address, "main-n", notifications, checkImmediate=True,
                        frequency={"metric": "Second", "units": 1}, count=3)
     assert response.status_code == 201, response.text
-    assert response.headers["Location"] == b.http.base_url.join("/cometd").__str__()
+    assert response.headers["Location"] == str(b.http.base_url.join("/cometd"))
     assert response.json() == {"result": []}
     status = on(notifications, "statusChanged", "main-n")
     (first,) = bob_channels.wait_for(status)
