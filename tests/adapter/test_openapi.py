@@ -219,7 +219,7 @@ class FakeWatcherService:
     async def start_notification(self, *args: Any, **kwargs: Any) -> bool:
         return True
 
-    def presence(self, watcher: str, presentity: str, attributes: Any) -> None:
+    async def user_presence(self, watcher: str, presentity: str, attributes: Any) -> None:
         return None
 
 
