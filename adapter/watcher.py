@@ -403,21 +403,23 @@ class WatcherService:
                 return  # terminated: SubscriptionTerminated follows
             became_active = watch.state != "active"
             watch.state = "active"
+            fresh = False
             if event.body:
                 try:
                     watch.presence = decode(event.body)
+                    fresh = True
                 except PidfError as exc:
                     # Answered 200 all the same (the user agent did): one bad
-                    # body must not cost the subscription.
+                    # body must not cost the subscription, nor hold back the
+                    # decisions an activation tells the application.
                     logger.warning("unreadable PIDF from %s: %s", watch.presentity, exc)
-                    return
             if became_active:
                 watch.decisions_read_at = float("-inf")
             await self._read_decisions(watch)
             if watch.state != "active":
                 return  # ended while the rules were read
             self._notify_decisions(watch)
-            if event.body and watch.presence is not None:
+            if fresh and watch.presence is not None:
                 now = self._clock()
                 for schedule in list(watch.schedules.values()):
                     self._deliver(watch, schedule,

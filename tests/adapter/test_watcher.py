@@ -444,6 +444,16 @@ def test_a_malformed_pidf_body_is_logged_and_changes_nothing(
     assert any("unreadable PIDF" in r.getMessage() for r in caplog.records)
 
 
+def test_a_malformed_body_on_activation_still_tells_the_decisions() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A}))
+        await w.notify("active;expires=3600", body=b"<presence><unclosed></presence>")
+        assert w.bayeux.kinds() == ["notifySubscription"]
+
+    run(scenario)
+
+
 # -- subscription endings ---------------------------------------------------------
 
 
