@@ -138,6 +138,33 @@ class PresenceServer:
             f"within {timeout} s; last lines of {self.log_path}:\n{tail}"
         )
 
+    def halt(self, timeout: float = 5.0) -> None:
+        """Stop the server but keep its port and directory (database, log) for :meth:`resume`."""
+        if self.process is None:
+            raise PresenceServerError("not running")
+        self._reap(timeout)
+
+    def resume(self, timeout: float = 10.0) -> None:
+        """Start the server again on the same port with the same database (after :meth:`halt`).
+
+        Unlike :meth:`start` there is no other port to fall back to: clients
+        that know this address are what is being tested.
+        """
+        if self.process is not None:
+            raise PresenceServerError("already running")
+        self._spawn()
+        if not self._wait_ready(timeout):
+            self._reap()
+            raise PresenceServerError(
+                f"presence server did not come back on {self.host}:{self.port} within "
+                f"{timeout} s; last lines of {self.log_path}:\n{self.log_tail()}"
+            )
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """:meth:`halt` then :meth:`resume`: same port, same database, a new process."""
+        self.halt()
+        self.resume(timeout)
+
     def _spawn(self) -> None:
         self._log = open(self.log_path, "ab")  # closed in _reap
         self.process = subprocess.Popen(
