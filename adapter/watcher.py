@@ -124,6 +124,7 @@ class Watch:
     #: Reading them back failed: nothing is shown until a read succeeds.
     withheld: bool = False
     schedules: dict[str, Schedule] = field(default_factory=dict)
+    rule_blocks: bool = False  # the presentity's rule blocks this watcher
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -513,6 +514,7 @@ class WatcherService:
             rule = rules.rule_for(watch.watcher)
         watch.rules_unconfirmed = watch.withheld = False
         before = watch.decisions
+        watch.rule_blocks = rule is not None and rule.sub_handling is SubHandling.BLOCK
         if rule is None:
             watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
         elif rule.sub_handling is SubHandling.ALLOW:
@@ -524,7 +526,9 @@ class WatcherService:
             self._save(watch)
 
     def _notify_decisions(self, watch: Watch) -> None:
-        if watch.reference is None or watch.decisions is None:
+        if watch.reference is None or watch.decisions is None or watch.rule_blocks:
+            # A block is told by subscriptionEnded "Blocked" once the server
+            # ends the subscription, not by a notifySubscription of refusals.
             return
         asked = [a for a in ALL_ATTRIBUTES if not watch.attributes or a in watch.attributes]
         decisions = tuple((kind, watch.decisions.get(kind, False)) for kind in asked)

@@ -347,6 +347,35 @@ def test_xcap_document_reads_back_byte_for_byte(
     assert stale.status_code == 412
 
 
+def test_pres_rules_up_to_64_kb_are_stored_and_larger_ones_refused_at_once(
+    presence_server: PresenceServer, pair: Pair
+) -> None:
+    # conf/kamailio: a larger TCP read buffer takes documents past 16 KB;
+    # xcap_server copies a body through a fixed 64 KB buffer (measured), and
+    # the config answers 413 instead of leaving the request unanswered.
+    rule = PRES_RULES.split("<cr:rule ", 1)[1].split("</cr:rule>", 1)[0]
+    head, tail = PRES_RULES.split("<cr:rule ", 1)[0], "</cr:ruleset>\n"
+
+    def document(rules: int) -> bytes:
+        body = "".join(
+            "<cr:rule " + rule.replace("rule-1", f"rule-{i}").format(
+                watcher=f"w{i}-{pair.watcher}", handling="allow"
+            ) + "</cr:rule>"
+            for i in range(rules)
+        )
+        return (head + body + tail).encode()
+
+    url = pres_rules_url(presence_server, pair.presentity)
+    headers = {"Content-Type": "application/auth-policy+xml"}
+    fits = document(60)
+    assert 16_384 < len(fits) < 65_000
+    assert httpx.put(url, content=fits, headers=headers, timeout=5.0).status_code == 200
+    assert httpx.get(url, timeout=5.0).content == fits
+    too_big = document(200)
+    assert len(too_big) > 65_535
+    assert httpx.put(url, content=too_big, headers=headers, timeout=5.0).status_code == 413
+
+
 def test_http_outside_xcap_root_is_404(presence_server: PresenceServer) -> None:
     reply = httpx.get(f"http://{presence_server.host}:{presence_server.port}/other", timeout=5.0)
     assert reply.status_code == 404
