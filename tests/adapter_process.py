@@ -28,10 +28,13 @@ class AdapterProcess:
     """One adapter process at a time, on fixed ports, restartable with the same store.
 
     ``config`` is the TOML text with ``{http_port}``, ``{sip_port}`` and
-    ``{store}`` placeholders (filled once: restarts reuse ports and store).
+    ``{store}`` placeholders, plus any given as ``values`` (filled once:
+    restarts reuse ports and store).
     """
 
-    def __init__(self, directory: Path, config: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, directory: Path, config: str, host: str = "127.0.0.1", **values: object
+    ) -> None:
         self.directory = directory
         self.host = host
         self.http_port = free_port(host)
@@ -40,7 +43,9 @@ class AdapterProcess:
         self.config_path = directory / "adapter.toml"
         self.log_path = directory / "adapter.log"
         self.config_path.write_text(
-            config.format(http_port=self.http_port, sip_port=self.sip_port, store=self.store_path)
+            config.format(
+                http_port=self.http_port, sip_port=self.sip_port, store=self.store_path, **values
+            )
         )
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
