@@ -249,7 +249,11 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
         for _, done in writes:
-            if done is None:
+            # A waiter may have given up (its REST call was cancelled); the
+            # write stands, but setting a cancelled future raises
+            # InvalidStateError, which would end this thread and leave every
+            # later write waiting for ever.
+            if done is None or not done.set_running_or_notify_cancel():
                 continue
             if error is None:
                 done.set_result(None)
