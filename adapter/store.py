@@ -138,36 +138,56 @@ _Write = tuple[list[tuple[str, tuple[Any, ...]]], "Future[None] | None"]
 
 
 class SqliteStore:
-    """The default store: one SQLite file, written by one thread."""
+    """The default store: one SQLite file, written by one thread.
+
+    A missing file (and its folder) is created empty: a first start needs no
+    preparation step.  A file that is not a store of this schema version is
+    never overwritten: opening it raises :class:`StoreError` with one line.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
+        try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # Durable at commit: a 204 must not be answered for data a power
-            # cut could still take (synchronous=FULL in WAL mode).
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            version = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'schema'"
-            ).fetchone()
-            if version is None:
-                self._db.execute(
-                    "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif version[0] != str(SCHEMA_VERSION):
-                raise StoreError(f"{path}: schema version {version[0]}, expected {SCHEMA_VERSION}")
-            self._db.execute("SELECT count(*) FROM records").fetchone()
-            row = self._db.execute("SELECT max(seq) FROM backlog").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: {exc}") from None
-        self._seq: int = row[0] or 0
+        try:
+            self._seq = self._open()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"{path}: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
         self.failures = 0
+
+    def _open(self) -> int:
+        """Check the file is our store (creating it when new); the last backlog number."""
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # Durable at commit: a 204 must not be answered for data a power
+        # cut could still take (synchronous=FULL in WAL mode).
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        version = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if version is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif version[0] != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"{self.path}: schema version {version[0]}, expected {SCHEMA_VERSION}"
+            )
+        self._db.execute("SELECT count(*) FROM records").fetchone()
+        (last_row,) = self._db.execute("SELECT max(seq) FROM backlog").fetchone()
+        # The high-water mark outlives the rows: restored messages are named
+        # after their number, so a number must not come back once used.
+        mark = self._db.execute("SELECT value FROM meta WHERE key = 'backlog_seq'").fetchone()
+        return max(last_row or 0, int(mark[0]) if mark else 0)
 
     # -- reads (at start, before the writer has anything to do) ---------------
 
@@ -196,8 +216,14 @@ class SqliteStore:
         self._seq += 1
         text = json.dumps(data, separators=(",", ":"))
         self._queue.put(
-            ([("INSERT INTO backlog VALUES (?, ?, ?, ?, ?)",
-               (self._seq, app_id, channel, text, expires_at))], None)
+            (
+                [
+                    ("INSERT INTO backlog VALUES (?, ?, ?, ?, ?)",
+                     (self._seq, app_id, channel, text, expires_at)),
+                    ("INSERT OR REPLACE INTO meta VALUES ('backlog_seq', ?)", (str(self._seq),)),
+                ],
+                None,
+            )
         )
         return self._seq
 

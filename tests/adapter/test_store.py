@@ -1,0 +1,458 @@
+"""The store: SqliteStore on a real file, MemoryStore, BacklogJournal with the Bayeux Backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.bayeux.backlog import Backlog
+from adapter.bayeux.channels import Channel
+from adapter.bayeux.message import Delivery
+from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
+from adapter.store import BacklogJournal, BacklogRow, MemoryStore, SqliteStore, Store, StoreError
+from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
+from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
+
+ALICE = "sip:alice@example.com"
+BOB = "sip:bob@example.com"
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+EPOCH = 1_700_000_000.0
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def rows_on_disk(path: Path, sql: str = "SELECT kind, key, value FROM records") -> list[Any]:
+    """What another process reading the file would see now."""
+    with sqlite3.connect(path) as other:
+        rows = other.execute(sql).fetchall()
+    other.close()
+    return rows
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "var" / "adapter.sqlite"
+
+
+# -- the records the services keep ---------------------------------------------------
+
+
+def a_publication() -> list[dict[str, Any]]:
+    return [
+        PresenceAttribute(Activity.BUSY, T0, "in a call").to_json(),
+        PresenceAttribute(Place.OFFICE, T0).to_json(),
+    ]
+
+
+def a_watch() -> Watch:
+    return Watch(
+        watcher=BOB,
+        presentity=ALICE,
+        app_id="bob-app",
+        application="Bob's phone book",
+        attributes=frozenset({AttributeType.ACTIVITY, AttributeType.PLACE}),
+        reference=Reference("c7", "/bayeux/bob-app/subs", "PresenceNotification"),
+        state="blocked",
+        decisions={AttributeType.ACTIVITY: True, AttributeType.PLACE: False},
+    )
+
+
+def a_schedule() -> Schedule:
+    busy = PresenceAttribute(Activity.BUSY, T0, "in a call")
+    other = PresenceAttribute(Other("mood", "cheerful"), T0)
+    return Schedule(
+        correlator="c1",
+        app_id="bob-app",
+        endpoint="/bayeux/bob-app/presence",
+        watcher=BOB,
+        presentity=ALICE,
+        interface_name="PresenceNotification",
+        attributes=frozenset({AttributeType.ACTIVITY, AttributeType.OTHER}),
+        criteria=frozenset({Criterion.BUSY, Criterion.REACHABLE}),
+        frequency=30.0,
+        remaining=4,
+        deadline=EPOCH + 3600,
+        last_sent=EPOCH - 5,
+        sent={AttributeType.ACTIVITY: busy, (AttributeType.OTHER, "mood"): other},
+        pending=(
+            Presence(ALICE, (PresenceAttribute(Activity.AWAY, T0),), False),
+            frozenset({AttributeType.ACTIVITY}),
+        ),
+    )
+
+
+def same_watch(a: Watch, b: Watch) -> bool:
+    # Watch holds a lock and runtime state; these are the fields a record keeps.
+    fields = ("watcher", "presentity", "app_id", "application", "attributes", "reference")
+    return all(getattr(a, f) == getattr(b, f) for f in fields) and (
+        a.state,
+        a.decisions,
+    ) == (b.state, b.decisions)
+
+
+def test_schedule_record_round_trips() -> None:
+    schedule = a_schedule()
+    assert schedule_from_record(schedule_to_record(schedule)) == schedule
+    unlimited = Schedule("c2", "bob-app", "/bayeux/bob-app/p", BOB, ALICE)
+    assert schedule_from_record(schedule_to_record(unlimited)) == unlimited
+
+
+def test_watch_record_round_trips() -> None:
+    watch = a_watch()
+    assert same_watch(watch_from_record(watch_to_record(watch)), watch)
+    bare = Watch(BOB, ALICE, "bob-app")
+    again = watch_from_record(watch_to_record(bare))
+    assert same_watch(again, bare)
+    assert again.reference is None and again.decisions is None
+
+
+# -- SqliteStore on a real file ------------------------------------------------------
+
+
+def test_everything_survives_close_and_reopen(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        await store.put("publication", ALICE, a_publication())
+        await store.put("watch", "w1", watch_to_record(a_watch()))
+        await store.put("schedule", "s1", schedule_to_record(a_schedule()))
+        seqs = [
+            store.backlog_add("alice-app", "/bayeux/alice-app/p", {"n": 1}, EPOCH + 10),
+            store.backlog_add("bob-app", "/bayeux/bob-app/p", {"n": 2}, EPOCH + 11),
+            store.backlog_add("alice-app", "/bayeux/alice-app/p", {"n": 3}, EPOCH + 12),
+        ]
+        await store.close()
+
+        store = SqliteStore(path)
+        assert store.load("publication") == {ALICE: a_publication()}
+        assert same_watch(watch_from_record(store.load("watch")["w1"]), a_watch())
+        assert schedule_from_record(store.load("schedule")["s1"]) == a_schedule()
+        assert store.backlog_load() == [
+            BacklogRow(seqs[0], "alice-app", "/bayeux/alice-app/p", {"n": 1}, EPOCH + 10),
+            BacklogRow(seqs[1], "bob-app", "/bayeux/bob-app/p", {"n": 2}, EPOCH + 11),
+            BacklogRow(seqs[2], "alice-app", "/bayeux/alice-app/p", {"n": 3}, EPOCH + 12),
+        ]
+        assert seqs == sorted(seqs)
+        await store.close()
+
+    run(scenario)
+
+
+def test_an_awaited_write_is_on_disk_when_the_future_completes(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        seen_at_completion: list[Any] = []
+        future = store.put("publication", ALICE, a_publication())
+        future.add_done_callback(lambda _: seen_at_completion.extend(rows_on_disk(path)))
+        await future
+        assert [(k, key) for k, key, _ in seen_at_completion] == [("publication", ALICE)]
+        await store.delete("publication", ALICE)
+        assert rows_on_disk(path) == []
+        await store.close()
+
+    run(scenario)
+
+
+def test_writes_queued_together_commit_together_in_order(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)  # the writer's own SQL, counted
+        blocker = sqlite3.connect(path, isolation_level=None)
+        # Holding the write lock keeps the writer busy with whatever it took
+        # first, so everything queued meanwhile goes in one later batch.
+        blocker.execute("BEGIN IMMEDIATE")
+        futures = [store.put("publication", "k", [{"n": n}]) for n in range(100)]
+        futures += [store.put("watch", f"w{n}", {"n": n}) for n in range(100)]
+        futures.append(store.delete("watch", "w50"))
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in futures)
+        blocker.execute("COMMIT")
+        blocker.close()
+        await asyncio.gather(*futures)
+        commits = [s for s in statements if s == "COMMIT"]
+        assert 1 <= len(commits) <= 2  # at most the first write alone, then the rest
+        assert store.load("publication") == {"k": [{"n": 99}]}  # the last put wins
+        watches = store.load("watch")
+        assert sorted(watches) == sorted(f"w{n}" for n in range(100) if n != 50)
+        await store.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_put_after_delete_and_delete_of_an_absent_key(path: Path, kind: str) -> None:
+    async def scenario() -> None:
+        store: Store = SqliteStore(path) if kind == "sqlite" else MemoryStore()
+        await store.delete("watch", "never-there")
+        await store.put("watch", "w", {"v": 1})
+        await store.delete("watch", "w")
+        assert store.load("watch") == {}
+        await store.put("watch", "w", {"v": 2})
+        await store.put("schedule", "w", {"other": "kind"})
+        assert store.load("watch") == {"w": {"v": 2}}
+        assert store.load("schedule") == {"w": {"other": "kind"}}
+        await store.close()
+
+    run(scenario)
+
+
+def test_backlog_sequence_numbers_keep_increasing_across_reopen(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        first = [store.backlog_add("a", "/bayeux/a/x", n, EPOCH) for n in range(3)]
+        store.backlog_remove([first[1]])
+        await store.close()
+
+        store = SqliteStore(path)
+        assert [row.data for row in store.backlog_load()] == [0, 2]
+        second = store.backlog_add("a", "/bayeux/a/x", 3, EPOCH)
+        assert second > max(first)
+        # Everything delivered: the next process must still not hand out an
+        # old number again (restored messages are named after it).
+        store.backlog_remove([first[0], first[2], second])
+        await store.close()
+
+        store = SqliteStore(path)
+        assert store.backlog_load() == []
+        third = store.backlog_add("a", "/bayeux/a/x", 4, EPOCH)
+        assert third > second
+        await store.close()
+
+    run(scenario)
+
+
+def test_a_failing_write_fails_its_future_and_the_writer_goes_on(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        with sqlite3.connect(path) as other:
+            # A write the database itself refuses, as a full disk or a
+            # corrupted page would.
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        other.close()
+        with pytest.raises(StoreError) as info:
+            await store.put("watch", "bad", {})
+        assert "refused by the test" in str(info.value)
+        assert str(path) in str(info.value)
+        assert store.failures == 1
+        await store.put("watch", "good", {"v": 1})
+        store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
+        await store.close()
+        assert rows_on_disk(path) == [("watch", "good", '{"v":1}')]
+        assert len(rows_on_disk(path, "SELECT * FROM backlog")) == 1
+
+    run(scenario)
+
+
+def test_a_waiter_that_gave_up_does_not_stop_the_writer(path: Path) -> None:
+    # A REST call cancelled while its write is queued (client gone, timeout):
+    # the write still happens, and later writes must still complete.
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        abandoned = [store.put("watch", f"gone{n}", {}) for n in range(2)]
+        for future in abandoned:
+            future.cancel()
+        await asyncio.sleep(0.05)
+        blocker.execute("COMMIT")
+        blocker.close()
+        await asyncio.wait_for(store.put("watch", "later", {}), 5)
+        assert sorted(store.load("watch")) == ["gone0", "gone1", "later"]
+        await store.close()
+
+    run(scenario)
+
+
+def test_the_event_loop_runs_while_a_write_waits_for_the_disk(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        future = store.put("publication", ALICE, ["x" * 1_000_000])
+        assert not future.done()
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0.01)  # the loop keeps serving others
+            ticks += 1
+        assert ticks == 5 and not future.done()
+        blocker.execute("COMMIT")
+        blocker.close()
+        await future
+        assert future.done() and future.exception() is None
+        await store.close()
+
+    run(scenario)
+
+
+def test_reads_and_writes_need_no_event_loop_for_the_backlog(path: Path) -> None:
+    # The Bayeux core journals from plain method calls: no future to await.
+    store = SqliteStore(path)
+    seq = store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
+    asyncio.run(store.close())
+    assert rows_on_disk(path, "SELECT seq, data FROM backlog") == [(seq, '{"n":1}')]
+
+
+# -- files that are not our store ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [os.urandom(4096), b"this is not a database\nbut a text file\n" * 50],
+    ids=["random bytes", "text file"],
+)
+def test_a_file_that_is_not_a_database_is_one_line_store_error(
+    path: Path, content: bytes
+) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert path.read_bytes() == content  # nothing overwritten
+
+
+def test_another_schema_version_is_refused(path: Path) -> None:
+    asyncio.run(SqliteStore(path).close())
+    with sqlite3.connect(path) as other:
+        other.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    other.close()
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    assert str(info.value) == f"{path}: schema version 99, expected 1"
+
+
+def test_a_missing_file_is_created_with_its_folder(path: Path) -> None:
+    assert not path.parent.exists()
+    asyncio.run(SqliteStore(path).close())
+    assert rows_on_disk(path, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+
+
+def test_a_store_path_under_a_file_is_store_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(StoreError) as info:
+        SqliteStore(tmp_path / "plain" / "adapter.sqlite")
+    assert "\n" not in str(info.value)
+
+
+# -- BacklogJournal: the Bayeux backlog mirrored in the store ----------------------
+
+
+class WallClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def delivery(n: int, app: str = "a", leaf: str = "x") -> Delivery:
+    return Delivery(Channel.parse(f"/bayeux/{app}/{leaf}"), {"n": n}, str(n))
+
+
+def stored(store: Store) -> list[tuple[str, int]]:
+    return [(row.app_id, row.data["n"]) for row in store.backlog_load()]
+
+
+async def settled(store: Store) -> None:
+    """Wait until every write queued so far is on disk (one writer, in order)."""
+    await store.delete("publication", "no such key")
+
+
+def test_journal_follows_add_take_overflow_and_expiry() -> None:
+    store = MemoryStore()
+    wall = WallClock(EPOCH)
+    backlog = Backlog(size=3, ttl=60, journal=BacklogJournal(store, wall))
+    # Loop time (monotonic) and wall time differ by an arbitrary offset.
+    backlog.add("a", delivery(1), now=100.0)
+    assert store.backlog_load()[0].expires_at == EPOCH + 60
+    backlog.add("a", delivery(2, leaf="y"), now=110.0)
+    backlog.add("b", delivery(3, app="b"), now=110.0)
+    assert stored(store) == [("a", 1), ("a", 2), ("b", 3)]
+
+    taken = backlog.take("a", [Channel.parse("/bayeux/a/y")], now=120.0)
+    assert [d.data["n"] for d in taken] == [2]
+    assert stored(store) == [("a", 1), ("b", 3)]
+
+    for n in (4, 5, 6):  # a holds 1, 4, 5; 6 pushes 1 out
+        backlog.add("a", delivery(n), now=130.0)
+    assert stored(store) == [("b", 3), ("a", 4), ("a", 5), ("a", 6)]
+
+    backlog.expire(now=170.0)  # b's message was kept at 110 for 60 s
+    assert stored(store) == [("a", 4), ("a", 5), ("a", 6)]
+    backlog.expire(now=190.0)
+    assert stored(store) == []
+
+
+def test_restore_brings_back_live_rows_in_order_with_their_remaining_ttl(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        wall = WallClock(EPOCH)
+        backlog = Backlog(size=10, ttl=60, journal=BacklogJournal(store, wall))
+        # Loop time (monotonic) and wall time differ by an arbitrary offset.
+        backlog.add("a", delivery(1), now=500.0)  # wall expiry EPOCH + 60
+        wall.now = EPOCH + 20
+        backlog.add("b", delivery(2, app="b"), now=520.0)  # EPOCH + 80
+        wall.now = EPOCH + 40
+        backlog.add("a", delivery(3), now=540.0)  # EPOCH + 100
+        await store.close()
+
+        # The adapter is down for 70 s of wall time; its new loop clock starts anywhere.
+        store = SqliteStore(path)
+        assert [row.expires_at for row in store.backlog_load()] == [
+            EPOCH + 60, EPOCH + 80, EPOCH + 100
+        ]
+        wall = WallClock(EPOCH + 70)
+        restored = Backlog(size=10, ttl=60, journal=BacklogJournal(store, wall))
+        assert BacklogJournal(store, wall).restore(restored, now=7.0) == 2
+        assert restored.count("a") == 1 and restored.count("b") == 1
+        assert restored.next_expiry() == pytest.approx(7.0 + 10)  # b: 10 s left
+        await settled(store)
+        assert stored(store) == [("b", 2), ("a", 3)]  # the expired one is forgotten too
+
+        restored.expire(now=17.5)  # b's 10 s are over, a has 30 s
+        taken = restored.take("a", [Channel.parse("/bayeux/a/**")], now=36.9)
+        assert [(str(d.channel), d.data) for d in taken] == [("/bayeux/a/x", {"n": 3})]
+        assert taken[0].id.startswith("r")
+        await settled(store)
+        assert stored(store) == []
+        await store.close()
+
+        store = SqliteStore(path)
+        assert store.backlog_load() == []
+        await store.close()
+
+    run(scenario)
+
+
+def test_restore_keeps_the_order_of_many_rows(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        wall = WallClock(EPOCH)
+        backlog = Backlog(size=100, ttl=60, journal=BacklogJournal(store, wall))
+        for n in range(50):
+            backlog.add("a", delivery(n), now=float(n) / 10)
+        await store.close()
+
+        store = SqliteStore(path)
+        restored = Backlog(size=100, ttl=60, journal=BacklogJournal(store, wall))
+        assert BacklogJournal(store, wall).restore(restored, now=0.0) == 50
+        taken = restored.take("a", [Channel.parse("/bayeux/a/x")], now=0.0)
+        assert [d.data["n"] for d in taken] == list(range(50))
+        assert len({d.id for d in taken}) == 50
+        await store.close()
+
+    run(scenario)
