@@ -474,12 +474,15 @@ def test_presence_server_down_fails_fast_and_everything_recovers(
 
 
 class Outage:
-    """A TCP relay in front of the adapter that can be cut, to take a client off the network.
+    """A TCP relay in front of the adapter that can black-hole its traffic.
 
-    While cut, every relayed connection is closed and new ones are closed as
-    soon as they are accepted: the client sees its requests fail (connection
-    reset / closed), as when its network goes away; the adapter sees its
-    connections drop.
+    While cut, bytes are read and dropped in both directions and connections
+    made meanwhile are accepted and drained: like a network that silently
+    loses packets, the adapter's writes (a connect reply, a WebSocket frame)
+    succeed and never reach the client, and the client's requests hang.  When
+    mended, the connections of the outage are closed (the client sees them
+    fail and reconnects) and new ones are relayed again.  What the adapter sent
+    into the hole is lost unless the ack extension makes it send it again.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -487,7 +490,8 @@ class Outage:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._cut = False
-        self._open: set[socket.socket] = set()
+        self._live: set[socket.socket] = set()
+        self._dead: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._accepting = threading.Thread(target=self._accept, daemon=True)
         self._accepting.start()
@@ -495,16 +499,19 @@ class Outage:
     def cut(self) -> None:
         with self._lock:
             self._cut = True
-            doomed, self._open = self._open, set()
-        for sock in doomed:
-            _close(sock)
+            self._dead |= self._live
+            self._live = set()
 
     def mend(self) -> None:
         with self._lock:
             self._cut = False
+            doomed, self._dead = self._dead, set()
+        for sock in doomed:
+            _close(sock)
 
     def close(self) -> None:
         self.cut()
+        self.mend()
         _close(self._listener)
         self._accepting.join(timeout=5)
 
@@ -516,7 +523,8 @@ class Outage:
                 return  # closed
             with self._lock:
                 if self._cut:
-                    _close(client)
+                    self._dead.add(client)
+                    threading.Thread(target=self._pump, args=(client, None), daemon=True).start()
                     continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -525,21 +533,28 @@ class Outage:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._open.update((client, upstream))
+                self._live.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket | None) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                with self._lock:
+                    dropped = source in self._dead
+                if not dropped and sink is not None:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                with self._lock:
-                    self._open.discard(sock)
-                _close(sock)
+            with self._lock:
+                dropped = source in self._dead
+            if not dropped:  # a black-holed connection stays open until mend()
+                for sock in (source, sink):
+                    if sock is not None:
+                        with self._lock:
+                            self._live.discard(sock)
+                        _close(sock)
 
 
 def _close(sock: socket.socket) -> None:
@@ -581,6 +596,9 @@ def test_client_away_for_5_s_gets_all_10_notifications_in_order(
     scene.watching("away", notes, count=20, activity="Busy")
     assert scene.publish("Available").status_code == 204
     listener.wait_for(status_changed("away"))
+    # Let the client's next /meta/connect reach the adapter and be held there, so
+    # that the first notification is released into the outage and lost in flight.
+    time.sleep(0.5)
 
     outage.cut()
     cut_at = time.monotonic()
