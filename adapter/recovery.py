@@ -66,14 +66,21 @@ async def recover(
             logger.exception("recovering one of the %s failed", what)
         finally:
             slots.release()
-            done += 1
-            if done % step == 0 or done == total:
-                logger.info("recovered %d of %d %s", done, total, what)
+        done += 1
+        if done % step == 0 or done == total:
+            logger.info("recovered %d of %d %s", done, total, what)
 
-    tasks = []
-    for item in items:
-        await slots.acquire()
-        tasks.append(asyncio.create_task(one(item)))
-        await asyncio.sleep(interval * (1 + pace.jitter * rng.random()))
-    await asyncio.gather(*tasks)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for item in items:
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(item)))
+            await asyncio.sleep(interval * (1 + pace.jitter * rng.random()))
+        await asyncio.gather(*tasks)
+    finally:
+        # Cancelled (the adapter is stopping): what was started stops too,
+        # rather than going on against a user agent being closed.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return ok
