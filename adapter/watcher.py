@@ -535,6 +535,9 @@ class WatcherService:
         if decisions == watch.decisions_sent:
             return
         watch.decisions_sent = decisions
+        # Kept with the watch: after a restart the re-made subscription's first
+        # NOTIFY must not tell the application the same decisions again.
+        self._save(watch)
         self._bayeux.deliver(
             watch.app_id,
             watch.reference.endpoint,
@@ -706,6 +709,10 @@ def watch_to_record(watch: Watch) -> dict[str, Any]:
         "reference": reference,
         "blocked": watch.state == "blocked",
         "decisions": decisions,
+        "decisions_sent": (
+            None if watch.decisions_sent is None
+            else [[kind.value, granted] for kind, granted in watch.decisions_sent]
+        ),
     }
 
 
@@ -717,6 +724,9 @@ def watch_from_record(record: dict[str, Any]) -> Watch:
     decisions = None
     if record.get("decisions") is not None:
         decisions = {AttributeType(k): bool(v) for k, v in record["decisions"].items()}
+    sent = None
+    if record.get("decisions_sent") is not None:
+        sent = tuple((AttributeType(k), bool(v)) for k, v in record["decisions_sent"])
     return Watch(
         watcher=record["watcher"],
         presentity=record["presentity"],
@@ -726,4 +736,5 @@ def watch_from_record(record: dict[str, Any]) -> Watch:
         reference=reference,
         state="blocked" if record.get("blocked") else "pending",
         decisions=decisions,
+        decisions_sent=sent,
     )

@@ -346,6 +346,10 @@ def test_kill_9_and_restart_with_the_same_store_loses_nothing(
     assert len(ending) == 1
     last = again.matching(lambda m: status_changed("kill")(m) or status_end("kill")(m))[-1]
     assert last is ending[0]
+    # The decisions did not change: the application is not told them a second time.
+    told = first.matching(lambda m: "notifySubscription" in m["data"])
+    assert len(told) == 1
+    assert not again.matching(lambda m: "notifySubscription" in m["data"])
 
     # Kamailio lists bob once: the restarted adapter made one new dialog.  The
     # dead process's dialog outlives it on the server (nobody un-SUBSCRIBEd) until
