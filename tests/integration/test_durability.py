@@ -626,17 +626,35 @@ def test_client_away_for_5_s_gets_all_10_notifications_in_order(
 # -- the store file --------------------------------------------------------------------
 
 
-def test_corrupt_store_stops_start_up_with_one_line(scene: Scene) -> None:
-    scene.adapter.store_path.write_bytes(b"this is not an SQLite database\n" * 200)
+def damage_pages(store: Path) -> None:
+    """Overwrite everything after the first page of an SQLite file (its header stays)."""
+    data = bytearray(store.read_bytes())
+    assert len(data) > 4096, "expected a store of several pages"
+    data[4096:] = b"\x5a" * (len(data) - 4096)
+    store.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["not a database", "damaged pages"])
+def test_corrupt_store_stops_start_up_with_one_line(scene: Scene, damage: str) -> None:
+    store = scene.adapter.store_path
+    if damage == "not a database":
+        store.write_bytes(b"this is not an SQLite database\n" * 200)
+    else:
+        scene.adapter.start()
+        assert scene.publish("Busy").status_code == 204
+        scene.adapter.stop()  # a clean stop: the WAL is folded into the file
+        damage_pages(store)
+    damaged = store.read_bytes()
     result = scene.adapter.run_to_exit()
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "store.path" in lines[0]
-    assert str(scene.adapter.store_path) in lines[0]
+    assert str(store) in lines[0]
     assert "Traceback" not in result.stderr
-    # The file is left as it was, for whoever investigates.
-    assert scene.adapter.store_path.read_bytes().startswith(b"this is not an SQLite database")
+    # The file is left as it was, for whoever investigates: never replaced by a
+    # fresh store, which would lose silently what it held.
+    assert store.read_bytes() == damaged
 
 
 def test_missing_store_is_created_and_the_adapter_serves(scene: Scene) -> None:
