@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sip import SipURI, SubscriptionTerminated, UserAgentEvent
+from sip import SipURI, SubscriptionAccepted, SubscriptionTerminated, UserAgentEvent
 from sip.aio import RequestFailed, RequestTimedOut, SipEndpoint
 
 __all__ = ["CANARY_USER", "ServerLiveness", "bounded"]
@@ -47,7 +47,9 @@ class ServerLiveness:
         self._resyncs: list[Resync] = []
         self._task: asyncio.Task[None] | None = None
         self._canary: int | None = None
+        self._canary_accepted = False
         self._canary_lost = False
+        self._canary_refusal_told = False
         self.reachable = True  # until a probe says otherwise
         self.resyncs = 0
         sip.add_listener(self._on_sip_event)
@@ -85,7 +87,12 @@ class ServerLiveness:
             self.resyncs += 1
             self._new_canary()
             for resync in self._resyncs:
-                await resync(why)
+                try:
+                    await resync(why)
+                except Exception:
+                    # One service's failure must neither keep the others
+                    # from re-creating their state nor end the probing.
+                    logger.exception("re-creating state after the server %s failed", why)
         elif self._canary is None:
             self._new_canary()
         else:
@@ -97,14 +104,30 @@ class ServerLiveness:
         server = self._sip.ua.server
         uri = SipURI("sip", CANARY_USER, server.host)
         self._canary = self._sip.start_subscription(uri, uri)
+        self._canary_accepted = False
         self._canary_lost = False
 
     def _on_sip_event(self, event: UserAgentEvent) -> None:
+        if isinstance(event, SubscriptionAccepted) and event.subscription_id == self._canary:
+            self._canary_accepted = True
         if isinstance(event, SubscriptionTerminated) and event.subscription_id == self._canary:
             self._canary = None
-            if event.reason != "unsubscribed":
+            if event.reason == "unsubscribed":
+                return
+            if self._canary_accepted:
                 logger.info("canary subscription ended: %s", event.reason)
                 self._canary_lost = True
+            elif not self._canary_refusal_told:
+                # Never established, so it proves nothing was lost: counting
+                # it would re-create everything at every probe.  It is
+                # tried again at the next probe.
+                self._canary_refusal_told = True
+                logger.warning(
+                    "presence server did not accept the canary subscription (%s %s): "
+                    "its restarts go unnoticed until it does",
+                    event.reason,
+                    event.status or "",
+                )
 
     async def _run(self) -> None:
         while True:

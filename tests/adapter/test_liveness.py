@@ -1,0 +1,372 @@
+"""ServerLiveness with a fake endpoint (probe, canary subscription) and bounded() REST waits."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from adapter.liveness import CANARY_USER, ServerLiveness, bounded
+from sip import SipURI, SubscriptionTerminated
+from sip.aio import RequestFailed, RequestTimedOut
+from sip.subscription import SubscriptionAccepted
+from sip.useragent import OptionsAnswered, UserAgentEvent
+
+SERVER = SipURI.parse("sip:127.0.0.1:5070")
+CAME_BACK = "came back"
+FORGOT = "lost its subscriptions (restarted?)"
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+class FakeUserAgent:
+    server = SERVER
+
+
+class FakeEndpoint:
+    """The part of SipEndpoint that liveness uses; the test plays the server."""
+
+    def __init__(self) -> None:
+        self.ua = FakeUserAgent()
+        self.listeners: list[Callable[[UserAgentEvent], None]] = []
+        #: What the next probes do: "answer", "refuse" (503), "timeout", "hang".
+        self.server = "answer"
+        self.probes = 0
+        self.accept_subscriptions = True
+        self.started: list[tuple[int, SipURI, SipURI]] = []
+        self.refreshed: list[int] = []
+        self.ended: list[int] = []
+        self._next_id = 100
+
+    def add_listener(self, listener: Callable[[UserAgentEvent], None]) -> None:
+        self.listeners.append(listener)
+
+    def emit(self, event: UserAgentEvent) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    async def probe(self) -> OptionsAnswered:
+        self.probes += 1
+        await asyncio.sleep(0)  # a round trip: whatever was due arrives meanwhile
+        if self.server == "refuse":
+            raise RequestFailed("OPTIONS", 503, "Service Unavailable")
+        if self.server == "timeout":
+            raise RequestTimedOut("OPTIONS", None, "timeout")
+        if self.server == "hang":
+            await asyncio.Event().wait()
+        return OptionsAnswered(self.probes, 200, 0.001)
+
+    def start_subscription(self, subscriber: SipURI, target: SipURI) -> int:
+        self._next_id += 1
+        self.started.append((self._next_id, subscriber, target))
+        # The server's answer comes later, as the real one does.
+        answer: UserAgentEvent
+        if self.accept_subscriptions:
+            answer = SubscriptionAccepted(self._next_id, 600)
+        else:
+            answer = SubscriptionTerminated(self._next_id, "failed", 403)
+        asyncio.get_running_loop().call_soon(self.emit, answer)
+        return self._next_id
+
+    def refresh_subscription(self, subscription_id: int) -> None:
+        self.refreshed.append(subscription_id)
+
+    def end_subscription(self, subscription_id: int) -> None:
+        self.ended.append(subscription_id)
+
+    @property
+    def canary(self) -> int:
+        return self.started[-1][0]
+
+
+class World:
+    def __init__(self, interval: float = 5.0) -> None:
+        self.sip = FakeEndpoint()
+        self.liveness = ServerLiveness(self.sip, interval)  # type: ignore[arg-type]
+        self.resyncs: list[str] = []
+        self.others: list[str] = []
+
+        async def resync(why: str) -> None:
+            self.resyncs.append(why)
+
+        async def other(why: str) -> None:
+            self.others.append(why)
+
+        self.liveness.on_resync(resync)
+        self.liveness.on_resync(other)
+
+
+def test_the_first_probe_starts_a_canary_and_later_probes_refresh_it() -> None:
+    async def scenario() -> None:
+        w = World()
+        await w.liveness.check()
+        ((canary, subscriber, target),) = w.sip.started
+        assert subscriber == target == SipURI("sip", CANARY_USER, "127.0.0.1")
+        await w.liveness.check()
+        await w.liveness.check()
+        assert w.sip.refreshed == [canary, canary]
+        assert w.resyncs == [] and w.liveness.resyncs == 0
+        assert w.liveness.reachable
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("failure", ["refuse", "timeout", "hang"])
+def test_unreachable_then_back_is_one_resync_came_back(
+    failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        w = World(interval=0.02)  # a hung probe waits one interval
+        await w.liveness.check()
+        first = w.sip.canary
+        w.sip.server = failure
+        for _ in range(3):
+            await w.liveness.check()
+            assert not w.liveness.reachable
+        assert w.sip.refreshed == []  # nothing sent into the void
+        w.sip.server = "answer"
+        await w.liveness.check()
+        assert w.liveness.reachable
+        assert w.resyncs == [CAME_BACK] and w.others == [CAME_BACK]
+        assert w.liveness.resyncs == 1
+        # A fresh canary for the server as it is now; the old one let go.
+        assert w.sip.ended == [first] and w.sip.canary != first
+        await w.liveness.check()
+        assert w.resyncs == [CAME_BACK]
+        assert w.sip.refreshed == [w.sip.canary]
+
+    with caplog.at_level(logging.WARNING, logger="adapter.liveness"):
+        run(scenario)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "unreachable" in m]) == 1  # said once, not per probe
+    assert any("came back" in m for m in messages)
+
+
+def test_a_canary_that_timed_out_during_the_outage_adds_no_second_resync() -> None:
+    async def scenario() -> None:
+        w = World()
+        await w.liveness.check()
+        w.sip.server = "timeout"
+        await w.liveness.check()
+        # Its own refresh found no server either.
+        w.sip.emit(SubscriptionTerminated(w.sip.canary, "timeout"))
+        await w.liveness.check()
+        w.sip.server = "answer"
+        await w.liveness.check()
+        await w.liveness.check()
+        await w.liveness.check()
+        assert w.resyncs == [CAME_BACK]
+
+    run(scenario)
+
+
+def test_the_canary_gone_means_the_server_forgot_and_resync_follows() -> None:
+    async def scenario() -> None:
+        w = World()
+        await w.liveness.check()
+        await w.liveness.check()
+        canary = w.sip.canary
+        assert w.sip.refreshed == [canary]
+        # That refresh got 481 (RFC 6665 §4.1.2.2): the server restarted.
+        w.sip.emit(SubscriptionTerminated(canary, "dialog-gone", 481))
+        assert w.resyncs == []  # not from inside the SIP event
+        await w.liveness.check()
+        assert w.resyncs == [FORGOT] and w.others == [FORGOT]
+        assert w.sip.canary != canary and w.sip.ended == []  # the old one is gone already
+        await w.liveness.check()
+        await w.liveness.check()
+        assert w.resyncs == [FORGOT]
+        assert w.sip.refreshed == [canary, w.sip.canary, w.sip.canary]
+
+    run(scenario)
+
+
+def test_the_canary_ended_by_us_is_no_news() -> None:
+    async def scenario() -> None:
+        w = World()
+        await w.liveness.check()
+        canary = w.sip.canary
+        w.sip.emit(SubscriptionTerminated(canary, "unsubscribed"))
+        await w.liveness.check()
+        assert w.resyncs == []
+        assert len(w.sip.started) == 2  # simply a new canary
+        assert w.sip.refreshed == []
+
+    run(scenario)
+
+
+def test_other_subscriptions_ending_are_not_the_canary() -> None:
+    async def scenario() -> None:
+        w = World()
+        await w.liveness.check()
+        w.sip.emit(SubscriptionTerminated(w.sip.canary + 1, "dialog-gone", 481))
+        await w.liveness.check()
+        assert w.resyncs == []
+        assert w.sip.refreshed == [w.sip.canary]
+
+    run(scenario)
+
+
+def test_a_refused_canary_does_not_resync_everything_at_every_probe(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server that will not take the canary (403, 404, a challenge) has not
+    # lost anything: re-publishing and re-subscribing everything each
+    # keepalive would be a storm of our own making.
+    async def scenario() -> None:
+        w = World()
+        w.sip.accept_subscriptions = False
+        for _ in range(4):
+            await w.liveness.check()
+        assert w.resyncs == []
+        assert len(w.sip.started) == 4  # tried again at each probe
+        # Once the server takes it, a loss counts again.
+        w.sip.accept_subscriptions = True
+        await w.liveness.check()
+        await w.liveness.check()
+        w.sip.emit(SubscriptionTerminated(w.sip.canary, "dialog-gone", 481))
+        await w.liveness.check()
+        assert w.resyncs == [FORGOT]
+
+    with caplog.at_level(logging.WARNING, logger="adapter.liveness"):
+        run(scenario)
+    refusals = [r for r in caplog.records if "canary" in r.getMessage()]
+    assert len(refusals) == 1  # said once, not at every probe
+
+
+def test_a_failing_resync_callback_does_not_stop_the_others_or_the_probes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        sip = FakeEndpoint()
+        liveness = ServerLiveness(sip, 0.01)  # type: ignore[arg-type]
+        calls: list[str] = []
+
+        async def broken(why: str) -> None:
+            calls.append("broken")
+            raise RuntimeError("resync bug")
+
+        async def fine(why: str) -> None:
+            calls.append("fine")
+
+        liveness.on_resync(broken)
+        liveness.on_resync(fine)
+        liveness.reachable = False  # as after failed probes
+        liveness.start()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if sip.probes >= 3:
+                break
+        await liveness.close()
+        assert calls == ["broken", "fine"]
+        assert sip.probes >= 3  # the loop outlived the broken callback
+
+    with caplog.at_level(logging.ERROR, logger="adapter.liveness"):
+        run(scenario)
+    assert any(r.exc_info and "resync bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_start_probes_every_interval_until_closed() -> None:
+    async def scenario() -> None:
+        sip = FakeEndpoint()
+        liveness = ServerLiveness(sip, 0.01)  # type: ignore[arg-type]
+        liveness.start()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if sip.probes >= 3:
+                break
+        await liveness.close()
+        assert sip.probes >= 3
+        seen = sip.probes
+        await asyncio.sleep(0.05)
+        assert sip.probes == seen
+
+    run(scenario)
+
+
+def test_an_interval_of_zero_probes_nothing() -> None:
+    async def scenario() -> None:
+        sip = FakeEndpoint()
+        liveness = ServerLiveness(sip, 0)  # type: ignore[arg-type]
+        liveness.start()
+        await asyncio.sleep(0.02)
+        await liveness.close()
+        assert sip.probes == 0 and liveness.reachable
+
+    run(scenario)
+
+
+# -- bounded(): how long a REST call waits for the SIP side ---------------------
+
+
+def down() -> ServerLiveness:
+    liveness = ServerLiveness(FakeEndpoint(), 5.0)  # type: ignore[arg-type]
+    liveness.reachable = False
+    return liveness
+
+
+async def answer(value: Any, after: float = 0.0) -> Any:
+    await asyncio.sleep(after)
+    return value
+
+
+def test_bounded_returns_the_value_of_a_fast_answer() -> None:
+    async def scenario() -> None:
+        assert await bounded(answer("ok"), "PUBLISH", None, 1.0) == "ok"
+        up = ServerLiveness(FakeEndpoint(), 5.0)  # type: ignore[arg-type]
+        assert await bounded(answer(7, 0.001), "SUBSCRIBE", up, 1.0) == 7
+
+    run(scenario)
+
+
+def test_bounded_gives_up_after_the_timeout() -> None:
+    async def scenario() -> None:
+        slow = answer("late", after=10)
+        with pytest.raises(RequestTimedOut) as info:
+            await bounded(slow, "SUBSCRIBE", None, 0.01)
+        assert info.value.status is None
+        assert str(info.value) == "SUBSCRIBE failed: no answer within 0.01 s"
+        assert inspect.getcoroutinestate(slow) == inspect.CORO_CLOSED
+
+    run(scenario)
+
+
+def test_bounded_errors_from_the_sip_side_pass_through() -> None:
+    async def refused() -> None:
+        raise RequestFailed("PUBLISH", 403, "Forbidden")
+
+    async def scenario() -> None:
+        with pytest.raises(RequestFailed) as info:
+            await bounded(refused(), "PUBLISH", None, 1.0)
+        assert not isinstance(info.value, RequestTimedOut)
+        assert info.value.status == 403
+
+    run(scenario)
+
+
+def test_bounded_while_the_server_is_down_fails_at_once_and_closes_the_coroutine() -> None:
+    async def scenario() -> None:
+        waiting = answer("never", after=10)
+        with pytest.raises(RequestTimedOut) as info:
+            await bounded(waiting, "PUBLISH", down(), 30.0)
+        assert str(info.value) == "PUBLISH failed: presence server unreachable"
+        # Closed, not left for the garbage collector to warn "never awaited".
+        assert inspect.getcoroutinestate(waiting) == inspect.CORO_CLOSED
+
+    run(scenario)
+
+
+def test_bounded_while_the_server_is_down_cancels_a_future() -> None:
+    async def scenario() -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with pytest.raises(RequestTimedOut):
+            await bounded(future, "SUBSCRIBE", down(), 30.0)
+        assert future.cancelled()
+
+    run(scenario)
