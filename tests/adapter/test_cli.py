@@ -104,3 +104,125 @@ def test_unknown_keys_are_logged_once_and_tolerated(tmp_path: Path) -> None:
         "WARNING adapter.config: adapter.toml: unknown keys ignored: http.workers"
     )
     assert lines[1] == f"adapter.toml: http.port: 127.0.0.1:{port} (TCP) is already in use"
+
+
+# -- the store file at start-up ----------------------------------------------------------
+#
+# A store that cannot be used stops start-up with one line naming store.path; a
+# missing one is created (a first start needs no preparation). Either way the
+# adapter never starts over an existing file it cannot read.
+
+
+def with_store(tmp_path: Path, store: Path) -> Path:
+    """The bundled configuration on free ports, with its store at ``store``."""
+    from tests.presence_server import free_port
+
+    text = (REPO / "conf/adapter.toml").read_text(encoding="utf-8")
+    replacements = {
+        "port = 8080": f"port = {free_port('127.0.0.1')}",
+        'listen = "127.0.0.1:5080"': f'listen = "127.0.0.1:{free_port("127.0.0.1")}"',
+        # Nobody's presence server: the bundled port may be another run's.
+        'server = "sip:127.0.0.1:5070"': f'server = "sip:127.0.0.1:{free_port("127.0.0.1")}"',
+        'path = "var/adapter.sqlite"': f'path = "{store}"',
+    }
+    for old, new in replacements.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = tmp_path / "adapter.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(range(256)) * 16, b"[store]\npath = 'this is a text file'\n" * 40],
+    ids=["random bytes", "text file"],
+)
+def test_a_corrupt_store_is_one_line_naming_store_path(tmp_path: Path, content: bytes) -> None:
+    store = tmp_path / "adapter.sqlite"
+    store.write_bytes(content)
+    with_store(tmp_path, store)
+    result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == f"adapter.toml: store.path: {store}: file is not a database\n"
+    assert result.stdout == ""
+    assert store.read_bytes() == content  # left as it was, for whoever looks into it
+
+
+def test_a_store_of_another_schema_version_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = tmp_path / "adapter.sqlite"
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema', '7')")
+    db.close()
+    with_store(tmp_path, store)
+    result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"adapter.toml: store.path: {store}: schema version 7, expected 1\n"
+    )
+
+
+def test_a_store_path_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "var").write_text("a file where the store's folder should be")
+    store = tmp_path / "var" / "adapter.sqlite"
+    with_store(tmp_path, store)
+    result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"adapter.toml: store.path: {store}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_store_is_created_and_the_adapter_serves(tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+    import time
+    import urllib.request
+
+    store = tmp_path / "state" / "adapter.sqlite"
+    config = with_store(tmp_path, store)
+    port = next(
+        int(line.split("=")[1])
+        for line in config.read_text().splitlines()
+        if line.startswith("port = ")
+    )
+    assert SCRIPT is not None
+    process = subprocess.Popen(
+        [SCRIPT, "serve", "--config", "adapter.toml", "--log-level", "warning"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        status = None
+        for _ in range(200):  # up to 10 s
+            # Not /health: with no presence server behind it, that waits for its probe.
+            url = f"http://127.0.0.1:{port}/openapi.json"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    status = answer.status
+            except OSError:  # not listening yet
+                if process.poll() is not None:
+                    break
+                time.sleep(0.05)
+                continue
+            break
+        assert status == 200, process.poll()
+        assert store.is_file()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, stderr = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+    assert "Traceback" not in stderr
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+    db.close()
