@@ -33,6 +33,7 @@ class BayeuxListener:
         self.user = user
         self.messages: list[Message] = []
         self.errors: list[str] = []
+        self.unreachable = 0  # handshakes that got no answer (and were retried)
         self._subscribed = False
         self._changed = threading.Condition()
         args = [url, user, password] + ([transport] if transport else [])
@@ -57,6 +58,8 @@ class BayeuxListener:
             with self._changed:
                 if event["event"] == "subscribed":
                     self._subscribed = True
+                elif event["event"] == "unreachable":
+                    self.unreachable += 1  # the client retries by itself
                 elif event["event"] == "message":
                     self.messages.append(
                         {"channel": event["channel"], "data": event["data"], "at": time.monotonic()}
@@ -86,6 +89,10 @@ class BayeuxListener:
 
     def wait_subscribed(self, timeout: float = 10) -> None:
         self._wait(lambda: self._subscribed, timeout, "subscription")
+
+    def wait_unreachable(self, timeout: float = 10) -> None:
+        """Until a handshake went unanswered (the server is down; the client retries)."""
+        self._wait(lambda: self.unreachable, timeout, "unanswered handshake")
 
     def matching(self, predicate: Callable[[Message], bool]) -> list[Message]:
         """The messages received so far that satisfy ``predicate``."""
@@ -130,11 +137,13 @@ def bayeux_listener() -> Iterator[Callable[..., BayeuxListener]]:
     started: list[BayeuxListener] = []
 
     def listen(
-        url: str, user: str, password: str, transport: str | None = None
+        url: str, user: str, password: str, transport: str | None = None, *, wait: bool = True
     ) -> BayeuxListener:
+        """``wait=False``: return at once (the client keeps trying until the server answers)."""
         listener = BayeuxListener(url, user, password, transport)
         started.append(listener)
-        listener.wait_subscribed()
+        if wait:
+            listener.wait_subscribed()
         return listener
 
     yield listen

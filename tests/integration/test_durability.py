@@ -323,13 +323,15 @@ def test_kill_9_and_restart_with_the_same_store_loses_nothing(
     assert activities(kept) == ["Meeting", "Meal"]
 
     adapter.kill()
+    # The application comes back while the adapter is down: its client keeps
+    # trying (handshake refused, retried with backoff) until the adapter is back.
+    again = bayeux_listener(adapter.url + "/cometd", "bob-app", PASSWORD, wait=False)
+    again.wait_unreachable()
     adapter.restart()
-
-    # Recovery re-subscribes on its own; Get User Presence answers again.
-    eventually(lambda: scene.seen_activity() == "Meal", what="Get User Presence after restart")
-    # The application comes back: a new client, as after its own restart.
-    again = bayeux_listener(adapter.url + "/cometd", "bob-app", PASSWORD)
+    again.wait_subscribed()
     again.wait_for(status_changed("kill"), count=2)
+    # Recovery re-subscribed on its own; Get User Presence answers again.
+    eventually(lambda: scene.seen_activity() == "Meal", what="Get User Presence after restart")
     for value in ("Sleeping", "Holiday"):
         assert scene.publish(value).status_code == 204
     again.wait_for(status_end("kill"))

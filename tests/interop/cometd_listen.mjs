@@ -6,7 +6,9 @@
 // whichever the client negotiates). Lines printed:
 //   {"event":"subscribed"}              /bayeux/USER/** is subscribed
 //   {"event":"message","channel":C,"data":D}
-//   {"event":"error","error":E}         a failed handshake or subscription
+//   {"event":"error","error":E}         a handshake or subscription refused
+//   {"event":"unreachable"}             a handshake that got no answer (the
+//                                       client retries it with backoff)
 // The ack extension is on, as an application that must not lose a
 // notification across a reconnect would run it.
 import { adapt } from "cometd-nodejs-client";
@@ -31,7 +33,9 @@ if (transport === "long-polling") {
 
 cometd.addListener("/meta/handshake", (message) => {
     if (!message.successful) {
-        emit({ event: "error", error: message.error });
+        // No Bayeux error means no server answered (connection refused...):
+        // not a refusal, and the client tries again by itself.
+        emit(message.error === undefined ? { event: "unreachable" } : { event: "error", error: message.error });
         return;
     }
     // In the handshake listener, so that it runs again after a re-handshake.
