@@ -1,27 +1,120 @@
 """The adapter as its users run it: ``presence-adapter serve --config PATH``, in a subprocess.
 
-For tests that need a real process — killed with SIGKILL, started again with
-the same configuration and store, or expected to exit.  Each instance owns a
-directory (configuration, store, log) and HTTP/SIP ports chosen free at run
-time; ``start()`` returns once the HTTP server answers.
+For tests that need a real process — end to end through HTTP, killed with
+SIGKILL, started again with the same configuration and store, or expected to
+exit.  Each instance owns a directory (configuration, store, log) and HTTP/SIP
+ports chosen free at run time; ``start()`` returns once the HTTP server answers
+(or, with ``healthy=True``, once ``/health`` says the presence server does).
+
+Two ways to configure one: a TOML template of your own (``AdapterProcess(directory,
+config, **values)``), or :meth:`AdapterProcess.for_server` with the application
+accounts and a presence server, which writes the configuration and then hands
+out HTTP clients per account (:meth:`AdapterProcess.client`).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ClassVar
 
 import httpx
 
-from tests.presence_server import free_port
+from tests.presence_server import PresenceServer, free_port
+
+IDENTITY_HEADER = "X-Presence-Identity"  # adapter/auth.py: which address a request acts as
 
 
 class AdapterProcessError(Exception):
     """The adapter did not start, or did not stop."""
+
+
+@dataclass(frozen=True)
+class AppAccount:
+    """One ``[[accounts]]`` entry: an application and the SIP addresses it may act as."""
+
+    id: str
+    password: str
+    addresses: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            raise ValueError(f"account {self.id} needs at least one address")
+
+
+def _toml(value: object) -> str:
+    """A TOML value for the scalars and lists a configuration holds."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _literal(text: str) -> str:
+    """``text`` protected from ``str.format`` (the template fills only its placeholders)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def config_template(
+    accounts: Iterable[AppAccount],
+    *,
+    sip_server: str,
+    xcap_root: str,
+    transport: str = "udp",
+    settings: Mapping[str, Mapping[str, object]] | None = None,
+    extra: str = "",
+) -> str:
+    """A configuration template for :class:`AdapterProcess` (ports and store left open).
+
+    ``settings`` adds or overrides keys of tables (``{"sip": {"request_timeout": 1}}``,
+    or whole new tables); ``extra`` is TOML text written after them, before the
+    accounts.
+    """
+    tables: dict[str, dict[str, object]] = {
+        "http": {"host": "127.0.0.1"},
+        "sip": {"server": sip_server, "transport": transport},
+        "xcap": {"root": xcap_root},
+        "store": {},
+    }
+    for table, keys in (settings or {}).items():
+        tables.setdefault(table, {}).update(keys)
+    placeholders = {
+        ("http", "port"): "{http_port}",
+        ("sip", "listen"): '"127.0.0.1:{sip_port}"',
+        ("store", "path"): '"{store}"',
+    }
+    lines: list[str] = []
+    for table, keys in tables.items():
+        lines.append(f"[{table}]")
+        for (where, key), placeholder in placeholders.items():
+            if where == table and key not in keys:
+                lines.append(f"{key} = {placeholder}")
+        lines.extend(f"{key} = {_literal(_toml(value))}" for key, value in keys.items())
+        lines.append("")
+    if extra:
+        lines.extend([_literal(extra.strip()), ""])
+    for account in accounts:
+        lines.extend(
+            [
+                "[[accounts]]",
+                f"id = {_literal(_toml(account.id))}",
+                f"password = {_literal(_toml(account.password))}",
+                f"addresses = {_literal(_toml(list(account.addresses)))}",
+                "",
+            ]
+        )
+    return "\n".join(lines)
 
 
 class AdapterProcess:
@@ -31,6 +124,14 @@ class AdapterProcess:
     ``{store}`` placeholders, plus any given as ``values`` (filled once:
     restarts reuse ports and store).
     """
+
+    # Every instance whose process runs, so that a failing test can be shown
+    # their logs (tests/integration/conftest.py) whoever holds them.
+    _running: ClassVar[set[AdapterProcess]] = set()
+
+    @classmethod
+    def running(cls) -> list[AdapterProcess]:
+        return list(cls._running)
 
     def __init__(
         self, directory: Path, config: str, host: str = "127.0.0.1", **values: object
@@ -49,10 +150,72 @@ class AdapterProcess:
         )
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        #: The accounts, by id, when known (:meth:`for_server`): what :meth:`client` uses.
+        self.accounts: dict[str, AppAccount] = {}
+
+    @classmethod
+    def for_server(
+        cls,
+        directory: Path,
+        server: PresenceServer,
+        accounts: Iterable[AppAccount],
+        *,
+        sip_server: str | None = None,
+        xcap_root: str | None = None,
+        transport: str = "udp",
+        settings: Mapping[str, Mapping[str, object]] | None = None,
+        extra: str = "",
+    ) -> AdapterProcess:
+        """An adapter (not started) for ``accounts`` in front of ``server``.
+
+        ``sip_server`` / ``xcap_root`` replace the server's own addresses (to
+        point the adapter at a port where nothing listens, say).
+        """
+        accounts = tuple(accounts)
+        template = config_template(
+            accounts,
+            sip_server=sip_server or server.sip_uri,
+            xcap_root=xcap_root or server.xcap_root,
+            transport=transport,
+            settings=settings,
+            extra=extra,
+        )
+        adapter = cls(directory, template)
+        adapter.accounts = {account.id: account for account in accounts}
+        return adapter
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    def _client_options(
+        self, account: str | None, address: str | None, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        headers = dict(options.pop("headers", None) or {})
+        if address is not None:
+            headers[IDENTITY_HEADER] = address
+        if account is not None:
+            known = self.accounts[account]
+            options.setdefault("auth", (known.id, known.password))
+        options.setdefault("timeout", 10)
+        return {"base_url": self.url, "headers": headers, **options}
+
+    def client(
+        self, account: str | None = None, address: str | None = None, **options: Any
+    ) -> httpx.Client:
+        """An HTTP client authenticated as ``account`` (none: no credentials),
+        acting as ``address`` when given (else the account's first address)."""
+        return httpx.Client(**self._client_options(account, address, options))
+
+    def async_client(
+        self, account: str | None = None, address: str | None = None, **options: Any
+    ) -> httpx.AsyncClient:
+        """As :meth:`client`, for asyncio tests."""
+        return httpx.AsyncClient(**self._client_options(account, address, options))
 
     def command(self) -> list[str]:
         return [
@@ -67,25 +230,29 @@ class AdapterProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, *, healthy: bool = False) -> None:
         """Spawn the adapter; return once HTTP answers (any status: /health is 503
-        while the presence server is down, and that is a state tests want)."""
+        while the presence server is down, and that is a state tests want) —
+        with ``healthy``, once /health answers 200."""
         if self.process is not None:
             raise AdapterProcessError("already running")
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(), cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT
         )
+        self._running.add(self)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                httpx.get(self.url + "/health", timeout=3)
-                return
+                status = httpx.get(self.url + "/health", timeout=3).status_code
+                if status == 200 or not healthy:
+                    return
             except httpx.HTTPError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._reap()
-                raise AdapterProcessError(f"adapter did not start:\n{self.log_tail()}")
+                what = "did not start" if not healthy else "did not become healthy"
+                raise AdapterProcessError(f"adapter {what}:\n{self.log_tail()}")
             time.sleep(0.05)
 
     def kill(self) -> None:
@@ -95,9 +262,9 @@ class AdapterProcess:
         self.process.send_signal(signal.SIGKILL)
         self._reap()
 
-    def restart(self, timeout: float = 15.0) -> None:
+    def restart(self, timeout: float = 15.0, *, healthy: bool = False) -> None:
         """Start again after :meth:`kill` or :meth:`stop`: same config, ports and store."""
-        self.start(timeout)
+        self.start(timeout, healthy=healthy)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait (SIGKILL after ``timeout``); safe to call when not running."""
@@ -110,6 +277,7 @@ class AdapterProcess:
         self._reap()
 
     def _reap(self) -> None:
+        self._running.discard(self)
         process, self.process = self.process, None
         if process is not None:
             if process.poll() is None:

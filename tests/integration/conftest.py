@@ -9,9 +9,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+
+from tests.adapter_process import AdapterProcess, AppAccount
+from tests.presence_server import PresenceServer
 
 INTEROP = Path(__file__).resolve().parent.parent / "interop"
 
@@ -149,3 +152,68 @@ def bayeux_listener() -> Iterator[Callable[..., BayeuxListener]]:
     yield listen
     for listener in started:
         listener.stop()
+
+
+class AdapterFactory(Protocol):
+    def __call__(
+        self,
+        accounts: list[AppAccount],
+        *,
+        healthy: bool = True,
+        sip_server: str | None = None,
+        xcap_root: str | None = None,
+        transport: str = "udp",
+        settings: dict[str, dict[str, object]] | None = None,
+        extra: str = "",
+    ) -> AdapterProcess: ...
+
+
+@pytest.fixture(scope="module")
+def adapter_factory(
+    presence_server: PresenceServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AdapterFactory]:
+    """Start adapter processes (tests/adapter_process.py) in front of the session's
+    presence server, each in a directory of its own; all stopped after the module.
+
+    ``healthy`` (the default) waits until /health is 200; pass False for an adapter
+    pointed at a presence server that is not there.
+    """
+    started: list[AdapterProcess] = []
+
+    def start(
+        accounts: list[AppAccount],
+        *,
+        healthy: bool = True,
+        sip_server: str | None = None,
+        xcap_root: str | None = None,
+        transport: str = "udp",
+        settings: dict[str, dict[str, object]] | None = None,
+        extra: str = "",
+    ) -> AdapterProcess:
+        adapter = AdapterProcess.for_server(
+            tmp_path_factory.mktemp("adapter"),
+            presence_server,
+            accounts,
+            sip_server=sip_server,
+            xcap_root=xcap_root,
+            transport=transport,
+            settings=settings,
+            extra=extra,
+        )
+        started.append(adapter)
+        adapter.start(healthy=healthy)
+        return adapter
+
+    yield start
+    for adapter in started:
+        adapter.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failure, append the tail of the log of every adapter process running."""
+    report = yield
+    if report.failed:
+        for adapter in AdapterProcess.running():
+            report.sections.append((f"adapter log {adapter.log_path}", adapter.log_tail()))
+    return report
