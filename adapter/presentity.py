@@ -50,7 +50,14 @@ from pidf import (
     validate_publication,
 )
 from pidf.watcherinfo import CONTENT_TYPE as WATCHERINFO
-from sip import NotifyReceived, SipError, SipURI, SubscriptionTerminated, UserAgentEvent
+from sip import (
+    NotifyReceived,
+    PublicationConfirmed,
+    SipError,
+    SipURI,
+    SubscriptionTerminated,
+    UserAgentEvent,
+)
 from sip.aio import RequestFailed, SipEndpoint
 
 __all__ = ["OpenSubscription", "PresentityService", "UnknownWatcher", "WatcherDirectory"]
@@ -61,7 +68,8 @@ logger = logging.getLogger(__name__)
 #: first NOTIFY (Kamailio sends it right after the 200: ≈1 ms here).
 WINFO_READY_TIMEOUT = 3.0
 
-PUBLICATION = "publication"  # store kind: presentity -> published attributes (REST JSON)
+#: Store kind: presentity -> {"attributes": REST JSON, "etag", "etag_expires" (epoch)}.
+PUBLICATION = "publication"
 
 _LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
 _UNDECIDED = (None, SubHandling.CONFIRM)
@@ -91,6 +99,11 @@ class _Presentity:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     attributes: tuple[PresenceAttribute, ...] = ()
     publication_id: int | None = None
+    # The server's entity tag for our publication and when it expires (epoch
+    # seconds), kept so that a restarted adapter modifies that publication
+    # instead of adding a second one beside it (RFC 3903 §4.4).
+    etag: str | None = None
+    etag_expires: float | None = None
     winfo_id: int | None = None
     winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
     winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,6 +131,7 @@ class PresentityService:
         self._rules_changed = rules_changed or (lambda presentity: None)
         self._clock = clock
         self._presentities: dict[str, _Presentity] = {}
+        self._by_publication: dict[int, _Presentity] = {}
         self._by_winfo: dict[int, _Presentity] = {}
         sip.add_listener(self._on_sip_event)
 
@@ -149,17 +163,18 @@ class PresentityService:
             body = encode(merged, entity=presentity, now=now)
             # Durable before anything is answered: after a crash the
             # publication comes back from the store.
-            await self._store.put(PUBLICATION, presentity, attributes_to_json(merged))
             entry.attributes = merged
+            await self._save(entry)
             ua = self._sip.ua
-            if entry.publication_id is None or ua.publication(entry.publication_id) is None:
+            publication_id = entry.publication_id
+            if publication_id is None or ua.publication(publication_id) is None:
                 # Keep the id before waiting: a failed first PUBLISH still
                 # leaves a publication that retries, and later publishes
                 # must modify it rather than start a second one.
-                entry.publication_id = ua.publish(entry.aor, body, self._sip.now())
+                publication_id = self._start_publication(entry, body)
             else:
-                ua.modify(entry.publication_id, body, self._sip.now())
-            outcome = self._sip.publication_outcome(entry.publication_id)
+                ua.modify(publication_id, body, self._sip.now())
+            outcome = self._sip.publication_outcome(publication_id)
             await bounded(outcome, "PUBLISH", self._liveness, self._timeout)
 
     async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
@@ -179,7 +194,7 @@ class PresentityService:
                     return
                 body = encode(entry.attributes, entity=str(entry.aor), now=self._clock())
                 if self._sip.ua.publication(entry.publication_id) is None:
-                    entry.publication_id = self._sip.ua.publish(entry.aor, body, self._sip.now())
+                    self._start_publication(entry, body)
                 else:
                     self._sip.ua.modify(entry.publication_id, body, self._sip.now())
                 publication_id = entry.publication_id
@@ -194,11 +209,13 @@ class PresentityService:
         """Publish again what the store kept (at start, paced)."""
         stored = self._store.load(PUBLICATION)
         entries = []
-        for presentity, items in stored.items():
+        for presentity, record in stored.items():
             try:
                 entry = self._presentity(presentity)
-                entry.attributes = attributes_from_json(items)
-            except (PidfError, SipError) as exc:
+                entry.attributes = attributes_from_json(record["attributes"])
+                entry.etag = record.get("etag")
+                entry.etag_expires = record.get("etag_expires")
+            except (PidfError, SipError, KeyError, TypeError) as exc:
                 logger.error("stored publication of %s unusable, dropped: %s", presentity, exc)
                 await self._store.delete(PUBLICATION, presentity)
                 continue
@@ -209,14 +226,42 @@ class PresentityService:
                 if entry.publication_id is not None:
                     return  # published again by a request meanwhile
                 body = encode(entry.attributes, entity=str(entry.aor), now=self._clock())
-                ua = self._sip.ua
-                entry.publication_id = ua.publish(entry.aor, body, self._sip.now())
+                publication_id = self._start_publication(entry, body)
             try:
-                await self._sip.publication_outcome(entry.publication_id)
+                await self._sip.publication_outcome(publication_id)
             except RequestFailed as exc:
                 logger.info("re-publishing %s: %s (keeps retrying)", entry.aor, exc)
 
         await recover("publications", entries, start, pace=pace)
+
+    def _start_publication(self, entry: _Presentity, body: bytes) -> int:
+        """A new SIP publication for ``entry``, resuming the server's one if known."""
+        now = self._sip.now()
+        resume_until = None
+        if entry.etag is not None and entry.etag_expires is not None:
+            left = entry.etag_expires - self._clock().timestamp()
+            if left > 0:
+                resume_until = now + left
+        publication_id = self._sip.ua.publish(
+            entry.aor,
+            body,
+            now,
+            etag=entry.etag if resume_until is not None else None,
+            etag_expires_at=resume_until,
+        )
+        if entry.publication_id is not None:
+            self._by_publication.pop(entry.publication_id, None)
+        entry.publication_id = publication_id
+        self._by_publication[publication_id] = entry
+        return publication_id
+
+    def _save(self, entry: _Presentity) -> asyncio.Future[None]:
+        record = {
+            "attributes": attributes_to_json(entry.attributes),
+            "etag": entry.etag,
+            "etag_expires": entry.etag_expires,
+        }
+        return self._store.put(PUBLICATION, str(entry.aor), record)
 
     def published(self, presentity: str) -> tuple[PresenceAttribute, ...]:
         entry = self._presentities.get(presentity)
@@ -333,6 +378,13 @@ class PresentityService:
     # -- SIP events --------------------------------------------------------
 
     def _on_sip_event(self, event: UserAgentEvent) -> None:
+        if isinstance(event, PublicationConfirmed):
+            entry = self._by_publication.get(event.publication_id)
+            if entry is not None:
+                entry.etag = event.etag
+                entry.etag_expires = self._clock().timestamp() + event.expires
+                self._save(entry)
+            return
         if isinstance(event, NotifyReceived):
             entry = self._by_winfo.get(event.subscription_id)
             if entry is None or not event.body:

@@ -153,6 +153,8 @@ class Publication:
         expires: int = 3600,
         spread: float = 0.0,
         policy: RefreshPolicy = RefreshPolicy(),
+        etag: str | None = None,
+        etag_expires_at: float | None = None,
     ) -> None:
         self.id = publication_id
         self.aor = aor
@@ -161,8 +163,12 @@ class Publication:
         self.requested_expires = expires
         self.policy = policy
         self.state = PublicationState.IDLE
-        self.etag: str | None = None
-        self.expires_at: float | None = None
+        # Resuming a publication the state agent already holds (e.g. after our
+        # own restart): the first PUBLISH then modifies it with SIP-If-Match
+        # instead of adding a second one (RFC 3903 §4.4); a state agent that
+        # forgot it answers 412 and the full state goes out afresh.
+        self.etag: str | None = etag if etag_expires_at is not None else None
+        self.expires_at: float | None = etag_expires_at if etag is not None else None
         self._call_id = call_id
         self._local_tag = local_tag
         self._cseq = 0

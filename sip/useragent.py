@@ -245,9 +245,13 @@ class UserAgent:
         event: str = "presence",
         content_type: str = "application/pidf+xml",
         expires: int | None = None,
+        etag: str | None = None,
+        etag_expires_at: float | None = None,
     ) -> int:
         """Start a publication of ``body`` for ``aor``; returns its id.
 
+        ``etag`` (with the instant it expires, on our clock) resumes a
+        publication the server already holds: it is modified, not added to.
         The outcome arrives as :class:`~sip.publication.PublicationConfirmed`
         or :class:`~sip.publication.PublicationFailed`.
         """
@@ -261,6 +265,8 @@ class UserAgent:
             expires=expires or self._publication_expires,
             spread=self._rng.random(),
             policy=self._policy,
+            etag=etag,
+            etag_expires_at=etag_expires_at,
         )
         self._publications[publication.id] = publication
         self._run(publication, publication.publish(body, now), now)

@@ -363,16 +363,11 @@ def test_kill_9_and_restart_with_the_same_store_loses_nothing(
     assert listed == ["active"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SIP-ETag is not kept across restarts: sip.UserAgent.publish cannot resume a "
-    "publication from a stored entity tag, so the restarted adapter publishes afresh",
-)
 def test_kill_9_leaves_no_second_publication_on_the_server(scene: Scene) -> None:
     # RFC 3903 §4.4: a PUBLISH without SIP-If-Match creates a *new* publication;
-    # only the entity tag of the old one can modify or remove it.  A restarted
-    # adapter that does not remember the tag leaves the dead process's state
-    # on the server until it expires, aggregated with the new one.
+    # only the entity tag of the old one can modify or remove it.  The adapter
+    # keeps the tag in its store, so a restarted adapter modifies the dead
+    # process's publication instead of leaving it beside a new one.
     adapter = scene.adapter
     adapter.start()
     assert scene.publish("Busy").status_code == 204

@@ -505,3 +505,35 @@ def test_any_sequence_only_raises_local_errors_for_misuse(script: list[tuple[str
             assert outstanding is None
         if pub.state is PublicationState.REMOVED:
             assert pub.get_timer() is None and pub.etag is None
+
+
+# -- resuming a publication the state agent already holds ---------------------------
+
+
+def test_a_resumed_publication_modifies_with_the_known_entity_tag() -> None:
+    pub = Publication(
+        1, AOR, call_id="call-1", local_tag="tag-1", etag="old", etag_expires_at=500.0
+    )
+    request = only_request(pub.publish(BODY, 10.0))
+    assert request.headers.get("SIP-If-Match") == "old"
+    assert request.body == BODY  # a modify carries the state (RFC 3903 §4.4)
+    actions = pub.receive_response(answer(request, 200, SIP_ETag="new", Expires="3600"), 11.0)
+    assert actions == [PublicationConfirmed(1, "new", 3600)]
+
+
+def test_a_resumed_publication_the_server_forgot_is_published_afresh() -> None:
+    pub = Publication(
+        1, AOR, call_id="call-1", local_tag="tag-1", etag="old", etag_expires_at=500.0
+    )
+    request = only_request(pub.publish(BODY, 10.0))
+    retry = only_request(pub.receive_response(answer(request, 412), 11.0))
+    assert "SIP-If-Match" not in retry.headers
+    assert retry.body == BODY
+
+
+def test_an_expired_entity_tag_is_not_used_to_resume() -> None:
+    pub = Publication(
+        1, AOR, call_id="call-1", local_tag="tag-1", etag="old", etag_expires_at=5.0
+    )
+    request = only_request(pub.publish(BODY, 10.0))
+    assert "SIP-If-Match" not in request.headers
