@@ -263,10 +263,6 @@ class PresentityService:
         }
         return self._store.put(PUBLICATION, str(entry.aor), record)
 
-    def published(self, presentity: str) -> tuple[PresenceAttribute, ...]:
-        entry = self._presentities.get(presentity)
-        return entry.attributes if entry is not None else ()
-
     # -- watchers ----------------------------------------------------------
 
     async def open_subscriptions(self, presentity: str) -> list[OpenSubscription]:
@@ -332,9 +328,6 @@ class PresentityService:
         if (await self._xcap.get(presentity)).rules.rule_for(watcher) is not None:
             return
         raise UnknownWatcher(watcher)
-
-    async def decisions(self, presentity: str, watcher: str) -> dict[AttributeType, bool]:
-        return (await self._xcap.get(presentity)).rules.decisions_for(watcher)
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""
