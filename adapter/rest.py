@@ -155,7 +155,10 @@ async def update_authorization(request: Request) -> Response:
 async def block_subscription(request: Request) -> Response:
     """Block Subscription: DELETE …/subscription/{watcher} → 204."""
     who = caller(request)
-    watcher = uri(unquote(request.path_params["watcher"]), "watcher")
+    # The server has already percent-decoded the path (ASGI "path" is decoded):
+    # decoding again would turn an escaped SIP URI (sip:a%20b@…, RFC 3261
+    # §19.1.2) into a different, invalid one.
+    watcher = uri(request.path_params["watcher"], "watcher")
     service: PresentityService = request.state.presentity
     await service.require_known_watcher(who.address, watcher)
     await service.block(who.address, watcher)
