@@ -237,7 +237,9 @@ class WatcherService:
         if watch is None:
             raise NoSubscription(presentity)
         for schedule in list(watch.schedules.values()):
+            schedule.end_quietly()
             self._remove_schedule(watch, schedule)
+            await self._store.delete(SCHEDULE, _key(schedule.app_id, schedule.correlator))
         watch.reference = None
         await self._end_subscription(watch)
 

@@ -18,6 +18,7 @@ import pytest
 
 from adapter import watcher as watcher_module
 from adapter.notification import Schedule
+from adapter.store import MemoryStore
 from adapter.watcher import (
     DuplicateCorrelator,
     NoSubscription,
@@ -155,8 +156,10 @@ class World:
         self.xcap = FakeXcap()
         self.bayeux = FakeBayeux()
         self.clock = Clock()
+        self.store = MemoryStore()
         self.service = WatcherService(
-            self.sip, self.xcap, self.bayeux, clock=self.clock  # type: ignore[arg-type]
+            self.sip, self.xcap, self.bayeux,  # type: ignore[arg-type]
+            store=self.store, clock=self.clock,
         )
 
     async def subscribe(self, attributes: frozenset[AttributeType] = frozenset()) -> int:
@@ -550,6 +553,19 @@ def test_our_own_unsubscribe_is_no_unexpected_end() -> None:
         assert w.bayeux.sent == []
         with pytest.raises(NoSubscription):
             w.service.presence(BOB, ALICE, frozenset())
+
+    run(scenario)
+
+
+def test_ending_ones_own_subscription_forgets_its_schedules_in_the_store() -> None:
+    async def scenario(w: World) -> None:
+        await w.subscribe(frozenset({A}))
+        await w.notify("active;expires=3600", busy())
+        assert await w.start("n1", remaining=5)
+        assert len(w.store.load("schedule")) == 1 and len(w.store.load("watch")) == 1
+        await w.service.unsubscribe(BOB, ALICE)
+        assert w.store.load("schedule") == {} and w.store.load("watch") == {}
+        assert all("statusEnd" not in data for _, _, data in w.bayeux.sent)
 
     run(scenario)
 
