@@ -6,12 +6,22 @@ read-modify-write guarded by the entity tag: GET (ETag), change one rule, PUT
 with ``If-Match`` — and on 412 (RFC 4825 §7.11, someone else wrote in
 between) start over from a fresh GET.  A document that does not exist yet is
 created with ``If-None-Match: *`` so two first writers cannot overwrite each
-other either.
+other either — where the server honours it.
+
+The bundled Kamailio 5.6 does not (measured: a second ``If-None-Match: *`` PUT
+replaces the document, 200), and answers 500 to writes that meet another in
+its SQLite database ("database is locked").  So this client also runs one
+read-modify-write per document at a time itself (concurrent decisions about
+several watchers of one presentity were lost, or refused with 502), and
+starts a read-modify-write over after a 500 or 503, a few times, with a short
+pause: the write did not happen, and the change is applied to a fresh read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 #: Attempts of one read-modify-write before giving up on a busy document.
 MAX_ATTEMPTS = 5
+#: Statuses after which a PUT is tried again (the store was busy; nothing written).
+BUSY = (500, 503)
+#: Pause before the n-th new attempt after a busy answer: n times this (seconds).
+BUSY_PAUSE = 0.05
 
 
 class XcapError(Exception):
@@ -74,6 +88,10 @@ class XcapClient:
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"Connection": "close"},
         )
+        # One lock per document being written; gone once no update holds it.
+        self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -101,6 +119,15 @@ class XcapClient:
         self, presentity: str, change: Callable[[PresRules], PresRules]
     ) -> PresRules:
         """Apply ``change`` to the presentity's rules; returns what was stored."""
+        lock = self._writing.get(presentity)
+        if lock is None:
+            lock = self._writing[presentity] = asyncio.Lock()
+        async with lock:
+            return await self._update(presentity, change)
+
+    async def _update(
+        self, presentity: str, change: Callable[[PresRules], PresRules]
+    ) -> PresRules:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             document = await self.get(presentity)
             rules = change(document.rules)
@@ -118,6 +145,15 @@ class XcapClient:
                     presentity,
                     attempt,
                 )
+                continue
+            if response.status_code in BUSY and attempt < MAX_ATTEMPTS:
+                logger.info(
+                    "pres-rules of %s not stored (%d, attempt %d); retrying",
+                    presentity,
+                    response.status_code,
+                    attempt,
+                )
+                await asyncio.sleep(BUSY_PAUSE * attempt)
                 continue
             raise XcapError("PUT", response.status_code, _detail(response))
         raise XcapError("PUT", 412, f"document kept changing ({MAX_ATTEMPTS} attempts)")

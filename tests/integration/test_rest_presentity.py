@@ -39,7 +39,9 @@ T = TypeVar("T")
 RUN = new_token()[:8]
 PASSWORD = "secret"
 APP = "alice-app"
-SCENARIOS = ("publish", "authorize", "decline", "block-0", "block-1", "errors", "down")
+SCENARIOS = (
+    "publish", "authorize", "decline", "leave", "crowd", "block-0", "block-1", "errors", "down"
+)
 PATHS = ("/rest/presence/subscription", "/rest/presence/subscriptions")
 WAIT = 5.0  # seconds: NOTIFYs come within milliseconds of their cause
 
@@ -157,6 +159,10 @@ class SipWatcher:
         self._subscription = await self._endpoint.subscribe(
             SipURI.parse(self.uri), SipURI.parse(presentity)
         )
+
+    async def unsubscribe(self) -> None:
+        assert self._subscription is not None
+        await self._endpoint.unsubscribe(self._subscription)
 
     def mark(self) -> int:
         """A position in the events: later waits look only at what comes after it."""
@@ -344,6 +350,77 @@ def test_all_decisions_false_takes_the_watcher_off_my_watchers(
             # active and is told nothing of the presentity any more.
             told = await bob_ua.notify("active", mark, lambda n: not n.body)
             assert told.body == b""
+
+    run(scenario)
+
+
+def test_a_watcher_that_unsubscribes_leaves_my_watchers(
+    adapter: AdapterProcess, presence_server: PresenceServer
+) -> None:
+    me, watcher = alice("leave"), bob("leave")
+
+    async def scenario() -> None:
+        async with adapter.async_client(APP, me) as http, SipWatcher(
+            presence_server, watcher
+        ) as bob_ua:
+            alice_app = Presentity(http)
+            await alice_app.publish(activity("Busy"))
+            await bob_ua.subscribe(me)
+            await alice_app.until_asked_by(watcher)
+            await alice_app.authorize(watcher, Activity=True)
+            assert await alice_app.watchers() == [watcher]
+
+            await bob_ua.unsubscribe()
+
+            async def gone() -> bool:
+                return await alice_app.watchers() == []
+
+            await eventually(gone, "the watcher off Get My Watchers")
+            assert await alice_app.open_subscriptions() == []
+
+    run(scenario)
+
+
+def test_decisions_about_several_watchers_at_once_are_all_kept(
+    adapter: AdapterProcess, presence_server: PresenceServer
+) -> None:
+    """Concurrent updates of one pres-rules document: none may be lost (the
+    bundled server ignores If-None-Match and answers 500 to concurrent writes)."""
+    me = alice("crowd")
+    watchers = [bob(f"crowd-{i}") for i in range(4)]
+
+    async def scenario() -> None:
+        async with adapter.async_client(APP, me) as http:
+            alice_app = Presentity(http, PATHS[1])
+            await alice_app.publish(activity("Busy"))
+            uas = [SipWatcher(presence_server, w) for w in watchers]
+            try:
+                for ua in uas:
+                    await ua.__aenter__()
+                    await ua.subscribe(me)
+
+                async def all_asked() -> bool:
+                    asked = {s["watcher"] for s in await alice_app.open_subscriptions()}
+                    return asked == set(watchers)
+
+                await eventually(all_asked, "every watcher among the open subscriptions")
+                answers = await asyncio.gather(
+                    *(
+                        http.put(alice_app.path,
+                                 json={"watcher": w, "decisions": decisions(Activity=True)})
+                        for w in watchers
+                    )
+                )
+                assert [r.status_code for r in answers] == [204] * len(watchers), [
+                    r.text for r in answers
+                ]
+                assert sorted(await alice_app.watchers()) == sorted(watchers)
+                assert await alice_app.open_subscriptions() == []
+                for ua in uas:
+                    await ua.presence()
+            finally:
+                for ua in uas:
+                    await ua.__aexit__()
 
     run(scenario)
 

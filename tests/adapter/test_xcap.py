@@ -1,0 +1,152 @@
+"""XcapClient against a fake XCAP server that behaves as the bundled Kamailio does.
+
+The fake honours ``If-Match`` (412 on a stale entity tag) but, like Kamailio
+5.6 (measured), ignores ``If-None-Match: *``; it can be told to answer 500 to
+some PUTs, as Kamailio does when its SQLite database is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from adapter import xcap
+from adapter.xcap import XcapClient, XcapError
+from pidf import AttributeType, PresRules, SubHandling
+
+ROOT = "http://xcap.test/xcap-root"
+ALICE = "sip:alice@example.com"
+ACTIVITY = {AttributeType.ACTIVITY: True}
+
+
+class FakeXcapServer:
+    def __init__(self, busy: Callable[[int], bool] = lambda n: False) -> None:
+        self.documents: dict[str, tuple[bytes, str]] = {}
+        self.puts = 0
+        self.busy = busy  # n-th PUT (from 1) -> answer 500
+        self._version = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        # Let other requests run between any two steps, as a real server would.
+        await asyncio.sleep(0)
+        path = request.url.path
+        current = self.documents.get(path)
+        if request.method == "GET":
+            if current is None:
+                return httpx.Response(404)
+            return httpx.Response(200, content=current[0], headers={"ETag": current[1]})
+        assert request.method == "PUT"
+        self.puts += 1
+        if self.busy(self.puts):
+            return httpx.Response(500, text="Server error")
+        match = request.headers.get("If-Match")
+        if match is not None and (current is None or current[1] != match):
+            return httpx.Response(412)
+        self._version += 1
+        self.documents[path] = (request.content, f'"v{self._version}"')
+        return httpx.Response(200, headers={"ETag": f'"v{self._version}"'})
+
+    def client(self) -> XcapClient:
+        return XcapClient(ROOT, transport=httpx.MockTransport(self.handle))
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xcap, "BUSY_PAUSE", 0.0)
+
+
+def test_concurrent_updates_of_one_document_are_all_kept() -> None:
+    server = FakeXcapServer()
+    watchers = [f"sip:w{i}@example.com" for i in range(5)]
+
+    async def decide() -> PresRules:
+        client = server.client()
+        await asyncio.gather(
+            *(client.update(ALICE, lambda r, w=w: r.allow(w, ACTIVITY)) for w in watchers)
+        )
+        document = await client.get(ALICE)
+        await client.close()
+        return document.rules
+
+    rules = asyncio.run(decide())
+    for watcher in watchers:
+        rule = rules.rule_for(watcher)
+        assert rule is not None and rule.sub_handling is SubHandling.ALLOW, watcher
+    # One read-modify-write at a time: no attempt had to be made again.
+    assert server.puts == len(watchers)
+
+
+def test_updates_of_different_documents_still_run_side_by_side() -> None:
+    server = FakeXcapServer()
+    presentities = [f"sip:p{i}@example.com" for i in range(3)]
+    puts_when_changed: list[int] = []
+
+    def change(rules: PresRules) -> PresRules:
+        puts_when_changed.append(server.puts)
+        return rules.allow("sip:w@example.com", ACTIVITY)
+
+    async def decide() -> None:
+        client = server.client()
+        await asyncio.gather(*(client.update(p, change) for p in presentities))
+        await client.close()
+
+    asyncio.run(decide())
+    assert len(server.documents) == len(presentities)
+    # Every change was made before any document was written: not one after the other.
+    assert puts_when_changed == [0, 0, 0]
+
+
+def run_update(
+    server: FakeXcapServer, change: Callable[[PresRules], PresRules]
+) -> PresRules:
+    """Update alice's document through a new client; what the server then holds."""
+
+    async def update() -> PresRules:
+        client = server.client()
+        try:
+            await client.update(ALICE, change)
+            return (await client.get(ALICE)).rules
+        finally:
+            await client.close()
+
+    return asyncio.run(update())
+
+
+def test_a_busy_answer_starts_the_update_over_from_a_fresh_read() -> None:
+    server = FakeXcapServer(busy=lambda n: n == 1)
+    reads: list[PresRules] = []
+
+    def change(rules: PresRules) -> PresRules:
+        reads.append(rules)
+        return rules.set_handling("sip:w@example.com", SubHandling.BLOCK)
+
+    rule = run_update(server, change).rule_for("sip:w@example.com")
+    assert rule is not None and rule.sub_handling is SubHandling.BLOCK
+    assert (len(reads), server.puts) == (2, 2)
+
+
+def test_a_server_busy_every_time_is_an_error_after_the_last_attempt() -> None:
+    server = FakeXcapServer(busy=lambda n: True)
+    with pytest.raises(XcapError) as caught:
+        run_update(server, lambda r: r.allow("sip:w@example.com", ACTIVITY))
+    assert caught.value.status == 500
+    assert server.puts == xcap.MAX_ATTEMPTS
+
+
+def test_a_refusal_is_not_tried_again() -> None:
+    server = FakeXcapServer()
+    original = server.handle
+
+    async def forbidden(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            server.puts += 1
+            return httpx.Response(403, text="Forbidden")
+        return await original(request)
+
+    server.handle = forbidden  # type: ignore[method-assign]
+    with pytest.raises(XcapError) as caught:
+        run_update(server, lambda r: r.allow("sip:w@example.com", ACTIVITY))
+    assert (caught.value.status, server.puts) == (403, 1)
