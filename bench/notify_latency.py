@@ -1,0 +1,467 @@
+"""Notification latency: a presence change's way to the application's Bayeux client.
+
+    .venv/bin/python bench/notify_latency.py                  # about 1 minute
+    .venv/bin/python bench/notify_latency.py --duration 30 --rounds 3
+
+One run starts, on free loopback ports and in temporary directories: a
+private bundled presence server (tests/presence_server.py, with a larger
+shared memory pool, as bench/sip_publish.py does), the adapter as its users
+run it (``presence-adapter serve``, tests/adapter_process.py) with ``--apps``
+application accounts, one Node process holding one CometD JavaScript client
+per application over websocket (notify_latency_clients.mjs), and a raw SIP
+peer process (notify_latency_sip.py, independent of the product's SIP stack).
+
+Setup: presentity ``p<i>`` allows the adapter's watcher ``w<i>`` (account
+``app<i>``) and the raw watcher ``r<i>`` every attribute (pres-rules written
+over XCAP straight to the server); application ``app<i>`` calls Subscribe
+Presence and Start Presence Notification (frequency 0, count 100,000) for
+``p<i>``; the raw peer subscribes ``r<i>`` to ``p<i>`` and publishes every
+presentity once.
+
+Measured: the raw peer modifies the presentities round-robin with
+SIP-If-Match at ``--rate`` changes/s in total, each body's note stamped with
+a sequence number and the send time.  For every change three instants are
+known: sent (the stamp), the raw watcher's NOTIFY arrival (the same NOTIFY
+the server sends the adapter, to another port of the same host, in the same
+moment), and the Bayeux client's callback.  Reported per phase, p50/p90/p99/
+max in ms:
+
+* ``publish→NOTIFY``   — the server's part (raw watcher arrival − sent);
+* ``NOTIFY→Bayeux``    — the adapter's part (Bayeux receipt − raw watcher
+  arrival, per change; includes the client's websocket read);
+* ``publish→Bayeux``   — end to end.
+
+Then a ``capacity`` phase publishes as fast as the raw peer's window allows
+(``--concurrency`` outstanding) for ``--capacity`` seconds: how many changes
+per second the server itself turns into NOTIFYs, and whether the adapter
+keeps up.  The adapter's CPU (from /proc) is shown per phase.
+
+Needs Kamailio and its sqlite modules, node and tests/interop/node_modules
+(scripts/setup installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for where in (str(REPO), str(HERE)):
+    if where not in sys.path:
+        sys.path.insert(0, where)  # tests.* and the sibling bench script are not installed
+
+import httpx  # noqa: E402
+from sip_publish import server_shm  # noqa: E402
+
+from pidf import AttributeType, PresRules  # noqa: E402
+from tests.adapter_process import AdapterProcess, AppAccount  # noqa: E402
+from tests.presence_server import PresenceServer  # noqa: E402
+
+HOST = "127.0.0.1"
+PASSWORD = "bench-secret"
+DOMAIN = "bench.example.com"
+STAMP = re.compile(r"s=(\d+) t=(\d+)")
+
+
+def presentity(i: int) -> str:
+    return f"sip:p{i}@{DOMAIN}"
+
+
+def watcher(i: int) -> str:
+    return f"sip:w{i}@{DOMAIN}"
+
+
+def raw_watcher(i: int) -> str:
+    return f"sip:r{i}@{DOMAIN}"
+
+
+# ------------------------------------------------------------------ figures
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+@dataclass
+class Phase:
+    name: str
+    rate: float
+    elapsed: float = 0.0
+    published: int = 0  # 2xx
+    failed: int = 0
+    raw_notifies: int = 0
+    bayeux: int = 0
+    lost: int = 0
+    cpu: float = 0.0  # adapter CPU seconds / wall seconds
+    server: list[float] = field(default_factory=list)  # ms
+    adapter: list[float] = field(default_factory=list)
+    end_to_end: list[float] = field(default_factory=list)
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ processes
+
+
+class BayeuxClients:
+    """The Node process of CometD clients; collects receipt times by sequence number."""
+
+    def __init__(self, url: str, apps: int) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(HERE / "notify_latency_clients.mjs"), url, "app", str(apps), PASSWORD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.received: dict[int, float] = {}  # sequence -> receipt, µs since the epoch
+        self.duplicates = 0
+        self.kinds: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    async def wait_ready(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.process.stdout is not None
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            line = await loop.run_in_executor(None, self.process.stdout.readline)
+            if not line:
+                break
+            if line.startswith("READY"):
+                return
+            self.errors.append(line.strip())
+        raise RuntimeError(f"Bayeux clients not ready: {self.errors[:5]}")
+
+    def read_forever(self) -> None:
+        """In a thread: every message line, until the process ends."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if not line.startswith("M "):
+                self.errors.append(line.strip())
+                continue
+            _m, _app, at, data = line.split(" ", 3)
+            kind = next(iter(json.loads(data)), "?")
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            stamp = STAMP.search(data)
+            if kind == "statusChanged" and stamp:
+                seq = int(stamp.group(1))
+                if seq in self.received:
+                    self.duplicates += 1
+                else:
+                    self.received[seq] = float(at) * 1000
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class RawPeer:
+    """The raw SIP publisher and watchers (notify_latency_sip.py)."""
+
+    def __init__(self, server: PresenceServer, apps: int, raw_watchers: int, conc: int) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable, str(HERE / "notify_latency_sip.py"), server.host,
+                str(server.port), presentity(-1).replace("-1", "{}"), str(apps),
+                raw_watcher(-1).replace("-1", "{}"), str(raw_watchers), str(conc),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _line(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("raw SIP peer ended")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def ready(self) -> list[Any]:
+        failed: list[Any] = self._line()["failed"]
+        return failed
+
+    def run(self, name: str, rate: float, seconds: float, first: int) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"RUN {name} {rate} {seconds} {first}\n")
+        self.process.stdin.flush()
+        return self._line()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write("QUIT\n")
+            self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def write_rules(server: PresenceServer, apps: int) -> None:
+    everything = {kind: True for kind in AttributeType}
+    for i in range(apps):
+        rules = PresRules.build({watcher(i): everything, raw_watcher(i): everything})
+        # A connection each: Kamailio's xhttp closes after every reply
+        # without saying so (adapter/xcap.py).
+        reply = httpx.put(
+            f"{server.xcap_root}/pres-rules/users/{presentity(i)}/index",
+            content=rules.to_xml(),
+            headers={"Content-Type": "application/auth-policy+xml"},
+            timeout=10,
+        )
+        reply.raise_for_status()
+
+
+async def watch_all(adapter: AdapterProcess, apps: int) -> None:
+    """Subscribe Presence and Start Presence Notification for every application."""
+
+    async def one(i: int) -> None:
+        async with adapter.async_client(f"app{i}") as http:
+            reply = await http.post(
+                "/rest/presence/subscription",
+                json={
+                    "application": "notify latency bench",
+                    "presentity": presentity(i),
+                    "attributes": ["Activity"],
+                    "reference": {"correlator": f"s{i}", "endpoint": f"/bayeux/app{i}/sub"},
+                },
+            )
+            if reply.status_code != 204:
+                raise RuntimeError(f"Subscribe Presence app{i}: {reply.status_code} {reply.text}")
+            reply = await http.post(
+                "/rest/presence/notification",
+                json={
+                    "presentity": presentity(i),
+                    "attributes": ["Activity"],
+                    "frequency": {"metric": "Second", "units": 0},
+                    "count": 100_000,
+                    "reference": {"correlator": f"n{i}", "endpoint": f"/bayeux/app{i}/notify"},
+                },
+            )
+            if reply.status_code != 201 or reply.json().get("result"):
+                raise RuntimeError(f"Start Presence Notification app{i}: {reply.text}")
+
+    # One at a time: concurrent SUBSCRIBEs make the sqlite-backed server
+    # answer 500 "database is locked" (DESIGN.md).
+    for i in range(apps):
+        await one(i)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def measure(
+    name: str, rate: float, peer: RawPeer, clients: BayeuxClients, pid: int,
+    seconds: float, first: int, drain: float,
+) -> Phase:
+    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    result = peer.run(name, rate, seconds, first)
+    time.sleep(drain)  # the last notifications on their way
+    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+    phase = Phase(name, rate, elapsed=result["elapsed"], cpu=cpu)
+    arrivals = {seq: arrived for seq, _sent, arrived in result["notified"]}
+    phase.raw_notifies = result["notifies"]
+    for seq, _index, sent, status in result["sent"]:
+        if status is None or not 200 <= status < 300:
+            phase.failed += 1
+            continue
+        phase.published += 1
+        raw = arrivals.get(seq)
+        bayeux = clients.received.get(seq)
+        if raw is not None:
+            phase.server.append((raw - sent) / 1000)
+        if bayeux is None:
+            phase.lost += 1
+            continue
+        phase.bayeux += 1
+        phase.end_to_end.append((bayeux - sent) / 1000)
+        if raw is not None:
+            phase.adapter.append((bayeux - raw) / 1000)
+    return phase
+
+
+def report(phases: list[Phase], args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"{args.apps} presentities, each watched by one application (CometD JS client, "
+        f"websocket) and one raw SIP watcher; raw publisher window {args.concurrency}"
+    )
+    header = (
+        f"{'phase':<10} {'rate':>6} {'pub ok/s':>8} {'fail':>4} {'NOTIFY/s':>8} "
+        f"{'bayeux/s':>8} {'lost':>4} {'cpu':>5}  "
+        f"{'part':<15} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for phase in phases:
+        parts = [
+            ("publish→NOTIFY", phase.server),
+            ("NOTIFY→Bayeux", phase.adapter),
+            ("publish→Bayeux", phase.end_to_end),
+        ]
+        for row, (label, values) in enumerate(parts):
+            lead = (
+                f"{phase.name:<10} {phase.rate or 'max':>6} "
+                f"{phase.published / phase.elapsed:>8.0f} {phase.failed:>4} "
+                f"{phase.raw_notifies / phase.elapsed:>8.0f} "
+                f"{phase.bayeux / phase.elapsed:>8.0f} {phase.lost:>4} {phase.cpu:>5.0%}  "
+                if row == 0 else " " * 66
+            )
+            print(
+                f"{lead}{label:<15} {ms(quantile(values, 0.5)):>6} {ms(quantile(values, 0.9)):>6} "
+                f"{ms(quantile(values, 0.99)):>6} {ms(max(values) if values else None):>7}"
+            )
+    measured = [p for p in phases if p.name.startswith("round")]
+    if measured:
+        adapter = [v for p in measured for v in p.adapter]
+        server = [v for p in measured for v in p.server]
+        total = [v for p in measured for v in p.end_to_end]
+        print()
+        print(
+            f"all rounds ({sum(p.published for p in measured)} changes): "
+            f"NOTIFY→Bayeux p50 {ms(quantile(adapter, 0.5))} p99 {ms(quantile(adapter, 0.99))} ms "
+            f"(target p99 ≤ 10 ms); publish→NOTIFY p50 {ms(quantile(server, 0.5))} "
+            f"p99 {ms(quantile(server, 0.99))}; publish→Bayeux p50 {ms(quantile(total, 0.5))} "
+            f"p99 {ms(quantile(total, 0.99))}"
+        )
+    print("ms; rate = changes/s asked (max = unpaced); NOTIFY/s = NOTIFYs the raw watchers got;")
+    print("cpu = the adapter process's CPU time / wall time over the phase and its drain.")
+
+
+async def setup(adapter: AdapterProcess, clients: BayeuxClients, apps: int) -> None:
+    await clients.wait_ready(60)
+    await watch_all(adapter, apps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--apps", type=int, default=100, help="presentities = applications")
+    parser.add_argument("--rate", type=float, default=1000, help="changes/s in total")
+    parser.add_argument("--duration", type=float, default=10, help="measured seconds per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds first")
+    parser.add_argument(
+        "--capacity", type=float, default=5, help="seconds of unpaced publishing (0 = skip)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="PUBLISHes the raw peer keeps outstanding"
+    )
+    parser.add_argument(
+        "--raw-watchers", type=int, default=None, help="presentities with a raw watcher too"
+    )
+    parser.add_argument("--server-shm", type=int, default=1024, help="MB; 0 = bundled 64 MB")
+    parser.add_argument(
+        "--profile", metavar="SVG", help="py-spy record the adapter during the rounds"
+    )
+    args = parser.parse_args(argv)
+    raw_watchers = args.apps if args.raw_watchers is None else args.raw_watchers
+    if shutil.which("node") is None:
+        parser.error("node is not installed (scripts/setup installs it)")
+
+    accounts = [AppAccount(f"app{i}", PASSWORD, (watcher(i),)) for i in range(args.apps)]
+    with (
+        server_shm(args.server_shm),
+        PresenceServer(HOST) as server,
+        tempfile.TemporaryDirectory(prefix="notify-latency-") as directory,
+    ):
+        write_rules(server, args.apps)
+        adapter = AdapterProcess.for_server(Path(directory), server, accounts)
+        adapter.start(healthy=True)
+        clients = peer = None
+        try:
+            assert adapter.process is not None
+            pid = adapter.process.pid
+            print(
+                f"presence server {server.sip_uri} (pid {server.pid}), adapter {adapter.url} "
+                f"(pid {pid}), {args.apps} applications",
+                flush=True,
+            )
+            clients = BayeuxClients(f"{adapter.url}/cometd", args.apps)
+            asyncio.run(setup(adapter, clients, args.apps))
+
+            threading.Thread(target=clients.read_forever, daemon=True).start()
+            peer = RawPeer(server, args.apps, raw_watchers, args.concurrency)
+            failed = peer.ready()
+            if failed:
+                print(f"raw peer set-up: {len(failed)} failures {failed[:5]}", flush=True)
+            time.sleep(0.5)
+            phases: list[Phase] = []
+            first = 0
+            plan = [("warmup", args.rate, args.warmup)]
+            plan += [(f"round{r + 1}", args.rate, args.duration) for r in range(args.rounds)]
+            if args.capacity:
+                plan.append(("capacity", 0, args.capacity))
+            profiler = None
+            for name, rate, seconds in plan:
+                if name == "round1" and args.profile:
+                    profiler = subprocess.Popen(
+                        [str(REPO / ".venv" / "bin" / "py-spy"), "record", "-o", args.profile,
+                         "--pid", str(pid), "--duration",
+                         str(int(args.duration * args.rounds) + 1)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
+                phase = measure(name, rate, peer, clients, pid, seconds, first, drain=1.0)
+                first += 10_000_000
+                print(
+                    f"  {name}: {phase.published} changes, {phase.lost} not seen on Bayeux, "
+                    f"NOTIFY→Bayeux p50 {ms(quantile(phase.adapter, 0.5))} "
+                    f"p99 {ms(quantile(phase.adapter, 0.99))} ms",
+                    flush=True,
+                )
+                if name != "warmup":
+                    phases.append(phase)
+            if any(p.lost for p in phases):
+                print(f"adapter log, last lines:\n{adapter.log_tail(15)}")
+            if profiler is not None:
+                profiler.wait(30)
+            report(phases, args)
+            print(
+                f"Bayeux messages by kind {clients.kinds}; duplicates {clients.duplicates}; "
+                f"client errors {clients.errors[:3] or 0}"
+            )
+        finally:
+            if peer is not None:
+                peer.stop()
+            if clients is not None:
+                clients.stop()
+            adapter.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
