@@ -143,6 +143,16 @@ class PostgresCluster:
         return self.directory / "postgres.log"
 
     @property
+    def pid(self) -> int | None:
+        """The postmaster's PID while running."""
+        if not self._running:
+            return None
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @property
     def db_url(self) -> str:
         """The database URL as Kamailio's db_postgres reads it."""
         return f"postgres://{SUPERUSER}@{self.host}:{self.port}/{DATABASE}"
@@ -277,11 +287,17 @@ class PgPresenceServer(PresenceServer):
     """The bundled presence server on the PostgreSQL database ``db_url``."""
 
     def __init__(
-        self, db_url: str, host: str = "127.0.0.1", shm_mb: int = LOAD_SHM_MB
+        self,
+        db_url: str,
+        host: str = "127.0.0.1",
+        shm_mb: int = LOAD_SHM_MB,
+        cluster: PostgresCluster | None = None,
     ) -> None:
         super().__init__(host)
         self.db_url = db_url
         self.shm_mb = shm_mb
+        #: The cluster behind ``db_url`` when this harness started it.
+        self.cluster = cluster
 
     def _spawn(self) -> None:
         self._log = open(self.log_path, "ab")  # closed by PresenceServer._reap
@@ -307,7 +323,7 @@ def pg_presence_server(
     """A PostgreSQL cluster and a presence server on it, both stopped on exit."""
     ensure_packages()
     with PostgresCluster(host) as cluster:
-        server = PgPresenceServer(cluster.db_url, host, shm_mb)
+        server = PgPresenceServer(cluster.db_url, host, shm_mb, cluster)
         with server:
             yield server
 
