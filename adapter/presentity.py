@@ -59,6 +59,7 @@ from sip import (
     UserAgentEvent,
 )
 from sip.aio import RequestFailed, SipEndpoint
+from sip.publication import PublicationState
 
 __all__ = ["OpenSubscription", "PresentityService", "UnknownWatcher", "WatcherDirectory"]
 
@@ -174,8 +175,29 @@ class PresentityService:
                 publication_id = self._start_publication(entry, body)
             else:
                 ua.modify(publication_id, body, self._sip.now())
+            await self._confirmed(publication_id)
+
+    async def _confirmed(self, publication_id: int) -> None:
+        """Wait (within the REST timeout) until the server takes the publication.
+
+        A failure the publication retries by itself before the wait is over —
+        a 500 "database is locked" from a busy server, say — is not yet an
+        answer: the retry's outcome is.
+        """
+        deadline = self._sip.now() + self._timeout
+        while True:
             outcome = self._sip.publication_outcome(publication_id)
-            await bounded(outcome, "PUBLISH", self._liveness, self._timeout)
+            left = max(deadline - self._sip.now(), 0.001)
+            try:
+                await bounded(outcome, "PUBLISH", self._liveness, left)
+                return
+            except RequestFailed:
+                publication = self._sip.ua.publication(publication_id)
+                if publication is None or publication.state is not PublicationState.RETRY_WAIT:
+                    raise
+                retry_at = publication.get_timer()
+                if retry_at is None or retry_at >= deadline:
+                    raise
 
     async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
         """The server came back or restarted: refresh every publication now.

@@ -47,6 +47,7 @@ send in a new client transaction, and events for the caller.
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 
 from .errors import LocalProtocolError
@@ -131,8 +132,17 @@ class RefreshPolicy:
         delay = expires * (self.low + (self.high - self.low) * spread)
         return max(min(delay, expires - self.guard), expires / 2)
 
-    def backoff(self, failures: int, retry_after: int | None) -> float:
-        delay = min(self.backoff_initial * 2.0 ** max(failures - 1, 0), self.backoff_max)
+    def backoff(self, failures: int, retry_after: int | None, spread: float = 0.0) -> float:
+        """The wait before retry number ``failures``.
+
+        Exponential, stretched by up to 2x by a factor drawn from ``spread``
+        and the failure count: publications that failed together (a busy
+        server answering 500 to a burst) do not all retry in the same instant
+        and collide again.
+        """
+        jitter = random.Random(f"{spread!r}/{failures}").random() if spread else 0.0
+        delay = self.backoff_initial * 2.0 ** max(failures - 1, 0) * (1.0 + jitter)
+        delay = min(delay, self.backoff_max)
         if retry_after is not None:
             delay = max(delay, float(retry_after))
         return delay
@@ -305,7 +315,7 @@ class Publication:
             return [PublicationFailed(self.id, status, reason, None)]
         self.state = PublicationState.RETRY_WAIT
         self._dirty = True  # whatever we sent was not confirmed
-        self._timer = now + self.policy.backoff(self._failures, retry_after)
+        self._timer = now + self.policy.backoff(self._failures, retry_after, self._spread)
         return [PublicationFailed(self.id, status, reason, self._timer)]
 
     def _removal_done(self, now: float) -> list[Action]:

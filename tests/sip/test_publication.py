@@ -225,6 +225,16 @@ def test_backoff_is_capped() -> None:
     assert policy.backoff(1, 600) == 600.0
 
 
+def test_backoff_differs_between_publications_that_failed_together() -> None:
+    policy = RefreshPolicy(backoff_initial=1.0)
+    spreads = [i / 10 + 0.013 for i in range(10)]
+    for failures in (1, 2, 3):
+        delays = [policy.backoff(failures, None, spread) for spread in spreads]
+        base = 2.0 ** (failures - 1)
+        assert all(base <= d < 2 * base for d in delays)
+        assert len({round(d, 3) for d in delays}) == len(delays)
+
+
 def test_retry_after_is_honoured() -> None:
     pub = make()
     request = only_request(pub.publish(BODY, 10.0))

@@ -265,9 +265,13 @@ def test_publish_timeout_and_retry() -> None:
     net.sent()
     assert net.events() == []
     net.run_until(32.0)  # Timer F = 64*T1
-    assert net.events() == [PublicationFailed(pub_id, None, "timeout", 33.0)]
+    (failed,) = net.events()
+    assert isinstance(failed, PublicationFailed)
+    assert (failed.publication_id, failed.status, failed.reason) == (pub_id, None, "timeout")
+    # The first retry after 1 s, stretched by up to 2x (RefreshPolicy.backoff).
+    assert failed.retry_at is not None and 33.0 <= failed.retry_at < 34.0
     net.sent()
-    net.run_until(33.0)
+    net.run_until(failed.retry_at)
     retry = net.request()
     assert retry.method == "PUBLISH" and retry.body == PIDF
 
@@ -599,8 +603,11 @@ def test_a_malformed_final_response_fails_the_request() -> None:
     net.reply(first, 200, ("SIP-ETag", "e1"), ("Expires", "never"))
     events = net.events()
     assert isinstance(events[0], MessageDropped)
-    assert events[1:] == [PublicationFailed(pub_id, None, "bad-response", 1.0)]
-    net.run_until(1.0)
+    (failed,) = events[1:]
+    assert isinstance(failed, PublicationFailed)
+    assert (failed.publication_id, failed.status, failed.reason) == (pub_id, None, "bad-response")
+    assert failed.retry_at is not None and 1.0 <= failed.retry_at < 2.0
+    net.run_until(failed.retry_at)
     retry = net.request()
     assert retry.method == "PUBLISH" and retry.body == PIDF
     net.reply(retry, 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
@@ -717,7 +724,9 @@ def test_tcp_transport_failure_fails_the_outstanding_transaction() -> None:
     assert net.events() == []
     net.ua.transport_failed(Destination("tcp", "127.0.0.1", 5070), "reset", net.now)
     events = net.events()
-    assert PublicationFailed(pub_id, None, "transport-error", 2.0) in events
+    failed = [e for e in events if isinstance(e, PublicationFailed)]
+    assert [(e.publication_id, e.reason) for e in failed] == [(pub_id, "transport-error")]
+    assert failed[0].retry_at is not None and 2.0 <= failed[0].retry_at < 3.0
     assert SubscriptionTerminated(sub_id, "transport-error") in events
 
 
