@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
-from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -363,7 +362,9 @@ async def end_notification(request: Request) -> Response:
     """End Presence Notification: DELETE /rest/presence/notification/{correlator} → 204."""
     who = caller(request)
     service: WatcherService = request.state.watcher
-    await service.end_notification(who.account.id, unquote(request.path_params["correlator"]))
+    # Starlette has already percent-decoded the path: decoding again would
+    # turn a correlator with an escaped "%" into another one.
+    await service.end_notification(who.account.id, request.path_params["correlator"])
     return Response(status_code=204)
 
 

@@ -169,9 +169,13 @@ class XcapClient:
         try:
             return await self._client.request(method, url, content=content, headers=headers)
         except httpx.TimeoutException as exc:
-            raise XcapTimeout(method, None, f"no answer from {self.root}") from exc
+            # The root URL goes to the log only: it is the operator's business,
+            # not the applications' (the error text reaches them).
+            logger.warning("XCAP %s %s: no answer", method, url)
+            raise XcapTimeout(method, None, "no answer from the XCAP server") from exc
         except httpx.HTTPError as exc:
-            raise XcapError(method, None, f"{self.root} unreachable: {exc}") from exc
+            logger.warning("XCAP %s %s: %s", method, url, exc)
+            raise XcapError(method, None, "XCAP server unreachable") from exc
 
 
 def _detail(response: httpx.Response) -> str:
