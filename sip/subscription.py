@@ -31,6 +31,7 @@ user agent — requests to send in new client transactions, and events.
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 
 from .errors import LocalProtocolError
@@ -94,6 +95,13 @@ class SubscriptionTerminated:
     retry_after: int | None = None
 
 
+#: A refused (500/503) initial SUBSCRIBE is tried again this many times, after
+#: 0.2 s, 0.4 s, 0.8 s (each stretched by up to 2x), or after its Retry-After
+#: when that is at most MAX_RETRY_AFTER seconds.
+INITIAL_RETRIES = 3
+INITIAL_RETRY_DELAY = 0.2
+MAX_RETRY_AFTER = 30
+
 Action = Request | NotifyReceived | SubscriptionAccepted | SubscriptionTerminated
 
 
@@ -139,6 +147,8 @@ class Subscription:
         self._refresh_at: float | None = None
         self._deadline_n: float | None = None  # Timer N, RFC 6665 §4.1.2.4
         self._guard_at: float | None = None  # waiting for the final NOTIFY
+        self._retry_at: float | None = None  # retrying a refused initial SUBSCRIBE
+        self._initial_retries = 0
 
     # -- API ---------------------------------------------------------------
 
@@ -194,7 +204,9 @@ class Subscription:
     def get_timer(self) -> float | None:
         deadlines = [
             t
-            for t in (self._refresh_at, self.expires_at, self._deadline_n, self._guard_at)
+            for t in (
+                self._refresh_at, self.expires_at, self._deadline_n, self._guard_at, self._retry_at
+            )
             if t is not None
         ]
         return min(deadlines) if deadlines else None
@@ -213,6 +225,10 @@ class Subscription:
         if self._guard_at is not None and now >= self._guard_at:
             # The notifier granted Expires: 0 and never sent the final NOTIFY.
             return self._terminate("timeout")
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            if not self._outstanding and self.remote_tag is None:
+                return [self._subscribe(self.requested_expires)]
         if self._deadline_n is not None and now >= self._deadline_n:
             return self._terminate("timeout")
         if self.expires_at is not None and now >= self.expires_at:
@@ -278,6 +294,15 @@ class Subscription:
             if min_expires is not None and min_expires > self.requested_expires:
                 self.requested_expires = min_expires
                 return [self._subscribe(min_expires)]
+        if initial and status in (500, 503) and self.remote_tag is None:
+            # RFC 3261 §21.5.1 / §21.5.4: a server error may be passing (a
+            # presence server on sqlite answers 500 "database is locked" under
+            # concurrent writes); try again shortly, a few times, before failing.
+            delay = self._initial_retry_delay(retry_after)
+            if delay is not None:
+                self._retry_at = now + delay
+                self._deadline_n = self._retry_at + self._timer_n
+                return []
         if initial:
             return self._terminate("failed", status, retry_after)
         if status == 481:
@@ -367,6 +392,16 @@ class Subscription:
 
     # -- internals ---------------------------------------------------------
 
+    def _initial_retry_delay(self, retry_after: int | None) -> float | None:
+        """Seconds before retrying the initial SUBSCRIBE, or None: give up."""
+        if self._initial_retries >= INITIAL_RETRIES:
+            return None
+        self._initial_retries += 1
+        if retry_after is not None:
+            return float(retry_after) if retry_after <= MAX_RETRY_AFTER else None
+        jitter = random.Random(f"{self._spread!r}/{self._initial_retries}").random()
+        return INITIAL_RETRY_DELAY * 2.0 ** (self._initial_retries - 1) * (1.0 + jitter)
+
     def _arm(self, expires: int, now: float) -> None:
         self.expires_at = now + expires
         self._refresh_at = now + self.policy.refresh_delay(expires, self._spread)
@@ -384,6 +419,7 @@ class Subscription:
     ) -> list[Action]:
         self.state = SubscriptionPhase.TERMINATED
         self._refresh_at = self.expires_at = self._deadline_n = self._guard_at = None
+        self._retry_at = None
         return [SubscriptionTerminated(self.id, reason, status, retry_after)]
 
     def _subscribe(self, expires: int) -> Request:

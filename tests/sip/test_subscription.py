@@ -614,3 +614,64 @@ def test_any_sequence_terminates_at_most_once(script: list[tuple[str, object]]) 
         assert terminations <= 1
         if sub.terminated:
             assert terminations == 1 and sub.get_timer() is None
+
+
+# -- a refused initial SUBSCRIBE is tried again (RFC 3261 §21.5.1, §21.5.4) -------------
+
+
+def _only_request(actions: list[object]) -> Request:
+    (request,) = [a for a in actions if isinstance(a, Request)]
+    return request
+
+
+def test_an_initial_500_is_retried_shortly_with_the_next_cseq() -> None:
+    sub = make(spread=0.3)
+    first = _only_request(sub.start(0.0))
+    assert sub.receive_response(answer(first, 500), 0.0) == []
+    retry_at = sub.get_timer()
+    assert retry_at is not None and 0.2 <= retry_at < 0.4
+    assert sub.handle_timer(retry_at - 0.01) == []
+    retry = _only_request(sub.handle_timer(retry_at))
+    assert retry.cseq.seq == first.cseq.seq + 1
+    assert retry.call_id == first.call_id and retry.to.tag is None
+    actions = sub.receive_response(answer(retry, 200, Expires="600"), retry_at)
+    assert actions == [SubscriptionAccepted(7, 600)]
+
+
+def test_an_initial_500_fails_after_three_retries() -> None:
+    sub = make(spread=0.7)
+    request = _only_request(sub.start(0.0))
+    now = 0.0
+    for delay in (0.2, 0.4, 0.8):
+        assert sub.receive_response(answer(request, 500), now) == []
+        retry_at = sub.get_timer()
+        assert retry_at is not None and delay <= retry_at - now < 2 * delay
+        now = retry_at
+        request = _only_request(sub.handle_timer(now))
+    actions = sub.receive_response(answer(request, 500), now)
+    assert actions == [SubscriptionTerminated(7, "failed", 500, None)]
+
+
+def test_an_initial_503_waits_for_retry_after_unless_it_is_long() -> None:
+    sub = make()
+    request = _only_request(sub.start(0.0))
+    assert sub.receive_response(answer(request, 503, Retry_After="5"), 0.0) == []
+    assert sub.get_timer() == 5.0
+    request = _only_request(sub.handle_timer(5.0))
+    actions = sub.receive_response(answer(request, 503, Retry_After="120"), 5.0)
+    assert actions == [SubscriptionTerminated(7, "failed", 503, 120)]
+
+
+def test_a_refused_initial_subscribe_with_a_client_error_is_not_retried() -> None:
+    sub = make()
+    request = _only_request(sub.start(0.0))
+    actions = sub.receive_response(answer(request, 403), 0.0)
+    assert actions == [SubscriptionTerminated(7, "failed", 403, None)]
+
+
+def test_unsubscribing_while_waiting_to_retry_ends_at_once() -> None:
+    sub = make()
+    request = _only_request(sub.start(0.0))
+    sub.receive_response(answer(request, 500), 0.0)
+    assert sub.unsubscribe(0.1) == [SubscriptionTerminated(7, "unsubscribed")]
+    assert sub.get_timer() is None
