@@ -211,6 +211,31 @@ class SipPeer:
         self.send(data)
         return data
 
+    def request(
+        self,
+        template: str,
+        body: bytes | str = b"",
+        *,
+        call_id: str,
+        method: str,
+        attempts: int = 4,
+        **values: object,
+    ) -> SipMessage:
+        """Send a request and return its final response.
+
+        A 500 is sent again (new branch), a few times: the sqlite-backed
+        presence server answers 500 "database is locked" when another of its
+        processes writes at the same moment (DESIGN.md; RFC 3261 §21.5.1 lets
+        a client retry a server error).
+        """
+        for attempt in range(1, attempts + 1):
+            self.send_request(template, body, call_id=call_id, **values)
+            response = self.response(call_id, method)
+            if response.status != 500 or attempt == attempts:
+                return response
+            time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
+
     def wait_for(self, predicate: Callable[[SipMessage], bool], timeout: float = 5.0) -> SipMessage:
         """The first not yet taken message matching ``predicate``."""
         deadline = time.monotonic() + timeout

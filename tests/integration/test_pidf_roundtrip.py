@@ -90,16 +90,16 @@ class Session:
     def publish(self, body: bytes, *, etag: str | None = None, expires: int = 3600) -> SipMessage:
         call_id = new_token()
         template = PUBLISH if etag is None else (MODIFY_WITH_BODY if body else MODIFY)
-        self.publisher.send_request(
+        reply = self.publisher.request(
             template,
             body,
+            call_id=call_id,
+            method="PUBLISH",
             presentity=self.presentity,
             tag=new_token(),
-            call_id=call_id,
             expires=expires,
             etag=etag,
         )
-        reply = self.publisher.response(call_id, "PUBLISH")
         assert reply.status == 200, reply.start_line
         return reply
 
@@ -139,16 +139,17 @@ def session(presence_server: PresenceServer) -> Iterator[Session]:
             watcher_peer,
         )
         s.dialog = new_token()
-        watcher_peer.send_request(
+        reply = watcher_peer.request(
             SUBSCRIBE,
+            call_id=s.dialog,
+            method="SUBSCRIBE",
             presentity=s.presentity,
             subscriber=s.watcher,
             tag=new_token(),
-            call_id=s.dialog,
             event="presence",
             accept="application/pidf+xml",
         )
-        assert watcher_peer.response(s.dialog, "SUBSCRIBE").status == 200
+        assert reply.status == 200, reply.start_line
         rules = PresRules().allow(f"sip:{s.watcher}", {kind: True for kind in AttributeType})
         reply = httpx.put(
             f"{presence_server.xcap_root}/pres-rules/users/sip:{s.presentity}/index",
@@ -238,16 +239,17 @@ def test_aggregation_of_two_publications_and_a_removal(session: Session) -> None
 
 def test_watcherinfo_from_the_presence_server_parses(session: Session) -> None:
     call_id = new_token()
-    session.publisher.send_request(
+    reply = session.publisher.request(
         SUBSCRIBE,
+        call_id=call_id,
+        method="SUBSCRIBE",
         presentity=session.presentity,
         subscriber=session.presentity,
         tag=new_token(),
-        call_id=call_id,
         event="presence.winfo",
         accept="application/watcherinfo+xml",
     )
-    assert session.publisher.response(call_id, "SUBSCRIBE").status == 200
+    assert reply.status == 200, reply.start_line
     notify = session.publisher.notify(call_id)
     _capture("watcherinfo", notify.body)
     info = WatcherInfo.parse(notify.body)

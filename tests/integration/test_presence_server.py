@@ -150,32 +150,32 @@ def put_rules(
 
 
 def publish(peer: SipPeer, presentity: str, note: str, expires: int = 3600) -> SipMessage:
-    call_id = new_token()
-    peer.send_request(
+    return peer.request(
         PUBLISH,
         PIDF.format(presentity=presentity, note=note),
+        call_id=new_token(),
+        method="PUBLISH",
         presentity=presentity,
         tag=new_token(),
-        call_id=call_id,
         expires=expires,
     )
-    return peer.response(call_id, "PUBLISH")
 
 
 def subscribe(
     peer: SipPeer, presentity: str, subscriber: str, event: str, accept: str
 ) -> tuple[str, SipMessage]:
     call_id = new_token()
-    peer.send_request(
+    response = peer.request(
         SUBSCRIBE,
+        call_id=call_id,
+        method="SUBSCRIBE",
         presentity=presentity,
         subscriber=subscriber,
         tag=new_token(),
-        call_id=call_id,
         event=event,
         accept=accept,
     )
-    return call_id, peer.response(call_id, "SUBSCRIBE")
+    return call_id, response
 
 
 def notify_in_state(peer: SipPeer, call_id: str, state: str) -> SipMessage:
