@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -420,30 +420,22 @@ def decode(body: bytes) -> Presence:
     pidf_ns = _ns(root)
     entity = root.get("entity")
 
-    order = 0
     found: dict[AttributeType, list[_Candidate]] = {kind: [] for kind in AttributeType}
     others: dict[str, list[_Candidate]] = {}
-    for el in root.iter():
-        order += 1
-        ns, name = _ns(el), _local(el)
-        decoded: PresenceAttribute | None = None
-        if ns == RPID_NS and name == "activities":
-            decoded = _decode_person_value(el, _decode_activity(el))
-        elif ns == RPID_NS and name == "place-type":
-            decoded = _decode_person_value(el, _decode_place_type(el))
-        elif ns == RPID_NS and name == "place-is":
-            decoded = _decode_person_value(el, _decode_place_is(el))
-        elif ns == RPID_NS and name == "privacy":
-            decoded = _decode_person_value(el, _decode_privacy(el))
-        elif ns == RPID_NS and name == "sphere":
-            decoded = _decode_person_value(el, _decode_sphere(el))
-        elif ns == EXT_NS and name == "other":
+    # lxml picks out the elements that carry attributes (in C, in document
+    # order) instead of every element being looked at here: most of a
+    # document is tuples, statuses, notes and timestamps.  ``order`` only
+    # ranks candidates among themselves (first in document order wins a tie).
+    for order, el in enumerate(root.iter(*_PERSON_VALUE_TAGS)):
+        decoded: PresenceAttribute | None
+        if el.tag == _EXT_OTHER:
             other = _decode_other(el)
             if other is not None:
                 decoded = _decode_person_value(el, other, note_ns=EXT_NS)
                 if decoded is not None:
                     others.setdefault(other.name, []).append(_Candidate(decoded, order))
             continue
+        decoded = _decode_person_value(el, _PERSON_VALUE_DECODERS[el.tag](el))
         if decoded is not None:
             found[decoded.type].append(_Candidate(decoded, order))
 
@@ -488,8 +480,10 @@ def _local(el: etree._Element) -> str:
 
 
 def _child(el: etree._Element, ns: str | None, name: str) -> etree._Element | None:
+    # One comparison with the Clark name, not a split of every child's tag.
+    wanted = name if ns is None else f"{{{ns}}}{name}"
     for child in el:
-        if _ns(child) == ns and _local(child) == name:
+        if child.tag == wanted:
             return child
     return None
 
@@ -729,3 +723,17 @@ def _decode_communication(
         last_change=_tuple_stamp(newest[1], pidf_ns),
         note=_text(_child(newest[1], pidf_ns, "note")),
     )
+
+
+#: RPID elements that each carry one attribute, by Clark name, and their decoders.
+_PERSON_VALUE_DECODERS: dict[
+    str, Callable[[etree._Element], Activity | Place | Privacy | Sphere | None]
+] = {
+    f"{{{RPID_NS}}}activities": _decode_activity,
+    f"{{{RPID_NS}}}place-type": _decode_place_type,
+    f"{{{RPID_NS}}}place-is": _decode_place_is,
+    f"{{{RPID_NS}}}privacy": _decode_privacy,
+    f"{{{RPID_NS}}}sphere": _decode_sphere,
+}
+_EXT_OTHER = f"{{{EXT_NS}}}other"
+_PERSON_VALUE_TAGS = (*_PERSON_VALUE_DECODERS, _EXT_OTHER)
