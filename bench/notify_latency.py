@@ -111,6 +111,10 @@ class Phase:
     bayeux: int = 0
     lost: int = 0
     cpu: float = 0.0  # adapter CPU seconds / wall seconds
+    cpu_clients: float = 0.0  # the Node process of Bayeux clients
+    cpu_peer: float = 0.0  # the raw SIP peer
+    cpu_per_change: float = 0.0  # adapter CPU µs per PUBLISH sent (phase and drain)
+    result: dict[str, Any] = field(default_factory=dict)
     server: list[float] = field(default_factory=list)  # ms
     adapter: list[float] = field(default_factory=list)
     end_to_end: list[float] = field(default_factory=list)
@@ -118,6 +122,15 @@ class Phase:
 
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def udp_drops(port: int) -> int | None:
+    """Datagrams the kernel dropped for the UDP socket bound to ``port`` (receive buffer full)."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            return int(fields[-1])
+    return None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -285,15 +298,33 @@ async def watch_all(adapter: AdapterProcess, apps: int) -> None:
 # ------------------------------------------------------------------ the run
 
 
-def measure(
+def run_phase(
     name: str, rate: float, peer: RawPeer, clients: BayeuxClients, pid: int,
     seconds: float, first: int, drain: float,
 ) -> Phase:
-    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    pids = (pid, clients.process.pid, peer.process.pid)
+    cpu_before, wall_before = [cpu_seconds(p) for p in pids], time.monotonic()
     result = peer.run(name, rate, seconds, first)
     time.sleep(drain)  # the last notifications on their way
-    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
-    phase = Phase(name, rate, elapsed=result["elapsed"], cpu=cpu)
+    wall = time.monotonic() - wall_before
+    used = [cpu_seconds(p) - before for p, before in zip(pids, cpu_before, strict=True)]
+    return Phase(name, rate, elapsed=result["elapsed"], cpu=used[0] / wall,
+                 cpu_clients=used[1] / wall, cpu_peer=used[2] / wall,
+                 cpu_per_change=used[0] / max(len(result["sent"]), 1) * 1e6, result=result)
+
+
+def settle(clients: BayeuxClients, quiet: float = 2.0, limit: float = 30.0) -> None:
+    """Wait until no notification has arrived for ``quiet`` seconds: late is not lost."""
+    deadline = time.monotonic() + limit
+    seen = -1
+    while len(clients.received) != seen and time.monotonic() < deadline:
+        seen = len(clients.received)
+        time.sleep(quiet)
+
+
+def measure(phase: Phase, clients: BayeuxClients) -> None:
+    """Match every change's three instants (after :func:`settle`)."""
+    result = phase.result
     arrivals = {seq: arrived for seq, _sent, arrived in result["notified"]}
     phase.raw_notifies = result["notifies"]
     for seq, _index, sent, status in result["sent"]:
@@ -312,7 +343,6 @@ def measure(
         phase.end_to_end.append((bayeux - sent) / 1000)
         if raw is not None:
             phase.adapter.append((bayeux - raw) / 1000)
-    return phase
 
 
 def report(phases: list[Phase], args: argparse.Namespace) -> None:
@@ -357,7 +387,8 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
             f"NOTIFY→Bayeux p50 {ms(quantile(adapter, 0.5))} p99 {ms(quantile(adapter, 0.99))} ms "
             f"(target p99 ≤ 10 ms); publish→NOTIFY p50 {ms(quantile(server, 0.5))} "
             f"p99 {ms(quantile(server, 0.99))}; publish→Bayeux p50 {ms(quantile(total, 0.5))} "
-            f"p99 {ms(quantile(total, 0.99))}"
+            f"p99 {ms(quantile(total, 0.99))}; adapter CPU "
+            f"{statistics.fmean(p.cpu_per_change for p in measured):.0f} µs per change"
         )
     print("ms; rate = changes/s asked (max = unpaced); NOTIFY/s = NOTIFYs the raw watchers got;")
     print("cpu = the adapter process's CPU time / wall time over the phase and its drain.")
@@ -386,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-shm", type=int, default=1024, help="MB; 0 = bundled 64 MB")
     parser.add_argument(
-        "--profile", metavar="SVG", help="py-spy record the adapter during the rounds"
+        "--profile", metavar="FILE",
+        help="py-spy record the adapter in the rounds (.svg: flame graph, else collapsed stacks)",
     )
     args = parser.parse_args(argv)
     raw_watchers = args.apps if args.raw_watchers is None else args.raw_watchers
@@ -431,22 +463,45 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "round1" and args.profile:
                     profiler = subprocess.Popen(
                         [str(REPO / ".venv" / "bin" / "py-spy"), "record", "-o", args.profile,
-                         "--pid", str(pid), "--duration",
+                         "--pid", str(pid), "--rate", "250",
+                         *(["--format", "raw"] if not args.profile.endswith(".svg") else []),
+                         "--duration",
                          str(int(args.duration * args.rounds) + 1)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
-                phase = measure(name, rate, peer, clients, pid, seconds, first, drain=1.0)
+                phase = run_phase(name, rate, peer, clients, pid, seconds, first, drain=1.0)
                 first += 10_000_000
                 print(
-                    f"  {name}: {phase.published} changes, {phase.lost} not seen on Bayeux, "
-                    f"NOTIFY→Bayeux p50 {ms(quantile(phase.adapter, 0.5))} "
-                    f"p99 {ms(quantile(phase.adapter, 0.99))} ms",
+                    f"  {name}: {len(phase.result['sent'])} PUBLISHes in "
+                    f"{phase.elapsed:.1f} s; CPU adapter {phase.cpu:.0%} "
+                    f"({phase.cpu_per_change:.0f} µs per change), Bayeux clients "
+                    f"{phase.cpu_clients:.0%}, raw peer {phase.cpu_peer:.0%}",
                     flush=True,
                 )
                 if name != "warmup":
                     phases.append(phase)
-            if any(p.lost for p in phases):
-                print(f"adapter log, last lines:\n{adapter.log_tail(15)}")
+            settle(clients)
+            for phase in phases:
+                measure(phase, clients)
+            last: dict[int, int] = {}  # presentity -> its last change the server took
+            for phase in phases:
+                for seq, index, _sent, status in phase.result["sent"]:
+                    if status is not None and 200 <= status < 300:
+                        last[index] = max(seq, last.get(index, -1))
+            stale = sorted(i for i, seq in last.items() if seq not in clients.received)
+            print(
+                f"presentities whose application never got their last change: {len(stale)} "
+                f"of {len(last)}" + (f" (p{stale[0]}, ...)" if stale else "")
+            )
+            print(f"UDP datagrams the kernel dropped at the adapter's SIP socket (receive "
+                  f"buffer full): {udp_drops(adapter.sip_port)}")
+            complaints = [
+                line for line in adapter.log_tail(100_000).splitlines()
+                if " WARNING " in line or " ERROR " in line
+            ]
+            if complaints:
+                print(f"adapter log: {len(complaints)} warnings/errors, the last ones:")
+                print("\n".join(complaints[-8:]))
             if profiler is not None:
                 profiler.wait(30)
             report(phases, args)
