@@ -27,7 +27,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -133,8 +132,9 @@ CREATE TABLE IF NOT EXISTS backlog (
 );
 """
 
-# One queued write: SQL statements to run in order, and who waits for them.
-_Write = tuple[list[tuple[str, tuple[Any, ...]]], "Future[None] | None"]
+# One queued write: SQL statements to run in order, and who waits for them
+# (a future of the event loop that queued the write).
+_Write = tuple[list[tuple[str, tuple[Any, ...]]], "asyncio.Future[None] | None"]
 
 
 class SqliteStore:
@@ -238,9 +238,9 @@ class SqliteStore:
         self._db.close()
 
     def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
-        done: Future[None] = Future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put((statements, done))
-        return asyncio.wrap_future(done)
+        return done
 
     def _writer(self) -> None:
         """Commit whatever is queued in one transaction, in order, until closed."""
@@ -274,17 +274,32 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+        # The waiters are told on their event loop, one wake-up per batch and
+        # loop: a future per write handed across threads (wrap_future) cost a
+        # loop wake-up and two callbacks for every write of a group commit.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, done in writes:
-            # A waiter may have given up (its REST call was cancelled); the
-            # write stands, but setting a cancelled future raises
-            # InvalidStateError, which would end this thread and leave every
-            # later write waiting for ever.
-            if done is None or not done.set_running_or_notify_cancel():
-                continue
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
+            if done is not None:
+                by_loop.setdefault(done.get_loop(), []).append(done)
+        for loop, waiters in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, waiters, error)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting any more
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
+    """Complete a batch's waiters (on their event loop)."""
+    for done in waiters:
+        # A waiter may have given up (its REST call was cancelled); the write
+        # stands, but completing a cancelled future raises InvalidStateError,
+        # which would leave the rest of the batch waiting for ever.
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 class BacklogJournal:
