@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from adapter.liveness import ServerLiveness, bounded
 from adapter.recovery import RecoveryPace, recover
@@ -108,6 +109,19 @@ class _Presentity:
     winfo_id: int | None = None
     winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
     winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The stored JSON form of ``attributes`` and the tuple it was made from:
+    # every publish is written twice (before the PUBLISH, then with the new
+    # entity tag once it is confirmed), and the second write need not
+    # rebuild it.  The tuple and its attributes are immutable, so identity
+    # tells whether the form is current.
+    _json_of: tuple[PresenceAttribute, ...] | None = field(default=None, repr=False)
+    _json: list[Any] = field(default_factory=list, repr=False)
+
+    def attributes_json(self) -> list[Any]:
+        if self._json_of is not self.attributes:
+            self._json = attributes_to_json(self.attributes)
+            self._json_of = self.attributes
+        return self._json
 
 
 class PresentityService:
@@ -299,7 +313,7 @@ class PresentityService:
 
     def _save(self, entry: _Presentity) -> asyncio.Future[None]:
         record = {
-            "attributes": attributes_to_json(entry.attributes),
+            "attributes": entry.attributes_json(),
             "etag": entry.etag,
             "etag_expires": entry.etag_expires,
         }
