@@ -538,7 +538,15 @@ class UserAgent:
             elif isinstance(action, TransportFailed):
                 self._run(owner, owner.transaction_failed("transport-error", now), now)
         transaction = outgoing.transaction
-        if transaction.state is ClientState.TERMINATED:
+        if transaction.state in (ClientState.COMPLETED, ClientState.TERMINATED):
+            # RFC 3261 §17.1.2.2: "The "Completed" state exists to buffer any
+            # additional response retransmissions that may be received" —
+            # for T4 (5 s) over UDP, holding the request and the final
+            # response.  Here a response matching no transaction is discarded
+            # (_receive_response), which absorbs those retransmissions just
+            # the same, so the transaction is forgotten at once: at a thousand
+            # requests a second, Timer K kept some 5,000 of them alive for the
+            # garbage collector to walk (bench/scale.py, docs/benchmarks.md).
             self._outgoing.pop(key, None)
             self._timers.cancel(("c", key))
         else:
