@@ -359,18 +359,21 @@ async def raw_holder(args: argparse.Namespace) -> None:
 @dataclass
 class Sample:
     rss_kib: int
+    peak_kib: int  # VmHWM: the highest RSS so far
     cpu_s: float
     at: float
 
 
 def sample(pid: int) -> Sample:
     with open(f"/proc/{pid}/status") as status:
-        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        fields = dict(line.split(":", 1) for line in status)
+    rss, peak = (int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM"))
     with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+        stat_fields = stat.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     # utime and stime are fields 14 and 15 of proc(5); index 11/12 after "(comm)".
-    return Sample(rss, (int(fields[11]) + int(fields[12])) / ticks, time.monotonic())
+    return Sample(rss, peak, (int(stat_fields[11]) + int(stat_fields[12])) / ticks,
+                  time.monotonic())
 
 
 class Holder:
@@ -418,7 +421,8 @@ def report(args: argparse.Namespace, holders: list[Holder]) -> None:
     print()
     print(f"{args.subscriptions:,} subscriptions + {args.publications:,} publications per "
           f"holder, Expires {args.expires} s, idle window {args.observe:.0f} s")
-    header = (f"{'holder':<6} {'floor MiB':>9} {'held MiB':>8} {'per sub B':>9} "
+    header = (f"{'holder':<6} {'floor MiB':>9} {'held MiB':>8} {'end MiB':>7} {'peak MiB':>8} "
+              f"{'per sub B':>9} "
               f"{'setup s':>7} {'setup CPU s':>11} {'idle CPU %':>10} {'refresh/s':>9} "
               f"{'CPU us/refresh':>14} {'failures':>8}")
     print(header)
@@ -438,14 +442,17 @@ def report(args: argparse.Namespace, holders: list[Holder]) -> None:
         per_sub = (held.rss_kib - ready.rss_kib) * 1024 / max(args.subscriptions, 1)
         failures = sum(rep["failures"].values()) + sum(
             v for k, v in rep["totals"].items() if k.startswith("terminated"))
-        rows[h.role] = {"held": held.rss_kib, "cpu": idle_cpu, "per_refresh": per_refresh}
+        rows[h.role] = {"held": held.rss_kib, "peak": end.peak_kib, "cpu": idle_cpu,
+                        "per_refresh": per_refresh}
         print(f"{h.role:<6} {ready.rss_kib / 1024:>9.1f} {held.rss_kib / 1024:>8.1f} "
+              f"{end.rss_kib / 1024:>7.1f} {end.peak_kib / 1024:>8.1f} "
               f"{per_sub:>9.0f} {h.messages['held']['seconds']:>7.1f} "
               f"{held.cpu_s - ready.cpu_s:>11.1f} {idle_cpu * 100:>10.1f} {refreshes:>9.0f} "
               f"{per_refresh:>14.0f} {failures:>8}")
     if "ua" in rows and "raw" in rows:
         ua, raw = rows["ua"], rows["raw"]
-        print(f"\nratios ua/raw: RSS held {ua['held'] / raw['held']:.2f}, idle CPU "
+        print(f"\nratios ua/raw: RSS held {ua['held'] / raw['held']:.2f}, "
+              f"peak {ua['peak'] / raw['peak']:.2f}, idle CPU "
               f"{ua['cpu'] / raw['cpu']:.2f}, CPU per refresh "
               f"{ua['per_refresh'] / raw['per_refresh']:.2f}")
     for h in holders:
