@@ -106,6 +106,8 @@ class _Presentity:
     # instead of adding a second one beside it (RFC 3903 §4.4).
     etag: str | None = None
     etag_expires: float | None = None
+    # The store write of the latest confirmed entity tag.
+    etag_saved: asyncio.Future[None] | None = None
     winfo_id: int | None = None
     winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
     winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -190,6 +192,14 @@ class PresentityService:
             else:
                 ua.modify(publication_id, body, self._sip.now())
             await self._confirmed(publication_id)
+            # The confirmation's new entity tag is written by _on_sip_event;
+            # the 204 waits for it too.  A process killed right after the
+            # answer would otherwise come back with the previous tag (or
+            # none), and publish afresh beside the server's publication
+            # (RFC 3903 §4.4: only its entity tag modifies it).
+            if entry.etag_saved is not None:
+                # Shielded: a caller that gives up must not cancel the write.
+                await asyncio.shield(entry.etag_saved)
 
     async def _confirmed(self, publication_id: int) -> None:
         """Wait (within the REST timeout) until the server takes the publication.
@@ -436,7 +446,7 @@ class PresentityService:
             if entry is not None:
                 entry.etag = event.etag
                 entry.etag_expires = self._clock().timestamp() + event.expires
-                self._save(entry)
+                entry.etag_saved = self._save(entry)
             return
         if isinstance(event, NotifyReceived):
             entry = self._by_winfo.get(event.subscription_id)
