@@ -1,6 +1,6 @@
 """Publish throughput: REST Publish through the adapter vs raw SIP PUBLISH, same server.
 
-    .venv/bin/python bench/rest_publish.py                  # about 2.5 minutes
+    .venv/bin/python bench/rest_publish.py                  # about 70 s
     .venv/bin/python bench/rest_publish.py --sides raw,lean --duration 10 --rounds 2
     .venv/bin/python bench/rest_publish.py --duration 60 --rounds 6     # longer
 
