@@ -150,7 +150,12 @@ async def bounded(
         elif asyncio.iscoroutine(outcome):
             outcome.close()
         raise RequestTimedOut(what, None, "presence server unreachable")
+    # Awaited in this task, not wrapped in a new one (as wait_for does on
+    # Python 3.11): the outcome's waiter must be filed before the event loop
+    # runs again, or an answer that arrives in that turn is missed and the
+    # caller waits out the whole timeout (measured under load with uvloop).
     try:
-        return await asyncio.wait_for(outcome, timeout)
+        async with asyncio.timeout(timeout):
+            return await outcome
     except TimeoutError:
         raise RequestTimedOut(what, None, f"no answer within {timeout:g} s") from None
