@@ -70,7 +70,7 @@ for folder in (REPO, BENCH):
         sys.path.insert(0, str(folder))  # tests.* and the sibling benchmarks
 
 from pg_presence_server import PgPresenceServer, pg_presence_server  # noqa: E402
-from sip_publish import RawPresentity, RawSender, Totals, Window  # noqa: E402
+from sip_publish import RawPresentity, RawSender, Totals, Window, raw_visit  # noqa: E402
 
 from pidf import attributes_from_json, encode  # noqa: E402
 from tests.adapter_process import IDENTITY_HEADER, AdapterProcess, AppAccount  # noqa: E402
@@ -240,21 +240,7 @@ async def raw_phase(
         for presentity in itertools.cycle(mine):
             if window.closed:
                 return
-            body = presentity.bodies[presentity.visits % 2]
-            presentity.visits += 1
-            started = time.perf_counter()
-            status, etag = await sender.publish(presentity, body)
-            if status == 412:
-                # RFC 3903 §6: the server forgot our entity tag; publish anew.
-                presentity.etag = None
-                status, etag = await sender.publish(presentity, body)
-            finished = time.perf_counter()
-            if status is not None and 200 <= status < 300:
-                presentity.etag = etag
-            if presentity.visits == 1:
-                window.first_pass_left -= 1
-            window.outcome(status, finished)
-            window.latency(finished - started, finished)
+            await raw_visit(sender, presentity, window)
 
     try:
         await run_window(

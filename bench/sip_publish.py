@@ -263,6 +263,25 @@ class RawPresentity:
     visits: int = 0
 
 
+async def raw_visit(sender: RawSender, presentity: RawPresentity, window: Window) -> None:
+    """One raw PUBLISH (initial, then modifies) for ``presentity``, counted in ``window``."""
+    body = presentity.bodies[presentity.visits % 2]
+    presentity.visits += 1
+    started = time.perf_counter()
+    status, etag = await sender.publish(presentity, body)
+    if status == 412:
+        # RFC 3903 §6: the ESC forgot our entity tag; publish anew.
+        presentity.etag = None
+        status, etag = await sender.publish(presentity, body)
+    finished = time.perf_counter()
+    if status is not None and 200 <= status < 300:
+        presentity.etag = etag
+    if presentity.visits == 1:
+        window.first_pass_left -= 1
+    window.outcome(status, finished)
+    window.latency(finished - started, finished)
+
+
 async def raw_phase(
     server: tuple[str, int], aors: list[str], concurrency: int, window: Window
 ) -> dict[str, int]:
@@ -276,21 +295,7 @@ async def raw_phase(
         for presentity in itertools.cycle(mine):
             if window.closed:
                 return
-            body = presentity.bodies[presentity.visits % 2]
-            presentity.visits += 1
-            started = time.perf_counter()
-            status, etag = await sender.publish(presentity, body)
-            if status == 412:
-                # RFC 3903 §6: the ESC forgot our entity tag; publish anew.
-                presentity.etag = None
-                status, etag = await sender.publish(presentity, body)
-            finished = time.perf_counter()
-            if status is not None and 200 <= status < 300:
-                presentity.etag = etag
-            if presentity.visits == 1:
-                window.first_pass_left -= 1
-            window.outcome(status, finished)
-            window.latency(finished - started, finished)
+            await raw_visit(sender, presentity, window)
 
     try:
         await run_window(window, [worker(presentities[w::concurrency]) for w in range(concurrency)])
