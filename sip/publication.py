@@ -129,8 +129,20 @@ class RefreshPolicy:
     backoff_max: float = 300.0
 
     def refresh_delay(self, expires: int, spread: float) -> float:
-        delay = expires * (self.low + (self.high - self.low) * spread)
-        return max(min(delay, expires - self.guard), expires / 2)
+        # The window is [low, high] of the interval, moved earlier when its end
+        # is closer than ``guard`` to expiry, but kept as wide: for a short
+        # interval the guard must not fold every object onto one instant
+        # (Expires 120 would put all refreshes at exactly 88 s), which would
+        # turn a burst of creations into a burst of refreshes.  Never before
+        # half the interval.
+        width = expires * (self.high - self.low)
+        latest = min(expires * self.high, expires - self.guard)
+        if latest <= expires / 2:
+            # Too short for the guard at all: spread over [1/2, low] of it.
+            earliest, latest = expires / 2, max(expires * self.low, expires / 2)
+        else:
+            earliest = max(min(expires * self.low, latest - width), expires / 2)
+        return earliest + (latest - earliest) * spread
 
     def backoff(self, failures: int, retry_after: int | None, spread: float = 0.0) -> float:
         """The wait before retry number ``failures``.

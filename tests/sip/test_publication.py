@@ -547,3 +547,21 @@ def test_an_expired_entity_tag_is_not_used_to_resume() -> None:
     )
     request = only_request(pub.publish(BODY, 10.0))
     assert "SIP-If-Match" not in request.headers
+
+
+@pytest.mark.parametrize(
+    ("expires", "earliest", "latest"),
+    [(3600, 2700.0, 3240.0), (300, 223.0, 268.0), (120, 70.0, 88.0), (60, 30.0, 45.0)],
+)
+def test_refreshes_are_spread_even_for_short_intervals(
+    expires: int, earliest: float, latest: float
+) -> None:
+    # Objects created together must not refresh together: the spread survives
+    # the 32 s guard (Expires 120 used to fold every refresh onto 88 s).
+    policy = RefreshPolicy()
+    delays = [policy.refresh_delay(expires, i / 100) for i in range(101)]
+    assert min(delays) == pytest.approx(earliest)
+    assert max(delays) == pytest.approx(latest)
+    assert len({round(d, 6) for d in delays}) == len(delays)
+    if expires - 32 > expires / 2:
+        assert max(delays) <= expires - 32
