@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: for tens of seconds; Ctrl-C must not wait for them.
 GRACEFUL_SHUTDOWN = 3
 
-EXIT_USAGE = 2  # bad arguments or bad configuration, as argparse does
+EXIT_USAGE = 2
+
+#: Garbage-collector thresholds while serving (CPython's default: 700, 10, 10).
+GC_THRESHOLDS = (20_000, 20, 100)  # bad arguments or bad configuration, as argparse does
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +50,14 @@ def _serve(config: Config, log_level: str) -> int:
     except StoreError as exc:
         print(f"{config.source}: store.path: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # The adapter holds many long-lived objects (subscriptions, transactions,
+    # sessions) and creates many short-lived ones per message.  CPython's
+    # default thresholds (700, 10, 10) make it walk the long-lived ones over and
+    # over, in pauses that hold NOTIFYs back for 100 ms and more (measured,
+    # docs/benchmarks.md "Notification latency"): what exists at start is
+    # frozen out of collection, and the young generation is collected less often.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
     uvicorn.run(
         app,
         host=config.http.host,
