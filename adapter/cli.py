@@ -65,6 +65,10 @@ def _serve(config: Config, log_level: str) -> int:
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        # Bayeux frames are small JSON; compressing each one costs more CPU
+        # than it saves on the networks an adapter serves (measured,
+        # docs/benchmarks.md "Notification latency").
+        ws_per_message_deflate=False,
     )
     return 0
 
