@@ -131,6 +131,36 @@ class SipMessage:
         return self.raw.decode("utf-8")
 
 
+
+# -- request templates shared by the tests (format_request fills them) -----------
+
+PUBLISH = """
+    PUBLISH sip:{presentity} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:{presentity}>;tag={tag}
+    To: <sip:{presentity}>
+    Call-ID: {call_id}
+    CSeq: 1 PUBLISH
+    Event: presence
+    Expires: {expires}
+    Content-Type: application/pidf+xml
+"""
+
+SUBSCRIBE = """
+    SUBSCRIBE sip:{presentity} SIP/2.0
+    Via: SIP/2.0/UDP {local};branch={branch};rport
+    Max-Forwards: 70
+    From: <sip:{subscriber}>;tag={tag}
+    To: <sip:{presentity}>
+    Call-ID: {call_id}
+    CSeq: 1 SUBSCRIBE
+    Contact: <sip:{local}>
+    Event: {event}
+    Accept: {accept}
+    Expires: 600
+"""
+
 def new_token() -> str:
     return secrets.token_hex(8)
 

@@ -40,40 +40,15 @@ from pidf import (
     encode,
 )
 from tests.presence_server import PresenceServer
-from tests.rawsip import SipMessage, SipPeer, new_token
+from tests.rawsip import PUBLISH, SUBSCRIBE, SipMessage, SipPeer, new_token
 
 pytestmark = pytest.mark.integration
 
-PUBLISH = """
-    PUBLISH sip:{presentity} SIP/2.0
-    Via: SIP/2.0/UDP {local};branch={branch};rport
-    Max-Forwards: 70
-    From: <sip:{presentity}>;tag={tag}
-    To: <sip:{presentity}>
-    Call-ID: {call_id}
-    CSeq: 1 PUBLISH
-    Event: presence
-    Expires: {expires}
-    Content-Type: application/pidf+xml
-"""
 
 # RFC 3903 §4.4: modifying (or removing) a publication names its entity-tag.
 MODIFY = PUBLISH.replace("Content-Type: application/pidf+xml", "SIP-If-Match: {etag}")
 MODIFY_WITH_BODY = MODIFY + "    Content-Type: application/pidf+xml\n"
 
-SUBSCRIBE = """
-    SUBSCRIBE sip:{presentity} SIP/2.0
-    Via: SIP/2.0/UDP {local};branch={branch};rport
-    Max-Forwards: 70
-    From: <sip:{subscriber}>;tag={tag}
-    To: <sip:{presentity}>
-    Call-ID: {call_id}
-    CSeq: 1 SUBSCRIBE
-    Contact: <sip:{local}>
-    Event: {event}
-    Accept: {accept}
-    Expires: 600
-"""
 
 T0 = datetime(2024, 5, 1, 10, 0, 0, 250000, tzinfo=UTC)
 

@@ -18,7 +18,15 @@ import pytest
 from lxml import etree
 
 from tests.presence_server import RUN_SCRIPT, PresenceServer
-from tests.rawsip import SipMessage, SipPeer, exchange_tcp, format_request, new_token
+from tests.rawsip import (
+    PUBLISH,
+    SUBSCRIBE,
+    SipMessage,
+    SipPeer,
+    exchange_tcp,
+    format_request,
+    new_token,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,32 +40,6 @@ OPTIONS = """
     CSeq: 1 OPTIONS
 """
 
-PUBLISH = """
-    PUBLISH sip:{presentity} SIP/2.0
-    Via: SIP/2.0/UDP {local};branch={branch};rport
-    Max-Forwards: 70
-    From: <sip:{presentity}>;tag={tag}
-    To: <sip:{presentity}>
-    Call-ID: {call_id}
-    CSeq: 1 PUBLISH
-    Event: presence
-    Expires: {expires}
-    Content-Type: application/pidf+xml
-"""
-
-SUBSCRIBE = """
-    SUBSCRIBE sip:{presentity} SIP/2.0
-    Via: SIP/2.0/UDP {local};branch={branch};rport
-    Max-Forwards: 70
-    From: <sip:{subscriber}>;tag={tag}
-    To: <sip:{presentity}>
-    Call-ID: {call_id}
-    CSeq: 1 SUBSCRIBE
-    Contact: <sip:{local}>
-    Event: {event}
-    Accept: {accept}
-    Expires: 600
-"""
 
 # RFC 6665 §4.1.2.3: unsubscribing is a refresh (in-dialog SUBSCRIBE) with
 # Expires 0.
