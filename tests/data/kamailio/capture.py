@@ -18,9 +18,17 @@ from pathlib import Path
 import httpx
 
 # The test module is the single source of the request templates.
-from tests.integration.test_presence_server import OPTIONS, PIDF, PRES_RULES, PUBLISH, SUBSCRIBE
+from tests.integration.test_presence_server import OPTIONS, PIDF, PRES_RULES
 from tests.presence_server import PresenceServer
-from tests.rawsip import SipMessage, SipPeer, exchange_tcp, format_request, new_token
+from tests.rawsip import (
+    PUBLISH,
+    SUBSCRIBE,
+    SipMessage,
+    SipPeer,
+    exchange_tcp,
+    format_request,
+    new_token,
+)
 
 HERE = Path(__file__).parent
 ALICE = "alice@example.com"
