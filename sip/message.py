@@ -256,6 +256,41 @@ class Headers:
 
 T = TypeVar("T")
 
+# Typed values of header texts parsed recently, one table per parser.  The
+# values are frozen, so sharing one between messages is safe, and the same
+# texts come back all the time: the presence server's Contact on every
+# NOTIFY and 200, a dialog's From and To on both (RFC 3261 §12.2.1.1: they
+# carry the same tags for the dialog's life; the NOTIFY's To is the
+# SUBSCRIBE's From and its From the 200's To), Event and Subscription-State.
+# Only successful parses are kept; a table that fills up is emptied, so its
+# size stays bounded whatever texts a peer sends.
+_PARSED_MAX = 4096
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_EVENTS: dict[str, Event] = {}
+_SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
+
+
+def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> T:
+    hit = table.get(text)
+    if hit is None:
+        hit = parse(text)
+        if len(table) >= _PARSED_MAX:
+            table.clear()
+        table[text] = hit
+    return hit
+
+
+def _name_addr(text: str) -> NameAddr:
+    return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
+
+
+def _event(text: str) -> Event:
+    return _parse_cached(_EVENTS, Event.parse, text)
+
+
+def _subscription_state(text: str) -> SubscriptionState:
+    return _parse_cached(_SUBSCRIPTION_STATES, SubscriptionState.parse, text)
+
 
 class _Accessors:
     """Typed views of the headers shared by Request and Response."""
@@ -302,11 +337,11 @@ class _Accessors:
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", lambda h: NameAddr.parse(self._required("From")))
+        return self._cached("from", lambda h: _name_addr(self._required("From")))
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", lambda h: NameAddr.parse(self._required("To")))
+        return self._cached("to", lambda h: _name_addr(self._required("To")))
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -343,13 +378,13 @@ class _Accessors:
 
     @property
     def event(self) -> Event | None:
-        return self._cached("event", lambda h: _optional(h, "event", Event.parse))
+        return self._cached("event", lambda h: _optional(h, "event", _event))
 
     @property
     def subscription_state(self) -> SubscriptionState | None:
         return self._cached(
             "subscription-state",
-            lambda h: _optional(h, "subscription-state", SubscriptionState.parse),
+            lambda h: _optional(h, "subscription-state", _subscription_state),
         )
 
     @property
@@ -391,7 +426,7 @@ def _entity_tag(value: str) -> str:
 
 
 def _name_addrs(h: Headers, key: str) -> tuple[NameAddr, ...]:
-    return tuple(NameAddr.parse(v) for v in h.get_all(key))
+    return tuple(_name_addr(v) for v in h.get_all(key))
 
 
 def _optional(h: Headers, key: str, parse: Callable[[str], T]) -> T | None:

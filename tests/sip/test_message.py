@@ -580,3 +580,46 @@ def test_is_keepalive() -> None:
     assert not is_keepalive(b"")
     assert not is_keepalive(b"\r\nX")
     assert not is_keepalive(minimal())
+
+
+# -- parsed header values shared between messages ------------------------------
+
+
+def _notify(from_: str, state: str = "active;expires=60") -> bytes:
+    return (
+        "NOTIFY sip:bob@127.0.0.1:5080 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+        f"From: {from_}\r\n"
+        "To: <sip:bob@example.com>;tag=b1\r\n"
+        "Call-ID: c1\r\nCSeq: 2 NOTIFY\r\nEvent: presence\r\n"
+        "Contact: <sip:127.0.0.1:5070;transport=udp>\r\n"
+        f"Subscription-State: {state}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_repeated_header_texts_give_equal_values() -> None:
+    first = parse_message(_notify("<sip:alice@example.com>;tag=a1"))
+    second = parse_message(_notify("<sip:alice@example.com>;tag=a1"))
+    assert first.from_ == second.from_ == NameAddr.parse("<sip:alice@example.com>;tag=a1")
+    assert first.contacts == second.contacts
+    assert first.event == second.event == Event("presence")
+    assert first.subscription_state == second.subscription_state
+    assert second.subscription_state == SubscriptionState("active", (("expires", "60"),))
+    other = parse_message(_notify("<sip:carol@example.com>;tag=c1"))
+    assert other.from_.uri == SipURI.parse("sip:carol@example.com")
+
+
+def test_a_bad_header_text_fails_every_time() -> None:
+    bad = parse_message(_notify("<sip:alice@example.com>;tag=a1", state="active;expires=x"))
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            bad.subscription_state  # noqa: B018
+
+
+def test_parsed_value_tables_stay_bounded() -> None:
+    from sip import message
+
+    for i in range(message._PARSED_MAX + 10):
+        parse_message(_notify(f"<sip:u{i}@example.com>;tag=t{i}"))
+    assert len(message._NAME_ADDRS) <= message._PARSED_MAX
+    assert parse_message(_notify("<sip:u1@example.com>;tag=t1")).from_.tag == "t1"
