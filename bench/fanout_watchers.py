@@ -1,0 +1,439 @@
+"""Fan-out at 10,000 watchers: the adapter's Bayeux server vs Faye's NodeAdapter.
+
+    .venv/bin/python bench/fanout_watchers.py                  # about 1 minute
+    .venv/bin/python bench/fanout_watchers.py --phases mixed,websocket,long-polling
+    .venv/bin/python bench/fanout_watchers.py --bursts 3 --rounds 1 --profile /tmp/f.svg
+
+The harness of bench/bayeux_fanout.py (both servers on free loopback ports in
+the same run, the same Faye Node clients, publishing from inside each server)
+at the size of issue #8's benchmark 3: `--apps` applications (100), one Bayeux
+client each, authenticated as that application and subscribed to its
+notification channel /bayeux/a<i>/notify; `--presentities` presentities
+(1,000), each watched by `--per-presentity` watchers (10) in as many different
+applications, so every application holds presentities × per-presentity / apps
+watchers (100). A burst is one change of every presentity: each of its
+watchers gets a statusChanged message shaped as adapter/notification.py builds
+it (correlator, presentity, changedAttributes with lastChange, typeAndValue
+and a note), i.e. 10,000 deliveries, all issued at once from inside the server
+(`Hub.deliver` here, `bayeux.getClient().publish` in Faye). The note carries
+the burst number and the publish time.
+
+Phases (`--phases`): `mixed` (even applications on websocket, odd ones on
+long-polling, at the same time), `websocket`, `long-polling`. In each phase the
+two servers take turns (`--rounds`, order swapped every round), each turn with
+fresh clients: `--warmup` bursts, then `--bursts` measured ones, one after the
+other (the next once the last delivery of the previous arrived, after a short
+pause). Printed per server and phase: deliveries/s (distinct deliveries over
+the sum of first publish → last receipt of each burst), latency p50/p99/max
+(publish → client callback, wall clocks of two processes), lost and duplicated
+deliveries (and how many clients lost any), the server's CPU per burst, and
+the adapter/Faye ratio of deliveries/s and of CPU per burst. Everything here
+runs on loopback on one machine, load clients included: the ratio compares
+servers under the same client, the absolute rates are those of this machine.
+
+Needs node and tests/interop/node_modules (scripts/setup installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+for folder in (REPO, HERE):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from bayeux_fanout import start  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------ adapter server
+
+
+def serve() -> None:
+    """The adapter's Bayeux hub under uvicorn, configured as `presence-adapter serve` runs it."""
+    import asyncio
+    import gc
+    import socket
+    from datetime import UTC, datetime
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from adapter.bayeux import Hub, bayeux_routes
+    from adapter.cli import GC_THRESHOLDS
+
+    def authenticate(user: str, password: str) -> str | None:
+        # Application i's account is "a<i>" (password "bench").
+        return user if user[:1] == "a" and user[1:].isdigit() and password == "bench" else None
+
+    hub = Hub(authenticate)  # the default limits, as the adapter's configuration has them
+
+    def burst(number: int, presentities: int, apps: int, per_presentity: int) -> None:
+        # What the watcher service does for one NOTIFY, for every presentity:
+        # one statusChanged per schedule, on the schedule's endpoint.
+        stride = apps // per_presentity
+        activity = "Busy" if number % 2 else "Available"
+        app_ids = [f"a{i}" for i in range(apps)]
+        endpoints = [f"/bayeux/a{i}/notify" for i in range(apps)]
+        deliver = hub.deliver
+        for p in range(presentities):
+            sent = time.time() * 1000
+            last_change = (
+                datetime.fromtimestamp(sent / 1000, UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z")
+            )
+            presentity = f"sip:p{p}@bench.example"
+            for j in range(per_presentity):
+                app = (p + j * stride) % apps
+                deliver(
+                    app_ids[app],
+                    endpoints[app],
+                    {
+                        "statusChanged": {
+                            "correlator": f"p{p}.{j}",
+                            "presentity": presentity,
+                            "changedAttributes": [
+                                {
+                                    "lastChange": last_change,
+                                    "typeAndValue": {
+                                        "unionElement": "Activity",
+                                        "activity": activity,
+                                    },
+                                    "note": f"{number} {sent:.3f}",
+                                }
+                            ],
+                        }
+                    },
+                )
+
+    async def watchers(request: Request) -> JSONResponse:
+        body = await request.json()
+        asyncio.get_running_loop().call_soon(
+            burst, body["burst"], body["presentities"], body["apps"], body["per_presentity"]
+        )
+        return JSONResponse({}, status_code=202)
+
+    app = Starlette(
+        routes=[
+            *bayeux_routes(hub),
+            Route("/bench/watchers", watchers, methods=["POST"]),
+        ]
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", ws_per_message_deflate=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# ------------------------------------------------------------------- driver
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def post(port: int, path: str, body: dict[str, object]) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+class Lines:
+    """A child's stdout, line by line, with a timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        assert process.stdout is not None
+        stream = process.stdout
+        threading.Thread(
+            target=lambda: [self._lines.put(line) for line in stream], daemon=True
+        ).start()
+
+    def get(self, timeout: float) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"load clients said nothing for {timeout:.0f} s") from None
+
+
+@dataclass
+class Side:
+    server: str
+    phase: str
+    bursts: list[dict[str, float]] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # server CPU seconds per measured burst
+    summary: dict[str, object] = field(default_factory=dict)
+    client_cpu: float = 0.0
+    transports: dict[str, int] = field(default_factory=dict)
+    expected_per_client: int = 0
+
+
+def run_side(
+    server: str,
+    pid: int,
+    port: int,
+    phase: str,
+    args: argparse.Namespace,
+    first: int,
+    profile: str | None,
+) -> Side:
+    per_client = args.presentities * args.per_presentity // args.apps
+    total = args.presentities * args.per_presentity
+    side = Side(server, phase)
+    clients = subprocess.Popen(
+        [
+            "node",
+            str(HERE / "fanout_watchers_clients.cjs"),
+            f"http://127.0.0.1:{port}/cometd",
+            str(args.apps),
+            phase,
+            str(args.per_presentity),
+            str(args.deadline),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert clients.stdin is not None
+    lines = Lines(clients)
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        ready = lines.get(60).strip()
+        if not ready.startswith("READY "):
+            raise RuntimeError(f"load clients failed: {ready!r}")
+        side.transports = json.loads(ready[len("READY ") :])
+        numbers = range(first, first + args.warmup + args.bursts)
+        for number in numbers:
+            measured = number >= first + args.warmup
+            if measured and profile and profiler is None:
+                profiler = subprocess.Popen(
+                    [
+                        str(REPO / ".venv" / "bin" / "py-spy"),
+                        "record",
+                        "-o",
+                        profile,
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "250",
+                        *(["--format", "raw"] if not profile.endswith(".svg") else []),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(1.0)
+            clients.stdin.write(f"EXPECT {number} {total}\n")
+            clients.stdin.flush()
+            before = cpu_seconds(pid)
+            post(
+                port,
+                "/bench/watchers",
+                {
+                    "burst": number,
+                    "presentities": args.presentities,
+                    "apps": args.apps,
+                    "per_presentity": args.per_presentity,
+                },
+            )
+            result = json.loads(lines.get(args.deadline + 10))
+            if measured:
+                side.cpu.append(cpu_seconds(pid) - before)
+                side.bursts.append(result)
+            time.sleep(args.pause)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+            profiler = None
+        clients.stdin.write("END\n")
+        clients.stdin.flush()
+        side.summary = json.loads(lines.get(30))
+        cpu = side.summary["cpu"]
+        assert isinstance(cpu, dict)
+        side.client_cpu = (cpu["user"] + cpu["system"]) / 1e6
+        side.expected_per_client = per_client * len(numbers)
+        clients.wait(timeout=10)
+        return side
+    finally:
+        if profiler is not None and profiler.poll() is None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+        if clients.poll() is None:
+            clients.kill()
+            clients.wait()
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+@dataclass
+class Totals:
+    rate: float
+    p50: float
+    p99: float
+    worst: float
+    lost: int
+    duplicates: int
+    clients_losing: int
+    cpu_ms: float
+    misrouted: int
+
+
+def totals(sides: list[Side]) -> Totals:
+    bursts = [b for s in sides for b in s.bursts]
+    seconds = sum(b["seconds"] for b in bursts)
+    lost = clients_losing = duplicates = misrouted = 0
+    for s in sides:
+        distinct = s.summary["perClientDistinct"]
+        dups = s.summary["perClientDuplicates"]
+        assert isinstance(distinct, list) and isinstance(dups, list)
+        short = [s.expected_per_client - d for d in distinct]
+        lost += sum(x for x in short if x > 0)
+        clients_losing += sum(1 for x in short if x > 0)
+        duplicates += sum(dups)
+        misrouted += int(s.summary["misrouted"]) + int(s.summary["malformed"])  # type: ignore[call-overload]
+    return Totals(
+        rate=sum(b["distinct"] for b in bursts) / seconds if seconds else 0.0,
+        p50=statistics.median(b["p50"] for b in bursts),
+        p99=statistics.median(b["p99"] for b in bursts),
+        worst=max(b["max"] for b in bursts),
+        lost=lost,
+        duplicates=duplicates,
+        clients_losing=clients_losing,
+        cpu_ms=1000 * statistics.median(c for s in sides for c in s.cpu),
+        misrouted=misrouted,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", default="run", choices=["run", "serve"])
+    parser.add_argument("--apps", type=int, default=100)
+    parser.add_argument("--presentities", type=int, default=1000)
+    parser.add_argument("--per-presentity", type=int, default=10)
+    parser.add_argument(
+        "--phases", default="mixed", help="comma-separated: mixed, websocket, long-polling"
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--bursts", type=int, default=5)
+    parser.add_argument("--pause", type=float, default=0.5, help="s between bursts")
+    parser.add_argument("--deadline", type=float, default=30, help="s to wait for a burst")
+    parser.add_argument("--servers", default="adapter,faye")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy record the adapter in its first turn's measured bursts "
+        "(.svg: flame graph, else collapsed stacks)",
+    )
+    args = parser.parse_args()
+    if args.mode == "serve":
+        serve()
+        return
+    if args.apps % args.per_presentity or args.presentities % args.apps:
+        parser.error("--apps must be a multiple of --per-presentity, --presentities of --apps")
+    phases = args.phases.split(",")
+    if any(p not in ("mixed", "websocket", "long-polling") for p in phases):
+        parser.error(f"unknown phase in {args.phases!r}")
+    names = args.servers.split(",")
+    commands = {
+        "adapter": [sys.executable, str(Path(__file__).resolve()), "serve"],
+        "faye": ["node", str(HERE / "bayeux_fanout_faye.cjs")],
+    }
+    servers = {name: start(commands[name]) for name in names}
+    per_client = args.presentities * args.per_presentity // args.apps
+    print(
+        f"{args.apps} applications x {per_client} watchers = "
+        f"{args.presentities * args.per_presentity:,} watchers of {args.presentities:,} "
+        f"presentities; {args.warmup} warm-up + {args.bursts} measured bursts of "
+        f"{args.presentities * args.per_presentity:,} deliveries per turn, "
+        f"{args.rounds} turn(s) per server and phase",
+        flush=True,
+    )
+    results: dict[tuple[str, str], list[Side]] = {}
+    number = 1
+    profile = args.profile
+    try:
+        for phase in phases:
+            for round_ in range(args.rounds):
+                order = names if round_ % 2 == 0 else names[::-1]
+                for name in order:
+                    process, port = servers[name]
+                    side = run_side(
+                        name,
+                        process.pid,
+                        port,
+                        phase,
+                        args,
+                        number,
+                        profile if name == "adapter" else None,
+                    )
+                    if name == "adapter":
+                        profile = None
+                    number += args.warmup + args.bursts
+                    results.setdefault((phase, name), []).append(side)
+                    rates = ", ".join(fmt(b["rate"]) for b in side.bursts)
+                    print(
+                        f"  {phase} round {round_ + 1} {name}: transports {side.transports}; "
+                        f"deliveries/s per burst {rates}; server CPU per burst "
+                        f"{fmt(1000 * statistics.median(side.cpu))} ms; clients CPU "
+                        f"{side.client_cpu:.1f} s",
+                        flush=True,
+                    )
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=10)
+
+    print()
+    print(
+        "| phase | server | deliveries/s | p50 ms | p99 ms | max ms | lost (clients) | dup | "
+        "server CPU ms per burst | ratio adapter/faye: deliveries/s | CPU per burst |"
+    )
+    print("|" + "---|" * 11)
+    for phase in phases:
+        figures = {name: totals(results[(phase, name)]) for name in names}
+        for name, t in figures.items():
+            ratio = cpu_ratio = ""
+            if name == "adapter" and "faye" in figures:
+                f = figures["faye"]
+                ratio = f"{t.rate / f.rate:.2f}" if f.rate else "-"
+                cpu_ratio = f"{t.cpu_ms / f.cpu_ms:.2f}" if f.cpu_ms else "-"
+            print(
+                f"| {phase} | {name} | {fmt(t.rate)} | {fmt(t.p50)} | {fmt(t.p99)} | "
+                f"{fmt(t.worst)} | {t.lost} ({t.clients_losing}) | {t.duplicates} | "
+                f"{fmt(t.cpu_ms)} | {ratio} | {cpu_ratio} |"
+            )
+            if t.misrouted:
+                print(f"  {name}: {t.misrouted} deliveries misrouted or malformed")
+
+
+if __name__ == "__main__":
+    main()
