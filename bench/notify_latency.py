@@ -345,6 +345,16 @@ def measure(phase: Phase, clients: BayeuxClients) -> None:
             phase.adapter.append((bayeux - raw) / 1000)
 
 
+def dump(path: str, phases: list[Phase], clients: BayeuxClients) -> None:
+    """Every change's three instants, to line the tail up with traces of the adapter."""
+    with open(path, "w") as out:
+        for phase in phases:
+            arrivals = {seq: arrived for seq, _sent, arrived in phase.result["notified"]}
+            for seq, _index, sent, _status in phase.result["sent"]:
+                raw, bayeux = arrivals.get(seq), clients.received.get(seq)
+                out.write(f"{phase.name} {seq} {sent} {raw or '-'} {bayeux or '-'}\n")
+
+
 def report(phases: list[Phase], args: argparse.Namespace) -> None:
     print()
     print(
@@ -420,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", metavar="FILE",
         help="py-spy record the adapter in the rounds (.svg: flame graph, else collapsed stacks)",
     )
+    parser.add_argument(
+        "--dump", metavar="FILE",
+        help="write every measured change as a line: phase seq sent raw-NOTIFY Bayeux (µs epoch)",
+    )
     args = parser.parse_args(argv)
     raw_watchers = args.apps if args.raw_watchers is None else args.raw_watchers
     if shutil.which("node") is None:
@@ -483,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             settle(clients)
             for phase in phases:
                 measure(phase, clients)
+            if args.dump:
+                dump(args.dump, phases, clients)
             last: dict[int, int] = {}  # presentity -> its last change the server took
             for phase in phases:
                 for seq, index, _sent, status in phase.result["sent"]:
