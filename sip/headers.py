@@ -8,6 +8,7 @@ equal object; whitespace is normalised on the way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from .errors import RemoteProtocolError
@@ -38,6 +39,16 @@ def _split_params(text: str) -> tuple[str, Params]:
     return text[:semi].strip(), parse_params(text[semi:])
 
 
+# RFC 3261 §20.42 / §25.1: via-parm = sent-protocol LWS sent-by *( SEMI via-params ),
+# in the common spelling: token transport, hostname or IPv4 host, optional
+# port, generic-params with token names and unquoted token/host values.
+_VIA_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_VIA_COMMON = re.compile(
+    rf"SIP/2\.0/({_VIA_TOKEN}) ([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)"
+    rf"(?::([0-9]{{1,5}}))?((?:;{_VIA_TOKEN}(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
     """RFC 3261 §20.42: ``SIP/2.0/UDP host[:port];branch=z9hG4bK...;rport;received=...``.
@@ -54,6 +65,25 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        # The form every stack sends — ``SIP/2.0/UDP host[:port];a=b;c``, no
+        # blanks, quotes or IPv6 — read with one regular expression; anything
+        # else takes the general path below, which gives the same value.
+        m = _VIA_COMMON.fullmatch(text)
+        if m is not None:
+            transport, host, port_text, param_text = m.groups()
+            port = None if port_text is None else int(port_text)
+            if port is None or port <= 65535:
+                params: Params = tuple(
+                    (name, value if eq else None)
+                    for name, eq, value in (p.partition("=") for p in param_text[1:].split(";"))
+                ) if param_text else ()
+                rport = find_param(params, "rport")[1]
+                if rport is None or (rport.isdigit() and rport.isascii() and len(rport) <= 5):
+                    return cls(transport, host, port, params, "SIP/2.0")
+        return cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> Via:
         # sent-protocol = protocol-name SLASH protocol-version SLASH transport,
         # SLASH = SWS "/" SWS: blanks may surround the slashes.
         parts = text.split("/", 2)

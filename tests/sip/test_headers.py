@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sip.errors import RemoteProtocolError
 from sip.headers import CSeq, Event, RetryAfter, SubscriptionState, Via
@@ -165,3 +167,48 @@ class TestRetryAfter:
     def test_garbage(self, text: str) -> None:
         with pytest.raises(RemoteProtocolError):
             RetryAfter.parse(text)
+
+
+# -- Via: the common spelling is read by one expression, with the same result --
+
+VIA_SAMPLES = [
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKabc;rport",
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKabc;rport=5080;received=127.0.0.1",
+    "SIP/2.0/TCP host.example.com;branch=z9hG4bK7222.791dad16.0",
+    "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;received=[2001:db8::1]",
+    "SIP/2.0/UDP a.example.com.",
+    "SIP/2.0/udp h:65535",
+    "SIP/2.0/UDP h:65536",
+    "SIP/2.0/UDP h:5060;rport=123456",
+    "SIP/2.0/UDP h:5060;rport=abc",
+    "SIP/2.0/UDP h;branch=",
+    "SIP/2.0/UDP h;",
+    "SIP/2.0/UDP h;;a",
+    "SIP/2.0/UDP -h",
+    "SIP/2.0/UDP h:",
+    "SIP/2.0/UDP h: 5060",
+    "SIP/2.0/UDP [::1]:5060;branch=z9hG4bKx",
+    "SIP / 2.0 / UDP h:5060 ;branch=z9hG4bKx",
+    'SIP/2.0/UDP h;x="a b"',
+]
+
+
+def _either(parse: object, text: str) -> object:
+    try:
+        return parse(text)  # type: ignore[operator]
+    except RemoteProtocolError:
+        return RemoteProtocolError
+
+
+@pytest.mark.parametrize("text", VIA_SAMPLES)
+def test_via_common_spelling_parses_as_the_general_grammar(text: str) -> None:
+    assert _either(Via.parse, text) == _either(Via._parse_general, text)
+
+
+@given(
+    st.text(alphabet="SIP/2.0UDPTCudptc 1:5;=br[]-.z9hG4bK\"'x", max_size=40).map(
+        lambda t: "SIP/2.0/" + t
+    )
+)
+def test_via_fast_path_agrees_with_the_grammar(text: str) -> None:
+    assert _either(Via.parse, text) == _either(Via._parse_general, text)
