@@ -38,8 +38,15 @@ machine.  Printed: ok/s, the ratio to raw (target ≥ 0.8), p50/p99 latency,
 errors by status, and the CPU each process tree used per 1,000 requests in
 the measured windows (this script, the adapter, Kamailio, PostgreSQL).
 
-``--adapter-log-level warning`` runs the adapter without uvicorn's
-per-request access log (info, the default, writes one line per request).
+``--adapter-log-level warning`` runs the adapter without its per-request
+access log (info, the default, writes one line per request).
+
+``--reference DIR`` adds a fourth side, ``ref``: a second adapter process
+run from the source tree DIR (an earlier revision, say ``git archive REV |
+tar -x -C DIR``), driven by the lean client over presentities of its own, in
+the same rounds — a before/after measured side by side::
+
+    .venv/bin/python bench/rest_publish.py --reference /tmp/before --sides raw,ref,lean
 """
 
 from __future__ import annotations
@@ -435,10 +442,15 @@ class BenchAdapter(AdapterProcess):
     """
 
     log_level = "info"
+    #: A source tree to run the adapter from instead of this one (--reference).
+    source: Path | None = None
 
     def command(self) -> list[str]:
         command = super().command()
         command[command.index("--log-level") + 1] = self.log_level
+        if self.source is not None:
+            # env execs Python in place: the pid metered is the adapter's.
+            command = ["env", f"PYTHONPATH={self.source}", *command]
         return command
 
 
@@ -451,16 +463,21 @@ def roots(server: PgPresenceServer, adapter: AdapterProcess) -> dict[str, int]:
     return found
 
 
-SIDES = ("raw", "httpx", "lean")
+SIDES = ("raw", "httpx", "lean", "ref")
+DEFAULT_SIDES = ("raw", "httpx", "lean")
 LABELS = {
     "raw": "raw SIP PUBLISH (baseline)",
     "httpx": "adapter, httpx clients",
     "lean": "adapter, lean HTTP clients",
+    "ref": "--reference adapter, lean",
 }
 
 
 async def bench(
-    args: argparse.Namespace, server: PgPresenceServer, adapter: AdapterProcess
+    args: argparse.Namespace,
+    server: PgPresenceServer,
+    adapter: AdapterProcess,
+    reference: AdapterProcess | None = None,
 ) -> dict[str, Side]:
     run_id = secrets.token_hex(3)
     raw_presentities = []
@@ -472,10 +489,15 @@ async def bench(
         RestPresentity(address, json_bodies(i))
         for i, address in enumerate(adapter.accounts[ACCOUNT.id].addresses)
     ]
+    ref_presentities = [
+        RestPresentity(address, json_bodies(i))
+        for i, address in enumerate(reference.accounts[ACCOUNT.id].addresses)
+    ] if reference is not None else []
     sides = {name: Side(name) for name in args.sides}
-    first_pass_done = {"raw": False, "adapter": False}
+    first_pass_done = {"raw": False, "adapter": False, "ref": False}
     per_round = args.duration / args.rounds
     process_roots = roots(server, adapter)
+    ref_roots = roots(server, reference) if reference is not None else {}
     phases: dict[str, Callable[[RestWindow, CpuMeter], Awaitable[None]]] = {
         "raw": lambda window, meter: raw_phase(
             server.sip_address, raw_presentities, args.concurrency, window, meter
@@ -486,14 +508,17 @@ async def bench(
         "lean": lambda window, meter: lean_phase(
             adapter, rest_presentities, args.concurrency, window, meter
         ),
+        "ref": lambda window, meter: lean_phase(
+            reference, ref_presentities, args.concurrency, window, meter  # type: ignore[arg-type]
+        ),
     }
     for round_no in range(args.rounds):
         for name in args.sides:
             side = sides[name]
-            group = "raw" if name == "raw" else "adapter"
+            group = name if name in ("raw", "ref") else "adapter"
             first_pass = 0 if first_pass_done[group] else args.presentities
             window = RestWindow(args.warmup, per_round, None, first_pass)
-            meter = CpuMeter(process_roots)
+            meter = CpuMeter(ref_roots if name == "ref" else process_roots)
             await phases[name](window, meter)
             first_pass_done[group] = True
             side.totals.add(window, {})
@@ -564,8 +589,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sides",
         type=lambda text: [side.strip() for side in text.split(",") if side.strip()],
-        default=list(SIDES),
-        help=f"comma-separated, in the order each round runs them (default {','.join(SIDES)})",
+        default=list(DEFAULT_SIDES),
+        help="comma-separated, in the order each round runs them "
+        f"(default {','.join(DEFAULT_SIDES)}; ref needs --reference)",
     )
     parser.add_argument(
         "--adapter-log-level",
@@ -574,11 +600,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the adapter's --log-level (default info: one access-log line per request)",
     )
     parser.add_argument(
+        "--reference", type=Path, metavar="DIR",
+        help="also run an adapter from the source tree DIR, as side ref (see above)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="print the adapter's log directory and keep it"
     )
     args = parser.parse_args(argv)
     if not args.sides or set(args.sides) - set(SIDES) or len(set(args.sides)) < len(args.sides):
         parser.error(f"--sides: distinct names among {', '.join(SIDES)}")
+    if ("ref" in args.sides) != (args.reference is not None):
+        parser.error("--reference and the side ref go together")
+    if args.reference is not None and not (args.reference / "adapter" / "cli.py").is_file():
+        parser.error(f"--reference: {args.reference} holds no adapter/cli.py")
     if args.rounds < 1 or args.concurrency < 1 or args.presentities < args.concurrency:
         parser.error("need rounds >= 1, concurrency >= 1 and presentities >= concurrency")
     return args
@@ -592,6 +626,14 @@ def main(argv: list[str] | None = None) -> int:
     with pg_presence_server(HOST) as server:
         adapter = BenchAdapter.for_server(directory, server, [account])
         adapter.log_level = args.adapter_log_level
+        reference = None
+        if args.reference is not None:
+            (directory / "ref").mkdir()
+            ref_addresses = tuple(f"sip:q{i}@bench.example.com" for i in range(args.presentities))
+            ref_account = AppAccount(ACCOUNT.id, ACCOUNT.password, ref_addresses)
+            reference = BenchAdapter.for_server(directory / "ref", server, [ref_account])
+            reference.log_level = args.adapter_log_level
+            reference.source = args.reference.resolve()
         try:
             adapter.start(healthy=True)
             print(
@@ -602,8 +644,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.warmup:g} s warm-up; adapter log level {args.adapter_log_level}",
                 flush=True,
             )
-            sides = asyncio.run(bench(args, server, adapter))
+            if reference is not None:
+                reference.start(healthy=True)
+                pid = reference.process.pid if reference.process else "?"
+                print(f"reference adapter from {reference.source}: {reference.url} (pid {pid})")
+            sides = asyncio.run(bench(args, server, adapter, reference))
         finally:
+            if reference is not None:
+                reference.stop()
             adapter.stop()
             if args.keep:
                 print(f"adapter directory kept: {directory}")
