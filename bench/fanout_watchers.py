@@ -3,6 +3,7 @@
     .venv/bin/python bench/fanout_watchers.py                  # about 1 minute
     .venv/bin/python bench/fanout_watchers.py --phases mixed,websocket,long-polling
     .venv/bin/python bench/fanout_watchers.py --bursts 3 --rounds 1 --profile /tmp/f.svg
+    .venv/bin/python bench/fanout_watchers.py --baseline HEAD~1    # before/after, one run
 
 The harness of bench/bayeux_fanout.py (both servers on free loopback ports in
 the same run, the same Faye Node clients, publishing from inside each server)
@@ -30,6 +31,12 @@ deliveries (and how many clients lost any), the server's CPU per burst, and
 the adapter/Faye ratio of deliveries/s and of CPU per burst. Everything here
 runs on loopback on one machine, load clients included: the ratio compares
 servers under the same client, the absolute rates are those of this machine.
+Server CPU is read from /proc (10 ms ticks) around each burst and averaged.
+
+`--baseline REV` adds a third server, "base": the same hub with adapter/
+(and pidf/, sip/) as of git revision REV, extracted to a temporary directory,
+so that an optimisation's before and after are measured side by side in one
+run (printed last: adapter/base ratios).
 
 Needs node and tests/interop/node_modules (scripts/setup installs them).
 """
@@ -37,13 +44,16 @@ Needs node and tests/interop/node_modules (scripts/setup installs them).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import queue
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -327,7 +337,7 @@ def totals(sides: list[Side]) -> Totals:
         lost=lost,
         duplicates=duplicates,
         clients_losing=clients_losing,
-        cpu_ms=1000 * statistics.median(c for s in sides for c in s.cpu),
+        cpu_ms=1000 * statistics.fmean(c for s in sides for c in s.cpu),
         misrouted=misrouted,
     )
 
@@ -343,10 +353,17 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--bursts", type=int, default=5)
+    parser.add_argument("--bursts", type=int, default=8)
     parser.add_argument("--pause", type=float, default=0.5, help="s between bursts")
     parser.add_argument("--deadline", type=float, default=30, help="s to wait for a burst")
     parser.add_argument("--servers", default="adapter,faye")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the adapter's Bayeux server as of git revision REV ('base'), "
+        "for before/after figures side by side in one run",
+    )
+    parser.add_argument("--tree", help=argparse.SUPPRESS)  # serve: import adapter from here
     parser.add_argument(
         "--profile",
         metavar="FILE",
@@ -355,6 +372,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.mode == "serve":
+        if args.tree:
+            sys.path.insert(0, args.tree)
         serve()
         return
     if args.apps % args.per_presentity or args.presentities % args.apps:
@@ -363,10 +382,23 @@ def main() -> None:
     if any(p not in ("mixed", "websocket", "long-polling") for p in phases):
         parser.error(f"unknown phase in {args.phases!r}")
     names = args.servers.split(",")
+    here = str(Path(__file__).resolve())
     commands = {
-        "adapter": [sys.executable, str(Path(__file__).resolve()), "serve"],
+        "adapter": [sys.executable, here, "serve"],
         "faye": ["node", str(HERE / "bayeux_fanout_faye.cjs")],
     }
+    if args.baseline:
+        tree = tempfile.mkdtemp(prefix="fanout-base-")
+        atexit.register(shutil.rmtree, tree, True)
+        archive = subprocess.run(
+            ["git", "archive", args.baseline, "adapter", "pidf", "sip"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        commands["base"] = [sys.executable, here, "serve", "--tree", tree]
+        names.insert(names.index("adapter") + 1 if "adapter" in names else 0, "base")
     servers = {name: start(commands[name]) for name in names}
     per_client = args.presentities * args.per_presentity // args.apps
     print(
@@ -374,7 +406,8 @@ def main() -> None:
         f"{args.presentities * args.per_presentity:,} watchers of {args.presentities:,} "
         f"presentities; {args.warmup} warm-up + {args.bursts} measured bursts of "
         f"{args.presentities * args.per_presentity:,} deliveries per turn, "
-        f"{args.rounds} turn(s) per server and phase",
+        f"{args.rounds} turn(s) per server and phase"
+        + (f"; base = adapter/ as of {args.baseline}" if args.baseline else ""),
         flush=True,
     )
     results: dict[tuple[str, str], list[Side]] = {}
@@ -403,7 +436,7 @@ def main() -> None:
                     print(
                         f"  {phase} round {round_ + 1} {name}: transports {side.transports}; "
                         f"deliveries/s per burst {rates}; server CPU per burst "
-                        f"{fmt(1000 * statistics.median(side.cpu))} ms; clients CPU "
+                        f"{fmt(1000 * statistics.fmean(side.cpu))} ms; clients CPU "
                         f"{side.client_cpu:.1f} s",
                         flush=True,
                     )
@@ -415,14 +448,14 @@ def main() -> None:
     print()
     print(
         "| phase | server | deliveries/s | p50 ms | p99 ms | max ms | lost (clients) | dup | "
-        "server CPU ms per burst | ratio adapter/faye: deliveries/s | CPU per burst |"
+        "server CPU ms per burst | ratio to faye: deliveries/s | CPU per burst |"
     )
     print("|" + "---|" * 11)
     for phase in phases:
         figures = {name: totals(results[(phase, name)]) for name in names}
         for name, t in figures.items():
             ratio = cpu_ratio = ""
-            if name == "adapter" and "faye" in figures:
+            if name != "faye" and "faye" in figures:
                 f = figures["faye"]
                 ratio = f"{t.rate / f.rate:.2f}" if f.rate else "-"
                 cpu_ratio = f"{t.cpu_ms / f.cpu_ms:.2f}" if f.cpu_ms else "-"
@@ -433,6 +466,15 @@ def main() -> None:
             )
             if t.misrouted:
                 print(f"  {name}: {t.misrouted} deliveries misrouted or malformed")
+    if "base" in names and "adapter" in names:
+        for phase in phases:
+            a, b = totals(results[(phase, "adapter")]), totals(results[(phase, "base")])
+            rate = f"{a.rate / b.rate:.2f}" if b.rate else "-"
+            cpu = f"{a.cpu_ms / b.cpu_ms:.2f}" if b.cpu_ms else "-"
+            print(
+                f"{phase}: adapter/base deliveries/s {rate}, CPU per burst {cpu} "
+                f"({fmt(b.cpu_ms)} -> {fmt(a.cpu_ms)} ms)"
+            )
 
 
 if __name__ == "__main__":
