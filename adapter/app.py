@@ -164,7 +164,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     """
     endpoint = sip_endpoint(config)
     accounts = Accounts(config.accounts)
-    store = store or SqliteStore(config.store.path)
+    store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
     journal = BacklogJournal(store)
     backlog = Backlog(config.bayeux.backlog_size, config.bayeux.backlog_ttl, journal)
 

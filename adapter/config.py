@@ -197,10 +197,18 @@ class XcapConfig:
     password: str | None = field(default=None, repr=False)
 
 
+#: When a commit of the store reaches the disk (SQLite ``PRAGMA synchronous``, WAL
+#: journal): "normal" survives a crash of the process (kill -9), "full" also a
+#: power cut or a crash of the operating system, at an fsync per commit.
+Synchronous = Literal["normal", "full"]
+SYNCHRONOUS: tuple[Synchronous, ...] = ("normal", "full")
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     #: Absolute: a relative ``store.path`` is resolved against the working directory.
     path: Path
+    synchronous: Synchronous = "normal"
 
 
 @dataclass(frozen=True)
@@ -389,7 +397,11 @@ def _read_xcap(table: _Table) -> XcapConfig:
 
 def _read_store(table: _Table, cwd: Path) -> StoreConfig:
     path = Path(table.required_string("path")).expanduser()
-    return StoreConfig(path if path.is_absolute() else cwd / path)
+    synchronous = table.string("synchronous", required=False) or "normal"
+    if synchronous not in SYNCHRONOUS:
+        raise table.error("synchronous", f'{_show(synchronous)} must be "normal" or "full"')
+    absolute = path if path.is_absolute() else cwd / path
+    return StoreConfig(absolute, synchronous)
 
 
 # Bayeux 1.0 §2.2.1: a channel segment is 1*( ALPHA / DIGIT / mark ), with

@@ -145,8 +145,11 @@ class SqliteStore:
     never overwritten: opening it raises :class:`StoreError` with one line.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be normal or full, not {synchronous!r}")
         self.path = path
+        self.synchronous = synchronous
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -171,9 +174,14 @@ class SqliteStore:
     def _open(self) -> int:
         """Check the file is our store (creating it when new); the last backlog number."""
         self._db.execute("PRAGMA journal_mode=WAL")
-        # Durable at commit: a 204 must not be answered for data a power
-        # cut could still take (synchronous=FULL in WAL mode).
-        self._db.execute("PRAGMA synchronous=FULL")
+        # In WAL mode, NORMAL writes each commit to the WAL file before the
+        # commit returns and syncs it only at checkpoints: a commit survives
+        # the process being killed (the data is in the operating system's
+        # hands), not a power cut or an OS crash; FULL also syncs the WAL at
+        # every commit (https://sqlite.org/pragma.html#pragma_synchronous),
+        # which cost about 60 µs of CPU per write here (docs/benchmarks.md,
+        # "Publish throughput").  The README's "What survives what" says which.
+        self._db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         self._db.executescript(_SCHEMA)
         version = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:

@@ -91,6 +91,14 @@ def test_valid_file_is_read_into_values(write, tmp_path: Path) -> None:
     assert not alice.may_act_as("sip:bob@example.com")
     assert config.account("carol-app") is None
     assert config.unknown_keys == ()
+    assert config.store.synchronous == "normal"
+
+
+def test_store_synchronous_is_read(write) -> None:
+    text = edited('path = "var/adapter.sqlite"\n', 'path = "s"\nsynchronous = "full"\n')
+    config = load_config(write(text))
+    assert config.store.synchronous == "full"
+    assert config.unknown_keys == ()
 
 
 def test_bundled_configuration_is_valid() -> None:
@@ -212,6 +220,16 @@ def test_relative_store_path_follows_the_working_directory(write, tmp_path, monk
             BOB,
             '["sip:bob@example.com", "sip:bob@example.com"]',
             'accounts[1].addresses[1]: "sip:bob@example.com" is listed twice',
+        ),
+        (
+            'path = "var/adapter.sqlite"\n',
+            'path = "var/adapter.sqlite"\nsynchronous = "off"\n',
+            'store.synchronous: "off" must be "normal" or "full"',
+        ),
+        (
+            'path = "var/adapter.sqlite"\n',
+            'path = "var/adapter.sqlite"\nsynchronous = 2\n',
+            "store.synchronous: must be a string, not an integer",
         ),
     ],
 )

@@ -161,6 +161,26 @@ def test_an_awaited_write_is_on_disk_when_the_future_completes(path: Path) -> No
     run(scenario)
 
 
+@pytest.mark.parametrize(("synchronous", "pragma"), [("normal", 1), ("full", 2)])
+def test_the_store_commits_in_wal_mode_at_the_synchronous_level_asked(
+    path: Path, synchronous: str, pragma: int
+) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path, synchronous=synchronous)
+        assert store._db.execute("PRAGMA synchronous").fetchone() == (pragma,)
+        assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        await store.put("publication", ALICE, a_publication())
+        await store.close()
+        assert [key for _, key, _ in rows_on_disk(path)] == [ALICE]
+
+    run(scenario)
+
+
+def test_an_unknown_synchronous_level_is_refused(path: Path) -> None:
+    with pytest.raises(ValueError, match="normal or full"):
+        SqliteStore(path, synchronous="off")
+
+
 def test_writes_queued_together_commit_together_in_order(path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(path)
