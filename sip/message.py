@@ -297,7 +297,10 @@ class _Accessors:
 
     headers: Headers
     body: bytes
-    _cache: dict[str, tuple[Headers, int, object]]
+    # Typed values by accessor, valid for one Headers object at one version.
+    _cache: dict[str, object]
+    _cache_headers: Headers | None
+    _cache_version: int
 
     def _fields(self) -> list[tuple[str, str]]:
         # Content-Length is derived from the body on output, so two messages
@@ -308,11 +311,15 @@ class _Accessors:
         # Valid while the same Headers object is unchanged (its version);
         # ``headers`` may also be replaced wholesale on a message.
         headers = self.headers
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is headers and hit[1] == headers._version:
-            return cast(T, hit[2])
+        cache = self._cache
+        if self._cache_headers is not headers or self._cache_version != headers._version:
+            cache.clear()
+            self._cache_headers = headers
+            self._cache_version = headers._version
+        elif key in cache:
+            return cast(T, cache[key])
         value = build(headers)
-        self._cache[key] = (headers, headers._version, value)
+        cache[key] = value
         return value
 
     def _required(self, name: str) -> str:
@@ -491,9 +498,9 @@ class Request(_Accessors):
     uri: URI
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, tuple[Headers, int, object]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cache_headers: Headers | None = field(default=None, init=False, repr=False, compare=False)
+    _cache_version: int = field(default=-1, init=False, repr=False, compare=False)
 
     def __bytes__(self) -> bytes:
         return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
@@ -571,9 +578,9 @@ class Response(_Accessors):
     reason: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, tuple[Headers, int, object]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cache_headers: Headers | None = field(default=None, init=False, repr=False, compare=False)
+    _cache_version: int = field(default=-1, init=False, repr=False, compare=False)
 
     def __bytes__(self) -> bytes:
         return _serialise(f"SIP/2.0 {self.status} {self.reason}", self.headers, self.body)
@@ -611,7 +618,15 @@ def _parse_head(data: bytes | bytearray, end: int) -> _Head:
     lines = text.split("\r\n")
     headers = Headers()
     items = headers._items
+    names_seen = _NAMES
     for line in lines[1:]:
+        colon = line.find(":")
+        if colon > 0:
+            # The common case first: a name spelled as before, no blanks.
+            names = names_seen.get(line[:colon])
+            if names is not None:
+                items.append((names[0], names[1], line[colon + 1 :].strip()))
+                continue
         if line[:1] in (" ", "\t"):
             # §7.3.1 folding: a line starting with whitespace continues the
             # previous header value.
@@ -620,7 +635,6 @@ def _parse_head(data: bytes | bytearray, end: int) -> _Head:
             k, name, value = items[-1]
             items[-1] = (k, name, f"{value} {line.strip()}".strip())
             continue
-        colon = line.find(":")
         if colon <= 0:
             raise RemoteProtocolError(f"bad header line: {line!r}")
         # HCOLON = *( SP / HTAB ) ":" SWS — blanks may precede the colon.
