@@ -109,8 +109,19 @@ _LIST_KEYS = frozenset(
 
 
 def _key(name: str) -> str:
-    k = name.lower()
-    return _COMPACT.get(k, k)
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower()
+        key = _COMPACT.get(key, key)
+    return key
+
+
+# The key of every known name as the code spells it, lower-cased or compact.
+_KEYS = {
+    **{name: name.lower() for name in _CANONICAL_NAMES},
+    **{name.lower(): name.lower() for name in _CANONICAL_NAMES},
+    **_COMPACT,
+}
 
 
 # Header names already checked: name as written -> (key, display name).  Every
@@ -258,14 +269,16 @@ T = TypeVar("T")
 
 # Typed values of header texts parsed recently, one table per parser.  The
 # values are frozen, so sharing one between messages is safe, and the same
-# texts come back all the time: the presence server's Contact on every
-# NOTIFY and 200, a dialog's From and To on both (RFC 3261 §12.2.1.1: they
-# carry the same tags for the dialog's life; the NOTIFY's To is the
-# SUBSCRIBE's From and its From the 200's To), Event and Subscription-State.
-# Only successful parses are kept; a table that fills up is emptied, so its
-# size stays bounded whatever texts a peer sends.
+# texts come back all the time: our Contact as the Request-URI of every
+# NOTIFY, the presence server's Contact on every NOTIFY and 200, a dialog's
+# From and To on both (RFC 3261 §12.2.1.1: they carry the same tags for the
+# dialog's life; the NOTIFY's To is the SUBSCRIBE's From and its From the
+# 200's To), Event and Subscription-State.  Only successful parses are
+# kept; a table that fills up is emptied, so its size stays bounded
+# whatever texts a peer sends.
 _PARSED_MAX = 4096
 _NAME_ADDRS: dict[str, NameAddr] = {}
+_URIS: dict[str, URI] = {}
 _EVENTS: dict[str, Event] = {}
 _SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
 
@@ -278,6 +291,10 @@ def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> 
             table.clear()
         table[text] = hit
     return hit
+
+
+def _uri(text: str) -> URI:
+    return _parse_cached(_URIS, parse_uri, text)
 
 
 def _name_addr(text: str) -> NameAddr:
@@ -672,7 +689,7 @@ def _build(head: _Head, body: bytes) -> Message:
         parts = start.split(" ")
         if len(parts) != 3 or parts[2].upper() != "SIP/2.0" or not is_token(parts[0]):
             raise RemoteProtocolError(f"bad request line: {start!r}")
-        msg = Request(parts[0], parse_uri(parts[1]), headers, body)
+        msg = Request(parts[0], _uri(parts[1]), headers, body)
     # §8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are mandatory in a
     # request; Max-Forwards is tolerated missing (§16.6 defaults it), the rest
     # are what every layer above matches on, so they are checked here once.

@@ -133,6 +133,9 @@ UserAgentEvent = (
 ALLOW = "NOTIFY, OPTIONS"
 ALLOW_EVENTS = "presence, presence.winfo"
 ACCEPT = "application/pidf+xml, application/watcherinfo+xml"
+# Contact values kept for reuse (one per subscriber user); a bound, as the
+# users are the application's to choose.
+_CONTACTS_MAX = 4096
 
 
 class _Probe:
@@ -215,6 +218,7 @@ class UserAgent:
         self._timers: TimerHeap[tuple[str, Any]] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
+        self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
 
     # -- configuration -----------------------------------------------------
 
@@ -468,11 +472,7 @@ class UserAgent:
             headers.add("Max-Forwards", "70")
         if request.method == "SUBSCRIBE" and isinstance(owner, Subscription):
             # RFC 6665 §4.1.2.1 / RFC 3261 §8.1.1.8: the NOTIFYs come here.
-            contact = SipURI("sip", owner.subscriber.user, _host(self.local.host),
-                             self.local.port)
-            if self.server_destination.transport == "tcp":
-                contact = contact.with_params(transport="tcp")
-            headers.set("Contact", f"<{contact}>")
+            headers.set("Contact", self._contact(owner.subscriber.user))
             headers.set("Allow", ALLOW)
         if "User-Agent" not in headers:
             headers.add("User-Agent", self._user_agent)
@@ -483,6 +483,19 @@ class UserAgent:
         outgoing = _Outgoing(transaction, owner, identity, authenticated)
         self._outgoing[transaction.key] = outgoing
         self._client_actions(transaction.key, outgoing, transaction.start(now), now)
+
+    def _contact(self, user: str | None) -> str:
+        """The Contact value for a subscriber's requests, built once per user."""
+        text = self._contacts.get(user)
+        if text is None:
+            contact = SipURI("sip", user, _host(self.local.host), self.local.port)
+            if self.server_destination.transport == "tcp":
+                contact = contact.with_params(transport="tcp")
+            text = f"<{contact}>"
+            if len(self._contacts) >= _CONTACTS_MAX:
+                self._contacts.clear()
+            self._contacts[user] = text
+        return text
 
     def _authorize(self, identity: str, request: Request) -> None:
         """Add credentials up front when this identity was challenged before."""
