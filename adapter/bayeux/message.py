@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapter.bayeux.channels import Channel
@@ -106,17 +106,51 @@ def parse_batch(payload: bytes | str) -> list[Message]:
     return [Message.parse(item) for item in items]
 
 
+# One encoder for every message and frame: json.dumps with non-default
+# arguments builds a new JSONEncoder per call, which costs as much as the
+# encoding of a small message.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+class EncodedMessage(dict[str, Any]):
+    """A message object that carries its own JSON text, encoded once.
+
+    A delivery reaches every session subscribed to its channel, and may go out
+    again after a lost connect reply (ack extension): `encode_batch` copies
+    `wire` instead of encoding the same data for each frame. Read-only by
+    convention; the text is not recomputed if the mapping is changed.
+    """
+
+    __slots__ = ("wire",)
+
+    wire: str
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A message the adapter publishes to subscribers of `channel`."""
+    """A message the adapter publishes to subscribers of `channel`.
+
+    Encoded when it is made, so data that is not JSON fails here (TypeError
+    or ValueError), at the call that published it.
+    """
 
     channel: Channel
     data: Any
     id: str
+    _wire: EncodedMessage = field(init=False, repr=False, compare=False)
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"channel": str(self.channel), "data": self.data, "id": self.id}
+    def __post_init__(self) -> None:
+        message = EncodedMessage(channel=str(self.channel), data=self.data, id=self.id)
+        message.wire = _ENCODER.encode(message)
+        object.__setattr__(self, "_wire", message)
+
+    def to_wire(self) -> EncodedMessage:
+        """The message as sent (shared by every frame that carries it: do not modify)."""
+        return self._wire
 
 
 def encode_batch(messages: Sequence[Mapping[str, Any]]) -> str:
-    return json.dumps(list(messages), separators=(",", ":"), ensure_ascii=False)
+    return "[" + ",".join(
+        message.wire if type(message) is EncodedMessage else _ENCODER.encode(message)
+        for message in messages
+    ) + "]"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -149,10 +148,10 @@ class BayeuxServer:
         if target.is_wild or not target.is_within(application_root(app_id)):
             raise LocalProtocolError(f"{channel!r} is not a channel of application {app_id!r}")
         try:
-            json.dumps(data)
+            # Encoded here, once, however many sessions it reaches.
+            delivery = Delivery(target, data, str(next(self._message_ids)))
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError(f"data is not JSON: {exc}") from None
-        delivery = Delivery(target, data, str(next(self._message_ids)))
         reached = 0
         for client_id in self._index.subscribers(target):
             session = self._sessions[client_id]

@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapter.bayeux.channels import Channel
 from adapter.bayeux.errors import RemoteProtocolError
-from adapter.bayeux.message import Message, parse_batch
+from adapter.bayeux.message import Delivery, Message, encode_batch, parse_batch
 
 
 def test_parses_a_cometd_handshake_batch():
@@ -98,3 +99,32 @@ def test_only_remote_protocol_errors_escape(body):
     except RemoteProtocolError:
         return
     assert all(isinstance(m.channel, str) for m in messages)
+
+
+def _plain_encoding(messages):
+    # What encode_batch produced before deliveries carried their own text.
+    return json.dumps(list(messages), separators=(",", ":"), ensure_ascii=False)
+
+
+@given(st.lists(json_values, max_size=5), st.lists(message_like, max_size=3))
+def test_a_batch_with_encoded_deliveries_is_the_plain_encoding(datas, others):
+    channel = Channel.parse("/bayeux/app/notify")
+    deliveries = [Delivery(channel, data, str(n)).to_wire() for n, data in enumerate(datas)]
+    batch = [*deliveries, *others]
+    assert encode_batch(batch) == _plain_encoding(batch)
+    assert json.loads(encode_batch(batch)) == json.loads(_plain_encoding(batch))
+
+
+def test_a_delivery_is_encoded_once_and_reads_as_its_message():
+    delivery = Delivery(Channel.parse("/bayeux/app/x"), {"note": "é ✓"}, "7")
+    wire = delivery.to_wire()
+    assert wire == {"channel": "/bayeux/app/x", "data": {"note": "é ✓"}, "id": "7"}
+    assert wire.wire == '{"channel":"/bayeux/app/x","data":{"note":"é ✓"},"id":"7"}'
+    assert delivery.to_wire() is wire
+    assert encode_batch([wire, wire]) == f"[{wire.wire},{wire.wire}]"
+    assert encode_batch([]) == "[]"
+
+
+def test_a_delivery_of_data_that_is_not_json_fails_when_made():
+    with pytest.raises(TypeError):
+        Delivery(Channel.parse("/bayeux/app/x"), {"when": object()}, "1")
