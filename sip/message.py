@@ -273,12 +273,13 @@ T = TypeVar("T")
 # NOTIFY, the presence server's Contact on every NOTIFY and 200, a dialog's
 # From and To on both (RFC 3261 §12.2.1.1: they carry the same tags for the
 # dialog's life; the NOTIFY's To is the SUBSCRIBE's From and its From the
-# 200's To), Event and Subscription-State.  Only successful parses are
-# kept; a table that fills up is emptied, so its size stays bounded
-# whatever texts a peer sends.
+# 200's To), Event, Subscription-State, and CSeq (the same few numbers in
+# every dialog).  Only successful parses are kept; a table that fills up is
+# emptied, so its size stays bounded whatever texts a peer sends.
 _PARSED_MAX = 4096
 _NAME_ADDRS: dict[str, NameAddr] = {}
 _URIS: dict[str, URI] = {}
+_CSEQS: dict[str, CSeq] = {}
 _EVENTS: dict[str, Event] = {}
 _SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
 
@@ -295,6 +296,10 @@ def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> 
 
 def _uri(text: str) -> URI:
     return _parse_cached(_URIS, parse_uri, text)
+
+
+def _cseq(text: str) -> CSeq:
+    return _parse_cached(_CSEQS, CSeq.parse, text)
 
 
 def _name_addr(text: str) -> NameAddr:
@@ -357,7 +362,7 @@ class _Accessors:
 
     @property
     def cseq(self) -> CSeq:
-        return self._cached("cseq", lambda h: CSeq.parse(self._required("CSeq")))
+        return self._cached("cseq", lambda h: _cseq(self._required("CSeq")))
 
     @property
     def from_(self) -> NameAddr:
@@ -509,6 +514,13 @@ _CLASS_PHRASES = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client E
                   5: "Server Error", 6: "Global Failure"}  # fmt: skip
 
 
+_ECHOED_ORDER = {"via": 0, "from": 1, "to": 2, "call-id": 3, "cseq": 4}
+
+
+def _echoed_order(item: tuple[str, str, str]) -> int:
+    return _ECHOED_ORDER[item[0]]
+
+
 @dataclass(eq=False)
 class Request(_Accessors):
     method: str
@@ -554,11 +566,11 @@ class Request(_Accessors):
         if self.method == "ACK":
             raise LocalProtocolError("ACK is never answered (RFC 3261 §17.1.1.3)")
         h = Headers()
-        items = h._items
-        for key in ("via", "from", "to", "call-id", "cseq"):
-            for k, name, value in self.headers._items:
-                if k == key:
-                    items.append((k, name, value))
+        # One pass, then a stable sort into Via, From, To, Call-ID, CSeq order
+        # (the Vias keep theirs).
+        items = [it for it in self.headers._items if it[0] in _ECHOED_ORDER]
+        items.sort(key=_echoed_order)
+        h._items = items
         to_index = next((i for i, it in enumerate(items) if it[0] == "to"), None)
         if to_index is not None and self.to.tag is None:
             if to_tag is not None:

@@ -625,7 +625,10 @@ class UserAgent:
             # left unanswered is retransmitted until the notifier gives up.
             self._events.append(MessageDropped(source, str(exc)))
             owner, status = None, 400
-        response = request.response(status, to_tag=self._token())
+        # §8.2.6.2: a To tag is added only when the request has none (an
+        # in-dialog NOTIFY has ours).
+        to_tag = self._token() if request.to.tag is None else None
+        response = request.response(status, to_tag=to_tag)
         if status == 405 or request.method == "OPTIONS":
             response.headers.add("Allow", ALLOW)
         if request.method == "OPTIONS":
