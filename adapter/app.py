@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -103,6 +104,96 @@ class _LastResort:
             await _error_response(error)(scope, receive, send)
 
 
+class _FastRoutes:
+    """Serves a few hot (method, path) pairs with bare ASGI apps, ahead of the router.
+
+    For the requests that make the adapter's load (Publish): Starlette's
+    routing, its Request and Response objects and the exception middleware's
+    wrappers cost as much CPU as the rest of such a request outside the SIP
+    stack (docs/benchmarks.md, "Publish throughput").  What the apps raise is
+    answered by the app's exception handlers, as for the routes; anything
+    else goes on to :class:`_LastResort`.  The apps send their answer last,
+    so a handler never answers after a response has started.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Mapping[tuple[str, str], ASGIApp],
+        handlers: Mapping[type[Exception], ExceptionHandler],
+    ) -> None:
+        self.app = app
+        self.routes = dict(routes)
+        self.handlers = dict(handlers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Only when nothing is mounted above us: the router would strip a root_path.
+        if scope["type"] == "http" and not scope.get("root_path"):
+            fast = self.routes.get((scope["method"], scope["path"]))
+            if fast is not None:
+                try:
+                    await fast(scope, receive, send)
+                except Exception as exc:
+                    handler = self._handler(exc)
+                    if handler is None:
+                        raise
+                    response = await handler(Request(scope, receive), exc)
+                    await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _handler(self, exc: Exception) -> ExceptionHandler | None:
+        for cls in type(exc).__mro__:  # the nearest class first, as Starlette looks
+            if cls in self.handlers:
+                return self.handlers[cls]
+        return None
+
+
+access_logger = logging.getLogger("adapter.access")
+
+
+class _AccessLog:
+    """One line per HTTP request on the ``adapter.access`` logger at INFO (``[http] access_log``).
+
+    In place of uvicorn's access log, the same line when the answer starts —
+    ``127.0.0.1:50312 - "POST /rest/presence HTTP/1.1" 204`` — at a third of
+    its cost (docs/benchmarks.md, "Publish throughput").  Off with the log
+    level above INFO, as uvicorn's was.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not access_logger.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _log_access(scope, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_logged)
+
+
+def _log_access(scope: Scope, status: int) -> None:
+    client = scope.get("client")
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+    query = scope.get("query_string")
+    if query:
+        path = f"{path}?{query.decode('latin-1')}"
+    access_logger.info(
+        '%s - "%s %s HTTP/%s" %d',
+        f"{client[0]}:{client[1]}" if client else "-",
+        scope["method"],
+        path,
+        scope.get("http_version", "1.1"),
+        status,
+    )
+
+
 def create_app(
     config: Config,
     *,
@@ -110,12 +201,14 @@ def create_app(
     routes: Sequence[BaseRoute] = (),
     lifespan: Lifespan | None = None,
     exception_handlers: Mapping[type[Exception], ExceptionHandler] | None = None,
+    fast_routes: Mapping[tuple[str, str], ASGIApp] | None = None,
 ) -> Starlette:
     """The adapter's Starlette application.
 
     ``sip_probe`` answers /health. ``routes`` are added after the adapter's own, and
     ``lifespan`` (optional) runs inside the app's lifespan, for the objects that the
-    caller starts and stops with the server.
+    caller starts and stops with the server.  ``fast_routes`` serve their
+    (method, path) ahead of the routes (:class:`_FastRoutes`).
     """
 
     @contextlib.asynccontextmanager
@@ -125,14 +218,19 @@ def create_app(
             logger.info("serving on http://%s", config.http.address)
             yield dict(state or {})
 
+    handlers: dict[type[Exception], ExceptionHandler] = {
+        **(exception_handlers or {}),
+        RestError: _rest_error,
+        HTTPException: _http_error,
+    }
+    middleware = [Middleware(_AccessLog)] if config.http.access_log else []
+    middleware.append(Middleware(_LastResort))
+    if fast_routes:
+        middleware.append(Middleware(_FastRoutes, routes=fast_routes, handlers=handlers))
     app = Starlette(
         routes=[Route("/health", health_endpoint, methods=["GET"]), *routes],
-        middleware=[Middleware(_LastResort)],
-        exception_handlers={
-            **(exception_handlers or {}),
-            RestError: _rest_error,
-            HTTPException: _http_error,
-        },
+        middleware=middleware,
+        exception_handlers=handlers,
         lifespan=app_lifespan,
     )
     # No 307 from "/cometd/" to "/cometd": Bayeux clients POST to both forms and do
@@ -226,4 +324,5 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub)],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
+        fast_routes=rest.fast_routes(),
     )

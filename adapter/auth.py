@@ -47,13 +47,17 @@ class Accounts:
 
     def authenticate(self, connection: HTTPConnection) -> Caller:
         """The caller of this request, or a 401/403 PolicyError."""
-        credentials = basic_credentials(connection.headers.get("Authorization"))
+        headers = connection.headers
+        return self.caller(headers.get("Authorization"), headers.get(IDENTITY_HEADER))
+
+    def caller(self, authorization: str | None, named: str | None) -> Caller:
+        """The caller given the request's ``Authorization`` and identity header values."""
+        credentials = basic_credentials(authorization)
         if credentials is None:
             raise PolicyError.unauthenticated(REALM)
         account = self.check(*credentials)
         if account is None:
             raise PolicyError.unauthenticated(REALM)
-        named = connection.headers.get(IDENTITY_HEADER)
         if named is None:
             return Caller(account, account.default_address)
         named = named.strip()

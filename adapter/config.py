@@ -169,6 +169,8 @@ def _http_url_problem(text: str) -> str | None:
 class HttpConfig:
     host: str
     port: int
+    #: One line per HTTP request at INFO on the ``adapter.access`` logger.
+    access_log: bool = True
 
     @property
     def address(self) -> HostPort:
@@ -220,13 +222,19 @@ class Account:
     password: str = field(repr=False)
     #: The SIP identities the application may act as; the first is its default.
     addresses: tuple[str, ...]
+    # The same addresses as a set: asked on every request that names one, and
+    # an account may hold thousands.
+    _address_set: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_address_set", frozenset(self.addresses))
 
     @property
     def default_address(self) -> str:
         return self.addresses[0]
 
     def may_act_as(self, address: str) -> bool:
-        return address in self.addresses
+        return address in self._address_set
 
 
 @dataclass(frozen=True)
@@ -356,7 +364,8 @@ def _read_http(table: _Table) -> HttpConfig:
     port = table.integer("port")
     if not _valid_port(port):
         raise table.error("port", f"{port} is outside 1-65535")
-    return HttpConfig(host, port)
+    access_log = table.get("access_log", bool, "a boolean", required=False)
+    return HttpConfig(host, port, True if access_log is None else access_log)
 
 
 def _read_sip(table: _Table) -> SipConfig:

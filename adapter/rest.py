@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapter.auth import Accounts, Caller
 from adapter.config import NotificationPolicy
@@ -36,7 +37,7 @@ from pidf import AttributeType, ValidationError, attributes_from_json, attribute
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
 
-__all__ = ["EXCEPTION_HANDLERS", "BASE", "routes"]
+__all__ = ["EXCEPTION_HANDLERS", "BASE", "fast_routes", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 async def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or SVC0002 naming the body."""
-    raw = await request.body()
+    return decoded_object(await request.body())
+
+
+def decoded_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object, or SVC0002 naming the body."""
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -83,16 +88,61 @@ def caller(request: Request) -> Caller:
 
 
 async def publish(request: Request) -> Response:
-    """Publish: POST /rest/presence {"presence":[…]} → 204."""
+    """Publish: POST /rest/presence {"presence":[…]} → 204.
+
+    The adapter's app serves this operation with :func:`publish_asgi`, which
+    gives the same answers; this form stays for apps composed without it.
+    """
     who = caller(request)
-    body = await json_object(request)
-    items = body.get("presence")
+    await _publish(request.state.presentity, who.address, await request.body())
+    return Response(status_code=204)
+
+
+async def publish_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    """Publish as a bare ASGI app, the hot path of the REST API.
+
+    The same steps and answers as :func:`publish` without Starlette's
+    request, routing and response objects, which cost about as much CPU as
+    the rest of a Publish outside the SIP stack (docs/benchmarks.md,
+    "Publish throughput").  Errors are raised, for the app's exception
+    handlers.
+    """
+    authorization = named = None
+    # ASGI header names are lower case; the first of a repeated header counts,
+    # as with Starlette's Headers.get.
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value.decode("latin-1")
+        elif name == b"x-presence-identity" and named is None:
+            named = value.decode("latin-1")
+    state = scope["state"]
+    accounts: Accounts = state["accounts"]
+    who = accounts.caller(authorization, named)
+    await _publish(state["presentity"], who.address, await _body(receive))
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _body(receive: Receive) -> bytes:
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        return bytes(message.get("body", b""))
+    chunks: list[bytes] = []
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
+
+
+async def _publish(service: PresentityService, address: str, raw: bytes) -> None:
+    items = decoded_object(raw).get("presence")
     if not isinstance(items, list) or not items:
         raise ServiceError.invalid_input("presence")
-    attributes = attributes_from_json(items)
-    service: PresentityService = request.state.presentity
-    await service.publish(who.address, attributes)
-    return Response(status_code=204)
+    await service.publish(address, attributes_from_json(items))
 
 
 async def get_subscriptions(request: Request) -> Response:
@@ -366,6 +416,11 @@ async def end_notification(request: Request) -> Response:
     # turn a correlator with an escaped "%" into another one.
     await service.end_notification(who.account.id, request.path_params["correlator"])
     return Response(status_code=204)
+
+
+def fast_routes() -> dict[tuple[str, str], ASGIApp]:
+    """(method, path) -> the bare ASGI app that serves it ahead of :func:`routes`."""
+    return {("POST", BASE): publish_asgi}
 
 
 def routes() -> list[BaseRoute]:

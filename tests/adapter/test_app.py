@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -207,3 +208,65 @@ def test_caller_lifespan_runs_around_serving_and_shares_its_state(config: Config
         assert events == ["started"]
         assert client.get("/state").json() == {"user_agent": "ua-object"}
     assert events == ["started", "stopped"]
+
+
+# -- fast routes and the access log -----------------------------------------------
+
+
+def fast_app(reply: bytes, exc: Exception | None = None):
+    calls: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        calls.append(scope["path"])
+        if exc is not None:
+            raise exc
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": reply})
+
+    return app, calls
+
+
+def test_a_fast_route_is_served_ahead_of_the_router(config: Config) -> None:
+    app, calls = fast_app(b"fast")
+    routes = [Route("/x", bayeux_stand_in, methods=["POST", "GET"])]
+    with client_for(config, routes=routes, fast_routes={("POST", "/x"): app}) as client:
+        fast = client.post("/x")
+        routed = client.get("/x")
+    assert fast.content == b"fast" and calls == ["/x"]
+    assert routed.json() == [{"channel": "/meta/handshake", "successful": True}]
+
+
+def test_errors_of_a_fast_route_go_to_the_exception_handlers(config: Config) -> None:
+    policy, _ = fast_app(b"", PolicyError.unauthenticated("presence"))
+    bug, _ = fast_app(b"", KeyError("secret-internal-detail"))
+    fast = {("POST", "/policy"): policy, ("POST", "/bug"): bug}
+    with client_for(config, fast_routes=fast) as client:
+        refused = client.post("/policy")
+        failed = client.post("/bug")
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith('Basic realm="presence"')
+    assert refused.json()["requestError"]["policyException"]["messageId"] == "POL0001"
+    assert failed.status_code == 500
+    assert failed.json()["requestError"]["serviceException"]["variables"] == ["internal error"]
+
+
+def test_access_log_writes_one_line_per_request(config: Config, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="adapter.access"), client_for(config) as client:
+        client.get("/health?verbose=1")
+        client.post("/nowhere")
+    lines = [r.getMessage() for r in caplog.records if r.name == "adapter.access"]
+    assert lines == [
+        'testclient:50000 - "GET /health?verbose=1 HTTP/1.1" 200',
+        'testclient:50000 - "POST /nowhere HTTP/1.1" 404',
+    ]
+
+
+def test_access_log_follows_the_log_level_and_the_configuration(
+    config: Config, caplog
+) -> None:
+    quiet = dataclasses.replace(config, http=dataclasses.replace(config.http, access_log=False))
+    with caplog.at_level(logging.INFO, logger="adapter.access"), client_for(quiet) as client:
+        client.get("/health")
+    with caplog.at_level(logging.WARNING, logger="adapter.access"), client_for(config) as client:
+        client.get("/health")
+    assert [r for r in caplog.records if r.name == "adapter.access"] == []

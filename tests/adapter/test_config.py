@@ -91,12 +91,15 @@ def test_valid_file_is_read_into_values(write, tmp_path: Path) -> None:
     assert not alice.may_act_as("sip:bob@example.com")
     assert config.account("carol-app") is None
     assert config.unknown_keys == ()
+    assert config.http.access_log is True
     assert config.store.synchronous == "normal"
 
 
-def test_store_synchronous_is_read(write) -> None:
-    text = edited('path = "var/adapter.sqlite"\n', 'path = "s"\nsynchronous = "full"\n')
+def test_access_log_and_store_synchronous_are_read(write) -> None:
+    text = edited("port = 8080\n", "port = 8080\naccess_log = false\n")
+    text = edited('path = "var/adapter.sqlite"\n', 'path = "s"\nsynchronous = "full"\n', text)
     config = load_config(write(text))
+    assert config.http.access_log is False
     assert config.store.synchronous == "full"
     assert config.unknown_keys == ()
 
@@ -220,6 +223,11 @@ def test_relative_store_path_follows_the_working_directory(write, tmp_path, monk
             BOB,
             '["sip:bob@example.com", "sip:bob@example.com"]',
             'accounts[1].addresses[1]: "sip:bob@example.com" is listed twice',
+        ),
+        (
+            "port = 8080\n",
+            'port = 8080\naccess_log = "yes"\n',
+            "http.access_log: must be a boolean, not a string",
         ),
         (
             'path = "var/adapter.sqlite"\n',

@@ -1,0 +1,176 @@
+"""Publish through the app: the bare ASGI path answers exactly as the Starlette route.
+
+The adapter's app serves ``POST /rest/presence`` with ``rest.publish_asgi``
+ahead of its router; an app built without ``fast_routes`` serves the same
+operation with the ``rest.publish`` route.  Both are driven here with the
+same requests against a stand-in presentity service, and must give the same
+status, headers that matter and body.
+"""
+
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from adapter import rest
+from adapter.app import create_app
+from adapter.auth import Accounts
+from adapter.config import Account, Config, load_config
+from pidf import PresenceAttribute
+from sip.aio import RequestTimedOut
+
+REPO = Path(__file__).resolve().parents[2]
+ALICE = Account("alice-app", "alice-secret", ("sip:alice@example.com", "sip:alice@work.example"))
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return load_config(REPO / "conf/adapter.toml", cwd=REPO)
+
+
+class Presentities:
+    """The PresentityService's publish, recorded; a presentity named "timeout" times out."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, tuple[PresenceAttribute, ...]]] = []
+
+    async def publish(self, presentity: str, attributes: tuple[PresenceAttribute, ...]) -> None:
+        if "timeout" in presentity:
+            raise RequestTimedOut("PUBLISH: no answer")
+        if "bug" in presentity:
+            raise KeyError("secret-internal-detail")
+        self.published.append((presentity, attributes))
+
+
+def client(config: Config, service: Presentities, *, fast: bool) -> TestClient:
+    timeout = Account("t-app", "t", ("sip:timeout@example.com", "sip:bug@example.com"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        yield {"accounts": Accounts([ALICE, timeout]), "presentity": service}
+
+    app = create_app(
+        config,
+        sip_probe=None,  # type: ignore[arg-type]
+        routes=rest.routes(),
+        lifespan=lifespan,
+        exception_handlers=rest.EXCEPTION_HANDLERS,
+        fast_routes=rest.fast_routes() if fast else None,
+    )
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+BUSY = {"presence": [{"typeAndValue": {"unionElement": "Activity", "activity": "Busy"}}]}
+ALICE_AUTH = {"Authorization": basic("alice-app", "alice-secret")}
+
+CASES: dict[str, dict[str, Any]] = {
+    "ok": {"json": BUSY, "headers": ALICE_AUTH},
+    "ok as another address": {
+        "json": BUSY,
+        "headers": {**ALICE_AUTH, "X-Presence-Identity": " sip:alice@work.example "},
+    },
+    "no credentials": {"json": BUSY},
+    "wrong password": {"json": BUSY, "headers": {"Authorization": basic("alice-app", "no")}},
+    "not basic": {"json": BUSY, "headers": {"Authorization": "Bearer abc"}},
+    "address not held": {
+        "json": BUSY,
+        "headers": {**ALICE_AUTH, "X-Presence-Identity": "sip:bob@example.com"},
+    },
+    "not JSON": {"content": b"{nope", "headers": ALICE_AUTH},
+    "not an object": {"json": [1], "headers": ALICE_AUTH},
+    "no presence": {"json": {"presence": []}, "headers": ALICE_AUTH},
+    "bad attribute": {
+        "json": {"presence": [{"typeAndValue": {"unionElement": "Activity", "activity": "X"}}]},
+        "headers": ALICE_AUTH,
+    },
+    "twice the same type": {"json": {"presence": BUSY["presence"] * 2}, "headers": ALICE_AUTH},
+    "server does not answer": {
+        "json": BUSY,
+        "headers": {
+            "Authorization": basic("t-app", "t"),
+            "X-Presence-Identity": "sip:timeout@example.com",
+        },
+    },
+    "unexpected failure": {
+        "json": BUSY,
+        "headers": {
+            "Authorization": basic("t-app", "t"),
+            "X-Presence-Identity": "sip:bug@example.com",
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_fast_path_answers_as_the_route(config: Config, case: str) -> None:
+    answers = []
+    for fast in (True, False):
+        service = Presentities()
+        with client(config, service, fast=fast) as http:
+            response = http.post("/rest/presence", **CASES[case])
+        answers.append(
+            (
+                response.status_code,
+                response.headers.get("content-type"),
+                response.headers.get("www-authenticate"),
+                response.content,
+                service.published,
+            )
+        )
+    assert answers[0] == answers[1]
+
+
+def test_publish_is_204_with_no_body_and_reaches_the_service(config: Config) -> None:
+    service = Presentities()
+    with client(config, service, fast=True) as http:
+        response = http.post(
+            "/rest/presence",
+            json=BUSY,
+            headers={**ALICE_AUTH, "X-Presence-Identity": "sip:alice@work.example"},
+        )
+    assert response.status_code == 204
+    assert response.content == b""
+    assert "content-length" not in response.headers
+    [(address, attributes)] = service.published
+    assert address == "sip:alice@work.example"
+    assert [a.type.value for a in attributes] == ["Activity"]
+
+
+def test_a_body_in_several_chunks_is_read_whole(config: Config) -> None:
+    service = Presentities()
+    body = b'{"presence": [{"typeAndValue": {"unionElement": "Activity", "activity": "Busy"}}]}'
+    with client(config, service, fast=True) as http:
+        response = http.post(
+            "/rest/presence", content=iter([body[:10], body[10:40], body[40:]]), headers=ALICE_AUTH
+        )
+    assert response.status_code == 204
+    assert len(service.published) == 1
+
+
+def test_other_methods_and_paths_still_go_to_the_router(config: Config) -> None:
+    with client(config, Presentities(), fast=True) as http:
+        slashed = http.post("/rest/presence/", json=BUSY, headers=ALICE_AUTH)
+        wrong_method = http.put("/rest/presence", json=BUSY, headers=ALICE_AUTH)
+    assert slashed.status_code == 404
+    assert wrong_method.status_code == 405
+    assert "POST" in wrong_method.headers["allow"]
+
+
+def test_the_unexpected_failure_is_logged_once_and_not_shown(config: Config, caplog) -> None:
+    with caplog.at_level(logging.ERROR), client(config, Presentities(), fast=True) as http:
+        response = http.post("/rest/presence", **CASES["unexpected failure"])
+    assert response.status_code == 500
+    assert "secret-internal-detail" not in response.text
+    [record] = caplog.records
+    assert "POST /rest/presence" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
