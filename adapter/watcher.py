@@ -68,6 +68,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DECISIONS_TTL = 30.0
+#: Longest a schedule's progress after a notification — remaining count,
+#: last-sent instant and state, a coalesced state — waits to be written: a
+#: schedule is written once per period whatever its notifications (README
+#: "What survives what").  One write per notification cost the event loop a
+#: store hand-off each and kept the store's writer thread committing
+#: hundreds of times a second beside it (docs/benchmarks.md "Notification
+#: latency").
+SCHEDULE_SAVE_DELAY = 1.0
 WATCH = "watch"  # store kinds
 SCHEDULE = "schedule"
 #: Re-subscribe attempts after an unexpected end, and the waits between them.
@@ -126,6 +134,8 @@ class Watch:
     schedules: dict[str, Schedule] = field(default_factory=dict)
     rule_blocks: bool = False  # the presentity's rule blocks this watcher
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: NOTIFYs handed to a task and not yet taken: a later one waits its turn.
+    notifies_queued: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -142,6 +152,10 @@ class Watch:
     def needed(self) -> bool:
         return self.reference is not None or bool(self.schedules)
 
+    def decisions_fresh(self, now: float) -> bool:
+        """Whether the decisions held may be used without reading the rules again."""
+        return self.decisions is not None and now - self.decisions_read_at < DECISIONS_TTL
+
 
 class WatcherService:
     def __init__(
@@ -154,6 +168,7 @@ class WatcherService:
         liveness: ServerLiveness | None = None,
         request_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        schedule_save_delay: float = SCHEDULE_SAVE_DELAY,
     ) -> None:
         self._store: Store = store or MemoryStore()
         self._liveness = liveness
@@ -170,6 +185,10 @@ class WatcherService:
         self._timers: TimerHeap[tuple[str, str]] = TimerHeap()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Schedules whose progress is not written yet, and the timer that writes it.
+        self._unsaved: dict[tuple[str, str], Schedule] = {}
+        self._save_delay = schedule_save_delay
+        self._save_timer: asyncio.TimerHandle | None = None
         sip.add_listener(self._on_sip_event)
 
     async def close(self) -> None:
@@ -177,6 +196,10 @@ class WatcherService:
             self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        # What the schedules did since their last write is written before the
+        # store closes: a clean stop loses nothing.
+        # (A failed write is logged by the store; the stop goes on.)
+        await asyncio.gather(*self._save_progress(), return_exceptions=True)
 
     # -- what the presentity side asks ---------------------------------------
 
@@ -378,8 +401,23 @@ class WatcherService:
     def _on_sip_event(self, event: UserAgentEvent) -> None:
         if isinstance(event, NotifyReceived):
             watch = self._by_subscription.get(event.subscription_id)
-            if watch is not None:
-                self._spawn(self._on_notify(watch, event))
+            if watch is None:
+                return
+            if (
+                watch.state == "active"
+                and not watch.notifies_queued
+                and not watch.lock.locked()
+                and watch.decisions_fresh(time.monotonic())
+            ):
+                # The common case needs nothing awaited (the decisions are
+                # fresh, no earlier NOTIFY of this watch is waiting): taken
+                # here, without a task and a loop turn per NOTIFY.
+                fresh = self._apply_notify(watch, event)
+                if fresh is not None:
+                    self._offer_notify(watch, fresh=fresh)
+                return
+            watch.notifies_queued += 1
+            self._spawn(self._on_notify(watch, event))
         elif isinstance(event, SubscriptionAccepted):
             self._starting.discard(event.subscription_id)
         elif isinstance(event, SubscriptionTerminated):
@@ -395,39 +433,57 @@ class WatcherService:
                 self._spawn(self._on_terminated(watch, event))
 
     async def _on_notify(self, watch: Watch, event: NotifyReceived) -> None:
-        async with watch.lock:
-            if watch.state in ("ended", "blocked"):
-                return
-            state = event.state.state.lower()
-            if state == "pending":
-                watch.state = "pending"
-                return
-            if state != "active":
-                return  # terminated: SubscriptionTerminated follows
-            became_active = watch.state != "active"
-            watch.state = "active"
-            fresh = False
-            if event.body:
-                try:
-                    watch.presence = decode(event.body)
-                    fresh = True
-                except PidfError as exc:
-                    # Answered 200 all the same (the user agent did): one bad
-                    # body must not cost the subscription, nor hold back the
-                    # decisions an activation tells the application.
-                    logger.warning("unreadable PIDF from %s: %s", watch.presentity, exc)
-            if became_active:
-                watch.decisions_read_at = float("-inf")
-            await self._read_decisions(watch)
-            if watch.state != "active":
-                return  # ended while the rules were read
-            self._notify_decisions(watch)
-            if fresh and watch.presence is not None:
-                now = self._clock()
-                for schedule in list(watch.schedules.values()):
-                    self._deliver(watch, schedule,
-                                  schedule.offer(watch.presence, watch.granted, now))
-                    self._file(schedule)
+        try:
+            async with watch.lock:
+                fresh = self._apply_notify(watch, event)
+                if fresh is None:
+                    return
+                await self._read_decisions(watch)
+                if watch.state != "active":
+                    return  # ended while the rules were read
+                self._offer_notify(watch, fresh=fresh)
+        finally:
+            watch.notifies_queued -= 1
+
+    def _apply_notify(self, watch: Watch, event: NotifyReceived) -> bool | None:
+        """A NOTIFY's subscription state and body taken into the watch.
+
+        None when there is nothing more to do; else whether a new presence
+        state was read.
+        """
+        if watch.state in ("ended", "blocked"):
+            return None
+        state = event.state.state.lower()
+        if state == "pending":
+            watch.state = "pending"
+            return None
+        if state != "active":
+            return None  # terminated: SubscriptionTerminated follows
+        became_active = watch.state != "active"
+        watch.state = "active"
+        fresh = False
+        if event.body:
+            try:
+                watch.presence = decode(event.body)
+                fresh = True
+            except PidfError as exc:
+                # Answered 200 all the same (the user agent did): one bad
+                # body must not cost the subscription, nor hold back the
+                # decisions an activation tells the application.
+                logger.warning("unreadable PIDF from %s: %s", watch.presentity, exc)
+        if became_active:
+            watch.decisions_read_at = float("-inf")
+        return fresh
+
+    def _offer_notify(self, watch: Watch, *, fresh: bool) -> None:
+        """Tell the decisions if they changed, and offer a new state to the schedules."""
+        self._notify_decisions(watch)
+        if fresh and watch.presence is not None:
+            now = self._clock()
+            for schedule in list(watch.schedules.values()):
+                self._deliver(watch, schedule,
+                              schedule.offer(watch.presence, watch.granted, now))
+                self._file(schedule)
 
     async def _recheck(self, watch: Watch) -> None:
         async with watch.lock:
@@ -493,7 +549,7 @@ class WatcherService:
 
     async def _read_decisions(self, watch: Watch) -> None:
         now = time.monotonic()
-        if watch.decisions is not None and now - watch.decisions_read_at < DECISIONS_TTL:
+        if watch.decisions_fresh(now):
             return
         asked = watch.attributes or frozenset(ALL_ATTRIBUTES)
         try:
@@ -637,12 +693,28 @@ class WatcherService:
                 self._spawn(self._end_subscription(watch))
         elif deliveries or schedule.pending is not None:
             # Remaining count, last-sent instant, coalesced state: a restart
-            # resumes where this left off.
-            self._save_schedule(schedule)
+            # resumes where this left off (written within the save delay).
+            self._save_later(schedule)
+
+    def _save_later(self, schedule: Schedule) -> None:
+        self._unsaved[(schedule.app_id, schedule.correlator)] = schedule
+        if self._save_timer is None:
+            loop = asyncio.get_running_loop()
+            self._save_timer = loop.call_later(self._save_delay, self._save_progress)
+
+    def _save_progress(self) -> list[asyncio.Future[None]]:
+        """Write every schedule that changed since its last write (one batch)."""
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
+        unsaved, self._unsaved = self._unsaved, {}
+        return [self._save_schedule(schedule) for schedule in unsaved.values()]
 
     def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
         watch.schedules.pop(schedule.correlator, None)
         self._schedules.pop((schedule.app_id, schedule.correlator), None)
+        # Its record is deleted: a write still due must not bring it back.
+        self._unsaved.pop((schedule.app_id, schedule.correlator), None)
         self._timers.cancel((schedule.app_id, schedule.correlator))
         self._arm()
 

@@ -117,10 +117,13 @@ class FakeXcap:
         self.rules = PresRules()
         self.error: XcapError | None = None
         self.reads = 0
+        self.gate: asyncio.Event | None = None  # holds the answer back while set
 
     async def get(self, presentity: str) -> RulesDocument:
         assert presentity == ALICE
         self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
         if self.error is not None:
             raise self.error
         return RulesDocument(self.rules, '"etag"')
@@ -150,16 +153,31 @@ class Clock:
         return self.now
 
 
-class World:
+class CountingStore(MemoryStore):
+    """A MemoryStore that keeps every record written, in order."""
+
     def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[tuple[str, str, Any]] = []
+
+    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        self.puts.append((kind, key, value))
+        return super().put(kind, key, value)
+
+    def schedule_puts(self) -> list[Any]:
+        return [value for kind, _, value in self.puts if kind == "schedule"]
+
+
+class World:
+    def __init__(self, **options: Any) -> None:
         self.sip = FakeEndpoint()
         self.xcap = FakeXcap()
         self.bayeux = FakeBayeux()
         self.clock = Clock()
-        self.store = MemoryStore()
+        self.store = CountingStore()
         self.service = WatcherService(
             self.sip, self.xcap, self.bayeux,  # type: ignore[arg-type]
-            store=self.store, clock=self.clock,
+            store=self.store, clock=self.clock, **options,
         )
 
     async def subscribe(self, attributes: frozenset[AttributeType] = frozenset()) -> int:
@@ -204,9 +222,9 @@ async def settle() -> None:
     raise AssertionError("the watcher service keeps spawning tasks")
 
 
-def run(scenario: Callable[[World], Awaitable[None]]) -> None:
+def run(scenario: Callable[[World], Awaitable[None]], **options: Any) -> None:
     async def main() -> None:
-        world = World()
+        world = World(**options)
         try:
             await scenario(world)
             await settle()
@@ -715,3 +733,95 @@ def test_an_ending_reaches_each_schedule_in_its_own_application() -> None:
         ]
 
     run(scenario)
+
+
+# -- taking NOTIFYs, writing schedules ----------------------------------------------
+
+
+def test_a_notify_on_an_active_watch_is_taken_at_once_without_a_task() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1")
+        await w.notify("active;expires=3600", busy(0))
+        w.bayeux.take()
+        tasks = len(asyncio.all_tasks())
+        w.sip.emit(NotifyReceived(
+            w.sip.last_id, SubscriptionState.parse("active;expires=3600"),
+            encode([busy(1)], entity=ALICE, now=T0), "application/pidf+xml",
+        ))
+        # Delivered inside the listener call: nothing awaited, no task spawned.
+        assert w.bayeux.kinds() == ["statusChanged"]
+        assert len(asyncio.all_tasks()) == tasks
+
+    run(scenario)
+
+
+def test_notifies_arriving_while_the_rules_are_read_keep_their_order() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1")
+        w.xcap.gate = asyncio.Event()
+        # Becoming active reads the rules (held back); the next NOTIFYs come
+        # meanwhile and must not overtake the first.
+        for t in range(3):
+            w.sip.emit(NotifyReceived(
+                w.sip.last_id, SubscriptionState.parse("active;expires=3600"),
+                encode([busy(t)], entity=ALICE, now=T0), "application/pidf+xml",
+            ))
+        await asyncio.sleep(0.01)
+        assert w.bayeux.sent == []
+        w.xcap.gate.set()
+        await settle()
+        assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
+            [busy(0).to_json()], [busy(1).to_json()], [busy(2).to_json()],
+        ]
+        # Later ones, with nothing queued and fresh decisions, are taken at once.
+        w.bayeux.take()
+        w.sip.emit(NotifyReceived(
+            w.sip.last_id, SubscriptionState.parse("active;expires=3600"),
+            encode([busy(3)], entity=ALICE, now=T0), "application/pidf+xml",
+        ))
+        assert w.bayeux.kinds() == ["statusChanged"]
+
+    run(scenario)
+
+
+def test_a_schedules_progress_is_written_once_per_save_delay() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", remaining=10)
+        assert [p["remaining"] for p in w.store.schedule_puts()] == [10]  # before the 201
+        for t in range(4):
+            await w.notify("active;expires=3600", busy(t))
+        assert w.bayeux.kinds() == ["statusChanged"] * 4
+        assert len(w.store.schedule_puts()) == 1  # not yet: within the delay
+        await asyncio.sleep(0.25)
+        assert [p["remaining"] for p in w.store.schedule_puts()] == [10, 6]
+        assert w.store.load("schedule")[next(iter(w.store.load("schedule")))]["sent"] == [
+            busy(3).to_json()
+        ]
+
+    run(scenario, schedule_save_delay=0.1)
+
+
+def test_close_writes_the_progress_not_yet_written() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", remaining=10)
+        await w.notify("active;expires=3600", busy(0))
+        await w.notify("active;expires=3600", busy(1))
+        await w.service.close()
+        (record,) = w.store.load("schedule").values()
+        assert record["remaining"] == 8
+
+    run(scenario, schedule_save_delay=60)
+
+
+def test_an_ended_schedule_is_not_written_back_after_its_deletion() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", remaining=3)
+        await w.notify("active;expires=3600", busy(0))  # progress due in 0.05 s
+        await w.notify("active;expires=3600", busy(1))
+        await w.notify("active;expires=3600", busy(2))  # the last: statusEnd
+        assert w.bayeux.kinds() == ["statusChanged"] * 3 + ["statusEnd"]
+        await asyncio.sleep(0.15)
+        assert w.store.load("schedule") == {}
+        assert len(w.store.schedule_puts()) == 1  # only the one before the 201
+
+    run(scenario, schedule_save_delay=0.05)
