@@ -20,6 +20,7 @@ import asyncio
 import errno
 import logging
 import random
+import socket
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ Listener = Callable[[UserAgentEvent], None]
 
 #: How often start() picks a new port when port 0's UDP port is busy for TCP.
 _BIND_ATTEMPTS = 20
+
+#: Receive buffer asked for the UDP socket, bytes.  Linux's default (212,992,
+#: ``net.core.rmem_default``) holds about 100 NOTIFYs: at 1,000 a second any
+#: pause of the event loop longer than 0.1 s made the kernel drop datagrams,
+#: which the server only retransmits after T1 = 500 ms (RFC 3261 §17.1.2.2).
+#: The kernel caps the request at ``net.core.rmem_max``.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class RequestFailed(SipError):
@@ -85,6 +93,7 @@ class SipEndpoint:
         timings: TransactionTimings = TransactionTimings(),
         publication_expires: int = 3600,
         subscription_expires: int = 3600,
+        receive_buffer: int = UDP_RECEIVE_BUFFER,
     ) -> None:
         self._host = host
         self._port = port
@@ -104,7 +113,10 @@ class SipEndpoint:
         self._timer_at: float | None = None
         self._waiters: dict[_Waiter, list[asyncio.Future[UserAgentEvent]]] = defaultdict(list)
         self._listeners: list[Listener] = []
+        self._receive_buffer = receive_buffer
         self.dropped = 0  # datagrams that were not usable SIP
+        #: The UDP socket's receive buffer as the kernel granted it (after start).
+        self.receive_buffer: int | None = None
 
     # -- life cycle --------------------------------------------------------
 
@@ -141,6 +153,9 @@ class SipEndpoint:
                 logger.debug("TCP port %d is in use; choosing another", port)
                 continue
             self._udp = udp
+            self.receive_buffer = _enlarge_receive_buffer(
+                udp.get_extra_info("socket"), self._receive_buffer
+            )
             break
         self._ua = UserAgent(
             local=Destination(self._transport, self._host, port),
@@ -151,7 +166,10 @@ class SipEndpoint:
             publication_expires=self._publication_expires,
             subscription_expires=self._subscription_expires,
         )
-        logger.info("SIP on %s:%d (udp, tcp), server %s", self._host, port, self._server)
+        logger.info(
+            "SIP on %s:%d (udp, tcp), server %s; UDP receive buffer %s bytes",
+            self._host, port, self._server, self.receive_buffer,
+        )
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -424,6 +442,22 @@ class SipEndpoint:
         if peer is not None and self._ua is not None:
             self._ua.transport_failed(peer, reason, self.now())
             self._flush()
+
+
+def _enlarge_receive_buffer(sock: socket.socket | None, wanted: int) -> int | None:
+    """Ask for a ``wanted``-byte receive buffer, best effort; the size granted."""
+    if sock is None:
+        return None
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < wanted:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    except OSError as exc:
+        logger.warning("UDP receive buffer of %d bytes refused: %s", wanted, exc)
+    try:
+        granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError:
+        return None
+    return granted
 
 
 def _waiter_for(event: UserAgentEvent) -> _Waiter | None:

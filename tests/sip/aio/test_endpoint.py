@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 from sip.aio import SipEndpoint
+from sip.aio.endpoint import UDP_RECEIVE_BUFFER
 from sip.uri import SipURI
 
 
@@ -58,3 +61,43 @@ def test_options_over_tcp_is_answered_on_the_same_connection() -> None:
     head = asyncio.run(scenario())
     assert head.startswith(b"SIP/2.0 200 ")
     assert b"Call-ID: tcp-options-1" in head
+
+
+def _rmem_max() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_the_udp_socket_asks_for_a_larger_receive_buffer() -> None:
+    async def scenario() -> tuple[int | None, int]:
+        endpoint = await _started()
+        try:
+            sock = endpoint._udp.get_extra_info("socket")  # type: ignore[union-attr]
+            return endpoint.receive_buffer, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        finally:
+            await endpoint.close()
+
+    granted, actual = asyncio.run(scenario())
+    assert granted == actual
+    ceiling = _rmem_max()
+    if ceiling is not None:
+        # Linux grants min(asked, rmem_max), doubled for its bookkeeping (socket(7)).
+        assert granted == 2 * min(UDP_RECEIVE_BUFFER, ceiling) or granted >= UDP_RECEIVE_BUFFER
+
+
+def test_a_smaller_receive_buffer_than_the_systems_is_left_alone() -> None:
+    async def scenario() -> tuple[int | None, int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            default = probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        endpoint = SipEndpoint(host="127.0.0.1", port=0, server=SipURI.parse("sip:127.0.0.1:9"),
+                               receive_buffer=1024)
+        await endpoint.start()
+        try:
+            return endpoint.receive_buffer, default
+        finally:
+            await endpoint.close()
+
+    granted, default = asyncio.run(scenario())
+    assert granted == default
