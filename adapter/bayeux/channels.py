@@ -106,14 +106,26 @@ def application_root(app_id: str) -> Channel:
     return Channel(("bayeux", app_id))
 
 
+# Concrete channels whose subscribers are remembered between changes of the
+# index; past this many the memory starts again from empty.
+_RESOLVED_MAX = 10_000
+
+
 class SubscriptionIndex:
-    """Which sessions subscribe to which channel names and patterns."""
+    """Which sessions subscribe to which channel names and patterns.
+
+    The subscribers of a concrete channel are worked out once and remembered
+    until the next subscribe or unsubscribe: subscriptions change at the pace
+    of clients (re)connecting, deliveries at the pace of presence changes.
+    """
 
     def __init__(self) -> None:
         self._by_pattern: dict[Channel, set[str]] = {}
+        self._resolved: dict[Channel, frozenset[str]] = {}
 
     def add(self, pattern: Channel, client_id: str) -> None:
         self._by_pattern.setdefault(pattern, set()).add(client_id)
+        self._resolved.clear()
 
     def discard(self, pattern: Channel, client_id: str) -> None:
         members = self._by_pattern.get(pattern)
@@ -122,17 +134,24 @@ class SubscriptionIndex:
         members.discard(client_id)
         if not members:
             del self._by_pattern[pattern]
+        self._resolved.clear()
 
     def discard_all(self, patterns: Iterable[Channel], client_id: str) -> None:
         for pattern in patterns:
             self.discard(pattern, client_id)
 
-    def subscribers(self, channel: Channel) -> set[str]:
-        found: set[str] = set()
+    def subscribers(self, channel: Channel) -> frozenset[str]:
+        found = self._resolved.get(channel)
+        if found is not None:
+            return found
+        members: set[str] = set()
         for pattern in channel.patterns():
-            members = self._by_pattern.get(pattern)
-            if members:
-                found |= members
+            matching = self._by_pattern.get(pattern)
+            if matching:
+                members |= matching
+        if len(self._resolved) >= _RESOLVED_MAX:
+            self._resolved.clear()
+        found = self._resolved[channel] = frozenset(members)
         return found
 
     def __len__(self) -> int:

@@ -50,6 +50,7 @@ WEBSOCKET = "websocket"
 CONNECTION_TYPES = (LONG_POLLING, WEBSOCKET)
 VERSION = "1.0"
 
+_TARGETS_MAX = 10_000  # checked delivery channels remembered (then start again)
 _BACKLOG_SWEEP = ""  # heap key for the backlog's TTL sweep (never a clientId)
 
 
@@ -98,6 +99,9 @@ class BayeuxServer:
         self._holds: dict[int, str] = {}  # held connect token -> clientId
         self._by_app: dict[str, set[str]] = {}
         self._index = SubscriptionIndex()
+        # Channels the adapter delivered on, already checked (one per endpoint
+        # of a notification, reused for every change).
+        self._targets: dict[tuple[str, str], Channel] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._heap_seq = itertools.count()
         self._tokens = itertools.count(1)
@@ -141,12 +145,9 @@ class BayeuxServer:
         application's backlog, to be handed to the next session that
         subscribes to a matching channel.
         """
-        try:
-            target = Channel.parse(channel)
-        except RemoteProtocolError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        if target.is_wild or not target.is_within(application_root(app_id)):
-            raise LocalProtocolError(f"{channel!r} is not a channel of application {app_id!r}")
+        target = self._targets.get((app_id, channel))
+        if target is None:
+            target = self._target(app_id, channel)
         try:
             # Encoded here, once, however many sessions it reaches.
             delivery = Delivery(target, data, str(next(self._message_ids)))
@@ -162,6 +163,19 @@ class BayeuxServer:
         if not reached:
             self._keep(app_id, delivery, now)
         return reached
+
+    def _target(self, app_id: str, channel: str) -> Channel:
+        """`channel` checked as a channel `app_id` may publish on, and remembered."""
+        try:
+            target = Channel.parse(channel)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        if target.is_wild or not target.is_within(application_root(app_id)):
+            raise LocalProtocolError(f"{channel!r} is not a channel of application {app_id!r}")
+        if len(self._targets) >= _TARGETS_MAX:
+            self._targets.clear()
+        self._targets[(app_id, channel)] = target
+        return target
 
     def handle_timer(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:

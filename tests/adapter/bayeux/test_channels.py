@@ -98,3 +98,27 @@ def test_index_finds_subscribers_through_wildcards_and_forgets_them():
     index.discard(exact, "s3")
     assert index.subscribers(Channel.parse("/a/b/c")) == set()
     assert len(index) == 1
+
+
+def test_index_answers_from_memory_until_a_subscription_changes():
+    index = SubscriptionIndex()
+    channel = Channel.parse("/a/b")
+    index.add(Channel.parse("/a/b"), "s1")
+    assert index.subscribers(channel) == {"s1"}
+    assert index.subscribers(channel) == {"s1"}  # remembered
+    index.add(Channel.parse("/a/*"), "s2")
+    assert index.subscribers(channel) == {"s1", "s2"}
+    index.discard(Channel.parse("/a/b"), "s1")
+    assert index.subscribers(channel) == {"s2"}
+    index.discard_all([Channel.parse("/a/*")], "s2")
+    assert index.subscribers(channel) == set()
+
+
+def test_index_stays_right_past_the_channels_it_remembers():
+    index = SubscriptionIndex()
+    index.add(Channel.parse("/a/**"), "s1")
+    channels = [Channel.parse(f"/a/c{n}") for n in range(10_050)]
+    assert all(index.subscribers(c) == {"s1"} for c in channels)
+    index.add(Channel.parse("/a/c3"), "s2")
+    assert index.subscribers(channels[3]) == {"s1", "s2"}
+    assert index.subscribers(channels[10_049]) == {"s1"}

@@ -471,6 +471,38 @@ def test_the_adapter_cannot_deliver_outside_the_application_tree(channel):
         server.deliver("alice", channel, {}, 0.0)
 
 
+def test_a_channel_checked_once_stays_checked_per_application():
+    server = make()
+    client_id = handshake(server)
+    subscribe(server, client_id, "/bayeux/alice/n")
+    assert server.deliver("alice", "/bayeux/alice/n", {}, 0.0) == 1
+    assert server.deliver("alice", "/bayeux/alice/n", {}, 0.0) == 1
+    # The same channel name is still not bob's, and a refusal is not remembered.
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            server.deliver("bob", "/bayeux/alice/n", {}, 0.0)
+        with pytest.raises(LocalProtocolError):
+            server.deliver("alice", "/bayeux/alice/*", {}, 0.0)
+
+
+def test_deliveries_follow_subscriptions_made_and_dropped_between_them():
+    server = make()
+    first = handshake(server)
+    subscribe(server, first, "/bayeux/alice/n")
+    assert server.deliver("alice", "/bayeux/alice/n", {}, 0.0) == 1
+    second = handshake(server)
+    subscribe(server, second, "/bayeux/alice/**")
+    assert server.deliver("alice", "/bayeux/alice/n", {}, 0.0) == 2
+    server.receive(
+        [msg("/meta/unsubscribe", client_id=first, subscription="/bayeux/alice/n")],
+        0.0,
+        transport="long-polling",
+    )
+    assert server.deliver("alice", "/bayeux/alice/n", {}, 0.0) == 1
+    server.receive([msg("/meta/disconnect", client_id=second)], 0.0, transport="long-polling")
+    assert server.deliver("alice", "/bayeux/alice/n", {}, 0.0) == 0
+
+
 def test_non_json_data_is_refused():
     with pytest.raises(LocalProtocolError):
         make().deliver("alice", "/bayeux/alice/n", {"x": object()}, 0.0)
