@@ -22,7 +22,7 @@ from adapter import rest
 from adapter.app import create_app
 from adapter.auth import Accounts
 from adapter.config import Account, Config, load_config
-from pidf import PresenceAttribute
+from pidf import PresenceAttribute, validate_publication
 from sip.aio import RequestTimedOut
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +41,9 @@ class Presentities:
         self.published: list[tuple[str, tuple[PresenceAttribute, ...]]] = []
 
     async def publish(self, presentity: str, attributes: tuple[PresenceAttribute, ...]) -> None:
+        validate_publication(attributes)  # as the service does first
         if "timeout" in presentity:
-            raise RequestTimedOut("PUBLISH: no answer")
+            raise RequestTimedOut("PUBLISH", None, "no answer")
         if "bug" in presentity:
             raise KeyError("secret-internal-detail")
         self.published.append((presentity, attributes))
@@ -111,6 +112,23 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+STATUS = {
+    "ok": 204,
+    "ok as another address": 204,
+    "no credentials": 401,
+    "wrong password": 401,
+    "not basic": 401,
+    "address not held": 403,
+    "not JSON": 400,
+    "not an object": 400,
+    "no presence": 400,
+    "bad attribute": 400,
+    "twice the same type": 400,
+    "server does not answer": 504,
+    "unexpected failure": 500,
+}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_fast_path_answers_as_the_route(config: Config, case: str) -> None:
     answers = []
@@ -128,6 +146,7 @@ def test_the_fast_path_answers_as_the_route(config: Config, case: str) -> None:
             )
         )
     assert answers[0] == answers[1]
+    assert answers[0][0] == STATUS[case]
 
 
 def test_publish_is_204_with_no_body_and_reaches_the_service(config: Config) -> None:
