@@ -36,6 +36,7 @@ refreshes, expiries), keyed by owner; no task or thread per subscription.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -678,7 +679,17 @@ class UserAgent:
             self._incoming.pop(key, None)
             self._timers.cancel(("s", key))
         else:
-            self._file_timer(("s", key), transaction.get_timer())
+            deadline = transaction.get_timer()
+            if deadline is not None and transaction.state is ServerState.COMPLETED:
+                # Timer J only ends the absorbing of retransmitted requests
+                # (RFC 3261 §17.2.2: "The server transaction remains in this
+                # state until Timer J fires, at which point it MUST transition
+                # to the "Terminated" state"); a transaction kept up to a
+                # second longer sends nothing more.  On a whole second, the
+                # Timer Js of all the NOTIFYs answered in one second fall due
+                # together: one wake-up of the driver, not one per NOTIFY.
+                deadline = float(math.ceil(deadline))
+            self._file_timer(("s", key), deadline)
 
     # -- identifiers -------------------------------------------------------
 

@@ -785,3 +785,29 @@ def test_ten_thousand_subscriptions_one_timer_each() -> None:
 
 
 _FIELD = re.compile(r"^(Via|From|To|Call-ID|CSeq): (.*?)\r$", re.MULTILINE)
+
+
+def test_timer_j_of_one_seconds_notifies_falls_due_together() -> None:
+    """RFC 3261 §17.2.2: each server transaction absorbs retransmissions for
+    at least 64*T1; the user agent ends those of one second together."""
+    net = Net()
+    ua = net.ua
+    for n in range(10):
+        notify = (
+            f"NOTIFY sip:bob@127.0.0.1:5080 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKj{n}\r\n"
+            f"From: <sip:alice@example.com>;tag=a{n}\r\nTo: <sip:bob@example.com>;tag=b{n}\r\n"
+            f"Call-ID: gone{n}\r\nCSeq: 1 NOTIFY\r\nEvent: presence\r\n"
+            "Subscription-State: active;expires=60\r\nContent-Length: 0\r\n\r\n"
+        )
+        ua.receive(notify.encode(), NOTIFIER_ADDR, 0.05 + n * 0.09)
+    answers = ua.datagrams_to_send()
+    assert [data[:12] for data, _ in answers] == [b"SIP/2.0 481 "] * 10
+    assert len(ua._incoming) == 10
+    assert ua.get_timer() == 33.0  # the last answer at 0.86 s + 32 s, on a whole second
+    ua.handle_timer(32.9)
+    assert len(ua._incoming) == 10  # none ends before its 64*T1
+    ua.receive(notify.encode(), NOTIFIER_ADDR, 32.95)  # a late retransmission
+    assert [data[:12] for data, _ in ua.datagrams_to_send()] == [b"SIP/2.0 481 "]
+    ua.handle_timer(33.0)
+    assert ua._incoming == {} and ua.get_timer() is None
