@@ -37,16 +37,22 @@ subscriptions / publications watchers.  No presence rules are written, so
 the server keeps every watcher *pending* (RFC 6665 §4.1.3, empty NOTIFY).
 
 ``--expires`` sets both intervals (default 120 s, so refreshes show up within
-the run).  Note RefreshPolicy's guard: a refresh never falls later than 32 s
-before expiry, so below 320 s every refresh comes at ``expires - 32`` after
-the last one and the spread comes only from when the subscriptions were
-made; ``--expires 400`` shows the policy's own spread (300–360 s).
+the run).  RefreshPolicy puts each refresh at a point fixed per object in
+75–90 % of the interval, the window moved earlier when its end is closer than
+32 s to expiry (Expires 120: 70–88 s; 300: 223–268 s; 3600: 2,700–3,240 s).
+With ``--expires 300 --observe 300`` a setup shorter than 220 s ends before
+the first refresh and the idle window holds a whole refresh cycle.
+
+``--baseline DIR`` adds a third holder, ``base``: the ua holder of another
+source tree (``git archive REV | tar -x -C DIR``), for the stack's before and
+after side by side in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import heapq
 import itertools
 import json
@@ -86,9 +92,19 @@ def presentity(i: int, publications: int) -> str:
 
 
 def refresh_delay(expires: int, spread: float) -> float:
-    """RefreshPolicy's rule, restated for the raw holder (sip/publication.py)."""
-    delay = expires * (0.75 + 0.15 * spread)
-    return max(min(delay, expires - 32.0), expires / 2)
+    """RefreshPolicy.refresh_delay, restated for the raw holder (sip/publication.py).
+
+    75–90 % of the interval, the window moved earlier (not narrowed) when its
+    end is closer than 32 s to expiry, never before half the interval.
+    """
+    low, high, guard = 0.75, 0.90, 32.0
+    width = expires * (high - low)
+    latest = min(expires * high, expires - guard)
+    if latest <= expires / 2:
+        earliest, latest = expires / 2, max(expires * low, expires / 2)
+    else:
+        earliest = max(min(expires * low, latest - width), expires / 2)
+    return earliest + (latest - earliest) * spread
 
 
 # ---------------------------------------------------------------- holders
@@ -162,6 +178,23 @@ async def ua_holder(args: argparse.Namespace) -> None:
 
     endpoint._send = counting_send  # type: ignore[method-assign]
 
+    # CPU spent inside the sans-IO core (UserAgent.receive and handle_timer,
+    # everything the driver calls per datagram and per timer), to tell it
+    # from the driver, the event loop and the system calls around it.
+    core_cpu = [0.0]
+    ua = endpoint.ua
+    for name in ("receive", "handle_timer"):
+        method = getattr(ua, name)
+
+        def timed(*a: Any, _method: Callable[..., None] = method) -> None:
+            started = time.process_time()
+            try:
+                _method(*a)
+            finally:
+                core_cpu[0] += time.process_time() - started
+
+        setattr(ua, name, timed)
+
     def listener(event: UserAgentEvent) -> None:
         if isinstance(event, NotifyReceived):
             tally.count("NOTIFY", loop.time())
@@ -193,9 +226,22 @@ async def ua_holder(args: argparse.Namespace) -> None:
     await bounded(range(args.subscriptions), args.window, subscribe)
     emit(event="held", seconds=loop.time() - tally.started, failures=dict(failures),
          subscriptions=endpoint.ua.subscription_count)
+    core_at_held = core_cpu[0]
+    profiler = None
+    if args.profile_idle:
+        import cProfile
+
+        # CPU time, not wall time: the idle window is mostly waiting.
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
     await read_line()  # "stop"
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile_idle)
     emit(event="report", **tally.report(failures=dict(failures),
-                                        subscriptions=endpoint.ua.subscription_count))
+                                        subscriptions=endpoint.ua.subscription_count,
+                                        gc=[g["collections"] for g in gc.get_stats()],
+                                        core_cpu_idle=core_cpu[0] - core_at_held))
     await endpoint.close()
 
 
@@ -381,13 +427,20 @@ class Holder:
 
     def __init__(self, role: str, args: argparse.Namespace, server: str) -> None:
         self.role = role
+        # "base" is the ua holder of another source tree (--baseline): its own
+        # copy of this file puts that tree first on sys.path, so it holds the
+        # subscriptions with that tree's sip/.
+        tree = Path(args.baseline).resolve() if role == "base" else REPO
         command = [
-            sys.executable, str(Path(__file__).resolve()), "--role", role, "--server", server,
+            sys.executable, str(tree / "bench" / "scale.py"),
+            "--role", "ua" if role == "base" else role, "--server", server,
             "--subscriptions", str(args.subscriptions), "--publications", str(args.publications),
             "--expires", str(args.expires), "--window", str(args.window),
         ]
+        if role == "ua" and args.profile_idle:
+            command += ["--profile-idle", str(Path(args.profile_idle).resolve())]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, cwd=REPO)
+                                        text=True, cwd=tree)
         self.messages: dict[str, dict[str, Any]] = {}
         self.samples: dict[str, Sample] = {}
 
@@ -428,6 +481,7 @@ def report(args: argparse.Namespace, holders: list[Holder]) -> None:
     print(header)
     print("-" * len(header))
     rows: dict[str, dict[str, float]] = {}
+    core_cpu: dict[str, float] = {}
     for h in holders:
         ready, held, end = h.samples["ready"], h.samples["held"], h.samples["end"]
         idle0 = h.samples["idle"]
@@ -444,21 +498,30 @@ def report(args: argparse.Namespace, holders: list[Holder]) -> None:
             v for k, v in rep["totals"].items() if k.startswith("terminated"))
         rows[h.role] = {"held": held.rss_kib, "peak": end.peak_kib, "cpu": idle_cpu,
                         "per_refresh": per_refresh}
+        if "core_cpu_idle" in rep and refreshes:
+            core_cpu[h.role] = rep["core_cpu_idle"] / (end.at - idle0.at) / refreshes * 1e6
         print(f"{h.role:<6} {ready.rss_kib / 1024:>9.1f} {held.rss_kib / 1024:>8.1f} "
               f"{end.rss_kib / 1024:>7.1f} {end.peak_kib / 1024:>8.1f} "
               f"{per_sub:>9.0f} {h.messages['held']['seconds']:>7.1f} "
               f"{held.cpu_s - ready.cpu_s:>11.1f} {idle_cpu * 100:>10.1f} {refreshes:>9.0f} "
               f"{per_refresh:>14.0f} {failures:>8}")
-    if "ua" in rows and "raw" in rows:
-        ua, raw = rows["ua"], rows["raw"]
-        print(f"\nratios ua/raw: RSS held {ua['held'] / raw['held']:.2f}, "
-              f"peak {ua['peak'] / raw['peak']:.2f}, idle CPU "
-              f"{ua['cpu'] / raw['cpu']:.2f}, CPU per refresh "
-              f"{ua['per_refresh'] / raw['per_refresh']:.2f}")
+    for role, per_refresh in core_cpu.items():
+        print(f"{role}: of the CPU per refresh, {per_refresh:.0f} µs in the sans-IO UserAgent "
+              f"(receive, handle_timer), {rows[role]['per_refresh'] - per_refresh:.0f} µs "
+              f"around it (driver, event loop, system calls, the benchmark's counting)")
+    for side, floor in (("ua", "raw"), ("base", "raw"), ("ua", "base")):
+        if side in rows and floor in rows:
+            a, b = rows[side], rows[floor]
+            print(f"\nratios {side}/{floor}: "
+                  + ", ".join(f"{what} {a[k] / b[k]:.2f}" if b[k] else f"{what} -"
+                              for what, k in (("RSS held", "held"), ("peak", "peak"),
+                                              ("idle CPU", "cpu"),
+                                              ("CPU per refresh", "per_refresh"))))
     for h in holders:
         rep = h.messages["report"]
         print(f"\n{h.role}: failures {rep['failures'] or 0}; events "
-              f"{ {k: v for k, v in rep['totals'].items()} }; still held {rep['subscriptions']}")
+              f"{ {k: v for k, v in rep['totals'].items()} }; still held {rep['subscriptions']}"
+              + (f"; gc collections by generation {rep['gc']}" if "gc" in rep else ""))
         idle_from = args.idle_from
         last = idle_from + int(args.observe) - 1
         subs = histogram(rep["per_second"].get("SUBSCRIBE", {}), 0, last)
@@ -491,9 +554,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="idle seconds measured after everything is held")
     parser.add_argument("--window", type=int, default=64,
                         help="initial requests outstanding at once per holder during setup")
-    parser.add_argument("--sides", default="ua,raw", help="holders to run: ua,raw | ua | raw")
+    parser.add_argument("--sides", default="ua,raw",
+                        help="holders to run, of ua, raw and base (needs --baseline)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another source tree (e.g. `git archive REV | tar -x -C DIR`) "
+                             "whose SIP stack the 'base' holder runs, for before/after "
+                             "figures side by side")
     parser.add_argument("--server-shm", type=int, default=2048,
                         help="the presence server's shared memory in MB")
+    parser.add_argument("--profile-idle", metavar="FILE",
+                        help="cProfile (CPU time) the ua holder over the idle window into FILE "
+                             "(slows it down: not for recorded figures)")
     parser.add_argument("--role", choices=("ua", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -509,7 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     with pg_presence_server(HOST, args.server_shm) as server:
         print(f"presence server {server.sip_uri} (pid {server.pid}, shm {args.server_shm} MB)",
               flush=True)
-        holders = [Holder(role, args, f"{HOST}:{server.port}") for role in args.sides.split(",")]
+        roles = args.sides.split(",")
+        if args.baseline and "base" not in roles:
+            roles.append("base")
+        if "base" in roles and not args.baseline:
+            raise SystemExit("the base holder needs --baseline DIR")
+        holders = [Holder(role, args, f"{HOST}:{server.port}") for role in roles]
         try:
             for h in holders:
                 h.samples["ready"] = sample(int(h.expect("ready")["pid"]))
