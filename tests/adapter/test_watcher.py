@@ -825,3 +825,40 @@ def test_an_ended_schedule_is_not_written_back_after_its_deletion() -> None:
         assert len(w.store.schedule_puts()) == 1  # only the one before the 201
 
     run(scenario, schedule_save_delay=0.05)
+
+
+def test_many_schedules_due_are_written_a_chunk_per_loop_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watcher_module, "SAVE_CHUNK", 2)
+
+    async def scenario(w: World) -> None:
+        for n in range(5):
+            assert await w.start(f"n{n}", remaining=10)
+        await w.notify("active;expires=3600", busy(0))
+        assert w.bayeux.kinds() == ["statusChanged"] * 5
+        # One ends while the others wait to be written: it is not written back.
+        await w.service.end_notification(APP, "n4")
+        turns = 0
+        written: list[tuple[int, str]] = []  # (loop turn, correlator)
+        put = w.store.put
+
+        def spy(kind: str, key: str, value: Any) -> asyncio.Future[None]:
+            written.append((turns, value["correlator"]))
+            return put(kind, key, value)
+
+        w.store.put = spy  # type: ignore[method-assign]
+        deadline = asyncio.get_running_loop().time() + 1
+        while asyncio.get_running_loop().time() < deadline and len(written) < 4:
+            await asyncio.sleep(0)  # one loop turn
+            turns += 1
+        chunks: dict[int, list[str]] = {}
+        for turn, correlator in written:
+            chunks.setdefault(turn, []).append(correlator)
+        assert list(chunks.values()) == [["n0", "n1"], ["n2", "n3"]]
+        await asyncio.sleep(0.01)
+        assert {r["correlator"]: r["remaining"] for r in w.store.load("schedule").values()} == {
+            "n0": 9, "n1": 9, "n2": 9, "n3": 9
+        }
+
+    run(scenario, schedule_save_delay=0.05)
