@@ -43,6 +43,10 @@ the run).  RefreshPolicy puts each refresh at a point fixed per object in
 With ``--expires 300 --observe 300`` a setup shorter than 220 s ends before
 the first refresh and the idle window holds a whole refresh cycle.
 
+The ua holder runs with the adapter's garbage-collector settings
+(``presence-adapter serve`` freezes what exists at start and raises the
+thresholds, adapter/cli.py); ``--gc default`` keeps CPython's.
+
 ``--baseline DIR`` adds a third holder, ``base``: the ua holder of another
 source tree (``git archive REV | tar -x -C DIR``), for the stack's before and
 after side by side in one run.
@@ -437,6 +441,8 @@ class Holder:
             "--subscriptions", str(args.subscriptions), "--publications", str(args.publications),
             "--expires", str(args.expires), "--window", str(args.window),
         ]
+        if role == "ua":
+            command += ["--gc", args.gc]
         if role == "ua" and args.profile_idle:
             command += ["--profile-idle", str(Path(args.profile_idle).resolve())]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -562,6 +568,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "figures side by side")
     parser.add_argument("--server-shm", type=int, default=2048,
                         help="the presence server's shared memory in MB")
+    parser.add_argument("--gc", choices=("adapter", "default"), default="adapter",
+                        help="garbage-collector settings of the ua holder: the adapter's "
+                             "(gc.freeze, adapter.cli.GC_THRESHOLDS) or CPython's; the raw "
+                             "and --baseline holders always run CPython's")
     parser.add_argument("--profile-idle", metavar="FILE",
                         help="cProfile (CPU time) the ua holder over the idle window into FILE "
                              "(slows it down: not for recorded figures)")
@@ -573,6 +583,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role is not None:
+        if args.role == "ua" and args.gc == "adapter":
+            # What `presence-adapter serve` does before it serves (adapter/cli.py).
+            from adapter.cli import GC_THRESHOLDS
+
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
         asyncio.run(ua_holder(args) if args.role == "ua" else raw_holder(args))
         return 0
     from bench.pg_presence_server import pg_presence_server
