@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -114,7 +115,7 @@ class _WebSocketEndpoint:
         send_lock = asyncio.Lock()
         waiting: dict[int, asyncio.Task[None]] = {}
 
-        async def send(replies: list[dict[str, Any]]) -> None:
+        async def send(replies: list[Mapping[str, Any]]) -> None:
             async with send_lock:
                 await websocket.send_text(encode_batch(replies))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ class ConnectReleased:
     """A held /meta/connect is answered: send `replies` on the transport holding `token`."""
 
     token: int
-    replies: list[dict[str, Any]]
+    replies: list[Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

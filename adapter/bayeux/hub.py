@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapter.bayeux.backlog import BacklogStore
@@ -34,7 +34,7 @@ class Hub:
         backlog: BacklogStore | None = None,
     ) -> None:
         self.server = BayeuxServer(authenticate, limits, backlog=backlog)
-        self._waiters: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._waiters: dict[int, asyncio.Future[list[Mapping[str, Any]]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -75,7 +75,7 @@ class Hub:
         finally:
             self._after()
 
-    async def wait(self, token: int) -> list[dict[str, Any]]:
+    async def wait(self, token: int) -> list[Mapping[str, Any]]:
         """The replies that answer held connect `token`, once it is released."""
         future = self._waiters[token]
         try:

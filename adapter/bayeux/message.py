@@ -8,8 +8,8 @@ once: after `parse_batch` the rest of the layer works on typed values.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from adapter.bayeux.channels import Channel
@@ -112,45 +112,85 @@ def parse_batch(payload: bytes | str) -> list[Message]:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-class EncodedMessage(dict[str, Any]):
-    """A message object that carries its own JSON text, encoded once.
+class EncodedMessage(Mapping[str, Any]):
+    """A delivered message as it goes on the wire: its JSON text, encoded once.
 
     A delivery reaches every session subscribed to its channel, and may go out
     again after a lost connect reply (ack extension): `encode_batch` copies
-    `wire` instead of encoding the same data for each frame. Read-only by
-    convention; the text is not recomputed if the mapping is changed.
+    `wire` instead of encoding the same data for each frame. It reads as the
+    message object (decoded from `wire` on first use, for tests and the
+    backlog journal; the transports never need to).
     """
 
-    __slots__ = ("wire",)
+    __slots__ = ("wire", "_decoded")
 
-    wire: str
+    def __init__(self, wire: str) -> None:
+        self.wire = wire
+        self._decoded: dict[str, Any] | None = None
+
+    def _message(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = json.loads(self.wire)
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._message()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._message())
+
+    def __len__(self) -> int:
+        return len(self._message())
+
+    def __repr__(self) -> str:
+        return f"EncodedMessage({self.wire!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Delivery:
     """A message the adapter publishes to subscribers of `channel`.
 
     Encoded when it is made, so data that is not JSON fails here (TypeError
-    or ValueError), at the call that published it.
+    or ValueError), at the call that published it. Only the encoded text is
+    kept: the caller's data (a tree of dicts and lists per notification) is
+    freed at once instead of waiting in session queues, where every such
+    object is one more for the garbage collector to walk. `data` decodes it
+    again, on demand.
     """
 
-    channel: Channel
-    data: Any
-    id: str
-    _wire: EncodedMessage = field(init=False, repr=False, compare=False)
+    __slots__ = ("channel", "id", "_wire")
 
-    def __post_init__(self) -> None:
-        message = EncodedMessage(channel=str(self.channel), data=self.data, id=self.id)
-        message.wire = _ENCODER.encode(message)
-        object.__setattr__(self, "_wire", message)
+    def __init__(self, channel: Channel, data: Any, id: str) -> None:
+        self.channel = channel
+        self.id = id
+        self._wire = EncodedMessage(
+            _ENCODER.encode({"channel": str(channel), "data": data, "id": id})
+        )
+
+    @property
+    def data(self) -> Any:
+        return self._wire["data"]
 
     def to_wire(self) -> EncodedMessage:
-        """The message as sent (shared by every frame that carries it: do not modify)."""
+        """The message as sent (shared by every frame that carries it)."""
         return self._wire
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Delivery):
+            return NotImplemented
+        return self._wire.wire == other._wire.wire  # channel, id and data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Delivery({self.channel!s}, {self.data!r}, {self.id!r})"
 
 
 def encode_batch(messages: Sequence[Mapping[str, Any]]) -> str:
-    return "[" + ",".join(
-        message.wire if type(message) is EncodedMessage else _ENCODER.encode(message)
-        for message in messages
-    ) + "]"
+    return (
+        "["
+        + ",".join(
+            message.wire if isinstance(message, EncodedMessage) else _ENCODER.encode(message)
+            for message in messages
+        )
+        + "]"
+    )

@@ -75,7 +75,7 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    replies: list[dict[str, Any]]
+    replies: list[Mapping[str, Any]]
     held: int | None = None
 
 
@@ -110,7 +110,7 @@ class BayeuxServer:
         self._backlog_sweep_at: float | None = None
         # Tokens held earlier in the batch being received: if the same batch
         # releases one, its reply joins the immediate replies.
-        self._receiving: dict[int, list[dict[str, Any]]] | None = None
+        self._receiving: dict[int, list[Mapping[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ drivers
 
@@ -122,7 +122,7 @@ class BayeuxServer:
         transport: str,
         credentials: Credentials | None = None,
     ) -> Received:
-        replies: list[dict[str, Any]] = []
+        replies: list[Mapping[str, Any]] = []
         held: int | None = None
         self._receiving = {}
         try:
@@ -260,7 +260,7 @@ class BayeuxServer:
         now: float,
         transport: str,
         credentials: Credentials | None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[Mapping[str, Any]], int | None]:
         channel = message.channel
         if channel == "/meta/connect":
             return self._connect(message, now, transport)
@@ -335,7 +335,7 @@ class BayeuxServer:
 
     def _connect(
         self, message: Message, now: float, transport: str
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[Mapping[str, Any]], int | None]:
         session = self._session_for(message)
         if session is None:
             return [self._unknown_client(message)], None
@@ -485,12 +485,12 @@ class BayeuxServer:
 
     def _release(
         self, session: Session, now: float, *, with_messages: bool, emit: bool = True
-    ) -> list[dict[str, Any]]:
+    ) -> list[Mapping[str, Any]]:
         hold = session.hold
         assert hold is not None
         session.hold = None
         self._holds.pop(hold.token, None)
-        replies: list[dict[str, Any]] = []
+        replies: list[Mapping[str, Any]] = []
         batch: int | None = None
         if with_messages:
             batch, deliveries = session.take_batch()

@@ -103,7 +103,7 @@ def test_only_remote_protocol_errors_escape(body):
 
 def _plain_encoding(messages):
     # What encode_batch produced before deliveries carried their own text.
-    return json.dumps(list(messages), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps([dict(m) for m in messages], separators=(",", ":"), ensure_ascii=False)
 
 
 @given(st.lists(json_values, max_size=5), st.lists(message_like, max_size=3))
@@ -123,6 +123,22 @@ def test_a_delivery_is_encoded_once_and_reads_as_its_message():
     assert delivery.to_wire() is wire
     assert encode_batch([wire, wire]) == f"[{wire.wire},{wire.wire}]"
     assert encode_batch([]) == "[]"
+
+
+def test_a_delivery_keeps_its_text_not_the_callers_data():
+    data = {"statusChanged": {"correlator": "c", "changedAttributes": [{"note": "n"}]}}
+    delivery = Delivery(Channel.parse("/bayeux/app/x"), data, "7")
+    data["statusChanged"]["correlator"] = "changed afterwards"
+    assert delivery.data == {
+        "statusChanged": {"correlator": "c", "changedAttributes": [{"note": "n"}]}
+    }
+    assert json.loads(delivery.to_wire().wire)["data"]["statusChanged"]["correlator"] == "c"
+    assert delivery == Delivery(
+        Channel.parse("/bayeux/app/x"),
+        {**data, "statusChanged": {"correlator": "c", "changedAttributes": [{"note": "n"}]}},
+        "7",
+    )
+    assert delivery != Delivery(Channel.parse("/bayeux/app/x"), data, "7")
 
 
 def test_a_delivery_of_data_that_is_not_json_fails_when_made():
