@@ -334,47 +334,43 @@ class _Accessors:
         # ``headers`` may also be replaced wholesale on a message.
         headers = self.headers
         cache = self._cache
-        if self._cache_headers is not headers or self._cache_version != headers._version:
+        if self._cache_headers is headers and self._cache_version == headers._version:
+            hit = cache.get(key, _MISSING)
+            if hit is not _MISSING:
+                return cast(T, hit)
+        else:
             cache.clear()
             self._cache_headers = headers
             self._cache_version = headers._version
-        elif key in cache:
-            return cast(T, cache[key])
         value = build(headers)
         cache[key] = value
-        return value
-
-    def _required(self, name: str) -> str:
-        value = self.headers.get(name)
-        if value is None:
-            raise RemoteProtocolError(f"missing {name} header")
         return value
 
     @property
     def vias(self) -> list[Via]:
         """RFC 3261 §20.42, topmost first."""
-        return list(self._cached("via", lambda h: tuple(Via.parse(v) for v in h.get_all("via"))))
+        return list(self._cached("via", _vias))
 
     @property
     def call_id(self) -> str:
         """RFC 3261 §20.8: ``callid = word [ "@" word ]`` — no blanks."""
-        return self._cached("call-id", lambda h: _call_id(self._required("Call-ID")))
+        return self._cached("call-id", _call_id_of)
 
     @property
     def cseq(self) -> CSeq:
-        return self._cached("cseq", lambda h: _cseq(self._required("CSeq")))
+        return self._cached("cseq", _cseq_of)
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", lambda h: _name_addr(self._required("From")))
+        return self._cached("from", _from_of)
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", lambda h: _name_addr(self._required("To")))
+        return self._cached("to", _to_of)
 
     @property
     def contacts(self) -> list[NameAddr]:
-        return list(self._cached("contact", lambda h: _name_addrs(h, "contact")))
+        return list(self._cached("contact", _contacts))
 
     @property
     def record_routes(self) -> list[NameAddr]:
@@ -440,6 +436,41 @@ class _Accessors:
         """Content-Type without parameters, lower-cased (§20.15: case-insensitive)."""
         value = self.headers.get("Content-Type")
         return None if value is None else value.partition(";")[0].strip().lower()
+
+
+# The builders of the typed values (module functions: no closure per access).
+_MISSING = object()
+
+
+def _required(h: Headers, name: str) -> str:
+    value = h.get(name)
+    if value is None:
+        raise RemoteProtocolError(f"missing {name} header")
+    return value
+
+
+def _vias(h: Headers) -> tuple[Via, ...]:
+    return tuple(Via.parse(v) for v in h.get_all("via"))
+
+
+def _call_id_of(h: Headers) -> str:
+    return _call_id(_required(h, "Call-ID"))
+
+
+def _cseq_of(h: Headers) -> CSeq:
+    return _cseq(_required(h, "CSeq"))
+
+
+def _from_of(h: Headers) -> NameAddr:
+    return _name_addr(_required(h, "From"))
+
+
+def _to_of(h: Headers) -> NameAddr:
+    return _name_addr(_required(h, "To"))
+
+
+def _contacts(h: Headers) -> tuple[NameAddr, ...]:
+    return _name_addrs(h, "contact")
 
 
 def _call_id(value: str) -> str:
