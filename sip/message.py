@@ -249,7 +249,10 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = _key(name)
-        return any(k == key for k, _, _ in self._items)
+        for item in self._items:
+            if item[0] == key:
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -345,6 +348,16 @@ class _Accessors:
         value = build(headers)
         cache[key] = value
         return value
+
+    def _remember(self, key: str, value: object) -> None:
+        """Record a typed value the caller built along with its header text
+        (it must equal what parsing that text gives), for the current headers."""
+        headers = self.headers
+        if self._cache_headers is not headers or self._cache_version != headers._version:
+            self._cache.clear()
+            self._cache_headers = headers
+            self._cache_version = headers._version
+        self._cache[key] = value
 
     @property
     def vias(self) -> list[Via]:

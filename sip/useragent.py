@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from . import digest
 from .errors import RemoteProtocolError
+from .headers import Via
 from .message import Headers, Request, Response, parse_message
 from .publication import Publication, PublicationEvent, PublicationState, RefreshPolicy
 from .subscription import Action as SubscriptionAction
@@ -199,8 +200,9 @@ class UserAgent:
             "tcp" if transport == "tcp" else "udp", server.host, server.port or 5060
         )
         self._reliable = self.server_destination.transport == "tcp"
-        self._via_prefix = f"SIP/2.0/{self.server_destination.transport.upper()} "
-        self._via_prefix += f"{_host(local.host)}:{local.port};branch="
+        self._via_transport = self.server_destination.transport.upper()
+        self._via_host = _host(local.host)
+        self._via_prefix = f"SIP/2.0/{self._via_transport} {self._via_host}:{local.port};branch="
         self._rng = rng
         self._user_agent = user_agent
         self._publication_expires = publication_expires
@@ -468,7 +470,8 @@ class UserAgent:
     ) -> None:
         """Send ``request`` for ``owner`` in a new client transaction."""
         headers = request.headers
-        headers.prepend("Via", self._via_prefix + new_branch(self._token()) + ";rport")
+        branch = new_branch(self._token())
+        headers.prepend("Via", self._via_prefix + branch + ";rport")
         if "Max-Forwards" not in headers:
             headers.add("Max-Forwards", "70")
         if request.method == "SUBSCRIBE" and isinstance(owner, Subscription):
@@ -480,6 +483,12 @@ class UserAgent:
         identity = self._identity(owner)
         if identity is not None:
             self._authorize(identity, request)
+        if len(headers.get_raw("via")) == 1:
+            # The transaction is keyed by this Via's branch (RFC 3261
+            # §17.1.3); it is the value of the text just written, not parsed
+            # back from it.
+            request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
+                                          (("branch", branch), ("rport", None))),))
         transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
         outgoing = _Outgoing(transaction, owner, identity, authenticated)
         self._outgoing[transaction.key] = outgoing

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sip import digest
+from sip.headers import Via
 from sip.message import Headers, Request, Response, parse_message
 from sip.publication import (
     PublicationConfirmed,
@@ -811,3 +812,27 @@ def test_timer_j_of_one_seconds_notifies_falls_due_together() -> None:
     assert [data[:12] for data, _ in ua.datagrams_to_send()] == [b"SIP/2.0 481 "]
     ua.handle_timer(33.0)
     assert ua._incoming == {} and ua.get_timer() is None
+
+
+@pytest.mark.parametrize(
+    ("local", "server"),
+    [
+        (Destination("udp", "127.0.0.1", 5080), "sip:127.0.0.1:5070"),
+        (Destination("tcp", "127.0.0.1", 5080), "sip:127.0.0.1:5070;transport=tcp"),
+        (Destination("udp", "::1", 5080), "sip:[::1]:5070"),
+        (Destination("udp", "Host.Example.COM", 5080), "sip:example.com"),
+    ],
+)
+def test_the_via_a_request_is_keyed_by_is_the_one_it_carries(
+    local: Destination, server: str
+) -> None:
+    ua = UserAgent(local=local, server=SipURI.parse(server), rng=random.Random(3))
+    ua.subscribe(BOB, ALICE, 0.0)
+    ua.publish(ALICE, PIDF, 0.0)
+    ua.options(0.0)
+    requests = [outgoing.transaction.request for outgoing in ua._outgoing.values()]
+    assert len(requests) == 3
+    for request in requests:
+        (text,) = request.headers.get_raw("Via")
+        assert request.vias == [Via.parse(text)]
+        assert parse_message(bytes(request)).vias == request.vias
