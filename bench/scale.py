@@ -403,6 +403,80 @@ async def raw_holder(args: argparse.Namespace) -> None:
     transport.close()
 
 
+# ------------------------------------------------- the adapter's own state
+
+
+async def watch_state(count: int, window: int) -> None:
+    """What the adapter keeps per watch beside the SIP subscription, measured in-process.
+
+    ``count`` Subscribe Presence calls go through the real ``WatcherService``
+    and a real ``SqliteStore`` (in a temporary folder); the SIP side is a
+    stub that accepts every subscription at once, so what is measured is the
+    adapter's Watch, its entries in the service's tables, and its store row —
+    not the SIP stack (measured by the holders above).  Distinct
+    (watcher, presentity) pairs: w{i} watches p{i % 10,000}.
+    """
+    import tempfile
+    import tracemalloc
+
+    from adapter.store import SqliteStore
+    from adapter.watcher import Reference, WatcherService
+    from pidf import AttributeType
+
+    class StubEndpoint:
+        """The calls WatcherService makes on SipEndpoint for Subscribe Presence."""
+
+        def __init__(self) -> None:
+            self.ua = self
+            self.ids = itertools.count(1)
+
+        def add_listener(self, listener: Any) -> None:
+            pass
+
+        def now(self) -> float:
+            return 0.0
+
+        def subscribe(self, subscriber: Any, target: Any, now: float, **_: Any) -> int:
+            return next(self.ids)
+
+        async def subscription_outcome(self, subscription_id: int) -> None:
+            return None
+
+    attributes = frozenset({AttributeType.ACTIVITY, AttributeType.PLACE})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.sqlite"
+        store = SqliteStore(path)
+        service = WatcherService(StubEndpoint(), None, None, store=store)  # type: ignore[arg-type]
+
+        async def subscribe(i: int) -> None:
+            await service.subscribe(
+                f"app{i % 100}", f"sip:w{i}@{DOMAIN}", f"sip:p{i % 10_000}@{DOMAIN}",
+                application=f"application {i % 100}", attributes=attributes,
+                reference=Reference(f"corr-{i}", f"http://127.0.0.1:8080/apps/{i % 100}/notify"),
+            )
+
+        await bounded(range(100), window, subscribe)  # warm-up: imports, caches
+        gc.collect()
+        pid = os.getpid()
+        before = sample(pid)
+        tracemalloc.start()
+        traced0 = tracemalloc.get_traced_memory()[0]
+        await bounded(range(100, 100 + count), window, subscribe)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - traced0
+        tracemalloc.stop()
+        after = sample(pid)
+        await store.close()
+        disk = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    print(f"adapter state for {count:,} watches (WatcherService + SqliteStore, SIP stubbed):")
+    print(f"  Python heap (tracemalloc): {traced / count:,.0f} B per watch, "
+          f"{traced / 2**20:,.1f} MiB in all")
+    print(f"  RSS growth (tracing included): {(after.rss_kib - before.rss_kib) * 1024 / count:,.0f}"
+          f" B per watch")
+    print(f"  store file (SQLite, after close): {disk / (count + 100):,.0f} B per watch, "
+          f"{disk / 2**20:,.1f} MiB")
+
+
 # ---------------------------------------------------------------- controller
 
 
@@ -572,6 +646,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="garbage-collector settings of the ua holder: the adapter's "
                              "(gc.freeze, adapter.cli.GC_THRESHOLDS) or CPython's; the raw "
                              "and --baseline holders always run CPython's")
+    parser.add_argument("--watch-state", type=int, metavar="N",
+                        help="instead: measure the adapter's own state per watch "
+                             "(WatcherService + SqliteStore, SIP stubbed) over N watches")
     parser.add_argument("--profile-idle", metavar="FILE",
                         help="cProfile (CPU time) the ua holder over the idle window into FILE "
                              "(slows it down: not for recorded figures)")
@@ -582,6 +659,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.watch_state:
+        asyncio.run(watch_state(args.watch_state, args.window))
+        return 0
     if args.role is not None:
         if args.role == "ua" and args.gc == "adapter":
             # What `presence-adapter serve` does before it serves (adapter/cli.py).
