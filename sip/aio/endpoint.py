@@ -57,6 +57,13 @@ _BIND_ATTEMPTS = 20
 #: The kernel caps the request at ``net.core.rmem_max``.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
+#: Datagram sources remembered, so that the datagrams of one peer share one
+#: :class:`Destination` — a server transaction keeps its request's source for
+#: Timer J's 32 s (RFC 3261 §17.2.2), some 32,000 of them at 1,000 NOTIFYs a
+#: second, each one more object for the garbage collector to walk.  Bounded:
+#: forgotten all at once when full (sources are few: the presence server).
+_SOURCES_MAX = 1024
+
 
 class RequestFailed(SipError):
     """The server answered a request with a failure, or never reached us."""
@@ -114,6 +121,7 @@ class SipEndpoint:
         self._waiters: dict[_Waiter, list[asyncio.Future[UserAgentEvent]]] = defaultdict(list)
         self._listeners: list[Listener] = []
         self._receive_buffer = receive_buffer
+        self._sources: dict[tuple[str, int], Destination] = {}
         self.dropped = 0  # datagrams that were not usable SIP
         #: The UDP socket's receive buffer as the kernel granted it (after start).
         self.receive_buffer: int | None = None
@@ -409,7 +417,12 @@ class SipEndpoint:
     # -- transport callbacks -----------------------------------------------
 
     def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.ua.receive(data, Destination("udp", addr[0], addr[1]), self.now())
+        source = self._sources.get(addr)
+        if source is None:
+            if len(self._sources) >= _SOURCES_MAX:
+                self._sources.clear()
+            source = self._sources[addr] = Destination("udp", addr[0], addr[1])
+        self.ua.receive(data, source, self.now())
         self._flush()
 
     def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:

@@ -6,9 +6,13 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from sip.aio import SipEndpoint
+from sip.aio import endpoint as endpoint_module
 from sip.aio.endpoint import UDP_RECEIVE_BUFFER
 from sip.uri import SipURI
+from sip.useragent import Destination
 
 
 async def _started() -> SipEndpoint:
@@ -101,3 +105,50 @@ def test_a_smaller_receive_buffer_than_the_systems_is_left_alone() -> None:
 
     granted, default = asyncio.run(scenario())
     assert granted == default
+
+
+def _options(port: int, local: int, branch: str) -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK{branch}\r\n"
+        "From: <sip:probe@example.com>;tag=a\r\nTo: <sip:127.0.0.1>\r\n"
+        f"Call-ID: udp-{branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_datagrams_from_one_peer_share_one_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(endpoint_module, "_SOURCES_MAX", 2)
+
+    async def scenario() -> list[Destination]:
+        endpoint = await _started()
+        sources: list[Destination] = []
+        receive = endpoint.ua.receive
+
+        def spy(data: bytes, source: Destination, now: float) -> None:
+            sources.append(source)
+            receive(data, source, now)
+
+        monkeypatch.setattr(endpoint.ua, "receive", spy)
+        peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            port = endpoint.local.port
+            loop = asyncio.get_running_loop()
+            for peer in peers:
+                peer.bind(("127.0.0.1", 0))
+                peer.setblocking(False)
+            for n, peer in enumerate([peers[0], peers[0], peers[1], peers[2], peers[0]]):
+                peer.sendto(_options(port, peer.getsockname()[1], f"u{n}"), ("127.0.0.1", port))
+                answer = await asyncio.wait_for(loop.sock_recv(peer, 4096), 2)
+                assert answer.startswith(b"SIP/2.0 200 ")
+            return sources
+        finally:
+            for peer in peers:
+                peer.close()
+            await endpoint.close()
+
+    first, again, second, third, back = asyncio.run(scenario())
+    assert again is first  # the same peer: the same object
+    assert second == Destination("udp", "127.0.0.1", second.port) and second is not first
+    # Full at two sources, the table was emptied for the third: equal, a new object.
+    assert back == first and back is not first
