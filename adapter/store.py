@@ -181,8 +181,9 @@ class SqliteStore:
         # the process being killed (the data is in the operating system's
         # hands), not a power cut or an OS crash; FULL also syncs the WAL at
         # every commit (https://sqlite.org/pragma.html#pragma_synchronous),
-        # which cost about 60 µs of CPU per write here (docs/benchmarks.md,
-        # "Publish throughput").  The README's "What survives what" says which.
+        # which cost about 30 µs of CPU per write here, two writes per Publish
+        # (docs/benchmarks.md, "Publish throughput").  The README's "What
+        # survives what" says which.
         self._db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         self._db.executescript(_SCHEMA)
         version = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
