@@ -64,7 +64,7 @@ def _serve(config: Config, log_level: str) -> int:
         port=config.http.port,
         log_level=log_level,
         # The app writes the access log itself, when [http] access_log says
-        # so (adapter.app._AccessLog, at a third of uvicorn's cost).
+        # so (adapter.app._AccessLog, at about half uvicorn's cost).
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
