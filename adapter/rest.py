@@ -103,8 +103,8 @@ async def publish_asgi(scope: Scope, receive: Receive, send: Send) -> None:
 
     The same steps and answers as :func:`publish` without Starlette's
     request, routing and response objects (see adapter.app._FastRoutes and
-    docs/benchmarks.md, "Publish throughput").  Errors are raised, for the app's exception
-    handlers.
+    docs/benchmarks.md, "Publish throughput").  Errors are raised, for the
+    app's exception handlers.
     """
     authorization = named = None
     # ASGI header names are lower case; the first of a repeated header counts,
