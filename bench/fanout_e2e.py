@@ -1,6 +1,6 @@
 """Fan-out at 10,000 watchers, end to end: SIP PUBLISH → Kamailio → NOTIFY → adapter → Bayeux.
 
-    .venv/bin/python bench/fanout_e2e.py                       # several minutes
+    .venv/bin/python bench/fanout_e2e.py                       # about 5 minutes
     .venv/bin/python bench/fanout_e2e.py --apps 20 --presentities 200 --per-presentity 2
 
 The scenario of bench/fanout_watchers.py through the real chain. One run
@@ -18,7 +18,8 @@ Start Presence Notification (Activity, frequency 0) for each of its
 presentities: presentities × per-presentity SIP subscriptions from the adapter.
 
 A burst: a raw SIP publisher (bench/sip_publish.py's RawSender, none of sip/)
-modifies every presentity at once with SIP-If-Match, the Activity note
+modifies every presentity with SIP-If-Match, ``--window`` PUBLISHes
+outstanding (see Publisher), the Activity note
 carrying the burst number and the send time; the server NOTIFYs every
 watcher, the adapter turns each NOTIFY into a statusChanged on the watcher's
 application channel. Reported per burst and in total: deliveries/s (first
