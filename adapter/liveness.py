@@ -17,17 +17,38 @@ subscriptions made again in new dialogs:
 While the server is known to be down, REST calls answer 504 at once instead
 of waiting for a SIP transaction to time out (:attr:`ServerLiveness.reachable`
 and :func:`bounded`).
+
+Under a burst (thousands of NOTIFYs at once) the adapter itself can be the
+slow side: the probe's 200 waits behind the NOTIFYs in the socket buffer, or
+is dropped there and retransmitted too late.  Declaring the server down then
+would be wrong twice over — REST calls would get 504 while it works, and the
+"came back" that follows would re-create every subscription on top of the
+burst.  So a probe that gets no answer counts as "unreachable" only when
+nothing else came from the server during it either; and the canary's
+subscription ending for want of an answer (our transaction timed out, which
+is the same evidence as a silent probe) is not taken for a restart — only an
+answer from the server that it no longer knows the dialog is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sip import SipURI, SubscriptionAccepted, SubscriptionTerminated, UserAgentEvent
+from sip import (
+    NotifyReceived,
+    PublicationConfirmed,
+    PublicationFailed,
+    SipURI,
+    SubscriptionAccepted,
+    SubscriptionTerminated,
+    UserAgentEvent,
+)
 from sip.aio import RequestFailed, RequestTimedOut, SipEndpoint
+from sip.useragent import OptionsAnswered
 
 __all__ = ["CANARY_USER", "ServerLiveness", "bounded"]
 
@@ -38,6 +59,11 @@ T = TypeVar("T")
 
 #: The user part of the canary's address (subscriber and target alike).
 CANARY_USER = "presence-adapter-canary"
+
+#: Ways a subscription ends that are ours, not the server's word: the
+#: transaction got no answer or could not be sent (RFC 3261 §17.1.2.2 Timer F).
+#: A canary ending so proves nothing about the server's dialogs.
+_UNANSWERED = frozenset({"timeout", "transport-error"})
 
 
 class ServerLiveness:
@@ -52,6 +78,9 @@ class ServerLiveness:
         self._canary_refusal_told = False
         self.reachable = True  # until a probe says otherwise
         self.resyncs = 0
+        #: When (time.monotonic) the last message from the server arrived.
+        self._heard_at = float("-inf")
+        self._busy_told = False
         sip.add_listener(self._on_sip_event)
 
     def on_resync(self, callback: Resync) -> None:
@@ -71,9 +100,20 @@ class ServerLiveness:
 
     async def check(self) -> None:
         """One probe; re-create the server-side state if it came back or forgot us."""
+        started = time.monotonic()
         try:
             await asyncio.wait_for(self._sip.probe(), self._interval or 5.0)
         except (RequestFailed, TimeoutError) as exc:
+            silent = isinstance(exc, RequestTimedOut | TimeoutError)
+            if silent and self.reachable and self._heard_at >= started:
+                # The server spoke during the probe: it is there, we are slow.
+                if not self._busy_told:
+                    self._busy_told = True
+                    logger.warning(
+                        "presence server did not answer a probe in time but its messages "
+                        "arrive (the adapter is busy): still treated as reachable"
+                    )
+                return
             if self.reachable:
                 logger.warning("presence server unreachable: %s", exc or "no answer")
             self.reachable = False
@@ -108,11 +148,18 @@ class ServerLiveness:
         self._canary_lost = False
 
     def _on_sip_event(self, event: UserAgentEvent) -> None:
+        if _from_server(event):
+            self._heard_at = time.monotonic()
         if isinstance(event, SubscriptionAccepted) and event.subscription_id == self._canary:
             self._canary_accepted = True
         if isinstance(event, SubscriptionTerminated) and event.subscription_id == self._canary:
             self._canary = None
             if event.reason == "unsubscribed":
+                return
+            if event.reason in _UNANSWERED and event.status is None:
+                # No answer is no news about the server's dialogs: a new
+                # canary at the next probe, and the probe judges reachability.
+                logger.info("canary subscription ended unanswered (%s)", event.reason)
                 return
             if self._canary_accepted:
                 logger.info("canary subscription ended: %s", event.reason)
@@ -133,6 +180,17 @@ class ServerLiveness:
         while True:
             await self.check()
             await asyncio.sleep(self._interval)
+
+
+def _from_server(event: UserAgentEvent) -> bool:
+    """Did this event come from a message the server sent us?"""
+    if isinstance(event, NotifyReceived | SubscriptionAccepted | OptionsAnswered):
+        return True
+    if isinstance(event, PublicationConfirmed):
+        return True
+    if isinstance(event, SubscriptionTerminated | PublicationFailed):
+        return event.status is not None
+    return False
 
 
 async def bounded(

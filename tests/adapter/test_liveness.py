@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapter.liveness import CANARY_USER, ServerLiveness, bounded
-from sip import SipURI, SubscriptionTerminated
+from sip import NotifyReceived, SipURI, SubscriptionState, SubscriptionTerminated
 from sip.aio import RequestFailed, RequestTimedOut
 from sip.subscription import SubscriptionAccepted
 from sip.useragent import OptionsAnswered, UserAgentEvent
@@ -124,6 +124,7 @@ def test_unreachable_then_back_is_one_resync_came_back(
     async def scenario() -> None:
         w = World(interval=0.02)  # a hung probe waits one interval
         await w.liveness.check()
+        await asyncio.sleep(0)  # the canary's 200 arrives before the outage
         first = w.sip.canary
         w.sip.server = failure
         for _ in range(3):
@@ -368,5 +369,87 @@ def test_bounded_while_the_server_is_down_cancels_a_future() -> None:
         with pytest.raises(RequestTimedOut):
             await bounded(future, "SUBSCRIBE", down(), 30.0)
         assert future.cancelled()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("failure", ["timeout", "hang"])
+def test_a_silent_probe_while_the_server_sends_notifies_is_a_busy_adapter_not_an_outage(
+    failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        w = World(interval=0.02)
+        await w.liveness.check()
+        canary = w.sip.canary
+        w.sip.server = failure
+        original = w.sip.probe
+
+        async def probe_under_a_burst() -> OptionsAnswered:
+            # The server's NOTIFYs arrive while our probe waits for its 200.
+            w.sip.emit(NotifyReceived(7, SubscriptionState.parse("active;expires=600"), b"", None))
+            return await original()
+
+        w.sip.probe = probe_under_a_burst  # type: ignore[method-assign]
+        for _ in range(3):
+            await w.liveness.check()
+            assert w.liveness.reachable
+        w.sip.probe = original  # type: ignore[method-assign]
+        w.sip.server = "answer"
+        await w.liveness.check()
+        assert w.resyncs == [] and w.liveness.resyncs == 0
+        assert w.sip.started[-1][0] == canary  # the same canary all along
+
+    with caplog.at_level(logging.WARNING, logger="adapter.liveness"):
+        run(scenario)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "busy" in m]) == 1
+    assert not any("unreachable" in m for m in messages)
+
+
+def test_a_silent_probe_with_nothing_else_from_the_server_is_an_outage() -> None:
+    async def scenario() -> None:
+        w = World(interval=0.02)
+        await w.liveness.check()
+        await asyncio.sleep(0)  # the canary's 200
+        # Heard from the server before this probe started: no evidence now.
+        w.sip.emit(NotifyReceived(7, SubscriptionState.parse("active;expires=600"), b"", None))
+        w.sip.server = "timeout"
+        await w.liveness.check()
+        assert not w.liveness.reachable
+
+    run(scenario)
+
+
+def test_a_refusal_is_an_answer_and_counts_as_down_even_while_notifies_arrive() -> None:
+    async def scenario() -> None:
+        w = World(interval=0.02)
+        await w.liveness.check()
+        w.sip.server = "refuse"
+        original = w.sip.probe
+
+        async def probe() -> OptionsAnswered:
+            w.sip.emit(NotifyReceived(7, SubscriptionState.parse("active;expires=600"), b"", None))
+            return await original()
+
+        w.sip.probe = probe  # type: ignore[method-assign]
+        await w.liveness.check()
+        assert not w.liveness.reachable
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("reason", ["timeout", "transport-error"])
+def test_a_canary_refresh_unanswered_while_probes_answer_is_no_restart(reason: str) -> None:
+    async def scenario() -> None:
+        w = World()
+        await w.liveness.check()
+        canary = w.sip.canary
+        # Its refresh got no answer in time (a burst); the server never said 481.
+        w.sip.emit(SubscriptionTerminated(canary, reason))
+        await w.liveness.check()
+        assert w.resyncs == []
+        assert w.sip.canary != canary  # simply a new canary
+        await w.liveness.check()
+        assert w.resyncs == []
 
     run(scenario)
