@@ -451,11 +451,11 @@ def test_after_a_server_restart_modify_publishes_anew_and_the_refresh_finds_no_d
                 ep = c.endpoint
                 alice, bob = names()
                 pid, confirmed = await ep.publish(alice, pidf(alice, "before"))
-                # Refreshed 3 to 4.5 s from now (RefreshPolicy: Expires 6 is too
-                # short for the guard, so [1/2, 3/4] of it), after the restart
-                # below even on a loaded machine (a refresh sent while no
-                # server listens fails with a transport error, not a 481).
-                sid = await ep.subscribe(bob, alice, expires=6)
+                # Long enough that no refresh of its own falls during the
+                # restart (one sent while no server listens fails with a
+                # transport error, not a 481, and a loaded machine can take
+                # seconds to restart Kamailio); it is refreshed by hand below.
+                sid = await ep.subscribe(bob, alice, expires=600)
                 # The loop keeps running while the server stops and starts, as
                 # it would in the adapter: the endpoint sees the TCP close.
                 await asyncio.to_thread(first.stop)
@@ -471,6 +471,7 @@ def test_after_a_server_restart_modify_publishes_anew_and_the_refresh_finds_no_d
                 assert not c.events.of(PublicationFailed)
 
                 # RFC 6665 §4.1.2.2: a 481 to a refresh means the dialog is gone.
+                ep.refresh_subscription(sid)
                 ended = await c.events.wait(
                     SubscriptionTerminated, lambda e: e.subscription_id == sid, timeout=8.0
                 )
