@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import random
 import socket
 from collections import defaultdict
@@ -49,6 +50,9 @@ Listener = Callable[[UserAgentEvent], None]
 
 #: How often start() picks a new port when port 0's UDP port is busy for TCP.
 _BIND_ATTEMPTS = 20
+
+#: The grid (seconds) the driver's one timer is woken on; see SipEndpoint._arm.
+TIMER_SLACK = 0.02
 
 #: Receive buffer asked for the UDP socket, bytes.  Linux's default (212,992,
 #: ``net.core.rmem_default``) holds about 100 NOTIFYs: at 1,000 a second any
@@ -349,6 +353,13 @@ class SipEndpoint:
 
     def _arm(self) -> None:
         deadline = self.ua.get_timer()
+        if deadline is not None:
+            # Timers are woken on a grid of TIMER_SLACK seconds, so the many
+            # due close together (refreshes, Timer J of one second's NOTIFYs,
+            # retransmissions) share one wake-up and one re-arm.  SIP's timers
+            # are lower bounds (RFC 3261 §17: "fires after"), and 20 ms is
+            # small next to T1 = 500 ms.
+            deadline = math.ceil(deadline / TIMER_SLACK) * TIMER_SLACK
         if deadline == self._timer_at:
             return
         if self._timer is not None:
