@@ -493,6 +493,12 @@ class ServerTransaction:
     def get_timer(self) -> float | None:
         return self._timer_j
 
+    @property
+    def response_data(self) -> bytes:
+        """The bytes of the last response sent (``b""`` before the first):
+        what a retransmitted request gets again (§17.2.2)."""
+        return self._data
+
     def receive_request(self, request: Request, now: float) -> list[TransactionAction]:
         """A retransmission of our request (the user agent matched :attr:`key`)."""
         return self._apply(_SI.REQUEST, now)

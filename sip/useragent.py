@@ -213,11 +213,22 @@ class UserAgent:
         self._credentials: dict[str, _Credentials] = {}
         self._outgoing: dict[ClientKey, _Outgoing] = {}
         self._incoming: dict[ServerKey, tuple[ServerTransaction, Destination]] = {}
+        # Completed UDP server transactions, kept for Timer J as what a
+        # retransmitted request needs and nothing more: key -> (response
+        # bytes, transport, host, port), and the keys by the whole second
+        # their Timer J falls due.  Tuples of str, bytes and int are not
+        # tracked by the garbage collector, so some 32,000 of them (a
+        # thousand NOTIFYs a second) cost its collections nothing; a
+        # ServerTransaction with its Destination and state cost several
+        # tracked objects each, walked by every collection they lived through.
+        self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
+        self._expiring: dict[int, list[ServerKey]] = {}
         self._publications: dict[int, Publication] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._dialogs: dict[tuple[str, str], Subscription] = {}
-        # Keys: ("c", client key), ("s", server key), ("p", publication id),
-        # ("u", subscription id).
+        # Keys: ("c", client key), ("s", server key), ("j", the whole second
+        # at which the Timer Js of self._expiring[second] fall due),
+        # ("p", publication id), ("u", subscription id).
         self._timers: TimerHeap[tuple[str, Any]] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
@@ -416,6 +427,12 @@ class UserAgent:
                     transaction, source = entry
                     self._server_actions(ident, transaction, source,
                                          transaction.handle_timer(now))
+            elif kind == "j":
+                # Timer J fired (RFC 3261 §17.2.2): "at which point it MUST
+                # transition to the "Terminated" state" — the records go.
+                completed = self._completed
+                for key in self._expiring.pop(ident, ()):
+                    completed.pop(key, None)
             elif kind == "p":
                 publication = self._publications.get(ident)
                 if publication is not None:
@@ -608,6 +625,15 @@ class UserAgent:
         if request.method == "ACK":
             return  # only INVITE is acknowledged; we never answer INVITE with 2xx
         key = server_key(request)
+        record = self._completed.get(key)
+        if record is not None:
+            # RFC 3261 §17.2.2: "While in the "Completed" state, the server
+            # transaction MUST pass the final response to the transport layer
+            # for retransmission whenever a retransmission of the request is
+            # received."
+            data, transport, host, port = record
+            self._datagrams.append((data, Destination(transport, host, port)))
+            return
         entry = self._incoming.get(key)
         if entry is not None:
             transaction, origin = entry
@@ -684,21 +710,38 @@ class UserAgent:
         for action in actions:
             if isinstance(action, Transmit):
                 self._datagrams.append((action.data, destination))
-        if transaction.state is ServerState.TERMINATED:
+        state = transaction.state
+        if state is ServerState.TERMINATED:
             self._incoming.pop(key, None)
             self._timers.cancel(("s", key))
-        else:
-            deadline = transaction.get_timer()
-            if deadline is not None and transaction.state is ServerState.COMPLETED:
-                # Timer J only ends the absorbing of retransmitted requests
-                # (RFC 3261 §17.2.2: "The server transaction remains in this
-                # state until Timer J fires, at which point it MUST transition
-                # to the "Terminated" state"); a transaction kept up to a
-                # second longer sends nothing more.  On a whole second, the
-                # Timer Js of all the NOTIFYs answered in one second fall due
-                # together: one wake-up of the driver, not one per NOTIFY.
-                deadline = float(math.ceil(deadline))
-            self._file_timer(("s", key), deadline)
+            return
+        deadline = transaction.get_timer()
+        if state is ServerState.COMPLETED and deadline is not None:
+            # In Completed the transaction only re-sends its final response
+            # to a retransmitted request, until Timer J (RFC 3261 §17.2.2):
+            # the transaction goes, a record of what that takes stays.
+            self._incoming.pop(key, None)
+            self._timers.cancel(("s", key))
+            # Timer J only ends the absorbing of retransmitted requests
+            # (§17.2.2: "The server transaction remains in this state until
+            # Timer J fires, at which point it MUST transition to the
+            # "Terminated" state"); a record kept up to a second longer sends
+            # nothing more.  On a whole second, the Timer Js of all the
+            # NOTIFYs answered in one second fall due together: one wake-up
+            # of the driver, not one per NOTIFY.
+            second = math.ceil(deadline)
+            self._completed[key] = (
+                transaction.response_data, destination.transport, destination.host,
+                destination.port,
+            )
+            keys = self._expiring.get(second)
+            if keys is None:
+                self._expiring[second] = [key]
+                self._timers.schedule(float(second), ("j", second))
+            else:
+                keys.append(key)
+            return
+        self._file_timer(("s", key), deadline)
 
     # -- identifiers -------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The sans-IO UserAgent driven like a network: bytes out, bytes in, a manual clock."""
 
+import gc
 import random
 import re
 
@@ -442,7 +443,7 @@ def test_mangled_answers_and_notifies_never_raise(data: st.DataObject) -> None:
     net.run_until(200.0)
     net.sent()
     # Every request we took in was answered and its transaction is over.
-    assert net.ua._incoming == {}
+    assert net.ua._incoming == {} and net.ua._completed == {} and net.ua._expiring == {}
     # Whatever happened, each owner is done, has a deadline, or waits on a
     # transaction that is still running: none waits for an answer that
     # cannot come.
@@ -735,6 +736,7 @@ def test_tcp_notify_answer_and_no_lingering_server_transaction() -> None:
     net = Net("tcp")
     sub_id, subscribe = subscribed(net)
     assert net.ua._incoming == {}  # Timer J is zero on a reliable transport
+    assert net.ua._completed == {}
 
 
 # -- scale ----------------------------------------------------------------------------------
@@ -804,14 +806,77 @@ def test_timer_j_of_one_seconds_notifies_falls_due_together() -> None:
         ua.receive(notify.encode(), NOTIFIER_ADDR, 0.05 + n * 0.09)
     answers = ua.datagrams_to_send()
     assert [data[:12] for data, _ in answers] == [b"SIP/2.0 481 "] * 10
-    assert len(ua._incoming) == 10
+    assert len(ua._completed) == 10 and ua._incoming == {}
     assert ua.get_timer() == 33.0  # the last answer at 0.86 s + 32 s, on a whole second
     ua.handle_timer(32.9)
-    assert len(ua._incoming) == 10  # none ends before its 64*T1
+    assert len(ua._completed) == 10  # none ends before its 64*T1
     ua.receive(notify.encode(), NOTIFIER_ADDR, 32.95)  # a late retransmission
     assert [data[:12] for data, _ in ua.datagrams_to_send()] == [b"SIP/2.0 481 "]
     ua.handle_timer(33.0)
-    assert ua._incoming == {} and ua.get_timer() is None
+    assert ua._completed == {} and ua._expiring == {} and ua.get_timer() is None
+    assert ua._incoming == {}
+
+
+def _notify_text(n: int, cseq: int = 1) -> bytes:
+    return (
+        f"NOTIFY sip:bob@127.0.0.1:5080 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKr{n}\r\n"
+        f"From: <sip:alice@example.com>;tag=a{n}\r\nTo: <sip:bob@example.com>;tag=b{n}\r\n"
+        f"Call-ID: rec{n}\r\nCSeq: {cseq} NOTIFY\r\nEvent: presence\r\n"
+        "Subscription-State: active;expires=60\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_retransmission_in_completed_gets_the_same_response_bytes_again() -> None:
+    """RFC 3261 §17.2.2: in Completed a retransmitted request gets the final
+    response again — the same bytes, to where the request came from — and the
+    transaction user hears of it no more."""
+    ua = Net().ua
+    other = Destination("udp", "127.0.0.2", 5099)
+    ua.receive(_notify_text(1), NOTIFIER_ADDR, 1.0)
+    ua.receive(_notify_text(2), other, 1.5)
+    first = ua.datagrams_to_send()
+    assert [dest for _, dest in first] == [NOTIFIER_ADDR, other]
+    while ua.next_event() is not None:
+        pass
+    ua.receive(_notify_text(2), other, 20.0)
+    ua.receive(_notify_text(1), NOTIFIER_ADDR, 30.0)
+    again = ua.datagrams_to_send()
+    assert again == [first[1], first[0]]
+    assert ua.next_event() is None
+    # The same branch with another method is another transaction (§17.2.3).
+    options = _notify_text(1).replace(b"NOTIFY", b"OPTIONS")
+    ua.receive(options, NOTIFIER_ADDR, 30.5)
+    (answer, dest), = ua.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 200 ") and dest == NOTIFIER_ADDR
+    # After Timer J (64*T1 = 32 s, on the whole second) the request is new.
+    ua.handle_timer(33.0)
+    assert len(ua._completed) == 2  # the second NOTIFY and the OPTIONS
+    ua.receive(_notify_text(1), NOTIFIER_ADDR, 33.0)
+    (answer, dest), = ua.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 481 ") and dest == NOTIFIER_ADDR
+    assert answer != first[0]  # a new transaction: a new To tag
+    assert len(ua._completed) == 3
+    ua.handle_timer(100.0)
+    assert ua._completed == {} and ua._expiring == {} and ua.get_timer() is None
+
+
+def test_completed_server_transactions_are_not_tracked_by_the_collector() -> None:
+    """What Timer J keeps (key, response bytes, where to) is made of tuples of
+    str, bytes and int, which CPython's collector stops tracking: thousands of
+    them cost its collections nothing."""
+    ua = Net().ua
+    for n in range(100):
+        ua.receive(_notify_text(n), NOTIFIER_ADDR, 1.0 + n * 0.01)
+    ua.datagrams_to_send()
+    while ua.next_event() is not None:
+        pass
+    assert len(ua._completed) == 100 and ua._incoming == {}
+    gc.collect()
+    for key, record in ua._completed.items():
+        assert not gc.is_tracked(key) and not gc.is_tracked(record)
+    assert sum(1 for o in gc.get_objects() if type(o).__name__ == "ServerTransaction") == 0
+    assert len(ua._expiring) == 2  # 1.0..1.99 s + 32 s: seconds 33 and 34
 
 
 @pytest.mark.parametrize(
