@@ -14,6 +14,10 @@ requested attribute is taken as granted; once they were readable, a failed
 read never widens the decisions.  Decisions are re-read when the subscription
 becomes active, when this adapter changes the presentity's rules (before Get
 User Presence answers), and when they are older than :data:`DECISIONS_TTL`.
+A presentity's rules are one document for all its watchers: it is read once
+for all the watches that need it at the same time, and a read less than
+:data:`DECISIONS_TTL` old serves the watches whose decisions merely aged (an
+activation or a change made here needs a read begun after it).
 
 Subscription endings (RFC 6665 §4.2.2 reasons): ``rejected`` is a block →
 ``subscriptionEnded`` "Blocked".  Everything else that ends a subscription we
@@ -45,7 +49,7 @@ from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence, decode, filter_presence
-from pidf.presrules import SubHandling
+from pidf.presrules import PresRules, SubHandling
 from sip import (
     NotifyReceived,
     SipURI,
@@ -69,6 +73,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DECISIONS_TTL = 30.0
+#: Presentities whose rules are kept before the old entries are swept.
+_RULES_SWEEP_MIN = 1024
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
@@ -141,6 +147,9 @@ class Watch:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: NOTIFYs handed to a task and not yet taken: a later one waits its turn.
     notifies_queued: int = 0
+    #: Counts this adapter's changes of the presentity's rules: a read that a
+    #: change overtook is not taken.
+    rules_epoch: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -189,13 +198,19 @@ class WatcherService:
         self._schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self._timers: TimerHeap[tuple[str, str]] = TimerHeap()
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: Schedules whose progress is not written yet; those being written, a
         #: chunk per loop turn; the timer (or loop turn) that writes them.
         self._unsaved: dict[tuple[str, str], Schedule] = {}
         self._writing: deque[Schedule] = deque()
         self._save_delay = schedule_save_delay
         self._save_timer: asyncio.Handle | None = None
+        #: Pres-rules per presentity: (when the read began, the rules) — None
+        #: as rules marks a change made here, which older reads must not hide —
+        #: and the read under way, with when it began.
+        self._rules: dict[str, tuple[float, PresRules | None]] = {}
+        self._rules_reads: dict[str, tuple[float, asyncio.Task[PresRules]]] = {}
+        self._rules_sweep_at = _RULES_SWEEP_MIN
         sip.add_listener(self._on_sip_event)
 
     async def close(self) -> None:
@@ -226,8 +241,11 @@ class WatcherService:
 
     def rules_changed(self, presentity: str) -> None:
         """This adapter changed ``presentity``'s rules: re-read the decisions."""
+        self._rules[presentity] = (time.monotonic(), None)
+        self._rules_reads.pop(presentity, None)  # begun before the change
         for watch in list(self._watches.values()):
             if watch.presentity == presentity:
+                watch.rules_epoch += 1
                 watch.rules_unconfirmed = True
                 watch.decisions_read_at = float("-inf")
                 if watch.state == "active":
@@ -565,8 +583,21 @@ class WatcherService:
         if watch.decisions_fresh(now):
             return
         asked = watch.attributes or frozenset(ALL_ATTRIBUTES)
+        # Decisions that merely aged may come from any read of the last TTL;
+        # after an activation or a change made here (read_at reset), only a
+        # read begun from now on reflects it.
+        aged = watch.decisions is not None and watch.decisions_read_at != float("-inf")
+        not_before = now - DECISIONS_TTL if aged else now
         try:
-            rules = (await self._xcap.get(watch.presentity)).rules
+            for _ in range(3):
+                epoch = watch.rules_epoch
+                read_at, rules = await self._rules_of(watch.presentity, not_before)
+                if watch.rules_epoch == epoch:
+                    break
+                # This adapter changed the rules while they were read.
+                not_before = time.monotonic()
+            else:
+                raise XcapError("GET", None, "the rules kept changing while read")
         except XcapError as exc:
             if watch.decisions is not None:
                 # The rules were readable before: a failed read must not widen
@@ -580,7 +611,7 @@ class WatcherService:
                 return
             logger.info("rules of %s unreadable (%s): all asked attributes granted",
                         watch.presentity, exc)
-            rule = None
+            read_at, rule = now, None
         else:
             rule = rules.rule_for(watch.watcher)
         watch.rules_unconfirmed = watch.withheld = False
@@ -592,9 +623,52 @@ class WatcherService:
             watch.decisions = rule.decisions()
         else:
             watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
-        watch.decisions_read_at = now
+        watch.decisions_read_at = read_at
         if watch.decisions != before:
             self._save(watch)
+
+    async def _rules_of(self, presentity: str, not_before: float) -> tuple[float, PresRules]:
+        """The presentity's rules from a read begun at ``not_before`` or later,
+        and when that read began; one read at a time per presentity."""
+        cached = self._rules.get(presentity)
+        if cached is not None and cached[1] is not None and cached[0] >= not_before:
+            return cached[0], cached[1]
+        reading = self._rules_reads.get(presentity)
+        if reading is None or reading[0] < not_before:
+            started = time.monotonic()
+            task = asyncio.get_running_loop().create_task(self._fetch_rules(presentity, started))
+            self._tasks.add(task)
+            task.add_done_callback(self._fetch_done)
+            reading = (started, task)
+            self._rules_reads[presentity] = reading
+        # Shielded: one waiter cancelled (its REST call timed out) does not
+        # cancel the read the others wait for.
+        return reading[0], await asyncio.shield(reading[1])
+
+    async def _fetch_rules(self, presentity: str, started: float) -> PresRules:
+        try:
+            rules = (await self._xcap.get(presentity)).rules
+        finally:
+            reading = self._rules_reads.get(presentity)
+            if reading is not None and reading[1] is asyncio.current_task():
+                del self._rules_reads[presentity]
+        cached = self._rules.get(presentity)
+        if cached is None or cached[0] <= started:  # not older than what is known
+            self._rules[presentity] = (started, rules)
+            if len(self._rules) >= self._rules_sweep_at:
+                self._sweep_rules()
+        return rules
+
+    def _fetch_done(self, task: asyncio.Task[PresRules]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # its waiters got it; no "never retrieved"
+
+    def _sweep_rules(self) -> None:
+        """Forget the rules no watch may use any more (older than the TTL)."""
+        oldest = time.monotonic() - DECISIONS_TTL
+        self._rules = {p: entry for p, entry in self._rules.items() if entry[0] >= oldest}
+        self._rules_sweep_at = max(_RULES_SWEEP_MIN, 2 * len(self._rules))
 
     def _notify_decisions(self, watch: Watch) -> None:
         if watch.reference is None or watch.decisions is None or watch.rule_blocks:

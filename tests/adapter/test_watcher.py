@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from adapter import watcher as watcher_module
 from adapter.notification import Schedule
 from adapter.store import MemoryStore
 from adapter.watcher import (
+    DECISIONS_TTL,
     DuplicateCorrelator,
     NoSubscription,
     NotAuthorized,
@@ -122,11 +124,12 @@ class FakeXcap:
     async def get(self, presentity: str) -> RulesDocument:
         assert presentity == ALICE
         self.reads += 1
+        rules = self.rules  # the document as the server read it; the answer may lag
         if self.gate is not None:
             await self.gate.wait()
         if self.error is not None:
             raise self.error
-        return RulesDocument(self.rules, '"etag"')
+        return RulesDocument(rules, '"etag"')
 
 
 class FakeBayeux:
@@ -862,3 +865,94 @@ def test_many_schedules_due_are_written_a_chunk_per_loop_turn(
         }
 
     run(scenario, schedule_save_delay=0.05)
+
+
+# -- one read of a presentity's rules for all its watches --------------------------
+
+WATCHERS = [f"sip:w{i}@example.com" for i in range(10)]
+
+
+async def ten_active_watchers(w: World) -> list[int]:
+    """Ten watchers of ALICE, each allowed Activity, all active with their decisions."""
+    rules = PresRules()
+    for watcher in WATCHERS:
+        rules = rules.allow(watcher, {A: True})
+    w.xcap.rules = rules
+    ids = []
+    for i, watcher in enumerate(WATCHERS):
+        await w.service.subscribe(
+            APP, watcher, ALICE, application="app", attributes=frozenset({A}),
+            reference=Reference(f"ref-{i}", REF_CHANNEL, "presence"),
+        )
+        ids.append(w.sip.last_id)
+        await w.notify("active;expires=3600", busy(), subscription_id=ids[-1])
+    return ids
+
+
+def age_decisions(w: World) -> None:
+    """As if the decisions, and the rules read last, were older than the TTL."""
+    for watcher in WATCHERS:
+        watch = w.service._watches[(watcher, ALICE)]
+        watch.decisions_read_at -= DECISIONS_TTL + 1
+    read_at, rules = w.service._rules[ALICE]
+    w.service._rules[ALICE] = (read_at - DECISIONS_TTL - 1, rules)
+
+
+def test_decisions_that_aged_are_read_again_once_for_all_watchers_of_a_presentity() -> None:
+    async def scenario(w: World) -> None:
+        ids = await ten_active_watchers(w)
+        assert w.xcap.reads == 10  # each activation reads rules begun after it
+        w.bayeux.take()
+        age_decisions(w)
+        w.xcap.gate = asyncio.Event()  # the read takes a while: all ten wait for it
+        for sid in ids:
+            w.sip.emit(NotifyReceived(
+                sid, SubscriptionState.parse("active;expires=3600"),
+                encode([busy(1)], entity=ALICE, now=T0), "application/pidf+xml",
+            ))
+        await asyncio.sleep(0.01)
+        w.xcap.gate.set()
+        await settle()
+        assert w.xcap.reads == 11
+        assert w.bayeux.sent == []  # the same decisions are not told again
+        for watcher in WATCHERS:
+            seen = w.service.presence(watcher, ALICE, frozenset())
+            assert seen is not None and seen.get(A) == busy(1)
+        # One watch's decisions aged alone: the read of the others, within
+        # the TTL, serves it.
+        w.service._watches[(WATCHERS[0], ALICE)].decisions_read_at = time.monotonic() - 1000
+        await w.notify("active;expires=3600", busy(2), subscription_id=ids[0])
+        assert w.xcap.reads == 11
+        assert w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+
+    run(scenario)
+
+
+def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
+    async def scenario(w: World) -> None:
+        ids = await ten_active_watchers(w)
+        reads = w.xcap.reads
+        w.bayeux.take()
+        age_decisions(w)
+        w.xcap.gate = asyncio.Event()
+        w.sip.emit(NotifyReceived(
+            ids[0], SubscriptionState.parse("active;expires=3600"),
+            encode([busy(1)], entity=ALICE, now=T0), "application/pidf+xml",
+        ))
+        await asyncio.sleep(0.01)  # that read is under way, held back ...
+        # ... when this adapter withdraws Activity from every watcher.
+        withdrawn = PresRules()
+        for watcher in WATCHERS:
+            withdrawn = withdrawn.allow(watcher, {A: False})
+        w.xcap.rules = withdrawn
+        w.service.rules_changed(ALICE)
+        w.xcap.gate.set()
+        await settle()
+        assert w.xcap.reads > reads + 1  # the read begun before the change was not enough
+        for watcher in WATCHERS:
+            assert w.service._watches[(watcher, ALICE)].granted == frozenset()
+        for watcher in WATCHERS:
+            seen = w.service.presence(watcher, ALICE, frozenset())
+            assert seen is not None and seen.get(A) is None
+
+    run(scenario)
