@@ -306,6 +306,29 @@ def _cseq(text: str) -> CSeq:
 
 
 def _name_addr(text: str) -> NameAddr:
+    hit = _NAME_ADDRS.get(text)
+    if hit is not None:
+        return hit
+    cut = text.rfind(";tag=")
+    tag = text[cut + 5 :]
+    if cut > 0 and is_token(tag):
+        # A tag is fresh per dialog (RFC 3261 §19.3) — a PUBLISH's 200 even
+        # carries a new To tag each time — while the rest of the text
+        # repeats: parse that rest once, and append the tag as the last
+        # header parameter, as parsing the whole text would (§20.10, §25.1:
+        # a token is a valid gen-value and holds no ";", ">" or blank).
+        base = _NAME_ADDRS.get(text[:cut])
+        if base is None:
+            try:
+                base = _parse_cached(_NAME_ADDRS, NameAddr.parse, text[:cut])
+            except RemoteProtocolError:
+                base = None  # let the whole text's parse say what is wrong
+        if base is not None:
+            hit = NameAddr(base.display, base.uri, (*base.params, ("tag", tag)))
+            if len(_NAME_ADDRS) >= _PARSED_MAX:
+                _NAME_ADDRS.clear()
+            _NAME_ADDRS[text] = hit
+            return hit
     return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
 
 

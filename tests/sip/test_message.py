@@ -623,3 +623,46 @@ def test_parsed_value_tables_stay_bounded() -> None:
         parse_message(_notify(f"<sip:u{i}@example.com>;tag=t{i}"))
     assert len(message._NAME_ADDRS) <= message._PARSED_MAX
     assert parse_message(_notify("<sip:u1@example.com>;tag=t1")).from_.tag == "t1"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:alice@example.com>;tag=a1",
+        '"Alice" <sip:alice@example.com;transport=udp>;x=1;tag=a.1-b~2',
+        "sip:alice@example.com;tag=a1",
+        "sip:alice@example.com;x;tag=a1",
+        "<sip:alice@example.com> ;tag=a1",
+        "<sip:alice@example.com>;tag=a1;tag=b2",
+        '"x;tag=y" <sip:alice@example.com>;tag=z',
+    ],
+)
+def test_a_tagged_name_addr_parses_as_its_whole_text(text: str) -> None:
+    from sip import message
+
+    message._NAME_ADDRS.clear()
+    first = message._name_addr(text)
+    again = message._name_addr(text.replace("=a1", "=a2"))
+    assert first == NameAddr.parse(text)
+    assert again == NameAddr.parse(text.replace("=a1", "=a2"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:alice@example.com;tag=a1",
+        '"x;tag=a1',
+        "<sip:alice@example.com>;p=\"q;tag=a1",
+        "<sip:alice@example.com>;tag=",
+        ";tag=a1",
+        "<bad uri>;tag=a1",
+    ],
+)
+def test_a_bad_tagged_name_addr_fails_as_its_whole_text(text: str) -> None:
+    from sip import message
+
+    with pytest.raises(RemoteProtocolError):
+        NameAddr.parse(text)
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            message._name_addr(text)
