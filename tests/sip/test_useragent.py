@@ -901,3 +901,28 @@ def test_the_via_a_request_is_keyed_by_is_the_one_it_carries(
         (text,) = request.headers.get_raw("Via")
         assert request.vias == [Via.parse(text)]
         assert parse_message(bytes(request)).vias == request.vias
+
+
+def test_tokens_from_a_system_generator_are_read_in_batches_and_stay_distinct() -> None:
+    reads: list[int] = []
+
+    class CountingSystemRandom(random.SystemRandom):
+        def getrandbits(self, k: int) -> int:
+            reads.append(k)
+            return super().getrandbits(k)
+
+    ua = UserAgent(local=Destination("udp", "127.0.0.1", 5080),
+                   server=SipURI.parse("sip:127.0.0.1:5070"), rng=CountingSystemRandom())
+    tokens = [ua._token() for _ in range(200)]
+    assert len(set(tokens)) == 200
+    assert all(re.fullmatch(r"[0-9a-f]{16}", t) for t in tokens)
+    assert len(reads) < 10
+
+
+def test_tokens_from_a_seeded_generator_keep_its_sequence() -> None:
+    ua = UserAgent(local=Destination("udp", "127.0.0.1", 5080),
+                   server=SipURI.parse("sip:127.0.0.1:5070"), rng=random.Random(7))
+    expected = random.Random(7)
+    assert [ua._token() for _ in range(3)] == [
+        f"{expected.getrandbits(64):016x}" for _ in range(3)
+    ]
