@@ -193,6 +193,10 @@ class Publication:
         self.expires_at: float | None = etag_expires_at if etag is not None else None
         self._call_id = call_id
         self._local_tag = local_tag
+        # The same for every PUBLISH of this publication (RFC 3903 §4.1: the
+        # To and From carry its AOR; our From tag stays): written once.
+        self._from_text = str(NameAddr(None, aor, (("tag", local_tag),)))
+        self._to_text = str(NameAddr(None, aor, ()))
         self._cseq = 0
         self._spread = spread
         self._body: bytes | None = None  # desired state
@@ -370,8 +374,8 @@ class Publication:
     def _request(self, expires: int, body: bytes, etag: str | None) -> Request:
         self._cseq += 1
         h = Headers()
-        h.add("From", str(NameAddr(None, self.aor, (("tag", self._local_tag),))))
-        h.add("To", str(NameAddr(None, self.aor, ())))
+        h.add("From", self._from_text)
+        h.add("To", self._to_text)
         h.add("Call-ID", self._call_id)
         h.add("CSeq", f"{self._cseq} PUBLISH")
         h.add("Event", self.event)
