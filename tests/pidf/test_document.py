@@ -31,11 +31,12 @@ from pidf.model import (
     Sphere,
 )
 
+from . import strategies
+from .strategies import ALL_ENUM_VALUES
+
 DATA = Path(__file__).resolve().parent.parent / "data" / "pidf"
 T0 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 ENTITY = "sip:alice@example.com"
-
-ALL_ENUM_VALUES = [*Activity, *Place, *Privacy, *Sphere]
 
 
 def roundtrip(*attributes: PresenceAttribute) -> tuple[PresenceAttribute, ...]:
@@ -142,39 +143,11 @@ def test_entity_must_be_a_uri() -> None:
 
 # -- the property: every value, random combinations -------------------------
 
-texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-    max_size=20,
-).filter(
-    lambda s: (
-        all(c in "\t\n\r" or ord(c) >= 0x20 for c in s) and "\ufffe" not in s and "\uffff" not in s
-    )
-)
-instants = st.datetimes(
-    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
-means = st.builds(
-    CommunicationMeans,
-    contact=st.from_regex(r"(sip|tel|mailto|https|im):[a-z0-9@.+]{1,12}", fullmatch=True),
-    priority=st.integers(0, 1000).map(lambda n: n / 1000),
-    type=st.sampled_from(MeansType),
-)
-values = st.one_of(
-    st.sampled_from(ALL_ENUM_VALUES),
-    st.builds(Communication, st.lists(means, min_size=1, max_size=3).map(tuple)),
-    st.builds(Other, name=texts.filter(bool), value=texts),
-)
-attributes = st.builds(
-    PresenceAttribute, values, st.one_of(st.none(), instants), st.one_of(st.none(), texts)
-)
-
-
-def _key(a: PresenceAttribute) -> object:
-    return (a.type.value, a.value.name if isinstance(a.value, Other) else "")
+attributes = strategies.attributes("a-z0-9@.+")
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(attributes, max_size=8, unique_by=_key))
+@given(st.lists(attributes, max_size=8, unique_by=strategies.attribute_key))
 def test_property_encode_decode_is_identity_on_the_json_model(
     items: list[PresenceAttribute],
 ) -> None:

@@ -21,28 +21,18 @@ from pidf import (
     CommunicationMeans,
     MeansType,
     Other,
-    Place,
     PresenceAttribute,
-    Privacy,
-    Sphere,
     ValidationError,
     encode,
 )
 from pidf import document as pidf_document
 
+from . import strategies
+from .strategies import ALL_ENUM_VALUES, texts
+
 ENTITY = "sip:alice@example.com"
 T0 = datetime(2024, 5, 1, 10, 0, 0, 250000, tzinfo=UTC)
-ALL_ENUM_VALUES = [*Activity, *Place, *Privacy, *Sphere]
 
-
-texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-    max_size=20,
-).filter(
-    lambda s: (
-        all(c in "\t\n\r" or ord(c) >= 0x20 for c in s) and "\ufffe" not in s and "\uffff" not in s
-    )
-)
 
 def lxml_bytes(items: list[PresenceAttribute], *, entity: str = ENTITY, tag: str = "t1") -> bytes:
     """The document as lxml serialises it, without any template."""
@@ -100,31 +90,11 @@ def test_a_string_xml_cannot_carry_is_still_refused() -> None:
         encode([PresenceAttribute(Communication((means,)))], entity=ENTITY, now=T0)
 
 
-instants = st.datetimes(
-    min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
-means_strategy = st.builds(
-    CommunicationMeans,
-    contact=st.from_regex(r"(sip|tel|mailto|https|im):[a-z0-9@.+&]{1,12}", fullmatch=True),
-    priority=st.integers(0, 1000).map(lambda n: n / 1000),
-    type=st.sampled_from(MeansType),
-)
-values = st.one_of(
-    st.sampled_from(ALL_ENUM_VALUES),
-    st.builds(Communication, st.lists(means_strategy, min_size=1, max_size=3).map(tuple)),
-    st.builds(Other, name=texts.filter(bool), value=texts),
-)
-attributes = st.builds(
-    PresenceAttribute, values, st.one_of(st.none(), instants), st.one_of(st.none(), texts)
-)
-
-
-def _key(a: PresenceAttribute) -> object:
-    return (a.type.value, a.value.name if isinstance(a.value, Other) else "")
+attributes = strategies.attributes("a-z0-9@.+&")
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(attributes, max_size=6, unique_by=_key))
+@given(st.lists(attributes, max_size=6, unique_by=strategies.attribute_key))
 def test_property_encode_is_the_bytes_lxml_writes(items: list[PresenceAttribute]) -> None:
     assert encode(items, entity=ENTITY, now=T0, tag="t1") == lxml_bytes(items)
 
