@@ -18,10 +18,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: for tens of seconds; Ctrl-C must not wait for them.
 GRACEFUL_SHUTDOWN = 3
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad arguments or bad configuration, as argparse does
 
 #: Garbage-collector thresholds while serving (CPython's default: 700, 10, 10).
-GC_THRESHOLDS = (20_000, 20, 100)  # bad arguments or bad configuration, as argparse does
+GC_THRESHOLDS = (20_000, 20, 100)
 
 
 def _parser() -> argparse.ArgumentParser:
