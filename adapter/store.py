@@ -12,9 +12,9 @@ several nodes) can implement it without the callers changing.  Writes are
 queued in order to one writer; a caller that must not answer before the data
 is durable (a REST call's 204) awaits the write, others let it go.
 
-:class:`SqliteStore` is the default backend: one file, WAL journal, one
-writer thread that commits everything queued together (group commit), so the
-event loop never blocks on the disk.
+:class:`SqliteStore` is the default backend: one file, WAL journal, writes
+committed in groups — on the event loop when that costs no sync and no wait,
+otherwise by a writer thread — so the event loop never waits for the disk.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ __all__ = ["BacklogJournal", "BacklogRow", "MemoryStore", "SqliteStore", "Store"
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-#: Seconds the writer waits after a write before committing, for others to join it.
+#: Seconds the writer thread waits after a write before committing, for others to join it.
 GROUP_COMMIT_WAIT = 0.0005
+#: Seconds between the writer thread's WAL checkpoints while the loop commits.
+CHECKPOINT_INTERVAL = 1.0
 KINDS = ("publication", "watch", "schedule")
 
 
@@ -137,14 +139,33 @@ CREATE TABLE IF NOT EXISTS backlog (
 # One queued write: SQL statements to run in order, and who waits for them
 # (a future of the event loop that queued the write).
 _Write = tuple[list[tuple[str, tuple[Any, ...]]], "asyncio.Future[None] | None"]
+_IDLE: Any = object()  # the writer thread woke with nothing queued
 
 
 class SqliteStore:
-    """The default store: one SQLite file, written by one thread.
+    """The default store: one SQLite file in WAL mode, committed in groups.
 
     A missing file (and its folder) is created empty: a first start needs no
     preparation step.  A file that is not a store of this schema version is
     never overwritten: opening it raises :class:`StoreError` with one line.
+
+    Where a commit runs depends on what it may wait for.  With
+    ``synchronous="normal"`` a commit writes its WAL frames into the operating
+    system's page cache and syncs nothing (https://sqlite.org/wal.html,
+    https://sqlite.org/pragma.html#pragma_synchronous): the writes of one
+    event-loop turn are committed together on the loop at the end of the turn,
+    which costs tens of microseconds and no thread hand-off.  Everything that
+    can wait goes to the writer thread, with its own connection: every commit
+    with ``synchronous="full"`` (an fsync each), a commit that found the file
+    locked (another process holding it: the loop never waits for a lock), and
+    the WAL checkpoints, which sync the file and are never run on the loop.
+    Once the thread has writes in hand, later ones queue behind them, so the
+    order of writes is the order of the calls.
+
+    A hand-off to the thread cost 2.5–3.5 ms of latency per write under load
+    (it waits for the loop's thread to let go of the GIL), twice per Publish;
+    the commit on the loop about 20 µs (docs/benchmarks.md, "Publish
+    throughput").
     """
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
@@ -162,12 +183,20 @@ class SqliteStore:
             raise StoreError(f"{path}: {exc}") from None
         try:
             self._seq = self._open()
+            self._writer_db = self._connect_writer()
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"{path}: {exc}") from None
         except StoreError:
             self._db.close()
             raise
+        # Writes of this loop turn, committed by _flush at its end.
+        self._pending: list[_Write] = []
+        # Writes handed to the thread and writes it has committed (or failed):
+        # each counter is written by one thread only.
+        self._handed = 0
+        self._finished = 0
+        self._inline_commits = 0
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
@@ -176,15 +205,14 @@ class SqliteStore:
     def _open(self) -> int:
         """Check the file is our store (creating it when new); the last backlog number."""
         self._db.execute("PRAGMA journal_mode=WAL")
-        # In WAL mode, NORMAL writes each commit to the WAL file before the
-        # commit returns and syncs it only at checkpoints: a commit survives
-        # the process being killed (the data is in the operating system's
-        # hands), not a power cut or an OS crash; FULL also syncs the WAL at
-        # every commit (https://sqlite.org/pragma.html#pragma_synchronous),
-        # which cost about 30 µs of CPU per write here, two writes per Publish
-        # (docs/benchmarks.md, "Publish throughput").  The README's "What
-        # survives what" says which.
-        self._db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        # The loop's connection never syncs and never checkpoints (a
+        # checkpoint syncs the WAL and the database file): the writer thread
+        # checkpoints, after its own commits as SQLite does by default and
+        # every CHECKPOINT_INTERVAL for the loop's.  It never waits for a lock
+        # either (busy_timeout 0, set once the file is checked): a busy file
+        # sends the commit to the thread.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
         version = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:
@@ -198,7 +226,21 @@ class SqliteStore:
         # The high-water mark outlives the rows: restored messages are named
         # after their number, so a number must not come back once used.
         mark = self._db.execute("SELECT value FROM meta WHERE key = 'backlog_seq'").fetchone()
+        self._db.execute("PRAGMA busy_timeout=0")
         return max(last_row or 0, int(mark[0]) if mark else 0)
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # In WAL mode, NORMAL writes each commit to the WAL file before the
+        # commit returns and syncs it only at checkpoints: a commit survives
+        # the process being killed (the data is in the operating system's
+        # hands), not a power cut or an OS crash; FULL also syncs the WAL at
+        # every commit (https://sqlite.org/pragma.html#pragma_synchronous),
+        # which cost about 30 µs of CPU per write here, two writes per Publish
+        # (docs/benchmarks.md, "Publish throughput").  The README's "What
+        # survives what" says which.
+        db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        return db
 
     # -- reads (at start, before the writer has anything to do) ---------------
 
@@ -226,7 +268,7 @@ class SqliteStore:
     def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
         self._seq += 1
         text = json.dumps(data, separators=(",", ":"))
-        self._queue.put(
+        self._write(
             (
                 [
                     ("INSERT INTO backlog VALUES (?, ?, ?, ?, ?)",
@@ -241,68 +283,148 @@ class SqliteStore:
     def backlog_remove(self, seqs: Iterable[int]) -> None:
         statements = [("DELETE FROM backlog WHERE seq = ?", (seq,)) for seq in seqs]
         if statements:
-            self._queue.put((statements, None))
+            self._write((statements, None))
 
     async def close(self) -> None:
+        self._flush()
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._writer_db.close()
         self._db.close()
 
     def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put((statements, done))
+        self._write((statements, done))
         return done
 
-    def _writer(self) -> None:
-        """Commit whatever is queued in one transaction, in order, until closed."""
-        while True:
-            item = self._queue.get()
-            batch = [item]
-            if item is not None:
-                # Group commit: let the writes that follow closely join this
-                # one.  A commit of one row cost about 50 µs of CPU here, of
-                # four about 16 µs a row, and under load writes come some
-                # 300 µs apart (docs/benchmarks.md, "Publish throughput").
-                time.sleep(GROUP_COMMIT_WAIT)
-            while True:  # take everything already waiting
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            writes = [w for w in batch if w is not None]
-            if writes:
-                self._commit(writes)
-            if None in batch:
+    def _write(self, write: _Write) -> None:
+        if self._pending:
+            self._pending.append(write)  # this turn's flush is already due
+            return
+        if self.synchronous == "normal" and self._handed == self._finished:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # a plain call with no loop (the Bayeux core's journal): the thread
+            else:
+                self._pending.append(write)
+                loop.call_soon(self._flush)
                 return
+        self._hand_off([write])
 
-    def _commit(self, writes: list[_Write]) -> None:
-        error: Exception | None = None
+    def _hand_off(self, writes: list[_Write]) -> None:
+        self._handed += len(writes)
+        for write in writes:
+            self._queue.put(write)
+
+    def _flush(self) -> None:
+        """Commit this turn's writes on the loop, or hand them to the thread."""
+        writes, self._pending = self._pending, []
+        if not writes:
+            return
+        if self._handed != self._finished:
+            self._hand_off(writes)  # behind what the thread holds, in order
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            # Locked by another connection: the thread waits for it, not the loop.
+            self._hand_off(writes)
+            return
+        self._inline_commits += 1
+        _settle(_waiters(writes), self._run(self._db, writes))
+
+    def _run(self, db: sqlite3.Connection, writes: list[_Write]) -> StoreError | None:
+        """The statements of ``writes`` and COMMIT, in the transaction just begun."""
+        try:
             for statements, _ in writes:
                 for sql, args in statements:
-                    self._db.execute(sql, args)
-            self._db.execute("COMMIT")
+                    db.execute(sql, args)
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.failures += 1
             logger.error("store %s: write failed: %s", self.path, exc)
-            error = StoreError(f"{self.path}: {exc}")
             try:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            return StoreError(f"{self.path}: {exc}")
+        return None
+
+    def _writer(self) -> None:
+        """Commit whatever is queued in one transaction, in order, until closed;
+        checkpoint the WAL the loop's commits wrote."""
+        checkpointed = (0, time.monotonic())
+        while True:
+            try:
+                item = self._queue.get(timeout=CHECKPOINT_INTERVAL)
+            except queue.Empty:
+                item = _IDLE
+            if item is not _IDLE:
+                batch = [item]
+                if item is not None:
+                    # Group commit: let the writes that follow closely join
+                    # this one.  A commit of one row cost about 50 µs of CPU
+                    # here, of four about 16 µs a row (docs/benchmarks.md,
+                    # "Publish throughput").
+                    time.sleep(GROUP_COMMIT_WAIT)
+                while True:  # take everything already waiting
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                writes = [w for w in batch if w is not None]
+                if writes:
+                    self._commit(writes)
+                if None in batch:
+                    self._checkpoint()
+                    return
+            commits, at = checkpointed
+            now = time.monotonic()
+            if self._inline_commits != commits and now - at >= CHECKPOINT_INTERVAL:
+                checkpointed = (self._inline_commits, now)
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file and start it over.
+
+        RESTART, not PASSIVE: it holds the write lock while it runs, so the
+        loop's commits meanwhile go to this thread (they queue behind it)
+        instead of appending to a WAL that a checkpoint never catches up with
+        and that would then grow without end (https://sqlite.org/wal.html,
+        "Avoiding Excessively Large WAL Files";
+        https://sqlite.org/c3ref/wal_checkpoint_v2.html).
+        """
+        try:
+            self._writer_db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error as exc:
+            logger.warning("store %s: checkpoint failed: %s", self.path, exc)
+
+    def _commit(self, writes: list[_Write]) -> None:
+        try:
+            self._writer_db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.failures += 1
+            logger.error("store %s: write failed: %s", self.path, exc)
+            error: StoreError | None = StoreError(f"{self.path}: {exc}")
+        else:
+            error = self._run(self._writer_db, writes)
+        self._finished += len(writes)
         # The waiters are told on their event loop, one wake-up per batch and
         # loop: a future per write handed across threads (wrap_future) cost a
         # loop wake-up and two callbacks for every write of a group commit.
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for _, done in writes:
-            if done is not None:
-                by_loop.setdefault(done.get_loop(), []).append(done)
+        for done in _waiters(writes):
+            by_loop.setdefault(done.get_loop(), []).append(done)
         for loop, waiters in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_settle, waiters, error)
             except RuntimeError:
                 pass  # that loop is closed: nobody is waiting any more
+
+
+def _waiters(writes: list[_Write]) -> list[asyncio.Future[None]]:
+    return [done for _, done in writes if done is not None]
 
 
 def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:

@@ -161,17 +161,105 @@ def test_an_awaited_write_is_on_disk_when_the_future_completes(path: Path) -> No
     run(scenario)
 
 
+def commits_by_connection(store: SqliteStore) -> dict[str, list[str]]:
+    """The COMMITs each of the store's two connections runs from now on."""
+    seen: dict[str, list[str]] = {"loop": [], "writer": []}
+    for name, db in (("loop", store._db), ("writer", store._writer_db)):
+        db.set_trace_callback(lambda sql, name=name: sql == "COMMIT" and seen[name].append(sql))
+    return seen
+
+
 @pytest.mark.parametrize(("synchronous", "pragma"), [("normal", 1), ("full", 2)])
 def test_the_store_commits_in_wal_mode_at_the_synchronous_level_asked(
     path: Path, synchronous: str, pragma: int
 ) -> None:
+    # "normal" syncs nothing at a commit, which is then made on the event
+    # loop; "full" syncs at every commit, which is only ever the writer
+    # thread's (the loop never waits for the disk).
     async def scenario() -> None:
         store = SqliteStore(path, synchronous=synchronous)
-        assert store._db.execute("PRAGMA synchronous").fetchone() == (pragma,)
+        assert store._writer_db.execute("PRAGMA synchronous").fetchone() == (pragma,)
+        assert store._db.execute("PRAGMA synchronous").fetchone() == (1,)
         assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        commits = commits_by_connection(store)
         await store.put("publication", ALICE, a_publication())
+        if synchronous == "normal":
+            assert (len(commits["loop"]), len(commits["writer"])) == (1, 0)
+        else:
+            assert (len(commits["loop"]), len(commits["writer"])) == (0, 1)
         await store.close()
         assert [key for _, key, _ in rows_on_disk(path)] == [ALICE]
+
+    run(scenario)
+
+
+def test_the_writes_of_one_loop_turn_commit_together_at_its_end(path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        commits = commits_by_connection(store)
+        first = [store.put("watch", f"w{n}", {"n": n}) for n in range(50)]
+        store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
+        assert not any(f.done() for f in first)  # nothing committed inside the turn
+        await asyncio.gather(*first)
+        second = [store.put("watch", f"w{n}", {"n": -n}) for n in range(3)]
+        second.append(store.delete("watch", "w49"))
+        await asyncio.gather(*second)
+        assert (len(commits["loop"]), len(commits["writer"])) == (2, 0)
+        assert rows_on_disk(path, "SELECT count(*) FROM records") == [(49,)]
+        assert rows_on_disk(path, "SELECT value FROM records WHERE key = 'w2'") == [('{"n":-2}',)]
+        assert len(rows_on_disk(path, "SELECT * FROM backlog")) == 1
+        await store.close()
+
+    run(scenario)
+
+
+def test_writes_behind_a_locked_file_keep_their_order(path: Path) -> None:
+    # Another connection holds the write lock: the loop does not wait for it;
+    # the thread does, and what is written meanwhile queues behind it.
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        commits = commits_by_connection(store)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        first = store.put("publication", ALICE, ["first"])
+        await asyncio.sleep(0.02)
+        second = store.put("publication", ALICE, ["second"])
+        third = store.delete("publication", BOB)
+        await asyncio.sleep(0.02)
+        assert not any(f.done() for f in (first, second, third))
+        blocker.execute("COMMIT")
+        blocker.close()
+        await asyncio.gather(first, second, third)
+        assert store.load("publication") == {ALICE: ["second"]}
+        assert commits["writer"] and not commits["loop"]
+        # The thread has caught up: the next write is the loop's again.
+        await store.put("publication", BOB, ["later"])
+        assert len(commits["loop"]) == 1
+        await store.close()
+
+    run(scenario)
+
+
+def test_the_wal_the_loop_writes_is_checkpointed_and_started_over(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop's connection never checkpoints; without the thread's
+    # checkpoints its WAL would grow by every commit (here 1,000 commits of
+    # about 12 KB each: some 12 MB).  Started over, it holds about the commits
+    # between two checkpoints (at most some 200 here).
+    monkeypatch.setattr("adapter.store.CHECKPOINT_INTERVAL", 0.05)
+    wal = Path(f"{path}-wal")
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        for n in range(1_000):
+            await store.put("watch", f"w{n}", {"pad": "x" * 2_000})
+            if n % 100 == 99:
+                await asyncio.sleep(0.12)  # a checkpoint is due meanwhile
+        assert wal.stat().st_size < 5_000_000, wal.stat().st_size
+        assert len(store.load("watch")) == 1_000
+        await store.close()
+        assert rows_on_disk(path, "SELECT count(*) FROM records") == [(1_000,)]
 
     run(scenario)
 
@@ -185,7 +273,7 @@ def test_writes_queued_together_commit_together_in_order(path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(path)
         statements: list[str] = []
-        store._db.set_trace_callback(statements.append)  # the writer's own SQL, counted
+        store._writer_db.set_trace_callback(statements.append)  # the writer thread's SQL
         blocker = sqlite3.connect(path, isolation_level=None)
         # Holding the write lock keeps the writer busy with whatever it took
         # first, so everything queued meanwhile goes in one later batch.
