@@ -13,11 +13,14 @@ exact when the rules are readable and name the watcher, otherwise every
 requested attribute is taken as granted; once they were readable, a failed
 read never widens the decisions.  Decisions are re-read when the subscription
 becomes active, when this adapter changes the presentity's rules (before Get
-User Presence answers), and when they are older than :data:`DECISIONS_TTL`.
+User Presence answers), and when they are older than :data:`DECISIONS_TTL`
+(spread, for each presentity, between half of it and all of it) — a NOTIFY
+does not wait for that last read: it is taken under the decisions held while
+the read runs beside it.
 A presentity's rules are one document for all its watchers: it is read once
-for all the watches that need it at the same time, and a read less than
-:data:`DECISIONS_TTL` old serves the watches whose decisions merely aged (an
-activation or a change made here needs a read begun after it).
+for all the watches that need it at the same time, and a read younger than
+the presentity's age limit serves the watches whose decisions merely aged
+(an activation or a change made here needs a read begun after it).
 
 Subscription endings (RFC 6665 §4.2.2 reasons): ``rejected`` is a block →
 ``subscriptionEnded`` "Blocked".  Everything else that ends a subscription we
@@ -68,10 +71,17 @@ __all__ = [
     "UnknownCorrelator",
     "Watch",
     "WatcherService",
+    "decisions_ttl",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Longest decisions are used before the rules are read again.  Each
+#: presentity's own age limit lies between half of it and all of it, spread by
+#: the presentity's address: watches started together (an adapter's restart,
+#: a burst of subscriptions) otherwise age together, and their reads came in
+#: one burst every TTL that held NOTIFYs back (docs/benchmarks.md,
+#: "Notification latency").
 DECISIONS_TTL = 30.0
 #: Presentities whose rules are kept before the old entries are swept.
 _RULES_SWEEP_MIN = 1024
@@ -147,9 +157,12 @@ class Watch:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: NOTIFYs handed to a task and not yet taken: a later one waits its turn.
     notifies_queued: int = 0
-    #: Counts this adapter's changes of the presentity's rules: a read that a
-    #: change overtook is not taken.
+    #: Counts this adapter's changes of the presentity's rules, and the
+    #: subscription becoming active: a read that one of them overtook is not
+    #: taken.
     rules_epoch: int = 0
+    #: Aged decisions are being read again beside the NOTIFYs (_revalidate).
+    revalidating: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -166,9 +179,26 @@ class Watch:
     def needed(self) -> bool:
         return self.reference is not None or bool(self.schedules)
 
+    @property
+    def decisions_ttl(self) -> float:
+        """This presentity's age limit of decisions (see :data:`DECISIONS_TTL`)."""
+        return decisions_ttl(self.presentity)
+
     def decisions_fresh(self, now: float) -> bool:
         """Whether the decisions held may be used without reading the rules again."""
-        return self.decisions is not None and now - self.decisions_read_at < DECISIONS_TTL
+        return self.decisions is not None and now - self.decisions_read_at < self.decisions_ttl
+
+    @property
+    def decisions_aged(self) -> bool:
+        """Whether the decisions held were read and merely aged since: no
+        activation and no change made here is waiting to be read."""
+        return self.decisions is not None and self.decisions_read_at != float("-inf")
+
+
+def decisions_ttl(presentity: str) -> float:
+    """Between half :data:`DECISIONS_TTL` and all of it, the same for all the
+    watches of ``presentity`` (they share its reads) within one process."""
+    return DECISIONS_TTL * (1.0 - 0.5 * (hash(presentity) % 1024) / 1024)
 
 
 class WatcherService:
@@ -438,11 +468,18 @@ class WatcherService:
                 watch.state == "active"
                 and not watch.notifies_queued
                 and not watch.lock.locked()
-                and watch.decisions_fresh(time.monotonic())
+                and watch.decisions_aged
             ):
-                # The common case needs nothing awaited (the decisions are
-                # fresh, no earlier NOTIFY of this watch is waiting): taken
-                # here, without a task and a loop turn per NOTIFY.
+                # The common case needs nothing awaited (no earlier NOTIFY of
+                # this watch is waiting, the decisions need no read first):
+                # taken here, without a task and a loop turn per NOTIFY.
+                # Decisions merely older than their TTL are read again
+                # beside it, not before it: a NOTIFY waiting for an XCAP read
+                # was the latency's tail every TTL (docs/benchmarks.md,
+                # "Notification latency").
+                if not watch.revalidating and not watch.decisions_fresh(time.monotonic()):
+                    watch.revalidating = True
+                    self._spawn(self._revalidate(watch))
                 fresh = self._apply_notify(watch, event)
                 if fresh is not None:
                     self._offer_notify(watch, fresh=fresh)
@@ -504,6 +541,7 @@ class WatcherService:
                 logger.warning("unreadable PIDF from %s: %s", watch.presentity, exc)
         if became_active:
             watch.decisions_read_at = float("-inf")
+            watch.rules_epoch += 1  # a read begun before is not one after it
         return fresh
 
     def _offer_notify(self, watch: Watch, *, fresh: bool) -> None:
@@ -515,6 +553,15 @@ class WatcherService:
                 self._deliver(watch, schedule,
                               schedule.offer(watch.presence, watch.granted, now))
                 self._file(schedule)
+
+    async def _revalidate(self, watch: Watch) -> None:
+        """Aged decisions read again while the NOTIFYs go on with them."""
+        try:
+            await self._read_decisions(watch)
+        finally:
+            watch.revalidating = False
+        if watch.state == "active":
+            self._notify_decisions(watch)
 
     async def _recheck(self, watch: Watch) -> None:
         async with watch.lock:
@@ -587,7 +634,7 @@ class WatcherService:
         # after an activation or a change made here (read_at reset), only a
         # read begun from now on reflects it.
         aged = watch.decisions is not None and watch.decisions_read_at != float("-inf")
-        not_before = now - DECISIONS_TTL if aged else now
+        not_before = now - watch.decisions_ttl if aged else now
         try:
             for _ in range(3):
                 epoch = watch.rules_epoch
@@ -614,6 +661,8 @@ class WatcherService:
             read_at, rule = now, None
         else:
             rule = rules.rule_for(watch.watcher)
+        if read_at < watch.decisions_read_at:
+            return  # a later read was taken meanwhile (a NOTIFY's beside a revalidation)
         watch.rules_unconfirmed = watch.withheld = False
         before = watch.decisions
         watch.rule_blocks = rule is not None and rule.sub_handling is SubHandling.BLOCK

@@ -28,6 +28,7 @@ from adapter.watcher import (
     Reference,
     UnknownCorrelator,
     WatcherService,
+    decisions_ttl,
 )
 from adapter.xcap import RulesDocument, XcapError
 from pidf import (
@@ -904,26 +905,64 @@ def test_decisions_that_aged_are_read_again_once_for_all_watchers_of_a_presentit
         assert w.xcap.reads == 10  # each activation reads rules begun after it
         w.bayeux.take()
         age_decisions(w)
-        w.xcap.gate = asyncio.Event()  # the read takes a while: all ten wait for it
+        w.xcap.gate = asyncio.Event()  # the read takes a while
         for sid in ids:
             w.sip.emit(NotifyReceived(
                 sid, SubscriptionState.parse("active;expires=3600"),
                 encode([busy(1)], entity=ALICE, now=T0), "application/pidf+xml",
             ))
         await asyncio.sleep(0.01)
-        w.xcap.gate.set()
-        await settle()
-        assert w.xcap.reads == 11
-        assert w.bayeux.sent == []  # the same decisions are not told again
+        # The NOTIFYs did not wait for it: taken under the decisions held.
         for watcher in WATCHERS:
             seen = w.service.presence(watcher, ALICE, frozenset())
             assert seen is not None and seen.get(A) == busy(1)
+        assert w.xcap.reads == 11  # one read for the ten, under way
+        assert not any(w.service._watches[(v, ALICE)].decisions_fresh(time.monotonic())
+                       for v in WATCHERS)
+        w.xcap.gate.set()
+        await settle()
+        assert w.xcap.reads == 11
+        assert all(w.service._watches[(v, ALICE)].decisions_fresh(time.monotonic())
+                   for v in WATCHERS)
+        assert w.bayeux.sent == []  # the same decisions are not told again
         # One watch's decisions aged alone: the read of the others, within
         # the TTL, serves it.
         w.service._watches[(WATCHERS[0], ALICE)].decisions_read_at = time.monotonic() - 1000
         await w.notify("active;expires=3600", busy(2), subscription_id=ids[0])
+        await settle()
         assert w.xcap.reads == 11
         assert w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+
+    run(scenario)
+
+
+def test_the_age_limit_of_decisions_is_spread_over_presentities() -> None:
+    # Watches started together must not all read their rules again together.
+    limits = [decisions_ttl(f"sip:p{i}@example.com") for i in range(1_000)]
+    assert all(DECISIONS_TTL / 2 <= limit <= DECISIONS_TTL for limit in limits)
+    assert min(limits) < 0.55 * DECISIONS_TTL and max(limits) > 0.95 * DECISIONS_TTL
+    assert len({round(limit, 3) for limit in limits}) > 500
+    assert decisions_ttl(ALICE) == decisions_ttl("".join(ALICE))  # not by object: by address
+
+
+def test_aged_decisions_read_again_tell_the_application_what_changed() -> None:
+    # The presentity withdrew Activity from w0 by another way than this
+    # adapter (no rules_changed): the revalidation finds it out, tells the
+    # reference, and the next NOTIFY shows w0 nothing of it.
+    async def scenario(w: World) -> None:
+        ids = await ten_active_watchers(w)
+        w.bayeux.take()
+        age_decisions(w)
+        w.xcap.rules = w.xcap.rules.allow(WATCHERS[0], {A: False})
+        await w.notify("active;expires=3600", busy(1), subscription_id=ids[0])
+        await settle()
+        told = w.bayeux.take()
+        assert [data["notifySubscription"]["decisions"] for _, _, data in told] == [
+            [{"presenceAttribute": A.value, "decision": False}]
+        ]
+        await w.notify("active;expires=3600", busy(2), subscription_id=ids[0])
+        seen = w.service.presence(WATCHERS[0], ALICE, frozenset())
+        assert seen is None or seen.get(A) is None
 
     run(scenario)
 
