@@ -60,6 +60,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -476,6 +477,26 @@ def udp_drops(port: int) -> int | None:
     return None
 
 
+def py_spy(output: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` into ``output`` (.svg: flame graph, else collapsed stacks)."""
+    if not output:
+        return None
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "py-spy"), "record", "-o", output, "--pid", str(pid),
+         "--rate", "100", *(["--format", "raw"] if not output.endswith(".svg") else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(60)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            profiler.wait()
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -550,7 +571,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             samples = {"start": sample(pid)}
             cpu = {"start": meter.read()}
             wall = {"start": time.time()}
-            drops = {"start": udp_drops(adapter.sip_port)}
+            sockets = {"adapter": adapter.sip_port, "relay": ready["port"], "server": server.port}
+            drops = {"start": {k: udp_drops(v) for k, v in sockets.items()}}
             deadline = time.monotonic() + args.deadline
             phases = []
             for name, requests in (
@@ -558,7 +580,9 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 ("Subscribe Presence", subscribe_requests(adapter, args)),
             ):
                 phase = Phase(name)
+                setup_profiler = py_spy(args.profile_setup, pid) if name != "Publish" else None
                 asyncio.run(drive(adapter, phase, requests, args.concurrency, deadline))
+                stop_py_spy(setup_profiler)
                 phases.append(phase)
                 print("  " + phase.line(), flush=True)
                 key = "published" if name == "Publish" else "held"
@@ -567,6 +591,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 wall[key] = time.time()
             print(f"  held: RSS {samples['held'].rss_kib / 1024:.1f} MiB; idle window of "
                   f"{args.observe:g} s begins, load average {load_average()}", flush=True)
+            profiler = py_spy(args.profile, pid)
             peak_in_idle = 0
             window_end = time.monotonic() + args.observe
             while time.monotonic() < window_end:
@@ -574,8 +599,9 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 peak_in_idle = max(peak_in_idle, sample(pid).rss_kib)
             samples["end"] = sample(pid)
             cpu["end"] = meter.read()
+            stop_py_spy(profiler)
             wall["end"] = time.time()
-            drops["end"] = udp_drops(adapter.sip_port)
+            drops["end"] = {k: udp_drops(v) for k, v in sockets.items()}
             print(f"  idle window over, load average {load_average()}", flush=True)
             rng = random.Random(8)
             every = list(pairs(args))
@@ -602,7 +628,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
 
 def report(args: argparse.Namespace, phases: list[Phase], check: Phase,
            samples: dict[str, Any], cpu: dict[str, dict[str, float]],
-           wall: dict[str, float], drops: dict[str, int | None], wire: dict[str, Any],
+           wall: dict[str, float], drops: dict[str, dict[str, int | None]], wire: dict[str, Any],
            store_bytes: int, log: list[str], peak_in_idle: int, total: int) -> None:
     mib = 1024.0
     print()
@@ -671,9 +697,9 @@ def report(args: argparse.Namespace, phases: list[Phase], check: Phase,
           f"another dialog {wire['pairs_redone']:,}); publications {wire['publications_alive']:,}"
           f" of {args.publications:,}")
     print("  " + check.line())
-    if drops["start"] is not None and drops["end"] is not None:
-        print(f"UDP datagrams dropped at the adapter's SIP socket: {drops['end']} "
-              f"({drops['end'] - drops['start']} since start-up)")
+    print("UDP datagrams the kernel dropped (receive buffer full) over the run: " + ", ".join(
+        f"{name} {end - drops['start'][name]:,}" for name, end in drops["end"].items()
+        if end is not None and drops["start"][name] is not None))
     complaints = [line for line in log if " WARNING " in line or " ERROR " in line
                   or "Traceback" in line]
     print(f"adapter log: {len(log):,} lines, {len(complaints)} warnings/errors")
@@ -711,6 +737,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the presence server's shared memory in MB")
     parser.add_argument("--adapter-log-level", default="info",
                         choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy record the adapter over the idle window (.svg: flame "
+                             "graph, else collapsed stacks; not for recorded figures)")
+    parser.add_argument("--profile-setup", metavar="FILE",
+                        help="py-spy record the adapter over the Subscribe Presence phase")
     parser.add_argument("--role", choices=("relay",), help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
