@@ -535,7 +535,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     print(f"{total:,} subscriptions ({args.watchers:,} watchers x {args.per_watcher}) + "
           f"{args.publications:,} publications over {args.apps} accounts; server grants "
           f"{args.server_expires or 'the bundled 86,400'} s; observe {args.observe:g} s; "
-          f"load average {load_average()} at {time.strftime('%H:%M:%S', time.gmtime())} UTC",
+          f"load average {load_average()} at {time.strftime('%H:%M:%S', time.gmtime())} UTC; "
+          f"adapter from {args.source or 'the working tree'}",
           flush=True)
     with server_max_expires(args.server_expires), \
             pg_presence_server(HOST, args.server_shm) as server:
@@ -555,8 +556,10 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                       f"{seconds:.1f} s", flush=True)
             adapter = AdapterProcess.for_server(
                 directory, server, accounts, sip_server=f"sip:{HOST}:{ready['port']}")
+            # env execs Python in place: the pid measured is the adapter's.
+            source = ["env", f"PYTHONPATH={args.source.resolve()}"] if args.source else []
             adapter.command = lambda: [  # type: ignore[method-assign]
-                sys.executable, "-m", "adapter", "serve", "--config",
+                *source, sys.executable, "-m", "adapter", "serve", "--config",
                 str(adapter.config_path), "--log-level", args.adapter_log_level]
             adapter.start(timeout=60, healthy=True)
             assert adapter.process is not None and server.pid is not None
@@ -742,6 +745,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "graph, else collapsed stacks; not for recorded figures)")
     parser.add_argument("--profile-setup", metavar="FILE",
                         help="py-spy record the adapter over the Subscribe Presence phase")
+    parser.add_argument("--source", type=Path, metavar="DIR",
+                        help="run the adapter from this source tree (e.g. `git archive REV | "
+                             "tar -x -C DIR`) rather than the working tree")
     parser.add_argument("--role", choices=("relay",), help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
