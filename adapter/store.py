@@ -8,13 +8,13 @@ from it.
 
 The interface speaks of *records* — a kind, a key, a JSON-able value — plus
 an ordered backlog, and nothing else, so that another backend (PostgreSQL for
-several nodes) can implement it without the callers changing.  Writes take
-effect in the order they are made; a caller that must not answer before the
-data is durable (a REST call's 204) awaits the write, others let it go.
+several nodes) can implement it without the callers changing.  Writes are
+queued in order to one writer; a caller that must not answer before the data
+is durable (a REST call's 204) awaits the write, others let it go.
 
 :class:`SqliteStore` is the default backend: one file, WAL journal, writes
-committed on the event loop when that costs no sync and no wait, otherwise by
-a writer thread — so the event loop never waits for the disk.
+committed in groups — on the event loop when that costs no sync and no wait,
+otherwise by a writer thread — so the event loop never waits for the disk.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,9 +81,6 @@ class Store(Protocol):
     def backlog_load(self) -> list[BacklogRow]:
         """The whole backlog, oldest first (read at start)."""
 
-    def batch(self) -> AbstractContextManager[None]:
-        """Group the writes made inside into one commit (a burst of records)."""
-
     async def close(self) -> None: ...
 
 
@@ -124,9 +120,6 @@ class MemoryStore:
     def backlog_load(self) -> list[BacklogRow]:
         return [self._backlog[seq] for seq in sorted(self._backlog)]
 
-    def batch(self) -> AbstractContextManager[None]:
-        return nullcontext()
-
     async def close(self) -> None:
         return None
 
@@ -159,13 +152,10 @@ class SqliteStore:
     Where a commit runs depends on what it may wait for.  With
     ``synchronous="normal"`` a commit writes its WAL frames into the operating
     system's page cache and syncs nothing (https://sqlite.org/wal.html,
-    https://sqlite.org/pragma.html#pragma_synchronous), so it is made on the
-    loop: a record put or deleted is committed before the call returns (its
-    future is done: awaiting it costs no loop turn), with any backlog rows
-    held before it; backlog rows, which nobody waits for, are committed
-    together at the end of the loop turn; :meth:`batch` makes a burst of
-    records one commit.  Everything that can wait goes to the writer thread,
-    with its own connection: every commit
+    https://sqlite.org/pragma.html#pragma_synchronous): the writes of one
+    event-loop turn are committed together on the loop at the end of the turn,
+    which costs tens of microseconds and no thread hand-off.  Everything that
+    can wait goes to the writer thread, with its own connection: every commit
     with ``synchronous="full"`` (an fsync each), a commit that found the file
     locked (another process holding it: the loop never waits for a lock), and
     the WAL checkpoints, which sync the file and are never run on the loop.
@@ -173,10 +163,9 @@ class SqliteStore:
     order of writes is the order of the calls.
 
     A hand-off to the thread cost 2.5–3.5 ms of latency per write under load
-    (it waits for the loop's thread to let go of the GIL), twice per Publish,
-    and a commit at the end of the turn about 3 ms (two turns of a busy
-    loop); a commit of one row on the loop costs about 20 µs of CPU, of four
-    about 9 µs a row (docs/benchmarks.md, "Publish throughput").
+    (it waits for the loop's thread to let go of the GIL), twice per Publish;
+    the commit on the loop about 20 µs (docs/benchmarks.md, "Publish
+    throughput").
     """
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
@@ -201,10 +190,8 @@ class SqliteStore:
         except StoreError:
             self._db.close()
             raise
-        # Writes held on the loop: backlog rows until the end of the turn,
-        # records until the end of a batch().
+        # Writes of this loop turn, committed by _flush at its end.
         self._pending: list[_Write] = []
-        self._batching = 0
         # Writes handed to the thread and writes it has committed (or failed):
         # each counter is written by one thread only.
         self._handed = 0
@@ -289,15 +276,14 @@ class SqliteStore:
                     ("INSERT OR REPLACE INTO meta VALUES ('backlog_seq', ?)", (str(self._seq),)),
                 ],
                 None,
-            ),
-            at_once=False,
+            )
         )
         return self._seq
 
     def backlog_remove(self, seqs: Iterable[int]) -> None:
         statements = [("DELETE FROM backlog WHERE seq = ?", (seq,)) for seq in seqs]
         if statements:
-            self._write((statements, None), at_once=False)
+            self._write((statements, None))
 
     async def close(self) -> None:
         self._flush()
@@ -308,36 +294,23 @@ class SqliteStore:
 
     def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._write((statements, done), at_once=True)
+        self._write((statements, done))
         return done
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Records written inside are committed together when it ends: one
-        commit for a burst of records instead of one each."""
-        self._batching += 1
-        try:
-            yield
-        finally:
-            self._batching -= 1
-            if not self._batching:
-                self._flush()
-
-    def _write(self, write: _Write, *, at_once: bool) -> None:
-        if self.synchronous != "normal" or self._handed != self._finished:
-            self._flush()  # what this turn holds goes first
-            self._hand_off([write])
+    def _write(self, write: _Write) -> None:
+        if self._pending:
+            self._pending.append(write)  # this turn's flush is already due
             return
-        self._pending.append(write)
-        if at_once and not self._batching:
-            self._flush()
-        elif len(self._pending) == 1 and not self._batching:
+        if self.synchronous == "normal" and self._handed == self._finished:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self._flush()  # a plain call with no loop (the Bayeux core's journal)
+                pass  # a plain call with no loop (the Bayeux core's journal): the thread
             else:
+                self._pending.append(write)
                 loop.call_soon(self._flush)
+                return
+        self._hand_off([write])
 
     def _hand_off(self, writes: list[_Write]) -> None:
         self._handed += len(writes)
@@ -345,7 +318,7 @@ class SqliteStore:
             self._queue.put(write)
 
     def _flush(self) -> None:
-        """Commit the writes held on the loop now, or hand them to the thread."""
+        """Commit this turn's writes on the loop, or hand them to the thread."""
         writes, self._pending = self._pending, []
         if not writes:
             return

@@ -844,9 +844,8 @@ class WatcherService:
         if not self._writing:
             self._writing.extend(self._unsaved.values())
             self._unsaved = {}
-        with self._store.batch():  # one commit for the chunk
-            for _ in range(min(SAVE_CHUNK, len(self._writing))):
-                self._write_progress(self._writing.popleft())
+        for _ in range(min(SAVE_CHUNK, len(self._writing))):
+            self._write_progress(self._writing.popleft())
         loop = asyncio.get_running_loop()
         if self._writing:
             self._save_timer = loop.call_soon(self._save_progress)

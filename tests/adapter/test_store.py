@@ -153,7 +153,6 @@ def test_an_awaited_write_is_on_disk_when_the_future_completes(path: Path) -> No
         future = store.put("publication", ALICE, a_publication())
         future.add_done_callback(lambda _: seen_at_completion.extend(rows_on_disk(path)))
         await future
-        await asyncio.sleep(0)  # the done callbacks have run
         assert [(k, key) for k, key, _ in seen_at_completion] == [("publication", ALICE)]
         await store.delete("publication", ALICE)
         assert rows_on_disk(path) == []
@@ -194,50 +193,21 @@ def test_the_store_commits_in_wal_mode_at_the_synchronous_level_asked(
     run(scenario)
 
 
-def test_a_record_is_committed_before_put_returns_and_backlog_rows_at_the_end_of_the_turn(
-    path: Path,
-) -> None:
+def test_the_writes_of_one_loop_turn_commit_together_at_its_end(path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(path)
         commits = commits_by_connection(store)
-        first = store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
-        store.backlog_add("a", "/bayeux/a/x", {"n": 2}, EPOCH)
-        assert rows_on_disk(path, "SELECT * FROM backlog") == []  # held for the turn's end
-        put = store.put("watch", "w", {"v": 1})
-        # Done at once: awaiting it costs no loop turn.  The rows held before
-        # it went in the same commit, ahead of it.
-        assert put.done() and put.exception() is None
-        assert rows_on_disk(path, "SELECT key FROM records") == [("w",)]
-        assert len(rows_on_disk(path, "SELECT * FROM backlog")) == 2
-        assert len(commits["loop"]) == 1
-        store.backlog_remove([first])
-        store.backlog_add("a", "/bayeux/a/x", {"n": 3}, EPOCH)
-        await asyncio.sleep(0)
-        assert len(commits["loop"]) == 2  # both backlog writes in one commit
-        assert rows_on_disk(path, "SELECT data FROM backlog ORDER BY seq") == [
-            ('{"n":2}',), ('{"n":3}',)
-        ]
-        assert not commits["writer"]
-        await store.close()
-
-    run(scenario)
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
-def test_a_batch_of_records_is_one_commit(path: Path, kind: str) -> None:
-    async def scenario() -> None:
-        store: Store = SqliteStore(path) if kind == "sqlite" else MemoryStore()
-        commits = commits_by_connection(store) if isinstance(store, SqliteStore) else None
-        with store.batch():
-            futures = [store.put("schedule", f"s{n}", {"n": n}) for n in range(200)]
-            futures.append(store.delete("schedule", "s7"))
-            if commits is not None:
-                assert not any(f.done() for f in futures)
-                assert rows_on_disk(path, "SELECT count(*) FROM records") == [(0,)]
-        await asyncio.gather(*futures)
-        if commits is not None:
-            assert (len(commits["loop"]), len(commits["writer"])) == (1, 0)
-        assert len(store.load("schedule")) == 199 and "s7" not in store.load("schedule")
+        first = [store.put("watch", f"w{n}", {"n": n}) for n in range(50)]
+        store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
+        assert not any(f.done() for f in first)  # nothing committed inside the turn
+        await asyncio.gather(*first)
+        second = [store.put("watch", f"w{n}", {"n": -n}) for n in range(3)]
+        second.append(store.delete("watch", "w49"))
+        await asyncio.gather(*second)
+        assert (len(commits["loop"]), len(commits["writer"])) == (2, 0)
+        assert rows_on_disk(path, "SELECT count(*) FROM records") == [(49,)]
+        assert rows_on_disk(path, "SELECT value FROM records WHERE key = 'w2'") == [('{"n":-2}',)]
+        assert len(rows_on_disk(path, "SELECT * FROM backlog")) == 1
         await store.close()
 
     run(scenario)
