@@ -24,6 +24,13 @@ from adapter.bayeux.server import Authenticator, BayeuxServer, Counters, Credent
 
 log = logging.getLogger("adapter.bayeux")
 
+#: Seconds between two log lines about the messages dropped for one
+#: application's backlog (or one session's queue).  A full backlog drops one
+#: message per delivery; a line each wrote 90,000 warnings in one run of
+#: bench/scale_adapter.py.  The first drop is told at once, the next ones
+#: counted and told together at the end of each interval that had some.
+DROP_LOG_INTERVAL = 10.0
+
 
 class Hub:
     def __init__(
@@ -37,6 +44,8 @@ class Hub:
         self._waiters: dict[int, asyncio.Future[list[Mapping[str, Any]]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # (app_id, where) -> drops not told yet, and the timer that tells them.
+        self._drops: dict[tuple[str, str], list[Any]] = {}
 
     @property
     def limits(self) -> BayeuxLimits:
@@ -105,6 +114,8 @@ class Hub:
             self._timer.cancel()
             self._timer = None
             self._timer_at = None
+        for key in list(self._drops):
+            self._drops_due(key, last=True)
 
     # ------------------------------------------------------------------ loop
 
@@ -120,6 +131,38 @@ class Hub:
         self.server.handle_timer(self._now())
         self._after()
 
+    def _dropped(self, event: MessagesDropped) -> None:
+        where = f"session {event.client_id[:8]}…" if event.client_id else "backlog"
+        key = (event.app_id, where)
+        pending = self._drops.get(key)
+        if pending is not None:
+            pending[0] += event.count  # told when the interval ends
+            return
+        self._log_drops(key, event.count, "")
+        timer = self._loop().call_later(DROP_LOG_INTERVAL, self._drops_due, key)
+        self._drops[key] = [0, timer]
+
+    def _drops_due(self, key: tuple[str, str], last: bool = False) -> None:
+        count, timer = self._drops.pop(key)
+        if last:
+            timer.cancel()
+        if count:
+            self._log_drops(key, count, "" if last else f" in the last {DROP_LOG_INTERVAL:g} s")
+            if not last:  # drops go on: the next ones are told at the end of the next interval
+                timer = self._loop().call_later(DROP_LOG_INTERVAL, self._drops_due, key)
+                self._drops[key] = [0, timer]
+
+    def _log_drops(self, key: tuple[str, str], count: int, span: str) -> None:
+        app_id, where = key
+        log.warning(
+            "bayeux: dropped %d oldest message(s) for %s (%s full)%s; %d dropped in total",
+            count,
+            app_id,
+            where,
+            span,
+            self.server.counters.messages_dropped,
+        )
+
     def _after(self) -> None:
         while (event := self.server.next_event()) is not None:
             if isinstance(event, ConnectReleased):
@@ -127,14 +170,7 @@ class Hub:
                 if future is not None and not future.done():
                     future.set_result(event.replies)
             elif isinstance(event, MessagesDropped):
-                where = f"session {event.client_id[:8]}…" if event.client_id else "backlog"
-                log.warning(
-                    "bayeux: dropped %d oldest message(s) for %s (%s full); %d dropped in total",
-                    event.count,
-                    event.app_id,
-                    where,
-                    self.server.counters.messages_dropped,
-                )
+                self._dropped(event)
             elif isinstance(event, SessionExpired):
                 log.info("bayeux: session of %s expired (no /meta/connect)", event.app_id)
         deadline = self.server.get_timer()

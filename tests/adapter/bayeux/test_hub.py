@@ -83,3 +83,39 @@ def test_close_answers_held_connects(caplog):
     replies = asyncio.run(scenario())
     assert [r.get("data") for r in replies] == [{"n": 2}, None]
     assert "dropped 1 oldest message(s) for app" in caplog.text
+
+
+def test_a_full_backlog_is_told_once_then_once_per_interval_not_per_message(
+    caplog, monkeypatch
+):
+    # No session: every delivery past backlog_size drops the oldest.  One
+    # warning line each would bury the log; the first is told at once, the
+    # rest counted and told at the end of each interval that had some.
+    monkeypatch.setattr("adapter.bayeux.hub.DROP_LOG_INTERVAL", 0.05)
+
+    async def scenario() -> None:
+        hub = Hub(authenticate, BayeuxLimits(backlog_size=2))
+        with caplog.at_level(logging.WARNING, logger="adapter.bayeux"):
+            for n in range(502):  # 500 dropped
+                hub.deliver("app", "/bayeux/app/x", {"n": n})
+            hub.deliver("other", "/bayeux/other/x", {"n": 0})
+            await asyncio.sleep(0.08)  # one interval ends
+            for n in range(3):
+                hub.deliver("app", "/bayeux/app/x", {"n": n})
+            await asyncio.sleep(0.08)  # the next one
+            await asyncio.sleep(0.08)  # an interval with none: the next drop is told at once
+            hub.deliver("app", "/bayeux/app/x", {"n": 9})
+            hub.deliver("app", "/bayeux/app/x", {"n": 10})
+            hub.close()  # what is not told yet is told now
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert lines == [
+        "bayeux: dropped 1 oldest message(s) for app (backlog full); 1 dropped in total",
+        "bayeux: dropped 499 oldest message(s) for app (backlog full) in the last 0.05 s;"
+        " 500 dropped in total",
+        "bayeux: dropped 3 oldest message(s) for app (backlog full) in the last 0.05 s;"
+        " 503 dropped in total",
+        "bayeux: dropped 1 oldest message(s) for app (backlog full); 504 dropped in total",
+        "bayeux: dropped 1 oldest message(s) for app (backlog full); 505 dropped in total",
+    ]
