@@ -11,7 +11,7 @@ drives only its SIP stack.  One run starts, on free loopback ports:
   lifetime it grants a PUBLISH or SUBSCRIBE, ``--server-expires`` (300 s;
   0 keeps the bundled 86,400).  The adapter asks for 3,600 s (sip.UserAgent's
   default; ``presence-adapter serve`` has no setting for it) and refreshes
-  within what the server grants (RFC 6665 §4.2.1.1, RFC 3903 §4.1 / §6): at
+  within what the server grants (RFC 6665 §4.2.1.1, RFC 3903 §6): at
   3,600 s 110,000 objects refresh about 37 times a second, 2,700–3,240 s
   after each answer, too late for a run of minutes; at 300 s, 223–268 s after
   each answer (about 440/s), so the idle window holds a whole refresh cycle —
