@@ -14,9 +14,9 @@ requested attribute is taken as granted; once they were readable, a failed
 read never widens the decisions.  Decisions are re-read when the subscription
 becomes active, when this adapter changes the presentity's rules (before Get
 User Presence answers), and when they are older than :data:`DECISIONS_TTL`
-(spread, for each presentity, between half of it and all of it) — a NOTIFY
-does not wait for that last read: it is taken under the decisions held while
-the read runs beside it.
+(spread, for each presentity, between half of it and all of it) and a NOTIFY
+changes the state — that NOTIFY does not wait for the read: it is taken
+under the decisions held while the read runs beside it.
 A presentity's rules are one document for all its watchers: it is read once
 for all the watches that need it at the same time, and a read younger than
 the presentity's age limit serves the watches whose decisions merely aged
@@ -476,13 +476,23 @@ class WatcherService:
                 # Decisions merely older than their TTL are read again
                 # beside it, not before it: a NOTIFY waiting for an XCAP read
                 # was the latency's tail every TTL (docs/benchmarks.md,
-                # "Notification latency").
-                if not watch.revalidating and not watch.decisions_fresh(time.monotonic()):
+                # "Notification latency").  And only for a NOTIFY that
+                # changes the state: the one that answers a refresh repeats
+                # it, and a read for each cost the adapter more than the
+                # rest of the refresh (docs/benchmarks.md, "Scale").
+                held = watch.presence
+                fresh = self._apply_notify(watch, event)
+                if fresh is None:
+                    return
+                if (
+                    fresh
+                    and watch.presence != held
+                    and not watch.revalidating
+                    and not watch.decisions_fresh(time.monotonic())
+                ):
                     watch.revalidating = True
                     self._spawn(self._revalidate(watch))
-                fresh = self._apply_notify(watch, event)
-                if fresh is not None:
-                    self._offer_notify(watch, fresh=fresh)
+                self._offer_notify(watch, fresh=fresh)
                 return
             watch.notifies_queued += 1
             self._spawn(self._on_notify(watch, event))

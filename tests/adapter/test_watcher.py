@@ -967,6 +967,26 @@ def test_aged_decisions_read_again_tell_the_application_what_changed() -> None:
     run(scenario)
 
 
+def test_a_notify_that_repeats_the_state_does_not_read_aged_decisions_again() -> None:
+    # The NOTIFY answering a refresh repeats the state held: nothing is
+    # delivered, so the aged decisions need no read (one per refresh cost the
+    # adapter more than the refresh itself).  A change does read them.
+    async def scenario(w: World) -> None:
+        ids = await ten_active_watchers(w)
+        reads = w.xcap.reads
+        age_decisions(w)
+        await w.notify("active;expires=3600", busy(), subscription_id=ids[0])
+        await settle()
+        assert w.xcap.reads == reads
+        assert not w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+        await w.notify("active;expires=3600", busy(1), subscription_id=ids[0])
+        await settle()
+        assert w.xcap.reads == reads + 1
+        assert w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+
+    run(scenario)
+
+
 def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
     async def scenario(w: World) -> None:
         ids = await ten_active_watchers(w)
