@@ -58,6 +58,7 @@ for folder in (str(REPO), str(HERE)):
 import httpx  # noqa: E402
 from fanout_watchers import Lines, cpu_seconds, fmt  # noqa: E402
 from pg_presence_server import pg_presence_server  # noqa: E402
+from procfs import udp_drops  # noqa: E402
 from sip_publish import RawPresentity, RawSender  # noqa: E402
 
 from pidf import AttributeType, PresRules  # noqa: E402
@@ -223,14 +224,6 @@ def tree_cpu_seconds(pid: int) -> float:
             pending.extend(int(child) for child in children)
     return total
 
-
-def udp_drops(port: int) -> int | None:
-    """Datagrams the kernel dropped at the UDP socket bound to ``port`` (/proc/net/udp)."""
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port:
-            return int(fields[-1])
-    return None
 
 
 async def run(args: argparse.Namespace, directory: Path) -> None:

@@ -67,6 +67,7 @@ for where in (str(REPO), str(HERE)):
         sys.path.insert(0, where)  # tests.* and the sibling bench script are not installed
 
 import httpx  # noqa: E402
+from procfs import udp_drops  # noqa: E402
 from sip_publish import server_shm  # noqa: E402
 
 from pidf import AttributeType, PresRules  # noqa: E402
@@ -125,14 +126,6 @@ class Phase:
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
-
-def udp_drops(port: int) -> int | None:
-    """Datagrams the kernel dropped for the UDP socket bound to ``port`` (receive buffer full)."""
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port:
-            return int(fields[-1])
-    return None
 
 
 def cpu_seconds(pid: int) -> float:

@@ -471,15 +471,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def udp_drops(port: int) -> int | None:
-    """Datagrams the kernel dropped at the UDP socket bound to ``port`` (/proc/net/udp)."""
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port:
-            return int(fields[-1])
-    return None
-
-
 def py_spy(output: str | None, pid: int) -> subprocess.Popen[bytes] | None:
     """py-spy recording ``pid`` into ``output`` (.svg: flame graph, else collapsed stacks)."""
     if not output:
@@ -525,6 +516,7 @@ def histogram(per_second: dict[str, dict[str, int]], kinds: list[str], start: in
 
 def run(args: argparse.Namespace, directory: Path) -> int:
     from pg_presence_server import pg_presence_server
+    from procfs import udp_drops
     from scale import sample
 
     from tests.adapter_process import AdapterProcess, AppAccount
