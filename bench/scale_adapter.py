@@ -62,7 +62,6 @@ import os
 import random
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -278,7 +277,9 @@ def server_max_expires(seconds: int) -> Iterator[None]:
     if not seconds:
         yield
         return
-    real = os.environ.get("KAMAILIO") or shutil.which("kamailio") or "/usr/sbin/kamailio"
+    from sip_publish import kamailio_binary, kamailio_wrapper
+
+    real = kamailio_binary()
     with tempfile.TemporaryDirectory(prefix="scale-adapter-kamailio-") as directory:
         text, found = MAX_EXPIRES_LINE.subn(
             f"#!define PRESENCE_MAX_EXPIRES {int(seconds)}", KAMAILIO_CFG.read_text()
@@ -287,8 +288,7 @@ def server_max_expires(seconds: int) -> Iterator[None]:
             raise SystemExit(f"{KAMAILIO_CFG}: no PRESENCE_MAX_EXPIRES define to change")
         cfg = Path(directory) / "kamailio.cfg"
         cfg.write_text(text)
-        wrapper = Path(directory) / "kamailio"
-        wrapper.write_text(
+        script = (
             "#!/bin/bash\nargs=()\nprev=\n"
             'for a in "$@"; do\n'
             f'  if [ "$prev" = "-f" ]; then a={shlex.quote(str(cfg))}; fi\n'
@@ -296,16 +296,8 @@ def server_max_expires(seconds: int) -> Iterator[None]:
             "done\n"
             f'exec {shlex.quote(real)} "${{args[@]}}"\n'
         )
-        wrapper.chmod(0o755)
-        previous = os.environ.get("KAMAILIO")
-        os.environ["KAMAILIO"] = str(wrapper)
-        try:
+        with kamailio_wrapper(Path(directory), script):
             yield
-        finally:
-            if previous is None:
-                del os.environ["KAMAILIO"]
-            else:
-                os.environ["KAMAILIO"] = previous
 
 
 async def write_rules(xcap_root: str, args: argparse.Namespace) -> float:

@@ -548,20 +548,33 @@ def server_shm(megabytes: int) -> Iterator[None]:
     if not megabytes:
         yield
         return
-    real = os.environ.get("KAMAILIO") or shutil.which("kamailio") or "/usr/sbin/kamailio"
+    script = f'#!/bin/sh\nexec {shlex.quote(kamailio_binary())} "$@" -m {int(megabytes)}\n'
     with tempfile.TemporaryDirectory(prefix="sip-publish-bench-") as directory:
-        wrapper = Path(directory) / "kamailio"
-        wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(real)} "$@" -m {int(megabytes)}\n')
-        wrapper.chmod(0o755)
-        previous = os.environ.get("KAMAILIO")
-        os.environ["KAMAILIO"] = str(wrapper)
-        try:
+        with kamailio_wrapper(Path(directory), script):
             yield
-        finally:
-            if previous is None:
-                del os.environ["KAMAILIO"]
-            else:
-                os.environ["KAMAILIO"] = previous
+
+
+def kamailio_binary() -> str:
+    """The Kamailio that conf/kamailio/run would start ($KAMAILIO, else from PATH)."""
+    return os.environ.get("KAMAILIO") or shutil.which("kamailio") or "/usr/sbin/kamailio"
+
+
+@contextlib.contextmanager
+def kamailio_wrapper(directory: Path, script: str) -> Iterator[None]:
+    """$KAMAILIO pointed, while inside, at ``script`` written to ``directory``
+    (conf/kamailio/run takes the binary from it)."""
+    wrapper = directory / "kamailio"
+    wrapper.write_text(script)
+    wrapper.chmod(0o755)
+    previous = os.environ.get("KAMAILIO")
+    os.environ["KAMAILIO"] = str(wrapper)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["KAMAILIO"]
+        else:
+            os.environ["KAMAILIO"] = previous
 
 
 def main(argv: list[str] | None = None) -> int:
