@@ -987,6 +987,38 @@ def test_a_notify_that_repeats_the_state_does_not_read_aged_decisions_again() ->
     run(scenario)
 
 
+def test_the_same_pidf_body_again_is_not_decoded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[bytes] = []
+    real = watcher_module.decode
+
+    def counting(body: bytes) -> Any:
+        decoded.append(body)
+        return real(body)
+
+    monkeypatch.setattr(watcher_module, "decode", counting)
+
+    async def scenario(w: World) -> None:
+        ids = await ten_active_watchers(w)
+        decoded.clear()
+        same = encode([busy()], entity=ALICE, now=T0)
+        for _ in range(3):  # as the NOTIFYs answering refreshes bring it
+            w.sip.emit(NotifyReceived(
+                ids[0], SubscriptionState.parse("active;expires=3600"), bytes(same),
+                "application/pidf+xml",
+            ))
+        await settle()
+        assert decoded == []
+        await w.notify("active;expires=3600", busy(1), subscription_id=ids[0])
+        assert len(decoded) == 1
+        seen = w.service.presence(WATCHERS[0], ALICE, frozenset())
+        assert seen is not None and seen.get(A) == busy(1)
+        # Another watch of the same presentity decodes its own copy once.
+        await w.notify("active;expires=3600", busy(1), subscription_id=ids[1])
+        assert len(decoded) == 2
+
+    run(scenario)
+
+
 def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
     async def scenario(w: World) -> None:
         ids = await ten_active_watchers(w)
