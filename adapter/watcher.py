@@ -652,8 +652,7 @@ class WatcherService:
         # Decisions that merely aged may come from any read of the last TTL;
         # after an activation or a change made here (read_at reset), only a
         # read begun from now on reflects it.
-        aged = watch.decisions is not None and watch.decisions_read_at != float("-inf")
-        not_before = now - watch.decisions_ttl if aged else now
+        not_before = now - watch.decisions_ttl if watch.decisions_aged else now
         try:
             for _ in range(3):
                 epoch = watch.rules_epoch
