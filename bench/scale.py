@@ -60,7 +60,6 @@ import gc
 import heapq
 import itertools
 import json
-import math
 import os
 import re
 import secrets
@@ -182,28 +181,6 @@ async def ua_holder(args: argparse.Namespace) -> None:
         send(data, destination)
 
     endpoint._send = counting_send  # type: ignore[method-assign]
-
-    if args.driver_slack:
-        # An experiment for the driver, not the product: SipEndpoint._arm as
-        # committed, but with the deadline rounded up to a grid of
-        # --driver-slack ms, so that timers due within one step are handled
-        # in one wake-up of the event loop.
-        step = args.driver_slack / 1000
-
-        def arm_with_slack() -> None:
-            deadline = endpoint.ua.get_timer()
-            if deadline is not None:
-                deadline = math.ceil(deadline / step) * step
-            if deadline == endpoint._timer_at:
-                return
-            if endpoint._timer is not None:
-                endpoint._timer.cancel()
-                endpoint._timer = None
-            endpoint._timer_at = deadline
-            if deadline is not None:
-                endpoint._timer = loop.call_at(deadline, endpoint._on_timer)
-
-        endpoint._arm = arm_with_slack  # type: ignore[method-assign]
 
     # CPU spent inside the sans-IO core (UserAgent.receive and handle_timer,
     # everything the driver calls per datagram and per timer), to tell it
@@ -539,7 +516,7 @@ class Holder:
             "--expires", str(args.expires), "--window", str(args.window),
         ]
         if role == "ua":
-            command += ["--gc", args.gc, "--driver-slack", str(args.driver_slack)]
+            command += ["--gc", args.gc]
         if role == "ua" and args.profile_idle:
             command += ["--profile-idle", str(Path(args.profile_idle).resolve())]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -669,9 +646,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="garbage-collector settings of the ua holder: the adapter's "
                              "(gc.freeze, adapter.cli.GC_THRESHOLDS) or CPython's; the raw "
                              "and --baseline holders always run CPython's")
-    parser.add_argument("--driver-slack", type=float, default=0.0, metavar="MS",
-                        help="experiment: the ua holder's driver arms its timer on a grid of "
-                             "MS milliseconds (not what the product does)")
     parser.add_argument("--watch-state", type=int, metavar="N",
                         help="instead: measure the adapter's own state per watch "
                              "(WatcherService + SqliteStore, SIP stubbed) over N watches")
