@@ -313,6 +313,24 @@ def test_put_after_delete_and_delete_of_an_absent_key(path: Path, kind: str) -> 
     run(scenario)
 
 
+def test_a_record_written_again_is_updated_where_it_stands(path: Path) -> None:
+    # A Publish writes its record twice; a rewrite must not delete and
+    # re-insert the row (a new rowid, three pages rewritten instead of one).
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        await store.put("publication", ALICE, {"etag": "a"})
+        await store.put("publication", BOB, {"etag": "b"})
+        before = dict(rows_on_disk(path, "SELECT key, rowid FROM records"))
+        await store.put("publication", ALICE, {"etag": "a2"})
+        await store.put("publication", ALICE, {"etag": "a3", "attributes": a_publication()})
+        assert dict(rows_on_disk(path, "SELECT key, rowid FROM records")) == before
+        assert store.load("publication")[ALICE] == {"etag": "a3", "attributes": a_publication()}
+        assert store.load("publication")[BOB] == {"etag": "b"}
+        await store.close()
+
+    run(scenario)
+
+
 def test_backlog_sequence_numbers_keep_increasing_across_reopen(path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(path)
