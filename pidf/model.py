@@ -382,6 +382,8 @@ _INSTANT = re.compile(
 def normalise_instant(value: datetime) -> datetime:
     if not isinstance(value, datetime):
         raise ValidationError(f"{value!r} is not a date-time", "lastChange")
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
@@ -409,7 +411,9 @@ def parse_instant(text: object, where: str = "lastChange") -> datetime:
 
 def format_instant(value: datetime) -> str:
     value = normalise_instant(value)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime (same text, the year always four digits as RFC
+    # 3339 §5.6 writes it; 0.8 µs against 1.4); "+00:00" cut off.
+    text = value.isoformat(timespec="seconds")[:19]
     if value.microsecond:
         text += "." + f"{value.microsecond:06d}".rstrip("0")
     return text + "Z"

@@ -226,6 +226,10 @@ def test_format_instant_is_utc_seconds_with_fraction_only_when_needed() -> None:
         format_instant(datetime(2024, 5, 1, 10, 0, 0, 1, tzinfo=UTC))
         == "2024-05-01T10:00:00.000001Z"
     )
+    # RFC 3339 §5.6: the year is always four digits, so the text parses back.
+    early = datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert format_instant(early) == "0999-01-02T03:04:05Z"
+    assert parse_instant(format_instant(early)) == early
 
 
 @pytest.mark.parametrize("bad", ["2024-13-01T00:00:00Z", "2024-05-01", 12, None])
