@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from adapter.liveness import ServerLiveness, bounded
@@ -119,6 +120,11 @@ class _Presentity:
     _json_of: tuple[PresenceAttribute, ...] | None = field(default=None, repr=False)
     _json: list[Any] = field(default_factory=list, repr=False)
 
+    @cached_property
+    def address(self) -> str:
+        """The address as text: the store's key for this presentity."""
+        return str(self.aor)
+
     def attributes_json(self) -> list[Any]:
         if self._json_of is not self.attributes:
             self._json = attributes_to_json(self.attributes)
@@ -173,7 +179,8 @@ class PresentityService:
         # Stamp what changes now, so that the attributes kept from earlier
         # publishes keep their own lastChange (watchers diff on it).
         stamped = tuple(
-            a if a.last_change is not None else replace(a, last_change=now) for a in attributes
+            a if a.last_change is not None else PresenceAttribute(a.value, now, a.note)
+            for a in attributes
         )
         async with entry.lock:
             merged = _merge(entry.attributes, stamped)
@@ -238,7 +245,7 @@ class PresentityService:
             async with entry.lock:
                 if entry.publication_id is None:
                     return
-                body = encode(entry.attributes, entity=str(entry.aor), now=self._clock())
+                body = encode(entry.attributes, entity=entry.address, now=self._clock())
                 if self._sip.ua.publication(entry.publication_id) is None:
                     self._start_publication(entry, body)
                 else:
@@ -271,7 +278,7 @@ class PresentityService:
             async with entry.lock:
                 if entry.publication_id is not None:
                     return  # published again by a request meanwhile
-                body = encode(entry.attributes, entity=str(entry.aor), now=self._clock())
+                body = encode(entry.attributes, entity=entry.address, now=self._clock())
                 publication_id = self._start_publication(entry, body)
             try:
                 await self._sip.publication_outcome(publication_id)
@@ -307,7 +314,7 @@ class PresentityService:
             "etag": entry.etag,
             "etag_expires": entry.etag_expires,
         }
-        return self._store.put(PUBLICATION, str(entry.aor), record)
+        return self._store.put(PUBLICATION, entry.address, record)
 
     # -- watchers ----------------------------------------------------------
 
