@@ -76,12 +76,28 @@ def _serve(config: Config, log_level: str) -> int:
     return 0
 
 
+#: The adapter's log line: none of the process, the thread or the caller's file.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _lean_log_records() -> None:
+    """Stop every log record gathering what LOG_FORMAT never prints.
+
+    The caller's file and line (a walk up the stack), the thread, the
+    process id (a system call): the switches of the Logging HOWTO's
+    "Optimization" section.  Together 1.4 µs of a 6.3 µs access-log line,
+    measured alone (docs/benchmarks.md, "Publish throughput").
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    _lean_log_records()
     try:
         config = load_config(args.config)
         check_ports(config)
