@@ -1,3 +1,4 @@
+import logging
 import shutil
 import socket
 import subprocess
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.cli import main
+from adapter.cli import LOG_FORMAT, LogFormatter, main
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = shutil.which("presence-adapter", path=str(Path(sys.executable).parent))
@@ -226,3 +227,16 @@ def test_a_missing_store_is_created_and_the_adapter_serves(tmp_path: Path) -> No
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
     db.close()
+
+
+# -- the log line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("created", [1_764_422_318.0, 1_764_422_318.0015, 1_764_422_318.999])
+def test_the_log_formatter_writes_what_the_standard_one_does(created: float) -> None:
+    ours, standard = LogFormatter(), logging.Formatter(LOG_FORMAT)
+    for when in (created, created + 0.25, created + 1.0, created):  # cached, then not
+        record = logging.LogRecord("adapter.access", logging.INFO, __file__, 1, "%s", ("x",), None)
+        record.created, record.msecs = when, (when - int(when)) * 1000
+        assert ours.format(record) == standard.format(record)
+    assert ours.formatTime(record, "%H") == standard.formatTime(record, "%H")
