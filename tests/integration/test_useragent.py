@@ -707,7 +707,11 @@ def test_start_picks_another_port_when_the_udp_port_is_taken_for_tcp(
             loop.create_datagram_endpoint = steered  # type: ignore[method-assign,assignment]
             try:
                 async with client(presence_server, transport) as c:
-                    assert len(binds) == 2
+                    # The steered bind was given up; the OS's next pick may
+                    # collide with a TCP port too (a busy host has many in
+                    # TIME_WAIT), so more than one further try is fine.
+                    assert len(binds) >= 2
+                    assert binds[1:] == [binds[0]] * (len(binds) - 1)  # port 0 each time
                     assert c.port != taken
                     assert await c.endpoint.ping() > 0
             finally:
