@@ -361,6 +361,29 @@ def test_rules_changed_sends_new_decisions_when_they_changed() -> None:
     run(scenario)
 
 
+def test_rules_changed_reaches_a_watch_made_again_after_an_unsubscribe() -> None:
+    # The watches are found by presentity; the index must follow a watch
+    # ended and a new one made for the same watcher and presentity.
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        await w.subscribe(frozenset({A, P}))
+        await w.notify("active;expires=3600", busy())
+        await w.service.unsubscribe(BOB, ALICE)
+        assert w.service._by_presentity == {}  # an ended watch is not held on to
+        await w.subscribe(frozenset({A, P}))
+        await w.notify("active;expires=3600", busy())
+        w.xcap.rules = PresRules().allow(BOB, {A: True, P: True})
+        w.service.rules_changed(ALICE)
+        await settle()
+        assert [data for _, _, data in w.bayeux.sent] == [
+            decisions_message(Activity=True, Place=False),
+            decisions_message(Activity=True, Place=False),
+            decisions_message(Activity=True, Place=True),
+        ]
+
+    run(scenario)
+
+
 def test_a_notify_before_the_2xx_is_not_lost() -> None:
     async def scenario(w: World) -> None:
         w.sip.gate = asyncio.Event()
