@@ -832,7 +832,7 @@ def test_a_retransmission_in_completed_gets_the_same_response_bytes_again() -> N
     response again — the same bytes, to where the request came from — and the
     transaction user hears of it no more."""
     ua = Net().ua
-    other = Destination("udp", "127.0.0.2", 5099)
+    other = Destination("udp", "127.0.0.1", 5099)  # the server, another of its ports
     ua.receive(_notify_text(1), NOTIFIER_ADDR, 1.0)
     ua.receive(_notify_text(2), other, 1.5)
     first = ua.datagrams_to_send()
