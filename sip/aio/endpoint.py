@@ -192,6 +192,7 @@ class SipEndpoint:
         self._sources: dict[tuple[str, int], Destination] = {}
         self._dropped = _Tally("dropped SIP messages that were not usable")
         self._refused = _Tally("refused SIP requests not from the presence server (403)")
+        self._broken = _Tally("connections to the presence server failed or broke")
         #: The UDP socket's receive buffer as the kernel granted it (after start).
         self.receive_buffer: int | None = None
 
@@ -486,9 +487,9 @@ class SipEndpoint:
                 if not future.done():
                     future.set_result(event)
         if isinstance(event, MessageDropped):
-            self._dropped.add(self.now(), f"from {event.source}: {event.reason}")
+            self._dropped.add(self.now(), f"from {_where(event.source)}: {event.reason}")
         elif isinstance(event, RequestRefused):
-            self._refused.add(self.now(), f"{event.method} from {event.source}")
+            self._refused.add(self.now(), f"{event.method} from {_where(event.source)}")
         for listener in self._listeners:
             try:
                 listener(event)
@@ -531,9 +532,8 @@ class SipEndpoint:
                     if secure else None,
                 )
             except OSError as exc:  # ssl.SSLError (a refused certificate) is one
-                logger.warning(
-                    "%s connection to %s failed: %s", destination.transport.upper(),
-                    destination, exc,
+                self._broken.add(
+                    self.now(), f"{_where(destination)}: {exc}"
                 )
                 self._connection_lost(protocol, f"connect failed: {exc}")
 
@@ -556,7 +556,10 @@ class SipEndpoint:
             messages = protocol.parser.feed(data)
         except SipError as exc:
             # RFC 3261 §18.3: a stream we cannot frame cannot be resynchronised.
-            self._dropped.add(self.now(), f"closed the connection from {protocol.peer}: {exc}")
+            assert protocol.peer is not None
+            self._dropped.add(
+                self.now(), f"closed the connection from {_where(protocol.peer)}: {exc}"
+            )
             protocol.close()
             return
         pings = protocol.parser.take_pings()
@@ -596,6 +599,12 @@ def _enlarge_receive_buffer(sock: socket.socket | None, wanted: int) -> int | No
     except OSError:
         return None
     return granted
+
+
+def _where(destination: Destination) -> str:
+    """``tls 127.0.0.1:5061`` — a destination as a log line shows it."""
+    host = destination.host
+    return f"{destination.transport} {f'[{host}]' if ':' in host else host}:{destination.port}"
 
 
 def _waiter_for(event: UserAgentEvent) -> _Waiter | None:
@@ -648,6 +657,12 @@ class _StreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is not None and self.peer == self.endpoint.ua.server_destination:
+            # E.g. a TLS alert after the handshake: the server refused our
+            # certificate (TLS 1.3 checks it only then).
+            self.endpoint._broken.add(
+                self.endpoint.now(), f"{_where(self.peer)}: {exc}"
+            )
         self.endpoint._connection_lost(self, str(exc) if exc else "connection closed")
 
     def write(self, data: bytes) -> None:
