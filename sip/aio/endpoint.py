@@ -275,6 +275,11 @@ class SipEndpoint:
         self.ua.trust(str(info[4][0]) for info in infos)
 
     async def close(self) -> None:
+        if self.refused or self.dropped:
+            logger.info(
+                "SIP messages refused (not from the presence server): %d; dropped (not "
+                "usable): %d", self.refused, self.dropped,
+            )
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

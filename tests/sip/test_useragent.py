@@ -25,8 +25,10 @@ from sip.useragent import (
     MessageDropped,
     OptionsAnswered,
     OptionsFailed,
+    RequestRefused,
     UserAgent,
     UserAgentEvent,
+    server_destination,
 )
 
 ALICE = SipURI.parse("sip:alice@example.com")
@@ -886,6 +888,7 @@ def test_completed_server_transactions_are_not_tracked_by_the_collector() -> Non
         (Destination("tcp", "127.0.0.1", 5080), "sip:127.0.0.1:5070;transport=tcp"),
         (Destination("udp", "::1", 5080), "sip:[::1]:5070"),
         (Destination("udp", "Host.Example.COM", 5080), "sip:example.com"),
+        (Destination("tls", "127.0.0.1", 5080), "sips:127.0.0.1"),
     ],
 )
 def test_the_via_a_request_is_keyed_by_is_the_one_it_carries(
@@ -926,3 +929,92 @@ def test_tokens_from_a_seeded_generator_keep_its_sequence() -> None:
     assert [ua._token() for _ in range(3)] == [
         f"{expected.getrandbits(64):016x}" for _ in range(3)
     ]
+
+
+# -- the gateway's credentials --------------------------------------------------------
+
+
+def test_default_credentials_answer_challenges_for_every_identity_once() -> None:
+    net = Net()
+    net.ua.set_credentials(None, digest.Credentials("alice", "s3cret"))
+    for aor in (ALICE, BOB):
+        pub_id = net.ua.publish(aor, PIDF, net.now)
+        net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+        retry = net.request()
+        assert check_authorization(retry, "Authorization", CHALLENGE).nc == 1
+        # Refused again: the owner hears it, nothing is sent a third time.
+        net.reply(retry, 401, ("WWW-Authenticate", CHALLENGE.replace("n0nce1", "n0nce2")))
+        assert net.sent() == []
+        (failed,) = net.events()
+        assert isinstance(failed, PublicationFailed) and failed.status == 401
+        assert failed.publication_id == pub_id and failed.retry_at is None
+
+
+def test_credentials_for_one_realm_are_not_given_to_another() -> None:
+    net = Net()
+    net.ua.set_credentials(None, digest.Credentials("alice", "s3cret", realm="elsewhere"))
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+    assert net.sent() == []
+    (failed,) = net.events()
+    assert isinstance(failed, PublicationFailed) and failed.status == 401
+
+
+# -- TLS and who may talk to us -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "destination"),
+    [
+        ("sips:127.0.0.1", Destination("tls", "127.0.0.1", 5061)),
+        ("sips:127.0.0.1:5071;transport=tcp", Destination("tls", "127.0.0.1", 5071)),
+        ("sip:example.com;transport=tls", Destination("tls", "example.com", 5061)),
+        ("sip:example.com;transport=tcp", Destination("tcp", "example.com", 5060)),
+        ("sip:example.com", Destination("udp", "example.com", 5060)),
+    ],
+)
+def test_a_sips_server_means_tls_on_5061_by_default(server: str, destination: Destination) -> None:
+    assert server_destination(SipURI.parse(server)) == destination
+
+
+def test_over_tls_the_via_asks_for_connection_reuse_and_the_contact_says_tls() -> None:
+    ua = UserAgent(local=Destination("tls", "127.0.0.1", 5080),
+                   server=SipURI.parse("sips:127.0.0.1:5071"), rng=random.Random(5))
+    ua.subscribe(BOB, ALICE, 0.0)
+    ua.options(0.0)
+    sent = ua.datagrams_to_send()
+    assert {dest for _, dest in sent} == {Destination("tls", "127.0.0.1", 5071)}
+    subscribe, options = (parse_message(data) for data, _ in sent)
+    assert isinstance(subscribe, Request) and isinstance(options, Request)
+    (via,) = subscribe.vias
+    assert via.transport == "TLS" and via.params[-1] == ("alias", None)  # RFC 5923 §5
+    (contact,) = subscribe.contacts
+    assert contact.uri.param("transport") == "tls"
+    assert options.uri.scheme == "sips"
+
+
+def test_requests_from_other_hosts_get_403_and_responses_from_them_are_dropped() -> None:
+    net = Net()
+    stranger = Destination("udp", "192.0.2.7", 5070)
+    net.ua.receive(_notify_text(1), stranger, net.now)
+    (answer, dest), = net.ua.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 403 ") and dest == stranger
+    assert net.events() == [RequestRefused(stranger, "NOTIFY")]
+    assert net.ua.refused == 1
+    # A forged 200 to our PUBLISH from that host changes nothing.
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    forged = publish.response(200, to_tag="x")
+    forged.headers.add("SIP-ETag", "forged")
+    forged.headers.add("Expires", "3600")
+    net.ua.receive(bytes(forged), stranger, net.now)
+    (dropped,) = net.events()
+    assert isinstance(dropped, MessageDropped) and dropped.source == stranger
+    net.reply(publish, 200, ("SIP-ETag", "real"), ("Expires", "3600"))
+    assert net.events() == [PublicationConfirmed(pub_id, "real", 3600)]
+    # Once the driver says the server's name stands for that address too, it is heard.
+    net.ua.trust(["192.0.2.7"])
+    net.ua.receive(_notify_text(2), stranger, net.now)
+    (answer, _), = net.ua.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 481 ")
+    assert net.ua.refused == 1
