@@ -53,7 +53,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import digest
@@ -202,9 +202,10 @@ class _Outgoing:
 @dataclass
 class _Credentials:
     session: digest.DigestSession
-    # The last challenge and its header, to authorise later requests up front.
-    challenge: digest.Challenge | None = None
-    proxy: bool = False
+    # The last challenge of each kind — 401 (WWW-Authenticate) and 407
+    # (Proxy-Authenticate) — to authorise later requests up front; a request
+    # may carry both (RFC 3261 §22.3: a server and a proxy may each challenge).
+    challenges: dict[int, digest.Challenge] = field(default_factory=dict)
 
 
 class UserAgent:
@@ -608,17 +609,17 @@ class UserAgent:
     def _authorize(self, identity: str, request: Request) -> None:
         """Add credentials up front when this identity was challenged before."""
         creds = self._credentials.get(identity)
-        if creds is None or creds.challenge is None:
+        if creds is None:
             return
-        authorization = creds.session.authorize(
-            creds.challenge,
-            method=request.method,
-            uri=str(request.uri),
-            cnonce=self._token(),
-            body=request.body,
-        )
-        name = "Proxy-Authorization" if creds.proxy else "Authorization"
-        request.headers.set(name, str(authorization))
+        for status, challenge in creds.challenges.items():
+            authorization = creds.session.authorize(
+                challenge,
+                method=request.method,
+                uri=str(request.uri),
+                cnonce=self._token(),
+                body=request.body,
+            )
+            request.headers.set(digest.AUTH_HEADERS[status][1], str(authorization))
 
     def _receive_response(self, response: Response, now: float) -> None:
         key = client_key(response)
@@ -678,8 +679,7 @@ class UserAgent:
         creds = self._credentials_for(outgoing.identity)
         if creds is None:
             return False
-        proxy = response.status == 407
-        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        name = digest.AUTH_HEADERS[response.status][0]
         challenge = digest.select_challenge(response.headers.get_raw(name))
         if challenge is None:
             return False
@@ -691,9 +691,9 @@ class UserAgent:
         if outgoing.authenticated and not challenge.stale:
             # We answered already and the server still refuses: the
             # credentials are wrong.  The owner sees the 401/407.
-            creds.challenge = None
+            creds.challenges.clear()
             return False
-        creds.challenge, creds.proxy = challenge, proxy
+        creds.challenges[response.status] = challenge
         request = outgoing.transaction.request
         retry = Request(request.method, request.uri, request.headers.copy(), request.body)
         retry.headers.remove("Via")

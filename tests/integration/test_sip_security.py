@@ -197,6 +197,16 @@ def test_over_mutual_tls_with_digest_everything_works_and_notifies_reach_bayeux(
     assert challenges(guarded, f"PUBLISH of {a}")
     assert challenges(guarded, f"SUBSCRIBE of {b}")
     assert challenges(guarded, f"XCAP GET /xcap-root/pres-rules/users/{a}/index")
+    # Once challenged, requests carry the credentials up front — refreshes in
+    # the dialog too (the canary's, every 0.5 s) — and they are accepted: a
+    # refusal is logged with the user name the request carried.  The one
+    # allowed is alice's first SUBSCRIBE: it carried the answer to her
+    # PUBLISH's 401 where this server wants a 407's.
+    (publish, *_) = challenges(guarded, f"PUBLISH of {a}")
+    match = re.search(r"from (\S+) ", publish)
+    assert match is not None, publish
+    refused = challenges(guarded, f"from {match.group(1)} (user {GATEWAY})")
+    assert len(refused) <= 1 and all(f"SUBSCRIBE of {a} " in line for line in refused), refused
 
 
 def test_a_wrong_sip_password_is_one_502_naming_authentication_and_never_retried(

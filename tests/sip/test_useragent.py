@@ -1018,3 +1018,25 @@ def test_requests_from_other_hosts_get_403_and_responses_from_them_are_dropped()
     (answer, _), = net.ua.datagrams_to_send()
     assert answer.startswith(b"SIP/2.0 481 ")
     assert net.ua.refused == 1
+
+
+def test_a_401_and_a_407_are_both_remembered_and_both_answered_up_front() -> None:
+    """RFC 3261 §22.3: a request may carry Authorization and Proxy-Authorization."""
+    net = Net()
+    net.ua.set_credentials(None, CREDS)
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+    net.reply(net.request(), 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    net.ua.subscribe(ALICE, BOB, net.now)
+    first = net.request()
+    assert "Proxy-Authorization" not in first.headers
+    net.reply(first, 407, ("Proxy-Authenticate", CHALLENGE.replace("n0nce1", "n0nce7")))
+    retry = net.request()
+    check_authorization(retry, "Authorization", CHALLENGE)
+    assert check_authorization(
+        retry, "Proxy-Authorization", CHALLENGE.replace("n0nce1", "n0nce7")
+    ).nc == 1
+    net.events()
+    net.ua.publish(ALICE, b"<again/>", net.now)
+    later = net.request()
+    assert "Authorization" in later.headers and "Proxy-Authorization" in later.headers
