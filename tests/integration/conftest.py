@@ -21,6 +21,18 @@ INTEROP = Path(__file__).resolve().parent.parent / "interop"
 Message = dict[str, Any]
 
 
+def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.05)
+
+
 class BayeuxListener:
     """The CometD JavaScript client (tests/interop/cometd_listen.mjs) on an application's channels.
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount
-from tests.integration.conftest import AdapterFactory, BayeuxListener
+from tests.integration.conftest import AdapterFactory, BayeuxListener, eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import RawSipError, SipMessage, new_token
 
@@ -269,14 +269,3 @@ def test_ten_thousand_mutated_datagrams_leave_the_adapter_healthy_and_serving(
 
 def activity(value: str) -> dict[str, Any]:
     return {"typeAndValue": {"unionElement": "Activity", "activity": value}}
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)

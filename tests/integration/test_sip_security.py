@@ -19,7 +19,6 @@ without TLS settings stops start-up with one line.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import httpx
 import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount, config_template
-from tests.integration.conftest import BayeuxListener
+from tests.integration.conftest import BayeuxListener, eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -38,7 +37,6 @@ RUN = new_token()[:8]
 PASSWORD = "secret"
 GATEWAY = "gateway"
 GATEWAY_SECRET = "gw-" + new_token()[:12]
-WAIT = 10.0
 
 
 def alice(scenario: str) -> str:
@@ -114,17 +112,6 @@ def start(guarded: PresenceServer, tmp_path_factory: pytest.TempPathFactory) -> 
     yield run
     for adapter in started:
         adapter.stop()
-
-
-def eventually(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 def activity(value: str) -> dict[str, Any]:
