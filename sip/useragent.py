@@ -27,8 +27,9 @@ failure.
 Digest challenges (RFC 3261 §22.2): a 401/407 to a request from an identity
 with credentials — its own, or the gateway's default ones — is answered once:
 the same request, next CSeq, new branch, with Authorization.  The challenge
-is kept per identity so later requests carry credentials pre-emptively, with
-the nonce count incremented (RFC 7616 §3.4); a stale nonce is answered again.
+is kept per set of credentials (per identity, or one for all identities using
+the gateway's) so later requests carry credentials pre-emptively, with the
+nonce count incremented (RFC 7616 §3.4); a stale nonce is answered again.
 A challenge answered and refused again reaches the owner as the failure it
 is: never a second retry.
 
@@ -275,7 +276,9 @@ class UserAgent:
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
         self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
-        self._default_credentials: digest.Credentials | None = None
+        # The gateway's account, shared by every identity without its own:
+        # one challenge answered serves them all (same user, same nonce).
+        self._default_credentials: _Credentials | None = None
 
     # -- configuration -----------------------------------------------------
 
@@ -283,11 +286,12 @@ class UserAgent:
         """Credentials used when requests from ``aor`` are challenged.
 
         ``aor`` None sets the default: the gateway's own account, used for
-        every identity that has none of its own (each identity still keeps
-        its own challenge and nonce count).
+        every identity that has none of its own.  Its last challenges are
+        shared: once one request was challenged, the requests of every
+        identity carry the answer up front, counting one nonce on.
         """
         if aor is None:
-            self._default_credentials = credentials
+            self._default_credentials = _Credentials(digest.DigestSession(credentials))
         else:
             self._credentials[aor.aor] = _Credentials(digest.DigestSession(credentials))
 
@@ -547,12 +551,7 @@ class UserAgent:
     def _credentials_for(self, identity: str | None) -> _Credentials | None:
         if identity is None:
             return None
-        creds = self._credentials.get(identity)
-        if creds is None and self._default_credentials is not None:
-            creds = self._credentials[identity] = _Credentials(
-                digest.DigestSession(self._default_credentials)
-            )
-        return creds
+        return self._credentials.get(identity) or self._default_credentials
 
     def _identity(self, owner: Owner) -> str | None:
         if isinstance(owner, Publication):
@@ -608,7 +607,7 @@ class UserAgent:
 
     def _authorize(self, identity: str, request: Request) -> None:
         """Add credentials up front when this identity was challenged before."""
-        creds = self._credentials.get(identity)
+        creds = self._credentials_for(identity)
         if creds is None:
             return
         for status, challenge in creds.challenges.items():

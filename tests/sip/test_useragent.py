@@ -934,20 +934,32 @@ def test_tokens_from_a_seeded_generator_keep_its_sequence() -> None:
 # -- the gateway's credentials --------------------------------------------------------
 
 
-def test_default_credentials_answer_challenges_for_every_identity_once() -> None:
+def test_default_credentials_serve_every_identity_and_a_refusal_is_final() -> None:
     net = Net()
     net.ua.set_credentials(None, digest.Credentials("alice", "s3cret"))
-    for aor in (ALICE, BOB):
-        pub_id = net.ua.publish(aor, PIDF, net.now)
-        net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
-        retry = net.request()
-        assert check_authorization(retry, "Authorization", CHALLENGE).nc == 1
-        # Refused again: the owner hears it, nothing is sent a third time.
-        net.reply(retry, 401, ("WWW-Authenticate", CHALLENGE.replace("n0nce1", "n0nce2")))
-        assert net.sent() == []
-        (failed,) = net.events()
-        assert isinstance(failed, PublicationFailed) and failed.status == 401
-        assert failed.publication_id == pub_id and failed.retry_at is None
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+    retry = net.request()
+    assert check_authorization(retry, "Authorization", CHALLENGE).nc == 1
+    net.reply(retry, 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    # The gateway's account is one: another identity's first request carries
+    # the answer up front, the nonce counted on.
+    bob_id = net.ua.publish(BOB, PIDF, net.now)
+    upfront = net.request()
+    assert check_authorization(upfront, "Authorization", CHALLENGE).nc == 2
+    net.reply(upfront, 200, ("SIP-ETag", "e2"), ("Expires", "3600"))
+    net.events()
+    # The server stops accepting them: one new answer, and its refusal is final.
+    other = CHALLENGE.replace("n0nce1", "n0nce2")
+    net.ua.modify(bob_id, b"<changed/>", net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", other))
+    again = net.request()
+    assert check_authorization(again, "Authorization", other).nc == 1
+    net.reply(again, 401, ("WWW-Authenticate", other.replace("n0nce2", "n0nce3")))
+    assert net.sent() == []
+    (failed,) = net.events()
+    assert isinstance(failed, PublicationFailed) and failed.status == 401
+    assert failed.publication_id == bob_id and failed.retry_at is None
 
 
 def test_credentials_for_one_realm_are_not_given_to_another() -> None:
