@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 from adapter.bayeux.limits import BayeuxLimits
 from sip.errors import SipError
 from sip.uri import SipURI
+from sip.useragent import server_destination
 
 __all__ = [
     "Account",
@@ -210,8 +211,9 @@ class SipConfig:
 
     @property
     def tls(self) -> bool:
-        """Whether requests go to the server over TLS (transport, or a sips: server)."""
-        return self.transport == "tls" or self.server.lower().startswith("sips:")
+        """Whether requests go to the server over TLS: transport "tls", a sips:
+        server or a server URI with transport=tls (the SIP stack's own rule)."""
+        return server_destination(SipURI.parse(self.server), self.transport).transport == "tls"
 
 
 @dataclass(frozen=True)

@@ -115,10 +115,14 @@ class AuthenticationFailed(RequestFailed):
 
     def _detail(self) -> str:
         if self.had_credentials:
-            return f"authentication failed: the presence server refused our credentials " \
+            return (
+                "authentication failed: the presence server refused our credentials "
                 f"({self.status})"
-        return f"authentication required by the presence server ({self.status}); " \
+            )
+        return (
+            f"authentication required by the presence server ({self.status}); "
             "no credentials are configured"
+        )
 
 
 @dataclass(frozen=True)

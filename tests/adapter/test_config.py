@@ -506,3 +506,8 @@ def test_an_https_xcap_root_uses_its_own_ca_or_the_sip_one(write, certificates) 
     # Without TLS towards the SIP server and no CA of its own: the system's store.
     plain = edited(ROOT, '"https://127.0.0.1:5061/xcap-root"')
     assert xcap_tls_context(load_config(write(plain))) is None
+
+
+def test_a_server_uri_asking_for_tls_needs_the_tls_settings_too(write) -> None:
+    text = edited(SERVER, '"sip:127.0.0.1:5061;transport=tls"')
+    assert error_line(write(text)).startswith("sip.tls_ca: missing (required for TLS")
