@@ -428,9 +428,11 @@ def test_duration_expiry_ends_with_status_end(apps, bob_channels) -> None:
 def test_end_presence_notification_sends_no_status_end(apps, bob_channels) -> None:
     a, b = apps("end")
     channel = b.channel("end")
+    # 5 s: time for the authorization and a Publish to be notified first,
+    # on a loaded machine too (with 1 s the duration once ran out before).
     for correlator in ("end-ended", "end-kept"):
         response = b.start(a.address, correlator, channel,
-                           duration={"metric": "Second", "units": 1}, count=10)
+                           duration={"metric": "Second", "units": 5}, count=10)
         assert response.status_code == 201, response.text
     a.authorize_when_asked(b.address, Activity=True)
 
@@ -443,7 +445,7 @@ def test_end_presence_notification_sends_no_status_end(apps, bob_channels) -> No
     bob_channels.wait_for(on(channel, "statusChanged", "end-kept"))
     # end-kept started after end-ended, so its deadline is the later one:
     # once its statusEnd is here, end-ended's would have been too.
-    bob_channels.wait_for(on(channel, "statusEnd", "end-kept"), timeout=5)
+    bob_channels.wait_for(on(channel, "statusEnd", "end-kept"), timeout=10)
     assert bob_channels.matching(
         lambda m: m["channel"] == channel and "end-ended" in json.dumps(m["data"])
     ) == []
