@@ -358,6 +358,11 @@ def test_kamailio_after_removal_capture_ignores_the_closed_tuple() -> None:
     ]
 
 
+def test_kamailio_body_after_the_only_publication_ended_is_nothing_published() -> None:
+    presence = decode((DATA / "kamailio-unpublished.xml").read_bytes())
+    assert presence.attributes == () and not presence.open
+
+
 def test_kamailio_all_attributes_capture() -> None:
     presence = decode((DATA / "kamailio-all-attributes.xml").read_bytes())
     assert [a.type for a in presence.attributes] == list(AttributeType)
