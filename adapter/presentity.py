@@ -286,8 +286,8 @@ class PresentityService:
 
         async def start(entry: _Presentity) -> None:
             async with entry.lock:
-                if entry.publication_id is None:
-                    return
+                if entry.publication_id is None or not entry.attributes:
+                    return  # none, or being withdrawn: not published again
                 body = encode(entry.attributes, entity=entry.address, now=self._clock())
                 if self._sip.ua.publication(entry.publication_id) is None:
                     self._start_publication(entry, body)
