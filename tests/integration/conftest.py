@@ -174,6 +174,18 @@ def sip_phone(
         phone.stop()
 
 
+def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.05)
+
+
 class AdapterFactory(Protocol):
     def __call__(
         self,

@@ -26,7 +26,7 @@ from pidf.presrules import CONTENT_TYPE as PRES_RULES
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess, AppAccount
-from tests.integration.conftest import AdapterFactory, BayeuxListener
+from tests.integration.conftest import AdapterFactory, BayeuxListener, eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 from tests.sipphone import SipPhone
@@ -82,17 +82,6 @@ def clients(adapter: AdapterProcess) -> Iterator[Callable[[str, str], httpx.Clie
     yield client
     for http in made:
         http.close()
-
-
-def eventually(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 def tav(kind: str, value: Any) -> dict[str, Any]:
