@@ -323,6 +323,10 @@ def test_a_phone_going_offline_fires_unreachable(
     phone.publish("online", "busy", "On a call")
     subscribe_authorised(watching, rules, phone.uri, bob, channel)
     start(watching, phone.uri, channel, "phone-n", criteria="UnReachable")
+    # Notifications that carry only Place, which a phone never publishes:
+    # reachability alone is the news.
+    start(watching, phone.uri, channel, "phone-place", criteria="Reachable,UnReachable",
+          attributes=["Place"])
     eventually(lambda: seen(watching, phone.uri) == [tav("Activity", "Busy")],
                what="the phone busy")
 
@@ -330,6 +334,15 @@ def test_a_phone_going_offline_fires_unreachable(
     (told,) = channels.wait_for(on(channel, "statusChanged", "phone-n"))
     assert changed(told) == [gone("Activity", "ActivityNone")]
     assert seen(watching, phone.uri) == []
+    (unreachable,) = channels.wait_for(on(channel, "statusChanged", "phone-place"))
+    assert changed(unreachable) == []
+
+    phone.publish("online")
+    (_, reachable) = channels.wait_for(on(channel, "statusChanged", "phone-place"), count=2)
+    assert changed(reachable) == []
+    eventually(lambda: seen(watching, phone.uri) == [tav("Activity", "Available")],
+               what="the phone online")
+    assert len(channels.matching(on(channel, "statusChanged", "phone-n"))) == 1
 
 
 # -- checkImmediate false ----------------------------------------------------------------
