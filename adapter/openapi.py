@@ -381,7 +381,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "notification are told what went away in statusChanged (see statusChanged). Not in "
         "the OCSG interface: an extension.",
         params=(Param("attributes", "query", "Only these attributes, comma-separated "
-                      "(or the parameter repeated); Other withdraws every Other.",
+                      "(or the parameter repeated); Other withdraws every Other. Empty, "
+                      "as absent, means all (the spec's convention for attributes).",
                       {"type": "string", "examples": ["Place,Other"]}),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("attributes[0]"),
