@@ -560,3 +560,12 @@ def test_an_account_holds_exactly_one_secret() -> None:
         Account("a", None, ("sip:a@example.com",))
     with pytest.raises(ValueError):
         Account("a", "p", ("sip:a@example.com",), password_hash="$argon2id$...")
+
+
+def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
+    from adapter.passwords import verify_password
+
+    config = load_config(REPO / "conf/adapter.toml", cwd=REPO)
+    for account, password in zip(config.accounts, ("alice-secret", "bob-secret"), strict=True):
+        assert account.password is None and account.password_hash is not None
+        assert verify_password(account.password_hash, password)
