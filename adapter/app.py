@@ -318,7 +318,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, config.bayeux, backlog=backlog)
+    hub = Hub(bayeux_login, config.bayeux, backlog=backlog, prepare=accounts.check_async)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:

@@ -13,7 +13,10 @@ as HMAC-SHA256 under a key drawn at start and kept only in memory, one digest
 per account.  A later request costs one HMAC and one constant-time comparison;
 the cache holds nothing that reveals the password without the key, and cannot
 grow beyond the number of accounts.  :meth:`Accounts.check_async` runs the slow
-verification in a worker thread, so the event loop keeps serving meanwhile.
+verification in a worker thread, so the event loop keeps serving meanwhile; it
+also remembers the last few credentials it *refused* (the same keyed digests,
+bounded), so that the synchronous check that follows it on the event loop
+(Bayeux's handshake, the REST endpoint) does not verify them a second time.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ __all__ = ["IDENTITY_HEADER", "REALM", "Accounts", "Caller"]
 REALM = "presence-adapter"
 IDENTITY_HEADER = "X-Presence-Identity"
 
+#: Refused credentials remembered (digests, oldest forgotten first).
+REFUSALS_KEPT = 1024
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -53,6 +59,8 @@ class Accounts:
         self._key = secrets.token_bytes(32)
         #: account id -> HMAC of the password that last verified against its hash.
         self._verified: dict[str, bytes] = {}
+        #: HMACs of (user, password) pairs whose verification failed, oldest first.
+        self._refused: dict[bytes, None] = {}
         # An unknown user is verified against some account's hash anyway, so that
         # timing does not tell which ids exist when hashes are in use.
         self._decoy = next(
@@ -81,11 +89,18 @@ class Accounts:
         matches = await anyio.to_thread.run_sync(
             verify_password, phc, password, limiter=self._workers
         )
+        if not matches:
+            refused = self._digest(f"{len(user)}:{user}{password}")
+            self._refused[refused] = None
+            if len(self._refused) > REFUSALS_KEPT:
+                del self._refused[next(iter(self._refused))]
         return self._settle(account, password, matches)
 
     def _quick(self, user: str, password: str) -> tuple[Account | None, str | None]:
         """(the account, None) when settled without a hash; else (account, hash to verify)."""
         account = self._accounts.get(user)
+        if self._refused and self._digest(f"{len(user)}:{user}{password}") in self._refused:
+            return None, None
         if account is None:
             if self._decoy is not None:
                 return None, self._decoy

@@ -85,3 +85,20 @@ def test_check_async_verifies_in_a_worker_thread(verifications) -> None:
     # What the worker verified, the event loop's own check finds remembered.
     assert accounts.check("bob-app", "bob-secret") is BOB
     assert len(verifications) == 2
+
+
+def test_a_refusal_found_off_the_loop_is_not_verified_again_on_it(verifications) -> None:
+    accounts = Accounts([BOB])
+
+    async def run() -> None:
+        assert await accounts.check_async("bob-app", "wrong") is None
+        assert await accounts.check_async("nobody", "wrong") is None
+
+    anyio.run(run)
+    assert len(verifications) == 2
+    assert accounts.check("bob-app", "wrong") is None
+    assert accounts.check("nobody", "wrong") is None
+    assert len(verifications) == 2
+    # The pair is what is remembered: the same password for another user is not.
+    assert accounts.check("bob-app", "bob-secret") is BOB
+    assert len(verifications) == 3
