@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from websockets.sync.client import connect as websocket_connect
 
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.certificates import TestCA
+from tests.integration.conftest import AdapterFactory
+from tests.integration.test_rest_watcher import activity, error_id, eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -64,27 +66,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 
 @pytest.fixture(scope="module")
-def adapters(
-    presence_server: PresenceServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., AdapterProcess]]:
-    """Start adapter processes in front of the session's Kamailio; stopped after the module."""
-    started: list[AdapterProcess] = []
-
-    def start(accounts: list[AppAccount], **options: Any) -> AdapterProcess:
-        adapter = AdapterProcess.for_server(
-            tmp_path_factory.mktemp("adapter"), presence_server, accounts, **options
-        )
-        started.append(adapter)
-        adapter.start(healthy=True)
-        return adapter
-
-    yield start
-    for adapter in started:
-        adapter.stop()
-
-
-@pytest.fixture(scope="module")
-def https(adapters: Callable[..., AdapterProcess], ca: TestCA) -> AdapterProcess:
+def https(adapter_factory: AdapterFactory, ca: TestCA) -> AdapterProcess:
     """HTTPS, CORS for ORIGIN, and the three kinds of secret: alice-app's in the
     file, bob-app's as a hash, carol-app's in the environment."""
     server = ca.server()
@@ -97,28 +79,8 @@ def https(adapters: Callable[..., AdapterProcess], ca: TestCA) -> AdapterProcess
     ]
     settings = {"http": {"tls_cert": str(server.cert), "tls_key": str(server.key),
                          "cors_origins": [ORIGIN]}}
-    return adapters(accounts, settings=settings, tls=ca.client_context(),
+    return adapter_factory(accounts, settings=settings, tls=ca.client_context(),
                     env={CAROL_ENV: CAROL_PASSWORD})
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
-
-
-def error_id(response: httpx.Response) -> str:
-    (exception,) = response.json()["requestError"].values()
-    return str(exception["messageId"])
-
-
-def activity(value: str) -> dict[str, Any]:
-    return {"typeAndValue": {"unionElement": "Activity", "activity": value}}
 
 
 def subscribe(watcher: httpx.Client, presentity: str, correlator: str, endpoint: str) -> None:
@@ -218,7 +180,7 @@ def test_plain_http_on_the_tls_port_is_not_answered_as_https(https: AdapterProce
 
 
 def test_client_certificates_are_required_when_tls_client_ca_is_set(
-    adapters: Callable[..., AdapterProcess], ca: TestCA, tmp_path: Path
+    adapter_factory: AdapterFactory, ca: TestCA, tmp_path: Path
 ) -> None:
     server = ca.server("server-mtls")
     client = ca.client("client-app")
@@ -227,7 +189,7 @@ def test_client_certificates_are_required_when_tls_client_ca_is_set(
     accounts = [AppAccount("alice-app", ALICE_PASSWORD, (f"sip:alice-mtls-{RUN}@example.com",))]
     settings = {"http": {"tls_cert": str(server.cert), "tls_key": str(server.key),
                          "tls_client_ca": str(ca.cert)}}
-    adapter = adapters(accounts, settings=settings, tls=ca.client_context(client))
+    adapter = adapter_factory(accounts, settings=settings, tls=ca.client_context(client))
 
     with adapter.client("alice-app") as app:
         response = app.post("/rest/presence", json={"presence": [activity("Busy")]})
@@ -323,12 +285,12 @@ def test_hashed_and_environment_passwords_log_in_and_wrong_ones_do_not(
 
 
 def test_a_flooding_application_gets_429_while_another_is_served(
-    adapters: Callable[..., AdapterProcess],
+    adapter_factory: AdapterFactory,
 ) -> None:
     flood = AppAccount("flood-app", "flood-secret", (f"sip:flood-{RUN}@example.com",))
     quiet = AppAccount("quiet-app", "quiet-secret", (f"sip:quiet-{RUN}@example.com",))
     burst = 10
-    adapter = adapters([flood, quiet], settings={
+    adapter = adapter_factory([flood, quiet], settings={
         "limits": {"requests_per_second": 0.5, "burst": burst},
     })
     body = {"presence": [activity("Busy")]}
@@ -360,8 +322,9 @@ def test_a_flooding_application_gets_429_while_another_is_served(
         assert f.post("/rest/presence", json=body).status_code == 204
 
 
-def test_no_cors_headers_without_cors_origins(adapters: Callable[..., AdapterProcess]) -> None:
-    adapter = adapters([AppAccount("plain-app", "plain-secret", (f"sip:plain-{RUN}@x.example",))])
+def test_no_cors_headers_without_cors_origins(adapter_factory: AdapterFactory) -> None:
+    account = AppAccount("plain-app", "plain-secret", (f"sip:plain-{RUN}@x.example",))
+    adapter = adapter_factory([account])
     response = preflight(adapter, ORIGIN)
     assert "Access-Control-Allow-Origin" not in response.headers
     with adapter.client("plain-app", headers={"Origin": ORIGIN}) as app:
