@@ -90,8 +90,7 @@ class Accounts:
             verify_password, phc, password, limiter=self._workers
         )
         if not matches:
-            refused = self._digest(f"{len(user)}:{user}{password}")
-            self._refused[refused] = None
+            self._refused[self._refusal(user, password)] = None
             if len(self._refused) > REFUSALS_KEPT:
                 del self._refused[next(iter(self._refused))]
         return self._settle(account, password, matches)
@@ -99,22 +98,20 @@ class Accounts:
     def _quick(self, user: str, password: str) -> tuple[Account | None, str | None]:
         """(the account, None) when settled without a hash; else (account, hash to verify)."""
         account = self._accounts.get(user)
-        if self._refused and self._digest(f"{len(user)}:{user}{password}") in self._refused:
-            return None, None
-        if account is None:
-            if self._decoy is not None:
-                return None, self._decoy
-            # Compare even for an unknown user, so timing does not tell which ids exist.
-            hmac.compare_digest(password.encode(), b"")
-            return None, None
-        if account.password is not None:
-            matches = hmac.compare_digest(password.encode(), account.password.encode())
+        if account is not None and account.password is not None:
+            matches = hmac.compare_digest(_utf8(password), _utf8(account.password))
             return (account if matches else None), None
-        assert account.password_hash is not None
-        known = self._verified.get(account.id)
-        if known is not None and hmac.compare_digest(known, self._digest(password)):
-            return account, None
-        return account, account.password_hash
+        if account is None and self._decoy is None:
+            # Compare even for an unknown user, so timing does not tell which ids exist.
+            hmac.compare_digest(_utf8(password), b"")
+            return None, None
+        if account is not None:
+            known = self._verified.get(account.id)
+            if known is not None and hmac.compare_digest(known, self._digest(password)):
+                return account, None
+        if self._refused and self._refusal(user, password) in self._refused:
+            return None, None
+        return account, account.password_hash if account is not None else self._decoy
 
     def _settle(self, account: Account | None, password: str, matches: bool) -> Account | None:
         if account is None or not matches:
@@ -123,7 +120,11 @@ class Accounts:
         return account
 
     def _digest(self, password: str) -> bytes:
-        return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        return hmac.new(self._key, _utf8(password), hashlib.sha256).digest()
+
+    def _refusal(self, user: str, password: str) -> bytes:
+        # Length-prefixed: ("ab", "c") and ("a", "bc") must differ.
+        return self._digest(f"{len(user)}:{user}{password}")
 
     def authenticate(self, connection: HTTPConnection) -> Caller:
         """The caller of this request, or a 401/403 PolicyError."""
@@ -144,6 +145,12 @@ class Accounts:
         if not account.may_act_as(named):
             raise PolicyError.policy_error(f"account {account.id} may not act as {named}")
         return Caller(account, named)
+
+
+def _utf8(text: str) -> bytes:
+    # "surrogatepass": a password from JSON (a Bayeux handshake) may hold a lone
+    # surrogate (\ud800); it must compare unequal, not raise.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:

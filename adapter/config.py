@@ -436,9 +436,10 @@ def _path(table: _Table, name: str, cwd: Path) -> Path | None:
     return path if path.is_absolute() else cwd / path
 
 
-def _readable(table: _Table, name: str, path: Path) -> str:
+def _readable(table: _Table, name: str, path: Path) -> None:
     try:
-        return path.read_text(encoding="ascii", errors="replace")
+        with path.open("rb"):
+            pass
     except OSError as exc:
         raise table.error(name, f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -655,7 +656,7 @@ def _read_notifications(table: _Table) -> NotificationPolicy:
 
 def _read_limits(table: _Table) -> RateLimit:
     rate = table.get("requests_per_second", (int, float), "a number")  # type: ignore[arg-type]
-    if not rate > 0:
+    if not (rate > 0 and math.isfinite(rate)):
         raise table.error("requests_per_second", "must be positive")
     burst = table.get("burst", int, "an integer", required=False)
     if burst is None:

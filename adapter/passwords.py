@@ -41,6 +41,7 @@ def verify_password(phc: str, password: str) -> bool:
     """Whether ``password`` matches the PHC string (slow by design; the digest
     comparison inside libargon2 is constant-time)."""
     try:
-        return _HASHER.verify(phc, password)
+        # Bytes, so that a lone surrogate (possible in JSON) is a mismatch, not an error.
+        return _HASHER.verify(phc, password.encode("utf-8", "surrogatepass"))
     except (VerificationError, InvalidHashError):
         return False

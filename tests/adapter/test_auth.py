@@ -102,3 +102,12 @@ def test_a_refusal_found_off_the_loop_is_not_verified_again_on_it(verifications)
     # The pair is what is remembered: the same password for another user is not.
     assert accounts.check("bob-app", "bob-secret") is BOB
     assert len(verifications) == 3
+
+
+def test_a_password_with_a_lone_surrogate_is_refused_not_an_error(verifications) -> None:
+    # JSON ("\ud800") can carry one into a Bayeux handshake's ext.authentication.
+    accounts = Accounts([ALICE, BOB])
+    assert accounts.check("alice-app", "alice-secret\ud800") is None
+    assert accounts.check("bob-app", "\ud800") is None
+    assert accounts.check("nobody", "\ud800") is None
+    assert anyio.run(accounts.check_async, "bob-app", "x\udfff") is None
