@@ -501,6 +501,8 @@ def test_limits_are_optional_and_validated(write) -> None:
         ("[limits]\nburst = 3\n", "limits.requests_per_second: missing (required)"),
         ("[limits]\nrequests_per_second = 0\n", "limits.requests_per_second: must be positive"),
         ("[limits]\nrequests_per_second = -1\n", "limits.requests_per_second: must be positive"),
+        ("[limits]\nrequests_per_second = nan\n", "limits.requests_per_second: must be positive"),
+        ("[limits]\nrequests_per_second = inf\n", "limits.requests_per_second: must be positive"),
         ('[limits]\nrequests_per_second = "50"\n',
          "limits.requests_per_second: must be a number, not a string"),
         ("[limits]\nrequests_per_second = 5\nburst = 0\n", "limits.burst: must be positive"),
