@@ -25,6 +25,7 @@ from adapter.auth import IDENTITY_HEADER, Accounts
 from adapter.bayeux import Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
 from adapter.config import Config
+from adapter.console import console_routes
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
 from adapter.liveness import ServerLiveness
@@ -369,7 +370,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     return create_app(
         config,
         sip_probe=endpoint,
-        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub)],
+        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes()],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
         fast_routes=rest.fast_routes(),

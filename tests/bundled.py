@@ -49,6 +49,7 @@ def bundled_config(server: PresenceServer) -> str:
 @contextlib.contextmanager
 def bundled_adapter(directory: Path) -> Iterator[AdapterProcess]:
     """A presence server and an adapter as scripts/serve starts them, both stopped after."""
+    directory.mkdir(parents=True, exist_ok=True)
     with PresenceServer() as server:
         adapter = AdapterProcess(directory, bundled_config(server))
         served = tomllib.loads(adapter.config_path.read_text())
