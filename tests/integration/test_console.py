@@ -75,7 +75,8 @@ class Console:
         form.get_by_role("button", name="Sign in").click()
         expect(self.page.locator("#app")).to_be_visible(timeout=WAIT)
         expect(self.page.locator("#signed-in")).to_have_text(application)
-        expect(self.page.locator("#link")).to_have_text("live", timeout=WAIT)
+        # A WebSocket from the adapter's own page is let in (no long-polling fallback).
+        expect(self.page.locator("#link")).to_have_text("live (websocket)", timeout=WAIT)
 
     def close(self) -> None:
         self.context.close()

@@ -86,7 +86,7 @@ function signIn(id, password, identity) {
     });
     cometd.addListener("/meta/connect", (reply) => {
         const up = reply.successful === true;
-        $("#link").textContent = up ? "live" : "reconnecting";
+        $("#link").textContent = up ? `live (${cometd.getTransport()?.type})` : "reconnecting";
         $("#link").classList.toggle("down", !up);
     });
     cometd.handshake({ ext: { authentication: { user: id, password } } });
