@@ -1,4 +1,4 @@
-"""The README's quickstart, followed word for word.
+"""The README's quickstart, and docs/rest.md's tour of every operation, followed word for word.
 
 Its ``sh`` blocks are run as written against the setup of ``scripts/serve``
 (tests/bundled.py) on free ports: the one thing changed is the adapter's
@@ -29,7 +29,12 @@ from tests.presence_server import REPO
 pytestmark = pytest.mark.integration
 
 README = REPO / "README.md"
+REST_TOUR = REPO / "docs" / "rest.md"
 ADDRESS = "http://127.0.0.1:8080"  # where scripts/serve serves, as the README says
+
+
+def sh_blocks(text: str) -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```$", text, flags=re.M | re.S)
 
 
 def quickstart_blocks() -> list[str]:
@@ -37,8 +42,26 @@ def quickstart_blocks() -> list[str]:
     text = README.read_text()
     start = text.index("\n## Quickstart\n")
     end = text.find("\n## ", start + 1)
-    section = text[start : end if end != -1 else len(text)]
-    return re.findall(r"^```sh\n(.*?)^```$", section, flags=re.M | re.S)
+    return sh_blocks(text[start : end if end != -1 else len(text)])
+
+
+def typed(blocks: list[str], url: str) -> dict[int, str]:
+    """Runs ``blocks`` in order in one shell, as typed in a terminal, the adapter at
+    ``url``: the output of each, by index. Fails if any command fails."""
+    script = "".join(
+        f"printf '\\n::block %d\\n' {i}\n{block.replace(ADDRESS, url)}\n"
+        for i, block in enumerate(blocks)
+    )
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert run.returncode == 0, f"{script}\nstdout: {run.stdout}\nstderr: {run.stderr}"
+    return {
+        int(n): out.strip()
+        for n, out in re.findall(r"^::block (\d+)\n(.*?)(?=^::block |\Z)", run.stdout,
+                                 flags=re.M | re.S)
+    }
 
 
 class Terminal:
@@ -144,14 +167,14 @@ def attributes(message: dict[str, Any]) -> dict[str, str]:
 def test_the_readme_quickstart_word_for_word(tmp_path: Path, terminals: list[Terminal]) -> None:
     blocks = quickstart_blocks()
     listeners = [b for b in blocks if "examples/listen" in b]
-    typed = [b for b in blocks if "examples/listen" not in b]
+    typed_blocks = [b for b in blocks if "examples/listen" not in b]
     assert [("listen.mjs" in b, "listen.py" in b) for b in listeners] == [
         (True, False), (False, True)
     ], "the README shows the Node listener, then the Python one"
-    for block in [*listeners, typed[0]]:
+    for block in [*listeners, typed_blocks[0]]:
         assert f"A={ADDRESS}\n" in block, f"each terminal names the adapter once:\n{block}"
-    assert all(ADDRESS not in b for b in typed[1:]), "the steps use $A"
-    assert len(typed) == 8, "the address, then the seven steps"
+    assert all(ADDRESS not in b for b in typed_blocks[1:]), "the steps use $A"
+    assert len(typed_blocks) == 8, "the address, then the seven steps"
 
     with bundled_adapter(tmp_path) as adapter:
 
@@ -163,20 +186,7 @@ def test_the_readme_quickstart_word_for_word(tmp_path: Path, terminals: list[Ter
         for terminal in terminals:
             terminal.wait_listening()
 
-        # One shell, as in the third terminal; a marker line before each block's output.
-        script = "".join(
-            f"printf '\\n::block %d\\n' {i}\n{here(block)}\n" for i, block in enumerate(typed)
-        )
-        run = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-        )
-        assert run.returncode == 0, f"{script}\nstdout: {run.stdout}\nstderr: {run.stderr}"
-        outputs = dict(
-            (int(n), out.strip())
-            for n, out in re.findall(r"^::block (\d+)\n(.*?)(?=^::block |\Z)", run.stdout,
-                                     flags=re.M | re.S)
-        )
+        outputs = typed(typed_blocks, adapter.url)  # as in the third terminal
         # 2. Alice sees Bob's request, as the README shows it.
         assert json.loads(outputs[2]) == {
             "result": [
@@ -216,3 +226,35 @@ def test_the_readme_quickstart_word_for_word(tmp_path: Path, terminals: list[Ter
             terminal.wait_message(
                 "statusChanged", lambda m: attributes(m).get("Activity") == "Meal"
             )
+
+
+def test_the_rest_tour_runs_top_to_bottom(tmp_path: Path) -> None:
+    blocks = sh_blocks(REST_TOUR.read_text())
+    assert blocks[0] == f"A={ADDRESS}\n"
+    assert all(ADDRESS not in b for b in blocks[1:])
+    with bundled_adapter(tmp_path) as adapter:
+        outputs = typed(blocks, adapter.url)
+    assert json.loads(outputs[2]) == {  # Get Open Subscriptions
+        "result": [
+            {
+                "application": "buddy-list",
+                "attributes": ["Activity", "Place", "Privacy"],
+                "watcher": "sip:bob@example.com",
+            }
+        ]
+    }
+    assert json.loads(outputs[5]) == {"result": ["sip:bob@example.com"]}  # Get My Watchers
+    decoder, text, answers = json.JSONDecoder(), outputs[6], []
+    while text:  # Get User Presence, twice: two bodies on one line
+        answer, end = decoder.raw_decode(text)
+        answers.append(answer)
+        text = text[end:]
+    assert len(answers) == 2
+    for answer in answers:  # Privacy was published but not granted; Sphere not asked
+        for attribute in answer["result"]:
+            assert attribute["typeAndValue"]["unionElement"] in {"Activity", "Place"}
+    assert json.loads(outputs[7]) == {"result": []}  # Start Presence Notification
+    # Get My Watchers as an address named: bob, just blocked, is no longer one.
+    assert json.loads(outputs[11]) == {"result": []}
+    for empty in (1, 3, 4, 8, 9, 10):
+        assert outputs[empty] == "", f"block {empty} answers 204, no body"
