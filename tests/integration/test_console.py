@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from tests.adapter_process import AdapterProcess
 from tests.bundled import ALICE, BOB, bundled_adapter
@@ -62,11 +69,14 @@ class Console:
         self.page: Page = self.context.pages[0] if self.context.pages else self.context.new_page()
         self.problems: list[str] = []
         self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
-        self.page.on(
-            "console",
-            lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None,
-        )
+        self.page.on("console", self._logged)
         self.page.goto(url + "/console")  # redirected to /console/
+
+    def _logged(self, message: ConsoleMessage) -> None:
+        # The browser logs every answer that is not 2xx as "Failed to load
+        # resource"; the test provokes a 400 on purpose. Script errors count.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.problems.append(f"console: {message.text}")
 
     def sign_in(self, application: str, password: str) -> None:
         form = self.page.locator("#sign-in")
@@ -101,11 +111,23 @@ def test_bob_watches_alice_she_authorises_and_her_busy_arrives_live(
 ) -> None:
     alice, bob = consoles
     assert alice.page.url.endswith("/console/")
+    # A wrong password is refused by the Bayeux handshake, and said so.
+    form = alice.page.locator("#sign-in")
+    form.get_by_label("Application id").fill(ALICE.id)
+    form.get_by_label("Password").fill("not-" + ALICE.password)
+    form.get_by_role("button", name="Sign in").click()
+    expect(form.locator(".status")).to_contain_text("refused", timeout=WAIT)
+    expect(alice.page.locator("#app")).to_be_hidden()
     alice.sign_in(ALICE.id, ALICE.password)
     bob.sign_in(BOB.id, BOB.password)
 
-    # Bob asks to watch Alice: Subscribe Presence + Start Presence Notification.
+    # A REST refusal is shown with its Parlay X code.
     watch = bob.page.locator("#subscribe")
+    watch.get_by_label("Presentity").fill("alice")
+    watch.get_by_role("button", name="Subscribe and start notifications").click()
+    expect(watch.locator(".status")).to_contain_text("400 SVC0002", timeout=WAIT)
+
+    # Bob asks to watch Alice: Subscribe Presence + Start Presence Notification.
     watch.get_by_label("Presentity").fill("sip:alice@example.com")
     watch.get_by_role("button", name="Subscribe and start notifications").click()
     expect(watch.locator(".status")).to_have_text("asked sip:alice@example.com", timeout=WAIT)
