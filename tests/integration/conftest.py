@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -15,22 +16,11 @@ import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.presence_server import PresenceServer
+from tests.sipphone import SipPhone
 
 INTEROP = Path(__file__).resolve().parent.parent / "interop"
 
 Message = dict[str, Any]
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 class BayeuxListener:
@@ -166,6 +156,37 @@ def bayeux_listener() -> Iterator[Callable[..., BayeuxListener]]:
         listener.stop()
 
 
+@pytest.fixture
+def sip_phone(
+    presence_server: PresenceServer, tmp_path: Path
+) -> Iterator[Callable[[str], SipPhone]]:
+    """Start PJSIP phones (tests/sipphone.py): ``sip_phone(uri)`` is a pjsua2 account for
+    ``uri`` using the session's presence server as outbound proxy; all stopped afterwards."""
+    started: list[SipPhone] = []
+
+    def start(uri: str) -> SipPhone:
+        log = tmp_path / f"sipphone-{len(started)}.log"
+        phone = SipPhone(uri, presence_server.sip_uri, log_path=log)
+        started.append(phone)
+        return phone
+
+    yield start
+    for phone in started:
+        phone.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.05)
+
+
 class AdapterFactory(Protocol):
     def __call__(
         self,
@@ -177,6 +198,8 @@ class AdapterFactory(Protocol):
         transport: str = "udp",
         settings: dict[str, dict[str, object]] | None = None,
         extra: str = "",
+        tls: ssl.SSLContext | None = None,
+        env: dict[str, str] | None = None,
     ) -> AdapterProcess: ...
 
 
@@ -188,7 +211,8 @@ def adapter_factory(
     presence server, each in a directory of its own; all stopped after the module.
 
     ``healthy`` (the default) waits until /health is 200; pass False for an adapter
-    pointed at a presence server that is not there.
+    pointed at a presence server that is not there. ``tls`` is the clients' side
+    of an adapter serving HTTPS, ``env`` added to its environment.
     """
     started: list[AdapterProcess] = []
 
@@ -201,6 +225,8 @@ def adapter_factory(
         transport: str = "udp",
         settings: dict[str, dict[str, object]] | None = None,
         extra: str = "",
+        tls: ssl.SSLContext | None = None,
+        env: dict[str, str] | None = None,
     ) -> AdapterProcess:
         adapter = AdapterProcess.for_server(
             tmp_path_factory.mktemp("adapter"),
@@ -211,6 +237,8 @@ def adapter_factory(
             transport=transport,
             settings=settings,
             extra=extra,
+            tls=tls,
+            env=env,
         )
         started.append(adapter)
         adapter.start(healthy=healthy)
