@@ -355,17 +355,26 @@ class SipEndpoint:
         target: SipURI,
         *,
         event: str = "presence",
-        accept: tuple[str, ...] = ("application/pidf+xml",),
+        accept: tuple[str, ...] | None = None,
+        eventlist: bool = False,
         expires: int | None = None,
     ) -> int:
         """A new subscription; returns its id once the server accepted it.
+
+        ``eventlist`` asks for a resource list (see ``UserAgent.subscribe``).
 
         NOTIFYs can arrive before the 2xx (RFC 6665 §4.1.2.4) and so before
         this returns: a caller that must see them all starts the subscription
         with ``ua.subscribe`` and awaits :meth:`subscription_outcome`.
         """
         subscription_id = self.ua.subscribe(
-            subscriber, target, self.now(), event=event, accept=accept, expires=expires
+            subscriber,
+            target,
+            self.now(),
+            event=event,
+            accept=accept,
+            eventlist=eventlist,
+            expires=expires,
         )
         await self.subscription_outcome(subscription_id)
         return subscription_id
