@@ -393,12 +393,19 @@ class SipEndpoint:
         target: SipURI,
         *,
         event: str = "presence",
-        accept: tuple[str, ...] = ("application/pidf+xml",),
+        accept: tuple[str, ...] | None = None,
+        eventlist: bool = False,
         expires: int | None = None,
     ) -> int:
         """Send the initial SUBSCRIBE and return the id at once (no waiting)."""
         subscription_id = self.ua.subscribe(
-            subscriber, target, self.now(), event=event, accept=accept, expires=expires
+            subscriber,
+            target,
+            self.now(),
+            event=event,
+            accept=accept,
+            eventlist=eventlist,
+            expires=expires,
         )
         self._flush()
         return subscription_id

@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from pidf.rlmi import Change, InstanceState, ListState, MemberChange, parse_rlmi
+from sip.digest import Credentials
 from sip.multipart import parse_multipart
 from sip.subscription import NotifyReceived
 from sip.uri import SipURI
-from tests.integration.test_useragent import Client, client, names, pidf, put_rules
+from tests.integration.test_useragent import (
+    PRES_RULES,
+    Client,
+    client,
+    names,
+    pidf,
+    put_rules,
+)
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -45,19 +54,23 @@ RLS_SERVICES = """<?xml version="1.0" encoding="UTF-8"?>
 WAIT = 20.0
 
 
-def run(scenario: Callable[[], object], timeout: float = 90) -> None:
+def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 90) -> None:
     async def bounded() -> None:
         async with asyncio.timeout(timeout):
-            await scenario()  # type: ignore[misc]
+            await scenario()
 
     asyncio.run(bounded())
 
 
 async def put_list(
-    server: PresenceServer, owner: SipURI, service: SipURI, members: list[SipURI]
+    server: PresenceServer,
+    owner: SipURI,
+    service: SipURI,
+    members: list[SipURI],
+    auth: httpx.Auth | None = None,
 ) -> None:
     entries = "".join(f'<rl:entry uri="{m}"/>' for m in members)
-    async with httpx.AsyncClient(timeout=WAIT) as http:
+    async with httpx.AsyncClient(timeout=WAIT, auth=auth) as http:
         reply = await http.put(
             f"{server.xcap_root}/rls-services/users/{owner}/index",
             content=RLS_SERVICES.format(service=service, entries=entries),
@@ -141,12 +154,13 @@ def list_names(count: int) -> tuple[SipURI, SipURI, list[SipURI]]:
     return watcher, service, members
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_list_shows_active_members_and_a_pending_one_bare(
-    presence_server: PresenceServer,
+    presence_server: PresenceServer, transport: str
 ) -> None:
     async def scenario() -> None:
         watcher, service, (a, b, p) = list_names(3)
-        async with client(presence_server, "udp") as c:
+        async with client(presence_server, transport) as c:
             ep = c.endpoint
             await ep.publish(a, pidf(a, "a-here"))
             await ep.publish(b, pidf(b, "b-here"))
@@ -156,7 +170,7 @@ def test_list_shows_active_members_and_a_pending_one_bare(
             # p has no rule for the watcher: pending at the server.
             await put_list(presence_server, watcher, service, [a, b, p])
 
-            watch = Watch(c, "active-pending")
+            watch = Watch(c, f"active-pending-{transport}")
             await watch.start(watcher, service)
             await watch.until(
                 lambda s: active_with(a, "a-here")(s) and active_with(b, "b-here")(s),
@@ -278,3 +292,36 @@ def test_hundred_members_split_by_the_server_nothing_lost(
             assert versions == list(range(1, len(versions) + 1))
 
     run(scenario, timeout=180)
+
+
+def test_a_list_on_a_server_that_authenticates() -> None:
+    """With --auth the subscriber's requests are challenged, rls's own back-end
+    SUBSCRIBEs are not (they carry no credentials), and the list works."""
+    user, password = "gateway", "pw-" + new_token()[:10]
+    server = PresenceServer(auth=(user, password))
+    server.start()
+
+    async def scenario() -> None:
+        watcher, service, (a,) = list_names(1)
+        auth = httpx.DigestAuth(user, password)
+        async with client(server, "udp") as c:
+            c.endpoint.set_credentials(Credentials(user, password))
+            await c.endpoint.publish(a, pidf(a, "guarded"))
+            rules = PRES_RULES.format(watcher=watcher, handling="allow")
+            async with httpx.AsyncClient(timeout=WAIT, auth=auth) as http:
+                reply = await http.put(
+                    f"{server.xcap_root}/pres-rules/users/{a}/index",
+                    content=rules,
+                    headers={"Content-Type": "application/auth-policy+xml"},
+                )
+            assert reply.status_code == 200, reply.text
+            await put_list(server, watcher, service, [a], auth=auth)
+            watch = Watch(c, "auth")
+            await watch.start(watcher, service)
+            await watch.until(active_with(a, "guarded"), "the member active")
+            assert 407 in c.statuses("SUBSCRIBE")
+
+    try:
+        run(scenario)
+    finally:
+        server.stop()
