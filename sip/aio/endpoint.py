@@ -367,14 +367,8 @@ class SipEndpoint:
         this returns: a caller that must see them all starts the subscription
         with ``ua.subscribe`` and awaits :meth:`subscription_outcome`.
         """
-        subscription_id = self.ua.subscribe(
-            subscriber,
-            target,
-            self.now(),
-            event=event,
-            accept=accept,
-            eventlist=eventlist,
-            expires=expires,
+        subscription_id = self.start_subscription(
+            subscriber, target, event=event, accept=accept, eventlist=eventlist, expires=expires
         )
         await self.subscription_outcome(subscription_id)
         return subscription_id
