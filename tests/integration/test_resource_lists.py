@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pidf import Activity, AttributeType
 from pidf.rlmi import Change, InstanceState, ListState, MemberChange, parse_rlmi
 from sip.digest import Credentials
 from sip.multipart import parse_multipart
@@ -36,6 +37,7 @@ from tests.integration.test_useragent import (
 )
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
+from tests.sipphone import SipPhone
 
 pytestmark = pytest.mark.integration
 
@@ -325,3 +327,43 @@ def test_a_list_on_a_server_that_authenticates() -> None:
         run(scenario)
     finally:
         server.stop()
+
+
+def test_phones_as_members_busy_then_offline(
+    presence_server: PresenceServer, sip_phone: Callable[[str], SipPhone]
+) -> None:
+    """PJSIP phones (a third-party SIP stack) publish as list members; one
+    changes its activity, then quits (un-PUBLISH): the list shows it closed."""
+    watcher, service, (first, second) = list_names(2)
+    phones = [sip_phone(str(first)), sip_phone(str(second))]
+    phones[0].publish("online", "busy", "on a call")
+    phones[1].publish("online", "unknown", "at my desk")
+
+    async def scenario() -> None:
+        for member in (first, second):
+            await put_rules(presence_server, member, watcher, "allow")
+        await put_list(presence_server, watcher, service, [first, second])
+        async with client(presence_server, "udp") as c:
+            watch = Watch(c, "phones")
+            await watch.start(watcher, service)
+            await watch.until(
+                lambda s: (
+                    active_with(first, "on a call")(s) and active_with(second, "at my desk")(s)
+                ),
+                "both phones' states",
+            )
+            busy = watch.state.members[str(first)].presence
+            assert busy is not None and busy.open
+            activity = busy.get(AttributeType.ACTIVITY)
+            assert activity is not None and activity.value is Activity.BUSY
+
+            await asyncio.to_thread(phones[1].stop)
+
+            def offline(state: ListState) -> bool:
+                presence = state.members[str(second)].presence
+                return presence is not None and not presence.open
+
+            await watch.until(offline, "the quitting phone closed")
+            assert watch.state.members[str(first)].presence == busy
+
+    run(scenario)
