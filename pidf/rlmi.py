@@ -222,14 +222,21 @@ class ListState:
         RFC 4662 §5.2: a version not above the last one seen is ignored;
         full state replaces the member set, partial state updates only the
         resources it lists; a version more than one above the last means a
-        lost NOTIFY, reported as ``gap`` (partial state is still applied: it
-        is newer than what we hold for those members).
+        lost NOTIFY, reported as ``gap``, as is partial state first (partial
+        state is still applied: it is newer than what we hold for those
+        members). Kamailio answers a refresh with partial state only, so a
+        gap there is healed by a new subscription, not a refresh.
         """
         if self.uri is not None and document.uri != self.uri:
             raise RemoteProtocolError(f"RLMI for {document.uri!r}, expected {self.uri!r}")
         if self.version is not None and document.version <= self.version:
             return ListUpdate(document.version, ignored=True)
-        gap = self.version is not None and document.version > self.version + 1
+        if self.version is None:
+            # RFC 4662 §5.2: the first NOTIFY carries full state; a partial
+            # one first means the full state was lost.
+            gap = not document.full_state
+        else:
+            gap = document.version > self.version + 1
         self.uri = document.uri
         self.version = document.version
         if document.full_state:

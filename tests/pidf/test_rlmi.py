@@ -122,6 +122,13 @@ def test_a_gap_is_reported_and_partial_state_still_applied() -> None:
     assert {c.changes for c in full.changes} == {frozenset({Change.REMOVED})}
 
 
+def test_partial_state_first_is_a_gap() -> None:
+    state = ListState()
+    update = state.apply(*notify("change-unpublish-2.txt"))
+    assert update.gap and not state.complete
+    assert len(state.members) == 2
+
+
 def test_full_state_removes_unlisted_members() -> None:
     state = ListState()
     state.apply(rlmi(1, True, '<resource uri="sip:a@x"/><resource uri="sip:b@x"/>'), {})
