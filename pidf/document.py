@@ -54,6 +54,15 @@ EXT_NS = "urn:presence-adapter:xml:ns:pidf-ext"
 
 CONTENT_TYPE = "application/pidf+xml"
 
+#: RPID classes (RFC 4480 §3.2) of our tuples, by which a presence rule hands
+#: them out (RFC 5025 §3.2.1 provide-services ``<class>``): the basic status
+#: every authorised watcher sees, the status tuple that repeats the Activity
+#: note, and the Communication means.
+STATUS_CLASS = "pa-status"
+ACTIVITY_CLASS = "pa-activity"
+COMMUNICATION_CLASS = "pa-communication"
+_STATUS_CLASSES = frozenset({STATUS_CLASS, ACTIVITY_CLASS})
+
 _NSMAP = {None: PIDF_NS, "dm": DM_NS, "rpid": RPID_NS, "lt": LT_NS, "caps": CAPS_NS, "pa": EXT_NS}
 
 
@@ -408,31 +417,49 @@ def _document(items: tuple[PresenceAttribute, ...], text: _StringSource) -> etre
     root = etree.Element(_q(PIDF_NS, "presence"), nsmap=_NSMAP)  # type: ignore[arg-type]
     root.set("entity", text(-1, "entity", attribute=True))
     person_children: list[etree._Element] = []
+    means_tuples: list[etree._Element] = []
     activity: int | None = None
     for n, attribute in enumerate(items):
         value = attribute.value
         if isinstance(value, Communication):
             for i, means in enumerate(value.means):
-                root.append(_means_tuple(f"{prefix}-m{i}", means, attribute, n, i, text))
+                means_tuples.append(_means_tuple(f"{prefix}-m{i}", means, attribute, n, i, text))
         else:
             person_children.append(_person_element(attribute, n, text))
             if isinstance(value, Activity):
                 activity = n
-    if activity is not None:
-        # Ordinary clients take availability from a tuple's basic status
-        # (RFC 3863 §4.1.4), so an Activity also yields a contact-less tuple;
-        # it carries the note so their status text shows it.
-        status = etree.SubElement(root, _q(PIDF_NS, "tuple"), id=f"{prefix}-s")
-        basic = "closed" if items[activity].value is Activity.PERMANENT_ABSENCE else "open"
-        _basic(status, basic)
-        if items[activity].note is not None:
-            etree.SubElement(status, _q(PIDF_NS, "note")).text = text(activity, "note")
-        ts = etree.SubElement(status, _q(PIDF_NS, "timestamp"))
-        ts.text = text(activity, "time")
+    if items:
+        # Ordinary clients take availability from the first tuple's basic
+        # status (RFC 3863 §4.1.4), and pres-rules hand out tuples by their
+        # RPID class (RFC 5025 §3.2.1, RFC 4480 §3.2): the status tuples come
+        # first, one for every watcher and one that also carries the Activity
+        # note (which clients show as status text) for those granted Activity.
+        basic = "open"
+        if activity is not None and items[activity].value is Activity.PERMANENT_ABSENCE:
+            basic = "closed"
+        if activity is not None:
+            status = _status_tuple(root, f"{prefix}-a", basic, ACTIVITY_CLASS)
+            if items[activity].note is not None:
+                etree.SubElement(status, _q(PIDF_NS, "note")).text = text(activity, "note")
+            ts = etree.SubElement(status, _q(PIDF_NS, "timestamp"))
+            ts.text = text(activity, "time")
+        _status_tuple(root, f"{prefix}-s", basic, STATUS_CLASS)
+    # Kamailio's provide-services walk stops at the first sibling that is not
+    # a tuple: every tuple before the person.
+    root.extend(means_tuples)
     if person_children:
         person = etree.SubElement(root, _q(DM_NS, "person"), id=f"{prefix}-p")
         person.extend(person_children)
     return root
+
+
+def _status_tuple(
+    root: etree._Element, tuple_id: str, basic: str, service_class: str
+) -> etree._Element:
+    el = etree.SubElement(root, _q(PIDF_NS, "tuple"), id=tuple_id)
+    _basic(el, basic)
+    etree.SubElement(el, _q(RPID_NS, "class")).text = service_class
+    return el
 
 
 def _basic(tuple_el: etree._Element, value: str) -> None:
@@ -457,6 +484,7 @@ def _means_tuple(
     _basic(el, "open")
     # RFC 3863 §4.1: extension elements (servcaps) sit between status and contact.
     caps = etree.SubElement(el, _q(CAPS_NS, "servcaps"))
+    etree.SubElement(el, _q(RPID_NS, "class")).text = COMMUNICATION_CLASS
     booleans, mimes = MEANS_CAPS[means.type]
     # RFC 5196 §5 lists the servcaps children in alphabetical order.
     for name in sorted([*booleans, *(("type",) if mimes else ())]):
@@ -802,11 +830,14 @@ def _infer_available(
     tuples: list[etree._Element], statuses: list[str | None], pidf_ns: str | None
 ) -> PresenceAttribute | None:
     # DESIGN's rule for other clients: no activity + basic open = Available.
-    # Our own means tuples carry caps:servcaps and never count: a document
-    # holding only Communication must not grow an Activity.
+    # Our own tuples never count — means carry caps:servcaps, status tuples
+    # our class: a document holding only Communication or Place must not
+    # grow an Activity.
     candidates = []
     for order, (tuple_el, status) in enumerate(zip(tuples, statuses, strict=True)):
         if status != "open" or _child(tuple_el, CAPS_NS, "servcaps") is not None:
+            continue
+        if (_text(_child(tuple_el, RPID_NS, "class")) or "").strip() in _STATUS_CLASSES:
             continue
         attribute = PresenceAttribute(
             value=Activity.AVAILABLE,

@@ -44,8 +44,9 @@ def test_unfiltered_body_is_filtered_by_decisions() -> None:
     }
     seen = filter_presence(presence, decisions)
     assert [a.type for a in seen.attributes] == [AttributeType.PLACE, AttributeType.SPHERE]
-    # The basic status would reveal reachability: hidden without Activity/Communication.
-    assert presence.open and not seen.open
+    # The basic status is seen under any grant, as a SIP watcher sees it.
+    assert presence.open and seen.open
+    assert not filter_presence(presence, {AttributeType.PLACE: False}).open
 
 
 def test_nothing_granted_leaves_nothing() -> None:
