@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 from pidf import AttributeType, Place, decode
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.integration.conftest import AdapterFactory
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 from tests.sipphone import SipPhone
@@ -39,7 +39,6 @@ SCENARIOS = (
     "pre-rest", "pre-block-rest", "pre-phone", "pre-block-phone", "merge-rest", "merge-phone",
     "partial", "bad",
 )
-WAIT = 10.0
 
 
 def alice(scenario: str) -> str:
@@ -58,17 +57,6 @@ def adapter(adapter_factory: AdapterFactory) -> AdapterProcess:
             AppAccount("bob-app", PASSWORD, tuple(watcher(s) for s in SCENARIOS)),
         ]
     )
-
-
-def eventually(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 class Presentity:
