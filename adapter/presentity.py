@@ -363,10 +363,7 @@ class PresentityService:
         await self._xcap.update(
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
-        # Nobody else's view changes, and a publication sent now would race
-        # the server's terminating NOTIFY: its NOTIFY could overtake that one
-        # with a higher CSeq, and the watcher refuse the end as out of order.
-        self._rules_changed(presentity)
+        await self._after_rules_change(presentity)
 
     async def _after_rules_change(self, presentity: str) -> None:
         """Let every watcher see the presentity under the rules as they now are.
