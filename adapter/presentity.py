@@ -355,7 +355,7 @@ class PresentityService:
         subscribed yet: the rule applies from its first NOTIFY.
         """
         await self._xcap.update(presentity, lambda rules: rules.decide(watcher, decisions))
-        await self._after_rules_change(presentity)
+        self._rules_changed(presentity)
 
     async def block(self, presentity: str, watcher: str) -> None:
         """Block ``watcher``: the server terminates its subscription (rejected),
@@ -363,36 +363,7 @@ class PresentityService:
         await self._xcap.update(
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
-        await self._after_rules_change(presentity)
-
-    async def _after_rules_change(self, presentity: str) -> None:
-        """Let every watcher see the presentity under the rules as they now are.
-
-        Kamailio 5.6 filters a NOTIFY by the watcher's rule only when a
-        PUBLISH causes it (DESIGN.md); the bundled server therefore does not
-        re-send documents when the rules change (that NOTIFY would carry the
-        whole document to every watcher).  A publication of ours is sent
-        again instead, and its NOTIFYs are filtered.
-        """
         self._rules_changed(presentity)
-        entry = self._presentities.get(presentity)
-        if entry is None:
-            return
-        async with entry.lock:
-            publication_id = entry.publication_id
-            if publication_id is None or self._sip.ua.publication(publication_id) is None:
-                return
-            body = encode(entry.attributes, entity=entry.address, now=self._clock())
-            self._sip.ua.modify(publication_id, body, self._sip.now())
-        try:
-            # Also sends it: the endpoint flushes what the user agent queued.
-            await bounded(
-                self._sip.publication_outcome(publication_id), "PUBLISH", self._liveness,
-                self._timeout,
-            )
-        except RequestFailed as exc:
-            # The rules are written; the publication keeps retrying by itself.
-            logger.info("publishing %s again after a rules change: %s", entry.aor, exc)
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""

@@ -596,16 +596,9 @@ class WatcherService:
         async with watch.lock:
             if watch.state != "active":
                 return
-            before = watch.granted
             await self._read_decisions(watch)
             if watch.state == "active":  # not ended while the rules were read
                 self._notify_decisions(watch)
-                if watch.granted - before and watch.subscription_id is not None:
-                    # The document held was filtered under the narrower rule,
-                    # and the server does not re-send it when rules change
-                    # (conf/kamailio): a refresh brings it (RFC 6665 §4.2.1:
-                    # a refreshed subscription is answered with a NOTIFY at once).
-                    self._sip.refresh_subscription(watch.subscription_id)
 
     async def _on_terminated(self, watch: Watch, event: SubscriptionTerminated) -> None:
         if event.reason == "unsubscribed" or watch.state == "ended":

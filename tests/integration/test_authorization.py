@@ -37,7 +37,7 @@ RUN = new_token()[:8]
 PASSWORD = "secret"
 SCENARIOS = (
     "pre-rest", "pre-block-rest", "pre-phone", "pre-block-phone", "merge-rest", "merge-phone",
-    "partial", "bad", "other-rule",
+    "partial", "bad",
 )
 
 
@@ -371,30 +371,3 @@ def test_phones_under_partial_grants_see_basic_status_and_only_their_notes(
             Path(directory, f"kamailio-grant-{name}.xml").write_bytes(body)
         rules = httpx.get(f"{presence_server.xcap_root}/pres-rules/users/{a.address}/index")
         Path(directory, "kamailio-grant-pres-rules.xml").write_bytes(rules.content)
-
-
-def test_a_rules_change_about_someone_else_shows_a_phone_nothing_more(
-    clients, sip_phone: Callable[[str], SipPhone]
-) -> None:
-    # Kamailio re-sends documents on a rules change without applying the
-    # watchers' rules; the bundled server does not, and the adapter publishes
-    # again instead (conf/kamailio/kamailio.cfg, RULES_CHANGED).
-    a, _ = clients("other-rule")
-    a.publish(activity("Busy", "in a meeting"), place("Office", "desk 4"))
-    phone = sip_phone(watcher("other-rule", "place"))
-    a.authorize(phone.uri, Place=True)
-    phone.subscribe(a.address)
-    phone.wait_buddy(a.address, lambda s: s["sub_state"] == "ACTIVE" and s["status"] == "online")
-
-    mark = phone.mark()
-    a.authorize(watcher("other-rule", "someone"), Activity=True)
-    notify = phone.wait_for(
-        lambda e: e["event"] == "notify" and bool(e["body"].strip()),
-        since=mark,
-        what="the NOTIFY of the publication sent again",
-    )
-    assert "desk 4" in notify["body"]
-    a.publish(place("Home"))  # a later NOTIFY: everything before it has arrived
-    phone.wait_for(lambda e: e["event"] == "notify" and "residence" in e["body"], since=mark)
-    assert not [n for n in phone.notifies(a.address, since=mark) if "in a meeting" in n["body"]]
-    assert all(s["note"] == "" for s in phone.buddy_states(a.address, since=mark))
