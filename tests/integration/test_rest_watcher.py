@@ -34,6 +34,7 @@ from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, e
 from pidf.presrules import CONTENT_TYPE as PRES_RULES
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
+from tests.polling import eventually
 from tests.presence_server import PresenceServer, free_port
 from tests.rawsip import new_token
 
@@ -169,18 +170,6 @@ def values(attributes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def typed(*items: dict[str, Any]) -> list[dict[str, Any]]:
     return values(list(items))
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 def error_id(response: httpx.Response) -> str:
