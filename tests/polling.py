@@ -8,7 +8,7 @@ from typing import Any
 
 
 def eventually(
-    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.05
+    check: Callable[[], Any], timeout: float = 15.0, what: str = "condition", interval: float = 0.05
 ) -> Any:
     """``check()``'s first true result, polled every ``interval`` s within ``timeout`` s."""
     deadline = time.monotonic() + timeout
