@@ -54,14 +54,10 @@ EXT_NS = "urn:presence-adapter:xml:ns:pidf-ext"
 
 CONTENT_TYPE = "application/pidf+xml"
 
-#: RPID classes (RFC 4480 §3.2) of our tuples, by which a presence rule hands
-#: them out (RFC 5025 §3.2.1 provide-services ``<class>``): the basic status
-#: every authorised watcher sees, the status tuple that repeats the Activity
-#: note, and the Communication means.
+#: RPID class (RFC 4480 §3.2) of our status tuple, by which a presence rule
+#: hands it out (RFC 5025 §3.2.1 provide-services ``<class>``) to a watcher
+#: not granted Communication: the basic status every authorised watcher sees.
 STATUS_CLASS = "pa-status"
-ACTIVITY_CLASS = "pa-activity"
-COMMUNICATION_CLASS = "pa-communication"
-_STATUS_CLASSES = frozenset({STATUS_CLASS, ACTIVITY_CLASS})
 
 _NSMAP = {None: PIDF_NS, "dm": DM_NS, "rpid": RPID_NS, "lt": LT_NS, "caps": CAPS_NS, "pa": EXT_NS}
 
@@ -434,20 +430,16 @@ def _document(items: tuple[PresenceAttribute, ...], text: _StringSource) -> etre
                 activity = n
     if items:
         # Ordinary clients take availability from the first tuple's basic
-        # status (RFC 3863 §4.1.4), and pres-rules hand out tuples by their
-        # RPID class (RFC 5025 §3.2.1, RFC 4480 §3.2): the status tuples come
-        # first, one for every watcher and one that also carries the Activity
-        # note (which clients show as status text) for those granted Activity.
+        # status (RFC 3863 §4.1.4): the status tuple comes first, with the
+        # class every allow rule provides.  It carries no note: a tuple is
+        # handed out whole, and the Activity note (in rpid:activities, where
+        # clients read it) must reach only those granted Activity.
         basic = "open"
         if activity is not None and items[activity].value is Activity.PERMANENT_ABSENCE:
             basic = "closed"
-        if activity is not None:
-            status = _status_tuple(root, f"{prefix}-a", basic, ACTIVITY_CLASS)
-            if items[activity].note is not None:
-                etree.SubElement(status, _q(PIDF_NS, "note")).text = text(activity, "note")
-            ts = etree.SubElement(status, _q(PIDF_NS, "timestamp"))
-            ts.text = text(activity, "time")
-        _status_tuple(root, f"{prefix}-s", basic, STATUS_CLASS)
+        status = etree.SubElement(root, _q(PIDF_NS, "tuple"), id=f"{prefix}-s")
+        _basic(status, basic)
+        etree.SubElement(status, _q(RPID_NS, "class")).text = STATUS_CLASS
     # Kamailio's provide-services walk stops at the first sibling that is not
     # a tuple: every tuple before the person.
     root.extend(means_tuples)
@@ -455,15 +447,6 @@ def _document(items: tuple[PresenceAttribute, ...], text: _StringSource) -> etre
         person = etree.SubElement(root, _q(DM_NS, "person"), id=f"{prefix}-p")
         person.extend(person_children)
     return root
-
-
-def _status_tuple(
-    root: etree._Element, tuple_id: str, basic: str, service_class: str
-) -> etree._Element:
-    el = etree.SubElement(root, _q(PIDF_NS, "tuple"), id=tuple_id)
-    _basic(el, basic)
-    etree.SubElement(el, _q(RPID_NS, "class")).text = service_class
-    return el
 
 
 def _basic(tuple_el: etree._Element, value: str) -> None:
@@ -488,7 +471,6 @@ def _means_tuple(
     _basic(el, "open")
     # RFC 3863 §4.1: extension elements (servcaps) sit between status and contact.
     caps = etree.SubElement(el, _q(CAPS_NS, "servcaps"))
-    etree.SubElement(el, _q(RPID_NS, "class")).text = COMMUNICATION_CLASS
     booleans, mimes = MEANS_CAPS[means.type]
     # RFC 5196 §5 lists the servcaps children in alphabetical order.
     for name in sorted([*booleans, *(("type",) if mimes else ())]):
@@ -838,14 +820,14 @@ def _infer_available(
     tuples: list[etree._Element], statuses: list[str | None], pidf_ns: str | None
 ) -> PresenceAttribute | None:
     # DESIGN's rule for other clients: no activity + basic open = Available.
-    # Our own tuples never count — means carry caps:servcaps, status tuples
-    # our class: a document holding only Communication or Place must not
-    # grow an Activity.
+    # Our own tuples never count — means carry caps:servcaps, the status
+    # tuple our class: a document holding only Communication or Place must
+    # not grow an Activity.
     candidates = []
     for order, (tuple_el, status) in enumerate(zip(tuples, statuses, strict=True)):
         if status != "open" or _child(tuple_el, CAPS_NS, "servcaps") is not None:
             continue
-        if (_text(_child(tuple_el, RPID_NS, "class")) or "").strip() in _STATUS_CLASSES:
+        if (_text(_child(tuple_el, RPID_NS, "class")) or "").strip() == STATUS_CLASS:
             continue
         attribute = PresenceAttribute(
             value=Activity.AVAILABLE,

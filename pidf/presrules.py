@@ -13,18 +13,14 @@ Activity       provide-activities
 Place          provide-place-type and provide-place-is
 Privacy        provide-privacy
 Sphere         provide-sphere
-Communication  provide-services ``<class>`` of the means tuples
-=============  ==========================================================
-
-Every allow rule also provides the status tuple by its class, and the one
-that repeats the Activity note when Activity is granted (pidf.document):
-whatever it was granted, a SIP watcher sees the basic status, and the
-Activity note only with the Activity.
-
-=============  ==========================================================
+Communication  provide-services ``<all-services/>`` when granted, else
+               ``<class>`` of our status tuple only
 Other          provide-unknown-attribute for our extension element
                (``ns`` = EXT_NS, ``name`` = "other")
 =============  ==========================================================
+
+So whatever it was granted, a SIP watcher keeps our status tuple and sees
+the basic status (pidf.document: the status tuple carries no note).
 
 Booleans are written ``true`` or ``false`` explicitly: RFC 5025 treats a
 missing transformation as "not provided", but Kamailio 5.6 keeps elements a
@@ -40,7 +36,7 @@ from enum import Enum
 
 from lxml import etree
 
-from pidf.document import ACTIVITY_CLASS, COMMUNICATION_CLASS, EXT_NS, STATUS_CLASS
+from pidf.document import EXT_NS, STATUS_CLASS
 from pidf.errors import RemoteProtocolError, ValidationError
 from pidf.model import AttributeType, is_uri
 from pidf.parser import parse_document
@@ -232,16 +228,15 @@ def _rule_element(rule: Rule) -> etree._Element:
     if rule.sub_handling is not SubHandling.ALLOW:
         # RFC 4745 §10: with nothing granted, no transformation is needed.
         return el
-    # Tuples by class, never all-services: that would hand out the status
-    # tuple carrying the Activity note too.
+    # Communication: every tuple, ours and other publishers' (a phone's tuple
+    # has no class and often no contact: all-services is the only way to keep
+    # it).  Otherwise our status tuple alone, by its class, so that basic
+    # status is seen whatever is granted (RFC 5025 §3.2.1).
     services = etree.SubElement(transformations, f"{_PR}provide-services")
-    for service_class, granted in (
-        (STATUS_CLASS, True),
-        (ACTIVITY_CLASS, AttributeType.ACTIVITY in rule.grants),
-        (COMMUNICATION_CLASS, AttributeType.COMMUNICATION in rule.grants),
-    ):
-        if granted:
-            etree.SubElement(services, f"{_PR}class").text = service_class
+    if AttributeType.COMMUNICATION in rule.grants:
+        etree.SubElement(services, f"{_PR}all-services")
+    else:
+        etree.SubElement(services, f"{_PR}class").text = STATUS_CLASS
     for kind, names in _BOOLEAN_TRANSFORMS.items():
         for name in names:
             flag = etree.SubElement(transformations, f"{_PR}{name}")
@@ -261,12 +256,12 @@ def _is_true(el: etree._Element | None) -> bool:
 
 def _provides_means(child: etree._Element) -> bool:
     """Whether a provide-services child hands out Communication tuples: all-services,
-    our means class, or whatever another tool listed (service-uri, -scheme,
-    occurrence-id, another class) — anything but our status tuples' classes."""
+    or whatever another tool listed (service-uri, -scheme, occurrence-id, a
+    class) — anything but our status tuple's class."""
     if not isinstance(child.tag, str):
         return False  # a comment or processing instruction
     if child.tag == f"{_PR}class":
-        return (child.text or "").strip() not in (STATUS_CLASS, ACTIVITY_CLASS)
+        return (child.text or "").strip() != STATUS_CLASS
     return True
 
 

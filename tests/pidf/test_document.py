@@ -75,9 +75,9 @@ def test_standard_rpid_tokens_are_used() -> None:
     assert root.find(f".//{{{RPID_NS}}}activities/{{{RPID_NS}}}on-the-phone") is not None
     assert root.find(f".//{{{RPID_NS}}}place-type/{{{LT_NS}}}residence") is not None
     assert root.find(f".//{{{RPID_NS}}}sphere/{{{RPID_NS}}}work") is not None
-    # Status tuples with basic open for ordinary clients: the Activity's, and everyone's.
+    # The status tuple, basic open, for ordinary clients.
     basics = [b.text for b in root.iter(f"{{{PIDF_NS}}}basic")]
-    assert basics == ["open", "open"]
+    assert basics == ["open"]
 
 
 def tuple_classes(root: etree._Element) -> list[tuple[str | None, str | None, str | None]]:
@@ -92,7 +92,7 @@ def tuple_classes(root: etree._Element) -> list[tuple[str | None, str | None, st
     ]
 
 
-def test_status_tuples_come_first_each_with_the_class_a_rule_provides() -> None:
+def test_the_status_tuple_comes_first_with_its_class_and_no_note() -> None:
     comm = Communication((CommunicationMeans("tel:+1", 1.0, MeansType.PHONE),))
     body = encode(
         [
@@ -104,15 +104,12 @@ def test_status_tuples_come_first_each_with_the_class_a_rule_provides() -> None:
         now=T0,
     )
     root = etree.fromstring(body)
-    # The Activity note only in the tuple of class pa-activity; the status
-    # tuple every watcher gets carries none; then the means.
-    assert tuple_classes(root) == [
-        ("a", "pa-activity", "in a meeting"),
-        ("s", "pa-status", None),
-        ("m0", "pa-communication", "call me"),
-    ]
+    # A rule hands the status tuple out by its class to every watcher, so it
+    # carries no note: the Activity note stays in rpid:activities.
+    assert tuple_classes(root) == [("s", "pa-status", None), ("m0", None, "call me")]
     # Kamailio walks tuples until the first other element: all before the person.
-    assert [etree.QName(el).localname for el in root] == ["tuple", "tuple", "tuple", "person"]
+    assert [etree.QName(el).localname for el in root] == ["tuple", "tuple", "person"]
+    assert root.findtext(f".//{{{RPID_NS}}}activities/{{{RPID_NS}}}note") == "in a meeting"
 
 
 def test_every_publication_has_the_status_tuple_and_no_activity_grows_from_it() -> None:
@@ -127,10 +124,10 @@ def test_every_publication_has_the_status_tuple_and_no_activity_grows_from_it() 
         assert presence.open and presence.attributes == (attribute,)
 
 
-def test_permanent_absence_closes_both_status_tuples() -> None:
+def test_permanent_absence_closes_the_status_tuple() -> None:
     body = encode([PresenceAttribute(Activity.PERMANENT_ABSENCE)], entity=ENTITY, now=T0)
     basics = [b.text for b in etree.fromstring(body).iter(f"{{{PIDF_NS}}}basic")]
-    assert basics == ["closed", "closed"]
+    assert basics == ["closed"]
     assert not decode(body).open
 
 
@@ -170,7 +167,7 @@ def test_tuple_ids_differ_between_publications() -> None:
     c = etree.fromstring(
         encode([PresenceAttribute(Activity.AWAY)], entity=ENTITY, now=T0, tag="x1")
     )
-    assert [t.get("id") for t in c] == ["pax1-a", "pax1-s", "pax1-p"]
+    assert [t.get("id") for t in c] == ["pax1-s", "pax1-p"]
 
 
 def test_duplicate_attribute_types_are_refused() -> None:

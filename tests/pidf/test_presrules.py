@@ -38,13 +38,14 @@ def test_build_from_decisions_and_block_list() -> None:
     assert t.findtext(f"{PR}provide-activities") == "true"
     assert t.findtext(f"{PR}provide-place-type") == "false"
     assert t.findtext(f"{PR}provide-place-is") == "false"
-    # Tuples by class: the status tuple always, the one with the Activity
-    # note with Activity, the means with Communication; never all-services.
-    assert provided_classes(bob) == ["pa-status", "pa-activity"]
-    assert provided_classes(_rule(xml, CAROL)) == ["pa-status", "pa-activity", "pa-communication"]
+    # Without Communication our status tuple alone, by its class; with it,
+    # every tuple (other publishers' have no class).
+    assert provided_classes(bob) == ["pa-status"]
+    assert t.find(f"{PR}provide-services/{PR}all-services") is None
     carol = _rule(xml, CAROL).find(f"{CP}transformations")
     assert carol is not None
-    assert carol.find(f"{PR}provide-services/{PR}all-services") is None
+    assert carol.find(f"{PR}provide-services/{PR}all-services") is not None
+    assert provided_classes(_rule(xml, CAROL)) == []
     unknown = carol.find(f"{PR}provide-unknown-attribute")
     assert unknown is not None and (unknown.get("ns"), unknown.get("name"), unknown.text) == (
         EXT_NS,
@@ -182,10 +183,10 @@ def test_decisions_start_from_a_foreign_rule_naming_the_watcher() -> None:
 @pytest.mark.parametrize(
     ("services", "communication"),
     [
-        ("<pr:all-services/>", True),  # as this adapter wrote rules before classes
-        ("", False),
-        ("<pr:class>pa-status</pr:class><pr:class>pa-activity</pr:class>", False),
-        ("<pr:class>pa-status</pr:class><pr:class>pa-communication</pr:class>", True),
+        ("<pr:all-services/>", True),
+        ("", False),  # as this adapter wrote rules before the status tuple's class
+        ("<pr:class>pa-status</pr:class>", False),
+        ("<pr:class>pa-status</pr:class><pr:class>work</pr:class>", True),
         ("<pr:class>mobile</pr:class>", True),
         ("<pr:occurrence-id>t1</pr:occurrence-id>", True),
         ("<!-- nothing --><pr:class> pa-status </pr:class>", False),
