@@ -324,9 +324,7 @@ ENDPOINT_REFUSED = Fault(
     PolicyError.policy_error("reference.endpoint must be /bayeux/bob-app or below it"),
     "reference.endpoint is not a channel of the calling application.",
 )
-UNKNOWN_WATCHER = Fault(
-    ServiceError.invalid_input("watcher", status=404), "That watcher never asked to subscribe."
-)
+BAD_WATCHER = Fault(ServiceError.invalid_input("watcher"), "The watcher is not a URI.")
 
 ALICE, BOB = "sip:alice@example.com", "sip:bob@example.com"
 REFERENCE = {
@@ -416,20 +414,25 @@ OPERATIONS: tuple[Operation, ...] = (
         "updateSubscriptionAuthorization", "Update Subscription Authorization", "presentity",
         "PUT", SUBSCRIPTION_BOTH,
         "Grants or revokes, attribute by attribute, a watcher's access (presence rules over "
-        "XCAP). An attribute not named is not granted; the watcher gets notifySubscription.",
+        "XCAP). An attribute not named keeps its earlier decision (none: not granted); when "
+        "nothing is left granted the watcher is politely blocked. The watcher need not have "
+        "subscribed yet: the rule applies from its first notification, and a rule alone does "
+        "not list it among the open subscriptions or the watchers. A subscribed watcher gets "
+        "notifySubscription.",
         body="UpdateAuthorizationRequest", body_example={"watcher": BOB, "decisions": DECISIONS},
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("decisions[0].presenceAttribute"),
                       "watcher or decisions missing or invalid, or an attribute repeated."),
-                UNKNOWN_WATCHER, *XCAP_FAILED),
+                *XCAP_FAILED),
     ),
     Operation(
         "blockSubscription", "Block Subscription", "presentity", "DELETE",
         tuple(f"{p}/{{watcher}}" for p in SUBSCRIPTION_BOTH),
-        "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked).",
+        "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked). "
+        "The watcher need not have subscribed yet: a later subscription is refused.",
         params=(Param("watcher", "path", "The watcher's URI, percent-encoded.", URI,
                       required=True),),
-        replies=(NO_CONTENT,), faults=(UNKNOWN_WATCHER, *XCAP_FAILED),
+        replies=(NO_CONTENT,), faults=(BAD_WATCHER, *XCAP_FAILED),
     ),
     Operation(
         "subscribePresence", "Subscribe Presence", "watcher", "POST", SUBSCRIPTION_BOTH,

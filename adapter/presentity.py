@@ -41,7 +41,6 @@ from pidf import (
     Outcome,
     PidfError,
     PresenceAttribute,
-    PresRules,
     SubHandling,
     WatcherInfo,
     WatcherInfoState,
@@ -64,7 +63,7 @@ from sip import (
 from sip.aio import RequestFailed, SipEndpoint
 from sip.publication import PublicationState
 
-__all__ = ["OpenSubscription", "PresentityService", "UnknownWatcher", "WatcherDirectory"]
+__all__ = ["OpenSubscription", "PresentityService", "WatcherDirectory"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +76,6 @@ PUBLICATION = "publication"
 
 _LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
 _UNDECIDED = (None, SubHandling.CONFIRM)
-
-
-class UnknownWatcher(LookupError):
-    """The watcher neither subscribed to the presentity nor has a rule."""
 
 
 @dataclass(frozen=True)
@@ -411,39 +406,23 @@ class PresentityService:
 
     async def authorize(self, presentity: str, watcher: str,
                         decisions: Mapping[AttributeType, bool]) -> None:
-        """Grant ``watcher`` the attributes decided true (RFC 5025 §3.2).
+        """Decide, attribute by attribute, what ``watcher`` may see (RFC 5025 §3.2).
 
-        All false: the watcher is politely blocked (RFC 5025 §3.2.1: its
-        subscription stays, it learns nothing).
+        The attributes not named keep their earlier decision (one
+        read-modify-write of the pres-rules, guarded by the entity tag); nothing
+        left granted politely blocks the watcher.  The watcher need not have
+        subscribed yet: the rule applies from its first NOTIFY.
         """
-        def change(rules: PresRules) -> PresRules:
-            if any(decisions.values()):
-                return rules.allow(watcher, decisions)
-            return rules.allow(watcher, decisions).set_handling(
-                watcher, SubHandling.POLITE_BLOCK
-            )
-
-        await self._xcap.update(presentity, change)
+        await self._xcap.update(presentity, lambda rules: rules.decide(watcher, decisions))
         self._rules_changed(presentity)
 
     async def block(self, presentity: str, watcher: str) -> None:
-        """Block ``watcher``: the server terminates its subscription (rejected)."""
+        """Block ``watcher``: the server terminates its subscription (rejected),
+        or refuses it when it comes."""
         await self._xcap.update(
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
         self._rules_changed(presentity)
-
-    async def require_known_watcher(self, presentity: str, watcher: str) -> None:
-        """Raise UnknownWatcher unless ``watcher`` subscribed or has a rule.
-
-        The operations on a watcher are about those who "have recently asked
-        for subscriptions" or are "current watchers" (the spec's words).
-        """
-        if watcher in await self._live_watchers(presentity):
-            return
-        if (await self._xcap.get(presentity)).rules.rule_for(watcher) is not None:
-            return
-        raise UnknownWatcher(watcher)
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""

@@ -23,7 +23,7 @@ from adapter.auth import Accounts, Caller
 from adapter.config import NotificationPolicy
 from adapter.errors import PolicyError, RestError, ServiceError
 from adapter.notification import Criterion, Schedule
-from adapter.presentity import PresentityService, UnknownWatcher
+from adapter.presentity import PresentityService
 from adapter.watcher import (
     DuplicateCorrelator,
     NoSubscription,
@@ -210,7 +210,6 @@ async def update_authorization(request: Request) -> Response:
             raise ServiceError.invalid_input(f"{part}.presenceAttribute (repeated)")
         decisions[kind] = decision
     service: PresentityService = request.state.presentity
-    await service.require_known_watcher(who.address, watcher)
     await service.authorize(who.address, watcher, decisions)
     return Response(status_code=204)
 
@@ -223,7 +222,6 @@ async def block_subscription(request: Request) -> Response:
     # §19.1.2) into a different, invalid one.
     watcher = uri(request.path_params["watcher"], "watcher")
     service: PresentityService = request.state.presentity
-    await service.require_known_watcher(who.address, watcher)
     await service.block(who.address, watcher)
     return Response(status_code=204)
 
@@ -480,10 +478,6 @@ async def _xcap_error(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.service_error(f"presence rules: {exc}", status=status))
 
 
-async def _unknown_watcher(request: Request, exc: Exception) -> Response:
-    return _json_error(ServiceError.invalid_input("watcher", status=404))
-
-
 async def _no_subscription(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.invalid_input("presentity", status=404))
 
@@ -501,7 +495,6 @@ async def _unknown_correlator(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
-    UnknownWatcher: _unknown_watcher,
     NoSubscription: _no_subscription,
     NotAuthorized: _not_authorized,
     DuplicateCorrelator: _duplicate_correlator,

@@ -237,9 +237,6 @@ class FakePresentityService:
     async def publish(self, address: str, attributes: Any) -> None:
         assert attributes
 
-    async def require_known_watcher(self, presentity: str, watcher: str) -> None:
-        pass
-
     async def authorize(self, presentity: str, watcher: str, decisions: Any) -> None:
         assert decisions
 

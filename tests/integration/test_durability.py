@@ -29,7 +29,8 @@ from sip import NotifyReceived, UserAgentEvent
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
-from tests.integration.conftest import BayeuxListener, eventually
+from tests.integration.conftest import BayeuxListener
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 

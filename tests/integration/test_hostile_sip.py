@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount
-from tests.integration.conftest import AdapterFactory, BayeuxListener, eventually
+from tests.integration.conftest import AdapterFactory, BayeuxListener
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import RawSipError, SipMessage, new_token
 

@@ -37,7 +37,7 @@ from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, e
 from pidf.presrules import CONTENT_TYPE as PRES_RULES
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
-from tests.integration.conftest import eventually
+from tests.polling import eventually
 from tests.presence_server import PresenceServer, free_port
 from tests.rawsip import new_token
 
