@@ -248,6 +248,23 @@ class BayeuxServer:
             self._remove(session, now)
         return len(client_ids)
 
+    def drain(self, now: float, interval: float) -> int:
+        """Shutdown: end every session; returns how many there were.
+
+        A held connect is answered with advice to handshake again after
+        ``interval`` seconds (Bayeux 1.0 §5.1.2: sessions do not outlive the
+        process), and with no messages: whatever a session has not confirmed
+        goes to its application's backlog, which the store keeps across the
+        restart, so it is delivered once the client is back.
+        """
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            if session.hold is not None:
+                advice = self._advice("handshake", interval=interval)
+                self._release(session, now, with_messages=False, advice=advice)
+            self._remove(session, now)
+        return len(sessions)
+
     def release_all(self, now: float) -> None:
         """Answer every held connect now (shutdown)."""
         for client_id in list(self._holds.values()):
@@ -259,6 +276,13 @@ class BayeuxServer:
         if app_id is None:
             return len(self._sessions)
         return len(self._by_app.get(app_id, ()))
+
+    def sessions_by_transport(self) -> dict[str, int]:
+        """Sessions per transport of their latest /meta/connect ("" before the first)."""
+        counts: dict[str, int] = {}
+        for session in self._sessions.values():
+            counts[session.transport] = counts.get(session.transport, 0) + 1
+        return counts
 
     def session_app(self, client_id: str) -> str | None:
         session = self._sessions.get(client_id)
@@ -359,6 +383,7 @@ class BayeuxServer:
             if isinstance(batch, int) and not isinstance(batch, bool):
                 session.acknowledge(batch)
         session.expires_at = None
+        session.transport = transport
         client_timeout = _client_timeout(message.advice)
         immediate = not session.connected or client_timeout == 0 or bool(session.queue)
         token = next(self._tokens)
@@ -489,7 +514,13 @@ class BayeuxServer:
             heapq.heappush(self._heap, (at, next(self._heap_seq), _BACKLOG_SWEEP))
 
     def _release(
-        self, session: Session, now: float, *, with_messages: bool, emit: bool = True
+        self,
+        session: Session,
+        now: float,
+        *,
+        with_messages: bool,
+        emit: bool = True,
+        advice: dict[str, Any] | None = None,
     ) -> list[Mapping[str, Any]]:
         hold = session.hold
         assert hold is not None
@@ -506,7 +537,9 @@ class BayeuxServer:
         connect: dict[str, Any] = {"channel": "/meta/connect"}
         if hold.message_id is not None:
             connect["id"] = hold.message_id
-        connect.update(clientId=session.client_id, successful=True, advice=self._advice("retry"))
+        connect.update(
+            clientId=session.client_id, successful=True, advice=advice or self._advice("retry")
+        )
         if session.ack and batch is not None:
             connect["ext"] = {"ack": batch}
         replies.append(connect)

@@ -45,6 +45,9 @@ from ..useragent import (
 __all__ = ["RequestFailed", "RequestTimedOut", "SipEndpoint"]
 
 logger = logging.getLogger(__name__)
+#: Every SIP message in and out, whole, at INFO; the adapter leaves it off
+#: unless its configuration asks (``[log] sip_trace``).
+trace = logging.getLogger("sip.trace")
 
 Listener = Callable[[UserAgentEvent], None]
 
@@ -394,6 +397,8 @@ class SipEndpoint:
                 logger.exception("SIP event listener failed on %r", event)
 
     def _send(self, data: bytes, destination: Destination) -> None:
+        if trace.isEnabledFor(logging.INFO):
+            _trace("out to", data, destination)
         if destination.transport == "udp":
             assert self._udp is not None
             self._udp.sendto(data, (destination.host, destination.port))
@@ -433,10 +438,14 @@ class SipEndpoint:
             if len(self._sources) >= _SOURCES_MAX:
                 self._sources.clear()
             source = self._sources[addr] = Destination("udp", addr[0], addr[1])
+        if trace.isEnabledFor(logging.INFO):
+            _trace("in from", data, source)
         self.ua.receive(data, source, self.now())
         self._flush()
 
     def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:
+        if trace.isEnabledFor(logging.INFO) and protocol.peer is not None:
+            _trace("in from", data, protocol.peer)
         try:
             messages = protocol.parser.feed(data)
         except SipError as exc:
@@ -466,6 +475,13 @@ class SipEndpoint:
         if peer is not None and self._ua is not None:
             self._ua.transport_failed(peer, reason, self.now())
             self._flush()
+
+
+def _trace(direction: str, data: bytes, peer: Destination) -> None:
+    trace.info(
+        "%s %s:%s:%d\n%s", direction, peer.transport, peer.host, peer.port,
+        data.decode("utf-8", "replace"),
+    )
 
 
 def _enlarge_receive_buffer(sock: socket.socket | None, wanted: int) -> int | None:

@@ -33,7 +33,7 @@ from pidf.model import Activity, AttributeType, MeansType, Place, Privacy, Spher
 
 REPO = Path(__file__).resolve().parents[2]
 DOC_URI = "urn:presence-adapter:openapi"
-NOT_REST = ("/cometd", "/health", "/openapi.json")
+NOT_REST = ("/cometd", "/health", "/openapi.json", "/livez", "/readyz", "/metrics")
 
 
 @pytest.fixture(scope="module")
