@@ -212,9 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
         return _hash_password()
+    given_level: str | None = getattr(args, "log_level", None)  # serve's option only
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter())
-    logging.basicConfig(level=(args.log_level or "info").upper(), handlers=[handler])
+    logging.basicConfig(level=(given_level or "info").upper(), handlers=[handler])
     _lean_log_records()
     try:
         config = load_config(args.config)
@@ -227,5 +228,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    level = _configure_logging(handler, config, args.log_level)
+    level = _configure_logging(handler, config, given_level)
     return _serve(config, level)
