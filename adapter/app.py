@@ -269,8 +269,8 @@ def create_app(
     (turned on at SIGTERM) are made empty when not given.
     """
     metrics = metrics or Metrics(token=config.metrics.token)
-    readiness = readiness or Readiness()
     drain = drain or Drain()
+    readiness = readiness or Readiness(draining=lambda: drain.active)
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:

@@ -31,7 +31,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 PREFIX = "presence_adapter_"
+#: The classic text format (what generate_latest writes for names like ours):
+#: every Prometheus version reads it, where "version=1.0.0" is newer.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Upper bounds (seconds) of the latency buckets.
 NOTIFY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -382,6 +385,6 @@ async def metrics_endpoint(request: Request) -> Response:
             )
     return Response(
         metrics.exposition(),
-        media_type=CONTENT_TYPE_LATEST,
+        media_type=CONTENT_TYPE,
         headers={"Cache-Control": "no-store"},
     )

@@ -414,3 +414,27 @@ def test_version_is_the_package_version() -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"presence-adapter {version('presence-adapter')}"
+
+
+def test_systemd_hears_ready_and_stopping(kamailio: PresenceServer, tmp_path: Path) -> None:
+    """The adapter as a Type=notify service: READY=1 once serving, STOPPING=1 at SIGTERM."""
+    import socket
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        systemd.settimeout(15)
+        adapter = AdapterProcess.for_server(
+            tmp_path, kamailio, list(_accounts()), env={"NOTIFY_SOCKET": str(path)}
+        )
+        adapter.start()
+        try:
+            assert systemd.recv(100) == b"READY=1"
+            assert httpx.get(adapter.url + "/livez").status_code == 200
+            process = adapter.process
+            assert process is not None
+            process.send_signal(signal.SIGTERM)
+            assert systemd.recv(100) == b"STOPPING=1"
+            assert process.wait(timeout=3 * STOP_BOUND) == 0
+        finally:
+            adapter.stop()

@@ -637,3 +637,36 @@ def test_injected_client_ids_are_used():
     ids = itertools.count()
     server = BayeuxServer(authenticate, new_client_id=lambda: f"id{next(ids)}")
     assert handshake(server) == "id0"
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_drain_answers_held_connects_with_handshake_advice_and_keeps_what_was_not_confirmed():
+    server = make()
+    client_id, token = session_with_held_connect(server, "alice", ack=True)
+    # A delivery moves the held connect's deadline but is not sent before the timer runs.
+    server.deliver("alice", "/bayeux/alice/notes", {"n": 1}, 1.0)
+    assert server.drain(1.0, interval=2.0) == 1
+    (released,) = [e for e in events(server) if isinstance(e, ConnectReleased)]
+    assert released.token == token
+    (reply,) = released.replies  # no messages in it: they stay for after the restart
+    assert reply["channel"] == "/meta/connect" and reply["successful"] is True
+    assert reply["advice"] == {"reconnect": "handshake", "interval": 2000, "timeout": 30000}
+    assert server.session_count() == 0
+    # The message went to the application's backlog: the next session gets it.
+    again = handshake(server, 2.0)
+    subscribe(server, again, "/bayeux/alice/**", 2.0)
+    delivered = connect(server, again, 2.0).replies
+    assert [m["data"] for m in delivered if m["channel"] == "/bayeux/alice/notes"] == [{"n": 1}]
+
+
+def test_sessions_are_counted_by_the_transport_of_their_latest_connect():
+    server = make()
+    waiting = handshake(server)
+    polling = handshake(server, user="bob")
+    connect(server, polling, 0.0)
+    socket = handshake(server)
+    connect(server, socket, 0.0, transport="websocket")
+    assert waiting != polling
+    assert server.sessions_by_transport() == {"": 1, "long-polling": 1, "websocket": 1}
