@@ -142,14 +142,17 @@ class AdapterServer(uvicorn.Server):
             sd_notify("READY=1")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn raises a caught signal again once it has stopped; for SIGTERM
+        # that would end the process by the signal instead of with status 0.
         if self.drain.active or self._loop is None or not self.started:
-            # A second signal, or one before serving: uvicorn's own handling
-            # (a second Ctrl-C forces the exit).
-            super().handle_exit(sig, frame)
+            # A second signal, or one before serving: stop without (more)
+            # draining; a second Ctrl-C forces the exit, as in uvicorn.
+            if sig == signal.SIGTERM:
+                self.should_exit = True
+            else:
+                super().handle_exit(sig, frame)
             return
         if sig != signal.SIGTERM:
-            # uvicorn raises a caught signal again once it has stopped; for
-            # SIGTERM that would end the process by the signal, not with 0.
             self._captured_signals.append(sig)
         self.drain.active = True  # at once: requests arriving from now on are refused
         self._loop.call_soon_threadsafe(self._start_drain)

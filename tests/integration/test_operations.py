@@ -438,3 +438,18 @@ def test_systemd_hears_ready_and_stopping(kamailio: PresenceServer, tmp_path: Pa
             assert process.wait(timeout=3 * STOP_BOUND) == 0
         finally:
             adapter.stop()
+
+
+def test_a_second_sigterm_still_ends_with_status_0(
+    kamailio: PresenceServer, tmp_path: Path
+) -> None:
+    adapter = own_adapter(tmp_path, kamailio)
+    adapter.start(healthy=True)
+    try:
+        process = adapter.process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=3 * STOP_BOUND) == 0, adapter.log_tail()
+    finally:
+        adapter.stop()
