@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +123,6 @@ class Sources:
     watchers: WatcherService
     store_commits: Histogram | None
     app_ids: Sequence[str]
-    #: Counters that other parts may add later (name -> a zero-argument reader).
-    extra_counters: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
 
 
 class Metrics:
@@ -210,8 +208,6 @@ class AdapterCollector(Collector):
                 (),
                 [((), sources.store_commits)],
             )
-        for name, (documentation, read) in sources.extra_counters.items():
-            yield _counter(name, documentation, read())
 
 
 def _sip(sources: Sources) -> Iterator[Metric]:
@@ -253,6 +249,15 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         "SIP messages received that were not usable (unparsable, or missing a needed header).",
         endpoint.dropped,
     )
+    # Counted by SIP drivers that refuse requests from hosts other than the
+    # presence server; exported when the driver has the count.
+    refused = getattr(endpoint, "refused", None)
+    if isinstance(refused, int):
+        yield _counter(
+            "sip_requests_refused",
+            "SIP requests refused (403) because they did not come from the presence server.",
+            refused,
+        )
 
 
 def _state(sources: Sources) -> Iterator[Metric]:

@@ -158,3 +158,52 @@ def test_a_metrics_object_given_is_the_one_served(config: Config) -> None:
     items = "presence_adapter_recovery_items"
     assert found[(items, (("kind", "publications"), ("progress", "total")))] == 3
     assert found[(items, (("kind", "publications"), ("progress", "done")))] == 1
+
+
+def test_the_collector_reads_the_sources_when_scraped() -> None:
+    from types import SimpleNamespace
+
+    from adapter.bayeux.backlog import Backlog
+    from adapter.bayeux.server import BayeuxServer
+    from adapter.metrics import NOTIFY_BUCKETS, Sources
+    from sip.useragent import UserAgentCounters
+
+    counters = UserAgentCounters(retransmissions=4)
+    counters.ended("PUBLISH", "200")
+    counters.ended("SUBSCRIBE", "timeout")
+    ua = SimpleNamespace(
+        counters=counters,
+        transactions_in_flight=2,
+        publication_count=5,
+        subscriptions_by_state=lambda: {("presence.winfo", "active"): 3},
+    )
+    hub = SimpleNamespace(server=BayeuxServer(lambda user, password: None))
+    watchers = SimpleNamespace(
+        watch_states=lambda: {"active": 7},
+        schedule_count=6,
+        notify_latency=Histogram(NOTIFY_BUCKETS),
+    )
+    metrics = Metrics()
+    metrics.sources = Sources(
+        endpoint=SimpleNamespace(ua=ua, dropped=1, refused=8),  # type: ignore[arg-type]
+        hub=hub,  # type: ignore[arg-type]
+        backlog=Backlog(10, 60.0),
+        watchers=watchers,  # type: ignore[arg-type]
+        store_commits=None,
+        app_ids=["alice-app"],
+    )
+    found = samples(metrics.exposition().decode())
+    p = "presence_adapter_"
+    assert found[(p + "sip_client_transactions_total",
+                  (("method", "PUBLISH"), ("status", "200")))] == 1
+    assert found[(p + "sip_client_timeouts_total", (("method", "SUBSCRIBE"),))] == 1
+    assert found[(p + "sip_retransmissions_total", ())] == 4
+    assert found[(p + "sip_client_transactions_in_flight", ())] == 2
+    assert found[(p + "sip_datagrams_dropped_total", ())] == 1
+    assert found[(p + "sip_requests_refused_total", ())] == 8
+    assert found[(p + "publications", ())] == 5
+    assert found[(p + "subscriptions", (("event", "presence.winfo"), ("state", "active")))] == 3
+    assert found[(p + "watches", (("state", "active"),))] == 7
+    assert found[(p + "notification_schedules", ())] == 6
+    assert found[(p + "bayeux_backlog_messages", (("application", "alice-app"),))] == 0
+    assert not [key for key in found if key[0].startswith(p + "store_commit")]
