@@ -175,6 +175,17 @@ def sip_phone(
         phone.stop()
 
 
+@pytest.fixture
+def kamailio() -> Iterator[PresenceServer]:
+    """A presence server of the test's own, for tests that stop, halt or restart it."""
+    server = PresenceServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
     """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
     deadline = time.monotonic() + timeout

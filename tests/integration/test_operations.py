@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapter.shutdown import STOP_BOUND
 from tests.adapter_process import AdapterProcess, AppAccount
-from tests.integration.conftest import AdapterFactory, BayeuxListener
+from tests.integration.conftest import AdapterFactory, BayeuxListener, eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -39,17 +39,6 @@ def _accounts() -> tuple[AppAccount, AppAccount]:
     alice = AppAccount("alice-app", PASSWORD, (f"sip:alice-{run}@example.com",))
     bob = AppAccount("bob-app", PASSWORD, (f"sip:bob-{run}@example.com",))
     return alice, bob
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -236,17 +225,6 @@ def test_sip_trace_is_off_by_default(adapter_factory: AdapterFactory) -> None:
 
 
 # -- /livez and /readyz --------------------------------------------------------------
-
-
-@pytest.fixture
-def kamailio() -> Iterator[PresenceServer]:
-    """A presence server of this test's own: stopped and started again here."""
-    server = PresenceServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def own_adapter(directory: Path, server: PresenceServer, **settings: Any) -> AdapterProcess:
