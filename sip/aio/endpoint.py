@@ -25,6 +25,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ..errors import SipError
 from ..message import StreamParser
@@ -444,8 +445,6 @@ class SipEndpoint:
         self._flush()
 
     def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:
-        if trace.isEnabledFor(logging.INFO) and protocol.peer is not None:
-            _trace("in from", data, protocol.peer)
         try:
             messages = protocol.parser.feed(data)
         except SipError as exc:
@@ -460,7 +459,10 @@ class SipEndpoint:
             protocol.write(b"\r\n" * pings)
         assert protocol.peer is not None
         now = self.now()
+        traced = trace.isEnabledFor(logging.INFO)
         for message in messages:
+            if traced:  # each message framed from the stream, as serialised again
+                _trace("in from", bytes(message), protocol.peer)
             self.ua.receive_message(message, protocol.peer, now)
         self._flush()
 
@@ -535,14 +537,14 @@ class _StreamProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; uvloop's TLS one does not derive from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
             self.peer = Destination("tcp", host, port)
         self.endpoint._connection_made(self)
         if self.pending:
-            transport.write(b"".join(self.pending))
+            self.transport.write(b"".join(self.pending))
             self.pending.clear()
 
     def data_received(self, data: bytes) -> None:

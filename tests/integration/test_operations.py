@@ -181,12 +181,14 @@ def test_metrics_with_a_token_want_it(adapter_factory: AdapterFactory) -> None:
 # -- logs ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_json_logs_are_one_object_a_line_with_uvicorn_and_sip_trace(
-    adapter_factory: AdapterFactory,
+    adapter_factory: AdapterFactory, transport: str
 ) -> None:
     alice, bob = _accounts()
     adapter = adapter_factory(
-        [alice, bob], settings={"log": {"format": "json", "sip_trace": True}}
+        [alice, bob], transport=transport,
+        settings={"log": {"format": "json", "sip_trace": True}},
     )
     scene = Scene(adapter, alice, bob)
     assert scene.publish("Away").status_code == 204
@@ -210,8 +212,8 @@ def test_json_logs_are_one_object_a_line_with_uvicorn_and_sip_trace(
     traced = [r for r in found if r["logger"] == "sip.trace"]
     assert any(r["message"].startswith("out to") and "PUBLISH sip:" in r["message"]
                for r in traced)
-    assert any(r["message"].startswith("in from") and "SIP/2.0 200" in r["message"]
-               for r in traced)
+    assert any(r["message"].startswith(f"in from {transport}:") and "SIP/2.0 200"
+               in r["message"] for r in traced)
 
 
 def test_sip_trace_is_off_by_default(adapter_factory: AdapterFactory) -> None:
