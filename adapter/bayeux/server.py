@@ -123,6 +123,8 @@ class BayeuxServer:
         # Tokens held earlier in the batch being received: if the same batch
         # releases one, its reply joins the immediate replies.
         self._receiving: dict[int, list[Mapping[str, Any]]] | None = None
+        # Set by drain(): seconds a client is told to wait before handshaking again.
+        self._drained: float | None = None
 
     # ------------------------------------------------------------------ drivers
 
@@ -257,6 +259,7 @@ class BayeuxServer:
         goes to its application's backlog, which the store keeps across the
         restart, so it is delivered once the client is back.
         """
+        self._drained = interval
         sessions = list(self._sessions.values())
         for session in sessions:
             if session.hold is not None:
@@ -326,6 +329,12 @@ class BayeuxServer:
             reply = _failure(message, "301", ",".join(CONNECTION_TYPES), "no common transport")
             reply["supportedConnectionTypes"] = list(CONNECTION_TYPES)
             reply["advice"] = self._advice("none")
+            return reply
+        if self._drained is not None:
+            # A handshake on a WebSocket opened before the drain: no new
+            # session in a server about to stop.
+            reply = _failure(message, "503", "", "server shutting down")
+            reply["advice"] = self._advice("handshake", interval=self._drained)
             return reply
         app_id = self._authenticated_app(message, credentials)
         if app_id is None:
