@@ -249,15 +249,11 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         "SIP messages received that were not usable (unparsable, or missing a needed header).",
         endpoint.dropped,
     )
-    # Counted by SIP drivers that refuse requests from hosts other than the
-    # presence server; exported when the driver has the count.
-    refused = getattr(endpoint, "refused", None)
-    if isinstance(refused, int):
-        yield _counter(
-            "sip_requests_refused",
-            "SIP requests refused (403) because they did not come from the presence server.",
-            refused,
-        )
+    yield _counter(
+        "sip_requests_refused",
+        "SIP requests refused (403) because they did not come from the presence server.",
+        endpoint.refused,
+    )
 
 
 def _state(sources: Sources) -> Iterator[Metric]:
