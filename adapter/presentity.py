@@ -32,6 +32,8 @@ from functools import cached_property
 from typing import Any
 
 from adapter.liveness import ServerLiveness, bounded
+from adapter.logs import bind
+from adapter.metrics import RecoveryProgress
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient
@@ -169,6 +171,7 @@ class PresentityService:
         server refuses or does not answer.  The state is kept either way: the
         publication retries in the background until the server takes it.
         """
+        bind(presentity=presentity)
         validate_publication(attributes)
         entry = self._presentity(presentity)
         now = self._clock()
@@ -300,7 +303,9 @@ class PresentityService:
 
         await recover("publications", entries, start, pace=pace)
 
-    async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
+    async def restore(
+        self, pace: RecoveryPace = RecoveryPace(), progress: RecoveryProgress | None = None
+    ) -> None:
         """Publish again what the store kept (at start, paced)."""
         stored = self._store.load(PUBLICATION)
         entries = []
@@ -339,7 +344,7 @@ class PresentityService:
             except RequestFailed as exc:
                 logger.info("re-publishing %s: %s (keeps retrying)", entry.aor, exc)
 
-        await recover("publications", entries, start, pace=pace)
+        await recover("publications", entries, start, pace=pace, progress=progress)
 
     def _start_publication(self, entry: _Presentity, body: bytes) -> int:
         """A new SIP publication for ``entry``, resuming the server's one if known."""

@@ -45,7 +45,7 @@ from pidf.model import (
 
 REPO = Path(__file__).resolve().parents[2]
 DOC_URI = "urn:presence-adapter:openapi"
-NOT_REST = ("/cometd", "/health", "/openapi.json", "/console")
+NOT_REST = ("/cometd", "/health", "/openapi.json", "/console", "/livez", "/readyz", "/metrics")
 
 
 @pytest.fixture(scope="module")

@@ -122,6 +122,17 @@ def sip_phone(
         phone.stop()
 
 
+@pytest.fixture
+def kamailio() -> Iterator[PresenceServer]:
+    """A presence server of the test's own, for tests that stop, halt or restart it."""
+    server = PresenceServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class AdapterFactory(Protocol):
     def __call__(
         self,

@@ -74,17 +74,6 @@ addresses = ["{bob}"]
 # -- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kamailio() -> Iterator[PresenceServer]:
-    """A presence server of this test's own: tests here restart and stop it."""
-    server = PresenceServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 class Scene:
     """One adapter process, its two applications, and their addresses."""
 
