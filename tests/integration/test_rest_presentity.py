@@ -521,10 +521,10 @@ def subscription_cases(path: str) -> list[Case]:
          400, "SVC0002", ["watcher"]),
         ("PUT", path, {"json": {"decisions": GOOD_DECISIONS}}, 400, "SVC0002", ["watcher"]),
         ("PUT", path, {"json": {"watcher": KNOWN_NOBODY, "decisions": GOOD_DECISIONS}},
-         404, "SVC0002", ["watcher"]),
+         404, "SVC0002", ["watcher", KNOWN_NOBODY]),
         ("DELETE", f"{path}/bob", {}, 400, "SVC0002", ["watcher"]),
-        ("DELETE", f"{path}/{quote(KNOWN_NOBODY, safe='')}", {}, 404, "SVC0002", ["watcher"]),
-        ("GET", path, {}, 400, "SVC0002", ["status or filter"]),
+        ("DELETE", f"{path}/{quote(KNOWN_NOBODY, safe='')}", {}, 404, "SVC0002",
+         ["watcher", KNOWN_NOBODY]),
         ("GET", path, {"params": {"status": "closed"}}, 400, "SVC0003", ["status", "open"]),
         ("GET", path, {"params": {"filter": "watchers"}}, 400, "SVC0003", ["filter", "watcher"]),
     ]

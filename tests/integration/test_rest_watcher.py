@@ -624,7 +624,7 @@ def test_watcher_errors(apps) -> None:
     response = start("errors-dup", duration={"metric": "Minute", "units": 1})
     assert response.status_code == 201, response.text
     response = start("errors-dup", duration={"metric": "Minute", "units": 1})
-    assert (response.status_code, error_id(response)) == (400, "SVC0005")
+    assert (response.status_code, error_id(response)) == (409, "SVC0005")
     # Alice has not decided: the subscription is pending.
     response = b.presence(a.address)
     assert (response.status_code, error_id(response)) == (403, "POL0002")
