@@ -280,7 +280,7 @@ def _object(
 
 
 def _wrapped(name: str, **properties: Schema) -> Schema:
-    inner = _object(optional=(), **properties)
+    inner = {"type": "object", "required": list(properties), "properties": properties}
     return {"type": "object", "required": [name], "properties": {name: inner}}
 
 
