@@ -203,9 +203,12 @@ def schemas() -> dict[str, Schema]:
         attributes=ref("Attributes"),
         reference=ref("Reference"),
     )
-    out["UserPresenceQuery"] = _object(
-        optional=("attributes",), nullable=True, presentity=URI, attributes=ref("Attributes")
-    )
+    out["UserPresenceQuery"] = {
+        **_object(
+            optional=("attributes",), nullable=True, presentity=URI, attributes=ref("Attributes")
+        ),
+        "examples": [{"presentity": ALICE, "attributes": ["Activity", "Place"]}],
+    }
     out["TimeMetric"] = _object(metric=_string(enum=list(METRICS)), units=COUNT)
     criteria = [c.value for c in Criterion]
     out["StartNotificationRequest"] = _object(
@@ -295,6 +298,7 @@ class Param:
     schema: Schema
     required: bool = False
     as_json: bool = False  # URL-encoded JSON (OCSG's ?query= convention)
+    example: Any = None
 
 
 @dataclass(frozen=True)
@@ -459,7 +463,7 @@ OPERATIONS: tuple[Operation, ...] = (
         tuple(f"{p}/{{watcher}}" for p in SUBSCRIPTION_BOTH),
         "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked).",
         params=(Param("watcher", "path", "The watcher's URI, percent-encoded.", URI,
-                      required=True),),
+                      required=True, example=BOB),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("watcher"), "The watcher is not a URI."),
                 UNKNOWN_WATCHER, *XCAP_FAILED),
@@ -475,13 +479,6 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(BAD_INPUT, ENDPOINT_REFUSED, *SIP_FAILED),
         notifications=("notifySubscription", "subscriptionEnded"),
-    ),
-    Operation(
-        "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
-        "Ends the watcher's own subscription to a presentity (unSUBSCRIBE) and every "
-        "notification started for it. Not in the OCSG interface: an extension.",
-        params=(Param("presentity", "query", "The presentity's URI.", URI, required=True),),
-        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
     ),
     Operation(
         "getUserPresence", "Get User Presence", "watcher", "GET", (BASE,),
@@ -541,11 +538,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "Stops the notifications of that correlator (no statusEnd); the subscription ends "
         "when nothing else needs it.",
         params=(Param("correlator", "path", "The correlator given at the start.",
-                      {"type": "string"}, required=True),),
+                      {"type": "string"}, required=True, example=REFERENCE["correlator"]),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.not_found("correlator", "board-7"),
                       "No notification with that correlator for this application; "
                       "variables: the part, then the correlator."),),
+    ),
+    Operation(
+        "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
+        "Ends the watcher's own subscription to a presentity (unSUBSCRIBE) and every "
+        "notification started for it. Not in the OCSG interface: an extension.",
+        params=(Param("presentity", "query", "The presentity's URI.", URI, required=True,
+                      example=ALICE),),
+        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
     ),
     Operation(
         "getOpenApiDocument", "OpenAPI document", "description", "GET", (DOCUMENT_PATH,),
@@ -639,8 +644,12 @@ def _openapi_operation(endpoint: Endpoint) -> Schema:
                              "required": p.required and (p.where == "path" or len(ops) == 1)}
             if p.as_json:
                 param["content"] = {"application/json": {"schema": p.schema}}
+                if p.example is not None:
+                    param["content"]["application/json"]["example"] = p.example
             else:
                 param["schema"] = p.schema
+                if p.example is not None:
+                    param["example"] = p.example
             params.append(param)
     if params:
         out["parameters"] = params
