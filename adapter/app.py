@@ -13,13 +13,15 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter import rest
-from adapter.auth import Accounts
+from adapter.admission import Admission
+from adapter.auth import IDENTITY_HEADER, Accounts
 from adapter.bayeux import Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
 from adapter.config import Config
@@ -211,6 +213,47 @@ def _log_access(scope: Scope, status: int) -> None:
     )
 
 
+class _WebSocketOrigins:
+    """Refuses a WebSocket upgrade whose ``Origin`` is not in ``[http] cors_origins``.
+
+    Where CORSMiddleware falls short: it handles HTTP only, and browsers apply
+    no CORS to WebSockets — they send ``Origin`` and leave the check to the
+    server (RFC 6455 §10.2).  Clients that send none (not a browser: the Node
+    and Python Bayeux clients) are let through, as for HTTP.
+    """
+
+    def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
+        self.app = app
+        self.origins = frozenset(origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+            if origin is not None and origin.decode("latin-1") not in self.origins:
+                # Closing before accepting: the server answers the upgrade with 403.
+                await send({"type": "websocket.close", "code": 1008})
+                return
+        await self.app(scope, receive, send)
+
+
+def _edge_middleware(config: Config) -> list[Middleware]:
+    """CORS for the listed browser origins, outermost so that errors carry it too."""
+    if not config.http.cors_origins:
+        return []  # no CORS headers at all: browsers keep their same-origin rule
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.http.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", IDENTITY_HEADER],
+            # Start Presence Notification's Location, and what a refusal tells.
+            expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        ),
+        Middleware(_WebSocketOrigins, origins=config.http.cors_origins),
+    ]
+
+
 def create_app(
     config: Config,
     *,
@@ -232,7 +275,7 @@ def create_app(
     async def app_lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
             state = await stack.enter_async_context(lifespan(app)) if lifespan else None
-            logger.info("serving on http://%s", config.http.address)
+            logger.info("serving on %s://%s", config.http.scheme, config.http.address)
             yield dict(state or {})
 
     handlers: dict[type[Exception], ExceptionHandler] = {
@@ -240,8 +283,12 @@ def create_app(
         RestError: _rest_error,
         HTTPException: _http_error,
     }
-    middleware = [Middleware(_AccessLog)] if config.http.access_log else []
+    middleware = _edge_middleware(config)
+    if config.http.access_log:
+        middleware.append(Middleware(_AccessLog))
     middleware.append(Middleware(_LastResort))
+    if config.limits is not None or any(a.password_hash for a in config.accounts):
+        middleware.append(Middleware(Admission, prefix=rest.BASE, limit=config.limits))
     if fast_routes:
         middleware.append(Middleware(_FastRoutes, routes=fast_routes, handlers=handlers))
     app = Starlette(
@@ -288,7 +335,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, config.bayeux, backlog=backlog)
+    hub = Hub(bayeux_login, config.bayeux, backlog=backlog, prepare=accounts.check_async)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import getpass
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from adapter.config import Config, ConfigError, check_ports, load_config
 
@@ -34,7 +37,30 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the REST API and the Bayeux server")
     serve.add_argument("--config", required=True, metavar="PATH", help="the adapter's TOML file")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
+    commands.add_parser(
+        "hash-password",
+        help="print an Argon2 hash of a password read from standard input, for "
+        "[[accounts]] password_hash",
+    )
     return parser
+
+
+def _hash_password() -> int:
+    from adapter.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("presence-adapter: the passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        # One line: `echo secret | presence-adapter hash-password` must not hash the newline.
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("presence-adapter: empty password", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_password(password))
+    return 0
 
 
 def _serve(config: Config, log_level: str) -> int:
@@ -73,8 +99,20 @@ def _serve(config: Config, log_level: str) -> int:
         # than it saves on the networks an adapter serves (measured,
         # docs/benchmarks.md "Notification latency").
         ws_per_message_deflate=False,
+        **_tls_options(config),
     )
     return 0
+
+
+def _tls_options(config: Config) -> dict[str, Any]:
+    """uvicorn's HTTPS settings; the files were loaded once already by load_config."""
+    http = config.http
+    if http.tls_cert is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": http.tls_cert, "ssl_keyfile": http.tls_key}
+    if http.tls_client_ca is not None:
+        options.update(ssl_ca_certs=http.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 #: The adapter's log line: none of the process, the thread or the caller's file.
@@ -120,6 +158,8 @@ class LogFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-password":
+        return _hash_password()
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])

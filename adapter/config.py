@@ -19,6 +19,10 @@ Decisions this module makes (also stated in the README):
   address may be listed only once, and account ids must be unique.
 - Whether the HTTP and SIP listen ports are free is checked by ``check_ports`` when
   serving, not by ``load_config``: loading must stay possible while the adapter runs.
+  Files named by the configuration (TLS certificates and keys) are read and checked
+  by ``load_config``: a server that would fail its first handshake must not start.
+- Relative file paths (``store.path``, ``http.tls_*``) are relative to the working
+  directory, as ``store.path`` always was.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import errno
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -39,6 +45,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from adapter.bayeux.limits import BayeuxLimits
+from adapter.passwords import hash_problem
 from sip.errors import SipError
 from sip.uri import SipURI
 
@@ -48,6 +55,7 @@ __all__ = [
     "ConfigError",
     "HostPort",
     "HttpConfig",
+    "RateLimit",
     "SipConfig",
     "StoreConfig",
     "XcapConfig",
@@ -171,10 +179,21 @@ class HttpConfig:
     port: int
     #: One line per HTTP request at INFO on the ``adapter.access`` logger.
     access_log: bool = True
+    #: PEM files: with both, REST and Bayeux are served over HTTPS only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: PEM CA certificates: when set, every client must present a certificate they sign.
+    tls_client_ca: Path | None = None
+    #: Browser origins (``https://app.example``) allowed by CORS; empty: no CORS headers.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def address(self) -> HostPort:
         return HostPort(f"[{self.host}]" if ":" in self.host else self.host, self.port)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
 
 @dataclass(frozen=True)
@@ -215,18 +234,26 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class Account:
-    """An application instance account: who may call the REST API and as whom."""
+    """An application instance account: who may call the REST API and as whom.
+
+    Its secret is either ``password`` (plain text: given in the file, or read from
+    the environment variable ``password_env`` names) or ``password_hash`` (an
+    Argon2 PHC string, adapter.passwords); exactly one of the two is set.
+    """
 
     #: The appInstanceID; also the root of its Bayeux channels, /bayeux/<id>/**.
     id: str
-    password: str = field(repr=False)
+    password: str | None = field(repr=False)
     #: The SIP identities the application may act as; the first is its default.
     addresses: tuple[str, ...]
+    password_hash: str | None = field(default=None, repr=False)
     # The same addresses as a set: asked on every request that names one, and
     # an account may hold thousands.
     _address_set: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if (self.password is None) == (self.password_hash is None):
+            raise ValueError(f"account {self.id}: give exactly one of password, password_hash")
         object.__setattr__(self, "_address_set", frozenset(self.addresses))
 
     @property
@@ -252,6 +279,16 @@ class NotificationPolicy:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """``[limits]``: a token bucket per application (account id) for its REST requests."""
+
+    #: Tokens added per second: the sustained rate.
+    requests_per_second: float
+    #: Tokens the bucket holds: how many requests may come at once after a quiet spell.
+    burst: int
+
+
+@dataclass(frozen=True)
 class Config:
     #: The file the configuration was read from, as given (used in messages).
     source: str
@@ -266,6 +303,8 @@ class Config:
     bayeux: BayeuxLimits = field(default_factory=BayeuxLimits)
     #: Optional ``[notifications]`` table: limits on notification requests.
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
+    #: Optional ``[limits]`` table; None: no limit on any application's request rate.
+    limits: RateLimit | None = None
 
     def account(self, account_id: str) -> Account | None:
         for account in self.accounts:
@@ -357,7 +396,7 @@ class _Table:
         return [self.key(name) for name in self.data if name not in self.read]
 
 
-def _read_http(table: _Table) -> HttpConfig:
+def _read_http(table: _Table, cwd: Path) -> HttpConfig:
     host = table.required_string("host")
     if not _valid_host(f"[{host}]" if ":" in host else host):
         raise table.error("host", f"{_show(host)} is not a host name or IP address")
@@ -365,7 +404,109 @@ def _read_http(table: _Table) -> HttpConfig:
     if not _valid_port(port):
         raise table.error("port", f"{port} is outside 1-65535")
     access_log = table.get("access_log", bool, "a boolean", required=False)
-    return HttpConfig(host, port, True if access_log is None else access_log)
+    cert, key, client_ca = (_path(table, name, cwd) for name in _TLS_FILES)
+    if (cert is None) != (key is None):
+        missing = "tls_key" if key is None else "tls_cert"
+        raise table.error(missing, "missing (tls_cert and tls_key go together)")
+    if client_ca is not None and cert is None:
+        raise table.error(
+            "tls_client_ca", "needs tls_cert and tls_key (client certificates come over TLS)"
+        )
+    if cert is not None and key is not None:
+        _check_tls_files(table, cert, key, client_ca)
+    return HttpConfig(
+        host,
+        port,
+        True if access_log is None else access_log,
+        cert,
+        key,
+        client_ca,
+        _read_origins(table),
+    )
+
+
+_TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
+
+
+def _path(table: _Table, name: str, cwd: Path) -> Path | None:
+    text = table.string(name, required=False)
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else cwd / path
+
+
+def _readable(table: _Table, name: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise table.error(name, f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _no_password() -> bytes:
+    # An encrypted key would make OpenSSL prompt on the terminal; refuse it instead.
+    raise ValueError("encrypted")
+
+
+def _check_tls_files(table: _Table, cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Load the files as the server will, naming the key whose file is at fault."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for name, path in (("tls_cert", cert), ("tls_client_ca", client_ca)):
+        if path is None:
+            continue
+        _readable(table, name, path)
+        try:
+            # The certificates alone first, so that a bad one is not blamed on the key.
+            context.load_verify_locations(cafile=path)
+        except ssl.SSLError:
+            raise table.error(name, f"{path} holds no PEM certificate") from None
+    _readable(table, "tls_key", key)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except ValueError:
+        raise table.error("tls_key", f"{key} is encrypted (give an unencrypted key)") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            problem = ("tls_key", f"{key} does not match the certificate of tls_cert")
+        elif exc.reason in ("EE_KEY_TOO_SMALL", "CA_MD_TOO_WEAK", "CA_KEY_TOO_SMALL"):
+            problem = ("tls_cert", f"{cert} is too weak for OpenSSL ({exc.reason})")
+        else:
+            problem = ("tls_key", f"{key} holds no PEM private key")
+        raise table.error(*problem) from None
+
+
+def _read_origins(table: _Table) -> tuple[str, ...]:
+    origins = table.get("cors_origins", list, "an array of origins", required=False) or []
+    for index, origin in enumerate(origins):
+        where = f"cors_origins[{index}]"
+        if not isinstance(origin, str):
+            raise table.error(where, f"must be a string, not {_type_name(origin)}")
+        if _origin_problem(origin):
+            raise table.error(
+                where,
+                f"{_show(origin)} is not an origin: scheme://host[:port] in lower case, "
+                "no path (RFC 6454 §6.2, as browsers send it)",
+            )
+    return tuple(origins)
+
+
+def _origin_problem(text: str) -> bool:
+    # Browsers send the serialised origin (RFC 6454 §6.2) and CORS compares it as
+    # a string, so only that exact form can ever match.
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return True
+    return (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or port == 0
+        or bool(parts.path or parts.query or parts.fragment or text.endswith(("?", "#")))
+        or text != text.lower()
+    )
 
 
 def _read_sip(table: _Table) -> SipConfig:
@@ -428,7 +569,7 @@ def _read_account(table: _Table) -> Account:
             f"{_show(account_id)} must be letters, digits and - _ ! ~ ( ) $ @ only "
             "(it names the Bayeux channel /bayeux/<id>)",
         )
-    password = table.required_string("password")
+    password, password_hash = _read_secret(table)
     addresses = table.get("addresses", list, "an array of SIP URIs")
     if not addresses:
         raise table.error("addresses", "must list at least one SIP address")
@@ -443,7 +584,37 @@ def _read_account(table: _Table) -> Account:
         if address in seen:
             raise table.error(where, f"{_show(address)} is listed twice")
         seen.add(address)
-    return Account(account_id, password, tuple(addresses))
+    return Account(account_id, password, tuple(addresses), password_hash)
+
+
+_SECRETS = ("password", "password_hash", "password_env")
+
+
+def _read_secret(table: _Table) -> tuple[str | None, str | None]:
+    """(password, password_hash) from exactly one of ``password``, ``password_hash``,
+    ``password_env`` (the name of an environment variable holding the password)."""
+    given = [name for name in _SECRETS if name in table.data]
+    if not given:
+        raise table.error("password", "missing (give password, password_hash or password_env)")
+    if len(given) > 1:
+        raise table.error(given[1], f"give only one of {', '.join(_SECRETS)}, not also {given[0]}")
+    name = given[0]
+    value = table.required_string(name)
+    if name == "password":
+        return value, None
+    if name == "password_hash":
+        problem = hash_problem(value)
+        if problem:
+            raise table.error(name, problem)
+        return None, value
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise table.error(name, f"{_show(value)} is not an environment variable name")
+    secret = os.environ.get(value)
+    if secret is None:
+        raise table.error(name, f"environment variable {value} is not set")
+    if not secret:
+        raise table.error(name, f"environment variable {value} is empty")
+    return secret, None
 
 
 def _read_bayeux(table: _Table) -> BayeuxLimits:
@@ -483,6 +654,18 @@ def _read_notifications(table: _Table) -> NotificationPolicy:
     return NotificationPolicy(**{**default.__dict__, **values})
 
 
+def _read_limits(table: _Table) -> RateLimit:
+    rate = table.get("requests_per_second", (int, float), "a number")  # type: ignore[arg-type]
+    if not (rate > 0 and math.isfinite(rate)):
+        raise table.error("requests_per_second", "must be positive")
+    burst = table.get("burst", int, "an integer", required=False)
+    if burst is None:
+        burst = max(1, math.ceil(rate))  # a second's worth
+    elif burst < 1:
+        raise table.error("burst", "must be positive")
+    return RateLimit(float(rate), burst)
+
+
 def _overlap(a: HostPort, b: HostPort) -> bool:
     wildcard = {"0.0.0.0", "[::]"}
     return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
@@ -508,10 +691,11 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
     root = _Table(data, "", source)
     sections = [root.table(name) for name in ("http", "sip", "xcap", "store")]
     http_table, sip_table, xcap_table, store_table = sections
-    http = _read_http(http_table)
+    cwd = Path.cwd() if cwd is None else cwd
+    http = _read_http(http_table, cwd)
     sip = _read_sip(sip_table)
     xcap = _read_xcap(xcap_table)
-    store = _read_store(store_table, Path.cwd() if cwd is None else cwd)
+    store = _read_store(store_table, cwd)
 
     account_tables = list(root.tables("accounts"))
     if not account_tables:
@@ -539,14 +723,17 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
         _read_notifications(policy_table) if policy_table is not None else NotificationPolicy()
     )
 
+    limits_table = root.table("limits") if "limits" in data else None
+    limits = _read_limits(limits_table) if limits_table is not None else None
+
     unknown = root.unknown()
-    extra = [t for t in (bayeux_table, policy_table) if t is not None]
+    extra = [t for t in (bayeux_table, policy_table, limits_table) if t is not None]
     for table in [*sections, *account_tables, *extra]:
         unknown += table.unknown()
     if unknown:
         logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
     return Config(
-        source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux, policy
+        source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux, policy, limits
     )
 
 

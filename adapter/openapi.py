@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapter.admission import rate_limited
 from adapter.auth import IDENTITY_HEADER, REALM
 from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
 from adapter.notification import Criterion
@@ -354,6 +355,8 @@ AUTH_FAULTS = (
     ),
     Fault(ServiceError.service_error("internal error", status=500),
           "An unexpected failure of the adapter (logged there, never shown)."),
+    Fault(rate_limited(1.0), "The application is beyond its [limits] request rate "
+          "(Retry-After: the seconds until it may retry)."),
 )
 BAD_INPUT = Fault(ServiceError.invalid_input("presentity"), "A member is missing or invalid.")
 SIP_FAILED = (

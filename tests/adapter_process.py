@@ -10,12 +10,18 @@ Two ways to configure one: a TOML template of your own (``AdapterProcess(directo
 config, **values)``), or :meth:`AdapterProcess.for_server` with the application
 accounts and a presence server, which writes the configuration and then hands
 out HTTP clients per account (:meth:`AdapterProcess.client`).
+
+An adapter serving HTTPS (``[http] tls_cert``) is reached with ``tls``, the
+client's TLS context (trusting the test's CA, presenting a client certificate
+when the adapter asks for one): :attr:`url` is then ``https://``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -40,8 +46,12 @@ class AppAccount:
     """One ``[[accounts]]`` entry: an application and the SIP addresses it may act as."""
 
     id: str
-    password: str
+    password: str  # what its clients send
     addresses: tuple[str, ...]
+    #: Written to the configuration instead of ``password`` when given: a hash of
+    #: it, or the name of the environment variable the adapter reads it from.
+    password_hash: str | None = None
+    password_env: str | None = None
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -105,11 +115,17 @@ def config_template(
     if extra:
         lines.extend([_literal(extra.strip()), ""])
     for account in accounts:
+        if account.password_hash is not None:
+            secret = f"password_hash = {_literal(_toml(account.password_hash))}"
+        elif account.password_env is not None:
+            secret = f"password_env = {_literal(_toml(account.password_env))}"
+        else:
+            secret = f"password = {_literal(_toml(account.password))}"
         lines.extend(
             [
                 "[[accounts]]",
                 f"id = {_literal(_toml(account.id))}",
-                f"password = {_literal(_toml(account.password))}",
+                secret,
                 f"addresses = {_literal(_toml(list(account.addresses)))}",
                 "",
             ]
@@ -134,10 +150,21 @@ class AdapterProcess:
         return list(cls._running)
 
     def __init__(
-        self, directory: Path, config: str, host: str = "127.0.0.1", **values: object
+        self,
+        directory: Path,
+        config: str,
+        host: str = "127.0.0.1",
+        *,
+        tls: ssl.SSLContext | None = None,
+        env: Mapping[str, str] | None = None,
+        **values: object,
     ) -> None:
         self.directory = directory
         self.host = host
+        #: The client side of HTTPS, for an adapter that serves it.
+        self.tls = tls
+        #: Added to the environment the process starts with.
+        self.env = dict(env or {})
         self.http_port = free_port(host)
         self.sip_port = free_port(host)
         self.store_path = directory / "adapter.sqlite"
@@ -165,6 +192,8 @@ class AdapterProcess:
         transport: str = "udp",
         settings: Mapping[str, Mapping[str, object]] | None = None,
         extra: str = "",
+        tls: ssl.SSLContext | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> AdapterProcess:
         """An adapter (not started) for ``accounts`` in front of ``server``.
 
@@ -180,13 +209,14 @@ class AdapterProcess:
             settings=settings,
             extra=extra,
         )
-        adapter = cls(directory, template)
+        adapter = cls(directory, template, tls=tls, env=env)
         adapter.accounts = {account.id: account for account in accounts}
         return adapter
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.host}:{self.http_port}"
 
     @property
     def base_url(self) -> str:
@@ -202,6 +232,8 @@ class AdapterProcess:
             known = self.accounts[account]
             options.setdefault("auth", (known.id, known.password))
         options.setdefault("timeout", 10)
+        if self.tls is not None:
+            options.setdefault("verify", self.tls)
         return {"base_url": self.url, "headers": headers, **options}
 
     def client(
@@ -238,13 +270,18 @@ class AdapterProcess:
             raise AdapterProcessError("already running")
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command(), cwd=self.directory, stdout=self._log, stderr=subprocess.STDOUT
+            self.command(),
+            cwd=self.directory,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
         )
         self._running.add(self)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                status = httpx.get(self.url + "/health", timeout=3).status_code
+                verify = self.tls if self.tls is not None else True
+                status = httpx.get(self.url + "/health", timeout=3, verify=verify).status_code
                 if status == 200 or not healthy:
                     return
             except httpx.HTTPError:
@@ -294,5 +331,5 @@ class AdapterProcess:
             raise AdapterProcessError("already running")
         return subprocess.run(
             self.command(), cwd=self.directory, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            timeout=timeout, check=False, env={**os.environ, **self.env},
         )

@@ -87,11 +87,9 @@ class _LongPolling:
             return Response(_error_body(str(exc)), 400, media_type=JSON_TYPE)
         if not messages:
             return Response(_error_body("empty batch"), 400, media_type=JSON_TYPE)
-        received = self._hub.receive(
-            messages,
-            transport=LONG_POLLING,
-            credentials=basic_credentials(request.headers.get("authorization")),
-        )
+        credentials = basic_credentials(request.headers.get("authorization"))
+        await self._hub.prepare(messages, credentials)
+        received = self._hub.receive(messages, transport=LONG_POLLING, credentials=credentials)
         replies = received.replies
         if received.held is not None:
             try:
@@ -143,6 +141,7 @@ class _WebSocketEndpoint:
                     continue
                 if not messages:
                     continue  # Faye's keep-alive ping is an empty array
+                await hub.prepare(messages, credentials)
                 received = hub.receive(messages, transport=WEBSOCKET, credentials=credentials)
                 if received.replies:
                     await send(received.replies)

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from adapter.bayeux.backlog import BacklogStore
 from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Message
-from adapter.bayeux.server import Authenticator, BayeuxServer, Counters, Credentials, Received
+from adapter.bayeux.server import (
+    Authenticator,
+    BayeuxServer,
+    Counters,
+    Credentials,
+    Received,
+    handshake_credentials,
+)
 
 log = logging.getLogger("adapter.bayeux")
 
@@ -39,8 +46,13 @@ class Hub:
         limits: BayeuxLimits | None = None,
         *,
         backlog: BacklogStore | None = None,
+        prepare: Callable[[str, str], Awaitable[object]] | None = None,
     ) -> None:
         self.server = BayeuxServer(authenticate, limits, backlog=backlog)
+        # Runs a handshake's password check ahead of `receive`, where it may
+        # await (a slow hash verified off the event loop), so that the core's
+        # synchronous `authenticate` finds the answer already known.
+        self._prepare = prepare
         self._waiters: dict[int, asyncio.Future[list[Mapping[str, Any]]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -66,6 +78,18 @@ class Hub:
             return self.server.deliver(app_id, channel, data, self._now())
         finally:
             self._after()
+
+    async def prepare(
+        self, messages: Sequence[Message], credentials: Credentials | None = None
+    ) -> None:
+        """Call before :meth:`receive` with the same batch (see ``prepare`` above)."""
+        if self._prepare is None:
+            return
+        for message in messages:
+            if message.channel == "/meta/handshake":
+                given = handshake_credentials(message, credentials)
+                if given is not None:
+                    await self._prepare(*given)
 
     def receive(
         self,

@@ -79,6 +79,18 @@ class Received:
     held: int | None = None
 
 
+def handshake_credentials(message: Message, credentials: Credentials | None) -> Credentials | None:
+    """What a handshake authenticates with: ``ext.authentication {user, password}``
+    when present (even if malformed), else the transport's (HTTP Basic)."""
+    auth = message.ext.get("authentication") if message.ext else None
+    if isinstance(auth, dict):
+        user, password = auth.get("user"), auth.get("password")
+        if isinstance(user, str) and isinstance(password, str):
+            return user, password
+        return None
+    return credentials
+
+
 class BayeuxServer:
     def __init__(
         self,
@@ -323,15 +335,8 @@ class BayeuxServer:
         return reply
 
     def _authenticated_app(self, message: Message, credentials: Credentials | None) -> str | None:
-        auth = message.ext.get("authentication") if message.ext else None
-        if isinstance(auth, dict):
-            user, password = auth.get("user"), auth.get("password")
-            if isinstance(user, str) and isinstance(password, str):
-                return self._authenticate(user, password)
-            return None
-        if credentials is not None:
-            return self._authenticate(*credentials)
-        return None
+        given = handshake_credentials(message, credentials)
+        return None if given is None else self._authenticate(*given)
 
     def _connect(
         self, message: Message, now: float, transport: str

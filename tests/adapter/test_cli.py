@@ -240,3 +240,24 @@ def test_the_log_formatter_writes_what_the_standard_one_does(created: float) -> 
         record.created, record.msecs = when, (when - int(when)) * 1000
         assert ours.format(record) == standard.format(record)
     assert ours.formatTime(record, "%H") == standard.formatTime(record, "%H")
+
+
+def test_hash_password_prints_a_hash_of_one_line_of_stdin(tmp_path: Path) -> None:
+    from adapter.passwords import verify_password
+
+    assert SCRIPT is not None
+    done = subprocess.run(
+        [SCRIPT, "hash-password"], input="s3cret word\n", capture_output=True, text=True,
+        timeout=30, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    (digest,) = done.stdout.splitlines()
+    assert digest.startswith("$argon2id$")
+    assert verify_password(digest, "s3cret word")
+    assert not verify_password(digest, "s3cret word\n")
+    empty = subprocess.run(
+        [SCRIPT, "hash-password"], input="\n", capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+    )
+    assert (empty.returncode, empty.stdout) == (2, "")
+    assert empty.stderr.strip() == "presence-adapter: empty password"

@@ -1,3 +1,4 @@
+import json
 import logging
 import socket
 from pathlib import Path
@@ -397,3 +398,176 @@ def test_sip_tcp_port_in_use(write) -> None:
     assert str(info.value) == (
         f"{config.source}: sip.listen: 127.0.0.1:{port} (TCP) is already in use"
     )
+
+
+# -- security keys (issue 17, HTTP edge) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    from tests.certificates import TestCA
+
+    ca = TestCA(tmp_path_factory.mktemp("pki"))
+    return ca, ca.server(), ca.server("other")
+
+
+def with_http(**keys: object) -> str:
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
+    return edited("port = 8080\n", "port = 8080\n" + lines)
+
+
+def test_tls_files_are_read_and_made_absolute(write, pki, tmp_path: Path) -> None:
+    ca, server, _ = pki
+    config = load_config(write(with_http(tls_cert=str(server.cert), tls_key=str(server.key))))
+    assert (config.http.tls_cert, config.http.tls_key) == (server.cert, server.key)
+    assert config.http.tls_client_ca is None and config.http.scheme == "https"
+    relative = server.cert.relative_to(server.cert.parent.parent)
+    text = with_http(tls_cert=str(relative), tls_key=str(server.key), tls_client_ca=str(ca.cert))
+    config = load_config(write(text), cwd=server.cert.parent.parent)
+    assert config.http.tls_cert == server.cert and config.http.tls_client_ca == ca.cert
+    assert load_config(write(VALID)).http.scheme == "http"
+
+
+def test_each_tls_problem_names_its_key(write, pki, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    ca, server, other = pki
+    cert, key = str(server.cert), str(server.key)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    encrypted = tmp_path / "encrypted.key"
+    private = serialization.load_pem_private_key(server.key.read_bytes(), None)
+    encrypted.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass"),
+    ))
+    missing = tmp_path / "missing.pem"
+    cases = [
+        ({"tls_cert": cert}, "http.tls_key: missing (tls_cert and tls_key go together)"),
+        ({"tls_key": key}, "http.tls_cert: missing (tls_cert and tls_key go together)"),
+        ({"tls_client_ca": str(ca.cert)},
+         "http.tls_client_ca: needs tls_cert and tls_key (client certificates come over TLS)"),
+        ({"tls_cert": str(missing), "tls_key": key},
+         f"http.tls_cert: cannot read {missing}: No such file or directory"),
+        ({"tls_cert": key, "tls_key": key}, f"http.tls_cert: {key} holds no PEM certificate"),
+        ({"tls_cert": str(garbage), "tls_key": key},
+         f"http.tls_cert: {garbage} holds no PEM certificate"),
+        ({"tls_cert": cert, "tls_key": str(missing)},
+         f"http.tls_key: cannot read {missing}: No such file or directory"),
+        ({"tls_cert": cert, "tls_key": cert}, f"http.tls_key: {cert} holds no PEM private key"),
+        ({"tls_cert": cert, "tls_key": str(other.key)},
+         f"http.tls_key: {other.key} does not match the certificate of tls_cert"),
+        ({"tls_cert": cert, "tls_key": str(encrypted)},
+         f"http.tls_key: {encrypted} is encrypted (give an unencrypted key)"),
+        ({"tls_cert": cert, "tls_key": key, "tls_client_ca": key},
+         f"http.tls_client_ca: {key} holds no PEM certificate"),
+        ({"tls_cert": cert, "tls_key": key, "tls_client_ca": str(missing)},
+         f"http.tls_client_ca: cannot read {missing}: No such file or directory"),
+        ({"tls_cert": 1, "tls_key": key}, "http.tls_cert: must be a string, not an integer"),
+    ]
+    for keys, line in cases:
+        assert error_line(write(with_http(**keys))) == line, keys
+
+
+def test_cors_origins_must_be_serialised_origins(write) -> None:
+    origins = ["https://app.example", "http://localhost:3000", "https://[::1]:8443"]
+    assert load_config(write(with_http(cors_origins=origins))).http.cors_origins == tuple(origins)
+    assert load_config(write(VALID)).http.cors_origins == ()
+    for bad in ["https://app.example/", "app.example", "*", "https://App.example",
+                "ftp://app.example", "https://user@app.example", "https://app.example/x",
+                "https://app.example?"]:
+        line = error_line(write(with_http(cors_origins=["https://ok.example", bad])))
+        assert line.startswith(f"http.cors_origins[1]: {json.dumps(bad)} is not an origin"), line
+    assert error_line(write(with_http(cors_origins="https://app.example"))) == (
+        "http.cors_origins: must be an array of origins, not a string"
+    )
+    assert error_line(write(with_http(cors_origins=[1]))) == (
+        "http.cors_origins[0]: must be a string, not an integer"
+    )
+
+
+def with_limits(text: str) -> str:
+    return VALID.replace("[[accounts]]", text + "\n[[accounts]]", 1)
+
+
+def test_limits_are_optional_and_validated(write) -> None:
+    assert load_config(write(VALID)).limits is None
+    limits = load_config(write(with_limits("[limits]\nrequests_per_second = 50\nburst = 100\n")))
+    assert (limits.limits.requests_per_second, limits.limits.burst) == (50.0, 100)
+    # burst defaults to a second's worth of requests
+    limits = load_config(write(with_limits("[limits]\nrequests_per_second = 2.5\n")))
+    assert (limits.limits.requests_per_second, limits.limits.burst) == (2.5, 3)
+    cases = [
+        ("[limits]\nburst = 3\n", "limits.requests_per_second: missing (required)"),
+        ("[limits]\nrequests_per_second = 0\n", "limits.requests_per_second: must be positive"),
+        ("[limits]\nrequests_per_second = -1\n", "limits.requests_per_second: must be positive"),
+        ("[limits]\nrequests_per_second = nan\n", "limits.requests_per_second: must be positive"),
+        ("[limits]\nrequests_per_second = inf\n", "limits.requests_per_second: must be positive"),
+        ('[limits]\nrequests_per_second = "50"\n',
+         "limits.requests_per_second: must be a number, not a string"),
+        ("[limits]\nrequests_per_second = 5\nburst = 0\n", "limits.burst: must be positive"),
+        ("[limits]\nrequests_per_second = 5\nburst = 1.5\n",
+         "limits.burst: must be an integer, not a float"),
+        ("limits = 5\n", "limits: must be a table, not an integer"),
+    ]
+    for text, line in cases:
+        assert error_line(write(with_limits(text) if "[" in text else text + VALID)) == line
+
+
+def test_an_account_secret_is_exactly_one_of_three(write, monkeypatch) -> None:
+    from adapter.passwords import hash_password
+
+    digest = hash_password("bob-secret")
+    config = load_config(write(edited('password = "bob-secret"', f'password_hash = "{digest}"')))
+    bob = config.accounts[1]
+    assert (bob.password, bob.password_hash) == (None, digest)
+    assert digest not in repr(bob)
+
+    monkeypatch.setenv("BOB_APP_SECRET", "from-the-environment")
+    text = edited('password = "bob-secret"', 'password_env = "BOB_APP_SECRET"')
+    config = load_config(write(text))
+    assert config.accounts[1].password == "from-the-environment"
+
+    cases = [
+        ('password = "bob-secret"', "",
+         "accounts[1].password: missing (give password, password_hash or password_env)"),
+        ('password = "bob-secret"', f'password = "bob-secret"\npassword_hash = "{digest}"',
+         "accounts[1].password_hash: give only one of password, password_hash, password_env, "
+         "not also password"),
+        ('password = "bob-secret"', 'password_hash = "bob-secret"',
+         "accounts[1].password_hash: is not an Argon2 hash ($argon2id$v=19$...; "
+         "make one with presence-adapter hash-password)"),
+        ('password = "bob-secret"', 'password_hash = "$argon2id$v=19$m=65536,t=3,p=4$short"',
+         "accounts[1].password_hash: is not an Argon2 hash ($argon2id$v=19$...; "
+         "make one with presence-adapter hash-password)"),
+        ('password = "bob-secret"', 'password_env = "NO_SUCH_VARIABLE_HERE"',
+         "accounts[1].password_env: environment variable NO_SUCH_VARIABLE_HERE is not set"),
+        ('password = "bob-secret"', 'password_env = "EMPTY_SECRET"',
+         "accounts[1].password_env: environment variable EMPTY_SECRET is empty"),
+        ('password = "bob-secret"', 'password_env = "not a name"',
+         'accounts[1].password_env: "not a name" is not an environment variable name'),
+        ('password = "bob-secret"', "password_env = 3",
+         "accounts[1].password_env: must be a string, not an integer"),
+    ]
+    monkeypatch.delenv("NO_SUCH_VARIABLE_HERE", raising=False)
+    monkeypatch.setenv("EMPTY_SECRET", "")
+    for old, new, line in cases:
+        assert error_line(write(edited(old, new))) == line, new
+    # The hash is never echoed: it might be a password pasted into the wrong key.
+    assert "bob-secret" not in error_line(write(edited(old, 'password_hash = "bob-secret"')))
+
+
+def test_an_account_holds_exactly_one_secret() -> None:
+    with pytest.raises(ValueError):
+        Account("a", None, ("sip:a@example.com",))
+    with pytest.raises(ValueError):
+        Account("a", "p", ("sip:a@example.com",), password_hash="$argon2id$...")
+
+
+def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
+    from adapter.passwords import verify_password
+
+    config = load_config(REPO / "conf/adapter.toml", cwd=REPO)
+    for account, password in zip(config.accounts, ("alice-secret", "bob-secret"), strict=True):
+        assert account.password is None and account.password_hash is not None
+        assert verify_password(account.password_hash, password)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -165,6 +166,8 @@ class AdapterFactory(Protocol):
         transport: str = "udp",
         settings: dict[str, dict[str, object]] | None = None,
         extra: str = "",
+        tls: ssl.SSLContext | None = None,
+        env: dict[str, str] | None = None,
     ) -> AdapterProcess: ...
 
 
@@ -176,7 +179,8 @@ def adapter_factory(
     presence server, each in a directory of its own; all stopped after the module.
 
     ``healthy`` (the default) waits until /health is 200; pass False for an adapter
-    pointed at a presence server that is not there.
+    pointed at a presence server that is not there. ``tls`` is the clients' side
+    of an adapter serving HTTPS, ``env`` added to its environment.
     """
     started: list[AdapterProcess] = []
 
@@ -189,6 +193,8 @@ def adapter_factory(
         transport: str = "udp",
         settings: dict[str, dict[str, object]] | None = None,
         extra: str = "",
+        tls: ssl.SSLContext | None = None,
+        env: dict[str, str] | None = None,
     ) -> AdapterProcess:
         adapter = AdapterProcess.for_server(
             tmp_path_factory.mktemp("adapter"),
@@ -199,6 +205,8 @@ def adapter_factory(
             transport=transport,
             settings=settings,
             extra=extra,
+            tls=tls,
+            env=env,
         )
         started.append(adapter)
         adapter.start(healthy=healthy)

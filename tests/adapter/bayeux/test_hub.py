@@ -119,3 +119,23 @@ def test_a_full_backlog_is_told_once_then_once_per_interval_not_per_message(
         "bayeux: dropped 1 oldest message(s) for app (backlog full); 504 dropped in total",
         "bayeux: dropped 1 oldest message(s) for app (backlog full); 505 dropped in total",
     ]
+
+
+def test_prepare_sees_each_handshake_credentials_before_receive():
+    prepared: list[tuple[str, str]] = []
+
+    async def prepare(user: str, password: str) -> None:
+        prepared.append((user, password))
+
+    async def scenario() -> None:
+        hub = Hub(authenticate, prepare=prepare)
+        ext = {"authentication": {"user": "app", "password": "pw"}}
+        batch = [Message("/meta/handshake", ext=ext), Message("/meta/connect", client_id="x")]
+        await hub.prepare(batch, ("basic-user", "basic-pw"))
+        await hub.prepare([Message("/meta/handshake")], ("basic-user", "basic-pw"))
+        await hub.prepare([Message("/meta/handshake")], None)
+        await hub.prepare([Message("/meta/subscribe", client_id="x")], ("basic-user", "basic-pw"))
+
+    asyncio.run(scenario())
+    # ext.authentication wins over the transport's credentials, as in the handshake itself.
+    assert prepared == [("app", "pw"), ("basic-user", "basic-pw")]
