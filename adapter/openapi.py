@@ -299,7 +299,7 @@ class Param:
     schema: Schema
     required: bool = False
     as_json: bool = False  # URL-encoded JSON (OCSG's ?query= convention)
-    example: Any = None
+    example: Any = None  # a value that names something real in the examples
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ class Reply:
     status: int
     description: str
     schema: str | None = None  # a component of schemas()
-    example: Any = None
+    example: Any = None  # a value that names something real in the examples
     headers: tuple[tuple[str, str], ...] = ()  # (name, description)
     media: str = "application/json"
 
@@ -647,8 +647,6 @@ def _openapi_operation(endpoint: Endpoint) -> Schema:
                              "required": p.required and (p.where == "path" or len(ops) == 1)}
             if p.as_json:
                 param["content"] = {"application/json": {"schema": p.schema}}
-                if p.example is not None:
-                    param["content"]["application/json"]["example"] = p.example
             else:
                 param["schema"] = p.schema
                 if p.example is not None:
