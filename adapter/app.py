@@ -25,6 +25,7 @@ from adapter.auth import IDENTITY_HEADER, Accounts
 from adapter.bayeux import Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
 from adapter.config import Config
+from adapter.console import console_routes
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
 from adapter.liveness import ServerLiveness
@@ -214,7 +215,8 @@ def _log_access(scope: Scope, status: int) -> None:
 
 
 class _WebSocketOrigins:
-    """Refuses a WebSocket upgrade whose ``Origin`` is not in ``[http] cors_origins``.
+    """Refuses a WebSocket upgrade whose ``Origin`` is neither in ``[http] cors_origins``
+    nor the adapter's own (its console's pages).
 
     Where CORSMiddleware falls short: it handles HTTP only, and browsers apply
     no CORS to WebSockets — they send ``Origin`` and leave the check to the
@@ -229,11 +231,26 @@ class _WebSocketOrigins:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
-            if origin is not None and origin.decode("latin-1") not in self.origins:
+            if (
+                origin is not None
+                and origin.decode("latin-1") not in self.origins
+                and not _same_origin(scope, origin)
+            ):
                 # Closing before accepting: the server answers the upgrade with 403.
                 await send({"type": "websocket.close", "code": 1008})
                 return
         await self.app(scope, receive, send)
+
+
+def _same_origin(scope: Scope, origin: bytes) -> bool:
+    """A page of the adapter's own (the console at /console/) opening a WebSocket.
+
+    RFC 6454 §4: its origin is the scheme, host and port it was loaded from,
+    which is where the upgrade goes — the Host header (RFC 6455 §4.1).
+    """
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    scheme = b"https" if scope.get("scheme") == "wss" else b"http"
+    return host is not None and origin == scheme + b"://" + host
 
 
 def _edge_middleware(config: Config) -> list[Middleware]:
@@ -386,7 +403,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     return create_app(
         config,
         sip_probe=endpoint,
-        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub)],
+        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes()],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
         fast_routes=rest.fast_routes(),

@@ -18,9 +18,22 @@ becomes one notification carrying the last state.
 
 What a notification carries: the granted attributes (those the presentity
 allowed *and* the schedule asked for) that differ from what this schedule
-delivered last.  A state that changes nothing the application may see sends
-nothing.  ``criteria`` (Reachable / UnReachable / Busy), when given, further
-restricts which states are notified; it is judged on what the watcher may see.
+delivered last, and those delivered before that are gone now (withdrawn,
+the publication ended, the presentity offline), each in its *withdrawal form*
+(:func:`withdrawal`): ActivityNone, PlaceNone, PrivacyNone, SphereNone, a
+Communication without means, an Other of the same name with an empty value.
+A state that changes nothing the application may see sends nothing.
+``criteria`` (Reachable / UnReachable / Busy), when given, further restricts
+which states are notified; it is judged on what the watcher may see.  With
+Reachable or UnReachable among them, a change of reachability is news by
+itself: it is notified (when the new state meets the criteria) even if no
+attribute in view changed, with what did change — possibly nothing.
+
+The first period: with ``checkImmediate`` the current state is sent at once
+and the interval runs from then; without it the interval runs from the start
+("start at the end of the time period"), so the first notification comes
+``frequency`` after the start at the earliest, carrying the changes since the
+start (coalesced to the latest state).  With ``frequency`` 0 that is at once.
 
 End: after ``count`` notifications, or at the deadline, one ``statusEnd``.
 End Presence Notification (the application's own request) sends none.
@@ -31,17 +44,23 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pidf import (
     Activity,
     AttributeType,
+    Communication,
     Other,
+    Place,
     Presence,
     PresenceAttribute,
+    Privacy,
+    Sphere,
     attributes_from_json,
     attributes_to_json,
     filter_presence,
+    format_instant,
 )
 
 __all__ = [
@@ -51,6 +70,7 @@ __all__ = [
     "matches_criteria",
     "schedule_from_record",
     "schedule_to_record",
+    "withdrawal",
 ]
 
 
@@ -64,6 +84,40 @@ class Criterion(enum.Enum):
 BUSY_ACTIVITIES = frozenset(
     {Activity.BUSY, Activity.ON_THE_PHONE, Activity.MEETING, Activity.DO_NOT_DISTURB}
 )
+
+
+#: Criteria about reachability itself: its change is news on its own.
+REACHABILITY = frozenset({Criterion.REACHABLE, Criterion.UNREACHABLE})
+
+#: The value that says an enumerated attribute is gone (README "Semantics
+#: worth knowing"): the spec's own "…None" of each.
+NONE_VALUES: dict[AttributeType, Activity | Place | Privacy | Sphere] = {
+    AttributeType.ACTIVITY: Activity.ACTIVITY_NONE,
+    AttributeType.PLACE: Place.PLACE_NONE,
+    AttributeType.PRIVACY: Privacy.PRIVACY_NONE,
+    AttributeType.SPHERE: Sphere.SPHERE_NONE,
+}
+
+
+def withdrawal(attribute: PresenceAttribute, now: float) -> dict[str, Any]:
+    """The changedAttributes entry for ``attribute`` gone at ``now`` (epoch seconds).
+
+    One form per type, so that an application tells "gone" from a value:
+    the type's None value; a Communication without means (the model refuses
+    an empty means in a Publish, where it would mean nothing); an Other of
+    the same name with an empty value.  ``lastChange`` is when the adapter
+    learned it — a NOTIFY without a body says no more.
+    """
+    when = datetime.fromtimestamp(now, UTC)
+    value = attribute.value
+    if isinstance(value, Communication):
+        return {
+            "lastChange": format_instant(when),
+            "typeAndValue": {"unionElement": "Communication", "communication": {"means": []}},
+        }
+    if isinstance(value, Other):
+        return PresenceAttribute(Other(value.name, ""), when).to_json()
+    return PresenceAttribute(NONE_VALUES[attribute.type], when).to_json()
 
 
 @dataclass(frozen=True)
@@ -108,10 +162,16 @@ class Schedule:
     frequency: float = 0.0  # seconds
     remaining: int | None = None  # notifications left; None = unlimited
     deadline: float | None = None  # epoch seconds; None = no end
+    #: When the current interval began: the last notification, or the start
+    #: without checkImmediate.
     last_sent: float | None = None
     ended: bool = False
-    #: What this schedule delivered last, per attribute key.
+    #: What this schedule delivered last, per attribute key (a withdrawal
+    #: removes the key).
     sent: dict[object, PresenceAttribute] = field(default_factory=dict)
+    #: Whether the last state judged was reachable as the watcher may see it
+    #: (None: no state yet) — a change of it is news for Reachable/UnReachable.
+    reachable: bool | None = None
     #: The latest state not yet delivered (coalescing), and its grants.
     pending: tuple[Presence, frozenset[AttributeType]] | None = None
 
@@ -124,10 +184,15 @@ class Schedule:
         """The schedule begins; ``checkImmediate`` sends the current state at once."""
         if check_immediate and current is not None:
             return self._send(current, granted, now, everything=True)
+        if not check_immediate:
+            # The spec: false "requires the status notification to start at
+            # the end of the time period" — the first interval begins now.
+            self.last_sent = now
         if current is not None:
             # Without checkImmediate the current state is the baseline:
             # only later changes are notified.
             self.sent = {_key(a): a for a in self._visible(current, granted)}
+            self.reachable = self._seen(current, granted).open
         return []
 
     def offer(
@@ -171,11 +236,23 @@ class Schedule:
 
     # -- internals ---------------------------------------------------------
 
+    def _allowed(self, granted: frozenset[AttributeType]) -> frozenset[AttributeType]:
+        return granted if not self.attributes else granted & self.attributes
+
     def _visible(
         self, presence: Presence, granted: frozenset[AttributeType]
     ) -> list[PresenceAttribute]:
-        allowed = granted if not self.attributes else granted & self.attributes
+        allowed = self._allowed(granted)
         return [a for a in presence.attributes if a.type in allowed]
+
+    @staticmethod
+    def _seen(presence: Presence, granted: frozenset[AttributeType]) -> Presence:
+        # Criteria are judged on the state as the watcher may see it: the
+        # granted attributes, and the basic status only with Activity or
+        # Communication granted (pidf.filter_presence, RFC 3863 §4.1.4) — not
+        # on this schedule's attributes filter, which only narrows what a
+        # notification carries.
+        return filter_presence(presence, {kind: True for kind in granted})
 
     def _send(
         self, presence: Presence, granted: frozenset[AttributeType], now: float,
@@ -183,19 +260,29 @@ class Schedule:
     ) -> list[Delivery]:
         self.pending = None
         visible = self._visible(presence, granted)
-        # Criteria are judged on the state as the watcher may see it: the
-        # granted attributes, and the basic status only with Activity or
-        # Communication granted (pidf.filter_presence, RFC 3863 §4.1.4) — not
-        # on this schedule's attributes filter, which only narrows what a
-        # notification carries.
-        seen = filter_presence(presence, {kind: True for kind in granted})
+        seen = self._seen(presence, granted)
+        # Judged on every state, delivered or not: UnReachable fires each
+        # time the presentity goes from reachable to not.
+        was_reachable, self.reachable = self.reachable, seen.open
         if not matches_criteria(seen, self.criteria):
             return []
-        changed = visible if everything else [a for a in visible if self.sent.get(_key(a)) != a]
-        if not changed:
+        if everything:
+            changed, gone = visible, []
+        else:
+            changed = [a for a in visible if self.sent.get(_key(a)) != a]
+            # Gone: delivered before, in view still, absent now.  An
+            # attribute no longer granted is not "gone" — the presentity did
+            # not withdraw it (notifySubscription tells the grant).
+            present = {_key(a) for a in visible}
+            allowed = self._allowed(granted)
+            gone = [k for k, a in self.sent.items() if k not in present and a.type in allowed]
+        reachability_news = bool(self.criteria & REACHABILITY) and seen.open != was_reachable
+        if not changed and not gone and not reachability_news:
             return []
         for attribute in changed:
             self.sent[_key(attribute)] = attribute
+        entries = attributes_to_json(changed)
+        entries += [withdrawal(self.sent.pop(k), now) for k in gone]
         self.last_sent = now
         out = [
             Delivery(
@@ -203,7 +290,7 @@ class Schedule:
                     "statusChanged": {
                         "correlator": self.correlator,
                         "presentity": self.presentity,
-                        "changedAttributes": attributes_to_json(changed),
+                        "changedAttributes": entries,
                     }
                 }
             )
@@ -259,6 +346,7 @@ def schedule_to_record(schedule: Schedule) -> dict[str, Any]:
         "deadline": schedule.deadline,
         "last_sent": schedule.last_sent,
         "sent": attributes_to_json(schedule.sent.values()),
+        "reachable": schedule.reachable,
         "pending": pending,
     }
 
@@ -285,5 +373,6 @@ def schedule_from_record(record: dict[str, Any]) -> Schedule:
         deadline=record.get("deadline"),
         last_sent=record.get("last_sent"),
         sent={_key(a): a for a in sent},
+        reachable=record.get("reachable"),
         pending=pending,
     )

@@ -230,11 +230,22 @@ def schemas() -> dict[str, Schema]:
         count=COUNT,
         duration=ref("TimeMetric"),
     )
+    # What statusChanged says of a Communication that went away: no means
+    # (a Publish refuses it; DELETE /rest/presence withdraws).
+    out["CommunicationWithdrawn"] = _object(
+        lastChange=_string(format="date-time", description="When the adapter learned it."),
+        typeAndValue=_object(
+            unionElement={"const": "Communication"},
+            communication=_object(means={"type": "array", "maxItems": 0}),
+        ),
+    )
     out["StatusChanged"] = _wrapped(
         "statusChanged",
         correlator=_string(),
         presentity=URI,
-        changedAttributes=_array(ref("PresenceAttribute")),
+        changedAttributes=_array(
+            {"anyOf": [ref("PresenceAttribute"), ref("CommunicationWithdrawn")]}
+        ),
     )
     out["StatusEnd"] = _wrapped("statusEnd", correlator=_string())
     out["NotifySubscription"] = _wrapped(
@@ -429,6 +440,25 @@ OPERATIONS: tuple[Operation, ...] = (
                 *SIP_FAILED),
     ),
     Operation(
+        "withdrawPresence", "Withdraw Presence", "presentity", "DELETE", (BASE,),
+        "Withdraws what the acting address published. Without attributes the publication "
+        "ends (PUBLISH with Expires 0): watchers see the presentity with nothing published "
+        "and unreachable, Get User Presence returns an empty result. With attributes only "
+        "those are withdrawn and the others stay published (a modification of the "
+        "publication). Stored like Publish: an adapter restarted afterwards publishes "
+        "nothing withdrawn. Withdrawing what is not published is no error. Watchers with a "
+        "notification are told what went away in statusChanged (see statusChanged). Not in "
+        "the OCSG interface: an extension.",
+        params=(Param("attributes", "query", "Only these attributes, comma-separated "
+                      "(or the parameter repeated); Other withdraws every Other. Empty, "
+                      "as absent, means all (the spec's convention for attributes).",
+                      {"type": "string", "examples": ["Place,Other"]}),),
+        replies=(NO_CONTENT,),
+        faults=(Fault(ServiceError.invalid_input("attributes[0]"),
+                      "attributes names something that is not an attribute."), *SIP_FAILED),
+        extension=True,
+    ),
+    Operation(
         "getOpenSubscriptions", "Get Open Subscriptions", "presentity", "GET", SUBSCRIPTION_BOTH,
         "Lists the watchers who asked to subscribe and are waiting for authorization "
         "(status=open). With filter=watcher as well, only their URIs.",
@@ -508,8 +538,14 @@ OPERATIONS: tuple[Operation, ...] = (
         (f"{BASE}/notification",),
         "Starts statusChanged notifications to reference.endpoint: at most one per frequency "
         "(changes in between are coalesced and the latest is sent), at most count of them "
-        "(0: no limit), for duration; then statusEnd. checkImmediate sends the current state "
-        "at once; criteria and attributes filter which changes are sent.",
+        "(0: no limit), for duration; then statusEnd. checkImmediate true sends the current "
+        "state at once and the frequency interval runs from then; false starts the first "
+        "interval at the request, so the first notification comes at its end at the "
+        "earliest, with the changes since the start (frequency 0: at once). A state "
+        "coalesced when duration ends is sent just before statusEnd; the notification sent "
+        "at the end of the first interval counts towards count like any other. criteria "
+        "and attributes filter which changes are sent; with Reachable or UnReachable a "
+        "change of reachability is itself a change (changedAttributes may then be empty).",
         body="StartNotificationRequest",
         body_example={"presentity": ALICE, "checkImmediate": True, "criteria": "Reachable",
                       "frequency": {"metric": "Second", "units": 30}, "reference": REFERENCE,
@@ -570,7 +606,13 @@ OPERATIONS: tuple[Operation, ...] = (
 #: The notifications published on Bayeux: name → (schema, when, example).
 NOTIFICATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "statusChanged": ("StatusChanged", "The presentity's state changed (Start Presence "
-                      "Notification).", {"statusChanged": {
+                      "Notification). changedAttributes holds the attributes that changed, "
+                      "and those told before that went away (withdrawn, the publication "
+                      "ended or expired, the presentity offline) in one form per type: "
+                      "ActivityNone, PlaceNone, PrivacyNone, SphereNone, a Communication "
+                      "whose means is empty, an Other of the same name whose value is "
+                      "empty; lastChange is when the adapter learned it.",
+                      {"statusChanged": {
                           "correlator": "board-7", "presentity": ALICE,
                           "changedAttributes": PRESENCE[:1]}}),
     "statusEnd": ("StatusEnd", "count or duration is reached.",

@@ -55,6 +55,7 @@ from pidf.watcherinfo import CONTENT_TYPE as WATCHERINFO
 from sip import (
     NotifyReceived,
     PublicationConfirmed,
+    PublicationRemoved,
     SipError,
     SipURI,
     SubscriptionTerminated,
@@ -183,30 +184,72 @@ class PresentityService:
             for a in attributes
         )
         async with entry.lock:
-            merged = _merge(entry.attributes, stamped)
-            body = encode(merged, entity=presentity, now=now)
-            # Durable before anything is answered: after a crash the
-            # publication comes back from the store.
-            entry.attributes = merged
-            await self._save(entry)
-            ua = self._sip.ua
+            await self._publish_locked(entry, _merge(entry.attributes, stamped), now)
+
+    async def _publish_locked(
+        self, entry: _Presentity, attributes: tuple[PresenceAttribute, ...], now: datetime
+    ) -> None:
+        """Publish exactly ``attributes`` for ``entry`` (its lock held)."""
+        body = encode(attributes, entity=entry.address, now=now)
+        # Durable before anything is answered: after a crash the
+        # publication comes back from the store.
+        entry.attributes = attributes
+        await self._save(entry)
+        ua = self._sip.ua
+        publication_id = entry.publication_id
+        if publication_id is None or ua.publication(publication_id) is None:
+            # Keep the id before waiting: a failed first PUBLISH still
+            # leaves a publication that retries, and later publishes
+            # must modify it rather than start a second one.
+            publication_id = self._start_publication(entry, body)
+        else:
+            ua.modify(publication_id, body, self._sip.now())
+        await self._confirmed(publication_id)
+        # The confirmation's new entity tag is written by _on_sip_event;
+        # the 204 waits for it too.  A process killed right after the
+        # answer would otherwise come back with the previous tag (or
+        # none), and publish afresh beside the server's publication
+        # (RFC 3903 §4.4: only its entity tag modifies it).
+        if entry.etag_saved is not None:
+            # Shielded: a caller that gives up must not cancel the write.
+            await asyncio.shield(entry.etag_saved)
+
+    # -- withdrawal (an extension: DELETE /rest/presence) -------------------
+
+    async def withdraw(
+        self, presentity: str, kinds: frozenset[AttributeType] = frozenset()
+    ) -> None:
+        """Withdraw the published attributes of ``kinds`` (empty: all of them).
+
+        What remains is published as a modification of the publication;
+        when nothing remains the publication ends (PUBLISH with Expires 0,
+        RFC 3903 §4.5), and the presence server tells the watchers the
+        presentity has no presence.  Durable like :meth:`publish`: the store
+        says "nothing published" before the un-PUBLISH is sent (a restart
+        never brings back what was withdrawn; it ends the server's
+        publication if the un-PUBLISH did not), and the record goes once
+        the publication is over.  Withdrawing what is not published is no
+        error.
+        """
+        entry = self._presentity(presentity)
+        async with entry.lock:
+            kept = tuple(a for a in entry.attributes if kinds and a.type not in kinds)
+            if kept:
+                if kept != entry.attributes:
+                    await self._publish_locked(entry, kept, self._clock())
+                return
+            entry.attributes = ()
             publication_id = entry.publication_id
-            if publication_id is None or ua.publication(publication_id) is None:
-                # Keep the id before waiting: a failed first PUBLISH still
-                # leaves a publication that retries, and later publishes
-                # must modify it rather than start a second one.
-                publication_id = self._start_publication(entry, body)
-            else:
-                ua.modify(publication_id, body, self._sip.now())
-            await self._confirmed(publication_id)
-            # The confirmation's new entity tag is written by _on_sip_event;
-            # the 204 waits for it too.  A process killed right after the
-            # answer would otherwise come back with the previous tag (or
-            # none), and publish afresh beside the server's publication
-            # (RFC 3903 §4.4: only its entity tag modifies it).
-            if entry.etag_saved is not None:
-                # Shielded: a caller that gives up must not cancel the write.
-                await asyncio.shield(entry.etag_saved)
+            if publication_id is None or self._sip.ua.publication(publication_id) is None:
+                entry.publication_id = None
+                await self._store.delete(PUBLICATION, entry.address)
+                return
+            await self._save(entry)
+            self._sip.ua.unpublish(publication_id, self._sip.now())
+            # The record goes when the publication is over (_on_sip_event);
+            # the REST caller waits for that within its timeout only.
+            await bounded(self._sip.unpublish(publication_id), "PUBLISH", self._liveness,
+                          self._timeout)
 
     async def _confirmed(self, publication_id: int) -> None:
         """Wait (within the REST timeout) until the server takes the publication.
@@ -243,8 +286,8 @@ class PresentityService:
 
         async def start(entry: _Presentity) -> None:
             async with entry.lock:
-                if entry.publication_id is None:
-                    return
+                if entry.publication_id is None or not entry.attributes:
+                    return  # none, or being withdrawn: not published again
                 body = encode(entry.attributes, entity=entry.address, now=self._clock())
                 if self._sip.ua.publication(entry.publication_id) is None:
                     self._start_publication(entry, body)
@@ -279,6 +322,18 @@ class PresentityService:
                 if entry.publication_id is not None:
                     return  # published again by a request meanwhile
                 body = encode(entry.attributes, entity=entry.address, now=self._clock())
+                if not entry.attributes:
+                    # A withdrawal the adapter stopped in the middle of: the
+                    # server's publication (if its tag is still alive) is
+                    # ended, nothing is published again.
+                    left = (entry.etag_expires or 0.0) - self._clock().timestamp()
+                    if entry.etag is None or left <= 0:
+                        await self._store.delete(PUBLICATION, entry.address)
+                        return
+                    publication_id = self._start_publication(entry, body)
+                    self._sip.ua.unpublish(publication_id, self._sip.now())
+                    await self._sip.unpublish(publication_id)
+                    return
                 publication_id = self._start_publication(entry, body)
             try:
                 await self._sip.publication_outcome(publication_id)
@@ -434,6 +489,15 @@ class PresentityService:
                 entry.etag = event.etag
                 entry.etag_expires = self._clock().timestamp() + event.expires
                 entry.etag_saved = self._save(entry)
+            return
+        if isinstance(event, PublicationRemoved):
+            # The end of a withdrawal (un-PUBLISH answered, or given up).
+            entry = self._by_publication.pop(event.publication_id, None)
+            if entry is not None and entry.publication_id == event.publication_id:
+                entry.publication_id = None
+                entry.etag = entry.etag_expires = None
+                if not entry.attributes:
+                    self._store.delete(PUBLICATION, entry.address)
             return
         if isinstance(event, NotifyReceived):
             entry = self._by_winfo.get(event.subscription_id)

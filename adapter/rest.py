@@ -187,6 +187,21 @@ def in_order(attributes: tuple[PresenceAttribute, ...]) -> tuple[PresenceAttribu
     return tuple(kept.values())
 
 
+async def withdraw(request: Request) -> Response:
+    """DELETE /rest/presence[?attributes=Place,Other] → 204 (an extension: withdraw).
+
+    Without ``attributes`` the publication ends (un-PUBLISH); with them only
+    those attributes are withdrawn and the rest stays published.
+    """
+    who = caller(request, ("attributes",))
+    kinds: frozenset[AttributeType] = frozenset()
+    for value in request.query_params.getlist("attributes"):
+        kinds |= attribute_list(value, "attributes")
+    service: PresentityService = request.state.presentity
+    await service.withdraw(who.address, kinds)
+    return Response(status_code=204)
+
+
 async def get_subscriptions(request: Request) -> Response:
     """Get Open Subscriptions (?status=open) / Get My Watchers (?filter=watcher).
 
@@ -503,6 +518,7 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [
         Route(BASE, publish, methods=["POST"]),
         Route(BASE, get_user_presence, methods=["GET"]),
+        Route(BASE, withdraw, methods=["DELETE"]),
         Route(f"{BASE}/notification", start_notification, methods=["POST"]),
         Route(f"{BASE}/notification/{{correlator:path}}", end_notification, methods=["DELETE"]),
     ]

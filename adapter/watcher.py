@@ -568,6 +568,14 @@ class WatcherService:
                 # body must not cost the subscription, nor hold back the
                 # decisions an activation tells the application.
                 logger.warning("unreadable PIDF from %s: %s", watch.presentity, exc)
+        else:
+            # An active NOTIFY without a body: the server holds no document
+            # for the presentity (its publications ended or expired, or it
+            # never published; RFC 6665 §4.2.2 lets a NOTIFY carry no state).
+            # Nothing is published, so nothing stale may be shown.
+            watch.presence = Presence(watch.presentity, (), False)
+            watch.body_digest = None
+            fresh = True
         if became_active:
             watch.decisions_read_at = float("-inf")
             watch.rules_epoch += 1  # a read begun before is not one after it

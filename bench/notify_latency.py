@@ -285,7 +285,7 @@ async def watch_all(adapter: AdapterProcess, apps: int) -> None:
                 raise RuntimeError(f"Start Presence Notification app{i}: {reply.text}")
 
     # One at a time: concurrent SUBSCRIBEs make the sqlite-backed server
-    # answer 500 "database is locked" (DESIGN.md).
+    # answer 500 "database is locked" (docs/kamailio.md).
     for i in range(apps):
         await one(i)
 

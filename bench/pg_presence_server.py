@@ -3,10 +3,9 @@
     .venv/bin/python bench/pg_presence_server.py      # start one, print its addresses, Ctrl-C
 
 The bundled presence server keeps its state in sqlite, which refuses about
-60 % of *concurrent* PUBLISHes with 500 "database is locked" (DESIGN.md, "The
-bundled presence server").  Load benchmarks use the same configuration on
-PostgreSQL instead (``conf/kamailio/run --db-url``, kamailio.cfg's
-``WITH_POSTGRES``):
+60 % of *concurrent* PUBLISHes with 500 "database is locked" (docs/kamailio.md).
+Load benchmarks use the same configuration on PostgreSQL instead
+(``conf/kamailio/run --db-url``, kamailio.cfg's ``WITH_POSTGRES``):
 
 * :class:`PostgresCluster` — a throw-away cluster of its own: ``initdb`` in a
   temporary directory, ``pg_ctl start`` on a free loopback port (TCP only, no

@@ -26,7 +26,7 @@ alternate (raw, ua, raw, ua, ...; ``--rounds``) to spread the noise of a
 shared machine over both.
 
 With the bundled sqlite database the server answers ~60 % of *concurrent*
-PUBLISHes with 500 "database is locked" (DESIGN.md).  Concurrency 1 is the
+PUBLISHes with 500 "database is locked" (docs/kamailio.md).  Concurrency 1 is the
 headline; 4 and 32 are reported with their errors.  After a 5xx the user
 agent backs off and retries by itself (RefreshPolicy); its workers skip an
 address whose publication is busy that way, and the retries' outcomes are

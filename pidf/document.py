@@ -170,6 +170,10 @@ _MEANS_BY_SCHEME: dict[str, MeansType] = {
     "http": MeansType.WEB,
     "https": MeansType.WEB,
 }
+#: The tuple id of the body Kamailio's presence_xml sends for a presentity with
+#: no publication when ``force_dummy_presence`` is on (PRESENCE_EMPTY_BODY in
+#: its notify_body.c; tests/data/pidf/kamailio-dummy.xml).
+KAMAILIO_DUMMY_TUPLE = "615293b33c62dec073e05d9421e9f48b"
 #: Priority given to a foreign tuple whose contact has none.
 DEFAULT_PRIORITY = 1.0
 
@@ -601,6 +605,10 @@ def decode(body: bytes) -> Presence:
             found[decoded.type].append(_Candidate(decoded, order))
 
     tuples = [t for t in root if _ns(t) == pidf_ns and _local(t) == "tuple"]
+    if [t.get("id") for t in tuples] == [KAMAILIO_DUMMY_TUPLE]:
+        # The placeholder Kamailio sends (force_dummy_presence) while nobody
+        # publishes: its "open" and "Available" stand for no information.
+        return Presence(entity=entity, attributes=(), open=False)
     statuses = [_basic_status(t, pidf_ns) for t in tuples]
     is_open = any(s == "open" for s in statuses)
 
@@ -704,7 +712,7 @@ def _value_children(el: etree._Element) -> list[etree._Element]:
 def _decode_activity(el: etree._Element) -> Activity | None:
     children = _value_children(el)
     if not children:
-        # Kamailio's dummy body publishes an empty <rpid:activities/>: no news.
+        # An empty <rpid:activities/> says nothing.
         return None
     for child in children:
         if _ns(child) == RPID_NS and _local(child) == "other":

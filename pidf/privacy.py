@@ -4,7 +4,7 @@ The adapter filters on its own side because the presence server does not
 always do it: Kamailio 5.6 applies pres-rules transformations to
 PUBLISH-triggered and initial NOTIFYs only, while NOTIFYs triggered by an XCAP
 PUT or an in-dialog re-SUBSCRIBE carry the full unfiltered body (measured; see
-DESIGN.md).
+docs/kamailio.md).
 """
 
 from __future__ import annotations

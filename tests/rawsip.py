@@ -255,7 +255,7 @@ class SipPeer:
 
         A 500 is sent again (new branch), a few times: the sqlite-backed
         presence server answers 500 "database is locked" when another of its
-        processes writes at the same moment (DESIGN.md; RFC 3261 §21.5.1 lets
+        processes writes at the same moment (docs/kamailio.md; RFC 3261 §21.5.1 lets
         a client retry a server error).
         """
         for attempt in range(1, attempts + 1):

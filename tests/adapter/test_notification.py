@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapter.notification import BUSY_ACTIVITIES, Criterion, Schedule, matches_criteria
+from adapter.notification import (
+    BUSY_ACTIVITIES,
+    Criterion,
+    Schedule,
+    matches_criteria,
+    schedule_from_record,
+    schedule_to_record,
+)
 from pidf import (
     Activity,
     AttributeType,
@@ -76,7 +83,7 @@ def tav(attribute: PresenceAttribute) -> dict[str, Any]:
 
 def test_first_change_after_start_is_sent_at_once_in_the_spec_shape() -> None:
     s = schedule(frequency=5.0)
-    assert s.start(None, ALL, EPOCH, check_immediate=False) == []
+    assert s.start(None, ALL, EPOCH, check_immediate=True) == []
     busy = activity(Activity.BUSY, 1, note="in a call")
     out = s.offer(state(busy), ALL, EPOCH + 1)
     assert [d.data for d in out] == [
@@ -123,7 +130,7 @@ def test_count_reached_sends_status_end_right_after_and_nothing_more() -> None:
 
 def test_changes_faster_than_frequency_coalesce_into_the_latest_state() -> None:
     s = schedule(frequency=1.0)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     first = s.offer(state(activity(Activity.BUSY, 0), place(Place.HOME, 0)), ALL, EPOCH)
     assert len(first) == 1
     # Within the interval: Place goes to Office, then back Home while the
@@ -142,7 +149,7 @@ def test_changes_faster_than_frequency_coalesce_into_the_latest_state() -> None:
 
 def test_a_burst_that_returns_to_the_delivered_state_sends_nothing() -> None:
     s = schedule(frequency=1.0)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     busy = activity(Activity.BUSY, 0)
     s.offer(state(busy), ALL, EPOCH)
     s.offer(state(activity(Activity.AWAY, 0.3)), ALL, EPOCH + 0.3)
@@ -154,7 +161,7 @@ def test_a_burst_that_returns_to_the_delivered_state_sends_nothing() -> None:
 
 def test_a_change_after_the_interval_is_sent_at_once() -> None:
     s = schedule(frequency=1.0)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     out = s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1.0)
     assert changed(out) == [[activity(Activity.AWAY, 1).to_json()]]
@@ -162,7 +169,7 @@ def test_a_change_after_the_interval_is_sent_at_once() -> None:
 
 def test_a_later_offer_supersedes_a_pending_state_whose_timer_has_not_fired() -> None:
     s = schedule(frequency=1.0)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     s.offer(state(activity(Activity.MEETING, 0.5)), ALL, EPOCH + 0.5)
     # The timer is late: the next offer comes after the interval has ended.
@@ -371,7 +378,7 @@ def test_an_offer_after_the_deadline_ends_without_sending_it() -> None:
 
 def test_get_timer_is_the_earliest_of_deadline_and_interval_end() -> None:
     s = schedule(frequency=3.0)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     assert s.get_timer() is None
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     assert s.get_timer() is None  # nothing pending, no deadline
@@ -379,14 +386,14 @@ def test_get_timer_is_the_earliest_of_deadline_and_interval_end() -> None:
     assert s.get_timer() == EPOCH + 3.0
 
     s = schedule(frequency=3.0, deadline=EPOCH + 2)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     assert s.get_timer() == EPOCH + 2
     s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1)
     assert s.get_timer() == EPOCH + 2
 
     s = schedule(frequency=3.0, deadline=EPOCH + 100)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     assert s.get_timer() == EPOCH + 100
     s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1)
@@ -430,12 +437,210 @@ def test_without_check_immediate_the_current_state_is_the_baseline() -> None:
     assert changed(out) == [[activity(Activity.AWAY, 2).to_json()]]
 
 
+def test_without_check_immediate_the_first_notification_comes_at_the_end_of_the_period() -> None:
+    s = schedule(frequency=5.0)
+    assert s.start(state(activity(Activity.BUSY, 0)), ALL, EPOCH, check_immediate=False) == []
+    assert s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1) == []
+    assert s.offer(state(activity(Activity.MEAL, 2)), ALL, EPOCH + 2) == []
+    assert s.get_timer() == EPOCH + 5.0
+    assert s.handle_timer(EPOCH + 4.9) == []
+    out = s.handle_timer(EPOCH + 5.0)
+    assert changed(out) == [[activity(Activity.MEAL, 2).to_json()]]
+    # The next interval runs from that notification.
+    assert s.offer(state(activity(Activity.BUSY, 6)), ALL, EPOCH + 6) == []
+    assert s.get_timer() == EPOCH + 10.0
+
+
+def test_without_check_immediate_a_change_after_the_first_period_goes_at_once() -> None:
+    s = schedule(frequency=5.0)
+    s.start(None, ALL, EPOCH, check_immediate=False)
+    assert s.get_timer() is None  # nothing waits: no timer for an empty period
+    out = s.offer(state(activity(Activity.BUSY, 7)), ALL, EPOCH + 7)
+    assert changed(out) == [[activity(Activity.BUSY, 7).to_json()]]
+
+
+def test_without_check_immediate_a_period_that_ends_where_it_began_sends_nothing() -> None:
+    busy = state(activity(Activity.BUSY, 0))
+    s = schedule(frequency=5.0)
+    s.start(busy, ALL, EPOCH, check_immediate=False)
+    s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1)
+    s.offer(busy, ALL, EPOCH + 2)
+    assert s.handle_timer(EPOCH + 5) == []
+    assert s.remaining is None and s.last_sent == EPOCH
+
+
+def test_without_check_immediate_and_frequency_zero_changes_go_at_once() -> None:
+    s = schedule(frequency=0.0)
+    s.start(state(activity(Activity.BUSY, 0)), ALL, EPOCH, check_immediate=False)
+    out = s.offer(state(activity(Activity.AWAY, 0)), ALL, EPOCH)
+    assert changed(out) == [[activity(Activity.AWAY, 0).to_json()]]
+
+
+def test_the_deferred_first_notification_counts_and_a_short_duration_flushes_it() -> None:
+    s = schedule(frequency=5.0, remaining=1)
+    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.offer(state(activity(Activity.BUSY, 1)), ALL, EPOCH + 1)
+    assert kinds(s.handle_timer(EPOCH + 5)) == ["statusChanged", "statusEnd"]
+
+    # Duration shorter than the period: the change is flushed at the
+    # deadline, just before statusEnd (the last change is never dropped).
+    s = schedule(frequency=5.0, deadline=EPOCH + 2)
+    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.offer(state(activity(Activity.BUSY, 1)), ALL, EPOCH + 1)
+    assert s.get_timer() == EPOCH + 2
+    out = s.handle_timer(EPOCH + 2)
+    assert kinds(out) == ["statusChanged", "statusEnd"]
+    assert changed(out[:1]) == [[activity(Activity.BUSY, 1).to_json()]]
+
+
+def test_the_first_period_survives_a_restart() -> None:
+    s = schedule(frequency=5.0)
+    s.start(state(activity(Activity.BUSY, 0)), ALL, EPOCH, check_immediate=False)
+    s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1)
+    again = schedule_from_record(schedule_to_record(s))
+    assert again.get_timer() == EPOCH + 5
+    assert again.reachable is True
+    assert changed(again.handle_timer(EPOCH + 5)) == [[activity(Activity.AWAY, 1).to_json()]]
+
+
+# -- going away -------------------------------------------------------------------
+
+WHEN = "2023-11-14T22:13:30Z"  # EPOCH + 10, as an instant
+
+
+def test_every_attribute_that_goes_away_is_told_in_its_withdrawal_form() -> None:
+    means = CommunicationMeans("tel:+15550100", 0.5, MeansType.PHONE)
+    everything = state(
+        activity(Activity.BUSY, 0),
+        place(Place.OFFICE, 0),
+        PresenceAttribute(Privacy.PRIVACY_PUBLIC, at(0)),
+        PresenceAttribute(Sphere.SPHERE_WORK, at(0)),
+        PresenceAttribute(Communication((means,)), at(0)),
+        PresenceAttribute(Other("mood", "happy"), at(0)),
+    )
+    s = schedule()
+    s.start(everything, ALL, EPOCH, check_immediate=False)
+    out = s.offer(state(open=False), ALL, EPOCH + 10)
+    assert changed(out) == [[
+        {"lastChange": WHEN,
+         "typeAndValue": {"unionElement": "Activity", "activity": "ActivityNone"}},
+        {"lastChange": WHEN, "typeAndValue": {"unionElement": "Place", "place": "PlaceNone"}},
+        {"lastChange": WHEN, "typeAndValue": {"unionElement": "Privacy", "privacy": "PrivacyNone"}},
+        {"lastChange": WHEN, "typeAndValue": {"unionElement": "Sphere", "sphere": "SphereNone"}},
+        {"lastChange": WHEN,
+         "typeAndValue": {"unionElement": "Communication", "communication": {"means": []}}},
+        {"lastChange": WHEN,
+         "typeAndValue": {"unionElement": "Other", "other": {"name": "mood", "value": ""}}},
+    ]]
+    assert s.sent == {}
+    assert s.offer(state(open=False), ALL, EPOCH + 11) == []  # told once
+
+
+def test_a_withdrawal_comes_with_the_changes_and_the_attribute_may_come_back() -> None:
+    s = schedule()
+    s.start(state(activity(Activity.BUSY, 0), place(Place.OFFICE, 0)), ALL, EPOCH,
+            check_immediate=False)
+    out = s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 10)
+    assert changed(out) == [[
+        activity(Activity.AWAY, 1).to_json(),
+        {"lastChange": WHEN, "typeAndValue": {"unionElement": "Place", "place": "PlaceNone"}},
+    ]]
+    back = s.offer(state(activity(Activity.AWAY, 1), place(Place.OFFICE, 0)), ALL, EPOCH + 12)
+    assert changed(back) == [[place(Place.OFFICE, 0).to_json()]]
+
+
+def test_an_attribute_no_longer_granted_or_asked_is_not_withdrawn() -> None:
+    both = frozenset({AttributeType.ACTIVITY, AttributeType.PLACE})
+    s = schedule()
+    s.start(state(activity(Activity.BUSY, 0), place(Place.OFFICE, 0)), both, EPOCH,
+            check_immediate=False)
+    # Place is no longer granted: the grant changed, the presentity withdrew
+    # nothing (notifySubscription tells the grant).
+    only_activity = frozenset({AttributeType.ACTIVITY})
+    assert s.offer(state(activity(Activity.BUSY, 0)), only_activity, EPOCH + 1) == []
+    asked = schedule(attributes=frozenset({AttributeType.ACTIVITY}))
+    asked.start(state(activity(Activity.BUSY, 0), place(Place.OFFICE, 0)), both, EPOCH,
+                check_immediate=False)
+    assert asked.offer(state(activity(Activity.BUSY, 0)), both, EPOCH + 1) == []
+
+
+def test_a_withdrawal_waits_for_the_interval_like_any_change() -> None:
+    s = schedule(frequency=2.0)
+    s.start(None, ALL, EPOCH, check_immediate=True)
+    s.offer(state(activity(Activity.BUSY, 0), place(Place.OFFICE, 0)), ALL, EPOCH)
+    assert s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH + 1) == []
+    out = s.handle_timer(EPOCH + 2)
+    assert [e["typeAndValue"] for e in changed(out)[0]] == [
+        {"unionElement": "Place", "place": "PlaceNone"}
+    ]
+
+
+def test_unreachable_fires_when_the_presentity_goes_offline_without_a_change_in_view() -> None:
+    # The schedule carries Place only; the basic status is seen through the
+    # Activity grant, and that is what UnReachable is about.
+    s = schedule(criteria=frozenset({Criterion.UNREACHABLE}),
+                 attributes=frozenset({AttributeType.PLACE}))
+    office = place(Place.OFFICE, 0)
+    s.start(state(activity(Activity.AVAILABLE, 0), office), ALL, EPOCH, check_immediate=False)
+    out = s.offer(state(office, open=False), ALL, EPOCH + 1)
+    assert changed(out) == [[]]
+    # Still unreachable, nothing in view changed: no news.
+    assert s.offer(state(office, open=False), ALL, EPOCH + 2) == []
+    # Back (not notified: it does not meet UnReachable) and away again: news again.
+    assert s.offer(state(activity(Activity.AVAILABLE, 3), office), ALL, EPOCH + 3) == []
+    assert changed(s.offer(state(office, open=False), ALL, EPOCH + 4)) == [[]]
+
+
+def test_reachable_fires_when_the_presentity_comes_back() -> None:
+    s = schedule(criteria=frozenset({Criterion.REACHABLE}),
+                 attributes=frozenset({AttributeType.PLACE}))
+    office = place(Place.OFFICE, 0)
+    s.start(state(office, open=False), ALL, EPOCH, check_immediate=False)
+    assert changed(s.offer(state(activity(Activity.BUSY, 1), office), ALL, EPOCH + 1)) == [[]]
+    assert s.offer(state(activity(Activity.AWAY, 2), office), ALL, EPOCH + 2) == []
+
+
+def test_a_phone_going_offline_is_unreachable_with_its_activity_gone() -> None:
+    s = schedule(criteria=frozenset({Criterion.UNREACHABLE}))
+    s.start(state(activity(Activity.AVAILABLE, 0)), ALL, EPOCH, check_immediate=False)
+    out = s.offer(state(open=False), ALL, EPOCH + 10)
+    assert changed(out) == [[
+        {"lastChange": WHEN,
+         "typeAndValue": {"unionElement": "Activity", "activity": "ActivityNone"}}
+    ]]
+
+
+def test_a_reachability_change_alone_is_no_news_without_those_criteria() -> None:
+    for criteria in (frozenset(), frozenset({Criterion.BUSY})):
+        s = schedule(criteria=criteria, attributes=frozenset({AttributeType.PLACE}))
+        office = place(Place.OFFICE, 0)
+        s.start(state(activity(Activity.BUSY, 0), office), ALL, EPOCH, check_immediate=False)
+        assert s.offer(state(activity(Activity.BUSY, 0), office, open=False), ALL,
+                       EPOCH + 1) == []
+
+
+def test_reachability_news_is_judged_on_what_the_watcher_may_see() -> None:
+    # Without Activity or Communication granted the status is not revealed
+    # (pidf.filter_presence): always unreachable, so no change of it.
+    only_place = frozenset({AttributeType.PLACE})
+    s = schedule(criteria=frozenset({Criterion.UNREACHABLE}))
+    office = place(Place.OFFICE, 0)
+    s.start(state(office), only_place, EPOCH, check_immediate=False)
+    assert s.offer(state(office, open=False), only_place, EPOCH + 1) == []
+
+
+def test_check_immediate_tells_an_unreachable_presentity_at_once() -> None:
+    s = schedule(criteria=frozenset({Criterion.UNREACHABLE}))
+    out = s.start(state(open=False), ALL, EPOCH, check_immediate=True)
+    assert changed(out) == [[]]
+
+
 # -- End Presence Notification ------------------------------------------------------
 
 
 def test_end_quietly_sends_nothing_more_and_no_status_end() -> None:
     s = schedule(frequency=1.0, deadline=EPOCH + 5)
-    s.start(None, ALL, EPOCH, check_immediate=False)
+    s.start(None, ALL, EPOCH, check_immediate=True)
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     s.offer(state(activity(Activity.AWAY, 0.5)), ALL, EPOCH + 0.5)  # pending
     s.end_quietly()
@@ -481,6 +686,13 @@ def _key(entry: dict[str, Any]) -> object:
     if value["unionElement"] == "Other":
         return ("Other", value["other"]["name"])
     return value["unionElement"]
+
+
+def _withdrawn(entry: dict[str, Any]) -> bool:
+    value = entry["typeAndValue"]
+    if value["unionElement"] == "Other":
+        return bool(value["other"]["value"] == "")
+    return bool(value[value["unionElement"].lower()] == value["unionElement"] + "None")
 
 
 @settings(max_examples=300, deadline=None)
@@ -561,6 +773,11 @@ def test_schedule_properties(
         assert s.ended and s.get_timer() is None
         ended_by_count = count is not None and len(changes) == count
         assert ended_by_count or (deadline is not None and log[-1][0] >= deadline)
+    if changes and not check_immediate:
+        # The first interval runs from the start ("start at the end of the
+        # time period"), with the same exception at the deadline.
+        first = changes[0][0]
+        assert first >= EPOCH + frequency or (deadline is not None and first >= deadline)
     for (t1, _), (t2, _) in zip(changes, changes[1:], strict=False):
         # The one exception: a coalesced state flushed at the deadline, just
         # before statusEnd — the last change is never dropped.
@@ -568,5 +785,9 @@ def test_schedule_properties(
         assert t2 - t1 >= frequency or flushed_at_end
     if last_offer is not None and not s.ended:
         assert deadline is None or last_offer[0] + frequency < deadline
-        for key, entry in visible(last_offer[1]).items():
+        now_visible = visible(last_offer[1])
+        for key, entry in now_visible.items():
             assert known.get(key) == entry
+        for key, entry in known.items():
+            if key not in now_visible:
+                assert _withdrawn(entry), f"{key} went away untold: {entry}"

@@ -21,7 +21,7 @@ from adapter import rest
 from adapter.app import create_app, make_app
 from adapter.auth import Accounts
 from adapter.config import Config, load_config
-from adapter.notification import Criterion
+from adapter.notification import Criterion, withdrawal
 from adapter.openapi import (
     NOTIFICATIONS,
     OPERATIONS,
@@ -29,11 +29,23 @@ from adapter.openapi import (
     openapi_document,
     service_description_html,
 )
-from pidf.model import Activity, AttributeType, MeansType, Place, Privacy, Sphere, is_uri
+from pidf.model import (
+    Activity,
+    AttributeType,
+    Communication,
+    CommunicationMeans,
+    MeansType,
+    Other,
+    Place,
+    PresenceAttribute,
+    Privacy,
+    Sphere,
+    is_uri,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DOC_URI = "urn:presence-adapter:openapi"
-NOT_REST = ("/cometd", "/health", "/openapi.json")
+NOT_REST = ("/cometd", "/health", "/openapi.json", "/console")
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +175,26 @@ def test_schemas_reject_what_they_should(document: dict[str, Any]) -> None:
     assert not component(document, "RequestError").is_valid(
         {"requestError": {"serviceException": {"messageId": "SVC9", "text": "", "variables": []}}}
     )
+
+
+def test_every_withdrawal_form_is_a_valid_status_changed(document: dict[str, Any]) -> None:
+    """What statusChanged says of an attribute that went away is in the documented schema,
+    and only Publish refuses the Communication form."""
+    means = CommunicationMeans("tel:+15550100", 0.5, MeansType.PHONE)
+    gone = [
+        PresenceAttribute(value)
+        for value in (Activity.BUSY, Place.HOME, Privacy.PRIVACY_PUBLIC, Sphere.SPHERE_WORK,
+                      Communication((means,)), Other("mood", "happy"))
+    ]
+    entries = [withdrawal(attribute, 1_700_000_000.0) for attribute in gone]
+    message = {"statusChanged": {"correlator": "c", "presentity": "sip:a@example.com",
+                                 "changedAttributes": entries}}
+    validator = component(document, "StatusChanged")
+    assert not [e.message for e in validator.iter_errors(message)]
+    publish = component(document, "PublishRequest")
+    assert [publish.is_valid({"presence": [entry]}) for entry in entries] == [
+        True, True, True, True, False, True
+    ]
 
 
 # -- the served routes and the document ---------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapter import watcher as watcher_module
-from adapter.notification import Schedule
+from adapter.notification import Criterion, Schedule
 from adapter.store import MemoryStore
 from adapter.watcher import (
     DECISIONS_TTL,
@@ -712,7 +712,7 @@ def test_duplicate_and_unknown_correlators() -> None:
 
 def test_coalesced_state_is_sent_when_the_interval_ends() -> None:
     async def scenario(w: World) -> None:
-        assert await w.start("n1", frequency=0.02)
+        assert await w.start("n1", frequency=0.02, check_immediate=True)
         await w.notify("active;expires=3600", busy(0))
         w.clock.now += 0.005
         await w.notify("active;expires=3600", busy(1), office(1))
@@ -724,6 +724,57 @@ def test_coalesced_state_is_sent_when_the_interval_ends() -> None:
             [busy(0).to_json()],
             [busy(2).to_json(), office(1).to_json()],
         ]
+
+    run(scenario)
+
+
+def test_without_check_immediate_the_first_state_waits_for_the_end_of_the_period() -> None:
+    async def scenario(w: World) -> None:
+        assert await w.start("n1", frequency=0.02)
+        await w.notify("active;expires=3600", busy(0))
+        await w.notify("active;expires=3600", busy(1), office(1))
+        assert w.bayeux.sent == []
+        w.clock.now += 0.02
+        await asyncio.sleep(0.1)  # the service's timer runs on the event loop
+        assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
+            [busy(1).to_json(), office(1).to_json()],
+        ]
+
+    run(scenario)
+
+
+# -- going away -------------------------------------------------------------------
+
+
+def test_a_notify_without_a_body_ends_what_get_user_presence_shows() -> None:
+    async def scenario(w: World) -> None:
+        await w.subscribe()
+        await w.notify("active;expires=3600", busy(), office())
+        shown = w.service.presence(BOB, ALICE, frozenset())
+        assert shown is not None and shown.attributes == (busy(), office())
+        await w.notify("active;expires=3600")  # the publication ended
+        shown = w.service.presence(BOB, ALICE, frozenset())
+        assert shown is not None and shown.attributes == () and not shown.open
+
+    run(scenario)
+
+
+def test_a_notify_without_a_body_is_told_as_withdrawals_and_unreachable() -> None:
+    async def scenario(w: World) -> None:
+        reachability = frozenset({Criterion.REACHABLE, Criterion.UNREACHABLE})
+        assert await w.start("n1", criteria=reachability)
+        await w.notify("active;expires=3600", busy(), office())
+        assert w.bayeux.kinds() == ["statusChanged"]  # Reachable
+        w.bayeux.take()
+        await w.notify("active;expires=3600")  # UnReachable
+        ((_, _, data),) = w.bayeux.take()
+        entries = data["statusChanged"]["changedAttributes"]
+        assert [e["typeAndValue"] for e in entries] == [
+            {"unionElement": "Activity", "activity": "ActivityNone"},
+            {"unionElement": "Place", "place": "PlaceNone"},
+        ]
+        await w.notify("active;expires=3600")  # said once
+        assert w.bayeux.sent == []
 
     run(scenario)
 

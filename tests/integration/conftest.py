@@ -16,6 +16,7 @@ import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.presence_server import PresenceServer
+from tests.sipphone import SipPhone
 
 INTEROP = Path(__file__).resolve().parent.parent / "interop"
 
@@ -153,6 +154,37 @@ def bayeux_listener() -> Iterator[Callable[..., BayeuxListener]]:
     yield listen
     for listener in started:
         listener.stop()
+
+
+@pytest.fixture
+def sip_phone(
+    presence_server: PresenceServer, tmp_path: Path
+) -> Iterator[Callable[[str], SipPhone]]:
+    """Start PJSIP phones (tests/sipphone.py): ``sip_phone(uri)`` is a pjsua2 account for
+    ``uri`` using the session's presence server as outbound proxy; all stopped afterwards."""
+    started: list[SipPhone] = []
+
+    def start(uri: str) -> SipPhone:
+        log = tmp_path / f"sipphone-{len(started)}.log"
+        phone = SipPhone(uri, presence_server.sip_uri, log_path=log)
+        started.append(phone)
+        return phone
+
+    yield start
+    for phone in started:
+        phone.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.05)
 
 
 class AdapterFactory(Protocol):

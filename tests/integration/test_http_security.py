@@ -251,7 +251,8 @@ def test_websocket_upgrades_from_unlisted_origins_are_refused(
         websocket_connect(url, origin="https://evil.example", ssl=ca.client_context(),  # type: ignore[arg-type]
                           open_timeout=10)
     assert refused.value.response.status_code == 403
-    for origin in (ORIGIN, None):  # a listed page, or a client that is no browser
+    # A listed page, the adapter's own (its console), or a client that is no browser.
+    for origin in (ORIGIN, https.url, None):
         with websocket_connect(url, origin=origin, ssl=ca.client_context(),  # type: ignore[arg-type]
                                open_timeout=10) as ws:
             ws.send(json.dumps([{"channel": "/meta/handshake", "version": "1.0",

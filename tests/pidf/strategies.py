@@ -46,7 +46,13 @@ def attributes(contact_chars: str = "a-z0-9@.+") -> st.SearchStrategy[PresenceAt
     )
     values = st.one_of(
         st.sampled_from(ALL_ENUM_VALUES),
-        st.builds(Communication, st.lists(means, min_size=1, max_size=3).map(tuple)),
+        # One means per contact and type: decoding keeps one of each (README,
+        # "Decoding aggregated documents"), so a repeated one cannot round-trip.
+        st.builds(
+            Communication,
+            st.lists(means, min_size=1, max_size=3,
+                     unique_by=lambda m: (m.contact, m.type)).map(tuple),
+        ),
         st.builds(Other, name=texts.filter(bool), value=texts),
     )
     return st.builds(

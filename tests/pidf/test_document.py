@@ -276,9 +276,15 @@ def test_rfc4479_example() -> None:
     )
 
 
-def test_kamailio_dummy_body_is_available() -> None:
-    presence = decode((DATA / "kamailio-dummy.xml").read_bytes())
-    assert [a.value for a in presence.attributes] == [Activity.AVAILABLE]
+def test_kamailio_dummy_body_is_nothing_published() -> None:
+    # Kamailio's placeholder for a presentity without publication: its open
+    # tuple and "Available" note are no presence information.
+    dummy = (DATA / "kamailio-dummy.xml").read_bytes()
+    presence = decode(dummy)
+    assert presence.attributes == () and not presence.open
+    # The same document from a publisher (another tuple id) is a client online.
+    published = decode(dummy.replace(b"615293b33c62dec073e05d9421e9f48b", b"t1"))
+    assert [a.value for a in published.attributes] == [Activity.AVAILABLE]
 
 
 def test_unknown_elements_and_foreign_extensions_are_skipped() -> None:
@@ -356,6 +362,11 @@ def test_kamailio_after_removal_capture_ignores_the_closed_tuple() -> None:
             "desk phone",
         ).to_json(),
     ]
+
+
+def test_kamailio_body_after_the_only_publication_ended_is_nothing_published() -> None:
+    presence = decode((DATA / "kamailio-unpublished.xml").read_bytes())
+    assert presence.attributes == () and not presence.open
 
 
 def test_kamailio_all_attributes_capture() -> None:

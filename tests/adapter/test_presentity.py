@@ -1,0 +1,187 @@
+"""PresentityService's withdrawal (DELETE /rest/presence) against a scripted SIP side.
+
+The user agent is faked at its seam (publish / modify / unpublish and the
+events they end in), the store is the real in-memory one: what is checked is
+what the store holds at each step, and what goes to the presence server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from adapter.presentity import PUBLICATION, PresentityService
+from adapter.store import MemoryStore
+from pidf import Activity, AttributeType, Place, PresenceAttribute, decode
+from sip import PublicationConfirmed, PublicationRemoved
+
+ALICE = "sip:alice@example.com"
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class FakePublication:
+    state = None
+
+    def get_timer(self) -> None:
+        return None
+
+
+class FakeUserAgent:
+    """What the service asks of the user agent; every request is recorded."""
+
+    def __init__(self, endpoint: FakeEndpoint) -> None:
+        self.endpoint = endpoint
+        self.sent: list[tuple[str, int, Any]] = []  # (what, publication id, body or etag)
+        self.live: dict[int, FakePublication] = {}
+        self._next = 0
+
+    def publish(self, aor: Any, body: bytes, now: float, *, etag: str | None = None,
+                etag_expires_at: float | None = None) -> int:
+        self._next += 1
+        self.live[self._next] = FakePublication()
+        self.sent.append(("publish", self._next, (body, etag)))
+        return self._next
+
+    def modify(self, publication_id: int, body: bytes, now: float) -> None:
+        self.sent.append(("modify", publication_id, body))
+
+    def unpublish(self, publication_id: int, now: float) -> None:
+        self.sent.append(("unpublish", publication_id, None))
+        # What the store held when the Expires: 0 went out.
+        self.endpoint.stored_at_unpublish = self.endpoint.store.load(PUBLICATION).get(ALICE)
+
+    def publication(self, publication_id: int) -> FakePublication | None:
+        return self.live.get(publication_id)
+
+
+class FakeEndpoint:
+    """Every PUBLISH is confirmed and every removal answered, on the next loop turn."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.ua = FakeUserAgent(self)
+        self.listeners: list[Callable[[Any], None]] = []
+        self.stored_at_unpublish: Any = "never"
+
+    def now(self) -> float:
+        return 42.0
+
+    def add_listener(self, listener: Callable[[Any], None]) -> None:
+        self.listeners.append(listener)
+
+    def emit(self, event: Any) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    async def publication_outcome(self, publication_id: int) -> PublicationConfirmed:
+        await asyncio.sleep(0)
+        event = PublicationConfirmed(publication_id, f"etag-{publication_id}", 3600)
+        self.emit(event)
+        return event
+
+    async def unpublish(self, publication_id: int) -> None:
+        await asyncio.sleep(0)
+        if self.ua.live.pop(publication_id, None) is not None:
+            self.emit(PublicationRemoved(publication_id))
+
+
+class World:
+    def __init__(self, store: MemoryStore | None = None) -> None:
+        self.store = store or MemoryStore()
+        self.sip = FakeEndpoint(self.store)
+        self.service = PresentityService(
+            self.sip, xcap=None, store=self.store, clock=lambda: T0  # type: ignore[arg-type]
+        )
+
+    def stored(self) -> Any:
+        return self.store.load(PUBLICATION).get(ALICE)
+
+    def sent(self) -> list[tuple[str, Any]]:
+        return [(what, extra) for what, _, extra in self.sip.ua.sent]
+
+
+def run(scenario: Callable[[World], Awaitable[None]]) -> None:
+    asyncio.run(scenario(World()))
+
+
+def busy() -> PresenceAttribute:
+    return PresenceAttribute(Activity.BUSY, T0)
+
+
+def office() -> PresenceAttribute:
+    return PresenceAttribute(Place.OFFICE, T0)
+
+
+def test_withdrawing_everything_stores_nothing_published_first_then_forgets_it() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(), office()))
+        assert w.stored()["etag"] == "etag-1"
+        await w.service.withdraw(ALICE)
+        # Before the Expires: 0 went out the store already said "nothing"
+        # (with the entity tag, so that a restart can end the publication).
+        assert w.sip.stored_at_unpublish == {
+            "attributes": [], "etag": "etag-1", "etag_expires": T0.timestamp() + 3600,
+        }
+        await asyncio.sleep(0)
+        assert w.stored() is None  # the publication is over: nothing to keep
+        assert [what for what, _ in w.sent()] == ["publish", "unpublish"]
+        # A Publish afterwards starts a new publication with only what it names.
+        await w.service.publish(ALICE, (office(),))
+        what, (body, etag) = w.sent()[-1]
+        assert (what, etag) == ("publish", None)
+        assert decode(body).attributes == (office(),)
+
+    run(scenario)
+
+
+def test_withdrawing_some_attributes_publishes_the_rest() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(), office()))
+        await w.service.withdraw(ALICE, frozenset({AttributeType.PLACE}))
+        what, body = w.sent()[-1]
+        assert what == "modify" and decode(body).attributes == (busy(),)
+        assert w.stored()["attributes"] == [busy().to_json()]
+        # Nothing of that kind is published: nothing is sent.
+        await w.service.withdraw(ALICE, frozenset({AttributeType.SPHERE}))
+        assert len(w.sent()) == 2
+        # Withdrawing the last one ends the publication.
+        await w.service.withdraw(ALICE, frozenset({AttributeType.ACTIVITY}))
+        assert w.sent()[-1][0] == "unpublish"
+
+    run(scenario)
+
+
+def test_withdrawing_what_was_never_published_sends_nothing() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.withdraw(ALICE)
+        assert w.sent() == [] and w.stored() is None
+
+    run(scenario)
+
+
+def test_a_restart_ends_a_withdrawal_that_was_cut_short() -> None:
+    async def scenario(w: World) -> None:
+        # What a crash between the store write and the un-PUBLISH's answer leaves.
+        alive = (T0 + timedelta(seconds=600)).timestamp()
+        w.store.put(PUBLICATION, ALICE, {"attributes": [], "etag": "e1", "etag_expires": alive})
+        await w.service.restore()
+        (publish, unpublish) = w.sent()
+        assert publish[0] == "publish" and publish[1][1] == "e1"  # the server's publication
+        assert decode(publish[1][0]).attributes == ()  # with nothing in it
+        assert unpublish[0] == "unpublish"
+        await asyncio.sleep(0)
+        assert w.stored() is None
+
+    run(scenario)
+
+
+def test_a_restart_forgets_a_withdrawal_whose_publication_expired_anyway() -> None:
+    async def scenario(w: World) -> None:
+        gone = (T0 - timedelta(seconds=1)).timestamp()
+        w.store.put(PUBLICATION, ALICE, {"attributes": [], "etag": "e1", "etag_expires": gone})
+        await w.service.restore()
+        assert w.sent() == [] and w.stored() is None
+
+    run(scenario)
