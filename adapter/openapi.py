@@ -87,6 +87,10 @@ def comma_list_pattern(values: list[str], *, empty_items: bool) -> str:
     return f"^{item}(,{item})*$" if empty_items else f"^({item}(,{item})*)?$"
 
 
+# adapter.rest.attribute_list of a string: attributes, comma-separated, empty items dropped.
+ATTRIBUTE_LIST = comma_list_pattern([k.value for k in AttributeType], empty_items=True)
+
+
 def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -121,7 +125,7 @@ def schemas() -> dict[str, Schema]:
     out["Attributes"] = {
         "anyOf": [
             _array(ref("AttributeType")),
-            _string(pattern=comma_list_pattern([k.value for k in AttributeType], empty_items=True)),
+            _string(pattern=ATTRIBUTE_LIST),
         ],
         "description": "An empty array (or none) means all attributes; in a string, "
         "comma-separated.",
@@ -452,7 +456,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(Param("attributes", "query", "Only these attributes, comma-separated "
                       "(or the parameter repeated); Other withdraws every Other. Empty, "
                       "as absent, means all (the spec's convention for attributes).",
-                      {"type": "string", "examples": ["Place,Other"]}),),
+                      _string(pattern=ATTRIBUTE_LIST, examples=["Place,Other"])),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("attributes[0]"),
                       "attributes names something that is not an attribute."), *SIP_FAILED),
