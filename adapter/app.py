@@ -24,7 +24,7 @@ from adapter.admission import Admission
 from adapter.auth import IDENTITY_HEADER, Accounts
 from adapter.bayeux import Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
-from adapter.config import Config
+from adapter.config import Config, sip_tls_context, xcap_tls_context
 from adapter.console import console_routes
 from adapter.errors import RestError, ServiceError
 from adapter.health import SipProbe, health_endpoint
@@ -35,6 +35,7 @@ from adapter.store import BacklogJournal, SqliteStore, Store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
+from sip.digest import Credentials
 from sip.uri import SipURI
 
 __all__ = ["create_app", "make_app"]
@@ -326,14 +327,20 @@ def create_app(
 def sip_endpoint(config: Config) -> SipEndpoint:
     """The SIP user agent the configuration describes (not started)."""
     server = SipURI.parse(config.sip.server)
-    if config.sip.transport == "tcp" and server.transport is None:
-        server = server.with_params(transport="tcp")
-    return SipEndpoint(
+    if config.sip.transport != "udp" and server.transport is None and server.scheme == "sip":
+        server = server.with_params(transport=config.sip.transport)
+    endpoint = SipEndpoint(
         host=config.sip.listen.bind_host,
         port=config.sip.listen.port,
         server=server,
         transport=config.sip.transport,
+        tls=sip_tls_context(config),
     )
+    if config.sip.username is not None and config.sip.password is not None:
+        endpoint.set_credentials(
+            Credentials(config.sip.username, config.sip.password, config.sip.realm)
+        )
+    return endpoint
 
 
 def make_app(config: Config, *, store: Store | None = None) -> Starlette:
@@ -361,7 +368,10 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             logger.info("kept %d Bayeux messages for applications from before the restart", kept)
         await endpoint.start()
         xcap = XcapClient(
-            config.xcap.root, username=config.xcap.username, password=config.xcap.password
+            config.xcap.root,
+            username=config.xcap.username,
+            password=config.xcap.password,
+            tls=xcap_tls_context(config),
         )
         liveness = ServerLiveness(endpoint, config.sip.keepalive)
         timeout = config.sip.request_timeout

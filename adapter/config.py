@@ -21,8 +21,14 @@ Decisions this module makes (also stated in the README):
   serving, not by ``load_config``: loading must stay possible while the adapter runs.
   Files named by the configuration (TLS certificates and keys) are read and checked
   by ``load_config``: a server that would fail its first handshake must not start.
-- Relative file paths (``store.path``, ``http.tls_*``) are relative to the working
+- Relative file paths (``store.path``, ``http.tls_*``, ``sip.tls_*``,
+  ``xcap.tls_ca``) are relative to the working
   directory, as ``store.path`` always was.
+- TLS towards the presence server is never dropped silently: a ``sips:`` server or
+  ``sip.transport = "tls"`` needs ``sip.tls_ca``, and the certificate files are
+  loaded at load time (:func:`sip_tls_context`), so a file that is missing or not
+  PEM stops start-up with one line naming its key.  TLS keys without TLS are an
+  error too: whoever wrote them believes the link is protected.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from adapter.bayeux.limits import BayeuxLimits
 from adapter.passwords import hash_problem
 from sip.errors import SipError
 from sip.uri import SipURI
+from sip.useragent import server_destination
 
 __all__ = [
     "Account",
@@ -61,12 +68,14 @@ __all__ = [
     "XcapConfig",
     "check_ports",
     "load_config",
+    "sip_tls_context",
+    "xcap_tls_context",
 ]
 
 logger = logging.getLogger(__name__)
 
-Transport = Literal["udp", "tcp"]
-TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
+Transport = Literal["udp", "tcp", "tls"]
+TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
 
 
 class ConfigError(Exception):
@@ -208,6 +217,22 @@ class SipConfig:
     keepalive: float = 5.0
     #: Longest a REST call waits for the presence server before answering 504.
     request_timeout: float = 10.0
+    #: CA certificates (PEM) the server's certificate is verified against (TLS only).
+    tls_ca: Path | None = None
+    #: Our certificate chain and its key (PEM), for mutual TLS; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Digest credentials answering the server's 401/407 challenges (RFC 3261 §22).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: When set, only challenges of this realm are answered.
+    realm: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether requests go to the server over TLS: transport "tls", a sips:
+        server or a server URI with transport=tls (the SIP stack's own rule)."""
+        return server_destination(SipURI.parse(self.server), self.transport).transport == "tls"
 
 
 @dataclass(frozen=True)
@@ -216,6 +241,9 @@ class XcapConfig:
     root: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: CA certificates (PEM) for an https:// root; default: ``sip.tls_ca`` when
+    #: TLS is used towards the SIP server, else the system's trust store.
+    tls_ca: Path | None = None
 
 
 #: When a commit of the store reaches the disk (SQLite ``PRAGMA synchronous``, WAL
@@ -509,7 +537,63 @@ def _origin_problem(text: str) -> bool:
     )
 
 
-def _read_sip(table: _Table) -> SipConfig:
+def _client_context(
+    source: str, prefix: str, ca: Path, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A TLS client context that verifies the server with ``ca`` (and may present ``cert``).
+
+    RFC 3261 §26.3.1 (and §26.2 for sips): the server's certificate is
+    checked, its name included; problems are a :class:`ConfigError` naming the key.
+    """
+    try:
+        context = ssl.create_default_context(cafile=os.fspath(ca))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(source, f"{prefix}.tls_ca", _tls_problem(ca, exc)) from None
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(os.fspath(cert), os.fspath(key), password=_no_password)
+        except ValueError:
+            raise ConfigError(
+                source, f"{prefix}.tls_key", f"{key} is encrypted (give an unencrypted key)"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                source, f"{prefix}.tls_cert", f"{_tls_problem(cert, exc)} (with tls_key {key})"
+            ) from None
+    return context
+
+
+def _tls_problem(path: Path, exc: Exception) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{_show(str(path))}: no such file"
+    if isinstance(exc, ssl.SSLError):
+        return f"{_show(str(path))}: not usable PEM ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return f"{_show(str(path))}: {exc.strerror or exc}"
+    return f"{_show(str(path))}: {exc}"
+
+
+def sip_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context towards the presence server, or None when TLS is not used."""
+    sip = config.sip
+    if not sip.tls:
+        return None
+    assert sip.tls_ca is not None  # load_config demands it
+    return _client_context(config.source, "sip", sip.tls_ca, sip.tls_cert, sip.tls_key)
+
+
+def xcap_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for an https:// XCAP root; None: the system's trust store."""
+    if not config.xcap.root.startswith("https:"):
+        return None
+    if config.xcap.tls_ca is not None:
+        sip = config.sip
+        return _client_context(config.source, "xcap", config.xcap.tls_ca, sip.tls_cert,
+                               sip.tls_key)
+    return sip_tls_context(config)
+
+
+def _read_sip(table: _Table, cwd: Path) -> SipConfig:
     server = table.required_string("server")
     problem = _sip_uri_problem(server, need_user=False)
     if problem:
@@ -521,7 +605,12 @@ def _read_sip(table: _Table) -> SipConfig:
         raise table.error("listen", f"{_show(listen_text)} {exc}") from None
     transport = table.required_string("transport")
     if transport not in TRANSPORTS:
-        raise table.error("transport", f'{_show(transport)} must be "udp" or "tcp"')
+        raise table.error("transport", f'{_show(transport)} must be "udp", "tcp" or "tls"')
+    if server.lower().startswith("sips:") and transport == "udp":
+        # RFC 5630 §3.1.3: sips demands TLS on the hop, which UDP cannot carry.
+        raise table.error(
+            "transport", f'"udp" with the sips: server {_show(server)}: sips means TLS; use "tls"'
+        )
     timing: dict[str, float] = {}
     for name in ("keepalive", "request_timeout"):
         value = table.get(name, (int, float), "a number", required=False)  # type: ignore[arg-type]
@@ -529,10 +618,40 @@ def _read_sip(table: _Table) -> SipConfig:
             if value < 0 or (value == 0 and name == "request_timeout"):
                 raise table.error(name, "must be positive")
             timing[name] = float(value)
-    return SipConfig(server, listen, transport, **timing)
+    tls_files = {name: _path(table, name, cwd) for name in ("tls_ca", "tls_cert", "tls_key")}
+    username = table.string("username", required=False)
+    password = table.get("password", str, "a string", required=False)
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        raise table.error(missing, "missing (username and password go together)")
+    realm = table.string("realm", required=False)
+    if realm is not None and username is None:
+        raise table.error("realm", "needs sip.username and sip.password")
+    config = SipConfig(
+        server, listen, transport, **timing,
+        tls_ca=tls_files["tls_ca"], tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"],
+        username=username, password=password, realm=realm,
+    )
+    if (config.tls_cert is None) != (config.tls_key is None):
+        missing = "tls_key" if config.tls_key is None else "tls_cert"
+        raise table.error(missing, "missing (tls_cert and tls_key go together)")
+    if config.tls:
+        if config.tls_ca is None:
+            raise table.error(
+                "tls_ca",
+                "missing (required for TLS: the CA certificates, PEM, that the presence "
+                "server's certificate is verified against)",
+            )
+    else:
+        given = next((name for name, path in tls_files.items() if path is not None), None)
+        if given is not None:
+            raise table.error(
+                given, 'is set but TLS is not used (sip.transport "tls" or a sips: server)'
+            )
+    return config
 
 
-def _read_xcap(table: _Table) -> XcapConfig:
+def _read_xcap(table: _Table, cwd: Path) -> XcapConfig:
     root = table.required_string("root")
     problem = _http_url_problem(root)
     if problem:
@@ -542,7 +661,10 @@ def _read_xcap(table: _Table) -> XcapConfig:
     if (username is None) != (password is None):
         missing = "password" if password is None else "username"
         raise table.error(missing, "missing (username and password go together)")
-    return XcapConfig(root.rstrip("/"), username, password)
+    tls_ca = _path(table, "tls_ca", cwd)
+    if tls_ca is not None and not root.startswith("https:"):
+        raise table.error("tls_ca", "is set but xcap.root is not an https:// URL")
+    return XcapConfig(root.rstrip("/"), username, password, tls_ca)
 
 
 def _read_store(table: _Table, cwd: Path) -> StoreConfig:
@@ -693,8 +815,8 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
     http_table, sip_table, xcap_table, store_table = sections
     cwd = Path.cwd() if cwd is None else cwd
     http = _read_http(http_table, cwd)
-    sip = _read_sip(sip_table)
-    xcap = _read_xcap(xcap_table)
+    sip = _read_sip(sip_table, cwd)
+    xcap = _read_xcap(xcap_table, cwd)
     store = _read_store(store_table, cwd)
 
     account_tables = list(root.tables("accounts"))
@@ -732,9 +854,13 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
         unknown += table.unknown()
     if unknown:
         logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
-    return Config(
+    config = Config(
         source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux, policy, limits
     )
+    # Loaded now, so that an unusable certificate stops start-up here, in one line.
+    sip_tls_context(config)
+    xcap_tls_context(config)
+    return config
 
 
 # -- serve-time checks -------------------------------------------------------------

@@ -258,9 +258,12 @@ class PresentityService:
         a 500 "database is locked" from a busy server, say — is not yet an
         answer: the retry's outcome is.
         """
-        deadline = self._sip.now() + self._timeout
+        now = self._sip.now()
+        deadline = now + self._timeout
         while True:
-            left = max(deadline - self._sip.now(), 0.001)
+            # The first wait is the whole timeout, read from one clock reading
+            # (two readings differ on a busy host, and the 504 names the wait).
+            left = max(deadline - now, 0.001)
             try:
                 outcome = self._sip.publication_outcome(publication_id)
                 await bounded(outcome, "PUBLISH", self._liveness, left)
@@ -272,6 +275,7 @@ class PresentityService:
                 retry_at = publication.get_timer()
                 if retry_at is None or retry_at >= deadline:
                     raise
+                now = self._sip.now()
 
     async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
         """The server came back or restarted: refresh every publication now.

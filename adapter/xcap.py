@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ class XcapClient:
         password: str | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls`` verifies an https:// root (None: the system's trust store)."""
         self.root = root.rstrip("/")
         auth = httpx.DigestAuth(username, password) if username and password else None
         # No keep-alive: Kamailio's xhttp closes the connection after every
@@ -87,6 +90,7 @@ class XcapClient:
             transport=transport,
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"Connection": "close"},
+            verify=tls if tls is not None else True,
         )
         # One lock per document being written; gone once no update holds it.
         self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = (

@@ -21,6 +21,7 @@ from .useragent import (
     MessageDropped,
     OptionsAnswered,
     OptionsFailed,
+    RequestRefused,
     UserAgent,
     UserAgentEvent,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "RefreshPolicy",
     "RemoteProtocolError",
     "Request",
+    "RequestRefused",
     "Response",
     "RetryAfter",
     "SipError",

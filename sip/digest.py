@@ -301,6 +301,8 @@ def select_challenge(values: Iterable[str]) -> Challenge | None:
 class Credentials:
     username: str
     password: str = field(repr=False)
+    #: When set, only challenges of this realm are answered (RFC 3261 §22.1).
+    realm: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,24 @@ the client transaction, and hands the owner the final response or the
 failure.
 
 Digest challenges (RFC 3261 §22.2): a 401/407 to a request from an identity
-with credentials is answered once — the same request, next CSeq, new branch,
-with Authorization.  The challenge is kept per identity so later requests
-carry credentials pre-emptively, with the nonce count incremented (RFC 7616
-§3.4); a stale nonce is answered again.
+with credentials — its own, or the gateway's default ones — is answered once:
+the same request, next CSeq, new branch, with Authorization.  The challenge
+is kept per set of credentials (per identity, or one for all identities using
+the gateway's) so later requests carry credentials pre-emptively, with the
+nonce count incremented (RFC 7616 §3.4); a stale nonce is answered again.
+A challenge answered and refused again reaches the owner as the failure it
+is: never a second retry.
+
+Transports: UDP, TCP and TLS towards the server.  A ``sips:`` server, or
+``transport=tls``, means TLS (RFC 5630 §3.1.3: sips demands TLS on the hop;
+default port 5061, RFC 3263 §4.2).  Over TLS the Via carries ``alias``
+(RFC 5923 §5), so that the server sends its NOTIFYs back over the connection
+we opened — we run no TLS server of our own.
+
+Who may send us requests: only the presence server.  A request from any other
+host is answered 403 and counted (:attr:`UserAgent.refused`,
+:class:`RequestRefused`); a response from another host is dropped.  The
+driver tells us the server's addresses (:meth:`UserAgent.trust`).
 
 Scale: one :class:`~sip.timers.TimerHeap` holds every deadline (transactions,
 refreshes, expiries), keyed by owner; no task or thread per subscription.
@@ -39,8 +53,8 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import digest
@@ -80,11 +94,16 @@ __all__ = [
     "MessageDropped",
     "OptionsAnswered",
     "OptionsFailed",
+    "RequestRefused",
     "UserAgent",
     "UserAgentEvent",
 ]
 
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls"]
+
+#: RFC 3263 §4.2: the default port of SIP over TLS, and of the others.
+TLS_PORT = 5061
+PORT = 5060
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +140,14 @@ class MessageDropped:
     reason: str
 
 
+@dataclass(frozen=True)
+class RequestRefused:
+    """A request from a host that is not the presence server, answered 403."""
+
+    source: Destination
+    method: str
+
+
 UserAgentEvent = (
     PublicationEvent
     | NotifyReceived
@@ -129,6 +156,7 @@ UserAgentEvent = (
     | OptionsAnswered
     | OptionsFailed
     | MessageDropped
+    | RequestRefused
 )
 
 #: What we answer to (RFC 3261 §20.5) and which event packages we subscribe to.
@@ -175,9 +203,10 @@ class _Outgoing:
 @dataclass
 class _Credentials:
     session: digest.DigestSession
-    # The last challenge and its header, to authorise later requests up front.
-    challenge: digest.Challenge | None = None
-    proxy: bool = False
+    # The last challenge of each kind — 401 (WWW-Authenticate) and 407
+    # (Proxy-Authenticate) — to authorise later requests up front; a request
+    # may carry both (RFC 3261 §22.3: a server and a proxy may each challenge).
+    challenges: dict[int, digest.Challenge] = field(default_factory=dict)
 
 
 class UserAgent:
@@ -197,14 +226,23 @@ class UserAgent:
     ) -> None:
         self.local = local
         self.server = server
-        transport = server.transport or local.transport
-        self.server_destination = Destination(
-            "tcp" if transport == "tcp" else "udp", server.host, server.port or 5060
-        )
-        self._reliable = self.server_destination.transport == "tcp"
+        self.server_destination = server_destination(server, local.transport)
+        self._reliable = self.server_destination.transport != "udp"
         self._via_transport = self.server_destination.transport.upper()
         self._via_host = _host(local.host)
         self._via_prefix = f"SIP/2.0/{self._via_transport} {self._via_host}:{local.port};branch="
+        # RFC 5923 §5: "alias" asks the server to reuse this connection for
+        # requests to our sent-by; over TLS we have no server socket it could
+        # reach otherwise.
+        self._via_params: tuple[tuple[str, str | None], ...] = (("rport", None),)
+        if self.server_destination.transport == "tls":
+            self._via_params += (("alias", None),)
+        self._via_suffix = "".join(
+            f";{name}" if value is None else f";{name}={value}" for name, value in self._via_params
+        )
+        self._trusted = frozenset({_bare(self.server_destination.host)})
+        #: Requests refused because they did not come from the presence server.
+        self.refused = 0
         self._rng = rng
         # A given seeded generator keeps its one-draw-per-token sequence.
         self._token_batch = isinstance(rng, random.SystemRandom)
@@ -238,12 +276,36 @@ class UserAgent:
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
         self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
+        # The gateway's account, shared by every identity without its own:
+        # one challenge answered serves them all (same user, same nonce).
+        self._default_credentials: _Credentials | None = None
 
     # -- configuration -----------------------------------------------------
 
-    def set_credentials(self, aor: SipURI, credentials: digest.Credentials) -> None:
-        """Credentials used when requests from ``aor`` are challenged."""
-        self._credentials[aor.aor] = _Credentials(digest.DigestSession(credentials))
+    def set_credentials(self, aor: SipURI | None, credentials: digest.Credentials) -> None:
+        """Credentials used when requests from ``aor`` are challenged.
+
+        ``aor`` None sets the default: the gateway's own account, used for
+        every identity that has none of its own.  Its last challenges are
+        shared: once one request was challenged, the requests of every
+        identity carry the answer up front, counting one nonce on.
+        """
+        if aor is None:
+            self._default_credentials = _Credentials(digest.DigestSession(credentials))
+        else:
+            self._credentials[aor.aor] = _Credentials(digest.DigestSession(credentials))
+
+    def trust(self, hosts: Iterable[str]) -> None:
+        """The addresses the presence server sends from (its host name resolved).
+
+        Requests from any other host are refused with 403.
+        """
+        self._trusted = frozenset(_bare(host) for host in hosts) | {
+            _bare(self.server_destination.host)
+        }
+
+    def trusts(self, source: Destination) -> bool:
+        return _bare(source.host) in self._trusted
 
     # -- outputs -----------------------------------------------------------
 
@@ -367,7 +429,7 @@ class UserAgent:
     def options(self, now: float) -> int:
         """Send OPTIONS to the server; answered by OptionsAnswered / OptionsFailed."""
         probe = _Probe(self._new_id(), now)
-        uri = SipURI("sip", None, self.server.host, self.server.port)
+        uri = SipURI(self.server.scheme, None, self.server.host, self.server.port)
         local = SipURI("sip", None, _host(self.local.host), self.local.port)
         headers = Headers()
         headers.add("From", f"<{local}>;tag={self._token()}")
@@ -397,6 +459,12 @@ class UserAgent:
         """One parsed message (a datagram, or framed from a TCP stream)."""
         try:
             if isinstance(message, Response):
+                if source.host not in self._trusted and not self.trusts(source):
+                    # Only the server answers our requests (all go to it).
+                    self._events.append(
+                        MessageDropped(source, "a response not from the presence server")
+                    )
+                    return
                 self._receive_response(message, now)
             else:
                 self._receive_request(message, source, now)
@@ -480,6 +548,11 @@ class UserAgent:
 
     # -- client transactions -----------------------------------------------
 
+    def _credentials_for(self, identity: str | None) -> _Credentials | None:
+        if identity is None:
+            return None
+        return self._credentials.get(identity) or self._default_credentials
+
     def _identity(self, owner: Owner) -> str | None:
         if isinstance(owner, Publication):
             return owner.aor.aor
@@ -493,7 +566,7 @@ class UserAgent:
         """Send ``request`` for ``owner`` in a new client transaction."""
         headers = request.headers
         branch = new_branch(self._token())
-        headers.prepend("Via", self._via_prefix + branch + ";rport")
+        headers.prepend("Via", self._via_prefix + branch + self._via_suffix)
         if "Max-Forwards" not in headers:
             headers.add("Max-Forwards", "70")
         if request.method == "SUBSCRIBE" and isinstance(owner, Subscription):
@@ -510,7 +583,7 @@ class UserAgent:
             # §17.1.3); it is the value of the text just written, not parsed
             # back from it.
             request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
-                                          (("branch", branch), ("rport", None))),))
+                                          (("branch", branch), *self._via_params)),))
         transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
         outgoing = _Outgoing(transaction, owner, identity, authenticated)
         self._outgoing[transaction.key] = outgoing
@@ -521,8 +594,11 @@ class UserAgent:
         text = self._contacts.get(user)
         if text is None:
             contact = SipURI("sip", user, _host(self.local.host), self.local.port)
-            if self.server_destination.transport == "tcp":
-                contact = contact.with_params(transport="tcp")
+            if self.server_destination.transport != "udp":
+                # The NOTIFYs must come back over a stream, and over TLS
+                # (RFC 3261 §19.1.4; our dialogs' URIs are sip:, so the
+                # transport parameter says it, as RFC 5630 §3.2 describes).
+                contact = contact.with_params(transport=self.server_destination.transport)
             text = f"<{contact}>"
             if len(self._contacts) >= _CONTACTS_MAX:
                 self._contacts.clear()
@@ -531,18 +607,18 @@ class UserAgent:
 
     def _authorize(self, identity: str, request: Request) -> None:
         """Add credentials up front when this identity was challenged before."""
-        creds = self._credentials.get(identity)
-        if creds is None or creds.challenge is None:
+        creds = self._credentials_for(identity)
+        if creds is None:
             return
-        authorization = creds.session.authorize(
-            creds.challenge,
-            method=request.method,
-            uri=str(request.uri),
-            cnonce=self._token(),
-            body=request.body,
-        )
-        name = "Proxy-Authorization" if creds.proxy else "Authorization"
-        request.headers.set(name, str(authorization))
+        for status, challenge in creds.challenges.items():
+            authorization = creds.session.authorize(
+                challenge,
+                method=request.method,
+                uri=str(request.uri),
+                cnonce=self._token(),
+                body=request.body,
+            )
+            request.headers.set(digest.AUTH_HEADERS[status][1], str(authorization))
 
     def _receive_response(self, response: Response, now: float) -> None:
         key = client_key(response)
@@ -599,20 +675,24 @@ class UserAgent:
 
     def _retry_with_credentials(self, outgoing: _Outgoing, response: Response, now: float) -> bool:
         """RFC 3261 §22.2: answer one challenge by resending with credentials."""
-        creds = self._credentials.get(outgoing.identity or "")
+        creds = self._credentials_for(outgoing.identity)
         if creds is None:
             return False
-        proxy = response.status == 407
-        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        name = digest.AUTH_HEADERS[response.status][0]
         challenge = digest.select_challenge(response.headers.get_raw(name))
         if challenge is None:
+            return False
+        realm = creds.session.credentials.realm
+        if realm is not None and challenge.realm != realm:
+            # Credentials for one realm are not given to another (RFC 3261
+            # §22.1: the realm tells the client which password to use).
             return False
         if outgoing.authenticated and not challenge.stale:
             # We answered already and the server still refuses: the
             # credentials are wrong.  The owner sees the 401/407.
-            creds.challenge = None
+            creds.challenges.clear()
             return False
-        creds.challenge, creds.proxy = challenge, proxy
+        creds.challenges[response.status] = challenge
         request = outgoing.transaction.request
         retry = Request(request.method, request.uri, request.headers.copy(), request.body)
         retry.headers.remove("Via")
@@ -627,6 +707,18 @@ class UserAgent:
     # -- server transactions -----------------------------------------------
 
     def _receive_request(self, request: Request, source: Destination, now: float) -> None:
+        if source.host not in self._trusted and not self.trusts(source):
+            # Every dialog of ours is with the presence server: a NOTIFY (or
+            # anything else) from another host is forged or misrouted.
+            # RFC 3261 §21.4.4: 403 "understood the request, but is refusing
+            # to fulfill it"; stateless (§8.2.7), nothing is kept for it.
+            self.refused += 1
+            self._events.append(RequestRefused(source, request.method))
+            if request.method != "ACK":
+                self._datagrams.append(
+                    (bytes(request.response(403, to_tag=self._token())), source)
+                )
+            return
         if request.method == "ACK":
             return  # only INVITE is acknowledged; we never answer INVITE with 2xx
         key = server_key(request)
@@ -766,6 +858,24 @@ class UserAgent:
                 tokens.extend(text[i : i + 16] for i in range(0, 16 * _TOKEN_BATCH, 16))
             return tokens.pop()
         return f"{self._rng.getrandbits(64):016x}"
+
+
+def server_destination(server: SipURI, default: Transport = "udp") -> Destination:
+    """Where requests to ``server`` go: transport, host and port.
+
+    RFC 5630 §3.1.3: a sips: URI means TLS ("transport=tcp" on it means TLS
+    over TCP, §3.2); so does the deprecated "transport=tls".  RFC 3263 §4.2:
+    without a port, 5061 for TLS and 5060 otherwise.
+    """
+    transport = server.transport or default
+    if server.scheme == "sips" or transport == "tls":
+        return Destination("tls", server.host, server.port or TLS_PORT)
+    return Destination("tcp" if transport == "tcp" else "udp", server.host, server.port or PORT)
+
+
+def _bare(host: str) -> str:
+    """A host as sockets report it: no brackets around IPv6, lower case."""
+    return (host[1:-1] if host.startswith("[") else host).lower()
 
 
 def _host(host: str) -> str:

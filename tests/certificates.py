@@ -3,7 +3,9 @@
 ``TestCA(directory)`` writes its own certificate to ``ca.pem``; ``server()``
 and ``client()`` issue leaf certificates and write ``<name>.pem`` (the
 certificate) and ``<name>.key`` (an unencrypted PKCS#8 key).  Nothing is
-trusted outside the test that made it.
+trusted outside the test that made it.  ``Certificates`` is the set a TLS
+presence server and its gateway need: a CA, the server's certificate and the
+gateway's client certificate.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Issued", "TestCA"]
+__all__ = ["Certificates", "Issued", "TestCA"]
 
 _DAY = datetime.timedelta(days=1)
 
@@ -124,3 +126,25 @@ class TestCA:
         if client is not None:
             context.load_cert_chain(client.cert, client.key)
         return context
+
+
+class Certificates:
+    """A CA with a server certificate for ``server_host`` and a client certificate.
+
+    The server's certificate names its host as an IP address entry when the
+    host is an IP literal, so that a client's host check against a server URI
+    like ``sips:127.0.0.1:5061`` is a real check.
+    """
+
+    def __init__(self, directory: Path, server_host: str = "127.0.0.1") -> None:
+        self.directory = directory
+        self.ca = TestCA(directory)
+        self.ca_pem = self.ca.cert
+        server = self.ca.server("server", (server_host,))
+        self.server_cert, self.server_key = server.cert, server.key
+        client = self.ca.client("gateway")
+        self.client_cert, self.client_key = client.cert, client.key
+
+    def other_ca(self, name: str = "other-ca") -> Path:
+        """A CA that issued none of these: trusting it must fail the handshake."""
+        return TestCA(self.directory / name, name).cert

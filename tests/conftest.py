@@ -13,8 +13,10 @@ def presence_server() -> Iterator[PresenceServer]:
 
     Never skipped: scripts/test installs Kamailio, so its absence is a broken
     environment and fails loudly (PresenceServerError says how to fix it).
+    It also listens for TLS (``sips_uri``, ``https_xcap_root``; its CA in
+    ``certificates``), so that tests can run over either.
     """
-    server = PresenceServer()
+    server = PresenceServer(tls=True)
     server.start()
     try:
         yield server

@@ -3,6 +3,11 @@
 Starts ``conf/kamailio/run`` on a free loopback port with its own temporary
 directory (database, PID file, log), waits until it answers OPTIONS over
 UDP, and stops it by PID. Parallel test runs never share a port or a file.
+
+Optionally with TLS (SIP over TLS and XCAP over HTTPS on a port of its own,
+certificates from :class:`tests.certificates.Certificates`, client
+certificates required with ``mutual``) and with digest authentication of the
+gateway (``auth=(user, password)``): the bundled server's modes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from tests.certificates import Certificates
 from tests.rawsip import RawSipError, SipMessage, format_request, new_token
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,10 +69,23 @@ class PresenceServer:
     KILL) is safe to call more than once. Use as a context manager.
     """
 
-    def __init__(self, host: str = "127.0.0.1", keep_directory: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        keep_directory: bool = False,
+        *,
+        tls: bool = False,
+        mutual: bool = False,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = 0
+        self.tls_port = 0
         self.directory = Path(tempfile.mkdtemp(prefix="presence-server-"))
+        #: The CA and certificates of its TLS port (None without TLS).
+        self.certificates = Certificates(self.directory / "tls", host) if tls else None
+        self.mutual = mutual
+        self.auth = auth
         self.keep_directory = keep_directory
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -74,6 +93,15 @@ class PresenceServer:
     @property
     def sip_uri(self) -> str:
         return f"sip:{self.host}:{self.port}"
+
+    @property
+    def sips_uri(self) -> str:
+        """The server over TLS (RFC 5630: a sips: URI means a TLS hop)."""
+        return f"sips:{self.host}:{self.tls_port}"
+
+    @property
+    def https_xcap_root(self) -> str:
+        return f"https://{self.host}:{self.tls_port}/xcap-root"
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -124,6 +152,8 @@ class PresenceServer:
         # take it; kamailio then exits at once, so try again on a new port.
         for _attempt in range(3):
             self.port = free_port(self.host)
+            while self.certificates is not None and self.tls_port in (0, self.port):
+                self.tls_port = free_port(self.host)
             self._spawn()
             if self._wait_ready(timeout):
                 return
@@ -167,6 +197,17 @@ class PresenceServer:
 
     def _spawn(self) -> None:
         self._log = open(self.log_path, "ab")  # closed in _reap
+        modes: list[str] = []
+        if self.certificates is not None:
+            modes += [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert", str(self.certificates.server_cert),
+                "--tls-key", str(self.certificates.server_key),
+            ]
+            if self.mutual:
+                modes += ["--tls-ca", str(self.certificates.ca_pem)]
+        if self.auth is not None:
+            modes += ["--auth", ":".join(self.auth)]
         self.process = subprocess.Popen(
             [
                 str(RUN_SCRIPT),
@@ -176,6 +217,7 @@ class PresenceServer:
                 self.host,
                 "--port",
                 str(self.port),
+                *modes,
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log,

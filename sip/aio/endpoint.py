@@ -9,9 +9,18 @@ dispatches its events, and re-arms a single ``loop.call_at`` at
 subscription.
 
 Transports: one UDP socket and one TCP listener on the local address (the
-configuration's ``sip.listen``).  Requests to the server over TCP use one
-connection, opened on demand; requests that arrive over TCP are answered on
-the connection they came in on (RFC 3261 §18.2.2).
+configuration's ``sip.listen``).  Requests to the server over TCP or TLS use
+one connection, opened on demand; requests that arrive over a connection are
+answered on the connection they came in on (RFC 3261 §18.2.2).  TLS (RFC 3261
+§26.3.1) runs on an :class:`ssl.SSLContext` the caller builds: it holds the
+CAs the server's certificate is verified against and, for mutual TLS, our
+certificate.  The server's name for the certificate check is the host of the
+server URI (an IP literal is matched against the certificate's IP addresses).
+We listen for no TLS: the server reuses our connection (RFC 5923 alias).
+
+Messages from elsewhere than the presence server are counted by the user
+agent and logged here at most once per :data:`LOG_INTERVAL`, so that a flood
+of them cannot flood the log too.
 """
 
 from __future__ import annotations
@@ -22,10 +31,13 @@ import logging
 import math
 import random
 import socket
+import ssl
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
+from ..digest import Credentials
 from ..errors import SipError
 from ..message import StreamParser
 from ..publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
@@ -37,12 +49,14 @@ from ..useragent import (
     MessageDropped,
     OptionsAnswered,
     OptionsFailed,
+    RequestRefused,
     Transport,
     UserAgent,
     UserAgentEvent,
+    server_destination,
 )
 
-__all__ = ["RequestFailed", "RequestTimedOut", "SipEndpoint"]
+__all__ = ["AuthenticationFailed", "RequestFailed", "RequestTimedOut", "SipEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +82,9 @@ UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 #: forgotten all at once when full (sources are few: the presence server).
 _SOURCES_MAX = 1024
 
+#: Seconds between two log lines about refused or dropped messages.
+LOG_INTERVAL = 10.0
+
 
 class RequestFailed(SipError):
     """The server answered a request with a failure, or never reached us."""
@@ -75,18 +92,64 @@ class RequestFailed(SipError):
     def __init__(self, what: str, status: int | None, reason: str) -> None:
         self.status = status
         self.reason = reason
-        detail = f"{status} {reason}" if status is not None else reason
-        super().__init__(f"{what} failed: {detail}")
+        super().__init__(f"{what} failed: {self._detail()}")
+
+    def _detail(self) -> str:
+        return f"{self.status} {self.reason}" if self.status is not None else self.reason
 
 
 class RequestTimedOut(RequestFailed):
     """No final response within the transaction timeout (64*T1)."""
 
 
+class AuthenticationFailed(RequestFailed):
+    """A 401/407 that stands: our credentials were refused, or we had none.
+
+    The user agent answers one challenge per request and takes a second as
+    the refusal it is (RFC 3261 §22.2), so nothing retries it in a loop.
+    """
+
+    def __init__(self, what: str, status: int, reason: str, *, had_credentials: bool) -> None:
+        self.had_credentials = had_credentials
+        super().__init__(what, status, reason)
+
+    def _detail(self) -> str:
+        if self.had_credentials:
+            return (
+                "authentication failed: the presence server refused our credentials "
+                f"({self.status})"
+            )
+        return (
+            f"authentication required by the presence server ({self.status}); "
+            "no credentials are configured"
+        )
+
+
 @dataclass(frozen=True)
 class _Waiter:
     kind: str  # "p" publication, "u" subscription, "o" options
     ident: int
+
+
+class _Tally:
+    """Counts one kind of unwanted message; logs the first, then a sum per interval."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    def add(self, now: float, detail: str) -> None:
+        self.count += 1
+        self._unlogged += 1
+        if now - self._logged_at >= LOG_INTERVAL:
+            logger.warning(
+                "%s: %d since the last report (%d in all); the last: %s",
+                self.what, self._unlogged, self.count, detail,
+            )
+            self._unlogged = 0
+            self._logged_at = now
 
 
 class SipEndpoint:
@@ -105,7 +168,12 @@ class SipEndpoint:
         publication_expires: int = 3600,
         subscription_expires: int = 3600,
         receive_buffer: int = UDP_RECEIVE_BUFFER,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        if server_destination(server, transport).transport == "tls" and tls is None:
+            raise ValueError(f"SIP over TLS to {server} needs an SSL context")
+        self._tls = tls
+        self._credentials: Credentials | None = None
         self._host = host
         self._port = port
         self._server = server
@@ -126,7 +194,9 @@ class SipEndpoint:
         self._listeners: list[Listener] = []
         self._receive_buffer = receive_buffer
         self._sources: dict[tuple[str, int], Destination] = {}
-        self.dropped = 0  # datagrams that were not usable SIP
+        self._dropped = _Tally("dropped SIP messages that were not usable")
+        self._refused = _Tally("refused SIP requests not from the presence server (403)")
+        self._broken = _Tally("connections to the presence server failed or broke")
         #: The UDP socket's receive buffer as the kernel granted it (after start).
         self.receive_buffer: int | None = None
 
@@ -141,6 +211,16 @@ class SipEndpoint:
     @property
     def local(self) -> Destination:
         return self.ua.local
+
+    @property
+    def dropped(self) -> int:
+        """Messages that were not usable SIP (unparseable, unframeable, misdirected)."""
+        return self._dropped.count
+
+    @property
+    def refused(self) -> int:
+        """Requests refused with 403 because they did not come from the presence server."""
+        return self._refused.count
 
     async def start(self) -> None:
         """Bind UDP and TCP on the local address (port 0 = any free port)."""
@@ -178,12 +258,32 @@ class SipEndpoint:
             publication_expires=self._publication_expires,
             subscription_expires=self._subscription_expires,
         )
+        if self._credentials is not None:
+            self._ua.set_credentials(None, self._credentials)
+        await self._trust_server(loop)
         logger.info(
-            "SIP on %s:%d (udp, tcp), server %s; UDP receive buffer %s bytes",
-            self._host, port, self._server, self.receive_buffer,
+            "SIP on %s:%d (udp, tcp), server %s over %s; UDP receive buffer %s bytes",
+            self._host, port, self._server, self._ua.server_destination.transport,
+            self.receive_buffer,
         )
 
+    async def _trust_server(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the user agent every address the server's host name stands for."""
+        host = self.ua.server_destination.host.strip("[]")
+        try:
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            logger.warning("cannot resolve the presence server %s (%s): only requests from "
+                           "that literal host are accepted", host, exc)
+            return
+        self.ua.trust(str(info[4][0]) for info in infos)
+
     async def close(self) -> None:
+        if self.refused or self.dropped:
+            logger.info(
+                "SIP messages refused (not from the presence server): %d; dropped (not "
+                "usable): %d", self.refused, self.dropped,
+            )
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -199,6 +299,12 @@ class SipEndpoint:
                 if not future.done():
                     future.cancel()
         self._waiters.clear()
+
+    def set_credentials(self, credentials: Credentials) -> None:
+        """The gateway's digest credentials, for every identity (RFC 3261 §22)."""
+        self._credentials = credentials
+        if self._ua is not None:
+            self._ua.set_credentials(None, credentials)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every event of the user agent, in order."""
@@ -270,7 +376,7 @@ class SipEndpoint:
         if isinstance(outcome, SubscriptionTerminated):
             if outcome.reason == "timeout":
                 raise RequestTimedOut("SUBSCRIBE", outcome.status, outcome.reason)
-            raise RequestFailed("SUBSCRIBE", outcome.status, outcome.reason)
+            raise self._failure("SUBSCRIBE", outcome.status, outcome.reason)
 
     def start_subscription(
         self,
@@ -319,8 +425,15 @@ class SipEndpoint:
         if isinstance(event, PublicationFailed):
             if event.status is None:
                 raise RequestTimedOut("PUBLISH", None, event.reason)
-            raise RequestFailed("PUBLISH", event.status, event.reason)
+            raise self._failure("PUBLISH", event.status, event.reason)
         raise RequestFailed("PUBLISH", None, "publication removed")
+
+    def _failure(self, what: str, status: int | None, reason: str) -> RequestFailed:
+        if status in (401, 407):
+            return AuthenticationFailed(
+                what, status, reason, had_credentials=self._credentials is not None
+            )
+        return RequestFailed(what, status, reason)
 
     async def _wait(self, waiter: _Waiter) -> UserAgentEvent:
         """The next event for ``waiter``; sends what the call just queued."""
@@ -383,8 +496,9 @@ class SipEndpoint:
                 if not future.done():
                     future.set_result(event)
         if isinstance(event, MessageDropped):
-            self.dropped += 1
-            logger.info("dropped a message from %s: %s", event.source, event.reason)
+            self._dropped.add(self.now(), f"from {_where(event.source)}: {event.reason}")
+        elif isinstance(event, RequestRefused):
+            self._refused.add(self.now(), f"{event.method} from {_where(event.source)}")
         for listener in self._listeners:
             try:
                 listener(event)
@@ -414,12 +528,22 @@ class SipEndpoint:
 
         async def connect() -> None:
             assert self._loop is not None
+            secure = destination.transport == "tls"
             try:
                 await self._loop.create_connection(
-                    lambda: protocol, destination.host, destination.port
+                    lambda: protocol,
+                    destination.host.strip("[]"),
+                    destination.port,
+                    ssl=self._tls if secure else None,
+                    # RFC 5922 §7.2 / RFC 6125: the certificate must name the
+                    # host of the server URI, an IP literal included.
+                    server_hostname=self.ua.server_destination.host.strip("[]")
+                    if secure else None,
                 )
-            except OSError as exc:
-                logger.warning("TCP connection to %s failed: %s", destination, exc)
+            except OSError as exc:  # ssl.SSLError (a refused certificate) is one
+                self._broken.add(
+                    self.now(), f"{_where(destination)}: {exc}"
+                )
                 self._connection_lost(protocol, f"connect failed: {exc}")
 
         protocol.connecting = self._loop.create_task(connect())
@@ -441,8 +565,10 @@ class SipEndpoint:
             messages = protocol.parser.feed(data)
         except SipError as exc:
             # RFC 3261 §18.3: a stream we cannot frame cannot be resynchronised.
-            logger.info("closing TCP connection from %s: %s", protocol.peer, exc)
-            self.dropped += 1
+            assert protocol.peer is not None
+            self._dropped.add(
+                self.now(), f"closed the connection from {_where(protocol.peer)}: {exc}"
+            )
             protocol.close()
             return
         pings = protocol.parser.take_pings()
@@ -484,6 +610,12 @@ def _enlarge_receive_buffer(sock: socket.socket | None, wanted: int) -> int | No
     return granted
 
 
+def _where(destination: Destination) -> str:
+    """``tls 127.0.0.1:5061`` — a destination as a log line shows it."""
+    host = destination.host
+    return f"{destination.transport} {f'[{host}]' if ':' in host else host}:{destination.port}"
+
+
 def _waiter_for(event: UserAgentEvent) -> _Waiter | None:
     if isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
         return _Waiter("p", event.publication_id)
@@ -519,14 +651,14 @@ class _StreamProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; uvloop's TLS one does not derive from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
             self.peer = Destination("tcp", host, port)
         self.endpoint._connection_made(self)
         if self.pending:
-            transport.write(b"".join(self.pending))
+            self.transport.write(b"".join(self.pending))
             self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -534,6 +666,12 @@ class _StreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is not None and self.peer == self.endpoint.ua.server_destination:
+            # E.g. a TLS alert after the handshake: the server refused our
+            # certificate (TLS 1.3 checks it only then).
+            self.endpoint._broken.add(
+                self.endpoint.now(), f"{_where(self.peer)}: {exc}"
+            )
         self.endpoint._connection_lost(self, str(exc) if exc else "connection closed")
 
     def write(self, data: bytes) -> None:

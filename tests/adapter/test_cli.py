@@ -69,7 +69,7 @@ def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2
-    assert result.stderr == 'adapter.toml: sip.transport: "sctp" must be "udp" or "tcp"\n'
+    assert result.stderr == 'adapter.toml: sip.transport: "sctp" must be "udp", "tcp" or "tls"\n'
 
 
 @pytest.mark.parametrize(

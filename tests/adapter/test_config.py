@@ -1,6 +1,7 @@
 import json
 import logging
 import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from adapter.config import (
     HostPort,
     check_ports,
     load_config,
+    sip_tls_context,
+    xcap_tls_context,
 )
+from tests.certificates import Certificates
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,7 +187,11 @@ def test_relative_store_path_follows_the_working_directory(write, tmp_path, monk
             '"127.0.0.1:8080"',
             "sip.listen: 127.0.0.1:8080 is also http.host/http.port (both use TCP)",
         ),
-        ('transport = "udp"', 'transport = "tls"', 'sip.transport: "tls" must be "udp" or "tcp"'),
+        (
+            'transport = "udp"',
+            'transport = "sctp"',
+            'sip.transport: "sctp" must be "udp", "tcp" or "tls"',
+        ),
         (ROOT, '"ftp://127.0.0.1/x"', 'xcap.root: "ftp://127.0.0.1/x" ' + NOT_URL),
         (ROOT, '"http:///x"', 'xcap.root: "http:///x" ' + NOT_URL),
         (ROOT, '"http://h:x/"', 'xcap.root: "http://h:x/" is not an HTTP URL'),
@@ -291,7 +299,6 @@ def test_same_address_in_two_accounts_is_allowed(write) -> None:
 
 def test_sip_uri_forms_accepted(write) -> None:
     for server in [
-        "sips:proxy.example.com",
         "sip:[::1]:5070;transport=tcp",
         "SIP:pres@host.example",
     ]:
@@ -399,6 +406,112 @@ def test_sip_tcp_port_in_use(write) -> None:
         f"{config.source}: sip.listen: 127.0.0.1:{port} (TCP) is already in use"
     )
 
+
+# -- TLS towards the presence server and the gateway's credentials --------------------
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return Certificates(tmp_path_factory.mktemp("certificates"))
+
+
+def tls_config(*lines: str, server: str = '"sips:127.0.0.1:5061"', transport: str = "tls") -> str:
+    text = edited(SERVER, server)
+    text = edited('transport = "udp"', f'transport = "{transport}"\n' + "\n".join(lines), text)
+    return text
+
+
+def test_tls_keys_are_read_and_the_context_verifies_the_server(write, certificates) -> None:
+    config = load_config(write(tls_config(
+        f'tls_ca = "{certificates.ca_pem}"',
+        f'tls_cert = "{certificates.client_cert}"',
+        f'tls_key = "{certificates.client_key}"',
+        'username = "gateway"', 'password = "secret"', 'realm = "example.com"',
+    )))
+    assert config.sip.tls and config.sip.tls_ca == certificates.ca_pem
+    assert (config.sip.username, config.sip.password, config.sip.realm) == (
+        "gateway", "secret", "example.com"
+    )
+    context = sip_tls_context(config)
+    assert context is not None
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert "secret" not in repr(config.sip)
+    # An https:// XCAP root without a CA of its own trusts the SIP one.
+    assert xcap_tls_context(config) is None  # the root here is http://
+
+
+def test_a_sips_server_implies_tls_and_without_a_ca_stops_start_up(write) -> None:
+    for transport in ("tcp", "tls"):
+        assert error_line(write(tls_config(transport=transport))) == (
+            "sip.tls_ca: missing (required for TLS: the CA certificates, PEM, that the "
+            "presence server's certificate is verified against)"
+        )
+    assert error_line(write(tls_config(transport="udp"))) == (
+        'sip.transport: "udp" with the sips: server "sips:127.0.0.1:5061": sips means TLS; '
+        'use "tls"'
+    )
+    # transport "tls" with a sip: server needs the CA just the same.
+    assert error_line(write(tls_config(server=SERVER))).startswith("sip.tls_ca: missing")
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        (['tls_ca = "{missing}"'], 'sip.tls_ca: "{missing}": no such file'),
+        (['tls_ca = "{ca_key}"'], 'sip.tls_ca: "{ca_key}": not usable PEM'),
+        (
+            ['tls_ca = "{ca}"', 'tls_cert = "{cert}"'],
+            "sip.tls_key: missing (tls_cert and tls_key go together)",
+        ),
+        (
+            ['tls_ca = "{ca}"', 'tls_cert = "{cert}"', 'tls_key = "{ca}"'],
+            'sip.tls_cert: "{cert}": not usable PEM',
+        ),
+        (['tls_ca = "{ca}"', 'username = "gateway"'],
+         "sip.password: missing (username and password go together)"),
+        (['tls_ca = "{ca}"', 'realm = "example.com"'],
+         "sip.realm: needs sip.username and sip.password"),
+    ],
+)
+def test_tls_settings_that_do_not_work_stop_start_up_naming_the_key(
+    write, certificates, lines: list[str], problem: str
+) -> None:
+    names = {
+        "missing": certificates.directory / "missing.pem",
+        "ca_key": certificates.client_key,  # a key where certificates belong
+        "ca": certificates.ca_pem,
+        "cert": certificates.client_cert,
+    }
+    line = error_line(write(tls_config(*(line.format(**names) for line in lines))))
+    assert line.startswith(problem.format(**names)), line
+
+
+def test_tls_keys_without_tls_are_an_error_not_a_silent_plain_link(write, certificates) -> None:
+    text = edited('transport = "udp"', f'transport = "tcp"\ntls_ca = "{certificates.ca_pem}"')
+    assert error_line(write(text)) == (
+        'sip.tls_ca: is set but TLS is not used (sip.transport "tls" or a sips: server)'
+    )
+    text = edited("[store]", f'tls_ca = "{certificates.ca_pem}"\n[store]')
+    assert error_line(write(text)) == "xcap.tls_ca: is set but xcap.root is not an https:// URL"
+
+
+def test_an_https_xcap_root_uses_its_own_ca_or_the_sip_one(write, certificates) -> None:
+    other = certificates.other_ca()
+    text = tls_config(f'tls_ca = "{certificates.ca_pem}"')
+    text = edited(ROOT, '"https://127.0.0.1:5061/xcap-root"', text)
+    config = load_config(write(text))
+    assert xcap_tls_context(config) is not None
+    assert config.xcap.tls_ca is None
+    config = load_config(write(edited("[store]", f'tls_ca = "{other}"\n[store]', text)))
+    assert config.xcap.tls_ca == other
+    # Without TLS towards the SIP server and no CA of its own: the system's store.
+    plain = edited(ROOT, '"https://127.0.0.1:5061/xcap-root"')
+    assert xcap_tls_context(load_config(write(plain))) is None
+
+
+def test_a_server_uri_asking_for_tls_needs_the_tls_settings_too(write) -> None:
+    text = edited(SERVER, '"sip:127.0.0.1:5061;transport=tls"')
+    assert error_line(write(text)).startswith("sip.tls_ca: missing (required for TLS")
 
 # -- security keys (issue 17, HTTP edge) -------------------------------------------
 

@@ -29,7 +29,7 @@ from sip import NotifyReceived, UserAgentEvent
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
-from tests.integration.conftest import BayeuxListener
+from tests.integration.conftest import BayeuxListener, eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -185,17 +185,6 @@ def scene(
         yield made
     finally:
         made.close()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 8, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 def status_changed(correlator: str) -> Callable[[dict[str, Any]], bool]:

@@ -12,11 +12,13 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 from lxml import etree
 
+from tests.certificates import Certificates
 from tests.presence_server import RUN_SCRIPT, PresenceServer
 from tests.rawsip import (
     PUBLISH,
@@ -385,3 +387,36 @@ def test_run_without_kamailio_fails_with_one_line(tmp_path: os.PathLike[str]) ->
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1
     assert "kamailio is not installed" in done.stderr
+
+
+def test_run_check_validates_the_tls_and_auth_modes(tmp_path: Path) -> None:
+    certificates = Certificates(tmp_path / "tls")
+    tls = ["--tls-port", "5998", "--tls-cert", str(certificates.server_cert),
+           "--tls-key", str(certificates.server_key)]
+    done = subprocess.run(
+        [str(RUN_SCRIPT), "--dir", str(tmp_path), "--port", "5999", *tls,
+         "--tls-ca", str(certificates.ca_pem), "--auth", "gateway:secret", "--check"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tls: 127.0.0.1 [127.0.0.1]:5998" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["--tls-port", "5998"], "--tls-port needs --tls-cert and --tls-key"),
+        (["--tls-cert", "x.pem"], "--tls-cert, --tls-key and --tls-ca need --tls-port"),
+        (["--auth", "gateway"], "--auth must be USER:PASSWORD, both non-empty"),
+        (["--auth", 'a:"b'], "--auth must not contain quotes or backslashes"),
+    ],
+)
+def test_run_refuses_unusable_tls_and_auth_arguments_with_one_line(
+    tmp_path: Path, arguments: list[str], problem: str
+) -> None:
+    done = subprocess.run(
+        [str(RUN_SCRIPT), "--dir", str(tmp_path), "--port", "5999", *arguments, "--check"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"conf/kamailio/run: {problem}\n"

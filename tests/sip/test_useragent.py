@@ -25,8 +25,10 @@ from sip.useragent import (
     MessageDropped,
     OptionsAnswered,
     OptionsFailed,
+    RequestRefused,
     UserAgent,
     UserAgentEvent,
+    server_destination,
 )
 
 ALICE = SipURI.parse("sip:alice@example.com")
@@ -832,7 +834,7 @@ def test_a_retransmission_in_completed_gets_the_same_response_bytes_again() -> N
     response again — the same bytes, to where the request came from — and the
     transaction user hears of it no more."""
     ua = Net().ua
-    other = Destination("udp", "127.0.0.2", 5099)
+    other = Destination("udp", "127.0.0.1", 5099)  # the server, another of its ports
     ua.receive(_notify_text(1), NOTIFIER_ADDR, 1.0)
     ua.receive(_notify_text(2), other, 1.5)
     first = ua.datagrams_to_send()
@@ -886,6 +888,7 @@ def test_completed_server_transactions_are_not_tracked_by_the_collector() -> Non
         (Destination("tcp", "127.0.0.1", 5080), "sip:127.0.0.1:5070;transport=tcp"),
         (Destination("udp", "::1", 5080), "sip:[::1]:5070"),
         (Destination("udp", "Host.Example.COM", 5080), "sip:example.com"),
+        (Destination("tls", "127.0.0.1", 5080), "sips:127.0.0.1"),
     ],
 )
 def test_the_via_a_request_is_keyed_by_is_the_one_it_carries(
@@ -926,3 +929,126 @@ def test_tokens_from_a_seeded_generator_keep_its_sequence() -> None:
     assert [ua._token() for _ in range(3)] == [
         f"{expected.getrandbits(64):016x}" for _ in range(3)
     ]
+
+
+# -- the gateway's credentials --------------------------------------------------------
+
+
+def test_default_credentials_serve_every_identity_and_a_refusal_is_final() -> None:
+    net = Net()
+    net.ua.set_credentials(None, digest.Credentials("alice", "s3cret"))
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+    retry = net.request()
+    assert check_authorization(retry, "Authorization", CHALLENGE).nc == 1
+    net.reply(retry, 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    # The gateway's account is one: another identity's first request carries
+    # the answer up front, the nonce counted on.
+    bob_id = net.ua.publish(BOB, PIDF, net.now)
+    upfront = net.request()
+    assert check_authorization(upfront, "Authorization", CHALLENGE).nc == 2
+    net.reply(upfront, 200, ("SIP-ETag", "e2"), ("Expires", "3600"))
+    net.events()
+    # The server stops accepting them: one new answer, and its refusal is final.
+    other = CHALLENGE.replace("n0nce1", "n0nce2")
+    net.ua.modify(bob_id, b"<changed/>", net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", other))
+    again = net.request()
+    assert check_authorization(again, "Authorization", other).nc == 1
+    net.reply(again, 401, ("WWW-Authenticate", other.replace("n0nce2", "n0nce3")))
+    assert net.sent() == []
+    (failed,) = net.events()
+    assert isinstance(failed, PublicationFailed) and failed.status == 401
+    assert failed.publication_id == bob_id and failed.retry_at is None
+
+
+def test_credentials_for_one_realm_are_not_given_to_another() -> None:
+    net = Net()
+    net.ua.set_credentials(None, digest.Credentials("alice", "s3cret", realm="elsewhere"))
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+    assert net.sent() == []
+    (failed,) = net.events()
+    assert isinstance(failed, PublicationFailed) and failed.status == 401
+
+
+# -- TLS and who may talk to us -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "destination"),
+    [
+        ("sips:127.0.0.1", Destination("tls", "127.0.0.1", 5061)),
+        ("sips:127.0.0.1:5071;transport=tcp", Destination("tls", "127.0.0.1", 5071)),
+        ("sip:example.com;transport=tls", Destination("tls", "example.com", 5061)),
+        ("sip:example.com;transport=tcp", Destination("tcp", "example.com", 5060)),
+        ("sip:example.com", Destination("udp", "example.com", 5060)),
+    ],
+)
+def test_a_sips_server_means_tls_on_5061_by_default(server: str, destination: Destination) -> None:
+    assert server_destination(SipURI.parse(server)) == destination
+
+
+def test_over_tls_the_via_asks_for_connection_reuse_and_the_contact_says_tls() -> None:
+    ua = UserAgent(local=Destination("tls", "127.0.0.1", 5080),
+                   server=SipURI.parse("sips:127.0.0.1:5071"), rng=random.Random(5))
+    ua.subscribe(BOB, ALICE, 0.0)
+    ua.options(0.0)
+    sent = ua.datagrams_to_send()
+    assert {dest for _, dest in sent} == {Destination("tls", "127.0.0.1", 5071)}
+    subscribe, options = (parse_message(data) for data, _ in sent)
+    assert isinstance(subscribe, Request) and isinstance(options, Request)
+    (via,) = subscribe.vias
+    assert via.transport == "TLS" and via.params[-1] == ("alias", None)  # RFC 5923 §5
+    (contact,) = subscribe.contacts
+    assert contact.uri.param("transport") == "tls"
+    assert options.uri.scheme == "sips"
+
+
+def test_requests_from_other_hosts_get_403_and_responses_from_them_are_dropped() -> None:
+    net = Net()
+    stranger = Destination("udp", "192.0.2.7", 5070)
+    net.ua.receive(_notify_text(1), stranger, net.now)
+    (answer, dest), = net.ua.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 403 ") and dest == stranger
+    assert net.events() == [RequestRefused(stranger, "NOTIFY")]
+    assert net.ua.refused == 1
+    # A forged 200 to our PUBLISH from that host changes nothing.
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    forged = publish.response(200, to_tag="x")
+    forged.headers.add("SIP-ETag", "forged")
+    forged.headers.add("Expires", "3600")
+    net.ua.receive(bytes(forged), stranger, net.now)
+    (dropped,) = net.events()
+    assert isinstance(dropped, MessageDropped) and dropped.source == stranger
+    net.reply(publish, 200, ("SIP-ETag", "real"), ("Expires", "3600"))
+    assert net.events() == [PublicationConfirmed(pub_id, "real", 3600)]
+    # Once the driver says the server's name stands for that address too, it is heard.
+    net.ua.trust(["192.0.2.7"])
+    net.ua.receive(_notify_text(2), stranger, net.now)
+    (answer, _), = net.ua.datagrams_to_send()
+    assert answer.startswith(b"SIP/2.0 481 ")
+    assert net.ua.refused == 1
+
+
+def test_a_401_and_a_407_are_both_remembered_and_both_answered_up_front() -> None:
+    """RFC 3261 §22.3: a request may carry Authorization and Proxy-Authorization."""
+    net = Net()
+    net.ua.set_credentials(None, CREDS)
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 401, ("WWW-Authenticate", CHALLENGE))
+    net.reply(net.request(), 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    net.ua.subscribe(ALICE, BOB, net.now)
+    first = net.request()
+    assert "Proxy-Authorization" not in first.headers
+    net.reply(first, 407, ("Proxy-Authenticate", CHALLENGE.replace("n0nce1", "n0nce7")))
+    retry = net.request()
+    check_authorization(retry, "Authorization", CHALLENGE)
+    assert check_authorization(
+        retry, "Proxy-Authorization", CHALLENGE.replace("n0nce1", "n0nce7")
+    ).nc == 1
+    net.events()
+    net.ua.publish(ALICE, b"<again/>", net.now)
+    later = net.request()
+    assert "Authorization" in later.headers and "Proxy-Authorization" in later.headers

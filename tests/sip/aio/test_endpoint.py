@@ -152,3 +152,39 @@ def test_datagrams_from_one_peer_share_one_source(monkeypatch: pytest.MonkeyPatc
     assert second == Destination("udp", "127.0.0.1", second.port) and second is not first
     # Full at two sources, the table was emptied for the third: equal, a new object.
     assert back == first and back is not first
+
+
+def _options(host: str, port: int, call_id: str, transport: str = "UDP") -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} {host}:{port};branch=z9hG4bK{call_id}\r\n"
+        f"From: <sip:probe@{host}>;tag=a\r\nTo: <sip:127.0.0.1>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_requests_from_another_host_than_the_server_are_refused_and_counted() -> None:
+    """Only the server's host may send requests (the server here is 127.0.0.1:9)."""
+
+    async def scenario() -> tuple[list[bytes], int, int]:
+        endpoint = await _started()
+        answers = []
+        try:
+            for host in ("127.0.0.2", "127.0.0.1", "127.0.0.2"):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind((host, 0))
+                    sock.setblocking(False)
+                    call_id = f"from-{host}-{len(answers)}"
+                    sock.sendto(_options(host, sock.getsockname()[1], call_id),
+                                ("127.0.0.1", endpoint.local.port))
+                    loop = asyncio.get_running_loop()
+                    answers.append(await asyncio.wait_for(loop.sock_recv(sock, 65535), 2))
+            return answers, endpoint.refused, endpoint.dropped
+        finally:
+            await endpoint.close()
+
+    (stranger, friend, again), refused, dropped = asyncio.run(scenario())
+    assert stranger.startswith(b"SIP/2.0 403 ") and again.startswith(b"SIP/2.0 403 ")
+    assert friend.startswith(b"SIP/2.0 200 ")
+    assert (refused, dropped) == (2, 0)
