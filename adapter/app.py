@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter import rest
@@ -77,9 +77,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         )
     else:
         error = ServiceError.service_error(exc.detail, status=exc.status_code)
-    # Keep what Starlette adds, e.g. Allow on a 405 (RFC 9110 §15.5.6: "MUST generate").
     headers = {**(exc.headers or {}), **error.headers}
+    if exc.status_code == 405:
+        # RFC 9110 §15.5.6: the origin server "MUST generate an Allow header field"
+        # listing the target's methods.  Starlette names only those of the first
+        # route on the path, and the fast routes sit outside the router.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route (fast or not) serves on the request's path."""
+    scope = request.scope
+    methods: set[str] = {
+        method for method, path in scope["app"].state.fast_routes if path == scope["path"]
+    }
+    for route in scope["app"].router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 class _LastResort:
@@ -340,6 +356,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.readiness = readiness
     app.state.drain = drain
+    app.state.fast_routes = frozenset(fast_routes or {})
     return app
 
 
