@@ -455,11 +455,12 @@ class PresentityService:
 
         After a pres-rules change Kamailio 5.6 re-sends the presence document
         to every SIP watcher unfiltered (docs/kamailio.md, "Privacy"); only
-        the NOTIFYs a PUBLISH with a body causes pass through the rules.  So
-        the publication is modified with the body it already carries (RFC
-        3903 §4.4), and every SIP watcher gets a filtered document right
-        after the unfiltered one.  A body-less refresh would not do: Kamailio
-        sends its NOTIFYs unfiltered too.
+        the NOTIFYs a PUBLISH causes pass through the rules.  So the
+        publication is modified with the body it already carries (RFC 3903
+        §4.4), and every SIP watcher gets a filtered document right after the
+        unfiltered one.  A modification rather than a body-less refresh: a
+        refresh only extends the publication's lifetime (§4.2), and a state
+        agent need not notify anyone for it.
         """
         entry = self._presentities.get(presentity)
         if entry is None or entry.publication_id is None:
