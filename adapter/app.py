@@ -473,6 +473,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         finally:
             recovery.cancel()
             await liveness.close()
+            await presentities.close()
             await watchers.close()
             hub.close()
             await xcap.close()

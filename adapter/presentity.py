@@ -73,11 +73,22 @@ logger = logging.getLogger(__name__)
 #: first NOTIFY (Kamailio sends it right after the 200: ≈1 ms here).
 WINFO_READY_TIMEOUT = 3.0
 
+#: How long after a rules change the presentity's publication goes out again
+#: (seconds).  Kamailio's XCAP server answers the PUT before it re-sends the
+#: document to the SIP watchers (conf/kamailio/kamailio.cfg, RULES_CHANGED);
+#: a PUBLISH handled by another worker meanwhile could be notified first, and
+#: the unfiltered re-send would be what the phones keep.  Changes within this
+#: pause share one re-publication.
+REPUBLISH_DELAY = 0.2
+
 #: Store kind: presentity -> {"attributes": REST JSON, "etag", "etag_expires" (epoch)}.
 PUBLICATION = "publication"
 
 _LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
 _UNDECIDED = (None, SubHandling.CONFIRM)
+#: Publication states in which a re-publication modifies a live publication
+#: (others are retrying with their body anyway, or are over).
+_REPUBLISHABLE = (PublicationState.PUBLISHED, PublicationState.SENDING)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,10 @@ class _Presentity:
     winfo_id: int | None = None
     winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
     winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # A rules change asks for the publication to go out again (see
+    # PresentityService._republish); one task per presentity does it.
+    republish_due: bool = False
+    republishing: asyncio.Task[None] | None = None
     # The stored JSON form of ``attributes`` and the tuple it was made from:
     # every publish is written twice (before the PUBLISH, then with the new
     # entity tag once it is confirmed), and the second write need not
@@ -154,7 +169,14 @@ class PresentityService:
         self._presentities: dict[str, _Presentity] = {}
         self._by_publication: dict[int, _Presentity] = {}
         self._by_winfo: dict[int, _Presentity] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         sip.add_listener(self._on_sip_event)
+
+    async def close(self) -> None:
+        """Stop the re-publications still waiting (the publications stay)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _presentity(self, address: str) -> _Presentity:
         entry = self._presentities.get(address)
@@ -420,6 +442,7 @@ class PresentityService:
         """
         await self._xcap.update(presentity, lambda rules: rules.decide(watcher, decisions))
         self._rules_changed(presentity)
+        self._republish(presentity)
 
     async def block(self, presentity: str, watcher: str) -> None:
         """Block ``watcher``: the server terminates its subscription (rejected),
@@ -428,6 +451,61 @@ class PresentityService:
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
         self._rules_changed(presentity)
+        self._republish(presentity)
+
+    # -- re-publication after a rules change ---------------------------------
+
+    def _republish(self, presentity: str) -> None:
+        """Publish ``presentity``'s current state again, soon, in the background.
+
+        After a pres-rules change Kamailio 5.6 re-sends the presence document
+        to every SIP watcher unfiltered (docs/kamailio.md, "Privacy"); only
+        the NOTIFYs a PUBLISH causes pass through the rules.  So the
+        publication is modified with the body it already carries (RFC 3903
+        §4.4), and every SIP watcher gets a filtered document right after the
+        unfiltered one.  A modification rather than a body-less refresh: a
+        refresh only extends the publication's lifetime (§4.2), and a state
+        agent need not notify anyone for it.
+        """
+        entry = self._presentities.get(presentity)
+        if entry is None or entry.publication_id is None:
+            return  # nothing published through this adapter
+        entry.republish_due = True
+        if entry.republishing is None:
+            task = asyncio.get_running_loop().create_task(self._republishing(entry))
+            entry.republishing = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _republishing(self, entry: _Presentity) -> None:
+        try:
+            # A rules change that comes while a re-publication is under way
+            # asks for one more: its unfiltered NOTIFY may follow ours.
+            while entry.republish_due:
+                await asyncio.sleep(REPUBLISH_DELAY)
+                # Under the lock, so that a Publish or a withdrawal of the
+                # same presentity comes wholly before or wholly after: what
+                # goes out is the latest state, and an ended publication is
+                # not revived.
+                async with entry.lock:
+                    entry.republish_due = False
+                    publication_id = entry.publication_id
+                    publication = (
+                        self._sip.ua.publication(publication_id)
+                        if publication_id is not None else None
+                    )
+                    if (publication is None or publication.body is None or not entry.attributes
+                            or publication.state not in _REPUBLISHABLE):
+                        continue
+                    assert publication_id is not None
+                    self._sip.ua.modify(publication_id, publication.body, self._sip.now())
+                    try:
+                        await self._confirmed(publication_id)
+                    except RequestFailed as exc:
+                        # The publication retries by itself, with its body.
+                        logger.info("re-publishing %s after a rules change: %s", entry.aor, exc)
+        finally:
+            entry.republishing = None
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""
