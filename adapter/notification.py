@@ -80,7 +80,7 @@ class Criterion(enum.Enum):
     BUSY = "Busy"
 
 
-#: Activities that make a presentity Busy for the criteria (DESIGN.md).
+#: Activities that make a presentity Busy for the criteria (docs/rest.md, Semantics).
 BUSY_ACTIVITIES = frozenset(
     {Activity.BUSY, Activity.ON_THE_PHONE, Activity.MEETING, Activity.DO_NOT_DISTURB}
 )

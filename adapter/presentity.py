@@ -10,7 +10,7 @@ application.  Per presentity it keeps
 
 Who is *authorised* is decided by the presentity's pres-rules document, which
 the adapter reads and writes over XCAP.  Kamailio 5.6 does not send a new
-watcherinfo NOTIFY when only the rules change (measured, DESIGN.md), so the
+watcherinfo NOTIFY when only the rules change (measured, docs/kamailio.md), so the
 answers combine both sources: the winfo says who has a live subscription, the
 rules say what the presentity decided:
 

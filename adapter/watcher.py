@@ -7,7 +7,7 @@ creates one that lives as long as its notification schedules.
 
 What the watcher may see is what the presentity granted it.  Kamailio 5.6
 sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
-re-SUBSCRIBE — measured, DESIGN.md), so the adapter filters every state
+re-SUBSCRIBE — measured, docs/kamailio.md), so the adapter filters every state
 itself, with decisions read from the presentity's pres-rules over XCAP:
 exact when the rules are readable and name the watcher, otherwise every
 requested attribute is taken as granted; once they were readable, a failed

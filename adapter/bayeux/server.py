@@ -56,8 +56,8 @@ _BACKLOG_SWEEP = ""  # heap key for the backlog's TTL sweep (never a clientId)
 
 def _new_client_id() -> str:
     # Bayeux 1.0 §3.6 only asks for uniqueness; the clientId is the session's
-    # only credential after the handshake (no cookie is required, see
-    # DESIGN.md), so it carries 192 random bits.
+    # only credential after the handshake (no cookie is required: Node clients
+    # share one jar, aiohttp drops cookies from IP hosts), so it carries 192 random bits.
     return secrets.token_urlsafe(24)
 
 

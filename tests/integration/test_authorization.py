@@ -290,7 +290,7 @@ def test_a_phone_keeps_its_activity_grant_when_place_is_granted_later(
     assert {x.type for x in body.attributes} == {AttributeType.ACTIVITY, AttributeType.PLACE}
 
     # Kamailio's NOTIFY right after a rules change carries the unfiltered
-    # document (DESIGN.md); the one a Publish causes is filtered.
+    # document (docs/kamailio.md); the one a Publish causes is filtered.
     a.authorize(phone.uri, Activity=False)
     mark = phone.mark()
     a.publish(activity("Away", "lunch"), place("Home"))
@@ -333,7 +333,7 @@ def test_phones_under_partial_grants_see_basic_status_and_only_their_notes(
         phone = phones[name] = sip_phone(watcher("partial", name))
         a.authorize(phone.uri, **decisions)
         # One at a time: concurrent SUBSCRIBEs meet "database is locked" in
-        # the sqlite-backed server (DESIGN.md).
+        # the sqlite-backed server (docs/kamailio.md).
         phone.subscribe(a.address)
         phone.wait_buddy(a.address, lambda s: s["sub_state"] == "ACTIVE")
 

@@ -661,7 +661,7 @@ def test_update_authorization_answers_502_when_xcap_is_unreachable(
 
 def test_presentities_publishing_at_once_all_get_204(adapter: AdapterProcess) -> None:
     # The bundled sqlite-backed Kamailio answers many of a burst of concurrent
-    # PUBLISHes with 500 "database is locked" (DESIGN.md).  The publications
+    # PUBLISHes with 500 "database is locked" (docs/kamailio.md).  The publications
     # retry with jittered backoff, and Publish waits for a retry that falls
     # within [sip] request_timeout, so the applications see 204s.
     async def scenario() -> list[int]:

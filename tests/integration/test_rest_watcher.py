@@ -530,7 +530,7 @@ def test_an_attribute_no_longer_granted_never_reaches_the_watcher(apps, bob_chan
     # The server withholds the new place on the NOTIFY this PUBLISH causes…
     a.publish(place("Hotel"))
     # …but re-sends the whole document, place included, after a rules write
-    # (measured, DESIGN.md): the adapter must filter it itself.
+    # (measured, docs/kamailio.md): the adapter must filter it itself.
     a.authorize(b.address, Activity=True, Place=False)
     a.publish(activity("Travel"))
     last = eventually(
