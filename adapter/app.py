@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter import rest
@@ -27,10 +27,19 @@ from adapter.bayeux.backlog import Backlog
 from adapter.config import Config, sip_tls_context, xcap_tls_context
 from adapter.console import console_routes
 from adapter.errors import RestError, ServiceError
-from adapter.health import SipProbe, health_endpoint
+from adapter.health import (
+    Readiness,
+    SipProbe,
+    health_endpoint,
+    livez_endpoint,
+    readyz_endpoint,
+)
 from adapter.liveness import ServerLiveness
+from adapter.logs import RequestContext
+from adapter.metrics import Metrics, RestTiming, Sources, metrics_endpoint
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
+from adapter.shutdown import RECONNECT_AFTER, Drain, DrainGate
 from adapter.store import BacklogJournal, SqliteStore, Store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
@@ -68,9 +77,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         )
     else:
         error = ServiceError.service_error(exc.detail, status=exc.status_code)
-    # Keep what Starlette adds, e.g. Allow on a 405 (RFC 9110 §15.5.6: "MUST generate").
     headers = {**(exc.headers or {}), **error.headers}
+    if exc.status_code == 405:
+        # RFC 9110 §15.5.6: the origin server "MUST generate an Allow header field"
+        # listing the target's methods.  Starlette names only those of the first
+        # route on the path, and the fast routes sit outside the router.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route (fast or not) serves on the request's path."""
+    scope = request.scope
+    methods: set[str] = {
+        method for method, path in scope["app"].state.fast_routes if path == scope["path"]
+    }
+    for route in scope["app"].router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 class _LastResort:
@@ -264,14 +289,22 @@ def create_app(
     lifespan: Lifespan | None = None,
     exception_handlers: Mapping[type[Exception], ExceptionHandler] | None = None,
     fast_routes: Mapping[tuple[str, str], ASGIApp] | None = None,
+    metrics: Metrics | None = None,
+    readiness: Readiness | None = None,
+    drain: Drain | None = None,
 ) -> Starlette:
     """The adapter's Starlette application.
 
     ``sip_probe`` answers /health. ``routes`` are added after the adapter's own, and
     ``lifespan`` (optional) runs inside the app's lifespan, for the objects that the
     caller starts and stops with the server.  ``fast_routes`` serve their
-    (method, path) ahead of the routes (:class:`_FastRoutes`).
+    (method, path) ahead of the routes (:class:`_FastRoutes`).  ``metrics``
+    (what /metrics exports), ``readiness`` (what /readyz asks) and ``drain``
+    (turned on at SIGTERM) are made empty when not given.
     """
+    metrics = metrics or Metrics(token=config.metrics.token)
+    drain = drain or Drain()
+    readiness = readiness or Readiness(draining=lambda: drain.active)
 
     @contextlib.asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
@@ -286,6 +319,16 @@ def create_app(
         HTTPException: _http_error,
     }
     middleware = _edge_middleware(config)
+    middleware.append(Middleware(DrainGate, drain=drain))
+    if config.log.format == "json":
+        middleware.append(Middleware(RequestContext))
+    fast_names = {
+        key: getattr(fast, "__name__", "fast").removesuffix("_asgi")
+        for key, fast in (fast_routes or {}).items()
+    }
+    middleware.append(
+        Middleware(RestTiming, metrics=metrics, prefix=rest.BASE, names=fast_names)
+    )
     if config.http.access_log:
         middleware.append(Middleware(_AccessLog))
     middleware.append(Middleware(_LastResort))
@@ -294,7 +337,13 @@ def create_app(
     if fast_routes:
         middleware.append(Middleware(_FastRoutes, routes=fast_routes, handlers=handlers))
     app = Starlette(
-        routes=[Route("/health", health_endpoint, methods=["GET"]), *routes],
+        routes=[
+            Route("/health", health_endpoint, methods=["GET"]),
+            Route("/livez", livez_endpoint, methods=["GET"]),
+            Route("/readyz", readyz_endpoint, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *routes,
+        ],
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=app_lifespan,
@@ -304,6 +353,10 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.config = config
     app.state.sip_probe = sip_probe
+    app.state.metrics = metrics
+    app.state.readiness = readiness
+    app.state.drain = drain
+    app.state.fast_routes = frozenset(fast_routes or {})
     return app
 
 
@@ -343,6 +396,16 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         return account.id if account is not None else None
 
     hub = Hub(bayeux_login, config.bayeux, backlog=backlog, prepare=accounts.check_async)
+    metrics = Metrics(token=config.metrics.token)
+    drain = Drain()
+    # Sessions end first, before uvicorn stops: a held connect waiting out its
+    # timeout would hold the stop back (adapter.shutdown).
+    drain.on_drain(lambda: hub.drain(RECONNECT_AFTER))
+    readiness = Readiness(
+        recovered=lambda: metrics.recovery.finished,
+        store_probe=store.probe,
+        draining=lambda: drain.active,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
@@ -373,8 +436,31 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         liveness.on_resync(presentities.resync)
         liveness.on_resync(watchers.resync)
         liveness.start()
+        metrics.sources = Sources(
+            endpoint=endpoint,
+            hub=hub,
+            backlog=backlog,
+            watchers=watchers,
+            store_commits=getattr(store, "commit_seconds", None),
+            app_ids=[account.id for account in config.accounts],
+        )
         # Recovery runs beside the server: requests are answered meanwhile.
-        recovery = asyncio.gather(presentities.restore(), watchers.restore())
+        progress = metrics.recovery
+        recovery = asyncio.gather(
+            presentities.restore(progress=progress), watchers.restore(progress=progress)
+        )
+
+        def recovered(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                return
+            if done.exception() is not None:
+                # /readyz stays 503: what the store kept is not all back.
+                logger.error("recovery failed: %r", done.exception())
+                return
+            progress.finished = True
+            logger.info("recovery finished")
+
+        recovery.add_done_callback(recovered)
         try:
             yield {
                 "sip": endpoint,
@@ -387,6 +473,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         finally:
             recovery.cancel()
             await liveness.close()
+            await presentities.close()
             await watchers.close()
             hub.close()
             await xcap.close()
@@ -400,4 +487,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
         fast_routes=rest.fast_routes(),
+        metrics=metrics,
+        readiness=readiness,
+        drain=drain,
     )

@@ -12,17 +12,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from adapter.config import Config, ConfigError, check_ports, load_config
+from adapter.config import LOG_LEVELS, Config, ConfigError, check_ports, load_config
 
 __all__ = ["main"]
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 #: Seconds uvicorn waits for open requests on shutdown. Bayeux long-polls are held
 #: for tens of seconds; Ctrl-C must not wait for them.
 GRACEFUL_SHUTDOWN = 3
 
 EXIT_USAGE = 2  # bad arguments or bad configuration, as argparse does
+STARTUP_FAILURE = 3  # the server could not start (uvicorn's own code for it)
 
 #: Garbage-collector thresholds while serving (CPython's default: 700, 10, 10).
 GC_THRESHOLDS = (20_000, 20, 100)
@@ -33,16 +32,39 @@ def _parser() -> argparse.ArgumentParser:
         prog="presence-adapter",
         description="Gateway between the OCSG RESTful Presence API and SIP SIMPLE presence.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve the REST API and the Bayeux server")
     serve.add_argument("--config", required=True, metavar="PATH", help="the adapter's TOML file")
-    serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=None,
+        help="overrides [log] level of the configuration (default there: info)",
+    )
+    check = commands.add_parser(
+        "check-config",
+        help="read and check a configuration as serve does, then exit (0: usable, 2: not); "
+        "binds no port and creates no store",
+    )
+    check.add_argument("--config", required=True, metavar="PATH", help="the adapter's TOML file")
     commands.add_parser(
         "hash-password",
         help="print an Argon2 hash of a password read from standard input, for "
         "[[accounts]] password_hash",
     )
     return parser
+
+
+def version() -> str:
+    """The installed package's version (its metadata, from pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("presence-adapter")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _hash_password() -> int:
@@ -70,6 +92,7 @@ def _serve(config: Config, log_level: str) -> int:
     # from adapter.app.create_app; imported here so that configuration errors are
     # reported before any of that is loaded.
     from adapter.app import make_app
+    from adapter.shutdown import AdapterServer
     from adapter.store import StoreError
 
     try:
@@ -85,11 +108,14 @@ def _serve(config: Config, log_level: str) -> int:
     # frozen out of collection, and the young generation is collected less often.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=config.http.host,
         port=config.http.port,
         log_level=log_level,
+        # uvicorn's own lines go to the root logger, through the adapter's
+        # formatter (text or json), rather than through a handler of its own.
+        log_config=None,
         # The app writes the access log itself, when [http] access_log says
         # so (adapter.app._AccessLog, at about half uvicorn's cost).
         access_log=False,
@@ -101,6 +127,14 @@ def _serve(config: Config, log_level: str) -> int:
         ws_per_message_deflate=False,
         **_tls_options(config),
     )
+    # Drains on SIGTERM before uvicorn stops (adapter.shutdown).
+    server = AdapterServer(server_config, app.state.drain)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: stopped as for SIGTERM; uvicorn.run ends the same way
+    if not server.started:
+        return STARTUP_FAILURE  # the lifespan failed; uvicorn logged why
     return 0
 
 
@@ -156,18 +190,43 @@ class LogFormatter(logging.Formatter):
         return f"{text},{int(record.msecs):03d}"  # logging.Formatter.default_msec_format
 
 
+def _configure_logging(handler: logging.Handler, config: Config, given: str | None) -> str:
+    """Apply ``[log]`` to the root logger; returns the level in force.
+
+    ``--log-level`` on the command line, when given, wins over ``[log] level``.
+    """
+    level = given or config.log.level or "info"
+    if config.log.format == "json":
+        from adapter.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    logging.getLogger().setLevel(level.upper())
+    # sip.trace is off unless asked for: at INFO it would otherwise follow the root level.
+    logging.getLogger("sip.trace").setLevel(
+        logging.INFO if config.log.sip_trace else logging.WARNING
+    )
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
         return _hash_password()
+    given_level: str | None = getattr(args, "log_level", None)  # serve's option only
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=(given_level or "info").upper(), handlers=[handler])
     _lean_log_records()
     try:
         config = load_config(args.config)
+        if args.command == "check-config":
+            # The same checks as serve's, short of binding the ports (a running
+            # adapter holds them) and opening the store (it would create it).
+            print(f"{config.source}: ok")
+            return 0
         check_ports(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    return _serve(config, args.log_level)
+    level = _configure_logging(handler, config, given_level)
+    return _serve(config, level)

@@ -62,6 +62,8 @@ __all__ = [
     "ConfigError",
     "HostPort",
     "HttpConfig",
+    "LogConfig",
+    "MetricsConfig",
     "RateLimit",
     "SipConfig",
     "StoreConfig",
@@ -316,6 +318,31 @@ class RateLimit:
     burst: int
 
 
+#: ``[log] level`` values, as the command line's ``--log-level`` takes them.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: how much the adapter logs, and in which form."""
+
+    #: None: not in the file (``--log-level``, else "info", decides).
+    level: str | None = None
+    #: "text": one human line per record; "json": one JSON object per line.
+    format: str = "text"
+    #: Every SIP message in and out on the ``sip.trace`` logger (at INFO).
+    sip_trace: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: who may read ``GET /metrics``."""
+
+    #: When set, /metrics answers only ``Authorization: Bearer <token>``.
+    token: str | None = field(default=None, repr=False)
+
+
 @dataclass(frozen=True)
 class Config:
     #: The file the configuration was read from, as given (used in messages).
@@ -333,6 +360,10 @@ class Config:
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
     #: Optional ``[limits]`` table; None: no limit on any application's request rate.
     limits: RateLimit | None = None
+    #: Optional ``[log]`` table.
+    log: LogConfig = field(default_factory=LogConfig)
+    #: Optional ``[metrics]`` table.
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def account(self, account_id: str) -> Account | None:
         for account in self.accounts:
@@ -788,6 +819,29 @@ def _read_limits(table: _Table) -> RateLimit:
     return RateLimit(float(rate), burst)
 
 
+def _read_log(table: _Table) -> LogConfig:
+    level = table.string("level", required=False)
+    if level is not None and level.lower() not in LOG_LEVELS:
+        raise table.error("level", f"{_show(level)} must be one of {', '.join(LOG_LEVELS)}")
+    form = table.string("format", required=False) or "text"
+    if form not in LOG_FORMATS:
+        raise table.error("format", f'{_show(form)} must be "text" or "json"')
+    sip_trace = table.get("sip_trace", bool, "a boolean", required=False)
+    return LogConfig(level.lower() if level is not None else None, form, bool(sip_trace))
+
+
+def _read_metrics(table: _Table) -> MetricsConfig:
+    token = table.string("token", required=False)
+    token_env = table.string("token_env", required=False)
+    if token is not None and token_env is not None:
+        raise table.error("token_env", "give token or token_env, not both")
+    if token_env is not None:
+        token = os.environ.get(token_env)
+        if not token:
+            raise table.error("token_env", f"environment variable {token_env} is not set")
+    return MetricsConfig(token)
+
+
 def _overlap(a: HostPort, b: HostPort) -> bool:
     wildcard = {"0.0.0.0", "[::]"}
     return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
@@ -848,14 +902,34 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
     limits_table = root.table("limits") if "limits" in data else None
     limits = _read_limits(limits_table) if limits_table is not None else None
 
+    log_table = root.table("log") if "log" in data else None
+    log = _read_log(log_table) if log_table is not None else LogConfig()
+    metrics_table = root.table("metrics") if "metrics" in data else None
+    metrics = _read_metrics(metrics_table) if metrics_table is not None else MetricsConfig()
+
     unknown = root.unknown()
-    extra = [t for t in (bayeux_table, policy_table, limits_table) if t is not None]
+    extra = [
+        t
+        for t in (bayeux_table, policy_table, limits_table, log_table, metrics_table)
+        if t is not None
+    ]
     for table in [*sections, *account_tables, *extra]:
         unknown += table.unknown()
     if unknown:
         logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
     config = Config(
-        source, http, sip, xcap, store, tuple(accounts), tuple(unknown), bayeux, policy, limits
+        source,
+        http,
+        sip,
+        xcap,
+        store,
+        tuple(accounts),
+        tuple(unknown),
+        bayeux,
+        policy,
+        limits,
+        log,
+        metrics,
     )
     # Loaded now, so that an unusable certificate stops start-up here, in one line.
     sip_tls_context(config)

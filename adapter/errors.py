@@ -121,6 +121,12 @@ class ServiceError(RestError):
         return cls(FaultCode.INVALID_INPUT, [part], status=status)
 
     @classmethod
+    def not_found(cls, part: str, value: str) -> ServiceError:
+        """404 SVC0002: ``part`` named something unknown; ``value`` (a second
+        variable, after the part for %1) says what."""
+        return cls(FaultCode.INVALID_INPUT, [part, value], status=404)
+
+    @classmethod
     def invalid_input_values(cls, part: str, valid: Sequence[str]) -> ServiceError:
         return cls(FaultCode.INVALID_INPUT_VALUES, [part, ", ".join(valid)])
 
@@ -130,7 +136,9 @@ class ServiceError(RestError):
 
     @classmethod
     def duplicate_correlator(cls, correlator: str, part: str) -> ServiceError:
-        return cls(FaultCode.DUPLICATE_CORRELATOR, [correlator, part])
+        """409: the request is sound but conflicts with a notification already
+        started (RFC 9110 §15.5.10)."""
+        return cls(FaultCode.DUPLICATE_CORRELATOR, [correlator, part], status=409)
 
 
 class PolicyError(RestError):

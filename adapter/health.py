@@ -1,8 +1,10 @@
-"""Health of the adapter: can it reach its SIP presence server right now?"""
+"""Health of the adapter: /health (can it reach its SIP presence server right now?),
+/livez (is the process serving?) and /readyz (should it be sent work?)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -10,7 +12,16 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-__all__ = ["PROBE_TIMEOUT", "SipHealth", "SipProbe", "check_sip", "health_endpoint"]
+__all__ = [
+    "PROBE_TIMEOUT",
+    "Readiness",
+    "SipHealth",
+    "SipProbe",
+    "check_sip",
+    "health_endpoint",
+    "livez_endpoint",
+    "readyz_endpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,4 +79,50 @@ async def health_endpoint(request: Request) -> JSONResponse:
         body,
         status_code=200 if sip.reachable else 503,
         headers={"Cache-Control": "no-store"},
+    )
+
+
+@dataclass
+class Readiness:
+    """What /readyz asks besides the presence server; each part optional."""
+
+    #: True once the publications and subscriptions kept in the store are re-created.
+    recovered: Callable[[], bool] = lambda: True
+    #: Writes something small to the store and waits for it; raises when it cannot.
+    store_probe: Callable[[], Awaitable[None]] | None = None
+    #: True from SIGTERM on: a draining adapter takes no new work.
+    draining: Callable[[], bool] = lambda: False
+
+
+async def livez_endpoint(request: Request) -> JSONResponse:
+    """GET /livez: 200 while the process serves HTTP (nothing else is asked)."""
+    return JSONResponse({"status": "alive"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz_endpoint(request: Request) -> JSONResponse:
+    """GET /readyz: 200 when recovery is done, the store takes writes and the presence
+    server answers; otherwise 503 with the reasons."""
+    readiness: Readiness = request.app.state.readiness
+    reasons: list[str] = []
+    if readiness.draining():
+        reasons.append("shutting down")
+    if not readiness.recovered():
+        reasons.append("recovery of stored publications and subscriptions not finished")
+    if readiness.store_probe is not None:
+        with anyio.move_on_after(PROBE_TIMEOUT) as scope:
+            try:
+                await readiness.store_probe()
+            # As for the SIP probe: whatever the store raises means "not writable".
+            except Exception as exc:
+                reasons.append(f"store not writable: {exc}")
+        if scope.cancelled_caught:
+            reasons.append(f"store write not done within {PROBE_TIMEOUT:g} s")
+    sip = await check_sip(request.app.state.sip_probe, request.app.state.config.sip.server)
+    if not sip.reachable:
+        reasons.append(f"presence server not answering: {sip.reason}")
+    body: dict[str, Any] = {"status": "not ready" if reasons else "ready", "sip": sip.to_json()}
+    if reasons:
+        body["reasons"] = reasons
+    return JSONResponse(
+        body, status_code=503 if reasons else 200, headers={"Cache-Control": "no-store"}
     )

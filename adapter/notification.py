@@ -80,7 +80,7 @@ class Criterion(enum.Enum):
     BUSY = "Busy"
 
 
-#: Activities that make a presentity Busy for the criteria (DESIGN.md).
+#: Activities that make a presentity Busy for the criteria (docs/rest.md, Semantics).
 BUSY_ACTIVITIES = frozenset(
     {Activity.BUSY, Activity.ON_THE_PHONE, Activity.MEETING, Activity.DO_NOT_DISTURB}
 )
@@ -248,9 +248,9 @@ class Schedule:
     @staticmethod
     def _seen(presence: Presence, granted: frozenset[AttributeType]) -> Presence:
         # Criteria are judged on the state as the watcher may see it: the
-        # granted attributes, and the basic status only with Activity or
-        # Communication granted (pidf.filter_presence, RFC 3863 §4.1.4) — not
-        # on this schedule's attributes filter, which only narrows what a
+        # granted attributes, and the basic status under any grant, as SIP
+        # watchers see it (pidf.filter_presence, RFC 3863 §4.1.4) — not on
+        # this schedule's attributes filter, which only narrows what a
         # notification carries.
         return filter_presence(presence, {kind: True for kind in granted})
 

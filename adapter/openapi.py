@@ -49,8 +49,46 @@ DOCUMENT_PATH = "/openapi.json"
 PAGE_PATH = f"{BASE}/index.html"
 SUBSCRIPTION, SUBSCRIPTIONS = SUBSCRIPTION_PATHS  # the spec's and OCSG 4.1's spelling
 
-# pidf.model.is_uri (RFC 3986 §3.1: scheme ":" and a non-empty rest) in ECMA-262 syntax.
-URI_PATTERN = r'^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>"]+$'
+
+def _char_class(chars: str) -> str:
+    """``chars`` as the inside of a regular expression class, in ranges."""
+    codes = sorted(map(ord, chars))
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(
+        f"\\u{lo:04x}" if lo == hi else f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in runs
+    )
+
+
+# What Python's \s and str.strip() take for white space (str.isspace), spelled out:
+# ECMA-262's \s differs (it lacks U+001C–U+001F and U+0085, and has U+FEFF), and the
+# schema must say what the code does.
+SPACE = "[" + _char_class("".join(c for c in map(chr, range(0x10000)) if c.isspace())) + "]"
+# pidf.model.is_uri (RFC 3986 §3.1: scheme ":" and a non-empty rest) but for lone
+# surrogates, which generators of JSON do not make.
+URI_PATTERN = (
+    "^[A-Za-z][A-Za-z0-9+.\\-]*:[^" + SPACE[1:-1] + '<>"\\u0000-\\u001f\\u007f\\ufffe\\uffff]+$'
+)
+
+
+# pidf.model: XML 1.0 §2.2 Char, what a PIDF note or value can carry.
+XML_TEXT = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\ufffe\\uffff]*$"
+
+
+def comma_list_pattern(values: list[str], *, empty_items: bool) -> str:
+    """A string of ``values`` separated by commas, with white space around each
+    (adapter.rest.comma_list drops empty items, criteria does not)."""
+    one = "(" + "|".join(values) + ")" + ("?" if empty_items else "")
+    item = f"{SPACE}*{one}{SPACE}*"
+    return f"^{item}(,{item})*$" if empty_items else f"^({item}(,{item})*)?$"
+
+
+# adapter.rest.attribute_list of a string: attributes, comma-separated, empty items dropped.
+ATTRIBUTE_LIST = comma_list_pattern([k.value for k in AttributeType], empty_items=True)
 
 
 def ref(name: str) -> Schema:
@@ -84,22 +122,28 @@ def schemas() -> dict[str, Schema]:
             (MeansType, "The kind of contact client of a means of communication."),
         )
     }
-    out["Attributes"] = _array(
-        ref("AttributeType"), description="An empty array (or none) means all attributes."
-    )
+    out["Attributes"] = {
+        "anyOf": [
+            _array(ref("AttributeType")),
+            _string(pattern=ATTRIBUTE_LIST),
+        ],
+        "description": "An empty array (or none) means all attributes; in a string, "
+        "comma-separated.",
+    }
     out["Means"] = _object(
         contact=URI,
         # PIDF carries it as a qvalue (RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] )
         # / ( "1" [ "." 0*3("0") ] )), so pidf.model refuses more than three decimals.
         priority=_quoted(
-            {"type": "number", "minimum": 0.0, "maximum": 1.0},
+            {"type": "number", "minimum": 0.0, "maximum": 1.0, "multipleOf": 0.001},
             r"^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$",
             "0.0 (lowest) to 1.0 (highest), at most three decimals.",
         ),
         type=ref("MeansType"),
     )
     out["Communication"] = _object(means=_array(ref("Means"), minItems=1))
-    out["Other"] = _object(name=_string(minLength=1), value=_string())
+    out["Other"] = _object(name=_string(minLength=1, pattern=XML_TEXT),
+                           value=_string(pattern=XML_TEXT))
     # The member carrying each union element is the element's name in lower case,
     # and it must be the only one present (pidf.model refuses a second member).
     members = {kind: kind.value.lower() for kind in AttributeType}
@@ -110,20 +154,28 @@ def schemas() -> dict[str, Schema]:
             {
                 "required": ["unionElement", member],
                 "properties": {"unionElement": {"const": kind.value}, member: ref(kind.value)},
-                "not": {"anyOf": [{"required": [m]} for m in members.values() if m != member]},
+                "not": {"anyOf": [
+                    {"required": [m], "properties": {m: {"not": {"type": "null"}}}}
+                    for m in members.values() if m != member
+                ]},
             }
             for kind, member in members.items()
         ],
     }
     out["PresenceAttribute"] = _object(
         optional=("lastChange", "note"),
+        nullable=True,
         lastChange=_string(
             format="date-time", description="ISO 8601 extended; no offset means UTC."
         ),
         typeAndValue=ref("TypeAndValue"),
-        note=_string(description="An explanatory note."),
+        note=_string(pattern=XML_TEXT, description="An explanatory note."),
     )
-    out["PublishRequest"] = _object(presence=_array(ref("PresenceAttribute"), minItems=1))
+    out["PublishRequest"] = _object(presence=_array(
+        ref("PresenceAttribute"), minItems=1,
+        description="Applied in order: of two values for one attribute (Other: one name) "
+        "the later is published.",
+    ))
     out["PresenceResult"] = _object(result=_array(ref("PresenceAttribute")))
     application = _string(description="A descriptive name; informational only.")
     out["OpenSubscription"] = _object(
@@ -135,11 +187,13 @@ def schemas() -> dict[str, Schema]:
     out["OpenSubscriptionsResult"] = _object(result=_array(ref("OpenSubscription")))
     out["UriResult"] = _object(result=_array(URI))
     out["Decision"] = _object(presenceAttribute=ref("AttributeType"), decision=BOOLEAN)
-    out["UpdateAuthorizationRequest"] = _object(
-        watcher=URI, decisions=_array(ref("Decision"), minItems=1)
-    )
+    out["UpdateAuthorizationRequest"] = _object(watcher=URI, decisions=_array(
+        ref("Decision"), minItems=1,
+        description="Applied in order: of two decisions on one attribute the later counts.",
+    ))
     out["Reference"] = _object(
         optional=("interfaceName",),
+        nullable=True,
         correlator=_string(minLength=1),
         endpoint=_string(
             pattern="^/", description="A Bayeux channel: /bayeux/<account id> or below it."
@@ -148,25 +202,29 @@ def schemas() -> dict[str, Schema]:
     )
     out["SubscribePresenceRequest"] = _object(
         optional=("application", "attributes"),
+        nullable=True,
         application=application,
         presentity=URI,
         attributes=ref("Attributes"),
         reference=ref("Reference"),
     )
-    out["UserPresenceQuery"] = _object(
-        optional=("attributes",), presentity=URI, attributes=ref("Attributes")
-    )
+    out["UserPresenceQuery"] = {
+        **_object(
+            optional=("attributes",), nullable=True, presentity=URI, attributes=ref("Attributes")
+        ),
+        "examples": [{"presentity": ALICE, "attributes": ["Activity", "Place"]}],
+    }
     out["TimeMetric"] = _object(metric=_string(enum=list(METRICS)), units=COUNT)
     criteria = [c.value for c in Criterion]
-    one = "(" + "|".join(criteria) + ")"
     out["StartNotificationRequest"] = _object(
         optional=("checkImmediate", "criteria", "frequency", "attributes", "count", "duration"),
+        nullable=True,
         presentity=URI,
         checkImmediate=BOOLEAN,
         criteria={
             "anyOf": [
                 _array(_string(enum=criteria)),
-                _string(pattern=rf"^(\s*{one}\s*(,\s*{one}\s*)*)?$"),
+                _string(pattern=comma_list_pattern(criteria, empty_items=False)),
             ],
             "description": "Notify only these changes; in a string, comma-separated.",
         },
@@ -223,7 +281,16 @@ def _array(items: Schema, **keywords: Any) -> Schema:
     return {"type": "array", "items": items, **keywords}
 
 
-def _object(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
+def _object(
+    *, optional: tuple[str, ...] = (), nullable: bool = False, **properties: Schema
+) -> Schema:
+    """An object; with ``nullable``, an optional member may be null, which the
+    REST edge reads as absent (as serialisers that write every field send it)."""
+    if nullable:
+        properties = {
+            name: {"anyOf": [schema, {"type": "null"}]} if name in optional else schema
+            for name, schema in properties.items()
+        }
     return {
         "type": "object",
         "required": [name for name in properties if name not in optional],
@@ -232,7 +299,7 @@ def _object(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
 
 
 def _wrapped(name: str, **properties: Schema) -> Schema:
-    inner = _object(optional=(), **properties)
+    inner = {"type": "object", "required": list(properties), "properties": properties}
     return {"type": "object", "required": [name], "properties": {name: inner}}
 
 
@@ -247,6 +314,7 @@ class Param:
     schema: Schema
     required: bool = False
     as_json: bool = False  # URL-encoded JSON (OCSG's ?query= convention)
+    example: Any = None  # a value that names something real in the examples
 
 
 @dataclass(frozen=True)
@@ -254,7 +322,7 @@ class Reply:
     status: int
     description: str
     schema: str | None = None  # a component of schemas()
-    example: Any = None
+    example: Any = None  # a value that names something real in the examples
     headers: tuple[tuple[str, str], ...] = ()  # (name, description)
     media: str = "application/json"
 
@@ -293,6 +361,7 @@ class Operation:
         return self.faults + AUTH_FAULTS
 
 
+ALICE, BOB = "sip:alice@example.com", "sip:bob@example.com"
 AUTH_FAULTS = (
     Fault(PolicyError.unauthenticated(REALM), "No or wrong HTTP Basic credentials."),
     Fault(
@@ -318,17 +387,15 @@ XCAP_FAILED = (
           "The XCAP server did not answer."),
 )
 NO_SUBSCRIPTION = Fault(
-    ServiceError.invalid_input("presentity", status=404), "No subscription to that presentity."
+    ServiceError.not_found("presentity", ALICE),
+    "No subscription to that presentity; variables: the part, then the presentity.",
 )
 ENDPOINT_REFUSED = Fault(
     PolicyError.policy_error("reference.endpoint must be /bayeux/bob-app or below it"),
     "reference.endpoint is not a channel of the calling application.",
 )
-UNKNOWN_WATCHER = Fault(
-    ServiceError.invalid_input("watcher", status=404), "That watcher never asked to subscribe."
-)
+BAD_WATCHER = Fault(ServiceError.invalid_input("watcher"), "The watcher is not a URI.")
 
-ALICE, BOB = "sip:alice@example.com", "sip:bob@example.com"
 REFERENCE = {
     "correlator": "board-7",
     "endpoint": "/bayeux/bob-app/presence",
@@ -386,7 +453,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(Param("attributes", "query", "Only these attributes, comma-separated "
                       "(or the parameter repeated); Other withdraws every Other. Empty, "
                       "as absent, means all (the spec's convention for attributes).",
-                      {"type": "string", "examples": ["Place,Other"]}),),
+                      _string(pattern=ATTRIBUTE_LIST, examples=["Place,Other"])),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("attributes[0]"),
                       "attributes names something that is not an attribute."), *SIP_FAILED),
@@ -394,9 +461,10 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "getOpenSubscriptions", "Get Open Subscriptions", "presentity", "GET", SUBSCRIPTION_BOTH,
-        "Lists the watchers who asked to subscribe and are waiting for authorization.",
-        params=(Param("status", "query", "Must be open.", {"type": "string", "enum": ["open"]},
-                      required=True),),
+        "Lists the watchers who asked to subscribe and are waiting for authorization "
+        "(status=open). With filter=watcher as well, only their URIs.",
+        params=(Param("status", "query", "open: the watchers waiting for a decision.",
+                      {"type": "string", "enum": ["open"]}, required=True),),
         replies=(Reply(200, "The waiting watchers.", "OpenSubscriptionsResult", {"result": [
             {"application": "Team board", "attributes": ["Activity", "Place"], "watcher": BOB}
         ]}),),
@@ -405,8 +473,9 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "getMyWatchers", "Get My Watchers", "presentity", "GET", SUBSCRIPTION_BOTH,
-        "Lists the watchers currently authorized (subscriptions in the active state).",
-        params=(Param("filter", "query", "Must be watcher.",
+        "Lists the URIs of the watchers currently authorized (subscriptions in the active "
+        "state): filter=watcher, which is also what GET without status or filter answers.",
+        params=(Param("filter", "query", "watcher: the watchers' URIs only.",
                       {"type": "string", "enum": ["watcher"]}, required=True),),
         replies=(Reply(200, "The current watchers.", "UriResult", {"result": [BOB]}),),
         faults=(Fault(ServiceError.invalid_input_values("filter", ["watcher"]),
@@ -416,20 +485,25 @@ OPERATIONS: tuple[Operation, ...] = (
         "updateSubscriptionAuthorization", "Update Subscription Authorization", "presentity",
         "PUT", SUBSCRIPTION_BOTH,
         "Grants or revokes, attribute by attribute, a watcher's access (presence rules over "
-        "XCAP). An attribute not named is not granted; the watcher gets notifySubscription.",
+        "XCAP). An attribute not named keeps its earlier decision (none: not granted); when "
+        "nothing is left granted the watcher is politely blocked. The watcher need not have "
+        "subscribed yet: the rule applies from its first notification, and a rule alone does "
+        "not list it among the open subscriptions or the watchers. A subscribed watcher gets "
+        "notifySubscription.",
         body="UpdateAuthorizationRequest", body_example={"watcher": BOB, "decisions": DECISIONS},
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("decisions[0].presenceAttribute"),
-                      "watcher or decisions missing or invalid, or an attribute repeated."),
-                UNKNOWN_WATCHER, *XCAP_FAILED),
+                      "watcher or decisions missing or invalid."),
+                *XCAP_FAILED),
     ),
     Operation(
         "blockSubscription", "Block Subscription", "presentity", "DELETE",
         tuple(f"{p}/{{watcher}}" for p in SUBSCRIPTION_BOTH),
-        "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked).",
+        "Blocks a watcher; its subscription ends and it gets subscriptionEnded (Blocked). "
+        "The watcher need not have subscribed yet: a later subscription is refused.",
         params=(Param("watcher", "path", "The watcher's URI, percent-encoded.", URI,
-                      required=True),),
-        replies=(NO_CONTENT,), faults=(UNKNOWN_WATCHER, *XCAP_FAILED),
+                      required=True, example=BOB),),
+        replies=(NO_CONTENT,), faults=(BAD_WATCHER, *XCAP_FAILED),
     ),
     Operation(
         "subscribePresence", "Subscribe Presence", "watcher", "POST", SUBSCRIPTION_BOTH,
@@ -444,22 +518,18 @@ OPERATIONS: tuple[Operation, ...] = (
         notifications=("notifySubscription", "subscriptionEnded"),
     ),
     Operation(
-        "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
-        "Ends the watcher's own subscription to a presentity (unSUBSCRIBE) and every "
-        "notification started for it. Not in the OCSG interface: an extension.",
-        params=(Param("presentity", "query", "The presentity's URI.", URI, required=True),),
-        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
-    ),
-    Operation(
         "getUserPresence", "Get User Presence", "watcher", "GET", (BASE,),
         "Returns the presentity's current presence, only the attributes both asked for and "
-        "authorized. Either ?query= with URL-encoded JSON, or plain presentity and attributes.",
+        "authorized. The query object travels as URL-encoded JSON, bare or in double quotes "
+        '(?query="%7B…%7D", as OCSG writes it). Accepted too in its place, and not described '
+        "as parameters here because OpenAPI cannot make one of two forms required: "
+        "?presentity=URI with attributes= given any number of times, each one attribute or "
+        "a comma-separated list. Any other form (query twice, query beside presentity or "
+        "attributes, presentity twice) is refused with 400 SVC0002 naming the part, never read "
+        "in part.",
         params=(
             Param("query", "query", "URL-encoded JSON (OCSG convention).",
-                  ref("UserPresenceQuery"), as_json=True),
-            Param("presentity", "query", "Instead of query: the presentity's URI.", URI),
-            Param("attributes", "query", "Instead of query: comma-separated attributes.",
-                  {"type": "string", "examples": ["Activity,Place"]}),
+                  ref("UserPresenceQuery"), required=True, as_json=True),
         ),
         replies=(Reply(200, "The authorized attributes.", "PresenceResult",
                        {"result": PRESENCE[:2]}),),
@@ -493,7 +563,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 Fault(ServiceError.invalid_input_values("frequency.metric", list(METRICS)),
                       "A metric or a criterion that does not exist."),
                 Fault(ServiceError.duplicate_correlator("board-7", "reference.correlator"),
-                      "The correlator is already in use by this application."),
+                      "The correlator is already in use by this application (409)."),
                 ENDPOINT_REFUSED,
                 Fault(PolicyError.policy_error("duration longer than 86400 s is not allowed"),
                       "duration beyond the configured maximum."),
@@ -511,10 +581,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "Stops the notifications of that correlator (no statusEnd); the subscription ends "
         "when nothing else needs it.",
         params=(Param("correlator", "path", "The correlator given at the start.",
-                      {"type": "string"}, required=True),),
+                      {"type": "string"}, required=True, example=REFERENCE["correlator"]),),
         replies=(NO_CONTENT,),
-        faults=(Fault(ServiceError.invalid_input("correlator", status=404),
-                      "No notification with that correlator for this application."),),
+        faults=(Fault(ServiceError.not_found("correlator", "board-7"),
+                      "No notification with that correlator for this application; "
+                      "variables: the part, then the correlator."),),
+    ),
+    Operation(
+        "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
+        "Ends the watcher's own subscription to a presentity (unSUBSCRIBE) and every "
+        "notification started for it. Not in the OCSG interface: an extension.",
+        params=(Param("presentity", "query", "The presentity's URI.", URI, required=True,
+                      example=ALICE),),
+        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
     ),
     Operation(
         "getOpenApiDocument", "OpenAPI document", "description", "GET", (DOCUMENT_PATH,),
@@ -616,6 +695,8 @@ def _openapi_operation(endpoint: Endpoint) -> Schema:
                 param["content"] = {"application/json": {"schema": p.schema}}
             else:
                 param["schema"] = p.schema
+                if p.example is not None:
+                    param["example"] = p.example
             params.append(param)
     if params:
         out["parameters"] = params

@@ -10,7 +10,7 @@ application.  Per presentity it keeps
 
 Who is *authorised* is decided by the presentity's pres-rules document, which
 the adapter reads and writes over XCAP.  Kamailio 5.6 does not send a new
-watcherinfo NOTIFY when only the rules change (measured, DESIGN.md), so the
+watcherinfo NOTIFY when only the rules change (measured, docs/kamailio.md), so the
 answers combine both sources: the winfo says who has a live subscription, the
 rules say what the presentity decided:
 
@@ -32,6 +32,8 @@ from functools import cached_property
 from typing import Any
 
 from adapter.liveness import ServerLiveness, bounded
+from adapter.logs import bind
+from adapter.metrics import RecoveryProgress
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient
@@ -41,7 +43,6 @@ from pidf import (
     Outcome,
     PidfError,
     PresenceAttribute,
-    PresRules,
     SubHandling,
     WatcherInfo,
     WatcherInfoState,
@@ -64,7 +65,7 @@ from sip import (
 from sip.aio import RequestFailed, SipEndpoint
 from sip.publication import PublicationState
 
-__all__ = ["OpenSubscription", "PresentityService", "UnknownWatcher", "WatcherDirectory"]
+__all__ = ["OpenSubscription", "PresentityService", "WatcherDirectory"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +73,22 @@ logger = logging.getLogger(__name__)
 #: first NOTIFY (Kamailio sends it right after the 200: ≈1 ms here).
 WINFO_READY_TIMEOUT = 3.0
 
+#: How long after a rules change the presentity's publication goes out again
+#: (seconds).  Kamailio's XCAP server answers the PUT before it re-sends the
+#: document to the SIP watchers (conf/kamailio/kamailio.cfg, RULES_CHANGED);
+#: a PUBLISH handled by another worker meanwhile could be notified first, and
+#: the unfiltered re-send would be what the phones keep.  Changes within this
+#: pause share one re-publication.
+REPUBLISH_DELAY = 0.2
+
 #: Store kind: presentity -> {"attributes": REST JSON, "etag", "etag_expires" (epoch)}.
 PUBLICATION = "publication"
 
 _LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
 _UNDECIDED = (None, SubHandling.CONFIRM)
-
-
-class UnknownWatcher(LookupError):
-    """The watcher neither subscribed to the presentity nor has a rule."""
+#: Publication states in which a re-publication modifies a live publication
+#: (others are retrying with their body anyway, or are over).
+_REPUBLISHABLE = (PublicationState.PUBLISHED, PublicationState.SENDING)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,10 @@ class _Presentity:
     winfo_id: int | None = None
     winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
     winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # A rules change asks for the publication to go out again (see
+    # PresentityService._republish); one task per presentity does it.
+    republish_due: bool = False
+    republishing: asyncio.Task[None] | None = None
     # The stored JSON form of ``attributes`` and the tuple it was made from:
     # every publish is written twice (before the PUBLISH, then with the new
     # entity tag once it is confirmed), and the second write need not
@@ -157,7 +169,14 @@ class PresentityService:
         self._presentities: dict[str, _Presentity] = {}
         self._by_publication: dict[int, _Presentity] = {}
         self._by_winfo: dict[int, _Presentity] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         sip.add_listener(self._on_sip_event)
+
+    async def close(self) -> None:
+        """Stop the re-publications still waiting (the publications stay)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _presentity(self, address: str) -> _Presentity:
         entry = self._presentities.get(address)
@@ -174,6 +193,7 @@ class PresentityService:
         server refuses or does not answer.  The state is kept either way: the
         publication retries in the background until the server takes it.
         """
+        bind(presentity=presentity)
         validate_publication(attributes)
         entry = self._presentity(presentity)
         now = self._clock()
@@ -305,7 +325,9 @@ class PresentityService:
 
         await recover("publications", entries, start, pace=pace)
 
-    async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
+    async def restore(
+        self, pace: RecoveryPace = RecoveryPace(), progress: RecoveryProgress | None = None
+    ) -> None:
         """Publish again what the store kept (at start, paced)."""
         stored = self._store.load(PUBLICATION)
         entries = []
@@ -344,7 +366,7 @@ class PresentityService:
             except RequestFailed as exc:
                 logger.info("re-publishing %s: %s (keeps retrying)", entry.aor, exc)
 
-        await recover("publications", entries, start, pace=pace)
+        await recover("publications", entries, start, pace=pace, progress=progress)
 
     def _start_publication(self, entry: _Presentity, body: bytes) -> int:
         """A new SIP publication for ``entry``, resuming the server's one if known."""
@@ -411,39 +433,79 @@ class PresentityService:
 
     async def authorize(self, presentity: str, watcher: str,
                         decisions: Mapping[AttributeType, bool]) -> None:
-        """Grant ``watcher`` the attributes decided true (RFC 5025 §3.2).
+        """Decide, attribute by attribute, what ``watcher`` may see (RFC 5025 §3.2).
 
-        All false: the watcher is politely blocked (RFC 5025 §3.2.1: its
-        subscription stays, it learns nothing).
+        The attributes not named keep their earlier decision (one
+        read-modify-write of the pres-rules, guarded by the entity tag); nothing
+        left granted politely blocks the watcher.  The watcher need not have
+        subscribed yet: the rule applies from its first NOTIFY.
         """
-        def change(rules: PresRules) -> PresRules:
-            if any(decisions.values()):
-                return rules.allow(watcher, decisions)
-            return rules.allow(watcher, decisions).set_handling(
-                watcher, SubHandling.POLITE_BLOCK
-            )
-
-        await self._xcap.update(presentity, change)
+        await self._xcap.update(presentity, lambda rules: rules.decide(watcher, decisions))
         self._rules_changed(presentity)
+        self._republish(presentity)
 
     async def block(self, presentity: str, watcher: str) -> None:
-        """Block ``watcher``: the server terminates its subscription (rejected)."""
+        """Block ``watcher``: the server terminates its subscription (rejected),
+        or refuses it when it comes."""
         await self._xcap.update(
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
         self._rules_changed(presentity)
+        self._republish(presentity)
 
-    async def require_known_watcher(self, presentity: str, watcher: str) -> None:
-        """Raise UnknownWatcher unless ``watcher`` subscribed or has a rule.
+    # -- re-publication after a rules change ---------------------------------
 
-        The operations on a watcher are about those who "have recently asked
-        for subscriptions" or are "current watchers" (the spec's words).
+    def _republish(self, presentity: str) -> None:
+        """Publish ``presentity``'s current state again, soon, in the background.
+
+        After a pres-rules change Kamailio 5.6 re-sends the presence document
+        to every SIP watcher unfiltered (docs/kamailio.md, "Privacy"); only
+        the NOTIFYs a PUBLISH causes pass through the rules.  So the
+        publication is modified with the body it already carries (RFC 3903
+        §4.4), and every SIP watcher gets a filtered document right after the
+        unfiltered one.  A modification rather than a body-less refresh: a
+        refresh only extends the publication's lifetime (§4.2), and a state
+        agent need not notify anyone for it.
         """
-        if watcher in await self._live_watchers(presentity):
-            return
-        if (await self._xcap.get(presentity)).rules.rule_for(watcher) is not None:
-            return
-        raise UnknownWatcher(watcher)
+        entry = self._presentities.get(presentity)
+        if entry is None or entry.publication_id is None:
+            return  # nothing published through this adapter
+        entry.republish_due = True
+        if entry.republishing is None:
+            task = asyncio.get_running_loop().create_task(self._republishing(entry))
+            entry.republishing = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _republishing(self, entry: _Presentity) -> None:
+        try:
+            # A rules change that comes while a re-publication is under way
+            # asks for one more: its unfiltered NOTIFY may follow ours.
+            while entry.republish_due:
+                await asyncio.sleep(REPUBLISH_DELAY)
+                # Under the lock, so that a Publish or a withdrawal of the
+                # same presentity comes wholly before or wholly after: what
+                # goes out is the latest state, and an ended publication is
+                # not revived.
+                async with entry.lock:
+                    entry.republish_due = False
+                    publication_id = entry.publication_id
+                    publication = (
+                        self._sip.ua.publication(publication_id)
+                        if publication_id is not None else None
+                    )
+                    if (publication is None or publication.body is None or not entry.attributes
+                            or publication.state not in _REPUBLISHABLE):
+                        continue
+                    assert publication_id is not None
+                    self._sip.ua.modify(publication_id, publication.body, self._sip.now())
+                    try:
+                        await self._confirmed(publication_id)
+                    except RequestFailed as exc:
+                        # The publication retries by itself, with its body.
+                        logger.info("re-publishing %s after a rules change: %s", entry.aor, exc)
+        finally:
+            entry.republishing = None
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""

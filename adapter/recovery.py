@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from adapter.metrics import RecoveryProgress
+
 __all__ = ["RecoveryPace", "recover"]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ async def recover(
     *,
     pace: RecoveryPace = RecoveryPace(),
     rng: random.Random | None = None,
+    progress: RecoveryProgress | None = None,
 ) -> int:
     """Run ``start`` for every item, paced; returns how many succeeded.
 
@@ -46,6 +49,8 @@ async def recover(
     logic); an exception it lets escape is logged and counted as a failure.
     """
     total = len(items)
+    if progress is not None:
+        progress.started(what, total)
     if not total:
         return 0
     rng = rng or random.Random()
@@ -67,6 +72,8 @@ async def recover(
         finally:
             slots.release()
         done += 1
+        if progress is not None:
+            progress.advanced(what)
         if done % step == 0 or done == total:
             logger.info("recovered %d of %d %s", done, total, what)
 

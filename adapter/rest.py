@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -23,7 +24,7 @@ from adapter.auth import Accounts, Caller
 from adapter.config import NotificationPolicy
 from adapter.errors import PolicyError, RestError, ServiceError
 from adapter.notification import Criterion, Schedule
-from adapter.presentity import PresentityService, UnknownWatcher
+from adapter.presentity import PresentityService
 from adapter.watcher import (
     DuplicateCorrelator,
     NoSubscription,
@@ -33,7 +34,14 @@ from adapter.watcher import (
     WatcherService,
 )
 from adapter.xcap import XcapError, XcapTimeout
-from pidf import AttributeType, ValidationError, attributes_from_json, attributes_to_json
+from pidf import (
+    AttributeType,
+    Other,
+    PresenceAttribute,
+    ValidationError,
+    attributes_from_json,
+    attributes_to_json,
+)
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
 
@@ -55,14 +63,16 @@ async def json_object(request: Request) -> dict[str, Any]:
     return decoded_object(await request.body())
 
 
-def decoded_object(raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object, or SVC0002 naming the body."""
+def decoded_object(raw: bytes | str, part: str = "body") -> dict[str, Any]:
+    """``raw`` as a JSON object, or SVC0002 naming ``part``."""
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ServiceError.invalid_input("body (not JSON)") from None
+        raise ServiceError.invalid_input(f"{part} (not JSON)") from None
+    except RecursionError:  # the json module recurses once per level of nesting
+        raise ServiceError.invalid_input(f"{part} (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise ServiceError.invalid_input("body (not a JSON object)")
+        raise ServiceError.invalid_input(f"{part} (not a JSON object)")
     return value
 
 
@@ -79,9 +89,28 @@ def uri(value: Any, part: str) -> str:
     return value
 
 
-def caller(request: Request) -> Caller:
+def _optional(obj: Mapping[str, Any], name: str, default: Any) -> Any:
+    """An optional member; null counts as absent (serialisers that write every field)."""
+    value = obj.get(name)
+    return default if value is None else value
+
+
+def caller(request: Request, params: tuple[str, ...] = ()) -> Caller:
+    """The authenticated caller of an operation that reads the query ``params``.
+
+    Any other query parameter is refused (after authentication): a misspelt
+    one would otherwise be ignored and the request read in part.
+    """
     accounts: Accounts = request.state.accounts
-    return accounts.authenticate(request)
+    who = accounts.authenticate(request)
+    refuse_unknown_parameters(request.query_params, params)
+    return who
+
+
+def refuse_unknown_parameters(query: QueryParams, known: tuple[str, ...]) -> None:
+    for name in query:
+        if name not in known:
+            raise ServiceError.invalid_input(f"{name} (unknown parameter)")
 
 
 # -- presentity operations ------------------------------------------------------
@@ -118,6 +147,8 @@ async def publish_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     state = scope["state"]
     accounts: Accounts = state["accounts"]
     who = accounts.caller(authorization, named)
+    if scope["query_string"]:
+        refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
     await _publish(state["presentity"], who.address, await _body(receive))
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b""})
@@ -141,7 +172,19 @@ async def _publish(service: PresentityService, address: str, raw: bytes) -> None
     items = decoded_object(raw).get("presence")
     if not isinstance(items, list) or not items:
         raise ServiceError.invalid_input("presence")
-    await service.publish(address, attributes_from_json(items))
+    await service.publish(address, in_order(attributes_from_json(items)))
+
+
+def in_order(attributes: tuple[PresenceAttribute, ...]) -> tuple[PresenceAttribute, ...]:
+    """The items applied in order, as successive Publishes would be: of two values
+    for one attribute (for Other, one name) the later is published."""
+    kept: dict[object, PresenceAttribute] = {}
+    for attribute in attributes:
+        value = attribute.value
+        key = (attribute.type, value.name) if isinstance(value, Other) else attribute.type
+        kept.pop(key, None)
+        kept[key] = attribute
+    return tuple(kept.values())
 
 
 async def withdraw(request: Request) -> Response:
@@ -150,7 +193,7 @@ async def withdraw(request: Request) -> Response:
     Without ``attributes`` the publication ends (un-PUBLISH); with them only
     those attributes are withdrawn and the rest stays published.
     """
-    who = caller(request)
+    who = caller(request, ("attributes",))
     kinds: frozenset[AttributeType] = frozenset()
     for value in request.query_params.getlist("attributes"):
         kinds |= attribute_list(value, "attributes")
@@ -160,31 +203,37 @@ async def withdraw(request: Request) -> Response:
 
 
 async def get_subscriptions(request: Request) -> Response:
-    """Get Open Subscriptions (?status=open) / Get My Watchers (?filter=watcher)."""
-    who = caller(request)
+    """Get Open Subscriptions (?status=open) / Get My Watchers (?filter=watcher).
+
+    ``status=open`` asks for the watchers waiting for a decision instead of the
+    current ones; ``filter=watcher`` for their URIs only.  The current watchers
+    are known by URI alone, so without either parameter the answer is Get My
+    Watchers', and with both it is the waiting watchers' URIs.
+    """
+    who = caller(request, ("status", "filter"))
     service: PresentityService = request.state.presentity
     params = request.query_params
-    if params.get("status") == "open":
-        open_subscriptions = await service.open_subscriptions(who.address)
-        return JSONResponse(
-            {
-                "result": [
-                    {
-                        "application": item.application,
-                        "attributes": [a.value for a in item.attributes],
-                        "watcher": item.watcher,
-                    }
-                    for item in open_subscriptions
-                ]
-            }
-        )
-    if params.get("filter") == "watcher":
-        return JSONResponse({"result": await service.watchers(who.address)})
-    if "status" in params:
+    if params.get("status", "open") != "open":
         raise ServiceError.invalid_input_values("status", ["open"])
-    if "filter" in params:
+    if params.get("filter", "watcher") != "watcher":
         raise ServiceError.invalid_input_values("filter", ["watcher"])
-    raise ServiceError.invalid_input("status or filter")
+    if "status" not in params:
+        return JSONResponse({"result": await service.watchers(who.address)})
+    waiting = await service.open_subscriptions(who.address)
+    if "filter" in params:
+        return JSONResponse({"result": [item.watcher for item in waiting]})
+    return JSONResponse(
+        {
+            "result": [
+                {
+                    "application": item.application,
+                    "attributes": [a.value for a in item.attributes],
+                    "watcher": item.watcher,
+                }
+                for item in waiting
+            ]
+        }
+    )
 
 
 async def update_authorization(request: Request) -> Response:
@@ -206,11 +255,9 @@ async def update_authorization(request: Request) -> Response:
             decision = decision.lower() == "true"  # the spec's examples quote booleans
         if not isinstance(decision, bool):
             raise ServiceError.invalid_input(f"{part}.decision")
-        if kind in decisions:
-            raise ServiceError.invalid_input(f"{part}.presenceAttribute (repeated)")
+        decisions.pop(kind, None)  # in order, as successive requests: the later decides
         decisions[kind] = decision
     service: PresentityService = request.state.presentity
-    await service.require_known_watcher(who.address, watcher)
     await service.authorize(who.address, watcher, decisions)
     return Response(status_code=204)
 
@@ -223,7 +270,6 @@ async def block_subscription(request: Request) -> Response:
     # §19.1.2) into a different, invalid one.
     watcher = uri(request.path_params["watcher"], "watcher")
     service: PresentityService = request.state.presentity
-    await service.require_known_watcher(who.address, watcher)
     await service.block(who.address, watcher)
     return Response(status_code=204)
 
@@ -244,14 +290,19 @@ METRICS = {
 
 
 def attribute_list(value: Any, part: str) -> frozenset[AttributeType]:
-    """The spec's ``attributes``: absent or empty = all."""
+    """The spec's ``attributes``: absent or empty = all; a comma list in a string too."""
     if value is None:
         return frozenset()
     if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
+        value = comma_list(value)
     if not isinstance(value, list):
         raise ServiceError.invalid_input(part)
     return frozenset(AttributeType.parse(item, f"{part}[{i}]") for i, item in enumerate(value))
+
+
+def comma_list(text: str) -> list[str]:
+    """``"Activity, Place"`` → ``["Activity", "Place"]``; empty items are dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def reference(value: Any, who: Caller) -> Reference:
@@ -267,7 +318,7 @@ def reference(value: Any, who: Caller) -> Reference:
     root = f"/bayeux/{who.account.id}"
     if not (endpoint == root or endpoint.startswith(root + "/")) or "*" in endpoint:
         raise PolicyError.policy_error(f"reference.endpoint must be {root} or below it")
-    interface_name = value.get("interfaceName", "")
+    interface_name = _optional(value, "interfaceName", "")
     if not isinstance(interface_name, str):
         raise ServiceError.invalid_input("reference.interfaceName")
     return Reference(correlator, endpoint, interface_name)
@@ -290,7 +341,7 @@ def period(value: Any, part: str) -> float | None:
     if not isinstance(value, dict):
         raise ServiceError.invalid_input(part)
     metric = value.get("metric")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise ServiceError.invalid_input_values(f"{part}.metric", list(METRICS))
     units = value.get("units")
     if isinstance(units, str) and units.isdigit():
@@ -322,7 +373,7 @@ async def subscribe_presence(request: Request) -> Response:
     who = caller(request)
     body = await json_object(request)
     presentity = uri(body.get("presentity"), "presentity")
-    application = body.get("application", "")
+    application = _optional(body, "application", "")
     if not isinstance(application, str):
         raise ServiceError.invalid_input("application")
     service: WatcherService = request.state.watcher
@@ -339,7 +390,7 @@ async def subscribe_presence(request: Request) -> Response:
 
 async def end_subscription(request: Request) -> Response:
     """DELETE …/subscription?presentity=URI → 204 (an extension: the watcher's own end)."""
-    who = caller(request)
+    who = caller(request, ("presentity",))
     presentity = uri(request.query_params.get("presentity"), "presentity")
     service: WatcherService = request.state.watcher
     await service.unsubscribe(who.address, presentity)
@@ -348,22 +399,46 @@ async def end_subscription(request: Request) -> Response:
 
 async def get_user_presence(request: Request) -> Response:
     """Get User Presence: GET /rest/presence?query={"presentity","attributes"}."""
-    who = caller(request)
-    params = request.query_params
-    query: Any = {"presentity": params.get("presentity"), "attributes": params.get("attributes")}
-    if "query" in params:
-        try:
-            query = json.loads(params["query"])
-        except json.JSONDecodeError:
-            raise ServiceError.invalid_input("query (not JSON)") from None
-        if not isinstance(query, dict):
-            raise ServiceError.invalid_input("query")
-    presentity = uri(query.get("presentity"), "presentity")
-    asked = attribute_list(query.get("attributes"), "attributes")
+    who = caller(request, ("query", "presentity", "attributes"))
+    presentity, asked = user_presence_query(request.query_params)
     service: WatcherService = request.state.watcher
     presence = await service.user_presence(who.address, presentity, asked)
     attributes = presence.attributes if presence is not None else ()
     return JSONResponse({"result": attributes_to_json(attributes)})
+
+
+def user_presence_query(params: QueryParams) -> tuple[str, frozenset[AttributeType]]:
+    """The presentity and the attributes asked for, in each form clients send.
+
+    Either ``query`` — the spec's object as JSON, also wrapped in double quotes
+    as OCSG's own examples write it (``?query="%7B…%7D"``) — or plain
+    ``presentity`` with ``attributes`` given any number of times, each one
+    attribute or a comma list.  A form that would lose part of the request
+    (two presentities, ``query`` beside plain parameters) is refused rather
+    than read in part.
+    """
+    for name in ("query", "presentity"):
+        if len(params.getlist(name)) > 1:
+            raise ServiceError.invalid_input(f"{name} (repeated)")
+    if "query" not in params:
+        asked: list[str] = []
+        for value in params.getlist("attributes"):
+            asked.extend(comma_list(value))
+        return uri(params.get("presentity"), "presentity"), attribute_list(asked, "attributes")
+    for name in ("presentity", "attributes"):
+        if name in params:
+            raise ServiceError.invalid_input(f"{name} (beside query)")
+    query = json_query(params["query"])
+    return uri(query.get("presentity"), "query.presentity"), attribute_list(
+        query.get("attributes"), "query.attributes"
+    )
+
+
+def json_query(text: str) -> dict[str, Any]:
+    """OCSG's ``?query=`` object: JSON, bare or wrapped in double quotes."""
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]  # ?query="%7B%22presentity%22…%7D", as OCSG's examples write it
+    return decoded_object(text, "query")
 
 
 async def start_notification(request: Request) -> Response:
@@ -385,7 +460,7 @@ async def start_notification(request: Request) -> Response:
         raise PolicyError.policy_error(
             f"duration longer than {policy.max_duration:g} s is not allowed"
         )
-    count = body.get("count", 0)
+    count = _optional(body, "count", 0)
     if isinstance(count, str) and count.isdigit():
         count = int(count)
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -480,12 +555,8 @@ async def _xcap_error(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.service_error(f"presence rules: {exc}", status=status))
 
 
-async def _unknown_watcher(request: Request, exc: Exception) -> Response:
-    return _json_error(ServiceError.invalid_input("watcher", status=404))
-
-
 async def _no_subscription(request: Request, exc: Exception) -> Response:
-    return _json_error(ServiceError.invalid_input("presentity", status=404))
+    return _json_error(ServiceError.not_found("presentity", _named(exc)))
 
 
 async def _not_authorized(request: Request, exc: Exception) -> Response:
@@ -497,11 +568,17 @@ async def _duplicate_correlator(request: Request, exc: Exception) -> Response:
 
 
 async def _unknown_correlator(request: Request, exc: Exception) -> Response:
-    return _json_error(ServiceError.invalid_input("correlator", status=404))
+    # The chapter: "the body of the error response will contain the identifier
+    # for the notification".
+    return _json_error(ServiceError.not_found("correlator", _named(exc)))
+
+
+def _named(exc: Exception) -> str:
+    """What a lookup error of the services did not find: its first argument."""
+    return str(exc.args[0]) if exc.args else ""
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
-    UnknownWatcher: _unknown_watcher,
     NoSubscription: _no_subscription,
     NotAuthorized: _not_authorized,
     DuplicateCorrelator: _duplicate_correlator,

@@ -7,7 +7,7 @@ creates one that lives as long as its notification schedules.
 
 What the watcher may see is what the presentity granted it.  Kamailio 5.6
 sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
-re-SUBSCRIBE — measured, DESIGN.md), so the adapter filters every state
+re-SUBSCRIBE — measured, docs/kamailio.md), so the adapter filters every state
 itself, with decisions read from the presentity's pres-rules over XCAP:
 exact when the rules are readable and name the watcher, otherwise every
 requested attribute is taken as granted; once they were readable, a failed
@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapter.liveness import ServerLiveness, bounded
+from adapter.logs import bind
+from adapter.metrics import NOTIFY_BUCKETS, Histogram, RecoveryProgress
 from adapter.notification import (
     Delivery,
     Schedule,
@@ -246,6 +248,8 @@ class WatcherService:
         self._rules: dict[str, tuple[float, PresRules | None]] = {}
         self._rules_reads: dict[str, tuple[float, asyncio.Task[PresRules]]] = {}
         self._rules_sweep_at = _RULES_SWEEP_MIN
+        #: NOTIFY received -> its notifications handed to Bayeux (seconds).
+        self.notify_latency = Histogram(NOTIFY_BUCKETS)
         sip.add_listener(self._on_sip_event)
 
     async def close(self) -> None:
@@ -263,6 +267,17 @@ class WatcherService:
         self._unsaved = {}
         writes = [self._write_progress(self._writing.popleft()) for _ in range(len(self._writing))]
         await asyncio.gather(*(w for w in writes if w is not None), return_exceptions=True)
+
+    def watch_states(self) -> dict[str, int]:
+        """How many watches there are in each state (for /metrics)."""
+        counts: dict[str, int] = {}
+        for watch in self._watches.values():
+            counts[watch.state] = counts.get(watch.state, 0) + 1
+        return counts
+
+    @property
+    def schedule_count(self) -> int:
+        return len(self._schedules)
 
     # -- what the presentity side asks ---------------------------------------
 
@@ -299,6 +314,7 @@ class WatcherService:
         attributes: frozenset[AttributeType],
         reference: Reference,
     ) -> None:
+        bind(presentity=presentity)
         watch = self._watches.get((watcher, presentity))
         if watch is None:
             watch = self._add(Watch(watcher, presentity, app_id))
@@ -380,6 +396,7 @@ class WatcherService:
         check_immediate: bool,
     ) -> bool:
         """Start a schedule; False when the presentity could not be subscribed."""
+        bind(correlator=schedule.correlator, presentity=presentity)
         if (app_id, schedule.correlator) in self._schedules:
             raise DuplicateCorrelator(schedule.correlator)
         watch = self._watches.get((watcher, presentity))
@@ -410,6 +427,7 @@ class WatcherService:
         return True
 
     async def end_notification(self, app_id: str, correlator: str) -> None:
+        bind(correlator=correlator)
         entry = self._schedules.get((app_id, correlator))
         if entry is None:
             raise UnknownCorrelator(correlator)
@@ -474,6 +492,7 @@ class WatcherService:
 
     def _on_sip_event(self, event: UserAgentEvent) -> None:
         if isinstance(event, NotifyReceived):
+            received = time.perf_counter()
             watch = self._by_subscription.get(event.subscription_id)
             if watch is None:
                 return
@@ -505,10 +524,10 @@ class WatcherService:
                 ):
                     watch.revalidating = True
                     self._spawn(self._revalidate(watch))
-                self._offer_notify(watch, fresh=fresh)
+                self._offer_notify(watch, fresh=fresh, received=received)
                 return
             watch.notifies_queued += 1
-            self._spawn(self._on_notify(watch, event))
+            self._spawn(self._on_notify(watch, event, received))
         elif isinstance(event, SubscriptionAccepted):
             self._starting.discard(event.subscription_id)
         elif isinstance(event, SubscriptionTerminated):
@@ -523,7 +542,7 @@ class WatcherService:
             if watch is not None and watch.subscription_id == event.subscription_id:
                 self._spawn(self._on_terminated(watch, event))
 
-    async def _on_notify(self, watch: Watch, event: NotifyReceived) -> None:
+    async def _on_notify(self, watch: Watch, event: NotifyReceived, received: float) -> None:
         try:
             async with watch.lock:
                 fresh = self._apply_notify(watch, event)
@@ -532,7 +551,7 @@ class WatcherService:
                 await self._read_decisions(watch)
                 if watch.state != "active":
                     return  # ended while the rules were read
-                self._offer_notify(watch, fresh=fresh)
+                self._offer_notify(watch, fresh=fresh, received=received)
         finally:
             watch.notifies_queued -= 1
 
@@ -581,15 +600,19 @@ class WatcherService:
             watch.rules_epoch += 1  # a read begun before is not one after it
         return fresh
 
-    def _offer_notify(self, watch: Watch, *, fresh: bool) -> None:
+    def _offer_notify(self, watch: Watch, *, fresh: bool, received: float) -> None:
         """Tell the decisions if they changed, and offer a new state to the schedules."""
         self._notify_decisions(watch)
         if fresh and watch.presence is not None:
             now = self._clock()
+            sent = False
             for schedule in list(watch.schedules.values()):
-                self._deliver(watch, schedule,
-                              schedule.offer(watch.presence, watch.granted, now))
+                deliveries = schedule.offer(watch.presence, watch.granted, now)
+                self._deliver(watch, schedule, deliveries)
                 self._file(schedule)
+                sent = sent or bool(deliveries)
+            if sent:
+                self.notify_latency.observe(time.perf_counter() - received)
 
     async def _revalidate(self, watch: Watch) -> None:
         """Aged decisions read again while the NOTIFYs go on with them."""
@@ -810,7 +833,9 @@ class WatcherService:
 
         await recover("subscriptions", watches, start, pace=pace)
 
-    async def restore(self, pace: RecoveryPace = RecoveryPace()) -> None:
+    async def restore(
+        self, pace: RecoveryPace = RecoveryPace(), progress: RecoveryProgress | None = None
+    ) -> None:
         """Bring back watches and schedules from the store (at start).
 
         Schedules keep their remaining count and original deadline; one whose
@@ -850,7 +875,7 @@ class WatcherService:
             except RequestFailed as exc:
                 self._spawn(self._resubscribe(watch, f"restart ({exc})", RESUBSCRIBE_DELAYS[0]))
 
-        await recover("subscriptions", live, start, pace=pace)
+        await recover("subscriptions", live, start, pace=pace, progress=progress)
 
     # -- schedules and their single timer -------------------------------------
 

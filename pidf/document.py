@@ -54,6 +54,11 @@ EXT_NS = "urn:presence-adapter:xml:ns:pidf-ext"
 
 CONTENT_TYPE = "application/pidf+xml"
 
+#: RPID class (RFC 4480 §3.2) of our status tuple, by which a presence rule
+#: hands it out (RFC 5025 §3.2.1 provide-services ``<class>``) to a watcher
+#: not granted Communication: the basic status every authorised watcher sees.
+STATUS_CLASS = "pa-status"
+
 _NSMAP = {None: PIDF_NS, "dm": DM_NS, "rpid": RPID_NS, "lt": LT_NS, "caps": CAPS_NS, "pa": EXT_NS}
 
 
@@ -412,27 +417,32 @@ def _document(items: tuple[PresenceAttribute, ...], text: _StringSource) -> etre
     root = etree.Element(_q(PIDF_NS, "presence"), nsmap=_NSMAP)  # type: ignore[arg-type]
     root.set("entity", text(-1, "entity", attribute=True))
     person_children: list[etree._Element] = []
+    means_tuples: list[etree._Element] = []
     activity: int | None = None
     for n, attribute in enumerate(items):
         value = attribute.value
         if isinstance(value, Communication):
             for i, means in enumerate(value.means):
-                root.append(_means_tuple(f"{prefix}-m{i}", means, attribute, n, i, text))
+                means_tuples.append(_means_tuple(f"{prefix}-m{i}", means, attribute, n, i, text))
         else:
             person_children.append(_person_element(attribute, n, text))
             if isinstance(value, Activity):
                 activity = n
-    if activity is not None:
-        # Ordinary clients take availability from a tuple's basic status
-        # (RFC 3863 §4.1.4), so an Activity also yields a contact-less tuple;
-        # it carries the note so their status text shows it.
+    if items:
+        # Ordinary clients take availability from the first tuple's basic
+        # status (RFC 3863 §4.1.4): the status tuple comes first, with the
+        # class every allow rule provides.  It carries no note: a tuple is
+        # handed out whole, and the Activity note (in rpid:activities, where
+        # clients read it) must reach only those granted Activity.
+        basic = "open"
+        if activity is not None and items[activity].value is Activity.PERMANENT_ABSENCE:
+            basic = "closed"
         status = etree.SubElement(root, _q(PIDF_NS, "tuple"), id=f"{prefix}-s")
-        basic = "closed" if items[activity].value is Activity.PERMANENT_ABSENCE else "open"
         _basic(status, basic)
-        if items[activity].note is not None:
-            etree.SubElement(status, _q(PIDF_NS, "note")).text = text(activity, "note")
-        ts = etree.SubElement(status, _q(PIDF_NS, "timestamp"))
-        ts.text = text(activity, "time")
+        etree.SubElement(status, _q(RPID_NS, "class")).text = STATUS_CLASS
+    # Kamailio's provide-services walk stops at the first sibling that is not
+    # a tuple: every tuple before the person.
+    root.extend(means_tuples)
     if person_children:
         person = etree.SubElement(root, _q(DM_NS, "person"), id=f"{prefix}-p")
         person.extend(person_children)
@@ -810,11 +820,14 @@ def _infer_available(
     tuples: list[etree._Element], statuses: list[str | None], pidf_ns: str | None
 ) -> PresenceAttribute | None:
     # DESIGN's rule for other clients: no activity + basic open = Available.
-    # Our own means tuples carry caps:servcaps and never count: a document
-    # holding only Communication must not grow an Activity.
+    # Our own tuples never count — means carry caps:servcaps, the status
+    # tuple our class: a document holding only Communication or Place must
+    # not grow an Activity.
     candidates = []
     for order, (tuple_el, status) in enumerate(zip(tuples, statuses, strict=True)):
         if status != "open" or _child(tuple_el, CAPS_NS, "servcaps") is not None:
+            continue
+        if (_text(_child(tuple_el, RPID_NS, "class")) or "").strip() == STATUS_CLASS:
             continue
         attribute = PresenceAttribute(
             value=Activity.AVAILABLE,

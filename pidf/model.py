@@ -112,7 +112,9 @@ class MeansType(Enum):
 
 
 # RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then ":".
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+\Z")
+# No white space and no control characters (RFC 3986 §2 allows neither), nor what
+# XML cannot carry (XML 1.0 §2.2): URIs go into PIDF, pres-rules and SIP headers.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]+\Z")
 
 
 def is_uri(text: str) -> bool:
@@ -141,11 +143,13 @@ class CommunicationMeans:
             raise ValidationError(f"priority {p!r} is not a number", "priority")
         if not 0.0 <= p <= 1.0:
             raise ValidationError(f"priority {p!r} is outside 0.0–1.0", "priority")
-        if round(p, 3) != p:
+        # A multiple of 0.001 up to binary noise (0.009000000000000001 is 9 × 0.001),
+        # as JSON Schema's multipleOf reads it; kept as the nearest float to it.
+        if abs(p * 1000 - round(p * 1000)) > 1e-6:
             raise ValidationError(
                 f"priority {p!r} has more than three decimals (PIDF qvalue)", "priority"
             )
-        object.__setattr__(self, "priority", float(p))
+        object.__setattr__(self, "priority", round(float(p), 3))
         if not isinstance(self.type, MeansType):
             raise ValidationError(f"type {self.type!r} is not a means type", "type")
 

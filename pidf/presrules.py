@@ -13,11 +13,14 @@ Activity       provide-activities
 Place          provide-place-type and provide-place-is
 Privacy        provide-privacy
 Sphere         provide-sphere
-Communication  provide-services: ``<all-services/>`` when granted, empty
-               (no service) when not
+Communication  provide-services ``<all-services/>`` when granted, else
+               ``<class>`` of our status tuple only
 Other          provide-unknown-attribute for our extension element
                (``ns`` = EXT_NS, ``name`` = "other")
 =============  ==========================================================
+
+So whatever it was granted, a SIP watcher keeps our status tuple and sees
+the basic status (pidf.document: the status tuple carries no note).
 
 Booleans are written ``true`` or ``false`` explicitly: RFC 5025 treats a
 missing transformation as "not provided", but Kamailio 5.6 keeps elements a
@@ -33,7 +36,7 @@ from enum import Enum
 
 from lxml import etree
 
-from pidf.document import EXT_NS
+from pidf.document import EXT_NS, STATUS_CLASS
 from pidf.errors import RemoteProtocolError, ValidationError
 from pidf.model import AttributeType, is_uri
 from pidf.parser import parse_document
@@ -112,12 +115,25 @@ class PresRules:
         return rules
 
     def allow(self, watcher: str, decisions: Mapping[AttributeType, bool]) -> PresRules:
-        """Authorize `watcher` for the attributes decided true."""
-        for kind, granted in decisions.items():
-            if not isinstance(kind, AttributeType) or not isinstance(granted, bool):
-                raise ValidationError(f"bad decision {kind!r}: {granted!r}", "decisions")
+        """Authorize `watcher` for the attributes decided true, and only those."""
+        _check_decisions(decisions)
         grants = frozenset(k for k, granted in decisions.items() if granted)
         return self._put(_own_rule(watcher, SubHandling.ALLOW, grants))
+
+    def decide(self, watcher: str, decisions: Mapping[AttributeType, bool]) -> PresRules:
+        """Apply `decisions` attribute by attribute on top of what `watcher` is granted.
+
+        An attribute decided true is added, one decided false withdrawn, the
+        others stay as they were.  Nothing left granted: the watcher is
+        politely blocked (RFC 5025 §3.2.1: its subscription stays, it learns
+        nothing); a blocked one is allowed again by a grant.
+        """
+        _check_decisions(decisions)
+        current = self.decisions_for(watcher)
+        current.update(decisions)
+        grants = frozenset(kind for kind, granted in current.items() if granted)
+        handling = SubHandling.ALLOW if grants else SubHandling.POLITE_BLOCK
+        return self._put(_own_rule(watcher, handling, grants))
 
     def set_handling(self, watcher: str, handling: SubHandling) -> PresRules:
         """Block, polite-block, confirm or allow `watcher`, keeping its grants."""
@@ -187,6 +203,12 @@ class PresRules:
         return cls(tuple(rules))
 
 
+def _check_decisions(decisions: Mapping[AttributeType, bool]) -> None:
+    for kind, granted in decisions.items():
+        if not isinstance(kind, AttributeType) or not isinstance(granted, bool):
+            raise ValidationError(f"bad decision {kind!r}: {granted!r}", "decisions")
+
+
 def _own_rule(watcher: str, handling: SubHandling, grants: frozenset[AttributeType]) -> Rule:
     if not isinstance(watcher, str) or not is_uri(watcher):
         raise ValidationError(f"watcher {watcher!r} is not a URI", "watcher")
@@ -206,9 +228,15 @@ def _rule_element(rule: Rule) -> etree._Element:
     if rule.sub_handling is not SubHandling.ALLOW:
         # RFC 4745 §10: with nothing granted, no transformation is needed.
         return el
+    # Communication: every tuple, ours and other publishers' (a phone's tuple
+    # has no class and often no contact: all-services is the only way to keep
+    # it).  Otherwise our status tuple alone, by its class, so that basic
+    # status is seen whatever is granted (RFC 5025 §3.2.1).
     services = etree.SubElement(transformations, f"{_PR}provide-services")
     if AttributeType.COMMUNICATION in rule.grants:
         etree.SubElement(services, f"{_PR}all-services")
+    else:
+        etree.SubElement(services, f"{_PR}class").text = STATUS_CLASS
     for kind, names in _BOOLEAN_TRANSFORMS.items():
         for name in names:
             flag = etree.SubElement(transformations, f"{_PR}{name}")
@@ -224,6 +252,17 @@ def _rule_element(rule: Rule) -> etree._Element:
 
 def _is_true(el: etree._Element | None) -> bool:
     return el is not None and (el.text or "").strip().lower() in ("true", "1")
+
+
+def _provides_means(child: etree._Element) -> bool:
+    """Whether a provide-services child hands out Communication tuples: all-services,
+    or whatever another tool listed (service-uri, -scheme, occurrence-id, a
+    class) — anything but our status tuple's class."""
+    if not isinstance(child.tag, str):
+        return False  # a comment or processing instruction
+    if child.tag == f"{_PR}class":
+        return (child.text or "").strip() != STATUS_CLASS
+    return True
 
 
 def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
@@ -243,9 +282,7 @@ def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
     transformations = el.find(f"{_CP}transformations")
     if transformations is not None:
         services = transformations.find(f"{_PR}provide-services")
-        if services is not None and len(services):
-            # all-services, or a list of service-uri/-scheme/occurrence-id/
-            # class: some service is visible either way.
+        if services is not None and any(_provides_means(child) for child in services):
             grants.add(AttributeType.COMMUNICATION)
         for kind, names in _BOOLEAN_TRANSFORMS.items():
             # Place is granted when either of its two elements is provided.

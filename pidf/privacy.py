@@ -30,14 +30,15 @@ def filter_attributes(
 def filter_presence(presence: Presence, decisions: Mapping[AttributeType, bool]) -> Presence:
     """`presence` as the watcher with `decisions` may see it.
 
-    The basic open/closed status is itself presence information (RFC 3863
-    §4.1.4); it is kept only for a watcher allowed Activity or Communication,
-    the attributes it describes.
+    The basic open/closed status (RFC 3863 §4.1.4) is kept for a watcher
+    granted anything, as the presence server gives it: every rule that allows
+    a watcher provides the status tuple (pidf.presrules), so that a SIP phone
+    granted only Place still sees its buddy online.  Notes travel with their
+    attribute.
     """
     granted = granted_types(decisions)
-    reveals_status = bool(granted & {AttributeType.ACTIVITY, AttributeType.COMMUNICATION})
     return Presence(
         entity=presence.entity,
         attributes=filter_attributes(presence.attributes, granted),
-        open=presence.open and reveals_status,
+        open=presence.open and bool(granted),
     )

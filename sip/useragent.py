@@ -97,6 +97,7 @@ __all__ = [
     "OptionsFailed",
     "RequestRefused",
     "UserAgent",
+    "UserAgentCounters",
     "UserAgentEvent",
 ]
 
@@ -196,6 +197,21 @@ class _Probe:
 Owner = Publication | Subscription | _Probe
 
 
+@dataclass(slots=True)
+class UserAgentCounters:
+    """Running totals of the client transactions, for monitoring; never reset."""
+
+    #: (method, outcome) -> transactions ended so: the final status ("200",
+    #: "401", ...), or "timeout" (Timer F, RFC 3261 §17.1.2.2), or "transport-error".
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Requests sent again by Timer E (RFC 3261 §17.1.2.2; none over TCP).
+    retransmissions: int = 0
+
+    def ended(self, method: str, outcome: str) -> None:
+        key = (method, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
 @dataclass
 class _Outgoing:
     transaction: ClientTransaction
@@ -280,6 +296,7 @@ class UserAgent:
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
         self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
+        self.counters = UserAgentCounters()
         # The gateway's account, shared by every identity without its own:
         # one challenge answered serves them all (same user, same nonce).
         self._default_credentials: _Credentials | None = None
@@ -436,6 +453,23 @@ class UserAgent:
     @property
     def subscription_count(self) -> int:
         return len(self._subscriptions)
+
+    def subscriptions_by_state(self) -> dict[tuple[str, str], int]:
+        """How many subscriptions there are per (event package, phase)."""
+        counts: dict[tuple[str, str], int] = {}
+        for subscription in self._subscriptions.values():
+            key = (subscription.event, subscription.state.name.lower())
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    @property
+    def publication_count(self) -> int:
+        return len(self._publications)
+
+    @property
+    def transactions_in_flight(self) -> int:
+        """Client transactions sent and not yet ended."""
+        return len(self._outgoing)
 
     # -- API: OPTIONS ------------------------------------------------------
 
@@ -648,11 +682,14 @@ class UserAgent:
         owner = outgoing.owner
         for action in actions:
             if isinstance(action, Transmit):
+                if action.retransmission:
+                    self.counters.retransmissions += 1
                 self._datagrams.append((action.data, self.server_destination))
             elif isinstance(action, ResponseReceived):
                 response = action.response
                 if response.status < 200:
                     continue
+                self.counters.ended(outgoing.transaction.request.method, str(response.status))
                 try:
                     if response.status in (401, 407) and self._retry_with_credentials(
                         outgoing, response, now
@@ -668,8 +705,10 @@ class UserAgent:
                     caused = owner.transaction_failed("bad-response", now)
                 self._run(owner, caused, now)
             elif isinstance(action, TimedOut):
+                self.counters.ended(outgoing.transaction.request.method, "timeout")
                 self._run(owner, owner.transaction_failed("timeout", now), now)
             elif isinstance(action, TransportFailed):
+                self.counters.ended(outgoing.transaction.request.method, "transport-error")
                 self._run(owner, owner.transaction_failed("transport-error", now), now)
         transaction = outgoing.transaction
         if transaction.state in (ClientState.COMPLETED, ClientState.TERMINATED):

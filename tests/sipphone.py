@@ -9,46 +9,28 @@ waited on with a timeout, never a fixed sleep.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from tests.linepeer import Event, LinePeer
 
 PEER = Path(__file__).resolve().parent / "sipphone_peer.py"
 
-Event = dict[str, Any]
 
-
-class SipPhoneError(AssertionError):
-    """The phone did not report what was waited for, or failed."""
-
-
-class SipPhone:
+class SipPhone(LinePeer):
     """One pjsua2 account ``uri`` whose requests all go to ``proxy`` (a ``sip:host:port``)."""
 
     def __init__(self, uri: str, proxy: str, log_path: Path | None = None) -> None:
         self.uri = uri
+        self.title = f"phone {uri}"
+        self.events: list[Event] = []
         # pjsua2's own log (every SIP message) goes to a file: a pipe nobody
         # reads would fill up and stall the phone.
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sipphone-", suffix=".log")[1])
-        self._log = self.log_path.open("w")
-        self.events: list[Event] = []
-        self.errors: list[str] = []
-        self._changed = threading.Condition()
-        self._process = subprocess.Popen(
-            [sys.executable, str(PEER), uri, proxy],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._log_file = self.log_path.open("w")
+        super().__init__([sys.executable, str(PEER), uri, proxy], stderr=self._log_file)
         self.wait_for(lambda e: e["event"] == "ready", what="ready")
 
     # -- commands -----------------------------------------------------------
@@ -58,7 +40,7 @@ class SipPhone:
 
         Returns once the presence server answered the PUBLISH with a 2xx.
         """
-        mark = len(self.events)
+        mark = self.mark()
         self._send({"cmd": "publish", "status": status, "activity": activity, "note": note})
         self.wait_for(
             lambda e: e["event"] == "response" and e["method"] == "PUBLISH" and e["code"] < 300,
@@ -116,61 +98,32 @@ class SipPhone:
         timeout: float = 10,
         what: str = "event",
     ) -> Event:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for event in self.events[since:]:
-                    if predicate(event):
-                        return event
-                if self.errors:
-                    raise SipPhoneError(f"phone {self.uri}: {self.errors}")
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    raise SipPhoneError(
-                        f"phone {self.uri}: no {what} within {timeout} s; events: "
-                        f"{self.events[since:]}; log: {self._stderr()}"
-                    )
-                self._changed.wait(left)
+        def ready() -> Event | None:
+            return next((e for e in self.events[since:] if predicate(e)), None)
+
+        event: Event = self._wait(ready, timeout, what)
+        return event
 
     # -- process ------------------------------------------------------------------
 
-    def _send(self, command: Event) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(command) + "\n")
-        self._process.stdin.flush()
+    def _on_event(self, event: Event) -> None:
+        if event.get("event") == "error":
+            self.errors.append(str(event.get("error")))
+        self.events.append(event)
 
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = {"event": "error", "error": f"unreadable line: {line!r}"}
-            with self._changed:
-                if event.get("event") == "error":
-                    self.errors.append(str(event.get("error")))
-                self.events.append(event)
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
+    def _received(self) -> object:
+        return self.events
 
-    def _stderr(self) -> str:
+    def _log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-3000:]
         except FileNotFoundError:
             return "(no log)"
 
+    def _finish(self) -> None:
+        """Quit: the phone un-SUBSCRIBEs and un-PUBLISHes first."""
+        self._send({"cmd": "quit"})
+
     def stop(self) -> None:
-        """Quit (un-SUBSCRIBE, un-PUBLISH), or kill if it does not go within 5 s."""
-        if self._process.poll() is None:
-            try:
-                self._send({"cmd": "quit"})
-                self._process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self._process.kill()
-                self._process.wait()
-        self._reader.join(timeout=5)
-        for stream in (self._process.stdin, self._process.stdout):
-            if stream is not None:
-                stream.close()
-        self._log.close()
+        super().stop()
+        self._log_file.close()

@@ -130,6 +130,14 @@ class Hub:
         finally:
             self._after()
 
+    def drain(self, interval: float) -> int:
+        """End every session, held connects answered with advice to handshake
+        again after ``interval`` seconds (BayeuxServer.drain); how many ended."""
+        try:
+            return self.server.drain(self._now(), interval)
+        finally:
+            self._after()
+
     def close(self) -> None:
         """Answer every held connect and stop the timer (at shutdown)."""
         self.server.release_all(self._now())

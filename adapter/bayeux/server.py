@@ -56,8 +56,8 @@ _BACKLOG_SWEEP = ""  # heap key for the backlog's TTL sweep (never a clientId)
 
 def _new_client_id() -> str:
     # Bayeux 1.0 §3.6 only asks for uniqueness; the clientId is the session's
-    # only credential after the handshake (no cookie is required, see
-    # DESIGN.md), so it carries 192 random bits.
+    # only credential after the handshake (no cookie is required: Node clients
+    # share one jar, aiohttp drops cookies from IP hosts), so it carries 192 random bits.
     return secrets.token_urlsafe(24)
 
 
@@ -123,6 +123,8 @@ class BayeuxServer:
         # Tokens held earlier in the batch being received: if the same batch
         # releases one, its reply joins the immediate replies.
         self._receiving: dict[int, list[Mapping[str, Any]]] | None = None
+        # Set by drain(): seconds a client is told to wait before handshaking again.
+        self._drained: float | None = None
 
     # ------------------------------------------------------------------ drivers
 
@@ -248,6 +250,24 @@ class BayeuxServer:
             self._remove(session, now)
         return len(client_ids)
 
+    def drain(self, now: float, interval: float) -> int:
+        """Shutdown: end every session; returns how many there were.
+
+        A held connect is answered with advice to handshake again after
+        ``interval`` seconds (Bayeux 1.0 §5.1.2: sessions do not outlive the
+        process), and with no messages: whatever a session has not confirmed
+        goes to its application's backlog, which the store keeps across the
+        restart, so it is delivered once the client is back.
+        """
+        self._drained = interval
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            if session.hold is not None:
+                advice = self._advice("handshake", interval=interval)
+                self._release(session, now, with_messages=False, advice=advice)
+            self._remove(session, now)
+        return len(sessions)
+
     def release_all(self, now: float) -> None:
         """Answer every held connect now (shutdown)."""
         for client_id in list(self._holds.values()):
@@ -259,6 +279,13 @@ class BayeuxServer:
         if app_id is None:
             return len(self._sessions)
         return len(self._by_app.get(app_id, ()))
+
+    def sessions_by_transport(self) -> dict[str, int]:
+        """Sessions per transport of their latest /meta/connect ("" before the first)."""
+        counts: dict[str, int] = {}
+        for session in self._sessions.values():
+            counts[session.transport] = counts.get(session.transport, 0) + 1
+        return counts
 
     def session_app(self, client_id: str) -> str | None:
         session = self._sessions.get(client_id)
@@ -302,6 +329,12 @@ class BayeuxServer:
             reply = _failure(message, "301", ",".join(CONNECTION_TYPES), "no common transport")
             reply["supportedConnectionTypes"] = list(CONNECTION_TYPES)
             reply["advice"] = self._advice("none")
+            return reply
+        if self._drained is not None:
+            # A handshake on a WebSocket opened before the drain: no new
+            # session in a server about to stop.
+            reply = _failure(message, "503", "", "server shutting down")
+            reply["advice"] = self._advice("handshake", interval=self._drained)
             return reply
         app_id = self._authenticated_app(message, credentials)
         if app_id is None:
@@ -359,6 +392,7 @@ class BayeuxServer:
             if isinstance(batch, int) and not isinstance(batch, bool):
                 session.acknowledge(batch)
         session.expires_at = None
+        session.transport = transport
         client_timeout = _client_timeout(message.advice)
         immediate = not session.connected or client_timeout == 0 or bool(session.queue)
         token = next(self._tokens)
@@ -489,7 +523,13 @@ class BayeuxServer:
             heapq.heappush(self._heap, (at, next(self._heap_seq), _BACKLOG_SWEEP))
 
     def _release(
-        self, session: Session, now: float, *, with_messages: bool, emit: bool = True
+        self,
+        session: Session,
+        now: float,
+        *,
+        with_messages: bool,
+        emit: bool = True,
+        advice: dict[str, Any] | None = None,
     ) -> list[Mapping[str, Any]]:
         hold = session.hold
         assert hold is not None
@@ -506,7 +546,9 @@ class BayeuxServer:
         connect: dict[str, Any] = {"channel": "/meta/connect"}
         if hold.message_id is not None:
             connect["id"] = hold.message_id
-        connect.update(clientId=session.client_id, successful=True, advice=self._advice("retry"))
+        connect.update(
+            clientId=session.client_id, successful=True, advice=advice or self._advice("retry")
+        )
         if session.ack and batch is not None:
             connect["ext"] = {"ack": batch}
         replies.append(connect)

@@ -45,6 +45,8 @@ class Session:
     connected: bool = False  # a first /meta/connect was answered
     expires_at: float | None = None
     last_batch: int = 0
+    #: The transport of the latest /meta/connect ("" before the first).
+    transport: str = ""
 
     def enqueue(self, delivery: Delivery) -> int:
         """Queue a delivery; return how many of the oldest were dropped for it."""

@@ -59,6 +59,9 @@ from ..useragent import (
 __all__ = ["AuthenticationFailed", "RequestFailed", "RequestTimedOut", "SipEndpoint"]
 
 logger = logging.getLogger(__name__)
+#: Every SIP message in and out, whole, at INFO; the adapter leaves it off
+#: unless its configuration asks (``[log] sip_trace``).
+trace = logging.getLogger("sip.trace")
 
 Listener = Callable[[UserAgentEvent], None]
 
@@ -518,6 +521,8 @@ class SipEndpoint:
                 logger.exception("SIP event listener failed on %r", event)
 
     def _send(self, data: bytes, destination: Destination) -> None:
+        if trace.isEnabledFor(logging.INFO):
+            _trace("out to", data, destination)
         if destination.transport == "udp":
             assert self._udp is not None
             self._udp.sendto(data, (destination.host, destination.port))
@@ -567,6 +572,8 @@ class SipEndpoint:
             if len(self._sources) >= _SOURCES_MAX:
                 self._sources.clear()
             source = self._sources[addr] = Destination("udp", addr[0], addr[1])
+        if trace.isEnabledFor(logging.INFO):
+            _trace("in from", data, source)
         self.ua.receive(data, source, self.now())
         self._flush()
 
@@ -587,7 +594,10 @@ class SipEndpoint:
             protocol.write(b"\r\n" * pings)
         assert protocol.peer is not None
         now = self.now()
+        traced = trace.isEnabledFor(logging.INFO)
         for message in messages:
+            if traced:  # each message framed from the stream, as serialised again
+                _trace("in from", bytes(message), protocol.peer)
             self.ua.receive_message(message, protocol.peer, now)
         self._flush()
 
@@ -602,6 +612,13 @@ class SipEndpoint:
         if peer is not None and self._ua is not None:
             self._ua.transport_failed(peer, reason, self.now())
             self._flush()
+
+
+def _trace(direction: str, data: bytes, peer: Destination) -> None:
+    trace.info(
+        "%s %s:%s:%d\n%s", direction, peer.transport, peer.host, peer.port,
+        data.decode("utf-8", "replace"),
+    )
 
 
 def _enlarge_receive_buffer(sock: socket.socket | None, wanted: int) -> int | None:

@@ -1,6 +1,7 @@
 import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from adapter.app import create_app
+from adapter.app import create_app, make_app
 from adapter.config import Config, load_config
 from adapter.errors import PolicyError, ServiceError
+from adapter.openapi import openapi_document
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -234,6 +236,33 @@ def test_a_fast_route_is_served_ahead_of_the_router(config: Config) -> None:
         routed = client.get("/x")
     assert fast.content == b"fast" and calls == ["/x"]
     assert routed.json() == [{"channel": "/meta/handshake", "successful": True}]
+
+
+def test_405_allows_every_method_served_on_the_path_fast_or_routed(config: Config) -> None:
+    """RFC 9110 §15.5.6: Allow lists the target's methods, not one route's."""
+    app, _ = fast_app(b"fast")
+    routes = [Route("/x", bayeux_stand_in, methods=["GET"]),
+              Route("/x", bayeux_stand_in, methods=["PUT"]),
+              Route("/x/{y:path}", bayeux_stand_in, methods=["DELETE"])]
+    with client_for(config, routes=routes, fast_routes={("POST", "/x"): app}) as client:
+        on_x = client.request("OPTIONS", "/x")
+        below = client.patch("/x/sip:bob@example.com")
+    assert on_x.status_code == 405
+    assert on_x.headers["allow"] == "GET, HEAD, POST, PUT"
+    assert on_x.json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
+    assert (below.status_code, below.headers["allow"]) == (405, "DELETE")
+
+
+def test_the_adapters_405s_allow_what_its_document_describes(config: Config) -> None:
+    client = TestClient(make_app(config), raise_server_exceptions=False)
+    for path, item in openapi_document()["paths"].items():
+        methods = {method.upper() for method in item}
+        if "GET" in methods:
+            methods.add("HEAD")  # Starlette serves HEAD wherever GET is
+        target = re.sub(r"\{\w+\}", "sip:x@example.com", path)
+        response = client.request("TRACE", target)
+        assert response.status_code == 405, path
+        assert set(response.headers["allow"].split(", ")) == methods, path
 
 
 def test_errors_of_a_fast_route_go_to_the_exception_handlers(config: Config) -> None:

@@ -261,3 +261,71 @@ def test_hash_password_prints_a_hash_of_one_line_of_stdin(tmp_path: Path) -> Non
     )
     assert (empty.returncode, empty.stdout) == (2, "")
     assert empty.stderr.strip() == "presence-adapter: empty password"
+
+
+# -- check-config and --version ------------------------------------------------------
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"presence-adapter {version('presence-adapter')}\n"
+
+
+def test_check_config_accepts_the_bundled_file_binding_nothing_creating_nothing(
+    tmp_path: Path,
+) -> None:
+    # The HTTP port is taken (as by a running adapter) and the store does not exist:
+    # check-config binds no port and opens no store, so neither matters to it.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        bundled_with(tmp_path, "port = 8080", f"port = {port}")
+        result = run("check-config", "--config", "adapter.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "adapter.toml: ok\n"
+    assert result.stderr == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.toml"]  # no var/, no store
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('server = "sip:127.0.0.1:5070"', 'server = "foo"'),
+        ('transport = "udp"', 'transport = "sctp"'),
+        ("[store]", '[log]\nformat = "xml"\n\n[store]'),
+        ("[store]", '[log]\nlevel = "loud"\n\n[store]'),
+        ("[store]", "[metrics]\ntoken = 3\n\n[store]"),
+    ],
+)
+def test_check_config_refuses_with_the_line_serve_gives(tmp_path: Path, old: str, new: str) -> None:
+    bundled_with(tmp_path, old, new)
+    checked = run("check-config", "--config", "adapter.toml", cwd=tmp_path)
+    served = run("serve", "--config", "adapter.toml", cwd=tmp_path)
+    assert checked.returncode == served.returncode == 2
+    assert checked.stderr == served.stderr
+    assert checked.stderr.count("\n") == 1 and checked.stderr.startswith("adapter.toml: ")
+    assert checked.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.toml"]
+
+
+def test_log_level_flag_wins_over_the_file(tmp_path: Path) -> None:
+    from adapter.cli import _configure_logging
+    from adapter.config import load_config
+
+    path = bundled_with(tmp_path, "[store]", '[log]\nlevel = "error"\n\n[store]')
+    config = load_config(path, cwd=tmp_path)
+    root = logging.getLogger()
+    saved = root.level
+    handler = logging.StreamHandler()
+    try:
+        assert _configure_logging(handler, config, None) == "error"
+        assert root.level == logging.ERROR
+        assert _configure_logging(handler, config, "debug") == "debug"
+        assert root.level == logging.DEBUG
+        assert logging.getLogger("sip.trace").level == logging.WARNING  # off by default
+    finally:
+        root.setLevel(saved)

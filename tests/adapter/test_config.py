@@ -684,3 +684,43 @@ def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
     for account, password in zip(config.accounts, ("alice-secret", "bob-secret"), strict=True):
         assert account.password is None and account.password_hash is not None
         assert verify_password(account.password_hash, password)
+
+
+def test_log_table_is_optional_and_validated(write) -> None:
+    from adapter.config import LogConfig
+
+    assert load_config(write(VALID)).log == LogConfig(None, "text", False)
+    text = VALID + '\n[log]\nlevel = "WARNING"\nformat = "json"\nsip_trace = true\n'
+    assert load_config(write(text)).log == LogConfig("warning", "json", True)
+    assert error_line(write(VALID + '\n[log]\nformat = "xml"\n')) == (
+        'log.format: "xml" must be "text" or "json"'
+    )
+    assert error_line(write(VALID + '\n[log]\nlevel = "loud"\n')) == (
+        'log.level: "loud" must be one of debug, info, warning, error, critical'
+    )
+    assert error_line(write(VALID + "\n[log]\nsip_trace = 1\n")) == (
+        "log.sip_trace: must be a boolean, not an integer"
+    )
+
+
+def test_metrics_token_from_the_file_or_the_environment(write, monkeypatch) -> None:
+    assert load_config(write(VALID)).metrics.token is None
+    assert load_config(write(VALID + '\n[metrics]\ntoken = "t"\n')).metrics.token == "t"
+    monkeypatch.setenv("METRICS_TOKEN_TEST", "from-env")
+    text = VALID + '\n[metrics]\ntoken_env = "METRICS_TOKEN_TEST"\n'
+    assert load_config(write(text)).metrics.token == "from-env"
+    assert "from-env" not in repr(load_config(write(text)))
+    monkeypatch.delenv("METRICS_TOKEN_TEST")
+    assert error_line(write(text)) == (
+        "metrics.token_env: environment variable METRICS_TOKEN_TEST is not set"
+    )
+    both = VALID + '\n[metrics]\ntoken = "t"\ntoken_env = "X"\n'
+    assert error_line(write(both)) == "metrics.token_env: give token or token_env, not both"
+
+
+def test_deploy_configuration_is_valid_with_its_secrets_set(monkeypatch) -> None:
+    monkeypatch.setenv("ALICE_APP_SECRET", "s")
+    monkeypatch.setenv("PRESENCE_ADAPTER_METRICS_TOKEN", "m")
+    config = load_config(REPO / "deploy/adapter.toml", cwd=Path("/var/lib/presence-adapter"))
+    assert config.log.format == "json" and config.metrics.token == "m"
+    assert config.store.path == Path("/var/lib/presence-adapter/adapter.sqlite")

@@ -45,8 +45,15 @@ def test_body_has_the_request_error_shape() -> None:
             ServiceError.duplicate_correlator("c1", "reference"),
             "serviceException",
             "SVC0005",
-            400,
+            409,
             ["c1", "reference"],
+        ),
+        (
+            ServiceError.not_found("correlator", "board-7"),
+            "serviceException",
+            "SVC0002",
+            404,
+            ["correlator", "board-7"],
         ),
         (
             PolicyError.policy_error("watcher not granted"),

@@ -319,13 +319,19 @@ def test_matches_criteria_without_a_document() -> None:
 
 
 def test_reachability_is_judged_on_what_the_watcher_may_see() -> None:
-    # The basic status is presence information (RFC 3863 §4.1.4); a watcher
-    # granted neither Activity nor Communication must not learn it, not even
-    # through whether a Reachable notification arrives.
+    # The basic status is presence information (RFC 3863 §4.1.4): a watcher
+    # granted nothing must not learn it, not even through whether a
+    # Reachable notification arrives; one granted anything sees it, as a SIP
+    # phone granted only Place sees its buddy online (pidf.presrules).
+    nothing: frozenset[AttributeType] = frozenset()
+    s = schedule(criteria=frozenset({Criterion.REACHABLE}))
+    s.start(None, nothing, EPOCH, check_immediate=False)
+    assert s.offer(state(place(Place.HOME, 0), open=True), nothing, EPOCH) == []
     granted = frozenset({AttributeType.PLACE})
     s = schedule(criteria=frozenset({Criterion.REACHABLE}))
     s.start(None, granted, EPOCH, check_immediate=False)
-    assert s.offer(state(place(Place.HOME, 0), open=True), granted, EPOCH) == []
+    out = s.offer(state(place(Place.HOME, 0), open=True), granted, EPOCH)
+    assert changed(out) == [[place(Place.HOME, 0).to_json()]]
 
 
 def test_busy_is_judged_on_granted_activity_even_when_not_asked_for() -> None:
@@ -620,13 +626,18 @@ def test_a_reachability_change_alone_is_no_news_without_those_criteria() -> None
 
 
 def test_reachability_news_is_judged_on_what_the_watcher_may_see() -> None:
-    # Without Activity or Communication granted the status is not revealed
-    # (pidf.filter_presence): always unreachable, so no change of it.
-    only_place = frozenset({AttributeType.PLACE})
+    # With nothing granted the status is not revealed (pidf.filter_presence):
+    # always unreachable, so no change of it.  Under any grant it is, as a
+    # SIP phone granted only Place sees its buddy go offline.
+    nothing: frozenset[AttributeType] = frozenset()
     s = schedule(criteria=frozenset({Criterion.UNREACHABLE}))
     office = place(Place.OFFICE, 0)
+    s.start(state(office), nothing, EPOCH, check_immediate=False)
+    assert s.offer(state(office, open=False), nothing, EPOCH + 1) == []
+    only_place = frozenset({AttributeType.PLACE})
+    s = schedule(criteria=frozenset({Criterion.UNREACHABLE}))
     s.start(state(office), only_place, EPOCH, check_immediate=False)
-    assert s.offer(state(office, open=False), only_place, EPOCH + 1) == []
+    assert changed(s.offer(state(office, open=False), only_place, EPOCH + 1)) == [[]]
 
 
 def test_check_immediate_tells_an_unreachable_presentity_at_once() -> None:

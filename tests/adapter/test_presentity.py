@@ -1,4 +1,5 @@
-"""PresentityService's withdrawal (DELETE /rest/presence) against a scripted SIP side.
+"""PresentityService's withdrawal (DELETE /rest/presence) and its re-publication after a
+rules change, against a scripted SIP side.
 
 The user agent is faked at its seam (publish / modify / unpublish and the
 events they end in), the store is the real in-memory one: what is checked is
@@ -12,17 +13,24 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+import adapter.presentity
 from adapter.presentity import PUBLICATION, PresentityService
 from adapter.store import MemoryStore
-from pidf import Activity, AttributeType, Place, PresenceAttribute, decode
+from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, decode
 from sip import PublicationConfirmed, PublicationRemoved
+from sip.publication import PublicationState
 
 ALICE = "sip:alice@example.com"
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class FakePublication:
-    state = None
+    state = PublicationState.PUBLISHED
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
     def get_timer(self) -> None:
         return None
@@ -40,11 +48,12 @@ class FakeUserAgent:
     def publish(self, aor: Any, body: bytes, now: float, *, etag: str | None = None,
                 etag_expires_at: float | None = None) -> int:
         self._next += 1
-        self.live[self._next] = FakePublication()
+        self.live[self._next] = FakePublication(body)
         self.sent.append(("publish", self._next, (body, etag)))
         return self._next
 
     def modify(self, publication_id: int, body: bytes, now: float) -> None:
+        self.live[publication_id].body = body
         self.sent.append(("modify", publication_id, body))
 
     def unpublish(self, publication_id: int, now: float) -> None:
@@ -87,12 +96,24 @@ class FakeEndpoint:
             self.emit(PublicationRemoved(publication_id))
 
 
+class FakeXcap:
+    """Every rules change is stored at once; the changes are counted."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+
+    async def update(self, presentity: str, change: Callable[[PresRules], PresRules]) -> PresRules:
+        self.updates += 1
+        return change(PresRules())
+
+
 class World:
     def __init__(self, store: MemoryStore | None = None) -> None:
         self.store = store or MemoryStore()
         self.sip = FakeEndpoint(self.store)
+        self.xcap = FakeXcap()
         self.service = PresentityService(
-            self.sip, xcap=None, store=self.store, clock=lambda: T0  # type: ignore[arg-type]
+            self.sip, self.xcap, store=self.store, clock=lambda: T0  # type: ignore[arg-type]
         )
 
     def stored(self) -> Any:
@@ -183,5 +204,87 @@ def test_a_restart_forgets_a_withdrawal_whose_publication_expired_anyway() -> No
         w.store.put(PUBLICATION, ALICE, {"attributes": [], "etag": "e1", "etag_expires": gone})
         await w.service.restore()
         assert w.sent() == [] and w.stored() is None
+
+    run(scenario)
+
+
+# -- re-publication after a rules change ---------------------------------------------
+
+BOB = "sip:bob@example.com"
+
+
+@pytest.fixture
+def no_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapter.presentity, "REPUBLISH_DELAY", 0.0)
+
+
+async def quiet() -> None:
+    """Until every task but this one has finished."""
+    current = asyncio.current_task()
+    while others := [t for t in asyncio.all_tasks() if t is not current]:
+        await asyncio.gather(*others)
+
+
+def test_rules_changes_in_a_row_publish_the_same_body_again_once(no_delay: None) -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(), office()))
+        (_, (published, _)), = w.sent()
+        await w.service.authorize(ALICE, BOB, {AttributeType.PLACE: True})
+        await w.service.authorize(ALICE, BOB, {AttributeType.ACTIVITY: True})
+        await w.service.block(ALICE, "sip:carol@example.com")
+        # Answered before the re-publication went out.
+        assert len(w.sent()) == 1
+        await quiet()
+        assert w.xcap.updates == 3
+        assert w.sent()[1:] == [("modify", published)]
+        # A later change is news again.
+        await w.service.authorize(ALICE, BOB, {AttributeType.SPHERE: True})
+        await quiet()
+        assert w.sent()[1:] == [("modify", published)] * 2
+
+    run(scenario)
+
+
+def test_a_rules_change_without_a_publication_publishes_nothing(no_delay: None) -> None:
+    async def scenario(w: World) -> None:
+        await w.service.authorize(ALICE, BOB, {AttributeType.PLACE: True})
+        await w.service.block(ALICE, "sip:carol@example.com")
+        await quiet()
+        assert w.xcap.updates == 2 and w.sent() == []
+
+    run(scenario)
+
+
+def test_a_publish_before_the_re_publication_is_what_goes_out_again(no_delay: None) -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        await w.service.authorize(ALICE, BOB, {AttributeType.PLACE: True})
+        await w.service.publish(ALICE, (office(),))
+        await quiet()
+        (_, last), (_, again) = w.sent()[1:]
+        assert again == last and decode(again).attributes == (busy(), office())
+
+    run(scenario)
+
+
+def test_a_withdrawal_before_the_re_publication_is_not_undone(no_delay: None) -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        await w.service.authorize(ALICE, BOB, {AttributeType.PLACE: True})
+        await w.service.withdraw(ALICE)
+        await quiet()
+        assert [what for what, _ in w.sent()] == ["publish", "unpublish"]
+        assert w.stored() is None
+
+    run(scenario)
+
+
+def test_closing_stops_a_waiting_re_publication() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        await w.service.authorize(ALICE, BOB, {AttributeType.PLACE: True})
+        await w.service.close()
+        await quiet()
+        assert [what for what, _ in w.sent()] == ["publish"]
 
     run(scenario)

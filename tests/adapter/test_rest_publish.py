@@ -95,6 +95,7 @@ CASES: dict[str, dict[str, Any]] = {
         "headers": ALICE_AUTH,
     },
     "twice the same type": {"json": {"presence": BUSY["presence"] * 2}, "headers": ALICE_AUTH},
+    "a query parameter": {"json": BUSY, "headers": ALICE_AUTH, "params": {"presence": "x"}},
     "server does not answer": {
         "json": BUSY,
         "headers": {
@@ -123,7 +124,8 @@ STATUS = {
     "not an object": 400,
     "no presence": 400,
     "bad attribute": 400,
-    "twice the same type": 400,
+    "twice the same type": 204,
+    "a query parameter": 400,
     "server does not answer": 504,
     "unexpected failure": 500,
 }

@@ -425,7 +425,11 @@ def test_get_user_presence_is_filtered_to_asked_and_granted() -> None:
         assert everything is not None and everything.attributes == (busy(), office())
         asked = w.service.presence(BOB, ALICE, frozenset({P, S}))
         assert asked is not None and asked.attributes == (office(),)
-        assert not asked.open  # Activity not asked: the basic status is not given away
+        # The basic status comes with anything visible, as SIP watchers see it;
+        # asked for nothing granted, nothing at all.
+        assert asked.open
+        ungranted = w.service.presence(BOB, ALICE, frozenset({S}))
+        assert ungranted is not None and ungranted.attributes == () and not ungranted.open
 
     run(scenario)
 

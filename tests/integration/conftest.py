@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import ssl
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount
+from tests.linepeer import LinePeer
 from tests.presence_server import PresenceServer
 from tests.sipphone import SipPhone
 
@@ -23,7 +21,7 @@ INTEROP = Path(__file__).resolve().parent.parent / "interop"
 Message = dict[str, Any]
 
 
-class BayeuxListener:
+class BayeuxListener(LinePeer):
     """The CometD JavaScript client (tests/interop/cometd_listen.mjs) on an application's channels.
 
     A real third-party Bayeux client, run by node in its own process: it
@@ -33,64 +31,31 @@ class BayeuxListener:
     (``at``: ``time.monotonic()`` when the line was read).
     """
 
+    title = "Bayeux client"
+
     def __init__(self, url: str, user: str, password: str, transport: str | None = None) -> None:
         self.url = url
         self.user = user
         self.messages: list[Message] = []
-        self.errors: list[str] = []
         self.unreachable = 0  # handshakes that got no answer (and were retried)
         self._subscribed = False
-        self._changed = threading.Condition()
         args = [url, user, password] + ([transport] if transport else [])
-        self._process = subprocess.Popen(
-            ["node", str(INTEROP / "cometd_listen.mjs"), *args],
-            cwd=INTEROP,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(["node", str(INTEROP / "cometd_listen.mjs"), *args], cwd=INTEROP)
 
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = {"event": "error", "error": f"unreadable line: {line!r}"}
-            with self._changed:
-                if event["event"] == "subscribed":
-                    self._subscribed = True
-                elif event["event"] == "unreachable":
-                    self.unreachable += 1  # the client retries by itself
-                elif event["event"] == "message":
-                    self.messages.append(
-                        {"channel": event["channel"], "data": event["data"], "at": time.monotonic()}
-                    )
-                else:
-                    self.errors.append(str(event.get("error")))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
+    def _on_event(self, event: Message) -> None:
+        if event["event"] == "subscribed":
+            self._subscribed = True
+        elif event["event"] == "unreachable":
+            self.unreachable += 1  # the client retries by itself
+        elif event["event"] == "message":
+            self.messages.append(
+                {"channel": event["channel"], "data": event["data"], "at": time.monotonic()}
+            )
+        else:
+            self.errors.append(str(event.get("error")))
 
-    def _wait(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                result = ready()
-                if result:
-                    return result
-                if self.errors:
-                    raise AssertionError(f"Bayeux client: {self.errors}")
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    raise AssertionError(
-                        f"no {what} within {timeout} s; received: {self.messages}; "
-                        f"client stderr: {self._stderr()}"
-                    )
-                self._changed.wait(left)
+    def _received(self) -> object:
+        return self.messages
 
     def wait_subscribed(self, timeout: float = 10) -> None:
         self._wait(lambda: self._subscribed, timeout, "subscription")
@@ -114,24 +79,6 @@ class BayeuxListener:
             return found if len(found) >= count else []
 
         return list(self._wait(ready, timeout, f"{count} matching message(s)"))
-
-    def _stderr(self) -> str:
-        if self._process.poll() is None or self._process.stderr is None:
-            return "(running)"
-        return self._process.stderr.read()[-2000:]
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._reader.join(timeout=5)
-        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture
@@ -175,16 +122,15 @@ def sip_phone(
         phone.stop()
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something true (state that only SIP NOTIFYs change)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
+@pytest.fixture
+def kamailio() -> Iterator[PresenceServer]:
+    """A presence server of the test's own, for tests that stop, halt or restart it."""
+    server = PresenceServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class AdapterFactory(Protocol):

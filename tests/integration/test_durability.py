@@ -29,7 +29,8 @@ from sip import NotifyReceived, UserAgentEvent
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
-from tests.integration.conftest import BayeuxListener, eventually
+from tests.integration.conftest import BayeuxListener
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -71,17 +72,6 @@ addresses = ["{bob}"]
 
 
 # -- fixtures ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def kamailio() -> Iterator[PresenceServer]:
-    """A presence server of this test's own: tests here restart and stop it."""
-    server = PresenceServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Scene:

@@ -26,7 +26,8 @@ from pidf.presrules import CONTENT_TYPE as PRES_RULES
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess, AppAccount
-from tests.integration.conftest import AdapterFactory, BayeuxListener, eventually
+from tests.integration.conftest import AdapterFactory, BayeuxListener
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 from tests.sipphone import SipPhone

@@ -21,10 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.adapter_process import AdapterProcess, AppAccount
-from tests.integration.conftest import AdapterFactory, BayeuxListener, eventually
+from tests.integration.conftest import AdapterFactory, BayeuxListener
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import RawSipError, SipMessage, new_token
 
@@ -198,6 +201,15 @@ def test_requests_from_another_host_are_refused_with_403(
     log = adapter.log_tail(400)
     assert "refused SIP requests not from the presence server (403): 1 since the last " \
         "report (1 in all); the last: NOTIFY from udp 127.0.0.2:" in log
+    # And exported (GET /metrics, read with Prometheus' own parser).
+    metrics = httpx.get(adapter.url + "/metrics", timeout=10).text
+    refused = [
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "presence_adapter_sip_requests_refused_total"
+    ]
+    assert refused == [3]
 
 
 def test_ten_thousand_mutated_datagrams_leave_the_adapter_healthy_and_serving(

@@ -37,7 +37,7 @@ from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, e
 from pidf.presrules import CONTENT_TYPE as PRES_RULES
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
-from tests.integration.conftest import eventually
+from tests.polling import eventually
 from tests.presence_server import PresenceServer, free_port
 from tests.rawsip import new_token
 
@@ -47,7 +47,7 @@ RUN = new_token()[:8]
 PASSWORD = "secret"
 SCENARIOS = (
     "main", "main-tls", "duration", "end", "ending", "criteria", "privacy", "sipuser", "errors",
-    "own-end",
+    "own-end", "forms",
 )
 MIN_FREQUENCY = 0.1
 MAX_DURATION = 600
@@ -530,7 +530,7 @@ def test_an_attribute_no_longer_granted_never_reaches_the_watcher(apps, bob_chan
     # The server withholds the new place on the NOTIFY this PUBLISH causes…
     a.publish(place("Hotel"))
     # …but re-sends the whole document, place included, after a rules write
-    # (measured, DESIGN.md): the adapter must filter it itself.
+    # (measured, docs/kamailio.md): the adapter must filter it itself.
     a.authorize(b.address, Activity=True, Place=False)
     a.publish(activity("Travel"))
     last = eventually(
@@ -632,11 +632,60 @@ def test_watcher_errors(apps) -> None:
     response = start("errors-dup", duration={"metric": "Minute", "units": 1})
     assert response.status_code == 201, response.text
     response = start("errors-dup", duration={"metric": "Minute", "units": 1})
-    assert (response.status_code, error_id(response)) == (400, "SVC0005")
+    assert (response.status_code, error_id(response)) == (409, "SVC0005")
     # Alice has not decided: the subscription is pending.
     response = b.presence(a.address)
     assert (response.status_code, error_id(response)) == (403, "POL0002")
     assert b.end("errors-dup").status_code == 204
+
+
+def test_get_user_presence_reads_every_form_clients_send(apps) -> None:
+    a, b = apps("forms")
+    response = b.subscribe(a.address, [], "forms-sub", b.channel("forms"))
+    assert response.status_code == 204, response.text
+    a.authorize_when_asked(b.address, Activity=True, Place=True, Privacy=True)
+    a.publish(activity("Busy"), place("Office"), privacy("PrivacyQuiet"))
+    everything = typed(activity("Busy"), place("Office"), privacy("PrivacyQuiet"))
+    eventually(lambda: b.seen(a.address) == everything, what="the published state")
+
+    query = json.dumps({"presentity": a.address, "attributes": ["Activity", "Place"]})
+    two = typed(activity("Busy"), place("Office"))
+    forms = {
+        "query": ({"query": query}, two),
+        "query in double quotes": ({"query": f'"{query}"'}, two),
+        "repeated attributes": (
+            [("presentity", a.address), ("attributes", "Activity"), ("attributes", "Place")],
+            two),
+        "a comma list": ({"presentity": a.address, "attributes": "Activity, Place"}, two),
+        "no attributes": ({"presentity": a.address}, everything),
+    }
+    for form, (params, expected) in forms.items():
+        response = b.http.get("/rest/presence", params=params)
+        assert response.status_code == 200, (form, response.text)
+        assert values(response.json()["result"]) == expected, form
+
+    refused = {
+        "presentity twice": [("presentity", a.address), ("presentity", b.address)],
+        "query beside attributes": [("query", query), ("attributes", "Privacy")],
+        "a misspelt parameter": [("presentity", a.address), ("attribute", "Place")],
+    }
+    for form, params in refused.items():
+        response = b.http.get("/rest/presence", params=params)
+        assert (response.status_code, error_id(response)) == (400, "SVC0002"), form
+
+
+def test_a_404_names_what_was_not_found(apps) -> None:
+    a, b = apps("forms")
+    nobody = f"sip:nobody-{RUN}@example.com"
+
+    def variables(response: httpx.Response) -> tuple[int, list[str]]:
+        (exception,) = response.json()["requestError"].values()
+        return response.status_code, exception["variables"]
+
+    assert variables(b.end("forms-never-started")) == (404, ["correlator", "forms-never-started"])
+    assert variables(b.presence(nobody)) == (404, ["presentity", nobody])
+    response = b.http.delete("/rest/presence/subscription", params={"presentity": nobody})
+    assert variables(response) == (404, ["presentity", nobody])
 
 
 def test_a_watcher_ends_its_own_subscription(apps, bob_channels) -> None:

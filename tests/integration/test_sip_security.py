@@ -27,7 +27,8 @@ import httpx
 import pytest
 
 from tests.adapter_process import AdapterProcess, AppAccount, config_template
-from tests.integration.conftest import BayeuxListener, eventually
+from tests.integration.conftest import BayeuxListener
+from tests.polling import eventually
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 

@@ -9,7 +9,6 @@ The phones talk to Kamailio directly, as SIP phones do.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from pidf import Activity, decode
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.integration.conftest import AdapterFactory
+from tests.polling import eventually
 from tests.rawsip import new_token
 from tests.sipphone import SipPhone
 
@@ -27,7 +27,6 @@ pytestmark = pytest.mark.integration
 RUN = new_token()[:8]
 PASSWORD = "secret"
 SCENARIOS = ("rest-to-phone", "phone-to-rest")
-WAIT = 10.0
 ALL_ATTRIBUTES = ("Activity", "Place", "Privacy", "Sphere", "Communication", "Other")
 
 
@@ -52,17 +51,6 @@ def adapter(adapter_factory: AdapterFactory) -> AdapterProcess:
             AppAccount("bob-app", PASSWORD, tuple(watcher(s) for s in SCENARIOS)),
         ]
     )
-
-
-def eventually(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 def authorize(http: httpx.Client, who: str, **decisions: bool) -> None:

@@ -75,9 +75,60 @@ def test_standard_rpid_tokens_are_used() -> None:
     assert root.find(f".//{{{RPID_NS}}}activities/{{{RPID_NS}}}on-the-phone") is not None
     assert root.find(f".//{{{RPID_NS}}}place-type/{{{LT_NS}}}residence") is not None
     assert root.find(f".//{{{RPID_NS}}}sphere/{{{RPID_NS}}}work") is not None
-    # An Activity yields a tuple with basic open for ordinary clients.
+    # The status tuple, basic open, for ordinary clients.
     basics = [b.text for b in root.iter(f"{{{PIDF_NS}}}basic")]
     assert basics == ["open"]
+
+
+def tuple_classes(root: etree._Element) -> list[tuple[str | None, str | None, str | None]]:
+    """(id suffix, RPID class, note) of each tuple, in document order."""
+    return [
+        (
+            (t.get("id") or "").rsplit("-", 1)[-1],
+            t.findtext(f"{{{RPID_NS}}}class"),
+            t.findtext(f"{{{PIDF_NS}}}note"),
+        )
+        for t in root.iterfind(f"{{{PIDF_NS}}}tuple")
+    ]
+
+
+def test_the_status_tuple_comes_first_with_its_class_and_no_note() -> None:
+    comm = Communication((CommunicationMeans("tel:+1", 1.0, MeansType.PHONE),))
+    body = encode(
+        [
+            PresenceAttribute(comm, note="call me"),
+            PresenceAttribute(Place.OFFICE, note="desk 4"),
+            PresenceAttribute(Activity.BUSY, note="in a meeting"),
+        ],
+        entity=ENTITY,
+        now=T0,
+    )
+    root = etree.fromstring(body)
+    # A rule hands the status tuple out by its class to every watcher, so it
+    # carries no note: the Activity note stays in rpid:activities.
+    assert tuple_classes(root) == [("s", "pa-status", None), ("m0", None, "call me")]
+    # Kamailio walks tuples until the first other element: all before the person.
+    assert [etree.QName(el).localname for el in root] == ["tuple", "tuple", "person"]
+    assert root.findtext(f".//{{{RPID_NS}}}activities/{{{RPID_NS}}}note") == "in a meeting"
+
+
+def test_every_publication_has_the_status_tuple_and_no_activity_grows_from_it() -> None:
+    for attribute in (
+        PresenceAttribute(Place.OFFICE, T0),
+        PresenceAttribute(Sphere.SPHERE_HOME, T0),
+        PresenceAttribute(Other("mood", "fine"), T0),
+    ):
+        body = encode([attribute], entity=ENTITY, now=T0)
+        assert tuple_classes(etree.fromstring(body)) == [("s", "pa-status", None)]
+        presence = decode(body)
+        assert presence.open and presence.attributes == (attribute,)
+
+
+def test_permanent_absence_closes_the_status_tuple() -> None:
+    body = encode([PresenceAttribute(Activity.PERMANENT_ABSENCE)], entity=ENTITY, now=T0)
+    basics = [b.text for b in etree.fromstring(body).iter(f"{{{PIDF_NS}}}basic")]
+    assert basics == ["closed"]
+    assert not decode(body).open
 
 
 def test_busy_and_dnd_both_show_busy_to_ordinary_clients() -> None:
@@ -95,7 +146,7 @@ def test_communication_tuples_carry_contact_priority_and_caps() -> None:
         )
     )
     root = etree.fromstring(encode([PresenceAttribute(comm)], entity=ENTITY, now=T0))
-    tuples = root.findall(f"{{{PIDF_NS}}}tuple")
+    tuples = root.findall(f"{{{PIDF_NS}}}tuple")[1:]  # after the status tuple
     assert len(tuples) == 2
     contacts = [
         (t.findtext(f"{{{PIDF_NS}}}contact"), t.find(f"{{{PIDF_NS}}}contact").get("priority"))
@@ -116,7 +167,7 @@ def test_tuple_ids_differ_between_publications() -> None:
     c = etree.fromstring(
         encode([PresenceAttribute(Activity.AWAY)], entity=ENTITY, now=T0, tag="x1")
     )
-    assert c[0].get("id") == "pax1-s"
+    assert [t.get("id") for t in c] == ["pax1-s", "pax1-p"]
 
 
 def test_duplicate_attribute_types_are_refused() -> None:

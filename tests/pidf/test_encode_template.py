@@ -84,10 +84,11 @@ def test_two_publications_of_one_shape_differ_only_in_their_strings() -> None:
 
 
 def test_a_string_xml_cannot_carry_is_still_refused() -> None:
-    # The model refuses such notes; a contact is only checked to be a URI.
-    means = CommunicationMeans("sip:a\x01b@example.com", 1.0, MeansType.PHONE)
+    # The model refuses such notes, and such contacts (no URI has a control character).
+    with pytest.raises(ValidationError):
+        CommunicationMeans("sip:a\x01b@example.com", 1.0, MeansType.PHONE)
     with pytest.raises((ValueError, ValidationError)):
-        encode([PresenceAttribute(Communication((means,)))], entity=ENTITY, now=T0)
+        encode([PresenceAttribute(Activity.BUSY, T0, "a\x01b")], entity=ENTITY, now=T0)
 
 
 attributes = strategies.attributes("a-z0-9@.+&")

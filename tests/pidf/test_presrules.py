@@ -38,11 +38,14 @@ def test_build_from_decisions_and_block_list() -> None:
     assert t.findtext(f"{PR}provide-activities") == "true"
     assert t.findtext(f"{PR}provide-place-type") == "false"
     assert t.findtext(f"{PR}provide-place-is") == "false"
-    services = t.find(f"{PR}provide-services")
-    assert services is not None and len(services) == 0
+    # Without Communication our status tuple alone, by its class; with it,
+    # every tuple (other publishers' have no class).
+    assert provided_classes(bob) == ["pa-status"]
+    assert t.find(f"{PR}provide-services/{PR}all-services") is None
     carol = _rule(xml, CAROL).find(f"{CP}transformations")
     assert carol is not None
     assert carol.find(f"{PR}provide-services/{PR}all-services") is not None
+    assert provided_classes(_rule(xml, CAROL)) == []
     unknown = carol.find(f"{PR}provide-unknown-attribute")
     assert unknown is not None and (unknown.get("ns"), unknown.get("name"), unknown.text) == (
         EXT_NS,
@@ -51,6 +54,10 @@ def test_build_from_decisions_and_block_list() -> None:
     )
     assert _rule(xml, EVE).findtext(f"{CP}actions/{PR}sub-handling") == "block"
     assert PresRules.parse(xml) == rules
+
+
+def provided_classes(rule: etree._Element) -> list[str | None]:
+    return [c.text for c in rule.iterfind(f"{CP}transformations/{PR}provide-services/{PR}class")]
 
 
 @pytest.mark.parametrize("kind", list(AttributeType), ids=lambda k: k.value)
@@ -119,6 +126,82 @@ FOREIGN = f"""<?xml version="1.0" encoding="UTF-8"?>
     <cr:transformations><pr:provide-all-attributes/><pr:provide-services><pr:all-services/></pr:provide-services></cr:transformations>
   </cr:rule>
 </cr:ruleset>""".encode()
+
+
+A, P, C = AttributeType.ACTIVITY, AttributeType.PLACE, AttributeType.COMMUNICATION
+
+
+def granted(rules: PresRules, watcher: str = BOB) -> set[AttributeType]:
+    # Through the XML, as the rules come back from the XCAP server.
+    decisions = PresRules.parse(rules.to_xml()).decisions_for(watcher)
+    return {kind for kind, yes in decisions.items() if yes}
+
+
+def test_decisions_apply_attribute_by_attribute() -> None:
+    rules = PresRules().decide(BOB, {A: True})
+    rules = PresRules.parse(rules.to_xml()).decide(BOB, {P: True})
+    assert granted(rules) == {A, P}  # the Activity grant stays
+    rules = rules.decide(BOB, {A: False, C: True})
+    assert granted(rules) == {P, C}  # false withdraws just that one
+    rules = rules.decide(BOB, {P: True})
+    assert granted(rules) == {P, C}  # granting again changes nothing
+
+
+def test_nothing_left_granted_politely_blocks_and_a_grant_allows_again() -> None:
+    rules = PresRules().decide(BOB, {A: True}).decide(BOB, {A: False})
+    rule = PresRules.parse(rules.to_xml()).rule_for(BOB)
+    assert rule is not None and rule.sub_handling is SubHandling.POLITE_BLOCK
+    assert granted(rules) == set()
+    rules = rules.decide(BOB, {P: True})
+    rule = rules.rule_for(BOB)
+    assert rule is not None and rule.sub_handling is SubHandling.ALLOW
+    assert granted(rules) == {P}
+
+
+def test_a_grant_after_a_block_starts_from_nothing() -> None:
+    rules = PresRules().decide(BOB, {A: True, P: True}).set_handling(BOB, SubHandling.BLOCK)
+    rules = PresRules.parse(rules.to_xml()).decide(BOB, {C: True})
+    assert granted(rules) == {C}
+
+
+def test_deciding_about_one_watcher_leaves_the_others_alone() -> None:
+    rules = PresRules().decide(BOB, {A: True}).decide(CAROL, {P: True})
+    rules = PresRules.parse(rules.to_xml()).decide(CAROL, {P: False, C: True})
+    assert granted(rules, BOB) == {A}
+    assert granted(rules, CAROL) == {C}
+
+
+def test_decisions_start_from_a_foreign_rule_naming_the_watcher() -> None:
+    rules = PresRules.parse(FOREIGN).decide(BOB, {AttributeType.SPHERE: True})
+    assert granted(rules) == {C, A, P, AttributeType.SPHERE}
+    with pytest.raises(ValidationError):
+        PresRules().decide(BOB, {A: "yes"})  # type: ignore[dict-item]
+    with pytest.raises(ValidationError):
+        PresRules().decide("not a uri", {A: True})
+
+
+@pytest.mark.parametrize(
+    ("services", "communication"),
+    [
+        ("<pr:all-services/>", True),
+        ("", False),  # as this adapter wrote rules before the status tuple's class
+        ("<pr:class>pa-status</pr:class>", False),
+        ("<pr:class>pa-status</pr:class><pr:class>work</pr:class>", True),
+        ("<pr:class>mobile</pr:class>", True),
+        ("<pr:occurrence-id>t1</pr:occurrence-id>", True),
+        ("<!-- nothing --><pr:class> pa-status </pr:class>", False),
+    ],
+)
+def test_communication_is_granted_by_any_service_but_the_status_tuples(
+    services: str, communication: bool
+) -> None:
+    body = f"""<cr:ruleset xmlns:cr="{COMMON_POLICY_NS}" xmlns:pr="{PRES_RULES_NS}">
+      <cr:rule id="r"><cr:conditions><cr:identity><cr:one id="{BOB}"/></cr:identity></cr:conditions>
+      <cr:actions><pr:sub-handling>allow</pr:sub-handling></cr:actions>
+      <cr:transformations><pr:provide-services>{services}</pr:provide-services></cr:transformations>
+      </cr:rule></cr:ruleset>""".encode()
+    decisions = PresRules.parse(body).decisions_for(BOB)
+    assert decisions[C] is communication
 
 
 def test_rulesets_written_by_others_are_read_and_kept() -> None:

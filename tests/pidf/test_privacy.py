@@ -1,6 +1,9 @@
 """pidf/privacy.py: decoded presence stripped to a watcher's grants."""
 
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from pidf.document import Presence, decode, encode
 from pidf.model import (
@@ -44,8 +47,9 @@ def test_unfiltered_body_is_filtered_by_decisions() -> None:
     }
     seen = filter_presence(presence, decisions)
     assert [a.type for a in seen.attributes] == [AttributeType.PLACE, AttributeType.SPHERE]
-    # The basic status would reveal reachability: hidden without Activity/Communication.
-    assert presence.open and not seen.open
+    # The basic status is seen under any grant, as a SIP watcher sees it.
+    assert presence.open and seen.open
+    assert not filter_presence(presence, {AttributeType.PLACE: False}).open
 
 
 def test_nothing_granted_leaves_nothing() -> None:
@@ -53,3 +57,22 @@ def test_nothing_granted_leaves_nothing() -> None:
     seen = filter_presence(presence, {})
     assert seen.attributes == () and seen.open is False
     assert filter_presence(presence, {AttributeType.COMMUNICATION: True}).open
+
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "pidf"
+GRANTS = {
+    "activity": {AttributeType.ACTIVITY: True},
+    "place": {AttributeType.PLACE: True},
+    "communication": {AttributeType.COMMUNICATION: True},
+}
+
+
+@pytest.mark.parametrize("grant", list(GRANTS))
+def test_the_filter_agrees_with_what_kamailio_sent_under_a_partial_grant(grant: str) -> None:
+    """kamailio-grant-*.xml: the same Publish as the presence server sent it to SIP
+    watchers under each grant (tests/integration/test_authorization.py)."""
+    everything = decode((DATA / "kamailio-grant-all.xml").read_bytes())
+    sent = decode((DATA / f"kamailio-grant-{grant}.xml").read_bytes())
+    ours = filter_presence(everything, GRANTS[grant])
+    assert (ours.attributes, ours.open) == (sent.attributes, sent.open)
+    assert sent.open and len(sent.attributes) == 1

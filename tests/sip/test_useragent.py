@@ -1082,3 +1082,42 @@ def test_a_401_and_a_407_are_both_remembered_and_both_answered_up_front() -> Non
     net.ua.publish(ALICE, b"<again/>", net.now)
     later = net.request()
     assert "Authorization" in later.headers and "Proxy-Authorization" in later.headers
+
+
+# -- counters (exported by the adapter's /metrics) -----------------------------------
+
+
+def test_counters_count_outcomes_retransmissions_and_transactions_in_flight() -> None:
+    net = Net()
+    net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    assert net.ua.transactions_in_flight == 1
+    net.run_until(1.6)  # Timer E at 0.5 and 1.5 s (RFC 3261 §17.1.2.2)
+    assert len(net.sent()) == 2
+    assert net.ua.counters.retransmissions == 2
+    net.reply(publish, 200, ("SIP-ETag", "e"), ("Expires", "3600"))
+    assert net.ua.transactions_in_flight == 0
+    probe = net.ua.options(net.now)
+    net.run_until(net.now + 40.0)  # Timer F: no answer
+    assert OptionsFailed(probe, "timeout") in net.events()
+    assert net.ua.counters.outcomes == {("PUBLISH", "200"): 1, ("OPTIONS", "timeout"): 1}
+    assert net.ua.publication_count == 1
+
+
+def test_tcp_counts_no_retransmissions() -> None:
+    net = Net("tcp")
+    net.ua.publish(ALICE, PIDF, net.now)
+    net.request()
+    net.run_until(20.0)
+    assert net.ua.counters.retransmissions == 0
+
+
+def test_subscriptions_by_state() -> None:
+    net = Net()
+    net.ua.subscribe(BOB, ALICE, net.now)
+    subscribe = net.request()
+    assert net.ua.subscriptions_by_state() == {("presence", "subscribing"): 1}
+    net.reply(subscribe, 200, ("Expires", "600"))
+    net.notify(subscribe, "active;expires=600", body=PIDF)
+    net.sent()
+    assert net.ua.subscriptions_by_state() == {("presence", "active"): 1}

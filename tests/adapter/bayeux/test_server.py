@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 
+from adapter.bayeux.backlog import Backlog
+from adapter.bayeux.channels import Channel
 from adapter.bayeux.errors import LocalProtocolError
 from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
 from adapter.bayeux.limits import BayeuxLimits
@@ -637,3 +639,47 @@ def test_injected_client_ids_are_used():
     ids = itertools.count()
     server = BayeuxServer(authenticate, new_client_id=lambda: f"id{next(ids)}")
     assert handshake(server) == "id0"
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_drain_answers_held_connects_with_handshake_advice_and_keeps_what_was_not_confirmed():
+    backlog = Backlog(10, 3600.0)
+    server = BayeuxServer(authenticate, BayeuxLimits(), backlog=backlog)
+    client_id, token = session_with_held_connect(server, "alice", ack=True)
+    # A delivery moves the held connect's deadline but is not sent before the timer runs.
+    server.deliver("alice", "/bayeux/alice/notes", {"n": 1}, 1.0)
+    assert server.drain(1.0, interval=2.0) == 1
+    (released,) = [e for e in events(server) if isinstance(e, ConnectReleased)]
+    assert released.token == token
+    (reply,) = released.replies  # no messages in it: they stay for after the restart
+    assert reply["channel"] == "/meta/connect" and reply["successful"] is True
+    assert reply["advice"] == {"reconnect": "handshake", "interval": 2000, "timeout": 30000}
+    assert server.session_count() == 0
+    # The message went to the application's backlog (which the store keeps).
+    (kept,) = backlog.take("alice", [Channel.parse("/bayeux/alice/**")], 2.0)
+    assert kept.data == {"n": 1}
+
+
+def test_sessions_are_counted_by_the_transport_of_their_latest_connect():
+    server = make()
+    waiting = handshake(server)
+    polling = handshake(server, user="bob")
+    connect(server, polling, 0.0)
+    socket = handshake(server)
+    connect(server, socket, 0.0, transport="websocket")
+    assert waiting != polling
+    assert server.sessions_by_transport() == {"": 1, "long-polling": 1, "websocket": 1}
+
+
+def test_after_the_drain_handshakes_are_refused_with_advice_to_come_back():
+    server = make()
+    server.drain(0.0, interval=2.0)
+    ext = {"authentication": {"user": "alice", "password": ACCOUNTS["alice"]}}
+    (reply,) = server.receive(
+        [msg("/meta/handshake", id="h", ext=ext)], 0.0, transport="websocket"
+    ).replies
+    assert reply["successful"] is False and reply["error"].startswith("503:")
+    assert reply["advice"]["reconnect"] == "handshake" and reply["advice"]["interval"] == 2000
+    assert server.session_count() == 0
