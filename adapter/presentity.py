@@ -254,7 +254,9 @@ class PresentityService:
 
         A failure the publication retries by itself before the wait is over —
         a 500 "database is locked" from a busy server, say — is not yet an
-        answer: the retry's outcome is.
+        answer: the retry's outcome is.  Nor is the 200 to a PUBLISH sent
+        before this one (still outstanding when this one came, RFC 3903 §4.1):
+        when it comes, ours goes out, and its own answer is awaited.
         """
         deadline = self._sip.now() + self._timeout
 
@@ -262,17 +264,17 @@ class PresentityService:
             while True:
                 try:
                     await self._sip.publication_outcome(publication_id)
-                    return
                 except RequestFailed:
                     publication = self._sip.ua.publication(publication_id)
-                    if (
-                        publication is None
-                        or publication.state is not PublicationState.RETRY_WAIT
-                    ):
+                    if publication is None or publication.state is not PublicationState.RETRY_WAIT:
                         raise
                     retry_at = publication.get_timer()
                     if retry_at is None or retry_at >= deadline:
                         raise
+                    continue
+                publication = self._sip.ua.publication(publication_id)
+                if publication is None or publication.state is not PublicationState.SENDING:
+                    return
 
         # One bounded wait around the retries: its own refusal (the server is
         # known to be down) is final.  Retried, it raised again without ever

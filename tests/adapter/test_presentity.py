@@ -71,7 +71,8 @@ class FakeUserAgent:
 
 class FakeEndpoint:
     """Every PUBLISH is confirmed and every removal answered, on the next loop turn
-    (a PUBLISH fails instead while ``failures`` holds one to give)."""
+    (a PUBLISH fails instead while ``failures`` holds one to give; ``states``
+    are those the publication is in after each answer)."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
@@ -79,6 +80,7 @@ class FakeEndpoint:
         self.listeners: list[Callable[[Any], None]] = []
         self.stored_at_unpublish: Any = "never"
         self.failures: list[RequestFailed] = []
+        self.states: list[PublicationState] = []
 
     def now(self) -> float:
         return NOW
@@ -94,6 +96,8 @@ class FakeEndpoint:
         await asyncio.sleep(0)
         if self.failures:
             raise self.failures.pop(0)
+        if self.states:  # what the publication does next (sends again, say)
+            self.ua.live[publication_id].state = self.states.pop(0)
         event = PublicationConfirmed(publication_id, f"etag-{publication_id}", 3600)
         self.emit(event)
         return event
@@ -262,5 +266,17 @@ def test_a_publish_while_the_server_is_down_and_the_publication_retries_fails_at
         # Kept all the same: the publication sends it when it retries.
         assert w.sent()[-1][0] == "modify"
         assert len(w.stored()["attributes"]) == 2
+
+    run(scenario)
+
+
+def test_a_publish_waits_for_its_own_publish_not_the_one_outstanding_before_it() -> None:
+    # The server came back and answered the PUBLISH sent during the outage;
+    # that 200 confirms the state of before, and ours goes out only then.
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        w.sip.states += [PublicationState.SENDING, PublicationState.PUBLISHED]
+        await w.service.publish(ALICE, (office(),))
+        assert w.sip.states == []  # both answers awaited
 
     run(scenario)
