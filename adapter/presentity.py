@@ -276,26 +276,32 @@ class PresentityService:
 
         A failure the publication retries by itself before the wait is over —
         a 500 "database is locked" from a busy server, say — is not yet an
-        answer: the retry's outcome is.
+        answer: the retry's outcome is.  Nor is the 200 to a PUBLISH sent
+        before this one (still outstanding when this one came, RFC 3903 §4.1):
+        when it comes, ours goes out, and its own answer is awaited.
         """
-        now = self._sip.now()
-        deadline = now + self._timeout
-        while True:
-            # The first wait is the whole timeout, read from one clock reading
-            # (two readings differ on a busy host, and the 504 names the wait).
-            left = max(deadline - now, 0.001)
-            try:
-                outcome = self._sip.publication_outcome(publication_id)
-                await bounded(outcome, "PUBLISH", self._liveness, left)
-                return
-            except RequestFailed:
+        deadline = self._sip.now() + self._timeout
+
+        async def outcome() -> None:
+            while True:
+                try:
+                    await self._sip.publication_outcome(publication_id)
+                except RequestFailed:
+                    publication = self._sip.ua.publication(publication_id)
+                    if publication is None or publication.state is not PublicationState.RETRY_WAIT:
+                        raise
+                    retry_at = publication.get_timer()
+                    if retry_at is None or retry_at >= deadline:
+                        raise
+                    continue
                 publication = self._sip.ua.publication(publication_id)
-                if publication is None or publication.state is not PublicationState.RETRY_WAIT:
-                    raise
-                retry_at = publication.get_timer()
-                if retry_at is None or retry_at >= deadline:
-                    raise
-                now = self._sip.now()
+                if publication is None or publication.state is not PublicationState.SENDING:
+                    return
+
+        # One bounded wait around the retries: its own refusal (the server is
+        # known to be down) is final.  Retried, it raised again without ever
+        # yielding, and the event loop never ran again.
+        await bounded(outcome(), "PUBLISH", self._liveness, self._timeout)
 
     async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
         """The server came back or restarted: refresh every publication now.

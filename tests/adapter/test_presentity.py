@@ -1,5 +1,5 @@
-"""PresentityService's withdrawal (DELETE /rest/presence) and its re-publication after a
-rules change, against a scripted SIP side.
+"""PresentityService's withdrawal (DELETE /rest/presence), its re-publication after a
+rules change, and a Publish while its publication retries, against a scripted SIP side.
 
 The user agent is faked at its seam (publish / modify / unpublish and the
 events they end in), the store is the real in-memory one: what is checked is
@@ -20,20 +20,23 @@ from adapter.presentity import PUBLICATION, PresentityService
 from adapter.store import MemoryStore
 from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, decode
 from sip import PublicationConfirmed, PublicationRemoved
+from sip.aio import RequestFailed, RequestTimedOut
 from sip.publication import PublicationState
 
 ALICE = "sip:alice@example.com"
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+NOW = 42.0  # the endpoint's clock (loop time), which does not move here
+TIMEOUT = 3.0  # [sip] request_timeout
 
 
 class FakePublication:
-    state = PublicationState.PUBLISHED
-
     def __init__(self, body: bytes) -> None:
         self.body = body
+        self.state: PublicationState | None = PublicationState.PUBLISHED
+        self.timer: float | None = None  # when a publication in RETRY_WAIT retries
 
-    def get_timer(self) -> None:
-        return None
+    def get_timer(self) -> float | None:
+        return self.timer
 
 
 class FakeUserAgent:
@@ -43,6 +46,7 @@ class FakeUserAgent:
         self.endpoint = endpoint
         self.sent: list[tuple[str, int, Any]] = []  # (what, publication id, body or etag)
         self.live: dict[int, FakePublication] = {}
+        self.asked = 0  # publication() calls: a service looping without waiting makes many
         self._next = 0
 
     def publish(self, aor: Any, body: bytes, now: float, *, etag: str | None = None,
@@ -62,20 +66,27 @@ class FakeUserAgent:
         self.endpoint.stored_at_unpublish = self.endpoint.store.load(PUBLICATION).get(ALICE)
 
     def publication(self, publication_id: int) -> FakePublication | None:
+        self.asked += 1
+        if self.asked > 1000:
+            raise RuntimeError("asked about the publication 1000 times without waiting")
         return self.live.get(publication_id)
 
 
 class FakeEndpoint:
-    """Every PUBLISH is confirmed and every removal answered, on the next loop turn."""
+    """Every PUBLISH is confirmed and every removal answered, on the next loop turn
+    (a PUBLISH fails instead while ``failures`` holds one to give; ``states``
+    are those the publication is in after each answer)."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self.ua = FakeUserAgent(self)
         self.listeners: list[Callable[[Any], None]] = []
         self.stored_at_unpublish: Any = "never"
+        self.failures: list[RequestFailed] = []
+        self.states: list[PublicationState] = []
 
     def now(self) -> float:
-        return 42.0
+        return NOW
 
     def add_listener(self, listener: Callable[[Any], None]) -> None:
         self.listeners.append(listener)
@@ -86,6 +97,10 @@ class FakeEndpoint:
 
     async def publication_outcome(self, publication_id: int) -> PublicationConfirmed:
         await asyncio.sleep(0)
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.states:  # what the publication does next (sends again, say)
+            self.ua.live[publication_id].state = self.states.pop(0)
         event = PublicationConfirmed(publication_id, f"etag-{publication_id}", 3600)
         self.emit(event)
         return event
@@ -107,13 +122,25 @@ class FakeXcap:
         return change(PresRules())
 
 
+class Liveness:
+    """What the service reads of ServerLiveness: is the server known to be down?"""
+
+    reachable = True
+
+
 class World:
     def __init__(self, store: MemoryStore | None = None) -> None:
         self.store = store or MemoryStore()
         self.sip = FakeEndpoint(self.store)
         self.xcap = FakeXcap()
+        self.liveness = Liveness()
         self.service = PresentityService(
-            self.sip, self.xcap, store=self.store, clock=lambda: T0  # type: ignore[arg-type]
+            self.sip,  # type: ignore[arg-type]
+            self.xcap,  # type: ignore[arg-type]
+            store=self.store,
+            liveness=self.liveness,  # type: ignore[arg-type]
+            request_timeout=TIMEOUT,
+            clock=lambda: T0,
         )
 
     def stored(self) -> Any:
@@ -286,5 +313,65 @@ def test_closing_stops_a_waiting_re_publication() -> None:
         await w.service.close()
         await quiet()
         assert [what for what, _ in w.sent()] == ["publish"]
+
+
+# -- Publish while the publication retries -----------------------------------------
+
+
+def retrying(w: World, publication_id: int, at: float) -> None:
+    """The publication's last PUBLISH failed (a 500, or no answer); it retries ``at``."""
+    publication = w.sip.ua.live[publication_id]
+    publication.state, publication.timer = PublicationState.RETRY_WAIT, at
+
+
+def test_a_publish_waits_for_a_retry_due_within_the_request_timeout() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        retrying(w, 1, NOW + 1.0)
+        w.sip.failures.append(RequestFailed("PUBLISH", 500, "database is locked"))
+        await w.service.publish(ALICE, (office(),))  # the retry's outcome: confirmed
+        assert w.stored()["attributes"] and not w.sip.failures
+
+    run(scenario)
+
+
+def test_a_publish_answers_the_failure_when_the_retry_is_due_after_the_timeout() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        retrying(w, 1, NOW + TIMEOUT)
+        w.sip.failures.append(RequestFailed("PUBLISH", 500, "database is locked"))
+        with pytest.raises(RequestFailed, match="500"):
+            await w.service.publish(ALICE, (office(),))
+
+    run(scenario)
+
+
+def test_a_publish_while_the_server_is_down_and_the_publication_retries_fails_at_once() -> None:
+    # The server came back, answered the PUBLISH sent during the outage and then
+    # 500 to the next one (measured: a Kamailio just started); the adapter's
+    # probe has not seen it back yet.  The Publish must get its 504 at once,
+    # not retry the refusal of a server known to be down over and over without
+    # yielding — that froze the whole adapter.
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        retrying(w, 1, NOW + 1.0)
+        w.liveness.reachable = False
+        with pytest.raises(RequestTimedOut, match="presence server unreachable"):
+            await w.service.publish(ALICE, (office(),))
+        # Kept all the same: the publication sends it when it retries.
+        assert w.sent()[-1][0] == "modify"
+        assert len(w.stored()["attributes"]) == 2
+
+    run(scenario)
+
+
+def test_a_publish_waits_for_its_own_publish_not_the_one_outstanding_before_it() -> None:
+    # The server came back and answered the PUBLISH sent during the outage;
+    # that 200 confirms the state of before, and ours goes out only then.
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(),))
+        w.sip.states += [PublicationState.SENDING, PublicationState.PUBLISHED]
+        await w.service.publish(ALICE, (office(),))
+        assert w.sip.states == []  # both answers awaited
 
     run(scenario)
