@@ -2,7 +2,8 @@
 
 `Hub` owns a `BayeuxServer` and is the only object the rest of the adapter
 touches (`hub.deliver(app_id, channel, data)`). It reads the loop's monotonic
-clock, re-arms a single `loop.call_at` from `BayeuxServer.get_timer()` after
+clock, re-arms a single `loop.call_at` from `BayeuxServer.get_timer()` (and
+`DropLog.get_timer()`, which spaces the warnings about dropped messages) after
 every call into the core, and turns `ConnectReleased` events into the results
 of the futures that long-polling requests and WebSocket tasks await. Nothing
 here sleeps: a held connect is a pending future, not a parked coroutine
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from adapter.bayeux.backlog import BacklogStore
+from adapter.bayeux.droplog import DropLog, DropReport
 from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Message
@@ -34,8 +36,7 @@ log = logging.getLogger("adapter.bayeux")
 #: Seconds between two log lines about the messages dropped for one
 #: application's backlog (or one session's queue).  A full backlog drops one
 #: message per delivery; a line each wrote 90,000 warnings in one run of
-#: bench/scale_adapter.py.  The first drop is told at once, the next ones
-#: counted and told together at the end of each interval that had some.
+#: bench/scale_adapter.py (see adapter/bayeux/droplog.py).
 DROP_LOG_INTERVAL = 10.0
 
 
@@ -47,6 +48,7 @@ class Hub:
         *,
         backlog: BacklogStore | None = None,
         prepare: Callable[[str, str], Awaitable[object]] | None = None,
+        drop_log_interval: float = DROP_LOG_INTERVAL,
     ) -> None:
         self.server = BayeuxServer(authenticate, limits, backlog=backlog)
         # Runs a handshake's password check ahead of `receive`, where it may
@@ -56,8 +58,7 @@ class Hub:
         self._waiters: dict[int, asyncio.Future[list[Mapping[str, Any]]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        # (app_id, where) -> drops not told yet, and the timer that tells them.
-        self._drops: dict[tuple[str, str], list[Any]] = {}
+        self._drops = DropLog(drop_log_interval)
 
     @property
     def limits(self) -> BayeuxLimits:
@@ -146,8 +147,8 @@ class Hub:
             self._timer.cancel()
             self._timer = None
             self._timer_at = None
-        for key in list(self._drops):
-            self._drops_due(key, last=True)
+        for report in self._drops.flush():
+            self._log_drops(report)
 
     # ------------------------------------------------------------------ loop
 
@@ -160,38 +161,25 @@ class Hub:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.server.handle_timer(self._now())
+        now = self._now()
+        self.server.handle_timer(now)
+        for report in self._drops.handle_timer(now):
+            self._log_drops(report)
         self._after()
 
     def _dropped(self, event: MessagesDropped) -> None:
         where = f"session {event.client_id[:8]}…" if event.client_id else "backlog"
-        key = (event.app_id, where)
-        pending = self._drops.get(key)
-        if pending is not None:
-            pending[0] += event.count  # told when the interval ends
-            return
-        self._log_drops(key, event.count, "")
-        timer = self._loop().call_later(DROP_LOG_INTERVAL, self._drops_due, key)
-        self._drops[key] = [0, timer]
+        report = self._drops.dropped(event.app_id, where, event.count, self._now())
+        if report is not None:
+            self._log_drops(report)
 
-    def _drops_due(self, key: tuple[str, str], last: bool = False) -> None:
-        count, timer = self._drops.pop(key)
-        if last:
-            timer.cancel()
-        if count:
-            self._log_drops(key, count, "" if last else f" in the last {DROP_LOG_INTERVAL:g} s")
-            if not last:  # drops go on: the next ones are told at the end of the next interval
-                timer = self._loop().call_later(DROP_LOG_INTERVAL, self._drops_due, key)
-                self._drops[key] = [0, timer]
-
-    def _log_drops(self, key: tuple[str, str], count: int, span: str) -> None:
-        app_id, where = key
+    def _log_drops(self, report: DropReport) -> None:
         log.warning(
             "bayeux: dropped %d oldest message(s) for %s (%s full)%s; %d dropped in total",
-            count,
-            app_id,
-            where,
-            span,
+            report.count,
+            report.app_id,
+            report.where,
+            "" if report.span is None else f" in the last {report.span:g} s",
             self.server.counters.messages_dropped,
         )
 
@@ -205,7 +193,8 @@ class Hub:
                 self._dropped(event)
             elif isinstance(event, SessionExpired):
                 log.info("bayeux: session of %s expired (no /meta/connect)", event.app_id)
-        deadline = self.server.get_timer()
+        deadlines = [d for d in (self.server.get_timer(), self._drops.get_timer()) if d is not None]
+        deadline = min(deadlines, default=None)
         if deadline == self._timer_at:
             return
         if self._timer is not None:

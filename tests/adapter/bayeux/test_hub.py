@@ -2,10 +2,40 @@
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from adapter.bayeux.hub import Hub
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Message
+
+T = TypeVar("T")
+
+
+class ManualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock (the one the hub reads) moves only when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def run_on_manual_clock(scenario: Callable[[ManualClockLoop], Coroutine[Any, Any, T]]) -> T:
+    with asyncio.Runner(loop_factory=ManualClockLoop) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, ManualClockLoop)
+        return runner.run(scenario(loop))
+
+
+async def advance(loop: ManualClockLoop, seconds: float) -> None:
+    """Move the clock on and let every timer due by then run, in order."""
+    loop.now += seconds
+    passed = loop.create_future()
+    loop.call_at(loop.now, passed.set_result, None)
+    await passed
 
 
 def authenticate(user: str, password: str) -> str | None:
@@ -43,16 +73,18 @@ def test_a_delivery_answers_the_waiting_connect_on_the_next_loop_turn():
 
 
 def test_the_hub_timer_releases_a_held_connect_at_the_advice_timeout():
-    async def scenario() -> float:
-        hub = Hub(authenticate, BayeuxLimits(connect_timeout=0.05))
+    async def scenario(loop: ManualClockLoop) -> list:
+        hub = Hub(authenticate, BayeuxLimits(connect_timeout=30))
         _, token = await held_session(hub)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        replies = await asyncio.wait_for(hub.wait(token), 2)
-        assert replies[-1]["successful"] is True
-        return loop.time() - started
+        waiter = asyncio.ensure_future(hub.wait(token))
+        await advance(loop, 29.9)
+        assert not waiter.done()
+        await advance(loop, 0.1)
+        assert waiter.done()
+        return waiter.result()
 
-    assert 0.04 <= asyncio.run(scenario()) < 1
+    replies = run_on_manual_clock(scenario)
+    assert replies[-1]["successful"] is True
 
 
 def test_abandon_keeps_the_session_and_its_messages():
@@ -85,36 +117,37 @@ def test_close_answers_held_connects(caplog):
     assert "dropped 1 oldest message(s) for app" in caplog.text
 
 
-def test_a_full_backlog_is_told_once_then_once_per_interval_not_per_message(
-    caplog, monkeypatch
-):
+def test_a_full_backlog_is_told_once_then_once_per_interval_not_per_message(caplog):
     # No session: every delivery past backlog_size drops the oldest.  One
     # warning line each would bury the log; the first is told at once, the
     # rest counted and told at the end of each interval that had some.
-    monkeypatch.setattr("adapter.bayeux.hub.DROP_LOG_INTERVAL", 0.05)
+    def told() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
 
-    async def scenario() -> None:
-        hub = Hub(authenticate, BayeuxLimits(backlog_size=2))
+    async def scenario(loop: ManualClockLoop) -> None:
+        hub = Hub(authenticate, BayeuxLimits(backlog_size=2), drop_log_interval=10)
         with caplog.at_level(logging.WARNING, logger="adapter.bayeux"):
             for n in range(502):  # 500 dropped
                 hub.deliver("app", "/bayeux/app/x", {"n": n})
             hub.deliver("other", "/bayeux/other/x", {"n": 0})
-            await asyncio.sleep(0.08)  # one interval ends
+            await advance(loop, 9.9)
+            assert len(told()) == 1  # the rest wait for the end of the interval
+            await advance(loop, 0.1)  # one interval ends
+            assert len(told()) == 2
             for n in range(3):
                 hub.deliver("app", "/bayeux/app/x", {"n": n})
-            await asyncio.sleep(0.08)  # the next one
-            await asyncio.sleep(0.08)  # an interval with none: the next drop is told at once
+            await advance(loop, 10)  # the next one
+            await advance(loop, 10)  # an interval with none: the next drop is told at once
             hub.deliver("app", "/bayeux/app/x", {"n": 9})
             hub.deliver("app", "/bayeux/app/x", {"n": 10})
             hub.close()  # what is not told yet is told now
 
-    asyncio.run(scenario())
-    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert lines == [
+    run_on_manual_clock(scenario)
+    assert told() == [
         "bayeux: dropped 1 oldest message(s) for app (backlog full); 1 dropped in total",
-        "bayeux: dropped 499 oldest message(s) for app (backlog full) in the last 0.05 s;"
+        "bayeux: dropped 499 oldest message(s) for app (backlog full) in the last 10 s;"
         " 500 dropped in total",
-        "bayeux: dropped 3 oldest message(s) for app (backlog full) in the last 0.05 s;"
+        "bayeux: dropped 3 oldest message(s) for app (backlog full) in the last 10 s;"
         " 503 dropped in total",
         "bayeux: dropped 1 oldest message(s) for app (backlog full); 504 dropped in total",
         "bayeux: dropped 1 oldest message(s) for app (backlog full); 505 dropped in total",
