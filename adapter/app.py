@@ -138,9 +138,7 @@ class _FastRoutes:
 
     For the requests that make the adapter's load (Publish): Starlette's
     routing, its Request and Response objects and the exception middleware's
-    wrappers were a good part of the ≈56 µs per Publish that this path and
-    the access log below saved together (docs/benchmarks.md, "Publish
-    throughput").  What the apps raise is
+    wrappers are a good part of a Publish's cost.  What the apps raise is
     answered by the app's exception handlers, as for the routes; anything
     else goes on to :class:`_LastResort`.  The apps send their answer last,
     so a handler never answers after a response has started.
@@ -187,8 +185,7 @@ class _AccessLog:
 
     In place of uvicorn's access log, the same line when the answer starts —
     ``127.0.0.1:50312 - "POST /rest/presence HTTP/1.1" 204`` — at about half
-    its cost (≈9 µs a line against ≈19, measured alone).  Off with the log
-    level above INFO, as uvicorn's was.
+    its cost.  Off with the log level above INFO, as uvicorn's was.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -50,9 +50,7 @@ KINDS = ("publication", "watch", "schedule")
 # A record or the backlog mark rewritten in place: an upsert updates the row
 # where it stands (https://sqlite.org/lang_upsert.html), where INSERT OR
 # REPLACE deletes it and inserts it again — a new rowid, the old row's page,
-# the new row's page and the key's index entry all rewritten.  Measured alone
-# on 1,000 records, eight to a commit: 11.1 µs a row against 2.7
-# (docs/benchmarks.md, "Publish throughput").
+# the new row's page and the key's index entry all rewritten.
 _PUT_RECORD = (
     "INSERT INTO records VALUES (?, ?, ?)"
     " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value"
@@ -182,7 +180,7 @@ class SqliteStore:
     system's page cache and syncs nothing (https://sqlite.org/wal.html,
     https://sqlite.org/pragma.html#pragma_synchronous): the writes of one
     event-loop turn are committed together on the loop at the end of the turn,
-    which costs tens of microseconds and no thread hand-off.  Everything that
+    with no thread hand-off.  Everything that
     can wait goes to the writer thread, with its own connection: every commit
     with ``synchronous="full"`` (an fsync each), a commit that found the file
     locked (another process holding it: the loop never waits for a lock), and
@@ -190,10 +188,8 @@ class SqliteStore:
     Once the thread has writes in hand, later ones queue behind them, so the
     order of writes is the order of the calls.
 
-    A hand-off to the thread cost 2.5–3.5 ms of latency per write under load
-    (it waits for the loop's thread to let go of the GIL), twice per Publish;
-    the commit on the loop about 20 µs (docs/benchmarks.md, "Publish
-    throughput").
+    A hand-off to the thread waits for the loop's thread to let go of the GIL,
+    which under load costs far more latency than the commit on the loop.
     """
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
@@ -266,9 +262,8 @@ class SqliteStore:
         # the process being killed (the data is in the operating system's
         # hands), not a power cut or an OS crash; FULL also syncs the WAL at
         # every commit (https://sqlite.org/pragma.html#pragma_synchronous),
-        # which cost about 30 µs of CPU per write here, two writes per Publish
-        # (docs/benchmarks.md, "Publish throughput").  The README's "What
-        # survives what" says which.
+        # at a cost on every write.  The README's "What survives what" says
+        # which.
         db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         return db
 
@@ -397,9 +392,8 @@ class SqliteStore:
                 batch = [item]
                 if item is not None:
                     # Group commit: let the writes that follow closely join
-                    # this one.  A commit of one row cost about 50 µs of CPU
-                    # here, of four about 16 µs a row (docs/benchmarks.md,
-                    # "Publish throughput").
+                    # this one, since a commit costs much the same for one
+                    # row as for several.
                     time.sleep(GROUP_COMMIT_WAIT)
                 while True:  # take everything already waiting
                     try:

@@ -33,8 +33,8 @@ log = logging.getLogger("adapter.bayeux")
 
 #: Seconds between two log lines about the messages dropped for one
 #: application's backlog (or one session's queue).  A full backlog drops one
-#: message per delivery; a line each wrote 90,000 warnings in one run of
-#: bench/scale_adapter.py.  The first drop is told at once, the next ones
+#: message per delivery, so a line each would flood the log under load.
+#: The first drop is told at once, the next ones
 #: counted and told together at the end of each interval that had some.
 DROP_LOG_INTERVAL = 10.0
 
