@@ -24,6 +24,7 @@ from adapter.admission import Admission
 from adapter.auth import IDENTITY_HEADER, Accounts
 from adapter.bayeux import Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
+from adapter.bayeux.journal import BacklogJournal
 from adapter.config import Config, sip_tls_context, xcap_tls_context
 from adapter.console import console_routes
 from adapter.errors import RestError, ServiceError
@@ -40,7 +41,7 @@ from adapter.metrics import Metrics, RestTiming, Sources, metrics_endpoint
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
 from adapter.shutdown import RECONNECT_AFTER, Drain, DrainGate
-from adapter.store import BacklogJournal, SqliteStore, Store
+from adapter.store import SqliteStore, Store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint

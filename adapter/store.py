@@ -26,17 +26,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapter.bayeux.backlog import Backlog
-from adapter.bayeux.channels import Channel
-from adapter.bayeux.message import Delivery
 from adapter.metrics import STORE_BUCKETS, Histogram
 
-__all__ = ["BacklogJournal", "BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
+__all__ = ["BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
@@ -467,36 +464,3 @@ def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> Non
         else:
             done.set_exception(error)
 
-
-class BacklogJournal:
-    """Mirrors the Bayeux backlog into a :class:`Store` (adapter.bayeux.backlog.Journal).
-
-    The Bayeux core counts time on the event loop's monotonic clock; the store
-    keeps wall-clock expiry so that a restart can tell what is still alive.
-    """
-
-    def __init__(self, store: Store, wall_clock: Callable[[], float] = time.time) -> None:
-        self._store = store
-        self._wall = wall_clock
-
-    def added(self, app_id: str, delivery: Delivery, expires_at: float, now: float) -> int:
-        wall_expiry = self._wall() + (expires_at - now)
-        return self._store.backlog_add(app_id, str(delivery.channel), delivery.data, wall_expiry)
-
-    def removed(self, tokens: Iterable[int]) -> None:
-        self._store.backlog_remove(tokens)
-
-    def restore(self, backlog: Backlog, now: float) -> int:
-        """Refill ``backlog`` from the store (at start); returns how many came back."""
-        wall = self._wall()
-        expired: list[int] = []
-        count = 0
-        for row in self._store.backlog_load():
-            if row.expires_at <= wall:
-                expired.append(row.seq)
-                continue
-            delivery = Delivery(Channel.parse(row.channel), row.data, f"r{row.seq}")
-            backlog.restore(row.app_id, delivery, now + (row.expires_at - wall), row.seq)
-            count += 1
-        self._store.backlog_remove(expired)
-        return count
