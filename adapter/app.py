@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapter import rest
 from adapter.admission import Admission
 from adapter.auth import IDENTITY_HEADER, Accounts
-from adapter.bayeux import Hub, bayeux_routes
+from adapter.bayeux import BayeuxLimits, Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
 from adapter.bayeux.journal import BacklogJournal
 from adapter.config import Config, sip_tls_context, xcap_tls_context
@@ -387,13 +388,14 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
     journal = BacklogJournal(store)
-    backlog = Backlog(config.bayeux.backlog_size, config.bayeux.backlog_ttl, journal)
+    limits = BayeuxLimits(**dataclasses.asdict(config.bayeux))
+    backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, config.bayeux, backlog=backlog, prepare=accounts.check_async)
+    hub = Hub(bayeux_login, limits, backlog=backlog, prepare=accounts.check_async)
     metrics = Metrics(token=config.metrics.token)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its

@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from adapter.bayeux.limits import BayeuxLimits
 from adapter.passwords import hash_problem
 from sip.errors import SipError
 from sip.uri import SipURI
@@ -58,6 +57,7 @@ from sip.useragent import server_destination
 
 __all__ = [
     "Account",
+    "BayeuxConfig",
     "Config",
     "ConfigError",
     "HostPort",
@@ -336,6 +336,27 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class BayeuxConfig:
+    """``[bayeux]``: the Bayeux server's limits, as docs/configuration.md lists them.
+
+    Plain values, so that reading the file needs nothing of the server; the
+    app hands them to ``adapter.bayeux.BayeuxLimits`` (same names, same
+    defaults: tests/adapter/test_config.py holds them alike).  Seconds,
+    counts and bytes; each positive, ``interval`` may be 0.
+    """
+
+    connect_timeout: float = 30.0
+    interval: float = 0.0
+    max_interval: float = 10.0
+    queue_size: int = 1000
+    backlog_size: int = 1000
+    backlog_ttl: float = 3600.0
+    max_body: int = 256 * 1024
+    max_sessions_per_app: int = 64
+    max_subscriptions_per_session: int = 256
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """``[metrics]``: who may read ``GET /metrics``."""
 
@@ -355,7 +376,7 @@ class Config:
     #: Key paths present in the file that this version does not know.
     unknown_keys: tuple[str, ...] = ()
     #: Optional ``[bayeux]`` table: the Bayeux server's limits (defaults otherwise).
-    bayeux: BayeuxLimits = field(default_factory=BayeuxLimits)
+    bayeux: BayeuxConfig = field(default_factory=BayeuxConfig)
     #: Optional ``[notifications]`` table: limits on notification requests.
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
     #: Optional ``[limits]`` table; None: no limit on any application's request rate.
@@ -770,21 +791,20 @@ def _read_secret(table: _Table) -> tuple[str | None, str | None]:
     return secret, None
 
 
-def _read_bayeux(table: _Table) -> BayeuxLimits:
-    """``[bayeux]``: any field of BayeuxLimits, each optional (seconds, counts, bytes)."""
+def _read_bayeux(table: _Table) -> BayeuxConfig:
+    """``[bayeux]``: any field of BayeuxConfig, each optional (seconds, counts, bytes)."""
     values: dict[str, float | int] = {}
-    for limit in fields(BayeuxLimits):
+    for limit in fields(BayeuxConfig):
         kind = int if limit.type in ("int", int) else float
         article = "an integer" if kind is int else "a number"
         expected: type | tuple[type, ...] = int if kind is int else (int, float)
         value = table.get(limit.name, expected, article, required=False)  # type: ignore[arg-type]
-        if value is not None:
-            values[limit.name] = value
-    try:
-        return BayeuxLimits(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        name = str(exc).split(".", 1)[-1].split(" ", 1)[0]
-        raise table.error(name, "must be positive") from None
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and limit.name != "interval"):
+            raise table.error(limit.name, "must be positive")
+        values[limit.name] = value
+    return BayeuxConfig(**values)  # type: ignore[arg-type]
 
 
 def _read_notifications(table: _Table) -> NotificationPolicy:
@@ -893,7 +913,7 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
         )
 
     bayeux_table = root.table("bayeux") if "bayeux" in data else None
-    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else BayeuxLimits()
+    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else BayeuxConfig()
     policy_table = root.table("notifications") if "notifications" in data else None
     policy = (
         _read_notifications(policy_table) if policy_table is not None else NotificationPolicy()

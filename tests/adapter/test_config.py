@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import socket
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from adapter.bayeux import BayeuxLimits
 from adapter.config import (
     Account,
+    BayeuxConfig,
     ConfigError,
     HostPort,
     check_ports,
@@ -337,6 +340,12 @@ def test_bayeux_limits_are_optional_and_validated(write) -> None:
         load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nqueue_size = 0\n"))
     with pytest.raises(ConfigError, match=r"bayeux\.max_body: must be an integer, not a float"):
         load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nmax_body = 1.5\n"))
+
+
+def test_the_bayeux_table_is_the_servers_limits_with_the_same_defaults() -> None:
+    # The config reads plain values; the app builds the server's limits from them.
+    assert dataclasses.asdict(BayeuxConfig()) == dataclasses.asdict(BayeuxLimits())
+    assert BayeuxLimits(**dataclasses.asdict(BayeuxConfig(queue_size=7))).queue_size == 7
 
 
 def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
