@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -388,7 +387,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
     journal = BacklogJournal(store)
-    limits = BayeuxLimits(**dataclasses.asdict(config.bayeux))
+    limits = BayeuxLimits(**config.bayeux)  # type: ignore[arg-type]  # kinds checked by config
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:

@@ -44,8 +44,8 @@ import re
 import socket
 import ssl
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -56,8 +56,8 @@ from sip.uri import SipURI
 from sip.useragent import server_destination
 
 __all__ = [
+    "BAYEUX_KEYS",
     "Account",
-    "BayeuxConfig",
     "Config",
     "ConfigError",
     "HostPort",
@@ -335,25 +335,21 @@ class LogConfig:
     sip_trace: bool = False
 
 
-@dataclass(frozen=True)
-class BayeuxConfig:
-    """``[bayeux]``: the Bayeux server's limits, as docs/configuration.md lists them.
-
-    Plain values, so that reading the file needs nothing of the server; the
-    app hands them to ``adapter.bayeux.BayeuxLimits`` (same names, same
-    defaults: tests/adapter/test_config.py holds them alike).  Seconds,
-    counts and bytes; each positive, ``interval`` may be 0.
-    """
-
-    connect_timeout: float = 30.0
-    interval: float = 0.0
-    max_interval: float = 10.0
-    queue_size: int = 1000
-    backlog_size: int = 1000
-    backlog_ttl: float = 3600.0
-    max_body: int = 256 * 1024
-    max_sessions_per_app: int = 64
-    max_subscriptions_per_session: int = 256
+#: The ``[bayeux]`` keys and their kinds: the Bayeux server's limits, each
+#: optional.  Their meaning and defaults are adapter.bayeux.BayeuxLimits's
+#: (tests/adapter/test_config.py holds the names alike); the configuration
+#: keeps plain values, so reading it needs nothing of the server.
+BAYEUX_KEYS: dict[str, type[int] | type[float]] = {
+    "connect_timeout": float,
+    "interval": float,
+    "max_interval": float,
+    "queue_size": int,
+    "backlog_size": int,
+    "backlog_ttl": float,
+    "max_body": int,
+    "max_sessions_per_app": int,
+    "max_subscriptions_per_session": int,
+}
 
 
 @dataclass(frozen=True)
@@ -375,8 +371,9 @@ class Config:
     accounts: tuple[Account, ...]
     #: Key paths present in the file that this version does not know.
     unknown_keys: tuple[str, ...] = ()
-    #: Optional ``[bayeux]`` table: the Bayeux server's limits (defaults otherwise).
-    bayeux: BayeuxConfig = field(default_factory=BayeuxConfig)
+    #: Optional ``[bayeux]`` table: the limits it sets, by BAYEUX_KEYS name
+    #: (the Bayeux server's defaults for the others).
+    bayeux: Mapping[str, int | float] = field(default_factory=dict)
     #: Optional ``[notifications]`` table: limits on notification requests.
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
     #: Optional ``[limits]`` table; None: no limit on any application's request rate.
@@ -791,20 +788,19 @@ def _read_secret(table: _Table) -> tuple[str | None, str | None]:
     return secret, None
 
 
-def _read_bayeux(table: _Table) -> BayeuxConfig:
-    """``[bayeux]``: any field of BayeuxConfig, each optional (seconds, counts, bytes)."""
-    values: dict[str, float | int] = {}
-    for limit in fields(BayeuxConfig):
-        kind = int if limit.type in ("int", int) else float
+def _read_bayeux(table: _Table) -> dict[str, int | float]:
+    """``[bayeux]``: any of BAYEUX_KEYS, each optional (seconds, counts, bytes)."""
+    values: dict[str, int | float] = {}
+    for name, kind in BAYEUX_KEYS.items():
         article = "an integer" if kind is int else "a number"
         expected: type | tuple[type, ...] = int if kind is int else (int, float)
-        value = table.get(limit.name, expected, article, required=False)  # type: ignore[arg-type]
+        value = table.get(name, expected, article, required=False)  # type: ignore[arg-type]
         if value is None:
             continue
-        if value < 0 or (value == 0 and limit.name != "interval"):
-            raise table.error(limit.name, "must be positive")
-        values[limit.name] = value
-    return BayeuxConfig(**values)  # type: ignore[arg-type]
+        if value < 0 or (value == 0 and name != "interval"):
+            raise table.error(name, "must be positive")
+        values[name] = value
+    return values
 
 
 def _read_notifications(table: _Table) -> NotificationPolicy:
@@ -913,7 +909,7 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
         )
 
     bayeux_table = root.table("bayeux") if "bayeux" in data else None
-    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else BayeuxConfig()
+    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else {}
     policy_table = root.table("notifications") if "notifications" in data else None
     policy = (
         _read_notifications(policy_table) if policy_table is not None else NotificationPolicy()

@@ -1,7 +1,7 @@
 """Tunable limits of the Bayeux server.
 
 The adapter builds them from its configuration's ``[bayeux]`` table
-(adapter.config.BayeuxConfig: plain values, the same names and defaults).
+(adapter.config.BAYEUX_KEYS: the same names, as plain values).
 """
 
 from __future__ import annotations
