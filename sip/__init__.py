@@ -17,6 +17,7 @@ from .subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerm
 from .transaction import TransactionTimings
 from .uri import AbsoluteURI, NameAddr, SipURI
 from .useragent import (
+    EVENTLIST_ACCEPT,
     Destination,
     MessageDropped,
     OptionsAnswered,
@@ -27,6 +28,7 @@ from .useragent import (
 )
 
 __all__ = [
+    "EVENTLIST_ACCEPT",
     "AbsoluteURI",
     "CSeq",
     "Challenge",

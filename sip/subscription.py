@@ -118,6 +118,7 @@ class Subscription:
         local_tag: str,
         event: str = "presence",
         accept: tuple[str, ...] = ("application/pidf+xml",),
+        eventlist: bool = False,
         expires: int = 3600,
         spread: float = 0.0,
         timer_n: float = 32.0,
@@ -128,6 +129,7 @@ class Subscription:
         self.target = target
         self.event = event
         self.accept = accept
+        self.eventlist = eventlist
         self.requested_expires = expires
         self.policy = policy
         self.state = SubscriptionPhase.SUBSCRIBING
@@ -438,6 +440,10 @@ class Subscription:
         h.add("Event", self.event)
         h.add("Expires", str(expires))
         h.add("Accept", ", ".join(self.accept))
+        if self.eventlist:
+            # RFC 4662 §5: a subscriber willing to receive a resource list
+            # says so in every SUBSCRIBE, initial and refresh.
+            h.add("Supported", "eventlist")
         # RFC 3261 §12.2.1.1: in-dialog requests go to the remote target.
         uri = self.target
         if self.remote_tag is not None and self.remote_target is not None:

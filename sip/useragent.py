@@ -90,6 +90,7 @@ from .transaction import (
 from .uri import SipURI
 
 __all__ = [
+    "EVENTLIST_ACCEPT",
     "Destination",
     "MessageDropped",
     "OptionsAnswered",
@@ -164,6 +165,9 @@ UserAgentEvent = (
 ALLOW = "NOTIFY, OPTIONS"
 ALLOW_EVENTS = "presence, presence.winfo"
 ACCEPT = "application/pidf+xml, application/watcherinfo+xml"
+#: What a list subscription accepts (RFC 4662 §5): the member documents, the
+#: RLMI document and the multipart/related body that carries them.
+EVENTLIST_ACCEPT = ("application/pidf+xml", "application/rlmi+xml", "multipart/related")
 # Contact values kept for reuse (one per subscriber user); a bound, as the
 # users are the application's to choose.
 _CONTACTS_MAX = 4096
@@ -396,14 +400,22 @@ class UserAgent:
         now: float,
         *,
         event: str = "presence",
-        accept: tuple[str, ...] = ("application/pidf+xml",),
+        accept: tuple[str, ...] | None = None,
+        eventlist: bool = False,
         expires: int | None = None,
     ) -> int:
         """Subscribe ``subscriber`` to ``target``'s ``event``; returns the id.
 
         Outcomes: SubscriptionAccepted (2xx), NotifyReceived for each NOTIFY,
         and exactly one SubscriptionTerminated at the end.
+
+        ``eventlist=True`` asks for a resource list (RFC 4662 §5): every
+        SUBSCRIBE carries ``Supported: eventlist`` and, unless ``accept`` is
+        given, accepts :data:`EVENTLIST_ACCEPT`. A notifier that is not a
+        resource list server answers as for a single resource.
         """
+        if accept is None:
+            accept = EVENTLIST_ACCEPT if eventlist else ("application/pidf+xml",)
         subscription = Subscription(
             self._new_id(),
             subscriber,
@@ -412,6 +424,7 @@ class UserAgent:
             local_tag=self._token(),
             event=event,
             accept=accept,
+            eventlist=eventlist,
             expires=expires or self._subscription_expires,
             spread=self._rng.random(),
             timer_n=self._timings.timeout,

@@ -358,17 +358,20 @@ class SipEndpoint:
         target: SipURI,
         *,
         event: str = "presence",
-        accept: tuple[str, ...] = ("application/pidf+xml",),
+        accept: tuple[str, ...] | None = None,
+        eventlist: bool = False,
         expires: int | None = None,
     ) -> int:
         """A new subscription; returns its id once the server accepted it.
+
+        ``eventlist`` asks for a resource list (see ``UserAgent.subscribe``).
 
         NOTIFYs can arrive before the 2xx (RFC 6665 §4.1.2.4) and so before
         this returns: a caller that must see them all starts the subscription
         with ``ua.subscribe`` and awaits :meth:`subscription_outcome`.
         """
-        subscription_id = self.ua.subscribe(
-            subscriber, target, self.now(), event=event, accept=accept, expires=expires
+        subscription_id = self.start_subscription(
+            subscriber, target, event=event, accept=accept, eventlist=eventlist, expires=expires
         )
         await self.subscription_outcome(subscription_id)
         return subscription_id
@@ -387,12 +390,19 @@ class SipEndpoint:
         target: SipURI,
         *,
         event: str = "presence",
-        accept: tuple[str, ...] = ("application/pidf+xml",),
+        accept: tuple[str, ...] | None = None,
+        eventlist: bool = False,
         expires: int | None = None,
     ) -> int:
         """Send the initial SUBSCRIBE and return the id at once (no waiting)."""
         subscription_id = self.ua.subscribe(
-            subscriber, target, self.now(), event=event, accept=accept, expires=expires
+            subscriber,
+            target,
+            self.now(),
+            event=event,
+            accept=accept,
+            eventlist=eventlist,
+            expires=expires,
         )
         self._flush()
         return subscription_id

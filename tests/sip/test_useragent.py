@@ -201,6 +201,36 @@ def test_subscribe_contact(transport: str) -> None:
     assert "NOTIFY" in (request.headers.get_all("Allow"))
 
 
+def test_a_single_subscription_says_nothing_of_eventlist() -> None:
+    net = Net("udp")
+    net.ua.subscribe(BOB, ALICE, net.now)
+    request = net.request()
+    assert request.headers.get_all("Accept") == ["application/pidf+xml"]
+    assert request.headers.get_all("Supported") == []
+
+
+def test_a_list_subscription_supports_eventlist_in_every_subscribe() -> None:
+    # RFC 4662 §5: Supported: eventlist, and the list's three media types.
+    net = Net("udp")
+    sub_id = net.ua.subscribe(BOB, ALICE, net.now, eventlist=True)
+    subscribe = net.request()
+    assert subscribe.headers.get_all("Supported") == ["eventlist"]
+    assert subscribe.headers.get_all("Accept") == [
+        "application/pidf+xml",
+        "application/rlmi+xml",
+        "multipart/related",
+    ]
+    net.reply(subscribe, 200, ("Expires", "3600"), ("Contact", "<sip:rls@127.0.0.1:5070>"))
+    net.notify(subscribe, "active;expires=3600")
+    assert net.response_to().status == 200
+    net.events()
+    net.ua.refresh(sub_id, net.now)
+    refresh = net.request()
+    assert refresh.to.tag == "srvtag"
+    assert refresh.headers.get_all("Supported") == ["eventlist"]
+    assert len(refresh.headers.get_all("Accept")) == 3
+
+
 # -- publications end to end ----------------------------------------------------------
 
 
