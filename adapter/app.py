@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapter import rest
 from adapter.admission import Admission
 from adapter.auth import IDENTITY_HEADER, Accounts
-from adapter.bayeux import Hub, bayeux_routes
+from adapter.bayeux import BayeuxLimits, Hub, bayeux_routes
 from adapter.bayeux.backlog import Backlog
+from adapter.bayeux.journal import BacklogJournal
 from adapter.config import Config, sip_tls_context, xcap_tls_context
 from adapter.console import console_routes
 from adapter.errors import RestError, ServiceError
@@ -40,7 +41,7 @@ from adapter.metrics import Metrics, RestTiming, Sources, metrics_endpoint
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
 from adapter.shutdown import RECONNECT_AFTER, Drain, DrainGate
-from adapter.store import BacklogJournal, SqliteStore, Store
+from adapter.store import SqliteStore, Store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
@@ -138,9 +139,7 @@ class _FastRoutes:
 
     For the requests that make the adapter's load (Publish): Starlette's
     routing, its Request and Response objects and the exception middleware's
-    wrappers were a good part of the ≈56 µs per Publish that this path and
-    the access log below saved together (docs/benchmarks.md, "Publish
-    throughput").  What the apps raise is
+    wrappers are a good part of a Publish's cost.  What the apps raise is
     answered by the app's exception handlers, as for the routes; anything
     else goes on to :class:`_LastResort`.  The apps send their answer last,
     so a handler never answers after a response has started.
@@ -187,8 +186,7 @@ class _AccessLog:
 
     In place of uvicorn's access log, the same line when the answer starts —
     ``127.0.0.1:50312 - "POST /rest/presence HTTP/1.1" 204`` — at about half
-    its cost (≈9 µs a line against ≈19, measured alone).  Off with the log
-    level above INFO, as uvicorn's was.
+    its cost.  Off with the log level above INFO, as uvicorn's was.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -389,13 +387,14 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
     journal = BacklogJournal(store)
-    backlog = Backlog(config.bayeux.backlog_size, config.bayeux.backlog_ttl, journal)
+    limits = BayeuxLimits(**config.bayeux)  # type: ignore[arg-type]  # kinds checked by config
+    backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, config.bayeux, backlog=backlog, prepare=accounts.check_async)
+    hub = Hub(bayeux_login, limits, backlog=backlog, prepare=accounts.check_async)
     metrics = Metrics(token=config.metrics.token)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its

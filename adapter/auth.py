@@ -7,7 +7,7 @@ first address, unless the request names another of its addresses in the
 is a policy error (403), never a silent fallback.
 
 Passwords are compared in constant time (``hmac.compare_digest``).  An account
-with a ``password_hash`` costs an Argon2 verification (≈0.15 s of CPU), far too
+with a ``password_hash`` costs an Argon2 verification (slow by design), far too
 much for every request of HTTP Basic: the password that verified is remembered
 as HMAC-SHA256 under a key drawn at start and kept only in memory, one digest
 per account.  A later request costs one HMAC and one constant-time comparison;

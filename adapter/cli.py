@@ -100,12 +100,11 @@ def _serve(config: Config, log_level: str) -> int:
     except StoreError as exc:
         print(f"{config.source}: store.path: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    # The adapter holds many long-lived objects (subscriptions, transactions,
-    # sessions) and creates many short-lived ones per message.  CPython's
-    # default thresholds (700, 10, 10) make it walk the long-lived ones over and
-    # over, in pauses that hold NOTIFYs back for 100 ms and more (measured,
-    # docs/benchmarks.md "Notification latency"): what exists at start is
-    # frozen out of collection, and the young generation is collected less often.
+    # Many long-lived objects (subscriptions, transactions, sessions) beside many
+    # short-lived ones per message: CPython's default thresholds walk the
+    # long-lived ones over and over, in pauses that hold NOTIFYs back.  What
+    # exists at start is frozen out of collection, the young generation
+    # collected less often.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
     server_config = uvicorn.Config(
@@ -122,8 +121,7 @@ def _serve(config: Config, log_level: str) -> int:
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # Bayeux frames are small JSON; compressing each one costs more CPU
-        # than it saves on the networks an adapter serves (measured,
-        # docs/benchmarks.md "Notification latency").
+        # than it saves on the networks an adapter serves.
         ws_per_message_deflate=False,
         **_tls_options(config),
     )
@@ -158,8 +156,7 @@ def _lean_log_records() -> None:
 
     The caller's file and line (a walk up the stack), the thread, the
     process id (a system call): the switches of the Logging HOWTO's
-    "Optimization" section.  Together 1.4 µs of a 6.2 µs access-log line,
-    measured alone (docs/benchmarks.md, "Publish throughput").
+    "Optimization" section: a noticeable share of every access-log line.
     """
     logging._srcfile = None
     logging.logThreads = False
@@ -171,8 +168,8 @@ class LogFormatter(logging.Formatter):
     """LOG_FORMAT with the date and time written once a second.
 
     The same text as :class:`logging.Formatter`'s (local time,
-    ``2026-11-29 13:18:38,123``) for less: an access-log line 4.8 → 4.2 µs
-    measured alone, and a busy adapter writes thousands a second.
+    ``2026-11-29 13:18:38,123``) for less work per line: a busy adapter
+    writes thousands a second.
     """
 
     def __init__(self) -> None:

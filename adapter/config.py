@@ -44,19 +44,19 @@ import re
 import socket
 import ssl
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from adapter.bayeux.limits import BayeuxLimits
 from adapter.passwords import hash_problem
 from sip.errors import SipError
 from sip.uri import SipURI
 from sip.useragent import server_destination
 
 __all__ = [
+    "BAYEUX_KEYS",
     "Account",
     "Config",
     "ConfigError",
@@ -335,6 +335,23 @@ class LogConfig:
     sip_trace: bool = False
 
 
+#: The ``[bayeux]`` keys and their kinds: the Bayeux server's limits, each
+#: optional.  Their meaning and defaults are adapter.bayeux.BayeuxLimits's
+#: (tests/adapter/test_config.py holds the names alike); the configuration
+#: keeps plain values, so reading it needs nothing of the server.
+BAYEUX_KEYS: dict[str, type[int] | type[float]] = {
+    "connect_timeout": float,
+    "interval": float,
+    "max_interval": float,
+    "queue_size": int,
+    "backlog_size": int,
+    "backlog_ttl": float,
+    "max_body": int,
+    "max_sessions_per_app": int,
+    "max_subscriptions_per_session": int,
+}
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """``[metrics]``: who may read ``GET /metrics``."""
@@ -354,8 +371,9 @@ class Config:
     accounts: tuple[Account, ...]
     #: Key paths present in the file that this version does not know.
     unknown_keys: tuple[str, ...] = ()
-    #: Optional ``[bayeux]`` table: the Bayeux server's limits (defaults otherwise).
-    bayeux: BayeuxLimits = field(default_factory=BayeuxLimits)
+    #: Optional ``[bayeux]`` table: the limits it sets, by BAYEUX_KEYS name
+    #: (the Bayeux server's defaults for the others).
+    bayeux: Mapping[str, int | float] = field(default_factory=dict)
     #: Optional ``[notifications]`` table: limits on notification requests.
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
     #: Optional ``[limits]`` table; None: no limit on any application's request rate.
@@ -770,21 +788,19 @@ def _read_secret(table: _Table) -> tuple[str | None, str | None]:
     return secret, None
 
 
-def _read_bayeux(table: _Table) -> BayeuxLimits:
-    """``[bayeux]``: any field of BayeuxLimits, each optional (seconds, counts, bytes)."""
-    values: dict[str, float | int] = {}
-    for limit in fields(BayeuxLimits):
-        kind = int if limit.type in ("int", int) else float
+def _read_bayeux(table: _Table) -> dict[str, int | float]:
+    """``[bayeux]``: any of BAYEUX_KEYS, each optional (seconds, counts, bytes)."""
+    values: dict[str, int | float] = {}
+    for name, kind in BAYEUX_KEYS.items():
         article = "an integer" if kind is int else "a number"
         expected: type | tuple[type, ...] = int if kind is int else (int, float)
-        value = table.get(limit.name, expected, article, required=False)  # type: ignore[arg-type]
-        if value is not None:
-            values[limit.name] = value
-    try:
-        return BayeuxLimits(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        name = str(exc).split(".", 1)[-1].split(" ", 1)[0]
-        raise table.error(name, "must be positive") from None
+        value = table.get(name, expected, article, required=False)  # type: ignore[arg-type]
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and name != "interval"):
+            raise table.error(name, "must be positive")
+        values[name] = value
+    return values
 
 
 def _read_notifications(table: _Table) -> NotificationPolicy:
@@ -893,7 +909,7 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
         )
 
     bayeux_table = root.table("bayeux") if "bayeux" in data else None
-    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else BayeuxLimits()
+    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else {}
     policy_table = root.table("notifications") if "notifications" in data else None
     policy = (
         _read_notifications(policy_table) if policy_table is not None else NotificationPolicy()

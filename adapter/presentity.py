@@ -70,7 +70,7 @@ __all__ = ["OpenSubscription", "PresentityService", "WatcherDirectory"]
 logger = logging.getLogger(__name__)
 
 #: How long a first Get Open Subscriptions waits for the winfo subscription's
-#: first NOTIFY (Kamailio sends it right after the 200: ≈1 ms here).
+#: first NOTIFY (Kamailio sends it right after the 200).
 WINFO_READY_TIMEOUT = 3.0
 
 #: How long after a rules change the presentity's publication goes out again

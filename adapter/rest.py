@@ -131,9 +131,8 @@ async def publish_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     """Publish as a bare ASGI app, the hot path of the REST API.
 
     The same steps and answers as :func:`publish` without Starlette's
-    request, routing and response objects (see adapter.app._FastRoutes and
-    docs/benchmarks.md, "Publish throughput").  Errors are raised, for the
-    app's exception handlers.
+    request, routing and response objects (see adapter.app._FastRoutes).
+    Errors are raised, for the app's exception handlers.
     """
     authorization = named = None
     # ASGI header names are lower case; the first of a repeated header counts,

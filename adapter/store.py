@@ -26,17 +26,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapter.bayeux.backlog import Backlog
-from adapter.bayeux.channels import Channel
-from adapter.bayeux.message import Delivery
 from adapter.metrics import STORE_BUCKETS, Histogram
 
-__all__ = ["BacklogJournal", "BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
+__all__ = ["BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +47,7 @@ KINDS = ("publication", "watch", "schedule")
 # A record or the backlog mark rewritten in place: an upsert updates the row
 # where it stands (https://sqlite.org/lang_upsert.html), where INSERT OR
 # REPLACE deletes it and inserts it again — a new rowid, the old row's page,
-# the new row's page and the key's index entry all rewritten.  Measured alone
-# on 1,000 records, eight to a commit: 11.1 µs a row against 2.7
-# (docs/benchmarks.md, "Publish throughput").
+# the new row's page and the key's index entry all rewritten.
 _PUT_RECORD = (
     "INSERT INTO records VALUES (?, ?, ?)"
     " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value"
@@ -182,7 +177,7 @@ class SqliteStore:
     system's page cache and syncs nothing (https://sqlite.org/wal.html,
     https://sqlite.org/pragma.html#pragma_synchronous): the writes of one
     event-loop turn are committed together on the loop at the end of the turn,
-    which costs tens of microseconds and no thread hand-off.  Everything that
+    with no thread hand-off.  Everything that
     can wait goes to the writer thread, with its own connection: every commit
     with ``synchronous="full"`` (an fsync each), a commit that found the file
     locked (another process holding it: the loop never waits for a lock), and
@@ -190,10 +185,8 @@ class SqliteStore:
     Once the thread has writes in hand, later ones queue behind them, so the
     order of writes is the order of the calls.
 
-    A hand-off to the thread cost 2.5–3.5 ms of latency per write under load
-    (it waits for the loop's thread to let go of the GIL), twice per Publish;
-    the commit on the loop about 20 µs (docs/benchmarks.md, "Publish
-    throughput").
+    A hand-off to the thread waits for the loop's thread to let go of the GIL,
+    which under load costs far more latency than the commit on the loop.
     """
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
@@ -266,9 +259,8 @@ class SqliteStore:
         # the process being killed (the data is in the operating system's
         # hands), not a power cut or an OS crash; FULL also syncs the WAL at
         # every commit (https://sqlite.org/pragma.html#pragma_synchronous),
-        # which cost about 30 µs of CPU per write here, two writes per Publish
-        # (docs/benchmarks.md, "Publish throughput").  The README's "What
-        # survives what" says which.
+        # at a cost on every write.  The README's "What survives what" says
+        # which.
         db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         return db
 
@@ -397,9 +389,8 @@ class SqliteStore:
                 batch = [item]
                 if item is not None:
                     # Group commit: let the writes that follow closely join
-                    # this one.  A commit of one row cost about 50 µs of CPU
-                    # here, of four about 16 µs a row (docs/benchmarks.md,
-                    # "Publish throughput").
+                    # this one, since a commit costs much the same for one
+                    # row as for several.
                     time.sleep(GROUP_COMMIT_WAIT)
                 while True:  # take everything already waiting
                     try:
@@ -473,36 +464,3 @@ def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> Non
         else:
             done.set_exception(error)
 
-
-class BacklogJournal:
-    """Mirrors the Bayeux backlog into a :class:`Store` (adapter.bayeux.backlog.Journal).
-
-    The Bayeux core counts time on the event loop's monotonic clock; the store
-    keeps wall-clock expiry so that a restart can tell what is still alive.
-    """
-
-    def __init__(self, store: Store, wall_clock: Callable[[], float] = time.time) -> None:
-        self._store = store
-        self._wall = wall_clock
-
-    def added(self, app_id: str, delivery: Delivery, expires_at: float, now: float) -> int:
-        wall_expiry = self._wall() + (expires_at - now)
-        return self._store.backlog_add(app_id, str(delivery.channel), delivery.data, wall_expiry)
-
-    def removed(self, tokens: Iterable[int]) -> None:
-        self._store.backlog_remove(tokens)
-
-    def restore(self, backlog: Backlog, now: float) -> int:
-        """Refill ``backlog`` from the store (at start); returns how many came back."""
-        wall = self._wall()
-        expired: list[int] = []
-        count = 0
-        for row in self._store.backlog_load():
-            if row.expires_at <= wall:
-                expired.append(row.seq)
-                continue
-            delivery = Delivery(Channel.parse(row.channel), row.data, f"r{row.seq}")
-            backlog.restore(row.app_id, delivery, now + (row.expires_at - wall), row.seq)
-            count += 1
-        self._store.backlog_remove(expired)
-        return count

@@ -81,23 +81,20 @@ logger = logging.getLogger(__name__)
 #: Longest decisions are used before the rules are read again.  Each
 #: presentity's own age limit lies between half of it and all of it, spread by
 #: the presentity's address: watches started together (an adapter's restart,
-#: a burst of subscriptions) otherwise age together, and their reads came in
-#: one burst every TTL that held NOTIFYs back (docs/benchmarks.md,
-#: "Notification latency").
+#: a burst of subscriptions) otherwise age together, and their reads would
+#: come in one burst every TTL that holds NOTIFYs back.
 DECISIONS_TTL = 30.0
 #: Presentities whose rules are kept before the old entries are swept.
 _RULES_SWEEP_MIN = 1024
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
-#: "What survives what").  One write per notification cost the event loop a
-#: store hand-off each and kept the store's writer thread committing
-#: hundreds of times a second beside it (docs/benchmarks.md "Notification
-#: latency").
+#: "What survives what").  One write per notification would cost the event
+#: loop a store hand-off each and keep the store's writer thread committing
+#: beside it all the time.
 SCHEDULE_SAVE_DELAY = 1.0
-#: Schedules written per turn of the event loop when their progress is due:
-#: about 10 µs each (record and JSON), so that ten thousand schedules
-#: changed by one burst do not hold NOTIFYs back for 0.1 s.
+#: Schedules written per turn of the event loop when their progress is due,
+#: so that the many schedules changed by one burst do not hold NOTIFYs back.
 SAVE_CHUNK = 200
 WATCH = "watch"  # store kinds
 SCHEDULE = "schedule"
@@ -293,8 +290,8 @@ class WatcherService:
         """This adapter changed ``presentity``'s rules: re-read the decisions."""
         self._rules[presentity] = (time.monotonic(), None)
         self._rules_reads.pop(presentity, None)  # begun before the change
-        # The presentity's watches only: a walk over all of them took about
-        # 7 ms per change at 100,000 watches (docs/benchmarks.md, "Scale").
+        # The presentity's watches only: a walk over all of them grows with
+        # every watch the adapter holds.
         for watch in list(self._by_presentity.get(presentity, {}).values()):
             watch.rules_epoch += 1
             watch.rules_unconfirmed = True
@@ -507,11 +504,10 @@ class WatcherService:
                 # taken here, without a task and a loop turn per NOTIFY.
                 # Decisions merely older than their TTL are read again
                 # beside it, not before it: a NOTIFY waiting for an XCAP read
-                # was the latency's tail every TTL (docs/benchmarks.md,
-                # "Notification latency").  And only for a NOTIFY that
-                # changes the state: the one that answers a refresh repeats
-                # it, and a read for each cost the adapter more than the
-                # rest of the refresh (docs/benchmarks.md, "Scale").
+                # would make the latency's tail every TTL.  And only for a
+                # NOTIFY that changes the state: the one that answers a
+                # refresh repeats it, and a read for each would cost more
+                # than the rest of the refresh.
                 held = watch.presence
                 fresh = self._apply_notify(watch, event)
                 if fresh is None:
@@ -576,9 +572,8 @@ class WatcherService:
             digest = hash(event.body)
             try:
                 if digest != watch.body_digest or watch.presence is None:
-                    # Decoding was a quarter of the adapter's CPU while it
-                    # held 100,000 refreshed subscriptions (docs/benchmarks.md,
-                    # "Scale"); the same bytes are the same document.
+                    # Decoding is costly and a refresh's NOTIFY repeats the
+                    # body: the same bytes are the same document.
                     watch.presence = decode(event.body)
                     watch.body_digest = digest
                 fresh = True

@@ -82,8 +82,8 @@ class XcapClient:
         auth = httpx.DigestAuth(username, password) if username and password else None
         # No keep-alive: Kamailio's xhttp closes the connection after every
         # reply without saying "Connection: close", so a reused connection
-        # fails the next request with "Server disconnected" (measured: about
-        # one update in four).
+        # fails the next request with "Server disconnected" (measured,
+        # docs/kamailio.md).
         self._client = httpx.AsyncClient(
             timeout=timeout,
             auth=auth,

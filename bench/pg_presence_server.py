@@ -61,7 +61,7 @@ OS_USER = "postgres"  # initdb and postgres refuse to run as root
 
 #: Kamailio's shared memory for load runs, MB.  tm keeps each finished
 #: transaction for 5 s in shared memory; the bundled 64 MB run out past about
-#: 1,000 PUBLISH/s (bench/sip_publish.py, docs/benchmarks.md).
+#: 1,000 PUBLISH/s (bench/sip_publish.py, docs/benchmarks-history.md).
 LOAD_SHM_MB = 1024
 
 

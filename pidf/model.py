@@ -415,8 +415,8 @@ def parse_instant(text: object, where: str = "lastChange") -> datetime:
 
 def format_instant(value: datetime) -> str:
     value = normalise_instant(value)
-    # isoformat, not strftime (same text, the year always four digits as RFC
-    # 3339 §5.6 writes it; 0.8 µs against 1.4); "+00:00" cut off.
+    # isoformat, not strftime: the same text for less, the year always four
+    # digits as RFC 3339 §5.6 writes it; "+00:00" cut off.
     text = value.isoformat(timespec="seconds")[:19]
     if value.microsecond:
         text += "." + f"{value.microsecond:06d}".rstrip("0")

@@ -469,8 +469,7 @@ class ServerTransaction:
 
     :attr:`request` is let go once the final response is sent: in Completed
     the transaction only re-sends that response (§17.2.2), and for Timer J's
-    32 s over UDP the parsed request was most of its memory — with a
-    thousand NOTIFYs a second, some 32,000 of them (bench/scale.py).
+    32 s over UDP the parsed request would be most of its memory.
     """
 
     def __init__(

@@ -280,10 +280,10 @@ class UserAgent:
         # retransmitted request needs and nothing more: key -> (response
         # bytes, transport, host, port), and the keys by the whole second
         # their Timer J falls due.  Tuples of str, bytes and int are not
-        # tracked by the garbage collector, so some 32,000 of them (a
-        # thousand NOTIFYs a second) cost its collections nothing; a
-        # ServerTransaction with its Destination and state cost several
-        # tracked objects each, walked by every collection they lived through.
+        # tracked by the garbage collector, so the many held at once under
+        # load cost its collections nothing; a ServerTransaction with its
+        # Destination and state costs several tracked objects each, walked by
+        # every collection they live through.
         self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
         self._expiring: dict[int, list[ServerKey]] = {}
         self._publications: dict[int, Publication] = {}
@@ -717,9 +717,8 @@ class UserAgent:
             # for T4 (5 s) over UDP, holding the request and the final
             # response.  Here a response matching no transaction is discarded
             # (_receive_response), which absorbs those retransmissions just
-            # the same, so the transaction is forgotten at once: at a thousand
-            # requests a second, Timer K kept some 5,000 of them alive for the
-            # garbage collector to walk (bench/scale.py, docs/benchmarks.md).
+            # the same, so the transaction is forgotten at once rather than
+            # kept for the garbage collector to walk until Timer K.
             self._outgoing.pop(key, None)
             self._timers.cancel(("c", key))
         else:

@@ -25,7 +25,7 @@ class Kept:
 
 
 class Journal(Protocol):
-    """Where a durable backlog writes what it keeps and forgets (see adapter/store.py)."""
+    """Where a durable backlog writes what it keeps and forgets (see journal.py)."""
 
     def added(self, app_id: str, delivery: Delivery, expires_at: float, now: float) -> int:
         """Record a kept message; returns its token."""

@@ -35,8 +35,8 @@ log = logging.getLogger("adapter.bayeux")
 
 #: Seconds between two log lines about the messages dropped for one
 #: application's backlog (or one session's queue).  A full backlog drops one
-#: message per delivery; a line each wrote 90,000 warnings in one run of
-#: bench/scale_adapter.py (see adapter/bayeux/droplog.py).
+#: message per delivery, so a line each would flood the log under load
+#: (adapter/bayeux/droplog.py tells the first at once, then one per interval).
 DROP_LOG_INTERVAL = 10.0
 
 

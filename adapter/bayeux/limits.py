@@ -1,4 +1,8 @@
-"""Tunable limits of the Bayeux server (the adapter maps its config keys onto these)."""
+"""Tunable limits of the Bayeux server.
+
+The adapter builds them from its configuration's ``[bayeux]`` table
+(adapter.config.BAYEUX_KEYS: the same names, as plain values).
+"""
 
 from __future__ import annotations
 

@@ -11,10 +11,9 @@ Theory of operation (sans-IO, the aioquic shape). Three drivers go in:
 
 Events come out of `next_event()`; the one that matters is `ConnectReleased`,
 which answers a held connect. Nothing here sleeps or reads a clock: every
-deadline (held connects, session expiry, backlog TTL) lives in one heap, and
-`get_timer()` is its earliest entry. Entries are never removed from the heap;
-a popped entry whose session has a different deadline now is stale and
-ignored (lazy cancellation).
+deadline (held connects, session expiry, backlog TTL) lives in one
+`timerheap.TimerHeap`, a session's under its clientId, and `get_timer()` is
+its earliest entry.
 
 A delivery never answers a held connect synchronously: it moves that
 connect's deadline to `now`, so every delivery made before the driver's
@@ -24,7 +23,6 @@ per message).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import secrets
 from collections import deque
@@ -39,6 +37,7 @@ from adapter.bayeux.events import ConnectReleased, Event, MessagesDropped, Sessi
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Delivery, Message
 from adapter.bayeux.session import Hold, Session
+from timerheap import TimerHeap
 
 Authenticator = Callable[[str, str], str | None]
 """(user, password) -> the application's appInstanceID, or None when refused."""
@@ -114,8 +113,8 @@ class BayeuxServer:
         # Channels the adapter delivered on, already checked (one per endpoint
         # of a notification, reused for every change).
         self._targets: dict[tuple[str, str], Channel] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._heap_seq = itertools.count()
+        # A session's deadline under its clientId, the backlog sweep under _BACKLOG_SWEEP.
+        self._timers: TimerHeap[str] = TimerHeap()
         self._tokens = itertools.count(1)
         self._message_ids = itertools.count(1)
         self._events: deque[Event] = deque()
@@ -192,34 +191,25 @@ class BayeuxServer:
         return target
 
     def handle_timer(self, now: float) -> None:
-        while self._heap and self._heap[0][0] <= now:
-            _, _, key = heapq.heappop(self._heap)
-            if key == _BACKLOG_SWEEP:
-                self._sweep_backlog(now)
-                continue
-            session = self._sessions.get(key)
-            if session is None:
-                continue
-            deadline = session.deadline()
-            if deadline is None or deadline > now:
-                continue  # stale entry; the current deadline has its own
-            if session.hold is not None:
-                self._release(session, now, with_messages=True)
-            else:
-                self._expire(session, now)
+        # Until nothing is due: handling one key may arm another for now.
+        while due := self._timers.pop_expired(now):
+            for key in due:
+                if key == _BACKLOG_SWEEP:
+                    self._sweep_backlog(now)
+                    continue
+                session = self._sessions.get(key)
+                if session is None:
+                    continue
+                deadline = session.deadline()
+                if deadline is None or deadline > now:
+                    continue
+                if session.hold is not None:
+                    self._release(session, now, with_messages=True)
+                else:
+                    self._expire(session, now)
 
     def get_timer(self) -> float | None:
-        while self._heap:
-            deadline, _, key = self._heap[0]
-            if key == _BACKLOG_SWEEP:
-                if deadline == self._backlog_sweep_at:
-                    return deadline
-            else:
-                session = self._sessions.get(key)
-                if session is not None and session.deadline() == deadline:
-                    return deadline
-            heapq.heappop(self._heap)
-        return None
+        return self._timers.next_deadline()
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -520,7 +510,9 @@ class BayeuxServer:
         at = self._backlog.next_expiry()
         self._backlog_sweep_at = at
         if at is not None:
-            heapq.heappush(self._heap, (at, next(self._heap_seq), _BACKLOG_SWEEP))
+            self._timers.schedule(at, _BACKLOG_SWEEP)
+        else:
+            self._timers.cancel(_BACKLOG_SWEEP)
 
     def _release(
         self,
@@ -569,7 +561,9 @@ class BayeuxServer:
     def _schedule(self, session: Session) -> None:
         deadline = session.deadline()
         if deadline is not None:
-            heapq.heappush(self._heap, (deadline, next(self._heap_seq), session.client_id))
+            self._timers.schedule(deadline, session.client_id)
+        else:
+            self._timers.cancel(session.client_id)
 
     def _expire(self, session: Session, now: float) -> None:
         self.counters.sessions_expired += 1
@@ -578,6 +572,7 @@ class BayeuxServer:
 
     def _remove(self, session: Session, now: float) -> None:
         del self._sessions[session.client_id]
+        self._timers.cancel(session.client_id)
         siblings = self._by_app.get(session.app_id)
         if siblings is not None:
             siblings.discard(session.client_id)

@@ -71,17 +71,17 @@ _BIND_ATTEMPTS = 20
 #: The grid (seconds) the driver's one timer is woken on; see SipEndpoint._arm.
 TIMER_SLACK = 0.02
 
-#: Receive buffer asked for the UDP socket, bytes.  Linux's default (212,992,
-#: ``net.core.rmem_default``) holds about 100 NOTIFYs: at 1,000 a second any
-#: pause of the event loop longer than 0.1 s made the kernel drop datagrams,
-#: which the server only retransmits after T1 = 500 ms (RFC 3261 §17.1.2.2).
+#: Receive buffer asked for the UDP socket, bytes.  Linux's default
+#: (``net.core.rmem_default``) holds only some hundred NOTIFYs: a burst during a
+#: pause of the event loop overflows it, and the kernel drops datagrams the
+#: server only retransmits after T1 = 500 ms (RFC 3261 §17.1.2.2).
 #: The kernel caps the request at ``net.core.rmem_max``.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 #: Datagram sources remembered, so that the datagrams of one peer share one
 #: :class:`Destination` — a server transaction keeps its request's source for
-#: Timer J's 32 s (RFC 3261 §17.2.2), some 32,000 of them at 1,000 NOTIFYs a
-#: second, each one more object for the garbage collector to walk.  Bounded:
+#: Timer J's 32 s (RFC 3261 §17.2.2), each one more object for the garbage
+#: collector to walk.  Bounded:
 #: forgotten all at once when full (sources are few: the presence server).
 _SOURCES_MAX = 1024
 

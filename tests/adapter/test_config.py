@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import socket
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from adapter.bayeux import BayeuxLimits
 from adapter.config import (
+    BAYEUX_KEYS,
     Account,
     ConfigError,
     HostPort,
@@ -329,14 +332,19 @@ def test_unknown_keys_are_accepted_and_warned_once(write, caplog) -> None:
 
 
 def test_bayeux_limits_are_optional_and_validated(write) -> None:
-    assert load_config(write(edited("[sip]", "[sip]"))).bayeux.queue_size == 1000
+    assert load_config(write(edited("[sip]", "[sip]"))).bayeux == {}
     text = edited("[sip]", "[sip]") + "\n[bayeux]\nqueue_size = 10\nconnect_timeout = 2.5\n"
-    limits = load_config(write(text)).bayeux
-    assert (limits.queue_size, limits.connect_timeout) == (10, 2.5)
+    assert load_config(write(text)).bayeux == {"queue_size": 10, "connect_timeout": 2.5}
     with pytest.raises(ConfigError, match=r"bayeux\.queue_size: must be positive"):
         load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nqueue_size = 0\n"))
     with pytest.raises(ConfigError, match=r"bayeux\.max_body: must be an integer, not a float"):
         load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nmax_body = 1.5\n"))
+
+
+def test_the_bayeux_keys_are_the_servers_limits() -> None:
+    # The config reads plain values; the app builds the server's limits from them.
+    limits = {f.name: f.type for f in dataclasses.fields(BayeuxLimits)}
+    assert {name: kind.__name__ for name, kind in BAYEUX_KEYS.items()} == limits
 
 
 def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
