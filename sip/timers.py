@@ -4,17 +4,22 @@ Every stateful object of the stack (transaction, publication, subscription)
 has at most one pending deadline, its ``get_timer()``.  The user agent files
 each under a key in one :class:`TimerHeap`, asks it for the earliest deadline
 to arm a single event-loop timer, and on expiry pops the keys that are due
-and calls their ``handle_timer(now)``.  The heap itself is the one the other
-sans-IO cores use (:mod:`timerheap`); here a NaN deadline is a local error of
-the SIP layer.
+and calls their ``handle_timer(now)``.
+
+Re-scheduling or cancelling does not search the heap: the entry stays where it
+is and is recognised as stale when it surfaces (lazy deletion, as the
+``heapq`` documentation describes).  Each live key maps to the sequence number
+of its one valid entry.  When stale entries outnumber live ones the heap is
+rebuilt, so memory stays proportional to the number of keys however often
+they are re-armed.  All operations are O(log n) amortised.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Hashable
-from typing import TypeVar
-
-import timerheap
+from typing import Generic, TypeVar
 
 from .errors import LocalProtocolError
 
@@ -22,6 +27,63 @@ __all__ = ["TimerHeap"]
 
 K = TypeVar("K", bound=Hashable)
 
+# Rebuilding below this size is not worth the bother.
+_MIN_COMPACT = 64
 
-class TimerHeap(timerheap.TimerHeap[K]):
-    nan_error = LocalProtocolError
+
+class TimerHeap(Generic[K]):
+    def __init__(self) -> None:
+        # (deadline, sequence, key); the sequence breaks ties in scheduling
+        # order and keeps keys (which need not be orderable) out of comparisons.
+        self._heap: list[tuple[float, int, K]] = []
+        self._live: dict[K, tuple[float, int]] = {}
+        self._sequence = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    def deadline(self, key: K) -> float | None:
+        entry = self._live.get(key)
+        return entry[0] if entry is not None else None
+
+    def schedule(self, deadline: float, key: K) -> None:
+        """Arm ``key`` for ``deadline``, replacing any deadline it had."""
+        if math.isnan(deadline):
+            raise LocalProtocolError("a timer deadline cannot be NaN")
+        self._sequence += 1
+        self._live[key] = (deadline, self._sequence)
+        heapq.heappush(self._heap, (deadline, self._sequence, key))
+        if len(self._heap) > _MIN_COMPACT and len(self._heap) > 2 * len(self._live):
+            self._compact()
+
+    def cancel(self, key: K) -> None:
+        """Disarm ``key``; unknown keys are ignored."""
+        self._live.pop(key, None)
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and not self._is_live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop_expired(self, now: float) -> list[K]:
+        """Disarm and return the keys whose deadline is ``<= now``, earliest first."""
+        heap = self._heap
+        expired: list[K] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._is_live(entry):
+                del self._live[entry[2]]
+                expired.append(entry[2])
+        return expired
+
+    def _is_live(self, entry: tuple[float, int, K]) -> bool:
+        live = self._live.get(entry[2])
+        return live is not None and live[1] == entry[1]
+
+    def _compact(self) -> None:
+        self._heap = [(deadline, seq, key) for key, (deadline, seq) in self._live.items()]
+        heapq.heapify(self._heap)

@@ -12,7 +12,7 @@ Theory of operation (sans-IO, the aioquic shape). Three drivers go in:
 Events come out of `next_event()`; the one that matters is `ConnectReleased`,
 which answers a held connect. Nothing here sleeps or reads a clock: every
 deadline (held connects, session expiry, backlog TTL) lives in one
-`timerheap.TimerHeap`, a session's under its clientId, and `get_timer()` is
+`sip.timers.TimerHeap`, a session's under its clientId, and `get_timer()` is
 its earliest entry.
 
 A delivery never answers a held connect synchronously: it moves that
@@ -37,7 +37,7 @@ from adapter.bayeux.events import ConnectReleased, Event, MessagesDropped, Sessi
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Delivery, Message
 from adapter.bayeux.session import Hold, Session
-from timerheap import TimerHeap
+from sip.timers import TimerHeap
 
 Authenticator = Callable[[str, str], str | None]
 """(user, password) -> the application's appInstanceID, or None when refused."""

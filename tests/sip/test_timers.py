@@ -1,9 +1,137 @@
-"""sip.timers.TimerHeap: the shared heap with the SIP layer's error (the rest: tests/timerheap)."""
+"""sip.timers.TimerHeap: the keyed deadline heap of the user agent and the Bayeux server."""
+
+import random
 
 import pytest
 
 from sip.errors import LocalProtocolError
 from sip.timers import TimerHeap
+
+
+def test_empty() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    assert heap.next_deadline() is None
+    assert heap.pop_expired(1e9) == []
+    assert len(heap) == 0
+
+
+def test_pops_in_deadline_order_up_to_now_inclusive() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    heap.schedule(3.0, "c")
+    heap.schedule(1.0, "a")
+    heap.schedule(2.0, "b")
+    heap.schedule(4.0, "d")
+    assert heap.next_deadline() == 1.0
+    assert heap.pop_expired(0.5) == []
+    assert heap.pop_expired(3.0) == ["a", "b", "c"]
+    assert heap.next_deadline() == 4.0
+    assert "c" not in heap and "d" in heap
+    assert len(heap) == 1
+
+
+def test_equal_deadlines_pop_in_scheduling_order() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    for key in "qwerty":
+        heap.schedule(5.0, key)
+    assert heap.pop_expired(5.0) == list("qwerty")
+
+
+def test_reschedule_replaces_deadline() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    heap.schedule(1.0, "a")
+    heap.schedule(2.0, "b")
+    heap.schedule(10.0, "a")  # later
+    assert heap.next_deadline() == 2.0
+    assert heap.deadline("a") == 10.0
+    assert heap.pop_expired(5.0) == ["b"]
+    heap.schedule(0.5, "a")  # earlier
+    assert heap.next_deadline() == 0.5
+    assert heap.pop_expired(20.0) == ["a"]  # once, not twice
+    assert heap.pop_expired(20.0) == []
+
+
+def test_cancel() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    heap.schedule(1.0, "a")
+    heap.schedule(2.0, "b")
+    heap.cancel("a")
+    heap.cancel("never scheduled")
+    assert heap.deadline("a") is None
+    assert heap.next_deadline() == 2.0
+    assert heap.pop_expired(3.0) == ["b"]
+    heap.schedule(4.0, "a")  # a cancelled key can be armed again
+    assert heap.pop_expired(4.0) == ["a"]
+
+
+def test_keys_need_not_be_orderable() -> None:
+    class Key:
+        pass
+
+    heap: TimerHeap[Key] = TimerHeap()
+    k1, k2 = Key(), Key()
+    heap.schedule(1.0, k1)
+    heap.schedule(1.0, k2)
+    assert heap.pop_expired(1.0) == [k1, k2]
+
+
+def test_matches_a_naive_model() -> None:
+    rng = random.Random(20240601)
+    heap: TimerHeap[int] = TimerHeap()
+    model: dict[int, float] = {}
+    now = 0.0
+    for _ in range(20_000):
+        op = rng.random()
+        key = rng.randrange(300)
+        if op < 0.55:
+            deadline = now + rng.choice([0.0, 0.5, 1.0, rng.uniform(0, 50)])
+            heap.schedule(deadline, key)
+            model[key] = deadline
+        elif op < 0.75:
+            heap.cancel(key)
+            model.pop(key, None)
+        else:
+            now += rng.uniform(0, 5)
+            expected = sorted((d, k) for k, d in model.items() if d <= now)
+            got = heap.pop_expired(now)
+            # Equal deadlines pop in scheduling order, which the model does not
+            # record: compare deadlines in order and the keys as sets.
+            assert [model[k] for k in got] == [d for d, _ in expected]
+            assert set(got) == {k for _, k in expected}
+            for k in got:
+                del model[k]
+        assert heap.next_deadline() == (min(model.values()) if model else None)
+        assert len(heap) == len(model)
+
+
+def test_rescheduling_does_not_grow_memory() -> None:
+    heap: TimerHeap[int] = TimerHeap()
+    for key in range(1_000):
+        heap.schedule(float(key), key)
+    for round_ in range(50):
+        for key in range(1_000):
+            heap.schedule(float(key + round_), key)
+    assert len(heap._heap) <= 2 * len(heap) + 1
+    assert heap.next_deadline() == 49.0
+
+
+def test_hundred_thousand_keys() -> None:
+    heap: TimerHeap[int] = TimerHeap()
+    rng = random.Random(7)
+    n = 100_000
+    deadlines = [rng.uniform(0, 1000) for _ in range(n)]
+    for key, deadline in enumerate(deadlines):
+        heap.schedule(deadline, key)
+    for key in range(0, n, 2):  # re-arm half, cancel a quarter
+        heap.schedule(deadlines[key] + 1000, key)
+    for key in range(1, n, 4):
+        heap.cancel(key)
+    first = heap.pop_expired(1000.0)
+    rest = heap.pop_expired(3000.0)
+    assert len(first) == n // 4 and len(rest) == n // 2
+    assert all(key % 4 == 3 for key in first)
+    assert len(heap) == 0 and heap.next_deadline() is None
+    # Re-arming and cancelling left no stale entries behind.
+    assert heap._heap == []
 
 
 def test_nan_deadline_is_a_local_protocol_error() -> None:
