@@ -102,7 +102,10 @@ class ServerLiveness:
         """One probe; re-create the server-side state if it came back or forgot us."""
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._sip.probe(), self._interval or 5.0)
+            # Not wait_for: on Python 3.11 it swallows a cancel that lands just
+            # after the probe ended, and close() would then wait on this task forever.
+            async with asyncio.timeout(self._interval or 5.0):
+                await self._sip.probe()
         except (RequestFailed, TimeoutError) as exc:
             silent = isinstance(exc, RequestTimedOut | TimeoutError)
             if silent and self.reachable and self._heard_at >= started:

@@ -453,3 +453,33 @@ def test_a_canary_refresh_unanswered_while_probes_answer_is_no_restart(reason: s
         assert w.resyncs == []
 
     run(scenario)
+
+
+def test_close_stops_the_probes_when_it_lands_just_as_a_probe_fails() -> None:
+    # The adapter's shutdown cancels the probing task at any moment; a TLS link
+    # that cannot be verified fails a probe within milliseconds, so the cancel
+    # can land in the very turn after the probe's failure.  The cancel must
+    # still end the task, or shutdown waits on it until the process is killed.
+    async def scenario() -> None:
+        sip = FakeEndpoint()
+        sip.server = "timeout"
+        liveness = ServerLiveness(sip, 0.01)  # type: ignore[arg-type]
+        closing: list[asyncio.Task[None]] = []
+        probe = sip.probe
+
+        async def probe_then_close() -> OptionsAnswered:
+            if sip.probes == 2:
+                closing.append(asyncio.create_task(liveness.close()))
+            return await probe()
+
+        sip.probe = probe_then_close  # type: ignore[method-assign]
+        liveness.start()
+        while not closing:
+            await asyncio.sleep(0.01)
+        done, _ = await asyncio.wait(closing, timeout=10)
+        assert done, "close() still waiting for the probing task"
+        stopped_at = sip.probes
+        await asyncio.sleep(0.05)
+        assert sip.probes == stopped_at
+
+    run(scenario)
