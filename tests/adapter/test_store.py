@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
+from adapter.records import watch_from_record, watch_to_record
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
-from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
+from adapter.watch import Reference, Watch, WatchState
 from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
 
 ALICE = "sip:alice@example.com"
@@ -58,7 +59,7 @@ def a_watch() -> Watch:
         application="Bob's phone book",
         attributes=frozenset({AttributeType.ACTIVITY, AttributeType.PLACE}),
         reference=Reference("c7", "/bayeux/bob-app/subs", "PresenceNotification"),
-        state="blocked",
+        state=WatchState.BLOCKED,
         decisions={AttributeType.ACTIVITY: True, AttributeType.PLACE: False},
     )
 
