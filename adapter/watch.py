@@ -394,7 +394,6 @@ class WatchMachine:
         self.watches: dict[tuple[str, str], Watch] = {}
         #: The same watches by presentity, then watcher (_add and _drop keep both).
         self.by_presentity: dict[str, dict[str, Watch]] = {}
-        self.by_subscription: dict[int, Watch] = {}
         self.schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self.rules = RulesCache()
         self._timers: TimerHeap[tuple[Any, ...]] = TimerHeap()
@@ -485,18 +484,16 @@ class WatchMachine:
         return self._take()
 
     def subscription_sent(self, watch: Watch, subscription_id: int) -> None:
-        """The SUBSCRIBE went out under ``subscription_id``: its events are the watch's."""
+        """The SUBSCRIBE went out under ``subscription_id``: the watch's
+        events carry it; those of its earlier dialogs are no news."""
         watch.subscription_id = subscription_id
-        self.by_subscription[subscription_id] = watch
 
-    def subscription_accepted(self, subscription_id: int) -> None:
-        watch = self.by_subscription.get(subscription_id)
-        if watch is not None and watch.dialog is Dialog.STARTING:
+    def subscription_accepted(self, watch: Watch, subscription_id: int) -> None:
+        if watch.subscription_id == subscription_id and watch.dialog is Dialog.STARTING:
             watch.dialog = _step(watch.dialog, _Step.ACCEPTED)
 
     def subscription_refused(self, watch: Watch, subscription_id: int) -> list[WatchAction]:
         """The initial SUBSCRIBE failed (or its caller stopped waiting)."""
-        self.by_subscription.pop(subscription_id, None)
         if watch.subscription_id == subscription_id:
             watch.subscription_id = None
             if watch.dialog is Dialog.STARTING:
@@ -596,20 +593,23 @@ class WatchMachine:
     # -- SIP events ------------------------------------------------------------------
 
     def notify(self, watch: Watch, event: NotifyReceived, now: float) -> list[WatchAction]:
+        if event.subscription_id != watch.subscription_id:
+            return []  # of a dialog the watch left (re-subscribed, ended)
         if watch.waiting:
             watch.held.append(_HeldNotify(event, now))
             return []
         self._take_notify(watch, event, now, now)
         return self._take()
 
-    def terminated(self, event: SubscriptionTerminated, now: float) -> list[WatchAction]:
-        watch = self.by_subscription.get(event.subscription_id)
-        if watch is None or watch.dialog is Dialog.STARTING:
-            # The initial SUBSCRIBE failed.  Whoever awaits its outcome
-            # decides; re-subscribing from here as well would act behind
-            # its back.
+    def terminated(
+        self, watch: Watch, event: SubscriptionTerminated, now: float
+    ) -> list[WatchAction]:
+        if event.subscription_id != watch.subscription_id or watch.dialog is Dialog.STARTING:
+            # An earlier dialog's end is no news.  And while STARTING the
+            # initial SUBSCRIBE failed: whoever awaits its outcome decides;
+            # re-subscribing from here as well would act behind its back.
             return []
-        del self.by_subscription[event.subscription_id]
+        watch.subscription_id = None
         if event.reason == "unsubscribed" or watch.state is WatchState.ENDED:
             return []
         if event.reason == "rejected":
@@ -648,7 +648,6 @@ class WatchMachine:
         self._timers.cancel((_Timer.RETRY, *watch.key))
         old = watch.subscription_id
         if old is not None:
-            self.by_subscription.pop(old, None)
             self._out.append(Unsubscribe(old))
             watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.DROPPED)
@@ -744,9 +743,7 @@ class WatchMachine:
         if not keep_state:
             watch.state = WatchState.PENDING
             watch.members.clear()
-        if watch.subscription_id is not None:
-            self.by_subscription.pop(watch.subscription_id, None)
-            watch.subscription_id = None
+        watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.SENT)
         self._out.append(Subscribe(watch, retry))
 
@@ -1021,8 +1018,6 @@ class WatchMachine:
             if not others:
                 del self.by_presentity[watch.presentity]
             self._out.append(ForgetWatch(watch))
-        if watch.subscription_id is not None:
-            self.by_subscription.pop(watch.subscription_id, None)
         watch.resume = None
         watch.held.clear()
         if watch.waiting or watch.revalidating:

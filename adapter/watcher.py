@@ -6,7 +6,9 @@ docstring is the theory of operation); this module performs the machine's
 actions — SUBSCRIBEs through the SIP endpoint, rules reads over XCAP,
 messages to Bayeux, store writes — feeds it the SIP events of its
 subscriptions and the clock, and arms one event-loop timer at the machine's
-earliest deadline.  REST calls that must see an outcome (a SUBSCRIBE's
+earliest deadline.  Each subscription's handle (:mod:`sip.aio.handles`)
+brings the events of that subscription, already routed by id by the
+endpoint, to its watch.  REST calls that must see an outcome (a SUBSCRIBE's
 answer, a read of the rules) wait here, bounded, never in the machine.
 """
 
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from itertools import islice
 from typing import Any, Protocol
 
@@ -59,14 +62,8 @@ from adapter.watch import (
 )
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence
-from sip import (
-    NotifyReceived,
-    SipURI,
-    SubscriptionAccepted,
-    SubscriptionTerminated,
-    UserAgentEvent,
-)
-from sip.aio import RequestFailed, SipEndpoint
+from sip import NotifyReceived, SipURI, SubscriptionAccepted
+from sip.aio import RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
 
 __all__ = [
     "DECISIONS_TTL",
@@ -122,9 +119,9 @@ class WatcherService:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Initial SUBSCRIBEs' outcomes, by subscription id, awaited by
-        #: whoever asked (a REST call, the recovery, a re-subscription).
-        self._outcomes: dict[int, Awaitable[None]] = {}
+        #: The handles of the subscriptions not over yet, by id: to await
+        #: their answer, to end them.
+        self._handles: dict[int, SubscriptionHandle] = {}
         #: Who awaits a watch's Settled.
         self._settling: dict[Watch, list[asyncio.Future[None]]] = {}
         #: Schedules whose progress is being written, a chunk per loop turn.
@@ -133,7 +130,6 @@ class WatcherService:
         self._pump: asyncio.Handle | None = None
         #: NOTIFY received -> its notifications handed to Bayeux (seconds).
         self.notify_latency = Histogram(NOTIFY_BUCKETS)
-        sip.add_listener(self._on_sip_event)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -314,15 +310,14 @@ class WatcherService:
 
     # -- SIP -----------------------------------------------------------------
 
-    def _start_subscription(self, watch: Watch) -> tuple[int, Awaitable[None]]:
-        """Send the watch's initial SUBSCRIBE: its id, and its outcome to await.
-
-        The one place that knows how the endpoint subscribes.
-        """
-        subscription_id = self._sip.ua.subscribe(
-            SipURI.parse(watch.watcher), SipURI.parse(watch.presentity), self._sip.now()
+    def _start_subscription(self, watch: Watch) -> SubscriptionHandle:
+        """Send the watch's initial SUBSCRIBE; its handle brings its events here."""
+        handle = self._sip.subscribe(
+            SipURI.parse(watch.watcher), SipURI.parse(watch.presentity),
+            on_event=partial(self._on_subscription_event, watch),
         )
-        return subscription_id, self._sip.subscription_outcome(subscription_id)
+        self._handles[handle.id] = handle
+        return handle
 
     async def _subscribed(self, watch: Watch, *, keep_state: bool = False) -> None:
         """Subscribe the watch unless it is; wait for the SUBSCRIBE's answer."""
@@ -330,28 +325,23 @@ class WatcherService:
         self._perform(actions)
         subscription_id = watch.subscription_id
         if actions and subscription_id is not None:
-            # Awaited in this task at once: the endpoint files the waiter
-            # for the answer only when the outcome is awaited.
-            outcome = self._outcomes.pop(subscription_id)
-            await self._outcome(watch, subscription_id, outcome)
+            handle = self._handles[subscription_id]
+            await self._outcome(watch, subscription_id, handle.accepted)
 
-    async def _outcome(self, watch: Watch, subscription_id: int, outcome: Awaitable[None]) -> None:
+    async def _outcome(
+        self, watch: Watch, subscription_id: int, outcome: Awaitable[SubscriptionAccepted]
+    ) -> None:
         try:
             await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
         except RequestFailed:
             self._perform(self.machine.subscription_refused(watch, subscription_id))
             raise
-        self.machine.subscription_accepted(subscription_id)
+        self.machine.subscription_accepted(watch, subscription_id)
 
-    async def _attempt(self, watch: Watch) -> None:
-        """A re-subscription (the machine's back-off timer asked for it)."""
-        if self._liveness is not None and not self._liveness.reachable:
-            self.machine.server_down(watch)
-            return
-        subscription_id, outcome = self._start_subscription(watch)
-        self.machine.subscription_sent(watch, subscription_id)
+    async def _attempt(self, watch: Watch, handle: SubscriptionHandle) -> None:
+        """A re-subscription's outcome (the machine's back-off timer sent it)."""
         try:
-            await self._outcome(watch, subscription_id, outcome)
+            await self._outcome(watch, handle.id, handle.accepted)
         except RequestFailed as exc:
             logger.info("re-subscribing %s to %s failed: %s", watch.watcher, watch.presentity, exc)
             self._perform(self.machine.attempt_failed(watch, self._clock()))
@@ -363,15 +353,14 @@ class WatcherService:
         if watch.state is not WatchState.ENDED:
             self._perform(self.machine.lost(watch, why, RESUBSCRIBE_DELAYS[0], self._clock()))
 
-    def _on_sip_event(self, event: UserAgentEvent) -> None:
+    def _on_subscription_event(self, watch: Watch, event: SubscriptionEvent) -> None:
         if isinstance(event, NotifyReceived):
-            watch = self.machine.by_subscription.get(event.subscription_id)
-            if watch is not None:
-                self._perform(self.machine.notify(watch, event, self._clock()))
+            self._perform(self.machine.notify(watch, event, self._clock()))
         elif isinstance(event, SubscriptionAccepted):
-            self.machine.subscription_accepted(event.subscription_id)
-        elif isinstance(event, SubscriptionTerminated):
-            self._perform(self.machine.terminated(event, self._clock()))
+            self.machine.subscription_accepted(watch, event.subscription_id)
+        else:
+            self._handles.pop(event.subscription_id, None)
+            self._perform(self.machine.terminated(watch, event, self._clock()))
 
     # -- performing the machine's actions ---------------------------------------
 
@@ -406,7 +395,9 @@ class WatcherService:
             elif isinstance(action, Subscribe):
                 self._subscribe(action)
             elif isinstance(action, Unsubscribe):
-                self._sip.end_subscription(action.subscription_id)
+                handle = self._handles.get(action.subscription_id)
+                if handle is not None:
+                    handle.end()
             elif isinstance(action, Settled):
                 for future in self._settling.pop(action.watch, ()):
                     if not future.done():
@@ -417,14 +408,15 @@ class WatcherService:
         return writes
 
     def _subscribe(self, action: Subscribe) -> None:
-        if action.retry:
-            # Sent from the task that awaits its answer (see _subscribed).
-            self._spawn(self._attempt(action.watch))
+        watch = action.watch
+        if action.retry and self._liveness is not None and not self._liveness.reachable:
+            self.machine.server_down(watch)
             return
-        # Filed before the answer: NOTIFYs may come before the 2xx.
-        subscription_id, outcome = self._start_subscription(action.watch)
-        self.machine.subscription_sent(action.watch, subscription_id)
-        self._outcomes[subscription_id] = outcome
+        # Its id filed before the answer: NOTIFYs may come before the 2xx.
+        handle = self._start_subscription(watch)
+        self.machine.subscription_sent(watch, handle.id)
+        if action.retry:
+            self._spawn(self._attempt(watch, handle))
 
     async def _read_rules(self, read: RulesRead) -> None:
         try:

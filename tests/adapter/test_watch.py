@@ -72,11 +72,15 @@ class Scene:
         actions = self.machine.ensure_subscribed(self.watch)
         assert of(Subscribe, actions) == [Subscribe(self.watch)]
         self.machine.subscription_sent(self.watch, sid)
-        self.machine.subscription_accepted(sid)
+        self.machine.subscription_accepted(self.watch, sid)
 
     def notify(self, state: str, *attributes: PresenceAttribute,
                sid: int = 7) -> list[WatchAction]:
         return self.machine.notify(self.watch, notify(sid, state, *attributes), self.now)
+
+    def terminate(self, reason: str, sid: int = 7, **kwargs: Any) -> list[WatchAction]:
+        event = SubscriptionTerminated(sid, reason, **kwargs)
+        return self.machine.terminated(self.watch, event, self.now)
 
     def schedule(self, correlator: str, **kwargs: Any) -> Schedule:
         schedule = Schedule(correlator, APP, f"/bayeux/{APP}/{correlator}", BOB, ALICE, **kwargs)
@@ -151,7 +155,7 @@ def test_a_failed_first_read_grants_what_was_asked_a_later_one_never_widens() ->
 def test_an_unexpected_end_backs_off_on_the_machines_timer_then_times_out() -> None:
     scene = Scene(resubscribe_delays=(0.5, 2.0))
     scene.schedule("n1")
-    actions = scene.machine.terminated(SubscriptionTerminated(7, "timeout"), scene.now)
+    actions = scene.terminate("timeout")
     assert of(Subscribe, actions) == [Subscribe(scene.watch, retry=True)]  # at once
     attempts = []
     for sid in (8, 9):
@@ -177,8 +181,7 @@ def test_an_unexpected_end_backs_off_on_the_machines_timer_then_times_out() -> N
 
 def test_the_back_off_stops_while_the_server_is_down() -> None:
     scene = Scene()
-    actions = scene.machine.terminated(SubscriptionTerminated(7, "deactivated", retry_after=3),
-                                       scene.now)
+    actions = scene.terminate("deactivated", retry_after=3)
     assert of(Subscribe, actions) == [] and scene.machine.get_timer() == scene.now + 3
     scene.now += 3
     (attempt,) = of(Subscribe, scene.machine.handle_timer(scene.now))
@@ -191,7 +194,7 @@ def test_the_back_off_stops_while_the_server_is_down() -> None:
 def test_rejected_blocks_and_a_straggling_notify_changes_nothing() -> None:
     scene = Scene()
     scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
-    actions = scene.machine.terminated(SubscriptionTerminated(7, "rejected"), scene.now)
+    actions = scene.terminate("rejected")
     assert kinds(actions) == ["subscriptionEnded"]
     assert scene.watch.state is WatchState.BLOCKED and scene.watch.dialog is Dialog.NONE
     assert scene.notify("active;expires=60", busy(5)) == []
@@ -201,7 +204,7 @@ def test_our_own_end_unsubscribes_and_its_termination_is_no_news() -> None:
     scene = Scene()
     actions = scene.machine.unsubscribe(BOB, ALICE)
     assert of(Unsubscribe, actions) == [Unsubscribe(7)]
-    assert scene.machine.terminated(SubscriptionTerminated(7, "unsubscribed"), scene.now) == []
+    assert scene.terminate("unsubscribed") == []
 
 
 def test_a_coalesced_state_and_the_progress_wait_on_the_one_timer() -> None:
@@ -231,6 +234,16 @@ def test_a_start_waits_behind_the_notifies_held_before_it() -> None:
     actions = scene.read(activation, PresRules().allow(BOB, {A: True}))
     assert kinds(actions) == ["notifySubscription", "statusChanged"]
     assert not scene.machine.start_pending(scene.watch, schedule)
+
+
+def test_the_events_of_a_dialog_the_watch_left_are_no_news() -> None:
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
+    scene.terminate("deactivated")
+    scene.machine.subscription_sent(scene.watch, 8)  # the re-subscription
+    assert scene.notify("active;expires=60", busy(3), sid=7) == []
+    assert scene.terminate("timeout") == []
+    assert scene.watch.dialog is Dialog.STARTING and scene.watch.subscription_id == 8
 
 
 def test_a_dialog_step_the_table_does_not_have_is_refused() -> None:

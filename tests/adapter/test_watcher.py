@@ -1,9 +1,11 @@
 """WatcherService with fakes at its seams: the SIP endpoint, the XCAP client, Bayeux.
 
-The fake endpoint behaves as sip.aio.SipEndpoint does where it matters: every
-user-agent event reaches the listeners — including the SubscriptionTerminated
-of an initial SUBSCRIBE that was refused, which reaches them before the
-awaiting ``subscription_outcome`` raises RequestFailed.
+The fake endpoint behaves as sip.aio.SipEndpoint does where it matters: a
+subscription's handle is made before anything is answered, every event of the
+subscription reaches its ``on_event`` by id — including the
+SubscriptionTerminated of an initial SUBSCRIBE that was refused, which fails
+``accepted`` first.  The time is a manual clock; the service's one timer is
+run by hand (:meth:`World.advance`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pidf import (
     SubHandling,
     encode,
 )
-from sip import NotifyReceived, SubscriptionTerminated
+from sip import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.aio import RequestFailed
 from sip.headers import SubscriptionState
 
@@ -57,61 +59,84 @@ A, P, PR, S = (AttributeType.ACTIVITY, AttributeType.PLACE, AttributeType.PRIVAC
 # -- fakes ---------------------------------------------------------------------
 
 
-class FakeUserAgent:
-    def __init__(self) -> None:
-        self.subscribed: list[tuple[str, str, int]] = []
-        self.live: set[int] = set()
-        self._next = 100
+class FakeHandle:
+    """As sip.aio.SubscriptionHandle: its futures made at once, its events to on_event."""
 
-    def subscribe(self, subscriber: Any, target: Any, now: float, **kwargs: Any) -> int:
-        self._next += 1
-        self.subscribed.append((str(subscriber), str(target), self._next))
-        self.live.add(self._next)
-        return self._next
+    def __init__(self, endpoint: FakeEndpoint, subscription_id: int,
+                 on_event: Callable[[Any], None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.endpoint = endpoint
+        self.id = subscription_id
+        self.on_event = on_event
+        self.accepted: asyncio.Future[SubscriptionAccepted] = loop.create_future()
+        self.ended: asyncio.Future[SubscriptionTerminated] = loop.create_future()
+
+    def end(self) -> asyncio.Future[SubscriptionTerminated]:
+        # As the endpoint: a subscription the user agent no longer has (a
+        # refused one) is not ended again.
+        if self.id in self.endpoint.live:
+            self.endpoint.live.discard(self.id)
+            self.endpoint.unsubscribed.append(self.id)
+            self.endpoint.emit(SubscriptionTerminated(self.id, "unsubscribed"))
+        return self.ended
+
+    def receive(self, event: Any) -> None:
+        if isinstance(event, SubscriptionAccepted) and not self.accepted.done():
+            self.accepted.set_result(event)
+        elif isinstance(event, SubscriptionTerminated):
+            if not self.accepted.done():
+                self.accepted.set_exception(RequestFailed("SUBSCRIBE", event.status, event.reason))
+                self.accepted.add_done_callback(lambda f: f.exception())
+            if not self.ended.done():
+                self.ended.set_result(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
 
 class FakeEndpoint:
     def __init__(self) -> None:
-        self.ua = FakeUserAgent()
-        self.listeners: list[Callable[[Any], None]] = []
+        self.subscribed: list[tuple[str, str, int]] = []
+        self.live: set[int] = set()
+        self.handles: dict[int, FakeHandle] = {}
+        self._next = 100
         self.refuse = 0  # how many of the next initial SUBSCRIBEs are refused
         self.unsubscribed: list[int] = []  # ended by us (Expires: 0), in order
         self.gate: asyncio.Event | None = None  # holds the 2xx back while set
 
-    def now(self) -> float:
-        return 42.0
+    def subscribe(self, subscriber: Any, target: Any, *,
+                  on_event: Callable[[Any], None] | None = None) -> FakeHandle:
+        self._next += 1
+        self.subscribed.append((str(subscriber), str(target), self._next))
+        self.live.add(self._next)
+        handle = self.handles[self._next] = FakeHandle(self, self._next, on_event)
+        asyncio.get_running_loop().create_task(self._answer(handle))
+        return handle
 
-    def add_listener(self, listener: Callable[[Any], None]) -> None:
-        self.listeners.append(listener)
-
-    def emit(self, event: Any) -> None:
-        for listener in self.listeners:
-            listener(event)
-
-    async def subscription_outcome(self, subscription_id: int) -> None:
+    async def _answer(self, handle: FakeHandle) -> None:
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(0)
+        if handle.id not in self.live:
+            return
         if self.refuse:
             self.refuse -= 1
-            self.ua.live.discard(subscription_id)
-            self.emit(SubscriptionTerminated(subscription_id, "failed", status=403))
-            raise RequestFailed("SUBSCRIBE", 403, "Forbidden")
+            self.live.discard(handle.id)
+            self.emit(SubscriptionTerminated(handle.id, "failed", status=403))
+        else:
+            self.emit(SubscriptionAccepted(handle.id, 3600))
 
-    def end_subscription(self, subscription_id: int) -> None:
-        # As the endpoint: a subscription the user agent no longer has (a
-        # refused one) is ignored.
-        if subscription_id in self.ua.live:
-            self.ua.live.discard(subscription_id)
-            self.unsubscribed.append(subscription_id)
-            self.emit(SubscriptionTerminated(subscription_id, "unsubscribed"))
-
-    async def unsubscribe(self, subscription_id: int) -> None:
-        self.end_subscription(subscription_id)
+    def emit(self, event: Any) -> None:
+        """An event of the user agent, routed by id to its handle (as the endpoint does)."""
+        handle = self.handles.get(event.subscription_id)
+        if handle is None:
+            return
+        if isinstance(event, SubscriptionTerminated):
+            del self.handles[event.subscription_id]
+        handle.receive(event)
 
     @property
     def last_id(self) -> int:
-        return self.ua.subscribed[-1][2]
+        return self.subscribed[-1][2]
 
 
 class FakeXcap:
@@ -210,7 +235,7 @@ class World:
         await settle()
 
     async def terminate(self, reason: str) -> None:
-        self.sip.ua.live.discard(self.sip.last_id)
+        self.sip.live.discard(self.sip.last_id)
         self.sip.emit(SubscriptionTerminated(self.sip.last_id, reason))
         await settle()
 
@@ -285,7 +310,7 @@ def decisions_message(**granted: bool) -> dict[str, Any]:
 def test_a_pending_subscription_sends_nothing() -> None:
     async def scenario(w: World) -> None:
         await w.subscribe(frozenset({A}))
-        assert w.sip.ua.subscribed == [(BOB, ALICE, w.sip.last_id)]
+        assert w.sip.subscribed == [(BOB, ALICE, w.sip.last_id)]
         await w.notify("pending;expires=3600")
         assert w.bayeux.sent == []
         with pytest.raises(NotAuthorized):
@@ -404,7 +429,7 @@ def test_a_notify_before_the_2xx_is_not_lost() -> None:
         w.sip.gate = asyncio.Event()
         w.xcap.rules = PresRules().allow(BOB, {A: True})
         subscribing = asyncio.ensure_future(w.subscribe(frozenset({A})))
-        while not w.sip.ua.subscribed:
+        while not w.sip.subscribed:
             await asyncio.sleep(0)
         w.sip.emit(NotifyReceived(w.sip.last_id, SubscriptionState.parse("active;expires=60"),
                                   encode([busy()], entity=ALICE, now=T0), "application/pidf+xml"))
@@ -539,7 +564,7 @@ def test_rejected_ends_with_blocked_to_every_endpoint_and_no_status_end() -> Non
             (APP, f"/bayeux/{APP}/n1", blocked),
             (APP, f"/bayeux/{APP}/n2", blocked),
         ])
-        assert len(w.sip.ua.subscribed) == 1  # a block is not answered by subscribing again
+        assert len(w.sip.subscribed) == 1  # a block is not answered by subscribing again
         with pytest.raises(NotAuthorized):
             w.service.presence(BOB, ALICE, frozenset())
         with pytest.raises(UnknownCorrelator):
@@ -564,7 +589,7 @@ def test_an_unexpected_end_subscribes_again_without_a_message(
         w.bayeux.take()
         first = w.sip.last_id
         await w.terminate(reason)
-        assert len(w.sip.ua.subscribed) == 2 and w.sip.last_id != first
+        assert len(w.sip.subscribed) == 2 and w.sip.last_id != first
         assert w.bayeux.sent == []
         # The new subscription carries on: same decisions (not repeated), and
         # the schedule keeps going.
@@ -587,7 +612,7 @@ def test_when_every_resubscribe_fails_the_application_hears_timeout_once() -> No
         w.sip.refuse = 100
         await w.terminate("timeout")
         # One attempt at once, one per RESUBSCRIBE_DELAYS entry: bounded.
-        assert len(w.sip.ua.subscribed) == 1 + 1 + 3
+        assert len(w.sip.subscribed) == 1 + 1 + 3
         timeout = {"subscriptionEnded": {"presentity": ALICE, "reason": "Timeout"}}
         assert sorted(w.bayeux.sent) == sorted([
             (APP, REF_CHANNEL, timeout),
@@ -609,7 +634,7 @@ def test_our_own_unsubscribe_is_no_unexpected_end() -> None:
         first = w.sip.last_id
         await w.service.unsubscribe(BOB, ALICE)
         assert w.sip.unsubscribed == [first]
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
         assert w.bayeux.sent == []
         with pytest.raises(NoSubscription):
             w.service.presence(BOB, ALICE, frozenset())
@@ -636,7 +661,7 @@ def test_a_refused_subscribe_raises_and_is_not_retried_behind_the_callers_back()
         with pytest.raises(RequestFailed):
             await w.subscribe(frozenset({A}))
         await settle()
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
         assert w.bayeux.sent == []
         with pytest.raises(NoSubscription):
             w.service.presence(BOB, ALICE, frozenset())
@@ -649,7 +674,7 @@ def test_start_notification_reports_a_presentity_it_could_not_subscribe() -> Non
         w.sip.refuse = 1
         assert await w.start("n1") is False
         await settle()
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
         with pytest.raises(UnknownCorrelator):
             await w.service.end_notification(APP, "n1")
         assert w.bayeux.sent == []
@@ -665,7 +690,7 @@ def test_a_notification_reuses_the_watchers_subscription() -> None:
         await w.subscribe(frozenset({A}))
         assert await w.start("n1")
         assert await w.start("n2")
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
 
     run(scenario)
 
