@@ -375,7 +375,7 @@ WatchAction = (
 )
 
 
-class _Timer(enum.Enum):
+class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     SCHEDULE = enum.auto()  # a schedule's interval or deadline
     RETRY = enum.auto()  # a re-subscribe attempt
     SAVE = enum.auto()  # schedules' progress is due to be written
