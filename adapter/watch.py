@@ -1005,11 +1005,14 @@ class WatchMachine:
             listed = {resource.uri for resource in document.resources}
             for uri in [u for u in group.listed if u not in listed]:
                 self._member_left(group, uri)
+        edited = False
         for change in update.changes:
             if change.uri not in group.rlmi.members:
                 continue  # removed: handled by the full state above
             member = group.listed.get(change.uri)
             if member is None:
+                # New in a partial state: the list was edited on the server.
+                edited = edited or not document.full_state
                 member = group.member_of(change.uri)
                 member.stale_after = self.rules.mark()
                 self._index(member)
@@ -1018,10 +1021,12 @@ class WatchMachine:
                 member.held.append(news)
             else:
                 self._take_member(member, news, now)
-        if update.gap:
-            # A NOTIFY was lost; Kamailio answers a refresh with partial
-            # state only, so a new dialog (its full state) heals it.
-            logger.info("list %s: version gap, subscribing again", group.presentity)
+        if update.gap or edited:
+            # A NOTIFY was lost, or the list was edited: Kamailio answers a
+            # refresh with partial state only and tells no removed member, so
+            # a new dialog's full state is what shows the whole list.
+            logger.info("list %s: %s, subscribing again", group.presentity,
+                        "version gap" if update.gap else "members added")
             self._leave_dialog(group)
             self._send_subscribe(group, keep_state=True, retry=True)
         elif not settled:
@@ -1038,6 +1043,10 @@ class WatchMachine:
             name = "pending"
         elif item.state is InstanceState.ACTIVE:
             name = "active"
+        elif item.state is None and watch.state is not WatchState.PENDING:
+            # Listed with no instance: no news of it (RFC 4662 §5.2) — what a
+            # new dialog's full state says of every member (Kamailio).
+            return
         else:
             name = "pending"  # pending, or listed with no instance yet
         self._take_state(watch, name, lambda member: _take_document(member, item),
