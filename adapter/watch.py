@@ -27,14 +27,15 @@ subscription is (table ``_DIALOG``)::
     NONE         STARTING  ·         ·        BACKING_OFF  ·        ·      ·        NONE
     STARTING     ·         LIVE      NONE     ·            ·        NONE   ·        NONE
     LIVE         ·         LIVE      ·        BACKING_OFF  NONE     ·      ·        NONE
-    BACKING_OFF  STARTING  ·         ·        ·            ·        NONE   NONE     NONE
+    BACKING_OFF  STARTING  ·         ·        ·            ·        ·      NONE     NONE
 
 (``·``: no such step.)  A subscription that ends while STARTING is left to
 whoever awaits the outcome of its SUBSCRIBE; one that is LIVE ends in a
 block (``rejected`` → ``subscriptionEnded`` "Blocked") or is subscribed again
-after :data:`RESUBSCRIBE_DELAYS`, unless the server is down (``back`` to NONE:
-the liveness probe re-subscribes it when the server returns); when every
-attempt fails the application hears ``subscriptionEnded`` "Timeout".
+after :data:`RESUBSCRIBE_DELAYS`; a re-subscription the driver does not send
+because the server is down goes ``back`` to NONE (the liveness probe
+re-subscribes it when the server returns).  When every attempt fails the
+application hears ``subscriptionEnded`` "Timeout".
 
 What the watcher may see is what the presentity granted it.  Kamailio 5.6
 sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
@@ -172,7 +173,6 @@ _DIALOG: dict[tuple[Dialog, _Step], Dialog] = {
     (Dialog.LIVE, _Step.LOST): Dialog.BACKING_OFF,
     (Dialog.LIVE, _Step.BLOCKED): Dialog.NONE,
     (Dialog.BACKING_OFF, _Step.SENT): Dialog.STARTING,
-    (Dialog.BACKING_OFF, _Step.BACK): Dialog.NONE,
     (Dialog.BACKING_OFF, _Step.GAVE_UP): Dialog.NONE,
     **{(dialog, _Step.DROPPED): Dialog.NONE for dialog in Dialog},
 }
