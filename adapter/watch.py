@@ -271,6 +271,7 @@ class Watch:
     #: Waits before the re-subscribe attempts still to come.
     backoff: tuple[float, ...] = ()
     why: str = ""
+    granted_from: tuple[dict[AttributeType, bool] | None, frozenset[AttributeType]] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -285,8 +286,15 @@ class Watch:
     def granted(self) -> frozenset[AttributeType]:
         if self.withheld:
             return frozenset()
+        # Asked for by every NOTIFY offered: kept while the decisions are the
+        # same object (a read replaces them, never changes them in place).
+        cached = self.granted_from
+        if cached is not None and cached[0] is self.decisions:
+            return cached[1]
         decisions = self.decisions or {}
-        return frozenset(kind for kind, granted in decisions.items() if granted)
+        granted = frozenset(kind for kind, granted in decisions.items() if granted)
+        self.granted_from = (self.decisions, granted)
+        return granted
 
     @property
     def needed(self) -> bool:
@@ -392,7 +400,7 @@ class WatchMachine:
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
     ) -> None:
         self.watches: dict[tuple[str, str], Watch] = {}
-        #: The same watches by presentity, then watcher (_add and _drop keep both).
+        #: The same watches by presentity, then watcher (add and _drop keep both).
         self.by_presentity: dict[str, dict[str, Watch]] = {}
         self.schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self.rules = RulesCache()
@@ -409,6 +417,7 @@ class WatchMachine:
         return self.watches.get((watcher, presentity))
 
     def add(self, watch: Watch) -> Watch:
+        """File a new (or restored) watch; its decisions need a read from now on."""
         if watch.stale_after is not None:
             watch.stale_after = self.rules.mark()
         self.watches[watch.key] = watch
