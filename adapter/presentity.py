@@ -159,13 +159,12 @@ class PresentityService:
         self._presentities: dict[str, _Presentity] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
 
     async def close(self) -> None:
         """Stop the re-publications still waiting (the publications stay)."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = self._timer_at = None
+            self._timer = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -370,20 +369,16 @@ class PresentityService:
                     logger.info("re-publishing %s after a rules change: %s", entry.aor, exc)
 
     def _arm(self) -> None:
-        """Re-arm the one timer at the machine's next deadline."""
-        deadline = self._publisher.get_timer()
-        if deadline == self._timer_at:
-            return
+        """Re-arm the one timer at the machine's next deadline (rules changes are rare)."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            delay = max(0.0, deadline - self._clock().timestamp())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        deadline = self._publisher.get_timer()
+        self._timer = None if deadline is None else asyncio.get_running_loop().call_later(
+            max(0.0, deadline - self._clock().timestamp()), self._on_timer
+        )
 
     def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
+        self._timer = None
         for due in self._publisher.handle_timer(self._clock()):
             self._spawn(self._republish(due.address))
         self._arm()
