@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -324,3 +325,43 @@ def test_a_group_watch_survives_kill_9_and_is_subscribed_again_as_a_list(
         query = json.dumps({"presentity": service, "attributes": ["Activity"]})
         refused = http.get("/rest/presence", params={"query": query})
     assert refused.status_code == 400, refused.text  # still known as a group
+
+
+def test_a_group_watch_is_subscribed_again_as_a_list_after_a_server_restart(
+    kamailio: PresenceServer, tmp_path: Path, bayeux_listener: Callable[..., BayeuxListener],
+) -> None:
+    own = AdapterProcess.for_server(tmp_path, kamailio, accounts(), settings=SETTINGS)
+    own.start(healthy=True)
+    try:
+        w = own.client("watch-app", watcher("durable"))
+        service = group("durable")
+        first, second = member("durable", 2), member("durable", 3)
+        for uri, activity in ((first, "Busy"), (second, "Away")):
+            with own.client("members-app", uri) as http:
+                body = {"presence": [{"typeAndValue": {"unionElement": "Activity",
+                                                       "activity": activity}}]}
+                assert http.post("/rest/presence", json=body).status_code == 204
+                allow = {"watcher": watcher("durable"), "decisions": [
+                    {"presenceAttribute": "Activity", "decision": True}]}
+                assert http.put("/rest/presence/subscription", json=allow).status_code == 204
+        make_list(kamailio, watcher("durable"), service, [first, second])
+        bayeux = bayeux_listener(own.url + "/cometd", "watch-app", PASSWORD)
+        channel = "/bayeux/watch-app/r-n"
+        started = w.post("/rest/presence/notification", json={
+            "presentity": service, "attributes": ["Activity"], "checkImmediate": True,
+            "count": 50, "reference": {"correlator": "r-n", "endpoint": channel},
+        })
+        assert started.status_code == 201 and started.json()["result"] == []
+        bayeux.wait_for(status(channel, first, "Busy"), timeout=30)
+
+        kamailio.restart()  # same port and database: every dialog forgotten
+        with own.client("members-app", first) as http:
+            body = {"presence": [{"typeAndValue": {"unionElement": "Activity",
+                                                   "activity": "Meeting"}}]}
+            assert http.post("/rest/presence", json=body).status_code == 204
+        (message,) = bayeux.wait_for(status(channel, first, "Meeting"), timeout=60)
+        assert message["data"]["statusChanged"]["correlator"] == "r-n"
+        assert not bayeux.matching(lambda m: "subscriptionEnded" in m["data"])
+        w.close()
+    finally:
+        own.stop()
