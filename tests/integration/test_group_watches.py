@@ -103,19 +103,6 @@ class Member:
         assert response.status_code == 204, response.text
 
 
-@pytest.fixture
-def members(adapter: AdapterProcess) -> Iterator[Callable[[str], Member]]:
-    made: list[Member] = []
-
-    def make(uri: str) -> Member:
-        made.append(Member(adapter, uri))
-        return made[-1]
-
-    yield make
-    for m in made:
-        m.http.close()
-
-
 class Watcher:
     """watch-app acting as one watcher address."""
 
@@ -146,11 +133,12 @@ class Watcher:
 
 
 @pytest.fixture
-def watchers(adapter: AdapterProcess) -> Iterator[Callable[[str], Watcher]]:
-    made: list[Watcher] = []
+def people(adapter: AdapterProcess) -> Iterator[Callable[[type[Any], str], Any]]:
+    """``people(Member, uri)`` / ``people(Watcher, uri)``: their HTTP clients closed after."""
+    made: list[Any] = []
 
-    def make(uri: str) -> Watcher:
-        made.append(Watcher(adapter, uri))
+    def make(kind: type[Any], uri: str) -> Any:
+        made.append(kind(adapter, uri))
         return made[-1]
 
     yield make
@@ -185,10 +173,10 @@ def kind(channel: str, name: str, presentity: str | None = None) -> Callable[[di
 
 
 def test_a_group_of_active_pending_and_blocked_members_then_changes_offline_and_a_block(
-    adapter: AdapterProcess, presence_server: PresenceServer, listen: Any, members: Any,
-    watchers: Any, sip_phone: Callable[[str], SipPhone],
+    adapter: AdapterProcess, presence_server: PresenceServer, listen: Any, people: Any,
+    sip_phone: Callable[[str], SipPhone],
 ) -> None:
-    w = watchers(watcher("mixed"))
+    w = people(Watcher, watcher("mixed"))
     service = group("mixed")
     active_a, active_b, pending, blocked = (member("mixed", n) for n in range(4))
     phones = {uri: sip_phone(uri) for uri in (active_a, active_b, pending, blocked)}
@@ -196,9 +184,9 @@ def test_a_group_of_active_pending_and_blocked_members_then_changes_offline_and_
     phones[active_b].publish("online", "away", "out")
     phones[pending].publish("online", "busy", "secret")
     phones[blocked].publish("online", "busy", "secret too")
-    members(active_a).allow(w.uri)
-    members(active_b).allow(w.uri)
-    members(blocked).block(w.uri)
+    people(Member, active_a).allow(w.uri)
+    people(Member, active_b).allow(w.uri)
+    people(Member, blocked).block(w.uri)
     make_list(presence_server, w.uri, service, [active_a, active_b, pending, blocked])
     bayeux = listen(adapter)
 
@@ -241,29 +229,28 @@ def test_a_group_of_active_pending_and_blocked_members_then_changes_offline_and_
     assert error["messageId"] == "SVC0002" and error["variables"][0] == "presentity"
 
     # A member blocks the watcher later: subscriptionEnded for that member only.
-    members(active_a).block(w.uri)
+    people(Member, active_a).block(w.uri)
     for name in ("g-sub", "g-n"):
         (ended,) = bayeux.wait_for(kind(w.channel(name), "subscriptionEnded", active_a),
                                    timeout=30)
         assert ended["data"]["subscriptionEnded"]["reason"] == "Blocked"
     # The group goes on: the other active phone's news still comes.
     phones[pending].publish("online", "away", "still pending")  # never shown
-    members(pending).allow(w.uri)
+    people(Member, pending).allow(w.uri)
     bayeux.wait_for(status(channel, pending, "Away"), timeout=30)
     assert not bayeux.matching(kind(channel, "statusEnd"))
     assert not bayeux.matching(kind(channel, "subscriptionEnded", service))
 
 
 def test_a_list_edited_on_the_server_while_watched(
-    adapter: AdapterProcess, presence_server: PresenceServer, listen: Any, members: Any,
-    watchers: Any,
+    adapter: AdapterProcess, presence_server: PresenceServer, listen: Any, people: Any,
 ) -> None:
-    w = watchers(watcher("edited"))
+    w = people(Watcher, watcher("edited"))
     service = group("edited")
     kept, dropped, added = (member("edited", n) for n in range(3))
     for uri, activity in ((kept, "Busy"), (dropped, "Away"), (added, "Meeting")):
-        members(uri).publish(activity)
-        members(uri).allow(w.uri)
+        people(Member, uri).publish(activity)
+        people(Member, uri).allow(w.uri)
     make_list(presence_server, w.uri, service, [kept, dropped])
     bayeux = listen(adapter)
     started = w.start(service, "e-n", checkImmediate=True)
@@ -279,10 +266,40 @@ def test_a_list_edited_on_the_server_while_watched(
     assert ended["data"]["subscriptionEnded"]["reason"] == "Removed"
 
     # The member that left is no longer told; the others still are (a barrier).
-    members(dropped).publish("Busy")
-    members(kept).publish("Meeting")
+    people(Member, dropped).publish("Busy")
+    people(Member, kept).publish("Meeting")
     bayeux.wait_for(status(channel, kept, "Meeting"), timeout=30)
     assert not bayeux.matching(status(channel, dropped, "Busy"))
+
+
+def watched_group(
+    adapter: AdapterProcess, server: PresenceServer, listener: BayeuxListener,
+    firsts: dict[str, str], correlator: str,
+) -> str:
+    """``firsts``: member -> its first Activity, published and granted to the
+    "durable" watcher through ``adapter``; Start on the group, every member's
+    state received.  The notification channel."""
+    w = Watcher(adapter, watcher("durable"))
+    for uri, activity in firsts.items():
+        person = Member(adapter, uri)
+        person.publish(activity)
+        person.allow(w.uri)
+        person.http.close()
+    service = group(correlator)
+    make_list(server, w.uri, service, list(firsts))
+    started = w.start(service, correlator, checkImmediate=True)
+    w.http.close()
+    assert started.status_code == 201 and started.json()["result"] == [], started.text
+    channel = w.channel(correlator)
+    for uri, activity in firsts.items():
+        listener.wait_for(status(channel, uri, activity), timeout=30)
+    return channel
+
+
+def publish_as(adapter: AdapterProcess, uri: str, activity: str) -> None:
+    person = Member(adapter, uri)
+    person.publish(activity)
+    person.http.close()
 
 
 def test_a_group_watch_survives_kill_9_and_is_subscribed_again_as_a_list(
@@ -290,40 +307,23 @@ def test_a_group_watch_survives_kill_9_and_is_subscribed_again_as_a_list(
     bayeux_listener: Callable[..., BayeuxListener],
 ) -> None:
     own = adapter_factory(accounts(), settings=SETTINGS)
-    w = Watcher(own, watcher("durable"))
-    service = group("durable")
     first, second = member("durable", 0), member("durable", 1)
-    people = {uri: Member(own, uri) for uri in (first, second)}
-    for uri, activity in ((first, "Busy"), (second, "Away")):
-        people[uri].publish(activity)
-        people[uri].allow(w.uri)
-    make_list(presence_server, w.uri, service, [first, second])
     bayeux = bayeux_listener(own.url + "/cometd", "watch-app", PASSWORD)
-    started = w.start(service, "d-n", checkImmediate=True)
-    assert started.status_code == 201 and started.json()["result"] == []
-    channel = w.channel("d-n")
-    bayeux.wait_for(status(channel, first, "Busy"), timeout=30)
-    bayeux.wait_for(status(channel, second, "Away"), timeout=30)
-    for one in people.values():
-        one.http.close()
-    w.http.close()
+    channel = watched_group(own, presence_server, bayeux, {first: "Busy", second: "Away"}, "d-n")
 
     own.kill()
     again = bayeux_listener(own.url + "/cometd", "watch-app", PASSWORD, wait=False)
     again.wait_unreachable()
     own.restart(healthy=True)
     again.wait_subscribed()
-    with own.client("members-app", first) as http:
-        body = {"presence": [{"typeAndValue": {"unionElement": "Activity",
-                                               "activity": "Meeting"}}]}
-        assert http.post("/rest/presence", json=body).status_code == 204
+    publish_as(own, first, "Meeting")
     # The schedule and its group came back, subscribed again as a list: the
     # member's change is told under the group's correlator, naming the member.
     (message,) = again.wait_for(status(channel, first, "Meeting"), timeout=60)
     assert message["data"]["statusChanged"]["correlator"] == "d-n"
-    with own.client("watch-app", w.uri) as http:
-        query = json.dumps({"presentity": service, "attributes": ["Activity"]})
-        refused = http.get("/rest/presence", params={"query": query})
+    w = Watcher(own, watcher("durable"))
+    refused = w.presence(group("d-n"))
+    w.http.close()
     assert refused.status_code == 400, refused.text  # still known as a group
 
 
@@ -333,35 +333,14 @@ def test_a_group_watch_is_subscribed_again_as_a_list_after_a_server_restart(
     own = AdapterProcess.for_server(tmp_path, kamailio, accounts(), settings=SETTINGS)
     own.start(healthy=True)
     try:
-        w = own.client("watch-app", watcher("durable"))
-        service = group("durable")
         first, second = member("durable", 2), member("durable", 3)
-        for uri, activity in ((first, "Busy"), (second, "Away")):
-            with own.client("members-app", uri) as http:
-                body = {"presence": [{"typeAndValue": {"unionElement": "Activity",
-                                                       "activity": activity}}]}
-                assert http.post("/rest/presence", json=body).status_code == 204
-                allow = {"watcher": watcher("durable"), "decisions": [
-                    {"presenceAttribute": "Activity", "decision": True}]}
-                assert http.put("/rest/presence/subscription", json=allow).status_code == 204
-        make_list(kamailio, watcher("durable"), service, [first, second])
         bayeux = bayeux_listener(own.url + "/cometd", "watch-app", PASSWORD)
-        channel = "/bayeux/watch-app/r-n"
-        started = w.post("/rest/presence/notification", json={
-            "presentity": service, "attributes": ["Activity"], "checkImmediate": True,
-            "count": 50, "reference": {"correlator": "r-n", "endpoint": channel},
-        })
-        assert started.status_code == 201 and started.json()["result"] == []
-        bayeux.wait_for(status(channel, first, "Busy"), timeout=30)
+        channel = watched_group(own, kamailio, bayeux, {first: "Busy", second: "Away"}, "r-n")
 
         kamailio.restart()  # same port and database: every dialog forgotten
-        with own.client("members-app", first) as http:
-            body = {"presence": [{"typeAndValue": {"unionElement": "Activity",
-                                                   "activity": "Meeting"}}]}
-            assert http.post("/rest/presence", json=body).status_code == 204
+        publish_as(own, first, "Meeting")
         (message,) = bayeux.wait_for(status(channel, first, "Meeting"), timeout=60)
         assert message["data"]["statusChanged"]["correlator"] == "r-n"
         assert not bayeux.matching(lambda m: "subscriptionEnded" in m["data"])
-        w.close()
     finally:
         own.stop()
