@@ -4,13 +4,14 @@ import logging
 import socket
 import ssl
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from adapter.bayeux import BayeuxLimits
 from adapter.config import (
-    BAYEUX_KEYS,
     Account,
+    BayeuxSettings,
     ConfigError,
     HostPort,
     check_ports,
@@ -341,10 +342,11 @@ def test_bayeux_limits_are_optional_and_validated(write) -> None:
         load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nmax_body = 1.5\n"))
 
 
-def test_the_bayeux_keys_are_the_servers_limits() -> None:
+def test_the_bayeux_settings_are_the_servers_limits() -> None:
     # The config reads plain values; the app builds the server's limits from them.
     limits = {f.name: f.type for f in dataclasses.fields(BayeuxLimits)}
-    assert {name: kind.__name__ for name, kind in BAYEUX_KEYS.items()} == limits
+    settings = get_type_hints(BayeuxSettings)
+    assert {name: kind.__name__ for name, kind in settings.items()} == limits
 
 
 def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
@@ -353,7 +355,7 @@ def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
 
 
 def test_account_values_are_frozen() -> None:
-    account = Account("a", "p", ("sip:a@example.com",))
+    account = Account(id="a", password="p", addresses=("sip:a@example.com",))
     with pytest.raises(AttributeError):
         account.id = "b"  # type: ignore[misc]
 
@@ -680,9 +682,11 @@ def test_an_account_secret_is_exactly_one_of_three(write, monkeypatch) -> None:
 
 def test_an_account_holds_exactly_one_secret() -> None:
     with pytest.raises(ValueError):
-        Account("a", None, ("sip:a@example.com",))
+        Account(id="a", addresses=("sip:a@example.com",))
     with pytest.raises(ValueError):
-        Account("a", "p", ("sip:a@example.com",), password_hash="$argon2id$...")
+        Account(
+            id="a", password="p", addresses=("sip:a@example.com",), password_hash="$argon2id$..."
+        )
 
 
 def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
@@ -697,9 +701,9 @@ def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
 def test_log_table_is_optional_and_validated(write) -> None:
     from adapter.config import LogConfig
 
-    assert load_config(write(VALID)).log == LogConfig(None, "text", False)
+    assert load_config(write(VALID)).log == LogConfig(level=None, format="text", sip_trace=False)
     text = VALID + '\n[log]\nlevel = "WARNING"\nformat = "json"\nsip_trace = true\n'
-    assert load_config(write(text)).log == LogConfig("warning", "json", True)
+    assert load_config(write(text)).log == LogConfig(level="warning", format="json", sip_trace=True)
     assert error_line(write(VALID + '\n[log]\nformat = "xml"\n')) == (
         'log.format: "xml" must be "text" or "json"'
     )
