@@ -353,26 +353,30 @@ class Origin(_Form):
 
     @staticmethod
     def _problem(text: str) -> str | None:
-        # CORS compares the origin as a string, so only that exact form can ever match.
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError:
-            port = 0
-        else:
-            if (
-                parts.scheme in ("http", "https")
-                and parts.hostname
-                and "@" not in parts.netloc
-                and port != 0
-                and not (parts.path or parts.query or parts.fragment or text.endswith(("?", "#")))
-                and text == text.lower()
-            ):
-                return None
+        if _serialised_origin(text):
+            return None
         return (
             f"{_show(text)} is not an origin: scheme://host[:port] in lower case, "
             "no path (RFC 6454 §6.2, as browsers send it)"
         )
+
+
+def _serialised_origin(text: str) -> bool:
+    # Browsers send the serialised origin (RFC 6454 §6.2) and CORS compares it as
+    # a string, so only that exact form can ever match.
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and port != 0
+        and not (parts.path or parts.query or parts.fragment or text.endswith(("?", "#")))
+        and text == text.lower()
+    )
 
 
 class AppId(_Form):
@@ -986,6 +990,8 @@ def _config_error(source: str, exc: msgspec.ValidationError, data: Any) -> Confi
         meta = _meta(kind)
         if meta.ge is not None and meta.le is not None:
             problem = f"{value} is outside {meta.ge}-{meta.le}"
+        elif meta.ge == 0:
+            problem = "must not be negative"
         else:
             problem = "must be positive"
     else:
