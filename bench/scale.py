@@ -214,7 +214,7 @@ async def ua_holder(args: argparse.Namespace) -> None:
     async def publish(i: int) -> None:
         aor = presentity(i, args.publications)
         try:
-            await endpoint.publish(SipURI.parse(aor), PIDF.format(aor=aor).encode())
+            await endpoint.publish(SipURI.parse(aor), PIDF.format(aor=aor).encode()).outcome
         except RequestFailed as exc:
             failures[f"PUBLISH {exc.status}"] += 1
 
@@ -222,7 +222,7 @@ async def ua_holder(args: argparse.Namespace) -> None:
         try:
             await endpoint.subscribe(
                 SipURI.parse(subscriber(i)), SipURI.parse(presentity(i, args.publications))
-            )
+            ).accepted
         except RequestFailed as exc:
             failures[f"SUBSCRIBE {exc.status}"] += 1
 

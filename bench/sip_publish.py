@@ -64,6 +64,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.presence_server is not an installed package
 
 from sip.aio.endpoint import RequestFailed, SipEndpoint  # noqa: E402
+from sip.aio.handles import PublicationHandle  # noqa: E402
 from sip.publication import (  # noqa: E402
     PublicationConfirmed,
     PublicationFailed,
@@ -322,6 +323,7 @@ async def ua_phase(
     )
     await endpoint.start()
     ids: dict[SipURI, int] = {}
+    handles: dict[SipURI, PublicationHandle] = {}
     in_flight: set[SipURI] = set()  # addresses a worker awaits an outcome for
 
     def listener(event: UserAgentEvent) -> None:
@@ -361,14 +363,14 @@ async def ua_phase(
             in_flight.add(aor)
             try:
                 if publication_id is None:
-                    # SipEndpoint.publish in two steps, so that the id is ours
-                    # even when the PUBLISH fails (the user agent keeps
-                    # retrying that publication, RFC 3903 state is not dropped).
-                    publication_id = endpoint.ua.publish(aor, body, endpoint.now())
-                    ids[aor] = publication_id
-                    await endpoint.publication_outcome(publication_id)
+                    # The handle is ours even when the PUBLISH fails (the user
+                    # agent keeps retrying that publication, RFC 3903 state is
+                    # not dropped).
+                    handle = handles[aor] = endpoint.publish(aor, body)
+                    ids[aor] = handle.id
+                    await handle.outcome
                 else:
-                    await endpoint.modify(publication_id, body)
+                    await handles[aor].modify(body)
             except RequestFailed:
                 pass  # counted by the listener
             finally:

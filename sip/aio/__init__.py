@@ -1,5 +1,21 @@
 """The asyncio driver of the SIP user agent (the only part of sip/ that does I/O)."""
 
-from .endpoint import AuthenticationFailed, RequestFailed, RequestTimedOut, SipEndpoint
+from .endpoint import (
+    AuthenticationFailed,
+    EndpointStats,
+    RequestFailed,
+    RequestTimedOut,
+    SipEndpoint,
+)
+from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle
 
-__all__ = ["AuthenticationFailed", "RequestFailed", "RequestTimedOut", "SipEndpoint"]
+__all__ = [
+    "AuthenticationFailed",
+    "EndpointStats",
+    "PublicationHandle",
+    "RequestFailed",
+    "RequestTimedOut",
+    "SipEndpoint",
+    "SubscriptionEvent",
+    "SubscriptionHandle",
+]

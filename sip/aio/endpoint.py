@@ -18,6 +18,15 @@ certificate.  The server's name for the certificate check is the host of the
 server URI (an IP literal is matched against the certificate's IP addresses).
 We listen for no TLS: the server reuses our connection (RFC 5923 alias).
 
+Callers hold handles (:mod:`sip.aio.handles`): :meth:`SipEndpoint.publish`
+and :meth:`SipEndpoint.subscribe` return a :class:`PublicationHandle` or a
+:class:`SubscriptionHandle` at once, with its id and its outcome futures made
+before anything is sent.  :meth:`SipEndpoint._dispatch` routes each event of
+the user agent by id, once, to its handle, which settles its futures and calls
+its owner's ``on_event``; a handle whose publication or subscription is over
+is forgotten.  :meth:`SipEndpoint.stats` is a read-only snapshot of the user
+agent's counters, for monitoring.
+
 Messages from elsewhere than the presence server are counted by the user
 agent and logged here at most once per :data:`LOG_INTERVAL`, so that a flood
 of them cannot flood the log too.
@@ -34,14 +43,20 @@ import socket
 import ssl
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from ..digest import Credentials
 from ..errors import SipError
 from ..message import StreamParser
-from ..publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
-from ..subscription import SubscriptionAccepted, SubscriptionTerminated
+from ..publication import (
+    PublicationConfirmed,
+    PublicationEvent,
+    PublicationFailed,
+    PublicationRemoved,
+    PublicationState,
+)
+from ..subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from ..transaction import TransactionTimings
 from ..uri import SipURI
 from ..useragent import (
@@ -55,8 +70,15 @@ from ..useragent import (
     UserAgentEvent,
     server_destination,
 )
+from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle, deliver
 
-__all__ = ["AuthenticationFailed", "RequestFailed", "RequestTimedOut", "SipEndpoint"]
+__all__ = [
+    "AuthenticationFailed",
+    "EndpointStats",
+    "RequestFailed",
+    "RequestTimedOut",
+    "SipEndpoint",
+]
 
 logger = logging.getLogger(__name__)
 #: Every SIP message in and out, whole, at INFO; the adapter leaves it off
@@ -129,9 +151,22 @@ class AuthenticationFailed(RequestFailed):
 
 
 @dataclass(frozen=True)
-class _Waiter:
-    kind: str  # "p" publication, "u" subscription, "o" options
-    ident: int
+class EndpointStats:
+    """A snapshot of the user agent's counters and sizes, for monitoring."""
+
+    #: (method, outcome) -> client transactions ended so: the final status
+    #: ("200", "401", ...), "timeout" (Timer F) or "transport-error".
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Requests sent again by Timer E (RFC 3261 §17.1.2.2).
+    retransmissions: int = 0
+    transactions_in_flight: int = 0
+    publications: int = 0
+    #: (event package, phase) -> subscriptions.
+    subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Messages that were not usable SIP; requests refused (403) as not
+    #: from the presence server.
+    dropped: int = 0
+    refused: int = 0
 
 
 class _Tally:
@@ -193,8 +228,15 @@ class SipEndpoint:
         self._connections: dict[Destination, _StreamProtocol] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._waiters: dict[_Waiter, list[asyncio.Future[UserAgentEvent]]] = defaultdict(list)
+        self._publications: dict[int, PublicationHandle] = {}
+        self._subscriptions: dict[int, SubscriptionHandle] = {}
+        self._probes: dict[int, asyncio.Future[UserAgentEvent]] = {}
+        # The answer to the initial SUBSCRIBE of subscriptions started on .ua
+        # directly, without a handle, by id.
+        self._waiters: dict[int, list[asyncio.Future[SubscriptionEvent]]] = defaultdict(list)
         self._listeners: list[Listener] = []
+        #: When (the loop's clock) the last message from the presence server came.
+        self.heard_at = float("-inf")
         self._receive_buffer = receive_buffer
         self._sources: dict[tuple[str, int], Destination] = {}
         self._dropped = _Tally("dropped SIP messages that were not usable")
@@ -214,6 +256,26 @@ class SipEndpoint:
     @property
     def local(self) -> Destination:
         return self.ua.local
+
+    @property
+    def server(self) -> SipURI:
+        """The presence server every request goes to."""
+        return self._server
+
+    def stats(self) -> EndpointStats:
+        """The counters and sizes of the moment (a copy: later traffic changes nothing)."""
+        ua = self._ua
+        if ua is None:
+            return EndpointStats(dropped=self.dropped, refused=self.refused)
+        return EndpointStats(
+            outcomes=dict(ua.counters.outcomes),
+            retransmissions=ua.counters.retransmissions,
+            transactions_in_flight=ua.transactions_in_flight,
+            publications=ua.publication_count,
+            subscriptions=ua.subscriptions_by_state(),
+            dropped=self.dropped,
+            refused=self.refused,
+        )
 
     @property
     def dropped(self) -> int:
@@ -297,10 +359,18 @@ class SipEndpoint:
         if self._tcp_server is not None:
             self._tcp_server.close()
             await self._tcp_server.wait_closed()
+        for publication in self._publications.values():
+            publication.close()
+        self._publications.clear()
+        for subscription in self._subscriptions.values():
+            subscription.close()
+        self._subscriptions.clear()
+        for probe in self._probes.values():
+            probe.cancel()
+        self._probes.clear()
         for futures in self._waiters.values():
             for future in futures:
-                if not future.done():
-                    future.cancel()
+                future.cancel()
         self._waiters.clear()
 
     def set_credentials(self, credentials: Credentials) -> None:
@@ -310,7 +380,11 @@ class SipEndpoint:
             self._ua.set_credentials(None, credentials)
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener`` with every event of the user agent, in order."""
+        """Call ``listener`` with every event of the user agent, in order.
+
+        For what is started on :attr:`ua` directly (adapter/watcher.py, for
+        now), and as a tap for tests; handles get their own events.
+        """
         self._listeners.append(listener)
 
     # -- awaitable API -----------------------------------------------------
@@ -326,7 +400,12 @@ class SipEndpoint:
     async def probe(self) -> OptionsAnswered:
         """OPTIONS to the server; its answer, or RequestFailed / RequestTimedOut."""
         probe = self.ua.options(self.now())
-        event = await self._wait(_Waiter("o", probe))
+        future = self._probes[probe] = self._new_future()
+        self._flush()
+        try:
+            event = await future
+        finally:
+            self._probes.pop(probe, None)
         if isinstance(event, OptionsAnswered):
             if event.status >= 300:
                 raise RequestFailed("OPTIONS", event.status, "")
@@ -334,25 +413,33 @@ class SipEndpoint:
         assert isinstance(event, OptionsFailed)
         raise RequestTimedOut("OPTIONS", None, event.reason)
 
-    async def publish(
-        self, aor: SipURI, body: bytes, *, expires: int | None = None
-    ) -> tuple[int, PublicationConfirmed]:
-        """A new publication; returns its id once the server confirmed it."""
-        publication_id = self.ua.publish(aor, body, self.now(), expires=expires)
-        return publication_id, await self.publication_outcome(publication_id)
+    def publish(
+        self,
+        aor: SipURI,
+        body: bytes,
+        *,
+        expires: int | None = None,
+        etag: str | None = None,
+        etag_expires_at: float | None = None,
+        retry_until: float | None = None,
+        on_event: Callable[[PublicationEvent], None] | None = None,
+    ) -> PublicationHandle:
+        """A new publication of ``body`` for ``aor``, sent at once; its handle.
 
-    async def modify(self, publication_id: int, body: bytes) -> PublicationConfirmed:
-        self.ua.modify(publication_id, body, self.now())
-        return await self.publication_outcome(publication_id)
+        ``etag`` (with when it expires, on :meth:`now`'s clock) resumes a
+        publication the server already holds (see ``UserAgent.publish``).
+        ``retry_until``: see :class:`PublicationHandle`.  ``on_event`` gets
+        every event of the publication (refreshes' confirmations too).
+        """
+        publication_id = self.ua.publish(
+            aor, body, self.now(), expires=expires, etag=etag, etag_expires_at=etag_expires_at
+        )
+        handle = PublicationHandle(self, publication_id, body, on_event, retry_until)
+        self._publications[publication_id] = handle
+        self._flush()
+        return handle
 
-    async def unpublish(self, publication_id: int) -> None:
-        if self.ua.publication(publication_id) is None:
-            return
-        self.ua.unpublish(publication_id, self.now())
-        while self.ua.publication(publication_id) is not None:
-            await self._wait(_Waiter("p", publication_id))
-
-    async def subscribe(
+    def subscribe(
         self,
         subscriber: SipURI,
         target: SipURI,
@@ -361,40 +448,14 @@ class SipEndpoint:
         accept: tuple[str, ...] | None = None,
         eventlist: bool = False,
         expires: int | None = None,
-    ) -> int:
-        """A new subscription; returns its id once the server accepted it.
+        on_event: Callable[[SubscriptionEvent], None] | None = None,
+    ) -> SubscriptionHandle:
+        """A new subscription, its SUBSCRIBE sent at once; its handle.
 
         ``eventlist`` asks for a resource list (see ``UserAgent.subscribe``).
-
-        NOTIFYs can arrive before the 2xx (RFC 6665 §4.1.2.4) and so before
-        this returns: a caller that must see them all starts the subscription
-        with ``ua.subscribe`` and awaits :meth:`subscription_outcome`.
+        ``on_event`` gets every event of the subscription, NOTIFYs that come
+        before the 2xx (RFC 6665 §4.1.2.4) included.
         """
-        subscription_id = self.start_subscription(
-            subscriber, target, event=event, accept=accept, eventlist=eventlist, expires=expires
-        )
-        await self.subscription_outcome(subscription_id)
-        return subscription_id
-
-    async def subscription_outcome(self, subscription_id: int) -> None:
-        """Wait for the answer to the initial SUBSCRIBE; RequestFailed if refused."""
-        outcome = await self._wait(_Waiter("u", subscription_id))
-        if isinstance(outcome, SubscriptionTerminated):
-            if outcome.reason == "timeout":
-                raise RequestTimedOut("SUBSCRIBE", outcome.status, outcome.reason)
-            raise self._failure("SUBSCRIBE", outcome.status, outcome.reason)
-
-    def start_subscription(
-        self,
-        subscriber: SipURI,
-        target: SipURI,
-        *,
-        event: str = "presence",
-        accept: tuple[str, ...] | None = None,
-        eventlist: bool = False,
-        expires: int | None = None,
-    ) -> int:
-        """Send the initial SUBSCRIBE and return the id at once (no waiting)."""
         subscription_id = self.ua.subscribe(
             subscriber,
             target,
@@ -404,42 +465,69 @@ class SipEndpoint:
             eventlist=eventlist,
             expires=expires,
         )
+        handle = SubscriptionHandle(self, subscription_id, on_event)
+        self._subscriptions[subscription_id] = handle
         self._flush()
-        return subscription_id
+        return handle
 
-    def refresh_subscription(self, subscription_id: int) -> None:
-        """Send an in-dialog refresh now (a 481 to it ends the subscription)."""
-        self.ua.refresh(subscription_id, self.now())
+    # -- for subscriptions started on .ua, by id (adapter/watcher.py, for now) --
+
+    async def subscription_outcome(self, subscription_id: int) -> None:
+        """Wait for the answer to the initial SUBSCRIBE; RequestFailed if refused."""
+        future: asyncio.Future[SubscriptionEvent] = self._new_future()
+        self._waiters[subscription_id].append(future)
         self._flush()
+        try:
+            outcome = await future
+        finally:
+            futures = self._waiters.get(subscription_id)
+            if futures is not None and future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._waiters[subscription_id]
+        if isinstance(outcome, SubscriptionTerminated):
+            raise self._subscribe_failure(outcome)
 
     def end_subscription(self, subscription_id: int) -> None:
         """Start ending a subscription (Expires: 0) without waiting for the end."""
+        self._unsubscribe(subscription_id)
+
+    # -- what the handles call -----------------------------------------------
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        return self._loop.create_future()
+
+    def _modify(self, publication_id: int, body: bytes) -> None:
+        self.ua.modify(publication_id, body, self.now())
+        self._flush()
+
+    def _unpublish(self, publication_id: int) -> None:
+        if self.ua.publication(publication_id) is not None:
+            self.ua.unpublish(publication_id, self.now())
+            self._flush()
+
+    def _refresh(self, subscription_id: int) -> None:
+        self.ua.refresh(subscription_id, self.now())
+        self._flush()
+
+    def _unsubscribe(self, subscription_id: int) -> None:
         if self.ua.subscription(subscription_id) is not None:
             self.ua.unsubscribe(subscription_id, self.now())
             self._flush()
 
-    async def unsubscribe(self, subscription_id: int) -> None:
-        """End a subscription; returns once it is over (final NOTIFY or guard)."""
-        if self.ua.subscription(subscription_id) is None:
-            return
-        self.ua.unsubscribe(subscription_id, self.now())
-        while self.ua.subscription(subscription_id) is not None:
-            await self._wait(_Waiter("u", subscription_id))
+    def _publish_failure(self, event: PublicationFailed) -> RequestFailed:
+        if event.status is None:
+            return RequestTimedOut("PUBLISH", None, event.reason)
+        return self._failure("PUBLISH", event.status, event.reason)
 
-    async def publication_outcome(self, publication_id: int) -> PublicationConfirmed:
-        """The next outcome of a publication: confirmed, or RequestFailed.
+    def _publish_removed(self) -> RequestFailed:
+        return RequestFailed("PUBLISH", None, "publication removed")
 
-        After a failure the publication stays and keeps retrying (RFC 3903
-        state is never dropped silently); the caller decides whether to remove it.
-        """
-        event = await self._wait(_Waiter("p", publication_id))
-        if isinstance(event, PublicationConfirmed):
-            return event
-        if isinstance(event, PublicationFailed):
-            if event.status is None:
-                raise RequestTimedOut("PUBLISH", None, event.reason)
-            raise self._failure("PUBLISH", event.status, event.reason)
-        raise RequestFailed("PUBLISH", None, "publication removed")
+    def _subscribe_failure(self, event: SubscriptionTerminated) -> RequestFailed:
+        if event.reason == "timeout":
+            return RequestTimedOut("SUBSCRIBE", event.status, event.reason)
+        return self._failure("SUBSCRIBE", event.status, event.reason)
 
     def _failure(self, what: str, status: int | None, reason: str) -> RequestFailed:
         if status in (401, 407):
@@ -447,21 +535,6 @@ class SipEndpoint:
                 what, status, reason, had_credentials=self._credentials is not None
             )
         return RequestFailed(what, status, reason)
-
-    async def _wait(self, waiter: _Waiter) -> UserAgentEvent:
-        """The next event for ``waiter``; sends what the call just queued."""
-        assert self._loop is not None
-        future: asyncio.Future[UserAgentEvent] = self._loop.create_future()
-        self._waiters[waiter].append(future)
-        self._flush()
-        try:
-            return await future
-        finally:
-            futures = self._waiters.get(waiter)
-            if futures is not None and future in futures:
-                futures.remove(future)
-                if not futures:
-                    del self._waiters[waiter]
 
     # -- the pump ----------------------------------------------------------
 
@@ -503,22 +576,47 @@ class SipEndpoint:
         self._flush()
 
     def _dispatch(self, event: UserAgentEvent) -> None:
-        waiter = _waiter_for(event)
-        if waiter is not None:
-            for future in self._waiters.pop(waiter, ()):
-                if not future.done():
-                    future.set_result(event)
-        if isinstance(event, MessageDropped):
+        """Route one event by its id to its handle (or its waiters by id)."""
+        if isinstance(event, NotifyReceived | SubscriptionAccepted | SubscriptionTerminated):
+            if _from_server(event):
+                self.heard_at = self.now()
+            ident = event.subscription_id
+            subscription = self._subscriptions.get(ident)
+            if subscription is not None:
+                if type(event) is SubscriptionTerminated:
+                    del self._subscriptions[ident]
+                subscription._receive(event)
+            elif type(event) is not NotifyReceived and ident in self._waiters:
+                for future in self._waiters.pop(ident):
+                    if not future.done():
+                        future.set_result(event)
+        elif isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
+            if _from_server(event):
+                self.heard_at = self.now()
+            ident = event.publication_id
+            publication = self._publications.get(ident)
+            if publication is not None:
+                sending = False
+                if type(event) is PublicationRemoved:
+                    del self._publications[ident]
+                elif type(event) is PublicationConfirmed:
+                    # A 2xx to the PUBLISH before the latest modify: the
+                    # publication sends the newer body next (RFC 3903 §4.1).
+                    core = self.ua.publication(ident)
+                    sending = core is not None and core.state is PublicationState.SENDING
+                publication._receive(event, sending)
+        elif isinstance(event, OptionsAnswered | OptionsFailed):
+            if type(event) is OptionsAnswered:
+                self.heard_at = self.now()
+            probe = self._probes.pop(event.probe_id, None)
+            if probe is not None and not probe.done():
+                probe.set_result(event)
+        elif isinstance(event, MessageDropped):
             self._dropped.add(self.now(), f"from {_where(event.source)}: {event.reason}")
         elif isinstance(event, RequestRefused):
             self._refused.add(self.now(), f"{event.method} from {_where(event.source)}")
         for listener in self._listeners:
-            try:
-                listener(event)
-            # A listener's bug must not stop the SIP pump: that would leave
-            # NOTIFYs unanswered and the server would drop our subscriptions.
-            except Exception:
-                logger.exception("SIP event listener failed on %r", event)
+            deliver(listener, event)
 
     def _send(self, data: bytes, destination: Destination) -> None:
         if trace.isEnabledFor(logging.INFO):
@@ -643,14 +741,11 @@ def _where(destination: Destination) -> str:
     return f"{destination.transport} {f'[{host}]' if ':' in host else host}:{destination.port}"
 
 
-def _waiter_for(event: UserAgentEvent) -> _Waiter | None:
-    if isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
-        return _Waiter("p", event.publication_id)
-    if isinstance(event, SubscriptionAccepted | SubscriptionTerminated):
-        return _Waiter("u", event.subscription_id)
-    if isinstance(event, OptionsAnswered | OptionsFailed):
-        return _Waiter("o", event.probe_id)
-    return None  # NOTIFYs and dropped messages go to the listeners only
+def _from_server(event: SubscriptionEvent | PublicationEvent) -> bool:
+    """Did this event come from a message the server sent us?"""
+    if isinstance(event, SubscriptionTerminated | PublicationFailed):
+        return event.status is not None
+    return not isinstance(event, PublicationRemoved)
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):

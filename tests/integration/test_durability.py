@@ -234,12 +234,13 @@ def first_notify(server: PresenceServer, subscriber: str, target: str, event: st
 
         endpoint.add_listener(listen)
         try:
-            subscription = await endpoint.subscribe(
+            subscription = endpoint.subscribe(
                 SipURI.parse(subscriber), SipURI.parse(target), event=event, accept=(accept,)
             )
+            await subscription.accepted
             body = await asyncio.wait_for(first, 3)
             # Leave no dialog of ours behind: later checks count the server's watchers.
-            await asyncio.wait_for(endpoint.unsubscribe(subscription), 3)
+            await asyncio.wait_for(subscription.end(), 3)
             return body
         finally:
             await endpoint.close()

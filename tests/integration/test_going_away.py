@@ -281,7 +281,7 @@ async def publish_briefly(server: PresenceServer, who: str, expires: int) -> Non
     await endpoint.start()
     try:
         body = encode([PresenceAttribute(Activity.BUSY)], entity=who, now=datetime.now(UTC))
-        await endpoint.publish(SipURI.parse(who), body, expires=expires)
+        await endpoint.publish(SipURI.parse(who), body, expires=expires).outcome
     finally:
         await endpoint.close()
 

@@ -105,7 +105,9 @@ class Watch:
         self._seen = 0
 
     async def start(self, watcher: SipURI, service: SipURI) -> None:
-        self.sid = await self.c.endpoint.subscribe(watcher, service, eventlist=True)
+        subscription = self.c.endpoint.subscribe(watcher, service, eventlist=True)
+        self.sid = subscription.id
+        await subscription.accepted
 
     def _drain(self) -> None:
         for event in self.c.events.of(NotifyReceived)[self._seen :]:
@@ -175,9 +177,9 @@ def test_list_shows_active_members_and_a_pending_one_bare(
         watcher, service, (a, b, p) = list_names(3)
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            await ep.publish(a, pidf(a, "a-here"))
-            await ep.publish(b, pidf(b, "b-here"))
-            await ep.publish(p, pidf(p, "p-secret"))
+            await ep.publish(a, pidf(a, "a-here")).outcome
+            await ep.publish(b, pidf(b, "b-here")).outcome
+            await ep.publish(p, pidf(p, "p-secret")).outcome
             await put_rules(presence_server, a, watcher, "allow")
             await put_rules(presence_server, b, watcher, "allow")
             # p has no rule for the watcher: pending at the server.
@@ -210,8 +212,9 @@ def test_member_change_and_unpublish_reach_the_list(presence_server: PresenceSer
         watcher, service, (a, b) = list_names(2)
         async with client(presence_server, "udp") as c:
             ep = c.endpoint
-            pub, _ = await ep.publish(a, pidf(a, "first"))
-            await ep.publish(b, pidf(b, "steady"))
+            pub = ep.publish(a, pidf(a, "first"))
+            await pub.outcome
+            await ep.publish(b, pidf(b, "steady")).outcome
             await put_rules(presence_server, a, watcher, "allow")
             await put_rules(presence_server, b, watcher, "allow")
             await put_list(presence_server, watcher, service, [a, b])
@@ -221,13 +224,13 @@ def test_member_change_and_unpublish_reach_the_list(presence_server: PresenceSer
             await watch.until(active_with(a, "first"), "a's first state")
             mark = len(watch.changes)
 
-            await ep.modify(pub, pidf(a, "second"))
+            await pub.modify(pidf(a, "second"))
             await watch.until(active_with(a, "second"), "a's second state")
             changed = [ch for ch in watch.changes[mark:] if ch.uri == str(a)]
             assert changed and Change.DOCUMENT_CHANGED in changed[-1].changes
             mark = len(watch.changes)
 
-            await ep.unpublish(pub)
+            await pub.unpublish()
 
             def closed(state: ListState) -> bool:
                 member = state.members[str(a)]
@@ -251,7 +254,7 @@ def test_list_edited_on_the_server_while_subscribed(presence_server: PresenceSer
         async with client(presence_server, "udp") as c:
             ep = c.endpoint
             for member in (a, b, d):
-                await ep.publish(member, pidf(member, f"{member.user}-here"))
+                await ep.publish(member, pidf(member, f"{member.user}-here")).outcome
                 await put_rules(presence_server, member, watcher, "allow")
             await put_list(presence_server, watcher, service, [a, b])
 
@@ -281,7 +284,8 @@ def test_hundred_members_split_by_the_server_nothing_lost(
         async with client(presence_server, "udp") as c:
             ep = c.endpoint
             for member in members:
-                await ep.publish(member, pidf(member, f"note of {member.user} " + "x" * 200))
+                note = f"note of {member.user} " + "x" * 200
+                await ep.publish(member, pidf(member, note)).outcome
                 await put_rules(presence_server, member, watcher, "allow")
             await put_list(presence_server, watcher, service, members)
 
@@ -319,7 +323,7 @@ def test_a_list_on_a_server_that_authenticates() -> None:
         auth = httpx.DigestAuth(user, password)
         async with client(server, "udp") as c:
             c.endpoint.set_credentials(Credentials(user, password))
-            await c.endpoint.publish(a, pidf(a, "guarded"))
+            await c.endpoint.publish(a, pidf(a, "guarded")).outcome
             rules = PRES_RULES.format(watcher=watcher, handling="allow")
             async with xcap_client(auth) as http:
                 reply = await http.put(

@@ -25,7 +25,7 @@ import pytest
 
 from pidf import AttributeType, Presence, decode, filter_presence
 from sip import NotifyReceived, SubscriptionTerminated, UserAgentEvent
-from sip.aio import SipEndpoint
+from sip.aio import SipEndpoint, SubscriptionHandle
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.integration.conftest import AdapterFactory
@@ -147,7 +147,7 @@ class SipWatcher:
         self.uri = uri
         self.events: list[UserAgentEvent] = []
         self._endpoint = SipEndpoint(host="127.0.0.1", port=0, server=SipURI.parse(server.sip_uri))
-        self._subscription: int | None = None
+        self._subscription: SubscriptionHandle | None = None
 
     async def __aenter__(self) -> SipWatcher:
         await self._endpoint.start()
@@ -158,22 +158,24 @@ class SipWatcher:
         await self._endpoint.close()
 
     async def subscribe(self, presentity: str) -> None:
-        self._subscription = await self._endpoint.subscribe(
+        self._subscription = self._endpoint.subscribe(
             SipURI.parse(self.uri), SipURI.parse(presentity)
         )
+        await self._subscription.accepted
 
     async def unsubscribe(self) -> None:
         assert self._subscription is not None
-        await self._endpoint.unsubscribe(self._subscription)
+        await self._subscription.end()
 
     def mark(self) -> int:
         """A position in the events: later waits look only at what comes after it."""
         return len(self.events)
 
     def _mine(self, since: int) -> list[UserAgentEvent]:
+        assert self._subscription is not None
         return [
             e for e in self.events[since:]
-            if getattr(e, "subscription_id", None) == self._subscription
+            if getattr(e, "subscription_id", None) == self._subscription.id
         ]
 
     async def notify(

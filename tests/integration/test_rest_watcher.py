@@ -555,7 +555,7 @@ async def publish_as(server: PresenceServer, presentity: str, *items: Any) -> No
     try:
         body = encode([PresenceAttribute(v) for v in items], entity=presentity,
                       now=datetime.now(UTC))
-        await endpoint.publish(SipURI.parse(presentity), body, expires=120)
+        await endpoint.publish(SipURI.parse(presentity), body, expires=120).outcome
     finally:
         await endpoint.close()
 

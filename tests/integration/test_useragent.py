@@ -336,15 +336,18 @@ def test_modify_gets_a_new_etag_and_reaches_an_allowed_watcher(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            pid, first = await ep.publish(alice, pidf(alice, "first"))
+            publication = ep.publish(alice, pidf(alice, "first"))
+            pid, first = publication.id, await publication.outcome
             assert first.etag
             assert first.expires == 3600
 
-            sid = await ep.subscribe(bob, alice)
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             await put_rules(presence_server, alice, bob, "allow")
             await c.events.notify(sid, "active", has_note("first"))
 
-            second = await ep.modify(pid, pidf(alice, "second"))
+            second = await publication.modify(pidf(alice, "second"))
             assert second.etag != first.etag
             await c.events.notify(sid, "active", has_note("second"))
             assert ep.ua.publication(pid) is not None
@@ -362,7 +365,8 @@ def test_a_short_publication_refreshes_itself(
     async def scenario() -> None:
         alice, _ = names()
         async with client(presence_server, transport) as c:
-            pid, first = await c.endpoint.publish(alice, pidf(alice, "short"), expires=2)
+            publication = c.endpoint.publish(alice, pidf(alice, "short"), expires=2)
+            pid, first = publication.id, await publication.outcome
             assert first.expires == 2
             refreshed = await c.events.wait(
                 PublicationConfirmed,
@@ -383,12 +387,15 @@ def test_unpublish_closes_the_watchers_view_and_forgets_the_publication(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            pid, confirmed = await ep.publish(alice, pidf(alice, "going"))
-            sid = await ep.subscribe(bob, alice)
+            publication = ep.publish(alice, pidf(alice, "going"))
+            pid, confirmed = publication.id, await publication.outcome
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             await put_rules(presence_server, alice, bob, "allow")
             await c.events.notify(sid, "active", has_note("going"))
 
-            await ep.unpublish(pid)
+            await publication.unpublish()
             assert ep.ua.publication(pid) is None
             await c.events.wait(PublicationRemoved, lambda e: e.publication_id == pid)
             # The watcher is told: the published tuple is gone; what the
@@ -415,8 +422,11 @@ def test_modify_after_the_server_forgot_the_etag_publishes_anew(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            pid, confirmed = await ep.publish(alice, pidf(alice, "before"))
-            sid = await ep.subscribe(bob, alice)
+            publication = ep.publish(alice, pidf(alice, "before"))
+            confirmed = await publication.outcome
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             await put_rules(presence_server, alice, bob, "allow")
             await c.events.notify(sid, "active", has_note("before"))
 
@@ -425,7 +435,7 @@ def test_modify_after_the_server_forgot_the_etag_publishes_anew(
             )
             assert statuses[0] == 200  # the removal itself
 
-            recovered = await ep.modify(pid, pidf(alice, "after"))
+            recovered = await publication.modify(pidf(alice, "after"))
             assert recovered.etag != confirmed.etag
             # publish, modify refused with 412, the same state published anew
             assert c.statuses("PUBLISH") == [200, 412, 200]
@@ -450,12 +460,15 @@ def test_after_a_server_restart_modify_publishes_anew_and_the_refresh_finds_no_d
             async with client(first, transport) as c:
                 ep = c.endpoint
                 alice, bob = names()
-                pid, confirmed = await ep.publish(alice, pidf(alice, "before"))
+                publication = ep.publish(alice, pidf(alice, "before"))
+                confirmed = await publication.outcome
                 # Long enough that no refresh of its own falls during the
                 # restart (one sent while no server listens fails with a
                 # transport error, not a 481, and a loaded machine can take
                 # seconds to restart Kamailio); it is refreshed by hand below.
-                sid = await ep.subscribe(bob, alice, expires=600)
+                subscription = ep.subscribe(bob, alice, expires=600)
+                sid = subscription.id
+                await subscription.accepted
                 # The dialog is established (and refreshable) with the first
                 # NOTIFY (RFC 6665 §4.1.2.4); on a loaded machine it can come
                 # after the 200 that subscribe() returns on, so wait for it
@@ -470,14 +483,14 @@ def test_after_a_server_restart_modify_publishes_anew_and_the_refresh_finds_no_d
                 await asyncio.to_thread(second.start)
                 assert second.port == first.port
 
-                recovered = await ep.modify(pid, pidf(alice, "after"))
+                recovered = await publication.modify(pidf(alice, "after"))
                 assert recovered.etag != confirmed.etag
                 # publish, modify refused with 412, the same state published anew
                 assert c.statuses("PUBLISH") == [200, 412, 200]
                 assert not c.events.of(PublicationFailed)
 
                 # RFC 6665 §4.1.2.2: a 481 to a refresh means the dialog is gone.
-                ep.refresh_subscription(sid)
+                subscription.refresh()
                 ended = await c.events.wait(
                     SubscriptionTerminated, lambda e: e.subscription_id == sid, timeout=8.0
                 )
@@ -500,8 +513,10 @@ def test_watcher_is_pending_until_allowed_then_active_with_the_pidf(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            await ep.publish(alice, pidf(alice, "visible"))
-            sid = await ep.subscribe(bob, alice)
+            await ep.publish(alice, pidf(alice, "visible")).outcome
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             accepted = await c.events.wait(SubscriptionAccepted, lambda e: e.subscription_id == sid)
             assert accepted.expires > 0
 
@@ -525,12 +540,12 @@ def test_winfo_subscription_lists_the_pending_watcher(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            sid = await ep.subscribe(bob, alice)
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             await c.events.notify(sid, "pending")
 
-            wid = await ep.subscribe(
-                alice, alice, event="presence.winfo", accept=("application/watcherinfo+xml",)
-            )
+            wid = await subscribe_winfo(ep, alice)
             winfo = await c.events.notify(wid, "active")
             assert winfo.content_type == "application/watcherinfo+xml"
             assert watchers_in(winfo.body) == [(str(bob), "pending")]
@@ -543,7 +558,9 @@ def test_block_rule_rejects_the_watcher(presence_server: PresenceServer, transpo
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            sid = await ep.subscribe(bob, alice)
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             await c.events.notify(sid, "pending")
 
             await put_rules(presence_server, alice, bob, "block")
@@ -555,12 +572,14 @@ def test_block_rule_rejects_the_watcher(presence_server: PresenceServer, transpo
 
 
 async def subscribe_winfo(ep: SipEndpoint, presentity: SipURI) -> int:
-    return await ep.subscribe(
+    winfo = ep.subscribe(
         presentity,
         presentity,
         event="presence.winfo",
         accept=("application/watcherinfo+xml",),
     )
+    await winfo.accepted
+    return winfo.id
 
 
 def test_unsubscribe_ends_the_subscription_and_the_watcher_leaves_winfo(
@@ -570,17 +589,19 @@ def test_unsubscribe_ends_the_subscription_and_the_watcher_leaves_winfo(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            await ep.publish(alice, pidf(alice, "here"))
+            await ep.publish(alice, pidf(alice, "here")).outcome
             wid = await subscribe_winfo(ep, alice)
             await c.events.notify(wid, "active", lambda b: watchers_in(b) == [])
-            sid = await ep.subscribe(bob, alice)
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             # A new watcher is announced to the winfo subscriber.
             listed = [(str(bob), "pending")]
             await c.events.notify(wid, "active", lambda b: watchers_in(b) == listed)
             await put_rules(presence_server, alice, bob, "allow")
             await c.events.notify(sid, "active", has_note("here"))
 
-            await ep.unsubscribe(sid)
+            await subscription.end()
             ended = await c.events.wait(SubscriptionTerminated, lambda e: e.subscription_id == sid)
             assert ended.reason == "unsubscribed"
             assert ep.ua.subscription(sid) is None
@@ -605,10 +626,12 @@ def test_a_pending_watcher_that_unsubscribes_stays_listed_as_waiting(
         alice, bob = names()
         async with client(presence_server, transport) as c:
             ep = c.endpoint
-            sid = await ep.subscribe(bob, alice)
+            subscription = ep.subscribe(bob, alice)
+            sid = subscription.id
+            await subscription.accepted
             await c.events.notify(sid, "pending")
 
-            await ep.unsubscribe(sid)
+            await subscription.end()
             ended = await c.events.wait(SubscriptionTerminated, lambda e: e.subscription_id == sid)
             assert ended.reason == "unsubscribed"
 
