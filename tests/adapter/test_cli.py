@@ -150,19 +150,20 @@ def test_a_corrupt_store_is_one_line_naming_store_path(tmp_path: Path, content: 
     assert store.read_bytes() == content  # left as it was, for whoever looks into it
 
 
-def test_a_store_of_another_schema_version_is_one_line(tmp_path: Path) -> None:
+def test_a_store_of_a_newer_schema_version_is_one_line(tmp_path: Path) -> None:
     import sqlite3
 
     store = tmp_path / "adapter.sqlite"
     with sqlite3.connect(store) as db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute("INSERT INTO meta VALUES ('schema', '7')")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
+        db.execute("PRAGMA user_version = 7")
     db.close()
     with_store(tmp_path, store)
     result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
-        f"adapter.toml: store.path: {store}: schema version 7, expected 1\n"
+        f"adapter.toml: store.path: {store}: store schema version 7 is newer than 2, the "
+        "newest this adapter supports; run the adapter version that wrote it, or a newer one\n"
     )
 
 
@@ -225,7 +226,7 @@ def test_a_missing_store_is_created_and_the_adapter_serves(tmp_path: Path) -> No
             raise
     assert "Traceback" not in stderr
     with sqlite3.connect(store) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+        assert db.execute("PRAGMA user_version").fetchall() == [(2,)]
     db.close()
 
 

@@ -1,4 +1,4 @@
-"""The store: SqliteStore on a real file, MemoryStore."""
+"""The store: SqliteStore on a real file, MemoryStore; schema versions and migrations."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
+from adapter.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
 from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
 
@@ -244,7 +245,7 @@ def test_the_wal_the_loop_writes_is_checkpointed_and_started_over(
     # checkpoints its WAL would grow by every commit (here 1,000 commits of
     # about 12 KB each: some 12 MB).  Started over, it holds about the commits
     # between two checkpoints (at most some 200 here).
-    monkeypatch.setattr("adapter.store.CHECKPOINT_INTERVAL", 0.05)
+    monkeypatch.setattr("adapter.store.sqlite.CHECKPOINT_INTERVAL", 0.05)
     wal = Path(f"{path}-wal")
 
     async def scenario() -> None:
@@ -448,20 +449,11 @@ def test_a_file_that_is_not_a_database_is_one_line_store_error(
     assert path.read_bytes() == content  # nothing overwritten
 
 
-def test_another_schema_version_is_refused(path: Path) -> None:
-    asyncio.run(SqliteStore(path).close())
-    with sqlite3.connect(path) as other:
-        other.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
-    other.close()
-    with pytest.raises(StoreError) as info:
-        SqliteStore(path)
-    assert str(info.value) == f"{path}: schema version 99, expected 1"
-
-
 def test_a_missing_file_is_created_with_its_folder(path: Path) -> None:
     assert not path.parent.exists()
     asyncio.run(SqliteStore(path).close())
-    assert rows_on_disk(path, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    assert rows_on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert not list(path.parent.glob("*.bak"))  # nothing to keep a copy of
 
 
 def test_a_store_path_under_a_file_is_store_error(tmp_path: Path) -> None:
@@ -469,3 +461,176 @@ def test_a_store_path_under_a_file_is_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         SqliteStore(tmp_path / "plain" / "adapter.sqlite")
     assert "\n" not in str(info.value)
+
+
+# -- schema versions and migrations ---------------------------------------------------
+
+V1_DUMP = Path(__file__).parent.parent / "data" / "store" / "schema-1.sql"
+
+
+def v1_store(path: Path) -> Path:
+    """A store file of schema version 1, as the adapter before versioned migrations wrote it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.executescript(V1_DUMP.read_text())
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    return path
+
+
+def everything(path: Path) -> dict[str, list[Any]]:
+    """Every row of the store, by table, as another process reads it."""
+    return {
+        "records": rows_on_disk(path, "SELECT kind, key, value FROM records ORDER BY kind, key"),
+        "backlog": rows_on_disk(path, "SELECT * FROM backlog ORDER BY seq"),
+        "meta": rows_on_disk(
+            path, "SELECT key, value FROM meta WHERE key NOT IN ('schema') ORDER BY key"
+        ),
+    }
+
+
+def shape(path: Path) -> list[Any]:
+    return rows_on_disk(path, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+
+
+def test_a_version_1_store_is_migrated_and_keeps_every_record(path: Path) -> None:
+    v1_store(path)
+    before = everything(path)
+    assert len(before["records"]) == 3 and len(before["backlog"]) == 3
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        # What the services read back is what version 1 held.
+        assert sorted(store.load("publication")) == [ALICE]
+        schedules = store.load("schedule")
+        assert schedule_from_record(schedules["bob-app c1"]) == a_schedule()
+        (watch,) = store.load("watch").values()
+        assert same_watch(watch_from_record(watch), a_watch())
+        assert [row.seq for row in store.backlog_load()] == [1, 2, 3]
+        # Version 1's high-water mark (4, its last row delivered) still holds.
+        assert store.backlog_add("bob-app", "/bayeux/bob-app/presence", {}, EPOCH) == 5
+        await store.close()
+
+    run(scenario)
+    assert rows_on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    after = everything(path)
+    assert after["records"] == before["records"]
+    assert after["backlog"][:3] == before["backlog"]
+    assert dict(after["meta"])["backlog_seq"] == "5"
+
+
+def test_a_migrated_store_has_the_schema_of_a_new_one(path: Path, tmp_path: Path) -> None:
+    asyncio.run(SqliteStore(v1_store(path)).close())
+    fresh = tmp_path / "fresh.sqlite"
+    asyncio.run(SqliteStore(fresh).close())
+    assert shape(path) == shape(fresh)
+    assert "STRICT" in dict((name, sql) for _, name, _, sql in shape(path))["records"]
+
+
+def test_the_file_as_it_was_is_kept_beside_the_migrated_one(path: Path) -> None:
+    v1_store(path)
+    before = everything(path)
+    asyncio.run(SqliteStore(path).close())
+    copy = path.with_name("adapter.sqlite.schema-1.bak")
+    assert [p.name for p in sorted(path.parent.iterdir()) if "bak" in p.name] == [copy.name]
+    # An older adapter could be put back on it: version 1, every row.
+    assert rows_on_disk(copy, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    assert everything(copy) == before
+    # Opened again, the store is current: no second migration, no second copy.
+    copy.unlink()
+    asyncio.run(SqliteStore(path).close())
+    assert not copy.exists()
+
+
+def test_a_store_with_strict_tables_refuses_a_value_of_the_wrong_type(path: Path) -> None:
+    asyncio.run(SqliteStore(path).close())
+    with pytest.raises(sqlite3.IntegrityError):
+        rows_on_disk(path, "INSERT INTO backlog VALUES (1, 'a', '/bayeux/a', '{}', 'soon')")
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 99])
+def test_a_newer_store_is_refused_with_one_line_and_left_as_it_was(
+    path: Path, version: int
+) -> None:
+    asyncio.run(SqliteStore(path).close())
+    rows_on_disk(path, f"PRAGMA user_version = {version}")
+    content = path.read_bytes()
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    assert str(info.value) == (
+        f"{path}: store schema version {version} is newer than {SCHEMA_VERSION}, the newest "
+        "this adapter supports; run the adapter version that wrote it, or a newer one"
+    )
+    assert path.read_bytes() == content
+    assert not list(path.parent.glob("*.bak"))
+
+
+def test_a_version_1_file_claiming_a_newer_version_is_refused(path: Path) -> None:
+    v1_store(path)
+    rows_on_disk(path, "UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(StoreError, match=r"store schema version 99 is newer than"):
+        SqliteStore(path)
+
+
+def test_a_database_that_is_not_a_store_is_refused(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    rows_on_disk(path, "CREATE TABLE customers (name TEXT)")
+    content = path.read_bytes()
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    assert str(info.value) == f"{path}: not a store of this adapter (it has other tables)"
+    assert path.read_bytes() == content
+
+
+def test_a_migration_that_fails_half_way_leaves_the_store_as_it_was(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Everything a migration does is one transaction: its first statements are
+    # undone when a later one fails, and the version stays.
+    v1_store(path)
+    before = everything(path)
+    broken = (*MIGRATIONS[1][:6], "INSERT INTO records SELECT no_such_column FROM records_1")
+    monkeypatch.setitem(MIGRATIONS, 1, broken)
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+    assert everything(path) == before
+    assert rows_on_disk(path, "PRAGMA user_version") == [(0,)]
+    assert rows_on_disk(path, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    monkeypatch.undo()
+    asyncio.run(SqliteStore(path).close())  # the real migration still works
+    assert everything(path)["records"] == before["records"]
+
+
+def test_a_later_migration_runs_on_a_current_store(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next schema change is one more entry in MIGRATIONS and a new number.
+    async def fill() -> None:
+        store = SqliteStore(path)
+        await store.put("watch", "w", {"v": 1})
+        await store.close()
+
+    asyncio.run(fill())
+    monkeypatch.setattr("adapter.store.sqlite.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(
+        MIGRATIONS, SCHEMA_VERSION, ("CREATE INDEX backlog_by_app ON backlog (app_id)",)
+    )
+    store = SqliteStore(path)
+    assert store.load("watch") == {"w": {"v": 1}}
+    asyncio.run(store.close())
+    assert rows_on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+    assert ("index", "backlog_by_app") in [(t, n) for t, n, _, _ in shape(path)]
+    assert path.with_name(f"adapter.sqlite.schema-{SCHEMA_VERSION}.bak").is_file()
+
+
+def test_a_version_no_migration_starts_from_is_refused(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1_store(path)
+    monkeypatch.delitem(MIGRATIONS, 1)
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    assert str(info.value) == (
+        f"{path}: store schema version 1 cannot be migrated to {SCHEMA_VERSION}"
+    )
