@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
 
 
@@ -22,3 +23,25 @@ def presence_server() -> Iterator[PresenceServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for this test session, started when a test first
+    asks for it.
+
+    Never skipped, like the presence server: scripts/setup installs PostgreSQL
+    for the tests, so its absence fails loudly (PostgresError says how to fix it).
+    """
+    cluster = PostgresCluster(settings=TEST_SETTINGS)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> str:
+    """The URL of a new, empty database of the session's PostgreSQL, the test's own."""
+    return postgres.url(postgres.create_database())

@@ -1,22 +1,31 @@
-"""The store: SqliteStore on a real file, MemoryStore; schema versions and migrations."""
+"""The store: every backend (SQLite on a real file, PostgreSQL on a real private
+server) through the same tests, then what is SQLite's own; MemoryStore; schema
+versions and migrations."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
+from adapter.store import postgres as postgres_store
+from adapter.store import sqlite as sqlite_store
+from adapter.store.postgres import PostgresStore, describe
 from adapter.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
 from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
+from tests.postgres_server import PostgresCluster
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@example.com"
@@ -113,30 +122,139 @@ def test_watch_record_round_trips() -> None:
     assert again.reference is None and again.decisions is None
 
 
-# -- SqliteStore on a real file ------------------------------------------------------
+# -- every backend: SqliteStore on a real file, PostgresStore on a real database -------
 
 
-def test_everything_survives_close_and_reopen(path: Path) -> None:
+class SqliteBackend:
+    """An SQLite store file, and another process's view of it."""
+
+    name = "sqlite"
+    module = sqlite_store
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+
+    def open(self) -> SqliteStore:
+        return SqliteStore(self.path)
+
+    def rows(self, sql: str) -> list[Any]:
+        return rows_on_disk(self.path, sql)
+
+    def refuse(self, key: str) -> None:
+        """Make the database itself refuse a record of ``key``, as a full disk would."""
+        self.rows(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = '{key}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+
+    @contextlib.contextmanager
+    def writes_held(self) -> Iterator[None]:
+        """Another connection holds the write lock meanwhile."""
+        blocker = sqlite3.connect(self.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            blocker.execute("COMMIT")
+            blocker.close()
+
+    def version(self) -> int:
+        return int(self.rows("PRAGMA user_version")[0][0])
+
+    def set_version(self, version: int) -> None:
+        self.rows(f"PRAGMA user_version = {version}")
+
+    def indexes(self) -> list[str]:
+        return [n for (n,) in self.rows("SELECT name FROM sqlite_master WHERE type = 'index'")]
+
+    def tables(self) -> list[str]:
+        return [n for (n,) in self.rows("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+
+class PostgresBackend:
+    """A database of the session's private PostgreSQL, and another client's view of it."""
+
+    name = "postgresql"
+    module = postgres_store
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = describe(url)
+
+    def open(self) -> PostgresStore:
+        return PostgresStore(self.url)
+
+    def rows(self, sql: str) -> list[Any]:
+        with psycopg.connect(self.url, autocommit=True) as db:
+            cursor = db.execute(sql)  # type: ignore[call-overload]
+            return cursor.fetchall() if cursor.description else []
+
+    def refuse(self, key: str) -> None:
+        self.rows(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused by the test'; END $$"
+        )
+        self.rows(
+            "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON records FOR EACH ROW "
+            f"WHEN (NEW.key = '{key}') EXECUTE FUNCTION refuse()"
+        )
+
+    @contextlib.contextmanager
+    def writes_held(self) -> Iterator[None]:
+        blocker = psycopg.connect(self.url)
+        blocker.execute("LOCK TABLE meta, records, backlog IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            blocker.commit()
+            blocker.close()
+
+    def version(self) -> int:
+        return int(self.rows("SELECT value FROM meta WHERE key = 'schema'")[0][0])
+
+    def set_version(self, version: int) -> None:
+        self.rows(f"UPDATE meta SET value = '{version}' WHERE key = 'schema'")
+
+    def indexes(self) -> list[str]:
+        return [n for (n,) in self.rows("SELECT indexname FROM pg_indexes")]
+
+    def tables(self) -> list[str]:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        return [n for (n,) in self.rows(sql)]
+
+
+Backend = SqliteBackend | PostgresBackend
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SqliteBackend(path)
+    return PostgresBackend(request.getfixturevalue("postgres_url"))
+
+
+def test_everything_survives_close_and_reopen(backend: Backend) -> None:
     async def scenario() -> None:
-        store = SqliteStore(path)
+        store = backend.open()
         await store.put("publication", ALICE, a_publication())
         await store.put("watch", "w1", watch_to_record(a_watch()))
         await store.put("schedule", "s1", schedule_to_record(a_schedule()))
         seqs = [
             store.backlog_add("alice-app", "/bayeux/alice-app/p", {"n": 1}, EPOCH + 10),
             store.backlog_add("bob-app", "/bayeux/bob-app/p", {"n": 2}, EPOCH + 11),
-            store.backlog_add("alice-app", "/bayeux/alice-app/p", {"n": 3}, EPOCH + 12),
+            store.backlog_add("alice-app", "/bayeux/alice-app/p", {"n": 3}, EPOCH + 12.25),
         ]
         await store.close()
 
-        store = SqliteStore(path)
+        store = backend.open()
         assert store.load("publication") == {ALICE: a_publication()}
         assert same_watch(watch_from_record(store.load("watch")["w1"]), a_watch())
         assert schedule_from_record(store.load("schedule")["s1"]) == a_schedule()
         assert store.backlog_load() == [
             BacklogRow(seqs[0], "alice-app", "/bayeux/alice-app/p", {"n": 1}, EPOCH + 10),
             BacklogRow(seqs[1], "bob-app", "/bayeux/bob-app/p", {"n": 2}, EPOCH + 11),
-            BacklogRow(seqs[2], "alice-app", "/bayeux/alice-app/p", {"n": 3}, EPOCH + 12),
+            BacklogRow(seqs[2], "alice-app", "/bayeux/alice-app/p", {"n": 3}, EPOCH + 12.25),
         ]
         assert seqs == sorted(seqs)
         await store.close()
@@ -144,19 +262,260 @@ def test_everything_survives_close_and_reopen(path: Path) -> None:
     run(scenario)
 
 
-def test_an_awaited_write_is_on_disk_when_the_future_completes(path: Path) -> None:
+def test_an_awaited_write_is_stored_when_the_future_completes(backend: Backend) -> None:
     async def scenario() -> None:
-        store = SqliteStore(path)
+        store = backend.open()
         seen_at_completion: list[Any] = []
         future = store.put("publication", ALICE, a_publication())
-        future.add_done_callback(lambda _: seen_at_completion.extend(rows_on_disk(path)))
+        future.add_done_callback(
+            lambda _: seen_at_completion.extend(backend.rows("SELECT kind, key FROM records"))
+        )
         await future
-        assert [(k, key) for k, key, _ in seen_at_completion] == [("publication", ALICE)]
+        assert seen_at_completion == [("publication", ALICE)]
         await store.delete("publication", ALICE)
-        assert rows_on_disk(path) == []
+        assert backend.rows("SELECT kind, key FROM records") == []
         await store.close()
 
     run(scenario)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "memory"])
+def test_put_after_delete_and_delete_of_an_absent_key(
+    request: pytest.FixtureRequest, path: Path, kind: str
+) -> None:
+    async def scenario() -> None:
+        store: Store
+        if kind == "memory":
+            store = MemoryStore()
+        elif kind == "sqlite":
+            store = SqliteStore(path)
+        else:
+            store = PostgresStore(request.getfixturevalue("postgres_url"))
+        await store.delete("watch", "never-there")
+        await store.put("watch", "w", {"v": 1})
+        await store.delete("watch", "w")
+        assert store.load("watch") == {}
+        await store.put("watch", "w", {"v": 2})
+        await store.put("schedule", "w", {"other": "kind"})
+        assert store.load("watch") == {"w": {"v": 2}}
+        assert store.load("schedule") == {"w": {"other": "kind"}}
+        await store.close()
+
+    run(scenario)
+
+
+def test_any_json_a_service_hands_over_comes_back_the_same(backend: Backend) -> None:
+    # Whatever JSON the REST side accepted: control characters, NUL included,
+    # any script, large and precise numbers.
+    value = {"note": "a\u0000b\u001fc \u00e9\u4e2d\U0001f600", "n": 2**53 + 1, "f": 0.1 + 0.2,
+             "nested": [None, True, {"": []}]}
+
+    async def scenario() -> None:
+        store = backend.open()
+        await store.put("publication", ALICE, value)
+        await store.close()
+        store = backend.open()
+        assert store.load("publication") == {ALICE: value}
+        await store.close()
+
+    run(scenario)
+
+
+def test_backlog_sequence_numbers_keep_increasing_across_reopen(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = backend.open()
+        first = [store.backlog_add("a", "/bayeux/a/x", n, EPOCH) for n in range(3)]
+        store.backlog_remove([first[1]])
+        await store.close()
+
+        store = backend.open()
+        assert [row.data for row in store.backlog_load()] == [0, 2]
+        second = store.backlog_add("a", "/bayeux/a/x", 3, EPOCH)
+        assert second > max(first)
+        # Everything delivered: the next process must still not hand out an
+        # old number again (restored messages are named after it).
+        store.backlog_remove([first[0], first[2], second])
+        await store.close()
+
+        store = backend.open()
+        assert store.backlog_load() == []
+        third = store.backlog_add("a", "/bayeux/a/x", 4, EPOCH)
+        assert third > second
+        await store.close()
+
+    run(scenario)
+
+
+def test_a_failing_write_fails_its_future_and_the_writer_goes_on(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = backend.open()
+        backend.refuse("bad")
+        with pytest.raises(StoreError) as info:
+            await store.put("watch", "bad", {})
+        assert "refused by the test" in str(info.value)
+        assert str(info.value).startswith(f"{backend.where}: ")
+        assert "\n" not in str(info.value)
+        assert store.failures == 1
+        await store.put("watch", "good", {"v": 1})
+        store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
+        await store.close()
+        assert backend.rows("SELECT kind, key, value FROM records") == [
+            ("watch", "good", '{"v":1}')
+        ]
+        assert len(backend.rows("SELECT * FROM backlog")) == 1
+
+    run(scenario)
+
+
+def test_writes_held_up_keep_their_order_and_the_loop_runs_meanwhile(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = backend.open()
+        await store.probe()  # connected
+        with backend.writes_held():
+            first = store.put("publication", ALICE, ["first"])
+            await asyncio.sleep(0.02)
+            second = store.put("publication", ALICE, ["x" * 1_000_000])
+            third = store.delete("publication", BOB)
+            fourth = store.put("publication", ALICE, ["last"])
+            ticks = 0
+            for _ in range(5):
+                await asyncio.sleep(0.01)  # the loop keeps serving others
+                ticks += 1
+            assert ticks == 5
+            assert not any(f.done() for f in (first, second, third, fourth))
+        await asyncio.gather(first, second, third, fourth)
+        assert store.load("publication") == {ALICE: ["last"]}
+        await store.close()
+
+    run(scenario)
+
+
+def test_a_waiter_that_gave_up_does_not_stop_the_writer(backend: Backend) -> None:
+    # A REST call cancelled while its write is queued (client gone, timeout):
+    # the write still happens, and later writes must still complete.
+    async def scenario() -> None:
+        store = backend.open()
+        await store.probe()
+        with backend.writes_held():
+            abandoned = [store.put("watch", f"gone{n}", {}) for n in range(2)]
+            for future in abandoned:
+                future.cancel()
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(store.put("watch", "later", {}), 5)
+        assert sorted(store.load("watch")) == ["gone0", "gone1", "later"]
+        await store.close()
+
+    run(scenario)
+
+
+def test_reads_and_writes_need_no_event_loop_for_the_backlog(backend: Backend) -> None:
+    # The Bayeux core journals from plain method calls: no future to await.
+    store = backend.open()
+    seq = store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
+    asyncio.run(store.close())
+    assert backend.rows("SELECT seq, data FROM backlog") == [(seq, '{"n":1}')]
+
+
+def test_a_new_store_is_made_at_the_current_version(backend: Backend) -> None:
+    asyncio.run(backend.open().close())
+    assert backend.version() == backend.module.SCHEMA_VERSION
+    asyncio.run(backend.open().close())  # and opened again as it is
+    assert backend.version() == backend.module.SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("ahead", [1, 97])
+def test_a_newer_store_is_refused_with_one_line_and_left_as_it_was(
+    backend: Backend, ahead: int
+) -> None:
+    async def fill() -> None:
+        store = backend.open()
+        await store.put("watch", "w", {"v": 1})
+        await store.close()
+
+    asyncio.run(fill())
+    current = backend.module.SCHEMA_VERSION
+    backend.set_version(current + ahead)
+    before = backend.rows("SELECT * FROM records"), backend.rows("SELECT * FROM meta")
+    with pytest.raises(StoreError) as info:
+        backend.open()
+    assert str(info.value) == (
+        f"{backend.where}: store schema version {current + ahead} is newer than {current}, "
+        "the newest this adapter supports; run the adapter version that wrote it, or a newer one"
+    )
+    assert (backend.rows("SELECT * FROM records"), backend.rows("SELECT * FROM meta")) == before
+
+
+def test_a_database_that_is_not_a_store_is_refused(backend: Backend) -> None:
+    if isinstance(backend, SqliteBackend):
+        backend.path.parent.mkdir(parents=True)
+    backend.rows("CREATE TABLE customers (name TEXT)")
+    with pytest.raises(StoreError) as info:
+        backend.open()
+    assert str(info.value) == f"{backend.where}: not a store of this adapter (it has other tables)"
+    assert backend.tables() == ["customers"]  # nothing created beside it
+
+
+def test_a_later_migration_runs_on_a_current_store(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next schema change is one more entry in MIGRATIONS and a new number.
+    async def fill() -> None:
+        store = backend.open()
+        await store.put("watch", "w", {"v": 1})
+        store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
+        await store.close()
+
+    asyncio.run(fill())
+    current = backend.module.SCHEMA_VERSION
+    monkeypatch.setattr(backend.module, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(
+        backend.module.MIGRATIONS,  # type: ignore[arg-type]
+        current,
+        ("CREATE INDEX backlog_by_app ON backlog (app_id)",),
+    )
+    store = backend.open()
+    assert store.load("watch") == {"w": {"v": 1}}
+    assert [row.data for row in store.backlog_load()] == [1]
+    asyncio.run(store.close())
+    assert backend.version() == current + 1
+    assert "backlog_by_app" in backend.indexes()
+
+
+def test_a_migration_that_fails_half_way_leaves_the_store_as_it_was(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Everything a migration does is one transaction with the version's
+    # change: its first statements are undone when a later one fails.
+    async def fill() -> None:
+        store = backend.open()
+        await store.put("watch", "w", {"v": 1})
+        await store.close()
+
+    asyncio.run(fill())
+    before = backend.rows("SELECT * FROM records")
+    current = backend.module.SCHEMA_VERSION
+    monkeypatch.setattr(backend.module, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(
+        backend.module.MIGRATIONS,  # type: ignore[arg-type]
+        current,
+        (
+            "CREATE INDEX backlog_by_app ON backlog (app_id)",
+            "DELETE FROM records",
+            "INSERT INTO records SELECT no_such_column FROM backlog",
+        ),
+    )
+    with pytest.raises(StoreError) as info:
+        backend.open()
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{backend.where}: ")
+    assert "no_such_column" in str(info.value)
+    assert backend.rows("SELECT * FROM records") == before
+    assert backend.version() == current
+    assert "backlog_by_app" not in backend.indexes()
+    monkeypatch.undo()
+    asyncio.run(backend.open().close())  # the adapter of this version still opens it
+
+
+# -- SqliteStore on a real file ------------------------------------------------------
 
 
 def commits_by_connection(store: SqliteStore) -> dict[str, list[str]]:
@@ -294,23 +653,6 @@ def test_writes_queued_together_commit_together_in_order(path: Path) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
-def test_put_after_delete_and_delete_of_an_absent_key(path: Path, kind: str) -> None:
-    async def scenario() -> None:
-        store: Store = SqliteStore(path) if kind == "sqlite" else MemoryStore()
-        await store.delete("watch", "never-there")
-        await store.put("watch", "w", {"v": 1})
-        await store.delete("watch", "w")
-        assert store.load("watch") == {}
-        await store.put("watch", "w", {"v": 2})
-        await store.put("schedule", "w", {"other": "kind"})
-        assert store.load("watch") == {"w": {"v": 2}}
-        assert store.load("schedule") == {"w": {"other": "kind"}}
-        await store.close()
-
-    run(scenario)
-
-
 def test_a_record_written_again_is_updated_where_it_stands(path: Path) -> None:
     # A Publish writes its record twice; a rewrite must not delete and
     # re-insert the row (a new rowid, three pages rewritten instead of one).
@@ -327,105 +669,6 @@ def test_a_record_written_again_is_updated_where_it_stands(path: Path) -> None:
         await store.close()
 
     run(scenario)
-
-
-def test_backlog_sequence_numbers_keep_increasing_across_reopen(path: Path) -> None:
-    async def scenario() -> None:
-        store = SqliteStore(path)
-        first = [store.backlog_add("a", "/bayeux/a/x", n, EPOCH) for n in range(3)]
-        store.backlog_remove([first[1]])
-        await store.close()
-
-        store = SqliteStore(path)
-        assert [row.data for row in store.backlog_load()] == [0, 2]
-        second = store.backlog_add("a", "/bayeux/a/x", 3, EPOCH)
-        assert second > max(first)
-        # Everything delivered: the next process must still not hand out an
-        # old number again (restored messages are named after it).
-        store.backlog_remove([first[0], first[2], second])
-        await store.close()
-
-        store = SqliteStore(path)
-        assert store.backlog_load() == []
-        third = store.backlog_add("a", "/bayeux/a/x", 4, EPOCH)
-        assert third > second
-        await store.close()
-
-    run(scenario)
-
-
-def test_a_failing_write_fails_its_future_and_the_writer_goes_on(path: Path) -> None:
-    async def scenario() -> None:
-        store = SqliteStore(path)
-        with sqlite3.connect(path) as other:
-            # A write the database itself refuses, as a full disk or a
-            # corrupted page would.
-            other.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = 'bad' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-            )
-        other.close()
-        with pytest.raises(StoreError) as info:
-            await store.put("watch", "bad", {})
-        assert "refused by the test" in str(info.value)
-        assert str(path) in str(info.value)
-        assert store.failures == 1
-        await store.put("watch", "good", {"v": 1})
-        store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
-        await store.close()
-        assert rows_on_disk(path) == [("watch", "good", '{"v":1}')]
-        assert len(rows_on_disk(path, "SELECT * FROM backlog")) == 1
-
-    run(scenario)
-
-
-def test_a_waiter_that_gave_up_does_not_stop_the_writer(path: Path) -> None:
-    # A REST call cancelled while its write is queued (client gone, timeout):
-    # the write still happens, and later writes must still complete.
-    async def scenario() -> None:
-        store = SqliteStore(path)
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        abandoned = [store.put("watch", f"gone{n}", {}) for n in range(2)]
-        for future in abandoned:
-            future.cancel()
-        await asyncio.sleep(0.05)
-        blocker.execute("COMMIT")
-        blocker.close()
-        await asyncio.wait_for(store.put("watch", "later", {}), 5)
-        assert sorted(store.load("watch")) == ["gone0", "gone1", "later"]
-        await store.close()
-
-    run(scenario)
-
-
-def test_the_event_loop_runs_while_a_write_waits_for_the_disk(path: Path) -> None:
-    async def scenario() -> None:
-        store = SqliteStore(path)
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        future = store.put("publication", ALICE, ["x" * 1_000_000])
-        assert not future.done()
-        ticks = 0
-        for _ in range(5):
-            await asyncio.sleep(0.01)  # the loop keeps serving others
-            ticks += 1
-        assert ticks == 5 and not future.done()
-        blocker.execute("COMMIT")
-        blocker.close()
-        await future
-        assert future.done() and future.exception() is None
-        await store.close()
-
-    run(scenario)
-
-
-def test_reads_and_writes_need_no_event_loop_for_the_backlog(path: Path) -> None:
-    # The Bayeux core journals from plain method calls: no future to await.
-    store = SqliteStore(path)
-    seq = store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
-    asyncio.run(store.close())
-    assert rows_on_disk(path, "SELECT seq, data FROM backlog") == [(seq, '{"n":1}')]
 
 
 # -- files that are not our store ----------------------------------------------------
@@ -548,80 +791,11 @@ def test_a_store_with_strict_tables_refuses_a_value_of_the_wrong_type(path: Path
         rows_on_disk(path, "INSERT INTO backlog VALUES (1, 'a', '/bayeux/a', '{}', 'soon')")
 
 
-@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 99])
-def test_a_newer_store_is_refused_with_one_line_and_left_as_it_was(
-    path: Path, version: int
-) -> None:
-    asyncio.run(SqliteStore(path).close())
-    rows_on_disk(path, f"PRAGMA user_version = {version}")
-    content = path.read_bytes()
-    with pytest.raises(StoreError) as info:
-        SqliteStore(path)
-    assert str(info.value) == (
-        f"{path}: store schema version {version} is newer than {SCHEMA_VERSION}, the newest "
-        "this adapter supports; run the adapter version that wrote it, or a newer one"
-    )
-    assert path.read_bytes() == content
-    assert not list(path.parent.glob("*.bak"))
-
-
 def test_a_version_1_file_claiming_a_newer_version_is_refused(path: Path) -> None:
     v1_store(path)
     rows_on_disk(path, "UPDATE meta SET value = '99' WHERE key = 'schema'")
     with pytest.raises(StoreError, match=r"store schema version 99 is newer than"):
         SqliteStore(path)
-
-
-def test_a_database_that_is_not_a_store_is_refused(path: Path) -> None:
-    path.parent.mkdir(parents=True)
-    rows_on_disk(path, "CREATE TABLE customers (name TEXT)")
-    content = path.read_bytes()
-    with pytest.raises(StoreError) as info:
-        SqliteStore(path)
-    assert str(info.value) == f"{path}: not a store of this adapter (it has other tables)"
-    assert path.read_bytes() == content
-
-
-def test_a_migration_that_fails_half_way_leaves_the_store_as_it_was(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Everything a migration does is one transaction: its first statements are
-    # undone when a later one fails, and the version stays.
-    v1_store(path)
-    before = everything(path)
-    broken = (*MIGRATIONS[1][:6], "INSERT INTO records SELECT no_such_column FROM records_1")
-    monkeypatch.setitem(MIGRATIONS, 1, broken)
-    with pytest.raises(StoreError) as info:
-        SqliteStore(path)
-    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
-    assert everything(path) == before
-    assert rows_on_disk(path, "PRAGMA user_version") == [(0,)]
-    assert rows_on_disk(path, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
-    monkeypatch.undo()
-    asyncio.run(SqliteStore(path).close())  # the real migration still works
-    assert everything(path)["records"] == before["records"]
-
-
-def test_a_later_migration_runs_on_a_current_store(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The next schema change is one more entry in MIGRATIONS and a new number.
-    async def fill() -> None:
-        store = SqliteStore(path)
-        await store.put("watch", "w", {"v": 1})
-        await store.close()
-
-    asyncio.run(fill())
-    monkeypatch.setattr("adapter.store.sqlite.SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setitem(
-        MIGRATIONS, SCHEMA_VERSION, ("CREATE INDEX backlog_by_app ON backlog (app_id)",)
-    )
-    store = SqliteStore(path)
-    assert store.load("watch") == {"w": {"v": 1}}
-    asyncio.run(store.close())
-    assert rows_on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
-    assert ("index", "backlog_by_app") in [(t, n) for t, n, _, _ in shape(path)]
-    assert path.with_name(f"adapter.sqlite.schema-{SCHEMA_VERSION}.bak").is_file()
 
 
 def test_a_version_no_migration_starts_from_is_refused(
@@ -634,3 +808,67 @@ def test_a_version_no_migration_starts_from_is_refused(
     assert str(info.value) == (
         f"{path}: store schema version 1 cannot be migrated to {SCHEMA_VERSION}"
     )
+
+
+# -- PostgresStore's own ---------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_one_line_without_the_password() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(StoreError) as info:
+        PostgresStore(f"postgresql://adapter:s3cret@127.0.0.1:{port}/presence")
+    message = str(info.value)
+    assert message.startswith(f"postgresql://adapter@127.0.0.1:{port}/presence: ")
+    assert "refused" in message
+    assert "\n" not in message and "s3cret" not in message
+
+
+def test_an_unknown_database_is_one_line(postgres: PostgresCluster) -> None:
+    with pytest.raises(StoreError) as info:
+        PostgresStore(postgres.url("no_such_database"))
+    assert str(info.value).startswith(f"{postgres.url('no_such_database')}: ")
+    assert 'database "no_such_database" does not exist' in str(info.value)
+
+
+def test_a_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
+    postgres_url: str,
+) -> None:
+    # What a restarted server, or a proxy that closed an idle connection,
+    # leaves behind: the writer's connection is dead when the next write comes.
+    backend = PostgresBackend(postgres_url)
+
+    async def scenario() -> None:
+        store = PostgresStore(postgres_url)
+        await store.put("watch", "before", {})
+        (ended,) = backend.rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'presence-adapter' AND pid <> pg_backend_pid()"
+        )
+        assert ended == (True,)
+        await asyncio.wait_for(store.put("watch", "after", {}), 30)
+        store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
+        await store.close()
+        assert store.failures == 0
+
+    run(scenario)
+    assert sorted(k for (k,) in backend.rows("SELECT key FROM records")) == ["after", "before"]
+    assert len(backend.rows("SELECT * FROM backlog")) == 1
+
+
+def test_nodes_opening_one_new_database_at_once_make_one_store(postgres_url: str) -> None:
+    # The advisory lock: whoever comes second finds the tables made.
+    async def scenario() -> None:
+        stores = await asyncio.gather(
+            *(asyncio.to_thread(PostgresStore, postgres_url) for _ in range(4))
+        )
+        await asyncio.gather(*(s.put("watch", f"w{n}", {}) for n, s in enumerate(stores)))
+        for store in stores:
+            await store.close()
+
+    run(scenario)
+    backend = PostgresBackend(postgres_url)
+    assert backend.version() == postgres_store.SCHEMA_VERSION
+    assert sorted(backend.tables()) == ["backlog", "meta", "records"]
+    assert len(backend.rows("SELECT * FROM records")) == 4
