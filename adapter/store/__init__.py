@@ -20,8 +20,35 @@ version and migrates an older store when it opens it (:mod:`adapter.store.schema
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from adapter.store.interface import KINDS, BacklogRow, Store, StoreError
 from adapter.store.memory import MemoryStore
 from adapter.store.sqlite import SqliteStore
 
-__all__ = ["KINDS", "BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
+if TYPE_CHECKING:
+    from adapter.config import StoreConfig
+
+__all__ = [
+    "KINDS",
+    "BacklogRow",
+    "MemoryStore",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "open_store",
+]
+
+
+def open_store(config: StoreConfig) -> Store:
+    """The store ``[store]`` names: PostgreSQL for ``url``, else the SQLite file ``path``.
+
+    Raises StoreError (one line) when it cannot be opened.
+    """
+    if config.url is not None:
+        # psycopg is imported only by an adapter that uses it.
+        from adapter.store.postgres import PostgresStore
+
+        return PostgresStore(config.url)
+    assert config.path is not None  # StoreConfig holds one or the other
+    return SqliteStore(config.path, synchronous=config.synchronous)

@@ -167,6 +167,26 @@ def test_a_store_of_a_newer_schema_version_is_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_a_postgresql_store_that_cannot_be_reached_is_one_line_naming_store_url(
+    tmp_path: Path,
+) -> None:
+    from tests.presence_server import free_port
+
+    port = free_port("127.0.0.1")  # nobody listens there
+    config = with_store(tmp_path, tmp_path / "unused.sqlite")
+    url = f"postgresql://adapter:pg-secret@127.0.0.1:{port}/presence"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace(f'path = "{tmp_path / "unused.sqlite"}"', f'url = "{url}"'))
+    result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        f"adapter.toml: store.url: postgresql://adapter@127.0.0.1:{port}/presence: "
+    )
+    assert "refused" in result.stderr and "pg-secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_store_path_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "var").write_text("a file where the store's folder should be")
     store = tmp_path / "var" / "adapter.sqlite"
