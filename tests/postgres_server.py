@@ -158,26 +158,7 @@ class PostgresCluster:
         )
         for _attempt in range(3):
             self.port = free_port(self.host)
-            options = " ".join(
-                [
-                    f"-c listen_addresses={self.host}",
-                    f"-p {self.port}",
-                    # No Unix socket: nothing shared with a system cluster.
-                    "-c unix_socket_directories=''",
-                    f"-c max_connections={self.max_connections}",
-                    *(f"-c {name}={value}" for name, value in self.settings.items()),
-                ]
-            )
-            done = subprocess.run(
-                self._as_owner(
-                    [
-                        str(self._bin / "pg_ctl"), "start", "-D", str(self.data),
-                        "-l", str(self.log_path), "-w", "-t", str(int(timeout)),
-                        "-o", options,
-                    ]
-                ),
-                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-            )
+            done = self._pg_ctl_start(timeout)
             if done.returncode == 0:
                 self._running = True
                 return
@@ -188,6 +169,46 @@ class PostgresCluster:
                     f"{done.stderr[-2000:]}\n{log[-2000:]}"
                 )
         raise PostgresError("PostgreSQL: no free port after 3 attempts")
+
+    def _pg_ctl_start(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        assert self._bin is not None
+        options = " ".join(
+            [
+                f"-c listen_addresses={self.host}",
+                f"-p {self.port}",
+                # No Unix socket: nothing shared with a system cluster.
+                "-c unix_socket_directories=''",
+                f"-c max_connections={self.max_connections}",
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
+            ]
+        )
+        return subprocess.run(
+            self._as_owner(
+                [
+                    str(self._bin / "pg_ctl"), "start", "-D", str(self.data),
+                    "-l", str(self.log_path), "-w", "-t", str(int(timeout)),
+                    "-o", options,
+                ]
+            ),
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: every connection is closed), keeping its data
+        and its port for :meth:`resume` — a server restart, in two steps."""
+        assert self._bin is not None and self._running
+        self._run(
+            [str(self._bin / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+            "pg_ctl stop",
+        )
+        self._running = False
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start the halted server again, on the same port with the same data."""
+        done = self._pg_ctl_start(timeout)
+        if done.returncode != 0:
+            raise PostgresError(f"PostgreSQL did not start again (exit {done.returncode})")
+        self._running = True
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove the directory; safe to repeat."""

@@ -25,7 +25,7 @@ from adapter.store.postgres import PostgresStore, describe
 from adapter.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
 from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
-from tests.postgres_server import PostgresCluster
+from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@example.com"
@@ -872,3 +872,45 @@ def test_nodes_opening_one_new_database_at_once_make_one_store(postgres_url: str
     assert backend.version() == postgres_store.SCHEMA_VERSION
     assert sorted(backend.tables()) == ["backlog", "meta", "records"]
     assert len(backend.rows("SELECT * FROM records")) == 4
+
+
+def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A cluster of the test's own: the session's is shared with other tests.
+    monkeypatch.setattr("adapter.store.postgres.WRITE_TIMEOUT", 1.0)
+    with PostgresCluster(settings=TEST_SETTINGS) as cluster:
+        url = cluster.url(cluster.create_database())
+
+        async def scenario() -> None:
+            store = PostgresStore(url)
+            await store.put("watch", "before", {})
+            cluster.halt()
+            with pytest.raises(StoreError) as info:
+                await asyncio.wait_for(store.put("watch", "during", {}), 30)
+            assert str(info.value).startswith(f"{describe(url)}: ")
+            assert "\n" not in str(info.value)
+            with pytest.raises(StoreError):
+                await asyncio.wait_for(store.probe(), 30)  # what /readyz asks
+            cluster.resume()
+            # The pool reconnects on its own: no restart of the adapter.
+            await eventually_async(lambda: store.put("watch", "after", {}))
+            await store.close()
+            assert store.failures >= 2
+
+        run(scenario)
+        rows = PostgresBackend(url).rows("SELECT key FROM records ORDER BY key")
+    assert rows == [("after",), ("before",)]
+
+
+async def eventually_async(write: Callable[[], Awaitable[None]], timeout: float = 30) -> None:
+    """``write()`` until it succeeds, within ``timeout`` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await write()
+            return
+        except StoreError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
