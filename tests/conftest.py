@@ -6,6 +6,7 @@ import pytest
 
 from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,15 @@ def postgres() -> Iterator[PostgresCluster]:
 def postgres_url(postgres: PostgresCluster) -> str:
     """The URL of a new, empty database of the session's PostgreSQL, the test's own."""
     return postgres.url(postgres.create_database())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private Redis for this test session (no persistence), started when a test
+    first asks for it; never skipped (scripts/setup installs redis-server)."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
