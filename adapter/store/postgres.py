@@ -291,8 +291,11 @@ class PostgresStore:
                 return
 
     async def _commit(self, writes: list[_Write]) -> StoreError | None:
+        """``writes`` in one transaction: None once committed, else the error."""
         assert self._pool is not None
-        for attempt in (1, 2):
+        tries = 2  # a connection that broke under the group: once more, on a new one
+        while True:
+            tries -= 1
             connection: psycopg.AsyncConnection[Any] | None = None
             try:
                 async with self._pool.connection() as connection:
@@ -305,7 +308,7 @@ class PostgresStore:
                     self.commit_seconds.observe(time.perf_counter() - started)
                 return None
             except psycopg.Error as exc:
-                if attempt == 1 and connection is not None and connection.broken:
+                if tries and connection is not None and connection.broken:
                     logger.warning(
                         "store %s: connection lost (%s); writing again on a new one",
                         self.where, _line(exc),
@@ -314,4 +317,3 @@ class PostgresStore:
                 self.failures += 1
                 logger.error("store %s: write failed: %s", self.where, _line(exc))
                 return StoreError(f"{self.where}: {_line(exc)}")
-        raise AssertionError("unreachable")

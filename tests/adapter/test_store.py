@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import sqlite3
@@ -914,3 +915,36 @@ async def eventually_async(write: Callable[[], Awaitable[None]], timeout: float 
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+def test_a_group_whose_connection_breaks_under_it_is_written_again_on_a_new_one(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = PostgresBackend(postgres_url)
+    terminate = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'presence-adapter' AND pid <> pg_backend_pid()"
+    )
+
+    async def scenario() -> None:
+        store = PostgresStore(postgres_url)
+        await store.probe()
+        with backend.writes_held():
+            # The group waits for the lock, inside its transaction, when its
+            # connection is ended.
+            first = store.put("watch", "w", {"n": 1})
+            seq = store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
+            await asyncio.sleep(0.2)
+            assert not first.done()
+            assert backend.rows(terminate) == [(True,)]
+            await asyncio.sleep(0.2)
+            assert not first.done()  # written again, waiting for the lock again
+        await asyncio.wait_for(first, 30)
+        await store.close()
+        assert store.failures == 0
+        assert backend.rows("SELECT seq FROM backlog") == [(seq,)]
+
+    with caplog.at_level(logging.WARNING, "adapter.store.postgres"):
+        run(scenario)
+    assert backend.rows("SELECT key, value FROM records") == [("w", '{"n":1}')]
+    assert any("writing again on a new one" in r.getMessage() for r in caplog.records)
