@@ -18,6 +18,12 @@ msgspec's own messages (``Expected `int`, got `str` - at `$.http.port```) are
 translated into that form by :func:`_config_error`; the problems the models find
 themselves are worded here.
 
+Adding a key: a field on its table's model, with its type, default and
+constraint (``Port``, ``Positive``, a ``Literal``, or a :class:`_Form` subclass
+for a new string form); a check across keys in the model's ``__post_init__``,
+raising :class:`_Problem` with the key; a new table is a model and a field of
+:class:`Config`. docs/configuration.md lists it (a test sees to that).
+
 Decisions this module makes (also stated in the README):
 
 - Unknown keys are accepted, so that a newer file still starts an older adapter,
@@ -67,6 +73,7 @@ from typing import (
     get_args,
     get_origin,
     get_type_hints,
+    is_typeddict,
 )
 from urllib.parse import urlsplit
 
@@ -276,8 +283,8 @@ class _Form(str):
             raise ValueError(problem)
         return cls(text)
 
-    @staticmethod
-    def _problem(text: str) -> str | None:
+    @classmethod
+    def _problem(cls, text: str) -> str | None:
         raise NotImplementedError
 
 
@@ -291,41 +298,35 @@ class Host(_Form):
         return f"{_show(text)} is not a host name or IP address"
 
 
-def _sip_uri_problem(text: str, *, need_user: bool) -> str | None:
-    """Why ``text`` is not a usable SIP URI (parsed by the SIP stack itself), or None."""
-    try:
-        uri = SipURI.parse(text)
-    except SipError as exc:
-        if "port" in str(exc):
-            return f"{_show(text)} has a port outside 1-65535"
-        return f"{_show(text)} is not a SIP URI"
-    if not _valid_host(uri.host):
-        return f"{_show(text)} has no valid host"
-    if uri.port is not None and not _valid_port(uri.port):
-        return f"{_show(text)} has a port outside 1-65535"
-    if need_user and not uri.user:
-        return f"{_show(text)} has no user part (expected sip:user@host)"
-    return None
-
-
 class SipUri(_Form):
     """A ``sip:`` or ``sips:`` URI with a valid host (RFC 3261 §19.1)."""
 
     plural = "SIP URIs"
+    #: Whether the URI must name a user (``sip:user@host``).
+    need_user: ClassVar[bool] = False
 
-    @staticmethod
-    def _problem(text: str) -> str | None:
-        return _sip_uri_problem(text, need_user=False)
+    @classmethod
+    def _problem(cls, text: str) -> str | None:
+        # Parsed by the SIP stack itself: what it refuses, the adapter could not use.
+        try:
+            uri = SipURI.parse(text)
+        except SipError as exc:
+            if "port" in str(exc):
+                return f"{_show(text)} has a port outside 1-65535"
+            return f"{_show(text)} is not a SIP URI"
+        if not _valid_host(uri.host):
+            return f"{_show(text)} has no valid host"
+        if uri.port is not None and not _valid_port(uri.port):
+            return f"{_show(text)} has a port outside 1-65535"
+        if cls.need_user and not uri.user:
+            return f"{_show(text)} has no user part (expected sip:user@host)"
+        return None
 
 
-class SipAddress(_Form):
+class SipAddress(SipUri):
     """A SIP address of a user, ``sip:user@host``."""
 
-    plural = "SIP URIs"
-
-    @staticmethod
-    def _problem(text: str) -> str | None:
-        return _sip_uri_problem(text, need_user=True)
+    need_user = True
 
 
 class HttpUrl(_Form):
@@ -789,10 +790,7 @@ class MetricsConfig(_Model, frozen=True, kw_only=True):
             return
         if self.token is not None:
             raise _Problem("token_env", "give token or token_env, not both")
-        token = os.environ.get(self.token_env)
-        if not token:
-            raise _Problem("token_env", f"environment variable {self.token_env} is not set")
-        force_setattr(self, "token", token)
+        force_setattr(self, "token", _environment("token_env", self.token_env))
         force_setattr(self, "token_env", None)
 
 
@@ -934,7 +932,7 @@ def _meta(kind: Any) -> Meta:
     if get_origin(kind) in (Union, types.UnionType):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))
     if get_origin(kind) is Annotated:
-        return next(arg for arg in get_args(kind) if isinstance(arg, Meta))
+        return next((arg for arg in get_args(kind) if isinstance(arg, Meta)), Meta())
     return Meta()
 
 
@@ -944,7 +942,7 @@ def _fields(kind: Any) -> dict[str, Any] | None:
     if isinstance(kind, type) and issubclass(kind, Struct):
         skip = getattr(kind, "_not_in_file", ())
         return {f.name: f.type for f in msgspec.structs.fields(kind) if f.name not in skip}
-    if isinstance(kind, type) and issubclass(kind, dict) and hasattr(kind, "__total__"):
+    if is_typeddict(kind):
         return get_type_hints(kind, include_extras=True)
     return None
 
@@ -978,15 +976,15 @@ _PARTS = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 def _at(path: str, data: Any) -> tuple[Any, Any]:
-    """The declared type and the file's value at ``path`` (None where it has none)."""
+    """The declared type and the file's value at ``path`` (None where either is unknown)."""
     kind: Any = Config
     for name, index in _PARTS.findall(path):
         kind = _bare(kind)
         if index:
-            kind = get_args(kind)[0]
+            kind = next(iter(get_args(kind)), None)
             data = data[int(index)] if isinstance(data, list) else None
         else:
-            kind = (_fields(kind) or {})[name]
+            kind = (_fields(kind) or {}).get(name)
             data = data.get(name) if isinstance(data, dict) else None
     return kind, data
 
@@ -1035,10 +1033,9 @@ def _config_error(source: str, exc: msgspec.ValidationError, data: Any) -> Confi
     kind, value = _at(path, data)
     if match := re.fullmatch(r"Expected `.+`, got `(\w+)`", message):
         problem = f"must be {_expected(kind, path)}, not {_GOT.get(match[1], match[1])}"
-    elif message.startswith("Invalid enum value"):
-        choices = [f'"{choice}"' for choice in get_args(_bare(kind))]
-        listed = f"{', '.join(choices[:-1])} or {choices[-1]}"
-        problem = f"{_show(value)} must be {listed}"
+    elif message.startswith("Invalid enum value") and get_args(_bare(kind)):
+        *first, last = (f'"{choice}"' for choice in get_args(_bare(kind)))
+        problem = f"{_show(value)} must be {', '.join(first)} or {last}"
     elif message.startswith("Expected `str` matching regex"):
         problem = "must not be empty"
     elif re.match(r"Expected `(int|float)` [<>]", message):
