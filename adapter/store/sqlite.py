@@ -203,8 +203,8 @@ class SqliteStore:
     def _keep_copy(self, version: int) -> None:
         """Copy the file as it is, before migrating it, to ``<file>.schema-<version>.bak``.
 
-        The copy is written under another name and renamed into place: a
-        crash leaves either no copy or a whole one.
+        The copy is written under another name, synced, and renamed into
+        place: a crash leaves either no copy or a whole one.
         """
         copy = self.path.with_name(f"{self.path.name}.schema-{version}.bak")
         partial = copy.with_name(copy.name + ".partial")
@@ -214,6 +214,8 @@ class SqliteStore:
             self._db.backup(target)
         finally:
             target.close()
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
         os.replace(partial, copy)
         logger.warning(
             "store %s: schema version %d, migrating to %d; the file as it was is kept as %s",
