@@ -3,10 +3,11 @@
 The driver is psycopg 3, with psycopg_pool, rather than asyncpg:
 
 * one driver has both a blocking and an asyncio interface.  Opening the store
-  (checking, creating or migrating its schema) and the reads at start run
-  before serving and block, as :class:`~adapter.store.sqlite.SqliteStore`'s
-  do, so that a store that cannot be used stops start-up with one line from
-  ``make_app``; the writes run on the event loop and never block it;
+  (checking, creating or migrating its schema, and reading what it holds for
+  the reads at start, in one transaction) runs before serving and blocks, as
+  :class:`~adapter.store.sqlite.SqliteStore`'s does, so that a store that
+  cannot be used stops start-up with one line from ``make_app``; the writes
+  run on the event loop and never block it;
 * psycopg_pool checks a connection before handing it out and replaces a
   broken one (a restarted server) on its own, with back-off;
 * pipeline mode sends a whole group of writes and its COMMIT in one round
@@ -50,7 +51,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapter.metrics import STORE_BUCKETS, Histogram
 from adapter.store import schema
-from adapter.store.interface import BacklogRow, StoreError, encode, settle
+from adapter.store.interface import KINDS, BacklogRow, StoreError, encode, settle
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -77,6 +78,9 @@ _TABLES = (
 #: Version -> the statements that bring a store of that version to the next.
 MIGRATIONS: schema.Migrations = {}
 
+#: The snapshot's key for the backlog (not a kind of record).
+_BACKLOG = "backlog"
+_LOAD_BACKLOG = "SELECT seq, app_id, channel, data, expires_at FROM backlog ORDER BY seq"
 _PUT_SCHEMA = (
     "INSERT INTO meta VALUES ('schema', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
@@ -131,6 +135,9 @@ class PostgresStore:
             "connect_timeout": params.get("connect_timeout", CONNECT_TIMEOUT),
             "application_name": params.get("application_name", "presence-adapter"),
         }
+        #: What the store held when opened, by kind (and _BACKLOG), until read or
+        #: written: the reads at start then ask nothing of the server.
+        self._snapshot: dict[str, list[tuple[Any, ...]]] = {}
         self._seq = self._open()
         self._pending: list[_Write] = []
         self._wake: asyncio.Event | None = None
@@ -167,6 +174,10 @@ class PostgresStore:
                     db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))
                 (last,) = db.execute("SELECT max(seq) FROM backlog").fetchone() or (None,)
                 mark = db.execute("SELECT value FROM meta WHERE key = 'backlog_seq'").fetchone()
+                self._snapshot = {kind: [] for kind in KINDS}
+                for kind, key, value in db.execute("SELECT kind, key, value FROM records"):
+                    self._snapshot.setdefault(kind, []).append((key, value))
+                self._snapshot[_BACKLOG] = db.execute(_LOAD_BACKLOG).fetchall()
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {_line(exc)}") from None
         # The high-water mark outlives the rows: restored messages are named
@@ -197,24 +208,32 @@ class PostgresStore:
             raise StoreError(f"{self.where}: {_line(exc)}") from None
 
     def load(self, kind: str) -> dict[str, Any]:
-        rows = self._query("SELECT key, value FROM records WHERE kind = %s", (kind,))
+        # Read at open, when nothing of that kind was written since: the
+        # services read at start while the server already serves, and a read
+        # over the network would hold the event loop.
+        rows = self._snapshot.pop(kind, None)
+        if rows is None:
+            rows = self._query("SELECT key, value FROM records WHERE kind = %s", (kind,))
         return {key: json.loads(value) for key, value in rows}
 
     def backlog_load(self) -> list[BacklogRow]:
-        rows = self._query(
-            "SELECT seq, app_id, channel, data, expires_at FROM backlog ORDER BY seq"
-        )
+        rows = self._snapshot.pop(_BACKLOG, None)
+        if rows is None:
+            rows = self._query(_LOAD_BACKLOG)
         return [BacklogRow(s, a, c, json.loads(d), e) for s, a, c, d, e in rows]
 
     # -- writes ------------------------------------------------------------------
 
     def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        self._snapshot.pop(kind, None)
         return self._submit([(_PUT_RECORD, (kind, key, encode(value)))])
 
     def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+        self._snapshot.pop(kind, None)
         return self._submit([(_DELETE_RECORD, (kind, key))])
 
     def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
+        self._snapshot.pop(_BACKLOG, None)
         self._seq += 1
         row = (self._seq, app_id, channel, encode(data), expires_at)
         self._write(([(_ADD_BACKLOG, row), (_PUT_MARK, (str(self._seq),))], None))
@@ -223,6 +242,7 @@ class PostgresStore:
     def backlog_remove(self, seqs: Iterable[int]) -> None:
         rows = list(seqs)
         if rows:
+            self._snapshot.pop(_BACKLOG, None)
             self._write(([(_REMOVE_BACKLOG, (rows,))], None))
 
     def probe(self) -> asyncio.Future[None]:

@@ -948,3 +948,45 @@ def test_a_group_whose_connection_breaks_under_it_is_written_again_on_a_new_one(
         run(scenario)
     assert backend.rows("SELECT key, value FROM records") == [("w", '{"n":1}')]
     assert any("writing again on a new one" in r.getMessage() for r in caplog.records)
+
+
+def test_the_reads_at_start_are_made_when_the_store_is_opened(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The services read while the server already serves: a read then must not
+    # hold the event loop on the network.
+    async def fill() -> None:
+        store = PostgresStore(postgres_url)
+        await store.put("watch", "w", {"v": 1})
+        store.backlog_add("a", "/bayeux/a/x", {"n": 1}, EPOCH)
+        await store.close()
+
+    asyncio.run(fill())
+    store = PostgresStore(postgres_url)
+
+    def unreachable() -> None:
+        raise psycopg.OperationalError("the test made the server unreachable")
+
+    monkeypatch.setattr(store, "_connect", unreachable)
+    assert store.load("watch") == {"w": {"v": 1}}
+    assert store.load("publication") == {} and store.load("schedule") == {}
+    assert [row.data for row in store.backlog_load()] == [{"n": 1}]
+    # Read once: later reads ask the database (a write since would change them).
+    with pytest.raises(StoreError, match="the test made the server unreachable"):
+        store.load("watch")
+    monkeypatch.undo()
+    asyncio.run(store.close())
+
+
+def test_a_read_after_a_write_of_its_kind_sees_the_write(postgres_url: str) -> None:
+    async def scenario() -> None:
+        store = PostgresStore(postgres_url)
+        await store.put("watch", "w", {"v": 1})
+        store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
+        await store.probe()
+        assert store.load("watch") == {"w": {"v": 1}}
+        assert [row.data for row in store.backlog_load()] == [1]
+        assert store.load("schedule") == {}
+        await store.close()
+
+    run(scenario)
