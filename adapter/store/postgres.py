@@ -31,9 +31,15 @@ Values are stored as their JSON text, as SQLite stores them, not as jsonb:
 jsonb refuses some JSON that Python writes (``\\u0000`` in a string), and a
 store must keep whatever the services hand it.
 
-The schema's version is the ``meta`` table's ``schema`` row.  Opening takes a
-transaction-level advisory lock, so that adapters starting together on one
-database take turns to create or migrate it (adapter.store.schema).
+The schema's version is the ``meta`` table's ``schema`` row (adapter.store.schema).
+
+One adapter at a time: the store holds a session-level advisory lock for as
+long as it is open, and an adapter that cannot take it within
+:data:`OWNER_WAIT` refuses to start.  Two adapters on one store would both
+re-publish and re-subscribe everything, and hand out the same backlog
+numbers; several nodes sharing a store need the cluster's leases first.  The
+wait covers an adapter restarted at once after ``kill -9``: the server
+notices the dead process's connection close and lets go of its lock.
 """
 
 from __future__ import annotations
@@ -63,8 +69,10 @@ SCHEMA_VERSION = 1
 CONNECT_TIMEOUT = 10
 #: Seconds a write waits for a connection (the server unreachable) before it fails.
 WRITE_TIMEOUT = 10.0
-#: The advisory lock taken while opening ("pres").
-OPEN_LOCK = 0x70726573
+#: The advisory lock an open store holds ("pres").
+OWNER_LOCK = 0x70726573
+#: Seconds to wait for it (libpq's lock_timeout syntax).
+OWNER_WAIT = "5s"
 
 _TABLES = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -157,8 +165,30 @@ class PostgresStore:
         """Check the database holds our store, creating or migrating it; the last backlog
         number."""
         try:
-            with self._connect() as db, db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (OPEN_LOCK,))
+            db = self._connect()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+        try:
+            seq = self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        #: Holds OWNER_LOCK while the store is open.
+        self._owner = db
+        return seq
+
+    def _prepare(self, db: psycopg.Connection[Any]) -> int:
+        try:
+            db.execute(f"SET lock_timeout = '{OWNER_WAIT}'")
+            try:
+                db.execute("SELECT pg_advisory_lock(%s)", (OWNER_LOCK,))
+            except psycopg.errors.LockNotAvailable:
+                raise StoreError(
+                    f"{self.where}: another adapter is using this store "
+                    "(one adapter per store until clusters are supported)"
+                ) from None
+            db.execute("RESET lock_timeout")
+            with db.transaction():
                 found = self._version(db)
                 if found != SCHEMA_VERSION:
                     if found:
@@ -259,6 +289,7 @@ class PostgresStore:
             await self._writer
         if self._pool is not None:
             await self._pool.close()
+        self._owner.close()  # lets go of OWNER_LOCK
 
     def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -833,6 +833,15 @@ def test_an_unknown_database_is_one_line(postgres: PostgresCluster) -> None:
     assert 'database "no_such_database" does not exist' in str(info.value)
 
 
+def writer_ended(store: PostgresStore) -> str:
+    """SQL that ends the store's writing connection (not the one holding its lock)."""
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'presence-adapter' AND pid <> pg_backend_pid()"
+        f" AND pid <> {store._owner.info.backend_pid}"
+    )
+
+
 def test_a_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
     postgres_url: str,
 ) -> None:
@@ -843,11 +852,7 @@ def test_a_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
     async def scenario() -> None:
         store = PostgresStore(postgres_url)
         await store.put("watch", "before", {})
-        (ended,) = backend.rows(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'presence-adapter' AND pid <> pg_backend_pid()"
-        )
-        assert ended == (True,)
+        assert backend.rows(writer_ended(store)) == [(True,)]
         await asyncio.wait_for(store.put("watch", "after", {}), 30)
         store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
         await store.close()
@@ -858,21 +863,55 @@ def test_a_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
     assert len(backend.rows("SELECT * FROM backlog")) == 1
 
 
-def test_nodes_opening_one_new_database_at_once_make_one_store(postgres_url: str) -> None:
-    # The advisory lock: whoever comes second finds the tables made.
+def test_a_second_adapter_on_one_store_is_refused_with_one_line(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two adapters would both re-publish everything and hand out the same
+    # backlog numbers: until clusters are supported, one at a time.
+    monkeypatch.setattr("adapter.store.postgres.OWNER_WAIT", "200ms")
+    first = PostgresStore(postgres_url)
+    with pytest.raises(StoreError) as info:
+        PostgresStore(postgres_url)
+    assert str(info.value) == (
+        f"{describe(postgres_url)}: another adapter is using this store "
+        "(one adapter per store until clusters are supported)"
+    )
+    asyncio.run(first.close())
+    asyncio.run(PostgresStore(postgres_url).close())  # free again once the first closed
+
+
+def test_adapters_starting_together_on_a_new_database_make_one_store(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapter.store.postgres.OWNER_WAIT", "200ms")
+
+    def attempt() -> PostgresStore | StoreError:
+        try:
+            return PostgresStore(postgres_url)
+        except StoreError as exc:
+            return exc
+
     async def scenario() -> None:
-        stores = await asyncio.gather(
-            *(asyncio.to_thread(PostgresStore, postgres_url) for _ in range(4))
-        )
-        await asyncio.gather(*(s.put("watch", f"w{n}", {}) for n, s in enumerate(stores)))
-        for store in stores:
-            await store.close()
+        results = await asyncio.gather(*(asyncio.to_thread(attempt) for _ in range(4)))
+        opened = [r for r in results if isinstance(r, PostgresStore)]
+        assert len(opened) == 1, results
+        assert all("another adapter" in str(r) for r in results if isinstance(r, StoreError))
+        await opened[0].put("watch", "w", {})
+        await opened[0].close()
 
     run(scenario)
     backend = PostgresBackend(postgres_url)
     assert backend.version() == postgres_store.SCHEMA_VERSION
     assert sorted(backend.tables()) == ["backlog", "meta", "records"]
-    assert len(backend.rows("SELECT * FROM records")) == 4
+    assert backend.rows("SELECT key FROM records") == [("w",)]
+
+
+def test_a_store_left_by_a_killed_adapter_opens_at_once(postgres_url: str) -> None:
+    # The store never closed, its connection gone: the server lets go of the
+    # lock at once (the adapter killed with -9 and restarted:
+    # tests/integration/test_durability.py).
+    PostgresStore(postgres_url)._owner.close()
+    asyncio.run(PostgresStore(postgres_url).close())
 
 
 def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
@@ -921,10 +960,6 @@ def test_a_group_whose_connection_breaks_under_it_is_written_again_on_a_new_one(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = PostgresBackend(postgres_url)
-    terminate = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE application_name = 'presence-adapter' AND pid <> pg_backend_pid()"
-    )
 
     async def scenario() -> None:
         store = PostgresStore(postgres_url)
@@ -936,7 +971,7 @@ def test_a_group_whose_connection_breaks_under_it_is_written_again_on_a_new_one(
             seq = store.backlog_add("a", "/bayeux/a/x", 1, EPOCH)
             await asyncio.sleep(0.2)
             assert not first.done()
-            assert backend.rows(terminate) == [(True,)]
+            assert backend.rows(writer_ended(store)) == [(True,)]
             await asyncio.sleep(0.2)
             assert not first.done()  # written again, waiting for the lock again
         await asyncio.wait_for(first, 30)
