@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -11,6 +12,8 @@ from typing import get_type_hints
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapter.bayeux import BayeuxLimits
 from adapter.config import (
@@ -836,7 +839,8 @@ def toml_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        # A TOML basic string: JSON's escapes, without surrogate pairs, and DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, tuple):
         return "[" + ", ".join(toml_text(item) for item in value) + "]"
     return repr(value)
@@ -914,3 +918,44 @@ def test_zero_is_allowed_where_it_means_off(write) -> None:
     config = load_config(write(key_set_to("sip.keepalive", "0")))
     assert config.sip.keepalive == 0.0
     assert load_config(write(key_set_to("bayeux.interval", "0"))).bayeux == {"interval": 0.0}
+
+
+def toml_literal(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(item) for item in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return toml_text(value)
+
+
+SCALARS = (
+    st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.booleans()
+    | st.text(max_size=40)
+    | st.sampled_from(["sip:a@example.com", "127.0.0.1:1", "https://h", "x", "tls", "json"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["a", "id", "host"]), inner, max_size=2),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=st.sampled_from(sorted(model_keys())), value=VALUES)
+def test_any_value_for_any_key_loads_or_is_one_line_naming_a_key(write, key, value) -> None:
+    # The key named may be another one, when a check across keys finds the problem.
+    keys = set(model_keys())
+    keys |= {key.partition(".")[0] for key in keys}
+    try:
+        load_config(write(key_set_to(key, toml_literal(value))))
+    except ConfigError as exc:
+        line = str(exc)
+        assert "\n" not in line and "Expected `" not in line and "- at `$" not in line, line
+        assert exc.key is not None and re.sub(r"\[\d+\]", "", exc.key) in keys, line
