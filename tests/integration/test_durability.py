@@ -32,6 +32,7 @@ from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
 from tests.integration.conftest import BayeuxListener
 from tests.polling import eventually
+from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -433,6 +434,48 @@ def test_presence_server_restart_is_recovered_without_rest_calls(
     (message,) = listener.wait_for(status_changed("restart"), timeout=5)
     assert activities([message]) == ["Away"]
     assert not listener.matching(lambda m: "subscriptionEnded" in m["data"])
+
+
+def test_postgresql_down_fails_writes_and_the_adapter_recovers_without_a_restart(
+    kamailio: PresenceServer, tmp_path: Path
+) -> None:
+    # A cluster of the test's own: the session's is shared with other tests.
+    with PostgresCluster(settings=TEST_SETTINGS) as cluster:
+        scene = Scene(tmp_path, kamailio, cluster.url(cluster.create_database()))
+        try:
+            scene.adapter.start()
+            ready = httpx.get(scene.adapter.url + "/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            assert scene.publish("Busy").status_code == 204
+
+            cluster.halt()
+            # A Publish must be stored before its 204: it fails, with a REST
+            # error body, once the store gives up waiting for a connection.
+            failed = scene.publish("Away")
+            assert failed.status_code >= 500, failed.text
+            assert failed.json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
+            not_ready = httpx.get(scene.adapter.url + "/readyz", timeout=30)
+            assert not_ready.status_code == 503
+            assert any("store" in reason for reason in not_ready.json()["reasons"])
+
+            cluster.resume()
+            eventually(
+                lambda: scene.publish("Meeting").status_code == 204,
+                timeout=30,
+                what="a Publish stored once PostgreSQL is back",
+            )
+            eventually(
+                lambda: httpx.get(scene.adapter.url + "/readyz", timeout=10).status_code == 200,
+                what="/readyz 200 again",
+            )
+            # What was stored is what a restarted adapter comes back with.
+            with psycopg.connect(scene.store_url or "") as db:
+                (value,) = db.execute(
+                    "SELECT value FROM records WHERE kind = 'publication'"
+                ).fetchone() or ("",)
+            assert '"Meeting"' in value
+        finally:
+            scene.close()
 
 
 def test_presence_server_down_fails_fast_and_everything_recovers(
