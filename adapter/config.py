@@ -8,7 +8,9 @@ and address forms); checks across keys are the model's ``__post_init__``.
 docs/configuration.md describes the same fields (tests/adapter/test_config.py
 holds the two alike).
 
-``load_config`` reads the file with ``tomllib`` and converts it with msgspec.
+``load_config`` reads the file with ``tomllib`` and converts it with msgspec
+(rather than pydantic: the REST edge uses it too, it is light to import for the
+command line, and a model's own ValueError reaches us as the error's cause).
 Every problem is reported as one ``ConfigError`` whose message is a single line
 naming the file, the key path and the problem, e.g.::
 
