@@ -41,7 +41,7 @@ from adapter.metrics import Metrics, RestTiming, Sources, metrics_endpoint
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
 from adapter.shutdown import RECONNECT_AFTER, Drain, DrainGate
-from adapter.store import SqliteStore, Store
+from adapter.store import Store, open_store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
@@ -385,7 +385,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     """
     endpoint = sip_endpoint(config)
     accounts = Accounts(config.accounts)
-    store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
+    store = store or open_store(config.store)
     journal = BacklogJournal(store)
     limits = BayeuxLimits(**config.bayeux)
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)

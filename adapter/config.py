@@ -98,6 +98,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "NotificationPolicy",
+    "PostgresUrl",
     "RateLimit",
     "SipConfig",
     "StoreConfig",
@@ -346,6 +347,46 @@ class HttpUrl(_Form):
             return f"{_show(text)} has a port outside 1-65535"
         if parts.query or parts.fragment:
             return f"{_show(text)} must not have a query or fragment"
+        return None
+
+
+def _without_password(text: str) -> str:
+    """A URL as messages may show it: its password, if any, replaced by ``***``.
+
+    Read by hand, not by urlsplit, which refuses some URLs whose password must
+    still be hidden (an unclosed IPv6 bracket).
+    """
+    scheme, sep, rest = text.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return text
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
+
+
+class PostgresUrl(_Form):
+    """A PostgreSQL connection URL, ``postgresql://[user[:password]@]host[:port]/db[?…]``,
+    as libpq reads it."""
+
+    def __repr__(self) -> str:
+        return repr(_without_password(self))
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        scheme, sep, _ = text.partition("://")
+        shown = _show(_without_password(text))
+        if not sep or scheme not in ("postgresql", "postgres"):
+            return f"{shown} is not a postgresql:// URL"
+        # libpq's own parser, so that what passes here is what connecting reads
+        # (imported here: only a file with a url pays for it).
+        import psycopg
+        from psycopg import conninfo
+
+        try:
+            conninfo.conninfo_to_dict(text)
+        except psycopg.Error as exc:
+            # libpq may quote the whole URL: never its password.
+            reason = " ".join(str(exc).replace(text, _without_password(text)).split())
+            return f"{shown} is not a URL libpq reads: {reason}"
         return None
 
 
@@ -608,11 +649,25 @@ Synchronous = Literal["normal", "full"]
 
 
 class StoreConfig(_Model, frozen=True, kw_only=True):
-    """``[store]``: where state kept across restarts lives."""
+    """``[store]``: where state kept across restarts lives: an SQLite file (``path``)
+    or a PostgreSQL database (``url``), exactly one of the two."""
 
     #: Absolute: a relative ``store.path`` is resolved against the working directory.
-    path: Path
+    path: Path | None = None
+    url: PostgresUrl | None = None
+    #: SQLite only (PostgreSQL's is the server's ``synchronous_commit``).
     synchronous: Synchronous = "normal"
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.url is None:
+            raise _Problem("path", "missing (give path for SQLite, or url for PostgreSQL)")
+        if self.path is not None and self.url is not None:
+            raise _Problem("url", "and store.path are both set: give one of the two")
+
+    @property
+    def key(self) -> str:
+        """The key naming the store in messages."""
+        return "store.url" if self.url is not None else "store.path"
 
 
 _SECRETS = ("password", "password_hash", "password_env")

@@ -140,6 +140,54 @@ def test_passwords_stay_out_of_repr(write) -> None:
     assert "secret" not in repr(config) and "xcap-pw" not in repr(config)
 
 
+STORE_PATH = 'path = "var/adapter.sqlite"'
+PG_URL = "postgresql://adapter:pg-secret@127.0.0.1:5432/presence?sslmode=require"
+
+
+def test_store_url_selects_postgresql(write) -> None:
+    config = load_config(write(edited(STORE_PATH, f'url = "{PG_URL}"')))
+    assert config.store.url == PG_URL and config.store.path is None
+    assert config.store.key == "store.url"
+    assert "pg-secret" not in repr(config)
+    assert load_config(write(VALID)).store.key == "store.path"
+
+
+@pytest.mark.parametrize(
+    ("store", "line"),
+    [
+        (
+            f'{STORE_PATH}\nurl = "{PG_URL}"',
+            "store.url: and store.path are both set: give one of the two",
+        ),
+        (
+            'synchronous = "full"',
+            "store.path: missing (give path for SQLite, or url for PostgreSQL)",
+        ),
+        (
+            'url = "mysql://adapter:pg-secret@127.0.0.1/presence"',
+            'store.url: "mysql://adapter:***@127.0.0.1/presence" is not a postgresql:// URL',
+        ),
+        ('url = "127.0.0.1:5432"', 'store.url: "127.0.0.1:5432" is not a postgresql:// URL'),
+        (
+            'url = "postgresql://adapter:pg-secret@[::1/presence"',
+            'store.url: "postgresql://adapter:***@[::1/presence" is not a URL libpq reads: '
+            'end of string reached when looking for matching "]" in IPv6 host address in '
+            'URI: "postgresql://adapter:***@[::1/presence"',
+        ),
+        (
+            'url = "postgresql://127.0.0.1/presence?colour=blue"',
+            'store.url: "postgresql://127.0.0.1/presence?colour=blue" is not a URL libpq '
+            'reads: invalid URI query parameter: "colour"',
+        ),
+        ("url = 5432", "store.url: must be a string, not an integer"),
+    ],
+)
+def test_a_store_that_is_not_one_sqlite_file_or_one_postgresql_url_is_one_line(
+    write, store: str, line: str
+) -> None:
+    assert error_line(write(edited(STORE_PATH, store))) == line
+
+
 def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
     target = tmp_path / "elsewhere" / "state.sqlite"
     config = load_config(write(edited('"var/adapter.sqlite"', f'"{target}"')), cwd=Path("/"))
