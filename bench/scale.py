@@ -423,24 +423,22 @@ async def watch_state(count: int, window: int) -> None:
     from adapter.watcher import Reference, WatcherService
     from pidf import AttributeType
 
+    class StubHandle:
+        """A subscription handle whose SUBSCRIBE is accepted at once."""
+
+        def __init__(self, subscription_id: int) -> None:
+            self.id = subscription_id
+            self.accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.accepted.set_result(None)
+
     class StubEndpoint:
         """The calls WatcherService makes on SipEndpoint for Subscribe Presence."""
 
         def __init__(self) -> None:
-            self.ua = self
             self.ids = itertools.count(1)
 
-        def add_listener(self, listener: Any) -> None:
-            pass
-
-        def now(self) -> float:
-            return 0.0
-
-        def subscribe(self, subscriber: Any, target: Any, now: float, **_: Any) -> int:
-            return next(self.ids)
-
-        async def subscription_outcome(self, subscription_id: int) -> None:
-            return None
+        def subscribe(self, subscriber: Any, target: Any, **_: Any) -> StubHandle:
+            return StubHandle(next(self.ids))
 
     attributes = frozenset({AttributeType.ACTIVITY, AttributeType.PLACE})
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,12 +19,13 @@ import psycopg
 import pytest
 
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
+from adapter.records import watch_from_record, watch_to_record
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
 from adapter.store import postgres as postgres_store
 from adapter.store import sqlite as sqlite_store
 from adapter.store.postgres import PostgresStore, describe
 from adapter.store.sqlite import MIGRATIONS, SCHEMA_VERSION
-from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
+from adapter.watch import Reference, Watch, WatchState
 from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
 from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 
@@ -69,7 +70,7 @@ def a_watch() -> Watch:
         application="Bob's phone book",
         attributes=frozenset({AttributeType.ACTIVITY, AttributeType.PLACE}),
         reference=Reference("c7", "/bayeux/bob-app/subs", "PresenceNotification"),
-        state="blocked",
+        state=WatchState.BLOCKED,
         decisions={AttributeType.ACTIVITY: True, AttributeType.PLACE: False},
     )
 

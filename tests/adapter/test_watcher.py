@@ -1,23 +1,24 @@
 """WatcherService with fakes at its seams: the SIP endpoint, the XCAP client, Bayeux.
 
-The fake endpoint behaves as sip.aio.SipEndpoint does where it matters: every
-user-agent event reaches the listeners — including the SubscriptionTerminated
-of an initial SUBSCRIBE that was refused, which reaches them before the
-awaiting ``subscription_outcome`` raises RequestFailed.
+The fake endpoint behaves as sip.aio.SipEndpoint does where it matters: a
+subscription's handle is made before anything is answered, every event of the
+subscription reaches its ``on_event`` by id — including the
+SubscriptionTerminated of an initial SUBSCRIBE that was refused, which fails
+``accepted`` first.  The time is a manual clock; the service's one timer is
+run by hand (:meth:`World.advance`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from adapter import watcher as watcher_module
+from adapter import watch as watch_module
 from adapter.notification import Criterion, Schedule
 from adapter.store import MemoryStore
 from adapter.watcher import (
@@ -41,7 +42,7 @@ from pidf import (
     SubHandling,
     encode,
 )
-from sip import NotifyReceived, SubscriptionTerminated
+from sip import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.aio import RequestFailed
 from sip.headers import SubscriptionState
 
@@ -58,61 +59,84 @@ A, P, PR, S = (AttributeType.ACTIVITY, AttributeType.PLACE, AttributeType.PRIVAC
 # -- fakes ---------------------------------------------------------------------
 
 
-class FakeUserAgent:
-    def __init__(self) -> None:
-        self.subscribed: list[tuple[str, str, int]] = []
-        self.live: set[int] = set()
-        self._next = 100
+class FakeHandle:
+    """As sip.aio.SubscriptionHandle: its futures made at once, its events to on_event."""
 
-    def subscribe(self, subscriber: Any, target: Any, now: float, **kwargs: Any) -> int:
-        self._next += 1
-        self.subscribed.append((str(subscriber), str(target), self._next))
-        self.live.add(self._next)
-        return self._next
+    def __init__(self, endpoint: FakeEndpoint, subscription_id: int,
+                 on_event: Callable[[Any], None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.endpoint = endpoint
+        self.id = subscription_id
+        self.on_event = on_event
+        self.accepted: asyncio.Future[SubscriptionAccepted] = loop.create_future()
+        self.ended: asyncio.Future[SubscriptionTerminated] = loop.create_future()
+
+    def end(self) -> asyncio.Future[SubscriptionTerminated]:
+        # As the endpoint: a subscription the user agent no longer has (a
+        # refused one) is not ended again.
+        if self.id in self.endpoint.live:
+            self.endpoint.live.discard(self.id)
+            self.endpoint.unsubscribed.append(self.id)
+            self.endpoint.emit(SubscriptionTerminated(self.id, "unsubscribed"))
+        return self.ended
+
+    def receive(self, event: Any) -> None:
+        if isinstance(event, SubscriptionAccepted) and not self.accepted.done():
+            self.accepted.set_result(event)
+        elif isinstance(event, SubscriptionTerminated):
+            if not self.accepted.done():
+                self.accepted.set_exception(RequestFailed("SUBSCRIBE", event.status, event.reason))
+                self.accepted.add_done_callback(lambda f: f.exception())
+            if not self.ended.done():
+                self.ended.set_result(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
 
 class FakeEndpoint:
     def __init__(self) -> None:
-        self.ua = FakeUserAgent()
-        self.listeners: list[Callable[[Any], None]] = []
+        self.subscribed: list[tuple[str, str, int]] = []
+        self.live: set[int] = set()
+        self.handles: dict[int, FakeHandle] = {}
+        self._next = 100
         self.refuse = 0  # how many of the next initial SUBSCRIBEs are refused
         self.unsubscribed: list[int] = []  # ended by us (Expires: 0), in order
         self.gate: asyncio.Event | None = None  # holds the 2xx back while set
 
-    def now(self) -> float:
-        return 42.0
+    def subscribe(self, subscriber: Any, target: Any, *,
+                  on_event: Callable[[Any], None] | None = None) -> FakeHandle:
+        self._next += 1
+        self.subscribed.append((str(subscriber), str(target), self._next))
+        self.live.add(self._next)
+        handle = self.handles[self._next] = FakeHandle(self, self._next, on_event)
+        asyncio.get_running_loop().create_task(self._answer(handle))
+        return handle
 
-    def add_listener(self, listener: Callable[[Any], None]) -> None:
-        self.listeners.append(listener)
-
-    def emit(self, event: Any) -> None:
-        for listener in self.listeners:
-            listener(event)
-
-    async def subscription_outcome(self, subscription_id: int) -> None:
+    async def _answer(self, handle: FakeHandle) -> None:
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(0)
+        if handle.id not in self.live:
+            return
         if self.refuse:
             self.refuse -= 1
-            self.ua.live.discard(subscription_id)
-            self.emit(SubscriptionTerminated(subscription_id, "failed", status=403))
-            raise RequestFailed("SUBSCRIBE", 403, "Forbidden")
+            self.live.discard(handle.id)
+            self.emit(SubscriptionTerminated(handle.id, "failed", status=403))
+        else:
+            self.emit(SubscriptionAccepted(handle.id, 3600))
 
-    def end_subscription(self, subscription_id: int) -> None:
-        # As the endpoint: a subscription the user agent no longer has (a
-        # refused one) is ignored.
-        if subscription_id in self.ua.live:
-            self.ua.live.discard(subscription_id)
-            self.unsubscribed.append(subscription_id)
-            self.emit(SubscriptionTerminated(subscription_id, "unsubscribed"))
-
-    async def unsubscribe(self, subscription_id: int) -> None:
-        self.end_subscription(subscription_id)
+    def emit(self, event: Any) -> None:
+        """An event of the user agent, routed by id to its handle (as the endpoint does)."""
+        handle = self.handles.get(event.subscription_id)
+        if handle is None:
+            return
+        if isinstance(event, SubscriptionTerminated):
+            del self.handles[event.subscription_id]
+        handle.receive(event)
 
     @property
     def last_id(self) -> int:
-        return self.ua.subscribed[-1][2]
+        return self.subscribed[-1][2]
 
 
 class FakeXcap:
@@ -211,9 +235,25 @@ class World:
         await settle()
 
     async def terminate(self, reason: str) -> None:
-        self.sip.ua.live.discard(self.sip.last_id)
+        self.sip.live.discard(self.sip.last_id)
         self.sip.emit(SubscriptionTerminated(self.sip.last_id, reason))
         await settle()
+
+
+    async def advance(self, seconds: float) -> None:
+        """The manual clock moves on; the service's timer runs at once."""
+        self.clock.now += seconds
+        self.service._on_timer()
+        await settle()
+
+    def watch(self, watcher: str = BOB) -> Any:
+        return self.service.machine.watches[(watcher, ALICE)]
+
+
+async def turns(n: int = 10) -> None:
+    """Let the event loop run ``n`` turns (no time passes)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 async def settle() -> None:
@@ -270,7 +310,7 @@ def decisions_message(**granted: bool) -> dict[str, Any]:
 def test_a_pending_subscription_sends_nothing() -> None:
     async def scenario(w: World) -> None:
         await w.subscribe(frozenset({A}))
-        assert w.sip.ua.subscribed == [(BOB, ALICE, w.sip.last_id)]
+        assert w.sip.subscribed == [(BOB, ALICE, w.sip.last_id)]
         await w.notify("pending;expires=3600")
         assert w.bayeux.sent == []
         with pytest.raises(NotAuthorized):
@@ -369,7 +409,7 @@ def test_rules_changed_reaches_a_watch_made_again_after_an_unsubscribe() -> None
         await w.subscribe(frozenset({A, P}))
         await w.notify("active;expires=3600", busy())
         await w.service.unsubscribe(BOB, ALICE)
-        assert w.service._by_presentity == {}  # an ended watch is not held on to
+        assert w.service.machine.by_presentity == {}  # an ended watch is not held on to
         await w.subscribe(frozenset({A, P}))
         await w.notify("active;expires=3600", busy())
         w.xcap.rules = PresRules().allow(BOB, {A: True, P: True})
@@ -389,7 +429,7 @@ def test_a_notify_before_the_2xx_is_not_lost() -> None:
         w.sip.gate = asyncio.Event()
         w.xcap.rules = PresRules().allow(BOB, {A: True})
         subscribing = asyncio.ensure_future(w.subscribe(frozenset({A})))
-        while not w.sip.ua.subscribed:
+        while not w.sip.subscribed:
             await asyncio.sleep(0)
         w.sip.emit(NotifyReceived(w.sip.last_id, SubscriptionState.parse("active;expires=60"),
                                   encode([busy()], entity=ALICE, now=T0), "application/pidf+xml"))
@@ -524,7 +564,7 @@ def test_rejected_ends_with_blocked_to_every_endpoint_and_no_status_end() -> Non
             (APP, f"/bayeux/{APP}/n1", blocked),
             (APP, f"/bayeux/{APP}/n2", blocked),
         ])
-        assert len(w.sip.ua.subscribed) == 1  # a block is not answered by subscribing again
+        assert len(w.sip.subscribed) == 1  # a block is not answered by subscribing again
         with pytest.raises(NotAuthorized):
             w.service.presence(BOB, ALICE, frozenset())
         with pytest.raises(UnknownCorrelator):
@@ -538,9 +578,8 @@ def test_rejected_ends_with_blocked_to_every_endpoint_and_no_status_end() -> Non
 
 @pytest.mark.parametrize("reason", ["probation", "deactivated", "timeout", "dialog-gone"])
 def test_an_unexpected_end_subscribes_again_without_a_message(
-    reason: str, monkeypatch: pytest.MonkeyPatch
+    reason: str,
 ) -> None:
-    monkeypatch.setattr(watcher_module, "RESUBSCRIBE_DELAYS", (0, 0, 0))
 
     async def scenario(w: World) -> None:
         w.xcap.rules = PresRules().allow(BOB, {A: True})
@@ -550,7 +589,7 @@ def test_an_unexpected_end_subscribes_again_without_a_message(
         w.bayeux.take()
         first = w.sip.last_id
         await w.terminate(reason)
-        assert len(w.sip.ua.subscribed) == 2 and w.sip.last_id != first
+        assert len(w.sip.subscribed) == 2 and w.sip.last_id != first
         assert w.bayeux.sent == []
         # The new subscription carries on: same decisions (not repeated), and
         # the schedule keeps going.
@@ -560,13 +599,10 @@ def test_an_unexpected_end_subscribes_again_without_a_message(
         await w.notify("active;expires=3600", busy(4), subscription_id=first)
         assert len(w.bayeux.sent) == 1
 
-    run(scenario)
+    run(scenario, resubscribe_delays=(0, 0, 0))
 
 
-def test_when_every_resubscribe_fails_the_application_hears_timeout_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(watcher_module, "RESUBSCRIBE_DELAYS", (0, 0, 0))
+def test_when_every_resubscribe_fails_the_application_hears_timeout_once() -> None:
 
     async def scenario(w: World) -> None:
         await w.subscribe(frozenset({A}))
@@ -576,7 +612,7 @@ def test_when_every_resubscribe_fails_the_application_hears_timeout_once(
         w.sip.refuse = 100
         await w.terminate("timeout")
         # One attempt at once, one per RESUBSCRIBE_DELAYS entry: bounded.
-        assert len(w.sip.ua.subscribed) == 1 + 1 + 3
+        assert len(w.sip.subscribed) == 1 + 1 + 3
         timeout = {"subscriptionEnded": {"presentity": ALICE, "reason": "Timeout"}}
         assert sorted(w.bayeux.sent) == sorted([
             (APP, REF_CHANNEL, timeout),
@@ -587,7 +623,7 @@ def test_when_every_resubscribe_fails_the_application_hears_timeout_once(
         with pytest.raises(UnknownCorrelator):
             await w.service.end_notification(APP, "n1")
 
-    run(scenario)
+    run(scenario, resubscribe_delays=(0, 0, 0))
 
 
 def test_our_own_unsubscribe_is_no_unexpected_end() -> None:
@@ -598,7 +634,7 @@ def test_our_own_unsubscribe_is_no_unexpected_end() -> None:
         first = w.sip.last_id
         await w.service.unsubscribe(BOB, ALICE)
         assert w.sip.unsubscribed == [first]
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
         assert w.bayeux.sent == []
         with pytest.raises(NoSubscription):
             w.service.presence(BOB, ALICE, frozenset())
@@ -625,7 +661,7 @@ def test_a_refused_subscribe_raises_and_is_not_retried_behind_the_callers_back()
         with pytest.raises(RequestFailed):
             await w.subscribe(frozenset({A}))
         await settle()
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
         assert w.bayeux.sent == []
         with pytest.raises(NoSubscription):
             w.service.presence(BOB, ALICE, frozenset())
@@ -638,7 +674,7 @@ def test_start_notification_reports_a_presentity_it_could_not_subscribe() -> Non
         w.sip.refuse = 1
         assert await w.start("n1") is False
         await settle()
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
         with pytest.raises(UnknownCorrelator):
             await w.service.end_notification(APP, "n1")
         assert w.bayeux.sent == []
@@ -654,7 +690,7 @@ def test_a_notification_reuses_the_watchers_subscription() -> None:
         await w.subscribe(frozenset({A}))
         assert await w.start("n1")
         assert await w.start("n2")
-        assert len(w.sip.ua.subscribed) == 1
+        assert len(w.sip.subscribed) == 1
 
     run(scenario)
 
@@ -722,8 +758,7 @@ def test_coalesced_state_is_sent_when_the_interval_ends() -> None:
         await w.notify("active;expires=3600", busy(1), office(1))
         await w.notify("active;expires=3600", busy(2), office(1))
         assert w.bayeux.kinds() == ["statusChanged"]
-        w.clock.now += 0.015
-        await asyncio.sleep(0.1)  # the service's timer runs on the event loop
+        await w.advance(0.015)
         assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
             [busy(0).to_json()],
             [busy(2).to_json(), office(1).to_json()],
@@ -738,8 +773,7 @@ def test_without_check_immediate_the_first_state_waits_for_the_end_of_the_period
         await w.notify("active;expires=3600", busy(0))
         await w.notify("active;expires=3600", busy(1), office(1))
         assert w.bayeux.sent == []
-        w.clock.now += 0.02
-        await asyncio.sleep(0.1)  # the service's timer runs on the event loop
+        await w.advance(0.02)
         assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
             [busy(1).to_json(), office(1).to_json()],
         ]
@@ -787,9 +821,7 @@ def test_duration_ends_with_status_end_and_unsubscribes() -> None:
     async def scenario(w: World) -> None:
         assert await w.start("n1", deadline=EPOCH + 0.02)
         await w.notify("active;expires=3600", busy(0))
-        w.clock.now += 0.02
-        await asyncio.sleep(0.1)
-        await settle()
+        await w.advance(0.02)
         assert w.bayeux.kinds() == ["statusChanged", "statusEnd"]
         assert w.sip.unsubscribed == [w.sip.last_id]
 
@@ -848,7 +880,7 @@ def test_notifies_arriving_while_the_rules_are_read_keep_their_order() -> None:
                 w.sip.last_id, SubscriptionState.parse("active;expires=3600"),
                 encode([busy(t)], entity=ALICE, now=T0), "application/pidf+xml",
             ))
-        await asyncio.sleep(0.01)
+        await turns()
         assert w.bayeux.sent == []
         w.xcap.gate.set()
         await settle()
@@ -874,7 +906,7 @@ def test_a_schedules_progress_is_written_once_per_save_delay() -> None:
             await w.notify("active;expires=3600", busy(t))
         assert w.bayeux.kinds() == ["statusChanged"] * 4
         assert len(w.store.schedule_puts()) == 1  # not yet: within the delay
-        await asyncio.sleep(0.25)
+        await w.advance(0.1)
         assert [p["remaining"] for p in w.store.schedule_puts()] == [10, 6]
         assert w.store.load("schedule")[next(iter(w.store.load("schedule")))]["sent"] == [
             busy(3).to_json()
@@ -902,18 +934,14 @@ def test_an_ended_schedule_is_not_written_back_after_its_deletion() -> None:
         await w.notify("active;expires=3600", busy(1))
         await w.notify("active;expires=3600", busy(2))  # the last: statusEnd
         assert w.bayeux.kinds() == ["statusChanged"] * 3 + ["statusEnd"]
-        await asyncio.sleep(0.15)
+        await w.advance(0.05)
         assert w.store.load("schedule") == {}
         assert len(w.store.schedule_puts()) == 1  # only the one before the 201
 
     run(scenario, schedule_save_delay=0.05)
 
 
-def test_many_schedules_due_are_written_a_chunk_per_loop_turn(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(watcher_module, "SAVE_CHUNK", 2)
-
+def test_many_schedules_due_are_written_a_chunk_per_loop_turn() -> None:
     async def scenario(w: World) -> None:
         for n in range(5):
             assert await w.start(f"n{n}", remaining=10)
@@ -930,20 +958,21 @@ def test_many_schedules_due_are_written_a_chunk_per_loop_turn(
             return put(kind, key, value)
 
         w.store.put = spy  # type: ignore[method-assign]
-        deadline = asyncio.get_running_loop().time() + 1
-        while asyncio.get_running_loop().time() < deadline and len(written) < 4:
-            await asyncio.sleep(0)  # one loop turn
+        w.clock.now += 0.05  # the progress is due: the timer writes the first chunk
+        w.service._on_timer()
+        for _ in range(10):
             turns += 1
+            await asyncio.sleep(0)  # one loop turn
         chunks: dict[int, list[str]] = {}
         for turn, correlator in written:
             chunks.setdefault(turn, []).append(correlator)
         assert list(chunks.values()) == [["n0", "n1"], ["n2", "n3"]]
-        await asyncio.sleep(0.01)
+        await settle()
         assert {r["correlator"]: r["remaining"] for r in w.store.load("schedule").values()} == {
             "n0": 9, "n1": 9, "n2": 9, "n3": 9
         }
 
-    run(scenario, schedule_save_delay=0.05)
+    run(scenario, schedule_save_delay=0.05, save_chunk=2)
 
 
 # -- one read of a presentity's rules for all its watches --------------------------
@@ -969,12 +998,8 @@ async def ten_active_watchers(w: World) -> list[int]:
 
 
 def age_decisions(w: World) -> None:
-    """As if the decisions, and the rules read last, were older than the TTL."""
-    for watcher in WATCHERS:
-        watch = w.service._watches[(watcher, ALICE)]
-        watch.decisions_read_at -= DECISIONS_TTL + 1
-    read_at, rules = w.service._rules[ALICE]
-    w.service._rules[ALICE] = (read_at - DECISIONS_TTL - 1, rules)
+    """The decisions, and the rules read last, become older than the TTL."""
+    w.clock.now += DECISIONS_TTL + 1
 
 
 def test_decisions_that_aged_are_read_again_once_for_all_watchers_of_a_presentity() -> None:
@@ -989,27 +1014,27 @@ def test_decisions_that_aged_are_read_again_once_for_all_watchers_of_a_presentit
                 sid, SubscriptionState.parse("active;expires=3600"),
                 encode([busy(1)], entity=ALICE, now=T0), "application/pidf+xml",
             ))
-        await asyncio.sleep(0.01)
+        await turns()
         # The NOTIFYs did not wait for it: taken under the decisions held.
         for watcher in WATCHERS:
             seen = w.service.presence(watcher, ALICE, frozenset())
             assert seen is not None and seen.get(A) == busy(1)
         assert w.xcap.reads == 11  # one read for the ten, under way
-        assert not any(w.service._watches[(v, ALICE)].decisions_fresh(time.monotonic())
+        assert not any(w.service.machine.watches[(v, ALICE)].decisions_fresh(w.clock.now)
                        for v in WATCHERS)
         w.xcap.gate.set()
         await settle()
         assert w.xcap.reads == 11
-        assert all(w.service._watches[(v, ALICE)].decisions_fresh(time.monotonic())
+        assert all(w.service.machine.watches[(v, ALICE)].decisions_fresh(w.clock.now)
                    for v in WATCHERS)
         assert w.bayeux.sent == []  # the same decisions are not told again
         # One watch's decisions aged alone: the read of the others, within
         # the TTL, serves it.
-        w.service._watches[(WATCHERS[0], ALICE)].decisions_read_at = time.monotonic() - 1000
+        w.service.machine.watches[(WATCHERS[0], ALICE)].read_at = w.clock.now - 1000
         await w.notify("active;expires=3600", busy(2), subscription_id=ids[0])
         await settle()
         assert w.xcap.reads == 11
-        assert w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+        assert w.service.machine.watches[(WATCHERS[0], ALICE)].decisions_fresh(w.clock.now)
 
     run(scenario)
 
@@ -1056,24 +1081,24 @@ def test_a_notify_that_repeats_the_state_does_not_read_aged_decisions_again() ->
         await w.notify("active;expires=3600", busy(), subscription_id=ids[0])
         await settle()
         assert w.xcap.reads == reads
-        assert not w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+        assert not w.service.machine.watches[(WATCHERS[0], ALICE)].decisions_fresh(w.clock.now)
         await w.notify("active;expires=3600", busy(1), subscription_id=ids[0])
         await settle()
         assert w.xcap.reads == reads + 1
-        assert w.service._watches[(WATCHERS[0], ALICE)].decisions_fresh(time.monotonic())
+        assert w.service.machine.watches[(WATCHERS[0], ALICE)].decisions_fresh(w.clock.now)
 
     run(scenario)
 
 
 def test_the_same_pidf_body_again_is_not_decoded_again(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[bytes] = []
-    real = watcher_module.decode
+    real = watch_module.decode
 
     def counting(body: bytes) -> Any:
         decoded.append(body)
         return real(body)
 
-    monkeypatch.setattr(watcher_module, "decode", counting)
+    monkeypatch.setattr(watch_module, "decode", counting)
 
     async def scenario(w: World) -> None:
         ids = await ten_active_watchers(w)
@@ -1108,7 +1133,7 @@ def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
             ids[0], SubscriptionState.parse("active;expires=3600"),
             encode([busy(1)], entity=ALICE, now=T0), "application/pidf+xml",
         ))
-        await asyncio.sleep(0.01)  # that read is under way, held back ...
+        await turns()  # that read is under way, held back ...
         # ... when this adapter withdraws Activity from every watcher.
         withdrawn = PresRules()
         for watcher in WATCHERS:
@@ -1119,7 +1144,7 @@ def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
         await settle()
         assert w.xcap.reads > reads + 1  # the read begun before the change was not enough
         for watcher in WATCHERS:
-            assert w.service._watches[(watcher, ALICE)].granted == frozenset()
+            assert w.service.machine.watches[(watcher, ALICE)].granted == frozenset()
         for watcher in WATCHERS:
             seen = w.service.presence(watcher, ALICE, frozenset())
             assert seen is not None and seen.get(A) is None

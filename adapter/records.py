@@ -1,0 +1,88 @@
+"""Watches as the store keeps them: records of plain JSON values.
+
+A record keeps what the application asked for and what it was told (the
+decisions sent), so that a restart neither loses a watch nor repeats a
+notifySubscription.  What the SIP subscription was (dialog, presence state)
+is not kept: the watch is subscribed afresh.  Schedules have their records
+beside their machine (:mod:`adapter.notification`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from adapter.notification import Schedule
+from adapter.watch import Reference, Watch, WatchState
+from pidf import AttributeType
+
+__all__ = [
+    "SCHEDULE",
+    "WATCH",
+    "schedule_key",
+    "watch_from_record",
+    "watch_key",
+    "watch_to_record",
+]
+
+WATCH = "watch"  # store kinds
+SCHEDULE = "schedule"
+
+
+def watch_key(watch: Watch) -> str:
+    return json.dumps(watch.key)
+
+
+def schedule_key(schedule: Schedule) -> str:
+    return json.dumps((schedule.app_id, schedule.correlator))
+
+
+def watch_to_record(watch: Watch) -> dict[str, Any]:
+    reference = None
+    if watch.reference is not None:
+        reference = {
+            "correlator": watch.reference.correlator,
+            "endpoint": watch.reference.endpoint,
+            "interfaceName": watch.reference.interface_name,
+        }
+    decisions = None
+    if watch.decisions is not None:
+        decisions = {kind.value: granted for kind, granted in watch.decisions.items()}
+    return {
+        "watcher": watch.watcher,
+        "presentity": watch.presentity,
+        "app_id": watch.app_id,
+        "application": watch.application,
+        "attributes": sorted(kind.value for kind in watch.attributes),
+        "reference": reference,
+        "blocked": watch.state is WatchState.BLOCKED,
+        "decisions": decisions,
+        "decisions_sent": (
+            None if watch.decisions_sent is None
+            else [[kind.value, granted] for kind, granted in watch.decisions_sent]
+        ),
+    }
+
+
+def watch_from_record(record: dict[str, Any]) -> Watch:
+    reference = None
+    if record.get("reference"):
+        ref = record["reference"]
+        reference = Reference(ref["correlator"], ref["endpoint"], ref.get("interfaceName", ""))
+    decisions = None
+    if record.get("decisions") is not None:
+        decisions = {AttributeType(k): bool(v) for k, v in record["decisions"].items()}
+    sent = None
+    if record.get("decisions_sent") is not None:
+        sent = tuple((AttributeType(k), bool(v)) for k, v in record["decisions_sent"])
+    return Watch(
+        watcher=record["watcher"],
+        presentity=record["presentity"],
+        app_id=record["app_id"],
+        application=record.get("application", ""),
+        attributes=frozenset(AttributeType(k) for k in record.get("attributes", [])),
+        reference=reference,
+        state=WatchState.BLOCKED if record.get("blocked") else WatchState.PENDING,
+        decisions=decisions,
+        decisions_sent=sent,
+    )

@@ -1,0 +1,1034 @@
+"""The watches of the watcher side, as one sans-IO machine.
+
+Theory of operation
+-------------------
+A :class:`Watch` is one watcher address watching one presentity through one
+SIP presence subscription (RFC 6665).  Subscribe Presence creates it and keeps
+it until the application ends it; Start Presence Notification reuses it, or
+creates one that lives as long as its notification schedules.
+:class:`WatchMachine` holds all of them with their indexes.  It performs no
+I/O and reads no clock: API calls and events come in with ``now`` (wall-clock
+seconds: schedule deadlines must mean the same after a restart), and each
+call returns the actions to perform — :class:`Subscribe`,
+:class:`Unsubscribe`, :class:`ReadRules`, :class:`Deliver`, store writes, and
+:class:`Settled` when a watch stops waiting for its rules.  Its deadlines
+(notification schedules, re-subscription back-off, the write-behind of
+schedules' progress) share one :class:`~sip.timers.TimerHeap`;
+:meth:`WatchMachine.get_timer` is the earliest and
+:meth:`WatchMachine.handle_timer` runs them.  ``adapter/watcher.py`` is the
+asyncio driver.
+
+Two states per watch.  ``state`` is what the application sees, moved by
+NOTIFYs (table ``_ON_NOTIFY``) and by endings; ``dialog`` is where the SIP
+subscription is (table ``_DIALOG``)::
+
+    dialog       sent      accepted  refused  lost         blocked  back   gave up  dropped
+    -----------  --------  --------  -------  -----------  -------  -----  -------  -------
+    NONE         STARTING  ·         ·        BACKING_OFF  ·        ·      ·        NONE
+    STARTING     ·         LIVE      NONE     ·            ·        NONE   ·        NONE
+    LIVE         ·         LIVE      ·        BACKING_OFF  NONE     ·      ·        NONE
+    BACKING_OFF  STARTING  ·         ·        ·            ·        ·      NONE     NONE
+
+(``·``: no such step.)  A subscription that ends while STARTING is left to
+whoever awaits the outcome of its SUBSCRIBE; one that is LIVE ends in a
+block (``rejected`` → ``subscriptionEnded`` "Blocked") or is subscribed again
+after :data:`RESUBSCRIBE_DELAYS`; a re-subscription the driver does not send
+because the server is down goes ``back`` to NONE (the liveness probe
+re-subscribes it when the server returns).  When every attempt fails the
+application hears ``subscriptionEnded`` "Timeout".
+
+What the watcher may see is what the presentity granted it.  Kamailio 5.6
+sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
+re-SUBSCRIBE — docs/kamailio.md), so every state is filtered here with
+decisions from the presentity's pres-rules (:mod:`adapter.rules`): exact when
+the rules are readable and name the watcher, otherwise every requested
+attribute is taken as granted; once they were readable, a failed read never
+widens the decisions.
+
+One path for every NOTIFY: its state and body are taken at once, then offered
+to the schedules — unless the watch *waits* for its rules: after it became
+active, after this adapter changed the presentity's rules, or while a REST
+call needs decisions that are not fresh.  A waiting watch holds what comes
+(NOTIFYs, schedule starts) and takes it in order once the read is in.
+Decisions that merely aged are read again *beside* the NOTIFYs, not before
+them, and only for a NOTIFY that changes the state (the one answering a
+refresh repeats it).
+
+Room for resource lists (RFC 4662): a watch keeps its presentity states in
+``members`` by URI; a single presentity is its only member.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapter.notification import Delivery, Schedule
+from adapter.rules import RulesCache, RulesRead, decisions_ttl
+from pidf import AttributeType, PidfError, Presence, decode, filter_presence
+from pidf.presrules import PresRules, SubHandling
+from sip import NotifyReceived, SubscriptionTerminated
+from sip.errors import LocalProtocolError
+from sip.timers import TimerHeap
+
+__all__ = [
+    "RESUBSCRIBE_DELAYS",
+    "SCHEDULE_SAVE_DELAY",
+    "Deliver",
+    "Dialog",
+    "DuplicateCorrelator",
+    "ForgetSchedule",
+    "ForgetWatch",
+    "Member",
+    "NoSubscription",
+    "NotAuthorized",
+    "ReadRules",
+    "Reference",
+    "SaveProgress",
+    "SaveSchedule",
+    "SaveWatch",
+    "Settled",
+    "Subscribe",
+    "UnknownCorrelator",
+    "Unsubscribe",
+    "Watch",
+    "WatchAction",
+    "WatchMachine",
+    "WatchState",
+]
+
+logger = logging.getLogger("adapter.watcher")
+
+#: Re-subscribe attempts after an unexpected end, and the waits between them.
+RESUBSCRIBE_DELAYS = (0.5, 2.0, 5.0)
+#: Longest a schedule's progress after a notification — remaining count,
+#: last-sent instant and state, a coalesced state — waits to be written: a
+#: schedule is written once per period whatever its notifications (README
+#: "What survives what"), not once per notification.
+SCHEDULE_SAVE_DELAY = 1.0
+ALL_ATTRIBUTES = tuple(AttributeType)
+
+
+class NoSubscription(LookupError):
+    """The watcher has no subscription to that presentity."""
+
+
+class NotAuthorized(PermissionError):
+    """The subscription exists but the presentity has not authorised it (or blocked it)."""
+
+
+class DuplicateCorrelator(ValueError):
+    pass
+
+
+class UnknownCorrelator(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where an application wants its notifications (the spec's ``reference``)."""
+
+    correlator: str
+    endpoint: str
+    interface_name: str = ""
+
+
+class WatchState(enum.Enum):
+    PENDING = "pending"  # not authorised (yet), or not subscribed yet
+    ACTIVE = "active"
+    BLOCKED = "blocked"
+    ENDED = "ended"
+
+
+class Dialog(enum.Enum):
+    NONE = "none"
+    STARTING = "starting"  # the initial SUBSCRIBE has no final answer yet
+    LIVE = "live"
+    BACKING_OFF = "backing-off"  # ended unexpectedly; a re-subscribe is due
+
+
+class _Step(enum.Enum):
+    SENT = enum.auto()
+    ACCEPTED = enum.auto()
+    REFUSED = enum.auto()
+    LOST = enum.auto()
+    BLOCKED = enum.auto()
+    BACK = enum.auto()  # the server is down: wait for the liveness probe
+    GAVE_UP = enum.auto()
+    DROPPED = enum.auto()
+
+
+_DIALOG: dict[tuple[Dialog, _Step], Dialog] = {
+    (Dialog.NONE, _Step.SENT): Dialog.STARTING,
+    # A refused SUBSCRIBE made by the recovery is retried like a lost one.
+    (Dialog.NONE, _Step.LOST): Dialog.BACKING_OFF,
+    (Dialog.STARTING, _Step.ACCEPTED): Dialog.LIVE,
+    (Dialog.STARTING, _Step.REFUSED): Dialog.NONE,
+    (Dialog.STARTING, _Step.BACK): Dialog.NONE,
+    (Dialog.LIVE, _Step.ACCEPTED): Dialog.LIVE,
+    (Dialog.LIVE, _Step.LOST): Dialog.BACKING_OFF,
+    (Dialog.LIVE, _Step.BLOCKED): Dialog.NONE,
+    (Dialog.BACKING_OFF, _Step.SENT): Dialog.STARTING,
+    (Dialog.BACKING_OFF, _Step.GAVE_UP): Dialog.NONE,
+    **{(dialog, _Step.DROPPED): Dialog.NONE for dialog in Dialog},
+}
+
+#: A NOTIFY's Subscription-State (RFC 6665 §4.1.3) moves the watch; a
+#: ``terminated`` one moves nothing (SubscriptionTerminated follows), and a
+#: blocked or ended watch takes none.
+_ON_NOTIFY: dict[tuple[WatchState, str], WatchState] = {
+    (WatchState.PENDING, "pending"): WatchState.PENDING,
+    (WatchState.PENDING, "active"): WatchState.ACTIVE,
+    (WatchState.ACTIVE, "pending"): WatchState.PENDING,
+    (WatchState.ACTIVE, "active"): WatchState.ACTIVE,
+}
+
+
+def _step(dialog: Dialog, step: _Step) -> Dialog:
+    try:
+        return _DIALOG[dialog, step]
+    except KeyError:
+        raise LocalProtocolError(f"watch dialog {dialog.name} cannot take {step.name}") from None
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    """One presentity's state as the watch last heard it."""
+
+    presentity: str
+    presence: Presence | None = None
+    #: hash() of the PIDF body ``presence`` was decoded from: the NOTIFY that
+    #: answers a refresh repeats it, and is not decoded again.
+    body_digest: int | None = None
+
+
+# -- what waits for the rules ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """A NOTIFY taken, its state still to be offered to the schedules."""
+
+    fresh: bool
+    received: float
+
+
+@dataclass(frozen=True, slots=True)
+class _HeldNotify:
+    event: NotifyReceived
+    received: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    schedule: Schedule
+    check_immediate: bool
+
+
+_Held = _Offer | _HeldNotify | _Start
+
+
+@dataclass(eq=False)
+class Watch:
+    watcher: str
+    presentity: str
+    app_id: str
+    application: str = ""
+    attributes: frozenset[AttributeType] = frozenset()  # asked for; empty = all
+    reference: Reference | None = None  # from Subscribe Presence
+    state: WatchState = WatchState.PENDING
+    dialog: Dialog = Dialog.NONE
+    subscription_id: int | None = None
+    members: dict[str, Member] = field(default_factory=dict)
+    decisions: dict[AttributeType, bool] | None = None
+    decisions_sent: tuple[tuple[AttributeType, bool], ...] | None = None
+    rule_blocks: bool = False  # the presentity's rule blocks this watcher
+    #: This adapter changed the presentity's rules and has not read them back:
+    #: the decisions held may still grant what was just withdrawn.
+    rules_unconfirmed: bool = False
+    #: Reading them back failed: nothing is shown until a read succeeds.
+    withheld: bool = False
+    #: The read the decisions came from: its serial and when it began.
+    read_serial: int = 0
+    read_at: float = float("-inf")
+    #: The decisions need a read after this mark (an activation, a change
+    #: made here); None: they are confirmed and merely age.
+    stale_after: int | None = 0
+    #: Waiting for a read of the rules: what comes meanwhile is held.
+    waiting: bool = False
+    #: Aged decisions are being read again beside the NOTIFYs.
+    revalidating: bool = False
+    resume: _Held | None = None
+    held: deque[_Held] = field(default_factory=deque)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    #: Schedules added and not begun yet (they wait for the rules): no state
+    #: is offered to them before their start.
+    unstarted: set[str] = field(default_factory=set)
+    #: Waits before the re-subscribe attempts still to come.
+    backoff: tuple[float, ...] = ()
+    why: str = ""
+    granted_from: tuple[dict[AttributeType, bool] | None, frozenset[AttributeType]] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.watcher, self.presentity)
+
+    @property
+    def presence(self) -> Presence | None:
+        member = self.members.get(self.presentity)
+        return member.presence if member is not None else None
+
+    @property
+    def granted(self) -> frozenset[AttributeType]:
+        if self.withheld:
+            return frozenset()
+        # Asked for by every NOTIFY offered: kept while the decisions are the
+        # same object (a read replaces them, never changes them in place).
+        cached = self.granted_from
+        if cached is not None and cached[0] is self.decisions:
+            return cached[1]
+        decisions = self.decisions or {}
+        granted = frozenset(kind for kind, granted in decisions.items() if granted)
+        self.granted_from = (self.decisions, granted)
+        return granted
+
+    @property
+    def needed(self) -> bool:
+        return self.reference is not None or bool(self.schedules)
+
+    def decisions_fresh(self, now: float) -> bool:
+        """Whether the decisions held may be used without reading the rules again."""
+        return (
+            self.decisions is not None
+            and self.stale_after is None
+            and now - self.read_at < decisions_ttl(self.presentity)
+        )
+
+
+# -- actions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Send an initial SUBSCRIBE for the watch; ``retry``: a re-subscription."""
+
+    watch: Watch
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """End the subscription (Expires: 0) without waiting for its end."""
+
+    subscription_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRules:
+    read: RulesRead
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A message for an application's channel; ``received``: when the NOTIFY
+    it comes from arrived (for the latency histogram)."""
+
+    app_id: str
+    channel: str
+    data: dict[str, Any]
+    received: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveWatch:
+    watch: Watch
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetWatch:
+    watch: Watch
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSchedule:
+    schedule: Schedule
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetSchedule:
+    schedule: Schedule
+
+
+@dataclass(frozen=True, slots=True)
+class SaveProgress:
+    """Schedules whose progress is due to be written (write-behind)."""
+
+    schedules: tuple[Schedule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The watch no longer waits for its rules (or ended): wake who awaits it."""
+
+    watch: Watch
+
+
+WatchAction = (
+    Subscribe | Unsubscribe | ReadRules | Deliver | SaveWatch | ForgetWatch
+    | SaveSchedule | ForgetSchedule | SaveProgress | Settled
+)
+
+
+class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
+    SCHEDULE = enum.auto()  # a schedule's interval or deadline
+    RETRY = enum.auto()  # a re-subscribe attempt
+    SAVE = enum.auto()  # schedules' progress is due to be written
+
+
+_SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
+
+
+class WatchMachine:
+    def __init__(
+        self,
+        *,
+        save_delay: float = SCHEDULE_SAVE_DELAY,
+        resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
+    ) -> None:
+        self.watches: dict[tuple[str, str], Watch] = {}
+        #: The same watches by presentity, then watcher (add and _drop keep both).
+        self.by_presentity: dict[str, dict[str, Watch]] = {}
+        self.schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
+        self.rules = RulesCache()
+        self._timers: TimerHeap[tuple[Any, ...]] = TimerHeap()
+        self._save_delay = save_delay
+        self._resubscribe_delays = resubscribe_delays
+        #: Schedules whose progress is not written yet.
+        self._unsaved: dict[tuple[str, str], Schedule] = {}
+        self._out: list[WatchAction] = []
+
+    # -- registry ---------------------------------------------------------------
+
+    def get(self, watcher: str, presentity: str) -> Watch | None:
+        return self.watches.get((watcher, presentity))
+
+    def add(self, watch: Watch) -> Watch:
+        """File a new (or restored) watch; its decisions need a read from now on."""
+        if watch.stale_after is not None:
+            watch.stale_after = self.rules.mark()
+        self.watches[watch.key] = watch
+        self.by_presentity.setdefault(watch.presentity, {})[watch.watcher] = watch
+        return watch
+
+    def states(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for watch in self.watches.values():
+            counts[watch.state.value] = counts.get(watch.state.value, 0) + 1
+        return counts
+
+    def schedule_live(self, schedule: Schedule) -> bool:
+        entry = self.schedules.get((schedule.app_id, schedule.correlator))
+        return entry is not None and entry[1] is schedule
+
+    def presence(
+        self, watcher: str, presentity: str, attributes: frozenset[AttributeType]
+    ) -> Presence | None:
+        watch = self.watches.get((watcher, presentity))
+        if watch is None or watch.state is WatchState.ENDED:
+            raise NoSubscription(presentity)
+        if watch.state is not WatchState.ACTIVE:
+            raise NotAuthorized(presentity)
+        presence = watch.presence
+        if presence is None:
+            return None
+        granted = watch.granted
+        if watch.attributes:
+            granted &= watch.attributes
+        if attributes:
+            granted &= attributes
+        return filter_presence(presence, {kind: True for kind in granted})
+
+    def get_timer(self) -> float | None:
+        return self._timers.next_deadline()
+
+    # -- API calls ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        app_id: str,
+        watcher: str,
+        presentity: str,
+        application: str,
+        attributes: frozenset[AttributeType],
+        reference: Reference,
+    ) -> tuple[Watch, list[WatchAction]]:
+        """Subscribe Presence: the watch, written before it is subscribed."""
+        watch = self.watches.get((watcher, presentity))
+        if watch is None:
+            watch = self.add(Watch(watcher, presentity, app_id))
+        watch.app_id = app_id
+        watch.application = application
+        watch.attributes = attributes
+        watch.reference = reference
+        watch.decisions_sent = None  # a new reference hears the decisions again
+        self._out.append(SaveWatch(watch))
+        return watch, self._take()
+
+    def watch_for(self, app_id: str, watcher: str, presentity: str) -> Watch:
+        """The watch a notification schedule will use, made if there is none."""
+        watch = self.watches.get((watcher, presentity))
+        return watch if watch is not None else self.add(Watch(watcher, presentity, app_id))
+
+    def ensure_subscribed(self, watch: Watch, *, keep_state: bool = False) -> list[WatchAction]:
+        """Subscribe the watch unless it is (or is being) subscribed."""
+        if watch.dialog is not Dialog.NONE and watch.state in (
+            WatchState.PENDING, WatchState.ACTIVE
+        ):
+            return []
+        self._send_subscribe(watch, keep_state=keep_state, retry=False)
+        return self._take()
+
+    def subscription_sent(self, watch: Watch, subscription_id: int) -> None:
+        """The SUBSCRIBE went out under ``subscription_id``: the watch's
+        events carry it; those of its earlier dialogs are no news."""
+        watch.subscription_id = subscription_id
+
+    def subscription_accepted(self, watch: Watch, subscription_id: int) -> None:
+        if watch.subscription_id == subscription_id and watch.dialog is Dialog.STARTING:
+            watch.dialog = _step(watch.dialog, _Step.ACCEPTED)
+
+    def subscription_refused(self, watch: Watch, subscription_id: int) -> list[WatchAction]:
+        """The initial SUBSCRIBE failed (or its caller stopped waiting)."""
+        if watch.subscription_id == subscription_id:
+            watch.subscription_id = None
+            if watch.dialog is Dialog.STARTING:
+                watch.dialog = _step(watch.dialog, _Step.REFUSED)
+        self._out.append(Unsubscribe(subscription_id))  # it may still be answered
+        return self._take()
+
+    def reference_refused(self, watch: Watch) -> list[WatchAction]:
+        """Subscribe Presence could not subscribe: the reference is not kept."""
+        if not watch.schedules:
+            self._drop(watch)
+        else:
+            watch.reference = None
+            self._out.append(SaveWatch(watch))
+        return self._take()
+
+    def drop_unneeded(self, watch: Watch) -> list[WatchAction]:
+        if not watch.needed:
+            self._drop(watch)
+        return self._take()
+
+    def unsubscribe(self, watcher: str, presentity: str) -> list[WatchAction]:
+        """The watcher ends its own subscription (an extension of the spec)."""
+        watch = self.watches.get((watcher, presentity))
+        if watch is None:
+            raise NoSubscription(presentity)
+        for schedule in list(watch.schedules.values()):
+            schedule.end_quietly()
+            self._remove_schedule(watch, schedule)
+        watch.reference = None
+        self._end(watch)
+        return self._take()
+
+    def add_schedule(self, watch: Watch, schedule: Schedule) -> list[WatchAction]:
+        """Start Presence Notification, once subscribed: the schedule is written."""
+        key = (schedule.app_id, schedule.correlator)
+        if key in self.schedules:
+            raise DuplicateCorrelator(schedule.correlator)
+        watch.schedules[schedule.correlator] = schedule
+        watch.unstarted.add(schedule.correlator)
+        self.schedules[key] = (watch, schedule)
+        self._out += (SaveWatch(watch), SaveSchedule(schedule))
+        return self._take()
+
+    def start_schedule(
+        self, watch: Watch, schedule: Schedule, *, check_immediate: bool, now: float
+    ) -> list[WatchAction]:
+        """The schedule begins, under fresh decisions when the watch is active."""
+        self._start(watch, _Start(schedule, check_immediate), now)
+        return self._take()
+
+    def start_pending(self, watch: Watch, schedule: Schedule) -> bool:
+        """Whether the schedule still waits for its watch's rules to begin."""
+        if watch.state is WatchState.ENDED or not self.schedule_live(schedule):
+            return False
+        waiting = [watch.resume, *watch.held]
+        return any(isinstance(item, _Start) and item.schedule is schedule for item in waiting)
+
+    def end_notification(self, app_id: str, correlator: str) -> list[WatchAction]:
+        entry = self.schedules.get((app_id, correlator))
+        if entry is None:
+            raise UnknownCorrelator(correlator)
+        watch, schedule = entry
+        schedule.end_quietly()
+        self._remove_schedule(watch, schedule)
+        if not watch.needed:
+            self._end(watch)
+        return self._take()
+
+    def rules_changed(self, presentity: str, now: float) -> list[WatchAction]:
+        """This adapter changed ``presentity``'s rules: re-read the decisions."""
+        mark = self.rules.changed(presentity, now)
+        # The presentity's watches only: a walk over all of them grows with
+        # every watch the adapter holds.
+        for watch in list(self.by_presentity.get(presentity, {}).values()):
+            watch.rules_unconfirmed = True
+            watch.stale_after = mark
+            if watch.state is WatchState.ACTIVE and self._need_rules(watch, now):
+                watch.waiting = True
+        return self._take()
+
+    def recheck(self, watch: Watch, now: float) -> list[WatchAction]:
+        """Subscribe Presence on a watch: its reference hears the decisions."""
+        if watch.state is WatchState.ACTIVE and not watch.waiting:
+            if self._need_rules(watch, now):
+                watch.waiting = True
+            else:
+                self._tell_decisions(watch)
+        return self._take()
+
+    def refresh_decisions(self, watch: Watch, now: float) -> list[WatchAction]:
+        """Get User Presence: decisions that are not stale before it answers."""
+        if watch.state is WatchState.ACTIVE and not watch.waiting and self._need_rules(watch, now):
+            watch.waiting = True
+        return self._take()
+
+    # -- SIP events ------------------------------------------------------------------
+
+    def notify(self, watch: Watch, event: NotifyReceived, now: float) -> list[WatchAction]:
+        if event.subscription_id != watch.subscription_id:
+            return []  # of a dialog the watch left (re-subscribed, ended)
+        if watch.waiting:
+            watch.held.append(_HeldNotify(event, now))
+            return []
+        self._take_notify(watch, event, now, now)
+        return self._take()
+
+    def terminated(
+        self, watch: Watch, event: SubscriptionTerminated, now: float
+    ) -> list[WatchAction]:
+        if event.subscription_id != watch.subscription_id or watch.dialog is Dialog.STARTING:
+            # An earlier dialog's end is no news.  And while STARTING the
+            # initial SUBSCRIBE failed: whoever awaits its outcome decides;
+            # re-subscribing from here as well would act behind its back.
+            return []
+        watch.subscription_id = None
+        if event.reason == "unsubscribed" or watch.state is WatchState.ENDED:
+            return []
+        if event.reason == "rejected":
+            watch.dialog = _step(watch.dialog, _Step.BLOCKED)
+            watch.state = WatchState.BLOCKED
+            self._out.append(SaveWatch(watch))
+            self._ended(watch, "Blocked")
+            return self._take()
+        return self.lost(watch, event.reason, event.retry_after or 0, now)
+
+    def lost(self, watch: Watch, why: str, first_delay: float, now: float) -> list[WatchAction]:
+        """Subscribe again, a bounded number of times; subscriptionEnded Timeout if all fail."""
+        watch.dialog = _step(watch.dialog, _Step.LOST)
+        watch.backoff = (first_delay, *self._resubscribe_delays)
+        watch.why = why
+        self._next_attempt(watch, now)
+        return self._take()
+
+    def attempt_failed(self, watch: Watch, now: float) -> list[WatchAction]:
+        """A re-subscribe attempt was refused (its subscription_refused came first)."""
+        if watch.state is not WatchState.ENDED and watch.dialog is Dialog.NONE:
+            watch.dialog = _step(watch.dialog, _Step.LOST)
+            self._next_attempt(watch, now)
+        return self._take()
+
+    def server_down(self, watch: Watch) -> None:
+        """The server is down: nothing to count against the watch.  It stays
+        pending and is subscribed again when the server is back (resync)."""
+        watch.dialog = _step(watch.dialog, _Step.BACK)
+        watch.state = WatchState.PENDING
+        watch.subscription_id = None
+        watch.backoff = ()
+
+    def restart(self, watch: Watch) -> list[WatchAction]:
+        """The server came back or restarted: the watch's old dialog is no news."""
+        self._timers.cancel((_Timer.RETRY, *watch.key))
+        old = watch.subscription_id
+        if old is not None:
+            self._out.append(Unsubscribe(old))
+            watch.subscription_id = None
+        watch.dialog = _step(watch.dialog, _Step.DROPPED)
+        return self._take()
+
+    # -- rules read ---------------------------------------------------------------
+
+    def rules_read(self, read: RulesRead, rules: PresRules, now: float) -> list[WatchAction]:
+        self.rules.read_done(read, rules, now)
+        for watch in self._interested(read, now):
+            self._take_rules(watch, read, rules.rule_for(watch.watcher))
+            self._settle(watch, now)
+        return self._take()
+
+    def rules_failed(self, read: RulesRead, error: Exception, now: float) -> list[WatchAction]:
+        self.rules.read_failed(read)
+        for watch in self._interested(read, now):
+            if watch.decisions is not None:
+                # The rules were readable before: a failed read must not widen
+                # what the watcher sees to "all asked" (a privacy leak right
+                # after the presentity narrowed its grants).  Keep what is
+                # known, or show nothing while a change made here is unread;
+                # the decisions stay stale, so the next need reads again.
+                watch.withheld = watch.rules_unconfirmed
+                logger.warning("rules of %s unreadable (%s): %s", watch.presentity, error,
+                               "attributes withheld" if watch.withheld else "decisions kept")
+            else:
+                logger.info("rules of %s unreadable (%s): all asked attributes granted",
+                            watch.presentity, error)
+                self._take_rules(watch, RulesRead(read.presentity, read.serial, now), None)
+            self._settle(watch, now)
+        return self._take()
+
+    # -- time --------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> list[WatchAction]:
+        for key in self._timers.pop_expired(now):
+            kind = key[0]
+            if kind is _Timer.SCHEDULE:
+                entry = self.schedules.get(key[1:])
+                if entry is not None:
+                    watch, schedule = entry
+                    self._deliver(watch, schedule, schedule.handle_timer(now), now)
+                    self._file(schedule)
+            elif kind is _Timer.RETRY:
+                retrying = self.watches.get(key[1:])
+                if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
+                    self._attempt(retrying)
+            else:
+                self._out.append(SaveProgress(tuple(self._unsaved.values())))
+                self._unsaved = {}
+        return self._take()
+
+    def unsaved(self) -> list[Schedule]:
+        """The progress not written yet (at a clean stop)."""
+        self._timers.cancel(_SAVE_KEY)
+        out, self._unsaved = list(self._unsaved.values()), {}
+        return out
+
+    # -- restore -----------------------------------------------------------------
+
+    def restore_schedule(self, schedule: Schedule, now: float) -> list[WatchAction]:
+        """A stored schedule back, with what its deadline did meanwhile."""
+        owner = self.watch_for(schedule.app_id, schedule.watcher, schedule.presentity)
+        owner.schedules[schedule.correlator] = schedule
+        self.schedules[(schedule.app_id, schedule.correlator)] = (owner, schedule)
+        self._deliver(owner, schedule, schedule.handle_timer(now), now)
+        self._file(schedule)
+        return self._take()
+
+    def restored(self) -> tuple[list[Watch], list[WatchAction]]:
+        """The watches to subscribe after a restore; those nothing needs are dropped."""
+        live = [w for w in self.watches.values() if w.needed and w.state is not WatchState.BLOCKED]
+        for watch in [w for w in self.watches.values() if not w.needed]:
+            self._drop(watch)
+        return live, self._take()
+
+    def to_resync(self) -> list[Watch]:
+        return [
+            w for w in self.watches.values()
+            if w.needed and w.state in (WatchState.PENDING, WatchState.ACTIVE)
+        ]
+
+    # -- internals ------------------------------------------------------------------
+
+    def _take(self) -> list[WatchAction]:
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def _send_subscribe(self, watch: Watch, *, keep_state: bool, retry: bool) -> None:
+        if not keep_state:
+            watch.state = WatchState.PENDING
+            watch.members.clear()
+        watch.subscription_id = None
+        watch.dialog = _step(watch.dialog, _Step.SENT)
+        self._out.append(Subscribe(watch, retry))
+
+    def _next_attempt(self, watch: Watch, now: float) -> None:
+        if not watch.backoff:
+            watch.dialog = _step(watch.dialog, _Step.GAVE_UP)
+            self._ended(watch, "Timeout")
+            return
+        delay, watch.backoff = watch.backoff[0], watch.backoff[1:]
+        if delay:
+            self._timers.schedule(now + delay, (_Timer.RETRY, *watch.key))
+        else:
+            self._attempt(watch)
+
+    def _attempt(self, watch: Watch) -> None:
+        if watch.state is WatchState.ENDED or not watch.needed:
+            watch.dialog = _step(watch.dialog, _Step.GAVE_UP)
+            return
+        self._send_subscribe(watch, keep_state=False, retry=True)
+
+    def _take_notify(
+        self, watch: Watch, event: NotifyReceived, received: float, now: float
+    ) -> None:
+        state = _ON_NOTIFY.get((watch.state, event.state.state.lower()))
+        if state is None:
+            return
+        if state is WatchState.PENDING:
+            watch.state = state
+            return
+        became_active = watch.state is not WatchState.ACTIVE
+        watch.state = state
+        member = watch.members.get(watch.presentity)
+        if member is None:
+            member = watch.members[watch.presentity] = Member(watch.presentity)
+        held = member.presence
+        fresh = self._take_body(member, event.body)
+        if became_active:
+            watch.stale_after = self.rules.mark()  # a read begun before is not one after it
+        if watch.stale_after is not None:
+            if self._need_rules(watch, now):
+                watch.waiting = True
+                watch.resume = _Offer(fresh, received)
+                return
+        elif (
+            fresh
+            and member.presence != held
+            and not watch.revalidating
+            and not watch.decisions_fresh(now)
+            and self._need_rules(watch, now)
+        ):
+            watch.revalidating = True
+        self._offer(watch, fresh, received, now)
+
+    def _take_body(self, member: Member, body: bytes) -> bool:
+        """A NOTIFY's body into the member; whether a new state was read."""
+        if not body:
+            # An active NOTIFY without a body: the server holds no document
+            # for the presentity (its publications ended or expired, or it
+            # never published; RFC 6665 §4.2.2 lets a NOTIFY carry no state).
+            # Nothing is published, so nothing stale may be shown.
+            member.presence = Presence(member.presentity, (), False)
+            member.body_digest = None
+            return True
+        digest = hash(body)
+        if digest == member.body_digest and member.presence is not None:
+            return True  # a refresh's NOTIFY repeats the body: the same document
+        try:
+            member.presence = decode(body)
+        except PidfError as exc:
+            # Answered 200 all the same (the user agent did): one bad body
+            # must not cost the subscription, nor hold back the decisions an
+            # activation tells the application.
+            logger.warning("unreadable PIDF from %s: %s", member.presentity, exc)
+            return False
+        member.body_digest = digest
+        return True
+
+    def _offer(self, watch: Watch, fresh: bool, received: float, now: float) -> None:
+        """Tell the decisions if they changed, and offer a new state to the schedules."""
+        self._tell_decisions(watch)
+        presence = watch.presence
+        if fresh and presence is not None and watch.schedules:
+            granted = watch.granted
+            for schedule in list(watch.schedules.values()):
+                if watch.unstarted and schedule.correlator in watch.unstarted:
+                    continue
+                self._deliver(watch, schedule, schedule.offer(presence, granted, now), now,
+                              received)
+                self._file(schedule)
+
+    def _start(self, watch: Watch, start: _Start, now: float) -> None:
+        if not self.schedule_live(start.schedule):
+            return
+        if watch.waiting:
+            watch.held.append(start)
+            return
+        active = watch.state is WatchState.ACTIVE
+        if active and self._need_rules(watch, now):
+            watch.waiting = True
+            watch.resume = start
+            return
+        schedule = start.schedule
+        watch.unstarted.discard(schedule.correlator)
+        current = watch.presence if active else None
+        deliveries = schedule.start(current, watch.granted, now,
+                                    check_immediate=start.check_immediate)
+        self._deliver(watch, schedule, deliveries, now)
+        self._file(schedule)
+
+    def _need_rules(self, watch: Watch, now: float) -> bool:
+        """Whether the watch must wait for a read of its rules (one is asked
+        for); False when the decisions are fresh or the cache served them."""
+        if watch.decisions_fresh(now):
+            return False
+        after = watch.stale_after
+        # Decisions that merely aged may come from any read of the last TTL;
+        # after an activation or a change made here only a later read does.
+        since = now - decisions_ttl(watch.presentity) if after is None else float("-inf")
+        hit = self.rules.cached(watch.presentity, after, since)
+        if hit is not None:
+            self._take_rules(watch, hit[0], hit[1].rule_for(watch.watcher))
+            return False
+        read = self.rules.request(watch.presentity, after, since, now)
+        if read is not None:
+            self._out.append(ReadRules(read))
+        return True
+
+    def _interested(self, read: RulesRead, now: float) -> list[Watch]:
+        """The presentity's watches that wait for ``read``; those that need a
+        later one (begun after a change made here) get it asked for."""
+        out = []
+        for watch in self.by_presentity.get(read.presentity, {}).values():
+            if not (watch.waiting or watch.revalidating):
+                continue
+            if watch.stale_after is not None and read.serial <= watch.stale_after:
+                again = self.rules.request(read.presentity, watch.stale_after, float("-inf"), now)
+                if again is not None:
+                    self._out.append(ReadRules(again))
+                continue
+            out.append(watch)
+        return out
+
+    def _take_rules(self, watch: Watch, read: RulesRead, rule: Any) -> None:
+        if read.serial < watch.read_serial:
+            return  # a later read was taken meanwhile
+        watch.rules_unconfirmed = watch.withheld = False
+        before = watch.decisions
+        watch.rule_blocks = rule is not None and rule.sub_handling is SubHandling.BLOCK
+        if rule is None:
+            asked = watch.attributes or frozenset(ALL_ATTRIBUTES)
+            watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
+        elif rule.sub_handling is SubHandling.ALLOW:
+            watch.decisions = rule.decisions()
+        else:
+            watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
+        watch.read_serial, watch.read_at, watch.stale_after = read.serial, read.started, None
+        if watch.decisions != before:
+            self._out.append(SaveWatch(watch))
+
+    def _settle(self, watch: Watch, now: float) -> None:
+        """The read is in: tell the decisions, then take what waited, in order."""
+        watch.waiting = watch.revalidating = False
+        self._out.append(Settled(watch))
+        if watch.state is WatchState.ACTIVE:
+            self._tell_decisions(watch)
+        resume, watch.resume = watch.resume, None
+        if resume is not None:
+            self._run(watch, resume, now)
+        while watch.held and not watch.waiting and watch.state is not WatchState.ENDED:
+            self._run(watch, watch.held.popleft(), now)
+
+    def _run(self, watch: Watch, item: _Held, now: float) -> None:
+        if isinstance(item, _Offer):
+            if watch.state is WatchState.ACTIVE:  # not ended while the rules were read
+                self._offer(watch, item.fresh, item.received, now)
+        elif isinstance(item, _HeldNotify):
+            self._take_notify(watch, item.event, item.received, now)
+        else:
+            self._start(watch, item, now)
+
+    def _tell_decisions(self, watch: Watch) -> None:
+        if watch.reference is None or watch.decisions is None or watch.rule_blocks:
+            # A block is told by subscriptionEnded "Blocked" once the server
+            # ends the subscription, not by a notifySubscription of refusals.
+            return
+        asked = [a for a in ALL_ATTRIBUTES if not watch.attributes or a in watch.attributes]
+        decisions = tuple((kind, watch.decisions.get(kind, False)) for kind in asked)
+        if decisions == watch.decisions_sent:
+            return
+        watch.decisions_sent = decisions
+        # Kept with the watch: after a restart the re-made subscription's first
+        # NOTIFY must not tell the application the same decisions again.
+        self._out.append(SaveWatch(watch))
+        self._out.append(Deliver(watch.app_id, watch.reference.endpoint, {
+            "notifySubscription": {
+                "presentity": watch.presentity,
+                "decisions": [
+                    {"presenceAttribute": kind.value, "decision": granted}
+                    for kind, granted in decisions
+                ],
+            }
+        }))
+
+    def _deliver(
+        self, watch: Watch, schedule: Schedule, deliveries: list[Delivery], now: float,
+        received: float | None = None,
+    ) -> None:
+        for delivery in deliveries:
+            self._out.append(Deliver(schedule.app_id, schedule.endpoint, delivery.data, received))
+        if schedule.ended:
+            self._remove_schedule(watch, schedule)
+            if not watch.needed:
+                self._end(watch)
+        elif deliveries or schedule.pending is not None:
+            # Remaining count, last-sent instant, coalesced state: a restart
+            # resumes where this left off (written within the save delay).
+            self._unsaved[(schedule.app_id, schedule.correlator)] = schedule
+            if _SAVE_KEY not in self._timers:
+                self._timers.schedule(now + self._save_delay, _SAVE_KEY)
+
+    def _file(self, schedule: Schedule) -> None:
+        key = (_Timer.SCHEDULE, schedule.app_id, schedule.correlator)
+        deadline = schedule.get_timer()
+        if deadline is None or key[1:] not in self.schedules:
+            self._timers.cancel(key)
+        elif self._timers.deadline(key) != deadline:
+            self._timers.schedule(deadline, key)
+
+    def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
+        key = (schedule.app_id, schedule.correlator)
+        watch.schedules.pop(schedule.correlator, None)
+        watch.unstarted.discard(schedule.correlator)
+        self.schedules.pop(key, None)
+        # Its record is deleted: a write still due must not bring it back.
+        self._unsaved.pop(key, None)
+        self._timers.cancel((_Timer.SCHEDULE, *key))
+        self._out.append(ForgetSchedule(schedule))
+
+    def _ended(self, watch: Watch, reason: str) -> None:
+        """Tell the application, end the schedules (no statusEnd: RFC says error)."""
+        data = {"subscriptionEnded": {"presentity": watch.presentity, "reason": reason}}
+        # Each schedule under its own application: two accounts acting as the
+        # same address share the watch, not their channels.
+        targets = {(s.app_id, s.endpoint) for s in watch.schedules.values()}
+        if watch.reference is not None:
+            targets.add((watch.app_id, watch.reference.endpoint))
+        for app_id, endpoint in sorted(targets):
+            self._out.append(Deliver(app_id, endpoint, data))
+        for schedule in list(watch.schedules.values()):
+            schedule.end_quietly()
+            self._remove_schedule(watch, schedule)
+        if reason != "Blocked":
+            self._drop(watch)
+
+    def _end(self, watch: Watch) -> None:
+        """Nothing needs the watch: forget it and end its subscription."""
+        subscription_id = watch.subscription_id
+        self._drop(watch)
+        if subscription_id is not None:
+            # Not awaited to the end: the final NOTIFY (or its absence, when
+            # the server is down) is no concern of the REST caller.
+            self._out.append(Unsubscribe(subscription_id))
+
+    def _drop(self, watch: Watch) -> None:
+        watch.state = WatchState.ENDED
+        watch.dialog = _step(watch.dialog, _Step.DROPPED)
+        self._timers.cancel((_Timer.RETRY, *watch.key))
+        if self.watches.get(watch.key) is watch:
+            del self.watches[watch.key]
+            others = self.by_presentity[watch.presentity]
+            del others[watch.watcher]
+            if not others:
+                del self.by_presentity[watch.presentity]
+            self._out.append(ForgetWatch(watch))
+        watch.resume = None
+        watch.held.clear()
+        if watch.waiting or watch.revalidating:
+            watch.waiting = watch.revalidating = False
+            self._out.append(Settled(watch))

@@ -1,0 +1,85 @@
+"""RulesCache: one read per presentity, reads after a mark, the age limit, the sweep."""
+
+from __future__ import annotations
+
+from adapter import rules as rules_module
+from adapter.rules import DECISIONS_TTL, RulesCache, decisions_ttl
+from pidf import AttributeType, PresRules
+
+ALICE = "sip:alice@example.com"
+BOB = "sip:bob@example.com"
+A = AttributeType.ACTIVITY
+NOW = 1_700_000_000.0
+NEVER = float("-inf")
+
+
+def test_one_read_at_a_time_serves_every_need_it_meets() -> None:
+    cache = RulesCache()
+    mark = cache.mark()
+    read = cache.request(ALICE, mark, NEVER, NOW)
+    assert read is not None and read.started == NOW
+    assert cache.request(ALICE, mark, NEVER, NOW + 1) is None  # the one under way serves
+    assert cache.request(ALICE, None, NOW - 5, NOW + 1) is None
+    assert cache.cached(ALICE, mark, NEVER) is None  # nothing read yet
+    rules = PresRules().allow(BOB, {A: True})
+    cache.read_done(read, rules, NOW + 2)
+    assert cache.cached(ALICE, mark, NEVER) == (read, rules)
+
+
+def test_a_need_after_a_mark_is_not_met_by_a_read_begun_before_it() -> None:
+    cache = RulesCache()
+    before = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert before is not None
+    mark = cache.mark()  # an activation
+    after = cache.request(ALICE, mark, NEVER, NOW)
+    assert after is not None and after.serial > before.serial
+    cache.read_done(before, PresRules(), NOW)
+    assert cache.cached(ALICE, mark, NEVER) is None
+    cache.read_done(after, PresRules(), NOW)
+    assert cache.cached(ALICE, mark, NEVER) is not None
+
+
+def test_a_change_made_here_hides_older_reads_landing_later() -> None:
+    cache = RulesCache()
+    read = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert read is not None
+    mark = cache.changed(ALICE, NOW)
+    cache.read_done(read, PresRules().allow(BOB, {A: True}), NOW + 1)
+    # Neither for a need after the change nor for one within the age limit.
+    assert cache.cached(ALICE, mark, NEVER) is None
+    assert cache.cached(ALICE, None, NOW - DECISIONS_TTL) is None
+    again = cache.request(ALICE, mark, NEVER, NOW + 1)  # the one under way was dropped
+    assert again is not None and again.serial > mark
+
+
+def test_aged_needs_take_any_read_within_the_age_limit() -> None:
+    cache = RulesCache()
+    read = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert read is not None
+    cache.read_done(read, PresRules(), NOW)
+    assert cache.cached(ALICE, None, NOW + 10 - decisions_ttl(ALICE)) is not None
+    later = NOW + decisions_ttl(ALICE) + 1
+    assert cache.cached(ALICE, None, later - decisions_ttl(ALICE)) is None
+
+
+def test_a_failed_read_lets_the_next_need_read_again() -> None:
+    cache = RulesCache()
+    read = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert read is not None
+    cache.read_failed(read)
+    assert cache.cached(ALICE, None, NEVER) is None
+    assert cache.request(ALICE, None, NEVER, NOW) is not None
+
+
+def test_old_entries_are_swept_once_the_cache_doubled() -> None:
+    cache = RulesCache()
+    for i in range(rules_module.SWEEP_MIN - 1):
+        read = cache.request(f"sip:p{i}@example.com", None, NEVER, NOW)
+        assert read is not None
+        cache.read_done(read, PresRules(), NOW)
+    assert len(cache) == rules_module.SWEEP_MIN - 1
+    late = NOW + DECISIONS_TTL + 1
+    read = cache.request(ALICE, None, NEVER, late)
+    assert read is not None
+    cache.read_done(read, PresRules(), late)
+    assert len(cache) == 1  # only the one no older than the TTL

@@ -1,0 +1,260 @@
+"""WatchMachine alone: events and ``now`` in, actions out; a manual clock, no event loop."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from adapter.notification import Schedule
+from adapter.watch import (
+    Deliver,
+    Dialog,
+    ReadRules,
+    Reference,
+    SaveProgress,
+    Settled,
+    Subscribe,
+    Unsubscribe,
+    Watch,
+    WatchAction,
+    WatchMachine,
+    WatchState,
+    _Step,
+    _step,
+)
+from adapter.xcap import XcapError
+from pidf import Activity, AttributeType, PresenceAttribute, PresRules, encode
+from sip import NotifyReceived, SubscriptionTerminated
+from sip.errors import LocalProtocolError
+from sip.headers import SubscriptionState
+
+ALICE = "sip:alice@example.com"
+BOB = "sip:bob@example.com"
+APP = "bob-app"
+REF = f"/bayeux/{APP}/subscription"
+NOW = 1_700_000_000.0
+A, P = AttributeType.ACTIVITY, AttributeType.PLACE
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def busy(t: int = 0) -> PresenceAttribute:
+    return PresenceAttribute(Activity.BUSY, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
+
+
+def notify(sid: int, state: str, *attributes: PresenceAttribute) -> NotifyReceived:
+    body = encode(attributes, entity=ALICE, now=T0) if attributes else b""
+    return NotifyReceived(sid, SubscriptionState.parse(state), body,
+                          "application/pidf+xml" if body else None)
+
+
+def of(kind: type, actions: list[WatchAction]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def kinds(actions: list[WatchAction]) -> list[str]:
+    return [next(iter(a.data)) for a in of(Deliver, actions)]
+
+
+class Scene:
+    """One machine and one watch of BOB on ALICE, subscribed under id 7."""
+
+    def __init__(self, **options: Any) -> None:
+        self.now = NOW
+        self.machine = WatchMachine(**options)
+        self.watch, _ = self.machine.subscribe(
+            APP, BOB, ALICE, "app", frozenset({A}), Reference("r1", REF)
+        )
+        self.subscribe(7)
+
+    def subscribe(self, sid: int) -> None:
+        actions = self.machine.ensure_subscribed(self.watch)
+        assert of(Subscribe, actions) == [Subscribe(self.watch)]
+        self.machine.subscription_sent(self.watch, sid)
+        self.machine.subscription_accepted(self.watch, sid)
+
+    def notify(self, state: str, *attributes: PresenceAttribute,
+               sid: int = 7) -> list[WatchAction]:
+        return self.machine.notify(self.watch, notify(sid, state, *attributes), self.now)
+
+    def terminate(self, reason: str, sid: int = 7, **kwargs: Any) -> list[WatchAction]:
+        event = SubscriptionTerminated(sid, reason, **kwargs)
+        return self.machine.terminated(self.watch, event, self.now)
+
+    def schedule(self, correlator: str, **kwargs: Any) -> Schedule:
+        schedule = Schedule(correlator, APP, f"/bayeux/{APP}/{correlator}", BOB, ALICE, **kwargs)
+        self.machine.add_schedule(self.watch, schedule)
+        self.machine.start_schedule(self.watch, schedule, check_immediate=False, now=self.now)
+        return schedule
+
+    def read(self, actions: list[WatchAction], rules: PresRules) -> list[WatchAction]:
+        (read,) = of(ReadRules, actions)
+        return self.machine.rules_read(read.read, rules, self.now)
+
+
+def test_notifies_while_the_rules_are_read_wait_and_keep_their_order() -> None:
+    scene = Scene()
+    scene.schedule("n1")
+    activation = scene.notify("active;expires=60", busy(0))
+    assert kinds(activation) == []  # nothing offered before the decisions
+    assert scene.watch.waiting and scene.watch.state is WatchState.ACTIVE
+    assert scene.notify("active;expires=60", busy(1)) == []  # held
+    assert scene.notify("active;expires=60", busy(2)) == []
+    actions = scene.read(activation, PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription"] + ["statusChanged"] * 3
+    changed = [a.data["statusChanged"]["changedAttributes"] for a in of(Deliver, actions)[1:]]
+    assert changed == [[busy(t).to_json()] for t in range(3)]
+    assert of(Settled, actions) == [Settled(scene.watch)]
+    # Decisions fresh: the next one is taken at once, without a read.
+    following = scene.notify("active;expires=60", busy(3))
+    assert kinds(following) == ["statusChanged"] and of(ReadRules, following) == []
+
+
+def test_a_change_made_here_during_a_read_needs_a_read_begun_after_it() -> None:
+    scene = Scene()
+    activation = scene.notify("active;expires=60", busy())
+    (first,) = of(ReadRules, activation)
+    changed = scene.machine.rules_changed(ALICE, scene.now)
+    (second,) = of(ReadRules, changed)
+    assert second.read.serial > first.read.serial
+    # The first read lands with the grant the change withdrew: not taken.
+    landed = scene.machine.rules_read(first.read, PresRules().allow(BOB, {A: True}), scene.now)
+    assert kinds(landed) == [] and scene.watch.waiting
+    done = scene.machine.rules_read(second.read, PresRules().allow(BOB, {A: False}), scene.now)
+    assert [a.data for a in of(Deliver, done)] == [{"notifySubscription": {
+        "presentity": ALICE, "decisions": [{"presenceAttribute": "Activity", "decision": False}],
+    }}]
+    assert scene.watch.granted == frozenset()
+
+
+def test_aged_decisions_are_read_beside_a_changing_notify_not_before_it() -> None:
+    scene = Scene()
+    scene.schedule("n1")
+    scene.read(scene.notify("active;expires=60", busy(0)), PresRules().allow(BOB, {A: True}))
+    scene.now += 31  # older than any presentity's age limit
+    same = scene.notify("active;expires=60", busy(0))
+    assert same == []  # a refresh's NOTIFY repeats the state: no read
+    changing = scene.notify("active;expires=60", busy(1))
+    assert kinds(changing) == ["statusChanged"] and len(of(ReadRules, changing)) == 1
+    assert scene.watch.revalidating and not scene.watch.waiting
+
+
+def test_a_failed_first_read_grants_what_was_asked_a_later_one_never_widens() -> None:
+    scene = Scene()
+    activation = scene.notify("active;expires=60", busy())
+    (read,) = of(ReadRules, activation)
+    scene.machine.rules_failed(read.read, XcapError("GET", 503, "busy"), scene.now)
+    assert scene.watch.granted == frozenset({A})
+    changed = scene.machine.rules_changed(ALICE, scene.now)
+    (again,) = of(ReadRules, changed)
+    scene.machine.rules_failed(again.read, XcapError("GET", 503, "busy"), scene.now)
+    assert scene.watch.withheld and scene.watch.granted == frozenset()
+
+
+def test_an_unexpected_end_backs_off_on_the_machines_timer_then_times_out() -> None:
+    scene = Scene(resubscribe_delays=(0.5, 2.0))
+    scene.schedule("n1")
+    actions = scene.terminate("timeout")
+    assert of(Subscribe, actions) == [Subscribe(scene.watch, retry=True)]  # at once
+    attempts = []
+    for sid in (8, 9):
+        scene.machine.subscription_sent(scene.watch, sid)
+        scene.machine.subscription_refused(scene.watch, sid)
+        assert scene.machine.attempt_failed(scene.watch, scene.now) == []
+        deadline = scene.machine.get_timer()
+        assert deadline is not None
+        assert scene.machine.handle_timer(deadline - 0.01) == []
+        scene.now = deadline
+        attempts.append(of(Subscribe, scene.machine.handle_timer(scene.now)))
+        assert scene.watch.dialog is Dialog.STARTING
+    assert attempts == [[Subscribe(scene.watch, retry=True)]] * 2
+    scene.machine.subscription_sent(scene.watch, 10)
+    scene.machine.subscription_refused(scene.watch, 10)
+    ended = scene.machine.attempt_failed(scene.watch, scene.now)
+    timeout = {"subscriptionEnded": {"presentity": ALICE, "reason": "Timeout"}}
+    assert sorted((a.channel, str(a.data)) for a in of(Deliver, ended)) == [
+        (f"/bayeux/{APP}/n1", str(timeout)), (REF, str(timeout)),
+    ]
+    assert scene.watch.state is WatchState.ENDED and scene.machine.watches == {}
+
+
+def test_the_back_off_stops_while_the_server_is_down() -> None:
+    scene = Scene()
+    actions = scene.terminate("deactivated", retry_after=3)
+    assert of(Subscribe, actions) == [] and scene.machine.get_timer() == scene.now + 3
+    scene.now += 3
+    (attempt,) = of(Subscribe, scene.machine.handle_timer(scene.now))
+    scene.machine.server_down(attempt.watch)
+    assert (scene.watch.state, scene.watch.dialog) == (WatchState.PENDING, Dialog.NONE)
+    assert scene.machine.get_timer() is None
+    assert scene.machine.to_resync() == [scene.watch]
+
+
+def test_rejected_blocks_and_a_straggling_notify_changes_nothing() -> None:
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
+    actions = scene.terminate("rejected")
+    assert kinds(actions) == ["subscriptionEnded"]
+    assert scene.watch.state is WatchState.BLOCKED and scene.watch.dialog is Dialog.NONE
+    assert scene.notify("active;expires=60", busy(5)) == []
+
+
+def test_our_own_end_unsubscribes_and_its_termination_is_no_news() -> None:
+    scene = Scene()
+    actions = scene.machine.unsubscribe(BOB, ALICE)
+    assert of(Unsubscribe, actions) == [Unsubscribe(7)]
+    assert scene.terminate("unsubscribed") == []
+
+
+def test_a_coalesced_state_and_the_progress_wait_on_the_one_timer() -> None:
+    scene = Scene(save_delay=1.0)
+    schedule = scene.schedule("n1", frequency=10.0)
+    scene.read(scene.notify("active;expires=60", busy(0)), PresRules().allow(BOB, {A: True}))
+    scene.notify("active;expires=60", busy(1))
+    assert scene.machine.get_timer() == scene.now + 1.0  # the progress, first
+    scene.now += 1.0
+    (progress,) = of(SaveProgress, scene.machine.handle_timer(scene.now))
+    assert progress.schedules == (schedule,)
+    assert scene.machine.get_timer() == NOW + 10.0  # the end of the interval
+    scene.now = NOW + 10.0
+    actions = scene.machine.handle_timer(scene.now)
+    assert [a.data["statusChanged"]["changedAttributes"] for a in of(Deliver, actions)] == [
+        [busy(1).to_json()]
+    ]
+
+
+def test_a_start_waits_behind_the_notifies_held_before_it() -> None:
+    scene = Scene()
+    activation = scene.notify("active;expires=60", busy(0))
+    schedule = Schedule("n1", APP, f"/bayeux/{APP}/n1", BOB, ALICE)
+    scene.machine.add_schedule(scene.watch, schedule)
+    scene.machine.start_schedule(scene.watch, schedule, check_immediate=True, now=scene.now)
+    assert scene.machine.start_pending(scene.watch, schedule)
+    actions = scene.read(activation, PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription", "statusChanged"]
+    assert not scene.machine.start_pending(scene.watch, schedule)
+
+
+def test_the_events_of_a_dialog_the_watch_left_are_no_news() -> None:
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
+    scene.terminate("deactivated")
+    scene.machine.subscription_sent(scene.watch, 8)  # the re-subscription
+    assert scene.notify("active;expires=60", busy(3), sid=7) == []
+    assert scene.terminate("timeout") == []
+    assert scene.watch.dialog is Dialog.STARTING and scene.watch.subscription_id == 8
+
+
+def test_a_dialog_step_the_table_does_not_have_is_refused() -> None:
+    with pytest.raises(LocalProtocolError):
+        _step(Dialog.NONE, _Step.ACCEPTED)
+    assert _step(Dialog.STARTING, _Step.ACCEPTED) is Dialog.LIVE
+
+
+def test_a_new_watch_keeps_its_states_by_member() -> None:
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
+    assert list(scene.watch.members) == [ALICE]
+    assert scene.machine.presence(BOB, ALICE, frozenset()) is not None
+    assert isinstance(scene.watch, Watch)
