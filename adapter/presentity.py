@@ -34,6 +34,7 @@ from typing import Any
 from adapter.liveness import ServerLiveness, bounded
 from adapter.logs import bind
 from adapter.metrics import RecoveryProgress
+from adapter.presence_json import attributes_from_json, attributes_to_json
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient
@@ -47,8 +48,6 @@ from pidf import (
     WatcherInfo,
     WatcherInfoState,
     WatcherStatus,
-    attributes_from_json,
-    attributes_to_json,
     encode,
     validate_publication,
 )

@@ -101,7 +101,7 @@ def client(config: Config, services: tuple[Presentities, Watchers]) -> Iterator[
             return 0.001
 
     app = create_app(config, sip_probe=Probe(), routes=rest.routes(), lifespan=lifespan,
-                     exception_handlers=rest.EXCEPTION_HANDLERS, fast_routes=rest.fast_routes())
+                     exception_handlers=rest.EXCEPTION_HANDLERS)
     with TestClient(app, raise_server_exceptions=False) as http:
         yield http
 

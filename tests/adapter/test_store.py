@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
+from adapter.presence_json import attribute_to_json
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
 from adapter.watcher import Reference, Watch, watch_from_record, watch_to_record
 from pidf import Activity, AttributeType, Other, Place, Presence, PresenceAttribute
@@ -45,8 +46,8 @@ def path(tmp_path: Path) -> Iterator[Path]:
 
 def a_publication() -> list[dict[str, Any]]:
     return [
-        PresenceAttribute(Activity.BUSY, T0, "in a call").to_json(),
-        PresenceAttribute(Place.OFFICE, T0).to_json(),
+        attribute_to_json(PresenceAttribute(Activity.BUSY, T0, "in a call")),
+        attribute_to_json(PresenceAttribute(Place.OFFICE, T0)),
     ]
 
 
