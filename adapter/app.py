@@ -246,7 +246,7 @@ def create_app(
 ) -> Starlette:
     """The adapter's Starlette application.
 
-    ``sip_probe`` answers /health. ``routes`` are added after the adapter's own, and
+    ``sip_probe`` answers /health. ``routes`` are added before the adapter's own, and
     ``lifespan`` (optional) runs inside the app's lifespan, for the objects that the
     caller starts and stops with the server.  ``metrics``
     (what /metrics exports), ``readiness`` (what /readyz asks) and ``drain``
@@ -279,12 +279,14 @@ def create_app(
     if config.limits is not None or any(a.password_hash for a in config.accounts):
         middleware.append(Middleware(Admission, prefix=rest.BASE, limit=config.limits))
     app = Starlette(
+        # The caller's routes first: the router tries them in order, and the
+        # REST API's (Publish first) carry the load.
         routes=[
+            *routes,
             Route("/health", health_endpoint, methods=["GET"]),
             Route("/livez", livez_endpoint, methods=["GET"]),
             Route("/readyz", readyz_endpoint, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            *routes,
         ],
         middleware=middleware,
         exception_handlers=handlers,

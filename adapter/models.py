@@ -398,8 +398,8 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, part: str = "body
     path = part_of(error)
     named = part_of(error, "" if part == "body" else part) or part
     valid = VALUES.get(_INDEX.sub("", path))
-    if valid is not None:
-        raise ServiceError.invalid_input_values(named, valid)
+    if valid is not None:  # the member, not an item of it: the valid values are its
+        raise ServiceError.invalid_input_values(_INDEX.sub("", named), valid)
     raise ServiceError.invalid_input(named)
 
 
