@@ -383,16 +383,12 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, part: str = "body
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         error = exc
-    except msgspec.DecodeError:
-        raise ServiceError.invalid_input(f"{part} (not JSON)") from None
-    except RecursionError:
-        raise ServiceError.invalid_input(f"{part} (nested too deeply)") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _not_json(exc, part) from None
     try:
         value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise ServiceError.invalid_input(f"{part} (not JSON)") from None
-    except RecursionError:
-        raise ServiceError.invalid_input(f"{part} (nested too deeply)") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _not_json(exc, part) from None
     if not isinstance(value, dict):
         raise ServiceError.invalid_input(f"{part} (not a JSON object)")
     path = part_of(error)
@@ -401,6 +397,12 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, part: str = "body
     if valid is not None:  # the member, not an item of it: the valid values are its
         raise ServiceError.invalid_input_values(_INDEX.sub("", named), valid)
     raise ServiceError.invalid_input(named)
+
+
+def _not_json(exc: Exception, part: str) -> ServiceError:
+    # The decoder recurses once per level of nesting, as a parser would.
+    reason = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+    return ServiceError.invalid_input(f"{part} ({reason})")
 
 
 def decoder(model: type[T]) -> msgspec.json.Decoder[T]:

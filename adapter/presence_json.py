@@ -4,8 +4,9 @@ The JSON shape of a presence attribute — the spec's ``{"typeAndValue": …,
 "lastChange": …, "note": …}`` — lives here, at the adapter's edge: pidf/ is
 about XML and passes frozen values around.  The structs below are the one
 declaration of it.  Decoding validates with them (msgspec, in C), the OpenAPI
-components are generated from them (adapter.openapi), and encoding writes
-them: the REST answers, the Bayeux notifications and the store's records.
+components are generated from them (adapter.models.schema_components), and
+encoding writes them: the REST answers, the Bayeux notifications and the
+store's records.
 
 Each variant of typeAndValue is tagged by ``unionElement`` and carries one
 member named after it in lower case; the members of the other variants are
@@ -203,7 +204,6 @@ _VARIANT_OF: dict[type, type[TypeAndValue]] = {
     Communication: VARIANTS[AttributeType.COMMUNICATION],
     Other: VARIANTS[AttributeType.OTHER],
 }
-_ITEMS = msgspec.json.Decoder(list[PresenceItem])
 
 
 # -- JSON ⇄ pidf.model ---------------------------------------------------------------
