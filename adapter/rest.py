@@ -78,10 +78,14 @@ def caller(request: Request, params: tuple[str, ...] = ()) -> Caller:
     accounts: Accounts = request.state.accounts
     who = accounts.authenticate(request)
     if request.scope["query_string"]:  # most requests have none: no parsing then
-        for name in request.query_params:
-            if name not in params:
-                raise ServiceError.invalid_input(f"{name} (unknown parameter)")
+        refuse_unknown_parameters(request.query_params, params)
     return who
+
+
+def refuse_unknown_parameters(query: QueryParams, known: tuple[str, ...]) -> None:
+    for name in query:
+        if name not in known:
+            raise ServiceError.invalid_input(f"{name} (unknown parameter)")
 
 
 def json_response(model: Struct, status_code: int = 200, **headers: str) -> Response:
@@ -95,19 +99,32 @@ class Publish:
     """Publish: POST /rest/presence {"presence":[…]} → 204.
 
     The operation that carries the load, so an ASGI app in its ordinary route
-    rather than a function: the router, its 404 and 405 and the app's
-    exception handlers serve it as any other, without a second wrapper for
-    exceptions and a Response object per request.  It sends its answer last,
-    so a handler never answers after a response has started.
+    rather than a request function: the router, its 404 and 405 and the app's
+    exception handlers serve it as any other, and it reads the two headers it
+    needs from the scope, without a second exception wrapper and the headers
+    and response objects a request function costs.  It sends its answer
+    last, so a handler never answers after a response has started.
     """
 
     __name__ = "publish"  # the operation's name in the metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        who = caller(request)
-        body = decode(PUBLISH, await request.body())
-        service: PresentityService = request.state.presentity
+        authorization = named = None
+        # ASGI header names are lower case; the first of a repeated header
+        # counts, as with Starlette's Headers.get.
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"x-presence-identity" and named is None:
+                named = value.decode("latin-1")
+        state = scope["state"]
+        accounts: Accounts = state["accounts"]
+        who = accounts.caller(authorization, named)
+        if scope["query_string"]:
+            refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
+        body = decode(PUBLISH, await Request(scope, receive).body())
+        service: PresentityService = state["presentity"]
         await service.publish(who.address, in_order(attributes_from_items(body.presence)))
         await send(NO_CONTENT)
         await send(NO_BODY)
