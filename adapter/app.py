@@ -332,7 +332,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
     journal = BacklogJournal(store)
-    limits = BayeuxLimits(**config.bayeux)  # type: ignore[arg-type]  # kinds checked by config
+    limits = BayeuxLimits(**config.bayeux)
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Self
 
 import httpx
 
@@ -194,7 +194,7 @@ class AdapterProcess:
         extra: str = "",
         tls: ssl.SSLContext | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> AdapterProcess:
+    ) -> Self:
         """An adapter (not started) for ``accounts`` in front of ``server``.
 
         ``sip_server`` / ``xcap_root`` replace the server's own addresses (to

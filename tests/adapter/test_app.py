@@ -1,11 +1,11 @@
 import contextlib
-import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -256,7 +256,7 @@ def test_access_log_writes_one_line_per_request(config: Config, caplog) -> None:
 def test_access_log_follows_the_log_level_and_the_configuration(
     config: Config, caplog
 ) -> None:
-    quiet = dataclasses.replace(config, http=dataclasses.replace(config.http, access_log=False))
+    quiet = replace(config, http=replace(config.http, access_log=False))
     with caplog.at_level(logging.INFO, logger="adapter.access"), client_for(quiet) as client:
         client.get("/health")
     with caplog.at_level(logging.WARNING, logger="adapter.access"), client_for(config) as client:

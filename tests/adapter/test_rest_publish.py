@@ -24,7 +24,11 @@ from pidf import PresenceAttribute, validate_publication
 from sip.aio import RequestTimedOut
 
 REPO = Path(__file__).resolve().parents[2]
-ALICE = Account("alice-app", "alice-secret", ("sip:alice@example.com", "sip:alice@work.example"))
+ALICE = Account(
+    id="alice-app",
+    password="alice-secret",
+    addresses=("sip:alice@example.com", "sip:alice@work.example"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,9 @@ class Presentities:
 
 
 def client(config: Config, service: Presentities) -> TestClient:
-    timeout = Account("t-app", "t", ("sip:timeout@example.com", "sip:bug@example.com"))
+    timeout = Account(
+        id="t-app", password="t", addresses=("sip:timeout@example.com", "sip:bug@example.com")
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
