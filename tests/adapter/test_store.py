@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
+from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
 from adapter.store import postgres as postgres_store
@@ -57,8 +58,8 @@ def path(tmp_path: Path) -> Iterator[Path]:
 
 def a_publication() -> list[dict[str, Any]]:
     return [
-        PresenceAttribute(Activity.BUSY, T0, "in a call").to_json(),
-        PresenceAttribute(Place.OFFICE, T0).to_json(),
+        attribute_to_json(PresenceAttribute(Activity.BUSY, T0, "in a call")),
+        attribute_to_json(PresenceAttribute(Place.OFFICE, T0)),
     ]
 
 
