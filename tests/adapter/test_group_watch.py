@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from adapter.notification import Schedule, schedule_from_record, schedule_to_record
+from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
 from adapter.watch import (
     Deliver,
@@ -95,7 +96,7 @@ def delivered(actions: list[WatchAction]) -> list[tuple[str, dict[str, Any]]]:
 def changed(presentity: str, correlator: str, *attributes: PresenceAttribute) -> dict[str, Any]:
     return {"statusChanged": {
         "correlator": correlator, "presentity": presentity,
-        "changedAttributes": [a.to_json() for a in attributes],
+        "changedAttributes": [attribute_to_json(a) for a in attributes],
     }}
 
 
