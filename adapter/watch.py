@@ -1091,9 +1091,7 @@ class WatchMachine:
         member.resume = None
         member.held.clear()
         for schedule in group.schedules.values():
-            track = schedule.members.get(member.presentity)
-            if track is not None:
-                track.pending = None
+            schedule.drop_member_pending(member.presentity)
         self._tell_ended(group, member.presentity, reason)
         self._out.append(SaveWatch(group))
 
