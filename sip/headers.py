@@ -9,18 +9,17 @@ equal object; whitespace is normalised on the way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
 from .params import (
     Params,
+    WithParams,
     find_param,
     format_params,
     is_token,
     parse_delta_seconds,
     parse_params,
-    remove_params,
-    replace_params,
 )
 from .uri import parse_hostport
 
@@ -50,7 +49,7 @@ _VIA_COMMON = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class Via:
+class Via(WithParams):
     """RFC 3261 §20.42: ``SIP/2.0/UDP host[:port];branch=z9hG4bK...;rport;received=...``.
 
     ``host`` keeps IPv6 brackets.  RFC 3581 ``rport`` may be valueless (a
@@ -104,18 +103,6 @@ class Via:
 
     def __str__(self) -> str:
         return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
-
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
-
-    def has_param(self, name: str) -> bool:
-        return find_param(self.params, name)[0]
-
-    def with_params(self, **params: str | None) -> Via:
-        return replace(self, params=replace_params(self.params, params))
-
-    def without_params(self, *names: str) -> Via:
-        return replace(self, params=remove_params(self.params, names))
 
     @property
     def sent_by(self) -> str:
@@ -172,7 +159,7 @@ class CSeq:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(WithParams):
     """RFC 6665 §8.2.1: ``Event: presence.winfo;id=7``.
 
     ``package`` is the whole event-type, templates included
@@ -192,9 +179,6 @@ class Event:
     def __str__(self) -> str:
         return self.package + format_params(self.params)
 
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
-
     @property
     def id(self) -> str | None:
         return self.param("id")
@@ -210,7 +194,7 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionState:
+class SubscriptionState(WithParams):
     """RFC 6665 §8.2.3: ``Subscription-State: active;expires=3600``.
 
     ``state`` is ``active``, ``pending``, ``terminated`` or an extension
@@ -238,9 +222,6 @@ class SubscriptionState:
     def __str__(self) -> str:
         return self.state + format_params(self.params)
 
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
-
     @property
     def reason(self) -> str | None:
         """The ``reason`` parameter, lower-cased (its values are tokens like ``rejected``)."""
@@ -259,7 +240,7 @@ class SubscriptionState:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryAfter:
+class RetryAfter(WithParams):
     """RFC 3261 §20.33: ``Retry-After: 18000;duration=3600`` or ``120 (I'm in a meeting)``."""
 
     seconds: int
@@ -288,9 +269,6 @@ class RetryAfter:
     def __str__(self) -> str:
         comment = f" ({self.comment})" if self.comment is not None else ""
         return f"{self.seconds}{comment}{format_params(self.params)}"
-
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
 
     @property
     def duration(self) -> int | None:
