@@ -65,6 +65,7 @@ from sip import (
     SubscriptionTerminated,
 )
 from sip.aio import (
+    Alarm,
     PublicationHandle,
     RequestFailed,
     SipEndpoint,
@@ -157,13 +158,11 @@ class PresentityService:
         self._publisher = Publisher()
         self._presentities: dict[str, _Presentity] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = Alarm(self._on_timer, lambda: self._clock().timestamp())
 
     async def close(self) -> None:
         """Stop the re-publications still waiting (the publications stay)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -369,15 +368,9 @@ class PresentityService:
 
     def _arm(self) -> None:
         """Re-arm the one timer at the machine's next deadline (rules changes are rare)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        deadline = self._publisher.get_timer()
-        self._timer = None if deadline is None else asyncio.get_running_loop().call_later(
-            max(0.0, deadline - self._clock().timestamp()), self._on_timer
-        )
+        self._timer.set(self._publisher.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
         for due in self._publisher.handle_timer(self._clock()):
             self._spawn(self._republish(due.address))
         self._arm()

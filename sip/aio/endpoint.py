@@ -70,6 +70,7 @@ from ..useragent import (
     UserAgentEvent,
     server_destination,
 )
+from .alarm import Alarm
 from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle, deliver
 
 __all__ = [
@@ -226,8 +227,7 @@ class SipEndpoint:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[Destination, _StreamProtocol] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(self._on_timer)
         self._publications: dict[int, PublicationHandle] = {}
         self._subscriptions: dict[int, SubscriptionHandle] = {}
         self._probes: dict[int, asyncio.Future[UserAgentEvent]] = {}
@@ -349,9 +349,7 @@ class SipEndpoint:
                 "SIP messages refused (not from the presence server): %d; dropped (not "
                 "usable): %d", self.refused, self.dropped,
             )
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._udp is not None:
             self._udp.close()
         for connection in list(self._connections.values()):
@@ -559,19 +557,9 @@ class SipEndpoint:
             # are lower bounds (RFC 3261 §17: "fires after"), and 20 ms is
             # small next to T1 = 500 ms.
             deadline = math.ceil(deadline / TIMER_SLACK) * TIMER_SLACK
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            assert self._loop is not None
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.set(deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.ua.handle_timer(self.now())
         self._flush()
 
