@@ -38,6 +38,14 @@ def _split_params(text: str) -> tuple[str, Params]:
     return text[:semi].strip(), parse_params(text[semi:])
 
 
+def _token_and_params(text: str, what: str) -> tuple[str, Params]:
+    """``token;params`` (Event, Subscription-State) -> (token, params)."""
+    head, params = _split_params(text)
+    if not is_token(head):
+        raise RemoteProtocolError(f"bad {what}: {text!r}")
+    return head, params
+
+
 # RFC 3261 §20.42 / §25.1: via-parm = sent-protocol LWS sent-by *( SEMI via-params ),
 # in the common spelling: token transport, hostname or IPv4 host, optional
 # port, generic-params with token names and unquoted token/host values.
@@ -171,10 +179,7 @@ class Event(WithParams):
 
     @classmethod
     def parse(cls, text: str) -> Event:
-        package, params = _split_params(text)
-        if not is_token(package):
-            raise RemoteProtocolError(f"bad Event: {text!r}")
-        return cls(package, params)
+        return cls(*_token_and_params(text, "Event"))
 
     def __str__(self) -> str:
         return self.package + format_params(self.params)
@@ -207,9 +212,7 @@ class SubscriptionState(WithParams):
 
     @classmethod
     def parse(cls, text: str) -> SubscriptionState:
-        state, params = _split_params(text)
-        if not is_token(state):
-            raise RemoteProtocolError(f"bad Subscription-State: {text!r}")
+        state, params = _token_and_params(text, "Subscription-State")
         # subexp-params = ("reason" EQUAL event-reason-value) / ("expires" EQUAL
         # delta-seconds) / ("retry-after" EQUAL delta-seconds): check them now,
         # so that garbage fails here and the properties never do.
@@ -230,13 +233,11 @@ class SubscriptionState(WithParams):
 
     @property
     def expires(self) -> int | None:
-        value = self.param("expires")
-        return None if value is None else parse_delta_seconds(value, "expires parameter")
+        return self.delta_param("expires")
 
     @property
     def retry_after(self) -> int | None:
-        value = self.param("retry-after")
-        return None if value is None else parse_delta_seconds(value, "retry-after parameter")
+        return self.delta_param("retry-after")
 
 
 @dataclass(frozen=True, slots=True)

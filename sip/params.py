@@ -179,6 +179,11 @@ class WithParams:
     def has_param(self, name: str) -> bool:
         return find_param(self.params, name)[0]
 
+    def delta_param(self, name: str) -> int | None:
+        """A parameter whose value is delta-seconds (RFC 3261 §25.1), as a number."""
+        value = find_param(self.params, name)[1]
+        return None if value is None else parse_delta_seconds(value, f"{name} parameter")
+
     def with_params(self, **params: str | None) -> Self:
         """A copy with parameters set (``None`` = valueless, e.g. ``lr=None``)."""
         return replace(self, params=replace_params(self.params, params))  # type: ignore[type-var]

@@ -36,7 +36,6 @@ from .params import (
     Params,
     WithParams,
     format_params,
-    parse_delta_seconds,
     parse_params,
     quote,
     quoted_end,
@@ -346,8 +345,7 @@ class NameAddr(WithParams):
     @property
     def expires(self) -> int | None:
         """Contact ``expires`` parameter (§20.10), delta-seconds."""
-        value = self.param("expires")
-        return None if value is None else parse_delta_seconds(value, "expires parameter")
+        return self.delta_param("expires")
 
     @property
     def q(self) -> float | None:
