@@ -49,6 +49,7 @@ from pidf import (
     Outcome,
     PidfError,
     PresenceAttribute,
+    Rule,
     SubHandling,
     WatcherInfo,
     WatcherInfoState,
@@ -383,13 +384,10 @@ class PresentityService:
     # -- watchers ----------------------------------------------------------
 
     async def open_subscriptions(self, presentity: str) -> list[OpenSubscription]:
-        watchers = await self._live_watchers(presentity)
-        rules = (await self._xcap.get(presentity)).rules
         out = []
-        for uri, status in watchers.items():
+        for uri, status, rule in await self._watchers_and_rules(presentity):
             if status is WatcherStatus.ACTIVE:
                 continue
-            rule = rules.rule_for(uri)
             if (rule.sub_handling if rule is not None else None) not in _UNDECIDED:
                 continue
             application, attributes = self._directory(uri, presentity) or ("", ())
@@ -398,15 +396,12 @@ class PresentityService:
 
     async def watchers(self, presentity: str) -> list[str]:
         """The watchers currently authorised and subscribed."""
-        watchers = await self._live_watchers(presentity)
-        rules = (await self._xcap.get(presentity)).rules
         out = []
-        for uri, status in watchers.items():
+        for uri, status, rule in await self._watchers_and_rules(presentity):
             if status is WatcherStatus.WAITING:
                 # RFC 3857 §3.2: its subscription ended before it was decided
                 # on; it may be asked about again, but it watches nothing.
                 continue
-            rule = rules.rule_for(uri)
             if rule is None:
                 if status is WatcherStatus.ACTIVE:
                     out.append(uri)
@@ -438,6 +433,15 @@ class PresentityService:
         self._rules_changed(presentity)
         self._publisher.rules_changed(presentity, self._clock())
         self._arm()
+
+    async def _watchers_and_rules(
+        self, presentity: str
+    ) -> list[tuple[str, WatcherStatus, Rule | None]]:
+        """Each watcher the server lists for ``presentity``, its status, and the
+        pres-rules' rule for it (None: none names it)."""
+        watchers = await self._live_watchers(presentity)
+        rules = (await self._xcap.get(presentity)).rules
+        return [(uri, status, rules.rule_for(uri)) for uri, status in watchers.items()]
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""
