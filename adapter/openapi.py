@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from msgspec import Struct
 from starlette.requests import Request
@@ -114,6 +114,24 @@ class Operation:
             return self.faults
         return self.faults + AUTH_FAULTS
 
+
+class Choice(NamedTuple):
+    """A query parameter with a single allowed value, and the fault for any other."""
+
+    param: Param
+    fault: Fault
+
+    @classmethod
+    def of(cls, name: str, value: str, meaning: str) -> Choice:
+        return cls(
+            Param(name, "query", f"{value}: {meaning}", {"type": "string", "enum": [value]},
+                  required=True),
+            Fault(ServiceError.invalid_input_values(name, [value]), f"{name} has another value."),
+        )
+
+
+STATUS_OPEN = Choice.of("status", "open", "the watchers waiting for a decision.")
+FILTER_WATCHER = Choice.of("filter", "watcher", "the watchers' URIs only.")
 
 ALICE, BOB = "sip:alice@example.com", "sip:bob@example.com"
 AUTH_FAULTS = (
@@ -217,23 +235,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "getOpenSubscriptions", "Get Open Subscriptions", "presentity", "GET", SUBSCRIPTION_BOTH,
         "Lists the watchers who asked to subscribe and are waiting for authorization "
         "(status=open). With filter=watcher as well, only their URIs.",
-        params=(Param("status", "query", "open: the watchers waiting for a decision.",
-                      {"type": "string", "enum": ["open"]}, required=True),),
+        params=(STATUS_OPEN.param,),
         replies=(Reply(200, "The waiting watchers.", models.OpenSubscriptionsResult, {"result": [
             {"application": "Team board", "attributes": ["Activity", "Place"], "watcher": BOB}
         ]}),),
-        faults=(Fault(ServiceError.invalid_input_values("status", ["open"]),
-                      "status has another value."), *SIP_FAILED),
+        faults=(STATUS_OPEN.fault, *SIP_FAILED),
     ),
     Operation(
         "getMyWatchers", "Get My Watchers", "presentity", "GET", SUBSCRIPTION_BOTH,
         "Lists the URIs of the watchers currently authorized (subscriptions in the active "
         "state): filter=watcher, which is also what GET without status or filter answers.",
-        params=(Param("filter", "query", "watcher: the watchers' URIs only.",
-                      {"type": "string", "enum": ["watcher"]}, required=True),),
+        params=(FILTER_WATCHER.param,),
         replies=(Reply(200, "The current watchers.", models.UriResult, {"result": [BOB]}),),
-        faults=(Fault(ServiceError.invalid_input_values("filter", ["watcher"]),
-                      "filter has another value."), *SIP_FAILED),
+        faults=(FILTER_WATCHER.fault, *SIP_FAILED),
     ),
     Operation(
         "updateSubscriptionAuthorization", "Update Subscription Authorization", "presentity",

@@ -64,7 +64,7 @@ from adapter.watch import (
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence
 from sip import NotifyReceived, SipURI, SubscriptionAccepted
-from sip.aio import RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
+from sip.aio import Alarm, RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
 
 __all__ = [
     "DECISIONS_TTL",
@@ -122,8 +122,7 @@ class WatcherService:
         self.machine = WatchMachine(
             save_delay=schedule_save_delay, resubscribe_delays=resubscribe_delays
         )
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(self._on_timer, clock)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The handles of the subscriptions not over yet, by id: to await
         #: their answer, to end them.
@@ -139,9 +138,7 @@ class WatcherService:
         self.notify_latency = Histogram(NOTIFY_BUCKETS)
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._pump is not None:
             self._pump.cancel()
             self._pump = None
@@ -506,20 +503,9 @@ class WatcherService:
     # -- the one timer ---------------------------------------------------------
 
     def _arm(self) -> None:
-        deadline = self.machine.get_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(deadline - self._clock(), 0), self._on_timer)
+        self._timer.set(self.machine.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self._perform(self.machine.handle_timer(self._clock()))
 
     def _spawn(self, coroutine: Any) -> None:

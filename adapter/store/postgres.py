@@ -58,6 +58,7 @@ from psycopg_pool import AsyncConnectionPool
 from adapter.metrics import STORE_BUCKETS, Histogram
 from adapter.store import schema
 from adapter.store.interface import KINDS, BacklogRow, StoreError, encode, settle
+from adapter.store.sql import Upserts, Write
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -92,23 +93,10 @@ _LOAD_BACKLOG = "SELECT seq, app_id, channel, data, expires_at FROM backlog ORDE
 _PUT_SCHEMA = (
     "INSERT INTO meta VALUES ('schema', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-_PUT_RECORD = (
-    "INSERT INTO records VALUES (%s, %s, %s)"
-    " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value"
-)
 _DELETE_RECORD = "DELETE FROM records WHERE kind = %s AND key = %s"
 _ADD_BACKLOG = "INSERT INTO backlog VALUES (%s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING"
 _REMOVE_BACKLOG = "DELETE FROM backlog WHERE seq = ANY(%s)"
-_PUT_MARK = (
-    "INSERT INTO meta VALUES ('backlog_seq', %s)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-_PUT_PROBE = (
-    "INSERT INTO meta VALUES ('probe', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-
-# One queued write: statements to run in order, and who waits for them.
-_Write = tuple[list[tuple[str, tuple[Any, ...]]], "asyncio.Future[None] | None"]
+_UPSERT = Upserts.with_placeholder("%s")
 
 
 def _line(exc: BaseException) -> str:
@@ -147,7 +135,7 @@ class PostgresStore:
         #: written: the reads at start then ask nothing of the server.
         self._snapshot: dict[str, list[tuple[Any, ...]]] = {}
         self._seq = self._open()
-        self._pending: list[_Write] = []
+        self._pending: list[Write] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._pool: AsyncConnectionPool | None = None
@@ -256,7 +244,7 @@ class PostgresStore:
 
     def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
-        return self._submit([(_PUT_RECORD, (kind, key, encode(value)))])
+        return self._submit([(_UPSERT.record, (kind, key, encode(value)))])
 
     def delete(self, kind: str, key: str) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
@@ -266,7 +254,7 @@ class PostgresStore:
         self._snapshot.pop(_BACKLOG, None)
         self._seq += 1
         row = (self._seq, app_id, channel, encode(data), expires_at)
-        self._write(([(_ADD_BACKLOG, row), (_PUT_MARK, (str(self._seq),))], None))
+        self._write(([(_ADD_BACKLOG, row), (_UPSERT.mark, (str(self._seq),))], None))
         return self._seq
 
     def backlog_remove(self, seqs: Iterable[int]) -> None:
@@ -277,7 +265,7 @@ class PostgresStore:
 
     def probe(self) -> asyncio.Future[None]:
         # A row of its own in meta, rewritten in place.
-        return self._submit([(_PUT_PROBE, (repr(time.time()),))])
+        return self._submit([(_UPSERT.probe, (repr(time.time()),))])
 
     async def close(self) -> None:
         self._closing = True
@@ -296,7 +284,7 @@ class PostgresStore:
         self._write((statements, done))
         return done
 
-    def _write(self, write: _Write) -> None:
+    def _write(self, write: Write) -> None:
         self._pending.append(write)
         try:
             asyncio.get_running_loop()
@@ -341,7 +329,7 @@ class PostgresStore:
             if self._closing and not self._pending:
                 return
 
-    async def _commit(self, writes: list[_Write]) -> StoreError | None:
+    async def _commit(self, writes: list[Write]) -> StoreError | None:
         """``writes`` in one transaction: None once committed, else the error."""
         assert self._pool is not None
         tries = 2  # a connection that broke under the group: once more, on a new one

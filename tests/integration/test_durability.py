@@ -26,8 +26,8 @@ import psycopg
 import pytest
 from lxml import etree
 
-from sip import NotifyReceived, UserAgentEvent
-from sip.aio import SipEndpoint
+from sip import NotifyReceived
+from sip.aio import SipEndpoint, SubscriptionEvent
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
 from tests.integration.conftest import BayeuxListener
@@ -263,14 +263,14 @@ def first_notify(server: PresenceServer, subscriber: str, target: str, event: st
         await endpoint.start()
         first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-        def listen(event: UserAgentEvent) -> None:
+        def listen(event: SubscriptionEvent) -> None:
             if isinstance(event, NotifyReceived) and not first.done():
                 first.set_result(event.body)
 
-        endpoint.add_listener(listen)
         try:
             subscription = endpoint.subscribe(
-                SipURI.parse(subscriber), SipURI.parse(target), event=event, accept=(accept,)
+                SipURI.parse(subscriber), SipURI.parse(target), event=event, accept=(accept,),
+                on_event=listen,
             )
             await subscription.accepted
             body = await asyncio.wait_for(first, 3)
