@@ -67,7 +67,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
-#: Seconds a write waits for a connection (the server unreachable) before it fails.
+#: Seconds a write waits for a connection (the server unreachable) before it
+#: fails, unless given (the adapter gives ``[sip] request_timeout``, the bound
+#: on a REST call's wait).
 WRITE_TIMEOUT = 10.0
 #: The advisory lock an open store holds ("pres").
 OWNER_LOCK = 0x70726573
@@ -131,8 +133,9 @@ class PostgresStore:
     """A store in a PostgreSQL database: the tables are created in the
     connection's current schema (``search_path``) when the database has none."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, write_timeout: float = WRITE_TIMEOUT) -> None:
         self.url = url
+        self.write_timeout = write_timeout
         #: How messages name the store (no password).
         self.where = describe(url)
         try:
@@ -327,7 +330,7 @@ class PostgresStore:
             max_size=1,
             open=False,
             check=AsyncConnectionPool.check_connection,
-            timeout=WRITE_TIMEOUT,
+            timeout=self.write_timeout,
             name="presence-adapter-store",
         )
         await self._pool.open(wait=False)
