@@ -411,7 +411,8 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     retry later (RFC 9110 §15.6.4).  The store's name and error go to the log
     only, not to the application."""
     assert isinstance(exc, StoreError)
-    logger.warning("%s %s: store unavailable: %s", request.method, request.url.path, exc)
+    # INFO, as for the presence server: the store logged its error already.
+    logger.info("%s %s: store unavailable: %s", request.method, request.url.path, exc)
     error = ServiceError(
         FaultCode.SERVICE_ERROR,
         ["store unavailable, retry later"],
