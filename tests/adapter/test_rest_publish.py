@@ -8,7 +8,6 @@ when it is sound.
 import base64
 import contextlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,8 @@ from adapter import rest
 from adapter.app import create_app
 from adapter.auth import Accounts
 from adapter.config import Account, Config, load_config
-from adapter.presentity import PresentityService
-from adapter.store import SqliteStore
-from pidf import PresenceAttribute, decode, validate_publication
+from pidf import PresenceAttribute, validate_publication
 from sip.aio import RequestTimedOut
-from tests.adapter.test_presentity import FakeEndpoint, FakeXcap
-from tests.adapter.test_store import rows_on_disk
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE = Account(
@@ -214,122 +209,3 @@ def test_the_unexpected_failure_is_logged_once_and_not_shown(config: Config, cap
     [record] = caplog.records
     assert "POST /rest/presence" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is KeyError
-
-
-# -- the store cannot write --------------------------------------------------------
-
-DISK_FULL = "disk full (refused by the test)"
-
-
-class Refusing:
-    """A real SQLite store whose database refuses every write while ``on``, as a
-    full disk or a read-only file would: the seam is the store itself."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        with sqlite3.connect(self.path) as db:
-            for event in ("INSERT", "DELETE"):
-                db.execute(
-                    f"CREATE TRIGGER refuse_{event} BEFORE {event} ON records "
-                    f"BEGIN SELECT RAISE(ABORT, '{DISK_FULL}'); END"
-                )
-
-    def __exit__(self, *exc: object) -> None:
-        with sqlite3.connect(self.path) as db:
-            for event in ("INSERT", "DELETE"):
-                db.execute(f"DROP TRIGGER refuse_{event}")
-
-
-def real_service_client(config: Config, path: Path) -> tuple[TestClient, FakeEndpoint]:
-    """The app over the real PresentityService on a real SQLite store; SIP faked."""
-    store = SqliteStore(path)
-    endpoint = FakeEndpoint(store)  # type: ignore[arg-type]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        service = PresentityService(
-            endpoint,  # type: ignore[arg-type]
-            FakeXcap(),  # type: ignore[arg-type]
-            store=store,
-            request_timeout=3.0,
-        )
-        yield {"accounts": Accounts([ALICE]), "presentity": service}
-        await service.close()
-        await store.close()
-
-    app = create_app(
-        config,
-        sip_probe=None,  # type: ignore[arg-type]
-        routes=rest.routes(),
-        lifespan=lifespan,
-        exception_handlers=rest.EXCEPTION_HANDLERS,
-    )
-    return TestClient(app, raise_server_exceptions=False), endpoint
-
-
-def activity(value: str) -> dict[str, Any]:
-    return {"presence": [{"typeAndValue": {"unionElement": "Activity", "activity": value}}]}
-
-
-PLACE_OFFICE = {"presence": [{"typeAndValue": {"unionElement": "Place", "place": "Office"}}]}
-
-
-def published(endpoint: FakeEndpoint) -> list[tuple[str, list[str]]]:
-    """What went to the presence server: (publish or modify, the activities and places)."""
-    out = []
-    for what, _, extra in endpoint.sent:
-        body = extra[0] if what == "publish" else extra
-        out.append((what, [a.value.value for a in decode(body).attributes]))
-    return out
-
-
-def test_a_store_that_cannot_write_is_503_and_the_publish_is_undone(
-    config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "state.db"
-    http, endpoint = real_service_client(config, path)
-    with http, caplog.at_level(logging.INFO):
-        with Refusing(path):
-            first = http.post("/rest/presence", json=activity("Busy"), headers=ALICE_AUTH)
-        assert first.status_code == 503, first.text
-        assert first.headers["retry-after"] == str(rest.STORE_RETRY_AFTER)
-        assert first.json() == {
-            "requestError": {
-                "serviceException": {
-                    "messageId": "SVC0001",
-                    "text": "A service error occurred. Error code is %1",
-                    "variables": ["store unavailable, retry later"],
-                }
-            }
-        }
-        # Nothing went out: the store is written before the PUBLISH.
-        assert endpoint.sent == []
-
-        office = http.post("/rest/presence", json=PLACE_OFFICE, headers=ALICE_AUTH)
-        assert office.status_code == 204
-        with Refusing(path):
-            refused = http.post("/rest/presence", json=activity("Away"), headers=ALICE_AUTH)
-            withdrawal = http.delete("/rest/presence", headers=ALICE_AUTH)
-        assert (refused.status_code, withdrawal.status_code) == (503, 503)
-        later = http.post("/rest/presence", json=activity("Meeting"), headers=ALICE_AUTH)
-        assert later.status_code == 204
-
-    # The refused Busy and Away were never published, nor merged into what
-    # was later: the publication began with Office alone, and the withdrawal
-    # refused left it in place.
-    assert published(endpoint) == [("publish", ["Office"]), ("modify", ["Meeting", "Office"])]
-    kept = rows_on_disk(path, "SELECT value FROM records WHERE kind = 'publication'")
-    assert len(kept) == 1 and "Meeting" in kept[0][0] and "Away" not in kept[0][0]
-    # Per failed call: the store's one error line, the call's one line, no traceback.
-    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [r.name for r in errors] == ["adapter.store.sqlite"] * 3
-    assert all(DISK_FULL in r.getMessage() for r in errors)
-    calls = [r.getMessage() for r in caplog.records if "store unavailable" in r.getMessage()]
-    assert calls == [
-        f"POST /rest/presence: store unavailable: {path}: {DISK_FULL}",
-        f"POST /rest/presence: store unavailable: {path}: {DISK_FULL}",
-        f"DELETE /rest/presence: store unavailable: {path}: {DISK_FULL}",
-    ]
-    assert not any(r.exc_info for r in caplog.records)
