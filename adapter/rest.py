@@ -43,7 +43,7 @@ from pidf import AttributeType, Other, PresenceAttribute, ValidationError
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
 
-__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes"]
+__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "store_unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -413,13 +413,17 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     # INFO, as for the presence server: the store logged its error already.
     logger.info("%s %s: store unavailable: %s", request.method, request.url.path, exc)
-    error = ServiceError(
+    return _json_error(store_unavailable())
+
+
+def store_unavailable() -> ServiceError:
+    """503 SVC0001: the store could not keep what the call must keep."""
+    return ServiceError(
         FaultCode.SERVICE_ERROR,
         ["store unavailable, retry later"],
         status=503,
         headers={"Retry-After": str(STORE_RETRY_AFTER)},
     )
-    return _json_error(error)
 
 
 async def _no_subscription(request: Request, exc: Exception) -> Response:

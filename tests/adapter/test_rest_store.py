@@ -20,6 +20,7 @@ from adapter import rest
 from adapter.app import create_app
 from adapter.auth import Accounts
 from adapter.config import Account, Config, load_config
+from adapter.openapi import openapi_document
 from adapter.presentity import PresentityService
 from adapter.store import SqliteStore
 from adapter.watcher import WatcherService
@@ -221,3 +222,19 @@ def test_watcher_calls_the_store_refuses_are_503_and_leave_nothing_behind(
         assert subscribe_presence(http).status_code == 204
         assert set(machine.schedules) == {(BOB.id, "n1")}
     assert world.stored("schedule") and world.stored("watch")
+
+
+def test_the_document_describes_the_503_of_every_call_that_stores() -> None:
+    paths = openapi_document()["paths"]
+    storing = {
+        ("/rest/presence", "post"),
+        ("/rest/presence", "delete"),
+        ("/rest/presence/subscription", "post"),
+        ("/rest/presence/subscription", "delete"),
+        ("/rest/presence/notification", "post"),
+        ("/rest/presence/notification/{correlator}", "delete"),
+    }
+    for path, method in storing:
+        answer = paths[path][method]["responses"]["503"]
+        examples = answer["content"]["application/json"]["examples"].values()
+        assert UNAVAILABLE in [example["value"] for example in examples], (path, method)
