@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from adapter import rest
-from adapter.app import create_app
 from adapter.auth import Accounts
 from adapter.config import Account, Config, load_config
 from adapter.openapi import openapi_document
@@ -27,7 +26,7 @@ from adapter.watcher import WatcherService
 from pidf import decode
 from tests.adapter import test_presentity as presentity_fakes
 from tests.adapter import test_watcher as watcher_fakes
-from tests.adapter.test_rest_publish import ALICE, ALICE_AUTH, basic
+from tests.adapter.test_rest_publish import ALICE, ALICE_AUTH, basic, rest_client
 from tests.adapter.test_store import rows_on_disk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,14 +101,7 @@ class Services:
             await presentity.close()
             await store.close()
 
-        app = create_app(
-            config,
-            sip_probe=None,  # type: ignore[arg-type]
-            routes=rest.routes(),
-            lifespan=lifespan,
-            exception_handlers=rest.EXCEPTION_HANDLERS,
-        )
-        self.http = TestClient(app, raise_server_exceptions=False)
+        self.http = rest_client(config, lifespan)
 
     def published(self) -> list[tuple[str, list[str]]]:
         """What went to the presence server: (publish or modify, the attribute values)."""
