@@ -40,11 +40,11 @@ __all__ = [
 ]
 
 
-def open_store(config: StoreConfig, *, write_timeout: float = 10.0) -> Store:
+def open_store(config: StoreConfig, *, write_timeout: float | None = None) -> Store:
     """The store ``[store]`` names: PostgreSQL for ``url``, else the SQLite file ``path``.
 
     ``write_timeout``: the longest a PostgreSQL write waits for the server
-    (SQLite's fail at once).
+    (default :data:`~adapter.store.postgres.WRITE_TIMEOUT`; SQLite's fail at once).
 
     Raises StoreError (one line) when it cannot be opened.
     """

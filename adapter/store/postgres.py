@@ -133,9 +133,9 @@ class PostgresStore:
     """A store in a PostgreSQL database: the tables are created in the
     connection's current schema (``search_path``) when the database has none."""
 
-    def __init__(self, url: str, *, write_timeout: float = WRITE_TIMEOUT) -> None:
+    def __init__(self, url: str, *, write_timeout: float | None = None) -> None:
         self.url = url
-        self.write_timeout = write_timeout
+        self.write_timeout = WRITE_TIMEOUT if write_timeout is None else write_timeout
         #: How messages name the store (no password).
         self.where = describe(url)
         try:
@@ -155,6 +155,8 @@ class PostgresStore:
         self._writer: asyncio.Task[None] | None = None
         self._pool: AsyncConnectionPool | None = None
         self._closing = False
+        #: The last group failed for want of a connection (the server unreachable).
+        self._unreachable = False
         self.failures = 0
         #: Seconds from the first statement of a commit to its COMMIT (for /metrics).
         self.commit_seconds = Histogram(STORE_BUCKETS)
@@ -340,6 +342,12 @@ class PostgresStore:
             writes, self._pending = self._pending, []
             if writes:
                 error = await self._commit(writes)
+                if error is not None and self._unreachable:
+                    # Those queued while this group waited in vain for a
+                    # connection would wait as long again: they fail with it,
+                    # so that no call waits much more than write_timeout.
+                    writes += self._pending
+                    self._pending = []
                 settle([done for _, done in writes if done is not None], error)
             if self._closing and not self._pending:
                 return
@@ -348,6 +356,7 @@ class PostgresStore:
         """``writes`` in one transaction: None once committed, else the error."""
         assert self._pool is not None
         tries = 2  # a connection that broke under the group: once more, on a new one
+        self._unreachable = False
         while True:
             tries -= 1
             connection: psycopg.AsyncConnection[Any] | None = None
@@ -369,5 +378,6 @@ class PostgresStore:
                     )
                     continue
                 self.failures += 1
+                self._unreachable = connection is None
                 logger.error("store %s: write failed: %s", self.where, _line(exc))
                 return StoreError(f"{self.where}: {_line(exc)}")
