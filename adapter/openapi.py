@@ -30,7 +30,7 @@ from adapter.auth import IDENTITY_HEADER, REALM
 from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
 from adapter.models import METRICS
 from adapter.presence_json import Uri
-from adapter.rest import BASE, SUBSCRIPTION_PATHS
+from adapter.rest import BASE, SUBSCRIPTION_PATHS, store_unavailable
 
 __all__ = [
     "NOTIFICATIONS",
@@ -158,6 +158,11 @@ XCAP_FAILED = (
     Fault(ServiceError.service_error("presence rules: timed out", status=504),
           "The XCAP server did not answer."),
 )
+STORE_FAILED = Fault(
+    store_unavailable(),
+    "The store could not keep the change (its database unreachable, its disk full); "
+    "retry (Retry-After: the seconds to wait).",
+)
 NO_SUBSCRIPTION = Fault(
     ServiceError.not_found("presentity", ALICE),
     "No subscription to that presentity; variables: the part, then the presentity.",
@@ -210,7 +215,7 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("presence[0].typeAndValue.activity"),
                       "The presence array is missing, empty or holds an invalid value."),
-                *SIP_FAILED),
+                *SIP_FAILED, STORE_FAILED),
     ),
     Operation(
         "withdrawPresence", "Withdraw Presence", "presentity", "DELETE", (BASE,),
@@ -228,7 +233,8 @@ OPERATIONS: tuple[Operation, ...] = (
                       {**ATTRIBUTE_LIST, "examples": ["Place,Other"]}),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("attributes[0]"),
-                      "attributes names something that is not an attribute."), *SIP_FAILED),
+                      "attributes names something that is not an attribute."), *SIP_FAILED,
+                STORE_FAILED),
         extension=True,
     ),
     Operation(
@@ -283,7 +289,7 @@ OPERATIONS: tuple[Operation, ...] = (
         body_example={"application": "Team board", "presentity": ALICE,
                       "attributes": ["Activity", "Place"], "reference": REFERENCE},
         replies=(NO_CONTENT,),
-        faults=(BAD_INPUT, ENDPOINT_REFUSED, *SIP_FAILED),
+        faults=(BAD_INPUT, ENDPOINT_REFUSED, *SIP_FAILED, STORE_FAILED),
         notifications=("notifySubscription", "subscriptionEnded"),
     ),
     Operation(
@@ -349,7 +355,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 Fault(PolicyError.too_many_notifications(),
                       "count above the configured maximum."),
                 Fault(PolicyError.invalid_frequency(), "frequency below the configured minimum."),
-                *SIP_FAILED),
+                *SIP_FAILED, STORE_FAILED),
         notifications=("statusChanged", "statusEnd", "subscriptionEnded"),
     ),
     Operation(
@@ -362,7 +368,7 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.not_found("correlator", "board-7"),
                       "No notification with that correlator for this application; "
-                      "variables: the part, then the correlator."),),
+                      "variables: the part, then the correlator."), STORE_FAILED),
     ),
     Operation(
         "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
@@ -370,7 +376,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "notification started for it. Not in the OCSG interface: an extension.",
         params=(Param("presentity", "query", "The presentity's URI.", URI, required=True,
                       example=ALICE),),
-        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
+        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION, STORE_FAILED), extension=True,
     ),
     Operation(
         "getOpenApiDocument", "OpenAPI document", "description", "GET", (DOCUMENT_PATH,),

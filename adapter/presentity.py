@@ -42,7 +42,7 @@ from adapter.metrics import RecoveryProgress
 from adapter.presence_json import attributes_from_json, attributes_to_json
 from adapter.publisher import Forget, Modify, Publish, PublishAction, Publisher, Save
 from adapter.recovery import RecoveryPace, recover
-from adapter.store import MemoryStore, Store
+from adapter.store import MemoryStore, Store, StoreError
 from adapter.xcap import XcapClient
 from pidf import (
     AttributeType,
@@ -182,13 +182,17 @@ class PresentityService:
         Raises ValidationError for a bad set, RequestFailed when the presence
         server refuses or does not answer.  The state is kept either way: the
         publication retries in the background until the server takes it.
+        Raises StoreError when the store cannot write the new state: then
+        nothing was sent and nothing changed.  (If it is the confirmed entity
+        tag that cannot be written, the PUBLISH did go out: a retried Publish
+        of the same attributes is harmless.)
         """
         bind(presentity=presentity)
         validate_publication(attributes)
         entry = self._presentity(presentity)
         async with entry.lock:
-            outcome = await self._perform(
-                entry, self._publisher.publish(presentity, attributes, self._clock())
+            outcome = await self._requested(
+                entry, lambda: self._publisher.publish(presentity, attributes, self._clock())
             )
             await self._answer(entry, outcome)
 
@@ -209,10 +213,22 @@ class PresentityService:
         """
         entry = self._presentity(presentity)
         async with entry.lock:
-            outcome = await self._perform(
-                entry, self._publisher.withdraw(presentity, kinds, self._clock())
+            outcome = await self._requested(
+                entry, lambda: self._publisher.withdraw(presentity, kinds, self._clock())
             )
             await self._answer(entry, outcome)
+
+    async def _requested(
+        self, entry: _Presentity, request: Callable[[], list[PublishAction]]
+    ) -> asyncio.Future[Any] | None:
+        """Perform a caller's request; when its Save fails (StoreError) nothing was
+        sent, and the machine is put back as it was: the call fails whole."""
+        mark = self._publisher.mark(entry.address)
+        try:
+            return await self._perform(entry, request())
+        except StoreError:
+            self._publisher.undo(mark)
+            raise
 
     async def _answer(self, entry: _Presentity, outcome: Awaitable[object] | None) -> None:
         """Wait (within the REST timeout) for the outcome a REST call's actions made."""

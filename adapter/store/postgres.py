@@ -68,7 +68,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
-#: Seconds a write waits for a connection (the server unreachable) before it fails.
+#: Seconds a write waits for a connection (the server unreachable) before it
+#: fails, unless given (the adapter gives ``[sip] request_timeout``, the bound
+#: on a REST call's wait).
 WRITE_TIMEOUT = 10.0
 #: The advisory lock an open store holds ("pres").
 OWNER_LOCK = 0x70726573
@@ -119,8 +121,9 @@ class PostgresStore:
     """A store in a PostgreSQL database: the tables are created in the
     connection's current schema (``search_path``) when the database has none."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, write_timeout: float | None = None) -> None:
         self.url = url
+        self.write_timeout = WRITE_TIMEOUT if write_timeout is None else write_timeout
         #: How messages name the store (no password).
         self.where = describe(url)
         try:
@@ -140,6 +143,8 @@ class PostgresStore:
         self._writer: asyncio.Task[None] | None = None
         self._pool: AsyncConnectionPool | None = None
         self._closing = False
+        #: The last group failed for want of a connection (the server unreachable).
+        self._unreachable = False
         self.failures = 0
         #: Seconds from the first statement of a commit to its COMMIT (for /metrics).
         self.commit_seconds = Histogram(STORE_BUCKETS)
@@ -315,7 +320,7 @@ class PostgresStore:
             max_size=1,
             open=False,
             check=AsyncConnectionPool.check_connection,
-            timeout=WRITE_TIMEOUT,
+            timeout=self.write_timeout,
             name="presence-adapter-store",
         )
         await self._pool.open(wait=False)
@@ -325,6 +330,12 @@ class PostgresStore:
             writes, self._pending = self._pending, []
             if writes:
                 error = await self._commit(writes)
+                if error is not None and self._unreachable:
+                    # Those queued while this group waited in vain for a
+                    # connection would wait as long again: they fail with it,
+                    # so that no call waits much more than write_timeout.
+                    writes += self._pending
+                    self._pending = []
                 settle([done for _, done in writes if done is not None], error)
             if self._closing and not self._pending:
                 return
@@ -333,6 +344,7 @@ class PostgresStore:
         """``writes`` in one transaction: None once committed, else the error."""
         assert self._pool is not None
         tries = 2  # a connection that broke under the group: once more, on a new one
+        self._unreachable = False
         while True:
             tries -= 1
             connection: psycopg.AsyncConnection[Any] | None = None
@@ -354,5 +366,6 @@ class PostgresStore:
                     )
                     continue
                 self.failures += 1
+                self._unreachable = connection is None
                 logger.error("store %s: write failed: %s", self.where, _line(exc))
                 return StoreError(f"{self.where}: {_line(exc)}")
