@@ -32,6 +32,7 @@ from adapter.presentity import PresentityService
 from adapter.store import StoreError
 from adapter.watcher import (
     DuplicateCorrelator,
+    GroupPresentity,
     NoSubscription,
     NotAuthorized,
     Reference,
@@ -336,7 +337,7 @@ async def start_notification(request: Request) -> Response:
         deadline=now + duration,
     )
     service: WatcherService = request.state.watcher
-    ok = await service.start_notification(
+    not_subscribed = await service.start_notification(
         who.account.id,
         who.address,
         body.presentity,
@@ -345,7 +346,7 @@ async def start_notification(request: Request) -> Response:
     )
     location = str(request.base_url).rstrip("/") + "/cometd"
     return json_response(
-        models.UriResult([] if ok else [body.presentity]), 201, Location=location
+        models.UriResult(not_subscribed), 201, Location=location
     )
 
 
@@ -430,6 +431,14 @@ async def _no_subscription(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.not_found("presentity", _named(exc)))
 
 
+async def _group_presentity(request: Request, exc: Exception) -> Response:
+    # The chapter's Get User Presence result has no presentity field: a
+    # group's members' attributes could not be told apart (README, Groups).
+    return _json_error(ServiceError(
+        FaultCode.INVALID_INPUT, ["presentity", f"{_named(exc)} is a group"], status=400
+    ))
+
+
 async def _not_authorized(request: Request, exc: Exception) -> Response:
     return _json_error(PolicyError.privacy_refused(str(exc)))
 
@@ -450,6 +459,7 @@ def _named(exc: Exception) -> str:
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+    GroupPresentity: _group_presentity,
     NoSubscription: _no_subscription,
     NotAuthorized: _not_authorized,
     DuplicateCorrelator: _duplicate_correlator,

@@ -46,6 +46,7 @@ from pidf import (
 from sip import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.aio import RequestFailed
 from sip.headers import SubscriptionState
+from tests.adapter.test_group_watch import GROUP, M0, M1, rlmi_notify
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@example.com"
@@ -103,9 +104,12 @@ class FakeEndpoint:
         self.refuse = 0  # how many of the next initial SUBSCRIBEs are refused
         self.unsubscribed: list[int] = []  # ended by us (Expires: 0), in order
         self.gate: asyncio.Event | None = None  # holds the 2xx back while set
+        self.eventlist = False  # the 2xx says Require: eventlist (a list)
 
     def subscribe(self, subscriber: Any, target: Any, *,
-                  on_event: Callable[[Any], None] | None = None) -> FakeHandle:
+                  on_event: Callable[[Any], None] | None = None,
+                  eventlist: bool = False) -> FakeHandle:
+        assert eventlist  # every watch asks for a list (RFC 4662)
         self._next += 1
         self.subscribed.append((str(subscriber), str(target), self._next))
         self.live.add(self._next)
@@ -124,7 +128,7 @@ class FakeEndpoint:
             self.live.discard(handle.id)
             self.emit(SubscriptionTerminated(handle.id, "failed", status=403))
         else:
-            self.emit(SubscriptionAccepted(handle.id, 3600))
+            self.emit(SubscriptionAccepted(handle.id, 3600, self.eventlist))
 
     def emit(self, event: Any) -> None:
         """An event of the user agent, routed by id to its handle (as the endpoint does)."""
@@ -146,11 +150,12 @@ class FakeXcap:
         self.error: XcapError | None = None
         self.reads = 0
         self.gate: asyncio.Event | None = None  # holds the answer back while set
+        self.members: dict[str, PresRules] = {}  # a group's members' rules
 
     async def get(self, presentity: str) -> RulesDocument:
-        assert presentity == ALICE
         self.reads += 1
-        rules = self.rules  # the document as the server read it; the answer may lag
+        # The document as the server read it; the answer may lag.
+        rules = self.rules if presentity == ALICE else self.members[presentity]
         if self.gate is not None:
             await self.gate.wait()
         if self.error is not None:
@@ -218,10 +223,11 @@ class World:
 
     async def start(self, correlator: str, *, check_immediate: bool = False,
                     **kwargs: Any) -> bool:
+        """Start Presence Notification; whether its ``result`` is empty."""
         schedule = Schedule(correlator=correlator, app_id=APP,
                             endpoint=f"/bayeux/{APP}/{correlator}", watcher=BOB,
                             presentity=ALICE, **kwargs)
-        return await self.service.start_notification(
+        return not await self.service.start_notification(
             APP, BOB, ALICE, schedule, check_immediate=check_immediate
         )
 
@@ -837,7 +843,7 @@ def test_an_ending_reaches_each_schedule_in_its_own_application() -> None:
         other = Schedule(correlator="n9", app_id="carol-app", endpoint="/bayeux/carol-app/n9",
                          watcher=BOB, presentity=ALICE)
         assert await w.service.start_notification("carol-app", BOB, ALICE, other,
-                                                  check_immediate=False)
+                                                  check_immediate=False) == []
         await w.notify("active;expires=3600", busy())
         w.bayeux.take()
         await w.terminate("rejected")
@@ -1151,3 +1157,29 @@ def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
             assert seen is not None and seen.get(A) is None
 
     run(scenario)
+
+
+def test_start_on_a_group_waits_for_its_state_and_lists_the_members_not_active() -> None:
+    async def scenario(w: World) -> None:
+        w.sip.eventlist = True
+        w.xcap.members = {M0: PresRules().allow(BOB, {AttributeType.ACTIVITY: True})}
+        schedule = Schedule(correlator="g1", app_id=APP, endpoint=f"/bayeux/{APP}/g1",
+                            watcher=BOB, presentity=GROUP)
+        start = asyncio.create_task(
+            w.service.start_notification(APP, BOB, GROUP, schedule, check_immediate=True)
+        )
+        await turns()
+        assert not start.done()  # the list's first full state is awaited
+        sid = w.sip.last_id
+        w.sip.emit(rlmi_notify(sid, 1, True, {M0: None, M1: None}))
+        await turns()
+        assert not start.done()  # and its members' states, for a while
+        busy = PresenceAttribute(Activity.BUSY, T0)
+        w.sip.emit(rlmi_notify(sid, 2, False, {M0: (busy,)}))
+        assert await start == [M1]  # m1 never got a state: not subscribed
+        assert w.bayeux.sent == [(APP, f"/bayeux/{APP}/g1", {"statusChanged": {
+            "correlator": "g1", "presentity": M0, "changedAttributes": [attribute_to_json(busy)],
+        }})]
+        assert w.service.machine.watches[(BOB, GROUP)].is_list
+
+    run(scenario, list_settle=0.05)
