@@ -37,6 +37,14 @@ start (coalesced to the latest state).  With ``frequency`` 0 that is at once.
 
 End: after ``count`` notifications, or at the deadline, one ``statusEnd``.
 End Presence Notification (the application's own request) sends none.
+
+A group (an RFC 4662 resource list): the states come per member
+(``member=``), each notification names its member as ``presentity``, and
+what was delivered, the reachability and the coalesced state are kept per
+member (:class:`Track`).  ``frequency`` and ``count`` are the schedule's, across
+members: a change inside the interval waits, coalesced per member, and when
+the interval ends the latest state of every member that changed is sent, one
+statusChanged each, each counted.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ __all__ = [
     "Criterion",
     "Delivery",
     "Schedule",
+    "Track",
     "matches_criteria",
     "schedule_from_record",
     "schedule_to_record",
@@ -149,6 +158,21 @@ def matches_criteria(presence: Presence | None, criteria: Iterable[Criterion]) -
     return False
 
 
+@dataclass(slots=True)
+class Track:
+    """What a group schedule knows of one member (a single presentity's
+    schedule keeps the same three on itself)."""
+
+    #: What was delivered last for the member, per attribute key.
+    sent: dict[object, PresenceAttribute] = field(default_factory=dict)
+    reachable: bool | None = None
+    #: The member's latest state not yet delivered, and its grants.
+    pending: tuple[Presence, frozenset[AttributeType]] | None = None
+
+
+_Tracked = Any  # a Track, or the Schedule itself for its own presentity
+
+
 @dataclass
 class Schedule:
     correlator: str
@@ -174,6 +198,27 @@ class Schedule:
     reachable: bool | None = None
     #: The latest state not yet delivered (coalescing), and its grants.
     pending: tuple[Presence, frozenset[AttributeType]] | None = None
+    #: A group's members, by URI: their own sent/reachable/pending.
+    members: dict[str, Track] = field(default_factory=dict)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a coalesced state waits to be sent (for any member)."""
+        return self.pending is not None or any(
+            t.pending is not None for t in self.members.values()
+        )
+
+    def _track(self, member: str | None) -> _Tracked:
+        if member is None:
+            return self
+        track = self.members.get(member)
+        if track is None:
+            track = self.members[member] = Track()
+        return track
+
+    def forget_member(self, member: str) -> None:
+        """The member left the group: nothing of it is kept or sent."""
+        self.members.pop(member, None)
 
     # -- inputs ------------------------------------------------------------
 
@@ -181,7 +226,11 @@ class Schedule:
         self, current: Presence | None, granted: frozenset[AttributeType], now: float,
         *, check_immediate: bool
     ) -> list[Delivery]:
-        """The schedule begins; ``checkImmediate`` sends the current state at once."""
+        """The schedule begins; ``checkImmediate`` sends the current state at once.
+
+        A group's schedule begins with no state of its own, then per member
+        (:meth:`begin_member`).
+        """
         if check_immediate and current is not None:
             return self._send(current, granted, now, everything=True)
         if not check_immediate:
@@ -195,24 +244,42 @@ class Schedule:
             self.reachable = self._seen(current, granted).open
         return []
 
-    def offer(
-        self, presence: Presence, granted: frozenset[AttributeType], now: float
+    def begin_member(
+        self, current: Presence, granted: frozenset[AttributeType], now: float, member: str,
+        *, check_immediate: bool
     ) -> list[Delivery]:
-        """A new state of the presentity arrived."""
+        """A group's schedule begins for one member whose state is known:
+        ``checkImmediate`` sends it, otherwise it is the member's baseline
+        (the group's period began in :meth:`start`)."""
+        if self.ended:
+            return []
+        if check_immediate:
+            return self._send(current, granted, now, everything=True, member=member)
+        track = self._track(member)
+        track.sent = {_key(a): a for a in self._visible(current, granted)}
+        track.reachable = self._seen(current, granted).open
+        return []
+
+    def offer(
+        self, presence: Presence, granted: frozenset[AttributeType], now: float,
+        member: str | None = None,
+    ) -> list[Delivery]:
+        """A new state of the presentity (of a group: of ``member``) arrived."""
         if self.ended:
             return []
         if self.deadline is not None and now >= self.deadline:
             return self.handle_timer(now)
         if self.last_sent is not None and now < self.last_sent + self.frequency:
-            self.pending = (presence, granted)  # the latest wins; sent at the interval's end
+            # The latest wins; sent at the interval's end.
+            self._track(member).pending = (presence, granted)
             return []
-        return self._send(presence, granted, now)
+        return self._send(presence, granted, now, member=member)
 
     def get_timer(self) -> float | None:
         if self.ended:
             return None
         deadlines = [self.deadline] if self.deadline is not None else []
-        if self.pending is not None and self.last_sent is not None:
+        if self.last_sent is not None and self.has_pending:
             deadlines.append(self.last_sent + self.frequency)
         return min(deadlines) if deadlines else None
 
@@ -222,9 +289,16 @@ class Schedule:
         out: list[Delivery] = []
         due = self.last_sent is None or now >= self.last_sent + self.frequency
         at_end = self.deadline is not None and now >= self.deadline
-        if self.pending is not None and (due or at_end):
-            presence, granted = self.pending
-            out += self._send(presence, granted, now)
+        if due or at_end:
+            # Every member that changed, its latest state, at the same instant.
+            owners: list[tuple[str | None, _Tracked]] = [(None, self)]
+            owners += list(self.members.items())
+            for member, track in owners:
+                if self.ended:
+                    break
+                if track.pending is not None:
+                    presence, granted = track.pending
+                    out += self._send(presence, granted, now, member=member)
         if at_end and not self.ended:
             out.append(self._end())
         return out
@@ -232,7 +306,12 @@ class Schedule:
     def end_quietly(self) -> None:
         """End Presence Notification: over, without statusEnd (the spec's rule)."""
         self.ended = True
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
         self.pending = None
+        for track in self.members.values():
+            track.pending = None
 
     # -- internals ---------------------------------------------------------
 
@@ -256,40 +335,41 @@ class Schedule:
 
     def _send(
         self, presence: Presence, granted: frozenset[AttributeType], now: float,
-        *, everything: bool = False
+        *, everything: bool = False, member: str | None = None
     ) -> list[Delivery]:
-        self.pending = None
+        track = self._track(member)
+        track.pending = None
         visible = self._visible(presence, granted)
         seen = self._seen(presence, granted)
         # Judged on every state, delivered or not: UnReachable fires each
         # time the presentity goes from reachable to not.
-        was_reachable, self.reachable = self.reachable, seen.open
+        was_reachable, track.reachable = track.reachable, seen.open
         if not matches_criteria(seen, self.criteria):
             return []
         if everything:
             changed, gone = visible, []
         else:
-            changed = [a for a in visible if self.sent.get(_key(a)) != a]
+            changed = [a for a in visible if track.sent.get(_key(a)) != a]
             # Gone: delivered before, in view still, absent now.  An
             # attribute no longer granted is not "gone" — the presentity did
             # not withdraw it (notifySubscription tells the grant).
             present = {_key(a) for a in visible}
             allowed = self._allowed(granted)
-            gone = [k for k, a in self.sent.items() if k not in present and a.type in allowed]
+            gone = [k for k, a in track.sent.items() if k not in present and a.type in allowed]
         reachability_news = bool(self.criteria & REACHABILITY) and seen.open != was_reachable
         if not changed and not gone and not reachability_news:
             return []
         for attribute in changed:
-            self.sent[_key(attribute)] = attribute
+            track.sent[_key(attribute)] = attribute
         entries = attributes_to_json(changed)
-        entries += [withdrawal(self.sent.pop(k), now) for k in gone]
+        entries += [withdrawal(track.sent.pop(k), now) for k in gone]
         self.last_sent = now
         out = [
             Delivery(
                 {
                     "statusChanged": {
                         "correlator": self.correlator,
-                        "presentity": self.presentity,
+                        "presentity": self.presentity if member is None else member,
                         "changedAttributes": entries,
                     }
                 }
@@ -303,7 +383,7 @@ class Schedule:
 
     def _end(self) -> Delivery:
         self.ended = True
-        self.pending = None
+        self._drop_pending()
         return Delivery({"statusEnd": {"correlator": self.correlator}})
 
 
@@ -324,14 +404,39 @@ def _presence_from_record(record: dict[str, Any]) -> Presence:
     )
 
 
+def _pending_record(
+    pending: tuple[Presence, frozenset[AttributeType]] | None,
+) -> dict[str, Any] | None:
+    if pending is None:
+        return None
+    presence, granted = pending
+    return {
+        "presence": _presence_record(presence),
+        "granted": sorted(kind.value for kind in granted),
+    }
+
+
+def _pending_from_record(
+    record: dict[str, Any] | None,
+) -> tuple[Presence, frozenset[AttributeType]] | None:
+    if not record:
+        return None
+    return (
+        _presence_from_record(record["presence"]),
+        frozenset(AttributeType(k) for k in record["granted"]),
+    )
+
+
 def schedule_to_record(schedule: Schedule) -> dict[str, Any]:
-    pending = None
-    if schedule.pending is not None:
-        presence, granted = schedule.pending
-        pending = {
-            "presence": _presence_record(presence),
-            "granted": sorted(kind.value for kind in granted),
+    pending = _pending_record(schedule.pending)
+    members = {
+        uri: {
+            "sent": attributes_to_json(track.sent.values()),
+            "reachable": track.reachable,
+            "pending": _pending_record(track.pending),
         }
+        for uri, track in schedule.members.items()
+    }
     return {
         "correlator": schedule.correlator,
         "app_id": schedule.app_id,
@@ -348,16 +453,18 @@ def schedule_to_record(schedule: Schedule) -> dict[str, Any]:
         "sent": attributes_to_json(schedule.sent.values()),
         "reachable": schedule.reachable,
         "pending": pending,
+        "members": members,
     }
 
 
 def schedule_from_record(record: dict[str, Any]) -> Schedule:
     sent = attributes_from_json(record.get("sent", []))
-    pending = None
-    if record.get("pending"):
-        pending = (
-            _presence_from_record(record["pending"]["presence"]),
-            frozenset(AttributeType(k) for k in record["pending"]["granted"]),
+    members = {}
+    for uri, track in (record.get("members") or {}).items():
+        members[str(uri)] = Track(
+            {_key(a): a for a in attributes_from_json(track.get("sent", []))},
+            track.get("reachable"),
+            _pending_from_record(track.get("pending")),
         )
     return Schedule(
         correlator=record["correlator"],
@@ -374,5 +481,6 @@ def schedule_from_record(record: dict[str, Any]) -> Schedule:
         last_sent=record.get("last_sent"),
         sent={_key(a): a for a in sent},
         reachable=record.get("reachable"),
-        pending=pending,
+        pending=_pending_from_record(record.get("pending")),
+        members=members,
     )

@@ -3,7 +3,9 @@
 A record keeps what the application asked for and what it was told (the
 decisions sent), so that a restart neither loses a watch nor repeats a
 notifySubscription.  What the SIP subscription was (dialog, presence state)
-is not kept: the watch is subscribed afresh.  Schedules have their records
+is not kept: the watch is subscribed afresh.  A group watch keeps that it is
+one (it is subscribed again as a list) and, per member, the decisions and
+what was told of them.  Schedules have their records
 beside their machine (:mod:`adapter.notification`).
 """
 
@@ -45,10 +47,8 @@ def watch_to_record(watch: Watch) -> dict[str, Any]:
             "endpoint": watch.reference.endpoint,
             "interfaceName": watch.reference.interface_name,
         }
-    decisions = None
-    if watch.decisions is not None:
-        decisions = {kind.value: granted for kind, granted in watch.decisions.items()}
-    return {
+    record = _decisions_record(watch)
+    record.update({
         "watcher": watch.watcher,
         "presentity": watch.presentity,
         "app_id": watch.app_id,
@@ -56,7 +56,21 @@ def watch_to_record(watch: Watch) -> dict[str, Any]:
         "attributes": sorted(kind.value for kind in watch.attributes),
         "reference": reference,
         "blocked": watch.state is WatchState.BLOCKED,
-        "decisions": decisions,
+    })
+    if watch.is_list:
+        record["list"] = True
+        record["members"] = {
+            uri: _decisions_record(member) for uri, member in watch.listed.items()
+        }
+    return record
+
+
+def _decisions_record(watch: Watch) -> dict[str, Any]:
+    return {
+        "decisions": (
+            None if watch.decisions is None
+            else {kind.value: granted for kind, granted in watch.decisions.items()}
+        ),
         "decisions_sent": (
             None if watch.decisions_sent is None
             else [[kind.value, granted] for kind, granted in watch.decisions_sent]
@@ -64,18 +78,25 @@ def watch_to_record(watch: Watch) -> dict[str, Any]:
     }
 
 
-def watch_from_record(record: dict[str, Any]) -> Watch:
-    reference = None
-    if record.get("reference"):
-        ref = record["reference"]
-        reference = Reference(ref["correlator"], ref["endpoint"], ref.get("interfaceName", ""))
+def _decisions_from_record(
+    record: dict[str, Any],
+) -> tuple[dict[AttributeType, bool] | None, tuple[tuple[AttributeType, bool], ...] | None]:
     decisions = None
     if record.get("decisions") is not None:
         decisions = {AttributeType(k): bool(v) for k, v in record["decisions"].items()}
     sent = None
     if record.get("decisions_sent") is not None:
         sent = tuple((AttributeType(k), bool(v)) for k, v in record["decisions_sent"])
-    return Watch(
+    return decisions, sent
+
+
+def watch_from_record(record: dict[str, Any]) -> Watch:
+    reference = None
+    if record.get("reference"):
+        ref = record["reference"]
+        reference = Reference(ref["correlator"], ref["endpoint"], ref.get("interfaceName", ""))
+    decisions, sent = _decisions_from_record(record)
+    watch = Watch(
         watcher=record["watcher"],
         presentity=record["presentity"],
         app_id=record["app_id"],
@@ -85,4 +106,9 @@ def watch_from_record(record: dict[str, Any]) -> Watch:
         state=WatchState.BLOCKED if record.get("blocked") else WatchState.PENDING,
         decisions=decisions,
         decisions_sent=sent,
+        is_list=bool(record.get("list")),
     )
+    for uri, member_record in (record.get("members") or {}).items():
+        member = watch.member_of(str(uri))
+        member.decisions, member.decisions_sent = _decisions_from_record(member_record)
+    return watch

@@ -22,11 +22,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapter.auth import Accounts, Caller
 from adapter.config import NotificationPolicy
-from adapter.errors import PolicyError, RestError, ServiceError
+from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
 from adapter.notification import Criterion, Schedule
 from adapter.presentity import PresentityService
 from adapter.watcher import (
     DuplicateCorrelator,
+    GroupPresentity,
     NoSubscription,
     NotAuthorized,
     Reference,
@@ -483,7 +484,7 @@ async def start_notification(request: Request) -> Response:
         deadline=now + duration,
     )
     service: WatcherService = request.state.watcher
-    ok = await service.start_notification(
+    not_subscribed = await service.start_notification(
         who.account.id,
         who.address,
         presentity,
@@ -492,7 +493,7 @@ async def start_notification(request: Request) -> Response:
     )
     location = str(request.base_url).rstrip("/") + "/cometd"
     return JSONResponse(
-        {"result": [] if ok else [presentity]}, status_code=201, headers={"Location": location}
+        {"result": not_subscribed}, status_code=201, headers={"Location": location}
     )
 
 
@@ -558,6 +559,14 @@ async def _no_subscription(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.not_found("presentity", _named(exc)))
 
 
+async def _group_presentity(request: Request, exc: Exception) -> Response:
+    # The chapter's Get User Presence result has no presentity field: a
+    # group's members' attributes could not be told apart (README, Groups).
+    return _json_error(ServiceError(
+        FaultCode.INVALID_INPUT, ["presentity", f"{_named(exc)} is a group"], status=400
+    ))
+
+
 async def _not_authorized(request: Request, exc: Exception) -> Response:
     return _json_error(PolicyError.privacy_refused(str(exc)))
 
@@ -578,6 +587,7 @@ def _named(exc: Exception) -> str:
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+    GroupPresentity: _group_presentity,
     NoSubscription: _no_subscription,
     NotAuthorized: _not_authorized,
     DuplicateCorrelator: _duplicate_correlator,

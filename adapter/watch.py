@@ -53,8 +53,22 @@ Decisions that merely aged are read again *beside* the NOTIFYs, not before
 them, and only for a NOTIFY that changes the state (the one answering a
 refresh repeats it).
 
-Room for resource lists (RFC 4662): a watch keeps its presentity states in
-``members`` by URI; a single presentity is its only member.
+Groups (RFC 4662 resource lists).  Every watch subscribes with
+``Supported: eventlist``; a server that is a resource list server for the
+URI answers with ``Require: eventlist`` and multipart/related NOTIFYs of an
+RLMI document and a PIDF part per member (:mod:`pidf.rlmi`).  Such a watch is
+a *group watch* (``is_list``): it holds one SIP subscription, its schedules
+and reference, and a *member watch* per listed URI (``listed``).  A member
+watch is a :class:`Watch` of its own for everything a presentity needs — its
+state moved by its RLMI instance (active, pending, or none yet), its decisions
+from the member's pres-rules for the watcher, its waiting and held news — but
+it has no dialog: its states go to the group's schedules as the member's
+(:meth:`adapter.notification.Schedule.offer` ``member=``) and its decisions to
+the group's reference as a notifySubscription naming the member.  A member
+whose instance is terminated "rejected", or whose rules turn out to block the
+watcher, hears subscriptionEnded "Blocked" for that member; one that a full
+state no longer lists hears subscriptionEnded "Removed".  A URI that is not a
+list (a plain PIDF answer) is a single watch, as it always was.
 """
 
 from __future__ import annotations
@@ -62,6 +76,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +84,12 @@ from adapter.notification import Delivery, Schedule
 from adapter.rules import RulesCache, RulesRead, decisions_ttl
 from pidf import AttributeType, PidfError, Presence, decode, filter_presence
 from pidf.presrules import PresRules, SubHandling
+from pidf.rlmi import InstanceState, ListState, parse_rlmi
+from pidf.rlmi import Member as ListMember
 from sip import NotifyReceived, SubscriptionTerminated
 from sip.errors import LocalProtocolError
+from sip.errors import RemoteProtocolError as SipProtocolError
+from sip.multipart import parse_multipart
 from sip.timers import TimerHeap
 
 __all__ = [
@@ -80,6 +99,7 @@ __all__ = [
     "Dialog",
     "DuplicateCorrelator",
     "ForgetSchedule",
+    "GroupPresentity",
     "ForgetWatch",
     "Member",
     "NoSubscription",
@@ -117,6 +137,10 @@ class NoSubscription(LookupError):
 
 class NotAuthorized(PermissionError):
     """The subscription exists but the presentity has not authorised it (or blocked it)."""
+
+
+class GroupPresentity(ValueError):
+    """The presentity is a group (a resource list): it has no presence of its own."""
 
 
 class DuplicateCorrelator(ValueError):
@@ -188,6 +212,31 @@ _ON_NOTIFY: dict[tuple[WatchState, str], WatchState] = {
 }
 
 
+def _index_key(watch: Watch) -> Any:
+    # A member watch beside the watcher's own watch of the same URI.
+    return watch.watcher if watch.group is None else (watch.watcher, watch.group.presentity)
+
+
+def _is_list(event: NotifyReceived) -> bool:
+    return (event.content_type or "").lower().startswith("multipart/related")
+
+
+def _take_document(member: Member, item: ListMember) -> bool:
+    """A list member's document (decoded by :class:`pidf.rlmi.ListState`) into
+    the member watch's state; whether a new state was read."""
+    if item.document is None:
+        # Active with no document: nothing published (as a NOTIFY without a body).
+        member.presence = Presence(member.presentity, (), False)
+        member.body_digest = None
+        return True
+    if item.presence is None:
+        return False  # unreadable: ListState logged it and kept nothing new
+    digest = hash(item.document)
+    if digest != member.body_digest or member.presence is None:
+        member.presence, member.body_digest = item.presence, digest
+    return True
+
+
 def _step(dialog: Dialog, step: _Step) -> Dialog:
     try:
         return _DIALOG[dialog, step]
@@ -229,7 +278,15 @@ class _Start:
     check_immediate: bool
 
 
-_Held = _Offer | _HeldNotify | _Start
+@dataclass(frozen=True, slots=True)
+class _MemberNews:
+    """A member's new RLMI state (instance and document), for its member watch."""
+
+    member: ListMember
+    received: float
+
+
+_Held = _Offer | _HeldNotify | _Start | _MemberNews
 
 
 @dataclass(eq=False)
@@ -271,6 +328,14 @@ class Watch:
     #: Waits before the re-subscribe attempts still to come.
     backoff: tuple[float, ...] = ()
     why: str = ""
+    #: The server answered as a resource list server: a group watch.
+    is_list: bool = False
+    #: A group watch's list as the current dialog's RLMI documents told it.
+    rlmi: ListState | None = None
+    #: A group watch's member watches, by member URI.
+    listed: dict[str, Watch] = field(default_factory=dict, repr=False)
+    #: A member watch's group watch.
+    group: Watch | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -291,6 +356,21 @@ class Watch:
     @property
     def needed(self) -> bool:
         return self.reference is not None or bool(self.schedules)
+
+    @property
+    def owner(self) -> Watch:
+        """Whose schedules and reference this watch's news go to."""
+        return self.group if self.group is not None else self
+
+    def member_of(self, presentity: str) -> Watch:
+        """A member watch of this group watch, made if there is none."""
+        member = self.listed.get(presentity)
+        if member is None:
+            member = self.listed[presentity] = Watch(
+                self.watcher, presentity, self.app_id, self.application, self.attributes,
+                group=self,
+            )
+        return member
 
     def decisions_fresh(self, now: float) -> bool:
         """Whether the decisions held may be used without reading the rules again."""
@@ -364,7 +444,8 @@ class SaveProgress:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """The watch no longer waits for its rules (or ended): wake who awaits it."""
+    """The watch no longer waits for its rules (or ended), or its list
+    changed: wake who awaits it."""
 
     watch: Watch
 
@@ -392,8 +473,9 @@ class WatchMachine:
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
     ) -> None:
         self.watches: dict[tuple[str, str], Watch] = {}
-        #: The same watches by presentity, then watcher (_add and _drop keep both).
-        self.by_presentity: dict[str, dict[str, Watch]] = {}
+        #: The same watches by presentity, then watcher, and the member
+        #: watches of groups by member, then (watcher, group) (_index, _unindex).
+        self.by_presentity: dict[str, dict[Any, Watch]] = {}
         self.schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self.rules = RulesCache()
         self._timers: TimerHeap[tuple[Any, ...]] = TimerHeap()
@@ -412,8 +494,20 @@ class WatchMachine:
         if watch.stale_after is not None:
             watch.stale_after = self.rules.mark()
         self.watches[watch.key] = watch
-        self.by_presentity.setdefault(watch.presentity, {})[watch.watcher] = watch
+        self._index(watch)
+        for member in watch.listed.values():
+            self._index(member)
         return watch
+
+    def _index(self, watch: Watch) -> None:
+        self.by_presentity.setdefault(watch.presentity, {})[_index_key(watch)] = watch
+
+    def _unindex(self, watch: Watch) -> None:
+        others = self.by_presentity.get(watch.presentity)
+        if others is not None and others.get(_index_key(watch)) is watch:
+            del others[_index_key(watch)]
+            if not others:
+                del self.by_presentity[watch.presentity]
 
     def states(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -428,9 +522,11 @@ class WatchMachine:
     def presence(
         self, watcher: str, presentity: str, attributes: frozenset[AttributeType]
     ) -> Presence | None:
-        watch = self.watches.get((watcher, presentity))
+        watch = self.watches.get((watcher, presentity)) or self._as_member(watcher, presentity)
         if watch is None or watch.state is WatchState.ENDED:
             raise NoSubscription(presentity)
+        if watch.is_list:
+            raise GroupPresentity(presentity)
         if watch.state is not WatchState.ACTIVE:
             raise NotAuthorized(presentity)
         presence = watch.presence
@@ -442,6 +538,32 @@ class WatchMachine:
         if attributes:
             granted &= attributes
         return filter_presence(presence, {kind: True for kind in granted})
+
+    def _as_member(self, watcher: str, presentity: str) -> Watch | None:
+        """The watcher's active member watch of ``presentity`` in one of its groups."""
+        for watch in self.by_presentity.get(presentity, {}).values():
+            if watch.watcher == watcher and watch.state is WatchState.ACTIVE:
+                return watch
+        return None
+
+    def unsubscribed_members(self, watch: Watch) -> list[str]:
+        """A group's members that are not active: pending, blocked, ended, or
+        listed with no state (Start Presence Notification's ``result``)."""
+        return sorted(
+            uri for uri, member in watch.listed.items() if member.state is not WatchState.ACTIVE
+        )
+
+    def list_complete(self, watch: Watch) -> bool:
+        """Whether the group's first full state is in (a list, it is not one, or it ended)."""
+        if watch.state is WatchState.ENDED or not watch.is_list:
+            return True
+        return watch.rlmi is not None and watch.rlmi.complete
+
+    def list_settled(self, watch: Watch) -> bool:
+        """Whether every member of the group has a state from the server."""
+        if not self.list_complete(watch):
+            return False
+        return watch.rlmi is None or all(m.state is not None for m in watch.rlmi.members.values())
 
     def get_timer(self) -> float | None:
         return self._timers.next_deadline()
@@ -466,6 +588,9 @@ class WatchMachine:
         watch.attributes = attributes
         watch.reference = reference
         watch.decisions_sent = None  # a new reference hears the decisions again
+        for member in watch.listed.values():
+            member.application, member.attributes = application, attributes
+            member.decisions_sent = None
         self._out.append(SaveWatch(watch))
         return watch, self._take()
 
@@ -488,9 +613,25 @@ class WatchMachine:
         events carry it; those of its earlier dialogs are no news."""
         watch.subscription_id = subscription_id
 
-    def subscription_accepted(self, watch: Watch, subscription_id: int) -> None:
+    def subscription_accepted(
+        self, watch: Watch, subscription_id: int, eventlist: bool = False
+    ) -> list[WatchAction]:
+        """The 2xx came; ``eventlist``: it says the URI is a list (a group watch)."""
         if watch.subscription_id == subscription_id and watch.dialog is Dialog.STARTING:
             watch.dialog = _step(watch.dialog, _Step.ACCEPTED)
+            self._became_list(watch, eventlist)
+        return self._take()
+
+    def _became_list(self, watch: Watch, is_list: bool) -> None:
+        if is_list == watch.is_list:
+            return
+        watch.is_list = is_list
+        if not is_list:
+            # The server no longer has the list: its members left with it.
+            for uri in list(watch.listed):
+                self._member_left(watch, uri)
+            watch.rlmi = None
+        self._out.append(SaveWatch(watch))
 
     def subscription_refused(self, watch: Watch, subscription_id: int) -> list[WatchAction]:
         """The initial SUBSCRIBE failed (or its caller stopped waiting)."""
@@ -549,8 +690,11 @@ class WatchMachine:
         """Whether the schedule still waits for its watch's rules to begin."""
         if watch.state is WatchState.ENDED or not self.schedule_live(schedule):
             return False
-        waiting = [watch.resume, *watch.held]
-        return any(isinstance(item, _Start) and item.schedule is schedule for item in waiting)
+        for one in (watch, *watch.listed.values()):
+            waiting = [one.resume, *one.held]
+            if any(isinstance(item, _Start) and item.schedule is schedule for item in waiting):
+                return True
+        return False
 
     def end_notification(self, app_id: str, correlator: str) -> list[WatchAction]:
         entry = self.schedules.get((app_id, correlator))
@@ -569,6 +713,8 @@ class WatchMachine:
         # The presentity's watches only: a walk over all of them grows with
         # every watch the adapter holds.
         for watch in list(self.by_presentity.get(presentity, {}).values()):
+            if watch.is_list:
+                continue  # a group has no rules of its own; its members have
             watch.rules_unconfirmed = True
             watch.stale_after = mark
             if watch.state is WatchState.ACTIVE and self._need_rules(watch, now):
@@ -576,8 +722,11 @@ class WatchMachine:
         return self._take()
 
     def recheck(self, watch: Watch, now: float) -> list[WatchAction]:
-        """Subscribe Presence on a watch: its reference hears the decisions."""
-        if watch.state is WatchState.ACTIVE and not watch.waiting:
+        """Subscribe Presence on a watch: its reference hears the decisions
+        (of a group: each active member's)."""
+        for member in list(watch.listed.values()):
+            self.recheck(member, now)
+        if watch.state is WatchState.ACTIVE and not watch.waiting and not watch.is_list:
             if self._need_rules(watch, now):
                 watch.waiting = True
             else:
@@ -586,6 +735,8 @@ class WatchMachine:
 
     def refresh_decisions(self, watch: Watch, now: float) -> list[WatchAction]:
         """Get User Presence: decisions that are not stale before it answers."""
+        if watch.is_list:
+            return []
         if watch.state is WatchState.ACTIVE and not watch.waiting and self._need_rules(watch, now):
             watch.waiting = True
         return self._take()
@@ -645,13 +796,16 @@ class WatchMachine:
 
     def restart(self, watch: Watch) -> list[WatchAction]:
         """The server came back or restarted: the watch's old dialog is no news."""
+        self._leave_dialog(watch)
+        return self._take()
+
+    def _leave_dialog(self, watch: Watch) -> None:
         self._timers.cancel((_Timer.RETRY, *watch.key))
         old = watch.subscription_id
         if old is not None:
             self._out.append(Unsubscribe(old))
             watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.DROPPED)
-        return self._take()
 
     # -- rules read ---------------------------------------------------------------
 
@@ -743,6 +897,12 @@ class WatchMachine:
         if not keep_state:
             watch.state = WatchState.PENDING
             watch.members.clear()
+            for member in watch.listed.values():
+                if member.state is WatchState.ACTIVE:
+                    member.state = WatchState.PENDING
+                member.members.clear()
+        # A new dialog numbers its RLMI versions afresh (RFC 4662 §5.2).
+        watch.rlmi = None
         watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.SENT)
         self._out.append(Subscribe(watch, retry))
@@ -767,7 +927,25 @@ class WatchMachine:
     def _take_notify(
         self, watch: Watch, event: NotifyReceived, received: float, now: float
     ) -> None:
-        state = _ON_NOTIFY.get((watch.state, event.state.state.lower()))
+        if _is_list(event):
+            self._take_list(watch, event, received, now)
+            return
+        if watch.is_list:
+            # A list's NOTIFY with no RLMI (none carries state of its own).
+            state = _ON_NOTIFY.get((watch.state, event.state.state.lower()))
+            if state is not None:
+                watch.state = state
+            return
+        self._take_state(watch, event.state.state.lower(),
+                         lambda member: self._take_body(member, event.body), received, now)
+
+    def _take_state(
+        self, watch: Watch, name: str, read: Callable[[Member], bool], received: float,
+        now: float,
+    ) -> None:
+        """A new subscription state ``name`` (RFC 6665 §4.1.3 tokens), and
+        with an active one the document ``read`` puts into the member."""
+        state = _ON_NOTIFY.get((watch.state, name))
         if state is None:
             return
         if state is WatchState.PENDING:
@@ -779,7 +957,7 @@ class WatchMachine:
         if member is None:
             member = watch.members[watch.presentity] = Member(watch.presentity)
         held = member.presence
-        fresh = self._take_body(member, event.body)
+        fresh = read(member)
         if became_active:
             watch.stale_after = self.rules.mark()  # a read begun before is not one after it
         if watch.stale_after is not None:
@@ -795,7 +973,123 @@ class WatchMachine:
             and self._need_rules(watch, now)
         ):
             watch.revalidating = True
-        self._offer(watch, fresh, received, now)
+        if watch.state is WatchState.ACTIVE:  # a member's rules may have just blocked it
+            self._offer(watch, fresh, received, now)
+
+    # -- groups ------------------------------------------------------------------------
+
+    def _take_list(
+        self, group: Watch, event: NotifyReceived, received: float, now: float
+    ) -> None:
+        """A NOTIFY of a list subscription: each member's news to its member watch."""
+        settled = group.is_list and self.list_settled(group)
+        try:
+            body = parse_multipart(event.content_type or "", event.body)
+            document = parse_rlmi(body.root.body)
+            if group.rlmi is None:
+                group.rlmi = ListState()
+            update = group.rlmi.apply(document, body.by_content_id())
+        except (SipProtocolError, PidfError) as exc:
+            logger.warning("unreadable list NOTIFY for %s: %s", group.presentity, exc)
+            return
+        self._became_list(group, True)
+        for error in update.errors:
+            logger.warning("list %s: %s", group.presentity, error)
+        if update.ignored:
+            return
+        state = _ON_NOTIFY.get((group.state, event.state.state.lower()))
+        if state is not None:
+            group.state = state
+        if document.full_state:
+            # RFC 4662 §5.2: full state lists every member; the others left.
+            listed = {resource.uri for resource in document.resources}
+            for uri in [u for u in group.listed if u not in listed]:
+                self._member_left(group, uri)
+        for change in update.changes:
+            if change.uri not in group.rlmi.members:
+                continue  # removed: handled by the full state above
+            member = group.listed.get(change.uri)
+            if member is None:
+                member = group.member_of(change.uri)
+                member.stale_after = self.rules.mark()
+                self._index(member)
+            news = _MemberNews(change.member, received)
+            if member.waiting:
+                member.held.append(news)
+            else:
+                self._take_member(member, news, now)
+        if update.gap:
+            # A NOTIFY was lost; Kamailio answers a refresh with partial
+            # state only, so a new dialog (its full state) heals it.
+            logger.info("list %s: version gap, subscribing again", group.presentity)
+            self._leave_dialog(group)
+            self._send_subscribe(group, keep_state=True, retry=True)
+        elif not settled:
+            self._out.append(Settled(group))  # a Start may await the list's state
+
+    def _take_member(self, watch: Watch, news: _MemberNews, now: float) -> None:
+        item = news.member
+        if item.state is InstanceState.TERMINATED:
+            if item.reason == "rejected":  # RFC 6665 §4.2.2: the member refused the watcher
+                self._member_ended(watch, "Blocked")
+                return
+            # Ended for another reason: the RLS holds no state of it now.
+            watch.members.clear()
+            name = "pending"
+        elif item.state is InstanceState.ACTIVE:
+            name = "active"
+        else:
+            name = "pending"  # pending, or listed with no instance yet
+        self._take_state(watch, name, lambda member: _take_document(member, item),
+                         news.received, now)
+
+    def _member_left(self, group: Watch, uri: str) -> None:
+        """A full state no longer lists the member: it left the group."""
+        member = group.listed[uri]
+        if member.state is not WatchState.BLOCKED:
+            self._tell_ended(group, uri, "Removed")
+        del group.listed[uri]
+        for schedule in group.schedules.values():
+            schedule.forget_member(uri)
+        self._forget_member(member)
+        self._out.append(SaveWatch(group))
+
+    def _forget_member(self, member: Watch) -> None:
+        member.state = WatchState.ENDED
+        self._unindex(member)
+        member.resume = None
+        member.held.clear()
+        if member.waiting or member.revalidating:
+            member.waiting = member.revalidating = False
+            self._out.append(Settled(member))
+
+    def _member_ended(self, member: Watch, reason: str) -> None:
+        """The member blocked the watcher: subscriptionEnded for the member;
+        the group's schedules go on for the others."""
+        group = member.owner
+        if member.state is WatchState.BLOCKED:
+            return
+        member.state = WatchState.BLOCKED
+        member.members.clear()
+        member.resume = None
+        member.held.clear()
+        for schedule in group.schedules.values():
+            track = schedule.members.get(member.presentity)
+            if track is not None:
+                track.pending = None
+        self._tell_ended(group, member.presentity, reason)
+        self._out.append(SaveWatch(group))
+
+    def _tell_ended(self, watch: Watch, presentity: str, reason: str) -> None:
+        """subscriptionEnded for ``presentity`` to every channel of the watch."""
+        data = {"subscriptionEnded": {"presentity": presentity, "reason": reason}}
+        # Each schedule under its own application: two accounts acting as the
+        # same address share the watch, not their channels.
+        targets = {(s.app_id, s.endpoint) for s in watch.schedules.values()}
+        if watch.reference is not None:
+            targets.add((watch.app_id, watch.reference.endpoint))
+        for app_id, endpoint in sorted(targets):
+            self._out.append(Deliver(app_id, endpoint, data))
 
     def _take_body(self, member: Member, body: bytes) -> bool:
         """A NOTIFY's body into the member; whether a new state was read."""
@@ -822,20 +1116,34 @@ class WatchMachine:
         return True
 
     def _offer(self, watch: Watch, fresh: bool, received: float, now: float) -> None:
-        """Tell the decisions if they changed, and offer a new state to the schedules."""
+        """Tell the decisions if they changed, and offer a new state to the schedules
+        (a member's to its group's, as the member's)."""
         self._tell_decisions(watch)
         presence = watch.presence
-        if fresh and presence is not None and watch.schedules:
+        owner = watch.owner
+        if fresh and presence is not None and owner.schedules:
             granted = watch.granted
-            for schedule in list(watch.schedules.values()):
-                if watch.unstarted and schedule.correlator in watch.unstarted:
+            member = None if watch.group is None else watch.presentity
+            for schedule in list(owner.schedules.values()):
+                if owner.unstarted and schedule.correlator in owner.unstarted:
                     continue
-                self._deliver(watch, schedule, schedule.offer(presence, granted, now), now,
-                              received)
+                self._deliver(owner, schedule, schedule.offer(presence, granted, now, member),
+                              now, received)
                 self._file(schedule)
 
     def _start(self, watch: Watch, start: _Start, now: float) -> None:
         if not self.schedule_live(start.schedule):
+            return
+        schedule = start.schedule
+        if watch.is_list:
+            # The group's period begins now; each member begins under its
+            # own decisions (waiting for them like a single watch would).
+            watch.unstarted.discard(schedule.correlator)
+            if not start.check_immediate:
+                schedule.start(None, frozenset(), now, check_immediate=False)
+            for member in list(watch.listed.values()):
+                self._start(member, start, now)
+            self._file(schedule)
             return
         if watch.waiting:
             watch.held.append(start)
@@ -845,12 +1153,17 @@ class WatchMachine:
             watch.waiting = True
             watch.resume = start
             return
-        schedule = start.schedule
-        watch.unstarted.discard(schedule.correlator)
         current = watch.presence if active else None
-        deliveries = schedule.start(current, watch.granted, now,
-                                    check_immediate=start.check_immediate)
-        self._deliver(watch, schedule, deliveries, now)
+        if watch.group is not None:
+            if current is None:
+                return
+            deliveries = schedule.begin_member(current, watch.granted, now, watch.presentity,
+                                               check_immediate=start.check_immediate)
+        else:
+            watch.unstarted.discard(schedule.correlator)
+            deliveries = schedule.start(current, watch.granted, now,
+                                        check_immediate=start.check_immediate)
+        self._deliver(watch.owner, schedule, deliveries, now)
         self._file(schedule)
 
     def _need_rules(self, watch: Watch, now: float) -> bool:
@@ -901,7 +1214,11 @@ class WatchMachine:
             watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
         watch.read_serial, watch.read_at, watch.stale_after = read.serial, read.started, None
         if watch.decisions != before:
-            self._out.append(SaveWatch(watch))
+            self._out.append(SaveWatch(watch.owner))
+        if watch.group is not None and watch.rule_blocks and watch.state is WatchState.ACTIVE:
+            # The RLS may not tell a member's block (Kamailio sends nothing:
+            # docs/kamailio.md): its rules do.
+            self._member_ended(watch, "Blocked")
 
     def _settle(self, watch: Watch, now: float) -> None:
         """The read is in: tell the decisions, then take what waited, in order."""
@@ -921,11 +1238,14 @@ class WatchMachine:
                 self._offer(watch, item.fresh, item.received, now)
         elif isinstance(item, _HeldNotify):
             self._take_notify(watch, item.event, item.received, now)
+        elif isinstance(item, _MemberNews):
+            self._take_member(watch, item, now)
         else:
             self._start(watch, item, now)
 
     def _tell_decisions(self, watch: Watch) -> None:
-        if watch.reference is None or watch.decisions is None or watch.rule_blocks:
+        owner = watch.owner
+        if owner.reference is None or watch.decisions is None or watch.rule_blocks:
             # A block is told by subscriptionEnded "Blocked" once the server
             # ends the subscription, not by a notifySubscription of refusals.
             return
@@ -936,8 +1256,8 @@ class WatchMachine:
         watch.decisions_sent = decisions
         # Kept with the watch: after a restart the re-made subscription's first
         # NOTIFY must not tell the application the same decisions again.
-        self._out.append(SaveWatch(watch))
-        self._out.append(Deliver(watch.app_id, watch.reference.endpoint, {
+        self._out.append(SaveWatch(owner))
+        self._out.append(Deliver(owner.app_id, owner.reference.endpoint, {
             "notifySubscription": {
                 "presentity": watch.presentity,
                 "decisions": [
@@ -957,7 +1277,7 @@ class WatchMachine:
             self._remove_schedule(watch, schedule)
             if not watch.needed:
                 self._end(watch)
-        elif deliveries or schedule.pending is not None:
+        elif deliveries or schedule.has_pending:
             # Remaining count, last-sent instant, coalesced state: a restart
             # resumes where this left off (written within the save delay).
             self._unsaved[(schedule.app_id, schedule.correlator)] = schedule
@@ -984,14 +1304,7 @@ class WatchMachine:
 
     def _ended(self, watch: Watch, reason: str) -> None:
         """Tell the application, end the schedules (no statusEnd: RFC says error)."""
-        data = {"subscriptionEnded": {"presentity": watch.presentity, "reason": reason}}
-        # Each schedule under its own application: two accounts acting as the
-        # same address share the watch, not their channels.
-        targets = {(s.app_id, s.endpoint) for s in watch.schedules.values()}
-        if watch.reference is not None:
-            targets.add((watch.app_id, watch.reference.endpoint))
-        for app_id, endpoint in sorted(targets):
-            self._out.append(Deliver(app_id, endpoint, data))
+        self._tell_ended(watch, watch.presentity, reason)
         for schedule in list(watch.schedules.values()):
             schedule.end_quietly()
             self._remove_schedule(watch, schedule)
@@ -1011,12 +1324,11 @@ class WatchMachine:
         watch.state = WatchState.ENDED
         watch.dialog = _step(watch.dialog, _Step.DROPPED)
         self._timers.cancel((_Timer.RETRY, *watch.key))
+        for member in watch.listed.values():
+            self._forget_member(member)
         if self.watches.get(watch.key) is watch:
             del self.watches[watch.key]
-            others = self.by_presentity[watch.presentity]
-            del others[watch.watcher]
-            if not others:
-                del self.by_presentity[watch.presentity]
+            self._unindex(watch)
             self._out.append(ForgetWatch(watch))
         watch.resume = None
         watch.held.clear()

@@ -44,6 +44,7 @@ from adapter.watch import (
     DuplicateCorrelator,
     ForgetSchedule,
     ForgetWatch,
+    GroupPresentity,
     NoSubscription,
     NotAuthorized,
     ReadRules,
@@ -68,6 +69,7 @@ from sip.aio import RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionH
 __all__ = [
     "DECISIONS_TTL",
     "DuplicateCorrelator",
+    "GroupPresentity",
     "NoSubscription",
     "NotAuthorized",
     "Reference",
@@ -84,6 +86,9 @@ logger = logging.getLogger(__name__)
 #: Schedules written per turn of the event loop when their progress is due,
 #: so that the many schedules changed by one burst do not hold NOTIFYs back.
 SAVE_CHUNK = 200
+#: Longest Start Presence Notification on a group waits, after the list's full
+#: state, for members listed with no state yet (a pending member never gets one).
+LIST_SETTLE = 2.0
 ALL_ATTRIBUTES = tuple(AttributeType)
 
 
@@ -105,6 +110,7 @@ class WatcherService:
         schedule_save_delay: float = SCHEDULE_SAVE_DELAY,
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
         save_chunk: int = SAVE_CHUNK,
+        list_settle: float = LIST_SETTLE,
     ) -> None:
         self._store: Store = store or MemoryStore()
         self._liveness = liveness
@@ -127,6 +133,7 @@ class WatcherService:
         #: Schedules whose progress is being written, a chunk per loop turn.
         self._writing: dict[tuple[str, str], Schedule] = {}
         self._save_chunk = save_chunk
+        self._list_settle = list_settle
         self._pump: asyncio.Handle | None = None
         #: NOTIFY received -> its notifications handed to Bayeux (seconds).
         self.notify_latency = Histogram(NOTIFY_BUCKETS)
@@ -232,26 +239,57 @@ class WatcherService:
         schedule: Schedule,
         *,
         check_immediate: bool,
-    ) -> bool:
-        """Start a schedule; False when the presentity could not be subscribed."""
+    ) -> list[str]:
+        """Start a schedule; the presentities not subscribed (the spec's ``result``):
+        the presentity itself when it could not be subscribed, and of a group
+        the members that are not active once its list state is in."""
         bind(correlator=schedule.correlator, presentity=presentity)
         if (app_id, schedule.correlator) in self.machine.schedules:
             raise DuplicateCorrelator(schedule.correlator)
         watch = self.machine.watch_for(app_id, watcher, presentity)
+        began = self._clock()
         try:
             await self._subscribed(watch)
         except RequestFailed as exc:
             logger.info("notification %s: cannot subscribe to %s: %s",
                         schedule.correlator, presentity, exc)
             await self._performed(self.machine.drop_unneeded(watch))
-            return False
+            return [presentity]
+        if watch.is_list and not await self._list_state(watch, began):
+            logger.info("notification %s: no full state of list %s within %g s",
+                        schedule.correlator, presentity, self._timeout)
         await self._performed(self.machine.add_schedule(watch, schedule))  # durable before the 201
         self._perform(self.machine.start_schedule(
             watch, schedule, check_immediate=check_immediate, now=self._clock()
         ))
         while self.machine.start_pending(watch, schedule):
             await self._settled(watch)
-        return True
+        if watch.is_list:
+            if watch.rlmi is None or not watch.rlmi.complete:
+                return [presentity]  # nothing is known of the members
+            return self.machine.unsubscribed_members(watch)
+        return []
+
+    async def _list_state(self, watch: Watch, began: float) -> bool:
+        """Wait for the group's first full state, then briefly for its members'
+        states (an RLS sends them in batches after the full state: Kamailio
+        ``waitn_time``), all within ``request_timeout`` of ``began``.
+        Whether the full state came."""
+        deadline = began + self._timeout
+        settle_by: float | None = None
+        while not self.machine.list_settled(watch):
+            now = self._clock()
+            if settle_by is None and self.machine.list_complete(watch):
+                settle_by = min(deadline, now + self._list_settle)
+            remaining = (settle_by if settle_by is not None else deadline) - now
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._settled(watch)
+            except TimeoutError:
+                pass
+        return self.machine.list_complete(watch)
 
     async def end_notification(self, app_id: str, correlator: str) -> None:
         bind(correlator=correlator)
@@ -312,9 +350,11 @@ class WatcherService:
 
     def _start_subscription(self, watch: Watch) -> SubscriptionHandle:
         """Send the watch's initial SUBSCRIBE; its handle brings its events here."""
+        # Every watch asks for a list (RFC 4662): a URI that is a group on
+        # the server comes back as one; any other is answered as before.
         handle = self._sip.subscribe(
             SipURI.parse(watch.watcher), SipURI.parse(watch.presentity),
-            on_event=partial(self._on_subscription_event, watch),
+            on_event=partial(self._on_subscription_event, watch), eventlist=True,
         )
         self._handles[handle.id] = handle
         return handle
@@ -332,11 +372,13 @@ class WatcherService:
         self, watch: Watch, subscription_id: int, outcome: Awaitable[SubscriptionAccepted]
     ) -> None:
         try:
-            await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
+            accepted = await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
         except RequestFailed:
             self._perform(self.machine.subscription_refused(watch, subscription_id))
             raise
-        self.machine.subscription_accepted(watch, subscription_id)
+        self._perform(
+            self.machine.subscription_accepted(watch, subscription_id, accepted.eventlist)
+        )
 
     async def _attempt(self, watch: Watch, handle: SubscriptionHandle) -> None:
         """A re-subscription's outcome (the machine's back-off timer sent it)."""
@@ -357,7 +399,9 @@ class WatcherService:
         if isinstance(event, NotifyReceived):
             self._perform(self.machine.notify(watch, event, self._clock()))
         elif isinstance(event, SubscriptionAccepted):
-            self.machine.subscription_accepted(watch, event.subscription_id)
+            self._perform(self.machine.subscription_accepted(
+                watch, event.subscription_id, event.eventlist
+            ))
         else:
             self._handles.pop(event.subscription_id, None)
             self._perform(self.machine.terminated(watch, event, self._clock()))
@@ -399,9 +443,11 @@ class WatcherService:
                 if handle is not None:
                     handle.end()
             elif isinstance(action, Settled):
-                for future in self._settling.pop(action.watch, ()):
-                    if not future.done():
-                        future.set_result(None)
+                # A member's read may be what a Start on its group waits for.
+                for watch in (action.watch, action.watch.group):
+                    for future in self._settling.pop(watch, ()) if watch else ():
+                        if not future.done():
+                            future.set_result(None)
         if latest is not None:
             self.notify_latency.observe(self._clock() - latest)
         self._arm()

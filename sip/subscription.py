@@ -73,6 +73,9 @@ class SubscriptionAccepted:
 
     subscription_id: int
     expires: int
+    #: The notifier is a resource list server and the subscription is to a
+    #: list: its 2xx carries ``Require: eventlist`` (RFC 4662 §4.4, §5.1).
+    eventlist: bool = False
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,10 @@ class Subscription:
             accepted: list[Action] = []
             if initial:
                 self._accepted = True
-                accepted.append(SubscriptionAccepted(self.id, expires))
+                eventlist = any(
+                    tag.lower() == "eventlist" for tag in response.headers.get_all("Require")
+                )
+                accepted.append(SubscriptionAccepted(self.id, expires, eventlist))
             return accepted + self._after_exchange(now)
         retry_after = response.retry_after.seconds if response.retry_after else None
         min_expires = response.min_expires if status == 423 else None

@@ -104,7 +104,9 @@ class FakeEndpoint:
         self.gate: asyncio.Event | None = None  # holds the 2xx back while set
 
     def subscribe(self, subscriber: Any, target: Any, *,
-                  on_event: Callable[[Any], None] | None = None) -> FakeHandle:
+                  on_event: Callable[[Any], None] | None = None,
+                  eventlist: bool = False) -> FakeHandle:
+        assert eventlist  # every watch asks for a list (RFC 4662)
         self._next += 1
         self.subscribed.append((str(subscriber), str(target), self._next))
         self.live.add(self._next)
@@ -217,10 +219,11 @@ class World:
 
     async def start(self, correlator: str, *, check_immediate: bool = False,
                     **kwargs: Any) -> bool:
+        """Start Presence Notification; whether its ``result`` is empty."""
         schedule = Schedule(correlator=correlator, app_id=APP,
                             endpoint=f"/bayeux/{APP}/{correlator}", watcher=BOB,
                             presentity=ALICE, **kwargs)
-        return await self.service.start_notification(
+        return not await self.service.start_notification(
             APP, BOB, ALICE, schedule, check_immediate=check_immediate
         )
 
@@ -836,7 +839,7 @@ def test_an_ending_reaches_each_schedule_in_its_own_application() -> None:
         other = Schedule(correlator="n9", app_id="carol-app", endpoint="/bayeux/carol-app/n9",
                          watcher=BOB, presentity=ALICE)
         assert await w.service.start_notification("carol-app", BOB, ALICE, other,
-                                                  check_immediate=False)
+                                                  check_immediate=False) == []
         await w.notify("active;expires=3600", busy())
         w.bayeux.take()
         await w.terminate("rejected")

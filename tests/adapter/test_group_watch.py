@@ -1,0 +1,321 @@
+"""Group watches (RFC 4662 resource lists) in the WatchMachine: RLMI NOTIFYs
+in, per-member notifications out; a manual clock, no event loop."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from adapter.notification import Schedule, schedule_from_record, schedule_to_record
+from adapter.records import watch_from_record, watch_to_record
+from adapter.watch import (
+    Deliver,
+    GroupPresentity,
+    ReadRules,
+    Reference,
+    Settled,
+    WatchAction,
+    WatchMachine,
+    WatchState,
+)
+from pidf import Activity, AttributeType, PresenceAttribute, PresRules, encode
+from pidf.presrules import SubHandling
+from sip import NotifyReceived
+from sip.headers import SubscriptionState
+
+BOB = "sip:bob@example.com"
+GROUP = "sip:friends@example.com"
+M0, M1, M2 = (f"sip:m{i}@example.com" for i in range(3))
+APP = "bob-app"
+REF = f"/bayeux/{APP}/subscription"
+NOW = 1_700_000_000.0
+A, P = AttributeType.ACTIVITY, AttributeType.PLACE
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+BOUNDARY = "b0und"
+
+
+def activity(kind: Activity, t: int = 0) -> PresenceAttribute:
+    return PresenceAttribute(kind, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
+
+
+def rlmi_notify(
+    sid: int, version: int, full: bool, members: dict[str, Any], state: str = "active;expires=60"
+) -> NotifyReceived:
+    """A list NOTIFY as an RLS sends it: RLMI root, then a PIDF part per active
+    member.  ``members``: URI -> None (listed bare), a tuple of attributes
+    (active with that document), or "pending" / "terminated;<reason>"."""
+    resources, parts = [], []
+    for n, (uri, what) in enumerate(members.items()):
+        if what is None:
+            resources.append(f'<resource uri="{uri}"/>')
+        elif isinstance(what, str):
+            instance_state, _, reason = what.partition(";")
+            extra = f' reason="{reason}"' if reason else ""
+            resources.append(
+                f'<resource uri="{uri}"><instance id="i{n}" state="{instance_state}"{extra}/>'
+                "</resource>"
+            )
+        else:
+            cid = f"m{n}-v{version}@example.com"
+            resources.append(
+                f'<resource uri="{uri}"><instance id="i{n}" state="active" cid="{cid}"/>'
+                "</resource>"
+            )
+            document = encode(what, entity=uri, now=T0)
+            parts.append((cid, "application/pidf+xml", document))
+    root = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<list xmlns="urn:ietf:params:xml:ns:rlmi" uri="{GROUP}" version="{version}" '
+        f'fullState="{"true" if full else "false"}">{"".join(resources)}</list>'
+    ).encode()
+    chunks = []
+    for cid, media, body in [("root@example.com", "application/rlmi+xml", root), *parts]:
+        chunks.append(
+            f"--{BOUNDARY}\r\nContent-ID: <{cid}>\r\nContent-Type: {media}\r\n\r\n".encode()
+            + body + b"\r\n"
+        )
+    body = b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+    content_type = (
+        f'multipart/related;type="application/rlmi+xml";start="<root@example.com>";'
+        f"boundary={BOUNDARY}"
+    )
+    return NotifyReceived(sid, SubscriptionState.parse(state), body, content_type)
+
+
+def of(kind: type, actions: list[WatchAction]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def delivered(actions: list[WatchAction]) -> list[tuple[str, dict[str, Any]]]:
+    return [(a.channel, a.data) for a in of(Deliver, actions)]
+
+
+def changed(presentity: str, correlator: str, *attributes: PresenceAttribute) -> dict[str, Any]:
+    return {"statusChanged": {
+        "correlator": correlator, "presentity": presentity,
+        "changedAttributes": [a.to_json() for a in attributes],
+    }}
+
+
+class Group:
+    """One machine, BOB's Subscribe Presence on GROUP, subscribed as a list under id 7."""
+
+    def __init__(self, attributes: frozenset[AttributeType] = frozenset({A})) -> None:
+        self.now = NOW
+        self.machine = WatchMachine()
+        self.watch, _ = self.machine.subscribe(
+            APP, BOB, GROUP, "app", attributes, Reference("r1", REF)
+        )
+        self.machine.ensure_subscribed(self.watch)
+        self.machine.subscription_sent(self.watch, 7)
+        self.machine.subscription_accepted(self.watch, 7, eventlist=True)
+        self.version = 0
+
+    def notify(self, full: bool = False, **members: Any) -> list[WatchAction]:
+        self.version += 1
+        uris = {f"sip:{name}@example.com": what for name, what in members.items()}
+        return self.machine.notify(self.watch, rlmi_notify(7, self.version, full, uris), self.now)
+
+    def read(self, actions: list[WatchAction], rules: dict[str, PresRules]) -> list[WatchAction]:
+        """Answer every rules read in ``actions``; the actions that follow."""
+        out: list[WatchAction] = []
+        for read in of(ReadRules, actions):
+            out += self.machine.rules_read(read.read, rules[read.read.presentity], self.now)
+        return out
+
+    def schedule(self, correlator: str, *, check_immediate: bool = False,
+                 **kwargs: Any) -> tuple[Schedule, list[WatchAction]]:
+        schedule = Schedule(correlator, APP, f"/bayeux/{APP}/{correlator}", BOB, GROUP, **kwargs)
+        self.machine.add_schedule(self.watch, schedule)
+        actions = self.machine.start_schedule(
+            self.watch, schedule, check_immediate=check_immediate, now=self.now
+        )
+        return schedule, actions
+
+
+ALLOW_A = PresRules().allow(BOB, {A: True})
+
+
+def test_each_member_is_decided_by_its_own_rules_and_named_in_its_notifications() -> None:
+    g = Group(frozenset({A, P}))
+    full = g.notify(full=True, m0=None, m1=None, m2=None)
+    assert of(Settled, full) == [Settled(g.watch)] and g.machine.list_complete(g.watch)
+    assert not g.machine.list_settled(g.watch)  # every member is listed bare
+    assert g.machine.unsubscribed_members(g.watch) == [M0, M1, M2]
+    g.schedule("n1")
+    # m0 and m1 become active; m2 stays bare (pending at the server).
+    actions = g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),))
+    assert sorted(r.read.presentity for r in of(ReadRules, actions)) == [M0, M1]
+    assert of(Deliver, actions) == []  # nothing before the members' decisions
+    done = g.read(actions, {
+        M0: PresRules().allow(BOB, {A: True, P: False}),
+        M1: PresRules().allow(BOB, {A: False, P: True}),
+    })
+    assert delivered(done) == [
+        (REF, {"notifySubscription": {"presentity": M0, "decisions": [
+            {"presenceAttribute": "Activity", "decision": True},
+            {"presenceAttribute": "Place", "decision": False}]}}),
+        (f"/bayeux/{APP}/n1", changed(M0, "n1", activity(Activity.BUSY))),
+        (REF, {"notifySubscription": {"presentity": M1, "decisions": [
+            {"presenceAttribute": "Activity", "decision": False},
+            {"presenceAttribute": "Place", "decision": True}]}}),
+        # m1 granted no Activity: nothing of its state is visible to BOB.
+    ]
+    assert g.machine.unsubscribed_members(g.watch) == [M2]
+    # Get User Presence: not on the group; on a member, from the group's state.
+    with pytest.raises(GroupPresentity):
+        g.machine.presence(BOB, GROUP, frozenset())
+    presence = g.machine.presence(BOB, M0, frozenset())
+    assert presence is not None and [a.value for a in presence.attributes] == [Activity.BUSY]
+
+
+def test_frequency_and_count_hold_across_the_members_latest_state_of_each() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    schedule, started = g.schedule("n1", frequency=10.0, remaining=3)
+    assert of(Deliver, started) == []
+    g.now += 1
+    g.read(g.notify(m0=(activity(Activity.BUSY, 1),)), {M0: ALLOW_A})
+    g.now += 1
+    second = g.read(g.notify(m1=(activity(Activity.AWAY, 2),)), {M1: ALLOW_A})
+    assert [c for c, _ in delivered(second)] == [REF]  # its decisions; the state waits
+    g.now += 1
+    assert g.notify(m0=(activity(Activity.MEETING, 3),)) == []  # coalesced, the latest wins
+    assert schedule.get_timer() == NOW + 10
+    assert of(Deliver, g.machine.handle_timer(NOW + 9.9)) == []
+    g.now = NOW + 10
+    burst = g.machine.handle_timer(g.now)
+    assert [data for _, data in delivered(burst)] == [
+        changed(M0, "n1", activity(Activity.MEETING, 3)),
+        changed(M1, "n1", activity(Activity.AWAY, 2)),
+    ]
+    assert schedule.remaining == 1
+    g.now += 1
+    assert g.notify(m1=(activity(Activity.BUSY, 11),)) == []  # the period runs from the burst
+    g.now = NOW + 20
+    end = g.machine.handle_timer(g.now)
+    assert [data for _, data in delivered(end)] == [
+        changed(M1, "n1", activity(Activity.BUSY, 11)),
+        {"statusEnd": {"correlator": "n1"}},
+    ]
+
+
+def test_check_immediate_sends_each_known_member_and_counts_each() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    g.read(g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),)),
+           {M0: ALLOW_A, M1: ALLOW_A})
+    _, started = g.schedule("n1", check_immediate=True, frequency=5.0, remaining=2)
+    assert [data for _, data in delivered(started)] == [
+        changed(M0, "n1", activity(Activity.BUSY)),
+        changed(M1, "n1", activity(Activity.AWAY)),
+        {"statusEnd": {"correlator": "n1"}},
+    ]
+
+
+def test_a_member_rejected_or_blocked_later_ends_for_that_member_only() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None, m2=None)
+    schedule, _ = g.schedule("n1")
+    g.read(g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),)),
+           {M0: ALLOW_A, M1: ALLOW_A})
+    ended = {"presentity": M0, "reason": "Blocked"}
+    rejected = g.notify(m0="terminated;rejected")
+    assert sorted(channel for channel, _ in delivered(rejected)) == [f"/bayeux/{APP}/n1", REF]
+    assert all(data == {"subscriptionEnded": ended} for _, data in delivered(rejected))
+    assert g.watch.listed[M0].state is WatchState.BLOCKED
+    # Kamailio tells nothing of a block made later: the member's rules do.
+    reread = g.machine.rules_changed(M1, g.now)
+    blocked = g.read(reread, {M1: PresRules().set_handling(BOB, SubHandling.BLOCK)})
+    assert [data for _, data in delivered(blocked)] == [
+        {"subscriptionEnded": {"presentity": M1, "reason": "Blocked"}}
+    ] * 2
+    # The group's schedule goes on: a later member still notifies.
+    g.now += 1
+    more = g.read(g.notify(m2=(activity(Activity.MEETING),)), {M2: ALLOW_A})
+    assert (f"/bayeux/{APP}/n1", changed(M2, "n1", activity(Activity.MEETING))) in delivered(more)
+    assert not schedule.ended
+    assert g.notify(m1=(activity(Activity.BUSY, 9),)) == []  # a blocked member stays so
+
+
+def test_a_member_added_is_picked_up_and_one_a_full_state_drops_has_left() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    schedule, _ = g.schedule("n1")
+    g.read(g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),)),
+           {M0: ALLOW_A, M1: ALLOW_A})
+    assert set(schedule.members) == {M0, M1}
+    g.now += 1
+    added = g.read(g.notify(m2=(activity(Activity.MEETING),)), {M2: ALLOW_A})
+    assert (f"/bayeux/{APP}/n1", changed(M2, "n1", activity(Activity.MEETING))) in delivered(added)
+    # A new dialog (after a restart, say) brings a full state without m0.
+    left = g.notify(full=True, m1=(activity(Activity.AWAY),), m2=(activity(Activity.MEETING),))
+    assert sorted(delivered(left)) == sorted([
+        (REF, {"subscriptionEnded": {"presentity": M0, "reason": "Removed"}}),
+        (f"/bayeux/{APP}/n1", {"subscriptionEnded": {"presentity": M0, "reason": "Removed"}}),
+    ])
+    assert set(g.watch.listed) == {M1, M2} and set(schedule.members) == {M1, M2}
+    assert M0 not in g.machine.by_presentity
+
+
+def test_an_older_version_is_ignored_and_a_gap_subscribes_the_list_again() -> None:
+    g = Group()
+    g.notify(full=True, m0=None)
+    g.read(g.notify(m0=(activity(Activity.BUSY),)), {M0: ALLOW_A})
+    stale = rlmi_notify(7, 1, True, {M0: None})
+    assert g.machine.notify(g.watch, stale, g.now) == []
+    assert g.watch.listed[M0].state is WatchState.ACTIVE
+    gap = rlmi_notify(7, 9, False, {M0: (activity(Activity.AWAY),)})
+    actions = g.machine.notify(g.watch, gap, g.now)
+    assert [type(a).__name__ for a in actions if type(a).__name__ in
+            ("Unsubscribe", "Subscribe")] == ["Unsubscribe", "Subscribe"]
+
+
+def test_a_plain_pidf_answer_is_a_single_watch() -> None:
+    machine = WatchMachine()
+    watch, _ = machine.subscribe(APP, BOB, M0, "app", frozenset({A}), Reference("r1", REF))
+    machine.ensure_subscribed(watch)
+    machine.subscription_sent(watch, 3)
+    machine.subscription_accepted(watch, 3, eventlist=False)
+    body = encode((activity(Activity.BUSY),), entity=M0, now=T0)
+    event = NotifyReceived(3, SubscriptionState.parse("active"), body, "application/pidf+xml")
+    actions = machine.notify(watch, event, NOW)
+    assert not watch.is_list and watch.listed == {}
+    assert [r.read.presentity for r in of(ReadRules, actions)] == [M0]
+
+
+def test_a_group_record_keeps_each_members_decisions_told() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    g.read(g.notify(m0=(activity(Activity.BUSY),)), {M0: ALLOW_A})
+    record = watch_to_record(g.watch)
+    assert record["list"] is True and set(record["members"]) == {M0, M1}
+    machine = WatchMachine()
+    restored = machine.add(watch_from_record(record))
+    assert restored.is_list and restored.listed[M0].decisions == {
+        kind: kind is A for kind in AttributeType
+    }
+    assert machine.by_presentity[M0][(BOB, GROUP)] is restored.listed[M0]
+    # Re-subscribed: the same decisions are not told again.
+    machine.ensure_subscribed(restored)
+    machine.subscription_sent(restored, 9)
+    again = machine.notify(restored, rlmi_notify(9, 1, True, {M0: (activity(Activity.BUSY),)}),
+                           NOW)
+    told = []
+    for read in of(ReadRules, again):
+        told += machine.rules_read(read.read, ALLOW_A, NOW)
+    assert [d for d in of(Deliver, told) if "notifySubscription" in d.data] == []
+
+
+def test_a_group_schedules_members_survive_its_record() -> None:
+    g = Group()
+    g.notify(full=True, m0=None)
+    schedule, _ = g.schedule("n1", frequency=10.0)
+    g.now += 1
+    g.read(g.notify(m0=(activity(Activity.BUSY),)), {M0: ALLOW_A})
+    assert schedule.has_pending
+    back = schedule_from_record(schedule_to_record(schedule))
+    assert back.members[M0].pending == schedule.members[M0].pending
+    assert back.get_timer() == NOW + 10
