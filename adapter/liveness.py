@@ -34,21 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sip import (
-    NotifyReceived,
-    PublicationConfirmed,
-    PublicationFailed,
-    SipURI,
-    SubscriptionAccepted,
-    SubscriptionTerminated,
-    UserAgentEvent,
+from sip import SipURI, SubscriptionAccepted, SubscriptionTerminated
+from sip.aio import (
+    RequestFailed,
+    RequestTimedOut,
+    SipEndpoint,
+    SubscriptionEvent,
+    SubscriptionHandle,
 )
-from sip.aio import RequestFailed, RequestTimedOut, SipEndpoint
-from sip.useragent import OptionsAnswered
 
 __all__ = ["CANARY_USER", "ServerLiveness", "bounded"]
 
@@ -72,16 +68,13 @@ class ServerLiveness:
         self._interval = interval
         self._resyncs: list[Resync] = []
         self._task: asyncio.Task[None] | None = None
-        self._canary: int | None = None
+        self._canary: SubscriptionHandle | None = None
         self._canary_accepted = False
         self._canary_lost = False
         self._canary_refusal_told = False
         self.reachable = True  # until a probe says otherwise
         self.resyncs = 0
-        #: When (time.monotonic) the last message from the server arrived.
-        self._heard_at = float("-inf")
         self._busy_told = False
-        sip.add_listener(self._on_sip_event)
 
     def on_resync(self, callback: Resync) -> None:
         self._resyncs.append(callback)
@@ -100,7 +93,7 @@ class ServerLiveness:
 
     async def check(self) -> None:
         """One probe; re-create the server-side state if it came back or forgot us."""
-        started = time.monotonic()
+        started = self._sip.now()
         try:
             # Not wait_for: on Python 3.11 it swallows a cancel that lands just
             # after the probe ended, and close() would then wait on this task forever.
@@ -108,7 +101,7 @@ class ServerLiveness:
                 await self._sip.probe()
         except (RequestFailed, TimeoutError) as exc:
             silent = isinstance(exc, RequestTimedOut | TimeoutError)
-            if silent and self.reachable and self._heard_at >= started:
+            if silent and self.reachable and self._sip.heard_at >= started:
                 # The server spoke during the probe: it is there, we are slow.
                 if not self._busy_told:
                     self._busy_told = True
@@ -139,23 +132,22 @@ class ServerLiveness:
         elif self._canary is None:
             self._new_canary()
         else:
-            self._sip.refresh_subscription(self._canary)
+            self._canary.refresh()
 
     def _new_canary(self) -> None:
         if self._canary is not None:
-            self._sip.end_subscription(self._canary)
-        server = self._sip.ua.server
-        uri = SipURI("sip", CANARY_USER, server.host)
-        self._canary = self._sip.start_subscription(uri, uri)
+            self._canary.end()
+        uri = SipURI("sip", CANARY_USER, self._sip.server.host)
+        self._canary = self._sip.subscribe(uri, uri, on_event=self._on_canary)
         self._canary_accepted = False
         self._canary_lost = False
 
-    def _on_sip_event(self, event: UserAgentEvent) -> None:
-        if _from_server(event):
-            self._heard_at = time.monotonic()
-        if isinstance(event, SubscriptionAccepted) and event.subscription_id == self._canary:
+    def _on_canary(self, event: SubscriptionEvent) -> None:
+        if self._canary is None or event.subscription_id != self._canary.id:
+            return  # a canary let go already
+        if isinstance(event, SubscriptionAccepted):
             self._canary_accepted = True
-        if isinstance(event, SubscriptionTerminated) and event.subscription_id == self._canary:
+        elif isinstance(event, SubscriptionTerminated):
             self._canary = None
             if event.reason == "unsubscribed":
                 return
@@ -185,17 +177,6 @@ class ServerLiveness:
             await asyncio.sleep(self._interval)
 
 
-def _from_server(event: UserAgentEvent) -> bool:
-    """Did this event come from a message the server sent us?"""
-    if isinstance(event, NotifyReceived | SubscriptionAccepted | OptionsAnswered):
-        return True
-    if isinstance(event, PublicationConfirmed):
-        return True
-    if isinstance(event, SubscriptionTerminated | PublicationFailed):
-        return event.status is not None
-    return False
-
-
 async def bounded(
     outcome: Awaitable[T], what: str, liveness: ServerLiveness | None, timeout: float
 ) -> T:
@@ -212,9 +193,9 @@ async def bounded(
             outcome.close()
         raise RequestTimedOut(what, None, "presence server unreachable")
     # Awaited in this task, not wrapped in a new one (as wait_for does on
-    # Python 3.11): the outcome's waiter must be filed before the event loop
-    # runs again, or an answer that arrives in that turn is missed and the
-    # caller waits out the whole timeout (measured under load with uvloop).
+    # Python 3.11): one task fewer on the hot path.  The handles' outcome
+    # futures exist from the call that sent the request, so no answer can
+    # come before they do.
     try:
         async with asyncio.timeout(timeout):
             return await outcome

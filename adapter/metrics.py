@@ -211,9 +211,7 @@ class AdapterCollector(Collector):
 
 
 def _sip(sources: Sources) -> Iterator[Metric]:
-    endpoint = sources.endpoint
-    ua = endpoint.ua
-    counters = ua.counters
+    stats = sources.endpoint.stats()
     transactions = CounterMetricFamily(
         PREFIX + "sip_client_transactions",
         "SIP client transactions ended, by method and outcome: the final status code, "
@@ -226,7 +224,7 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         labels=["method"],
     )
     timed_out: dict[str, int] = {}
-    for (method, outcome), count in sorted(counters.outcomes.items()):
+    for (method, outcome), count in sorted(stats.outcomes.items()):
         transactions.add_metric([method, outcome], count)
         if outcome == "timeout":
             timed_out[method] = timed_out.get(method, 0) + count
@@ -237,38 +235,38 @@ def _sip(sources: Sources) -> Iterator[Metric]:
     yield _counter(
         "sip_retransmissions",
         "SIP requests sent again because no response came (Timer E; UDP only).",
-        counters.retransmissions,
+        stats.retransmissions,
     )
     yield _gauge(
         "sip_client_transactions_in_flight",
         "SIP client transactions sent and waiting for their final response.",
-        ua.transactions_in_flight,
+        stats.transactions_in_flight,
     )
     yield _counter(
         "sip_datagrams_dropped",
         "SIP messages received that were not usable (unparsable, or missing a needed header).",
-        endpoint.dropped,
+        stats.dropped,
     )
     yield _counter(
         "sip_requests_refused",
         "SIP requests refused (403) because they did not come from the presence server.",
-        endpoint.refused,
+        stats.refused,
     )
 
 
 def _state(sources: Sources) -> Iterator[Metric]:
-    ua = sources.endpoint.ua
+    stats = sources.endpoint.stats()
     yield _gauge(
         "publications",
         "Publications the adapter holds at the presence server (PUBLISH, refreshed).",
-        ua.publication_count,
+        stats.publications,
     )
     subscriptions = GaugeMetricFamily(
         PREFIX + "subscriptions",
         "SIP subscriptions of the adapter, by event package and state.",
         labels=["event", "state"],
     )
-    for (event, state), count in sorted(ua.subscriptions_by_state().items()):
+    for (event, state), count in sorted(stats.subscriptions.items()):
         subscriptions.add_metric([event, state], count)
     yield subscriptions
     watches = GaugeMetricFamily(

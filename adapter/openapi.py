@@ -534,6 +534,10 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(Reply(200, "The authorized attributes.", "PresenceResult",
                        {"result": PRESENCE[:2]}),),
         faults=(BAD_INPUT, NO_SUBSCRIPTION,
+                Fault(ServiceError(FaultCode.INVALID_INPUT,
+                                   ["presentity", "sip:friends@example.com is a group"]),
+                      "The presentity is a group (a resource list): the result has no "
+                      "presentity field to tell its members apart."),
                 Fault(PolicyError.privacy_refused(ALICE),
                       "The presentity has not (yet) authorized the watcher.")),
     ),
@@ -549,14 +553,18 @@ OPERATIONS: tuple[Operation, ...] = (
         "coalesced when duration ends is sent just before statusEnd; the notification sent "
         "at the end of the first interval counts towards count like any other. criteria "
         "and attributes filter which changes are sent; with Reachable or UnReachable a "
-        "change of reachability is itself a change (changedAttributes may then be empty).",
+        "change of reachability is itself a change (changedAttributes may then be empty). "
+        "On a group (a resource list the presence server serves, RFC 4662) each "
+        "statusChanged names the member as presentity, with the group's correlator; "
+        "frequency and count hold across the members (README, Groups).",
         body="StartNotificationRequest",
         body_example={"presentity": ALICE, "checkImmediate": True, "criteria": "Reachable",
                       "frequency": {"metric": "Second", "units": 30}, "reference": REFERENCE,
                       "attributes": ["Activity"], "count": 10,
                       "duration": {"metric": "Hour", "units": 2}},
         replies=(Reply(201, "Started; result lists the presentities that could not be "
-                       "subscribed.", "UriResult", {"result": []},
+                       "subscribed (of a group: its members not active once the list's "
+                       "state is in).", "UriResult", {"result": []},
                        headers=(("Location", "The Bayeux server URL, e.g. "
                                  "http://127.0.0.1:8080/cometd"),)),),
         faults=(BAD_INPUT,

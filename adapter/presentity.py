@@ -1,12 +1,17 @@
 """The presentity side: publish, see who asks, authorise, block, list watchers.
 
 One :class:`PresentityService` serves every presentity address of every
-application.  Per presentity it keeps
+application.  It is the asyncio driver of the :class:`~adapter.publisher.Publisher`
+machine, which decides what to publish, save and withdraw: the service feeds
+it the REST calls, the publications' events and its timer, all with the one
+wall clock, and performs the actions it returns — the store, and the SIP
+publications through their :class:`~sip.aio.PublicationHandle` (RFC 3903: one
+per address; later publishes modify it with SIP-If-Match).  A REST call's
+answer is the outcome future of the handle the call's action made.
 
-* the published attributes and the SIP publication that carries them (one
-  per address, RFC 3903: later publishes modify it with SIP-If-Match);
-* a presence.winfo subscription (RFC 3857), opened on first need and kept,
-  whose NOTIFYs say which watchers have a subscription and in what state.
+Per presentity it also keeps a presence.winfo subscription (RFC 3857), opened
+on first need and kept, whose NOTIFYs say which watchers have a subscription
+and in what state.
 
 Who is *authorised* is decided by the presentity's pres-rules document, which
 the adapter reads and writes over XCAP.  Kamailio 5.6 does not send a new
@@ -25,21 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import partial
 from typing import Any
 
 from adapter.liveness import ServerLiveness, bounded
 from adapter.logs import bind
 from adapter.metrics import RecoveryProgress
+from adapter.publisher import Forget, Modify, Publish, PublishAction, Publisher, Save
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
 from adapter.xcap import XcapClient
 from pidf import (
     AttributeType,
-    Other,
     Outcome,
     PidfError,
     PresenceAttribute,
@@ -49,21 +54,25 @@ from pidf import (
     WatcherStatus,
     attributes_from_json,
     attributes_to_json,
-    encode,
     validate_publication,
 )
 from pidf.watcherinfo import CONTENT_TYPE as WATCHERINFO
 from sip import (
     NotifyReceived,
     PublicationConfirmed,
-    PublicationRemoved,
+    PublicationFailed,
     SipError,
     SipURI,
     SubscriptionTerminated,
-    UserAgentEvent,
 )
-from sip.aio import RequestFailed, SipEndpoint
-from sip.publication import PublicationState
+from sip.aio import (
+    PublicationHandle,
+    RequestFailed,
+    SipEndpoint,
+    SubscriptionEvent,
+    SubscriptionHandle,
+)
+from sip.publication import PublicationEvent
 
 __all__ = ["OpenSubscription", "PresentityService", "WatcherDirectory"]
 
@@ -73,22 +82,11 @@ logger = logging.getLogger(__name__)
 #: first NOTIFY (Kamailio sends it right after the 200).
 WINFO_READY_TIMEOUT = 3.0
 
-#: How long after a rules change the presentity's publication goes out again
-#: (seconds).  Kamailio's XCAP server answers the PUT before it re-sends the
-#: document to the SIP watchers (conf/kamailio/kamailio.cfg, RULES_CHANGED);
-#: a PUBLISH handled by another worker meanwhile could be notified first, and
-#: the unfiltered re-send would be what the phones keep.  Changes within this
-#: pause share one re-publication.
-REPUBLISH_DELAY = 0.2
-
 #: Store kind: presentity -> {"attributes": REST JSON, "etag", "etag_expires" (epoch)}.
 PUBLICATION = "publication"
 
 _LIVE = (WatcherStatus.PENDING, WatcherStatus.WAITING, WatcherStatus.ACTIVE)
 _UNDECIDED = (None, SubHandling.CONFIRM)
-#: Publication states in which a re-publication modifies a live publication
-#: (others are retrying with their body anyway, or are over).
-_REPUBLISHABLE = (PublicationState.PUBLISHED, PublicationState.SENDING)
 
 
 @dataclass(frozen=True)
@@ -107,42 +105,33 @@ WatcherDirectory = Callable[[str, str], tuple[str, tuple[AttributeType, ...]] | 
 
 @dataclass
 class _Presentity:
+    """What the driver holds per presentity: the machine holds the rest."""
+
     aor: SipURI
+    address: str
+    # One action sequence at a time: a store write finishes before the
+    # PUBLISH it guards goes out, and a re-publication comes wholly before
+    # or wholly after a Publish or a withdrawal.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    attributes: tuple[PresenceAttribute, ...] = ()
-    publication_id: int | None = None
-    # The server's entity tag for our publication and when it expires (epoch
-    # seconds), kept so that a restarted adapter modifies that publication
-    # instead of adding a second one beside it (RFC 3903 §4.4).
-    etag: str | None = None
-    etag_expires: float | None = None
+    publication: PublicationHandle | None = None
     # The store write of the latest confirmed entity tag.
     etag_saved: asyncio.Future[None] | None = None
-    winfo_id: int | None = None
-    winfo: WatcherInfoState = field(default_factory=WatcherInfoState)
+    winfo: SubscriptionHandle | None = None
+    winfo_state: WatcherInfoState = field(default_factory=WatcherInfoState)
     winfo_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    # A rules change asks for the publication to go out again (see
-    # PresentityService._republish); one task per presentity does it.
-    republish_due: bool = False
-    republishing: asyncio.Task[None] | None = None
-    # The stored JSON form of ``attributes`` and the tuple it was made from:
+    # The stored JSON form of the attributes and the tuple it was made from:
     # every publish is written twice (before the PUBLISH, then with the new
     # entity tag once it is confirmed), and the second write need not
     # rebuild it.  The tuple and its attributes are immutable, so identity
     # tells whether the form is current.
-    _json_of: tuple[PresenceAttribute, ...] | None = field(default=None, repr=False)
-    _json: list[Any] = field(default_factory=list, repr=False)
+    json_of: tuple[PresenceAttribute, ...] | None = field(default=None, repr=False)
+    json: list[Any] = field(default_factory=list, repr=False)
 
-    @cached_property
-    def address(self) -> str:
-        """The address as text: the store's key for this presentity."""
-        return str(self.aor)
-
-    def attributes_json(self) -> list[Any]:
-        if self._json_of is not self.attributes:
-            self._json = attributes_to_json(self.attributes)
-            self._json_of = self.attributes
-        return self._json
+    def attributes_json(self, attributes: tuple[PresenceAttribute, ...]) -> list[Any]:
+        if self.json_of is not attributes:
+            self.json = attributes_to_json(attributes)
+            self.json_of = attributes
+        return self.json
 
 
 class PresentityService:
@@ -166,14 +155,16 @@ class PresentityService:
         self._directory = directory or (lambda watcher, presentity: None)
         self._rules_changed = rules_changed or (lambda presentity: None)
         self._clock = clock
+        self._publisher = Publisher()
         self._presentities: dict[str, _Presentity] = {}
-        self._by_publication: dict[int, _Presentity] = {}
-        self._by_winfo: dict[int, _Presentity] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        sip.add_listener(self._on_sip_event)
+        self._timer: asyncio.TimerHandle | None = None
 
     async def close(self) -> None:
         """Stop the re-publications still waiting (the publications stay)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -181,7 +172,7 @@ class PresentityService:
     def _presentity(self, address: str) -> _Presentity:
         entry = self._presentities.get(address)
         if entry is None:
-            entry = self._presentities[address] = _Presentity(SipURI.parse(address))
+            entry = self._presentities[address] = _Presentity(SipURI.parse(address), address)
         return entry
 
     # -- Publish -----------------------------------------------------------
@@ -196,45 +187,11 @@ class PresentityService:
         bind(presentity=presentity)
         validate_publication(attributes)
         entry = self._presentity(presentity)
-        now = self._clock()
-        # Stamp what changes now, so that the attributes kept from earlier
-        # publishes keep their own lastChange (watchers diff on it).
-        stamped = tuple(
-            a if a.last_change is not None else PresenceAttribute(a.value, now, a.note)
-            for a in attributes
-        )
         async with entry.lock:
-            await self._publish_locked(entry, _merge(entry.attributes, stamped), now)
-
-    async def _publish_locked(
-        self, entry: _Presentity, attributes: tuple[PresenceAttribute, ...], now: datetime
-    ) -> None:
-        """Publish exactly ``attributes`` for ``entry`` (its lock held)."""
-        body = encode(attributes, entity=entry.address, now=now)
-        # Durable before anything is answered: after a crash the
-        # publication comes back from the store.
-        entry.attributes = attributes
-        await self._save(entry)
-        ua = self._sip.ua
-        publication_id = entry.publication_id
-        if publication_id is None or ua.publication(publication_id) is None:
-            # Keep the id before waiting: a failed first PUBLISH still
-            # leaves a publication that retries, and later publishes
-            # must modify it rather than start a second one.
-            publication_id = self._start_publication(entry, body)
-        else:
-            ua.modify(publication_id, body, self._sip.now())
-        await self._confirmed(publication_id)
-        # The confirmation's new entity tag is written by _on_sip_event;
-        # the 204 waits for it too.  A process killed right after the
-        # answer would otherwise come back with the previous tag (or
-        # none), and publish afresh beside the server's publication
-        # (RFC 3903 §4.4: only its entity tag modifies it).
-        if entry.etag_saved is not None:
-            # Shielded: a caller that gives up must not cancel the write.
-            await asyncio.shield(entry.etag_saved)
-
-    # -- withdrawal (an extension: DELETE /rest/presence) -------------------
+            outcome = await self._perform(
+                entry, self._publisher.publish(presentity, attributes, self._clock())
+            )
+            await self._answer(entry, outcome)
 
     async def withdraw(
         self, presentity: str, kinds: frozenset[AttributeType] = frozenset()
@@ -253,81 +210,37 @@ class PresentityService:
         """
         entry = self._presentity(presentity)
         async with entry.lock:
-            kept = tuple(a for a in entry.attributes if kinds and a.type not in kinds)
-            if kept:
-                if kept != entry.attributes:
-                    await self._publish_locked(entry, kept, self._clock())
-                return
-            entry.attributes = ()
-            publication_id = entry.publication_id
-            if publication_id is None or self._sip.ua.publication(publication_id) is None:
-                entry.publication_id = None
-                await self._store.delete(PUBLICATION, entry.address)
-                return
-            await self._save(entry)
-            self._sip.ua.unpublish(publication_id, self._sip.now())
-            # The record goes when the publication is over (_on_sip_event);
-            # the REST caller waits for that within its timeout only.
-            await bounded(self._sip.unpublish(publication_id), "PUBLISH", self._liveness,
-                          self._timeout)
+            outcome = await self._perform(
+                entry, self._publisher.withdraw(presentity, kinds, self._clock())
+            )
+            await self._answer(entry, outcome)
 
-    async def _confirmed(self, publication_id: int) -> None:
-        """Wait (within the REST timeout) until the server takes the publication.
-
-        A failure the publication retries by itself before the wait is over —
-        a 500 "database is locked" from a busy server, say — is not yet an
-        answer: the retry's outcome is.  Nor is the 200 to a PUBLISH sent
-        before this one (still outstanding when this one came, RFC 3903 §4.1):
-        when it comes, ours goes out, and its own answer is awaited.
-        """
-        deadline = self._sip.now() + self._timeout
-
-        async def outcome() -> None:
-            while True:
-                try:
-                    await self._sip.publication_outcome(publication_id)
-                except RequestFailed:
-                    publication = self._sip.ua.publication(publication_id)
-                    if publication is None or publication.state is not PublicationState.RETRY_WAIT:
-                        raise
-                    retry_at = publication.get_timer()
-                    if retry_at is None or retry_at >= deadline:
-                        raise
-                    continue
-                publication = self._sip.ua.publication(publication_id)
-                if publication is None or publication.state is not PublicationState.SENDING:
-                    return
-
-        # One bounded wait around the retries: its own refusal (the server is
-        # known to be down) is final.  Retried, it raised again without ever
-        # yielding, and the event loop never ran again.
-        await bounded(outcome(), "PUBLISH", self._liveness, self._timeout)
+    async def _answer(self, entry: _Presentity, outcome: Awaitable[object] | None) -> None:
+        """Wait (within the REST timeout) for the outcome a REST call's actions made."""
+        if outcome is None:
+            return
+        await bounded(outcome, "PUBLISH", self._liveness, self._timeout)
+        # The confirmation's new entity tag is written as it comes
+        # (_on_publication); the 204 waits for it too.  A process killed
+        # right after the answer would otherwise come back with the previous
+        # tag (or none), and publish afresh beside the server's publication
+        # (RFC 3903 §4.4: only its entity tag modifies it).
+        if entry.etag_saved is not None:
+            # Shielded: a caller that gives up must not cancel the write.
+            await asyncio.shield(entry.etag_saved)
 
     async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
-        """The server came back or restarted: refresh every publication now.
-
-        A modify with SIP-If-Match; a server that forgot the entity tag answers
-        412 and the publication is sent afresh (RFC 3903 §6).  Watcher info
-        subscriptions are dropped and re-opened on next need.
-        """
-        entries = [e for e in self._presentities.values() if e.publication_id is not None]
+        """The server came back or restarted: refresh every publication now."""
+        entries = [e for e in self._presentities.values() if e.publication is not None]
         for entry in self._presentities.values():
             self._forget_winfo(entry)
 
         async def start(entry: _Presentity) -> None:
             async with entry.lock:
-                if entry.publication_id is None or not entry.attributes:
-                    return  # none, or being withdrawn: not published again
-                body = encode(entry.attributes, entity=entry.address, now=self._clock())
-                if self._sip.ua.publication(entry.publication_id) is None:
-                    self._start_publication(entry, body)
-                else:
-                    self._sip.ua.modify(entry.publication_id, body, self._sip.now())
-                publication_id = entry.publication_id
-            try:
-                await self._sip.publication_outcome(publication_id)
-            except RequestFailed as exc:
-                logger.info("refreshing %s after the server %s: %s", entry.aor, why, exc)
+                outcome = await self._perform(
+                    entry, self._publisher.resync(entry.address, self._clock())
+                )
+            await self._logged(outcome, f"refreshing {entry.aor} after the server {why}")
 
         await recover("publications", entries, start, pace=pace)
 
@@ -336,72 +249,144 @@ class PresentityService:
     ) -> None:
         """Publish again what the store kept (at start, paced)."""
         stored = self._store.load(PUBLICATION)
-        entries = []
+        records = []
         for presentity, record in stored.items():
             try:
                 entry = self._presentity(presentity)
-                entry.attributes = attributes_from_json(record["attributes"])
-                entry.etag = record.get("etag")
-                entry.etag_expires = record.get("etag_expires")
+                attributes = attributes_from_json(record["attributes"])
+                records.append((entry, attributes, record.get("etag"), record.get("etag_expires")))
             except (PidfError, SipError, KeyError, TypeError) as exc:
                 logger.error("stored publication of %s unusable, dropped: %s", presentity, exc)
                 await self._store.delete(PUBLICATION, presentity)
-                continue
-            entries.append(entry)
 
-        async def start(entry: _Presentity) -> None:
+        async def start(item: tuple[_Presentity, tuple[PresenceAttribute, ...], Any, Any]) -> None:
+            entry, attributes, etag, etag_expires = item
             async with entry.lock:
-                if entry.publication_id is not None:
-                    return  # published again by a request meanwhile
-                body = encode(entry.attributes, entity=entry.address, now=self._clock())
-                if not entry.attributes:
-                    # A withdrawal the adapter stopped in the middle of: the
-                    # server's publication (if its tag is still alive) is
-                    # ended, nothing is published again.
-                    left = (entry.etag_expires or 0.0) - self._clock().timestamp()
-                    if entry.etag is None or left <= 0:
-                        await self._store.delete(PUBLICATION, entry.address)
-                        return
-                    publication_id = self._start_publication(entry, body)
-                    self._sip.ua.unpublish(publication_id, self._sip.now())
-                    await self._sip.unpublish(publication_id)
-                    return
-                publication_id = self._start_publication(entry, body)
-            try:
-                await self._sip.publication_outcome(publication_id)
-            except RequestFailed as exc:
-                logger.info("re-publishing %s: %s (keeps retrying)", entry.aor, exc)
+                outcome = await self._perform(entry, self._publisher.restore(
+                    entry.address, attributes, etag, etag_expires, self._clock()
+                ))
+            await self._logged(outcome, f"re-publishing {entry.aor} (keeps retrying)")
 
-        await recover("publications", entries, start, pace=pace, progress=progress)
+        await recover("publications", records, start, pace=pace, progress=progress)
 
-    def _start_publication(self, entry: _Presentity, body: bytes) -> int:
-        """A new SIP publication for ``entry``, resuming the server's one if known."""
-        now = self._sip.now()
+    async def _logged(self, outcome: Awaitable[object] | None, what: str) -> None:
+        if outcome is None:
+            return
+        try:
+            await outcome
+        except RequestFailed as exc:
+            logger.info("%s: %s", what, exc)
+
+    # -- the machine's actions -----------------------------------------------
+
+    async def _perform(
+        self, entry: _Presentity, actions: list[PublishAction]
+    ) -> asyncio.Future[Any] | None:
+        """Carry out ``actions`` in order; the outcome of the last SIP one, if any."""
+        outcome: asyncio.Future[Any] | None = None
+        for action in actions:
+            if isinstance(action, Save):
+                await self._save(entry, action)
+            elif isinstance(action, Forget):
+                await self._store.delete(PUBLICATION, action.address)
+            elif isinstance(action, Publish):
+                outcome = self._start_publication(entry, action)
+            elif isinstance(action, Modify):
+                assert entry.publication is not None
+                outcome = entry.publication.modify(action.body, retry_until=self._retry_until())
+            else:
+                assert entry.publication is not None
+                outcome = entry.publication.unpublish()
+        return outcome
+
+    def _retry_until(self) -> float:
+        # A failure the publication retries by itself before the REST call's
+        # wait is over (a 500 "database is locked" from a busy server, say)
+        # is not yet its answer: the retry's outcome is.
+        return self._sip.now() + self._timeout
+
+    def _start_publication(self, entry: _Presentity, action: Publish) -> asyncio.Future[Any]:
+        """A new SIP publication, resuming the server's one when its tag is alive."""
         resume_until = None
-        if entry.etag is not None and entry.etag_expires is not None:
-            left = entry.etag_expires - self._clock().timestamp()
-            if left > 0:
-                resume_until = now + left
-        publication_id = self._sip.ua.publish(
+        if action.etag_left is not None:
+            resume_until = self._sip.now() + action.etag_left
+        handle = entry.publication = self._sip.publish(
             entry.aor,
-            body,
-            now,
-            etag=entry.etag if resume_until is not None else None,
+            action.body,
+            etag=action.etag if resume_until is not None else None,
             etag_expires_at=resume_until,
+            retry_until=self._retry_until(),
+            on_event=partial(self._on_publication, entry),
         )
-        if entry.publication_id is not None:
-            self._by_publication.pop(entry.publication_id, None)
-        entry.publication_id = publication_id
-        self._by_publication[publication_id] = entry
-        return publication_id
+        return handle.outcome
 
-    def _save(self, entry: _Presentity) -> asyncio.Future[None]:
+    def _save(self, entry: _Presentity, action: Save) -> asyncio.Future[None]:
         record = {
-            "attributes": entry.attributes_json(),
-            "etag": entry.etag,
-            "etag_expires": entry.etag_expires,
+            "attributes": entry.attributes_json(action.attributes),
+            "etag": action.etag,
+            "etag_expires": action.etag_expires,
         }
         return self._store.put(PUBLICATION, entry.address, record)
+
+    def _on_publication(self, entry: _Presentity, event: PublicationEvent) -> None:
+        """An event of one of ``entry``'s publications (the current one counts)."""
+        handle = entry.publication
+        if handle is None or handle.id != event.publication_id:
+            return
+        address = entry.address
+        if isinstance(event, PublicationConfirmed):
+            for action in self._publisher.confirmed(
+                address, event.etag, event.expires, self._clock()
+            ):
+                assert isinstance(action, Save)
+                entry.etag_saved = self._save(entry, action)
+        elif isinstance(event, PublicationFailed):
+            self._publisher.failed(address)
+        else:
+            # The end of a withdrawal (un-PUBLISH answered, or given up).
+            entry.publication = None
+            for action in self._publisher.removed(address):
+                assert isinstance(action, Forget)
+                self._store.delete(PUBLICATION, address)
+            self._arm()
+
+    # -- re-publication after a rules change ---------------------------------
+
+    async def _republish(self, address: str) -> None:
+        entry = self._presentity(address)
+        # Under the lock, so that a Publish or a withdrawal of the same
+        # presentity comes wholly before or wholly after: what goes out is
+        # the latest state, and an ended publication is not revived.
+        async with entry.lock:
+            outcome = await self._perform(
+                entry, self._publisher.republish(address, self._clock())
+            )
+            if outcome is not None:
+                try:
+                    await bounded(outcome, "PUBLISH", self._liveness, self._timeout)
+                except RequestFailed as exc:
+                    # The publication retries by itself, with its body.
+                    logger.info("re-publishing %s after a rules change: %s", entry.aor, exc)
+
+    def _arm(self) -> None:
+        """Re-arm the one timer at the machine's next deadline (rules changes are rare)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = self._publisher.get_timer()
+        self._timer = None if deadline is None else asyncio.get_running_loop().call_later(
+            max(0.0, deadline - self._clock().timestamp()), self._on_timer
+        )
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for due in self._publisher.handle_timer(self._clock()):
+            self._spawn(self._republish(due.address))
+        self._arm()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- watchers ----------------------------------------------------------
 
@@ -447,8 +432,7 @@ class PresentityService:
         subscribed yet: the rule applies from its first NOTIFY.
         """
         await self._xcap.update(presentity, lambda rules: rules.decide(watcher, decisions))
-        self._rules_changed(presentity)
-        self._republish(presentity)
+        self._rules_done(presentity)
 
     async def block(self, presentity: str, watcher: str) -> None:
         """Block ``watcher``: the server terminates its subscription (rejected),
@@ -456,72 +440,23 @@ class PresentityService:
         await self._xcap.update(
             presentity, lambda rules: rules.set_handling(watcher, SubHandling.BLOCK)
         )
+        self._rules_done(presentity)
+
+    def _rules_done(self, presentity: str) -> None:
         self._rules_changed(presentity)
-        self._republish(presentity)
-
-    # -- re-publication after a rules change ---------------------------------
-
-    def _republish(self, presentity: str) -> None:
-        """Publish ``presentity``'s current state again, soon, in the background.
-
-        After a pres-rules change Kamailio 5.6 re-sends the presence document
-        to every SIP watcher unfiltered (docs/kamailio.md, "Privacy"); only
-        the NOTIFYs a PUBLISH causes pass through the rules.  So the
-        publication is modified with the body it already carries (RFC 3903
-        §4.4), and every SIP watcher gets a filtered document right after the
-        unfiltered one.  A modification rather than a body-less refresh: a
-        refresh only extends the publication's lifetime (§4.2), and a state
-        agent need not notify anyone for it.
-        """
-        entry = self._presentities.get(presentity)
-        if entry is None or entry.publication_id is None:
-            return  # nothing published through this adapter
-        entry.republish_due = True
-        if entry.republishing is None:
-            task = asyncio.get_running_loop().create_task(self._republishing(entry))
-            entry.republishing = task
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _republishing(self, entry: _Presentity) -> None:
-        try:
-            # A rules change that comes while a re-publication is under way
-            # asks for one more: its unfiltered NOTIFY may follow ours.
-            while entry.republish_due:
-                await asyncio.sleep(REPUBLISH_DELAY)
-                # Under the lock, so that a Publish or a withdrawal of the
-                # same presentity comes wholly before or wholly after: what
-                # goes out is the latest state, and an ended publication is
-                # not revived.
-                async with entry.lock:
-                    entry.republish_due = False
-                    publication_id = entry.publication_id
-                    publication = (
-                        self._sip.ua.publication(publication_id)
-                        if publication_id is not None else None
-                    )
-                    if (publication is None or publication.body is None or not entry.attributes
-                            or publication.state not in _REPUBLISHABLE):
-                        continue
-                    assert publication_id is not None
-                    self._sip.ua.modify(publication_id, publication.body, self._sip.now())
-                    try:
-                        await self._confirmed(publication_id)
-                    except RequestFailed as exc:
-                        # The publication retries by itself, with its body.
-                        logger.info("re-publishing %s after a rules change: %s", entry.aor, exc)
-        finally:
-            entry.republishing = None
+        self._publisher.rules_changed(presentity, self._clock())
+        self._arm()
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""
         entry = self._presentity(presentity)
         await self._ensure_winfo(entry)
         found: dict[str, WatcherStatus] = {}
-        for resource, package in entry.winfo.resources():
+        winfo = entry.winfo_state
+        for resource, package in winfo.resources():
             if package != "presence" or _aor(resource) != entry.aor.aor:
                 continue
-            for watcher in entry.winfo.watchers(resource, package):
+            for watcher in winfo.watchers(resource, package):
                 if watcher.status not in _LIVE:
                     continue
                 if found.get(watcher.uri) is not WatcherStatus.ACTIVE:
@@ -530,73 +465,51 @@ class PresentityService:
 
     async def _ensure_winfo(self, entry: _Presentity) -> None:
         async with entry.lock:
-            if entry.winfo_id is None:
-                entry.winfo = WatcherInfoState()
+            if entry.winfo is None:
+                entry.winfo_state = WatcherInfoState()
                 entry.winfo_ready.clear()
-                # Filed before the answer: the first NOTIFY may come first.
-                winfo_id = self._sip.ua.subscribe(
-                    entry.aor, entry.aor, self._sip.now(),
-                    event="presence.winfo", accept=(WATCHERINFO,),
+                winfo = entry.winfo = self._sip.subscribe(
+                    entry.aor, entry.aor, event="presence.winfo", accept=(WATCHERINFO,),
+                    on_event=partial(self._on_winfo, entry),
                 )
-                entry.winfo_id = winfo_id
-                self._by_winfo[winfo_id] = entry
                 try:
-                    outcome = self._sip.subscription_outcome(winfo_id)
-                    await bounded(outcome, "SUBSCRIBE", self._liveness, self._timeout)
+                    await bounded(winfo.accepted, "SUBSCRIBE", self._liveness, self._timeout)
                 except RequestFailed:
-                    self._by_winfo.pop(winfo_id, None)
-                    entry.winfo_id = None
+                    if entry.winfo is winfo:
+                        entry.winfo = None
+                    winfo.end()  # it may still be answered
                     raise
         try:
             await asyncio.wait_for(entry.winfo_ready.wait(), WINFO_READY_TIMEOUT)
         except TimeoutError:
             logger.warning("no watcherinfo for %s within %.0f s", entry.aor, WINFO_READY_TIMEOUT)
 
-    # -- SIP events --------------------------------------------------------
-
-    def _on_sip_event(self, event: UserAgentEvent) -> None:
-        if isinstance(event, PublicationConfirmed):
-            entry = self._by_publication.get(event.publication_id)
-            if entry is not None:
-                entry.etag = event.etag
-                entry.etag_expires = self._clock().timestamp() + event.expires
-                entry.etag_saved = self._save(entry)
-            return
-        if isinstance(event, PublicationRemoved):
-            # The end of a withdrawal (un-PUBLISH answered, or given up).
-            entry = self._by_publication.pop(event.publication_id, None)
-            if entry is not None and entry.publication_id == event.publication_id:
-                entry.publication_id = None
-                entry.etag = entry.etag_expires = None
-                if not entry.attributes:
-                    self._store.delete(PUBLICATION, entry.address)
-            return
+    def _on_winfo(self, entry: _Presentity, event: SubscriptionEvent) -> None:
+        if entry.winfo is None or entry.winfo.id != event.subscription_id:
+            return  # one let go already
         if isinstance(event, NotifyReceived):
-            entry = self._by_winfo.get(event.subscription_id)
-            if entry is None or not event.body:
+            if not event.body:
                 return
             try:
                 document = WatcherInfo.parse(event.body)
             except PidfError as exc:
                 logger.warning("unreadable watcherinfo for %s: %s", entry.aor, exc)
                 return
-            outcome = entry.winfo.apply(document)
-            if entry.winfo.synchronised:
+            outcome = entry.winfo_state.apply(document)
+            if entry.winfo_state.synchronised:
                 entry.winfo_ready.set()
             if outcome is Outcome.GAP:
                 logger.info("watcherinfo gap for %s; subscribing afresh", entry.aor)
                 self._forget_winfo(entry)
         elif isinstance(event, SubscriptionTerminated):
-            entry = self._by_winfo.get(event.subscription_id)
-            if entry is not None:
-                logger.info("winfo subscription of %s ended (%s)", entry.aor, event.reason)
-                self._forget_winfo(entry)
+            logger.info("winfo subscription of %s ended (%s)", entry.aor, event.reason)
+            entry.winfo = None
+            entry.winfo_ready.clear()
 
     def _forget_winfo(self, entry: _Presentity) -> None:
-        if entry.winfo_id is not None:
-            self._by_winfo.pop(entry.winfo_id, None)
-            self._sip.end_subscription(entry.winfo_id)
-        entry.winfo_id = None
+        if entry.winfo is not None:
+            entry.winfo.end()
+        entry.winfo = None
         entry.winfo_ready.clear()
 
 
@@ -605,17 +518,3 @@ def _aor(text: str) -> str:
         return SipURI.parse(text).aor
     except SipError:
         return text
-
-
-def _merge(
-    current: tuple[PresenceAttribute, ...], update: tuple[PresenceAttribute, ...]
-) -> tuple[PresenceAttribute, ...]:
-    """``update`` replaces attributes of the same type (Other: of the same name)."""
-
-    def key(attribute: PresenceAttribute) -> object:
-        if isinstance(attribute.value, Other):
-            return (attribute.type, attribute.value.name)
-        return attribute.type
-
-    replaced = {key(a) for a in update}
-    return tuple(a for a in current if key(a) not in replaced) + tuple(update)

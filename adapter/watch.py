@@ -27,14 +27,15 @@ subscription is (table ``_DIALOG``)::
     NONE         STARTING  ·         ·        BACKING_OFF  ·        ·      ·        NONE
     STARTING     ·         LIVE      NONE     ·            ·        NONE   ·        NONE
     LIVE         ·         LIVE      ·        BACKING_OFF  NONE     ·      ·        NONE
-    BACKING_OFF  STARTING  ·         ·        ·            ·        NONE   NONE     NONE
+    BACKING_OFF  STARTING  ·         ·        ·            ·        ·      NONE     NONE
 
 (``·``: no such step.)  A subscription that ends while STARTING is left to
 whoever awaits the outcome of its SUBSCRIBE; one that is LIVE ends in a
 block (``rejected`` → ``subscriptionEnded`` "Blocked") or is subscribed again
-after :data:`RESUBSCRIBE_DELAYS`, unless the server is down (``back`` to NONE:
-the liveness probe re-subscribes it when the server returns); when every
-attempt fails the application hears ``subscriptionEnded`` "Timeout".
+after :data:`RESUBSCRIBE_DELAYS`; a re-subscription the driver does not send
+because the server is down goes ``back`` to NONE (the liveness probe
+re-subscribes it when the server returns).  When every attempt fails the
+application hears ``subscriptionEnded`` "Timeout".
 
 What the watcher may see is what the presentity granted it.  Kamailio 5.6
 sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
@@ -196,7 +197,6 @@ _DIALOG: dict[tuple[Dialog, _Step], Dialog] = {
     (Dialog.LIVE, _Step.LOST): Dialog.BACKING_OFF,
     (Dialog.LIVE, _Step.BLOCKED): Dialog.NONE,
     (Dialog.BACKING_OFF, _Step.SENT): Dialog.STARTING,
-    (Dialog.BACKING_OFF, _Step.BACK): Dialog.NONE,
     (Dialog.BACKING_OFF, _Step.GAVE_UP): Dialog.NONE,
     **{(dialog, _Step.DROPPED): Dialog.NONE for dialog in Dialog},
 }
@@ -328,6 +328,7 @@ class Watch:
     #: Waits before the re-subscribe attempts still to come.
     backoff: tuple[float, ...] = ()
     why: str = ""
+    granted_from: tuple[dict[AttributeType, bool] | None, frozenset[AttributeType]] | None = None
     #: The server answered as a resource list server: a group watch.
     is_list: bool = False
     #: A group watch's list as the current dialog's RLMI documents told it.
@@ -350,8 +351,15 @@ class Watch:
     def granted(self) -> frozenset[AttributeType]:
         if self.withheld:
             return frozenset()
+        # Asked for by every NOTIFY offered: kept while the decisions are the
+        # same object (a read replaces them, never changes them in place).
+        cached = self.granted_from
+        if cached is not None and cached[0] is self.decisions:
+            return cached[1]
         decisions = self.decisions or {}
-        return frozenset(kind for kind, granted in decisions.items() if granted)
+        granted = frozenset(kind for kind, granted in decisions.items() if granted)
+        self.granted_from = (self.decisions, granted)
+        return granted
 
     @property
     def needed(self) -> bool:
@@ -491,6 +499,7 @@ class WatchMachine:
         return self.watches.get((watcher, presentity))
 
     def add(self, watch: Watch) -> Watch:
+        """File a new (or restored) watch; its decisions need a read from now on."""
         if watch.stale_after is not None:
             watch.stale_after = self.rules.mark()
         self.watches[watch.key] = watch
@@ -1005,11 +1014,14 @@ class WatchMachine:
             listed = {resource.uri for resource in document.resources}
             for uri in [u for u in group.listed if u not in listed]:
                 self._member_left(group, uri)
+        edited = False
         for change in update.changes:
             if change.uri not in group.rlmi.members:
                 continue  # removed: handled by the full state above
             member = group.listed.get(change.uri)
             if member is None:
+                # New in a partial state: the list was edited on the server.
+                edited = edited or not document.full_state
                 member = group.member_of(change.uri)
                 member.stale_after = self.rules.mark()
                 self._index(member)
@@ -1018,10 +1030,12 @@ class WatchMachine:
                 member.held.append(news)
             else:
                 self._take_member(member, news, now)
-        if update.gap:
-            # A NOTIFY was lost; Kamailio answers a refresh with partial
-            # state only, so a new dialog (its full state) heals it.
-            logger.info("list %s: version gap, subscribing again", group.presentity)
+        if update.gap or edited:
+            # A NOTIFY was lost, or the list was edited: Kamailio answers a
+            # refresh with partial state only and tells no removed member, so
+            # a new dialog's full state is what shows the whole list.
+            logger.info("list %s: %s, subscribing again", group.presentity,
+                        "version gap" if update.gap else "members added")
             self._leave_dialog(group)
             self._send_subscribe(group, keep_state=True, retry=True)
         elif not settled:
@@ -1038,6 +1052,10 @@ class WatchMachine:
             name = "pending"
         elif item.state is InstanceState.ACTIVE:
             name = "active"
+        elif item.state is None and watch.state is not WatchState.PENDING:
+            # Listed with no instance: no news of it (RFC 4662 §5.2) — what a
+            # new dialog's full state says of every member (Kamailio).
+            return
         else:
             name = "pending"  # pending, or listed with no instance yet
         self._take_state(watch, name, lambda member: _take_document(member, item),

@@ -16,7 +16,7 @@ is *not* timed.  Timed, per refresh, in three variants run side by side:
   expiries of the NOTIFY server transactions, which fall due in the same
   replay;
 * ``endpoint`` — the same through the asyncio driver ``sip.aio.SipEndpoint``
-  (``refresh_subscription``, ``_datagram``: flush, event dispatch, timer
+  (``SubscriptionHandle.refresh``, ``_datagram``: flush, event dispatch, timer
   re-arm) with a fake UDP transport; the refresh is asked for directly, not
   by the event loop's timer;
 * ``raw``      — the floor of bench/scale.py's raw holder (``RawHolder.send``
@@ -205,9 +205,9 @@ async def run_endpoint(subscriptions: int, rounds: int) -> tuple[float, int]:
     endpoint._udp = fake  # type: ignore[assignment]
     notifier = Notifier()
     try:
-        ids = []
+        handles = []
         for i in range(subscriptions):
-            ids.append(endpoint.start_subscription(subscriber(i), presentity(i)))
+            handles.append(endpoint.subscribe(subscriber(i), presentity(i)))
             sent, fake.sent = fake.sent, []
             for data in sent:
                 ok, notify = notifier.answer(data)
@@ -219,9 +219,9 @@ async def run_endpoint(subscriptions: int, rounds: int) -> tuple[float, int]:
         cpu = 0.0
         refreshes = 0
         for _ in range(rounds):
-            for sid in ids:
+            for handle in handles:
                 t = clock()
-                endpoint.refresh_subscription(sid)
+                handle.refresh()
                 cpu += clock() - t
                 sent = [d for d in fake.sent if d.startswith(b"SUBSCRIBE ")]
                 fake.sent.clear()

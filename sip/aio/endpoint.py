@@ -35,7 +35,6 @@ of them cannot flood the log too.
 from __future__ import annotations
 
 import asyncio
-import enum
 import errno
 import logging
 import math
@@ -170,13 +169,6 @@ class EndpointStats:
     refused: int = 0
 
 
-class _Kind(enum.Enum):
-    """Whose id an event carries (the user agent numbers them all from one counter)."""
-
-    PUBLICATION = enum.auto()
-    SUBSCRIPTION = enum.auto()
-
-
 class _Tally:
     """Counts one kind of unwanted message; logs the first, then a sum per interval."""
 
@@ -239,10 +231,9 @@ class SipEndpoint:
         self._publications: dict[int, PublicationHandle] = {}
         self._subscriptions: dict[int, SubscriptionHandle] = {}
         self._probes: dict[int, asyncio.Future[UserAgentEvent]] = {}
-        # Waiters by id for what was started on .ua directly, without a handle.
-        self._waiters: dict[tuple[_Kind, int], list[asyncio.Future[UserAgentEvent]]] = (
-            defaultdict(list)
-        )
+        # The answer to the initial SUBSCRIBE of subscriptions started on .ua
+        # directly, without a handle, by id.
+        self._waiters: dict[int, list[asyncio.Future[SubscriptionEvent]]] = defaultdict(list)
         self._listeners: list[Listener] = []
         #: When (the loop's clock) the last message from the presence server came.
         self.heard_at = float("-inf")
@@ -391,7 +382,8 @@ class SipEndpoint:
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every event of the user agent, in order.
 
-        For what is started on :attr:`ua` directly; handles get their own events.
+        For what is started on :attr:`ua` directly (adapter/watcher.py, for
+        now), and as a tap for tests; handles get their own events.
         """
         self._listeners.append(listener)
 
@@ -478,57 +470,27 @@ class SipEndpoint:
         self._flush()
         return handle
 
-    # -- for what was started on .ua, by id (adapter/watcher.py, for now) ---
+    # -- for subscriptions started on .ua, by id (adapter/watcher.py, for now) --
 
     async def subscription_outcome(self, subscription_id: int) -> None:
         """Wait for the answer to the initial SUBSCRIBE; RequestFailed if refused."""
-        outcome = await self._wait((_Kind.SUBSCRIPTION, subscription_id))
+        future: asyncio.Future[SubscriptionEvent] = self._new_future()
+        self._waiters[subscription_id].append(future)
+        self._flush()
+        try:
+            outcome = await future
+        finally:
+            futures = self._waiters.get(subscription_id)
+            if futures is not None and future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._waiters[subscription_id]
         if isinstance(outcome, SubscriptionTerminated):
             raise self._subscribe_failure(outcome)
-
-    async def publication_outcome(self, publication_id: int) -> PublicationConfirmed:
-        """The next outcome of a publication: confirmed, or RequestFailed."""
-        event = await self._wait((_Kind.PUBLICATION, publication_id))
-        if isinstance(event, PublicationConfirmed):
-            return event
-        if isinstance(event, PublicationFailed):
-            raise self._publish_failure(event)
-        raise self._publish_removed()
-
-    async def unpublish(self, publication_id: int) -> None:
-        if self.ua.publication(publication_id) is None:
-            return
-        self.ua.unpublish(publication_id, self.now())
-        while self.ua.publication(publication_id) is not None:
-            await self._wait((_Kind.PUBLICATION, publication_id))
-
-    def start_subscription(self, subscriber: SipURI, target: SipURI) -> int:
-        """Send the initial SUBSCRIBE and return the id at once (no waiting)."""
-        subscription_id = self.ua.subscribe(subscriber, target, self.now())
-        self._flush()
-        return subscription_id
-
-    def refresh_subscription(self, subscription_id: int) -> None:
-        """Send an in-dialog refresh now (a 481 to it ends the subscription)."""
-        self._refresh(subscription_id)
 
     def end_subscription(self, subscription_id: int) -> None:
         """Start ending a subscription (Expires: 0) without waiting for the end."""
         self._unsubscribe(subscription_id)
-
-    async def _wait(self, waiter: tuple[_Kind, int]) -> UserAgentEvent:
-        """The next event for ``waiter``; sends what the call just queued."""
-        future: asyncio.Future[UserAgentEvent] = self._new_future()
-        self._waiters[waiter].append(future)
-        self._flush()
-        try:
-            return await future
-        finally:
-            futures = self._waiters.get(waiter)
-            if futures is not None and future in futures:
-                futures.remove(future)
-                if not futures:
-                    del self._waiters[waiter]
 
     # -- what the handles call -----------------------------------------------
 
@@ -615,7 +577,6 @@ class SipEndpoint:
 
     def _dispatch(self, event: UserAgentEvent) -> None:
         """Route one event by its id to its handle (or its waiters by id)."""
-        waiter: tuple[_Kind, int] | None = None
         if isinstance(event, NotifyReceived | SubscriptionAccepted | SubscriptionTerminated):
             if _from_server(event):
                 self.heard_at = self.now()
@@ -625,16 +586,16 @@ class SipEndpoint:
                 if type(event) is SubscriptionTerminated:
                     del self._subscriptions[ident]
                 subscription._receive(event)
-            elif type(event) is not NotifyReceived:
-                waiter = (_Kind.SUBSCRIPTION, ident)
+            elif type(event) is not NotifyReceived and ident in self._waiters:
+                for future in self._waiters.pop(ident):
+                    if not future.done():
+                        future.set_result(event)
         elif isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
             if _from_server(event):
                 self.heard_at = self.now()
             ident = event.publication_id
             publication = self._publications.get(ident)
-            if publication is None:
-                waiter = (_Kind.PUBLICATION, ident)
-            else:
+            if publication is not None:
                 sending = False
                 if type(event) is PublicationRemoved:
                     del self._publications[ident]
@@ -654,10 +615,6 @@ class SipEndpoint:
             self._dropped.add(self.now(), f"from {_where(event.source)}: {event.reason}")
         elif isinstance(event, RequestRefused):
             self._refused.add(self.now(), f"{event.method} from {_where(event.source)}")
-        if waiter is not None:
-            for future in self._waiters.pop(waiter, ()):
-                if not future.done():
-                    future.set_result(event)
         for listener in self._listeners:
             deliver(listener, event)
 

@@ -112,11 +112,19 @@ class Group:
         self.machine.subscription_sent(self.watch, 7)
         self.machine.subscription_accepted(self.watch, 7, eventlist=True)
         self.version = 0
+        self.sid = 7
+
+    def redialog(self, sid: int) -> None:
+        """The machine's new SUBSCRIBE for the list went out and was accepted."""
+        self.sid, self.version = sid, 0
+        self.machine.subscription_sent(self.watch, sid)
+        self.machine.subscription_accepted(self.watch, sid, eventlist=True)
 
     def notify(self, full: bool = False, **members: Any) -> list[WatchAction]:
         self.version += 1
         uris = {f"sip:{name}@example.com": what for name, what in members.items()}
-        return self.machine.notify(self.watch, rlmi_notify(7, self.version, full, uris), self.now)
+        event = rlmi_notify(self.sid, self.version, full, uris)
+        return self.machine.notify(self.watch, event, self.now)
 
     def read(self, actions: list[WatchAction], rules: dict[str, PresRules]) -> list[WatchAction]:
         """Answer every rules read in ``actions``; the actions that follow."""
@@ -248,16 +256,28 @@ def test_a_member_added_is_picked_up_and_one_a_full_state_drops_has_left() -> No
            {M0: ALLOW_A, M1: ALLOW_A})
     assert set(schedule.members) == {M0, M1}
     g.now += 1
-    added = g.read(g.notify(m2=(activity(Activity.MEETING),)), {M2: ALLOW_A})
-    assert (f"/bayeux/{APP}/n1", changed(M2, "n1", activity(Activity.MEETING))) in delivered(added)
-    # A new dialog (after a restart, say) brings a full state without m0.
-    left = g.notify(full=True, m1=(activity(Activity.AWAY),), m2=(activity(Activity.MEETING),))
+    # The list edited on the server (m0 out, m2 in): Kamailio sends m2's
+    # state, nothing of m0.  A member new in a partial state means an edit:
+    # the list is subscribed again, for a full state.
+    added = g.notify(m2=(activity(Activity.MEETING),))
+    assert [type(a).__name__ for a in added if type(a).__name__ in
+            ("Unsubscribe", "Subscribe")] == ["Unsubscribe", "Subscribe"]
+    done = g.read(added, {M2: ALLOW_A})
+    assert (f"/bayeux/{APP}/n1", changed(M2, "n1", activity(Activity.MEETING))) in delivered(done)
+    g.redialog(8)
+    # The new dialog's full state lists the members bare (no news of them)
+    # and without m0: it left.
+    left = g.notify(full=True, m1=None, m2=None)
     assert sorted(delivered(left)) == sorted([
         (REF, {"subscriptionEnded": {"presentity": M0, "reason": "Removed"}}),
         (f"/bayeux/{APP}/n1", {"subscriptionEnded": {"presentity": M0, "reason": "Removed"}}),
     ])
     assert set(g.watch.listed) == {M1, M2} and set(schedule.members) == {M1, M2}
+    assert g.watch.listed[M1].state is WatchState.ACTIVE
     assert M0 not in g.machine.by_presentity
+    # Their states again: nothing new to tell.
+    again = g.notify(m1=(activity(Activity.AWAY),), m2=(activity(Activity.MEETING),))
+    assert delivered(again) == []
 
 
 def test_an_older_version_is_ignored_and_a_gap_subscribes_the_list_again() -> None:

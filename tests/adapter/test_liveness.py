@@ -25,46 +25,66 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(scenario())  # type: ignore[arg-type]
 
 
-class FakeUserAgent:
-    server = SERVER
+class FakeSubscription:
+    """The canary's handle: what liveness sends through it is recorded."""
+
+    def __init__(self, sip: FakeEndpoint, subscription_id: int,
+                 on_event: Callable[[Any], None]) -> None:
+        self.sip = sip
+        self.id = subscription_id
+        self.on_event = on_event
+
+    def refresh(self) -> None:
+        self.sip.refreshed.append(self.id)
+
+    def end(self) -> None:
+        self.sip.ended.append(self.id)
 
 
 class FakeEndpoint:
     """The part of SipEndpoint that liveness uses; the test plays the server."""
 
+    server = SERVER
+
     def __init__(self) -> None:
-        self.ua = FakeUserAgent()
-        self.listeners: list[Callable[[UserAgentEvent], None]] = []
         #: What the next probes do: "answer", "refuse" (503), "timeout", "hang".
-        self.server = "answer"
+        self.answers = "answer"
         self.probes = 0
         self.accept_subscriptions = True
         self.started: list[tuple[int, SipURI, SipURI]] = []
         self.refreshed: list[int] = []
         self.ended: list[int] = []
+        self.heard_at = float("-inf")
+        self._handles: dict[int, FakeSubscription] = {}
         self._next_id = 100
 
-    def add_listener(self, listener: Callable[[UserAgentEvent], None]) -> None:
-        self.listeners.append(listener)
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def emit(self, event: UserAgentEvent) -> None:
-        for listener in self.listeners:
-            listener(event)
+        """An event from the server, routed as the endpoint does: to its handle."""
+        if not isinstance(event, SubscriptionTerminated) or event.status is not None:
+            self.heard_at = self.now()
+        handle = self._handles.get(getattr(event, "subscription_id", -1))
+        if handle is not None:
+            handle.on_event(event)
 
     async def probe(self) -> OptionsAnswered:
         self.probes += 1
         await asyncio.sleep(0)  # a round trip: whatever was due arrives meanwhile
-        if self.server == "refuse":
+        if self.answers == "refuse":
             raise RequestFailed("OPTIONS", 503, "Service Unavailable")
-        if self.server == "timeout":
+        if self.answers == "timeout":
             raise RequestTimedOut("OPTIONS", None, "timeout")
-        if self.server == "hang":
+        if self.answers == "hang":
             await asyncio.Event().wait()
         return OptionsAnswered(self.probes, 200, 0.001)
 
-    def start_subscription(self, subscriber: SipURI, target: SipURI) -> int:
+    def subscribe(self, subscriber: SipURI, target: SipURI, *,
+                  on_event: Callable[[Any], None]) -> FakeSubscription:
         self._next_id += 1
         self.started.append((self._next_id, subscriber, target))
+        handle = self._handles[self._next_id] = FakeSubscription(self, self._next_id, on_event)
         # The server's answer comes later, as the real one does.
         answer: UserAgentEvent
         if self.accept_subscriptions:
@@ -72,13 +92,7 @@ class FakeEndpoint:
         else:
             answer = SubscriptionTerminated(self._next_id, "failed", 403)
         asyncio.get_running_loop().call_soon(self.emit, answer)
-        return self._next_id
-
-    def refresh_subscription(self, subscription_id: int) -> None:
-        self.refreshed.append(subscription_id)
-
-    def end_subscription(self, subscription_id: int) -> None:
-        self.ended.append(subscription_id)
+        return handle
 
     @property
     def canary(self) -> int:
@@ -126,12 +140,12 @@ def test_unreachable_then_back_is_one_resync_came_back(
         await w.liveness.check()
         await asyncio.sleep(0)  # the canary's 200 arrives before the outage
         first = w.sip.canary
-        w.sip.server = failure
+        w.sip.answers = failure
         for _ in range(3):
             await w.liveness.check()
             assert not w.liveness.reachable
         assert w.sip.refreshed == []  # nothing sent into the void
-        w.sip.server = "answer"
+        w.sip.answers = "answer"
         await w.liveness.check()
         assert w.liveness.reachable
         assert w.resyncs == [CAME_BACK] and w.others == [CAME_BACK]
@@ -153,12 +167,12 @@ def test_a_canary_that_timed_out_during_the_outage_adds_no_second_resync() -> No
     async def scenario() -> None:
         w = World()
         await w.liveness.check()
-        w.sip.server = "timeout"
+        w.sip.answers = "timeout"
         await w.liveness.check()
         # Its own refresh found no server either.
         w.sip.emit(SubscriptionTerminated(w.sip.canary, "timeout"))
         await w.liveness.check()
-        w.sip.server = "answer"
+        w.sip.answers = "answer"
         await w.liveness.check()
         await w.liveness.check()
         await w.liveness.check()
@@ -381,7 +395,7 @@ def test_a_silent_probe_while_the_server_sends_notifies_is_a_busy_adapter_not_an
         w = World(interval=0.02)
         await w.liveness.check()
         canary = w.sip.canary
-        w.sip.server = failure
+        w.sip.answers = failure
         original = w.sip.probe
 
         async def probe_under_a_burst() -> OptionsAnswered:
@@ -394,7 +408,7 @@ def test_a_silent_probe_while_the_server_sends_notifies_is_a_busy_adapter_not_an
             await w.liveness.check()
             assert w.liveness.reachable
         w.sip.probe = original  # type: ignore[method-assign]
-        w.sip.server = "answer"
+        w.sip.answers = "answer"
         await w.liveness.check()
         assert w.resyncs == [] and w.liveness.resyncs == 0
         assert w.sip.started[-1][0] == canary  # the same canary all along
@@ -413,7 +427,7 @@ def test_a_silent_probe_with_nothing_else_from_the_server_is_an_outage() -> None
         await asyncio.sleep(0)  # the canary's 200
         # Heard from the server before this probe started: no evidence now.
         w.sip.emit(NotifyReceived(7, SubscriptionState.parse("active;expires=600"), b"", None))
-        w.sip.server = "timeout"
+        w.sip.answers = "timeout"
         await w.liveness.check()
         assert not w.liveness.reachable
 
@@ -424,7 +438,7 @@ def test_a_refusal_is_an_answer_and_counts_as_down_even_while_notifies_arrive() 
     async def scenario() -> None:
         w = World(interval=0.02)
         await w.liveness.check()
-        w.sip.server = "refuse"
+        w.sip.answers = "refuse"
         original = w.sip.probe
 
         async def probe() -> OptionsAnswered:
@@ -462,7 +476,7 @@ def test_close_stops_the_probes_when_it_lands_just_as_a_probe_fails() -> None:
     # still end the task, or shutdown waits on it until the process is killed.
     async def scenario() -> None:
         sip = FakeEndpoint()
-        sip.server = "timeout"
+        sip.answers = "timeout"
         liveness = ServerLiveness(sip, 0.01)  # type: ignore[arg-type]
         closing: list[asyncio.Task[None]] = []
         probe = sip.probe

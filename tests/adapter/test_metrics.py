@@ -166,16 +166,16 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
     from adapter.bayeux.backlog import Backlog
     from adapter.bayeux.server import BayeuxServer
     from adapter.metrics import NOTIFY_BUCKETS, Sources
-    from sip.useragent import UserAgentCounters
+    from sip.aio import EndpointStats
 
-    counters = UserAgentCounters(retransmissions=4)
-    counters.ended("PUBLISH", "200")
-    counters.ended("SUBSCRIBE", "timeout")
-    ua = SimpleNamespace(
-        counters=counters,
+    stats = EndpointStats(
+        outcomes={("PUBLISH", "200"): 1, ("SUBSCRIBE", "timeout"): 1},
+        retransmissions=4,
         transactions_in_flight=2,
-        publication_count=5,
-        subscriptions_by_state=lambda: {("presence.winfo", "active"): 3},
+        publications=5,
+        subscriptions={("presence.winfo", "active"): 3},
+        dropped=1,
+        refused=8,
     )
     hub = SimpleNamespace(server=BayeuxServer(lambda user, password: None))
     watchers = SimpleNamespace(
@@ -185,7 +185,7 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
     )
     metrics = Metrics()
     metrics.sources = Sources(
-        endpoint=SimpleNamespace(ua=ua, dropped=1, refused=8),  # type: ignore[arg-type]
+        endpoint=SimpleNamespace(stats=lambda: stats),  # type: ignore[arg-type]
         hub=hub,  # type: ignore[arg-type]
         backlog=Backlog(10, 60.0),
         watchers=watchers,  # type: ignore[arg-type]

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
-import adapter.presentity
+import adapter.publisher
 from adapter.presentity import PUBLICATION, PresentityService
 from adapter.store import MemoryStore
 from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, decode
-from sip import PublicationConfirmed, PublicationRemoved
+from sip import PublicationConfirmed, PublicationFailed, PublicationRemoved
 from sip.aio import RequestFailed, RequestTimedOut
-from sip.publication import PublicationState
 
 ALICE = "sip:alice@example.com"
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -30,85 +29,81 @@ TIMEOUT = 3.0  # [sip] request_timeout
 
 
 class FakePublication:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.state: PublicationState | None = PublicationState.PUBLISHED
-        self.timer: float | None = None  # when a publication in RETRY_WAIT retries
+    """A publication handle: each PUBLISH is answered on the next loop turn —
+    confirmed, or failed while the endpoint has ``failures`` to give."""
 
-    def get_timer(self) -> float | None:
-        return self.timer
-
-
-class FakeUserAgent:
-    """What the service asks of the user agent; every request is recorded."""
-
-    def __init__(self, endpoint: FakeEndpoint) -> None:
+    def __init__(self, endpoint: FakeEndpoint, publication_id: int, body: bytes,
+                 retry_until: float | None, on_event: Callable[[Any], None]) -> None:
         self.endpoint = endpoint
-        self.sent: list[tuple[str, int, Any]] = []  # (what, publication id, body or etag)
-        self.live: dict[int, FakePublication] = {}
-        self.asked = 0  # publication() calls: a service looping without waiting makes many
-        self._next = 0
+        self.id = publication_id
+        self.body = body
+        self.on_event = on_event
+        self.retry_until = retry_until
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.outcome = self._answer(retry_until)
 
-    def publish(self, aor: Any, body: bytes, now: float, *, etag: str | None = None,
-                etag_expires_at: float | None = None) -> int:
-        self._next += 1
-        self.live[self._next] = FakePublication(body)
-        self.sent.append(("publish", self._next, (body, etag)))
-        return self._next
+    def modify(self, body: bytes, *, retry_until: float | None = None) -> asyncio.Future[Any]:
+        self.body = body
+        self.retry_until = retry_until
+        self.endpoint.sent.append(("modify", self.id, body))
+        self.outcome = self._answer(retry_until)
+        return self.outcome
 
-    def modify(self, publication_id: int, body: bytes, now: float) -> None:
-        self.live[publication_id].body = body
-        self.sent.append(("modify", publication_id, body))
-
-    def unpublish(self, publication_id: int, now: float) -> None:
-        self.sent.append(("unpublish", publication_id, None))
+    def unpublish(self) -> asyncio.Future[None]:
+        self.endpoint.sent.append(("unpublish", self.id, None))
         # What the store held when the Expires: 0 went out.
         self.endpoint.stored_at_unpublish = self.endpoint.store.load(PUBLICATION).get(ALICE)
 
-    def publication(self, publication_id: int) -> FakePublication | None:
-        self.asked += 1
-        if self.asked > 1000:
-            raise RuntimeError("asked about the publication 1000 times without waiting")
-        return self.live.get(publication_id)
+        def removed() -> None:
+            self.on_event(PublicationRemoved(self.id))
+            self.ended.set_result(None)
+
+        asyncio.get_running_loop().call_soon(removed)
+        return self.ended
+
+    def _answer(self, retry_until: float | None) -> asyncio.Future[Any]:
+        """As SipEndpoint's handle settles an outcome (tests/sip/aio/test_handles.py)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def answer() -> None:
+            while self.endpoint.failures:
+                error, retry_at = self.endpoint.failures.pop(0)
+                self.on_event(PublicationFailed(self.id, error.status, error.reason, retry_at))
+                if retry_until is None or retry_at is None or retry_at >= retry_until:
+                    if not future.done():
+                        future.set_exception(error)
+                    return
+            event = PublicationConfirmed(self.id, f"etag-{self.id}", 3600)
+            self.on_event(event)
+            if not future.done():
+                future.set_result(event)
+
+        asyncio.get_running_loop().call_soon(answer)
+        return future
 
 
 class FakeEndpoint:
-    """Every PUBLISH is confirmed and every removal answered, on the next loop turn
-    (a PUBLISH fails instead while ``failures`` holds one to give; ``states``
-    are those the publication is in after each answer)."""
+    """What the service asks of SipEndpoint for publications; every request is recorded."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.ua = FakeUserAgent(self)
-        self.listeners: list[Callable[[Any], None]] = []
+        self.sent: list[tuple[str, int, Any]] = []  # (what, publication id, body or etag)
         self.stored_at_unpublish: Any = "never"
-        self.failures: list[RequestFailed] = []
-        self.states: list[PublicationState] = []
+        #: Failures the next PUBLISHes get, each with when the publication retries.
+        self.failures: list[tuple[RequestFailed, float | None]] = []
+        self.publications: list[FakePublication] = []
 
     def now(self) -> float:
         return NOW
 
-    def add_listener(self, listener: Callable[[Any], None]) -> None:
-        self.listeners.append(listener)
-
-    def emit(self, event: Any) -> None:
-        for listener in self.listeners:
-            listener(event)
-
-    async def publication_outcome(self, publication_id: int) -> PublicationConfirmed:
-        await asyncio.sleep(0)
-        if self.failures:
-            raise self.failures.pop(0)
-        if self.states:  # what the publication does next (sends again, say)
-            self.ua.live[publication_id].state = self.states.pop(0)
-        event = PublicationConfirmed(publication_id, f"etag-{publication_id}", 3600)
-        self.emit(event)
-        return event
-
-    async def unpublish(self, publication_id: int) -> None:
-        await asyncio.sleep(0)
-        if self.ua.live.pop(publication_id, None) is not None:
-            self.emit(PublicationRemoved(publication_id))
+    def publish(self, aor: Any, body: bytes, *, etag: str | None = None,
+                etag_expires_at: float | None = None, retry_until: float | None = None,
+                on_event: Callable[[Any], None]) -> FakePublication:
+        publication_id = len(self.publications) + 1
+        self.sent.append(("publish", publication_id, (body, etag)))
+        handle = FakePublication(self, publication_id, body, retry_until, on_event)
+        self.publications.append(handle)
+        return handle
 
 
 class FakeXcap:
@@ -147,7 +142,7 @@ class World:
         return self.store.load(PUBLICATION).get(ALICE)
 
     def sent(self) -> list[tuple[str, Any]]:
-        return [(what, extra) for what, _, extra in self.sip.ua.sent]
+        return [(what, extra) for what, _, extra in self.sip.sent]
 
 
 def run(scenario: Callable[[World], Awaitable[None]]) -> None:
@@ -242,14 +237,19 @@ BOB = "sip:bob@example.com"
 
 @pytest.fixture
 def no_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(adapter.presentity, "REPUBLISH_DELAY", 0.0)
+    monkeypatch.setattr(adapter.publisher, "REPUBLISH_DELAY", 0.0)
 
 
 async def quiet() -> None:
-    """Until every task but this one has finished."""
+    """Until every task but this one has finished, and a timer due now has fired."""
     current = asyncio.current_task()
-    while others := [t for t in asyncio.all_tasks() if t is not current]:
-        await asyncio.gather(*others)
+    turns = 0
+    while turns < 3:  # the timer's callback, then the task it starts
+        await asyncio.sleep(0)
+        turns += 1
+        while others := [t for t in asyncio.all_tasks() if t is not current]:
+            await asyncio.gather(*others)
+            turns = 0
 
 
 def test_rules_changes_in_a_row_publish_the_same_body_again_once(no_delay: None) -> None:
@@ -314,23 +314,21 @@ def test_closing_stops_a_waiting_re_publication() -> None:
         await quiet()
         assert [what for what, _ in w.sent()] == ["publish"]
 
+    run(scenario)
+
 
 # -- Publish while the publication retries -----------------------------------------
-
-
-def retrying(w: World, publication_id: int, at: float) -> None:
-    """The publication's last PUBLISH failed (a 500, or no answer); it retries ``at``."""
-    publication = w.sip.ua.live[publication_id]
-    publication.state, publication.timer = PublicationState.RETRY_WAIT, at
+# (That a 2xx to an earlier PUBLISH is not a later one's answer is the handle's
+# business: tests/sip/aio/test_handles.py.)
 
 
 def test_a_publish_waits_for_a_retry_due_within_the_request_timeout() -> None:
     async def scenario(w: World) -> None:
         await w.service.publish(ALICE, (busy(),))
-        retrying(w, 1, NOW + 1.0)
-        w.sip.failures.append(RequestFailed("PUBLISH", 500, "database is locked"))
+        w.sip.failures.append((RequestFailed("PUBLISH", 500, "database is locked"), NOW + 1.0))
         await w.service.publish(ALICE, (office(),))  # the retry's outcome: confirmed
         assert w.stored()["attributes"] and not w.sip.failures
+        assert w.sip.publications[0].retry_until == NOW + TIMEOUT
 
     run(scenario)
 
@@ -338,8 +336,8 @@ def test_a_publish_waits_for_a_retry_due_within_the_request_timeout() -> None:
 def test_a_publish_answers_the_failure_when_the_retry_is_due_after_the_timeout() -> None:
     async def scenario(w: World) -> None:
         await w.service.publish(ALICE, (busy(),))
-        retrying(w, 1, NOW + TIMEOUT)
-        w.sip.failures.append(RequestFailed("PUBLISH", 500, "database is locked"))
+        w.sip.failures.append((RequestFailed("PUBLISH", 500, "database is locked"),
+                               NOW + TIMEOUT))
         with pytest.raises(RequestFailed, match="500"):
             await w.service.publish(ALICE, (office(),))
 
@@ -354,7 +352,7 @@ def test_a_publish_while_the_server_is_down_and_the_publication_retries_fails_at
     # yielding — that froze the whole adapter.
     async def scenario(w: World) -> None:
         await w.service.publish(ALICE, (busy(),))
-        retrying(w, 1, NOW + 1.0)
+        w.sip.failures.append((RequestFailed("PUBLISH", 500, "database is locked"), NOW + 1.0))
         w.liveness.reachable = False
         with pytest.raises(RequestTimedOut, match="presence server unreachable"):
             await w.service.publish(ALICE, (office(),))
@@ -365,13 +363,15 @@ def test_a_publish_while_the_server_is_down_and_the_publication_retries_fails_at
     run(scenario)
 
 
-def test_a_publish_waits_for_its_own_publish_not_the_one_outstanding_before_it() -> None:
-    # The server came back and answered the PUBLISH sent during the outage;
-    # that 200 confirms the state of before, and ours goes out only then.
+def test_a_rules_change_while_the_publication_fails_sends_nothing_more(no_delay: None) -> None:
+    # It retries with its body by itself: a modify now would only queue behind it.
     async def scenario(w: World) -> None:
         await w.service.publish(ALICE, (busy(),))
-        w.sip.states += [PublicationState.SENDING, PublicationState.PUBLISHED]
-        await w.service.publish(ALICE, (office(),))
-        assert w.sip.states == []  # both answers awaited
+        w.sip.failures.append((RequestFailed("PUBLISH", 500, "database is locked"), None))
+        with pytest.raises(RequestFailed, match="500"):
+            await w.service.publish(ALICE, (office(),))
+        await w.service.authorize(ALICE, BOB, {AttributeType.PLACE: True})
+        await quiet()
+        assert [what for what, _ in w.sent()] == ["publish", "modify"]
 
     run(scenario)
