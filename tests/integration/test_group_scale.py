@@ -50,7 +50,7 @@ def note(version: int) -> str:
 
 
 async def start_notifications(
-    adapter: AdapterProcess, accounts: list[AppAccount], group: str
+    adapter: AdapterProcess, accounts: list[AppAccount], group: str, check_immediate: bool = True
 ) -> list[dict[str, object]]:
     """Start Presence Notification on the group for every application at once."""
 
@@ -61,7 +61,7 @@ async def start_notifications(
                 json={
                     "presentity": group,
                     "attributes": ["Activity"],
-                    "checkImmediate": True,
+                    "checkImmediate": check_immediate,
                     "frequency": {"metric": "Second", "units": 0},
                     "count": 0,
                     "reference": {
@@ -219,3 +219,34 @@ def test_start_waits_for_the_whole_split_state(
         adapter = adapter_factory([account])
         (answer,) = asyncio.run(start_notifications(adapter, [account], group))
     assert answer.get("result") == [], f"{len(answer.get('result') or [])} members left out"
+
+
+def test_without_check_immediate_the_members_first_states_are_the_baseline(
+    presence_server: PresenceServer,
+    adapter_factory: AdapterFactory,
+    bayeux_listener: Callable[..., BayeuxListener],
+) -> None:
+    """checkImmediate false (docs/rest.md): the current state is the baseline and
+    only later changes are notified, for each member of a group as for a single
+    presentity; the members' states arriving from the server after the 201 are
+    that baseline, not news."""
+    token = new_token()[:8]
+    group = f"sip:base-{token}@example.com"
+    members = [f"sip:b{i}-{token}@example.com" for i in range(3)]
+    account = AppAccount(f"base-{token}", PASSWORD, (f"sip:u-{token}@example.com",))
+    for member in members:
+        put_pres_rules(presence_server.xcap_root, member, account.addresses)
+    put_rls_services(presence_server.xcap_root, account.addresses[0], group, members)
+    with RawPublisher(presence_server.sip_address) as publisher:
+        for member in members:
+            publisher.publish(member, member_pidf(member, note(0)))
+        adapter = adapter_factory([account])
+        listener = bayeux_listener(f"{adapter.url}/cometd", account.id, PASSWORD)
+        (answer,) = asyncio.run(
+            start_notifications(adapter, [account], group, check_immediate=False)
+        )
+        assert answer.get("result") == []
+        # rls sends in order: once this change is in, every earlier state is too.
+        publisher.publish(members[0], member_pidf(members[0], note(1)))
+        reach([listener], {members[0]: 1}, "the change of the first member")
+    assert versions(listener) == {members[0]: [1]}
