@@ -82,11 +82,18 @@ from notify_latency import (  # noqa: E402
 )
 from pg_presence_server import PgPresenceServer, pg_presence_server  # noqa: E402
 from procfs import udp_drops  # noqa: E402
+from sip_publish import kamailio_config  # noqa: E402
 
 from tests.adapter_process import AdapterProcess, AppAccount  # noqa: E402
 from tests.groups import put_pres_rules, put_rls_services  # noqa: E402
 
 GROUP = f"sip:group@{DOMAIN}"
+KAMAILIO_CFG = REPO / "conf" / "kamailio" / "kamailio.cfg"
+#: Kamailio builds each SQL statement in a buffer of ``sql_buffer_size`` bytes
+#: (65,535 by default) and db_postgres writes a document there as escaped
+#: bytea, about twice its size: an rls-services document of 800 members
+#: (35 KB) is refused with 500 ("destination buffer too short for blob").
+SQL_BUFFER = 262144
 SIDES = ("group", "single")
 WATCHERS = {"group": f"sip:wg@{DOMAIN}", "single": f"sip:ws@{DOMAIN}"}
 
@@ -361,7 +368,12 @@ def main(argv: list[str] | None = None) -> int:
 
     members = [presentity(i) for i in range(args.members)]
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+    config = KAMAILIO_CFG.read_text()
+    # A core parameter: the global section, before the modules.
+    at = config.index("\nloadmodule ")
+    config = f"{config[:at]}\nsql_buffer_size={SQL_BUFFER}\n{config[at:]}"
     with (
+        kamailio_config(config),
         pg_presence_server() as server,
         tempfile.TemporaryDirectory(prefix="group-members-") as directory,
     ):
