@@ -250,3 +250,24 @@ def test_without_check_immediate_the_members_first_states_are_the_baseline(
         publisher.publish(members[0], member_pidf(members[0], note(1)))
         reach([listener], {members[0]: 1}, "the change of the first member")
     assert versions(listener) == {members[0]: [1]}
+
+
+def test_a_list_whose_full_state_the_server_splits(
+    presence_server: PresenceServer, adapter_factory: AdapterFactory
+) -> None:
+    """1,000 members: Kamailio sends the full state as version 1 with 983 of
+    them and the other 17, bare, in a partial version 2 right after
+    (tests/data/rls/split-full-*).  That is the rest of the list's state, not
+    an edit of the list: the group is subscribed, so Start Presence
+    Notification does not name the group among those not subscribed (the
+    members, none of which allows this watcher, it may name)."""
+    token = new_token()[:8]
+    group = f"sip:big@{token}.example.com"
+    members = [f"sip:p{i}@{token}.example.com" for i in range(1000)]
+    account = AppAccount(f"big-{token}", PASSWORD, (f"sip:wg@{token}.example.com",))
+    put_rls_services(presence_server.xcap_root, account.addresses[0], group, members)
+    adapter = adapter_factory([account])
+    (answer,) = asyncio.run(start_notifications(adapter, [account], group))
+    result = answer.get("result")
+    assert isinstance(result, list) and group not in result, result
+    assert set(result) <= set(members)
