@@ -267,7 +267,18 @@ def report(idle: Window, rounds: list[Window], args: argparse.Namespace) -> None
             for w in rounds
             if (g := per_change(w, "group")) and (s := per_change(w, "single"))
         ]
+        delivered = {who: sum(w.delivered[who] for w in rounds) for who in SIDES}
+        each = {
+            who: sum(w.cpu[who] for w in rounds) / delivered[who] * 1e6 if delivered[who] else 0
+            for who in SIDES
+        }
         print()
+        print(
+            f"per statusChanged delivered: group {each['group']:.0f} µs "
+            f"({delivered['group']} delivered), single {each['single']:.0f} µs "
+            f"({delivered['single']}); single/group "
+            f"{each['single'] / each['group'] if each['group'] else 0:.2f}"
+        )
         print(
             f"all rounds ({changes} changes): adapter CPU per member change: group "
             f"{totals['group']:.0f} µs, single {totals['single']:.0f} µs; single/group "
@@ -312,6 +323,13 @@ def last_state_check(sides: dict[str, Side], rounds: list[Window]) -> None:
             f"{side.clients.duplicates}; UDP drops at its SIP socket "
             f"{udp_drops(side.adapter.sip_port)}; Bayeux messages {side.clients.kinds}"
         )
+
+
+def shown(uris: object) -> str:
+    """A list of URIs as its length and the first few."""
+    if not isinstance(uris, list) or not uris:
+        return str(uris)
+    return f"{len(uris)} ({', '.join(map(str, uris[:3]))}{', ...' if len(uris) > 3 else ''})"
 
 
 def complaints(side: Side) -> None:
@@ -368,6 +386,16 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="XCAP writes and Start Presence Notification requests at once during set-up",
     )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="put the adapters' directories (configuration, store, log) in DIR and keep them",
+    )
+    parser.add_argument(
+        "--sip-trace",
+        action="store_true",
+        help="the group adapter logs every SIP message (its [log] sip_trace)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("node") is None:
         parser.error("node is not installed (scripts/setup installs it)")
@@ -385,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     with (
         kamailio_config(config),
         pg_presence_server() as server,
-        tempfile.TemporaryDirectory(prefix="group-members-") as directory,
+        tempfile.TemporaryDirectory(prefix="group-members-") as scratch,
     ):
+        directory = args.keep or scratch
         took = write_documents(server, members, args.setup_concurrency)
         print(
             f"presence server {server.sip_uri} (pid {server.pid}); pres-rules of "
@@ -401,9 +430,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"raw peer set-up: {len(failed)} failures {failed[:5]}", flush=True)
             for name in SIDES:
                 folder = Path(directory) / name
-                folder.mkdir()
+                folder.mkdir(parents=True)
+                trace = {"log": {"sip_trace": True}} if args.sip_trace and name == "group" else {}
                 adapter = AdapterProcess.for_server(
-                    folder, server, [AppAccount("app0", PASSWORD, (WATCHERS[name],))]
+                    folder,
+                    server,
+                    [AppAccount("app0", PASSWORD, (WATCHERS[name],))],
+                    settings=trace,
                 )
                 adapter.start(healthy=True)
                 clients = BayeuxClients(f"{adapter.url}/cometd", 1)
@@ -416,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"watches started in {time.monotonic() - started:.1f} s (group adapter pid "
                 f"{sides['group'].pid}, single adapter pid {sides['single'].pid}); not "
-                f"subscribed: group {left_out['group']}, single {left_out['single']}",
+                f"subscribed (Start's result): group {shown(left_out['group'])}, single "
+                f"{shown(left_out['single'])}",
                 flush=True,
             )
             time.sleep(3)  # the list's first partial NOTIFYs (rls waitn_time)
