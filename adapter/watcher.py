@@ -247,7 +247,8 @@ class WatcherService:
         if (app_id, schedule.correlator) in self.machine.schedules:
             raise DuplicateCorrelator(schedule.correlator)
         watch = self.machine.watch_for(app_id, watcher, presentity)
-        began = self._clock()
+        # Bounds on waiting are the event loop's time, as bounded()'s are.
+        began = asyncio.get_running_loop().time()
         try:
             await self._subscribed(watch)
         except RequestFailed as exc:
@@ -275,10 +276,11 @@ class WatcherService:
         states (an RLS sends them in batches after the full state: Kamailio
         ``waitn_time``), all within ``request_timeout`` of ``began``.
         Whether the full state came."""
+        loop = asyncio.get_running_loop()
         deadline = began + self._timeout
         settle_by: float | None = None
         while not self.machine.list_settled(watch):
-            now = self._clock()
+            now = loop.time()
             if settle_by is None and self.machine.list_complete(watch):
                 settle_by = min(deadline, now + self._list_settle)
             remaining = (settle_by if settle_by is not None else deadline) - now

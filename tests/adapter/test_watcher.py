@@ -45,6 +45,7 @@ from pidf import (
 from sip import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.aio import RequestFailed
 from sip.headers import SubscriptionState
+from tests.adapter.test_group_watch import GROUP, M0, M1, rlmi_notify
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@example.com"
@@ -102,6 +103,7 @@ class FakeEndpoint:
         self.refuse = 0  # how many of the next initial SUBSCRIBEs are refused
         self.unsubscribed: list[int] = []  # ended by us (Expires: 0), in order
         self.gate: asyncio.Event | None = None  # holds the 2xx back while set
+        self.eventlist = False  # the 2xx says Require: eventlist (a list)
 
     def subscribe(self, subscriber: Any, target: Any, *,
                   on_event: Callable[[Any], None] | None = None,
@@ -125,7 +127,7 @@ class FakeEndpoint:
             self.live.discard(handle.id)
             self.emit(SubscriptionTerminated(handle.id, "failed", status=403))
         else:
-            self.emit(SubscriptionAccepted(handle.id, 3600))
+            self.emit(SubscriptionAccepted(handle.id, 3600, self.eventlist))
 
     def emit(self, event: Any) -> None:
         """An event of the user agent, routed by id to its handle (as the endpoint does)."""
@@ -147,11 +149,12 @@ class FakeXcap:
         self.error: XcapError | None = None
         self.reads = 0
         self.gate: asyncio.Event | None = None  # holds the answer back while set
+        self.members: dict[str, PresRules] = {}  # a group's members' rules
 
     async def get(self, presentity: str) -> RulesDocument:
-        assert presentity == ALICE
         self.reads += 1
-        rules = self.rules  # the document as the server read it; the answer may lag
+        # The document as the server read it; the answer may lag.
+        rules = self.rules if presentity == ALICE else self.members[presentity]
         if self.gate is not None:
             await self.gate.wait()
         if self.error is not None:
@@ -1153,3 +1156,29 @@ def test_a_change_made_here_is_not_hidden_by_a_read_begun_before_it() -> None:
             assert seen is not None and seen.get(A) is None
 
     run(scenario)
+
+
+def test_start_on_a_group_waits_for_its_state_and_lists_the_members_not_active() -> None:
+    async def scenario(w: World) -> None:
+        w.sip.eventlist = True
+        w.xcap.members = {M0: PresRules().allow(BOB, {AttributeType.ACTIVITY: True})}
+        schedule = Schedule(correlator="g1", app_id=APP, endpoint=f"/bayeux/{APP}/g1",
+                            watcher=BOB, presentity=GROUP)
+        start = asyncio.create_task(
+            w.service.start_notification(APP, BOB, GROUP, schedule, check_immediate=True)
+        )
+        await turns()
+        assert not start.done()  # the list's first full state is awaited
+        sid = w.sip.last_id
+        w.sip.emit(rlmi_notify(sid, 1, True, {M0: None, M1: None}))
+        await turns()
+        assert not start.done()  # and its members' states, for a while
+        busy = PresenceAttribute(Activity.BUSY, T0)
+        w.sip.emit(rlmi_notify(sid, 2, False, {M0: (busy,)}))
+        assert await start == [M1]  # m1 never got a state: not subscribed
+        assert w.bayeux.sent == [(APP, f"/bayeux/{APP}/g1", {"statusChanged": {
+            "correlator": "g1", "presentity": M0, "changedAttributes": [busy.to_json()],
+        }})]
+        assert w.service.machine.watches[(BOB, GROUP)].is_list
+
+    run(scenario, list_settle=0.05)
