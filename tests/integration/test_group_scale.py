@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -75,6 +76,22 @@ async def start_notifications(
         return body
 
     return list(await asyncio.gather(*(one(account) for account in accounts)))
+
+
+@contextmanager
+def published_group(
+    server: PresenceServer, group: str, members: list[str], watchers: list[str]
+) -> Iterator[RawPublisher]:
+    """``group`` in every watcher's rls-services; its members allowing every
+    watcher and published (version 0) by the publisher yielded."""
+    for member in members:
+        put_pres_rules(server.xcap_root, member, watchers)
+    for watcher in watchers:
+        put_rls_services(server.xcap_root, watcher, group, members)
+    with RawPublisher(server.sip_address) as publisher:
+        for member in members:
+            publisher.publish(member, member_pidf(member, note(0)))
+        yield publisher
 
 
 def correlator(account: AppAccount) -> str:
@@ -146,14 +163,7 @@ def test_group_of_100_members_watched_by_10_applications(
     # The premise: one round of the group's state cannot travel in one datagram.
     assert MEMBERS * len(member_pidf(members[-1], note(0))) > 65535
 
-    for member in members:
-        put_pres_rules(presence_server.xcap_root, member, watchers)
-    for watcher in watchers:
-        put_rls_services(presence_server.xcap_root, watcher, group, members)
-
-    with RawPublisher(presence_server.sip_address) as publisher:
-        for member in members:
-            publisher.publish(member, member_pidf(member, note(0)))
+    with published_group(presence_server, group, members, watchers) as publisher:
         adapter = adapter_factory(accounts)
         listeners = [
             bayeux_listener(f"{adapter.url}/cometd", account.id, PASSWORD) for account in accounts
@@ -210,12 +220,7 @@ def test_start_waits_for_the_whole_split_state(
     group = f"sip:solo-{token}@example.com"
     members = [f"sip:s{i}-{token}@example.com" for i in range(MEMBERS)]
     account = AppAccount(f"solo-{token}", PASSWORD, (f"sip:v-{token}@example.com",))
-    for member in members:
-        put_pres_rules(presence_server.xcap_root, member, account.addresses)
-    put_rls_services(presence_server.xcap_root, account.addresses[0], group, members)
-    with RawPublisher(presence_server.sip_address) as publisher:
-        for member in members:
-            publisher.publish(member, member_pidf(member, note(0)))
+    with published_group(presence_server, group, members, list(account.addresses)):
         adapter = adapter_factory([account])
         (answer,) = asyncio.run(start_notifications(adapter, [account], group))
     assert answer.get("result") == [], f"{len(answer.get('result') or [])} members left out"
@@ -234,12 +239,7 @@ def test_without_check_immediate_the_members_first_states_are_the_baseline(
     group = f"sip:base-{token}@example.com"
     members = [f"sip:b{i}-{token}@example.com" for i in range(3)]
     account = AppAccount(f"base-{token}", PASSWORD, (f"sip:u-{token}@example.com",))
-    for member in members:
-        put_pres_rules(presence_server.xcap_root, member, account.addresses)
-    put_rls_services(presence_server.xcap_root, account.addresses[0], group, members)
-    with RawPublisher(presence_server.sip_address) as publisher:
-        for member in members:
-            publisher.publish(member, member_pidf(member, note(0)))
+    with published_group(presence_server, group, members, list(account.addresses)) as publisher:
         adapter = adapter_factory([account])
         listener = bayeux_listener(f"{adapter.url}/cometd", account.id, PASSWORD)
         (answer,) = asyncio.run(
