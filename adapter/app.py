@@ -41,7 +41,7 @@ from adapter.metrics import Metrics, RestTiming, Sources, metrics_endpoint
 from adapter.openapi import openapi_routes
 from adapter.presentity import PresentityService
 from adapter.shutdown import RECONNECT_AFTER, Drain, DrainGate
-from adapter.store import SqliteStore, Store
+from adapter.store import Store, open_store
 from adapter.watcher import WatcherService
 from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
@@ -82,17 +82,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         # RFC 9110 §15.5.6: the origin server "MUST generate an Allow header field"
         # listing the target's methods.  Starlette names only those of the first
-        # route on the path, and the fast routes sit outside the router.
+        # route on the path.
         headers["Allow"] = ", ".join(_allowed_methods(request))
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route (fast or not) serves on the request's path."""
+    """Every method some route serves on the request's path."""
     scope = request.scope
-    methods: set[str] = {
-        method for method, path in scope["app"].state.fast_routes if path == scope["path"]
-    }
+    methods: set[str] = set()
     for route in scope["app"].router.routes:
         if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
             methods |= route.methods
@@ -132,50 +130,6 @@ class _LastResort:
             )
             error = ServiceError.service_error("internal error", status=500)
             await _error_response(error)(scope, receive, send)
-
-
-class _FastRoutes:
-    """Serves a few hot (method, path) pairs with bare ASGI apps, ahead of the router.
-
-    For the requests that make the adapter's load (Publish): Starlette's
-    routing, its Request and Response objects and the exception middleware's
-    wrappers are a good part of a Publish's cost.  What the apps raise is
-    answered by the app's exception handlers, as for the routes; anything
-    else goes on to :class:`_LastResort`.  The apps send their answer last,
-    so a handler never answers after a response has started.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        routes: Mapping[tuple[str, str], ASGIApp],
-        handlers: Mapping[type[Exception], ExceptionHandler],
-    ) -> None:
-        self.app = app
-        self.routes = dict(routes)
-        self.handlers = dict(handlers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Only when nothing is mounted above us: the router would strip a root_path.
-        if scope["type"] == "http" and not scope.get("root_path"):
-            fast = self.routes.get((scope["method"], scope["path"]))
-            if fast is not None:
-                try:
-                    await fast(scope, receive, send)
-                except Exception as exc:
-                    handler = self._handler(exc)
-                    if handler is None:
-                        raise
-                    response = await handler(Request(scope, receive), exc)
-                    await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _handler(self, exc: Exception) -> ExceptionHandler | None:
-        for cls in type(exc).__mro__:  # the nearest class first, as Starlette looks
-            if cls in self.handlers:
-                return self.handlers[cls]
-        return None
 
 
 access_logger = logging.getLogger("adapter.access")
@@ -286,17 +240,15 @@ def create_app(
     routes: Sequence[BaseRoute] = (),
     lifespan: Lifespan | None = None,
     exception_handlers: Mapping[type[Exception], ExceptionHandler] | None = None,
-    fast_routes: Mapping[tuple[str, str], ASGIApp] | None = None,
     metrics: Metrics | None = None,
     readiness: Readiness | None = None,
     drain: Drain | None = None,
 ) -> Starlette:
     """The adapter's Starlette application.
 
-    ``sip_probe`` answers /health. ``routes`` are added after the adapter's own, and
+    ``sip_probe`` answers /health. ``routes`` are added before the adapter's own, and
     ``lifespan`` (optional) runs inside the app's lifespan, for the objects that the
-    caller starts and stops with the server.  ``fast_routes`` serve their
-    (method, path) ahead of the routes (:class:`_FastRoutes`).  ``metrics``
+    caller starts and stops with the server.  ``metrics``
     (what /metrics exports), ``readiness`` (what /readyz asks) and ``drain``
     (turned on at SIGTERM) are made empty when not given.
     """
@@ -320,27 +272,21 @@ def create_app(
     middleware.append(Middleware(DrainGate, drain=drain))
     if config.log.format == "json":
         middleware.append(Middleware(RequestContext))
-    fast_names = {
-        key: getattr(fast, "__name__", "fast").removesuffix("_asgi")
-        for key, fast in (fast_routes or {}).items()
-    }
-    middleware.append(
-        Middleware(RestTiming, metrics=metrics, prefix=rest.BASE, names=fast_names)
-    )
+    middleware.append(Middleware(RestTiming, metrics=metrics, prefix=rest.BASE, names={}))
     if config.http.access_log:
         middleware.append(Middleware(_AccessLog))
     middleware.append(Middleware(_LastResort))
     if config.limits is not None or any(a.password_hash for a in config.accounts):
         middleware.append(Middleware(Admission, prefix=rest.BASE, limit=config.limits))
-    if fast_routes:
-        middleware.append(Middleware(_FastRoutes, routes=fast_routes, handlers=handlers))
     app = Starlette(
+        # The caller's routes first: the router tries them in order, and the
+        # REST API's (Publish first) carry the load.
         routes=[
+            *routes,
             Route("/health", health_endpoint, methods=["GET"]),
             Route("/livez", livez_endpoint, methods=["GET"]),
             Route("/readyz", readyz_endpoint, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            *routes,
         ],
         middleware=middleware,
         exception_handlers=handlers,
@@ -354,7 +300,6 @@ def create_app(
     app.state.metrics = metrics
     app.state.readiness = readiness
     app.state.drain = drain
-    app.state.fast_routes = frozenset(fast_routes or {})
     return app
 
 
@@ -385,9 +330,9 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     """
     endpoint = sip_endpoint(config)
     accounts = Accounts(config.accounts)
-    store = store or SqliteStore(config.store.path, synchronous=config.store.synchronous)
+    store = store or open_store(config.store)
     journal = BacklogJournal(store)
-    limits = BayeuxLimits(**config.bayeux)  # type: ignore[arg-type]  # kinds checked by config
+    limits = BayeuxLimits(**config.bayeux)
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:
@@ -485,7 +430,6 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes()],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
-        fast_routes=rest.fast_routes(),
         metrics=metrics,
         readiness=readiness,
         drain=drain,

@@ -55,7 +55,7 @@ class Accounts:
     """The configured application accounts, checked in constant time."""
 
     def __init__(self, accounts: Iterable[Account]) -> None:
-        self._accounts = {account.id: account for account in accounts}
+        self._accounts: dict[str, Account] = {account.id: account for account in accounts}
         self._key = secrets.token_bytes(32)
         #: account id -> HMAC of the password that last verified against its hash.
         self._verified: dict[str, bytes] = {}

@@ -98,7 +98,7 @@ def _serve(config: Config, log_level: str) -> int:
     try:
         app = make_app(config)
     except StoreError as exc:
-        print(f"{config.source}: store.path: {exc}", file=sys.stderr)
+        print(f"{config.source}: {config.store.key}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Many long-lived objects (subscriptions, transactions, sessions) beside many
     # short-lived ones per message: CPython's default thresholds walk the

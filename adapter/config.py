@@ -1,19 +1,38 @@
-"""The adapter's configuration file (TOML), read into frozen values.
+"""The adapter's configuration file (TOML), declared as typed models and read into them.
 
 The keys below are a contract with outside tools (docs: DESIGN "Configuration and
-command line"): they may be added to, never renamed. Everything is validated at
-load time, and every problem is reported as one ``ConfigError`` whose message is a
-single line naming the file, the key path and the problem, e.g.::
+command line"): they may be added to, never renamed. Each section is one model
+(a frozen ``msgspec.Struct``): its fields are the keys, with their types, defaults
+and constraints (ranges, enums, and value types such as :class:`SipUri` for URI
+and address forms); checks across keys are the model's ``__post_init__``.
+docs/configuration.md describes the same fields (tests/adapter/test_config.py
+holds the two alike).
+
+``load_config`` reads the file with ``tomllib`` and converts it with msgspec
+(rather than pydantic: the REST edge uses it too, it is light to import for the
+command line, and a model's own ValueError reaches us as the error's cause).
+Every problem is reported as one ``ConfigError`` whose message is a single line
+naming the file, the key path and the problem, e.g.::
 
     conf/adapter.toml: sip.server: "foo" is not a SIP URI
+
+msgspec's own messages (``Expected `int`, got `str` - at `$.http.port```) are
+translated into that form by :func:`_config_error`; the problems the models find
+themselves are worded here.
+
+Adding a key: a field on its table's model, with its type, default and
+constraint (``Port``, ``Positive``, a ``Literal``, or a :class:`_Form` subclass
+for a new string form); a check across keys in the model's ``__post_init__``,
+raising :class:`_Problem` with the key; a new table is a model and a field of
+:class:`Config`. docs/configuration.md lists it (a test sees to that).
 
 Decisions this module makes (also stated in the README):
 
 - Unknown keys are accepted, so that a newer file still starts an older adapter,
   and are reported once per load in one warning.
-- ``store.path``, when relative, is relative to the current working directory of
-  the process (not to the file), like every other relative path given on a command
-  line.
+- Relative file paths (``store.path``, ``http.tls_*``, ``sip.tls_*``,
+  ``xcap.tls_ca``) are relative to the current working directory of the process
+  (not to the file), like every other relative path given on a command line.
 - The same SIP address may appear in several accounts: several applications may act
   as one SIP identity, as several devices of one SIP user do. Within one account an
   address may be listed only once, and account ids must be unique.
@@ -21,9 +40,6 @@ Decisions this module makes (also stated in the README):
   serving, not by ``load_config``: loading must stay possible while the adapter runs.
   Files named by the configuration (TLS certificates and keys) are read and checked
   by ``load_config``: a server that would fail its first handshake must not start.
-- Relative file paths (``store.path``, ``http.tls_*``, ``sip.tls_*``,
-  ``xcap.tls_ca``) are relative to the working
-  directory, as ``store.path`` always was.
 - TLS towards the presence server is never dropped silently: a ``sips:`` server or
   ``sip.transport = "tls"`` needs ``sip.tls_ca``, and the certificate files are
   loaded at load time (:func:`sip_tls_context`), so a file that is missing or not
@@ -35,6 +51,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import functools
 import ipaddress
 import json
 import logging
@@ -44,11 +61,27 @@ import re
 import socket
 import ssl
 import tomllib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+import types
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    TypedDict,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta, Struct, field
+from msgspec.structs import force_setattr
 
 from adapter.passwords import hash_problem
 from sip.errors import SipError
@@ -56,14 +89,16 @@ from sip.uri import SipURI
 from sip.useragent import server_destination
 
 __all__ = [
-    "BAYEUX_KEYS",
     "Account",
+    "BayeuxSettings",
     "Config",
     "ConfigError",
     "HostPort",
     "HttpConfig",
     "LogConfig",
     "MetricsConfig",
+    "NotificationPolicy",
+    "PostgresUrl",
     "RateLimit",
     "SipConfig",
     "StoreConfig",
@@ -75,9 +110,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Transport = Literal["udp", "tcp", "tls"]
-TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
 
 
 class ConfigError(Exception):
@@ -93,7 +125,63 @@ class ConfigError(Exception):
         super().__init__(" ".join(f"{where}: {problem}".split()))
 
 
+class _Problem(ValueError):
+    """What a model's own check found: ``key`` (relative to the model) and the problem.
+
+    A ValueError, so that msgspec reports it with the model's path (and keeps it as
+    the ``__cause__``) and a model built in code raises it like any bad argument.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
 # -- values -------------------------------------------------------------------------
+
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: bool is a subclass of int
+    (str, "a string"),
+    (int, "an integer"),
+    (float, "a float"),
+    (list, "an array"),
+    (dict, "a table"),
+    (datetime.datetime, "a date-time"),
+    (datetime.date, "a date"),
+    (datetime.time, "a time"),
+)
+
+
+def _type_name(value: object) -> str:
+    for cls, name in _TYPE_NAMES:
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _string(value: object) -> str:
+    """``value`` as a non-blank string, or the problem a value type reports."""
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {_type_name(value)}")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+#: A string that is not blank (msgspec's pattern; :func:`_config_error` words it).
+_NOT_BLANK = r"\S"
+Text = Annotated[str, Meta(pattern=_NOT_BLANK)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+#: Seconds or counts: ``Positive`` must be above 0, ``NonNegative`` may be 0.
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
 
 # RFC 1123 §2.1 host names: letters, digits, hyphens; labels of at most 63 characters.
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
@@ -122,12 +210,34 @@ def _valid_port(port: int) -> bool:
     return 1 <= port <= 65535
 
 
-@dataclass(frozen=True)
 class HostPort:
-    """``host:port``, IPv6 hosts in brackets (``[::1]:5080``), as in RFC 3986 §3.2.2."""
+    """``host:port``, IPv6 hosts in brackets (``[::1]:5080``), as in RFC 3986 §3.2.2.
 
+    A plain immutable class rather than a dataclass: msgspec reads dataclasses
+    from tables, and this value is written as one string (``_convert``).
+    """
+
+    __slots__ = ("host", "port")
     host: str
     port: int
+
+    def __init__(self, host: str, port: int) -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"HostPort is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HostPort):
+            return NotImplemented
+        return (self.host, self.port) == (other.host, other.port)
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port))
+
+    def __repr__(self) -> str:
+        return f"HostPort(host={self.host!r}, port={self.port!r})"
 
     @classmethod
     def parse(cls, text: str) -> HostPort:
@@ -140,6 +250,14 @@ class HostPort:
             raise ValueError("has a port outside 1-65535")
         return cls(host, int(port))
 
+    @classmethod
+    def _convert(cls, value: object) -> HostPort:
+        text = _string(value)
+        try:
+            return cls.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{_show(text)} {exc}") from None
+
     @property
     def bind_host(self) -> str:
         """The host as socket functions want it (no brackets around IPv6)."""
@@ -149,45 +267,238 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
-def _sip_uri_problem(text: str, *, need_user: bool) -> str | None:
-    """Why ``text`` is not a usable SIP URI (parsed by the SIP stack itself), or None."""
-    try:
-        uri = SipURI.parse(text)
-    except SipError as exc:
-        if "port" in str(exc):
+class _Form(str):
+    """A string of a checked form: the file's value, kept as it was written.
+
+    msgspec hands these types to ``_convert`` (through ``load_config``'s hook),
+    which raises the problem in the words of the one-line error.
+    """
+
+    #: How an array of them is named in messages: "an array of <plural>".
+    plural: ClassVar[str] = "strings"
+
+    @classmethod
+    def _convert(cls, value: object) -> _Form:
+        text = _string(value)
+        problem = cls._problem(text)
+        if problem:
+            raise ValueError(problem)
+        return cls(text)
+
+    @classmethod
+    def _problem(cls, text: str) -> str | None:
+        raise NotImplementedError
+
+
+class Host(_Form):
+    """A host name or IP address, IPv6 without brackets (``::1``)."""
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        if _valid_host(f"[{text}]" if ":" in text else text):
+            return None
+        return f"{_show(text)} is not a host name or IP address"
+
+
+class SipUri(_Form):
+    """A ``sip:`` or ``sips:`` URI with a valid host (RFC 3261 §19.1)."""
+
+    plural = "SIP URIs"
+    #: Whether the URI must name a user (``sip:user@host``).
+    need_user: ClassVar[bool] = False
+
+    @classmethod
+    def _problem(cls, text: str) -> str | None:
+        # Parsed by the SIP stack itself: what it refuses, the adapter could not use.
+        try:
+            uri = SipURI.parse(text)
+        except SipError as exc:
+            if "port" in str(exc):
+                return f"{_show(text)} has a port outside 1-65535"
+            return f"{_show(text)} is not a SIP URI"
+        if not _valid_host(uri.host):
+            return f"{_show(text)} has no valid host"
+        if uri.port is not None and not _valid_port(uri.port):
             return f"{_show(text)} has a port outside 1-65535"
-        return f"{_show(text)} is not a SIP URI"
-    if not _valid_host(uri.host):
-        return f"{_show(text)} has no valid host"
-    if uri.port is not None and not _valid_port(uri.port):
-        return f"{_show(text)} has a port outside 1-65535"
-    if need_user and not uri.user:
-        return f"{_show(text)} has no user part (expected sip:user@host)"
-    return None
+        if cls.need_user and not uri.user:
+            return f"{_show(text)} has no user part (expected sip:user@host)"
+        return None
 
 
-def _http_url_problem(text: str) -> str | None:
+class SipAddress(SipUri):
+    """A SIP address of a user, ``sip:user@host``."""
+
+    need_user = True
+
+
+class HttpUrl(_Form):
+    """An ``http://`` or ``https://`` URL with a host, no query, no fragment."""
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            return f"{_show(text)} is not an HTTP URL"
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"{_show(text)} is not an http:// or https:// URL with a host"
+        if port == 0:
+            return f"{_show(text)} has a port outside 1-65535"
+        if parts.query or parts.fragment:
+            return f"{_show(text)} must not have a query or fragment"
+        return None
+
+
+def _without_password(text: str) -> str:
+    """A URL as messages may show it: its password, if any, replaced by ``***``.
+
+    Read by hand, not by urlsplit, which refuses some URLs whose password must
+    still be hidden (an unclosed IPv6 bracket).
+    """
+    scheme, sep, rest = text.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return text
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
+
+
+class PostgresUrl(_Form):
+    """A PostgreSQL connection URL, ``postgresql://[user[:password]@]host[:port]/db[?…]``,
+    as libpq reads it."""
+
+    def __repr__(self) -> str:
+        return repr(_without_password(self))
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        scheme, sep, _ = text.partition("://")
+        shown = _show(_without_password(text))
+        if not sep or scheme not in ("postgresql", "postgres"):
+            return f"{shown} is not a postgresql:// URL"
+        # libpq's own parser, so that what passes here is what connecting reads
+        # (imported here: only a file with a url pays for it).
+        import psycopg
+        from psycopg import conninfo
+
+        try:
+            conninfo.conninfo_to_dict(text)
+        except psycopg.Error as exc:
+            # libpq may quote the whole URL: never its password.
+            reason = " ".join(str(exc).replace(text, _without_password(text)).split())
+            return f"{shown} is not a URL libpq reads: {reason}"
+        return None
+
+
+class Origin(_Form):
+    """A browser origin, serialised as browsers send it (RFC 6454 §6.2)."""
+
+    plural = "origins"
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        if _serialised_origin(text):
+            return None
+        return (
+            f"{_show(text)} is not an origin: scheme://host[:port] in lower case, "
+            "no path (RFC 6454 §6.2, as browsers send it)"
+        )
+
+
+def _serialised_origin(text: str) -> bool:
+    # Browsers send the serialised origin (RFC 6454 §6.2) and CORS compares it as
+    # a string, so only that exact form can ever match.
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        return f"{_show(text)} is not an HTTP URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{_show(text)} is not an http:// or https:// URL with a host"
-    if port == 0:
-        return f"{_show(text)} has a port outside 1-65535"
-    if parts.query or parts.fragment:
-        return f"{_show(text)} must not have a query or fragment"
-    return None
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and port != 0
+        and not (parts.path or parts.query or parts.fragment or text.endswith(("?", "#")))
+        and text == text.lower()
+    )
 
 
-# -- the configuration -------------------------------------------------------------
+class AppId(_Form):
+    """An appInstanceID.
+
+    Bayeux 1.0 §2.2.1: a channel segment is 1*( ALPHA / DIGIT / mark ), with
+    mark = "-" / "_" / "!" / "~" / "(" / ")" / "$" / "@". The id is such a segment
+    (/bayeux/<id>); it also excludes ":", which HTTP Basic user-ids cannot contain
+    (RFC 7617 §2).
+    """
+
+    _PATTERN = re.compile(r"[A-Za-z0-9_!~()$@-]+")
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        if AppId._PATTERN.fullmatch(text):
+            return None
+        return (
+            f"{_show(text)} must be letters, digits and - _ ! ~ ( ) $ @ only "
+            "(it names the Bayeux channel /bayeux/<id>)"
+        )
 
 
-@dataclass(frozen=True)
-class HttpConfig:
-    host: str
-    port: int
+#: ``[log] level`` values, as the command line's ``--log-level`` takes them.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class LogLevel(_Form):
+    """One of LOG_LEVELS, in any case (kept in lower case)."""
+
+    @classmethod
+    def _convert(cls, value: object) -> LogLevel:
+        text = _string(value)
+        if text.lower() not in LOG_LEVELS:
+            raise ValueError(f"{_show(text)} must be one of {', '.join(LOG_LEVELS)}")
+        return cls(text.lower())
+
+
+def _path(value: object, cwd: Path) -> Path:
+    path = Path(_string(value)).expanduser()
+    return path if path.is_absolute() else cwd / path
+
+
+# -- the models ----------------------------------------------------------------------
+
+#: Field names whose values a repr leaves out.
+_SECRET_FIELDS = frozenset({"password", "password_hash", "token"})
+
+
+class _Model(Struct, frozen=True, kw_only=True):
+    """One table of the file: frozen, secrets kept out of its repr.
+
+    Each model restates ``frozen=True, kw_only=True``: msgspec does not inherit
+    ``kw_only``, and mypy wants ``frozen`` on every class. Built in code, a model
+    names its keys, so that adding a key never shifts the others.
+    """
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__struct_fields__
+            if name not in _SECRET_FIELDS
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _both_or_neither(first: tuple[str, object], second: tuple[str, object]) -> None:
+    (first_name, first_value), (second_name, second_value) = first, second
+    if (first_value is None) != (second_value is None):
+        missing = second_name if second_value is None else first_name
+        raise _Problem(missing, f"missing ({first_name} and {second_name} go together)")
+
+
+class HttpConfig(_Model, frozen=True, kw_only=True):
+    """``[http]``: where the REST API and Bayeux are served."""
+
+    host: Host
+    port: Port
     #: One line per HTTP request at INFO on the ``adapter.access`` logger.
     access_log: bool = True
     #: PEM files: with both, REST and Bayeux are served over HTTPS only.
@@ -196,7 +507,16 @@ class HttpConfig:
     #: PEM CA certificates: when set, every client must present a certificate they sign.
     tls_client_ca: Path | None = None
     #: Browser origins (``https://app.example``) allowed by CORS; empty: no CORS headers.
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[Origin, ...] = ()
+
+    def __post_init__(self) -> None:
+        _both_or_neither(("tls_cert", self.tls_cert), ("tls_key", self.tls_key))
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise _Problem(
+                "tls_client_ca", "needs tls_cert and tls_key (client certificates come over TLS)"
+            )
+        if self.tls_cert is not None and self.tls_key is not None:
+            _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def address(self) -> HostPort:
@@ -207,28 +527,95 @@ class HttpConfig:
         return "https" if self.tls_cert is not None else "http"
 
 
-@dataclass(frozen=True)
-class SipConfig:
+def _readable(name: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise _Problem(name, f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _no_password() -> bytes:
+    # An encrypted key would make OpenSSL prompt on the terminal; refuse it instead.
+    raise ValueError("encrypted")
+
+
+def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Load the files as the server will, naming the key whose file is at fault."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for name, path in (("tls_cert", cert), ("tls_client_ca", client_ca)):
+        if path is None:
+            continue
+        _readable(name, path)
+        try:
+            # The certificates alone first, so that a bad one is not blamed on the key.
+            context.load_verify_locations(cafile=path)
+        except ssl.SSLError:
+            raise _Problem(name, f"{path} holds no PEM certificate") from None
+    _readable("tls_key", key)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except ValueError:
+        raise _Problem("tls_key", f"{key} is encrypted (give an unencrypted key)") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise _Problem("tls_key", f"{key} does not match the certificate of tls_cert") from None
+        if exc.reason in ("EE_KEY_TOO_SMALL", "CA_MD_TOO_WEAK", "CA_KEY_TOO_SMALL"):
+            raise _Problem("tls_cert", f"{cert} is too weak for OpenSSL ({exc.reason})") from None
+        raise _Problem("tls_key", f"{key} holds no PEM private key") from None
+
+
+Transport = Literal["udp", "tcp", "tls"]
+
+
+class SipConfig(_Model, frozen=True, kw_only=True):
+    """``[sip]``: the presence server and our own SIP side."""
+
     #: The presence server every request goes to (outbound proxy), a sip:/sips: URI.
-    server: str
+    server: SipUri
     #: Our own SIP address, bound for both UDP and TCP.
     listen: HostPort
     transport: Transport
     #: Seconds between OPTIONS probes of the server (0: none); a server found
     #: down and back, or restarted, makes the adapter re-create its state there.
-    keepalive: float = 5.0
+    keepalive: NonNegative = 5.0
     #: Longest a REST call waits for the presence server before answering 504.
-    request_timeout: float = 10.0
+    request_timeout: Positive = 10.0
     #: CA certificates (PEM) the server's certificate is verified against (TLS only).
     tls_ca: Path | None = None
     #: Our certificate chain and its key (PEM), for mutual TLS; both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: Digest credentials answering the server's 401/407 challenges (RFC 3261 §22).
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    username: Text | None = None
+    password: str | None = None
     #: When set, only challenges of this realm are answered.
-    realm: str | None = None
+    realm: Text | None = None
+
+    def __post_init__(self) -> None:
+        if self.server.lower().startswith("sips:") and self.transport == "udp":
+            # RFC 5630 §3.1.3: sips demands TLS on the hop, which UDP cannot carry.
+            raise _Problem(
+                "transport",
+                f'"udp" with the sips: server {_show(self.server)}: sips means TLS; use "tls"',
+            )
+        _both_or_neither(("username", self.username), ("password", self.password))
+        if self.realm is not None and self.username is None:
+            raise _Problem("realm", "needs sip.username and sip.password")
+        _both_or_neither(("tls_cert", self.tls_cert), ("tls_key", self.tls_key))
+        if self.tls:
+            if self.tls_ca is None:
+                raise _Problem(
+                    "tls_ca",
+                    "missing (required for TLS: the CA certificates, PEM, that the presence "
+                    "server's certificate is verified against)",
+                )
+            return
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            if getattr(self, name) is not None:
+                raise _Problem(
+                    name, 'is set but TLS is not used (sip.transport "tls" or a sips: server)'
+                )
 
     @property
     def tls(self) -> bool:
@@ -237,54 +624,100 @@ class SipConfig:
         return server_destination(SipURI.parse(self.server), self.transport).transport == "tls"
 
 
-@dataclass(frozen=True)
-class XcapConfig:
+class XcapConfig(_Model, frozen=True, kw_only=True):
+    """``[xcap]``: the server's XCAP root, where presence rules are read and written."""
+
     #: Without a trailing slash: documents live at ``{root}/pres-rules/users/...``.
-    root: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    root: HttpUrl
+    username: Text | None = None
+    password: str | None = None
     #: CA certificates (PEM) for an https:// root; default: ``sip.tls_ca`` when
     #: TLS is used towards the SIP server, else the system's trust store.
     tls_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "root", HttpUrl(self.root.rstrip("/")))
+        _both_or_neither(("username", self.username), ("password", self.password))
+        if self.tls_ca is not None and not self.root.startswith("https:"):
+            raise _Problem("tls_ca", "is set but xcap.root is not an https:// URL")
 
 
 #: When a commit of the store reaches the disk (SQLite ``PRAGMA synchronous``, WAL
 #: journal): "normal" survives a crash of the process (kill -9), "full" also a
 #: power cut or a crash of the operating system, at an fsync per commit.
 Synchronous = Literal["normal", "full"]
-SYNCHRONOUS: tuple[Synchronous, ...] = ("normal", "full")
 
 
-@dataclass(frozen=True)
-class StoreConfig:
+class StoreConfig(_Model, frozen=True, kw_only=True):
+    """``[store]``: where state kept across restarts lives: an SQLite file (``path``)
+    or a PostgreSQL database (``url``), exactly one of the two."""
+
     #: Absolute: a relative ``store.path`` is resolved against the working directory.
-    path: Path
+    path: Path | None = None
+    url: PostgresUrl | None = None
+    #: SQLite only (PostgreSQL's is the server's ``synchronous_commit``).
     synchronous: Synchronous = "normal"
 
+    def __post_init__(self) -> None:
+        if self.path is None and self.url is None:
+            raise _Problem("path", "missing (give path for SQLite, or url for PostgreSQL)")
+        if self.path is not None and self.url is not None:
+            raise _Problem("url", "and store.path are both set: give one of the two")
 
-@dataclass(frozen=True)
-class Account:
+    @property
+    def key(self) -> str:
+        """The key naming the store in messages."""
+        return "store.url" if self.url is not None else "store.path"
+
+
+_SECRETS = ("password", "password_hash", "password_env")
+
+
+class Account(_Model, frozen=True, kw_only=True, dict=True):
     """An application instance account: who may call the REST API and as whom.
 
     Its secret is either ``password`` (plain text: given in the file, or read from
-    the environment variable ``password_env`` names) or ``password_hash`` (an
-    Argon2 PHC string, adapter.passwords); exactly one of the two is set.
+    the environment variable ``password_env`` names, which is then cleared) or
+    ``password_hash`` (an Argon2 PHC string, adapter.passwords); exactly one of the
+    two is set.
     """
 
     #: The appInstanceID; also the root of its Bayeux channels, /bayeux/<id>/**.
-    id: str
-    password: str | None = field(repr=False)
+    id: AppId
+    password: Text | None = None
     #: The SIP identities the application may act as; the first is its default.
-    addresses: tuple[str, ...]
-    password_hash: str | None = field(default=None, repr=False)
-    # The same addresses as a set: asked on every request that names one, and
-    # an account may hold thousands.
-    _address_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    addresses: tuple[SipAddress, ...]
+    password_hash: Text | None = None
+    password_env: Text | None = None
 
     def __post_init__(self) -> None:
-        if (self.password is None) == (self.password_hash is None):
-            raise ValueError(f"account {self.id}: give exactly one of password, password_hash")
-        object.__setattr__(self, "_address_set", frozenset(self.addresses))
+        given = [name for name in _SECRETS if getattr(self, name) is not None]
+        if not given:
+            raise _Problem("password", "missing (give password, password_hash or password_env)")
+        if len(given) > 1:
+            raise _Problem(
+                given[1], f"give only one of {', '.join(_SECRETS)}, not also {given[0]}"
+            )
+        if self.password_hash is not None:
+            problem = hash_problem(self.password_hash)
+            if problem:
+                raise _Problem("password_hash", problem)
+        if self.password_env is not None:
+            force_setattr(self, "password", _environment("password_env", self.password_env))
+            force_setattr(self, "password_env", None)
+        if not self.addresses:
+            raise _Problem("addresses", "must list at least one SIP address")
+        seen: set[str] = set()
+        for index, address in enumerate(self.addresses):
+            if address in seen:
+                raise _Problem(f"addresses[{index}]", f"{_show(address)} is listed twice")
+            seen.add(address)
+
+    # The same addresses as a set: asked on every request that names one, and
+    # an account may hold thousands.
+    @cached_property
+    def _address_set(self) -> frozenset[str]:
+        return frozenset(self.addresses)
 
     @property
     def default_address(self) -> str:
@@ -294,86 +727,108 @@ class Account:
         return address in self._address_set
 
 
-@dataclass(frozen=True)
-class NotificationPolicy:
-    """Limits on Start Presence Notification (optional ``[notifications]`` table)."""
+def _environment(key: str, name: str) -> str:
+    """The value of the environment variable ``name``, given by ``key``."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise _Problem(key, f"{_show(name)} is not an environment variable name")
+    value = os.environ.get(name)
+    if value is None:
+        raise _Problem(key, f"environment variable {name} is not set")
+    if not value:
+        raise _Problem(key, f"environment variable {name} is empty")
+    return value
+
+
+class NotificationPolicy(_Model, frozen=True, kw_only=True):
+    """``[notifications]``: limits on Start Presence Notification."""
 
     #: Shortest allowed ``frequency`` (seconds); below it: POL0009.
-    min_frequency: float = 0.0
+    min_frequency: NonNegative = 0.0
     #: Longest allowed ``duration`` (seconds); also the duration when none is given.
-    max_duration: float = 86400.0
+    max_duration: Positive = 86400.0
     #: Largest allowed ``count``; beyond it: POL0005.
-    max_count: int = 100000
+    max_count: PositiveInt = 100000
     #: Whether ``count`` 0 (no limit) is accepted; if not: POL0004.
     allow_unlimited_count: bool = True
 
 
-@dataclass(frozen=True)
-class RateLimit:
+class RateLimit(_Model, frozen=True, kw_only=True):
     """``[limits]``: a token bucket per application (account id) for its REST requests."""
 
     #: Tokens added per second: the sustained rate.
-    requests_per_second: float
-    #: Tokens the bucket holds: how many requests may come at once after a quiet spell.
-    burst: int
+    requests_per_second: Positive
+    #: Tokens the bucket holds: how many requests may come at once after a quiet
+    #: spell. Not given (0): a second's worth.
+    burst: PositiveInt = 0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.requests_per_second):
+            raise _Problem("requests_per_second", "must be positive")
+        if self.burst == 0:
+            force_setattr(self, "burst", max(1, math.ceil(self.requests_per_second)))
 
 
-#: ``[log] level`` values, as the command line's ``--log-level`` takes them.
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LOG_FORMATS = ("text", "json")
-
-
-@dataclass(frozen=True)
-class LogConfig:
+class LogConfig(_Model, frozen=True, kw_only=True):
     """``[log]``: how much the adapter logs, and in which form."""
 
     #: None: not in the file (``--log-level``, else "info", decides).
-    level: str | None = None
+    level: LogLevel | None = None
     #: "text": one human line per record; "json": one JSON object per line.
-    format: str = "text"
+    format: Literal["text", "json"] = "text"
     #: Every SIP message in and out on the ``sip.trace`` logger (at INFO).
     sip_trace: bool = False
 
 
-#: The ``[bayeux]`` keys and their kinds: the Bayeux server's limits, each
-#: optional.  Their meaning and defaults are adapter.bayeux.BayeuxLimits's
-#: (tests/adapter/test_config.py holds the names alike); the configuration
-#: keeps plain values, so reading it needs nothing of the server.
-BAYEUX_KEYS: dict[str, type[int] | type[float]] = {
-    "connect_timeout": float,
-    "interval": float,
-    "max_interval": float,
-    "queue_size": int,
-    "backlog_size": int,
-    "backlog_ttl": float,
-    "max_body": int,
-    "max_sessions_per_app": int,
-    "max_subscriptions_per_session": int,
-}
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(_Model, frozen=True, kw_only=True):
     """``[metrics]``: who may read ``GET /metrics``."""
 
     #: When set, /metrics answers only ``Authorization: Bearer <token>``.
-    token: str | None = field(default=None, repr=False)
+    token: Text | None = None
+    #: Instead of ``token``: the environment variable holding it (then cleared).
+    token_env: Text | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_env is None:
+            return
+        if self.token is not None:
+            raise _Problem("token_env", "give token or token_env, not both")
+        force_setattr(self, "token", _environment("token_env", self.token_env))
+        force_setattr(self, "token_env", None)
 
 
-@dataclass(frozen=True)
-class Config:
-    #: The file the configuration was read from, as given (used in messages).
-    source: str
+class BayeuxSettings(TypedDict, total=False):
+    """``[bayeux]``: the Bayeux server's limits, each optional.
+
+    Their meaning and defaults are adapter.bayeux.BayeuxLimits's (a test holds
+    the names and kinds alike): only the keys the file sets are present, so
+    ``BayeuxLimits(**settings)`` keeps the server's defaults for the others, and
+    reading the configuration needs nothing of the server.
+    """
+
+    connect_timeout: Positive
+    interval: NonNegative
+    max_interval: Positive
+    queue_size: PositiveInt
+    backlog_size: PositiveInt
+    backlog_ttl: Positive
+    max_body: PositiveInt
+    max_sessions_per_app: PositiveInt
+    max_subscriptions_per_session: PositiveInt
+
+
+class Config(_Model, frozen=True, kw_only=True):
+    """The whole file: one field per table."""
+
+    #: Fields that are not keys of the file: set by ``load_config``.
+    _not_in_file: ClassVar[tuple[str, ...]] = ("source", "unknown_keys")
+
     http: HttpConfig
     sip: SipConfig
     xcap: XcapConfig
     store: StoreConfig
     accounts: tuple[Account, ...]
-    #: Key paths present in the file that this version does not know.
-    unknown_keys: tuple[str, ...] = ()
-    #: Optional ``[bayeux]`` table: the limits it sets, by BAYEUX_KEYS name
-    #: (the Bayeux server's defaults for the others).
-    bayeux: Mapping[str, int | float] = field(default_factory=dict)
+    #: Optional ``[bayeux]`` table: the limits it sets.
+    bayeux: BayeuxSettings = field(default_factory=lambda: BayeuxSettings())
     #: Optional ``[notifications]`` table: limits on notification requests.
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
     #: Optional ``[limits]`` table; None: no limit on any application's request rate.
@@ -382,6 +837,26 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     #: Optional ``[metrics]`` table.
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: The file the configuration was read from, as given (used in messages).
+    source: str = ""
+    #: Key paths present in the file that this version does not know.
+    unknown_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.accounts:
+            raise _Problem("accounts", "at least one [[accounts]] entry is required")
+        first_index: dict[str, int] = {}
+        for index, account in enumerate(self.accounts):
+            if account.id in first_index:
+                raise _Problem(
+                    f"accounts[{index}].id",
+                    f"{_show(account.id)} duplicates accounts[{first_index[account.id]}].id",
+                )
+            first_index[account.id] = index
+        if _overlap(self.http.address, self.sip.listen):
+            raise _Problem(
+                "sip.listen", f"{self.sip.listen} is also http.host/http.port (both use TCP)"
+            )
 
     def account(self, account_id: str) -> Account | None:
         for account in self.accounts:
@@ -390,200 +865,195 @@ class Config:
         return None
 
 
+def _overlap(a: HostPort, b: HostPort) -> bool:
+    wildcard = {"0.0.0.0", "[::]"}
+    return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
+
+
 # -- reading -----------------------------------------------------------------------
 
-_TYPE_NAMES: tuple[tuple[type, str], ...] = (
-    (bool, "a boolean"),  # before int: bool is a subclass of int
-    (str, "a string"),
-    (int, "an integer"),
-    (float, "a float"),
-    (list, "an array"),
-    (dict, "a table"),
-    (datetime.datetime, "a date-time"),
-    (datetime.date, "a date"),
-    (datetime.time, "a time"),
-)
 
+def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Config:
+    """Read and validate the configuration file at ``path``.
 
-def _type_name(value: object) -> str:
-    for cls, name in _TYPE_NAMES:
-        if isinstance(value, cls):
-            return name
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-class _Table:
-    """One TOML table being read: typed getters that know their key path."""
-
-    def __init__(self, data: dict[str, Any], path: str, source: str) -> None:
-        self.data = data
-        self.path = path
-        self.source = source
-        self.read: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def error(self, name: str | None, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name) if name else self.path or None, problem)
-
-    def get(self, name: str, expected: type, article: str, *, required: bool = True) -> Any:
-        self.read.add(name)
-        if name not in self.data:
-            if required:
-                raise self.error(name, "missing (required)")
-            return None
-        value = self.data[name]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise self.error(name, f"must be {article}, not {_type_name(value)}")
-        return value
-
-    def string(self, name: str, *, required: bool = True) -> str | None:
-        value = self.get(name, str, "a string", required=required)
-        if value is not None and not value.strip():
-            raise self.error(name, "must not be empty")
-        return cast("str | None", value)
-
-    def required_string(self, name: str) -> str:
-        value = self.string(name)
-        assert value is not None
-        return value
-
-    def integer(self, name: str) -> int:
-        return cast(int, self.get(name, int, "an integer"))
-
-    def table(self, name: str) -> _Table:
-        value = self.get(name, dict, "a table")
-        return _Table(value, self.key(name), self.source)
-
-    def tables(self, name: str) -> Iterator[_Table]:
-        value = self.get(name, list, "an array of tables ([[" + self.key(name) + "]])")
-        for index, item in enumerate(value):
-            where = f"{self.key(name)}[{index}]"
-            if not isinstance(item, dict):
-                raise ConfigError(self.source, where, f"must be a table, not {_type_name(item)}")
-            yield _Table(item, where, self.source)
-
-    def unknown(self) -> list[str]:
-        return [self.key(name) for name in self.data if name not in self.read]
-
-
-def _read_http(table: _Table, cwd: Path) -> HttpConfig:
-    host = table.required_string("host")
-    if not _valid_host(f"[{host}]" if ":" in host else host):
-        raise table.error("host", f"{_show(host)} is not a host name or IP address")
-    port = table.integer("port")
-    if not _valid_port(port):
-        raise table.error("port", f"{port} is outside 1-65535")
-    access_log = table.get("access_log", bool, "a boolean", required=False)
-    cert, key, client_ca = (_path(table, name, cwd) for name in _TLS_FILES)
-    if (cert is None) != (key is None):
-        missing = "tls_key" if key is None else "tls_cert"
-        raise table.error(missing, "missing (tls_cert and tls_key go together)")
-    if client_ca is not None and cert is None:
-        raise table.error(
-            "tls_client_ca", "needs tls_cert and tls_key (client certificates come over TLS)"
-        )
-    if cert is not None and key is not None:
-        _check_tls_files(table, cert, key, client_ca)
-    return HttpConfig(
-        host,
-        port,
-        True if access_log is None else access_log,
-        cert,
-        key,
-        client_ca,
-        _read_origins(table),
-    )
-
-
-_TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
-
-
-def _path(table: _Table, name: str, cwd: Path) -> Path | None:
-    text = table.string(name, required=False)
-    if text is None:
-        return None
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else cwd / path
-
-
-def _readable(table: _Table, name: str, path: Path) -> None:
+    ``cwd`` (default: the process's working directory) anchors relative paths.
+    Raises ``ConfigError`` (one line) for any problem.
+    """
+    source = os.fspath(path)
     try:
-        with path.open("rb"):
-            pass
+        with open(source, "rb") as file:
+            data = tomllib.load(file)
     except OSError as exc:
-        raise table.error(name, f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, None, f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"invalid TOML: not UTF-8 ({exc.reason})") from None
 
-
-def _no_password() -> bytes:
-    # An encrypted key would make OpenSSL prompt on the terminal; refuse it instead.
-    raise ValueError("encrypted")
-
-
-def _check_tls_files(table: _Table, cert: Path, key: Path, client_ca: Path | None) -> None:
-    """Load the files as the server will, naming the key whose file is at fault."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    for name, path in (("tls_cert", cert), ("tls_client_ca", client_ca)):
-        if path is None:
-            continue
-        _readable(table, name, path)
-        try:
-            # The certificates alone first, so that a bad one is not blamed on the key.
-            context.load_verify_locations(cafile=path)
-        except ssl.SSLError:
-            raise table.error(name, f"{path} holds no PEM certificate") from None
-    _readable(table, "tls_key", key)
+    unknown: list[str] = []
+    known = _known_keys(data, Config, "", unknown)
+    anchor = Path.cwd() if cwd is None else cwd
     try:
-        context.load_cert_chain(cert, key, password=_no_password)
-    except ValueError:
-        raise table.error("tls_key", f"{key} is encrypted (give an unencrypted key)") from None
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            problem = ("tls_key", f"{key} does not match the certificate of tls_cert")
-        elif exc.reason in ("EE_KEY_TOO_SMALL", "CA_MD_TOO_WEAK", "CA_KEY_TOO_SMALL"):
-            problem = ("tls_cert", f"{cert} is too weak for OpenSSL ({exc.reason})")
+        config = msgspec.convert(known, Config, strict=True, dec_hook=_value_reader(anchor))
+    except msgspec.ValidationError as exc:
+        raise _config_error(source, exc, known) from None
+    force_setattr(config, "source", source)
+    force_setattr(config, "unknown_keys", tuple(unknown))
+    if unknown:
+        logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
+    # Loaded now, so that an unusable certificate stops start-up here, in one line.
+    sip_tls_context(config)
+    xcap_tls_context(config)
+    return config
+
+
+def _value_reader(cwd: Path) -> Callable[[type, object], object]:
+    """msgspec's hook for the value types it does not know itself."""
+
+    def read(kind: type, value: object) -> object:
+        if kind is Path:
+            return _path(value, cwd)
+        convert = getattr(kind, "_convert", None)
+        if convert is None:
+            raise NotImplementedError(kind)
+        return convert(value)
+
+    return read
+
+
+def _bare(kind: Any) -> Any:
+    """``kind`` without ``Annotated`` and without ``| None``."""
+    if get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
+    if get_origin(kind) in (Union, types.UnionType):
+        kind = _bare(next(arg for arg in get_args(kind) if arg is not type(None)))
+    return kind
+
+
+def _meta(kind: Any) -> Meta:
+    if get_origin(kind) in (Union, types.UnionType):
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    if get_origin(kind) is Annotated:
+        return next((arg for arg in get_args(kind) if isinstance(arg, Meta)), Meta())
+    return Meta()
+
+
+@functools.cache
+def _fields(kind: Any) -> dict[str, Any] | None:
+    """The keys of a table type and their types; None for any other type."""
+    if isinstance(kind, type) and issubclass(kind, Struct):
+        skip = getattr(kind, "_not_in_file", ())
+        return {f.name: f.type for f in msgspec.structs.fields(kind) if f.name not in skip}
+    if is_typeddict(kind):
+        return get_type_hints(kind, include_extras=True)
+    return None
+
+
+def _known_keys(data: Any, kind: Any, path: str, unknown: list[str]) -> Any:
+    """``data`` with only the keys the models know, in the models' order.
+
+    The others are added to ``unknown``, a table's own before its sub-tables'.
+    The order makes the first problem reported the same whatever the file's order.
+    """
+    kind = _bare(kind)
+    fields = _fields(kind)
+    if isinstance(data, dict) and fields is not None:
+        unknown.extend(_key(path, name) for name in data if name not in fields)
+        return {
+            name: _known_keys(data[name], fields[name], _key(path, name), unknown)
+            for name in fields
+            if name in data
+        }
+    if isinstance(data, list) and get_origin(kind) is tuple:
+        item = get_args(kind)[0]
+        return [_known_keys(v, item, f"{path}[{i}]", unknown) for i, v in enumerate(data)]
+    return data
+
+
+def _key(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+_PARTS = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _at(path: str, data: Any) -> tuple[Any, Any]:
+    """The declared type and the file's value at ``path`` (None where either is unknown)."""
+    kind: Any = Config
+    for name, index in _PARTS.findall(path):
+        kind = _bare(kind)
+        if index:
+            kind = next(iter(get_args(kind)), None)
+            data = data[int(index)] if isinstance(data, list) else None
         else:
-            problem = ("tls_key", f"{key} holds no PEM private key")
-        raise table.error(*problem) from None
+            kind = (_fields(kind) or {}).get(name)
+            data = data.get(name) if isinstance(data, dict) else None
+    return kind, data
 
 
-def _read_origins(table: _Table) -> tuple[str, ...]:
-    origins = table.get("cors_origins", list, "an array of origins", required=False) or []
-    for index, origin in enumerate(origins):
-        where = f"cors_origins[{index}]"
-        if not isinstance(origin, str):
-            raise table.error(where, f"must be a string, not {_type_name(origin)}")
-        if _origin_problem(origin):
-            raise table.error(
-                where,
-                f"{_show(origin)} is not an origin: scheme://host[:port] in lower case, "
-                "no path (RFC 6454 §6.2, as browsers send it)",
-            )
-    return tuple(origins)
+def _expected(kind: Any, path: str) -> str:
+    """What a value of type ``kind`` is, in the one-line error's words."""
+    bare = _bare(kind)
+    if bare is bool:
+        return "a boolean"
+    if bare is int:
+        return "an integer"
+    if bare is float:
+        return "a number"
+    if _fields(bare) is not None:
+        return "a table"
+    if get_origin(bare) is tuple:
+        item = _bare(get_args(bare)[0])
+        if _fields(item) is not None:
+            return f"an array of tables ([[{path}]])"
+        return f"an array of {getattr(item, 'plural', 'values')}"
+    return "a string"
 
 
-def _origin_problem(text: str) -> bool:
-    # Browsers send the serialised origin (RFC 6454 §6.2) and CORS compares it as
-    # a string, so only that exact form can ever match.
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        return True
-    return (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or "@" in parts.netloc
-        or port == 0
-        or bool(parts.path or parts.query or parts.fragment or text.endswith(("?", "#")))
-        or text != text.lower()
-    )
+#: msgspec's names of the types it found, in the one-line error's words.
+_GOT = {
+    "str": "a string", "int": "an integer", "float": "a float", "bool": "a boolean",
+    "array": "an array", "object": "a table",
+    "datetime": "a date-time", "date": "a date", "time": "a time",
+}
+
+
+def _config_error(source: str, exc: msgspec.ValidationError, data: Any) -> ConfigError:
+    """msgspec's error as the one-line ``ConfigError`` naming the key."""
+    text = str(exc)
+    message, at, where = text.rpartition(" - at `$")
+    if not at:
+        message, where = text, ""
+    path = where.removesuffix("`").removeprefix(".")
+    cause = exc.__cause__
+    if isinstance(cause, _Problem):  # a model's own check
+        return ConfigError(source, _key(path, cause.key), cause.problem)
+    if isinstance(cause, (TypeError, ValueError)):  # a value type's _convert
+        return ConfigError(source, path or None, str(cause))
+    if match := re.fullmatch(r"Object missing required field `(\w+)`", message):
+        return ConfigError(source, _key(path, match[1]), "missing (required)")
+    kind, value = _at(path, data)
+    if match := re.fullmatch(r"Expected `.+`, got `(\w+)`", message):
+        problem = f"must be {_expected(kind, path)}, not {_GOT.get(match[1], match[1])}"
+    elif message.startswith("Invalid enum value") and get_args(_bare(kind)):
+        *first, last = (f'"{choice}"' for choice in get_args(_bare(kind)))
+        problem = f"{_show(value)} must be {', '.join(first)} or {last}"
+    elif message.startswith("Expected `str` matching regex"):
+        problem = "must not be empty"
+    elif re.match(r"Expected `(int|float)` [<>]", message):
+        meta = _meta(kind)
+        if meta.ge is not None and meta.le is not None:
+            problem = f"{value} is outside {meta.ge}-{meta.le}"
+        elif meta.ge == 0:
+            problem = "must not be negative"
+        else:
+            problem = "must be positive"
+    else:
+        problem = message
+    return ConfigError(source, path or None, problem)
+
+
+# -- TLS contexts --------------------------------------------------------------------
 
 
 def _client_context(
@@ -641,316 +1111,6 @@ def xcap_tls_context(config: Config) -> ssl.SSLContext | None:
                                sip.tls_key)
     return sip_tls_context(config)
 
-
-def _read_sip(table: _Table, cwd: Path) -> SipConfig:
-    server = table.required_string("server")
-    problem = _sip_uri_problem(server, need_user=False)
-    if problem:
-        raise table.error("server", problem)
-    listen_text = table.required_string("listen")
-    try:
-        listen = HostPort.parse(listen_text)
-    except ValueError as exc:
-        raise table.error("listen", f"{_show(listen_text)} {exc}") from None
-    transport = table.required_string("transport")
-    if transport not in TRANSPORTS:
-        raise table.error("transport", f'{_show(transport)} must be "udp", "tcp" or "tls"')
-    if server.lower().startswith("sips:") and transport == "udp":
-        # RFC 5630 §3.1.3: sips demands TLS on the hop, which UDP cannot carry.
-        raise table.error(
-            "transport", f'"udp" with the sips: server {_show(server)}: sips means TLS; use "tls"'
-        )
-    timing: dict[str, float] = {}
-    for name in ("keepalive", "request_timeout"):
-        value = table.get(name, (int, float), "a number", required=False)  # type: ignore[arg-type]
-        if value is not None:
-            if value < 0 or (value == 0 and name == "request_timeout"):
-                raise table.error(name, "must be positive")
-            timing[name] = float(value)
-    tls_files = {name: _path(table, name, cwd) for name in ("tls_ca", "tls_cert", "tls_key")}
-    username = table.string("username", required=False)
-    password = table.get("password", str, "a string", required=False)
-    if (username is None) != (password is None):
-        missing = "password" if password is None else "username"
-        raise table.error(missing, "missing (username and password go together)")
-    realm = table.string("realm", required=False)
-    if realm is not None and username is None:
-        raise table.error("realm", "needs sip.username and sip.password")
-    config = SipConfig(
-        server, listen, transport, **timing,
-        tls_ca=tls_files["tls_ca"], tls_cert=tls_files["tls_cert"], tls_key=tls_files["tls_key"],
-        username=username, password=password, realm=realm,
-    )
-    if (config.tls_cert is None) != (config.tls_key is None):
-        missing = "tls_key" if config.tls_key is None else "tls_cert"
-        raise table.error(missing, "missing (tls_cert and tls_key go together)")
-    if config.tls:
-        if config.tls_ca is None:
-            raise table.error(
-                "tls_ca",
-                "missing (required for TLS: the CA certificates, PEM, that the presence "
-                "server's certificate is verified against)",
-            )
-    else:
-        given = next((name for name, path in tls_files.items() if path is not None), None)
-        if given is not None:
-            raise table.error(
-                given, 'is set but TLS is not used (sip.transport "tls" or a sips: server)'
-            )
-    return config
-
-
-def _read_xcap(table: _Table, cwd: Path) -> XcapConfig:
-    root = table.required_string("root")
-    problem = _http_url_problem(root)
-    if problem:
-        raise table.error("root", problem)
-    username = table.string("username", required=False)
-    password = table.get("password", str, "a string", required=False)
-    if (username is None) != (password is None):
-        missing = "password" if password is None else "username"
-        raise table.error(missing, "missing (username and password go together)")
-    tls_ca = _path(table, "tls_ca", cwd)
-    if tls_ca is not None and not root.startswith("https:"):
-        raise table.error("tls_ca", "is set but xcap.root is not an https:// URL")
-    return XcapConfig(root.rstrip("/"), username, password, tls_ca)
-
-
-def _read_store(table: _Table, cwd: Path) -> StoreConfig:
-    path = Path(table.required_string("path")).expanduser()
-    synchronous = table.string("synchronous", required=False) or "normal"
-    if synchronous not in SYNCHRONOUS:
-        raise table.error("synchronous", f'{_show(synchronous)} must be "normal" or "full"')
-    absolute = path if path.is_absolute() else cwd / path
-    return StoreConfig(absolute, synchronous)
-
-
-# Bayeux 1.0 §2.2.1: a channel segment is 1*( ALPHA / DIGIT / mark ), with
-# mark = "-" / "_" / "!" / "~" / "(" / ")" / "$" / "@". The id is such a segment
-# (/bayeux/<id>); it also excludes ":", which HTTP Basic user-ids cannot contain
-# (RFC 7617 §2).
-_ACCOUNT_ID = re.compile(r"[A-Za-z0-9_!~()$@-]+")
-
-
-def _read_account(table: _Table) -> Account:
-    account_id = table.required_string("id")
-    if not _ACCOUNT_ID.fullmatch(account_id):
-        raise table.error(
-            "id",
-            f"{_show(account_id)} must be letters, digits and - _ ! ~ ( ) $ @ only "
-            "(it names the Bayeux channel /bayeux/<id>)",
-        )
-    password, password_hash = _read_secret(table)
-    addresses = table.get("addresses", list, "an array of SIP URIs")
-    if not addresses:
-        raise table.error("addresses", "must list at least one SIP address")
-    seen: set[str] = set()
-    for index, address in enumerate(addresses):
-        where = f"addresses[{index}]"
-        if not isinstance(address, str):
-            raise table.error(where, f"must be a string, not {_type_name(address)}")
-        problem = _sip_uri_problem(address, need_user=True)
-        if problem:
-            raise table.error(where, problem)
-        if address in seen:
-            raise table.error(where, f"{_show(address)} is listed twice")
-        seen.add(address)
-    return Account(account_id, password, tuple(addresses), password_hash)
-
-
-_SECRETS = ("password", "password_hash", "password_env")
-
-
-def _read_secret(table: _Table) -> tuple[str | None, str | None]:
-    """(password, password_hash) from exactly one of ``password``, ``password_hash``,
-    ``password_env`` (the name of an environment variable holding the password)."""
-    given = [name for name in _SECRETS if name in table.data]
-    if not given:
-        raise table.error("password", "missing (give password, password_hash or password_env)")
-    if len(given) > 1:
-        raise table.error(given[1], f"give only one of {', '.join(_SECRETS)}, not also {given[0]}")
-    name = given[0]
-    value = table.required_string(name)
-    if name == "password":
-        return value, None
-    if name == "password_hash":
-        problem = hash_problem(value)
-        if problem:
-            raise table.error(name, problem)
-        return None, value
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        raise table.error(name, f"{_show(value)} is not an environment variable name")
-    secret = os.environ.get(value)
-    if secret is None:
-        raise table.error(name, f"environment variable {value} is not set")
-    if not secret:
-        raise table.error(name, f"environment variable {value} is empty")
-    return secret, None
-
-
-def _read_bayeux(table: _Table) -> dict[str, int | float]:
-    """``[bayeux]``: any of BAYEUX_KEYS, each optional (seconds, counts, bytes)."""
-    values: dict[str, int | float] = {}
-    for name, kind in BAYEUX_KEYS.items():
-        article = "an integer" if kind is int else "a number"
-        expected: type | tuple[type, ...] = int if kind is int else (int, float)
-        value = table.get(name, expected, article, required=False)  # type: ignore[arg-type]
-        if value is None:
-            continue
-        if value < 0 or (value == 0 and name != "interval"):
-            raise table.error(name, "must be positive")
-        values[name] = value
-    return values
-
-
-def _read_notifications(table: _Table) -> NotificationPolicy:
-    default = NotificationPolicy()
-    values: dict[str, Any] = {}
-    for name in ("min_frequency", "max_duration"):
-        value = table.get(name, (int, float), "a number", required=False)  # type: ignore[arg-type]
-        if value is not None:
-            if value < 0 or (name == "max_duration" and value == 0):
-                raise table.error(name, "must be positive")
-            values[name] = float(value)
-    max_count = table.get("max_count", int, "an integer", required=False)
-    if max_count is not None:
-        if max_count < 1:
-            raise table.error("max_count", "must be positive")
-        values["max_count"] = max_count
-    unlimited = table.get("allow_unlimited_count", bool, "a boolean", required=False)
-    if unlimited is not None:
-        values["allow_unlimited_count"] = unlimited
-    return NotificationPolicy(**{**default.__dict__, **values})
-
-
-def _read_limits(table: _Table) -> RateLimit:
-    rate = table.get("requests_per_second", (int, float), "a number")  # type: ignore[arg-type]
-    if not (rate > 0 and math.isfinite(rate)):
-        raise table.error("requests_per_second", "must be positive")
-    burst = table.get("burst", int, "an integer", required=False)
-    if burst is None:
-        burst = max(1, math.ceil(rate))  # a second's worth
-    elif burst < 1:
-        raise table.error("burst", "must be positive")
-    return RateLimit(float(rate), burst)
-
-
-def _read_log(table: _Table) -> LogConfig:
-    level = table.string("level", required=False)
-    if level is not None and level.lower() not in LOG_LEVELS:
-        raise table.error("level", f"{_show(level)} must be one of {', '.join(LOG_LEVELS)}")
-    form = table.string("format", required=False) or "text"
-    if form not in LOG_FORMATS:
-        raise table.error("format", f'{_show(form)} must be "text" or "json"')
-    sip_trace = table.get("sip_trace", bool, "a boolean", required=False)
-    return LogConfig(level.lower() if level is not None else None, form, bool(sip_trace))
-
-
-def _read_metrics(table: _Table) -> MetricsConfig:
-    token = table.string("token", required=False)
-    token_env = table.string("token_env", required=False)
-    if token is not None and token_env is not None:
-        raise table.error("token_env", "give token or token_env, not both")
-    if token_env is not None:
-        token = os.environ.get(token_env)
-        if not token:
-            raise table.error("token_env", f"environment variable {token_env} is not set")
-    return MetricsConfig(token)
-
-
-def _overlap(a: HostPort, b: HostPort) -> bool:
-    wildcard = {"0.0.0.0", "[::]"}
-    return a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard)
-
-
-def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Config:
-    """Read and validate the configuration file at ``path``.
-
-    ``cwd`` (default: the process's working directory) anchors a relative store path.
-    Raises ``ConfigError`` (one line) for any problem.
-    """
-    source = os.fspath(path)
-    try:
-        with open(source, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, None, f"invalid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, None, f"invalid TOML: not UTF-8 ({exc.reason})") from None
-
-    root = _Table(data, "", source)
-    sections = [root.table(name) for name in ("http", "sip", "xcap", "store")]
-    http_table, sip_table, xcap_table, store_table = sections
-    cwd = Path.cwd() if cwd is None else cwd
-    http = _read_http(http_table, cwd)
-    sip = _read_sip(sip_table, cwd)
-    xcap = _read_xcap(xcap_table, cwd)
-    store = _read_store(store_table, cwd)
-
-    account_tables = list(root.tables("accounts"))
-    if not account_tables:
-        raise ConfigError(source, "accounts", "at least one [[accounts]] entry is required")
-    accounts: list[Account] = []
-    first_index: dict[str, int] = {}
-    for index, table in enumerate(account_tables):
-        account = _read_account(table)
-        if account.id in first_index:
-            raise table.error(
-                "id", f"{_show(account.id)} duplicates accounts[{first_index[account.id]}].id"
-            )
-        first_index[account.id] = index
-        accounts.append(account)
-
-    if _overlap(http.address, sip.listen):
-        raise ConfigError(
-            source, "sip.listen", f"{sip.listen} is also http.host/http.port (both use TCP)"
-        )
-
-    bayeux_table = root.table("bayeux") if "bayeux" in data else None
-    bayeux = _read_bayeux(bayeux_table) if bayeux_table is not None else {}
-    policy_table = root.table("notifications") if "notifications" in data else None
-    policy = (
-        _read_notifications(policy_table) if policy_table is not None else NotificationPolicy()
-    )
-
-    limits_table = root.table("limits") if "limits" in data else None
-    limits = _read_limits(limits_table) if limits_table is not None else None
-
-    log_table = root.table("log") if "log" in data else None
-    log = _read_log(log_table) if log_table is not None else LogConfig()
-    metrics_table = root.table("metrics") if "metrics" in data else None
-    metrics = _read_metrics(metrics_table) if metrics_table is not None else MetricsConfig()
-
-    unknown = root.unknown()
-    extra = [
-        t
-        for t in (bayeux_table, policy_table, limits_table, log_table, metrics_table)
-        if t is not None
-    ]
-    for table in [*sections, *account_tables, *extra]:
-        unknown += table.unknown()
-    if unknown:
-        logger.warning("%s: unknown keys ignored: %s", source, ", ".join(unknown))
-    config = Config(
-        source,
-        http,
-        sip,
-        xcap,
-        store,
-        tuple(accounts),
-        tuple(unknown),
-        bayeux,
-        policy,
-        limits,
-        log,
-        metrics,
-    )
-    # Loaded now, so that an unusable certificate stops start-up here, in one line.
-    sip_tls_context(config)
-    xcap_tls_context(config)
-    return config
 
 
 # -- serve-time checks -------------------------------------------------------------

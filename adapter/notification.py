@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapter.presence_json import attribute_to_json, attributes_from_json, attributes_to_json
 from pidf import (
     Activity,
     AttributeType,
@@ -65,8 +66,6 @@ from pidf import (
     PresenceAttribute,
     Privacy,
     Sphere,
-    attributes_from_json,
-    attributes_to_json,
     filter_presence,
     format_instant,
 )
@@ -125,8 +124,8 @@ def withdrawal(attribute: PresenceAttribute, now: float) -> dict[str, Any]:
             "typeAndValue": {"unionElement": "Communication", "communication": {"means": []}},
         }
     if isinstance(value, Other):
-        return PresenceAttribute(Other(value.name, ""), when).to_json()
-    return PresenceAttribute(NONE_VALUES[attribute.type], when).to_json()
+        return attribute_to_json(PresenceAttribute(Other(value.name, ""), when))
+    return attribute_to_json(PresenceAttribute(NONE_VALUES[attribute.type], when))
 
 
 @dataclass(frozen=True)

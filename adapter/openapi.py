@@ -2,14 +2,12 @@
 
 OCSG serves "REST service descriptions of these operations ... at run-time"; ours
 are ``GET /openapi.json`` and ``GET /rest/presence/index.html``.  Both are generated
-from :data:`OPERATIONS`, :data:`NOTIFICATIONS` and :func:`schemas` below, so the page
-cannot say what the document does not.  Enumerated values are taken from the enums
-the REST edge validates with (``pidf.model``, ``adapter.notification``,
-``adapter.rest``), never retyped, so the description cannot drift from the code.
-
-The schemas describe what the adapter accepts, which is a little more than the
-spec's letter where the spec's own samples quote scalars (``"Boolean"``,
-``"Integer"``, ``"Float"``): those members take the quoted form too.
+from :data:`OPERATIONS` and :data:`NOTIFICATIONS` below, so the page cannot say
+what the document does not.  The schemas of the bodies are not written here: they
+are generated from the models the REST edge decodes and encodes with
+(adapter.models), so the description cannot drift from the code.  What this
+module adds is what the models cannot say: the paths, the query and path
+parameters, what each operation does, its answers and faults, and examples.
 """
 
 from __future__ import annotations
@@ -21,16 +19,18 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Literal
 
+from msgspec import Struct
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapter import models
 from adapter.admission import rate_limited
 from adapter.auth import IDENTITY_HEADER, REALM
 from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
-from adapter.notification import Criterion
-from adapter.rest import BASE, METRICS, SUBSCRIPTION_PATHS
-from pidf.model import Activity, AttributeType, MeansType, Place, Privacy, Sphere
+from adapter.models import METRICS
+from adapter.presence_json import Uri
+from adapter.rest import BASE, SUBSCRIPTION_PATHS
 
 __all__ = [
     "NOTIFICATIONS",
@@ -38,7 +38,6 @@ __all__ = [
     "Operation",
     "openapi_document",
     "openapi_routes",
-    "schemas",
     "service_description_html",
 ]
 
@@ -50,257 +49,12 @@ PAGE_PATH = f"{BASE}/index.html"
 SUBSCRIPTION, SUBSCRIPTIONS = SUBSCRIPTION_PATHS  # the spec's and OCSG 4.1's spelling
 
 
-def _char_class(chars: str) -> str:
-    """``chars`` as the inside of a regular expression class, in ranges."""
-    codes = sorted(map(ord, chars))
-    runs: list[list[int]] = []
-    for code in codes:
-        if runs and code == runs[-1][1] + 1:
-            runs[-1][1] = code
-        else:
-            runs.append([code, code])
-    return "".join(
-        f"\\u{lo:04x}" if lo == hi else f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in runs
-    )
+def ref(model: type[Struct]) -> Schema:
+    return {"$ref": f"{models.COMPONENTS}{model.__name__}"}
 
 
-# What Python's \s and str.strip() take for white space (str.isspace), spelled out:
-# ECMA-262's \s differs (it lacks U+001C–U+001F and U+0085, and has U+FEFF), and the
-# schema must say what the code does.
-SPACE = "[" + _char_class("".join(c for c in map(chr, range(0x10000)) if c.isspace())) + "]"
-# pidf.model.is_uri (RFC 3986 §3.1: scheme ":" and a non-empty rest) but for lone
-# surrogates, which generators of JSON do not make.
-URI_PATTERN = (
-    "^[A-Za-z][A-Za-z0-9+.\\-]*:[^" + SPACE[1:-1] + '<>"\\u0000-\\u001f\\u007f\\ufffe\\uffff]+$'
-)
-
-
-# pidf.model: XML 1.0 §2.2 Char, what a PIDF note or value can carry.
-XML_TEXT = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\ufffe\\uffff]*$"
-
-
-def comma_list_pattern(values: list[str], *, empty_items: bool) -> str:
-    """A string of ``values`` separated by commas, with white space around each
-    (adapter.rest.comma_list drops empty items, criteria does not)."""
-    one = "(" + "|".join(values) + ")" + ("?" if empty_items else "")
-    item = f"{SPACE}*{one}{SPACE}*"
-    return f"^{item}(,{item})*$" if empty_items else f"^({item}(,{item})*)?$"
-
-
-# adapter.rest.attribute_list of a string: attributes, comma-separated, empty items dropped.
-ATTRIBUTE_LIST = comma_list_pattern([k.value for k in AttributeType], empty_items=True)
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _quoted(schema: Schema, pattern: str, what: str) -> Schema:
-    """A scalar the spec's samples quote: the JSON type, or a string spelling it."""
-    return {"anyOf": [schema, {"type": "string", "pattern": pattern}], "description": what}
-
-
-URI: Schema = {"type": "string", "pattern": URI_PATTERN, "description": "An absolute URI."}
-BOOLEAN = _quoted(
-    {"type": "boolean"},
-    "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$",
-    'A boolean; the strings "true" and "false" are accepted too.',
-)
-COUNT = _quoted({"type": "integer", "minimum": 0}, "^[0-9]+$", "A non-negative integer.")
-
-
-def schemas() -> dict[str, Schema]:
-    """The components/schemas of the document (JSON Schema 2020-12)."""
-    out: dict[str, Schema] = {
-        cls.__name__: {"type": "string", "enum": [m.value for m in cls], "description": doc}
-        for cls, doc in (
-            (AttributeType, "A presence attribute (unionElement, presenceAttribute)."),
-            (Activity, "ActivityNone: not set; ActivityOther: any activity not listed."),
-            (Place, "PlaceNone: not set; PlaceOther: any place not listed."),
-            (Privacy, "PrivacyNone: not set; PrivacyOther: any level not listed."),
-            (Sphere, "SphereNone: not set; SphereOther: any sphere not listed."),
-            (MeansType, "The kind of contact client of a means of communication."),
-        )
-    }
-    out["Attributes"] = {
-        "anyOf": [
-            _array(ref("AttributeType")),
-            _string(pattern=ATTRIBUTE_LIST),
-        ],
-        "description": "An empty array (or none) means all attributes; in a string, "
-        "comma-separated.",
-    }
-    out["Means"] = _object(
-        contact=URI,
-        # PIDF carries it as a qvalue (RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] )
-        # / ( "1" [ "." 0*3("0") ] )), so pidf.model refuses more than three decimals.
-        priority=_quoted(
-            {"type": "number", "minimum": 0.0, "maximum": 1.0, "multipleOf": 0.001},
-            r"^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$",
-            "0.0 (lowest) to 1.0 (highest), at most three decimals.",
-        ),
-        type=ref("MeansType"),
-    )
-    out["Communication"] = _object(means=_array(ref("Means"), minItems=1))
-    out["Other"] = _object(name=_string(minLength=1, pattern=XML_TEXT),
-                           value=_string(pattern=XML_TEXT))
-    # The member carrying each union element is the element's name in lower case,
-    # and it must be the only one present (pidf.model refuses a second member).
-    members = {kind: kind.value.lower() for kind in AttributeType}
-    out["TypeAndValue"] = {
-        "type": "object",
-        "description": "One presence value: unionElement names the member that carries it.",
-        "oneOf": [
-            {
-                "required": ["unionElement", member],
-                "properties": {"unionElement": {"const": kind.value}, member: ref(kind.value)},
-                "not": {"anyOf": [
-                    {"required": [m], "properties": {m: {"not": {"type": "null"}}}}
-                    for m in members.values() if m != member
-                ]},
-            }
-            for kind, member in members.items()
-        ],
-    }
-    out["PresenceAttribute"] = _object(
-        optional=("lastChange", "note"),
-        nullable=True,
-        lastChange=_string(
-            format="date-time", description="ISO 8601 extended; no offset means UTC."
-        ),
-        typeAndValue=ref("TypeAndValue"),
-        note=_string(pattern=XML_TEXT, description="An explanatory note."),
-    )
-    out["PublishRequest"] = _object(presence=_array(
-        ref("PresenceAttribute"), minItems=1,
-        description="Applied in order: of two values for one attribute (Other: one name) "
-        "the later is published.",
-    ))
-    out["PresenceResult"] = _object(result=_array(ref("PresenceAttribute")))
-    application = _string(description="A descriptive name; informational only.")
-    out["OpenSubscription"] = _object(
-        optional=("application", "attributes"),
-        application=application,
-        attributes=ref("Attributes"),
-        watcher=URI,
-    )
-    out["OpenSubscriptionsResult"] = _object(result=_array(ref("OpenSubscription")))
-    out["UriResult"] = _object(result=_array(URI))
-    out["Decision"] = _object(presenceAttribute=ref("AttributeType"), decision=BOOLEAN)
-    out["UpdateAuthorizationRequest"] = _object(watcher=URI, decisions=_array(
-        ref("Decision"), minItems=1,
-        description="Applied in order: of two decisions on one attribute the later counts.",
-    ))
-    out["Reference"] = _object(
-        optional=("interfaceName",),
-        nullable=True,
-        correlator=_string(minLength=1),
-        endpoint=_string(
-            pattern="^/", description="A Bayeux channel: /bayeux/<account id> or below it."
-        ),
-        interfaceName=_string(description="Identifies the kind of notification."),
-    )
-    out["SubscribePresenceRequest"] = _object(
-        optional=("application", "attributes"),
-        nullable=True,
-        application=application,
-        presentity=URI,
-        attributes=ref("Attributes"),
-        reference=ref("Reference"),
-    )
-    out["UserPresenceQuery"] = {
-        **_object(
-            optional=("attributes",), nullable=True, presentity=URI, attributes=ref("Attributes")
-        ),
-        "examples": [{"presentity": ALICE, "attributes": ["Activity", "Place"]}],
-    }
-    out["TimeMetric"] = _object(metric=_string(enum=list(METRICS)), units=COUNT)
-    criteria = [c.value for c in Criterion]
-    out["StartNotificationRequest"] = _object(
-        optional=("checkImmediate", "criteria", "frequency", "attributes", "count", "duration"),
-        nullable=True,
-        presentity=URI,
-        checkImmediate=BOOLEAN,
-        criteria={
-            "anyOf": [
-                _array(_string(enum=criteria)),
-                _string(pattern=comma_list_pattern(criteria, empty_items=False)),
-            ],
-            "description": "Notify only these changes; in a string, comma-separated.",
-        },
-        frequency=ref("TimeMetric"),
-        reference=ref("Reference"),
-        attributes=ref("Attributes"),
-        count=COUNT,
-        duration=ref("TimeMetric"),
-    )
-    # What statusChanged says of a Communication that went away: no means
-    # (a Publish refuses it; DELETE /rest/presence withdraws).
-    out["CommunicationWithdrawn"] = _object(
-        lastChange=_string(format="date-time", description="When the adapter learned it."),
-        typeAndValue=_object(
-            unionElement={"const": "Communication"},
-            communication=_object(means={"type": "array", "maxItems": 0}),
-        ),
-    )
-    out["StatusChanged"] = _wrapped(
-        "statusChanged",
-        correlator=_string(),
-        presentity=URI,
-        changedAttributes=_array(
-            {"anyOf": [ref("PresenceAttribute"), ref("CommunicationWithdrawn")]}
-        ),
-    )
-    out["StatusEnd"] = _wrapped("statusEnd", correlator=_string())
-    out["NotifySubscription"] = _wrapped(
-        "notifySubscription",
-        presentity=URI,
-        decisions=_array(
-            _object(presenceAttribute=ref("AttributeType"), decision={"type": "boolean"})
-        ),
-    )
-    out["SubscriptionEnded"] = _wrapped(
-        "subscriptionEnded", presentity=URI, reason=_string(examples=["Blocked", "Timeout"])
-    )
-    fault = _object(
-        messageId=_string(enum=[code.message_id for code in FaultCode]),
-        text=_string(description="%1, %2 … stand for the variables, in order."),
-        variables=_array(_string()),
-    )
-    out["RequestError"] = _object(
-        requestError={"oneOf": [_object(serviceException=fault), _object(policyException=fault)]}
-    )
-    return out
-
-
-def _string(**keywords: Any) -> Schema:
-    return {"type": "string", **keywords}
-
-
-def _array(items: Schema, **keywords: Any) -> Schema:
-    return {"type": "array", "items": items, **keywords}
-
-
-def _object(
-    *, optional: tuple[str, ...] = (), nullable: bool = False, **properties: Schema
-) -> Schema:
-    """An object; with ``nullable``, an optional member may be null, which the
-    REST edge reads as absent (as serialisers that write every field send it)."""
-    if nullable:
-        properties = {
-            name: {"anyOf": [schema, {"type": "null"}]} if name in optional else schema
-            for name, schema in properties.items()
-        }
-    return {
-        "type": "object",
-        "required": [name for name in properties if name not in optional],
-        "properties": properties,
-    }
-
-
-def _wrapped(name: str, **properties: Schema) -> Schema:
-    inner = {"type": "object", "required": list(properties), "properties": properties}
-    return {"type": "object", "required": [name], "properties": {name: inner}}
+URI = models.schema_of(Uri)
+ATTRIBUTE_LIST = models.schema_of(models.Attributes)["anyOf"][1]
 
 
 # -- the operations ---------------------------------------------------------------
@@ -321,7 +75,7 @@ class Param:
 class Reply:
     status: int
     description: str
-    schema: str | None = None  # a component of schemas()
+    schema: type[Struct] | None = None  # a model of adapter.models
     example: Any = None  # a value that names something real in the examples
     headers: tuple[tuple[str, str], ...] = ()  # (name, description)
     media: str = "application/json"
@@ -344,7 +98,7 @@ class Operation:
     paths: tuple[str, ...]
     description: str
     params: tuple[Param, ...] = ()
-    body: str | None = None
+    body: type[Struct] | None = None
     body_example: Any = None
     replies: tuple[Reply, ...] = ()
     faults: tuple[Fault, ...] = ()
@@ -434,7 +188,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "publish", "Publish", "presentity", "POST", (BASE,),
         "Publishes the presence of the acting address (PUBLISH, PIDF+RPID). The publication "
         "is refreshed before it expires and replaced by the next Publish.",
-        body="PublishRequest", body_example={"presence": PRESENCE},
+        body=models.PublishRequest, body_example={"presence": PRESENCE},
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("presence[0].typeAndValue.activity"),
                       "The presence array is missing, empty or holds an invalid value."),
@@ -453,7 +207,7 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(Param("attributes", "query", "Only these attributes, comma-separated "
                       "(or the parameter repeated); Other withdraws every Other. Empty, "
                       "as absent, means all (the spec's convention for attributes).",
-                      _string(pattern=ATTRIBUTE_LIST, examples=["Place,Other"])),),
+                      {**ATTRIBUTE_LIST, "examples": ["Place,Other"]}),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("attributes[0]"),
                       "attributes names something that is not an attribute."), *SIP_FAILED),
@@ -465,7 +219,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "(status=open). With filter=watcher as well, only their URIs.",
         params=(Param("status", "query", "open: the watchers waiting for a decision.",
                       {"type": "string", "enum": ["open"]}, required=True),),
-        replies=(Reply(200, "The waiting watchers.", "OpenSubscriptionsResult", {"result": [
+        replies=(Reply(200, "The waiting watchers.", models.OpenSubscriptionsResult, {"result": [
             {"application": "Team board", "attributes": ["Activity", "Place"], "watcher": BOB}
         ]}),),
         faults=(Fault(ServiceError.invalid_input_values("status", ["open"]),
@@ -477,7 +231,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "state): filter=watcher, which is also what GET without status or filter answers.",
         params=(Param("filter", "query", "watcher: the watchers' URIs only.",
                       {"type": "string", "enum": ["watcher"]}, required=True),),
-        replies=(Reply(200, "The current watchers.", "UriResult", {"result": [BOB]}),),
+        replies=(Reply(200, "The current watchers.", models.UriResult, {"result": [BOB]}),),
         faults=(Fault(ServiceError.invalid_input_values("filter", ["watcher"]),
                       "filter has another value."), *SIP_FAILED),
     ),
@@ -490,7 +244,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "subscribed yet: the rule applies from its first notification, and a rule alone does "
         "not list it among the open subscriptions or the watchers. A subscribed watcher gets "
         "notifySubscription.",
-        body="UpdateAuthorizationRequest", body_example={"watcher": BOB, "decisions": DECISIONS},
+        body=models.UpdateAuthorizationRequest,
+        body_example={"watcher": BOB, "decisions": DECISIONS},
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("decisions[0].presenceAttribute"),
                       "watcher or decisions missing or invalid."),
@@ -510,7 +265,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Asks to subscribe to a presentity's attributes. Nothing is visible until the "
         "presentity authorizes the watcher; the decisions arrive as notifySubscription on "
         "reference.endpoint, and the end of the subscription as subscriptionEnded.",
-        body="SubscribePresenceRequest",
+        body=models.SubscribePresenceRequest,
         body_example={"application": "Team board", "presentity": ALICE,
                       "attributes": ["Activity", "Place"], "reference": REFERENCE},
         replies=(NO_CONTENT,),
@@ -529,9 +284,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "in part.",
         params=(
             Param("query", "query", "URL-encoded JSON (OCSG convention).",
-                  ref("UserPresenceQuery"), required=True, as_json=True),
+                  ref(models.UserPresenceQuery), required=True, as_json=True),
         ),
-        replies=(Reply(200, "The authorized attributes.", "PresenceResult",
+        replies=(Reply(200, "The authorized attributes.", models.PresenceResult,
                        {"result": PRESENCE[:2]}),),
         faults=(BAD_INPUT, NO_SUBSCRIPTION,
                 Fault(ServiceError(FaultCode.INVALID_INPUT,
@@ -557,14 +312,14 @@ OPERATIONS: tuple[Operation, ...] = (
         "On a group (a resource list the presence server serves, RFC 4662) each "
         "statusChanged names the member as presentity, with the group's correlator; "
         "frequency and count hold across the members (README, Groups).",
-        body="StartNotificationRequest",
+        body=models.StartNotificationRequest,
         body_example={"presentity": ALICE, "checkImmediate": True, "criteria": "Reachable",
                       "frequency": {"metric": "Second", "units": 30}, "reference": REFERENCE,
                       "attributes": ["Activity"], "count": 10,
                       "duration": {"metric": "Hour", "units": 2}},
         replies=(Reply(201, "Started; result lists the presentities that could not be "
                        "subscribed (of a group: its members not active once the list's "
-                       "state is in).", "UriResult", {"result": []},
+                       "state is in).", models.UriResult, {"result": []},
                        headers=(("Location", "The Bayeux server URL, e.g. "
                                  "http://127.0.0.1:8080/cometd"),)),),
         faults=(BAD_INPUT,
@@ -616,8 +371,8 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 #: The notifications published on Bayeux: name → (schema, when, example).
-NOTIFICATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "statusChanged": ("StatusChanged", "The presentity's state changed (Start Presence "
+NOTIFICATIONS: dict[str, tuple[type[Struct], str, dict[str, Any]]] = {
+    "statusChanged": (models.StatusChanged, "The presentity's state changed (Start Presence "
                       "Notification). changedAttributes holds the attributes that changed, "
                       "and those told before that went away (withdrawn, the publication "
                       "ended or expired, the presentity offline) in one form per type: "
@@ -627,12 +382,12 @@ NOTIFICATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
                       {"statusChanged": {
                           "correlator": "board-7", "presentity": ALICE,
                           "changedAttributes": PRESENCE[:1]}}),
-    "statusEnd": ("StatusEnd", "count or duration is reached.",
+    "statusEnd": (models.StatusEnd, "count or duration is reached.",
                   {"statusEnd": {"correlator": "board-7"}}),
-    "notifySubscription": ("NotifySubscription", "The presentity decided on the watcher's "
+    "notifySubscription": (models.NotifySubscription, "The presentity decided on the watcher's "
                            "subscription.", {"notifySubscription": {
                                "presentity": ALICE, "decisions": DECISIONS}}),
-    "subscriptionEnded": ("SubscriptionEnded", "The subscription ended: the presentity "
+    "subscriptionEnded": (models.SubscriptionEnded, "The subscription ended: the presentity "
                           "blocked the watcher (Blocked) or it could not be kept (Timeout).",
                           {"subscriptionEnded": {"presentity": ALICE, "reason": "Blocked"}}),
 }
@@ -737,7 +492,7 @@ def _openapi_operation(endpoint: Endpoint) -> Schema:
         responses[str(status)] = {
             "description": " ".join(dict.fromkeys(f.when for f in same)),
             "content": {"application/json": {
-                "schema": ref("RequestError"),
+                "schema": ref(models.RequestError),
                 "examples": _example_map(
                     [(f"{f.error.message_id}-{i}", f.error.body()) for i, f in enumerate(same)]
                 ),
@@ -756,7 +511,11 @@ def openapi_document() -> dict[str, Any]:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _openapi_operation(
             endpoint
         )
-    components = schemas()
+    components = models.schema_components()
+    # An example that names a real presentity, so that generated queries reach one.
+    components["UserPresenceQuery"]["examples"] = [
+        {"presentity": ALICE, "attributes": ["Activity", "Place"]}
+    ]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -835,7 +594,7 @@ def _operation_html(op: Operation, ids: dict[tuple[str, str], str]) -> Iterator[
                    f"<td>{'yes' if p.required else 'no'}</td><td>{_e(p.description)}</td></tr>")
         yield "</table>"
     if op.body:
-        yield f"<h4>Request body (<code>{_e(op.body)}</code>)</h4>{_json(op.body_example)}"
+        yield f"<h4>Request body (<code>{_e(op.body.__name__)}</code>)</h4>{_json(op.body_example)}"
     for r in op.replies:
         yield f"<h4>{r.status} {_e(r.description)}</h4>"
         for name, text in r.headers:

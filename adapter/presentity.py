@@ -39,6 +39,7 @@ from typing import Any
 from adapter.liveness import ServerLiveness, bounded
 from adapter.logs import bind
 from adapter.metrics import RecoveryProgress
+from adapter.presence_json import attributes_from_json, attributes_to_json
 from adapter.publisher import Forget, Modify, Publish, PublishAction, Publisher, Save
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store
@@ -52,8 +53,6 @@ from pidf import (
     WatcherInfo,
     WatcherInfoState,
     WatcherStatus,
-    attributes_from_json,
-    attributes_to_json,
     validate_publication,
 )
 from pidf.watcherinfo import CONTENT_TYPE as WATCHERINFO

@@ -1,29 +1,33 @@
 """The RESTful Presence interface (OCSG): thin endpoints over the services.
 
-Each endpoint parses and validates its input, calls one service method and
-shapes the answer; errors of the layers below are translated once, here, into
-the ``requestError`` body (:data:`EXCEPTION_HANDLERS`).  The spec's singular
+Each endpoint decodes its input with the models of adapter.models (which
+validate it and name the bad part), calls one service method and shapes the
+answer; errors of the layers below are translated once, here, into the
+``requestError`` body (:data:`EXCEPTION_HANDLERS`).  The spec's singular
 ``/subscription`` and OCSG 4.1's plural ``/subscriptions`` are both served.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from msgspec import Struct
 from starlette.datastructures import QueryParams
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from adapter import models
 from adapter.auth import Accounts, Caller
 from adapter.config import NotificationPolicy
 from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
-from adapter.notification import Criterion, Schedule
+from adapter.models import METRICS, decode
+from adapter.notification import Schedule
+from adapter.presence_json import attributes_from_items, comma_list, item_of
 from adapter.presentity import PresentityService
 from adapter.watcher import (
     DuplicateCorrelator,
@@ -35,18 +39,11 @@ from adapter.watcher import (
     WatcherService,
 )
 from adapter.xcap import XcapError, XcapTimeout
-from pidf import (
-    AttributeType,
-    Other,
-    PresenceAttribute,
-    ValidationError,
-    attributes_from_json,
-    attributes_to_json,
-)
+from pidf import AttributeType, Other, PresenceAttribute, ValidationError
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
 
-__all__ = ["EXCEPTION_HANDLERS", "BASE", "fast_routes", "routes"]
+__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,45 +52,22 @@ SUBSCRIPTION_PATHS = (f"{BASE}/subscription", f"{BASE}/subscriptions")
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
+# Compiled once: a decoder per body.
+PUBLISH = models.decoder(models.PublishRequest)
+UPDATE_AUTHORIZATION = models.decoder(models.UpdateAuthorizationRequest)
+SUBSCRIBE_PRESENCE = models.decoder(models.SubscribePresenceRequest)
+USER_PRESENCE_QUERY = models.decoder(models.UserPresenceQuery)
+START_NOTIFICATION = models.decoder(models.StartNotificationRequest)
+
 
 # -- input -------------------------------------------------------------------
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or SVC0002 naming the body."""
-    return decoded_object(await request.body())
-
-
-def decoded_object(raw: bytes | str, part: str = "body") -> dict[str, Any]:
-    """``raw`` as a JSON object, or SVC0002 naming ``part``."""
-    try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ServiceError.invalid_input(f"{part} (not JSON)") from None
-    except RecursionError:  # the json module recurses once per level of nesting
-        raise ServiceError.invalid_input(f"{part} (nested too deeply)") from None
-    if not isinstance(value, dict):
-        raise ServiceError.invalid_input(f"{part} (not a JSON object)")
-    return value
-
-
-def require(obj: Mapping[str, Any], name: str, kind: type, part: str | None = None) -> Any:
-    value = obj.get(name)
-    if value is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ServiceError.invalid_input(part or name)
-    return value
-
-
-def uri(value: Any, part: str) -> str:
-    if not isinstance(value, str) or not is_uri(value):
+def uri(value: str | None, part: str) -> str:
+    """A URI from the path or the query string (bodies are checked by their models)."""
+    if value is None or not is_uri(value):
         raise ServiceError.invalid_input(part)
     return value
-
-
-def _optional(obj: Mapping[str, Any], name: str, default: Any) -> Any:
-    """An optional member; null counts as absent (serialisers that write every field)."""
-    value = obj.get(name)
-    return default if value is None else value
 
 
 def caller(request: Request, params: tuple[str, ...] = ()) -> Caller:
@@ -104,7 +78,8 @@ def caller(request: Request, params: tuple[str, ...] = ()) -> Caller:
     """
     accounts: Accounts = request.state.accounts
     who = accounts.authenticate(request)
-    refuse_unknown_parameters(request.query_params, params)
+    if request.scope["query_string"]:  # most requests have none: no parsing then
+        refuse_unknown_parameters(request.query_params, params)
     return who
 
 
@@ -114,65 +89,50 @@ def refuse_unknown_parameters(query: QueryParams, known: tuple[str, ...]) -> Non
             raise ServiceError.invalid_input(f"{name} (unknown parameter)")
 
 
+def json_response(model: Struct, status_code: int = 200, **headers: str) -> Response:
+    return Response(models.encode(model), status_code, headers or None, "application/json")
+
+
 # -- presentity operations ------------------------------------------------------
 
 
-async def publish(request: Request) -> Response:
+class Publish:
     """Publish: POST /rest/presence {"presence":[…]} → 204.
 
-    The adapter's app serves this operation with :func:`publish_asgi`, which
-    gives the same answers; this form stays for apps composed without it.
+    The operation that carries the load, so an ASGI app in its ordinary route
+    rather than a request function: the router, its 404 and 405 and the app's
+    exception handlers serve it as any other, and it reads the two headers it
+    needs from the scope, without a second exception wrapper and the headers
+    and response objects a request function costs.  It sends its answer
+    last, so a handler never answers after a response has started.
     """
-    who = caller(request)
-    await _publish(request.state.presentity, who.address, await request.body())
-    return Response(status_code=204)
+
+    __name__ = "publish"  # the operation's name in the metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = named = None
+        # ASGI header names are lower case; the first of a repeated header
+        # counts, as with Starlette's Headers.get.
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"x-presence-identity" and named is None:
+                named = value.decode("latin-1")
+        state = scope["state"]
+        accounts: Accounts = state["accounts"]
+        who = accounts.caller(authorization, named)
+        if scope["query_string"]:
+            refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
+        body = decode(PUBLISH, await Request(scope, receive).body())
+        service: PresentityService = state["presentity"]
+        await service.publish(who.address, in_order(attributes_from_items(body.presence)))
+        await send(NO_CONTENT)
+        await send(NO_BODY)
 
 
-async def publish_asgi(scope: Scope, receive: Receive, send: Send) -> None:
-    """Publish as a bare ASGI app, the hot path of the REST API.
-
-    The same steps and answers as :func:`publish` without Starlette's
-    request, routing and response objects (see adapter.app._FastRoutes).
-    Errors are raised, for the app's exception handlers.
-    """
-    authorization = named = None
-    # ASGI header names are lower case; the first of a repeated header counts,
-    # as with Starlette's Headers.get.
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            if authorization is None:
-                authorization = value.decode("latin-1")
-        elif name == b"x-presence-identity" and named is None:
-            named = value.decode("latin-1")
-    state = scope["state"]
-    accounts: Accounts = state["accounts"]
-    who = accounts.caller(authorization, named)
-    if scope["query_string"]:
-        refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
-    await _publish(state["presentity"], who.address, await _body(receive))
-    await send({"type": "http.response.start", "status": 204, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _body(receive: Receive) -> bytes:
-    message = await receive()
-    if message["type"] == "http.request" and not message.get("more_body", False):
-        return bytes(message.get("body", b""))
-    chunks: list[bytes] = []
-    while True:
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-        message = await receive()
-
-
-async def _publish(service: PresentityService, address: str, raw: bytes) -> None:
-    items = decoded_object(raw).get("presence")
-    if not isinstance(items, list) or not items:
-        raise ServiceError.invalid_input("presence")
-    await service.publish(address, in_order(attributes_from_json(items)))
+NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
+NO_BODY = {"type": "http.response.body", "body": b""}
 
 
 def in_order(attributes: tuple[PresenceAttribute, ...]) -> tuple[PresenceAttribute, ...]:
@@ -194,12 +154,22 @@ async def withdraw(request: Request) -> Response:
     those attributes are withdrawn and the rest stays published.
     """
     who = caller(request, ("attributes",))
-    kinds: frozenset[AttributeType] = frozenset()
-    for value in request.query_params.getlist("attributes"):
-        kinds |= attribute_list(value, "attributes")
+    kinds = query_attributes(request.query_params.getlist("attributes"), "attributes")
     service: PresentityService = request.state.presentity
     await service.withdraw(who.address, kinds)
     return Response(status_code=204)
+
+
+def query_attributes(values: list[str], part: str) -> frozenset[AttributeType]:
+    """Attributes from the query string: the parameter repeated, each one a comma list."""
+    names = [name for value in values for name in comma_list(value)]
+    kinds = set()
+    for i, name in enumerate(names):
+        try:
+            kinds.add(AttributeType(name))
+        except ValueError:
+            raise ServiceError.invalid_input(f"{part}[{i}]") from None
+    return frozenset(kinds)
 
 
 async def get_subscriptions(request: Request) -> Response:
@@ -218,47 +188,30 @@ async def get_subscriptions(request: Request) -> Response:
     if params.get("filter", "watcher") != "watcher":
         raise ServiceError.invalid_input_values("filter", ["watcher"])
     if "status" not in params:
-        return JSONResponse({"result": await service.watchers(who.address)})
+        return json_response(models.UriResult(await service.watchers(who.address)))
     waiting = await service.open_subscriptions(who.address)
     if "filter" in params:
-        return JSONResponse({"result": [item.watcher for item in waiting]})
-    return JSONResponse(
-        {
-            "result": [
-                {
-                    "application": item.application,
-                    "attributes": [a.value for a in item.attributes],
-                    "watcher": item.watcher,
-                }
+        return json_response(models.UriResult([item.watcher for item in waiting]))
+    return json_response(
+        models.OpenSubscriptionsResult(
+            [
+                models.OpenSubscription(item.application, list(item.attributes), item.watcher)
                 for item in waiting
             ]
-        }
+        )
     )
 
 
 async def update_authorization(request: Request) -> Response:
     """Update Subscription Authorization: PUT …/subscription {"watcher","decisions"} → 204."""
     who = caller(request)
-    body = await json_object(request)
-    watcher = uri(body.get("watcher"), "watcher")
-    raw = body.get("decisions")
-    if not isinstance(raw, list) or not raw:
-        raise ServiceError.invalid_input("decisions")
+    body = decode(UPDATE_AUTHORIZATION, await request.body())
     decisions: dict[AttributeType, bool] = {}
-    for i, item in enumerate(raw):
-        part = f"decisions[{i}]"
-        if not isinstance(item, dict):
-            raise ServiceError.invalid_input(part)
-        kind = AttributeType.parse(item.get("presenceAttribute"), f"{part}.presenceAttribute")
-        decision = item.get("decision")
-        if isinstance(decision, str) and decision.lower() in ("true", "false"):
-            decision = decision.lower() == "true"  # the spec's examples quote booleans
-        if not isinstance(decision, bool):
-            raise ServiceError.invalid_input(f"{part}.decision")
-        decisions.pop(kind, None)  # in order, as successive requests: the later decides
-        decisions[kind] = decision
+    for item in body.decisions:
+        decisions.pop(item.presenceAttribute, None)  # in order: the later decides
+        decisions[item.presenceAttribute] = models.boolean(item.decision, False)
     service: PresentityService = request.state.presentity
-    await service.authorize(who.address, watcher, decisions)
+    await service.authorize(who.address, body.watcher, decisions)
     return Response(status_code=204)
 
 
@@ -276,114 +229,28 @@ async def block_subscription(request: Request) -> Response:
 
 # -- watcher operations -----------------------------------------------------------
 
-#: Parlay X TimeMetric units, in seconds (a month of 30 days, a year of 365).
-METRICS = {
-    "Millisecond": 0.001,
-    "Second": 1.0,
-    "Minute": 60.0,
-    "Hour": 3600.0,
-    "Day": 86400.0,
-    "Week": 7 * 86400.0,
-    "Month": 30 * 86400.0,
-    "Year": 365 * 86400.0,
-}
 
-
-def attribute_list(value: Any, part: str) -> frozenset[AttributeType]:
-    """The spec's ``attributes``: absent or empty = all; a comma list in a string too."""
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        value = comma_list(value)
-    if not isinstance(value, list):
-        raise ServiceError.invalid_input(part)
-    return frozenset(AttributeType.parse(item, f"{part}[{i}]") for i, item in enumerate(value))
-
-
-def comma_list(text: str) -> list[str]:
-    """``"Activity, Place"`` → ``["Activity", "Place"]``; empty items are dropped."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def reference(value: Any, who: Caller) -> Reference:
+def reference(value: models.Reference, who: Caller) -> Reference:
     """The spec's ``reference``; its endpoint must be the caller's own channel."""
-    if not isinstance(value, dict):
-        raise ServiceError.invalid_input("reference")
-    correlator = value.get("correlator")
-    if not isinstance(correlator, str) or not correlator:
-        raise ServiceError.invalid_input("reference.correlator")
-    endpoint = value.get("endpoint")
-    if not isinstance(endpoint, str) or not endpoint.startswith("/"):
-        raise ServiceError.invalid_input("reference.endpoint")
+    endpoint = value.endpoint
     root = f"/bayeux/{who.account.id}"
     if not (endpoint == root or endpoint.startswith(root + "/")) or "*" in endpoint:
         raise PolicyError.policy_error(f"reference.endpoint must be {root} or below it")
-    interface_name = _optional(value, "interfaceName", "")
-    if not isinstance(interface_name, str):
-        raise ServiceError.invalid_input("reference.interfaceName")
-    return Reference(correlator, endpoint, interface_name)
-
-
-def boolean(value: Any, part: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"  # the spec writes booleans as strings
-    if not isinstance(value, bool):
-        raise ServiceError.invalid_input(part)
-    return value
-
-
-def period(value: Any, part: str) -> float | None:
-    """A Parlay X TimeMetric ``{"metric","units"}`` in seconds; None when absent."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ServiceError.invalid_input(part)
-    metric = value.get("metric")
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise ServiceError.invalid_input_values(f"{part}.metric", list(METRICS))
-    units = value.get("units")
-    if isinstance(units, str) and units.isdigit():
-        units = int(units)
-    if not isinstance(units, int) or isinstance(units, bool) or units < 0:
-        raise ServiceError.invalid_input(f"{part}.units")
-    return METRICS[metric] * units
-
-
-def criteria(value: Any) -> frozenset[Criterion]:
-    if value is None or value == "":
-        return frozenset()
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ServiceError.invalid_input("criteria")
-    out = set()
-    for item in items:
-        try:
-            out.add(Criterion(item))
-        except ValueError:
-            raise ServiceError.invalid_input_values(
-                "criteria", [c.value for c in Criterion]
-            ) from None
-    return frozenset(out)
+    return Reference(value.correlator, endpoint, value.interfaceName or "")
 
 
 async def subscribe_presence(request: Request) -> Response:
     """Subscribe Presence: POST …/subscription → 204."""
     who = caller(request)
-    body = await json_object(request)
-    presentity = uri(body.get("presentity"), "presentity")
-    application = _optional(body, "application", "")
-    if not isinstance(application, str):
-        raise ServiceError.invalid_input("application")
+    body = decode(SUBSCRIBE_PRESENCE, await request.body())
     service: WatcherService = request.state.watcher
     await service.subscribe(
         who.account.id,
         who.address,
-        presentity,
-        application=application,
-        attributes=attribute_list(body.get("attributes"), "attributes"),
-        reference=reference(body.get("reference"), who),
+        body.presentity,
+        application=body.application or "",
+        attributes=models.attribute_kinds(body.attributes),
+        reference=reference(body.reference, who),
     )
     return Response(status_code=204)
 
@@ -404,7 +271,7 @@ async def get_user_presence(request: Request) -> Response:
     service: WatcherService = request.state.watcher
     presence = await service.user_presence(who.address, presentity, asked)
     attributes = presence.attributes if presence is not None else ()
-    return JSONResponse({"result": attributes_to_json(attributes)})
+    return json_response(models.PresenceResult([item_of(a) for a in attributes]))
 
 
 def user_presence_query(params: QueryParams) -> tuple[str, frozenset[AttributeType]]:
@@ -421,50 +288,35 @@ def user_presence_query(params: QueryParams) -> tuple[str, frozenset[AttributeTy
         if len(params.getlist(name)) > 1:
             raise ServiceError.invalid_input(f"{name} (repeated)")
     if "query" not in params:
-        asked: list[str] = []
-        for value in params.getlist("attributes"):
-            asked.extend(comma_list(value))
-        return uri(params.get("presentity"), "presentity"), attribute_list(asked, "attributes")
+        presentity = uri(params.get("presentity"), "presentity")
+        return presentity, query_attributes(params.getlist("attributes"), "attributes")
     for name in ("presentity", "attributes"):
         if name in params:
             raise ServiceError.invalid_input(f"{name} (beside query)")
-    query = json_query(params["query"])
-    return uri(query.get("presentity"), "query.presentity"), attribute_list(
-        query.get("attributes"), "query.attributes"
-    )
-
-
-def json_query(text: str) -> dict[str, Any]:
-    """OCSG's ``?query=`` object: JSON, bare or wrapped in double quotes."""
+    text = params["query"]
     if len(text) > 1 and text[0] == text[-1] == '"':
         text = text[1:-1]  # ?query="%7B%22presentity%22…%7D", as OCSG's examples write it
-    return decoded_object(text, "query")
+    query = decode(USER_PRESENCE_QUERY, text, "query")
+    return query.presentity, models.attribute_kinds(query.attributes)
 
 
 async def start_notification(request: Request) -> Response:
     """Start Presence Notification: POST /rest/presence/notification → 201."""
     who = caller(request)
-    body = await json_object(request)
+    body = decode(START_NOTIFICATION, await request.body())
     policy: NotificationPolicy = request.state.notification_policy
-    presentity = uri(body.get("presentity"), "presentity")
-    ref = reference(body.get("reference"), who)
-    frequency = period(body.get("frequency"), "frequency")
-    if frequency is None:
-        frequency = policy.min_frequency
+    ref = reference(body.reference, who)
+    frequency = policy.min_frequency if body.frequency is None else body.frequency.seconds
     if frequency < policy.min_frequency:
         raise PolicyError.invalid_frequency()
-    duration = period(body.get("duration"), "duration")
-    if duration is None or duration == 0:
+    duration = 0.0 if body.duration is None else body.duration.seconds
+    if duration == 0:
         duration = policy.max_duration
     if duration > policy.max_duration:
         raise PolicyError.policy_error(
             f"duration longer than {policy.max_duration:g} s is not allowed"
         )
-    count = _optional(body, "count", 0)
-    if isinstance(count, str) and count.isdigit():
-        count = int(count)
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise ServiceError.invalid_input("count")
+    count = models.count(body.count, 0)
     if count == 0 and not policy.allow_unlimited_count:
         raise PolicyError.unlimited_notifications()
     if count > policy.max_count:
@@ -475,10 +327,10 @@ async def start_notification(request: Request) -> Response:
         app_id=who.account.id,
         endpoint=ref.endpoint,
         watcher=who.address,
-        presentity=presentity,
+        presentity=body.presentity,
         interface_name=ref.interface_name,
-        attributes=attribute_list(body.get("attributes"), "attributes"),
-        criteria=criteria(body.get("criteria")),
+        attributes=models.attribute_kinds(body.attributes),
+        criteria=models.criteria(body.criteria),
         frequency=frequency,
         remaining=count or None,
         deadline=now + duration,
@@ -487,13 +339,13 @@ async def start_notification(request: Request) -> Response:
     not_subscribed = await service.start_notification(
         who.account.id,
         who.address,
-        presentity,
+        body.presentity,
         schedule,
-        check_immediate=boolean(body.get("checkImmediate"), "checkImmediate", False),
+        check_immediate=models.boolean(body.checkImmediate, False),
     )
     location = str(request.base_url).rstrip("/") + "/cometd"
-    return JSONResponse(
-        {"result": not_subscribed}, status_code=201, headers={"Location": location}
+    return json_response(
+        models.UriResult(not_subscribed), 201, Location=location
     )
 
 
@@ -507,14 +359,9 @@ async def end_notification(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def fast_routes() -> dict[tuple[str, str], ASGIApp]:
-    """(method, path) -> the bare ASGI app that serves it ahead of :func:`routes`."""
-    return {("POST", BASE): publish_asgi}
-
-
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [
-        Route(BASE, publish, methods=["POST"]),
+        Route(BASE, Publish(), methods=["POST"]),
         Route(BASE, get_user_presence, methods=["GET"]),
         Route(BASE, withdraw, methods=["DELETE"]),
         Route(f"{BASE}/notification", start_notification, methods=["POST"]),

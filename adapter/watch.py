@@ -733,13 +733,12 @@ class WatchMachine:
     def recheck(self, watch: Watch, now: float) -> list[WatchAction]:
         """Subscribe Presence on a watch: its reference hears the decisions
         (of a group: each active member's)."""
-        for member in list(watch.listed.values()):
-            self.recheck(member, now)
-        if watch.state is WatchState.ACTIVE and not watch.waiting and not watch.is_list:
-            if self._need_rules(watch, now):
-                watch.waiting = True
-            else:
-                self._tell_decisions(watch)
+        for one in (watch, *watch.listed.values()):
+            if one.state is WatchState.ACTIVE and not one.waiting and not one.is_list:
+                if self._need_rules(one, now):
+                    one.waiting = True
+                else:
+                    self._tell_decisions(one)
         return self._take()
 
     def refresh_decisions(self, watch: Watch, now: float) -> list[WatchAction]:

@@ -38,6 +38,16 @@ Then a ``capacity`` phase publishes as fast as the raw peer's window allows
 per second the server itself turns into NOTIFYs, and whether the adapter
 keeps up.  The adapter's CPU (from /proc) is shown per phase.
 
+``--reference DIR`` runs a second adapter beside this one, from the source
+tree DIR (an earlier revision: ``git archive REV | tar -x -C DIR``), with
+presentities ``p<apps+i>`` of its own, watched through its own accounts and
+its own Node process of clients.  The raw peer then changes both sets in one
+round-robin at twice ``--rate`` (``--rate`` stays the rate per adapter), so
+both adapters meet the same load and the same noise in the same seconds, and
+every figure is printed for each, with the ratios current/reference::
+
+    .venv/bin/python bench/notify_latency.py --reference /tmp/before
+
 Needs Kamailio and its sqlite modules, node and tests/interop/node_modules
 (scripts/setup installs them).
 """
@@ -68,6 +78,7 @@ for where in (str(REPO), str(HERE)):
 
 import httpx  # noqa: E402
 from procfs import udp_drops  # noqa: E402
+from rest_publish import BenchAdapter  # noqa: E402
 from sip_publish import server_shm  # noqa: E402
 
 from pidf import AttributeType, PresRules  # noqa: E402
@@ -260,8 +271,9 @@ def write_rules(server: PresenceServer, apps: int) -> None:
         reply.raise_for_status()
 
 
-async def watch_all(adapter: AdapterProcess, apps: int) -> None:
-    """Subscribe Presence and Start Presence Notification for every application."""
+async def watch_all(adapter: AdapterProcess, apps: int, offset: int = 0) -> None:
+    """Subscribe Presence and Start Presence Notification for every application:
+    ``app<i>`` watches ``p<offset+i>``."""
 
     async def one(i: int) -> None:
         async with adapter.async_client(f"app{i}") as http:
@@ -269,7 +281,7 @@ async def watch_all(adapter: AdapterProcess, apps: int) -> None:
                 "/rest/presence/subscription",
                 json={
                     "application": "notify latency bench",
-                    "presentity": presentity(i),
+                    "presentity": presentity(offset + i),
                     "attributes": ["Activity"],
                     "reference": {"correlator": f"s{i}", "endpoint": f"/bayeux/app{i}/sub"},
                 },
@@ -279,7 +291,7 @@ async def watch_all(adapter: AdapterProcess, apps: int) -> None:
             reply = await http.post(
                 "/rest/presence/notification",
                 json={
-                    "presentity": presentity(i),
+                    "presentity": presentity(offset + i),
                     "attributes": ["Activity"],
                     "frequency": {"metric": "Second", "units": 0},
                     "count": 100_000,
@@ -298,19 +310,52 @@ async def watch_all(adapter: AdapterProcess, apps: int) -> None:
 # ------------------------------------------------------------------ the run
 
 
+@dataclass
+class Side:
+    """One adapter under test, its clients, and its presentities ``p<offset+i>``."""
+
+    label: str
+    adapter: AdapterProcess
+    clients: BayeuxClients
+    offset: int
+    apps: int
+
+    @property
+    def pid(self) -> int:
+        assert self.adapter.process is not None
+        return self.adapter.process.pid
+
+    def owns(self, index: int) -> bool:
+        return self.offset <= index < self.offset + self.apps
+
+
 def run_phase(
-    name: str, rate: float, peer: RawPeer, clients: BayeuxClients, pid: int,
+    name: str, rate: float, peer: RawPeer, sides: list[Side],
     seconds: float, first: int, drain: float,
-) -> Phase:
-    pids = (pid, clients.process.pid, peer.process.pid)
+) -> list[Phase]:
+    """One phase of the raw peer at ``rate`` per side; a :class:`Phase` per side."""
+    pids = [side.pid for side in sides] + [side.clients.process.pid for side in sides]
+    pids.append(peer.process.pid)
     cpu_before, wall_before = [cpu_seconds(p) for p in pids], time.monotonic()
-    result = peer.run(name, rate, seconds, first)
+    result = peer.run(name, rate * len(sides), seconds, first)
     time.sleep(drain)  # the last notifications on their way
     wall = time.monotonic() - wall_before
     used = [cpu_seconds(p) - before for p, before in zip(pids, cpu_before, strict=True)]
-    return Phase(name, rate, elapsed=result["elapsed"], cpu=used[0] / wall,
-                 cpu_clients=used[1] / wall, cpu_peer=used[2] / wall,
-                 cpu_per_change=used[0] / max(len(result["sent"]), 1) * 1e6, result=result)
+    phases = []
+    for k, side in enumerate(sides):
+        sent = [entry for entry in result["sent"] if side.owns(entry[1])]
+        mine = result
+        if len(sides) > 1:  # the raw watchers' NOTIFYs for this side's presentities
+            seqs = {entry[0] for entry in sent}
+            notified = [entry for entry in result["notified"] if entry[0] in seqs]
+            mine = {**result, "notified": notified, "notifies": len(notified)}
+        phases.append(Phase(
+            name, rate, elapsed=result["elapsed"], cpu=used[k] / wall,
+            cpu_clients=used[len(sides) + k] / wall, cpu_peer=used[-1] / wall,
+            cpu_per_change=used[k] / max(len(sent), 1) * 1e6,
+            result={**mine, "sent": sent},
+        ))
+    return phases
 
 
 def settle(clients: BayeuxClients, quiet: float = 2.0, limit: float = 30.0) -> None:
@@ -355,10 +400,10 @@ def dump(path: str, phases: list[Phase], clients: BayeuxClients) -> None:
                 out.write(f"{phase.name} {seq} {sent} {raw or '-'} {bayeux or '-'}\n")
 
 
-def report(phases: list[Phase], args: argparse.Namespace) -> None:
+def report(phases: list[Phase], args: argparse.Namespace, label: str = "") -> None:
     print()
     print(
-        f"{args.apps} presentities, each watched by one application (CometD JS client, "
+        f"{label}{args.apps} presentities, each watched by one application (CometD JS client, "
         f"websocket) and one raw SIP watcher; raw publisher window {args.concurrency}"
     )
     header = (
@@ -408,9 +453,35 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
     print("cpu = the adapter process's CPU time / wall time over the phase and its drain.")
 
 
-async def setup(adapter: AdapterProcess, clients: BayeuxClients, apps: int) -> None:
+def compare(current: list[Phase], reference: list[Phase]) -> None:
+    """The measured rounds of both adapters, side by side, as current/reference."""
+
+    def figures(phases: list[Phase]) -> tuple[float | None, float | None, float]:
+        rounds = [p for p in phases if p.name.startswith("round")]
+        adapter = [v for p in rounds for v in p.adapter]
+        cpu = statistics.fmean(p.cpu_per_change for p in rounds) if rounds else 0.0
+        return quantile(adapter, 0.5), quantile(adapter, 0.99), cpu
+
+    ours, theirs = figures(current), figures(reference)
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "-" if a is None or not b else f"{a / b:.2f}"
+
+    print()
+    print("side by side, same load and same seconds (current / reference):")
+    print(f"  NOTIFY→Bayeux p50 {ms(ours[0])} / {ms(theirs[0])} ms = {ratio(ours[0], theirs[0])}")
+    print(f"  NOTIFY→Bayeux p99 {ms(ours[1])} / {ms(theirs[1])} ms = {ratio(ours[1], theirs[1])}")
+    print(
+        f"  adapter CPU per change {ours[2]:.0f} / {theirs[2]:.0f} µs = "
+        f"{ratio(ours[2], theirs[2])}"
+    )
+
+
+async def setup(
+    adapter: AdapterProcess, clients: BayeuxClients, apps: int, offset: int = 0
+) -> None:
     await clients.wait_ready(60)
-    await watch_all(adapter, apps)
+    await watch_all(adapter, apps, offset)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,15 +513,26 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy record the adapter in the rounds (.svg: flame graph, else collapsed stacks)",
     )
     parser.add_argument(
+        "--reference", type=Path, metavar="DIR",
+        help="also run an adapter from the source tree DIR beside this one (see above)",
+    )
+    parser.add_argument(
         "--dump", metavar="FILE",
         help="write every measured change as a line: phase seq sent raw-NOTIFY Bayeux (µs epoch)",
     )
     args = parser.parse_args(argv)
-    raw_watchers = args.apps if args.raw_watchers is None else args.raw_watchers
+    if args.reference is not None and not (args.reference / "adapter" / "cli.py").is_file():
+        parser.error(f"--reference: {args.reference} holds no adapter/cli.py")
+    adapters = 1 if args.reference is None else 2
+    raw_watchers = args.apps * adapters if args.raw_watchers is None else args.raw_watchers
     if shutil.which("node") is None:
         parser.error("node is not installed (scripts/setup installs it)")
 
-    accounts = [AppAccount(f"app{i}", PASSWORD, (watcher(i),)) for i in range(args.apps)]
+    def accounts(offset: int) -> list[AppAccount]:
+        return [
+            AppAccount(f"app{i}", PASSWORD, (watcher(offset + i),)) for i in range(args.apps)
+        ]
+
     # Other work on the machine moves every figure: say how busy it was.
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     with (
@@ -458,28 +540,38 @@ def main(argv: list[str] | None = None) -> int:
         PresenceServer(HOST) as server,
         tempfile.TemporaryDirectory(prefix="notify-latency-") as directory,
     ):
-        write_rules(server, args.apps)
-        adapter = AdapterProcess.for_server(Path(directory), server, accounts)
-        adapter.start(healthy=True)
-        clients = peer = None
+        write_rules(server, args.apps * adapters)
+        for name in ("current", "reference")[:adapters]:
+            (Path(directory) / name).mkdir()
+        made = [BenchAdapter.for_server(Path(directory) / "current", server, accounts(0))]
+        if args.reference is not None:
+            made.append(BenchAdapter.for_server(
+                Path(directory) / "reference", server, accounts(args.apps)
+            ))
+            made[1].source = args.reference.resolve()
+        sides: list[Side] = []
+        peer = None
         try:
-            assert adapter.process is not None
-            pid = adapter.process.pid
-            print(
-                f"presence server {server.sip_uri} (pid {server.pid}), adapter {adapter.url} "
-                f"(pid {pid}), {args.apps} applications",
-                flush=True,
-            )
-            clients = BayeuxClients(f"{adapter.url}/cometd", args.apps)
-            asyncio.run(setup(adapter, clients, args.apps))
-
-            threading.Thread(target=clients.read_forever, daemon=True).start()
-            peer = RawPeer(server, args.apps, raw_watchers, args.concurrency)
+            for k, adapter in enumerate(made):
+                adapter.start(healthy=True)
+                label = "current" if k == 0 else f"reference ({args.reference})"
+                clients = BayeuxClients(f"{adapter.url}/cometd", args.apps)
+                sides.append(Side(label, adapter, clients, k * args.apps, args.apps))
+                print(
+                    f"{label}: adapter {adapter.url} (pid {sides[-1].pid}), "
+                    f"presentities p{k * args.apps}..p{(k + 1) * args.apps - 1}",
+                    flush=True,
+                )
+                asyncio.run(setup(adapter, clients, args.apps, k * args.apps))
+            print(f"presence server {server.sip_uri} (pid {server.pid})", flush=True)
+            for side in sides:
+                threading.Thread(target=side.clients.read_forever, daemon=True).start()
+            peer = RawPeer(server, args.apps * adapters, raw_watchers, args.concurrency)
             failed = peer.ready()
             if failed:
                 print(f"raw peer set-up: {len(failed)} failures {failed[:5]}", flush=True)
             time.sleep(0.5)
-            phases: list[Phase] = []
+            phases: list[list[Phase]] = [[] for _ in sides]
             first = 0
             plan = [("warmup", args.rate, args.warmup)]
             plan += [(f"round{r + 1}", args.rate, args.duration) for r in range(args.rounds)]
@@ -490,62 +582,79 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "round1" and args.profile:
                     profiler = subprocess.Popen(
                         [str(REPO / ".venv" / "bin" / "py-spy"), "record", "-o", args.profile,
-                         "--pid", str(pid), "--rate", "250",
+                         "--pid", str(sides[0].pid), "--rate", "250",
                          *(["--format", "raw"] if not args.profile.endswith(".svg") else []),
                          "--duration",
                          str(int(args.duration * args.rounds) + 1)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
-                phase = run_phase(name, rate, peer, clients, pid, seconds, first, drain=1.0)
+                results = run_phase(name, rate, peer, sides, seconds, first, drain=1.0)
                 first += 10_000_000
-                print(
-                    f"  {name}: {len(phase.result['sent'])} PUBLISHes in "
-                    f"{phase.elapsed:.1f} s; CPU adapter {phase.cpu:.0%} "
-                    f"({phase.cpu_per_change:.0f} µs per change), Bayeux clients "
-                    f"{phase.cpu_clients:.0%}, raw peer {phase.cpu_peer:.0%}",
-                    flush=True,
-                )
+                for side, phase in zip(sides, results, strict=True):
+                    print(
+                        f"  {name}{'' if len(sides) == 1 else ' ' + side.label.split()[0]}: "
+                        f"{len(phase.result['sent'])} PUBLISHes in "
+                        f"{phase.elapsed:.1f} s; CPU adapter {phase.cpu:.0%} "
+                        f"({phase.cpu_per_change:.0f} µs per change), Bayeux clients "
+                        f"{phase.cpu_clients:.0%}, raw peer {phase.cpu_peer:.0%}",
+                        flush=True,
+                    )
                 if name != "warmup":
-                    phases.append(phase)
-            settle(clients)
-            for phase in phases:
-                measure(phase, clients)
+                    for kept, phase in zip(phases, results, strict=True):
+                        kept.append(phase)
+            for side in sides:
+                settle(side.clients)
+            for side, kept in zip(sides, phases, strict=True):
+                for phase in kept:
+                    measure(phase, side.clients)
             if args.dump:
-                dump(args.dump, phases, clients)
-            last: dict[int, int] = {}  # presentity -> its last change the server took
-            for phase in phases:
-                for seq, index, _sent, status in phase.result["sent"]:
-                    if status is not None and 200 <= status < 300:
-                        last[index] = max(seq, last.get(index, -1))
-            stale = sorted(i for i, seq in last.items() if seq not in clients.received)
-            print(
-                f"presentities whose application never got their last change: {len(stale)} "
-                f"of {len(last)}" + (f" (p{stale[0]}, ...)" if stale else "")
-            )
-            print(f"UDP datagrams the kernel dropped at the adapter's SIP socket (receive "
-                  f"buffer full): {udp_drops(adapter.sip_port)}")
-            complaints = [
-                line for line in adapter.log_tail(100_000).splitlines()
-                if " WARNING " in line or " ERROR " in line
-            ]
-            if complaints:
-                print(f"adapter log: {len(complaints)} warnings/errors, the last ones:")
-                print("\n".join(complaints[-8:]))
+                dump(args.dump, phases[0], sides[0].clients)
+            for side, kept in zip(sides, phases, strict=True):
+                summarise(side, kept)
             if profiler is not None:
                 profiler.wait(30)
-            report(phases, args)
+            for side, kept in zip(sides, phases, strict=True):
+                report(kept, args, "" if len(sides) == 1 else f"{side.label}: ")
+            if len(sides) == 2:
+                compare(phases[0], phases[1])
             print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-            print(
-                f"Bayeux messages by kind {clients.kinds}; duplicates {clients.duplicates}; "
-                f"client errors {clients.errors[:3] or 0}"
-            )
         finally:
             if peer is not None:
                 peer.stop()
-            if clients is not None:
-                clients.stop()
-            adapter.stop()
+            for side in sides:
+                side.clients.stop()
+            for adapter in made:
+                adapter.stop()
     return 0
+
+
+def summarise(side: Side, phases: list[Phase]) -> None:
+    """What did not arrive, and what the adapter complained of."""
+    clients, adapter = side.clients, side.adapter
+    print(f"{side.label}:")
+    last: dict[int, int] = {}  # presentity -> its last change the server took
+    for phase in phases:
+        for seq, index, _sent, status in phase.result["sent"]:
+            if status is not None and 200 <= status < 300:
+                last[index] = max(seq, last.get(index, -1))
+    stale = sorted(i for i, seq in last.items() if seq not in clients.received)
+    print(
+        f"  presentities whose application never got their last change: {len(stale)} "
+        f"of {len(last)}" + (f" (p{stale[0]}, ...)" if stale else "")
+    )
+    print(f"  UDP datagrams the kernel dropped at the adapter's SIP socket (receive "
+          f"buffer full): {udp_drops(adapter.sip_port)}")
+    complaints = [
+        line for line in adapter.log_tail(100_000).splitlines()
+        if " WARNING " in line or " ERROR " in line
+    ]
+    if complaints:
+        print(f"  adapter log: {len(complaints)} warnings/errors, the last ones:")
+        print("\n".join(complaints[-8:]))
+    print(
+        f"  Bayeux messages by kind {clients.kinds}; duplicates {clients.duplicates}; "
+        f"client errors {clients.errors[:3] or 0}"
+    )
 
 
 if __name__ == "__main__":

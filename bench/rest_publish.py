@@ -79,7 +79,8 @@ for folder in (REPO, BENCH):
 from pg_presence_server import PgPresenceServer, pg_presence_server  # noqa: E402
 from sip_publish import RawPresentity, RawSender, Totals, Window, raw_visit  # noqa: E402
 
-from pidf import attributes_from_json, encode  # noqa: E402
+from adapter.presence_json import attributes_from_json  # noqa: E402
+from pidf import encode  # noqa: E402
 from tests.adapter_process import IDENTITY_HEADER, AdapterProcess, AppAccount  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -17,8 +17,6 @@ from pidf.model import (
     Privacy,
     Sphere,
     Value,
-    attributes_from_json,
-    attributes_to_json,
     format_instant,
     parse_instant,
 )
@@ -59,8 +57,6 @@ __all__ = [
     "WatcherInfoState",
     "WatcherList",
     "WatcherStatus",
-    "attributes_from_json",
-    "attributes_to_json",
     "decode",
     "encode",
     "filter_attributes",

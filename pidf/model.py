@@ -2,12 +2,12 @@
 
 Every enumerated value is spelt exactly as in the spec's "Data Common to
 Operations" section, so `Enum.value` *is* the JSON text. The JSON shape
-(``{"typeAndValue": …, "lastChange": …, "note": …}``) exists only in
-`PresenceAttribute.from_json` / `PresenceAttribute.to_json`; everything else
-in the project passes these frozen values around.
+(``{"typeAndValue": …, "lastChange": …, "note": …}``) exists only at the REST
+edge, in adapter.presence_json; everything else in the project passes these
+frozen values around.
 
-Instants: ``lastChange`` is an ISO 8601 date-time in JSON and an aware
-`datetime` in UTC here. Input without an offset is taken as UTC; output is
+Instants: ``lastChange`` is an ISO 8601 date-time in JSON and PIDF and an
+aware `datetime` in UTC here. Input without an offset is taken as UTC; output is
 always UTC with a ``Z`` suffix, seconds precision, plus the fractional part only
 when it is not zero (trailing zeros dropped), so the exact instant survives
 JSON → PIDF → JSON.
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, TypeVar
 
 from pidf.errors import ValidationError
 
@@ -35,10 +33,6 @@ class AttributeType(Enum):
     SPHERE = "Sphere"
     COMMUNICATION = "Communication"
     OTHER = "Other"
-
-    @classmethod
-    def parse(cls, text: object, where: str = "presenceAttribute") -> AttributeType:
-        return _parse_enum(cls, text, where)
 
 
 class Activity(Enum):
@@ -196,16 +190,6 @@ _TYPE_OF: dict[type, AttributeType] = {
     Other: AttributeType.OTHER,
 }
 
-# JSON member of typeAndValue that carries each union element.
-_MEMBER: dict[AttributeType, str] = {
-    AttributeType.ACTIVITY: "activity",
-    AttributeType.PLACE: "place",
-    AttributeType.PRIVACY: "privacy",
-    AttributeType.SPHERE: "sphere",
-    AttributeType.COMMUNICATION: "communication",
-    AttributeType.OTHER: "other",
-}
-
 
 @dataclass(frozen=True)
 class PresenceAttribute:
@@ -229,150 +213,6 @@ class PresenceAttribute:
     @property
     def type(self) -> AttributeType:
         return _TYPE_OF[type(self.value)]
-
-    # -- the REST JSON edge -------------------------------------------------
-
-    @classmethod
-    def from_json(cls, obj: object) -> PresenceAttribute:
-        """Validate one REST presence element; raises ValidationError."""
-        if not isinstance(obj, Mapping):
-            raise ValidationError("a presence element must be a JSON object", "presence")
-        tav = obj.get("typeAndValue")
-        if not isinstance(tav, Mapping):
-            raise ValidationError("typeAndValue is required and must be an object", "typeAndValue")
-        value = _value_from_json(tav)
-        last_change = None
-        if obj.get("lastChange") is not None:
-            last_change = parse_instant(obj["lastChange"], "lastChange")
-        note = obj.get("note")
-        if note is not None and not isinstance(note, str):
-            raise ValidationError("note must be a string", "note")
-        return cls(value=value, last_change=last_change, note=note)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.last_change is not None:
-            out["lastChange"] = format_instant(self.last_change)
-        out["typeAndValue"] = _value_to_json(self.value)
-        if self.note is not None:
-            out["note"] = self.note
-        return out
-
-
-def attributes_from_json(items: object) -> tuple[PresenceAttribute, ...]:
-    """Validate the REST ``presence`` array."""
-    if not isinstance(items, list):
-        raise ValidationError("presence must be an array", "presence")
-    out = []
-    for i, item in enumerate(items):
-        try:
-            out.append(PresenceAttribute.from_json(item))
-        except ValidationError as exc:
-            where = f"presence[{i}].{exc.field}" if exc.field else f"presence[{i}]"
-            raise ValidationError(str(exc), where) from None
-    return tuple(out)
-
-
-def attributes_to_json(attributes: Iterable[PresenceAttribute]) -> list[dict[str, Any]]:
-    return [a.to_json() for a in attributes]
-
-
-E = TypeVar("E", bound=Enum)
-
-
-def _parse_enum(cls: type[E], text: object, where: str) -> E:
-    if not isinstance(text, str):
-        raise ValidationError(f"{where} must be a string", where)
-    try:
-        return cls(text)
-    except ValueError:
-        allowed = "|".join(str(m.value) for m in cls)
-        raise ValidationError(f"{where} {text!r} is not one of {allowed}", where) from None
-
-
-def _value_from_json(tav: Mapping[str, Any]) -> Value:
-    kind = AttributeType.parse(tav.get("unionElement"), "typeAndValue.unionElement")
-    member = _MEMBER[kind]
-    present = [m for m in _MEMBER.values() if tav.get(m) is not None]
-    if member not in present:
-        raise ValidationError(
-            f"unionElement is {kind.value} but typeAndValue has no {member!r} member",
-            f"typeAndValue.{member}",
-        )
-    extra = [m for m in present if m != member]
-    if extra:
-        raise ValidationError(
-            f"unionElement is {kind.value} but typeAndValue also carries {', '.join(extra)}",
-            f"typeAndValue.{extra[0]}",
-        )
-    raw = tav[member]
-    where = f"typeAndValue.{member}"
-    if kind is AttributeType.ACTIVITY:
-        return _parse_enum(Activity, raw, where)
-    if kind is AttributeType.PLACE:
-        return _parse_enum(Place, raw, where)
-    if kind is AttributeType.PRIVACY:
-        return _parse_enum(Privacy, raw, where)
-    if kind is AttributeType.SPHERE:
-        return _parse_enum(Sphere, raw, where)
-    if kind is AttributeType.COMMUNICATION:
-        return _communication_from_json(raw, where)
-    if not isinstance(raw, Mapping):
-        raise ValidationError("other must be an object with name and value", where)
-    name, text = raw.get("name"), raw.get("value")
-    if not isinstance(name, str) or not isinstance(text, str):
-        raise ValidationError("other.name and other.value are required strings", where)
-    try:
-        return Other(name=name, value=text)
-    except ValidationError as exc:
-        raise ValidationError(str(exc), f"typeAndValue.{exc.field}") from None
-
-
-def _communication_from_json(raw: object, where: str) -> Communication:
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("means"), list):
-        raise ValidationError("communication must be an object with a means array", where)
-    means = []
-    for i, m in enumerate(raw["means"]):
-        at = f"{where}.means[{i}]"
-        if not isinstance(m, Mapping):
-            raise ValidationError("a means must be an object", at)
-        contact = m.get("contact")
-        if not isinstance(contact, str):
-            raise ValidationError("means.contact is a required URI string", f"{at}.contact")
-        priority = m.get("priority")
-        # The spec's sample shows "Float" in quotes; accept a numeric string too.
-        if isinstance(priority, str):
-            try:
-                priority = float(priority)
-            except ValueError:
-                raise ValidationError(
-                    f"priority {m['priority']!r} is not a number", f"{at}.priority"
-                ) from None
-        if priority is None:
-            raise ValidationError("means.priority is required", f"{at}.priority")
-        mtype = _parse_enum(MeansType, m.get("type"), f"{at}.type")
-        try:
-            means.append(CommunicationMeans(contact=contact, priority=priority, type=mtype))
-        except ValidationError as exc:
-            raise ValidationError(str(exc), f"{at}.{exc.field}") from None
-    return Communication(means=tuple(means))
-
-
-def _value_to_json(value: Value) -> dict[str, Any]:
-    kind = _TYPE_OF[type(value)]
-    out: dict[str, Any] = {"unionElement": kind.value}
-    if isinstance(value, Enum):
-        out[_MEMBER[kind]] = value.value
-    elif isinstance(value, Communication):
-        out["communication"] = {
-            "means": [
-                {"contact": m.contact, "priority": m.priority, "type": m.type.value}
-                for m in value.means
-            ]
-        }
-    else:
-        out["other"] = {"name": value.name, "value": value.value}
-    return out
 
 
 # -- instants ----------------------------------------------------------------
@@ -444,8 +284,6 @@ __all__ = [
     "Privacy",
     "Sphere",
     "Value",
-    "attributes_from_json",
-    "attributes_to_json",
     "format_instant",
     "is_uri",
     "parse_instant",

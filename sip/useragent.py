@@ -50,6 +50,7 @@ refreshes, expiries), keyed by owner; no task or thread per subscription.
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections import deque
@@ -229,6 +230,17 @@ class _Credentials:
     challenges: dict[int, digest.Challenge] = field(default_factory=dict)
 
 
+class _Timer(enum.IntEnum):
+    """What a deadline in the user agent's one heap belongs to.  An IntEnum:
+    the heap's keys are hashed on every NOTIFY, and ints hash in C."""
+
+    CLIENT = 1  # a client transaction, by its key
+    SERVER = 2  # a server transaction, by its key
+    TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
+    PUBLICATION = 4  # a publication, by id
+    SUBSCRIPTION = 5  # a subscription, by id
+
+
 class UserAgent:
     """A presence user agent (PUBLISH, SUBSCRIBE; answers NOTIFY and OPTIONS)."""
 
@@ -289,10 +301,8 @@ class UserAgent:
         self._publications: dict[int, Publication] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._dialogs: dict[tuple[str, str], Subscription] = {}
-        # Keys: ("c", client key), ("s", server key), ("j", the whole second
-        # at which the Timer Js of self._expiring[second] fall due),
-        # ("p", publication id), ("u", subscription id).
-        self._timers: TimerHeap[tuple[str, Any]] = TimerHeap()
+        # Keys: (kind, what it names): see _Timer.
+        self._timers: TimerHeap[tuple[_Timer, Any]] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
         self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
@@ -536,28 +546,28 @@ class UserAgent:
 
     def handle_timer(self, now: float) -> None:
         for kind, ident in self._timers.pop_expired(now):
-            if kind == "c":
+            if kind is _Timer.CLIENT:
                 outgoing = self._outgoing.get(ident)
                 if outgoing is not None:
                     actions = outgoing.transaction.handle_timer(now)
                     self._client_actions(ident, outgoing, actions, now)
-            elif kind == "s":
+            elif kind is _Timer.SERVER:
                 entry = self._incoming.get(ident)
                 if entry is not None:
                     transaction, source = entry
                     self._server_actions(ident, transaction, source,
                                          transaction.handle_timer(now))
-            elif kind == "j":
+            elif kind is _Timer.TIMER_J:
                 # Timer J fired (RFC 3261 §17.2.2): "at which point it MUST
                 # transition to the "Terminated" state" — the records go.
                 completed = self._completed
                 for key in self._expiring.pop(ident, ()):
                     completed.pop(key, None)
-            elif kind == "p":
+            elif kind is _Timer.PUBLICATION:
                 publication = self._publications.get(ident)
                 if publication is not None:
                     self._run(publication, publication.handle_timer(now), now)
-            elif kind == "u":
+            elif kind is _Timer.SUBSCRIPTION:
                 subscription = self._subscriptions.get(ident)
                 if subscription is not None:
                     self._run(subscription, subscription.handle_timer(now), now)
@@ -576,18 +586,18 @@ class UserAgent:
         if isinstance(owner, Publication):
             if owner.state is PublicationState.REMOVED:
                 self._publications.pop(owner.id, None)
-                self._timers.cancel(("p", owner.id))
+                self._timers.cancel((_Timer.PUBLICATION, owner.id))
             else:
-                self._file_timer(("p", owner.id), owner.get_timer())
+                self._file_timer((_Timer.PUBLICATION, owner.id), owner.get_timer())
         elif isinstance(owner, Subscription):
             if owner.terminated:
                 self._subscriptions.pop(owner.id, None)
                 self._dialogs.pop((owner.call_id, owner.local_tag), None)
-                self._timers.cancel(("u", owner.id))
+                self._timers.cancel((_Timer.SUBSCRIPTION, owner.id))
             else:
-                self._file_timer(("u", owner.id), owner.get_timer())
+                self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
 
-    def _file_timer(self, key: tuple[str, Any], deadline: float | None) -> None:
+    def _file_timer(self, key: tuple[_Timer, Any], deadline: float | None) -> None:
         if deadline is None:
             self._timers.cancel(key)
         else:
@@ -720,9 +730,9 @@ class UserAgent:
             # the same, so the transaction is forgotten at once rather than
             # kept for the garbage collector to walk until Timer K.
             self._outgoing.pop(key, None)
-            self._timers.cancel(("c", key))
+            self._timers.cancel((_Timer.CLIENT, key))
         else:
-            self._file_timer(("c", key), transaction.get_timer())
+            self._file_timer((_Timer.CLIENT, key), transaction.get_timer())
 
     def _retry_with_credentials(self, outgoing: _Outgoing, response: Response, now: float) -> bool:
         """RFC 3261 §22.2: answer one challenge by resending with credentials."""
@@ -861,7 +871,7 @@ class UserAgent:
         state = transaction.state
         if state is ServerState.TERMINATED:
             self._incoming.pop(key, None)
-            self._timers.cancel(("s", key))
+            self._timers.cancel((_Timer.SERVER, key))
             return
         deadline = transaction.get_timer()
         if state is ServerState.COMPLETED and deadline is not None:
@@ -869,7 +879,7 @@ class UserAgent:
             # to a retransmitted request, until Timer J (RFC 3261 §17.2.2):
             # the transaction goes, a record of what that takes stays.
             self._incoming.pop(key, None)
-            self._timers.cancel(("s", key))
+            self._timers.cancel((_Timer.SERVER, key))
             # Timer J only ends the absorbing of retransmitted requests
             # (§17.2.2: "The server transaction remains in this state until
             # Timer J fires, at which point it MUST transition to the
@@ -885,11 +895,11 @@ class UserAgent:
             keys = self._expiring.get(second)
             if keys is None:
                 self._expiring[second] = [key]
-                self._timers.schedule(float(second), ("j", second))
+                self._timers.schedule(float(second), (_Timer.TIMER_J, second))
             else:
                 keys.append(key)
             return
-        self._file_timer(("s", key), deadline)
+        self._file_timer((_Timer.SERVER, key), deadline)
 
     # -- identifiers -------------------------------------------------------
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Self
 
 import httpx
 
@@ -88,7 +88,8 @@ def config_template(
     """A configuration template for :class:`AdapterProcess` (ports and store left open).
 
     ``settings`` adds or overrides keys of tables (``{"sip": {"request_timeout": 1}}``,
-    or whole new tables); ``extra`` is TOML text written after them, before the
+    ``{"store": {"url": "postgresql://…"}}`` instead of the SQLite file, or whole
+    new tables); ``extra`` is TOML text written after them, before the
     accounts.
     """
     tables: dict[str, dict[str, object]] = {
@@ -108,7 +109,8 @@ def config_template(
     for table, keys in tables.items():
         lines.append(f"[{table}]")
         for (where, key), placeholder in placeholders.items():
-            if where == table and key not in keys:
+            # A store given by url (PostgreSQL) has no path.
+            if where == table and key not in keys and not (key == "path" and "url" in keys):
                 lines.append(f"{key} = {placeholder}")
         lines.extend(f"{key} = {_literal(_toml(value))}" for key, value in keys.items())
         lines.append("")
@@ -194,7 +196,7 @@ class AdapterProcess:
         extra: str = "",
         tls: ssl.SSLContext | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> AdapterProcess:
+    ) -> Self:
         """An adapter (not started) for ``accounts`` in front of ``server``.
 
         ``sip_server`` / ``xcap_root`` replace the server's own addresses (to

@@ -4,7 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +19,40 @@ def presence_server() -> Iterator[PresenceServer]:
     ``certificates``), so that tests can run over either.
     """
     server = PresenceServer(tls=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for this test session, started when a test first
+    asks for it.
+
+    Never skipped, like the presence server: scripts/setup installs PostgreSQL
+    for the tests, so its absence fails loudly (PostgresError says how to fix it).
+    """
+    cluster = PostgresCluster(settings=TEST_SETTINGS)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> str:
+    """The URL of a new, empty database of the session's PostgreSQL, the test's own."""
+    return postgres.url(postgres.create_database())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private Redis for this test session (no persistence), started when a test
+    first asks for it; never skipped (scripts/setup installs redis-server)."""
+    server = RedisServer()
     server.start()
     try:
         yield server

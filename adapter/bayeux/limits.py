@@ -1,7 +1,7 @@
 """Tunable limits of the Bayeux server.
 
 The adapter builds them from its configuration's ``[bayeux]`` table
-(adapter.config.BAYEUX_KEYS: the same names, as plain values).
+(adapter.config.BayeuxSettings: the same names and kinds, each optional).
 """
 
 from __future__ import annotations

@@ -53,8 +53,9 @@ class PublicationHandle:
     still outstanding (RFC 3903 §4.1: one at a time) is not that body's
     confirmation: the outcome waits for the PUBLISH that carries it.  A
     failure the publication retries by itself before ``retry_until`` (on the
-    endpoint's clock) is not an outcome either: the retry's answer is.  The
-    publication keeps retrying after a failed outcome until :meth:`unpublish`.
+    endpoint's clock) is not an outcome either: the retry's answer is.  After
+    a failed outcome the publication stays (and retries a transient failure,
+    RFC 3903 state is never dropped silently) until :meth:`unpublish`.
     """
 
     __slots__ = ("_endpoint", "_on_event", "_waiting", "body", "confirmed", "ended", "failing",

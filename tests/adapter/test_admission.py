@@ -73,7 +73,7 @@ def client(config: Config) -> TestClient:
 
 
 def test_each_application_has_its_own_bucket(app_config: Config) -> None:
-    assert app_config.limits == RateLimit(0.001, 2)
+    assert app_config.limits == RateLimit(requests_per_second=0.001, burst=2)
     with client(app_config) as http:
         flood = [http.get("/rest/presence/whoami", auth=("flood-app", "f")) for _ in range(4)]
         assert [r.status_code for r in flood] == [200, 200, 429, 429]

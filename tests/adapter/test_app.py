@@ -1,11 +1,11 @@
 import contextlib
-import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -212,39 +212,16 @@ def test_caller_lifespan_runs_around_serving_and_shares_its_state(config: Config
     assert events == ["started", "stopped"]
 
 
-# -- fast routes and the access log -----------------------------------------------
+# -- 405s and the access log -----------------------------------------------------
 
 
-def fast_app(reply: bytes, exc: Exception | None = None):
-    calls: list[str] = []
-
-    async def app(scope, receive, send) -> None:
-        calls.append(scope["path"])
-        if exc is not None:
-            raise exc
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": reply})
-
-    return app, calls
-
-
-def test_a_fast_route_is_served_ahead_of_the_router(config: Config) -> None:
-    app, calls = fast_app(b"fast")
-    routes = [Route("/x", bayeux_stand_in, methods=["POST", "GET"])]
-    with client_for(config, routes=routes, fast_routes={("POST", "/x"): app}) as client:
-        fast = client.post("/x")
-        routed = client.get("/x")
-    assert fast.content == b"fast" and calls == ["/x"]
-    assert routed.json() == [{"channel": "/meta/handshake", "successful": True}]
-
-
-def test_405_allows_every_method_served_on_the_path_fast_or_routed(config: Config) -> None:
+def test_405_allows_every_method_served_on_the_path(config: Config) -> None:
     """RFC 9110 §15.5.6: Allow lists the target's methods, not one route's."""
-    app, _ = fast_app(b"fast")
     routes = [Route("/x", bayeux_stand_in, methods=["GET"]),
               Route("/x", bayeux_stand_in, methods=["PUT"]),
+              Route("/x", bayeux_stand_in, methods=["POST"]),
               Route("/x/{y:path}", bayeux_stand_in, methods=["DELETE"])]
-    with client_for(config, routes=routes, fast_routes={("POST", "/x"): app}) as client:
+    with client_for(config, routes=routes) as client:
         on_x = client.request("OPTIONS", "/x")
         below = client.patch("/x/sip:bob@example.com")
     assert on_x.status_code == 405
@@ -265,20 +242,6 @@ def test_the_adapters_405s_allow_what_its_document_describes(config: Config) -> 
         assert set(response.headers["allow"].split(", ")) == methods, path
 
 
-def test_errors_of_a_fast_route_go_to_the_exception_handlers(config: Config) -> None:
-    policy, _ = fast_app(b"", PolicyError.unauthenticated("presence"))
-    bug, _ = fast_app(b"", KeyError("secret-internal-detail"))
-    fast = {("POST", "/policy"): policy, ("POST", "/bug"): bug}
-    with client_for(config, fast_routes=fast) as client:
-        refused = client.post("/policy")
-        failed = client.post("/bug")
-    assert refused.status_code == 401
-    assert refused.headers["www-authenticate"].startswith('Basic realm="presence"')
-    assert refused.json()["requestError"]["policyException"]["messageId"] == "POL0001"
-    assert failed.status_code == 500
-    assert failed.json()["requestError"]["serviceException"]["variables"] == ["internal error"]
-
-
 def test_access_log_writes_one_line_per_request(config: Config, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="adapter.access"), client_for(config) as client:
         client.get("/health?verbose=1")
@@ -293,7 +256,7 @@ def test_access_log_writes_one_line_per_request(config: Config, caplog) -> None:
 def test_access_log_follows_the_log_level_and_the_configuration(
     config: Config, caplog
 ) -> None:
-    quiet = dataclasses.replace(config, http=dataclasses.replace(config.http, access_log=False))
+    quiet = replace(config, http=replace(config.http, access_log=False))
     with caplog.at_level(logging.INFO, logger="adapter.access"), client_for(quiet) as client:
         client.get("/health")
     with caplog.at_level(logging.WARNING, logger="adapter.access"), client_for(config) as client:

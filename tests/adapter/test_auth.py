@@ -10,8 +10,8 @@ from adapter.config import Account
 
 # Cheap parameters: the hash carries them, so verification is as cheap.
 HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("bob-secret")
-ALICE = Account("alice-app", "alice-secret", ("sip:alice@example.com",))
-BOB = Account("bob-app", None, ("sip:bob@example.com",), password_hash=HASH)
+ALICE = Account(id="alice-app", password="alice-secret", addresses=("sip:alice@example.com",))
+BOB = Account(id="bob-app", addresses=("sip:bob@example.com",), password_hash=HASH)
 
 
 @pytest.fixture

@@ -150,20 +150,41 @@ def test_a_corrupt_store_is_one_line_naming_store_path(tmp_path: Path, content: 
     assert store.read_bytes() == content  # left as it was, for whoever looks into it
 
 
-def test_a_store_of_another_schema_version_is_one_line(tmp_path: Path) -> None:
+def test_a_store_of_a_newer_schema_version_is_one_line(tmp_path: Path) -> None:
     import sqlite3
 
     store = tmp_path / "adapter.sqlite"
     with sqlite3.connect(store) as db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute("INSERT INTO meta VALUES ('schema', '7')")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
+        db.execute("PRAGMA user_version = 7")
     db.close()
     with_store(tmp_path, store)
     result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
-        f"adapter.toml: store.path: {store}: schema version 7, expected 1\n"
+        f"adapter.toml: store.path: {store}: store schema version 7 is newer than 2, the "
+        "newest this adapter supports; run the adapter version that wrote it, or a newer one\n"
     )
+
+
+def test_a_postgresql_store_that_cannot_be_reached_is_one_line_naming_store_url(
+    tmp_path: Path,
+) -> None:
+    from tests.presence_server import free_port
+
+    port = free_port("127.0.0.1")  # nobody listens there
+    config = with_store(tmp_path, tmp_path / "unused.sqlite")
+    url = f"postgresql://adapter:pg-secret@127.0.0.1:{port}/presence"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace(f'path = "{tmp_path / "unused.sqlite"}"', f'url = "{url}"'))
+    result = run("serve", "--config", "adapter.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        f"adapter.toml: store.url: postgresql://adapter@127.0.0.1:{port}/presence: "
+    )
+    assert "refused" in result.stderr and "pg-secret" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_store_path_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
@@ -225,7 +246,7 @@ def test_a_missing_store_is_created_and_the_adapter_serves(tmp_path: Path) -> No
             raise
     assert "Traceback" not in stderr
     with sqlite3.connect(store) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+        assert db.execute("PRAGMA user_version").fetchall() == [(2,)]
     db.close()
 
 

@@ -1,16 +1,25 @@
 import dataclasses
 import json
 import logging
+import math
+import re
 import socket
 import ssl
+import types
+import typing
 from pathlib import Path
+from typing import get_type_hints
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapter.bayeux import BayeuxLimits
 from adapter.config import (
-    BAYEUX_KEYS,
     Account,
+    BayeuxSettings,
+    Config,
     ConfigError,
     HostPort,
     check_ports,
@@ -129,6 +138,54 @@ def test_passwords_stay_out_of_repr(write) -> None:
     config = load_config(write(text))
     assert config.xcap.password == "xcap-pw"
     assert "secret" not in repr(config) and "xcap-pw" not in repr(config)
+
+
+STORE_PATH = 'path = "var/adapter.sqlite"'
+PG_URL = "postgresql://adapter:pg-secret@127.0.0.1:5432/presence?sslmode=require"
+
+
+def test_store_url_selects_postgresql(write) -> None:
+    config = load_config(write(edited(STORE_PATH, f'url = "{PG_URL}"')))
+    assert config.store.url == PG_URL and config.store.path is None
+    assert config.store.key == "store.url"
+    assert "pg-secret" not in repr(config)
+    assert load_config(write(VALID)).store.key == "store.path"
+
+
+@pytest.mark.parametrize(
+    ("store", "line"),
+    [
+        (
+            f'{STORE_PATH}\nurl = "{PG_URL}"',
+            "store.url: and store.path are both set: give one of the two",
+        ),
+        (
+            'synchronous = "full"',
+            "store.path: missing (give path for SQLite, or url for PostgreSQL)",
+        ),
+        (
+            'url = "mysql://adapter:pg-secret@127.0.0.1/presence"',
+            'store.url: "mysql://adapter:***@127.0.0.1/presence" is not a postgresql:// URL',
+        ),
+        ('url = "127.0.0.1:5432"', 'store.url: "127.0.0.1:5432" is not a postgresql:// URL'),
+        (
+            'url = "postgresql://adapter:pg-secret@[::1/presence"',
+            'store.url: "postgresql://adapter:***@[::1/presence" is not a URL libpq reads: '
+            'end of string reached when looking for matching "]" in IPv6 host address in '
+            'URI: "postgresql://adapter:***@[::1/presence"',
+        ),
+        (
+            'url = "postgresql://127.0.0.1/presence?colour=blue"',
+            'store.url: "postgresql://127.0.0.1/presence?colour=blue" is not a URL libpq '
+            'reads: invalid URI query parameter: "colour"',
+        ),
+        ("url = 5432", "store.url: must be a string, not an integer"),
+    ],
+)
+def test_a_store_that_is_not_one_sqlite_file_or_one_postgresql_url_is_one_line(
+    write, store: str, line: str
+) -> None:
+    assert error_line(write(edited(STORE_PATH, store))) == line
 
 
 def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
@@ -341,10 +398,11 @@ def test_bayeux_limits_are_optional_and_validated(write) -> None:
         load_config(write(edited("[sip]", "[sip]") + "\n[bayeux]\nmax_body = 1.5\n"))
 
 
-def test_the_bayeux_keys_are_the_servers_limits() -> None:
+def test_the_bayeux_settings_are_the_servers_limits() -> None:
     # The config reads plain values; the app builds the server's limits from them.
     limits = {f.name: f.type for f in dataclasses.fields(BayeuxLimits)}
-    assert {name: kind.__name__ for name, kind in BAYEUX_KEYS.items()} == limits
+    settings = get_type_hints(BayeuxSettings)
+    assert {name: kind.__name__ for name, kind in settings.items()} == limits
 
 
 def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
@@ -353,7 +411,7 @@ def test_messages_stay_on_one_line_for_hostile_values(write) -> None:
 
 
 def test_account_values_are_frozen() -> None:
-    account = Account("a", "p", ("sip:a@example.com",))
+    account = Account(id="a", password="p", addresses=("sip:a@example.com",))
     with pytest.raises(AttributeError):
         account.id = "b"  # type: ignore[misc]
 
@@ -680,9 +738,11 @@ def test_an_account_secret_is_exactly_one_of_three(write, monkeypatch) -> None:
 
 def test_an_account_holds_exactly_one_secret() -> None:
     with pytest.raises(ValueError):
-        Account("a", None, ("sip:a@example.com",))
+        Account(id="a", addresses=("sip:a@example.com",))
     with pytest.raises(ValueError):
-        Account("a", "p", ("sip:a@example.com",), password_hash="$argon2id$...")
+        Account(
+            id="a", password="p", addresses=("sip:a@example.com",), password_hash="$argon2id$..."
+        )
 
 
 def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
@@ -697,9 +757,9 @@ def test_bundled_accounts_keep_their_demo_passwords_as_hashes() -> None:
 def test_log_table_is_optional_and_validated(write) -> None:
     from adapter.config import LogConfig
 
-    assert load_config(write(VALID)).log == LogConfig(None, "text", False)
+    assert load_config(write(VALID)).log == LogConfig(level=None, format="text", sip_trace=False)
     text = VALID + '\n[log]\nlevel = "WARNING"\nformat = "json"\nsip_trace = true\n'
-    assert load_config(write(text)).log == LogConfig("warning", "json", True)
+    assert load_config(write(text)).log == LogConfig(level="warning", format="json", sip_trace=True)
     assert error_line(write(VALID + '\n[log]\nformat = "xml"\n')) == (
         'log.format: "xml" must be "text" or "json"'
     )
@@ -732,3 +792,170 @@ def test_deploy_configuration_is_valid_with_its_secrets_set(monkeypatch) -> None
     config = load_config(REPO / "deploy/adapter.toml", cwd=Path("/var/lib/presence-adapter"))
     assert config.log.format == "json" and config.metrics.token == "m"
     assert config.store.path == Path("/var/lib/presence-adapter/adapter.sqlite")
+
+
+# -- the models, the messages and docs/configuration.md -------------------------------
+
+
+def model_keys() -> dict[str, object]:
+    """Every key of the file ("http.host", "accounts.id") and its default (or NODEFAULT).
+
+    The [bayeux] keys take their defaults from the Bayeux server's limits.
+    """
+    server_defaults = {f.name: f.default for f in dataclasses.fields(BayeuxLimits)}
+    keys: dict[str, object] = {}
+    for section in msgspec.structs.fields(Config):
+        if section.name in ("source", "unknown_keys"):
+            continue
+        kind = section.type
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if typing.get_origin(kind) is tuple:
+            kind = typing.get_args(kind)[0]
+        if kind is BayeuxSettings:
+            for name in get_type_hints(kind):
+                keys[f"{section.name}.{name}"] = server_defaults[name]
+            continue
+        for key in msgspec.structs.fields(kind):
+            keys[f"{section.name}.{key.name}"] = key.default
+    return keys
+
+
+def documented_keys() -> dict[str, str | None]:
+    """The keys the tables of docs/configuration.md name, with the default they show."""
+    keys: dict[str, str | None] = {}
+    for line in (REPO / "docs/configuration.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        cell = line.removeprefix("| ").split(" | ")[0]
+        table = re.match(r"`\[\[?(\w+)\]\]?` ", cell)
+        for item in re.findall(r"`([^`]+)`", cell[table.end() if table else 0:]):
+            name, _, default = item.partition(" = ")
+            keys[f"{table[1]}.{name}" if table else name] = default or None
+    return keys
+
+
+def toml_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        # A TOML basic string: JSON's escapes, without surrogate pairs, and DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, tuple):
+        return "[" + ", ".join(toml_text(item) for item in value) + "]"
+    return repr(value)
+
+
+def test_every_key_is_documented_with_its_default() -> None:
+    models, documented = model_keys(), documented_keys()
+    assert sorted(models) == sorted(documented)
+    for key, shown in documented.items():
+        default = models[key]
+        if shown is not None and default is not None:
+            assert shown == toml_text(default), key
+
+
+def key_set_to(key: str, value: str) -> str:
+    """VALID with ``key`` ("sip.listen", "accounts.id": the second account's) set."""
+    table, _, name = key.partition(".")
+    if table == "accounts":
+        head, _, last = VALID.rpartition("[[accounts]]\n")
+        return f"{head}[[accounts]]\n{name} = {value}\n" + re.sub(
+            rf"(?m)^{name} = .*\n", "", last
+        )
+    lines = VALID.splitlines(keepends=True)
+    if f"[{table}]\n" not in lines:
+        return f"{VALID}\n[{table}]\n{name} = {value}\n"
+    at = lines.index(f"[{table}]\n") + 1
+    kept = [line for line in lines[at:] if not line.startswith(f"{name} = ")]
+    return "".join(lines[:at] + [f"{name} = {value}\n"] + kept)
+
+
+@pytest.mark.parametrize("key", sorted(model_keys()))
+def test_a_wrong_type_for_any_key_is_one_line_naming_it(write, key: str) -> None:
+    # A date-time suits no key: msgspec's message is translated for every one.
+    line = error_line(write(key_set_to(key, "1979-05-27T07:32:00Z")))
+    where = key.replace("accounts.", "accounts[1].")
+    assert re.fullmatch(
+        rf"{re.escape(where)}: must be (a|an) [a-zA-Z ()\[\].]+, not a date-time", line
+    ), line
+
+
+def test_keys_that_are_not_in_the_file_are_unknown_keys(write) -> None:
+    text = 'source = "elsewhere.toml"\nunknown_keys = ["x"]\n' + VALID
+    config = load_config(write(text))
+    assert config.source == str(write(text))
+    assert config.unknown_keys == ("source", "unknown_keys")
+
+
+def test_the_first_problem_follows_the_models_order_not_the_files(write) -> None:
+    # [store] and [http] both broken; [store] first in the file: [http] is reported.
+    store = '[store]\npath = "var/adapter.sqlite"\n'
+    text = '[store]\nsynchronous = "off"\npath = "s"\n\n' + edited(store, "", VALID)
+    assert error_line(write(text)) == 'store.synchronous: "off" must be "normal" or "full"'
+    text = edited("port = 8080", "port = 0", text)
+    assert error_line(write(text)) == "http.port: 0 is outside 1-65535"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("http.port", "-5", "-5 is outside 1-65535"),
+        ("sip.keepalive", "-1", "must not be negative"),
+        ("sip.request_timeout", "0", "must be positive"),
+        ("bayeux.interval", "-0.5", "must not be negative"),
+        ("notifications.max_count", "0", "must be positive"),
+        ("notifications.max_duration", "nan", "must be positive"),
+        ("log.format", '"XML"', '"XML" must be "text" or "json"'),
+        ("metrics.token", '" "', "must not be empty"),
+    ],
+)
+def test_ranges_enums_and_blanks_are_worded_for_the_key(write, key, value, problem) -> None:
+    assert error_line(write(key_set_to(key, value))) == f"{key}: {problem}"
+
+
+def test_zero_is_allowed_where_it_means_off(write) -> None:
+    config = load_config(write(key_set_to("sip.keepalive", "0")))
+    assert config.sip.keepalive == 0.0
+    assert load_config(write(key_set_to("bayeux.interval", "0"))).bayeux == {"interval": 0.0}
+
+
+def toml_literal(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(item) for item in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return toml_text(value)
+
+
+SCALARS = (
+    st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.booleans()
+    | st.text(max_size=40)
+    | st.sampled_from(["sip:a@example.com", "127.0.0.1:1", "https://h", "x", "tls", "json"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["a", "id", "host"]), inner, max_size=2),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=st.sampled_from(sorted(model_keys())), value=VALUES)
+def test_any_value_for_any_key_loads_or_is_one_line_naming_a_key(write, key, value) -> None:
+    # The key named may be another one, when a check across keys finds the problem.
+    keys = set(model_keys())
+    keys |= {key.partition(".")[0] for key in keys}
+    try:
+        load_config(write(key_set_to(key, toml_literal(value))))
+    except ConfigError as exc:
+        line = str(exc)
+        assert "\n" not in line and "Expected `" not in line and "- at `$" not in line, line
+        assert exc.key is not None and re.sub(r"\[\d+\]", "", exc.key) in keys, line

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from adapter.notification import Schedule, schedule_from_record, schedule_to_record
+from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
 from adapter.watch import (
     Deliver,
@@ -95,7 +96,7 @@ def delivered(actions: list[WatchAction]) -> list[tuple[str, dict[str, Any]]]:
 def changed(presentity: str, correlator: str, *attributes: PresenceAttribute) -> dict[str, Any]:
     return {"statusChanged": {
         "correlator": correlator, "presentity": presentity,
-        "changedAttributes": [a.to_json() for a in attributes],
+        "changedAttributes": [attribute_to_json(a) for a in attributes],
     }}
 
 
@@ -339,3 +340,15 @@ def test_a_group_schedules_members_survive_its_record() -> None:
     back = schedule_from_record(schedule_to_record(schedule))
     assert back.members[M0].pending == schedule.members[M0].pending
     assert back.get_timer() == NOW + 10
+
+
+def test_subscribe_presence_again_tells_each_active_members_decisions_again() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    g.read(g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),)),
+           {M0: ALLOW_A, M1: ALLOW_A})
+    g.machine.subscribe(APP, BOB, GROUP, "app", frozenset({A}), Reference("r2", REF))
+    again = g.machine.recheck(g.watch, g.now)
+    assert sorted(d.data["notifySubscription"]["presentity"] for d in of(Deliver, again)) == [
+        M0, M1
+    ]

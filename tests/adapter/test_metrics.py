@@ -1,10 +1,10 @@
 """/metrics, /livez, /readyz and the drain gate, on the app with fakes behind it."""
 
 import asyncio
-import dataclasses
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -79,7 +79,7 @@ def test_rest_requests_are_timed_by_operation_and_status(config: Config) -> None
 
 
 def test_metrics_token(config: Config) -> None:
-    guarded = dataclasses.replace(config, metrics=MetricsConfig(token="t0ken"))
+    guarded = replace(config, metrics=MetricsConfig(token="t0ken"))
     with client(guarded) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Basic dDBrZW4="}).status_code == 401

@@ -17,6 +17,7 @@ from adapter.notification import (
     schedule_from_record,
     schedule_to_record,
 )
+from adapter.presence_json import attribute_to_json
 from pidf import (
     Activity,
     AttributeType,
@@ -75,7 +76,7 @@ def kinds(deliveries: list[Any]) -> list[str]:
 
 
 def tav(attribute: PresenceAttribute) -> dict[str, Any]:
-    return attribute.to_json()["typeAndValue"]  # type: ignore[no-any-return]
+    return attribute_to_json(attribute)["typeAndValue"]  # type: ignore[no-any-return]
 
 
 # -- message shapes ------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_changes_faster_than_frequency_coalesce_into_the_latest_state() -> None:
     assert s.get_timer() == EPOCH + 1.0
     assert s.handle_timer(EPOCH + 0.999) == []
     out = s.handle_timer(EPOCH + 1.0)
-    assert changed(out) == [[activity(Activity.AWAY, 0.5).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.AWAY, 0.5))]]
     assert s.get_timer() is None
 
 
@@ -164,7 +165,7 @@ def test_a_change_after_the_interval_is_sent_at_once() -> None:
     s.start(None, ALL, EPOCH, check_immediate=True)
     s.offer(state(activity(Activity.BUSY, 0)), ALL, EPOCH)
     out = s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 1.0)
-    assert changed(out) == [[activity(Activity.AWAY, 1).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.AWAY, 1))]]
 
 
 def test_a_later_offer_supersedes_a_pending_state_whose_timer_has_not_fired() -> None:
@@ -174,7 +175,7 @@ def test_a_later_offer_supersedes_a_pending_state_whose_timer_has_not_fired() ->
     s.offer(state(activity(Activity.MEETING, 0.5)), ALL, EPOCH + 0.5)
     # The timer is late: the next offer comes after the interval has ended.
     out = s.offer(state(activity(Activity.MEAL, 1.5)), ALL, EPOCH + 1.5)
-    assert changed(out) == [[activity(Activity.MEAL, 1.5).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.MEAL, 1.5))]]
     assert s.get_timer() is None
     assert s.handle_timer(EPOCH + 2.0) == []
 
@@ -185,7 +186,7 @@ def test_only_changed_attributes_are_carried() -> None:
     home = place(Place.HOME, 0)
     s.offer(state(activity(Activity.BUSY, 0), home), ALL, EPOCH)
     out = s.offer(state(activity(Activity.AWAY, 1), home), ALL, EPOCH + 1)
-    assert changed(out) == [[activity(Activity.AWAY, 1).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.AWAY, 1))]]
 
 
 def test_unchanged_state_sends_nothing() -> None:
@@ -230,7 +231,7 @@ def test_attributes_filter_restricts_changed_attributes() -> None:
     s = schedule(attributes=frozenset({AttributeType.PLACE}))
     s.start(None, ALL, EPOCH, check_immediate=False)
     out = s.offer(state(activity(Activity.BUSY, 0), place(Place.HOME, 0)), ALL, EPOCH)
-    assert changed(out) == [[place(Place.HOME, 0).to_json()]]
+    assert changed(out) == [[attribute_to_json(place(Place.HOME, 0))]]
     # A change of an attribute outside the filter is no change for this schedule.
     assert s.offer(state(activity(Activity.AWAY, 1), place(Place.HOME, 0)), ALL, EPOCH + 1) == []
 
@@ -250,7 +251,7 @@ def test_empty_attributes_filter_means_every_granted_attribute() -> None:
     )
     s = schedule()
     s.start(None, ALL, EPOCH, check_immediate=False)
-    assert changed(s.offer(state(*attrs), ALL, EPOCH)) == [[a.to_json() for a in attrs]]
+    assert changed(s.offer(state(*attrs), ALL, EPOCH)) == [[attribute_to_json(a) for a in attrs]]
 
 
 def test_other_attributes_are_told_apart_by_name() -> None:
@@ -259,7 +260,7 @@ def test_other_attributes_are_told_apart_by_name() -> None:
     mood = PresenceAttribute(Other("mood", "fine"), at(0))
     s.offer(state(mood, PresenceAttribute(Other("colour", "blue"), at(0))), ALL, EPOCH)
     red = PresenceAttribute(Other("colour", "red"), at(1))
-    assert changed(s.offer(state(mood, red), ALL, EPOCH + 1)) == [[red.to_json()]]
+    assert changed(s.offer(state(mood, red), ALL, EPOCH + 1)) == [[attribute_to_json(red)]]
 
 
 # -- criteria -------------------------------------------------------------------
@@ -308,7 +309,9 @@ def test_a_state_failing_the_criteria_does_not_become_the_delivered_one() -> Non
     assert s.offer(state(activity(Activity.AWAY, 0), home), ALL, EPOCH) == []
     # Now busy: Place was never delivered, so it is part of the change.
     out = s.offer(state(activity(Activity.BUSY, 1), home), ALL, EPOCH + 1)
-    assert changed(out) == [[activity(Activity.BUSY, 1).to_json(), home.to_json()]]
+    assert changed(out) == [
+        [attribute_to_json(activity(Activity.BUSY, 1)), attribute_to_json(home)]
+    ]
 
 
 def test_matches_criteria_without_a_document() -> None:
@@ -331,7 +334,7 @@ def test_reachability_is_judged_on_what_the_watcher_may_see() -> None:
     s = schedule(criteria=frozenset({Criterion.REACHABLE}))
     s.start(None, granted, EPOCH, check_immediate=False)
     out = s.offer(state(place(Place.HOME, 0), open=True), granted, EPOCH)
-    assert changed(out) == [[place(Place.HOME, 0).to_json()]]
+    assert changed(out) == [[attribute_to_json(place(Place.HOME, 0))]]
 
 
 def test_busy_is_judged_on_granted_activity_even_when_not_asked_for() -> None:
@@ -340,7 +343,7 @@ def test_busy_is_judged_on_granted_activity_even_when_not_asked_for() -> None:
     s = schedule(criteria=frozenset({Criterion.BUSY}), attributes=frozenset({AttributeType.PLACE}))
     s.start(None, ALL, EPOCH, check_immediate=False)
     out = s.offer(state(activity(Activity.ON_THE_PHONE, 0), place(Place.TRAIN, 0)), ALL, EPOCH)
-    assert changed(out) == [[place(Place.TRAIN, 0).to_json()]]
+    assert changed(out) == [[attribute_to_json(place(Place.TRAIN, 0))]]
     assert s.offer(state(activity(Activity.AWAY, 1), place(Place.HOME, 1)), ALL, EPOCH + 1) == []
 
 
@@ -372,7 +375,7 @@ def test_a_pending_state_is_flushed_before_status_end_at_the_deadline() -> None:
     assert s.get_timer() == EPOCH + 10  # the deadline comes before 10.5
     out = s.handle_timer(EPOCH + 10)
     assert kinds(out) == ["statusChanged", "statusEnd"]
-    assert changed(out[:1]) == [[activity(Activity.AWAY, 9.8).to_json()]]
+    assert changed(out[:1]) == [[attribute_to_json(activity(Activity.AWAY, 9.8))]]
 
 
 def test_an_offer_after_the_deadline_ends_without_sending_it() -> None:
@@ -416,8 +419,8 @@ def test_check_immediate_sends_the_current_visible_state_and_counts() -> None:
     s = schedule(remaining=1)
     out = s.start(current, granted, EPOCH, check_immediate=True)
     assert kinds(out) == ["statusChanged", "statusEnd"]
-    assert changed(out[:1]) == [[activity(Activity.BUSY, 0).to_json(),
-                                 place(Place.HOME, 0).to_json()]]
+    assert changed(out[:1]) == [[attribute_to_json(activity(Activity.BUSY, 0)),
+                                 attribute_to_json(place(Place.HOME, 0))]]
 
 
 def test_check_immediate_starts_the_frequency_interval() -> None:
@@ -440,7 +443,7 @@ def test_without_check_immediate_the_current_state_is_the_baseline() -> None:
     assert s.start(current, ALL, EPOCH, check_immediate=False) == []
     assert s.offer(current, ALL, EPOCH + 1) == []
     out = s.offer(state(activity(Activity.AWAY, 2), home), ALL, EPOCH + 2)
-    assert changed(out) == [[activity(Activity.AWAY, 2).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.AWAY, 2))]]
 
 
 def test_without_check_immediate_the_first_notification_comes_at_the_end_of_the_period() -> None:
@@ -451,7 +454,7 @@ def test_without_check_immediate_the_first_notification_comes_at_the_end_of_the_
     assert s.get_timer() == EPOCH + 5.0
     assert s.handle_timer(EPOCH + 4.9) == []
     out = s.handle_timer(EPOCH + 5.0)
-    assert changed(out) == [[activity(Activity.MEAL, 2).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.MEAL, 2))]]
     # The next interval runs from that notification.
     assert s.offer(state(activity(Activity.BUSY, 6)), ALL, EPOCH + 6) == []
     assert s.get_timer() == EPOCH + 10.0
@@ -462,7 +465,7 @@ def test_without_check_immediate_a_change_after_the_first_period_goes_at_once() 
     s.start(None, ALL, EPOCH, check_immediate=False)
     assert s.get_timer() is None  # nothing waits: no timer for an empty period
     out = s.offer(state(activity(Activity.BUSY, 7)), ALL, EPOCH + 7)
-    assert changed(out) == [[activity(Activity.BUSY, 7).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.BUSY, 7))]]
 
 
 def test_without_check_immediate_a_period_that_ends_where_it_began_sends_nothing() -> None:
@@ -479,7 +482,7 @@ def test_without_check_immediate_and_frequency_zero_changes_go_at_once() -> None
     s = schedule(frequency=0.0)
     s.start(state(activity(Activity.BUSY, 0)), ALL, EPOCH, check_immediate=False)
     out = s.offer(state(activity(Activity.AWAY, 0)), ALL, EPOCH)
-    assert changed(out) == [[activity(Activity.AWAY, 0).to_json()]]
+    assert changed(out) == [[attribute_to_json(activity(Activity.AWAY, 0))]]
 
 
 def test_the_deferred_first_notification_counts_and_a_short_duration_flushes_it() -> None:
@@ -496,7 +499,7 @@ def test_the_deferred_first_notification_counts_and_a_short_duration_flushes_it(
     assert s.get_timer() == EPOCH + 2
     out = s.handle_timer(EPOCH + 2)
     assert kinds(out) == ["statusChanged", "statusEnd"]
-    assert changed(out[:1]) == [[activity(Activity.BUSY, 1).to_json()]]
+    assert changed(out[:1]) == [[attribute_to_json(activity(Activity.BUSY, 1))]]
 
 
 def test_the_first_period_survives_a_restart() -> None:
@@ -506,7 +509,8 @@ def test_the_first_period_survives_a_restart() -> None:
     again = schedule_from_record(schedule_to_record(s))
     assert again.get_timer() == EPOCH + 5
     assert again.reachable is True
-    assert changed(again.handle_timer(EPOCH + 5)) == [[activity(Activity.AWAY, 1).to_json()]]
+    away = attribute_to_json(activity(Activity.AWAY, 1))
+    assert changed(again.handle_timer(EPOCH + 5)) == [[away]]
 
 
 # -- going away -------------------------------------------------------------------
@@ -548,11 +552,11 @@ def test_a_withdrawal_comes_with_the_changes_and_the_attribute_may_come_back() -
             check_immediate=False)
     out = s.offer(state(activity(Activity.AWAY, 1)), ALL, EPOCH + 10)
     assert changed(out) == [[
-        activity(Activity.AWAY, 1).to_json(),
+        attribute_to_json(activity(Activity.AWAY, 1)),
         {"lastChange": WHEN, "typeAndValue": {"unionElement": "Place", "place": "PlaceNone"}},
     ]]
     back = s.offer(state(activity(Activity.AWAY, 1), place(Place.OFFICE, 0)), ALL, EPOCH + 12)
-    assert changed(back) == [[place(Place.OFFICE, 0).to_json()]]
+    assert changed(back) == [[attribute_to_json(place(Place.OFFICE, 0))]]
 
 
 def test_an_attribute_no_longer_granted_or_asked_is_not_withdrawn() -> None:
@@ -745,7 +749,8 @@ def test_schedule_properties(
 
     def visible(presence: Presence) -> dict[object, dict[str, Any]]:
         allowed = granted & asked if asked else granted
-        return {_key(a.to_json()): a.to_json() for a in presence.attributes if a.type in allowed}
+        entries = [attribute_to_json(a) for a in presence.attributes if a.type in allowed]
+        return {_key(entry): entry for entry in entries}
 
     record(s.start(current, granted, now, check_immediate=check_immediate))
     known: dict[object, dict[str, Any]] = {}  # what the application was told (or the baseline)

@@ -25,10 +25,10 @@ from adapter.notification import Criterion, withdrawal
 from adapter.openapi import (
     NOTIFICATIONS,
     OPERATIONS,
-    URI_PATTERN,
     openapi_document,
     service_description_html,
 )
+from adapter.presence_json import URI_PATTERN
 from pidf.model import (
     Activity,
     AttributeType,
@@ -106,21 +106,31 @@ def test_security_is_http_basic_with_the_identity_header(document: dict[str, Any
 @pytest.mark.parametrize("enum", [AttributeType, Activity, Place, Privacy, Sphere, MeansType])
 def test_enumerations_are_the_pidf_enums(document: dict[str, Any], enum: Any) -> None:
     schema = document["components"]["schemas"][enum.__name__]
-    assert schema["enum"] == [member.value for member in enum]
+    assert sorted(schema["enum"]) == sorted(member.value for member in enum)
 
 
 def test_every_union_element_has_its_own_typeandvalue_variant(document: dict[str, Any]) -> None:
-    variants = document["components"]["schemas"]["TypeAndValue"]["oneOf"]
-    assert [v["properties"]["unionElement"]["const"] for v in variants] == [
-        kind.value for kind in AttributeType
+    schemas = document["components"]["schemas"]
+    union = schemas["PresenceItem"]["properties"]["typeAndValue"]
+    variants = [schemas[v["$ref"].rpartition("/")[2]] for v in union["anyOf"]]
+    assert [v["properties"]["unionElement"]["enum"] for v in variants] == [
+        [kind.value] for kind in AttributeType
     ]
+    assert list(union["discriminator"]["mapping"]) == [kind.value for kind in AttributeType]
+    for variant, kind in zip(variants, AttributeType, strict=True):
+        # The member named after the element carries it; the others may only be null.
+        member = kind.value.lower()
+        assert variant["required"] == ["unionElement", member]
+        others = {name: s for name, s in variant["properties"].items()
+                  if name not in ("unionElement", member)}
+        assert len(others) == 5 and all(s["type"] == "null" for s in others.values())
 
 
 def test_notifications_are_components(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     for name in ("statusChanged", "statusEnd", "notifySubscription", "subscriptionEnded"):
-        schema_name, _, _ = NOTIFICATIONS[name]
-        assert schemas[schema_name]["required"] == [name]
+        model, _, _ = NOTIFICATIONS[name]
+        assert schemas[model.__name__]["required"] == [name]
 
 
 @pytest.mark.parametrize(

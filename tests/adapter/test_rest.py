@@ -101,7 +101,7 @@ def client(config: Config, services: tuple[Presentities, Watchers]) -> Iterator[
             return 0.001
 
     app = create_app(config, sip_probe=Probe(), routes=rest.routes(), lifespan=lifespan,
-                     exception_handlers=rest.EXCEPTION_HANDLERS, fast_routes=rest.fast_routes())
+                     exception_handlers=rest.EXCEPTION_HANDLERS)
     with TestClient(app, raise_server_exceptions=False) as http:
         yield http
 
@@ -268,3 +268,53 @@ def test_a_metric_that_is_no_string_is_bad_input(client: TestClient) -> None:
 def test_a_body_nested_too_deeply_is_bad_input(client: TestClient) -> None:
     response = client.post("/rest/presence", headers=AS_ALICE, content=b"[" * 100_000)
     assert fault(response) == (400, "SVC0002", ["body (nested too deeply)"])
+
+
+# -- what a bad body's variable names ----------------------------------------------------
+
+REF = {"correlator": "c", "endpoint": "/bayeux/bob-app"}
+CRITERIA = "Reachable, UnReachable, Busy"
+BODY_PARTS = {
+    "a second value in a typeAndValue": (
+        "POST", "/rest/presence", AS_ALICE,
+        {"presence": [{"typeAndValue": {"unionElement": "Activity", "activity": "Busy",
+                                        "place": "Home"}}]},
+        ("SVC0002", ["presence[0].typeAndValue.place"])),
+    "a missing member, by its path": (
+        "POST", "/rest/presence/subscription", AS_BOB,
+        {"presentity": ALICE, "reference": {"endpoint": "/bayeux/bob-app"}},
+        ("SVC0002", ["reference.correlator"])),
+    "a comma list in a body, whole": (
+        "POST", "/rest/presence/subscription", AS_BOB,
+        {"presentity": ALICE, "reference": REF, "attributes": "Activity,Mood"},
+        ("SVC0002", ["attributes"])),
+    "a URI that ends in a newline": (
+        "POST", "/rest/presence/subscription", AS_BOB,
+        {"presentity": ALICE + "\n", "reference": REF}, ("SVC0002", ["presentity"])),
+    "a quoted boolean that is none": (
+        "POST", "/rest/presence/notification", AS_BOB,
+        {"presentity": ALICE, "reference": REF, "checkImmediate": "true\n"},
+        ("SVC0002", ["checkImmediate"])),
+    "a criterion that does not exist": (
+        "POST", "/rest/presence/notification", AS_BOB,
+        {"presentity": ALICE, "reference": REF, "criteria": "Busy, Sleepy"},
+        ("SVC0003", ["criteria", CRITERIA])),
+    "one in a list": (
+        "POST", "/rest/presence/notification", AS_BOB,
+        {"presentity": ALICE, "reference": REF, "criteria": ["Busy", "Sleepy"]},
+        ("SVC0003", ["criteria", CRITERIA])),
+    "a negative count": (
+        "POST", "/rest/presence/notification", AS_BOB,
+        {"presentity": ALICE, "reference": REF, "count": -1}, ("SVC0002", ["count"])),
+    "a decision that is no boolean": (
+        "PUT", "/rest/presence/subscription", AS_ALICE,
+        {"watcher": BOB, "decisions": [{"presenceAttribute": "Place", "decision": "yes"}]},
+        ("SVC0002", ["decisions[0].decision"])),
+}
+
+
+@pytest.mark.parametrize("case", list(BODY_PARTS))
+def test_a_bad_body_names_the_part(client: TestClient, case: str) -> None:
+    method, path, headers, body, (message_id, variables) = BODY_PARTS[case]
+    response = client.request(method, path, headers=headers, json=body)
+    assert fault(response) == (400, message_id, variables), response.text

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from adapter.notification import Schedule
+from adapter.presence_json import attribute_to_json
 from adapter.watch import (
     Deliver,
     Dialog,
@@ -104,7 +105,7 @@ def test_notifies_while_the_rules_are_read_wait_and_keep_their_order() -> None:
     actions = scene.read(activation, PresRules().allow(BOB, {A: True}))
     assert kinds(actions) == ["notifySubscription"] + ["statusChanged"] * 3
     changed = [a.data["statusChanged"]["changedAttributes"] for a in of(Deliver, actions)[1:]]
-    assert changed == [[busy(t).to_json()] for t in range(3)]
+    assert changed == [[attribute_to_json(busy(t))] for t in range(3)]
     assert of(Settled, actions) == [Settled(scene.watch)]
     # Decisions fresh: the next one is taken at once, without a read.
     following = scene.notify("active;expires=60", busy(3))
@@ -220,7 +221,7 @@ def test_a_coalesced_state_and_the_progress_wait_on_the_one_timer() -> None:
     scene.now = NOW + 10.0
     actions = scene.machine.handle_timer(scene.now)
     assert [a.data["statusChanged"]["changedAttributes"] for a in of(Deliver, actions)] == [
-        [busy(1).to_json()]
+        [attribute_to_json(busy(1))]
     ]
 
 

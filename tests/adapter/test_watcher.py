@@ -20,6 +20,7 @@ import pytest
 
 from adapter import watch as watch_module
 from adapter.notification import Criterion, Schedule
+from adapter.presence_json import attribute_to_json
 from adapter.store import MemoryStore
 from adapter.watcher import (
     DECISIONS_TTL,
@@ -492,7 +493,7 @@ def test_status_changed_only_carries_granted_attributes() -> None:
         assert (app, channel) == (APP, f"/bayeux/{APP}/n1")
         assert data == {"statusChanged": {
             "correlator": "n1", "presentity": ALICE,
-            "changedAttributes": [busy().to_json()],
+            "changedAttributes": [attribute_to_json(busy())],
         }}
         # A change of an attribute not granted is no change for the watcher.
         await w.notify("active;expires=3600", busy(), office(5), work(5))
@@ -511,7 +512,7 @@ def test_check_immediate_sends_the_current_granted_state() -> None:
         assert w.bayeux.sent == [
             (APP, f"/bayeux/{APP}/n1", {"statusChanged": {
                 "correlator": "n1", "presentity": ALICE,
-                "changedAttributes": [office().to_json()]}}),
+                "changedAttributes": [attribute_to_json(office())]}}),
             (APP, f"/bayeux/{APP}/n1", {"statusEnd": {"correlator": "n1"}}),
         ]
         assert w.sip.unsubscribed == []  # the Subscribe Presence reference still needs it
@@ -766,8 +767,8 @@ def test_coalesced_state_is_sent_when_the_interval_ends() -> None:
         assert w.bayeux.kinds() == ["statusChanged"]
         await w.advance(0.015)
         assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
-            [busy(0).to_json()],
-            [busy(2).to_json(), office(1).to_json()],
+            [attribute_to_json(busy(0))],
+            [attribute_to_json(busy(2)), attribute_to_json(office(1))],
         ]
 
     run(scenario)
@@ -781,7 +782,7 @@ def test_without_check_immediate_the_first_state_waits_for_the_end_of_the_period
         assert w.bayeux.sent == []
         await w.advance(0.02)
         assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
-            [busy(1).to_json(), office(1).to_json()],
+            [attribute_to_json(busy(1)), attribute_to_json(office(1))],
         ]
 
     run(scenario)
@@ -891,7 +892,7 @@ def test_notifies_arriving_while_the_rules_are_read_keep_their_order() -> None:
         w.xcap.gate.set()
         await settle()
         assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
-            [busy(0).to_json()], [busy(1).to_json()], [busy(2).to_json()],
+            [attribute_to_json(busy(i))] for i in range(3)
         ]
         # Later ones, with nothing queued and fresh decisions, are taken at once.
         w.bayeux.take()
@@ -915,7 +916,7 @@ def test_a_schedules_progress_is_written_once_per_save_delay() -> None:
         await w.advance(0.1)
         assert [p["remaining"] for p in w.store.schedule_puts()] == [10, 6]
         assert w.store.load("schedule")[next(iter(w.store.load("schedule")))]["sent"] == [
-            busy(3).to_json()
+            attribute_to_json(busy(3))
         ]
 
     run(scenario, schedule_save_delay=0.1)
@@ -1177,7 +1178,7 @@ def test_start_on_a_group_waits_for_its_state_and_lists_the_members_not_active()
         w.sip.emit(rlmi_notify(sid, 2, False, {M0: (busy,)}))
         assert await start == [M1]  # m1 never got a state: not subscribed
         assert w.bayeux.sent == [(APP, f"/bayeux/{APP}/g1", {"statusChanged": {
-            "correlator": "g1", "presentity": M0, "changedAttributes": [busy.to_json()],
+            "correlator": "g1", "presentity": M0, "changedAttributes": [attribute_to_json(busy)],
         }})]
         assert w.service.machine.watches[(BOB, GROUP)].is_list
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from lxml import etree
 
@@ -31,6 +32,7 @@ from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
 from tests.integration.conftest import BayeuxListener
 from tests.polling import eventually
+from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 
@@ -57,7 +59,7 @@ request_timeout = {request_timeout}
 root = "{xcap_root}"
 
 [store]
-path = "{store}"
+{store_keys}
 
 [[accounts]]
 id = "alice-app"
@@ -77,7 +79,9 @@ addresses = ["{bob}"]
 class Scene:
     """One adapter process, its two applications, and their addresses."""
 
-    def __init__(self, directory: Path, server: PresenceServer) -> None:
+    def __init__(
+        self, directory: Path, server: PresenceServer, store_url: str | None = None
+    ) -> None:
         run = new_token()[:8]
         self.alice = f"sip:alice-{run}@example.com"
         self.bob = f"sip:bob-{run}@example.com"
@@ -92,13 +96,25 @@ class Scene:
             password=PASSWORD,
             alice=self.alice,
             bob=self.bob,
+            store_keys=(
+                f'url = "{store_url}"' if store_url else f'path = "{directory / "adapter.sqlite"}"'
+            ),
         )
+        #: The PostgreSQL store's URL; None: the SQLite file adapter.store_path.
+        self.store_url = store_url
         self.presentity = httpx.Client(
             base_url=self.adapter.url, auth=("alice-app", PASSWORD), timeout=10
         )
         self.watcher = httpx.Client(
             base_url=self.adapter.url, auth=("bob-app", PASSWORD), timeout=10
         )
+
+    def stored(self) -> tuple[list[Any], dict[str, Any]]:
+        """What the adapter's store holds durably (see :func:`stored`)."""
+        if self.store_url is None:
+            return stored(self.adapter.store_path)
+        with psycopg.connect(self.store_url) as db:
+            return stored_rows(db)
 
     def close(self) -> None:
         self.presentity.close()
@@ -177,6 +193,20 @@ def scene(
         made.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def scene_on_each_store(
+    request: pytest.FixtureRequest, kamailio: PresenceServer, tmp_path: Path
+) -> Iterator[Scene]:
+    """A scene whose adapter keeps its store in an SQLite file, or in a database of
+    the session's private PostgreSQL."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    made = Scene(tmp_path, kamailio, url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 def status_changed(correlator: str) -> Callable[[dict[str, Any]], bool]:
     def matches(message: dict[str, Any]) -> bool:
         data = message["data"].get("statusChanged")
@@ -208,13 +238,18 @@ def stored(store: Path) -> tuple[list[Any], dict[str, Any]]:
     and the schedules by correlator (read by a separate connection, as after a crash)."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
-        backlog = [json.loads(d) for (d,) in db.execute("SELECT data FROM backlog ORDER BY seq")]
-        schedules = {
-            json.loads(value)["correlator"]: json.loads(value)
-            for (value,) in db.execute("SELECT value FROM records WHERE kind = 'schedule'")
-        }
+        return stored_rows(db)
     finally:
         db.close()
+
+
+def stored_rows(db: Any) -> tuple[list[Any], dict[str, Any]]:
+    """:func:`stored` through an open connection (SQLite's, or psycopg's: the same SQL)."""
+    backlog = [json.loads(d) for (d,) in db.execute("SELECT data FROM backlog ORDER BY seq")]
+    schedules = {
+        json.loads(value)["correlator"]: json.loads(value)
+        for (value,) in db.execute("SELECT value FROM records WHERE kind = 'schedule'")
+    }
     return backlog, schedules
 
 
@@ -276,8 +311,9 @@ def publications(server: PresenceServer, presentity: str) -> list[str]:
 
 
 def test_kill_9_and_restart_with_the_same_store_loses_nothing(
-    scene: Scene, bayeux_listener: Callable[..., BayeuxListener]
+    scene_on_each_store: Scene, bayeux_listener: Callable[..., BayeuxListener]
 ) -> None:
+    scene = scene_on_each_store
     adapter = scene.adapter
     adapter.start()
     notes = "/bayeux/bob-app/notes"
@@ -291,13 +327,13 @@ def test_kill_9_and_restart_with_the_same_store_loses_nothing(
     for value, remaining in (("Meeting", 3), ("Meal", 2)):
         assert scene.publish(value).status_code == 204
         eventually(
-            lambda remaining=remaining: stored(adapter.store_path)[1]["kill"]["remaining"]
+            lambda remaining=remaining: scene.stored()[1]["kill"]["remaining"]
             == remaining,
             what=f"remaining count {remaining} in the store",
         )
 
     def backlogged() -> list[dict[str, Any]]:
-        return [{"data": d} for d in stored(adapter.store_path)[0] if "statusChanged" in d]
+        return [{"data": d} for d in scene.stored()[0] if "statusChanged" in d]
 
     kept = eventually(lambda: len(backlogged()) == 2 and backlogged(), what="a stored backlog")
     assert activities(kept) == ["Meeting", "Meal"]
@@ -343,11 +379,12 @@ def test_kill_9_and_restart_with_the_same_store_loses_nothing(
     assert listed == ["active"]
 
 
-def test_kill_9_leaves_no_second_publication_on_the_server(scene: Scene) -> None:
+def test_kill_9_leaves_no_second_publication_on_the_server(scene_on_each_store: Scene) -> None:
     # RFC 3903 §4.4: a PUBLISH without SIP-If-Match creates a *new* publication;
     # only the entity tag of the old one can modify or remove it.  The adapter
     # keeps the tag in its store, so a restarted adapter modifies the dead
     # process's publication instead of leaving it beside a new one.
+    scene = scene_on_each_store
     adapter = scene.adapter
     adapter.start()
     assert scene.publish("Busy").status_code == 204
@@ -398,6 +435,48 @@ def test_presence_server_restart_is_recovered_without_rest_calls(
     (message,) = listener.wait_for(status_changed("restart"), timeout=5)
     assert activities([message]) == ["Away"]
     assert not listener.matching(lambda m: "subscriptionEnded" in m["data"])
+
+
+def test_postgresql_down_fails_writes_and_the_adapter_recovers_without_a_restart(
+    kamailio: PresenceServer, tmp_path: Path
+) -> None:
+    # A cluster of the test's own: the session's is shared with other tests.
+    with PostgresCluster(settings=TEST_SETTINGS) as cluster:
+        scene = Scene(tmp_path, kamailio, cluster.url(cluster.create_database()))
+        try:
+            scene.adapter.start()
+            ready = httpx.get(scene.adapter.url + "/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            assert scene.publish("Busy").status_code == 204
+
+            cluster.halt()
+            # A Publish must be stored before its 204: it fails, with a REST
+            # error body, once the store gives up waiting for a connection.
+            failed = scene.publish("Away")
+            assert failed.status_code >= 500, failed.text
+            assert failed.json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
+            not_ready = httpx.get(scene.adapter.url + "/readyz", timeout=30)
+            assert not_ready.status_code == 503
+            assert any("store" in reason for reason in not_ready.json()["reasons"])
+
+            cluster.resume()
+            eventually(
+                lambda: scene.publish("Meeting").status_code == 204,
+                timeout=30,
+                what="a Publish stored once PostgreSQL is back",
+            )
+            eventually(
+                lambda: httpx.get(scene.adapter.url + "/readyz", timeout=10).status_code == 200,
+                what="/readyz 200 again",
+            )
+            # What was stored is what a restarted adapter comes back with.
+            with psycopg.connect(scene.store_url or "") as db:
+                (value,) = db.execute(
+                    "SELECT value FROM records WHERE kind = 'publication'"
+                ).fetchone() or ("",)
+            assert '"Meeting"' in value
+        finally:
+            scene.close()
 
 
 def test_presence_server_down_fails_fast_and_everything_recovers(

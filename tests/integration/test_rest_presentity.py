@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from adapter.presence_json import attribute_to_json
 from pidf import AttributeType, Presence, decode, filter_presence
 from sip import NotifyReceived, SubscriptionTerminated, UserAgentEvent
 from sip.aio import SipEndpoint, SubscriptionHandle
@@ -101,7 +102,7 @@ def seen(presence: Presence) -> list[dict[str, Any]]:
     """The attributes a watcher received, as the application's JSON without lastChange
     (the adapter stamps it), in a stable order."""
     out = []
-    for item in (a.to_json() for a in presence.attributes):
+    for item in (attribute_to_json(a) for a in presence.attributes):
         item.pop("lastChange", None)
         out.append(item)
     return ordered(out)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from adapter.presence_json import attribute_to_json
 from pidf.document import (
     CAPS_NS,
     EXT_NS,
@@ -203,8 +204,10 @@ def test_property_encode_decode_is_identity_on_the_json_model(
     items: list[PresenceAttribute],
 ) -> None:
     decoded = decode(encode(items, entity=ENTITY, now=T0)).attributes
-    expected = [PresenceAttribute(a.value, a.last_change or T0, a.note).to_json() for a in items]
-    got = [a.to_json() for a in decoded]
+    expected = [
+        attribute_to_json(PresenceAttribute(a.value, a.last_change or T0, a.note)) for a in items
+    ]
+    got = [attribute_to_json(a) for a in decoded]
     assert sorted(got, key=repr) == sorted(expected, key=repr)
 
 
@@ -404,14 +407,14 @@ def test_kamailio_aggregated_capture() -> None:
 
 def test_kamailio_after_removal_capture_ignores_the_closed_tuple() -> None:
     presence = decode((DATA / "kamailio-after-removal.xml").read_bytes())
-    assert [a.to_json() for a in presence.attributes] == [
-        PresenceAttribute(Activity.BUSY, K0, "desk").to_json(),
-        PresenceAttribute(Place.OFFICE, K0).to_json(),
-        PresenceAttribute(
+    assert [attribute_to_json(a) for a in presence.attributes] == [
+        attribute_to_json(PresenceAttribute(Activity.BUSY, K0, "desk")),
+        attribute_to_json(PresenceAttribute(Place.OFFICE, K0)),
+        attribute_to_json(PresenceAttribute(
             Communication((CommunicationMeans("tel:+15550100", 0.9, MeansType.PHONE),)),
             K0,
             "desk phone",
-        ).to_json(),
+        )),
     ]
 
 

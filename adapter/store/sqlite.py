@@ -1,20 +1,11 @@
-"""What the adapter must not forget across a restart, behind one small interface.
+"""The default store: one SQLite file.
 
-The services keep their working state in memory and write through to a
-:class:`Store`: publications, watches (watcher subscriptions with their
-reference and known decisions), notification schedules, and the Bayeux
-backlog.  On start the adapter loads everything and re-creates the SIP side
-from it.
-
-The interface speaks of *records* — a kind, a key, a JSON-able value — plus
-an ordered backlog, and nothing else, so that another backend (PostgreSQL for
-several nodes) can implement it without the callers changing.  Writes are
-queued in order to one writer; a caller that must not answer before the data
-is durable (a REST call's 204) awaits the write, others let it go.
-
-:class:`SqliteStore` is the default backend: one file, WAL journal, writes
-committed in groups — on the event loop when that costs no sync and no wait,
-otherwise by a writer thread — so the event loop never waits for the disk.
+A missing file is created at the current schema version; an older one is
+migrated in one transaction, after a copy of it is kept beside it
+(``<file>.schema-<version>.bak``); a newer one, or a file that is not a store,
+stops start-up with one line and is left as it was (:mod:`adapter.store.schema`).
+The version is the file's ``PRAGMA user_version``, which SQLite reads from the
+file's header: it is known before any table is touched.
 """
 
 from __future__ import annotations
@@ -22,27 +13,61 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from adapter.metrics import STORE_BUCKETS, Histogram
+from adapter.store import schema
+from adapter.store.interface import BacklogRow, StoreError, settle
+from adapter.store.interface import encode as _encode
 
-__all__ = ["BacklogRow", "MemoryStore", "SqliteStore", "Store", "StoreError"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: The schema this adapter writes.  1 kept its number in meta's "schema" row;
+#: 2 has STRICT tables (SQLite refuses a value of the wrong type rather than
+#: storing it) and keeps its number in the file header (``PRAGMA user_version``).
+SCHEMA_VERSION = 2
 #: Seconds the writer thread waits after a write before committing, for others to join it.
 GROUP_COMMIT_WAIT = 0.0005
 #: Seconds between the writer thread's WAL checkpoints while the loop commits.
 CHECKPOINT_INTERVAL = 1.0
-KINDS = ("publication", "watch", "schedule")
+
+_TABLES = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
+    "CREATE TABLE records ("
+    " kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key)"
+    ") STRICT",
+    "CREATE TABLE backlog ("
+    " seq INTEGER PRIMARY KEY, app_id TEXT NOT NULL, channel TEXT NOT NULL,"
+    " data TEXT NOT NULL, expires_at REAL NOT NULL"
+    ") STRICT",
+)
+
+#: Version -> the statements that bring a store of that version to the next.
+#: A table is renamed aside and made again, not altered, so that a migrated
+#: store has exactly the schema of a new one.
+MIGRATIONS: schema.Migrations = {
+    1: (
+        "ALTER TABLE meta RENAME TO meta_1",
+        "ALTER TABLE records RENAME TO records_1",
+        "ALTER TABLE backlog RENAME TO backlog_1",
+        *_TABLES,
+        "INSERT INTO meta SELECT key, value FROM meta_1 WHERE key <> 'schema'",
+        "INSERT INTO records SELECT kind, key, value FROM records_1",
+        "INSERT INTO backlog SELECT seq, app_id, channel, data, expires_at FROM backlog_1",
+        "DROP TABLE meta_1",
+        "DROP TABLE records_1",
+        "DROP TABLE backlog_1",
+    ),
+}
 
 # A record or the backlog mark rewritten in place: an upsert updates the row
 # where it stands (https://sqlite.org/lang_upsert.html), where INSERT OR
@@ -59,105 +84,6 @@ _PUT_MARK = (
 _PUT_PROBE = (
     "INSERT INTO meta VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-# The stored JSON, compact; one encoder for every write (json.dumps with
-# anything but its defaults builds a new encoder per call).
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written."""
-
-
-@dataclass(frozen=True)
-class BacklogRow:
-    seq: int
-    app_id: str
-    channel: str
-    data: Any
-    expires_at: float  # epoch seconds
-
-
-class Store(Protocol):
-    """The persistence interface of the adapter."""
-
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
-        """Insert or replace one record; the future completes once it is durable."""
-
-    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
-        """Remove one record (absent is fine)."""
-
-    def load(self, kind: str) -> dict[str, Any]:
-        """Every record of ``kind``, as stored (read at start, before serving)."""
-
-    def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
-        """Append to an application's backlog; returns the row's sequence number."""
-
-    def backlog_remove(self, seqs: Iterable[int]) -> None:
-        """Forget backlog rows (delivered, dropped or expired)."""
-
-    def backlog_load(self) -> list[BacklogRow]:
-        """The whole backlog, oldest first (read at start)."""
-
-    def probe(self) -> asyncio.Future[None]:
-        """A small write that completes once committed (/readyz asks it)."""
-
-    async def close(self) -> None: ...
-
-
-class MemoryStore:
-    """A store that forgets everything on exit (tests, and deployments that want that)."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
-        self._backlog: dict[int, BacklogRow] = {}
-        self._seq = 0
-
-    def _done(self) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
-        self._records[kind][key] = json.loads(json.dumps(value))
-        return self._done()
-
-    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
-        self._records[kind].pop(key, None)
-        return self._done()
-
-    def load(self, kind: str) -> dict[str, Any]:
-        return dict(self._records[kind])
-
-    def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
-        self._seq += 1
-        self._backlog[self._seq] = BacklogRow(self._seq, app_id, channel, data, expires_at)
-        return self._seq
-
-    def backlog_remove(self, seqs: Iterable[int]) -> None:
-        for seq in seqs:
-            self._backlog.pop(seq, None)
-
-    def backlog_load(self) -> list[BacklogRow]:
-        return [self._backlog[seq] for seq in sorted(self._backlog)]
-
-    def probe(self) -> asyncio.Future[None]:
-        return self._done()
-
-    async def close(self) -> None:
-        return None
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-);
-CREATE TABLE IF NOT EXISTS backlog (
-    seq INTEGER PRIMARY KEY, app_id TEXT NOT NULL, channel TEXT NOT NULL,
-    data TEXT NOT NULL, expires_at REAL NOT NULL
-);
-"""
 
 # One queued write: SQL statements to run in order, and who waits for them
 # (a future of the event loop that queued the write).
@@ -169,8 +95,9 @@ class SqliteStore:
     """The default store: one SQLite file in WAL mode, committed in groups.
 
     A missing file (and its folder) is created empty: a first start needs no
-    preparation step.  A file that is not a store of this schema version is
-    never overwritten: opening it raises :class:`StoreError` with one line.
+    preparation step.  An older store is migrated (the module's docstring); a
+    file that is not a store, or a newer one, is never overwritten: opening it
+    raises :class:`StoreError` with one line.
 
     Where a commit runs depends on what it may wait for.  With
     ``synchronous="normal"`` a commit writes its WAL frames into the operating
@@ -208,6 +135,9 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"{path}: {exc}") from None
+        except OSError as exc:  # the copy kept before a migration
+            self._db.close()
+            raise StoreError(f"{path}: cannot keep a copy before migrating: {exc}") from None
         except StoreError:
             self._db.close()
             raise
@@ -226,7 +156,15 @@ class SqliteStore:
         self.commit_seconds = Histogram(STORE_BUCKETS)
 
     def _open(self) -> int:
-        """Check the file is our store (creating it when new); the last backlog number."""
+        """Check the file is our store, creating or migrating it; the last backlog number."""
+        found = self._version()
+        if found != SCHEMA_VERSION:
+            # Raises for a newer store before anything is written to it.
+            statements = (
+                schema.steps(str(self.path), found, SCHEMA_VERSION, MIGRATIONS)
+                if found
+                else list(_TABLES)
+            )
         self._db.execute("PRAGMA journal_mode=WAL")
         # The loop's connection never syncs and never checkpoints (a
         # checkpoint syncs the WAL and the database file): the writer thread
@@ -236,14 +174,10 @@ class SqliteStore:
         # sends the commit to the thread.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.executescript(_SCHEMA)
-        version = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if version is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif version[0] != str(SCHEMA_VERSION):
-            raise StoreError(
-                f"{self.path}: schema version {version[0]}, expected {SCHEMA_VERSION}"
-            )
+        if found != SCHEMA_VERSION:
+            if found:
+                self._keep_copy(found)
+            self._migrate(found, statements)
         self._db.execute("SELECT count(*) FROM records").fetchone()
         (last_row,) = self._db.execute("SELECT max(seq) FROM backlog").fetchone()
         # The high-water mark outlives the rows: restored messages are named
@@ -251,6 +185,57 @@ class SqliteStore:
         mark = self._db.execute("SELECT value FROM meta WHERE key = 'backlog_seq'").fetchone()
         self._db.execute("PRAGMA busy_timeout=0")
         return max(last_row or 0, int(mark[0]) if mark else 0)
+
+    def _version(self) -> int:
+        """The file's schema version; 0 for an empty file (a new store)."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version:
+            return int(version)
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            return 0
+        if "meta" in tables:  # version 1 kept its number in a row
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is not None and str(row[0]).isdigit():
+                return int(row[0])
+        raise StoreError(f"{self.path}: not a store of this adapter (it has other tables)")
+
+    def _keep_copy(self, version: int) -> None:
+        """Copy the file as it is, before migrating it, to ``<file>.schema-<version>.bak``.
+
+        The copy is written under another name, synced, and renamed into
+        place: a crash leaves either no copy or a whole one.
+        """
+        copy = self.path.with_name(f"{self.path.name}.schema-{version}.bak")
+        partial = copy.with_name(copy.name + ".partial")
+        target = sqlite3.connect(partial)
+        try:
+            # The backup API copies a consistent state, the WAL's content included.
+            self._db.backup(target)
+        finally:
+            target.close()
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, copy)
+        logger.warning(
+            "store %s: schema version %d, migrating to %d; the file as it was is kept as %s",
+            self.path, version, SCHEMA_VERSION, copy,
+        )
+
+    def _migrate(self, found: int, statements: list[str]) -> None:
+        """Run ``statements`` and set the new version, all in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._version() != found:
+                raise StoreError(f"{self.path}: changed by another process while being opened")
+            for sql in statements:
+                self._db.execute(sql)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -355,7 +340,7 @@ class SqliteStore:
             self._hand_off(writes)
             return
         self._inline_commits += 1
-        _settle(_waiters(writes), self._run(self._db, writes))
+        settle(_waiters(writes), self._run(self._db, writes))
 
     def _run(self, db: sqlite3.Connection, writes: list[_Write]) -> StoreError | None:
         """The statements of ``writes`` and COMMIT, in the transaction just begun."""
@@ -442,25 +427,10 @@ class SqliteStore:
             by_loop.setdefault(done.get_loop(), []).append(done)
         for loop, waiters in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_settle, waiters, error)
+                loop.call_soon_threadsafe(settle, waiters, error)
             except RuntimeError:
                 pass  # that loop is closed: nobody is waiting any more
 
 
 def _waiters(writes: list[_Write]) -> list[asyncio.Future[None]]:
     return [done for _, done in writes if done is not None]
-
-
-def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
-    """Complete a batch's waiters (on their event loop)."""
-    for done in waiters:
-        # A waiter may have given up (its REST call was cancelled); the write
-        # stands, but completing a cancelled future raises InvalidStateError,
-        # which would leave the rest of the batch waiting for ever.
-        if done.done():
-            continue
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-

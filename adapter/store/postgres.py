@@ -1,0 +1,370 @@
+"""The PostgreSQL store: the same records and backlog, in a database (``[store] url``).
+
+The driver is psycopg 3, with psycopg_pool, rather than asyncpg:
+
+* one driver has both a blocking and an asyncio interface.  Opening the store
+  (checking, creating or migrating its schema, and reading what it holds for
+  the reads at start, in one transaction) runs before serving and blocks, as
+  :class:`~adapter.store.sqlite.SqliteStore`'s does, so that a store that
+  cannot be used stops start-up with one line from ``make_app``; the writes
+  run on the event loop and never block it;
+* psycopg_pool checks a connection before handing it out and replaces a
+  broken one (a restarted server) on its own, with back-off;
+* pipeline mode sends a whole group of writes and its COMMIT in one round
+  trip;
+* the URL is libpq's own: every parameter libpq documents (``sslmode``,
+  ``options``, ``connect_timeout``, ``PGPASSWORD``…) works.
+
+asyncpg's speed at decoding large results buys nothing here: the adapter
+writes a few small rows at a time and reads everything once, at start.
+
+Writes keep :class:`~adapter.store.Store`'s promise: they are committed in
+the order of the calls, by one writer task on one connection, each commit
+taking every write queued meanwhile (a group commit); a write's future
+completes once its transaction is committed.  A group that meets a broken
+connection is written once more on a new one (every statement is an upsert,
+a delete or an insert that ignores a row already there, so a group that did
+commit before the connection broke may be written twice); any other failure
+fails the group's futures and is logged, and the writer goes on.
+
+Values are stored as their JSON text, as SQLite stores them, not as jsonb:
+jsonb refuses some JSON that Python writes (``\\u0000`` in a string), and a
+store must keep whatever the services hand it.
+
+The schema's version is the ``meta`` table's ``schema`` row (adapter.store.schema).
+
+One adapter at a time: the store holds a session-level advisory lock for as
+long as it is open, and an adapter that cannot take it within
+:data:`OWNER_WAIT` refuses to start.  Two adapters on one store would both
+re-publish and re-subscribe everything, and hand out the same backlog
+numbers; several nodes sharing a store need the cluster's leases first.  The
+wait covers an adapter restarted at once after ``kill -9``: the server
+notices the dead process's connection close and lets go of its lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from adapter.metrics import STORE_BUCKETS, Histogram
+from adapter.store import schema
+from adapter.store.interface import KINDS, BacklogRow, StoreError, encode, settle
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+
+logger = logging.getLogger(__name__)
+
+#: The schema this adapter writes.
+SCHEMA_VERSION = 1
+#: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
+CONNECT_TIMEOUT = 10
+#: Seconds a write waits for a connection (the server unreachable) before it fails.
+WRITE_TIMEOUT = 10.0
+#: The advisory lock an open store holds ("pres").
+OWNER_LOCK = 0x70726573
+#: Seconds to wait for it (libpq's lock_timeout syntax).
+OWNER_WAIT = "5s"
+
+_TABLES = (
+    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE records ("
+    " kind text NOT NULL, key text NOT NULL, value text NOT NULL, PRIMARY KEY (kind, key))",
+    "CREATE TABLE backlog ("
+    " seq bigint PRIMARY KEY, app_id text NOT NULL, channel text NOT NULL,"
+    " data text NOT NULL, expires_at double precision NOT NULL)",
+)
+
+#: Version -> the statements that bring a store of that version to the next.
+MIGRATIONS: schema.Migrations = {}
+
+#: The snapshot's key for the backlog (not a kind of record).
+_BACKLOG = "backlog"
+_LOAD_BACKLOG = "SELECT seq, app_id, channel, data, expires_at FROM backlog ORDER BY seq"
+_PUT_SCHEMA = (
+    "INSERT INTO meta VALUES ('schema', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_PUT_RECORD = (
+    "INSERT INTO records VALUES (%s, %s, %s)"
+    " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value"
+)
+_DELETE_RECORD = "DELETE FROM records WHERE kind = %s AND key = %s"
+_ADD_BACKLOG = "INSERT INTO backlog VALUES (%s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING"
+_REMOVE_BACKLOG = "DELETE FROM backlog WHERE seq = ANY(%s)"
+_PUT_MARK = (
+    "INSERT INTO meta VALUES ('backlog_seq', %s)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_PUT_PROBE = (
+    "INSERT INTO meta VALUES ('probe', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+# One queued write: statements to run in order, and who waits for them.
+_Write = tuple[list[tuple[str, tuple[Any, ...]]], "asyncio.Future[None] | None"]
+
+
+def _line(exc: BaseException) -> str:
+    """An error of psycopg or libpq on one line (libpq's span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def describe(url: str) -> str:
+    """``url`` without its password, for messages: ``postgresql://user@host:port/db``."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://?"
+    user = f"{params['user']}@" if params.get("user") else ""
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{params.get('host', '')}{port}/{params.get('dbname', '')}"
+
+
+class PostgresStore:
+    """A store in a PostgreSQL database: the tables are created in the
+    connection's current schema (``search_path``) when the database has none."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: How messages name the store (no password).
+        self.where = describe(url)
+        try:
+            params = conninfo.conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+        self._options: dict[str, Any] = {
+            "connect_timeout": params.get("connect_timeout", CONNECT_TIMEOUT),
+            "application_name": params.get("application_name", "presence-adapter"),
+        }
+        #: What the store held when opened, by kind (and _BACKLOG), until read or
+        #: written: the reads at start then ask nothing of the server.
+        self._snapshot: dict[str, list[tuple[Any, ...]]] = {}
+        self._seq = self._open()
+        self._pending: list[_Write] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._pool: AsyncConnectionPool | None = None
+        self._closing = False
+        self.failures = 0
+        #: Seconds from the first statement of a commit to its COMMIT (for /metrics).
+        self.commit_seconds = Histogram(STORE_BUCKETS)
+
+    # -- opening and reads (before serving: blocking) ----------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True, **self._options)
+
+    def _open(self) -> int:
+        """Check the database holds our store, creating or migrating it; the last backlog
+        number."""
+        try:
+            db = self._connect()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+        try:
+            seq = self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        #: Holds OWNER_LOCK while the store is open.
+        self._owner = db
+        return seq
+
+    def _prepare(self, db: psycopg.Connection[Any]) -> int:
+        try:
+            db.execute(f"SET lock_timeout = '{OWNER_WAIT}'")
+            try:
+                db.execute("SELECT pg_advisory_lock(%s)", (OWNER_LOCK,))
+            except psycopg.errors.LockNotAvailable:
+                raise StoreError(
+                    f"{self.where}: another adapter is using this store "
+                    "(one adapter per store until clusters are supported)"
+                ) from None
+            db.execute("RESET lock_timeout")
+            with db.transaction():
+                found = self._version(db)
+                if found != SCHEMA_VERSION:
+                    if found:
+                        statements = schema.steps(self.where, found, SCHEMA_VERSION, MIGRATIONS)
+                        logger.warning(
+                            "store %s: schema version %d, migrating to %d",
+                            self.where, found, SCHEMA_VERSION,
+                        )
+                    else:
+                        statements = list(_TABLES)
+                    for sql in statements:
+                        db.execute(sql)
+                    db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))
+                (last,) = db.execute("SELECT max(seq) FROM backlog").fetchone() or (None,)
+                mark = db.execute("SELECT value FROM meta WHERE key = 'backlog_seq'").fetchone()
+                self._snapshot = {kind: [] for kind in KINDS}
+                for kind, key, value in db.execute("SELECT kind, key, value FROM records"):
+                    self._snapshot.setdefault(kind, []).append((key, value))
+                self._snapshot[_BACKLOG] = db.execute(_LOAD_BACKLOG).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+        # The high-water mark outlives the rows: restored messages are named
+        # after their number, so a number must not come back once used.
+        return max(last or 0, int(mark[0]) if mark else 0)
+
+    def _version(self, db: psycopg.Connection[Any]) -> int:
+        """The store's schema version; 0 for a database without tables (a new store)."""
+        tables = {
+            name
+            for (name,) in db.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        }
+        if not tables:
+            return 0
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is not None and str(row[0]).isdigit():
+                return int(row[0])
+        raise StoreError(f"{self.where}: not a store of this adapter (it has other tables)")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+
+    def load(self, kind: str) -> dict[str, Any]:
+        # Read at open, when nothing of that kind was written since: the
+        # services read at start while the server already serves, and a read
+        # over the network would hold the event loop.
+        rows = self._snapshot.pop(kind, None)
+        if rows is None:
+            rows = self._query("SELECT key, value FROM records WHERE kind = %s", (kind,))
+        return {key: json.loads(value) for key, value in rows}
+
+    def backlog_load(self) -> list[BacklogRow]:
+        rows = self._snapshot.pop(_BACKLOG, None)
+        if rows is None:
+            rows = self._query(_LOAD_BACKLOG)
+        return [BacklogRow(s, a, c, json.loads(d), e) for s, a, c, d, e in rows]
+
+    # -- writes ------------------------------------------------------------------
+
+    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        self._snapshot.pop(kind, None)
+        return self._submit([(_PUT_RECORD, (kind, key, encode(value)))])
+
+    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+        self._snapshot.pop(kind, None)
+        return self._submit([(_DELETE_RECORD, (kind, key))])
+
+    def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
+        self._snapshot.pop(_BACKLOG, None)
+        self._seq += 1
+        row = (self._seq, app_id, channel, encode(data), expires_at)
+        self._write(([(_ADD_BACKLOG, row), (_PUT_MARK, (str(self._seq),))], None))
+        return self._seq
+
+    def backlog_remove(self, seqs: Iterable[int]) -> None:
+        rows = list(seqs)
+        if rows:
+            self._snapshot.pop(_BACKLOG, None)
+            self._write(([(_REMOVE_BACKLOG, (rows,))], None))
+
+    def probe(self) -> asyncio.Future[None]:
+        # A row of its own in meta, rewritten in place.
+        return self._submit([(_PUT_PROBE, (repr(time.time()),))])
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._pending:
+            self._start_writer()  # writes made with no event loop running
+        if self._writer is not None:
+            assert self._wake is not None
+            self._wake.set()
+            await self._writer
+        if self._pool is not None:
+            await self._pool.close()
+        self._owner.close()  # lets go of OWNER_LOCK
+
+    def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._write((statements, done))
+        return done
+
+    def _write(self, write: _Write) -> None:
+        self._pending.append(write)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # A plain call with no loop (the Bayeux core's journal): committed
+            # with the next write made on the loop, or at close.
+            return
+        self._start_writer()
+        assert self._wake is not None
+        self._wake.set()
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._wake = asyncio.Event()
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_all(), name="store-writer"
+            )
+
+    async def _write_all(self) -> None:
+        """Commit what is queued, a group at a time, until closed."""
+        assert self._wake is not None
+        # One connection: one writer, so the order of commits is the order of
+        # the calls.
+        self._pool = AsyncConnectionPool(
+            self.url,
+            kwargs={"autocommit": True, **self._options},
+            min_size=1,
+            max_size=1,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=WRITE_TIMEOUT,
+            name="presence-adapter-store",
+        )
+        await self._pool.open(wait=False)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            writes, self._pending = self._pending, []
+            if writes:
+                error = await self._commit(writes)
+                settle([done for _, done in writes if done is not None], error)
+            if self._closing and not self._pending:
+                return
+
+    async def _commit(self, writes: list[_Write]) -> StoreError | None:
+        """``writes`` in one transaction: None once committed, else the error."""
+        assert self._pool is not None
+        tries = 2  # a connection that broke under the group: once more, on a new one
+        while True:
+            tries -= 1
+            connection: psycopg.AsyncConnection[Any] | None = None
+            try:
+                async with self._pool.connection() as connection:
+                    started = time.perf_counter()
+                    async with connection.pipeline(), connection.transaction():
+                        async with connection.cursor() as cursor:
+                            for statements, _ in writes:
+                                for sql, args in statements:
+                                    await cursor.execute(sql, args)
+                    self.commit_seconds.observe(time.perf_counter() - started)
+                return None
+            except psycopg.Error as exc:
+                if tries and connection is not None and connection.broken:
+                    logger.warning(
+                        "store %s: connection lost (%s); writing again on a new one",
+                        self.where, _line(exc),
+                    )
+                    continue
+                self.failures += 1
+                logger.error("store %s: write failed: %s", self.where, _line(exc))
+                return StoreError(f"{self.where}: {_line(exc)}")
