@@ -419,3 +419,32 @@ def test_without_check_immediate_members_states_held_for_their_rules_are_the_bas
     assert delivered(later) == [
         (f"/bayeux/{APP}/n1", changed(M0, "n1", activity(Activity.MEETING, 1)))
     ]
+
+
+def test_a_member_of_many_watched_lists_has_its_rules_read_one_at_a_time() -> None:
+    # Ten watchers' lists hold the same member, which becomes active in each
+    # while its rules are being read: not a read per watch, but the one under
+    # way and one begun after the activations it cannot serve.
+    machine = WatchMachine()
+    watchers = [f"sip:w{k}@example.com" for k in range(10)]
+    rules = PresRules()
+    for watcher in watchers:
+        rules = rules.allow(watcher, {A: True})
+    reads: list[WatchAction] = []
+    for sid, watcher in enumerate(watchers, start=20):
+        watch, _ = machine.subscribe(APP, watcher, GROUP, "app", frozenset({A}),
+                                     Reference(f"r{sid}", REF))
+        machine.ensure_subscribed(watch)
+        machine.subscription_sent(watch, sid)
+        machine.subscription_accepted(watch, sid, eventlist=True)
+        machine.notify(watch, rlmi_notify(sid, 1, True, {M0: None}), NOW)
+        reads += of(ReadRules, machine.notify(
+            watch, rlmi_notify(sid, 2, False, {M0: (activity(Activity.BUSY),)}), NOW))
+    assert len(reads) == 1
+    again = of(ReadRules, machine.rules_read(reads[0].read, rules, NOW))
+    assert len(again) == 1 and again[0].read.serial > reads[0].read.serial
+    done = machine.rules_read(again[0].read, rules, NOW)
+    assert of(ReadRules, done) == []
+    told = [a.data["notifySubscription"]["presentity"] for a in of(Deliver, done)
+            if "notifySubscription" in a.data]
+    assert told == [M0] * 9  # the first watch's was told after the first read
