@@ -128,6 +128,11 @@ RESUBSCRIBE_DELAYS = (0.5, 2.0, 5.0)
 #: that follow each other, and the quiet time after which one is at once again.
 RELIST_DELAYS = (0.0, 1.0, 5.0, 30.0, 120.0)
 RELIST_QUIET = 300.0
+#: How long after a list's full state its members may come without state
+#: before the list is subscribed again, once, for the RLS to send them
+#: (Kamailio's rls can leave members out of its NOTIFYs for good:
+#: tests/data/rls/README.md).
+LIST_HEAL_AFTER = 10.0
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
@@ -342,6 +347,9 @@ class Watch:
     #: A group watch's last re-subscription to heal its list (when, and how
     #: many came each within RELIST_QUIET of the one before).
     relisted: tuple[float, int] = (float("-inf"), 0)
+    #: A group watch was subscribed again for members still without state;
+    #: not again until the list has settled.
+    healed: bool = False
     #: A group watch's member watches, by member URI.
     listed: dict[str, Watch] = field(default_factory=dict, repr=False)
     #: A member watch's group watch.
@@ -478,6 +486,7 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     RETRY = enum.auto()  # a re-subscribe attempt
     SAVE = enum.auto()  # schedules' progress is due to be written
     RELIST = enum.auto()  # a list's re-subscription held back (_relist)
+    HEAL = enum.auto()  # a list's members may still lack their state (_heal)
 
 
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
@@ -821,6 +830,7 @@ class WatchMachine:
     def _leave_dialog(self, watch: Watch) -> None:
         self._timers.cancel((_Timer.RETRY, *watch.key))
         self._timers.cancel((_Timer.RELIST, *watch.key))
+        self._timers.cancel((_Timer.HEAL, *watch.key))
         old = watch.subscription_id
         if old is not None:
             self._out.append(Unsubscribe(old))
@@ -870,6 +880,10 @@ class WatchMachine:
                 group = self.watches.get(key[1:])
                 if group is not None and group.is_list and group.dialog is Dialog.LIVE:
                     self._resubscribe_list(group, now)
+            elif kind is _Timer.HEAL:
+                group = self.watches.get(key[1:])
+                if group is not None:
+                    self._heal(group, now)
             elif kind is _Timer.RETRY:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
@@ -1053,6 +1067,10 @@ class WatchMachine:
                 member.held.append(news)
             else:
                 self._take_member(member, news, now)
+        if group.stateless and document.full_state and not group.healed:
+            self._timers.schedule(now + LIST_HEAL_AFTER, (_Timer.HEAL, *group.key))
+        elif not group.stateless:
+            group.healed = False
         if update.gap or edited:
             # A NOTIFY was lost, or the list was edited: Kamailio answers a
             # refresh with partial state only and tells no removed member, so
@@ -1079,6 +1097,15 @@ class WatchMachine:
             self._timers.schedule(max(now, last + delay), key)
         else:
             self._resubscribe_list(group, now)
+
+    def _heal(self, group: Watch, now: float) -> None:
+        """Members a live list dialog still holds without state: subscribe the
+        list again, once, for a new full state from the RLS's own table."""
+        if group.healed or not group.is_list or group.dialog is not Dialog.LIVE:
+            return
+        if group.stateless and self.list_complete(group):
+            group.healed = True
+            self._relist(group, f"{len(group.stateless)} members without state", now)
 
     def _resubscribe_list(self, group: Watch, now: float) -> None:
         group.relisted = (now, group.relisted[1])

@@ -448,3 +448,20 @@ def test_a_member_of_many_watched_lists_has_its_rules_read_one_at_a_time() -> No
     told = [a.data["notifySubscription"]["presentity"] for a in of(Deliver, done)
             if "notifySubscription" in a.data]
     assert told == [M0] * 9  # the first watch's was told after the first read
+
+
+def test_members_still_without_state_get_the_list_subscribed_again_once() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    g.read(g.notify(m0=(activity(Activity.BUSY),)), {M0: ALLOW_A})
+    # m1's state never comes (the RLS left it out): after a while the list is
+    # subscribed again for a full state from the RLS's table, once.
+    assert subscribes(g.machine.handle_timer(g.now + 9.9)) == []
+    g.now += 10
+    assert len(subscribes(g.machine.handle_timer(g.now))) == 1
+    g.redialog(8)
+    g.notify(full=True, m0=None, m1=None)
+    g.notify(m0=(activity(Activity.BUSY),))
+    g.now += 60
+    assert subscribes(g.machine.handle_timer(g.now)) == []
+    assert g.machine.unsubscribed_members(g.watch) == [M1]
