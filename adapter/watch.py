@@ -1103,9 +1103,14 @@ class WatchMachine:
         list again, once, for a new full state from the RLS's own table."""
         if group.healed or not group.is_list or group.dialog is not Dialog.LIVE:
             return
-        if group.stateless and self.list_complete(group):
+        # Listed bare in a later full state is no news of a member whose
+        # state came: only those never heard of are lacking.
+        lacking = [uri for uri in group.stateless
+                   if uri in group.listed and group.listed[uri].state is WatchState.PENDING
+                   and group.listed[uri].presence is None]
+        if lacking and self.list_complete(group):
             group.healed = True
-            self._relist(group, f"{len(group.stateless)} members without state", now)
+            self._relist(group, f"{len(lacking)} members without state", now)
 
     def _resubscribe_list(self, group: Watch, now: float) -> None:
         group.relisted = (now, group.relisted[1])
@@ -1215,9 +1220,9 @@ class WatchMachine:
                 if owner.unstarted and schedule.correlator in owner.unstarted:
                     continue
                 if member is not None and schedule.correlator in watch.unstarted:
-                    # Held back for the member's rules across a Start without
-                    # checkImmediate: its state then, the baseline, not news.
-                    schedule.begin_member(presence, granted, now, member, check_immediate=False)
+                    # Held back for the member's rules across a Start: the
+                    # member's held Start tells (checkImmediate) or takes as
+                    # its baseline the state current then — not this offer.
                     continue
                 self._deliver(owner, schedule, schedule.offer(presence, granted, now, member),
                               now, received)
@@ -1238,19 +1243,16 @@ class WatchMachine:
             self._file(schedule)
             return
         group = watch.group
-        # Without checkImmediate a member's state held back for its rules is
-        # its state current at the Start: the member's baseline (_offer), as
-        # for a single watch, until the held Start runs.
-        baseline = group is not None and not start.check_immediate
         if watch.waiting:
-            if baseline:
+            # A member's state held back for its rules is its state current
+            # at the Start: the held Start begins the member with it, once
+            # (sent with checkImmediate, else the baseline), not _offer.
+            if group is not None:
                 watch.unstarted.add(schedule.correlator)
             watch.held.append(start)
             return
         active = watch.state is WatchState.ACTIVE
         if active and self._need_rules(watch, now):
-            if baseline:
-                watch.unstarted.add(schedule.correlator)
             watch.waiting = True
             watch.resume = start
             return

@@ -465,3 +465,15 @@ def test_members_still_without_state_get_the_list_subscribed_again_once() -> Non
     g.now += 60
     assert subscribes(g.machine.handle_timer(g.now)) == []
     assert g.machine.unsubscribed_members(g.watch) == [M1]
+
+
+def test_check_immediate_sends_a_member_state_held_for_its_rules_once() -> None:
+    g = Group()
+    g.notify(full=True, m0=None)
+    reads = g.notify(m0=(activity(Activity.BUSY),))
+    _, started = g.schedule("n1", check_immediate=True)
+    assert of(Deliver, started) == []
+    done = g.read(reads, {M0: ALLOW_A})
+    assert [data for channel, data in delivered(done) if channel != REF] == [
+        changed(M0, "n1", activity(Activity.BUSY))
+    ]
