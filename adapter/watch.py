@@ -94,6 +94,7 @@ from sip.multipart import parse_multipart
 from sip.timers import TimerHeap
 
 __all__ = [
+    "LIST_HEAL_AFTER",
     "RESUBSCRIBE_DELAYS",
     "SCHEDULE_SAVE_DELAY",
     "Deliver",
@@ -132,7 +133,7 @@ RELIST_QUIET = 300.0
 #: before the list is subscribed again, once, for the RLS to send them
 #: (Kamailio's rls can leave members out of its NOTIFYs for good:
 #: tests/data/rls/README.md).
-LIST_HEAL_AFTER = 10.0
+LIST_HEAL_AFTER = 30.0
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README

@@ -13,6 +13,7 @@ from adapter.notification import Schedule, schedule_from_record, schedule_to_rec
 from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
 from adapter.watch import (
+    LIST_HEAL_AFTER,
     Deliver,
     GroupPresentity,
     ReadRules,
@@ -456,8 +457,8 @@ def test_members_still_without_state_get_the_list_subscribed_again_once() -> Non
     g.read(g.notify(m0=(activity(Activity.BUSY),)), {M0: ALLOW_A})
     # m1's state never comes (the RLS left it out): after a while the list is
     # subscribed again for a full state from the RLS's table, once.
-    assert subscribes(g.machine.handle_timer(g.now + 9.9)) == []
-    g.now += 10
+    assert subscribes(g.machine.handle_timer(g.now + LIST_HEAL_AFTER - 0.1)) == []
+    g.now += LIST_HEAL_AFTER
     assert len(subscribes(g.machine.handle_timer(g.now))) == 1
     g.redialog(8)
     g.notify(full=True, m0=None, m1=None)
