@@ -431,7 +431,7 @@ def test_a_member_of_many_watched_lists_has_its_rules_read_one_at_a_time() -> No
     rules = PresRules()
     for watcher in watchers:
         rules = rules.allow(watcher, {A: True})
-    reads: list[WatchAction] = []
+    reads: list[ReadRules] = []
     for sid, watcher in enumerate(watchers, start=20):
         watch, _ = machine.subscribe(APP, watcher, GROUP, "app", frozenset({A}),
                                      Reference(f"r{sid}", REF))
