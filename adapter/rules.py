@@ -12,7 +12,8 @@ Reads are numbered in the order they begin (``serial``).  Two kinds of need:
 
 * *after a mark*: an activation or a change made by this adapter must be
   followed by a read begun after it (:meth:`mark`, :meth:`changed`); a read
-  already under way, begun before, does not count;
+  already under way, begun before, does not count — the need waits for it to
+  end and then asks again, so a presentity has one read under way at a time;
 * *within the age limit*: decisions that merely aged may come from any read
   begun within :func:`decisions_ttl` of ``now``.
 
@@ -97,7 +98,11 @@ class RulesCache:
     ) -> RulesRead | None:
         """A read to perform, or None when the one under way meets the need."""
         reading = self._reading.get(presentity)
-        if reading is not None and reading.serves(after, since):
+        if reading is not None and (reading.serves(after, since) or after is not None):
+            # A need after a mark that the read under way does not meet is
+            # met by the one read begun when it ends (the watches waiting for
+            # it ask again then): one read at a time per presentity, however
+            # many watches of it activate meanwhile (a member of many lists).
             return None
         self._serial += 1
         read = RulesRead(presentity, self._serial, now)

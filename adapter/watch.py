@@ -94,6 +94,7 @@ from sip.multipart import parse_multipart
 from sip.timers import TimerHeap
 
 __all__ = [
+    "LIST_HEAL_AFTER",
     "RESUBSCRIBE_DELAYS",
     "SCHEDULE_SAVE_DELAY",
     "Deliver",
@@ -124,6 +125,15 @@ logger = logging.getLogger("adapter.watcher")
 
 #: Re-subscribe attempts after an unexpected end, and the waits between them.
 RESUBSCRIBE_DELAYS = (0.5, 2.0, 5.0)
+#: Waits between a list's re-subscriptions (to heal a gap or see an edit)
+#: that follow each other, and the quiet time after which one is at once again.
+RELIST_DELAYS = (0.0, 1.0, 5.0, 30.0, 120.0)
+RELIST_QUIET = 300.0
+#: How long after a list's full state its members may come without state
+#: before the list is subscribed again, once, for the RLS to send them
+#: (Kamailio's rls can leave members out of its NOTIFYs for good:
+#: tests/data/rls/README.md).
+LIST_HEAL_AFTER = 30.0
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
@@ -335,6 +345,12 @@ class Watch:
     rlmi: ListState | None = None
     #: The members that list holds with no state (no instance) yet.
     stateless: set[str] = field(default_factory=set, repr=False)
+    #: A group watch's last re-subscription to heal its list (when, and how
+    #: many came each within RELIST_QUIET of the one before).
+    relisted: tuple[float, int] = (float("-inf"), 0)
+    #: A group watch was subscribed again for members still without state;
+    #: not again until the list has settled.
+    healed: bool = False
     #: A group watch's member watches, by member URI.
     listed: dict[str, Watch] = field(default_factory=dict, repr=False)
     #: A member watch's group watch.
@@ -470,6 +486,8 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     SCHEDULE = enum.auto()  # a schedule's interval or deadline
     RETRY = enum.auto()  # a re-subscribe attempt
     SAVE = enum.auto()  # schedules' progress is due to be written
+    RELIST = enum.auto()  # a list's re-subscription held back (_relist)
+    HEAL = enum.auto()  # a list's members may still lack their state (_heal)
 
 
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
@@ -812,6 +830,8 @@ class WatchMachine:
 
     def _leave_dialog(self, watch: Watch) -> None:
         self._timers.cancel((_Timer.RETRY, *watch.key))
+        self._timers.cancel((_Timer.RELIST, *watch.key))
+        self._timers.cancel((_Timer.HEAL, *watch.key))
         old = watch.subscription_id
         if old is not None:
             self._out.append(Unsubscribe(old))
@@ -857,6 +877,14 @@ class WatchMachine:
                     watch, schedule = entry
                     self._deliver(watch, schedule, schedule.handle_timer(now), now)
                     self._file(schedule)
+            elif kind is _Timer.RELIST:
+                group = self.watches.get(key[1:])
+                if group is not None and group.is_list and group.dialog is Dialog.LIVE:
+                    self._resubscribe_list(group, now)
+            elif kind is _Timer.HEAL:
+                group = self.watches.get(key[1:])
+                if group is not None:
+                    self._heal(group, now)
             elif kind is _Timer.RETRY:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
@@ -1027,8 +1055,11 @@ class WatchMachine:
                 continue  # removed: handled by the full state above
             member = group.listed.get(change.uri)
             if member is None:
-                # New in a partial state: the list was edited on the server.
-                edited = edited or not document.full_state
+                # New in a partial state with an instance: the list was edited
+                # on the server (Kamailio tells an added member with its
+                # state).  A bare one is the rest of a full state the server
+                # split over several NOTIFYs (tests/data/rls/split-full-*).
+                edited = edited or (not document.full_state and change.member.state is not None)
                 member = group.member_of(change.uri)
                 member.stale_after = self.rules.mark()
                 self._index(member)
@@ -1037,16 +1068,55 @@ class WatchMachine:
                 member.held.append(news)
             else:
                 self._take_member(member, news, now)
+        if group.stateless and document.full_state and not group.healed:
+            self._timers.schedule(now + LIST_HEAL_AFTER, (_Timer.HEAL, *group.key))
+        elif not group.stateless:
+            group.healed = False
         if update.gap or edited:
             # A NOTIFY was lost, or the list was edited: Kamailio answers a
             # refresh with partial state only and tells no removed member, so
             # a new dialog's full state is what shows the whole list.
-            logger.info("list %s: %s, subscribing again", group.presentity,
-                        "version gap" if update.gap else "members added")
-            self._leave_dialog(group)
-            self._send_subscribe(group, keep_state=True, retry=True)
+            self._relist(group, "version gap" if update.gap else "members added", now)
         elif not settled:
             self._out.append(Settled(group))  # a Start may await the list's state
+
+    def _relist(self, group: Watch, why: str, now: float) -> None:
+        """Subscribe the list again for a new dialog's full state — at once the
+        first time, then no sooner than a back-off after the last one, so that
+        no server behaviour can make the adapter re-subscribe a list in a loop."""
+        key = (_Timer.RELIST, *group.key)
+        if key in self._timers:
+            return  # one is due already
+        last, streak = group.relisted
+        delay = RELIST_DELAYS[min(streak, len(RELIST_DELAYS) - 1)]
+        if now - last >= RELIST_QUIET:
+            streak, delay = 0, 0.0
+        group.relisted = (last, streak + 1)
+        logger.info("list %s: %s, subscribing again%s", group.presentity, why,
+                    f" in {delay:g} s" if delay else "")
+        if delay:
+            self._timers.schedule(max(now, last + delay), key)
+        else:
+            self._resubscribe_list(group, now)
+
+    def _heal(self, group: Watch, now: float) -> None:
+        """Members a live list dialog still holds without state: subscribe the
+        list again, once, for a new full state from the RLS's own table."""
+        if group.healed or not group.is_list or group.dialog is not Dialog.LIVE:
+            return
+        # Listed bare in a later full state is no news of a member whose
+        # state came: only those never heard of are lacking.
+        lacking = [uri for uri in group.stateless
+                   if uri in group.listed and group.listed[uri].state is WatchState.PENDING
+                   and group.listed[uri].presence is None]
+        if lacking and self.list_complete(group):
+            group.healed = True
+            self._relist(group, f"{len(lacking)} members without state", now)
+
+    def _resubscribe_list(self, group: Watch, now: float) -> None:
+        group.relisted = (now, group.relisted[1])
+        self._leave_dialog(group)
+        self._send_subscribe(group, keep_state=True, retry=True)
 
     def _take_member(self, watch: Watch, news: _MemberNews, now: float) -> None:
         item = news.member
@@ -1150,6 +1220,11 @@ class WatchMachine:
             for schedule in list(owner.schedules.values()):
                 if owner.unstarted and schedule.correlator in owner.unstarted:
                     continue
+                if member is not None and schedule.correlator in watch.unstarted:
+                    # Held back for the member's rules across a Start: the
+                    # member's held Start tells (checkImmediate) or takes as
+                    # its baseline the state current then — not this offer.
+                    continue
                 self._deliver(owner, schedule, schedule.offer(presence, granted, now, member),
                               now, received)
                 self._file(schedule)
@@ -1168,7 +1243,13 @@ class WatchMachine:
                 self._start(member, start, now)
             self._file(schedule)
             return
+        group = watch.group
         if watch.waiting:
+            # A member's state held back for its rules is its state current
+            # at the Start: the held Start begins the member with it, once
+            # (sent with checkImmediate, else the baseline), not _offer.
+            if group is not None:
+                watch.unstarted.add(schedule.correlator)
             watch.held.append(start)
             return
         active = watch.state is WatchState.ACTIVE
@@ -1177,7 +1258,8 @@ class WatchMachine:
             watch.resume = start
             return
         current = watch.presence if active else None
-        if watch.group is not None:
+        if group is not None:
+            watch.unstarted.discard(schedule.correlator)
             if current is None:
                 return
             deliveries = schedule.begin_member(current, watch.granted, now, watch.presentity,

@@ -44,6 +44,11 @@ BUSY = (500, 503)
 BUSY_PAUSE = 0.05
 
 
+#: Requests to the XCAP server under way at once, and how long one waits its turn.
+CONNECTIONS = 8
+POOL_WAIT = 60.0
+
+
 class XcapError(Exception):
     """The XCAP server refused or garbled a request."""
 
@@ -84,11 +89,14 @@ class XcapClient:
         # reply without saying "Connection: close", so a reused connection
         # fails the next request with "Server disconnected" (measured,
         # docs/kamailio.md).
+        # A few connections at a time: a burst of reads (the members of many
+        # watched lists) otherwise opens one each, and every connection costs
+        # Kamailio tcp_rd_buf_size of its shared memory.  The others queue.
         self._client = httpx.AsyncClient(
-            timeout=timeout,
+            timeout=httpx.Timeout(timeout, pool=POOL_WAIT),
             auth=auth,
             transport=transport,
-            limits=httpx.Limits(max_keepalive_connections=0),
+            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=0),
             headers={"Connection": "close"},
             verify=tls if tls is not None else True,
         )

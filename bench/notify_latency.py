@@ -206,11 +206,16 @@ class BayeuxClients:
 class RawPeer:
     """The raw SIP publisher and watchers (notify_latency_sip.py)."""
 
-    def __init__(self, server: PresenceServer, apps: int, raw_watchers: int, conc: int) -> None:
+    def __init__(
+        self, server: PresenceServer, apps: int, raw_watchers: int, conc: int,
+        presentities: str | None = None,
+    ) -> None:
+        """``presentities``: their addresses, ``{}`` where the index goes (else p<i>)."""
+        pattern = presentities or presentity(-1).replace("-1", "{}")
         self.process = subprocess.Popen(
             [
                 sys.executable, str(HERE / "notify_latency_sip.py"), server.host,
-                str(server.port), presentity(-1).replace("-1", "{}"), str(apps),
+                str(server.port), pattern, str(apps),
                 raw_watcher(-1).replace("-1", "{}"), str(raw_watchers), str(conc),
             ],
             stdin=subprocess.PIPE,

@@ -61,7 +61,6 @@ import json
 import os
 import random
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -277,27 +276,15 @@ def server_max_expires(seconds: int) -> Iterator[None]:
     if not seconds:
         yield
         return
-    from sip_publish import kamailio_binary, kamailio_wrapper
+    from sip_publish import kamailio_config
 
-    real = kamailio_binary()
-    with tempfile.TemporaryDirectory(prefix="scale-adapter-kamailio-") as directory:
-        text, found = MAX_EXPIRES_LINE.subn(
-            f"#!define PRESENCE_MAX_EXPIRES {int(seconds)}", KAMAILIO_CFG.read_text()
-        )
-        if found != 1:
-            raise SystemExit(f"{KAMAILIO_CFG}: no PRESENCE_MAX_EXPIRES define to change")
-        cfg = Path(directory) / "kamailio.cfg"
-        cfg.write_text(text)
-        script = (
-            "#!/bin/bash\nargs=()\nprev=\n"
-            'for a in "$@"; do\n'
-            f'  if [ "$prev" = "-f" ]; then a={shlex.quote(str(cfg))}; fi\n'
-            '  args+=("$a"); prev="$a"\n'
-            "done\n"
-            f'exec {shlex.quote(real)} "${{args[@]}}"\n'
-        )
-        with kamailio_wrapper(Path(directory), script):
-            yield
+    text, found = MAX_EXPIRES_LINE.subn(
+        f"#!define PRESENCE_MAX_EXPIRES {int(seconds)}", KAMAILIO_CFG.read_text()
+    )
+    if found != 1:
+        raise SystemExit(f"{KAMAILIO_CFG}: no PRESENCE_MAX_EXPIRES define to change")
+    with kamailio_config(text):
+        yield
 
 
 async def write_rules(xcap_root: str, args: argparse.Namespace) -> float:

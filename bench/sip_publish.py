@@ -580,6 +580,26 @@ def kamailio_wrapper(directory: Path, script: str) -> Iterator[None]:
             os.environ["KAMAILIO"] = previous
 
 
+@contextlib.contextmanager
+def kamailio_config(text: str) -> Iterator[None]:
+    """Run Kamailio, while inside, with the configuration ``text`` instead of
+    the file conf/kamailio/run passes as ``-f CFG`` (a wrapper in $KAMAILIO)."""
+    real = kamailio_binary()
+    with tempfile.TemporaryDirectory(prefix="bench-kamailio-") as directory:
+        cfg = Path(directory) / "kamailio.cfg"
+        cfg.write_text(text)
+        script = (
+            "#!/bin/bash\nargs=()\nprev=\n"
+            'for a in "$@"; do\n'
+            f'  if [ "$prev" = "-f" ]; then a={shlex.quote(str(cfg))}; fi\n'
+            '  args+=("$a"); prev="$a"\n'
+            "done\n"
+            f'exec {shlex.quote(real)} "${{args[@]}}"\n'
+        )
+        with kamailio_wrapper(Path(directory), script):
+            yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with server_shm(args.server_shm), PresenceServer(HOST) as server:

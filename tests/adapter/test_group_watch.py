@@ -4,6 +4,7 @@ in, per-member notifications out; a manual clock, no event loop."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,11 +13,13 @@ from adapter.notification import Schedule, schedule_from_record, schedule_to_rec
 from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
 from adapter.watch import (
+    LIST_HEAL_AFTER,
     Deliver,
     GroupPresentity,
     ReadRules,
     Reference,
     Settled,
+    Subscribe,
     WatchAction,
     WatchMachine,
     WatchState,
@@ -35,6 +38,7 @@ NOW = 1_700_000_000.0
 A, P = AttributeType.ACTIVITY, AttributeType.PLACE
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 BOUNDARY = "b0und"
+DATA = Path(__file__).parent.parent / "data" / "rls"
 
 
 def activity(kind: Activity, t: int = 0) -> PresenceAttribute:
@@ -351,4 +355,126 @@ def test_subscribe_presence_again_tells_each_active_members_decisions_again() ->
     again = g.machine.recheck(g.watch, g.now)
     assert sorted(d.data["notifySubscription"]["presentity"] for d in of(Deliver, again)) == [
         M0, M1
+    ]
+
+
+def captured(name: str, sid: int) -> NotifyReceived:
+    """A captured list NOTIFY (tests/data/rls) in dialog ``sid``."""
+    head, _, body = (DATA / name).read_bytes().partition(b"\r\n\r\n")
+    content_type = head.decode().removeprefix("Content-Type: ")
+    return NotifyReceived(sid, SubscriptionState.parse("active;expires=600"), body, content_type)
+
+
+def subscribes(actions: list[WatchAction]) -> list[Subscribe]:
+    return of(Subscribe, actions)
+
+
+def test_the_rest_of_a_split_full_state_is_members_not_an_edit() -> None:
+    # Kamailio's full state of 1,000 members: 983 in version 1, the other 17
+    # bare in a partial version 2 (tests/data/rls/split-full-*).
+    g = Group()
+    first = g.machine.notify(g.watch, captured("split-full-1.txt", 7), g.now)
+    assert of(Settled, first) == [Settled(g.watch)] and len(g.watch.listed) == 983
+    g.now += 0.004
+    rest = g.machine.notify(g.watch, captured("split-full-2.txt", 7), g.now)
+    assert subscribes(rest) == [] and g.watch.subscription_id == 7
+    assert len(g.watch.listed) == 1000
+    assert "sip:p999@bench.example.com" in g.machine.unsubscribed_members(g.watch)
+    assert g.machine.list_complete(g.watch) and not g.machine.list_settled(g.watch)
+
+
+def test_re_subscriptions_of_a_list_are_held_back_when_they_follow_each_other() -> None:
+    g = Group()
+    g.notify(full=True, m0=None)
+
+    def gap() -> list[WatchAction]:
+        """A version skipped in the current dialog: healed by a new one."""
+        g.version += 1
+        return g.notify(m0=(activity(Activity.AWAY),))
+
+    assert len(subscribes(gap())) == 1  # the first at once
+    # A server that showed a gap in every new dialog must not make the
+    # adapter re-subscribe the list in a loop: the next ones wait, longer each.
+    for sid, wait in ((8, 1.0), (9, 5.0), (10, 30.0)):
+        g.redialog(sid)
+        g.notify(full=True, m0=None)
+        assert subscribes(gap()) == []
+        assert subscribes(g.machine.handle_timer(g.now + wait - 0.1)) == []
+        g.now += wait
+        assert len(subscribes(g.machine.handle_timer(g.now))) == 1
+
+
+def test_without_check_immediate_members_states_held_for_their_rules_are_the_baseline() -> None:
+    # The list's states come, then the Start while the members' rules are
+    # still being read: those states are current at the Start, not news.
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    reads = g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),))
+    schedule, started = g.schedule("n1")
+    assert of(Deliver, started) == []
+    done = g.read(reads, {M0: ALLOW_A, M1: ALLOW_A})
+    assert [c for c, _ in delivered(done)] == [REF, REF]  # decisions only
+    assert not schedule.has_pending
+    g.now += 1
+    later = g.notify(m0=(activity(Activity.MEETING, 1),))
+    assert delivered(later) == [
+        (f"/bayeux/{APP}/n1", changed(M0, "n1", activity(Activity.MEETING, 1)))
+    ]
+
+
+def test_a_member_of_many_watched_lists_has_its_rules_read_one_at_a_time() -> None:
+    # Ten watchers' lists hold the same member, which becomes active in each
+    # while its rules are being read: not a read per watch, but the one under
+    # way and one begun after the activations it cannot serve.
+    machine = WatchMachine()
+    watchers = [f"sip:w{k}@example.com" for k in range(10)]
+    rules = PresRules()
+    for watcher in watchers:
+        rules = rules.allow(watcher, {A: True})
+    reads: list[ReadRules] = []
+    for sid, watcher in enumerate(watchers, start=20):
+        watch, _ = machine.subscribe(APP, watcher, GROUP, "app", frozenset({A}),
+                                     Reference(f"r{sid}", REF))
+        machine.ensure_subscribed(watch)
+        machine.subscription_sent(watch, sid)
+        machine.subscription_accepted(watch, sid, eventlist=True)
+        machine.notify(watch, rlmi_notify(sid, 1, True, {M0: None}), NOW)
+        reads += of(ReadRules, machine.notify(
+            watch, rlmi_notify(sid, 2, False, {M0: (activity(Activity.BUSY),)}), NOW))
+    assert len(reads) == 1
+    again = of(ReadRules, machine.rules_read(reads[0].read, rules, NOW))
+    assert len(again) == 1 and again[0].read.serial > reads[0].read.serial
+    done = machine.rules_read(again[0].read, rules, NOW)
+    assert of(ReadRules, done) == []
+    told = [a.data["notifySubscription"]["presentity"] for a in of(Deliver, done)
+            if "notifySubscription" in a.data]
+    assert told == [M0] * 9  # the first watch's was told after the first read
+
+
+def test_members_still_without_state_get_the_list_subscribed_again_once() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    g.read(g.notify(m0=(activity(Activity.BUSY),)), {M0: ALLOW_A})
+    # m1's state never comes (the RLS left it out): after a while the list is
+    # subscribed again for a full state from the RLS's table, once.
+    assert subscribes(g.machine.handle_timer(g.now + LIST_HEAL_AFTER - 0.1)) == []
+    g.now += LIST_HEAL_AFTER
+    assert len(subscribes(g.machine.handle_timer(g.now))) == 1
+    g.redialog(8)
+    g.notify(full=True, m0=None, m1=None)
+    g.notify(m0=(activity(Activity.BUSY),))
+    g.now += 60
+    assert subscribes(g.machine.handle_timer(g.now)) == []
+    assert g.machine.unsubscribed_members(g.watch) == [M1]
+
+
+def test_check_immediate_sends_a_member_state_held_for_its_rules_once() -> None:
+    g = Group()
+    g.notify(full=True, m0=None)
+    reads = g.notify(m0=(activity(Activity.BUSY),))
+    _, started = g.schedule("n1", check_immediate=True)
+    assert of(Deliver, started) == []
+    done = g.read(reads, {M0: ALLOW_A})
+    assert [data for channel, data in delivered(done) if channel != REF] == [
+        changed(M0, "n1", activity(Activity.BUSY))
     ]
