@@ -330,7 +330,9 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     """
     endpoint = sip_endpoint(config)
     accounts = Accounts(config.accounts)
-    store = store or open_store(config.store)
+    # A REST call that must store waits no longer for the store than for the
+    # presence server.
+    store = store or open_store(config.store, write_timeout=config.sip.request_timeout)
     journal = BacklogJournal(store)
     limits = BayeuxLimits(**config.bayeux)
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)

@@ -21,8 +21,6 @@ bounded), so that the synchronous check that follows it on the event loop
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -32,11 +30,12 @@ from dataclasses import dataclass
 import anyio
 from starlette.requests import HTTPConnection
 
+from adapter.bayeux.endpoints import basic_credentials
 from adapter.config import Account
 from adapter.errors import PolicyError
 from adapter.passwords import verify_password
 
-__all__ = ["IDENTITY_HEADER", "REALM", "Accounts", "Caller"]
+__all__ = ["IDENTITY_HEADER", "REALM", "Accounts", "Caller", "basic_credentials"]
 
 REALM = "presence-adapter"
 IDENTITY_HEADER = "X-Presence-Identity"
@@ -151,20 +150,3 @@ def _utf8(text: str) -> bytes:
     # "surrogatepass": a password from JSON (a Bayeux handshake) may hold a lone
     # surrogate (\ud800); it must compare unequal, not raise.
     return text.encode("utf-8", "surrogatepass")
-
-
-def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """(user, password) from an ``Authorization: Basic`` value (RFC 7617 §2)."""
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "basic" or not token.strip():
-        return None
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    return user, password

@@ -199,13 +199,14 @@ class Schedule:
     pending: tuple[Presence, frozenset[AttributeType]] | None = None
     #: A group's members, by URI: their own sent/reachable/pending.
     members: dict[str, Track] = field(default_factory=dict)
+    #: The members whose track holds a coalesced state, in the order they
+    #: changed (an ordered set: a change does not walk every member).
+    changed: dict[str, None] = field(default_factory=dict)
 
     @property
     def has_pending(self) -> bool:
         """Whether a coalesced state waits to be sent (for any member)."""
-        return self.pending is not None or any(
-            t.pending is not None for t in self.members.values()
-        )
+        return self.pending is not None or bool(self.changed)
 
     def _track(self, member: str | None) -> _Tracked:
         if member is None:
@@ -218,6 +219,14 @@ class Schedule:
     def forget_member(self, member: str) -> None:
         """The member left the group: nothing of it is kept or sent."""
         self.members.pop(member, None)
+        self.changed.pop(member, None)
+
+    def drop_member_pending(self, member: str) -> None:
+        """The member's coalesced state is not to be sent (it blocked the watcher)."""
+        track = self.members.get(member)
+        if track is not None:
+            track.pending = None
+        self.changed.pop(member, None)
 
     # -- inputs ------------------------------------------------------------
 
@@ -271,6 +280,8 @@ class Schedule:
         if self.last_sent is not None and now < self.last_sent + self.frequency:
             # The latest wins; sent at the interval's end.
             self._track(member).pending = (presence, granted)
+            if member is not None:
+                self.changed[member] = None
             return []
         return self._send(presence, granted, now, member=member)
 
@@ -291,7 +302,7 @@ class Schedule:
         if due or at_end:
             # Every member that changed, its latest state, at the same instant.
             owners: list[tuple[str | None, _Tracked]] = [(None, self)]
-            owners += list(self.members.items())
+            owners += [(m, self.members[m]) for m in self.changed]
             for member, track in owners:
                 if self.ended:
                     break
@@ -309,8 +320,9 @@ class Schedule:
 
     def _drop_pending(self) -> None:
         self.pending = None
-        for track in self.members.values():
-            track.pending = None
+        for member in self.changed:
+            self.members[member].pending = None
+        self.changed.clear()
 
     # -- internals ---------------------------------------------------------
 
@@ -338,6 +350,8 @@ class Schedule:
     ) -> list[Delivery]:
         track = self._track(member)
         track.pending = None
+        if member is not None:
+            self.changed.pop(member, None)
         visible = self._visible(presence, granted)
         seen = self._seen(presence, granted)
         # Judged on every state, delivered or not: UnReachable fires each
@@ -482,4 +496,5 @@ def schedule_from_record(record: dict[str, Any]) -> Schedule:
         reachable=record.get("reachable"),
         pending=_pending_from_record(record.get("pending")),
         members=members,
+        changed={uri: None for uri, track in members.items() if track.pending is not None},
     )

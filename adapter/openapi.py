@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from msgspec import Struct
 from starlette.requests import Request
@@ -30,7 +30,7 @@ from adapter.auth import IDENTITY_HEADER, REALM
 from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
 from adapter.models import METRICS
 from adapter.presence_json import Uri
-from adapter.rest import BASE, SUBSCRIPTION_PATHS
+from adapter.rest import BASE, SUBSCRIPTION_PATHS, store_unavailable
 
 __all__ = [
     "NOTIFICATIONS",
@@ -115,6 +115,24 @@ class Operation:
         return self.faults + AUTH_FAULTS
 
 
+class Choice(NamedTuple):
+    """A query parameter with a single allowed value, and the fault for any other."""
+
+    param: Param
+    fault: Fault
+
+    @classmethod
+    def of(cls, name: str, value: str, meaning: str) -> Choice:
+        return cls(
+            Param(name, "query", f"{value}: {meaning}", {"type": "string", "enum": [value]},
+                  required=True),
+            Fault(ServiceError.invalid_input_values(name, [value]), f"{name} has another value."),
+        )
+
+
+STATUS_OPEN = Choice.of("status", "open", "the watchers waiting for a decision.")
+FILTER_WATCHER = Choice.of("filter", "watcher", "the watchers' URIs only.")
+
 ALICE, BOB = "sip:alice@example.com", "sip:bob@example.com"
 AUTH_FAULTS = (
     Fault(PolicyError.unauthenticated(REALM), "No or wrong HTTP Basic credentials."),
@@ -139,6 +157,11 @@ XCAP_FAILED = (
           "The presence rules could not be read or written."),
     Fault(ServiceError.service_error("presence rules: timed out", status=504),
           "The XCAP server did not answer."),
+)
+STORE_FAILED = Fault(
+    store_unavailable(),
+    "The store could not keep the change (its database unreachable, its disk full); "
+    "retry (Retry-After: the seconds to wait).",
 )
 NO_SUBSCRIPTION = Fault(
     ServiceError.not_found("presentity", ALICE),
@@ -192,7 +215,7 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("presence[0].typeAndValue.activity"),
                       "The presence array is missing, empty or holds an invalid value."),
-                *SIP_FAILED),
+                *SIP_FAILED, STORE_FAILED),
     ),
     Operation(
         "withdrawPresence", "Withdraw Presence", "presentity", "DELETE", (BASE,),
@@ -210,30 +233,27 @@ OPERATIONS: tuple[Operation, ...] = (
                       {**ATTRIBUTE_LIST, "examples": ["Place,Other"]}),),
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.invalid_input("attributes[0]"),
-                      "attributes names something that is not an attribute."), *SIP_FAILED),
+                      "attributes names something that is not an attribute."), *SIP_FAILED,
+                STORE_FAILED),
         extension=True,
     ),
     Operation(
         "getOpenSubscriptions", "Get Open Subscriptions", "presentity", "GET", SUBSCRIPTION_BOTH,
         "Lists the watchers who asked to subscribe and are waiting for authorization "
         "(status=open). With filter=watcher as well, only their URIs.",
-        params=(Param("status", "query", "open: the watchers waiting for a decision.",
-                      {"type": "string", "enum": ["open"]}, required=True),),
+        params=(STATUS_OPEN.param,),
         replies=(Reply(200, "The waiting watchers.", models.OpenSubscriptionsResult, {"result": [
             {"application": "Team board", "attributes": ["Activity", "Place"], "watcher": BOB}
         ]}),),
-        faults=(Fault(ServiceError.invalid_input_values("status", ["open"]),
-                      "status has another value."), *SIP_FAILED),
+        faults=(STATUS_OPEN.fault, *SIP_FAILED),
     ),
     Operation(
         "getMyWatchers", "Get My Watchers", "presentity", "GET", SUBSCRIPTION_BOTH,
         "Lists the URIs of the watchers currently authorized (subscriptions in the active "
         "state): filter=watcher, which is also what GET without status or filter answers.",
-        params=(Param("filter", "query", "watcher: the watchers' URIs only.",
-                      {"type": "string", "enum": ["watcher"]}, required=True),),
+        params=(FILTER_WATCHER.param,),
         replies=(Reply(200, "The current watchers.", models.UriResult, {"result": [BOB]}),),
-        faults=(Fault(ServiceError.invalid_input_values("filter", ["watcher"]),
-                      "filter has another value."), *SIP_FAILED),
+        faults=(FILTER_WATCHER.fault, *SIP_FAILED),
     ),
     Operation(
         "updateSubscriptionAuthorization", "Update Subscription Authorization", "presentity",
@@ -269,7 +289,7 @@ OPERATIONS: tuple[Operation, ...] = (
         body_example={"application": "Team board", "presentity": ALICE,
                       "attributes": ["Activity", "Place"], "reference": REFERENCE},
         replies=(NO_CONTENT,),
-        faults=(BAD_INPUT, ENDPOINT_REFUSED, *SIP_FAILED),
+        faults=(BAD_INPUT, ENDPOINT_REFUSED, *SIP_FAILED, STORE_FAILED),
         notifications=("notifySubscription", "subscriptionEnded"),
     ),
     Operation(
@@ -335,7 +355,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 Fault(PolicyError.too_many_notifications(),
                       "count above the configured maximum."),
                 Fault(PolicyError.invalid_frequency(), "frequency below the configured minimum."),
-                *SIP_FAILED),
+                *SIP_FAILED, STORE_FAILED),
         notifications=("statusChanged", "statusEnd", "subscriptionEnded"),
     ),
     Operation(
@@ -348,7 +368,7 @@ OPERATIONS: tuple[Operation, ...] = (
         replies=(NO_CONTENT,),
         faults=(Fault(ServiceError.not_found("correlator", "board-7"),
                       "No notification with that correlator for this application; "
-                      "variables: the part, then the correlator."),),
+                      "variables: the part, then the correlator."), STORE_FAILED),
     ),
     Operation(
         "endSubscription", "End Subscription", "watcher", "DELETE", SUBSCRIPTION_BOTH,
@@ -356,7 +376,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "notification started for it. Not in the OCSG interface: an extension.",
         params=(Param("presentity", "query", "The presentity's URI.", URI, required=True,
                       example=ALICE),),
-        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION), extension=True,
+        replies=(NO_CONTENT,), faults=(BAD_INPUT, NO_SUBSCRIPTION, STORE_FAILED), extension=True,
     ),
     Operation(
         "getOpenApiDocument", "OpenAPI document", "description", "GET", (DOCUMENT_PATH,),

@@ -42,13 +42,14 @@ from adapter.metrics import RecoveryProgress
 from adapter.presence_json import attributes_from_json, attributes_to_json
 from adapter.publisher import Forget, Modify, Publish, PublishAction, Publisher, Save
 from adapter.recovery import RecoveryPace, recover
-from adapter.store import MemoryStore, Store
+from adapter.store import MemoryStore, Store, StoreError
 from adapter.xcap import XcapClient
 from pidf import (
     AttributeType,
     Outcome,
     PidfError,
     PresenceAttribute,
+    Rule,
     SubHandling,
     WatcherInfo,
     WatcherInfoState,
@@ -65,6 +66,7 @@ from sip import (
     SubscriptionTerminated,
 )
 from sip.aio import (
+    Alarm,
     PublicationHandle,
     RequestFailed,
     SipEndpoint,
@@ -157,13 +159,11 @@ class PresentityService:
         self._publisher = Publisher()
         self._presentities: dict[str, _Presentity] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = Alarm(self._on_timer, lambda: self._clock().timestamp())
 
     async def close(self) -> None:
         """Stop the re-publications still waiting (the publications stay)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -182,13 +182,17 @@ class PresentityService:
         Raises ValidationError for a bad set, RequestFailed when the presence
         server refuses or does not answer.  The state is kept either way: the
         publication retries in the background until the server takes it.
+        Raises StoreError when the store cannot write the new state: then
+        nothing was sent and nothing changed.  (If it is the confirmed entity
+        tag that cannot be written, the PUBLISH did go out: a retried Publish
+        of the same attributes is harmless.)
         """
         bind(presentity=presentity)
         validate_publication(attributes)
         entry = self._presentity(presentity)
         async with entry.lock:
-            outcome = await self._perform(
-                entry, self._publisher.publish(presentity, attributes, self._clock())
+            outcome = await self._requested(
+                entry, lambda: self._publisher.publish(presentity, attributes, self._clock())
             )
             await self._answer(entry, outcome)
 
@@ -209,10 +213,22 @@ class PresentityService:
         """
         entry = self._presentity(presentity)
         async with entry.lock:
-            outcome = await self._perform(
-                entry, self._publisher.withdraw(presentity, kinds, self._clock())
+            outcome = await self._requested(
+                entry, lambda: self._publisher.withdraw(presentity, kinds, self._clock())
             )
             await self._answer(entry, outcome)
+
+    async def _requested(
+        self, entry: _Presentity, request: Callable[[], list[PublishAction]]
+    ) -> asyncio.Future[Any] | None:
+        """Perform a caller's request; when its Save fails (StoreError) nothing was
+        sent, and the machine is put back as it was: the call fails whole."""
+        mark = self._publisher.mark(entry.address)
+        try:
+            return await self._perform(entry, request())
+        except StoreError:
+            self._publisher.undo(mark)
+            raise
 
     async def _answer(self, entry: _Presentity, outcome: Awaitable[object] | None) -> None:
         """Wait (within the REST timeout) for the outcome a REST call's actions made."""
@@ -369,15 +385,9 @@ class PresentityService:
 
     def _arm(self) -> None:
         """Re-arm the one timer at the machine's next deadline (rules changes are rare)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        deadline = self._publisher.get_timer()
-        self._timer = None if deadline is None else asyncio.get_running_loop().call_later(
-            max(0.0, deadline - self._clock().timestamp()), self._on_timer
-        )
+        self._timer.set(self._publisher.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
         for due in self._publisher.handle_timer(self._clock()):
             self._spawn(self._republish(due.address))
         self._arm()
@@ -390,13 +400,10 @@ class PresentityService:
     # -- watchers ----------------------------------------------------------
 
     async def open_subscriptions(self, presentity: str) -> list[OpenSubscription]:
-        watchers = await self._live_watchers(presentity)
-        rules = (await self._xcap.get(presentity)).rules
         out = []
-        for uri, status in watchers.items():
+        for uri, status, rule in await self._watchers_and_rules(presentity):
             if status is WatcherStatus.ACTIVE:
                 continue
-            rule = rules.rule_for(uri)
             if (rule.sub_handling if rule is not None else None) not in _UNDECIDED:
                 continue
             application, attributes = self._directory(uri, presentity) or ("", ())
@@ -405,15 +412,12 @@ class PresentityService:
 
     async def watchers(self, presentity: str) -> list[str]:
         """The watchers currently authorised and subscribed."""
-        watchers = await self._live_watchers(presentity)
-        rules = (await self._xcap.get(presentity)).rules
         out = []
-        for uri, status in watchers.items():
+        for uri, status, rule in await self._watchers_and_rules(presentity):
             if status is WatcherStatus.WAITING:
                 # RFC 3857 §3.2: its subscription ended before it was decided
                 # on; it may be asked about again, but it watches nothing.
                 continue
-            rule = rules.rule_for(uri)
             if rule is None:
                 if status is WatcherStatus.ACTIVE:
                     out.append(uri)
@@ -445,6 +449,15 @@ class PresentityService:
         self._rules_changed(presentity)
         self._publisher.rules_changed(presentity, self._clock())
         self._arm()
+
+    async def _watchers_and_rules(
+        self, presentity: str
+    ) -> list[tuple[str, WatcherStatus, Rule | None]]:
+        """Each watcher the server lists for ``presentity``, its status, and the
+        pres-rules' rule for it (None: none names it)."""
+        watchers = await self._live_watchers(presentity)
+        rules = (await self._xcap.get(presentity)).rules
+        return [(uri, status, rules.rule_for(uri)) for uri, status in watchers.items()]
 
     async def _live_watchers(self, presentity: str) -> dict[str, WatcherStatus]:
         """Watcher URI -> the best status of its live presence subscriptions."""

@@ -40,12 +40,17 @@ Phases of one presentity (rows: phase; columns: input; ``·`` = stays)
 Withdrawing some attributes is a publish of the rest.  A confirmation
 (``confirmed``) in any phase saves the new entity tag: a restarted adapter
 modifies that publication instead of adding a second one beside it.
+
+A request's first action is its Save (or Forget).  When the store cannot
+write it, nothing was sent: the driver puts back what the request changed
+(:meth:`Publisher.mark`, then :meth:`Publisher.undo`), and the presentity is
+as it was before the request, in memory, in the store and at the server.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from pidf import AttributeType, Other, PresenceAttribute, encode
@@ -54,6 +59,7 @@ from sip.timers import TimerHeap
 __all__ = [
     "REPUBLISH_DELAY",
     "Forget",
+    "Mark",
     "Modify",
     "Phase",
     "Publish",
@@ -148,6 +154,14 @@ class _Entry:
         return Save(self.address, self.attributes, self.etag, self.etag_expires)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A presentity as it was before a request (:meth:`Publisher.mark`)."""
+
+    address: str
+    entry: _Entry | None
+
+
 class Publisher:
     """Every presentity's publication; see the module docstring."""
 
@@ -174,6 +188,26 @@ class Publisher:
         return self._timers.next_deadline()
 
     # -- a caller's requests ---------------------------------------------------
+
+    def mark(self, address: str) -> Mark:
+        """What :meth:`undo` puts back if the request made next cannot be saved."""
+        entry = self._entries.get(address)
+        return Mark(address, None if entry is None else replace(entry))
+
+    def undo(self, mark: Mark) -> None:
+        """The request made after ``mark`` was not saved, so nothing of it was
+        sent: the presentity is as it was.  The entity tag is not put back: a
+        confirmation that came meanwhile holds the server's current one."""
+        before = mark.entry
+        if before is None:
+            # New with the request: it sent nothing, so no confirmation came.
+            self._entries.pop(mark.address, None)
+            return
+        entry = self._entries.get(mark.address)
+        if entry is None:
+            self._entries[mark.address] = entry = before
+        entry.phase, entry.attributes, entry.body = before.phase, before.attributes, before.body
+        entry.failing = before.failing
 
     def publish(
         self, address: str, attributes: tuple[PresenceAttribute, ...], now: datetime

@@ -29,6 +29,7 @@ from adapter.models import METRICS, decode
 from adapter.notification import Schedule
 from adapter.presence_json import attributes_from_items, comma_list, item_of
 from adapter.presentity import PresentityService
+from adapter.store import StoreError
 from adapter.watcher import (
     DuplicateCorrelator,
     GroupPresentity,
@@ -43,7 +44,7 @@ from pidf import AttributeType, Other, PresenceAttribute, ValidationError
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
 
-__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes"]
+__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "store_unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +403,30 @@ async def _xcap_error(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.service_error(f"presence rules: {exc}", status=status))
 
 
+#: Seconds a client is told to wait (Retry-After) while the store cannot be written.
+STORE_RETRY_AFTER = 5
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    """The store could not keep what the call must keep before it answers: 503,
+    retry later (RFC 9110 §15.6.4).  The store's name and error go to the log
+    only, not to the application."""
+    assert isinstance(exc, StoreError)
+    # INFO, as for the presence server: the store logged its error already.
+    logger.info("%s %s: store unavailable: %s", request.method, request.url.path, exc)
+    return _json_error(store_unavailable())
+
+
+def store_unavailable() -> ServiceError:
+    """503 SVC0001: the store could not keep what the call must keep."""
+    return ServiceError(
+        FaultCode.SERVICE_ERROR,
+        ["store unavailable, retry later"],
+        status=503,
+        headers={"Retry-After": str(STORE_RETRY_AFTER)},
+    )
+
+
 async def _no_subscription(request: Request, exc: Exception) -> Response:
     return _json_error(ServiceError.not_found("presentity", _named(exc)))
 
@@ -442,4 +467,5 @@ EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] =
     ValidationError: _validation_error,
     RequestFailed: _sip_error,
     XcapError: _xcap_error,
+    StoreError: _store_error,
 }

@@ -333,6 +333,8 @@ class Watch:
     is_list: bool = False
     #: A group watch's list as the current dialog's RLMI documents told it.
     rlmi: ListState | None = None
+    #: The members that list holds with no state (no instance) yet.
+    stateless: set[str] = field(default_factory=set, repr=False)
     #: A group watch's member watches, by member URI.
     listed: dict[str, Watch] = field(default_factory=dict, repr=False)
     #: A member watch's group watch.
@@ -572,7 +574,7 @@ class WatchMachine:
         """Whether every member of the group has a state from the server."""
         if not self.list_complete(watch):
             return False
-        return watch.rlmi is None or all(m.state is not None for m in watch.rlmi.members.values())
+        return not watch.stateless
 
     def get_timer(self) -> float | None:
         return self._timers.next_deadline()
@@ -640,6 +642,7 @@ class WatchMachine:
             for uri in list(watch.listed):
                 self._member_left(watch, uri)
             watch.rlmi = None
+            watch.stateless.clear()
         self._out.append(SaveWatch(watch))
 
     def subscription_refused(self, watch: Watch, subscription_id: int) -> list[WatchAction]:
@@ -911,6 +914,7 @@ class WatchMachine:
                 member.members.clear()
         # A new dialog numbers its RLMI versions afresh (RFC 4662 §5.2).
         watch.rlmi = None
+        watch.stateless.clear()
         watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.SENT)
         self._out.append(Subscribe(watch, retry))
@@ -1015,6 +1019,10 @@ class WatchMachine:
                 self._member_left(group, uri)
         edited = False
         for change in update.changes:
+            if change.member.state is None and change.uri in group.rlmi.members:
+                group.stateless.add(change.uri)
+            else:
+                group.stateless.discard(change.uri)
             if change.uri not in group.rlmi.members:
                 continue  # removed: handled by the full state above
             member = group.listed.get(change.uri)
@@ -1091,9 +1099,7 @@ class WatchMachine:
         member.resume = None
         member.held.clear()
         for schedule in group.schedules.values():
-            track = schedule.members.get(member.presentity)
-            if track is not None:
-                track.pending = None
+            schedule.drop_member_pending(member.presentity)
         self._tell_ended(group, member.presentity, reason)
         self._out.append(SaveWatch(group))
 

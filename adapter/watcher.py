@@ -36,7 +36,7 @@ from adapter.records import (
 )
 from adapter.recovery import RecoveryPace, recover
 from adapter.rules import DECISIONS_TTL, RulesRead, decisions_ttl
-from adapter.store import MemoryStore, Store
+from adapter.store import MemoryStore, Store, StoreError
 from adapter.watch import (
     RESUBSCRIBE_DELAYS,
     SCHEDULE_SAVE_DELAY,
@@ -64,7 +64,7 @@ from adapter.watch import (
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence
 from sip import NotifyReceived, SipURI, SubscriptionAccepted
-from sip.aio import RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
+from sip.aio import Alarm, RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
 
 __all__ = [
     "DECISIONS_TTL",
@@ -122,8 +122,7 @@ class WatcherService:
         self.machine = WatchMachine(
             save_delay=schedule_save_delay, resubscribe_delays=resubscribe_delays
         )
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(self._on_timer, clock)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The handles of the subscriptions not over yet, by id: to await
         #: their answer, to end them.
@@ -139,9 +138,7 @@ class WatcherService:
         self.notify_latency = Histogram(NOTIFY_BUCKETS)
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._pump is not None:
             self._pump.cancel()
             self._pump = None
@@ -190,10 +187,17 @@ class WatcherService:
         reference: Reference,
     ) -> None:
         bind(presentity=presentity)
+        new = self.machine.get(watcher, presentity) is None
         watch, actions = self.machine.subscribe(
             app_id, watcher, presentity, application, attributes, reference
         )
-        await self._performed(actions)  # durable before the 204
+        try:
+            await self._performed(actions)  # durable before the 204
+        except StoreError:
+            if new:
+                # Not kept, so not made: nothing was sent for it.
+                self._undo(self.machine.reference_refused(watch))
+            raise
         try:
             await self._subscribed(watch)
         except RequestFailed:
@@ -259,7 +263,12 @@ class WatcherService:
         if watch.is_list and not await self._list_state(watch, began):
             logger.info("notification %s: no full state of list %s within %g s",
                         schedule.correlator, presentity, self._timeout)
-        await self._performed(self.machine.add_schedule(watch, schedule))  # durable before the 201
+        try:  # durable before the 201
+            await self._performed(self.machine.add_schedule(watch, schedule))
+        except StoreError:
+            # Not kept, so not started: a retry must not find its correlator taken.
+            self._undo(self.machine.end_notification(app_id, schedule.correlator))
+            raise
         self._perform(self.machine.start_schedule(
             watch, schedule, check_immediate=check_immediate, now=self._clock()
         ))
@@ -416,6 +425,12 @@ class WatcherService:
         if writes:
             await asyncio.gather(*writes)
 
+    def _undo(self, actions: list[WatchAction]) -> None:
+        """Perform what takes back a call whose write failed; its own writes may
+        fail too (the store logs them), and nobody waits for them."""
+        for write in self._perform(actions):
+            write.add_done_callback(_retrieved)
+
     def _perform(self, actions: list[WatchAction]) -> list[asyncio.Future[None]]:
         writes: list[asyncio.Future[None]] = []
         latest: float | None = None
@@ -506,20 +521,9 @@ class WatcherService:
     # -- the one timer ---------------------------------------------------------
 
     def _arm(self) -> None:
-        deadline = self.machine.get_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(deadline - self._clock(), 0), self._on_timer)
+        self._timer.set(self.machine.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self._perform(self.machine.handle_timer(self._clock()))
 
     def _spawn(self, coroutine: Any) -> None:
@@ -531,3 +535,8 @@ class WatcherService:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("watcher task failed", exc_info=task.exception())
+
+
+def _retrieved(write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()

@@ -155,9 +155,10 @@ async def bounded(items: range, window: int, start: Callable[[int], Any]) -> Non
 
 async def ua_holder(args: argparse.Namespace) -> None:
     from sip.aio.endpoint import RequestFailed, SipEndpoint
+    from sip.aio.handles import SubscriptionEvent
     from sip.subscription import NotifyReceived, SubscriptionTerminated
     from sip.uri import SipURI
-    from sip.useragent import Destination, UserAgentEvent
+    from sip.useragent import Destination
 
     host, port = args.server.rsplit(":", 1)
     endpoint = SipEndpoint(
@@ -199,13 +200,12 @@ async def ua_holder(args: argparse.Namespace) -> None:
 
         setattr(ua, name, timed)
 
-    def listener(event: UserAgentEvent) -> None:
+    def listener(event: SubscriptionEvent) -> None:
         if isinstance(event, NotifyReceived):
             tally.count("NOTIFY", loop.time())
         elif isinstance(event, SubscriptionTerminated):
             tally.count(f"terminated:{event.reason}:{event.status}", loop.time())
 
-    endpoint.add_listener(listener)
     emit(event="ready", pid=os.getpid())
     await read_line()  # "go"
     tally.started = loop.time()
@@ -221,7 +221,8 @@ async def ua_holder(args: argparse.Namespace) -> None:
     async def subscribe(i: int) -> None:
         try:
             await endpoint.subscribe(
-                SipURI.parse(subscriber(i)), SipURI.parse(presentity(i, args.publications))
+                SipURI.parse(subscriber(i)), SipURI.parse(presentity(i, args.publications)),
+                on_event=listener,
             ).accepted
         except RequestFailed as exc:
             failures[f"SUBSCRIBE {exc.status}"] += 1

@@ -67,11 +67,11 @@ from sip.aio.endpoint import RequestFailed, SipEndpoint  # noqa: E402
 from sip.aio.handles import PublicationHandle  # noqa: E402
 from sip.publication import (  # noqa: E402
     PublicationConfirmed,
+    PublicationEvent,
     PublicationFailed,
     PublicationState,
 )
 from sip.uri import SipURI  # noqa: E402
-from sip.useragent import UserAgentEvent  # noqa: E402
 from tests.presence_server import PresenceServer  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -326,17 +326,18 @@ async def ua_phase(
     handles: dict[SipURI, PublicationHandle] = {}
     in_flight: set[SipURI] = set()  # addresses a worker awaits an outcome for
 
-    def listener(event: UserAgentEvent) -> None:
-        # Every outcome of a PUBLISH the user agent made: the workers', and
-        # the retries it makes on its own after a failure (background).
-        if not isinstance(event, PublicationConfirmed | PublicationFailed):
-            return
-        publication = endpoint.ua.publication(event.publication_id)
-        background = publication is None or publication.aor not in in_flight
-        status = 200 if isinstance(event, PublicationConfirmed) else event.status
-        window.outcome(status, time.perf_counter(), background=background)
+    def listener(aor: SipURI) -> Callable[[PublicationEvent], None]:
+        def outcome(event: PublicationEvent) -> None:
+            # Every outcome of a PUBLISH of the publication: the workers', and
+            # the retries the user agent makes on its own after a failure
+            # (background).
+            if not isinstance(event, PublicationConfirmed | PublicationFailed):
+                return
+            status = 200 if isinstance(event, PublicationConfirmed) else event.status
+            window.outcome(status, time.perf_counter(), background=aor not in in_flight)
 
-    endpoint.add_listener(listener)
+        return outcome
+
     targets = [(SipURI.parse(aor), bodies(aor)) for aor in aors]
 
     async def worker(mine: list[tuple[SipURI, tuple[bytes, bytes]]]) -> None:
@@ -366,13 +367,13 @@ async def ua_phase(
                     # The handle is ours even when the PUBLISH fails (the user
                     # agent keeps retrying that publication, RFC 3903 state is
                     # not dropped).
-                    handle = handles[aor] = endpoint.publish(aor, body)
+                    handle = handles[aor] = endpoint.publish(aor, body, on_event=listener(aor))
                     ids[aor] = handle.id
                     await handle.outcome
                 else:
                     await handles[aor].modify(body)
             except RequestFailed:
-                pass  # counted by the listener
+                pass  # counted by its listener
             finally:
                 in_flight.discard(aor)
             finished = time.perf_counter()

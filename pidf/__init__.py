@@ -3,23 +3,12 @@
 No I/O and no clock: bytes and `now` in, values and bytes out.
 """
 
+from pidf import model
 from pidf.document import Presence, decode, encode, validate_publication
 from pidf.errors import PidfError, RemoteProtocolError, ValidationError
-from pidf.model import (
-    Activity,
-    AttributeType,
-    Communication,
-    CommunicationMeans,
-    MeansType,
-    Other,
-    Place,
-    PresenceAttribute,
-    Privacy,
-    Sphere,
-    Value,
-    format_instant,
-    parse_instant,
-)
+
+# The model's names are listed once, in pidf.model.__all__.
+from pidf.model import *  # noqa: F403
 from pidf.parser import parse_document
 from pidf.presrules import PresRules, Rule, SubHandling, rule_id
 from pidf.privacy import filter_attributes, filter_presence
@@ -33,25 +22,15 @@ from pidf.watcherinfo import (
 )
 
 __all__ = [
-    "Activity",
-    "AttributeType",
-    "Communication",
-    "CommunicationMeans",
-    "MeansType",
-    "Other",
+    *model.__all__,
     "Outcome",
     "PidfError",
-    "Place",
     "PresRules",
     "Presence",
-    "PresenceAttribute",
-    "Privacy",
     "RemoteProtocolError",
     "Rule",
-    "Sphere",
     "SubHandling",
     "ValidationError",
-    "Value",
     "Watcher",
     "WatcherInfo",
     "WatcherInfoState",
@@ -61,9 +40,7 @@ __all__ = [
     "encode",
     "filter_attributes",
     "filter_presence",
-    "format_instant",
     "parse_document",
-    "parse_instant",
     "rule_id",
     "validate_publication",
 ]

@@ -411,20 +411,13 @@ def compute_authorization(
     ha2 = h(a2)
 
     if qop is None:
-        # RFC 2069 compatibility (RFC 2617 §3.2.2.1): KD(H(A1), nonce:H(A2)).
+        # RFC 2069 compatibility (RFC 2617 §3.2.2.1): KD(H(A1), nonce:H(A2)),
+        # and no qop, cnonce or nc in the answer.
         response = h(f"{ha1}:{challenge.nonce}:{ha2}")
-        return Authorization(
-            username=credentials.username,
-            realm=challenge.realm,
-            nonce=challenge.nonce,
-            uri=uri,
-            response=response,
-            algorithm=challenge.algorithm,
-            opaque=challenge.opaque,
-        )
-    # RFC 7616 §3.4.1: response = KD(H(A1), unq(nonce) ":" nc ":" unq(cnonce)
-    # ":" unq(qop) ":" H(A2)).
-    response = h(f"{ha1}:{challenge.nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}")
+    else:
+        # RFC 7616 §3.4.1: response = KD(H(A1), unq(nonce) ":" nc ":"
+        # unq(cnonce) ":" unq(qop) ":" H(A2)).
+        response = h(f"{ha1}:{challenge.nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}")
     return Authorization(
         username=credentials.username,
         realm=challenge.realm,
@@ -434,8 +427,8 @@ def compute_authorization(
         algorithm=challenge.algorithm,
         opaque=challenge.opaque,
         qop=qop,
-        cnonce=cnonce,
-        nc=nc,
+        cnonce=None if qop is None else cnonce,
+        nc=None if qop is None else nc,
     )
 
 

@@ -9,18 +9,17 @@ equal object; whitespace is normalised on the way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
 from .params import (
     Params,
+    WithParams,
     find_param,
     format_params,
     is_token,
     parse_delta_seconds,
     parse_params,
-    remove_params,
-    replace_params,
 )
 from .uri import parse_hostport
 
@@ -39,6 +38,14 @@ def _split_params(text: str) -> tuple[str, Params]:
     return text[:semi].strip(), parse_params(text[semi:])
 
 
+def _token_and_params(text: str, what: str) -> tuple[str, Params]:
+    """``token;params`` (Event, Subscription-State) -> (token, params)."""
+    head, params = _split_params(text)
+    if not is_token(head):
+        raise RemoteProtocolError(f"bad {what}: {text!r}")
+    return head, params
+
+
 # RFC 3261 §20.42 / §25.1: via-parm = sent-protocol LWS sent-by *( SEMI via-params ),
 # in the common spelling: token transport, hostname or IPv4 host, optional
 # port, generic-params with token names and unquoted token/host values.
@@ -50,7 +57,7 @@ _VIA_COMMON = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class Via:
+class Via(WithParams):
     """RFC 3261 §20.42: ``SIP/2.0/UDP host[:port];branch=z9hG4bK...;rport;received=...``.
 
     ``host`` keeps IPv6 brackets.  RFC 3581 ``rport`` may be valueless (a
@@ -104,18 +111,6 @@ class Via:
 
     def __str__(self) -> str:
         return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
-
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
-
-    def has_param(self, name: str) -> bool:
-        return find_param(self.params, name)[0]
-
-    def with_params(self, **params: str | None) -> Via:
-        return replace(self, params=replace_params(self.params, params))
-
-    def without_params(self, *names: str) -> Via:
-        return replace(self, params=remove_params(self.params, names))
 
     @property
     def sent_by(self) -> str:
@@ -172,7 +167,7 @@ class CSeq:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(WithParams):
     """RFC 6665 §8.2.1: ``Event: presence.winfo;id=7``.
 
     ``package`` is the whole event-type, templates included
@@ -184,16 +179,10 @@ class Event:
 
     @classmethod
     def parse(cls, text: str) -> Event:
-        package, params = _split_params(text)
-        if not is_token(package):
-            raise RemoteProtocolError(f"bad Event: {text!r}")
-        return cls(package, params)
+        return cls(*_token_and_params(text, "Event"))
 
     def __str__(self) -> str:
         return self.package + format_params(self.params)
-
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
 
     @property
     def id(self) -> str | None:
@@ -210,7 +199,7 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionState:
+class SubscriptionState(WithParams):
     """RFC 6665 §8.2.3: ``Subscription-State: active;expires=3600``.
 
     ``state`` is ``active``, ``pending``, ``terminated`` or an extension
@@ -223,9 +212,7 @@ class SubscriptionState:
 
     @classmethod
     def parse(cls, text: str) -> SubscriptionState:
-        state, params = _split_params(text)
-        if not is_token(state):
-            raise RemoteProtocolError(f"bad Subscription-State: {text!r}")
+        state, params = _token_and_params(text, "Subscription-State")
         # subexp-params = ("reason" EQUAL event-reason-value) / ("expires" EQUAL
         # delta-seconds) / ("retry-after" EQUAL delta-seconds): check them now,
         # so that garbage fails here and the properties never do.
@@ -238,9 +225,6 @@ class SubscriptionState:
     def __str__(self) -> str:
         return self.state + format_params(self.params)
 
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
-
     @property
     def reason(self) -> str | None:
         """The ``reason`` parameter, lower-cased (its values are tokens like ``rejected``)."""
@@ -249,17 +233,15 @@ class SubscriptionState:
 
     @property
     def expires(self) -> int | None:
-        value = self.param("expires")
-        return None if value is None else parse_delta_seconds(value, "expires parameter")
+        return self.delta_param("expires")
 
     @property
     def retry_after(self) -> int | None:
-        value = self.param("retry-after")
-        return None if value is None else parse_delta_seconds(value, "retry-after parameter")
+        return self.delta_param("retry-after")
 
 
 @dataclass(frozen=True, slots=True)
-class RetryAfter:
+class RetryAfter(WithParams):
     """RFC 3261 §20.33: ``Retry-After: 18000;duration=3600`` or ``120 (I'm in a meeting)``."""
 
     seconds: int
@@ -288,9 +270,6 @@ class RetryAfter:
     def __str__(self) -> str:
         comment = f" ({self.comment})" if self.comment is not None else ""
         return f"{self.seconds}{comment}{format_params(self.params)}"
-
-    def param(self, name: str) -> str | None:
-        return find_param(self.params, name)[1]
 
     @property
     def duration(self) -> int | None:

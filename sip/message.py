@@ -340,15 +340,36 @@ def _subscription_state(text: str) -> SubscriptionState:
     return _parse_cached(_SUBSCRIPTION_STATES, SubscriptionState.parse, text)
 
 
-class _Accessors:
-    """Typed views of the headers shared by Request and Response."""
+@dataclass(eq=False)
+class _Cache:
+    """Typed values by accessor, valid for one Headers object at one version."""
+
+    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cache_headers: Headers | None = field(default=None, init=False, repr=False, compare=False)
+    _cache_version: int = field(default=-1, init=False, repr=False, compare=False)
+
+
+class _Accessors(_Cache):
+    """Typed views of the headers shared by Request and Response, and equality."""
 
     headers: Headers
     body: bytes
-    # Typed values by accessor, valid for one Headers object at one version.
-    _cache: dict[str, object]
-    _cache_headers: Headers | None
-    _cache_version: int
+
+    def _start(self) -> tuple[object, object]:
+        """What the start line says: (method, URI) or (status, reason)."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Accessors)
+        return (
+            self._start() == other._start()
+            and self.body == other.body
+            and self._fields() == other._fields()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def _fields(self) -> list[tuple[str, str]]:
         # Content-Length is derived from the body on output, so two messages
@@ -594,24 +615,12 @@ class Request(_Accessors):
     uri: URI
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _cache_headers: Headers | None = field(default=None, init=False, repr=False, compare=False)
-    _cache_version: int = field(default=-1, init=False, repr=False, compare=False)
 
     def __bytes__(self) -> bytes:
         return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Request):
-            return NotImplemented
-        return (
-            self.method == other.method
-            and self.uri == other.uri
-            and self.body == other.body
-            and self._fields() == other._fields()
-        )
-
-    __hash__ = None  # type: ignore[assignment]
+    def _start(self) -> tuple[object, object]:
+        return self.method, self.uri
 
     def response(
         self, status: int, reason: str | None = None, *, to_tag: str | None = None
@@ -674,24 +683,12 @@ class Response(_Accessors):
     reason: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-    _cache: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _cache_headers: Headers | None = field(default=None, init=False, repr=False, compare=False)
-    _cache_version: int = field(default=-1, init=False, repr=False, compare=False)
 
     def __bytes__(self) -> bytes:
         return _serialise(f"SIP/2.0 {self.status} {self.reason}", self.headers, self.body)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Response):
-            return NotImplemented
-        return (
-            self.status == other.status
-            and self.reason == other.reason
-            and self.body == other.body
-            and self._fields() == other._fields()
-        )
-
-    __hash__ = None  # type: ignore[assignment]
+    def _start(self) -> tuple[object, object]:
+        return self.status, self.reason
 
 
 Message = Request | Response

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Self
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -160,6 +162,34 @@ def replace_params(params: Params, updates: Mapping[str, str | None]) -> Params:
 def remove_params(params: Params, names: Iterable[str]) -> Params:
     drop = {n.lower() for n in names}
     return tuple((n, v) for n, v in params if n.lower() not in drop)
+
+
+class WithParams:
+    """Parameter lookups and copies for a frozen dataclass with a ``params`` field
+    (URIs, name-addrs and header values share the ``;name=value`` grammar)."""
+
+    __slots__ = ()
+    params: Params
+
+    def param(self, name: str) -> str | None:
+        """The raw value (quoted values keep their quotes) of the first parameter
+        ``name``; ``None`` when absent *or valueless* (see :meth:`has_param`)."""
+        return find_param(self.params, name)[1]
+
+    def has_param(self, name: str) -> bool:
+        return find_param(self.params, name)[0]
+
+    def delta_param(self, name: str) -> int | None:
+        """A parameter whose value is delta-seconds (RFC 3261 §25.1), as a number."""
+        value = find_param(self.params, name)[1]
+        return None if value is None else parse_delta_seconds(value, f"{name} parameter")
+
+    def with_params(self, **params: str | None) -> Self:
+        """A copy with parameters set (``None`` = valueless, e.g. ``lr=None``)."""
+        return replace(self, params=replace_params(self.params, params))  # type: ignore[type-var]
+
+    def without_params(self, *names: str) -> Self:
+        return replace(self, params=remove_params(self.params, names))  # type: ignore[type-var]
 
 
 def parse_delta_seconds(text: str, what: str) -> int:

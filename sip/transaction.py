@@ -67,6 +67,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .message import Request, Response
@@ -291,6 +292,25 @@ _CLIENT_TABLE: dict[tuple[ClientState, _ClientInput], tuple[ClientState, _Effect
 _CLIENT_TIMER_PRIORITY = (_CI.TIMER_F, _CI.TIMER_K, _CI.TIMER_E)
 
 
+_State = TypeVar("_State", bound=enum.Enum)
+_Input = TypeVar("_Input", bound=enum.Enum)
+
+
+def _transition(
+    table: dict[tuple[_State, _Input], tuple[_State, _Effect]],
+    side: str,
+    state: _State,
+    event: _Input,
+) -> tuple[_State, _Effect]:
+    """The row of a transaction's table for ``event`` in ``state``."""
+    try:
+        return table[(state, event)]
+    except KeyError:
+        raise LocalProtocolError(
+            f"{side} transaction cannot handle {event.value} in state {state.value}"
+        ) from None
+
+
 class ClientTransaction:
     """A non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
@@ -356,12 +376,7 @@ class ClientTransaction:
         response: Response | None = None,
         reason: str = "",
     ) -> list[TransactionAction]:
-        try:
-            next_state, effect = _CLIENT_TABLE[(self.state, event)]
-        except KeyError:
-            raise LocalProtocolError(
-                f"client transaction cannot handle {event.value} in state {self.state.value}"
-            ) from None
+        next_state, effect = _transition(_CLIENT_TABLE, "client", self.state, event)
         actions: list[TransactionAction] = []
         if effect is _E.SEND:
             self._data = bytes(self.request)
@@ -526,12 +541,7 @@ class ServerTransaction:
         response: Response | None = None,
         reason: str = "",
     ) -> list[TransactionAction]:
-        try:
-            next_state, effect = _SERVER_TABLE[(self.state, event)]
-        except KeyError:
-            raise LocalProtocolError(
-                f"server transaction cannot handle {event.value} in state {self.state.value}"
-            ) from None
+        next_state, effect = _transition(_SERVER_TABLE, "server", self.state, event)
         actions: list[TransactionAction] = []
         if effect is _E.SEND:
             assert response is not None

@@ -34,13 +34,11 @@ from urllib.parse import unquote as _pct_unquote
 from .errors import RemoteProtocolError
 from .params import (
     Params,
-    find_param,
+    WithParams,
     format_params,
-    parse_delta_seconds,
     parse_params,
     quote,
     quoted_end,
-    remove_params,
     replace_params,
     unquote,
 )
@@ -127,7 +125,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
 
 
 @dataclass(frozen=True, slots=True)
-class SipURI:
+class SipURI(WithParams):
     """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1), components unescaped."""
 
     scheme: str
@@ -196,20 +194,6 @@ class SipURI:
             parts.append(_encode(value, _NEEDS_ESCAPE_HEADER, _HEADER_SAFE))
             sep = "&"
         return "".join(parts)
-
-    def param(self, name: str) -> str | None:
-        """Value of a URI parameter; ``None`` when absent *or valueless* (see has_param)."""
-        return find_param(self.params, name)[1]
-
-    def has_param(self, name: str) -> bool:
-        return find_param(self.params, name)[0]
-
-    def with_params(self, **params: str | None) -> SipURI:
-        """A copy with parameters set (``None`` = valueless, e.g. ``lr=None``)."""
-        return replace(self, params=replace_params(self.params, params))
-
-    def without_params(self, *names: str) -> SipURI:
-        return replace(self, params=remove_params(self.params, names))
 
     @property
     def transport(self) -> str | None:
@@ -300,7 +284,7 @@ def parse_uri(text: str) -> URI:
 
 
 @dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(WithParams):
     """``[display-name] <URI> *(;param)`` or a bare addr-spec (RFC 3261 §20.10, §25.1).
 
     ``params`` are *header* parameters (``tag``, ``expires``, ``q``, ...).
@@ -351,19 +335,6 @@ class NameAddr:
         head = f"<{self.uri}>" if self.display is None else f"{quote(self.display)} <{self.uri}>"
         return head + format_params(self.params) if self.params else head
 
-    def param(self, name: str) -> str | None:
-        """Raw value of a header parameter (quoted values keep their quotes)."""
-        return find_param(self.params, name)[1]
-
-    def has_param(self, name: str) -> bool:
-        return find_param(self.params, name)[0]
-
-    def with_params(self, **params: str | None) -> NameAddr:
-        return replace(self, params=replace_params(self.params, params))
-
-    def without_params(self, *names: str) -> NameAddr:
-        return replace(self, params=remove_params(self.params, names))
-
     @property
     def tag(self) -> str | None:
         return self.param("tag")
@@ -374,8 +345,7 @@ class NameAddr:
     @property
     def expires(self) -> int | None:
         """Contact ``expires`` parameter (§20.10), delta-seconds."""
-        value = self.param("expires")
-        return None if value is None else parse_delta_seconds(value, "expires parameter")
+        return self.delta_param("expires")
 
     @property
     def q(self) -> float | None:

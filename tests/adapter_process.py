@@ -32,7 +32,7 @@ from typing import IO, Any, ClassVar, Self
 
 import httpx
 
-from tests.presence_server import PresenceServer, free_port
+from tests.presence_server import PresenceServer, free_ports
 
 IDENTITY_HEADER = "X-Presence-Identity"  # adapter/auth.py: which address a request acts as
 
@@ -167,8 +167,7 @@ class AdapterProcess:
         self.tls = tls
         #: Added to the environment the process starts with.
         self.env = dict(env or {})
-        self.http_port = free_port(host)
-        self.sip_port = free_port(host)
+        self.http_port, self.sip_port = free_ports(host, 2)
         self.store_path = directory / "adapter.sqlite"
         self.config_path = directory / "adapter.toml"
         self.log_path = directory / "adapter.log"

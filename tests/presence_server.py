@@ -12,6 +12,7 @@ gateway (``auth=(user, password)``): the bundled server's modes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,22 +45,34 @@ class PresenceServerError(Exception):
 
 
 def free_port(host: str) -> int:
-    """A port free on ``host`` for both TCP and UDP right now.
+    """A port free on ``host`` for both TCP and UDP right now."""
+    (port,) = free_ports(host, 1)
+    return port
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct ports, each free on ``host`` for both TCP and UDP right now.
 
     The server needs the same number for both; the OS only promises a free
-    port for one protocol, so take a TCP port and check UDP too.
+    port for one protocol, so take a TCP port and check UDP too.  Every port
+    is held until all are chosen, so that no two are the same (the adapter
+    refuses equal HTTP and SIP ports).
     """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+    ports: list[int] = []
+    with contextlib.ExitStack() as held:
+        for _ in range(50 * count):
+            tcp = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             tcp.bind((host, 0))
             port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-        return port
-    raise PresenceServerError(f"no port free for both TCP and UDP on {host}")
+            udp = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue  # the TCP socket stays held: not offered again
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise PresenceServerError(f"no {count} ports free for both TCP and UDP on {host}")
 
 
 class PresenceServer:

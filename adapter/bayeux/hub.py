@@ -30,6 +30,7 @@ from adapter.bayeux.server import (
     Received,
     handshake_credentials,
 )
+from sip.aio import Alarm
 
 log = logging.getLogger("adapter.bayeux")
 
@@ -56,8 +57,7 @@ class Hub:
         # synchronous `authenticate` finds the answer already known.
         self._prepare = prepare
         self._waiters: dict[int, asyncio.Future[list[Mapping[str, Any]]]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(self._on_timer)
         self._drops = DropLog(drop_log_interval)
 
     @property
@@ -143,10 +143,7 @@ class Hub:
         """Answer every held connect and stop the timer (at shutdown)."""
         self.server.release_all(self._now())
         self._after()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
+        self._timer.cancel()
         for report in self._drops.flush():
             self._log_drops(report)
 
@@ -159,8 +156,6 @@ class Hub:
         return self._loop().time()
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         now = self._now()
         self.server.handle_timer(now)
         for report in self._drops.handle_timer(now):
@@ -194,10 +189,4 @@ class Hub:
             elif isinstance(event, SessionExpired):
                 log.info("bayeux: session of %s expired (no /meta/connect)", event.app_id)
         deadlines = [d for d in (self.server.get_timer(), self._drops.get_timer()) if d is not None]
-        deadline = min(deadlines, default=None)
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop().call_at(deadline, self._on_timer)
+        self._timer.set(min(deadlines, default=None))

@@ -404,21 +404,9 @@ class BayeuxServer:
         session = self._session_for(message)
         if session is None:
             return self._unknown_client(message)
-        names = message.subscriptions
-        if not names:
-            return _failure(message, "400", "", "missing subscription")
-        patterns: list[Channel] = []
-        root = application_root(session.app_id)
-        for name in names:
-            try:
-                pattern = Channel.parse(name)
-            except RemoteProtocolError:
-                return _failure(message, "400", name, "invalid channel")
-            if not pattern.is_within(root):
-                # Only the owning application may subscribe under /bayeux/<id>;
-                # /meta/** and /service/** are never broadcast.
-                return _failure(message, "403", name, "subscription denied")
-            patterns.append(pattern)
+        patterns = _patterns(message, within=application_root(session.app_id))
+        if not isinstance(patterns, list):
+            return patterns
         if len(session.subscriptions | set(patterns)) > self.limits.max_subscriptions_per_session:
             return _failure(message, "403", "", "too many subscriptions")
         for pattern in patterns:
@@ -434,14 +422,10 @@ class BayeuxServer:
         session = self._session_for(message)
         if session is None:
             return self._unknown_client(message)
-        names = message.subscriptions
-        if not names:
-            return _failure(message, "400", "", "missing subscription")
-        for name in names:
-            try:
-                pattern = Channel.parse(name)
-            except RemoteProtocolError:
-                return _failure(message, "400", name, "invalid channel")
+        patterns = _patterns(message)
+        if not isinstance(patterns, list):
+            return patterns
+        for pattern in patterns:
             session.subscriptions.discard(pattern)
             self._index.discard(pattern, session.client_id)
         reply = _reply(message)
@@ -627,6 +611,29 @@ def _echo(message: Message) -> str | list[str] | None:
     if isinstance(message.subscription, tuple):
         return list(message.subscription)
     return message.subscription
+
+
+def _patterns(message: Message, within: Channel | None = None) -> list[Channel] | dict[str, Any]:
+    """The channel patterns a /meta/(un)subscribe names, or the failure to reply.
+
+    ``within``: the root every pattern must lie under.  All are checked before
+    any is used, so that a refused message changes nothing.
+    """
+    names = message.subscriptions
+    if not names:
+        return _failure(message, "400", "", "missing subscription")
+    patterns: list[Channel] = []
+    for name in names:
+        try:
+            pattern = Channel.parse(name)
+        except RemoteProtocolError:
+            return _failure(message, "400", name, "invalid channel")
+        if within is not None and not pattern.is_within(within):
+            # Only the owning application may subscribe under /bayeux/<id>;
+            # /meta/** and /service/** are never broadcast.
+            return _failure(message, "403", name, "subscription denied")
+        patterns.append(pattern)
+    return patterns
 
 
 def _failure(message: Message, code: str, args: str, text: str) -> dict[str, Any]:

@@ -40,8 +40,11 @@ __all__ = [
 ]
 
 
-def open_store(config: StoreConfig) -> Store:
+def open_store(config: StoreConfig, *, write_timeout: float | None = None) -> Store:
     """The store ``[store]`` names: PostgreSQL for ``url``, else the SQLite file ``path``.
+
+    ``write_timeout``: the longest a PostgreSQL write waits for the server
+    (default :data:`~adapter.store.postgres.WRITE_TIMEOUT`; SQLite's fail at once).
 
     Raises StoreError (one line) when it cannot be opened.
     """
@@ -49,6 +52,6 @@ def open_store(config: StoreConfig) -> Store:
         # psycopg is imported only by an adapter that uses it.
         from adapter.store.postgres import PostgresStore
 
-        return PostgresStore(config.url)
+        return PostgresStore(config.url, write_timeout=write_timeout)
     assert config.path is not None  # StoreConfig holds one or the other
     return SqliteStore(config.path, synchronous=config.synchronous)

@@ -58,6 +58,7 @@ from psycopg_pool import AsyncConnectionPool
 from adapter.metrics import STORE_BUCKETS, Histogram
 from adapter.store import schema
 from adapter.store.interface import KINDS, BacklogRow, StoreError, encode, settle
+from adapter.store.sql import Upserts, Write
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -67,7 +68,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
-#: Seconds a write waits for a connection (the server unreachable) before it fails.
+#: Seconds a write waits for a connection (the server unreachable) before it
+#: fails, unless given (the adapter gives ``[sip] request_timeout``, the bound
+#: on a REST call's wait).
 WRITE_TIMEOUT = 10.0
 #: The advisory lock an open store holds ("pres").
 OWNER_LOCK = 0x70726573
@@ -92,23 +95,10 @@ _LOAD_BACKLOG = "SELECT seq, app_id, channel, data, expires_at FROM backlog ORDE
 _PUT_SCHEMA = (
     "INSERT INTO meta VALUES ('schema', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-_PUT_RECORD = (
-    "INSERT INTO records VALUES (%s, %s, %s)"
-    " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value"
-)
 _DELETE_RECORD = "DELETE FROM records WHERE kind = %s AND key = %s"
 _ADD_BACKLOG = "INSERT INTO backlog VALUES (%s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING"
 _REMOVE_BACKLOG = "DELETE FROM backlog WHERE seq = ANY(%s)"
-_PUT_MARK = (
-    "INSERT INTO meta VALUES ('backlog_seq', %s)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-_PUT_PROBE = (
-    "INSERT INTO meta VALUES ('probe', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-
-# One queued write: statements to run in order, and who waits for them.
-_Write = tuple[list[tuple[str, tuple[Any, ...]]], "asyncio.Future[None] | None"]
+_UPSERT = Upserts.with_placeholder("%s")
 
 
 def _line(exc: BaseException) -> str:
@@ -131,8 +121,9 @@ class PostgresStore:
     """A store in a PostgreSQL database: the tables are created in the
     connection's current schema (``search_path``) when the database has none."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, write_timeout: float | None = None) -> None:
         self.url = url
+        self.write_timeout = WRITE_TIMEOUT if write_timeout is None else write_timeout
         #: How messages name the store (no password).
         self.where = describe(url)
         try:
@@ -147,11 +138,13 @@ class PostgresStore:
         #: written: the reads at start then ask nothing of the server.
         self._snapshot: dict[str, list[tuple[Any, ...]]] = {}
         self._seq = self._open()
-        self._pending: list[_Write] = []
+        self._pending: list[Write] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._pool: AsyncConnectionPool | None = None
         self._closing = False
+        #: The last group failed for want of a connection (the server unreachable).
+        self._unreachable = False
         self.failures = 0
         #: Seconds from the first statement of a commit to its COMMIT (for /metrics).
         self.commit_seconds = Histogram(STORE_BUCKETS)
@@ -256,7 +249,7 @@ class PostgresStore:
 
     def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
-        return self._submit([(_PUT_RECORD, (kind, key, encode(value)))])
+        return self._submit([(_UPSERT.record, (kind, key, encode(value)))])
 
     def delete(self, kind: str, key: str) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
@@ -266,7 +259,7 @@ class PostgresStore:
         self._snapshot.pop(_BACKLOG, None)
         self._seq += 1
         row = (self._seq, app_id, channel, encode(data), expires_at)
-        self._write(([(_ADD_BACKLOG, row), (_PUT_MARK, (str(self._seq),))], None))
+        self._write(([(_ADD_BACKLOG, row), (_UPSERT.mark, (str(self._seq),))], None))
         return self._seq
 
     def backlog_remove(self, seqs: Iterable[int]) -> None:
@@ -277,7 +270,7 @@ class PostgresStore:
 
     def probe(self) -> asyncio.Future[None]:
         # A row of its own in meta, rewritten in place.
-        return self._submit([(_PUT_PROBE, (repr(time.time()),))])
+        return self._submit([(_UPSERT.probe, (repr(time.time()),))])
 
     async def close(self) -> None:
         self._closing = True
@@ -296,7 +289,7 @@ class PostgresStore:
         self._write((statements, done))
         return done
 
-    def _write(self, write: _Write) -> None:
+    def _write(self, write: Write) -> None:
         self._pending.append(write)
         try:
             asyncio.get_running_loop()
@@ -327,7 +320,7 @@ class PostgresStore:
             max_size=1,
             open=False,
             check=AsyncConnectionPool.check_connection,
-            timeout=WRITE_TIMEOUT,
+            timeout=self.write_timeout,
             name="presence-adapter-store",
         )
         await self._pool.open(wait=False)
@@ -337,14 +330,21 @@ class PostgresStore:
             writes, self._pending = self._pending, []
             if writes:
                 error = await self._commit(writes)
+                if error is not None and self._unreachable:
+                    # Those queued while this group waited in vain for a
+                    # connection would wait as long again: they fail with it,
+                    # so that no call waits much more than write_timeout.
+                    writes += self._pending
+                    self._pending = []
                 settle([done for _, done in writes if done is not None], error)
             if self._closing and not self._pending:
                 return
 
-    async def _commit(self, writes: list[_Write]) -> StoreError | None:
+    async def _commit(self, writes: list[Write]) -> StoreError | None:
         """``writes`` in one transaction: None once committed, else the error."""
         assert self._pool is not None
         tries = 2  # a connection that broke under the group: once more, on a new one
+        self._unreachable = False
         while True:
             tries -= 1
             connection: psycopg.AsyncConnection[Any] | None = None
@@ -366,5 +366,6 @@ class PostgresStore:
                     )
                     continue
                 self.failures += 1
+                self._unreachable = connection is None
                 logger.error("store %s: write failed: %s", self.where, _line(exc))
                 return StoreError(f"{self.where}: {_line(exc)}")

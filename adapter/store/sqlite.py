@@ -26,6 +26,7 @@ from adapter.metrics import STORE_BUCKETS, Histogram
 from adapter.store import schema
 from adapter.store.interface import BacklogRow, StoreError, settle
 from adapter.store.interface import encode as _encode
+from adapter.store.sql import Upserts, Write
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
 
@@ -69,25 +70,10 @@ MIGRATIONS: schema.Migrations = {
     ),
 }
 
-# A record or the backlog mark rewritten in place: an upsert updates the row
-# where it stands (https://sqlite.org/lang_upsert.html), where INSERT OR
-# REPLACE deletes it and inserts it again — a new rowid, the old row's page,
-# the new row's page and the key's index entry all rewritten.
-_PUT_RECORD = (
-    "INSERT INTO records VALUES (?, ?, ?)"
-    " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value"
-)
-_PUT_MARK = (
-    "INSERT INTO meta VALUES ('backlog_seq', ?)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-_PUT_PROBE = (
-    "INSERT INTO meta VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-
-# One queued write: SQL statements to run in order, and who waits for them
-# (a future of the event loop that queued the write).
-_Write = tuple[list[tuple[str, tuple[Any, ...]]], "asyncio.Future[None] | None"]
+# A record or the backlog mark rewritten in place, not INSERT OR REPLACE, which
+# deletes the row and inserts it again — a new rowid, the old row's page, the
+# new row's page and the key's index entry all rewritten.
+_UPSERT = Upserts.with_placeholder("?")
 _IDLE: Any = object()  # the writer thread woke with nothing queued
 
 
@@ -142,13 +128,13 @@ class SqliteStore:
             self._db.close()
             raise
         # Writes of this loop turn, committed by _flush at its end.
-        self._pending: list[_Write] = []
+        self._pending: list[Write] = []
         # Writes handed to the thread and writes it has committed (or failed):
         # each counter is written by one thread only.
         self._handed = 0
         self._finished = 0
         self._inline_commits = 0
-        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
         self.failures = 0
@@ -264,7 +250,7 @@ class SqliteStore:
     # -- writes ----------------------------------------------------------------
 
     def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
-        return self._submit([(_PUT_RECORD, (kind, key, _encode(value)))])
+        return self._submit([(_UPSERT.record, (kind, key, _encode(value)))])
 
     def delete(self, kind: str, key: str) -> asyncio.Future[None]:
         return self._submit([("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))])
@@ -277,7 +263,7 @@ class SqliteStore:
                 [
                     ("INSERT INTO backlog VALUES (?, ?, ?, ?, ?)",
                      (self._seq, app_id, channel, text, expires_at)),
-                    (_PUT_MARK, (str(self._seq),)),
+                    (_UPSERT.mark, (str(self._seq),)),
                 ],
                 None,
             )
@@ -291,7 +277,7 @@ class SqliteStore:
 
     def probe(self) -> asyncio.Future[None]:
         # A row of its own in meta, rewritten in place: the file does not grow.
-        return self._submit([(_PUT_PROBE, (repr(time.time()),))])
+        return self._submit([(_UPSERT.probe, (repr(time.time()),))])
 
     async def close(self) -> None:
         self._flush()
@@ -305,7 +291,7 @@ class SqliteStore:
         self._write((statements, done))
         return done
 
-    def _write(self, write: _Write) -> None:
+    def _write(self, write: Write) -> None:
         if self._pending:
             self._pending.append(write)  # this turn's flush is already due
             return
@@ -320,7 +306,7 @@ class SqliteStore:
                 return
         self._hand_off([write])
 
-    def _hand_off(self, writes: list[_Write]) -> None:
+    def _hand_off(self, writes: list[Write]) -> None:
         self._handed += len(writes)
         for write in writes:
             self._queue.put(write)
@@ -342,7 +328,7 @@ class SqliteStore:
         self._inline_commits += 1
         settle(_waiters(writes), self._run(self._db, writes))
 
-    def _run(self, db: sqlite3.Connection, writes: list[_Write]) -> StoreError | None:
+    def _run(self, db: sqlite3.Connection, writes: list[Write]) -> StoreError | None:
         """The statements of ``writes`` and COMMIT, in the transaction just begun."""
         started = time.perf_counter()
         try:
@@ -409,7 +395,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             logger.warning("store %s: checkpoint failed: %s", self.path, exc)
 
-    def _commit(self, writes: list[_Write]) -> None:
+    def _commit(self, writes: list[Write]) -> None:
         try:
             self._writer_db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -432,5 +418,5 @@ class SqliteStore:
                 pass  # that loop is closed: nobody is waiting any more
 
 
-def _waiters(writes: list[_Write]) -> list[asyncio.Future[None]]:
+def _waiters(writes: list[Write]) -> list[asyncio.Future[None]]:
     return [done for _, done in writes if done is not None]

@@ -1,5 +1,6 @@
 """The asyncio driver of the SIP user agent (the only part of sip/ that does I/O)."""
 
+from .alarm import Alarm
 from .endpoint import (
     AuthenticationFailed,
     EndpointStats,
@@ -10,6 +11,7 @@ from .endpoint import (
 from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle
 
 __all__ = [
+    "Alarm",
     "AuthenticationFailed",
     "EndpointStats",
     "PublicationHandle",

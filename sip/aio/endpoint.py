@@ -41,7 +41,6 @@ import math
 import random
 import socket
 import ssl
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -70,7 +69,8 @@ from ..useragent import (
     UserAgentEvent,
     server_destination,
 )
-from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle, deliver
+from .alarm import Alarm
+from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle
 
 __all__ = [
     "AuthenticationFailed",
@@ -84,8 +84,6 @@ logger = logging.getLogger(__name__)
 #: Every SIP message in and out, whole, at INFO; the adapter leaves it off
 #: unless its configuration asks (``[log] sip_trace``).
 trace = logging.getLogger("sip.trace")
-
-Listener = Callable[[UserAgentEvent], None]
 
 #: How often start() picks a new port when port 0's UDP port is busy for TCP.
 _BIND_ATTEMPTS = 20
@@ -226,15 +224,10 @@ class SipEndpoint:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[Destination, _StreamProtocol] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = Alarm(self._on_timer)
         self._publications: dict[int, PublicationHandle] = {}
         self._subscriptions: dict[int, SubscriptionHandle] = {}
         self._probes: dict[int, asyncio.Future[UserAgentEvent]] = {}
-        # The answer to the initial SUBSCRIBE of subscriptions started on .ua
-        # directly, without a handle, by id.
-        self._waiters: dict[int, list[asyncio.Future[SubscriptionEvent]]] = defaultdict(list)
-        self._listeners: list[Listener] = []
         #: When (the loop's clock) the last message from the presence server came.
         self.heard_at = float("-inf")
         self._receive_buffer = receive_buffer
@@ -249,6 +242,11 @@ class SipEndpoint:
 
     @property
     def ua(self) -> UserAgent:
+        """The sans-IO core, for tests and benchmarks that inspect its state.
+
+        Callers start and follow work through handles (:meth:`publish`,
+        :meth:`subscribe`); calling the core directly bypasses them.
+        """
         if self._ua is None:
             raise RuntimeError("SipEndpoint.start() has not run")
         return self._ua
@@ -349,9 +347,7 @@ class SipEndpoint:
                 "SIP messages refused (not from the presence server): %d; dropped (not "
                 "usable): %d", self.refused, self.dropped,
             )
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._udp is not None:
             self._udp.close()
         for connection in list(self._connections.values()):
@@ -368,24 +364,12 @@ class SipEndpoint:
         for probe in self._probes.values():
             probe.cancel()
         self._probes.clear()
-        for futures in self._waiters.values():
-            for future in futures:
-                future.cancel()
-        self._waiters.clear()
 
     def set_credentials(self, credentials: Credentials) -> None:
         """The gateway's digest credentials, for every identity (RFC 3261 §22)."""
         self._credentials = credentials
         if self._ua is not None:
             self._ua.set_credentials(None, credentials)
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener`` with every event of the user agent, in order.
-
-        For what is started on :attr:`ua` directly (adapter/watcher.py, for
-        now), and as a tap for tests; handles get their own events.
-        """
-        self._listeners.append(listener)
 
     # -- awaitable API -----------------------------------------------------
 
@@ -470,28 +454,6 @@ class SipEndpoint:
         self._flush()
         return handle
 
-    # -- for subscriptions started on .ua, by id (adapter/watcher.py, for now) --
-
-    async def subscription_outcome(self, subscription_id: int) -> None:
-        """Wait for the answer to the initial SUBSCRIBE; RequestFailed if refused."""
-        future: asyncio.Future[SubscriptionEvent] = self._new_future()
-        self._waiters[subscription_id].append(future)
-        self._flush()
-        try:
-            outcome = await future
-        finally:
-            futures = self._waiters.get(subscription_id)
-            if futures is not None and future in futures:
-                futures.remove(future)
-                if not futures:
-                    del self._waiters[subscription_id]
-        if isinstance(outcome, SubscriptionTerminated):
-            raise self._subscribe_failure(outcome)
-
-    def end_subscription(self, subscription_id: int) -> None:
-        """Start ending a subscription (Expires: 0) without waiting for the end."""
-        self._unsubscribe(subscription_id)
-
     # -- what the handles call -----------------------------------------------
 
     def _new_future(self) -> asyncio.Future[Any]:
@@ -559,24 +521,14 @@ class SipEndpoint:
             # are lower bounds (RFC 3261 §17: "fires after"), and 20 ms is
             # small next to T1 = 500 ms.
             deadline = math.ceil(deadline / TIMER_SLACK) * TIMER_SLACK
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            assert self._loop is not None
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.set(deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.ua.handle_timer(self.now())
         self._flush()
 
     def _dispatch(self, event: UserAgentEvent) -> None:
-        """Route one event by its id to its handle (or its waiters by id)."""
+        """Route one event by its id to its handle."""
         if isinstance(event, NotifyReceived | SubscriptionAccepted | SubscriptionTerminated):
             if _from_server(event):
                 self.heard_at = self.now()
@@ -586,10 +538,6 @@ class SipEndpoint:
                 if type(event) is SubscriptionTerminated:
                     del self._subscriptions[ident]
                 subscription._receive(event)
-            elif type(event) is not NotifyReceived and ident in self._waiters:
-                for future in self._waiters.pop(ident):
-                    if not future.done():
-                        future.set_result(event)
         elif isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
             if _from_server(event):
                 self.heard_at = self.now()
@@ -615,8 +563,6 @@ class SipEndpoint:
             self._dropped.add(self.now(), f"from {_where(event.source)}: {event.reason}")
         elif isinstance(event, RequestRefused):
             self._refused.add(self.now(), f"{event.method} from {_where(event.source)}")
-        for listener in self._listeners:
-            deliver(listener, event)
 
     def _send(self, data: bytes, destination: Destination) -> None:
         if trace.isEnabledFor(logging.INFO):

@@ -116,14 +116,15 @@ def test_unknown_keys_are_logged_once_and_tolerated(tmp_path: Path) -> None:
 
 def with_store(tmp_path: Path, store: Path) -> Path:
     """The bundled configuration on free ports, with its store at ``store``."""
-    from tests.presence_server import free_port
+    from tests.presence_server import free_ports
 
+    http, sip, server = free_ports("127.0.0.1", 3)
     text = (REPO / "conf/adapter.toml").read_text(encoding="utf-8")
     replacements = {
-        "port = 8080": f"port = {free_port('127.0.0.1')}",
-        'listen = "127.0.0.1:5080"': f'listen = "127.0.0.1:{free_port("127.0.0.1")}"',
+        "port = 8080": f"port = {http}",
+        'listen = "127.0.0.1:5080"': f'listen = "127.0.0.1:{sip}"',
         # Nobody's presence server: the bundled port may be another run's.
-        'server = "sip:127.0.0.1:5070"': f'server = "sip:127.0.0.1:{free_port("127.0.0.1")}"',
+        'server = "sip:127.0.0.1:5070"': f'server = "sip:127.0.0.1:{server}"',
         'path = "var/adapter.sqlite"': f'path = "{store}"',
     }
     for old, new in replacements.items():

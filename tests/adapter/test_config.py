@@ -27,6 +27,7 @@ from adapter.config import (
     sip_tls_context,
     xcap_tls_context,
 )
+from tests import presence_server
 from tests.certificates import Certificates
 
 REPO = Path(__file__).resolve().parents[2]
@@ -419,10 +420,9 @@ def test_account_values_are_frozen() -> None:
 # -- port checks at serve time ------------------------------------------------------
 
 
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port() -> int:
+    """Free for TCP and UDP: never the port a test holds with a socket of either kind."""
+    return presence_server.free_port("127.0.0.1")
 
 
 def config_with_ports(write, http_port: int, sip_port: int):
@@ -432,7 +432,7 @@ def config_with_ports(write, http_port: int, sip_port: int):
 
 
 def test_free_ports_pass(write) -> None:
-    check_ports(config_with_ports(write, free_port(), free_port(socket.SOCK_DGRAM)))
+    check_ports(config_with_ports(write, *presence_server.free_ports("127.0.0.1", 2)))
 
 
 def test_http_port_in_use(write) -> None:
@@ -440,7 +440,7 @@ def test_http_port_in_use(write) -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        config = config_with_ports(write, port, free_port(socket.SOCK_DGRAM))
+        config = config_with_ports(write, port, free_port())
         with pytest.raises(ConfigError) as info:
             check_ports(config)
     assert str(info.value) == (

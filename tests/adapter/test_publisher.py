@@ -200,3 +200,28 @@ def test_republish_delay_is_the_machine_s_to_choose() -> None:
     published(machine, busy())
     machine.rules_changed(ALICE, at(1))
     assert machine.handle_timer(at(1)) == [Republish(ALICE)]
+
+
+def test_undo_puts_back_what_a_request_whose_save_failed_changed() -> None:
+    machine = Publisher()
+    # A first publish not saved: as if it never came.
+    mark = machine.mark(ALICE)
+    machine.publish(ALICE, (busy(),), T0)
+    machine.undo(mark)
+    assert machine.phase(ALICE) is Phase.UNPUBLISHED and machine.addresses() == []
+    # A change and a withdrawal not saved: the publication stays as it was,
+    # and the next change is a modify of it, without what was refused.
+    published(machine, office())
+    for request in (
+        lambda: machine.publish(ALICE, (busy(),), at(5)),
+        lambda: machine.withdraw(ALICE, frozenset(), at(5)),
+    ):
+        mark = machine.mark(ALICE)
+        request()
+        machine.undo(mark)
+        assert machine.phase(ALICE) is Phase.PUBLISHED
+        assert machine.attributes(ALICE) == (office(T0),)
+    save, modify = machine.publish(ALICE, (PresenceAttribute(Activity.AWAY),), at(9))
+    assert isinstance(modify, Modify)
+    assert save.attributes == (office(T0), PresenceAttribute(Activity.AWAY, at(9)))
+    assert save.etag == "e1"

@@ -60,6 +60,11 @@ def client(config: Config, service: Presentities) -> TestClient:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         yield {"accounts": Accounts([ALICE, timeout]), "presentity": service}
 
+    return rest_client(config, lifespan)
+
+
+def rest_client(config: Config, lifespan: Any) -> TestClient:
+    """The app serving the REST routes over the services ``lifespan`` yields."""
     app = create_app(
         config,
         sip_probe=None,  # type: ignore[arg-type]

@@ -934,6 +934,16 @@ def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
             assert "\n" not in str(info.value)
             with pytest.raises(StoreError):
                 await asyncio.wait_for(store.probe(), 30)  # what /readyz asks
+            # A write made while another waits for the server fails with it,
+            # rather than waiting as long again in a group of its own.
+            failures = store.failures
+            waiting = store.put("watch", "a", {})
+            while store._pending:  # the writer took it and waits for a connection
+                await asyncio.sleep(0)
+            queued = store.put("watch", "b", {})
+            both = asyncio.gather(waiting, queued, return_exceptions=True)
+            assert [type(e) for e in await asyncio.wait_for(both, 30)] == [StoreError] * 2
+            assert store.failures == failures + 1
             cluster.resume()
             # The pool reconnects on its own: no restart of the adapter.
             await eventually_async(lambda: store.put("watch", "after", {}))

@@ -26,8 +26,8 @@ import psycopg
 import pytest
 from lxml import etree
 
-from sip import NotifyReceived, UserAgentEvent
-from sip.aio import SipEndpoint
+from sip import NotifyReceived
+from sip.aio import SipEndpoint, SubscriptionEvent
 from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess
 from tests.integration.conftest import BayeuxListener
@@ -263,14 +263,14 @@ def first_notify(server: PresenceServer, subscriber: str, target: str, event: st
         await endpoint.start()
         first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-        def listen(event: UserAgentEvent) -> None:
+        def listen(event: SubscriptionEvent) -> None:
             if isinstance(event, NotifyReceived) and not first.done():
                 first.set_result(event.body)
 
-        endpoint.add_listener(listen)
         try:
             subscription = endpoint.subscribe(
-                SipURI.parse(subscriber), SipURI.parse(target), event=event, accept=(accept,)
+                SipURI.parse(subscriber), SipURI.parse(target), event=event, accept=(accept,),
+                on_event=listen,
             )
             await subscription.accepted
             body = await asyncio.wait_for(first, 3)
@@ -450,11 +450,22 @@ def test_postgresql_down_fails_writes_and_the_adapter_recovers_without_a_restart
             assert scene.publish("Busy").status_code == 204
 
             cluster.halt()
-            # A Publish must be stored before its 204: it fails, with a REST
-            # error body, once the store gives up waiting for a connection.
-            failed = scene.publish("Away")
-            assert failed.status_code >= 500, failed.text
-            assert failed.json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
+            # A Publish must be stored before its 204, a Subscribe Presence too:
+            # each fails, 503 with the REST error body, once the store gives up
+            # waiting for a connection ([sip] request_timeout).
+            unavailable = {
+                "requestError": {
+                    "serviceException": {
+                        "messageId": "SVC0001",
+                        "text": "A service error occurred. Error code is %1",
+                        "variables": ["store unavailable, retry later"],
+                    }
+                }
+            }
+            for failed in (scene.publish("Away"), scene.subscribe("bob", "/bayeux/bob-app/x")):
+                assert failed.status_code == 503, failed.text
+                assert failed.json() == unavailable
+                assert failed.headers["retry-after"].isdigit()
             not_ready = httpx.get(scene.adapter.url + "/readyz", timeout=30)
             assert not_ready.status_code == 503
             assert any("store" in reason for reason in not_ready.json()["reasons"])
@@ -465,6 +476,8 @@ def test_postgresql_down_fails_writes_and_the_adapter_recovers_without_a_restart
                 timeout=30,
                 what="a Publish stored once PostgreSQL is back",
             )
+            subscribed = scene.subscribe("bob", "/bayeux/bob-app/x")
+            assert subscribed.status_code == 204, subscribed.text
             eventually(
                 lambda: httpx.get(scene.adapter.url + "/readyz", timeout=10).status_code == 200,
                 what="/readyz 200 again",
@@ -475,6 +488,14 @@ def test_postgresql_down_fails_writes_and_the_adapter_recovers_without_a_restart
                     "SELECT value FROM records WHERE kind = 'publication'"
                 ).fetchone() or ("",)
             assert '"Meeting"' in value
+            # The Away refused was never published: bob, subscribed once the
+            # store was back, sees Meeting.
+            scene.authorize_bob()
+            eventually(lambda: scene.seen_activity() == "Meeting", what="bob sees Meeting")
+            # Each refusal logged in a line (the Publishes retried while the
+            # store came back too), no traceback.
+            log = scene.adapter.log_path.read_text(errors="replace")
+            assert log.count("store unavailable") >= 2 and "Traceback" not in log
         finally:
             scene.close()
 

@@ -105,7 +105,7 @@ class Watch:
         self._seen = 0
 
     async def start(self, watcher: SipURI, service: SipURI) -> None:
-        subscription = self.c.endpoint.subscribe(watcher, service, eventlist=True)
+        subscription = self.c.subscribe(watcher, service, eventlist=True)
         self.sid = subscription.id
         await subscription.accepted
 

@@ -152,7 +152,6 @@ class SipWatcher:
 
     async def __aenter__(self) -> SipWatcher:
         await self._endpoint.start()
-        self._endpoint.add_listener(self.events.append)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -160,7 +159,7 @@ class SipWatcher:
 
     async def subscribe(self, presentity: str) -> None:
         self._subscription = self._endpoint.subscribe(
-            SipURI.parse(self.uri), SipURI.parse(presentity)
+            SipURI.parse(self.uri), SipURI.parse(presentity), on_event=self.events.append
         )
         await self._subscription.accepted
 

@@ -38,7 +38,7 @@ from pidf.presrules import CONTENT_TYPE as PRES_RULES
 from sip.aio import SipEndpoint
 from sip.uri import SipURI
 from tests.polling import eventually
-from tests.presence_server import PresenceServer, free_port
+from tests.presence_server import PresenceServer, free_ports
 from tests.rawsip import new_token
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def adapter(
     certificates = presence_server.certificates
     assert certificates is not None
     directory = tmp_path_factory.mktemp("adapter")
-    http_port = free_port("127.0.0.1")
+    http_port, sip_port = free_ports("127.0.0.1", 2)
     config = directory / "adapter.toml"
     config.write_text(
         CONFIG.format(
@@ -121,7 +121,7 @@ def adapter(
             sip_server=presence_server.sips_uri if secure else presence_server.sip_uri,
             transport="tls" if secure else "udp",
             tls=f'tls_ca = "{certificates.ca_pem}"' if secure else "",
-            sip_port=free_port("127.0.0.1"),
+            sip_port=sip_port,
             xcap_root=presence_server.https_xcap_root if secure else presence_server.xcap_root,
             store=directory / "adapter.sqlite",
             min_frequency=MIN_FREQUENCY,

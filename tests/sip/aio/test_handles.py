@@ -313,21 +313,3 @@ def test_stats_are_a_snapshot_of_the_counters() -> None:
         assert after.publications == 1 and after.subscriptions == {}
 
     assert run(scenario) == []
-
-
-def test_a_subscription_started_on_the_core_is_answered_by_id_and_seen_by_listeners() -> None:
-    # What adapter/watcher.py does until it holds handles.
-    heard: list[object] = []
-
-    async def scenario(endpoint: SipEndpoint, server: Server) -> None:
-        endpoint.add_listener(heard.append)
-        subscription_id = endpoint.ua.subscribe(BOB, ALICE, endpoint.now())
-        outcome = asyncio.ensure_future(endpoint.subscription_outcome(subscription_id))
-        request, addr = await server.next("SUBSCRIBE")
-        server.answer(request, addr, 404)
-        with pytest.raises(RequestFailed, match="404"):
-            await outcome
-        assert heard == [SubscriptionTerminated(subscription_id, "failed", 404)]
-        assert endpoint._waiters == {}
-
-    assert run(scenario) == []
