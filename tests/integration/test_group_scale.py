@@ -155,13 +155,14 @@ def missing(listeners: list[BayeuxListener], last: dict[str, int]) -> str:
 def roomy_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[PresenceServer]:
-    """A presence server of this test's own, with 512 MB of shared memory.
+    """A presence server of the test's own, with 512 MB of shared memory.
 
     With the bundled 64 MB, ten lists of 100 members and their PUBLISH bursts
     exhaust Kamailio's pool (500 "No error (2/SL)", XCAP unreachable; see
-    tests/data/rls/README.md), and the session's server would stay broken for
-    the tests after this one.  conf/kamailio/run takes the binary from
-    $KAMAILIO; Kamailio's last ``-m`` wins.
+    tests/data/rls/README.md), and lists of 100 and 1,000 members leave the
+    session's server refusing XCAP writes for the tests after them.
+    conf/kamailio/run takes the binary from $KAMAILIO; Kamailio's last ``-m``
+    wins.
     """
     binary = os.environ.get("KAMAILIO") or shutil.which("kamailio") or "/usr/sbin/kamailio"
     wrapper = tmp_path / "kamailio"
@@ -243,24 +244,27 @@ def test_group_of_100_members_watched_by_10_applications(
 
 
 def test_start_waits_for_the_whole_split_state(
-    presence_server: PresenceServer, adapter_factory: AdapterFactory
+    roomy_server: PresenceServer, adapter_factory: AdapterFactory
 ) -> None:
     """One application, 100 members all published and allowing it: the list's
     member states come split over several NOTIFYs, and Start Presence
     Notification's ``result`` (the members not subscribed) must not list the
     members whose state is merely in a later one."""
+    presence_server = roomy_server
     token = new_token()[:8]
     group = f"sip:solo-{token}@example.com"
     members = [f"sip:s{i}-{token}@example.com" for i in range(MEMBERS)]
     account = AppAccount(f"solo-{token}", PASSWORD, (f"sip:v-{token}@example.com",))
     with published_group(presence_server, group, members, list(account.addresses)):
-        adapter = adapter_factory([account])
+        adapter = adapter_factory(
+            [account], sip_server=presence_server.sip_uri, xcap_root=presence_server.xcap_root
+        )
         (answer,) = asyncio.run(start_notifications(adapter, [account], group))
     assert answer.get("result") == [], f"{len(answer.get('result') or [])} members left out"
 
 
 def test_without_check_immediate_the_members_first_states_are_the_baseline(
-    presence_server: PresenceServer,
+    roomy_server: PresenceServer,
     adapter_factory: AdapterFactory,
     bayeux_listener: Callable[..., BayeuxListener],
 ) -> None:
@@ -268,12 +272,15 @@ def test_without_check_immediate_the_members_first_states_are_the_baseline(
     only later changes are notified, for each member of a group as for a single
     presentity; the members' states arriving from the server after the 201 are
     that baseline, not news."""
+    presence_server = roomy_server
     token = new_token()[:8]
     group = f"sip:base-{token}@example.com"
     members = [f"sip:b{i}-{token}@example.com" for i in range(3)]
     account = AppAccount(f"base-{token}", PASSWORD, (f"sip:u-{token}@example.com",))
     with published_group(presence_server, group, members, list(account.addresses)) as publisher:
-        adapter = adapter_factory([account])
+        adapter = adapter_factory(
+            [account], sip_server=presence_server.sip_uri, xcap_root=presence_server.xcap_root
+        )
         listener = bayeux_listener(f"{adapter.url}/cometd", account.id, PASSWORD)
         (answer,) = asyncio.run(
             start_notifications(adapter, [account], group, check_immediate=False)
@@ -286,7 +293,7 @@ def test_without_check_immediate_the_members_first_states_are_the_baseline(
 
 
 def test_a_list_whose_full_state_the_server_splits(
-    presence_server: PresenceServer, adapter_factory: AdapterFactory
+    roomy_server: PresenceServer, adapter_factory: AdapterFactory
 ) -> None:
     """1,000 members: Kamailio sends the full state as version 1 with 983 of
     them and the other 17, bare, in a partial version 2 right after
@@ -294,12 +301,15 @@ def test_a_list_whose_full_state_the_server_splits(
     an edit of the list: the group is subscribed, so Start Presence
     Notification does not name the group among those not subscribed (the
     members, none of which allows this watcher, it may name)."""
+    presence_server = roomy_server
     token = new_token()[:8]
     group = f"sip:big@{token}.example.com"
     members = [f"sip:p{i}@{token}.example.com" for i in range(1000)]
     account = AppAccount(f"big-{token}", PASSWORD, (f"sip:wg@{token}.example.com",))
     put_rls_services(presence_server.xcap_root, account.addresses[0], group, members)
-    adapter = adapter_factory([account])
+    adapter = adapter_factory(
+        [account], sip_server=presence_server.sip_uri, xcap_root=presence_server.xcap_root
+    )
     (answer,) = asyncio.run(start_notifications(adapter, [account], group))
     result = answer.get("result")
     assert isinstance(result, list) and group not in result, result
