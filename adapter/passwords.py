@@ -13,9 +13,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 __all__ = ["hash_password", "hash_problem", "verify_password"]
 
-# argon2-cffi's defaults: argon2id with RFC 9106's "second recommended option"
-# (t=3, 64 MiB, p=4): slow by design, which is why adapter.auth remembers a
-# password once it verified.
+# argon2-cffi's defaults: argon2id with RFC 9106's "second recommended option",
+# slow by design, which is why adapter.auth remembers a password once it verified.
 _HASHER = PasswordHasher()
 
 

@@ -94,7 +94,7 @@ TIMER_SLACK = 0.02
 #: Receive buffer asked for the UDP socket, bytes.  Linux's default
 #: (``net.core.rmem_default``) holds only some hundred NOTIFYs: a burst during a
 #: pause of the event loop overflows it, and the kernel drops datagrams the
-#: server only retransmits after T1 = 500 ms (RFC 3261 §17.1.2.2).
+#: server only retransmits after T1 (RFC 3261 §17.1.2.2).
 #: The kernel caps the request at ``net.core.rmem_max``.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
