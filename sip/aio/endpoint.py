@@ -465,18 +465,16 @@ class SipEndpoint:
         self._flush()
 
     def _unpublish(self, publication_id: int) -> None:
-        if self.ua.publication(publication_id) is not None:
-            self.ua.unpublish(publication_id, self.now())
-            self._flush()
+        self.ua.unpublish(publication_id, self.now())
+        self._flush()
 
     def _refresh(self, subscription_id: int) -> None:
         self.ua.refresh(subscription_id, self.now())
         self._flush()
 
     def _unsubscribe(self, subscription_id: int) -> None:
-        if self.ua.subscription(subscription_id) is not None:
-            self.ua.unsubscribe(subscription_id, self.now())
-            self._flush()
+        self.ua.unsubscribe(subscription_id, self.now())
+        self._flush()
 
     def _publish_failure(self, event: PublicationFailed) -> RequestFailed:
         if event.status is None:
