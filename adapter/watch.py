@@ -70,6 +70,15 @@ whose instance is terminated "rejected", or whose rules turn out to block the
 watcher, hears subscriptionEnded "Blocked" for that member; one that a full
 state no longer lists hears subscriptionEnded "Removed".  A URI that is not a
 list (a plain PIDF answer) is a single watch, as it always was.
+
+What Kamailio's rls does not tell — a member removed from the list, a
+member's block or allow written to XCAP, a change its notifier left out —
+a live list's periodic check (:data:`LIST_CHECK`) finds: :class:`ReadList`
+compares the watcher's rls-services document with the list (a difference
+re-subscribes it), the members' rules are read again (shared with the
+member's other lists; a blocked member allowed again is pending once more),
+and :class:`RefreshList`, once the list is quiet, makes the RLS send every
+member's state again.
 """
 
 from __future__ import annotations
@@ -96,6 +105,7 @@ from sip.timers import TimerHeap
 __all__ = [
     "LIST_CHECK",
     "LIST_HEAL_AFTER",
+    "LIST_QUIET",
     "RESUBSCRIBE_DELAYS",
     "SCHEDULE_SAVE_DELAY",
     "Deliver",
@@ -144,6 +154,12 @@ LIST_HEAL_AFTER = 30.0
 #: state again (Kamailio's rls can leave a change out of its NOTIFYs:
 #: tests/data/rls/README.md).
 LIST_CHECK = 30.0
+#: How long a list must have sent nothing before a check refreshes it.  The
+#: refresh makes Kamailio ask every member's state anew, and rls takes those
+#: answers and the NOTIFYs of changes in whatever order its workers finish:
+#: a change under way then can be overtaken by the state before it
+#: (tests/data/rls/README.md).  A busy list is refreshed once quiet.
+LIST_QUIET = 5.0
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
@@ -367,6 +383,8 @@ class Watch:
     #: A group watch's last re-subscription to heal its list (when, and how
     #: many came each within RELIST_QUIET of the one before).
     relisted: tuple[float, int] = (float("-inf"), 0)
+    #: When a group watch's last list NOTIFY arrived.
+    list_news_at: float = float("-inf")
     #: A group watch was subscribed again for members still without state;
     #: not again until the list has settled.
     healed: bool = False
@@ -523,6 +541,7 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     RELIST = enum.auto()  # a list's re-subscription held back (_relist)
     HEAL = enum.auto()  # a list's members may still lack their state (_heal)
     CHECK = enum.auto()  # a list's periodic check (_check_list)
+    QUIET = enum.auto()  # a list's refresh, once it is quiet (_refresh_when_quiet)
 
 
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
@@ -873,6 +892,7 @@ class WatchMachine:
         self._timers.cancel((_Timer.RELIST, *watch.key))
         self._timers.cancel((_Timer.HEAL, *watch.key))
         self._timers.cancel((_Timer.CHECK, *watch.key))
+        self._timers.cancel((_Timer.QUIET, *watch.key))
         old = watch.subscription_id
         if old is not None:
             self._out.append(Unsubscribe(old))
@@ -930,6 +950,10 @@ class WatchMachine:
                 group = self.watches.get(key[1:])
                 if group is not None:
                     self._check_list(group, now)
+            elif kind is _Timer.QUIET:
+                group = self.watches.get(key[1:])
+                if group is not None:
+                    self._refresh_when_quiet(group, now)
             elif kind is _Timer.RETRY:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
@@ -1069,6 +1093,7 @@ class WatchMachine:
     ) -> None:
         """A NOTIFY of a list subscription: each member's news to its member watch."""
         settled = group.is_list and self.list_settled(group)
+        group.list_news_at = received
         try:
             body = parse_multipart(event.content_type or "", event.body)
             document = parse_rlmi(body.root.body)
@@ -1191,7 +1216,16 @@ class WatchMachine:
             if read is not None:
                 self._out.append(ReadRules(read))
             member.revalidating = True
-        self._refresh_list(group)
+        self._refresh_when_quiet(group, now)
+
+    def _refresh_when_quiet(self, group: Watch, now: float) -> None:
+        if not group.is_list or group.dialog is not Dialog.LIVE:
+            return
+        quiet_at = group.list_news_at + LIST_QUIET
+        if now >= quiet_at:
+            self._refresh_list(group)
+        else:
+            self._timers.schedule(quiet_at, (_Timer.QUIET, *group.key))
 
     def list_read(
         self, group: Watch, members: frozenset[str] | None, now: float
@@ -1563,6 +1597,7 @@ class WatchMachine:
         watch.dialog = _step(watch.dialog, _Step.DROPPED)
         self._timers.cancel((_Timer.RETRY, *watch.key))
         self._timers.cancel((_Timer.CHECK, *watch.key))
+        self._timers.cancel((_Timer.QUIET, *watch.key))
         for member in watch.listed.values():
             self._forget_member(member)
         if self.watches.get(watch.key) is watch:

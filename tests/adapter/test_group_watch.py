@@ -15,6 +15,7 @@ from adapter.records import watch_from_record, watch_to_record
 from adapter.watch import (
     LIST_CHECK,
     LIST_HEAL_AFTER,
+    LIST_QUIET,
     Deliver,
     GroupPresentity,
     ReadList,
@@ -577,3 +578,14 @@ def test_an_allow_made_through_the_adapter_brings_a_blocked_member_back() -> Non
     allowed = g.read(g.machine.rules_changed(M0, g.now), {M0: ALLOW_A})
     assert of(RefreshList, allowed) == [RefreshList(7)]
     assert g.watch.listed[M0].state is WatchState.PENDING
+
+
+def test_a_busy_list_is_refreshed_only_once_it_is_quiet() -> None:
+    g = checked_group()
+    g.now -= 1
+    g.notify(m1=(activity(Activity.MEETING),))  # a second before the check
+    g.now += 1
+    checked = g.machine.handle_timer(g.now)
+    assert of(ReadList, checked) == [ReadList(g.watch)] and of(RefreshList, checked) == []
+    g.now += LIST_QUIET - 1
+    assert of(RefreshList, g.machine.handle_timer(g.now)) == [RefreshList(7)]
