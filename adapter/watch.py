@@ -160,6 +160,11 @@ LIST_CHECK = 30.0
 #: a change under way then can be overtaken by the state before it
 #: (tests/data/rls/README.md).  A busy list is refreshed once quiet.
 LIST_QUIET = 5.0
+#: How long after a refresh a member's document may be an answer to it.  One
+#: that goes back to an earlier document of the member's may be that race's
+#: older state: it is held, and the list refreshed once more; told only if
+#: the second refresh sends it again (it was the member's own change back).
+REFRESH_WINDOW = 15.0
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
@@ -269,6 +274,8 @@ def _take_document(member: Member, item: ListMember) -> bool:
         return False  # unreadable: ListState logged it and kept nothing new
     digest = hash(item.document)
     if digest != member.body_digest or member.presence is None:
+        if member.body_digest is not None and member.body_digest != digest:
+            member.earlier = (*member.earlier[-3:], member.body_digest)
         member.presence, member.body_digest = item.presence, digest
     return True
 
@@ -294,6 +301,8 @@ class Member:
     #: hash() of the PIDF body ``presence`` was decoded from: the NOTIFY that
     #: answers a refresh repeats it, and is not decoded again.
     body_digest: int | None = None
+    #: The digests of the documents before it, the latest last (a few).
+    earlier: tuple[int, ...] = ()
 
 
 # -- what waits for the rules ----------------------------------------------------
@@ -385,6 +394,12 @@ class Watch:
     relisted: tuple[float, int] = (float("-inf"), 0)
     #: When a group watch's last list NOTIFY arrived.
     list_news_at: float = float("-inf")
+    #: A group watch's last refresh, the members' documents held as maybe
+    #: stale answers to it (URI -> digest), and whether a second refresh is
+    #: to tell them apart (_stale_answer).
+    refreshed_at: float = float("-inf")
+    suspects: dict[str, int] = field(default_factory=dict, repr=False)
+    confirming: bool = False
     #: A group watch was subscribed again for members still without state;
     #: not again until the list has settled.
     healed: bool = False
@@ -542,6 +557,7 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     HEAL = enum.auto()  # a list's members may still lack their state (_heal)
     CHECK = enum.auto()  # a list's periodic check (_check_list)
     QUIET = enum.auto()  # a list's refresh, once it is quiet (_refresh_when_quiet)
+    CONFIRM = enum.auto()  # a refresh's window ended with documents held (_confirm)
 
 
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
@@ -893,6 +909,9 @@ class WatchMachine:
         self._timers.cancel((_Timer.HEAL, *watch.key))
         self._timers.cancel((_Timer.CHECK, *watch.key))
         self._timers.cancel((_Timer.QUIET, *watch.key))
+        self._timers.cancel((_Timer.CONFIRM, *watch.key))
+        watch.suspects.clear()
+        watch.confirming = False
         old = watch.subscription_id
         if old is not None:
             self._out.append(Unsubscribe(old))
@@ -904,7 +923,7 @@ class WatchMachine:
     def rules_read(self, read: RulesRead, rules: PresRules, now: float) -> list[WatchAction]:
         self.rules.read_done(read, rules, now)
         for watch in self._interested(read, now, rules):
-            self._take_rules(watch, read, rules.rule_for(watch.watcher))
+            self._take_rules(watch, read, rules.rule_for(watch.watcher), now)
             self._settle(watch, now)
         return self._take()
 
@@ -923,7 +942,7 @@ class WatchMachine:
             else:
                 logger.info("rules of %s unreadable (%s): all asked attributes granted",
                             watch.presentity, error)
-                self._take_rules(watch, RulesRead(read.presentity, read.serial, now), None)
+                self._take_rules(watch, RulesRead(read.presentity, read.serial, now), None, now)
             self._settle(watch, now)
         return self._take()
 
@@ -954,6 +973,10 @@ class WatchMachine:
                 group = self.watches.get(key[1:])
                 if group is not None:
                     self._refresh_when_quiet(group, now)
+            elif kind is _Timer.CONFIRM:
+                group = self.watches.get(key[1:])
+                if group is not None:
+                    self._confirm(group, now)
             elif kind is _Timer.RETRY:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
@@ -1134,6 +1157,8 @@ class WatchMachine:
                 member = group.member_of(change.uri)
                 member.stale_after = self.rules.mark()
                 self._index(member)
+            if self._stale_answer(group, member, change.member, now):
+                continue
             news = _MemberNews(change.member, received)
             if member.waiting:
                 member.held.append(news)
@@ -1208,7 +1233,7 @@ class WatchMachine:
                 continue
             hit = self.rules.cached(member.presentity, None, since)
             if hit is not None:
-                self._take_rules(member, hit[0], hit[1].rule_for(member.watcher))
+                self._take_rules(member, hit[0], hit[1].rule_for(member.watcher), now)
                 if member.state is WatchState.ACTIVE:
                     self._tell_decisions(member)
                 continue
@@ -1223,9 +1248,41 @@ class WatchMachine:
             return
         quiet_at = group.list_news_at + LIST_QUIET
         if now >= quiet_at:
-            self._refresh_list(group)
+            self._refresh_list(group, now)
         else:
             self._timers.schedule(quiet_at, (_Timer.QUIET, *group.key))
+
+    def _stale_answer(self, group: Watch, member: Watch, item: ListMember, now: float) -> bool:
+        """Whether a member's document, come within a refresh's window, goes
+        back to one of its earlier documents and is held (see REFRESH_WINDOW)."""
+        uri = member.presentity
+        suspected = group.suspects.pop(uri, None)
+        held = member.members.get(uri)
+        if item.document is None or held is None or now > group.refreshed_at + REFRESH_WINDOW:
+            return False
+        digest = hash(item.document)
+        if digest == held.body_digest or digest not in held.earlier:
+            return False
+        if group.confirming and suspected == digest:
+            return False  # the second refresh sent it again: the member's own
+        group.suspects[uri] = digest
+        return True
+
+    def _confirm(self, group: Watch, now: float) -> None:
+        """A refresh's window ended: documents held after the first refresh
+        get a second one; those the second did not send again were stale."""
+        if not group.suspects or group.confirming:
+            group.suspects.clear()
+            group.confirming = False
+            return
+        group.confirming = True
+        if group.rlmi is not None:
+            for uri in group.suspects:
+                if uri in group.rlmi.members:  # sent again, it must count as news
+                    group.rlmi.members[uri] = ListMember(uri)
+        logger.info("list %s: %d members went back to an earlier state after a refresh; "
+                    "refreshing again to tell", group.presentity, len(group.suspects))
+        self._refresh_when_quiet(group, now)
 
     def list_read(
         self, group: Watch, members: frozenset[str] | None, now: float
@@ -1242,8 +1299,10 @@ class WatchMachine:
             self._relist(group, "list edited on the server", now)
         return self._take()
 
-    def _refresh_list(self, group: Watch) -> None:
+    def _refresh_list(self, group: Watch, now: float) -> None:
         if group.subscription_id is not None and group.dialog is Dialog.LIVE:
+            group.refreshed_at = now
+            self._timers.schedule(now + REFRESH_WINDOW, (_Timer.CONFIRM, *group.key))
             self._out.append(RefreshList(group.subscription_id))
 
     @staticmethod
@@ -1423,7 +1482,7 @@ class WatchMachine:
             if hit is not None and not _allows(hit[1], watch.watcher):
                 hit = None
         if hit is not None:
-            self._take_rules(watch, hit[0], hit[1].rule_for(watch.watcher))
+            self._take_rules(watch, hit[0], hit[1].rule_for(watch.watcher), now)
             return False
         read = self.rules.request(watch.presentity, after, since, now)
         if read is not None:
@@ -1454,7 +1513,7 @@ class WatchMachine:
             out.append(watch)
         return out
 
-    def _take_rules(self, watch: Watch, read: RulesRead, rule: Any) -> None:
+    def _take_rules(self, watch: Watch, read: RulesRead, rule: Any, now: float) -> None:
         if read.serial < watch.read_serial:
             return  # a later read was taken meanwhile
         watch.rules_unconfirmed = watch.withheld = False
@@ -1490,7 +1549,7 @@ class WatchMachine:
             self._out.append(SaveWatch(group))
             logger.info("list %s: %s allows %s again", group.presentity, watch.presentity,
                         watch.watcher)
-            self._refresh_list(group)
+            self._refresh_list(group, now)
 
     def _settle(self, watch: Watch, now: float) -> None:
         """The read is in: tell the decisions, then take what waited, in order."""
@@ -1598,6 +1657,9 @@ class WatchMachine:
         self._timers.cancel((_Timer.RETRY, *watch.key))
         self._timers.cancel((_Timer.CHECK, *watch.key))
         self._timers.cancel((_Timer.QUIET, *watch.key))
+        self._timers.cancel((_Timer.CONFIRM, *watch.key))
+        watch.suspects.clear()
+        watch.confirming = False
         for member in watch.listed.values():
             self._forget_member(member)
         if self.watches.get(watch.key) is watch:
