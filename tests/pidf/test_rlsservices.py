@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pidf.errors import RemoteProtocolError
 from pidf.rlsservices import service_members
@@ -54,3 +56,19 @@ def test_a_service_the_document_does_not_hold_lists_nobody() -> None:
 def test_a_document_that_is_not_usable_raises_the_protocol_error(body: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         service_members(body, "sip:s@x")
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_documents_raise_only_remote_protocol_error(data: st.DataObject) -> None:
+    position = data.draw(st.integers(0, len(DOCUMENT) - 1))
+    replacement = data.draw(st.binary(max_size=8))
+    mutated = DOCUMENT[:position] + replacement + DOCUMENT[position + 2 :]
+    try:
+        members = service_members(mutated, "sip:friends@example.com")
+    except RemoteProtocolError:
+        return
+    assert members is None or all(isinstance(uri, str) and uri for uri in members)
