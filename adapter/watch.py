@@ -1191,6 +1191,7 @@ class WatchMachine:
         if now - last >= RELIST_QUIET:
             streak, delay = 0, 0.0
         group.relisted = (last, streak + 1)
+        group.why = why  # for the driver's log of the re-subscription
         logger.info("list %s: %s, subscribing again%s", group.presentity, why,
                     f" in {delay:g} s" if delay else "")
         if delay:
