@@ -581,6 +581,13 @@ class WatchMachine:
         self._save_delay = save_delay
         self._resubscribe_delays = resubscribe_delays
         self._list_check = list_check
+        #: What a group watch's own timers run.
+        self._list_timers: dict[_Timer, Callable[[Watch, float], None]] = {
+            _Timer.HEAL: self._heal,
+            _Timer.CHECK: self._check_list,
+            _Timer.QUIET: self._refresh_when_quiet,
+            _Timer.CONFIRM: self._confirm,
+        }
         #: Schedules whose progress is not written yet.
         self._unsaved: dict[tuple[str, str], Schedule] = {}
         self._out: list[WatchAction] = []
@@ -961,22 +968,10 @@ class WatchMachine:
                 group = self.watches.get(key[1:])
                 if group is not None and group.is_list and group.dialog is Dialog.LIVE:
                     self._resubscribe_list(group, now)
-            elif kind is _Timer.HEAL:
+            elif kind in self._list_timers:
                 group = self.watches.get(key[1:])
                 if group is not None:
-                    self._heal(group, now)
-            elif kind is _Timer.CHECK:
-                group = self.watches.get(key[1:])
-                if group is not None:
-                    self._check_list(group, now)
-            elif kind is _Timer.QUIET:
-                group = self.watches.get(key[1:])
-                if group is not None:
-                    self._refresh_when_quiet(group, now)
-            elif kind is _Timer.CONFIRM:
-                group = self.watches.get(key[1:])
-                if group is not None:
-                    self._confirm(group, now)
+                    self._list_timers[kind](group, now)
             elif kind is _Timer.RETRY:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
