@@ -368,7 +368,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         liveness = ServerLiveness(endpoint, config.sip.keepalive)
         timeout = config.sip.request_timeout
         watchers = WatcherService(
-            endpoint, xcap, hub, store=store, liveness=liveness, request_timeout=timeout
+            endpoint, xcap, hub, store=store, liveness=liveness, request_timeout=timeout,
+            list_check=config.sip.list_check,
         )
         presentities = PresentityService(
             endpoint,

@@ -581,6 +581,9 @@ class SipConfig(_Model, frozen=True, kw_only=True):
     keepalive: NonNegative = 5.0
     #: Longest a REST call waits for the presence server before answering 504.
     request_timeout: Positive = 10.0
+    #: Seconds between checks of each watched group (0: none): its list
+    #: document and its members' rules read again, its subscription refreshed.
+    list_check: NonNegative = 30.0
     #: CA certificates (PEM) the server's certificate is verified against (TLS only).
     tls_ca: Path | None = None
     #: Our certificate chain and its key (PEM), for mutual TLS; both or neither.

@@ -277,6 +277,14 @@ def _state(sources: Sources) -> Iterator[Metric]:
     for state, count in sorted(sources.watchers.watch_states().items()):
         watches.add_metric([state], count)
     yield watches
+    xcap = CounterMetricFamily(
+        PREFIX + "xcap_requests",
+        "XCAP requests sent, by method and document (pres-rules, rls-services).",
+        labels=["method", "document"],
+    )
+    for (method, usage), count in sorted(sources.watchers.xcap_requests().items()):
+        xcap.add_metric([method, usage], count)
+    yield xcap
     yield _gauge(
         "notification_schedules",
         "Presence notifications started (Start Presence Notification) and not ended.",

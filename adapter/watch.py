@@ -70,6 +70,15 @@ whose instance is terminated "rejected", or whose rules turn out to block the
 watcher, hears subscriptionEnded "Blocked" for that member; one that a full
 state no longer lists hears subscriptionEnded "Removed".  A URI that is not a
 list (a plain PIDF answer) is a single watch, as it always was.
+
+What Kamailio's rls does not tell — a member removed from the list, a
+member's block or allow written to XCAP, a change its notifier left out —
+a live list's periodic check (:data:`LIST_CHECK`) finds: :class:`ReadList`
+compares the watcher's rls-services document with the list (a difference
+re-subscribes it), the members' rules are read again (shared with the
+member's other lists; a blocked member allowed again is pending once more),
+and :class:`RefreshList`, once the list is quiet, makes the RLS send every
+member's state again.
 """
 
 from __future__ import annotations
@@ -94,7 +103,9 @@ from sip.multipart import parse_multipart
 from sip.timers import TimerHeap
 
 __all__ = [
+    "LIST_CHECK",
     "LIST_HEAL_AFTER",
+    "LIST_QUIET",
     "RESUBSCRIBE_DELAYS",
     "SCHEDULE_SAVE_DELAY",
     "Deliver",
@@ -106,8 +117,10 @@ __all__ = [
     "Member",
     "NoSubscription",
     "NotAuthorized",
+    "ReadList",
     "ReadRules",
     "Reference",
+    "RefreshList",
     "SaveProgress",
     "SaveSchedule",
     "SaveWatch",
@@ -134,6 +147,24 @@ RELIST_QUIET = 300.0
 #: (Kamailio's rls can leave members out of its NOTIFYs for good:
 #: tests/data/rls/README.md).
 LIST_HEAL_AFTER = 30.0
+#: Seconds between the checks of a group watch's list (``[sip] list_check``;
+#: 0: none): the owner's rls-services document is read for an edit the RLS
+#: did not tell, the members' rules for a block or an allow it did not tell,
+#: and the list subscription is refreshed, for the RLS to send every member's
+#: state again (Kamailio's rls can leave a change out of its NOTIFYs:
+#: tests/data/rls/README.md).
+LIST_CHECK = 30.0
+#: How long a list must have sent nothing before a check refreshes it.  The
+#: refresh makes Kamailio ask every member's state anew, and rls takes those
+#: answers and the NOTIFYs of changes in whatever order its workers finish:
+#: a change under way then can be overtaken by the state before it
+#: (tests/data/rls/README.md).  A busy list is refreshed once quiet.
+LIST_QUIET = 5.0
+#: How long after a refresh a member's document may be an answer to it.  One
+#: that goes back to an earlier document of the member's may be that race's
+#: older state: it is held, and the list refreshed once more; told only if
+#: the second refresh sends it again (it was the member's own change back).
+REFRESH_WINDOW = 15.0
 #: Longest a schedule's progress after a notification — remaining count,
 #: last-sent instant and state, a coalesced state — waits to be written: a
 #: schedule is written once per period whatever its notifications (README
@@ -243,8 +274,15 @@ def _take_document(member: Member, item: ListMember) -> bool:
         return False  # unreadable: ListState logged it and kept nothing new
     digest = hash(item.document)
     if digest != member.body_digest or member.presence is None:
+        if member.body_digest is not None and member.body_digest != digest:
+            member.earlier = (*member.earlier[-3:], member.body_digest)
         member.presence, member.body_digest = item.presence, digest
     return True
+
+
+def _allows(rules: PresRules, watcher: str) -> bool:
+    rule = rules.rule_for(watcher)
+    return rule is not None and rule.sub_handling is SubHandling.ALLOW
 
 
 def _step(dialog: Dialog, step: _Step) -> Dialog:
@@ -263,6 +301,8 @@ class Member:
     #: hash() of the PIDF body ``presence`` was decoded from: the NOTIFY that
     #: answers a refresh repeats it, and is not decoded again.
     body_digest: int | None = None
+    #: The digests of the documents before it, the latest last (a few).
+    earlier: tuple[int, ...] = ()
 
 
 # -- what waits for the rules ----------------------------------------------------
@@ -325,6 +365,10 @@ class Watch:
     #: The decisions need a read after this mark (an activation, a change
     #: made here); None: they are confirmed and merely age.
     stale_after: int | None = 0
+    #: A member watch became active at the server: its decisions may come
+    #: from a read within the age limit that allows the watcher (the server's
+    #: activation says the same), shared with the member's other lists.
+    activated: bool = False
     #: Waiting for a read of the rules: what comes meanwhile is held.
     waiting: bool = False
     #: Aged decisions are being read again beside the NOTIFYs.
@@ -348,6 +392,14 @@ class Watch:
     #: A group watch's last re-subscription to heal its list (when, and how
     #: many came each within RELIST_QUIET of the one before).
     relisted: tuple[float, int] = (float("-inf"), 0)
+    #: When a group watch's last list NOTIFY arrived.
+    list_news_at: float = float("-inf")
+    #: A group watch's last refresh, the members' documents held as maybe
+    #: stale answers to it (URI -> digest), and whether a second refresh is
+    #: to tell them apart (_stale_answer).
+    refreshed_at: float = float("-inf")
+    suspects: dict[str, int] = field(default_factory=dict, repr=False)
+    confirming: bool = False
     #: A group watch was subscribed again for members still without state;
     #: not again until the list has settled.
     healed: bool = False
@@ -431,6 +483,21 @@ class ReadRules:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadList:
+    """Read the group watch's list from its watcher's rls-services document
+    (answered with :meth:`WatchMachine.list_read`)."""
+
+    group: Watch
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshList:
+    """Refresh the list subscription (a re-SUBSCRIBE in its dialog)."""
+
+    subscription_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Deliver:
     """A message for an application's channel; ``received``: when the NOTIFY
     it comes from arrived (for the latency histogram)."""
@@ -477,8 +544,8 @@ class Settled:
 
 
 WatchAction = (
-    Subscribe | Unsubscribe | ReadRules | Deliver | SaveWatch | ForgetWatch
-    | SaveSchedule | ForgetSchedule | SaveProgress | Settled
+    Subscribe | Unsubscribe | ReadRules | ReadList | RefreshList | Deliver | SaveWatch
+    | ForgetWatch | SaveSchedule | ForgetSchedule | SaveProgress | Settled
 )
 
 
@@ -488,6 +555,9 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     SAVE = enum.auto()  # schedules' progress is due to be written
     RELIST = enum.auto()  # a list's re-subscription held back (_relist)
     HEAL = enum.auto()  # a list's members may still lack their state (_heal)
+    CHECK = enum.auto()  # a list's periodic check (_check_list)
+    QUIET = enum.auto()  # a list's refresh, once it is quiet (_refresh_when_quiet)
+    CONFIRM = enum.auto()  # a refresh's window ended with documents held (_confirm)
 
 
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
@@ -499,6 +569,7 @@ class WatchMachine:
         *,
         save_delay: float = SCHEDULE_SAVE_DELAY,
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
+        list_check: float = LIST_CHECK,
     ) -> None:
         self.watches: dict[tuple[str, str], Watch] = {}
         #: The same watches by presentity, then watcher, and the member
@@ -509,6 +580,14 @@ class WatchMachine:
         self._timers: TimerHeap[tuple[Any, ...]] = TimerHeap()
         self._save_delay = save_delay
         self._resubscribe_delays = resubscribe_delays
+        self._list_check = list_check
+        #: What a group watch's own timers run.
+        self._list_timers: dict[_Timer, Callable[[Watch, float], None]] = {
+            _Timer.HEAL: self._heal,
+            _Timer.CHECK: self._check_list,
+            _Timer.QUIET: self._refresh_when_quiet,
+            _Timer.CONFIRM: self._confirm,
+        }
         #: Schedules whose progress is not written yet.
         self._unsaved: dict[tuple[str, str], Schedule] = {}
         self._out: list[WatchAction] = []
@@ -747,8 +826,11 @@ class WatchMachine:
                 continue  # a group has no rules of its own; its members have
             watch.rules_unconfirmed = True
             watch.stale_after = mark
+            watch.activated = False
             if watch.state is WatchState.ACTIVE and self._need_rules(watch, now):
                 watch.waiting = True
+            elif self._blocked_member(watch) and self._need_rules(watch, now):
+                watch.revalidating = True  # an allow brings it back (_take_rules)
         return self._take()
 
     def recheck(self, watch: Watch, now: float) -> list[WatchAction]:
@@ -832,6 +914,11 @@ class WatchMachine:
         self._timers.cancel((_Timer.RETRY, *watch.key))
         self._timers.cancel((_Timer.RELIST, *watch.key))
         self._timers.cancel((_Timer.HEAL, *watch.key))
+        self._timers.cancel((_Timer.CHECK, *watch.key))
+        self._timers.cancel((_Timer.QUIET, *watch.key))
+        self._timers.cancel((_Timer.CONFIRM, *watch.key))
+        watch.suspects.clear()
+        watch.confirming = False
         old = watch.subscription_id
         if old is not None:
             self._out.append(Unsubscribe(old))
@@ -842,8 +929,8 @@ class WatchMachine:
 
     def rules_read(self, read: RulesRead, rules: PresRules, now: float) -> list[WatchAction]:
         self.rules.read_done(read, rules, now)
-        for watch in self._interested(read, now):
-            self._take_rules(watch, read, rules.rule_for(watch.watcher))
+        for watch in self._interested(read, now, rules):
+            self._take_rules(watch, read, rules.rule_for(watch.watcher), now)
             self._settle(watch, now)
         return self._take()
 
@@ -862,7 +949,7 @@ class WatchMachine:
             else:
                 logger.info("rules of %s unreadable (%s): all asked attributes granted",
                             watch.presentity, error)
-                self._take_rules(watch, RulesRead(read.presentity, read.serial, now), None)
+                self._take_rules(watch, RulesRead(read.presentity, read.serial, now), None, now)
             self._settle(watch, now)
         return self._take()
 
@@ -881,10 +968,10 @@ class WatchMachine:
                 group = self.watches.get(key[1:])
                 if group is not None and group.is_list and group.dialog is Dialog.LIVE:
                     self._resubscribe_list(group, now)
-            elif kind is _Timer.HEAL:
+            elif kind in self._list_timers:
                 group = self.watches.get(key[1:])
                 if group is not None:
-                    self._heal(group, now)
+                    self._list_timers[kind](group, now)
             elif kind is _Timer.RETRY:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
@@ -1000,6 +1087,7 @@ class WatchMachine:
         fresh = read(member)
         if became_active:
             watch.stale_after = self.rules.mark()  # a read begun before is not one after it
+            watch.activated = watch.group is not None
         if watch.stale_after is not None:
             if self._need_rules(watch, now):
                 watch.waiting = True
@@ -1023,6 +1111,7 @@ class WatchMachine:
     ) -> None:
         """A NOTIFY of a list subscription: each member's news to its member watch."""
         settled = group.is_list and self.list_settled(group)
+        group.list_news_at = received
         try:
             body = parse_multipart(event.content_type or "", event.body)
             document = parse_rlmi(body.root.body)
@@ -1063,11 +1152,16 @@ class WatchMachine:
                 member = group.member_of(change.uri)
                 member.stale_after = self.rules.mark()
                 self._index(member)
+            if self._stale_answer(group, member, change.member, now):
+                continue
             news = _MemberNews(change.member, received)
             if member.waiting:
                 member.held.append(news)
             else:
                 self._take_member(member, news, now)
+        check = (_Timer.CHECK, *group.key)
+        if document.full_state and self._list_check and check not in self._timers:
+            self._timers.schedule(now + self._list_check, check)
         if group.stateless and document.full_state and not group.healed:
             self._timers.schedule(now + LIST_HEAL_AFTER, (_Timer.HEAL, *group.key))
         elif not group.stateless:
@@ -1092,6 +1186,7 @@ class WatchMachine:
         if now - last >= RELIST_QUIET:
             streak, delay = 0, 0.0
         group.relisted = (last, streak + 1)
+        group.why = why  # for the driver's log of the re-subscription
         logger.info("list %s: %s, subscribing again%s", group.presentity, why,
                     f" in {delay:g} s" if delay else "")
         if delay:
@@ -1112,6 +1207,103 @@ class WatchMachine:
         if lacking and self.list_complete(group):
             group.healed = True
             self._relist(group, f"{len(lacking)} members without state", now)
+
+    def _check_list(self, group: Watch, now: float) -> None:
+        """The periodic check of a live list (:data:`LIST_CHECK`): what the RLS
+        may not have told — an edit, a member's block or allow, a member's
+        change left out — is read or asked for again."""
+        if not group.is_list or group.dialog is not Dialog.LIVE or group.state is WatchState.ENDED:
+            return
+        self._timers.schedule(now + self._list_check, (_Timer.CHECK, *group.key))
+        if not self.list_complete(group):
+            return
+        self._out.append(ReadList(group))
+        # Rules read within half a period serve (a member of many lists,
+        # whose checks come at their own times, is read about once a period
+        # for all of them); older ones are read again.
+        since = now - self._list_check / 2
+        for member in group.listed.values():
+            if member.waiting or member.revalidating or member.read_at >= since:
+                continue
+            if member.state is not WatchState.ACTIVE and not self._blocked_member(member):
+                continue
+            hit = self.rules.cached(member.presentity, None, since)
+            if hit is not None:
+                self._take_rules(member, hit[0], hit[1].rule_for(member.watcher), now)
+                if member.state is WatchState.ACTIVE:
+                    self._tell_decisions(member)
+                continue
+            read = self.rules.request(member.presentity, None, since, now)
+            if read is not None:
+                self._out.append(ReadRules(read))
+            member.revalidating = True
+        self._refresh_when_quiet(group, now)
+
+    def _refresh_when_quiet(self, group: Watch, now: float) -> None:
+        if not group.is_list or group.dialog is not Dialog.LIVE:
+            return
+        quiet_at = group.list_news_at + LIST_QUIET
+        if now >= quiet_at:
+            self._refresh_list(group, now)
+        else:
+            self._timers.schedule(quiet_at, (_Timer.QUIET, *group.key))
+
+    def _stale_answer(self, group: Watch, member: Watch, item: ListMember, now: float) -> bool:
+        """Whether a member's document, come within a refresh's window, goes
+        back to one of its earlier documents and is held (see REFRESH_WINDOW)."""
+        uri = member.presentity
+        suspected = group.suspects.pop(uri, None)
+        held = member.members.get(uri)
+        if item.document is None or held is None or now > group.refreshed_at + REFRESH_WINDOW:
+            return False
+        digest = hash(item.document)
+        if digest == held.body_digest or digest not in held.earlier:
+            return False
+        if group.confirming and suspected == digest:
+            return False  # the second refresh sent it again: the member's own
+        group.suspects[uri] = digest
+        return True
+
+    def _confirm(self, group: Watch, now: float) -> None:
+        """A refresh's window ended: documents held after the first refresh
+        get a second one; those the second did not send again were stale."""
+        if not group.suspects or group.confirming:
+            group.suspects.clear()
+            group.confirming = False
+            return
+        group.confirming = True
+        if group.rlmi is not None:
+            for uri in group.suspects:
+                if uri in group.rlmi.members:  # sent again, it must count as news
+                    group.rlmi.members[uri] = ListMember(uri)
+        logger.info("list %s: %d members went back to an earlier state after a refresh; "
+                    "refreshing again to tell", group.presentity, len(group.suspects))
+        self._refresh_when_quiet(group, now)
+
+    def list_read(
+        self, group: Watch, members: frozenset[str] | None, now: float
+    ) -> list[WatchAction]:
+        """The watcher's rls-services document says the group lists ``members``
+        (None: it cannot tell, the list is by reference)."""
+        state = group.rlmi
+        if (
+            members is not None and group.is_list and group.dialog is Dialog.LIVE
+            and state is not None and state.complete and members != set(state.members)
+        ):
+            # Kamailio tells an added member with its state but nothing of a
+            # removed one (docs/kamailio.md): a new dialog's full state shows it.
+            self._relist(group, "list edited on the server", now)
+        return self._take()
+
+    def _refresh_list(self, group: Watch, now: float) -> None:
+        if group.subscription_id is not None and group.dialog is Dialog.LIVE:
+            group.refreshed_at = now
+            self._timers.schedule(now + REFRESH_WINDOW, (_Timer.CONFIRM, *group.key))
+            self._out.append(RefreshList(group.subscription_id))
+
+    @staticmethod
+    def _blocked_member(watch: Watch) -> bool:
+        return watch.group is not None and watch.state is WatchState.BLOCKED
 
     def _resubscribe_list(self, group: Watch, now: float) -> None:
         group.relisted = (now, group.relisted[1])
@@ -1281,20 +1473,33 @@ class WatchMachine:
         # after an activation or a change made here only a later read does.
         since = now - decisions_ttl(watch.presentity) if after is None else float("-inf")
         hit = self.rules.cached(watch.presentity, after, since)
+        if hit is None and watch.activated:
+            hit = self.rules.cached(watch.presentity, None, now - decisions_ttl(watch.presentity))
+            if hit is not None and not _allows(hit[1], watch.watcher):
+                hit = None
         if hit is not None:
-            self._take_rules(watch, hit[0], hit[1].rule_for(watch.watcher))
+            self._take_rules(watch, hit[0], hit[1].rule_for(watch.watcher), now)
             return False
         read = self.rules.request(watch.presentity, after, since, now)
         if read is not None:
             self._out.append(ReadRules(read))
         return True
 
-    def _interested(self, read: RulesRead, now: float) -> list[Watch]:
+    def _interested(
+        self, read: RulesRead, now: float, rules: PresRules | None = None
+    ) -> list[Watch]:
         """The presentity's watches that wait for ``read``; those that need a
         later one (begun after a change made here) get it asked for."""
         out = []
+        fresh = read.started >= now - decisions_ttl(read.presentity)
         for watch in self.by_presentity.get(read.presentity, {}).values():
             if not (watch.waiting or watch.revalidating):
+                continue
+            if (
+                watch.activated and fresh and rules is not None
+                and _allows(rules, watch.watcher)
+            ):
+                out.append(watch)  # an activation that this read agrees with
                 continue
             if watch.stale_after is not None and read.serial <= watch.stale_after:
                 again = self.rules.request(read.presentity, watch.stale_after, float("-inf"), now)
@@ -1304,7 +1509,7 @@ class WatchMachine:
             out.append(watch)
         return out
 
-    def _take_rules(self, watch: Watch, read: RulesRead, rule: Any) -> None:
+    def _take_rules(self, watch: Watch, read: RulesRead, rule: Any, now: float) -> None:
         if read.serial < watch.read_serial:
             return  # a later read was taken meanwhile
         watch.rules_unconfirmed = watch.withheld = False
@@ -1318,12 +1523,29 @@ class WatchMachine:
         else:
             watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
         watch.read_serial, watch.read_at, watch.stale_after = read.serial, read.started, None
+        watch.activated = False
         if watch.decisions != before:
             self._out.append(SaveWatch(watch.owner))
-        if watch.group is not None and watch.rule_blocks and watch.state is WatchState.ACTIVE:
+        group = watch.group
+        if group is not None and watch.rule_blocks and watch.state is WatchState.ACTIVE:
             # The RLS may not tell a member's block (Kamailio sends nothing:
             # docs/kamailio.md): its rules do.
             self._member_ended(watch, "Blocked")
+        elif self._blocked_member(watch) and not watch.rule_blocks and group is not None:
+            # Allowed again.  Kamailio ended its own subscription to the
+            # member at the block and makes a new one only when the list's is
+            # refreshed (docs/kamailio.md): the member's state comes after it.
+            watch.state = WatchState.PENDING
+            watch.decisions_sent = None  # the reference hears the decisions again
+            for schedule in group.schedules.values():
+                schedule.forget_member(watch.presentity)  # its next state in full
+            if group.rlmi is not None and watch.presentity in group.rlmi.members:
+                # Its state, unchanged since the block, must count as news.
+                group.rlmi.members[watch.presentity] = ListMember(watch.presentity)
+            self._out.append(SaveWatch(group))
+            logger.info("list %s: %s allows %s again", group.presentity, watch.presentity,
+                        watch.watcher)
+            self._refresh_list(group, now)
 
     def _settle(self, watch: Watch, now: float) -> None:
         """The read is in: tell the decisions, then take what waited, in order."""
@@ -1429,6 +1651,11 @@ class WatchMachine:
         watch.state = WatchState.ENDED
         watch.dialog = _step(watch.dialog, _Step.DROPPED)
         self._timers.cancel((_Timer.RETRY, *watch.key))
+        self._timers.cancel((_Timer.CHECK, *watch.key))
+        self._timers.cancel((_Timer.QUIET, *watch.key))
+        self._timers.cancel((_Timer.CONFIRM, *watch.key))
+        watch.suspects.clear()
+        watch.confirming = False
         for member in watch.listed.values():
             self._forget_member(member)
         if self.watches.get(watch.key) is watch:

@@ -38,6 +38,7 @@ from adapter.recovery import RecoveryPace, recover
 from adapter.rules import DECISIONS_TTL, RulesRead, decisions_ttl
 from adapter.store import MemoryStore, Store, StoreError
 from adapter.watch import (
+    LIST_CHECK,
     RESUBSCRIBE_DELAYS,
     SCHEDULE_SAVE_DELAY,
     Deliver,
@@ -47,8 +48,10 @@ from adapter.watch import (
     GroupPresentity,
     NoSubscription,
     NotAuthorized,
+    ReadList,
     ReadRules,
     Reference,
+    RefreshList,
     SaveProgress,
     SaveSchedule,
     SaveWatch,
@@ -63,6 +66,7 @@ from adapter.watch import (
 )
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence
+from pidf.rlsservices import service_members
 from sip import NotifyReceived, SipURI, SubscriptionAccepted
 from sip.aio import Alarm, RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
 
@@ -111,6 +115,7 @@ class WatcherService:
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
         save_chunk: int = SAVE_CHUNK,
         list_settle: float = LIST_SETTLE,
+        list_check: float = LIST_CHECK,
     ) -> None:
         self._store: Store = store or MemoryStore()
         self._liveness = liveness
@@ -120,7 +125,8 @@ class WatcherService:
         self._bayeux = bayeux
         self._clock = clock
         self.machine = WatchMachine(
-            save_delay=schedule_save_delay, resubscribe_delays=resubscribe_delays
+            save_delay=schedule_save_delay, resubscribe_delays=resubscribe_delays,
+            list_check=list_check,
         )
         self._timer = Alarm(self._on_timer, clock)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -155,6 +161,11 @@ class WatcherService:
     def watch_states(self) -> dict[str, int]:
         """How many watches there are in each state (for /metrics)."""
         return self.machine.states()
+
+    def xcap_requests(self) -> dict[tuple[str, str], int]:
+        """XCAP requests sent by (method, document), the presentity side's too
+        (they share the client): for /metrics."""
+        return self._xcap.requests
 
     @property
     def schedule_count(self) -> int:
@@ -453,6 +464,12 @@ class WatcherService:
                 self._queue_progress(action.schedules)
             elif isinstance(action, ReadRules):
                 self._spawn(self._read_rules(action.read))
+            elif isinstance(action, ReadList):
+                self._spawn(self._read_list(action.group))
+            elif isinstance(action, RefreshList):
+                refreshed = self._handles.get(action.subscription_id)
+                if refreshed is not None:
+                    refreshed.refresh()
             elif isinstance(action, Subscribe):
                 self._subscribe(action)
             elif isinstance(action, Unsubscribe):
@@ -488,6 +505,20 @@ class WatcherService:
             self._perform(self.machine.rules_failed(read, exc, self._clock()))
         else:
             self._perform(self.machine.rules_read(read, rules, self._clock()))
+
+    async def _read_list(self, group: Watch) -> None:
+        try:
+            document = await self._xcap.rls_services(group.watcher)
+            members = (
+                frozenset() if document is None
+                else service_members(document, group.presentity)
+            )
+        except (XcapError, PidfError) as exc:
+            # Read again at the next check; the list goes on meanwhile.
+            logger.info("list %s: rls-services of %s unreadable: %s", group.presentity,
+                        group.watcher, exc)
+            return
+        self._perform(self.machine.list_read(group, members, self._clock()))
 
     async def _settled(self, watch: Watch) -> None:
         future = asyncio.get_running_loop().create_future()

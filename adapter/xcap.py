@@ -1,4 +1,5 @@
-"""XCAP client for presence rules (RFC 4825, RFC 5025).
+"""XCAP client for presence rules (RFC 4825, RFC 5025) and, read only, the
+watchers' rls-services documents (RFC 4826).
 
 A presentity's authorisation lives in one document on the presence server:
 ``{root}/pres-rules/users/{presentity}/index``.  Every change is a
@@ -100,6 +101,8 @@ class XcapClient:
             headers={"Connection": "close"},
             verify=tls if tls is not None else True,
         )
+        #: Requests sent, by (method, application usage): for /metrics.
+        self.requests: dict[tuple[str, str], int] = {}
         # One lock per document being written; gone once no update holds it.
         self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -114,6 +117,17 @@ class XcapClient:
         # always write it the same way (the SIP URI, verbatim — ':' and '@'
         # are pchars, RFC 3986 §3.3).
         return f"{self.root}/pres-rules/users/{presentity}/index"
+
+    async def rls_services(self, owner: str) -> bytes | None:
+        """The ``owner``'s rls-services document (RFC 4826 §4.4.4 names it
+        ``index``, as the bundled server does); None when it has none."""
+        url = f"{self.root}/rls-services/users/{owner}/index"
+        response = await self._send("GET", url, "rls-services")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise XcapError("GET", response.status_code, _detail(response))
+        return response.content
 
     async def get(self, presentity: str) -> RulesDocument:
         response = await self._request("GET", presentity)
@@ -177,7 +191,19 @@ class XcapClient:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        url = self.rules_url(presentity)
+        return await self._send(method, self.rules_url(presentity), "pres-rules", content,
+                                headers)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        usage: str,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        key = (method, usage)
+        self.requests[key] = self.requests.get(key, 0) + 1
         try:
             return await self._client.request(method, url, content=content, headers=headers)
         except httpx.TimeoutException as exc:

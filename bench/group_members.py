@@ -32,8 +32,10 @@ batches every second).  Per round and side: the adapter's CPU time (/proc,
 user + system) over the window divided by the changes the server accepted,
 the statusChanged its client received, the ratio single/group.  Before the
 load, an idle window of the same kind (``--idle`` s) shows what each adapter
-spends on nothing.  At the end: per side, the members whose last change never
-reached the application, and duplicates.  The CPU of Kamailio and PostgreSQL
+spends on nothing.  At the end, ``--heal`` s after the last round (time for
+the group adapter's list check to have Kamailio send every member's state
+again: tests/data/rls/README.md): per side, the members whose last change
+never reached the application, and duplicates.  The CPU of Kamailio and PostgreSQL
 (process trees) is shown too: one server serves both sides, so it is not split.
 
 Why two adapters side by side rather than one adapter in alternating phases:
@@ -378,6 +380,14 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after a round's last PUBLISH still in its window (rls batches every 1 s)",
     )
     parser.add_argument(
+        "--heal",
+        type=float,
+        default=40.0,
+        help="seconds after the last round before the last states are checked: the group "
+        "adapter's list check (every 30 s, [sip] list_check) refreshes the list once it has "
+        "been quiet for 5 s, and Kamailio then sends every member's state again",
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=4, help="PUBLISHes the raw peer keeps outstanding"
     )
     parser.add_argument(
@@ -472,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if name != "warmup":
                     rounds.append(window)
+            time.sleep(args.heal)
             settle(sides)
             print()
             last_state_check(sides, rounds)

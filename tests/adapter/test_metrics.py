@@ -180,6 +180,7 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
     hub = SimpleNamespace(server=BayeuxServer(lambda user, password: None))
     watchers = SimpleNamespace(
         watch_states=lambda: {"active": 7},
+        xcap_requests=lambda: {("GET", "pres-rules"): 9},
         schedule_count=6,
         notify_latency=Histogram(NOTIFY_BUCKETS),
     )
@@ -198,6 +199,8 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
                   (("method", "PUBLISH"), ("status", "200")))] == 1
     assert found[(p + "sip_client_timeouts_total", (("method", "SUBSCRIBE"),))] == 1
     assert found[(p + "sip_retransmissions_total", ())] == 4
+    assert found[(p + "xcap_requests_total",
+                  (("document", "pres-rules"), ("method", "GET")))] == 9
     assert found[(p + "sip_client_transactions_in_flight", ())] == 2
     assert found[(p + "sip_datagrams_dropped_total", ())] == 1
     assert found[(p + "sip_requests_refused_total", ())] == 8

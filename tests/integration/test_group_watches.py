@@ -25,6 +25,7 @@ from sip.uri import SipURI
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.integration.conftest import AdapterFactory, BayeuxListener
 from tests.integration.test_resource_lists import put_list
+from tests.integration.test_useragent import put_rules
 from tests.presence_server import PresenceServer
 from tests.rawsip import new_token
 from tests.sipphone import SipPhone
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 RUN = new_token()[:8]
 PASSWORD = "secret"
-SCENARIOS = ("mixed", "edited", "durable")
+SCENARIOS = ("mixed", "edited", "durable", "xcap")
 MEMBERS = 4
 
 
@@ -59,7 +60,9 @@ def accounts() -> list[AppAccount]:
 
 SETTINGS: dict[str, dict[str, object]] = {
     "notifications": {"min_frequency": 0.0},
-    "sip": {"keepalive": 0.5, "request_timeout": 10.0},
+    # Checks of the lists every 2 s (not 30): what the server does not tell
+    # (a removal, a block or allow written to XCAP) is seen within the tests.
+    "sip": {"keepalive": 0.5, "request_timeout": 10.0, "list_check": 2.0},
 }
 
 
@@ -262,14 +265,69 @@ def test_a_list_edited_on_the_server_while_watched(
 
     make_list(presence_server, w.uri, service, [kept, added])
     bayeux.wait_for(status(channel, added, "Meeting"), timeout=30)
-    (ended,) = bayeux.wait_for(kind(channel, "subscriptionEnded", dropped), timeout=30)
-    assert ended["data"]["subscriptionEnded"]["reason"] == "Removed"
+    left(bayeux, channel, people, (dropped, "Busy"), (kept, "Meeting"))
 
-    # The member that left is no longer told; the others still are (a barrier).
-    people(Member, dropped).publish("Busy")
-    people(Member, kept).publish("Meeting")
-    bayeux.wait_for(status(channel, kept, "Meeting"), timeout=30)
-    assert not bayeux.matching(status(channel, dropped, "Busy"))
+    # A removal alone: Kamailio sends nothing (tests/data/rls/server-edits-*);
+    # the list check reads the list document and subscribes the list again.
+    make_list(presence_server, w.uri, service, [kept])
+    left(bayeux, channel, people, (added, "Away"), (kept, "Busy"))
+    assert not bayeux.matching(kind(channel, "subscriptionEnded", kept))
+
+
+def left(
+    bayeux: BayeuxListener, channel: str, people: Any, gone: tuple[str, str],
+    kept: tuple[str, str],
+) -> None:
+    """``gone`` hears subscriptionEnded Removed, and then its change (the
+    activity given) is not told while ``kept``'s is (a barrier)."""
+    (ended,) = bayeux.wait_for(kind(channel, "subscriptionEnded", gone[0]), timeout=60)
+    assert ended["data"]["subscriptionEnded"]["reason"] == "Removed"
+    people(Member, gone[0]).publish(gone[1])
+    people(Member, kept[0]).publish(kept[1])
+    bayeux.wait_for(status(channel, *kept), timeout=30)
+    assert not bayeux.matching(status(channel, *gone))
+
+
+def test_a_block_and_an_allow_written_to_xcap_by_the_member_itself(
+    adapter: AdapterProcess, presence_server: PresenceServer, listen: Any, people: Any,
+) -> None:
+    """Not through this adapter: Kamailio tells the list subscriber nothing
+    of either (tests/data/rls/server-edits-*); the list check reads the
+    member's rules, and after the allow refreshes the list."""
+    w = people(Watcher, watcher("xcap"))
+    service = group("xcap")
+    steady, member_ = member("xcap", 0), member("xcap", 1)
+    for uri, activity in ((steady, "Busy"), (member_, "Away")):
+        people(Member, uri).publish(activity)
+        people(Member, uri).allow(w.uri)
+    make_list(presence_server, w.uri, service, [steady, member_])
+    bayeux = listen(adapter)
+    response = w.subscribe(service, "x-sub")
+    assert response.status_code == 204, response.text
+    started = w.start(service, "x-n", checkImmediate=True)
+    assert started.status_code == 201 and started.json()["result"] == [], started.text
+    channel = w.channel("x-n")
+    bayeux.wait_for(status(channel, member_, "Away"), timeout=30)
+
+    write_rules(presence_server, member_, w.uri, "block")
+    for name in ("x-sub", "x-n"):
+        (ended,) = bayeux.wait_for(kind(w.channel(name), "subscriptionEnded", member_),
+                                   timeout=60)
+        assert ended["data"]["subscriptionEnded"]["reason"] == "Blocked"
+
+    write_rules(presence_server, member_, w.uri, "allow")
+    # Back without a restart: its decisions and its state (unchanged, told in full).
+    bayeux.wait_for(kind(w.channel("x-sub"), "notifySubscription", member_), count=2,
+                    timeout=60)
+    bayeux.wait_for(status(channel, member_, "Away"), count=2, timeout=60)
+    people(Member, member_).publish("Meeting")
+    bayeux.wait_for(status(channel, member_, "Meeting"), timeout=30)
+    assert not bayeux.matching(kind(channel, "subscriptionEnded", steady))
+
+
+def write_rules(server: PresenceServer, presentity: str, who: str, handling: str) -> None:
+    """The member's pres-rules written straight to XCAP, by-passing the adapter."""
+    asyncio.run(put_rules(server, SipURI.parse(presentity), SipURI.parse(who), handling))
 
 
 def watched_group(

@@ -23,6 +23,7 @@ import pytest
 
 from pidf import Activity, AttributeType
 from pidf.rlmi import Change, InstanceState, ListState, MemberChange, parse_rlmi
+from sip.aio import RequestFailed, SubscriptionHandle
 from sip.digest import Credentials
 from sip.multipart import parse_multipart
 from sip.subscription import NotifyReceived
@@ -101,12 +102,13 @@ class Watch:
         self.changes: list[MemberChange] = []
         self.notifies: list[NotifyReceived] = []
         self.sid: int | None = None
+        self.handle: SubscriptionHandle | None = None
         self._name = name
         self._seen = 0
 
     async def start(self, watcher: SipURI, service: SipURI) -> None:
         subscription = self.c.subscribe(watcher, service, eventlist=True)
-        self.sid = subscription.id
+        self.sid, self.handle = subscription.id, subscription
         await subscription.accepted
 
     def _drain(self) -> None:
@@ -380,5 +382,87 @@ def test_phones_as_members_busy_then_offline(
 
             await watch.until(offline, "the quitting phone closed")
             assert watch.state.members[str(first)].presence == busy
+
+    run(scenario)
+
+
+def mentions(notifies: list[NotifyReceived], uri: SipURI) -> list[int]:
+    """The positions of the NOTIFYs whose RLMI names ``uri``."""
+    return [n for n, event in enumerate(notifies) if f'uri="{uri}"'.encode() in event.body]
+
+
+async def retried(send: Callable[[], Any], attempts: int = 5) -> None:
+    """A PUBLISH that meets the server's own writes after an XCAP change is
+    refused 500 ("database is locked" on sqlite): sent again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await send()
+            return
+        except RequestFailed:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.2 * attempt)
+
+
+def test_a_removal_a_block_and_an_allow_on_the_server_are_not_told_until_a_refresh(
+    presence_server: PresenceServer,
+) -> None:
+    """What rls tells a list subscriber of edits it does not see coming
+    (tests/data/rls/README.md): a member removed from the list, a member's
+    block and its allow again, each written to XCAP by someone else.  Each
+    step ends on a barrier, a change of a member that stays, which rls sends
+    after whatever it had to send about the step."""
+
+    async def scenario() -> None:
+        watcher, service, (kept, gone, blocker) = list_names(3)
+        async with client(presence_server, "udp") as c:
+            ep = c.endpoint
+            steady = ep.publish(kept, pidf(kept, "kept-0"))
+            await steady.outcome
+            await ep.publish(gone, pidf(gone, f"{gone.user}-here")).outcome
+            blocking = ep.publish(blocker, pidf(blocker, f"{blocker.user}-here"))
+            await blocking.outcome
+            for member in (kept, gone, blocker):
+                await put_rules(presence_server, member, watcher, "allow")
+            await put_list(presence_server, watcher, service, [kept, gone, blocker])
+            watch = Watch(c, "server-edits")
+            await watch.start(watcher, service)
+            for member in (kept, gone, blocker):
+                await watch.until(active_with(member, "-"), f"{member.user} active")
+
+            async def barrier(n: int) -> int:
+                await retried(lambda: steady.modify(pidf(kept, f"kept-{n}")))
+                await watch.until(active_with(kept, f"kept-{n}"), f"barrier {n}")
+                return len(watch.notifies)
+
+            # A pure removal (rls_update_subs ends rls's own subscription to
+            # the member): no NOTIFY names it, no full state comes.
+            before = len(watch.notifies)
+            await put_list(presence_server, watcher, service, [kept, blocker])
+            after = await barrier(1)
+            assert mentions(watch.notifies[before:after], gone) == []
+            assert all(b'fullState="false"' in n.body for n in watch.notifies[before:after])
+
+            # A block written to XCAP: rls gets a body-less terminated NOTIFY
+            # and sends nothing; the member's later changes do not come.
+            await put_rules(presence_server, blocker, watcher, "block")
+            await retried(lambda: blocking.modify(pidf(blocker, "after-block")))
+            before, after = after, await barrier(2)
+            assert mentions(watch.notifies[before:after], blocker) == []
+
+            # Allowed again: still nothing until the list is refreshed.
+            await put_rules(presence_server, blocker, watcher, "allow")
+            before, after = after, await barrier(3)
+            assert mentions(watch.notifies[before:after], blocker) == []
+            assert watch.handle is not None
+            watch.handle.refresh()
+            await watch.until(active_with(blocker, "after-block"), "the allowed member back")
+            # The removed member stays out; a new subscription's full state
+            # shows the list as it is.
+            assert mentions(watch.notifies[after:], gone) == []
+            fresh = Watch(c, "server-edits-fresh")
+            await fresh.start(watcher, service)
+            await fresh.until(lambda s: s.complete, "the full state of a new subscription")
+            assert set(fresh.state.members) == {str(kept), str(blocker)}
 
     run(scenario)
