@@ -332,7 +332,11 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     # A REST call that must store waits no longer for the store than for the
     # presence server.
-    store = store or open_store(config.store, write_timeout=config.sip.request_timeout)
+    store = store or open_store(
+        config.store,
+        write_timeout=config.sip.request_timeout,
+        node=config.cluster.node if config.cluster is not None else None,
+    )
     journal = BacklogJournal(store)
     limits = BayeuxLimits(**config.bayeux)
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)

@@ -33,11 +33,13 @@ store must keep whatever the services hand it.
 
 The schema's version is the ``meta`` table's ``schema`` row (adapter.store.schema).
 
-One adapter at a time: the store holds a session-level advisory lock for as
-long as it is open, and an adapter that cannot take it within
-:data:`OWNER_WAIT` refuses to start.  Two adapters on one store would both
-re-publish and re-subscribe everything, and hand out the same backlog
-numbers; several nodes sharing a store need the cluster's leases first.  The
+One adapter at a time, or the nodes of one cluster: the store holds a
+session-level advisory lock for as long as it is open — exclusive for a
+single adapter, shared for a node of a cluster (``node``) — and an adapter
+that cannot take it within :data:`OWNER_WAIT` refuses to start.  Two single
+adapters on one store would both re-publish and re-subscribe everything; the
+nodes of a cluster share the work through leases (adapter.cluster.leases),
+which a single adapter knows nothing of, so the two kinds never mix.  The
 wait covers an adapter restarted at once after ``kill -9``: the server
 notices the dead process's connection close and lets go of its lock.
 """
@@ -65,7 +67,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 logger = logging.getLogger(__name__)
 
 #: The schema this adapter writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
 #: Seconds a write waits for a connection (the server unreachable) before it
@@ -74,6 +76,9 @@ CONNECT_TIMEOUT = 10
 WRITE_TIMEOUT = 10.0
 #: The advisory lock an open store holds ("pres").
 OWNER_LOCK = 0x70726573
+#: Held while a store's tables are checked, made or migrated: the nodes of a
+#: cluster, which share OWNER_LOCK, may start together on a new database.
+SCHEMA_LOCK = OWNER_LOCK + 1
 #: Seconds to wait for it (libpq's lock_timeout syntax).
 OWNER_WAIT = "5s"
 
@@ -86,8 +91,21 @@ _TABLES = (
     " data text NOT NULL, expires_at double precision NOT NULL)",
 )
 
+#: The cluster's tables (adapter.cluster): the nodes and their heartbeats, and
+#: one lease per piece of SIP work (a record of kind publication or watch).
+_CLUSTER_TABLES = (
+    "CREATE TABLE nodes ("
+    " name text PRIMARY KEY, http text NOT NULL, sip text NOT NULL,"
+    " last_seen timestamptz NOT NULL)",
+    "CREATE TABLE leases ("
+    " kind text NOT NULL, key text NOT NULL, owner text NOT NULL, token bigint NOT NULL,"
+    " expires timestamptz NOT NULL, PRIMARY KEY (kind, key))",
+    "CREATE INDEX leases_owner ON leases (owner)",
+    "CREATE INDEX leases_expires ON leases (expires)",
+)
+
 #: Version -> the statements that bring a store of that version to the next.
-MIGRATIONS: schema.Migrations = {}
+MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES}
 
 #: The snapshot's key for the backlog (not a kind of record).
 _BACKLOG = "backlog"
@@ -121,8 +139,12 @@ class PostgresStore:
     """A store in a PostgreSQL database: the tables are created in the
     connection's current schema (``search_path``) when the database has none."""
 
-    def __init__(self, url: str, *, write_timeout: float | None = None) -> None:
+    def __init__(
+        self, url: str, *, write_timeout: float | None = None, node: str | None = None
+    ) -> None:
         self.url = url
+        #: This adapter's name as a node of a cluster; None: a single adapter.
+        self.node = node
         self.write_timeout = WRITE_TIMEOUT if write_timeout is None else write_timeout
         #: How messages name the store (no password).
         self.where = describe(url)
@@ -173,15 +195,18 @@ class PostgresStore:
     def _prepare(self, db: psycopg.Connection[Any]) -> int:
         try:
             db.execute(f"SET lock_timeout = '{OWNER_WAIT}'")
+            lock = "pg_advisory_lock" if self.node is None else "pg_advisory_lock_shared"
             try:
-                db.execute("SELECT pg_advisory_lock(%s)", (OWNER_LOCK,))
+                db.execute(f"SELECT {lock}(%s)", (OWNER_LOCK,))
             except psycopg.errors.LockNotAvailable:
                 raise StoreError(
-                    f"{self.where}: another adapter is using this store "
-                    "(one adapter per store until clusters are supported)"
+                    f"{self.where}: another adapter is using this store"
+                    + (" as a single adapter (not a node of a cluster)" if self.node else
+                       " (one adapter per store, or the nodes of a cluster, each with [cluster])")
                 ) from None
             db.execute("RESET lock_timeout")
             with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 found = self._version(db)
                 if found != SCHEMA_VERSION:
                     if found:
@@ -191,7 +216,7 @@ class PostgresStore:
                             self.where, found, SCHEMA_VERSION,
                         )
                     else:
-                        statements = list(_TABLES)
+                        statements = [*_TABLES, *_CLUSTER_TABLES]
                     for sql in statements:
                         db.execute(sql)
                     db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))

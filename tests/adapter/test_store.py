@@ -868,18 +868,52 @@ def test_a_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
 def test_a_second_adapter_on_one_store_is_refused_with_one_line(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two adapters would both re-publish everything and hand out the same
-    # backlog numbers: until clusters are supported, one at a time.
+    # Two single adapters would both re-publish everything: one at a time,
+    # or the nodes of a cluster (which share the work through leases).
     monkeypatch.setattr("adapter.store.postgres.OWNER_WAIT", "200ms")
     first = PostgresStore(postgres_url)
     with pytest.raises(StoreError) as info:
         PostgresStore(postgres_url)
     assert str(info.value) == (
         f"{describe(postgres_url)}: another adapter is using this store "
-        "(one adapter per store until clusters are supported)"
+        "(one adapter per store, or the nodes of a cluster, each with [cluster])"
+    )
+    with pytest.raises(StoreError) as info:
+        PostgresStore(postgres_url, node="a")
+    assert str(info.value) == (
+        f"{describe(postgres_url)}: another adapter is using this store "
+        "as a single adapter (not a node of a cluster)"
     )
     asyncio.run(first.close())
     asyncio.run(PostgresStore(postgres_url).close())  # free again once the first closed
+
+
+def test_the_nodes_of_a_cluster_share_a_store_and_keep_a_single_adapter_out(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapter.store.postgres.OWNER_WAIT", "200ms")
+    a, b = PostgresStore(postgres_url, node="a"), PostgresStore(postgres_url, node="b")
+    with pytest.raises(StoreError) as info:
+        PostgresStore(postgres_url)
+    assert "another adapter is using this store (one adapter per store" in str(info.value)
+    asyncio.run(a.close())
+    asyncio.run(b.close())
+
+
+def test_nodes_starting_together_on_a_new_database_make_one_store(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def attempt(name: str) -> PostgresStore:
+        return PostgresStore(postgres_url, node=name)
+
+    async def scenario() -> None:
+        stores = await asyncio.gather(*(asyncio.to_thread(attempt, n) for n in "abcd"))
+        for store in stores:
+            await store.close()
+
+    run(scenario)
+    backend = PostgresBackend(postgres_url)
+    assert backend.version() == postgres_store.SCHEMA_VERSION
 
 
 def test_adapters_starting_together_on_a_new_database_make_one_store(
@@ -904,7 +938,7 @@ def test_adapters_starting_together_on_a_new_database_make_one_store(
     run(scenario)
     backend = PostgresBackend(postgres_url)
     assert backend.version() == postgres_store.SCHEMA_VERSION
-    assert sorted(backend.tables()) == ["backlog", "meta", "records"]
+    assert sorted(backend.tables()) == ["backlog", "leases", "meta", "nodes", "records"]
     assert backend.rows("SELECT key FROM records") == [("w",)]
 
 
