@@ -22,7 +22,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adapter.store.interface import KINDS, BacklogRow, Store, StoreError
+from adapter.store.interface import (
+    KINDS,
+    BacklogRow,
+    StaleLease,
+    Store,
+    StoreError,
+    StoreUnreachable,
+    retrieved,
+)
 from adapter.store.memory import MemoryStore
 from adapter.store.sqlite import SqliteStore
 
@@ -34,9 +42,12 @@ __all__ = [
     "BacklogRow",
     "MemoryStore",
     "SqliteStore",
+    "StaleLease",
     "Store",
     "StoreError",
+    "StoreUnreachable",
     "open_store",
+    "retrieved",
 ]
 
 

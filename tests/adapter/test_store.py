@@ -21,7 +21,7 @@ import pytest
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
 from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
-from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
+from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError, StoreUnreachable
 from adapter.store import postgres as postgres_store
 from adapter.store import sqlite as sqlite_store
 from adapter.store.postgres import PostgresStore, describe
@@ -976,7 +976,7 @@ def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
                 await asyncio.sleep(0)
             queued = store.put("watch", "b", {})
             both = asyncio.gather(waiting, queued, return_exceptions=True)
-            assert [type(e) for e in await asyncio.wait_for(both, 30)] == [StoreError] * 2
+            assert [type(e) for e in await asyncio.wait_for(both, 30)] == [StoreUnreachable] * 2
             assert store.failures == failures + 1
             cluster.resume()
             # The pool reconnects on its own: no restart of the adapter.
@@ -986,7 +986,38 @@ def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
 
         run(scenario)
         rows = PostgresBackend(url).rows("SELECT key FROM records ORDER BY key")
-    assert rows == [("after",), ("before",)]
+    # What failed while the server was down was kept and written once it was back.
+    assert rows == [("a",), ("after",), ("b",), ("before",), ("during",)]
+
+
+def test_writes_kept_while_the_server_is_down_are_written_in_order_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("adapter.store.postgres.WRITE_TIMEOUT", 0.5)
+    with PostgresCluster(settings=TEST_SETTINGS) as cluster:
+        url = cluster.url(cluster.create_database())
+
+        async def scenario() -> None:
+            store = PostgresStore(url)
+            await store.put("watch", "w", {"n": 0})
+            cluster.halt()
+            # Background writes nobody waits for (an entity tag, a backlog
+            # message), and a caller that takes its write back after the error.
+            store.put("watch", "w", {"n": 1})
+            store.backlog_add("app", "/bayeux/app", {"m": 1}, 2e9)
+            taken_back = store.put("watch", "x", {})
+            with pytest.raises(StoreError):
+                await asyncio.wait_for(taken_back, 30)
+            store.delete("watch", "x")
+            store.put("watch", "w", {"n": 2})
+            cluster.resume()
+            await eventually_async(store.probe)
+            await store.close()
+
+        run(scenario)
+        backend = PostgresBackend(url)
+        assert backend.rows("SELECT key, value FROM records ORDER BY key") == [("w", '{"n":2}')]
+        assert len(backend.rows("SELECT * FROM backlog")) == 1
 
 
 async def eventually_async(write: Callable[[], Awaitable[None]], timeout: float = 30) -> None:
