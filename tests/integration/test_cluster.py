@@ -8,6 +8,7 @@ other; a PostgreSQL restart costs 503s while it is down and loses nothing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from pidf import Activity, decode
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.cluster_nodes import ClusterNodes
+from tests.integration.test_durability import publications, winfo_watchers
 from tests.polling import eventually
 from tests.postgres_server import PostgresCluster
 from tests.presence_server import PresenceServer
@@ -189,17 +191,34 @@ def test_a_killed_node_s_work_is_taken_over(
     phone.wait_buddy(people.alice, lambda s: s["sub_state"] == "ACTIVE" and s["activity"] == "busy")
     eventually(lambda: activity_seen(b, people, "Busy"), what="bob sees Busy")
     assert set(owners(cluster).values()) == {"a"}
+    server = cluster.presence
+    assert server is not None
+    (etag,) = publications(server, people.alice)
+    assert [w for w, _ in winfo_watchers(server, people.alice)].count(people.bob) == 1
 
     mark = phone.mark()
     a.kill()
+    killed = time.monotonic()
     # Within about two lease periods node b holds everything node a did ...
     eventually(lambda: set(owners(cluster).values()) == {"b"}, timeout=30,
                what="node b owning node a's work")
+    taken = time.monotonic()
     # ... re-published alice's publication (the phone hears it again) ...
     phone.wait_for(lambda e: e["event"] == "notify" and e["buddy"] == people.alice
                    and e["state"].startswith("active"), since=mark, timeout=30)
     # ... and subscribed bob again: his Get User Presence answers at node b.
     eventually(lambda: activity_seen(b, people, "Busy"), timeout=30, what="bob's watch back")
+    # The server holds one publication of alice's still: node a's, refreshed
+    # by node b with its stored entity tag (the tag changed: it was modified).
+    (after,) = publications(server, people.alice)
+    assert after != etag
+    # Node a's dialog for bob is left on the server beside node b's; the
+    # NOTIFY the re-publication sent it went unanswered, and the server
+    # dropped it (it would otherwise last until its Expires).
+    eventually(lambda: [w for w, _ in winfo_watchers(server, people.alice)].count(people.bob) == 1,
+               timeout=60, interval=1, what="node a's dialog gone from the server")
+    print(f"takeover {taken - killed:.1f} s after kill -9; node a's dialog gone "
+          f"{time.monotonic() - killed:.1f} s after it")
     # Node b modifies the very publication node a made (its stored entity
     # tag): the phone sees one state, the new one, not two aggregated.
     mark = phone.mark()
