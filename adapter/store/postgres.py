@@ -226,6 +226,7 @@ class PostgresStore:
         self.on_stale: Callable[[str, str], None] = lambda kind, key: None
         #: Reads (and the cluster's statements) while serving, beside the writer.
         self._reads: AsyncConnectionPool | None = None
+        self._reads_opening = asyncio.Lock()
         self.failures = 0
         #: Seconds from the first statement of a commit to its COMMIT (for /metrics).
         self.commit_seconds = Histogram(STORE_BUCKETS)
@@ -362,18 +363,9 @@ class PostgresStore:
         """Run one statement on a connection of its own (autocommit), beside the
         writer; its rows.  Raises StoreError when the server cannot be reached
         within the write timeout or refuses it."""
-        if self._reads is None:
-            self._reads = AsyncConnectionPool(
-                self.url,
-                kwargs={"autocommit": True, **self._options},
-                min_size=1,
-                max_size=2,
-                open=False,
-                check=AsyncConnectionPool.check_connection,
-                timeout=self.write_timeout,
-                name="presence-adapter-reads",
-            )
-            await self._reads.open(wait=False)
+        async with self._reads_opening:  # one pool, whoever asks first
+            if self._reads is None:
+                self._reads = await self._open_pool("presence-adapter-reads", 2)
         try:
             async with self._reads.connection() as connection:
                 cursor = await connection.execute(sql, args)
@@ -442,22 +434,28 @@ class PostgresStore:
                 self._write_all(), name="store-writer"
             )
 
+    async def _open_pool(self, name: str, size: int) -> AsyncConnectionPool:
+        """Autocommit connections, checked before use and replaced when broken; a
+        caller waits at most write_timeout for one."""
+        pool = AsyncConnectionPool(
+            self.url,
+            kwargs={"autocommit": True, **self._options},
+            min_size=1,
+            max_size=size,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.write_timeout,
+            name=name,
+        )
+        await pool.open(wait=False)
+        return pool
+
     async def _write_all(self) -> None:
         """Commit what is queued, a group at a time, until closed."""
         assert self._wake is not None
         # One connection: one writer, so the order of commits is the order of
         # the calls.
-        self._pool = AsyncConnectionPool(
-            self.url,
-            kwargs={"autocommit": True, **self._options},
-            min_size=1,
-            max_size=1,
-            open=False,
-            check=AsyncConnectionPool.check_connection,
-            timeout=self.write_timeout,
-            name="presence-adapter-store",
-        )
-        await self._pool.open(wait=False)
+        self._pool = await self._open_pool("presence-adapter-store", 1)
         while True:
             await self._wake.wait()
             self._wake.clear()
