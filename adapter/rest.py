@@ -381,10 +381,16 @@ async def start_notification(request: Request) -> Response:
         remaining=count or None,
         deadline=now + duration,
     )
+    service: WatcherService = request.state.watcher
+    cluster = _cluster(request)
+    if cluster is not None and (who.account.id, ref.correlator) not in service.machine.schedules:
+        # A correlator is the application's across the nodes: one kept by
+        # another node's watch (of any presentity) is taken.
+        if await cluster.schedule_owner(who.account.id, ref.correlator) is not None:
+            raise DuplicateCorrelator(ref.correlator)
     key = watch_key(who.address, body.presentity)
     if (elsewhere := await routed(request, WATCH, key)) is not None:
         return elsewhere
-    service: WatcherService = request.state.watcher
     not_subscribed = await service.start_notification(
         who.account.id,
         who.address,

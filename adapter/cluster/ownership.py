@@ -13,9 +13,9 @@ about work another node owns.
    subscribed in new dialogs with their schedules.
 
 When a renewal fails (the database unreachable) the leases that are no
-longer valid are let go (LeaseBook.expired), and the first sweep after the
-database is back is skipped, so that every node renews what it still holds
-before any node takes another's.
+longer valid are let go (LeaseBook.expired), and for two lease periods after
+the database is back this node does not sweep, so that every node renews
+what it still holds before any node takes another's.
 
 A REST call names the work it is about (:meth:`Ownership.route`): held here,
 or nobody's (new work: taken here), it is served here; owned by another live
@@ -114,6 +114,7 @@ class Ownership:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renew_failed = False
+        self._sweep_after = float("-inf")
         self._first = True
         self._http = httpx.AsyncClient(timeout=request_timeout + 5)
         #: Set once the first round (renewal, sweep, taking up) is done.
@@ -156,7 +157,7 @@ class Ownership:
                 await self.tick()
             except StoreError as exc:
                 logger.warning("cluster: round failed: %s", exc)
-            if not self.ready.is_set() and not self._renew_failed:
+            if not self.ready.is_set() and not self._renew_failed and not self._first:
                 self.ready.set()
                 if progress is not None:
                     progress.finished = True
@@ -181,10 +182,13 @@ class Ownership:
         for lease in lost:
             self._let_go(lease, "taken by another node")
         if found:
-            await self.adopt(found, claimed=False)
+            await self.adopt(found, own=True)
         if self._renew_failed:
-            # Every node renews what it still holds before any takes another's.
+            # Back after an outage: every node gets two periods to renew what
+            # it still holds before this one takes another's.
             self._renew_failed = False
+            self._sweep_after = began + 2 * self.lease
+        if began < self._sweep_after:
             return
         live = await self.nodes.live()
         names = [node.name for node in live]
@@ -198,35 +202,43 @@ class Ownership:
         new = self.book.took(claimed, began)
         if new:
             logger.info("cluster: taking over %d pieces of work", len(new))
-            await self.adopt(new, claimed=True)
+            await self.adopt(new, own=False, drop_unrecorded=True)
 
     def _args(self, **more: Any) -> Any:
         return {"me": self.me.name, "ttl": 2 * self.lease, **more}
 
     # -- taking work up, letting it go ------------------------------------------
 
-    async def adopt(self, leases: list[LeaseKey], *, claimed: bool) -> None:
+    async def adopt(
+        self, leases: list[LeaseKey], *, own: bool, drop_unrecorded: bool = False
+    ) -> None:
         """Take up the work of ``leases`` (held here now) from its records.
-        ``claimed``: taken from another node (a lease whose record is gone is
-        dropped: that work was over)."""
+        ``own``: this node's before (let go during an outage, or a restart);
+        ``drop_unrecorded``: a lease whose record is gone is dropped (taken
+        from a dead node: that work was over)."""
         waiting: dict[LeaseKey, asyncio.Future[None]] = {}
         loop = asyncio.get_running_loop()
         for lease in leases:
             if lease not in self._adopting:
                 waiting[lease] = self._adopting[lease] = loop.create_future()
         try:
-            await self._adopt(list(waiting), claimed)
+            await self._adopt(list(waiting), own, drop_unrecorded)
         finally:
             for lease, future in waiting.items():
                 del self._adopting[lease]
                 future.set_result(None)
 
-    async def _adopt(self, leases: list[LeaseKey], claimed: bool) -> None:
+    async def _adopt(self, leases: list[LeaseKey], own: bool, drop_unrecorded: bool) -> None:
         if not leases:
             return
+        if own:
+            # This node's own work, let go during an outage: what it wrote
+            # meanwhile (a newer entity tag) is still queued; the records are
+            # read once the store has it all.
+            await self._caught_up()
         records = await self._records(leases)
         for lease in leases:
-            if lease not in records and claimed:
+            if lease not in records and drop_unrecorded:
                 token = self.book.drop(lease)
                 await self.store.query(
                     DROP, self._args(kind=lease[0], key=lease[1], token=token)
@@ -255,6 +267,16 @@ class Ownership:
             recover("publications", publications, publish, pace=self.pace),
             recover("subscriptions", watches, subscribe, pace=self.pace),
         )
+
+    async def _caught_up(self) -> None:
+        """Until a write queued now commits: every write before it has (the store
+        keeps writes that failed for an unreachable server, in order)."""
+        while True:
+            try:
+                await self.store.probe()
+                return
+            except StoreError:
+                await asyncio.sleep(self.lease / 2)
 
     async def _records(self, leases: list[LeaseKey]) -> dict[LeaseKey, Any]:
         out: dict[LeaseKey, Any] = {}
@@ -314,9 +336,10 @@ class Ownership:
         if not taken:
             raise _moving(f"{kind} is changing hands between nodes")  # another was quicker
         if self.book.took([(kind, key, taken[0][0])], began):
-            # New here: a dead node's work is taken up before the call goes
-            # on (new work has no record yet: there is nothing to take up).
-            await self.adopt([lease], claimed=False)
+            # New here: a dead node's work (or this node's own, let go in an
+            # outage) is taken up before the call goes on; new work has no
+            # record yet, and nothing to take up.
+            await self.adopt([lease], own=bool(rows) and rows[0][0] == self.me.name)
         return None
 
     async def route(

@@ -165,6 +165,25 @@ def test_any_node_answers_about_work_done_through_the_other(
     leases = owners(cluster)
     assert leases[("publication", people.alice)] == "a"
     assert leases[watch_lease(people)] == "b"
+    # A notification started through node a is node b's (bob's watch is);
+    # it is ended through either.
+    start = {
+        "presentity": people.alice, "checkImmediate": True,
+        "reference": {"correlator": "n1", "endpoint": "/bayeux/bob-app/n",
+                      "interfaceName": "PresenceNotification"},
+    }
+    with a.client("bob-app") as http:
+        started = http.post("/rest/presence/notification", json=start)
+        assert started.status_code == 201, started.text
+        assert started.headers["Location"] == f"{a.url}/cometd"  # as the caller asked it
+        assert http.post("/rest/presence/notification", json=start).status_code == 409
+        # Unique across the nodes, whatever the presentity (whose watch may be
+        # another node's).
+        other = {**start, "presentity": people.phone}
+        with b.client("bob-app") as on_b:
+            assert on_b.post("/rest/presence/notification", json=other).status_code == 409
+        assert http.delete("/rest/presence/notification/n1").status_code == 204
+        assert http.delete("/rest/presence/notification/n1").status_code == 404
     # Ending the subscription through node a ends node b's watch.
     with a.client("bob-app") as http:
         ended = http.delete("/rest/presence/subscription", params={"presentity": people.alice})
@@ -263,3 +282,30 @@ def test_a_postgresql_restart_costs_503s_and_loses_nothing(
     leases = owners(cluster)
     assert leases[("publication", people.alice)] == "a"
     assert leases[watch_lease(people)] == "b"
+
+
+def test_a_postgresql_outage_longer_than_the_leases_pauses_the_work_and_resumes_it(
+    start_cluster: Callable[..., ClusterNodes], people: People, postgres: PostgresCluster
+) -> None:
+    cluster = start_cluster(settings={"sip": {"request_timeout": 2}})
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    subscribe(b, people)
+    authorize(a, people.bob)
+    eventually(lambda: activity_seen(a, people, "Busy"), what="Busy through node a")
+    server = cluster.presence
+    assert server is not None
+    postgres.halt()
+    try:
+        # Its leases may have expired: node b no longer acts on bob's watch,
+        # and cannot ask who does.
+        eventually(lambda: user_presence(b, people).status_code == 503, timeout=30,
+                   what="node b letting bob's watch go")
+    finally:
+        postgres.resume()
+    # Back: the work is taken up again, each piece by one node.
+    eventually(lambda: activity_seen(a, people, "Busy"), timeout=30, what="bob's watch back")
+    assert sorted(owners(cluster)) == sorted([("publication", people.alice), watch_lease(people)])
+    eventually(lambda: publish(b, "Meal").status_code == 204, timeout=30, what="Publish again")
+    eventually(lambda: activity_seen(b, people, "Meal"), what="Meal through node b")
+    assert len(publications(server, people.alice)) == 1
