@@ -13,8 +13,9 @@ about work another node owns.
    subscribed in new dialogs with their schedules.
 
 When a renewal fails (the database unreachable) the leases that are no
-longer valid are let go (LeaseBook.expired), and for two lease periods after
-the database is back this node does not sweep, so that every node renews
+longer valid are let go (LeaseBook.expired), and for two lease periods (at
+least :data:`QUIET_AFTER_OUTAGE`) after the database is back this node takes
+no other node's work, by sweep or by request, so that every node renews
 what it still holds before any node takes another's.
 
 A REST call names the work it is about (:meth:`Ownership.route`): held here,
@@ -66,6 +67,10 @@ logger = logging.getLogger(__name__)
 #: The header marking a REST call one node passed to another (its value: the
 #: node that passed it).
 FORWARDED = "X-Presence-Forwarded-By"
+#: Seconds at least, after an outage of the store, before a node takes another
+#: node's expired work (two lease periods when longer): the others' pools
+#: reconnect with back-off, and must first renew what they hold.
+QUIET_AFTER_OUTAGE = 10.0
 #: Leases claimed by one sweep at most (the rest at the next).
 SWEEP_LIMIT = 2000
 #: Seconds a client is told to wait while the work it names changes owner.
@@ -187,8 +192,8 @@ class Ownership:
             # Back after an outage: every node gets two periods to renew what
             # it still holds before this one takes another's.
             self._renew_failed = False
-            self._sweep_after = began + 2 * self.lease
-        if began < self._sweep_after:
+            self._sweep_after = began + max(2 * self.lease, QUIET_AFTER_OUTAGE)
+        if self._quiet(began):
             return
         live = await self.nodes.live()
         names = [node.name for node in live]
@@ -203,6 +208,11 @@ class Ownership:
         if new:
             logger.info("cluster: taking over %d pieces of work", len(new))
             await self.adopt(new, own=False, drop_unrecorded=True)
+
+    def _quiet(self, now: float) -> bool:
+        """Whether this node leaves others' expired work alone now (just back
+        from an outage of the store: see the module docstring)."""
+        return self._renew_failed or now < self._sweep_after
 
     def _args(self, **more: Any) -> Any:
         return {"me": self.me.name, "ttl": 2 * self.lease, **more}
@@ -325,11 +335,15 @@ class Ownership:
             return None
         began = self._now()
         rows = await self.store.query(OWNER, self._args(kind=kind, key=key))
-        if rows and rows[0][0] != self.me.name and not rows[0][1]:
-            node = await self.nodes.find(rows[0][0])
-            if node is None or forwarded:
+        if rows and rows[0][0] != self.me.name:
+            if rows[0][1] and self._quiet(began):
+                # Expired in an outage: its owner may yet renew it.
                 raise _moving(f"{kind} is changing hands between nodes")
-            return node
+            if not rows[0][1]:
+                node = await self.nodes.find(rows[0][0])
+                if node is None or forwarded:
+                    raise _moving(f"{kind} is changing hands between nodes")
+                return node
         if not rows and not create:
             return None
         taken = await self.store.query(ACQUIRE, self._args(kind=kind, key=key))
