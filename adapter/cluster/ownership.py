@@ -124,6 +124,10 @@ class Ownership:
         self._http = httpx.AsyncClient(timeout=request_timeout + 5)
         #: Set once the first round (renewal, sweep, taking up) is done.
         self.ready = asyncio.Event()
+        #: For /metrics: work taken from other nodes, work let go, calls passed on.
+        self.taken_over = 0
+        self.let_go = 0
+        self.forwarded = 0
         store.fence = self._token
         store.on_stale = lambda kind, key: self.release((kind, key))
 
@@ -205,6 +209,7 @@ class Ownership:
             self._first = False
             claimed += await self.store.query(UNLEASED, self._args())
         new = self.book.took(claimed, began)
+        self.taken_over += len(new)
         if new:
             logger.info("cluster: taking over %d pieces of work", len(new))
             await self.adopt(new, own=False, drop_unrecorded=True)
@@ -305,7 +310,15 @@ class Ownership:
         if self.book.drop(lease) is not None:
             self._let_go(lease, "another node's now")
 
+    def held(self) -> dict[str, int]:
+        """How many leases this node holds, by kind."""
+        counts: dict[str, int] = {}
+        for kind, _ in self.book.keys():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def _let_go(self, lease: LeaseKey, why: str) -> None:
+        self.let_go += 1
         kind, key = lease
         logger.warning("cluster: letting %s %s go (%s)", kind, key, why)
         if kind == PUBLICATION:
@@ -349,6 +362,8 @@ class Ownership:
         taken = await self.store.query(ACQUIRE, self._args(kind=kind, key=key))
         if not taken:
             raise _moving(f"{kind} is changing hands between nodes")  # another was quicker
+        if rows and rows[0][0] != self.me.name:
+            self.taken_over += 1
         if self.book.took([(kind, key, taken[0][0])], began):
             # New here: a dead node's work (or this node's own, let go in an
             # outage) is taken up before the call goes on; new work has no
@@ -367,6 +382,7 @@ class Ownership:
         return await self.forward(request, node)
 
     async def forward(self, request: Request, node: Node) -> Response:
+        self.forwarded += 1
         headers = [(k, v) for k, v in request.headers.items() if k not in _NOT_PASSED]
         headers.append((FORWARDED, self.me.name))
         # The path and query as they came, byte for byte: a SIP URI in the
