@@ -120,6 +120,9 @@ class Ownership:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renew_failed = False
         self._sweep_after = float("-inf")
+        #: Adoptions under way (beside the loop), and the wait for the first ones.
+        self._adoptions: set[asyncio.Task[None]] = set()
+        self._recovering: asyncio.Future[None] | None = None
         self._first = True
         self._http = httpx.AsyncClient(timeout=request_timeout + 5)
         #: Set once the first round (renewal, sweep, taking up) is done.
@@ -150,9 +153,12 @@ class Ownership:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for task in list(self._tasks):
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._adoptions]
+        if self._recovering is not None:
+            tasks.append(self._recovering)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self.store.query(GIVE_UP, {"me": self.me.name})
             await self.nodes.leave()
@@ -166,13 +172,21 @@ class Ownership:
                 await self.tick()
             except StoreError as exc:
                 logger.warning("cluster: round failed: %s", exc)
-            if not self.ready.is_set() and not self._renew_failed and not self._first:
-                self.ready.set()
-                if progress is not None:
-                    progress.finished = True
-                    logger.info("recovery finished (node %s holds %d leases)",
-                                self.me.name, len(self.book))
+            if self._recovering is None and not self._renew_failed and not self._first:
+                # The first round is done: ready once what it took is taken up.
+                self._recovering = asyncio.ensure_future(
+                    self._recovered(list(self._adoptions), progress)
+                )
             await asyncio.sleep(self.lease / 2)
+
+    async def _recovered(
+        self, adoptions: list[asyncio.Task[None]], progress: RecoveryProgress | None
+    ) -> None:
+        await asyncio.gather(*adoptions, return_exceptions=True)
+        self.ready.set()
+        if progress is not None:
+            progress.finished = True
+        logger.info("recovery finished (node %s holds %d leases)", self.me.name, len(self.book))
 
     async def tick(self) -> None:
         """One round: heartbeat, renewal, sweep (see the module docstring)."""
@@ -191,7 +205,7 @@ class Ownership:
         for lease in lost:
             self._let_go(lease, "taken by another node")
         if found:
-            await self.adopt(found, own=True)
+            self._take_up(found, own=True)
         if self._renew_failed:
             # Back after an outage: every node gets two periods to renew what
             # it still holds before this one takes another's.
@@ -212,7 +226,19 @@ class Ownership:
         self.taken_over += len(new)
         if new:
             logger.info("cluster: taking over %d pieces of work", len(new))
-            await self.adopt(new, own=False, drop_unrecorded=True)
+            self._take_up(new, own=False, drop_unrecorded=True)
+
+    def _take_up(self, leases: list[LeaseKey], **how: bool) -> None:
+        """Adopt beside the loop: taking thousands up, paced, takes longer than
+        a lease lasts, and the renewals must go on meanwhile."""
+        task = asyncio.ensure_future(self.adopt(leases, **how))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[None]) -> None:
+        self._adoptions.discard(task)
+        if not task.cancelled():
+            task.exception()  # a StoreError: logged by adopt, taken up at the next renewal
 
     def _quiet(self, now: float) -> bool:
         """Whether this node leaves others' expired work alone now (just back
@@ -238,6 +264,13 @@ class Ownership:
                 waiting[lease] = self._adopting[lease] = loop.create_future()
         try:
             await self._adopt(list(waiting), own, drop_unrecorded)
+        except StoreError as exc:
+            # Not taken up: not held either, so that the next renewal finds
+            # them in this node's name and they are taken up then.
+            logger.warning("cluster: %d pieces of work not taken up yet: %s", len(waiting), exc)
+            for lease in waiting:
+                self.book.drop(lease)
+            raise
         finally:
             for lease, future in waiting.items():
                 del self._adopting[lease]
