@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -47,6 +47,9 @@ from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
 from sip.digest import Credentials
 from sip.uri import SipURI
+
+if TYPE_CHECKING:
+    from adapter.cluster.ownership import Ownership
 
 __all__ = ["create_app", "make_app"]
 
@@ -322,6 +325,15 @@ def sip_endpoint(config: Config) -> SipEndpoint:
     return endpoint
 
 
+def cluster_routes(config: Config) -> list[BaseRoute]:
+    """A node's own route: the others tell it of rules changed through them."""
+    if config.cluster is None:
+        return []
+    from adapter.cluster.ownership import RULES_PATH, rules_endpoint
+
+    return [Route(RULES_PATH, rules_endpoint, methods=["POST"])]
+
+
 def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     """The adapter as ``presence-adapter serve`` runs it: the app and its services.
 
@@ -332,7 +344,11 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     # A REST call that must store waits no longer for the store than for the
     # presence server.
-    store = store or open_store(config.store, write_timeout=config.sip.request_timeout)
+    store = store or open_store(
+        config.store,
+        write_timeout=config.sip.request_timeout,
+        node=config.cluster.node if config.cluster is not None else None,
+    )
     journal = BacklogJournal(store)
     limits = BayeuxLimits(**config.bayeux)
     backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
@@ -371,6 +387,21 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             endpoint, xcap, hub, store=store, liveness=liveness, request_timeout=timeout,
             list_check=config.sip.list_check,
         )
+        ownership: Ownership | None = None
+        directory_elsewhere = None
+        if config.cluster is not None:
+            # Imported only by a node of a cluster (psycopg with it).
+            from adapter.cluster.ownership import stored_directory
+            from adapter.store.postgres import PostgresStore
+
+            assert isinstance(store, PostgresStore)  # [cluster] needs [store] url
+            directory_elsewhere = stored_directory(store, watchers)
+
+        def rules_changed(presentity: str) -> None:
+            watchers.rules_changed(presentity)
+            if ownership is not None:
+                ownership.rules_changed(presentity)  # the other nodes' watches too
+
         presentities = PresentityService(
             endpoint,
             xcap,
@@ -378,8 +409,20 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             liveness=liveness,
             request_timeout=timeout,
             directory=watchers.directory,
-            rules_changed=watchers.rules_changed,
+            rules_changed=rules_changed,
+            stored_directory=directory_elsewhere,
         )
+        if config.cluster is not None:
+            from adapter.cluster.nodes import Node
+            from adapter.cluster.ownership import Ownership
+
+            assert isinstance(store, PostgresStore)
+            me = Node(config.cluster.node, f"{config.http.scheme}://{config.http.address}",
+                      str(config.sip.listen))
+            ownership = Ownership(
+                store, me, config.cluster.lease, presentities=presentities,
+                watchers=watchers, request_timeout=timeout,
+            )
         liveness.on_resync(presentities.resync)
         liveness.on_resync(watchers.resync)
         liveness.start()
@@ -390,16 +433,23 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             watchers=watchers,
             store_commits=getattr(store, "commit_seconds", None),
             app_ids=[account.id for account in config.accounts],
+            cluster=ownership,
         )
         # Recovery runs beside the server: requests are answered meanwhile.
         progress = metrics.recovery
-        recovery = asyncio.gather(
-            presentities.restore(progress=progress), watchers.restore(progress=progress)
-        )
+        recovery: asyncio.Future[Any]
+        if ownership is not None:
+            # A node takes up the work its leases give it, not all the store holds.
+            ownership.start(progress)
+            recovery = asyncio.gather(ownership.ready.wait())
+        else:
+            recovery = asyncio.gather(
+                presentities.restore(progress=progress), watchers.restore(progress=progress)
+            )
 
         def recovered(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                return
+            if done.cancelled() or ownership is not None:
+                return  # a node's first round tells (Ownership)
             if done.exception() is not None:
                 # /readyz stays 503: what the store kept is not all back.
                 logger.error("recovery failed: %r", done.exception())
@@ -416,12 +466,15 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
                 "presentity": presentities,
                 "watcher": watchers,
                 "notification_policy": config.notifications,
+                "cluster": ownership,
             }
         finally:
             recovery.cancel()
             await liveness.close()
             await presentities.close()
             await watchers.close()
+            if ownership is not None:
+                await ownership.close()
             hub.close()
             await xcap.close()
             await endpoint.close()
@@ -430,7 +483,10 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     return create_app(
         config,
         sip_probe=endpoint,
-        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes()],
+        routes=[
+            *rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes(),
+            *cluster_routes(config),
+        ],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
         metrics=metrics,

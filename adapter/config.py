@@ -91,6 +91,7 @@ from sip.useragent import server_destination
 __all__ = [
     "Account",
     "BayeuxSettings",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "HostPort",
@@ -388,6 +389,43 @@ class PostgresUrl(_Form):
             reason = " ".join(str(exc).replace(text, _without_password(text)).split())
             return f"{shown} is not a URL libpq reads: {reason}"
         return None
+
+
+class RedisUrl(_Form):
+    """A Redis URL as redis-py reads it: ``redis://[user:password@]host[:port][/db]``,
+    ``rediss://`` (TLS) or ``unix:///path``."""
+
+    def __repr__(self) -> str:
+        return repr(_without_password(self))
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        shown = _show(_without_password(text))
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            return f"{shown} is not a Redis URL"
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            return f"{shown} is not a redis://, rediss:// or unix:// URL"
+        if parts.scheme == "unix" and not parts.path:
+            return f"{shown} names no socket path"
+        if parts.scheme != "unix" and not parts.hostname:
+            return f"{shown} has no host"
+        return None
+
+
+class NodeName(_Form):
+    """A cluster node's name: letters, digits, ``-`` and ``_``, 1 to 32 of them
+    (it names the node in the store's tables and in logs)."""
+
+    _PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        if NodeName._PATTERN.fullmatch(text):
+            return None
+        return f"{_show(text)} must be 1 to 32 letters, digits, - or _"
 
 
 class Origin(_Form):
@@ -799,6 +837,19 @@ class MetricsConfig(_Model, frozen=True, kw_only=True):
         force_setattr(self, "token_env", None)
 
 
+class ClusterConfig(_Model, frozen=True, kw_only=True):
+    """``[cluster]``: this adapter is one node of several sharing a PostgreSQL store
+    (``[store] url``) and a Redis; without the table it is alone."""
+
+    #: Unique per node: it owns SIP work under this name (adapter.cluster).
+    node: NodeName
+    #: The Redis carrying messages between the nodes.
+    redis: RedisUrl
+    #: Seconds between a node's heartbeats and lease renewals; a node silent for
+    #: two of them is dead and its work is taken over.
+    lease: Positive = 10.0
+
+
 class BayeuxSettings(TypedDict, total=False):
     """``[bayeux]``: the Bayeux server's limits, each optional.
 
@@ -840,6 +891,8 @@ class Config(_Model, frozen=True, kw_only=True):
     log: LogConfig = field(default_factory=LogConfig)
     #: Optional ``[metrics]`` table.
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: Optional ``[cluster]`` table; None: a single adapter.
+    cluster: ClusterConfig | None = None
     #: The file the configuration was read from, as given (used in messages).
     source: str = ""
     #: Key paths present in the file that this version does not know.
@@ -856,6 +909,10 @@ class Config(_Model, frozen=True, kw_only=True):
                     f"{_show(account.id)} duplicates accounts[{first_index[account.id]}].id",
                 )
             first_index[account.id] = index
+        if self.cluster is not None and self.store.url is None:
+            raise _Problem(
+                "cluster", "needs store.url: the nodes of a cluster share a PostgreSQL store"
+            )
         if _overlap(self.http.address, self.sip.listen):
             raise _Problem(
                 "sip.listen", f"{self.sip.listen} is also http.host/http.port (both use TCP)"

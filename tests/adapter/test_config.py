@@ -959,3 +959,40 @@ def test_any_value_for_any_key_loads_or_is_one_line_naming_a_key(write, key, val
         line = str(exc)
         assert "\n" not in line and "Expected `" not in line and "- at `$" not in line, line
         assert exc.key is not None and re.sub(r"\[\d+\]", "", exc.key) in keys, line
+
+
+POSTGRES_STORE = '[store]\nurl = "postgresql://adapter@127.0.0.1:5432/adapter"\n'
+CLUSTER = '\n[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\n'
+
+
+def test_a_cluster_node_has_a_name_a_redis_and_a_lease(write) -> None:
+    text = edited('[store]\npath = "var/adapter.sqlite"\n', POSTGRES_STORE) + CLUSTER
+    config = load_config(write(text))
+    assert config.cluster is not None
+    assert (config.cluster.node, config.cluster.redis, config.cluster.lease) == (
+        "a", "redis://127.0.0.1:6379/0", 10.0)
+    assert load_config(write(VALID)).cluster is None
+
+
+@pytest.mark.parametrize(
+    ("cluster", "line"),
+    [
+        (CLUSTER, "cluster: needs store.url: the nodes of a cluster share a PostgreSQL store"),
+        ('\n[cluster]\nredis = "redis://h"\n', "cluster.node: missing (required)"),
+        (CLUSTER.replace('"a"', '"a b"'),
+         'cluster.node: "a b" must be 1 to 32 letters, digits, - or _'),
+        (CLUSTER.replace('"a"', '"' + "n" * 33 + '"'),
+         f'cluster.node: "{"n" * 33}" must be 1 to 32 letters, digits, - or _'),
+        (CLUSTER.replace("redis://127.0.0.1:6379/0", "http://h"),
+         'cluster.redis: "http://h" is not a redis://, rediss:// or unix:// URL'),
+        (CLUSTER.replace("redis://127.0.0.1:6379/0", "redis://:pw@"),
+         'cluster.redis: "redis://:***@" has no host'),
+        (CLUSTER + "lease = 0\n", "cluster.lease: must be positive"),
+    ],
+)
+def test_a_bad_cluster_table_is_one_line(write, cluster: str, line: str) -> None:
+    store = "" if "store.url" in line else POSTGRES_STORE
+    text = VALID + cluster
+    if store:
+        text = edited('[store]\npath = "var/adapter.sqlite"\n', store) + cluster
+    assert error_line(write(text)) == line

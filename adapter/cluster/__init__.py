@@ -1,0 +1,13 @@
+"""Several adapters as one: nodes sharing a PostgreSQL store and a Redis (``[cluster]``).
+
+* :mod:`adapter.cluster.nodes` — the node registry: each node's heartbeat,
+  its HTTP and SIP addresses, who is alive;
+* :mod:`adapter.cluster.leases` — one owner for each piece of SIP work (a
+  publication, a watch): leases with expiry and fencing tokens;
+* :mod:`adapter.cluster.ownership` — a node's side of it: renewing, taking
+  over a dead node's work, letting go of work lost, and serving a REST call
+  about work another node owns by passing it to that node;
+* :mod:`adapter.cluster.bus` — notifications between the nodes, over Redis.
+
+docs/architecture.md ("Cluster") tells the design.
+"""
