@@ -16,7 +16,7 @@ from typing import Any
 
 from msgspec import Struct
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
@@ -125,11 +125,30 @@ class Publish:
         who = accounts.caller(authorization, named)
         if scope["query_string"]:
             refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
-        body = decode(PUBLISH, await Request(scope, receive).body())
+        body = decode(PUBLISH, await read_body(receive))
         service: PresentityService = state["presentity"]
         await service.publish(who.address, in_order(attributes_from_items(body.presence)))
         await send(NO_CONTENT)
         await send(NO_BODY)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The request's body, as Starlette's ``Request.body`` reads it, without the
+    Request: most bodies come in one message."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
