@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+
 ADDRESSES = 1000
 CONCURRENCY = 32
 ACCOUNT, PASSWORD = "bench-app", "bench-secret"
@@ -211,20 +213,12 @@ async def _drive(app: Any, requests: int, profile: str | None) -> float:
 
 def child(tree: Path, requests: int) -> float:
     """One run in a child process, from the source tree ``tree``."""
-    code = (
-        "import sys, json; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-        "from bench_rest_publish_cost import measure;"
-        "print(json.dumps(measure(int(sys.argv[3]), None)))"
-    )
-    # This file is imported from a folder of its own under another name, so
-    # the tree under test supplies only the adapter and its packages.
-    with tempfile.TemporaryDirectory() as shim:
-        (Path(shim) / "bench_rest_publish_cost.py").write_text(Path(__file__).read_text())
-        out = subprocess.run(
-            [sys.executable, "-c", code, shim, str(tree), str(requests)],
-            check=True, capture_output=True, text=True, cwd=shim,
-        ).stdout
-    return float(json.loads(out.splitlines()[-1]))
+    # Imported here: the child imports this file alone, without its folder.
+    sys.path.insert(0, str(BENCH))
+    from trees import run_from_tree
+
+    call = "json.dumps(bench.measure(int(sys.argv[3]), None))"
+    return float(json.loads(run_from_tree(Path(__file__), tree, call, str(requests))))
 
 
 def main() -> int:
