@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -196,8 +198,87 @@ async def bounded(
     # Python 3.11): one task fewer on the hot path.  The handles' outcome
     # futures exist from the call that sent the request, so no answer can
     # come before they do.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
+    wait = None if task is None else _Deadlines.of(loop).add(task, timeout)
+    if wait is None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await outcome
+        except TimeoutError:
+            raise RequestTimedOut(what, None, f"no answer within {timeout:g} s") from None
+    assert task is not None
     try:
-        async with asyncio.timeout(timeout):
-            return await outcome
-    except TimeoutError:
-        raise RequestTimedOut(what, None, f"no answer within {timeout:g} s") from None
+        return await outcome
+    except asyncio.CancelledError:
+        # Ours (as asyncio.timeout tells): the cancellation the deadline
+        # asked for, and no other one pending.
+        if wait.expired and task.uncancel() <= wait.cancelling:
+            raise RequestTimedOut(what, None, f"no answer within {timeout:g} s") from None
+        raise
+    finally:
+        wait.task = None
+
+
+class _Wait:
+    __slots__ = ("cancelling", "deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
+        self.task: asyncio.Task[object] | None = task  # None once it is over
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+
+class _Deadlines:
+    """The bounded waits of one event loop in the order of their deadlines, and
+    one timer for all of them.
+
+    The waits of REST calls share one timeout (``[sip] request_timeout``), so a
+    new one ends after every one before it: filing it is an append, with no
+    timer armed and cancelled per call (asyncio.timeout's cost).  A wait that
+    would end before one already filed is not taken (``add`` returns None).
+    """
+
+    __slots__ = ("__weakref__", "_handle", "_loop", "_waits")
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waits: deque[_Wait] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+        deadlines = cls._of_loop.get(loop)
+        if deadlines is None:
+            deadlines = cls._of_loop[loop] = cls(loop)
+        return deadlines
+
+    def add(self, task: asyncio.Task[object], timeout: float) -> _Wait | None:
+        deadline = self._loop.time() + timeout
+        waits = self._waits
+        while waits and waits[0].task is None:
+            waits.popleft()  # over already (most end long before their deadline)
+        if waits and waits[-1].deadline > deadline:
+            return None
+        wait = _Wait(task, deadline)
+        waits.append(wait)
+        if self._handle is None:
+            self._handle = self._loop.call_at(deadline, self._expire)
+        return wait
+
+    def _expire(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        waits = self._waits
+        while waits and (waits[0].deadline <= now or waits[0].task is None):
+            wait = waits.popleft()
+            if wait.task is not None:
+                wait.expired = True
+                wait.task.cancel()
+        if waits:
+            self._handle = self._loop.call_at(waits[0].deadline, self._expire)

@@ -252,9 +252,14 @@ class PresentityService:
         # right after the answer would otherwise come back with the previous
         # tag (or none), and publish afresh beside the server's publication
         # (RFC 3903 §4.4: only its entity tag modifies it).
-        if entry.etag_saved is not None:
+        saved = entry.etag_saved
+        if saved is None:
+            return
+        if saved.done():  # usually: the write was queued before this call woke
+            saved.result()  # its StoreError, if it failed
+        else:
             # Shielded: a caller that gives up must not cancel the write.
-            await asyncio.shield(entry.etag_saved)
+            await asyncio.shield(saved)
 
     async def resync(self, why: str, pace: RecoveryPace = RecoveryPace()) -> None:
         """The server came back or restarted: refresh every publication now."""

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from adapter import models
 from adapter.auth import Accounts, Caller
@@ -154,16 +154,45 @@ class Publish:
         who = accounts.caller(authorization, named)
         if scope["query_string"]:
             refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
-        request = Request(scope, receive)
-        body = decode(PUBLISH, await request.body())
-        elsewhere = await routed(request, PUBLICATION, who.address)
-        if elsewhere is not None:
-            await elsewhere(scope, receive, send)
-            return
+        raw = await read_body(receive)
+        body = decode(PUBLISH, raw)
+        if state.get("cluster") is not None:
+            elsewhere = await routed(Request(scope, replay(raw)), PUBLICATION, who.address)
+            if elsewhere is not None:
+                await elsewhere(scope, receive, send)
+                return
         service: PresentityService = state["presentity"]
         await service.publish(who.address, in_order(attributes_from_items(body.presence)))
         await send(NO_CONTENT)
         await send(NO_BODY)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The request's body, as Starlette's ``Request.body`` reads it, without the
+    Request: most bodies come in one message."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes) -> Receive:
+    """A receive that gives a body already read, for a call passed to another node."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
 
 SERVER = ("127.0.0.1", 5070)
 LOCAL = ("127.0.0.1", 5080)
@@ -142,20 +143,13 @@ def run(publications: int, rounds: int, profile: bool) -> dict[str, Any]:
 
 
 def child(tree: str, publications: int, rounds: int) -> float:
-    code = (
-        "import sys, json; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-        "from bench_sip_publish_cost import run;"
-        "print(json.dumps(run(int(sys.argv[3]), int(sys.argv[4]), False)))"
-    )
-    # The bench module itself is imported from this file's folder under
-    # another name, so the tree under test supplies only ``sip``.
-    with tempfile.TemporaryDirectory() as shim:
-        (Path(shim) / "bench_sip_publish_cost.py").write_text(Path(__file__).read_text())
-        out = subprocess.run(
-            [sys.executable, "-c", code, shim, tree, str(publications), str(rounds)],
-            check=True, capture_output=True, text=True, cwd=shim,
-        ).stdout
-    return float(json.loads(out.splitlines()[-1])["us"])
+    # Imported here: the child imports this file alone, without its folder.
+    sys.path.insert(0, str(BENCH))
+    from trees import run_from_tree
+
+    call = "json.dumps(bench.run(int(sys.argv[3]), int(sys.argv[4]), False))"
+    out = run_from_tree(Path(__file__), tree, call, str(publications), str(rounds))
+    return float(json.loads(out)["us"])
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 __all__ = [
     "KINDS",
     "BacklogRow",
@@ -22,9 +24,29 @@ __all__ = [
 
 KINDS = ("publication", "watch", "schedule")
 
-# The stored JSON, compact; one encoder for every write (json.dumps with
-# anything but its defaults builds a new encoder per call).
-encode = json.JSONEncoder(separators=(",", ":")).encode
+
+def _plain(value: object) -> object:
+    """A subclass of str, int or float (a configuration's AppId, say) as json
+    writes it: as its base type.  Anything else is no JSON, as for json."""
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_JSON = msgspec.json.Encoder(enc_hook=_plain)
+# The standard library's, for what msgspec refuses: a lone surrogate in a
+# string (UTF-8 cannot carry it; json escapes it).
+_ESCAPING = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def encode(value: Any) -> str:
+    """The stored JSON text of ``value``, compact (msgspec: every Publish
+    writes its record twice, and json is several times slower at it)."""
+    try:
+        return _JSON.encode(value).decode()
+    except UnicodeEncodeError:
+        return _ESCAPING(value)
 
 
 class StoreError(Exception):

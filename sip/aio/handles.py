@@ -6,7 +6,10 @@ anything is sent, with its futures already in place: an answer that arrives in
 the very next turn of the event loop finds them (a waiter filed only once the
 caller awaits would miss it).  The driver routes each event of the user agent to
 its handle by id, once; the handle settles its futures and then hands the event
-to its owner's ``on_event`` callback, if any.
+to its owner's ``on_event`` callback, if any — except a publication's
+confirmation, which its owner sees first: what the owner starts on it (the store
+write of the new entity tag, say) is then queued on the loop ahead of the waiter
+the outcome wakes, which finds it done rather than waiting a turn more for it.
 
 Futures that end in an error are marked retrieved, so that an outcome nobody
 asked for is no "exception was never retrieved" warning; a caller that awaits
@@ -117,12 +120,18 @@ class PublicationHandle:
         if type(event) is PublicationConfirmed:
             self.confirmed = event
             self.failing = False
+            # The outcomes this confirms, taken before the owner sees it: a
+            # modify the owner makes meanwhile waits for its own answer.
+            confirmed: list[tuple[asyncio.Future[PublicationConfirmed], float | None]] = []
             if not sending:
-                for future, _ in self._waiting:
-                    if not future.done():
-                        future.set_result(event)
-                self._waiting.clear()
-        elif type(event) is PublicationFailed:
+                confirmed, self._waiting = self._waiting, []
+            if self._on_event is not None:
+                deliver(self._on_event, event)  # first: see the module docstring
+            for future, _ in confirmed:
+                if not future.done():
+                    future.set_result(event)
+            return
+        if type(event) is PublicationFailed:
             self.failing = True
             error = self._endpoint._publish_failure(event)
             retry_at = event.retry_at

@@ -497,3 +497,45 @@ def test_close_stops_the_probes_when_it_lands_just_as_a_probe_fails() -> None:
         assert sip.probes == stopped_at
 
     run(scenario)
+
+
+def test_bounded_waits_share_deadlines_and_each_gives_up_on_its_own() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[str] = loop.create_future()
+        second: asyncio.Future[str] = loop.create_future()
+        early = asyncio.ensure_future(bounded(first, "PUBLISH", None, 0.05))
+        await asyncio.sleep(0.03)
+        late = asyncio.ensure_future(bounded(second, "PUBLISH", None, 0.05))
+        # A shorter wait than one already filed: timed on its own.
+        short = asyncio.ensure_future(bounded(answer("x", after=10), "SUBSCRIBE", None, 0.01))
+        with pytest.raises(RequestTimedOut):
+            await short
+        with pytest.raises(RequestTimedOut):
+            await early
+        assert not late.done()
+        second.set_result("in time")
+        assert await late == "in time"
+
+    run(scenario)
+
+
+def test_bounded_passes_on_a_cancellation_that_is_not_its_timeout() -> None:
+    async def scenario() -> None:
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(bounded(waiting, "PUBLISH", None, 30.0))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario)
+
+
+def test_a_wait_answered_before_its_deadline_is_not_cancelled_later() -> None:
+    async def scenario() -> None:
+        assert await bounded(answer("ok"), "PUBLISH", None, 0.02) == "ok"
+        await asyncio.sleep(0.05)  # past the deadline: the task goes on unharmed
+        assert await bounded(answer("again"), "PUBLISH", None, 0.02) == "again"
+
+    run(scenario)

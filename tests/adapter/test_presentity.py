@@ -19,7 +19,7 @@ import adapter.presentity
 import adapter.publisher
 from adapter.presence_json import attribute_to_json
 from adapter.presentity import PUBLICATION, PresentityService
-from adapter.store import MemoryStore
+from adapter.store import MemoryStore, StoreError
 from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, decode
 from sip import PublicationConfirmed, PublicationFailed, PublicationRemoved
 from sip.aio import RequestFailed, RequestTimedOut
@@ -377,3 +377,35 @@ def test_a_rules_change_while_the_publication_fails_sends_nothing_more(no_delay:
         assert [what for what, _ in w.sent()] == ["publish", "modify"]
 
     run(scenario)
+
+
+class EtagRefusingStore(MemoryStore):
+    """Refuses the write of a confirmed entity tag: at once, or a turn later."""
+
+    def __init__(self, later: bool) -> None:
+        super().__init__()
+        self.later = later
+
+    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        if value.get("etag") is None:
+            return super().put(kind, key, value)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        error = StoreError("disk full (refused by the test)")
+        if self.later:
+            asyncio.get_running_loop().call_soon(future.set_exception, error)
+        else:
+            future.set_exception(error)
+        return future
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["written-at-once", "written-a-turn-later"])
+def test_a_publish_whose_entity_tag_cannot_be_written_fails(later: bool) -> None:
+    # The answer waits for the write of the confirmed entity tag, whether it
+    # is done by the time the confirmation wakes the call or not.
+    async def scenario() -> None:
+        w = World(EtagRefusingStore(later))
+        with pytest.raises(StoreError):
+            await w.service.publish(ALICE, (busy(),))
+        assert [what for what, _ in w.sent()] == ["publish"]
+
+    asyncio.run(scenario())

@@ -5,6 +5,7 @@ status, the headers that matter and the body, and reaches the service only
 when it is sound.
 """
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.testclient import TestClient
 
 from adapter import rest
@@ -214,3 +216,22 @@ def test_the_unexpected_failure_is_logged_once_and_not_shown(config: Config, cap
     [record] = caplog.records
     assert "POST /rest/presence" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"type": "http.disconnect"}],
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
+    ],
+    ids=["before-the-body", "in-the-middle"],
+)
+def test_a_client_gone_before_its_body_is_read_is_starlette_s_disconnect(
+    messages: list[dict[str, object]],
+) -> None:
+    # As Request.body: ClientDisconnect, which the server then ends quietly.
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(rest.read_body(receive))  # type: ignore[arg-type]

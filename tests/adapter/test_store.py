@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from adapter.records import watch_from_record, watch_to_record
 from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError, StoreUnreachable
 from adapter.store import postgres as postgres_store
 from adapter.store import sqlite as sqlite_store
+from adapter.store.interface import encode
 from adapter.store.postgres import PostgresStore, describe
 from adapter.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from adapter.watch import Reference, Watch, WatchState
@@ -309,9 +311,10 @@ def test_put_after_delete_and_delete_of_an_absent_key(
 
 def test_any_json_a_service_hands_over_comes_back_the_same(backend: Backend) -> None:
     # Whatever JSON the REST side accepted: control characters, NUL included,
-    # any script, large and precise numbers.
+    # any script, large and precise numbers; and a lone surrogate, which
+    # json.loads makes of "\\ud800" (a Bayeux message) and UTF-8 cannot carry.
     value = {"note": "a\u0000b\u001fc \u00e9\u4e2d\U0001f600", "n": 2**53 + 1, "f": 0.1 + 0.2,
-             "nested": [None, True, {"": []}]}
+             "nested": [None, True, {"": []}], "lone": "x\ud800y"}
 
     async def scenario() -> None:
         store = backend.open()
@@ -322,6 +325,24 @@ def test_any_json_a_service_hands_over_comes_back_the_same(backend: Backend) -> 
         await store.close()
 
     run(scenario)
+
+
+class _Name(str):
+    """A str subclass, as the configuration's AppId and SipAddress are."""
+
+
+class _Count(int):
+    pass
+
+
+def test_values_of_subclassed_json_types_are_stored_as_json_writes_them() -> None:
+    # Records carry the configuration's typed strings (an account's AppId, a
+    # SipAddress): the stored text is json's for the same value.
+    value = {"app": _Name("alice-app"), _Name("key"): [_Count(3), 1.5, (1, 2)],
+             "numbered": {1: "one"}, "none": None}
+    assert encode(value) == json.dumps(value, separators=(",", ":"))
+    with pytest.raises(TypeError):
+        encode({"not json": object()})
 
 
 def test_backlog_sequence_numbers_keep_increasing_across_reopen(backend: Backend) -> None:

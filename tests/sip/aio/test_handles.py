@@ -136,6 +136,36 @@ def test_a_publication_s_outcome_and_events_reach_its_handle() -> None:
     assert run(scenario) == []
 
 
+def test_a_confirmation_reaches_the_owner_before_the_outcome_s_waiter_resumes() -> None:
+    # What the owner queues on the loop when it sees the confirmation (a store
+    # write, say) runs before the caller awaiting the outcome goes on.
+    order: list[str] = []
+
+    async def scenario(endpoint: SipEndpoint, server: Server) -> None:
+        loop = asyncio.get_running_loop()
+        modifies: list[asyncio.Future[PublicationConfirmed]] = []
+
+        def on_event(event: object) -> None:
+            order.append("owner")
+            loop.call_soon(order.append, "queued by the owner")
+            if not modifies:  # a modify from inside: not confirmed by this answer
+                modifies.append(handle.modify(b"second"))
+
+        handle = endpoint.publish(ALICE, b"first", on_event=on_event)
+        request, addr = await server.next("PUBLISH")
+        confirm(server, request, addr, "e1")
+        await handle.outcome
+        order.append("waiter")
+        assert not modifies[0].done()
+        request, addr = await server.next("PUBLISH")
+        assert request.body == b"second"
+        confirm(server, request, addr, "e2")
+        assert (await modifies[0]).etag == "e2"
+
+    assert run(scenario) == []
+    assert order[:3] == ["owner", "queued by the owner", "waiter"]
+
+
 def test_a_modify_waits_for_its_own_publish_not_the_one_outstanding_before_it() -> None:
     async def scenario(endpoint: SipEndpoint, server: Server) -> None:
         handle = endpoint.publish(ALICE, b"first")
