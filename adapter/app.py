@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -47,6 +47,9 @@ from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
 from sip.digest import Credentials
 from sip.uri import SipURI
+
+if TYPE_CHECKING:
+    from adapter.cluster.bayeux import ClusterBayeux
 
 __all__ = ["create_app", "make_app"]
 
@@ -333,15 +336,26 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     # A REST call that must store waits no longer for the store than for the
     # presence server.
     store = store or open_store(config.store, write_timeout=config.sip.request_timeout)
-    journal = BacklogJournal(store)
     limits = BayeuxLimits(**config.bayeux)
-    backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, limits, backlog=backlog, prepare=accounts.check_async)
+    cluster: ClusterBayeux | None = None
+    if config.cluster is None:
+        journal: BacklogJournal | None = BacklogJournal(store)
+        backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
+        hub = Hub(bayeux_login, limits, backlog=backlog, prepare=accounts.check_async)
+    else:
+        # Imported only by a node: a single adapter loads nothing of Redis.
+        from adapter.cluster.bayeux import ClusterBayeux
+
+        # A node's backlog is its applications' Redis streams (adapter.cluster.relay).
+        journal = None
+        backlog = Backlog(limits.backlog_size, limits.backlog_ttl)
+        cluster = ClusterBayeux(config, limits, bayeux_login, accounts.check_async)
+        hub = cluster.hub
     metrics = Metrics(token=config.metrics.token)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its
@@ -355,9 +369,14 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
-        kept = journal.restore(backlog, asyncio.get_running_loop().time())
-        if kept:
-            logger.info("kept %d Bayeux messages for applications from before the restart", kept)
+        if journal is not None:
+            kept = journal.restore(backlog, asyncio.get_running_loop().time())
+            if kept:
+                logger.info(
+                    "kept %d Bayeux messages for applications from before the restart", kept
+                )
+        if cluster is not None:
+            cluster.start()
         await endpoint.start()
         xcap = XcapClient(
             config.xcap.root,
@@ -368,7 +387,12 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         liveness = ServerLiveness(endpoint, config.sip.keepalive)
         timeout = config.sip.request_timeout
         watchers = WatcherService(
-            endpoint, xcap, hub, store=store, liveness=liveness, request_timeout=timeout
+            endpoint,
+            xcap,
+            hub if cluster is None else cluster.relay,
+            store=store,
+            liveness=liveness,
+            request_timeout=timeout,
         )
         presentities = PresentityService(
             endpoint,
@@ -422,6 +446,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             await presentities.close()
             await watchers.close()
             hub.close()
+            if cluster is not None:
+                await cluster.close()
             await xcap.close()
             await endpoint.close()
             await store.close()
@@ -429,7 +455,12 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     return create_app(
         config,
         sip_probe=endpoint,
-        routes=[*rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes()],
+        routes=[
+            *rest.routes(),
+            *openapi_routes(),
+            *bayeux_routes(hub, forward=cluster.forward if cluster is not None else None),
+            *console_routes(),
+        ],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
         metrics=metrics,

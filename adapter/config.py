@@ -91,6 +91,7 @@ from sip.useragent import server_destination
 __all__ = [
     "Account",
     "BayeuxSettings",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "HostPort",
@@ -100,6 +101,7 @@ __all__ = [
     "NotificationPolicy",
     "PostgresUrl",
     "RateLimit",
+    "RedisUrl",
     "SipConfig",
     "StoreConfig",
     "XcapConfig",
@@ -368,7 +370,8 @@ class PostgresUrl(_Form):
     as libpq reads it."""
 
     def __repr__(self) -> str:
-        return repr(_without_password(self))
+        # str(self): a URL without a password comes back as itself, whose repr is this.
+        return repr(_without_password(str(self)))
 
     @staticmethod
     def _problem(text: str) -> str | None:
@@ -387,6 +390,32 @@ class PostgresUrl(_Form):
             # libpq may quote the whole URL: never its password.
             reason = " ".join(str(exc).replace(text, _without_password(text)).split())
             return f"{shown} is not a URL libpq reads: {reason}"
+        return None
+
+
+class RedisUrl(_Form):
+    """A Redis URL as redis-py reads it: ``redis://[[user]:password@]host[:port][/db]``,
+    or ``rediss://`` for TLS."""
+
+    def __repr__(self) -> str:
+        # str(self): a URL without a password comes back as itself, whose repr is this.
+        return repr(_without_password(str(self)))
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        shown = _show(_without_password(text))
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            return f"{shown} is not a redis:// URL"
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            return f"{shown} is not a redis:// or rediss:// URL with a host"
+        if port == 0:
+            return f"{shown} has a port outside 1-65535"
+        db = parts.path.strip("/")
+        if db and not (db.isdigit() and db.isascii()):
+            return f"{shown} names database {_show(db)}: a number is expected"
         return None
 
 
@@ -670,6 +699,29 @@ class StoreConfig(_Model, frozen=True, kw_only=True):
         return "store.url" if self.url is not None else "store.path"
 
 
+class NodeName(_Form):
+    """A cluster node's name: it names the node in Redis keys and Bayeux clientIds."""
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        if re.fullmatch(r"[A-Za-z0-9_-]{1,32}", text):
+            return None
+        return f"{_show(text)} is not 1-32 letters, digits, '_' or '-'"
+
+
+class ClusterConfig(_Model, frozen=True, kw_only=True):
+    """``[cluster]``: this adapter is one node of several sharing a PostgreSQL store
+    (``[store] url``) and a Redis (docs/cluster.md)."""
+
+    #: Unique per node.
+    node: NodeName
+    #: The Redis the nodes pass Bayeux messages through (adapter.cluster.bus).
+    redis: RedisUrl
+    #: The base URL the other nodes reach this node's HTTP at, for the Bayeux
+    #: requests they pass on (adapter.cluster.forward); default: from [http].
+    advertise: HttpUrl | None = None
+
+
 _SECRETS = ("password", "password_hash", "password_env")
 
 
@@ -837,6 +889,8 @@ class Config(_Model, frozen=True, kw_only=True):
     log: LogConfig = field(default_factory=LogConfig)
     #: Optional ``[metrics]`` table.
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: Optional ``[cluster]`` table; None: a single adapter, no Redis.
+    cluster: ClusterConfig | None = None
     #: The file the configuration was read from, as given (used in messages).
     source: str = ""
     #: Key paths present in the file that this version does not know.
@@ -853,6 +907,19 @@ class Config(_Model, frozen=True, kw_only=True):
                     f"{_show(account.id)} duplicates accounts[{first_index[account.id]}].id",
                 )
             first_index[account.id] = index
+        if self.cluster is not None and self.store.url is None:
+            raise _Problem(
+                "cluster", "needs [store] url: the nodes share a PostgreSQL store, not a file"
+            )
+        if (
+            self.cluster is not None
+            and self.cluster.advertise is None
+            and self.http.host in ("0.0.0.0", "::")
+        ):
+            raise _Problem(
+                "cluster.advertise",
+                f"missing: http.host {self.http.host} is no address the other nodes can reach",
+            )
         if _overlap(self.http.address, self.sip.listen):
             raise _Problem(
                 "sip.listen", f"{self.sip.listen} is also http.host/http.port (both use TCP)"

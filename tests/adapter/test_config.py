@@ -189,6 +189,60 @@ def test_a_store_that_is_not_one_sqlite_file_or_one_postgresql_url_is_one_line(
     assert error_line(write(edited(STORE_PATH, store))) == line
 
 
+CLUSTER = '\n[cluster]\nnode = "a"\nredis = "redis://:r-secret@127.0.0.1:6379/0"\n'
+
+
+def clustered(cluster: str = CLUSTER) -> str:
+    return edited(STORE_PATH, f'url = "{PG_URL}"') + cluster
+
+
+def test_a_cluster_node_names_itself_and_its_redis(write) -> None:
+    config = load_config(write(clustered()))
+    assert config.cluster is not None
+    assert config.cluster.node == "a"
+    assert config.cluster.redis == "redis://:r-secret@127.0.0.1:6379/0"
+    assert config.cluster.advertise is None
+    assert "r-secret" not in repr(config)
+    assert load_config(write(VALID)).cluster is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            VALID + CLUSTER,
+            "cluster: needs [store] url: the nodes share a PostgreSQL store, not a file",
+        ),
+        (
+            clustered(edited('node = "a"', 'node = "a.b"', CLUSTER)),
+            "cluster.node: \"a.b\" is not 1-32 letters, digits, '_' or '-'",
+        ),
+        (
+            clustered(edited('node = "a"', f'node = "{"n" * 33}"', CLUSTER)),
+            f"cluster.node: \"{'n' * 33}\" is not 1-32 letters, digits, '_' or '-'",
+        ),
+        (clustered('\n[cluster]\nnode = "a"\n'), "cluster.redis: missing (required)"),
+        (
+            clustered(edited("redis://:r-secret@", "http://:r-secret@", CLUSTER)),
+            'cluster.redis: "http://:***@127.0.0.1:6379/0" is not a redis:// or rediss:// URL '
+            "with a host",
+        ),
+        (
+            clustered(edited("6379/0", "6379/zero", CLUSTER)),
+            'cluster.redis: "redis://:***@127.0.0.1:6379/zero" names database "zero": '
+            "a number is expected",
+        ),
+        (
+            edited('host = "127.0.0.1"', 'host = "0.0.0.0"', clustered()),
+            "cluster.advertise: missing: http.host 0.0.0.0 is no address the other nodes "
+            "can reach",
+        ),
+    ],
+)
+def test_a_wrong_cluster_table_is_one_line(write, text: str, line: str) -> None:
+    assert error_line(write(text)) == line
+
+
 def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
     target = tmp_path / "elsewhere" / "state.sqlite"
     config = load_config(write(edited('"var/adapter.sqlite"', f'"{target}"')), cwd=Path("/"))
