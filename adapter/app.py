@@ -50,6 +50,7 @@ from sip.uri import SipURI
 
 if TYPE_CHECKING:
     from adapter.cluster.bayeux import ClusterBayeux
+    from adapter.cluster.ownership import Ownership
 
 __all__ = ["create_app", "make_app"]
 
@@ -325,6 +326,15 @@ def sip_endpoint(config: Config) -> SipEndpoint:
     return endpoint
 
 
+def cluster_routes(config: Config) -> list[BaseRoute]:
+    """A node's own route: the others tell it of rules changed through them."""
+    if config.cluster is None:
+        return []
+    from adapter.cluster.ownership import RULES_PATH, rules_endpoint
+
+    return [Route(RULES_PATH, rules_endpoint, methods=["POST"])]
+
+
 def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     """The adapter as ``presence-adapter serve`` runs it: the app and its services.
 
@@ -335,14 +345,18 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
     accounts = Accounts(config.accounts)
     # A REST call that must store waits no longer for the store than for the
     # presence server.
-    store = store or open_store(config.store, write_timeout=config.sip.request_timeout)
+    store = store or open_store(
+        config.store,
+        write_timeout=config.sip.request_timeout,
+        node=config.cluster.node if config.cluster is not None else None,
+    )
     limits = BayeuxLimits(**config.bayeux)
 
     def bayeux_login(user: str, password: str) -> str | None:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    cluster: ClusterBayeux | None = None
+    bayeux: ClusterBayeux | None = None
     if config.cluster is None:
         journal: BacklogJournal | None = BacklogJournal(store)
         backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
@@ -354,8 +368,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         # A node's backlog is its applications' Redis streams (adapter.cluster.relay).
         journal = None
         backlog = Backlog(limits.backlog_size, limits.backlog_ttl)
-        cluster = ClusterBayeux(config, limits, bayeux_login, accounts.check_async)
-        hub = cluster.hub
+        bayeux = ClusterBayeux(config, limits, bayeux_login, accounts.check_async)
+        hub = bayeux.hub
     metrics = Metrics(token=config.metrics.token)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its
@@ -375,8 +389,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
                 logger.info(
                     "kept %d Bayeux messages for applications from before the restart", kept
                 )
-        if cluster is not None:
-            cluster.start()
+        if bayeux is not None:
+            bayeux.start()
         await endpoint.start()
         xcap = XcapClient(
             config.xcap.root,
@@ -389,11 +403,26 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         watchers = WatcherService(
             endpoint,
             xcap,
-            hub if cluster is None else cluster.relay,
+            hub if bayeux is None else bayeux.relay,
             store=store,
             liveness=liveness,
             request_timeout=timeout,
         )
+        ownership: Ownership | None = None
+        directory_elsewhere = None
+        if config.cluster is not None:
+            # Imported only by a node of a cluster (psycopg with it).
+            from adapter.cluster.ownership import stored_directory
+            from adapter.store.postgres import PostgresStore
+
+            assert isinstance(store, PostgresStore)  # [cluster] needs [store] url
+            directory_elsewhere = stored_directory(store, watchers)
+
+        def rules_changed(presentity: str) -> None:
+            watchers.rules_changed(presentity)
+            if ownership is not None:
+                ownership.rules_changed(presentity)  # the other nodes' watches too
+
         presentities = PresentityService(
             endpoint,
             xcap,
@@ -401,8 +430,22 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             liveness=liveness,
             request_timeout=timeout,
             directory=watchers.directory,
-            rules_changed=watchers.rules_changed,
+            rules_changed=rules_changed,
+            stored_directory=directory_elsewhere,
         )
+        if config.cluster is not None:
+            from adapter.cluster.nodes import Node
+            from adapter.cluster.ownership import Ownership
+
+            assert isinstance(store, PostgresStore)
+            me = Node(config.cluster.node, f"{config.http.scheme}://{config.http.address}",
+                      str(config.sip.listen))
+            ownership = Ownership(
+                store, me, config.cluster.lease, presentities=presentities,
+                watchers=watchers, request_timeout=timeout,
+            )
+            assert bayeux is not None
+            bayeux.forward.locate = ownership.nodes.find
         liveness.on_resync(presentities.resync)
         liveness.on_resync(watchers.resync)
         liveness.start()
@@ -416,13 +459,19 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         )
         # Recovery runs beside the server: requests are answered meanwhile.
         progress = metrics.recovery
-        recovery = asyncio.gather(
-            presentities.restore(progress=progress), watchers.restore(progress=progress)
-        )
+        recovery: asyncio.Future[Any]
+        if ownership is not None:
+            # A node takes up the work its leases give it, not all the store holds.
+            ownership.start(progress)
+            recovery = asyncio.gather(ownership.ready.wait())
+        else:
+            recovery = asyncio.gather(
+                presentities.restore(progress=progress), watchers.restore(progress=progress)
+            )
 
         def recovered(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                return
+            if done.cancelled() or ownership is not None:
+                return  # a node's first round tells (Ownership)
             if done.exception() is not None:
                 # /readyz stays 503: what the store kept is not all back.
                 logger.error("recovery failed: %r", done.exception())
@@ -439,15 +488,18 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
                 "presentity": presentities,
                 "watcher": watchers,
                 "notification_policy": config.notifications,
+                "cluster": ownership,
             }
         finally:
             recovery.cancel()
             await liveness.close()
             await presentities.close()
             await watchers.close()
+            if ownership is not None:
+                await ownership.close()
             hub.close()
-            if cluster is not None:
-                await cluster.close()
+            if bayeux is not None:
+                await bayeux.close()
             await xcap.close()
             await endpoint.close()
             await store.close()
@@ -458,8 +510,9 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         routes=[
             *rest.routes(),
             *openapi_routes(),
-            *bayeux_routes(hub, forward=cluster.forward if cluster is not None else None),
+            *bayeux_routes(hub, forward=bayeux.forward if bayeux is not None else None),
             *console_routes(),
+            *cluster_routes(config),
         ],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,

@@ -101,7 +101,6 @@ __all__ = [
     "NotificationPolicy",
     "PostgresUrl",
     "RateLimit",
-    "RedisUrl",
     "SipConfig",
     "StoreConfig",
     "XcapConfig",
@@ -394,8 +393,8 @@ class PostgresUrl(_Form):
 
 
 class RedisUrl(_Form):
-    """A Redis URL as redis-py reads it: ``redis://[[user]:password@]host[:port][/db]``,
-    or ``rediss://`` for TLS."""
+    """A Redis URL as redis-py reads it: ``redis://[user:password@]host[:port][/db]``,
+    ``rediss://`` (TLS) or ``unix:///path``."""
 
     def __repr__(self) -> str:
         # str(self): a URL without a password comes back as itself, whose repr is this.
@@ -406,17 +405,29 @@ class RedisUrl(_Form):
         shown = _show(_without_password(text))
         try:
             parts = urlsplit(text)
-            port = parts.port
+            parts.port  # noqa: B018 - raises for a port that is not a number
         except ValueError:
-            return f"{shown} is not a redis:// URL"
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            return f"{shown} is not a redis:// or rediss:// URL with a host"
-        if port == 0:
-            return f"{shown} has a port outside 1-65535"
-        db = parts.path.strip("/")
-        if db and not (db.isdigit() and db.isascii()):
-            return f"{shown} names database {_show(db)}: a number is expected"
+            return f"{shown} is not a Redis URL"
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            return f"{shown} is not a redis://, rediss:// or unix:// URL"
+        if parts.scheme == "unix" and not parts.path:
+            return f"{shown} names no socket path"
+        if parts.scheme != "unix" and not parts.hostname:
+            return f"{shown} has no host"
         return None
+
+
+class NodeName(_Form):
+    """A cluster node's name: letters, digits, ``-`` and ``_``, 1 to 32 of them
+    (it names the node in the store's tables and in logs)."""
+
+    _PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        if NodeName._PATTERN.fullmatch(text):
+            return None
+        return f"{_show(text)} must be 1 to 32 letters, digits, - or _"
 
 
 class Origin(_Form):
@@ -699,29 +710,6 @@ class StoreConfig(_Model, frozen=True, kw_only=True):
         return "store.url" if self.url is not None else "store.path"
 
 
-class NodeName(_Form):
-    """A cluster node's name: it names the node in Redis keys and Bayeux clientIds."""
-
-    @staticmethod
-    def _problem(text: str) -> str | None:
-        if re.fullmatch(r"[A-Za-z0-9_-]{1,32}", text):
-            return None
-        return f"{_show(text)} is not 1-32 letters, digits, '_' or '-'"
-
-
-class ClusterConfig(_Model, frozen=True, kw_only=True):
-    """``[cluster]``: this adapter is one node of several sharing a PostgreSQL store
-    (``[store] url``) and a Redis (docs/cluster.md)."""
-
-    #: Unique per node.
-    node: NodeName
-    #: The Redis the nodes pass Bayeux messages through (adapter.cluster.bus).
-    redis: RedisUrl
-    #: The base URL the other nodes reach this node's HTTP at, for the Bayeux
-    #: requests they pass on (adapter.cluster.forward); default: from [http].
-    advertise: HttpUrl | None = None
-
-
 _SECRETS = ("password", "password_hash", "password_env")
 
 
@@ -848,6 +836,19 @@ class MetricsConfig(_Model, frozen=True, kw_only=True):
         force_setattr(self, "token_env", None)
 
 
+class ClusterConfig(_Model, frozen=True, kw_only=True):
+    """``[cluster]``: this adapter is one node of several sharing a PostgreSQL store
+    (``[store] url``) and a Redis; without the table it is alone."""
+
+    #: Unique per node: it owns SIP work under this name (adapter.cluster).
+    node: NodeName
+    #: The Redis carrying messages between the nodes.
+    redis: RedisUrl
+    #: Seconds between a node's heartbeats and lease renewals; a node silent for
+    #: two of them is dead and its work is taken over.
+    lease: Positive = 10.0
+
+
 class BayeuxSettings(TypedDict, total=False):
     """``[bayeux]``: the Bayeux server's limits, each optional.
 
@@ -889,7 +890,7 @@ class Config(_Model, frozen=True, kw_only=True):
     log: LogConfig = field(default_factory=LogConfig)
     #: Optional ``[metrics]`` table.
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    #: Optional ``[cluster]`` table; None: a single adapter, no Redis.
+    #: Optional ``[cluster]`` table; None: a single adapter.
     cluster: ClusterConfig | None = None
     #: The file the configuration was read from, as given (used in messages).
     source: str = ""
@@ -909,16 +910,7 @@ class Config(_Model, frozen=True, kw_only=True):
             first_index[account.id] = index
         if self.cluster is not None and self.store.url is None:
             raise _Problem(
-                "cluster", "needs [store] url: the nodes share a PostgreSQL store, not a file"
-            )
-        if (
-            self.cluster is not None
-            and self.cluster.advertise is None
-            and self.http.host in ("0.0.0.0", "::")
-        ):
-            raise _Problem(
-                "cluster.advertise",
-                f"missing: http.host {self.http.host} is no address the other nodes can reach",
+                "cluster", "needs store.url: the nodes of a cluster share a PostgreSQL store"
             )
         if _overlap(self.http.address, self.sip.listen):
             raise _Problem(

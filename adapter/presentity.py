@@ -42,7 +42,7 @@ from adapter.metrics import RecoveryProgress
 from adapter.presence_json import attributes_from_json, attributes_to_json
 from adapter.publisher import Forget, Modify, Publish, PublishAction, Publisher, Save
 from adapter.recovery import RecoveryPace, recover
-from adapter.store import MemoryStore, Store, StoreError
+from adapter.store import MemoryStore, Store, StoreError, StoreUnreachable, retrieved
 from adapter.xcap import XcapClient
 from pidf import (
     AttributeType,
@@ -102,6 +102,8 @@ class OpenSubscription:
 #: What the adapter knows about a watcher that subscribed through it:
 #: (watcher, presentity) -> (application name, attributes asked for).
 WatcherDirectory = Callable[[str, str], tuple[str, tuple[AttributeType, ...]] | None]
+#: The same asked of the store, for a watch another node of a cluster holds.
+StoredDirectory = Callable[[str, str], Awaitable[tuple[str, tuple[AttributeType, ...]] | None]]
 
 
 @dataclass
@@ -135,6 +137,10 @@ class _Presentity:
         return self.json
 
 
+#: A stored publication, read: its presentity, attributes, entity tag and expiry.
+_Restored = tuple[_Presentity, tuple[PresenceAttribute, ...], Any, Any]
+
+
 class PresentityService:
     def __init__(
         self,
@@ -146,6 +152,7 @@ class PresentityService:
         request_timeout: float = 10.0,
         directory: WatcherDirectory | None = None,
         rules_changed: Callable[[str], None] | None = None,
+        stored_directory: StoredDirectory | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._sip = sip
@@ -155,6 +162,7 @@ class PresentityService:
         self._timeout = request_timeout
         self._directory = directory or (lambda watcher, presentity: None)
         self._rules_changed = rules_changed or (lambda presentity: None)
+        self._stored_directory = stored_directory
         self._clock = clock
         self._publisher = Publisher()
         self._presentities: dict[str, _Presentity] = {}
@@ -226,8 +234,16 @@ class PresentityService:
         mark = self._publisher.mark(entry.address)
         try:
             return await self._perform(entry, request())
-        except StoreError:
+        except StoreError as exc:
             self._publisher.undo(mark)
+            if isinstance(exc, StoreUnreachable):
+                # The failed write is written once the store is back: this
+                # one, after it, puts the record back as it was.
+                record = self._publisher.record(entry.address)
+                if isinstance(record, Save):
+                    retrieved(self._save(entry, record))
+                else:
+                    retrieved(self._store.delete(PUBLICATION, record.address))
             raise
 
     async def _answer(self, entry: _Presentity, outcome: Awaitable[object] | None) -> None:
@@ -263,26 +279,53 @@ class PresentityService:
         self, pace: RecoveryPace = RecoveryPace(), progress: RecoveryProgress | None = None
     ) -> None:
         """Publish again what the store kept (at start, paced)."""
-        stored = self._store.load(PUBLICATION)
         records = []
-        for presentity, record in stored.items():
-            try:
-                entry = self._presentity(presentity)
-                attributes = attributes_from_json(record["attributes"])
-                records.append((entry, attributes, record.get("etag"), record.get("etag_expires")))
-            except (PidfError, SipError, KeyError, TypeError) as exc:
-                logger.error("stored publication of %s unusable, dropped: %s", presentity, exc)
-                await self._store.delete(PUBLICATION, presentity)
+        for presentity, record in self._store.load(PUBLICATION).items():
+            item = await self._restorable(presentity, record)
+            if item is not None:
+                records.append(item)
+        await recover("publications", records, self._restore_one, pace=pace, progress=progress)
 
-        async def start(item: tuple[_Presentity, tuple[PresenceAttribute, ...], Any, Any]) -> None:
-            entry, attributes, etag, etag_expires = item
-            async with entry.lock:
-                outcome = await self._perform(entry, self._publisher.restore(
-                    entry.address, attributes, etag, etag_expires, self._clock()
-                ))
-            await self._logged(outcome, f"re-publishing {entry.aor} (keeps retrying)")
+    async def adopt(self, presentity: str, record: Any) -> None:
+        """Take over a publication another node of the cluster kept (its stored
+        record): modify the server's publication with the stored entity tag; a
+        server that no longer knows it answers 412, and the state goes out in
+        a fresh PUBLISH (RFC 3903 §6)."""
+        item = await self._restorable(presentity, record)
+        if item is not None:
+            await self._restore_one(item)
 
-        await recover("publications", records, start, pace=pace, progress=progress)
+    def release(self, presentity: str) -> None:
+        """Another node owns the publication now (adapter.cluster): stop
+        refreshing it here, sending nothing — an un-PUBLISH would remove the
+        state the new owner keeps alive under the same entity tag chain."""
+        entry = self._presentities.get(presentity)
+        if entry is None:
+            return
+        if entry.publication is not None:
+            entry.publication.abandon()
+            entry.publication = None
+        entry.etag_saved = None
+        self._publisher.release(presentity)
+        self._arm()
+
+    async def _restorable(self, presentity: str, record: Any) -> _Restored | None:
+        try:
+            entry = self._presentity(presentity)
+            attributes = attributes_from_json(record["attributes"])
+        except (PidfError, SipError, KeyError, TypeError) as exc:
+            logger.error("stored publication of %s unusable, dropped: %s", presentity, exc)
+            await self._store.delete(PUBLICATION, presentity)
+            return None
+        return entry, attributes, record.get("etag"), record.get("etag_expires")
+
+    async def _restore_one(self, item: _Restored) -> None:
+        entry, attributes, etag, etag_expires = item
+        async with entry.lock:
+            outcome = await self._perform(entry, self._publisher.restore(
+                entry.address, attributes, etag, etag_expires, self._clock()
+            ))
+        await self._logged(outcome, f"re-publishing {entry.aor} (keeps retrying)")
 
     async def _logged(self, outcome: Awaitable[object] | None, what: str) -> None:
         if outcome is None:
@@ -406,7 +449,10 @@ class PresentityService:
                 continue
             if (rule.sub_handling if rule is not None else None) not in _UNDECIDED:
                 continue
-            application, attributes = self._directory(uri, presentity) or ("", ())
+            found = self._directory(uri, presentity)
+            if found is None and self._stored_directory is not None:
+                found = await self._stored_directory(uri, presentity)
+            application, attributes = found or ("", ())
             out.append(OpenSubscription(uri, application, attributes))
         return out
 
@@ -447,6 +493,11 @@ class PresentityService:
 
     def _rules_done(self, presentity: str) -> None:
         self._rules_changed(presentity)
+        self.rules_changed_elsewhere(presentity)
+
+    def rules_changed_elsewhere(self, presentity: str) -> None:
+        """The presentity's rules changed (here, or through another node of the
+        cluster): its publication, if this node carries it, goes out again."""
         self._publisher.rules_changed(presentity, self._clock())
         self._arm()
 

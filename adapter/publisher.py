@@ -209,6 +209,19 @@ class Publisher:
         entry.phase, entry.attributes, entry.body = before.phase, before.attributes, before.body
         entry.failing = before.failing
 
+    def record(self, address: str) -> Save | Forget:
+        """The presentity's record as it stands (after :meth:`undo`, the store is
+        told again: a write that failed for an unreachable store is still
+        written once it is back, and this one follows it)."""
+        entry = self._entries.get(address)
+        return Forget(address) if entry is None else entry.save()
+
+    def release(self, address: str) -> None:
+        """Another node owns the presentity's publication now (adapter.cluster):
+        forget it here, with its timer; nothing is sent, nothing is written."""
+        self._entries.pop(address, None)
+        self._timers.cancel(address)
+
     def publish(
         self, address: str, attributes: tuple[PresenceAttribute, ...], now: datetime
     ) -> list[PublishAction]:

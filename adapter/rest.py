@@ -9,10 +9,11 @@ answer; errors of the layers below are translated once, here, into the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
 from starlette.datastructures import QueryParams
@@ -28,7 +29,8 @@ from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
 from adapter.models import METRICS, decode
 from adapter.notification import Schedule
 from adapter.presence_json import attributes_from_items, comma_list, item_of
-from adapter.presentity import PresentityService
+from adapter.presentity import PUBLICATION, PresentityService
+from adapter.records import WATCH
 from adapter.store import StoreError
 from adapter.watcher import (
     DuplicateCorrelator,
@@ -43,6 +45,9 @@ from adapter.xcap import XcapError, XcapTimeout
 from pidf import AttributeType, Other, PresenceAttribute, ValidationError
 from pidf.model import is_uri
 from sip.aio import RequestFailed, RequestTimedOut
+
+if TYPE_CHECKING:
+    from adapter.cluster.ownership import Ownership
 
 __all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "store_unavailable"]
 
@@ -90,6 +95,30 @@ def refuse_unknown_parameters(query: QueryParams, known: tuple[str, ...]) -> Non
             raise ServiceError.invalid_input(f"{name} (unknown parameter)")
 
 
+async def routed(
+    request: Request, kind: str, key: str, *, create: bool = True
+) -> Response | None:
+    """On a node of a cluster: None when this node serves the call (it holds the
+    work, or takes it now), else the answer of the node that owns the work,
+    to which the call was passed (adapter.cluster.ownership).  ``create``: the
+    call may start the work (else, for work nobody has, nothing is taken).
+    Alone: always None."""
+    cluster = _cluster(request)
+    if cluster is None:
+        return None
+    return await cluster.route(request, kind, key, create=create)
+
+
+def _cluster(request: Request) -> Ownership | None:
+    state: dict[str, Any] = request.scope.get("state") or {}
+    return state.get("cluster")
+
+
+def watch_key(watcher: str, presentity: str) -> str:
+    """The name of a watch's record, and of its lease (adapter.records)."""
+    return json.dumps((watcher, presentity))
+
+
 def json_response(model: Struct, status_code: int = 200, **headers: str) -> Response:
     return Response(models.encode(model), status_code, headers or None, "application/json")
 
@@ -125,7 +154,12 @@ class Publish:
         who = accounts.caller(authorization, named)
         if scope["query_string"]:
             refuse_unknown_parameters(QueryParams(scope["query_string"]), ())
-        body = decode(PUBLISH, await Request(scope, receive).body())
+        request = Request(scope, receive)
+        body = decode(PUBLISH, await request.body())
+        elsewhere = await routed(request, PUBLICATION, who.address)
+        if elsewhere is not None:
+            await elsewhere(scope, receive, send)
+            return
         service: PresentityService = state["presentity"]
         await service.publish(who.address, in_order(attributes_from_items(body.presence)))
         await send(NO_CONTENT)
@@ -156,6 +190,8 @@ async def withdraw(request: Request) -> Response:
     """
     who = caller(request, ("attributes",))
     kinds = query_attributes(request.query_params.getlist("attributes"), "attributes")
+    if (elsewhere := await routed(request, PUBLICATION, who.address, create=False)) is not None:
+        return elsewhere
     service: PresentityService = request.state.presentity
     await service.withdraw(who.address, kinds)
     return Response(status_code=204)
@@ -244,6 +280,9 @@ async def subscribe_presence(request: Request) -> Response:
     """Subscribe Presence: POST …/subscription → 204."""
     who = caller(request)
     body = decode(SUBSCRIBE_PRESENCE, await request.body())
+    key = watch_key(who.address, body.presentity)
+    if (elsewhere := await routed(request, WATCH, key)) is not None:
+        return elsewhere
     service: WatcherService = request.state.watcher
     await service.subscribe(
         who.account.id,
@@ -260,6 +299,9 @@ async def end_subscription(request: Request) -> Response:
     """DELETE …/subscription?presentity=URI → 204 (an extension: the watcher's own end)."""
     who = caller(request, ("presentity",))
     presentity = uri(request.query_params.get("presentity"), "presentity")
+    key = watch_key(who.address, presentity)
+    if (elsewhere := await routed(request, WATCH, key, create=False)) is not None:
+        return elsewhere
     service: WatcherService = request.state.watcher
     await service.unsubscribe(who.address, presentity)
     return Response(status_code=204)
@@ -269,6 +311,9 @@ async def get_user_presence(request: Request) -> Response:
     """Get User Presence: GET /rest/presence?query={"presentity","attributes"}."""
     who = caller(request, ("query", "presentity", "attributes"))
     presentity, asked = user_presence_query(request.query_params)
+    key = watch_key(who.address, presentity)
+    if (elsewhere := await routed(request, WATCH, key, create=False)) is not None:
+        return elsewhere
     service: WatcherService = request.state.watcher
     presence = await service.user_presence(who.address, presentity, asked)
     attributes = presence.attributes if presence is not None else ()
@@ -337,6 +382,15 @@ async def start_notification(request: Request) -> Response:
         deadline=now + duration,
     )
     service: WatcherService = request.state.watcher
+    cluster = _cluster(request)
+    if cluster is not None and (who.account.id, ref.correlator) not in service.machine.schedules:
+        # A correlator is the application's across the nodes: one kept by
+        # another node's watch (of any presentity) is taken.
+        if await cluster.schedule_owner(who.account.id, ref.correlator) is not None:
+            raise DuplicateCorrelator(ref.correlator)
+    key = watch_key(who.address, body.presentity)
+    if (elsewhere := await routed(request, WATCH, key)) is not None:
+        return elsewhere
     not_subscribed = await service.start_notification(
         who.account.id,
         who.address,
@@ -356,7 +410,15 @@ async def end_notification(request: Request) -> Response:
     service: WatcherService = request.state.watcher
     # Starlette has already percent-decoded the path: decoding again would
     # turn a correlator with an escaped "%" into another one.
-    await service.end_notification(who.account.id, request.path_params["correlator"])
+    correlator = request.path_params["correlator"]
+    cluster = _cluster(request)
+    if cluster is not None and (who.account.id, correlator) not in service.machine.schedules:
+        # Another node's, perhaps: its watch's owner ends it.
+        key = await cluster.schedule_owner(who.account.id, correlator)
+        elsewhere = None if key is None else await routed(request, WATCH, key, create=False)
+        if elsewhere is not None:
+            return elsewhere
+    await service.end_notification(who.account.id, correlator)
     return Response(status_code=204)
 
 

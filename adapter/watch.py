@@ -823,6 +823,30 @@ class WatchMachine:
         watch.subscription_id = None
         watch.backoff = ()
 
+    def release(self, watch: Watch) -> list[WatchAction]:
+        """Another node owns the watch now (adapter.cluster): forget it and its
+        schedules here, telling no application and writing nothing (the
+        records are the new owner's), and end its dialog (the new owner
+        subscribes in one of its own)."""
+        if self.watches.get(watch.key) is not watch:
+            return []
+        self._leave_dialog(watch)
+        for schedule in list(watch.schedules.values()):
+            key = (schedule.app_id, schedule.correlator)
+            self.schedules.pop(key, None)
+            self._unsaved.pop(key, None)
+            self._timers.cancel((_Timer.SCHEDULE, *key))
+        watch.schedules.clear()
+        watch.unstarted.clear()
+        mark = len(self._out)
+        self._drop(watch)
+        self._out[mark:] = [
+            action for action in self._out[mark:]
+            if not isinstance(action, ForgetWatch | ForgetSchedule | SaveWatch | SaveSchedule
+                              | Deliver)
+        ]
+        return self._take()
+
     def restart(self, watch: Watch) -> list[WatchAction]:
         """The server came back or restarted: the watch's old dialog is no news."""
         self._leave_dialog(watch)

@@ -36,7 +36,7 @@ from adapter.records import (
 )
 from adapter.recovery import RecoveryPace, recover
 from adapter.rules import DECISIONS_TTL, RulesRead, decisions_ttl
-from adapter.store import MemoryStore, Store, StoreError
+from adapter.store import MemoryStore, Store, StoreError, retrieved
 from adapter.watch import (
     RESUBSCRIBE_DELAYS,
     SCHEDULE_SAVE_DELAY,
@@ -357,6 +357,48 @@ class WatcherService:
 
         await recover("subscriptions", live, start, pace=pace, progress=progress)
 
+    # -- a cluster's takeover -------------------------------------------------
+
+    async def adopt(self, record: Any, schedules: list[Any]) -> None:
+        """Take over a watch another node of the cluster kept (its stored record and
+        its schedules' records): file it and subscribe in a new dialog."""
+        try:
+            watch = watch_from_record(record)
+            restored = [schedule_from_record(s) for s in schedules]
+        except (KeyError, ValueError, PidfError) as exc:
+            logger.error("stored watch %s unusable, not taken over: %s", record, exc)
+            return
+        if self.machine.get(*watch.key) is not None:
+            return  # here already (taken by a request meanwhile)
+        self.machine.add(watch)
+        now = self._clock()
+        for schedule in restored:
+            self._perform(self.machine.restore_schedule(schedule, now))
+        if not watch.needed:
+            self._perform(self.machine.drop_unneeded(watch))
+            return
+        if watch.state is WatchState.BLOCKED:
+            return
+        try:
+            await self._subscribed(watch)
+        except RequestFailed as exc:
+            self._retry(watch, f"takeover ({exc})")
+
+    def release(self, watcher: str, presentity: str) -> None:
+        """Another node owns the watch now (adapter.cluster): forget it here and
+        end its dialog; its applications hear of it from the new owner."""
+        watch = self.machine.get(watcher, presentity)
+        if watch is not None:
+            self._perform(self.machine.release(watch))
+
+    def stored_directory(self, record: Any) -> tuple[str, tuple[AttributeType, ...]] | None:
+        """:meth:`directory` for a watch's stored record (another node's watch)."""
+        try:
+            watch = watch_from_record(record)
+        except (KeyError, ValueError):
+            return None
+        return watch.application, tuple(a for a in ALL_ATTRIBUTES if a in watch.attributes)
+
     # -- SIP -----------------------------------------------------------------
 
     def _start_subscription(self, watch: Watch) -> SubscriptionHandle:
@@ -429,7 +471,7 @@ class WatcherService:
         """Perform what takes back a call whose write failed; its own writes may
         fail too (the store logs them), and nobody waits for them."""
         for write in self._perform(actions):
-            write.add_done_callback(_retrieved)
+            retrieved(write)
 
     def _perform(self, actions: list[WatchAction]) -> list[asyncio.Future[None]]:
         writes: list[asyncio.Future[None]] = []
@@ -535,8 +577,3 @@ class WatcherService:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("watcher task failed", exc_info=task.exception())
-
-
-def _retrieved(write: asyncio.Future[None]) -> None:
-    if not write.cancelled():
-        write.exception()

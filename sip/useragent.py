@@ -398,6 +398,14 @@ class UserAgent:
         publication = self._publications[publication_id]
         self._run(publication, publication.remove(now), now)
 
+    def abandon(self, publication_id: int) -> None:
+        """Forget the publication without a word to the server: no refresh, no
+        removal.  Its state there lives until its expiry, or until whoever holds
+        its entity tag modifies it (RFC 3903 §4.4) — another gateway that took
+        the work over.  A response still to come for it is dropped."""
+        self._publications.pop(publication_id, None)
+        self._timers.cancel((_Timer.PUBLICATION, publication_id))
+
     def publication(self, publication_id: int) -> Publication | None:
         return self._publications.get(publication_id)
 
@@ -578,6 +586,8 @@ class UserAgent:
         self, owner: Owner, actions: Sequence[Request | UserAgentEvent], now: float
     ) -> None:
         """Carry out an owner's actions, then file its timer."""
+        if isinstance(owner, Publication) and self._publications.get(owner.id) is not owner:
+            return  # abandoned: nothing more of it is sent or told
         for action in actions:
             if isinstance(action, Request):
                 self._start(owner, action, now)

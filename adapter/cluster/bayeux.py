@@ -42,9 +42,8 @@ class ClusterBayeux:
         self.hub = Hub(
             authenticate, limits, prepare=prepare, shared=True, new_client_id=new_client_id
         )
-        url = config.cluster.advertise or f"{config.http.scheme}://{config.http.address}"
-        self.relay = Relay(self.bus, self.hub, ttl=limits.backlog_ttl, url=url)
-        self.forward = Forwarder(self.bus, node, timeout=limits.connect_timeout + FORWARD_MARGIN)
+        self.relay = Relay(self.bus, self.hub, ttl=limits.backlog_ttl)
+        self.forward = Forwarder(node, timeout=limits.connect_timeout + FORWARD_MARGIN)
 
     def start(self) -> None:
         self.relay.start()

@@ -22,13 +22,10 @@ Keys (``pa:`` for presence-adapter):
 ``pa:alive:<node>``
     Set by a node once Redis holds everything it must: its absence is how a
     node learns that Redis restarted empty.
-``pa:nodes``
-    A hash, node -> the base URL of its HTTP (Bayeux requests are passed on).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -158,13 +155,9 @@ class Bus:
         keys = [self.stream(entry.app_id) for entry in entries]
         return list(await self._call(self._replay(keys=keys, args=args)))
 
-    async def mark_alive(self, url: str | None) -> None:
-        """Redis holds what this node must have there: set its mark (and its URL)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._alive, "1")
-            if url is not None:
-                pipe.hset("pa:nodes", self.node, url)
-            await self._call(pipe.execute())
+    async def mark_alive(self) -> None:
+        """Redis holds what this node must have there: set its mark."""
+        await self._call(self._redis.set(self._alive, "1"))
 
     async def is_alive(self) -> bool:
         return bool(await self._call(self._redis.exists(self._alive)))
@@ -225,16 +218,5 @@ class Bus:
                 pipe.xdel(self.stream(app_id), *ids)
             await self._call(pipe.execute())
 
-    # -- nodes -------------------------------------------------------------------
-
-    async def node_url(self, node: str) -> str | None:
-        url = await self._call(self._redis.hget("pa:nodes", node))
-        return url if isinstance(url, str) else None
-
     async def close(self) -> None:
         await self._redis.aclose()
-
-
-def now_ms() -> str:
-    """An entry id for the present moment (XRANGE bounds)."""
-    return f"{int(time.time() * 1000)}-0"

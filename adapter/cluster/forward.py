@@ -14,29 +14,40 @@ over the same WebSocket, on this node (the new session then receives the
 application's backlog from its stream: nothing unconfirmed is lost).
 
 A request that was passed on once is never passed on again, and one whose
-node cannot be reached (gone, or no URL known) is answered here: ``402``,
-handshake again.
+node cannot be reached (dead, or not in the node registry) is answered here:
+``402``, handshake again.  Where a node listens is the node registry's
+(adapter.cluster.nodes), as for the REST calls passed to an owner node.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.bayeux import Message
-from adapter.cluster.bus import Bus, BusDown
 
 __all__ = ["FORWARDED", "Forwarder", "node_of"]
 
 logger = logging.getLogger(__name__)
 
-#: Marks a request one node passed to another (its value: the sending node).
-FORWARDED = "x-presence-adapter-node"
+#: Marks a request one node passed to another (its value: the sending node);
+#: the name adapter.cluster.ownership gives the REST calls it passes.
+FORWARDED = "X-Presence-Forwarded-By"
+
+
+class Located(Protocol):
+    @property
+    def http(self) -> str:
+        """The node's HTTP base URL."""
+
+
+#: A live node by its name (NodeRegistry.find), None when dead or unknown.
+Locate = Callable[[str], Awaitable[Located | None]]
 
 
 def node_of(client_id: str) -> str | None:
@@ -46,56 +57,42 @@ def node_of(client_id: str) -> str | None:
 
 
 class Forwarder:
-    def __init__(
-        self, bus: Bus, node: str, *, timeout: float, verify: ssl.SSLContext | bool = True
-    ) -> None:
-        self._bus = bus
+    def __init__(self, node: str, *, timeout: float) -> None:
         self._node = node
-        self._urls: dict[str, str] = {}
-        # A held connect is answered within the connect timeout; the margin
-        # covers the hop and a slow node.
-        self._client = httpx.AsyncClient(timeout=timeout, verify=verify)
+        #: Set once the node registry runs (before the first request is served).
+        self.locate: Locate | None = None
+        # ``timeout``: a held connect is answered within the connect timeout,
+        # plus a margin for the hop and a slow node.
+        self._client = httpx.AsyncClient(timeout=timeout)
 
     async def __call__(
         self, request: Request, body: bytes, messages: Sequence[Message]
     ) -> Response | None:
         """The owner node's answer to this request, or None: answer it here."""
-        if FORWARDED in request.headers:
+        if FORWARDED in request.headers or self.locate is None:
             return None
         client_id = next((m.client_id for m in messages if m.client_id), None)
         node = node_of(client_id) if client_id else None
         if node is None or node == self._node:
             return None
-        url = await self._url(node)
-        if url is None:
+        found = await self.locate(node)
+        if found is None:
             return None
         headers = {FORWARDED: self._node, "content-type": "application/json"}
         authorization = request.headers.get("authorization")
         if authorization is not None:
             headers["authorization"] = authorization
-        target = url.rstrip("/") + request.url.path
+        target = found.http.rstrip("/") + request.url.path
         try:
             answer = await self._client.post(target, content=body, headers=headers)
         except httpx.HTTPError as exc:
             logger.warning("cluster: Bayeux request for node %s not passed on: %s", node, exc)
-            self._urls.pop(node, None)
             return None
         return Response(
             answer.content,
             answer.status_code,
             media_type=answer.headers.get("content-type", "application/json"),
         )
-
-    async def _url(self, node: str) -> str | None:
-        url = self._urls.get(node)
-        if url is None:
-            try:
-                url = await self._bus.node_url(node)
-            except BusDown:
-                return None
-            if url is not None:
-                self._urls[node] = url
-        return url
 
     async def close(self) -> None:
         await self._client.aclose()

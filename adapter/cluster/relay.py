@@ -99,13 +99,11 @@ class Relay:
         hub: Hub,
         *,
         ttl: float,
-        url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._bus = bus
         self._hub = hub
         self._ttl = ttl
-        self._url = url  # this node's HTTP, told to the others (adapter.cluster.forward)
         self._clock = clock
         hub.listener = self
         # Producing.
@@ -238,7 +236,7 @@ class Relay:
                 kept = window.setdefault(entry.app_id, deque(maxlen=self._bus.maxlen))
                 kept.append(Entry(entry.app_id, entry_id, entry.channel, entry.data))
         self._window = window
-        await self._bus.mark_alive(self._url)
+        await self._bus.mark_alive()
         if entries:
             logger.warning(
                 "cluster: Redis had lost this node's Bayeux messages; %d added again", len(entries)

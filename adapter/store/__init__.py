@@ -22,7 +22,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adapter.store.interface import KINDS, BacklogRow, Store, StoreError
+from adapter.store.interface import (
+    KINDS,
+    BacklogRow,
+    StaleLease,
+    Store,
+    StoreError,
+    StoreUnreachable,
+    retrieved,
+)
 from adapter.store.memory import MemoryStore
 from adapter.store.sqlite import SqliteStore
 
@@ -34,17 +42,23 @@ __all__ = [
     "BacklogRow",
     "MemoryStore",
     "SqliteStore",
+    "StaleLease",
     "Store",
     "StoreError",
+    "StoreUnreachable",
     "open_store",
+    "retrieved",
 ]
 
 
-def open_store(config: StoreConfig, *, write_timeout: float | None = None) -> Store:
+def open_store(
+    config: StoreConfig, *, write_timeout: float | None = None, node: str | None = None
+) -> Store:
     """The store ``[store]`` names: PostgreSQL for ``url``, else the SQLite file ``path``.
 
     ``write_timeout``: the longest a PostgreSQL write waits for the server
     (default :data:`~adapter.store.postgres.WRITE_TIMEOUT`; SQLite's fail at once).
+    ``node``: this adapter is that node of a cluster (PostgreSQL only).
 
     Raises StoreError (one line) when it cannot be opened.
     """
@@ -52,6 +66,6 @@ def open_store(config: StoreConfig, *, write_timeout: float | None = None) -> St
         # psycopg is imported only by an adapter that uses it.
         from adapter.store.postgres import PostgresStore
 
-        return PostgresStore(config.url, write_timeout=write_timeout)
+        return PostgresStore(config.url, write_timeout=write_timeout, node=node)
     assert config.path is not None  # StoreConfig holds one or the other
     return SqliteStore(config.path, synchronous=config.synchronous)

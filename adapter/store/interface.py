@@ -8,7 +8,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["KINDS", "BacklogRow", "Store", "StoreError", "encode", "settle"]
+__all__ = [
+    "KINDS",
+    "BacklogRow",
+    "StaleLease",
+    "Store",
+    "StoreError",
+    "StoreUnreachable",
+    "encode",
+    "retrieved",
+    "settle",
+]
 
 KINDS = ("publication", "watch", "schedule")
 
@@ -19,6 +29,16 @@ encode = json.JSONEncoder(separators=(",", ":")).encode
 
 class StoreError(Exception):
     """The store cannot be opened or written (one line, naming the store)."""
+
+
+class StoreUnreachable(StoreError):
+    """The server could not be reached for the write: it failed now, and is kept
+    and written once the server is back (adapter.store.postgres)."""
+
+
+class StaleLease(StoreError):
+    """A node's write of SIP work was refused: another node of the cluster owns
+    that work now (adapter.cluster.leases)."""
 
 
 @dataclass(frozen=True)
@@ -69,3 +89,13 @@ def settle(waiters: Iterable[asyncio.Future[None]], error: Exception | None) -> 
             done.set_result(None)
         else:
             done.set_exception(error)
+
+
+def retrieved(write: asyncio.Future[None]) -> None:
+    """A write nobody waits for: its error (the store logs it) is not reported again."""
+
+    def retrieve(future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            future.exception()
+
+    write.add_done_callback(retrieve)

@@ -24,8 +24,21 @@ taking every write queued meanwhile (a group commit); a write's future
 completes once its transaction is committed.  A group that meets a broken
 connection is written once more on a new one (every statement is an upsert,
 a delete or an insert that ignores a row already there, so a group that did
-commit before the connection broke may be written twice); any other failure
-fails the group's futures and is logged, and the writer goes on.
+commit before the connection broke may be written twice).  A group that
+cannot be written because the server is unreachable (stopped, restarting)
+fails its futures at once — a REST call answers 503 rather than wait — but is
+kept, at the head of the queue, and written again with back-off until the
+server is back: nothing written in the background (an entity tag, a
+decision told, a Bayeux message kept) is lost to a restart of the server.  A
+caller that takes back what it asked for after such a failure writes that
+too, and it is committed after, in order.  Any other failure fails the
+group's futures, is logged, and the writer goes on.
+
+Fencing (a node of a cluster, adapter.cluster.leases): a record of the SIP
+work a node owns (a publication, a watch) is written only with the lease's
+fencing token the node holds, in the statement itself — the write does
+nothing, and its future fails with :class:`StaleLease`, when another node
+has taken the work over since.
 
 Values are stored as their JSON text, as SQLite stores them, not as jsonb:
 jsonb refuses some JSON that Python writes (``\\u0000`` in a string), and a
@@ -33,11 +46,13 @@ store must keep whatever the services hand it.
 
 The schema's version is the ``meta`` table's ``schema`` row (adapter.store.schema).
 
-One adapter at a time: the store holds a session-level advisory lock for as
-long as it is open, and an adapter that cannot take it within
-:data:`OWNER_WAIT` refuses to start.  Two adapters on one store would both
-re-publish and re-subscribe everything, and hand out the same backlog
-numbers; several nodes sharing a store need the cluster's leases first.  The
+One adapter at a time, or the nodes of one cluster: the store holds a
+session-level advisory lock for as long as it is open — exclusive for a
+single adapter, shared for a node of a cluster (``node``) — and an adapter
+that cannot take it within :data:`OWNER_WAIT` refuses to start.  Two single
+adapters on one store would both re-publish and re-subscribe everything; the
+nodes of a cluster share the work through leases (adapter.cluster.leases),
+which a single adapter knows nothing of, so the two kinds never mix.  The
 wait covers an adapter restarted at once after ``kill -9``: the server
 notices the dead process's connection close and lets go of its lock.
 """
@@ -48,7 +63,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -57,15 +72,24 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapter.metrics import STORE_BUCKETS, Histogram
 from adapter.store import schema
-from adapter.store.interface import KINDS, BacklogRow, StoreError, encode, settle
+from adapter.store.interface import (
+    KINDS,
+    BacklogRow,
+    StaleLease,
+    StoreError,
+    StoreUnreachable,
+    encode,
+    retrieved,
+    settle,
+)
 from adapter.store.sql import Upserts, Write
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["FENCED", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "StaleLease"]
 
 logger = logging.getLogger(__name__)
 
 #: The schema this adapter writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
 #: Seconds a write waits for a connection (the server unreachable) before it
@@ -74,6 +98,9 @@ CONNECT_TIMEOUT = 10
 WRITE_TIMEOUT = 10.0
 #: The advisory lock an open store holds ("pres").
 OWNER_LOCK = 0x70726573
+#: Held while a store's tables are checked, made or migrated: the nodes of a
+#: cluster, which share OWNER_LOCK, may start together on a new database.
+SCHEMA_LOCK = OWNER_LOCK + 1
 #: Seconds to wait for it (libpq's lock_timeout syntax).
 OWNER_WAIT = "5s"
 
@@ -86,8 +113,21 @@ _TABLES = (
     " data text NOT NULL, expires_at double precision NOT NULL)",
 )
 
+#: The cluster's tables (adapter.cluster): the nodes and their heartbeats, and
+#: one lease per piece of SIP work (a record of kind publication or watch).
+_CLUSTER_TABLES = (
+    "CREATE TABLE nodes ("
+    " name text PRIMARY KEY, http text NOT NULL, sip text NOT NULL,"
+    " last_seen timestamptz NOT NULL)",
+    "CREATE TABLE leases ("
+    " kind text NOT NULL, key text NOT NULL, owner text NOT NULL, token bigint NOT NULL,"
+    " expires timestamptz NOT NULL, PRIMARY KEY (kind, key))",
+    "CREATE INDEX leases_owner ON leases (owner)",
+    "CREATE INDEX leases_expires ON leases (expires)",
+)
+
 #: Version -> the statements that bring a store of that version to the next.
-MIGRATIONS: schema.Migrations = {}
+MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES}
 
 #: The snapshot's key for the backlog (not a kind of record).
 _BACKLOG = "backlog"
@@ -99,6 +139,34 @@ _DELETE_RECORD = "DELETE FROM records WHERE kind = %s AND key = %s"
 _ADD_BACKLOG = "INSERT INTO backlog VALUES (%s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING"
 _REMOVE_BACKLOG = "DELETE FROM backlog WHERE seq = ANY(%s)"
 _UPSERT = Upserts.with_placeholder("%s")
+
+#: The kinds of record that are a node's SIP work, written under its lease.
+FENCED = ("publication", "watch")
+#: Seconds between attempts to write a group while the server is unreachable
+#: (doubling up to the last).
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+
+
+class _Fenced(str):
+    """A statement that writes only under the lease it names, and answers one
+    row: how many leases allowed it (1, or 0 when the token is stale)."""
+
+
+# The lease row is locked (FOR SHARE) until the write commits, so that a
+# takeover (an UPDATE of that row) comes wholly before or wholly after it.
+_FENCE = (
+    "WITH fence AS (SELECT 1 FROM leases"
+    " WHERE kind = %s AND key = %s AND owner = %s AND token = %s FOR SHARE)"
+)
+_FENCED_PUT = _Fenced(
+    _FENCE + ", done AS (INSERT INTO records SELECT %s, %s, %s FROM fence"
+    " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value)"
+    " SELECT count(*) FROM fence"
+)
+_FENCED_DELETE = _Fenced(
+    _FENCE + ", done AS (DELETE FROM records WHERE kind = %s AND key = %s"
+    " AND EXISTS (SELECT 1 FROM fence)) SELECT count(*) FROM fence"
+)
 
 
 def _line(exc: BaseException) -> str:
@@ -121,8 +189,12 @@ class PostgresStore:
     """A store in a PostgreSQL database: the tables are created in the
     connection's current schema (``search_path``) when the database has none."""
 
-    def __init__(self, url: str, *, write_timeout: float | None = None) -> None:
+    def __init__(
+        self, url: str, *, write_timeout: float | None = None, node: str | None = None
+    ) -> None:
         self.url = url
+        #: This adapter's name as a node of a cluster; None: a single adapter.
+        self.node = node
         self.write_timeout = WRITE_TIMEOUT if write_timeout is None else write_timeout
         #: How messages name the store (no password).
         self.where = describe(url)
@@ -145,6 +217,16 @@ class PostgresStore:
         self._closing = False
         #: The last group failed for want of a connection (the server unreachable).
         self._unreachable = False
+        #: Failed attempts in a row at writing the group at the head of the queue.
+        self._attempts = 0
+        #: A node's fencing: the token it holds for a record of FENCED kinds, None
+        #: when it holds none (adapter.cluster sets it; unset: no fencing).
+        self.fence: Callable[[str, str], int | None] | None = None
+        #: Told of a write refused for a stale token (kind, key).
+        self.on_stale: Callable[[str, str], None] = lambda kind, key: None
+        #: Reads (and the cluster's statements) while serving, beside the writer.
+        self._reads: AsyncConnectionPool | None = None
+        self._reads_opening = asyncio.Lock()
         self.failures = 0
         #: Seconds from the first statement of a commit to its COMMIT (for /metrics).
         self.commit_seconds = Histogram(STORE_BUCKETS)
@@ -173,15 +255,18 @@ class PostgresStore:
     def _prepare(self, db: psycopg.Connection[Any]) -> int:
         try:
             db.execute(f"SET lock_timeout = '{OWNER_WAIT}'")
+            lock = "pg_advisory_lock" if self.node is None else "pg_advisory_lock_shared"
             try:
-                db.execute("SELECT pg_advisory_lock(%s)", (OWNER_LOCK,))
+                db.execute(f"SELECT {lock}(%s)", (OWNER_LOCK,))
             except psycopg.errors.LockNotAvailable:
                 raise StoreError(
-                    f"{self.where}: another adapter is using this store "
-                    "(one adapter per store until clusters are supported)"
+                    f"{self.where}: another adapter is using this store"
+                    + (" as a single adapter (not a node of a cluster)" if self.node else
+                       " (one adapter per store, or the nodes of a cluster, each with [cluster])")
                 ) from None
             db.execute("RESET lock_timeout")
             with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 found = self._version(db)
                 if found != SCHEMA_VERSION:
                     if found:
@@ -191,7 +276,7 @@ class PostgresStore:
                             self.where, found, SCHEMA_VERSION,
                         )
                     else:
-                        statements = list(_TABLES)
+                        statements = [*_TABLES, *_CLUSTER_TABLES]
                     for sql in statements:
                         db.execute(sql)
                     db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))
@@ -249,11 +334,50 @@ class PostgresStore:
 
     def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
+        if self.fence is not None and kind in FENCED:
+            return self._fenced(_FENCED_PUT, kind, key, (kind, key, encode(value)))
         return self._submit([(_UPSERT.record, (kind, key, encode(value)))])
 
     def delete(self, kind: str, key: str) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
+        if self.fence is not None and kind in FENCED:
+            return self._fenced(_FENCED_DELETE, kind, key, (kind, key))
         return self._submit([(_DELETE_RECORD, (kind, key))])
+
+    def _fenced(
+        self, sql: _Fenced, kind: str, key: str, args: tuple[Any, ...]
+    ) -> asyncio.Future[None]:
+        assert self.fence is not None and self.node is not None
+        token = self.fence(kind, key)
+        if token is None:
+            # Not ours (any more): nothing is written, nothing is queued.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_exception(StaleLease(f"{self.where}: {kind} {key} is not this node's"))
+            retrieved(done)
+            return done
+        return self._submit([(sql, (kind, key, self.node, token, *args))])
+
+    async def query(
+        self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement on a connection of its own (autocommit), beside the
+        writer; its rows.  Raises StoreError when the server cannot be reached
+        within the write timeout or refuses it."""
+        async with self._reads_opening:  # one pool, whoever asks first
+            if self._reads is None:
+                self._reads = await self._open_pool("presence-adapter-reads", 2)
+        try:
+            async with self._reads.connection() as connection:
+                cursor = await connection.execute(sql, args)
+                return await cursor.fetchall() if cursor.description is not None else []
+        except psycopg.Error as exc:  # psycopg_pool's PoolTimeout is one too
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+
+    async def get(self, kind: str, key: str) -> Any | None:
+        """One record as stored now, or None (a read while serving)."""
+        rows = await self.query("SELECT value FROM records WHERE kind = %s AND key = %s",
+                                (kind, key))
+        return json.loads(rows[0][0]) if rows else None
 
     def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:
         self._snapshot.pop(_BACKLOG, None)
@@ -282,6 +406,8 @@ class PostgresStore:
             await self._writer
         if self._pool is not None:
             await self._pool.close()
+        if self._reads is not None:
+            await self._reads.close()
         self._owner.close()  # lets go of OWNER_LOCK
 
     def _submit(self, statements: list[tuple[str, tuple[Any, ...]]]) -> asyncio.Future[None]:
@@ -308,22 +434,28 @@ class PostgresStore:
                 self._write_all(), name="store-writer"
             )
 
+    async def _open_pool(self, name: str, size: int) -> AsyncConnectionPool:
+        """Autocommit connections, checked before use and replaced when broken; a
+        caller waits at most write_timeout for one."""
+        pool = AsyncConnectionPool(
+            self.url,
+            kwargs={"autocommit": True, **self._options},
+            min_size=1,
+            max_size=size,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.write_timeout,
+            name=name,
+        )
+        await pool.open(wait=False)
+        return pool
+
     async def _write_all(self) -> None:
         """Commit what is queued, a group at a time, until closed."""
         assert self._wake is not None
         # One connection: one writer, so the order of commits is the order of
         # the calls.
-        self._pool = AsyncConnectionPool(
-            self.url,
-            kwargs={"autocommit": True, **self._options},
-            min_size=1,
-            max_size=1,
-            open=False,
-            check=AsyncConnectionPool.check_connection,
-            timeout=self.write_timeout,
-            name="presence-adapter-store",
-        )
-        await self._pool.open(wait=False)
+        self._pool = await self._open_pool("presence-adapter-store", 1)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -337,8 +469,40 @@ class PostgresStore:
                     writes += self._pending
                     self._pending = []
                 settle([done for _, done in writes if done is not None], error)
+                if error is not None and self._unreachable:
+                    if await self._write_again(writes):
+                        continue
             if self._closing and not self._pending:
                 return
+
+    async def _write_again(self, writes: list[Write]) -> bool:
+        """Keep a group the server could not be reached for, ahead of what came
+        since, and wait before the next attempt.  False when closing: what is
+        left is lost (logged), rather than hold the stop for ever."""
+        assert self._wake is not None
+        self._attempts += 1
+        if self._closing and self._attempts > 1:
+            logger.error("store %s: stopping with %d writes not written (server unreachable)",
+                         self.where, len(writes))
+            return False
+        # Their waiters have their answer (the error): what is kept is the data.
+        self._pending = [(statements, None) for statements, _ in writes] + self._pending
+        delay = RETRY_DELAYS[min(self._attempts, len(RETRY_DELAYS)) - 1]
+        logger.warning("store %s: %d writes kept, writing again in %g s",
+                       self.where, len(self._pending), delay)
+        await asyncio.sleep(delay)
+        self._wake.set()
+        return True
+
+    def _stale(self, writes: list[Write], index: int, kind: str, key: str) -> None:
+        """A fenced write did nothing: its waiter learns why, the node lets the work go."""
+        statements, done = writes[index]
+        logger.warning("store %s: %s %s written under a stale lease: not written",
+                       self.where, kind, key)
+        if done is not None and not done.done():
+            done.set_exception(StaleLease(f"{self.where}: {kind} {key} is another node's now"))
+            retrieved(done)
+        self.on_stale(kind, key)
 
     async def _commit(self, writes: list[Write]) -> StoreError | None:
         """``writes`` in one transaction: None once committed, else the error."""
@@ -351,12 +515,26 @@ class PostgresStore:
             try:
                 async with self._pool.connection() as connection:
                     started = time.perf_counter()
+                    fenced: list[tuple[int, str, str, psycopg.AsyncCursor[Any]]] = []
                     async with connection.pipeline(), connection.transaction():
                         async with connection.cursor() as cursor:
-                            for statements, _ in writes:
+                            for index, (statements, _) in enumerate(writes):
                                 for sql, args in statements:
-                                    await cursor.execute(sql, args)
+                                    if isinstance(sql, _Fenced):
+                                        # A cursor of its own: its one row is read
+                                        # once the pipeline has run.
+                                        own = connection.cursor()
+                                        await own.execute(sql, args)
+                                        fenced.append((index, args[0], args[1], own))
+                                    else:
+                                        await cursor.execute(sql, args)
                     self.commit_seconds.observe(time.perf_counter() - started)
+                    self._attempts = 0
+                    for index, kind, key, own in fenced:
+                        row = await own.fetchone()
+                        await own.close()
+                        if row is None or row[0] != 1:
+                            self._stale(writes, index, kind, key)
                 return None
             except psycopg.Error as exc:
                 if tries and connection is not None and connection.broken:
@@ -366,6 +544,8 @@ class PostgresStore:
                     )
                     continue
                 self.failures += 1
-                self._unreachable = connection is None
+                self._unreachable = connection is None or connection.broken
                 logger.error("store %s: write failed: %s", self.where, _line(exc))
+                if self._unreachable:
+                    return StoreUnreachable(f"{self.where}: {_line(exc)}")
                 return StoreError(f"{self.where}: {_line(exc)}")

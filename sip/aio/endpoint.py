@@ -464,6 +464,12 @@ class SipEndpoint:
         self.ua.modify(publication_id, body, self.now())
         self._flush()
 
+    def _abandon(self, publication_id: int) -> None:
+        self.ua.abandon(publication_id)
+        handle = self._publications.pop(publication_id, None)
+        if handle is not None:
+            handle.close()
+
     def _unpublish(self, publication_id: int) -> None:
         if self.ua.publication(publication_id) is not None:
             self.ua.unpublish(publication_id, self.now())

@@ -102,6 +102,11 @@ class PublicationHandle:
             self._endpoint._unpublish(self.id)
         return self.ended
 
+    def abandon(self) -> None:
+        """Stop refreshing the publication, sending nothing (UserAgent.abandon):
+        another gateway holds it now.  What still waits is cancelled."""
+        self._endpoint._abandon(self.id)
+
     def _expect(self, retry_until: float | None) -> asyncio.Future[PublicationConfirmed]:
         future: asyncio.Future[PublicationConfirmed] = self._endpoint._new_future()
         self._waiting.append((future, retry_until))

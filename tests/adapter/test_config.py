@@ -189,58 +189,15 @@ def test_a_store_that_is_not_one_sqlite_file_or_one_postgresql_url_is_one_line(
     assert error_line(write(edited(STORE_PATH, store))) == line
 
 
-CLUSTER = '\n[cluster]\nnode = "a"\nredis = "redis://:r-secret@127.0.0.1:6379/0"\n'
-
-
-def clustered(cluster: str = CLUSTER) -> str:
-    return edited(STORE_PATH, f'url = "{PG_URL}"') + cluster
-
-
-def test_a_cluster_node_names_itself_and_its_redis(write) -> None:
-    config = load_config(write(clustered()))
-    assert config.cluster is not None
-    assert config.cluster.node == "a"
-    assert config.cluster.redis == "redis://:r-secret@127.0.0.1:6379/0"
-    assert config.cluster.advertise is None
-    assert "r-secret" not in repr(config)
-    assert load_config(write(VALID)).cluster is None
-
-
-@pytest.mark.parametrize(
-    ("text", "line"),
-    [
-        (
-            VALID + CLUSTER,
-            "cluster: needs [store] url: the nodes share a PostgreSQL store, not a file",
-        ),
-        (
-            clustered(edited('node = "a"', 'node = "a.b"', CLUSTER)),
-            "cluster.node: \"a.b\" is not 1-32 letters, digits, '_' or '-'",
-        ),
-        (
-            clustered(edited('node = "a"', f'node = "{"n" * 33}"', CLUSTER)),
-            f"cluster.node: \"{'n' * 33}\" is not 1-32 letters, digits, '_' or '-'",
-        ),
-        (clustered('\n[cluster]\nnode = "a"\n'), "cluster.redis: missing (required)"),
-        (
-            clustered(edited("redis://:r-secret@", "http://:r-secret@", CLUSTER)),
-            'cluster.redis: "http://:***@127.0.0.1:6379/0" is not a redis:// or rediss:// URL '
-            "with a host",
-        ),
-        (
-            clustered(edited("6379/0", "6379/zero", CLUSTER)),
-            'cluster.redis: "redis://:***@127.0.0.1:6379/zero" names database "zero": '
-            "a number is expected",
-        ),
-        (
-            edited('host = "127.0.0.1"', 'host = "0.0.0.0"', clustered()),
-            "cluster.advertise: missing: http.host 0.0.0.0 is no address the other nodes "
-            "can reach",
-        ),
-    ],
-)
-def test_a_wrong_cluster_table_is_one_line(write, text: str, line: str) -> None:
-    assert error_line(write(text)) == line
+def test_the_urls_of_a_cluster_node_are_shown_without_their_passwords(write) -> None:
+    cluster = '\n[cluster]\nnode = "a"\nredis = "redis://:r-secret@127.0.0.1:6379/0"\n'
+    config = load_config(write(edited(STORE_PATH, f'url = "{PG_URL}"') + cluster))
+    assert "r-secret" not in repr(config) and "pg-secret" not in repr(config)
+    # A URL with no password at all is shown as it is.
+    bare = edited("redis://:r-secret@", "redis://", cluster)
+    config = load_config(write(edited(STORE_PATH, 'url = "postgresql://127.0.0.1/db"') + bare))
+    assert "'redis://127.0.0.1:6379/0'" in repr(config)
+    assert "'postgresql://127.0.0.1/db'" in repr(config)
 
 
 def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
@@ -1013,3 +970,40 @@ def test_any_value_for_any_key_loads_or_is_one_line_naming_a_key(write, key, val
         line = str(exc)
         assert "\n" not in line and "Expected `" not in line and "- at `$" not in line, line
         assert exc.key is not None and re.sub(r"\[\d+\]", "", exc.key) in keys, line
+
+
+POSTGRES_STORE = '[store]\nurl = "postgresql://adapter@127.0.0.1:5432/adapter"\n'
+CLUSTER = '\n[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\n'
+
+
+def test_a_cluster_node_has_a_name_a_redis_and_a_lease(write) -> None:
+    text = edited('[store]\npath = "var/adapter.sqlite"\n', POSTGRES_STORE) + CLUSTER
+    config = load_config(write(text))
+    assert config.cluster is not None
+    assert (config.cluster.node, config.cluster.redis, config.cluster.lease) == (
+        "a", "redis://127.0.0.1:6379/0", 10.0)
+    assert load_config(write(VALID)).cluster is None
+
+
+@pytest.mark.parametrize(
+    ("cluster", "line"),
+    [
+        (CLUSTER, "cluster: needs store.url: the nodes of a cluster share a PostgreSQL store"),
+        ('\n[cluster]\nredis = "redis://h"\n', "cluster.node: missing (required)"),
+        (CLUSTER.replace('"a"', '"a b"'),
+         'cluster.node: "a b" must be 1 to 32 letters, digits, - or _'),
+        (CLUSTER.replace('"a"', '"' + "n" * 33 + '"'),
+         f'cluster.node: "{"n" * 33}" must be 1 to 32 letters, digits, - or _'),
+        (CLUSTER.replace("redis://127.0.0.1:6379/0", "http://h"),
+         'cluster.redis: "http://h" is not a redis://, rediss:// or unix:// URL'),
+        (CLUSTER.replace("redis://127.0.0.1:6379/0", "redis://:pw@"),
+         'cluster.redis: "redis://:***@" has no host'),
+        (CLUSTER + "lease = 0\n", "cluster.lease: must be positive"),
+    ],
+)
+def test_a_bad_cluster_table_is_one_line(write, cluster: str, line: str) -> None:
+    store = "" if "store.url" in line else POSTGRES_STORE
+    text = VALID + cluster
+    if store:
+        text = edited('[store]\npath = "var/adapter.sqlite"\n', store) + cluster
+    assert error_line(write(text)) == line

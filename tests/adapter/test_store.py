@@ -21,7 +21,7 @@ import pytest
 from adapter.notification import Criterion, Schedule, schedule_from_record, schedule_to_record
 from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
-from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError
+from adapter.store import BacklogRow, MemoryStore, SqliteStore, Store, StoreError, StoreUnreachable
 from adapter.store import postgres as postgres_store
 from adapter.store import sqlite as sqlite_store
 from adapter.store.postgres import PostgresStore, describe
@@ -868,18 +868,52 @@ def test_a_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
 def test_a_second_adapter_on_one_store_is_refused_with_one_line(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two adapters would both re-publish everything and hand out the same
-    # backlog numbers: until clusters are supported, one at a time.
+    # Two single adapters would both re-publish everything: one at a time,
+    # or the nodes of a cluster (which share the work through leases).
     monkeypatch.setattr("adapter.store.postgres.OWNER_WAIT", "200ms")
     first = PostgresStore(postgres_url)
     with pytest.raises(StoreError) as info:
         PostgresStore(postgres_url)
     assert str(info.value) == (
         f"{describe(postgres_url)}: another adapter is using this store "
-        "(one adapter per store until clusters are supported)"
+        "(one adapter per store, or the nodes of a cluster, each with [cluster])"
+    )
+    with pytest.raises(StoreError) as info:
+        PostgresStore(postgres_url, node="a")
+    assert str(info.value) == (
+        f"{describe(postgres_url)}: another adapter is using this store "
+        "as a single adapter (not a node of a cluster)"
     )
     asyncio.run(first.close())
     asyncio.run(PostgresStore(postgres_url).close())  # free again once the first closed
+
+
+def test_the_nodes_of_a_cluster_share_a_store_and_keep_a_single_adapter_out(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapter.store.postgres.OWNER_WAIT", "200ms")
+    a, b = PostgresStore(postgres_url, node="a"), PostgresStore(postgres_url, node="b")
+    with pytest.raises(StoreError) as info:
+        PostgresStore(postgres_url)
+    assert "another adapter is using this store (one adapter per store" in str(info.value)
+    asyncio.run(a.close())
+    asyncio.run(b.close())
+
+
+def test_nodes_starting_together_on_a_new_database_make_one_store(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def attempt(name: str) -> PostgresStore:
+        return PostgresStore(postgres_url, node=name)
+
+    async def scenario() -> None:
+        stores = await asyncio.gather(*(asyncio.to_thread(attempt, n) for n in "abcd"))
+        for store in stores:
+            await store.close()
+
+    run(scenario)
+    backend = PostgresBackend(postgres_url)
+    assert backend.version() == postgres_store.SCHEMA_VERSION
 
 
 def test_adapters_starting_together_on_a_new_database_make_one_store(
@@ -904,7 +938,7 @@ def test_adapters_starting_together_on_a_new_database_make_one_store(
     run(scenario)
     backend = PostgresBackend(postgres_url)
     assert backend.version() == postgres_store.SCHEMA_VERSION
-    assert sorted(backend.tables()) == ["backlog", "meta", "records"]
+    assert sorted(backend.tables()) == ["backlog", "leases", "meta", "nodes", "records"]
     assert backend.rows("SELECT key FROM records") == [("w",)]
 
 
@@ -942,7 +976,7 @@ def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
                 await asyncio.sleep(0)
             queued = store.put("watch", "b", {})
             both = asyncio.gather(waiting, queued, return_exceptions=True)
-            assert [type(e) for e in await asyncio.wait_for(both, 30)] == [StoreError] * 2
+            assert [type(e) for e in await asyncio.wait_for(both, 30)] == [StoreUnreachable] * 2
             assert store.failures == failures + 1
             cluster.resume()
             # The pool reconnects on its own: no restart of the adapter.
@@ -952,7 +986,38 @@ def test_writes_fail_while_the_server_is_down_and_succeed_once_it_is_back(
 
         run(scenario)
         rows = PostgresBackend(url).rows("SELECT key FROM records ORDER BY key")
-    assert rows == [("after",), ("before",)]
+    # What failed while the server was down was kept and written once it was back.
+    assert rows == [("a",), ("after",), ("b",), ("before",), ("during",)]
+
+
+def test_writes_kept_while_the_server_is_down_are_written_in_order_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("adapter.store.postgres.WRITE_TIMEOUT", 0.5)
+    with PostgresCluster(settings=TEST_SETTINGS) as cluster:
+        url = cluster.url(cluster.create_database())
+
+        async def scenario() -> None:
+            store = PostgresStore(url)
+            await store.put("watch", "w", {"n": 0})
+            cluster.halt()
+            # Background writes nobody waits for (an entity tag, a backlog
+            # message), and a caller that takes its write back after the error.
+            store.put("watch", "w", {"n": 1})
+            store.backlog_add("app", "/bayeux/app", {"m": 1}, 2e9)
+            taken_back = store.put("watch", "x", {})
+            with pytest.raises(StoreError):
+                await asyncio.wait_for(taken_back, 30)
+            store.delete("watch", "x")
+            store.put("watch", "w", {"n": 2})
+            cluster.resume()
+            await eventually_async(store.probe)
+            await store.close()
+
+        run(scenario)
+        backend = PostgresBackend(url)
+        assert backend.rows("SELECT key, value FROM records ORDER BY key") == [("w", '{"n":2}')]
+        assert len(backend.rows("SELECT * FROM backlog")) == 1
 
 
 async def eventually_async(write: Callable[[], Awaitable[None]], timeout: float = 30) -> None:

@@ -259,3 +259,24 @@ def test_a_new_watch_keeps_its_states_by_member() -> None:
     assert list(scene.watch.members) == [ALICE]
     assert scene.machine.presence(BOB, ALICE, frozenset()) is not None
     assert isinstance(scene.watch, Watch)
+
+
+def test_a_watch_released_to_another_node_ends_its_dialog_and_tells_nobody() -> None:
+    scene = Scene()
+    scene.schedule("n1")
+    scene.read(scene.notify("active;expires=60", busy(0)), PresRules().allow(BOB, {A: True}))
+    actions = scene.machine.release(scene.watch)
+    # Its dialog ends; no statusEnd, no subscriptionEnded, and its records stay
+    # as they are (the new owner's now).
+    assert actions == [Unsubscribe(7)]
+    assert scene.machine.get(BOB, ALICE) is None
+    assert (APP, "n1") not in scene.machine.schedules
+    # Its timers, when they come, do nothing.
+    for later in (60.0, 600.0, 86400.0):
+        fired = scene.machine.handle_timer(NOW + later)
+        assert kinds(fired) == [] and of(Subscribe, fired) == [] and of(ReadRules, fired) == []
+        assert all(not action.schedules for action in of(SaveProgress, fired))
+    # What its old dialog still says is no news.
+    assert scene.notify("active;expires=60", busy(1)) == []
+    assert scene.terminate("unsubscribed") == []
+    assert scene.machine.release(scene.watch) == []

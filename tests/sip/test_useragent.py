@@ -259,6 +259,24 @@ def test_publication_confirm_refresh_remove() -> None:
     assert net.ua.publication(pub_id) is None
 
 
+def test_an_abandoned_publication_sends_nothing_more() -> None:
+    net = Net()
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    net.reply(publish, 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    net.events()
+    net.ua.modify(pub_id, b"<second/>", net.now)
+    modify = net.request()
+    net.ua.abandon(pub_id)
+    assert net.ua.publication(pub_id) is None
+    # The answer to what was out is dropped, and no refresh ever goes.
+    net.reply(modify, 200, ("SIP-ETag", "e2"), ("Expires", "3600"))
+    assert net.events() == []
+    net.run_until(7200.0)
+    assert net.sent() == []
+    assert net.ua.get_timer() is None
+
+
 def test_modify_through_the_user_agent() -> None:
     net = Net()
     pub_id = net.ua.publish(ALICE, PIDF, net.now)

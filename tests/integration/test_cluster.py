@@ -1,0 +1,311 @@
+"""Two adapter nodes on one PostgreSQL store, one Redis and one Kamailio (tests/cluster_nodes.py).
+
+What a load balancer in front would see: any node answers any call alike; a
+node killed with -9 has its publications and watches taken over by the
+other; a PostgreSQL restart costs 503s while it is down and loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from pidf import Activity, decode
+from tests.adapter_process import AdapterProcess, AppAccount
+from tests.cluster_nodes import ClusterNodes
+from tests.integration.test_durability import publications, winfo_watchers
+from tests.polling import eventually
+from tests.postgres_server import PostgresCluster
+from tests.presence_server import PresenceServer
+from tests.rawsip import new_token
+from tests.redis_server import RedisServer
+from tests.sipphone import SipPhone
+
+pytestmark = pytest.mark.integration
+
+ALL_ATTRIBUTES = ("Activity", "Place", "Privacy", "Sphere", "Communication", "Other")
+
+
+class People:
+    """Fresh SIP addresses per test: the session's Kamailio keeps state between tests."""
+
+    def __init__(self) -> None:
+        run = new_token()[:8]
+        self.alice = f"sip:alice-{run}@example.com"
+        self.bob = f"sip:bob-{run}@example.com"
+        self.phone = f"sip:phone-{run}@example.com"
+        self.accounts = (
+            AppAccount("alice-app", "alice-secret", (self.alice,)),
+            AppAccount("bob-app", "bob-secret", (self.bob,)),
+        )
+
+
+@pytest.fixture
+def people() -> People:
+    return People()
+
+
+@pytest.fixture
+def start_cluster(
+    tmp_path: Path,
+    postgres: PostgresCluster,
+    redis_server: RedisServer,
+    presence_server: PresenceServer,
+    people: People,
+) -> Iterator[Callable[..., ClusterNodes]]:
+    started: list[ClusterNodes] = []
+
+    def start(**options: Any) -> ClusterNodes:
+        nodes = ClusterNodes(
+            tmp_path, people.accounts, postgres=postgres, redis=redis_server,
+            presence=presence_server, **options,
+        )
+        started.append(nodes)
+        nodes.start()
+        return nodes
+
+    yield start
+    for nodes in started:
+        nodes.stop()
+
+
+def publish(node: AdapterProcess, activity: str, note: str = "") -> httpx.Response:
+    item: dict[str, Any] = {"typeAndValue": {"unionElement": "Activity", "activity": activity}}
+    if note:
+        item["note"] = note
+    with node.client("alice-app") as http:
+        return http.post("/rest/presence", json={"presence": [item]})
+
+
+def authorize(node: AdapterProcess, watcher: str) -> None:
+    body = {
+        "watcher": watcher,
+        "decisions": [{"presenceAttribute": k, "decision": True} for k in ALL_ATTRIBUTES],
+    }
+    with node.client("alice-app") as http:
+        answer = http.put("/rest/presence/subscription", json=body)
+    assert answer.status_code == 204, answer.text
+
+
+def subscribe(node: AdapterProcess, people: People) -> None:
+    body = {
+        "application": "buddies",
+        "presentity": people.alice,
+        "attributes": [],
+        "reference": {"correlator": "c1", "endpoint": "/bayeux/bob-app/subscription",
+                      "interfaceName": "PresenceNotification"},
+    }
+    with node.client("bob-app") as http:
+        answer = http.post("/rest/presence/subscription", json=body)
+    assert answer.status_code == 204, answer.text
+
+
+def user_presence(node: AdapterProcess, people: People) -> httpx.Response:
+    with node.client("bob-app") as http:
+        return http.get("/rest/presence", params={"presentity": people.alice})
+
+
+def activity_seen(node: AdapterProcess, people: People, activity: str) -> bool:
+    answer = user_presence(node, people)
+    if answer.status_code != 200:
+        return False
+    return any(item["typeAndValue"].get("activity") == activity
+               for item in answer.json()["result"])
+
+
+def get(node: AdapterProcess, account: str, path: str, **params: str) -> Any:
+    with node.client(account) as http:
+        answer = http.get(path, params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def owners(cluster: ClusterNodes) -> dict[tuple[str, str], str]:
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        rows = db.execute("SELECT kind, key, owner FROM leases").fetchall()
+    return {(kind, key): owner for kind, key, owner in rows}
+
+
+def watch_lease(people: People) -> tuple[str, str]:
+    return ("watch", json.dumps((people.bob, people.alice)))
+
+
+def test_any_node_answers_about_work_done_through_the_other(
+    start_cluster: Callable[..., ClusterNodes], people: People
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    assert publish(a, "Busy", "on node a").status_code == 204
+    subscribe(b, people)
+    # Alice's watchers, asked of either node: the same, with bob's application
+    # (his watch is node b's; node a reads it from the store).
+    for node in (a, b):
+        opened = eventually(lambda node=node: get(
+            node, "alice-app", "/rest/presence/subscription", status="open")["result"],
+            what="bob asking")
+        assert opened == [{"application": "buddies", "attributes": [], "watcher": people.bob}]
+    authorize(a, people.bob)
+    for node in (a, b):
+        eventually(lambda node=node: activity_seen(node, people, "Busy"),
+                   what="Busy through either node")
+        watchers = eventually(lambda node=node: get(
+            node, "alice-app", "/rest/presence/subscription", filter="watcher")["result"])
+        assert watchers == [people.bob]
+    # Through node b, alice's publication (node a's) changes at node a.
+    assert publish(b, "Meal").status_code == 204
+    for node in (a, b):
+        eventually(lambda node=node: activity_seen(node, people, "Meal"), what="Meal")
+    leases = owners(cluster)
+    assert leases[("publication", people.alice)] == "a"
+    assert leases[watch_lease(people)] == "b"
+    # A notification started through node a is node b's (bob's watch is);
+    # it is ended through either.
+    start = {
+        "presentity": people.alice, "checkImmediate": True,
+        "reference": {"correlator": "n1", "endpoint": "/bayeux/bob-app/n",
+                      "interfaceName": "PresenceNotification"},
+    }
+    with a.client("bob-app") as http:
+        started = http.post("/rest/presence/notification", json=start)
+        assert started.status_code == 201, started.text
+        assert started.headers["Location"] == f"{a.url}/cometd"  # as the caller asked it
+        assert http.post("/rest/presence/notification", json=start).status_code == 409
+        # Unique across the nodes, whatever the presentity (whose watch may be
+        # another node's).
+        other = {**start, "presentity": people.phone}
+        with b.client("bob-app") as on_b:
+            assert on_b.post("/rest/presence/notification", json=other).status_code == 409
+        assert http.delete("/rest/presence/notification/n1").status_code == 204
+        assert http.delete("/rest/presence/notification/n1").status_code == 404
+    # Ending the subscription through node a ends node b's watch.
+    with a.client("bob-app") as http:
+        ended = http.delete("/rest/presence/subscription", params={"presentity": people.alice})
+    assert ended.status_code == 204, ended.text
+    assert user_presence(b, people).status_code == 404
+
+
+def test_a_killed_node_s_work_is_taken_over(
+    start_cluster: Callable[..., ClusterNodes],
+    people: People,
+    sip_phone: Callable[[str], SipPhone],
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    phone = sip_phone(people.phone)
+    assert publish(a, "Busy", "before the crash").status_code == 204
+    subscribe(a, people)
+    phone.subscribe(people.alice)
+    eventually(lambda: people.phone in [s["watcher"] for s in get(
+        b, "alice-app", "/rest/presence/subscription", status="open")["result"]],
+        what="the phone asking")
+    authorize(b, people.phone)
+    authorize(b, people.bob)
+    phone.wait_buddy(people.alice, lambda s: s["sub_state"] == "ACTIVE" and s["activity"] == "busy")
+    eventually(lambda: activity_seen(b, people, "Busy"), what="bob sees Busy")
+    assert set(owners(cluster).values()) == {"a"}
+    server = cluster.presence
+    assert server is not None
+    (etag,) = publications(server, people.alice)
+    assert [w for w, _ in winfo_watchers(server, people.alice)].count(people.bob) == 1
+
+    mark = phone.mark()
+    a.kill()
+    killed = time.monotonic()
+    # Within about two lease periods node b holds everything node a did ...
+    eventually(lambda: set(owners(cluster).values()) == {"b"}, timeout=30,
+               what="node b owning node a's work")
+    taken = time.monotonic()
+    # ... re-published alice's publication (the phone hears it again) ...
+    phone.wait_for(lambda e: e["event"] == "notify" and e["buddy"] == people.alice
+                   and e["state"].startswith("active"), since=mark, timeout=30)
+    # ... and subscribed bob again: his Get User Presence answers at node b.
+    eventually(lambda: activity_seen(b, people, "Busy"), timeout=30, what="bob's watch back")
+    # The server holds one publication of alice's still: node a's, refreshed
+    # by node b with its stored entity tag (the tag changed: it was modified).
+    (after,) = publications(server, people.alice)
+    assert after != etag
+    # Node a's dialog for bob is left on the server beside node b's; the
+    # NOTIFY the re-publication sent it went unanswered, and the server
+    # dropped it (it would otherwise last until its Expires).
+    eventually(lambda: [w for w, _ in winfo_watchers(server, people.alice)].count(people.bob) == 1,
+               timeout=60, interval=1, what="node a's dialog gone from the server")
+    print(f"takeover {taken - killed:.1f} s after kill -9; node a's dialog gone "
+          f"{time.monotonic() - killed:.1f} s after it")
+    # Node b modifies the very publication node a made (its stored entity
+    # tag): the phone sees one state, the new one, not two aggregated.
+    mark = phone.mark()
+    assert publish(b, "Meal").status_code == 204
+    phone.wait_buddy(people.alice, lambda s: s["activity"] != "busy", since=mark, timeout=15)
+    (notify, *_) = [n for n in phone.notifies(people.alice, since=mark)
+                    if n["state"].startswith("active") and n["body"]]
+    attributes = decode(notify["body"].encode()).attributes
+    assert [a.value for a in attributes] == [Activity.MEAL]
+    eventually(lambda: activity_seen(b, people, "Meal"), what="bob sees Meal")
+
+
+def test_a_postgresql_restart_costs_503s_and_loses_nothing(
+    start_cluster: Callable[..., ClusterNodes], people: People, postgres: PostgresCluster
+) -> None:
+    # Leases long enough to outlast the restart: no work changes hands.
+    cluster = start_cluster(lease=5.0, settings={"sip": {"request_timeout": 2}})
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    subscribe(b, people)
+    postgres.halt()
+    try:
+        refused = publish(a, "Away")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"]
+        assert refused.json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
+        # Written in the background while the store is down: bob's watch
+        # learns the decisions (its record keeps what it was told).
+        authorize(a, people.bob)
+        eventually(lambda: activity_seen(b, people, "Busy"), what="Busy while PostgreSQL is down")
+    finally:
+        postgres.resume()
+    # What was written meanwhile reaches the store once it is back.
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        def told() -> bool:
+            row = db.execute("SELECT value FROM records WHERE kind = 'watch' AND key = %s",
+                             (watch_lease(people)[1],)).fetchone()
+            return row is not None and json.loads(row[0])["decisions_sent"] is not None
+        eventually(told, timeout=30, what="the watch's decisions written")
+    eventually(lambda: publish(a, "Away").status_code == 204, timeout=30, what="Publish again")
+    eventually(lambda: activity_seen(a, people, "Away"), what="Away through node a")
+    leases = owners(cluster)
+    assert leases[("publication", people.alice)] == "a"
+    assert leases[watch_lease(people)] == "b"
+
+
+def test_a_postgresql_outage_longer_than_the_leases_pauses_the_work_and_resumes_it(
+    start_cluster: Callable[..., ClusterNodes], people: People, postgres: PostgresCluster
+) -> None:
+    cluster = start_cluster(settings={"sip": {"request_timeout": 2}})
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    subscribe(b, people)
+    authorize(a, people.bob)
+    eventually(lambda: activity_seen(a, people, "Busy"), what="Busy through node a")
+    server = cluster.presence
+    assert server is not None
+    postgres.halt()
+    try:
+        # Its leases may have expired: node b no longer acts on bob's watch,
+        # and cannot ask who does.
+        eventually(lambda: user_presence(b, people).status_code == 503, timeout=30,
+                   what="node b letting bob's watch go")
+    finally:
+        postgres.resume()
+    # Back: the work is taken up again, each piece by one node.
+    eventually(lambda: activity_seen(a, people, "Busy"), timeout=30, what="bob's watch back")
+    assert sorted(owners(cluster)) == sorted([("publication", people.alice), watch_lease(people)])
+    eventually(lambda: publish(b, "Meal").status_code == 204, timeout=30, what="Publish again")
+    eventually(lambda: activity_seen(b, people, "Meal"), what="Meal through node b")
+    assert len(publications(server, people.alice)) == 1
