@@ -558,7 +558,7 @@ class BayeuxServer:
             batch, deliveries = session.take_batch()
             replies.extend(delivery.to_wire() for delivery in deliveries)
             self.counters.messages_delivered += len(deliveries)
-            if not session.ack:
+            if self.shared and not session.ack:
                 self._confirm(session, deliveries)  # sent is done, without the ack extension
         elif session.ack:
             batch = session.last_batch
