@@ -148,6 +148,18 @@ def app() -> str:
     return f"app-{uuid.uuid4().hex[:8]}"
 
 
+def session_on(node: Node, *, ack: bool = True) -> Client:
+    """A session of a new application on `node`, subscribed to all its channels."""
+    client = Client(node, app(), ack=ack)
+    assert client.open() == []
+    return client
+
+
+def send(node: Node, app_id: str, data: Any) -> None:
+    """`node` makes a message for `app_id`, as its watcher service would."""
+    node.relay.deliver(app_id, f"/bayeux/{app_id}/n", data)
+
+
 def run(scenario: Any) -> Any:
     return asyncio.run(scenario)
 
@@ -155,12 +167,8 @@ def run(scenario: Any) -> Any:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A Redis of the test's own, which it may restart."""
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_message_made_on_one_node_reaches_the_session_on_the_other(
@@ -168,10 +176,9 @@ def test_a_message_made_on_one_node_reaches_the_session_on_the_other(
 ) -> None:
     async def scenario() -> list[Any]:
         async with nodes(redis_server.url) as (a, b):
-            app_id = app()
-            client = Client(b, app_id)
-            assert client.open() == []
-            a.relay.deliver(app_id, f"/bayeux/{app_id}/n", {"n": 1})
+            client = session_on(b)
+            app_id = client.app_id
+            send(a, app_id, {"n": 1})
             return await client.until(1)
 
     assert run(scenario()) == [{"n": 1}]
@@ -182,11 +189,10 @@ def test_messages_from_one_node_arrive_in_order_across_batches(
 ) -> None:
     async def scenario() -> list[Any]:
         async with nodes(redis_server.url) as (a, b):
-            app_id = app()
-            client = Client(b, app_id)
-            client.open()
+            client = session_on(b)
+            app_id = client.app_id
             for n in range(600):  # more than two of the writer's batches
-                a.relay.deliver(app_id, f"/bayeux/{app_id}/n", n)
+                send(a, app_id, n)
             return await client.until(600)
 
     assert run(scenario()) == list(range(600))
@@ -197,9 +203,8 @@ def test_message_ids_are_unique_and_ordered_across_producing_nodes(
 ) -> None:
     async def scenario() -> list[str]:
         async with nodes(redis_server.url, 3) as (a, b, c):
-            app_id = app()
-            client = Client(c, app_id)
-            client.open()
+            client = session_on(c)
+            app_id = client.app_id
             ids: list[str] = []
             for n in range(50):
                 (a if n % 2 else b).relay.deliver(app_id, f"/bayeux/{app_id}/n", n)
@@ -228,7 +233,7 @@ def test_the_backlog_of_an_application_without_a_session_is_shared_by_the_nodes(
         async with nodes(redis_server.url) as (a, b):
             app_id = app()
             for n in range(5):
-                a.relay.deliver(app_id, f"/bayeux/{app_id}/n", n)
+                send(a, app_id, n)
             await until_stream_length(redis_server.url, app_id, 5)
             first = Client(b, app_id)
             got = first.open()
@@ -236,7 +241,7 @@ def test_the_backlog_of_an_application_without_a_session_is_shared_by_the_nodes(
             first.acknowledge()  # the messages are done
             await until_stream_length(redis_server.url, app_id, 0)
             first.leave()
-            a.relay.deliver(app_id, f"/bayeux/{app_id}/n", 5)
+            send(a, app_id, 5)
             await until_stream_length(redis_server.url, app_id, 1)
             # The application comes back on the node that made the messages.
             second = Client(a, app_id)
@@ -276,10 +281,10 @@ def test_what_a_session_did_not_acknowledge_goes_to_the_next_session_on_another_
             gone = Client(b, app_id)
             gone.open()
             for n in range(3):
-                a.relay.deliver(app_id, f"/bayeux/{app_id}/n", n)
+                send(a, app_id, n)
             sent = await gone.until(3)  # sent, never acknowledged
             gone.leave()
-            a.relay.deliver(app_id, f"/bayeux/{app_id}/n", 3)
+            send(a, app_id, 3)
             back = Client(a, app_id)
             got = back.open()
             got += await back.until(4 - len(got))
@@ -293,10 +298,9 @@ def test_what_a_session_did_not_acknowledge_goes_to_the_next_session_on_another_
 def test_without_the_ack_extension_a_message_sent_is_done(redis_server: RedisServer) -> None:
     async def scenario() -> int:
         async with nodes(redis_server.url) as (a, b):
-            app_id = app()
-            client = Client(b, app_id, ack=False)
-            client.open()
-            a.relay.deliver(app_id, f"/bayeux/{app_id}/n", 1)
+            client = session_on(b, ack=False)
+            app_id = client.app_id
+            send(a, app_id, 1)
             assert await client.until(1) == [1]
             await until_stream_length(redis_server.url, app_id, 0)
             return 0
@@ -337,7 +341,7 @@ def test_an_application_stream_is_bounded_by_the_backlog_size(redis_server: Redi
         async with nodes(redis_server.url, 1, limits) as (a,):
             app_id = app()
             for n in range(1000):
-                a.relay.deliver(app_id, f"/bayeux/{app_id}/n", n)
+                send(a, app_id, n)
             client = redis.Redis.from_url(redis_server.url)
             try:
                 async with asyncio.timeout(WAIT):
@@ -362,17 +366,17 @@ def test_after_a_redis_restart_delivery_resumes_and_nothing_is_lost(
             live, absent = app(), app()
             client = Client(b, live)
             client.open()
-            a.relay.deliver(live, f"/bayeux/{live}/n", "before")
+            send(a, live, "before")
             got = await client.until(1)
             # Kept for an application with no session: its backlog, in Redis only.
-            a.relay.deliver(absent, f"/bayeux/{absent}/n", "kept")
+            send(a, absent, "kept")
             await until_stream_length(own_redis.url, absent, 1)
             # Received by the session, not yet acknowledged.
-            a.relay.deliver(live, f"/bayeux/{live}/n", "unacked")
+            send(a, live, "unacked")
             got += await client.until(1)
             await asyncio.to_thread(own_redis.restart)
             # Made while Redis restarts, or right after.
-            a.relay.deliver(live, f"/bayeux/{live}/n", "after")
+            send(a, live, "after")
             got += await client.until(1)
             later = Client(b, absent)
             kept = later.open()
@@ -389,14 +393,13 @@ def test_messages_made_while_redis_is_down_are_delivered_once_it_is_back(
 ) -> None:
     async def scenario() -> list[Any]:
         async with nodes(own_redis.url) as (a, b):
-            app_id = app()
-            client = Client(b, app_id)
-            client.open()
-            a.relay.deliver(app_id, f"/bayeux/{app_id}/n", 0)
+            client = session_on(b)
+            app_id = client.app_id
+            send(a, app_id, 0)
             got = await client.until(1)
             own_redis._terminate()
             for n in range(1, 4):
-                a.relay.deliver(app_id, f"/bayeux/{app_id}/n", n)
+                send(a, app_id, n)
             async with asyncio.timeout(WAIT):  # the producer meets the closed port
                 while a.relay.connected:
                     await asyncio.sleep(0.02)
