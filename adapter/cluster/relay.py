@@ -110,6 +110,7 @@ class Relay:
         self._outbox: deque[Outgoing] = deque()
         self._window: dict[str, deque[Entry]] = {}
         self._confirms: dict[str, list[str]] = {}
+        self._deleting: dict[str, list[str]] = {}  # the confirms being deleted now
         self._check = True  # look at the alive mark before adding (at start: set it)
         self._kick = asyncio.Event()
         self._pruned_at = 0.0
@@ -280,12 +281,15 @@ class Relay:
 
     async def _confirm(self) -> None:
         done, self._confirms = self._confirms, {}
+        self._deleting = done
         try:
             await self._bus.confirm(done)
         except BusDown:
             for app_id, ids in done.items():
                 self._confirms.setdefault(app_id, [])[:0] = ids
             raise
+        finally:
+            self._deleting = {}
 
     # -- consuming ---------------------------------------------------------------
 
@@ -343,7 +347,10 @@ class Relay:
         entries = await self._bus.fetch(app_id, "+" if cursor is None else cursor)
         if cursor is None:
             self._cursors[app_id] = entries[-1].id if entries else "0-0"
-        held = self._hub.server.queued_ids(app_id)
+        # Held by a session here, or done with and not yet deleted: not backlog.
+        held = self._hub.server.queued_ids(app_id).union(
+            self._confirms.get(app_id, ()), self._deleting.get(app_id, ())
+        )
         oldest = self._clock() - self._ttl
         for entry in entries:
             if entry.id in held or stream_time(entry.id) < oldest:
