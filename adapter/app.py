@@ -456,6 +456,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             watchers=watchers,
             store_commits=getattr(store, "commit_seconds", None),
             app_ids=[account.id for account in config.accounts],
+            cluster=ownership,
         )
         # Recovery runs beside the server: requests are answered meanwhile.
         progress = metrics.recovery

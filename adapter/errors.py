@@ -63,7 +63,9 @@ class FaultCode(enum.Enum):
 class RestError(Exception):
     """An error answered to the application with the ``requestError`` body.
 
-    Not raised directly: raise a ``ServiceError`` or a ``PolicyError``.
+    Not raised directly: raise a ``ServiceError`` or a ``PolicyError``, from a
+    constructor named after the fault, or from the ``FaultCode`` itself when the
+    fault carries no variables.  Its message id and text are its code's.
     """
 
     #: The member of ``requestError`` the fault travels in.
@@ -83,14 +85,6 @@ class RestError(Exception):
         self.status = self.default_status if status is None else status
         self.headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
         super().__init__(f"{code.message_id}: {code.text} {list(self.variables)}")
-
-    @property
-    def message_id(self) -> str:
-        return self.code.message_id
-
-    @property
-    def text(self) -> str:
-        return self.code.text
 
     def body(self) -> dict[str, Any]:
         """The JSON body answered for this error."""
@@ -168,15 +162,3 @@ class PolicyError(RestError):
     @classmethod
     def too_many_addresses(cls, part: str) -> PolicyError:
         return cls(FaultCode.TOO_MANY_ADDRESSES, [part])
-
-    @classmethod
-    def unlimited_notifications(cls) -> PolicyError:
-        return cls(FaultCode.UNLIMITED_NOTIFICATIONS)
-
-    @classmethod
-    def too_many_notifications(cls) -> PolicyError:
-        return cls(FaultCode.TOO_MANY_NOTIFICATIONS)
-
-    @classmethod
-    def invalid_frequency(cls) -> PolicyError:
-        return cls(FaultCode.INVALID_FREQUENCY)

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from adapter.bayeux.backlog import Backlog
     from adapter.bayeux.hub import Hub
+    from adapter.cluster.ownership import Ownership
     from adapter.watcher import WatcherService
     from sip.aio import SipEndpoint
 
@@ -123,6 +124,8 @@ class Sources:
     watchers: WatcherService
     store_commits: Histogram | None
     app_ids: Sequence[str]
+    #: A node of a cluster: its leases (None: alone).
+    cluster: Ownership | None = None
 
 
 class Metrics:
@@ -201,6 +204,8 @@ class AdapterCollector(Collector):
         yield from _sip(sources)
         yield from _state(sources)
         yield from _bayeux(sources)
+        if sources.cluster is not None:
+            yield from _cluster(sources.cluster)
         if sources.store_commits is not None:
             yield _histogram(
                 "store_commit_duration_seconds",
@@ -208,6 +213,32 @@ class AdapterCollector(Collector):
                 (),
                 [((), sources.store_commits)],
             )
+
+
+def _cluster(cluster: Ownership) -> Iterator[Metric]:
+    leases = GaugeMetricFamily(
+        PREFIX + "cluster_leases",
+        "Pieces of SIP work this node of the cluster owns, by kind (publication, watch).",
+        labels=["kind"],
+    )
+    for kind, count in sorted(cluster.held().items()):
+        leases.add_metric([kind], count)
+    yield leases
+    yield _counter(
+        "cluster_taken_over",
+        "Pieces of work this node took from another node (dead, or silent too long).",
+        cluster.taken_over,
+    )
+    yield _counter(
+        "cluster_let_go",
+        "Pieces of work this node let go: taken by another node, or not renewed in time.",
+        cluster.let_go,
+    )
+    yield _counter(
+        "cluster_forwarded_requests",
+        "REST calls this node passed to the node owning their work.",
+        cluster.forwarded,
+    )
 
 
 def _sip(sources: Sources) -> Iterator[Metric]:

@@ -350,11 +350,12 @@ OPERATIONS: tuple[Operation, ...] = (
                 ENDPOINT_REFUSED,
                 Fault(PolicyError.policy_error("duration longer than 86400 s is not allowed"),
                       "duration beyond the configured maximum."),
-                Fault(PolicyError.unlimited_notifications(),
+                Fault(PolicyError(FaultCode.UNLIMITED_NOTIFICATIONS),
                       "count 0 while the configuration forbids unlimited notifications."),
-                Fault(PolicyError.too_many_notifications(),
+                Fault(PolicyError(FaultCode.TOO_MANY_NOTIFICATIONS),
                       "count above the configured maximum."),
-                Fault(PolicyError.invalid_frequency(), "frequency below the configured minimum."),
+                Fault(PolicyError(FaultCode.INVALID_FREQUENCY),
+                      "frequency below the configured minimum."),
                 *SIP_FAILED, STORE_FAILED),
         notifications=("statusChanged", "statusEnd", "subscriptionEnded"),
     ),
@@ -514,7 +515,7 @@ def _openapi_operation(endpoint: Endpoint) -> Schema:
             "content": {"application/json": {
                 "schema": ref(models.RequestError),
                 "examples": _example_map(
-                    [(f"{f.error.message_id}-{i}", f.error.body()) for i, f in enumerate(same)]
+                    [(f"{f.error.code.message_id}-{i}", f.error.body()) for i, f in enumerate(same)]
                 ),
             }},
         }
@@ -629,7 +630,7 @@ def _operation_html(op: Operation, ids: dict[tuple[str, str], str]) -> Iterator[
         yield "<h4>Errors</h4><table><tr><th>status</th><th>messageId</th><th>when</th>"
         yield "<th>body</th></tr>"
         for f in faults:
-            yield (f"<tr><td>{f.error.status}</td><td>{_e(f.error.message_id)}</td>"
+            yield (f"<tr><td>{f.error.status}</td><td>{_e(f.error.code.message_id)}</td>"
                    f"<td>{_e(f.when)}</td><td><code>{_e(json.dumps(f.error.body()))}</code>"
                    "</td></tr>")
         yield "</table>"

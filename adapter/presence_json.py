@@ -30,16 +30,13 @@ import msgspec
 from msgspec import Meta, Struct
 
 from pidf import (
-    Activity,
+    VALUE_TYPES,
     AttributeType,
     Communication,
     CommunicationMeans,
     MeansType,
     Other,
-    Place,
     PresenceAttribute,
-    Privacy,
-    Sphere,
     ValidationError,
     Value,
     format_instant,
@@ -153,14 +150,14 @@ class TypeAndValue(Struct, tag_field="unionElement", omit_defaults=True, kw_only
     """One presence value: ``unionElement`` names the member that carries it."""
 
 
-#: The member carrying each union element, and its JSON type.
+#: The JSON types of the values that are not one of pidf.model's enums.
+_STRUCTS: dict[AttributeType, Any] = {
+    AttributeType.COMMUNICATION: CommunicationJson,
+    AttributeType.OTHER: OtherJson,
+}
+#: The member carrying each union element (its name in lower case), and its JSON type.
 MEMBERS: dict[AttributeType, tuple[str, Any]] = {
-    AttributeType.ACTIVITY: ("activity", Activity),
-    AttributeType.PLACE: ("place", Place),
-    AttributeType.PRIVACY: ("privacy", Privacy),
-    AttributeType.SPHERE: ("sphere", Sphere),
-    AttributeType.COMMUNICATION: ("communication", CommunicationJson),
-    AttributeType.OTHER: ("other", OtherJson),
+    kind: (kind.value.lower(), _STRUCTS.get(kind, VALUE_TYPES[kind])) for kind in AttributeType
 }
 
 
@@ -196,14 +193,6 @@ class PresenceItem(Struct, omit_defaults=True, kw_only=True):
 
 
 _KIND_OF = {variant: kind for kind, variant in VARIANTS.items()}
-_VARIANT_OF: dict[type, type[TypeAndValue]] = {
-    Activity: VARIANTS[AttributeType.ACTIVITY],
-    Place: VARIANTS[AttributeType.PLACE],
-    Privacy: VARIANTS[AttributeType.PRIVACY],
-    Sphere: VARIANTS[AttributeType.SPHERE],
-    Communication: VARIANTS[AttributeType.COMMUNICATION],
-    Other: VARIANTS[AttributeType.OTHER],
-}
 
 
 # -- JSON ⇄ pidf.model ---------------------------------------------------------------
@@ -273,7 +262,7 @@ def item_of(attribute: PresenceAttribute) -> PresenceItem:
     return PresenceItem(
         lastChange=None if when is None else format_instant(when),
         # The member is each variant's first field.
-        typeAndValue=_VARIANT_OF[type(value)](raw),
+        typeAndValue=VARIANTS[attribute.type](raw),
         note=attribute.note,
     )
 

@@ -197,12 +197,9 @@ class PresentityService:
         """
         bind(presentity=presentity)
         validate_publication(attributes)
-        entry = self._presentity(presentity)
-        async with entry.lock:
-            outcome = await self._requested(
-                entry, lambda: self._publisher.publish(presentity, attributes, self._clock())
-            )
-            await self._answer(entry, outcome)
+        await self._request(
+            presentity, lambda: self._publisher.publish(presentity, attributes, self._clock())
+        )
 
     async def withdraw(
         self, presentity: str, kinds: frozenset[AttributeType] = frozenset()
@@ -219,32 +216,31 @@ class PresentityService:
         the publication is over.  Withdrawing what is not published is no
         error.
         """
+        await self._request(
+            presentity, lambda: self._publisher.withdraw(presentity, kinds, self._clock())
+        )
+
+    async def _request(self, presentity: str, request: Callable[[], list[PublishAction]]) -> None:
+        """Perform a caller's request under the presentity's lock and wait for its
+        answer; when its Save fails (StoreError) nothing was sent, and the machine
+        is put back as it was: the call fails whole."""
         entry = self._presentity(presentity)
         async with entry.lock:
-            outcome = await self._requested(
-                entry, lambda: self._publisher.withdraw(presentity, kinds, self._clock())
-            )
+            mark = self._publisher.mark(entry.address)
+            try:
+                outcome = await self._perform(entry, request())
+            except StoreError as exc:
+                self._publisher.undo(mark)
+                if isinstance(exc, StoreUnreachable):
+                    # The failed write is written once the store is back:
+                    # this one, after it, puts the record back as it was.
+                    record = self._publisher.record(entry.address)
+                    if isinstance(record, Save):
+                        retrieved(self._save(entry, record))
+                    else:
+                        retrieved(self._store.delete(PUBLICATION, record.address))
+                raise
             await self._answer(entry, outcome)
-
-    async def _requested(
-        self, entry: _Presentity, request: Callable[[], list[PublishAction]]
-    ) -> asyncio.Future[Any] | None:
-        """Perform a caller's request; when its Save fails (StoreError) nothing was
-        sent, and the machine is put back as it was: the call fails whole."""
-        mark = self._publisher.mark(entry.address)
-        try:
-            return await self._perform(entry, request())
-        except StoreError as exc:
-            self._publisher.undo(mark)
-            if isinstance(exc, StoreUnreachable):
-                # The failed write is written once the store is back: this
-                # one, after it, puts the record back as it was.
-                record = self._publisher.record(entry.address)
-                if isinstance(record, Save):
-                    retrieved(self._save(entry, record))
-                else:
-                    retrieved(self._store.delete(PUBLICATION, record.address))
-            raise
 
     async def _answer(self, entry: _Presentity, outcome: Awaitable[object] | None) -> None:
         """Wait (within the REST timeout) for the outcome a REST call's actions made."""

@@ -354,7 +354,7 @@ async def start_notification(request: Request) -> Response:
     ref = reference(body.reference, who)
     frequency = policy.min_frequency if body.frequency is None else body.frequency.seconds
     if frequency < policy.min_frequency:
-        raise PolicyError.invalid_frequency()
+        raise PolicyError(FaultCode.INVALID_FREQUENCY)
     duration = 0.0 if body.duration is None else body.duration.seconds
     if duration == 0:
         duration = policy.max_duration
@@ -364,9 +364,9 @@ async def start_notification(request: Request) -> Response:
         )
     count = models.count(body.count, 0)
     if count == 0 and not policy.allow_unlimited_count:
-        raise PolicyError.unlimited_notifications()
+        raise PolicyError(FaultCode.UNLIMITED_NOTIFICATIONS)
     if count > policy.max_count:
-        raise PolicyError.too_many_notifications()
+        raise PolicyError(FaultCode.TOO_MANY_NOTIFICATIONS)
     now = time.time()
     schedule = Schedule(
         correlator=ref.correlator,

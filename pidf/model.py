@@ -181,14 +181,16 @@ class Other:
 
 Value = Activity | Place | Privacy | Sphere | Communication | Other
 
-_TYPE_OF: dict[type, AttributeType] = {
-    Activity: AttributeType.ACTIVITY,
-    Place: AttributeType.PLACE,
-    Privacy: AttributeType.PRIVACY,
-    Sphere: AttributeType.SPHERE,
-    Communication: AttributeType.COMMUNICATION,
-    Other: AttributeType.OTHER,
+#: The class of each attribute type's values.
+VALUE_TYPES: dict[AttributeType, type[Value]] = {
+    AttributeType.ACTIVITY: Activity,
+    AttributeType.PLACE: Place,
+    AttributeType.PRIVACY: Privacy,
+    AttributeType.SPHERE: Sphere,
+    AttributeType.COMMUNICATION: Communication,
+    AttributeType.OTHER: Other,
 }
+_TYPE_OF: dict[type, AttributeType] = {cls: kind for kind, cls in VALUE_TYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,7 @@ __all__ = [
     "PresenceAttribute",
     "Privacy",
     "Sphere",
+    "VALUE_TYPES",
     "Value",
     "format_instant",
     "is_uri",

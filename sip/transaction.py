@@ -67,7 +67,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .message import Request, Response
@@ -296,23 +296,56 @@ _State = TypeVar("_State", bound=enum.Enum)
 _Input = TypeVar("_Input", bound=enum.Enum)
 
 
-def _transition(
-    table: dict[tuple[_State, _Input], tuple[_State, _Effect]],
-    side: str,
-    state: _State,
-    event: _Input,
-) -> tuple[_State, _Effect]:
-    """The row of a transaction's table for ``event`` in ``state``."""
-    try:
-        return table[(state, event)]
-    except KeyError:
-        raise LocalProtocolError(
-            f"{side} transaction cannot handle {event.value} in state {state.value}"
-        ) from None
+class _Transaction(Generic[_State, _Input]):
+    """What the client and the server machine share: the row of the table for
+    each input, the effects alike on both sides (nothing, a transport failure,
+    §17.1.4 and §17.2.4), then the entry into the row's state."""
+
+    _side: str
+    _table: dict[tuple[_State, _Input], tuple[_State, _Effect]]
+    state: _State
+
+    def __init__(self, request: Request, reliable: bool, timings: TransactionTimings) -> None:
+        _check_non_invite(request)
+        self.reliable = reliable
+        self.timings = timings
+        self._data = b""
+
+    def _apply(
+        self,
+        event: _Input,
+        now: float,
+        response: Response | None = None,
+        reason: str = "",
+    ) -> list[TransactionAction]:
+        try:
+            next_state, effect = self._table[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"{self._side} transaction cannot handle {event.value} in state {self.state.value}"
+            ) from None
+        actions: list[TransactionAction] = []
+        if effect is _E.TRANSPORT_FAILURE:
+            actions.append(TransportFailed(reason))
+        elif effect is not _E.NOTHING:
+            actions.append(self._act(effect, now, response))
+        if next_state is not self.state:
+            self._enter(next_state, now)
+        return actions
+
+    def _act(self, effect: _Effect, now: float, response: Response | None) -> TransactionAction:
+        """The action of ``effect``, taken before the next state is entered."""
+        raise NotImplementedError
+
+    def _enter(self, state: _State, now: float) -> None:
+        raise NotImplementedError
 
 
-class ClientTransaction:
+class ClientTransaction(_Transaction[ClientState, _ClientInput]):
     """A non-INVITE client transaction (RFC 3261 §17.1.2)."""
+
+    _side = "client"
+    _table = _CLIENT_TABLE
 
     def __init__(
         self,
@@ -321,7 +354,7 @@ class ClientTransaction:
         reliable: bool,
         timings: TransactionTimings = TransactionTimings(),
     ) -> None:
-        _check_non_invite(request)
+        super().__init__(request, reliable, timings)
         try:
             self.key: ClientKey = client_key(request)
         except RemoteProtocolError as exc:
@@ -330,11 +363,8 @@ class ClientTransaction:
         if self.key[1] != request.method:
             raise LocalProtocolError("CSeq method differs from the request method")
         self.request = request
-        self.reliable = reliable
-        self.timings = timings
         self.state = ClientState.INITIAL
         self.final_response: Response | None = None
-        self._data = b""
         self._interval_e = timings.t1
         self._timers: dict[_ClientInput, float] = {}
 
@@ -369,40 +399,26 @@ class ClientTransaction:
                 return self._apply(timer, now)
         return []
 
-    def _apply(
-        self,
-        event: _ClientInput,
-        now: float,
-        response: Response | None = None,
-        reason: str = "",
-    ) -> list[TransactionAction]:
-        next_state, effect = _transition(_CLIENT_TABLE, "client", self.state, event)
-        actions: list[TransactionAction] = []
+    def _act(self, effect: _Effect, now: float, response: Response | None) -> TransactionAction:
         if effect is _E.SEND:
             self._data = bytes(self.request)
-            actions.append(Transmit(self.request, self._data))
-        elif effect is _E.RESEND:
-            actions.append(Transmit(self.request, self._data, retransmission=True))
-        elif effect is _E.TO_TU:
-            assert response is not None
-            actions.append(ResponseReceived(response))
-            if event is _CI.FINAL:
-                self.final_response = response
-        elif effect is _E.TIMEOUT:
-            actions.append(TimedOut(self.request))
-        elif effect is _E.TRANSPORT_FAILURE:
-            actions.append(TransportFailed(reason))
-
-        if event is _CI.TIMER_E:
-            # Re-armed from now: §17.1.2.2 resets the timer as it fires.
-            if next_state is ClientState.TRYING:
+            return Transmit(self.request, self._data)
+        if effect is _E.RESEND:
+            # Timer E fired: §17.1.2.2 resets it as it fires, from now,
+            # doubling up to T2 while Trying and at T2 once Proceeding.
+            if self.state is ClientState.TRYING:
                 self._interval_e = min(2 * self._interval_e, self.timings.t2)
             else:
                 self._interval_e = self.timings.t2
             self._timers[_CI.TIMER_E] = now + self._interval_e
-        if next_state is not self.state:
-            self._enter(next_state, now)
-        return actions
+            return Transmit(self.request, self._data, retransmission=True)
+        if effect is _E.TO_TU:
+            assert response is not None
+            if response.status >= 200:
+                self.final_response = response
+            return ResponseReceived(response)
+        assert effect is _E.TIMEOUT
+        return TimedOut(self.request)
 
     def _enter(self, state: ClientState, now: float) -> None:
         self.state = state
@@ -474,7 +490,7 @@ _SERVER_TABLE: dict[tuple[ServerState, _ServerInput], tuple[ServerState, _Effect
 }
 
 
-class ServerTransaction:
+class ServerTransaction(_Transaction[ServerState, _ServerInput]):
     """A non-INVITE server transaction (RFC 3261 §17.2.2).
 
     Created by the user agent on a request that matched no transaction; the
@@ -487,6 +503,9 @@ class ServerTransaction:
     32 s over UDP the parsed request would be most of its memory.
     """
 
+    _side = "server"
+    _table = _SERVER_TABLE
+
     def __init__(
         self,
         request: Request,
@@ -494,14 +513,11 @@ class ServerTransaction:
         reliable: bool,
         timings: TransactionTimings = TransactionTimings(),
     ) -> None:
-        _check_non_invite(request)
+        super().__init__(request, reliable, timings)
         self.key: ServerKey = server_key(request)
         self.request: Request | None = request
-        self.reliable = reliable
-        self.timings = timings
         self.state = ServerState.TRYING
         self.last_response: Response | None = None
-        self._data = b""
         self._timer_j: float | None = None
 
     def get_timer(self) -> float | None:
@@ -534,28 +550,14 @@ class ServerTransaction:
             return self._apply(_SI.TIMER_J, now)
         return []
 
-    def _apply(
-        self,
-        event: _ServerInput,
-        now: float,
-        response: Response | None = None,
-        reason: str = "",
-    ) -> list[TransactionAction]:
-        next_state, effect = _transition(_SERVER_TABLE, "server", self.state, event)
-        actions: list[TransactionAction] = []
+    def _act(self, effect: _Effect, now: float, response: Response | None) -> TransactionAction:
         if effect is _E.SEND:
             assert response is not None
             self.last_response = response
             self._data = bytes(response)
-            actions.append(Transmit(response, self._data))
-        elif effect is _E.RESEND:
-            assert self.last_response is not None
-            actions.append(Transmit(self.last_response, self._data, retransmission=True))
-        elif effect is _E.TRANSPORT_FAILURE:
-            actions.append(TransportFailed(reason))
-        if next_state is not self.state:
-            self._enter(next_state, now)
-        return actions
+            return Transmit(response, self._data)
+        assert effect is _E.RESEND and self.last_response is not None
+        return Transmit(self.last_response, self._data, retransmission=True)
 
     def _enter(self, state: ServerState, now: float) -> None:
         self.state = state

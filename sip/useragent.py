@@ -394,9 +394,11 @@ class UserAgent:
         self._run(publication, publication.publish(body, now), now)
 
     def unpublish(self, publication_id: int, now: float) -> None:
-        """Remove the publication (RFC 3903 §4.5); ends in PublicationRemoved."""
-        publication = self._publications[publication_id]
-        self._run(publication, publication.remove(now), now)
+        """Remove the publication (RFC 3903 §4.5); ends in PublicationRemoved.
+        Unknown ids (a publication already over) are ignored."""
+        publication = self._publications.get(publication_id)
+        if publication is not None:
+            self._run(publication, publication.remove(now), now)
 
     def abandon(self, publication_id: int) -> None:
         """Forget the publication without a word to the server: no refresh, no

@@ -33,6 +33,7 @@ from typing import IO, Any, ClassVar, Self
 import httpx
 
 from tests.presence_server import PresenceServer, free_ports
+from tests.processes import end
 
 IDENTITY_HEADER = "X-Presence-Identity"  # adapter/auth.py: which address a request acts as
 
@@ -306,24 +307,12 @@ class AdapterProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait (SIGKILL after ``timeout``); safe to call when not running."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self._reap()
+        self._reap(grace=timeout)
 
-    def _reap(self) -> None:
+    def _reap(self, grace: float = 0.0) -> None:
         self._running.discard(self)
-        process, self.process = self.process, None
-        if process is not None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        end(self.process, self._log, grace)
+        self.process, self._log = None, None
 
     def run_to_exit(self, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
         """Run the command in the foreground and return its exit status and output

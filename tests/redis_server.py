@@ -13,7 +13,6 @@ tests).
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from tests.presence_server import free_port
+from tests.processes import end
 
 __all__ = ["RedisServer", "RedisServerError"]
 
@@ -103,31 +103,16 @@ class RedisServer:
 
     def restart(self, timeout: float = 15.0) -> None:
         """Stop (SIGTERM) and start again on the same port, with nothing kept."""
-        self._terminate()
+        self._reap(grace=10)
         self.start(timeout)
 
-    def _terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self._reap()
-
-    def _reap(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def _reap(self, grace: float = 0.0) -> None:
+        end(self.process, self._log, grace)
+        self.process, self._log = None, None
 
     def stop(self) -> None:
         """Stop the server and remove its directory; safe to repeat."""
-        self._terminate()
+        self._reap(grace=10)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None

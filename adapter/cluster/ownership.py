@@ -13,8 +13,9 @@ about work another node owns.
    subscribed in new dialogs with their schedules.
 
 When a renewal fails (the database unreachable) the leases that are no
-longer valid are let go (LeaseBook.expired), and for two lease periods after
-the database is back this node does not sweep, so that every node renews
+longer valid are let go (LeaseBook.expired), and for two lease periods (at
+least :data:`QUIET_AFTER_OUTAGE`) after the database is back this node takes
+no other node's work, by sweep or by request, so that every node renews
 what it still holds before any node takes another's.
 
 A REST call names the work it is about (:meth:`Ownership.route`): held here,
@@ -66,6 +67,10 @@ logger = logging.getLogger(__name__)
 #: The header marking a REST call one node passed to another (its value: the
 #: node that passed it).
 FORWARDED = "X-Presence-Forwarded-By"
+#: Seconds at least, after an outage of the store, before a node takes another
+#: node's expired work (two lease periods when longer): the others' pools
+#: reconnect with back-off, and must first renew what they hold.
+QUIET_AFTER_OUTAGE = 10.0
 #: Leases claimed by one sweep at most (the rest at the next).
 SWEEP_LIMIT = 2000
 #: Seconds a client is told to wait while the work it names changes owner.
@@ -115,10 +120,17 @@ class Ownership:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renew_failed = False
         self._sweep_after = float("-inf")
+        #: Adoptions under way (beside the loop), and the wait for the first ones.
+        self._adoptions: set[asyncio.Task[None]] = set()
+        self._recovering: asyncio.Future[None] | None = None
         self._first = True
         self._http = httpx.AsyncClient(timeout=request_timeout + 5)
         #: Set once the first round (renewal, sweep, taking up) is done.
         self.ready = asyncio.Event()
+        #: For /metrics: work taken from other nodes, work let go, calls passed on.
+        self.taken_over = 0
+        self.let_go = 0
+        self.forwarded = 0
         store.fence = self._token
         store.on_stale = lambda kind, key: self.release((kind, key))
 
@@ -141,9 +153,12 @@ class Ownership:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for task in list(self._tasks):
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._adoptions]
+        if self._recovering is not None:
+            tasks.append(self._recovering)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self.store.query(GIVE_UP, {"me": self.me.name})
             await self.nodes.leave()
@@ -157,13 +172,21 @@ class Ownership:
                 await self.tick()
             except StoreError as exc:
                 logger.warning("cluster: round failed: %s", exc)
-            if not self.ready.is_set() and not self._renew_failed and not self._first:
-                self.ready.set()
-                if progress is not None:
-                    progress.finished = True
-                    logger.info("recovery finished (node %s holds %d leases)",
-                                self.me.name, len(self.book))
+            if self._recovering is None and not self._renew_failed and not self._first:
+                # The first round is done: ready once what it took is taken up.
+                self._recovering = asyncio.ensure_future(
+                    self._recovered(list(self._adoptions), progress)
+                )
             await asyncio.sleep(self.lease / 2)
+
+    async def _recovered(
+        self, adoptions: list[asyncio.Task[None]], progress: RecoveryProgress | None
+    ) -> None:
+        await asyncio.gather(*adoptions, return_exceptions=True)
+        self.ready.set()
+        if progress is not None:
+            progress.finished = True
+        logger.info("recovery finished (node %s holds %d leases)", self.me.name, len(self.book))
 
     async def tick(self) -> None:
         """One round: heartbeat, renewal, sweep (see the module docstring)."""
@@ -182,13 +205,13 @@ class Ownership:
         for lease in lost:
             self._let_go(lease, "taken by another node")
         if found:
-            await self.adopt(found, own=True)
+            self._take_up(found, own=True)
         if self._renew_failed:
             # Back after an outage: every node gets two periods to renew what
             # it still holds before this one takes another's.
             self._renew_failed = False
-            self._sweep_after = began + 2 * self.lease
-        if began < self._sweep_after:
+            self._sweep_after = began + max(2 * self.lease, QUIET_AFTER_OUTAGE)
+        if self._quiet(began):
             return
         live = await self.nodes.live()
         names = [node.name for node in live]
@@ -200,9 +223,27 @@ class Ownership:
             self._first = False
             claimed += await self.store.query(UNLEASED, self._args())
         new = self.book.took(claimed, began)
+        self.taken_over += len(new)
         if new:
             logger.info("cluster: taking over %d pieces of work", len(new))
-            await self.adopt(new, own=False, drop_unrecorded=True)
+            self._take_up(new, own=False, drop_unrecorded=True)
+
+    def _take_up(self, leases: list[LeaseKey], **how: bool) -> None:
+        """Adopt beside the loop: taking thousands up, paced, takes longer than
+        a lease lasts, and the renewals must go on meanwhile."""
+        task = asyncio.ensure_future(self.adopt(leases, **how))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[None]) -> None:
+        self._adoptions.discard(task)
+        if not task.cancelled():
+            task.exception()  # a StoreError: logged by adopt, taken up at the next renewal
+
+    def _quiet(self, now: float) -> bool:
+        """Whether this node leaves others' expired work alone now (just back
+        from an outage of the store: see the module docstring)."""
+        return self._renew_failed or now < self._sweep_after
 
     def _args(self, **more: Any) -> Any:
         return {"me": self.me.name, "ttl": 2 * self.lease, **more}
@@ -223,6 +264,13 @@ class Ownership:
                 waiting[lease] = self._adopting[lease] = loop.create_future()
         try:
             await self._adopt(list(waiting), own, drop_unrecorded)
+        except StoreError as exc:
+            # Not taken up: not held either, so that the next renewal finds
+            # them in this node's name and they are taken up then.
+            logger.warning("cluster: %d pieces of work not taken up yet: %s", len(waiting), exc)
+            for lease in waiting:
+                self.book.drop(lease)
+            raise
         finally:
             for lease, future in waiting.items():
                 del self._adopting[lease]
@@ -295,7 +343,15 @@ class Ownership:
         if self.book.drop(lease) is not None:
             self._let_go(lease, "another node's now")
 
+    def held(self) -> dict[str, int]:
+        """How many leases this node holds, by kind."""
+        counts: dict[str, int] = {}
+        for kind, _ in self.book.keys():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def _let_go(self, lease: LeaseKey, why: str) -> None:
+        self.let_go += 1
         kind, key = lease
         logger.warning("cluster: letting %s %s go (%s)", kind, key, why)
         if kind == PUBLICATION:
@@ -325,16 +381,22 @@ class Ownership:
             return None
         began = self._now()
         rows = await self.store.query(OWNER, self._args(kind=kind, key=key))
-        if rows and rows[0][0] != self.me.name and not rows[0][1]:
-            node = await self.nodes.find(rows[0][0])
-            if node is None or forwarded:
+        if rows and rows[0][0] != self.me.name:
+            if rows[0][1] and self._quiet(began):
+                # Expired in an outage: its owner may yet renew it.
                 raise _moving(f"{kind} is changing hands between nodes")
-            return node
+            if not rows[0][1]:
+                node = await self.nodes.find(rows[0][0])
+                if node is None or forwarded:
+                    raise _moving(f"{kind} is changing hands between nodes")
+                return node
         if not rows and not create:
             return None
         taken = await self.store.query(ACQUIRE, self._args(kind=kind, key=key))
         if not taken:
             raise _moving(f"{kind} is changing hands between nodes")  # another was quicker
+        if rows and rows[0][0] != self.me.name:
+            self.taken_over += 1
         if self.book.took([(kind, key, taken[0][0])], began):
             # New here: a dead node's work (or this node's own, let go in an
             # outage) is taken up before the call goes on; new work has no
@@ -353,6 +415,7 @@ class Ownership:
         return await self.forward(request, node)
 
     async def forward(self, request: Request, node: Node) -> Response:
+        self.forwarded += 1
         headers = [(k, v) for k, v in request.headers.items() if k not in _NOT_PASSED]
         headers.append((FORWARDED, self.me.name))
         # The path and query as they came, byte for byte: a SIP URI in the

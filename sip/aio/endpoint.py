@@ -471,18 +471,16 @@ class SipEndpoint:
             handle.close()
 
     def _unpublish(self, publication_id: int) -> None:
-        if self.ua.publication(publication_id) is not None:
-            self.ua.unpublish(publication_id, self.now())
-            self._flush()
+        self.ua.unpublish(publication_id, self.now())
+        self._flush()
 
     def _refresh(self, subscription_id: int) -> None:
         self.ua.refresh(subscription_id, self.now())
         self._flush()
 
     def _unsubscribe(self, subscription_id: int) -> None:
-        if self.ua.subscription(subscription_id) is not None:
-            self.ua.unsubscribe(subscription_id, self.now())
-            self._flush()
+        self.ua.unsubscribe(subscription_id, self.now())
+        self._flush()
 
     def _publish_failure(self, event: PublicationFailed) -> RequestFailed:
         if event.status is None:
@@ -535,9 +533,9 @@ class SipEndpoint:
 
     def _dispatch(self, event: UserAgentEvent) -> None:
         """Route one event by its id to its handle."""
+        if _from_server(event):
+            self.heard_at = self.now()
         if isinstance(event, NotifyReceived | SubscriptionAccepted | SubscriptionTerminated):
-            if _from_server(event):
-                self.heard_at = self.now()
             ident = event.subscription_id
             subscription = self._subscriptions.get(ident)
             if subscription is not None:
@@ -545,8 +543,6 @@ class SipEndpoint:
                     del self._subscriptions[ident]
                 subscription._receive(event)
         elif isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
-            if _from_server(event):
-                self.heard_at = self.now()
             ident = event.publication_id
             publication = self._publications.get(ident)
             if publication is not None:
@@ -560,8 +556,6 @@ class SipEndpoint:
                     sending = core is not None and core.state is PublicationState.SENDING
                 publication._receive(event, sending)
         elif isinstance(event, OptionsAnswered | OptionsFailed):
-            if type(event) is OptionsAnswered:
-                self.heard_at = self.now()
             probe = self._probes.pop(event.probe_id, None)
             if probe is not None and not probe.done():
                 probe.set_result(event)
@@ -693,11 +687,14 @@ def _where(destination: Destination) -> str:
     return f"{destination.transport} {f'[{host}]' if ':' in host else host}:{destination.port}"
 
 
-def _from_server(event: SubscriptionEvent | PublicationEvent) -> bool:
-    """Did this event come from a message the server sent us?"""
+def _from_server(event: UserAgentEvent) -> bool:
+    """Did this event come from a message the server sent us?  (A failure
+    without a status is a timeout or a transport error: nothing was heard.)"""
     if isinstance(event, SubscriptionTerminated | PublicationFailed):
         return event.status is not None
-    return not isinstance(event, PublicationRemoved)
+    return isinstance(
+        event, NotifyReceived | SubscriptionAccepted | PublicationConfirmed | OptionsAnswered
+    )
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):

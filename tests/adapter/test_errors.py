@@ -76,17 +76,17 @@ def test_body_has_the_request_error_shape() -> None:
             403,
             ["presentity"],
         ),
-        (PolicyError.unlimited_notifications(), "policyException", "POL0004", 403, []),
-        (PolicyError.too_many_notifications(), "policyException", "POL0005", 403, []),
-        (PolicyError.invalid_frequency(), "policyException", "POL0009", 403, []),
+        (PolicyError(FaultCode.UNLIMITED_NOTIFICATIONS), "policyException", "POL0004", 403, []),
+        (PolicyError(FaultCode.TOO_MANY_NOTIFICATIONS), "policyException", "POL0005", 403, []),
+        (PolicyError(FaultCode.INVALID_FREQUENCY), "policyException", "POL0009", 403, []),
     ],
 )
 def test_each_fault(error: RestError, kind: str, message_id: str, status: int, variables) -> None:
     body = error.body()["requestError"]
     assert list(body) == [kind]
-    assert body[kind]["messageId"] == message_id == error.message_id
+    assert body[kind]["messageId"] == message_id == error.code.message_id
     assert body[kind]["variables"] == variables
-    assert body[kind]["text"] == error.text
+    assert body[kind]["text"] == error.code.text
     assert error.status == status
 
 

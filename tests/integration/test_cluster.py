@@ -133,6 +133,16 @@ def owners(cluster: ClusterNodes) -> dict[tuple[str, str], str]:
     return {(kind, key): owner for kind, key, owner in rows}
 
 
+def metric_values(node: AdapterProcess) -> dict[str, float]:
+    """The node's /metrics samples, ``name{labels}`` -> value."""
+    with node.client() as http:
+        text = http.get("/metrics").text
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines() if line and not line.startswith("#")
+    }
+
+
 def watch_lease(people: People) -> tuple[str, str]:
     return ("watch", json.dumps((people.bob, people.alice)))
 
@@ -165,6 +175,7 @@ def test_any_node_answers_about_work_done_through_the_other(
     leases = owners(cluster)
     assert leases[("publication", people.alice)] == "a"
     assert leases[watch_lease(people)] == "b"
+    assert metric_values(b)["presence_adapter_cluster_forwarded_requests_total"] >= 1
     # A notification started through node a is node b's (bob's watch is);
     # it is ended through either.
     start = {
@@ -222,6 +233,10 @@ def test_a_killed_node_s_work_is_taken_over(
     eventually(lambda: set(owners(cluster).values()) == {"b"}, timeout=30,
                what="node b owning node a's work")
     taken = time.monotonic()
+    metrics = metric_values(b)
+    assert metrics['presence_adapter_cluster_leases{kind="publication"}'] == 1
+    assert metrics['presence_adapter_cluster_leases{kind="watch"}'] == 1
+    assert metrics["presence_adapter_cluster_taken_over_total"] >= 2
     # ... re-published alice's publication (the phone hears it again) ...
     phone.wait_for(lambda e: e["event"] == "notify" and e["buddy"] == people.alice
                    and e["state"].startswith("active"), since=mark, timeout=30)

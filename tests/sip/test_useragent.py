@@ -257,6 +257,9 @@ def test_publication_confirm_refresh_remove() -> None:
     net.reply(remove, 200, ("SIP-ETag", "e3"), ("Expires", "0"))
     assert net.events() == [PublicationRemoved(pub_id)]
     assert net.ua.publication(pub_id) is None
+    # Removing it again (a handle ending what is already over) sends nothing.
+    net.ua.unpublish(pub_id, net.now)
+    assert net.sent() == [] and net.events() == []
 
 
 def test_an_abandoned_publication_sends_nothing_more() -> None:
