@@ -397,7 +397,7 @@ def test_messages_made_while_redis_is_down_are_delivered_once_it_is_back(
             app_id = client.app_id
             send(a, app_id, 0)
             got = await client.until(1)
-            own_redis._terminate()
+            await asyncio.to_thread(own_redis.stop)
             for n in range(1, 4):
                 send(a, app_id, n)
             async with asyncio.timeout(WAIT):  # the producer meets the closed port
