@@ -49,6 +49,7 @@ from sip.digest import Credentials
 from sip.uri import SipURI
 
 if TYPE_CHECKING:
+    from adapter.cluster.bayeux import ClusterBayeux
     from adapter.cluster.ownership import Ownership
 
 __all__ = ["create_app", "make_app"]
@@ -349,15 +350,26 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         write_timeout=config.sip.request_timeout,
         node=config.cluster.node if config.cluster is not None else None,
     )
-    journal = BacklogJournal(store)
     limits = BayeuxLimits(**config.bayeux)
-    backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
 
     def bayeux_login(user: str, password: str) -> str | None:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
-    hub = Hub(bayeux_login, limits, backlog=backlog, prepare=accounts.check_async)
+    bayeux: ClusterBayeux | None = None
+    if config.cluster is None:
+        journal: BacklogJournal | None = BacklogJournal(store)
+        backlog = Backlog(limits.backlog_size, limits.backlog_ttl, journal)
+        hub = Hub(bayeux_login, limits, backlog=backlog, prepare=accounts.check_async)
+    else:
+        # Imported only by a node: a single adapter loads nothing of Redis.
+        from adapter.cluster.bayeux import ClusterBayeux
+
+        # A node's backlog is its applications' Redis streams (adapter.cluster.relay).
+        journal = None
+        backlog = Backlog(limits.backlog_size, limits.backlog_ttl)
+        bayeux = ClusterBayeux(config, limits, bayeux_login, accounts.check_async)
+        hub = bayeux.hub
     metrics = Metrics(token=config.metrics.token)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its
@@ -371,9 +383,14 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
-        kept = journal.restore(backlog, asyncio.get_running_loop().time())
-        if kept:
-            logger.info("kept %d Bayeux messages for applications from before the restart", kept)
+        if journal is not None:
+            kept = journal.restore(backlog, asyncio.get_running_loop().time())
+            if kept:
+                logger.info(
+                    "kept %d Bayeux messages for applications from before the restart", kept
+                )
+        if bayeux is not None:
+            bayeux.start()
         await endpoint.start()
         xcap = XcapClient(
             config.xcap.root,
@@ -384,7 +401,12 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         liveness = ServerLiveness(endpoint, config.sip.keepalive)
         timeout = config.sip.request_timeout
         watchers = WatcherService(
-            endpoint, xcap, hub, store=store, liveness=liveness, request_timeout=timeout,
+            endpoint,
+            xcap,
+            hub if bayeux is None else bayeux.relay,
+            store=store,
+            liveness=liveness,
+            request_timeout=timeout,
             list_check=config.sip.list_check,
         )
         ownership: Ownership | None = None
@@ -423,6 +445,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
                 store, me, config.cluster.lease, presentities=presentities,
                 watchers=watchers, request_timeout=timeout,
             )
+            assert bayeux is not None
+            bayeux.forward.locate = ownership.nodes.find
         liveness.on_resync(presentities.resync)
         liveness.on_resync(watchers.resync)
         liveness.start()
@@ -476,6 +500,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             if ownership is not None:
                 await ownership.close()
             hub.close()
+            if bayeux is not None:
+                await bayeux.close()
             await xcap.close()
             await endpoint.close()
             await store.close()
@@ -484,7 +510,10 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         config,
         sip_probe=endpoint,
         routes=[
-            *rest.routes(), *openapi_routes(), *bayeux_routes(hub), *console_routes(),
+            *rest.routes(),
+            *openapi_routes(),
+            *bayeux_routes(hub, forward=bayeux.forward if bayeux is not None else None),
+            *console_routes(),
             *cluster_routes(config),
         ],
         lifespan=lifespan,

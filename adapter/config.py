@@ -369,7 +369,8 @@ class PostgresUrl(_Form):
     as libpq reads it."""
 
     def __repr__(self) -> str:
-        return repr(_without_password(self))
+        # str(self): a URL without a password comes back as itself, whose repr is this.
+        return repr(_without_password(str(self)))
 
     @staticmethod
     def _problem(text: str) -> str | None:
@@ -396,7 +397,8 @@ class RedisUrl(_Form):
     ``rediss://`` (TLS) or ``unix:///path``."""
 
     def __repr__(self) -> str:
-        return repr(_without_password(self))
+        # str(self): a URL without a password comes back as itself, whose repr is this.
+        return repr(_without_password(str(self)))
 
     @staticmethod
     def _problem(text: str) -> str | None:

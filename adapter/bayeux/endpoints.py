@@ -11,7 +11,7 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from adapter.bayeux.errors import RemoteProtocolError
 from adapter.bayeux.hub import Hub
-from adapter.bayeux.message import encode_batch, parse_batch
+from adapter.bayeux.message import Message, encode_batch, parse_batch
 from adapter.bayeux.server import LONG_POLLING, WEBSOCKET, Credentials
 
 JSON_TYPE = "application/json;charset=UTF-8"
@@ -29,15 +29,21 @@ JSON_TYPE = "application/json;charset=UTF-8"
 # RFC 6455 §7.4.1: 1009 "message that is too big for it to process".
 _WS_TOO_BIG = 1009
 
+#: Passes a long-polling request on to the node holding its session; None:
+#: answer it here (adapter.cluster.forward).
+Forward = Callable[[Request, bytes, Sequence[Message]], Awaitable[Response | None]]
 
-def bayeux_routes(hub: Hub, path: str = "/cometd") -> list[BaseRoute]:
+
+def bayeux_routes(
+    hub: Hub, path: str = "/cometd", *, forward: Forward | None = None
+) -> list[BaseRoute]:
     """Routes serving the Bayeux server at `path`.
 
     Long-polling clients POST to the base URL and to suffixes the CometD
     client appends (`/handshake`, `/connect`, `/disconnect`, `/`); each is
     routed explicitly because a slash redirect breaks the CometD client.
     """
-    long_polling = _LongPolling(hub)
+    long_polling = _LongPolling(hub, forward)
     websocket = _WebSocketEndpoint(hub)
     return [
         Route(path, long_polling.handle, methods=["POST"]),
@@ -68,8 +74,9 @@ def _error_body(text: str) -> str:
 
 
 class _LongPolling:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, forward: Forward | None = None) -> None:
         self._hub = hub
+        self._forward = forward
 
     async def handle(self, request: Request) -> Response:
         limit = self._hub.limits.max_body
@@ -87,6 +94,10 @@ class _LongPolling:
             return Response(_error_body(str(exc)), 400, media_type=JSON_TYPE)
         if not messages:
             return Response(_error_body("empty batch"), 400, media_type=JSON_TYPE)
+        if self._forward is not None:
+            answer = await self._forward(request, bytes(body), messages)
+            if answer is not None:
+                return answer
         credentials = basic_credentials(request.headers.get("authorization"))
         await self._hub.prepare(messages, credentials)
         received = self._hub.receive(messages, transport=LONG_POLLING, credentials=credentials)

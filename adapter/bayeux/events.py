@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from adapter.bayeux.channels import Channel
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectReleased:
@@ -32,4 +34,25 @@ class SessionExpired:
     client_id: str
 
 
-Event = ConnectReleased | MessagesDropped | SessionExpired
+@dataclass(frozen=True, slots=True)
+class MessagesConfirmed:
+    """Messages a session is done with: acknowledged (ack extension), sent (without
+    it), or taken as read at a disconnect.  Told only by a shared server (a
+    cluster node), whose messages live in Redis until confirmed."""
+
+    app_id: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsSubscribed:
+    """A session subscribed to `patterns`.  Told only by a shared server: the
+    application's backlog is in Redis, not in the server, and is fetched from there."""
+
+    app_id: str
+    patterns: tuple[Channel, ...]
+
+
+Event = (
+    ConnectReleased | MessagesDropped | SessionExpired | MessagesConfirmed | ChannelsSubscribed
+)

@@ -15,11 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from adapter.bayeux.backlog import BacklogStore
+from adapter.bayeux.channels import Channel
 from adapter.bayeux.droplog import DropLog, DropReport
-from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
+from adapter.bayeux.events import (
+    ChannelsSubscribed,
+    ConnectReleased,
+    MessagesConfirmed,
+    MessagesDropped,
+    SessionExpired,
+)
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Message
 from adapter.bayeux.server import (
@@ -41,6 +48,14 @@ log = logging.getLogger("adapter.bayeux")
 DROP_LOG_INTERVAL = 10.0
 
 
+class SharedListener(Protocol):
+    """What a shared hub (a cluster node) tells the relay that feeds it."""
+
+    def subscribed(self, app_id: str, patterns: tuple[Channel, ...]) -> None: ...
+
+    def confirmed(self, app_id: str, ids: tuple[str, ...]) -> None: ...
+
+
 class Hub:
     def __init__(
         self,
@@ -50,8 +65,14 @@ class Hub:
         backlog: BacklogStore | None = None,
         prepare: Callable[[str, str], Awaitable[object]] | None = None,
         drop_log_interval: float = DROP_LOG_INTERVAL,
+        shared: bool = False,
+        new_client_id: Callable[[], str] | None = None,
     ) -> None:
-        self.server = BayeuxServer(authenticate, limits, backlog=backlog)
+        # shared: a cluster node's hub, fed by adapter.cluster.relay (see server.py).
+        self.server = BayeuxServer(
+            authenticate, limits, backlog=backlog, shared=shared, new_client_id=new_client_id
+        )
+        self.listener: SharedListener | None = None
         # Runs a handshake's password check ahead of `receive`, where it may
         # await (a slow hash verified off the event loop), so that the core's
         # synchronous `authenticate` finds the answer already known.
@@ -77,6 +98,14 @@ class Hub:
         """
         try:
             return self.server.deliver(app_id, channel, data, self._now())
+        finally:
+            self._after()
+
+    def deliver_shared(self, app_id: str, channel: str, data: Any, message_id: str) -> int:
+        """:meth:`deliver` for a shared hub: a message read from the application's
+        stream, under its id there."""
+        try:
+            return self.server.deliver(app_id, channel, data, self._now(), message_id)
         finally:
             self._after()
 
@@ -188,5 +217,11 @@ class Hub:
                 self._dropped(event)
             elif isinstance(event, SessionExpired):
                 log.info("bayeux: session of %s expired (no /meta/connect)", event.app_id)
+            elif isinstance(event, MessagesConfirmed):
+                if self.listener is not None:
+                    self.listener.confirmed(event.app_id, event.ids)
+            elif isinstance(event, ChannelsSubscribed):
+                if self.listener is not None:
+                    self.listener.subscribed(event.app_id, event.patterns)
         deadlines = [d for d in (self.server.get_timer(), self._drops.get_timer()) if d is not None]
         self._timer.set(min(deadlines, default=None))

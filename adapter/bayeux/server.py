@@ -19,6 +19,14 @@ A delivery never answers a held connect synchronously: it moves that
 connect's deadline to `now`, so every delivery made before the driver's
 timer runs goes out in the same reply (a burst costs one round trip, not one
 per message).
+
+A *shared* server (``shared=True``, a cluster node: adapter.cluster.relay) keeps
+no backlog of its own: its messages live in a Redis stream per application
+until a session is done with them.  It delivers with the stream's ids, tells
+`MessagesConfirmed` when a session is done with messages and
+`ChannelsSubscribed` when one subscribes (its driver then fetches the
+application's backlog from the stream), and what reaches no session, or a
+session that ends before confirming it, is simply left in the stream.
 """
 
 from __future__ import annotations
@@ -33,7 +41,14 @@ from typing import Any
 from adapter.bayeux.backlog import Backlog, BacklogStore
 from adapter.bayeux.channels import Channel, SubscriptionIndex, application_root
 from adapter.bayeux.errors import LocalProtocolError, RemoteProtocolError
-from adapter.bayeux.events import ConnectReleased, Event, MessagesDropped, SessionExpired
+from adapter.bayeux.events import (
+    ChannelsSubscribed,
+    ConnectReleased,
+    Event,
+    MessagesConfirmed,
+    MessagesDropped,
+    SessionExpired,
+)
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Delivery, Message
 from adapter.bayeux.session import Hold, Session
@@ -97,12 +112,14 @@ class BayeuxServer:
         limits: BayeuxLimits | None = None,
         *,
         backlog: BacklogStore | None = None,
-        new_client_id: Callable[[], str] = _new_client_id,
+        new_client_id: Callable[[], str] | None = None,
+        shared: bool = False,
     ) -> None:
         self.limits = limits or BayeuxLimits()
+        self.shared = shared
         self.counters = Counters()
         self._authenticate = authenticate
-        self._new_client_id = new_client_id
+        self._new_client_id = new_client_id or _new_client_id
         self._backlog: BacklogStore = backlog or Backlog(
             self.limits.backlog_size, self.limits.backlog_ttl
         )
@@ -151,19 +168,25 @@ class BayeuxServer:
             self._receiving = None
         return Received(replies, held)
 
-    def deliver(self, app_id: str, channel: str, data: Any, now: float) -> int:
+    def deliver(
+        self, app_id: str, channel: str, data: Any, now: float, message_id: str | None = None
+    ) -> int:
         """Publish `data` on `channel` for application `app_id`.
 
         Returns how many sessions it was queued for; 0 means it went to the
         application's backlog, to be handed to the next session that
-        subscribes to a matching channel.
+        subscribes to a matching channel (a shared server keeps none: the
+        message stays in its stream).  ``message_id``: the message's id in
+        a shared server's stream; else the server numbers its messages.
         """
         target = self._targets.get((app_id, channel))
         if target is None:
             target = self._target(app_id, channel)
         try:
             # Encoded here, once, however many sessions it reaches.
-            delivery = Delivery(target, data, str(next(self._message_ids)))
+            delivery = Delivery(
+                target, data, message_id or str(next(self._message_ids))
+            )
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError(f"data is not JSON: {exc}") from None
         reached = 0
@@ -281,6 +304,14 @@ class BayeuxServer:
         session = self._sessions.get(client_id)
         return session.app_id if session else None
 
+    def queued_ids(self, app_id: str) -> set[str]:
+        """The ids of the messages the sessions of `app_id` hold (sent or not)."""
+        return {
+            queued.delivery.id
+            for client_id in self._by_app.get(app_id, ())
+            for queued in self._sessions[client_id].queue
+        }
+
     # --------------------------------------------------------------- messages
 
     def _dispatch(
@@ -380,7 +411,7 @@ class BayeuxServer:
         if session.ack and message.ext is not None:
             batch = message.ext.get("ack")
             if isinstance(batch, int) and not isinstance(batch, bool):
-                session.acknowledge(batch)
+                self._confirm(session, session.acknowledge(batch))
         session.expires_at = None
         session.transport = transport
         client_timeout = _client_timeout(message.advice)
@@ -412,6 +443,8 @@ class BayeuxServer:
         for pattern in patterns:
             session.subscriptions.add(pattern)
             self._index.add(pattern, session.client_id)
+        if self.shared:
+            self._events.append(ChannelsSubscribed(session.app_id, tuple(patterns)))
         for delivery in self._backlog.take(session.app_id, patterns, now):
             self._enqueue(session, delivery, now)
         reply = _reply(message)
@@ -440,7 +473,7 @@ class BayeuxServer:
             self._release(session, now, with_messages=False)
         # A client that disconnects on purpose has processed what it was
         # sent; only what it was never sent is kept for the application.
-        session.drop_sent()
+        self._confirm(session, session.drop_sent())
         self._remove(session, now)
         reply = _reply(message)
         reply.update(clientId=session.client_id, successful=True)
@@ -476,7 +509,15 @@ class BayeuxServer:
             session.hold.deadline = now
             self._schedule(session)
 
+    def _confirm(self, session: Session, deliveries: list[Delivery]) -> None:
+        if self.shared and deliveries:
+            self._events.append(
+                MessagesConfirmed(session.app_id, tuple(d.id for d in deliveries))
+            )
+
     def _keep(self, app_id: str, delivery: Delivery, now: float) -> None:
+        if self.shared:
+            return  # left in the application's stream (see the module's docstring)
         dropped = self._backlog.add(app_id, delivery, now)
         self.counters.messages_backlogged += 1
         if dropped:
@@ -517,6 +558,8 @@ class BayeuxServer:
             batch, deliveries = session.take_batch()
             replies.extend(delivery.to_wire() for delivery in deliveries)
             self.counters.messages_delivered += len(deliveries)
+            if self.shared and not session.ack:
+                self._confirm(session, deliveries)  # sent is done, without the ack extension
         elif session.ack:
             batch = session.last_batch
         connect: dict[str, Any] = {"channel": "/meta/connect"}

@@ -57,9 +57,12 @@ class Session:
         self.queue.append(Queued(delivery))
         return dropped
 
-    def acknowledge(self, batch: int) -> None:
+    def acknowledge(self, batch: int) -> list[Delivery]:
+        """Forget what batches up to `batch` carried; returns it."""
+        done: list[Delivery] = []
         while self.queue and self.queue[0].batch is not None and self.queue[0].batch <= batch:
-            self.queue.popleft()
+            done.append(self.queue.popleft().delivery)
+        return done
 
     def take_batch(self) -> tuple[int, list[Delivery]]:
         """The deliveries for the next connect reply, and that reply's batch id."""
@@ -72,9 +75,11 @@ class Session:
             self.queue.clear()
         return self.last_batch, deliveries
 
-    def drop_sent(self) -> None:
-        """Treat everything already sent as received (the client said goodbye)."""
+    def drop_sent(self) -> list[Delivery]:
+        """Treat everything already sent as received (the client said goodbye); returns it."""
+        sent = [queued.delivery for queued in self.queue if queued.batch is not None]
         self.queue = deque(queued for queued in self.queue if queued.batch is None)
+        return sent
 
     def undelivered(self) -> list[Delivery]:
         """Whatever the client has not confirmed (or, without ack, not been sent)."""

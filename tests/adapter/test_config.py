@@ -189,6 +189,17 @@ def test_a_store_that_is_not_one_sqlite_file_or_one_postgresql_url_is_one_line(
     assert error_line(write(edited(STORE_PATH, store))) == line
 
 
+def test_the_urls_of_a_cluster_node_are_shown_without_their_passwords(write) -> None:
+    cluster = '\n[cluster]\nnode = "a"\nredis = "redis://:r-secret@127.0.0.1:6379/0"\n'
+    config = load_config(write(edited(STORE_PATH, f'url = "{PG_URL}"') + cluster))
+    assert "r-secret" not in repr(config) and "pg-secret" not in repr(config)
+    # A URL with no password at all is shown as it is.
+    bare = edited("redis://:r-secret@", "redis://", cluster)
+    config = load_config(write(edited(STORE_PATH, 'url = "postgresql://127.0.0.1/db"') + bare))
+    assert "'redis://127.0.0.1:6379/0'" in repr(config)
+    assert "'postgresql://127.0.0.1/db'" in repr(config)
+
+
 def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
     target = tmp_path / "elsewhere" / "state.sqlite"
     config = load_config(write(edited('"var/adapter.sqlite"', f'"{target}"')), cwd=Path("/"))

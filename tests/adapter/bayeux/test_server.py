@@ -7,7 +7,13 @@ import pytest
 from adapter.bayeux.backlog import Backlog
 from adapter.bayeux.channels import Channel
 from adapter.bayeux.errors import LocalProtocolError
-from adapter.bayeux.events import ConnectReleased, MessagesDropped, SessionExpired
+from adapter.bayeux.events import (
+    ChannelsSubscribed,
+    ConnectReleased,
+    MessagesConfirmed,
+    MessagesDropped,
+    SessionExpired,
+)
 from adapter.bayeux.limits import BayeuxLimits
 from adapter.bayeux.message import Message
 from adapter.bayeux.server import BayeuxServer
@@ -683,3 +689,75 @@ def test_after_the_drain_handshakes_are_refused_with_advice_to_come_back():
     assert reply["successful"] is False and reply["error"].startswith("503:")
     assert reply["advice"]["reconnect"] == "handshake" and reply["advice"]["interval"] == 2000
     assert server.session_count() == 0
+
+
+# -- a shared server (a cluster node: adapter.cluster.relay feeds it) -------------
+
+
+def shared(**limits) -> BayeuxServer:
+    return BayeuxServer(authenticate, BayeuxLimits(**limits), shared=True)
+
+
+def test_a_shared_server_tells_subscriptions_and_delivers_under_the_given_ids():
+    server = shared()
+    client_id = handshake(server, ack=True)
+    assert subscribe(server, client_id, "/bayeux/alice/**")["successful"]
+    (told,) = events(server)
+    assert told == ChannelsSubscribed("alice", (Channel.parse("/bayeux/alice/**"),))
+    assert server.deliver("alice", "/bayeux/alice/x", {"n": 1}, 0.0, "1700000000000-0") == 1
+    replies = connect(server, client_id, 0.0, ack=0).replies
+    assert [r["id"] for r in replies[:-1]] == ["1700000000000-0"]
+    assert server.queued_ids("alice") == {"1700000000000-0"}
+
+
+def test_a_shared_server_tells_what_an_acknowledged_batch_carried():
+    server = shared()
+    client_id, token = session_with_held_connect(server, ack=True)
+    events(server)
+    server.deliver("alice", "/bayeux/alice/x", 1, 0.0, "1-0")
+    server.deliver("alice", "/bayeux/alice/x", 2, 0.0, "2-0")
+    (released,) = fire(server, 0.0)
+    batch = released.replies[-1]["ext"]["ack"]
+    assert events(server) == []  # sent, not yet acknowledged
+    connect(server, client_id, 0.0, ack=batch)
+    assert events(server) == [MessagesConfirmed("alice", ("1-0", "2-0"))]
+    assert server.queued_ids("alice") == set()
+
+
+def test_without_the_ack_extension_a_shared_server_tells_what_it_sent():
+    server = shared()
+    client_id, token = session_with_held_connect(server)
+    events(server)
+    server.deliver("alice", "/bayeux/alice/x", 1, 0.0, "1-0")
+    confirmed, released = fire(server, 0.0)
+    assert confirmed == MessagesConfirmed("alice", ("1-0",))
+    assert isinstance(released, ConnectReleased) and released.token == token
+
+
+def test_a_shared_server_tells_what_a_disconnecting_client_was_sent():
+    server = shared()
+    client_id = handshake(server, ack=True)
+    subscribe(server, client_id, "/bayeux/alice/**")
+    server.deliver("alice", "/bayeux/alice/x", 1, 0.0, "1-0")
+    connect(server, client_id, 0.0, ack=0)  # sent, not acknowledged
+    events(server)
+    server.receive([msg("/meta/disconnect", client_id=client_id)], 0.0, transport="long-polling")
+    assert events(server) == [MessagesConfirmed("alice", ("1-0",))]
+
+
+def test_a_shared_server_keeps_no_backlog():
+    server = shared()
+    assert server.deliver("alice", "/bayeux/alice/x", 1, 0.0, "1-0") == 0
+    client_id = handshake(server, ack=True)
+    subscribe(server, client_id, "/bayeux/alice/**")
+    # The message stays in its stream; the relay hands it on after ChannelsSubscribed.
+    assert connect(server, client_id, 0.0, ack=0).replies[:-1] == []
+    assert server.counters.messages_backlogged == 0
+    # A session that ends unconfirmed leaves its messages to the stream too.
+    server.deliver("alice", "/bayeux/alice/x", 2, 0.0, "2-0")
+    events(server)
+    assert server.close_application("alice", 0.0) == 1
+    assert [e for e in events(server) if isinstance(e, MessagesConfirmed)] == []
+    other = handshake(server, ack=True)
+    subscribe(server, other, "/bayeux/alice/**")
+    assert connect(server, other, 0.0, ack=0).replies[:-1] == []

@@ -1,0 +1,418 @@
+"""Bayeux messages between cluster nodes, through a Redis stream per application.
+
+Theory of operation.  A notification is made on the node that holds its SIP
+subscription; the application's Bayeux session may live on any node.  So in
+a cluster every message goes through the application's stream
+(:mod:`adapter.cluster.bus`), also when producer and session share a node: one
+path, one order.
+
+- **Producing** (:meth:`Relay.deliver`, what the watcher service calls in place
+  of ``Hub.deliver``): the message joins an outbox; one writer task adds the
+  outbox to the streams in order, in batches (one script call each).  While
+  Redis is unreachable the outbox grows (up to :data:`OUTBOX_MAX`) and the
+  writer retries.  A subscription is owned by one node, whose one writer keeps
+  its messages in order.
+- **Consuming**: one reader task per node reads (``XREAD``, blocking) the
+  streams of the applications that have a session on this node, from a cursor
+  per application, and hands each entry to the local hub under its entry id.
+  When a session subscribes, the reader first fetches what the stream held
+  before its cursor (the application's backlog: what no session took, or
+  took and never confirmed), oldest first, then reads on: fetches and reads
+  are done by that one task, so a session never sees a newer message before
+  an older one.
+- **Confirming**: the hub tells which messages a session is done with (acked
+  with the ack extension, else sent), and the writer deletes them from the
+  stream.  Until then a message stays, so a session that ends, or moves to
+  another node, leaves nothing behind: its next session gets it from the stream.
+- **Redis restarts** (no persistence: the streams come back empty).  Each node
+  keeps a *window*: the messages it added that Redis still held when it last
+  looked (every :data:`PRUNE_INTERVAL`), plus those added since.  Its writer
+  adds messages only while the node's alive mark exists (one script checks
+  and adds); when the mark is gone, or when the reader's connection broke,
+  the writer first adds the window again, under the old ids where possible,
+  then sets the mark.  Readers keep their cursors, so a session that already
+  had a message does not get it twice, while one that had not gets it now;
+  a backlog comes back whole.  What sessions hold unconfirmed is in the
+  nodes' memory and is not touched.  Nodes add their windows each at its own
+  moment, so a reader's cursor may already be past an entry added again late:
+  after its connection broke, a reader looks through its applications'
+  streams a few times (:data:`RESYNC`) for entries it has not handed in the
+  last :data:`RECENT` seconds and hands them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from adapter.bayeux import Channel, Hub, LocalProtocolError
+from adapter.bayeux.errors import RemoteProtocolError
+from adapter.cluster.bus import Bus, BusDown, Entry, Outgoing, stream_time
+
+__all__ = ["Relay"]
+
+logger = logging.getLogger(__name__)
+
+#: Messages the writer adds in one script call (one round trip).
+BATCH = 256
+#: Messages kept while Redis cannot be reached; beyond, the oldest are dropped.
+OUTBOX_MAX = 100_000
+#: Seconds between two looks at which of its messages Redis still holds.
+PRUNE_INTERVAL = 5.0
+#: Seconds a blocked read waits before looking at its sessions again.
+READ_BLOCK = 5.0
+#: Entries one read takes at most.
+READ_COUNT = 512
+#: Seconds between tries while Redis cannot be reached (doubling up to the last).
+RETRY = (0.1, 0.2, 0.5, 1.0, 2.0)
+#: Seconds after Redis answers again at which a reader looks for entries it missed.
+RESYNC = (0.0, 3.0, 10.0)
+#: Seconds a reader remembers the ids it handed (longer than the last RESYNC
+#: plus PRUNE_INTERVAL: an entry confirmed before then is not added again).
+RECENT = 30.0
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _entry_order(entry: Entry) -> tuple[int, int]:
+    return _entry_order_of(entry.id)
+
+
+def _entry_order_of(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Relay:
+    """One node's end of the Bayeux streams: it produces for every application and
+    consumes for the applications whose sessions it holds."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        hub: Hub,
+        *,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bus = bus
+        self._hub = hub
+        self._ttl = ttl
+        self._clock = clock
+        hub.listener = self
+        # Producing.
+        self._outbox: deque[Outgoing] = deque()
+        self._window: dict[str, deque[Entry]] = {}
+        self._confirms: dict[str, list[str]] = {}
+        self._deleting: dict[str, list[str]] = {}  # the confirms being deleted now
+        self._check = True  # look at the alive mark before adding (at start: set it)
+        self._kick = asyncio.Event()
+        self._pruned_at = 0.0
+        self.dropped = 0  # outbox overflow
+        # Consuming.
+        self._cursors: dict[str, str] = {}
+        self._fetches: deque[tuple[str, tuple[Channel, ...]]] = deque()
+        self._wake_cursor = "0-0"
+        # app -> id -> (when, whether it reached a session): what RESYNC skips.
+        self._handed: dict[str, dict[str, tuple[float, bool]]] = {}
+        self._resyncs: list[float] = []
+        self._reading = False
+        self._wakes: set[asyncio.Task[None]] = set()
+        self._down: str | None = None  # why Redis is unreachable, while it is
+        self._tasks: list[asyncio.Task[None]] = []
+        # Set by close(): the loops end.  Their cancel alone is not enough: redis-py
+        # may turn a cancel that meets a command in flight into a ConnectionError.
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether Redis answered the last call (for /readyz)."""
+        return self._down is None
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="cluster-writer"),
+            asyncio.create_task(self._read_loop(), name="cluster-reader"),
+        ]
+
+    async def close(self, flush: float = 2.0) -> None:
+        """Stop; first give the writer up to `flush` seconds to add the outbox."""
+        if self._tasks and (self._outbox or self._confirms):
+            self._kick.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush):
+                    while (self._outbox or self._confirms) and self._down is None:
+                        await asyncio.sleep(0.01)
+        self._closing = True
+        for task in [*self._tasks, *self._wakes]:
+            task.cancel()
+        # Closing the connections ends a blocked read at once (a cancel alone
+        # may wait for it to return).
+        await self._bus.close()
+        for task in [*self._tasks, *self._wakes]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- producing ---------------------------------------------------------------
+
+    def deliver(self, app_id: str, channel: str, data: Any) -> int:
+        """Publish `data` on `channel` for `app_id`, on whichever node its session is.
+
+        The watcher service's ``Deliverer``; returns 1 (handed on, not yet read).
+        """
+        self._outbox.append(Outgoing(app_id, channel, _encode(data)))
+        if len(self._outbox) > OUTBOX_MAX:
+            self._outbox.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning(
+                    "cluster: %d Bayeux message(s) dropped, Redis unreachable too long",
+                    self.dropped,
+                )
+        self._kick.set()
+        return 1
+
+    async def _write_loop(self) -> None:
+        failures = 0
+        while not self._closing:
+            if not (self._outbox or self._confirms or self._check):
+                # Woken by work, or to prune.  A timer, not asyncio.timeout: on
+                # 3.11 a cancel that meets the timeout's expiry can be taken for it.
+                prune = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._kick.set)
+                try:
+                    await self._kick.wait()
+                finally:
+                    prune.cancel()
+                self._kick.clear()
+            try:
+                if self._check:
+                    if not await self._bus.is_alive():
+                        await self._restore()
+                    self._check = False
+                if self._confirms:
+                    await self._confirm()
+                if self._outbox:
+                    await self._publish()
+                if self._clock() - self._pruned_at >= PRUNE_INTERVAL:
+                    await self._prune()
+            except BusDown as exc:
+                if self._closing:
+                    return
+                self._lost(exc)
+                self._check = True
+                await asyncio.sleep(RETRY[min(failures, len(RETRY) - 1)])
+                failures += 1
+                continue
+            failures = 0
+            self._back()
+
+    async def _publish(self) -> None:
+        batch = [self._outbox[i] for i in range(min(BATCH, len(self._outbox)))]
+        ids = await self._bus.publish(batch)
+        if ids is None:
+            self._check = True  # Redis restarted: the window goes back first
+            return
+        for _ in batch:
+            self._outbox.popleft()
+        for message, entry_id in zip(batch, ids, strict=True):
+            kept = self._window.setdefault(message.app_id, deque(maxlen=self._bus.maxlen))
+            kept.append(Entry(message.app_id, entry_id, message.channel, message.data))
+
+    async def _restore(self) -> None:
+        """Redis lost this node's messages: add the window again, then the mark."""
+        entries = sorted((e for kept in self._window.values() for e in kept), key=_entry_order)
+        oldest = self._clock() - self._ttl
+        entries = [e for e in entries if stream_time(e.id) >= oldest]
+        window: dict[str, deque[Entry]] = {}
+        for start in range(0, len(entries), BATCH):
+            chunk = entries[start : start + BATCH]
+            ids = await self._bus.replay(chunk)
+            for entry, entry_id in zip(chunk, ids, strict=True):
+                kept = window.setdefault(entry.app_id, deque(maxlen=self._bus.maxlen))
+                kept.append(Entry(entry.app_id, entry_id, entry.channel, entry.data))
+        self._window = window
+        await self._bus.mark_alive()
+        if entries:
+            logger.warning(
+                "cluster: Redis had lost this node's Bayeux messages; %d added again", len(entries)
+            )
+
+    async def _prune(self) -> None:
+        """Forget window entries Redis no longer holds (confirmed, trimmed or expired)."""
+        self._pruned_at = now = self._clock()
+        since = {app_id: kept[0].id for app_id, kept in self._window.items() if kept}
+        if not since:
+            self._window.clear()
+            return
+        present = await self._bus.present(since, now - self._ttl)
+        for app_id, ids in present.items():
+            kept = self._window.get(app_id)
+            if kept is None:
+                continue  # added meanwhile: looked at next time
+            left = deque((e for e in kept if e.id in ids), kept.maxlen)
+            if left:
+                self._window[app_id] = left
+            else:
+                del self._window[app_id]
+
+    # -- what the hub tells (SharedListener) ---------------------------------------
+
+    def subscribed(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
+        self._fetches.append((app_id, patterns))
+        if self._reading:
+            # The reader waits in XREAD without this application: wake it.
+            task = asyncio.create_task(self._wake())
+            self._wakes.add(task)
+            task.add_done_callback(self._wakes.discard)
+
+    def confirmed(self, app_id: str, ids: tuple[str, ...]) -> None:
+        self._confirms.setdefault(app_id, []).extend(ids)
+        self._kick.set()
+
+    async def _wake(self) -> None:
+        with contextlib.suppress(BusDown):
+            await self._bus.wake()
+
+    async def _confirm(self) -> None:
+        done, self._confirms = self._confirms, {}
+        self._deleting = done
+        try:
+            await self._bus.confirm(done)
+        except BusDown:
+            for app_id, ids in done.items():
+                self._confirms.setdefault(app_id, [])[:0] = ids
+            raise
+        finally:
+            self._deleting = {}
+
+    # -- consuming ---------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                if self._resyncs and self._resyncs[0] <= self._clock():
+                    self._resyncs.pop(0)
+                    await self._resync()
+                while self._fetches:
+                    await self._fetch(*self._fetches[0])
+                    self._fetches.popleft()
+                server = self._hub.server
+                for app_id in [a for a in self._cursors if not server.session_count(a)]:
+                    del self._cursors[app_id]
+                    self._handed.pop(app_id, None)
+                self._reading = True
+                try:
+                    block = READ_BLOCK
+                    if self._resyncs:
+                        block = max(0.001, min(block, self._resyncs[0] - self._clock()))
+                    entries, self._wake_cursor = await self._bus.read(
+                        self._cursors, self._wake_cursor, block, READ_COUNT
+                    )
+                finally:
+                    self._reading = False
+            except BusDown as exc:
+                if self._closing:
+                    return
+                self._lost(exc)
+                if not self._check:
+                    self._check = True  # the writer looks whether Redis came back empty
+                    self._kick.set()
+                await asyncio.sleep(RETRY[min(failures, len(RETRY) - 1)])
+                failures += 1
+                if failures == 1:
+                    self._resyncs = []  # set when Redis answers again
+                continue
+            if failures:
+                now = self._clock()
+                self._resyncs = [now + delay for delay in RESYNC]
+            failures = 0
+            self._back()
+            for entry in entries:
+                if entry.app_id in self._cursors:
+                    self._cursors[entry.app_id] = entry.id
+                    self._hand(entry)
+
+    async def _fetch(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
+        """A session of `app_id` subscribed to `patterns`: hand it the backlog."""
+        if not self._hub.server.session_count(app_id):
+            return
+        cursor = self._cursors.get(app_id)
+        entries = await self._bus.fetch(app_id, "+" if cursor is None else cursor)
+        if cursor is None:
+            self._cursors[app_id] = entries[-1].id if entries else "0-0"
+        # Held by a session here, or done with and not yet deleted: not backlog.
+        held = self._hub.server.queued_ids(app_id).union(
+            self._confirms.get(app_id, ()), self._deleting.get(app_id, ())
+        )
+        oldest = self._clock() - self._ttl
+        for entry in entries:
+            if entry.id in held or stream_time(entry.id) < oldest:
+                continue
+            try:
+                channel = Channel.parse(entry.channel)
+            except RemoteProtocolError:
+                continue  # not ours to hand; _hand tells it when read live
+            if any(pattern.matches(channel) for pattern in patterns):
+                self._hand(entry)
+
+    async def _resync(self) -> None:
+        """Hand what the streams hold that this node has neither handed lately nor holds."""
+        now = self._clock()
+        for app_id in list(self._cursors):
+            handed = self._handed.get(app_id, {})
+            entries = await self._bus.fetch(app_id)
+            if app_id not in self._cursors:
+                continue  # its sessions went meanwhile
+            held = self._hub.server.queued_ids(app_id)
+            done: list[str] = []
+            for entry in entries:
+                if entry.id in held:
+                    continue
+                if entry.id in handed:
+                    if handed[entry.id][1]:
+                        # A session had it and is done with it: added again from
+                        # a window that had not yet seen it go.
+                        done.append(entry.id)
+                elif stream_time(entry.id) >= now - self._ttl:
+                    self._hand(entry)
+            if done:
+                self.confirmed(app_id, tuple(done))
+            if entries and _entry_order(entries[-1]) > _entry_order_of(self._cursors[app_id]):
+                self._cursors[app_id] = entries[-1].id
+
+    def _hand(self, entry: Entry) -> None:
+        now = self._clock()
+        handed = self._handed.setdefault(entry.app_id, {})
+        handed.pop(entry.id, None)  # again: to the end, in time order
+        # Oldest first (insertion order): forget what is past RECENT.
+        while handed and (oldest := next(iter(handed.items())))[1][0] < now - RECENT:
+            del handed[oldest[0]]
+        try:
+            reached = self._hub.deliver_shared(
+                entry.app_id, entry.channel, json.loads(entry.data), entry.id
+            )
+            handed[entry.id] = (now, reached > 0)
+        except (LocalProtocolError, ValueError) as exc:
+            logger.error(
+                "cluster: Bayeux message %s of %s dropped: %s", entry.id, entry.app_id, exc
+            )
+            self.confirmed(entry.app_id, (entry.id,))
+
+    # -- Redis's state, in the log -------------------------------------------------
+
+    def _lost(self, exc: BusDown) -> None:
+        if self._down is None:
+            logger.warning("cluster: %s; Bayeux messages wait until it answers again", exc)
+        self._down = str(exc)
+
+    def _back(self) -> None:
+        if self._down is not None:
+            logger.warning("cluster: Redis answers again")
+            self._down = None
