@@ -1,7 +1,8 @@
-"""Several adapter nodes: Publish throughput one node against two, and failover after kill -9.
+"""Several adapter nodes: Publish and NOTIFY→Bayeux one node against two, failover after kill -9.
 
-    .venv/bin/python bench/cluster.py                          # both parts, about 6 minutes
+    .venv/bin/python bench/cluster.py                          # every part, about 15 minutes
     .venv/bin/python bench/cluster.py --parts publish --duration 12 --rounds 3
+    .venv/bin/python bench/cluster.py --parts latency --apps 100 --rate 500
     .venv/bin/python bench/cluster.py --parts failover --watches 10000 --leases 10,2
 
 Issue #19's benchmarks.  One run starts a PostgreSQL-backed presence server
@@ -23,6 +24,23 @@ cluster as the adapter's store, a Redis, and two adapter nodes ``a`` and
   cores busy of each process tree (the nodes, Kamailio, Kamailio's
   PostgreSQL, the store's PostgreSQL, Redis, this script): where the
   ceiling is.
+* ``latency`` — bench/notify_latency.py's sides, in one cluster, both sets
+  of CometD clients (``notify_latency_clients.mjs``) connected to node a:
+  **one node** — applications ``app<i>`` whose watches (of ``p<i>``) were
+  made through node a, which holds their SIP subscriptions: the
+  notification stays on node a; **two nodes** — applications ``xapp<i>``
+  whose watches (of ``p<apps+i>``) were made through node b: each NOTIFY
+  reaches node b and its notification crosses to node a's Bayeux session
+  through Redis; **no cluster** — a third adapter, alone (no ``[cluster]``,
+  its SQLite store), with applications ``sapp<i>`` watching ``p<2*apps+i>``:
+  today's single node, the baseline.  The raw SIP peer
+  (notify_latency_sip.py) changes the three sets in one round-robin,
+  ``--rate`` per side, so all sides meet the same load in the same
+  seconds.  Printed as notify_latency.py prints it: publish→NOTIFY,
+  NOTIFY→Bayeux and publish→Bayeux per side, then the ratios two/one,
+  one/alone and two/alone.  The CPU shown per side is the process holding
+  its SIP subscriptions (node a, node b, the lone adapter); node a also
+  serves the two nodes side's Bayeux sessions.
 * ``failover`` — ``--watches`` (10,000) Subscribe Presence calls of one
   application through node a (one watcher, presentities ``f<i>``; no
   pres-rules, so every watch is pending: the server answers and notifies
@@ -45,6 +63,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +77,7 @@ for folder in (REPO, BENCH):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))  # tests.* and the sibling benchmarks
 
+import notify_latency  # noqa: E402
 from pg_presence_server import PgPresenceServer, pg_presence_server  # noqa: E402
 from rest_publish import (  # noqa: E402
     CpuMeter,
@@ -212,6 +232,84 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
                                                             if warnings else ""))
 
 
+# ---------------------------------------------------------------- latency
+
+
+def latency_part(args: argparse.Namespace, server: PgPresenceServer, directory: Path) -> None:
+    """bench/notify_latency.py's sides, both Bayeux sessions on node a: **one** —
+    its watches through node a too; **two** — its watches through node b, so
+    every notification crosses from node b to node a (Redis)."""
+    nl = notify_latency
+    apps = args.apps
+    accounts = [AppAccount(f"app{i}", nl.PASSWORD, (nl.watcher(i),)) for i in range(apps)]
+    accounts += [AppAccount(f"xapp{i}", nl.PASSWORD, (nl.watcher(apps + i),))
+                 for i in range(apps)]
+    alone_accounts = [AppAccount(f"sapp{i}", nl.PASSWORD, (nl.watcher(2 * apps + i),))
+                      for i in range(apps)]
+    nl.write_rules(server, 3 * apps)
+    (directory / "alone").mkdir()
+    alone = AdapterProcess.for_server(directory / "alone", server, alone_accounts)
+    with ClusterNodes(directory / "latency", accounts, count=2, lease=args.lease,
+                      presence=server) as cluster:
+        a, b = cluster.nodes
+        alone.start(healthy=True)
+        sides = [
+            nl.Side("one node", a, nl.BayeuxClients(f"{a.url}/cometd", apps), 0, apps),
+            nl.Side("two nodes", b, nl.BayeuxClients(f"{a.url}/cometd", apps, "xapp"),
+                    apps, apps),
+            nl.Side("no cluster", alone,
+                    nl.BayeuxClients(f"{alone.url}/cometd", apps, "sapp"), 2 * apps, apps),
+        ]
+        peer = None
+        try:
+            for side, prefix in zip(sides, ("app", "xapp", "sapp"), strict=True):
+                async def setup(side: nl.Side = side, prefix: str = prefix) -> None:
+                    await side.clients.wait_ready(60)
+                    await nl.watch_all(side.adapter, apps, side.offset, prefix)
+                asyncio.run(setup())
+            for side in sides:
+                threading.Thread(target=side.clients.read_forever, daemon=True).start()
+            peer = nl.RawPeer(server, 3 * apps, 3 * apps, args.latency_concurrency)
+            failed = peer.ready()
+            if failed:
+                print(f"raw peer set-up: {len(failed)} failures {failed[:5]}", flush=True)
+            print(f"latency: {apps} presentities per side, {args.rate:g} changes/s per side; "
+                  f"{load()}", flush=True)
+            kept: list[list[nl.Phase]] = [[], [], []]
+            plan = [("warmup", args.latency_warmup)]
+            plan += [(f"round{r + 1}", args.latency_duration) for r in range(args.rounds)]
+            first = 0
+            for name, seconds in plan:
+                results = nl.run_phase(name, args.rate, peer, sides, seconds, first, drain=1.0)
+                first += 10_000_000
+                print(f"  {name}: " + "; ".join(
+                    f"{side.label} CPU {phase.cpu:.0%} ({phase.cpu_per_change:.0f} µs/change)"
+                    for side, phase in zip(sides, results, strict=True)
+                ) + f"; {load()}", flush=True)
+                if name != "warmup":
+                    for mine, phase in zip(kept, results, strict=True):
+                        mine.append(phase)
+            for side in sides:
+                nl.settle(side.clients)
+            for side, mine in zip(sides, kept, strict=True):
+                for phase in mine:
+                    nl.measure(phase, side.clients)
+                nl.summarise(side, mine)
+            shown = argparse.Namespace(apps=apps, concurrency=args.latency_concurrency)
+            for side, mine in zip(sides, kept, strict=True):
+                nl.report(mine, shown, f"{side.label}: ")
+            for current, reference in ((1, 0), (0, 2), (1, 2)):
+                print(f"(below: current = {sides[current].label}, "
+                      f"reference = {sides[reference].label})")
+                nl.compare(kept[current], kept[reference])
+        finally:
+            if peer is not None:
+                peer.stop()
+            for side in sides:
+                side.clients.stop()
+            alone.stop()
+
+
 # ---------------------------------------------------------------- failover
 
 
@@ -307,8 +405,8 @@ def failover_part(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--parts", default="publish,failover",
-                        help="comma-separated: publish, failover (default both)")
+    parser.add_argument("--parts", default="publish,latency,failover",
+                        help="comma-separated: publish, latency, failover (default all)")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="publish: measured seconds per side per round (10)")
     parser.add_argument("--rounds", type=int, default=3, help="publish: alternations (3)")
@@ -318,6 +416,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="publish: presentities per side (1,000)")
     parser.add_argument("--lease", type=float, default=10.0,
                         help="publish: [cluster] lease (10 s, the default)")
+    parser.add_argument("--apps", type=int, default=50,
+                        help="latency: presentities (one application each) per side (50)")
+    parser.add_argument("--rate", type=float, default=200,
+                        help="latency: changes/s per side (200)")
+    parser.add_argument("--latency-duration", type=float, default=10,
+                        help="latency: measured seconds per round (10; --rounds rounds)")
+    parser.add_argument("--latency-warmup", type=float, default=35,
+                        help="latency: unmeasured seconds first (35: past Timer J's 32 s)")
+    parser.add_argument("--latency-concurrency", type=int, default=4,
+                        help="latency: PUBLISHes the raw peer keeps outstanding (4)")
     parser.add_argument("--watches", type=int, default=10_000, help="failover: watches (10,000)")
     parser.add_argument("--leases", default="10,2",
                         help="failover: [cluster] lease values, a cluster each (10,2)")
@@ -328,8 +436,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="failover: give up after (s)")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not args.parts or set(args.parts) - {"publish", "failover"}:
-        parser.error("--parts: publish and/or failover")
+    if not args.parts or set(args.parts) - {"publish", "latency", "failover"}:
+        parser.error("--parts: among publish, latency, failover")
     args.leases = [float(v) for v in args.leases.split(",") if v.strip()]
     if args.concurrency < 2 or args.concurrency % 2 or args.presentities < args.concurrency:
         parser.error("--concurrency: even, at least 2, at most --presentities")
@@ -346,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             if "publish" in args.parts:
                 publish_part(args, server, directory)
+            if "latency" in args.parts:
+                latency_part(args, server, directory)
             if "failover" in args.parts:
                 for lease in args.leases:
                     failover_part(args, server, directory, lease)
