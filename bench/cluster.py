@@ -19,7 +19,9 @@ cluster as the adapter's store, a Redis, and two adapter nodes ``a`` and
   a, half on node b, over presentities ``q<i>`` split in two halves, each
   half always through the same node (what a load balancer keyed on the
   presentity does; a call for a presentity another node owns is passed to
-  it, an extra hop this keeps out).  Node b idles during **one**.  Printed:
+  it, an extra hop this keeps out).  Node b idles during **one**.  A third
+  side, **raw**, is rest_publish.py's raw SIP PUBLISH sender straight to
+  Kamailio at the same concurrency: the presence server's own ceiling.  Printed:
   ok/s, the ratio two/one, p50/p99, and the CPU per 1,000 requests and as
   cores busy of each process tree (the nodes, Kamailio, Kamailio's
   PostgreSQL, the store's PostgreSQL, Redis, this script): where the
@@ -85,9 +87,11 @@ from rest_publish import (  # noqa: E402
     RestWindow,
     json_bodies,
     lean_phase,
+    pidf_bodies,
+    raw_phase,
     tree_cpu,
 )
-from sip_publish import Totals  # noqa: E402
+from sip_publish import RawPresentity, Totals  # noqa: E402
 
 from tests.adapter_process import AdapterProcess, AppAccount  # noqa: E402
 from tests.cluster_nodes import ClusterNodes  # noqa: E402
@@ -174,6 +178,21 @@ async def publish_phase(
     return ok, seconds, latencies, errors, cpu
 
 
+async def raw_side(
+    args: argparse.Namespace,
+    server: PgPresenceServer,
+    cluster: ClusterNodes,
+    presentities: list[RawPresentity],
+    first_pass: bool,
+) -> tuple[int, float, list[float], Counter[str], Counter[str]]:
+    """rest_publish.py's raw SIP PUBLISH sender straight to Kamailio: its ceiling."""
+    window = RestWindow(args.warmup, args.duration, None, len(presentities) if first_pass else 0)
+    meter = CpuMeter({n: pid for n, pid in roots(server, cluster).items()
+                      if n not in cluster.names})
+    await raw_phase(server.sip_address, presentities, args.concurrency, window, meter)
+    return window.ok, window.elapsed, window.latencies, window.errors, meter.used
+
+
 def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: Path) -> None:
     n = args.presentities
     one = tuple(f"sip:p{i}@{DOMAIN}" for i in range(n))
@@ -190,11 +209,15 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
             "one": [(a, [rest[x] for x in one])],
             "two": [(a, [rest[x] for x in two[: n // 2]]), (b, [rest[x] for x in two[n // 2:]])],
         }
-        sides = {name: Side(name) for name in plans}
+        raw = [RawPresentity(aor, pidf_bodies(aor, i))
+               for i, aor in enumerate(f"sip:r{i}@{DOMAIN}" for i in range(n))]
+        sides = {name: Side(name) for name in ("raw", *plans)}
         for round_no in range(args.rounds):
-            for name, shares in plans.items():
+            for name in sides:
+                first = round_no == 0
                 ok, seconds, latencies, errors, cpu = asyncio.run(
-                    publish_phase(args, server, cluster, shares, first_pass=round_no == 0)
+                    raw_side(args, server, cluster, raw, first) if name == "raw"
+                    else publish_phase(args, server, cluster, plans[name], first)
                 )
                 side = sides[name]
                 side.totals.ok += ok
@@ -216,6 +239,7 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
     print(header)
     print("-" * len(header))
     base = sides["one"].totals.ok_rate
+    print("ratio: to one node; raw: SIP PUBLISH straight to Kamailio, same concurrency")
     for side in sides.values():
         t = side.totals
         cells = []
@@ -332,12 +356,17 @@ async def subscribe_all(node: AdapterProcess, account: str, count: int, concurre
         async with node.async_client(account) as http:
             while queue:
                 i = queue.pop()
-                reply = await http.post("/rest/presence/subscription", json={
-                    "application": "failover bench",
-                    "presentity": f"sip:f{i}@{DOMAIN}",
-                    "attributes": ["Activity"],
-                    "reference": {"correlator": f"s{i}", "endpoint": f"/bayeux/{account}/s"},
-                }, timeout=60)
+                for _attempt in range(5):
+                    reply = await http.post("/rest/presence/subscription", json={
+                        "application": "failover bench",
+                        "presentity": f"sip:f{i}@{DOMAIN}",
+                        "attributes": ["Activity"],
+                        "reference": {"correlator": f"s{i}", "endpoint": f"/bayeux/{account}/s"},
+                    }, timeout=60)
+                    if reply.status_code != 503:
+                        break
+                    # Busy or the store briefly unavailable: as asked, later.
+                    await asyncio.sleep(float(reply.headers.get("Retry-After", "1")))
                 if reply.status_code != 204:
                     raise RuntimeError(f"Subscribe Presence f{i}: {reply.status_code} {reply.text}")
 
