@@ -9,7 +9,7 @@ Issue #19's benchmarks.  One run starts a PostgreSQL-backed presence server
 (bench/pg_presence_server.py: Kamailio on a PostgreSQL cluster of its own)
 and, for each part, a cluster (tests/cluster_nodes.py): a second PostgreSQL
 cluster as the adapter's store, a Redis, and two adapter nodes ``a`` and
-``b`` sharing one account.
+``b`` sharing the accounts.
 
 * ``publish`` — bench/rest_publish.py's lean HTTP/1.1 client
   (``lean_phase``) posts REST Publish, ``--concurrency`` (32) workers, the
@@ -21,8 +21,8 @@ cluster as the adapter's store, a Redis, and two adapter nodes ``a`` and
   presentity does; a call for a presentity another node owns is passed to
   it, an extra hop this keeps out).  Node b idles during **one**.  A third
   side, **raw**, is rest_publish.py's raw SIP PUBLISH sender straight to
-  Kamailio at the same concurrency: the presence server's own ceiling.  Printed:
-  ok/s, the ratio two/one, p50/p99, and the CPU per 1,000 requests and as
+  Kamailio at the same concurrency: the presence server's own ceiling.
+  Printed: ok/s, the ratio to one, p50/p99, and the CPU per 1,000 requests and as
   cores busy of each process tree (the nodes, Kamailio, Kamailio's
   PostgreSQL, the store's PostgreSQL, Redis, this script): where the
   ceiling is.
@@ -444,7 +444,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--presentities", type=int, default=1000,
                         help="publish: presentities per side (1,000)")
     parser.add_argument("--lease", type=float, default=10.0,
-                        help="publish: [cluster] lease (10 s, the default)")
+                        help="publish and latency: [cluster] lease (10 s, the default)")
     parser.add_argument("--apps", type=int, default=50,
                         help="latency: presentities (one application each) per side (50)")
     parser.add_argument("--rate", type=float, default=200,
