@@ -64,7 +64,14 @@ from adapter.watch import (
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence
 from sip import NotifyReceived, SipURI, SubscriptionAccepted
-from sip.aio import Alarm, RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
+from sip.aio import (
+    Alarm,
+    Busy,
+    RequestFailed,
+    SipEndpoint,
+    SubscriptionEvent,
+    SubscriptionHandle,
+)
 
 __all__ = [
     "DECISIONS_TTL",
@@ -259,6 +266,8 @@ class WatcherService:
             logger.info("notification %s: cannot subscribe to %s: %s",
                         schedule.correlator, presentity, exc)
             await self._performed(self.machine.drop_unneeded(watch))
+            if isinstance(exc, Busy):
+                raise  # not the presentity's failure: the caller retries (503)
             return [presentity]
         if watch.is_list and not await self._list_state(watch, began):
             logger.info("notification %s: no full state of list %s within %g s",

@@ -89,7 +89,8 @@ class SubscriptionTerminated:
     ``"dialog-gone"`` (481 to a refresh), ``"timeout"`` (a transaction timed
     out, no NOTIFY within Timer N, or the subscription expired unrefreshed),
     ``"transport-error"``, ``"bad-response"`` (the final response to our
-    SUBSCRIBE had a malformed header we needed).
+    SUBSCRIBE had a malformed header we needed), ``"busy"`` (the initial
+    SUBSCRIBE was never sent: the user agent's window had no room).
     """
 
     subscription_id: int

@@ -46,6 +46,24 @@ driver tells us the server's addresses (:meth:`UserAgent.trust`).
 
 Scale: one :class:`~sip.timers.TimerHeap` holds every deadline (transactions,
 refreshes, expiries), keyed by owner; no task or thread per subscription.
+
+Back-pressure: a :class:`Window` bounds the client transactions outstanding
+at once.  Over UDP every request not answered within T1 is sent again, the
+interval doubling (RFC 3261 §17.1.1.2, §17.1.2.2: Timer E); when the server
+or we ourselves fall behind, each request in flight adds retransmissions to
+the load that delayed it, and thousands in flight become a storm.  With the
+window full a request waits in a queue and goes out when a transaction ends,
+so what is in flight — and what can be retransmitted — stays bounded, and a
+burst of refreshes due together is paced by the answers.  Two queues, served
+in order: requests that keep existing work alive (refreshes, retries,
+removals, un-SUBSCRIBEs, answers to challenges), at most one per publication
+or subscription since each has at most one request under way; then the
+callers' new requests (:meth:`publish`, :meth:`modify`, :meth:`subscribe`),
+at most ``Window.queue`` of them, each waiting at most ``Window.wait``
+seconds.  A caller's request that finds that queue full, or waits longer, is
+never sent: its owner sees the transaction fail with the reason
+:data:`BUSY` (a subscription ends, a publication retries with back-off).
+OPTIONS probes pass the window: they measure the server, not our queue.
 """
 
 from __future__ import annotations
@@ -91,6 +109,7 @@ from .transaction import (
 from .uri import SipURI
 
 __all__ = [
+    "BUSY",
     "EVENTLIST_ACCEPT",
     "Destination",
     "MessageDropped",
@@ -100,6 +119,7 @@ __all__ = [
     "UserAgent",
     "UserAgentCounters",
     "UserAgentEvent",
+    "Window",
 ]
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -107,6 +127,28 @@ Transport = Literal["udp", "tcp", "tls"]
 #: RFC 3263 §4.2: the default port of SIP over TLS, and of the others.
 TLS_PORT = 5061
 PORT = 5060
+
+
+#: The reason a request fails with when the window and its queue had no room
+#: for it (it was never sent).
+BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """How many client transactions may be outstanding at once, and how the
+    callers' requests beyond them wait (see the module's "Back-pressure")."""
+
+    #: Client transactions sent and not yet ended, at most.
+    size: int = 100
+    #: Callers' new requests waiting for room, at most; beyond it they fail at once.
+    queue: int = 1000
+    #: Seconds a caller's request waits for room before it fails.
+    wait: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.queue < 0 or not self.wait > 0:
+            raise ValueError(f"a window needs size >= 1, queue >= 0, wait > 0: {self}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +249,8 @@ class UserAgentCounters:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Requests sent again by Timer E (RFC 3261 §17.1.2.2; none over TCP).
     retransmissions: int = 0
+    #: Requests that waited for room in the window before they were sent.
+    queued: int = 0
 
     def ended(self, method: str, outcome: str) -> None:
         key = (method, outcome)
@@ -219,6 +263,17 @@ class _Outgoing:
     owner: Owner
     identity: str | None  # the AOR whose credentials apply
     authenticated: bool  # we already answered a challenge for this request
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A request waiting for room in the window."""
+
+    owner: Owner
+    request: Request
+    authenticated: bool
+    #: A caller's request fails as BUSY at this instant; None: it waits on.
+    deadline: float | None
 
 
 @dataclass
@@ -239,6 +294,7 @@ class _Timer(enum.IntEnum):
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     SUBSCRIPTION = 5  # a subscription, by id
+    QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
 
 
 class UserAgent:
@@ -255,6 +311,7 @@ class UserAgent:
         subscription_expires: int = 3600,
         timings: TransactionTimings = TransactionTimings(),
         policy: RefreshPolicy = RefreshPolicy(),
+        window: Window | None = None,
     ) -> None:
         self.local = local
         self.server = server
@@ -287,6 +344,11 @@ class UserAgent:
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
         self._outgoing: dict[ClientKey, _Outgoing] = {}
+        # None: no bound on the client transactions in flight.
+        self._window = window
+        self._kept: deque[_Waiting] = deque()  # keeping existing work alive
+        self._fresh: deque[_Waiting] = deque()  # callers' new requests
+        self._pumping = False
         self._incoming: dict[ServerKey, tuple[ServerTransaction, Destination]] = {}
         # Completed UDP server transactions, kept for Timer J as what a
         # retransmitted request needs and nothing more: key -> (response
@@ -385,13 +447,13 @@ class UserAgent:
             etag_expires_at=etag_expires_at,
         )
         self._publications[publication.id] = publication
-        self._run(publication, publication.publish(body, now), now)
+        self._run(publication, publication.publish(body, now), now, fresh=True)
         return publication.id
 
     def modify(self, publication_id: int, body: bytes, now: float) -> None:
         """Replace the published state (RFC 3903 §4.4)."""
         publication = self._publications[publication_id]
-        self._run(publication, publication.publish(body, now), now)
+        self._run(publication, publication.publish(body, now), now, fresh=True)
 
     def unpublish(self, publication_id: int, now: float) -> None:
         """Remove the publication (RFC 3903 §4.5); ends in PublicationRemoved."""
@@ -442,7 +504,7 @@ class UserAgent:
         )
         self._subscriptions[subscription.id] = subscription
         self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
-        self._run(subscription, subscription.start(now), now)
+        self._run(subscription, subscription.start(now), now, fresh=True)
         return subscription.id
 
     def refresh(self, subscription_id: int, now: float) -> None:
@@ -480,6 +542,11 @@ class UserAgent:
     def transactions_in_flight(self) -> int:
         """Client transactions sent and not yet ended."""
         return len(self._outgoing)
+
+    @property
+    def requests_waiting(self) -> int:
+        """Requests waiting for room in the window."""
+        return len(self._kept) + len(self._fresh)
 
     # -- API: OPTIONS ------------------------------------------------------
 
@@ -571,16 +638,30 @@ class UserAgent:
                 subscription = self._subscriptions.get(ident)
                 if subscription is not None:
                     self._run(subscription, subscription.handle_timer(now), now)
+            elif kind is _Timer.QUEUE:
+                fresh = self._fresh
+                while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
+                    self._refuse(fresh.popleft(), now)
+                self._file_queue_timer()
 
     # -- owners ------------------------------------------------------------
 
     def _run(
-        self, owner: Owner, actions: Sequence[Request | UserAgentEvent], now: float
+        self,
+        owner: Owner,
+        actions: Sequence[Request | UserAgentEvent],
+        now: float,
+        *,
+        fresh: bool = False,
     ) -> None:
-        """Carry out an owner's actions, then file its timer."""
+        """Carry out an owner's actions, then file its timer.
+
+        ``fresh``: the actions answer a caller's call that starts new work,
+        whose requests may be refused as BUSY (see :class:`Window`).
+        """
         for action in actions:
             if isinstance(action, Request):
-                self._start(owner, action, now)
+                self._start(owner, action, now, fresh=fresh)
             else:
                 self._events.append(action)
         if isinstance(owner, Publication):
@@ -618,9 +699,66 @@ class UserAgent:
         return None
 
     def _start(
-        self, owner: Owner, request: Request, now: float, *, authenticated: bool = False
+        self,
+        owner: Owner,
+        request: Request,
+        now: float,
+        *,
+        authenticated: bool = False,
+        fresh: bool = False,
     ) -> None:
-        """Send ``request`` for ``owner`` in a new client transaction."""
+        """Send ``request`` for ``owner`` in a new client transaction, or queue it
+        while the window is full (a caller's ``fresh`` one only if there is room)."""
+        window = self._window
+        if (
+            window is not None
+            and type(owner) is not _Probe
+            and (len(self._outgoing) >= window.size or self._kept or self._fresh)
+        ):
+            # Anything already waiting goes first, so a request that finds
+            # the queues non-empty (while they are being served) joins them.
+            self.counters.queued += 1
+            if not fresh:
+                self._kept.append(_Waiting(owner, request, authenticated, None))
+                return
+            waiting = _Waiting(owner, request, authenticated, now + window.wait)
+            if len(self._fresh) >= window.queue:
+                self._refuse(waiting, now)
+                return
+            self._fresh.append(waiting)
+            if len(self._fresh) == 1:
+                self._file_queue_timer()
+            return
+        self._send(owner, request, now, authenticated)
+
+    def _pump(self, now: float) -> None:
+        """Send what waits, oldest first and kept before fresh, while there is room."""
+        window = self._window
+        if window is None or self._pumping:
+            return
+        self._pumping = True
+        kept, fresh = self._kept, self._fresh
+        try:
+            while (kept or fresh) and len(self._outgoing) < window.size:
+                waiting = kept.popleft() if kept else fresh.popleft()
+                if not _gone(waiting.owner):  # else it ended while it waited
+                    self._send(waiting.owner, waiting.request, now, waiting.authenticated)
+        finally:
+            self._pumping = False
+        self._file_queue_timer()
+
+    def _refuse(self, waiting: _Waiting, now: float) -> None:
+        """A caller's request found no room: its owner learns it failed, BUSY."""
+        owner = waiting.owner
+        if not _gone(owner):
+            self.counters.ended(waiting.request.method, BUSY)
+            self._run(owner, owner.transaction_failed(BUSY, now), now)
+
+    def _file_queue_timer(self) -> None:
+        fresh = self._fresh
+        self._file_timer((_Timer.QUEUE, 0), fresh[0].deadline if fresh else None)
+
+    def _send(self, owner: Owner, request: Request, now: float, authenticated: bool) -> None:
         headers = request.headers
         branch = new_branch(self._token())
         headers.prepend("Via", self._via_prefix + branch + self._via_suffix)
@@ -731,6 +869,8 @@ class UserAgent:
             # kept for the garbage collector to walk until Timer K.
             self._outgoing.pop(key, None)
             self._timers.cancel((_Timer.CLIENT, key))
+            if self._kept or self._fresh:
+                self._pump(now)
         else:
             self._file_timer((_Timer.CLIENT, key), transaction.get_timer())
 
@@ -919,6 +1059,13 @@ class UserAgent:
                 tokens.extend(text[i : i + 16] for i in range(0, 16 * _TOKEN_BATCH, 16))
             return tokens.pop()
         return f"{self._rng.getrandbits(64):016x}"
+
+
+def _gone(owner: Owner) -> bool:
+    """Has the owner ended, so that a request of its that waited asks for nothing?"""
+    if isinstance(owner, Subscription):
+        return owner.terminated
+    return isinstance(owner, Publication) and owner.state is PublicationState.REMOVED
 
 
 def server_destination(server: SipURI, default: Transport = "udp") -> Destination:
