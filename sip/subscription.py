@@ -172,6 +172,15 @@ class Subscription:
         self._deadline_n = now + self._timer_n
         return [self._subscribe(self.requested_expires)]
 
+    def request_sent(self, now: float) -> None:
+        """The user agent sends our SUBSCRIBE only now: it waited for room.
+
+        RFC 6665 §4.1.2.4: Timer N starts "when it sends the SUBSCRIBE
+        request"; time spent in the user agent's queue is not the notifier's.
+        """
+        if self._deadline_n is not None and self.remote_tag is None:
+            self._deadline_n = now + self._timer_n
+
     def refresh(self, now: float) -> list[Action]:
         """Refresh now (RFC 6665 §4.1.2.2), e.g. to learn whether the notifier
         still knows the dialog: a 481 ends the subscription as "dialog-gone".

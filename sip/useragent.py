@@ -475,6 +475,7 @@ class UserAgent:
         accept: tuple[str, ...] | None = None,
         eventlist: bool = False,
         expires: int | None = None,
+        refusable: bool = True,
     ) -> int:
         """Subscribe ``subscriber`` to ``target``'s ``event``; returns the id.
 
@@ -485,6 +486,10 @@ class UserAgent:
         SUBSCRIBE carries ``Supported: eventlist`` and, unless ``accept`` is
         given, accepts :data:`EVENTLIST_ACCEPT`. A notifier that is not a
         resource list server answers as for a single resource.
+
+        ``refusable=False``: the SUBSCRIBE keeps existing work alive (a
+        subscription made again after it was lost), so it waits for room in
+        the window like a refresh and is never refused as BUSY.
         """
         if accept is None:
             accept = EVENTLIST_ACCEPT if eventlist else ("application/pidf+xml",)
@@ -504,7 +509,7 @@ class UserAgent:
         )
         self._subscriptions[subscription.id] = subscription
         self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
-        self._run(subscription, subscription.start(now), now, fresh=True)
+        self._run(subscription, subscription.start(now), now, fresh=refusable)
         return subscription.id
 
     def refresh(self, subscription_id: int, now: float) -> None:
@@ -741,8 +746,13 @@ class UserAgent:
         try:
             while (kept or fresh) and len(self._outgoing) < window.size:
                 waiting = kept.popleft() if kept else fresh.popleft()
-                if not _gone(waiting.owner):  # else it ended while it waited
-                    self._send(waiting.owner, waiting.request, now, waiting.authenticated)
+                owner = waiting.owner
+                if _gone(owner):
+                    continue  # it ended while it waited
+                if isinstance(owner, Subscription):
+                    owner.request_sent(now)
+                    self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
+                self._send(owner, waiting.request, now, waiting.authenticated)
         finally:
             self._pumping = False
         self._file_queue_timer()

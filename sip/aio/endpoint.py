@@ -455,11 +455,13 @@ class SipEndpoint:
         accept: tuple[str, ...] | None = None,
         eventlist: bool = False,
         expires: int | None = None,
+        refusable: bool = True,
         on_event: Callable[[SubscriptionEvent], None] | None = None,
     ) -> SubscriptionHandle:
         """A new subscription, its SUBSCRIBE sent at once; its handle.
 
-        ``eventlist`` asks for a resource list (see ``UserAgent.subscribe``).
+        ``eventlist`` asks for a resource list, ``refusable=False`` a place in
+        the window's queue however long it takes (see ``UserAgent.subscribe``).
         ``on_event`` gets every event of the subscription, NOTIFYs that come
         before the 2xx (RFC 6665 §4.1.2.4) included.
         """
@@ -471,6 +473,7 @@ class SipEndpoint:
             accept=accept,
             eventlist=eventlist,
             expires=expires,
+            refusable=refusable,
         )
         handle = SubscriptionHandle(self, subscription_id, on_event)
         self._subscriptions[subscription_id] = handle

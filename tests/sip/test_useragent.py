@@ -1332,3 +1332,26 @@ def test_a_window_needs_room_for_one() -> None:
         Window(size=0)
     with pytest.raises(ValueError):
         Window(wait=0.0)
+
+
+def test_a_subscription_made_again_waits_its_turn_and_is_not_refused() -> None:
+    carol = SipURI.parse("sip:carol@example.com")
+    net = Net(window=Window(size=1, queue=0))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    wire = Wire(net)
+    (first,) = wire.take()
+    again = net.ua.subscribe(BOB, carol, net.now, refusable=False)
+    assert net.events() == [] and net.ua.requests_waiting == 1
+    net.run_until(20.0)
+    assert net.ua.subscription(again) is not None
+    wire.take()  # first's retransmissions
+    accept(net, first)
+    (sent,) = wire.take()
+    assert sent.to.uri == carol
+    net.reply(sent, 200, ("Expires", "3600"), ("Contact", "<sip:presence@127.0.0.1:5070>"))
+    net.events()
+    # Timer N (RFC 6665 §4.1.2.4, 32 s) runs from the moment it was sent, not asked for.
+    net.run_until(51.9)
+    assert net.ua.subscription(again) is not None
+    net.run_until(52.0)
+    assert net.events() == [SubscriptionTerminated(again, "timeout")]
