@@ -318,7 +318,9 @@ def sip_endpoint(config: Config) -> SipEndpoint:
         # A REST call's request waits for room at most half its own bound,
         # so that it is answered 503 (retry later) rather than 504.
         window=Window(
-            config.sip.window, config.sip.window_queue, config.sip.request_timeout / 2
+            size=config.sip.window,
+            queue=config.sip.window_queue,
+            wait=config.sip.request_timeout / 2,
         ),
     )
     if config.sip.username is not None and config.sip.password is not None:

@@ -243,6 +243,13 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         "SIP client transactions sent and waiting for their final response.",
         stats.transactions_in_flight,
     )
+    if stats.window_bound is not None:
+        yield _gauge(
+            "sip_window",
+            "SIP client transactions allowed in flight now: [sip] window, halved while "
+            "requests go unanswered for T1 and widened again as answers come in time.",
+            stats.window_bound,
+        )
     yield _gauge(
         "sip_requests_waiting",
         "SIP requests waiting for room in the window of outstanding transactions.",

@@ -48,7 +48,8 @@ Scale: one :class:`~sip.timers.TimerHeap` holds every deadline (transactions,
 refreshes, expiries), keyed by owner; no task or thread per subscription.
 
 Back-pressure: a :class:`Window` bounds the client transactions outstanding
-at once.  Over UDP every request not answered within T1 is sent again, the
+at once, the bound halved when requests go unanswered for T1 and widened
+again as answers come in time.  Over UDP every request not answered within T1 is sent again, the
 interval doubling (RFC 3261 §17.1.1.2, §17.1.2.2: Timer E); when the server
 or we ourselves fall behind, each request in flight adds retransmissions to
 the load that delayed it, and thousands in flight become a storm.  With the
@@ -137,7 +138,16 @@ BUSY = "busy"
 @dataclass(frozen=True, slots=True)
 class Window:
     """How many client transactions may be outstanding at once, and how the
-    callers' requests beyond them wait (see the module's "Back-pressure")."""
+    callers' requests beyond them wait (see the module's "Back-pressure").
+
+    The bound in force moves between ``least`` and ``size`` as TCP's
+    congestion window does (RFC 5681 §3.1): halved when a request must be
+    sent again (at most once per T1), one more per window's worth of
+    requests answered without a retransmission.  A retransmission says an
+    answer took longer than T1 — the server is slow, or we are, our answers
+    queued behind NOTIFYs in our socket — and fewer requests in flight
+    shorten that queue, so that they stop being sent twice.
+    """
 
     #: Client transactions sent and not yet ended, at most.
     size: int = 100
@@ -145,10 +155,14 @@ class Window:
     queue: int = 1000
     #: Seconds a caller's request waits for room before it fails.
     wait: float = 5.0
+    #: The bound in force never falls below this (nor above ``size``).
+    least: int = 8
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.queue < 0 or not self.wait > 0:
-            raise ValueError(f"a window needs size >= 1, queue >= 0, wait > 0: {self}")
+        if self.size < 1 or self.queue < 0 or not self.wait > 0 or self.least < 1:
+            raise ValueError(
+                f"a window needs size >= 1, least >= 1, queue >= 0, wait > 0: {self}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +277,7 @@ class _Outgoing:
     owner: Owner
     identity: str | None  # the AOR whose credentials apply
     authenticated: bool  # we already answered a challenge for this request
+    retransmitted: bool = False  # Timer E sent it again
 
 
 @dataclass(slots=True)
@@ -346,6 +361,9 @@ class UserAgent:
         self._outgoing: dict[ClientKey, _Outgoing] = {}
         # None: no bound on the client transactions in flight.
         self._window = window
+        # The bound in force (see Window), and when it was last halved.
+        self._bound = float(window.size) if window is not None else math.inf
+        self._halved_at = -math.inf
         self._kept: deque[_Waiting] = deque()  # keeping existing work alive
         self._fresh: deque[_Waiting] = deque()  # callers' new requests
         self._pumping = False
@@ -549,6 +567,11 @@ class UserAgent:
         return len(self._outgoing)
 
     @property
+    def window_bound(self) -> int | None:
+        """Client transactions allowed in flight now (None: no window)."""
+        return int(self._bound) if self._window is not None else None
+
+    @property
     def requests_waiting(self) -> int:
         """Requests waiting for room in the window."""
         return len(self._kept) + len(self._fresh)
@@ -718,7 +741,7 @@ class UserAgent:
         if (
             window is not None
             and type(owner) is not _Probe
-            and (len(self._outgoing) >= window.size or self._kept or self._fresh)
+            and (len(self._outgoing) >= self._bound or self._kept or self._fresh)
         ):
             # Anything already waiting goes first, so a request that finds
             # the queues non-empty (while they are being served) joins them.
@@ -744,7 +767,7 @@ class UserAgent:
         self._pumping = True
         kept, fresh = self._kept, self._fresh
         try:
-            while (kept or fresh) and len(self._outgoing) < window.size:
+            while (kept or fresh) and len(self._outgoing) < self._bound:
                 waiting = kept.popleft() if kept else fresh.popleft()
                 owner = waiting.owner
                 if _gone(owner):
@@ -756,6 +779,20 @@ class UserAgent:
         finally:
             self._pumping = False
         self._file_queue_timer()
+
+    def _narrow(self, now: float) -> None:
+        """A request went unanswered for T1: halve the bound, once per T1
+        (the requests sent together time out together; one cut is enough)."""
+        window = self._window
+        if window is not None and now >= self._halved_at + self._timings.t1:
+            self._halved_at = now
+            self._bound = max(float(min(window.least, window.size)), self._bound / 2)
+
+    def _widen(self) -> None:
+        """An answer came in time: one more in flight per window's worth of them."""
+        window = self._window
+        if window is not None and self._bound < window.size:
+            self._bound = min(float(window.size), self._bound + 1 / self._bound)
 
     def _refuse(self, waiting: _Waiting, now: float) -> None:
         """A caller's request found no room: its owner learns it failed, BUSY."""
@@ -842,11 +879,15 @@ class UserAgent:
             if isinstance(action, Transmit):
                 if action.retransmission:
                     self.counters.retransmissions += 1
+                    outgoing.retransmitted = True
+                    self._narrow(now)
                 self._datagrams.append((action.data, self.server_destination))
             elif isinstance(action, ResponseReceived):
                 response = action.response
                 if response.status < 200:
                     continue
+                if not outgoing.retransmitted:
+                    self._widen()
                 self.counters.ended(outgoing.transaction.request.method, str(response.status))
                 try:
                     if response.status in (401, 407) and self._retry_with_credentials(
@@ -863,6 +904,7 @@ class UserAgent:
                     caused = owner.transaction_failed("bad-response", now)
                 self._run(owner, caused, now)
             elif isinstance(action, TimedOut):
+                self._narrow(now)
                 self.counters.ended(outgoing.transaction.request.method, "timeout")
                 self._run(owner, owner.transaction_failed("timeout", now), now)
             elif isinstance(action, TransportFailed):

@@ -173,6 +173,8 @@ class EndpointStats:
     #: Requests waiting for room in the window; requests that waited, in all.
     requests_waiting: int = 0
     requests_queued: int = 0
+    #: Client transactions allowed in flight now (None: no window).
+    window_bound: int | None = None
     publications: int = 0
     #: (event package, phase) -> subscriptions.
     subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -291,6 +293,7 @@ class SipEndpoint:
             transactions_in_flight=ua.transactions_in_flight,
             requests_waiting=ua.requests_waiting,
             requests_queued=ua.counters.queued,
+            window_bound=ua.window_bound,
             publications=ua.publication_count,
             subscriptions=ua.subscriptions_by_state(),
             dropped=self.dropped,

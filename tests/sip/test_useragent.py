@@ -1327,6 +1327,44 @@ def test_options_probes_pass_the_window() -> None:
     assert net.ua.transactions_in_flight == 2
 
 
+def test_the_bound_halves_once_per_t1_of_retransmissions_and_widens_with_timely_answers(
+) -> None:
+    net = Net(window=Window(size=16, least=4))
+    for i in range(16):
+        net.ua.subscribe(BOB, SipURI("sip", f"u{i}", "example.com"), net.now)
+    wire = Wire(net)
+    first = wire.take()
+    assert len(first) == 16 and net.ua.window_bound == 16
+    # Nothing answered within T1: all 16 go again, and the bound is halved once.
+    net.run_until(0.5)
+    assert len(wire.take()) == 16
+    assert net.ua.window_bound == 8
+    # Again after 2*T1 (Timer E doubles): halved again, not below least.
+    net.run_until(1.5)
+    assert net.ua.window_bound == 4
+    net.run_until(3.5)
+    assert net.ua.window_bound == 4
+    wire.take()  # the retransmissions
+    # The answers: nothing more is sent until fewer than 4 are in flight.
+    for request in first[:12]:
+        accept(net, request)
+        assert wire.take() == []
+    more = ["u16", "u17", "u18", "u19"]
+    for user in more:
+        net.ua.subscribe(BOB, SipURI("sip", user, "example.com"), net.now)
+    assert wire.take() == [] and net.ua.requests_waiting == 4
+    accept(net, first[12])
+    (sent,) = wire.take()
+    assert sent.to.uri.user == "u16"
+    # Answers in time widen the bound: one more per bound's worth of them.
+    accept(net, sent)
+    for _ in range(3):
+        for request in wire.take():
+            accept(net, request)
+    assert net.ua.window_bound == 4  # 4 + 1/4 + ... not yet 5
+    assert net.ua.requests_waiting == 0
+
+
 def test_a_window_needs_room_for_one() -> None:
     with pytest.raises(ValueError):
         Window(size=0)
