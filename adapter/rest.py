@@ -44,7 +44,7 @@ from pidf import AttributeType, Other, PresenceAttribute, ValidationError
 from pidf.model import is_uri
 from sip.aio import Busy, RequestFailed, RequestTimedOut
 
-__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "store_unavailable"]
+__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "sip_busy", "store_unavailable"]
 
 logger = logging.getLogger(__name__)
 
