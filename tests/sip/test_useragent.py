@@ -1338,6 +1338,19 @@ def test_a_request_whose_owner_ended_while_it_waited_is_not_sent() -> None:
     assert net.ua.requests_waiting == 0
 
 
+def test_a_publication_abandoned_while_its_request_waits_sends_nothing() -> None:
+    net = Net(window=Window(size=1))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    subscribe = net.request()
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    assert net.ua.requests_waiting == 1  # the PUBLISH, behind the SUBSCRIBE
+    net.ua.abandon(pub_id)
+    # The SUBSCRIBE's answer makes room: the abandoned PUBLISH is not sent.
+    net.reply(subscribe, 202, ("Expires", "600"))
+    assert requests(net) == []
+    assert net.ua.requests_waiting == 0
+
+
 def test_options_probes_pass_the_window() -> None:
     net = Net(window=Window(size=1, queue=0))
     net.ua.subscribe(BOB, ALICE, net.now)
