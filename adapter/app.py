@@ -47,6 +47,7 @@ from adapter.xcap import XcapClient
 from sip.aio import SipEndpoint
 from sip.digest import Credentials
 from sip.uri import SipURI
+from sip.useragent import Window
 
 if TYPE_CHECKING:
     from adapter.cluster.bayeux import ClusterBayeux
@@ -318,6 +319,13 @@ def sip_endpoint(config: Config) -> SipEndpoint:
         server=server,
         transport=config.sip.transport,
         tls=sip_tls_context(config),
+        # A REST call's request waits for room at most half its own bound,
+        # so that it is answered 503 (retry later) rather than 504.
+        window=Window(
+            size=config.sip.window,
+            queue=config.sip.window_queue,
+            wait=config.sip.request_timeout / 2,
+        ),
     )
     if config.sip.username is not None and config.sip.password is not None:
         endpoint.set_credentials(

@@ -183,6 +183,7 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
 
 # RFC 1123 §2.1 host names: letters, digits, hyphens; labels of at most 63 characters.
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
@@ -624,6 +625,11 @@ class SipConfig(_Model, frozen=True, kw_only=True):
     #: Seconds between checks of each watched group (0: none): its list
     #: document and its members' rules read again, its subscription refreshed.
     list_check: NonNegative = 30.0
+    #: SIP requests outstanding at once (sent, not yet answered); more wait.
+    window: PositiveInt = 100
+    #: REST calls' SIP requests waiting for room in the window (each at most
+    #: request_timeout / 2); beyond it, and after that wait, 503 with Retry-After.
+    window_queue: NonNegativeInt = 1000
     #: CA certificates (PEM) the server's certificate is verified against (TLS only).
     tls_ca: Path | None = None
     #: Our certificate chain and its key (PEM), for mutual TLS; both or neither.

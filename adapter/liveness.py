@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sip import SipURI, SubscriptionAccepted, SubscriptionTerminated
+from sip import BUSY, SipURI, SubscriptionAccepted, SubscriptionTerminated
 from sip.aio import (
     RequestFailed,
     RequestTimedOut,
@@ -59,9 +59,10 @@ T = TypeVar("T")
 CANARY_USER = "presence-adapter-canary"
 
 #: Ways a subscription ends that are ours, not the server's word: the
-#: transaction got no answer or could not be sent (RFC 3261 §17.1.2.2 Timer F).
+#: transaction got no answer or could not be sent (RFC 3261 §17.1.2.2 Timer F),
+#: or was never sent for want of room in the window.
 #: A canary ending so proves nothing about the server's dialogs.
-_UNANSWERED = frozenset({"timeout", "transport-error"})
+_UNANSWERED = frozenset({"timeout", "transport-error", BUSY})
 
 
 class ServerLiveness:

@@ -246,7 +246,8 @@ def _sip(sources: Sources) -> Iterator[Metric]:
     transactions = CounterMetricFamily(
         PREFIX + "sip_client_transactions",
         "SIP client transactions ended, by method and outcome: the final status code, "
-        "or timeout, or transport-error.",
+        "or timeout, or transport-error, or busy (never sent: the window and its queue "
+        "were full).",
         labels=["method", "status"],
     )
     timeouts = CounterMetricFamily(
@@ -272,6 +273,23 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         "sip_client_transactions_in_flight",
         "SIP client transactions sent and waiting for their final response.",
         stats.transactions_in_flight,
+    )
+    if stats.window_bound is not None:
+        yield _gauge(
+            "sip_window",
+            "SIP client transactions allowed in flight now: [sip] window, halved while "
+            "requests go unanswered for T1 and widened again as answers come in time.",
+            stats.window_bound,
+        )
+    yield _gauge(
+        "sip_requests_waiting",
+        "SIP requests waiting for room in the window of outstanding transactions.",
+        stats.requests_waiting,
+    )
+    yield _counter(
+        "sip_requests_queued",
+        "SIP requests that waited for room in the window before they were sent or refused.",
+        stats.requests_queued,
     )
     yield _counter(
         "sip_datagrams_dropped",

@@ -30,7 +30,7 @@ from adapter.auth import IDENTITY_HEADER, REALM
 from adapter.errors import FaultCode, PolicyError, RestError, ServiceError
 from adapter.models import METRICS
 from adapter.presence_json import Uri
-from adapter.rest import BASE, SUBSCRIPTION_PATHS, store_unavailable
+from adapter.rest import BASE, SUBSCRIPTION_PATHS, sip_busy, store_unavailable
 
 __all__ = [
     "NOTIFICATIONS",
@@ -151,6 +151,8 @@ SIP_FAILED = (
           "The presence server refused the request."),
     Fault(ServiceError.service_error("presence server: timed out", status=504),
           "The presence server did not answer."),
+    Fault(sip_busy(5), "Too many SIP requests are outstanding ([sip] window): nothing was "
+          "sent; retry (Retry-After: the seconds to wait)."),
 )
 XCAP_FAILED = (
     Fault(ServiceError.service_error("presence rules: 503 Service Unavailable", status=502),

@@ -44,12 +44,12 @@ from adapter.watcher import (
 from adapter.xcap import XcapError, XcapTimeout
 from pidf import AttributeType, Other, PresenceAttribute, ValidationError
 from pidf.model import is_uri
-from sip.aio import RequestFailed, RequestTimedOut
+from sip.aio import Busy, RequestFailed, RequestTimedOut
 
 if TYPE_CHECKING:
     from adapter.cluster.ownership import Ownership
 
-__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "store_unavailable"]
+__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "sip_busy", "store_unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -482,6 +482,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _sip_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestFailed)
+    if isinstance(exc, Busy):
+        logger.info("%s %s: %s", request.method, request.url.path, exc)
+        return _json_error(sip_busy(exc.retry_after))
     status = 504 if isinstance(exc, RequestTimedOut) else 502
     logger.info("%s %s: %s", request.method, request.url.path, exc)
     return _json_error(ServiceError.service_error(f"presence server: {exc}", status=status))
@@ -492,6 +495,17 @@ async def _xcap_error(request: Request, exc: Exception) -> Response:
     status = 504 if isinstance(exc, XcapTimeout) else 502
     logger.info("%s %s: %s", request.method, request.url.path, exc)
     return _json_error(ServiceError.service_error(f"presence rules: {exc}", status=status))
+
+
+def sip_busy(retry_after: int) -> ServiceError:
+    """503 SVC0001: the SIP requests outstanding fill the window and its queue
+    (``[sip] window``); nothing was sent.  RFC 9110 §15.6.4: retry after."""
+    return ServiceError(
+        FaultCode.SERVICE_ERROR,
+        ["presence server: too many requests outstanding, retry later"],
+        status=503,
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 #: Seconds a client is told to wait (Retry-After) while the store cannot be written.

@@ -68,7 +68,14 @@ from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PidfError, Presence
 from pidf.rlsservices import service_members
 from sip import NotifyReceived, SipURI, SubscriptionAccepted
-from sip.aio import Alarm, RequestFailed, SipEndpoint, SubscriptionEvent, SubscriptionHandle
+from sip.aio import (
+    Alarm,
+    Busy,
+    RequestFailed,
+    SipEndpoint,
+    SubscriptionEvent,
+    SubscriptionHandle,
+)
 
 __all__ = [
     "DECISIONS_TTL",
@@ -270,6 +277,8 @@ class WatcherService:
             logger.info("notification %s: cannot subscribe to %s: %s",
                         schedule.correlator, presentity, exc)
             await self._performed(self.machine.drop_unneeded(watch))
+            if isinstance(exc, Busy):
+                raise  # not the presentity's failure: the caller retries (503)
             return [presentity]
         if watch.is_list and not await self._list_state(watch, began):
             logger.info("notification %s: no full state of list %s within %g s",
@@ -412,13 +421,17 @@ class WatcherService:
 
     # -- SIP -----------------------------------------------------------------
 
-    def _start_subscription(self, watch: Watch) -> SubscriptionHandle:
-        """Send the watch's initial SUBSCRIBE; its handle brings its events here."""
+    def _start_subscription(self, watch: Watch, *, retry: bool = False) -> SubscriptionHandle:
+        """Send the watch's initial SUBSCRIBE; its handle brings its events here.
+
+        A re-subscription (``retry``) keeps a watch alive rather than answer a
+        caller: it waits its turn in the SIP window instead of being refused."""
         # Every watch asks for a list (RFC 4662): a URI that is a group on
         # the server comes back as one; any other is answered as before.
         handle = self._sip.subscribe(
             SipURI.parse(watch.watcher), SipURI.parse(watch.presentity),
             on_event=partial(self._on_subscription_event, watch), eventlist=True,
+            refusable=not retry,
         )
         self._handles[handle.id] = handle
         return handle
@@ -535,7 +548,7 @@ class WatcherService:
             self.machine.server_down(watch)
             return
         # Its id filed before the answer: NOTIFYs may come before the 2xx.
-        handle = self._start_subscription(watch)
+        handle = self._start_subscription(watch, retry=action.retry)
         self.machine.subscription_sent(watch, handle.id)
         if action.retry:
             self._spawn(self._attempt(watch, handle))

@@ -103,6 +103,12 @@ class XcapClient:
         )
         #: Requests sent, by (method, application usage): for /metrics.
         self.requests: dict[tuple[str, str], int] = {}
+        # The bound on requests under way is kept here, not (only) by the
+        # connection pool: httpx's pool walks every queued request each time
+        # one completes, so thousands waiting there (a burst of first
+        # subscriptions, each wanting its presentity's rules) cost the
+        # adapter most of its CPU.  A semaphore's waiters cost nothing.
+        self._slots = asyncio.Semaphore(CONNECTIONS)
         # One lock per document being written; gone once no update holds it.
         self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -205,6 +211,13 @@ class XcapClient:
         key = (method, usage)
         self.requests[key] = self.requests.get(key, 0) + 1
         try:
+            async with asyncio.timeout(POOL_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            logger.warning("XCAP %s %s: no answer (waited %g s for a connection)",
+                           method, url, POOL_WAIT)
+            raise XcapTimeout(method, None, "no answer from the XCAP server") from None
+        try:
             return await self._client.request(method, url, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             # The root URL goes to the log only: it is the operator's business,
@@ -214,6 +227,8 @@ class XcapClient:
         except httpx.HTTPError as exc:
             logger.warning("XCAP %s %s: %s", method, url, exc)
             raise XcapError(method, None, "XCAP server unreachable") from exc
+        finally:
+            self._slots.release()
 
 
 def _detail(response: httpx.Response) -> str:

@@ -339,6 +339,8 @@ class LeanHttpConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.waiting: asyncio.Future[int] | None = None
         self.lost: Exception | None = None
+        #: The last answer's Retry-After (seconds), None without one.
+        self.retry_after: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -356,15 +358,19 @@ class LeanHttpConnection(asyncio.Protocol):
         head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
         status = int(head[0].split(" ", 2)[1])
         length = 0
+        retry_after = None
         for line in head[1:]:
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value)
+            elif name.strip().lower() == "retry-after":
+                retry_after = float(value)
             elif name.strip().lower() == "transfer-encoding":
                 raise RuntimeError("chunked answers are not expected from Publish")
         if len(self.buffer) < end + 4 + length:
             return
         del self.buffer[: end + 4 + length]
+        self.retry_after = retry_after
         self.waiting.set_result(status)
 
     async def send(self, request: bytes) -> int:

@@ -326,6 +326,8 @@ class Phase:
         self.statuses: Counter[int | None] = Counter()
         self.latencies: list[float] = []
         self.seconds = 0.0
+        #: 503s with Retry-After, each followed by the same call again after it.
+        self.busy = 0
 
     def line(self) -> str:
         lat = sorted(self.latencies)
@@ -334,7 +336,8 @@ class Phase:
         calls = sum(self.statuses.values())
         return (f"{self.name}: {calls:,} calls in {self.seconds:.1f} s = "
                 f"{calls / self.seconds if self.seconds else 0:,.0f}/s, p50 {p50:.1f} ms, "
-                f"p99 {p99:.1f} ms, answers {dict(self.statuses)}")
+                f"p99 {p99:.1f} ms, answers {dict(self.statuses)}, 503 + Retry-After "
+                f"then retried {self.busy:,}")
 
 
 async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurrency: int,
@@ -355,16 +358,23 @@ async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurren
         connection = await connect()
         try:
             for request in requests:
-                if time.monotonic() > deadline:
-                    phase.statuses["deadline"] += 1  # type: ignore[index]
-                    return
-                sent = time.perf_counter()
-                try:
-                    status: int | None = await asyncio.wait_for(
-                        connection.send(request), HTTP_TIMEOUT)
-                except (TimeoutError, ConnectionError):
-                    status = None
-                phase.latencies.append(time.perf_counter() - sent)
+                while True:
+                    if time.monotonic() > deadline:
+                        phase.statuses["deadline"] += 1  # type: ignore[index]
+                        return
+                    sent = time.perf_counter()
+                    try:
+                        status: int | None = await asyncio.wait_for(
+                            connection.send(request), HTTP_TIMEOUT)
+                    except (TimeoutError, ConnectionError):
+                        status = None
+                    phase.latencies.append(time.perf_counter() - sent)
+                    if status == 503 and connection.retry_after is not None:
+                        # Back-pressure: the adapter asks the caller to come back.
+                        phase.busy += 1
+                        await asyncio.sleep(connection.retry_after)
+                        continue
+                    break
                 phase.statuses[status] += 1
                 if status is None:
                     # The answer may still come: this connection's framing is lost.
@@ -586,6 +596,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             check = Phase("Get User Presence (sample)")
             asyncio.run(drive(adapter, check, presence_requests(adapter, args, chosen),
                               min(args.concurrency, 8), time.monotonic() + 120))
+            metrics = sip_metrics(adapter)
             stdin = cast(IO[str], relay.stdin)
             stdin.write("report\n")
             stdin.flush()
@@ -600,7 +611,19 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             relay.wait()
     report(args, phases, check, samples, cpu, wall, drops, wire, store_bytes, log,
            peak_in_idle, total)
+    print("adapter /metrics, its SIP window: " + "; ".join(metrics))
     return 0
+
+
+def sip_metrics(adapter: Any) -> list[str]:
+    """The lines of the adapter's /metrics about its window of SIP requests."""
+    import httpx
+
+    text = httpx.get(f"http://{adapter.host}:{adapter.http_port}/metrics", timeout=30).text
+    wanted = ("presence_adapter_sip_requests_", "presence_adapter_sip_retransmissions_total")
+    return [line for line in text.splitlines() if line.startswith(wanted)
+            or (line.startswith("presence_adapter_sip_client_transactions_total")
+                and 'status="busy"' in line)]
 
 
 def report(args: argparse.Namespace, phases: list[Phase], check: Phase,

@@ -17,6 +17,7 @@ from .subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerm
 from .transaction import TransactionTimings
 from .uri import AbsoluteURI, NameAddr, SipURI
 from .useragent import (
+    BUSY,
     EVENTLIST_ACCEPT,
     Destination,
     MessageDropped,
@@ -25,9 +26,11 @@ from .useragent import (
     RequestRefused,
     UserAgent,
     UserAgentEvent,
+    Window,
 )
 
 __all__ = [
+    "BUSY",
     "EVENTLIST_ACCEPT",
     "AbsoluteURI",
     "CSeq",
@@ -61,5 +64,6 @@ __all__ = [
     "UserAgent",
     "UserAgentEvent",
     "Via",
+    "Window",
     "parse_message",
 ]

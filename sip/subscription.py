@@ -89,7 +89,8 @@ class SubscriptionTerminated:
     ``"dialog-gone"`` (481 to a refresh), ``"timeout"`` (a transaction timed
     out, no NOTIFY within Timer N, or the subscription expired unrefreshed),
     ``"transport-error"``, ``"bad-response"`` (the final response to our
-    SUBSCRIBE had a malformed header we needed).
+    SUBSCRIBE had a malformed header we needed), ``"busy"`` (the initial
+    SUBSCRIBE was never sent: the user agent's window had no room).
     """
 
     subscription_id: int
@@ -170,6 +171,15 @@ class Subscription:
         # fires, the subscriber considers the subscription failed".
         self._deadline_n = now + self._timer_n
         return [self._subscribe(self.requested_expires)]
+
+    def request_sent(self, now: float) -> None:
+        """The user agent sends our SUBSCRIBE only now: it waited for room.
+
+        RFC 6665 §4.1.2.4: Timer N starts "when it sends the SUBSCRIBE
+        request"; time spent in the user agent's queue is not the notifier's.
+        """
+        if self._deadline_n is not None and self.remote_tag is None:
+            self._deadline_n = now + self._timer_n
 
     def refresh(self, now: float) -> list[Action]:
         """Refresh now (RFC 6665 §4.1.2.2), e.g. to learn whether the notifier

@@ -46,6 +46,25 @@ driver tells us the server's addresses (:meth:`UserAgent.trust`).
 
 Scale: one :class:`~sip.timers.TimerHeap` holds every deadline (transactions,
 refreshes, expiries), keyed by owner; no task or thread per subscription.
+
+Back-pressure: a :class:`Window` bounds the client transactions outstanding
+at once, the bound halved when requests go unanswered for T1 and widened
+again as answers come in time.  Over UDP every request not answered within T1 is sent again, the
+interval doubling (RFC 3261 §17.1.1.2, §17.1.2.2: Timer E); when the server
+or we ourselves fall behind, each request in flight adds retransmissions to
+the load that delayed it, and thousands in flight become a storm.  With the
+window full a request waits in a queue and goes out when a transaction ends,
+so what is in flight — and what can be retransmitted — stays bounded, and a
+burst of refreshes due together is paced by the answers.  Two queues, served
+in order: requests that keep existing work alive (refreshes, retries,
+removals, un-SUBSCRIBEs, answers to challenges), at most one per publication
+or subscription since each has at most one request under way; then the
+callers' new requests (:meth:`publish`, :meth:`modify`, :meth:`subscribe`),
+at most ``Window.queue`` of them, each waiting at most ``Window.wait``
+seconds.  A caller's request that finds that queue full, or waits longer, is
+never sent: its owner sees the transaction fail with the reason
+:data:`BUSY` (a subscription ends, a publication retries with back-off).
+OPTIONS probes pass the window: they measure the server, not our queue.
 """
 
 from __future__ import annotations
@@ -91,6 +110,7 @@ from .transaction import (
 from .uri import SipURI
 
 __all__ = [
+    "BUSY",
     "EVENTLIST_ACCEPT",
     "Destination",
     "MessageDropped",
@@ -100,6 +120,7 @@ __all__ = [
     "UserAgent",
     "UserAgentCounters",
     "UserAgentEvent",
+    "Window",
 ]
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -107,6 +128,41 @@ Transport = Literal["udp", "tcp", "tls"]
 #: RFC 3263 §4.2: the default port of SIP over TLS, and of the others.
 TLS_PORT = 5061
 PORT = 5060
+
+
+#: The reason a request fails with when the window and its queue had no room
+#: for it (it was never sent).
+BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """How many client transactions may be outstanding at once, and how the
+    callers' requests beyond them wait (see the module's "Back-pressure").
+
+    The bound in force moves between ``least`` and ``size`` as TCP's
+    congestion window does (RFC 5681 §3.1): halved when a request must be
+    sent again (at most once per T1), one more per window's worth of
+    requests answered without a retransmission.  A retransmission says an
+    answer took longer than T1 — the server is slow, or we are, our answers
+    queued behind NOTIFYs in our socket — and fewer requests in flight
+    shorten that queue, so that they stop being sent twice.
+    """
+
+    #: Client transactions sent and not yet ended, at most.
+    size: int = 100
+    #: Callers' new requests waiting for room, at most; beyond it they fail at once.
+    queue: int = 1000
+    #: Seconds a caller's request waits for room before it fails.
+    wait: float = 5.0
+    #: The bound in force never falls below this (nor above ``size``).
+    least: int = 8
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.queue < 0 or not self.wait > 0 or self.least < 1:
+            raise ValueError(
+                f"a window needs size >= 1, least >= 1, queue >= 0, wait > 0: {self}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +263,8 @@ class UserAgentCounters:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Requests sent again by Timer E (RFC 3261 §17.1.2.2; none over TCP).
     retransmissions: int = 0
+    #: Requests that waited for room in the window before they were sent.
+    queued: int = 0
 
     def ended(self, method: str, outcome: str) -> None:
         key = (method, outcome)
@@ -219,6 +277,18 @@ class _Outgoing:
     owner: Owner
     identity: str | None  # the AOR whose credentials apply
     authenticated: bool  # we already answered a challenge for this request
+    retransmitted: bool = False  # Timer E sent it again
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A request waiting for room in the window."""
+
+    owner: Owner
+    request: Request
+    authenticated: bool
+    #: A caller's request fails as BUSY at this instant; None: it waits on.
+    deadline: float | None
 
 
 @dataclass
@@ -239,6 +309,7 @@ class _Timer(enum.IntEnum):
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     SUBSCRIPTION = 5  # a subscription, by id
+    QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
 
 
 class UserAgent:
@@ -255,6 +326,7 @@ class UserAgent:
         subscription_expires: int = 3600,
         timings: TransactionTimings = TransactionTimings(),
         policy: RefreshPolicy = RefreshPolicy(),
+        window: Window | None = None,
     ) -> None:
         self.local = local
         self.server = server
@@ -287,6 +359,14 @@ class UserAgent:
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
         self._outgoing: dict[ClientKey, _Outgoing] = {}
+        # None: no bound on the client transactions in flight.
+        self._window = window
+        # The bound in force (see Window), and when it was last halved.
+        self._bound = float(window.size) if window is not None else math.inf
+        self._halved_at = -math.inf
+        self._kept: deque[_Waiting] = deque()  # keeping existing work alive
+        self._fresh: deque[_Waiting] = deque()  # callers' new requests
+        self._pumping = False
         self._incoming: dict[ServerKey, tuple[ServerTransaction, Destination]] = {}
         # Completed UDP server transactions, kept for Timer J as what a
         # retransmitted request needs and nothing more: key -> (response
@@ -385,13 +465,13 @@ class UserAgent:
             etag_expires_at=etag_expires_at,
         )
         self._publications[publication.id] = publication
-        self._run(publication, publication.publish(body, now), now)
+        self._run(publication, publication.publish(body, now), now, fresh=True)
         return publication.id
 
     def modify(self, publication_id: int, body: bytes, now: float) -> None:
         """Replace the published state (RFC 3903 §4.4)."""
         publication = self._publications[publication_id]
-        self._run(publication, publication.publish(body, now), now)
+        self._run(publication, publication.publish(body, now), now, fresh=True)
 
     def unpublish(self, publication_id: int, now: float) -> None:
         """Remove the publication (RFC 3903 §4.5); ends in PublicationRemoved.
@@ -423,6 +503,7 @@ class UserAgent:
         accept: tuple[str, ...] | None = None,
         eventlist: bool = False,
         expires: int | None = None,
+        refusable: bool = True,
     ) -> int:
         """Subscribe ``subscriber`` to ``target``'s ``event``; returns the id.
 
@@ -433,6 +514,10 @@ class UserAgent:
         SUBSCRIBE carries ``Supported: eventlist`` and, unless ``accept`` is
         given, accepts :data:`EVENTLIST_ACCEPT`. A notifier that is not a
         resource list server answers as for a single resource.
+
+        ``refusable=False``: the SUBSCRIBE keeps existing work alive (a
+        subscription made again after it was lost), so it waits for room in
+        the window like a refresh and is never refused as BUSY.
         """
         if accept is None:
             accept = EVENTLIST_ACCEPT if eventlist else ("application/pidf+xml",)
@@ -452,7 +537,7 @@ class UserAgent:
         )
         self._subscriptions[subscription.id] = subscription
         self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
-        self._run(subscription, subscription.start(now), now)
+        self._run(subscription, subscription.start(now), now, fresh=refusable)
         return subscription.id
 
     def refresh(self, subscription_id: int, now: float) -> None:
@@ -490,6 +575,16 @@ class UserAgent:
     def transactions_in_flight(self) -> int:
         """Client transactions sent and not yet ended."""
         return len(self._outgoing)
+
+    @property
+    def window_bound(self) -> int | None:
+        """Client transactions allowed in flight now (None: no window)."""
+        return int(self._bound) if self._window is not None else None
+
+    @property
+    def requests_waiting(self) -> int:
+        """Requests waiting for room in the window."""
+        return len(self._kept) + len(self._fresh)
 
     # -- API: OPTIONS ------------------------------------------------------
 
@@ -581,18 +676,36 @@ class UserAgent:
                 subscription = self._subscriptions.get(ident)
                 if subscription is not None:
                     self._run(subscription, subscription.handle_timer(now), now)
+            elif kind is _Timer.QUEUE:
+                fresh = self._fresh
+                while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
+                    self._refuse(fresh.popleft(), now)
+                self._file_queue_timer()
 
     # -- owners ------------------------------------------------------------
 
+    def _abandoned(self, owner: Owner) -> bool:
+        """A publication let go by :meth:`abandon` (another node took it over)."""
+        return isinstance(owner, Publication) and self._publications.get(owner.id) is not owner
+
     def _run(
-        self, owner: Owner, actions: Sequence[Request | UserAgentEvent], now: float
+        self,
+        owner: Owner,
+        actions: Sequence[Request | UserAgentEvent],
+        now: float,
+        *,
+        fresh: bool = False,
     ) -> None:
-        """Carry out an owner's actions, then file its timer."""
-        if isinstance(owner, Publication) and self._publications.get(owner.id) is not owner:
-            return  # abandoned: nothing more of it is sent or told
+        """Carry out an owner's actions, then file its timer.
+
+        ``fresh``: the actions answer a caller's call that starts new work,
+        whose requests may be refused as BUSY (see :class:`Window`).
+        """
+        if self._abandoned(owner):
+            return  # nothing more of it is sent or told
         for action in actions:
             if isinstance(action, Request):
-                self._start(owner, action, now)
+                self._start(owner, action, now, fresh=fresh)
             else:
                 self._events.append(action)
         if isinstance(owner, Publication):
@@ -630,9 +743,85 @@ class UserAgent:
         return None
 
     def _start(
-        self, owner: Owner, request: Request, now: float, *, authenticated: bool = False
+        self,
+        owner: Owner,
+        request: Request,
+        now: float,
+        *,
+        authenticated: bool = False,
+        fresh: bool = False,
     ) -> None:
-        """Send ``request`` for ``owner`` in a new client transaction."""
+        """Send ``request`` for ``owner`` in a new client transaction, or queue it
+        while the window is full (a caller's ``fresh`` one only if there is room)."""
+        window = self._window
+        if (
+            window is not None
+            and type(owner) is not _Probe
+            and (len(self._outgoing) >= self._bound or self._kept or self._fresh)
+        ):
+            # Anything already waiting goes first, so a request that finds
+            # the queues non-empty (while they are being served) joins them.
+            self.counters.queued += 1
+            if not fresh:
+                self._kept.append(_Waiting(owner, request, authenticated, None))
+                return
+            waiting = _Waiting(owner, request, authenticated, now + window.wait)
+            if len(self._fresh) >= window.queue:
+                self._refuse(waiting, now)
+                return
+            self._fresh.append(waiting)
+            if len(self._fresh) == 1:
+                self._file_queue_timer()
+            return
+        self._send(owner, request, now, authenticated)
+
+    def _pump(self, now: float) -> None:
+        """Send what waits, oldest first and kept before fresh, while there is room."""
+        window = self._window
+        if window is None or self._pumping:
+            return
+        self._pumping = True
+        kept, fresh = self._kept, self._fresh
+        try:
+            while (kept or fresh) and len(self._outgoing) < self._bound:
+                waiting = kept.popleft() if kept else fresh.popleft()
+                owner = waiting.owner
+                if _gone(owner) or self._abandoned(owner):
+                    continue  # it ended while it waited
+                if isinstance(owner, Subscription):
+                    owner.request_sent(now)
+                    self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
+                self._send(owner, waiting.request, now, waiting.authenticated)
+        finally:
+            self._pumping = False
+        self._file_queue_timer()
+
+    def _narrow(self, now: float) -> None:
+        """A request went unanswered for T1: halve the bound, once per T1
+        (the requests sent together time out together; one cut is enough)."""
+        window = self._window
+        if window is not None and now >= self._halved_at + self._timings.t1:
+            self._halved_at = now
+            self._bound = max(float(min(window.least, window.size)), self._bound / 2)
+
+    def _widen(self) -> None:
+        """An answer came in time: one more in flight per window's worth of them."""
+        window = self._window
+        if window is not None and self._bound < window.size:
+            self._bound = min(float(window.size), self._bound + 1 / self._bound)
+
+    def _refuse(self, waiting: _Waiting, now: float) -> None:
+        """A caller's request found no room: its owner learns it failed, BUSY."""
+        owner = waiting.owner
+        if not _gone(owner):
+            self.counters.ended(waiting.request.method, BUSY)
+            self._run(owner, owner.transaction_failed(BUSY, now), now)
+
+    def _file_queue_timer(self) -> None:
+        fresh = self._fresh
+        self._file_timer((_Timer.QUEUE, 0), fresh[0].deadline if fresh else None)
+
+    def _send(self, owner: Owner, request: Request, now: float, authenticated: bool) -> None:
         headers = request.headers
         branch = new_branch(self._token())
         headers.prepend("Via", self._via_prefix + branch + self._via_suffix)
@@ -706,11 +895,15 @@ class UserAgent:
             if isinstance(action, Transmit):
                 if action.retransmission:
                     self.counters.retransmissions += 1
+                    outgoing.retransmitted = True
+                    self._narrow(now)
                 self._datagrams.append((action.data, self.server_destination))
             elif isinstance(action, ResponseReceived):
                 response = action.response
                 if response.status < 200:
                     continue
+                if not outgoing.retransmitted:
+                    self._widen()
                 self.counters.ended(outgoing.transaction.request.method, str(response.status))
                 try:
                     if response.status in (401, 407) and self._retry_with_credentials(
@@ -727,6 +920,7 @@ class UserAgent:
                     caused = owner.transaction_failed("bad-response", now)
                 self._run(owner, caused, now)
             elif isinstance(action, TimedOut):
+                self._narrow(now)
                 self.counters.ended(outgoing.transaction.request.method, "timeout")
                 self._run(owner, owner.transaction_failed("timeout", now), now)
             elif isinstance(action, TransportFailed):
@@ -743,6 +937,8 @@ class UserAgent:
             # kept for the garbage collector to walk until Timer K.
             self._outgoing.pop(key, None)
             self._timers.cancel((_Timer.CLIENT, key))
+            if self._kept or self._fresh:
+                self._pump(now)
         else:
             self._file_timer((_Timer.CLIENT, key), transaction.get_timer())
 
@@ -931,6 +1127,13 @@ class UserAgent:
                 tokens.extend(text[i : i + 16] for i in range(0, 16 * _TOKEN_BATCH, 16))
             return tokens.pop()
         return f"{self._rng.getrandbits(64):016x}"
+
+
+def _gone(owner: Owner) -> bool:
+    """Has the owner ended, so that a request of its that waited asks for nothing?"""
+    if isinstance(owner, Subscription):
+        return owner.terminated
+    return isinstance(owner, Publication) and owner.state is PublicationState.REMOVED
 
 
 def server_destination(server: SipURI, default: Transport = "udp") -> Destination:

@@ -223,5 +223,9 @@ class Hub:
             elif isinstance(event, ChannelsSubscribed):
                 if self.listener is not None:
                     self.listener.subscribed(event.app_id, event.patterns)
-        deadlines = [d for d in (self.server.get_timer(), self._drops.get_timer()) if d is not None]
-        self._timer.set(min(deadlines, default=None))
+        # After every delivery: the plain comparisons cost a fraction of a list and min().
+        deadline = self.server.get_timer()
+        drops = self._drops.get_timer()
+        if drops is not None and (deadline is None or drops < deadline):
+            deadline = drops
+        self._timer.set(deadline)

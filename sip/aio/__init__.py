@@ -3,6 +3,7 @@
 from .alarm import Alarm
 from .endpoint import (
     AuthenticationFailed,
+    Busy,
     EndpointStats,
     RequestFailed,
     RequestTimedOut,
@@ -13,6 +14,7 @@ from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle
 __all__ = [
     "Alarm",
     "AuthenticationFailed",
+    "Busy",
     "EndpointStats",
     "PublicationHandle",
     "RequestFailed",

@@ -59,6 +59,7 @@ from ..subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTer
 from ..transaction import TransactionTimings
 from ..uri import SipURI
 from ..useragent import (
+    BUSY,
     Destination,
     MessageDropped,
     OptionsAnswered,
@@ -67,6 +68,7 @@ from ..useragent import (
     Transport,
     UserAgent,
     UserAgentEvent,
+    Window,
     server_destination,
 )
 from .alarm import Alarm
@@ -74,6 +76,7 @@ from .handles import PublicationHandle, SubscriptionEvent, SubscriptionHandle
 
 __all__ = [
     "AuthenticationFailed",
+    "Busy",
     "EndpointStats",
     "RequestFailed",
     "RequestTimedOut",
@@ -125,6 +128,15 @@ class RequestTimedOut(RequestFailed):
     """No final response within the transaction timeout (64*T1)."""
 
 
+class Busy(RequestFailed):
+    """Never sent: the window of outstanding requests and its queue had no room
+    (``sip.useragent.Window``).  ``retry_after``: seconds worth waiting first."""
+
+    def __init__(self, what: str, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(what, None, "too many requests outstanding, retry later")
+
+
 class AuthenticationFailed(RequestFailed):
     """A 401/407 that stands: our credentials were refused, or we had none.
 
@@ -158,6 +170,11 @@ class EndpointStats:
     #: Requests sent again by Timer E (RFC 3261 §17.1.2.2).
     retransmissions: int = 0
     transactions_in_flight: int = 0
+    #: Requests waiting for room in the window; requests that waited, in all.
+    requests_waiting: int = 0
+    requests_queued: int = 0
+    #: Client transactions allowed in flight now (None: no window).
+    window_bound: int | None = None
     publications: int = 0
     #: (event package, phase) -> subscriptions.
     subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -205,6 +222,7 @@ class SipEndpoint:
         subscription_expires: int = 3600,
         receive_buffer: int = UDP_RECEIVE_BUFFER,
         tls: ssl.SSLContext | None = None,
+        window: Window | None = None,
     ) -> None:
         if server_destination(server, transport).transport == "tls" and tls is None:
             raise ValueError(f"SIP over TLS to {server} needs an SSL context")
@@ -219,6 +237,10 @@ class SipEndpoint:
         self._timings = timings
         self._publication_expires = publication_expires
         self._subscription_expires = subscription_expires
+        self._window = window
+        # Whole seconds (RFC 9110 §10.2.3): a refused caller may try again
+        # once a queued request would have been refused.
+        self._busy_retry_after = math.ceil(window.wait) if window is not None else 1
         self._ua: UserAgent | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -269,6 +291,9 @@ class SipEndpoint:
             outcomes=dict(ua.counters.outcomes),
             retransmissions=ua.counters.retransmissions,
             transactions_in_flight=ua.transactions_in_flight,
+            requests_waiting=ua.requests_waiting,
+            requests_queued=ua.counters.queued,
+            window_bound=ua.window_bound,
             publications=ua.publication_count,
             subscriptions=ua.subscriptions_by_state(),
             dropped=self.dropped,
@@ -320,6 +345,7 @@ class SipEndpoint:
             timings=self._timings,
             publication_expires=self._publication_expires,
             subscription_expires=self._subscription_expires,
+            window=self._window,
         )
         if self._credentials is not None:
             self._ua.set_credentials(None, self._credentials)
@@ -432,11 +458,13 @@ class SipEndpoint:
         accept: tuple[str, ...] | None = None,
         eventlist: bool = False,
         expires: int | None = None,
+        refusable: bool = True,
         on_event: Callable[[SubscriptionEvent], None] | None = None,
     ) -> SubscriptionHandle:
         """A new subscription, its SUBSCRIBE sent at once; its handle.
 
-        ``eventlist`` asks for a resource list (see ``UserAgent.subscribe``).
+        ``eventlist`` asks for a resource list, ``refusable=False`` a place in
+        the window's queue however long it takes (see ``UserAgent.subscribe``).
         ``on_event`` gets every event of the subscription, NOTIFYs that come
         before the 2xx (RFC 6665 §4.1.2.4) included.
         """
@@ -448,6 +476,7 @@ class SipEndpoint:
             accept=accept,
             eventlist=eventlist,
             expires=expires,
+            refusable=refusable,
         )
         handle = SubscriptionHandle(self, subscription_id, on_event)
         self._subscriptions[subscription_id] = handle
@@ -483,6 +512,8 @@ class SipEndpoint:
         self._flush()
 
     def _publish_failure(self, event: PublicationFailed) -> RequestFailed:
+        if event.reason == BUSY:
+            return Busy("PUBLISH", self._busy_retry_after)
         if event.status is None:
             return RequestTimedOut("PUBLISH", None, event.reason)
         return self._failure("PUBLISH", event.status, event.reason)
@@ -491,6 +522,8 @@ class SipEndpoint:
         return RequestFailed("PUBLISH", None, "publication removed")
 
     def _subscribe_failure(self, event: SubscriptionTerminated) -> RequestFailed:
+        if event.reason == BUSY:
+            return Busy("SUBSCRIBE", self._busy_retry_after)
         if event.reason == "timeout":
             return RequestTimedOut("SUBSCRIBE", event.status, event.reason)
         return self._failure("SUBSCRIBE", event.status, event.reason)

@@ -30,6 +30,7 @@ from ..publication import (
     PublicationFailed,
 )
 from ..subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
+from ..useragent import BUSY
 
 if TYPE_CHECKING:
     from .endpoint import SipEndpoint
@@ -136,6 +137,10 @@ class PublicationHandle:
             error = self._endpoint._publish_failure(event)
             retry_at = event.retry_at
             kept: list[tuple[asyncio.Future[PublicationConfirmed], float | None]] = []
+            # A request refused for want of room in the window is told at
+            # once: waiting for the retry would turn the refusal into a timeout.
+            if event.reason == BUSY:
+                retry_at = None
             for future, retry_until in self._waiting:
                 if retry_at is not None and retry_until is not None and retry_at < retry_until:
                     kept.append((future, retry_until))

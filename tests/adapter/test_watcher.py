@@ -105,11 +105,15 @@ class FakeEndpoint:
         self.unsubscribed: list[int] = []  # ended by us (Expires: 0), in order
         self.gate: asyncio.Event | None = None  # holds the 2xx back while set
         self.eventlist = False  # the 2xx says Require: eventlist (a list)
+        # Per SUBSCRIBE: whether the SIP window may refuse it (a caller's) or
+        # it waits its turn (a re-subscription).
+        self.refusable: list[bool] = []
 
     def subscribe(self, subscriber: Any, target: Any, *,
                   on_event: Callable[[Any], None] | None = None,
-                  eventlist: bool = False) -> FakeHandle:
+                  eventlist: bool = False, refusable: bool = True) -> FakeHandle:
         assert eventlist  # every watch asks for a list (RFC 4662)
+        self.refusable.append(refusable)
         self._next += 1
         self.subscribed.append((str(subscriber), str(target), self._next))
         self.live.add(self._next)
@@ -597,6 +601,7 @@ def test_an_unexpected_end_subscribes_again_without_a_message(
         first = w.sip.last_id
         await w.terminate(reason)
         assert len(w.sip.subscribed) == 2 and w.sip.last_id != first
+        assert w.sip.refusable == [True, False]
         assert w.bayeux.sent == []
         # The new subscription carries on: same decisions (not repeated), and
         # the schedule keeps going.

@@ -150,3 +150,58 @@ def test_a_refusal_is_not_tried_again() -> None:
     with pytest.raises(XcapError) as caught:
         run_update(server, lambda r: r.allow("sip:w@example.com", ACTIVITY))
     assert (caught.value.status, server.puts) == (403, 1)
+
+
+def test_at_most_connections_requests_are_under_way_and_the_others_wait_their_turn() -> None:
+    under_way = 0
+    most = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal under_way, most
+        under_way += 1
+        most = max(most, under_way)
+        await asyncio.sleep(0.01)
+        under_way -= 1
+        return httpx.Response(404)
+
+    async def burst() -> list[xcap.RulesDocument]:
+        client = XcapClient(ROOT, transport=httpx.MockTransport(handle))
+        try:
+            return await asyncio.gather(
+                *(client.get(f"sip:p{i}@example.com") for i in range(5 * xcap.CONNECTIONS)))
+        finally:
+            await client.close()
+
+    documents = asyncio.run(burst())
+    assert len(documents) == 5 * xcap.CONNECTIONS and all(d.etag is None for d in documents)
+    assert most == xcap.CONNECTIONS
+
+
+def test_a_request_that_waits_too_long_for_its_turn_is_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(xcap, "POOL_WAIT", 0.05)
+    release = asyncio.Event()
+    started = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return httpx.Response(404)
+
+    async def crowd() -> None:
+        client = XcapClient(ROOT, transport=httpx.MockTransport(handle))
+        held = [asyncio.ensure_future(client.get(f"sip:p{i}@example.com"))
+                for i in range(xcap.CONNECTIONS)]
+        async with asyncio.timeout(10):
+            while started < xcap.CONNECTIONS:
+                await asyncio.sleep(0.001)
+        with pytest.raises(xcap.XcapTimeout):
+            await client.get(ALICE)
+        release.set()
+        await asyncio.gather(*held)
+        await client.get(ALICE)  # its turn comes once the others are done
+        await client.close()
+
+    asyncio.run(crowd())

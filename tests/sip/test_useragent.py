@@ -16,11 +16,13 @@ from sip.publication import (
     PublicationFailed,
     PublicationRemoved,
     PublicationState,
+    RefreshPolicy,
 )
 from sip.subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.transaction import MAGIC_COOKIE
 from sip.uri import SipURI
 from sip.useragent import (
+    BUSY,
     Destination,
     MessageDropped,
     OptionsAnswered,
@@ -28,6 +30,7 @@ from sip.useragent import (
     RequestRefused,
     UserAgent,
     UserAgentEvent,
+    Window,
     server_destination,
 )
 
@@ -42,7 +45,14 @@ NOTIFIER_ADDR = Destination("udp", "127.0.0.1", 5071)
 class Net:
     """The far side of the user agent: the presence server and a clock."""
 
-    def __init__(self, transport: str = "udp", seed: int = 1) -> None:
+    def __init__(
+        self,
+        transport: str = "udp",
+        seed: int = 1,
+        *,
+        window: Window | None = None,
+        policy: RefreshPolicy = RefreshPolicy(),
+    ) -> None:
         self.now = 0.0
         self.transport = transport
         server = "sip:127.0.0.1:5070" + (";transport=tcp" if transport == "tcp" else "")
@@ -50,6 +60,8 @@ class Net:
             local=Destination("tcp" if transport == "tcp" else "udp", "127.0.0.1", 5080),
             server=SipURI.parse(server),
             rng=random.Random(seed),
+            window=window,
+            policy=policy,
         )
         self.notify_cseq = 0
 
@@ -1142,3 +1154,276 @@ def test_subscriptions_by_state() -> None:
     net.notify(subscribe, "active;expires=600", body=PIDF)
     net.sent()
     assert net.ua.subscriptions_by_state() == {("presence", "active"): 1}
+
+
+# -- the window of outstanding client transactions (back-pressure) ------------------
+
+
+class Wire:
+    """The requests the user agent sent, our 200s to NOTIFYs checked and set apart."""
+
+    def __init__(self, net: Net) -> None:
+        self.net = net
+
+    def take(self) -> list[Request]:
+        out = []
+        for message, _ in self.net.sent():
+            if isinstance(message, Request):
+                out.append(message)
+            else:
+                assert message.status == 200 and message.cseq.method == "NOTIFY"
+        return out
+
+
+def requests(net: Net) -> list[Request]:
+    """Every request the user agent sent since the last look (no NOTIFY answered since)."""
+    out = []
+    for message, _ in net.sent():
+        assert isinstance(message, Request)
+        out.append(message)
+    return out
+
+
+def accept(net: Net, subscribe: Request, expires: int = 3600) -> None:
+    """The server's 200 to a SUBSCRIBE (initial or refresh) and, for an initial
+    one, its NOTIFY (read what the user agent sent with :class:`Wire`)."""
+    net.reply(subscribe, 200, ("Expires", str(expires)),
+              ("Contact", "<sip:presence@127.0.0.1:5070>"))
+    if subscribe.to.tag is None:
+        net.notify(subscribe, f"active;expires={expires}", body=PIDF)
+
+
+def test_the_window_bounds_the_requests_in_flight_and_the_rest_follow_the_answers() -> None:
+    net = Net(window=Window(size=2))
+    ids = [net.ua.subscribe(BOB, SipURI("sip", f"u{i}", "example.com"), net.now)
+           for i in range(5)]
+    wire = Wire(net)
+    first = wire.take()
+    assert len(first) == 2
+    assert (net.ua.transactions_in_flight, net.ua.requests_waiting) == (2, 3)
+    sent = list(first)
+    while first:
+        accept(net, first.pop(0))
+        more = wire.take()
+        assert len(more) <= 1  # one answer, one slot
+        assert net.ua.transactions_in_flight <= 2
+        first += more
+        sent += more
+    # In the order they were asked for, each once.
+    assert [r.to.uri.user for r in sent] == [f"u{i}" for i in range(5)]
+    assert net.ua.requests_waiting == 0 and net.ua.counters.queued == 3
+    accepted = [e.subscription_id for e in net.events() if isinstance(e, SubscriptionAccepted)]
+    assert accepted == ids
+
+
+def test_refreshes_due_together_are_paced_by_the_answers_and_retransmit_no_more() -> None:
+    # Every refresh at half the interval, with no spread: all due in one instant.
+    net = Net(window=Window(size=2), policy=RefreshPolicy(low=0.5, high=0.5))
+    for i in range(6):
+        net.ua.subscribe(BOB, SipURI("sip", f"u{i}", "example.com"), net.now)
+    wire = Wire(net)
+    pending = wire.take()
+    while pending:
+        accept(net, pending.pop(0))
+        pending += wire.take()
+    net.events()
+    net.run_until(1800.0)
+    due = requests(net)
+    assert len(due) == 2 and all(r.to.tag == "srvtag" for r in due)  # refreshes
+    assert net.ua.requests_waiting == 4
+    # Unanswered, only what is in flight is sent again (Timer E, RFC 3261
+    # §17.1.2.2): two retransmissions, not six.
+    before = net.ua.counters.retransmissions
+    net.run_until(1800.5)
+    assert net.ua.counters.retransmissions - before == 2
+    assert len(requests(net)) == 2
+    # Each answer lets the next refresh out.
+    for refresh in due:
+        accept(net, refresh)
+    assert len(wire.take()) == 2
+    assert net.ua.requests_waiting == 2
+
+
+def test_a_callers_request_beyond_the_queue_is_refused_busy_and_never_sent() -> None:
+    net = Net(window=Window(size=1, queue=1))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    waiting = net.ua.subscribe(BOB, SipURI.parse("sip:carol@example.com"), net.now)
+    refused = net.ua.subscribe(BOB, SipURI.parse("sip:dave@example.com"), net.now)
+    wire = Wire(net)
+    (sent,) = wire.take()
+    assert sent.to.uri == ALICE
+    assert net.events() == [SubscriptionTerminated(refused, BUSY)]
+    assert net.ua.subscription(refused) is None
+    assert net.ua.counters.outcomes == {("SUBSCRIBE", BUSY): 1}
+    accept(net, sent)
+    (next_one,) = wire.take()
+    assert next_one.to.uri == SipURI.parse("sip:carol@example.com")
+    assert net.ua.subscription(waiting) is not None
+
+
+def test_a_callers_request_that_waits_too_long_is_refused_busy() -> None:
+    net = Net(window=Window(size=1, queue=10, wait=5.0))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    net.now = 1.0
+    late = net.ua.subscribe(BOB, SipURI.parse("sip:carol@example.com"), net.now)
+    (sent,) = requests(net)
+    net.run_until(5.9)
+    assert net.events() == []
+    net.run_until(6.0)  # 5 s after it was asked for
+    assert net.events() == [SubscriptionTerminated(late, BUSY)]
+    # Meanwhile only the first went out again (Timer E).
+    assert {r.to.uri for r in requests(net)} == {ALICE}
+    wire = Wire(net)
+    accept(net, sent)
+    assert wire.take() == []  # nothing was left waiting
+    assert net.ua.requests_waiting == 0
+
+
+def test_requests_that_keep_work_alive_go_before_callers_new_ones_and_are_never_refused() -> None:
+    net = Net(window=Window(size=1, queue=0), policy=RefreshPolicy(low=0.5, high=0.5))
+    sub_id = net.ua.subscribe(BOB, ALICE, net.now)
+    wire = Wire(net)
+    accept(net, wire.take()[0])
+    assert wire.take() == []
+    net.run_until(1799.9)
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    net.events()
+    # With the PUBLISH in flight, the refresh falls due: it waits, with no queue
+    # for callers (queue=0) and yet not refused.
+    net.run_until(1800.0)
+    assert requests(net) == [] and net.ua.requests_waiting == 1
+    # A caller's new request finds no room: refused at once.
+    refused = net.ua.subscribe(BOB, SipURI.parse("sip:carol@example.com"), net.now)
+    assert net.events() == [SubscriptionTerminated(refused, BUSY)]
+    net.reply(publish, 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    assert net.events() == [PublicationConfirmed(pub_id, "e1", 3600)]
+    refresh = net.request()
+    assert refresh.method == "SUBSCRIBE" and refresh.to.tag == "srvtag"
+    assert net.ua.subscription(sub_id) is not None
+
+
+def test_a_modify_refused_busy_is_kept_and_retried_with_back_off() -> None:
+    net = Net(window=Window(size=1, queue=0))
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    net.events()
+    net.ua.subscribe(BOB, ALICE, net.now)
+    requests(net)
+    net.ua.modify(pub_id, b"<new/>", net.now)
+    assert requests(net) == []
+    (failed,) = net.events()
+    assert isinstance(failed, PublicationFailed)
+    assert (failed.status, failed.reason) == (None, BUSY)
+    assert failed.retry_at is not None and 1.0 <= failed.retry_at < 2.0
+    assert net.ua.counters.outcomes == {("PUBLISH", "200"): 1, ("PUBLISH", BUSY): 1}
+
+
+def test_a_request_whose_owner_ended_while_it_waited_is_not_sent() -> None:
+    net = Net(window=Window(size=1), policy=RefreshPolicy(low=0.5, high=0.5))
+    sub_id, subscribe = subscribed(net)
+    net.run_until(1799.9)
+    net.ua.publish(ALICE, PIDF, net.now)
+    publish = net.request()
+    net.run_until(1800.0)
+    assert net.ua.requests_waiting == 1  # the refresh
+    # The server ends the subscription while its refresh waits.
+    net.notify(subscribe, "terminated;reason=deactivated")
+    assert net.response_to().status == 200
+    assert SubscriptionTerminated(sub_id, "deactivated") in net.events()
+    # The PUBLISH's answer makes room: the refresh of the ended subscription
+    # leaves the queue unsent.
+    net.reply(publish, 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    assert requests(net) == []
+    assert net.ua.requests_waiting == 0
+
+
+def test_a_publication_abandoned_while_its_request_waits_sends_nothing() -> None:
+    net = Net(window=Window(size=1))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    subscribe = net.request()
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    assert net.ua.requests_waiting == 1  # the PUBLISH, behind the SUBSCRIBE
+    net.ua.abandon(pub_id)
+    # The SUBSCRIBE's answer makes room: the abandoned PUBLISH is not sent.
+    net.reply(subscribe, 202, ("Expires", "600"))
+    assert requests(net) == []
+    assert net.ua.requests_waiting == 0
+
+
+def test_options_probes_pass_the_window() -> None:
+    net = Net(window=Window(size=1, queue=0))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    requests(net)
+    net.ua.options(net.now)
+    (probe,) = requests(net)
+    assert probe.method == "OPTIONS"
+    assert net.ua.transactions_in_flight == 2
+
+
+def test_the_bound_halves_once_per_t1_of_retransmissions_and_widens_with_timely_answers(
+) -> None:
+    net = Net(window=Window(size=16, least=4))
+    for i in range(16):
+        net.ua.subscribe(BOB, SipURI("sip", f"u{i}", "example.com"), net.now)
+    wire = Wire(net)
+    first = wire.take()
+    assert len(first) == 16 and net.ua.window_bound == 16
+    # Nothing answered within T1: all 16 go again, and the bound is halved once.
+    net.run_until(0.5)
+    assert len(wire.take()) == 16
+    assert net.ua.window_bound == 8
+    # Again after 2*T1 (Timer E doubles): halved again, not below least.
+    net.run_until(1.5)
+    assert net.ua.window_bound == 4
+    net.run_until(3.5)
+    assert net.ua.window_bound == 4
+    wire.take()  # the retransmissions
+    # The answers: nothing more is sent until fewer than 4 are in flight.
+    for request in first[:12]:
+        accept(net, request)
+        assert wire.take() == []
+    more = ["u16", "u17", "u18", "u19"]
+    for user in more:
+        net.ua.subscribe(BOB, SipURI("sip", user, "example.com"), net.now)
+    assert wire.take() == [] and net.ua.requests_waiting == 4
+    accept(net, first[12])
+    (sent,) = wire.take()
+    assert sent.to.uri.user == "u16"
+    # Answers in time widen the bound: one more per bound's worth of them.
+    accept(net, sent)
+    for _ in range(3):
+        for request in wire.take():
+            accept(net, request)
+    assert net.ua.window_bound == 4  # 4 + 1/4 + ... not yet 5
+    assert net.ua.requests_waiting == 0
+
+
+def test_a_window_needs_room_for_one() -> None:
+    with pytest.raises(ValueError):
+        Window(size=0)
+    with pytest.raises(ValueError):
+        Window(wait=0.0)
+
+
+def test_a_subscription_made_again_waits_its_turn_and_is_not_refused() -> None:
+    carol = SipURI.parse("sip:carol@example.com")
+    net = Net(window=Window(size=1, queue=0))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    wire = Wire(net)
+    (first,) = wire.take()
+    again = net.ua.subscribe(BOB, carol, net.now, refusable=False)
+    assert net.events() == [] and net.ua.requests_waiting == 1
+    net.run_until(20.0)
+    assert net.ua.subscription(again) is not None
+    wire.take()  # first's retransmissions
+    accept(net, first)
+    (sent,) = wire.take()
+    assert sent.to.uri == carol
+    net.reply(sent, 200, ("Expires", "3600"), ("Contact", "<sip:presence@127.0.0.1:5070>"))
+    net.events()
+    # Timer N (RFC 6665 §4.1.2.4, 32 s) runs from the moment it was sent, not asked for.
+    net.run_until(51.9)
+    assert net.ua.subscription(again) is not None
+    net.run_until(52.0)
+    assert net.events() == [SubscriptionTerminated(again, "timeout")]
