@@ -150,9 +150,10 @@ def cpu_seconds(pid: int) -> float:
 class BayeuxClients:
     """The Node process of CometD clients; collects receipt times by sequence number."""
 
-    def __init__(self, url: str, apps: int) -> None:
+    def __init__(self, url: str, apps: int, prefix: str = "app") -> None:
+        """One client per account ``<prefix><i>``."""
         self.process = subprocess.Popen(
-            ["node", str(HERE / "notify_latency_clients.mjs"), url, "app", str(apps), PASSWORD],
+            ["node", str(HERE / "notify_latency_clients.mjs"), url, prefix, str(apps), PASSWORD],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -271,23 +272,27 @@ def write_rules(server: PresenceServer, apps: int) -> None:
         reply.raise_for_status()
 
 
-async def watch_all(adapter: AdapterProcess, apps: int, offset: int = 0) -> None:
+async def watch_all(
+    adapter: AdapterProcess, apps: int, offset: int = 0, prefix: str = "app"
+) -> None:
     """Subscribe Presence and Start Presence Notification for every application:
-    ``app<i>`` watches ``p<offset+i>``."""
+    ``<prefix><i>`` watches ``p<offset+i>``."""
 
     async def one(i: int) -> None:
-        async with adapter.async_client(f"app{i}") as http:
+        async with adapter.async_client(f"{prefix}{i}") as http:
             reply = await http.post(
                 "/rest/presence/subscription",
                 json={
                     "application": "notify latency bench",
                     "presentity": presentity(offset + i),
                     "attributes": ["Activity"],
-                    "reference": {"correlator": f"s{i}", "endpoint": f"/bayeux/app{i}/sub"},
+                    "reference": {"correlator": f"s{i}", "endpoint": f"/bayeux/{prefix}{i}/sub"},
                 },
             )
             if reply.status_code != 204:
-                raise RuntimeError(f"Subscribe Presence app{i}: {reply.status_code} {reply.text}")
+                raise RuntimeError(
+                    f"Subscribe Presence {prefix}{i}: {reply.status_code} {reply.text}"
+                )
             reply = await http.post(
                 "/rest/presence/notification",
                 json={
@@ -295,11 +300,11 @@ async def watch_all(adapter: AdapterProcess, apps: int, offset: int = 0) -> None
                     "attributes": ["Activity"],
                     "frequency": {"metric": "Second", "units": 0},
                     "count": 100_000,
-                    "reference": {"correlator": f"n{i}", "endpoint": f"/bayeux/app{i}/notify"},
+                    "reference": {"correlator": f"n{i}", "endpoint": f"/bayeux/{prefix}{i}/notify"},
                 },
             )
             if reply.status_code != 201 or reply.json().get("result"):
-                raise RuntimeError(f"Start Presence Notification app{i}: {reply.text}")
+                raise RuntimeError(f"Start Presence Notification {prefix}{i}: {reply.text}")
 
     # One at a time: concurrent SUBSCRIBEs make the sqlite-backed server
     # answer 500 "database is locked" (docs/kamailio.md).

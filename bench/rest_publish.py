@@ -137,7 +137,13 @@ class RestWindow(Window):
 
 
 def _ticks() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, user+system clock ticks) for every process."""
+    """pid -> (parent pid, user+system clock ticks) for every process.
+
+    A process's ticks include those of its children that ended and were
+    reaped (cutime, cstime): PostgreSQL's backends of a closed connection
+    still count in the postmaster's tree.  Not for this process, counted
+    alone: the servers it reaps are counted under their own names.
+    """
     out = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -147,7 +153,10 @@ def _ticks() -> dict[int, tuple[int, int]]:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        ticks = int(fields[11]) + int(fields[12])
+        if int(entry.name) != os.getpid():
+            ticks += int(fields[13]) + int(fields[14])
+        out[int(entry.name)] = (int(fields[1]), ticks)
     return out
 
 
