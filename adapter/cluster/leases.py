@@ -77,7 +77,9 @@ ACQUIRE = (
 OWNER = "SELECT owner, expires < now() FROM leases WHERE kind = %(kind)s AND key = %(key)s"
 #: Push every lease of this node two periods ahead: what it owns.
 RENEW = (
-    "UPDATE leases SET expires = " + _UNTIL + " WHERE owner = %(me)s RETURNING kind, key, token"
+    "UPDATE leases l SET expires = " + _UNTIL + " FROM (SELECT kind, key FROM leases"
+    " WHERE owner = %(me)s ORDER BY kind, key FOR NO KEY UPDATE) AS mine"
+    " WHERE l.kind = mine.kind AND l.key = mine.key RETURNING l.kind, l.key, l.token"
 )
 #: Claim expired leases of other nodes: this node's share (the key's hash
 #: modulo the live nodes), and any expired for longer than ``grace`` seconds.

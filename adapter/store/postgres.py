@@ -158,6 +158,13 @@ _FENCE = (
     "WITH fence AS (SELECT 1 FROM leases"
     " WHERE kind = %s AND key = %s AND owner = %s AND token = %s FOR SHARE)"
 )
+# A group's fenced writes first lock their lease rows in (kind, key) order, the
+# order a renewal (adapter.cluster.leases.RENEW) locks them in: two lockers in
+# one order cannot deadlock.  Rows are locked as the sort emits them.
+_LOCK_LEASES = (
+    "SELECT 1 FROM leases l JOIN unnest(%s::text[], %s::text[]) AS w(kind, key)"
+    " ON l.kind = w.kind AND l.key = w.key ORDER BY l.kind, l.key FOR SHARE OF l"
+)
 _FENCED_PUT = _Fenced(
     _FENCE + ", done AS (INSERT INTO records SELECT %s, %s, %s FROM fence"
     " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value)"
@@ -518,6 +525,16 @@ class PostgresStore:
                     fenced: list[tuple[int, str, str, psycopg.AsyncCursor[Any]]] = []
                     async with connection.pipeline(), connection.transaction():
                         async with connection.cursor() as cursor:
+                            leases = sorted({
+                                (args[0], args[1])
+                                for statements, _ in writes
+                                for sql, args in statements
+                                if isinstance(sql, _Fenced)
+                            })
+                            if leases:
+                                await cursor.execute(_LOCK_LEASES, (
+                                    [kind for kind, _ in leases], [key for _, key in leases]
+                                ))
                             for index, (statements, _) in enumerate(writes):
                                 for sql, args in statements:
                                     if isinstance(sql, _Fenced):

@@ -230,3 +230,42 @@ def test_a_write_of_work_the_node_holds_no_lease_for_fails_at_once(db: Db) -> No
 
     run(scenario)
     assert db.run("SELECT kind FROM records") == [("schedule",)]
+
+
+def test_a_group_of_fenced_writes_and_a_renewal_lock_leases_in_one_order(db: Db) -> None:
+    # A renewal holding the first lease (in key order) and then asking for the
+    # second, while a group writes the second and then the first: both finish
+    # (before, PostgreSQL broke the cycle with "deadlock detected").
+    first, second = ("publication", "k1"), ("publication", "k2")
+    acquire(db, "a", first)
+    acquire(db, "a", second)
+
+    async def waiting() -> bool:
+        async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as probe:
+            cursor = await probe.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            row = await cursor.fetchone()
+            return row is not None and row[0] > 0
+
+    async def scenario() -> None:
+        a = fenced_store(db.url, "a", {first: 1, second: 1})
+        async with await psycopg.AsyncConnection.connect(db.url) as renewal:
+            await renewal.execute(
+                "SELECT 1 FROM leases WHERE kind = %s AND key = %s FOR NO KEY UPDATE", first
+            )
+            group = asyncio.gather(a.put(*second, {"v": 2}), a.put(*first, {"v": 1}))
+            for _ in range(600):  # the group waits on the renewal's lock
+                if await waiting():
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the group never waited for the renewal's lock")
+            await renewal.execute(
+                "SELECT 1 FROM leases WHERE kind = %s AND key = %s FOR NO KEY UPDATE", second
+            )
+            await renewal.commit()
+        await group
+        await a.close()
+
+    run(scenario)
+    assert db.run("SELECT key, value FROM records ORDER BY key") == [
+        ("k1", '{"v":1}'), ("k2", '{"v":2}')]
