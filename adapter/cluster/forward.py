@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.bayeux import Message
+from adapter.cluster.peer import forwarded_by
 
 __all__ = ["FORWARDED", "Forwarder", "node_of"]
 
@@ -57,19 +58,19 @@ def node_of(client_id: str) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, node: str, *, timeout: float) -> None:
+    def __init__(self, node: str, *, client: httpx.AsyncClient) -> None:
         self._node = node
         #: Set once the node registry runs (before the first request is served).
         self.locate: Locate | None = None
-        # ``timeout``: a held connect is answered within the connect timeout,
-        # plus a margin for the hop and a slow node.
-        self._client = httpx.AsyncClient(timeout=timeout)
+        # Signed (adapter.cluster.peer.peer_client), with a timeout past the
+        # connect timeout: a held connect is answered within it, plus the hop.
+        self._client = client
 
     async def __call__(
         self, request: Request, body: bytes, messages: Sequence[Message]
     ) -> Response | None:
         """The owner node's answer to this request, or None: answer it here."""
-        if FORWARDED in request.headers or self.locate is None:
+        if forwarded_by(request) is not None or self.locate is None:
             return None
         client_id = next((m.client_id for m in messages if m.client_id), None)
         node = node_of(client_id) if client_id else None
