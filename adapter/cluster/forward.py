@@ -13,9 +13,10 @@ gets ``402 unknown client`` with advice to handshake, which the client does
 over the same WebSocket, on this node (the new session then receives the
 application's backlog from its stream: nothing unconfirmed is lost).
 
-A request that was passed on once is never passed on again, and one whose
-node cannot be reached (dead, or not in the node registry) is answered here:
-``402``, handshake again.  Where a node listens is the node registry's
+Requests passed on are marked and signed (adapter.cluster.peer), and one
+that was passed on once is never passed on again; one whose node cannot be
+reached (dead, or not in the node registry) is answered here: ``402``,
+handshake again.  Where a node listens is the node registry's
 (adapter.cluster.nodes), as for the REST calls passed to an owner node.
 """
 
@@ -30,15 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.bayeux import Message
-from adapter.cluster.peer import forwarded_by
+from adapter.cluster.peer import FORWARDED, forwarded_by
 
 __all__ = ["FORWARDED", "Forwarder", "node_of"]
 
 logger = logging.getLogger(__name__)
-
-#: Marks a request one node passed to another (its value: the sending node);
-#: the name adapter.cluster.ownership gives the REST calls it passes.
-FORWARDED = "X-Presence-Forwarded-By"
 
 
 class Located(Protocol):
