@@ -741,13 +741,7 @@ class Account(_Model, frozen=True, kw_only=True, dict=True):
     password_env: Text | None = None
 
     def __post_init__(self) -> None:
-        given = [name for name in _SECRETS if getattr(self, name) is not None]
-        if not given:
-            raise _Problem("password", "missing (give password, password_hash or password_env)")
-        if len(given) > 1:
-            raise _Problem(
-                given[1], f"give only one of {', '.join(_SECRETS)}, not also {given[0]}"
-            )
+        _exactly_one(self, _SECRETS, "missing (give password, password_hash or password_env)")
         if self.password_hash is not None:
             problem = hash_problem(self.password_hash)
             if problem:
@@ -775,6 +769,16 @@ class Account(_Model, frozen=True, kw_only=True, dict=True):
 
     def may_act_as(self, address: str) -> bool:
         return address in self._address_set
+
+
+def _exactly_one(model: object, names: tuple[str, ...], missing: str) -> str:
+    """The one of ``names`` that ``model`` sets (the first one's problem: ``missing``)."""
+    given = [name for name in names if getattr(model, name) is not None]
+    if not given:
+        raise _Problem(names[0], missing)
+    if len(given) > 1:
+        raise _Problem(given[1], f"give only one of {', '.join(names)}, not also {given[0]}")
+    return given[0]
 
 
 def _environment(key: str, name: str) -> str:
@@ -872,15 +876,11 @@ class ClusterConfig(_Model, frozen=True, kw_only=True):
     tls_key: Path | None = None
 
     def __post_init__(self) -> None:
-        given = [name for name in _CLUSTER_SECRETS if getattr(self, name) is not None]
-        if not given:
-            raise _Problem(
-                "secret",
-                "missing (give secret, secret_file or secret_env: at least "
-                f"{MIN_SECRET} random characters, the same on every node)",
-            )
-        if len(given) > 1:
-            raise _Problem(given[1], f"give only one of {', '.join(_CLUSTER_SECRETS)}")
+        given = _exactly_one(
+            self, _CLUSTER_SECRETS,
+            f"missing (give secret, secret_file or secret_env: at least {MIN_SECRET} "
+            "random characters, the same on every node)",
+        )
         if self.secret_file is not None:
             _readable("secret_file", self.secret_file)
             try:
@@ -895,7 +895,7 @@ class ClusterConfig(_Model, frozen=True, kw_only=True):
         assert self.secret is not None
         if len(self.secret) < MIN_SECRET:
             raise _Problem(
-                given[0],
+                given,
                 f"too short ({len(self.secret)} characters; at least {MIN_SECRET}, "
                 "e.g. from openssl rand -hex 32)",
             )

@@ -1007,7 +1007,7 @@ def test_a_cluster_node_has_a_name_a_redis_and_a_lease(write) -> None:
         (CLUSTER.replace(SECRET, "short"),
          "cluster.secret: too short (5 characters; at least 32, e.g. from openssl rand -hex 32)"),
         (CLUSTER + 'secret_env = "NODE_SECRET"\n',
-         "cluster.secret_env: give only one of secret, secret_file, secret_env"),
+         "cluster.secret_env: give only one of secret, secret_file, secret_env, not also secret"),
         (CLUSTER.replace(f'secret = "{SECRET}"', 'secret_file = "/nonexistent/secret"'),
          "cluster.secret_file: cannot read /nonexistent/secret: No such file or directory"),
         (CLUSTER + 'tls_ca = "/etc/ssl/certs/ca-certificates.crt"\n',
