@@ -6,7 +6,7 @@ nodes calling each other over HTTPS with client certificates, and Redis seen in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from tests.adapter_process import AdapterProcess
 from tests.certificates import TestCA
 from tests.cluster_nodes import ClusterNodes
+from tests.integration import test_cluster
 from tests.integration.conftest import BayeuxListener
 from tests.integration.test_cluster import (
     People,
@@ -29,8 +30,6 @@ from tests.integration.test_cluster import (
 from tests.integration.test_cluster_bayeux import NOTES, activities_of, published, watch_through
 from tests.integration.test_durability import activities, status_changed
 from tests.polling import eventually
-from tests.postgres_server import PostgresCluster
-from tests.presence_server import PresenceServer
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -39,30 +38,9 @@ FORWARDED = "X-Presence-Forwarded-By"
 SIGNATURE = "X-Presence-Node-Signature"
 
 
-@pytest.fixture
-def people() -> People:
-    return People()
-
-
-@pytest.fixture
-def start_cluster(
-    tmp_path: Path, postgres: PostgresCluster, presence_server: PresenceServer, people: People
-) -> Iterator[Callable[..., ClusterNodes]]:
-    """Nodes on the session's PostgreSQL and Kamailio; a Redis of the cluster's own
-    unless one is given (a test stops it)."""
-    started: list[ClusterNodes] = []
-
-    def start(**options: Any) -> ClusterNodes:
-        nodes = ClusterNodes(
-            tmp_path, people.accounts, postgres=postgres, presence=presence_server, **options
-        )
-        started.append(nodes)
-        nodes.start()
-        return nodes
-
-    yield start
-    for nodes in started:
-        nodes.stop()
+# Alice and Bob, and nodes on the session's PostgreSQL, Redis and Kamailio.
+people = test_cluster.people
+start_cluster = test_cluster.start_cluster
 
 
 def refused(answer: httpx.Response) -> bool:
@@ -77,9 +55,9 @@ def refused(answer: httpx.Response) -> bool:
 
 
 def test_only_signed_calls_from_nodes_pass_as_such(
-    start_cluster: Callable[..., ClusterNodes], people: People, redis_server: RedisServer
+    start_cluster: Callable[..., ClusterNodes], people: People
 ) -> None:
-    cluster = start_cluster(redis=redis_server)
+    cluster = start_cluster()
     a, b = cluster.nodes
     assert publish(a, "Busy").status_code == 204  # alice's publication: node a's
     subscribe(a, people)  # bob's watch: node a's
@@ -124,8 +102,8 @@ def test_only_signed_calls_from_nodes_pass_as_such(
 
 @pytest.mark.parametrize("client_certificate", ["its own", "the server's"])
 def test_nodes_pass_calls_to_each_other_when_client_certificates_are_required(
-    start_cluster: Callable[..., ClusterNodes], people: People, redis_server: RedisServer,
-    tmp_path: Path, client_certificate: str,
+    start_cluster: Callable[..., ClusterNodes], people: People, tmp_path: Path,
+    client_certificate: str,
 ) -> None:
     ca = TestCA(tmp_path / "pki")
     application = ca.client("application")
@@ -140,7 +118,7 @@ def test_nodes_pass_calls_to_each_other_when_client_certificates_are_required(
         server = ca.server_and_client("node")
     http = {"tls_cert": str(server.cert), "tls_key": str(server.key),
             "tls_client_ca": str(ca.cert)}
-    cluster = start_cluster(redis=redis_server, tls=ca.client_context(application),
+    cluster = start_cluster(tls=ca.client_context(application),
                             settings={"http": http, "cluster": cluster_keys})
     a, b = cluster.nodes
     assert a.url.startswith("https://")
@@ -200,7 +178,7 @@ def test_a_redis_outage_degrades_a_node_and_its_end_is_seen(
     start_cluster: Callable[..., ClusterNodes], people: People,
     bayeux_listener: Callable[..., BayeuxListener],
 ) -> None:
-    cluster = start_cluster()
+    cluster = start_cluster(redis=None)  # its own Redis: stopped here
     a, b = cluster.nodes
     redis = cluster.redis
     assert isinstance(redis, RedisServer)
