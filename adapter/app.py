@@ -52,6 +52,7 @@ from sip.useragent import Window
 if TYPE_CHECKING:
     from adapter.cluster.bayeux import ClusterBayeux
     from adapter.cluster.ownership import Ownership
+    from adapter.cluster.peer import PeerCheck
 
 __all__ = ["create_app", "make_app"]
 
@@ -379,6 +380,12 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         bayeux = ClusterBayeux(config, limits, bayeux_login, accounts.check_async)
         hub = bayeux.hub
     metrics = Metrics(token=config.metrics.token)
+    peers: PeerCheck | None = None
+    if config.cluster is not None:
+        from adapter.cluster.peer import PeerCheck
+
+        assert config.cluster.secret is not None  # load_config demands it
+        peers = PeerCheck(config.cluster.secret)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its
     # timeout would hold the stop back (adapter.shutdown).
@@ -388,6 +395,10 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         store_probe=store.probe,
         draining=lambda: drain.active,
     )
+    if bayeux is not None:
+        readiness.redis_probe = bayeux.bus.ping
+        relay = bayeux.relay
+        readiness.redis_waiting = lambda: relay.waiting
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
@@ -445,6 +456,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         if config.cluster is not None:
             from adapter.cluster.nodes import Node
             from adapter.cluster.ownership import Ownership
+            from adapter.cluster.peer import peer_client
 
             assert isinstance(store, PostgresStore)
             me = Node(config.cluster.node, f"{config.http.scheme}://{config.http.address}",
@@ -452,6 +464,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             ownership = Ownership(
                 store, me, config.cluster.lease, presentities=presentities,
                 watchers=watchers, request_timeout=timeout,
+                http=peer_client(config, timeout=timeout + 5),
             )
             assert bayeux is not None
             bayeux.forward.locate = ownership.nodes.find
@@ -466,6 +479,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             store_commits=getattr(store, "commit_seconds", None),
             app_ids=[account.id for account in config.accounts],
             cluster=ownership,
+            relay=bayeux.relay if bayeux is not None else None,
+            peers=peers,
         )
         # Recovery runs beside the server: requests are answered meanwhile.
         progress = metrics.recovery
@@ -514,7 +529,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             await endpoint.close()
             await store.close()
 
-    return create_app(
+    app = create_app(
         config,
         sip_probe=endpoint,
         routes=[
@@ -530,3 +545,10 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         readiness=readiness,
         drain=drain,
     )
+    if peers is not None:
+        from adapter.cluster.peer import PeerGate
+
+        # Outermost: a call claiming to come from a node is checked before
+        # anything else sees it.
+        app.add_middleware(PeerGate, check=peers)
+    return app

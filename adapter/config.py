@@ -105,6 +105,7 @@ __all__ = [
     "StoreConfig",
     "XcapConfig",
     "check_ports",
+    "cluster_tls_context",
     "load_config",
     "sip_tls_context",
     "xcap_tls_context",
@@ -508,7 +509,7 @@ def _path(value: object, cwd: Path) -> Path:
 # -- the models ----------------------------------------------------------------------
 
 #: Field names whose values a repr leaves out.
-_SECRET_FIELDS = frozenset({"password", "password_hash", "token"})
+_SECRET_FIELDS = frozenset({"password", "password_hash", "token", "secret"})
 
 
 class _Model(Struct, frozen=True, kw_only=True):
@@ -740,13 +741,7 @@ class Account(_Model, frozen=True, kw_only=True, dict=True):
     password_env: Text | None = None
 
     def __post_init__(self) -> None:
-        given = [name for name in _SECRETS if getattr(self, name) is not None]
-        if not given:
-            raise _Problem("password", "missing (give password, password_hash or password_env)")
-        if len(given) > 1:
-            raise _Problem(
-                given[1], f"give only one of {', '.join(_SECRETS)}, not also {given[0]}"
-            )
+        _exactly_one(self, _SECRETS, "missing (give password, password_hash or password_env)")
         if self.password_hash is not None:
             problem = hash_problem(self.password_hash)
             if problem:
@@ -774,6 +769,16 @@ class Account(_Model, frozen=True, kw_only=True, dict=True):
 
     def may_act_as(self, address: str) -> bool:
         return address in self._address_set
+
+
+def _exactly_one(model: object, names: tuple[str, ...], missing: str) -> str:
+    """The one of ``names`` that ``model`` sets (the first one's problem: ``missing``)."""
+    given = [name for name in names if getattr(model, name) is not None]
+    if not given:
+        raise _Problem(names[0], missing)
+    if len(given) > 1:
+        raise _Problem(given[1], f"give only one of {', '.join(names)}, not also {given[0]}")
+    return given[0]
 
 
 def _environment(key: str, name: str) -> str:
@@ -856,6 +861,50 @@ class ClusterConfig(_Model, frozen=True, kw_only=True):
     #: Seconds between a node's heartbeats and lease renewals; a node silent for
     #: two of them is dead and its work is taken over.
     lease: Positive = 10.0
+    #: Shared by every node: the key of the calls between them (adapter.cluster.peer).
+    #: Exactly one of ``secret``, ``secret_file`` (read here, trailing blanks dropped)
+    #: and ``secret_env`` (then cleared).
+    secret: str | None = None
+    secret_file: Path | None = None
+    secret_env: Text | None = None
+    #: CA certificates (PEM) the other nodes' HTTPS certificates are checked
+    #: against; default: the system's trust store.  Only with ``[http] tls_cert``.
+    tls_ca: Path | None = None
+    #: The client certificate shown to the other nodes (their ``[http]
+    #: tls_client_ca`` must trust it); default: ``[http] tls_cert`` and ``tls_key``.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        given = _exactly_one(
+            self, _CLUSTER_SECRETS,
+            f"missing (give secret, secret_file or secret_env: at least {MIN_SECRET} "
+            "random characters, the same on every node)",
+        )
+        if self.secret_file is not None:
+            _readable("secret_file", self.secret_file)
+            try:
+                text = self.secret_file.read_text().strip()
+            except UnicodeDecodeError:
+                raise _Problem("secret_file", f"{self.secret_file} is not UTF-8 text") from None
+            force_setattr(self, "secret", text)
+            force_setattr(self, "secret_file", None)
+        if self.secret_env is not None:
+            force_setattr(self, "secret", _environment("secret_env", self.secret_env))
+            force_setattr(self, "secret_env", None)
+        assert self.secret is not None
+        if len(self.secret) < MIN_SECRET:
+            raise _Problem(
+                given,
+                f"too short ({len(self.secret)} characters; at least {MIN_SECRET}, "
+                "e.g. from openssl rand -hex 32)",
+            )
+        _both_or_neither(("tls_cert", self.tls_cert), ("tls_key", self.tls_key))
+
+
+_CLUSTER_SECRETS = ("secret", "secret_file", "secret_env")
+#: Characters of ``[cluster] secret`` at least: 128 bits and more as hex.
+MIN_SECRET = 32
 
 
 class BayeuxSettings(TypedDict, total=False):
@@ -921,6 +970,13 @@ class Config(_Model, frozen=True, kw_only=True):
             raise _Problem(
                 "cluster", "needs store.url: the nodes of a cluster share a PostgreSQL store"
             )
+        if self.cluster is not None and self.http.tls_cert is None:
+            for name in ("tls_ca", "tls_cert"):
+                if getattr(self.cluster, name) is not None:
+                    raise _Problem(
+                        f"cluster.{name}",
+                        "is set but the nodes serve plain HTTP (no http.tls_cert)",
+                    )
         if _overlap(self.http.address, self.sip.listen):
             raise _Problem(
                 "sip.listen", f"{self.sip.listen} is also http.host/http.port (both use TCP)"
@@ -972,6 +1028,7 @@ def load_config(path: str | os.PathLike[str], *, cwd: Path | None = None) -> Con
     # Loaded now, so that an unusable certificate stops start-up here, in one line.
     sip_tls_context(config)
     xcap_tls_context(config)
+    cluster_tls_context(config)
     return config
 
 
@@ -1125,16 +1182,18 @@ def _config_error(source: str, exc: msgspec.ValidationError, data: Any) -> Confi
 
 
 def _client_context(
-    source: str, prefix: str, ca: Path, cert: Path | None = None, key: Path | None = None
+    source: str, prefix: str, ca: Path | None, cert: Path | None = None, key: Path | None = None
 ) -> ssl.SSLContext:
-    """A TLS client context that verifies the server with ``ca`` (and may present ``cert``).
+    """A TLS client context that verifies the server with ``ca`` (None: the system's
+    trust store), and may present ``cert``.
 
     RFC 3261 §26.3.1 (and §26.2 for sips): the server's certificate is
     checked, its name included; problems are a :class:`ConfigError` naming the key.
     """
     try:
-        context = ssl.create_default_context(cafile=os.fspath(ca))
+        context = ssl.create_default_context(cafile=None if ca is None else os.fspath(ca))
     except (OSError, ValueError) as exc:
+        assert ca is not None  # the system's store loads, or OpenSSL has none
         raise ConfigError(source, f"{prefix}.tls_ca", _tls_problem(ca, exc)) from None
     if cert is not None and key is not None:
         try:
@@ -1179,6 +1238,17 @@ def xcap_tls_context(config: Config) -> ssl.SSLContext | None:
                                sip.tls_key)
     return sip_tls_context(config)
 
+
+
+def cluster_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context of a node's calls to the other nodes, None when they serve
+    plain HTTP (every node of a cluster is configured alike)."""
+    cluster, http = config.cluster, config.http
+    if cluster is None or http.tls_cert is None:
+        return None
+    cert = cluster.tls_cert or http.tls_cert
+    key = cluster.tls_key or http.tls_key
+    return _client_context(config.source, "cluster", cluster.tls_ca, cert, key)
 
 
 # -- serve-time checks -------------------------------------------------------------

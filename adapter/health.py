@@ -92,6 +92,26 @@ class Readiness:
     store_probe: Callable[[], Awaitable[None]] | None = None
     #: True from SIGTERM on: a draining adapter takes no new work.
     draining: Callable[[], bool] = lambda: False
+    #: A node of a cluster: pings its Redis; raises when it cannot.
+    redis_probe: Callable[[], Awaitable[None]] | None = None
+    #: A node of a cluster: Bayeux messages waiting here for Redis.
+    redis_waiting: Callable[[], int] = lambda: 0
+
+
+async def _check_redis(readiness: Readiness) -> dict[str, Any]:
+    assert readiness.redis_probe is not None
+    out: dict[str, Any] = {"reachable": False}
+    with anyio.move_on_after(PROBE_TIMEOUT):
+        try:
+            await readiness.redis_probe()
+            out["reachable"] = True
+        # As for the store: whatever the probe raises means "not reachable".
+        except Exception as exc:
+            out["reason"] = str(exc) or type(exc).__name__
+    if not out["reachable"]:
+        out.setdefault("reason", f"no answer within {PROBE_TIMEOUT:g} s")
+    out["waiting_messages"] = readiness.redis_waiting()
+    return out
 
 
 async def livez_endpoint(request: Request) -> JSONResponse:
@@ -101,7 +121,13 @@ async def livez_endpoint(request: Request) -> JSONResponse:
 
 async def readyz_endpoint(request: Request) -> JSONResponse:
     """GET /readyz: 200 when recovery is done, the store takes writes and the presence
-    server answers; otherwise 503 with the reasons."""
+    server answers; otherwise 503 with the reasons.
+
+    A node's Redis is reported, and its absence makes the node "degraded", still
+    200: every REST call is served, and the Bayeux messages made meanwhile wait
+    in memory until Redis is back.  The Redis is the same for every node, so
+    taking nodes out of a load balancer would only stop REST calls too.
+    """
     readiness: Readiness = request.app.state.readiness
     reasons: list[str] = []
     if readiness.draining():
@@ -123,6 +149,11 @@ async def readyz_endpoint(request: Request) -> JSONResponse:
     body: dict[str, Any] = {"status": "not ready" if reasons else "ready", "sip": sip.to_json()}
     if reasons:
         body["reasons"] = reasons
+    if readiness.redis_probe is not None:
+        redis = await _check_redis(readiness)
+        body["redis"] = redis
+        if not redis["reachable"] and not reasons:
+            body["status"] = "degraded"
     return JSONResponse(
         body, status_code=503 if reasons else 200, headers={"Cache-Control": "no-store"}
     )

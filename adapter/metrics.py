@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from adapter.bayeux.backlog import Backlog
     from adapter.bayeux.hub import Hub
     from adapter.cluster.ownership import Ownership
+    from adapter.cluster.peer import PeerCheck
+    from adapter.cluster.relay import Relay
     from adapter.watcher import WatcherService
     from sip.aio import SipEndpoint
 
@@ -126,6 +128,10 @@ class Sources:
     app_ids: Sequence[str]
     #: A node of a cluster: its leases (None: alone).
     cluster: Ownership | None = None
+    #: A node of a cluster: its end of the Redis streams, and its check of the
+    #: calls from other nodes.
+    relay: Relay | None = None
+    peers: PeerCheck | None = None
 
 
 class Metrics:
@@ -206,6 +212,18 @@ class AdapterCollector(Collector):
         yield from _bayeux(sources)
         if sources.cluster is not None:
             yield from _cluster(sources.cluster)
+        if sources.relay is not None:
+            yield from _relay(sources.relay)
+        if sources.peers is not None:
+            refused = CounterMetricFamily(
+                PREFIX + "cluster_peer_calls_refused",
+                "Calls marked as coming from another node, or to /cluster/, refused: "
+                "unsigned, malformed, stale (clock off) or bad-signature.",
+                labels=["reason"],
+            )
+            for reason, count in sorted(sources.peers.refused.items()):
+                refused.add_metric([reason], count)
+            yield refused
         if sources.store_commits is not None:
             yield _histogram(
                 "store_commit_duration_seconds",
@@ -238,6 +256,30 @@ def _cluster(cluster: Ownership) -> Iterator[Metric]:
         "cluster_forwarded_requests",
         "REST calls this node passed to the node owning their work.",
         cluster.forwarded,
+    )
+
+
+def _relay(relay: Relay) -> Iterator[Metric]:
+    yield _gauge(
+        "cluster_redis_up",
+        "1 while Redis answered this node's last call, 0 once one failed.",
+        1 if relay.connected else 0,
+    )
+    yield _counter(
+        "cluster_redis_errors",
+        "Calls of this node to Redis that failed (unreachable, or an error).",
+        relay.errors,
+    )
+    yield _gauge(
+        "cluster_relay_waiting_messages",
+        "Bayeux messages made on this node and waiting in its memory to be added to Redis.",
+        relay.waiting,
+    )
+    yield _counter(
+        "cluster_relay_dropped_messages",
+        "Bayeux messages dropped from that wait: Redis unreachable too long, and the "
+        "memory's bound reached.",
+        relay.dropped,
     )
 
 

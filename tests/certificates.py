@@ -42,6 +42,16 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     )
 
 
+def _names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
 class TestCA:
     """A certificate authority of the test's own."""
 
@@ -79,7 +89,7 @@ class TestCA:
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     def _issue(
-        self, name: str, usage: x509.ObjectIdentifier, names: list[x509.GeneralName]
+        self, name: str, usages: list[x509.ObjectIdentifier], names: list[x509.GeneralName]
     ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -92,7 +102,7 @@ class TestCA:
             .not_valid_before(now - _DAY)
             .not_valid_after(now + 30 * _DAY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
@@ -109,16 +119,17 @@ class TestCA:
     def server(
         self, name: str = "server", hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
     ) -> Issued:
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
-        return self._issue(name, ExtendedKeyUsageOID.SERVER_AUTH, names)
+        return self._issue(name, [ExtendedKeyUsageOID.SERVER_AUTH], _names(hosts))
 
     def client(self, name: str = "client") -> Issued:
-        return self._issue(name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        return self._issue(name, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+
+    def server_and_client(
+        self, name: str = "node", hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    ) -> Issued:
+        """A server's certificate that is good as a client's too (a cluster node's)."""
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        return self._issue(name, usages, _names(hosts))
 
     def client_context(self, client: Issued | None = None) -> ssl.SSLContext:
         """A client's TLS context trusting this CA, presenting ``client`` when given."""

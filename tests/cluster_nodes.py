@@ -14,12 +14,18 @@ by :meth:`ClusterNodes.stop`.  Each cluster gets a database of its own.
         a, b = cluster.nodes
         a.client("alice-app").post(...)
 
+The nodes share a ``[cluster] secret`` made here (:attr:`ClusterNodes.secret`);
+``tls`` is the client side of HTTPS for nodes that serve it (``[http] tls_cert``
+in ``settings``).
+
 Every node is an :class:`~tests.adapter_process.AdapterProcess`: ``kill()``
 (SIGKILL), ``restart()``, ``client(account)``, ``log_tail()`` as for one.
 """
 
 from __future__ import annotations
 
+import secrets
+import ssl
 import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -62,6 +68,7 @@ class ClusterNodes:
         redis: RedisServer | None = None,
         presence: PresenceServer | None = None,
         settings: Mapping[str, Mapping[str, object]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.directory = directory
         self.accounts = tuple(accounts)
@@ -71,6 +78,9 @@ class ClusterNodes:
         self.postgres = postgres
         self.redis = redis
         self.presence = presence
+        self.tls = tls
+        #: ``[cluster] secret``, the same for every node.
+        self.secret = secrets.token_hex(32)
         #: What was started here (and is stopped here).
         self._own: list[PostgresCluster | RedisServer | PresenceServer] = []
         #: The store's URL, once started.
@@ -117,11 +127,11 @@ class ClusterNodes:
             table: dict(keys) for table, keys in self.settings.items()
         }
         settings.setdefault("store", {})["url"] = self.store_url
-        settings.setdefault("cluster", {}).update(
-            {"node": name, "redis": self.redis.url, "lease": self.lease}
-        )
+        cluster = settings.setdefault("cluster", {})
+        cluster.update({"node": name, "redis": self.redis.url, "lease": self.lease})
+        cluster.setdefault("secret", self.secret)
         return AdapterProcess.for_server(
-            directory, self.presence, self.accounts, settings=settings
+            directory, self.presence, self.accounts, settings=settings, tls=self.tls
         )
 
     def running(self) -> list[AdapterProcess]:

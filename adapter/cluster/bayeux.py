@@ -13,6 +13,7 @@ from adapter.bayeux import BayeuxLimits, Hub
 from adapter.bayeux.server import Authenticator
 from adapter.cluster.bus import Bus
 from adapter.cluster.forward import Forwarder
+from adapter.cluster.peer import peer_client
 from adapter.cluster.relay import Relay
 from adapter.config import Config
 
@@ -43,7 +44,9 @@ class ClusterBayeux:
             authenticate, limits, prepare=prepare, shared=True, new_client_id=new_client_id
         )
         self.relay = Relay(self.bus, self.hub, ttl=limits.backlog_ttl)
-        self.forward = Forwarder(node, timeout=limits.connect_timeout + FORWARD_MARGIN)
+        self.forward = Forwarder(
+            node, client=peer_client(config, timeout=limits.connect_timeout + FORWARD_MARGIN)
+        )
 
     def start(self) -> None:
         self.relay.start()

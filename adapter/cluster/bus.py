@@ -218,5 +218,9 @@ class Bus:
                 pipe.xdel(self.stream(app_id), *ids)
             await self._call(pipe.execute())
 
+    async def ping(self) -> None:
+        """Raises BusDown unless Redis answers (for /readyz)."""
+        await self._call(self._redis.ping())
+
     async def close(self) -> None:
         await self._redis.aclose()

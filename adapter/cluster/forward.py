@@ -13,9 +13,10 @@ gets ``402 unknown client`` with advice to handshake, which the client does
 over the same WebSocket, on this node (the new session then receives the
 application's backlog from its stream: nothing unconfirmed is lost).
 
-A request that was passed on once is never passed on again, and one whose
-node cannot be reached (dead, or not in the node registry) is answered here:
-``402``, handshake again.  Where a node listens is the node registry's
+Requests passed on are marked and signed (adapter.cluster.peer), and one
+that was passed on once is never passed on again; one whose node cannot be
+reached (dead, or not in the node registry) is answered here: ``402``,
+handshake again.  Where a node listens is the node registry's
 (adapter.cluster.nodes), as for the REST calls passed to an owner node.
 """
 
@@ -30,14 +31,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.bayeux import Message
+from adapter.cluster.peer import FORWARDED, forwarded_by
 
 __all__ = ["FORWARDED", "Forwarder", "node_of"]
 
 logger = logging.getLogger(__name__)
-
-#: Marks a request one node passed to another (its value: the sending node);
-#: the name adapter.cluster.ownership gives the REST calls it passes.
-FORWARDED = "X-Presence-Forwarded-By"
 
 
 class Located(Protocol):
@@ -57,19 +55,19 @@ def node_of(client_id: str) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, node: str, *, timeout: float) -> None:
+    def __init__(self, node: str, *, client: httpx.AsyncClient) -> None:
         self._node = node
         #: Set once the node registry runs (before the first request is served).
         self.locate: Locate | None = None
-        # ``timeout``: a held connect is answered within the connect timeout,
-        # plus a margin for the hop and a slow node.
-        self._client = httpx.AsyncClient(timeout=timeout)
+        # Signed (adapter.cluster.peer.peer_client), with a timeout past the
+        # connect timeout: a held connect is answered within it, plus the hop.
+        self._client = client
 
     async def __call__(
         self, request: Request, body: bytes, messages: Sequence[Message]
     ) -> Response | None:
         """The owner node's answer to this request, or None: answer it here."""
-        if FORWARDED in request.headers or self.locate is None:
+        if forwarded_by(request) is not None or self.locate is None:
             return None
         client_id = next((m.client_id for m in messages if m.client_id), None)
         node = node_of(client_id) if client_id else None

@@ -50,7 +50,8 @@ from adapter.cluster.leases import (
     LeaseKey,
 )
 from adapter.cluster.nodes import Node, NodeRegistry
-from adapter.errors import FaultCode, ServiceError
+from adapter.cluster.peer import forwarded_by
+from adapter.errors import FaultCode, PolicyError, ServiceError
 from adapter.metrics import RecoveryProgress
 from adapter.presentity import PUBLICATION, PresentityService, StoredDirectory
 from adapter.records import SCHEDULE, WATCH
@@ -105,6 +106,7 @@ class Ownership:
         watchers: WatcherService,
         request_timeout: float,
         pace: RecoveryPace = RecoveryPace(),
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.store = store
         self.me = me
@@ -124,7 +126,8 @@ class Ownership:
         self._adoptions: set[asyncio.Task[None]] = set()
         self._recovering: asyncio.Future[None] | None = None
         self._first = True
-        self._http = httpx.AsyncClient(timeout=request_timeout + 5)
+        #: Calls to the other nodes (adapter.cluster.peer.peer_client: signed).
+        self._http = http or httpx.AsyncClient(timeout=request_timeout + 5)
         #: Set once the first round (renewal, sweep, taking up) is done.
         self.ready = asyncio.Event()
         #: For /metrics: work taken from other nodes, work let go, calls passed on.
@@ -408,7 +411,7 @@ class Ownership:
         self, request: Request, kind: str, key: str, *, create: bool = True
     ) -> Response | None:
         """None: serve the call here; else the owner node's answer to it."""
-        forwarded = request.headers.get(FORWARDED) is not None
+        forwarded = forwarded_by(request) is not None
         node = await self.owner(kind, key, create=create, forwarded=forwarded)
         if node is None:
             return None
@@ -491,9 +494,10 @@ RULES_PATH = "/cluster/rules"
 async def rules_endpoint(request: Request) -> Response:
     """POST /cluster/rules?presentity=URI → 204: the rules changed through another node.
 
-    Not authenticated: all it makes a node do is read the presentity's rules
-    again (and re-publish a publication it owns).
+    Only from another node (its signature checked by adapter.cluster.peer.PeerGate).
     """
+    if forwarded_by(request) is None:
+        raise PolicyError.policy_error("not a call from a node of this cluster")
     presentity = request.query_params.get("presentity")
     if not presentity:
         return Response(status_code=400)

@@ -115,6 +115,7 @@ class Relay:
         self._kick = asyncio.Event()
         self._pruned_at = 0.0
         self.dropped = 0  # outbox overflow
+        self.errors = 0  # calls to Redis that failed (for /metrics)
         # Consuming.
         self._cursors: dict[str, str] = {}
         self._fetches: deque[tuple[str, tuple[Channel, ...]]] = deque()
@@ -132,8 +133,13 @@ class Relay:
 
     @property
     def connected(self) -> bool:
-        """Whether Redis answered the last call (for /readyz)."""
+        """Whether Redis answered the last call (for /metrics)."""
         return self._down is None
+
+    @property
+    def waiting(self) -> int:
+        """Messages made here and not yet added to Redis (the outbox)."""
+        return len(self._outbox)
 
     def start(self) -> None:
         self._tasks = [
@@ -408,6 +414,7 @@ class Relay:
     # -- Redis's state, in the log -------------------------------------------------
 
     def _lost(self, exc: BusDown) -> None:
+        self.errors += 1
         if self._down is None:
             logger.warning("cluster: %s; Bayeux messages wait until it answers again", exc)
         self._down = str(exc)

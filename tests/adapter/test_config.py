@@ -190,7 +190,8 @@ def test_a_store_that_is_not_one_sqlite_file_or_one_postgresql_url_is_one_line(
 
 
 def test_the_urls_of_a_cluster_node_are_shown_without_their_passwords(write) -> None:
-    cluster = '\n[cluster]\nnode = "a"\nredis = "redis://:r-secret@127.0.0.1:6379/0"\n'
+    cluster = ('\n[cluster]\nnode = "a"\nredis = "redis://:r-secret@127.0.0.1:6379/0"\n'
+               f'secret = "{"x" * 32}"\n')
     config = load_config(write(edited(STORE_PATH, f'url = "{PG_URL}"') + cluster))
     assert "r-secret" not in repr(config) and "pg-secret" not in repr(config)
     # A URL with no password at all is shown as it is.
@@ -973,7 +974,8 @@ def test_any_value_for_any_key_loads_or_is_one_line_naming_a_key(write, key, val
 
 
 POSTGRES_STORE = '[store]\nurl = "postgresql://adapter@127.0.0.1:5432/adapter"\n'
-CLUSTER = '\n[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\n'
+SECRET = "0123456789abcdef" * 4
+CLUSTER = f'\n[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\nsecret = "{SECRET}"\n'
 
 
 def test_a_cluster_node_has_a_name_a_redis_and_a_lease(write) -> None:
@@ -999,6 +1001,19 @@ def test_a_cluster_node_has_a_name_a_redis_and_a_lease(write) -> None:
         (CLUSTER.replace("redis://127.0.0.1:6379/0", "redis://:pw@"),
          'cluster.redis: "redis://:***@" has no host'),
         (CLUSTER + "lease = 0\n", "cluster.lease: must be positive"),
+        (CLUSTER.replace(f'secret = "{SECRET}"\n', ""),
+         "cluster.secret: missing (give secret, secret_file or secret_env: at least 32 "
+         "random characters, the same on every node)"),
+        (CLUSTER.replace(SECRET, "short"),
+         "cluster.secret: too short (5 characters; at least 32, e.g. from openssl rand -hex 32)"),
+        (CLUSTER + 'secret_env = "NODE_SECRET"\n',
+         "cluster.secret_env: give only one of secret, secret_file, secret_env, not also secret"),
+        (CLUSTER.replace(f'secret = "{SECRET}"', 'secret_file = "/nonexistent/secret"'),
+         "cluster.secret_file: cannot read /nonexistent/secret: No such file or directory"),
+        (CLUSTER + 'tls_ca = "/etc/ssl/certs/ca-certificates.crt"\n',
+         "cluster.tls_ca: is set but the nodes serve plain HTTP (no http.tls_cert)"),
+        (CLUSTER + 'tls_cert = "/x.pem"\n',
+         "cluster.tls_key: missing (tls_cert and tls_key go together)"),
     ],
 )
 def test_a_bad_cluster_table_is_one_line(write, cluster: str, line: str) -> None:
@@ -1007,3 +1022,19 @@ def test_a_bad_cluster_table_is_one_line(write, cluster: str, line: str) -> None
     if store:
         text = edited('[store]\npath = "var/adapter.sqlite"\n', store) + cluster
     assert error_line(write(text)) == line
+
+
+def test_a_cluster_secret_may_come_from_a_file_or_the_environment(
+    write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = edited('[store]\npath = "var/adapter.sqlite"\n', POSTGRES_STORE)
+    secret_file = tmp_path / "cluster.secret"
+    secret_file.write_text(SECRET + "\n")
+    from_file = CLUSTER.replace(f'secret = "{SECRET}"', f'secret_file = "{secret_file}"')
+    config = load_config(write(store + from_file))
+    assert config.cluster is not None and config.cluster.secret == SECRET
+    assert SECRET not in repr(config)
+    monkeypatch.setenv("NODE_SECRET", SECRET)
+    from_env = CLUSTER.replace(f'secret = "{SECRET}"', 'secret_env = "NODE_SECRET"')
+    config = load_config(write(store + from_env))
+    assert config.cluster is not None and config.cluster.secret == SECRET

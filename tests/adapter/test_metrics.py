@@ -117,6 +117,38 @@ def test_readyz_names_every_reason(config: Config) -> None:
     ]
 
 
+def test_readyz_reports_a_node_s_redis_and_is_degraded_without_it(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapter.health.PROBE_TIMEOUT", 0.05)
+    answers: list[str] = ["up"]
+
+    async def redis() -> None:
+        if answers[0] == "refused":
+            raise ConnectionRefusedError("redis: Connection refused")
+        if answers[0] == "silent":
+            await asyncio.sleep(3600)
+
+    readiness = Readiness(redis_probe=redis, redis_waiting=lambda: 7)
+    with client(config, readiness=readiness) as c:
+        ready = c.get("/readyz")
+        answers[0] = "refused"
+        refused = c.get("/readyz")
+        answers[0] = "silent"
+        silent = c.get("/readyz")
+        readiness.draining = lambda: True
+        draining = c.get("/readyz")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert ready.json()["redis"] == {"reachable": True, "waiting_messages": 7}
+    assert (refused.status_code, refused.json()["status"]) == (200, "degraded")
+    assert refused.json()["redis"] == {
+        "reachable": False, "reason": "redis: Connection refused", "waiting_messages": 7}
+    assert "reasons" not in refused.json()
+    assert silent.json()["redis"]["reason"] == "no answer within 0.05 s"
+    # Not ready for its own reasons: "not ready", whatever Redis says.
+    assert (draining.status_code, draining.json()["status"]) == (503, "not ready")
+
+
 def test_readyz_store_probe_that_hangs_is_cut_short(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:

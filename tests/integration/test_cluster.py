@@ -63,9 +63,9 @@ def start_cluster(
     started: list[ClusterNodes] = []
 
     def start(**options: Any) -> ClusterNodes:
+        options.setdefault("redis", redis_server)  # None: a Redis of the cluster's own
         nodes = ClusterNodes(
-            tmp_path, people.accounts, postgres=postgres, redis=redis_server,
-            presence=presence_server, **options,
+            tmp_path, people.accounts, postgres=postgres, presence=presence_server, **options
         )
         started.append(nodes)
         nodes.start()
