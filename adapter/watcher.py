@@ -30,6 +30,7 @@ from adapter.records import (
     SCHEDULE,
     WATCH,
     schedule_key,
+    schedule_lease,
     watch_from_record,
     watch_key,
     watch_to_record,
@@ -514,7 +515,9 @@ class WatcherService:
                 writes.append(self._save_schedule(action.schedule))
             elif isinstance(action, ForgetSchedule):
                 self._writing.pop((action.schedule.app_id, action.schedule.correlator), None)
-                writes.append(self._store.delete(SCHEDULE, schedule_key(action.schedule)))
+                writes.append(self._store.delete(
+                    SCHEDULE, schedule_key(action.schedule), lease=schedule_lease(action.schedule)
+                ))
             elif isinstance(action, SaveProgress):
                 self._queue_progress(action.schedules)
             elif isinstance(action, ReadRules):
@@ -583,7 +586,10 @@ class WatcherService:
     # -- write-behind of schedules' progress ----------------------------------------
 
     def _save_schedule(self, schedule: Schedule) -> asyncio.Future[None]:
-        return self._store.put(SCHEDULE, schedule_key(schedule), schedule_to_record(schedule))
+        return self._store.put(
+            SCHEDULE, schedule_key(schedule), schedule_to_record(schedule),
+            lease=schedule_lease(schedule),
+        )
 
     def _queue_progress(self, schedules: Any) -> None:
         for schedule in schedules:

@@ -131,8 +131,11 @@ class Ownership:
         self.taken_over = 0
         self.let_go = 0
         self.forwarded = 0
+        #: Work whose end (its record and lease deleted) is being written.
+        self._ending: dict[LeaseKey, asyncio.Future[None]] = {}
         store.fence = self._token
         store.on_stale = lambda kind, key: self.release((kind, key))
+        store.on_end = self._ends
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -205,7 +208,9 @@ class Ownership:
         for lease in lost:
             self._let_go(lease, "taken by another node")
         if found:
-            self._take_up(found, own=True)
+            # One whose record is gone is work that ended (its end written
+            # after this renewal read the lease): dropped, not taken up.
+            self._take_up(found, own=True, drop_unrecorded=True)
         if self._renew_failed:
             # Back after an outage: every node gets two periods to renew what
             # it still holds before this one takes another's.
@@ -338,6 +343,20 @@ class Ownership:
                     out[(kind, key)] = json.loads(value)
         return out
 
+    def _ends(self, kind: str, key: str, done: asyncio.Future[None]) -> None:
+        """The work's end is queued, its lease deleted with its record: the lease is
+        no longer this node's to write under, and a call that starts the same
+        work again waits for the end to be written, then takes a new lease."""
+        lease = (kind, key)
+        self.book.drop(lease)
+        self._ending[lease] = done
+
+        def written(_: asyncio.Future[None]) -> None:
+            if self._ending.get(lease) is done:
+                del self._ending[lease]
+
+        done.add_done_callback(written)
+
     def release(self, lease: LeaseKey) -> None:
         """A write found the lease stale: another node owns that work now."""
         if self.book.drop(lease) is not None:
@@ -374,6 +393,9 @@ class Ownership:
         when the store cannot be asked.
         """
         lease = (kind, key)
+        ending = self._ending.get(lease)
+        if ending is not None:
+            await asyncio.wait([ending])
         adopting = self._adopting.get(lease)
         if adopting is not None:
             await asyncio.shield(adopting)
