@@ -344,6 +344,12 @@ async def get_user_presence(request: Request) -> Response:
     if (elsewhere := await routed(request, WATCH, key, create=False)) is not None:
         return elsewhere
     service: WatcherService = request.state.watcher
+    cluster = _cluster(request)
+    if cluster is not None and not service.answers(who.address, presentity):
+        # A member of a group the watcher watches through another node.
+        elsewhere = await cluster.route_member(request, who.address, presentity)
+        if elsewhere is not None:
+            return elsewhere
     presence = await service.user_presence(who.address, presentity, asked)
     attributes = presence.attributes if presence is not None else ()
     return json_response(models.PresenceResult([item_of(a) for a in attributes]))

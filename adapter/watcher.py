@@ -252,6 +252,11 @@ class WatcherService:
     ) -> Presence | None:
         return self.machine.presence(watcher, presentity, attributes)
 
+    def answers(self, watcher: str, presentity: str) -> bool:
+        """Whether Get User Presence is answered from a watch held here (the
+        watcher's own, or an active member watch of one of its groups)."""
+        return self.machine.answers(watcher, presentity)
+
     # -- Start / End Presence Notification ---------------------------------
 
     async def start_notification(

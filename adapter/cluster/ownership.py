@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -49,7 +49,7 @@ from adapter.cluster.leases import (
     LeaseBook,
     LeaseKey,
 )
-from adapter.cluster.nodes import Node, NodeRegistry
+from adapter.cluster.nodes import NameTaken, Node, NodeRegistry
 from adapter.errors import FaultCode, ServiceError
 from adapter.metrics import RecoveryProgress
 from adapter.presentity import PUBLICATION, PresentityService, StoredDirectory
@@ -105,6 +105,7 @@ class Ownership:
         watchers: WatcherService,
         request_timeout: float,
         pace: RecoveryPace = RecoveryPace(),
+        stop: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.me = me
@@ -131,6 +132,9 @@ class Ownership:
         self.taken_over = 0
         self.let_go = 0
         self.forwarded = 0
+        #: Stops the process (another one took this node's name).
+        self._stop = stop
+        self._name_lost = False
         #: Work whose end (its record and lease deleted) is being written.
         self._ending: dict[LeaseKey, asyncio.Future[None]] = {}
         store.fence = self._token
@@ -163,24 +167,39 @@ class Ownership:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            await self.store.query(GIVE_UP, {"me": self.me.name})
-            await self.nodes.leave()
+            if not self._name_lost:  # else the leases and the row are the other's
+                await self.store.query(GIVE_UP, {"me": self.me.name})
+                await self.nodes.leave()
         except StoreError as exc:
             logger.warning("cluster: leases not handed over at stop (they expire): %s", exc)
         await self._http.aclose()
 
     async def _run(self, progress: RecoveryProgress | None) -> None:
-        while True:
+        while not self._name_lost:
             try:
                 await self.tick()
             except StoreError as exc:
                 logger.warning("cluster: round failed: %s", exc)
+            except NameTaken as exc:
+                self._lose_name(exc)
+                return
             if self._recovering is None and not self._renew_failed and not self._first:
                 # The first round is done: ready once what it took is taken up.
                 self._recovering = asyncio.ensure_future(
                     self._recovered(list(self._adoptions), progress)
                 )
             await asyncio.sleep(self.lease / 2)
+
+    def _lose_name(self, exc: NameTaken) -> None:
+        """Another process runs under this node's name (started while this one
+        seemed dead, say): both would renew the same leases, so this one lets
+        all its work go, sending nothing it need not, and stops."""
+        logger.error("cluster: %s: this node lets its work go and stops", exc)
+        self._name_lost = True
+        for lease in self.book.keys():
+            self.book.drop(lease)
+            self._let_go(lease, "the node's name is another process's")
+        self._stop()
 
     async def _recovered(
         self, adoptions: list[asyncio.Task[None]], progress: RecoveryProgress | None
@@ -392,6 +411,8 @@ class Ownership:
         Raises a 503 ServiceError when the work is changing hands, StoreError
         when the store cannot be asked.
         """
+        if self._name_lost:
+            raise _moving("this node is stopping")
         lease = (kind, key)
         ending = self._ending.get(lease)
         if ending is not None:
@@ -457,6 +478,34 @@ class Ownership:
             return JSONResponse(error.body(), error.status, dict(error.headers))
         passed = {k: v for k, v in answer.headers.items() if k not in _NOT_PASSED}
         return Response(answer.content, answer.status_code, passed)
+
+    async def route_member(
+        self, request: Request, watcher: str, presentity: str
+    ) -> Response | None:
+        """Get User Presence of ``presentity`` as a member of one of ``watcher``'s
+        groups, which another node watches: that node's answer (None: serve
+        the call here).  The groups' records list their members."""
+        if request.headers.get(FORWARDED) is not None:
+            return None
+        for key in await self.groups_of(watcher, presentity):
+            node = await self.owner(WATCH, key, create=False)
+            if node is not None:
+                return await self.forward(request, node)
+        return None
+
+    async def groups_of(self, watcher: str, presentity: str) -> list[str]:
+        """The watch keys of ``watcher``'s groups that list ``presentity``."""
+        prefix = json.dumps([watcher])[:-1] + ", "  # a watch key: [watcher, presentity]
+        rows = await self.store.query(
+            "SELECT key, value FROM records WHERE kind = %s AND starts_with(key, %s)"
+            " ORDER BY key", (WATCH, prefix),
+        )
+        groups = []
+        for key, value in rows:
+            record = json.loads(value)
+            if record.get("list") and presentity in (record.get("members") or {}):
+                groups.append(key)
+        return groups
 
     async def schedule_owner(self, app_id: str, correlator: str) -> str | None:
         """The watch key (for :meth:`route`) of a schedule kept in the store, None

@@ -92,7 +92,7 @@ __all__ = ["FENCED", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "StaleLeas
 logger = logging.getLogger(__name__)
 
 #: The schema this adapter writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
 #: Seconds a write waits for a connection (the server unreachable) before it
@@ -129,8 +129,13 @@ _CLUSTER_TABLES = (
     "CREATE INDEX leases_expires ON leases (expires)",
 )
 
+#: Each node's process is told apart by a random instance id written with its
+#: heartbeat: a second process under a live node's name is refused
+#: (adapter.cluster.nodes.claim).
+_NODE_INSTANCES = ("ALTER TABLE nodes ADD COLUMN instance text NOT NULL DEFAULT ''",)
+
 #: Version -> the statements that bring a store of that version to the next.
-MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES}
+MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES, 2: _NODE_INSTANCES}
 
 #: The snapshot's key for the backlog (not a kind of record).
 _BACKLOG = "backlog"
@@ -308,7 +313,7 @@ class PostgresStore:
                             self.where, found, SCHEMA_VERSION,
                         )
                     else:
-                        statements = [*_TABLES, *_CLUSTER_TABLES]
+                        statements = [*_TABLES, *_CLUSTER_TABLES, *_NODE_INSTANCES]
                     for sql in statements:
                         db.execute(sql)
                     db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))
@@ -344,6 +349,17 @@ class PostgresStore:
         try:
             with self._connect() as db:
                 return db.execute(sql, args).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+
+    def run_locked(
+        self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """One statement on the connection that holds the store's lock, blocking
+        (before serving): a session lock it takes is held while the store is open."""
+        try:
+            cursor = self._owner.execute(sql, args)
+            return cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {_line(exc)}") from None
 
