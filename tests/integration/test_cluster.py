@@ -324,3 +324,102 @@ def test_a_postgresql_outage_longer_than_the_leases_pauses_the_work_and_resumes_
     eventually(lambda: publish(b, "Meal").status_code == 204, timeout=30, what="Publish again")
     eventually(lambda: activity_seen(b, people, "Meal"), what="Meal through node b")
     assert len(publications(server, people.alice)) == 1
+
+
+def test_ended_work_leaves_no_lease_and_a_takeover_finds_only_live_work(
+    start_cluster: Callable[..., ClusterNodes], people: People
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    subscribe(a, people)
+    with a.client("bob-app") as http:
+        item = {"typeAndValue": {"unionElement": "Activity", "activity": "Meal"}}
+        assert http.post("/rest/presence", json={"presence": [item]}).status_code == 204
+    bob_publication = ("publication", people.bob)
+    assert owners(cluster) == {
+        ("publication", people.alice): "a", watch_lease(people): "a", bob_publication: "a",
+    }
+    # Alice withdraws everything (un-PUBLISH); bob ends his subscription.
+    with a.client("alice-app") as http:
+        assert http.delete("/rest/presence").status_code == 204
+    with a.client("bob-app") as http:
+        ended = http.delete("/rest/presence/subscription", params={"presentity": people.alice})
+    assert ended.status_code == 204, ended.text
+    eventually(lambda: owners(cluster) == {bob_publication: "a"}, what="ended work's leases gone")
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        kinds = db.execute("SELECT kind, key FROM records ORDER BY kind").fetchall()
+    assert kinds == [bob_publication]
+    # Started again at once, the same work takes a new lease.
+    assert publish(a, "Away").status_code == 204
+    with a.client("alice-app") as http:
+        assert http.delete("/rest/presence").status_code == 204
+    # Withdrawing what is not published (its lease gone with it) is fine.
+    with a.client("alice-app") as http:
+        assert http.delete("/rest/presence").status_code == 204
+    eventually(lambda: owners(cluster) == {bob_publication: "a"}, what="ended again")
+
+    a.kill()
+    eventually(lambda: owners(cluster) == {bob_publication: "b"}, timeout=30,
+               what="node b taking node a's live work")
+    # Node b claimed the one piece of live work, nothing that had ended.
+    assert metric_values(b)["presence_adapter_cluster_taken_over_total"] == 1
+    assert metric_values(b)["presence_adapter_cluster_let_go_total"] == 0
+
+
+def duplicate(cluster: ClusterNodes, name: str, directory: Path) -> AdapterProcess:
+    """A process of its own (its own ports) under the node name ``name``."""
+    assert cluster.presence is not None and cluster.redis is not None
+    directory.mkdir()
+    settings: dict[str, dict[str, object]] = {
+        "store": {"url": cluster.store_url},
+        "cluster": {"node": name, "redis": cluster.redis.url, "lease": cluster.lease},
+    }
+    return AdapterProcess.for_server(directory, cluster.presence, cluster.accounts,
+                                     settings=settings)
+
+
+def node_row(cluster: ClusterNodes, name: str) -> tuple[Any, ...] | None:
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        return db.execute("SELECT http, instance FROM nodes WHERE name = %s",
+                          (name,)).fetchone()
+
+
+def test_a_second_process_under_a_live_node_s_name_is_refused(
+    start_cluster: Callable[..., ClusterNodes], people: People, tmp_path: Path
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    before = node_row(cluster, "a")
+    assert before is not None and before[0] == a.url and before[1]
+
+    second = duplicate(cluster, "a", tmp_path / "second-a")
+    refused = second.run_to_exit(timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "cluster.node" in lines[0] and "live node" in lines[0] and a.url in lines[0]
+    # The live node is undisturbed: its row, its lease, its work.
+    assert node_row(cluster, "a") == before
+    assert owners(cluster)[("publication", people.alice)] == "a"
+    assert publish(b, "Meal").status_code == 204  # passed to node a, which answers
+    with a.client() as http:
+        assert http.get("/readyz").status_code == 200
+
+    # Stopped cleanly, node a starts again at once, as a new instance.
+    a.stop()
+    assert node_row(cluster, "a") is None
+    a.restart(healthy=True)
+    again = node_row(cluster, "a")
+    assert again is not None and again[1] != before[1]
+    # Killed, it starts again at once too: its process's session (and the
+    # lock it held on the name) ended with it.
+    a.kill()
+    a.restart(timeout=30, healthy=True)
+    after = node_row(cluster, "a")
+    assert after is not None and after[1] != again[1]
+    # Node b took alice's publication when node a stopped; the new node a
+    # passes her Publish to it.
+    assert publish(a, "Away").status_code == 204
+    assert owners(cluster)[("publication", people.alice)] == "b"
