@@ -20,6 +20,7 @@ import pytest
 from pidf import Activity, decode
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.cluster_nodes import ClusterNodes
+from tests.groups import put_pres_rules, put_rls_services
 from tests.integration.test_durability import publications, winfo_watchers
 from tests.polling import eventually
 from tests.postgres_server import PostgresCluster
@@ -41,6 +42,7 @@ class People:
         self.alice = f"sip:alice-{run}@example.com"
         self.bob = f"sip:bob-{run}@example.com"
         self.phone = f"sip:phone-{run}@example.com"
+        self.group = f"sip:friends-{run}@example.com"
         self.accounts = (
             AppAccount("alice-app", "alice-secret", (self.alice,)),
             AppAccount("bob-app", "bob-secret", (self.bob,)),
@@ -423,3 +425,60 @@ def test_a_second_process_under_a_live_node_s_name_is_refused(
     # passes her Publish to it.
     assert publish(a, "Away").status_code == 204
     assert owners(cluster)[("publication", people.alice)] == "b"
+
+
+def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_other(
+    start_cluster: Callable[..., ClusterNodes],
+    people: People,
+    sip_phone: Callable[[str], SipPhone],
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    server = cluster.presence
+    assert server is not None
+    phone = sip_phone(people.phone)
+    phone.publish("online", "busy", "on a call")
+    # Bob's group lists the phone, which allows him (docs/kamailio.md, "Resource lists").
+    put_pres_rules(server.xcap_root, people.phone, [people.bob])
+    put_rls_services(server.xcap_root, people.bob, people.group, [people.phone])
+    body = {
+        "application": "buddies", "presentity": people.group, "attributes": [],
+        "reference": {"correlator": "g1", "endpoint": "/bayeux/bob-app/group",
+                      "interfaceName": "PresenceNotification"},
+    }
+    with a.client("bob-app") as http:
+        answer = http.post("/rest/presence/subscription", json=body)
+    assert answer.status_code == 204, answer.text
+    group_lease = ("watch", json.dumps((people.bob, people.group)))
+    assert owners(cluster) == {group_lease: "a"}
+
+    def member(node: AdapterProcess) -> httpx.Response:
+        with node.client("bob-app") as http:
+            return http.get("/rest/presence", params={"presentity": people.phone})
+
+    def busy(node: AdapterProcess) -> bool:
+        answer = member(node)
+        return answer.status_code == 200 and any(
+            item["typeAndValue"].get("activity") == "Busy" for item in answer.json()["result"])
+
+    eventually(lambda: busy(a), timeout=30, what="the phone Busy through node a")
+    forwarded = metric_values(b)["presence_adapter_cluster_forwarded_requests_total"]
+    # Node b holds no watch of the phone: it passes the call to node a.
+    through_b = member(b)
+    assert through_b.status_code == 200, through_b.text
+    assert through_b.json() == member(a).json()
+    assert metric_values(b)["presence_adapter_cluster_forwarded_requests_total"] == forwarded + 1
+    # The phone changes: both nodes tell the new state.
+    phone.publish("online", "away", "out")
+
+    def away(node: AdapterProcess) -> bool:
+        answer = member(node)
+        return answer.status_code == 200 and any(
+            item["typeAndValue"].get("activity") == "Away" for item in answer.json()["result"])
+
+    eventually(lambda: away(a), timeout=30, what="the phone Away through node a")
+    assert member(b).json() == member(a).json()
+    # Someone in no group of bob's: 404 on either node alike.
+    with b.client("bob-app") as http:
+        stranger = http.get("/rest/presence", params={"presentity": people.alice})
+    assert stranger.status_code == 404, stranger.text
