@@ -654,6 +654,16 @@ class WatchMachine:
             self._as_member(watcher, presentity) is not None
         )
 
+    def watching(self, watcher: str, presentity: str) -> Watch | None:
+        """The watcher's own watch of ``presentity``, else a member watch of it in
+        one of the watcher's groups: whose application asks (Get Open
+        Subscriptions)."""
+        own = self.watches.get((watcher, presentity))
+        if own is not None:
+            return own
+        members = self.by_presentity.get(presentity, {})
+        return next((w for w in members.values() if w.watcher == watcher), None)
+
     def _as_member(self, watcher: str, presentity: str) -> Watch | None:
         """The watcher's active member watch of ``presentity`` in one of its groups."""
         for watch in self.by_presentity.get(presentity, {}).values():

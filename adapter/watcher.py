@@ -184,7 +184,9 @@ class WatcherService:
     def directory(
         self, watcher: str, presentity: str
     ) -> tuple[str, tuple[AttributeType, ...]] | None:
-        watch = self.machine.get(watcher, presentity)
+        """Which application of this adapter watches ``presentity`` as ``watcher``
+        (directly, or as a member of one of its groups), and what it asked for."""
+        watch = self.machine.watching(watcher, presentity)
         if watch is None:
             return None
         return watch.application, tuple(a for a in ALL_ATTRIBUTES if a in watch.attributes)

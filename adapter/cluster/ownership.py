@@ -60,7 +60,9 @@ from adapter.store.postgres import PostgresStore
 from adapter.watcher import WatcherService
 from pidf import AttributeType
 
-__all__ = ["FORWARDED", "RULES_PATH", "Ownership", "rules_endpoint", "stored_directory"]
+__all__ = [
+    "FORWARDED", "RULES_PATH", "Ownership", "groups_of", "rules_endpoint", "stored_directory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -487,25 +489,11 @@ class Ownership:
         the call here).  The groups' records list their members."""
         if request.headers.get(FORWARDED) is not None:
             return None
-        for key in await self.groups_of(watcher, presentity):
+        for key, _ in await groups_of(self.store, watcher, presentity):
             node = await self.owner(WATCH, key, create=False)
             if node is not None:
                 return await self.forward(request, node)
         return None
-
-    async def groups_of(self, watcher: str, presentity: str) -> list[str]:
-        """The watch keys of ``watcher``'s groups that list ``presentity``."""
-        prefix = json.dumps([watcher])[:-1] + ", "  # a watch key: [watcher, presentity]
-        rows = await self.store.query(
-            "SELECT key, value FROM records WHERE kind = %s AND starts_with(key, %s)"
-            " ORDER BY key", (WATCH, prefix),
-        )
-        groups = []
-        for key, value in rows:
-            record = json.loads(value)
-            if record.get("list") and presentity in (record.get("members") or {}):
-                groups.append(key)
-        return groups
 
     async def schedule_owner(self, app_id: str, correlator: str) -> str | None:
         """The watch key (for :meth:`route`) of a schedule kept in the store, None
@@ -541,13 +529,33 @@ class Ownership:
         task.add_done_callback(self._tasks.discard)
 
 
+async def groups_of(store: PostgresStore, watcher: str, presentity: str) -> list[tuple[str, Any]]:
+    """``watcher``'s groups that list ``presentity``: their watch keys and records."""
+    prefix = json.dumps([watcher])[:-1] + ", "  # a watch key: [watcher, presentity]
+    rows = await store.query(
+        "SELECT key, value FROM records WHERE kind = %s AND starts_with(key, %s)"
+        " ORDER BY key", (WATCH, prefix),
+    )
+    groups = []
+    for key, value in rows:
+        record = json.loads(value)
+        if record.get("list") and presentity in (record.get("members") or {}):
+            groups.append((key, record))
+    return groups
+
+
 def stored_directory(store: PostgresStore, watchers: WatcherService) -> StoredDirectory:
     """What a watch another node holds says of its application, read from its
-    record (Get Open Subscriptions answers alike on every node)."""
+    record — the watcher's own watch of the presentity, else a group of the
+    watcher's listing it — so that Get Open Subscriptions answers alike on
+    every node."""
 
     async def lookup(watcher: str, presentity: str) -> tuple[str, tuple[AttributeType, ...]] | None:
         try:
             record = await store.get(WATCH, json.dumps((watcher, presentity)))
+            if record is None:
+                groups = await groups_of(store, watcher, presentity)
+                record = groups[0][1] if groups else None
         except StoreError:
             return None
         return watchers.stored_directory(record) if record is not None else None

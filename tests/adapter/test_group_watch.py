@@ -353,6 +353,10 @@ def test_a_group_record_is_written_when_members_come_and_names_them() -> None:
     assert g.machine.answers(BOB, M0) and not g.machine.answers(BOB, M1)
     assert g.machine.answers(BOB, GROUP)  # the watch itself (it answers "a group")
     assert not g.machine.answers("sip:eve@example.com", M0)
+    # Whose application asks for a member, active or not (Get Open Subscriptions).
+    assert g.machine.watching(BOB, M1) is g.watch.listed[M1]
+    assert g.machine.watching(BOB, GROUP) is g.watch
+    assert g.machine.watching("sip:eve@example.com", M1) is None
 
 
 def test_a_group_schedules_members_survive_its_record() -> None:

@@ -438,9 +438,10 @@ def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_ot
     assert server is not None
     phone = sip_phone(people.phone)
     phone.publish("online", "busy", "on a call")
-    # Bob's group lists the phone, which allows him (docs/kamailio.md, "Resource lists").
+    # Bob's group lists the phone, which allows him (docs/kamailio.md,
+    # "Resource lists"), and alice, who has not decided yet.
     put_pres_rules(server.xcap_root, people.phone, [people.bob])
-    put_rls_services(server.xcap_root, people.bob, people.group, [people.phone])
+    put_rls_services(server.xcap_root, people.bob, people.group, [people.phone, people.alice])
     body = {
         "application": "buddies", "presentity": people.group, "attributes": [],
         "reference": {"correlator": "g1", "endpoint": "/bayeux/bob-app/group",
@@ -478,7 +479,19 @@ def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_ot
 
     eventually(lambda: away(a), timeout=30, what="the phone Away through node a")
     assert member(b).json() == member(a).json()
-    # Someone in no group of bob's: 404 on either node alike.
-    with b.client("bob-app") as http:
-        stranger = http.get("/rest/presence", params={"presentity": people.alice})
-    assert stranger.status_code == 404, stranger.text
+    # Alice, pending in the group, sees bob asking with his group's
+    # application, through either node.
+    for node in (a, b):
+        opened = eventually(lambda node=node: get(
+            node, "alice-app", "/rest/presence/subscription", status="open")["result"],
+            timeout=30, what="bob asking")
+        assert opened == [{"application": "buddies", "attributes": [], "watcher": people.bob}]
+    # A member not active in the group (as one adapter answers: no
+    # subscription of it), and someone in no group: alike on either node.
+    for presentity in (people.alice, "sip:nobody@example.com"):
+        answers = []
+        for node in (a, b):
+            with node.client("bob-app") as http:
+                answers.append(http.get("/rest/presence", params={"presentity": presentity}))
+        assert [r.status_code for r in answers] == [404, 404], answers[1].text
+        assert answers[0].json() == answers[1].json()
