@@ -457,12 +457,12 @@ def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_ot
         with node.client("bob-app") as http:
             return http.get("/rest/presence", params={"presentity": people.phone})
 
-    def busy(node: AdapterProcess) -> bool:
+    def shows(node: AdapterProcess, activity: str) -> bool:
         answer = member(node)
         return answer.status_code == 200 and any(
-            item["typeAndValue"].get("activity") == "Busy" for item in answer.json()["result"])
+            item["typeAndValue"].get("activity") == activity for item in answer.json()["result"])
 
-    eventually(lambda: busy(a), timeout=30, what="the phone Busy through node a")
+    eventually(lambda: shows(a, "Busy"), timeout=30, what="the phone Busy through node a")
     forwarded = metric_values(b)["presence_adapter_cluster_forwarded_requests_total"]
     # Node b holds no watch of the phone: it passes the call to node a.
     through_b = member(b)
@@ -471,13 +471,7 @@ def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_ot
     assert metric_values(b)["presence_adapter_cluster_forwarded_requests_total"] == forwarded + 1
     # The phone changes: both nodes tell the new state.
     phone.publish("online", "away", "out")
-
-    def away(node: AdapterProcess) -> bool:
-        answer = member(node)
-        return answer.status_code == 200 and any(
-            item["typeAndValue"].get("activity") == "Away" for item in answer.json()["result"])
-
-    eventually(lambda: away(a), timeout=30, what="the phone Away through node a")
+    eventually(lambda: shows(a, "Away"), timeout=30, what="the phone Away through node a")
     assert member(b).json() == member(a).json()
     # Alice, pending in the group, sees bob asking with his group's
     # application, through either node.

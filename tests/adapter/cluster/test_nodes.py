@@ -57,15 +57,24 @@ def instance_of(url: str) -> str | None:
     return rows[0][0] if rows else None
 
 
+def opened(url: str, stores: list[PostgresStore]) -> PostgresStore:
+    stores.append(PostgresStore(url, node="a"))
+    return stores[-1]
+
+
+def claimed(url: str, stores: list[PostgresStore]) -> PostgresStore:
+    """A store of a process that has claimed the name "a" as instance "one"."""
+    first = opened(url, stores)
+    claim(first.run_locked, node("one"), LEASE, sleep=Clock().sleep)
+    assert instance_of(url) == "one"
+    return first
+
+
 def test_a_live_node_s_name_is_refused_and_its_row_left_alone(
     postgres_url: str, stores: list[PostgresStore]
 ) -> None:
-    first = PostgresStore(postgres_url, node="a")
-    stores.append(first)
-    claim(first.run_locked, node("one"), LEASE, sleep=Clock().sleep)
-    assert instance_of(postgres_url) == "one"
-    second = PostgresStore(postgres_url, node="a")
-    stores.append(second)
+    claimed(postgres_url, stores)
+    second = opened(postgres_url, stores)
 
     def heartbeat() -> None:  # node "one" is alive: its row is written meanwhile
         run(postgres_url, "UPDATE nodes SET last_seen = now() WHERE name = 'a'")
@@ -79,11 +88,10 @@ def test_a_live_node_s_name_is_refused_and_its_row_left_alone(
 def test_a_name_whose_process_is_gone_is_taken_at_once(
     postgres_url: str, stores: list[PostgresStore]
 ) -> None:
-    first = PostgresStore(postgres_url, node="a")
-    claim(first.run_locked, node("one"), LEASE, sleep=Clock().sleep)
+    first = claimed(postgres_url, stores)
+    stores.remove(first)
     asyncio.run(first.close())  # its session, and the lock on the name, end
-    second = PostgresStore(postgres_url, node="a")
-    stores.append(second)
+    second = opened(postgres_url, stores)
     clock = Clock()
     claim(second.run_locked, node("two"), LEASE, sleep=clock.sleep, clock=clock)
     assert clock.slept == 0 and instance_of(postgres_url) == "two"
@@ -94,12 +102,8 @@ def test_a_name_whose_row_stopped_being_written_is_taken_after_two_periods(
 ) -> None:
     # The process's session is still open (its machine lost, say), but its
     # row is not written any more.
-    first = PostgresStore(postgres_url, node="a")
-    stores.append(first)
-    claim(first.run_locked, node("one"), LEASE, sleep=Clock().sleep)
-    second = PostgresStore(postgres_url, node="a")
-    stores.append(second)
-
+    claimed(postgres_url, stores)
+    second = opened(postgres_url, stores)
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:  # real time: the server's clock ages the row
