@@ -8,6 +8,7 @@ other; a PostgreSQL restart costs 503s while it is down and loses nothing.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -489,3 +490,34 @@ def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_ot
                 answers.append(http.get("/rest/presence", params={"presentity": presentity}))
         assert [r.status_code for r in answers] == [404, 404], answers[1].text
         assert answers[0].json() == answers[1].json()
+
+
+def test_a_node_that_finds_its_name_taken_while_it_was_paused_stops(
+    start_cluster: Callable[..., ClusterNodes], people: People, tmp_path: Path
+) -> None:
+    cluster = start_cluster()
+    a, _ = cluster.nodes
+    server = cluster.presence
+    assert server is not None and a.process is not None
+    assert publish(a, "Busy").status_code == 204
+    first = node_row(cluster, "a")
+    second = duplicate(cluster, "a", tmp_path / "second-a")
+    a.process.send_signal(signal.SIGSTOP)  # its session stays open, its row goes stale
+    try:
+        second.start(timeout=60, healthy=True)  # the row is a dead node's after two periods
+        row = node_row(cluster, "a")
+        assert row is not None and first is not None and row[1] != first[1]
+        a.process.send_signal(signal.SIGCONT)
+        # Node a's next heartbeat finds the other instance in its row: it
+        # stops, leaving the row to the new process (alice's publication was
+        # node b's by then: node a's lease had expired while it was paused).
+        a.process.wait(timeout=30)
+        assert "this node lets its work go and stops" in a.log_tail(200)
+        assert node_row(cluster, "a") == row
+        eventually(lambda: publish(second, "Away").status_code == 204, timeout=30,
+                   what="Publish through the new a")
+        assert len(publications(server, people.alice)) == 1
+    finally:
+        if a.process is not None:
+            a.process.send_signal(signal.SIGCONT)
+        second.stop()
