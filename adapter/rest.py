@@ -31,7 +31,7 @@ from adapter.notification import Schedule
 from adapter.presence_json import attributes_from_items, comma_list, item_of
 from adapter.presentity import PUBLICATION, PresentityService
 from adapter.records import WATCH
-from adapter.store import StoreError
+from adapter.store import StaleLease, StoreError
 from adapter.watcher import (
     DuplicateCorrelator,
     GroupPresentity,
@@ -525,6 +525,13 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     # INFO, as for the presence server: the store logged its error already.
     logger.info("%s %s: store unavailable: %s", request.method, request.url.path, exc)
+    if isinstance(exc, StaleLease):
+        # A node of a cluster no longer holds the work (taken over, or just
+        # ended): asked again, the call goes where the work is now.
+        return _json_error(ServiceError(
+            FaultCode.SERVICE_ERROR, ["work changing hands between nodes, retry later"],
+            status=503, headers={"Retry-After": "1"},
+        ))
     return _json_error(store_unavailable())
 
 
