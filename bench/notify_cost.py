@@ -56,6 +56,7 @@ for where in (str(REPO), str(HERE)):
     if where not in sys.path:
         sys.path.insert(0, where)
 
+import httpx  # noqa: E402
 from notify_latency import (  # noqa: E402
     PASSWORD,
     STAMP,
@@ -164,8 +165,11 @@ def wait_delivered(clients: BayeuxClients, first: int, last: int, limit: float =
         time.sleep(0.05)
 
 
-def one_side(args: argparse.Namespace, source: Path | None, directory: Path) -> list[Round]:
-    """One adapter (from ``source``, else this tree): set up, warm up, the measured rounds."""
+def one_side(
+    args: argparse.Namespace, source: Path | None, directory: Path, floor: bool = False
+) -> list[Round]:
+    """One adapter (from ``source``, else this tree) or the floor (notify_floor.py):
+    set up, warm up, the measured rounds."""
     everything = {kind: True for kind in AttributeType}
     rules = {
         presentity(i): PresRules.build({watcher(i): everything}).to_xml().decode()
@@ -183,16 +187,26 @@ def one_side(args: argparse.Namespace, source: Path | None, directory: Path) -> 
     adapter.accounts = {account.id: account for account in accounts}
     clients = None
     profiler = None
+    floor_process = None
     try:
-        adapter.start(healthy=True)
-        assert adapter.process is not None
-        pid = adapter.process.pid
+        if floor:
+            floor_process = subprocess.Popen(
+                [sys.executable, str(HERE / "notify_floor.py"), str(adapter.http_port),
+                 str(peer.sip), str(args.apps)],
+            )
+            pid = floor_process.pid
+            wait_http(adapter.url, floor_process)
+        else:
+            adapter.start(healthy=True)
+            assert adapter.process is not None
+            pid = adapter.process.pid
         clients = StampedClients(f"{adapter.url}/cometd", args.apps)
 
         async def setup() -> None:
             assert clients is not None
             await clients.wait_ready(60)
-            await watch_all(adapter, args.apps)
+            if not floor:
+                await watch_all(adapter, args.apps)
 
         asyncio.run(setup())
         threading.Thread(target=clients.read_forever, daemon=True).start()
@@ -202,7 +216,7 @@ def one_side(args: argparse.Namespace, source: Path | None, directory: Path) -> 
             first += 10_000_000
         rounds = []
         for r in range(args.rounds):
-            if r == 0 and args.profile:
+            if r == 0 and args.profile and not floor:
                 profiler = subprocess.Popen(
                     [str(REPO / ".venv" / "bin" / "py-spy"), "record", "-o", args.profile,
                      "--pid", str(pid), "--rate", "250",
@@ -232,7 +246,7 @@ def one_side(args: argparse.Namespace, source: Path | None, directory: Path) -> 
             index = seq // 10_000_000 - (1 if args.warmup else 0)
             if 0 <= index < len(rounds):
                 rounds[index].latency.append((received - sent_us) / 1000)
-        drops = udp_drops(adapter.sip_port)
+        drops = None if floor else udp_drops(adapter.sip_port)
         if drops:
             print(f"    UDP datagrams dropped at the adapter's SIP socket: {drops}")
         complaints = [line for line in adapter.log_tail(100_000).splitlines()
@@ -243,8 +257,24 @@ def one_side(args: argparse.Namespace, source: Path | None, directory: Path) -> 
     finally:
         if clients is not None:
             clients.stop()
-        adapter.stop()
+        if floor_process is not None:
+            # uvicorn's graceful shutdown would wait for ever on held connects.
+            floor_process.kill()
+            floor_process.wait()
+        else:
+            adapter.stop()
         peer.stop()
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            httpx.get(url + "/", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("the floor server did not start")
 
 
 def main() -> int:
@@ -259,6 +289,8 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, metavar="DIR",
                         help="a source tree to run beside this one, alternating")
     parser.add_argument("--pairs", type=int, default=1, help="runs of each side (default 1)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run notify_floor.py: transports only, no SIP stack, no PIDF")
     parser.add_argument("--profile", metavar="FILE",
                         help="py-spy record this tree's adapter in the rounds (.svg or raw)")
     args = parser.parse_args()
@@ -267,14 +299,16 @@ def main() -> int:
     sides: dict[str, Path | None] = {"this tree": None}
     if args.reference is not None:
         sides = {"reference": args.reference.resolve(), **sides}
+    if args.floor:
+        sides["floor"] = None
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     runs: dict[str, list[list[Round]]] = {name: [] for name in sides}
     profile = args.profile
     for _ in range(args.pairs):
         for name, source in sides.items():
-            args.profile = profile if source is None else None
+            args.profile = profile if name == "this tree" else None
             with tempfile.TemporaryDirectory(prefix="notify-cost-") as directory:
-                rounds = one_side(args, source, Path(directory))
+                rounds = one_side(args, source, Path(directory), floor=name == "floor")
             runs[name].append(rounds)
             for k, r in enumerate(rounds):
                 print(
@@ -285,7 +319,7 @@ def main() -> int:
                     f"max {ms(max(r.latency) if r.latency else None)} ms",
                     flush=True,
                 )
-            profile = None if source is None else profile
+            profile = None if name == "this tree" else profile
     print(f"\n{args.apps} applications, {args.rate:.0f} NOTIFYs/s from {args.senders} "
           f"sender(s), {args.rounds} x {args.duration:.0f} s after {args.warmup:.0f} s warm-up, "
           f"{args.pairs} run(s) a side:")
@@ -299,8 +333,9 @@ def main() -> int:
               f"(range {min(costs):.1f}-{max(costs):.1f}); NOTIFY→Bayeux p50 "
               f"{ms(quantile(latency, 0.5))} p99 {ms(quantile(latency, 0.99))} ms; "
               f"not delivered {lost}")
-    if args.reference is not None:
-        print(f"  ratio this tree / reference: {medians['this tree'] / medians['reference']:.3f}")
+    for other in ("reference", "floor"):
+        if other in medians:
+            print(f"  ratio this tree / {other}: {medians['this tree'] / medians[other]:.3f}")
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return 0
 
