@@ -588,9 +588,11 @@ def _newest(candidates: list[_Candidate]) -> PresenceAttribute | None:
 #: and again: the server sends a presentity's to each of its watchers in a
 #: NOTIFY of its own, and repeats it in the NOTIFY that answers each refresh.
 #: A Presence is immutable, so one may be handed to every caller.  Bounded:
-#: emptied when full, since the bodies are the network's to choose.
+#: emptied when full, and only documents of a PIDF's usual size are kept,
+#: since the bodies are the network's to choose.
 _DECODED: dict[bytes, Presence] = {}
 _DECODED_MAX = 512
+_DECODED_LARGEST = 16 * 1024
 
 
 def decode(body: bytes) -> Presence:
@@ -600,7 +602,7 @@ def decode(body: bytes) -> Presence:
     for each attribute the newest value wins; Communication is the union of
     the open tuples that have a contact, one means per contact and type.
     """
-    if type(body) is not bytes:
+    if type(body) is not bytes or len(body) > _DECODED_LARGEST:
         return _decode(body)
     presence = _DECODED.get(body)
     if presence is None:

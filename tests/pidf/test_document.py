@@ -466,3 +466,14 @@ def test_an_unreadable_document_is_refused_every_time() -> None:
         with pytest.raises(RemoteProtocolError):
             decode(body)
     assert body not in document._DECODED
+
+
+def test_a_large_document_is_decoded_but_not_kept() -> None:
+    notes = "".join(f"<note>{i}</note>" for i in range(3000))
+    body = (
+        f'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{ENTITY}">'
+        f'<tuple id="t"><status><basic>open</basic></status>{notes}</tuple></presence>'
+    ).encode()
+    assert len(body) > document._DECODED_LARGEST
+    assert decode(body).open
+    assert body not in document._DECODED
