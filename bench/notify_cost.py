@@ -59,12 +59,12 @@ for where in (str(REPO), str(HERE)):
 import httpx  # noqa: E402
 from notify_latency import (  # noqa: E402
     PASSWORD,
-    STAMP,
     BayeuxClients,
     cpu_seconds,
     ms,
     presentity,
     quantile,
+    quit_process,
     watch_all,
     watcher,
 )
@@ -101,15 +101,7 @@ class Peer:
         return result
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("QUIT\n")
-            self.process.stdin.close()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        quit_process(self.process)
 
 
 @dataclass
@@ -124,30 +116,6 @@ class Round:
     @property
     def per_delivery(self) -> float:
         return self.cpu / max(self.delivered, 1) * 1e6
-
-
-class StampedClients(BayeuxClients):
-    """The clients, keeping each change's send stamp beside its receipt."""
-
-    def __init__(self, url: str, apps: int) -> None:
-        super().__init__(url, apps)
-        self.stamped: dict[int, tuple[float, int]] = {}
-
-    def read_forever(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if not line.startswith("M "):
-                self.errors.append(line.strip())
-                continue
-            _m, _app, at, data = line.split(" ", 3)
-            stamp = STAMP.search(data)
-            if stamp and data.startswith('{"statusChanged"'):
-                seq = int(stamp.group(1))
-                if seq in self.received:
-                    self.duplicates += 1
-                else:
-                    self.received[seq] = float(at) * 1000
-                    self.stamped[seq] = (float(at) * 1000, int(stamp.group(2)))
 
 
 def wait_delivered(clients: BayeuxClients, first: int, last: int, limit: float = 20.0) -> None:
@@ -200,7 +168,7 @@ def one_side(
             adapter.start(healthy=True)
             assert adapter.process is not None
             pid = adapter.process.pid
-        clients = StampedClients(f"{adapter.url}/cometd", args.apps)
+        clients = BayeuxClients(f"{adapter.url}/cometd", args.apps)
 
         async def setup() -> None:
             assert clients is not None
@@ -242,10 +210,10 @@ def one_side(
         # Latency needs the send stamps: the clients' lines carry them (t=...).
         for round_ in rounds:
             round_.latency = []
-        for seq, (received, sent_us) in clients.stamped.items():
+        for seq, sent_us in clients.sent_at.items():
             index = seq // 10_000_000 - (1 if args.warmup else 0)
             if 0 <= index < len(rounds):
-                rounds[index].latency.append((received - sent_us) / 1000)
+                rounds[index].latency.append((clients.received[seq] - sent_us) / 1000)
         drops = None if floor else udp_drops(adapter.sip_port)
         if drops:
             print(f"    UDP datagrams dropped at the adapter's SIP socket: {drops}")

@@ -148,6 +148,19 @@ def cpu_seconds(pid: int) -> float:
 # ------------------------------------------------------------------ processes
 
 
+def quit_process(process: subprocess.Popen[str]) -> None:
+    """Ask a helper that reads commands on stdin to QUIT; kill it if it does not."""
+    if process.poll() is None:
+        assert process.stdin is not None
+        process.stdin.write("QUIT\n")
+        process.stdin.close()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class BayeuxClients:
     """The Node process of CometD clients; collects receipt times by sequence number."""
 
@@ -160,6 +173,7 @@ class BayeuxClients:
             text=True,
         )
         self.received: dict[int, float] = {}  # sequence -> receipt, µs since the epoch
+        self.sent_at: dict[int, int] = {}  # sequence -> send stamp in the body, µs
         self.duplicates = 0
         self.kinds: dict[str, int] = {}
         self.errors: list[str] = []
@@ -194,6 +208,7 @@ class BayeuxClients:
                     self.duplicates += 1
                 else:
                     self.received[seq] = float(at) * 1000
+                    self.sent_at[seq] = int(stamp.group(2))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -253,15 +268,7 @@ class RawPeer:
         return self._line()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("QUIT\n")
-            self.process.stdin.close()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        quit_process(self.process)
 
 
 class RawPeers:
