@@ -52,13 +52,13 @@ _OPTIONS: dict[str, Any] = {
 _TOO_DEEP = etree.XPath("boolean(/" + "*/" * MAX_DEPTH + "*)")
 
 # An lxml parser may not be used by two threads at once; one per thread.
-_local = threading.local()
+_per_thread = threading.local()
 
 
 def _parser() -> etree.XMLParser:
-    parser: etree.XMLParser | None = getattr(_local, "parser", None)
+    parser: etree.XMLParser | None = getattr(_per_thread, "parser", None)
     if parser is None:
-        parser = _local.parser = etree.XMLParser(**_OPTIONS)
+        parser = _per_thread.parser = etree.XMLParser(**_OPTIONS)
     return parser
 
 
