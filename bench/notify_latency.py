@@ -77,6 +77,7 @@ for where in (str(REPO), str(HERE)):
         sys.path.insert(0, where)  # tests.* and the sibling bench script are not installed
 
 import httpx  # noqa: E402
+from pg_presence_server import pg_presence_server  # noqa: E402
 from procfs import udp_drops  # noqa: E402
 from rest_publish import BenchAdapter  # noqa: E402
 from sip_publish import server_shm  # noqa: E402
@@ -147,6 +148,19 @@ def cpu_seconds(pid: int) -> float:
 # ------------------------------------------------------------------ processes
 
 
+def quit_process(process: subprocess.Popen[str]) -> None:
+    """Ask a helper that reads commands on stdin to QUIT; kill it if it does not."""
+    if process.poll() is None:
+        assert process.stdin is not None
+        process.stdin.write("QUIT\n")
+        process.stdin.close()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class BayeuxClients:
     """The Node process of CometD clients; collects receipt times by sequence number."""
 
@@ -159,6 +173,7 @@ class BayeuxClients:
             text=True,
         )
         self.received: dict[int, float] = {}  # sequence -> receipt, µs since the epoch
+        self.sent_at: dict[int, int] = {}  # sequence -> send stamp in the body, µs
         self.duplicates = 0
         self.kinds: dict[str, int] = {}
         self.errors: list[str] = []
@@ -193,6 +208,7 @@ class BayeuxClients:
                     self.duplicates += 1
                 else:
                     self.received[seq] = float(at) * 1000
+                    self.sent_at[seq] = int(stamp.group(2))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -209,15 +225,17 @@ class RawPeer:
 
     def __init__(
         self, server: PresenceServer, apps: int, raw_watchers: int, conc: int,
-        presentities: str | None = None,
+        presentities: str | None = None, share: tuple[int, int] = (0, 1),
     ) -> None:
-        """``presentities``: their addresses, ``{}`` where the index goes (else p<i>)."""
+        """``presentities``: their addresses, ``{}`` where the index goes (else p<i>);
+        ``share``: (k, n), this publisher's part of n, presentities k, k + n, ..."""
         pattern = presentities or presentity(-1).replace("-1", "{}")
         self.process = subprocess.Popen(
             [
                 sys.executable, str(HERE / "notify_latency_sip.py"), server.host,
                 str(server.port), pattern, str(apps),
                 raw_watcher(-1).replace("-1", "{}"), str(raw_watchers), str(conc),
+                str(share[0]), str(share[1]),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -232,26 +250,63 @@ class RawPeer:
         result: dict[str, Any] = json.loads(line)
         return result
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid]
+
     def ready(self) -> list[Any]:
         failed: list[Any] = self._line()["failed"]
         return failed
 
-    def run(self, name: str, rate: float, seconds: float, first: int) -> dict[str, Any]:
+    def start_run(self, name: str, rate: float, seconds: float, first: int) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(f"RUN {name} {rate} {seconds} {first}\n")
         self.process.stdin.flush()
+
+    def run(self, name: str, rate: float, seconds: float, first: int) -> dict[str, Any]:
+        self.start_run(name, rate, seconds, first)
         return self._line()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("QUIT\n")
-            self.process.stdin.close()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        quit_process(self.process)
+
+
+class RawPeers:
+    """Several raw publishers (``--publishers``), each with its share of the
+    presentities and of the rate, so that the generator is not the limit."""
+
+    #: Sequence numbers of one publisher in a phase: each starts this far on.
+    SPAN = 1_000_000
+
+    def __init__(
+        self, server: PresenceServer, apps: int, raw_watchers: int, conc: int, publishers: int
+    ) -> None:
+        self.peers = [
+            RawPeer(server, apps, raw_watchers, conc, share=(k, publishers))
+            for k in range(publishers)
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [peer.process.pid for peer in self.peers]
+
+    def ready(self) -> list[Any]:
+        return [failure for peer in self.peers for failure in peer.ready()]
+
+    def run(self, name: str, rate: float, seconds: float, first: int) -> dict[str, Any]:
+        for k, peer in enumerate(self.peers):
+            peer.start_run(name, rate / len(self.peers), seconds, first + k * self.SPAN)
+        results = [peer._line() for peer in self.peers]
+        return {
+            "elapsed": max(r["elapsed"] for r in results),
+            "sent": [entry for r in results for entry in r["sent"]],
+            "notified": [entry for r in results for entry in r["notified"]],
+            "notifies": sum(r["notifies"] for r in results),
+        }
+
+    def stop(self) -> None:
+        for peer in self.peers:
+            peer.stop()
 
 
 # ------------------------------------------------------------------ set-up
@@ -335,12 +390,13 @@ class Side:
 
 
 def run_phase(
-    name: str, rate: float, peer: RawPeer, sides: list[Side],
+    name: str, rate: float, peer: RawPeer | RawPeers, sides: list[Side],
     seconds: float, first: int, drain: float,
 ) -> list[Phase]:
     """One phase of the raw peer at ``rate`` per side; a :class:`Phase` per side."""
     pids = [side.pid for side in sides] + [side.clients.process.pid for side in sides]
-    pids.append(peer.process.pid)
+    peers = len(peer.pids)
+    pids.extend(peer.pids)
     cpu_before, wall_before = [cpu_seconds(p) for p in pids], time.monotonic()
     result = peer.run(name, rate * len(sides), seconds, first)
     time.sleep(drain)  # the last notifications on their way
@@ -356,7 +412,7 @@ def run_phase(
             mine = {**result, "notified": notified, "notifies": len(notified)}
         phases.append(Phase(
             name, rate, elapsed=result["elapsed"], cpu=used[k] / wall,
-            cpu_clients=used[len(sides) + k] / wall, cpu_peer=used[-1] / wall,
+            cpu_clients=used[len(sides) + k] / wall, cpu_peer=sum(used[-peers:]) / wall,
             cpu_per_change=used[k] / max(len(sent), 1) * 1e6,
             result={**mine, "sent": sent},
         ))
@@ -512,6 +568,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--raw-watchers", type=int, default=None, help="presentities with a raw watcher too"
     )
+    parser.add_argument(
+        "--publishers", type=int, default=1,
+        help="raw publisher processes, each with its share of presentities and rate",
+    )
+    parser.add_argument(
+        "--pg", action="store_true",
+        help="the presence server on PostgreSQL (pg_presence_server.py): concurrent "
+        "PUBLISHes, which the sqlite one refuses with 500s",
+    )
     parser.add_argument("--server-shm", type=int, default=1024, help="MB; 0 = bundled 64 MB")
     parser.add_argument(
         "--profile", metavar="FILE",
@@ -542,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     with (
         server_shm(args.server_shm),
-        PresenceServer(HOST) as server,
+        (pg_presence_server(HOST) if args.pg else PresenceServer(HOST)) as server,
         tempfile.TemporaryDirectory(prefix="notify-latency-") as directory,
     ):
         write_rules(server, args.apps * adapters)
@@ -555,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             ))
             made[1].source = args.reference.resolve()
         sides: list[Side] = []
-        peer = None
+        peer: RawPeer | RawPeers | None = None
         try:
             for k, adapter in enumerate(made):
                 adapter.start(healthy=True)
@@ -571,7 +636,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"presence server {server.sip_uri} (pid {server.pid})", flush=True)
             for side in sides:
                 threading.Thread(target=side.clients.read_forever, daemon=True).start()
-            peer = RawPeer(server, args.apps * adapters, raw_watchers, args.concurrency)
+            peer = (
+                RawPeers(server, args.apps * adapters, raw_watchers, args.concurrency,
+                         args.publishers)
+                if args.publishers > 1
+                else RawPeer(server, args.apps * adapters, raw_watchers, args.concurrency)
+            )
             failed = peer.ready()
             if failed:
                 print(f"raw peer set-up: {len(failed)} failures {failed[:5]}", flush=True)

@@ -1,8 +1,10 @@
 """SIP side of bench/notify_latency.py: a raw publisher and raw watchers, one process.
 
-    notify_latency_sip.py HOST PORT PRESENTITY COUNT WATCHER RAW_WATCHERS CONC
+    notify_latency_sip.py HOST PORT PRESENTITY COUNT WATCHER RAW_WATCHERS CONC [SHARE PUBLISHERS]
 
-PRESENTITY and WATCHER are addresses with ``{}`` where the index goes.
+PRESENTITY and WATCHER are addresses with ``{}`` where the index goes.  With
+SHARE and PUBLISHERS, one of several such processes: it takes the presentities
+whose index is SHARE modulo PUBLISHERS (and their raw watchers).
 
 Deliberately independent of the product's SIP stack, like tests/rawsip.py
 (and bench/sip_publish.py's raw sender): it is the baseline the adapter is
@@ -226,15 +228,21 @@ async def run_phase(
 
 
 async def main(argv: list[str]) -> None:
-    host, port, prefix, count, watcher_prefix, raw_watchers, concurrency = argv
+    host, port, prefix, count, watcher_prefix, raw_watchers, concurrency = argv[:7]
+    # SHARE of PUBLISHERS: this process takes presentities SHARE, SHARE +
+    # PUBLISHERS, ... (and their raw watchers); indexes reported are global.
+    share, publishers = (int(a) for a in argv[7:9]) if len(argv) > 7 else (0, 1)
     loop = asyncio.get_running_loop()
     transport, peer = await loop.create_datagram_endpoint(
         lambda: Peer((host, int(port))), local_addr=("127.0.0.1", 0)
     )
-    presentities = [Presentity(prefix.format(i)) for i in range(int(count))]
+    mine = range(share, int(count), publishers)
+    presentities = [Presentity(prefix.format(i)) for i in mine]
     bad: list[int | None] = []
-    for i in range(int(raw_watchers)):  # one at a time: sqlite locks on concurrent writers
-        status = await peer.subscribe(watcher_prefix.format(i), presentities[i].aor)
+    for i in mine:  # one at a time: sqlite locks on concurrent writers
+        if i >= int(raw_watchers):
+            break
+        status = await peer.subscribe(watcher_prefix.format(i), prefix.format(i))
         if status is None or not 200 <= status < 300:
             bad.append(status)
     for presentity in presentities:
@@ -251,6 +259,9 @@ async def main(argv: list[str]) -> None:
         result = await run_phase(
             peer, presentities, int(concurrency), float(rate), float(seconds), int(first)
         )
+        sent = result["sent"]
+        assert isinstance(sent, list)
+        result["sent"] = [(seq, mine[index], at, status) for seq, index, at, status in sent]
         print(json.dumps({"phase": name, **result}), flush=True)
     transport.close()
 

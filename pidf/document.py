@@ -579,7 +579,20 @@ class _Candidate:
 def _newest(candidates: list[_Candidate]) -> PresenceAttribute | None:
     if not candidates:
         return None
+    if len(candidates) == 1:
+        return candidates[0].attribute
     return max(candidates, key=_Candidate.key).attribute
+
+
+#: Documents decoded lately, by their bytes.  The same document comes again
+#: and again: the server sends a presentity's to each of its watchers in a
+#: NOTIFY of its own, and repeats it in the NOTIFY that answers each refresh.
+#: A Presence is immutable, so one may be handed to every caller.  Bounded:
+#: emptied when full, and only documents of a PIDF's usual size are kept,
+#: since the bodies are the network's to choose.
+_DECODED: dict[bytes, Presence] = {}
+_DECODED_MAX = 512
+_DECODED_LARGEST = 16 * 1024
 
 
 def decode(body: bytes) -> Presence:
@@ -589,13 +602,25 @@ def decode(body: bytes) -> Presence:
     for each attribute the newest value wins; Communication is the union of
     the open tuples that have a contact, one means per contact and type.
     """
+    if type(body) is not bytes or len(body) > _DECODED_LARGEST:
+        return _decode(body)
+    presence = _DECODED.get(body)
+    if presence is None:
+        presence = _decode(body)
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[body] = presence
+    return presence
+
+
+def _decode(body: bytes) -> Presence:
     root = parse_document(body)
     if _local(root) != "presence" or _ns(root) not in (PIDF_NS, None):
         raise RemoteProtocolError(f"not a PIDF document (root element {root.tag!r})")
     pidf_ns = _ns(root)
     entity = root.get("entity")
 
-    found: dict[AttributeType, list[_Candidate]] = {kind: [] for kind in AttributeType}
+    found: dict[AttributeType, list[_Candidate]] = {kind: [] for kind in _KINDS}
     others: dict[str, list[_Candidate]] = {}
     # lxml picks out the elements that carry attributes (in C, in document
     # order) instead of every element being looked at here: most of a
@@ -623,12 +648,7 @@ def decode(body: bytes) -> Presence:
     is_open = any(s == "open" for s in statuses)
 
     attributes: list[PresenceAttribute] = []
-    for kind in (
-        AttributeType.ACTIVITY,
-        AttributeType.PLACE,
-        AttributeType.PRIVACY,
-        AttributeType.SPHERE,
-    ):
+    for kind in _PERSON_KINDS:
         chosen = _newest(found[kind])
         if chosen is None and kind is AttributeType.ACTIVITY:
             chosen = _infer_available(tuples, statuses, pidf_ns)
@@ -642,6 +662,15 @@ def decode(body: bytes) -> Presence:
         assert chosen is not None
         attributes.append(chosen)
     return Presence(entity=entity, attributes=tuple(attributes), open=is_open)
+
+
+_KINDS = tuple(AttributeType)
+_PERSON_KINDS = (
+    AttributeType.ACTIVITY,
+    AttributeType.PLACE,
+    AttributeType.PRIVACY,
+    AttributeType.SPHERE,
+)
 
 
 def _ns(el: etree._Element) -> str | None:

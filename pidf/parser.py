@@ -17,6 +17,9 @@ a bounded amount of time and memory and then fails with `RemoteProtocolError`:
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from lxml import etree
 
 from pidf.errors import RemoteProtocolError
@@ -28,6 +31,35 @@ MAX_DOCUMENT_SIZE = 1024 * 1024
 #: Deepest element nesting accepted. PIDF with RPID nests about six levels
 #: (presence/tuple/caps:servcaps/caps:type/caps:supported/caps:type).
 MAX_DEPTH = 32
+
+
+#: Documents are fed to the pull parser in chunks of this size, the depth
+#: checked after each; one that fits in a chunk is parsed in one call.
+CHUNK = 16 * 1024
+
+_OPTIONS: dict[str, Any] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "huge_tree": False,
+    "remove_comments": True,
+    "remove_pis": True,
+    "collect_ids": False,
+}
+
+#: True when some element lies deeper than MAX_DEPTH (the root at depth 1),
+#: evaluated by libxml2 rather than by a walk of the tree in Python.
+_TOO_DEEP = etree.XPath("boolean(/" + "*/" * MAX_DEPTH + "*)")
+
+# An lxml parser may not be used by two threads at once; one per thread.
+_per_thread = threading.local()
+
+
+def _parser() -> etree.XMLParser:
+    parser: etree.XMLParser | None = getattr(_per_thread, "parser", None)
+    if parser is None:
+        parser = _per_thread.parser = etree.XMLParser(**_OPTIONS)
+    return parser
 
 
 def _has_doctype(data: bytes) -> bool:
@@ -49,6 +81,34 @@ def parse_document(data: bytes, *, max_size: int = MAX_DOCUMENT_SIZE) -> etree._
     if _has_doctype(data):
         raise RemoteProtocolError("document type declarations are not accepted")
 
+    try:
+        root = _parse_small(data) if len(data) <= CHUNK else _parse_pulled(data)
+    except etree.XMLSyntaxError as exc:
+        raise RemoteProtocolError(f"malformed XML: {exc}") from None
+    except (ValueError, LookupError) as exc:
+        # lxml raises ValueError/LookupError for unsupported encodings and the like.
+        raise RemoteProtocolError(f"unreadable XML: {exc}") from None
+
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise RemoteProtocolError("document type declarations are not accepted")
+    for _node in root.iter(etree.Entity):
+        # An entity reference left unresolved (resolve_entities=False):
+        # only reachable through a DTD, which we have refused already.
+        raise RemoteProtocolError("entity references are not accepted")
+    return root
+
+
+def _parse_small(data: bytes) -> etree._Element:
+    """A document of one chunk: parsed in one call, its depth checked after
+    (the pull parser could stop it no sooner: it checks after each chunk)."""
+    root = etree.fromstring(data, _parser())
+    if _TOO_DEEP(root):
+        raise RemoteProtocolError(f"elements nested deeper than {MAX_DEPTH}")
+    return root
+
+
+def _parse_pulled(data: bytes) -> etree._Element:
     depth = 0
 
     def check_depth() -> None:
@@ -61,37 +121,12 @@ def parse_document(data: bytes, *, max_size: int = MAX_DOCUMENT_SIZE) -> etree._
             else:
                 depth -= 1
 
-    try:
-        # A pull parser fed in chunks rather than fromstring(), so that the
-        # depth check stops a deep document as soon as the limit is crossed.
-        pull = etree.XMLPullParser(
-            events=("start", "end"),
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=False,
-            remove_comments=True,
-            remove_pis=True,
-            collect_ids=False,
-        )
-        chunk = 16 * 1024
-        for offset in range(0, len(data), chunk):
-            pull.feed(data[offset : offset + chunk])
-            check_depth()
-        root = pull.close()
+    # A pull parser fed in chunks rather than fromstring(), so that the
+    # depth check stops a deep document as soon as the limit is crossed.
+    pull = etree.XMLPullParser(events=("start", "end"), **_OPTIONS)
+    for offset in range(0, len(data), CHUNK):
+        pull.feed(data[offset : offset + CHUNK])
         check_depth()
-    except etree.XMLSyntaxError as exc:
-        raise RemoteProtocolError(f"malformed XML: {exc}") from None
-    except (ValueError, LookupError) as exc:
-        # lxml raises ValueError/LookupError for unsupported encodings and the like.
-        raise RemoteProtocolError(f"unreadable XML: {exc}") from None
-
-    docinfo = root.getroottree().docinfo
-    if docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-        raise RemoteProtocolError("document type declarations are not accepted")
-    for node in root.iter():
-        if not isinstance(node.tag, str):
-            # An entity reference left unresolved (resolve_entities=False):
-            # only reachable through a DTD, which we have refused already.
-            raise RemoteProtocolError("entity references are not accepted")
+    root: etree._Element = pull.close()
+    check_depth()
     return root

@@ -2,11 +2,21 @@
 
 import time
 import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from pidf.errors import RemoteProtocolError
-from pidf.parser import MAX_DEPTH, MAX_DOCUMENT_SIZE, parse_document
+from pidf.parser import (
+    CHUNK,
+    MAX_DEPTH,
+    MAX_DOCUMENT_SIZE,
+    _parse_pulled,
+    _parse_small,
+    parse_document,
+)
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [
@@ -131,3 +141,72 @@ def test_garbage_raises_only_remote_protocol_error(garbage: bytes) -> None:
 def test_comments_and_processing_instructions_are_dropped() -> None:
     root = parse_document(b"<a><!-- c --><?pi x?><b/></a>")
     assert [child.tag for child in root] == ["b"]
+
+
+# -- the one-call path for small documents against the pull parser -------------------
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CAPTURES = sorted(p for p in DATA.rglob("*.xml"))
+ODD = [
+    BILLION_LAUGHS, EXTERNAL_FILE, EXTERNAL_HTTP, EXTERNAL_DTD, PARAMETER_ENTITY,
+    _utf16(BILLION_LAUGHS), b"<a>", b"<a></b>", b"<a>&undefined;</a>", b"\xff\xfe\x00",
+    b"<?xml version='1.0' encoding='nope'?><a/>", b"<a><!-- c --><?pi x?><b/></a>",
+    b"<a>" * MAX_DEPTH + b"</a>" * MAX_DEPTH,
+    b"<a>" * (MAX_DEPTH + 1) + b"</a>" * (MAX_DEPTH + 1),
+]
+
+
+def _outcome(parse: Callable[[bytes], etree._Element], data: bytes) -> bytes | str:
+    """The tree as bytes, or the refusal: what a caller of parse_document can tell apart."""
+    try:
+        root = parse(data)
+    except etree.XMLSyntaxError:
+        return "malformed"
+    except (ValueError, LookupError) as exc:
+        return f"unreadable: {type(exc).__name__}"
+    except RemoteProtocolError as exc:
+        return str(exc)
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        return "dtd"
+    if any(True for _ in root.iter(etree.Entity)):
+        return "entity"
+    return etree.tostring(root)
+
+
+def test_captures_are_in_the_data_folder() -> None:
+    assert len(CAPTURES) >= 15
+
+
+@pytest.mark.parametrize(
+    "data",
+    [path.read_bytes() for path in CAPTURES] + ODD,
+    ids=[path.name for path in CAPTURES] + [f"odd{i}" for i in range(len(ODD))],
+)
+def test_small_documents_parse_as_the_pull_parser_parses_them(data: bytes) -> None:
+    assert len(data) <= CHUNK
+    assert _outcome(_parse_small, data) == _outcome(_parse_pulled, data)
+
+
+def test_a_document_past_one_chunk_takes_the_pull_parser_and_parses_the_same() -> None:
+    notes = b"".join(b"<note>%d</note>" % i for i in range(2000))
+    data = b'<presence xmlns="urn:ietf:params:xml:ns:pidf">' + notes + b"</presence>"
+    assert len(data) > CHUNK
+    assert etree.tostring(parse_document(data)) == etree.tostring(_parse_small(data))
+    assert len(parse_document(data)) == 2000
+
+
+def test_depth_is_refused_on_both_paths_at_the_same_element() -> None:
+    for depth in (MAX_DEPTH, MAX_DEPTH + 1):
+        small = b"<a>" * depth + b"</a>" * depth
+        padded = b"<a>" * depth + b" " * CHUNK + b"</a>" * depth
+        assert len(small) <= CHUNK < len(padded)
+        results = []
+        for data in (small, padded):
+            try:
+                parse_document(data)
+                results.append("parsed")
+            except RemoteProtocolError as exc:
+                results.append(str(exc))
+        assert results[0] == results[1]
+        assert (results[0] == "parsed") == (depth == MAX_DEPTH)
