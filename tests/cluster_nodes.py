@@ -48,7 +48,9 @@ class ClusterNodes:
 
     ``lease`` is ``[cluster] lease``; ``settings`` adds keys to every node's
     configuration (``{"sip": {"request_timeout": 2}}``), as for
-    :meth:`AdapterProcess.for_server`.
+    :meth:`AdapterProcess.for_server`; ``env`` is added to every node's
+    environment (``PYTHONPATH`` of another source tree, for a benchmark's
+    reference side).
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class ClusterNodes:
         redis: RedisServer | None = None,
         presence: PresenceServer | None = None,
         settings: Mapping[str, Mapping[str, object]] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
+        self.env = dict(env or {})
         self.accounts = tuple(accounts)
         self.names = node_names(count)
         self.lease = lease
@@ -121,7 +125,7 @@ class ClusterNodes:
             {"node": name, "redis": self.redis.url, "lease": self.lease}
         )
         return AdapterProcess.for_server(
-            directory, self.presence, self.accounts, settings=settings
+            directory, self.presence, self.accounts, settings=settings, env=self.env
         )
 
     def running(self) -> list[AdapterProcess]:
