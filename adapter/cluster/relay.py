@@ -22,8 +22,11 @@ path, one order.
   an older one.
 - **Confirming**: the hub tells which messages a session is done with (acked
   with the ack extension, else sent), and the writer deletes them from the
-  stream.  Until then a message stays, so a session that ends, or moves to
-  another node, leaves nothing behind: its next session gets it from the stream.
+  stream, those of :data:`CONFIRM_DELAY` seconds at once (a deletion is no
+  one's wait: one round trip for many).  Until then a message stays, so a
+  session that ends, or moves to another node, leaves nothing behind: its
+  next session gets it from the stream (this node's fetches skip what it
+  has yet to delete; another node's may hand it again: at least once).
 - **Redis restarts** (no persistence: the streams come back empty).  Each node
   keeps a *window*: the messages it added that Redis still held when it last
   looked (every :data:`PRUNE_INTERVAL`), plus those added since.  Its writer
@@ -44,12 +47,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from adapter.bayeux import Channel, Hub, LocalProtocolError
 from adapter.bayeux.errors import RemoteProtocolError
@@ -65,8 +69,12 @@ BATCH = 256
 OUTBOX_MAX = 100_000
 #: Seconds between two looks at which of its messages Redis still holds.
 PRUNE_INTERVAL = 5.0
+#: Seconds the writer gathers confirmations before deleting them together.
+CONFIRM_DELAY = 0.1
 #: Seconds a blocked read waits before looking at its sessions again.
 READ_BLOCK = 5.0
+#: Seconds between two looks for applications that no longer have a session here.
+FORGET_INTERVAL = 1.0
 #: Entries one read takes at most.
 READ_COUNT = 512
 #: Seconds between tries while Redis cannot be reached (doubling up to the last).
@@ -77,7 +85,8 @@ RESYNC = (0.0, 3.0, 10.0)
 #: plus PRUNE_INTERVAL: an entry confirmed before then is not added again).
 RECENT = 30.0
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+_encoder = msgspec.json.Encoder()
+_decode = msgspec.json.decode
 
 
 def _entry_order(entry: Entry) -> tuple[int, int]:
@@ -110,6 +119,8 @@ class Relay:
         self._outbox: deque[Outgoing] = deque()
         self._window: dict[str, deque[Entry]] = {}
         self._confirms: dict[str, list[str]] = {}
+        self._confirms_due = False  # CONFIRM_DELAY has passed since the oldest
+        self._confirm_timer: asyncio.TimerHandle | None = None
         self._deleting: dict[str, list[str]] = {}  # the confirms being deleted now
         self._check = True  # look at the alive mark before adding (at start: set it)
         self._kick = asyncio.Event()
@@ -123,6 +134,7 @@ class Relay:
         self._handed: dict[str, dict[str, tuple[float, bool]]] = {}
         self._resyncs: list[float] = []
         self._reading = False
+        self._forgot_at = 0.0
         self._wakes: set[asyncio.Task[None]] = set()
         self._down: str | None = None  # why Redis is unreachable, while it is
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,12 +156,15 @@ class Relay:
     async def close(self, flush: float = 2.0) -> None:
         """Stop; first give the writer up to `flush` seconds to add the outbox."""
         if self._tasks and (self._outbox or self._confirms):
+            self._confirms_due = True
             self._kick.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush):
                     while (self._outbox or self._confirms) and self._down is None:
                         await asyncio.sleep(0.01)
         self._closing = True
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
         for task in [*self._tasks, *self._wakes]:
             task.cancel()
         # Closing the connections ends a blocked read at once (a cancel alone
@@ -166,7 +181,7 @@ class Relay:
 
         The watcher service's ``Deliverer``; returns 1 (handed on, not yet read).
         """
-        self._outbox.append(Outgoing(app_id, channel, _encode(data)))
+        self._outbox.append(Outgoing(app_id, channel, _encoder.encode(data).decode()))
         if len(self._outbox) > OUTBOX_MAX:
             self._outbox.popleft()
             self.dropped += 1
@@ -181,7 +196,7 @@ class Relay:
     async def _write_loop(self) -> None:
         failures = 0
         while not self._closing:
-            if not (self._outbox or self._confirms or self._check):
+            if not (self._outbox or (self._confirms and self._confirms_due) or self._check):
                 # Woken by work, or to prune.  A timer, not asyncio.timeout: on
                 # 3.11 a cancel that meets the timeout's expiry can be taken for it.
                 prune = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._kick.set)
@@ -195,7 +210,7 @@ class Relay:
                     if not await self._bus.is_alive():
                         await self._restore()
                     self._check = False
-                if self._confirms:
+                if self._confirms and self._confirms_due:
                     await self._confirm()
                 if self._outbox:
                     await self._publish()
@@ -273,6 +288,17 @@ class Relay:
 
     def confirmed(self, app_id: str, ids: tuple[str, ...]) -> None:
         self._confirms.setdefault(app_id, []).extend(ids)
+        self._confirm_later()
+
+    def _confirm_later(self) -> None:
+        if self._confirm_timer is None and not self._confirms_due:
+            self._confirm_timer = asyncio.get_running_loop().call_later(
+                CONFIRM_DELAY, self._confirm_due
+            )
+
+    def _confirm_due(self) -> None:
+        self._confirm_timer = None
+        self._confirms_due = True
         self._kick.set()
 
     async def _wake(self) -> None:
@@ -284,6 +310,9 @@ class Relay:
         self._deleting = done
         try:
             await self._bus.confirm(done)
+            self._confirms_due = False
+            if self._confirms:  # confirmed while these were deleted
+                self._confirm_later()
         except BusDown:
             for app_id, ids in done.items():
                 self._confirms.setdefault(app_id, [])[:0] = ids
@@ -303,10 +332,8 @@ class Relay:
                 while self._fetches:
                     await self._fetch(*self._fetches[0])
                     self._fetches.popleft()
-                server = self._hub.server
-                for app_id in [a for a in self._cursors if not server.session_count(a)]:
-                    del self._cursors[app_id]
-                    self._handed.pop(app_id, None)
+                if self._clock() - self._forgot_at >= FORGET_INTERVAL:
+                    self._forget()
                 self._reading = True
                 try:
                     block = READ_BLOCK
@@ -338,6 +365,19 @@ class Relay:
                 if entry.app_id in self._cursors:
                     self._cursors[entry.app_id] = entry.id
                     self._hand(entry)
+
+    def _forget(self) -> None:
+        """Stop reading the streams of applications without a session here.
+
+        Not after every read: an entry read for an application whose last
+        session just went reaches no session and stays in its stream, as it
+        would unread.
+        """
+        self._forgot_at = self._clock()
+        server = self._hub.server
+        for app_id in [a for a in self._cursors if not server.session_count(a)]:
+            del self._cursors[app_id]
+            self._handed.pop(app_id, None)
 
     async def _fetch(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
         """A session of `app_id` subscribed to `patterns`: hand it the backlog."""
@@ -396,10 +436,10 @@ class Relay:
             del handed[oldest[0]]
         try:
             reached = self._hub.deliver_shared(
-                entry.app_id, entry.channel, json.loads(entry.data), entry.id
+                entry.app_id, entry.channel, _decode(entry.data), entry.id
             )
             handed[entry.id] = (now, reached > 0)
-        except (LocalProtocolError, ValueError) as exc:
+        except (LocalProtocolError, msgspec.DecodeError) as exc:
             logger.error(
                 "cluster: Bayeux message %s of %s dropped: %s", entry.id, entry.app_id, exc
             )
