@@ -75,6 +75,10 @@ CONFIRM_DELAY = 0.1
 READ_BLOCK = 5.0
 #: Seconds between two looks for applications that no longer have a session here.
 FORGET_INTERVAL = 1.0
+#: Seconds between two marks that this node reads (and trims of its inbox) ...
+BEAT_INTERVAL = 2.0
+#: ... and how long a mark lasts: producers skip a node whose mark is gone.
+READING_TTL = 30.0
 #: Entries one read takes at most.
 READ_COUNT = 512
 #: Seconds between tries while Redis cannot be reached (doubling up to the last).
@@ -127,9 +131,17 @@ class Relay:
         self._pruned_at = 0.0
         self.dropped = 0  # outbox overflow
         # Consuming.
+        # app -> the newest entry of its stream known here: the applications
+        # this node reads for (in their pa:where).
         self._cursors: dict[str, str] = {}
         self._fetches: deque[tuple[str, tuple[Channel, ...]]] = deque()
-        self._wake_cursor = "0-0"
+        self._pending: dict[str, int] = {}  # app -> fetches queued
+        # app -> what this node made for it while its fetch was queued.
+        self._deferred: dict[str, list[Entry]] = {}
+        self._strangers: set[str] = set()  # read in the inbox, not read for here
+        self._inbox_cursor = "0-0"
+        self._inbox_ready = False
+        self._beat_at = float("-inf")
         # app -> id -> (when, whether it reached a session): what RESYNC skips.
         self._handed: dict[str, dict[str, tuple[float, bool]]] = {}
         self._resyncs: list[float] = []
@@ -236,8 +248,18 @@ class Relay:
         for _ in batch:
             self._outbox.popleft()
         for message, entry_id in zip(batch, ids, strict=True):
-            kept = self._window.setdefault(message.app_id, deque(maxlen=self._bus.maxlen))
-            kept.append(Entry(message.app_id, entry_id, message.channel, message.data))
+            app_id = message.app_id
+            entry = Entry(app_id, entry_id, message.channel, message.data)
+            kept = self._window.setdefault(app_id, deque(maxlen=self._bus.maxlen))
+            kept.append(entry)
+            # This node's own sessions get it from here, not through Redis
+            # (the script left this node's inbox out).
+            if app_id in self._pending:
+                self._deferred.setdefault(app_id, []).append(entry)
+            elif app_id in self._cursors:
+                handed = self._handed.get(app_id)
+                if handed is None or entry_id not in handed:
+                    self._hand(entry)
 
     async def _restore(self) -> None:
         """Redis lost this node's messages: add the window again, then the mark."""
@@ -280,8 +302,9 @@ class Relay:
 
     def subscribed(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
         self._fetches.append((app_id, patterns))
+        self._pending[app_id] = self._pending.get(app_id, 0) + 1
         if self._reading:
-            # The reader waits in XREAD without this application: wake it.
+            # The reader waits in XREAD: wake it to fetch.
             task = asyncio.create_task(self._wake())
             self._wakes.add(task)
             task.add_done_callback(self._wakes.discard)
@@ -326,21 +349,27 @@ class Relay:
         failures = 0
         while not self._closing:
             try:
+                if not self._inbox_ready:
+                    await self._bus.empty_inbox()
+                    self._inbox_ready = True
+                if self._clock() - self._beat_at >= BEAT_INTERVAL:
+                    await self._beat()
                 if self._resyncs and self._resyncs[0] <= self._clock():
                     self._resyncs.pop(0)
                     await self._resync()
                 while self._fetches:
                     await self._fetch(*self._fetches[0])
-                    self._fetches.popleft()
-                if self._clock() - self._forgot_at >= FORGET_INTERVAL:
-                    self._forget()
+                    app_id, _ = self._fetches.popleft()
+                    self._fetched(app_id)
+                if self._clock() - self._forgot_at >= FORGET_INTERVAL or self._strangers:
+                    await self._forget()
                 self._reading = True
                 try:
-                    block = READ_BLOCK
+                    block = min(READ_BLOCK, BEAT_INTERVAL)
                     if self._resyncs:
                         block = max(0.001, min(block, self._resyncs[0] - self._clock()))
-                    entries, self._wake_cursor = await self._bus.read(
-                        self._cursors, self._wake_cursor, block, READ_COUNT
+                    entries, self._inbox_cursor = await self._bus.read(
+                        self._inbox_cursor, block, READ_COUNT
                     )
                 finally:
                     self._reading = False
@@ -362,31 +391,53 @@ class Relay:
             failures = 0
             self._back()
             for entry in entries:
-                if entry.app_id in self._cursors:
-                    self._cursors[entry.app_id] = entry.id
+                app_id = entry.app_id
+                if app_id not in self._cursors:
+                    if app_id not in self._pending:
+                        self._strangers.add(app_id)  # left by an earlier run of this node
+                    continue
+                handed = self._handed.get(app_id)
+                if handed is None or entry.id not in handed:  # else the backlog had it
                     self._hand(entry)
 
-    def _forget(self) -> None:
-        """Stop reading the streams of applications without a session here.
+    async def _beat(self) -> None:
+        """Tell producers this node reads; trim what it read of its inbox."""
+        self._beat_at = self._clock()
+        kept = await self._bus.beat(READING_TTL, self._inbox_cursor)
+        if not kept and self._cursors and not self._resyncs:
+            # Stopped long enough for producers to take it out of pa:where:
+            # register again and hand what went past it.
+            self._resyncs = [self._clock()]
 
-        Not after every read: an entry read for an application whose last
+    async def _forget(self) -> None:
+        """Stop reading for applications without a session here.
+
+        Not after every read: a message for an application whose last
         session just went reaches no session and stays in its stream, as it
         would unread.
         """
         self._forgot_at = self._clock()
         server = self._hub.server
-        for app_id in [a for a in self._cursors if not server.session_count(a)]:
+        gone = [a for a in self._cursors if not server.session_count(a)]
+        for app_id in gone:
             del self._cursors[app_id]
             self._handed.pop(app_id, None)
+        gone += [a for a in self._strangers if a not in self._cursors and a not in self._pending]
+        self._strangers.clear()
+        if gone:
+            await self._bus.unregister(gone)
 
     async def _fetch(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
         """A session of `app_id` subscribed to `patterns`: hand it the backlog."""
         if not self._hub.server.session_count(app_id):
             return
+        # Atomic with being added to pa:where: what the stream lacks now reaches
+        # the inbox, or this node's writer, later.
+        entries = await self._bus.register(app_id)
+        newest = entries[-1].id if entries else "0-0"
         cursor = self._cursors.get(app_id)
-        entries = await self._bus.fetch(app_id, "+" if cursor is None else cursor)
-        if cursor is None:
-            self._cursors[app_id] = entries[-1].id if entries else "0-0"
+        if cursor is None or _entry_order_of(newest) > _entry_order_of(cursor):
+            self._cursors[app_id] = newest
         # Held by a session here, or done with and not yet deleted: not backlog.
         held = self._hub.server.queued_ids(app_id).union(
             self._confirms.get(app_id, ()), self._deleting.get(app_id, ())
@@ -402,12 +453,27 @@ class Relay:
             if any(pattern.matches(channel) for pattern in patterns):
                 self._hand(entry)
 
+    def _fetched(self, app_id: str) -> None:
+        """The fetch for `app_id` is done: what this node made for it meanwhile
+        goes after the backlog (unless the backlog had it)."""
+        left = self._pending[app_id] - 1
+        if left:
+            self._pending[app_id] = left
+            return
+        del self._pending[app_id]
+        made = self._deferred.pop(app_id, [])
+        if app_id in self._cursors:
+            handed = self._handed.get(app_id, {})
+            for entry in made:
+                if entry.id not in handed:
+                    self._hand(entry)
+
     async def _resync(self) -> None:
         """Hand what the streams hold that this node has neither handed lately nor holds."""
         now = self._clock()
         for app_id in list(self._cursors):
             handed = self._handed.get(app_id, {})
-            entries = await self._bus.fetch(app_id)
+            entries = await self._bus.register(app_id)
             if app_id not in self._cursors:
                 continue  # its sessions went meanwhile
             held = self._hub.server.queued_ids(app_id)
