@@ -2,24 +2,32 @@
 
 Theory of operation.  A notification is made on the node that holds its SIP
 subscription; the application's Bayeux session may live on any node.  So in
-a cluster every message goes through the application's stream
-(:mod:`adapter.cluster.bus`), also when producer and session share a node: one
-path, one order.
+a cluster every message is added to the application's stream
+(:mod:`adapter.cluster.bus`), also when producer and session share a node:
+the stream is the application's shared backlog and holds what sessions have
+not confirmed.
 
 - **Producing** (:meth:`Relay.deliver`, what the watcher service calls in place
   of ``Hub.deliver``): the message joins an outbox; one writer task adds the
   outbox to the streams in order, in batches (one script call each).  While
   Redis is unreachable the outbox grows (up to :data:`OUTBOX_MAX`) and the
   writer retries.  A subscription is owned by one node, whose one writer keeps
-  its messages in order.
-- **Consuming**: one reader task per node reads (``XREAD``, blocking) the
-  streams of the applications that have a session on this node, from a cursor
-  per application, and hands each entry to the local hub under its entry id.
-  When a session subscribes, the reader first fetches what the stream held
-  before its cursor (the application's backlog: what no session took, or
-  took and never confirmed), oldest first, then reads on: fetches and reads
-  are done by that one task, so a session never sees a newer message before
-  an older one.
+  its messages in order.  The same script call adds each message to the
+  inbox of every other node reading for its application, and once it
+  returns, the writer hands the messages to this node's own sessions under
+  their new ids: a notification that stays on its node costs one round trip
+  and no read.
+- **Consuming**: a node reads for the applications that have a session on it
+  (it is in their ``pa:where``).  One reader task per node reads its inbox
+  (``XREAD``, blocking: one stream whatever the number of applications) and
+  hands each entry to the local hub under its id in the application's
+  stream.  When a session subscribes, the reader first registers for the
+  application and fetches its stream in one script call (the backlog: what
+  no session took, or took and never confirmed), hands it oldest first, and
+  only then what this node made for the application meanwhile; what other
+  nodes add after the call reaches the inbox.  Fetches and reads are done by
+  that one task, and an entry already handed is not handed again, so a
+  session never sees a newer message of a subscription before an older one.
 - **Confirming**: the hub tells which messages a session is done with (acked
   with the ack extension, else sent), and the writer deletes them from the
   stream, those of :data:`CONFIRM_DELAY` seconds at once (a deletion is no
@@ -33,14 +41,16 @@ path, one order.
   adds messages only while the node's alive mark exists (one script checks
   and adds); when the mark is gone, or when the reader's connection broke,
   the writer first adds the window again, under the old ids where possible,
-  then sets the mark.  Readers keep their cursors, so a session that already
-  had a message does not get it twice, while one that had not gets it now;
-  a backlog comes back whole.  What sessions hold unconfirmed is in the
-  nodes' memory and is not touched.  Nodes add their windows each at its own
-  moment, so a reader's cursor may already be past an entry added again late:
-  after its connection broke, a reader looks through its applications'
-  streams a few times (:data:`RESYNC`) for entries it has not handed in the
-  last :data:`RECENT` seconds and hands them.
+  then sets the mark.  Readers remember what they handed, so a session that
+  already had a message does not get it twice, while one that had not gets
+  it now; a backlog comes back whole.  What sessions hold unconfirmed is in
+  the nodes' memory and is not touched.  The ``pa:where`` sets and inboxes
+  came back empty too, and nodes add their windows each at its own moment
+  (not to inboxes): after its connection broke, a reader registers again and
+  looks through its applications' streams a few times (:data:`RESYNC`) for
+  entries it has not handed in the last :data:`RECENT` seconds and hands
+  them; so does a reader whose ``pa:reading`` mark had lapsed (producers may
+  have taken it out of ``pa:where``).
 """
 
 from __future__ import annotations
