@@ -103,6 +103,31 @@ HOST = "127.0.0.1"
 DOMAIN = "bench.example.com"
 PASSWORD = "bench-secret"
 PROCESSES = ("a", "b", "kamailio", "pg-kamailio", "pg-store", "redis", "bench")
+#: Printed beside them: the whole machine's CPU (every process, other sessions'
+#: too), and what of it none of ours used.
+MACHINE = ("machine", "others")
+
+
+def machine_busy() -> float:
+    """CPU seconds the machine spent not idle, over all its cores (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class MachineMeter(CpuMeter):
+    """A CpuMeter that also meters the whole machine, as ``machine``."""
+
+    _machine: float = 0.0
+
+    def open(self) -> None:
+        super().open()
+        self._machine = machine_busy()
+
+    def close(self) -> None:
+        if self._start is not None:
+            self.used["machine"] += machine_busy() - self._machine
+        super().close()
 
 
 def load() -> str:
@@ -165,7 +190,7 @@ async def publish_phase(
         )
         window = RestWindow(args.warmup, args.duration, None,
                             len(presentities) if first_pass else 0)
-        meter = CpuMeter(mine)
+        meter = MachineMeter(mine) if k == 0 else CpuMeter(mine)
         windows.append(window)
         meters.append(meter)
         phases.append(lean_phase(node, presentities, workers, window, meter))
@@ -190,8 +215,8 @@ async def raw_side(
 ) -> tuple[int, float, list[float], Counter[str], Counter[str]]:
     """rest_publish.py's raw SIP PUBLISH sender straight to Kamailio: its ceiling."""
     window = RestWindow(args.warmup, args.duration, None, len(presentities) if first_pass else 0)
-    meter = CpuMeter({n: pid for n, pid in roots(server, cluster).items()
-                      if n not in cluster.names})
+    meter = MachineMeter({n: pid for n, pid in roots(server, cluster).items()
+                          if n not in cluster.names})
     await raw_phase(server.sip_address, presentities, args.concurrency, window, meter)
     return window.ok, window.elapsed, window.latencies, window.errors, meter.used
 
@@ -237,8 +262,9 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
     print(f"Publish, lean HTTP clients, {args.concurrency} at once, PostgreSQL-backed Kamailio, "
           "adapter store on PostgreSQL, Redis")
     header = (f"{'nodes':<5} {'ok/s':>6} {'ratio':>5} {'err/s':>5} {'p50':>6} {'p99':>6}  "
-              + " ".join(f"{p:>11}" for p in PROCESSES))
-    print("latency ms; per process: CPU ms per 1,000 ok / cores busy")
+              + " ".join(f"{p:>11}" for p in PROCESSES + MACHINE))
+    print("latency ms; per process: CPU ms per 1,000 ok / cores busy; machine: every "
+          f"process on its {os.cpu_count()} cores, others: the machine's less ours")
     print(header)
     print("-" * len(header))
     base = sides["one"].totals.ok_rate
@@ -246,8 +272,10 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
     for side in sides.values():
         t = side.totals
         cells = []
-        for process in PROCESSES:
-            used = side.cpu.get(process, 0.0)
+        ours = sum(side.cpu.get(process, 0.0) for process in PROCESSES)
+        machine = side.cpu.get("machine", 0.0)
+        for process in PROCESSES + MACHINE:
+            used = side.cpu.get(process, 0.0) if process != "others" else machine - ours
             cells.append(f"{used * 1e6 / t.ok if t.ok else 0:>5.0f}/{used / t.seconds:>5.2f}")
         print(f"{side.name:<5} {t.ok_rate:>6.0f} {t.ok_rate / base if base else 0:>5.2f} "
               f"{t.error_rate:>5.0f} {t.percentile(50):>6.2f} {t.percentile(99):>6.2f}  "
@@ -344,6 +372,11 @@ def latency_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
                 for phase in mine:
                     nl.measure(phase, side.clients)
                 nl.summarise(side, mine)
+            for side, mine in zip(sides, kept, strict=True):
+                missed, seen_raw = lost_changes(mine, side.clients)
+                print(f"  {side.label}: {missed} changes never reached the Bayeux client, "
+                      f"{seen_raw} of them reached the raw SIP watcher (the rest: no NOTIFY "
+                      "carried them, the server's)")
             shown = argparse.Namespace(apps=apps, concurrency=args.latency_concurrency)
             for side, mine in zip(sides, kept, strict=True):
                 nl.report(mine, shown, f"{side.label}: ")
@@ -364,6 +397,11 @@ def latency_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
                 per_change = statistics.fmean(both)
                 print(f"cluster{tag}: nodes a + b CPU per change {per_change:.0f} µs, "
                       f"{per_change / lone:.2f}× the lone adapter's {lone:.0f} µs")
+            for (tag, *_rest), pair in zip(clusters, nodes, strict=True):
+                lines = [line for node in pair for line in node.log_tail(100_000).splitlines()
+                         if " WARNING " in line or " ERROR " in line]
+                print(f"cluster{tag} nodes' log: {len(lines)} warnings/errors"
+                      + (f", last: {lines[-1]}" if lines else ""))
         finally:
             for process in profilers:
                 process.wait()
@@ -372,6 +410,20 @@ def latency_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
             for side in sides:
                 side.clients.stop()
             alone.stop()
+
+
+def lost_changes(phases: list[notify_latency.Phase], clients: notify_latency.BayeuxClients
+                 ) -> tuple[int, int]:
+    """Changes the server took that the Bayeux client never got, and how many of
+    those the raw watcher got (a NOTIFY carried them: lost past the server)."""
+    missed = seen_raw = 0
+    for phase in phases:
+        raw = {seq for seq, _sent, _arrived in phase.result["notified"]}
+        for seq, _index, _sent, status in phase.result["sent"]:
+            if status is not None and 200 <= status < 300 and seq not in clients.received:
+                missed += 1
+                seen_raw += seq in raw
+    return missed, seen_raw
 
 
 def profile(
