@@ -390,6 +390,9 @@ class Relay:
                 if not self._check:
                     self._check = True  # the writer looks whether Redis came back empty
                     self._kick.set()
+                # First thing when Redis answers: the mark (an empty Redis lost it,
+                # and producers take a node without one out of pa:where).
+                self._beat_at = float("-inf")
                 await asyncio.sleep(RETRY[min(failures, len(RETRY) - 1)])
                 failures += 1
                 if failures == 1:
