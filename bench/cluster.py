@@ -42,7 +42,12 @@ cluster as the adapter's store, a Redis, and two adapter nodes ``a`` and
   NOTIFY→Bayeux and publish→Bayeux per side, then the ratios two/one,
   one/alone and two/alone.  The CPU shown per side is the process holding
   its SIP subscriptions (node a, node b, the lone adapter); node a also
-  serves the two nodes side's Bayeux sessions.
+  serves the two nodes side's Bayeux sessions, so the cluster's CPU per
+  change is printed too: nodes a and b over both sides' changes.
+  ``--reference DIR`` adds a second cluster run from the source tree DIR
+  (its nodes get ``PYTHONPATH=DIR``), its own one node and two nodes sides
+  in the same seconds; ``--profile DIR`` runs py-spy on every node over the
+  measured rounds.
 * ``failover`` — ``--watches`` (10,000) Subscribe Presence calls of one
   application through node a (one watcher, presentities ``f<i>``; no
   pres-rules, so every watch is pending: the server answers and notifies
