@@ -42,7 +42,12 @@ cluster as the adapter's store, a Redis, and two adapter nodes ``a`` and
   NOTIFY→Bayeux and publish→Bayeux per side, then the ratios two/one,
   one/alone and two/alone.  The CPU shown per side is the process holding
   its SIP subscriptions (node a, node b, the lone adapter); node a also
-  serves the two nodes side's Bayeux sessions.
+  serves the two nodes side's Bayeux sessions, so the cluster's CPU per
+  change is printed too: nodes a and b over both sides' changes.
+  ``--reference DIR`` adds a second cluster run from the source tree DIR
+  (its nodes get ``PYTHONPATH=DIR``), its own one node and two nodes sides
+  in the same seconds; ``--profile DIR`` runs py-spy on every node over the
+  measured rounds.
 * ``failover`` — ``--watches`` (10,000) Subscribe Presence calls of one
   application through node a (one watcher, presentities ``f<i>``; no
   pres-rules, so every watch is pending: the server answers and notifies
@@ -61,8 +66,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -100,6 +108,31 @@ HOST = "127.0.0.1"
 DOMAIN = "bench.example.com"
 PASSWORD = "bench-secret"
 PROCESSES = ("a", "b", "kamailio", "pg-kamailio", "pg-store", "redis", "bench")
+#: Printed beside them: the whole machine's CPU (every process, other sessions'
+#: too), and what of it none of ours used.
+MACHINE = ("machine", "others")
+
+
+def machine_busy() -> float:
+    """CPU seconds the machine spent not idle, over all its cores (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class MachineMeter(CpuMeter):
+    """A CpuMeter that also meters the whole machine, as ``machine``."""
+
+    _machine: float = 0.0
+
+    def open(self) -> None:
+        super().open()
+        self._machine = machine_busy()
+
+    def close(self) -> None:
+        if self._start is not None:
+            self.used["machine"] += machine_busy() - self._machine
+        super().close()
 
 
 def load() -> str:
@@ -162,7 +195,7 @@ async def publish_phase(
         )
         window = RestWindow(args.warmup, args.duration, None,
                             len(presentities) if first_pass else 0)
-        meter = CpuMeter(mine)
+        meter = MachineMeter(mine) if k == 0 else CpuMeter(mine)
         windows.append(window)
         meters.append(meter)
         phases.append(lean_phase(node, presentities, workers, window, meter))
@@ -187,8 +220,8 @@ async def raw_side(
 ) -> tuple[int, float, list[float], Counter[str], Counter[str]]:
     """rest_publish.py's raw SIP PUBLISH sender straight to Kamailio: its ceiling."""
     window = RestWindow(args.warmup, args.duration, None, len(presentities) if first_pass else 0)
-    meter = CpuMeter({n: pid for n, pid in roots(server, cluster).items()
-                      if n not in cluster.names})
+    meter = MachineMeter({n: pid for n, pid in roots(server, cluster).items()
+                          if n not in cluster.names})
     await raw_phase(server.sip_address, presentities, args.concurrency, window, meter)
     return window.ok, window.elapsed, window.latencies, window.errors, meter.used
 
@@ -234,8 +267,9 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
     print(f"Publish, lean HTTP clients, {args.concurrency} at once, PostgreSQL-backed Kamailio, "
           "adapter store on PostgreSQL, Redis")
     header = (f"{'nodes':<5} {'ok/s':>6} {'ratio':>5} {'err/s':>5} {'p50':>6} {'p99':>6}  "
-              + " ".join(f"{p:>11}" for p in PROCESSES))
-    print("latency ms; per process: CPU ms per 1,000 ok / cores busy")
+              + " ".join(f"{p:>11}" for p in PROCESSES + MACHINE))
+    print("latency ms; per process: CPU ms per 1,000 ok / cores busy; machine: every "
+          f"process on its {os.cpu_count()} cores, others: the machine's less ours")
     print(header)
     print("-" * len(header))
     base = sides["one"].totals.ok_rate
@@ -243,8 +277,10 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
     for side in sides.values():
         t = side.totals
         cells = []
-        for process in PROCESSES:
-            used = side.cpu.get(process, 0.0)
+        ours = sum(side.cpu.get(process, 0.0) for process in PROCESSES)
+        machine = side.cpu.get("machine", 0.0)
+        for process in PROCESSES + MACHINE:
+            used = side.cpu.get(process, 0.0) if process != "others" else machine - ours
             cells.append(f"{used * 1e6 / t.ok if t.ok else 0:>5.0f}/{used / t.seconds:>5.2f}")
         print(f"{side.name:<5} {t.ok_rate:>6.0f} {t.ok_rate / base if base else 0:>5.2f} "
               f"{t.error_rate:>5.0f} {t.percentile(50):>6.2f} {t.percentile(99):>6.2f}  "
@@ -262,48 +298,70 @@ def publish_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
 def latency_part(args: argparse.Namespace, server: PgPresenceServer, directory: Path) -> None:
     """bench/notify_latency.py's sides, both Bayeux sessions on node a: **one** —
     its watches through node a too; **two** — its watches through node b, so
-    every notification crosses from node b to node a (Redis)."""
+    every notification crosses from node b to node a (Redis); with
+    ``--reference``, the same two sides again in a cluster run from that tree."""
     nl = notify_latency
     apps = args.apps
-    accounts = [AppAccount(f"app{i}", nl.PASSWORD, (nl.watcher(i),)) for i in range(apps)]
-    accounts += [AppAccount(f"xapp{i}", nl.PASSWORD, (nl.watcher(apps + i),))
-                 for i in range(apps)]
-    alone_accounts = [AppAccount(f"sapp{i}", nl.PASSWORD, (nl.watcher(2 * apps + i),))
-                      for i in range(apps)]
-    nl.write_rules(server, 3 * apps)
+    clusters = [("", "app", "xapp", None)]
+    if args.reference is not None:
+        clusters.append((" (ref)", "rapp", "rxapp", {"PYTHONPATH": str(args.reference)}))
+    alone_prefix = "sapp"
+    # Presentities p<k*apps+i>, k by side: one, two, [ref one, ref two,] alone.
+    prefixes = [prefix for _tag, one, two, _env in clusters for prefix in (one, two)]
+    prefixes.append(alone_prefix)
+    nl.write_rules(server, len(prefixes) * apps)
     (directory / "alone").mkdir()
-    alone = AdapterProcess.for_server(directory / "alone", server, alone_accounts)
-    with ClusterNodes(directory / "latency", accounts, count=2, lease=args.lease,
-                      presence=server) as cluster:
-        a, b = cluster.nodes
+    alone = AdapterProcess.for_server(
+        directory / "alone", server,
+        [AppAccount(f"{alone_prefix}{i}", nl.PASSWORD,
+                    (nl.watcher((len(prefixes) - 1) * apps + i),)) for i in range(apps)],
+    )
+    with contextlib.ExitStack() as stack:
+        sides: list[nl.Side] = []
+        nodes: list[tuple[AdapterProcess, AdapterProcess]] = []
+        for k, (tag, one, two, env) in enumerate(clusters):
+            accounts = [AppAccount(f"{prefix}{i}", nl.PASSWORD,
+                                   (nl.watcher((2 * k + j) * apps + i),))
+                        for j, prefix in enumerate((one, two)) for i in range(apps)]
+            cluster = stack.enter_context(ClusterNodes(
+                directory / f"latency{k}", accounts, count=2, lease=args.lease,
+                presence=server, env=env))
+            a, b = cluster.nodes
+            nodes.append((a, b))
+            sides.append(nl.Side(f"one node{tag}", a,
+                                 nl.BayeuxClients(f"{a.url}/cometd", apps, one),
+                                 2 * k * apps, apps))
+            sides.append(nl.Side(f"two nodes{tag}", b,
+                                 nl.BayeuxClients(f"{a.url}/cometd", apps, two),
+                                 (2 * k + 1) * apps, apps))
         alone.start(healthy=True)
-        sides = [
-            nl.Side("one node", a, nl.BayeuxClients(f"{a.url}/cometd", apps), 0, apps),
-            nl.Side("two nodes", b, nl.BayeuxClients(f"{a.url}/cometd", apps, "xapp"),
-                    apps, apps),
-            nl.Side("no cluster", alone,
-                    nl.BayeuxClients(f"{alone.url}/cometd", apps, "sapp"), 2 * apps, apps),
-        ]
+        sides.append(nl.Side("no cluster", alone,
+                             nl.BayeuxClients(f"{alone.url}/cometd", apps, alone_prefix),
+                             (len(prefixes) - 1) * apps, apps))
         peer = None
+        profilers: list[subprocess.Popen[bytes]] = []
         try:
-            for side, prefix in zip(sides, ("app", "xapp", "sapp"), strict=True):
+            for side, prefix in zip(sides, prefixes, strict=True):
                 async def setup(side: nl.Side = side, prefix: str = prefix) -> None:
                     await side.clients.wait_ready(60)
                     await nl.watch_all(side.adapter, apps, side.offset, prefix)
                 asyncio.run(setup())
             for side in sides:
                 threading.Thread(target=side.clients.read_forever, daemon=True).start()
-            peer = nl.RawPeer(server, 3 * apps, 3 * apps, args.latency_concurrency)
+            peer = nl.RawPeer(server, len(sides) * apps, len(sides) * apps,
+                              args.latency_concurrency)
             failed = peer.ready()
             if failed:
                 print(f"raw peer set-up: {len(failed)} failures {failed[:5]}", flush=True)
-            print(f"latency: {apps} presentities per side, {args.rate:g} changes/s per side; "
-                  f"{load()}", flush=True)
-            kept: list[list[nl.Phase]] = [[], [], []]
+            print(f"latency: {apps} presentities per side, {args.rate:g} changes/s per side, "
+                  f"sides {', '.join(side.label for side in sides)}; {load()}", flush=True)
+            kept: list[list[nl.Phase]] = [[] for _ in sides]
             plan = [("warmup", args.latency_warmup)]
             plan += [(f"round{r + 1}", args.latency_duration) for r in range(args.rounds)]
             first = 0
             for name, seconds in plan:
+                if name == "round1" and args.profile is not None:
+                    profilers = profile(args, nodes, (seconds + 1.5) * args.rounds)
                 results = nl.run_phase(name, args.rate, peer, sides, seconds, first, drain=1.0)
                 first += 10_000_000
                 print(f"  {name}: " + "; ".join(
@@ -319,19 +377,77 @@ def latency_part(args: argparse.Namespace, server: PgPresenceServer, directory: 
                 for phase in mine:
                     nl.measure(phase, side.clients)
                 nl.summarise(side, mine)
+            for side, mine in zip(sides, kept, strict=True):
+                missed, seen_raw = lost_changes(mine, side.clients)
+                print(f"  {side.label}: {missed} changes never reached the Bayeux client, "
+                      f"{seen_raw} of them reached the raw SIP watcher (the rest: no NOTIFY "
+                      "carried them, the server's)")
             shown = argparse.Namespace(apps=apps, concurrency=args.latency_concurrency)
             for side, mine in zip(sides, kept, strict=True):
                 nl.report(mine, shown, f"{side.label}: ")
-            for current, reference in ((1, 0), (0, 2), (1, 2)):
+            alone_k = len(sides) - 1
+            pairs = [(1, 0), (0, alone_k), (1, alone_k)]
+            if args.reference is not None:
+                pairs += [(0, 2), (1, 3)]
+            for current, reference in pairs:
                 print(f"(below: current = {sides[current].label}, "
                       f"reference = {sides[reference].label})")
                 nl.compare(kept[current], kept[reference])
+            print()
+            lone = statistics.fmean(p.cpu_per_change for p in kept[alone_k])
+            for k, (tag, *_rest) in enumerate(clusters):
+                # Node a's CPU over the one node side's changes, node b's over the
+                # two nodes side's: both sides' changes, equal in number.
+                both = [p.cpu_per_change for p in kept[2 * k] + kept[2 * k + 1]]
+                per_change = statistics.fmean(both)
+                print(f"cluster{tag}: nodes a + b CPU per change {per_change:.0f} µs, "
+                      f"{per_change / lone:.2f}× the lone adapter's {lone:.0f} µs")
+            for (tag, *_rest), pair in zip(clusters, nodes, strict=True):
+                lines = [line for node in pair for line in node.log_tail(100_000).splitlines()
+                         if " WARNING " in line or " ERROR " in line]
+                print(f"cluster{tag} nodes' log: {len(lines)} warnings/errors"
+                      + (f", last: {lines[-1]}" if lines else ""))
         finally:
+            for process in profilers:
+                process.wait()
             if peer is not None:
                 peer.stop()
             for side in sides:
                 side.clients.stop()
             alone.stop()
+
+
+def lost_changes(phases: list[notify_latency.Phase], clients: notify_latency.BayeuxClients
+                 ) -> tuple[int, int]:
+    """Changes the server took that the Bayeux client never got, and how many of
+    those the raw watcher got (a NOTIFY carried them: lost past the server)."""
+    missed = seen_raw = 0
+    for phase in phases:
+        raw = {seq for seq, _sent, _arrived in phase.result["notified"]}
+        for seq, _index, _sent, status in phase.result["sent"]:
+            if status is not None and 200 <= status < 300 and seq not in clients.received:
+                missed += 1
+                seen_raw += seq in raw
+    return missed, seen_raw
+
+
+def profile(
+    args: argparse.Namespace, nodes: list[tuple[AdapterProcess, AdapterProcess]],
+    seconds: float,
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every node over the measured rounds: collapsed stacks, a file each."""
+    started = []
+    for k, pair in enumerate(nodes):
+        for name, node in zip("ab", pair, strict=True):
+            assert node.process is not None
+            out = Path(args.profile) / f"{'ref-' if k else ''}{name}.txt"
+            started.append(subprocess.Popen(
+                [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--format", "raw",
+                 "--rate", "200", "-o", str(out), "--pid", str(node.process.pid),
+                 "--duration", str(int(seconds) + 1)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+    return started
 
 
 # ---------------------------------------------------------------- failover
@@ -455,6 +571,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="latency: unmeasured seconds first (35: past Timer J's 32 s)")
     parser.add_argument("--latency-concurrency", type=int, default=4,
                         help="latency: PUBLISHes the raw peer keeps outstanding (4)")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="latency: also a cluster run from the source tree DIR "
+                             "(git archive REV | tar -x -C DIR), its two sides beside ours")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="latency: py-spy (collapsed stacks) on every node over the "
+                             "measured rounds, DIR/a.txt, DIR/b.txt (DIR/ref-a.txt, …)")
     parser.add_argument("--watches", type=int, default=10_000, help="failover: watches (10,000)")
     parser.add_argument("--leases", default="10,2",
                         help="failover: [cluster] lease values, a cluster each (10,2)")
@@ -467,6 +589,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not args.parts or set(args.parts) - {"publish", "latency", "failover"}:
         parser.error("--parts: among publish, latency, failover")
+    if args.reference is not None:
+        args.reference = args.reference.resolve()
+        if not (args.reference / "adapter" / "cli.py").is_file():
+            parser.error(f"--reference: {args.reference} holds no adapter/cli.py")
+    if args.profile is not None:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     args.leases = [float(v) for v in args.leases.split(",") if v.strip()]
     if args.concurrency < 2 or args.concurrency % 2 or args.presentities < args.concurrency:
         parser.error("--concurrency: even, at least 2, at most --presentities")

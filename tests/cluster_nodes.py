@@ -54,7 +54,9 @@ class ClusterNodes:
 
     ``lease`` is ``[cluster] lease``; ``settings`` adds keys to every node's
     configuration (``{"sip": {"request_timeout": 2}}``), as for
-    :meth:`AdapterProcess.for_server`.
+    :meth:`AdapterProcess.for_server`; ``env`` is added to every node's
+    environment (``PYTHONPATH`` of another source tree, for a benchmark's
+    reference side).
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class ClusterNodes:
         presence: PresenceServer | None = None,
         settings: Mapping[str, Mapping[str, object]] | None = None,
         tls: ssl.SSLContext | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
+        self.env = dict(env or {})
         self.accounts = tuple(accounts)
         self.names = node_names(count)
         self.lease = lease
@@ -131,7 +135,8 @@ class ClusterNodes:
         cluster.update({"node": name, "redis": self.redis.url, "lease": self.lease})
         cluster.setdefault("secret", self.secret)
         return AdapterProcess.for_server(
-            directory, self.presence, self.accounts, settings=settings, tls=self.tls
+            directory, self.presence, self.accounts, settings=settings, tls=self.tls,
+            env=self.env,
         )
 
     def running(self) -> list[AdapterProcess]:

@@ -2,54 +2,68 @@
 
 Theory of operation.  A notification is made on the node that holds its SIP
 subscription; the application's Bayeux session may live on any node.  So in
-a cluster every message goes through the application's stream
-(:mod:`adapter.cluster.bus`), also when producer and session share a node: one
-path, one order.
+a cluster every message is added to the application's stream
+(:mod:`adapter.cluster.bus`), also when producer and session share a node:
+the stream is the application's shared backlog and holds what sessions have
+not confirmed.
 
 - **Producing** (:meth:`Relay.deliver`, what the watcher service calls in place
   of ``Hub.deliver``): the message joins an outbox; one writer task adds the
   outbox to the streams in order, in batches (one script call each).  While
   Redis is unreachable the outbox grows (up to :data:`OUTBOX_MAX`) and the
   writer retries.  A subscription is owned by one node, whose one writer keeps
-  its messages in order.
-- **Consuming**: one reader task per node reads (``XREAD``, blocking) the
-  streams of the applications that have a session on this node, from a cursor
-  per application, and hands each entry to the local hub under its entry id.
-  When a session subscribes, the reader first fetches what the stream held
-  before its cursor (the application's backlog: what no session took, or
-  took and never confirmed), oldest first, then reads on: fetches and reads
-  are done by that one task, so a session never sees a newer message before
-  an older one.
+  its messages in order.  The same script call adds each message to the
+  inbox of every other node reading for its application, and once it
+  returns, the writer hands the messages to this node's own sessions under
+  their new ids: a notification that stays on its node costs one round trip
+  and no read.
+- **Consuming**: a node reads for the applications that have a session on it
+  (it is in their ``pa:where``).  One reader task per node reads its inbox
+  (``XREAD``, blocking: one stream whatever the number of applications) and
+  hands each entry to the local hub under its id in the application's
+  stream.  When a session subscribes, the reader first registers for the
+  application and fetches its stream in one script call (the backlog: what
+  no session took, or took and never confirmed), hands it oldest first, and
+  only then what this node made for the application meanwhile; what other
+  nodes add after the call reaches the inbox.  Fetches and reads are done by
+  that one task, and an entry already handed is not handed again, so a
+  session never sees a newer message of a subscription before an older one.
 - **Confirming**: the hub tells which messages a session is done with (acked
   with the ack extension, else sent), and the writer deletes them from the
-  stream.  Until then a message stays, so a session that ends, or moves to
-  another node, leaves nothing behind: its next session gets it from the stream.
+  stream, those of :data:`CONFIRM_DELAY` seconds at once (a deletion is no
+  one's wait: one round trip for many).  Until then a message stays, so a
+  session that ends, or moves to another node, leaves nothing behind: its
+  next session gets it from the stream (this node's fetches skip what it
+  has yet to delete; another node's may hand it again: at least once).
 - **Redis restarts** (no persistence: the streams come back empty).  Each node
   keeps a *window*: the messages it added that Redis still held when it last
   looked (every :data:`PRUNE_INTERVAL`), plus those added since.  Its writer
   adds messages only while the node's alive mark exists (one script checks
   and adds); when the mark is gone, or when the reader's connection broke,
   the writer first adds the window again, under the old ids where possible,
-  then sets the mark.  Readers keep their cursors, so a session that already
-  had a message does not get it twice, while one that had not gets it now;
-  a backlog comes back whole.  What sessions hold unconfirmed is in the
-  nodes' memory and is not touched.  Nodes add their windows each at its own
-  moment, so a reader's cursor may already be past an entry added again late:
-  after its connection broke, a reader looks through its applications'
-  streams a few times (:data:`RESYNC`) for entries it has not handed in the
-  last :data:`RECENT` seconds and hands them.
+  then sets the mark.  Readers remember what they handed, so a session that
+  already had a message does not get it twice, while one that had not gets
+  it now; a backlog comes back whole.  What sessions hold unconfirmed is in
+  the nodes' memory and is not touched.  The ``pa:where`` sets and inboxes
+  came back empty too, and nodes add their windows each at its own moment
+  (not to inboxes): after its connection broke, a reader registers again and
+  looks through its applications' streams a few times (:data:`RESYNC`) for
+  entries it has not handed in the last :data:`RECENT` seconds and hands
+  them; so does a reader whose ``pa:reading`` mark had lapsed (producers may
+  have taken it out of ``pa:where``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from adapter.bayeux import Channel, Hub, LocalProtocolError
 from adapter.bayeux.errors import RemoteProtocolError
@@ -65,8 +79,16 @@ BATCH = 256
 OUTBOX_MAX = 100_000
 #: Seconds between two looks at which of its messages Redis still holds.
 PRUNE_INTERVAL = 5.0
+#: Seconds the writer gathers confirmations before deleting them together.
+CONFIRM_DELAY = 0.1
 #: Seconds a blocked read waits before looking at its sessions again.
 READ_BLOCK = 5.0
+#: Seconds between two looks for applications that no longer have a session here.
+FORGET_INTERVAL = 1.0
+#: Seconds between two marks that this node reads (and trims of its inbox) ...
+BEAT_INTERVAL = 2.0
+#: ... and how long a mark lasts: producers skip a node whose mark is gone.
+READING_TTL = 30.0
 #: Entries one read takes at most.
 READ_COUNT = 512
 #: Seconds between tries while Redis cannot be reached (doubling up to the last).
@@ -77,7 +99,8 @@ RESYNC = (0.0, 3.0, 10.0)
 #: plus PRUNE_INTERVAL: an entry confirmed before then is not added again).
 RECENT = 30.0
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+_encoder = msgspec.json.Encoder()
+_decode = msgspec.json.decode
 
 
 def _entry_order(entry: Entry) -> tuple[int, int]:
@@ -110,6 +133,8 @@ class Relay:
         self._outbox: deque[Outgoing] = deque()
         self._window: dict[str, deque[Entry]] = {}
         self._confirms: dict[str, list[str]] = {}
+        self._confirms_due = False  # CONFIRM_DELAY has passed since the oldest
+        self._confirm_timer: asyncio.TimerHandle | None = None
         self._deleting: dict[str, list[str]] = {}  # the confirms being deleted now
         self._check = True  # look at the alive mark before adding (at start: set it)
         self._kick = asyncio.Event()
@@ -117,13 +142,22 @@ class Relay:
         self.dropped = 0  # outbox overflow
         self.errors = 0  # calls to Redis that failed (for /metrics)
         # Consuming.
+        # app -> the newest entry of its stream known here: the applications
+        # this node reads for (in their pa:where).
         self._cursors: dict[str, str] = {}
         self._fetches: deque[tuple[str, tuple[Channel, ...]]] = deque()
-        self._wake_cursor = "0-0"
+        self._pending: dict[str, int] = {}  # app -> fetches queued
+        # app -> what this node made for it while its fetch was queued.
+        self._deferred: dict[str, list[Entry]] = {}
+        self._strangers: set[str] = set()  # read in the inbox, not read for here
+        self._inbox_cursor = "0-0"
+        self._inbox_ready = False
+        self._beat_at = float("-inf")
         # app -> id -> (when, whether it reached a session): what RESYNC skips.
         self._handed: dict[str, dict[str, tuple[float, bool]]] = {}
         self._resyncs: list[float] = []
         self._reading = False
+        self._forgot_at = 0.0
         self._wakes: set[asyncio.Task[None]] = set()
         self._down: str | None = None  # why Redis is unreachable, while it is
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,12 +184,15 @@ class Relay:
     async def close(self, flush: float = 2.0) -> None:
         """Stop; first give the writer up to `flush` seconds to add the outbox."""
         if self._tasks and (self._outbox or self._confirms):
+            self._confirms_due = True
             self._kick.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush):
                     while (self._outbox or self._confirms) and self._down is None:
                         await asyncio.sleep(0.01)
         self._closing = True
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
         for task in [*self._tasks, *self._wakes]:
             task.cancel()
         # Closing the connections ends a blocked read at once (a cancel alone
@@ -172,7 +209,7 @@ class Relay:
 
         The watcher service's ``Deliverer``; returns 1 (handed on, not yet read).
         """
-        self._outbox.append(Outgoing(app_id, channel, _encode(data)))
+        self._outbox.append(Outgoing(app_id, channel, _encoder.encode(data).decode()))
         if len(self._outbox) > OUTBOX_MAX:
             self._outbox.popleft()
             self.dropped += 1
@@ -187,7 +224,7 @@ class Relay:
     async def _write_loop(self) -> None:
         failures = 0
         while not self._closing:
-            if not (self._outbox or self._confirms or self._check):
+            if not (self._outbox or (self._confirms and self._confirms_due) or self._check):
                 # Woken by work, or to prune.  A timer, not asyncio.timeout: on
                 # 3.11 a cancel that meets the timeout's expiry can be taken for it.
                 prune = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._kick.set)
@@ -201,7 +238,7 @@ class Relay:
                     if not await self._bus.is_alive():
                         await self._restore()
                     self._check = False
-                if self._confirms:
+                if self._confirms and self._confirms_due:
                     await self._confirm()
                 if self._outbox:
                     await self._publish()
@@ -227,8 +264,18 @@ class Relay:
         for _ in batch:
             self._outbox.popleft()
         for message, entry_id in zip(batch, ids, strict=True):
-            kept = self._window.setdefault(message.app_id, deque(maxlen=self._bus.maxlen))
-            kept.append(Entry(message.app_id, entry_id, message.channel, message.data))
+            app_id = message.app_id
+            entry = Entry(app_id, entry_id, message.channel, message.data)
+            kept = self._window.setdefault(app_id, deque(maxlen=self._bus.maxlen))
+            kept.append(entry)
+            # This node's own sessions get it from here, not through Redis
+            # (the script left this node's inbox out).
+            if app_id in self._pending:
+                self._deferred.setdefault(app_id, []).append(entry)
+            elif app_id in self._cursors:
+                handed = self._handed.get(app_id)
+                if handed is None or entry_id not in handed:
+                    self._hand(entry)
 
     async def _restore(self) -> None:
         """Redis lost this node's messages: add the window again, then the mark."""
@@ -271,14 +318,26 @@ class Relay:
 
     def subscribed(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
         self._fetches.append((app_id, patterns))
+        self._pending[app_id] = self._pending.get(app_id, 0) + 1
         if self._reading:
-            # The reader waits in XREAD without this application: wake it.
+            # The reader waits in XREAD: wake it to fetch.
             task = asyncio.create_task(self._wake())
             self._wakes.add(task)
             task.add_done_callback(self._wakes.discard)
 
     def confirmed(self, app_id: str, ids: tuple[str, ...]) -> None:
         self._confirms.setdefault(app_id, []).extend(ids)
+        self._confirm_later()
+
+    def _confirm_later(self) -> None:
+        if self._confirm_timer is None and not self._confirms_due:
+            self._confirm_timer = asyncio.get_running_loop().call_later(
+                CONFIRM_DELAY, self._confirm_due
+            )
+
+    def _confirm_due(self) -> None:
+        self._confirm_timer = None
+        self._confirms_due = True
         self._kick.set()
 
     async def _wake(self) -> None:
@@ -290,6 +349,9 @@ class Relay:
         self._deleting = done
         try:
             await self._bus.confirm(done)
+            self._confirms_due = False
+            if self._confirms:  # confirmed while these were deleted
+                self._confirm_later()
         except BusDown:
             for app_id, ids in done.items():
                 self._confirms.setdefault(app_id, [])[:0] = ids
@@ -303,23 +365,27 @@ class Relay:
         failures = 0
         while not self._closing:
             try:
+                if not self._inbox_ready:
+                    await self._bus.empty_inbox()
+                    self._inbox_ready = True
+                if self._clock() - self._beat_at >= BEAT_INTERVAL:
+                    await self._beat()
                 if self._resyncs and self._resyncs[0] <= self._clock():
                     self._resyncs.pop(0)
                     await self._resync()
                 while self._fetches:
                     await self._fetch(*self._fetches[0])
-                    self._fetches.popleft()
-                server = self._hub.server
-                for app_id in [a for a in self._cursors if not server.session_count(a)]:
-                    del self._cursors[app_id]
-                    self._handed.pop(app_id, None)
+                    app_id, _ = self._fetches.popleft()
+                    self._fetched(app_id)
+                if self._clock() - self._forgot_at >= FORGET_INTERVAL or self._strangers:
+                    await self._forget()
                 self._reading = True
                 try:
-                    block = READ_BLOCK
+                    block = min(READ_BLOCK, BEAT_INTERVAL)
                     if self._resyncs:
                         block = max(0.001, min(block, self._resyncs[0] - self._clock()))
-                    entries, self._wake_cursor = await self._bus.read(
-                        self._cursors, self._wake_cursor, block, READ_COUNT
+                    entries, self._inbox_cursor = await self._bus.read(
+                        self._inbox_cursor, block, READ_COUNT
                     )
                 finally:
                     self._reading = False
@@ -330,6 +396,9 @@ class Relay:
                 if not self._check:
                     self._check = True  # the writer looks whether Redis came back empty
                     self._kick.set()
+                # First thing when Redis answers: the mark (an empty Redis lost it,
+                # and producers take a node without one out of pa:where).
+                self._beat_at = float("-inf")
                 await asyncio.sleep(RETRY[min(failures, len(RETRY) - 1)])
                 failures += 1
                 if failures == 1:
@@ -341,18 +410,53 @@ class Relay:
             failures = 0
             self._back()
             for entry in entries:
-                if entry.app_id in self._cursors:
-                    self._cursors[entry.app_id] = entry.id
+                app_id = entry.app_id
+                if app_id not in self._cursors:
+                    if app_id not in self._pending:
+                        self._strangers.add(app_id)  # left by an earlier run of this node
+                    continue
+                handed = self._handed.get(app_id)
+                if handed is None or entry.id not in handed:  # else the backlog had it
                     self._hand(entry)
+
+    async def _beat(self) -> None:
+        """Tell producers this node reads; trim what it read of its inbox."""
+        self._beat_at = self._clock()
+        kept = await self._bus.beat(READING_TTL, self._inbox_cursor)
+        if not kept and self._cursors and not self._resyncs:
+            # Stopped long enough for producers to take it out of pa:where:
+            # register again and hand what went past it.
+            self._resyncs = [self._clock()]
+
+    async def _forget(self) -> None:
+        """Stop reading for applications without a session here.
+
+        Not after every read: a message for an application whose last
+        session just went reaches no session and stays in its stream, as it
+        would unread.
+        """
+        self._forgot_at = self._clock()
+        server = self._hub.server
+        gone = [a for a in self._cursors if not server.session_count(a)]
+        for app_id in gone:
+            del self._cursors[app_id]
+            self._handed.pop(app_id, None)
+        gone += [a for a in self._strangers if a not in self._cursors and a not in self._pending]
+        self._strangers.clear()
+        if gone:
+            await self._bus.unregister(gone)
 
     async def _fetch(self, app_id: str, patterns: tuple[Channel, ...]) -> None:
         """A session of `app_id` subscribed to `patterns`: hand it the backlog."""
         if not self._hub.server.session_count(app_id):
             return
+        # Atomic with being added to pa:where: what the stream lacks now reaches
+        # the inbox, or this node's writer, later.
+        entries = await self._bus.register(app_id)
+        newest = entries[-1].id if entries else "0-0"
         cursor = self._cursors.get(app_id)
-        entries = await self._bus.fetch(app_id, "+" if cursor is None else cursor)
-        if cursor is None:
-            self._cursors[app_id] = entries[-1].id if entries else "0-0"
+        if cursor is None or _entry_order_of(newest) > _entry_order_of(cursor):
+            self._cursors[app_id] = newest
         # Held by a session here, or done with and not yet deleted: not backlog.
         held = self._hub.server.queued_ids(app_id).union(
             self._confirms.get(app_id, ()), self._deleting.get(app_id, ())
@@ -368,12 +472,27 @@ class Relay:
             if any(pattern.matches(channel) for pattern in patterns):
                 self._hand(entry)
 
+    def _fetched(self, app_id: str) -> None:
+        """The fetch for `app_id` is done: what this node made for it meanwhile
+        goes after the backlog (unless the backlog had it)."""
+        left = self._pending[app_id] - 1
+        if left:
+            self._pending[app_id] = left
+            return
+        del self._pending[app_id]
+        made = self._deferred.pop(app_id, [])
+        if app_id in self._cursors:
+            handed = self._handed.get(app_id, {})
+            for entry in made:
+                if entry.id not in handed:
+                    self._hand(entry)
+
     async def _resync(self) -> None:
         """Hand what the streams hold that this node has neither handed lately nor holds."""
         now = self._clock()
         for app_id in list(self._cursors):
             handed = self._handed.get(app_id, {})
-            entries = await self._bus.fetch(app_id)
+            entries = await self._bus.register(app_id)
             if app_id not in self._cursors:
                 continue  # its sessions went meanwhile
             held = self._hub.server.queued_ids(app_id)
@@ -402,10 +521,10 @@ class Relay:
             del handed[oldest[0]]
         try:
             reached = self._hub.deliver_shared(
-                entry.app_id, entry.channel, json.loads(entry.data), entry.id
+                entry.app_id, entry.channel, _decode(entry.data), entry.id
             )
             handed[entry.id] = (now, reached > 0)
-        except (LocalProtocolError, ValueError) as exc:
+        except (LocalProtocolError, msgspec.DecodeError) as exc:
             logger.error(
                 "cluster: Bayeux message %s of %s dropped: %s", entry.id, entry.app_id, exc
             )

@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as redis
 
 from adapter.bayeux import BayeuxLimits, Hub, Message
+from adapter.cluster import relay as relay_module
 from adapter.cluster.bus import Bus
 from adapter.cluster.relay import Relay
 from tests.redis_server import RedisServer
@@ -408,3 +409,75 @@ def test_messages_made_while_redis_is_down_are_delivered_once_it_is_back(
             return got
 
     assert run(scenario()) == [0, 1, 2, 3]
+
+
+async def inbox_messages(url: str, node: Node) -> list[str]:
+    """The applications of the messages in `node`'s inbox (wakes left out)."""
+    async with redis.Redis.from_url(url, decode_responses=True) as client:
+        items = await client.xrange(f"pa:inbox:{node.name}")
+    return [fields["a"] for _id, fields in items if "a" in fields]
+
+
+async def registered(url: str, node: Node, app_id: str) -> None:
+    """Until `node` reads for `app_id` (its session's fetch done)."""
+    async with redis.Redis.from_url(url) as client, asyncio.timeout(WAIT):
+        while not await client.sismember(f"pa:where:{app_id}", node.name):
+            await asyncio.sleep(0.01)
+
+
+def test_a_message_for_a_session_on_its_own_node_is_handed_without_a_read(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Added to the stream (the shared backlog) but not to the inbox: the node's
+    writer hands it; a message from the other node comes through the inbox."""
+    monkeypatch.setattr(relay_module, "BEAT_INTERVAL", 3600.0)  # no trim of the inbox
+
+    async def scenario() -> tuple[list[Any], list[str], int]:
+        async with nodes(redis_server.url) as (a, b):
+            client = session_on(a)
+            app_id = client.app_id
+            await registered(redis_server.url, a, app_id)
+            send(a, app_id, {"n": 1})
+            send(b, app_id, {"n": 2})
+            send(a, app_id, {"n": 3})
+            data = await client.until(3)
+            async with redis.Redis.from_url(redis_server.url) as plain:
+                length = await plain.xlen(f"pa:bayeux:{app_id}")
+            return data, await inbox_messages(redis_server.url, a), length
+
+    data, inbox, length = run(scenario())
+    assert sorted(data, key=lambda d: d["n"]) == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert data.index({"n": 1}) < data.index({"n": 3})  # one producer: its order
+    assert len(inbox) == 1  # node b's message only
+    assert length == 3  # all three in the stream until confirmed
+
+
+def test_producers_leave_out_a_node_that_stopped_reading(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that dies stays in pa:where; once its pa:reading mark lapses,
+    producers take it out and its inbox no longer grows."""
+    monkeypatch.setattr(relay_module, "READING_TTL", 1.0)
+    monkeypatch.setattr(relay_module, "BEAT_INTERVAL", 0.05)  # the live ones keep theirs
+
+    async def scenario() -> tuple[bool, bool, list[Any]]:
+        async with nodes(redis_server.url, count=3) as (a, b, c):
+            client = session_on(a)
+            app_id = client.app_id
+            other = Client(c, app_id)
+            assert other.open() == []
+            await registered(redis_server.url, a, app_id)
+            await registered(redis_server.url, c, app_id)
+            await a.relay.close()  # dead: it reads no more, nothing taken out
+            async with redis.Redis.from_url(redis_server.url, decode_responses=True) as plain:
+                before = await plain.sismember(f"pa:where:{app_id}", a.name)
+                while await plain.exists(f"pa:reading:{a.name}"):
+                    await asyncio.sleep(0.05)
+                send(b, app_id, {"n": 1})
+                data = await other.until(1)  # the live node still gets it
+                after = await plain.sismember(f"pa:where:{app_id}", a.name)
+            return bool(before), bool(after), data
+
+    before, after, data = run(scenario())
+    assert before and not after
+    assert data == [{"n": 1}]
