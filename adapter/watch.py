@@ -339,7 +339,7 @@ class _MemberNews:
 _Held = _Offer | _HeldNotify | _Start | _MemberNews
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Watch:
     watcher: str
     presentity: str
@@ -374,21 +374,22 @@ class Watch:
     #: Aged decisions are being read again beside the NOTIFYs.
     revalidating: bool = False
     resume: _Held | None = None
-    held: deque[_Held] = field(default_factory=deque)
+    #: What came while the rules were read, in order; None when nothing
+    #: waits (the usual case: a held subscription keeps no queue).
+    held: deque[_Held] | None = None
     schedules: dict[str, Schedule] = field(default_factory=dict)
     #: Schedules added and not begun yet (they wait for the rules): no state
     #: is offered to them before their start.
-    unstarted: set[str] = field(default_factory=set)
+    unstarted: set[str] | None = None
     #: Waits before the re-subscribe attempts still to come.
     backoff: tuple[float, ...] = ()
     why: str = ""
-    granted_from: tuple[dict[AttributeType, bool] | None, frozenset[AttributeType]] | None = None
     #: The server answered as a resource list server: a group watch.
     is_list: bool = False
     #: A group watch's list as the current dialog's RLMI documents told it.
     rlmi: ListState | None = None
     #: The members that list holds with no state (no instance) yet.
-    stateless: set[str] = field(default_factory=set, repr=False)
+    stateless: set[str] | None = field(default=None, repr=False)
     #: A group watch's last re-subscription to heal its list (when, and how
     #: many came each within RELIST_QUIET of the one before).
     relisted: tuple[float, int] = (float("-inf"), 0)
@@ -419,16 +420,13 @@ class Watch:
 
     @property
     def granted(self) -> frozenset[AttributeType]:
-        if self.withheld:
-            return frozenset()
-        # Asked for by every NOTIFY offered: kept while the decisions are the
-        # same object (a read replaces them, never changes them in place).
-        cached = self.granted_from
-        if cached is not None and cached[0] is self.decisions:
-            return cached[1]
-        decisions = self.decisions or {}
-        granted = frozenset(kind for kind, granted in decisions.items() if granted)
-        self.granted_from = (self.decisions, granted)
+        decisions = self.decisions
+        if self.withheld or decisions is None:
+            return _NOTHING
+        # Asked for by every NOTIFY offered: shared decisions know theirs.
+        granted = _GRANTED.get(id(decisions))
+        if granted is None:
+            granted = frozenset(kind for kind, granted in decisions.items() if granted)
         return granted
 
     @property
@@ -439,6 +437,12 @@ class Watch:
     def owner(self) -> Watch:
         """Whose schedules and reference this watch's news go to."""
         return self.group if self.group is not None else self
+
+    def hold(self, item: _Held) -> None:
+        """Keep ``item`` until the rules are in."""
+        if self.held is None:
+            self.held = deque()
+        self.held.append(item)
 
     def member_of(self, presentity: str) -> Watch:
         """A member watch of this group watch, made if there is none."""
@@ -457,6 +461,47 @@ class Watch:
             and self.stale_after is None
             and now - self.read_at < decisions_ttl(self.presentity)
         )
+
+
+_NOTHING: frozenset[AttributeType] = frozenset()
+#: Decisions shared by every watch holding the same ones, with what they grant
+#: (by the dict's id: the dicts here live as long as the process).  A watch's
+#: decisions are replaced, never changed in place, and however many watches
+#: there are, few distinct decisions exist (at most 2 ** len(AttributeType)
+#: per set of keys).
+_SHARED: dict[frozenset[tuple[AttributeType, bool]], dict[AttributeType, bool]] = {}
+_GRANTED: dict[int, frozenset[AttributeType]] = {}
+_Sent = tuple[tuple[AttributeType, bool], ...]
+_SENT: dict[_Sent, _Sent] = {}
+
+
+def shared_decisions(decisions: dict[AttributeType, bool]) -> dict[AttributeType, bool]:
+    """The one shared dict equal to ``decisions`` (never to be changed in place)."""
+    key = frozenset(decisions.items())
+    shared = _SHARED.get(key)
+    if shared is None:
+        shared = _SHARED[key] = decisions
+        _GRANTED[id(shared)] = frozenset(kind for kind, granted in shared.items() if granted)
+    return shared
+
+
+def shared_sent(sent: _Sent) -> _Sent:
+    """The one shared tuple equal to ``sent`` (the decisions last told)."""
+    return _SENT.setdefault(sent, sent)
+
+
+def _added(items: set[str] | None, item: str) -> set[str]:
+    """``items`` with ``item``: a watch's sets are None while empty, as most stay."""
+    if items is None:
+        return {item}
+    items.add(item)
+    return items
+
+
+def _discarded(items: set[str] | None, item: str) -> set[str] | None:
+    if items:
+        items.discard(item)
+    return items or None
 
 
 # -- actions ------------------------------------------------------------------------
@@ -739,7 +784,7 @@ class WatchMachine:
             for uri in list(watch.listed):
                 self._member_left(watch, uri)
             watch.rlmi = None
-            watch.stateless.clear()
+            watch.stateless = None
         self._out.append(SaveWatch(watch))
 
     def subscription_refused(self, watch: Watch, subscription_id: int) -> list[WatchAction]:
@@ -783,7 +828,7 @@ class WatchMachine:
         if key in self.schedules:
             raise DuplicateCorrelator(schedule.correlator)
         watch.schedules[schedule.correlator] = schedule
-        watch.unstarted.add(schedule.correlator)
+        watch.unstarted = _added(watch.unstarted, schedule.correlator)
         self.schedules[key] = (watch, schedule)
         self._out += (SaveWatch(watch), SaveSchedule(schedule))
         return self._take()
@@ -800,7 +845,7 @@ class WatchMachine:
         if watch.state is WatchState.ENDED or not self.schedule_live(schedule):
             return False
         for one in (watch, *watch.listed.values()):
-            waiting = [one.resume, *one.held]
+            waiting = [one.resume, *(one.held or ())]
             if any(isinstance(item, _Start) and item.schedule is schedule for item in waiting):
                 return True
         return False
@@ -858,7 +903,7 @@ class WatchMachine:
         if event.subscription_id != watch.subscription_id:
             return []  # of a dialog the watch left (re-subscribed, ended)
         if watch.waiting:
-            watch.held.append(_HeldNotify(event, now))
+            watch.hold(_HeldNotify(event, now))
             return []
         self._take_notify(watch, event, now, now)
         return self._take()
@@ -919,7 +964,7 @@ class WatchMachine:
             self._unsaved.pop(key, None)
             self._timers.cancel((_Timer.SCHEDULE, *key))
         watch.schedules.clear()
-        watch.unstarted.clear()
+        watch.unstarted = None
         mark = len(self._out)
         self._drop(watch)
         self._out[mark:] = [
@@ -1053,7 +1098,7 @@ class WatchMachine:
                 member.members.clear()
         # A new dialog numbers its RLMI versions afresh (RFC 4662 §5.2).
         watch.rlmi = None
-        watch.stateless.clear()
+        watch.stateless = None
         watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.SENT)
         self._out.append(Subscribe(watch, retry))
@@ -1161,9 +1206,9 @@ class WatchMachine:
         edited = False
         for change in update.changes:
             if change.member.state is None and change.uri in group.rlmi.members:
-                group.stateless.add(change.uri)
+                group.stateless = _added(group.stateless, change.uri)
             else:
-                group.stateless.discard(change.uri)
+                group.stateless = _discarded(group.stateless, change.uri)
             if change.uri not in group.rlmi.members:
                 continue  # removed: handled by the full state above
             member = group.listed.get(change.uri)
@@ -1180,7 +1225,7 @@ class WatchMachine:
                 continue
             news = _MemberNews(change.member, received)
             if member.waiting:
-                member.held.append(news)
+                member.hold(news)
             else:
                 self._take_member(member, news, now)
         check = (_Timer.CHECK, *group.key)
@@ -1225,7 +1270,7 @@ class WatchMachine:
             return
         # Listed bare in a later full state is no news of a member whose
         # state came: only those never heard of are lacking.
-        lacking = [uri for uri in group.stateless
+        lacking = [uri for uri in group.stateless or ()
                    if uri in group.listed and group.listed[uri].state is WatchState.PENDING
                    and group.listed[uri].presence is None]
         if lacking and self.list_complete(group):
@@ -1369,7 +1414,7 @@ class WatchMachine:
         member.state = WatchState.ENDED
         self._unindex(member)
         member.resume = None
-        member.held.clear()
+        member.held = None
         if member.waiting or member.revalidating:
             member.waiting = member.revalidating = False
             self._out.append(Settled(member))
@@ -1383,7 +1428,7 @@ class WatchMachine:
         member.state = WatchState.BLOCKED
         member.members.clear()
         member.resume = None
-        member.held.clear()
+        member.held = None
         for schedule in group.schedules.values():
             schedule.drop_member_pending(member.presentity)
         self._tell_ended(group, member.presentity, reason)
@@ -1436,7 +1481,7 @@ class WatchMachine:
             for schedule in list(owner.schedules.values()):
                 if owner.unstarted and schedule.correlator in owner.unstarted:
                     continue
-                if member is not None and schedule.correlator in watch.unstarted:
+                if member is not None and schedule.correlator in (watch.unstarted or ()):
                     # Held back for the member's rules across a Start: the
                     # member's held Start tells (checkImmediate) or takes as
                     # its baseline the state current then — not this offer.
@@ -1452,7 +1497,7 @@ class WatchMachine:
         if watch.is_list:
             # The group's period begins now; each member begins under its
             # own decisions (waiting for them like a single watch would).
-            watch.unstarted.discard(schedule.correlator)
+            watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
             if not start.check_immediate:
                 schedule.start(None, frozenset(), now, check_immediate=False)
             for member in list(watch.listed.values()):
@@ -1465,8 +1510,8 @@ class WatchMachine:
             # at the Start: the held Start begins the member with it, once
             # (sent with checkImmediate, else the baseline), not _offer.
             if group is not None:
-                watch.unstarted.add(schedule.correlator)
-            watch.held.append(start)
+                watch.unstarted = _added(watch.unstarted, schedule.correlator)
+            watch.hold(start)
             return
         active = watch.state is WatchState.ACTIVE
         if active and self._need_rules(watch, now):
@@ -1475,13 +1520,13 @@ class WatchMachine:
             return
         current = watch.presence if active else None
         if group is not None:
-            watch.unstarted.discard(schedule.correlator)
+            watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
             if current is None:
                 return
             deliveries = schedule.begin_member(current, watch.granted, now, watch.presentity,
                                                check_immediate=start.check_immediate)
         else:
-            watch.unstarted.discard(schedule.correlator)
+            watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
             deliveries = schedule.start(current, watch.granted, now,
                                         check_immediate=start.check_immediate)
         self._deliver(watch.owner, schedule, deliveries, now)
@@ -1541,11 +1586,11 @@ class WatchMachine:
         watch.rule_blocks = rule is not None and rule.sub_handling is SubHandling.BLOCK
         if rule is None:
             asked = watch.attributes or frozenset(ALL_ATTRIBUTES)
-            watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
+            watch.decisions = shared_decisions({kind: kind in asked for kind in ALL_ATTRIBUTES})
         elif rule.sub_handling is SubHandling.ALLOW:
-            watch.decisions = rule.decisions()
+            watch.decisions = shared_decisions(rule.decisions())
         else:
-            watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
+            watch.decisions = shared_decisions({kind: False for kind in ALL_ATTRIBUTES})
         watch.read_serial, watch.read_at, watch.stale_after = read.serial, read.started, None
         watch.activated = False
         if watch.decisions != before:
@@ -1582,6 +1627,8 @@ class WatchMachine:
             self._run(watch, resume, now)
         while watch.held and not watch.waiting and watch.state is not WatchState.ENDED:
             self._run(watch, watch.held.popleft(), now)
+        if not watch.held:
+            watch.held = None
 
     def _run(self, watch: Watch, item: _Held, now: float) -> None:
         if isinstance(item, _Offer):
@@ -1604,7 +1651,7 @@ class WatchMachine:
         decisions = tuple((kind, watch.decisions.get(kind, False)) for kind in asked)
         if decisions == watch.decisions_sent:
             return
-        watch.decisions_sent = decisions
+        watch.decisions_sent = shared_sent(decisions)
         # Kept with the watch: after a restart the re-made subscription's first
         # NOTIFY must not tell the application the same decisions again.
         self._out.append(SaveWatch(owner))
@@ -1646,7 +1693,7 @@ class WatchMachine:
     def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
         key = (schedule.app_id, schedule.correlator)
         watch.schedules.pop(schedule.correlator, None)
-        watch.unstarted.discard(schedule.correlator)
+        watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
         self.schedules.pop(key, None)
         # Its record is deleted: a write still due must not bring it back.
         self._unsaved.pop(key, None)
@@ -1687,7 +1734,7 @@ class WatchMachine:
             self._unindex(watch)
             self._out.append(ForgetWatch(watch))
         watch.resume = None
-        watch.held.clear()
+        watch.held = None
         if watch.waiting or watch.revalidating:
             watch.waiting = watch.revalidating = False
             self._out.append(Settled(watch))

@@ -74,7 +74,7 @@ def rule_id(watcher: str) -> str:
     return "w" + hashlib.sha256(watcher.encode()).hexdigest()[:20]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One common-policy rule.
 
@@ -93,7 +93,7 @@ class Rule:
         return {kind: kind in self.grants for kind in AttributeType}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PresRules:
     """A presentity's ruleset."""
 
@@ -209,10 +209,20 @@ def _check_decisions(decisions: Mapping[AttributeType, bool]) -> None:
             raise ValidationError(f"bad decision {kind!r}: {granted!r}", "decisions")
 
 
+#: One frozenset per distinct grant: a presentity's document holds a rule per
+#: watcher, and the cached documents of many presentities hold as many rules
+#: as there are subscriptions, with a handful of distinct grants among them.
+_GRANTS: dict[frozenset[AttributeType], frozenset[AttributeType]] = {}
+
+
+def _interned(grants: frozenset[AttributeType]) -> frozenset[AttributeType]:
+    return _GRANTS.setdefault(grants, grants)
+
+
 def _own_rule(watcher: str, handling: SubHandling, grants: frozenset[AttributeType]) -> Rule:
     if not isinstance(watcher, str) or not is_uri(watcher):
         raise ValidationError(f"watcher {watcher!r} is not a URI", "watcher")
-    return Rule(rule_id(watcher), (watcher,), handling, grants)
+    return Rule(rule_id(watcher), (watcher,), handling, _interned(grants))
 
 
 def _rule_element(rule: Rule) -> etree._Element:
@@ -301,7 +311,7 @@ def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
         id=rule_el_id,
         watchers=watchers,
         sub_handling=handling,
-        grants=frozenset(grants),
+        grants=_interned(frozenset(grants)),
         # Our own rules are re-generated; everyone else's are kept verbatim.
         source=None if own else etree.tostring(el),
     )
