@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ class UnknownCorrelator(LookupError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reference:
     """Where an application wants its notifications (the spec's ``reference``)."""
 
@@ -471,6 +472,7 @@ _NOTHING: frozenset[AttributeType] = frozenset()
 #: per set of keys).
 _SHARED: dict[frozenset[tuple[AttributeType, bool]], dict[AttributeType, bool]] = {}
 _GRANTED: dict[int, frozenset[AttributeType]] = {}
+_KINDS: dict[frozenset[AttributeType], frozenset[AttributeType]] = {}
 _Sent = tuple[tuple[AttributeType, bool], ...]
 _SENT: dict[_Sent, _Sent] = {}
 
@@ -483,6 +485,16 @@ def shared_decisions(decisions: dict[AttributeType, bool]) -> dict[AttributeType
         shared = _SHARED[key] = decisions
         _GRANTED[id(shared)] = frozenset(kind for kind, granted in shared.items() if granted)
     return shared
+
+
+def _shared_text(text: str) -> str:
+    """One string for all the watches naming the same address or channel."""
+    return sys.intern(text) if type(text) is str else text  # not a subclass (AppId)
+
+
+def shared_kinds(kinds: frozenset[AttributeType]) -> frozenset[AttributeType]:
+    """The one shared frozenset equal to ``kinds`` (the attributes a watch asked for)."""
+    return _KINDS.setdefault(kinds, kinds)
 
 
 def shared_sent(sent: _Sent) -> _Sent:
@@ -620,6 +632,9 @@ class WatchMachine:
         #: The same watches by presentity, then watcher, and the member
         #: watches of groups by member, then (watcher, group) (_index, _unindex).
         self.by_presentity: dict[str, dict[Any, Watch]] = {}
+        #: The document last decoded per watched presentity, by the digest of
+        #: its body: its watchers' NOTIFYs carry the same body, and share it.
+        self._documents: dict[str, tuple[int, Presence]] = {}
         self.schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self.rules = RulesCache()
         self._timers: TimerHeap[tuple[Any, ...]] = TimerHeap()
@@ -646,6 +661,11 @@ class WatchMachine:
         """File a new (or restored) watch; its decisions need a read from now on."""
         if watch.stale_after is not None:
             watch.stale_after = self.rules.mark()
+        # The same addresses come back in thousands of watches: one string each.
+        watch.watcher = _shared_text(watch.watcher)
+        watch.presentity = _shared_text(watch.presentity)
+        watch.application = _shared_text(watch.application)
+        watch.attributes = shared_kinds(watch.attributes)
         self.watches[watch.key] = watch
         self._index(watch)
         for member in watch.listed.values():
@@ -661,6 +681,7 @@ class WatchMachine:
             del others[_index_key(watch)]
             if not others:
                 del self.by_presentity[watch.presentity]
+                self._documents.pop(watch.presentity, None)
 
     def states(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -737,12 +758,13 @@ class WatchMachine:
         if watch is None:
             watch = self.add(Watch(watcher, presentity, app_id))
         watch.app_id = app_id
-        watch.application = application
-        watch.attributes = attributes
-        watch.reference = reference
+        watch.application = _shared_text(application)
+        watch.attributes = attributes = shared_kinds(attributes)
+        watch.reference = Reference(reference.correlator, _shared_text(reference.endpoint),
+                                    _shared_text(reference.interface_name))
         watch.decisions_sent = None  # a new reference hears the decisions again
         for member in watch.listed.values():
-            member.application, member.attributes = application, attributes
+            member.application, member.attributes = watch.application, attributes
             member.decisions_sent = None
         self._out.append(SaveWatch(watch))
         return watch, self._take()
@@ -1458,6 +1480,11 @@ class WatchMachine:
         digest = hash(body)
         if digest == member.body_digest and member.presence is not None:
             return True  # a refresh's NOTIFY repeats the body: the same document
+        shared = self._documents.get(member.presentity)
+        if shared is not None and shared[0] == digest:
+            member.presence = shared[1]
+            member.body_digest = digest
+            return True
         try:
             member.presence = decode(body)
         except PidfError as exc:
@@ -1467,6 +1494,8 @@ class WatchMachine:
             logger.warning("unreadable PIDF from %s: %s", member.presentity, exc)
             return False
         member.body_digest = digest
+        if member.presentity in self.by_presentity:
+            self._documents[member.presentity] = (digest, member.presence)
         return True
 
     def _offer(self, watch: Watch, fresh: bool, received: float, now: float) -> None:
