@@ -293,6 +293,25 @@ def _step(dialog: Dialog, step: _Step) -> Dialog:
         raise LocalProtocolError(f"watch dialog {dialog.name} cannot take {step.name}") from None
 
 
+class _Empty(dict[Any, Any]):
+    """The empty dict every watch shares until it has an entry (most never
+    have: only a group has members listed, only a Start adds a schedule).
+    Changing it in place is a bug: it raises instead of reaching every watch."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("the shared empty dict is not to be changed; give the watch its own")
+
+    __setitem__ = __delitem__ = setdefault = update = pop = popitem = clear = _refuse
+
+
+_EMPTY: dict[Any, Any] = _Empty()
+
+
+def _own(table: dict[str, Any]) -> dict[str, Any]:
+    """A dict of the watch's own in place of the shared empty one."""
+    return {} if table is _EMPTY else table
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     """One presentity's state as the watch last heard it."""
@@ -378,7 +397,7 @@ class Watch:
     #: What came while the rules were read, in order; None when nothing
     #: waits (the usual case: a held subscription keeps no queue).
     held: deque[_Held] | None = None
-    schedules: dict[str, Schedule] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=lambda: _EMPTY)
     #: Schedules added and not begun yet (they wait for the rules): no state
     #: is offered to them before their start.
     unstarted: set[str] | None = None
@@ -400,13 +419,13 @@ class Watch:
     #: stale answers to it (URI -> digest), and whether a second refresh is
     #: to tell them apart (_stale_answer).
     refreshed_at: float = float("-inf")
-    suspects: dict[str, int] = field(default_factory=dict, repr=False)
+    suspects: dict[str, int] = field(default_factory=lambda: _EMPTY, repr=False)
     confirming: bool = False
     #: A group watch was subscribed again for members still without state;
     #: not again until the list has settled.
     healed: bool = False
     #: A group watch's member watches, by member URI.
-    listed: dict[str, Watch] = field(default_factory=dict, repr=False)
+    listed: dict[str, Watch] = field(default_factory=lambda: _EMPTY, repr=False)
     #: A member watch's group watch.
     group: Watch | None = field(default=None, repr=False)
 
@@ -449,6 +468,7 @@ class Watch:
         """A member watch of this group watch, made if there is none."""
         member = self.listed.get(presentity)
         if member is None:
+            self.listed = _own(self.listed)
             member = self.listed[presentity] = Watch(
                 self.watcher, presentity, self.app_id, self.application, self.attributes,
                 group=self,
@@ -849,6 +869,7 @@ class WatchMachine:
         key = (schedule.app_id, schedule.correlator)
         if key in self.schedules:
             raise DuplicateCorrelator(schedule.correlator)
+        watch.schedules = _own(watch.schedules)
         watch.schedules[schedule.correlator] = schedule
         watch.unstarted = _added(watch.unstarted, schedule.correlator)
         self.schedules[key] = (watch, schedule)
@@ -985,7 +1006,7 @@ class WatchMachine:
             self.schedules.pop(key, None)
             self._unsaved.pop(key, None)
             self._timers.cancel((_Timer.SCHEDULE, *key))
-        watch.schedules.clear()
+        watch.schedules = _EMPTY
         watch.unstarted = None
         mark = len(self._out)
         self._drop(watch)
@@ -1008,7 +1029,7 @@ class WatchMachine:
         self._timers.cancel((_Timer.CHECK, *watch.key))
         self._timers.cancel((_Timer.QUIET, *watch.key))
         self._timers.cancel((_Timer.CONFIRM, *watch.key))
-        watch.suspects.clear()
+        watch.suspects = _EMPTY
         watch.confirming = False
         old = watch.subscription_id
         if old is not None:
@@ -1083,6 +1104,7 @@ class WatchMachine:
     def restore_schedule(self, schedule: Schedule, now: float) -> list[WatchAction]:
         """A stored schedule back, with what its deadline did meanwhile."""
         owner = self.watch_for(schedule.app_id, schedule.watcher, schedule.presentity)
+        owner.schedules = _own(owner.schedules)
         owner.schedules[schedule.correlator] = schedule
         self.schedules[(schedule.app_id, schedule.correlator)] = (owner, schedule)
         self._deliver(owner, schedule, schedule.handle_timer(now), now)
@@ -1343,7 +1365,7 @@ class WatchMachine:
         """Whether a member's document, come within a refresh's window, goes
         back to one of its earlier documents and is held (see REFRESH_WINDOW)."""
         uri = member.presentity
-        suspected = group.suspects.pop(uri, None)
+        suspected = group.suspects.pop(uri) if uri in group.suspects else None
         held = member.members.get(uri)
         if item.document is None or held is None or now > group.refreshed_at + REFRESH_WINDOW:
             return False
@@ -1352,6 +1374,7 @@ class WatchMachine:
             return False
         if group.confirming and suspected == digest:
             return False  # the second refresh sent it again: the member's own
+        group.suspects = _own(group.suspects)
         group.suspects[uri] = digest
         return True
 
@@ -1359,7 +1382,7 @@ class WatchMachine:
         """A refresh's window ended: documents held after the first refresh
         get a second one; those the second did not send again were stale."""
         if not group.suspects or group.confirming:
-            group.suspects.clear()
+            group.suspects = _EMPTY
             group.confirming = False
             return
         group.confirming = True
@@ -1482,8 +1505,7 @@ class WatchMachine:
             return True  # a refresh's NOTIFY repeats the body: the same document
         shared = self._documents.get(member.presentity)
         if shared is not None and shared[0] == digest:
-            member.presence = shared[1]
-            member.body_digest = digest
+            member.body_digest, member.presence = shared
             return True
         try:
             member.presence = decode(body)
@@ -1721,7 +1743,8 @@ class WatchMachine:
 
     def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
         key = (schedule.app_id, schedule.correlator)
-        watch.schedules.pop(schedule.correlator, None)
+        if schedule.correlator in watch.schedules:
+            del watch.schedules[schedule.correlator]
         watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
         self.schedules.pop(key, None)
         # Its record is deleted: a write still due must not bring it back.
@@ -1754,7 +1777,7 @@ class WatchMachine:
         self._timers.cancel((_Timer.CHECK, *watch.key))
         self._timers.cancel((_Timer.QUIET, *watch.key))
         self._timers.cancel((_Timer.CONFIRM, *watch.key))
-        watch.suspects.clear()
+        watch.suspects = _EMPTY
         watch.confirming = False
         for member in watch.listed.values():
             self._forget_member(member)

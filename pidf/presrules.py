@@ -30,6 +30,7 @@ rule does not mention, and an explicit ``false`` makes it strip them.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -276,8 +277,10 @@ def _provides_means(child: etree._Element) -> bool:
 
 
 def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
+    # Interned: the same watcher's address (and so its rule's id) comes back in
+    # the cached documents of every presentity it watches.
     watchers = tuple(
-        one.get("id") or ""
+        sys.intern(str(one.get("id")))
         for one in el.iterfind(f"{_CP}conditions/{_CP}identity/{_CP}one")
         if one.get("id")
     )
@@ -308,7 +311,7 @@ def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
                     grants.add(AttributeType.OTHER)
     own = len(watchers) == 1 and rule_el_id == rule_id(watchers[0])
     return Rule(
-        id=rule_el_id,
+        id=sys.intern(rule_el_id),
         watchers=watchers,
         sub_handling=handling,
         grants=_interned(frozenset(grants)),

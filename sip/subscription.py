@@ -57,7 +57,7 @@ class SubscriptionPhase(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NotifyReceived:
     """A NOTIFY for this subscription was accepted (and answered 200)."""
 
@@ -67,7 +67,7 @@ class NotifyReceived:
     content_type: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionAccepted:
     """The notifier answered the initial SUBSCRIBE with a 2xx."""
 
@@ -78,7 +78,7 @@ class SubscriptionAccepted:
     eventlist: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionTerminated:
     """The subscription ended.
 
