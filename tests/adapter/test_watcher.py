@@ -1196,3 +1196,17 @@ def test_start_on_a_group_waits_for_its_state_and_lists_the_members_not_active()
         assert w.service.machine.watches[(BOB, GROUP)].is_list
 
     run(scenario, list_settle=0.05)
+
+
+def test_held_watches_keep_no_task_of_their_own() -> None:
+    async def scenario(w: World) -> None:
+        await ten_active_watchers(w)
+        for _ in range(10):  # what the calls started has run its course
+            await asyncio.sleep(0)
+        # Ten held subscriptions: no task waits for any of them (their
+        # timers are the service's one Alarm, their events come by callback).
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        assert all(w.service.machine.watches[(watcher, ALICE)].held is None
+                   for watcher in WATCHERS)
+
+    run(scenario)
