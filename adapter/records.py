@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from adapter.notification import Schedule
-from adapter.watch import Reference, Watch, WatchState
+from adapter.watch import Reference, Watch, WatchState, shared_decisions, shared_sent
 from pidf import AttributeType
 
 __all__ = [
@@ -90,10 +90,11 @@ def _decisions_from_record(
 ) -> tuple[dict[AttributeType, bool] | None, tuple[tuple[AttributeType, bool], ...] | None]:
     decisions = None
     if record.get("decisions") is not None:
-        decisions = {AttributeType(k): bool(v) for k, v in record["decisions"].items()}
+        decisions = shared_decisions(
+            {AttributeType(k): bool(v) for k, v in record["decisions"].items()})
     sent = None
     if record.get("decisions_sent") is not None:
-        sent = tuple((AttributeType(k), bool(v)) for k, v in record["decisions_sent"])
+        sent = shared_sent(tuple((AttributeType(k), bool(v)) for k, v in record["decisions_sent"]))
     return decisions, sent
 
 

@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ class UnknownCorrelator(LookupError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reference:
     """Where an application wants its notifications (the spec's ``reference``)."""
 
@@ -292,6 +293,25 @@ def _step(dialog: Dialog, step: _Step) -> Dialog:
         raise LocalProtocolError(f"watch dialog {dialog.name} cannot take {step.name}") from None
 
 
+class _Empty(dict[Any, Any]):
+    """The empty dict every watch shares until it has an entry (most never
+    have: only a group has members listed, only a Start adds a schedule).
+    Changing it in place is a bug: it raises instead of reaching every watch."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("the shared empty dict is not to be changed; give the watch its own")
+
+    __setitem__ = __delitem__ = setdefault = update = pop = popitem = clear = _refuse
+
+
+_EMPTY: dict[Any, Any] = _Empty()
+
+
+def _own(table: dict[str, Any]) -> dict[str, Any]:
+    """A dict of the watch's own in place of the shared empty one."""
+    return {} if table is _EMPTY else table
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     """One presentity's state as the watch last heard it."""
@@ -339,7 +359,7 @@ class _MemberNews:
 _Held = _Offer | _HeldNotify | _Start | _MemberNews
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Watch:
     watcher: str
     presentity: str
@@ -374,21 +394,22 @@ class Watch:
     #: Aged decisions are being read again beside the NOTIFYs.
     revalidating: bool = False
     resume: _Held | None = None
-    held: deque[_Held] = field(default_factory=deque)
-    schedules: dict[str, Schedule] = field(default_factory=dict)
+    #: What came while the rules were read, in order; None when nothing
+    #: waits (the usual case: a held subscription keeps no queue).
+    held: deque[_Held] | None = None
+    schedules: dict[str, Schedule] = field(default_factory=lambda: _EMPTY)
     #: Schedules added and not begun yet (they wait for the rules): no state
     #: is offered to them before their start.
-    unstarted: set[str] = field(default_factory=set)
+    unstarted: set[str] | None = None
     #: Waits before the re-subscribe attempts still to come.
     backoff: tuple[float, ...] = ()
     why: str = ""
-    granted_from: tuple[dict[AttributeType, bool] | None, frozenset[AttributeType]] | None = None
     #: The server answered as a resource list server: a group watch.
     is_list: bool = False
     #: A group watch's list as the current dialog's RLMI documents told it.
     rlmi: ListState | None = None
     #: The members that list holds with no state (no instance) yet.
-    stateless: set[str] = field(default_factory=set, repr=False)
+    stateless: set[str] | None = field(default=None, repr=False)
     #: A group watch's last re-subscription to heal its list (when, and how
     #: many came each within RELIST_QUIET of the one before).
     relisted: tuple[float, int] = (float("-inf"), 0)
@@ -398,13 +419,13 @@ class Watch:
     #: stale answers to it (URI -> digest), and whether a second refresh is
     #: to tell them apart (_stale_answer).
     refreshed_at: float = float("-inf")
-    suspects: dict[str, int] = field(default_factory=dict, repr=False)
+    suspects: dict[str, int] = field(default_factory=lambda: _EMPTY, repr=False)
     confirming: bool = False
     #: A group watch was subscribed again for members still without state;
     #: not again until the list has settled.
     healed: bool = False
     #: A group watch's member watches, by member URI.
-    listed: dict[str, Watch] = field(default_factory=dict, repr=False)
+    listed: dict[str, Watch] = field(default_factory=lambda: _EMPTY, repr=False)
     #: A member watch's group watch.
     group: Watch | None = field(default=None, repr=False)
 
@@ -419,16 +440,13 @@ class Watch:
 
     @property
     def granted(self) -> frozenset[AttributeType]:
-        if self.withheld:
-            return frozenset()
-        # Asked for by every NOTIFY offered: kept while the decisions are the
-        # same object (a read replaces them, never changes them in place).
-        cached = self.granted_from
-        if cached is not None and cached[0] is self.decisions:
-            return cached[1]
-        decisions = self.decisions or {}
-        granted = frozenset(kind for kind, granted in decisions.items() if granted)
-        self.granted_from = (self.decisions, granted)
+        decisions = self.decisions
+        if self.withheld or decisions is None:
+            return _NOTHING
+        # Asked for by every NOTIFY offered: shared decisions know theirs.
+        granted = _GRANTED.get(id(decisions))
+        if granted is None:
+            granted = frozenset(kind for kind, granted in decisions.items() if granted)
         return granted
 
     @property
@@ -440,10 +458,17 @@ class Watch:
         """Whose schedules and reference this watch's news go to."""
         return self.group if self.group is not None else self
 
+    def hold(self, item: _Held) -> None:
+        """Keep ``item`` until the rules are in."""
+        if self.held is None:
+            self.held = deque()
+        self.held.append(item)
+
     def member_of(self, presentity: str) -> Watch:
         """A member watch of this group watch, made if there is none."""
         member = self.listed.get(presentity)
         if member is None:
+            self.listed = _own(self.listed)
             member = self.listed[presentity] = Watch(
                 self.watcher, presentity, self.app_id, self.application, self.attributes,
                 group=self,
@@ -457,6 +482,58 @@ class Watch:
             and self.stale_after is None
             and now - self.read_at < decisions_ttl(self.presentity)
         )
+
+
+_NOTHING: frozenset[AttributeType] = frozenset()
+#: Decisions shared by every watch holding the same ones, with what they grant
+#: (by the dict's id: the dicts here live as long as the process).  A watch's
+#: decisions are replaced, never changed in place, and however many watches
+#: there are, few distinct decisions exist (at most 2 ** len(AttributeType)
+#: per set of keys).
+_SHARED: dict[frozenset[tuple[AttributeType, bool]], dict[AttributeType, bool]] = {}
+_GRANTED: dict[int, frozenset[AttributeType]] = {}
+_KINDS: dict[frozenset[AttributeType], frozenset[AttributeType]] = {}
+_Sent = tuple[tuple[AttributeType, bool], ...]
+_SENT: dict[_Sent, _Sent] = {}
+
+
+def shared_decisions(decisions: dict[AttributeType, bool]) -> dict[AttributeType, bool]:
+    """The one shared dict equal to ``decisions`` (never to be changed in place)."""
+    key = frozenset(decisions.items())
+    shared = _SHARED.get(key)
+    if shared is None:
+        shared = _SHARED[key] = decisions
+        _GRANTED[id(shared)] = frozenset(kind for kind, granted in shared.items() if granted)
+    return shared
+
+
+def _shared_text(text: str) -> str:
+    """One string for all the watches naming the same address or channel."""
+    return sys.intern(text) if type(text) is str else text  # not a subclass (AppId)
+
+
+def shared_kinds(kinds: frozenset[AttributeType]) -> frozenset[AttributeType]:
+    """The one shared frozenset equal to ``kinds`` (the attributes a watch asked for)."""
+    return _KINDS.setdefault(kinds, kinds)
+
+
+def shared_sent(sent: _Sent) -> _Sent:
+    """The one shared tuple equal to ``sent`` (the decisions last told)."""
+    return _SENT.setdefault(sent, sent)
+
+
+def _added(items: set[str] | None, item: str) -> set[str]:
+    """``items`` with ``item``: a watch's sets are None while empty, as most stay."""
+    if items is None:
+        return {item}
+    items.add(item)
+    return items
+
+
+def _discarded(items: set[str] | None, item: str) -> set[str] | None:
+    if items:
+        items.discard(item)
+    return items or None
 
 
 # -- actions ------------------------------------------------------------------------
@@ -575,6 +652,9 @@ class WatchMachine:
         #: The same watches by presentity, then watcher, and the member
         #: watches of groups by member, then (watcher, group) (_index, _unindex).
         self.by_presentity: dict[str, dict[Any, Watch]] = {}
+        #: The document last decoded per watched presentity, by the digest of
+        #: its body: its watchers' NOTIFYs carry the same body, and share it.
+        self._documents: dict[str, tuple[int, Presence]] = {}
         self.schedules: dict[tuple[str, str], tuple[Watch, Schedule]] = {}
         self.rules = RulesCache()
         self._timers: TimerHeap[tuple[Any, ...]] = TimerHeap()
@@ -601,6 +681,11 @@ class WatchMachine:
         """File a new (or restored) watch; its decisions need a read from now on."""
         if watch.stale_after is not None:
             watch.stale_after = self.rules.mark()
+        # The same addresses come back in thousands of watches: one string each.
+        watch.watcher = _shared_text(watch.watcher)
+        watch.presentity = _shared_text(watch.presentity)
+        watch.application = _shared_text(watch.application)
+        watch.attributes = shared_kinds(watch.attributes)
         self.watches[watch.key] = watch
         self._index(watch)
         for member in watch.listed.values():
@@ -616,6 +701,7 @@ class WatchMachine:
             del others[_index_key(watch)]
             if not others:
                 del self.by_presentity[watch.presentity]
+                self._documents.pop(watch.presentity, None)
 
     def states(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -709,12 +795,13 @@ class WatchMachine:
         if watch is None:
             watch = self.add(Watch(watcher, presentity, app_id))
         watch.app_id = app_id
-        watch.application = application
-        watch.attributes = attributes
-        watch.reference = reference
+        watch.application = _shared_text(application)
+        watch.attributes = attributes = shared_kinds(attributes)
+        watch.reference = Reference(reference.correlator, _shared_text(reference.endpoint),
+                                    _shared_text(reference.interface_name))
         watch.decisions_sent = None  # a new reference hears the decisions again
         for member in watch.listed.values():
-            member.application, member.attributes = application, attributes
+            member.application, member.attributes = watch.application, attributes
             member.decisions_sent = None
         self._out.append(SaveWatch(watch))
         return watch, self._take()
@@ -756,7 +843,7 @@ class WatchMachine:
             for uri in list(watch.listed):
                 self._member_left(watch, uri)
             watch.rlmi = None
-            watch.stateless.clear()
+            watch.stateless = None
         self._out.append(SaveWatch(watch))
 
     def subscription_refused(self, watch: Watch, subscription_id: int) -> list[WatchAction]:
@@ -799,8 +886,9 @@ class WatchMachine:
         key = (schedule.app_id, schedule.correlator)
         if key in self.schedules:
             raise DuplicateCorrelator(schedule.correlator)
+        watch.schedules = _own(watch.schedules)
         watch.schedules[schedule.correlator] = schedule
-        watch.unstarted.add(schedule.correlator)
+        watch.unstarted = _added(watch.unstarted, schedule.correlator)
         self.schedules[key] = (watch, schedule)
         self._out += (SaveWatch(watch), SaveSchedule(schedule))
         return self._take()
@@ -817,7 +905,7 @@ class WatchMachine:
         if watch.state is WatchState.ENDED or not self.schedule_live(schedule):
             return False
         for one in (watch, *watch.listed.values()):
-            waiting = [one.resume, *one.held]
+            waiting = [one.resume, *(one.held or ())]
             if any(isinstance(item, _Start) and item.schedule is schedule for item in waiting):
                 return True
         return False
@@ -875,7 +963,7 @@ class WatchMachine:
         if event.subscription_id != watch.subscription_id:
             return []  # of a dialog the watch left (re-subscribed, ended)
         if watch.waiting:
-            watch.held.append(_HeldNotify(event, now))
+            watch.hold(_HeldNotify(event, now))
             return []
         self._take_notify(watch, event, now, now)
         return self._take()
@@ -935,8 +1023,8 @@ class WatchMachine:
             self.schedules.pop(key, None)
             self._unsaved.pop(key, None)
             self._timers.cancel((_Timer.SCHEDULE, *key))
-        watch.schedules.clear()
-        watch.unstarted.clear()
+        watch.schedules = _EMPTY
+        watch.unstarted = None
         mark = len(self._out)
         self._drop(watch)
         self._out[mark:] = [
@@ -958,7 +1046,7 @@ class WatchMachine:
         self._timers.cancel((_Timer.CHECK, *watch.key))
         self._timers.cancel((_Timer.QUIET, *watch.key))
         self._timers.cancel((_Timer.CONFIRM, *watch.key))
-        watch.suspects.clear()
+        watch.suspects = _EMPTY
         watch.confirming = False
         old = watch.subscription_id
         if old is not None:
@@ -1033,6 +1121,7 @@ class WatchMachine:
     def restore_schedule(self, schedule: Schedule, now: float) -> list[WatchAction]:
         """A stored schedule back, with what its deadline did meanwhile."""
         owner = self.watch_for(schedule.app_id, schedule.watcher, schedule.presentity)
+        owner.schedules = _own(owner.schedules)
         owner.schedules[schedule.correlator] = schedule
         self.schedules[(schedule.app_id, schedule.correlator)] = (owner, schedule)
         self._deliver(owner, schedule, schedule.handle_timer(now), now)
@@ -1070,7 +1159,7 @@ class WatchMachine:
                 member.members.clear()
         # A new dialog numbers its RLMI versions afresh (RFC 4662 §5.2).
         watch.rlmi = None
-        watch.stateless.clear()
+        watch.stateless = None
         watch.subscription_id = None
         watch.dialog = _step(watch.dialog, _Step.SENT)
         self._out.append(Subscribe(watch, retry))
@@ -1178,9 +1267,9 @@ class WatchMachine:
         edited = added = False
         for change in update.changes:
             if change.member.state is None and change.uri in group.rlmi.members:
-                group.stateless.add(change.uri)
+                group.stateless = _added(group.stateless, change.uri)
             else:
-                group.stateless.discard(change.uri)
+                group.stateless = _discarded(group.stateless, change.uri)
             if change.uri not in group.rlmi.members:
                 continue  # removed: handled by the full state above
             member = group.listed.get(change.uri)
@@ -1198,7 +1287,7 @@ class WatchMachine:
                 continue
             news = _MemberNews(change.member, received)
             if member.waiting:
-                member.held.append(news)
+                member.hold(news)
             else:
                 self._take_member(member, news, now)
         if added:
@@ -1247,7 +1336,7 @@ class WatchMachine:
             return
         # Listed bare in a later full state is no news of a member whose
         # state came: only those never heard of are lacking.
-        lacking = [uri for uri in group.stateless
+        lacking = [uri for uri in group.stateless or ()
                    if uri in group.listed and group.listed[uri].state is WatchState.PENDING
                    and group.listed[uri].presence is None]
         if lacking and self.list_complete(group):
@@ -1298,7 +1387,7 @@ class WatchMachine:
         """Whether a member's document, come within a refresh's window, goes
         back to one of its earlier documents and is held (see REFRESH_WINDOW)."""
         uri = member.presentity
-        suspected = group.suspects.pop(uri, None)
+        suspected = group.suspects.pop(uri) if uri in group.suspects else None
         held = member.members.get(uri)
         if item.document is None or held is None or now > group.refreshed_at + REFRESH_WINDOW:
             return False
@@ -1307,6 +1396,7 @@ class WatchMachine:
             return False
         if group.confirming and suspected == digest:
             return False  # the second refresh sent it again: the member's own
+        group.suspects = _own(group.suspects)
         group.suspects[uri] = digest
         return True
 
@@ -1314,7 +1404,7 @@ class WatchMachine:
         """A refresh's window ended: documents held after the first refresh
         get a second one; those the second did not send again were stale."""
         if not group.suspects or group.confirming:
-            group.suspects.clear()
+            group.suspects = _EMPTY
             group.confirming = False
             return
         group.confirming = True
@@ -1391,7 +1481,7 @@ class WatchMachine:
         member.state = WatchState.ENDED
         self._unindex(member)
         member.resume = None
-        member.held.clear()
+        member.held = None
         if member.waiting or member.revalidating:
             member.waiting = member.revalidating = False
             self._out.append(Settled(member))
@@ -1405,7 +1495,7 @@ class WatchMachine:
         member.state = WatchState.BLOCKED
         member.members.clear()
         member.resume = None
-        member.held.clear()
+        member.held = None
         for schedule in group.schedules.values():
             schedule.drop_member_pending(member.presentity)
         self._tell_ended(group, member.presentity, reason)
@@ -1435,6 +1525,10 @@ class WatchMachine:
         digest = hash(body)
         if digest == member.body_digest and member.presence is not None:
             return True  # a refresh's NOTIFY repeats the body: the same document
+        shared = self._documents.get(member.presentity)
+        if shared is not None and shared[0] == digest:
+            member.body_digest, member.presence = shared
+            return True
         try:
             member.presence = decode(body)
         except PidfError as exc:
@@ -1444,6 +1538,8 @@ class WatchMachine:
             logger.warning("unreadable PIDF from %s: %s", member.presentity, exc)
             return False
         member.body_digest = digest
+        if member.presentity in self.by_presentity:
+            self._documents[member.presentity] = (digest, member.presence)
         return True
 
     def _offer(self, watch: Watch, fresh: bool, received: float, now: float) -> None:
@@ -1458,7 +1554,7 @@ class WatchMachine:
             for schedule in list(owner.schedules.values()):
                 if owner.unstarted and schedule.correlator in owner.unstarted:
                     continue
-                if member is not None and schedule.correlator in watch.unstarted:
+                if member is not None and schedule.correlator in (watch.unstarted or ()):
                     # Held back for the member's rules across a Start: the
                     # member's held Start tells (checkImmediate) or takes as
                     # its baseline the state current then — not this offer.
@@ -1474,7 +1570,7 @@ class WatchMachine:
         if watch.is_list:
             # The group's period begins now; each member begins under its
             # own decisions (waiting for them like a single watch would).
-            watch.unstarted.discard(schedule.correlator)
+            watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
             if not start.check_immediate:
                 schedule.start(None, frozenset(), now, check_immediate=False)
             for member in list(watch.listed.values()):
@@ -1487,8 +1583,8 @@ class WatchMachine:
             # at the Start: the held Start begins the member with it, once
             # (sent with checkImmediate, else the baseline), not _offer.
             if group is not None:
-                watch.unstarted.add(schedule.correlator)
-            watch.held.append(start)
+                watch.unstarted = _added(watch.unstarted, schedule.correlator)
+            watch.hold(start)
             return
         active = watch.state is WatchState.ACTIVE
         if active and self._need_rules(watch, now):
@@ -1497,13 +1593,13 @@ class WatchMachine:
             return
         current = watch.presence if active else None
         if group is not None:
-            watch.unstarted.discard(schedule.correlator)
+            watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
             if current is None:
                 return
             deliveries = schedule.begin_member(current, watch.granted, now, watch.presentity,
                                                check_immediate=start.check_immediate)
         else:
-            watch.unstarted.discard(schedule.correlator)
+            watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
             deliveries = schedule.start(current, watch.granted, now,
                                         check_immediate=start.check_immediate)
         self._deliver(watch.owner, schedule, deliveries, now)
@@ -1563,11 +1659,11 @@ class WatchMachine:
         watch.rule_blocks = rule is not None and rule.sub_handling is SubHandling.BLOCK
         if rule is None:
             asked = watch.attributes or frozenset(ALL_ATTRIBUTES)
-            watch.decisions = {kind: kind in asked for kind in ALL_ATTRIBUTES}
+            watch.decisions = shared_decisions({kind: kind in asked for kind in ALL_ATTRIBUTES})
         elif rule.sub_handling is SubHandling.ALLOW:
-            watch.decisions = rule.decisions()
+            watch.decisions = shared_decisions(rule.decisions())
         else:
-            watch.decisions = {kind: False for kind in ALL_ATTRIBUTES}
+            watch.decisions = shared_decisions({kind: False for kind in ALL_ATTRIBUTES})
         watch.read_serial, watch.read_at, watch.stale_after = read.serial, read.started, None
         watch.activated = False
         if watch.decisions != before:
@@ -1604,6 +1700,8 @@ class WatchMachine:
             self._run(watch, resume, now)
         while watch.held and not watch.waiting and watch.state is not WatchState.ENDED:
             self._run(watch, watch.held.popleft(), now)
+        if not watch.held:
+            watch.held = None
 
     def _run(self, watch: Watch, item: _Held, now: float) -> None:
         if isinstance(item, _Offer):
@@ -1626,7 +1724,7 @@ class WatchMachine:
         decisions = tuple((kind, watch.decisions.get(kind, False)) for kind in asked)
         if decisions == watch.decisions_sent:
             return
-        watch.decisions_sent = decisions
+        watch.decisions_sent = shared_sent(decisions)
         # Kept with the watch: after a restart the re-made subscription's first
         # NOTIFY must not tell the application the same decisions again.
         self._out.append(SaveWatch(owner))
@@ -1667,8 +1765,9 @@ class WatchMachine:
 
     def _remove_schedule(self, watch: Watch, schedule: Schedule) -> None:
         key = (schedule.app_id, schedule.correlator)
-        watch.schedules.pop(schedule.correlator, None)
-        watch.unstarted.discard(schedule.correlator)
+        if schedule.correlator in watch.schedules:
+            del watch.schedules[schedule.correlator]
+        watch.unstarted = _discarded(watch.unstarted, schedule.correlator)
         self.schedules.pop(key, None)
         # Its record is deleted: a write still due must not bring it back.
         self._unsaved.pop(key, None)
@@ -1700,7 +1799,7 @@ class WatchMachine:
         self._timers.cancel((_Timer.CHECK, *watch.key))
         self._timers.cancel((_Timer.QUIET, *watch.key))
         self._timers.cancel((_Timer.CONFIRM, *watch.key))
-        watch.suspects.clear()
+        watch.suspects = _EMPTY
         watch.confirming = False
         for member in watch.listed.values():
             self._forget_member(member)
@@ -1709,7 +1808,7 @@ class WatchMachine:
             self._unindex(watch)
             self._out.append(ForgetWatch(watch))
         watch.resume = None
-        watch.held.clear()
+        watch.held = None
         if watch.waiting or watch.revalidating:
             watch.waiting = watch.revalidating = False
             self._out.append(Settled(watch))

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from itertools import islice
 from typing import Any, Protocol
 
@@ -101,6 +100,8 @@ SAVE_CHUNK = 200
 #: Longest Start Presence Notification on a group waits, after the list's full
 #: state, for members listed with no state yet (a pending member never gets one).
 LIST_SETTLE = 2.0
+#: Parsed watcher and presentity addresses kept for sharing.
+URIS_KEPT = 65536
 ALL_ATTRIBUTES = tuple(AttributeType)
 
 
@@ -141,6 +142,9 @@ class WatcherService:
         #: The handles of the subscriptions not over yet, by id: to await
         #: their answer, to end them.
         self._handles: dict[int, SubscriptionHandle] = {}
+        #: Parsed addresses, shared by the subscriptions that use them (a
+        #: watcher's and a presentity's come back in many); emptied when full.
+        self._uris: dict[str, SipURI] = {}
         #: Who awaits a watch's Settled.
         self._settling: dict[Watch, list[asyncio.Future[None]]] = {}
         #: Schedules whose progress is being written, a chunk per loop turn.
@@ -437,12 +441,20 @@ class WatcherService:
         # Every watch asks for a list (RFC 4662): a URI that is a group on
         # the server comes back as one; any other is answered as before.
         handle = self._sip.subscribe(
-            SipURI.parse(watch.watcher), SipURI.parse(watch.presentity),
-            on_event=partial(self._on_subscription_event, watch), eventlist=True,
+            self._uri(watch.watcher), self._uri(watch.presentity),
+            on_event=_Events(self, watch), eventlist=True,
             refusable=not retry,
         )
         self._handles[handle.id] = handle
         return handle
+
+    def _uri(self, text: str) -> SipURI:
+        uri = self._uris.get(text)
+        if uri is None:
+            if len(self._uris) >= URIS_KEPT:
+                self._uris.clear()
+            uri = self._uris[text] = SipURI.parse(text)
+        return uri
 
     async def _subscribed(self, watch: Watch, *, keep_state: bool = False) -> None:
         """Subscribe the watch unless it is; wait for the SUBSCRIBE's answer."""
@@ -634,3 +646,17 @@ class WatcherService:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("watcher task failed", exc_info=task.exception())
+
+
+class _Events:
+    """A subscription's events to its watch: a partial of the service's method
+    with the watch, in a third of the size (one per held subscription)."""
+
+    __slots__ = ("service", "watch")
+
+    def __init__(self, service: WatcherService, watch: Watch) -> None:
+        self.service = service
+        self.watch = watch
+
+    def __call__(self, event: SubscriptionEvent) -> None:
+        self.service._on_subscription_event(self.watch, event)

@@ -30,6 +30,7 @@ rule does not mention, and an explicit ``false`` makes it strip them.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -74,7 +75,7 @@ def rule_id(watcher: str) -> str:
     return "w" + hashlib.sha256(watcher.encode()).hexdigest()[:20]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One common-policy rule.
 
@@ -93,7 +94,7 @@ class Rule:
         return {kind: kind in self.grants for kind in AttributeType}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PresRules:
     """A presentity's ruleset."""
 
@@ -209,10 +210,20 @@ def _check_decisions(decisions: Mapping[AttributeType, bool]) -> None:
             raise ValidationError(f"bad decision {kind!r}: {granted!r}", "decisions")
 
 
+#: One frozenset per distinct grant: a presentity's document holds a rule per
+#: watcher, and the cached documents of many presentities hold as many rules
+#: as there are subscriptions, with a handful of distinct grants among them.
+_GRANTS: dict[frozenset[AttributeType], frozenset[AttributeType]] = {}
+
+
+def _interned(grants: frozenset[AttributeType]) -> frozenset[AttributeType]:
+    return _GRANTS.setdefault(grants, grants)
+
+
 def _own_rule(watcher: str, handling: SubHandling, grants: frozenset[AttributeType]) -> Rule:
     if not isinstance(watcher, str) or not is_uri(watcher):
         raise ValidationError(f"watcher {watcher!r} is not a URI", "watcher")
-    return Rule(rule_id(watcher), (watcher,), handling, grants)
+    return Rule(rule_id(watcher), (watcher,), handling, _interned(grants))
 
 
 def _rule_element(rule: Rule) -> etree._Element:
@@ -266,8 +277,10 @@ def _provides_means(child: etree._Element) -> bool:
 
 
 def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
+    # Interned: the same watcher's address (and so its rule's id) comes back in
+    # the cached documents of every presentity it watches.
     watchers = tuple(
-        one.get("id") or ""
+        sys.intern(str(one.get("id")))
         for one in el.iterfind(f"{_CP}conditions/{_CP}identity/{_CP}one")
         if one.get("id")
     )
@@ -298,10 +311,10 @@ def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
                     grants.add(AttributeType.OTHER)
     own = len(watchers) == 1 and rule_el_id == rule_id(watchers[0])
     return Rule(
-        id=rule_el_id,
+        id=sys.intern(rule_el_id),
         watchers=watchers,
         sub_handling=handling,
-        grants=frozenset(grants),
+        grants=_interned(frozenset(grants)),
         # Our own rules are re-generated; everyone else's are kept verbatim.
         source=None if own else etree.tostring(el),
     )

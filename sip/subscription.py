@@ -57,7 +57,7 @@ class SubscriptionPhase(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NotifyReceived:
     """A NOTIFY for this subscription was accepted (and answered 200)."""
 
@@ -67,7 +67,7 @@ class NotifyReceived:
     content_type: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionAccepted:
     """The notifier answered the initial SUBSCRIBE with a 2xx."""
 
@@ -78,7 +78,7 @@ class SubscriptionAccepted:
     eventlist: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionTerminated:
     """The subscription ended.
 
@@ -111,6 +111,15 @@ Action = Request | NotifyReceived | SubscriptionAccepted | SubscriptionTerminate
 
 class Subscription:
     """The subscriber's side of one subscription and its dialog."""
+
+    # Slotted: a gateway holds one per watch, by the hundred thousand.
+    __slots__ = (
+        "_accepted", "_deadline_n", "_guard_at", "_initial_retries", "_local_cseq",
+        "_outstanding", "_refresh_at", "_remote_cseq", "_retry_at", "_spread", "_timer_n",
+        "_unsubscribe_pending", "accept", "call_id", "event", "eventlist", "expires_at", "id",
+        "local_tag", "policy", "remote_tag", "remote_target", "requested_expires", "route_set",
+        "state", "subscriber", "target",
+    )
 
     def __init__(
         self,

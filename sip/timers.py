@@ -8,8 +8,9 @@ and calls their ``handle_timer(now)``.
 
 Re-scheduling or cancelling does not search the heap: the entry stays where it
 is and is recognised as stale when it surfaces (lazy deletion, as the
-``heapq`` documentation describes).  Each live key maps to the sequence number
-of its one valid entry.  When stale entries outnumber live ones the heap is
+``heapq`` documentation describes).  Each live key maps to its one valid entry
+(the very tuple in the heap: a user agent holds one per subscription, by the
+hundred thousand).  When stale entries outnumber live ones the heap is
 rebuilt, so memory stays proportional to the number of keys however often
 they are re-armed.  All operations are O(log n) amortised.
 """
@@ -36,7 +37,7 @@ class TimerHeap(Generic[K]):
         # (deadline, sequence, key); the sequence breaks ties in scheduling
         # order and keeps keys (which need not be orderable) out of comparisons.
         self._heap: list[tuple[float, int, K]] = []
-        self._live: dict[K, tuple[float, int]] = {}
+        self._live: dict[K, tuple[float, int, K]] = {}
         self._sequence = 0
 
     def __len__(self) -> int:
@@ -54,8 +55,8 @@ class TimerHeap(Generic[K]):
         if math.isnan(deadline):
             raise LocalProtocolError("a timer deadline cannot be NaN")
         self._sequence += 1
-        self._live[key] = (deadline, self._sequence)
-        heapq.heappush(self._heap, (deadline, self._sequence, key))
+        entry = self._live[key] = (deadline, self._sequence, key)
+        heapq.heappush(self._heap, entry)
         if len(self._heap) > _MIN_COMPACT and len(self._heap) > 2 * len(self._live):
             self._compact()
 
@@ -81,9 +82,8 @@ class TimerHeap(Generic[K]):
         return expired
 
     def _is_live(self, entry: tuple[float, int, K]) -> bool:
-        live = self._live.get(entry[2])
-        return live is not None and live[1] == entry[1]
+        return self._live.get(entry[2]) is entry
 
     def _compact(self) -> None:
-        self._heap = [(deadline, seq, key) for key, (deadline, seq) in self._live.items()]
+        self._heap = list(self._live.values())
         heapq.heapify(self._heap)

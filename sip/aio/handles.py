@@ -2,9 +2,10 @@
 or subscription.
 
 A handle is made by the call that starts the publication or subscription, before
-anything is sent, with its futures already in place: an answer that arrives in
-the very next turn of the event loop finds them (a waiter filed only once the
-caller awaits would miss it).  The driver routes each event of the user agent to
+anything is sent, so that an answer that arrives in the very next turn of the
+event loop finds it (a waiter filed only once the caller awaits would miss it):
+a publication's futures are in place, a subscription's outcomes are kept
+whether or not a future was asked for yet.  The driver routes each event of the user agent to
 its handle by id, once; the handle settles its futures and then hands the event
 to its owner's ``on_event`` callback, if any — except a publication's
 confirmation, which its owner sees first: what the owner starts on it (the store
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ..publication import (
     PublicationConfirmed,
@@ -174,9 +175,14 @@ class SubscriptionHandle:
     when the subscription ended first.  NOTIFYs can come before it (RFC 6665
     §4.1.2.4); ``on_event`` sees every event of the subscription, in order.
     :attr:`ended` resolves with the one :class:`~sip.SubscriptionTerminated`.
+
+    Each outcome is a future only while someone asked for it and it is not
+    settled; otherwise the handle keeps what settles it (nothing yet, the
+    event, the error), and a future asked for later is made settled.  A held
+    subscription keeps no future: a gateway holds many, each quiet for hours.
     """
 
-    __slots__ = ("_endpoint", "_on_event", "accepted", "ended", "id")
+    __slots__ = ("_accepted", "_endpoint", "_ended", "_on_event", "id")
 
     def __init__(
         self,
@@ -187,34 +193,99 @@ class SubscriptionHandle:
         self._endpoint = endpoint
         self._on_event = on_event
         self.id = subscription_id
-        self.accepted: asyncio.Future[SubscriptionAccepted] = endpoint._new_future()
-        self.ended: asyncio.Future[SubscriptionTerminated] = endpoint._new_future()
+        self._accepted: _Outcome[SubscriptionAccepted] = None
+        self._ended: _Outcome[SubscriptionTerminated] = None
+
+    @property
+    def accepted(self) -> asyncio.Future[SubscriptionAccepted]:
+        future, self._accepted = _future(self._endpoint, self._accepted)
+        return future
+
+    @property
+    def ended(self) -> asyncio.Future[SubscriptionTerminated]:
+        future, self._ended = _future(self._endpoint, self._ended)
+        return future
+
+    @property
+    def over(self) -> bool:
+        """Whether :attr:`ended` is settled (or cancelled by :meth:`close`)."""
+        ended = self._ended
+        return ended is not None and (not isinstance(ended, asyncio.Future) or ended.done())
 
     def refresh(self) -> None:
         """Send an in-dialog refresh now (a 481 to it ends the subscription)."""
-        if not self.ended.done():
+        if not self.over:
             self._endpoint._refresh(self.id)
 
     def end(self) -> asyncio.Future[SubscriptionTerminated]:
         """Start ending the subscription (Expires: 0); :attr:`ended` says when it is over."""
-        if not self.ended.done():
+        if not self.over:
             self._endpoint._unsubscribe(self.id)
         return self.ended
 
     def _receive(self, event: SubscriptionEvent) -> None:
         if type(event) is SubscriptionAccepted:
-            if not self.accepted.done():
-                self.accepted.set_result(event)
+            self._accepted = _settled(self._accepted, event)
         elif type(event) is SubscriptionTerminated:
-            fail(self.accepted, self._endpoint._subscribe_failure(event))
-            if not self.ended.done():
-                self.ended.set_result(event)
+            if _open(self._accepted):
+                self._accepted = _settled(
+                    self._accepted, self._endpoint._subscribe_failure(event)
+                )
+            self._ended = _settled(self._ended, event)
         if self._on_event is not None:
             deliver(self._on_event, event)
 
     def close(self) -> None:
-        self.accepted.cancel()
-        self.ended.cancel()
+        self._accepted = _settled(self._accepted, _CANCELLED)
+        self._ended = _settled(self._ended, _CANCELLED)
+
+
+class _Cancelled:
+    """What :meth:`SubscriptionHandle.close` settles an outcome with."""
+
+
+_CANCELLED = _Cancelled()
+_T = TypeVar("_T")
+#: Not settled (None, or the future someone waits on), or what settled it.
+_Outcome: TypeAlias = "asyncio.Future[_T] | _T | BaseException | _Cancelled | None"
+
+
+def _open(outcome: _Outcome[Any]) -> bool:
+    return outcome is None or (isinstance(outcome, asyncio.Future) and not outcome.done())
+
+
+def _settled(outcome: _Outcome[_T], value: _T | BaseException | _Cancelled) -> _Outcome[_T]:
+    """``outcome`` settled with ``value`` unless it was: the first one stays."""
+    if outcome is None:
+        return value
+    if isinstance(outcome, asyncio.Future):
+        if outcome.done():
+            return outcome  # cancelled by a waiter: it stays so
+        _settle(outcome, value)
+        return value  # the waiter holds the future; the handle need not
+    return outcome
+
+
+def _future(
+    endpoint: SipEndpoint, outcome: _Outcome[_T]
+) -> tuple[asyncio.Future[_T], _Outcome[_T]]:
+    """A future of ``outcome`` and what the handle keeps of it from now on."""
+    if isinstance(outcome, asyncio.Future):
+        return outcome, outcome
+    future: asyncio.Future[_T] = endpoint._new_future()
+    if outcome is None:
+        return future, future
+    _settle(future, outcome)
+    return future, outcome
+
+
+def _settle(future: asyncio.Future[_T], value: _T | BaseException | _Cancelled) -> None:
+    if isinstance(value, _Cancelled):
+        future.cancel()
+    elif isinstance(value, BaseException):
+        fail(future, value)
+    else:
+        future.set_result(value)
 
 
 def fail(future: asyncio.Future[Any], error: BaseException) -> None:

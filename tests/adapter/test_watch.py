@@ -24,6 +24,7 @@ from adapter.watch import (
     WatchState,
     _Step,
     _step,
+    shared_decisions,
 )
 from adapter.xcap import XcapError
 from pidf import Activity, AttributeType, PresenceAttribute, PresRules, encode
@@ -280,3 +281,26 @@ def test_a_watch_released_to_another_node_ends_its_dialog_and_tells_nobody() -> 
     assert scene.notify("active;expires=60", busy(1)) == []
     assert scene.terminate("unsubscribed") == []
     assert scene.machine.release(scene.watch) == []
+
+
+def test_a_held_watch_keeps_no_container_of_its_own_until_it_needs_one() -> None:
+    scene = Scene()
+    scene.notify("active;expires=600", busy())
+    other, _ = scene.machine.subscribe(APP, "sip:carol@example.com", ALICE, "app",
+                                       frozenset({A}), Reference("r2", REF))
+    watch = scene.watch
+    # Nothing waits, nothing is listed, no schedule: no queue, no set of its own,
+    # and one empty dict shared by every watch, which refuses changes.
+    assert watch.held is None and watch.unstarted is None and watch.stateless is None
+    assert watch.schedules is other.schedules is watch.listed is watch.suspects
+    with pytest.raises(TypeError):
+        watch.schedules["n0"] = Schedule("n0", APP, REF, BOB, ALICE)
+    schedule = scene.schedule("n1")
+    assert watch.schedules == {"n1": schedule} and other.schedules == {}
+    scene.machine.end_notification(APP, "n1")
+    assert watch.schedules == {} and watch.unstarted is None
+    # Equal decisions are one dict, its grant one frozenset, whoever holds them.
+    first, second = shared_decisions({A: True, P: False}), shared_decisions({P: False, A: True})
+    assert first is second
+    watch.decisions, other.decisions = first, second
+    assert watch.granted == frozenset({A}) and watch.granted is other.granted

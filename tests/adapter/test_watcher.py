@@ -1127,9 +1127,17 @@ def test_the_same_pidf_body_again_is_not_decoded_again(monkeypatch: pytest.Monke
         assert len(decoded) == 1
         seen = w.service.presence(WATCHERS[0], ALICE, frozenset())
         assert seen is not None and seen.get(A) == busy(1)
-        # Another watch of the same presentity decodes its own copy once.
+        # Another watch of the same presentity given the same body shares the
+        # document decoded for the first; a different body is decoded.
         await w.notify("active;expires=3600", busy(1), subscription_id=ids[1])
+        assert len(decoded) == 1
+        watches = w.service.machine.watches
+        first, second = watches[(WATCHERS[0], ALICE)], watches[(WATCHERS[1], ALICE)]
+        assert second.presence is first.presence
+        await w.notify("active;expires=3600", busy(2), subscription_id=ids[1])
         assert len(decoded) == 2
+        assert second.presence is not first.presence
+        assert first.presence is not None and first.presence.get(A) == busy(1)
 
     run(scenario)
 
@@ -1188,3 +1196,17 @@ def test_start_on_a_group_waits_for_its_state_and_lists_the_members_not_active()
         assert w.service.machine.watches[(BOB, GROUP)].is_list
 
     run(scenario, list_settle=0.05)
+
+
+def test_held_watches_keep_no_task_of_their_own() -> None:
+    async def scenario(w: World) -> None:
+        await ten_active_watchers(w)
+        for _ in range(10):  # what the calls started has run its course
+            await asyncio.sleep(0)
+        # Ten held subscriptions: no task waits for any of them (their
+        # timers are the service's one Alarm, their events come by callback).
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        assert all(w.service.machine.watches[(watcher, ALICE)].held is None
+                   for watcher in WATCHERS)
+
+    run(scenario)

@@ -286,6 +286,34 @@ def test_a_subscription_s_notifies_and_outcome_reach_its_handle() -> None:
     assert run(scenario) == []
 
 
+def test_a_held_subscription_keeps_no_future() -> None:
+    async def scenario(endpoint: SipEndpoint, server: Server) -> None:
+        handle = endpoint.subscribe(BOB, ALICE)
+        request, addr = await server.next("SUBSCRIBE")
+        # The 200 comes before anyone asks for the outcome: it is kept.
+        server.answer(request, addr, 200, to_tag="dialog1", Expires="600",
+                      Contact=f"<sip:127.0.0.1:{server.port}>")
+        server.notify(request, addr, "dialog1", "active;expires=600", b"<presence/>")
+        while handle._accepted is None:
+            await asyncio.sleep(0.01)
+        assert not any(isinstance(o, asyncio.Future) for o in (handle._accepted, handle._ended))
+        accepted = await handle.accepted
+        assert accepted == SubscriptionAccepted(handle.id, 600)
+        # Asked for, awaited: the handle lets go of the future again.
+        assert not any(isinstance(o, asyncio.Future) for o in (handle._accepted, handle._ended))
+        assert not handle.over and not handle.ended.done()
+        ended = handle.end()
+        assert handle.ended is ended
+        request, addr = await server.next("SUBSCRIBE")
+        server.answer(request, addr, 200, Expires="0")
+        server.notify(request, addr, "dialog1", "terminated;reason=timeout")
+        terminated = await asyncio.wait_for(ended, 5)
+        assert handle.over and (await handle.ended) is terminated
+        assert (await handle.accepted) == accepted  # the first outcome stays
+
+    assert run(scenario) == []
+
+
 def test_a_refused_subscription_fails_its_accepted_and_ends() -> None:
     async def scenario(endpoint: SipEndpoint, server: Server) -> None:
         handle = endpoint.subscribe(BOB, ALICE)
