@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -359,6 +361,20 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         write_timeout=config.sip.request_timeout,
         node=config.cluster.node if config.cluster is not None else None,
     )
+    me = None
+    if config.cluster is not None:
+        from adapter.cluster.nodes import Node, claim
+        from adapter.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)  # [cluster] needs [store] url
+        me = Node(config.cluster.node, f"{config.http.scheme}://{config.http.address}",
+                  str(config.sip.listen), secrets.token_hex(8))
+        try:
+            # Before serving: a name another live process has stops start-up.
+            claim(store.run_locked, me, config.cluster.lease)
+        except BaseException:
+            asyncio.run(store.close())
+            raise
     limits = BayeuxLimits(**config.bayeux)
 
     def bayeux_login(user: str, password: str) -> str | None:
@@ -459,18 +475,18 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             rules_changed=rules_changed,
             stored_directory=directory_elsewhere,
         )
-        if config.cluster is not None:
-            from adapter.cluster.nodes import Node
+        if me is not None:
             from adapter.cluster.ownership import Ownership
             from adapter.cluster.peer import peer_client
 
             assert isinstance(store, PostgresStore)
-            me = Node(config.cluster.node, f"{config.http.scheme}://{config.http.address}",
-                      str(config.sip.listen))
+            assert config.cluster is not None
             ownership = Ownership(
                 store, me, config.cluster.lease, presentities=presentities,
                 watchers=watchers, request_timeout=timeout,
                 http=peer_client(config, secret, timeout=timeout + 5),
+                # As SIGTERM does: drained, and stopped.
+                stop=lambda: signal.raise_signal(signal.SIGTERM),
             )
             assert bayeux is not None
             bayeux.forward.locate = ownership.nodes.find

@@ -92,6 +92,7 @@ def _serve(config: Config, log_level: str) -> int:
     # from adapter.app.create_app; imported here so that configuration errors are
     # reported before any of that is loaded.
     from adapter.app import make_app
+    from adapter.cluster.nodes import NameInUse
     from adapter.shutdown import AdapterServer
     from adapter.store import StoreError
 
@@ -99,6 +100,9 @@ def _serve(config: Config, log_level: str) -> int:
         app = make_app(config)
     except StoreError as exc:
         print(f"{config.source}: {config.store.key}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NameInUse as exc:
+        print(f"{config.source}: cluster.node: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Many long-lived objects (subscriptions, transactions, sessions) beside many
     # short-lived ones per message: CPython's default thresholds walk the

@@ -22,6 +22,7 @@ __all__ = [
     "SCHEDULE",
     "WATCH",
     "schedule_key",
+    "schedule_lease",
     "watch_from_record",
     "watch_key",
     "watch_to_record",
@@ -37,6 +38,12 @@ def watch_key(watch: Watch) -> str:
 
 def schedule_key(schedule: Schedule) -> str:
     return json.dumps((schedule.app_id, schedule.correlator))
+
+
+def schedule_lease(schedule: Schedule) -> tuple[str, str]:
+    """The work a schedule is part of, its watch's record: a node of a cluster
+    writes the schedule under that watch's lease (adapter.store.postgres)."""
+    return WATCH, json.dumps((schedule.watcher, schedule.presentity))
 
 
 def watch_to_record(watch: Watch) -> dict[str, Any]:

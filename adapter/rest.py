@@ -31,7 +31,7 @@ from adapter.notification import Schedule
 from adapter.presence_json import attributes_from_items, comma_list, item_of
 from adapter.presentity import PUBLICATION, PresentityService
 from adapter.records import WATCH
-from adapter.store import StoreError
+from adapter.store import StaleLease, StoreError
 from adapter.watcher import (
     DuplicateCorrelator,
     GroupPresentity,
@@ -344,6 +344,12 @@ async def get_user_presence(request: Request) -> Response:
     if (elsewhere := await routed(request, WATCH, key, create=False)) is not None:
         return elsewhere
     service: WatcherService = request.state.watcher
+    cluster = _cluster(request)
+    if cluster is not None and not service.answers(who.address, presentity):
+        # A member of a group the watcher watches through another node.
+        elsewhere = await cluster.route_member(request, who.address, presentity)
+        if elsewhere is not None:
+            return elsewhere
     presence = await service.user_presence(who.address, presentity, asked)
     attributes = presence.attributes if presence is not None else ()
     return json_response(models.PresenceResult([item_of(a) for a in attributes]))
@@ -519,6 +525,13 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     # INFO, as for the presence server: the store logged its error already.
     logger.info("%s %s: store unavailable: %s", request.method, request.url.path, exc)
+    if isinstance(exc, StaleLease):
+        # A node of a cluster no longer holds the work (taken over, or just
+        # ended): asked again, the call goes where the work is now.
+        return _json_error(ServiceError(
+            FaultCode.SERVICE_ERROR, ["work changing hands between nodes, retry later"],
+            status=503, headers={"Retry-After": "1"},
+        ))
     return _json_error(store_unavailable())
 
 

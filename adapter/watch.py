@@ -647,6 +647,23 @@ class WatchMachine:
             granted &= attributes
         return filter_presence(presence, {kind: True for kind in granted})
 
+    def answers(self, watcher: str, presentity: str) -> bool:
+        """Whether :meth:`presence` answers from a watch held here: the watcher's
+        own of ``presentity``, or an active member watch in one of its groups."""
+        return (watcher, presentity) in self.watches or (
+            self._as_member(watcher, presentity) is not None
+        )
+
+    def watching(self, watcher: str, presentity: str) -> Watch | None:
+        """The watcher's own watch of ``presentity``, else a member watch of it in
+        one of the watcher's groups: whose application asks (Get Open
+        Subscriptions)."""
+        own = self.watches.get((watcher, presentity))
+        if own is not None:
+            return own
+        members = self.by_presentity.get(presentity, {})
+        return next((w for w in members.values() if w.watcher == watcher), None)
+
     def _as_member(self, watcher: str, presentity: str) -> Watch | None:
         """The watcher's active member watch of ``presentity`` in one of its groups."""
         for watch in self.by_presentity.get(presentity, {}).values():
@@ -1158,7 +1175,7 @@ class WatchMachine:
             listed = {resource.uri for resource in document.resources}
             for uri in [u for u in group.listed if u not in listed]:
                 self._member_left(group, uri)
-        edited = False
+        edited = added = False
         for change in update.changes:
             if change.member.state is None and change.uri in group.rlmi.members:
                 group.stateless.add(change.uri)
@@ -1176,6 +1193,7 @@ class WatchMachine:
                 member = group.member_of(change.uri)
                 member.stale_after = self.rules.mark()
                 self._index(member)
+                added = True
             if self._stale_answer(group, member, change.member, now):
                 continue
             news = _MemberNews(change.member, received)
@@ -1183,6 +1201,10 @@ class WatchMachine:
                 member.held.append(news)
             else:
                 self._take_member(member, news, now)
+        if added:
+            # The record lists the members: a node of a cluster that does not
+            # hold the group finds there which group a member is watched in.
+            self._out.append(SaveWatch(group))
         check = (_Timer.CHECK, *group.key)
         if document.full_state and self._list_check and check not in self._timers:
             self._timers.schedule(now + self._list_check, check)

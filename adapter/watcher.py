@@ -30,6 +30,7 @@ from adapter.records import (
     SCHEDULE,
     WATCH,
     schedule_key,
+    schedule_lease,
     watch_from_record,
     watch_key,
     watch_to_record,
@@ -183,7 +184,9 @@ class WatcherService:
     def directory(
         self, watcher: str, presentity: str
     ) -> tuple[str, tuple[AttributeType, ...]] | None:
-        watch = self.machine.get(watcher, presentity)
+        """Which application of this adapter watches ``presentity`` as ``watcher``
+        (directly, or as a member of one of its groups), and what it asked for."""
+        watch = self.machine.watching(watcher, presentity)
         if watch is None:
             return None
         return watch.application, tuple(a for a in ALL_ATTRIBUTES if a in watch.attributes)
@@ -250,6 +253,11 @@ class WatcherService:
         self, watcher: str, presentity: str, attributes: frozenset[AttributeType]
     ) -> Presence | None:
         return self.machine.presence(watcher, presentity, attributes)
+
+    def answers(self, watcher: str, presentity: str) -> bool:
+        """Whether Get User Presence is answered from a watch held here (the
+        watcher's own, or an active member watch of one of its groups)."""
+        return self.machine.answers(watcher, presentity)
 
     # -- Start / End Presence Notification ---------------------------------
 
@@ -514,7 +522,9 @@ class WatcherService:
                 writes.append(self._save_schedule(action.schedule))
             elif isinstance(action, ForgetSchedule):
                 self._writing.pop((action.schedule.app_id, action.schedule.correlator), None)
-                writes.append(self._store.delete(SCHEDULE, schedule_key(action.schedule)))
+                writes.append(self._store.delete(
+                    SCHEDULE, schedule_key(action.schedule), lease=schedule_lease(action.schedule)
+                ))
             elif isinstance(action, SaveProgress):
                 self._queue_progress(action.schedules)
             elif isinstance(action, ReadRules):
@@ -583,7 +593,10 @@ class WatcherService:
     # -- write-behind of schedules' progress ----------------------------------------
 
     def _save_schedule(self, schedule: Schedule) -> asyncio.Future[None]:
-        return self._store.put(SCHEDULE, schedule_key(schedule), schedule_to_record(schedule))
+        return self._store.put(
+            SCHEDULE, schedule_key(schedule), schedule_to_record(schedule),
+            lease=schedule_lease(schedule),
+        )
 
     def _queue_progress(self, schedules: Any) -> None:
         for schedule in schedules:

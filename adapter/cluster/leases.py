@@ -22,10 +22,14 @@ it, a fencing token, and when the lease expires.
   whatever is still unclaimed (a share whose node died too).  A claim adds
   one to the token.  The claimant re-publishes and re-subscribes the work
   from its records.
-* **Fencing**: a node writes a record of its work only with the token it
-  holds (adapter.store.postgres, ``_FENCED_PUT``), in the same statement as
-  the write; after a takeover the old owner's writes do nothing and fail
-  with StaleLease, and it lets the work go.  A node that cannot renew (the
+* **Fencing**: a node writes a record of its work — and a schedule, part of
+  its watch's work — only with the token it holds (adapter.store.postgres,
+  ``_FENCED_PUT``), in the same statement as the write; after a takeover
+  the old owner's writes do nothing and fail with StaleLease, and it lets
+  the work go.
+* **End**: the delete of a work's record deletes its lease in the same
+  statement (``_FENCED_END``), fenced alike: no lease outlives its work, so
+  a takeover never claims work that is over.  A node that cannot renew (the
   database unreachable) lets its work go *before* its leases can expire:
   :class:`LeaseBook` counts a lease valid only until ``renewal began + 2
   periods - a half period``, on the node's own monotonic clock, so that two

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -49,7 +49,7 @@ from adapter.cluster.leases import (
     LeaseBook,
     LeaseKey,
 )
-from adapter.cluster.nodes import Node, NodeRegistry
+from adapter.cluster.nodes import NameTaken, Node, NodeRegistry
 from adapter.cluster.peer import forwarded_by
 from adapter.errors import FaultCode, PolicyError, ServiceError
 from adapter.metrics import RecoveryProgress
@@ -61,7 +61,9 @@ from adapter.store.postgres import PostgresStore
 from adapter.watcher import WatcherService
 from pidf import AttributeType
 
-__all__ = ["FORWARDED", "RULES_PATH", "Ownership", "rules_endpoint", "stored_directory"]
+__all__ = [
+    "FORWARDED", "RULES_PATH", "Ownership", "groups_of", "rules_endpoint", "stored_directory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class Ownership:
         request_timeout: float,
         pace: RecoveryPace = RecoveryPace(),
         http: httpx.AsyncClient | None = None,
+        stop: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.me = me
@@ -134,8 +137,14 @@ class Ownership:
         self.taken_over = 0
         self.let_go = 0
         self.forwarded = 0
+        #: Stops the process (another one took this node's name).
+        self._stop = stop
+        self._name_lost = False
+        #: Work whose end (its record and lease deleted) is being written.
+        self._ending: dict[LeaseKey, asyncio.Future[None]] = {}
         store.fence = self._token
         store.on_stale = lambda kind, key: self.release((kind, key))
+        store.on_end = self._ends
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -163,24 +172,39 @@ class Ownership:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            await self.store.query(GIVE_UP, {"me": self.me.name})
-            await self.nodes.leave()
+            if not self._name_lost:  # else the leases and the row are the other's
+                await self.store.query(GIVE_UP, {"me": self.me.name})
+                await self.nodes.leave()
         except StoreError as exc:
             logger.warning("cluster: leases not handed over at stop (they expire): %s", exc)
         await self._http.aclose()
 
     async def _run(self, progress: RecoveryProgress | None) -> None:
-        while True:
+        while not self._name_lost:
             try:
                 await self.tick()
             except StoreError as exc:
                 logger.warning("cluster: round failed: %s", exc)
+            except NameTaken as exc:
+                self._lose_name(exc)
+                return
             if self._recovering is None and not self._renew_failed and not self._first:
                 # The first round is done: ready once what it took is taken up.
                 self._recovering = asyncio.ensure_future(
                     self._recovered(list(self._adoptions), progress)
                 )
             await asyncio.sleep(self.lease / 2)
+
+    def _lose_name(self, exc: NameTaken) -> None:
+        """Another process runs under this node's name (started while this one
+        seemed dead, say): both would renew the same leases, so this one lets
+        all its work go, sending nothing it need not, and stops."""
+        logger.error("cluster: %s: this node lets its work go and stops", exc)
+        self._name_lost = True
+        for lease in self.book.keys():
+            self.book.drop(lease)
+            self._let_go(lease, "the node's name is another process's")
+        self._stop()
 
     async def _recovered(
         self, adoptions: list[asyncio.Task[None]], progress: RecoveryProgress | None
@@ -208,7 +232,9 @@ class Ownership:
         for lease in lost:
             self._let_go(lease, "taken by another node")
         if found:
-            self._take_up(found, own=True)
+            # One whose record is gone is work that ended (its end written
+            # after this renewal read the lease): dropped, not taken up.
+            self._take_up(found, own=True, drop_unrecorded=True)
         if self._renew_failed:
             # Back after an outage: every node gets two periods to renew what
             # it still holds before this one takes another's.
@@ -341,6 +367,20 @@ class Ownership:
                     out[(kind, key)] = json.loads(value)
         return out
 
+    def _ends(self, kind: str, key: str, done: asyncio.Future[None]) -> None:
+        """The work's end is queued, its lease deleted with its record: the lease is
+        no longer this node's to write under, and a call that starts the same
+        work again waits for the end to be written, then takes a new lease."""
+        lease = (kind, key)
+        self.book.drop(lease)
+        self._ending[lease] = done
+
+        def written(_: asyncio.Future[None]) -> None:
+            if self._ending.get(lease) is done:
+                del self._ending[lease]
+
+        done.add_done_callback(written)
+
     def release(self, lease: LeaseKey) -> None:
         """A write found the lease stale: another node owns that work now."""
         if self.book.drop(lease) is not None:
@@ -376,7 +416,12 @@ class Ownership:
         Raises a 503 ServiceError when the work is changing hands, StoreError
         when the store cannot be asked.
         """
+        if self._name_lost:
+            raise _moving("this node is stopping")
         lease = (kind, key)
+        ending = self._ending.get(lease)
+        if ending is not None:
+            await asyncio.wait([ending])
         adopting = self._adopting.get(lease)
         if adopting is not None:
             await asyncio.shield(adopting)
@@ -439,6 +484,20 @@ class Ownership:
         passed = {k: v for k, v in answer.headers.items() if k not in _NOT_PASSED}
         return Response(answer.content, answer.status_code, passed)
 
+    async def route_member(
+        self, request: Request, watcher: str, presentity: str
+    ) -> Response | None:
+        """Get User Presence of ``presentity`` as a member of one of ``watcher``'s
+        groups, which another node watches: that node's answer (None: serve
+        the call here).  The groups' records list their members."""
+        if request.headers.get(FORWARDED) is not None:
+            return None
+        for key, _ in await groups_of(self.store, watcher, presentity):
+            node = await self.owner(WATCH, key, create=False)
+            if node is not None:
+                return await self.forward(request, node)
+        return None
+
     async def schedule_owner(self, app_id: str, correlator: str) -> str | None:
         """The watch key (for :meth:`route`) of a schedule kept in the store, None
         when there is none."""
@@ -473,13 +532,33 @@ class Ownership:
         task.add_done_callback(self._tasks.discard)
 
 
+async def groups_of(store: PostgresStore, watcher: str, presentity: str) -> list[tuple[str, Any]]:
+    """``watcher``'s groups that list ``presentity``: their watch keys and records."""
+    prefix = json.dumps([watcher])[:-1] + ", "  # a watch key: [watcher, presentity]
+    rows = await store.query(
+        "SELECT key, value FROM records WHERE kind = %s AND starts_with(key, %s)"
+        " ORDER BY key", (WATCH, prefix),
+    )
+    groups = []
+    for key, value in rows:
+        record = json.loads(value)
+        if record.get("list") and presentity in (record.get("members") or {}):
+            groups.append((key, record))
+    return groups
+
+
 def stored_directory(store: PostgresStore, watchers: WatcherService) -> StoredDirectory:
     """What a watch another node holds says of its application, read from its
-    record (Get Open Subscriptions answers alike on every node)."""
+    record — the watcher's own watch of the presentity, else a group of the
+    watcher's listing it — so that Get Open Subscriptions answers alike on
+    every node."""
 
     async def lookup(watcher: str, presentity: str) -> tuple[str, tuple[AttributeType, ...]] | None:
         try:
             record = await store.get(WATCH, json.dumps((watcher, presentity)))
+            if record is None:
+                groups = await groups_of(store, watcher, presentity)
+                record = groups[0][1] if groups else None
         except StoreError:
             return None
         return watchers.stored_directory(record) if record is not None else None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from adapter.store.interface import (
     KINDS,
     BacklogRow,
+    LeaseKey,
     StaleLease,
     Store,
     StoreError,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "BacklogRow",
+    "LeaseKey",
     "MemoryStore",
     "SqliteStore",
     "StaleLease",

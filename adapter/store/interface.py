@@ -13,6 +13,7 @@ import msgspec
 __all__ = [
     "KINDS",
     "BacklogRow",
+    "LeaseKey",
     "StaleLease",
     "Store",
     "StoreError",
@@ -23,6 +24,10 @@ __all__ = [
 ]
 
 KINDS = ("publication", "watch", "schedule")
+
+#: The SIP work a record belongs to, as a node of a cluster leases it: the
+#: (kind, key) of that work's own record (adapter.cluster.leases).
+LeaseKey = tuple[str, str]
 
 
 def _plain(value: object) -> object:
@@ -75,11 +80,19 @@ class BacklogRow:
 class Store(Protocol):
     """The persistence interface of the adapter."""
 
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
-        """Insert or replace one record; the future completes once it is durable."""
+    def put(
+        self, kind: str, key: str, value: Any, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
+        """Insert or replace one record; the future completes once it is durable.
 
-    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
-        """Remove one record (absent is fine)."""
+        ``lease``: the SIP work the record is part of when it is not that work's
+        own record (a schedule: its watch's); a node of a cluster writes it
+        only under that work's lease.  Stores without leases ignore it."""
+
+    def delete(
+        self, kind: str, key: str, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
+        """Remove one record (absent is fine); ``lease`` as for :meth:`put`."""
 
     def load(self, kind: str) -> dict[str, Any]:
         """Every record of ``kind``, as stored (read at start, before serving)."""

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from adapter.store.interface import KINDS, BacklogRow
+from adapter.store.interface import KINDS, BacklogRow, LeaseKey
 
 __all__ = ["MemoryStore"]
 
@@ -25,11 +25,15 @@ class MemoryStore:
         future.set_result(None)
         return future
 
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+    def put(
+        self, kind: str, key: str, value: Any, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
         self._records[kind][key] = json.loads(json.dumps(value))
         return self._done()
 
-    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+    def delete(
+        self, kind: str, key: str, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
         self._records[kind].pop(key, None)
         return self._done()
 

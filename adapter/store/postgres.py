@@ -35,10 +35,12 @@ too, and it is committed after, in order.  Any other failure fails the
 group's futures, is logged, and the writer goes on.
 
 Fencing (a node of a cluster, adapter.cluster.leases): a record of the SIP
-work a node owns (a publication, a watch) is written only with the lease's
-fencing token the node holds, in the statement itself — the write does
-nothing, and its future fails with :class:`StaleLease`, when another node
-has taken the work over since.
+work a node owns (a publication, a watch), and a record that is part of it
+(a schedule, part of its watch: ``lease=``), is written only with the
+lease's fencing token the node holds, in the statement itself — the write
+does nothing, and its future fails with :class:`StaleLease`, when another
+node has taken the work over since.  Deleting the work's own record ends
+the work: its lease row is deleted in the same statement.
 
 Values are stored as their JSON text, as SQLite stores them, not as jsonb:
 jsonb refuses some JSON that Python writes (``\\u0000`` in a string), and a
@@ -80,6 +82,7 @@ from adapter.store import schema
 from adapter.store.interface import (
     KINDS,
     BacklogRow,
+    LeaseKey,
     StaleLease,
     StoreError,
     StoreUnreachable,
@@ -94,7 +97,7 @@ __all__ = ["FENCED", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "StaleLeas
 logger = logging.getLogger(__name__)
 
 #: The schema this adapter writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
 #: Seconds a write waits for a connection (the server unreachable) before it
@@ -131,6 +134,11 @@ _CLUSTER_TABLES = (
     "CREATE INDEX leases_expires ON leases (expires)",
 )
 
+#: Each node's process is told apart by a random instance id written with its
+#: heartbeat: a second process under a live node's name is refused
+#: (adapter.cluster.nodes.claim).
+_NODE_INSTANCES = ("ALTER TABLE nodes ADD COLUMN instance text NOT NULL DEFAULT ''",)
+
 #: The key the nodes of a cluster sign their calls to each other with, when
 #: their configuration gives none (adapter.cluster.peer): one row at most.
 _SECRET_TABLE = (
@@ -141,7 +149,7 @@ _SECRET_TABLE = (
 SECRET_BYTES = 32
 
 #: Version -> the statements that bring a store of that version to the next.
-MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES, 2: _SECRET_TABLE}
+MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES, 2: _NODE_INSTANCES, 3: _SECRET_TABLE}
 
 #: The snapshot's key for the backlog (not a kind of record).
 _BACKLOG = "backlog"
@@ -187,6 +195,23 @@ _FENCED_PUT = _Fenced(
 _FENCED_DELETE = _Fenced(
     _FENCE + ", done AS (DELETE FROM records WHERE kind = %s AND key = %s"
     " AND EXISTS (SELECT 1 FROM fence)) SELECT count(*) FROM fence"
+)
+# The end of a piece of work: its record and its lease go in one statement, so
+# that no takeover finds a lease of work that is over.  The DELETE of the
+# lease row is the fence (it locks the row, as FOR SHARE does).
+_FENCED_END = _Fenced(
+    "WITH fence AS (DELETE FROM leases"
+    " WHERE kind = %s AND key = %s AND owner = %s AND token = %s RETURNING 1),"
+    " done AS (DELETE FROM records WHERE kind = %s AND key = %s"
+    " AND EXISTS (SELECT 1 FROM fence)) SELECT count(*) FROM fence"
+)
+# The end of work this node holds no lease for (a withdrawal of nothing
+# published): nobody's work has no lease, so it is allowed when none exists.
+_UNLEASED_END = _Fenced(
+    "WITH fence AS (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM leases"
+    " WHERE kind = %s AND key = %s)), done AS (DELETE FROM records"
+    " WHERE kind = %s AND key = %s AND EXISTS (SELECT 1 FROM fence))"
+    " SELECT count(*) FROM fence"
 )
 
 
@@ -245,6 +270,11 @@ class PostgresStore:
         self.fence: Callable[[str, str], int | None] | None = None
         #: Told of a write refused for a stale token (kind, key).
         self.on_stale: Callable[[str, str], None] = lambda kind, key: None
+        #: Told when the end of a piece of work (kind, key) is queued, with the
+        #: write's future: its lease goes with the record.
+        self.on_end: Callable[[str, str, asyncio.Future[None]], None] = (
+            lambda kind, key, done: None
+        )
         #: Reads (and the cluster's statements) while serving, beside the writer.
         self._reads: AsyncConnectionPool | None = None
         self._reads_opening = asyncio.Lock()
@@ -297,7 +327,8 @@ class PostgresStore:
                             self.where, found, SCHEMA_VERSION,
                         )
                     else:
-                        statements = [*_TABLES, *_CLUSTER_TABLES, *_SECRET_TABLE]
+                        statements = [
+                            *_TABLES, *_CLUSTER_TABLES, *_NODE_INSTANCES, *_SECRET_TABLE]
                     for sql in statements:
                         db.execute(sql)
                     db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))
@@ -354,6 +385,17 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {_line(exc)}") from None
 
+    def run_locked(
+        self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """One statement on the connection that holds the store's lock, blocking
+        (before serving): a session lock it takes is held while the store is open."""
+        try:
+            cursor = self._owner.execute(sql, args)
+            return cursor.fetchall() if cursor.description is not None else []
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+
     def load(self, kind: str) -> dict[str, Any]:
         # Read at open, when nothing of that kind was written since: the
         # services read at start while the server already serves, and a read
@@ -371,30 +413,49 @@ class PostgresStore:
 
     # -- writes ------------------------------------------------------------------
 
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+    def put(
+        self, kind: str, key: str, value: Any, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
-        if self.fence is not None and kind in FENCED:
-            return self._fenced(_FENCED_PUT, kind, key, (kind, key, encode(value)))
+        if self.fence is not None:
+            under = lease or ((kind, key) if kind in FENCED else None)
+            if under is not None:
+                return self._fenced(_FENCED_PUT, under, (kind, key, encode(value)))
         return self._submit([(_UPSERT.record, (kind, key, encode(value)))])
 
-    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+    def delete(
+        self, kind: str, key: str, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
         self._snapshot.pop(kind, None)
-        if self.fence is not None and kind in FENCED:
-            return self._fenced(_FENCED_DELETE, kind, key, (kind, key))
+        if self.fence is not None:
+            if lease is not None:
+                return self._fenced(_FENCED_DELETE, lease, (kind, key))
+            if kind in FENCED:
+                return self._end(kind, key)
         return self._submit([(_DELETE_RECORD, (kind, key))])
 
+    def _end(self, kind: str, key: str) -> asyncio.Future[None]:
+        """The work's record is deleted, and its lease with it (the work is over)."""
+        assert self.fence is not None
+        if self.fence(kind, key) is None:
+            return self._submit([(_UNLEASED_END, (kind, key, kind, key))])
+        done = self._fenced(_FENCED_END, (kind, key), (kind, key))
+        self.on_end(kind, key, done)
+        return done
+
     def _fenced(
-        self, sql: _Fenced, kind: str, key: str, args: tuple[Any, ...]
+        self, sql: _Fenced, lease: LeaseKey, args: tuple[Any, ...]
     ) -> asyncio.Future[None]:
         assert self.fence is not None and self.node is not None
-        token = self.fence(kind, key)
+        token = self.fence(*lease)
         if token is None:
             # Not ours (any more): nothing is written, nothing is queued.
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            kind, key = lease
             done.set_exception(StaleLease(f"{self.where}: {kind} {key} is not this node's"))
             retrieved(done)
             return done
-        return self._submit([(sql, (kind, key, self.node, token, *args))])
+        return self._submit([(sql, (*lease, self.node, token, *args))])
 
     async def query(
         self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()

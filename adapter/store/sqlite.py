@@ -24,7 +24,7 @@ from typing import Any
 
 from adapter.metrics import STORE_BUCKETS, Histogram
 from adapter.store import schema
-from adapter.store.interface import BacklogRow, StoreError, settle
+from adapter.store.interface import BacklogRow, LeaseKey, StoreError, settle
 from adapter.store.interface import encode as _encode
 from adapter.store.sql import Upserts, Write
 
@@ -249,10 +249,14 @@ class SqliteStore:
 
     # -- writes ----------------------------------------------------------------
 
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+    def put(
+        self, kind: str, key: str, value: Any, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
         return self._submit([(_UPSERT.record, (kind, key, _encode(value)))])
 
-    def delete(self, kind: str, key: str) -> asyncio.Future[None]:
+    def delete(
+        self, kind: str, key: str, *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
         return self._submit([("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))])
 
     def backlog_add(self, app_id: str, channel: str, data: Any, expires_at: float) -> int:

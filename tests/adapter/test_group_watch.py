@@ -23,6 +23,7 @@ from adapter.watch import (
     ReadRules,
     Reference,
     RefreshList,
+    SaveWatch,
     Settled,
     Subscribe,
     WatchAction,
@@ -337,6 +338,25 @@ def test_a_group_record_keeps_each_members_decisions_told() -> None:
     for read in of(ReadRules, again):
         told += machine.rules_read(read.read, ALLOW_A, NOW)
     assert [d for d in of(Deliver, told) if "notifySubscription" in d.data] == []
+
+
+def test_a_group_record_is_written_when_members_come_and_names_them() -> None:
+    # A node of a cluster that does not hold the group finds in its record
+    # which group a member is watched in (adapter.cluster.ownership).
+    g = Group()
+    first = g.notify(full=True, m0=None, m1=None)
+    assert of(SaveWatch, first) == [SaveWatch(g.watch)]
+    assert set(watch_to_record(g.watch)["members"]) == {M0, M1}
+    assert not g.machine.answers(BOB, M0)  # listed bare: not active
+    # Their states: no member is new, nothing more to write for the list.
+    assert of(SaveWatch, g.notify(m0=(activity(Activity.BUSY),))) == []
+    assert g.machine.answers(BOB, M0) and not g.machine.answers(BOB, M1)
+    assert g.machine.answers(BOB, GROUP)  # the watch itself (it answers "a group")
+    assert not g.machine.answers("sip:eve@example.com", M0)
+    # Whose application asks for a member, active or not (Get Open Subscriptions).
+    assert g.machine.watching(BOB, M1) is g.watch.listed[M1]
+    assert g.machine.watching(BOB, GROUP) is g.watch
+    assert g.machine.watching("sip:eve@example.com", M1) is None
 
 
 def test_a_group_schedules_members_survive_its_record() -> None:

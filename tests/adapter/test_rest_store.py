@@ -5,7 +5,9 @@ write while told to (a trigger, as a full disk or a read-only file would
 refuse); only the SIP and XCAP sides are the services' test fakes.
 """
 
+import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from adapter import rest
@@ -21,7 +24,7 @@ from adapter.auth import Accounts
 from adapter.config import Account, Config, load_config
 from adapter.openapi import openapi_document
 from adapter.presentity import PresentityService
-from adapter.store import SqliteStore
+from adapter.store import SqliteStore, StaleLease
 from adapter.watcher import WatcherService
 from pidf import decode
 from tests.adapter import test_presentity as presentity_fakes
@@ -230,3 +233,15 @@ def test_the_document_describes_the_503_of_every_call_that_stores() -> None:
         answer = paths[path][method]["responses"]["503"]
         examples = answer["content"]["application/json"]["examples"].values()
         assert UNAVAILABLE in [example["value"] for example in examples], (path, method)
+
+
+def test_a_write_under_a_lease_lost_asks_to_retry_at_once() -> None:
+    # A node of a cluster that lost the work (or just ended it): asked again,
+    # the call goes where the work is now.
+    scope = {"type": "http", "method": "POST", "path": "/rest/presence", "headers": [],
+             "query_string": b""}
+    answer = asyncio.run(rest._store_error(Request(scope), StaleLease("publication x")))
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    error = json.loads(bytes(answer.body))["requestError"]["serviceException"]
+    assert (error["messageId"], error["variables"]) == (
+        "SVC0001", ["work changing hands between nodes, retry later"])

@@ -1001,8 +1001,8 @@ def test_each_cluster_store_has_a_secret_of_its_own(postgres: PostgresCluster) -
         asyncio.run(store.close())
 
 
-def test_a_version_2_store_is_migrated_to_keep_the_cluster_secret(postgres_url: str) -> None:
-    # Version 2 is version 3 without the cluster_secret table.
+def test_a_version_3_store_is_migrated_to_keep_the_cluster_secret(postgres_url: str) -> None:
+    # Version 3 is version 4 without the cluster_secret table.
     async def fill() -> None:
         store = PostgresStore(postgres_url, node="a")
         await store.put("watch", "w", {"v": 1})
@@ -1011,12 +1011,12 @@ def test_a_version_2_store_is_migrated_to_keep_the_cluster_secret(postgres_url: 
     asyncio.run(fill())
     backend = PostgresBackend(postgres_url)
     backend.rows("DROP TABLE cluster_secret")
-    backend.set_version(2)
+    backend.set_version(3)
     store = PostgresStore(postgres_url, node="a")
     assert store.load("watch") == {"w": {"v": 1}}
     secret = store.cluster_secret()
     asyncio.run(store.close())
-    assert backend.version() == postgres_store.SCHEMA_VERSION == 3
+    assert backend.version() == postgres_store.SCHEMA_VERSION == 4
     assert backend.rows("SELECT secret FROM cluster_secret") == [(secret,)]
 
 

@@ -198,9 +198,9 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.puts: list[tuple[str, str, Any]] = []
 
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
+    def put(self, kind: str, key: str, value: Any, **options: Any) -> asyncio.Future[None]:
         self.puts.append((kind, key, value))
-        return super().put(kind, key, value)
+        return super().put(kind, key, value, **options)
 
     def schedule_puts(self) -> list[Any]:
         return [value for kind, _, value in self.puts if kind == "schedule"]
@@ -965,9 +965,9 @@ def test_many_schedules_due_are_written_a_chunk_per_loop_turn() -> None:
         written: list[tuple[int, str]] = []  # (loop turn, correlator)
         put = w.store.put
 
-        def spy(kind: str, key: str, value: Any) -> asyncio.Future[None]:
+        def spy(kind: str, key: str, value: Any, **options: Any) -> asyncio.Future[None]:
             written.append((turns, value["correlator"]))
-            return put(kind, key, value)
+            return put(kind, key, value, **options)
 
         w.store.put = spy  # type: ignore[method-assign]
         w.clock.now += 0.05  # the progress is due: the timer writes the first chunk

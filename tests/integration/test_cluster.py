@@ -8,6 +8,7 @@ other; a PostgreSQL restart costs 503s while it is down and loses nothing.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from pidf import Activity, decode
 from tests.adapter_process import AdapterProcess, AppAccount
 from tests.cluster_nodes import ClusterNodes
+from tests.groups import put_pres_rules, put_rls_services
 from tests.integration.test_durability import publications, winfo_watchers
 from tests.polling import eventually
 from tests.postgres_server import PostgresCluster
@@ -41,6 +43,7 @@ class People:
         self.alice = f"sip:alice-{run}@example.com"
         self.bob = f"sip:bob-{run}@example.com"
         self.phone = f"sip:phone-{run}@example.com"
+        self.group = f"sip:friends-{run}@example.com"
         self.accounts = (
             AppAccount("alice-app", "alice-secret", (self.alice,)),
             AppAccount("bob-app", "bob-secret", (self.bob,)),
@@ -324,3 +327,197 @@ def test_a_postgresql_outage_longer_than_the_leases_pauses_the_work_and_resumes_
     eventually(lambda: publish(b, "Meal").status_code == 204, timeout=30, what="Publish again")
     eventually(lambda: activity_seen(b, people, "Meal"), what="Meal through node b")
     assert len(publications(server, people.alice)) == 1
+
+
+def test_ended_work_leaves_no_lease_and_a_takeover_finds_only_live_work(
+    start_cluster: Callable[..., ClusterNodes], people: People
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    subscribe(a, people)
+    with a.client("bob-app") as http:
+        item = {"typeAndValue": {"unionElement": "Activity", "activity": "Meal"}}
+        assert http.post("/rest/presence", json={"presence": [item]}).status_code == 204
+    bob_publication = ("publication", people.bob)
+    assert owners(cluster) == {
+        ("publication", people.alice): "a", watch_lease(people): "a", bob_publication: "a",
+    }
+    # Alice withdraws everything (un-PUBLISH); bob ends his subscription.
+    with a.client("alice-app") as http:
+        assert http.delete("/rest/presence").status_code == 204
+    with a.client("bob-app") as http:
+        ended = http.delete("/rest/presence/subscription", params={"presentity": people.alice})
+    assert ended.status_code == 204, ended.text
+    eventually(lambda: owners(cluster) == {bob_publication: "a"}, what="ended work's leases gone")
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        kinds = db.execute("SELECT kind, key FROM records ORDER BY kind").fetchall()
+    assert kinds == [bob_publication]
+    # Started again at once, the same work takes a new lease.
+    assert publish(a, "Away").status_code == 204
+    with a.client("alice-app") as http:
+        assert http.delete("/rest/presence").status_code == 204
+    # Withdrawing what is not published (its lease gone with it) is fine.
+    with a.client("alice-app") as http:
+        assert http.delete("/rest/presence").status_code == 204
+    eventually(lambda: owners(cluster) == {bob_publication: "a"}, what="ended again")
+
+    a.kill()
+    eventually(lambda: owners(cluster) == {bob_publication: "b"}, timeout=30,
+               what="node b taking node a's live work")
+    # Node b claimed the one piece of live work, nothing that had ended.
+    assert metric_values(b)["presence_adapter_cluster_taken_over_total"] == 1
+    assert metric_values(b)["presence_adapter_cluster_let_go_total"] == 0
+
+
+def duplicate(cluster: ClusterNodes, name: str, directory: Path) -> AdapterProcess:
+    """A process of its own (its own ports) under the node name ``name``."""
+    assert cluster.presence is not None and cluster.redis is not None
+    directory.mkdir()
+    settings: dict[str, dict[str, object]] = {
+        "store": {"url": cluster.store_url},
+        "cluster": {"node": name, "redis": cluster.redis.url, "lease": cluster.lease},
+    }
+    return AdapterProcess.for_server(directory, cluster.presence, cluster.accounts,
+                                     settings=settings)
+
+
+def node_row(cluster: ClusterNodes, name: str) -> tuple[Any, ...] | None:
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        return db.execute("SELECT http, instance FROM nodes WHERE name = %s",
+                          (name,)).fetchone()
+
+
+def test_a_second_process_under_a_live_node_s_name_is_refused(
+    start_cluster: Callable[..., ClusterNodes], people: People, tmp_path: Path
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    assert publish(a, "Busy").status_code == 204
+    before = node_row(cluster, "a")
+    assert before is not None and before[0] == a.url and before[1]
+
+    second = duplicate(cluster, "a", tmp_path / "second-a")
+    refused = second.run_to_exit(timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "cluster.node" in lines[0] and "live node" in lines[0] and a.url in lines[0]
+    # The live node is undisturbed: its row, its lease, its work.
+    assert node_row(cluster, "a") == before
+    assert owners(cluster)[("publication", people.alice)] == "a"
+    assert publish(b, "Meal").status_code == 204  # passed to node a, which answers
+    with a.client() as http:
+        assert http.get("/readyz").status_code == 200
+
+    # Stopped cleanly, node a starts again at once, as a new instance.
+    a.stop()
+    assert node_row(cluster, "a") is None
+    a.restart(healthy=True)
+    again = node_row(cluster, "a")
+    assert again is not None and again[1] != before[1]
+    # Killed, it starts again at once too: its process's session (and the
+    # lock it held on the name) ended with it.
+    a.kill()
+    a.restart(timeout=30, healthy=True)
+    after = node_row(cluster, "a")
+    assert after is not None and after[1] != again[1]
+    # Node b took alice's publication when node a stopped; the new node a
+    # passes her Publish to it.
+    assert publish(a, "Away").status_code == 204
+    assert owners(cluster)[("publication", people.alice)] == "b"
+
+
+def test_a_member_of_a_group_watched_through_one_node_reads_alike_through_the_other(
+    start_cluster: Callable[..., ClusterNodes],
+    people: People,
+    sip_phone: Callable[[str], SipPhone],
+) -> None:
+    cluster = start_cluster()
+    a, b = cluster.nodes
+    server = cluster.presence
+    assert server is not None
+    phone = sip_phone(people.phone)
+    phone.publish("online", "busy", "on a call")
+    # Bob's group lists the phone, which allows him (docs/kamailio.md,
+    # "Resource lists"), and alice, who has not decided yet.
+    put_pres_rules(server.xcap_root, people.phone, [people.bob])
+    put_rls_services(server.xcap_root, people.bob, people.group, [people.phone, people.alice])
+    body = {
+        "application": "buddies", "presentity": people.group, "attributes": [],
+        "reference": {"correlator": "g1", "endpoint": "/bayeux/bob-app/group",
+                      "interfaceName": "PresenceNotification"},
+    }
+    with a.client("bob-app") as http:
+        answer = http.post("/rest/presence/subscription", json=body)
+    assert answer.status_code == 204, answer.text
+    group_lease = ("watch", json.dumps((people.bob, people.group)))
+    assert owners(cluster) == {group_lease: "a"}
+
+    def member(node: AdapterProcess) -> httpx.Response:
+        with node.client("bob-app") as http:
+            return http.get("/rest/presence", params={"presentity": people.phone})
+
+    def shows(node: AdapterProcess, activity: str) -> bool:
+        answer = member(node)
+        return answer.status_code == 200 and any(
+            item["typeAndValue"].get("activity") == activity for item in answer.json()["result"])
+
+    eventually(lambda: shows(a, "Busy"), timeout=30, what="the phone Busy through node a")
+    forwarded = metric_values(b)["presence_adapter_cluster_forwarded_requests_total"]
+    # Node b holds no watch of the phone: it passes the call to node a.
+    through_b = member(b)
+    assert through_b.status_code == 200, through_b.text
+    assert through_b.json() == member(a).json()
+    assert metric_values(b)["presence_adapter_cluster_forwarded_requests_total"] == forwarded + 1
+    # The phone changes: both nodes tell the new state.
+    phone.publish("online", "away", "out")
+    eventually(lambda: shows(a, "Away"), timeout=30, what="the phone Away through node a")
+    assert member(b).json() == member(a).json()
+    # Alice, pending in the group, sees bob asking with his group's
+    # application, through either node.
+    for node in (a, b):
+        opened = eventually(lambda node=node: get(
+            node, "alice-app", "/rest/presence/subscription", status="open")["result"],
+            timeout=30, what="bob asking")
+        assert opened == [{"application": "buddies", "attributes": [], "watcher": people.bob}]
+    # A member not active in the group (as one adapter answers: no
+    # subscription of it), and someone in no group: alike on either node.
+    for presentity in (people.alice, "sip:nobody@example.com"):
+        answers = []
+        for node in (a, b):
+            with node.client("bob-app") as http:
+                answers.append(http.get("/rest/presence", params={"presentity": presentity}))
+        assert [r.status_code for r in answers] == [404, 404], answers[1].text
+        assert answers[0].json() == answers[1].json()
+
+
+def test_a_node_that_finds_its_name_taken_while_it_was_paused_stops(
+    start_cluster: Callable[..., ClusterNodes], people: People, tmp_path: Path
+) -> None:
+    cluster = start_cluster()
+    a, _ = cluster.nodes
+    server = cluster.presence
+    assert server is not None and a.process is not None
+    assert publish(a, "Busy").status_code == 204
+    first = node_row(cluster, "a")
+    second = duplicate(cluster, "a", tmp_path / "second-a")
+    a.process.send_signal(signal.SIGSTOP)  # its session stays open, its row goes stale
+    try:
+        second.start(timeout=60, healthy=True)  # the row is a dead node's after two periods
+        row = node_row(cluster, "a")
+        assert row is not None and first is not None and row[1] != first[1]
+        a.process.send_signal(signal.SIGCONT)
+        # Node a's next heartbeat finds the other instance in its row: it
+        # stops, leaving the row to the new process (alice's publication was
+        # node b's by then: node a's lease had expired while it was paused).
+        a.process.wait(timeout=30)
+        assert "this node lets its work go and stops" in a.log_tail(200)
+        assert node_row(cluster, "a") == row
+        eventually(lambda: publish(second, "Away").status_code == 204, timeout=30,
+                   what="Publish through the new a")
+        assert len(publications(server, people.alice)) == 1
+    finally:
+        if a.process is not None:
+            a.process.send_signal(signal.SIGCONT)
+        second.stop()

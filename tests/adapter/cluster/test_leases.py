@@ -225,11 +225,83 @@ def test_a_write_of_work_the_node_holds_no_lease_for_fails_at_once(db: Db) -> No
         a = fenced_store(db.url, "a", {})
         with pytest.raises(StaleLease):
             await a.put(*WATCH, {})
-        await a.put("schedule", "s", {})  # schedules follow their watch, unfenced
+        await a.put("schedule", "s", {})  # a record of no work: unfenced
+        with pytest.raises(StaleLease):
+            await a.put("schedule", "s", {"v": 2}, lease=WATCH)  # part of a watch
         await a.close()
 
     run(scenario)
-    assert db.run("SELECT kind FROM records") == [("schedule",)]
+    assert db.run("SELECT kind, value FROM records") == [("schedule", "{}")]
+
+
+SCHEDULE = ("schedule", '["bob-app", "c1"]')
+
+
+def test_a_schedule_s_progress_is_written_under_its_watch_s_lease(db: Db) -> None:
+    acquire(db, "a", WATCH)
+    stale: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        a = fenced_store(db.url, "a", {WATCH: 1})
+        a.on_stale = lambda kind, key: stale.append((kind, key))
+        await a.put(*SCHEDULE, {"remaining": 5}, lease=WATCH)
+        db.expire("a")
+        assert acquire(db, "b", WATCH) == [(2,)]  # node b takes the watch over
+        b = fenced_store(db.url, "b", {WATCH: 2})
+        await b.put(*SCHEDULE, {"remaining": 4}, lease=WATCH)
+        # Node a, which still holds token 1, cannot write the schedule's
+        # progress, nor delete it.
+        with pytest.raises(StaleLease):
+            await a.put(*SCHEDULE, {"remaining": 3}, lease=WATCH)
+        with pytest.raises(StaleLease):
+            await a.delete(*SCHEDULE, lease=WATCH)
+        await a.close()
+        await b.close()
+
+    run(scenario)
+    assert stale == [WATCH, WATCH]  # node a lets the watch go
+    assert db.run("SELECT kind, key, value FROM records") == [(*SCHEDULE, '{"remaining":4}')]
+    assert db.owners() == {WATCH: ("b", 2)}
+
+
+def test_the_end_of_work_deletes_its_lease_with_its_record(db: Db) -> None:
+    acquire(db, "a", PUB)
+    acquire(db, "a", WATCH)
+    ended: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        tokens = {PUB: 1, WATCH: 1}
+        a = fenced_store(db.url, "a", tokens)
+
+        def on_end(kind: str, key: str, done: object) -> None:
+            ended.append((kind, key))
+            del tokens[(kind, key)]  # as the node's book drops it
+
+        a.on_end = on_end
+        await a.put(*PUB, {"v": 1})
+        await a.put(*WATCH, {"v": 1})
+        await a.put(*SCHEDULE, {"remaining": 1}, lease=WATCH)
+        # A schedule's end is not its watch's: the lease stays.
+        await a.delete(*SCHEDULE, lease=WATCH)
+        assert db.owners() == {PUB: ("a", 1), WATCH: ("a", 1)}
+        await a.delete(*PUB)
+        assert db.owners() == {WATCH: ("a", 1)}
+        # Work another node took over: the end of a stale owner changes nothing.
+        db.expire("a")
+        acquire(db, "b", WATCH)
+        with pytest.raises(StaleLease):
+            await a.delete(*WATCH)
+        tokens.clear()  # as the node lets it go
+        with pytest.raises(StaleLease):
+            await a.delete(*WATCH)
+        # Work with no lease at all (a withdrawal of nothing): nothing to fence.
+        await a.delete(*PUB)
+        await a.close()
+
+    run(scenario)
+    assert ended == [PUB, WATCH]
+    assert db.owners() == {WATCH: ("b", 2)}
+    assert db.run("SELECT kind, value FROM records") == [("watch", '{"v":1}')]
 
 
 def test_a_group_of_fenced_writes_and_a_renewal_lock_leases_in_one_order(db: Db) -> None:
