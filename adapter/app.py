@@ -381,6 +381,18 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         account = accounts.check(user, password)
         return account.id if account is not None else None
 
+    peers: PeerCheck | None = None
+    secret = b""
+    if config.cluster is not None:
+        from adapter.cluster.peer import PeerCheck, cluster_secret
+        from adapter.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)  # [cluster] needs [store] url
+        # The key of the calls between nodes, read before serving like the store
+        # itself: a node never serves without it.
+        secret = cluster_secret(config, store)
+        peers = PeerCheck(secret)
+
     bayeux: ClusterBayeux | None = None
     if config.cluster is None:
         journal: BacklogJournal | None = BacklogJournal(store)
@@ -393,15 +405,9 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         # A node's backlog is its applications' Redis streams (adapter.cluster.relay).
         journal = None
         backlog = Backlog(limits.backlog_size, limits.backlog_ttl)
-        bayeux = ClusterBayeux(config, limits, bayeux_login, accounts.check_async)
+        bayeux = ClusterBayeux(config, limits, bayeux_login, accounts.check_async, secret)
         hub = bayeux.hub
     metrics = Metrics(token=config.metrics.token)
-    peers: PeerCheck | None = None
-    if config.cluster is not None:
-        from adapter.cluster.peer import PeerCheck
-
-        assert config.cluster.secret is not None  # load_config demands it
-        peers = PeerCheck(config.cluster.secret)
     drain = Drain()
     # Sessions end first, before uvicorn stops: a held connect waiting out its
     # timeout would hold the stop back (adapter.shutdown).
@@ -478,7 +484,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             ownership = Ownership(
                 store, me, config.cluster.lease, presentities=presentities,
                 watchers=watchers, request_timeout=timeout,
-                http=peer_client(config, timeout=timeout + 5),
+                http=peer_client(config, secret, timeout=timeout + 5),
                 # As SIGTERM does: drained, and stopped.
                 stop=lambda: signal.raise_signal(signal.SIGTERM),
             )

@@ -773,12 +773,18 @@ class Account(_Model, frozen=True, kw_only=True, dict=True):
 
 def _exactly_one(model: object, names: tuple[str, ...], missing: str) -> str:
     """The one of ``names`` that ``model`` sets (the first one's problem: ``missing``)."""
-    given = [name for name in names if getattr(model, name) is not None]
-    if not given:
+    given = _at_most_one(model, names)
+    if given is None:
         raise _Problem(names[0], missing)
+    return given
+
+
+def _at_most_one(model: object, names: tuple[str, ...]) -> str | None:
+    """The one of ``names`` that ``model`` sets, if any."""
+    given = [name for name in names if getattr(model, name) is not None]
     if len(given) > 1:
         raise _Problem(given[1], f"give only one of {', '.join(names)}, not also {given[0]}")
-    return given[0]
+    return given[0] if given else None
 
 
 def _environment(key: str, name: str) -> str:
@@ -861,9 +867,10 @@ class ClusterConfig(_Model, frozen=True, kw_only=True):
     #: Seconds between a node's heartbeats and lease renewals; a node silent for
     #: two of them is dead and its work is taken over.
     lease: Positive = 10.0
-    #: Shared by every node: the key of the calls between them (adapter.cluster.peer).
-    #: Exactly one of ``secret``, ``secret_file`` (read here, trailing blanks dropped)
-    #: and ``secret_env`` (then cleared).
+    #: The key of the calls between the nodes (adapter.cluster.peer), the same on
+    #: every node: at most one of ``secret``, ``secret_file`` (read here, trailing
+    #: blanks dropped) and ``secret_env`` (then cleared).  None of them: the
+    #: nodes share a random key kept in the store.
     secret: str | None = None
     secret_file: Path | None = None
     secret_env: Text | None = None
@@ -876,11 +883,10 @@ class ClusterConfig(_Model, frozen=True, kw_only=True):
     tls_key: Path | None = None
 
     def __post_init__(self) -> None:
-        given = _exactly_one(
-            self, _CLUSTER_SECRETS,
-            f"missing (give secret, secret_file or secret_env: at least {MIN_SECRET} "
-            "random characters, the same on every node)",
-        )
+        _both_or_neither(("tls_cert", self.tls_cert), ("tls_key", self.tls_key))
+        given = _at_most_one(self, _CLUSTER_SECRETS)
+        if given is None:
+            return
         if self.secret_file is not None:
             _readable("secret_file", self.secret_file)
             try:
@@ -899,7 +905,6 @@ class ClusterConfig(_Model, frozen=True, kw_only=True):
                 f"too short ({len(self.secret)} characters; at least {MIN_SECRET}, "
                 "e.g. from openssl rand -hex 32)",
             )
-        _both_or_neither(("tls_cert", self.tls_cert), ("tls_key", self.tls_key))
 
 
 _CLUSTER_SECRETS = ("secret", "secret_file", "secret_env")

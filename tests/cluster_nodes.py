@@ -14,9 +14,11 @@ by :meth:`ClusterNodes.stop`.  Each cluster gets a database of its own.
         a, b = cluster.nodes
         a.client("alice-app").post(...)
 
-The nodes share a ``[cluster] secret`` made here (:attr:`ClusterNodes.secret`);
-``tls`` is the client side of HTTPS for nodes that serve it (``[http] tls_cert``
-in ``settings``).
+The nodes' configuration is the contract's (issue 19): no ``[cluster] secret``,
+so they sign their calls to each other with the one they share in the store;
+``secret=True`` gives each the same ``[cluster] secret``, made here
+(:attr:`ClusterNodes.secret`).  ``tls`` is the client side of HTTPS for nodes
+that serve it (``[http] tls_cert`` in ``settings``).
 
 Every node is an :class:`~tests.adapter_process.AdapterProcess`: ``kill()``
 (SIGKILL), ``restart()``, ``client(account)``, ``log_tail()`` as for one.
@@ -72,6 +74,7 @@ class ClusterNodes:
         settings: Mapping[str, Mapping[str, object]] | None = None,
         tls: ssl.SSLContext | None = None,
         env: Mapping[str, str] | None = None,
+        secret: bool = False,
     ) -> None:
         self.directory = directory
         self.env = dict(env or {})
@@ -83,8 +86,8 @@ class ClusterNodes:
         self.redis = redis
         self.presence = presence
         self.tls = tls
-        #: ``[cluster] secret``, the same for every node.
-        self.secret = secrets.token_hex(32)
+        #: ``[cluster] secret``, the same for every node; None: none configured.
+        self.secret = secrets.token_hex(32) if secret else None
         #: What was started here (and is stopped here).
         self._own: list[PostgresCluster | RedisServer | PresenceServer] = []
         #: The store's URL, once started.
@@ -133,7 +136,8 @@ class ClusterNodes:
         settings.setdefault("store", {})["url"] = self.store_url
         cluster = settings.setdefault("cluster", {})
         cluster.update({"node": name, "redis": self.redis.url, "lease": self.lease})
-        cluster.setdefault("secret", self.secret)
+        if self.secret is not None:
+            cluster.setdefault("secret", self.secret)
         return AdapterProcess.for_server(
             directory, self.presence, self.accounts, settings=settings, tls=self.tls,
             env=self.env,

@@ -30,7 +30,9 @@ class ClusterBayeux:
         limits: BayeuxLimits,
         authenticate: Authenticator,
         prepare: Callable[[str, str], Awaitable[object]],
+        secret: bytes,
     ) -> None:
+        """``secret`` signs the requests passed to other nodes (adapter.cluster.peer)."""
         assert config.cluster is not None
         node = config.cluster.node
         self.bus = Bus(config.cluster.redis, node, maxlen=limits.backlog_size)
@@ -45,7 +47,8 @@ class ClusterBayeux:
         )
         self.relay = Relay(self.bus, self.hub, ttl=limits.backlog_ttl)
         self.forward = Forwarder(
-            node, client=peer_client(config, timeout=limits.connect_timeout + FORWARD_MARGIN)
+            node,
+            client=peer_client(config, secret, timeout=limits.connect_timeout + FORWARD_MARGIN),
         )
 
     def start(self) -> None:

@@ -9,8 +9,9 @@ flow, so that every client of a node signs alike):
 ``X-Presence-Forwarded-By: <node>``
     the node that sent it;
 ``X-Presence-Node-Signature: t=<unix seconds>,v1=<hex>``
-    HMAC-SHA256 under ``[cluster] secret`` of the method, the path and query as
-    sent, the sending node, the time and the SHA-256 of the body.
+    HMAC-SHA256 under the cluster's secret (:func:`cluster_secret`) of the
+    method, the path and query as sent, the sending node, the time and the
+    SHA-256 of the body.
 
 :class:`PeerGate` (ASGI middleware, outermost) checks every request that carries
 either header or goes to ``/cluster/`` before anything else sees it: one that
@@ -35,6 +36,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.requests import Request
@@ -44,6 +46,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapter.config import Config, cluster_tls_context
 from adapter.errors import PolicyError
 
+if TYPE_CHECKING:
+    from adapter.store.postgres import PostgresStore
+
 __all__ = [
     "FORWARDED",
     "MAX_SKEW",
@@ -51,6 +56,7 @@ __all__ = [
     "NodeAuth",
     "PeerCheck",
     "PeerGate",
+    "cluster_secret",
     "forwarded_by",
     "peer_client",
 ]
@@ -89,9 +95,9 @@ class NodeAuth(httpx.Auth):
 
     requires_request_body = True
 
-    def __init__(self, node: str, secret: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, node: str, secret: bytes, clock: Callable[[], float] = time.time) -> None:
         self.node = node
-        self._secret = secret.encode()
+        self._secret = secret
         self._clock = clock
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -106,8 +112,8 @@ class NodeAuth(httpx.Auth):
 class PeerCheck:
     """Checks a signature; counts the calls refused, by reason (for /metrics)."""
 
-    def __init__(self, secret: str, clock: Callable[[], float] = time.time) -> None:
-        self._secret = secret.encode()
+    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
+        self._secret = secret
         self._clock = clock
         self.refused: dict[str, int] = {}
 
@@ -204,13 +210,27 @@ def forwarded_by(request: Request) -> str | None:
     return node
 
 
-def peer_client(config: Config, *, timeout: float) -> httpx.AsyncClient:
-    """An HTTP client for calls to the other nodes: signed, and over TLS with the
-    cluster's certificates when the nodes serve HTTPS."""
-    assert config.cluster is not None and config.cluster.secret is not None
+def cluster_secret(config: Config, store: PostgresStore) -> bytes:
+    """The key the nodes sign their calls with: ``[cluster] secret`` when given
+    (then the same on every node), else the one the nodes share in the store.
+
+    Every node already trusts the store with everything (accounts' state,
+    leases), so a secret kept there adds no party to trust; it only keeps out
+    whoever reaches a node's HTTP port but not the store.
+    """
+    assert config.cluster is not None
+    if config.cluster.secret is not None:
+        return config.cluster.secret.encode()
+    return store.cluster_secret()
+
+
+def peer_client(config: Config, secret: bytes, *, timeout: float) -> httpx.AsyncClient:
+    """An HTTP client for calls to the other nodes: signed with ``secret``, and over
+    TLS with the cluster's certificates when the nodes serve HTTPS."""
+    assert config.cluster is not None
     tls = cluster_tls_context(config)
     return httpx.AsyncClient(
         timeout=timeout,
-        auth=NodeAuth(config.cluster.node, config.cluster.secret),
+        auth=NodeAuth(config.cluster.node, secret),
         verify=tls if tls is not None else True,
     )

@@ -48,6 +48,10 @@ store must keep whatever the services hand it.
 
 The schema's version is the ``meta`` table's ``schema`` row (adapter.store.schema).
 
+The nodes of a cluster without ``[cluster] secret`` share the key of their
+calls to each other through the store (:meth:`PostgresStore.cluster_secret`):
+the first node to ask makes it, every node reads it, none overwrites it.
+
 One adapter at a time, or the nodes of one cluster: the store holds a
 session-level advisory lock for as long as it is open — exclusive for a
 single adapter, shared for a node of a cluster (``node``) — and an adapter
@@ -64,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -92,7 +97,7 @@ __all__ = ["FENCED", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "StaleLeas
 logger = logging.getLogger(__name__)
 
 #: The schema this adapter writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Seconds to connect, unless the URL says (libpq's ``connect_timeout``).
 CONNECT_TIMEOUT = 10
 #: Seconds a write waits for a connection (the server unreachable) before it
@@ -134,8 +139,17 @@ _CLUSTER_TABLES = (
 #: (adapter.cluster.nodes.claim).
 _NODE_INSTANCES = ("ALTER TABLE nodes ADD COLUMN instance text NOT NULL DEFAULT ''",)
 
+#: The key the nodes of a cluster sign their calls to each other with, when
+#: their configuration gives none (adapter.cluster.peer): one row at most.
+_SECRET_TABLE = (
+    "CREATE TABLE cluster_secret ("
+    " id boolean PRIMARY KEY DEFAULT true CHECK (id), secret bytea NOT NULL)",
+)
+#: Bytes of a cluster secret made here (256 bits, as HMAC-SHA256's key).
+SECRET_BYTES = 32
+
 #: Version -> the statements that bring a store of that version to the next.
-MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES, 2: _NODE_INSTANCES}
+MIGRATIONS: schema.Migrations = {1: _CLUSTER_TABLES, 2: _NODE_INSTANCES, 3: _SECRET_TABLE}
 
 #: The snapshot's key for the backlog (not a kind of record).
 _BACKLOG = "backlog"
@@ -313,7 +327,8 @@ class PostgresStore:
                             self.where, found, SCHEMA_VERSION,
                         )
                     else:
-                        statements = [*_TABLES, *_CLUSTER_TABLES, *_NODE_INSTANCES]
+                        statements = [
+                            *_TABLES, *_CLUSTER_TABLES, *_NODE_INSTANCES, *_SECRET_TABLE]
                     for sql in statements:
                         db.execute(sql)
                     db.execute(_PUT_SCHEMA, (str(SCHEMA_VERSION),))
@@ -344,6 +359,24 @@ class PostgresStore:
             if row is not None and str(row[0]).isdigit():
                 return int(row[0])
         raise StoreError(f"{self.where}: not a store of this adapter (it has other tables)")
+
+    def cluster_secret(self) -> bytes:
+        """The cluster's secret kept in the store, made here by the first node to ask
+        (before serving: blocking; a failure is one line of StoreError).
+
+        The insert does nothing when a row is there, so that nodes starting together
+        agree on the first one committed and a restarted node never changes it.
+        """
+        try:
+            self._owner.execute(
+                "INSERT INTO cluster_secret (secret) VALUES (%s) ON CONFLICT (id) DO NOTHING",
+                (secrets.token_bytes(SECRET_BYTES),),
+            )
+            row = self._owner.execute("SELECT secret FROM cluster_secret").fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: {_line(exc)}") from None
+        assert row is not None  # inserted, or there already
+        return bytes(row[0])
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:

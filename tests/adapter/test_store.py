@@ -959,8 +959,75 @@ def test_adapters_starting_together_on_a_new_database_make_one_store(
     run(scenario)
     backend = PostgresBackend(postgres_url)
     assert backend.version() == postgres_store.SCHEMA_VERSION
-    assert sorted(backend.tables()) == ["backlog", "leases", "meta", "nodes", "records"]
+    assert sorted(backend.tables()) == [
+        "backlog", "cluster_secret", "leases", "meta", "nodes", "records"]
     assert backend.rows("SELECT key FROM records") == [("w",)]
+
+
+def test_nodes_starting_together_share_one_cluster_secret_made_by_the_first(
+    postgres_url: str,
+) -> None:
+    # Nodes configured without [cluster] secret: the first to ask makes the
+    # key, the others read that one, even asking at the same moment.
+    def ask(name: str) -> tuple[PostgresStore, bytes]:
+        store = PostgresStore(postgres_url, node=name)
+        return store, store.cluster_secret()
+
+    async def scenario() -> None:
+        answers = await asyncio.gather(*(asyncio.to_thread(ask, n) for n in "abcd"))
+        assert len({secret for _, secret in answers}) == 1
+        for store, _ in answers:
+            await store.close()
+
+    backend = PostgresBackend(postgres_url)
+    asyncio.run(PostgresStore(postgres_url, node="a").close())
+    assert backend.rows("SELECT count(*) FROM cluster_secret") == [(0,)]  # made when asked
+    run(scenario)
+    ((kept,),) = backend.rows("SELECT secret FROM cluster_secret")
+    assert len(kept) == postgres_store.SECRET_BYTES
+    # A node started later, or again, reads it and never makes another.
+    store = PostgresStore(postgres_url, node="e")
+    assert store.cluster_secret() == bytes(kept) == store.cluster_secret()
+    asyncio.run(store.close())
+    assert backend.rows("SELECT secret FROM cluster_secret") == [(kept,)]
+
+
+def test_each_cluster_store_has_a_secret_of_its_own(postgres: PostgresCluster) -> None:
+    stores = [PostgresStore(postgres.url(postgres.create_database()), node="a")
+              for _ in range(2)]
+    first, second = (store.cluster_secret() for store in stores)
+    assert first != second
+    for store in stores:
+        asyncio.run(store.close())
+
+
+def test_a_version_3_store_is_migrated_to_keep_the_cluster_secret(postgres_url: str) -> None:
+    # Version 3 is version 4 without the cluster_secret table.
+    async def fill() -> None:
+        store = PostgresStore(postgres_url, node="a")
+        await store.put("watch", "w", {"v": 1})
+        await store.close()
+
+    asyncio.run(fill())
+    backend = PostgresBackend(postgres_url)
+    backend.rows("DROP TABLE cluster_secret")
+    backend.set_version(3)
+    store = PostgresStore(postgres_url, node="a")
+    assert store.load("watch") == {"w": {"v": 1}}
+    secret = store.cluster_secret()
+    asyncio.run(store.close())
+    assert backend.version() == postgres_store.SCHEMA_VERSION == 4
+    assert backend.rows("SELECT secret FROM cluster_secret") == [(secret,)]
+
+
+def test_an_unreadable_cluster_secret_is_one_line_store_error(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, node="a")
+    PostgresBackend(postgres_url).rows("DROP TABLE cluster_secret")
+    with pytest.raises(StoreError) as info:
+        store.cluster_secret()
+    assert str(info.value).startswith(f"{describe(postgres_url)}: ")
+    assert "cluster_secret" in str(info.value) and "\n" not in str(info.value)
+    asyncio.run(store.close())
 
 
 def test_a_store_left_by_a_killed_adapter_opens_at_once(postgres_url: str) -> None:

@@ -6,13 +6,16 @@ nodes calling each other over HTTPS with client certificates, and Redis seen in
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from adapter.cluster.peer import NodeAuth
 from tests.adapter_process import AdapterProcess
 from tests.certificates import TestCA
 from tests.cluster_nodes import ClusterNodes
@@ -54,21 +57,35 @@ def refused(answer: httpx.Response) -> bool:
 # -- who may call a node as another node -------------------------------------------------
 
 
+def secrets_in_store(cluster: ClusterNodes) -> int:
+    with psycopg.connect(cluster.store_url, autocommit=True) as db:
+        (count,) = db.execute("SELECT count(*) FROM cluster_secret").fetchone() or (0,)
+    return int(count)
+
+
+@pytest.mark.parametrize("secret", ["kept in the store", "configured"])
 def test_only_signed_calls_from_nodes_pass_as_such(
-    start_cluster: Callable[..., ClusterNodes], people: People
+    start_cluster: Callable[..., ClusterNodes], people: People, secret: str
 ) -> None:
-    cluster = start_cluster()
+    cluster = start_cluster(secret=secret == "configured")
     a, b = cluster.nodes
+    # The contract's configuration (no [cluster] secret): the nodes made one
+    # key in the store; with one configured, they leave the store alone.
+    assert secrets_in_store(cluster) == (1 if cluster.secret is None else 0)
     assert publish(a, "Busy").status_code == 204  # alice's publication: node a's
     subscribe(a, people)  # bob's watch: node a's
 
-    # From outside: /cluster/rules, bare or with a made-up signature.
+    # From outside: /cluster/rules, bare, with a made-up signature, or signed
+    # now in the right form under a key that is not the cluster's.
     forged = {FORWARDED: "a", SIGNATURE: "t=1700000000,v1=" + "0" * 64}
     with b.client() as anyone:
         for headers in ({}, {FORWARDED: "a"}, forged):
             answer = anyone.post("/cluster/rules", params={"presentity": people.alice},
                                  headers=headers)
             assert refused(answer), answer.text
+    with b.client(auth=NodeAuth("a", secrets.token_bytes(32))) as stranger:
+        answer = stranger.post("/cluster/rules", params={"presentity": people.alice})
+        assert refused(answer), answer.text
     # A REST call about node a's work, claiming to come from node a (so that
     # node b would serve it itself), and a Bayeux request so marked.
     with b.client("alice-app") as alice:
@@ -82,6 +99,8 @@ def test_only_signed_calls_from_nodes_pass_as_such(
     metrics = metric_values(b)
     assert metrics['presence_adapter_cluster_peer_calls_refused_total{reason="unsigned"}'] == 3
     assert metrics['presence_adapter_cluster_peer_calls_refused_total{reason="stale"}'] == 2
+    assert metrics[
+        'presence_adapter_cluster_peer_calls_refused_total{reason="bad-signature"}'] == 1
     assert "refused POST /cluster/rules from 127.0.0.1:" in b.log_tail(200)
 
     # The same calls without the marks, as a load balancer sends them: node b

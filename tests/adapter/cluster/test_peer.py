@@ -1,11 +1,14 @@
 """adapter.cluster.peer: calls between nodes are signed, and only signed ones pass as such.
 
 A small Starlette app behind :class:`PeerGate`, called through httpx's ASGI
-transport with and without :class:`NodeAuth`.
+transport with and without :class:`NodeAuth`; then which key a node signs with,
+on a real PostgreSQL store.
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,10 +25,15 @@ from adapter.cluster.peer import (
     NodeAuth,
     PeerCheck,
     PeerGate,
+    cluster_secret,
     forwarded_by,
 )
+from adapter.config import Config, load_config
+from adapter.store.postgres import PostgresStore
 
-SECRET = "s" * 40
+REPO = Path(__file__).resolve().parents[3]
+
+SECRET = b"s" * 40
 NOW = 1_800_000_000.0
 
 
@@ -47,7 +55,7 @@ def client(app: Starlette, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
     )
 
 
-def signed(node: str = "a", secret: str = SECRET, clock: float = NOW) -> NodeAuth:
+def signed(node: str = "a", secret: bytes = SECRET, clock: float = NOW) -> NodeAuth:
     return NodeAuth(node, secret, clock=lambda: clock)
 
 
@@ -103,7 +111,7 @@ async def test_a_forged_call_is_refused_and_counted(headers: dict[str, str], rea
 @pytest.mark.anyio
 async def test_another_secret_a_stale_time_or_a_changed_request_is_refused() -> None:
     app, check = gate()
-    async with client(app, signed(secret="t" * 40)) as http:
+    async with client(app, signed(secret=b"t" * 40)) as http:
         assert refused(await http.get("/cluster/rules"))
     async with client(app, signed(clock=NOW - MAX_SKEW - 5)) as http:
         assert refused(await http.get("/cluster/rules"))
@@ -128,3 +136,45 @@ async def test_another_secret_a_stale_time_or_a_changed_request_is_refused() -> 
         assert (await http.post("/rest/presence", content=b"Busy", headers=stolen)).json() == {
             "peer": "a", "body": "Busy"}
     assert check.refused == {"bad-signature": 3, "stale": 1}
+
+
+# -- the key: configured, or shared in the store ---------------------------------------
+
+
+def node_config(tmp_path: Path, store_url: str, cluster: str) -> Config:
+    """conf/adapter.toml as node ``a`` of a cluster on ``store_url``."""
+    text = (REPO / "conf/adapter.toml").read_text()
+    text = text.replace('path = "var/adapter.sqlite"', f'url = "{store_url}"', 1)
+    path = tmp_path / "node.toml"
+    path.write_text(text + '\n[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\n'
+                    + cluster)
+    return load_config(path, cwd=REPO)
+
+
+def test_a_node_signs_with_the_configured_secret_else_the_store_s(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    configured = "c" * 64
+    store = PostgresStore(postgres_url, node="a")
+    try:
+        explicit = node_config(tmp_path, postgres_url, f'secret = "{configured}"\n')
+        assert cluster_secret(explicit, store) == configured.encode()
+        contract = node_config(tmp_path, postgres_url, "")
+        shared = cluster_secret(contract, store)
+        assert shared == store.cluster_secret() and shared != configured.encode()
+        # What node a signs with the store's key, node b's check accepts.
+        other = PostgresStore(postgres_url, node="b")
+        check = PeerCheck(cluster_secret(contract, other))
+        asyncio.run(other.close())
+        app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET"])])
+        app.add_middleware(PeerGate, check=check)
+
+        async def call(secret: bytes) -> httpx.Response:
+            async with client(app, NodeAuth("a", secret)) as http:
+                return await http.get("/cluster/rules")
+
+        assert asyncio.run(call(shared)).json()["peer"] == "a"
+        assert refused(asyncio.run(call(configured.encode())))
+        assert check.refused == {"bad-signature": 1}
+    finally:
+        asyncio.run(store.close())
