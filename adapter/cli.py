@@ -202,6 +202,11 @@ def _configure_logging(handler: logging.Handler, config: Config, given: str | No
     logging.getLogger("sip.trace").setLevel(
         logging.INFO if config.log.sip_trace else logging.WARNING
     )
+    # httpx writes a line per request at INFO: one per pres-rules read, which
+    # the XCAP client (adapter.xcap) already logs when it fails.  Shown at DEBUG.
+    logging.getLogger("httpx").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    )
     return level
 
 
