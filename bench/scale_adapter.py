@@ -323,12 +323,13 @@ class Phase:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.statuses: Counter[int | None] = Counter()
+        self.statuses: Counter[int | str | None] = Counter()
         self.latencies: list[float] = []
         self.seconds = 0.0
         #: 503s with Retry-After, each followed by the same call again after it.
         self.busy = 0
-        #: Calls not answered within HTTP_TIMEOUT: (wall-clock time sent, the
+        #: Calls not answered (no answer within HTTP_TIMEOUT, or the connection
+        #: closed under them): (wall-clock time sent, the
         #: connection's local port, the request line and identity), to find
         #: them in the adapter's log (its access lines name the client's port).
         self.unanswered: list[tuple[float, int, str]] = []
@@ -364,17 +365,19 @@ async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurren
             for request in requests:
                 while True:
                     if time.monotonic() > deadline:
-                        phase.statuses["deadline"] += 1  # type: ignore[index]
+                        phase.statuses["deadline"] += 1
                         return
                     sent = time.perf_counter()
                     sent_at = time.time()
                     try:
-                        status: int | None = await asyncio.wait_for(
+                        status: int | str | None = await asyncio.wait_for(
                             connection.send(request), HTTP_TIMEOUT)
-                    except (TimeoutError, ConnectionError):
-                        status = None
+                    except (TimeoutError, ConnectionError) as exc:
+                        # None: no answer within HTTP_TIMEOUT; "closed": the
+                        # adapter closed the connection under the call.
+                        status = "closed" if isinstance(exc, ConnectionError) else None
                         phase.unanswered.append((sent_at, local_port(connection),
-                                                 describe(request)))
+                                                 f"{status or 'timeout'}: {describe(request)}"))
                     phase.latencies.append(time.perf_counter() - sent)
                     if status == 503 and connection.retry_after is not None:
                         # Back-pressure: the adapter asks the caller to come back.
@@ -383,7 +386,7 @@ async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurren
                         continue
                     break
                 phase.statuses[status] += 1
-                if status is None:
+                if status is None or status == "closed":
                     # The answer may still come: this connection's framing is lost.
                     if connection.transport is not None:
                         connection.transport.close()
@@ -651,8 +654,9 @@ def trace_unanswered(phase: Phase, log: list[str]) -> None:
     was sent to 60 s after."""
     if not phase.unanswered:
         return
-    print(f"\n{phase.name}: {len(phase.unanswered)} calls not answered within "
-          f"{HTTP_TIMEOUT:g} s; the adapter log's lines for their connections:")
+    print(f"\n{phase.name}: {len(phase.unanswered)} calls not answered (within "
+          f"{HTTP_TIMEOUT:g} s, or their connection closed); the adapter log's lines for "
+          f"their connections:")
     stamped = []
     for line in log:
         try:
