@@ -6,6 +6,7 @@ import argparse
 import gc
 import getpass
 import logging
+import math
 import ssl
 import sys
 import time
@@ -25,6 +26,18 @@ STARTUP_FAILURE = 3  # the server could not start (uvicorn's own code for it)
 
 #: Garbage-collector thresholds while serving (CPython's default: 700, 10, 10).
 GC_THRESHOLDS = (20_000, 20, 100)
+#: Seconds an idle keep-alive HTTP connection is kept open, at least (uvicorn's
+#: default is 5).  A client told to come back after ``Retry-After`` seconds (a
+#: full SIP window: half of ``[sip] request_timeout``; an unwritable store: 5 s)
+#: that sends again on the same connection must not meet its close: a POST
+#: sent as the server closes is lost, and not sent again by the client
+#: (RFC 9112 §9.3.1: a non-idempotent request is not retried by itself).
+KEEP_ALIVE = 30
+
+
+def keep_alive(config: Config) -> int:
+    """uvicorn's ``timeout_keep_alive``: KEEP_ALIVE, longer with a longer request_timeout."""
+    return max(KEEP_ALIVE, 2 * math.ceil(config.sip.request_timeout))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +137,7 @@ def _serve(config: Config, log_level: str) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        timeout_keep_alive=keep_alive(config),
         # Bayeux frames are small JSON; compressing each one costs more CPU
         # than it saves on the networks an adapter serves.
         ws_per_message_deflate=False,
@@ -205,6 +219,11 @@ def _configure_logging(handler: logging.Handler, config: Config, given: str | No
     # sip.trace is off unless asked for: at INFO it would otherwise follow the root level.
     logging.getLogger("sip.trace").setLevel(
         logging.INFO if config.log.sip_trace else logging.WARNING
+    )
+    # httpx writes a line per request at INFO: one per pres-rules read, which
+    # the XCAP client (adapter.xcap) already logs when it fails.  Shown at DEBUG.
+    logging.getLogger("httpx").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
     )
     return level
 

@@ -385,9 +385,10 @@ class Watch:
     #: The decisions need a read after this mark (an activation, a change
     #: made here); None: they are confirmed and merely age.
     stale_after: int | None = 0
-    #: A member watch became active at the server: its decisions may come
-    #: from a read within the age limit that allows the watcher (the server's
-    #: activation says the same), shared with the member's other lists.
+    #: The watch became active at the server: its decisions may come from a
+    #: read within the age limit that allows the watcher (the server's
+    #: activation says the same), shared with the presentity's other watches
+    #: and a member's other lists.
     activated: bool = False
     #: Waiting for a read of the rules: what comes meanwhile is held.
     waiting: bool = False
@@ -1217,7 +1218,11 @@ class WatchMachine:
         fresh = read(member)
         if became_active:
             watch.stale_after = self.rules.mark()  # a read begun before is not one after it
-            watch.activated = watch.group is not None
+            # Decisions within the age limit serve an activation as they
+            # serve any active watch, when the rules they come from allow the
+            # watcher: a presentity's watchers that activate one after another
+            # share its reads instead of each asking for one.
+            watch.activated = True
         if watch.stale_after is not None:
             if self._need_rules(watch, now):
                 watch.waiting = True

@@ -323,11 +323,16 @@ class Phase:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.statuses: Counter[int | None] = Counter()
+        self.statuses: Counter[int | str | None] = Counter()
         self.latencies: list[float] = []
         self.seconds = 0.0
         #: 503s with Retry-After, each followed by the same call again after it.
         self.busy = 0
+        #: Calls not answered (no answer within HTTP_TIMEOUT, or the connection
+        #: closed under them): (wall-clock time sent, the
+        #: connection's local port, the request line and identity), to find
+        #: them in the adapter's log (its access lines name the client's port).
+        self.unanswered: list[tuple[float, int, str]] = []
 
     def line(self) -> str:
         lat = sorted(self.latencies)
@@ -360,14 +365,19 @@ async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurren
             for request in requests:
                 while True:
                     if time.monotonic() > deadline:
-                        phase.statuses["deadline"] += 1  # type: ignore[index]
+                        phase.statuses["deadline"] += 1
                         return
                     sent = time.perf_counter()
+                    sent_at = time.time()
                     try:
-                        status: int | None = await asyncio.wait_for(
+                        status: int | str | None = await asyncio.wait_for(
                             connection.send(request), HTTP_TIMEOUT)
-                    except (TimeoutError, ConnectionError):
-                        status = None
+                    except (TimeoutError, ConnectionError) as exc:
+                        # None: no answer within HTTP_TIMEOUT; "closed": the
+                        # adapter closed the connection under the call.
+                        status = "closed" if isinstance(exc, ConnectionError) else None
+                        phase.unanswered.append((sent_at, local_port(connection),
+                                                 f"{status or 'timeout'}: {describe(request)}"))
                     phase.latencies.append(time.perf_counter() - sent)
                     if status == 503 and connection.retry_after is not None:
                         # Back-pressure: the adapter asks the caller to come back.
@@ -376,7 +386,7 @@ async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurren
                         continue
                     break
                 phase.statuses[status] += 1
-                if status is None:
+                if status is None or status == "closed":
                     # The answer may still come: this connection's framing is lost.
                     if connection.transport is not None:
                         connection.transport.close()
@@ -387,6 +397,20 @@ async def drive(adapter: Any, phase: Phase, requests: Iterator[bytes], concurren
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     phase.seconds = time.monotonic() - started
+
+
+def local_port(connection: Any) -> int:
+    transport = connection.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return int(sockname[1]) if sockname else 0
+
+
+def describe(request: bytes) -> str:
+    """A request's line and its X-Presence-Identity, for the unanswered calls' list."""
+    head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    identity = next((line for line in head if line.startswith("X-Presence-Identity")), "")
+    body = request.split(b"\r\n\r\n", 1)[1][:160].decode("latin-1", "replace")
+    return f"{head[0]} {identity} {body}"
 
 
 def rest_request(adapter: Any, account: str, identity: str, method: str, path: str,
@@ -562,6 +586,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             drops = {"start": {k: udp_drops(v) for k, v in sockets.items()}}
             deadline = time.monotonic() + args.deadline
             phases = []
+            reads = {"start": rules_reads(adapter)}
             for name, requests in (
                 ("Publish", publish_requests(adapter, args)),
                 ("Subscribe Presence", subscribe_requests(adapter, args)),
@@ -576,6 +601,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 samples[key] = sample(pid)
                 cpu[key] = meter.read()
                 wall[key] = time.time()
+                reads[key] = rules_reads(adapter)
             print(f"  held: RSS {samples['held'].rss_kib / 1024:.1f} MiB; idle window of "
                   f"{args.observe:g} s begins, load average {load_average()}", flush=True)
             profiler = py_spy(args.profile, pid)
@@ -586,6 +612,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 peak_in_idle = max(peak_in_idle, sample(pid).rss_kib)
             samples["end"] = sample(pid)
             cpu["end"] = meter.read()
+            reads["end"] = rules_reads(adapter)
             stop_py_spy(profiler)
             wall["end"] = time.time()
             drops["end"] = {k: udp_drops(v) for k, v in sockets.items()}
@@ -603,6 +630,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             wire = json.loads(cast(IO[str], relay.stdout).readline())
             store_bytes = sum(f.stat().st_size for f in directory.glob("adapter.sqlite*"))
             log = adapter.log_tail(10_000_000).splitlines()
+            if args.keep_log:
+                args.keep_log.write_text("\n".join(log) + "\n")
         finally:
             if adapter is not None:
                 adapter.stop(timeout=30)
@@ -611,8 +640,49 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             relay.wait()
     report(args, phases, check, samples, cpu, wall, drops, wire, store_bytes, log,
            peak_in_idle, total)
+    for phase in phases:
+        trace_unanswered(phase, log)
     print("adapter /metrics, its SIP window: " + "; ".join(metrics))
+    print(f"pres-rules reads (XCAP GET) by the adapter: set-up "
+          f"{reads['held'] - reads['start']:,.0f}, idle window {reads['end'] - reads['held']:,.0f}")
     return 0
+
+
+def trace_unanswered(phase: Phase, log: list[str]) -> None:
+    """Each call not answered within HTTP_TIMEOUT, with what the adapter's log says
+    of its connection (the access line names the client's port) from 1 s before it
+    was sent to 60 s after."""
+    if not phase.unanswered:
+        return
+    print(f"\n{phase.name}: {len(phase.unanswered)} calls not answered (within "
+          f"{HTTP_TIMEOUT:g} s, or their connection closed); the adapter log's lines for "
+          f"their connections:")
+    stamped = []
+    for line in log:
+        try:
+            at = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))  # local time
+        except ValueError:
+            continue
+        stamped.append((at + int(line[20:23]) / 1000 if line[19:20] == "," else at, line))
+    for sent_at, port, request in phase.unanswered[:20]:
+        print(f"  sent {time.strftime('%H:%M:%S', time.gmtime(sent_at))}"
+              f".{int(sent_at % 1 * 1000):03d} from port {port}: {request[:200]}")
+        needle = f"127.0.0.1:{port} "
+        for at, line in stamped:
+            if sent_at - 1 <= at <= sent_at + 60 and needle in line:
+                print("    " + line[:200])
+    if len(phase.unanswered) > 20:
+        print(f"  … {len(phase.unanswered) - 20} more")
+
+
+def rules_reads(adapter: Any) -> float:
+    """The pres-rules reads the adapter made so far (its /metrics)."""
+    import httpx
+
+    text = httpx.get(f"http://{adapter.host}:{adapter.http_port}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("presence_adapter_xcap_requests_total")
+               and 'document="pres-rules"' in line and 'method="GET"' in line)
 
 
 def sip_metrics(adapter: Any) -> list[str]:
@@ -745,6 +815,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, metavar="DIR",
                         help="run the adapter from this source tree (e.g. `git archive REV | "
                              "tar -x -C DIR`) rather than the working tree")
+    parser.add_argument("--keep-log", type=Path, metavar="FILE",
+                        help="copy the adapter's log into FILE at the end")
     parser.add_argument("--role", choices=("relay",), help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -250,6 +250,8 @@ class SipEndpoint:
         self._publications: dict[int, PublicationHandle] = {}
         self._subscriptions: dict[int, SubscriptionHandle] = {}
         self._probes: dict[int, asyncio.Future[UserAgentEvent]] = {}
+        # Events are being dispatched (see _flush).
+        self._dispatching = False
         #: When (the loop's clock) the last message from the presence server came.
         self.heard_at = float("-inf")
         self._receive_buffer = receive_buffer
@@ -538,15 +540,28 @@ class SipEndpoint:
     # -- the pump ----------------------------------------------------------
 
     def _flush(self) -> None:
-        """Send what the user agent queued, dispatch its events, re-arm the timer."""
+        """Send what the user agent queued, dispatch its events, re-arm the timer.
+
+        A handle's callback may call the user agent again (a subscription ended
+        is made anew at once): that call's flush sends its datagrams and leaves
+        the events to the dispatch under way, which takes them in order.
+        Dispatching them from within the callback instead nested one dispatch
+        per event: hundreds of subscriptions ending in one timer turn went past
+        the interpreter's recursion limit.
+        """
         ua = self.ua
         for data, destination in ua.datagrams_to_send():
             self._send(data, destination)
-        while (event := ua.next_event()) is not None:
-            self._dispatch(event)
-        # Dispatching may have called the user agent again.
-        for data, destination in ua.datagrams_to_send():
-            self._send(data, destination)
+        if not self._dispatching:
+            self._dispatching = True
+            try:
+                while (event := ua.next_event()) is not None:
+                    self._dispatch(event)
+            finally:
+                self._dispatching = False
+            # Dispatching may have called the user agent again.
+            for data, destination in ua.datagrams_to_send():
+                self._send(data, destination)
         self._arm()
 
     def _arm(self) -> None:

@@ -349,5 +349,10 @@ def test_log_level_flag_wins_over_the_file(tmp_path: Path) -> None:
         assert _configure_logging(handler, config, "debug") == "debug"
         assert root.level == logging.DEBUG
         assert logging.getLogger("sip.trace").level == logging.WARNING  # off by default
+        assert logging.getLogger("httpx").level == logging.DEBUG
+        # At INFO, no line per XCAP request from httpx.
+        assert _configure_logging(handler, config, "info") == "info"
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
     finally:
         root.setLevel(saved)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)

@@ -13,6 +13,8 @@ to the adapter (its Contact), not through the relay.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import select
 import socket
 import threading
@@ -177,3 +179,63 @@ def test_a_full_window_answers_503_with_retry_after_and_then_serves_again(
     refused = metric(adapter, 'presence_adapter_sip_client_transactions_total'
                      '{method="PUBLISH",status="busy"}')
     assert refused == 2
+
+
+def raw_subscribe(adapter: AdapterProcess) -> bytes:
+    """Subscribe Presence (WATCHER to FIRST) as the bytes of one keep-alive HTTP/1.1 request."""
+    body = json.dumps({
+        "application": "back-pressure test", "presentity": FIRST, "attributes": ["Activity"],
+        "reference": {"correlator": "c-raw", "endpoint": f"/bayeux/{APP}/s",
+                      "interfaceName": "test"},
+    }).encode()
+    token = base64.b64encode(f"{APP}:{PASSWORD}".encode()).decode()
+    return (
+        f"POST /rest/presence/subscription HTTP/1.1\r\n"
+        f"Host: {adapter.host}:{adapter.http_port}\r\n"
+        f"Authorization: Basic {token}\r\nX-Presence-Identity: {WATCHER}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """One HTTP/1.1 answer's status and headers (its body read and dropped)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)).decode("latin-1")
+    lines = head.split("\r\n")
+    headers = {k.strip().lower(): v.strip()
+               for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split()[1]), headers
+
+
+def test_a_caller_that_waits_its_retry_after_finds_its_connection_still_open(
+    adapter_factory: AdapterFactory, relay: HoldingRelay
+) -> None:
+    # A client told 503 with Retry-After that waits as told and sends again on
+    # the same keep-alive connection must get an answer: were the connection
+    # closed for idleness just then, the POST would be lost without one.
+    adapter = adapter_factory(
+        [AppAccount(APP, PASSWORD, (WATCHER, FIRST))],
+        sip_server=f"sip:127.0.0.1:{relay.port}",
+        settings={"sip": {"window": 1, "window_queue": 0, "keepalive": 0,
+                          "request_timeout": REQUEST_TIMEOUT}},
+    )
+
+    async def scenario() -> None:
+        async with adapter.async_client(APP, WATCHER, timeout=60) as watcher:
+            slow = subscribe(watcher, SLOW)  # holds the window's one place
+            await asyncio.to_thread(wait_for, lambda: bool(relay.holding), "SUBSCRIBE held")
+            reader, writer = await asyncio.open_connection(adapter.host, adapter.http_port)
+            try:
+                writer.write(raw_subscribe(adapter))
+                status, headers = await answer(reader)
+                assert status == 503
+                await asyncio.sleep(float(headers["retry-after"]) + 0.5)
+                writer.write(raw_subscribe(adapter))
+                status, _ = await answer(reader)  # on the same connection
+                assert status == 503  # the window is still held: refused again, but answered
+            finally:
+                writer.close()
+            relay.release()
+            assert (await slow).status_code == 204
+
+    asyncio.run(scenario())

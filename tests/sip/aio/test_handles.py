@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sip import (
+    BUSY,
     NotifyReceived,
     PublicationConfirmed,
     PublicationRemoved,
@@ -18,10 +19,11 @@ from sip import (
     SubscriptionTerminated,
     parse_message,
 )
-from sip.aio import AuthenticationFailed, RequestFailed, SipEndpoint
-from sip.aio.handles import PublicationHandle
+from sip.aio import AuthenticationFailed, Busy, RequestFailed, SipEndpoint
+from sip.aio.handles import PublicationHandle, SubscriptionHandle
 from sip.message import Request
 from sip.uri import SipURI
+from sip.useragent import Window
 
 ALICE = SipURI.parse("sip:alice@example.com")
 BOB = SipURI.parse("sip:bob@example.com")
@@ -371,3 +373,44 @@ def test_stats_are_a_snapshot_of_the_counters() -> None:
         assert after.publications == 1 and after.subscriptions == {}
 
     assert run(scenario) == []
+
+
+def test_many_subscriptions_ending_at_once_made_anew_from_their_callbacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One timer turn refuses every caller's SUBSCRIBE waiting for the window;
+    # each owner subscribes again from its callback (as the adapter's watches
+    # do after a lost subscription).  Every callback runs to its end: the
+    # endings are dispatched one after another, not one inside another's call.
+    count = 600
+    again: list[SubscriptionHandle] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, server = await loop.create_datagram_endpoint(
+            Server, local_addr=("127.0.0.1", 0)
+        )
+        server.transport = transport
+        endpoint = SipEndpoint(
+            host="127.0.0.1", port=0, server=SipURI.parse(f"sip:127.0.0.1:{server.port}"),
+            window=Window(size=1, least=1, queue=count, wait=0.2),
+        )
+        await endpoint.start()
+
+        def made_anew(event: object) -> None:
+            if isinstance(event, SubscriptionTerminated) and event.reason == BUSY:
+                again.append(endpoint.subscribe(BOB, ALICE, refusable=False))
+
+        try:
+            endpoint.subscribe(BOB, ALICE)  # takes the window's one place, never answered
+            refused = [endpoint.subscribe(BOB, ALICE, on_event=made_anew) for _ in range(count)]
+            for handle in refused:
+                with pytest.raises(Busy):
+                    await handle.accepted
+        finally:
+            await endpoint.close()
+            transport.close()
+
+    asyncio.run(main())
+    assert len(again) == count
+    assert "SIP event callback failed" not in caplog.text
