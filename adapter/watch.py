@@ -41,9 +41,13 @@ What the watcher may see is what the presentity granted it.  Kamailio 5.6
 sends unfiltered bodies on some NOTIFYs (after an XCAP change, on in-dialog
 re-SUBSCRIBE — docs/kamailio.md), so every state is filtered here with
 decisions from the presentity's pres-rules (:mod:`adapter.rules`): exact when
-the rules are readable and name the watcher, otherwise every requested
-attribute is taken as granted; once they were readable, a failed read never
-widens the decisions.
+the rules are readable and name the watcher; when they are readable and do
+not name it, every requested attribute is taken as granted.  A failed read
+never widens the decisions: a watch whose rules were readable before keeps
+its decisions (or shows nothing while a change made here is unread), and one
+whose rules were never read shows nothing — it goes on waiting, holding what
+comes, and the rules are read again after :data:`REREAD_DELAYS` (a back-off
+per presentity, so that an XCAP outage is no storm of reads).
 
 One path for every NOTIFY: its state and body are taken at once, then offered
 to the schedules — unless the watch *waits* for its rules: after it became
@@ -107,6 +111,7 @@ __all__ = [
     "LIST_CHECK",
     "LIST_HEAL_AFTER",
     "LIST_QUIET",
+    "REREAD_DELAYS",
     "RESUBSCRIBE_DELAYS",
     "SCHEDULE_SAVE_DELAY",
     "Deliver",
@@ -139,6 +144,9 @@ logger = logging.getLogger("adapter.watcher")
 
 #: Re-subscribe attempts after an unexpected end, and the waits between them.
 RESUBSCRIBE_DELAYS = (0.5, 2.0, 5.0)
+#: Waits before a presentity's rules are read again after a failed read left
+#: watches that never had decisions holding their news; the last repeats.
+REREAD_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
 #: Waits between a list's re-subscriptions (to heal a gap or see an edit)
 #: that follow each other, and the quiet time after which one is at once again.
 RELIST_DELAYS = (0.0, 1.0, 5.0, 30.0, 120.0)
@@ -377,7 +385,10 @@ class Watch:
     #: This adapter changed the presentity's rules and has not read them back:
     #: the decisions held may still grant what was just withdrawn.
     rules_unconfirmed: bool = False
-    #: Reading them back failed: nothing is shown until a read succeeds.
+    #: A read failed while the decisions are not to be trusted (a change made
+    #: here is unread) or were never read: nothing is shown until a read
+    #: succeeds.  A watch that never had decisions goes on waiting meanwhile
+    #: (:meth:`WatchMachine.held_unread`).
     withheld: bool = False
     #: The read the decisions came from: its serial and when it began.
     read_serial: int = 0
@@ -615,8 +626,8 @@ class SaveProgress:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """The watch no longer waits for its rules (or ended), or its list
-    changed: wake who awaits it."""
+    """The watch no longer waits for its rules (or ended), its read failed, or
+    its list changed: wake who awaits it."""
 
     watch: Watch
 
@@ -636,6 +647,7 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
     CHECK = enum.auto()  # a list's periodic check (_check_list)
     QUIET = enum.auto()  # a list's refresh, once it is quiet (_refresh_when_quiet)
     CONFIRM = enum.auto()  # a refresh's window ended with documents held (_confirm)
+    REREAD = enum.auto()  # a presentity's rules to read again after a failure (_reread)
 
 
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
@@ -669,6 +681,9 @@ class WatchMachine:
             _Timer.QUIET: self._refresh_when_quiet,
             _Timer.CONFIRM: self._confirm,
         }
+        #: Presentities whose rules are to be read again after a failed read,
+        #: with the back-off step of the next failure (_reread).
+        self._rereads: dict[str, int] = {}
         #: Schedules whose progress is not written yet.
         self._unsaved: dict[tuple[str, str], Schedule] = {}
         self._out: list[WatchAction] = []
@@ -902,10 +917,13 @@ class WatchMachine:
         return self._take()
 
     def start_pending(self, watch: Watch, schedule: Schedule) -> bool:
-        """Whether the schedule still waits for its watch's rules to begin."""
+        """Whether the schedule still waits for its watch's rules to begin
+        (not for rules that could not be read: it begins once they are)."""
         if watch.state is WatchState.ENDED or not self.schedule_live(schedule):
             return False
         for one in (watch, *watch.listed.values()):
+            if self.held_unread(one):
+                continue
             waiting = [one.resume, *(one.held or ())]
             if any(isinstance(item, _Start) and item.schedule is schedule for item in waiting):
                 return True
@@ -1059,6 +1077,7 @@ class WatchMachine:
 
     def rules_read(self, read: RulesRead, rules: PresRules, now: float) -> list[WatchAction]:
         self.rules.read_done(read, rules, now)
+        self._rereads.pop(read.presentity, None)  # readable again: the back-off starts over
         for watch in self._interested(read, now, rules):
             self._take_rules(watch, read, rules.rule_for(watch.watcher), now)
             self._settle(watch, now)
@@ -1066,6 +1085,7 @@ class WatchMachine:
 
     def rules_failed(self, read: RulesRead, error: Exception, now: float) -> list[WatchAction]:
         self.rules.read_failed(read)
+        unread = 0
         for watch in self._interested(read, now):
             if watch.decisions is not None:
                 # The rules were readable before: a failed read must not widen
@@ -1076,12 +1096,50 @@ class WatchMachine:
                 watch.withheld = watch.rules_unconfirmed
                 logger.warning("rules of %s unreadable (%s): %s", watch.presentity, error,
                                "attributes withheld" if watch.withheld else "decisions kept")
+                self._settle(watch, now)
+            elif watch.waiting:
+                # Never read: the presentity may grant fewer than asked (and
+                # Kamailio sends unfiltered bodies on some NOTIFYs), so nothing
+                # is shown.  The watch goes on holding what comes until a read
+                # succeeds, and that read comes on its own (_reread): a
+                # presentity that never changes again sends no NOTIFY to ask it.
+                watch.withheld = True
+                unread += 1
+                self._out.append(Settled(watch))  # a REST call does not wait for it
             else:
-                logger.info("rules of %s unreadable (%s): all asked attributes granted",
-                            watch.presentity, error)
-                self._take_rules(watch, RulesRead(read.presentity, read.serial, now), None, now)
-            self._settle(watch, now)
+                # A blocked member's check: it stays blocked until a read allows it.
+                self._settle(watch, now)
+        if unread:
+            step = self._rereads.get(read.presentity, 0)
+            delay = REREAD_DELAYS[min(step, len(REREAD_DELAYS) - 1)]
+            self._rereads[read.presentity] = step + 1
+            key = (_Timer.REREAD, read.presentity)
+            if key not in self._timers:
+                self._timers.schedule(now + delay, key)
+            logger.info("rules of %s unreadable (%s): %d watches show nothing, "
+                        "read again in %g s", read.presentity, error, unread, delay)
+        elif (_Timer.REREAD, read.presentity) not in self._timers:
+            self._rereads.pop(read.presentity, None)
         return self._take()
+
+    def held_unread(self, watch: Watch) -> bool:
+        """Whether the watch holds what comes because its rules were never
+        read and reading them failed: it shows nothing, and the rules are read
+        again on their own (a REST call does not wait for that)."""
+        return watch.waiting and watch.withheld and watch.decisions is None
+
+    def _reread(self, presentity: str, now: float) -> None:
+        """Read again the rules of a presentity whose watches never had
+        decisions and hold their news after a failed read."""
+        held = [w for w in self.by_presentity.get(presentity, {}).values() if self.held_unread(w)]
+        if not held:
+            self._rereads.pop(presentity, None)
+            return
+        for watch in held:
+            if not self._need_rules(watch, now):  # read meanwhile for another need
+                self._settle(watch, now)
+        if not any(self.held_unread(w) for w in held):
+            self._rereads.pop(presentity, None)
 
     # -- time --------------------------------------------------------------------
 
@@ -1106,6 +1164,8 @@ class WatchMachine:
                 retrying = self.watches.get(key[1:])
                 if retrying is not None and retrying.dialog is Dialog.BACKING_OFF:
                     self._attempt(retrying)
+            elif kind is _Timer.REREAD:
+                self._reread(key[1], now)
             else:
                 self._out.append(SaveProgress(tuple(self._unsaved.values())))
                 self._unsaved = {}

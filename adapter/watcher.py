@@ -249,7 +249,9 @@ class WatcherService:
         watch = self.machine.get(watcher, presentity)
         if watch is not None and watch.state is WatchState.ACTIVE:
             self._perform(self.machine.refresh_decisions(watch, self._clock()))
-            while watch.waiting:
+            # Not for rules that could not be read: nothing is shown until
+            # they are, and they are read again on their own.
+            while watch.waiting and not self.machine.held_unread(watch):
                 await self._settled(watch)
         return self.presence(watcher, presentity, attributes)
 

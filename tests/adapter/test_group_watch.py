@@ -17,6 +17,7 @@ from adapter.watch import (
     LIST_HEAL_AFTER,
     LIST_QUIET,
     REFRESH_WINDOW,
+    REREAD_DELAYS,
     Deliver,
     GroupPresentity,
     ReadList,
@@ -30,6 +31,7 @@ from adapter.watch import (
     WatchMachine,
     WatchState,
 )
+from adapter.xcap import XcapError
 from pidf import Activity, AttributeType, PresenceAttribute, PresRules, encode
 from pidf.presrules import SubHandling
 from sip import NotifyReceived
@@ -188,6 +190,31 @@ def test_each_member_is_decided_by_its_own_rules_and_named_in_its_notifications(
         g.machine.presence(BOB, GROUP, frozenset())
     presence = g.machine.presence(BOB, M0, frozenset())
     assert presence is not None and [a.value for a in presence.attributes] == [Activity.BUSY]
+
+
+def test_a_member_whose_rules_cannot_be_read_shows_nothing_until_read_again() -> None:
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    g.schedule("n1")
+    actions = g.notify(m0=(activity(Activity.BUSY),), m1=(activity(Activity.AWAY),))
+    reads = {r.read.presentity: r.read for r in of(ReadRules, actions)}
+    failed = g.machine.rules_failed(reads[M0], XcapError("GET", 503, "busy"), g.now)
+    assert of(Deliver, failed) == []
+    member = g.watch.listed[M0]
+    assert g.machine.held_unread(member) and member.granted == frozenset()
+    m1 = g.machine.rules_read(reads[M1], ALLOW_A, g.now)
+    assert [c for c, _ in delivered(m1)] == [REF, f"/bayeux/{APP}/n1"]  # m1 is not held up
+    assert g.notify(m0=(activity(Activity.MEETING, 1),)) == []  # held for m0's rules
+    assert of(ReadRules, g.machine.handle_timer(g.now + REREAD_DELAYS[0] - 0.01)) == []
+    g.now += REREAD_DELAYS[0]
+    (again,) = of(ReadRules, g.machine.handle_timer(g.now))
+    assert again.read.presentity == M0
+    done = g.machine.rules_read(again.read, ALLOW_A, g.now)
+    assert [data for _, data in delivered(done)][1:] == [
+        changed(M0, "n1", activity(Activity.BUSY)),
+        changed(M0, "n1", activity(Activity.MEETING, 1)),
+    ]
+    assert not g.machine.held_unread(member)
 
 
 def test_frequency_and_count_hold_across_the_members_latest_state_of_each() -> None:

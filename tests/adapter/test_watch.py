@@ -10,6 +10,7 @@ import pytest
 from adapter.notification import Schedule
 from adapter.presence_json import attribute_to_json
 from adapter.watch import (
+    REREAD_DELAYS,
     Deliver,
     Dialog,
     ReadRules,
@@ -27,7 +28,7 @@ from adapter.watch import (
     shared_decisions,
 )
 from adapter.xcap import XcapError
-from pidf import Activity, AttributeType, PresenceAttribute, PresRules, encode
+from pidf import Activity, AttributeType, Place, PresenceAttribute, PresRules, encode
 from sip import NotifyReceived, SubscriptionTerminated
 from sip.errors import LocalProtocolError
 from sip.headers import SubscriptionState
@@ -43,6 +44,10 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 def busy(t: int = 0) -> PresenceAttribute:
     return PresenceAttribute(Activity.BUSY, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
+
+
+def office(t: int = 0) -> PresenceAttribute:
+    return PresenceAttribute(Place.OFFICE, datetime(2024, 5, 1, 12, 0, t, tzinfo=UTC))
 
 
 def notify(sid: int, state: str, *attributes: PresenceAttribute) -> NotifyReceived:
@@ -142,16 +147,104 @@ def test_aged_decisions_are_read_beside_a_changing_notify_not_before_it() -> Non
     assert scene.watch.revalidating and not scene.watch.waiting
 
 
-def test_a_failed_first_read_grants_what_was_asked_a_later_one_never_widens() -> None:
+BUSY = XcapError("GET", 503, "busy")
+
+
+def test_a_failed_first_read_shows_nothing_and_holds_what_comes() -> None:
     scene = Scene()
-    activation = scene.notify("active;expires=60", busy())
+    scene.schedule("n1")
+    activation = scene.notify("active;expires=60", busy(0))
     (read,) = of(ReadRules, activation)
-    scene.machine.rules_failed(read.read, XcapError("GET", 503, "busy"), scene.now)
+    failed = scene.machine.rules_failed(read.read, BUSY, scene.now)
+    # Nothing granted, nothing told; whoever awaits the read is woken.
+    assert kinds(failed) == [] and of(Settled, failed) == [Settled(scene.watch)]
+    assert scene.watch.granted == frozenset() and scene.watch.decisions is None
+    assert scene.watch.waiting and scene.machine.held_unread(scene.watch)
+    seen = scene.machine.presence(BOB, ALICE, frozenset())
+    assert seen is not None and seen.attributes == () and not seen.open
+    # What comes meanwhile is held, and asks for no read of its own.
+    assert scene.notify("active;expires=60", busy(1)) == []
+
+
+def test_the_timer_reads_again_and_the_held_state_comes_filtered_in_order() -> None:
+    scene = Scene()
+    scene.machine.subscribe(APP, BOB, ALICE, "app", frozenset({A, P}), Reference("r1", REF))
+    scene.schedule("n1")
+    activation = scene.notify("active;expires=60", busy(0), office())
+    (read,) = of(ReadRules, activation)
+    scene.machine.rules_failed(read.read, BUSY, scene.now)
+    assert scene.notify("active;expires=60", busy(1), office()) == []
+    deadline = scene.machine.get_timer()
+    assert deadline == scene.now + REREAD_DELAYS[0]
+    assert scene.machine.handle_timer(deadline - 0.01) == []
+    scene.now = deadline
+    actions = scene.machine.handle_timer(scene.now)  # no NOTIFY needed
+    done = scene.read(actions, PresRules().allow(BOB, {A: True, P: False}))
+    assert kinds(done) == ["notifySubscription", "statusChanged", "statusChanged"]
+    assert of(Deliver, done)[0].data["notifySubscription"]["decisions"] == [
+        {"presenceAttribute": "Activity", "decision": True},
+        {"presenceAttribute": "Place", "decision": False},
+    ]
+    changed = [a.data["statusChanged"]["changedAttributes"] for a in of(Deliver, done)[1:]]
+    assert changed == [[attribute_to_json(busy(0))], [attribute_to_json(busy(1))]]
+    assert not scene.watch.waiting and not scene.machine.held_unread(scene.watch)
+    seen = scene.machine.presence(BOB, ALICE, frozenset())
+    assert seen is not None and {a.type for a in seen.attributes} == {A}
+
+
+def test_repeated_failures_back_off_to_a_bound_and_start_over_once_read() -> None:
+    scene = Scene()
+    actions = scene.notify("active;expires=60", busy())
+    waits = []
+    for _ in range(len(REREAD_DELAYS) + 2):
+        (read,) = of(ReadRules, actions)
+        assert scene.machine.rules_failed(read.read, BUSY, scene.now) != []
+        deadline = scene.machine.get_timer()
+        assert deadline is not None
+        waits.append(deadline - scene.now)
+        scene.now = deadline
+        actions = scene.machine.handle_timer(scene.now)
+    assert waits == [*REREAD_DELAYS, REREAD_DELAYS[-1], REREAD_DELAYS[-1]]
+    assert waits[-1] <= 60
+    (read,) = of(ReadRules, actions)
+    scene.read(actions, PresRules().allow(BOB, {A: True}))
     assert scene.watch.granted == frozenset({A})
+    assert scene.machine.get_timer() is None  # nothing more to read
+    # Readable once: a later failure keeps the decisions (no back-off needed).
     changed = scene.machine.rules_changed(ALICE, scene.now)
     (again,) = of(ReadRules, changed)
-    scene.machine.rules_failed(again.read, XcapError("GET", 503, "busy"), scene.now)
+    scene.machine.rules_failed(again.read, BUSY, scene.now)
+    assert scene.watch.withheld and not scene.watch.waiting
+    assert scene.machine.get_timer() is None
+
+
+def test_a_watch_ended_while_held_ends_the_rereads() -> None:
+    scene = Scene()
+    (read,) = of(ReadRules, scene.notify("active;expires=60", busy()))
+    scene.machine.rules_failed(read.read, BUSY, scene.now)
+    scene.machine.unsubscribe(BOB, ALICE)
+    deadline = scene.machine.get_timer()
+    assert deadline is not None
+    assert of(ReadRules, scene.machine.handle_timer(deadline)) == []
+    assert scene.machine.get_timer() is None
+
+
+def test_a_failed_read_never_widens_decisions_once_read() -> None:
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
+    changed = scene.machine.rules_changed(ALICE, scene.now)
+    (again,) = of(ReadRules, changed)
+    failed = scene.machine.rules_failed(again.read, BUSY, scene.now)
     assert scene.watch.withheld and scene.watch.granted == frozenset()
+    assert not scene.watch.waiting and of(Settled, failed) == [Settled(scene.watch)]
+    assert scene.machine.get_timer() is None  # the next need reads again, as before
+
+
+def test_readable_rules_that_do_not_name_the_watcher_grant_what_was_asked() -> None:
+    scene = Scene()
+    done = scene.read(scene.notify("active;expires=60", busy()), PresRules())
+    assert kinds(done) == ["notifySubscription"]
+    assert scene.watch.granted == frozenset({A}) and not scene.watch.withheld
 
 
 def test_an_unexpected_end_backs_off_on_the_machines_timer_then_times_out() -> None:

@@ -353,14 +353,27 @@ def test_no_attributes_asked_means_a_decision_for_every_attribute() -> None:
     run(scenario)
 
 
-def test_unreadable_rules_grant_every_requested_attribute() -> None:
+def test_unreadable_rules_show_nothing_until_read_again_on_the_timer() -> None:
     async def scenario(w: World) -> None:
         w.xcap.error = XcapError("GET", 503, "busy")
+        w.xcap.rules = PresRules().allow(BOB, {A: True, S: False})
         await w.subscribe(frozenset({A, S}))
+        assert await w.start("n1", check_immediate=True)  # answered, not held up
         await w.notify("active;expires=3600", busy(), office(), work())
-        assert w.bayeux.sent == [(APP, REF_CHANNEL, decisions_message(Activity=True, Sphere=True))]
-        seen = w.service.presence(BOB, ALICE, frozenset())
-        assert seen is not None and {a.type for a in seen.attributes} == {A, S}
+        assert w.bayeux.sent == [] and w.xcap.reads == 1
+        # Get User Presence answers at once, and shows nothing.
+        seen = await w.service.user_presence(BOB, ALICE, frozenset())
+        assert seen is not None and seen.attributes == () and not seen.open
+        assert w.xcap.reads == 1
+        w.xcap.error = None
+        await w.advance(watch_module.REREAD_DELAYS[0])
+        assert w.xcap.reads == 2
+        assert w.bayeux.kinds() == ["notifySubscription", "statusChanged"]
+        assert w.bayeux.sent[0][2] == decisions_message(Activity=True, Sphere=False)
+        changed = w.bayeux.sent[1][2]["statusChanged"]["changedAttributes"]
+        assert changed == [attribute_to_json(busy())]
+        seen = await w.service.user_presence(BOB, ALICE, frozenset())
+        assert seen is not None and {a.type for a in seen.attributes} == {A}
 
     run(scenario)
 

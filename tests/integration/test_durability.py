@@ -80,7 +80,8 @@ class Scene:
     """One adapter process, its two applications, and their addresses."""
 
     def __init__(
-        self, directory: Path, server: PresenceServer, store_url: str | None = None
+        self, directory: Path, server: PresenceServer, store_url: str | None = None,
+        xcap_root: str | None = None,
     ) -> None:
         run = new_token()[:8]
         self.alice = f"sip:alice-{run}@example.com"
@@ -90,7 +91,7 @@ class Scene:
             directory,
             CONFIG,
             sip_server=server.sip_uri,
-            xcap_root=server.xcap_root,
+            xcap_root=xcap_root or server.xcap_root,
             keepalive=KEEPALIVE,
             request_timeout=REQUEST_TIMEOUT,
             password=PASSWORD,
@@ -652,6 +653,38 @@ def outage(scene: Scene) -> Iterator[Outage]:
     try:
         yield relay
     finally:
+        relay.close()
+
+
+def test_rules_unreadable_at_activation_show_nothing_until_read_again(
+    kamailio: PresenceServer, tmp_path: Path, bayeux_listener: Callable[..., BayeuxListener]
+) -> None:
+    """XCAP black-holed when bob's watch becomes active: nothing is shown (not
+    "all asked"); once XCAP is back the rules are read again on their own —
+    no NOTIFY comes to ask for it — and the decisions and the state follow."""
+    relay = Outage((kamailio.host, kamailio.port))  # Kamailio serves XCAP on its SIP port
+    scene = Scene(tmp_path, kamailio,
+                  xcap_root=kamailio.xcap_root.replace(f":{kamailio.port}/", f":{relay.port}/"))
+    try:
+        scene.adapter.start()
+        reference = "/bayeux/bob-app/unread"
+        listener = bayeux_listener(scene.adapter.url + "/cometd", "bob-app", PASSWORD)
+        scene.authorize_bob()  # before the subscription: the server activates it at once
+        assert scene.publish("Busy").status_code == 204
+        relay.cut()
+        assert scene.subscribe("unread-sub", reference).status_code == 204
+        eventually(lambda: "watches show nothing" in scene.adapter.log_tail(400),
+                   what="the failed read", timeout=60)
+        assert scene.seen_activity() is None  # answered at once, with nothing
+        assert listener.matching(lambda m: m["channel"] == reference) == []
+        relay.mend()
+        (told,) = listener.wait_for(lambda m: m["channel"] == reference, timeout=60)
+        assert told["data"]["notifySubscription"]["decisions"] == [
+            {"presenceAttribute": "Activity", "decision": True}
+        ]
+        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
+    finally:
+        scene.close()
         relay.close()
 
 
