@@ -584,17 +584,6 @@ def _newest(candidates: list[_Candidate]) -> PresenceAttribute | None:
     return max(candidates, key=_Candidate.key).attribute
 
 
-#: Documents decoded lately, by their bytes.  The same document comes again
-#: and again: the server sends a presentity's to each of its watchers in a
-#: NOTIFY of its own, and repeats it in the NOTIFY that answers each refresh.
-#: A Presence is immutable, so one may be handed to every caller.  Bounded:
-#: emptied when full, and only documents of a PIDF's usual size are kept,
-#: since the bodies are the network's to choose.
-_DECODED: dict[bytes, Presence] = {}
-_DECODED_MAX = 512
-_DECODED_LARGEST = 16 * 1024
-
-
 def decode(body: bytes) -> Presence:
     """Decode any PIDF document into presence attributes.
 
@@ -602,18 +591,6 @@ def decode(body: bytes) -> Presence:
     for each attribute the newest value wins; Communication is the union of
     the open tuples that have a contact, one means per contact and type.
     """
-    if type(body) is not bytes or len(body) > _DECODED_LARGEST:
-        return _decode(body)
-    presence = _DECODED.get(body)
-    if presence is None:
-        presence = _decode(body)
-        if len(_DECODED) >= _DECODED_MAX:
-            _DECODED.clear()
-        _DECODED[body] = presence
-    return presence
-
-
-def _decode(body: bytes) -> Presence:
     root = parse_document(body)
     if _local(root) != "presence" or _ns(root) not in (PIDF_NS, None):
         raise RemoteProtocolError(f"not a PIDF document (root element {root.tag!r})")

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from adapter.presence_json import attribute_to_json
-from pidf import document
 from pidf.document import (
     CAPS_NS,
     EXT_NS,
@@ -436,44 +435,3 @@ def test_random_bytes_raise_only_remote_protocol_error(data: bytes) -> None:
         decode(data)
     except RemoteProtocolError:
         pass
-
-
-# -- documents decoded once ------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", sorted(DATA.glob("*.xml")), ids=lambda p: p.name)
-def test_a_document_seen_before_decodes_to_what_a_fresh_decode_gives(path: Path) -> None:
-    body = path.read_bytes()
-    try:
-        fresh = document._decode(body)
-    except RemoteProtocolError:
-        pytest.skip("not a PIDF document")
-    first = decode(body)
-    assert first == fresh
-    assert decode(bytes(body)) is first  # equal bytes, another object: the same Presence
-    assert decode(bytearray(body)) == fresh  # not hashable: decoded, not kept
-
-
-def test_the_documents_kept_are_bounded() -> None:
-    for i in range(document._DECODED_MAX + 10):
-        decode(encode([PresenceAttribute(Activity.BUSY, T0, note=f"n{i}")], entity=ENTITY, now=T0))
-    assert 0 < len(document._DECODED) <= document._DECODED_MAX
-
-
-def test_an_unreadable_document_is_refused_every_time() -> None:
-    body = b"<presence xmlns='urn:ietf:params:xml:ns:pidf'><tuple>"
-    for _ in range(2):
-        with pytest.raises(RemoteProtocolError):
-            decode(body)
-    assert body not in document._DECODED
-
-
-def test_a_large_document_is_decoded_but_not_kept() -> None:
-    notes = "".join(f"<note>{i}</note>" for i in range(3000))
-    body = (
-        f'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="{ENTITY}">'
-        f'<tuple id="t"><status><basic>open</basic></status>{notes}</tuple></presence>'
-    ).encode()
-    assert len(body) > document._DECODED_LARGEST
-    assert decode(body).open
-    assert body not in document._DECODED
