@@ -35,7 +35,7 @@ from tests.integration.conftest import BayeuxListener
 from tests.polling import eventually
 from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
-from tests.rawsip import SipPeer, new_token
+from tests.rawsip import PUBLISH, SipPeer, new_token
 
 pytestmark = pytest.mark.integration
 
@@ -784,19 +784,6 @@ def test_missing_store_is_created_and_the_adapter_serves(scene: Scene) -> None:
 
 # -- NOTIFYs answered too late -------------------------------------------------------
 
-PHONE_PUBLISH = """
-    PUBLISH sip:{presentity} SIP/2.0
-    Via: SIP/2.0/UDP {local};branch={branch};rport
-    Max-Forwards: 70
-    From: <sip:{presentity}>;tag={tag}
-    To: <sip:{presentity}>
-    Call-ID: {call_id}
-    CSeq: {cseq} PUBLISH
-    Event: presence
-    Expires: 600
-    {if_match}Content-Type: application/pidf+xml
-"""
-
 PHONE_PIDF = """<?xml version="1.0" encoding="UTF-8"?>
 <presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
           xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="{presentity}">
@@ -812,22 +799,19 @@ SERVER_FR_TIMER = 8.0
 
 class Phone:
     """alice's own SIP phone, publishing straight to the presence server (one
-    publication, modified in place), while the adapter cannot."""
+    publication, modified in place: RFC 3903 §4.4), while the adapter cannot."""
 
     def __init__(self, peer: SipPeer, presentity: str) -> None:
         self.peer = peer
         self.presentity = presentity
-        self.call_id = new_token()
-        self.cseq = 0
         self.etag: str | None = None
 
     def publish(self, activity: str) -> None:
-        self.cseq += 1
-        if_match = f"SIP-If-Match: {self.etag}\n" if self.etag else ""
+        template = PUBLISH if self.etag is None else PUBLISH + "    SIP-If-Match: {etag}\n"
         response = self.peer.request(
-            PHONE_PUBLISH, PHONE_PIDF.format(presentity=self.presentity, activity=activity),
-            call_id=self.call_id, method="PUBLISH", presentity=self.presentity[4:],
-            tag=new_token(), cseq=self.cseq, if_match=if_match,
+            template, PHONE_PIDF.format(presentity=self.presentity, activity=activity),
+            call_id=new_token(), method="PUBLISH", presentity=self.presentity[4:],
+            tag=new_token(), expires=600, etag=self.etag,
         )
         assert response.status == 200, response.start_line
         self.etag = response.require("SIP-ETag")
