@@ -218,6 +218,10 @@ UserAgentEvent = (
     | RequestRefused
 )
 
+#: A NOTIFY re-sent this many times after we answered it (Timer E: 0.5, 1 and
+#: 2 s apart at the default T1, RFC 3261 §17.1.2.2) had our answer later than
+#: the notifier may wait; it may have dropped the dialog: ask it.
+LATE_COPIES = 3
 #: What we answer to (RFC 3261 §20.5) and which event packages we subscribe to.
 ALLOW = "NOTIFY, OPTIONS"
 ALLOW_EVENTS = "presence, presence.winfo"
@@ -265,6 +269,8 @@ class UserAgentCounters:
     retransmissions: int = 0
     #: Requests that waited for room in the window before they were sent.
     queued: int = 0
+    #: NOTIFYs the notifier re-sent LATE_COPIES times after we had answered.
+    late_answers: int = 0
 
     def ended(self, method: str, outcome: str) -> None:
         key = (method, outcome)
@@ -378,6 +384,8 @@ class UserAgent:
         # every collection they live through.
         self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
         self._expiring: dict[int, list[ServerKey]] = {}
+        # Completed NOTIFY transactions whose request came again: how often.
+        self._resent: dict[ServerKey, int] = {}
         self._publications: dict[int, Publication] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._dialogs: dict[tuple[str, str], Subscription] = {}
@@ -666,8 +674,11 @@ class UserAgent:
                 # Timer J fired (RFC 3261 §17.2.2): "at which point it MUST
                 # transition to the "Terminated" state" — the records go.
                 completed = self._completed
+                resent = self._resent
                 for key in self._expiring.pop(ident, ()):
                     completed.pop(key, None)
+                    if resent:
+                        resent.pop(key, None)
             elif kind is _Timer.PUBLICATION:
                 publication = self._publications.get(ident)
                 if publication is not None:
@@ -999,6 +1010,8 @@ class UserAgent:
             # received."
             data, transport, host, port = record
             self._datagrams.append((data, Destination(transport, host, port)))
+            if request.method == "NOTIFY":
+                self._resent_notify(key, request, now)
             return
         entry = self._incoming.get(key)
         if entry is not None:
@@ -1044,6 +1057,16 @@ class UserAgent:
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
+
+    def _resent_notify(self, key: ServerKey, request: Request, now: float) -> None:
+        copies = self._resent.get(key, 0) + 1
+        self._resent[key] = copies
+        if copies != LATE_COPIES:
+            return
+        subscription = self._dialogs.get((request.call_id, request.to.tag or ""))
+        if subscription is not None:
+            self.counters.late_answers += 1
+            self._run(subscription, subscription.answered_late(now), now)
 
     def _answer(
         self, request: Request, now: float
