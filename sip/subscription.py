@@ -251,6 +251,15 @@ class Subscription:
             return []
         return [self._subscribe(0)]
 
+    def withdraw(self) -> list[Action]:
+        """End a subscription whose initial SUBSCRIBE was never sent (the user
+        agent held it for room): the notifier knows nothing of it, so nothing
+        is sent."""
+        if self.terminated:
+            return []
+        self._outstanding = False
+        return self._terminate("unsubscribed")
+
     def get_timer(self) -> float | None:
         deadlines = [
             t

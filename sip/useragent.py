@@ -372,6 +372,8 @@ class UserAgent:
         self._halved_at = -math.inf
         self._kept: deque[_Waiting] = deque()  # keeping existing work alive
         self._fresh: deque[_Waiting] = deque()  # callers' new requests
+        # Subscriptions whose initial SUBSCRIBE waits in one of them, never sent.
+        self._unsent: set[int] = set()
         self._pumping = False
         self._incoming: dict[ServerKey, tuple[ServerTransaction, Destination]] = {}
         # Completed UDP server transactions, kept for Timer J as what a
@@ -557,8 +559,18 @@ class UserAgent:
     def unsubscribe(self, subscription_id: int, now: float) -> None:
         """End a subscription (RFC 6665 §4.1.2.3); unknown ids are ignored."""
         subscription = self._subscriptions.get(subscription_id)
-        if subscription is not None:
-            self._run(subscription, subscription.unsubscribe(now), now)
+        if subscription is None:
+            return
+        if subscription_id in self._unsent:
+            # Its SUBSCRIBE still waits for room and was never sent: the
+            # notifier holds nothing of it, so it ends here, and the queue
+            # drops the request instead of sending it and an un-SUBSCRIBE
+            # after it (a caller that gave up on a full window would
+            # otherwise add two requests to it).
+            self._unsent.discard(subscription_id)
+            self._run(subscription, subscription.withdraw(), now)
+            return
+        self._run(subscription, subscription.unsubscribe(now), now)
 
     def subscription(self, subscription_id: int) -> Subscription | None:
         return self._subscriptions.get(subscription_id)
@@ -773,6 +785,8 @@ class UserAgent:
             # Anything already waiting goes first, so a request that finds
             # the queues non-empty (while they are being served) joins them.
             self.counters.queued += 1
+            if type(owner) is Subscription and owner.remote_tag is None:
+                self._unsent.add(owner.id)
             if not fresh:
                 self._kept.append(_Waiting(owner, request, authenticated, None))
                 return
@@ -797,6 +811,8 @@ class UserAgent:
             while (kept or fresh) and len(self._outgoing) < self._bound:
                 waiting = kept.popleft() if kept else fresh.popleft()
                 owner = waiting.owner
+                if type(owner) is Subscription:
+                    self._unsent.discard(owner.id)
                 if _gone(owner) or self._abandoned(owner):
                     continue  # it ended while it waited
                 if isinstance(owner, Subscription):
@@ -824,6 +840,8 @@ class UserAgent:
     def _refuse(self, waiting: _Waiting, now: float) -> None:
         """A caller's request found no room: its owner learns it failed, BUSY."""
         owner = waiting.owner
+        if type(owner) is Subscription:
+            self._unsent.discard(owner.id)
         if not _gone(owner):
             self.counters.ended(waiting.request.method, BUSY)
             self._run(owner, owner.transaction_failed(BUSY, now), now)

@@ -129,20 +129,20 @@ class EncodedMessage(Mapping[str, Any]):
     A delivery reaches every session subscribed to its channel, and may go out
     again after a lost connect reply (ack extension): `encode_batch` copies
     `wire` instead of encoding the same data for each frame. It reads as the
-    message object (decoded from `wire` on first use, for tests and the
-    backlog journal; the transports never need to).
+    message object (decoded from `wire` at each use, for tests and the
+    backlog journal; the transports never need to).  The decoded form is not
+    kept: a backlog holds thousands of these for hours, and the journal reads
+    each one once.
     """
 
-    __slots__ = ("wire", "_decoded")
+    __slots__ = ("wire",)
 
     def __init__(self, wire: str) -> None:
         self.wire = wire
-        self._decoded: dict[str, Any] | None = None
 
     def _message(self) -> dict[str, Any]:
-        if self._decoded is None:
-            self._decoded = json.loads(self.wire)
-        return self._decoded
+        message: dict[str, Any] = json.loads(self.wire)
+        return message
 
     def __getitem__(self, key: str) -> Any:
         return self._message()[key]

@@ -1468,3 +1468,32 @@ def test_a_subscription_made_again_waits_its_turn_and_is_not_refused() -> None:
     assert net.ua.subscription(again) is not None
     net.run_until(52.0)
     assert net.events() == [SubscriptionTerminated(again, "timeout")]
+
+
+def test_a_subscription_ended_while_its_subscribe_waits_for_room_sends_nothing() -> None:
+    carol = SipURI.parse("sip:carol@example.com")
+    dave = SipURI.parse("sip:dave@example.com")
+    net = Net(window=Window(size=1, queue=0))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    wire = Wire(net)
+    (first,) = wire.take()
+    given_up = net.ua.subscribe(BOB, carol, net.now, refusable=False)
+    kept = net.ua.subscribe(BOB, dave, net.now, refusable=False)
+    assert net.ua.requests_waiting == 2
+    # Its caller gives up before there is room: the notifier never heard of
+    # it, so it ends at once, and neither its SUBSCRIBE nor an un-SUBSCRIBE
+    # is ever sent.
+    net.ua.unsubscribe(given_up, net.now)
+    assert net.events() == [SubscriptionTerminated(given_up, "unsubscribed")]
+    assert net.ua.subscription(given_up) is None
+    accept(net, first)
+    net.events()
+    (sent,) = wire.take()
+    assert sent.to.uri == dave  # the one still wanted, next
+    net.reply(sent, 200, ("Expires", "3600"), ("Contact", "<sip:presence@127.0.0.1:5070>"))
+    assert net.events() == [SubscriptionAccepted(kept, 3600, False)]
+    assert wire.take() == [] and net.ua.requests_waiting == 0
+    # One that was sent is ended as before: an un-SUBSCRIBE in its dialog.
+    net.ua.unsubscribe(kept, net.now)
+    (bye,) = wire.take()
+    assert bye.to.uri == dave and bye.headers.get("Expires") == "0"
