@@ -59,6 +59,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -197,7 +198,7 @@ class Lines:
 class Side:
     server: str
     phase: str
-    bursts: list[dict[str, float]] = field(default_factory=list)
+    bursts: list[dict[str, Any]] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # server CPU seconds per measured burst
     # CPU seconds per measured burst of all the load client processes, and
     # the largest share of a core one of them used over a burst's span.
@@ -229,23 +230,23 @@ def quantile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[min(len(sorted_values) - 1, int(p * len(sorted_values)))]
 
 
-def merge_bursts(parts: list[dict[str, object]]) -> dict[str, float]:
+def merge_bursts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One burst as a single client process would have reported it: distinct and
     duplicated deliveries summed, the span from the earliest publish any process
     saw to the last receipt in any, the latencies pooled."""
-    distinct = sum(int(part["distinct"]) for part in parts)  # type: ignore[call-overload]
-    firsts = [float(part["firstSent"]) for part in parts if part["firstSent"] is not None]  # type: ignore[arg-type]
-    lasts = [float(part["lastReceived"]) for part in parts if part["lastReceived"]]  # type: ignore[arg-type]
+    distinct = sum(part["distinct"] for part in parts)
+    firsts = [part["firstSent"] for part in parts if part["firstSent"] is not None]
+    lasts = [part["lastReceived"] for part in parts if part["lastReceived"]]
     seconds = (max(lasts) - min(firsts)) / 1000 if firsts and lasts else 0.0
-    latencies = sorted(x for part in parts for x in part["latencies"])  # type: ignore[attr-defined]
+    latencies = sorted(x for part in parts for x in part["latencies"])
     return {
         "distinct": distinct,
-        "duplicates": sum(int(part["duplicates"]) for part in parts),  # type: ignore[call-overload]
+        "duplicates": sum(part["duplicates"] for part in parts),
         "seconds": seconds,
         "rate": distinct / seconds if seconds > 0 else 0.0,
-        "p50": quantile(latencies, 0.5),  # type: ignore[dict-item]
-        "p99": quantile(latencies, 0.99),  # type: ignore[dict-item]
-        "max": latencies[-1] if latencies else None,  # type: ignore[dict-item]
+        "p50": quantile(latencies, 0.5),
+        "p99": quantile(latencies, 0.99),
+        "max": latencies[-1] if latencies else None,
         "timedOut": any(part["timedOut"] for part in parts),
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapter.bayeux.errors import RemoteProtocolError
 
@@ -32,6 +32,17 @@ class Channel:
     """A channel name or (when the last segment is `*` / `**`) a pattern."""
 
     segments: tuple[str, ...]
+    # Worked out once: a delivery channel is hashed (the subscription index)
+    # and written out (the message) for every message published on it.
+    name: str = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", "/" + "/".join(self.segments))
+        object.__setattr__(self, "_hash", hash(self.segments))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, text: str) -> Channel:
@@ -49,7 +60,7 @@ class Channel:
         return cls(segments)
 
     def __str__(self) -> str:
-        return "/" + "/".join(self.segments)
+        return self.name
 
     @property
     def is_meta(self) -> bool:

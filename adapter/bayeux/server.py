@@ -307,9 +307,9 @@ class BayeuxServer:
     def queued_ids(self, app_id: str) -> set[str]:
         """The ids of the messages the sessions of `app_id` hold (sent or not)."""
         return {
-            queued.delivery.id
+            delivery.id
             for client_id in self._by_app.get(app_id, ())
-            for queued in self._sessions[client_id].queue
+            for delivery in self._sessions[client_id].queue
         }
 
     # --------------------------------------------------------------- messages
