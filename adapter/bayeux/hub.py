@@ -98,10 +98,12 @@ class Hub:
         application's bounded backlog when there is none. Returns the number
         of sessions reached. Must be called from the event loop's thread.
         """
+        server = self.server
         try:
-            return self.server.deliver(app_id, channel, data, self._now())
+            return server.deliver(app_id, channel, data, self._now())
         finally:
-            self._after()
+            if not server.settled():
+                self._after()
 
     def deliver_shared(self, app_id: str, channel: str, data: Any, message_id: str) -> int:
         """:meth:`deliver` for a shared hub: a message read from the application's
