@@ -33,6 +33,13 @@ runs on loopback on one machine, load clients included: the ratio compares
 servers under the same client, the absolute rates are those of this machine.
 Server CPU is read from /proc (10 ms ticks) around each burst and averaged.
 
+The clients are spread over `--client-processes` Node processes (2), the same
+for every server, so that one process's core does not cap the rate: each
+counts its own applications' deliveries and the driver merges them per burst
+(counts summed, span from the earliest publish to the last receipt anywhere,
+latencies pooled). Their CPU per burst is read from /proc too, with the share
+of a core the busiest one used over the burst's span.
+
 `--baseline REV` adds a third server, "base": the same hub with adapter/
 (and pidf/, sip/) as of git revision REV, extracted to a temporary directory,
 so that an optimisation's before and after are measured side by side in one
