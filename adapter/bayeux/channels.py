@@ -132,7 +132,8 @@ class SubscriptionIndex:
 
     def __init__(self) -> None:
         self._by_pattern: dict[Channel, set[str]] = {}
-        self._resolved: dict[Channel, frozenset[str]] = {}
+        # By name: a str keeps its hash, a Channel's is a Python call per lookup.
+        self._resolved: dict[str, frozenset[str]] = {}
 
     def add(self, pattern: Channel, client_id: str) -> None:
         self._by_pattern.setdefault(pattern, set()).add(client_id)
@@ -152,7 +153,7 @@ class SubscriptionIndex:
             self.discard(pattern, client_id)
 
     def subscribers(self, channel: Channel) -> frozenset[str]:
-        found = self._resolved.get(channel)
+        found = self._resolved.get(channel.name)
         if found is not None:
             return found
         members: set[str] = set()
@@ -162,7 +163,7 @@ class SubscriptionIndex:
                 members |= matching
         if len(self._resolved) >= _RESOLVED_MAX:
             self._resolved.clear()
-        found = self._resolved[channel] = frozenset(members)
+        found = self._resolved[channel.name] = frozenset(members)
         return found
 
     def __len__(self) -> int:

@@ -583,7 +583,7 @@ class BayeuxServer:
         batch: int | None = None
         if with_messages:
             batch, deliveries = session.take_batch()
-            replies.extend(delivery.to_wire() for delivery in deliveries)
+            replies.extend(deliveries)  # each its own wire form
             self.counters.messages_delivered += len(deliveries)
             if self.shared and not session.ack:
                 self._confirm(session, deliveries)  # sent is done, without the ack extension
