@@ -42,7 +42,7 @@ def authenticate(user: str, password: str) -> str | None:
     return user if password == "pw" else None
 
 
-async def held_session(hub: Hub) -> tuple[str, int]:
+def subscribed_session(hub: Hub) -> str:
     (reply,) = hub.receive(
         [Message("/meta/handshake")], transport="websocket", credentials=("app", "pw")
     ).replies
@@ -51,6 +51,11 @@ async def held_session(hub: Hub) -> tuple[str, int]:
         [Message("/meta/subscribe", client_id=client_id, subscription="/bayeux/app/**")],
         transport="websocket",
     )
+    return client_id
+
+
+async def held_session(hub: Hub) -> tuple[str, int]:
+    client_id = subscribed_session(hub)
     hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
     held = hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
     assert held.held is not None
@@ -100,14 +105,7 @@ def test_a_hub_moves_on_to_a_new_loop_once_its_first_is_closed():
     async def second(loop: ManualClockLoop) -> list:
         loop.now = 1000.0
         hub.deliver("app", "/bayeux/app/x", {"n": 1})  # no session: kept for 60 s
-        (reply,) = hub.receive(
-            [Message("/meta/handshake")], transport="websocket", credentials=("app", "pw")
-        ).replies
-        client_id = reply["clientId"]
-        hub.receive(
-            [Message("/meta/subscribe", client_id=client_id, subscription="/bayeux/app/**")],
-            transport="websocket",
-        )
+        client_id = subscribed_session(hub)
         return hub.receive(
             [Message("/meta/connect", client_id=client_id)], transport="websocket"
         ).replies
