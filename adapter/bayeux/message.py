@@ -175,7 +175,6 @@ class Delivery(EncodedMessage):
         # EncodedMessage's fields, set here rather than through its __init__:
         # one call less for every message published.
         self.wire = _ENCODER.encode({"channel": channel.name, "data": data, "id": id}).decode()
-        self._decoded = None
         self.channel = channel
         self.id = id
 
