@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import signal
@@ -263,7 +264,9 @@ class _DirectRoutes:
             )
             if handler is None:
                 raise
-            response = await handler(Request(scope, receive), exc)
+            response = handler(Request(scope, receive), exc)
+            if inspect.isawaitable(response):  # Starlette takes plain functions too
+                response = await response
             await response(scope, receive, send)
 
 
