@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
+from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
 from adapter import rest
@@ -294,3 +295,28 @@ def test_only_the_exact_method_and_path_go_ahead_of_the_router(config: Config) -
         assert http.patch("/rest/presence", json=BUSY).status_code == 405
         assert http.post("/rest/presence/x", json=BUSY).status_code == 404
     assert calls == ["/rest/presence"]
+
+
+@pytest.mark.parametrize("kind", ["async", "plain"])
+def test_a_direct_route_s_error_goes_to_the_app_s_handler(config: Config, kind: str) -> None:
+    class Refused(Exception):
+        pass
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        raise Refused("no")
+
+    def plain(request: Any, exc: Exception) -> Any:
+        return PlainTextResponse(f"{request.url.path}: {exc}", status_code=418)
+
+    async def handler(request: Any, exc: Exception) -> Any:
+        return plain(request, exc)
+
+    app = create_app(
+        config,
+        sip_probe=None,  # type: ignore[arg-type]
+        exception_handlers={Refused: handler if kind == "async" else plain},
+        direct={("POST", "/rest/presence"): endpoint},
+    )
+    with TestClient(app, raise_server_exceptions=False) as http:
+        response = http.post("/rest/presence", json=BUSY)
+    assert (response.status_code, response.text) == (418, "/rest/presence: no")
