@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import signal
@@ -223,6 +224,52 @@ def _same_origin(scope: Scope, origin: bytes) -> bool:
     return host is not None and origin == scheme + b"://" + host
 
 
+class _DirectRoutes:
+    """The operations that carry the load, served ahead of Starlette's router.
+
+    Innermost of the middleware, so that every layer above (drain, timing,
+    access log, last resort, admission) still wraps them; what they skip is
+    the exception middleware (a ``Request`` made for every call) and the
+    router's walk, whose frames every resumption of the call's coroutine goes
+    back through.  An exact method and path only: anything else goes to the
+    router, which keeps these routes too (for 405's Allow, the OpenAPI
+    document).  Errors go to the app's handlers, as the exception middleware
+    would send them; an endpoint here answers last, so no handler answers
+    after a response has started.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Mapping[tuple[str, str], ASGIApp],
+        handlers: Mapping[type[Exception], ExceptionHandler],
+    ) -> None:
+        self.app = app
+        self.routes = dict(routes)
+        self.handlers = dict(handlers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = (
+            self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        )
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        scope["endpoint"] = endpoint  # as the router leaves it (RestTiming names it)
+        try:
+            await endpoint(scope, receive, send)
+        except Exception as exc:
+            handler = next(
+                (self.handlers[k] for k in type(exc).__mro__ if k in self.handlers), None
+            )
+            if handler is None:
+                raise
+            response = handler(Request(scope, receive), exc)
+            if inspect.isawaitable(response):  # Starlette takes plain functions too
+                response = await response
+            await response(scope, receive, send)
+
+
 def _edge_middleware(config: Config) -> list[Middleware]:
     """CORS for the listed browser origins, outermost so that errors carry it too."""
     if not config.http.cors_origins:
@@ -248,6 +295,7 @@ def create_app(
     routes: Sequence[BaseRoute] = (),
     lifespan: Lifespan | None = None,
     exception_handlers: Mapping[type[Exception], ExceptionHandler] | None = None,
+    direct: Mapping[tuple[str, str], ASGIApp] | None = None,
     metrics: Metrics | None = None,
     readiness: Readiness | None = None,
     drain: Drain | None = None,
@@ -256,7 +304,8 @@ def create_app(
 
     ``sip_probe`` answers /health. ``routes`` are added before the adapter's own, and
     ``lifespan`` (optional) runs inside the app's lifespan, for the objects that the
-    caller starts and stops with the server.  ``metrics``
+    caller starts and stops with the server.  ``direct``: endpoints by (method,
+    path) served ahead of the router (:class:`_DirectRoutes`).  ``metrics``
     (what /metrics exports), ``readiness`` (what /readyz asks) and ``drain``
     (turned on at SIGTERM) are made empty when not given.
     """
@@ -286,6 +335,8 @@ def create_app(
     middleware.append(Middleware(_LastResort))
     if config.limits is not None or any(a.password_hash for a in config.accounts):
         middleware.append(Middleware(Admission, prefix=rest.BASE, limit=config.limits))
+    if direct:
+        middleware.append(Middleware(_DirectRoutes, routes=direct, handlers=handlers))
     app = Starlette(
         # The caller's routes first: the router tries them in order, and the
         # REST API's (Publish first) carry the load.
@@ -563,6 +614,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
+        direct=rest.DIRECT_ROUTES,
         metrics=metrics,
         readiness=readiness,
         drain=drain,

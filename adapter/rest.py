@@ -49,7 +49,15 @@ from sip.aio import Busy, RequestFailed, RequestTimedOut
 if TYPE_CHECKING:
     from adapter.cluster.ownership import Ownership
 
-__all__ = ["BASE", "EXCEPTION_HANDLERS", "METRICS", "routes", "sip_busy", "store_unavailable"]
+__all__ = [
+    "BASE",
+    "DIRECT_ROUTES",
+    "EXCEPTION_HANDLERS",
+    "METRICS",
+    "routes",
+    "sip_busy",
+    "store_unavailable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +137,14 @@ def json_response(model: Struct, status_code: int = 200, **headers: str) -> Resp
 class Publish:
     """Publish: POST /rest/presence {"presence":[…]} → 204.
 
-    The operation that carries the load, so an ASGI app in its ordinary route
-    rather than a request function: the router, its 404 and 405 and the app's
-    exception handlers serve it as any other, and it reads the two headers it
-    needs from the scope, without a second exception wrapper and the headers
-    and response objects a request function costs.  It sends its answer
-    last, so a handler never answers after a response has started.
+    The operation that carries the load, so an ASGI app rather than a request
+    function: it reads the two headers it needs from the scope, without a
+    second exception wrapper and the headers and response objects a request
+    function costs.  ``make_app`` serves it ahead of the router
+    (:data:`DIRECT_ROUTES`); its route stays in :func:`routes`, where the
+    router answers its path's other methods (405) and any app built without
+    the direct routes.  It sends its answer last, so a handler never answers
+    after a response has started.
     """
 
     __name__ = "publish"  # the operation's name in the metrics
@@ -457,9 +467,14 @@ async def end_notification(request: Request) -> Response:
     return Response(status_code=204)
 
 
+PUBLISH_ENDPOINT = Publish()
+#: Served ahead of the router (adapter.app): the operation that carries the load.
+DIRECT_ROUTES = {("POST", BASE): PUBLISH_ENDPOINT}
+
+
 def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [
-        Route(BASE, Publish(), methods=["POST"]),
+        Route(BASE, PUBLISH_ENDPOINT, methods=["POST"]),
         Route(BASE, get_user_presence, methods=["GET"]),
         Route(BASE, withdraw, methods=["DELETE"]),
         Route(f"{BASE}/notification", start_notification, methods=["POST"]),

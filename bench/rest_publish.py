@@ -41,6 +41,14 @@ the measured windows (this script, the adapter, Kamailio, PostgreSQL).
 ``--adapter-log-level warning`` runs the adapter without its per-request
 access log (info, the default, writes one line per request).
 
+``--sides ...,floor`` adds the HTTP server's floor: uvicorn with the
+adapter's settings (uvloop, httptools, no access log of its own) in a process
+of its own, serving an empty ASGI app that reads the body and answers 204
+after a pause — the lean side's p50 so far, or ``--floor-delay`` before it
+ran, so that both go at about the same rate — driven by the same lean client
+with the same request bytes.  Its CPU per request (in the adapter column) is
+what HTTP costs before the adapter does anything.
+
 ``--reference DIR`` adds a fourth side, ``ref``: a second adapter process
 run from the source tree DIR (an earlier revision, say ``git archive REV |
 tar -x -C DIR``), driven by the lean client over presentities of its own, in
@@ -59,6 +67,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +76,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -479,14 +489,79 @@ def roots(server: PgPresenceServer, adapter: AdapterProcess) -> dict[str, int]:
     return found
 
 
-SIDES = ("raw", "httpx", "lean", "ref")
+SIDES = ("raw", "httpx", "lean", "ref", "floor")
 DEFAULT_SIDES = ("raw", "httpx", "lean")
 LABELS = {
     "raw": "raw SIP PUBLISH (baseline)",
     "httpx": "adapter, httpx clients",
     "lean": "adapter, lean HTTP clients",
     "ref": "--reference adapter, lean",
+    "floor": "empty app under uvicorn, lean",
 }
+
+#: The floor side's server: uvicorn as ``presence-adapter serve`` configures it
+#: (adapter.cli._serve), an app that only reads the body and answers 204.
+FLOOR_SERVER = r"""
+import asyncio, socket, sys
+import uvicorn
+
+delay = [float(sys.argv[1])]
+START = {"type": "http.response.start", "status": 204, "headers": []}
+BODY = {"type": "http.response.body", "body": b""}
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["method"] == "PUT":  # the pause, in seconds, as the body
+        delay[0] = float((await receive())["body"])
+    else:
+        while (await receive()).get("more_body"):
+            pass
+        if delay[0]:
+            await asyncio.sleep(delay[0])
+    await send(START)
+    await send(BODY)
+
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                        timeout_keep_alive=75, ws_per_message_deflate=False)
+uvicorn.Server(config).run(sockets=[sock])
+"""
+
+
+@dataclass
+class FloorServer:
+    """The floor side's uvicorn process (FLOOR_SERVER) and where it listens."""
+
+    process: Any
+    host: str
+    http_port: int
+
+    @classmethod
+    def start(cls, delay: float) -> FloorServer:
+        process = subprocess.Popen(
+            [sys.executable, "-c", FLOOR_SERVER, str(delay)], stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        server = cls(process, HOST, port)
+        for _ in range(100):  # listening once it answers
+            try:
+                httpx.put(f"http://{HOST}:{port}/", content=str(delay), timeout=1.0)
+                return server
+            except httpx.TransportError:
+                time.sleep(0.1)
+        server.stop()
+        raise RuntimeError("the floor server did not start")
+
+    def pause(self, delay: float) -> None:
+        httpx.put(f"http://{self.host}:{self.http_port}/", content=str(delay), timeout=5.0)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
 
 
 async def bench(
@@ -494,6 +569,7 @@ async def bench(
     server: PgPresenceServer,
     adapter: AdapterProcess,
     reference: AdapterProcess | None = None,
+    floor: FloorServer | None = None,
 ) -> dict[str, Side]:
     run_id = secrets.token_hex(3)
     raw_presentities = []
@@ -514,6 +590,11 @@ async def bench(
     per_round = args.duration / args.rounds
     process_roots = roots(server, adapter)
     ref_roots = roots(server, reference) if reference is not None else {}
+    floor_roots = {"bench": os.getpid(), "adapter": floor.process.pid} if floor else {}
+    floor_presentities = [
+        RestPresentity(f"sip:f{i}@bench.example.com", json_bodies(i))
+        for i in range(args.presentities)
+    ]
     phases: dict[str, Callable[[RestWindow, CpuMeter], Awaitable[None]]] = {
         "raw": lambda window, meter: raw_phase(
             server.sip_address, raw_presentities, args.concurrency, window, meter
@@ -527,14 +608,24 @@ async def bench(
         "ref": lambda window, meter: lean_phase(
             reference, ref_presentities, args.concurrency, window, meter  # type: ignore[arg-type]
         ),
+        "floor": lambda window, meter: lean_phase(
+            floor, floor_presentities, args.concurrency, window, meter  # type: ignore[arg-type]
+        ),
     }
     for round_no in range(args.rounds):
         for name in args.sides:
             side = sides[name]
-            group = name if name in ("raw", "ref") else "adapter"
-            first_pass = 0 if first_pass_done[group] else args.presentities
+            group = name if name in ("raw", "ref", "floor") else "adapter"
+            first_pass = 0 if first_pass_done.get(group) else args.presentities
             window = RestWindow(args.warmup, per_round, None, first_pass)
-            meter = CpuMeter(ref_roots if name == "ref" else process_roots)
+            if name == "floor":
+                assert floor is not None
+                paced = sides.get("lean")
+                if paced is not None and paced.totals.ok:
+                    floor.pause(paced.totals.percentile(50) / 1000)
+            meter = CpuMeter(
+                {"ref": ref_roots, "floor": floor_roots}.get(name, process_roots)
+            )
             await phases[name](window, meter)
             first_pass_done[group] = True
             side.totals.add(window, {})
@@ -620,6 +711,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run an adapter from the source tree DIR, as side ref (see above)",
     )
     parser.add_argument(
+        "--floor-delay", type=float, default=0.03, metavar="S",
+        help="the floor side's pause per request before the lean side has run (default 0.03)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="print the adapter's log directory and keep it"
     )
     args = parser.parse_args(argv)
@@ -643,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter = BenchAdapter.for_server(directory, server, [account])
         adapter.log_level = args.adapter_log_level
         reference = None
+        floor: FloorServer | None = None
         if args.reference is not None:
             (directory / "ref").mkdir()
             ref_addresses = tuple(f"sip:q{i}@bench.example.com" for i in range(args.presentities))
@@ -664,8 +760,13 @@ def main(argv: list[str] | None = None) -> int:
                 reference.start(healthy=True)
                 pid = reference.process.pid if reference.process else "?"
                 print(f"reference adapter from {reference.source}: {reference.url} (pid {pid})")
-            sides = asyncio.run(bench(args, server, adapter, reference))
+            if "floor" in args.sides:
+                floor = FloorServer.start(args.floor_delay)
+                print(f"floor server: uvicorn, empty app, http://{HOST}:{floor.http_port}")
+            sides = asyncio.run(bench(args, server, adapter, reference, floor))
         finally:
+            if floor is not None:
+                floor.stop()
             if reference is not None:
                 reference.stop()
             adapter.stop()

@@ -20,7 +20,10 @@ The SIP side is a responder in a process of its own (not counted): it answers
 every PUBLISH 200 with a fresh To tag and SIP-ETag.  After a first pass that
 publishes every address, ``--requests`` Publishes are timed three times with
 ``time.process_time`` (all the child's threads: the store's writer too); the
-run's figure is the best of the three, in µs of CPU per Publish.
+run's figure is the best of the three, in µs of CPU per Publish.  ``--rate N``
+paces the timed passes (N Publishes a second in all, each caller on a
+schedule of its own): the adapter then wakes for each request and each
+answer as it does behind HTTP clients, instead of finding many at once.
 
 With ``--reference DIR`` (a source tree, say ``git archive REV | tar -x -C
 DIR``) the two trees' runs alternate ``--pairs`` times, each from its own
@@ -108,8 +111,9 @@ def configuration(directory: Path, sip_server: int) -> Path:
     return path
 
 
-def measure(requests: int, profile: str | None) -> float:
-    """One run in this process, with the adapter first on sys.path; µs per Publish."""
+def measure(requests: int, profile: str | None, rate: float = 0.0) -> float:
+    """One run in this process, with the adapter first on sys.path; µs per Publish
+    (``rate``: Publishes a second in all, paced; 0: as fast as they go)."""
     import gc
 
     from adapter import cli
@@ -134,13 +138,13 @@ def measure(requests: int, profile: str | None) -> float:
             gc.set_threshold(*cli.GC_THRESHOLDS)
             import uvloop
 
-            return uvloop.run(_drive(app, requests, profile))
+            return uvloop.run(_drive(app, requests, profile, rate))
     finally:
         responder.kill()
         responder.wait()
 
 
-async def _drive(app: Any, requests: int, profile: str | None) -> float:
+async def _drive(app: Any, requests: int, profile: str | None, rate: float = 0.0) -> float:
     token = b"Basic " + base64.b64encode(f"{ACCOUNT}:{PASSWORD}".encode())
     payloads = bodies()
     addresses = [f"sip:p{i}@bench.example.com" for i in range(ADDRESSES)]
@@ -181,15 +185,24 @@ async def _drive(app: Any, requests: int, profile: str | None) -> float:
             if status != [204]:
                 raise RuntimeError(f"Publish of {address} answered {status}")
 
-        async def caller(mine: list[str], count: int) -> None:
+        async def caller(mine: list[str], count: int, paced: bool = False, nth: int = 0) -> None:
+            # Paced: each caller starts its Publishes on a schedule of its own,
+            # rate / CONCURRENCY a second, the callers' schedules staggered.
+            loop = asyncio.get_running_loop()
+            gap = CONCURRENCY / rate if paced and rate else 0.0
+            due = loop.time() + gap * nth / CONCURRENCY
             for k in range(count):
+                if gap:
+                    due += gap
+                    if due > loop.time():
+                        await asyncio.sleep(due - loop.time())
                 address = mine[k % len(mine)]
                 visits[address] += 1
                 await publish(address, payloads[visits[address] % 2])
 
-        async def all_callers(per_caller: int) -> None:
+        async def all_callers(per_caller: int, paced: bool = False) -> None:
             await asyncio.gather(*(
-                caller(addresses[c::CONCURRENCY], per_caller) for c in range(CONCURRENCY)
+                caller(addresses[c::CONCURRENCY], per_caller, paced, c) for c in range(CONCURRENCY)
             ))
 
         await all_callers(-(-ADDRESSES // CONCURRENCY))  # every address published once
@@ -206,19 +219,19 @@ async def _drive(app: Any, requests: int, profile: str | None) -> float:
         best = float("inf")
         for _ in range(3):
             started = time.process_time()
-            await all_callers(per_caller)
+            await all_callers(per_caller, paced=True)
             best = min(best, (time.process_time() - started) / (per_caller * CONCURRENCY) * 1e6)
         return best
 
 
-def child(tree: Path, requests: int) -> float:
+def child(tree: Path, requests: int, rate: float) -> float:
     """One run in a child process, from the source tree ``tree``."""
     # Imported here: the child imports this file alone, without its folder.
     sys.path.insert(0, str(BENCH))
     from trees import run_from_tree
 
-    call = "json.dumps(bench.measure(int(sys.argv[3]), None))"
-    return float(json.loads(run_from_tree(Path(__file__), tree, call, str(requests))))
+    call = "json.dumps(bench.measure(int(sys.argv[3]), None, float(sys.argv[4])))"
+    return float(json.loads(run_from_tree(Path(__file__), tree, call, str(requests), str(rate))))
 
 
 def main() -> int:
@@ -228,6 +241,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=4, help="runs of each side (default 4)")
     parser.add_argument("--requests", type=int, default=10_000,
                         help="Publishes per timed pass (default 10,000; three passes a run)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="Publishes a second, paced (default 0: as fast as they go)")
     parser.add_argument("--profile", metavar="FILE",
                         help="one cProfile'd pass of this tree, its stats written to FILE")
     args = parser.parse_args()
@@ -244,10 +259,11 @@ def main() -> int:
     runs: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.pairs):
         for name, tree in sides.items():
-            runs[name].append(child(tree, args.requests))
+            runs[name].append(child(tree, args.requests, args.rate))
             print(f"  {name:10} {runs[name][-1]:7.1f} us", flush=True)
+    pace = f"paced at {args.rate:g}/s" if args.rate else "unpaced"
     print(f"CPU per Publish in process, {CONCURRENCY} callers over {ADDRESSES} presentities, "
-          f"best of 3 x {args.requests} per run, {args.pairs} runs a side:")
+          f"{pace}, best of 3 x {args.requests} per run, {args.pairs} runs a side:")
     for name, values in runs.items():
         print(f"  {name:10} median {statistics.median(values):7.1f} us "
               f"(range {min(values):.1f}-{max(values):.1f})")

@@ -1,8 +1,10 @@
-"""Publish through the app: the answers of ``POST /rest/presence``, an ordinary route.
+"""Publish through the app: the answers of ``POST /rest/presence``.
 
 Driven against a stand-in presentity service: each kind of request gets its
 status, the headers that matter and the body, and reaches the service only
-when it is sound.
+when it is sound.  Every test runs twice: with Publish served ahead of the
+router (``create_app(direct=...)``, as ``make_app`` serves it) and as an
+ordinary route, so the two answer alike.
 """
 
 import asyncio
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
+from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
 from adapter import rest
@@ -36,6 +39,17 @@ ALICE = Account(
 @pytest.fixture(scope="module")
 def config() -> Config:
     return load_config(REPO / "conf/adapter.toml", cwd=REPO)
+
+
+#: Whether the apps of the test being run serve Publish ahead of the router.
+DIRECT = {"on": True}
+
+
+@pytest.fixture(autouse=True, params=["direct", "router"])
+def served(request: pytest.FixtureRequest) -> str:
+    """Which way the app serves Publish in this test (see the module's docstring)."""
+    DIRECT["on"] = request.param == "direct"
+    return str(request.param)
 
 
 class Presentities:
@@ -73,6 +87,7 @@ def rest_client(config: Config, lifespan: Any) -> TestClient:
         routes=rest.routes(),
         lifespan=lifespan,
         exception_handlers=rest.EXCEPTION_HANDLERS,
+        direct=rest.DIRECT_ROUTES if DIRECT["on"] else None,
     )
     return TestClient(app, raise_server_exceptions=False)
 
@@ -230,8 +245,78 @@ def test_a_client_gone_before_its_body_is_read_is_starlette_s_disconnect(
     messages: list[dict[str, object]],
 ) -> None:
     # As Request.body: ClientDisconnect, which the server then ends quietly.
+    left = list(messages)  # the parameter's list is shared by both ways of serving
+
     async def receive() -> dict[str, object]:
-        return messages.pop(0)
+        return left.pop(0)
 
     with pytest.raises(ClientDisconnect):
         asyncio.run(rest.read_body(receive))  # type: ignore[arg-type]
+
+
+def test_publish_is_timed_logged_and_refused_while_draining_either_way(
+    config: Config, served: str, caplog
+) -> None:
+    # The layers above the router wrap Publish served ahead of it too.
+    service = Presentities()
+    with caplog.at_level(logging.INFO, logger="adapter.access"), client(config, service) as http:
+        assert http.post("/rest/presence", **CASES["ok"]).status_code == 204
+        assert http.post("/rest/presence", **CASES["not JSON"]).status_code == 400
+        http.app.state.drain.active = True  # type: ignore[attr-defined]
+        refused = http.post("/rest/presence", **CASES["ok"])
+        timed = {key: sum(h.counts) for key, h in http.app.state.metrics.rest.items()}  # type: ignore[attr-defined]
+    assert timed == {("publish", "204"): 1, ("publish", "400"): 1}
+    lines = [r.getMessage() for r in caplog.records if r.name == "adapter.access"]
+    # The drain gate stands outside the timing and the access log, as for every route.
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["204", "400"]
+    assert all('"POST /rest/presence HTTP/1.1"' in line for line in lines)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert len(service.published) == 1
+
+
+def test_only_the_exact_method_and_path_go_ahead_of_the_router(config: Config) -> None:
+    # Anything else — another method, a longer path — is the router's, with its 405 and 404.
+    calls: list[str] = []
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = create_app(
+        config,
+        sip_probe=None,  # type: ignore[arg-type]
+        routes=rest.routes(),
+        exception_handlers=rest.EXCEPTION_HANDLERS,
+        direct={("POST", "/rest/presence"): endpoint},
+    )
+    with TestClient(app, raise_server_exceptions=False) as http:
+        assert http.post("/rest/presence", json=BUSY).status_code == 204
+        assert http.patch("/rest/presence", json=BUSY).status_code == 405
+        assert http.post("/rest/presence/x", json=BUSY).status_code == 404
+    assert calls == ["/rest/presence"]
+
+
+@pytest.mark.parametrize("kind", ["async", "plain"])
+def test_a_direct_route_s_error_goes_to_the_app_s_handler(config: Config, kind: str) -> None:
+    class Refused(Exception):
+        pass
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        raise Refused("no")
+
+    def plain(request: Any, exc: Exception) -> Any:
+        return PlainTextResponse(f"{request.url.path}: {exc}", status_code=418)
+
+    async def handler(request: Any, exc: Exception) -> Any:
+        return plain(request, exc)
+
+    app = create_app(
+        config,
+        sip_probe=None,  # type: ignore[arg-type]
+        exception_handlers={Refused: handler if kind == "async" else plain},
+        direct={("POST", "/rest/presence"): endpoint},
+    )
+    with TestClient(app, raise_server_exceptions=False) as http:
+        response = http.post("/rest/presence", json=BUSY)
+    assert (response.status_code, response.text) == (418, "/rest/presence: no")
