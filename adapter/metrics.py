@@ -311,6 +311,12 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         "SIP requests sent again because no response came (Timer E; UDP only).",
         stats.retransmissions,
     )
+    yield _counter(
+        "sip_notify_answered_late",
+        "NOTIFYs the presence server sent again several times after they were answered: "
+        "the answer came late (the subscription is refreshed to learn whether it stands).",
+        stats.late_answers,
+    )
     yield _gauge(
         "sip_client_transactions_in_flight",
         "SIP client transactions sent and waiting for their final response.",

@@ -353,12 +353,18 @@ class Schedule:
         if member is not None:
             self.changed.pop(member, None)
         visible = self._visible(presence, granted)
-        seen = self._seen(presence, granted)
         # Judged on every state, delivered or not: UnReachable fires each
-        # time the presentity goes from reachable to not.
-        was_reachable, track.reachable = track.reachable, seen.open
-        if not matches_criteria(seen, self.criteria):
-            return []
+        # time the presentity goes from reachable to not.  Reachable is the
+        # basic status under any grant (filter_presence); only criteria need
+        # the whole state as seen.
+        was_reachable = track.reachable
+        if self.criteria:
+            seen = self._seen(presence, granted)
+            track.reachable = seen.open
+            if not matches_criteria(seen, self.criteria):
+                return []
+        else:
+            track.reachable = presence.open and bool(granted)
         if everything:
             changed, gone = visible, []
         else:
@@ -369,7 +375,9 @@ class Schedule:
             present = {_key(a) for a in visible}
             allowed = self._allowed(granted)
             gone = [k for k, a in track.sent.items() if k not in present and a.type in allowed]
-        reachability_news = bool(self.criteria & REACHABILITY) and seen.open != was_reachable
+        reachability_news = (
+            bool(self.criteria & REACHABILITY) and track.reachable != was_reachable
+        )
         if not changed and not gone and not reachability_news:
             return []
         for attribute in changed:

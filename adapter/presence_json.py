@@ -272,8 +272,36 @@ def attribute_to_json(attribute: PresenceAttribute) -> dict[str, Any]:
     return msgspec.to_builtins(item_of(attribute))  # type: ignore[no-any-return]
 
 
-def attributes_to_json(attributes: Iterable[PresenceAttribute]) -> list[dict[str, Any]]:
-    return msgspec.to_builtins([item_of(a) for a in attributes])  # type: ignore[no-any-return]
+class JsonForms:
+    """Each attribute's JSON object, made once while it is in use.
+
+    A presentity's document is decoded once and its attributes shared by all
+    its watchers (adapter.watch), and a schedule's saved progress carries the
+    attributes it delivered last: the same value turned into the same dict
+    over and over.  Equal attributes have equal JSON, so the form is kept by
+    the attribute; the dicts handed out are shared, and no caller changes
+    them.  Bounded: emptied when full (the next uses make it again).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._forms: dict[PresenceAttribute, dict[str, Any]] = {}
+
+    def __call__(self, attributes: Iterable[PresenceAttribute]) -> list[dict[str, Any]]:
+        forms = self._forms
+        out = []
+        for attribute in attributes:
+            form = forms.get(attribute)
+            if form is None:
+                if len(forms) >= self.size:
+                    forms.clear()
+                form = forms[attribute] = attribute_to_json(attribute)
+            out.append(form)
+        return out
+
+
+#: The attributes as the spec's presence array (shared dicts: read, never change).
+attributes_to_json = JsonForms()
 
 
 # -- errors ----------------------------------------------------------------------------

@@ -90,7 +90,6 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -378,7 +377,9 @@ class Watch:
     state: WatchState = WatchState.PENDING
     dialog: Dialog = Dialog.NONE
     subscription_id: int | None = None
-    members: dict[str, Member] = field(default_factory=dict)
+    #: The watched presentity's state as last heard (None: nothing yet).
+    #: A group watch's members have each their own member watch (``listed``).
+    member: Member | None = None
     decisions: dict[AttributeType, bool] | None = None
     decisions_sent: tuple[tuple[AttributeType, bool], ...] | None = None
     rule_blocks: bool = False  # the presentity's rule blocks this watcher
@@ -407,8 +408,9 @@ class Watch:
     revalidating: bool = False
     resume: _Held | None = None
     #: What came while the rules were read, in order; None when nothing
-    #: waits (the usual case: a held subscription keeps no queue).
-    held: deque[_Held] | None = None
+    #: waits (the usual case: a held subscription keeps no queue).  A list:
+    #: a few items wait at most, and an empty deque alone is ≈ 0.6 KB.
+    held: list[_Held] | None = None
     schedules: dict[str, Schedule] = field(default_factory=lambda: _EMPTY)
     #: Schedules added and not begun yet (they wait for the rules): no state
     #: is offered to them before their start.
@@ -447,7 +449,7 @@ class Watch:
 
     @property
     def presence(self) -> Presence | None:
-        member = self.members.get(self.presentity)
+        member = self.member
         return member.presence if member is not None else None
 
     @property
@@ -473,7 +475,7 @@ class Watch:
     def hold(self, item: _Held) -> None:
         """Keep ``item`` until the rules are in."""
         if self.held is None:
-            self.held = deque()
+            self.held = []
         self.held.append(item)
 
     def member_of(self, presentity: str) -> Watch:
@@ -1213,11 +1215,11 @@ class WatchMachine:
     def _send_subscribe(self, watch: Watch, *, keep_state: bool, retry: bool) -> None:
         if not keep_state:
             watch.state = WatchState.PENDING
-            watch.members.clear()
+            watch.member = None
             for member in watch.listed.values():
                 if member.state is WatchState.ACTIVE:
                     member.state = WatchState.PENDING
-                member.members.clear()
+                member.member = None
         # A new dialog numbers its RLMI versions afresh (RFC 4662 §5.2).
         watch.rlmi = None
         watch.stateless = None
@@ -1271,9 +1273,9 @@ class WatchMachine:
             return
         became_active = watch.state is not WatchState.ACTIVE
         watch.state = state
-        member = watch.members.get(watch.presentity)
+        member = watch.member
         if member is None:
-            member = watch.members[watch.presentity] = Member(watch.presentity)
+            member = watch.member = Member(watch.presentity)
         held = member.presence
         fresh = read(member)
         if became_active:
@@ -1453,7 +1455,7 @@ class WatchMachine:
         back to one of its earlier documents and is held (see REFRESH_WINDOW)."""
         uri = member.presentity
         suspected = group.suspects.pop(uri) if uri in group.suspects else None
-        held = member.members.get(uri)
+        held = member.member
         if item.document is None or held is None or now > group.refreshed_at + REFRESH_WINDOW:
             return False
         digest = hash(item.document)
@@ -1518,7 +1520,7 @@ class WatchMachine:
                 self._member_ended(watch, "Blocked")
                 return
             # Ended for another reason: the RLS holds no state of it now.
-            watch.members.clear()
+            watch.member = None
             name = "pending"
         elif item.state is InstanceState.ACTIVE:
             name = "active"
@@ -1558,7 +1560,7 @@ class WatchMachine:
         if member.state is WatchState.BLOCKED:
             return
         member.state = WatchState.BLOCKED
-        member.members.clear()
+        member.member = None
         member.resume = None
         member.held = None
         for schedule in group.schedules.values():
@@ -1764,7 +1766,7 @@ class WatchMachine:
         if resume is not None:
             self._run(watch, resume, now)
         while watch.held and not watch.waiting and watch.state is not WatchState.ENDED:
-            self._run(watch, watch.held.popleft(), now)
+            self._run(watch, watch.held.pop(0), now)
         if not watch.held:
             watch.held = None
 

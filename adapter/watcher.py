@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from itertools import islice
 from typing import Any, Protocol
@@ -64,7 +65,7 @@ from adapter.watch import (
     WatchMachine,
     WatchState,
 )
-from adapter.xcap import XcapClient, XcapError
+from adapter.xcap import CONNECTIONS, POOL_WAIT, XcapClient, XcapError, XcapTimeout
 from pidf import AttributeType, PidfError, Presence
 from pidf.rlsservices import service_members
 from sip import NotifyReceived, SipURI, SubscriptionAccepted
@@ -139,6 +140,12 @@ class WatcherService:
         )
         self._timer = Alarm(self._on_timer, clock)
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Rules reads waiting their turn, and how many readers take them: one
+        #: task per XCAP connection, not one per read (a burst of activations
+        #: asks for thousands — one per presentity at most — and a task
+        #: waiting on the XCAP client's connections is ≈ 3 KB).
+        self._rules_reads: deque[RulesRead] = deque()
+        self._readers = 0
         #: The handles of the subscriptions not over yet, by id: to await
         #: their answer, to end them.
         self._handles: dict[int, SubscriptionHandle] = {}
@@ -542,7 +549,7 @@ class WatcherService:
             elif isinstance(action, SaveProgress):
                 self._queue_progress(action.schedules)
             elif isinstance(action, ReadRules):
-                self._spawn(self._read_rules(action.read))
+                self._queue_read(action.read)
             elif isinstance(action, ReadList):
                 self._spawn(self._read_list(action.group))
             elif isinstance(action, RefreshList):
@@ -576,6 +583,47 @@ class WatcherService:
         self.machine.subscription_sent(watch, handle.id)
         if action.retry:
             self._spawn(self._attempt(watch, handle))
+
+    def _queue_read(self, read: RulesRead) -> None:
+        self._rules_reads.append(read)
+        if self._readers < CONNECTIONS:
+            self._readers += 1
+            self._spawn(self._reader())
+
+    async def _reader(self) -> None:
+        """Take the queued rules reads in order until none is left.
+
+        A read that waited :data:`~adapter.xcap.POOL_WAIT` for its turn (since
+        it was asked for, ``started``) fails as one that waited as long for a
+        connection: the XCAP server is not keeping up, or not answering, and
+        its watches back off and read again.
+        """
+        reads = self._rules_reads
+        try:
+            while reads:
+                read = reads.popleft()
+                now = self._clock()
+                if now - read.started >= POOL_WAIT:
+                    self._expire_reads(read, now)
+                    continue
+                try:
+                    await self._read_rules(read)
+                except Exception:  # one read's bug must not stop the others
+                    logger.exception("rules read of %s failed", read.presentity)
+        finally:
+            self._readers -= 1
+
+    def _expire_reads(self, first: RulesRead, now: float) -> None:
+        """``first`` and the reads queued behind it that waited as long: they fail."""
+        expired = [first]
+        reads = self._rules_reads
+        while reads and now - reads[0].started >= POOL_WAIT:
+            expired.append(reads.popleft())
+        logger.warning("%d pres-rules reads waited %g s for their turn: not read",
+                       len(expired), POOL_WAIT)
+        error = XcapTimeout("GET", None, "no answer from the XCAP server")
+        for read in expired:
+            self._perform(self.machine.rules_failed(read, error, now))
 
     async def _read_rules(self, read: RulesRead) -> None:
         try:

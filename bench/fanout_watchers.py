@@ -33,6 +33,13 @@ runs on loopback on one machine, load clients included: the ratio compares
 servers under the same client, the absolute rates are those of this machine.
 Server CPU is read from /proc (10 ms ticks) around each burst and averaged.
 
+The clients are spread over `--client-processes` Node processes (2), the same
+for every server, so that one process's core does not cap the rate: each
+counts its own applications' deliveries and the driver merges them per burst
+(counts summed, span from the earliest publish to the last receipt anywhere,
+latencies pooled). Their CPU per burst is read from /proc too, with the share
+of a core the busiest one used over the burst's span.
+
 `--baseline REV` adds a third server, "base": the same hub with adapter/
 (and pidf/, sip/) as of git revision REV, extracted to a temporary directory,
 so that an optimisation's before and after are measured side by side in one
@@ -59,6 +66,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -197,12 +205,57 @@ class Lines:
 class Side:
     server: str
     phase: str
-    bursts: list[dict[str, float]] = field(default_factory=list)
+    bursts: list[dict[str, Any]] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # server CPU seconds per measured burst
+    # CPU seconds per measured burst of all the load client processes, and
+    # the largest share of a core one of them used over a burst's span.
+    clients_cpu: list[float] = field(default_factory=list)
+    client_busiest: list[float] = field(default_factory=list)
     summary: dict[str, object] = field(default_factory=dict)
     client_cpu: float = 0.0
     transports: dict[str, int] = field(default_factory=dict)
     expected_per_client: int = 0
+
+
+def shares(apps: int, processes: int) -> list[tuple[int, int]]:
+    """(first application, how many) for each load client process: contiguous,
+    as even as they divide."""
+    processes = max(1, min(processes, apps))
+    base, extra = divmod(apps, processes)
+    out, first = [], 0
+    for k in range(processes):
+        count = base + (1 if k < extra else 0)
+        out.append((first, count))
+        first += count
+    return out
+
+
+def quantile(sorted_values: list[float], p: float) -> float | None:
+    # The clients' own rule (fanout_watchers_clients.cjs), on the merged list.
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(p * len(sorted_values)))]
+
+
+def merge_bursts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One burst as a single client process would have reported it: distinct and
+    duplicated deliveries summed, the span from the earliest publish any process
+    saw to the last receipt in any, the latencies pooled."""
+    distinct = sum(part["distinct"] for part in parts)
+    firsts = [part["firstSent"] for part in parts if part["firstSent"] is not None]
+    lasts = [part["lastReceived"] for part in parts if part["lastReceived"]]
+    seconds = (max(lasts) - min(firsts)) / 1000 if firsts and lasts else 0.0
+    latencies = sorted(x for part in parts for x in part["latencies"])
+    return {
+        "distinct": distinct,
+        "duplicates": sum(part["duplicates"] for part in parts),
+        "seconds": seconds,
+        "rate": distinct / seconds if seconds > 0 else 0.0,
+        "p50": quantile(latencies, 0.5),
+        "p99": quantile(latencies, 0.99),
+        "max": latencies[-1] if latencies else None,
+        "timedOut": any(part["timedOut"] for part in parts),
+    }
 
 
 def run_side(
@@ -215,30 +268,43 @@ def run_side(
     profile: str | None,
 ) -> Side:
     per_client = args.presentities * args.per_presentity // args.apps
-    total = args.presentities * args.per_presentity
     side = Side(server, phase)
-    clients = subprocess.Popen(
-        [
-            "node",
-            str(HERE / "fanout_watchers_clients.cjs"),
-            f"http://127.0.0.1:{port}/cometd",
-            str(args.apps),
-            phase,
-            str(args.per_presentity),
-            str(args.deadline),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert clients.stdin is not None
-    lines = Lines(clients)
+    groups = shares(args.apps, args.client_processes)
+    clients = [
+        subprocess.Popen(
+            [
+                "node",
+                str(HERE / "fanout_watchers_clients.cjs"),
+                f"http://127.0.0.1:{port}/cometd",
+                str(args.apps),
+                str(first_app),
+                str(count),
+                phase,
+                str(args.per_presentity),
+                str(args.deadline),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for first_app, count in groups
+    ]
+    lines = [Lines(c) for c in clients]
+
+    def tell(line: str) -> None:
+        for c in clients:
+            assert c.stdin is not None
+            c.stdin.write(line)
+            c.stdin.flush()
+
     profiler: subprocess.Popen[bytes] | None = None
     try:
-        ready = lines.get(60).strip()
-        if not ready.startswith("READY "):
-            raise RuntimeError(f"load clients failed: {ready!r}")
-        side.transports = json.loads(ready[len("READY ") :])
+        for reader in lines:
+            ready = reader.get(60).strip()
+            if not ready.startswith("READY "):
+                raise RuntimeError(f"load clients failed: {ready!r}")
+            for kind, n in json.loads(ready[len("READY ") :]).items():
+                side.transports[kind] = side.transports.get(kind, 0) + n
         numbers = range(first, first + args.warmup + args.bursts)
         for number in numbers:
             measured = number >= first + args.warmup
@@ -259,9 +325,12 @@ def run_side(
                     stderr=subprocess.DEVNULL,
                 )
                 time.sleep(1.0)
-            clients.stdin.write(f"EXPECT {number} {total}\n")
-            clients.stdin.flush()
+            for c, (_, count) in zip(clients, groups, strict=True):
+                assert c.stdin is not None
+                c.stdin.write(f"EXPECT {number} {per_client * count}\n")
+                c.stdin.flush()
             before = cpu_seconds(pid)
+            clients_before = [cpu_seconds(c.pid) for c in clients]
             post(
                 port,
                 "/bench/watchers",
@@ -272,31 +341,43 @@ def run_side(
                     "per_presentity": args.per_presentity,
                 },
             )
-            result = json.loads(lines.get(args.deadline + 10))
+            parts = [json.loads(reader.get(args.deadline + 10)) for reader in lines]
             if measured:
                 side.cpu.append(cpu_seconds(pid) - before)
+                used = [
+                    cpu_seconds(c.pid) - b for c, b in zip(clients, clients_before, strict=True)
+                ]
+                result = merge_bursts(parts)
+                side.clients_cpu.append(sum(used))
+                if result["seconds"] > 0:
+                    side.client_busiest.append(max(used) / result["seconds"])
                 side.bursts.append(result)
             time.sleep(args.pause)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
             profiler = None
-        clients.stdin.write("END\n")
-        clients.stdin.flush()
-        side.summary = json.loads(lines.get(30))
-        cpu = side.summary["cpu"]
-        assert isinstance(cpu, dict)
-        side.client_cpu = (cpu["user"] + cpu["system"]) / 1e6
+        tell("END\n")
+        summaries = [json.loads(reader.get(30)) for reader in lines]
+        side.summary = {
+            "perClientDistinct": [n for s in summaries for n in s["perClientDistinct"]],
+            "perClientDuplicates": [n for s in summaries for n in s["perClientDuplicates"]],
+            "misrouted": sum(s["misrouted"] for s in summaries),
+            "malformed": sum(s["malformed"] for s in summaries),
+        }
+        side.client_cpu = sum(s["cpu"]["user"] + s["cpu"]["system"] for s in summaries) / 1e6
         side.expected_per_client = per_client * len(numbers)
-        clients.wait(timeout=10)
+        for c in clients:
+            c.wait(timeout=10)
         return side
     finally:
         if profiler is not None and profiler.poll() is None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
-        if clients.poll() is None:
-            clients.kill()
-            clients.wait()
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -314,6 +395,8 @@ class Totals:
     clients_losing: int
     cpu_ms: float
     misrouted: int
+    clients_cpu_ms: float
+    client_busiest: float | None  # median over bursts, share of one core
 
 
 def totals(sides: list[Side]) -> Totals:
@@ -339,6 +422,10 @@ def totals(sides: list[Side]) -> Totals:
         clients_losing=clients_losing,
         cpu_ms=1000 * statistics.fmean(c for s in sides for c in s.cpu),
         misrouted=misrouted,
+        clients_cpu_ms=1000 * statistics.fmean(c for s in sides for c in s.clients_cpu),
+        client_busiest=statistics.median(busiest)
+        if (busiest := [b for s in sides for b in s.client_busiest])
+        else None,
     )
 
 
@@ -357,6 +444,12 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.5, help="s between bursts")
     parser.add_argument("--deadline", type=float, default=30, help="s to wait for a burst")
     parser.add_argument("--servers", default="adapter,faye")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=2,
+        help="Node processes the applications' clients are spread over (the same for every server)",
+    )
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -406,7 +499,8 @@ def main() -> None:
         f"{args.presentities * args.per_presentity:,} watchers of {args.presentities:,} "
         f"presentities; {args.warmup} warm-up + {args.bursts} measured bursts of "
         f"{args.presentities * args.per_presentity:,} deliveries per turn, "
-        f"{args.rounds} turn(s) per server and phase"
+        f"{args.rounds} turn(s) per server and phase; clients in "
+        f"{len(shares(args.apps, args.client_processes))} Node process(es)"
         + (f"; base = adapter/ as of {args.baseline}" if args.baseline else ""),
         flush=True,
     )
@@ -433,11 +527,18 @@ def main() -> None:
                     number += args.warmup + args.bursts
                     results.setdefault((phase, name), []).append(side)
                     rates = ", ".join(fmt(b["rate"]) for b in side.bursts)
+                    busiest = (
+                        f"{100 * statistics.median(side.client_busiest):.0f} %"
+                        if side.client_busiest
+                        else "-"
+                    )
                     print(
                         f"  {phase} round {round_ + 1} {name}: transports {side.transports}; "
                         f"deliveries/s per burst {rates}; server CPU per burst "
-                        f"{fmt(1000 * statistics.fmean(side.cpu))} ms; clients CPU "
-                        f"{side.client_cpu:.1f} s",
+                        f"{fmt(1000 * statistics.fmean(side.cpu))} ms; clients CPU per burst "
+                        f"{fmt(1000 * statistics.fmean(side.clients_cpu))} ms (busiest process "
+                        f"{busiest} of a core), {side.client_cpu:.1f} s in the turn; "
+                        f"load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
     finally:
@@ -448,9 +549,10 @@ def main() -> None:
     print()
     print(
         "| phase | server | deliveries/s | p50 ms | p99 ms | max ms | lost (clients) | dup | "
-        "server CPU ms per burst | ratio to faye: deliveries/s | CPU per burst |"
+        "server CPU ms per burst | clients CPU ms per burst | busiest client process "
+        "(share of a core) | ratio to faye: deliveries/s | CPU per burst |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 13)
     for phase in phases:
         figures = {name: totals(results[(phase, name)]) for name in names}
         for name, t in figures.items():
@@ -462,7 +564,9 @@ def main() -> None:
             print(
                 f"| {phase} | {name} | {fmt(t.rate)} | {fmt(t.p50)} | {fmt(t.p99)} | "
                 f"{fmt(t.worst)} | {t.lost} ({t.clients_losing}) | {t.duplicates} | "
-                f"{fmt(t.cpu_ms)} | {ratio} | {cpu_ratio} |"
+                f"{fmt(t.cpu_ms)} | {fmt(t.clients_cpu_ms)} | "
+                f"{'-' if t.client_busiest is None else f'{100 * t.client_busiest:.0f} %'} | "
+                f"{ratio} | {cpu_ratio} |"
             )
             if t.misrouted:
                 print(f"  {name}: {t.misrouted} deliveries misrouted or malformed")

@@ -1,16 +1,20 @@
 // Load clients for bench/fanout_watchers.py: one Faye client per application
 // (the same client code against both servers), application i authenticating
 // as "a<i>" and subscribed to its notification channel /bayeux/a<i>/notify,
-// over websocket, long-polling, or alternately one and the other ("mixed").
+// over websocket, long-polling, or alternately one and the other ("mixed",
+// by the application's number). One process holds applications FIRST to
+// FIRST + COUNT - 1 of APPS; the driver runs several side by side so that
+// one Node process (one core) does not cap what a server can deliver.
 //
-// Usage: node fanout_watchers_clients.cjs URL APPS TRANSPORTS WATCHERS_PER_PRESENTITY DEADLINE_S
+// Usage: node fanout_watchers_clients.cjs URL APPS FIRST COUNT TRANSPORTS WATCHERS_PER_PRESENTITY DEADLINE_S
 //
 // Prints "READY {json}" (the transports the clients actually use) once every
 // subscription is confirmed. Then reads commands on stdin:
 //   EXPECT <burst> <count>  report burst <burst> once <count> distinct
 //                           deliveries arrived, or DEADLINE_S after this line
 //   END                     print the per-client summary, disconnect, exit
-// Each report is one JSON line. Every delivery is a statusChanged message as
+// Each report is one JSON line (with this process's first publish time, last
+// receipt and every latency, which the driver merges across processes). Every delivery is a statusChanged message as
 // the adapter sends it; its note is "<burst> <publish time, ms since epoch>"
 // and its correlator "p<presentity>.<j>", which names the application that
 // must receive it ((presentity + j * APPS / WATCHERS) % APPS).
@@ -18,15 +22,17 @@ const path = require("path");
 const { performance } = require("perf_hooks");
 const faye = require(path.join(__dirname, "..", "tests", "interop", "node_modules", "faye"));
 
-const [url, appCount, transports, perPresentity, deadline] = process.argv.slice(2);
+const [url, appCount, firstApp, ownCount, transports, perPresentity, deadline] = process.argv.slice(2);
 const apps = Number(appCount);
+const first = Number(firstApp);
+const own = Number(ownCount);
 const stride = apps / Number(perPresentity);
 const now = () => performance.timeOrigin + performance.now();
 
 const bursts = new Map(); // burst -> state
 const clients = [];
-const perClientDistinct = new Array(apps).fill(0);
-const perClientDuplicates = new Array(apps).fill(0);
+const perClientDistinct = new Array(own).fill(0);
+const perClientDuplicates = new Array(own).fill(0);
 let misrouted = 0;
 let malformed = 0;
 let subscribed = 0;
@@ -69,6 +75,9 @@ function report(burst, timedOut) {
         p99: q(0.99),
         max: latencies.length ? latencies[latencies.length - 1] : null,
         timedOut,
+        firstSent: state.firstSent,
+        lastReceived: state.lastReceived,
+        latencies: latencies.map((x) => Math.round(x * 100) / 100),
     }));
     state.latencies = [];
 }
@@ -85,7 +94,7 @@ function received(index, data) {
     const burst = Number(burstText);
     const sent = Number(sentText);
     const [p, j] = changed.correlator.slice(1).split(".").map(Number);
-    if ((p + j * stride) % apps !== index) misrouted += 1;
+    if ((p + j * stride) % apps !== first + index) misrouted += 1;
     const state = burstState(burst);
     if (state.seen.has(changed.correlator)) {
         state.duplicates += 1;
@@ -136,7 +145,8 @@ process.stdin.on("data", (chunk) => {
 });
 process.stdin.on("end", () => process.exit(0));
 
-for (let i = 0; i < apps; i++) {
+for (let index = 0; index < own; index++) {
+    const i = first + index;
     const client = new faye.Client(url, { timeout: 40, retry: 1 });
     const websocket = transports === "websocket" || (transports === "mixed" && i % 2 === 0);
     if (!websocket) client.disable("websocket");
@@ -150,9 +160,9 @@ for (let i = 0; i < apps; i++) {
         },
     });
     clients.push(client);
-    client.subscribe(`/bayeux/a${i}/notify`, (data) => received(i, data)).then(() => {
+    client.subscribe(`/bayeux/a${i}/notify`, (data) => received(index, data)).then(() => {
         subscribed += 1;
-        if (subscribed === apps) {
+        if (subscribed === own) {
             // The websocket transport is chosen once its probe connects; give
             // it a moment so that READY reports what the bursts will use.
             setTimeout(() => {

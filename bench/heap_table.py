@@ -1,6 +1,7 @@
 """Sum tracemalloc snapshots of the adapter by structure, per subscription.
 
     .venv/bin/python bench/heap_table.py --per 10000 before=/tmp/a.1.snap after=/tmp/b.1.snap
+    .venv/bin/python bench/heap_table.py --per 5000 --minus /tmp/b.1.snap held=/tmp/b.2.snap
 
 Each snapshot (``bench/heap_probe``'s, one frame per allocation) is grouped by
 the file that allocated, into the structures the adapter keeps per held
@@ -61,10 +62,17 @@ def grouped(path: str) -> collections.Counter[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per", type=int, required=True, help="subscriptions held")
+    parser.add_argument("--minus", metavar="FILE",
+                        help="a snapshot of the same run to subtract from each (e.g. the one "
+                             "after the publications: what the subscriptions added)")
     parser.add_argument("snapshots", nargs="+", metavar="NAME=FILE")
     args = parser.parse_args(argv)
     columns = [(name, grouped(path))
                for name, path in (item.split("=", 1) for item in args.snapshots)]
+    if args.minus:
+        base = grouped(args.minus)
+        for _, sums in columns:
+            sums.subtract(base)
     print("| B per subscription | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for group in [g for g, _ in GROUPS] + ["other", "total"]:

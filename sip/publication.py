@@ -74,7 +74,7 @@ class PublicationState(enum.Enum):
     REMOVED = "removed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PublicationConfirmed:
     """The state agent accepted our state (initial, modify or refresh)."""
 
@@ -83,7 +83,7 @@ class PublicationConfirmed:
     expires: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PublicationFailed:
     """A PUBLISH failed.  ``retry_at`` is when we try again; None = we gave up."""
 
@@ -93,7 +93,7 @@ class PublicationFailed:
     retry_at: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PublicationRemoved:
     """The publication is gone (Expires: 0 answered, or it never existed)."""
 
@@ -162,6 +162,12 @@ class RefreshPolicy:
 
 class Publication:
     """The EPA for one (address-of-record, event package)."""
+
+    # Slotted: a gateway holds one per published presentity.
+    __slots__ = ("_body", "_call_id", "_cseq", "_dirty", "_failures", "_from_text",
+                 "_local_tag", "_remove_pending", "_spread", "_timer", "_to_text", "aor",
+                 "content_type", "etag", "event", "expires_at", "id", "policy",
+                 "requested_expires", "state")
 
     def __init__(
         self,

@@ -18,6 +18,20 @@ State table (rows: state, columns: what happens; ``·`` = stays)
     UNSUBSCRIB.  ·        TERMINATED   ·                TERMINATED   guard: TERMINATED ·
     TERMINATED   ignored  ignored      answered 481 by the user agent
 
+A NOTIFY that never reached us, or reached us too late, may have cost the
+dialog: a notifier whose NOTIFY transaction times out may remove the
+subscription without a word (Kamailio's presence module does, on a 408 or
+481 to its NOTIFY: tests/data/overload/README.md), and nothing more comes in it.
+The subscriber cannot see that until its next refresh, by default close to
+an hour away.  So it refreshes early when it has cause to think so
+(RFC 6665 §4.1.2.2: a 481 to the refresh says the dialog is gone):
+
+* a gap in the notifier's CSeq numbers (RFC 3261 §12.2.1.1: they increase by
+  one per request) that no late NOTIFY fills before Timer N (64*T1, as long
+  as a NOTIFY transaction can last, §17.1.2.2) — a NOTIFY lost for good;
+* :meth:`answered_late`: the user agent saw the notifier re-send a NOTIFY
+  we had answered, several times — our answer came later than it waits.
+
 Refresh failures (RFC 6665 §4.1.2.2): "If a SUBSCRIBE request to refresh a
 subscription fails with any error code other than 405 (Method Not Allowed) or
 489 (Bad Event), the original subscription is still considered valid for the
@@ -105,6 +119,8 @@ class SubscriptionTerminated:
 INITIAL_RETRIES = 3
 INITIAL_RETRY_DELAY = 0.2
 MAX_RETRY_AFTER = 30
+#: CSeq numbers of a gap remembered at most; a wider gap is checked all the same.
+MAX_MISSING = 16
 
 Action = Request | NotifyReceived | SubscriptionAccepted | SubscriptionTerminated
 
@@ -114,11 +130,11 @@ class Subscription:
 
     # Slotted: a gateway holds one per watch, by the hundred thousand.
     __slots__ = (
-        "_accepted", "_deadline_n", "_guard_at", "_initial_retries", "_local_cseq",
-        "_outstanding", "_refresh_at", "_remote_cseq", "_retry_at", "_spread", "_timer_n",
-        "_unsubscribe_pending", "accept", "call_id", "event", "eventlist", "expires_at", "id",
-        "local_tag", "policy", "remote_tag", "remote_target", "requested_expires", "route_set",
-        "state", "subscriber", "target",
+        "_accepted", "_check_at", "_deadline_n", "_guard_at", "_initial_retries", "_local_cseq",
+        "_missing", "_outstanding", "_refresh_at", "_remote_cseq", "_retry_at", "_spread",
+        "_timer_n", "_unsubscribe_pending", "accept", "call_id", "event", "eventlist",
+        "expires_at", "id", "local_tag", "policy", "remote_tag", "remote_target",
+        "requested_expires", "route_set", "state", "subscriber", "target",
     )
 
     def __init__(
@@ -164,6 +180,10 @@ class Subscription:
         self._guard_at: float | None = None  # waiting for the final NOTIFY
         self._retry_at: float | None = None  # retrying a refused initial SUBSCRIBE
         self._initial_retries = 0
+        # NOTIFY CSeq numbers skipped and not seen since, and when to ask the
+        # notifier whether it still has the dialog (see the module's text).
+        self._missing: frozenset[int] = frozenset()
+        self._check_at: float | None = None
 
     # -- API ---------------------------------------------------------------
 
@@ -206,6 +226,12 @@ class Subscription:
         self._refresh_at = None
         return [self._subscribe(self.requested_expires)]
 
+    def answered_late(self, now: float) -> list[Action]:
+        """Our answer to one of its NOTIFYs reached the notifier later than it
+        waits for one, maybe: refresh now to learn whether it dropped the
+        dialog (a 481 ends the subscription as "dialog-gone")."""
+        return self._ask()
+
     def unsubscribe(self, now: float) -> list[Action]:
         """End the subscription: SUBSCRIBE with Expires: 0 (RFC 6665 §4.1.2.3)."""
         if self.state in (SubscriptionPhase.TERMINATED, SubscriptionPhase.UNSUBSCRIBING):
@@ -225,11 +251,21 @@ class Subscription:
             return []
         return [self._subscribe(0)]
 
+    def withdraw(self) -> list[Action]:
+        """End a subscription whose initial SUBSCRIBE was never sent (the user
+        agent held it for room): the notifier knows nothing of it, so nothing
+        is sent."""
+        if self.terminated:
+            return []
+        self._outstanding = False
+        return self._terminate("unsubscribed")
+
     def get_timer(self) -> float | None:
         deadlines = [
             t
             for t in (
-                self._refresh_at, self.expires_at, self._deadline_n, self._guard_at, self._retry_at
+                self._refresh_at, self.expires_at, self._deadline_n, self._guard_at,
+                self._retry_at, self._check_at,
             )
             if t is not None
         ]
@@ -262,6 +298,12 @@ class Subscription:
             self._refresh_at = None
             if not self._outstanding and self.remote_tag is not None:
                 return [self._subscribe(self.requested_expires)]
+        if self._check_at is not None and now >= self._check_at:
+            # A NOTIFY skipped and not come since: its transaction has ended
+            # at the notifier unanswered, which may have dropped the dialog.
+            self._check_at = None
+            self._missing = frozenset()
+            return self._ask()
         return []
 
     def receive_response(self, response: Response, now: float) -> list[Action]:
@@ -370,12 +412,25 @@ class Subscription:
         contacts = request.contacts
         remote_target = contacts[0].sip_uri if contacts else None
         record_routes = request.record_routes if self.remote_tag is None else []
-        if self._remote_cseq is not None and cseq < self._remote_cseq:
+        last = self._remote_cseq
+        if last is not None and cseq < last:
+            if cseq in self._missing:
+                # Late, not lost: the notifier had an answer in time.
+                self._missing -= {cseq}
+                if not self._missing:
+                    self._check_at = None
             # RFC 3261 §12.2.2: "If the remote sequence number was not empty,
             # but the sequence number of the request is lower than the remote
             # sequence number, the request is out of order and MUST be
             # rejected with a 500 (Server Internal Error) response."
             return 500, []
+        if last is not None and cseq > last + 1:
+            skipped = set(range(last + 1, min(cseq, last + 1 + MAX_MISSING)))
+            if cseq > last + 1 + MAX_MISSING:
+                skipped.add(-1)  # not listed: no late NOTIFY can fill the gap
+            self._missing = self._missing.union(skipped)
+            if self._check_at is None:
+                self._check_at = now + self._timer_n
         self._remote_cseq = cseq
         if self.remote_tag is None:
             # RFC 3261 §12.1.1 (as UAS of the NOTIFY): route set = the
@@ -429,6 +484,17 @@ class Subscription:
         jitter = random.Random(f"{self._spread!r}/{self._initial_retries}").random()
         return INITIAL_RETRY_DELAY * 2.0 ** (self._initial_retries - 1) * (1.0 + jitter)
 
+    def _ask(self) -> list[Action]:
+        """A refresh out of turn, the regular one left armed: if this one
+        fails but for a 481, the subscription stands as before."""
+        if (
+            self.state not in (SubscriptionPhase.PENDING, SubscriptionPhase.ACTIVE)
+            or self.remote_tag is None
+            or self._outstanding
+        ):
+            return []  # a SUBSCRIBE under way will tell as much
+        return [self._subscribe(self.requested_expires)]
+
     def _arm(self, expires: int, now: float) -> None:
         self.expires_at = now + expires
         self._refresh_at = now + self.policy.refresh_delay(expires, self._spread)
@@ -446,7 +512,8 @@ class Subscription:
     ) -> list[Action]:
         self.state = SubscriptionPhase.TERMINATED
         self._refresh_at = self.expires_at = self._deadline_n = self._guard_at = None
-        self._retry_at = None
+        self._retry_at = self._check_at = None
+        self._missing = frozenset()
         return [SubscriptionTerminated(self.id, reason, status, retry_after)]
 
     def _subscribe(self, expires: int) -> Request:

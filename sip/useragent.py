@@ -216,6 +216,10 @@ UserAgentEvent = (
     | RequestRefused
 )
 
+#: A NOTIFY re-sent this many times after we answered it (Timer E: 0.5, 1 and
+#: 2 s apart at the default T1, RFC 3261 §17.1.2.2) had our answer later than
+#: the notifier may wait; it may have dropped the dialog: ask it.
+LATE_COPIES = 3
 #: What we answer to (RFC 3261 §20.5) and which event packages we subscribe to.
 ALLOW = "NOTIFY, OPTIONS"
 ALLOW_EVENTS = "presence, presence.winfo"
@@ -263,6 +267,8 @@ class UserAgentCounters:
     retransmissions: int = 0
     #: Requests that waited for room in the window before they were sent.
     queued: int = 0
+    #: NOTIFYs the notifier re-sent LATE_COPIES times after we had answered.
+    late_answers: int = 0
 
     def ended(self, method: str, outcome: str) -> None:
         key = (method, outcome)
@@ -363,6 +369,8 @@ class UserAgent:
         self._halved_at = -math.inf
         self._kept: deque[_Waiting] = deque()  # keeping existing work alive
         self._fresh: deque[_Waiting] = deque()  # callers' new requests
+        # Subscriptions whose initial SUBSCRIBE waits in one of them, never sent.
+        self._unsent: set[int] = set()
         self._pumping = False
         # Completed UDP server transactions (see _complete), kept for Timer J
         # as what a retransmitted request needs and nothing more: key ->
@@ -372,6 +380,8 @@ class UserAgent:
         # under load cost its collections nothing.
         self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
         self._expiring: dict[int, list[ServerKey]] = {}
+        # Completed NOTIFY transactions whose request came again: how often.
+        self._resent: dict[ServerKey, int] = {}
         self._publications: dict[int, Publication] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._dialogs: dict[tuple[str, str], Subscription] = {}
@@ -543,8 +553,18 @@ class UserAgent:
     def unsubscribe(self, subscription_id: int, now: float) -> None:
         """End a subscription (RFC 6665 §4.1.2.3); unknown ids are ignored."""
         subscription = self._subscriptions.get(subscription_id)
-        if subscription is not None:
-            self._run(subscription, subscription.unsubscribe(now), now)
+        if subscription is None:
+            return
+        if subscription_id in self._unsent:
+            # Its SUBSCRIBE still waits for room and was never sent: the
+            # notifier holds nothing of it, so it ends here, and the queue
+            # drops the request instead of sending it and an un-SUBSCRIBE
+            # after it (a caller that gave up on a full window would
+            # otherwise add two requests to it).
+            self._unsent.discard(subscription_id)
+            self._run(subscription, subscription.withdraw(), now)
+            return
+        self._run(subscription, subscription.unsubscribe(now), now)
 
     def subscription(self, subscription_id: int) -> Subscription | None:
         return self._subscriptions.get(subscription_id)
@@ -654,8 +674,11 @@ class UserAgent:
                 # Timer J fired (RFC 3261 §17.2.2): "at which point it MUST
                 # transition to the "Terminated" state" — the records go.
                 completed = self._completed
+                resent = self._resent
                 for key in self._expiring.pop(ident, ()):
                     completed.pop(key, None)
+                    if resent:
+                        resent.pop(key, None)
             elif kind is _Timer.PUBLICATION:
                 publication = self._publications.get(ident)
                 if publication is not None:
@@ -750,6 +773,8 @@ class UserAgent:
             # Anything already waiting goes first, so a request that finds
             # the queues non-empty (while they are being served) joins them.
             self.counters.queued += 1
+            if type(owner) is Subscription and owner.remote_tag is None:
+                self._unsent.add(owner.id)
             if not fresh:
                 self._kept.append(_Waiting(owner, request, authenticated, None))
                 return
@@ -774,6 +799,8 @@ class UserAgent:
             while (kept or fresh) and len(self._outgoing) < self._bound:
                 waiting = kept.popleft() if kept else fresh.popleft()
                 owner = waiting.owner
+                if type(owner) is Subscription:
+                    self._unsent.discard(owner.id)
                 if _gone(owner) or self._abandoned(owner):
                     continue  # it ended while it waited
                 if isinstance(owner, Subscription):
@@ -801,6 +828,8 @@ class UserAgent:
     def _refuse(self, waiting: _Waiting, now: float) -> None:
         """A caller's request found no room: its owner learns it failed, BUSY."""
         owner = waiting.owner
+        if type(owner) is Subscription:
+            self._unsent.discard(owner.id)
         if not _gone(owner):
             self.counters.ended(waiting.request.method, BUSY)
             self._run(owner, owner.transaction_failed(BUSY, now), now)
@@ -987,6 +1016,8 @@ class UserAgent:
             # received."
             data, transport, host, port = record
             self._datagrams.append((data, Destination(transport, host, port)))
+            if request.method == "NOTIFY":
+                self._resent_notify(key, request, now)
             return
         if request.method in ("INVITE", "CANCEL"):
             # We run no INVITE server transaction (§17.2.1); a stateless
@@ -1025,6 +1056,16 @@ class UserAgent:
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
+
+    def _resent_notify(self, key: ServerKey, request: Request, now: float) -> None:
+        copies = self._resent.get(key, 0) + 1
+        self._resent[key] = copies
+        if copies != LATE_COPIES:
+            return
+        subscription = self._dialogs.get((request.call_id, request.to.tag or ""))
+        if subscription is not None:
+            self.counters.late_answers += 1
+            self._run(subscription, subscription.answered_late(now), now)
 
     def _answer(
         self, request: Request, now: float

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapter.bayeux.errors import RemoteProtocolError
 
@@ -32,6 +32,17 @@ class Channel:
     """A channel name or (when the last segment is `*` / `**`) a pattern."""
 
     segments: tuple[str, ...]
+    # Worked out once: a delivery channel is hashed (the subscription index)
+    # and written out (the message) for every message published on it.
+    name: str = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", "/" + "/".join(self.segments))
+        object.__setattr__(self, "_hash", hash(self.segments))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, text: str) -> Channel:
@@ -49,7 +60,7 @@ class Channel:
         return cls(segments)
 
     def __str__(self) -> str:
-        return "/" + "/".join(self.segments)
+        return self.name
 
     @property
     def is_meta(self) -> bool:
@@ -121,7 +132,8 @@ class SubscriptionIndex:
 
     def __init__(self) -> None:
         self._by_pattern: dict[Channel, set[str]] = {}
-        self._resolved: dict[Channel, frozenset[str]] = {}
+        # By name: a str keeps its hash, a Channel's is a Python call per lookup.
+        self._resolved: dict[str, frozenset[str]] = {}
 
     def add(self, pattern: Channel, client_id: str) -> None:
         self._by_pattern.setdefault(pattern, set()).add(client_id)
@@ -141,7 +153,7 @@ class SubscriptionIndex:
             self.discard(pattern, client_id)
 
     def subscribers(self, channel: Channel) -> frozenset[str]:
-        found = self._resolved.get(channel)
+        found = self._resolved.get(channel.name)
         if found is not None:
             return found
         members: set[str] = set()
@@ -151,7 +163,7 @@ class SubscriptionIndex:
                 members |= matching
         if len(self._resolved) >= _RESOLVED_MAX:
             self._resolved.clear()
-        found = self._resolved[channel] = frozenset(members)
+        found = self._resolved[channel.name] = frozenset(members)
         return found
 
     def __len__(self) -> int:

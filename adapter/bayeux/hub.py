@@ -80,6 +80,8 @@ class Hub:
         self._waiters: dict[int, asyncio.Future[list[Mapping[str, Any]]]] = {}
         self._timer = Alarm(self._on_timer)
         self._drops = DropLog(drop_log_interval)
+        # The loop the hub last ran on (see _now).
+        self._bound: asyncio.AbstractEventLoop | None = None
 
     @property
     def limits(self) -> BayeuxLimits:
@@ -96,10 +98,12 @@ class Hub:
         application's bounded backlog when there is none. Returns the number
         of sessions reached. Must be called from the event loop's thread.
         """
+        server = self.server
         try:
-            return self.server.deliver(app_id, channel, data, self._now())
+            return server.deliver(app_id, channel, data, self._now())
         finally:
-            self._after()
+            if not server.settled():
+                self._after()
 
     def deliver_shared(self, app_id: str, channel: str, data: Any, message_id: str) -> int:
         """:meth:`deliver` for a shared hub: a message read from the application's
@@ -129,11 +133,12 @@ class Hub:
         credentials: Credentials | None = None,
     ) -> Received:
         try:
+            loop = self._loop()
             received = self.server.receive(
-                messages, self._now(), transport=transport, credentials=credentials
+                messages, loop.time(), transport=transport, credentials=credentials
             )
             if received.held is not None:
-                self._waiters[received.held] = self._loop().create_future()
+                self._waiters[received.held] = loop.create_future()
             return received
         finally:
             self._after()
@@ -179,10 +184,18 @@ class Hub:
     # ------------------------------------------------------------------ loop
 
     def _loop(self) -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
+        loop = self._bound = asyncio.get_running_loop()
+        return loop
 
     def _now(self) -> float:
-        return self._loop().time()
+        # Read once per delivery: on Python 3.11 asyncio.get_running_loop()
+        # makes a getpid() system call each time, so the hub keeps the loop it
+        # last ran on (it serves one loop at a time; every request refreshes
+        # it) until that loop is closed.
+        loop = self._bound
+        if loop is None or loop.is_closed():
+            loop = self._loop()
+        return loop.time()
 
     def _on_timer(self) -> None:
         now = self._now()

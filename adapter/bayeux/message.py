@@ -129,20 +129,20 @@ class EncodedMessage(Mapping[str, Any]):
     A delivery reaches every session subscribed to its channel, and may go out
     again after a lost connect reply (ack extension): `encode_batch` copies
     `wire` instead of encoding the same data for each frame. It reads as the
-    message object (decoded from `wire` on first use, for tests and the
-    backlog journal; the transports never need to).
+    message object (decoded from `wire` at each use, for tests and the
+    backlog journal; the transports never need to).  The decoded form is not
+    kept: a backlog holds thousands of these for hours, and the journal reads
+    each one once.
     """
 
-    __slots__ = ("wire", "_decoded")
+    __slots__ = ("wire",)
 
     def __init__(self, wire: str) -> None:
         self.wire = wire
-        self._decoded: dict[str, Any] | None = None
 
     def _message(self) -> dict[str, Any]:
-        if self._decoded is None:
-            self._decoded = json.loads(self.wire)
-        return self._decoded
+        message: dict[str, Any] = json.loads(self.wire)
+        return message
 
     def __getitem__(self, key: str) -> Any:
         return self._message()[key]
@@ -157,7 +157,7 @@ class EncodedMessage(Mapping[str, Any]):
         return f"EncodedMessage({self.wire!r})"
 
 
-class Delivery:
+class Delivery(EncodedMessage):
     """A message the adapter publishes to subscribers of `channel`.
 
     Encoded when it is made, so data that is not JSON fails here (TypeError
@@ -165,30 +165,31 @@ class Delivery:
     kept: the caller's data (a tree of dicts and lists per notification) is
     freed at once instead of waiting in session queues, where every such
     object is one more for the garbage collector to walk. `data` decodes it
-    again, on demand.
+    again, on demand. It is its own wire form: one object per delivery, put
+    as it is into every connect reply that carries it.
     """
 
-    __slots__ = ("channel", "id", "_wire")
+    __slots__ = ("channel", "id")
 
     def __init__(self, channel: Channel, data: Any, id: str) -> None:
+        # EncodedMessage's fields, set here rather than through its __init__:
+        # one call less for every message published.
+        self.wire = _ENCODER.encode({"channel": channel.name, "data": data, "id": id}).decode()
         self.channel = channel
         self.id = id
-        self._wire = EncodedMessage(
-            _ENCODER.encode({"channel": str(channel), "data": data, "id": id}).decode()
-        )
 
     @property
     def data(self) -> Any:
-        return self._wire["data"]
+        return self["data"]
 
     def to_wire(self) -> EncodedMessage:
         """The message as sent (shared by every frame that carries it)."""
-        return self._wire
+        return self
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Delivery):
-            return NotImplemented
-        return self._wire.wire == other._wire.wire  # channel, id and data
+        if isinstance(other, Delivery):
+            return self.wire == other.wire  # channel, id and data
+        return super().__eq__(other)  # as the message object it reads as
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -197,13 +198,17 @@ class Delivery:
 
 
 def encode_batch(messages: Sequence[Mapping[str, Any]]) -> str:
+    # A list, not a generator: join makes one of it anyway.  The type test
+    # first: isinstance against an ABC (Mapping) costs a call per message.
     return (
         "["
         + ",".join(
-            message.wire
-            if isinstance(message, EncodedMessage)
-            else _ENCODER.encode(message).decode()
-            for message in messages
+            [
+                message.wire
+                if type(message) is Delivery or isinstance(message, EncodedMessage)
+                else _ENCODER.encode(message).decode()
+                for message in messages
+            ]
         )
         + "]"
     )

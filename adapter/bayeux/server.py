@@ -68,6 +68,25 @@ _TARGETS_MAX = 10_000  # checked delivery channels remembered (then start again)
 _BACKLOG_SWEEP = ""  # heap key for the backlog's TTL sweep (never a clientId)
 
 
+class _Deadlines(TimerHeap[str]):
+    """The server's timer heap, noting whether it changed since `get_timer()`
+    last read it (`BayeuxServer.settled`)."""
+
+    moved = True
+
+    def schedule(self, deadline: float, key: str) -> None:
+        self.moved = True
+        super().schedule(deadline, key)
+
+    def cancel(self, key: str) -> None:
+        self.moved = True
+        super().cancel(key)
+
+    def pop_expired(self, now: float) -> list[str]:
+        self.moved = True
+        return super().pop_expired(now)
+
+
 def _new_client_id() -> str:
     # Bayeux 1.0 §3.6 only asks for uniqueness; the clientId is the session's
     # only credential after the handshake (no cookie is required: Node clients
@@ -131,7 +150,7 @@ class BayeuxServer:
         # of a notification, reused for every change).
         self._targets: dict[tuple[str, str], Channel] = {}
         # A session's deadline under its clientId, the backlog sweep under _BACKLOG_SWEEP.
-        self._timers: TimerHeap[str] = TimerHeap()
+        self._timers = _Deadlines()
         self._tokens = itertools.count(1)
         self._message_ids = itertools.count(1)
         self._events: deque[Event] = deque()
@@ -232,7 +251,15 @@ class BayeuxServer:
                     self._expire(session, now)
 
     def get_timer(self) -> float | None:
+        self._timers.moved = False
         return self._timers.next_deadline()
+
+    def settled(self) -> bool:
+        """Whether the driver has nothing to do since it last read `get_timer()`:
+        no event waiting and no deadline changed.  Most deliveries only queue a
+        message for a session whose connect is already due; its driver can skip
+        re-reading events and timer after each one."""
+        return not self._events and not self._timers.moved
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -307,9 +334,9 @@ class BayeuxServer:
     def queued_ids(self, app_id: str) -> set[str]:
         """The ids of the messages the sessions of `app_id` hold (sent or not)."""
         return {
-            queued.delivery.id
+            delivery.id
             for client_id in self._by_app.get(app_id, ())
-            for queued in self._sessions[client_id].queue
+            for delivery in self._sessions[client_id].queue
         }
 
     # --------------------------------------------------------------- messages
@@ -556,7 +583,7 @@ class BayeuxServer:
         batch: int | None = None
         if with_messages:
             batch, deliveries = session.take_batch()
-            replies.extend(delivery.to_wire() for delivery in deliveries)
+            replies.extend(deliveries)  # each its own wire form
             self.counters.messages_delivered += len(deliveries)
             if self.shared and not session.ack:
                 self._confirm(session, deliveries)  # sent is done, without the ack extension

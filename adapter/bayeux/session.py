@@ -6,6 +6,10 @@ reliable delivery): the handshake carries `ext: {ack: true}`; each
 batch; the client's next /meta/connect carries the last batch it received.
 Messages stay queued until a batch that contained them is acknowledged, so
 whatever a lost connect reply carried is sent again.
+
+Every reply sends the whole queue under a new batch id, so what has been sent
+is always a head of the queue, all of it in the latest batch: a count of the
+queue's head that was sent stands for a batch id per queued message.
 """
 
 from __future__ import annotations
@@ -15,13 +19,6 @@ from dataclasses import dataclass, field
 
 from adapter.bayeux.channels import Channel
 from adapter.bayeux.message import Delivery, MessageId
-
-
-@dataclass(slots=True)
-class Queued:
-    delivery: Delivery
-    # The batch it was last sent in; None while not yet sent.
-    batch: int | None = None
 
 
 @dataclass(slots=True)
@@ -40,7 +37,9 @@ class Session:
     ack: bool
     queue_size: int
     subscriptions: set[Channel] = field(default_factory=set)
-    queue: deque[Queued] = field(default_factory=deque)
+    queue: deque[Delivery] = field(default_factory=deque)
+    #: How many at the head of the queue went out in batch `last_batch` (ack).
+    sent: int = 0
     hold: Hold | None = None
     connected: bool = False  # a first /meta/connect was answered
     expires_at: float | None = None
@@ -50,40 +49,48 @@ class Session:
 
     def enqueue(self, delivery: Delivery) -> int:
         """Queue a delivery; return how many of the oldest were dropped for it."""
+        queue = self.queue
+        if len(queue) < self.queue_size:
+            queue.append(delivery)
+            return 0
         dropped = 0
-        while len(self.queue) >= self.queue_size:
-            self.queue.popleft()
+        while len(queue) >= self.queue_size:
+            queue.popleft()
+            if self.sent:
+                self.sent -= 1
             dropped += 1
-        self.queue.append(Queued(delivery))
+        queue.append(delivery)
         return dropped
 
     def acknowledge(self, batch: int) -> list[Delivery]:
         """Forget what batches up to `batch` carried; returns it."""
-        done: list[Delivery] = []
-        while self.queue and self.queue[0].batch is not None and self.queue[0].batch <= batch:
-            done.append(self.queue.popleft().delivery)
-        return done
+        if not self.sent or batch < self.last_batch:
+            return []
+        return self._pop_sent()
 
     def take_batch(self) -> tuple[int, list[Delivery]]:
         """The deliveries for the next connect reply, and that reply's batch id."""
         self.last_batch += 1
-        deliveries = [queued.delivery for queued in self.queue]
+        deliveries = list(self.queue)
         if self.ack:
-            for queued in self.queue:
-                queued.batch = self.last_batch
+            self.sent = len(deliveries)
         else:
             self.queue.clear()
         return self.last_batch, deliveries
 
     def drop_sent(self) -> list[Delivery]:
         """Treat everything already sent as received (the client said goodbye); returns it."""
-        sent = [queued.delivery for queued in self.queue if queued.batch is not None]
-        self.queue = deque(queued for queued in self.queue if queued.batch is None)
-        return sent
+        return self._pop_sent()
 
     def undelivered(self) -> list[Delivery]:
         """Whatever the client has not confirmed (or, without ack, not been sent)."""
-        return [queued.delivery for queued in self.queue]
+        return list(self.queue)
+
+    def _pop_sent(self) -> list[Delivery]:
+        popleft = self.queue.popleft
+        done = [popleft() for _ in range(self.sent)]
+        self.sent = 0
+        return done
 
     def deadline(self) -> float | None:
         if self.hold is not None:

@@ -7,7 +7,10 @@ so tracemalloc traces the adapter from its first allocation.  ``kill -USR2``
 the adapter (once everything is held) writes ``PREFIX.N.snap`` (a tracemalloc
 snapshot, one frame per allocation), ``PREFIX.N.status`` (VmRSS, VmHWM) and,
 with tracing stopped, ``PREFIX.N.census`` (live objects by type: count and
-``sys.getsizeof`` total).  ``bench/heap_table.py`` sums snapshots by structure.
+``sys.getsizeof`` total).  With ``MEMPROBE_KEEP=1`` tracing goes on after a
+snapshot (the census file is left empty), so that one run gives several
+snapshots to subtract — after the publications, once everything is held.
+``bench/heap_table.py`` sums snapshots by structure.
 """
 
 import os
@@ -30,6 +33,9 @@ if os.environ.get("MEMPROBE_OUT"):
             kept.writelines(line for line in status if line.startswith(("VmRSS", "VmHWM")))
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(out + ".snap")
+            if os.environ.get("MEMPROBE_KEEP"):
+                open(out + ".census", "w").close()
+                return
             tracemalloc.stop()  # the census below would be traced too
         counts: collections.Counter[str] = collections.Counter()
         sizes: collections.Counter[str] = collections.Counter()

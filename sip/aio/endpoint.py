@@ -169,6 +169,9 @@ class EndpointStats:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Requests sent again by Timer E (RFC 3261 §17.1.2.2).
     retransmissions: int = 0
+    #: NOTIFYs the notifier re-sent after we had answered, often enough that
+    #: our answer was late (the subscription was refreshed to learn if it stands).
+    late_answers: int = 0
     transactions_in_flight: int = 0
     #: Requests waiting for room in the window; requests that waited, in all.
     requests_waiting: int = 0
@@ -292,6 +295,7 @@ class SipEndpoint:
         return EndpointStats(
             outcomes=dict(ua.counters.outcomes),
             retransmissions=ua.counters.retransmissions,
+            late_answers=ua.counters.late_answers,
             transactions_in_flight=ua.transactions_in_flight,
             requests_waiting=ua.requests_waiting,
             requests_queued=ua.counters.queued,

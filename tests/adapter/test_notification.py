@@ -30,6 +30,7 @@ from pidf import (
     PresenceAttribute,
     Privacy,
     Sphere,
+    filter_presence,
 )
 
 ALICE = "sip:alice@example.com"
@@ -335,6 +336,21 @@ def test_reachability_is_judged_on_what_the_watcher_may_see() -> None:
     s.start(None, granted, EPOCH, check_immediate=False)
     out = s.offer(state(place(Place.HOME, 0), open=True), granted, EPOCH)
     assert changed(out) == [[attribute_to_json(place(Place.HOME, 0))]]
+
+
+@pytest.mark.parametrize("is_open", [True, False])
+@pytest.mark.parametrize("grants", [frozenset(), frozenset({AttributeType.PLACE})])
+def test_without_criteria_the_reachability_kept_is_what_the_watcher_may_see(
+    is_open: bool, grants: frozenset[AttributeType]
+) -> None:
+    # With no criteria the state as seen is not built (only its basic
+    # status is kept, for the record); it must be filter_presence's.
+    s = schedule()
+    s.start(None, grants, EPOCH, check_immediate=False)
+    current = state(place(Place.HOME, 0), open=is_open)
+    s.offer(current, grants, EPOCH)
+    seen = filter_presence(current, {kind: True for kind in grants})
+    assert s.reachable is seen.open
 
 
 def test_busy_is_judged_on_granted_activity_even_when_not_asked_for() -> None:

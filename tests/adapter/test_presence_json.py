@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from adapter.presence_json import attribute_to_json, attributes_from_json
+from adapter.presence_json import JsonForms, attribute_to_json, attributes_from_json
 from pidf import (
     Activity,
     AttributeType,
@@ -223,3 +223,33 @@ def test_a_stored_record_that_is_not_a_list_is_a_validation_error() -> None:
     with pytest.raises(ValidationError) as info:
         attributes_from_json({"presence": []})
     assert info.value.field == "presence"
+
+
+def test_json_forms_are_made_once_per_attribute_and_shared() -> None:
+    forms = JsonForms(size=8)
+    when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    busy = PresenceAttribute(Activity.BUSY, when, "in a call")
+    home = PresenceAttribute(Place.HOME)
+    first = forms([busy, home])
+    assert first == [attribute_to_json(busy), attribute_to_json(home)]
+    # An equal attribute from another document gets the very same dict.
+    again = forms([PresenceAttribute(Activity.BUSY, when, "in a call")])
+    assert again[0] is first[0]
+    # Unequal ones are told apart (the note, the instant, the value).
+    other = forms([
+        PresenceAttribute(Activity.BUSY, when, "elsewhere"),
+        PresenceAttribute(Activity.BUSY, None, "in a call"),
+        PresenceAttribute(Activity.AWAY, when, "in a call"),
+    ])
+    assert [o["note"] if "note" in o else None for o in other] == [
+        "elsewhere", "in a call", "in a call"
+    ]
+    assert other[2]["typeAndValue"]["activity"] == "Away"
+    assert all(o is not first[0] for o in other)
+
+
+def test_json_forms_are_bounded() -> None:
+    forms = JsonForms(size=3)
+    values = [PresenceAttribute(Other(f"n{i}", "v")) for i in range(10)]
+    assert forms(values) == [attribute_to_json(v) for v in values]
+    assert len(forms._forms) <= 3

@@ -409,3 +409,24 @@ def test_a_publish_whose_entity_tag_cannot_be_written_fails(later: bool) -> None
         assert [what for what, _ in w.sent()] == ["publish"]
 
     asyncio.run(scenario())
+
+
+def test_a_published_presentity_keeps_no_leftovers_of_its_requests() -> None:
+    async def scenario(w: World) -> None:
+        await w.service.publish(ALICE, (busy(), office()))
+        await asyncio.sleep(0)
+        entry = w.service._presentities[ALICE]
+        # The written entity tag's write, the JSON form both writes shared and
+        # the watcherinfo state (nobody asked about watchers) are not kept:
+        # ten thousand publications would each hold them.
+        assert entry.etag_saved is None
+        assert entry.json is None and entry.json_of is None
+        assert entry.winfo is None and entry.winfo_state is None and entry.winfo_ready is None
+        assert not hasattr(entry, "__dict__")
+        # What is stored is whole all the same.
+        assert w.stored() == {
+            "attributes": [attribute_to_json(busy()), attribute_to_json(office())],
+            "etag": "etag-1", "etag_expires": T0.timestamp() + 3600,
+        }
+
+    run(scenario)

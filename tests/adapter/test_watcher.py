@@ -32,7 +32,7 @@ from adapter.watcher import (
     WatcherService,
     decisions_ttl,
 )
-from adapter.xcap import RulesDocument, XcapError
+from adapter.xcap import CONNECTIONS, POOL_WAIT, RulesDocument, XcapError
 from pidf import (
     Activity,
     AttributeType,
@@ -207,9 +207,9 @@ class CountingStore(MemoryStore):
 
 
 class World:
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, xcap: FakeXcap | None = None, **options: Any) -> None:
         self.sip = FakeEndpoint()
-        self.xcap = FakeXcap()
+        self.xcap = xcap or FakeXcap()
         self.bayeux = FakeBayeux()
         self.clock = Clock()
         self.store = CountingStore()
@@ -1255,3 +1255,96 @@ def test_held_watches_keep_no_task_of_their_own() -> None:
                    for watcher in WATCHERS)
 
     run(scenario)
+
+
+class CountingXcap(FakeXcap):
+    """Each presentity's rules allow BOB; counts the reads under way at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.under_way = 0
+        self.most = 0
+        self.read: list[str] = []
+
+    async def get(self, presentity: str) -> RulesDocument:
+        self.under_way += 1
+        self.most = max(self.most, self.under_way)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            self.read.append(presentity)
+            if self.error is not None:
+                raise self.error
+            return RulesDocument(PresRules().allow(BOB, {A: True}), '"etag"')
+        finally:
+            self.under_way -= 1
+
+
+PRESENTITIES = [f"sip:p{i}@example.com" for i in range(3 * CONNECTIONS + 5)]
+
+
+async def activate_many(w: World) -> dict[str, int]:
+    """BOB watches every presentity of PRESENTITIES; each becomes active (a read each)."""
+    ids = {}
+    for presentity in PRESENTITIES:
+        await w.service.subscribe(APP, BOB, presentity, application="bob's app",
+                                  attributes=frozenset(),
+                                  reference=Reference(f"r-{presentity}", REF_CHANNEL, "p"))
+        ids[presentity] = w.sip.last_id
+    for presentity, sid in ids.items():
+        w.sip.emit(NotifyReceived(
+            sid, SubscriptionState.parse("active;expires=3600"),
+            encode([busy(1)], entity=presentity, now=T0), "application/pidf+xml",
+        ))
+    return ids
+
+
+def test_rules_reads_are_taken_by_as_many_readers_as_connections_and_none_is_lost() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.gate = asyncio.Event()
+        await activate_many(w)
+        await turns()
+        # A read per presentity asked for; only CONNECTIONS of them under way,
+        # each in one of CONNECTIONS tasks (not a task per read waiting its turn).
+        assert w.xcap.under_way == CONNECTIONS
+        assert len(w.service._rules_reads) == len(PRESENTITIES) - CONNECTIONS
+        assert len(w.service._tasks) == CONNECTIONS
+        w.xcap.gate.set()
+        await settle()
+        assert w.xcap.most == CONNECTIONS
+        assert sorted(w.xcap.read) == sorted(PRESENTITIES)  # every one, once
+        assert w.service._readers == 0 and not w.service._rules_reads
+        for presentity in PRESENTITIES:  # and each watch got its decisions
+            seen = w.service.presence(BOB, presentity, frozenset())
+            assert seen is not None and seen.get(A) == busy(1)
+
+    run(scenario, xcap=CountingXcap())  # type: ignore[arg-type]
+
+
+def test_rules_reads_that_waited_their_turn_too_long_fail_and_are_read_again() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.gate = asyncio.Event()
+        await activate_many(w)
+        await turns()
+        assert w.xcap.under_way == CONNECTIONS
+        # The reads under way take longer than a read may wait for its turn.
+        w.clock.now += POOL_WAIT
+        w.xcap.gate.set()
+        await settle()
+        # The CONNECTIONS under way were read; those queued behind failed as
+        # not read, all in one go (none sent), and their watches show nothing yet.
+        assert sorted(w.xcap.read) == sorted(PRESENTITIES[:CONNECTIONS])
+        assert not w.service._rules_reads and w.service._readers == 0
+        for presentity in PRESENTITIES[CONNECTIONS:]:
+            seen = w.service.presence(BOB, presentity, frozenset())
+            assert seen is not None and seen.attributes == ()
+        # Their back-off ends: they are read again, and show what was held.
+        await w.advance(watch_module.REREAD_DELAYS[0])
+        await settle()
+        assert sorted(w.xcap.read) == sorted(PRESENTITIES)
+        for presentity in PRESENTITIES:
+            seen = w.service.presence(BOB, presentity, frozenset())
+            assert seen is not None and seen.get(A) == busy(1)
+
+    run(scenario, xcap=CountingXcap())  # type: ignore[arg-type]
+

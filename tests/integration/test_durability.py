@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import sqlite3
 import threading
@@ -34,7 +35,7 @@ from tests.integration.conftest import BayeuxListener
 from tests.polling import eventually
 from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
-from tests.rawsip import new_token
+from tests.rawsip import PUBLISH, SipPeer, new_token
 
 pytestmark = pytest.mark.integration
 
@@ -779,3 +780,83 @@ def test_missing_store_is_created_and_the_adapter_serves(scene: Scene) -> None:
     finally:
         db.close()
     assert kinds == ["publication"]
+
+
+# -- NOTIFYs answered too late -------------------------------------------------------
+
+PHONE_PIDF = """<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+          xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="{presentity}">
+  <tuple id="phone"><status><basic>open</basic></status></tuple>
+  <dm:person id="p"><rpid:activities><rpid:{activity}/></rpid:activities></dm:person>
+</presence>
+"""
+
+#: The bundled server's tm fr_timer (conf/kamailio/kamailio.cfg): a NOTIFY not
+#: answered within it ends in a 408, on which Kamailio drops the subscription.
+SERVER_FR_TIMER = 8.0
+
+
+class Phone:
+    """alice's own SIP phone, publishing straight to the presence server (one
+    publication, modified in place: RFC 3903 §4.4), while the adapter cannot."""
+
+    def __init__(self, peer: SipPeer, presentity: str) -> None:
+        self.peer = peer
+        self.presentity = presentity
+        self.etag: str | None = None
+
+    def publish(self, activity: str) -> None:
+        template = PUBLISH if self.etag is None else PUBLISH + "    SIP-If-Match: {etag}\n"
+        response = self.peer.request(
+            template, PHONE_PIDF.format(presentity=self.presentity, activity=activity),
+            call_id=new_token(), method="PUBLISH", presentity=self.presentity[4:],
+            tag=new_token(), expires=600, etag=self.etag,
+        )
+        assert response.status == 200, response.start_line
+        self.etag = response.require("SIP-ETag")
+
+
+def test_a_notify_answered_after_the_server_gave_up_costs_no_notification(
+    scene: Scene, bayeux_listener: Callable[..., BayeuxListener],
+) -> None:
+    # The adapter held still longer than the server waits for a NOTIFY's
+    # answer: Kamailio times the NOTIFY out and drops the subscription without
+    # a word (tests/data/overload/README.md).  The adapter, answering the
+    # re-sent copies late, asks (a refresh, 481) and subscribes again: later
+    # changes still reach the application.
+    adapter = scene.adapter
+    adapter.start()
+    assert adapter.process is not None
+    listener = bayeux_listener(f"{adapter.url}/cometd", "bob-app", PASSWORD)
+    with SipPeer(scene.server.sip_address) as peer:
+        phone = Phone(peer, scene.alice)
+        phone.publish("busy")
+        assert scene.subscribe("late-sub", "/bayeux/bob-app/subscription").status_code == 204
+        scene.authorize_bob()
+        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
+        response = scene.start_notification("late", "/bayeux/bob-app/late", count=20)
+        assert response.status_code == 201, response.text
+
+        adapter.process.send_signal(signal.SIGSTOP)
+        try:
+            phone.publish("away")  # its NOTIFY and the copies wait in the adapter's socket
+            time.sleep(SERVER_FR_TIMER + 1.5)
+        finally:
+            adapter.process.send_signal(signal.SIGCONT)
+        listener.wait_for(lambda m: "Away" in activities_of(m, "late"), timeout=20)
+        eventually(lambda: late_answers(adapter) >= 1, what="the late answer counted")
+        phone.publish("meal")
+        listener.wait_for(lambda m: "Meal" in activities_of(m, "late"), timeout=30)
+
+
+def activities_of(message: dict[str, Any], correlator: str) -> list[str]:
+    return activities([message]) if status_changed(correlator)(message) else []
+
+
+def late_answers(adapter: AdapterProcess) -> float:
+    text = httpx.get(f"{adapter.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("presence_adapter_sip_notify_answered_late_total "):
+            return float(line.split()[1])
+    return 0.0

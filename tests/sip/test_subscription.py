@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.message import Headers, Request, Response
 from sip.subscription import (
+    MAX_MISSING,
     NotifyReceived,
     Subscription,
     SubscriptionAccepted,
@@ -328,6 +329,66 @@ def test_out_of_order_notify_is_refused_with_500() -> None:
     assert sub.receive_notify(notify("active", 5), 1.0)[0] == 200
     # RFC 3261 §12.2.2: a lower CSeq is out of order.
     assert sub.receive_notify(notify("terminated", 4), 2.0) == (500, [])
+    assert not sub.terminated
+
+
+def test_a_notify_skipped_for_good_refreshes_after_timer_n() -> None:
+    # RFC 3261 §12.2.1.1: the notifier's CSeq grows by one per NOTIFY.  3
+    # never came: its transaction ends unanswered at the notifier, which may
+    # drop the dialog on that (tests/data/overload/README.md): ask it.
+    sub = make()
+    active(sub)  # CSeq 1
+    regular = sub.get_timer()
+    assert sub.receive_notify(notify("active", 2), 10.0)[0] == 200
+    assert sub.receive_notify(notify("active", 4), 11.0)[0] == 200
+    assert sub.get_timer() == 11.0 + TIMER_N
+    check = only_request(sub.handle_timer(11.0 + TIMER_N))
+    assert check.method == "SUBSCRIBE" and check.to.tag == "rtag"
+    assert sub.get_timer() == regular  # the regular refresh stays armed
+    assert sub.receive_response(answer(check, 481), 44.0) == [
+        SubscriptionTerminated(7, "dialog-gone", 481)
+    ]
+
+
+def test_a_skipped_notify_that_comes_late_asks_nothing() -> None:
+    sub = make()
+    active(sub)
+    regular = sub.get_timer()
+    assert sub.receive_notify(notify("active", 4), 1.0)[0] == 200
+    # Late, not lost: refused as out of order, and the notifier has its answer.
+    assert sub.receive_notify(notify("active", 2), 2.0) == (500, [])
+    assert sub.get_timer() == 1.0 + TIMER_N
+    assert sub.receive_notify(notify("active", 3), 3.0) == (500, [])
+    assert sub.get_timer() == regular
+    assert sub.handle_timer(1.0 + TIMER_N) == []
+
+
+def test_a_check_failing_otherwise_than_481_keeps_the_subscription() -> None:
+    sub = make()
+    active(sub)
+    regular = sub.get_timer()
+    assert sub.receive_notify(notify("active", 3), 1.0)[0] == 200
+    check = only_request(sub.handle_timer(1.0 + TIMER_N))
+    assert sub.receive_response(answer(check, 500), 34.0) == []
+    assert not sub.terminated and sub.get_timer() == regular
+
+
+def test_a_wide_gap_is_checked_even_when_the_listed_part_comes() -> None:
+    sub = make()
+    active(sub)
+    assert sub.receive_notify(notify("active", 2 + MAX_MISSING + 5), 1.0)[0] == 200
+    for late in range(2, 2 + MAX_MISSING):
+        assert sub.receive_notify(notify("active", late), 2.0)[0] == 500
+    only_request(sub.handle_timer(1.0 + TIMER_N))
+
+
+def test_answered_late_refreshes_at_once_unless_a_subscribe_is_under_way() -> None:
+    sub = make()
+    active(sub)
+    check = only_request(sub.answered_late(5.0))
+    assert check.method == "SUBSCRIBE"
+    assert sub.answered_late(6.0) == []  # that one will tell
+    sub.receive_response(answer(check, 200, Expires="3600"), 6.0)
     assert not sub.terminated
 
 

@@ -110,8 +110,22 @@ def test_rescheduling_does_not_grow_memory() -> None:
     for round_ in range(50):
         for key in range(1_000):
             heap.schedule(float(key + round_), key)
-    assert len(heap._heap) <= 2 * len(heap) + 1
+    # Stale entries are at most a quarter of the live keys.
+    assert len(heap._heap) <= 1.25 * len(heap) + 1
     assert heap.next_deadline() == 49.0
+
+
+def test_a_re_armed_key_is_kept_once_whatever_equal_key_re_arms_it() -> None:
+    heap: TimerHeap[tuple[str, int]] = TimerHeap()
+    first = ("subscription", 1_000_000)
+    heap.schedule(5.0, first)
+    for deadline in (7.0, 6.0, 8.0):
+        heap.schedule(deadline, ("subscription", 1_000_000))  # equal, another object
+    # The live entry and every stale one hold the key filed first.
+    assert all(entry[2] is first for entry in heap._heap)
+    assert heap.deadline(first) == 8.0
+    assert heap.pop_expired(8.0) == [first]
+    assert len(heap) == 0
 
 
 def test_hundred_thousand_keys() -> None:

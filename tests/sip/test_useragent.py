@@ -23,6 +23,7 @@ from sip.transaction import MAGIC_COOKIE
 from sip.uri import SipURI
 from sip.useragent import (
     BUSY,
+    LATE_COPIES,
     Destination,
     MessageDropped,
     OptionsAnswered,
@@ -376,6 +377,46 @@ def test_notify_is_answered_at_once_and_retransmissions_from_the_transaction() -
     again = net.response_to(NOTIFIER_ADDR)
     assert bytes(again) == bytes(response)
     assert net.events() == []
+
+
+def test_a_notify_resent_after_its_answer_refreshes_the_subscription() -> None:
+    # The notifier sent it again LATE_COPIES times after our 200: the answer
+    # came later than it waits, and it may have dropped the dialog on a 408
+    # (tests/data/overload/README.md).  The refresh's 481 says so.
+    net = Net()
+    sub_id, subscribe = subscribed(net)
+    notify = net.notify(subscribe, "active;expires=3600", body=b"<x/>")
+    assert net.response_to().status == 200
+    net.events()
+    for _ in range(LATE_COPIES - 1):
+        net.feed(notify, NOTIFIER_ADDR)
+        assert net.response_to().status == 200  # absorbed, nothing else sent
+    net.feed(notify, NOTIFIER_ADDR)
+    out = net.sent()
+    assert [type(m) for m, _ in out] == [Response, Request]
+    refresh = out[1][0]
+    assert isinstance(refresh, Request) and refresh.method == "SUBSCRIBE"
+    assert refresh.to.tag == "srvtag" and refresh.call_id == subscribe.call_id
+    assert net.ua.counters.late_answers == 1
+    # More copies ask nothing more; the 481 ends it for the owner to re-make.
+    net.feed(notify, NOTIFIER_ADDR)
+    assert [type(m) for m, _ in net.sent()] == [Response]
+    net.reply(refresh, 481)
+    assert net.events() == [SubscriptionTerminated(sub_id, "dialog-gone", 481)]
+
+
+def test_a_notify_resent_fewer_times_asks_nothing() -> None:
+    net = Net()
+    _, subscribe = subscribed(net)
+    notify = net.notify(subscribe, "active;expires=3600", body=b"<x/>")
+    net.sent()
+    for _ in range(LATE_COPIES - 1):
+        net.feed(notify, NOTIFIER_ADDR)
+    assert [type(m) for m, _ in net.sent()] == [Response] * (LATE_COPIES - 1)
+    assert net.ua.counters.late_answers == 0
+    # Past Timer J the record and its count go together.
+    net.run_until(net.now + 40.0)
+    assert net.ua._resent == {}
 
 
 def test_notify_for_an_unknown_dialog_is_481() -> None:
@@ -1425,3 +1466,32 @@ def test_a_subscription_made_again_waits_its_turn_and_is_not_refused() -> None:
     assert net.ua.subscription(again) is not None
     net.run_until(52.0)
     assert net.events() == [SubscriptionTerminated(again, "timeout")]
+
+
+def test_a_subscription_ended_while_its_subscribe_waits_for_room_sends_nothing() -> None:
+    carol = SipURI.parse("sip:carol@example.com")
+    dave = SipURI.parse("sip:dave@example.com")
+    net = Net(window=Window(size=1, queue=0))
+    net.ua.subscribe(BOB, ALICE, net.now)
+    wire = Wire(net)
+    (first,) = wire.take()
+    given_up = net.ua.subscribe(BOB, carol, net.now, refusable=False)
+    kept = net.ua.subscribe(BOB, dave, net.now, refusable=False)
+    assert net.ua.requests_waiting == 2
+    # Its caller gives up before there is room: the notifier never heard of
+    # it, so it ends at once, and neither its SUBSCRIBE nor an un-SUBSCRIBE
+    # is ever sent.
+    net.ua.unsubscribe(given_up, net.now)
+    assert net.events() == [SubscriptionTerminated(given_up, "unsubscribed")]
+    assert net.ua.subscription(given_up) is None
+    accept(net, first)
+    net.events()
+    (sent,) = wire.take()
+    assert sent.to.uri == dave  # the one still wanted, next
+    net.reply(sent, 200, ("Expires", "3600"), ("Contact", "<sip:presence@127.0.0.1:5070>"))
+    assert net.events() == [SubscriptionAccepted(kept, 3600, False)]
+    assert wire.take() == [] and net.ua.requests_waiting == 0
+    # One that was sent is ended as before: an un-SUBSCRIBE in its dialog.
+    net.ua.unsubscribe(kept, net.now)
+    (bye,) = wire.take()
+    assert bye.to.uri == dave and bye.headers.get("Expires") == "0"

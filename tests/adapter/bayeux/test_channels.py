@@ -14,6 +14,17 @@ def test_parse_and_str_round_trip(segments, wildcard):
     assert str(Channel.parse(text)) == text
 
 
+@given(st.lists(segment, min_size=1, max_size=6), st.lists(segment, min_size=1, max_size=6))
+def test_a_channel_is_equal_and_hashes_as_its_segments(one, other):
+    # The name and hash are worked out once, when the channel is made; a
+    # channel made from segments and one parsed from its name are the same key.
+    parsed = Channel.parse("/" + "/".join(one))
+    built = Channel(tuple(one))
+    assert parsed == built and hash(parsed) == hash(built) and {parsed: 1}[built] == 1
+    assert built.name == str(built) == "/" + "/".join(one)
+    assert (parsed == Channel(tuple(other))) == (one == other)
+
+
 @pytest.mark.parametrize(
     "text",
     [

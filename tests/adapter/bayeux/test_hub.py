@@ -42,7 +42,7 @@ def authenticate(user: str, password: str) -> str | None:
     return user if password == "pw" else None
 
 
-async def held_session(hub: Hub) -> tuple[str, int]:
+def subscribed_session(hub: Hub) -> str:
     (reply,) = hub.receive(
         [Message("/meta/handshake")], transport="websocket", credentials=("app", "pw")
     ).replies
@@ -51,6 +51,11 @@ async def held_session(hub: Hub) -> tuple[str, int]:
         [Message("/meta/subscribe", client_id=client_id, subscription="/bayeux/app/**")],
         transport="websocket",
     )
+    return client_id
+
+
+async def held_session(hub: Hub) -> tuple[str, int]:
+    client_id = subscribed_session(hub)
     hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
     held = hub.receive([Message("/meta/connect", client_id=client_id)], transport="websocket")
     assert held.held is not None
@@ -85,6 +90,30 @@ def test_the_hub_timer_releases_a_held_connect_at_the_advice_timeout():
 
     replies = run_on_manual_clock(scenario)
     assert replies[-1]["successful"] is True
+
+
+def test_a_hub_moves_on_to_a_new_loop_once_its_first_is_closed():
+    # The hub keeps the loop it ran on (its clock is read per delivery); a
+    # later loop, whose clock is far from the first one's, must be the one
+    # read, even by a delivery before any request on it.
+    hub = Hub(authenticate, BayeuxLimits(backlog_ttl=60))
+
+    async def first(loop: ManualClockLoop) -> None:
+        await held_session(hub)
+        hub.close_application("app")
+
+    async def second(loop: ManualClockLoop) -> list:
+        loop.now = 1000.0
+        hub.deliver("app", "/bayeux/app/x", {"n": 1})  # no session: kept for 60 s
+        client_id = subscribed_session(hub)
+        return hub.receive(
+            [Message("/meta/connect", client_id=client_id)], transport="websocket"
+        ).replies
+
+    run_on_manual_clock(first)
+    replies = run_on_manual_clock(second)
+    # Kept at the first loop's time (0) it would have expired by 1000.
+    assert [r.get("data") for r in replies] == [{"n": 1}, None]
 
 
 def test_abandon_keeps_the_session_and_its_messages():

@@ -130,6 +130,20 @@ def test_a_delivery_is_encoded_once_and_reads_as_its_message():
     assert encode_batch([]) == "[]"
 
 
+def test_a_delivery_is_its_own_wire_form_and_equal_by_its_text():
+    channel = Channel.parse("/bayeux/app/x")
+    delivery = Delivery(channel, {"n": 1}, "7")
+    assert delivery.to_wire() is delivery  # one object per message, in every reply
+    assert delivery.channel is channel and delivery.id == "7"
+    assert delivery == {"channel": "/bayeux/app/x", "data": {"n": 1}, "id": "7"}
+    assert delivery != {"channel": "/bayeux/app/x", "data": {"n": 2}, "id": "7"}
+    assert delivery == Delivery(channel, {"n": 1}, "7")
+    assert delivery != Delivery(channel, {"n": 1}, "8")
+    assert encode_batch([delivery, {"channel": "/meta/connect"}]) == (
+        '[{"channel":"/bayeux/app/x","data":{"n":1},"id":"7"},{"channel":"/meta/connect"}]'
+    )
+
+
 def test_a_delivery_keeps_its_text_not_the_callers_data():
     data = {"statusChanged": {"correlator": "c", "changedAttributes": [{"note": "n"}]}}
     delivery = Delivery(Channel.parse("/bayeux/app/x"), data, "7")

@@ -761,3 +761,28 @@ def test_a_shared_server_keeps_no_backlog():
     other = handshake(server, ack=True)
     subscribe(server, other, "/bayeux/alice/**")
     assert connect(server, other, 0.0, ack=0).replies[:-1] == []
+
+
+def test_settled_says_when_a_delivery_left_the_driver_nothing_to_do():
+    server = make(connect_timeout=30, queue_size=2)
+    session_with_held_connect(server)
+    events(server)
+    assert server.get_timer() == 30.0
+    assert server.settled()
+    # The first message moves the held connect's deadline to now: re-arm.
+    server.deliver("alice", "/bayeux/alice/x", {"n": 1}, 1.0)
+    assert not server.settled()
+    assert server.get_timer() == 1.0
+    assert server.settled()
+    # The connect is already due: the next one changes no deadline.
+    server.deliver("alice", "/bayeux/alice/x", {"n": 2}, 1.1)
+    assert server.settled()
+    # A full queue drops the oldest: an event for the driver.
+    server.deliver("alice", "/bayeux/alice/x", {"n": 3}, 1.2)
+    assert not server.settled()
+    assert [type(e) for e in events(server)] == [MessagesDropped]
+    server.get_timer()
+    assert server.settled()
+    server.handle_timer(1.2)
+    assert not server.settled()  # the connect was released
+    assert [type(e) for e in events(server)] == [ConnectReleased]
