@@ -58,6 +58,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -675,11 +676,25 @@ def trace_unanswered(phase: Phase, log: list[str]) -> None:
         print(f"  … {len(phase.unanswered) - 20} more")
 
 
-def rules_reads(adapter: Any) -> float:
-    """The pres-rules reads the adapter made so far (its /metrics)."""
+def metrics_text(adapter: Any) -> str | None:
+    """The adapter's /metrics, or None when it gave none within 120 s: a busy
+    adapter on a loaded machine must not cost the run its figures."""
     import httpx
 
-    text = httpx.get(f"http://{adapter.host}:{adapter.http_port}/metrics", timeout=30).text
+    try:
+        return httpx.get(f"http://{adapter.host}:{adapter.http_port}/metrics",
+                         timeout=120).text
+    except httpx.HTTPError as exc:
+        print(f"  /metrics: no answer ({exc!r})", flush=True)
+        return None
+
+
+def rules_reads(adapter: Any) -> float:
+    """The pres-rules reads the adapter made so far (its /metrics)."""
+
+    text = metrics_text(adapter)
+    if text is None:
+        return math.nan
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("presence_adapter_xcap_requests_total")
                and 'document="pres-rules"' in line and 'method="GET"' in line)
@@ -687,9 +702,10 @@ def rules_reads(adapter: Any) -> float:
 
 def sip_metrics(adapter: Any) -> list[str]:
     """The lines of the adapter's /metrics about its window of SIP requests."""
-    import httpx
 
-    text = httpx.get(f"http://{adapter.host}:{adapter.http_port}/metrics", timeout=30).text
+    text = metrics_text(adapter)
+    if text is None:
+        return ["(no /metrics answer)"]
     wanted = ("presence_adapter_sip_requests_", "presence_adapter_sip_retransmissions_total")
     return [line for line in text.splitlines() if line.startswith(wanted)
             or (line.startswith("presence_adapter_sip_client_transactions_total")

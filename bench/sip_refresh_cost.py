@@ -26,7 +26,9 @@ is *not* timed.  Timed, per refresh, in three variants run side by side:
 Subscriptions are set up first (not timed); then every one is refreshed
 ``--rounds`` times.  Figures are µs of CPU (``time.process_time``, the
 timed calls only) per refresh, best of ``--repeat`` runs, with the ratio to
-raw.
+raw.  ``--reference DIR`` runs ua and endpoint also from another source tree
+(``git archive REV | tar -x -C DIR``), each run in a child process between
+the working tree's, and prints the ratio to it.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
+# Run as a script; as a child of --reference, the reference tree is the path.
+if __name__ == "__main__" and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.scale import RawHolder, Tally  # noqa: E402
 from sip.aio.endpoint import SipEndpoint  # noqa: E402
 from sip.subscription import NotifyReceived, SubscriptionAccepted  # noqa: E402
 from sip.uri import SipURI  # noqa: E402
@@ -245,6 +247,8 @@ async def run_endpoint(subscriptions: int, rounds: int) -> tuple[float, int]:
 
 async def run_raw(subscriptions: int, rounds: int) -> tuple[float, int]:
     """(CPU seconds in RawHolder, refreshes): bench/scale.py's floor."""
+    from bench.scale import RawHolder, Tally
+
     holder = RawHolder(SERVER, EXPIRES, Tally(started=asyncio.get_running_loop().time()))
     fake = _FakeUdp()
     holder.transport = fake  # type: ignore[assignment]
@@ -297,12 +301,30 @@ def measure(variant: str, subscriptions: int, rounds: int) -> tuple[float, int]:
     return asyncio.run(run_raw(subscriptions, rounds))
 
 
+def measure_us(variant: str, subscriptions: int, rounds: int) -> float:
+    """µs of CPU per refresh: what a child run from another tree prints."""
+    cpu, refreshes = measure(variant, subscriptions, rounds)
+    return cpu / refreshes * 1e6
+
+
+def measure_reference(tree: str, variant: str, subscriptions: int, rounds: int) -> float:
+    """:func:`measure_us` in a child process whose ``sip`` comes from ``tree``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trees import run_from_tree
+
+    call = "bench.measure_us(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))"
+    return float(run_from_tree(Path(__file__), tree, call, variant, str(subscriptions),
+                               str(rounds)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--subscriptions", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="refreshes per subscription")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best kept)")
     parser.add_argument("--variants", default="raw,ua,endpoint")
+    parser.add_argument("--reference", metavar="DIR",
+                        help="also run ua and endpoint from this source tree, for the ratio")
     parser.add_argument("--profile", choices=("ua", "endpoint", "raw"),
                         help="run one variant under cProfile and print the top functions")
     args = parser.parse_args(argv)
@@ -315,16 +337,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variants = args.variants.split(",")
     best: dict[str, float] = {}
+    reference: dict[str, float] = {}
     for _ in range(args.repeat):
         for variant in variants:  # interleaved, so machine noise falls on all
-            cpu, refreshes = measure(variant, args.subscriptions, args.rounds)
-            per = cpu / refreshes * 1e6
+            per = measure_us(variant, args.subscriptions, args.rounds)
             best[variant] = min(best.get(variant, per), per)
+            if args.reference and variant != "raw":
+                per = measure_reference(args.reference, variant, args.subscriptions,
+                                        args.rounds)
+                reference[variant] = min(reference.get(variant, per), per)
     print(f"{args.subscriptions:,} subscriptions x {args.rounds} refreshes, best of "
           f"{args.repeat}; µs CPU per refresh (SUBSCRIBE + 200 + NOTIFY + 200)")
     for variant in variants:
         ratio = f"  {best[variant] / best['raw']:5.2f}x raw" if "raw" in best else ""
+        if variant in reference:
+            ratio += (f"   reference {reference[variant]:8.1f} µs"
+                      f"  {best[variant] / reference[variant]:5.2f}x reference")
         print(f"  {variant:<9} {best[variant]:8.1f} µs{ratio}")
+    if args.reference:
+        print(f"reference: {args.reference}")
     return 0
 
 

@@ -324,11 +324,10 @@ def _name_addr(text: str) -> NameAddr:
             except RemoteProtocolError:
                 base = None  # let the whole text's parse say what is wrong
         if base is not None:
-            hit = NameAddr(base.display, base.uri, (*base.params, ("tag", tag)))
-            if len(_NAME_ADDRS) >= _PARSED_MAX:
-                _NAME_ADDRS.clear()
-            _NAME_ADDRS[text] = hit
-            return hit
+            # Not kept: a gateway's dialogs, by the hundred thousand, would
+            # fill the table with texts each seen twice or thrice per refresh
+            # and empty it of the bases that every dialog shares.
+            return NameAddr(base.display, base.uri, (*base.params, ("tag", tag)))
     return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
 
 

@@ -96,8 +96,6 @@ from .transaction import (
     ClientTransaction,
     ResponseReceived,
     ServerKey,
-    ServerState,
-    ServerTransaction,
     TimedOut,
     TransactionAction,
     TransactionTimings,
@@ -311,7 +309,6 @@ class _Timer(enum.IntEnum):
     the heap's keys are hashed on every NOTIFY, and ints hash in C."""
 
     CLIENT = 1  # a client transaction, by its key
-    SERVER = 2  # a server transaction, by its key
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     SUBSCRIPTION = 5  # a subscription, by id
@@ -375,15 +372,12 @@ class UserAgent:
         # Subscriptions whose initial SUBSCRIBE waits in one of them, never sent.
         self._unsent: set[int] = set()
         self._pumping = False
-        self._incoming: dict[ServerKey, tuple[ServerTransaction, Destination]] = {}
-        # Completed UDP server transactions, kept for Timer J as what a
-        # retransmitted request needs and nothing more: key -> (response
-        # bytes, transport, host, port), and the keys by the whole second
-        # their Timer J falls due.  Tuples of str, bytes and int are not
-        # tracked by the garbage collector, so the many held at once under
-        # load cost its collections nothing; a ServerTransaction with its
-        # Destination and state costs several tracked objects each, walked by
-        # every collection they live through.
+        # Completed UDP server transactions (see _complete), kept for Timer J
+        # as what a retransmitted request needs and nothing more: key ->
+        # (response bytes, transport, host, port), and the keys by the whole
+        # second their Timer J falls due.  Tuples of str, bytes and int are
+        # not tracked by the garbage collector, so the many held at once
+        # under load cost its collections nothing.
         self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
         self._expiring: dict[int, list[ServerKey]] = {}
         # Completed NOTIFY transactions whose request came again: how often.
@@ -676,12 +670,6 @@ class UserAgent:
                 if outgoing is not None:
                     actions = outgoing.transaction.handle_timer(now)
                     self._client_actions(ident, outgoing, actions, now)
-            elif kind is _Timer.SERVER:
-                entry = self._incoming.get(ident)
-                if entry is not None:
-                    transaction, source = entry
-                    self._server_actions(ident, transaction, source,
-                                         transaction.handle_timer(now))
             elif kind is _Timer.TIMER_J:
                 # Timer J fired (RFC 3261 §17.2.2): "at which point it MUST
                 # transition to the "Terminated" state" — the records go.
@@ -1031,12 +1019,6 @@ class UserAgent:
             if request.method == "NOTIFY":
                 self._resent_notify(key, request, now)
             return
-        entry = self._incoming.get(key)
-        if entry is not None:
-            transaction, origin = entry
-            actions = transaction.receive_request(request, now)
-            self._server_actions(key, transaction, origin, actions)
-            return
         if request.method in ("INVITE", "CANCEL"):
             # We run no INVITE server transaction (§17.2.1); a stateless
             # answer (§8.2.1) is enough to say we do not take calls.
@@ -1045,10 +1027,6 @@ class UserAgent:
             response.headers.add("Allow", ALLOW)
             self._datagrams.append((bytes(response), source))
             return
-        transaction = ServerTransaction(
-            request, reliable=source.transport == "tcp", timings=self._timings
-        )
-        self._incoming[key] = (transaction, source)
         try:
             owner, status = self._answer(request, now)
         except RemoteProtocolError as exc:
@@ -1071,7 +1049,10 @@ class UserAgent:
             response.headers.add("Allow-Events", ALLOW_EVENTS)
         # Answer first: a NOTIFY not answered at once is retransmitted and,
         # in the end, the notifier drops the subscription.
-        self._server_actions(key, transaction, source, transaction.send_response(response, now))
+        data = bytes(response)
+        self._datagrams.append((data, source))
+        if source.transport == "udp":
+            self._complete(key, data, source, now)
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
@@ -1107,48 +1088,27 @@ class UserAgent:
         status, actions = subscription.receive_notify(request, now)
         return (subscription, list(actions)), status
 
-    def _server_actions(
-        self,
-        key: ServerKey,
-        transaction: ServerTransaction,
-        destination: Destination,
-        actions: list[TransactionAction],
-    ) -> None:
-        for action in actions:
-            if isinstance(action, Transmit):
-                self._datagrams.append((action.data, destination))
-        state = transaction.state
-        if state is ServerState.TERMINATED:
-            self._incoming.pop(key, None)
-            self._timers.cancel((_Timer.SERVER, key))
-            return
-        deadline = transaction.get_timer()
-        if state is ServerState.COMPLETED and deadline is not None:
-            # In Completed the transaction only re-sends its final response
-            # to a retransmitted request, until Timer J (RFC 3261 §17.2.2):
-            # the transaction goes, a record of what that takes stays.
-            self._incoming.pop(key, None)
-            self._timers.cancel((_Timer.SERVER, key))
-            # Timer J only ends the absorbing of retransmitted requests
-            # (§17.2.2: "The server transaction remains in this state until
-            # Timer J fires, at which point it MUST transition to the
-            # "Terminated" state"); a record kept up to a second longer sends
-            # nothing more.  On a whole second, the Timer Js of all the
-            # NOTIFYs answered in one second fall due together: one wake-up
-            # of the driver, not one per NOTIFY.
-            second = math.ceil(deadline)
-            self._completed[key] = (
-                transaction.response_data, destination.transport, destination.host,
-                destination.port,
-            )
-            keys = self._expiring.get(second)
-            if keys is None:
-                self._expiring[second] = [key]
-                self._timers.schedule(float(second), (_Timer.TIMER_J, second))
-            else:
-                keys.append(key)
-            return
-        self._file_timer((_Timer.SERVER, key), deadline)
+    def _complete(self, key: ServerKey, data: bytes, source: Destination, now: float) -> None:
+        """The server transaction of a request answered over UDP, in Completed.
+
+        Every request is answered with its final response as it arrives, so
+        of a non-INVITE server transaction (RFC 3261 §17.2.2) only Completed
+        is ever reached over UDP (over a stream Timer J is zero: Terminated at
+        once).  In Completed the transaction only re-sends its final response
+        to a retransmitted request, until Timer J (64*T1): the record of what
+        that takes is kept, no transaction object.  A record kept up to a
+        second longer sends nothing more; on a whole second, the Timer Js of
+        all the requests answered in one second fall due together: one
+        wake-up of the driver, not one per NOTIFY.
+        """
+        second = math.ceil(now + self._timings.timeout)
+        self._completed[key] = (data, source.transport, source.host, source.port)
+        keys = self._expiring.get(second)
+        if keys is None:
+            self._expiring[second] = [key]
+            self._timers.schedule(float(second), (_Timer.TIMER_J, second))
+        else:
+            keys.append(key)
 
     # -- identifiers -------------------------------------------------------
 

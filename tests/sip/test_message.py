@@ -625,6 +625,20 @@ def test_parsed_value_tables_stay_bounded() -> None:
     assert parse_message(_notify("<sip:u1@example.com>;tag=t1")).from_.tag == "t1"
 
 
+def test_dialogs_past_the_table_bound_leave_their_shared_addresses_in_it() -> None:
+    """A gateway's From and To texts differ per dialog only by the tag: the
+    table keeps the untagged part every dialog of an address shares, not one
+    text per dialog that would fill it and empty it again and again."""
+    from sip import message
+
+    message._NAME_ADDRS.clear()
+    for i in range(message._PARSED_MAX + 10):
+        notify = parse_message(_notify(f"<sip:alice@example.com>;tag=t{i}"))
+        assert notify.from_ == NameAddr.parse(f"<sip:alice@example.com>;tag=t{i}")
+    assert "<sip:alice@example.com>" in message._NAME_ADDRS
+    assert not any(";tag=" in text for text in message._NAME_ADDRS)
+
+
 @pytest.mark.parametrize(
     "text",
     [
