@@ -36,6 +36,7 @@ from tests.polling import eventually
 from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
 from tests.rawsip import PUBLISH, SipPeer, new_token
+from tests.sipphone import SipPhone
 
 pytestmark = pytest.mark.integration
 
@@ -848,6 +849,42 @@ def test_a_notify_answered_after_the_server_gave_up_costs_no_notification(
         eventually(lambda: late_answers(adapter) >= 1, what="the late answer counted")
         phone.publish("meal")
         listener.wait_for(lambda m: "Meal" in activities_of(m, "late"), timeout=30)
+
+
+def test_a_pjsua2_phone_s_changes_survive_the_server_dropping_a_late_answered_watch(
+    scene: Scene, bayeux_listener: Callable[..., BayeuxListener], tmp_path: Path,
+) -> None:
+    # The same loss as above with alice on an ordinary SIP phone (pjsua2, its
+    # own PUBLISH and PIDF): the watch Kamailio dropped is made again, and the
+    # phone's later change reaches the application.
+    adapter = scene.adapter
+    adapter.start()
+    assert adapter.process is not None
+    listener = bayeux_listener(f"{adapter.url}/cometd", "bob-app", PASSWORD)
+    phone = SipPhone(scene.alice, scene.server.sip_uri, log_path=tmp_path / "phone.log")
+    try:
+        phone.publish("online", "busy")
+        assert scene.subscribe("late-sub", "/bayeux/bob-app/subscription").status_code == 204
+        scene.authorize_bob()
+        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
+        response = scene.start_notification("late", "/bayeux/bob-app/late", count=20)
+        assert response.status_code == 201, response.text
+
+        adapter.process.send_signal(signal.SIGSTOP)
+        try:
+            phone.publish("online", "away")
+            time.sleep(SERVER_FR_TIMER + 1.5)
+        finally:
+            adapter.process.send_signal(signal.SIGCONT)
+        listener.wait_for(lambda m: "Away" in activities_of(m, "late"), timeout=20)
+        eventually(lambda: late_answers(adapter) >= 1, what="the late answer counted")
+        before = {id(m) for m in listener.messages}
+        phone.publish("online", "busy", "back at the desk")
+        listener.wait_for(
+            lambda m: id(m) not in before and "Busy" in activities_of(m, "late"), timeout=30
+        )
+    finally:
+        phone.stop()
 
 
 def activities_of(message: dict[str, Any], correlator: str) -> list[str]:
