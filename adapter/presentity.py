@@ -123,7 +123,7 @@ class _Presentity:
     etag_saved: asyncio.Future[None] | None = None
     # The presence.winfo subscription and what its NOTIFYs told; made on the
     # first question about the presentity's watchers (most presentities are
-    # never asked, and an Event with its queue of waiters is ≈ 0.85 KB).
+    # never asked, and an Event with its queue of waiters is large).
     winfo: SubscriptionHandle | None = None
     winfo_state: WatcherInfoState | None = None
     winfo_ready: asyncio.Event | None = None

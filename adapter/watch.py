@@ -409,7 +409,7 @@ class Watch:
     resume: _Held | None = None
     #: What came while the rules were read, in order; None when nothing
     #: waits (the usual case: a held subscription keeps no queue).  A list:
-    #: a few items wait at most, and an empty deque alone is ≈ 0.6 KB.
+    #: a few items wait at most, and an empty deque is far larger than a list.
     held: list[_Held] | None = None
     schedules: dict[str, Schedule] = field(default_factory=lambda: _EMPTY)
     #: Schedules added and not begun yet (they wait for the rules): no state

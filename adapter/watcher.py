@@ -143,7 +143,7 @@ class WatcherService:
         #: Rules reads waiting their turn, and how many readers take them: one
         #: task per XCAP connection, not one per read (a burst of activations
         #: asks for thousands — one per presentity at most — and a task
-        #: waiting on the XCAP client's connections is ≈ 3 KB).
+        #: waiting on the XCAP client's connections costs kilobytes).
         self._rules_reads: deque[RulesRead] = deque()
         self._readers = 0
         #: The handles of the subscriptions not over yet, by id: to await

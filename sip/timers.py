@@ -32,7 +32,7 @@ K = TypeVar("K", bound=Hashable)
 # Rebuilding below this size is not worth the bother.
 _MIN_COMPACT = 64
 # Stale entries kept, per live key, before the heap is rebuilt: each costs
-# ≈ 0.1 KB, and rebuilding (O(n)) once per n/4 re-arms is O(1) amortised.
+# a heap tuple, and rebuilding (O(n)) once per n/4 re-arms is O(1) amortised.
 _STALE_SHARE = 0.25
 
 
