@@ -7,7 +7,9 @@ UDP, and stops it by PID. Parallel test runs never share a port or a file.
 Optionally with TLS (SIP over TLS and XCAP over HTTPS on a port of its own,
 certificates from :class:`tests.certificates.Certificates`, client
 certificates required with ``mutual``) and with digest authentication of the
-gateway (``auth=(user, password)``): the bundled server's modes.
+gateway (``auth=(user, password)``): the bundled server's modes.  With
+``max_expires`` it grants no PUBLISH or SUBSCRIBE longer than that, so that
+its clients refresh within a test.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class PresenceServer:
         tls: bool = False,
         mutual: bool = False,
         auth: tuple[str, str] | None = None,
+        max_expires: int | None = None,
     ) -> None:
         self.host = host
         self.port = 0
@@ -99,6 +102,8 @@ class PresenceServer:
         self.certificates = Certificates(self.directory / "tls", host) if tls else None
         self.mutual = mutual
         self.auth = auth
+        #: The longest lifetime it grants a PUBLISH or SUBSCRIBE (None: the bundled 86,400 s).
+        self.max_expires = max_expires
         self.keep_directory = keep_directory
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -221,6 +226,8 @@ class PresenceServer:
                 modes += ["--tls-ca", str(self.certificates.ca_pem)]
         if self.auth is not None:
             modes += ["--auth", ":".join(self.auth)]
+        if self.max_expires is not None:
+            modes += ["--max-expires", str(self.max_expires)]
         self.process = subprocess.Popen(
             [
                 str(RUN_SCRIPT),

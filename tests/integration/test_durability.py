@@ -897,3 +897,66 @@ def late_answers(adapter: AdapterProcess) -> float:
         if line.startswith("presence_adapter_sip_notify_answered_late_total "):
             return float(line.split()[1])
     return 0.0
+
+
+# -- a server that grants little: the watch refreshed within the test ----------------
+
+#: The server's longest grant: the adapter refreshes its watch 4–6 s after each
+#: answer (sip.RefreshPolicy), the phone its publication on its own.
+SHORT_GRANT = 8
+#: Long enough for at least two refreshes of the watch, one after the other.
+TWO_REFRESHES = 2 * SHORT_GRANT * 0.75 + 1
+
+
+@pytest.fixture
+def short_grant_scene(tmp_path: Path) -> Iterator[Scene]:
+    server = PresenceServer(max_expires=SHORT_GRANT)
+    server.start()
+    made = Scene(tmp_path, server)
+    try:
+        yield made
+    finally:
+        made.close()
+        server.stop()
+
+
+def test_a_pjsua2_phone_watched_through_refreshes_is_told_once_per_change(
+    short_grant_scene: Scene, bayeux_listener: Callable[..., BayeuxListener], tmp_path: Path,
+) -> None:
+    # Every refresh of the watch brings a NOTIFY with the phone's document
+    # unchanged (RFC 6665 §4.2.1.2: the notifier answers a refresh with the
+    # current state): the application hears nothing of those, and each of the
+    # phone's changes reaches it once, with refreshes before and after it.
+    scene = short_grant_scene
+    adapter = scene.adapter
+    adapter.start()
+    listener = bayeux_listener(f"{adapter.url}/cometd", "bob-app", PASSWORD)
+    phone = SipPhone(scene.alice, scene.server.sip_uri, log_path=tmp_path / "phone.log")
+    told = status_changed("refreshed")
+    try:
+        phone.publish("online", "busy")
+        assert scene.subscribe("refreshed-sub", "/bayeux/bob-app/subscription").status_code == 204
+        scene.authorize_bob()
+        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
+        # No checkImmediate: Busy is the schedule's baseline, nothing is sent for it.
+        response = scene.start_notification("refreshed", "/bayeux/bob-app/refreshed", count=20)
+        assert response.status_code == 201, response.text
+
+        time.sleep(TWO_REFRESHES)
+        assert listener.matching(told) == []
+        assert scene.seen_activity() == "Busy"
+
+        phone.publish("online", "away", "out for lunch")
+        listener.wait_for(lambda m: "Away" in activities_of(m, "refreshed"), timeout=20)
+        time.sleep(TWO_REFRESHES)
+        assert [activities_of(m, "refreshed") for m in listener.matching(told)] == [["Away"]]
+
+        phone.publish("online", "busy", "back")
+        listener.wait_for(lambda m: "Busy" in activities_of(m, "refreshed"), timeout=20)
+        assert [activities_of(m, "refreshed") for m in listener.matching(told)] == [
+            ["Away"], ["Busy"]
+        ]
+        # The one dialog lived through every grant: refreshed, never made again.
+        assert "re-subscribed" not in adapter.log_tail(2000)
+    finally:
+        phone.stop()
