@@ -44,8 +44,10 @@ Printed: REST calls/s and answers of each set-up phase; the adapter's RSS
 (after start-up, after the publications, when everything is held, at the
 end, and its peak VmHWM) and store size; its CPU in the set-up and in the
 idle window (% of a core), with the presence server's, PostgreSQL's and the
-relay's; the SUBSCRIBE+PUBLISH the adapter sent per second (5-second bins,
-set-up | idle, with retransmissions); the answers; what is alive at the end
+relay's, and the adapter's per 30-s slice of the window and over its refresh
+wave alone (from the first slice with refreshes: what the set-up left queued
+has drained by then), in µs per refresh; the SUBSCRIBE+PUBLISH the adapter
+sent per second (5-second bins, set-up | idle, with retransmissions); the answers; what is alive at the end
 (dialogs and publications whose last 2xx has not expired, by pair of
 watcher and presentity; pairs that needed a second dialog); a sample of Get
 User Presence calls; and the adapter log's warnings and errors.
@@ -57,6 +59,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -475,6 +478,10 @@ def tree_pids(pid: int) -> list[int]:
     return found
 
 
+#: Seconds per slice of the idle window's CPU table.
+SLICE = 30.0
+
+
 def cpu_seconds(pids: list[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
@@ -608,14 +615,20 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             profiler = py_spy(args.profile, pid)
             peak_in_idle = 0
             window_end = time.monotonic() + args.observe
+            adapter_pids = tree_pids(pid)
+            # (wall clock, adapter CPU s, pres-rules reads) every SLICE s of the window
+            slices = [(wall["held"], cpu["held"]["adapter"], reads["held"])]
             while time.monotonic() < window_end:
                 time.sleep(min(1.0, max(0.0, window_end - time.monotonic())))
                 peak_in_idle = max(peak_in_idle, sample(pid).rss_kib)
+                if time.time() - slices[-1][0] >= SLICE:
+                    slices.append((time.time(), cpu_seconds(adapter_pids), rules_reads(adapter)))
             samples["end"] = sample(pid)
             cpu["end"] = meter.read()
             reads["end"] = rules_reads(adapter)
             stop_py_spy(profiler)
             wall["end"] = time.time()
+            slices.append((wall["end"], cpu["end"]["adapter"], reads["end"]))
             drops["end"] = {k: udp_drops(v) for k, v in sockets.items()}
             print(f"  idle window over, load average {load_average()}", flush=True)
             rng = random.Random(8)
@@ -641,12 +654,48 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             relay.wait()
     report(args, phases, check, samples, cpu, wall, drops, wire, store_bytes, log,
            peak_in_idle, total)
+    report_slices(slices, wire["per_second"])
     for phase in phases:
         trace_unanswered(phase, log)
     print("adapter /metrics, its SIP window: " + "; ".join(metrics))
     print(f"pres-rules reads (XCAP GET) by the adapter: set-up "
           f"{reads['held'] - reads['start']:,.0f}, idle window {reads['end'] - reads['held']:,.0f}")
     return 0
+
+
+def report_slices(slices: list[tuple[float, float, float]],
+                  per_second: dict[str, dict[str, int]]) -> None:
+    """The idle window's adapter CPU per slice against the refreshes sent in it, and
+    over the refresh wave alone: from the first slice with refreshes to the end.
+
+    The window's whole figure also holds what the set-up left queued (its
+    pres-rules reads, retried after they waited too long); the wave's is what
+    holding the subscriptions costs once that has drained.
+    """
+    kinds = ["SUBSCRIBE refresh", "PUBLISH refresh"]
+    rows = []
+    for (t0, c0, r0), (t1, c1, r1) in itertools.pairwise(slices):
+        refreshes = sum(histogram(per_second, kinds, int(t0), int(t1)))
+        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0))
+    print()
+    print(f"| idle window, {SLICE:g}-s slices | adapter CPU, % of a core | refreshes/s | "
+          "µs per refresh | pres-rules reads |")
+    print("|---|---|---|---|---|")
+    for start, span, used, refreshes, reads in rows:
+        per = f"{used / refreshes * 1e6:,.0f}" if refreshes else "—"
+        print(f"| {start:.0f}–{start + span:.0f} s | {used / span * 100:.2f} | "
+              f"{refreshes / span:.0f} | {per} | {reads:,.0f} |")
+    first = next((i for i, row in enumerate(rows) if row[3]), None)
+    if first is None:
+        return
+    wave = rows[first:]
+    span = sum(r[1] for r in wave)
+    used = sum(r[2] for r in wave)
+    refreshes = sum(r[3] for r in wave)
+    print(f"refresh wave ({wave[0][0]:.0f} s to the end of the window): {refreshes:,} "
+          f"refreshes in {span:.0f} s, {used / span * 100:.2f} % of a core, "
+          f"{used / refreshes * 1e6:,.0f} µs per refresh, "
+          f"{sum(r[4] for r in wave):,.0f} pres-rules reads")
 
 
 def trace_unanswered(phase: Phase, log: list[str]) -> None:
