@@ -47,10 +47,11 @@ idle window (% of a core), with the presence server's, PostgreSQL's and the
 relay's, and the adapter's per 30-s slice of the window and over its refresh
 wave alone (from the first slice with refreshes: what the set-up left queued
 has drained by then), in µs per refresh; the SUBSCRIBE+PUBLISH the adapter
-sent per second (5-second bins, set-up | idle, with retransmissions); the answers; what is alive at the end
-(dialogs and publications whose last 2xx has not expired, by pair of
-watcher and presentity; pairs that needed a second dialog); a sample of Get
-User Presence calls; and the adapter log's warnings and errors.
+sent per second (5-second bins, set-up | idle, with retransmissions); the
+answers; what is alive at the end (dialogs and publications whose last 2xx
+has not expired, by pair of watcher and presentity; pairs that needed a
+second dialog); a sample of Get User Presence calls; and the adapter log's
+warnings and errors.
 """
 
 from __future__ import annotations
