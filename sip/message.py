@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar, cast
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -408,6 +409,12 @@ class _Accessors(_Cache):
         return list(self._cached("via", _vias))
 
     @property
+    def top_via(self) -> Via | None:
+        """The topmost Via (RFC 3261 §8.1.1.7, §17.1.3), or None."""
+        vias = self._cached("via", _vias)
+        return vias[0] if vias else None
+
+    @property
     def call_id(self) -> str:
         """RFC 3261 §20.8: ``callid = word [ "@" word ]`` — no blanks."""
         return self._cached("call-id", _call_id_of)
@@ -451,11 +458,7 @@ class _Accessors(_Cache):
         return self._delta("max-forwards", "Max-Forwards")
 
     def _delta(self, key: str, what: str) -> int | None:
-        def build(h: Headers) -> int | None:
-            value = h.get(key)
-            return None if value is None else parse_delta_seconds(value, what)
-
-        return self._cached(key, build)
+        return self._cached(key, _DELTAS[key])
 
     @property
     def event(self) -> Event | None:
@@ -527,6 +530,18 @@ def _to_of(h: Headers) -> NameAddr:
 
 def _contacts(h: Headers) -> tuple[NameAddr, ...]:
     return _name_addrs(h, "contact")
+
+
+def _delta_of(key: str, what: str, h: Headers) -> int | None:
+    value = h.get(key)
+    return None if value is None else parse_delta_seconds(value, what)
+
+
+_DELTAS = {
+    key: partial(_delta_of, key, what)
+    for key, what in (("expires", "Expires"), ("min-expires", "Min-Expires"),
+                      ("max-forwards", "Max-Forwards"))
+}
 
 
 def _call_id(value: str) -> str:
@@ -749,8 +764,8 @@ def _content_length(headers: Headers) -> int | None:
     return int(value)
 
 
-def _build(head: _Head, body: bytes) -> Message:
-    start, headers = head
+def _start_line(start: str, headers: Headers, body: bytes) -> Message:
+    """The Request or Response that the start line says, with these headers."""
     msg: Message
     if start[:4].upper() == "SIP/":
         parts = start.split(" ", 2)
@@ -765,6 +780,12 @@ def _build(head: _Head, body: bytes) -> Message:
         if len(parts) != 3 or parts[2].upper() != "SIP/2.0" or not is_token(parts[0]):
             raise RemoteProtocolError(f"bad request line: {start!r}")
         msg = Request(parts[0], _uri(parts[1]), headers, body)
+    return msg
+
+
+def _build(head: _Head, body: bytes) -> Message:
+    start, headers = head
+    msg = _start_line(start, headers, body)
     # §8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are mandatory in a
     # request; Max-Forwards is tolerated missing (§16.6 defaults it), the rest
     # are what every layer above matches on, so they are checked here once.
@@ -777,6 +798,78 @@ def _build(head: _Head, body: bytes) -> Message:
     if isinstance(msg, Request) and cseq.method != msg.method:
         # §8.1.1.5: "The method MUST match that of the request."
         raise RemoteProtocolError(f"CSeq method {cseq.method} does not match {msg.method}")
+    return msg
+
+
+# What the lean parse reads: header names as the RFCs spell them, so that each
+# stands for itself (no compact form, no other case) and a repeated one shows.
+_LEAN_NAMES = frozenset(_CANONICAL_NAMES)
+
+
+def _parse_lean(data: bytes) -> Message | None:
+    """``parse_message(data)``, when ``data`` has the shape the presence server
+    and every common stack send; None for anything else, which the full parse
+    then reads (or refuses) as before.
+
+    The shape: no CRLF before the start line; header lines ``Name: value``
+    with names in their RFC spelling, each at most once (so one Via, no
+    folding: a continuation line has no such name); Via, From, To, Call-ID
+    and CSeq present, the Via one value.  The message is the very one the
+    full parse builds — the same header items, the same checks of the five
+    headers every layer reads (§8.1.1), by the same functions — made with
+    the per-line work done by ``str`` and ``dict`` methods, and with the
+    typed values of those five kept for the accessors.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or data.startswith(b"\r\n"):
+        return None
+    head = data[:end]
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None
+    try:
+        lines = head.decode("utf-8").split("\r\n")
+        # A line without ": " makes a one-element split, which dict() refuses.
+        fields = dict([line.split(": ", 1) for line in lines[1:]])
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if len(fields) != len(lines) - 1 or not _LEAN_NAMES.issuperset(fields):
+        return None
+    keys = _KEYS
+    # Stripped as the full parse strips every value (§7.3.1 LWS).
+    items = [(keys[name], name, value.strip()) for name, value in fields.items()]
+    headers = Headers()
+    headers._items = items
+    try:
+        via = fields["Via"].strip()
+        call_id = _call_id(fields["Call-ID"].strip())
+        from_ = _name_addr(fields["From"].strip())
+        to = _name_addr(fields["To"].strip())
+        cseq = _cseq(fields["CSeq"].strip())
+        length = fields.get("Content-Length")
+        body_start = end + 4
+        if length is None:
+            body = data[body_start:]
+        else:
+            # As _content_length reads it (here the field is there once).
+            length = length.strip()
+            if not length.isdigit() or not length.isascii() or len(length) > 12:
+                return None
+            stop = body_start + int(length)
+            if stop > len(data):
+                return None
+            body = data[body_start:stop]
+        if "," in via or not via:
+            return None  # several Vias in one line: the full parse splits them
+        vias = (Via.parse(via),)
+        msg = _start_line(lines[0], headers, bytes(body))
+    except (KeyError, RemoteProtocolError):
+        return None  # a header missing or malformed: the full parse says which
+    if isinstance(msg, Request) and cseq.method != msg.method:
+        return None
+    msg._cache = {"via": vias, "call-id": call_id, "from": from_, "to": to, "cseq": cseq}
+    msg._cache_headers = headers
+    msg._cache_version = headers._version
     return msg
 
 
@@ -794,6 +887,9 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_DATAGRAM) -> Messa
     """
     if len(data) > max_size:
         raise RemoteProtocolError(f"datagram of {len(data)} bytes exceeds {max_size}")
+    lean = _parse_lean(data)
+    if lean is not None:
+        return lean
     # §7.5: CRLFs before the start line are ignored.
     start = 0
     while data.startswith(b"\r\n", start):

@@ -522,11 +522,12 @@ class Subscription:
         h = Headers()
         for route in self.route_set:
             h.add("Route", str(route))
-        h.add("From", str(NameAddr(None, self.subscriber, (("tag", self.local_tag),))))
-        to_params: tuple[tuple[str, str | None], ...] = ()
-        if self.remote_tag is not None:
-            to_params = (("tag", self.remote_tag),)
-        h.add("To", str(NameAddr(None, self.target, to_params)))
+        # The name-addr texts NameAddr.__str__ gives, without making the objects.
+        h.add("From", f"<{self.subscriber}>;tag={self.local_tag}")
+        if self.remote_tag is None:
+            h.add("To", f"<{self.target}>")
+        else:
+            h.add("To", f"<{self.target}>;tag={self.remote_tag}")
         h.add("Call-ID", self.call_id)
         h.add("CSeq", f"{self._local_cseq} SUBSCRIBE")
         h.add("Event", self.event)
