@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .headers import CSeq, Event, RetryAfter, SubscriptionState, Via
@@ -155,7 +155,7 @@ class Headers:
     raw field values, trimmed.
     """
 
-    __slots__ = ("_items", "_version")
+    __slots__ = ("_firsts", "_items", "_version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         # (lower-case canonical name, display name, value)
@@ -163,6 +163,9 @@ class Headers:
         # Bumped by every change, so a message's typed views of its headers
         # know whether they are still current without rescanning the fields.
         self._version = 0
+        # (version, first value of each key): a message's headers are looked
+        # up a dozen times on their way through the stack.
+        self._firsts: tuple[int, dict[str, str]] | None = None
         for name, value in items:
             self.add(name, value)
 
@@ -207,16 +210,21 @@ class Headers:
         self._version += 1
         return before - len(self._items)
 
+    def _first_values(self) -> dict[str, str]:
+        firsts = self._firsts
+        if firsts is None or firsts[0] != self._version:
+            # Read backwards, so that the first field of a name is what stays.
+            firsts = self._firsts = (self._version, {k: v for k, _, v in reversed(self._items)})
+        return firsts[1]
+
     def get(self, name: str) -> str | None:
         """The first value, or None.  For list headers, the first list element."""
         key = _key(name)
-        for k, _, v in self._items:
-            if k == key:
-                if key in _LIST_KEYS and ("," in v or not v):
-                    values = self.get_all(name)
-                    return values[0] if values else None
-                return v
-        return None
+        v = self._first_values().get(key)
+        if v is not None and key in _LIST_KEYS and ("," in v or not v):
+            values = self.get_all(name)
+            return values[0] if values else None
+        return v
 
     def get_all(self, name: str) -> list[str]:
         """Every value in order; comma-joined values of list headers split."""
@@ -249,11 +257,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = _key(name)
-        for item in self._items:
-            if item[0] == key:
-                return True
-        return False
+        return _key(name) in self._first_values()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -384,7 +388,8 @@ class _Accessors(_Cache):
         if self._cache_headers is headers and self._cache_version == headers._version:
             hit = cache.get(key, _MISSING)
             if hit is not _MISSING:
-                return cast(T, hit)
+                # Not typing.cast: a call, and this runs on every access.
+                return hit  # type: ignore[return-value]
         else:
             cache.clear()
             self._cache_headers = headers
@@ -888,8 +893,11 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_DATAGRAM) -> Messa
     if len(data) > max_size:
         raise RemoteProtocolError(f"datagram of {len(data)} bytes exceeds {max_size}")
     lean = _parse_lean(data)
-    if lean is not None:
-        return lean
+    return lean if lean is not None else _parse_full(data)
+
+
+def _parse_full(data: bytes) -> Message:
+    """:func:`parse_message` for any shape of message."""
     # §7.5: CRLFs before the start line are ignored.
     start = 0
     while data.startswith(b"\r\n", start):
