@@ -169,6 +169,14 @@ class Headers:
         for name, value in items:
             self.add(name, value)
 
+    @classmethod
+    def _vouched(cls, items: list[tuple[str, str, str]]) -> Headers:
+        """Fields (key, RFC spelling, value) that need no check: texts a
+        message of ours had before, or that came from the parser."""
+        headers = cls()
+        headers._items = items
+        return headers
+
     @staticmethod
     def _checked(name: str, value: str) -> tuple[str, str, str]:
         names = _checked_name(name)
@@ -666,7 +674,11 @@ class Request(_Accessors):
         items = [it for it in self.headers._items if it[0] in _ECHOED_ORDER]
         items.sort(key=_echoed_order)
         h._items = items
-        to_index = next((i for i, it in enumerate(items) if it[0] == "to"), None)
+        to_index = None
+        for i, it in enumerate(items):
+            if it[0] == "to":
+                to_index = i
+                break
         if to_index is not None and self.to.tag is None:
             if to_tag is not None:
                 if not is_token(to_tag):

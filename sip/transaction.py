@@ -230,7 +230,15 @@ def _check_non_invite(request: Request) -> None:
 # --- client --------------------------------------------------------------
 
 
-class ClientState(enum.Enum):
+class _Identity(enum.Enum):
+    """An enum hashed as its members are compared, by identity: the tables are
+    looked up by (state, input) on every message and timer, and
+    ``Enum.__hash__`` is Python code that hashes the member's name."""
+
+    __hash__ = object.__hash__
+
+
+class ClientState(_Identity):
     INITIAL = "initial"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -238,7 +246,7 @@ class ClientState(enum.Enum):
     TERMINATED = "terminated"
 
 
-class _ClientInput(enum.Enum):
+class _ClientInput(_Identity):
     START = "start"
     PROVISIONAL = "1xx"
     FINAL = "200-699"
@@ -450,14 +458,14 @@ class ClientTransaction(_Transaction[ClientState, _ClientInput]):
 # --- server --------------------------------------------------------------
 
 
-class ServerState(enum.Enum):
+class ServerState(_Identity):
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
     TERMINATED = "terminated"
 
 
-class _ServerInput(enum.Enum):
+class _ServerInput(_Identity):
     REQUEST = "request retransmission"
     PROVISIONAL = "1xx from TU"
     FINAL = "200-699 from TU"
