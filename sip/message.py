@@ -344,6 +344,15 @@ def _name_addr(text: str) -> NameAddr:
     return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
 
 
+def _check_name_addr(text: str) -> None:
+    """Raise as :func:`_name_addr` would for ``text``, without making the value
+    when its parts are known: a known address and a token tag."""
+    cut = text.rfind(";tag=")
+    if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(text[cut + 5 :]):
+        return
+    _name_addr(text)
+
+
 def _event(text: str) -> Event:
     return _parse_cached(_EVENTS, Event.parse, text)
 
@@ -860,8 +869,8 @@ def _parse_lean(data: bytes) -> Message | None:
     try:
         via = fields["Via"].strip()
         call_id = _call_id(fields["Call-ID"].strip())
-        from_ = _name_addr(fields["From"].strip())
-        to = _name_addr(fields["To"].strip())
+        _check_name_addr(fields["From"].strip())
+        _check_name_addr(fields["To"].strip())
         cseq = _cseq(fields["CSeq"].strip())
         length = fields.get("Content-Length")
         body_start = end + 4
@@ -884,7 +893,8 @@ def _parse_lean(data: bytes) -> Message | None:
         return None  # a header missing or malformed: the full parse says which
     if isinstance(msg, Request) and cseq.method != msg.method:
         return None
-    msg._cache = {"via": vias, "call-id": call_id, "from": from_, "to": to, "cseq": cseq}
+    # From and To are made on first access: a refresh's 200 needs neither.
+    msg._cache = {"via": vias, "call-id": call_id, "cseq": cseq}
     msg._cache_headers = headers
     msg._cache_version = headers._version
     return msg

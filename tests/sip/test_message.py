@@ -139,6 +139,22 @@ class TestHeaders:
         assert a != b and len(a) == 2
 
 
+def test_lookups_follow_every_change_of_the_fields() -> None:
+    h = Headers([("Expires", "1"), ("Event", "presence")])
+    assert h.get("Expires") == "1" and "Event" in h and "Contact" not in h
+    h.add("Contact", "<sip:a@b>")
+    assert h.get("m") == "<sip:a@b>"
+    h.prepend("Expires", "0")
+    assert h.get("Expires") == "0"  # the first field of a name
+    h.set("Expires", "2")
+    assert h.get("Expires") == "2" and h.get_raw("Expires") == ["2"]
+    h.remove("Event")
+    assert h.get("Event") is None and "Event" not in h
+    copy = h.copy()
+    copy.add("Event", "presence.winfo")
+    assert copy.get("Event") == "presence.winfo" and h.get("Event") is None
+
+
 class TestSamples:
     def test_all_samples_are_present(self) -> None:
         assert len(SAMPLES) >= 9
