@@ -497,7 +497,7 @@ class Subscription:
 
     def _arm(self, expires: int, now: float) -> None:
         self.expires_at = now + expires
-        self._refresh_at = now + self.policy.refresh_delay(expires, self._spread)
+        self._refresh_at = self.policy.refresh_at(now, expires, self._spread)
 
     def _after_exchange(self, now: float) -> list[Action]:
         if self._unsubscribe_pending and self.remote_tag is not None:
