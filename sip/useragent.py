@@ -91,6 +91,7 @@ from .subscription import (
 )
 from .timers import TimerHeap
 from .transaction import (
+    MAGIC_COOKIE,
     ClientKey,
     ClientState,
     ClientTransaction,
@@ -101,7 +102,6 @@ from .transaction import (
     TransactionTimings,
     Transmit,
     TransportFailed,
-    MAGIC_COOKIE,
     client_key,
     server_key,
 )
