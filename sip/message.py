@@ -844,7 +844,7 @@ def _parse_lean(data: bytes) -> Message | None:
     full parse builds — the same header items, the same checks of the five
     headers every layer reads (§8.1.1), by the same functions — made with
     the per-line work done by ``str`` and ``dict`` methods, and with the
-    typed values of those five kept for the accessors.
+    typed Via, Call-ID and CSeq kept for the accessors.
     """
     end = data.find(b"\r\n\r\n")
     if end <= 0 or data.startswith(b"\r\n"):

@@ -1041,8 +1041,9 @@ class UserAgent:
             response.headers.add("Allow", ALLOW)
             self._datagrams.append((bytes(response), source))
             return
+        to_tag = request.to.tag
         try:
-            owner, status = self._answer(request, now)
+            owner, status = self._answer(request, to_tag, now)
         except RemoteProtocolError as exc:
             # A header we need (Subscription-State, Event, Contact...) is
             # malformed.  The request still gets its final answer — RFC 3261
@@ -1052,8 +1053,7 @@ class UserAgent:
             owner, status = None, 400
         # §8.2.6.2: a To tag is added only when the request has none (an
         # in-dialog NOTIFY has ours).
-        to_tag = self._token() if request.to.tag is None else None
-        response = request.response(status, to_tag=to_tag)
+        response = request.response(status, to_tag=self._token() if to_tag is None else None)
         if status == 405 or request.method == "OPTIONS":
             response.headers.add("Allow", ALLOW)
         if request.method == "OPTIONS":
@@ -1082,14 +1082,13 @@ class UserAgent:
             self._run(subscription, subscription.answered_late(now), now)
 
     def _answer(
-        self, request: Request, now: float
+        self, request: Request, to_tag: str | None, now: float
     ) -> tuple[tuple[Subscription, list[SubscriptionAction]] | None, int]:
         """The status for a new request, and the subscription actions it causes."""
         if request.method == "OPTIONS":
             return None, 200
         if request.method != "NOTIFY":
             return None, 405
-        to_tag = request.to.tag
         subscription = self._dialogs.get((request.call_id, to_tag or ""))
         if subscription is None or subscription.terminated:
             # RFC 6665 §4.1.3: "a subscriber ... MUST return a 481 (Subscription
