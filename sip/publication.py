@@ -127,7 +127,8 @@ class RefreshPolicy:
     step fall due together: a driver then sends them in one wake-up, with
     the code still hot from the first, and their answers come back as one
     burst, instead of each refresh costing a cold wake-up of its own.  Back,
-    never forward: the guard before expiry only grows.
+    never forward: the guard before expiry only grows; and by half the delay
+    at most, so that a grant as short as a step is not refreshed at once.
     """
 
     low: float = 0.75
@@ -143,11 +144,15 @@ class RefreshPolicy:
 
     def refresh_at(self, now: float, expires: int, spread: float) -> float:
         """The instant to refresh what was granted at ``now`` for ``expires`` s."""
-        at = now + self.refresh_delay(expires, spread)
+        delay = self.refresh_delay(expires, spread)
+        at = now + delay
         grid = self.grid
         if grid:
-            # Never back to before now: a refresh is due after the grant.
-            at = max(math.floor(at / grid) * grid, now)
+            snapped = math.floor(at / grid) * grid
+            # Moved back by at most half the delay: a grant as short as the
+            # grid is not refreshed at once, and again, and again.
+            if snapped >= now + delay / 2:
+                at = snapped
         return at
 
     def refresh_delay(self, expires: int, spread: float) -> float:

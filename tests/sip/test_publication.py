@@ -108,8 +108,15 @@ def test_a_refresh_grid_moves_refreshes_back_onto_it() -> None:
             assert at == float(int(exact)) and exact - 1.0 < at <= exact
     # Granted a moment apart, refreshed at one instant: one burst, not two.
     assert policy.refresh_at(100.1, 600, 0.5) == policy.refresh_at(100.6, 600, 0.5)
-    # Never before the grant itself, whatever the grid.
-    assert RefreshPolicy(grid=3600.0).refresh_at(10.0, 60, 0.0) == 10.0
+    # Moved back by half its delay at most: a grant of a second or two is not
+    # refreshed the moment it is granted, over and over.
+    for now in (10.0, 10.3, 10.9):
+        for expires in (1, 2, 3):
+            delay = plain.refresh_delay(expires, 0.0)
+            assert now + delay / 2 <= policy.refresh_at(now, expires, 0.0) <= now + delay
+    assert policy.refresh_at(10.0, 1, 0.0) == 10.5  # the grid's 10.0 would be at once
+    assert RefreshPolicy(grid=3600.0).refresh_at(10.0, 60, 0.0) == 10.0 + plain.refresh_delay(
+        60, 0.0)
     assert plain.refresh_at(7.5, 600, 0.5) == 7.5 + plain.refresh_delay(600, 0.5)
     with pytest.raises(ValueError):
         RefreshPolicy(grid=-1.0)
