@@ -55,6 +55,9 @@ _VIA_COMMON = re.compile(
     rf"(?::([0-9]{{1,5}}))?((?:;{_VIA_TOKEN}(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)"
 )
 
+# One parameter of the text _VIA_COMMON matched: (name, "=" or "", value).
+_VIA_PARAM = re.compile(r";([^;=]+)(=?)([^;]*)")
+
 
 @dataclass(frozen=True, slots=True)
 class Via(WithParams):
@@ -81,8 +84,8 @@ class Via(WithParams):
             port = None if port_text is None else int(port_text)
             if port is None or port <= 65535:
                 params: Params = tuple(
-                    (name, value if eq else None)
-                    for name, eq, value in (p.partition("=") for p in param_text[1:].split(";"))
+                    [(name, value if eq else None)
+                     for name, eq, value in _VIA_PARAM.findall(param_text)]
                 ) if param_text else ()
                 rport = find_param(params, "rport")[1]
                 if rport is None or (rport.isdigit() and rport.isascii() and len(rport) <= 5):

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from functools import partial
+from typing import TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .headers import CSeq, Event, RetryAfter, SubscriptionState, Via
@@ -154,7 +155,7 @@ class Headers:
     raw field values, trimmed.
     """
 
-    __slots__ = ("_items", "_version")
+    __slots__ = ("_firsts", "_items", "_version")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         # (lower-case canonical name, display name, value)
@@ -162,8 +163,19 @@ class Headers:
         # Bumped by every change, so a message's typed views of its headers
         # know whether they are still current without rescanning the fields.
         self._version = 0
+        # (version, first value of each key): a message's headers are looked
+        # up a dozen times on their way through the stack.
+        self._firsts: tuple[int, dict[str, str]] | None = None
         for name, value in items:
             self.add(name, value)
+
+    @classmethod
+    def _vouched(cls, items: list[tuple[str, str, str]]) -> Headers:
+        """Fields (key, RFC spelling, value) that need no check: texts a
+        message of ours had before, or that came from the parser."""
+        headers = cls()
+        headers._items = items
+        return headers
 
     @staticmethod
     def _checked(name: str, value: str) -> tuple[str, str, str]:
@@ -206,16 +218,21 @@ class Headers:
         self._version += 1
         return before - len(self._items)
 
+    def _first_values(self) -> dict[str, str]:
+        firsts = self._firsts
+        if firsts is None or firsts[0] != self._version:
+            # Read backwards, so that the first field of a name is what stays.
+            firsts = self._firsts = (self._version, {k: v for k, _, v in reversed(self._items)})
+        return firsts[1]
+
     def get(self, name: str) -> str | None:
         """The first value, or None.  For list headers, the first list element."""
         key = _key(name)
-        for k, _, v in self._items:
-            if k == key:
-                if key in _LIST_KEYS and ("," in v or not v):
-                    values = self.get_all(name)
-                    return values[0] if values else None
-                return v
-        return None
+        v = self._first_values().get(key)
+        if v is not None and key in _LIST_KEYS and ("," in v or not v):
+            values = self.get_all(name)
+            return values[0] if values else None
+        return v
 
     def get_all(self, name: str) -> list[str]:
         """Every value in order; comma-joined values of list headers split."""
@@ -248,11 +265,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = _key(name)
-        for item in self._items:
-            if item[0] == key:
-                return True
-        return False
+        return _key(name) in self._first_values()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -331,6 +344,15 @@ def _name_addr(text: str) -> NameAddr:
     return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
 
 
+def _check_name_addr(text: str) -> None:
+    """Raise as :func:`_name_addr` would for ``text``, without making the value
+    when its parts are known: a known address and a token tag."""
+    cut = text.rfind(";tag=")
+    if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(text[cut + 5 :]):
+        return
+    _name_addr(text)
+
+
 def _event(text: str) -> Event:
     return _parse_cached(_EVENTS, Event.parse, text)
 
@@ -383,7 +405,8 @@ class _Accessors(_Cache):
         if self._cache_headers is headers and self._cache_version == headers._version:
             hit = cache.get(key, _MISSING)
             if hit is not _MISSING:
-                return cast(T, hit)
+                # Not typing.cast: a call, and this runs on every access.
+                return hit  # type: ignore[return-value]
         else:
             cache.clear()
             self._cache_headers = headers
@@ -406,6 +429,12 @@ class _Accessors(_Cache):
     def vias(self) -> list[Via]:
         """RFC 3261 §20.42, topmost first."""
         return list(self._cached("via", _vias))
+
+    @property
+    def top_via(self) -> Via | None:
+        """The topmost Via (RFC 3261 §8.1.1.7, §17.1.3), or None."""
+        vias = self._cached("via", _vias)
+        return vias[0] if vias else None
 
     @property
     def call_id(self) -> str:
@@ -451,11 +480,7 @@ class _Accessors(_Cache):
         return self._delta("max-forwards", "Max-Forwards")
 
     def _delta(self, key: str, what: str) -> int | None:
-        def build(h: Headers) -> int | None:
-            value = h.get(key)
-            return None if value is None else parse_delta_seconds(value, what)
-
-        return self._cached(key, build)
+        return self._cached(key, _DELTAS[key])
 
     @property
     def event(self) -> Event | None:
@@ -527,6 +552,18 @@ def _to_of(h: Headers) -> NameAddr:
 
 def _contacts(h: Headers) -> tuple[NameAddr, ...]:
     return _name_addrs(h, "contact")
+
+
+def _delta_of(key: str, what: str, h: Headers) -> int | None:
+    value = h.get(key)
+    return None if value is None else parse_delta_seconds(value, what)
+
+
+_DELTAS = {
+    key: partial(_delta_of, key, what)
+    for key, what in (("expires", "Expires"), ("min-expires", "Min-Expires"),
+                      ("max-forwards", "Max-Forwards"))
+}
 
 
 def _call_id(value: str) -> str:
@@ -646,7 +683,11 @@ class Request(_Accessors):
         items = [it for it in self.headers._items if it[0] in _ECHOED_ORDER]
         items.sort(key=_echoed_order)
         h._items = items
-        to_index = next((i for i, it in enumerate(items) if it[0] == "to"), None)
+        to_index = None
+        for i, it in enumerate(items):
+            if it[0] == "to":
+                to_index = i
+                break
         if to_index is not None and self.to.tag is None:
             if to_tag is not None:
                 if not is_token(to_tag):
@@ -749,8 +790,8 @@ def _content_length(headers: Headers) -> int | None:
     return int(value)
 
 
-def _build(head: _Head, body: bytes) -> Message:
-    start, headers = head
+def _start_line(start: str, headers: Headers, body: bytes) -> Message:
+    """The Request or Response that the start line says, with these headers."""
     msg: Message
     if start[:4].upper() == "SIP/":
         parts = start.split(" ", 2)
@@ -765,6 +806,12 @@ def _build(head: _Head, body: bytes) -> Message:
         if len(parts) != 3 or parts[2].upper() != "SIP/2.0" or not is_token(parts[0]):
             raise RemoteProtocolError(f"bad request line: {start!r}")
         msg = Request(parts[0], _uri(parts[1]), headers, body)
+    return msg
+
+
+def _build(head: _Head, body: bytes) -> Message:
+    start, headers = head
+    msg = _start_line(start, headers, body)
     # §8.1.1: To, From, CSeq, Call-ID, Max-Forwards and Via are mandatory in a
     # request; Max-Forwards is tolerated missing (§16.6 defaults it), the rest
     # are what every layer above matches on, so they are checked here once.
@@ -777,6 +824,79 @@ def _build(head: _Head, body: bytes) -> Message:
     if isinstance(msg, Request) and cseq.method != msg.method:
         # §8.1.1.5: "The method MUST match that of the request."
         raise RemoteProtocolError(f"CSeq method {cseq.method} does not match {msg.method}")
+    return msg
+
+
+# What the lean parse reads: header names as the RFCs spell them, so that each
+# stands for itself (no compact form, no other case) and a repeated one shows.
+_LEAN_NAMES = frozenset(_CANONICAL_NAMES)
+
+
+def _parse_lean(data: bytes) -> Message | None:
+    """``parse_message(data)``, when ``data`` has the shape the presence server
+    and every common stack send; None for anything else, which the full parse
+    then reads (or refuses) as before.
+
+    The shape: no CRLF before the start line; header lines ``Name: value``
+    with names in their RFC spelling, each at most once (so one Via, no
+    folding: a continuation line has no such name); Via, From, To, Call-ID
+    and CSeq present, the Via one value.  The message is the very one the
+    full parse builds — the same header items, the same checks of the five
+    headers every layer reads (§8.1.1), by the same functions — made with
+    the per-line work done by ``str`` and ``dict`` methods, and with the
+    typed Via, Call-ID and CSeq kept for the accessors.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or data.startswith(b"\r\n"):
+        return None
+    head = data[:end]
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None
+    try:
+        lines = head.decode("utf-8").split("\r\n")
+        # A line without ": " makes a one-element split, which dict() refuses.
+        fields = dict([line.split(": ", 1) for line in lines[1:]])
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if len(fields) != len(lines) - 1 or not _LEAN_NAMES.issuperset(fields):
+        return None
+    keys = _KEYS
+    # Stripped as the full parse strips every value (§7.3.1 LWS).
+    items = [(keys[name], name, value.strip()) for name, value in fields.items()]
+    headers = Headers()
+    headers._items = items
+    try:
+        via = fields["Via"].strip()
+        call_id = _call_id(fields["Call-ID"].strip())
+        _check_name_addr(fields["From"].strip())
+        _check_name_addr(fields["To"].strip())
+        cseq = _cseq(fields["CSeq"].strip())
+        length = fields.get("Content-Length")
+        body_start = end + 4
+        if length is None:
+            body = data[body_start:]
+        else:
+            # As _content_length reads it (here the field is there once).
+            length = length.strip()
+            if not length.isdigit() or not length.isascii() or len(length) > 12:
+                return None
+            stop = body_start + int(length)
+            if stop > len(data):
+                return None
+            body = data[body_start:stop]
+        if "," in via or not via:
+            return None  # several Vias in one line: the full parse splits them
+        vias = (Via.parse(via),)
+        msg = _start_line(lines[0], headers, bytes(body))
+    except (KeyError, RemoteProtocolError):
+        return None  # a header missing or malformed: the full parse says which
+    if isinstance(msg, Request) and cseq.method != msg.method:
+        return None
+    # From and To are made on first access: a refresh's 200 needs neither.
+    msg._cache = {"via": vias, "call-id": call_id, "cseq": cseq}
+    msg._cache_headers = headers
+    msg._cache_version = headers._version
     return msg
 
 
@@ -794,6 +914,12 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_DATAGRAM) -> Messa
     """
     if len(data) > max_size:
         raise RemoteProtocolError(f"datagram of {len(data)} bytes exceeds {max_size}")
+    lean = _parse_lean(data)
+    return lean if lean is not None else _parse_full(data)
+
+
+def _parse_full(data: bytes) -> Message:
+    """:func:`parse_message` for any shape of message."""
     # §7.5: CRLFs before the start line are ignored.
     start = 0
     while data.startswith(b"\r\n", start):

@@ -497,7 +497,7 @@ class Subscription:
 
     def _arm(self, expires: int, now: float) -> None:
         self.expires_at = now + expires
-        self._refresh_at = now + self.policy.refresh_delay(expires, self._spread)
+        self._refresh_at = self.policy.refresh_at(now, expires, self._spread)
 
     def _after_exchange(self, now: float) -> list[Action]:
         if self._unsubscribe_pending and self.remote_tag is not None:
@@ -519,23 +519,29 @@ class Subscription:
     def _subscribe(self, expires: int) -> Request:
         self._local_cseq += 1
         self._outstanding = True
-        h = Headers()
-        for route in self.route_set:
-            h.add("Route", str(route))
-        h.add("From", str(NameAddr(None, self.subscriber, (("tag", self.local_tag),))))
-        to_params: tuple[tuple[str, str | None], ...] = ()
-        if self.remote_tag is not None:
-            to_params = (("tag", self.remote_tag),)
-        h.add("To", str(NameAddr(None, self.target, to_params)))
-        h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{self._local_cseq} SUBSCRIBE")
-        h.add("Event", self.event)
-        h.add("Expires", str(expires))
-        h.add("Accept", ", ".join(self.accept))
+        # The name-addr texts NameAddr.__str__ gives, without making the objects.
+        items = [("route", "Route", str(route)) for route in self.route_set]
+        items += [
+            ("from", "From", f"<{self.subscriber}>;tag={self.local_tag}"),
+            ("to", "To", f"<{self.target}>" if self.remote_tag is None
+             else f"<{self.target}>;tag={self.remote_tag}"),
+            ("call-id", "Call-ID", self.call_id),
+            ("cseq", "CSeq", f"{self._local_cseq} SUBSCRIBE"),
+            ("event", "Event", self.event),
+            ("expires", "Expires", str(expires)),
+            ("accept", "Accept", ", ".join(self.accept)),
+        ]
         if self.eventlist:
             # RFC 4662 §5: a subscriber willing to receive a resource list
             # says so in every SUBSCRIBE, initial and refresh.
-            h.add("Supported", "eventlist")
+            items.append(("supported", "Supported", "eventlist"))
+        if self.remote_tag is None:
+            # Checked before the first SUBSCRIBE goes out; in the dialog the
+            # same texts come back, with the notifier's tag and target read
+            # by the parser.
+            h = Headers((name, value) for _, name, value in items)
+        else:
+            h = Headers._vouched(items)
         # RFC 3261 §12.2.1.1: in-dialog requests go to the remote target.
         uri = self.target
         if self.remote_tag is not None and self.remote_target is not None:

@@ -8,7 +8,12 @@ and calls their ``handle_timer(now)``.
 
 Re-scheduling or cancelling does not search the heap: the entry stays where it
 is and is recognised as stale when it surfaces (lazy deletion, as the
-``heapq`` documentation describes).  Each live key maps to its one valid entry
+``heapq`` documentation describes).  A key moved *later* is not even pushed
+again: its entry keeps its place and its sequence number, the key's live
+entry says the new deadline, and when the old entry surfaces the live one
+takes its place in the heap.  A subscription's deadline moves later two or
+three times per refresh (the answer, the NOTIFY), and only the first of
+those moves costs a push, when its entry comes up.  Each live key maps to its one valid entry
 (the very tuple in the heap: a user agent holds one per subscription, by the
 hundred thousand), and a re-armed key's entries share the key object first
 filed.  When stale entries reach a quarter of the live ones the heap is
@@ -58,11 +63,17 @@ class TimerHeap(Generic[K]):
         """Arm ``key`` for ``deadline``, replacing any deadline it had."""
         if math.isnan(deadline):
             raise LocalProtocolError("a timer deadline cannot be NaN")
-        self._sequence += 1
         live = self._live
         old = live.get(key)
         if old is not None:
             key = old[2]  # equal, and already kept: one object per key
+            if deadline >= old[0]:
+                # Its entry in the heap, of the same sequence number, is due
+                # no later than this: it stands for the key until it surfaces.
+                if deadline != old[0]:
+                    live[key] = (deadline, old[1], key)
+                return
+        self._sequence += 1
         entry = live[key] = (deadline, self._sequence, key)
         heapq.heappush(self._heap, entry)
         if len(self._heap) > _MIN_COMPACT and len(self._heap) > (1 + _STALE_SHARE) * len(live):
@@ -74,23 +85,32 @@ class TimerHeap(Generic[K]):
 
     def next_deadline(self) -> float | None:
         heap = self._heap
-        while heap and not self._is_live(heap[0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        live = self._live
+        while heap:
+            top = heap[0]
+            current = live.get(top[2])
+            if current is top:
+                return top[0]
+            if current is not None and current[1] == top[1]:
+                heapq.heapreplace(heap, current)  # moved later: filed now
+            else:
+                heapq.heappop(heap)  # cancelled or filed again earlier
+        return None
 
     def pop_expired(self, now: float) -> list[K]:
         """Disarm and return the keys whose deadline is ``<= now``, earliest first."""
         heap = self._heap
+        live = self._live
         expired: list[K] = []
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            if self._is_live(entry):
-                del self._live[entry[2]]
+            current = live.get(entry[2])
+            if current is entry:
+                del live[entry[2]]
                 expired.append(entry[2])
+            elif current is not None and current[1] == entry[1]:
+                heapq.heappush(heap, current)  # moved later: filed now
         return expired
-
-    def _is_live(self, entry: tuple[float, int, K]) -> bool:
-        return self._live.get(entry[2]) is entry
 
     def _compact(self) -> None:
         self._heap = list(self._live.values())

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
+from .headers import Via
 from .message import Request, Response
 
 __all__ = [
@@ -170,16 +171,21 @@ def new_branch(random_token: str) -> str:
     return MAGIC_COOKIE + random_token
 
 
-def _top_branch(message: Request | Response) -> tuple[str, str]:
-    """(branch, sent-by) of the top Via, or RemoteProtocolError."""
-    vias = message.vias
-    if not vias:
+def _top_via(message: Request | Response) -> tuple[Via, str]:
+    """The top Via and its branch, or RemoteProtocolError."""
+    top = message.top_via
+    if top is None:
         raise RemoteProtocolError("message has no Via header")
-    top = vias[0]
     branch = top.branch
     if branch is None or not branch.startswith(MAGIC_COOKIE) or branch == MAGIC_COOKIE:
         # RFC 2543 peers (no cookie) would need the §17.2.3 fallback matching.
         raise RemoteProtocolError(f"top Via has no RFC 3261 branch: {branch!r}")
+    return top, branch
+
+
+def _top_branch(message: Request | Response) -> tuple[str, str]:
+    """(branch, sent-by) of the top Via, or RemoteProtocolError."""
+    top, branch = _top_via(message)
     # Host names compare case-insensitively (§19.1.4); the port as sent.
     host = top.host.lower()
     sent_by = host if top.port is None else f"{host}:{top.port}"
@@ -196,8 +202,7 @@ def client_key(message: Request | Response) -> ClientKey:
     CSeq header field matches the method of the request that created the
     transaction."
     """
-    branch, _ = _top_branch(message)
-    return branch, message.cseq.method
+    return _top_via(message)[1], message.cseq.method
 
 
 def server_key(request: Request) -> ServerKey:
@@ -225,7 +230,15 @@ def _check_non_invite(request: Request) -> None:
 # --- client --------------------------------------------------------------
 
 
-class ClientState(enum.Enum):
+class _Identity(enum.Enum):
+    """An enum hashed as its members are compared, by identity: the tables are
+    looked up by (state, input) on every message and timer, and
+    ``Enum.__hash__`` is Python code that hashes the member's name."""
+
+    __hash__ = object.__hash__
+
+
+class ClientState(_Identity):
     INITIAL = "initial"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -233,7 +246,7 @@ class ClientState(enum.Enum):
     TERMINATED = "terminated"
 
 
-class _ClientInput(enum.Enum):
+class _ClientInput(_Identity):
     START = "start"
     PROVISIONAL = "1xx"
     FINAL = "200-699"
@@ -445,14 +458,14 @@ class ClientTransaction(_Transaction[ClientState, _ClientInput]):
 # --- server --------------------------------------------------------------
 
 
-class ServerState(enum.Enum):
+class ServerState(_Identity):
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
     TERMINATED = "terminated"
 
 
-class _ServerInput(enum.Enum):
+class _ServerInput(_Identity):
     REQUEST = "request retransmission"
     PROVISIONAL = "1xx from TU"
     FINAL = "200-699 from TU"

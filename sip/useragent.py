@@ -91,6 +91,7 @@ from .subscription import (
 )
 from .timers import TimerHeap
 from .transaction import (
+    MAGIC_COOKIE,
     ClientKey,
     ClientState,
     ClientTransaction,
@@ -102,7 +103,6 @@ from .transaction import (
     Transmit,
     TransportFailed,
     client_key,
-    new_branch,
     server_key,
 )
 from .uri import SipURI
@@ -354,6 +354,8 @@ class UserAgent:
         # A given seeded generator keeps its one-draw-per-token sequence.
         self._token_batch = isinstance(rng, random.SystemRandom)
         self._tokens: list[str] = []
+        # Written into every request as it is: checked once here.
+        Headers([("User-Agent", user_agent), ("Via", self._via_prefix + self._via_suffix)])
         self._user_agent = user_agent
         self._publication_expires = publication_expires
         self._subscription_expires = subscription_expires
@@ -840,20 +842,32 @@ class UserAgent:
 
     def _send(self, owner: Owner, request: Request, now: float, authenticated: bool) -> None:
         headers = request.headers
-        branch = new_branch(self._token())
-        headers.prepend("Via", self._via_prefix + branch + self._via_suffix)
-        if "Max-Forwards" not in headers:
-            headers.add("Max-Forwards", "70")
-        if request.method == "SUBSCRIBE" and isinstance(owner, Subscription):
+        # A token of ours is hex, as new_branch wants it (§8.1.1.7).
+        branch = MAGIC_COOKIE + self._token()
+        # One look at the fields for what is there already (a request sent
+        # again after a challenge has it all but the Via); the texts added
+        # are ours, checked once in __init__.
+        present = {key for key, _, _ in headers._items}
+        items = headers._items
+        items.insert(0, ("via", "Via", self._via_prefix + branch + self._via_suffix))
+        if "max-forwards" not in present:
+            items.append(("max-forwards", "Max-Forwards", "70"))
+        if request.method == "SUBSCRIBE" and type(owner) is Subscription:
             # RFC 6665 §4.1.2.1 / RFC 3261 §8.1.1.8: the NOTIFYs come here.
-            headers.set("Contact", self._contact(owner.subscriber.user))
-            headers.set("Allow", ALLOW)
-        if "User-Agent" not in headers:
-            headers.add("User-Agent", self._user_agent)
+            contact = self._contact(owner.subscriber.user)
+            if "contact" in present or "allow" in present:
+                headers.set("Contact", contact)
+                headers.set("Allow", ALLOW)
+            else:
+                items.append(("contact", "Contact", contact))
+                items.append(("allow", "Allow", ALLOW))
+        if "user-agent" not in present:
+            items.append(("user-agent", "User-Agent", self._user_agent))
+        headers._version += 1
         identity = self._identity(owner)
-        if identity is not None:
+        if identity is not None and (self._credentials or self._default_credentials):
             self._authorize(identity, request)
-        if len(headers.get_raw("via")) == 1:
+        if "via" not in present:
             # The transaction is keyed by this Via's branch (RFC 3261
             # §17.1.3); it is the value of the text just written, not parsed
             # back from it.
@@ -1027,8 +1041,9 @@ class UserAgent:
             response.headers.add("Allow", ALLOW)
             self._datagrams.append((bytes(response), source))
             return
+        to_tag = request.to.tag
         try:
-            owner, status = self._answer(request, now)
+            owner, status = self._answer(request, to_tag, now)
         except RemoteProtocolError as exc:
             # A header we need (Subscription-State, Event, Contact...) is
             # malformed.  The request still gets its final answer — RFC 3261
@@ -1038,8 +1053,7 @@ class UserAgent:
             owner, status = None, 400
         # §8.2.6.2: a To tag is added only when the request has none (an
         # in-dialog NOTIFY has ours).
-        to_tag = self._token() if request.to.tag is None else None
-        response = request.response(status, to_tag=to_tag)
+        response = request.response(status, to_tag=self._token() if to_tag is None else None)
         if status == 405 or request.method == "OPTIONS":
             response.headers.add("Allow", ALLOW)
         if request.method == "OPTIONS":
@@ -1068,14 +1082,13 @@ class UserAgent:
             self._run(subscription, subscription.answered_late(now), now)
 
     def _answer(
-        self, request: Request, now: float
+        self, request: Request, to_tag: str | None, now: float
     ) -> tuple[tuple[Subscription, list[SubscriptionAction]] | None, int]:
         """The status for a new request, and the subscription actions it causes."""
         if request.method == "OPTIONS":
             return None, 200
         if request.method != "NOTIFY":
             return None, 405
-        to_tag = request.to.tag
         subscription = self._dialogs.get((request.call_id, to_tag or ""))
         if subscription is None or subscription.terminated:
             # RFC 6665 §4.1.3: "a subscriber ... MUST return a 481 (Subscription

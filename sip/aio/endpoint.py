@@ -54,6 +54,7 @@ from ..publication import (
     PublicationFailed,
     PublicationRemoved,
     PublicationState,
+    RefreshPolicy,
 )
 from ..subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from ..transaction import TransactionTimings
@@ -93,6 +94,10 @@ _BIND_ATTEMPTS = 20
 
 #: The grid (seconds) the driver's one timer is woken on; see SipEndpoint._arm.
 TIMER_SLACK = 0.02
+
+#: The grid (seconds) refreshes are moved back onto (``RefreshPolicy.grid``):
+#: the refreshes due within a second go out in one wake-up of this driver.
+REFRESH_GRID = 1.0
 
 #: Receive buffer asked for the UDP socket, bytes.  Linux's default
 #: (``net.core.rmem_default``) holds only some hundred NOTIFYs: a burst during a
@@ -351,6 +356,7 @@ class SipEndpoint:
             timings=self._timings,
             publication_expires=self._publication_expires,
             subscription_expires=self._subscription_expires,
+            policy=RefreshPolicy(grid=REFRESH_GRID),
             window=self._window,
         )
         if self._credentials is not None:

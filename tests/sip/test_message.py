@@ -6,9 +6,12 @@ from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.headers import CSeq, Event, RetryAfter, SubscriptionState, Via
 from sip.message import (
     Headers,
+    Message,
     Request,
     Response,
     StreamParser,
+    _parse_full,
+    _parse_lean,
     is_keepalive,
     parse_message,
 )
@@ -134,6 +137,22 @@ class TestHeaders:
         assert a == b and a == Headers([("Via", "x"), ("t", "y")])
         b.add("Expires", "1")
         assert a != b and len(a) == 2
+
+
+def test_lookups_follow_every_change_of_the_fields() -> None:
+    h = Headers([("Expires", "1"), ("Event", "presence")])
+    assert h.get("Expires") == "1" and "Event" in h and "Contact" not in h
+    h.add("Contact", "<sip:a@b>")
+    assert h.get("m") == "<sip:a@b>"
+    h.prepend("Expires", "0")
+    assert h.get("Expires") == "0"  # the first field of a name
+    h.set("Expires", "2")
+    assert h.get("Expires") == "2" and h.get_raw("Expires") == ["2"]
+    h.remove("Event")
+    assert h.get("Event") is None and "Event" not in h
+    copy = h.copy()
+    copy.add("Event", "presence.winfo")
+    assert copy.get("Event") == "presence.winfo" and h.get("Event") is None
 
 
 class TestSamples:
@@ -504,6 +523,101 @@ class TestParseMessage:
     def test_garbage(self, data: bytes) -> None:
         with pytest.raises(RemoteProtocolError):
             parse_message(data)
+
+
+KAMAILIO = Path(__file__).parent.parent / "data" / "kamailio"
+KAMAILIO_SIP = sorted(KAMAILIO.glob("*.txt"))
+
+
+def _typed(msg: Message) -> tuple[object, ...]:
+    return (msg.vias, msg.call_id, msg.from_, msg.to, msg.cseq, msg.contacts, msg.expires,
+            msg.event, msg.subscription_state, msg.content_type)
+
+
+class TestLeanParse:
+    """The lean parse gives the full parse's message, or None: never another one."""
+
+    @pytest.mark.parametrize(
+        "data",
+        [*(DATA / name for name in SAMPLES), *KAMAILIO_SIP],
+        ids=lambda p: p.name,
+    )
+    def test_captures_read_as_the_full_parse_reads_them(self, data: Path) -> None:
+        raw = data.read_bytes()
+        if not raw.startswith((b"SIP/2.0 ", b"NOTIFY ", b"SUBSCRIBE ", b"PUBLISH ", b"OPTIONS ")):
+            pytest.skip("not a SIP message")
+        full = _parse_full(raw)
+        lean = _parse_lean(raw)
+        if data.parent == KAMAILIO:
+            # What the presence server sends, and what we send it: all lean.
+            assert lean is not None
+        if lean is not None:
+            assert lean == full
+            assert type(lean) is type(full)
+            assert _typed(lean) == _typed(full)
+            assert bytes(lean) == bytes(full)
+
+    def test_the_common_shape_is_lean(self) -> None:
+        data = minimal(extra="Content-Length: 3\r\nEvent: presence\r\n", body=b"abcdef")
+        lean = _parse_lean(data)
+        assert lean is not None and lean == _parse_full(data) and lean.body == b"abc"
+        assert _parse_lean(minimal(body=b"xyz")) == _parse_full(minimal(body=b"xyz"))
+        # Blanks around a value go, as the full parse strips them (§7.3.1).
+        blanks = minimal(extra="Content-Length:  3 \r\n", body=b"abc").replace(
+            b"From: ", b"From:  ")
+        lean = _parse_lean(blanks)
+        assert lean is not None and lean == _parse_full(blanks) and lean.body == b"abc"
+        assert _typed(lean) == _typed(_parse_full(blanks))
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            # Shapes the full parse reads, differently spelt.
+            b"\r\n" + minimal(),
+            minimal().replace(b"Via:", b"v:"),
+            minimal().replace(b"Call-ID:", b"call-id:"),
+            minimal().replace(b"From: ", b"From:"),
+            minimal().replace(b"From:", b"From \t:"),
+            minimal(extra="X-Unknown: 1\r\n"),
+            minimal(extra="Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK2\r\n"),
+            minimal().replace(b"z9hG4bK1", b"z9hG4bK1, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK2"),
+            minimal(extra="Subject: a\r\n b\r\n"),
+            # And garbage, which the full parse refuses with its reason.
+            minimal().replace(b"CSeq: 1 NOTIFY", b"CSeq: 1 SUBSCRIBE"),
+            minimal().replace(b"Call-ID: c1@host", b"Call-ID: c1 host"),
+            minimal().replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com"),
+            minimal().replace(b"Via: SIP/2.0/UDP", b"Via: SIP/2.0"),
+            minimal().replace(b"CSeq: 1", b"CSeq: x"),
+            minimal(extra="Content-Length: -1\r\n"),
+            minimal(extra="Content-Length: 10\r\n", body=b"abc"),
+            minimal(extra="Bad\nLine: x\r\n"),
+            minimal(extra="no colon\r\n"),
+            minimal().replace(b"c1@host", b"c1@\xff\xfe"),
+            minimal().replace(b"\r\n\r\n", b"\r\n"),
+            b"SIP/2.0 2000 OK\r\n" + minimal().split(b"\r\n", 1)[1],
+            *(b"\r\n".join(line for line in minimal().split(b"\r\n")
+                            if not line.startswith(missing + b":"))
+              for missing in (b"Via", b"From", b"To", b"Call-ID", b"CSeq")),
+        ],
+    )
+    def test_anything_else_falls_back_to_the_full_parse(self, data: bytes) -> None:
+        assert _parse_lean(data) is None
+        try:
+            expected: Message | str = _parse_full(data)
+        except RemoteProtocolError as exc:
+            expected = str(exc)
+        try:
+            got: Message | str = parse_message(data)
+        except RemoteProtocolError as exc:
+            got = str(exc)
+        assert got == expected
+
+    def test_a_lean_message_is_as_mutable_as_any(self) -> None:
+        msg = _parse_lean(minimal(extra="Expires: 60\r\n"))
+        assert msg is not None and msg.expires == 60 and msg.call_id == "c1@host"
+        msg.headers.set("Call-ID", "other")
+        msg.headers.set("Expires", "30")
+        assert msg.call_id == "other" and msg.expires == 30
 
 
 class TestStreamParser:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sip.errors import RemoteProtocolError
 from sip.headers import CSeq, Event, RetryAfter, SubscriptionState, Via
-from sip.message import Message, StreamParser, parse_message
+from sip.message import Message, StreamParser, _parse_full, _parse_lean, parse_message
 from sip.params import quote
 from sip.uri import AbsoluteURI, NameAddr, SipURI, parse_uri
 
@@ -48,11 +48,18 @@ def exercise(msg: Message) -> None:
 
 
 def parse_or_reject(data: bytes) -> None:
+    lean = _parse_lean(data)
     try:
-        msg = parse_message(data)
+        msg = _parse_full(data)
     except RemoteProtocolError:
+        # The lean parse never accepts what the full parse refuses.
+        assert lean is None
         return
+    # Nor does it read another message than the full parse.
+    assert lean is None or (lean == msg and type(lean) is type(msg))
     exercise(msg)
+    if lean is not None:
+        exercise(lean)
 
 
 def stream_or_reject(chunks: list[bytes]) -> None:

@@ -98,6 +98,40 @@ def test_refresh_delay_keeps_the_guard_before_expiry() -> None:
     assert policy.refresh_delay(3600, 0.1) != policy.refresh_delay(3600, 0.2)
 
 
+def test_a_refresh_grid_moves_refreshes_back_onto_it() -> None:
+    policy = RefreshPolicy(grid=1.0)
+    plain = RefreshPolicy()
+    for now in (0.0, 100.25, 101.999):
+        for spread in (0.0, 0.37, 1.0):
+            at = policy.refresh_at(now, 600, spread)
+            exact = plain.refresh_at(now, 600, spread)
+            assert at == float(int(exact)) and exact - 1.0 < at <= exact
+    # Granted a moment apart, refreshed at one instant: one burst, not two.
+    assert policy.refresh_at(100.1, 600, 0.5) == policy.refresh_at(100.6, 600, 0.5)
+    # Moved back by half its delay at most: a grant of a second or two is not
+    # refreshed the moment it is granted, over and over.
+    for now in (10.0, 10.3, 10.9):
+        for expires in (1, 2, 3):
+            delay = plain.refresh_delay(expires, 0.0)
+            assert now + delay / 2 <= policy.refresh_at(now, expires, 0.0) <= now + delay
+    assert policy.refresh_at(10.0, 1, 0.0) == 10.5  # the grid's 10.0 would be at once
+    assert RefreshPolicy(grid=3600.0).refresh_at(10.0, 60, 0.0) == 10.0 + plain.refresh_delay(
+        60, 0.0)
+    assert plain.refresh_at(7.5, 600, 0.5) == 7.5 + plain.refresh_delay(600, 0.5)
+    with pytest.raises(ValueError):
+        RefreshPolicy(grid=-1.0)
+
+
+def test_a_publication_refreshes_on_the_policy_grid() -> None:
+    pub = Publication(1, AOR, call_id="call-1", local_tag="tag-1", expires=3600, spread=0.3,
+                      policy=RefreshPolicy(grid=1.0))
+    request = only_request(pub.publish(BODY, 0.0))
+    pub.receive_response(answer(request, 200, SIP_ETag="e1", Expires="600"), 12.345)
+    timer = pub.get_timer()
+    assert timer is not None and timer == int(timer)
+    assert only_request(pub.handle_timer(timer)).headers.get("SIP-If-Match") == "e1"
+
+
 def test_2xx_without_expires_uses_the_requested_value() -> None:
     pub = make(expires=600)
     request = only_request(pub.publish(BODY, 0.0))

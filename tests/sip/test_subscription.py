@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.message import Headers, Request, Response
+from sip.publication import RefreshPolicy
 from sip.subscription import (
     MAX_MISSING,
     NotifyReceived,
@@ -261,6 +262,34 @@ def test_refresh_goes_in_dialog() -> None:
     actions = sub.receive_response(answer(refresh, 200, Expires="600"), timer + 0.1)
     assert actions == []  # SubscriptionAccepted is for the initial SUBSCRIBE only
     assert sub.expires_at == timer + 0.1 + 600
+
+
+def test_subscriptions_granted_a_moment_apart_refresh_together_on_the_grid() -> None:
+    timers = []
+    for i, granted in enumerate((40.1, 40.7)):
+        sub = Subscription(i, WATCHER, TARGET, call_id=f"call-{i}", local_tag="ltag",
+                           spread=0.5, timer_n=TIMER_N, policy=RefreshPolicy(grid=1.0))
+        request = started(sub, granted)
+        sub.receive_response(answer(request, 200, Expires="600", Contact=f"<{NOTIFIER}>"),
+                             granted)
+        sub.receive_notify(notify("active;expires=600", body=PIDF), granted + 0.01)
+        timers.append(sub.get_timer())
+        assert only_request(sub.handle_timer(timers[-1])).to.tag == "rtag"
+    assert timers[0] == timers[1] == int(timers[0])
+
+
+def test_in_dialog_subscribes_carry_the_fields_the_initial_one_was_checked_with() -> None:
+    sub = make()
+    request = started(sub)
+    with pytest.raises(LocalProtocolError):
+        bad = Subscription(8, WATCHER, TARGET, call_id="c", local_tag="t", event="a\r\nb: c")
+        bad.start(0.0)
+    sub.receive_response(answer(request, 200, Expires="600", Contact=f"<{NOTIFIER}>"), 0.0)
+    sub.receive_notify(notify("active;expires=600", body=PIDF), 0.0)
+    refresh = only_request(sub.refresh(1.0))
+    checked = Headers((name, value) for name, value in refresh.headers)
+    assert refresh.headers == checked
+    assert [name for name, _ in refresh.headers] == [name for name, _ in request.headers]
 
 
 def test_notify_contact_updates_the_remote_target() -> None:

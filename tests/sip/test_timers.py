@@ -155,3 +155,42 @@ def test_nan_deadline_is_a_local_protocol_error() -> None:
         heap.schedule(float("nan"), "a")
     assert heap.next_deadline() == 2.0
     assert heap.pop_expired(2.0) == ["b"]
+
+
+def test_a_key_moved_later_keeps_its_entry_until_it_surfaces() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    heap.schedule(1.0, "a")
+    heap.schedule(2.0, "b")
+    for deadline in (3.0, 4.0, 5.0):
+        heap.schedule(deadline, "a")
+    assert len(heap._heap) == 2  # no entry pushed for the moves
+    assert heap.deadline("a") == 5.0
+    assert heap.next_deadline() == 2.0  # "a" filed at 5.0 as its old entry came up
+    assert heap.pop_expired(4.9) == ["b"]
+    assert heap.next_deadline() == 5.0
+    assert heap.pop_expired(5.0) == ["a"]
+    assert heap.pop_expired(99.0) == [] and heap.next_deadline() is None
+
+
+def test_a_key_moved_later_then_earlier_or_cancelled() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    heap.schedule(1.0, "a")
+    heap.schedule(9.0, "a")
+    heap.schedule(3.0, "a")  # earlier than 9, later than the entry at 1
+    heap.schedule(2.0, "b")
+    heap.schedule(1.0, "c")
+    heap.schedule(8.0, "c")
+    heap.cancel("c")
+    assert heap.pop_expired(2.5) == ["b"]
+    assert heap.pop_expired(8.5) == ["a"]
+    assert heap.pop_expired(99.0) == []
+    assert len(heap) == 0
+
+
+def test_a_moved_key_that_is_due_pops_with_the_others_in_deadline_order() -> None:
+    heap: TimerHeap[str] = TimerHeap()
+    heap.schedule(1.0, "a")
+    heap.schedule(2.0, "b")
+    heap.schedule(3.0, "a")
+    heap.schedule(2.5, "c")
+    assert heap.pop_expired(10.0) == ["b", "c", "a"]

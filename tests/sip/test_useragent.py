@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sip import digest
+from sip.errors import LocalProtocolError
 from sip.headers import Via
 from sip.message import Headers, Request, Response, parse_message
 from sip.publication import (
@@ -1495,3 +1496,49 @@ def test_a_subscription_ended_while_its_subscribe_waits_for_room_sends_nothing()
     net.ua.unsubscribe(kept, net.now)
     (bye,) = wire.take()
     assert bye.to.uri == dave and bye.headers.get("Expires") == "0"
+
+
+# -- the refresh exchange, field by field ---------------------------------------------
+
+
+def test_a_refresh_carries_what_the_initial_subscribe_carried() -> None:
+    net = Net()
+    sub_id, subscribe = subscribed(net)
+    net.ua.refresh(sub_id, net.now)
+    refresh = net.request()
+    names = [name for name, _ in refresh.headers]
+    # One of each, the Via first (RFC 3261 §8.1.1.7) and in the order the
+    # initial SUBSCRIBE had them.
+    assert names == [name for name, _ in subscribe.headers]
+    assert names[0] == "Via" and len(set(names)) == len(names)
+    for name in ("From", "Call-ID", "Event", "Expires", "Accept", "Contact", "Allow",
+                 "Max-Forwards", "User-Agent"):
+        assert refresh.headers.get_raw(name) == subscribe.headers.get_raw(name), name
+    assert refresh.to.tag == "srvtag" and refresh.cseq.seq == subscribe.cseq.seq + 1
+    assert str(refresh.uri) == "sip:presence@127.0.0.1:5070"  # the remote target
+
+
+def test_a_challenged_refresh_is_sent_again_with_each_field_once() -> None:
+    net = Net()
+    net.ua.set_credentials(BOB, CREDS)
+    sub_id, _ = subscribed(net)
+    net.ua.refresh(sub_id, net.now)
+    refresh = net.request()
+    net.reply(refresh, 401, ("WWW-Authenticate", CHALLENGE))
+    retry = net.request()
+    check_authorization(retry, "Authorization", CHALLENGE)
+    names = [name for name, _ in retry.headers]
+    assert len(set(names)) == len(names), names
+    assert retry.contacts == refresh.contacts
+    assert retry.headers.get_raw("Allow") == ["NOTIFY, OPTIONS"]
+    assert retry.cseq.seq == refresh.cseq.seq + 1 and retry.to.tag == "srvtag"
+
+
+def test_texts_written_into_every_request_are_checked_up_front() -> None:
+    with pytest.raises(LocalProtocolError):
+        UserAgent(local=Destination("udp", "127.0.0.1", 5080),
+                  server=SipURI.parse("sip:127.0.0.1:5070"), rng=random.Random(1),
+                  user_agent="agent\r\nX-Forged: 1")
+    net = Net()
+    with pytest.raises(LocalProtocolError):
+        net.ua.subscribe(BOB, ALICE, net.now, event="presence\r\nX-Forged: 1")

@@ -188,3 +188,40 @@ def test_requests_from_another_host_than_the_server_are_refused_and_counted() ->
     assert stranger.startswith(b"SIP/2.0 403 ") and again.startswith(b"SIP/2.0 403 ")
     assert friend.startswith(b"SIP/2.0 200 ")
     assert (refused, dropped) == (2, 0)
+
+
+def test_refreshes_fall_on_the_drivers_grid() -> None:
+    """What the server grants is refreshed on a whole step of REFRESH_GRID, so
+    that the refreshes due within a step go out in one wake-up."""
+
+    async def scenario() -> float | None:
+        endpoint = await _started()
+        try:
+            sent: list[bytes] = []
+            endpoint._udp.sendto = lambda data, addr=None: sent.append(data)  # type: ignore[union-attr, method-assign]
+            handle = endpoint.subscribe(SipURI.parse("sip:bob@example.com"),
+                                        SipURI.parse("sip:alice@example.com"))
+            subscribe = sent.pop().decode()
+            fields = dict(line.split(": ", 1) for line in subscribe.split("\r\n")[1:] if line)
+            ok = (f"SIP/2.0 200 OK\r\nVia: {fields['Via']}\r\nFrom: {fields['From']}\r\n"
+                  f"To: {fields['To']};tag=srv\r\nCall-ID: {fields['Call-ID']}\r\n"
+                  f"CSeq: {fields['CSeq']}\r\nExpires: 600\r\n"
+                  "Contact: <sip:127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n")
+            notify = (f"NOTIFY sip:bob@127.0.0.1:{endpoint.local.port} SIP/2.0\r\n"
+                      "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKn1\r\n"
+                      f"From: {fields['To']};tag=srv\r\nTo: {fields['From']}\r\n"
+                      f"Call-ID: {fields['Call-ID']}\r\nCSeq: 1 NOTIFY\r\nEvent: presence\r\n"
+                      "Subscription-State: active;expires=600\r\nContent-Length: 0\r\n\r\n")
+            endpoint._datagram(ok.encode(), ("127.0.0.1", 9))
+            endpoint._datagram(notify.encode(), ("127.0.0.1", 9))
+            assert sent and sent[-1].startswith(b"SIP/2.0 200 ")
+            subscription = endpoint.ua.subscription(handle.id)
+            assert subscription is not None and subscription.remote_tag == "srv"
+            return subscription.get_timer()
+        finally:
+            await endpoint.close()
+
+    deadline = asyncio.run(scenario())
+    assert deadline is not None
+    steps = deadline / endpoint_module.REFRESH_GRID
+    assert abs(steps - round(steps)) < 1e-9
