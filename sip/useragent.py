@@ -311,8 +311,12 @@ class _Timer(enum.IntEnum):
     CLIENT = 1  # a client transaction, by its key
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
-    SUBSCRIPTION = 5  # a subscription, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
+
+
+# A subscription's deadline is filed under its bare id (an int, which no other
+# key is): the id the subscription holds anyway, where a (kind, id) tuple would
+# be one more object per held subscription.
 
 
 class UserAgent:
@@ -358,6 +362,8 @@ class UserAgent:
         self._publication_expires = publication_expires
         self._subscription_expires = subscription_expires
         self._timings = timings
+        # Timer N of every subscription (RFC 6665 §4.1.2.4): one float for all.
+        self._timer_n = timings.timeout
         self._policy = policy
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
@@ -384,9 +390,10 @@ class UserAgent:
         self._resent: dict[ServerKey, int] = {}
         self._publications: dict[int, Publication] = {}
         self._subscriptions: dict[int, Subscription] = {}
-        self._dialogs: dict[tuple[str, str], Subscription] = {}
-        # Keys: (kind, what it names): see _Timer.
-        self._timers: TimerHeap[tuple[_Timer, Any]] = TimerHeap()
+        # By Call-ID: a subscription's Call-ID is its From tag (see subscribe).
+        self._dialogs: dict[str, Subscription] = {}
+        # Keys: (kind, what it names), see _Timer; a subscription's id alone.
+        self._timers: TimerHeap[tuple[_Timer, Any] | int] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
         self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
@@ -455,11 +462,12 @@ class UserAgent:
         The outcome arrives as :class:`~sip.publication.PublicationConfirmed`
         or :class:`~sip.publication.PublicationFailed`.
         """
+        token = self._token()
         publication = Publication(
             self._new_id(),
             aor,
-            call_id=self._token(),
-            local_tag=self._token(),
+            call_id=token,
+            local_tag=token,
             event=event,
             content_type=content_type,
             expires=expires or self._publication_expires,
@@ -525,22 +533,26 @@ class UserAgent:
         """
         if accept is None:
             accept = EVENTLIST_ACCEPT if eventlist else ("application/pidf+xml",)
+        # One random token is both the Call-ID and the From tag: each is asked
+        # only to be globally unique (RFC 3261 §8.1.1.4) and random (§19.3, at
+        # least 32 bits), which the token is; one string a dialog instead of two.
+        token = self._token()
         subscription = Subscription(
             self._new_id(),
             subscriber,
             target,
-            call_id=self._token(),
-            local_tag=self._token(),
+            call_id=token,
+            local_tag=token,
             event=event,
             accept=accept,
             eventlist=eventlist,
             expires=expires or self._subscription_expires,
             spread=self._rng.random(),
-            timer_n=self._timings.timeout,
+            timer_n=self._timer_n,
             policy=self._policy,
         )
         self._subscriptions[subscription.id] = subscription
-        self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
+        self._dialogs[subscription.call_id] = subscription
         self._run(subscription, subscription.start(now), now, fresh=refusable)
         return subscription.id
 
@@ -664,7 +676,13 @@ class UserAgent:
     # -- timers ------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        for kind, ident in self._timers.pop_expired(now):
+        for key in self._timers.pop_expired(now):
+            if isinstance(key, int):
+                subscription = self._subscriptions.get(key)
+                if subscription is not None:
+                    self._run(subscription, subscription.handle_timer(now), now)
+                continue
+            kind, ident = key
             if kind is _Timer.CLIENT:
                 outgoing = self._outgoing.get(ident)
                 if outgoing is not None:
@@ -675,18 +693,14 @@ class UserAgent:
                 # transition to the "Terminated" state" — the records go.
                 completed = self._completed
                 resent = self._resent
-                for key in self._expiring.pop(ident, ()):
-                    completed.pop(key, None)
+                for server in self._expiring.pop(ident, ()):
+                    completed.pop(server, None)
                     if resent:
-                        resent.pop(key, None)
+                        resent.pop(server, None)
             elif kind is _Timer.PUBLICATION:
                 publication = self._publications.get(ident)
                 if publication is not None:
                     self._run(publication, publication.handle_timer(now), now)
-            elif kind is _Timer.SUBSCRIPTION:
-                subscription = self._subscriptions.get(ident)
-                if subscription is not None:
-                    self._run(subscription, subscription.handle_timer(now), now)
             elif kind is _Timer.QUEUE:
                 fresh = self._fresh
                 while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
@@ -728,12 +742,12 @@ class UserAgent:
         elif isinstance(owner, Subscription):
             if owner.terminated:
                 self._subscriptions.pop(owner.id, None)
-                self._dialogs.pop((owner.call_id, owner.local_tag), None)
-                self._timers.cancel((_Timer.SUBSCRIPTION, owner.id))
+                self._dialogs.pop(owner.call_id, None)
+                self._timers.cancel(owner.id)
             else:
-                self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
+                self._file_timer(owner.id, owner.get_timer())
 
-    def _file_timer(self, key: tuple[_Timer, Any], deadline: float | None) -> None:
+    def _file_timer(self, key: tuple[_Timer, Any] | int, deadline: float | None) -> None:
         if deadline is None:
             self._timers.cancel(key)
         else:
@@ -805,7 +819,7 @@ class UserAgent:
                     continue  # it ended while it waited
                 if isinstance(owner, Subscription):
                     owner.request_sent(now)
-                    self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
+                    self._file_timer(owner.id, owner.get_timer())
                 self._send(owner, waiting.request, now, waiting.authenticated)
         finally:
             self._pumping = False
@@ -1062,7 +1076,7 @@ class UserAgent:
         self._resent[key] = copies
         if copies != LATE_COPIES:
             return
-        subscription = self._dialogs.get((request.call_id, request.to.tag or ""))
+        subscription = self._dialog(request.call_id, request.to.tag)
         if subscription is not None:
             self.counters.late_answers += 1
             self._run(subscription, subscription.answered_late(now), now)
@@ -1075,8 +1089,7 @@ class UserAgent:
             return None, 200
         if request.method != "NOTIFY":
             return None, 405
-        to_tag = request.to.tag
-        subscription = self._dialogs.get((request.call_id, to_tag or ""))
+        subscription = self._dialog(request.call_id, request.to.tag)
         if subscription is None or subscription.terminated:
             # RFC 6665 §4.1.3: "a subscriber ... MUST return a 481 (Subscription
             # does not exist) response ... if it does not match".
@@ -1087,6 +1100,14 @@ class UserAgent:
             return None, 489
         status, actions = subscription.receive_notify(request, now)
         return (subscription, list(actions)), status
+
+    def _dialog(self, call_id: str, to_tag: str | None) -> Subscription | None:
+        """The subscription whose dialog a request is in (RFC 3261 §12.2.2:
+        by Call-ID and local tag; RFC 6665 §4.1.3: the remote tag may be any)."""
+        subscription = self._dialogs.get(call_id)
+        if subscription is None or subscription.local_tag != to_tag:
+            return None
+        return subscription
 
     def _complete(self, key: ServerKey, data: bytes, source: Destination, now: float) -> None:
         """The server transaction of a request answered over UDP, in Completed.

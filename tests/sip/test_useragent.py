@@ -427,6 +427,42 @@ def test_notify_for_an_unknown_dialog_is_481() -> None:
     assert net.events() == []
 
 
+def test_a_subscription_s_call_id_is_its_from_tag_and_unique_per_dialog() -> None:
+    # RFC 3261 §8.1.1.4 (a globally unique Call-ID) and §19.3 (a random tag of
+    # at least 32 bits): one random token serves as both.
+    net = Net()
+    tokens = set()
+    for n in range(50):
+        net.ua.subscribe(BOB, SipURI.parse(f"sip:p{n}@example.com"), net.now)
+        subscribe = net.request()
+        assert subscribe.from_.tag == subscribe.call_id
+        assert len(subscribe.call_id) >= 8
+        tokens.add(subscribe.call_id)
+    assert len(tokens) == 50
+
+
+def test_notify_with_a_dialog_s_call_id_but_another_to_tag_is_481() -> None:
+    net = Net()
+    sub_id, subscribe = subscribed(net)
+    # The Call-ID alone does not make the dialog (RFC 3261 §12.2.2).
+    net.notify(subscribe, "terminated;reason=noresource", to_tag=subscribe.call_id + "x")
+    assert net.response_to().status == 481
+    net.notify(subscribe, "active", to_tag=None)
+    assert net.response_to().status == 200
+    assert net.ua.subscription(sub_id) is not None
+
+
+def test_subscriptions_share_their_empty_records() -> None:
+    # Held by the hundred thousand: what is the same in all of them is one object.
+    net = Net()
+    first, _ = subscribed(net, target=ALICE)
+    second, _ = subscribed(net, target=SipURI.parse("sip:carol@example.com"))
+    a, b = net.ua.subscription(first), net.ua.subscription(second)
+    assert a is not None and b is not None
+    assert a._missing is b._missing
+    assert a._timer_n is b._timer_n
+
+
 def test_notify_with_the_wrong_event_is_489() -> None:
     net = Net()
     _, subscribe = subscribed(net)
