@@ -981,6 +981,9 @@ class WatchMachine:
     # -- SIP events ------------------------------------------------------------------
 
     def notify(self, watch: Watch, event: NotifyReceived, now: float) -> list[WatchAction]:
+        # Every held subscription's refresh brings a NOTIFY: the cache's
+        # documents are swept on those even when no read comes any more.
+        self.rules.expire(now)
         if event.subscription_id != watch.subscription_id:
             return []  # of a dialog the watch left (re-subscribed, ended)
         if watch.waiting:

@@ -147,6 +147,20 @@ def test_aged_decisions_are_read_beside_a_changing_notify_not_before_it() -> Non
     assert scene.watch.revalidating and not scene.watch.waiting
 
 
+def test_a_refresh_s_notify_sweeps_rules_no_watch_may_use_any_more() -> None:
+    # The rules name every watcher of the presentity; once the decisions are
+    # taken and aged, the document is of no use, and held subscriptions must
+    # not keep it: a refresh's NOTIFY (every held subscription gets them)
+    # sweeps it even when no read comes any more.
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy(0)), PresRules().allow(BOB, {A: True}))
+    assert len(scene.machine.rules) == 1
+    scene.now += 61
+    assert scene.notify("active;expires=60", busy(0)) == []  # the refresh's repeat: no read
+    assert len(scene.machine.rules) == 0
+    assert scene.watch.granted == frozenset({A})  # the decisions are the watch's own
+
+
 BUSY = XcapError("GET", 503, "busy")
 
 
