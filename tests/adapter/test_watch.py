@@ -411,3 +411,20 @@ def test_a_held_watch_keeps_no_container_of_its_own_until_it_needs_one() -> None
     assert first is second
     watch.decisions, other.decisions = first, second
     assert watch.granted == frozenset({A}) and watch.granted is other.granted
+
+
+def test_a_single_watch_keeps_its_rare_fields_in_no_record_of_their_own() -> None:
+    # A gateway holds single watches by the hundred thousand: the fields of
+    # groups, back-offs and waits take room only while they are set.
+    scene = Scene()
+    activation = scene.notify("active;expires=60", busy(0))
+    watch = scene.watch
+    assert watch.waiting and watch.resume is not None and watch.rare is not None
+    scene.read(activation, PresRules().allow(BOB, {A: True}))
+    assert watch.resume is None and watch.rare is None
+    assert watch.listed == {} and watch.rlmi is None and watch.backoff == ()
+    scene.terminate("deactivated")  # lost: a re-subscription is due after a back-off
+    assert watch.backoff and watch.why == "deactivated"
+    assert watch.rare == {"backoff": watch.backoff, "why": "deactivated"}
+    watch.backoff, watch.why = (), ""
+    assert watch.rare is None
