@@ -72,6 +72,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -379,12 +380,12 @@ class UserAgent:
         self._unsent: set[int] = set()
         self._pumping = False
         # Completed UDP server transactions (see _complete), kept for Timer J
-        # as what a retransmitted request needs and nothing more: key ->
-        # (response bytes, transport, host, port), and the keys by the whole
-        # second their Timer J falls due.  Tuples of str, bytes and int are
-        # not tracked by the garbage collector, so the many held at once
-        # under load cost its collections nothing.
-        self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
+        # as what a retransmitted request needs and nothing more: key -> the
+        # status answered (with the To tag added, if one was), and the keys
+        # by the whole second their Timer J falls due.  Ints and tuples of
+        # str and int are not tracked by the garbage collector, so the many
+        # held at once under load cost its collections nothing.
+        self._completed: dict[ServerKey, int | tuple[int, str]] = {}
         self._expiring: dict[int, list[ServerKey]] = {}
         # Completed NOTIFY transactions whose request came again: how often.
         self._resent: dict[ServerKey, int] = {}
@@ -1027,9 +1028,11 @@ class UserAgent:
             # RFC 3261 §17.2.2: "While in the "Completed" state, the server
             # transaction MUST pass the final response to the transport layer
             # for retransmission whenever a retransmission of the request is
-            # received."
-            data, transport, host, port = record
-            self._datagrams.append((data, Destination(transport, host, port)))
+            # received."  A retransmission is the request again, so the
+            # response made from it with the same status and To tag is the
+            # same bytes (see _complete).
+            status, to_tag = (record, None) if isinstance(record, int) else record
+            self._datagrams.append((self._final(request, status, to_tag), source))
             if request.method == "NOTIFY":
                 self._resent_notify(key, request, now)
             return
@@ -1053,20 +1056,11 @@ class UserAgent:
         # §8.2.6.2: a To tag is added only when the request has none (an
         # in-dialog NOTIFY has ours).
         to_tag = self._token() if request.to.tag is None else None
-        response = request.response(status, to_tag=to_tag)
-        if status == 405 or request.method == "OPTIONS":
-            response.headers.add("Allow", ALLOW)
-        if request.method == "OPTIONS":
-            response.headers.add("Accept", ACCEPT)
-            response.headers.add("Allow-Events", ALLOW_EVENTS)
-        if status == 489:
-            response.headers.add("Allow-Events", ALLOW_EVENTS)
         # Answer first: a NOTIFY not answered at once is retransmitted and,
         # in the end, the notifier drops the subscription.
-        data = bytes(response)
-        self._datagrams.append((data, source))
+        self._datagrams.append((self._final(request, status, to_tag), source))
         if source.transport == "udp":
-            self._complete(key, data, source, now)
+            self._complete(key, status if to_tag is None else (status, to_tag), now)
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
@@ -1109,7 +1103,20 @@ class UserAgent:
             return None
         return subscription
 
-    def _complete(self, key: ServerKey, data: bytes, source: Destination, now: float) -> None:
+    @staticmethod
+    def _final(request: Request, status: int, to_tag: str | None) -> bytes:
+        """The final response to a request that is not ACK, INVITE or CANCEL."""
+        response = request.response(status, to_tag=to_tag)
+        if status == 405 or request.method == "OPTIONS":
+            response.headers.add("Allow", ALLOW)
+        if request.method == "OPTIONS":
+            response.headers.add("Accept", ACCEPT)
+            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        if status == 489:
+            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        return bytes(response)
+
+    def _complete(self, key: ServerKey, answered: int | tuple[int, str], now: float) -> None:
         """The server transaction of a request answered over UDP, in Completed.
 
         Every request is answered with its final response as it arrives, so
@@ -1117,13 +1124,19 @@ class UserAgent:
         is ever reached over UDP (over a stream Timer J is zero: Terminated at
         once).  In Completed the transaction only re-sends its final response
         to a retransmitted request, until Timer J (64*T1): the record of what
-        that takes is kept, no transaction object.  A record kept up to a
+        that takes is kept, no transaction object — the status and the To tag
+        added, from which the retransmission's response is made again (no
+        bytes kept: a burst of NOTIFYs leaves thousands of records), and the
+        key's sent-by and method as the one string each that all records
+        share.  A record kept up to a
         second longer sends nothing more; on a whole second, the Timer Js of
         all the requests answered in one second fall due together: one
         wake-up of the driver, not one per NOTIFY.
         """
         second = math.ceil(now + self._timings.timeout)
-        self._completed[key] = (data, source.transport, source.host, source.port)
+        branch, sent_by, method = key
+        key = (branch, sys.intern(sent_by), sys.intern(method))
+        self._completed[key] = answered
         keys = self._expiring.get(second)
         if keys is None:
             self._expiring[second] = [key]

@@ -1001,10 +1001,39 @@ def test_a_retransmission_in_completed_gets_the_same_response_bytes_again() -> N
     assert ua._completed == {} and ua._expiring == {} and ua.get_timer() is None
 
 
+def test_a_retransmission_without_a_to_tag_gets_the_same_to_tag_again() -> None:
+    # RFC 3261 §8.2.6.2: the UAS adds a To tag when the request has none; the
+    # response re-sent in Completed (§17.2.2) must carry the same one.
+    ua = Net().ua
+    options = (
+        b"OPTIONS sip:bob@127.0.0.1:5080 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKopt1\r\n"
+        b"From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n"
+        b"Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    ua.receive(options, NOTIFIER_ADDR, 1.0)
+    (first, _), = ua.datagrams_to_send()
+    ua.receive(options, NOTIFIER_ADDR, 2.0)
+    assert ua.datagrams_to_send() == [(first, NOTIFIER_ADDR)]
+    assert b";tag=" in first.split(b"\r\nTo: ")[1].split(b"\r\n")[0]
+
+
+def test_completed_records_keep_no_response_and_share_their_key_strings() -> None:
+    # A refresh wave leaves a record per NOTIFY for 32 s: each keeps the
+    # status, not the response's bytes, and one sent-by and method string.
+    ua = Net().ua
+    for n in range(3):
+        ua.receive(_notify_text(n), NOTIFIER_ADDR, 1.0)
+    ua.datagrams_to_send()
+    assert list(ua._completed.values()) == [481, 481, 481]
+    keys = list(ua._completed)
+    assert keys[0][1] is keys[1][1] is keys[2][1] and keys[0][2] is keys[2][2]
+
+
 def test_completed_server_transactions_are_not_tracked_by_the_collector() -> None:
-    """What Timer J keeps (key, response bytes, where to) is made of tuples of
-    str, bytes and int, which CPython's collector stops tracking: thousands of
-    them cost its collections nothing."""
+    """What Timer J keeps (key, status) is made of tuples of str and ints,
+    which CPython's collector stops tracking: thousands of them cost its
+    collections nothing."""
     ua = Net().ua
     for n in range(100):
         ua.receive(_notify_text(n), NOTIFIER_ADDR, 1.0 + n * 0.01)
