@@ -313,11 +313,9 @@ class _Timer(enum.IntEnum):
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
-
-
-# A subscription's deadline is filed under its bare id (an int, which no other
-# key is): the id the subscription holds anyway, where a (kind, id) tuple would
-# be one more object per held subscription.
+    # A subscription's deadline is filed under its bare id (an int, which no
+    # other key is): the id it holds anyway, where a (kind, id) tuple would
+    # be one more object per held subscription.
 
 
 class UserAgent:
