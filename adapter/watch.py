@@ -90,7 +90,7 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
@@ -704,6 +704,41 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
 
 
+class _Watches(Mapping[tuple[str, str], Watch]):
+    """The watches by (watcher, presentity), a group's members apart: a view
+    of :attr:`WatchMachine.by_presentity`, which files them by presentity,
+    then watcher.  A held watch costs no key tuple and no entry in a second
+    table; the machine counts them as it files and drops them."""
+
+    __slots__ = ("_by_presentity", "count")
+
+    def __init__(self, by_presentity: dict[str, dict[Any, Watch]]) -> None:
+        self._by_presentity = by_presentity
+        self.count = 0
+
+    def get(self, key: tuple[str, str], default: None = None) -> Watch | None:  # type: ignore[override]
+        table = self._by_presentity.get(key[1])
+        return None if table is None else table.get(key[0])
+
+    def __getitem__(self, key: tuple[str, str]) -> Watch:
+        watch = self.get(key)
+        if watch is None:
+            raise KeyError(key)
+        return watch
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for presentity, table in self._by_presentity.items():
+            for key in table:
+                if type(key) is str:  # a member's key is (watcher, group)
+                    yield key, presentity
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class WatchMachine:
     def __init__(
         self,
@@ -712,10 +747,11 @@ class WatchMachine:
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
         list_check: float = LIST_CHECK,
     ) -> None:
-        self.watches: dict[tuple[str, str], Watch] = {}
-        #: The same watches by presentity, then watcher, and the member
-        #: watches of groups by member, then (watcher, group) (_index, _unindex).
+        #: The watches by presentity, then watcher, and the member watches of
+        #: groups by member, then (watcher, group) (_index, _unindex).
         self.by_presentity: dict[str, dict[Any, Watch]] = {}
+        #: The same watches (members apart) by (watcher, presentity).
+        self.watches = _Watches(self.by_presentity)
         #: The document last decoded per watched presentity, by the digest of
         #: its body: its watchers' NOTIFYs carry the same body, and share it.
         self._documents: dict[str, tuple[int, Presence]] = {}
@@ -753,7 +789,8 @@ class WatchMachine:
         watch.presentity = _shared_text(watch.presentity)
         watch.application = _shared_text(watch.application)
         watch.attributes = shared_kinds(watch.attributes)
-        self.watches[watch.key] = watch
+        if watch.key not in self.watches:
+            self.watches.count += 1
         self._index(watch)
         for member in watch.listed.values():
             self._index(member)
@@ -1923,7 +1960,7 @@ class WatchMachine:
         for member in watch.listed.values():
             self._forget_member(member)
         if self.watches.get(watch.key) is watch:
-            del self.watches[watch.key]
+            self.watches.count -= 1
             self._unindex(watch)
             self._out.append(ForgetWatch(watch))
         watch.resume = None
