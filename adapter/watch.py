@@ -732,7 +732,7 @@ class _Watches(Mapping[tuple[str, str], Watch]):
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for presentity, table in self._by_presentity.items():
             for key in table:
-                if type(key) is str:  # a member's key is (watcher, group)
+                if not isinstance(key, tuple):  # a member's key is (watcher, group)
                     yield key, presentity
 
     def __len__(self) -> int:

@@ -428,3 +428,16 @@ def test_a_single_watch_keeps_its_rare_fields_in_no_record_of_their_own() -> Non
     assert watch.rare == {"backoff": watch.backoff, "why": "deactivated"}
     watch.backoff, watch.why = (), ""
     assert watch.rare is None
+
+
+def test_the_watches_by_key_include_a_watcher_named_by_a_str_subclass() -> None:
+    # A request acting as the account's configured address names the watcher
+    # with the configuration's own str subclass: the view must list it too.
+    class Address(str):
+        pass
+
+    machine = WatchMachine()
+    watch, _ = machine.subscribe(APP, Address(BOB), ALICE, "app", frozenset({A}),
+                                 Reference("r1", REF))
+    assert dict(machine.watches) == {(BOB, ALICE): watch} and len(machine.watches) == 1
+    assert machine.states() == {"pending": 1}
