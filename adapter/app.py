@@ -38,6 +38,7 @@ from adapter.health import (
     livez_endpoint,
     readyz_endpoint,
 )
+from adapter.heap import HeapTrim
 from adapter.liveness import ServerLiveness
 from adapter.logs import RequestContext
 from adapter.metrics import Metrics, RestTiming, Sources, metrics_endpoint
@@ -544,6 +545,8 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
         liveness.on_resync(presentities.resync)
         liveness.on_resync(watchers.resync)
         liveness.start()
+        heap = HeapTrim()
+        heap.start()
         metrics.sources = Sources(
             endpoint=endpoint,
             hub=hub,
@@ -590,6 +593,7 @@ def make_app(config: Config, *, store: Store | None = None) -> Starlette:
             }
         finally:
             recovery.cancel()
+            await heap.close()
             await liveness.close()
             await presentities.close()
             await watchers.close()

@@ -19,8 +19,11 @@ Reads are numbered in the order they begin (``serial``).  Two kinds of need:
 
 A change made here stores a placeholder that older reads landing later do not
 overwrite, so they cannot bring back what was just withdrawn.  Entries older
-than :data:`DECISIONS_TTL` are swept once the cache has doubled.  ``now`` is
-passed in; nothing here reads a clock.
+than :data:`DECISIONS_TTL` serve no need and are swept, once per TTL at most,
+when a read ends or :meth:`RulesCache.expire` is called (the watch machine
+does on every NOTIFY): a presentity's rules name each of its watchers, and a
+gateway whose reads have stopped would otherwise keep every document it ever
+read.  ``now`` is passed in; nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ __all__ = ["DECISIONS_TTL", "RulesCache", "RulesRead", "decisions_ttl"]
 #: a burst of subscriptions) otherwise age together, and their reads would
 #: come in one burst every TTL that holds NOTIFYs back.
 DECISIONS_TTL = 30.0
-#: Presentities whose rules are kept before the old entries are swept.
-SWEEP_MIN = 1024
 
 
 def decisions_ttl(presentity: str) -> float:
@@ -68,7 +69,8 @@ class RulesCache:
         self._known: dict[str, tuple[RulesRead, PresRules | None]] = {}
         #: The read under way per presentity.
         self._reading: dict[str, RulesRead] = {}
-        self._sweep_at = SWEEP_MIN
+        #: When the entries are next looked at for ones older than the TTL.
+        self._sweep_due = float("-inf")
 
     def __len__(self) -> int:
         return len(self._known)
@@ -114,8 +116,7 @@ class RulesCache:
         known = self._known.get(read.presentity)
         if known is None or known[0].serial < read.serial:  # not older than what is known
             self._known[read.presentity] = (read, rules)
-            if len(self._known) >= self._sweep_at:
-                self._sweep(now)
+        self.expire(now)
 
     def read_failed(self, read: RulesRead) -> None:
         self._finish(read)
@@ -124,8 +125,12 @@ class RulesCache:
         if self._reading.get(read.presentity) == read:
             del self._reading[read.presentity]
 
-    def _sweep(self, now: float) -> None:
-        """Forget the rules no watch may use any more (older than the TTL)."""
+    def expire(self, now: float) -> None:
+        """Forget the rules no watch may use any more (older than the TTL),
+        unless that was done less than a TTL ago."""
+        if now < self._sweep_due:
+            return
+        self._sweep_due = now + DECISIONS_TTL
         oldest = now - DECISIONS_TTL
-        self._known = {p: e for p, e in self._known.items() if e[0].started >= oldest}
-        self._sweep_at = max(SWEEP_MIN, 2 * len(self._known))
+        if any(e[0].started < oldest for e in self._known.values()):
+            self._known = {p: e for p, e in self._known.items() if e[0].started >= oldest}

@@ -90,9 +90,9 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from adapter.notification import Delivery, Schedule
 from adapter.rules import RulesCache, RulesRead, decisions_ttl
@@ -365,6 +365,51 @@ class _MemberNews:
 
 _Held = _Offer | _HeldNotify | _Start | _MemberNews
 
+_T = TypeVar("_T")
+_NEVER = float("-inf")
+
+
+class _Rare(Generic[_T]):
+    """A field of :class:`Watch` that few watches set (a group's list, a
+    re-subscription's back-off, what waits for the rules).  Its value lives
+    in the watch's ``rare`` dict, made when one such field is set and dropped
+    when all are back to their defaults: a held single watch, the usual one,
+    keeps one empty slot for them all.  A value is its default when it *is*
+    the default object (an own empty dict in place of the shared one is not)."""
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, watch: None, owner: type | None = None) -> _Rare[_T]: ...
+    @overload
+    def __get__(self, watch: Watch, owner: type | None = None) -> _T: ...
+    def __get__(self, watch: Watch | None, owner: type | None = None) -> _T | _Rare[_T]:
+        if watch is None:
+            return self
+        rare = watch.rare
+        if rare is None:
+            return self.default
+        return rare.get(self.name, self.default)  # type: ignore[no-any-return]
+
+    def __set__(self, watch: Watch, value: _T) -> None:
+        rare = watch.rare
+        if value is self.default:
+            if rare is not None and self.name in rare:
+                del rare[self.name]
+                if not rare:
+                    watch.rare = None
+            return
+        if rare is None:
+            rare = watch.rare = {}
+        rare[self.name] = value
+
 
 @dataclass(eq=False, slots=True)
 class Watch:
@@ -406,42 +451,46 @@ class Watch:
     waiting: bool = False
     #: Aged decisions are being read again beside the NOTIFYs.
     revalidating: bool = False
-    resume: _Held | None = None
     #: What came while the rules were read, in order; None when nothing
     #: waits (the usual case: a held subscription keeps no queue).  A list:
     #: a few items wait at most, and an empty deque is far larger than a list.
     held: list[_Held] | None = None
     schedules: dict[str, Schedule] = field(default_factory=lambda: _EMPTY)
-    #: Schedules added and not begun yet (they wait for the rules): no state
-    #: is offered to them before their start.
-    unstarted: set[str] | None = None
-    #: Waits before the re-subscribe attempts still to come.
-    backoff: tuple[float, ...] = ()
-    why: str = ""
     #: The server answered as a resource list server: a group watch.
     is_list: bool = False
+    #: A member watch's group watch.
+    group: Watch | None = field(default=None, repr=False)
+    #: The fields below that differ from their defaults (see _Rare), or None.
+    rare: dict[str, Any] | None = field(default=None, repr=False)
+
+    # Fields few watches set: a held single watch keeps them all in ``rare``.
+    resume = _Rare["_Held | None"](None)
+    #: Schedules added and not begun yet (they wait for the rules): no state
+    #: is offered to them before their start.
+    unstarted = _Rare["set[str] | None"](None)
+    #: Waits before the re-subscribe attempts still to come.
+    backoff = _Rare["tuple[float, ...]"](())
+    why = _Rare[str]("")
     #: A group watch's list as the current dialog's RLMI documents told it.
-    rlmi: ListState | None = None
+    rlmi = _Rare["ListState | None"](None)
     #: The members that list holds with no state (no instance) yet.
-    stateless: set[str] | None = field(default=None, repr=False)
+    stateless = _Rare["set[str] | None"](None)
     #: A group watch's last re-subscription to heal its list (when, and how
     #: many came each within RELIST_QUIET of the one before).
-    relisted: tuple[float, int] = (float("-inf"), 0)
+    relisted = _Rare["tuple[float, int]"]((_NEVER, 0))
     #: When a group watch's last list NOTIFY arrived.
-    list_news_at: float = float("-inf")
+    list_news_at = _Rare[float](_NEVER)
     #: A group watch's last refresh, the members' documents held as maybe
     #: stale answers to it (URI -> digest), and whether a second refresh is
     #: to tell them apart (_stale_answer).
-    refreshed_at: float = float("-inf")
-    suspects: dict[str, int] = field(default_factory=lambda: _EMPTY, repr=False)
-    confirming: bool = False
+    refreshed_at = _Rare[float](_NEVER)
+    suspects = _Rare["dict[str, int]"](_EMPTY)
+    confirming = _Rare[bool](False)
     #: A group watch was subscribed again for members still without state;
     #: not again until the list has settled.
-    healed: bool = False
+    healed = _Rare[bool](False)
     #: A group watch's member watches, by member URI.
-    listed: dict[str, Watch] = field(default_factory=lambda: _EMPTY, repr=False)
-    #: A member watch's group watch.
-    group: Watch | None = field(default=None, repr=False)
+    listed = _Rare["dict[str, Watch]"](_EMPTY)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -655,6 +704,41 @@ class _Timer(enum.IntEnum):  # int-valued: hashed (in heap keys) at C speed
 _SAVE_KEY: tuple[Any, ...] = (_Timer.SAVE,)
 
 
+class _Watches(Mapping[tuple[str, str], Watch]):
+    """The watches by (watcher, presentity), a group's members apart: a view
+    of :attr:`WatchMachine.by_presentity`, which files them by presentity,
+    then watcher.  A held watch costs no key tuple and no entry in a second
+    table; the machine counts them as it files and drops them."""
+
+    __slots__ = ("_by_presentity", "count")
+
+    def __init__(self, by_presentity: dict[str, dict[Any, Watch]]) -> None:
+        self._by_presentity = by_presentity
+        self.count = 0
+
+    def get(self, key: tuple[str, str], default: None = None) -> Watch | None:  # type: ignore[override]
+        table = self._by_presentity.get(key[1])
+        return None if table is None else table.get(key[0])
+
+    def __getitem__(self, key: tuple[str, str]) -> Watch:
+        watch = self.get(key)
+        if watch is None:
+            raise KeyError(key)
+        return watch
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for presentity, table in self._by_presentity.items():
+            for key in table:
+                if not isinstance(key, tuple):  # a member's key is (watcher, group)
+                    yield key, presentity
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class WatchMachine:
     def __init__(
         self,
@@ -663,10 +747,11 @@ class WatchMachine:
         resubscribe_delays: tuple[float, ...] = RESUBSCRIBE_DELAYS,
         list_check: float = LIST_CHECK,
     ) -> None:
-        self.watches: dict[tuple[str, str], Watch] = {}
-        #: The same watches by presentity, then watcher, and the member
-        #: watches of groups by member, then (watcher, group) (_index, _unindex).
+        #: The watches by presentity, then watcher, and the member watches of
+        #: groups by member, then (watcher, group) (_index, _unindex).
         self.by_presentity: dict[str, dict[Any, Watch]] = {}
+        #: The same watches (members apart) by (watcher, presentity).
+        self.watches = _Watches(self.by_presentity)
         #: The document last decoded per watched presentity, by the digest of
         #: its body: its watchers' NOTIFYs carry the same body, and share it.
         self._documents: dict[str, tuple[int, Presence]] = {}
@@ -704,7 +789,8 @@ class WatchMachine:
         watch.presentity = _shared_text(watch.presentity)
         watch.application = _shared_text(watch.application)
         watch.attributes = shared_kinds(watch.attributes)
-        self.watches[watch.key] = watch
+        if watch.key not in self.watches:
+            self.watches.count += 1
         self._index(watch)
         for member in watch.listed.values():
             self._index(member)
@@ -981,6 +1067,9 @@ class WatchMachine:
     # -- SIP events ------------------------------------------------------------------
 
     def notify(self, watch: Watch, event: NotifyReceived, now: float) -> list[WatchAction]:
+        # Every held subscription's refresh brings a NOTIFY: the cache's
+        # documents are swept on those even when no read comes any more.
+        self.rules.expire(now)
         if event.subscription_id != watch.subscription_id:
             return []  # of a dialog the watch left (re-subscribed, ended)
         if watch.waiting:
@@ -1871,7 +1960,7 @@ class WatchMachine:
         for member in watch.listed.values():
             self._forget_member(member)
         if self.watches.get(watch.key) is watch:
-            del self.watches[watch.key]
+            self.watches.count -= 1
             self._unindex(watch)
             self._out.append(ForgetWatch(watch))
         watch.resume = None

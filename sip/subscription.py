@@ -121,6 +121,9 @@ INITIAL_RETRY_DELAY = 0.2
 MAX_RETRY_AFTER = 30
 #: CSeq numbers of a gap remembered at most; a wider gap is checked all the same.
 MAX_MISSING = 16
+#: No CSeq number missing: one object for every subscription (each
+#: ``frozenset()`` call makes a new one, and most subscriptions never miss any).
+_NONE_MISSING: frozenset[int] = frozenset()
 
 Action = Request | NotifyReceived | SubscriptionAccepted | SubscriptionTerminated
 
@@ -182,7 +185,7 @@ class Subscription:
         self._initial_retries = 0
         # NOTIFY CSeq numbers skipped and not seen since, and when to ask the
         # notifier whether it still has the dialog (see the module's text).
-        self._missing: frozenset[int] = frozenset()
+        self._missing = _NONE_MISSING
         self._check_at: float | None = None
 
     # -- API ---------------------------------------------------------------
@@ -302,7 +305,7 @@ class Subscription:
             # A NOTIFY skipped and not come since: its transaction has ended
             # at the notifier unanswered, which may have dropped the dialog.
             self._check_at = None
-            self._missing = frozenset()
+            self._missing = _NONE_MISSING
             return self._ask()
         return []
 
@@ -416,7 +419,7 @@ class Subscription:
         if last is not None and cseq < last:
             if cseq in self._missing:
                 # Late, not lost: the notifier had an answer in time.
-                self._missing -= {cseq}
+                self._missing = self._missing - {cseq} or _NONE_MISSING
                 if not self._missing:
                     self._check_at = None
             # RFC 3261 §12.2.2: "If the remote sequence number was not empty,
@@ -513,7 +516,7 @@ class Subscription:
         self.state = SubscriptionPhase.TERMINATED
         self._refresh_at = self.expires_at = self._deadline_n = self._guard_at = None
         self._retry_at = self._check_at = None
-        self._missing = frozenset()
+        self._missing = _NONE_MISSING
         return [SubscriptionTerminated(self.id, reason, status, retry_after)]
 
     def _subscribe(self, expires: int) -> Request:

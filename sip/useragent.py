@@ -72,6 +72,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -311,8 +312,10 @@ class _Timer(enum.IntEnum):
     CLIENT = 1  # a client transaction, by its key
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
-    SUBSCRIPTION = 5  # a subscription, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
+    # A subscription's deadline is filed under its bare id (an int, which no
+    # other key is): the id it holds anyway, where a (kind, id) tuple would
+    # be one more object per held subscription.
 
 
 class UserAgent:
@@ -360,6 +363,8 @@ class UserAgent:
         self._publication_expires = publication_expires
         self._subscription_expires = subscription_expires
         self._timings = timings
+        # Timer N of every subscription (RFC 6665 §4.1.2.4): one float for all.
+        self._timer_n = timings.timeout
         self._policy = policy
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
@@ -375,20 +380,21 @@ class UserAgent:
         self._unsent: set[int] = set()
         self._pumping = False
         # Completed UDP server transactions (see _complete), kept for Timer J
-        # as what a retransmitted request needs and nothing more: key ->
-        # (response bytes, transport, host, port), and the keys by the whole
-        # second their Timer J falls due.  Tuples of str, bytes and int are
-        # not tracked by the garbage collector, so the many held at once
-        # under load cost its collections nothing.
-        self._completed: dict[ServerKey, tuple[bytes, Transport, str, int]] = {}
+        # as what a retransmitted request needs and nothing more: key -> the
+        # status answered (with the To tag added, if one was), and the keys
+        # by the whole second their Timer J falls due.  Ints and tuples of
+        # str and int are not tracked by the garbage collector, so the many
+        # held at once under load cost its collections nothing.
+        self._completed: dict[ServerKey, int | tuple[int, str]] = {}
         self._expiring: dict[int, list[ServerKey]] = {}
         # Completed NOTIFY transactions whose request came again: how often.
         self._resent: dict[ServerKey, int] = {}
         self._publications: dict[int, Publication] = {}
         self._subscriptions: dict[int, Subscription] = {}
-        self._dialogs: dict[tuple[str, str], Subscription] = {}
-        # Keys: (kind, what it names): see _Timer.
-        self._timers: TimerHeap[tuple[_Timer, Any]] = TimerHeap()
+        # By Call-ID: a subscription's Call-ID is its From tag (see subscribe).
+        self._dialogs: dict[str, Subscription] = {}
+        # Keys: (kind, what it names), see _Timer; a subscription's id alone.
+        self._timers: TimerHeap[tuple[_Timer, Any] | int] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
         self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
@@ -457,11 +463,12 @@ class UserAgent:
         The outcome arrives as :class:`~sip.publication.PublicationConfirmed`
         or :class:`~sip.publication.PublicationFailed`.
         """
+        token = self._token()
         publication = Publication(
             self._new_id(),
             aor,
-            call_id=self._token(),
-            local_tag=self._token(),
+            call_id=token,
+            local_tag=token,
             event=event,
             content_type=content_type,
             expires=expires or self._publication_expires,
@@ -527,22 +534,26 @@ class UserAgent:
         """
         if accept is None:
             accept = EVENTLIST_ACCEPT if eventlist else ("application/pidf+xml",)
+        # One random token is both the Call-ID and the From tag: each is asked
+        # only to be globally unique (RFC 3261 §8.1.1.4) and random (§19.3, at
+        # least 32 bits), which the token is; one string a dialog instead of two.
+        token = self._token()
         subscription = Subscription(
             self._new_id(),
             subscriber,
             target,
-            call_id=self._token(),
-            local_tag=self._token(),
+            call_id=token,
+            local_tag=token,
             event=event,
             accept=accept,
             eventlist=eventlist,
             expires=expires or self._subscription_expires,
             spread=self._rng.random(),
-            timer_n=self._timings.timeout,
+            timer_n=self._timer_n,
             policy=self._policy,
         )
         self._subscriptions[subscription.id] = subscription
-        self._dialogs[(subscription.call_id, subscription.local_tag)] = subscription
+        self._dialogs[subscription.call_id] = subscription
         self._run(subscription, subscription.start(now), now, fresh=refusable)
         return subscription.id
 
@@ -666,7 +677,13 @@ class UserAgent:
     # -- timers ------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        for kind, ident in self._timers.pop_expired(now):
+        for key in self._timers.pop_expired(now):
+            if isinstance(key, int):
+                subscription = self._subscriptions.get(key)
+                if subscription is not None:
+                    self._run(subscription, subscription.handle_timer(now), now)
+                continue
+            kind, ident = key
             if kind is _Timer.CLIENT:
                 outgoing = self._outgoing.get(ident)
                 if outgoing is not None:
@@ -677,18 +694,14 @@ class UserAgent:
                 # transition to the "Terminated" state" — the records go.
                 completed = self._completed
                 resent = self._resent
-                for key in self._expiring.pop(ident, ()):
-                    completed.pop(key, None)
+                for server in self._expiring.pop(ident, ()):
+                    completed.pop(server, None)
                     if resent:
-                        resent.pop(key, None)
+                        resent.pop(server, None)
             elif kind is _Timer.PUBLICATION:
                 publication = self._publications.get(ident)
                 if publication is not None:
                     self._run(publication, publication.handle_timer(now), now)
-            elif kind is _Timer.SUBSCRIPTION:
-                subscription = self._subscriptions.get(ident)
-                if subscription is not None:
-                    self._run(subscription, subscription.handle_timer(now), now)
             elif kind is _Timer.QUEUE:
                 fresh = self._fresh
                 while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
@@ -730,12 +743,12 @@ class UserAgent:
         elif isinstance(owner, Subscription):
             if owner.terminated:
                 self._subscriptions.pop(owner.id, None)
-                self._dialogs.pop((owner.call_id, owner.local_tag), None)
-                self._timers.cancel((_Timer.SUBSCRIPTION, owner.id))
+                self._dialogs.pop(owner.call_id, None)
+                self._timers.cancel(owner.id)
             else:
-                self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
+                self._file_timer(owner.id, owner.get_timer())
 
-    def _file_timer(self, key: tuple[_Timer, Any], deadline: float | None) -> None:
+    def _file_timer(self, key: tuple[_Timer, Any] | int, deadline: float | None) -> None:
         if deadline is None:
             self._timers.cancel(key)
         else:
@@ -807,7 +820,7 @@ class UserAgent:
                     continue  # it ended while it waited
                 if isinstance(owner, Subscription):
                     owner.request_sent(now)
-                    self._file_timer((_Timer.SUBSCRIPTION, owner.id), owner.get_timer())
+                    self._file_timer(owner.id, owner.get_timer())
                 self._send(owner, waiting.request, now, waiting.authenticated)
         finally:
             self._pumping = False
@@ -1027,9 +1040,11 @@ class UserAgent:
             # RFC 3261 §17.2.2: "While in the "Completed" state, the server
             # transaction MUST pass the final response to the transport layer
             # for retransmission whenever a retransmission of the request is
-            # received."
-            data, transport, host, port = record
-            self._datagrams.append((data, Destination(transport, host, port)))
+            # received."  A retransmission is the request again, so the
+            # response made from it with the same status and To tag is the
+            # same bytes (see _complete).
+            status, to_tag = (record, None) if isinstance(record, int) else record
+            self._datagrams.append((self._final(request, status, to_tag), source))
             if request.method == "NOTIFY":
                 self._resent_notify(key, request, now)
             return
@@ -1053,20 +1068,12 @@ class UserAgent:
             owner, status = None, 400
         # §8.2.6.2: a To tag is added only when the request has none (an
         # in-dialog NOTIFY has ours).
-        response = request.response(status, to_tag=self._token() if to_tag is None else None)
-        if status == 405 or request.method == "OPTIONS":
-            response.headers.add("Allow", ALLOW)
-        if request.method == "OPTIONS":
-            response.headers.add("Accept", ACCEPT)
-            response.headers.add("Allow-Events", ALLOW_EVENTS)
-        if status == 489:
-            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        added = self._token() if to_tag is None else None
         # Answer first: a NOTIFY not answered at once is retransmitted and,
         # in the end, the notifier drops the subscription.
-        data = bytes(response)
-        self._datagrams.append((data, source))
+        self._datagrams.append((self._final(request, status, added), source))
         if source.transport == "udp":
-            self._complete(key, data, source, now)
+            self._complete(key, status if added is None else (status, added), now)
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
@@ -1076,7 +1083,7 @@ class UserAgent:
         self._resent[key] = copies
         if copies != LATE_COPIES:
             return
-        subscription = self._dialogs.get((request.call_id, request.to.tag or ""))
+        subscription = self._dialog(request.call_id, request.to.tag)
         if subscription is not None:
             self.counters.late_answers += 1
             self._run(subscription, subscription.answered_late(now), now)
@@ -1089,7 +1096,7 @@ class UserAgent:
             return None, 200
         if request.method != "NOTIFY":
             return None, 405
-        subscription = self._dialogs.get((request.call_id, to_tag or ""))
+        subscription = self._dialog(request.call_id, to_tag)
         if subscription is None or subscription.terminated:
             # RFC 6665 §4.1.3: "a subscriber ... MUST return a 481 (Subscription
             # does not exist) response ... if it does not match".
@@ -1101,7 +1108,28 @@ class UserAgent:
         status, actions = subscription.receive_notify(request, now)
         return (subscription, list(actions)), status
 
-    def _complete(self, key: ServerKey, data: bytes, source: Destination, now: float) -> None:
+    def _dialog(self, call_id: str, to_tag: str | None) -> Subscription | None:
+        """The subscription whose dialog a request is in (RFC 3261 §12.2.2:
+        by Call-ID and local tag; RFC 6665 §4.1.3: the remote tag may be any)."""
+        subscription = self._dialogs.get(call_id)
+        if subscription is None or subscription.local_tag != to_tag:
+            return None
+        return subscription
+
+    @staticmethod
+    def _final(request: Request, status: int, to_tag: str | None) -> bytes:
+        """The final response to a request that is not ACK, INVITE or CANCEL."""
+        response = request.response(status, to_tag=to_tag)
+        if status == 405 or request.method == "OPTIONS":
+            response.headers.add("Allow", ALLOW)
+        if request.method == "OPTIONS":
+            response.headers.add("Accept", ACCEPT)
+            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        if status == 489:
+            response.headers.add("Allow-Events", ALLOW_EVENTS)
+        return bytes(response)
+
+    def _complete(self, key: ServerKey, answered: int | tuple[int, str], now: float) -> None:
         """The server transaction of a request answered over UDP, in Completed.
 
         Every request is answered with its final response as it arrives, so
@@ -1109,13 +1137,19 @@ class UserAgent:
         is ever reached over UDP (over a stream Timer J is zero: Terminated at
         once).  In Completed the transaction only re-sends its final response
         to a retransmitted request, until Timer J (64*T1): the record of what
-        that takes is kept, no transaction object.  A record kept up to a
+        that takes is kept, no transaction object — the status and the To tag
+        added, from which the retransmission's response is made again (no
+        bytes kept: a burst of NOTIFYs leaves thousands of records), and the
+        key's sent-by and method as the one string each that all records
+        share.  A record kept up to a
         second longer sends nothing more; on a whole second, the Timer Js of
         all the requests answered in one second fall due together: one
         wake-up of the driver, not one per NOTIFY.
         """
         second = math.ceil(now + self._timings.timeout)
-        self._completed[key] = (data, source.transport, source.host, source.port)
+        branch, sent_by, method = key
+        key = (branch, sys.intern(sent_by), sys.intern(method))
+        self._completed[key] = answered
         keys = self._expiring.get(second)
         if keys is None:
             self._expiring[second] = [key]

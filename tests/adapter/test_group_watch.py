@@ -676,3 +676,20 @@ def test_a_member_gone_back_to_an_earlier_state_is_told_once_a_second_refresh_re
     g.machine.handle_timer(g.now)
     back = g.notify(m0=(activity(Activity.BUSY),))
     assert delivered(back) == [(channel, changed(M0, "n1", activity(Activity.BUSY)))]
+
+
+def test_the_watches_by_key_list_the_group_and_single_watches_not_the_members() -> None:
+    # WatchMachine.watches is a view of by_presentity (no key tuple and no
+    # second table per held watch): the members filed there are not in it.
+    g = Group()
+    g.notify(full=True, m0=None, m1=None)
+    single, _ = g.machine.subscribe(APP, BOB, M0, "app", frozenset({A}), Reference("r2", REF))
+    assert g.machine.by_presentity[M0][BOB] is single
+    assert g.machine.by_presentity[M0][(BOB, GROUP)] is g.watch.listed[M0]
+    assert dict(g.machine.watches) == {(BOB, GROUP): g.watch, (BOB, M0): single}
+    assert len(g.machine.watches) == 2
+    assert g.machine.watches[(BOB, M0)] is single and (BOB, M1) not in g.machine.watches
+    assert g.machine.get(BOB, M1) is None
+    g.machine.unsubscribe(BOB, M0)
+    assert dict(g.machine.watches) == {(BOB, GROUP): g.watch} and len(g.machine.watches) == 1
+    assert g.machine.by_presentity[M0] == {(BOB, GROUP): g.watch.listed[M0]}

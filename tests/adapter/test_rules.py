@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from adapter import rules as rules_module
 from adapter.rules import DECISIONS_TTL, RulesCache, decisions_ttl
 from pidf import AttributeType, PresRules
 
@@ -73,15 +72,29 @@ def test_a_failed_read_lets_the_next_need_read_again() -> None:
     assert cache.request(ALICE, None, NEVER, NOW) is not None
 
 
-def test_old_entries_are_swept_once_the_cache_doubled() -> None:
+def test_old_entries_are_swept_when_a_later_read_ends() -> None:
     cache = RulesCache()
-    for i in range(rules_module.SWEEP_MIN - 1):
+    for i in range(100):
         read = cache.request(f"sip:p{i}@example.com", None, NEVER, NOW)
         assert read is not None
         cache.read_done(read, PresRules(), NOW)
-    assert len(cache) == rules_module.SWEEP_MIN - 1
+    assert len(cache) == 100
     late = NOW + DECISIONS_TTL + 1
     read = cache.request(ALICE, None, NEVER, late)
     assert read is not None
     cache.read_done(read, PresRules(), late)
     assert len(cache) == 1  # only the one no older than the TTL
+
+
+def test_old_entries_are_swept_once_a_ttl_has_passed_without_reads() -> None:
+    # A held subscription's rules are read once; with no read after them,
+    # the documents (naming every watcher) must not stay for good.
+    cache = RulesCache()
+    for i in range(10):
+        read = cache.request(f"sip:p{i}@example.com", None, NEVER, NOW)
+        assert read is not None
+        cache.read_done(read, PresRules(), NOW)
+    cache.expire(NOW + DECISIONS_TTL - 1)
+    assert len(cache) == 10  # all still within the age limit
+    cache.expire(NOW + DECISIONS_TTL + 1)
+    assert len(cache) == 0

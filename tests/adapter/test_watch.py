@@ -147,6 +147,20 @@ def test_aged_decisions_are_read_beside_a_changing_notify_not_before_it() -> Non
     assert scene.watch.revalidating and not scene.watch.waiting
 
 
+def test_a_refresh_s_notify_sweeps_rules_no_watch_may_use_any_more() -> None:
+    # The rules name every watcher of the presentity; once the decisions are
+    # taken and aged, the document is of no use, and held subscriptions must
+    # not keep it: a refresh's NOTIFY (every held subscription gets them)
+    # sweeps it even when no read comes any more.
+    scene = Scene()
+    scene.read(scene.notify("active;expires=60", busy(0)), PresRules().allow(BOB, {A: True}))
+    assert len(scene.machine.rules) == 1
+    scene.now += 61
+    assert scene.notify("active;expires=60", busy(0)) == []  # the refresh's repeat: no read
+    assert len(scene.machine.rules) == 0
+    assert scene.watch.granted == frozenset({A})  # the decisions are the watch's own
+
+
 BUSY = XcapError("GET", 503, "busy")
 
 
@@ -397,3 +411,33 @@ def test_a_held_watch_keeps_no_container_of_its_own_until_it_needs_one() -> None
     assert first is second
     watch.decisions, other.decisions = first, second
     assert watch.granted == frozenset({A}) and watch.granted is other.granted
+
+
+def test_a_single_watch_keeps_its_rare_fields_in_no_record_of_their_own() -> None:
+    # A gateway holds single watches by the hundred thousand: the fields of
+    # groups, back-offs and waits take room only while they are set.
+    scene = Scene()
+    activation = scene.notify("active;expires=60", busy(0))
+    watch = scene.watch
+    assert watch.waiting and watch.resume is not None and watch.rare is not None
+    scene.read(activation, PresRules().allow(BOB, {A: True}))
+    assert watch.resume is None and watch.rare is None
+    assert watch.listed == {} and watch.rlmi is None and watch.backoff == ()
+    scene.terminate("deactivated")  # lost: a re-subscription is due after a back-off
+    assert watch.backoff and watch.why == "deactivated"
+    assert watch.rare == {"backoff": watch.backoff, "why": "deactivated"}
+    watch.backoff, watch.why = (), ""
+    assert watch.rare is None
+
+
+def test_the_watches_by_key_include_a_watcher_named_by_a_str_subclass() -> None:
+    # A request acting as the account's configured address names the watcher
+    # with the configuration's own str subclass: the view must list it too.
+    class Address(str):
+        pass
+
+    machine = WatchMachine()
+    watch, _ = machine.subscribe(APP, Address(BOB), ALICE, "app", frozenset({A}),
+                                 Reference("r1", REF))
+    assert dict(machine.watches) == {(BOB, ALICE): watch} and len(machine.watches) == 1
+    assert machine.states() == {"pending": 1}

@@ -428,6 +428,42 @@ def test_notify_for_an_unknown_dialog_is_481() -> None:
     assert net.events() == []
 
 
+def test_a_subscription_s_call_id_is_its_from_tag_and_unique_per_dialog() -> None:
+    # RFC 3261 §8.1.1.4 (a globally unique Call-ID) and §19.3 (a random tag of
+    # at least 32 bits): one random token serves as both.
+    net = Net()
+    tokens = set()
+    for n in range(50):
+        net.ua.subscribe(BOB, SipURI.parse(f"sip:p{n}@example.com"), net.now)
+        subscribe = net.request()
+        assert subscribe.from_.tag == subscribe.call_id
+        assert len(subscribe.call_id) >= 8
+        tokens.add(subscribe.call_id)
+    assert len(tokens) == 50
+
+
+def test_notify_with_a_dialog_s_call_id_but_another_to_tag_is_481() -> None:
+    net = Net()
+    sub_id, subscribe = subscribed(net)
+    # The Call-ID alone does not make the dialog (RFC 3261 §12.2.2).
+    net.notify(subscribe, "terminated;reason=noresource", to_tag=subscribe.call_id + "x")
+    assert net.response_to().status == 481
+    net.notify(subscribe, "active", to_tag=None)
+    assert net.response_to().status == 200
+    assert net.ua.subscription(sub_id) is not None
+
+
+def test_subscriptions_share_their_empty_records() -> None:
+    # Held by the hundred thousand: what is the same in all of them is one object.
+    net = Net()
+    first, _ = subscribed(net, target=ALICE)
+    second, _ = subscribed(net, target=SipURI.parse("sip:carol@example.com"))
+    a, b = net.ua.subscription(first), net.ua.subscription(second)
+    assert a is not None and b is not None
+    assert a._missing is b._missing
+    assert a._timer_n is b._timer_n
+
+
 def test_notify_with_the_wrong_event_is_489() -> None:
     net = Net()
     _, subscribe = subscribed(net)
@@ -966,10 +1002,39 @@ def test_a_retransmission_in_completed_gets_the_same_response_bytes_again() -> N
     assert ua._completed == {} and ua._expiring == {} and ua.get_timer() is None
 
 
+def test_a_retransmission_without_a_to_tag_gets_the_same_to_tag_again() -> None:
+    # RFC 3261 §8.2.6.2: the UAS adds a To tag when the request has none; the
+    # response re-sent in Completed (§17.2.2) must carry the same one.
+    ua = Net().ua
+    options = (
+        b"OPTIONS sip:bob@127.0.0.1:5080 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKopt1\r\n"
+        b"From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n"
+        b"Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    ua.receive(options, NOTIFIER_ADDR, 1.0)
+    (first, _), = ua.datagrams_to_send()
+    ua.receive(options, NOTIFIER_ADDR, 2.0)
+    assert ua.datagrams_to_send() == [(first, NOTIFIER_ADDR)]
+    assert b";tag=" in first.split(b"\r\nTo: ")[1].split(b"\r\n")[0]
+
+
+def test_completed_records_keep_no_response_and_share_their_key_strings() -> None:
+    # A refresh wave leaves a record per NOTIFY for 32 s: each keeps the
+    # status, not the response's bytes, and one sent-by and method string.
+    ua = Net().ua
+    for n in range(3):
+        ua.receive(_notify_text(n), NOTIFIER_ADDR, 1.0)
+    ua.datagrams_to_send()
+    assert list(ua._completed.values()) == [481, 481, 481]
+    keys = list(ua._completed)
+    assert keys[0][1] is keys[1][1] is keys[2][1] and keys[0][2] is keys[2][2]
+
+
 def test_completed_server_transactions_are_not_tracked_by_the_collector() -> None:
-    """What Timer J keeps (key, response bytes, where to) is made of tuples of
-    str, bytes and int, which CPython's collector stops tracking: thousands of
-    them cost its collections nothing."""
+    """What Timer J keeps (key, status) is made of tuples of str and ints,
+    which CPython's collector stops tracking: thousands of them cost its
+    collections nothing."""
     ua = Net().ua
     for n in range(100):
         ua.receive(_notify_text(n), NOTIFIER_ADDR, 1.0 + n * 0.01)
