@@ -858,18 +858,9 @@ def test_a_pjsua2_phone_s_changes_survive_the_server_dropping_a_late_answered_wa
     # own PUBLISH and PIDF): the watch Kamailio dropped is made again, and the
     # phone's later change reaches the application.
     adapter = scene.adapter
-    adapter.start()
+    listener, phone = watch_a_pjsua2_phone(scene, bayeux_listener, tmp_path, "late")
     assert adapter.process is not None
-    listener = bayeux_listener(f"{adapter.url}/cometd", "bob-app", PASSWORD)
-    phone = SipPhone(scene.alice, scene.server.sip_uri, log_path=tmp_path / "phone.log")
     try:
-        phone.publish("online", "busy")
-        assert scene.subscribe("late-sub", "/bayeux/bob-app/subscription").status_code == 204
-        scene.authorize_bob()
-        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
-        response = scene.start_notification("late", "/bayeux/bob-app/late", count=20)
-        assert response.status_code == 201, response.text
-
         adapter.process.send_signal(signal.SIGSTOP)
         try:
             phone.publish("online", "away")
@@ -885,6 +876,29 @@ def test_a_pjsua2_phone_s_changes_survive_the_server_dropping_a_late_answered_wa
         )
     finally:
         phone.stop()
+
+
+def watch_a_pjsua2_phone(
+    scene: Scene, bayeux_listener: Callable[..., BayeuxListener], tmp_path: Path, name: str
+) -> tuple[BayeuxListener, SipPhone]:
+    """The adapter started, alice on a pjsua2 phone publishing Busy, bob subscribed
+    and granted Activity, and his notification ``name`` started: no checkImmediate,
+    so Busy is its baseline and nothing is sent for it."""
+    adapter = scene.adapter
+    adapter.start()
+    listener = bayeux_listener(f"{adapter.url}/cometd", "bob-app", PASSWORD)
+    phone = SipPhone(scene.alice, scene.server.sip_uri, log_path=tmp_path / "phone.log")
+    try:
+        phone.publish("online", "busy")
+        assert scene.subscribe(f"{name}-sub", "/bayeux/bob-app/subscription").status_code == 204
+        scene.authorize_bob()
+        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
+        response = scene.start_notification(name, f"/bayeux/bob-app/{name}", count=20)
+        assert response.status_code == 201, response.text
+    except BaseException:
+        phone.stop()
+        raise
+    return listener, phone
 
 
 def activities_of(message: dict[str, Any], correlator: str) -> list[str]:
@@ -929,19 +943,9 @@ def test_a_pjsua2_phone_watched_through_refreshes_is_told_once_per_change(
     # phone's changes reaches it once, with refreshes before and after it.
     scene = short_grant_scene
     adapter = scene.adapter
-    adapter.start()
-    listener = bayeux_listener(f"{adapter.url}/cometd", "bob-app", PASSWORD)
-    phone = SipPhone(scene.alice, scene.server.sip_uri, log_path=tmp_path / "phone.log")
+    listener, phone = watch_a_pjsua2_phone(scene, bayeux_listener, tmp_path, "refreshed")
     told = status_changed("refreshed")
     try:
-        phone.publish("online", "busy")
-        assert scene.subscribe("refreshed-sub", "/bayeux/bob-app/subscription").status_code == 204
-        scene.authorize_bob()
-        eventually(lambda: scene.seen_activity() == "Busy", what="bob sees Busy")
-        # No checkImmediate: Busy is the schedule's baseline, nothing is sent for it.
-        response = scene.start_notification("refreshed", "/bayeux/bob-app/refreshed", count=20)
-        assert response.status_code == 201, response.text
-
         time.sleep(TWO_REFRESHES)
         assert listener.matching(told) == []
         assert scene.seen_activity() == "Busy"
