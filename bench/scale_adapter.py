@@ -617,19 +617,23 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             peak_in_idle = 0
             window_end = time.monotonic() + args.observe
             adapter_pids = tree_pids(pid)
-            # (wall clock, adapter CPU s, pres-rules reads) every SLICE s of the window
-            slices = [(wall["held"], cpu["held"]["adapter"], reads["held"])]
+            # (wall clock, adapter CPU s, pres-rules reads, RSS KiB) every SLICE s
+            slices = [(wall["held"], cpu["held"]["adapter"], reads["held"],
+                       float(samples["held"].rss_kib))]
             while time.monotonic() < window_end:
                 time.sleep(min(1.0, max(0.0, window_end - time.monotonic())))
-                peak_in_idle = max(peak_in_idle, sample(pid).rss_kib)
+                rss = sample(pid).rss_kib
+                peak_in_idle = max(peak_in_idle, rss)
                 if time.time() - slices[-1][0] >= SLICE:
-                    slices.append((time.time(), cpu_seconds(adapter_pids), rules_reads(adapter)))
+                    slices.append((time.time(), cpu_seconds(adapter_pids), rules_reads(adapter),
+                                   float(rss)))
             samples["end"] = sample(pid)
             cpu["end"] = meter.read()
             reads["end"] = rules_reads(adapter)
             stop_py_spy(profiler)
             wall["end"] = time.time()
-            slices.append((wall["end"], cpu["end"]["adapter"], reads["end"]))
+            slices.append((wall["end"], cpu["end"]["adapter"], reads["end"],
+                           float(samples["end"].rss_kib)))
             drops["end"] = {k: udp_drops(v) for k, v in sockets.items()}
             print(f"  idle window over, load average {load_average()}", flush=True)
             rng = random.Random(8)
@@ -664,7 +668,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     return 0
 
 
-def report_slices(slices: list[tuple[float, float, float]],
+def report_slices(slices: list[tuple[float, float, float, float]],
                   per_second: dict[str, dict[str, int]]) -> None:
     """The idle window's adapter CPU per slice against the refreshes sent in it, and
     over the refresh wave alone: from the first slice with refreshes to the end.
@@ -675,17 +679,17 @@ def report_slices(slices: list[tuple[float, float, float]],
     """
     kinds = ["SUBSCRIBE refresh", "PUBLISH refresh"]
     rows = []
-    for (t0, c0, r0), (t1, c1, r1) in itertools.pairwise(slices):
+    for (t0, c0, r0, _), (t1, c1, r1, rss) in itertools.pairwise(slices):
         refreshes = sum(histogram(per_second, kinds, int(t0), int(t1)))
-        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0))
+        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0, rss))
     print()
     print(f"| idle window, {SLICE:g}-s slices | adapter CPU, % of a core | refreshes/s | "
-          "µs per refresh | pres-rules reads |")
-    print("|---|---|---|---|---|")
-    for start, span, used, refreshes, reads in rows:
+          "µs per refresh | pres-rules reads | RSS at the end, MiB |")
+    print("|---|---|---|---|---|---|")
+    for start, span, used, refreshes, reads, rss in rows:
         per = f"{used / refreshes * 1e6:,.0f}" if refreshes else "—"
         print(f"| {start:.0f}–{start + span:.0f} s | {used / span * 100:.2f} | "
-              f"{refreshes / span:.0f} | {per} | {reads:,.0f} |")
+              f"{refreshes / span:.0f} | {per} | {reads:,.0f} | {rss / 1024:.1f} |")
     first = next((i for i, row in enumerate(rows) if row[3]), None)
     if first is None:
         return
