@@ -7,9 +7,9 @@ arenas.  A burst of them (a refresh wave: each held subscription's SUBSCRIBE,
 heap, among objects that live on, and glibc's ``free`` gives back only what is
 free at the heap's top: without more, the process keeps the RSS of its
 busiest minute for good.  ``malloc_trim(0)`` gives back every whole free page
-of the heap (glibc 2.8 and later).  It takes a few milliseconds for a heap of
-a few hundred MiB, in a worker thread: it does not hold the GIL, and Python's
-small objects do not take the heap's lock it holds meanwhile.  Where the C
+of the heap (glibc 2.8 and later).  It walks the heap's free chunks in a
+worker thread: it does not hold the GIL, and Python's small objects do not
+take the heap's lock it holds meanwhile.  Where the C
 library has no ``malloc_trim`` (musl, macOS), nothing is done.
 """
 
