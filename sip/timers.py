@@ -13,10 +13,11 @@ again: its entry keeps its place and its sequence number, the key's live
 entry says the new deadline, and when the old entry surfaces the live one
 takes its place in the heap.  A subscription's deadline moves later two or
 three times per refresh (the answer, the NOTIFY), and only the first of
-those moves costs a push, when its entry comes up.  Each live key maps to its one valid entry
-(the very tuple in the heap: a user agent holds one per subscription, by the
-hundred thousand), and a re-armed key's entries share the key object first
-filed.  When stale entries reach a quarter of the live ones the heap is
+those moves costs a push, when its entry comes up.  Each live key maps to its
+one valid entry (the tuple in the heap, or for a key moved later the tuple
+that will replace it, of the same sequence number: a user agent holds one per
+subscription, by the hundred thousand), and a re-armed key's entries share
+the key object first filed.  When stale entries reach a quarter of the live ones the heap is
 rebuilt, so memory stays proportional to the number of keys however often
 they are re-armed.  All operations are O(log n) amortised.
 """
