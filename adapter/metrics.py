@@ -306,6 +306,15 @@ def _sip(sources: Sources) -> Iterator[Metric]:
         timeouts.add_metric([method], count)
     yield transactions
     yield timeouts
+    answered = CounterMetricFamily(
+        PREFIX + "sip_server_transactions",
+        "SIP requests from the presence server (NOTIFYs) answered, by method and the "
+        "status answered; their retransmissions apart.",
+        labels=["method", "status"],
+    )
+    for (method, status), count in sorted(stats.answered.items()):
+        answered.add_metric([method, str(status)], count)
+    yield answered
     yield _counter(
         "sip_retransmissions",
         "SIP requests sent again because no response came (Timer E; UDP only).",

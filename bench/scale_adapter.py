@@ -46,8 +46,9 @@ end, and its peak VmHWM) and store size; its CPU in the set-up and in the
 idle window (% of a core), with the presence server's, PostgreSQL's and the
 relay's, and the adapter's per 30-s slice of the window and over its refresh
 wave alone (from the first slice with refreshes: what the set-up left queued
-has drained by then), in µs per refresh; the SUBSCRIBE+PUBLISH the adapter
-sent per second (5-second bins, set-up | idle, with retransmissions); the
+has drained by then), in µs per refresh and per exchange (a refresh or a
+NOTIFY answered: Kamailio NOTIFYs every watcher on each PUBLISH refresh);
+the SUBSCRIBE+PUBLISH the adapter sent per second (5-second bins, set-up | idle, with retransmissions); the
 answers; what is alive at the end (dialogs and publications whose last 2xx
 has not expired, by pair of watcher and presentity; pairs that needed a
 second dialog); a sample of Get User Presence calls; and the adapter log's
@@ -595,7 +596,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             drops = {"start": {k: udp_drops(v) for k, v in sockets.items()}}
             deadline = time.monotonic() + args.deadline
             phases = []
-            reads = {"start": rules_reads(adapter)}
+            reads = {"start": scrape_counts(adapter)}
             for name, requests in (
                 ("Publish", publish_requests(adapter, args)),
                 ("Subscribe Presence", subscribe_requests(adapter, args)),
@@ -610,14 +611,15 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 samples[key] = sample(pid)
                 cpu[key] = meter.read()
                 wall[key] = time.time()
-                reads[key] = rules_reads(adapter)
+                reads[key] = scrape_counts(adapter)
             print(f"  held: RSS {samples['held'].rss_kib / 1024:.1f} MiB; idle window of "
                   f"{args.observe:g} s begins, load average {load_average()}", flush=True)
             profiler = py_spy(args.profile, pid)
             peak_in_idle = 0
             window_end = time.monotonic() + args.observe
             adapter_pids = tree_pids(pid)
-            # (wall clock, adapter CPU s, pres-rules reads, RSS KiB) every SLICE s
+            # (wall clock, adapter CPU s, (pres-rules reads, NOTIFYs answered), RSS KiB)
+            # every SLICE s
             slices = [(wall["held"], cpu["held"]["adapter"], reads["held"],
                        float(samples["held"].rss_kib))]
             while time.monotonic() < window_end:
@@ -625,11 +627,11 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 rss = sample(pid).rss_kib
                 peak_in_idle = max(peak_in_idle, rss)
                 if time.time() - slices[-1][0] >= SLICE:
-                    slices.append((time.time(), cpu_seconds(adapter_pids), rules_reads(adapter),
-                                   float(rss)))
+                    slices.append((time.time(), cpu_seconds(adapter_pids),
+                                   scrape_counts(adapter), float(rss)))
             samples["end"] = sample(pid)
             cpu["end"] = meter.read()
-            reads["end"] = rules_reads(adapter)
+            reads["end"] = scrape_counts(adapter)
             stop_py_spy(profiler)
             wall["end"] = time.time()
             slices.append((wall["end"], cpu["end"]["adapter"], reads["end"],
@@ -664,32 +666,41 @@ def run(args: argparse.Namespace, directory: Path) -> int:
         trace_unanswered(phase, log)
     print("adapter /metrics, its SIP window: " + "; ".join(metrics))
     print(f"pres-rules reads (XCAP GET) by the adapter: set-up "
-          f"{reads['held'] - reads['start']:,.0f}, idle window {reads['end'] - reads['held']:,.0f}")
+          f"{reads['held'][0] - reads['start'][0]:,.0f}, "
+          f"idle window {reads['end'][0] - reads['held'][0]:,.0f}")
     return 0
 
 
-def report_slices(slices: list[tuple[float, float, float, float]],
+def report_slices(slices: list[tuple[float, float, tuple[float, float], float]],
                   per_second: dict[str, dict[str, int]]) -> None:
     """The idle window's adapter CPU per slice against the refreshes sent in it, and
     over the refresh wave alone: from the first slice with refreshes to the end.
 
     The window's whole figure also holds what the set-up left queued (its
     pres-rules reads, retried after they waited too long); the wave's is what
-    holding the subscriptions costs once that has drained.
+    holding the subscriptions costs once that has drained.  Kamailio answers a
+    PUBLISH refresh with a NOTIFY to each of the presentity's watchers
+    (docs/kamailio.md), so the NOTIFYs are counted beside the refreshes, and
+    the cost is also given per exchange: a refresh or a NOTIFY, each a
+    request and its answer.
     """
     kinds = ["SUBSCRIBE refresh", "PUBLISH refresh"]
     rows = []
-    for (t0, c0, r0, _), (t1, c1, r1, rss) in itertools.pairwise(slices):
+    for (t0, c0, (r0, n0), _), (t1, c1, (r1, n1), rss) in itertools.pairwise(slices):
         refreshes = sum(histogram(per_second, kinds, int(t0), int(t1)))
-        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0, rss))
+        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0, n1 - n0, rss))
     print()
     print(f"| idle window, {SLICE:g}-s slices | adapter CPU, % of a core | refreshes/s | "
-          "µs per refresh | pres-rules reads | RSS at the end, MiB |")
-    print("|---|---|---|---|---|---|")
-    for start, span, used, refreshes, reads, rss in rows:
+          "NOTIFYs/s | µs per refresh | µs per exchange | pres-rules reads | "
+          "RSS at the end, MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for start, span, used, refreshes, reads, notifies, rss in rows:
         per = f"{used / refreshes * 1e6:,.0f}" if refreshes else "—"
+        exchanges = refreshes + notifies
+        per_exchange = f"{used / exchanges * 1e6:,.0f}" if exchanges else "—"
         print(f"| {start:.0f}–{start + span:.0f} s | {used / span * 100:.2f} | "
-              f"{refreshes / span:.0f} | {per} | {reads:,.0f} | {rss / 1024:.1f} |")
+              f"{refreshes / span:.0f} | {notifies / span:.0f} | {per} | {per_exchange} | "
+              f"{reads:,.0f} | {rss / 1024:.1f} |")
     first = next((i for i, row in enumerate(rows) if row[3]), None)
     if first is None:
         return
@@ -697,9 +708,11 @@ def report_slices(slices: list[tuple[float, float, float, float]],
     span = sum(r[1] for r in wave)
     used = sum(r[2] for r in wave)
     refreshes = sum(r[3] for r in wave)
+    notifies = sum(r[5] for r in wave)
     print(f"refresh wave ({wave[0][0]:.0f} s to the end of the window): {refreshes:,} "
-          f"refreshes in {span:.0f} s, {used / span * 100:.2f} % of a core, "
-          f"{used / refreshes * 1e6:,.0f} µs per refresh, "
+          f"refreshes and {notifies:,.0f} NOTIFYs in {span:.0f} s, "
+          f"{used / span * 100:.2f} % of a core, {used / refreshes * 1e6:,.0f} µs per "
+          f"refresh, {used / (refreshes + notifies) * 1e6:,.0f} µs per exchange, "
           f"{sum(r[4] for r in wave):,.0f} pres-rules reads")
 
 
@@ -743,15 +756,22 @@ def metrics_text(adapter: Any) -> str | None:
         return None
 
 
-def rules_reads(adapter: Any) -> float:
-    """The pres-rules reads the adapter made so far (its /metrics)."""
+def scrape_counts(adapter: Any) -> tuple[float, float]:
+    """The pres-rules reads the adapter made so far and the NOTIFYs it answered
+    (one scrape of its /metrics: each costs the adapter some CPU)."""
 
     text = metrics_text(adapter)
     if text is None:
-        return math.nan
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("presence_adapter_xcap_requests_total")
-               and 'document="pres-rules"' in line and 'method="GET"' in line)
+        return math.nan, math.nan
+    reads = notifies = 0.0
+    for line in text.splitlines():
+        if (line.startswith("presence_adapter_xcap_requests_total")
+                and 'document="pres-rules"' in line and 'method="GET"' in line):
+            reads += float(line.rsplit(" ", 1)[1])
+        elif (line.startswith("presence_adapter_sip_server_transactions_total")
+                and 'method="NOTIFY"' in line):
+            notifies += float(line.rsplit(" ", 1)[1])
+    return reads, notifies
 
 
 def sip_metrics(adapter: Any) -> list[str]:

@@ -270,6 +270,9 @@ class UserAgentCounters:
     queued: int = 0
     #: NOTIFYs the notifier re-sent LATE_COPIES times after we had answered.
     late_answers: int = 0
+    #: (method, status) -> requests from the server answered so (their
+    #: retransmissions apart): what a refresh or a PUBLISH costs in NOTIFYs.
+    answered: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def ended(self, method: str, outcome: str) -> None:
         key = (method, outcome)
@@ -1072,6 +1075,9 @@ class UserAgent:
         # Answer first: a NOTIFY not answered at once is retransmitted and,
         # in the end, the notifier drops the subscription.
         self._datagrams.append((self._final(request, status, added), source))
+        answered = self.counters.answered
+        counted = (request.method, status)
+        answered[counted] = answered.get(counted, 0) + 1
         if source.transport == "udp":
             self._complete(key, status if added is None else (status, added), now)
         if owner is not None:

@@ -174,6 +174,8 @@ class EndpointStats:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Requests sent again by Timer E (RFC 3261 §17.1.2.2).
     retransmissions: int = 0
+    #: (method, status) -> requests from the server answered so, retransmissions apart.
+    answered: dict[tuple[str, int], int] = field(default_factory=dict)
     #: NOTIFYs the notifier re-sent after we had answered, often enough that
     #: our answer was late (the subscription was refreshed to learn if it stands).
     late_answers: int = 0
@@ -300,6 +302,7 @@ class SipEndpoint:
         return EndpointStats(
             outcomes=dict(ua.counters.outcomes),
             retransmissions=ua.counters.retransmissions,
+            answered=dict(ua.counters.answered),
             late_answers=ua.counters.late_answers,
             transactions_in_flight=ua.transactions_in_flight,
             requests_waiting=ua.requests_waiting,

@@ -203,6 +203,7 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
     stats = EndpointStats(
         outcomes={("PUBLISH", "200"): 1, ("SUBSCRIBE", "timeout"): 1},
         retransmissions=4,
+        answered={("NOTIFY", 200): 12, ("NOTIFY", 481): 1},
         late_answers=11,
         transactions_in_flight=2,
         publications=5,
@@ -232,6 +233,10 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
                   (("method", "PUBLISH"), ("status", "200")))] == 1
     assert found[(p + "sip_client_timeouts_total", (("method", "SUBSCRIBE"),))] == 1
     assert found[(p + "sip_retransmissions_total", ())] == 4
+    assert found[(p + "sip_server_transactions_total",
+                  (("method", "NOTIFY"), ("status", "200")))] == 12
+    assert found[(p + "sip_server_transactions_total",
+                  (("method", "NOTIFY"), ("status", "481")))] == 1
     assert found[(p + "sip_notify_answered_late_total", ())] == 11
     assert found[(p + "xcap_requests_total",
                   (("document", "pres-rules"), ("method", "GET")))] == 9

@@ -151,6 +151,9 @@ def test_metrics_counters_move_after_a_publish_and_a_notification(
                  operation="start_notification", status="201") == 1
     assert value(after, "presence_adapter_sip_client_transactions_total",
                  method="SUBSCRIBE", status="200") >= 1
+    # Kamailio's NOTIFYs for the watch: at least the one that told Meeting.
+    assert value(after, "presence_adapter_sip_server_transactions_total",
+                 method="NOTIFY", status="200") >= 1
     assert value(after, "presence_adapter_publications") >= 1
     assert value(after, "presence_adapter_watches", state="active") == 1
     assert value(after, "presence_adapter_notification_schedules") == 1

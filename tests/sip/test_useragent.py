@@ -373,11 +373,14 @@ def test_notify_is_answered_at_once_and_retransmissions_from_the_transaction() -
     (event,) = net.events()
     assert isinstance(event, NotifyReceived) and event.body == b"<x/>"
     assert event.subscription_id == sub_id
+    answered = net.ua.counters.answered[("NOTIFY", 200)]
     # The same NOTIFY again (a UDP retransmission): the same answer, no event.
     net.feed(notify, NOTIFIER_ADDR)
     again = net.response_to(NOTIFIER_ADDR)
     assert bytes(again) == bytes(response)
     assert net.events() == []
+    # Counted once, as the request it is, not per copy.
+    assert net.ua.counters.answered == {("NOTIFY", 200): answered}
 
 
 def test_a_notify_resent_after_its_answer_refreshes_the_subscription() -> None:
