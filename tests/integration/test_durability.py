@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from lxml import etree
 
+from pidf import Activity, decode
 from sip import NotifyReceived
 from sip.aio import SipEndpoint, SubscriptionEvent
 from sip.uri import SipURI
@@ -962,5 +963,54 @@ def test_a_pjsua2_phone_watched_through_refreshes_is_told_once_per_change(
         ]
         # The one dialog lived through every grant: refreshed, never made again.
         assert "re-subscribed" not in adapter.log_tail(2000)
+    finally:
+        phone.stop()
+
+
+def publishes_answered(adapter: AdapterProcess) -> float:
+    text = httpx.get(f"{adapter.url}/metrics", timeout=10).text
+    prefix = 'presence_adapter_sip_client_transactions_total{method="PUBLISH",status="200"} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_pjsua2_phone_sees_the_application_s_presence_unchanged_through_its_refreshes(
+    short_grant_scene: Scene, tmp_path: Path,
+) -> None:
+    # The adapter refreshes alice's publication every 4–6 s (RFC 3903 §4.4:
+    # SIP-If-Match, no body), and Kamailio NOTIFYs every watcher on each
+    # refresh (docs/kamailio.md).  A phone watching her must see her
+    # document as published, every time: never expired between two
+    # refreshes, never a second copy of it, never anything changed.
+    scene = short_grant_scene
+    adapter = scene.adapter
+    adapter.start()
+    assert scene.publish("Busy").status_code == 204
+    scene.authorize_bob()
+    phone = SipPhone(scene.bob, scene.server.sip_uri, log_path=tmp_path / "phone.log")
+    try:
+        phone.subscribe(scene.alice)
+        phone.wait_buddy(
+            scene.alice, lambda s: s["sub_state"] == "ACTIVE" and s["activity"] == "busy",
+            timeout=20,
+        )
+        mark = phone.mark()
+        refreshed = publishes_answered(adapter)
+        time.sleep(TWO_REFRESHES)
+        assert publishes_answered(adapter) >= refreshed + 2, "alice's publication refreshed"
+        notifies = phone.notifies(scene.alice, since=mark)
+        assert notifies, "Kamailio told the phone of the refreshes"
+        bodies = {n["body"] for n in notifies}
+        assert len(bodies) == 1, bodies
+        (body,) = bodies
+        presence = decode(body.encode())
+        assert [a.value for a in presence.attributes] == [Activity.BUSY]
+        assert body.count("<tuple") == 1
+        assert all(n["state"].startswith("active") for n in notifies)
+        assert all(s["status"] == "online" for s in phone.buddy_states(scene.alice, since=mark))
+        # Refreshed under its one entity tag chain: never made again.
+        assert "412" not in adapter.log_tail(2000)
     finally:
         phone.stop()
