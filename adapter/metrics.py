@@ -24,7 +24,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
     from adapter.cluster.peer import PeerCheck
     from adapter.cluster.relay import Relay
     from adapter.watcher import WatcherService
-    from sip.aio import SipEndpoint
+    from sip.aio import EndpointStats, SipEndpoint
 
 __all__ = [
     "NOTIFY_BUCKETS",
@@ -146,6 +151,9 @@ class Metrics:
         self.registry.register(AdapterCollector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        # The collector's runs per generation: the adapter tunes its
+        # thresholds (cli.GC_THRESHOLDS), and operators see what they cost.
+        GCCollector(registry=self.registry)
 
     def rest_observe(self, operation: str, status: int, seconds: float) -> None:
         key = (operation, str(status))
@@ -207,8 +215,10 @@ class AdapterCollector(Collector):
         sources = metrics.sources
         if sources is None:
             return  # not serving yet
-        yield from _sip(sources)
-        yield from _state(sources)
+        # One snapshot for both: it is a copy of the user agent's counts.
+        stats = sources.endpoint.stats()
+        yield from _sip(stats)
+        yield from _state(sources, stats)
         yield from _bayeux(sources)
         if sources.cluster is not None:
             yield from _cluster(sources.cluster)
@@ -283,8 +293,7 @@ def _relay(relay: Relay) -> Iterator[Metric]:
     )
 
 
-def _sip(sources: Sources) -> Iterator[Metric]:
-    stats = sources.endpoint.stats()
+def _sip(stats: EndpointStats) -> Iterator[Metric]:
     transactions = CounterMetricFamily(
         PREFIX + "sip_client_transactions",
         "SIP client transactions ended, by method and outcome: the final status code, "
@@ -360,8 +369,7 @@ def _sip(sources: Sources) -> Iterator[Metric]:
     )
 
 
-def _state(sources: Sources) -> Iterator[Metric]:
-    stats = sources.endpoint.stats()
+def _state(sources: Sources, stats: EndpointStats) -> Iterator[Metric]:
     yield _gauge(
         "publications",
         "Publications the adapter holds at the presence server (PUBLISH, refreshed).",

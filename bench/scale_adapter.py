@@ -48,10 +48,10 @@ relay's, and the adapter's per 30-s slice of the window and over its refresh
 wave alone (from the first slice with refreshes: what the set-up left queued
 has drained by then), in µs per refresh and per exchange (a refresh or a
 NOTIFY answered: Kamailio NOTIFYs every watcher on each PUBLISH refresh);
-the SUBSCRIBE+PUBLISH the adapter sent per second (5-second bins, set-up | idle, with retransmissions); the
-answers; what is alive at the end (dialogs and publications whose last 2xx
-has not expired, by pair of watcher and presentity; pairs that needed a
-second dialog); a sample of Get User Presence calls; and the adapter log's
+the SUBSCRIBE+PUBLISH the adapter sent per second (5-second bins, set-up |
+idle, with retransmissions); the answers; what is alive at the end
+(dialogs and publications whose last 2xx has not expired, by pair of
+watcher and presentity; pairs that needed a second dialog); a sample of Get User Presence calls; and the adapter log's
 warnings and errors.
 """
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from .errors import LocalProtocolError
@@ -56,6 +57,7 @@ from .uri import NameAddr, SipURI
 
 __all__ = [
     "NotifyReceived",
+    "PhaseTally",
     "Subscription",
     "SubscriptionAccepted",
     "SubscriptionPhase",
@@ -126,6 +128,8 @@ MAX_MISSING = 16
 _NONE_MISSING: frozenset[int] = frozenset()
 
 Action = Request | NotifyReceived | SubscriptionAccepted | SubscriptionTerminated
+#: Subscriptions by (event package, phase), as their holder counts them.
+PhaseTally = Counter[tuple[str, SubscriptionPhase]]
 
 
 class Subscription:
@@ -137,7 +141,7 @@ class Subscription:
         "_missing", "_outstanding", "_refresh_at", "_remote_cseq", "_retry_at", "_spread",
         "_timer_n", "_unsubscribe_pending", "accept", "call_id", "event", "eventlist",
         "expires_at", "id", "local_tag", "policy", "remote_tag", "remote_target",
-        "requested_expires", "route_set", "state", "subscriber", "target",
+        "requested_expires", "route_set", "state", "subscriber", "tally", "target",
     )
 
     def __init__(
@@ -155,6 +159,7 @@ class Subscription:
         spread: float = 0.0,
         timer_n: float = 32.0,
         policy: RefreshPolicy = RefreshPolicy(),
+        tally: PhaseTally | None = None,
     ) -> None:
         self.id = subscription_id
         self.subscriber = subscriber
@@ -165,6 +170,10 @@ class Subscription:
         self.requested_expires = expires
         self.policy = policy
         self.state = SubscriptionPhase.SUBSCRIBING
+        #: The holder's count of its subscriptions by (event, phase): the
+        #: holder counts this one in it (and takes it out); every change of
+        #: phase moves it (_enter), so that no one walks them all to count.
+        self.tally = tally
         self.call_id = call_id
         self.local_tag = local_tag
         self.remote_tag: str | None = None
@@ -245,7 +254,7 @@ class Subscription:
                 self._unsubscribe_pending = True
                 return []
             return self._terminate("unsubscribed")
-        self.state = SubscriptionPhase.UNSUBSCRIBING
+        self._enter(SubscriptionPhase.UNSUBSCRIBING)
         self._refresh_at = None
         # The final NOTIFY should follow; do not wait for it for ever.
         self._guard_at = now + self._timer_n
@@ -458,7 +467,7 @@ class Subscription:
                 )
             return 200, actions
         if self.state is not SubscriptionPhase.UNSUBSCRIBING:
-            self.state = (
+            self._enter(
                 SubscriptionPhase.ACTIVE if value == "active" else SubscriptionPhase.PENDING
             )
             if state.expires is not None:
@@ -498,6 +507,14 @@ class Subscription:
             return []  # a SUBSCRIBE under way will tell as much
         return [self._subscribe(self.requested_expires)]
 
+    def _enter(self, phase: SubscriptionPhase) -> None:
+        """Every change of phase goes through here, to keep the tally exact."""
+        tally = self.tally
+        if tally is not None and phase is not self.state:
+            tally[(self.event, self.state)] -= 1
+            tally[(self.event, phase)] += 1
+        self.state = phase
+
     def _arm(self, expires: int, now: float) -> None:
         self.expires_at = now + expires
         self._refresh_at = self.policy.refresh_at(now, expires, self._spread)
@@ -513,7 +530,7 @@ class Subscription:
     def _terminate(
         self, reason: str, status: int | None = None, retry_after: int | None = None
     ) -> list[Action]:
-        self.state = SubscriptionPhase.TERMINATED
+        self._enter(SubscriptionPhase.TERMINATED)
         self._refresh_at = self.expires_at = self._deadline_n = self._guard_at = None
         self._retry_at = self._check_at = None
         self._missing = _NONE_MISSING

@@ -86,6 +86,7 @@ from .publication import Publication, PublicationEvent, PublicationState, Refres
 from .subscription import Action as SubscriptionAction
 from .subscription import (
     NotifyReceived,
+    PhaseTally,
     Subscription,
     SubscriptionAccepted,
     SubscriptionTerminated,
@@ -396,6 +397,10 @@ class UserAgent:
         self._subscriptions: dict[int, Subscription] = {}
         # By Call-ID: a subscription's Call-ID is its From tag (see subscribe).
         self._dialogs: dict[str, Subscription] = {}
+        # The subscriptions held, counted by (event package, phase) as they
+        # come, change phase (Subscription.tally) and go: a scrape of
+        # /metrics reads it instead of walking them all.
+        self._phases: PhaseTally = PhaseTally()
         # Keys: (kind, what it names), see _Timer; a subscription's id alone.
         self._timers: TimerHeap[tuple[_Timer, Any] | int] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
@@ -554,8 +559,10 @@ class UserAgent:
             spread=self._rng.random(),
             timer_n=self._timer_n,
             policy=self._policy,
+            tally=self._phases,
         )
         self._subscriptions[subscription.id] = subscription
+        self._phases[(event, subscription.state)] += 1
         self._dialogs[subscription.call_id] = subscription
         self._run(subscription, subscription.start(now), now, fresh=refusable)
         return subscription.id
@@ -591,11 +598,11 @@ class UserAgent:
 
     def subscriptions_by_state(self) -> dict[tuple[str, str], int]:
         """How many subscriptions there are per (event package, phase)."""
-        counts: dict[tuple[str, str], int] = {}
-        for subscription in self._subscriptions.values():
-            key = (subscription.event, subscription.state.name.lower())
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return {
+            (event, phase.name.lower()): count
+            for (event, phase), count in self._phases.items()
+            if count
+        }
 
     @property
     def publication_count(self) -> int:
@@ -745,7 +752,9 @@ class UserAgent:
                 self._file_timer((_Timer.PUBLICATION, owner.id), owner.get_timer())
         elif isinstance(owner, Subscription):
             if owner.terminated:
-                self._subscriptions.pop(owner.id, None)
+                if self._subscriptions.pop(owner.id, None) is not None:
+                    self._phases[(owner.event, owner.state)] -= 1
+                    owner.tally = None
                 self._dialogs.pop(owner.call_id, None)
                 self._timers.cancel(owner.id)
             else:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +143,9 @@ class BayeuxServer:
             self.limits.backlog_size, self.limits.backlog_ttl
         )
         self._sessions: dict[str, Session] = {}
+        # The sessions by the transport of their latest connect, counted as
+        # they come, connect and go: /metrics reads it without a walk.
+        self._transports: Counter[str] = Counter()
         self._holds: dict[int, str] = {}  # held connect token -> clientId
         self._by_app: dict[str, set[str]] = {}
         self._index = SubscriptionIndex()
@@ -322,10 +325,7 @@ class BayeuxServer:
 
     def sessions_by_transport(self) -> dict[str, int]:
         """Sessions per transport of their latest /meta/connect ("" before the first)."""
-        counts: dict[str, int] = {}
-        for session in self._sessions.values():
-            counts[session.transport] = counts.get(session.transport, 0) + 1
-        return counts
+        return {transport: count for transport, count in self._transports.items() if count}
 
     def session_app(self, client_id: str) -> str | None:
         session = self._sessions.get(client_id)
@@ -399,6 +399,7 @@ class BayeuxServer:
         ack = bool(message.ext and message.ext.get("ack") is True)
         session = Session(client_id, app_id, ack, self.limits.queue_size)
         self._sessions[client_id] = session
+        self._transports[session.transport] += 1
         self._by_app.setdefault(app_id, set()).add(client_id)
         self.counters.sessions_opened += 1
         # The first /meta/connect must come within maxInterval too.
@@ -440,7 +441,10 @@ class BayeuxServer:
             if isinstance(batch, int) and not isinstance(batch, bool):
                 self._confirm(session, session.acknowledge(batch))
         session.expires_at = None
-        session.transport = transport
+        if session.transport != transport:
+            self._transports[session.transport] -= 1
+            self._transports[transport] += 1
+            session.transport = transport
         client_timeout = _client_timeout(message.advice)
         immediate = not session.connected or client_timeout == 0 or bool(session.queue)
         token = next(self._tokens)
@@ -626,6 +630,7 @@ class BayeuxServer:
 
     def _remove(self, session: Session, now: float) -> None:
         del self._sessions[session.client_id]
+        self._transports[session.transport] -= 1
         self._timers.cancel(session.client_id)
         siblings = self._by_app.get(session.app_id)
         if siblings is not None:

@@ -388,10 +388,7 @@ class Ownership:
 
     def held(self) -> dict[str, int]:
         """How many leases this node holds, by kind."""
-        counts: dict[str, int] = {}
-        for kind, _ in self.book.keys():
-            counts[kind] = counts.get(kind, 0) + 1
-        return counts
+        return self.book.kinds()
 
     def _let_go(self, lease: LeaseKey, why: str) -> None:
         self.let_go += 1

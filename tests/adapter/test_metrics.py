@@ -249,3 +249,5 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
     assert found[(p + "notification_schedules", ())] == 6
     assert found[(p + "bayeux_backlog_messages", (("application", "alice-app"),))] == 0
     assert not [key for key in found if key[0].startswith(p + "store_commit")]
+    # CPython's collector, per generation, beside the adapter's own figures.
+    assert found[("python_gc_collections_total", (("generation", "2"),))] >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -441,3 +442,88 @@ def test_the_watches_by_key_include_a_watcher_named_by_a_str_subclass() -> None:
                                  Reference("r1", REF))
     assert dict(machine.watches) == {(BOB, ALICE): watch} and len(machine.watches) == 1
     assert machine.states() == {"pending": 1}
+
+
+def recount(machine: WatchMachine) -> dict[str, int]:
+    """states() the long way: every watch filed, looked at."""
+    counts: dict[str, int] = {}
+    for watch in machine.watches.values():
+        counts[watch.state.value] = counts.get(watch.state.value, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_counts_by_state_follow_every_change_of_every_watch(seed: int) -> None:
+    rng = random.Random(seed)
+    machine = WatchMachine(resubscribe_delays=(1.0, 5.0))
+    now = NOW
+    sids = iter(range(1, 1_000_000))
+    reads: list[Any] = []  # rules reads asked for and not answered yet
+    keys = [(f"sip:w{i}@example.com", f"sip:p{j}@example.com") for i in range(6) for j in range(6)]
+    visited: set[str] = set()
+    most = 0
+
+    def carry_out(actions: list[WatchAction]) -> None:
+        for action in actions:
+            if isinstance(action, Subscribe):
+                machine.subscription_sent(action.watch, next(sids))
+                if rng.random() < 0.8:
+                    machine.subscription_accepted(action.watch, action.watch.subscription_id or 0)
+            elif isinstance(action, ReadRules):
+                reads.append(action.read)
+
+    for _ in range(3000):
+        watcher, presentity = rng.choice(keys)
+        watch = machine.get(watcher, presentity)
+        step = rng.random()
+        try:
+            if step < 0.2 or watch is None:
+                if rng.random() < 0.1:
+                    # Restored from the store: a new object, maybe for a key filed already.
+                    state = rng.choice(list(WatchState)[:3])
+                    watch = machine.add(Watch(watcher, presentity, APP, state=state,
+                                              reference=Reference("r0", REF)))
+                else:
+                    watch, actions = machine.subscribe(APP, watcher, presentity, "app",
+                                                       frozenset({A}), Reference("r1", REF))
+                    carry_out(actions)
+                carry_out(machine.ensure_subscribed(watch))
+            elif step < 0.5 and watch.subscription_id is not None:
+                state = rng.choice(("active;expires=60", "active;expires=60", "pending",
+                                    "terminated;reason=deactivated"))
+                carry_out(machine.notify(watch, notify(watch.subscription_id, state, busy()), now))
+            elif step < 0.6 and watch.subscription_id is not None:
+                reason = rng.choice(("rejected", "deactivated", "timeout", "unsubscribed"))
+                event = SubscriptionTerminated(watch.subscription_id, reason)
+                carry_out(machine.terminated(watch, event, now))
+            elif step < 0.7 and reads:
+                read = reads.pop(rng.randrange(len(reads)))
+                if rng.random() < 0.8:
+                    rules = PresRules().allow(watcher, {A: rng.random() < 0.7})
+                    carry_out(machine.rules_read(read, rules, now))
+                else:
+                    carry_out(machine.rules_failed(read, BUSY, now))
+            elif step < 0.75:
+                carry_out(machine.unsubscribe(watcher, presentity))
+            elif step < 0.78:
+                machine.server_down(watch)
+            elif step < 0.8:
+                carry_out(machine.release(watch))
+            elif step < 0.83:
+                carry_out(machine.restart(watch))
+            elif step < 0.86:
+                carry_out(machine.reference_refused(watch))
+            elif step < 0.88 and watch.subscription_id is not None:
+                carry_out(machine.subscription_refused(watch, watch.subscription_id))
+                carry_out(machine.attempt_failed(watch, now))
+            else:
+                now += rng.choice((0.5, 2.0, 10.0, 100.0))
+                carry_out(machine.handle_timer(now))
+        except LocalProtocolError:
+            pass  # a step the watch's dialog does not take: the machine refuses it
+        counts = machine.states()
+        assert counts == recount(machine)
+        visited |= set(counts)
+        most = max(most, sum(counts.values()))
+    assert visited == {"pending", "active", "blocked"}  # an ended watch is not filed
+    assert most >= 10

@@ -1610,3 +1610,77 @@ def test_texts_written_into_every_request_are_checked_up_front() -> None:
     net = Net()
     with pytest.raises(LocalProtocolError):
         net.ua.subscribe(BOB, ALICE, net.now, event="presence\r\nX-Forged: 1")
+
+
+def recount(net: Net, ids: list[int]) -> dict[tuple[str, str], int]:
+    """subscriptions_by_state the long way: every subscription held, looked at."""
+    counts: dict[tuple[str, str], int] = {}
+    for sub_id in ids:
+        subscription = net.ua.subscription(sub_id)
+        if subscription is not None:
+            key = (subscription.event, subscription.state.name.lower())
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_counts_by_state_follow_every_change_of_every_subscription(seed: int) -> None:
+    rng = random.Random(seed)
+    net = Net(seed=seed, window=Window(size=8, queue=10, wait=5.0, least=2))
+    ids: list[int] = []
+    outstanding: list[Request] = []  # SUBSCRIBEs sent and not answered (maybe lost)
+    dialogs: dict[str, Request] = {}  # initial SUBSCRIBEs by Call-ID: a NOTIFY's dialog
+    seen: set[str] = set()
+    visited: set[tuple[str, str]] = set()
+    most = 0
+    for _ in range(3000):
+        step = rng.random()
+        if step < 0.15 or not ids:
+            event = rng.choice(("presence", "presence", "presence.winfo"))
+            target = SipURI("sip", f"u{rng.randrange(50)}", "example.com")
+            ids.append(net.ua.subscribe(BOB, target, net.now, event=event,
+                                        refusable=rng.random() < 0.8))
+        elif step < 0.2:
+            net.ua.unsubscribe(rng.choice(ids), net.now)
+        elif step < 0.23:
+            net.ua.refresh(rng.choice(ids), net.now)
+        elif step < 0.58 and outstanding:
+            request = outstanding.pop(rng.randrange(len(outstanding)))
+            status = rng.choice((200,) * 8 + (202, 423, 481, 489, 500, 503, 408))
+            headers = [("Contact", "<sip:presence@127.0.0.1:5070>")]
+            if status < 300:
+                headers.append(("Expires", str(rng.choice((0, 60, 600, 3600)))))
+            elif status == 423:
+                headers.append(("Min-Expires", "7200"))
+            net.reply(request, status, *headers)
+        elif step < 0.83 and dialogs:
+            live = [dialogs[s.call_id] for s in map(net.ua.subscription, ids)
+                    if s is not None and s.call_id in dialogs]
+            # Now and then one the subscriber has ended (answered 481).
+            subscribe = rng.choice(live if live and rng.random() < 0.9 else list(dialogs.values()))
+            state = rng.choice(("active;expires=600",) * 3 + ("pending;expires=600",) * 2
+                               + ("pending;expires=60", "terminated;reason=deactivated"))
+            net.notify(subscribe, state)
+        elif step < 0.85:
+            net.ua.transport_failed(net.ua.server_destination, "refused", net.now)
+        else:
+            net.run_until(net.now + rng.choice((0.5, 0.5, 5.0, 5.0, 40.0, 400.0, 4000.0)))
+        for message, _ in net.sent():
+            if isinstance(message, Request) and message.method == "SUBSCRIBE":
+                via = message.top_via
+                assert via is not None and via.branch is not None
+                if via.branch not in seen:  # not a retransmission
+                    seen.add(via.branch)
+                    outstanding.append(message)
+                    if message.to.tag is None:
+                        dialogs[message.call_id] = message
+        net.events()
+        counts = net.ua.subscriptions_by_state()
+        assert counts == recount(net, ids)
+        visited |= set(counts)
+        most = max(most, sum(counts.values()))
+    # The sequence went everywhere a held subscription can be, several at once.
+    phases = ("subscribing", "pending", "active", "unsubscribing")
+    assert {("presence", phase) for phase in phases} <= visited
+    assert {("presence.winfo", phase) for phase in phases[:3]} <= visited
+    assert most >= 8

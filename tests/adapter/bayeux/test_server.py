@@ -1,6 +1,7 @@
 """The sans-IO Bayeux core, driven by hand with a manual clock (plain floats)."""
 
 import itertools
+import random
 
 import pytest
 
@@ -677,6 +678,37 @@ def test_sessions_are_counted_by_the_transport_of_their_latest_connect():
     connect(server, socket, 0.0, transport="websocket")
     assert waiting != polling
     assert server.sessions_by_transport() == {"": 1, "long-polling": 1, "websocket": 1}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_counts_by_transport_follow_every_session_made_connected_and_ended(seed):
+    rng = random.Random(seed)
+    server = make(max_sessions_per_app=50)
+    now = 0.0
+    clients: list[str] = []
+    most = 0
+    for _ in range(2000):
+        step = rng.random()
+        if step < 0.25 or not clients:
+            clients.append(handshake(server, now, user=rng.choice(("alice", "bob"))))
+        elif step < 0.6:
+            connect(server, rng.choice(clients), now,
+                    transport=rng.choice(("long-polling", "websocket")), id=str(step))
+        elif step < 0.7:
+            server.receive([msg("/meta/disconnect", id="d", client_id=rng.choice(clients))],
+                           now, transport="long-polling")
+        elif step < 0.72:
+            server.close_application(rng.choice(("alice", "bob")), now)
+        else:
+            now += rng.choice((1.0, 10.0, 60.0))
+            server.handle_timer(now)
+        events(server)
+        recount: dict[str, int] = {}
+        for session in server._sessions.values():  # the long way: every session
+            recount[session.transport] = recount.get(session.transport, 0) + 1
+        assert server.sessions_by_transport() == recount
+        most = max(most, server.session_count())
+    assert most >= 10
 
 
 def test_after_the_drain_handshakes_are_refused_with_advice_to_come_back():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,6 +75,43 @@ def test_leases_not_renewed_in_time_expire_in_the_book() -> None:
     assert book.expired(3.0) == [PUB]
     assert book.expired(4.0) == [WATCH]
     assert len(book) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_counts_by_kind_follow_every_lease_taken_renewed_expired_and_dropped(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    book = LeaseBook(lease=2.0)
+    now = 0.0
+    leases = [(kind, f"sip:u{i}@example.com") for kind in ("publication", "watch")
+              for i in range(20)]
+
+    def rows(count: int) -> list[tuple[str, str, int]]:
+        return [(*rng.choice(leases), rng.choice((1, 1, 2))) for _ in range(count)]
+
+    most = 0
+    for _ in range(2000):
+        step = rng.random()
+        if step < 0.4:
+            book.took(rows(rng.randrange(1, 4)), began=now)
+        elif step < 0.6:
+            # What the node still owns, less some, plus some it did not know of.
+            kept = [(kind, key, book.token((kind, key), now) or 1) for kind, key in book.keys()
+                    if rng.random() < 0.9]
+            book.renewed(kept + rows(rng.randrange(3)), began=now - rng.choice((0.0, 0.5)))
+        elif step < 0.7:
+            book.expired(now)
+        elif step < 0.85:
+            book.drop(rng.choice(leases))
+        else:
+            now += rng.choice((0.1, 0.5, 2.0))
+        recount: dict[str, int] = {}
+        for kind, _ in book.keys():
+            recount[kind] = recount.get(kind, 0) + 1
+        assert book.kinds() == recount
+        most = max(most, len(book))
+    assert most >= 20
 
 
 # -- the statements, on PostgreSQL --------------------------------------------------
