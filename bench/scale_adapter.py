@@ -51,8 +51,8 @@ NOTIFY answered: Kamailio NOTIFYs every watcher on each PUBLISH refresh);
 the SUBSCRIBE+PUBLISH the adapter sent per second (5-second bins, set-up |
 idle, with retransmissions); the answers; what is alive at the end
 (dialogs and publications whose last 2xx has not expired, by pair of
-watcher and presentity; pairs that needed a second dialog); a sample of Get User Presence calls; and the adapter log's
-warnings and errors.
+watcher and presentity; pairs that needed a second dialog); a sample of
+Get User Presence calls; and the adapter log's warnings and errors.
 """
 
 from __future__ import annotations
