@@ -353,7 +353,24 @@ def test_requests_during_the_drain_are_refused_with_retry_after(
     kamailio: PresenceServer, tmp_path: Path
 ) -> None:
     """A REST call that arrives after SIGTERM, on a connection opened before, gets 503."""
-    adapter = own_adapter(tmp_path, kamailio, bayeux={"connect_timeout": 60})
+    # The drain lasts as long as ending the Bayeux sessions takes: a call
+    # sent right after the signal by a client descheduled longer than that
+    # finds the connection closed.  That attempt shows nothing; the next
+    # adapter is asked again.
+    for attempt in range(3):
+        answers = _answers_while_draining(kamailio, tmp_path / f"attempt-{attempt}")
+        if answers:
+            break
+    assert answers and answers[-1].status_code == 503, answers
+    assert answers[-1].headers["retry-after"].isdigit()
+    assert answers[-1].json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
+
+
+def _answers_while_draining(kamailio: PresenceServer, directory: Path) -> list[httpx.Response]:
+    """The answers to calls made on an open connection from SIGTERM on, until a
+    503 or the connection's close; the adapter is made to exit 0."""
+    directory.mkdir()
+    adapter = own_adapter(directory, kamailio, bayeux={"connect_timeout": 60})
     adapter.start(healthy=True)
     try:
         poll = LongPoll(adapter.url, "bob-app")
@@ -362,13 +379,13 @@ def test_requests_during_the_drain_are_refused_with_retry_after(
         holder = threading.Thread(target=poll.connect)
         holder.start()
         time.sleep(0.3)
+        answers: list[httpx.Response] = []
         # One keep-alive connection, opened before the signal.
         with adapter.client("alice-app") as client:
             assert client.get("/livez").status_code == 200
             process = adapter.process
             assert process is not None
             process.send_signal(signal.SIGTERM)
-            answers = []
             for _ in range(40):
                 try:
                     answers.append(client.get("/rest/presence/subscription",
@@ -378,12 +395,10 @@ def test_requests_during_the_drain_are_refused_with_retry_after(
                 if answers[-1].status_code == 503:
                     break
                 time.sleep(0.02)
-            assert answers and answers[-1].status_code == 503, answers
-            assert answers[-1].headers["retry-after"].isdigit()
-            assert answers[-1].json()["requestError"]["serviceException"]["messageId"] == "SVC0001"
         assert process.wait(timeout=3 * STOP_BOUND) == 0
         holder.join(timeout=10)
         poll.client.close()
+        return answers
     finally:
         adapter.stop()
 
