@@ -65,6 +65,17 @@ seconds.  A caller's request that finds that queue full, or waits longer, is
 never sent: its owner sees the transaction fail with the reason
 :data:`BUSY` (a subscription ends, a publication retries with back-off).
 OPTIONS probes pass the window: they measure the server, not our queue.
+
+Pacing: the requests that keep work alive go out at most ``Window.burst``
+per ``Window.interval``, the rest at the next interval.  Refreshes fall due
+together (on the refresh grid, see :class:`~sip.publication.RefreshPolicy`)
+and no answer clocks them out: a window's worth sent at one instant, with the
+NOTIFYs they cause answered at once, overflows the server's receive buffer,
+and every datagram lost there comes back as a retransmission after T1 (RFC
+3261 §17.1.1.2, §17.1.2.2: Timer E).  TCP faces the same burst after an idle
+period and restarts from a small window (RFC 5681 §4.1).  The callers' new
+requests are not paced: they arrive at the callers' rate, not in bursts of
+our making.
 """
 
 from __future__ import annotations
@@ -156,11 +167,24 @@ class Window:
     wait: float = 5.0
     #: The bound in force never falls below this (nor above ``size``).
     least: int = 8
+    #: Requests that keep work alive sent per ``interval``, at most (see the
+    #: module's "Pacing"); the callers' new requests are not counted.
+    burst: int = 20
+    #: Seconds; a driver that wakes on a grid of its own should use its step.
+    interval: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.queue < 0 or not self.wait > 0 or self.least < 1:
+        if (
+            self.size < 1
+            or self.queue < 0
+            or not self.wait > 0
+            or self.least < 1
+            or self.burst < 1
+            or not self.interval > 0
+        ):
             raise ValueError(
-                f"a window needs size >= 1, least >= 1, queue >= 0, wait > 0: {self}"
+                "a window needs size >= 1, least >= 1, queue >= 0, wait > 0,"
+                f" burst >= 1, interval > 0: {self}"
             )
 
 
@@ -313,6 +337,7 @@ class _Timer(enum.IntEnum):
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
+    PACE = 7  # the next interval's burst of requests keeping work alive (key 0)
     # A subscription's deadline is filed under its bare id (an int, which no
     # other key is): the id it holds anyway, where a (kind, id) tuple would
     # be one more object per held subscription.
@@ -379,6 +404,10 @@ class UserAgent:
         # Subscriptions whose initial SUBSCRIBE waits in one of them, never sent.
         self._unsent: set[int] = set()
         self._pumping = False
+        # Pacing (see the module's "Pacing"): the interval in progress ends
+        # at _pace_ends, and _paced requests keeping work alive went out in it.
+        self._pace_ends = -math.inf
+        self._paced = 0
         # Completed UDP server transactions (see _complete), kept for Timer J
         # as what a retransmitted request needs and nothing more: key -> the
         # status answered (with the To tag added, if one was), and the keys
@@ -707,6 +736,8 @@ class UserAgent:
                 while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
                     self._refuse(fresh.popleft(), now)
                 self._file_queue_timer()
+            elif kind is _Timer.PACE:
+                self._pump(now)
 
     # -- owners ------------------------------------------------------------
 
@@ -783,7 +814,14 @@ class UserAgent:
         if (
             window is not None
             and type(owner) is not _Probe
-            and (len(self._outgoing) >= self._bound or self._kept or self._fresh)
+            and (
+                len(self._outgoing) >= self._bound
+                or self._fresh
+                # A caller's request passes requests keeping work alive only
+                # when the pace holds them back; those go first otherwise.
+                or (self._kept and (not fresh or self._pace_open(now)))
+                or (not fresh and not self._pace(now))
+            )
         ):
             # Anything already waiting goes first, so a request that finds
             # the queues non-empty (while they are being served) joins them.
@@ -792,6 +830,7 @@ class UserAgent:
                 self._unsent.add(owner.id)
             if not fresh:
                 self._kept.append(_Waiting(owner, request, authenticated, None))
+                self._file_pace_timer(now)
                 return
             waiting = _Waiting(owner, request, authenticated, now + window.wait)
             if len(self._fresh) >= window.queue:
@@ -804,20 +843,28 @@ class UserAgent:
         self._send(owner, request, now, authenticated)
 
     def _pump(self, now: float) -> None:
-        """Send what waits, oldest first and kept before fresh, while there is room."""
+        """Send what waits while there is room, oldest first and kept before
+        fresh — kept ones as far as the pace allows (see the module's "Pacing")."""
         window = self._window
         if window is None or self._pumping:
             return
         self._pumping = True
         kept, fresh = self._kept, self._fresh
         try:
-            while (kept or fresh) and len(self._outgoing) < self._bound:
-                waiting = kept.popleft() if kept else fresh.popleft()
+            while len(self._outgoing) < self._bound:
+                if kept and self._pace_open(now):
+                    waiting = kept.popleft()
+                elif fresh:
+                    waiting = fresh.popleft()
+                else:
+                    break
                 owner = waiting.owner
                 if type(owner) is Subscription:
                     self._unsent.discard(owner.id)
                 if _gone(owner) or self._abandoned(owner):
                     continue  # it ended while it waited
+                if waiting.deadline is None:
+                    self._paced += 1
                 if isinstance(owner, Subscription):
                     owner.request_sent(now)
                     self._file_timer(owner.id, owner.get_timer())
@@ -825,6 +872,33 @@ class UserAgent:
         finally:
             self._pumping = False
         self._file_queue_timer()
+        self._file_pace_timer(now)
+
+    def _pace_open(self, now: float) -> bool:
+        """May one more request keeping work alive go out in this interval?"""
+        window = self._window
+        if window is None:
+            return True
+        if now >= self._pace_ends:
+            # Intervals on a grid of their own length, as a driver's wake-ups are.
+            ends = (math.floor(now / window.interval) + 1) * window.interval
+            # Rounding may put that at now itself: the interval would restart
+            # at every look, and pace nothing.
+            self._pace_ends = ends if ends > now else ends + window.interval
+            self._paced = 0
+        return self._paced < window.burst
+
+    def _pace(self, now: float) -> bool:
+        """Count one request keeping work alive out now, if the pace allows it."""
+        if self._pace_open(now):
+            self._paced += 1
+            return True
+        return False
+
+    def _file_pace_timer(self, now: float) -> None:
+        """Wake at the next interval while requests wait only for the pace."""
+        held = bool(self._kept) and not self._pace_open(now)
+        self._file_timer((_Timer.PACE, 0), self._pace_ends if held else None)
 
     def _narrow(self, now: float) -> None:
         """A request went unanswered for T1: halve the bound, once per T1
