@@ -66,16 +66,17 @@ never sent: its owner sees the transaction fail with the reason
 :data:`BUSY` (a subscription ends, a publication retries with back-off).
 OPTIONS probes pass the window: they measure the server, not our queue.
 
-Pacing: the requests that keep work alive go out at most ``Window.burst``
-per ``Window.interval``, the rest at the next interval.  Refreshes fall due
-together (on the refresh grid, see :class:`~sip.publication.RefreshPolicy`)
-and no answer clocks them out: a window's worth sent at one instant, with the
-NOTIFYs they cause answered at once, overflows the server's receive buffer,
-and every datagram lost there comes back as a retransmission after T1 (RFC
-3261 §17.1.1.2, §17.1.2.2: Timer E).  TCP faces the same burst after an idle
-period and restarts from a small window (RFC 5681 §4.1).  The callers' new
-requests are not paced: they arrive at the callers' rate, not in bursts of
-our making.
+Of the window, the requests that keep work alive may hold at most
+``Window.kept`` places.  They come in bursts of our making — the refreshes
+due within a step of the refresh grid (:class:`~sip.publication.RefreshPolicy`)
+fall due at one instant — and everything in flight, with the NOTIFYs it
+causes, waits in the server's receive buffer while the server is busy: a
+whole window's worth overflows it, and each datagram it drops comes back as a
+retransmission after T1 (RFC 3261 §17.1.1.2, §17.1.2.2: Timer E).  TCP
+restarts from a small window after an idle period for the same reason (RFC
+5681 §4.1).  Each answer lets the next one out, so they go as fast as the
+server answers, never more at once.  The callers' requests come at their
+callers' pace and may fill the rest.
 """
 
 from __future__ import annotations
@@ -167,11 +168,9 @@ class Window:
     wait: float = 5.0
     #: The bound in force never falls below this (nor above ``size``).
     least: int = 8
-    #: Requests that keep work alive sent per ``interval``, at most (see the
-    #: module's "Pacing"); the callers' new requests are not counted.
-    burst: int = 20
-    #: Seconds; a driver that wakes on a grid of its own should use its step.
-    interval: float = 0.02
+    #: Requests keeping work alive (refreshes, retries, removals...) in
+    #: flight at once, at most: a burst of them is let out as the answers come.
+    kept: int = 32
 
     def __post_init__(self) -> None:
         if (
@@ -179,12 +178,11 @@ class Window:
             or self.queue < 0
             or not self.wait > 0
             or self.least < 1
-            or self.burst < 1
-            or not self.interval > 0
+            or self.kept < 1
         ):
             raise ValueError(
-                "a window needs size >= 1, least >= 1, queue >= 0, wait > 0,"
-                f" burst >= 1, interval > 0: {self}"
+                "a window needs size >= 1, least >= 1, kept >= 1, queue >= 0,"
+                f" wait > 0: {self}"
             )
 
 
@@ -306,6 +304,7 @@ class _Outgoing:
     owner: Owner
     identity: str | None  # the AOR whose credentials apply
     authenticated: bool  # we already answered a challenge for this request
+    kept: bool  # it keeps work alive (see Window.kept)
     retransmitted: bool = False  # Timer E sent it again
 
 
@@ -337,7 +336,6 @@ class _Timer(enum.IntEnum):
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
-    PACE = 7  # the next interval's burst of requests keeping work alive (key 0)
     # A subscription's deadline is filed under its bare id (an int, which no
     # other key is): the id it holds anyway, where a (kind, id) tuple would
     # be one more object per held subscription.
@@ -404,10 +402,8 @@ class UserAgent:
         # Subscriptions whose initial SUBSCRIBE waits in one of them, never sent.
         self._unsent: set[int] = set()
         self._pumping = False
-        # Pacing (see the module's "Pacing"): the interval in progress ends
-        # at _pace_ends, and _paced requests keeping work alive went out in it.
-        self._pace_ends = -math.inf
-        self._paced = 0
+        # Client transactions in flight that keep work alive (see Window.kept).
+        self._kept_in_flight = 0
         # Completed UDP server transactions (see _complete), kept for Timer J
         # as what a retransmitted request needs and nothing more: key -> the
         # status answered (with the To tag added, if one was), and the keys
@@ -736,8 +732,6 @@ class UserAgent:
                 while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
                     self._refuse(fresh.popleft(), now)
                 self._file_queue_timer()
-            elif kind is _Timer.PACE:
-                self._pump(now)
 
     # -- owners ------------------------------------------------------------
 
@@ -817,10 +811,10 @@ class UserAgent:
             and (
                 len(self._outgoing) >= self._bound
                 or self._fresh
-                # A caller's request passes requests keeping work alive only
-                # when the pace holds them back; those go first otherwise.
-                or (self._kept and (not fresh or self._pace_open(now)))
-                or (not fresh and not self._pace(now))
+                # A caller's request passes waiting requests that keep work
+                # alive only when these have all the places they may hold.
+                or (self._kept and (not fresh or self._kept_in_flight < window.kept))
+                or (not fresh and self._kept_in_flight >= window.kept)
             )
         ):
             # Anything already waiting goes first, so a request that finds
@@ -830,7 +824,6 @@ class UserAgent:
                 self._unsent.add(owner.id)
             if not fresh:
                 self._kept.append(_Waiting(owner, request, authenticated, None))
-                self._file_pace_timer(now)
                 return
             waiting = _Waiting(owner, request, authenticated, now + window.wait)
             if len(self._fresh) >= window.queue:
@@ -840,11 +833,12 @@ class UserAgent:
             if len(self._fresh) == 1:
                 self._file_queue_timer()
             return
-        self._send(owner, request, now, authenticated)
+        self._send(owner, request, now, authenticated,
+                   kept=not fresh and type(owner) is not _Probe)
 
     def _pump(self, now: float) -> None:
         """Send what waits while there is room, oldest first and kept before
-        fresh — kept ones as far as the pace allows (see the module's "Pacing")."""
+        fresh — kept ones while they hold fewer than ``Window.kept`` places."""
         window = self._window
         if window is None or self._pumping:
             return
@@ -852,7 +846,7 @@ class UserAgent:
         kept, fresh = self._kept, self._fresh
         try:
             while len(self._outgoing) < self._bound:
-                if kept and self._pace_open(now):
+                if kept and self._kept_in_flight < window.kept:
                     waiting = kept.popleft()
                 elif fresh:
                     waiting = fresh.popleft()
@@ -863,42 +857,15 @@ class UserAgent:
                     self._unsent.discard(owner.id)
                 if _gone(owner) or self._abandoned(owner):
                     continue  # it ended while it waited
-                if waiting.deadline is None:
-                    self._paced += 1
                 if isinstance(owner, Subscription):
                     owner.request_sent(now)
                     self._file_timer(owner.id, owner.get_timer())
-                self._send(owner, waiting.request, now, waiting.authenticated)
+                # A caller's request has a deadline; one keeping work alive none.
+                self._send(owner, waiting.request, now, waiting.authenticated,
+                           kept=waiting.deadline is None)
         finally:
             self._pumping = False
         self._file_queue_timer()
-        self._file_pace_timer(now)
-
-    def _pace_open(self, now: float) -> bool:
-        """May one more request keeping work alive go out in this interval?"""
-        window = self._window
-        if window is None:
-            return True
-        if now >= self._pace_ends:
-            # Intervals on a grid of their own length, as a driver's wake-ups are.
-            ends = (math.floor(now / window.interval) + 1) * window.interval
-            # Rounding may put that at now itself: the interval would restart
-            # at every look, and pace nothing.
-            self._pace_ends = ends if ends > now else ends + window.interval
-            self._paced = 0
-        return self._paced < window.burst
-
-    def _pace(self, now: float) -> bool:
-        """Count one request keeping work alive out now, if the pace allows it."""
-        if self._pace_open(now):
-            self._paced += 1
-            return True
-        return False
-
-    def _file_pace_timer(self, now: float) -> None:
-        """Wake at the next interval while requests wait only for the pace."""
-        held = bool(self._kept) and not self._pace_open(now)
-        self._file_timer((_Timer.PACE, 0), self._pace_ends if held else None)
 
     def _narrow(self, now: float) -> None:
         """A request went unanswered for T1: halve the bound, once per T1
@@ -927,7 +894,9 @@ class UserAgent:
         fresh = self._fresh
         self._file_timer((_Timer.QUEUE, 0), fresh[0].deadline if fresh else None)
 
-    def _send(self, owner: Owner, request: Request, now: float, authenticated: bool) -> None:
+    def _send(
+        self, owner: Owner, request: Request, now: float, authenticated: bool, *, kept: bool
+    ) -> None:
         headers = request.headers
         # A token of ours is hex, as new_branch wants it (§8.1.1.7).
         branch = MAGIC_COOKIE + self._token()
@@ -961,8 +930,10 @@ class UserAgent:
             request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
                                           (("branch", branch), *self._via_params)),))
         transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
-        outgoing = _Outgoing(transaction, owner, identity, authenticated)
+        outgoing = _Outgoing(transaction, owner, identity, authenticated, kept)
         self._outgoing[transaction.key] = outgoing
+        if kept:
+            self._kept_in_flight += 1
         self._client_actions(transaction.key, outgoing, transaction.start(now), now)
 
     def _contact(self, user: str | None) -> str:
@@ -1053,7 +1024,8 @@ class UserAgent:
             # (_receive_response), which absorbs those retransmissions just
             # the same, so the transaction is forgotten at once rather than
             # kept for the garbage collector to walk until Timer K.
-            self._outgoing.pop(key, None)
+            if self._outgoing.pop(key, None) is not None and outgoing.kept:
+                self._kept_in_flight -= 1
             self._timers.cancel((_Timer.CLIENT, key))
             if self._kept or self._fresh:
                 self._pump(now)
