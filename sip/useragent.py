@@ -355,6 +355,7 @@ class UserAgent:
         subscription_expires: int = 3600,
         timings: TransactionTimings = TransactionTimings(),
         policy: RefreshPolicy = RefreshPolicy(),
+        publication_policy: RefreshPolicy | None = None,
         window: Window | None = None,
     ) -> None:
         self.local = local
@@ -389,6 +390,8 @@ class UserAgent:
         # Timer N of every subscription (RFC 6665 §4.1.2.4): one float for all.
         self._timer_n = timings.timeout
         self._policy = policy
+        # None: publications refresh as subscriptions do.
+        self._publication_policy = publication_policy or policy
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
         self._outgoing: dict[ClientKey, _Outgoing] = {}
@@ -498,7 +501,7 @@ class UserAgent:
             content_type=content_type,
             expires=expires or self._publication_expires,
             spread=self._rng.random(),
-            policy=self._policy,
+            policy=self._publication_policy,
             etag=etag,
             etag_expires_at=etag_expires_at,
         )
