@@ -54,6 +54,7 @@ class Net:
         *,
         window: Window | None = None,
         policy: RefreshPolicy = RefreshPolicy(),
+        publication_policy: RefreshPolicy | None = None,
     ) -> None:
         self.now = 0.0
         self.transport = transport
@@ -64,6 +65,7 @@ class Net:
             rng=random.Random(seed),
             window=window,
             policy=policy,
+            publication_policy=publication_policy,
         )
         self.notify_cseq = 0
 
@@ -1511,6 +1513,33 @@ def test_a_window_needs_room_for_one() -> None:
         Window(wait=0.0)
     with pytest.raises(ValueError):
         Window(kept=0)
+
+
+def test_publications_refresh_by_their_own_policy_off_the_subscriptions_grid() -> None:
+    # Subscriptions on a 10-s grid, publications not: a server that NOTIFYs
+    # every watcher on each PUBLISH refresh is not sent a grid step's worth
+    # of them at one instant.
+    net = Net(policy=RefreshPolicy(low=0.5, high=0.5, grid=10.0),
+              publication_policy=RefreshPolicy(low=0.5, high=0.5))
+    net.now = 3.0
+    net.ua.subscribe(BOB, ALICE, net.now)
+    accept(net, net.request(), expires=3600)
+    assert net.response_to().status == 200
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    net.reply(net.request(), 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    net.events()
+    # Half of 3,600 s after 3 s: the subscription's refresh moved back onto
+    # 1,800, the publication's at 1,803.
+    net.run_until(1800.0)
+    (refresh,) = requests(net)
+    assert refresh.method == "SUBSCRIBE"
+    accept(net, refresh)
+    net.run_until(1802.9)
+    assert requests(net) == []
+    net.run_until(1803.0)
+    (again,) = requests(net)
+    assert again.method == "PUBLISH" and again.headers.get("SIP-If-Match") == "e1"
+    assert net.ua.publication(pub_id) is not None
 
 
 def held_together(net: Net, count: int) -> Wire:
