@@ -96,8 +96,7 @@ _BIND_ATTEMPTS = 20
 TIMER_SLACK = 0.02
 
 #: The grid (seconds) refreshes are moved back onto (``RefreshPolicy.grid``):
-#: the subscriptions' refreshes due within a second go out in one wake-up of this
-#: driver (not the publications': see start()).
+#: the refreshes due within a second go out in one wake-up of this driver.
 REFRESH_GRID = 1.0
 
 #: Receive buffer asked for the UDP socket, bytes.  Linux's default
@@ -358,11 +357,6 @@ class SipEndpoint:
             publication_expires=self._publication_expires,
             subscription_expires=self._subscription_expires,
             policy=RefreshPolicy(grid=REFRESH_GRID),
-            # Off the grid: a presence server may NOTIFY every watcher of a
-            # presentity on each PUBLISH refresh (Kamailio does), and a
-            # second's refreshes sent at one instant would have it answered
-            # by that many NOTIFY answers at once, more than its socket holds.
-            publication_policy=RefreshPolicy(),
             window=self._window,
         )
         if self._credentials is not None:

@@ -54,7 +54,6 @@ class Net:
         *,
         window: Window | None = None,
         policy: RefreshPolicy = RefreshPolicy(),
-        publication_policy: RefreshPolicy | None = None,
     ) -> None:
         self.now = 0.0
         self.transport = transport
@@ -65,7 +64,6 @@ class Net:
             rng=random.Random(seed),
             window=window,
             policy=policy,
-            publication_policy=publication_policy,
         )
         self.notify_cseq = 0
 
@@ -1513,33 +1511,10 @@ def test_a_window_needs_room_for_one() -> None:
         Window(wait=0.0)
     with pytest.raises(ValueError):
         Window(kept=0)
-
-
-def test_publications_refresh_by_their_own_policy_off_the_subscriptions_grid() -> None:
-    # Subscriptions on a 10-s grid, publications not: a server that NOTIFYs
-    # every watcher on each PUBLISH refresh is not sent a grid step's worth
-    # of them at one instant.
-    net = Net(policy=RefreshPolicy(low=0.5, high=0.5, grid=10.0),
-              publication_policy=RefreshPolicy(low=0.5, high=0.5))
-    net.now = 3.0
-    net.ua.subscribe(BOB, ALICE, net.now)
-    accept(net, net.request(), expires=3600)
-    assert net.response_to().status == 200
-    pub_id = net.ua.publish(ALICE, PIDF, net.now)
-    net.reply(net.request(), 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
-    net.events()
-    # Half of 3,600 s after 3 s: the subscription's refresh moved back onto
-    # 1,800, the publication's at 1,803.
-    net.run_until(1800.0)
-    (refresh,) = requests(net)
-    assert refresh.method == "SUBSCRIBE"
-    accept(net, refresh)
-    net.run_until(1802.9)
-    assert requests(net) == []
-    net.run_until(1803.0)
-    (again,) = requests(net)
-    assert again.method == "PUBLISH" and again.headers.get("SIP-If-Match") == "e1"
-    assert net.ua.publication(pub_id) is not None
+    with pytest.raises(ValueError):
+        Window(republish=0)
+    with pytest.raises(ValueError):
+        Window(interval=0.0)
 
 
 def held_together(net: Net, count: int) -> Wire:
@@ -1598,6 +1573,56 @@ def test_a_callers_new_request_takes_the_room_refreshes_may_not() -> None:
     accept(net, refreshes[0])
     (next_one,) = wire.take()
     assert next_one.to.tag == "srvtag"
+
+
+def published_together(net: Net, count: int) -> list[int]:
+    """``count`` publications confirmed at 0, all refreshed at 1800 (the
+    policy of ``net`` refreshes at half the interval, no spread)."""
+    ids = [net.ua.publish(SipURI("sip", f"p{i}", "example.com"), PIDF, net.now)
+           for i in range(count)]
+    for request in requests(net):
+        net.reply(request, 200, ("SIP-ETag", f"e-{request.to.uri.user}"), ("Expires", "3600"))
+    net.events()
+    return ids
+
+
+def test_publish_refreshes_due_together_go_out_a_few_per_interval() -> None:
+    # A PUBLISH is answered before the server NOTIFYs the presentity's
+    # watchers: the answers do not pace them, the interval does.
+    net = Net(window=Window(size=100, kept=32, republish=2, interval=0.02),
+              policy=RefreshPolicy(low=0.5, high=0.5))
+    published_together(net, 5)
+    net.run_until(1800.0)
+    first = requests(net)
+    assert [r.method for r in first] == ["PUBLISH", "PUBLISH"]
+    assert all(r.headers.get("SIP-If-Match") for r in first)
+    assert net.ua.requests_waiting == 3
+    for request in first:
+        net.reply(request, 200, ("SIP-ETag", "again"), ("Expires", "3600"))
+    assert requests(net) == []  # answered, and yet the interval's two are spent
+    assert net.ua.get_timer() == pytest.approx(1800.02)
+    net.run_until(1800.02)
+    assert len(requests(net)) == 2
+    net.run_until(1800.04)
+    assert len(requests(net)) == 1
+    assert net.ua.requests_waiting == 0
+
+
+def test_the_publish_pace_holds_back_neither_subscriptions_nor_callers() -> None:
+    net = Net(window=Window(size=100, kept=32, republish=1, interval=0.02),
+              policy=RefreshPolicy(low=0.5, high=0.5))
+    published_together(net, 3)
+    wire = held_together(net, 3)
+    net.run_until(1800.0)
+    sent = wire.take()
+    # One PUBLISH refresh, and every SUBSCRIBE refresh (only Window.kept bounds them).
+    assert sorted(r.method for r in sent) == ["PUBLISH"] + ["SUBSCRIBE"] * 3
+    assert net.ua.requests_waiting == 2
+    # A caller's modify of a publication goes out at once.
+    net.ua.publish(ALICE, PIDF, net.now)
+    (caller,) = wire.take()
+    assert caller.method == "PUBLISH" and caller.headers.get("SIP-If-Match") is None
+    assert net.ua.requests_waiting == 2
 
 
 def test_refreshes_waiting_for_their_share_still_go_before_callers_requests_that_wait() -> None:
