@@ -178,9 +178,10 @@ class Window:
     #: Requests keeping work alive (refreshes, retries, removals...) in
     #: flight at once, at most: a burst of them is let out as the answers come.
     kept: int = 32
-    #: Of those, PUBLISHes started per ``interval``, at most (see the module's
-    #: "Back-pressure"); a driver waking on a grid of its own should use its step.
+    #: Of those, PUBLISHes started per ``interval``, at most: the server's
+    #: NOTIFYs to the watchers follow its answer (see the module's text).
     republish: int = 4
+    #: Seconds; a driver that wakes on a grid of its own should use its step.
     interval: float = 0.02
 
     def __post_init__(self) -> None:
@@ -901,7 +902,8 @@ class UserAgent:
 
     def _pump(self, now: float) -> None:
         """Send what waits while there is room, oldest first and kept before
-        fresh — kept ones while they hold fewer than ``Window.kept`` places."""
+        fresh — kept ones while they hold fewer than ``Window.kept`` places,
+        PUBLISHes among them as the interval's ``Window.republish`` allows."""
         window = self._window
         if window is None or self._pumping:
             return
