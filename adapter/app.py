@@ -379,6 +379,7 @@ def sip_endpoint(config: Config) -> SipEndpoint:
         window=Window(
             size=config.sip.window,
             queue=config.sip.window_queue,
+            kept=config.sip.window_kept,
             wait=config.sip.request_timeout / 2,
         ),
     )

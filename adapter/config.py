@@ -631,6 +631,9 @@ class SipConfig(_Model, frozen=True, kw_only=True):
     #: REST calls' SIP requests waiting for room in the window (each at most
     #: request_timeout / 2); beyond it, and after that wait, 503 with Retry-After.
     window_queue: NonNegativeInt = 1000
+    #: Of the window, the places refreshes, retries and removals may hold at
+    #: once (they fall due together on the refresh grid; see sip.Window.kept).
+    window_kept: PositiveInt = 32
     #: CA certificates (PEM) the server's certificate is verified against (TLS only).
     tls_ca: Path | None = None
     #: Our certificate chain and its key (PEM), for mutual TLS; both or neither.

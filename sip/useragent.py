@@ -65,6 +65,25 @@ seconds.  A caller's request that finds that queue full, or waits longer, is
 never sent: its owner sees the transaction fail with the reason
 :data:`BUSY` (a subscription ends, a publication retries with back-off).
 OPTIONS probes pass the window: they measure the server, not our queue.
+
+Of the window, the requests that keep work alive may hold at most
+``Window.kept`` places.  They come in bursts of our making — the refreshes
+due within a step of the refresh grid (:class:`~sip.publication.RefreshPolicy`)
+fall due at one instant — and everything in flight, with the NOTIFYs it
+causes, waits in the server's receive buffer while the server is busy: a
+whole window's worth overflows it, and each datagram it drops comes back as a
+retransmission after T1 (RFC 3261 §17.1.1.2, §17.1.2.2: Timer E).  TCP
+restarts from a small window after an idle period for the same reason (RFC
+5681 §4.1).  Each answer lets the next one out, so they go as fast as the
+server answers, never more at once.  The callers' requests come at their
+callers' pace and may fill the rest.
+
+A PUBLISH that keeps a publication alive is answered at once, and then the
+server may NOTIFY every watcher of the presentity (Kamailio does, on each
+refresh): its answer says nothing of the NOTIFYs still to come, whose
+answers reach the server's socket all the same.  So those go out at most
+``Window.republish`` per ``Window.interval`` besides, the rest at the next
+interval.
 """
 
 from __future__ import annotations
@@ -157,11 +176,28 @@ class Window:
     wait: float = 5.0
     #: The bound in force never falls below this (nor above ``size``).
     least: int = 8
+    #: Requests keeping work alive (refreshes, retries, removals...) in
+    #: flight at once, at most: a burst of them is let out as the answers come.
+    kept: int = 32
+    #: Of those, PUBLISHes started per ``interval``, at most: the server's
+    #: NOTIFYs to the watchers follow its answer (see the module's text).
+    republish: int = 4
+    #: Seconds; a driver that wakes on a grid of its own should use its step.
+    interval: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.queue < 0 or not self.wait > 0 or self.least < 1:
+        if (
+            self.size < 1
+            or self.queue < 0
+            or not self.wait > 0
+            or self.least < 1
+            or self.kept < 1
+            or self.republish < 1
+            or not self.interval > 0
+        ):
             raise ValueError(
-                f"a window needs size >= 1, least >= 1, queue >= 0, wait > 0: {self}"
+                "a window needs size >= 1, least >= 1, kept >= 1, republish >= 1,"
+                f" queue >= 0, wait > 0, interval > 0: {self}"
             )
 
 
@@ -286,6 +322,7 @@ class _Outgoing:
     owner: Owner
     identity: str | None  # the AOR whose credentials apply
     authenticated: bool  # we already answered a challenge for this request
+    kept: bool  # it keeps work alive (see Window.kept)
     retransmitted: bool = False  # Timer E sent it again
 
 
@@ -317,6 +354,7 @@ class _Timer(enum.IntEnum):
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
+    PACE = 7  # the next interval's PUBLISHes keeping publications alive (key 0)
     # A subscription's deadline is filed under its bare id (an int, which no
     # other key is): the id it holds anyway, where a (kind, id) tuple would
     # be one more object per held subscription.
@@ -379,10 +417,17 @@ class UserAgent:
         self._bound = float(window.size) if window is not None else math.inf
         self._halved_at = -math.inf
         self._kept: deque[_Waiting] = deque()  # keeping existing work alive
+        self._republish: deque[_Waiting] = deque()  # of those, PUBLISHes
         self._fresh: deque[_Waiting] = deque()  # callers' new requests
         # Subscriptions whose initial SUBSCRIBE waits in one of them, never sent.
         self._unsent: set[int] = set()
         self._pumping = False
+        # Client transactions in flight that keep work alive (see Window.kept).
+        self._kept_in_flight = 0
+        # The interval in progress ends at _pace_ends, and _paced PUBLISHes
+        # keeping publications alive went out in it (see Window.republish).
+        self._pace_ends = -math.inf
+        self._paced = 0
         # Completed UDP server transactions (see _complete), kept for Timer J
         # as what a retransmitted request needs and nothing more: key -> the
         # status answered (with the To tag added, if one was), and the keys
@@ -621,7 +666,7 @@ class UserAgent:
     @property
     def requests_waiting(self) -> int:
         """Requests waiting for room in the window."""
-        return len(self._kept) + len(self._fresh)
+        return len(self._kept) + len(self._republish) + len(self._fresh)
 
     # -- API: OPTIONS ------------------------------------------------------
 
@@ -717,6 +762,8 @@ class UserAgent:
                 while fresh and fresh[0].deadline is not None and fresh[0].deadline <= now:
                     self._refuse(fresh.popleft(), now)
                 self._file_queue_timer()
+            elif kind is _Timer.PACE:
+                self._pump(now)
 
     # -- owners ------------------------------------------------------------
 
@@ -795,7 +842,13 @@ class UserAgent:
         if (
             window is not None
             and type(owner) is not _Probe
-            and (len(self._outgoing) >= self._bound or self._kept or self._fresh)
+            and (
+                len(self._outgoing) >= self._bound
+                or self._fresh
+                # A caller's request passes waiting requests that keep work
+                # alive only when these may not go now.
+                or (self._ready(now) if fresh else self._held(owner, now))
+            )
         ):
             # Anything already waiting goes first, so a request that finds
             # the queues non-empty (while they are being served) joins them.
@@ -803,7 +856,12 @@ class UserAgent:
             if type(owner) is Subscription and owner.remote_tag is None:
                 self._unsent.add(owner.id)
             if not fresh:
-                self._kept.append(_Waiting(owner, request, authenticated, None))
+                waiting = _Waiting(owner, request, authenticated, None)
+                if type(owner) is Publication:
+                    self._republish.append(waiting)
+                    self._file_pace_timer(now)
+                else:
+                    self._kept.append(waiting)
                 return
             waiting = _Waiting(owner, request, authenticated, now + window.wait)
             if len(self._fresh) >= window.queue:
@@ -813,18 +871,66 @@ class UserAgent:
             if len(self._fresh) == 1:
                 self._file_queue_timer()
             return
-        self._send(owner, request, now, authenticated)
+        kept = not fresh and type(owner) is not _Probe
+        if kept and type(owner) is Publication:
+            self._paced += 1
+        self._send(owner, request, now, authenticated, kept=kept)
+
+    def _ready(self, now: float) -> bool:
+        """May a waiting request that keeps work alive go out now?"""
+        window = self._window
+        assert window is not None
+        return self._kept_in_flight < window.kept and (
+            bool(self._kept) or (bool(self._republish) and self._pace_open(now))
+        )
+
+    def _held(self, owner: Owner, now: float) -> bool:
+        """Must a new request keeping ``owner`` alive wait, with room in the window?"""
+        window = self._window
+        assert window is not None
+        if self._kept or self._kept_in_flight >= window.kept:
+            return True
+        if type(owner) is Publication:
+            return bool(self._republish) or not self._pace_open(now)
+        return False
+
+    def _pace_open(self, now: float) -> bool:
+        """May one more PUBLISH keeping a publication alive go out in this interval?"""
+        window = self._window
+        assert window is not None
+        if now >= self._pace_ends:
+            # Intervals on a grid of their own length, as a driver's wake-ups are.
+            ends = (math.floor(now / window.interval) + 1) * window.interval
+            # Rounding may put that at now itself: the interval would restart
+            # at every look, and pace nothing.
+            self._pace_ends = ends if ends > now else ends + window.interval
+            self._paced = 0
+        return self._paced < window.republish
+
+    def _file_pace_timer(self, now: float) -> None:
+        """Wake at the next interval while PUBLISHes wait only for the pace."""
+        held = bool(self._republish) and not self._pace_open(now)
+        self._file_timer((_Timer.PACE, 0), self._pace_ends if held else None)
 
     def _pump(self, now: float) -> None:
-        """Send what waits, oldest first and kept before fresh, while there is room."""
+        """Send what waits while there is room, oldest first and kept before
+        fresh — kept ones while they hold fewer than ``Window.kept`` places,
+        PUBLISHes among them as the interval's ``Window.republish`` allows."""
         window = self._window
         if window is None or self._pumping:
             return
         self._pumping = True
-        kept, fresh = self._kept, self._fresh
+        kept, republish, fresh = self._kept, self._republish, self._fresh
         try:
-            while (kept or fresh) and len(self._outgoing) < self._bound:
-                waiting = kept.popleft() if kept else fresh.popleft()
+            while len(self._outgoing) < self._bound:
+                if kept and self._kept_in_flight < window.kept:
+                    waiting = kept.popleft()
+                elif republish and self._kept_in_flight < window.kept and self._pace_open(now):
+                    waiting = republish.popleft()
+                elif fresh:
+                    waiting = fresh.popleft()
+                else:
+                    break
                 owner = waiting.owner
                 if type(owner) is Subscription:
                     self._unsent.discard(owner.id)
@@ -833,10 +939,16 @@ class UserAgent:
                 if isinstance(owner, Subscription):
                     owner.request_sent(now)
                     self._file_timer(owner.id, owner.get_timer())
-                self._send(owner, waiting.request, now, waiting.authenticated)
+                # A caller's request has a deadline; one keeping work alive none.
+                kept_alive = waiting.deadline is None
+                if kept_alive and type(owner) is Publication:
+                    self._paced += 1
+                self._send(owner, waiting.request, now, waiting.authenticated,
+                           kept=kept_alive)
         finally:
             self._pumping = False
         self._file_queue_timer()
+        self._file_pace_timer(now)
 
     def _narrow(self, now: float) -> None:
         """A request went unanswered for T1: halve the bound, once per T1
@@ -865,7 +977,9 @@ class UserAgent:
         fresh = self._fresh
         self._file_timer((_Timer.QUEUE, 0), fresh[0].deadline if fresh else None)
 
-    def _send(self, owner: Owner, request: Request, now: float, authenticated: bool) -> None:
+    def _send(
+        self, owner: Owner, request: Request, now: float, authenticated: bool, *, kept: bool
+    ) -> None:
         headers = request.headers
         # A token of ours is hex, as new_branch wants it (§8.1.1.7).
         branch = MAGIC_COOKIE + self._token()
@@ -899,8 +1013,10 @@ class UserAgent:
             request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
                                           (("branch", branch), *self._via_params)),))
         transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
-        outgoing = _Outgoing(transaction, owner, identity, authenticated)
+        outgoing = _Outgoing(transaction, owner, identity, authenticated, kept)
         self._outgoing[transaction.key] = outgoing
+        if kept:
+            self._kept_in_flight += 1
         self._client_actions(transaction.key, outgoing, transaction.start(now), now)
 
     def _contact(self, user: str | None) -> str:
@@ -991,9 +1107,10 @@ class UserAgent:
             # (_receive_response), which absorbs those retransmissions just
             # the same, so the transaction is forgotten at once rather than
             # kept for the garbage collector to walk until Timer K.
-            self._outgoing.pop(key, None)
+            if self._outgoing.pop(key, None) is not None and outgoing.kept:
+                self._kept_in_flight -= 1
             self._timers.cancel((_Timer.CLIENT, key))
-            if self._kept or self._fresh:
+            if self._kept or self._republish or self._fresh:
                 self._pump(now)
         else:
             self._file_timer((_Timer.CLIENT, key), transaction.get_timer())

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapter.app import sip_endpoint
 from adapter.bayeux import BayeuxLimits
 from adapter.config import (
     Account,
@@ -111,6 +112,15 @@ def test_valid_file_is_read_into_values(write, tmp_path: Path) -> None:
     assert config.unknown_keys == ()
     assert config.http.access_log is True
     assert config.store.synchronous == "normal"
+
+
+def test_the_sip_window_and_its_share_for_refreshes_are_read(write) -> None:
+    text = edited('transport = "udp"\n', 'transport = "udp"\nwindow = 50\nwindow_kept = 5\n')
+    config = load_config(write(text))
+    assert (config.sip.window, config.sip.window_kept) == (50, 5)
+    window = sip_endpoint(config)._window
+    assert window is not None and (window.size, window.kept) == (50, 5)
+    assert load_config(write(VALID)).sip.window_kept == 32
 
 
 def test_access_log_and_store_synchronous_are_read(write) -> None:

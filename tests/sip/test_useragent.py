@@ -1512,6 +1512,139 @@ def test_a_window_needs_room_for_one() -> None:
         Window(size=0)
     with pytest.raises(ValueError):
         Window(wait=0.0)
+    with pytest.raises(ValueError):
+        Window(kept=0)
+    with pytest.raises(ValueError):
+        Window(republish=0)
+    with pytest.raises(ValueError):
+        Window(interval=0.0)
+
+
+def held_together(net: Net, count: int) -> Wire:
+    """``count`` subscriptions accepted at 0 whose refreshes all fall due at
+    1800 (the policy of ``net`` refreshes at half the interval, no spread)."""
+    for i in range(count):
+        net.ua.subscribe(BOB, SipURI("sip", f"u{i}", "example.com"), net.now)
+    wire = Wire(net)
+    pending = wire.take()
+    while pending:
+        accept(net, pending.pop(0))
+        pending += wire.take()
+    net.events()
+    return wire
+
+
+def test_refreshes_due_together_hold_at_most_their_share_of_the_window() -> None:
+    net = Net(window=Window(size=100, kept=3), policy=RefreshPolicy(low=0.5, high=0.5))
+    wire = held_together(net, 8)
+    net.run_until(1800.0)
+    first = wire.take()
+    assert len(first) == 3 and all(r.to.tag == "srvtag" for r in first)
+    assert (net.ua.transactions_in_flight, net.ua.requests_waiting) == (3, 5)
+    # Unanswered, they wait: no timer lets more out, only answers do.
+    net.run_until(1800.4)
+    assert wire.take() == [] and net.ua.requests_waiting == 5
+    # Each answer lets the next one out, in the order they fell due.
+    sent = list(first)
+    while first:
+        accept(net, first.pop(0))
+        more = wire.take()
+        assert len(more) <= 1 and net.ua.transactions_in_flight <= 3
+        first += more
+        sent += more
+    assert sorted(r.to.uri.user for r in sent) == [f"u{i}" for i in range(8)]
+    assert net.ua.requests_waiting == 0
+
+
+def test_a_callers_new_request_takes_the_room_refreshes_may_not() -> None:
+    net = Net(window=Window(size=100, kept=2), policy=RefreshPolicy(low=0.5, high=0.5))
+    wire = held_together(net, 5)
+    net.run_until(1800.0)
+    refreshes = wire.take()
+    assert len(refreshes) == 2 and net.ua.requests_waiting == 3
+    # The window has room beyond the refreshes' share: a caller's SUBSCRIBE
+    # and PUBLISH go out at once, past the refreshes that wait.
+    net.ua.subscribe(BOB, SipURI.parse("sip:carol@example.com"), net.now)
+    pub_id = net.ua.publish(ALICE, PIDF, net.now)
+    sent = wire.take()
+    assert [(r.method, r.to.tag) for r in sent] == [("SUBSCRIBE", None), ("PUBLISH", None)]
+    assert net.ua.requests_waiting == 3
+    # Their answers let no refresh out; a refresh's answer does.
+    net.reply(sent[1], 200, ("SIP-ETag", "e1"), ("Expires", "3600"))
+    assert net.events() == [PublicationConfirmed(pub_id, "e1", 3600)]
+    assert wire.take() == []
+    accept(net, refreshes[0])
+    (next_one,) = wire.take()
+    assert next_one.to.tag == "srvtag"
+
+
+def published_together(net: Net, count: int) -> list[int]:
+    """``count`` publications confirmed at 0, all refreshed at 1800 (the
+    policy of ``net`` refreshes at half the interval, no spread)."""
+    ids = [net.ua.publish(SipURI("sip", f"p{i}", "example.com"), PIDF, net.now)
+           for i in range(count)]
+    for request in requests(net):
+        net.reply(request, 200, ("SIP-ETag", f"e-{request.to.uri.user}"), ("Expires", "3600"))
+    net.events()
+    return ids
+
+
+def test_publish_refreshes_due_together_go_out_a_few_per_interval() -> None:
+    # A PUBLISH is answered before the server NOTIFYs the presentity's
+    # watchers: the answers do not pace them, the interval does.
+    net = Net(window=Window(size=100, kept=32, republish=2, interval=0.02),
+              policy=RefreshPolicy(low=0.5, high=0.5))
+    published_together(net, 5)
+    net.run_until(1800.0)
+    first = requests(net)
+    assert [r.method for r in first] == ["PUBLISH", "PUBLISH"]
+    assert all(r.headers.get("SIP-If-Match") for r in first)
+    assert net.ua.requests_waiting == 3
+    for request in first:
+        net.reply(request, 200, ("SIP-ETag", "again"), ("Expires", "3600"))
+    assert requests(net) == []  # answered, and yet the interval's two are spent
+    assert net.ua.get_timer() == pytest.approx(1800.02)
+    net.run_until(1800.02)
+    assert len(requests(net)) == 2
+    net.run_until(1800.04)
+    assert len(requests(net)) == 1
+    assert net.ua.requests_waiting == 0
+
+
+def test_the_publish_pace_holds_back_neither_subscriptions_nor_callers() -> None:
+    net = Net(window=Window(size=100, kept=32, republish=1, interval=0.02),
+              policy=RefreshPolicy(low=0.5, high=0.5))
+    published_together(net, 3)
+    wire = held_together(net, 3)
+    net.run_until(1800.0)
+    sent = wire.take()
+    # One PUBLISH refresh, and every SUBSCRIBE refresh (only Window.kept bounds them).
+    assert sorted(r.method for r in sent) == ["PUBLISH"] + ["SUBSCRIBE"] * 3
+    assert net.ua.requests_waiting == 2
+    # A caller's modify of a publication goes out at once.
+    net.ua.publish(ALICE, PIDF, net.now)
+    (caller,) = wire.take()
+    assert caller.method == "PUBLISH" and caller.headers.get("SIP-If-Match") is None
+    assert net.ua.requests_waiting == 2
+
+
+def test_refreshes_waiting_for_their_share_still_go_before_callers_requests_that_wait() -> None:
+    # A full window (size 2): when a place frees, a waiting refresh takes it
+    # before a caller's request that waited, while the refreshes hold fewer
+    # than their share.
+    net = Net(window=Window(size=2, kept=2), policy=RefreshPolicy(low=0.5, high=0.5))
+    wire = held_together(net, 3)
+    net.run_until(1800.0)
+    first = wire.take()
+    assert len(first) == 2 and net.ua.requests_waiting == 1
+    net.ua.subscribe(BOB, SipURI.parse("sip:carol@example.com"), net.now)
+    assert wire.take() == [] and net.ua.requests_waiting == 2
+    accept(net, first[0])
+    (refresh,) = wire.take()
+    assert refresh.to.tag == "srvtag"
+    accept(net, first[1])
+    (caller,) = wire.take()
+    assert caller.to.uri == SipURI.parse("sip:carol@example.com")
 
 
 def test_a_subscription_made_again_waits_its_turn_and_is_not_refused() -> None:
