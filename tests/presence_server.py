@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -277,6 +278,11 @@ class PresenceServer:
         return False
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            # It died under the tests (a crash of Kamailio's, say): its log
+            # goes with the directory below, so it is told here.
+            print(f"presence server {self.directory}: exited with {self.process.returncode} "
+                  f"before it was stopped; its log ends:\n{self.log_tail(80)}", file=sys.stderr)
         if self.process is not None:
             self._reap(timeout)
         if not self.keep_directory:
