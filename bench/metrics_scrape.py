@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+from trees import interleaved, run_child  # noqa: E402  (the bench folder is the script's)
 
 
 def build(subscriptions: int, apps: int) -> Any:
@@ -131,15 +132,9 @@ def child(subscriptions: int, apps: int, scrapes: int, profile: bool) -> dict[st
 
 
 def run(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--tree", str(tree),
-               "--subscriptions", str(args.subscriptions), "--apps", str(args.apps),
-               "--scrapes", str(args.scrapes)]
-    if args.profile:
-        command.append("--profile")
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    if args.profile:
-        print(done.stderr, file=sys.stderr)
-    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+    extra = ["--profile"] if args.profile else []
+    return run_child(Path(__file__).resolve(), tree, "--subscriptions", str(args.subscriptions),  # type: ignore[no-any-return]
+                     "--apps", str(args.apps), "--scrapes", str(args.scrapes), *extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str((args.tree or REPO).resolve()))
         print(json.dumps(child(args.subscriptions, args.apps, args.scrapes, args.profile)))
         return 0
-    trees = {"tree": REPO} | ({"reference": args.reference} if args.reference else {})
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    for _ in range(args.repeat):
-        for name, tree in trees.items():  # interleaved, so machine noise falls on both
-            results[name].append(run(tree, args))
+    results = interleaved(REPO, args.reference, args.repeat, lambda tree: run(tree, args))
     print(f"{args.subscriptions:,} subscriptions and watches held, {args.apps} applications; "
           f"ms of CPU per /metrics scrape ({args.scrapes} scrapes a run, {args.repeat} runs)")
     print("| tree | best | median | exposition |")

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+from trees import interleaved, run_child  # noqa: E402  (the bench folder is the script's)
 
 
 def rss_kib() -> int:
@@ -115,13 +116,9 @@ def child(subscriptions: int, rate: float, expires: int) -> dict[str, float]:
 
 
 def run(tree: Path, args: argparse.Namespace) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", "--tree", str(tree),
-         "--subscriptions", str(args.subscriptions), "--rate", str(args.rate),
-         "--expires", str(args.expires)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(out.splitlines()[-1])
+    return run_child(Path(__file__).resolve(), tree,  # type: ignore[no-any-return]
+                     "--subscriptions", str(args.subscriptions), "--rate", str(args.rate),
+                     "--expires", str(args.expires))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str((args.tree or REPO).resolve()))
         print(json.dumps(child(args.subscriptions, args.rate, args.expires)))
         return 0
-    trees = {"tree": REPO} | ({"reference": args.reference} if args.reference else {})
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    for _ in range(args.repeat):
-        for name, tree in trees.items():  # interleaved, so machine noise falls on both
-            results[name].append(run(tree, args))
+    results = interleaved(REPO, args.reference, args.repeat, lambda tree: run(tree, args))
     print(f"{args.subscriptions:,} subscriptions made at {args.rate:,.0f}/s, server grants "
           f"{args.expires} s; RSS MiB (lowest of {args.repeat} runs)")
     print("| tree | held | peak in the wave | after the wave | B per subscription held "

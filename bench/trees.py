@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def run_from_tree(script: Path, tree: Path | str, call: str, *args: str) -> str:
@@ -27,3 +32,31 @@ def run_from_tree(script: Path, tree: Path | str, call: str, *args: str) -> str:
             check=True, capture_output=True, text=True, cwd=shim,
         ).stdout
     return out.splitlines()[-1]
+
+
+def run_child(script: Path, tree: Path, *args: str) -> Any:
+    """What ``script --child --tree tree *args`` prints last, read as JSON.
+
+    For benchmarks whose child run imports the packages under test from
+    ``tree`` itself (``sys.path``) and needs the bench folder beside it.
+    """
+    out = subprocess.run(
+        [sys.executable, str(script), "--child", "--tree", str(tree), *args],
+        check=True, capture_output=True, text=True,
+    )
+    if out.stderr:
+        print(out.stderr, file=sys.stderr, end="")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def interleaved(
+    repo: Path, reference: Path | None, repeat: int, measure: Callable[[Path], T]
+) -> dict[str, list[T]]:
+    """``measure`` of this checkout ("tree") and of ``reference`` if given, ``repeat``
+    times each, alternating, so the machine's noise falls on both."""
+    trees = {"tree": repo} | ({"reference": reference} if reference else {})
+    results: dict[str, list[T]] = {name: [] for name in trees}
+    for _ in range(repeat):
+        for name, tree in trees.items():
+            results[name].append(measure(tree))
+    return results
