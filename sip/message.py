@@ -22,6 +22,7 @@ return fresh lists, never the cached ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -298,6 +299,11 @@ _URIS: dict[str, URI] = {}
 _CSEQS: dict[str, CSeq] = {}
 _EVENTS: dict[str, Event] = {}
 _SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
+# Keyed by the Via text without its branch parameter (see _via).
+_VIAS: dict[str, Via] = {}
+# An unquoted branch value, as both of Via.parse's paths read one (RFC 3261
+# §25.1 gen-value = token / host).
+_BRANCH_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 
 
 def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> T:
@@ -351,6 +357,38 @@ def _check_name_addr(text: str) -> None:
     if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(text[cut + 5 :]):
         return
     _name_addr(text)
+
+
+def _via(text: str) -> Via:
+    """``Via.parse(text)``, made from a cached parse of the text without its
+    branch when it has one (an unquoted value in the common spelling).
+
+    A branch is fresh per transaction (RFC 3261 §8.1.1.7) while the rest of
+    the text repeats: the responses to our requests carry our own sent-by
+    with the server's rport and received (RFC 3581 §4), its NOTIFYs its
+    sent-by.  Without quotes or angle brackets, every ";" of a Via opens a
+    parameter, so the branch goes back in at the place it was read from.
+    """
+    cut = text.find(";branch=")
+    if cut > 0 and '"' not in text and "<" not in text:
+        end = text.find(";", cut + 8)
+        if end < 0:
+            end = len(text)
+        branch = text[cut + 8 : end]
+        if _BRANCH_VALUE.fullmatch(branch) is not None:
+            rest = text[:cut] + text[end:]
+            base = _VIAS.get(rest)
+            if base is None:
+                try:
+                    base = _parse_cached(_VIAS, Via.parse, rest)
+                except RemoteProtocolError:
+                    base = None  # let the whole text's parse say what is wrong
+            if base is not None:
+                params = base.params
+                at = text.count(";", 0, cut)
+                return Via(base.transport, base.host, base.port,
+                           (*params[:at], ("branch", branch), *params[at:]), base.protocol)
+    return Via.parse(text)
 
 
 def _event(text: str) -> Event:
@@ -531,7 +569,7 @@ def _required(h: Headers, name: str) -> str:
 
 
 def _vias(h: Headers) -> tuple[Via, ...]:
-    return tuple(Via.parse(v) for v in h.get_all("via"))
+    return tuple(_via(v) for v in h.get_all("via"))
 
 
 def _call_id_of(h: Headers) -> str:
@@ -887,7 +925,7 @@ def _parse_lean(data: bytes) -> Message | None:
             body = data[body_start:stop]
         if "," in via or not via:
             return None  # several Vias in one line: the full parse splits them
-        vias = (Via.parse(via),)
+        vias = (_via(via),)
         msg = _start_line(lines[0], headers, bytes(body))
     except (KeyError, RemoteProtocolError):
         return None  # a header missing or malformed: the full parse says which
