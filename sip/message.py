@@ -711,16 +711,36 @@ class Request(_Accessors):
         UAS MUST add one" — except in a 100 (Trying).  That tag is ``to_tag``;
         it is required then and ignored when the request's To already has one.
         """
+        items, reason = self._response_items(status, reason, to_tag)
+        return Response(status, reason, Headers._vouched(items))
+
+    def response_bytes(
+        self, status: int, reason: str | None = None, *, to_tag: str | None = None
+    ) -> bytes:
+        """``bytes(self.response(status, reason, to_tag=to_tag))``, made without
+        the Response: the answer to every NOTIFY, which needs no more headers."""
+        items, reason = self._response_items(status, reason, to_tag)
+        if "\r" in reason or "\n" in reason:
+            raise LocalProtocolError(f"CR or LF in reason phrase: {reason!r}")
+        # The fields are the request's, as parsed or as checked when they
+        # were added: no CR or LF is in any.
+        head = "".join([f"SIP/2.0 {status} {reason}\r\n",
+                        *[f"{name}: {value}\r\n" for _, name, value in items],
+                        "Content-Length: 0\r\n\r\n"])
+        return head.encode("utf-8", "surrogateescape")
+
+    def _response_items(
+        self, status: int, reason: str | None, to_tag: str | None
+    ) -> tuple[list[tuple[str, str, str]], str]:
+        """The fields of :meth:`response`, and its reason phrase."""
         if not 100 <= status <= 699:
             raise LocalProtocolError(f"status code out of range: {status}")
         if self.method == "ACK":
             raise LocalProtocolError("ACK is never answered (RFC 3261 §17.1.1.3)")
-        h = Headers()
         # One pass, then a stable sort into Via, From, To, Call-ID, CSeq order
         # (the Vias keep theirs).
         items = [it for it in self.headers._items if it[0] in _ECHOED_ORDER]
         items.sort(key=_echoed_order)
-        h._items = items
         to_index = None
         for i, it in enumerate(items):
             if it[0] == "to":
@@ -752,7 +772,7 @@ class Request(_Accessors):
                     items.append((k, name, value))
         if reason is None:
             reason = REASON_PHRASES.get(status) or _CLASS_PHRASES[status // 100]
-        return Response(status, reason, h)
+        return items, reason
 
 
 @dataclass(eq=False)

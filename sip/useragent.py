@@ -1251,6 +1251,8 @@ class UserAgent:
     @staticmethod
     def _final(request: Request, status: int, to_tag: str | None) -> bytes:
         """The final response to a request that is not ACK, INVITE or CANCEL."""
+        if status != 405 and status != 489 and request.method != "OPTIONS":
+            return request.response_bytes(status, to_tag=to_tag)
         response = request.response(status, to_tag=to_tag)
         if status == 405 or request.method == "OPTIONS":
             response.headers.add("Allow", ALLOW)
