@@ -52,15 +52,15 @@ FORMS = ("uvloop", "uvloop-connected", "asyncio", "asyncio-connected", "socket",
          "socket-connected")
 #: A 200 to a NOTIFY as the adapter sends it (the size is what matters).
 DATAGRAM = (
-    "SIP/2.0 200 OK\r\n"
-    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1f2.791dad16000000000000000000000000.0\r\n"
-    "From: <sip:p1@bench.example.com>;tag=a6c85cf1e2d3c4b5a6978812-1a4fac60\r\n"
-    "To: <sip:w1@bench.example.com>;tag=3b2f1e0d9c8b7a6f\r\n"
-    "Call-ID: 0123456789abcdef0123456789abcdef@127.0.0.1\r\n"
-    "CSeq: 3 NOTIFY\r\n"
-    "Server: presence-adapter\r\n"
-    "Content-Length: 0\r\n\r\n"
-).encode()
+    b"SIP/2.0 200 OK\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1f2.791dad16000000000000000000000000.0\r\n"
+    b"From: <sip:p1@bench.example.com>;tag=a6c85cf1e2d3c4b5a6978812-1a4fac60\r\n"
+    b"To: <sip:w1@bench.example.com>;tag=3b2f1e0d9c8b7a6f\r\n"
+    b"Call-ID: 0123456789abcdef0123456789abcdef@127.0.0.1\r\n"
+    b"CSeq: 3 NOTIFY\r\n"
+    b"Server: presence-adapter\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 
 
 class Timed:

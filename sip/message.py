@@ -676,6 +676,22 @@ _CLASS_PHRASES = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client E
                   5: "Server Error", 6: "Global Failure"}  # fmt: skip
 
 
+# The last Request-URI written and its text.  Every request in a dialog goes
+# to its remote target (RFC 3261 §12.2.1.1), which is the presence server's
+# Contact for all our dialogs: one URI object, read once by the parser.
+_last_uri: tuple[URI | None, str] = (None, "")
+
+
+def _uri_text(uri: URI) -> str:
+    """``str(uri)``, made once for the same URI object asked again (URIs are frozen)."""
+    global _last_uri
+    last, text = _last_uri
+    if last is not uri:
+        text = str(uri)
+        _last_uri = (uri, text)
+    return text
+
+
 _ECHOED_ORDER = {"via": 0, "from": 1, "to": 2, "call-id": 3, "cseq": 4}
 
 
@@ -691,7 +707,8 @@ class Request(_Accessors):
     body: bytes = b""
 
     def __bytes__(self) -> bytes:
-        return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
+        return _serialise(f"{self.method} {_uri_text(self.uri)} SIP/2.0", self.headers,
+                          self.body)
 
     def _start(self) -> tuple[object, object]:
         return self.method, self.uri
