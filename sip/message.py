@@ -22,6 +22,7 @@ return fresh lists, never the cached ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -298,6 +299,11 @@ _URIS: dict[str, URI] = {}
 _CSEQS: dict[str, CSeq] = {}
 _EVENTS: dict[str, Event] = {}
 _SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
+# Keyed by the Via text without its branch parameter (see _via).
+_VIAS: dict[str, Via] = {}
+# An unquoted branch value, as both of Via.parse's paths read one (RFC 3261
+# §25.1 gen-value = token / host).
+_BRANCH_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 
 
 def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> T:
@@ -351,6 +357,38 @@ def _check_name_addr(text: str) -> None:
     if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(text[cut + 5 :]):
         return
     _name_addr(text)
+
+
+def _via(text: str) -> Via:
+    """``Via.parse(text)``, made from a cached parse of the text without its
+    branch when it has one (an unquoted value in the common spelling).
+
+    A branch is fresh per transaction (RFC 3261 §8.1.1.7) while the rest of
+    the text repeats: the responses to our requests carry our own sent-by
+    with the server's rport and received (RFC 3581 §4), its NOTIFYs its
+    sent-by.  Without quotes or angle brackets, every ";" of a Via opens a
+    parameter, so the branch goes back in at the place it was read from.
+    """
+    cut = text.find(";branch=")
+    if cut > 0 and '"' not in text and "<" not in text:
+        end = text.find(";", cut + 8)
+        if end < 0:
+            end = len(text)
+        branch = text[cut + 8 : end]
+        if _BRANCH_VALUE.fullmatch(branch) is not None:
+            rest = text[:cut] + text[end:]
+            base = _VIAS.get(rest)
+            if base is None:
+                try:
+                    base = _parse_cached(_VIAS, Via.parse, rest)
+                except RemoteProtocolError:
+                    base = None  # let the whole text's parse say what is wrong
+            if base is not None:
+                params = base.params
+                at = text.count(";", 0, cut)
+                return Via(base.transport, base.host, base.port,
+                           (*params[:at], ("branch", branch), *params[at:]), base.protocol)
+    return Via.parse(text)
 
 
 def _event(text: str) -> Event:
@@ -531,7 +569,7 @@ def _required(h: Headers, name: str) -> str:
 
 
 def _vias(h: Headers) -> tuple[Via, ...]:
-    return tuple(Via.parse(v) for v in h.get_all("via"))
+    return tuple(_via(v) for v in h.get_all("via"))
 
 
 def _call_id_of(h: Headers) -> str:
@@ -638,6 +676,22 @@ _CLASS_PHRASES = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client E
                   5: "Server Error", 6: "Global Failure"}  # fmt: skip
 
 
+# The last Request-URI written and its text.  Every request in a dialog goes
+# to its remote target (RFC 3261 §12.2.1.1), which is the presence server's
+# Contact for all our dialogs: one URI object, read once by the parser.
+_last_uri: tuple[URI | None, str] = (None, "")
+
+
+def _uri_text(uri: URI) -> str:
+    """``str(uri)``, made once for the same URI object asked again (URIs are frozen)."""
+    global _last_uri
+    last, text = _last_uri
+    if last is not uri:
+        text = str(uri)
+        _last_uri = (uri, text)
+    return text
+
+
 _ECHOED_ORDER = {"via": 0, "from": 1, "to": 2, "call-id": 3, "cseq": 4}
 
 
@@ -653,7 +707,8 @@ class Request(_Accessors):
     body: bytes = b""
 
     def __bytes__(self) -> bytes:
-        return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
+        return _serialise(f"{self.method} {_uri_text(self.uri)} SIP/2.0", self.headers,
+                          self.body)
 
     def _start(self) -> tuple[object, object]:
         return self.method, self.uri
@@ -673,16 +728,36 @@ class Request(_Accessors):
         UAS MUST add one" — except in a 100 (Trying).  That tag is ``to_tag``;
         it is required then and ignored when the request's To already has one.
         """
+        items, reason = self._response_items(status, reason, to_tag)
+        return Response(status, reason, Headers._vouched(items))
+
+    def response_bytes(
+        self, status: int, reason: str | None = None, *, to_tag: str | None = None
+    ) -> bytes:
+        """``bytes(self.response(status, reason, to_tag=to_tag))``, made without
+        the Response: the answer to every NOTIFY, which needs no more headers."""
+        items, reason = self._response_items(status, reason, to_tag)
+        if "\r" in reason or "\n" in reason:
+            raise LocalProtocolError(f"CR or LF in reason phrase: {reason!r}")
+        # The fields are the request's, as parsed or as checked when they
+        # were added: no CR or LF is in any.
+        head = "".join([f"SIP/2.0 {status} {reason}\r\n",
+                        *[f"{name}: {value}\r\n" for _, name, value in items],
+                        "Content-Length: 0\r\n\r\n"])
+        return head.encode("utf-8", "surrogateescape")
+
+    def _response_items(
+        self, status: int, reason: str | None, to_tag: str | None
+    ) -> tuple[list[tuple[str, str, str]], str]:
+        """The fields of :meth:`response`, and its reason phrase."""
         if not 100 <= status <= 699:
             raise LocalProtocolError(f"status code out of range: {status}")
         if self.method == "ACK":
             raise LocalProtocolError("ACK is never answered (RFC 3261 §17.1.1.3)")
-        h = Headers()
         # One pass, then a stable sort into Via, From, To, Call-ID, CSeq order
         # (the Vias keep theirs).
         items = [it for it in self.headers._items if it[0] in _ECHOED_ORDER]
         items.sort(key=_echoed_order)
-        h._items = items
         to_index = None
         for i, it in enumerate(items):
             if it[0] == "to":
@@ -714,7 +789,7 @@ class Request(_Accessors):
                     items.append((k, name, value))
         if reason is None:
             reason = REASON_PHRASES.get(status) or _CLASS_PHRASES[status // 100]
-        return Response(status, reason, h)
+        return items, reason
 
 
 @dataclass(eq=False)
@@ -887,7 +962,7 @@ def _parse_lean(data: bytes) -> Message | None:
             body = data[body_start:stop]
         if "," in via or not via:
             return None  # several Vias in one line: the full parse splits them
-        vias = (Via.parse(via),)
+        vias = (_via(via),)
         msg = _start_line(lines[0], headers, bytes(body))
     except (KeyError, RemoteProtocolError):
         return None  # a header missing or malformed: the full parse says which

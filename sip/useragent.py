@@ -316,11 +316,10 @@ class UserAgentCounters:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outgoing:
     transaction: ClientTransaction
     owner: Owner
-    identity: str | None  # the AOR whose credentials apply
     authenticated: bool  # we already answered a challenge for this request
     kept: bool  # it keeps work alive (see Window.kept)
     retransmitted: bool = False  # Timer E sent it again
@@ -1003,9 +1002,10 @@ class UserAgent:
         if "user-agent" not in present:
             items.append(("user-agent", "User-Agent", self._user_agent))
         headers._version += 1
-        identity = self._identity(owner)
-        if identity is not None and (self._credentials or self._default_credentials):
-            self._authorize(identity, request)
+        if self._credentials or self._default_credentials:
+            identity = self._identity(owner)
+            if identity is not None:
+                self._authorize(identity, request)
         if "via" not in present:
             # The transaction is keyed by this Via's branch (RFC 3261
             # §17.1.3); it is the value of the text just written, not parsed
@@ -1013,7 +1013,7 @@ class UserAgent:
             request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
                                           (("branch", branch), *self._via_params)),))
         transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
-        outgoing = _Outgoing(transaction, owner, identity, authenticated, kept)
+        outgoing = _Outgoing(transaction, owner, authenticated, kept)
         self._outgoing[transaction.key] = outgoing
         if kept:
             self._kept_in_flight += 1
@@ -1117,7 +1117,8 @@ class UserAgent:
 
     def _retry_with_credentials(self, outgoing: _Outgoing, response: Response, now: float) -> bool:
         """RFC 3261 §22.2: answer one challenge by resending with credentials."""
-        creds = self._credentials_for(outgoing.identity)
+        # The AOR whose credentials apply: the owner's, which never changes.
+        creds = self._credentials_for(self._identity(outgoing.owner))
         if creds is None:
             return False
         name = digest.AUTH_HEADERS[response.status][0]
@@ -1251,6 +1252,8 @@ class UserAgent:
     @staticmethod
     def _final(request: Request, status: int, to_tag: str | None) -> bytes:
         """The final response to a request that is not ACK, INVITE or CANCEL."""
+        if status != 405 and status != 489 and request.method != "OPTIONS":
+            return request.response_bytes(status, to_tag=to_tag)
         response = request.response(status, to_tag=to_tag)
         if status == 405 or request.method == "OPTIONS":
             response.headers.add("Allow", ALLOW)

@@ -434,6 +434,38 @@ class TestResponse:
             resp.vias,
         )
 
+    @pytest.mark.parametrize(
+        ("status", "reason", "to_tag", "dialog"),
+        [
+            (200, None, None, "dialog"),  # the answer to an in-dialog NOTIFY
+            (200, None, "t9", None),  # a To tag added, Record-Route copied
+            (202, "Fine", "t9", None),
+            (481, None, "t1", None),
+            (500, None, None, "dialog"),
+            (100, None, None, None),  # Timestamp copied, no tag
+            (699, None, None, "dialog"),
+        ],
+    )
+    def test_response_bytes_are_the_response_serialised(
+        self, status: int, reason: str | None, to_tag: str | None, dialog: str | None
+    ) -> None:
+        req = self.request(to_tag=dialog)
+        assert req.response_bytes(status, reason, to_tag=to_tag) == bytes(
+            req.response(status, reason, to_tag=to_tag)
+        )
+
+    def test_response_bytes_refuse_what_response_refuses(self) -> None:
+        with pytest.raises(LocalProtocolError):
+            self.request().response_bytes(404)  # no To tag given
+        with pytest.raises(LocalProtocolError):
+            self.request(to_tag="x").response_bytes(700)
+        with pytest.raises(LocalProtocolError):
+            self.request(to_tag="x").response_bytes(200, "OK\r\nX-Forged: 1")
+        ack = parse_message(minimal("ACK"))
+        assert isinstance(ack, Request)
+        with pytest.raises(LocalProtocolError):
+            ack.response_bytes(200)
+
     def test_bad_uses(self) -> None:
         req = self.request(to_tag="x")
         with pytest.raises(LocalProtocolError):
@@ -794,3 +826,42 @@ def test_a_bad_tagged_name_addr_fails_as_its_whole_text(text: str) -> None:
     for _ in range(2):
         with pytest.raises(RemoteProtocolError):
             message._name_addr(text)
+
+
+# Via texts in the spellings peers send, for the parse that reuses the part
+# without the branch: the same value as Via.parse, or the same refusal.
+VIA_TEXTS = [
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK1f;rport=5080;received=127.0.0.1",
+    "SIP/2.0/UDP 127.0.0.1:5080;rport=5080;branch=z9hG4bK2e;received=127.0.0.1",
+    "SIP/2.0/UDP 127.0.0.1:5080;rport;branch=z9hG4bK3d",
+    "SIP/2.0/TCP host.example.com;branch=z9hG4bK.4c-x;alias",
+    "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK5b",
+    "SIP / 2.0 / UDP 127.0.0.1:5080 ;rport ;branch=z9hG4bK6a",
+    "SIP/2.0/UDP 127.0.0.1:5080;received=\"x;y\";branch=z9hG4bK79",
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK88;branch=second",
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=",  # an empty value
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=a b",  # a blank in the value
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=ok;rport=99999",  # rport out of range
+    "SIP/2.0/UDP 127.0.0.1:99999;branch=ok",  # port out of range
+    "SIP/2.0/UDP ;branch=ok",  # no sent-by
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK97;;rport",  # an empty parameter
+    "SIP/2.0/UDP 127.0.0.1:5080;branch=\"quoted\"",
+]
+
+
+@pytest.mark.parametrize("text", VIA_TEXTS)
+def test_via_reused_without_its_branch_is_the_via_parsed(text: str) -> None:
+    from sip.message import _via
+
+    try:
+        expected = Via.parse(text)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):
+            _via(text)
+        # Once more, with the part without the branch known from a valid text.
+        _via("SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKfe")
+        with pytest.raises(RemoteProtocolError):
+            _via(text)
+        return
+    assert _via(text) == expected
+    assert _via(text) == expected  # the second time from the cached part
