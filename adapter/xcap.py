@@ -33,6 +33,7 @@ import ssl
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -53,6 +54,11 @@ BUSY = (500, 503)
 #: Pause before the n-th new attempt after a busy answer: n times this (seconds).
 BUSY_PAUSE = 0.05
 
+
+#: What a request URL keeps as written (RFC 3986 reserved characters, and
+#: '%' of an escape already made); anything else is percent-encoded in UTF-8,
+#: as httpx, the client before, did.
+URL_SAFE = ":/?#[]@!$&'()*+,;=%"
 
 #: Requests to the XCAP server under way at once, and how long one waits its turn.
 CONNECTIONS = 8
@@ -127,10 +133,12 @@ class _Aiohttp:
         if session is None:
             session = self._session = self._open()
         try:
-            # encoded: the path goes out as written (the server stores the
-            # document URI literally: rules_url).
+            # The path goes out as it always did, never normalised: the
+            # server stores the document URI literally (rules_url).  No
+            # redirect is followed: a write goes where it was sent, or fails.
             async with session.request(
-                method, URL(url, encoded=True), data=content, headers=headers
+                method, URL(quote(url, safe=URL_SAFE), encoded=True), data=content,
+                headers=headers, allow_redirects=False,
             ) as response:
                 body = await response.read()
                 return Answer(response.status, response.reason or "", response.headers, body)

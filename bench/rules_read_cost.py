@@ -44,11 +44,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HOST = "127.0.0.1"
+#: bench/scale_adapter.py's names, as its write_rules writes them.
 DOMAIN = "bench.example.com"
 
 
-def watcher(q: int, j: int) -> str:
-    return f"sip:w{j}.{q}@{DOMAIN}"
+def watcher(i: int) -> str:
+    return f"sip:w{i}@{DOMAIN}"
 
 
 def presentity(q: int) -> str:
@@ -79,7 +80,7 @@ async def rounds(args: argparse.Namespace) -> dict[str, float]:
             reads_before = xcap.requests.get(("GET", "pres-rules"), 0)
             for q in range(args.presentities):
                 watch, _ = machine.subscribe(
-                    "app", watcher(q, number), presentity(q), "app", frozenset(),
+                    "app", watcher(number), presentity(q), "app", frozenset(),
                     Reference(f"r{q}.{number}", "/bayeux/app/subscription"),
                 )
                 machine.ensure_subscribed(watch)
@@ -140,34 +141,6 @@ def child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the parent
 
 
-def write_rules(xcap_root: str, args: argparse.Namespace) -> None:
-    import httpx
-
-    from pidf import AttributeType, PresRules
-
-    everything = {kind: True for kind in AttributeType}
-    limits = httpx.Limits(max_keepalive_connections=0)  # xhttp closes after every reply
-
-    async def put_all() -> None:
-        async with httpx.AsyncClient(limits=limits, timeout=15.0) as client:
-            todo = iter(range(args.presentities))
-
-            async def worker() -> None:
-                for q in todo:
-                    rules = PresRules.build(
-                        {watcher(q, j): everything for j in range(args.watchers)})
-                    reply = await client.put(
-                        f"{xcap_root}/pres-rules/users/{presentity(q)}/index",
-                        content=rules.to_xml(),
-                        headers={"Content-Type": "application/auth-policy+xml"},
-                    )
-                    reply.raise_for_status()
-
-            await asyncio.gather(*(worker() for _ in range(8)))
-
-    asyncio.run(put_all())
-
-
 def run(tree: Path, args: argparse.Namespace, roots: dict[str, int]) -> dict[str, float]:
     from scale_adapter import cpu_seconds, tree_pids
 
@@ -209,17 +182,22 @@ def main() -> None:
         parser.error("--watchers must exceed --rounds (a new watcher each round)")
     if args.reference is not None and not (args.reference / "adapter" / "watch.py").is_file():
         parser.error(f"--reference: {args.reference} holds no adapter/watch.py")
+    # Here only, not in the child: scale_adapter puts this tree first on sys.path.
     for folder in (str(REPO), str(HERE)):
         if folder not in sys.path:
             sys.path.insert(0, folder)
     from pg_presence_server import pg_presence_server
+    from scale_adapter import write_rules
 
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at "
           f"{time.strftime('%H:%M:%S', time.gmtime())} UTC; {args.presentities:,} reads "
           f"a round, best of {args.rounds}", flush=True)
     with pg_presence_server(HOST) as server:
         args.xcap_root = server.xcap_root
-        write_rules(server.xcap_root, args)
+        # scale_adapter's rules: watcher i for every presentity (the rounds take them in turn).
+        shape = argparse.Namespace(watchers=args.watchers, per_watcher=args.presentities,
+                                   publications=args.presentities)
+        asyncio.run(write_rules(server.xcap_root, shape))
         assert server.pid is not None
         roots = {"kamailio": server.pid}
         cluster = getattr(server, "cluster", None)
