@@ -19,9 +19,9 @@ pause: the write did not happen, and the change is applied to a fresh read.
 
 The requests go out through aiohttp: a burst of subscriptions asks for
 thousands of reads, each on a connection of its own (Kamailio's xhttp closes
-after every reply), and httpx's per-request machinery (its client, cookie
-jar, httpcore over anyio) cost the adapter about twice as much CPU per read
-(docs/benchmarks-history.md).  An httpx transport may be given instead (the
+after every reply), and aiohttp's work per request is far lighter than
+httpx's (its client, cookie jar, httpcore over anyio; figures in
+docs/benchmarks-history.md).  An httpx transport may be given instead (the
 tests' fake servers are ``httpx.MockTransport``).
 """
 
@@ -57,7 +57,7 @@ BUSY_PAUSE = 0.05
 
 #: What a request URL keeps as written (RFC 3986 reserved characters, and
 #: '%' of an escape already made); anything else is percent-encoded in UTF-8,
-#: as httpx, the client before, did.
+#: as httpx does: a document is found under the path it was written to.
 URL_SAFE = ":/?#[]@!$&'()*+,;=%"
 
 #: Requests to the XCAP server under way at once, and how long one waits its turn.
