@@ -502,7 +502,11 @@ class LogLevel(_Form):
 
 
 def _path(value: object, cwd: Path) -> Path:
-    path = Path(_string(value)).expanduser()
+    text = _string(value)
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~name" where no user has that name
+        raise ValueError(f"{_show(text)}: no home directory for that user") from None
     return path if path.is_absolute() else cwd / path
 
 

@@ -8,7 +8,12 @@ cache performs no read itself: :meth:`RulesCache.request` says whether a read
 must begin — a :class:`RulesRead` the caller performs and hands back with
 :meth:`RulesCache.read_done` or :meth:`RulesCache.read_failed`.
 
-Reads are numbered in the order they begin (``serial``).  Two kinds of need:
+Reads are numbered in the order they begin (``serial``).  A read asked for
+is *queued* until the caller begins it (:meth:`RulesCache.begin`: it takes
+its serial and start then, when its GET is sent); until then it serves every
+need that arises, since whatever it reads is newer than all of them — a burst
+of activations asks for one read per presentity, however long the reads wait
+for their turn.  Two kinds of need:
 
 * *after a mark*: an activation or a change made by this adapter must be
   followed by a read begun after it (:meth:`mark`, :meth:`changed`); a read
@@ -67,7 +72,9 @@ class RulesCache:
         #: The latest read per presentity and its rules; None as rules marks a
         #: change made here, which older reads must not hide.
         self._known: dict[str, tuple[RulesRead, PresRules | None]] = {}
-        #: The read under way per presentity.
+        #: The read asked for and not begun yet per presentity, and the one
+        #: under way (begun).
+        self._queued: dict[str, RulesRead] = {}
         self._reading: dict[str, RulesRead] = {}
         #: When the entries are next looked at for ones older than the TTL.
         self._sweep_due = float("-inf")
@@ -83,7 +90,8 @@ class RulesCache:
         """This adapter changed the rules: the mark that reads must be after."""
         self._serial += 1
         self._known[presentity] = (RulesRead(presentity, self._serial, now), None)
-        self._reading.pop(presentity, None)  # begun before the change
+        # The read under way began before the change; a queued one begins after.
+        self._reading.pop(presentity, None)
         return self._serial
 
     def cached(
@@ -98,7 +106,10 @@ class RulesCache:
     def request(
         self, presentity: str, after: int | None, since: float, now: float
     ) -> RulesRead | None:
-        """A read to perform, or None when the one under way meets the need."""
+        """A read to perform (to :meth:`begin` when its turn comes), or None when
+        one queued or under way meets the need."""
+        if presentity in self._queued:
+            return None  # it begins after this need arose: it meets it
         reading = self._reading.get(presentity)
         if reading is not None and (reading.serves(after, since) or after is not None):
             # A need after a mark that the read under way does not meet is
@@ -108,8 +119,18 @@ class RulesCache:
             return None
         self._serial += 1
         read = RulesRead(presentity, self._serial, now)
-        self._reading[presentity] = read
+        self._queued[presentity] = read
         return read
+
+    def begin(self, read: RulesRead, now: float) -> RulesRead:
+        """The queued ``read`` begins now: the read to hand back when it ends,
+        numbered after every mark made while it waited."""
+        if self._queued.get(read.presentity) == read:
+            del self._queued[read.presentity]
+        self._serial += 1
+        begun = RulesRead(read.presentity, self._serial, now)
+        self._reading[read.presentity] = begun
+        return begun
 
     def read_done(self, read: RulesRead, rules: PresRules, now: float) -> None:
         self._finish(read)
@@ -122,8 +143,9 @@ class RulesCache:
         self._finish(read)
 
     def _finish(self, read: RulesRead) -> None:
-        if self._reading.get(read.presentity) == read:
-            del self._reading[read.presentity]
+        for table in (self._reading, self._queued):
+            if table.get(read.presentity) == read:
+                del table[read.presentity]
 
     def expire(self, now: float) -> None:
         """Forget the rules no watch may use any more (older than the TTL),

@@ -1183,6 +1183,12 @@ class WatchMachine:
 
     # -- rules read ---------------------------------------------------------------
 
+    def read_begun(self, read: RulesRead, now: float) -> RulesRead:
+        """A :class:`ReadRules` is sent now: the read to hand back to
+        :meth:`rules_read` or :meth:`rules_failed`.  It serves every need that
+        arose while it waited its turn (:mod:`adapter.rules`)."""
+        return self.rules.begin(read, now)
+
     def rules_read(self, read: RulesRead, rules: PresRules, now: float) -> list[WatchAction]:
         self.rules.read_done(read, rules, now)
         self._rereads.pop(read.presentity, None)  # readable again: the back-off starts over

@@ -607,7 +607,7 @@ class WatcherService:
                     self._expire_reads(read, now)
                     continue
                 try:
-                    await self._read_rules(read)
+                    await self._read_rules(self.machine.read_begun(read, now))
                 except Exception:  # one read's bug must not stop the others
                     logger.exception("rules read of %s failed", read.presentity)
         finally:
@@ -623,7 +623,10 @@ class WatcherService:
                        len(expired), POOL_WAIT)
         error = XcapTimeout("GET", None, "no answer from the XCAP server")
         for read in expired:
-            self._perform(self.machine.rules_failed(read, error, now))
+            # As one begun now that failed: every need that arose while it
+            # waited backs off with it, rather than asking again at once.
+            self._perform(self.machine.rules_failed(self.machine.read_begun(read, now),
+                                                    error, now))
 
     async def _read_rules(self, read: RulesRead) -> None:
         try:

@@ -16,6 +16,13 @@ read-modify-write per document at a time itself (concurrent decisions about
 several watchers of one presentity were lost, or refused with 502), and
 starts a read-modify-write over after a 500 or 503, a few times, with a short
 pause: the write did not happen, and the change is applied to a fresh read.
+
+The requests go out through aiohttp: a burst of subscriptions asks for
+thousands of reads, each on a connection of its own (Kamailio's xhttp closes
+after every reply), and aiohttp's work per request is far lighter than
+httpx's (its client, cookie jar, httpcore over anyio; figures in
+docs/benchmarks-history.md).  An httpx transport may be given instead (the
+tests' fake servers are ``httpx.MockTransport``).
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ import asyncio
 import logging
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
+import aiohttp
 import httpx
+from yarl import URL
 
 from pidf import PresRules
 from pidf.errors import PidfError
@@ -44,6 +54,11 @@ BUSY = (500, 503)
 #: Pause before the n-th new attempt after a busy answer: n times this (seconds).
 BUSY_PAUSE = 0.05
 
+
+#: What a request URL keeps as written (RFC 3986 reserved characters, and
+#: '%' of an escape already made); anything else is percent-encoded in UTF-8,
+#: as httpx does: a document is found under the path it was written to.
+URL_SAFE = ":/?#[]@!$&'()*+,;=%"
 
 #: Requests to the XCAP server under way at once, and how long one waits its turn.
 CONNECTIONS = 8
@@ -70,6 +85,107 @@ class RulesDocument:
     etag: str | None  # None: the document does not exist yet
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An XCAP server's answer, read to the end."""
+
+    status_code: int
+    reason_phrase: str
+    headers: Mapping[str, str]  # names case-insensitive
+    content: bytes
+
+
+class _Aiohttp:
+    """Requests through one aiohttp session, made on the first request (it
+    belongs to the running event loop)."""
+
+    def __init__(
+        self, timeout: float, auth: tuple[str, str] | None, tls: ssl.SSLContext | None
+    ) -> None:
+        self._timeout = timeout
+        self._auth = auth
+        self._tls = tls
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # No keep-alive: Kamailio's xhttp closes the connection after every
+        # reply without saying "Connection: close", so a reused connection
+        # fails the next request (measured, docs/kamailio.md).
+        connector = aiohttp.TCPConnector(
+            limit=CONNECTIONS, force_close=True,
+            ssl=self._tls if self._tls is not None else True,
+        )
+        middlewares = () if self._auth is None else (aiohttp.DigestAuthMiddleware(*self._auth),)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout, sock_read=self._timeout
+            ),
+            middlewares=middlewares,
+            headers={"Connection": "close"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # XCAP sets none; nothing to parse
+        )
+
+    async def send(
+        self, method: str, url: str, content: bytes | None, headers: dict[str, str] | None
+    ) -> Answer:
+        session = self._session
+        if session is None:
+            session = self._session = self._open()
+        try:
+            # The path goes out as it always did, never normalised: the
+            # server stores the document URI literally (rules_url).  No
+            # redirect is followed: a write goes where it was sent, or fails.
+            async with session.request(
+                method, URL(quote(url, safe=URL_SAFE), encoded=True), data=content,
+                headers=headers, allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                return Answer(response.status, response.reason or "", response.headers, body)
+        except TimeoutError:
+            raise  # aiohttp's timeouts are ClientErrors too: they stay timeouts
+        except aiohttp.ClientError as exc:
+            raise _Unreachable(str(exc) or type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class _Httpx:
+    """Requests through an httpx transport."""
+
+    def __init__(
+        self, timeout: float, auth: tuple[str, str] | None, transport: httpx.AsyncBaseTransport
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, pool=POOL_WAIT),
+            auth=None if auth is None else httpx.DigestAuth(*auth),
+            transport=transport,
+            headers={"Connection": "close"},
+        )
+
+    async def send(
+        self, method: str, url: str, content: bytes | None, headers: dict[str, str] | None
+    ) -> Answer:
+        try:
+            response = await self._client.request(method, url, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TimeoutError from exc
+        except httpx.HTTPError as exc:
+            raise _Unreachable(str(exc) or type(exc).__name__) from exc
+        return Answer(response.status_code, response.reason_phrase, response.headers,
+                      response.content)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class _Unreachable(Exception):
+    """The request got no answer: refused, reset, not resolvable, TLS refused."""
+
+
 class XcapClient:
     """Reads and writes presentities' pres-rules documents."""
 
@@ -83,29 +199,23 @@ class XcapClient:
         transport: httpx.AsyncBaseTransport | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``tls`` verifies an https:// root (None: the system's trust store)."""
+        """``tls`` verifies an https:// root (None: the system's trust store);
+        ``transport``: requests go through it instead (digest auth still
+        answered, by httpx)."""
         self.root = root.rstrip("/")
-        auth = httpx.DigestAuth(username, password) if username and password else None
-        # No keep-alive: Kamailio's xhttp closes the connection after every
-        # reply without saying "Connection: close", so a reused connection
-        # fails the next request with "Server disconnected" (measured,
-        # docs/kamailio.md).
+        auth = (username, password) if username and password else None
         # A few connections at a time: a burst of reads (the members of many
         # watched lists) otherwise opens one each, and every connection costs
         # Kamailio tcp_rd_buf_size of its shared memory.  The others queue.
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, pool=POOL_WAIT),
-            auth=auth,
-            transport=transport,
-            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=0),
-            headers={"Connection": "close"},
-            verify=tls if tls is not None else True,
+        self._http: _Aiohttp | _Httpx = (
+            _Aiohttp(timeout, auth, tls) if transport is None
+            else _Httpx(timeout, auth, transport)
         )
         #: Requests sent, by (method, application usage): for /metrics.
         self.requests: dict[tuple[str, str], int] = {}
         # The bound on requests under way is kept here, not (only) by the
-        # connection pool: httpx's pool walks every queued request each time
-        # one completes, so thousands waiting there (a burst of first
+        # connection pool: httpx's walks every queued request each time one
+        # completes, so thousands waiting there (a burst of first
         # subscriptions, each wanting its presentity's rules) cost the
         # adapter most of its CPU.  A semaphore's waiters cost nothing.
         self._slots = asyncio.Semaphore(CONNECTIONS)
@@ -115,7 +225,7 @@ class XcapClient:
         )
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._http.close()
 
     def rules_url(self, presentity: str) -> str:
         # RFC 5025 §9.7: pres-rules documents of a user live under
@@ -196,7 +306,7 @@ class XcapClient:
         presentity: str,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         return await self._send(method, self.rules_url(presentity), "pres-rules", content,
                                 headers)
 
@@ -207,7 +317,7 @@ class XcapClient:
         usage: str,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         key = (method, usage)
         self.requests[key] = self.requests.get(key, 0) + 1
         try:
@@ -218,22 +328,22 @@ class XcapClient:
                            method, url, POOL_WAIT)
             raise XcapTimeout(method, None, "no answer from the XCAP server") from None
         try:
-            return await self._client.request(method, url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
+            return await self._http.send(method, url, content, headers)
+        except TimeoutError as exc:
             # The root URL goes to the log only: it is the operator's business,
             # not the applications' (the error text reaches them).
             logger.warning("XCAP %s %s: no answer", method, url)
             raise XcapTimeout(method, None, "no answer from the XCAP server") from exc
-        except httpx.HTTPError as exc:
+        except _Unreachable as exc:
             logger.warning("XCAP %s %s: %s", method, url, exc)
             raise XcapError(method, None, "XCAP server unreachable") from exc
         finally:
             self._slots.release()
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Answer) -> str:
     text = response.reason_phrase or ""
-    body = response.text.strip().splitlines()
+    body = response.content.decode("utf-8", "replace").strip().splitlines()
     if body:
         text = f"{text}: {body[0][:200]}"
     return text

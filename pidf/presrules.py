@@ -276,15 +276,26 @@ def _provides_means(child: etree._Element) -> bool:
     return True
 
 
+_ONE_PATH = f"{_CP}conditions/{_CP}identity/{_CP}one"
+_HANDLING_PATH = f"{_CP}actions/{_PR}sub-handling"
+_TRANSFORMATIONS = f"{_CP}transformations"
+_SERVICES = f"{_PR}provide-services"
+_ALL_ATTRIBUTES = f"{_PR}provide-all-attributes"
+_UNKNOWN_ATTRIBUTE = f"{_PR}provide-unknown-attribute"
+_BOOLEAN_TAGS = {
+    kind: tuple(f"{_PR}{name}" for name in names) for kind, names in _BOOLEAN_TRANSFORMS.items()
+}
+
+
 def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
     # Interned: the same watcher's address (and so its rule's id) comes back in
     # the cached documents of every presentity it watches.
     watchers = tuple(
         sys.intern(str(one.get("id")))
-        for one in el.iterfind(f"{_CP}conditions/{_CP}identity/{_CP}one")
+        for one in el.iterfind(_ONE_PATH)
         if one.get("id")
     )
-    handling_el = el.find(f"{_CP}actions/{_PR}sub-handling")
+    handling_el = el.find(_HANDLING_PATH)
     handling: SubHandling | None = None
     if handling_el is not None:
         try:
@@ -292,20 +303,30 @@ def _parse_rule(el: etree._Element, rule_el_id: str) -> Rule:
         except ValueError:
             raise RemoteProtocolError(f"unknown sub-handling {handling_el.text!r}") from None
     grants: set[AttributeType] = set()
-    transformations = el.find(f"{_CP}transformations")
+    transformations = el.find(_TRANSFORMATIONS)
     if transformations is not None:
-        services = transformations.find(f"{_PR}provide-services")
+        # One walk over the transformations (a document holds a rule per
+        # watcher, read again and again): the first of each kind counts.
+        first: dict[str, etree._Element] = {}
+        unknowns = []
+        for child in transformations:
+            tag = child.tag
+            if tag == _UNKNOWN_ATTRIBUTE:
+                unknowns.append(child)
+            elif isinstance(tag, str) and tag not in first:
+                first[tag] = child
+        services = first.get(_SERVICES)
         if services is not None and any(_provides_means(child) for child in services):
             grants.add(AttributeType.COMMUNICATION)
-        for kind, names in _BOOLEAN_TRANSFORMS.items():
+        for kind, tags in _BOOLEAN_TAGS.items():
             # Place is granted when either of its two elements is provided.
-            if any(_is_true(transformations.find(f"{_PR}{name}")) for name in names):
+            if any(_is_true(first.get(tag)) for tag in tags):
                 grants.add(kind)
         # RFC 5025 §3.2.11: provide-all-attributes is an empty element.
-        if transformations.find(f"{_PR}provide-all-attributes") is not None:
+        if _ALL_ATTRIBUTES in first:
             grants.update(_BOOLEAN_TRANSFORMS)
             grants.add(AttributeType.OTHER)
-        for unknown in transformations.iterfind(f"{_PR}provide-unknown-attribute"):
+        for unknown in unknowns:
             if unknown.get("ns") == EXT_NS and unknown.get("name") == _OTHER_ELEMENT:
                 if _is_true(unknown):
                     grants.add(AttributeType.OTHER)

@@ -220,6 +220,11 @@ def test_absolute_store_path_is_kept(write, tmp_path: Path) -> None:
     assert config.store.path == target
 
 
+def test_a_path_under_the_home_of_no_user_is_one_line_naming_the_key(write) -> None:
+    line = error_line(write(edited('"var/adapter.sqlite"', '"~no-such-user-here/state.sqlite"')))
+    assert line.startswith("store.path: ") and "no home directory" in line, line
+
+
 def test_relative_store_path_follows_the_working_directory(write, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert load_config(write(VALID)).store.path == tmp_path / "var/adapter.sqlite"

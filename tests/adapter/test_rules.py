@@ -27,8 +27,9 @@ def test_one_read_at_a_time_serves_every_need_it_meets() -> None:
 
 def test_a_need_after_a_mark_is_not_met_by_a_read_begun_before_it() -> None:
     cache = RulesCache()
-    before = cache.request(ALICE, cache.mark(), NEVER, NOW)
-    assert before is not None
+    asked = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert asked is not None
+    before = cache.begin(asked, NOW)
     mark = cache.mark()  # an activation
     # One read under way at a time: the need asks again once it ends.
     assert cache.request(ALICE, mark, NEVER, NOW) is None
@@ -40,10 +41,41 @@ def test_a_need_after_a_mark_is_not_met_by_a_read_begun_before_it() -> None:
     assert cache.cached(ALICE, mark, NEVER) is not None
 
 
+def test_a_queued_read_serves_every_need_that_arose_before_it_began() -> None:
+    cache = RulesCache()
+    asked = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert asked is not None
+    # While it waits its turn: activations, a change made here, aged needs.
+    activation = cache.mark()
+    assert cache.request(ALICE, activation, NEVER, NOW + 20) is None
+    change = cache.changed(ALICE, NOW + 30)
+    assert cache.request(ALICE, change, NEVER, NOW + 30) is None
+    assert cache.request(ALICE, None, NOW + 40 - decisions_ttl(ALICE), NOW + 40) is None
+    read = cache.begin(asked, NOW + 50)
+    assert read.serial > change > activation and read.started == NOW + 50
+    rules = PresRules().allow(BOB, {A: True})
+    cache.read_done(read, rules, NOW + 51)
+    assert cache.cached(ALICE, change, NEVER) == (read, rules)
+    assert cache.cached(ALICE, None, NOW + 51 - decisions_ttl(ALICE)) == (read, rules)
+
+
+def test_a_queued_read_that_ends_unbegun_serves_only_the_needs_before_it() -> None:
+    # A read handed back without being begun (it never took its turn) keeps
+    # the number it was asked with.
+    cache = RulesCache()
+    asked = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert asked is not None
+    mark = cache.mark()
+    cache.read_failed(asked)
+    again = cache.request(ALICE, mark, NEVER, NOW)
+    assert again is not None and again.serial > mark
+
+
 def test_a_change_made_here_hides_older_reads_landing_later() -> None:
     cache = RulesCache()
-    read = cache.request(ALICE, cache.mark(), NEVER, NOW)
-    assert read is not None
+    asked = cache.request(ALICE, cache.mark(), NEVER, NOW)
+    assert asked is not None
+    read = cache.begin(asked, NOW)
     mark = cache.changed(ALICE, NOW)
     cache.read_done(read, PresRules().allow(BOB, {A: True}), NOW + 1)
     # Neither for a need after the change nor for one within the age limit.

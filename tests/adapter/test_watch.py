@@ -122,18 +122,55 @@ def test_notifies_while_the_rules_are_read_wait_and_keep_their_order() -> None:
 def test_a_change_made_here_during_a_read_needs_a_read_begun_after_it() -> None:
     scene = Scene()
     activation = scene.notify("active;expires=60", busy())
-    (first,) = of(ReadRules, activation)
+    (asked,) = of(ReadRules, activation)
+    first = scene.machine.read_begun(asked.read, scene.now)
     changed = scene.machine.rules_changed(ALICE, scene.now)
     (second,) = of(ReadRules, changed)
-    assert second.read.serial > first.read.serial
+    assert second.read.serial > first.serial
     # The first read lands with the grant the change withdrew: not taken.
-    landed = scene.machine.rules_read(first.read, PresRules().allow(BOB, {A: True}), scene.now)
+    landed = scene.machine.rules_read(first, PresRules().allow(BOB, {A: True}), scene.now)
     assert kinds(landed) == [] and scene.watch.waiting
     done = scene.machine.rules_read(second.read, PresRules().allow(BOB, {A: False}), scene.now)
     assert [a.data for a in of(Deliver, done)] == [{"notifySubscription": {
         "presentity": ALICE, "decisions": [{"presenceAttribute": "Activity", "decision": False}],
     }}]
     assert scene.watch.granted == frozenset()
+
+
+def test_a_change_made_here_while_the_read_waits_its_turn_is_served_by_it() -> None:
+    scene = Scene()
+    (asked,) = of(ReadRules, scene.notify("active;expires=60", busy()))
+    # The read has not begun: whatever it reads is newer than the change.
+    assert of(ReadRules, scene.machine.rules_changed(ALICE, scene.now)) == []
+    read = scene.machine.read_begun(asked.read, scene.now + 1)
+    done = scene.machine.rules_read(read, PresRules().allow(BOB, {A: False}), scene.now + 1)
+    assert of(ReadRules, done) == [] and not scene.watch.waiting
+    assert [a.data for a in of(Deliver, done)] == [{"notifySubscription": {
+        "presentity": ALICE, "decisions": [{"presenceAttribute": "Activity", "decision": False}],
+    }}]
+
+
+def test_activations_while_the_read_waits_its_turn_take_that_one_read() -> None:
+    # The rules do not name the watchers (a rule for them written after the
+    # read began would be missed): only a read begun after an activation
+    # serves it, and one waiting its turn begins after all of them.
+    machine = WatchMachine()
+    watchers = [f"sip:w{k}@example.com" for k in range(5)]
+    reads = []
+    for sid, watcher in enumerate(watchers, start=1):
+        watch, _ = machine.subscribe(APP, watcher, ALICE, "app", frozenset({A}),
+                                     Reference(f"r{sid}", REF))
+        machine.ensure_subscribed(watch)
+        machine.subscription_sent(watch, sid)
+        machine.subscription_accepted(watch, sid)
+        reads += of(ReadRules, machine.notify(watch, notify(sid, "active;expires=60", busy()),
+                                              NOW + sid))
+    assert len(reads) == 1
+    read = machine.read_begun(reads[0].read, NOW + 10)
+    done = machine.rules_read(read, PresRules(), NOW + 10)
+    assert of(ReadRules, done) == []
+    assert len(of(Settled, done)) == len(watchers)
+    assert all(machine.watches[(w, ALICE)].granted == frozenset({A}) for w in watchers)
 
 
 def test_aged_decisions_are_read_beside_a_changing_notify_not_before_it() -> None:

@@ -1321,6 +1321,22 @@ def test_rules_reads_are_taken_by_as_many_readers_as_connections_and_none_is_los
     run(scenario, xcap=CountingXcap())  # type: ignore[arg-type]
 
 
+def test_a_read_waiting_its_turn_serves_a_change_made_meanwhile() -> None:
+    async def scenario(w: World) -> None:
+        w.xcap.gate = asyncio.Event()
+        await activate_many(w)
+        await turns()
+        queued = PRESENTITIES[-1]
+        w.service.rules_changed(queued)  # its read is asked for, not begun
+        w.xcap.gate.set()
+        await settle()
+        assert sorted(w.xcap.read) == sorted(PRESENTITIES)  # once each: no read for the change
+        seen = w.service.presence(BOB, queued, frozenset())
+        assert seen is not None and seen.get(A) == busy(1)
+
+    run(scenario, xcap=CountingXcap())  # type: ignore[arg-type]
+
+
 def test_rules_reads_that_waited_their_turn_too_long_fail_and_are_read_again() -> None:
     async def scenario(w: World) -> None:
         w.xcap.gate = asyncio.Event()

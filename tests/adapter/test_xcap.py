@@ -205,3 +205,36 @@ def test_a_request_that_waits_too_long_for_its_turn_is_a_timeout(
         await client.close()
 
     asyncio.run(crowd())
+
+
+def test_the_request_path_is_written_as_httpx_writes_it_over_a_real_socket() -> None:
+    # The server stores a document under the path as sent (docs/kamailio.md):
+    # documents written before must be found again, whatever the client.
+    # Like Kamailio's xhttp, the server closes the connection after each reply.
+    uris = ("sip:alice@example.com", "sip:a b@example.com", "sip:al%41ce@example.com",
+            "sip:bob@example.com;transport=tcp", "sip:\u00e9@example.com")
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b" ")[1])
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = XcapClient(f"http://127.0.0.1:{port}/xcap-root")
+        try:
+            for uri in uris:
+                document = await client.get(uri)
+                assert document.etag is None and document.rules == PresRules()
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert seen == [httpx.URL(f"http://h/xcap-root/pres-rules/users/{uri}/index").raw_path
+                    for uri in uris]
