@@ -506,7 +506,9 @@ def test_bounded_waits_share_deadlines_and_each_gives_up_on_its_own() -> None:
         second: asyncio.Future[str] = loop.create_future()
         early = asyncio.ensure_future(bounded(first, "PUBLISH", None, 0.05))
         await asyncio.sleep(0.03)
-        late = asyncio.ensure_future(bounded(second, "PUBLISH", None, 0.05))
+        # Filed behind the first and ending long after it, so that a loop
+        # slowed by a busy machine still ends the first alone.
+        late = asyncio.ensure_future(bounded(second, "PUBLISH", None, 5.0))
         # A shorter wait than one already filed: timed on its own.
         short = asyncio.ensure_future(bounded(answer("x", after=10), "SUBSCRIBE", None, 0.01))
         with pytest.raises(RequestTimedOut):
