@@ -399,6 +399,12 @@ def _state(sources: Sources, stats: EndpointStats) -> Iterator[Metric]:
     for (method, usage), count in sorted(sources.watchers.xcap_requests().items()):
         xcap.add_metric([method, usage], count)
     yield xcap
+    yield _counter(
+        "watch_news_superseded",
+        "Presence documents a watch held while its rules were read (or unreadable) "
+        "and replaced by a later one once it held its limit of news.",
+        sources.watchers.news_superseded,
+    )
     yield _gauge(
         "notification_schedules",
         "Presence notifications started (Start Presence Notification) and not ended.",

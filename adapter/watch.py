@@ -179,6 +179,10 @@ REFRESH_WINDOW = 15.0
 #: schedule is written once per period whatever its notifications (README
 #: "What survives what"), not once per notification.
 SCHEDULE_SAVE_DELAY = 1.0
+#: News a watch keeps while its rules are read (or unreadable: an XCAP
+#: outage).  Past it a document replaces the last one held in the same
+#: state, so a long outage keeps each watch's latest state, not its history.
+HELD_LIMIT = 32
 ALL_ATTRIBUTES = tuple(AttributeType)
 
 
@@ -269,6 +273,30 @@ def _index_key(watch: Watch) -> Any:
 
 def _is_list(event: NotifyReceived) -> bool:
     return (event.content_type or "").lower().startswith("multipart/related")
+
+
+def _same_state(last: _Held, item: _HeldNotify | _MemberNews) -> bool:
+    """Whether ``item`` is news of the same subscription state as ``last``,
+    so that its document supersedes ``last``'s.  A list's NOTIFY never is:
+    its RLMI versions follow each other (RFC 4662 §5.2)."""
+    if isinstance(item, _HeldNotify):
+        if not isinstance(last, _HeldNotify) or _is_list(item.event) or _is_list(last.event):
+            return False
+        old, new = last.event, item.event
+        return (old.subscription_id == new.subscription_id
+                and old.state.state.lower() == new.state.state.lower()
+                and old.content_type == new.content_type)
+    if not isinstance(last, _MemberNews):
+        return False
+    before, after = last.member, item.member
+    return (before.state, before.reason, before.names) == (after.state, after.reason, after.names)
+
+
+def _document(item: _Held) -> bytes | None:
+    if isinstance(item, _HeldNotify):
+        return item.event.body
+    assert isinstance(item, _MemberNews)
+    return item.member.document
 
 
 def _take_document(member: Member, item: ListMember) -> bool:
@@ -777,6 +805,9 @@ class WatchMachine:
         self._rereads: dict[str, int] = {}
         #: Schedules whose progress is not written yet.
         self._unsaved: dict[tuple[str, str], Schedule] = {}
+        #: News dropped while held: a document replaced by a later one at
+        #: :data:`HELD_LIMIT` (for /metrics; a repeat dropped is not counted).
+        self.superseded = 0
         self._out: list[WatchAction] = []
 
     # -- registry ---------------------------------------------------------------
@@ -1090,7 +1121,7 @@ class WatchMachine:
         if event.subscription_id != watch.subscription_id:
             return []  # of a dialog the watch left (re-subscribed, ended)
         if watch.waiting:
-            watch.hold(_HeldNotify(event, now))
+            self._hold(watch, _HeldNotify(event, now))
             return []
         self._take_notify(watch, event, now, now)
         return self._take()
@@ -1466,7 +1497,7 @@ class WatchMachine:
                 continue
             news = _MemberNews(change.member, received)
             if member.waiting:
-                member.hold(news)
+                self._hold(member, news)
             else:
                 self._take_member(member, news, now)
         if added:
@@ -1867,6 +1898,28 @@ class WatchMachine:
             logger.info("list %s: %s allows %s again", group.presentity, watch.presentity,
                         watch.watcher)
             self._refresh_list(group, now)
+
+    def _hold(self, watch: Watch, item: _HeldNotify | _MemberNews) -> None:
+        """Keep a NOTIFY's news until the rules are in.  A repeat of the last
+        news held (a refresh's NOTIFY: the same state and document) adds
+        nothing.  Past :data:`HELD_LIMIT` a document replaces the last one
+        held in the same state: with no partial notification each carries the
+        whole state (RFC 5263 §1), so the states between are lost, never the
+        latest."""
+        held = watch.held
+        if held and _same_state(held[-1], item):
+            if _document(held[-1]) == _document(item):
+                return
+            if len(held) >= HELD_LIMIT:
+                held[-1] = item
+                if self.superseded % 1000 == 0:
+                    logger.warning("%s's news held for %s while its rules are read reached "
+                                   "%d: later documents replace the last held (%d so far)",
+                                   watch.presentity, watch.watcher, HELD_LIMIT,
+                                   self.superseded + 1)
+                self.superseded += 1
+                return
+        watch.hold(item)
 
     def _settle(self, watch: Watch, now: float) -> None:
         """The read is in: tell the decisions, then take what waited, in order."""

@@ -190,6 +190,10 @@ class WatcherService:
     def schedule_count(self) -> int:
         return len(self.machine.schedules)
 
+    @property
+    def news_superseded(self) -> int:
+        return self.machine.superseded
+
     # -- what the presentity side asks ---------------------------------------
 
     def directory(

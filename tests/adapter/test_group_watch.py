@@ -13,6 +13,7 @@ from adapter.notification import Schedule, schedule_from_record, schedule_to_rec
 from adapter.presence_json import attribute_to_json
 from adapter.records import watch_from_record, watch_to_record
 from adapter.watch import (
+    HELD_LIMIT,
     LIST_CHECK,
     LIST_HEAL_AFTER,
     LIST_QUIET,
@@ -471,6 +472,24 @@ def test_without_check_immediate_members_states_held_for_their_rules_are_the_bas
     later = g.notify(m0=(activity(Activity.MEETING, 1),))
     assert delivered(later) == [
         (f"/bayeux/{APP}/n1", changed(M0, "n1", activity(Activity.MEETING, 1)))
+    ]
+
+
+def test_a_member_waiting_for_its_rules_holds_at_most_the_limit_and_its_latest_document() -> None:
+    g = Group()
+    g.notify(full=True, m0=None)
+    g.schedule("n1")
+    reads = g.notify(m0=(activity(Activity.BUSY),))
+    member = g.watch.listed[M0]
+    for t in range(1, HELD_LIMIT + 6):
+        assert g.notify(m0=(activity(Activity.BUSY, t),)) == []
+    assert member.held is not None and len(member.held) == HELD_LIMIT
+    assert g.machine.superseded == 5
+    done = g.read(reads, {M0: ALLOW_A})
+    # The first HELD_LIMIT as they came, then the latest; the ones between dropped.
+    assert [data for channel, data in delivered(done) if channel != REF] == [
+        changed(M0, "n1", activity(Activity.BUSY, t))
+        for t in [*range(HELD_LIMIT), HELD_LIMIT + 5]
     ]
 
 

@@ -216,6 +216,7 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
         watch_states=lambda: {"active": 7},
         xcap_requests=lambda: {("GET", "pres-rules"): 9},
         schedule_count=6,
+        news_superseded=3,
         notify_latency=Histogram(NOTIFY_BUCKETS),
     )
     metrics = Metrics()
@@ -247,6 +248,7 @@ def test_the_collector_reads_the_sources_when_scraped() -> None:
     assert found[(p + "subscriptions", (("event", "presence.winfo"), ("state", "active")))] == 3
     assert found[(p + "watches", (("state", "active"),))] == 7
     assert found[(p + "notification_schedules", ())] == 6
+    assert found[(p + "watch_news_superseded_total", ())] == 3
     assert found[(p + "bayeux_backlog_messages", (("application", "alice-app"),))] == 0
     assert not [key for key in found if key[0].startswith(p + "store_commit")]
     # CPython's collector, per generation, beside the adapter's own figures.

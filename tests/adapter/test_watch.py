@@ -11,6 +11,7 @@ import pytest
 from adapter.notification import Schedule
 from adapter.presence_json import attribute_to_json
 from adapter.watch import (
+    HELD_LIMIT,
     REREAD_DELAYS,
     Deliver,
     Dialog,
@@ -268,6 +269,46 @@ def test_repeated_failures_back_off_to_a_bound_and_start_over_once_read() -> Non
     scene.machine.rules_failed(again.read, BUSY, scene.now)
     assert scene.watch.withheld and not scene.watch.waiting
     assert scene.machine.get_timer() is None
+
+
+def at(minute: int) -> PresenceAttribute:
+    """Busy since ``minute`` minutes past noon: a document of its own per minute."""
+    return PresenceAttribute(Activity.BUSY, datetime(2024, 5, 1, 12, minute, 0, tzinfo=UTC))
+
+
+def test_held_news_through_a_long_outage_keeps_state_changes_and_the_latest_document() -> None:
+    scene = Scene()
+    scene.schedule("n1")
+    (read,) = of(ReadRules, scene.notify("active;expires=60", at(0)))
+    scene.machine.rules_failed(read.read, BUSY, scene.now)
+    # Each refresh's NOTIFY repeats the document: held once, however many come.
+    for _ in range(3 * HELD_LIMIT):
+        assert scene.notify("active;expires=60", at(1)) == []
+    assert scene.watch.held is not None and len(scene.watch.held) == 1
+    # Changes: held in order up to the limit, then the latest replaces the last.
+    for minute in range(2, HELD_LIMIT + 12):
+        assert scene.notify("active;expires=60", at(minute)) == []
+    assert len(scene.watch.held) == HELD_LIMIT
+    assert scene.machine.superseded == 11
+    # A change of subscription state is never folded into a document.
+    scene.notify("pending")
+    scene.notify("active;expires=60", at(59))
+    assert len(scene.watch.held) == HELD_LIMIT + 2 and scene.machine.superseded == 11
+
+    deadline = scene.machine.get_timer()
+    assert deadline is not None
+    scene.now = deadline
+    done = scene.read(scene.machine.handle_timer(scene.now), PresRules().allow(BOB, {A: True}))
+    told = [a.data["statusChanged"]["changedAttributes"][0]["typeAndValue"]["activity"]
+            for a in of(Deliver, done) if "statusChanged" in a.data]
+    assert told and set(told) == {"Busy"}
+    since = [a.data["statusChanged"]["changedAttributes"][0]["lastChange"]
+             for a in of(Deliver, done) if "statusChanged" in a.data]
+    # Minutes 0 to HELD_LIMIT - 1 as they came, then the latest before the
+    # pending state (the ones between were replaced), then minute 59.
+    assert since == [attribute_to_json(at(m))["lastChange"]
+                     for m in [*range(HELD_LIMIT), HELD_LIMIT + 11, 59]]
+    assert scene.watch.held is None and not scene.watch.waiting
 
 
 def test_a_watch_ended_while_held_ends_the_rereads() -> None:
