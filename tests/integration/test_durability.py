@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from lxml import etree
 
+from adapter.watch import HELD_LIMIT
 from pidf import Activity, decode
 from sip import NotifyReceived
 from sip.aio import SipEndpoint, SubscriptionEvent
@@ -689,6 +690,47 @@ def test_rules_unreadable_at_activation_show_nothing_until_read_again(
     finally:
         scene.close()
         relay.close()
+
+
+def test_an_xcap_outage_holds_the_latest_state_not_every_change(
+    kamailio: PresenceServer, tmp_path: Path,
+) -> None:
+    """Forty changes while bob's watch cannot read alice's rules: it keeps 32
+    news (adapter/watch.py HELD_LIMIT), later documents replacing the last;
+    once XCAP is back bob sees the latest."""
+    relay = Outage((kamailio.host, kamailio.port))
+    scene = Scene(tmp_path, kamailio,
+                  xcap_root=kamailio.xcap_root.replace(f":{kamailio.port}/", f":{relay.port}/"))
+    try:
+        scene.adapter.start()
+        scene.authorize_bob()
+        assert scene.publish("Busy").status_code == 204
+        relay.cut()
+        assert scene.subscribe("held-sub", "/bayeux/bob-app/held").status_code == 204
+        eventually(lambda: "watches show nothing" in scene.adapter.log_tail(400),
+                   what="the failed read", timeout=60)
+        changes = ["Away", "Meeting"] * 20
+        for activity in changes:
+            assert scene.publish(activity).status_code == 204
+        # Each change's NOTIFY is held: 32 kept, the last 8 each replacing the last.
+        eventually(lambda: superseded(scene.adapter) == len(changes) - HELD_LIMIT,
+                   what="the documents past the limit replaced", timeout=30)
+        assert scene.seen_activity() is None
+        relay.mend()
+        eventually(lambda: scene.seen_activity() == changes[-1], what="bob sees the latest",
+                   timeout=60)
+        assert superseded(scene.adapter) == len(changes) - HELD_LIMIT
+    finally:
+        scene.close()
+        relay.close()
+
+
+def superseded(adapter: AdapterProcess) -> float:
+    text = httpx.get(f"{adapter.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("presence_adapter_watch_news_superseded_total "):
+            return float(line.split()[1])
+    raise AssertionError("no presence_adapter_watch_news_superseded_total in /metrics")
 
 
 AWAY_FOR = 5.0
