@@ -21,8 +21,7 @@ The requests go out through aiohttp: a burst of subscriptions asks for
 thousands of reads, each on a connection of its own (Kamailio's xhttp closes
 after every reply), and aiohttp's work per request is far lighter than
 httpx's (its client, cookie jar, httpcore over anyio; figures in
-docs/benchmarks-history.md).  An httpx transport may be given instead (the
-tests' fake servers are ``httpx.MockTransport``).
+docs/benchmarks-history.md).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
-import httpx
 from yarl import URL
 
 from pidf import PresRules
@@ -153,35 +151,6 @@ class _Aiohttp:
             self._session = None
 
 
-class _Httpx:
-    """Requests through an httpx transport."""
-
-    def __init__(
-        self, timeout: float, auth: tuple[str, str] | None, transport: httpx.AsyncBaseTransport
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, pool=POOL_WAIT),
-            auth=None if auth is None else httpx.DigestAuth(*auth),
-            transport=transport,
-            headers={"Connection": "close"},
-        )
-
-    async def send(
-        self, method: str, url: str, content: bytes | None, headers: dict[str, str] | None
-    ) -> Answer:
-        try:
-            response = await self._client.request(method, url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TimeoutError from exc
-        except httpx.HTTPError as exc:
-            raise _Unreachable(str(exc) or type(exc).__name__) from exc
-        return Answer(response.status_code, response.reason_phrase, response.headers,
-                      response.content)
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-
 class _Unreachable(Exception):
     """The request got no answer: refused, reset, not resolvable, TLS refused."""
 
@@ -196,28 +165,21 @@ class XcapClient:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``tls`` verifies an https:// root (None: the system's trust store);
-        ``transport``: requests go through it instead (digest auth still
-        answered, by httpx)."""
+        """``tls`` verifies an https:// root (None: the system's trust store)."""
         self.root = root.rstrip("/")
         auth = (username, password) if username and password else None
         # A few connections at a time: a burst of reads (the members of many
         # watched lists) otherwise opens one each, and every connection costs
         # Kamailio tcp_rd_buf_size of its shared memory.  The others queue.
-        self._http: _Aiohttp | _Httpx = (
-            _Aiohttp(timeout, auth, tls) if transport is None
-            else _Httpx(timeout, auth, transport)
-        )
+        self._http = _Aiohttp(timeout, auth, tls)
         #: Requests sent, by (method, application usage): for /metrics.
         self.requests: dict[tuple[str, str], int] = {}
-        # The bound on requests under way is kept here, not (only) by the
-        # connection pool: httpx's walks every queued request each time one
-        # completes, so thousands waiting there (a burst of first
-        # subscriptions, each wanting its presentity's rules) cost the
-        # adapter most of its CPU.  A semaphore's waiters cost nothing.
+        # The bound on requests under way is kept here, not by the connection
+        # pool: a pool's queue may cost work per waiter each time a request
+        # completes, and a burst of first subscriptions queues thousands.  A
+        # semaphore's waiters cost nothing, and its wait is bounded.
         self._slots = asyncio.Semaphore(CONNECTIONS)
         # One lock per document being written; gone once no update holds it.
         self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = (

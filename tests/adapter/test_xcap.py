@@ -1,4 +1,5 @@
-"""XcapClient against a fake XCAP server that behaves as the bundled Kamailio does.
+"""XcapClient against a fake XCAP server, on a local port, that behaves as the
+bundled Kamailio does.
 
 The fake honours ``If-Match`` (412 on a stale entity tag) but, like Kamailio
 5.6 (measured), ignores ``If-None-Match: *``; it can be told to answer 500 to
@@ -8,18 +9,40 @@ some PUTs, as Kamailio does when its SQLite database is busy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from aiohttp import web
 
 from adapter import xcap
 from adapter.xcap import XcapClient, XcapError
 from pidf import AttributeType, PresRules, SubHandling
 
-ROOT = "http://xcap.test/xcap-root"
 ALICE = "sip:alice@example.com"
 ACTIVITY = {AttributeType.ACTIVITY: True}
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Handler) -> AsyncIterator[XcapClient]:
+    """``handle`` answers every request on a local port; a client of its root."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    client = XcapClient(f"http://127.0.0.1:{sock.getsockname()[1]}/xcap-root")
+    try:
+        yield client
+    finally:
+        await client.close()
+        await runner.cleanup()
 
 
 class FakeXcapServer:
@@ -29,28 +52,28 @@ class FakeXcapServer:
         self.busy = busy  # n-th PUT (from 1) -> answer 500
         self._version = 0
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         # Let other requests run between any two steps, as a real server would.
         await asyncio.sleep(0)
-        path = request.url.path
+        path = request.raw_path
         current = self.documents.get(path)
         if request.method == "GET":
             if current is None:
-                return httpx.Response(404)
-            return httpx.Response(200, content=current[0], headers={"ETag": current[1]})
+                return web.Response(status=404)
+            return web.Response(body=current[0], headers={"ETag": current[1]})
         assert request.method == "PUT"
         self.puts += 1
         if self.busy(self.puts):
-            return httpx.Response(500, text="Server error")
+            return web.Response(status=500, text="Server error")
         match = request.headers.get("If-Match")
         if match is not None and (current is None or current[1] != match):
-            return httpx.Response(412)
+            return web.Response(status=412)
         self._version += 1
-        self.documents[path] = (request.content, f'"v{self._version}"')
-        return httpx.Response(200, headers={"ETag": f'"v{self._version}"'})
+        self.documents[path] = (await request.read(), f'"v{self._version}"')
+        return web.Response(headers={"ETag": f'"v{self._version}"'})
 
-    def client(self) -> XcapClient:
-        return XcapClient(ROOT, transport=httpx.MockTransport(self.handle))
+    def client(self) -> contextlib.AbstractAsyncContextManager[XcapClient]:
+        return serving(self.handle)
 
 
 @pytest.fixture(autouse=True)
@@ -62,13 +85,13 @@ def test_concurrent_updates_of_one_document_are_all_kept() -> None:
     server = FakeXcapServer()
     watchers = [f"sip:w{i}@example.com" for i in range(5)]
 
+    def allowing(watcher: str) -> Callable[[PresRules], PresRules]:
+        return lambda rules: rules.allow(watcher, ACTIVITY)
+
     async def decide() -> PresRules:
-        client = server.client()
-        await asyncio.gather(
-            *(client.update(ALICE, lambda r, w=w: r.allow(w, ACTIVITY)) for w in watchers)
-        )
-        document = await client.get(ALICE)
-        await client.close()
+        async with server.client() as client:
+            await asyncio.gather(*(client.update(ALICE, allowing(w)) for w in watchers))
+            document = await client.get(ALICE)
         return document.rules
 
     rules = asyncio.run(decide())
@@ -89,9 +112,8 @@ def test_updates_of_different_documents_still_run_side_by_side() -> None:
         return rules.allow("sip:w@example.com", ACTIVITY)
 
     async def decide() -> None:
-        client = server.client()
-        await asyncio.gather(*(client.update(p, change) for p in presentities))
-        await client.close()
+        async with server.client() as client:
+            await asyncio.gather(*(client.update(p, change) for p in presentities))
 
     asyncio.run(decide())
     assert len(server.documents) == len(presentities)
@@ -100,17 +122,16 @@ def test_updates_of_different_documents_still_run_side_by_side() -> None:
 
 
 def run_update(
-    server: FakeXcapServer, change: Callable[[PresRules], PresRules]
+    server: FakeXcapServer, change: Callable[[PresRules], PresRules],
+    handle: Handler | None = None,
 ) -> PresRules:
-    """Update alice's document through a new client; what the server then holds."""
+    """Update alice's document through a new client (its requests answered by
+    ``handle``, else the server's); what the server then holds."""
 
     async def update() -> PresRules:
-        client = server.client()
-        try:
+        async with serving(handle or server.handle) as client:
             await client.update(ALICE, change)
             return (await client.get(ALICE)).rules
-        finally:
-            await client.close()
 
     return asyncio.run(update())
 
@@ -138,17 +159,15 @@ def test_a_server_busy_every_time_is_an_error_after_the_last_attempt() -> None:
 
 def test_a_refusal_is_not_tried_again() -> None:
     server = FakeXcapServer()
-    original = server.handle
 
-    async def forbidden(request: httpx.Request) -> httpx.Response:
+    async def forbidden(request: web.Request) -> web.Response:
         if request.method == "PUT":
             server.puts += 1
-            return httpx.Response(403, text="Forbidden")
-        return await original(request)
+            return web.Response(status=403, text="Forbidden")
+        return await server.handle(request)
 
-    server.handle = forbidden  # type: ignore[method-assign]
     with pytest.raises(XcapError) as caught:
-        run_update(server, lambda r: r.allow("sip:w@example.com", ACTIVITY))
+        run_update(server, lambda r: r.allow("sip:w@example.com", ACTIVITY), forbidden)
     assert (caught.value.status, server.puts) == (403, 1)
 
 
@@ -156,21 +175,18 @@ def test_at_most_connections_requests_are_under_way_and_the_others_wait_their_tu
     under_way = 0
     most = 0
 
-    async def handle(request: httpx.Request) -> httpx.Response:
+    async def handle(request: web.Request) -> web.Response:
         nonlocal under_way, most
         under_way += 1
         most = max(most, under_way)
         await asyncio.sleep(0.01)
         under_way -= 1
-        return httpx.Response(404)
+        return web.Response(status=404)
 
     async def burst() -> list[xcap.RulesDocument]:
-        client = XcapClient(ROOT, transport=httpx.MockTransport(handle))
-        try:
+        async with serving(handle) as client:
             return await asyncio.gather(
                 *(client.get(f"sip:p{i}@example.com") for i in range(5 * xcap.CONNECTIONS)))
-        finally:
-            await client.close()
 
     documents = asyncio.run(burst())
     assert len(documents) == 5 * xcap.CONNECTIONS and all(d.etag is None for d in documents)
@@ -184,25 +200,24 @@ def test_a_request_that_waits_too_long_for_its_turn_is_a_timeout(
     release = asyncio.Event()
     started = 0
 
-    async def handle(request: httpx.Request) -> httpx.Response:
+    async def handle(request: web.Request) -> web.Response:
         nonlocal started
         started += 1
         await release.wait()
-        return httpx.Response(404)
+        return web.Response(status=404)
 
     async def crowd() -> None:
-        client = XcapClient(ROOT, transport=httpx.MockTransport(handle))
-        held = [asyncio.ensure_future(client.get(f"sip:p{i}@example.com"))
-                for i in range(xcap.CONNECTIONS)]
-        async with asyncio.timeout(10):
-            while started < xcap.CONNECTIONS:
-                await asyncio.sleep(0.001)
-        with pytest.raises(xcap.XcapTimeout):
-            await client.get(ALICE)
-        release.set()
-        await asyncio.gather(*held)
-        await client.get(ALICE)  # its turn comes once the others are done
-        await client.close()
+        async with serving(handle) as client:
+            held = [asyncio.ensure_future(client.get(f"sip:p{i}@example.com"))
+                    for i in range(xcap.CONNECTIONS)]
+            async with asyncio.timeout(10):
+                while started < xcap.CONNECTIONS:
+                    await asyncio.sleep(0.001)
+            with pytest.raises(xcap.XcapTimeout):
+                await client.get(ALICE)
+            release.set()
+            await asyncio.gather(*held)
+            await client.get(ALICE)  # its turn comes once the others are done
 
     asyncio.run(crowd())
 
