@@ -39,14 +39,20 @@ LAYERS = [
                                      "adapter/presence_json.py", "adapter/cluster/")),
     ("adapter other", ("/adapter/",)),
     ("http (uvicorn, starlette)", ("/uvicorn/", "/starlette/", "/httptools/", "/h11/")),
-    ("asyncio (Python)", ("/asyncio/", "uvloop")),
+    ("asyncio (Python)", ("/asyncio/",)),
 ]
 LOOP = "loop (C: uvloop, recvfrom, epoll)"
 
 
 def layer(stack: str) -> str:
     frames = stack.split(";")
-    if len(frames) == 1 and frames[0].endswith("@start"):
+    # uvloop's loop is C under asyncio.run's frame: a sample in that frame,
+    # or at the first instruction of a callback the loop called, is CPU the
+    # loop spent before it (bench/cpu_sampler.py).
+    if "/asyncio/runners.py:" in frames[-1] or (
+        frames[-1].endswith("@start") and len(frames) > 1
+        and "/asyncio/runners.py:" in frames[-2]
+    ):
         return LOOP
     for frame in reversed(frames):
         path = frame.split(":", 1)[0]
@@ -73,8 +79,9 @@ def main() -> None:
     for stack, count in samples.items():
         rows[layer(stack)] += shared * count / total
     rows["garbage collection"] = gc_seconds
-    for name, seconds in others.items():
-        rows[f"thread {name}"] = seconds
+    # The store's writer and the executor's threads (CPython 3.11 does not
+    # name them for the kernel).
+    rows["other threads (store writer, executor)"] = sum(others.values())
     per = args.exchanges
     print(f"{data['wall']:.1f} s sampled, process CPU {data['process_cpu']:.2f} s "
           f"({data['process_cpu'] / data['wall'] * 100:.1f} % of a core), {total:,} samples; "
