@@ -485,6 +485,11 @@ class Watch:
     #: a few items wait at most, and an empty deque is far larger than a list.
     held: list[_Held] | None = None
     schedules: dict[str, Schedule] = field(default_factory=lambda: _EMPTY)
+    #: The state last offered to the schedules in full and the decisions
+    #: it was offered and told under (None: none since the last change): a
+    #: NOTIFY that repeats it is news to no one (WatchMachine._repeats).
+    offered: Presence | None = None
+    offered_under: dict[AttributeType, bool] | None = None
     #: The server answered as a resource list server: a group watch.
     is_list: bool = False
     #: A member watch's group watch.
@@ -1123,8 +1128,45 @@ class WatchMachine:
         if watch.waiting:
             self._hold(watch, _HeldNotify(event, now))
             return []
+        if self._repeats(watch, event, now):
+            return []
         self._take_notify(watch, event, now, now)
         return self._take()
+
+    def _repeats(self, watch: Watch, event: NotifyReceived, now: float) -> bool:
+        """Whether ``event`` only repeats what the watch last offered, under
+        the decisions it holds, so that taking it in would change nothing.
+
+        The notifier sends the whole state again on every refresh of the
+        subscription (RFC 3265 §3.1.6.2: "Upon successfully accepting or
+        refreshing a subscription, notifiers MUST send a NOTIFY message
+        immediately to communicate the current resource state") and, in
+        Kamailio, to every watcher on every refresh of a publication: in a
+        held gateway these are almost all of its NOTIFYs.  The same state token and the same
+        document, on an active single watch whose decisions are settled, go
+        through the general path as a series of no-ops: the member keeps its
+        document (same digest), the decisions were told, and a schedule
+        offered the state it already has sends nothing.  A schedule whose
+        deadline has passed ends on its own timer.
+        """
+        offered = watch.offered
+        member = watch.member
+        return (
+            offered is not None
+            and member is not None
+            and member.presence is offered
+            and watch.offered_under is watch.decisions
+            and watch.state is WatchState.ACTIVE
+            and watch.stale_after is None
+            and not watch.revalidating
+            and not watch.withheld
+            and watch.group is None
+            and not watch.is_list
+            and bool(event.body)
+            and event.state.state.lower() == "active"
+            and hash(event.body) == member.body_digest
+            and not _is_list(event)
+        )
 
     def terminated(
         self, watch: Watch, event: SubscriptionTerminated, now: float
@@ -1758,20 +1800,29 @@ class WatchMachine:
         self._tell_decisions(watch)
         presence = watch.presence
         owner = watch.owner
-        if fresh and presence is not None and owner.schedules:
+        if not fresh or presence is None:
+            return
+        whole = not watch.withheld
+        if owner.schedules:
             granted = watch.granted
             member = None if watch.group is None else watch.presentity
             for schedule in list(owner.schedules.values()):
                 if owner.unstarted and schedule.correlator in owner.unstarted:
+                    whole = False
                     continue
                 if member is not None and schedule.correlator in (watch.unstarted or ()):
                     # Held back for the member's rules across a Start: the
                     # member's held Start tells (checkImmediate) or takes as
                     # its baseline the state current then — not this offer.
+                    whole = False
                     continue
                 self._deliver(owner, schedule, schedule.offer(presence, granted, now, member),
                               now, received)
                 self._file(schedule)
+        if whole and watch.state is WatchState.ACTIVE:
+            watch.offered, watch.offered_under = presence, watch.decisions
+        else:
+            watch.offered = None
 
     def _start(self, watch: Watch, start: _Start, now: float) -> None:
         if not self.schedule_live(start.schedule):

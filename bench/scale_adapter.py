@@ -576,8 +576,10 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 directory, server, accounts, sip_server=f"sip:{HOST}:{ready['port']}")
             # env execs Python in place: the pid measured is the adapter's.
             source = ["env", f"PYTHONPATH={args.source.resolve()}"] if args.source else []
+            entry = (["-m", "adapter"] if not args.cpu_profile else
+                     [str(HERE / "cpu_sampler.py"), str(args.cpu_profile.resolve()), "--"])
             adapter.command = lambda: [  # type: ignore[method-assign]
-                *source, sys.executable, "-m", "adapter", "serve", "--config",
+                *source, sys.executable, *entry, "serve", "--config",
                 str(adapter.config_path), "--log-level", args.adapter_log_level]
             adapter.start(timeout=60, healthy=True)
             assert adapter.process is not None and server.pid is not None
@@ -615,6 +617,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             print(f"  held: RSS {samples['held'].rss_kib / 1024:.1f} MiB; idle window of "
                   f"{args.observe:g} s begins, load average {load_average()}", flush=True)
             profiler = py_spy(args.profile, pid)
+            if args.cpu_profile:
+                os.kill(pid, signal.SIGUSR1)
             peak_in_idle = 0
             window_end = time.monotonic() + args.observe
             adapter_pids = tree_pids(pid)
@@ -633,6 +637,8 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             cpu["end"] = meter.read()
             reads["end"] = scrape_counts(adapter)
             stop_py_spy(profiler)
+            if args.cpu_profile:
+                os.kill(pid, signal.SIGUSR2)
             wall["end"] = time.time()
             slices.append((wall["end"], cpu["end"]["adapter"], reads["end"],
                            float(samples["end"].rss_kib)))
@@ -900,6 +906,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="FILE",
                         help="py-spy record the adapter over the idle window (.svg: flame "
                              "graph, else collapsed stacks; not for recorded figures)")
+    parser.add_argument("--cpu-profile", type=Path, metavar="FILE",
+                        help="sample the adapter on its CPU clock over the idle window "
+                             "(bench/cpu_sampler.py) into FILE; bench/cpu_layers.py FILE "
+                             "prints it by layer")
     parser.add_argument("--profile-setup", metavar="FILE",
                         help="py-spy record the adapter over the Subscribe Presence phase")
     parser.add_argument("--source", type=Path, metavar="DIR",

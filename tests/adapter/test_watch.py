@@ -245,6 +245,92 @@ def test_the_timer_reads_again_and_the_held_state_comes_filtered_in_order() -> N
     assert seen is not None and {a.type for a in seen.attributes} == {A}
 
 
+class Taken:
+    """Counts the NOTIFYs a machine takes in through its general path."""
+
+    def __init__(self, machine: WatchMachine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        general = machine._take_notify
+
+        def counted(*args: Any) -> None:
+            self.count += 1
+            general(*args)
+
+        monkeypatch.setattr(machine, "_take_notify", counted)
+
+
+def settled_scene(monkeypatch: pytest.MonkeyPatch) -> tuple[Scene, Taken]:
+    """An active watch with a schedule, its decisions read and told, busy(0) offered."""
+    scene = Scene()
+    scene.schedule("n1")
+    actions = scene.read(scene.notify("active;expires=60", busy(0)),
+                         PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription", "statusChanged"]
+    return scene, Taken(scene.machine, monkeypatch)
+
+
+def test_a_notify_repeating_the_offered_state_is_not_taken_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene, taken = settled_scene(monkeypatch)
+    for _ in range(3):
+        scene.now += 20
+        assert scene.notify("active;expires=60", busy(0)) == []
+    assert taken.count == 0
+    # Still the same watch: the next change is delivered.
+    assert kinds(scene.notify("active;expires=60", busy(1))) == ["statusChanged"]
+    assert taken.count == 1
+
+
+def test_a_notify_with_another_document_or_state_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene, taken = settled_scene(monkeypatch)
+    assert kinds(scene.notify("active;expires=60", busy(1))) == ["statusChanged"]
+    assert scene.notify("pending;expires=60") == []
+    assert scene.watch.state is WatchState.PENDING and taken.count == 2
+    # Active again with the document offered before the pending: an
+    # activation, taken in full.
+    scene.notify("active;expires=60", busy(1))
+    assert taken.count == 3 and scene.watch.state is WatchState.ACTIVE
+    assert scene.notify("terminated;reason=deactivated") == []
+    assert taken.count == 4
+
+
+def test_a_repeated_notify_is_taken_when_the_decisions_changed_since_the_offer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene, taken = settled_scene(monkeypatch)
+    # Decisions replaced without an offer (the watch's decisions are never
+    # changed in place): the repeat tells them.
+    scene.watch.decisions = {A: False}
+    assert kinds(scene.notify("active;expires=60", busy(0))) == ["notifySubscription"]
+    assert taken.count == 1
+    assert scene.notify("active;expires=60", busy(0)) == []  # now settled again
+    assert taken.count == 1
+
+
+def test_a_repeated_notify_is_taken_while_the_decisions_are_withheld_or_unsettled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene, taken = settled_scene(monkeypatch)
+    scene.watch.withheld = True
+    scene.notify("active;expires=60", busy(0))
+    assert taken.count == 1
+    scene.watch.withheld = False
+    scene.watch.stale_after = scene.machine.rules.mark()
+    scene.notify("active;expires=60", busy(0))
+    assert taken.count == 2
+
+
+def test_a_repeated_empty_notify_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No body: nothing published (a fresh empty state each time), never a repeat.
+    scene, taken = settled_scene(monkeypatch)
+    scene.notify("active;expires=60")
+    scene.notify("active;expires=60")
+    assert taken.count == 2
+
+
 def test_repeated_failures_back_off_to_a_bound_and_start_over_once_read() -> None:
     scene = Scene()
     actions = scene.notify("active;expires=60", busy())
