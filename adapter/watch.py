@@ -56,7 +56,9 @@ call needs decisions that are not fresh.  A waiting watch holds what comes
 (NOTIFYs, schedule starts) and takes it in order once the read is in.
 Decisions that merely aged are read again *beside* the NOTIFYs, not before
 them, and only for a NOTIFY that changes the state (the one answering a
-refresh repeats it).
+refresh repeats it).  A Start made before a new dialog's first NOTIFY waits
+for it: that NOTIFY tells the state the server had when it accepted the
+subscription (RFC 6665 §4.2.1.2), the Start's own, however late it comes.
 
 Groups (RFC 4662 resource lists).  Every watch subscribes with
 ``Supported: eventlist``; a server that is a resource list server for the
@@ -502,6 +504,9 @@ class Watch:
     #: Schedules added and not begun yet (they wait for the rules): no state
     #: is offered to them before their start.
     unstarted = _Rare["set[str] | None"](None)
+    #: The new dialog's first NOTIFY has not come (None: it has): the Starts
+    #: made meanwhile, which wait for it (:meth:`WatchMachine._start`).
+    opening = _Rare["list[_Start] | None"](None)
     #: Waits before the re-subscribe attempts still to come.
     backoff = _Rare["tuple[float, ...]"](())
     why = _Rare[str]("")
@@ -1125,12 +1130,15 @@ class WatchMachine:
         self.rules.expire(now)
         if event.subscription_id != watch.subscription_id:
             return []  # of a dialog the watch left (re-subscribed, ended)
+        opening = watch.opening
+        if opening is not None:
+            watch.opening = None
         if watch.waiting:
             self._hold(watch, _HeldNotify(event, now))
-            return []
-        if self._repeats(watch, event, now):
-            return []
-        self._take_notify(watch, event, now, now)
+        elif not self._repeats(watch, event, now):
+            self._take_notify(watch, event, now, now)
+        for start in opening or ():
+            self._start(watch, start, now)  # behind the NOTIFY, held with it if it waits
         return self._take()
 
     def _repeats(self, watch: Watch, event: NotifyReceived, now: float) -> bool:
@@ -1401,6 +1409,8 @@ class WatchMachine:
         if not keep_state:
             self._enter(watch, WatchState.PENDING)
             watch.member = None
+            if watch.opening is None:  # Starts waiting for an earlier dialog's go on waiting
+                watch.opening = []
             for member in watch.listed.values():
                 if member.state is WatchState.ACTIVE:
                     self._enter(member, WatchState.PENDING)
@@ -1839,6 +1849,14 @@ class WatchMachine:
             self._file(schedule)
             return
         group = watch.group
+        opening = watch.opening
+        if opening is not None:
+            # RFC 6665 §4.2.1.2: the notifier sends a NOTIFY "immediately" on
+            # accepting the subscription, with the state it has then — the
+            # state current at this Start (its baseline, or what checkImmediate
+            # sends), not a change, even when it comes after the 2xx.
+            opening.append(start)
+            return
         if watch.waiting:
             # A member's state held back for its rules is its state current
             # at the Start: the held Start begins the member with it, once

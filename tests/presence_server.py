@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 from tests.certificates import Certificates
 from tests.rawsip import RawSipError, SipMessage, format_request, new_token
@@ -84,6 +84,13 @@ class PresenceServer:
     ``start()`` returns once the server answers SIP; ``stop()`` (TERM, then
     KILL) is safe to call more than once. Use as a context manager.
     """
+
+    #: The servers running now, for a failing test's report (tests/integration/conftest.py).
+    _running: ClassVar[set[PresenceServer]] = set()
+
+    @classmethod
+    def running(cls) -> list[PresenceServer]:
+        return list(cls._running)
 
     def __init__(
         self,
@@ -148,6 +155,18 @@ class PresenceServer:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def log_problems(self, lines: int = 30) -> str:
+        """The log's last ERROR and WARNING lines: its INFO lines, one per NOTIFY
+        sent, would bury them in a plain tail."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        problems = [
+            line for line in text.splitlines() if " ERROR: " in line or " WARNING: " in line
+        ]
+        return "\n".join(problems[-lines:]) or "(none)"
 
     def start(self, timeout: float = 10.0) -> None:
         if self.process is not None:
@@ -244,6 +263,7 @@ class PresenceServer:
             stdout=self._log,
             stderr=self._log,
         )
+        self._running.add(self)
 
     def _wait_ready(self, timeout: float) -> bool:
         """Poll with OPTIONS until a 200 comes back, the process dies or time is up."""
@@ -291,6 +311,7 @@ class PresenceServer:
     def _reap(self, timeout: float = 5.0) -> None:
         """TERM the server (run exec'd kamailio, so this is its main PID), then KILL."""
         process, self.process = self.process, None
+        self._running.discard(self)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

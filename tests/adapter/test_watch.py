@@ -87,6 +87,10 @@ class Scene:
                sid: int = 7) -> list[WatchAction]:
         return self.machine.notify(self.watch, notify(sid, state, *attributes), self.now)
 
+    def opened(self) -> None:
+        """The dialog's first NOTIFY (RFC 6665 §4.2.1.2): ALICE has not allowed BOB yet."""
+        assert self.notify("pending;expires=60") == []
+
     def terminate(self, reason: str, sid: int = 7, **kwargs: Any) -> list[WatchAction]:
         event = SubscriptionTerminated(sid, reason, **kwargs)
         return self.machine.terminated(self.watch, event, self.now)
@@ -104,6 +108,7 @@ class Scene:
 
 def test_notifies_while_the_rules_are_read_wait_and_keep_their_order() -> None:
     scene = Scene()
+    scene.opened()
     scene.schedule("n1")
     activation = scene.notify("active;expires=60", busy(0))
     assert kinds(activation) == []  # nothing offered before the decisions
@@ -222,6 +227,7 @@ def test_a_failed_first_read_shows_nothing_and_holds_what_comes() -> None:
 def test_the_timer_reads_again_and_the_held_state_comes_filtered_in_order() -> None:
     scene = Scene()
     scene.machine.subscribe(APP, BOB, ALICE, "app", frozenset({A, P}), Reference("r1", REF))
+    scene.opened()
     scene.schedule("n1")
     activation = scene.notify("active;expires=60", busy(0), office())
     (read,) = of(ReadRules, activation)
@@ -262,6 +268,7 @@ class Taken:
 def settled_scene(monkeypatch: pytest.MonkeyPatch) -> tuple[Scene, Taken]:
     """An active watch with a schedule, its decisions read and told, busy(0) offered."""
     scene = Scene()
+    scene.opened()
     scene.schedule("n1")
     actions = scene.read(scene.notify("active;expires=60", busy(0)),
                          PresRules().allow(BOB, {A: True}))
@@ -364,6 +371,7 @@ def at(minute: int) -> PresenceAttribute:
 
 def test_held_news_through_a_long_outage_keeps_state_changes_and_the_latest_document() -> None:
     scene = Scene()
+    scene.opened()
     scene.schedule("n1")
     (read,) = of(ReadRules, scene.notify("active;expires=60", at(0)))
     scene.machine.rules_failed(read.read, BUSY, scene.now)
@@ -510,6 +518,53 @@ def test_a_start_waits_behind_the_notifies_held_before_it() -> None:
     assert not scene.machine.start_pending(scene.watch, schedule)
 
 
+def test_a_start_before_the_dialog_s_first_notify_takes_its_state_as_the_baseline() -> None:
+    # The 2xx came, the NOTIFY sent with it not yet (a busy machine reads the
+    # two apart): the state it carries is the one current at the Start.
+    scene = Scene()
+    schedule = scene.schedule("n1")
+    assert not scene.machine.start_pending(scene.watch, schedule)  # the 201 waits for nothing
+    activation = scene.notify("active;expires=60", busy(0))
+    actions = scene.read(activation, PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription"]
+    assert kinds(scene.notify("active;expires=60", busy(1))) == ["statusChanged"]
+
+
+def test_a_start_with_check_immediate_before_the_first_notify_sends_its_state_once() -> None:
+    scene = Scene()
+    schedule = Schedule("n1", APP, f"/bayeux/{APP}/n1", BOB, ALICE)
+    scene.machine.add_schedule(scene.watch, schedule)
+    assert scene.machine.start_schedule(scene.watch, schedule, check_immediate=True,
+                                        now=scene.now) == []
+    actions = scene.read(scene.notify("active;expires=60", busy(0)),
+                         PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription", "statusChanged"]
+    assert of(Deliver, actions)[1].data["statusChanged"]["changedAttributes"] == [
+        attribute_to_json(busy(0))
+    ]
+
+
+def test_a_state_first_shown_after_a_pending_first_notify_is_news() -> None:
+    scene = Scene()
+    scene.schedule("n1")
+    scene.opened()  # the Start's baseline: nothing may be seen
+    activation = scene.notify("active;expires=60", busy(0))  # ALICE allowed BOB
+    actions = scene.read(activation, PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription", "statusChanged"]
+
+
+def test_a_start_waiting_for_the_first_notify_waits_for_the_next_dialog_s() -> None:
+    scene = Scene()
+    scene.schedule("n1")
+    scene.terminate("deactivated")  # before any NOTIFY: subscribed again at once
+    scene.machine.subscription_sent(scene.watch, 8)
+    scene.machine.subscription_accepted(scene.watch, 8)
+    actions = scene.read(scene.notify("active;expires=60", busy(0), sid=8),
+                         PresRules().allow(BOB, {A: True}))
+    assert kinds(actions) == ["notifySubscription"]
+    assert kinds(scene.notify("active;expires=60", busy(1), sid=8)) == ["statusChanged"]
+
+
 def test_the_events_of_a_dialog_the_watch_left_are_no_news() -> None:
     scene = Scene()
     scene.read(scene.notify("active;expires=60", busy()), PresRules().allow(BOB, {A: True}))
@@ -588,9 +643,11 @@ def test_a_single_watch_keeps_its_rare_fields_in_no_record_of_their_own() -> Non
     scene.read(activation, PresRules().allow(BOB, {A: True}))
     assert watch.resume is None and watch.rare is None
     assert watch.listed == {} and watch.rlmi is None and watch.backoff == ()
-    scene.terminate("deactivated")  # lost: a re-subscription is due after a back-off
+    scene.terminate("deactivated")  # lost: re-subscribed at once, then backs off
     assert watch.backoff and watch.why == "deactivated"
-    assert watch.rare == {"backoff": watch.backoff, "why": "deactivated"}
+    assert watch.rare == {"backoff": watch.backoff, "why": "deactivated", "opening": []}
+    scene.machine.subscription_sent(watch, 8)
+    scene.notify("active;expires=60", busy(1), sid=8)  # the new dialog's first
     watch.backoff, watch.why = (), ""
     assert watch.rare is None
 

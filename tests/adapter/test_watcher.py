@@ -245,6 +245,11 @@ class World:
         ))
         await settle()
 
+    async def opened(self) -> None:
+        """The new dialog's first NOTIFY (RFC 6665 §4.2.1.2): ALICE has not
+        allowed BOB yet, so a Start's baseline is that nothing may be seen."""
+        await self.notify("pending;expires=3600")
+
     async def terminate(self, reason: str) -> None:
         self.sip.live.discard(self.sip.last_id)
         self.sip.emit(SubscriptionTerminated(self.sip.last_id, reason))
@@ -505,6 +510,7 @@ def test_status_changed_only_carries_granted_attributes() -> None:
     async def scenario(w: World) -> None:
         w.xcap.rules = PresRules().allow(BOB, {A: True})
         assert await w.start("n1")
+        await w.opened()
         await w.notify("active;expires=3600", busy(), office(), work())
         ((app, channel, data),) = w.bayeux.take()
         assert (app, channel) == (APP, f"/bayeux/{APP}/n1")
@@ -806,6 +812,22 @@ def test_without_check_immediate_the_first_state_waits_for_the_end_of_the_period
     run(scenario)
 
 
+def test_the_state_in_the_notify_that_follows_the_start_s_2xx_is_no_change() -> None:
+    # The fake answers the SUBSCRIBE without its NOTIFY: the order a busy
+    # machine may read them in, the Start begun before the state is known.
+    async def scenario(w: World) -> None:
+        w.xcap.rules = PresRules().allow(BOB, {A: True})
+        assert await w.start("n1")
+        await w.notify("active;expires=3600", busy(0))
+        assert w.bayeux.sent == []
+        await w.notify("active;expires=3600", busy(1))
+        assert [data["statusChanged"]["changedAttributes"] for _, _, data in w.bayeux.sent] == [
+            [attribute_to_json(busy(1))],
+        ]
+
+    run(scenario)
+
+
 # -- going away -------------------------------------------------------------------
 
 
@@ -826,6 +848,7 @@ def test_a_notify_without_a_body_is_told_as_withdrawals_and_unreachable() -> Non
     async def scenario(w: World) -> None:
         reachability = frozenset({Criterion.REACHABLE, Criterion.UNREACHABLE})
         assert await w.start("n1", criteria=reachability)
+        await w.opened()
         await w.notify("active;expires=3600", busy(), office())
         assert w.bayeux.kinds() == ["statusChanged"]  # Reachable
         w.bayeux.take()
@@ -845,6 +868,7 @@ def test_a_notify_without_a_body_is_told_as_withdrawals_and_unreachable() -> Non
 def test_duration_ends_with_status_end_and_unsubscribes() -> None:
     async def scenario(w: World) -> None:
         assert await w.start("n1", deadline=EPOCH + 0.02)
+        await w.opened()
         await w.notify("active;expires=3600", busy(0))
         await w.advance(0.02)
         assert w.bayeux.kinds() == ["statusChanged", "statusEnd"]
@@ -897,6 +921,7 @@ def test_a_notify_on_an_active_watch_is_taken_at_once_without_a_task() -> None:
 def test_notifies_arriving_while_the_rules_are_read_keep_their_order() -> None:
     async def scenario(w: World) -> None:
         assert await w.start("n1")
+        await w.opened()
         w.xcap.gate = asyncio.Event()
         # Becoming active reads the rules (held back); the next NOTIFYs come
         # meanwhile and must not overtake the first.
@@ -926,6 +951,7 @@ def test_notifies_arriving_while_the_rules_are_read_keep_their_order() -> None:
 def test_a_schedules_progress_is_written_once_per_save_delay() -> None:
     async def scenario(w: World) -> None:
         assert await w.start("n1", remaining=10)
+        await w.opened()
         assert [p["remaining"] for p in w.store.schedule_puts()] == [10]  # before the 201
         for t in range(4):
             await w.notify("active;expires=3600", busy(t))
@@ -943,6 +969,7 @@ def test_a_schedules_progress_is_written_once_per_save_delay() -> None:
 def test_close_writes_the_progress_not_yet_written() -> None:
     async def scenario(w: World) -> None:
         assert await w.start("n1", remaining=10)
+        await w.opened()
         await w.notify("active;expires=3600", busy(0))
         await w.notify("active;expires=3600", busy(1))
         await w.service.close()
@@ -955,6 +982,7 @@ def test_close_writes_the_progress_not_yet_written() -> None:
 def test_an_ended_schedule_is_not_written_back_after_its_deletion() -> None:
     async def scenario(w: World) -> None:
         assert await w.start("n1", remaining=3)
+        await w.opened()
         await w.notify("active;expires=3600", busy(0))  # progress due in 0.05 s
         await w.notify("active;expires=3600", busy(1))
         await w.notify("active;expires=3600", busy(2))  # the last: statusEnd
@@ -970,6 +998,7 @@ def test_many_schedules_due_are_written_a_chunk_per_loop_turn() -> None:
     async def scenario(w: World) -> None:
         for n in range(5):
             assert await w.start(f"n{n}", remaining=10)
+        await w.opened()
         await w.notify("active;expires=3600", busy(0))
         assert w.bayeux.kinds() == ["statusChanged"] * 5
         # One ends while the others wait to be written: it is not written back.

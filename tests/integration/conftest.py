@@ -197,9 +197,15 @@ def adapter_factory(
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On a failure, append the tail of the log of every adapter process running."""
+    """On a failure, append the tail of the log of every adapter process running,
+    and the errors and warnings of every presence server (a Kamailio on sqlite
+    may fail a write after it has answered: "database is locked")."""
     report = yield
     if report.failed:
         for adapter in AdapterProcess.running():
             report.sections.append((f"adapter log {adapter.log_path}", adapter.log_tail()))
+        for server in PresenceServer.running():
+            report.sections.append(
+                (f"presence server errors {server.log_path}", server.log_problems())
+            )
     return report
