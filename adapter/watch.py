@@ -1135,27 +1135,25 @@ class WatchMachine:
             watch.opening = None
         if watch.waiting:
             self._hold(watch, _HeldNotify(event, now))
-        elif not self._repeats(watch, event, now):
+        elif not self._repeats(watch, event):
             self._take_notify(watch, event, now, now)
         for start in opening or ():
             self._start(watch, start, now)  # behind the NOTIFY, held with it if it waits
         return self._take()
 
-    def _repeats(self, watch: Watch, event: NotifyReceived, now: float) -> bool:
+    def _repeats(self, watch: Watch, event: NotifyReceived) -> bool:
         """Whether ``event`` only repeats what the watch last offered, under
         the decisions it holds, so that taking it in would change nothing.
 
         The notifier sends the whole state again on every refresh of the
-        subscription (RFC 3265 §3.1.6.2: "Upon successfully accepting or
-        refreshing a subscription, notifiers MUST send a NOTIFY message
-        immediately to communicate the current resource state") and, in
-        Kamailio, to every watcher on every refresh of a publication: in a
-        held gateway these are almost all of its NOTIFYs.  The same state token and the same
-        document, on an active single watch whose decisions are settled, go
-        through the general path as a series of no-ops: the member keeps its
-        document (same digest), the decisions were told, and a schedule
-        offered the state it already has sends nothing.  A schedule whose
-        deadline has passed ends on its own timer.
+        subscription (RFC 6665 §4.2.1.2) and, in Kamailio, to every watcher on
+        every refresh of a publication: in a held gateway these are almost all
+        of its NOTIFYs.  The same state token and the same document, on an
+        active single watch whose decisions are settled, go through the
+        general path as a series of no-ops: the member keeps its document
+        (same digest), the decisions were told, and a schedule offered the
+        state it already has sends nothing.  A schedule whose deadline has
+        passed ends on its own timer.
         """
         offered = watch.offered
         member = watch.member
