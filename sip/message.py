@@ -1040,7 +1040,8 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
     parse's shape (see :func:`_parse_lean`), with one Via of an unquoted
     branch, tagged From and To, Event, Subscription-State and at most one
     Contact.  None for anything else, and for anything :func:`parse_message`
-    refuses or reads otherwise: the caller then parses it as it would have.
+    refuses or reads otherwise, but for the tags (see :func:`_lean_tag`): the
+    caller then parses it as it would have.
 
     The values are those the typed accessors give, by the same cached
     parsers; the request line is checked as :func:`_start_line` checks it,
@@ -1088,12 +1089,13 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
 
 
 def _lean_tag(text: str) -> str | None:
-    """The tag of a From or To, checked as :func:`_check_name_addr` checks
-    the text; RemoteProtocolError where it raises."""
+    """The tag of a From or To, the address checked as :func:`_check_name_addr`
+    checks it (RemoteProtocolError where it raises).  A tag after a known
+    address is not checked to be a token: a NOTIFY's are only of use matched
+    to a dialog's, which are."""
     cut = text.rfind(";tag=")
-    tag = text[cut + 5 :]
-    if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(tag):
-        return tag
+    if cut > 0 and text[:cut] in _NAME_ADDRS:
+        return text[cut + 5 :]
     return _name_addr(text).tag
 
 

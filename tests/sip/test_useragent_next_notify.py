@@ -185,6 +185,7 @@ _REFUSED: dict[str, Callable[[Twins], bytes | tuple[bytes, Destination]]] = {
         headers=lambda h: h.set("To", str(t.subscribe.from_.with_tag("other")))),
     "another From tag": lambda t: t.build(
         headers=lambda h: h.set("From", str(t.subscribe.to.with_tag("fork2")))),
+    "a To tag with more after it": lambda t: _more_after_to_tag(t),
     "an unknown Call-ID": lambda t: t.build(headers=lambda h: h.set("Call-ID", "nobody")),
     "a compact Call-ID": lambda t: t.build().replace(b"\r\nCall-ID: ", b"\r\ni: ", 1),
     "a header folded": lambda t: t.build().replace(b"\r\nEvent: ", b"\r\nEvent:\r\n ", 1),
@@ -199,6 +200,15 @@ _REFUSED: dict[str, Callable[[Twins], bytes | tuple[bytes, Destination]]] = {
     "not NOTIFY in CSeq": lambda t: t.build(headers=lambda h: h.set("CSeq", f"{t.cseq} INFO")),
     "from a host not the server": _untrusted,
 }
+
+
+def _more_after_to_tag(t: Twins) -> bytes:
+    tag = t.subscribe.from_.tag
+    assert tag is not None
+    data = t.build()
+    edited = data.replace(f";tag={tag}\r\n".encode(), f";tag={tag} x\r\n".encode(), 1)
+    assert edited != data
+    return edited
 
 
 def _again(t: Twins) -> bytes:
