@@ -23,6 +23,10 @@ is *not* timed.  Timed, per refresh, in three variants run side by side:
   and ``datagram_received``, f-strings and regexes, no parser, no
   transactions) on the same messages.
 
+``--notify active`` makes each NOTIFY what a held watch gets: active, with
+the captured PIDF document (tests/data/kamailio/09-notify-active-again-1.txt)
+as its body, instead of the default pending one without a body.
+
 Subscriptions are set up first (not timed); then every one is refreshed
 ``--rounds`` times.  Figures are µs of CPU (``time.process_time``, the
 timed calls only) per refresh, best of ``--repeat`` runs, with the ratio to
@@ -70,10 +74,22 @@ _CSEQ = re.compile(rb"\r\nCSeq: ([^\r\n]+)")
 _CONTACT = re.compile(rb"\r\nContact: <([^>\r\n]+)>")
 
 
+# The document of tests/data/kamailio/09-notify-active-again-1.txt.
+PIDF = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\r\n'
+    b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com">\r\n'
+    b'  <tuple id="t1">\r\n    <status><basic>open</basic></status>\r\n'
+    b"    <note>at my desk</note>\r\n  </tuple>\r\n</presence>\r\n"
+)
+# The NOTIFY's state and body: "pending" (the default) or "active".
+NOTIFY_STATE = "pending"
+
+
 class Notifier:
     """The presence server's side, as text templates (not timed)."""
 
     def __init__(self) -> None:
+        self.active = NOTIFY_STATE == "active"
         self.remote_tags: dict[bytes, str] = {}
         self.notify_cseq: dict[bytes, int] = {}
         self.serial = 0
@@ -107,12 +123,15 @@ class Notifier:
             f"Via: SIP/2.0/UDP {SERVER[0]}:{SERVER[1]};branch=z9hG4bK{self.serial:x}"
             ".791dad16000000000000000000000000.0\r\n"
             f"To: {from_.decode()}\r\nFrom: {to.decode()}\r\n"
-            f"CSeq: {seq} NOTIFY\r\nCall-ID: {call_id.decode()}\r\nContent-Length: 0\r\n"
+            f"CSeq: {seq} NOTIFY\r\nCall-ID: {call_id.decode()}\r\n"
+            f"Content-Length: {len(PIDF) if self.active else 0}\r\n"
             "User-Agent: presence-adapter bundled presence server (Kamailio)\r\n"
             f"Max-Forwards: 70\r\nEvent: presence\r\n"
             f"Contact: <sip:{SERVER[0]}:{SERVER[1]};transport=udp>\r\n"
-            f"Subscription-State: pending;expires={EXPIRES}\r\n\r\n"
-        ).encode()
+            + (f"Subscription-State: active;expires={EXPIRES}\r\n"
+               "Content-Type: application/pidf+xml\r\n\r\n" if self.active else
+               f"Subscription-State: pending;expires={EXPIRES}\r\n\r\n")
+        ).encode() + (PIDF if self.active else b"")
         return ok, notify
 
 
@@ -301,20 +320,24 @@ def measure(variant: str, subscriptions: int, rounds: int) -> tuple[float, int]:
     return asyncio.run(run_raw(subscriptions, rounds))
 
 
-def measure_us(variant: str, subscriptions: int, rounds: int) -> float:
+def measure_us(variant: str, subscriptions: int, rounds: int, notify: str = "pending") -> float:
     """µs of CPU per refresh: what a child run from another tree prints."""
+    global NOTIFY_STATE
+    NOTIFY_STATE = notify
     cpu, refreshes = measure(variant, subscriptions, rounds)
     return cpu / refreshes * 1e6
 
 
-def measure_reference(tree: str, variant: str, subscriptions: int, rounds: int) -> float:
+def measure_reference(
+    tree: str, variant: str, subscriptions: int, rounds: int, notify: str
+) -> float:
     """:func:`measure_us` in a child process whose ``sip`` comes from ``tree``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trees import run_from_tree
 
-    call = "bench.measure_us(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))"
+    call = "bench.measure_us(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])"
     return float(run_from_tree(Path(__file__), tree, call, variant, str(subscriptions),
-                               str(rounds)))
+                               str(rounds), notify))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,11 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="refreshes per subscription")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best kept)")
     parser.add_argument("--variants", default="raw,ua,endpoint")
+    parser.add_argument("--notify", choices=("pending", "active"), default="pending",
+                        help="the NOTIFY's state; active carries a PIDF body")
     parser.add_argument("--reference", metavar="DIR",
                         help="also run ua and endpoint from this source tree, for the ratio")
     parser.add_argument("--profile", choices=("ua", "endpoint", "raw"),
                         help="run one variant under cProfile and print the top functions")
     args = parser.parse_args(argv)
+    global NOTIFY_STATE
+    NOTIFY_STATE = args.notify
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -340,14 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     reference: dict[str, float] = {}
     for _ in range(args.repeat):
         for variant in variants:  # interleaved, so machine noise falls on all
-            per = measure_us(variant, args.subscriptions, args.rounds)
+            per = measure_us(variant, args.subscriptions, args.rounds, args.notify)
             best[variant] = min(best.get(variant, per), per)
             if args.reference and variant != "raw":
                 per = measure_reference(args.reference, variant, args.subscriptions,
-                                        args.rounds)
+                                        args.rounds, args.notify)
                 reference[variant] = min(reference.get(variant, per), per)
     print(f"{args.subscriptions:,} subscriptions x {args.rounds} refreshes, best of "
-          f"{args.repeat}; µs CPU per refresh (SUBSCRIBE + 200 + NOTIFY + 200)")
+          f"{args.repeat}; µs CPU per refresh (SUBSCRIBE + 200 + NOTIFY + 200), "
+          f"the NOTIFY {args.notify}")
     for variant in variants:
         ratio = f"  {best[variant] / best['raw']:5.2f}x raw" if "raw" in best else ""
         if variant in reference:

@@ -38,12 +38,14 @@ __all__ = [
     "DEFAULT_MAX_STREAM_MESSAGE",
     "REASON_PHRASES",
     "Headers",
+    "LeanNotify",
     "Message",
     "Request",
     "Response",
     "StreamParser",
     "is_keepalive",
     "parse_message",
+    "read_lean_notify",
 ]
 
 # The largest UDP payload over IPv4; nothing larger can arrive as one datagram.
@@ -369,6 +371,19 @@ def _via(text: str) -> Via:
     sent-by.  Without quotes or angle brackets, every ";" of a Via opens a
     parameter, so the branch goes back in at the place it was read from.
     """
+    split = _via_branch(text)
+    if split is not None:
+        base, branch, cut = split
+        params = base.params
+        at = text.count(";", 0, cut)
+        return Via(base.transport, base.host, base.port,
+                   (*params[:at], ("branch", branch), *params[at:]), base.protocol)
+    return Via.parse(text)
+
+
+def _via_branch(text: str) -> tuple[Via, str, int] | None:
+    """The Via of ``text`` without its branch (cached), the branch, and where
+    it was cut out; None when ``text`` is not of that simple shape."""
     cut = text.find(";branch=")
     if cut > 0 and '"' not in text and "<" not in text:
         end = text.find(";", cut + 8)
@@ -382,13 +397,9 @@ def _via(text: str) -> Via:
                 try:
                     base = _parse_cached(_VIAS, Via.parse, rest)
                 except RemoteProtocolError:
-                    base = None  # let the whole text's parse say what is wrong
-            if base is not None:
-                params = base.params
-                at = text.count(";", 0, cut)
-                return Via(base.transport, base.host, base.port,
-                           (*params[:at], ("branch", branch), *params[at:]), base.protocol)
-    return Via.parse(text)
+                    return None  # let the whole text's parse say what is wrong
+            return base, branch, cut
+    return None
 
 
 def _event(text: str) -> Event:
@@ -921,6 +932,42 @@ def _parse_lean(data: bytes) -> Message | None:
     the per-line work done by ``str`` and ``dict`` methods, and with the
     typed Via, Call-ID and CSeq kept for the accessors.
     """
+    split = _lean_head(data)
+    if split is None:
+        return None
+    lines, fields, end = split
+    keys = _KEYS
+    # Stripped as the full parse strips every value (§7.3.1 LWS).
+    items = [(keys[name], name, value.strip()) for name, value in fields.items()]
+    headers = Headers()
+    headers._items = items
+    try:
+        via = fields["Via"].strip()
+        call_id = _call_id(fields["Call-ID"].strip())
+        _check_name_addr(fields["From"].strip())
+        _check_name_addr(fields["To"].strip())
+        cseq = _cseq(fields["CSeq"].strip())
+        body = _lean_body(data, end, fields)
+        if body is None:
+            return None
+        if "," in via or not via:
+            return None  # several Vias in one line: the full parse splits them
+        vias = (_via(via),)
+        msg = _start_line(lines[0], headers, body)
+    except (KeyError, RemoteProtocolError):
+        return None  # a header missing or malformed: the full parse says which
+    if isinstance(msg, Request) and cseq.method != msg.method:
+        return None
+    # From and To are made on first access: a refresh's 200 needs neither.
+    msg._cache = {"via": vias, "call-id": call_id, "cseq": cseq}
+    msg._cache_headers = headers
+    msg._cache_version = headers._version
+    return msg
+
+
+def _lean_head(data: bytes) -> tuple[list[str], dict[str, str], int] | None:
+    """The head of ``data`` in the lean parse's shape (see :func:`_parse_lean`):
+    its lines, its fields by name (values unstripped), and where it ends."""
     end = data.find(b"\r\n\r\n")
     if end <= 0 or data.startswith(b"\r\n"):
         return None
@@ -936,43 +983,120 @@ def _parse_lean(data: bytes) -> Message | None:
         return None
     if len(fields) != len(lines) - 1 or not _LEAN_NAMES.issuperset(fields):
         return None
-    keys = _KEYS
-    # Stripped as the full parse strips every value (§7.3.1 LWS).
-    items = [(keys[name], name, value.strip()) for name, value in fields.items()]
-    headers = Headers()
-    headers._items = items
-    try:
-        via = fields["Via"].strip()
-        call_id = _call_id(fields["Call-ID"].strip())
-        _check_name_addr(fields["From"].strip())
-        _check_name_addr(fields["To"].strip())
-        cseq = _cseq(fields["CSeq"].strip())
-        length = fields.get("Content-Length")
-        body_start = end + 4
-        if length is None:
-            body = data[body_start:]
-        else:
-            # As _content_length reads it (here the field is there once).
-            length = length.strip()
-            if not length.isdigit() or not length.isascii() or len(length) > 12:
-                return None
-            stop = body_start + int(length)
-            if stop > len(data):
-                return None
-            body = data[body_start:stop]
-        if "," in via or not via:
-            return None  # several Vias in one line: the full parse splits them
-        vias = (_via(via),)
-        msg = _start_line(lines[0], headers, bytes(body))
-    except (KeyError, RemoteProtocolError):
-        return None  # a header missing or malformed: the full parse says which
-    if isinstance(msg, Request) and cseq.method != msg.method:
+    return lines, fields, end
+
+
+def _lean_body(data: bytes, end: int, fields: dict[str, str]) -> bytes | None:
+    """The body after the head ending at ``end``, as :func:`_content_length`
+    and §18.3 frame it; None where the full parse has something to say."""
+    length = fields.get("Content-Length")
+    body_start = end + 4
+    if length is None:
+        return bytes(data[body_start:])  # the same object when data is bytes
+    # As _content_length reads it (here the field is there once).
+    length = length.strip()
+    if not length.isdigit() or not length.isascii() or len(length) > 12:
         return None
-    # From and To are made on first access: a refresh's 200 needs neither.
-    msg._cache = {"via": vias, "call-id": call_id, "cseq": cseq}
-    msg._cache_headers = headers
-    msg._cache_version = headers._version
-    return msg
+    stop = body_start + int(length)
+    if stop > len(data):
+        return None
+    return bytes(data[body_start:stop])
+
+
+@dataclass(slots=True)
+class LeanNotify:
+    """A NOTIFY as :func:`read_lean_notify` reads it: what a subscriber needs
+    to take one within a dialog and answer it, with no Request made."""
+
+    via: str
+    #: The top Via without its branch (shared by every NOTIFY of the server).
+    via_base: Via
+    branch: str
+    from_: str
+    from_tag: str
+    to: str
+    to_tag: str
+    call_id: str
+    cseq: int
+    cseq_text: str
+    event: Event
+    state: SubscriptionState
+    contact: NameAddr | None
+    content_type: str | None
+    body: bytes
+
+    def answer(self) -> bytes:
+        """``Request.response_bytes(200)`` of the request read: a final
+        response echoes Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2;
+        the To has its tag already)."""
+        return (
+            f"SIP/2.0 200 OK\r\nVia: {self.via}\r\nFrom: {self.from_}\r\nTo: {self.to}\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: {self.cseq_text}\r\nContent-Length: 0\r\n\r\n"
+        ).encode("utf-8", "surrogateescape")
+
+
+def read_lean_notify(data: bytes) -> LeanNotify | None:
+    """A NOTIFY of a dialog, read without making a Request: in the lean
+    parse's shape (see :func:`_parse_lean`), with one Via of an unquoted
+    branch, tagged From and To, Event, Subscription-State and at most one
+    Contact.  None for anything else, and for anything :func:`parse_message`
+    refuses or reads otherwise, but for the tags (see :func:`_lean_tag`): the
+    caller then parses it as it would have.
+
+    The values are those the typed accessors give, by the same cached
+    parsers; the request line is checked as :func:`_start_line` checks it,
+    more strictly (the method and version as spelled here).
+    """
+    split = _lean_head(data)
+    if split is None:
+        return None
+    lines, fields, end = split
+    start = lines[0].split(" ")
+    if len(start) != 3 or start[0] != "NOTIFY" or start[2] != "SIP/2.0":
+        return None
+    try:
+        _uri(start[1])
+        via = fields["Via"].strip()
+        top = None if "," in via else _via_branch(via)
+        from_ = fields["From"].strip()
+        to = fields["To"].strip()
+        from_tag = _lean_tag(from_)
+        to_tag = _lean_tag(to)
+        call_id = _call_id(fields["Call-ID"].strip())
+        cseq_text = fields["CSeq"].strip()
+        cseq = _cseq(cseq_text)
+        event = _event(fields["Event"].strip())
+        state = _subscription_state(fields["Subscription-State"].strip())
+        contact_text = fields.get("Contact")
+        contact = None
+        if contact_text is not None:
+            contact_text = contact_text.strip()
+            if "," in contact_text:
+                return None  # perhaps several: the accessor splits them
+            contact = _name_addr(contact_text)
+        body = _lean_body(data, end, fields)
+    except (KeyError, RemoteProtocolError):
+        return None
+    if top is None or from_tag is None or to_tag is None or body is None:
+        return None
+    if cseq.method != "NOTIFY":
+        return None
+    content_type = fields.get("Content-Type")
+    return LeanNotify(
+        via, top[0], top[1], from_, from_tag, to, to_tag, call_id, cseq.seq, cseq_text,
+        event, state, contact, None if content_type is None else content_type.strip(), body,
+    )
+
+
+def _lean_tag(text: str) -> str | None:
+    """The tag of a From or To, the address checked as :func:`_check_name_addr`
+    checks it (RemoteProtocolError where it raises).  A tag after a known
+    address is not checked to be a token: a NOTIFY's are only of use matched
+    to a dialog's, which are."""
+    cut = text.rfind(";tag=")
+    if cut > 0 and text[:cut] in _NAME_ADDRS:
+        return text[cut + 5 :]
+    return _name_addr(text).tag
 
 
 def is_keepalive(data: bytes) -> bool:

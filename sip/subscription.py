@@ -478,6 +478,39 @@ class Subscription:
             actions.extend(self.unsubscribe(now))
         return 200, actions
 
+    def receive_next_notify(
+        self,
+        cseq: int,
+        state: SubscriptionState,
+        remote_target: SipURI | None,
+        body: bytes,
+        content_type: str | None,
+        now: float,
+    ) -> NotifyReceived | None:
+        """:meth:`receive_notify` for the NOTIFY that nearly all are: the next
+        in the CSeq order of an active dialog, keeping it active.  Its event,
+        or None, nothing changed, for any other (which ``receive_notify``
+        takes).  The headers were read and checked by the caller."""
+        last = self._remote_cseq
+        if (
+            last is None
+            or cseq != last + 1
+            or self.state is not SubscriptionPhase.ACTIVE
+            or state.state != "active"
+            or self._unsubscribe_pending
+            or self.remote_tag is None
+        ):
+            return None
+        self._remote_cseq = cseq
+        if remote_target is not None:
+            # RFC 6665 §4.1.3: a NOTIFY may update the remote target.
+            self.remote_target = remote_target
+        self._deadline_n = None
+        if state.expires is not None:
+            # RFC 6665 §4.1.3: the "expires" parameter is authoritative.
+            self._arm(state.expires, now)
+        return NotifyReceived(self.id, state, body, content_type)
+
     def restamp(self, request: Request) -> Request:
         """The same request with the next CSeq (RFC 3261 §22.2 auth retry)."""
         self._local_cseq += 1

@@ -88,6 +88,7 @@ __all__ = [
     "Transmit",
     "TransportFailed",
     "client_key",
+    "lean_server_key",
     "new_branch",
     "server_key",
 ]
@@ -177,19 +178,26 @@ def _top_via(message: Request | Response) -> tuple[Via, str]:
     if top is None:
         raise RemoteProtocolError("message has no Via header")
     branch = top.branch
-    if branch is None or not branch.startswith(MAGIC_COOKIE) or branch == MAGIC_COOKIE:
+    if branch is None or not _rfc3261_branch(branch):
         # RFC 2543 peers (no cookie) would need the §17.2.3 fallback matching.
         raise RemoteProtocolError(f"top Via has no RFC 3261 branch: {branch!r}")
     return top, branch
 
 
+def _rfc3261_branch(branch: str) -> bool:
+    return branch.startswith(MAGIC_COOKIE) and branch != MAGIC_COOKIE
+
+
+def _sent_by(top: Via) -> str:
+    # Host names compare case-insensitively (§19.1.4); the port as sent.
+    host = top.host.lower()
+    return host if top.port is None else f"{host}:{top.port}"
+
+
 def _top_branch(message: Request | Response) -> tuple[str, str]:
     """(branch, sent-by) of the top Via, or RemoteProtocolError."""
     top, branch = _top_via(message)
-    # Host names compare case-insensitively (§19.1.4); the port as sent.
-    host = top.host.lower()
-    sent_by = host if top.port is None else f"{host}:{top.port}"
-    return branch, sent_by
+    return branch, _sent_by(top)
 
 
 def client_key(message: Request | Response) -> ClientKey:
@@ -219,6 +227,15 @@ def server_key(request: Request) -> ServerKey:
     branch, sent_by = _top_branch(request)
     method = "INVITE" if request.method == "ACK" else request.method
     return branch, sent_by, method
+
+
+def lean_server_key(top: Via, branch: str, method: str) -> ServerKey | None:
+    """:func:`server_key` of a request read without making it (the top Via
+    without its branch, the branch, the method: not ACK); None where
+    ``server_key`` would raise."""
+    if not _rfc3261_branch(branch):
+        return None
+    return branch, _sent_by(top), method
 
 
 def _check_non_invite(request: Request) -> None:

@@ -100,7 +100,7 @@ from typing import Any, Literal
 from . import digest
 from .errors import RemoteProtocolError
 from .headers import Via
-from .message import Headers, Request, Response, parse_message
+from .message import Headers, Request, Response, parse_message, read_lean_notify
 from .publication import Publication, PublicationEvent, PublicationState, RefreshPolicy
 from .subscription import Action as SubscriptionAction
 from .subscription import (
@@ -124,6 +124,7 @@ from .transaction import (
     Transmit,
     TransportFailed,
     client_key,
+    lean_server_key,
     server_key,
 )
 from .uri import SipURI
@@ -270,6 +271,7 @@ EVENTLIST_ACCEPT = ("application/pidf+xml", "application/rlmi+xml", "multipart/r
 _CONTACTS_MAX = 4096
 # Tokens drawn from a system random generator per read of it (64 bits each).
 _TOKEN_BATCH = 64
+_NOTIFY_200 = ("NOTIFY", 200)
 
 
 class _Probe:
@@ -689,6 +691,8 @@ class UserAgent:
         """One UDP datagram."""
         if not data.strip(b"\r\n"):
             return  # RFC 5626 §4.4.1 keep-alive
+        if data.startswith(b"NOTIFY ") and self._receive_next_notify(data, source, now):
+            return
         try:
             message = parse_message(data)
         except RemoteProtocolError as exc:
@@ -1210,6 +1214,52 @@ class UserAgent:
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
+
+    def _receive_next_notify(self, data: bytes, source: Destination, now: float) -> bool:
+        """A datagram that is the next NOTIFY of an active dialog, keeping it
+        active, answered and taken from its bytes; False, nothing done, for
+        any other, which :meth:`_receive_request` then takes.
+
+        Every refresh of a subscription brings such a NOTIFY (RFC 6665
+        §4.2.1.2), and a presence server may send one to every watcher on
+        each refresh of a publication: in a gateway holding many dialogs they
+        are nearly all its traffic.  The outcome is the general path's — the
+        same answer, server transaction record, dialog state and event — from
+        the fields it reads, without the Request and its typed headers.
+        """
+        if source.host not in self._trusted:
+            return False
+        notify = read_lean_notify(data)
+        if notify is None:
+            return False
+        subscription = self._dialogs.get(notify.call_id)
+        if (
+            subscription is None
+            or subscription.local_tag != notify.to_tag
+            or subscription.remote_tag != notify.from_tag
+            or notify.event.package.lower() != subscription.event.lower()
+        ):
+            return False
+        key = lean_server_key(notify.via_base, notify.branch, "NOTIFY")
+        if key is None or key in self._completed:
+            return False  # a retransmission is answered again there (§17.2.2)
+        contact = notify.contact
+        remote_target = None if contact is None else contact.uri
+        if remote_target is not None and not isinstance(remote_target, SipURI):
+            return False  # the general path says what is wrong with it
+        event = subscription.receive_next_notify(
+            notify.cseq, notify.state, remote_target, notify.body, notify.content_type, now
+        )
+        if event is None:
+            return False
+        self._datagrams.append((notify.answer(), source))
+        answered = self.counters.answered
+        answered[_NOTIFY_200] = answered.get(_NOTIFY_200, 0) + 1
+        if source.transport == "udp":
+            self._complete(key, 200, now)
+        self._events.append(event)
+        self._file_timer(subscription.id, subscription.get_timer())
+        return True
 
     def _resent_notify(self, key: ServerKey, request: Request, now: float) -> None:
         copies = self._resent.get(key, 0) + 1

@@ -1,0 +1,302 @@
+"""The user agent's byte path for the next NOTIFY of an active dialog.
+
+``UserAgent._receive_next_notify`` takes most NOTIFYs without making a
+Request.  Its outcome must be the general path's, whatever arrives: every
+test here feeds the same bytes to two user agents made alike, one of which
+takes every NOTIFY through the general path, and compares all they send,
+tell and keep.  Each also says whether the byte path was the one taken, so
+that a comparison cannot pass because neither side used it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sip.errors import RemoteProtocolError
+from sip.message import Headers, Request, parse_message, read_lean_notify
+from sip.subscription import NotifyReceived
+from sip.transaction import MAGIC_COOKIE
+from sip.useragent import Destination, UserAgent
+from tests.sip.test_useragent import NOTIFIER_ADDR, PIDF, Net, subscribed
+
+
+class _Counted(UserAgent):
+    """Counts the NOTIFYs the byte path took."""
+
+    taken = 0
+
+    def _receive_next_notify(self, data: bytes, source: Destination, now: float) -> bool:
+        took = super()._receive_next_notify(data, source, now)
+        self.taken += took
+        return took
+
+
+class _GeneralOnly(UserAgent):
+    """Every NOTIFY through the general path: the reference."""
+
+    def _receive_next_notify(self, data: bytes, source: Destination, now: float) -> bool:
+        return False
+
+
+@dataclass
+class Twins:
+    lean: Net
+    general: Net
+    sub_id: int
+    subscribe: Request
+    cseq: int = 1
+    branch: int = 0
+
+    def build(
+        self,
+        state: str = "active;expires=3600",
+        *,
+        body: bytes = PIDF,
+        cseq: int | None = None,
+        headers: Callable[[Headers], object] | None = None,
+    ) -> bytes:
+        """The next NOTIFY of the dialog (or with ``cseq``), edited by ``headers``."""
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        self.branch += 1
+        h = Headers()
+        h.add("Via", f"SIP/2.0/UDP 127.0.0.1:5071;branch={MAGIC_COOKIE}x{self.branch}")
+        h.add("Max-Forwards", "70")
+        h.add("From", str(self.subscribe.to.with_tag("srvtag")))
+        h.add("To", str(self.subscribe.from_))
+        h.add("Call-ID", self.subscribe.call_id)
+        h.add("CSeq", f"{cseq} NOTIFY")
+        h.add("Event", "presence")
+        h.add("Subscription-State", state)
+        h.add("Contact", "<sip:presence@127.0.0.1:5070>")
+        if body:
+            h.add("Content-Type", "application/pidf+xml")
+        if headers is not None:
+            headers(h)
+        return bytes(Request("NOTIFY", self.subscribe.contacts[0].sip_uri, h, body))
+
+    def feed(self, data: bytes, source: Destination = NOTIFIER_ADDR) -> bool:
+        """``data`` to both; asserts they did the same; whether the byte path took it."""
+        lean = self.lean.ua
+        assert isinstance(lean, _Counted)
+        before = lean.taken
+        for net in (self.lean, self.general):
+            net.ua.receive(data, source, net.now)
+        assert_same(self)
+        return lean.taken > before
+
+    def run_until(self, instant: float) -> None:
+        for net in (self.lean, self.general):
+            net.run_until(instant)
+        assert_same(self)
+
+
+def twins() -> Twins:
+    lean, general = Net(), Net()
+    lean.ua.__class__ = _Counted
+    general.ua.__class__ = _GeneralOnly
+    sub_id, subscribe = subscribed(lean)
+    assert subscribed(general) == (sub_id, subscribe)
+    return Twins(lean, general, sub_id, subscribe, cseq=lean.notify_cseq)
+
+
+def _kept(net: Net, sub_id: int) -> tuple[object, ...]:
+    ua = net.ua
+    s = ua.subscription(sub_id)
+    dialog = None if s is None else (
+        s.state, s.remote_tag, s.remote_target, s._remote_cseq, s._missing, s.expires_at,
+        s._refresh_at, s._deadline_n, s.get_timer(),
+    )
+    return (dialog, dict(ua._completed), dict(ua._expiring), dict(ua._resent),
+            dict(ua.counters.answered), ua.get_timer())
+
+
+def assert_same(t: Twins) -> None:
+    assert t.lean.ua.datagrams_to_send() == t.general.ua.datagrams_to_send()
+    assert t.lean.events() == t.general.events()
+    assert _kept(t.lean, t.sub_id) == _kept(t.general, t.sub_id)
+
+
+# -- what the byte path takes ---------------------------------------------------------
+
+
+def test_the_next_notify_is_taken_and_answered_as_the_general_path_would() -> None:
+    t = twins()
+    t.lean.ua.datagrams_to_send()
+    data = t.build()
+    t.lean.ua.receive(data, NOTIFIER_ADDR, t.lean.now)
+    answer = t.lean.ua.datagrams_to_send()
+    t.general.ua.receive(data, NOTIFIER_ADDR, t.general.now)
+    assert answer == t.general.ua.datagrams_to_send()
+    assert answer == [(parse_message(data).response_bytes(200), NOTIFIER_ADDR)]  # type: ignore[union-attr]
+    assert isinstance(t.lean.ua, _Counted) and t.lean.ua.taken == 1
+    events = t.lean.events()
+    assert events == t.general.events()
+    assert events == [NotifyReceived(t.sub_id, events[0].state, PIDF, "application/pidf+xml")]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "edit", ["same", "new body", "no body", "new expires", "new contact", "more headers"]
+)
+def test_the_next_notify_of_an_active_dialog_takes_the_byte_path(edit: str) -> None:
+    t = twins()
+    data = {
+        "same": lambda: t.build(),
+        "new body": lambda: t.build(body=PIDF.replace(b"alice", b"alice2")),
+        "no body": lambda: t.build(body=b""),
+        "new expires": lambda: t.build("active;expires=120"),
+        "new contact": lambda: t.build(
+            headers=lambda h: h.set("Contact", "<sip:p2@127.0.0.1:5072>")),
+        "more headers": lambda: t.build(headers=_more),
+    }[edit]()
+    assert t.feed(data)
+    # And the dialog goes on from there alike: the refresh, its timers.
+    t.run_until(4000.0)
+
+
+def _more(h: Headers) -> None:
+    h.add("User-Agent", "a presence server")
+    h.add("Require", "eventlist")
+    h.add("Supported", "eventlist")
+
+
+def _untrusted(t: Twins) -> tuple[bytes, Destination]:
+    return t.build(), Destination("udp", "192.0.2.9", 5060)
+
+
+# Each: what to feed, made from the twins, and why the byte path leaves it.
+_REFUSED: dict[str, Callable[[Twins], bytes | tuple[bytes, Destination]]] = {
+    "a retransmission": lambda t: _again(t),
+    "a CSeq skipped": lambda t: t.build(cseq=t.cseq + 2),
+    "an older CSeq": lambda t: t.build(cseq=t.cseq - 1),
+    "pending": lambda t: t.build("pending;expires=3600"),
+    "terminated": lambda t: t.build("terminated;reason=noresource"),
+    "active spelled otherwise": lambda t: t.build("Active;expires=3600"),
+    "no Subscription-State": lambda t: t.build(headers=lambda h: h.remove("Subscription-State")),
+    "no Event": lambda t: t.build(headers=lambda h: h.remove("Event")),
+    "another event": lambda t: t.build(headers=lambda h: h.set("Event", "dialog")),
+    "another To tag": lambda t: t.build(
+        headers=lambda h: h.set("To", str(t.subscribe.from_.with_tag("other")))),
+    "another From tag": lambda t: t.build(
+        headers=lambda h: h.set("From", str(t.subscribe.to.with_tag("fork2")))),
+    "a To tag with more after it": lambda t: _more_after_to_tag(t),
+    "an unknown Call-ID": lambda t: t.build(headers=lambda h: h.set("Call-ID", "nobody")),
+    "a compact Call-ID": lambda t: t.build().replace(b"\r\nCall-ID: ", b"\r\ni: ", 1),
+    "a header folded": lambda t: t.build().replace(b"\r\nEvent: ", b"\r\nEvent:\r\n ", 1),
+    "two Vias": lambda t: t.build(headers=lambda h: h.add(
+        "Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy")),
+    "a Via without the magic cookie": lambda t: t.build(
+        headers=lambda h: h.set("Via", "SIP/2.0/UDP 127.0.0.1:5071;branch=old1")),
+    "a Contact not SIP": lambda t: t.build(headers=lambda h: h.set("Contact", "<tel:+15550100>")),
+    "two Contacts": lambda t: t.build(headers=lambda h: h.set(
+        "Contact", "<sip:a@127.0.0.1>, <sip:b@127.0.0.1>")),
+    "a body cut short": lambda t: t.build()[:-5],
+    "not NOTIFY in CSeq": lambda t: t.build(headers=lambda h: h.set("CSeq", f"{t.cseq} INFO")),
+    "from a host not the server": _untrusted,
+}
+
+
+def _more_after_to_tag(t: Twins) -> bytes:
+    tag = t.subscribe.from_.tag
+    assert tag is not None
+    data = t.build()
+    edited = data.replace(f";tag={tag}\r\n".encode(), f";tag={tag} x\r\n".encode(), 1)
+    assert edited != data
+    return edited
+
+
+def _again(t: Twins) -> bytes:
+    data = t.build()
+    assert t.feed(data)
+    return data
+
+
+@pytest.mark.parametrize("case", sorted(_REFUSED))
+def test_any_other_notify_takes_the_general_path_with_the_same_outcome(case: str) -> None:
+    t = twins()
+    made = _REFUSED[case](t)
+    data, source = made if isinstance(made, tuple) else (made, NOTIFIER_ADDR)
+    assert not t.feed(data, source)
+    # The next NOTIFY after it: taken or not, both sides still agree.
+    t.feed(t.build())
+    t.run_until(4000.0)
+
+
+def test_a_notify_while_unsubscribing_takes_the_general_path() -> None:
+    t = twins()
+    for net in (t.lean, t.general):
+        net.ua.unsubscribe(t.sub_id, net.now)
+    assert_same(t)
+    assert not t.feed(t.build())
+
+
+# Edits that make a NOTIFY one parse_message refuses.
+_MALFORMED = {
+    "Request-URI": (b"NOTIFY sip:", b"NOTIFY sip:@"),
+    "To": (b"\r\nTo: ", b"\r\nTo: <"),
+    "From": (b"\r\nFrom: ", b'\r\nFrom: "x'),
+    "CSeq": (b" NOTIFY\r\n", b"x NOTIFY\r\n"),
+    "Content-Length": (b"\r\nContent-Length: ", b"\r\nContent-Length: x"),
+}
+
+
+@pytest.mark.parametrize("header", sorted(_MALFORMED))
+def test_what_parse_message_refuses_the_byte_path_refuses(header: str) -> None:
+    t = twins()
+    good = t.build()
+    assert read_lean_notify(good) is not None
+    bad = good.replace(*_MALFORMED[header], 1)
+    assert bad != good
+    with pytest.raises(RemoteProtocolError):
+        parse_message(bad)
+    assert read_lean_notify(bad) is None
+    assert not t.feed(bad)  # dropped by both, unanswered
+
+
+_STEPS = ["next", "same again", "changed", "expires", "skip", "older", "pending", "terminated",
+          "retransmit", "refresh", "wait"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.sampled_from(_STEPS), min_size=1, max_size=14))
+def test_any_sequence_of_notifies_ends_alike(steps: list[str]) -> None:
+    t = twins()
+    last = t.build()
+    assert t.feed(last)
+    for step in steps:
+        if step == "next":
+            last = t.build()
+        elif step == "same again":
+            last = t.build(body=PIDF)
+        elif step == "changed":
+            last = t.build(body=PIDF + b" ")
+        elif step == "expires":
+            last = t.build("active;expires=90")
+        elif step == "skip":
+            t.cseq += 1
+            last = t.build()
+        elif step == "older":
+            last = t.build(cseq=max(1, t.cseq - 2))
+        elif step == "pending":
+            last = t.build("pending;expires=3600")
+        elif step == "terminated":
+            last = t.build("terminated;reason=timeout")
+        elif step == "retransmit":
+            pass  # last, again
+        elif step == "refresh":
+            for net in (t.lean, t.general):
+                net.ua.refresh(t.sub_id, net.now)
+            assert_same(t)
+            continue
+        else:
+            t.run_until(t.lean.now + 40.0)
+            continue
+        t.feed(last)
+    t.run_until(t.lean.now + 8000.0)
+
