@@ -366,15 +366,20 @@ class ClientTransaction(_Transaction[ClientState, _ClientInput]):
         *,
         reliable: bool,
         timings: TransactionTimings = TransactionTimings(),
+        key: ClientKey | None = None,
     ) -> None:
         super().__init__(request, reliable, timings)
-        try:
-            self.key: ClientKey = client_key(request)
-        except RemoteProtocolError as exc:
-            # We built this request: a bad Via or CSeq is our own mistake.
-            raise LocalProtocolError(f"cannot start a transaction: {exc}") from exc
-        if self.key[1] != request.method:
+        if key is None:
+            try:
+                key = client_key(request)
+            except RemoteProtocolError as exc:
+                # We built this request: a bad Via or CSeq is our own mistake.
+                raise LocalProtocolError(f"cannot start a transaction: {exc}") from exc
+        # ``key`` given: the caller wrote the top Via's branch and the CSeq
+        # itself, and vouches for them; the request's texts are not read back.
+        if key[1] != request.method:
             raise LocalProtocolError("CSeq method differs from the request method")
+        self.key: ClientKey = key
         self.request = request
         self.state = ClientState.INITIAL
         self.final_response: Response | None = None

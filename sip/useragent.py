@@ -99,7 +99,6 @@ from typing import Any, Literal
 
 from . import digest
 from .errors import RemoteProtocolError
-from .headers import Via
 from .message import Headers, Request, Response, parse_message
 from .publication import Publication, PublicationEvent, PublicationState, RefreshPolicy
 from .subscription import Action as SubscriptionAction
@@ -1006,13 +1005,11 @@ class UserAgent:
             identity = self._identity(owner)
             if identity is not None:
                 self._authorize(identity, request)
-        if "via" not in present:
-            # The transaction is keyed by this Via's branch (RFC 3261
-            # §17.1.3); it is the value of the text just written, not parsed
-            # back from it.
-            request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
-                                          (("branch", branch), *self._via_params)),))
-        transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
+        # The transaction is keyed by this Via's branch and the CSeq method
+        # (RFC 3261 §17.1.3): the branch just written, and the method, which
+        # every owner writes into its CSeq as well; neither is read back.
+        transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings,
+                                        key=(branch, request.method))
         outgoing = _Outgoing(transaction, owner, authenticated, kept)
         self._outgoing[transaction.key] = outgoing
         if kept:
