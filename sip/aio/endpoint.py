@@ -571,7 +571,8 @@ class SipEndpoint:
         per event: hundreds of subscriptions ending in one timer turn went past
         the interpreter's recursion limit.
         """
-        ua = self.ua
+        ua = self._ua  # started: every input comes after start()
+        assert ua is not None
         for data, destination in ua.datagrams_to_send():
             self._send(data, destination)
         if not self._dispatching:
@@ -587,7 +588,9 @@ class SipEndpoint:
         self._arm()
 
     def _arm(self) -> None:
-        deadline = self.ua.get_timer()
+        ua = self._ua
+        assert ua is not None
+        deadline = ua.get_timer()
         if deadline is not None:
             # Timers are woken on a grid of TIMER_SLACK seconds, so the many
             # due close together (refreshes, Timer J of one second's NOTIFYs,
@@ -688,7 +691,9 @@ class SipEndpoint:
             source = self._sources[addr] = Destination("udp", addr[0], addr[1])
         if trace.isEnabledFor(logging.INFO):
             _trace("in from", data, source)
-        self.ua.receive(data, source, self.now())
+        ua = self._ua  # the socket is opened by start(), which makes it
+        assert ua is not None
+        ua.receive(data, source, self.now())
         self._flush()
 
     def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:
