@@ -264,8 +264,9 @@ ACCEPT = "application/pidf+xml, application/watcherinfo+xml"
 #: What a list subscription accepts (RFC 4662 §5): the member documents, the
 #: RLMI document and the multipart/related body that carries them.
 EVENTLIST_ACCEPT = ("application/pidf+xml", "application/rlmi+xml", "multipart/related")
-# Contact values kept for reuse (one per subscriber user); a bound, as the
-# users are the application's to choose.
+# What a subscriber's SUBSCRIBEs get added, kept for reuse (one per
+# subscriber user, see UserAgent._subscribe_fields); a bound, as the users
+# are the application's to choose.
 _CONTACTS_MAX = 4096
 #: Header fields as Headers keeps them: (key, name as written, value).
 _Fields = tuple[tuple[str, str, str], ...]
@@ -381,17 +382,16 @@ class UserAgent:
         self.server = server
         self.server_destination = server_destination(server, local.transport)
         self._reliable = self.server_destination.transport != "udp"
-        self._via_transport = self.server_destination.transport.upper()
-        self._via_host = _host(local.host)
-        self._via_prefix = f"SIP/2.0/{self._via_transport} {self._via_host}:{local.port};branch="
+        via_transport = self.server_destination.transport.upper()
+        self._via_prefix = f"SIP/2.0/{via_transport} {_host(local.host)}:{local.port};branch="
         # RFC 5923 §5: "alias" asks the server to reuse this connection for
         # requests to our sent-by; over TLS we have no server socket it could
         # reach otherwise.
-        self._via_params: tuple[tuple[str, str | None], ...] = (("rport", None),)
+        via_params: tuple[tuple[str, str | None], ...] = (("rport", None),)
         if self.server_destination.transport == "tls":
-            self._via_params += (("alias", None),)
+            via_params += (("alias", None),)
         self._via_suffix = "".join(
-            f";{name}" if value is None else f";{name}={value}" for name, value in self._via_params
+            f";{name}" if value is None else f";{name}={value}" for name, value in via_params
         )
         self._trusted = frozenset({_bare(self.server_destination.host)})
         #: Requests refused because they did not come from the presence server.
@@ -402,7 +402,6 @@ class UserAgent:
         self._tokens: list[str] = []
         # Written into every request as it is: checked once here.
         Headers([("User-Agent", user_agent), ("Via", self._via_prefix + self._via_suffix)])
-        self._user_agent = user_agent
         self._publication_expires = publication_expires
         self._subscription_expires = subscription_expires
         self._timings = timings
