@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sip_refresh_cost.py              # ~10 s
     .venv/bin/python bench/sip_refresh_cost.py --profile ua # cProfile, top functions
+    .venv/bin/python bench/sip_refresh_cost.py --split      # endpoint: SUBSCRIBE out, 200, NOTIFY
 
 A sans-IO replay of the exchange that keeps a live subscription alive
 (RFC 6665 §4.1.2.2): the refresh SUBSCRIBE goes out, the presence server's
@@ -216,8 +217,14 @@ class _FakeUdp:
         self.sent.append(data)
 
 
-async def run_endpoint(subscriptions: int, rounds: int) -> tuple[float, int]:
-    """(CPU seconds in SipEndpoint + UserAgent, refreshes) through the driver."""
+async def run_endpoint(
+    subscriptions: int, rounds: int, parts: list[float] | None = None
+) -> tuple[float, int]:
+    """(CPU seconds in SipEndpoint + UserAgent, refreshes) through the driver.
+
+    ``parts``, if given, gets the CPU seconds of the refresh calls (the
+    SUBSCRIBE made and sent), of the 200s and of the NOTIFYs added to it."""
+    parts = parts if parts is not None else [0.0, 0.0, 0.0]
     endpoint = SipEndpoint(host=LOCAL[0], port=0, server=SipURI.parse("sip:127.0.0.1:5070"),
                            rng=random.Random(1), subscription_expires=EXPIRES)
     await endpoint.start()
@@ -243,7 +250,9 @@ async def run_endpoint(subscriptions: int, rounds: int) -> tuple[float, int]:
             for handle in handles:
                 t = clock()
                 handle.refresh()
-                cpu += clock() - t
+                spent = clock() - t
+                cpu += spent
+                parts[0] += spent
                 sent = [d for d in fake.sent if d.startswith(b"SUBSCRIBE ")]
                 fake.sent.clear()
                 for data in sent:
@@ -251,8 +260,12 @@ async def run_endpoint(subscriptions: int, rounds: int) -> tuple[float, int]:
                     ok, notify = notifier.answer(data)
                     t = clock()
                     endpoint._datagram(ok, SERVER)
+                    middle = clock()
                     endpoint._datagram(notify, SERVER)
-                    cpu += clock() - t
+                    end = clock()
+                    cpu += end - t
+                    parts[1] += middle - t
+                    parts[2] += end - middle
                 fake.sent.clear()
         assert endpoint.ua.subscription_count == subscriptions
         return cpu, refreshes
@@ -328,6 +341,26 @@ def measure_us(variant: str, subscriptions: int, rounds: int, notify: str = "pen
     return cpu / refreshes * 1e6
 
 
+def measure_split(subscriptions: int, rounds: int, notify: str = "pending") -> str:
+    """µs of CPU per refresh of the endpoint variant's three parts: the
+    refresh call (SUBSCRIBE out), the 200, the NOTIFY (and its 200 out)."""
+    global NOTIFY_STATE
+    NOTIFY_STATE = notify
+    gc.collect()
+    parts = [0.0, 0.0, 0.0]
+    _, refreshes = asyncio.run(run_endpoint(subscriptions, rounds, parts))
+    return ",".join(f"{part / refreshes * 1e6:.2f}" for part in parts)
+
+
+def split_reference(tree: str, subscriptions: int, rounds: int, notify: str) -> str:
+    """:func:`measure_split` in a child process whose ``sip`` comes from ``tree``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trees import run_from_tree
+
+    call = "bench.measure_split(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])"
+    return run_from_tree(Path(__file__), tree, call, str(subscriptions), str(rounds), notify)
+
+
 def measure_reference(
     tree: str, variant: str, subscriptions: int, rounds: int, notify: str
 ) -> float:
@@ -352,9 +385,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run ua and endpoint from this source tree, for the ratio")
     parser.add_argument("--profile", choices=("ua", "endpoint", "raw"),
                         help="run one variant under cProfile and print the top functions")
+    parser.add_argument("--split", action="store_true",
+                        help="endpoint only: µs of the refresh call, its 200 and the NOTIFY")
     args = parser.parse_args(argv)
     global NOTIFY_STATE
     NOTIFY_STATE = args.notify
+    if args.split:
+        return print_split(args)
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -382,6 +419,31 @@ def main(argv: list[str] | None = None) -> int:
             ratio += (f"   reference {reference[variant]:8.1f} µs"
                       f"  {best[variant] / reference[variant]:5.2f}x reference")
         print(f"  {variant:<9} {best[variant]:8.1f} µs{ratio}")
+    if args.reference:
+        print(f"reference: {args.reference}")
+    return 0
+
+
+def print_split(args: argparse.Namespace) -> int:
+    """The endpoint variant's three parts, best of ``--repeat`` each, interleaved."""
+    names = ("refresh call (SUBSCRIBE out)", "its 200", "the NOTIFY and our 200")
+    best: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        runs = {"tree": measure_split(args.subscriptions, args.rounds, args.notify)}
+        if args.reference:
+            runs["reference"] = split_reference(args.reference, args.subscriptions, args.rounds,
+                                                 args.notify)
+        for tree, text in runs.items():
+            parts = [float(part) for part in text.split(",")]
+            best[tree] = [min(a, b) for a, b in zip(best.get(tree, parts), parts, strict=True)]
+    print(f"{args.subscriptions:,} subscriptions x {args.rounds} refreshes, endpoint, best of "
+          f"{args.repeat} per part; µs CPU per refresh")
+    for i, name in enumerate(names):
+        line = f"  {name:<30} {best['tree'][i]:8.1f} µs"
+        if "reference" in best:
+            ref = best["reference"][i]
+            line += f"   reference {ref:8.1f} µs  {best['tree'][i] / ref:5.2f}x reference"
+        print(line)
     if args.reference:
         print(f"reference: {args.reference}")
     return 0

@@ -213,14 +213,17 @@ class Subscription:
         self._deadline_n = now + self._timer_n
         return [self._subscribe(self.requested_expires)]
 
-    def request_sent(self, now: float) -> None:
+    def request_sent(self, now: float) -> bool:
         """The user agent sends our SUBSCRIBE only now: it waited for room.
+        Returns whether that moved a deadline (:meth:`get_timer`).
 
         RFC 6665 §4.1.2.4: Timer N starts "when it sends the SUBSCRIBE
         request"; time spent in the user agent's queue is not the notifier's.
         """
         if self._deadline_n is not None and self.remote_tag is None:
             self._deadline_n = now + self._timer_n
+            return True
+        return False
 
     def refresh(self, now: float) -> list[Action]:
         """Refresh now (RFC 6665 §4.1.2.2), e.g. to learn whether the notifier
@@ -273,15 +276,13 @@ class Subscription:
         return self._terminate("unsubscribed")
 
     def get_timer(self) -> float | None:
-        deadlines = [
-            t
-            for t in (
-                self._refresh_at, self.expires_at, self._deadline_n, self._guard_at,
-                self._retry_at, self._check_at,
-            )
-            if t is not None
-        ]
-        return min(deadlines) if deadlines else None
+        # Asked after every input of every subscription: no list, no min() call.
+        deadline = self.expires_at
+        for t in (self._refresh_at, self._deadline_n, self._guard_at, self._retry_at,
+                  self._check_at):
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        return deadline
 
     def handle_timer(self, now: float) -> list[Action]:
         if self.terminated:

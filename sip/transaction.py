@@ -331,6 +331,9 @@ class _Transaction(Generic[_State, _Input]):
     each input, the effects alike on both sides (nothing, a transport failure,
     §17.1.4 and §17.2.4), then the entry into the row's state."""
 
+    # Slotted: a user agent makes one per request it sends, a refresh each.
+    __slots__ = ("_data", "reliable", "state", "timings")
+
     _side: str
     _table: dict[tuple[_State, _Input], tuple[_State, _Effect]]
     state: _State
@@ -374,6 +377,8 @@ class _Transaction(Generic[_State, _Input]):
 class ClientTransaction(_Transaction[ClientState, _ClientInput]):
     """A non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
+    __slots__ = ("_interval_e", "_timers", "final_response", "key", "request")
+
     _side = "client"
     _table = _CLIENT_TABLE
 
@@ -383,15 +388,20 @@ class ClientTransaction(_Transaction[ClientState, _ClientInput]):
         *,
         reliable: bool,
         timings: TransactionTimings = TransactionTimings(),
+        key: ClientKey | None = None,
     ) -> None:
         super().__init__(request, reliable, timings)
-        try:
-            self.key: ClientKey = client_key(request)
-        except RemoteProtocolError as exc:
-            # We built this request: a bad Via or CSeq is our own mistake.
-            raise LocalProtocolError(f"cannot start a transaction: {exc}") from exc
-        if self.key[1] != request.method:
+        if key is None:
+            try:
+                key = client_key(request)
+            except RemoteProtocolError as exc:
+                # We built this request: a bad Via or CSeq is our own mistake.
+                raise LocalProtocolError(f"cannot start a transaction: {exc}") from exc
+        # ``key`` given: the caller wrote the top Via's branch and the CSeq
+        # itself, and vouches for them; the request's texts are not read back.
+        if key[1] != request.method:
             raise LocalProtocolError("CSeq method differs from the request method")
+        self.key: ClientKey = key
         self.request = request
         self.state = ClientState.INITIAL
         self.final_response: Response | None = None
@@ -532,6 +542,8 @@ class ServerTransaction(_Transaction[ServerState, _ServerInput]):
     the transaction only re-sends that response (§17.2.2), and for Timer J's
     32 s over UDP the parsed request would be most of its memory.
     """
+
+    __slots__ = ("_timer_j", "key", "last_response", "request")
 
     _side = "server"
     _table = _SERVER_TABLE

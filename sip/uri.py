@@ -27,7 +27,7 @@ Record-Route of a dialog, §12.1.1).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote as _pct_quote
 from urllib.parse import unquote as _pct_unquote
 
@@ -135,6 +135,10 @@ class SipURI(WithParams):
     params: Params = ()
     headers: tuple[tuple[str, str], ...] = ()
     password: str | None = None
+    # The text __str__ made, kept: a dialog's URIs are written into every
+    # request of it, and a gateway shares one object per address among its
+    # dialogs.  Not a value of the URI: outside comparison, hash and repr.
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> SipURI:
@@ -170,6 +174,13 @@ class SipURI(WithParams):
         return cls(scheme, user, host, port, params, headers, password)
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._format()
+            object.__setattr__(self, "_text", text)  # frozen: a cache, not a field's value
+        return text
+
+    def _format(self) -> str:
         parts = [self.scheme, ":"]
         if self.user is not None:
             parts.append(_encode(self.user, _NEEDS_ESCAPE_USER, _USER_SAFE))

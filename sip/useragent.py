@@ -99,7 +99,6 @@ from typing import Any, Literal
 
 from . import digest
 from .errors import RemoteProtocolError
-from .headers import Via
 from .message import Headers, Request, Response, parse_message, read_lean_notify
 from .publication import Publication, PublicationEvent, PublicationState, RefreshPolicy
 from .subscription import Action as SubscriptionAction
@@ -266,9 +265,14 @@ ACCEPT = "application/pidf+xml, application/watcherinfo+xml"
 #: What a list subscription accepts (RFC 4662 §5): the member documents, the
 #: RLMI document and the multipart/related body that carries them.
 EVENTLIST_ACCEPT = ("application/pidf+xml", "application/rlmi+xml", "multipart/related")
-# Contact values kept for reuse (one per subscriber user); a bound, as the
-# users are the application's to choose.
+# What a subscriber's SUBSCRIBEs get added, kept for reuse (one per
+# subscriber user, see UserAgent._subscribe_fields); a bound, as the users
+# are the application's to choose.
 _CONTACTS_MAX = 4096
+#: Header fields as Headers keeps them: (key, name as written, value).
+_Fields = tuple[tuple[str, str, str], ...]
+_MAX_FORWARDS = ("max-forwards", "Max-Forwards", "70")
+_ALLOW = ("allow", "Allow", ALLOW)
 # Tokens drawn from a system random generator per read of it (64 bits each).
 _TOKEN_BATCH = 64
 _NOTIFY_200 = ("NOTIFY", 200)
@@ -351,7 +355,6 @@ class _Timer(enum.IntEnum):
     """What a deadline in the user agent's one heap belongs to.  An IntEnum:
     the heap's keys are hashed on every NOTIFY, and ints hash in C."""
 
-    CLIENT = 1  # a client transaction, by its key
     TIMER_J = 3  # the whole second at which the Timer Js of _expiring[second] fall due
     PUBLICATION = 4  # a publication, by id
     QUEUE = 6  # the oldest caller's request waiting for the window (key 0)
@@ -381,17 +384,16 @@ class UserAgent:
         self.server = server
         self.server_destination = server_destination(server, local.transport)
         self._reliable = self.server_destination.transport != "udp"
-        self._via_transport = self.server_destination.transport.upper()
-        self._via_host = _host(local.host)
-        self._via_prefix = f"SIP/2.0/{self._via_transport} {self._via_host}:{local.port};branch="
+        via_transport = self.server_destination.transport.upper()
+        self._via_prefix = f"SIP/2.0/{via_transport} {_host(local.host)}:{local.port};branch="
         # RFC 5923 §5: "alias" asks the server to reuse this connection for
         # requests to our sent-by; over TLS we have no server socket it could
         # reach otherwise.
-        self._via_params: tuple[tuple[str, str | None], ...] = (("rport", None),)
+        via_params: tuple[tuple[str, str | None], ...] = (("rport", None),)
         if self.server_destination.transport == "tls":
-            self._via_params += (("alias", None),)
+            via_params += (("alias", None),)
         self._via_suffix = "".join(
-            f";{name}" if value is None else f";{name}={value}" for name, value in self._via_params
+            f";{name}" if value is None else f";{name}={value}" for name, value in via_params
         )
         self._trusted = frozenset({_bare(self.server_destination.host)})
         #: Requests refused because they did not come from the presence server.
@@ -402,7 +404,6 @@ class UserAgent:
         self._tokens: list[str] = []
         # Written into every request as it is: checked once here.
         Headers([("User-Agent", user_agent), ("Via", self._via_prefix + self._via_suffix)])
-        self._user_agent = user_agent
         self._publication_expires = publication_expires
         self._subscription_expires = subscription_expires
         self._timings = timings
@@ -449,9 +450,17 @@ class UserAgent:
         self._phases: PhaseTally = PhaseTally()
         # Keys: (kind, what it names), see _Timer; a subscription's id alone.
         self._timers: TimerHeap[tuple[_Timer, Any] | int] = TimerHeap()
+        # The client transactions' deadlines (Timers E, F and K, RFC 3261
+        # §17.1.2.2), by transaction key, in a heap of their own: every
+        # request files one and its answer cancels it, and this heap holds
+        # only the transactions in flight (a window's worth), where the other
+        # holds every subscription.
+        self._client_timers: TimerHeap[ClientKey] = TimerHeap()
         self._datagrams: list[tuple[bytes, Destination]] = []
         self._events: deque[UserAgentEvent] = deque()
-        self._contacts: dict[str | None, str] = {}  # subscriber user -> Contact value
+        # What _send adds to a request: to any, and to a subscriber's SUBSCRIBE.
+        self._fields: _Fields = (_MAX_FORWARDS, ("user-agent", "User-Agent", user_agent))
+        self._contacts: dict[str | None, _Fields] = {}  # subscriber user -> fields
         self.counters = UserAgentCounters()
         # The gateway's account, shared by every identity without its own:
         # one challenge answered serves them all (same user, same nonce).
@@ -494,7 +503,11 @@ class UserAgent:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return self._timers.next_deadline()
+        deadline = self._timers.next_deadline()
+        client = self._client_timers.next_deadline()
+        if client is not None and (deadline is None or client < deadline):
+            return client
+        return deadline
 
     # -- API: publications (RFC 3903) --------------------------------------
 
@@ -735,6 +748,13 @@ class UserAgent:
     # -- timers ------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
+        # The transactions' timers first: what they end, their owners learn
+        # before their own deadlines of the same instant come up.
+        for client in self._client_timers.pop_expired(now):
+            outgoing = self._outgoing.get(client)
+            if outgoing is not None:
+                actions = outgoing.transaction.handle_timer(now)
+                self._client_actions(client, outgoing, actions, now)
         for key in self._timers.pop_expired(now):
             if isinstance(key, int):
                 subscription = self._subscriptions.get(key)
@@ -742,12 +762,7 @@ class UserAgent:
                     self._run(subscription, subscription.handle_timer(now), now)
                 continue
             kind, ident = key
-            if kind is _Timer.CLIENT:
-                outgoing = self._outgoing.get(ident)
-                if outgoing is not None:
-                    actions = outgoing.transaction.handle_timer(now)
-                    self._client_actions(ident, outgoing, actions, now)
-            elif kind is _Timer.TIMER_J:
+            if kind is _Timer.TIMER_J:
                 # Timer J fired (RFC 3261 §17.2.2): "at which point it MUST
                 # transition to the "Terminated" state" — the records go.
                 completed = self._completed
@@ -787,20 +802,15 @@ class UserAgent:
         ``fresh``: the actions answer a caller's call that starts new work,
         whose requests may be refused as BUSY (see :class:`Window`).
         """
-        if self._abandoned(owner):
+        if isinstance(owner, Publication) and self._abandoned(owner):
             return  # nothing more of it is sent or told
         for action in actions:
             if isinstance(action, Request):
                 self._start(owner, action, now, fresh=fresh)
             else:
                 self._events.append(action)
-        if isinstance(owner, Publication):
-            if owner.state is PublicationState.REMOVED:
-                self._publications.pop(owner.id, None)
-                self._timers.cancel((_Timer.PUBLICATION, owner.id))
-            else:
-                self._file_timer((_Timer.PUBLICATION, owner.id), owner.get_timer())
-        elif isinstance(owner, Subscription):
+        # Subscriptions first: they are most of the owners, by far.
+        if isinstance(owner, Subscription):
             if owner.terminated:
                 if self._subscriptions.pop(owner.id, None) is not None:
                     self._phases[(owner.event, owner.state)] -= 1
@@ -809,6 +819,12 @@ class UserAgent:
                 self._timers.cancel(owner.id)
             else:
                 self._file_timer(owner.id, owner.get_timer())
+        elif isinstance(owner, Publication):
+            if owner.state is PublicationState.REMOVED:
+                self._publications.pop(owner.id, None)
+                self._timers.cancel((_Timer.PUBLICATION, owner.id))
+            else:
+                self._file_timer((_Timer.PUBLICATION, owner.id), owner.get_timer())
 
     def _file_timer(self, key: tuple[_Timer, Any] | int, deadline: float | None) -> None:
         if deadline is None:
@@ -924,6 +940,8 @@ class UserAgent:
             return
         self._pumping = True
         kept, republish, fresh = self._kept, self._republish, self._fresh
+        # Their timers are filed only while they hold requests (see below).
+        had_republish, had_fresh = bool(republish), bool(fresh)
         try:
             while len(self._outgoing) < self._bound:
                 if kept and self._kept_in_flight < window.kept:
@@ -935,13 +953,14 @@ class UserAgent:
                 else:
                     break
                 owner = waiting.owner
-                if type(owner) is Subscription:
-                    self._unsent.discard(owner.id)
-                if _gone(owner) or self._abandoned(owner):
-                    continue  # it ended while it waited
                 if isinstance(owner, Subscription):
-                    owner.request_sent(now)
-                    self._file_timer(owner.id, owner.get_timer())
+                    self._unsent.discard(owner.id)
+                    if owner.terminated:
+                        continue  # it ended while it waited
+                    if owner.request_sent(now):
+                        self._file_timer(owner.id, owner.get_timer())
+                elif _gone(owner) or self._abandoned(owner):
+                    continue
                 # A caller's request has a deadline; one keeping work alive none.
                 kept_alive = waiting.deadline is None
                 if kept_alive and type(owner) is Publication:
@@ -950,8 +969,13 @@ class UserAgent:
                            kept=kept_alive)
         finally:
             self._pumping = False
-        self._file_queue_timer()
-        self._file_pace_timer(now)
+        # A queue empty before this pump has no timer filed (whatever adds
+        # to one files it, and only a pump or a refusal takes from one), and
+        # nothing sent here adds to it but through _start, which files it.
+        if had_fresh:
+            self._file_queue_timer()
+        if had_republish:
+            self._file_pace_timer(now)
 
     def _narrow(self, now: float) -> None:
         """A request went unanswered for T1: halve the bound, once per T1
@@ -986,58 +1010,52 @@ class UserAgent:
         headers = request.headers
         # A token of ours is hex, as new_branch wants it (§8.1.1.7).
         branch = MAGIC_COOKIE + self._token()
-        # One look at the fields for what is there already (a request sent
-        # again after a challenge has it all but the Via); the texts added
-        # are ours, checked once in __init__.
-        present = {key for key, _, _ in headers._items}
+        # The texts added are ours, checked once in __init__.
         items = headers._items
         items.insert(0, ("via", "Via", self._via_prefix + branch + self._via_suffix))
-        if "max-forwards" not in present:
-            items.append(("max-forwards", "Max-Forwards", "70"))
-        if request.method == "SUBSCRIBE" and type(owner) is Subscription:
+        fields = self._fields
+        if request.method == "SUBSCRIBE" and isinstance(owner, Subscription):
             # RFC 6665 §4.1.2.1 / RFC 3261 §8.1.1.8: the NOTIFYs come here.
-            contact = self._contact(owner.subscriber.user)
-            if "contact" in present or "allow" in present:
-                headers.set("Contact", contact)
-                headers.set("Allow", ALLOW)
-            else:
-                items.append(("contact", "Contact", contact))
-                items.append(("allow", "Allow", ALLOW))
-        if "user-agent" not in present:
-            items.append(("user-agent", "User-Agent", self._user_agent))
+            fields = self._subscribe_fields(owner.subscriber.user)
+        if authenticated:
+            # Sent again after a challenge: it has them already, as made here.
+            present = {key for key, _, _ in items}
+            items.extend(item for item in fields if item[0] not in present)
+        else:
+            items.extend(fields)  # as its owner made it: none of them is there
         headers._version += 1
         if self._credentials or self._default_credentials:
             identity = self._identity(owner)
             if identity is not None:
                 self._authorize(identity, request)
-        if "via" not in present:
-            # The transaction is keyed by this Via's branch (RFC 3261
-            # §17.1.3); it is the value of the text just written, not parsed
-            # back from it.
-            request._remember("via", (Via(self._via_transport, self._via_host, self.local.port,
-                                          (("branch", branch), *self._via_params)),))
-        transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings)
+        # The transaction is keyed by this Via's branch and the CSeq method
+        # (RFC 3261 §17.1.3): the branch just written, and the method, which
+        # every owner writes into its CSeq as well; neither is read back.
+        transaction = ClientTransaction(request, reliable=self._reliable, timings=self._timings,
+                                        key=(branch, request.method))
         outgoing = _Outgoing(transaction, owner, authenticated, kept)
         self._outgoing[transaction.key] = outgoing
         if kept:
             self._kept_in_flight += 1
         self._client_actions(transaction.key, outgoing, transaction.start(now), now)
 
-    def _contact(self, user: str | None) -> str:
-        """The Contact value for a subscriber's requests, built once per user."""
-        text = self._contacts.get(user)
-        if text is None:
+    def _subscribe_fields(self, user: str | None) -> _Fields:
+        """What the user agent adds to a subscriber's SUBSCRIBE, made once per
+        user: Max-Forwards, Contact, Allow, User-Agent."""
+        fields = self._contacts.get(user)
+        if fields is None:
             contact = SipURI("sip", user, _host(self.local.host), self.local.port)
             if self.server_destination.transport != "udp":
                 # The NOTIFYs must come back over a stream, and over TLS
                 # (RFC 3261 §19.1.4; our dialogs' URIs are sip:, so the
                 # transport parameter says it, as RFC 5630 §3.2 describes).
                 contact = contact.with_params(transport=self.server_destination.transport)
-            text = f"<{contact}>"
+            fields = (_MAX_FORWARDS, ("contact", "Contact", f"<{contact}>"), _ALLOW,
+                      self._fields[-1])
             if len(self._contacts) >= _CONTACTS_MAX:
                 self._contacts.clear()
-            self._contacts[user] = text
-        return text
+            self._contacts[user] = fields
+        return fields
 
     def _authorize(self, identity: str, request: Request) -> None:
         """Add credentials up front when this identity was challenged before."""
@@ -1113,11 +1131,15 @@ class UserAgent:
             # kept for the garbage collector to walk until Timer K.
             if self._outgoing.pop(key, None) is not None and outgoing.kept:
                 self._kept_in_flight -= 1
-            self._timers.cancel((_Timer.CLIENT, key))
+            self._client_timers.cancel(key)
             if self._kept or self._republish or self._fresh:
                 self._pump(now)
         else:
-            self._file_timer((_Timer.CLIENT, key), transaction.get_timer())
+            deadline = transaction.get_timer()
+            if deadline is None:
+                self._client_timers.cancel(key)
+            else:
+                self._client_timers.schedule(deadline, key)
 
     def _retry_with_credentials(self, outgoing: _Outgoing, response: Response, now: float) -> bool:
         """RFC 3261 §22.2: answer one challenge by resending with credentials."""

@@ -116,6 +116,15 @@ _SOURCES_MAX = 1024
 #: Seconds between two log lines about refused or dropped messages.
 LOG_INTERVAL = 10.0
 
+# The user agent's events by whom they go to (SipEndpoint._dispatch), as
+# tuples: a union written in the isinstance call is made anew on every event.
+_SUBSCRIPTION_EVENTS = (NotifyReceived, SubscriptionAccepted, SubscriptionTerminated)
+_PUBLICATION_EVENTS = (PublicationConfirmed, PublicationFailed, PublicationRemoved)
+_PROBE_EVENTS = (OptionsAnswered, OptionsFailed)
+# Events that end something, and carry the status heard if any (_from_server).
+_ENDINGS = (SubscriptionTerminated, PublicationFailed)
+_HEARD = (NotifyReceived, SubscriptionAccepted, PublicationConfirmed, OptionsAnswered)
+
 
 class RequestFailed(SipError):
     """The server answered a request with a failure, or never reached us."""
@@ -562,7 +571,8 @@ class SipEndpoint:
         per event: hundreds of subscriptions ending in one timer turn went past
         the interpreter's recursion limit.
         """
-        ua = self.ua
+        ua = self._ua  # started: every input comes after start()
+        assert ua is not None
         for data, destination in ua.datagrams_to_send():
             self._send(data, destination)
         if not self._dispatching:
@@ -578,7 +588,9 @@ class SipEndpoint:
         self._arm()
 
     def _arm(self) -> None:
-        deadline = self.ua.get_timer()
+        ua = self._ua
+        assert ua is not None
+        deadline = ua.get_timer()
         if deadline is not None:
             # Timers are woken on a grid of TIMER_SLACK seconds, so the many
             # due close together (refreshes, Timer J of one second's NOTIFYs,
@@ -596,14 +608,14 @@ class SipEndpoint:
         """Route one event by its id to its handle."""
         if _from_server(event):
             self.heard_at = self.now()
-        if isinstance(event, NotifyReceived | SubscriptionAccepted | SubscriptionTerminated):
+        if isinstance(event, _SUBSCRIPTION_EVENTS):
             ident = event.subscription_id
             subscription = self._subscriptions.get(ident)
             if subscription is not None:
                 if type(event) is SubscriptionTerminated:
                     del self._subscriptions[ident]
                 subscription._receive(event)
-        elif isinstance(event, PublicationConfirmed | PublicationFailed | PublicationRemoved):
+        elif isinstance(event, _PUBLICATION_EVENTS):
             ident = event.publication_id
             publication = self._publications.get(ident)
             if publication is not None:
@@ -616,7 +628,7 @@ class SipEndpoint:
                     core = self.ua.publication(ident)
                     sending = core is not None and core.state is PublicationState.SENDING
                 publication._receive(event, sending)
-        elif isinstance(event, OptionsAnswered | OptionsFailed):
+        elif isinstance(event, _PROBE_EVENTS):
             probe = self._probes.pop(event.probe_id, None)
             if probe is not None and not probe.done():
                 probe.set_result(event)
@@ -679,7 +691,9 @@ class SipEndpoint:
             source = self._sources[addr] = Destination("udp", addr[0], addr[1])
         if trace.isEnabledFor(logging.INFO):
             _trace("in from", data, source)
-        self.ua.receive(data, source, self.now())
+        ua = self._ua  # the socket is opened by start(), which makes it
+        assert ua is not None
+        ua.receive(data, source, self.now())
         self._flush()
 
     def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:
@@ -751,11 +765,9 @@ def _where(destination: Destination) -> str:
 def _from_server(event: UserAgentEvent) -> bool:
     """Did this event come from a message the server sent us?  (A failure
     without a status is a timeout or a transport error: nothing was heard.)"""
-    if isinstance(event, SubscriptionTerminated | PublicationFailed):
+    if isinstance(event, _ENDINGS):
         return event.status is not None
-    return isinstance(
-        event, NotifyReceived | SubscriptionAccepted | PublicationConfirmed | OptionsAnswered
-    )
+    return isinstance(event, _HEARD)
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):

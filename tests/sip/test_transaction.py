@@ -443,3 +443,13 @@ def test_new_branch() -> None:
     for bad in ("", "has space", 'quo"te', "semi;colon"):
         with pytest.raises(LocalProtocolError):
             new_branch(bad)
+
+
+def test_client_key_given_by_the_sender_is_kept_unread() -> None:
+    # The user agent writes the branch and the CSeq itself and passes the
+    # key; the texts are not read back (RFC 3261 §17.1.3 keys on both).
+    request = make_request(branch=None)  # a Via the texts could not key
+    txn = ClientTransaction(request, reliable=False, key=("z9hG4bKgiven", "PUBLISH"))
+    assert txn.key == ("z9hG4bKgiven", "PUBLISH")
+    with pytest.raises(LocalProtocolError):
+        ClientTransaction(make_request(), reliable=False, key=("z9hG4bKgiven", "SUBSCRIBE"))

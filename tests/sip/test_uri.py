@@ -240,3 +240,13 @@ class TestHostPort:
     def test_garbage(self, text: str) -> None:
         with pytest.raises(RemoteProtocolError):
             parse_hostport(text)
+
+
+def test_sip_uri_text_is_made_once_and_is_no_part_of_its_value() -> None:
+    uri = SipURI.parse("sip:alice@example.com:5070;transport=tcp")
+    text = str(uri)
+    assert str(uri) is text  # kept, not made again
+    fresh = SipURI.parse(text)
+    assert fresh == uri and hash(fresh) == hash(uri) and repr(fresh) == repr(uri)
+    # A copy with other parameters writes its own text.
+    assert str(uri.with_params(lr=None)) == "sip:alice@example.com:5070;transport=tcp;lr"

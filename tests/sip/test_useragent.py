@@ -190,6 +190,21 @@ def test_publish_request_headers() -> None:
     assert request.headers.get("User-Agent") == "presence-adapter"
 
 
+def test_refresh_timers_go_when_answered() -> None:
+    # Timer E of each request is filed under its transaction (RFC 3261
+    # §17.1.2.2) and goes with the answer: held subscriptions leave one
+    # deadline each, and nothing of the transactions that ended.
+    net = Net()
+    sub_id, _ = subscribed(net)
+    net.ua.refresh(sub_id, net.now)
+    refresh = net.request()
+    assert refresh.cseq.seq == 2  # RFC 6665 §4.1.2.1: in the dialog, CSeq + 1
+    assert net.ua.get_timer() == net.now + 0.5  # Timer E
+    net.reply(refresh, 200, ("Expires", "3600"))
+    assert len(net.ua._client_timers) == 0 and net.ua.transactions_in_flight == 0
+    assert net.ua.get_timer() != net.now + 0.5
+
+
 def test_every_transaction_gets_a_new_branch() -> None:
     net = Net()
     branches = set()
