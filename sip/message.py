@@ -39,6 +39,7 @@ __all__ = [
     "REASON_PHRASES",
     "Headers",
     "LeanNotify",
+    "LeanSuccess",
     "Message",
     "Request",
     "Response",
@@ -46,6 +47,7 @@ __all__ = [
     "is_keepalive",
     "parse_message",
     "read_lean_notify",
+    "read_lean_success",
 ]
 
 # The largest UDP payload over IPv4; nothing larger can arrive as one datagram.
@@ -1086,6 +1088,50 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
         via, top[0], top[1], from_, from_tag, to, to_tag, call_id, cseq.seq, cseq_text,
         event, state, contact, None if content_type is None else content_type.strip(), body,
     )
+
+
+@dataclass(slots=True)
+class LeanSuccess:
+    """A 2xx as :func:`read_lean_success` reads it: what the answer to a
+    refresh is matched and taken by."""
+
+    status: int
+    branch: str
+    method: str
+    expires: int | None
+
+
+def read_lean_success(data: bytes) -> LeanSuccess | None:
+    """A 2xx response read without making a Response: in the lean parse's
+    shape (see :func:`_parse_lean`), with one Via of an unquoted branch.
+    None for anything else, and for anything :func:`parse_message` refuses or
+    reads otherwise, or whose Expires the ``expires`` accessor would refuse:
+    the caller then parses it as it would have."""
+    split = _lean_head(data)
+    if split is None:
+        return None
+    lines, fields, end = split
+    start = lines[0].split(" ", 2)
+    if len(start) < 2 or start[0] != "SIP/2.0":
+        return None
+    code = start[1]
+    if len(code) != 3 or code[0] != "2" or not code.isdigit() or not code.isascii():
+        return None
+    try:
+        via = fields["Via"].strip()
+        top = None if "," in via else _via_branch(via)
+        _check_name_addr(fields["From"].strip())
+        _check_name_addr(fields["To"].strip())
+        _call_id(fields["Call-ID"].strip())
+        cseq = _cseq(fields["CSeq"].strip())
+        expires_text = fields.get("Expires")
+        expires = (None if expires_text is None
+                   else parse_delta_seconds(expires_text.strip(), "Expires"))
+    except (KeyError, RemoteProtocolError):
+        return None
+    if top is None or _lean_body(data, end, fields) is None:
+        return None
+    return LeanSuccess(int(code), top[1], cseq.method, expires)
 
 
 def _lean_tag(text: str) -> str | None:

@@ -346,13 +346,7 @@ class Subscription:
             self._outstanding = False
             if unsubscribing:
                 return self._after_exchange(now)
-            if expires is None:
-                expires = self.requested_expires
-            if expires == 0:
-                # The notifier granted nothing; a terminating NOTIFY follows.
-                self._guard_at = now + self._timer_n
-            else:
-                self._arm(expires, now)
+            expires = self._granted(expires, now)
             accepted: list[Action] = []
             if initial:
                 self._accepted = True
@@ -479,6 +473,21 @@ class Subscription:
             actions.extend(self.unsubscribe(now))
         return 200, actions
 
+    def receive_refresh_success(self, expires: int | None, now: float) -> list[Action] | None:
+        """:meth:`receive_response` for the 2xx that nearly all are: to a
+        refresh of an accepted dialog, not ending it; None, nothing changed,
+        for any other.  ``expires``: the response's Expires, checked."""
+        if (
+            not self._accepted
+            or self.remote_tag is None
+            or self.state is SubscriptionPhase.UNSUBSCRIBING
+            or self.terminated
+        ):
+            return None
+        self._outstanding = False
+        self._granted(expires, now)
+        return self._after_exchange(now)
+
     def receive_next_notify(
         self,
         cseq: int,
@@ -540,6 +549,17 @@ class Subscription:
         ):
             return []  # a SUBSCRIBE under way will tell as much
         return [self._subscribe(self.requested_expires)]
+
+    def _granted(self, expires: int | None, now: float) -> int:
+        """A 2xx's Expires (the duration asked, if it has none) taken in."""
+        if expires is None:
+            expires = self.requested_expires
+        if expires == 0:
+            # The notifier granted nothing; a terminating NOTIFY follows.
+            self._guard_at = now + self._timer_n
+        else:
+            self._arm(expires, now)
+        return expires
 
     def _enter(self, phase: SubscriptionPhase) -> None:
         """Every change of phase goes through here, to keep the tally exact."""

@@ -88,6 +88,7 @@ __all__ = [
     "Transmit",
     "TransportFailed",
     "client_key",
+    "lean_client_key",
     "lean_server_key",
     "new_branch",
     "server_key",
@@ -236,6 +237,12 @@ def lean_server_key(top: Via, branch: str, method: str) -> ServerKey | None:
     if not _rfc3261_branch(branch):
         return None
     return branch, _sent_by(top), method
+
+
+def lean_client_key(branch: str, method: str) -> ClientKey | None:
+    """:func:`client_key` of a response read without making it (its top Via's
+    branch, its CSeq method); None where ``client_key`` would raise."""
+    return (branch, method) if _rfc3261_branch(branch) else None
 
 
 def _check_non_invite(request: Request) -> None:

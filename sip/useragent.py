@@ -99,7 +99,14 @@ from typing import Any, Literal
 
 from . import digest
 from .errors import RemoteProtocolError
-from .message import Headers, Request, Response, parse_message, read_lean_notify
+from .message import (
+    Headers,
+    Request,
+    Response,
+    parse_message,
+    read_lean_notify,
+    read_lean_success,
+)
 from .publication import Publication, PublicationEvent, PublicationState, RefreshPolicy
 from .subscription import Action as SubscriptionAction
 from .subscription import (
@@ -123,6 +130,7 @@ from .transaction import (
     Transmit,
     TransportFailed,
     client_key,
+    lean_client_key,
     lean_server_key,
     server_key,
 )
@@ -276,6 +284,8 @@ _ALLOW = ("allow", "Allow", ALLOW)
 # Tokens drawn from a system random generator per read of it (64 bits each).
 _TOKEN_BATCH = 64
 _NOTIFY_200 = ("NOTIFY", 200)
+# A client transaction's states in which a final response ends it (§17.1.2.2).
+_AWAITING = (ClientState.TRYING, ClientState.PROCEEDING)
 
 
 class _Probe:
@@ -706,6 +716,8 @@ class UserAgent:
             return  # RFC 5626 §4.4.1 keep-alive
         if data.startswith(b"NOTIFY ") and self._receive_next_notify(data, source, now):
             return
+        if data.startswith(b"SIP/2.0 2") and self._receive_refresh_success(data, source, now):
+            return
         try:
             message = parse_message(data)
         except RemoteProtocolError as exc:
@@ -1122,24 +1134,64 @@ class UserAgent:
                 self._run(owner, owner.transaction_failed("transport-error", now), now)
         transaction = outgoing.transaction
         if transaction.state in (ClientState.COMPLETED, ClientState.TERMINATED):
-            # RFC 3261 §17.1.2.2: "The "Completed" state exists to buffer any
-            # additional response retransmissions that may be received" —
-            # for T4 (5 s) over UDP, holding the request and the final
-            # response.  Here a response matching no transaction is discarded
-            # (_receive_response), which absorbs those retransmissions just
-            # the same, so the transaction is forgotten at once rather than
-            # kept for the garbage collector to walk until Timer K.
-            if self._outgoing.pop(key, None) is not None and outgoing.kept:
-                self._kept_in_flight -= 1
-            self._client_timers.cancel(key)
-            if self._kept or self._republish or self._fresh:
-                self._pump(now)
+            self._forget(key, outgoing, now)
         else:
             deadline = transaction.get_timer()
             if deadline is None:
                 self._client_timers.cancel(key)
             else:
                 self._client_timers.schedule(deadline, key)
+
+    def _forget(self, key: ClientKey, outgoing: _Outgoing, now: float) -> None:
+        """A client transaction whose final response is in, gone.
+
+        RFC 3261 §17.1.2.2: "The "Completed" state exists to buffer any
+        additional response retransmissions that may be received" — for T4
+        (5 s) over UDP, holding the request and the final response.  Here a
+        response matching no transaction is discarded (_receive_response),
+        which absorbs those retransmissions just the same, so the transaction
+        is forgotten at once rather than kept for the garbage collector to
+        walk until Timer K.
+        """
+        if self._outgoing.pop(key, None) is not None and outgoing.kept:
+            self._kept_in_flight -= 1
+        self._client_timers.cancel(key)
+        if self._kept or self._republish or self._fresh:
+            self._pump(now)
+
+    def _receive_refresh_success(self, data: bytes, source: Destination, now: float) -> bool:
+        """A datagram that is a 2xx to a subscription's refresh, taken from its
+        bytes; False, nothing done, for any other, which :meth:`receive` then
+        parses.
+
+        Every held subscription's refresh brings one.  The outcome is the
+        general path's — the transaction ended, the counters, the window, the
+        subscription's new expiry — from the fields it reads (the top Via's
+        branch and the CSeq method to match the transaction, RFC 3261
+        §17.1.3; the Expires), without the Response and its transaction's
+        machine, which a final response ends at once here anyway.
+        """
+        if source.host not in self._trusted:
+            return False
+        success = read_lean_success(data)
+        if success is None:
+            return False
+        key = lean_client_key(success.branch, success.method)
+        outgoing = None if key is None else self._outgoing.get(key)
+        if outgoing is None or key is None:
+            return False
+        owner = outgoing.owner
+        if type(owner) is not Subscription or outgoing.transaction.state not in _AWAITING:
+            return False
+        caused = owner.receive_refresh_success(success.expires, now)
+        if caused is None:
+            return False
+        if not outgoing.retransmitted:
+            self._widen()
+        self.counters.ended(outgoing.transaction.request.method, str(success.status))
+        self._run(owner, caused, now)
+        self._forget(key, outgoing, now)
+        return True
 
     def _retry_with_credentials(self, outgoing: _Outgoing, response: Response, now: float) -> bool:
         """RFC 3261 §22.2: answer one challenge by resending with credentials."""

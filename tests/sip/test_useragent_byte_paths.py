@@ -1,7 +1,9 @@
-"""The user agent's byte path for the next NOTIFY of an active dialog.
+"""The user agent's byte paths: the next NOTIFY of an active dialog, and the
+2xx to a subscription's refresh.
 
 ``UserAgent._receive_next_notify`` takes most NOTIFYs without making a
-Request.  Its outcome must be the general path's, whatever arrives: every
+Request, ``UserAgent._receive_refresh_success`` most 2xx without making a
+Response.  Their outcome must be the general path's, whatever arrives: every
 test here feeds the same bytes to two user agents made alike, one of which
 takes every NOTIFY through the general path, and compares all they send,
 tell and keep.  Each also says whether the byte path was the one taken, so
@@ -21,12 +23,23 @@ from sip.errors import RemoteProtocolError
 from sip.message import Headers, Request, parse_message, read_lean_notify
 from sip.subscription import NotifyReceived
 from sip.transaction import MAGIC_COOKIE
+from sip.uri import SipURI
 from sip.useragent import Destination, UserAgent
-from tests.sip.test_useragent import NOTIFIER_ADDR, PIDF, Net, subscribed
+from tests.sip.test_useragent import (
+    ALICE,
+    BOB,
+    NOTIFIER_ADDR,
+    PIDF,
+    SERVER_ADDR,
+    Net,
+    subscribed,
+)
+
+CAROL = SipURI.parse("sip:carol@example.com")
 
 
 class _Counted(UserAgent):
-    """Counts the NOTIFYs the byte path took."""
+    """Counts the messages the byte paths took."""
 
     taken = 0
 
@@ -35,11 +48,19 @@ class _Counted(UserAgent):
         self.taken += took
         return took
 
+    def _receive_refresh_success(self, data: bytes, source: Destination, now: float) -> bool:
+        took = super()._receive_refresh_success(data, source, now)
+        self.taken += took
+        return took
+
 
 class _GeneralOnly(UserAgent):
-    """Every NOTIFY through the general path: the reference."""
+    """Every message through the general path: the reference."""
 
     def _receive_next_notify(self, data: bytes, source: Destination, now: float) -> bool:
+        return False
+
+    def _receive_refresh_success(self, data: bytes, source: Destination, now: float) -> bool:
         return False
 
 
@@ -96,6 +117,40 @@ class Twins:
             net.run_until(instant)
         assert_same(self)
 
+    def both(self, act: Callable[[Net], object]) -> None:
+        for net in (self.lean, self.general):
+            act(net)
+
+    def sent(self) -> bytes:
+        """The one datagram both sent: the same bytes."""
+        lean, general = self.lean.ua.datagrams_to_send(), self.general.ua.datagrams_to_send()
+        assert lean == general and len(lean) == 1, (lean, general)
+        return lean[0][0]
+
+    def refreshed(self) -> bytes:
+        """The subscription refreshed on both: the SUBSCRIBE sent."""
+        self.both(lambda net: net.ua.refresh(self.sub_id, net.now))
+        return self.sent()
+
+
+def success(
+    request: bytes,
+    status: int = 200,
+    *,
+    expires: str | None = "3600",
+    headers: Callable[[Headers], object] | None = None,
+) -> bytes:
+    """The server's 2xx to ``request``, as Kamailio answers a SUBSCRIBE."""
+    parsed = parse_message(request)
+    assert isinstance(parsed, Request)
+    response = parsed.response(status, to_tag=None if parsed.to.tag else "srvtag")
+    if expires is not None:
+        response.headers.add("Expires", expires)
+    response.headers.add("Contact", "<sip:presence@127.0.0.1:5070>")
+    if headers is not None:
+        headers(response.headers)
+    return bytes(response)
+
 
 def twins() -> Twins:
     lean, general = Net(), Net()
@@ -106,21 +161,23 @@ def twins() -> Twins:
     return Twins(lean, general, sub_id, subscribe, cseq=lean.notify_cseq)
 
 
-def _kept(net: Net, sub_id: int) -> tuple[object, ...]:
+def _kept(net: Net) -> tuple[object, ...]:
     ua = net.ua
-    s = ua.subscription(sub_id)
-    dialog = None if s is None else (
-        s.state, s.remote_tag, s.remote_target, s._remote_cseq, s._missing, s.expires_at,
-        s._refresh_at, s._deadline_n, s.get_timer(),
-    )
-    return (dialog, dict(ua._completed), dict(ua._expiring), dict(ua._resent),
-            dict(ua.counters.answered), ua.get_timer())
+    dialogs = [
+        (s.id, s.state, s.remote_tag, s.remote_target, s._remote_cseq, s._missing, s.expires_at,
+         s._refresh_at, s._deadline_n, s._guard_at, s._outstanding, s.get_timer())
+        for s in ua._subscriptions.values()
+    ]
+    counters = ua.counters
+    return (dialogs, dict(ua._completed), dict(ua._expiring), dict(ua._resent),
+            dict(counters.answered), dict(counters.outcomes), counters.retransmissions,
+            sorted(ua._outgoing), ua._bound, ua._kept_in_flight, ua.get_timer())
 
 
 def assert_same(t: Twins) -> None:
     assert t.lean.ua.datagrams_to_send() == t.general.ua.datagrams_to_send()
     assert t.lean.events() == t.general.events()
-    assert _kept(t.lean, t.sub_id) == _kept(t.general, t.sub_id)
+    assert _kept(t.lean) == _kept(t.general)
 
 
 # -- what the byte path takes ---------------------------------------------------------
@@ -160,6 +217,12 @@ def test_the_next_notify_of_an_active_dialog_takes_the_byte_path(edit: str) -> N
     t.run_until(4000.0)
 
 
+def _edited(data: bytes, old: bytes, new: bytes) -> bytes:
+    edited = data.replace(old, new, 1)
+    assert edited != data
+    return edited
+
+
 def _more(h: Headers) -> None:
     h.add("User-Agent", "a presence server")
     h.add("Require", "eventlist")
@@ -187,8 +250,8 @@ _REFUSED: dict[str, Callable[[Twins], bytes | tuple[bytes, Destination]]] = {
         headers=lambda h: h.set("From", str(t.subscribe.to.with_tag("fork2")))),
     "a To tag with more after it": lambda t: _more_after_to_tag(t),
     "an unknown Call-ID": lambda t: t.build(headers=lambda h: h.set("Call-ID", "nobody")),
-    "a compact Call-ID": lambda t: t.build().replace(b"\r\nCall-ID: ", b"\r\ni: ", 1),
-    "a header folded": lambda t: t.build().replace(b"\r\nEvent: ", b"\r\nEvent:\r\n ", 1),
+    "a compact Call-ID": lambda t: _edited(t.build(), b"\r\nCall-ID: ", b"\r\ni: "),
+    "a header folded": lambda t: _edited(t.build(), b"\r\nEvent: ", b"\r\nEvent:\r\n "),
     "two Vias": lambda t: t.build(headers=lambda h: h.add(
         "Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy")),
     "a Via without the magic cookie": lambda t: t.build(
@@ -260,7 +323,7 @@ def test_what_parse_message_refuses_the_byte_path_refuses(header: str) -> None:
 
 
 _STEPS = ["next", "same again", "changed", "expires", "skip", "older", "pending", "terminated",
-          "retransmit", "refresh", "wait"]
+          "retransmit", "refresh", "refresh answered", "wait"]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -290,9 +353,15 @@ def test_any_sequence_of_notifies_ends_alike(steps: list[str]) -> None:
         elif step == "retransmit":
             pass  # last, again
         elif step == "refresh":
-            for net in (t.lean, t.general):
-                net.ua.refresh(t.sub_id, net.now)
+            t.both(lambda net: net.ua.refresh(t.sub_id, net.now))
             assert_same(t)
+            continue
+        elif step == "refresh answered":
+            t.both(lambda net: net.ua.refresh(t.sub_id, net.now))
+            out = t.lean.ua.datagrams_to_send()
+            assert out == t.general.ua.datagrams_to_send()
+            for data, _ in out:  # none once the subscription has ended
+                t.feed(success(data), SERVER_ADDR)
             continue
         else:
             t.run_until(t.lean.now + 40.0)
@@ -300,3 +369,81 @@ def test_any_sequence_of_notifies_ends_alike(steps: list[str]) -> None:
         t.feed(last)
     t.run_until(t.lean.now + 8000.0)
 
+
+
+# -- the 2xx to a refresh ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["200", "202", "no Expires", "a shorter Expires", "Expires 0", "more headers",
+             "after a retransmission"],
+)
+def test_the_2xx_to_a_refresh_takes_the_byte_path(case: str) -> None:
+    t = twins()
+    subscribe = t.refreshed()
+    if case == "after a retransmission":
+        # Timer E (T1): the SUBSCRIBE again, the window narrowed.
+        t.both(lambda net: net.run_until(net.now + 0.6))
+        assert t.sent() == subscribe
+        assert t.lean.ua.counters.retransmissions == 1
+    data = {
+        "200": lambda: success(subscribe),
+        "202": lambda: success(subscribe, 202),
+        "no Expires": lambda: success(subscribe, expires=None),
+        "a shorter Expires": lambda: success(subscribe, expires="120"),
+        "Expires 0": lambda: success(subscribe, expires="0"),
+        "more headers": lambda: success(subscribe, headers=_more),
+        "after a retransmission": lambda: success(subscribe),
+    }[case]()
+    assert t.feed(data, SERVER_ADDR)
+    assert t.lean.ua._outgoing == {}
+    # And the dialog goes on alike: its NOTIFY, its next refresh, its timers.
+    t.feed(t.build())
+    t.run_until(t.lean.now + 4000.0)
+
+
+def _initial(t: Twins) -> bytes:
+    t.both(lambda net: net.ua.subscribe(BOB, CAROL, net.now))
+    return success(t.sent())
+
+
+def _unsubscribing(t: Twins) -> bytes:
+    t.both(lambda net: net.ua.unsubscribe(t.sub_id, net.now))
+    return success(t.sent(), expires="0")
+
+
+def _repeated(t: Twins) -> bytes:
+    data = success(t.refreshed())
+    assert t.feed(data, SERVER_ADDR)
+    return data
+
+
+def _to_a_publish(t: Twins) -> bytes:
+    t.both(lambda net: net.ua.publish(ALICE, PIDF, net.now))
+    return success(t.sent(), headers=lambda h: h.add("SIP-ETag", "e1"))
+
+
+_SUCCESS_REFUSED: dict[str, Callable[[Twins], bytes | tuple[bytes, Destination]]] = {
+    "a 2xx received again": _repeated,
+    "to the initial SUBSCRIBE": _initial,
+    "to the SUBSCRIBE that ends it": _unsubscribing,
+    "to a PUBLISH": _to_a_publish,
+    "an Expires not a number": lambda t: success(t.refreshed(), expires="soon"),
+    "two Vias": lambda t: success(t.refreshed(), headers=lambda h: h.add(
+        "Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy")),
+    "a compact Call-ID": lambda t: _edited(success(t.refreshed()), b"\r\nCall-ID: ", b"\r\ni: "),
+    "a body cut short": lambda t: _edited(success(t.refreshed()), b"\r\nContent-Length: 0\r\n",
+                                          b"\r\nContent-Length: 10\r\n"),
+    "a 4xx": lambda t: success(t.refreshed(), 481),
+    "from a host not the server": lambda t: (success(t.refreshed()),
+                                             Destination("udp", "192.0.2.9", 5060)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_SUCCESS_REFUSED))
+def test_any_other_response_takes_the_general_path_with_the_same_outcome(case: str) -> None:
+    t = twins()
+    made = _SUCCESS_REFUSED[case](t)
+    data, source = made if isinstance(made, tuple) else (made, SERVER_ADDR)
+    assert not t.feed(data, source)
+    t.run_until(t.lean.now + 4000.0)
