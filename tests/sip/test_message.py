@@ -14,6 +14,8 @@ from sip.message import (
     _parse_lean,
     is_keepalive,
     parse_message,
+    read_lean_notify,
+    read_lean_success,
 )
 from sip.uri import NameAddr, SipURI
 
@@ -865,3 +867,29 @@ def test_via_reused_without_its_branch_is_the_via_parsed(text: str) -> None:
         return
     assert _via(text) == expected
     assert _via(text) == expected  # the second time from the cached part
+
+
+@pytest.mark.parametrize("data", KAMAILIO_SIP, ids=lambda p: p.name)
+def test_the_presence_server_s_notifies_and_2xx_take_the_byte_paths(data: Path) -> None:
+    """Each NOTIFY and 2xx the bundled Kamailio sends is read by the byte
+    paths' readers, as the full parse reads it: a change of shape on the
+    server's side would send every message back to the general path."""
+    raw = data.read_bytes()
+    full = _parse_full(raw) if raw.startswith((b"SIP/2.0 ", b"NOTIFY ")) else None
+    if isinstance(full, Request) and full.method == "NOTIFY":
+        notify = read_lean_notify(raw)
+        assert notify is not None
+        assert (notify.call_id, notify.from_tag, notify.to_tag, notify.cseq, notify.event,
+                notify.state, notify.body, notify.content_type) == (
+            full.call_id, full.from_.tag, full.to.tag, full.cseq.seq, full.event,
+            full.subscription_state, full.body, full.content_type)
+        assert notify.answer() == full.response_bytes(200)
+    elif isinstance(full, Response) and 200 <= full.status < 300:
+        success = read_lean_success(raw)
+        assert success is not None
+        top = full.top_via
+        assert top is not None
+        assert (success.status, success.branch, success.method, success.expires) == (
+            full.status, top.branch, full.cseq.method, full.expires)
+    else:
+        assert read_lean_notify(raw) is None and read_lean_success(raw) is None
