@@ -1177,8 +1177,10 @@ class UserAgent:
         if success is None:
             return False
         key = lean_client_key(success.branch, success.method)
-        outgoing = None if key is None else self._outgoing.get(key)
-        if outgoing is None or key is None:
+        if key is None:
+            return False
+        outgoing = self._outgoing.get(key)
+        if outgoing is None:
             return False
         owner = outgoing.owner
         if type(owner) is not Subscription or outgoing.transaction.state not in _AWAITING:
@@ -1280,11 +1282,8 @@ class UserAgent:
         # Answer first: a NOTIFY not answered at once is retransmitted and,
         # in the end, the notifier drops the subscription.
         self._datagrams.append((self._final(request, status, added), source))
-        answered = self.counters.answered
-        counted = (request.method, status)
-        answered[counted] = answered.get(counted, 0) + 1
-        if source.transport == "udp":
-            self._complete(key, status if added is None else (status, added), now)
+        self._answered(key, (request.method, status),
+                       status if added is None else (status, added), source, now)
         if owner is not None:
             subscription, caused = owner
             self._run(subscription, caused, now)
@@ -1327,13 +1326,25 @@ class UserAgent:
         if event is None:
             return False
         self._datagrams.append((notify.answer(), source))
-        answered = self.counters.answered
-        answered[_NOTIFY_200] = answered.get(_NOTIFY_200, 0) + 1
-        if source.transport == "udp":
-            self._complete(key, 200, now)
-        self._events.append(event)
-        self._file_timer(subscription.id, subscription.get_timer())
+        self._answered(key, _NOTIFY_200, 200, source, now)
+        self._run(subscription, (event,), now)
         return True
+
+    def _answered(
+        self,
+        key: ServerKey,
+        counted: tuple[str, int],
+        record: int | tuple[int, str],
+        source: Destination,
+        now: float,
+    ) -> None:
+        """A request just answered with its final response: counted by method
+        and status, and over UDP its server transaction kept in Completed
+        (``record``: see :meth:`_complete`)."""
+        answered = self.counters.answered
+        answered[counted] = answered.get(counted, 0) + 1
+        if source.transport == "udp":
+            self._complete(key, record, now)
 
     def _resent_notify(self, key: ServerKey, request: Request, now: float) -> None:
         copies = self._resent.get(key, 0) + 1
