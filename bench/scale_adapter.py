@@ -36,8 +36,9 @@ presentities; then Subscribe Presence for each of ``--watchers`` x
 ``--per-watcher`` (watcher i watches presentities i·per … i·per+per-1 modulo
 the publications, so each has watchers·per/publications watchers), from a
 minimal keep-alive HTTP/1.1 client (bench/rest_publish.py's
-LeanHttpConnection), ``--concurrency`` requests at once.  Then nothing but
-the refreshes (and the adapter's own keepalive probes) for ``--observe``
+LeanHttpConnection), ``--concurrency`` requests at once.  Once the pres-rules reads the set-up
+left queued are done (``--settle``, at most 120 s), nothing but the
+refreshes (and the adapter's own keepalive probes) for ``--observe``
 seconds.
 
 Printed: REST calls/s and answers of each set-up phase; the adapter's RSS
@@ -480,6 +481,8 @@ def tree_pids(pid: int) -> list[int]:
     return found
 
 
+#: Seconds between two looks at the pres-rules reads while the set-up settles.
+SETTLE_POLL = 5.0
 #: Seconds per slice of the idle window's CPU table.
 SLICE = 30.0
 
@@ -614,6 +617,11 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 cpu[key] = meter.read()
                 wall[key] = time.time()
                 reads[key] = scrape_counts(adapter)
+            settle(adapter, args.settle)
+            samples["held"] = sample(pid)
+            cpu["held"] = meter.read()
+            wall["held"] = time.time()
+            reads["held"] = scrape_counts(adapter)
             print(f"  held: RSS {samples['held'].rss_kib / 1024:.1f} MiB; idle window of "
                   f"{args.observe:g} s begins, load average {load_average()}", flush=True)
             profiler = py_spy(args.profile, pid)
@@ -762,6 +770,23 @@ def metrics_text(adapter: Any) -> str | None:
         return None
 
 
+def settle(adapter: Any, most: float) -> None:
+    """Wait, at most ``most`` seconds, until the pres-rules reads the set-up
+    left queued are done: until a poll finds the count unchanged since the
+    last.  The idle window then measures holding, not the set-up's tail."""
+
+    began = time.monotonic()
+    last = scrape_counts(adapter)[0]
+    while time.monotonic() - began < most:
+        time.sleep(SETTLE_POLL)
+        now = scrape_counts(adapter)[0]
+        if now == last:
+            break
+        last = now
+    print(f"  set-up settled: pres-rules reads {last:,.0f}, after "
+          f"{time.monotonic() - began:.0f} s", flush=True)
+
+
 def scrape_counts(adapter: Any) -> tuple[float, float]:
     """The pres-rules reads the adapter made so far and the NOTIFYs it answered
     (one scrape of its /metrics: each costs the adapter some CPU)."""
@@ -897,6 +922,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="longest set-up (s): calls not made by then count as 'deadline'")
     parser.add_argument("--rules", action=argparse.BooleanOptionalAction, default=True,
                         help="write pres-rules granting the watchers (else they stay pending)")
+    parser.add_argument("--settle", type=float, default=120.0, metavar="S",
+                        help="before the idle window, wait at most S s for the set-up's "
+                        "queued pres-rules reads to finish (0: start at once)")
     parser.add_argument("--check", type=int, default=1000,
                         help="Get User Presence calls on random pairs at the end")
     parser.add_argument("--server-shm", type=int, default=2048,

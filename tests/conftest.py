@@ -1,12 +1,23 @@
 """Fixtures shared by the whole test suite."""
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.postgres_server import TEST_SETTINGS, PostgresCluster
 from tests.presence_server import PresenceServer
 from tests.redis_server import RedisServer
+
+#: A tmpfs for the test servers' scratch files, as PostgreSQL's TEST_SETTINGS
+#: turn fsync off: the suite's servers hold nothing worth a disk's durability.
+_TMPFS = Path("/dev/shm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _TMPFS.is_dir() and os.access(_TMPFS, os.W_OK):
+        PresenceServer.scratch = _TMPFS
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,11 @@ class PresenceServer:
 
     #: The servers running now, for a failing test's report (tests/integration/conftest.py).
     _running: ClassVar[set[PresenceServer]] = set()
+    #: Where new servers make their directory (None: the system's temporary
+    #: folder). The suite points it at a tmpfs (tests/conftest.py): SQLite
+    #: fsyncs each commit while it holds the database's write lock, and on a
+    #: loaded disk the server's other workers then meet "database is locked".
+    scratch: ClassVar[Path | None] = None
 
     @classmethod
     def running(cls) -> list[PresenceServer]:
@@ -105,7 +110,7 @@ class PresenceServer:
         self.host = host
         self.port = 0
         self.tls_port = 0
-        self.directory = Path(tempfile.mkdtemp(prefix="presence-server-"))
+        self.directory = Path(tempfile.mkdtemp(prefix="presence-server-", dir=self.scratch))
         #: The CA and certificates of its TLS port (None without TLS).
         self.certificates = Certificates(self.directory / "tls", host) if tls else None
         self.mutual = mutual
