@@ -13,6 +13,7 @@ tests/data/rls/ was captured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -64,6 +65,8 @@ PUBLISH_RETRY = 30.0
 #: Member state arrives in partial NOTIFYs about a second after the full
 #: state (rls waitn_time); this only bounds a failing test.
 WAIT = 20.0
+#: How often a barrier's change is sent before its step fails (WAIT in all).
+BARRIER_TRIES = 4
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 90) -> None:
@@ -141,9 +144,11 @@ class Watch:
             assert not update.errors, update.errors
             self.changes.extend(update.changes)
 
-    async def until(self, check: Callable[[ListState], bool], what: str) -> None:
+    async def until(
+        self, check: Callable[[ListState], bool], what: str, wait: float = WAIT
+    ) -> None:
         try:
-            async with asyncio.timeout(WAIT):
+            async with asyncio.timeout(wait):
                 while True:
                     self._drain()
                     if check(self.state):
@@ -447,14 +452,27 @@ def test_a_removal_a_block_and_an_allow_on_the_server_are_not_told_until_a_refre
                 await watch.until(active_with(member, "-"), f"{member.user} active")
 
             async def barrier(n: int) -> int:
+                # Under load rls has let a barrier go untold (seen twice in
+                # CI, the server's log clean): it is sent again until it
+                # comes. The steps assert what came before it, not that rls
+                # tells every change.
+                told, what = active_with(kept, f"kept-{n}"), f"barrier {n}"
+                for _ in range(BARRIER_TRIES - 1):
+                    await retried(lambda: steady.modify(pidf(kept, f"kept-{n}")))
+                    with contextlib.suppress(AssertionError):
+                        await watch.until(told, what, WAIT / BARRIER_TRIES)
+                        return len(watch.notifies)
                 await retried(lambda: steady.modify(pidf(kept, f"kept-{n}")))
-                await watch.until(active_with(kept, f"kept-{n}"), f"barrier {n}")
+                await watch.until(told, what, WAIT / BARRIER_TRIES)
                 return len(watch.notifies)
 
             # A pure removal (rls_update_subs ends rls's own subscription to
             # the member): no NOTIFY names it, no full state comes.
             before = len(watch.notifies)
             await put_list(presence_server, watcher, service, [kept, blocker])
+            # As for pres-rules below: the PUT is answered before the route
+            # runs rls_update_subs, which the barrier's PUBLISH would race.
+            await asyncio.sleep(RULES_SETTLE)
             after = await barrier(1)
             assert mentions(watch.notifies[before:after], gone) == []
             assert all(b'fullState="false"' in n.body for n in watch.notifies[before:after])
