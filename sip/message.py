@@ -937,7 +937,7 @@ def _parse_lean(data: bytes) -> Message | None:
     split = _lean_head(data)
     if split is None:
         return None
-    lines, fields, end = split
+    start, fields, end = split
     keys = _KEYS
     # Stripped as the full parse strips every value (§7.3.1 LWS).
     items = [(keys[name], name, value.strip()) for name, value in fields.items()]
@@ -955,7 +955,7 @@ def _parse_lean(data: bytes) -> Message | None:
         if "," in via or not via:
             return None  # several Vias in one line: the full parse splits them
         vias = (_via(via),)
-        msg = _start_line(lines[0], headers, body)
+        msg = _start_line(start, headers, body)
     except (KeyError, RemoteProtocolError):
         return None  # a header missing or malformed: the full parse says which
     if isinstance(msg, Request) and cseq.method != msg.method:
@@ -967,25 +967,31 @@ def _parse_lean(data: bytes) -> Message | None:
     return msg
 
 
-def _lean_head(data: bytes) -> tuple[list[str], dict[str, str], int] | None:
+def _lean_head(data: bytes) -> tuple[str, dict[str, str], int] | None:
     """The head of ``data`` in the lean parse's shape (see :func:`_parse_lean`):
-    its lines, its fields by name (values unstripped), and where it ends."""
+    its start line, its fields by name (values unstripped), and where it ends."""
     end = data.find(b"\r\n\r\n")
     if end <= 0 or data.startswith(b"\r\n"):
         return None
-    head = data[:end]
-    crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-        return None
     try:
-        lines = head.decode("utf-8").split("\r\n")
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    # The split counted the CRLFs: any other CR or LF is a bare one (in UTF-8
+    # text, those bytes are those characters and nothing else).
+    crlf = len(lines) - 1
+    if text.count("\r") != crlf or text.count("\n") != crlf:
+        return None
+    start = lines.pop(0)
+    try:
         # A line without ": " makes a one-element split, which dict() refuses.
-        fields = dict([line.split(": ", 1) for line in lines[1:]])
-    except (UnicodeDecodeError, ValueError):
+        fields = dict([line.split(": ", 1) for line in lines])
+    except ValueError:
         return None
-    if len(fields) != len(lines) - 1 or not _LEAN_NAMES.issuperset(fields):
+    if len(fields) != crlf or not _LEAN_NAMES.issuperset(fields):
         return None
-    return lines, fields, end
+    return start, fields, end
 
 
 def _lean_body(data: bytes, end: int, fields: dict[str, str]) -> bytes | None:
@@ -1052,8 +1058,8 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
     split = _lean_head(data)
     if split is None:
         return None
-    lines, fields, end = split
-    start = lines[0].split(" ")
+    line, fields, end = split
+    start = line.split(" ")
     if len(start) != 3 or start[0] != "NOTIFY" or start[2] != "SIP/2.0":
         return None
     try:
@@ -1110,8 +1116,8 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
     split = _lean_head(data)
     if split is None:
         return None
-    lines, fields, end = split
-    start = lines[0].split(" ", 2)
+    line, fields, end = split
+    start = line.split(" ", 2)
     if len(start) < 2 or start[0] != "SIP/2.0":
         return None
     code = start[1]
