@@ -298,34 +298,44 @@ T = TypeVar("T")
 # every dialog).  Only successful parses are kept; a table that fills up is
 # emptied, so its size stays bounded whatever texts a peer sends.
 _PARSED_MAX = 4096
-_NAME_ADDRS: dict[str, NameAddr] = {}
-_URIS: dict[str, URI] = {}
-_CSEQS: dict[str, CSeq] = {}
-_EVENTS: dict[str, Event] = {}
-_SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
+
+
+class _Parsed(dict[str, T]):
+    """A table of typed values by text: a text seen before is one lookup of
+    the dict, a new one is parsed (raising as the parser does) and kept."""
+
+    __slots__ = ("_parse",)
+
+    def __init__(self, parse: Callable[[str], T]) -> None:
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, text: str) -> T:
+        value = self._parse(text)
+        if len(self) >= _PARSED_MAX:
+            self.clear()
+        self[text] = value
+        return value
+
+
+_NAME_ADDRS = _Parsed(NameAddr.parse)
+_URIS = _Parsed(parse_uri)
+_CSEQS = _Parsed(CSeq.parse)
+_EVENTS = _Parsed(Event.parse)
+_SUBSCRIPTION_STATES = _Parsed(SubscriptionState.parse)
 # Keyed by the Via text without its branch parameter (see _via).
-_VIAS: dict[str, Via] = {}
+_VIAS = _Parsed(Via.parse)
 # An unquoted branch value, as both of Via.parse's paths read one (RFC 3261
 # §25.1 gen-value = token / host).
 _BRANCH_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 
 
-def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> T:
-    hit = table.get(text)
-    if hit is None:
-        hit = parse(text)
-        if len(table) >= _PARSED_MAX:
-            table.clear()
-        table[text] = hit
-    return hit
-
-
 def _uri(text: str) -> URI:
-    return _parse_cached(_URIS, parse_uri, text)
+    return _URIS[text]
 
 
 def _cseq(text: str) -> CSeq:
-    return _parse_cached(_CSEQS, CSeq.parse, text)
+    return _CSEQS[text]
 
 
 def _name_addr(text: str) -> NameAddr:
@@ -340,18 +350,16 @@ def _name_addr(text: str) -> NameAddr:
         # repeats: parse that rest once, and append the tag as the last
         # header parameter, as parsing the whole text would (§20.10, §25.1:
         # a token is a valid gen-value and holds no ";", ">" or blank).
-        base = _NAME_ADDRS.get(text[:cut])
-        if base is None:
-            try:
-                base = _parse_cached(_NAME_ADDRS, NameAddr.parse, text[:cut])
-            except RemoteProtocolError:
-                base = None  # let the whole text's parse say what is wrong
+        try:
+            base: NameAddr | None = _NAME_ADDRS[text[:cut]]
+        except RemoteProtocolError:
+            base = None  # let the whole text's parse say what is wrong
         if base is not None:
             # Not kept: a gateway's dialogs, by the hundred thousand, would
             # fill the table with texts each seen twice or thrice per refresh
             # and empty it of the bases that every dialog shares.
             return NameAddr(base.display, base.uri, (*base.params, ("tag", tag)))
-    return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
+    return _NAME_ADDRS[text]
 
 
 def _check_name_addr(text: str) -> None:
@@ -393,23 +401,20 @@ def _via_branch(text: str) -> tuple[Via, str, int] | None:
             end = len(text)
         branch = text[cut + 8 : end]
         if _BRANCH_VALUE.fullmatch(branch) is not None:
-            rest = text[:cut] + text[end:]
-            base = _VIAS.get(rest)
-            if base is None:
-                try:
-                    base = _parse_cached(_VIAS, Via.parse, rest)
-                except RemoteProtocolError:
-                    return None  # let the whole text's parse say what is wrong
+            try:
+                base = _VIAS[text[:cut] + text[end:]]
+            except RemoteProtocolError:
+                return None  # let the whole text's parse say what is wrong
             return base, branch, cut
     return None
 
 
 def _event(text: str) -> Event:
-    return _parse_cached(_EVENTS, Event.parse, text)
+    return _EVENTS[text]
 
 
 def _subscription_state(text: str) -> SubscriptionState:
-    return _parse_cached(_SUBSCRIPTION_STATES, SubscriptionState.parse, text)
+    return _SUBSCRIPTION_STATES[text]
 
 
 @dataclass(eq=False)
@@ -1063,7 +1068,7 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
     if len(start) != 3 or start[0] != "NOTIFY" or start[2] != "SIP/2.0":
         return None
     try:
-        _uri(start[1])
+        _URIS[start[1]]
         via = fields["Via"].strip()
         top = None if "," in via else _via_branch(via)
         from_ = fields["From"].strip()
@@ -1072,9 +1077,9 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
         to_tag = _lean_tag(to)
         call_id = _call_id(fields["Call-ID"].strip())
         cseq_text = fields["CSeq"].strip()
-        cseq = _cseq(cseq_text)
-        event = _event(fields["Event"].strip())
-        state = _subscription_state(fields["Subscription-State"].strip())
+        cseq = _CSEQS[cseq_text]
+        event = _EVENTS[fields["Event"].strip()]
+        state = _SUBSCRIPTION_STATES[fields["Subscription-State"].strip()]
         contact_text = fields.get("Contact")
         contact = None
         if contact_text is not None:
@@ -1129,7 +1134,7 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
         _check_name_addr(fields["From"].strip())
         _check_name_addr(fields["To"].strip())
         _call_id(fields["Call-ID"].strip())
-        cseq = _cseq(fields["CSeq"].strip())
+        cseq = _CSEQS[fields["CSeq"].strip()]
         expires_text = fields.get("Expires")
         expires = (None if expires_text is None
                    else parse_delta_seconds(expires_text.strip(), "Expires"))
