@@ -646,6 +646,48 @@ class TestLeanParse:
             got = str(exc)
         assert got == expected
 
+    # A NOTIFY and a 2xx that the byte paths' readers take, and edits of their
+    # head that every lean reader must refuse (the full parse reads or refuses
+    # them on its own terms).
+    LEAN_NOTIFY = minimal(
+        extra="Event: presence\r\nSubscription-State: active;expires=60\r\n"
+              "Content-Length: 3\r\n", body=b"abc",
+    ).replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b")
+    LEAN_SUCCESS = (b"SIP/2.0 200 OK\r\n" + LEAN_NOTIFY.split(b"\r\n", 1)[1]).replace(
+        b"1 NOTIFY", b"1 SUBSCRIBE")
+    HEAD_EDITS = {
+        "a bare CR in a value": (b"c1@host", b"c1@h\rost"),
+        "a bare LF in a value": (b"c1@host", b"c1@h\nost"),
+        "a bare CR before the blank line": (b"Content-Length: 3\r\n\r\n",
+                                            b"Content-Length: 3\r\r\n\r\n"),
+        "a bare LF before the blank line": (b"Content-Length: 3\r\n\r\n",
+                                            b"Content-Length: 3\n\r\n\r\n"),
+        "a bare LF for a line end": (b"\r\nCall-ID: ", b"\nCall-ID: "),
+        "a name twice": (b"\r\nCall-ID: c1@host", b"\r\nCall-ID: c1@host\r\nCall-ID: c1@host"),
+        "no blank after the colon": (b"\r\nCall-ID: ", b"\r\nCall-ID:"),
+        "a name lower-cased": (b"\r\nCall-ID: ", b"\r\ncall-id: "),
+        "a compact name": (b"\r\nCall-ID: ", b"\r\ni: "),
+        "a line folded": (b"\r\nCall-ID: c1@host", b"\r\nCall-ID:\r\n c1@host"),
+        "a line of no field": (b"\r\nCall-ID: ", b"\r\nno field\r\nCall-ID: "),
+        "not UTF-8": (b"c1@host", b"c1@\xff\xfe"),
+    }
+
+    def test_the_readers_take_the_unedited_messages(self) -> None:
+        assert read_lean_notify(self.LEAN_NOTIFY) is not None
+        assert read_lean_success(self.LEAN_SUCCESS) is not None
+        assert _parse_lean(self.LEAN_NOTIFY) is not None
+        assert _parse_lean(self.LEAN_SUCCESS) is not None
+
+    @pytest.mark.parametrize("edit", sorted(HEAD_EDITS))
+    def test_every_lean_reader_refuses_a_head_not_of_its_shape(self, edit: str) -> None:
+        old, new = self.HEAD_EDITS[edit]
+        for data, read in ((self.LEAN_NOTIFY, read_lean_notify),
+                           (self.LEAN_SUCCESS, read_lean_success)):
+            edited = data.replace(old, new, 1)
+            assert edited != data
+            assert read(edited) is None
+            assert _parse_lean(edited) is None
+
     def test_a_lean_message_is_as_mutable_as_any(self) -> None:
         msg = _parse_lean(minimal(extra="Expires: 60\r\n"))
         assert msg is not None and msg.expires == 60 and msg.call_id == "c1@host"
