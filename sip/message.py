@@ -362,11 +362,26 @@ def _name_addr(text: str) -> NameAddr:
     return _NAME_ADDRS[text]
 
 
+# A name-addr in its plainest shape, <sip:user@host>, each part drawn from a
+# subset of what NameAddr.parse accepts there (§25.1: unreserved characters
+# for the user, _HOSTNAME's host; no escapes, port or parameters): such a
+# text is valid without being parsed.  A gateway's dialogs name more
+# addresses than the table of parsed ones holds.
+_PLAIN_ADDRESS = re.compile(
+    r"<sips?:[A-Za-z0-9\-_.!~*'()]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?>"
+)
+
+
+def _valid_address(text: str) -> bool:
+    """Whether ``text`` is a name-addr known to parse, without parsing it."""
+    return text in _NAME_ADDRS or _PLAIN_ADDRESS.fullmatch(text) is not None
+
+
 def _check_name_addr(text: str) -> None:
     """Raise as :func:`_name_addr` would for ``text``, without making the value
-    when its parts are known: a known address and a token tag."""
+    when its parts are known valid: the address and a token tag."""
     cut = text.rfind(";tag=")
-    if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(text[cut + 5 :]):
+    if cut > 0 and _valid_address(text[:cut]) and is_token(text[cut + 5 :]):
         return
     _name_addr(text)
 
@@ -1147,11 +1162,11 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
 
 def _lean_tag(text: str) -> str | None:
     """The tag of a From or To, the address checked as :func:`_check_name_addr`
-    checks it (RemoteProtocolError where it raises).  A tag after a known
+    checks it (RemoteProtocolError where it raises).  A tag after a valid
     address is not checked to be a token: a NOTIFY's are only of use matched
     to a dialog's, which are."""
     cut = text.rfind(";tag=")
-    if cut > 0 and text[:cut] in _NAME_ADDRS:
+    if cut > 0 and _valid_address(text[:cut]):
         return text[cut + 5 :]
     return _name_addr(text).tag
 

@@ -1,15 +1,21 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.headers import CSeq, Event, RetryAfter, SubscriptionState, Via
 from sip.message import (
+    _NAME_ADDRS,
+    _PLAIN_ADDRESS,
     Headers,
     Message,
     Request,
     Response,
     StreamParser,
+    _check_name_addr,
+    _lean_tag,
     _parse_full,
     _parse_lean,
     is_keepalive,
@@ -935,3 +941,48 @@ def test_the_presence_server_s_notifies_and_2xx_take_the_byte_paths(data: Path) 
             full.status, top.branch, full.cseq.method, full.expires)
     else:
         assert read_lean_notify(raw) is None and read_lean_success(raw) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=st.from_regex(_PLAIN_ADDRESS, fullmatch=True),
+       tag=st.from_regex(r"[A-Za-z0-9\-.!%*_+`'~]+", fullmatch=True))
+def test_an_address_valid_without_a_parse_parses(address: str, tag: str) -> None:
+    """What the lean readers take as a valid address unparsed, the parser reads."""
+    parsed = NameAddr.parse(address)
+    assert parsed.params == () and str(parsed.uri) == address[1:-1]
+    assert NameAddr.parse(f"{address};tag={tag}").tag == tag
+    _NAME_ADDRS.clear()
+    _check_name_addr(f"{address};tag={tag}")
+    assert _lean_tag(f"{address};tag={tag}") == tag
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:p17@example.com>;tag=a1",
+        "<sips:p17@example.com>;tag=a1",
+        "<SIP:p17@example.com>;tag=a1",  # valid, not of the plain shape: parsed
+        "<sip:p%31@example.com>;tag=a1",
+        "<sip:p17@example.com:5060>;tag=a1",
+        "<sip:p17@-example.com>;tag=a1",
+        "<sip:p17@example.com;x=y>;tag=a1",
+        "<sip:p17@example.com>x;tag=a1",
+        "<sip:p17@exa mple.com>;tag=a1",
+        "<sip:p17:pw@example.com>;tag=a1",
+        "<sip:p<17@example.com>;tag=a1",
+        "<sip:@example.com>;tag=a1",
+        "<sip:p17@example.com>;tag=a b",
+        "<sip:p17@example.com>;tag=",
+    ],
+)
+def test_an_address_checked_unparsed_fails_as_the_parse_does(text: str) -> None:
+    _NAME_ADDRS.clear()
+    try:
+        NameAddr.parse(text)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):
+            _check_name_addr(text)
+        return
+    _NAME_ADDRS.clear()
+    _check_name_addr(text)
+    assert _lean_tag(text) == NameAddr.parse(text).tag
