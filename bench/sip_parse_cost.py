@@ -17,7 +17,11 @@ transaction, tags and Call-ID per dialog).  Timed, µs of CPU per message
 * ``parse``  — ``sip.message.parse_message`` and the To tag (what the user
   agent reads of every NOTIFY before its dialog is known);
 * ``answer`` — the NOTIFY's 200 (``Request.response_bytes``), from a message
-  parsed before.
+  parsed before;
+* ``lean``   — the byte paths' readers, what a refresh wave runs:
+  ``read_lean_notify`` for the NOTIFY, ``read_lean_success`` for the 200;
+* ``lean answer`` — the NOTIFY's 200 written from what ``read_lean_notify``
+  read (``LeanNotify.answer``).
 
 ``--reference DIR`` runs the same from another source tree in a child
 process and prints the ratio.
@@ -74,7 +78,7 @@ def timed(run: Callable[[bytes], object], batch: list[bytes], repeat: int) -> fl
 
 
 def measure(count: int, repeat: int) -> dict[str, float]:
-    from sip.message import Request, parse_message
+    from sip.message import Request, parse_message, read_lean_notify, read_lean_success
 
     def parse(data: bytes) -> object:
         message = parse_message(data)
@@ -88,6 +92,9 @@ def measure(count: int, repeat: int) -> dict[str, float]:
             parse(data)  # the parser's tables of repeated texts, as in a wave
         figures[f"{label} lines"] = timed(lines, batch, repeat)
         figures[f"{label} parse"] = timed(parse, batch, repeat)
+        read = read_lean_notify if label == "NOTIFY" else read_lean_success
+        assert all(read(data) is not None for data in batch)
+        figures[f"{label} lean"] = timed(read, batch, repeat)
         if label == "NOTIFY":
             parsed = [parse_message(data) for data in batch]
             requests = [m for m in parsed if isinstance(m, Request)]
@@ -98,6 +105,14 @@ def measure(count: int, repeat: int) -> dict[str, float]:
                     request.response_bytes(200, to_tag=None)
                 best = min(best, time.process_time() - started)
             figures[f"{label} answer"] = best / len(requests) * 1e6
+            notifies = [read_lean_notify(data) for data in batch]
+            best = float("inf")
+            for _ in range(repeat):
+                started = time.process_time()
+                for notify in notifies:
+                    notify.answer()  # type: ignore[union-attr]
+                best = min(best, time.process_time() - started)
+            figures[f"{label} lean answer"] = best / len(notifies) * 1e6
     return figures
 
 
