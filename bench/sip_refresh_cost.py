@@ -28,6 +28,11 @@ is *not* timed.  Timed, per refresh, in three variants run side by side:
 the captured PIDF document (tests/data/kamailio/09-notify-active-again-1.txt)
 as its body, instead of the default pending one without a body.
 
+``--subscribers`` and ``--presentities`` spread the subscriptions over
+that many distinct addresses (1,000 and 100 by default; the
+100,000-subscription run of bench/scale_adapter.py has 1,000 and 10,000,
+more than the parser's tables of texts hold).
+
 Subscriptions are set up first (not timed); then every one is refreshed
 ``--rounds`` times.  Figures are µs of CPU (``time.process_time``, the
 timed calls only) per refresh, best of ``--repeat`` runs, with the ratio to
@@ -142,12 +147,17 @@ def _match(pattern: re.Pattern[bytes], data: bytes) -> bytes:
     return m.group(1)
 
 
+# Distinct addresses the subscriptions are spread over (--subscribers,
+# --presentities): the 100,000-subscription run has 1,000 and 10,000.
+ADDRESSES = {"subscribers": 1000, "presentities": 100}
+
+
 def subscriber(i: int) -> SipURI:
-    return SipURI.parse(f"sip:w{i % 1000}@{DOMAIN}")
+    return SipURI.parse(f"sip:w{i % ADDRESSES['subscribers']}@{DOMAIN}")
 
 
 def presentity(i: int) -> SipURI:
-    return SipURI.parse(f"sip:p{i % 100}@{DOMAIN}")
+    return SipURI.parse(f"sip:p{i % ADDRESSES['presentities']}@{DOMAIN}")
 
 
 # ------------------------------------------------------------------ ua
@@ -333,19 +343,33 @@ def measure(variant: str, subscriptions: int, rounds: int) -> tuple[float, int]:
     return asyncio.run(run_raw(subscriptions, rounds))
 
 
-def measure_us(variant: str, subscriptions: int, rounds: int, notify: str = "pending") -> float:
+def measure_us(variant: str, subscriptions: int, rounds: int, notify: str = "pending",
+               addresses: str = "1000,100") -> float:
     """µs of CPU per refresh: what a child run from another tree prints."""
     global NOTIFY_STATE
     NOTIFY_STATE = notify
+    _set_addresses(addresses)
     cpu, refreshes = measure(variant, subscriptions, rounds)
     return cpu / refreshes * 1e6
 
 
-def measure_split(subscriptions: int, rounds: int, notify: str = "pending") -> str:
+def _set_addresses(addresses: str) -> None:
+    """``"SUBSCRIBERS,PRESENTITIES"`` into ADDRESSES (a child's argument)."""
+    subscribers, presentities = addresses.split(",")
+    ADDRESSES.update(subscribers=int(subscribers), presentities=int(presentities))
+
+
+def _addresses() -> str:
+    return f"{ADDRESSES['subscribers']},{ADDRESSES['presentities']}"
+
+
+def measure_split(subscriptions: int, rounds: int, notify: str = "pending",
+                  addresses: str = "1000,100") -> str:
     """µs of CPU per refresh of the endpoint variant's three parts: the
     refresh call (SUBSCRIBE out), the 200, the NOTIFY (and its 200 out)."""
     global NOTIFY_STATE
     NOTIFY_STATE = notify
+    _set_addresses(addresses)
     gc.collect()
     parts = [0.0, 0.0, 0.0]
     _, refreshes = asyncio.run(run_endpoint(subscriptions, rounds, parts))
@@ -357,8 +381,9 @@ def split_reference(tree: str, subscriptions: int, rounds: int, notify: str) -> 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trees import run_from_tree
 
-    call = "bench.measure_split(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])"
-    return run_from_tree(Path(__file__), tree, call, str(subscriptions), str(rounds), notify)
+    call = "bench.measure_split(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6])"
+    return run_from_tree(Path(__file__), tree, call, str(subscriptions), str(rounds), notify,
+                         _addresses())
 
 
 def measure_reference(
@@ -368,9 +393,10 @@ def measure_reference(
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trees import run_from_tree
 
-    call = "bench.measure_us(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])"
+    call = ("bench.measure_us(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6],"
+            " sys.argv[7])")
     return float(run_from_tree(Path(__file__), tree, call, variant, str(subscriptions),
-                               str(rounds), notify))
+                               str(rounds), notify, _addresses()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +413,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="run one variant under cProfile and print the top functions")
     parser.add_argument("--split", action="store_true",
                         help="endpoint only: µs of the refresh call, its 200 and the NOTIFY")
+    parser.add_argument("--subscribers", type=int, default=1000,
+                        help="distinct subscriber addresses")
+    parser.add_argument("--presentities", type=int, default=100,
+                        help="distinct presentity addresses")
     args = parser.parse_args(argv)
+    ADDRESSES.update(subscribers=args.subscribers, presentities=args.presentities)
     global NOTIFY_STATE
     NOTIFY_STATE = args.notify
     if args.split:

@@ -9,7 +9,7 @@ equal object; whitespace is normalised on the way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import RemoteProtocolError
 from .params import (
@@ -212,6 +212,10 @@ class SubscriptionState(WithParams):
 
     state: str
     params: Params = ()
+    # The expires parameter as a number, read on first use (-1: not yet).  A
+    # parsed value is shared by every NOTIFY of the same text, and each one
+    # asks for it.
+    _expires: int | None = field(default=-1, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> SubscriptionState:
@@ -236,7 +240,11 @@ class SubscriptionState(WithParams):
 
     @property
     def expires(self) -> int | None:
-        return self.delta_param("expires")
+        expires = self._expires
+        if expires == -1:
+            expires = self.delta_param("expires")
+            object.__setattr__(self, "_expires", expires)
+        return expires
 
     @property
     def retry_after(self) -> int | None:

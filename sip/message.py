@@ -298,34 +298,44 @@ T = TypeVar("T")
 # every dialog).  Only successful parses are kept; a table that fills up is
 # emptied, so its size stays bounded whatever texts a peer sends.
 _PARSED_MAX = 4096
-_NAME_ADDRS: dict[str, NameAddr] = {}
-_URIS: dict[str, URI] = {}
-_CSEQS: dict[str, CSeq] = {}
-_EVENTS: dict[str, Event] = {}
-_SUBSCRIPTION_STATES: dict[str, SubscriptionState] = {}
+
+
+class _Parsed(dict[str, T]):
+    """A table of typed values by text: a text seen before is one lookup of
+    the dict, a new one is parsed (raising as the parser does) and kept."""
+
+    __slots__ = ("_parse",)
+
+    def __init__(self, parse: Callable[[str], T]) -> None:
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, text: str) -> T:
+        value = self._parse(text)
+        if len(self) >= _PARSED_MAX:
+            self.clear()
+        self[text] = value
+        return value
+
+
+_NAME_ADDRS = _Parsed(NameAddr.parse)
+_URIS = _Parsed(parse_uri)
+_CSEQS = _Parsed(CSeq.parse)
+_EVENTS = _Parsed(Event.parse)
+_SUBSCRIPTION_STATES = _Parsed(SubscriptionState.parse)
 # Keyed by the Via text without its branch parameter (see _via).
-_VIAS: dict[str, Via] = {}
+_VIAS = _Parsed(Via.parse)
 # An unquoted branch value, as both of Via.parse's paths read one (RFC 3261
 # §25.1 gen-value = token / host).
 _BRANCH_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 
 
-def _parse_cached(table: dict[str, T], parse: Callable[[str], T], text: str) -> T:
-    hit = table.get(text)
-    if hit is None:
-        hit = parse(text)
-        if len(table) >= _PARSED_MAX:
-            table.clear()
-        table[text] = hit
-    return hit
-
-
 def _uri(text: str) -> URI:
-    return _parse_cached(_URIS, parse_uri, text)
+    return _URIS[text]
 
 
 def _cseq(text: str) -> CSeq:
-    return _parse_cached(_CSEQS, CSeq.parse, text)
+    return _CSEQS[text]
 
 
 def _name_addr(text: str) -> NameAddr:
@@ -340,25 +350,38 @@ def _name_addr(text: str) -> NameAddr:
         # repeats: parse that rest once, and append the tag as the last
         # header parameter, as parsing the whole text would (§20.10, §25.1:
         # a token is a valid gen-value and holds no ";", ">" or blank).
-        base = _NAME_ADDRS.get(text[:cut])
-        if base is None:
-            try:
-                base = _parse_cached(_NAME_ADDRS, NameAddr.parse, text[:cut])
-            except RemoteProtocolError:
-                base = None  # let the whole text's parse say what is wrong
+        try:
+            base: NameAddr | None = _NAME_ADDRS[text[:cut]]
+        except RemoteProtocolError:
+            base = None  # let the whole text's parse say what is wrong
         if base is not None:
             # Not kept: a gateway's dialogs, by the hundred thousand, would
             # fill the table with texts each seen twice or thrice per refresh
             # and empty it of the bases that every dialog shares.
             return NameAddr(base.display, base.uri, (*base.params, ("tag", tag)))
-    return _parse_cached(_NAME_ADDRS, NameAddr.parse, text)
+    return _NAME_ADDRS[text]
+
+
+# A name-addr in its plainest shape, <sip:user@host>, each part drawn from a
+# subset of what NameAddr.parse accepts there (§25.1: unreserved characters
+# for the user, _HOSTNAME's host; no escapes, port or parameters): such a
+# text is valid without being parsed.  A gateway's dialogs name more
+# addresses than the table of parsed ones holds.
+_PLAIN_ADDRESS = re.compile(
+    r"<sips?:[A-Za-z0-9\-_.!~*'()]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?>"
+)
+
+
+def _valid_address(text: str) -> bool:
+    """Whether ``text`` is a name-addr known to parse, without parsing it."""
+    return text in _NAME_ADDRS or _PLAIN_ADDRESS.fullmatch(text) is not None
 
 
 def _check_name_addr(text: str) -> None:
     """Raise as :func:`_name_addr` would for ``text``, without making the value
-    when its parts are known: a known address and a token tag."""
+    when its parts are known valid: the address and a token tag."""
     cut = text.rfind(";tag=")
-    if cut > 0 and text[:cut] in _NAME_ADDRS and is_token(text[cut + 5 :]):
+    if cut > 0 and _valid_address(text[:cut]) and is_token(text[cut + 5 :]):
         return
     _name_addr(text)
 
@@ -393,23 +416,20 @@ def _via_branch(text: str) -> tuple[Via, str, int] | None:
             end = len(text)
         branch = text[cut + 8 : end]
         if _BRANCH_VALUE.fullmatch(branch) is not None:
-            rest = text[:cut] + text[end:]
-            base = _VIAS.get(rest)
-            if base is None:
-                try:
-                    base = _parse_cached(_VIAS, Via.parse, rest)
-                except RemoteProtocolError:
-                    return None  # let the whole text's parse say what is wrong
+            try:
+                base = _VIAS[text[:cut] + text[end:]]
+            except RemoteProtocolError:
+                return None  # let the whole text's parse say what is wrong
             return base, branch, cut
     return None
 
 
 def _event(text: str) -> Event:
-    return _parse_cached(_EVENTS, Event.parse, text)
+    return _EVENTS[text]
 
 
 def _subscription_state(text: str) -> SubscriptionState:
-    return _parse_cached(_SUBSCRIPTION_STATES, SubscriptionState.parse, text)
+    return _SUBSCRIPTION_STATES[text]
 
 
 @dataclass(eq=False)
@@ -937,7 +957,7 @@ def _parse_lean(data: bytes) -> Message | None:
     split = _lean_head(data)
     if split is None:
         return None
-    lines, fields, end = split
+    start, fields, end = split
     keys = _KEYS
     # Stripped as the full parse strips every value (§7.3.1 LWS).
     items = [(keys[name], name, value.strip()) for name, value in fields.items()]
@@ -955,7 +975,7 @@ def _parse_lean(data: bytes) -> Message | None:
         if "," in via or not via:
             return None  # several Vias in one line: the full parse splits them
         vias = (_via(via),)
-        msg = _start_line(lines[0], headers, body)
+        msg = _start_line(start, headers, body)
     except (KeyError, RemoteProtocolError):
         return None  # a header missing or malformed: the full parse says which
     if isinstance(msg, Request) and cseq.method != msg.method:
@@ -967,25 +987,31 @@ def _parse_lean(data: bytes) -> Message | None:
     return msg
 
 
-def _lean_head(data: bytes) -> tuple[list[str], dict[str, str], int] | None:
+def _lean_head(data: bytes) -> tuple[str, dict[str, str], int] | None:
     """The head of ``data`` in the lean parse's shape (see :func:`_parse_lean`):
-    its lines, its fields by name (values unstripped), and where it ends."""
+    its start line, its fields by name (values unstripped), and where it ends."""
     end = data.find(b"\r\n\r\n")
     if end <= 0 or data.startswith(b"\r\n"):
         return None
-    head = data[:end]
-    crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-        return None
     try:
-        lines = head.decode("utf-8").split("\r\n")
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    # The split counted the CRLFs: any other CR or LF is a bare one (in UTF-8
+    # text, those bytes are those characters and nothing else).
+    crlf = len(lines) - 1
+    if text.count("\r") != crlf or text.count("\n") != crlf:
+        return None
+    start = lines.pop(0)
+    try:
         # A line without ": " makes a one-element split, which dict() refuses.
-        fields = dict([line.split(": ", 1) for line in lines[1:]])
-    except (UnicodeDecodeError, ValueError):
+        fields = dict([line.split(": ", 1) for line in lines])
+    except ValueError:
         return None
-    if len(fields) != len(lines) - 1 or not _LEAN_NAMES.issuperset(fields):
+    if len(fields) != crlf or not _LEAN_NAMES.issuperset(fields):
         return None
-    return lines, fields, end
+    return start, fields, end
 
 
 def _lean_body(data: bytes, end: int, fields: dict[str, str]) -> bytes | None:
@@ -1052,12 +1078,12 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
     split = _lean_head(data)
     if split is None:
         return None
-    lines, fields, end = split
-    start = lines[0].split(" ")
+    line, fields, end = split
+    start = line.split(" ")
     if len(start) != 3 or start[0] != "NOTIFY" or start[2] != "SIP/2.0":
         return None
     try:
-        _uri(start[1])
+        _URIS[start[1]]
         via = fields["Via"].strip()
         top = None if "," in via else _via_branch(via)
         from_ = fields["From"].strip()
@@ -1066,9 +1092,9 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
         to_tag = _lean_tag(to)
         call_id = _call_id(fields["Call-ID"].strip())
         cseq_text = fields["CSeq"].strip()
-        cseq = _cseq(cseq_text)
-        event = _event(fields["Event"].strip())
-        state = _subscription_state(fields["Subscription-State"].strip())
+        cseq = _CSEQS[cseq_text]
+        event = _EVENTS[fields["Event"].strip()]
+        state = _SUBSCRIPTION_STATES[fields["Subscription-State"].strip()]
         contact_text = fields.get("Contact")
         contact = None
         if contact_text is not None:
@@ -1110,8 +1136,8 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
     split = _lean_head(data)
     if split is None:
         return None
-    lines, fields, end = split
-    start = lines[0].split(" ", 2)
+    line, fields, end = split
+    start = line.split(" ", 2)
     if len(start) < 2 or start[0] != "SIP/2.0":
         return None
     code = start[1]
@@ -1123,7 +1149,7 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
         _check_name_addr(fields["From"].strip())
         _check_name_addr(fields["To"].strip())
         _call_id(fields["Call-ID"].strip())
-        cseq = _cseq(fields["CSeq"].strip())
+        cseq = _CSEQS[fields["CSeq"].strip()]
         expires_text = fields.get("Expires")
         expires = (None if expires_text is None
                    else parse_delta_seconds(expires_text.strip(), "Expires"))
@@ -1136,11 +1162,11 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
 
 def _lean_tag(text: str) -> str | None:
     """The tag of a From or To, the address checked as :func:`_check_name_addr`
-    checks it (RemoteProtocolError where it raises).  A tag after a known
+    checks it (RemoteProtocolError where it raises).  A tag after a valid
     address is not checked to be a token: a NOTIFY's are only of use matched
     to a dialog's, which are."""
     cut = text.rfind(";tag=")
-    if cut > 0 and text[:cut] in _NAME_ADDRS:
+    if cut > 0 and _valid_address(text[:cut]):
         return text[cut + 5 :]
     return _name_addr(text).tag
 

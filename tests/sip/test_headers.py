@@ -137,6 +137,23 @@ class TestSubscriptionState:
     def test_huge_expires_is_clamped(self) -> None:
         assert SubscriptionState.parse("active;expires=99999999999").expires == 2**32 - 1
 
+    def test_expires_read_once_is_the_value_of_its_own_params(self) -> None:
+        s = SubscriptionState.parse("active;expires=600")
+        assert (s.expires, s.expires) == (600, 600)
+        # A copy with other parameters, and an equal value made by hand, read
+        # their own; the number kept plays no part in equality or hashing.
+        assert s.with_params(expires="5").expires == 5
+        assert s.without_params("expires").expires is None
+        made = SubscriptionState("active", (("expires", "600"),))
+        assert made == s and hash(made) == hash(s) and made.expires == 600
+        assert "_expires" not in repr(s)
+
+    def test_bad_expires_made_by_hand_fails_on_every_read(self) -> None:
+        s = SubscriptionState("active", (("expires", "soon"),))
+        for _ in range(2):
+            with pytest.raises(RemoteProtocolError):
+                s.expires  # noqa: B018
+
     @pytest.mark.parametrize(
         "text",
         ["", "active;expires=soon", "terminated;retry-after=-1", "act ive", "active;expires"],

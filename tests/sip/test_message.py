@@ -1,15 +1,21 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip.errors import LocalProtocolError, RemoteProtocolError
 from sip.headers import CSeq, Event, RetryAfter, SubscriptionState, Via
 from sip.message import (
+    _NAME_ADDRS,
+    _PLAIN_ADDRESS,
     Headers,
     Message,
     Request,
     Response,
     StreamParser,
+    _check_name_addr,
+    _lean_tag,
     _parse_full,
     _parse_lean,
     is_keepalive,
@@ -646,6 +652,48 @@ class TestLeanParse:
             got = str(exc)
         assert got == expected
 
+    # A NOTIFY and a 2xx that the byte paths' readers take, and edits of their
+    # head that every lean reader must refuse (the full parse reads or refuses
+    # them on its own terms).
+    LEAN_NOTIFY = minimal(
+        extra="Event: presence\r\nSubscription-State: active;expires=60\r\n"
+              "Content-Length: 3\r\n", body=b"abc",
+    ).replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b")
+    LEAN_SUCCESS = (b"SIP/2.0 200 OK\r\n" + LEAN_NOTIFY.split(b"\r\n", 1)[1]).replace(
+        b"1 NOTIFY", b"1 SUBSCRIBE")
+    HEAD_EDITS = {
+        "a bare CR in a value": (b"c1@host", b"c1@h\rost"),
+        "a bare LF in a value": (b"c1@host", b"c1@h\nost"),
+        "a bare CR before the blank line": (b"Content-Length: 3\r\n\r\n",
+                                            b"Content-Length: 3\r\r\n\r\n"),
+        "a bare LF before the blank line": (b"Content-Length: 3\r\n\r\n",
+                                            b"Content-Length: 3\n\r\n\r\n"),
+        "a bare LF for a line end": (b"\r\nCall-ID: ", b"\nCall-ID: "),
+        "a name twice": (b"\r\nCall-ID: c1@host", b"\r\nCall-ID: c1@host\r\nCall-ID: c1@host"),
+        "no blank after the colon": (b"\r\nCall-ID: ", b"\r\nCall-ID:"),
+        "a name lower-cased": (b"\r\nCall-ID: ", b"\r\ncall-id: "),
+        "a compact name": (b"\r\nCall-ID: ", b"\r\ni: "),
+        "a line folded": (b"\r\nCall-ID: c1@host", b"\r\nCall-ID:\r\n c1@host"),
+        "a line of no field": (b"\r\nCall-ID: ", b"\r\nno field\r\nCall-ID: "),
+        "not UTF-8": (b"c1@host", b"c1@\xff\xfe"),
+    }
+
+    def test_the_readers_take_the_unedited_messages(self) -> None:
+        assert read_lean_notify(self.LEAN_NOTIFY) is not None
+        assert read_lean_success(self.LEAN_SUCCESS) is not None
+        assert _parse_lean(self.LEAN_NOTIFY) is not None
+        assert _parse_lean(self.LEAN_SUCCESS) is not None
+
+    @pytest.mark.parametrize("edit", sorted(HEAD_EDITS))
+    def test_every_lean_reader_refuses_a_head_not_of_its_shape(self, edit: str) -> None:
+        old, new = self.HEAD_EDITS[edit]
+        for data, read in ((self.LEAN_NOTIFY, read_lean_notify),
+                           (self.LEAN_SUCCESS, read_lean_success)):
+            edited = data.replace(old, new, 1)
+            assert edited != data
+            assert read(edited) is None
+            assert _parse_lean(edited) is None
+
     def test_a_lean_message_is_as_mutable_as_any(self) -> None:
         msg = _parse_lean(minimal(extra="Expires: 60\r\n"))
         assert msg is not None and msg.expires == 60 and msg.call_id == "c1@host"
@@ -893,3 +941,48 @@ def test_the_presence_server_s_notifies_and_2xx_take_the_byte_paths(data: Path) 
             full.status, top.branch, full.cseq.method, full.expires)
     else:
         assert read_lean_notify(raw) is None and read_lean_success(raw) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=st.from_regex(_PLAIN_ADDRESS, fullmatch=True),
+       tag=st.from_regex(r"[A-Za-z0-9\-.!%*_+`'~]+", fullmatch=True))
+def test_an_address_valid_without_a_parse_parses(address: str, tag: str) -> None:
+    """What the lean readers take as a valid address unparsed, the parser reads."""
+    parsed = NameAddr.parse(address)
+    assert parsed.params == () and str(parsed.uri) == address[1:-1]
+    assert NameAddr.parse(f"{address};tag={tag}").tag == tag
+    _NAME_ADDRS.clear()
+    _check_name_addr(f"{address};tag={tag}")
+    assert _lean_tag(f"{address};tag={tag}") == tag
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<sip:p17@example.com>;tag=a1",
+        "<sips:p17@example.com>;tag=a1",
+        "<SIP:p17@example.com>;tag=a1",  # valid, not of the plain shape: parsed
+        "<sip:p%31@example.com>;tag=a1",
+        "<sip:p17@example.com:5060>;tag=a1",
+        "<sip:p17@-example.com>;tag=a1",
+        "<sip:p17@example.com;x=y>;tag=a1",
+        "<sip:p17@example.com>x;tag=a1",
+        "<sip:p17@exa mple.com>;tag=a1",
+        "<sip:p17:pw@example.com>;tag=a1",
+        "<sip:p<17@example.com>;tag=a1",
+        "<sip:@example.com>;tag=a1",
+        "<sip:p17@example.com>;tag=a b",
+        "<sip:p17@example.com>;tag=",
+    ],
+)
+def test_an_address_checked_unparsed_fails_as_the_parse_does(text: str) -> None:
+    _NAME_ADDRS.clear()
+    try:
+        NameAddr.parse(text)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):
+            _check_name_addr(text)
+        return
+    _NAME_ADDRS.clear()
+    _check_name_addr(text)
+    assert _lean_tag(text) == NameAddr.parse(text).tag
