@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -109,15 +109,14 @@ class TransactionTimings:
     t1: float = 0.5  # round-trip time estimate
     t2: float = 4.0  # maximum retransmit interval for non-INVITE requests
     t4: float = 5.0  # maximum duration a message remains in the network
+    #: Timer F (client) and Timer J (server, unreliable): 64*T1.  Worked out
+    #: once: every transaction started reads it.
+    timeout: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (0 < self.t1 <= self.t2) or self.t4 < 0:
             raise LocalProtocolError(f"inconsistent timer values {self}")
-
-    @property
-    def timeout(self) -> float:
-        """Timer F (client) and Timer J (server, unreliable): 64*T1."""
-        return 64 * self.t1
+        object.__setattr__(self, "timeout", 64 * self.t1)
 
 
 # --- actions -------------------------------------------------------------

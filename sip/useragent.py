@@ -114,6 +114,7 @@ from .subscription import (
     PhaseTally,
     Subscription,
     SubscriptionAccepted,
+    SubscriptionPhase,
     SubscriptionTerminated,
 )
 from .timers import TimerHeap
@@ -284,6 +285,8 @@ _ALLOW = ("allow", "Allow", ALLOW)
 # Tokens drawn from a system random generator per read of it (64 bits each).
 _TOKEN_BATCH = 64
 _NOTIFY_200 = ("NOTIFY", 200)
+_TERMINATED = SubscriptionPhase.TERMINATED
+_CRLF = b"\r\n"
 # A client transaction's states in which a final response ends it (§17.1.2.2).
 _AWAITING = (ClientState.TRYING, ClientState.PROCEEDING)
 
@@ -419,6 +422,8 @@ class UserAgent:
         self._timings = timings
         # Timer N of every subscription (RFC 6665 §4.1.2.4): one float for all.
         self._timer_n = timings.timeout
+        # Timer J of a request answered over UDP (RFC 3261 §17.2.2): 64*T1.
+        self._timer_j = timings.timeout
         self._policy = policy
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
@@ -712,8 +717,8 @@ class UserAgent:
 
     def receive(self, data: bytes, source: Destination, now: float) -> None:
         """One UDP datagram."""
-        if not data.strip(b"\r\n"):
-            return  # RFC 5626 §4.4.1 keep-alive
+        if not data or (data[0] in _CRLF and not data.strip(b"\r\n")):
+            return  # RFC 5626 §4.4.1 keep-alive (a message's copy is not made to see it)
         if data.startswith(b"NOTIFY ") and self._receive_next_notify(data, source, now):
             return
         if data.startswith(b"SIP/2.0 2") and self._receive_refresh_success(data, source, now):
@@ -822,8 +827,8 @@ class UserAgent:
             else:
                 self._events.append(action)
         # Subscriptions first: they are most of the owners, by far.
-        if isinstance(owner, Subscription):
-            if owner.terminated:
+        if type(owner) is Subscription:
+            if owner.state is _TERMINATED:
                 if self._subscriptions.pop(owner.id, None) is not None:
                     self._phases[(owner.event, owner.state)] -= 1
                     owner.tally = None
@@ -1327,7 +1332,9 @@ class UserAgent:
             return False
         self._datagrams.append((notify.answer(), source))
         self._answered(key, _NOTIFY_200, 200, source, now)
-        self._run(subscription, (event,), now)
+        # _run's outcome for an event that ends nothing, owner still held.
+        self._events.append(event)
+        self._file_timer(subscription.id, subscription.get_timer())
         return True
 
     def _answered(
@@ -1416,7 +1423,7 @@ class UserAgent:
         all the requests answered in one second fall due together: one
         wake-up of the driver, not one per NOTIFY.
         """
-        second = math.ceil(now + self._timings.timeout)
+        second = math.ceil(now + self._timer_j)
         branch, sent_by, method = key
         key = (branch, sys.intern(sent_by), sys.intern(method))
         self._completed[key] = answered
