@@ -122,7 +122,7 @@ class TransactionTimings:
 # --- actions -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transmit:
     """Hand ``data`` (the serialised ``message``) to the transport."""
 
@@ -131,21 +131,21 @@ class Transmit:
     retransmission: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResponseReceived:
     """A response for the transaction user: every 1xx and the one final."""
 
     response: Response
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimedOut:
     """Timer F fired: no final response within 64*T1 (§17.1.2.2)."""
 
     request: Request
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransportFailed:
     """The transport could not deliver one of our messages (§17.1.4, §17.2.4)."""
 

@@ -1196,7 +1196,11 @@ class UserAgent:
         if not outgoing.retransmitted:
             self._widen()
         self.counters.ended(outgoing.transaction.request.method, str(success.status))
-        self._run(owner, caused, now)
+        if caused:
+            self._run(owner, caused, now)
+        else:
+            # _run's outcome for no action of an owner still held.
+            self._file_timer(owner.id, owner.get_timer())
         self._forget(key, outgoing, now)
         return True
 
