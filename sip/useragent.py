@@ -828,20 +828,25 @@ class UserAgent:
                 self._events.append(action)
         # Subscriptions first: they are most of the owners, by far.
         if type(owner) is Subscription:
-            if owner.state is _TERMINATED:
-                if self._subscriptions.pop(owner.id, None) is not None:
-                    self._phases[(owner.event, owner.state)] -= 1
-                    owner.tally = None
-                self._dialogs.pop(owner.call_id, None)
-                self._timers.cancel(owner.id)
-            else:
-                self._file_timer(owner.id, owner.get_timer())
+            self._settle(owner)
         elif isinstance(owner, Publication):
             if owner.state is PublicationState.REMOVED:
                 self._publications.pop(owner.id, None)
                 self._timers.cancel((_Timer.PUBLICATION, owner.id))
             else:
                 self._file_timer((_Timer.PUBLICATION, owner.id), owner.get_timer())
+
+    def _settle(self, subscription: Subscription) -> None:
+        """After a subscription's actions: forgotten if it ended, else its timer
+        filed.  The byte paths, whose actions are only events, call it alone."""
+        if subscription.state is _TERMINATED:
+            if self._subscriptions.pop(subscription.id, None) is not None:
+                self._phases[(subscription.event, subscription.state)] -= 1
+                subscription.tally = None
+            self._dialogs.pop(subscription.call_id, None)
+            self._timers.cancel(subscription.id)
+        else:
+            self._file_timer(subscription.id, subscription.get_timer())
 
     def _file_timer(self, key: tuple[_Timer, Any] | int, deadline: float | None) -> None:
         if deadline is None:
@@ -1199,8 +1204,7 @@ class UserAgent:
         if caused:
             self._run(owner, caused, now)
         else:
-            # _run's outcome for no action of an owner still held.
-            self._file_timer(owner.id, owner.get_timer())
+            self._settle(owner)
         self._forget(key, outgoing, now)
         return True
 
@@ -1336,9 +1340,9 @@ class UserAgent:
             return False
         self._datagrams.append((notify.answer(), source))
         self._answered(key, _NOTIFY_200, 200, source, now)
-        # _run's outcome for an event that ends nothing, owner still held.
+        # What _run does with an event.
         self._events.append(event)
-        self._file_timer(subscription.id, subscription.get_timer())
+        self._settle(subscription)
         return True
 
     def _answered(
