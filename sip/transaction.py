@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -109,21 +109,20 @@ class TransactionTimings:
     t1: float = 0.5  # round-trip time estimate
     t2: float = 4.0  # maximum retransmit interval for non-INVITE requests
     t4: float = 5.0  # maximum duration a message remains in the network
+    #: Timer F (client) and Timer J (server, unreliable): 64*T1.  Worked out
+    #: once: every transaction started reads it.
+    timeout: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (0 < self.t1 <= self.t2) or self.t4 < 0:
             raise LocalProtocolError(f"inconsistent timer values {self}")
-
-    @property
-    def timeout(self) -> float:
-        """Timer F (client) and Timer J (server, unreliable): 64*T1."""
-        return 64 * self.t1
+        object.__setattr__(self, "timeout", 64 * self.t1)
 
 
 # --- actions -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transmit:
     """Hand ``data`` (the serialised ``message``) to the transport."""
 
@@ -132,21 +131,21 @@ class Transmit:
     retransmission: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResponseReceived:
     """A response for the transaction user: every 1xx and the one final."""
 
     response: Response
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimedOut:
     """Timer F fired: no final response within 64*T1 (§17.1.2.2)."""
 
     request: Request
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransportFailed:
     """The transport could not deliver one of our messages (§17.1.4, §17.2.4)."""
 

@@ -114,6 +114,7 @@ from .subscription import (
     PhaseTally,
     Subscription,
     SubscriptionAccepted,
+    SubscriptionPhase,
     SubscriptionTerminated,
 )
 from .timers import TimerHeap
@@ -284,6 +285,8 @@ _ALLOW = ("allow", "Allow", ALLOW)
 # Tokens drawn from a system random generator per read of it (64 bits each).
 _TOKEN_BATCH = 64
 _NOTIFY_200 = ("NOTIFY", 200)
+_TERMINATED = SubscriptionPhase.TERMINATED
+_CRLF = b"\r\n"
 # A client transaction's states in which a final response ends it (§17.1.2.2).
 _AWAITING = (ClientState.TRYING, ClientState.PROCEEDING)
 
@@ -419,6 +422,8 @@ class UserAgent:
         self._timings = timings
         # Timer N of every subscription (RFC 6665 §4.1.2.4): one float for all.
         self._timer_n = timings.timeout
+        # Timer J of a request answered over UDP (RFC 3261 §17.2.2): 64*T1.
+        self._timer_j = timings.timeout
         self._policy = policy
         self._next_id = 0
         self._credentials: dict[str, _Credentials] = {}
@@ -712,8 +717,8 @@ class UserAgent:
 
     def receive(self, data: bytes, source: Destination, now: float) -> None:
         """One UDP datagram."""
-        if not data.strip(b"\r\n"):
-            return  # RFC 5626 §4.4.1 keep-alive
+        if not data or (data[0] in _CRLF and not data.strip(b"\r\n")):
+            return  # RFC 5626 §4.4.1 keep-alive (a message's copy is not made to see it)
         if data.startswith(b"NOTIFY ") and self._receive_next_notify(data, source, now):
             return
         if data.startswith(b"SIP/2.0 2") and self._receive_refresh_success(data, source, now):
@@ -822,21 +827,26 @@ class UserAgent:
             else:
                 self._events.append(action)
         # Subscriptions first: they are most of the owners, by far.
-        if isinstance(owner, Subscription):
-            if owner.terminated:
-                if self._subscriptions.pop(owner.id, None) is not None:
-                    self._phases[(owner.event, owner.state)] -= 1
-                    owner.tally = None
-                self._dialogs.pop(owner.call_id, None)
-                self._timers.cancel(owner.id)
-            else:
-                self._file_timer(owner.id, owner.get_timer())
+        if type(owner) is Subscription:
+            self._settle(owner)
         elif isinstance(owner, Publication):
             if owner.state is PublicationState.REMOVED:
                 self._publications.pop(owner.id, None)
                 self._timers.cancel((_Timer.PUBLICATION, owner.id))
             else:
                 self._file_timer((_Timer.PUBLICATION, owner.id), owner.get_timer())
+
+    def _settle(self, subscription: Subscription) -> None:
+        """After a subscription's actions: forgotten if it ended, else its timer
+        filed.  The byte paths, whose actions are only events, call it alone."""
+        if subscription.state is _TERMINATED:
+            if self._subscriptions.pop(subscription.id, None) is not None:
+                self._phases[(subscription.event, subscription.state)] -= 1
+                subscription.tally = None
+            self._dialogs.pop(subscription.call_id, None)
+            self._timers.cancel(subscription.id)
+        else:
+            self._file_timer(subscription.id, subscription.get_timer())
 
     def _file_timer(self, key: tuple[_Timer, Any] | int, deadline: float | None) -> None:
         if deadline is None:
@@ -1191,7 +1201,10 @@ class UserAgent:
         if not outgoing.retransmitted:
             self._widen()
         self.counters.ended(outgoing.transaction.request.method, str(success.status))
-        self._run(owner, caused, now)
+        if caused:
+            self._run(owner, caused, now)
+        else:
+            self._settle(owner)
         self._forget(key, outgoing, now)
         return True
 
@@ -1327,7 +1340,9 @@ class UserAgent:
             return False
         self._datagrams.append((notify.answer(), source))
         self._answered(key, _NOTIFY_200, 200, source, now)
-        self._run(subscription, (event,), now)
+        # What _run does with an event.
+        self._events.append(event)
+        self._settle(subscription)
         return True
 
     def _answered(
@@ -1416,7 +1431,7 @@ class UserAgent:
         all the requests answered in one second fall due together: one
         wake-up of the driver, not one per NOTIFY.
         """
-        second = math.ceil(now + self._timings.timeout)
+        second = math.ceil(now + self._timer_j)
         branch, sent_by, method = key
         key = (branch, sys.intern(sent_by), sys.intern(method))
         self._completed[key] = answered

@@ -266,6 +266,9 @@ class SipEndpoint:
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[Destination, _StreamProtocol] = {}
         self._timer = Alarm(self._on_timer)
+        # The user agent's deadline the alarm was last set from (see _arm);
+        # NaN, equal to none: the alarm has fired, or was never set.
+        self._deadline: float | None = math.nan
         self._publications: dict[int, PublicationHandle] = {}
         self._subscriptions: dict[int, SubscriptionHandle] = {}
         self._probes: dict[int, asyncio.Future[UserAgentEvent]] = {}
@@ -398,6 +401,7 @@ class SipEndpoint:
                 "usable): %d", self.refused, self.dropped,
             )
         self._timer.cancel()
+        self._deadline = math.nan
         if self._udp is not None:
             self._udp.close()
         for connection in list(self._connections.values()):
@@ -561,8 +565,11 @@ class SipEndpoint:
 
     # -- the pump ----------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, now: float | None = None) -> None:
         """Send what the user agent queued, dispatch its events, re-arm the timer.
+
+        ``now``: the instant of the input just given the user agent, if the
+        caller read it (the events' ``heard_at``); else read when needed.
 
         A handle's callback may call the user agent again (a subscription ended
         is made anew at once): that call's flush sends its datagrams and leaves
@@ -575,11 +582,19 @@ class SipEndpoint:
         assert ua is not None
         for data, destination in ua.datagrams_to_send():
             self._send(data, destination)
-        if not self._dispatching:
+        if not self._dispatching and (event := ua.next_event()) is not None:
             self._dispatching = True
             try:
-                while (event := ua.next_event()) is not None:
-                    self._dispatch(event)
+                while event is not None:
+                    if type(event) is NotifyReceived:
+                        # Nearly every event: taken here, not through _dispatch.
+                        self.heard_at = now if now is not None else self.now()
+                        handle = self._subscriptions.get(event.subscription_id)
+                        if handle is not None:
+                            handle._receive(event)
+                    else:
+                        self._dispatch(event)
+                    event = ua.next_event()
             finally:
                 self._dispatching = False
             # Dispatching may have called the user agent again.
@@ -591,6 +606,9 @@ class SipEndpoint:
         ua = self._ua
         assert ua is not None
         deadline = ua.get_timer()
+        if deadline == self._deadline:
+            return  # the alarm is set for it already
+        self._deadline = deadline
         if deadline is not None:
             # Timers are woken on a grid of TIMER_SLACK seconds, so the many
             # due close together (refreshes, Timer J of one second's NOTIFYs,
@@ -601,8 +619,12 @@ class SipEndpoint:
         self._timer.set(deadline)
 
     def _on_timer(self) -> None:
-        self.ua.handle_timer(self.now())
-        self._flush()
+        # The loop may run a timer a clock tick early: a deadline not yet
+        # due is set again, not taken as set already.
+        self._deadline = math.nan
+        now = self.now()
+        self.ua.handle_timer(now)
+        self._flush(now)
 
     def _dispatch(self, event: UserAgentEvent) -> None:
         """Route one event by its id to its handle."""
@@ -693,8 +715,9 @@ class SipEndpoint:
             _trace("in from", data, source)
         ua = self._ua  # the socket is opened by start(), which makes it
         assert ua is not None
-        ua.receive(data, source, self.now())
-        self._flush()
+        now = self._loop.time()  # type: ignore[union-attr]  # started, as ua
+        ua.receive(data, source, now)
+        self._flush(now)
 
     def _stream_messages(self, protocol: _StreamProtocol, data: bytes) -> None:
         try:
@@ -718,7 +741,7 @@ class SipEndpoint:
             if traced:  # each message framed from the stream, as serialised again
                 _trace("in from", bytes(message), protocol.peer)
             self.ua.receive_message(message, protocol.peer, now)
-        self._flush()
+        self._flush(now)
 
     def _connection_made(self, protocol: _StreamProtocol) -> None:
         assert protocol.peer is not None

@@ -224,7 +224,9 @@ class SubscriptionHandle:
         return self.ended
 
     def _receive(self, event: SubscriptionEvent) -> None:
-        if type(event) is SubscriptionAccepted:
+        if type(event) is NotifyReceived:
+            pass  # nearly every event: it settles nothing
+        elif type(event) is SubscriptionAccepted:
             self._accepted = _settled(self._accepted, event)
         elif type(event) is SubscriptionTerminated:
             if _open(self._accepted):

@@ -225,3 +225,24 @@ def test_refreshes_fall_on_the_drivers_grid() -> None:
     assert deadline is not None
     steps = deadline / endpoint_module.REFRESH_GRID
     assert abs(steps - round(steps)) < 1e-9
+
+
+def test_a_timer_run_before_its_deadline_is_set_again() -> None:
+    """The loop may run a timer a clock tick before it is due: the user
+    agent's deadline, still the same, must be armed again, not taken as set."""
+
+    async def scenario() -> tuple[float | None, float | None, float | None]:
+        endpoint = await _started()
+        try:
+            endpoint._udp.sendto = lambda data, addr=None: None  # type: ignore[union-attr, method-assign]
+            endpoint.subscribe(SipURI.parse("sip:bob@example.com"),
+                               SipURI.parse("sip:alice@example.com"))
+            armed = endpoint._timer.deadline
+            endpoint._timer._fire()  # as the loop would, early: nothing is due yet
+            return armed, endpoint.ua.get_timer(), endpoint._timer.deadline
+        finally:
+            await endpoint.close()
+
+    armed, due, again = asyncio.run(scenario())
+    assert armed is not None and due is not None
+    assert again == armed  # set again for the same deadline
