@@ -291,7 +291,7 @@ class Publication:
         if self.state is PublicationState.REMOVING:
             return self._removal_done(now)
         if 200 <= status < 300:
-            return self._confirmed(response, now)
+            return self._confirmed(status, response.sip_etag, response.expires, now)
         if status == 412:
             # RFC 3903 §6 step 4: our entity tag is unknown to the ESC; the
             # whole state goes out again as a new publication.
@@ -310,6 +310,19 @@ class Publication:
         retry_after = response.retry_after.seconds if response.retry_after else None
         return self._failed(status, response.reason, now, retry_after, status in _PERMANENT)
 
+    def receive_success(
+        self, status: int, etag: str | None, expires: int | None, now: float
+    ) -> list[Action]:
+        """A 2xx to our outstanding PUBLISH, by the fields a 2xx is taken by
+        (its SIP-ETag and Expires, RFC 3903 §11.3.1, §4.1): the same as
+        :meth:`receive_response` of it, for a caller that read them from the
+        bytes."""
+        if self.state is PublicationState.SENDING:
+            return self._confirmed(status, etag, expires, now)
+        if self.state is PublicationState.REMOVING:
+            return self._removal_done(now)
+        return []  # late answer to something we no longer wait for
+
     def transaction_failed(self, reason: str, now: float) -> list[Action]:
         """The outstanding PUBLISH timed out or could not be sent."""
         if self.state is PublicationState.REMOVING:
@@ -327,13 +340,14 @@ class Publication:
     def _etag_alive(self, now: float) -> bool:
         return self.expires_at is not None and now < self.expires_at
 
-    def _confirmed(self, response: Response, now: float) -> list[Action]:
-        etag = response.sip_etag
-        expires = response.expires if response.expires is not None else self.requested_expires
+    def _confirmed(
+        self, status: int, etag: str | None, granted: int | None, now: float
+    ) -> list[Action]:
+        expires = granted if granted is not None else self.requested_expires
         if etag is None:
             # RFC 3903 §11.3.1: a 2xx to PUBLISH MUST carry SIP-ETag.  Without
             # one we could never refresh; treat it as a server failure.
-            return self._failed(response.status, "2xx without SIP-ETag", now, None, False)
+            return self._failed(status, "2xx without SIP-ETag", now, None, False)
         self.etag = etag
         self._failures = 0
         self.expires_at = now + expires
