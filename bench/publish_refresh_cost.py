@@ -62,9 +62,10 @@ class _FakeUdp:
 
 async def _run(variant: str, publications: int, rounds: int, batch: int,
                profile: cProfile.Profile | None) -> dict[str, float]:
+    from sip_publish_cost import DOMAIN, SERVER, Server
+
     from sip.aio import SipEndpoint
     from sip.uri import SipURI
-    from sip_publish_cost import DOMAIN, SERVER, Server
 
     loop = asyncio.get_running_loop()
     clock = [loop.time()]
