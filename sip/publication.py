@@ -230,6 +230,12 @@ class Publication:
         # To and From carry its AOR; our From tag stays): written once.
         self._from_text = str(NameAddr(None, aor, (("tag", local_tag),)))
         self._to_text = str(NameAddr(None, aor, ()))
+        # Every PUBLISH's fields are these texts, the CSeq and Expires we
+        # write, and an entity tag a 2xx carried (checked as a token when it
+        # was read) or this one: checked here once, and never per request.
+        Headers([("From", self._from_text), ("To", self._to_text), ("Call-ID", call_id),
+                 ("Event", event), ("Content-Type", content_type),
+                 *([("SIP-If-Match", self.etag)] if self.etag is not None else [])])
         self._cseq = 0
         self._spread = spread
         self._body: bytes | None = None  # desired state
@@ -420,18 +426,21 @@ class Publication:
 
     def _request(self, expires: int, body: bytes, etag: str | None) -> Request:
         self._cseq += 1
-        h = Headers()
-        h.add("From", self._from_text)
-        h.add("To", self._to_text)
-        h.add("Call-ID", self._call_id)
-        h.add("CSeq", f"{self._cseq} PUBLISH")
-        h.add("Event", self.event)
-        h.add("Expires", str(expires))
+        items = [
+            ("from", "From", self._from_text),
+            ("to", "To", self._to_text),
+            ("call-id", "Call-ID", self._call_id),
+            ("cseq", "CSeq", f"{self._cseq} PUBLISH"),
+            ("event", "Event", self.event),
+            ("expires", "Expires", str(expires)),
+        ]
         if etag is not None:
-            h.add("SIP-If-Match", etag)
+            items.append(("sip-if-match", "SIP-If-Match", etag))
         if body:
-            h.add("Content-Type", self.content_type)
-        return Request(method="PUBLISH", uri=self.aor, headers=h, body=body)
+            items.append(("content-type", "Content-Type", self.content_type))
+        # The texts were checked in __init__ (see there).
+        return Request(method="PUBLISH", uri=self.aor, headers=Headers._vouched(items),
+                       body=body)
 
     def restamp(self, request: Request) -> Request:
         """The same request with the next CSeq (RFC 3261 §22.2 auth retry)."""
