@@ -40,7 +40,15 @@ from adapter.liveness import ServerLiveness, bounded
 from adapter.logs import bind
 from adapter.metrics import RecoveryProgress
 from adapter.presence_json import attributes_from_json, attributes_to_json
-from adapter.publisher import Forget, Modify, Publish, PublishAction, Publisher, Save
+from adapter.publisher import (
+    Forget,
+    Modify,
+    Publish,
+    PublishAction,
+    Publisher,
+    Save,
+    SaveTag,
+)
 from adapter.recovery import RecoveryPace, recover
 from adapter.store import MemoryStore, Store, StoreError, StoreUnreachable, retrieved
 from adapter.xcap import XcapClient
@@ -127,23 +135,6 @@ class _Presentity:
     winfo: SubscriptionHandle | None = None
     winfo_state: WatcherInfoState | None = None
     winfo_ready: asyncio.Event | None = None
-    # The stored JSON form of the attributes and the tuple it was made from:
-    # every publish is written twice (before the PUBLISH, then with the new
-    # entity tag once it is confirmed), and the second write need not
-    # rebuild it; it is let go after that write.  The tuple and its
-    # attributes are immutable, so identity tells whether the form is current.
-    json_of: tuple[PresenceAttribute, ...] | None = field(default=None, repr=False)
-    json: list[Any] | None = field(default=None, repr=False)
-
-    def attributes_json(self, attributes: tuple[PresenceAttribute, ...]) -> list[Any]:
-        json = self.json
-        if json is None or self.json_of is not attributes:
-            json = self.json = attributes_to_json(attributes)
-            self.json_of = attributes
-        return json
-
-    def forget_json(self) -> None:
-        self.json_of = self.json = None
 
 
 class _PublicationEvents:
@@ -369,6 +360,8 @@ class PresentityService:
         for action in actions:
             if isinstance(action, Save):
                 await self._save(entry, action)
+            elif isinstance(action, SaveTag):
+                await self._save_tag(action)
             elif isinstance(action, Forget):
                 await self._store.delete(PUBLICATION, action.address)
             elif isinstance(action, Publish):
@@ -404,11 +397,15 @@ class PresentityService:
 
     def _save(self, entry: _Presentity, action: Save) -> asyncio.Future[None]:
         record = {
-            "attributes": entry.attributes_json(action.attributes),
+            "attributes": attributes_to_json(action.attributes),
             "etag": action.etag,
             "etag_expires": action.etag_expires,
         }
         return self._store.put(PUBLICATION, entry.address, record)
+
+    def _save_tag(self, action: SaveTag) -> asyncio.Future[None]:
+        fields = {"etag": action.etag, "etag_expires": action.etag_expires}
+        return self._store.update(PUBLICATION, action.address, fields)
 
     def _on_publication(self, entry: _Presentity, event: PublicationEvent) -> None:
         """An event of one of ``entry``'s publications (the current one counts)."""
@@ -420,10 +417,9 @@ class PresentityService:
             for action in self._publisher.confirmed(
                 address, event.etag, event.expires, self._clock()
             ):
-                assert isinstance(action, Save)
-                saved = entry.etag_saved = self._save(entry, action)
+                assert isinstance(action, SaveTag)
+                saved = entry.etag_saved = self._save_tag(action)
                 saved.add_done_callback(partial(_written, entry))
-            entry.forget_json()
         elif isinstance(event, PublicationFailed):
             self._publisher.failed(address)
         else:

@@ -7,7 +7,8 @@ through the adapter and the state of the one SIP publication that carries
 them (RFC 3903: later changes modify it, with SIP-If-Match).  It does no I/O
 and reads no clock: every input carries ``now`` (the service's wall clock),
 and every input returns the actions to carry out, in order —
-:class:`Save` / :class:`Forget` (the store record), :class:`Publish` (a new
+:class:`Save` / :class:`Forget` (the store record), :class:`SaveTag` (its
+entity tag alone), :class:`Publish` (a new
 SIP publication, resuming the server's one when its entity tag is still
 alive), :class:`Modify`, :class:`Unpublish`.  Its one timer heap (the
 re-publications after a rules change) is read with :meth:`Publisher.get_timer`
@@ -39,7 +40,10 @@ Phases of one presentity (rows: phase; columns: input; ``·`` = stays)
 
 Withdrawing some attributes is a publish of the rest.  A confirmation
 (``confirmed``) in any phase saves the new entity tag: a restarted adapter
-modifies that publication instead of adding a second one beside it.
+modifies (or refreshes) that publication instead of adding a second one
+beside it.  It saves the entity tag alone (:class:`SaveTag`): the record's
+attributes are those the request's Save wrote before its PUBLISH went out,
+and a refresh, the confirmation that comes most often, changes nothing else.
 
 A request's first action is its Save (or Forget).  When the store cannot
 write it, nothing was sent: the driver puts back what the request changed
@@ -67,6 +71,7 @@ __all__ = [
     "Publisher",
     "Republish",
     "Save",
+    "SaveTag",
     "Unpublish",
 ]
 
@@ -93,6 +98,16 @@ class Save:
     attributes: tuple[PresenceAttribute, ...]
     etag: str | None
     etag_expires: float | None  # epoch seconds
+
+
+@dataclass(frozen=True)
+class SaveTag:
+    """Write the server's new entity tag into the presentity's record, the
+    rest of it as it is."""
+
+    address: str
+    etag: str
+    etag_expires: float  # epoch seconds
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ class Republish:
     address: str
 
 
-PublishAction = Save | Forget | Publish | Modify | Unpublish
+PublishAction = Save | SaveTag | Forget | Publish | Modify | Unpublish
 
 
 @dataclass(slots=True)
@@ -354,7 +369,7 @@ class Publisher:
             return []
         entry.etag, entry.etag_expires = etag, now.timestamp() + expires
         entry.failing = False
-        return [entry.save()]
+        return [SaveTag(address, etag, entry.etag_expires)]
 
     def failed(self, address: str) -> list[PublishAction]:
         """A PUBLISH failed; the publication retries by itself (or gave up)."""

@@ -1119,20 +1119,23 @@ def read_lean_notify(data: bytes) -> LeanNotify | None:
 @dataclass(slots=True)
 class LeanSuccess:
     """A 2xx as :func:`read_lean_success` reads it: what the answer to a
-    refresh is matched and taken by."""
+    refresh, or to a PUBLISH, is matched and taken by."""
 
     status: int
     branch: str
     method: str
     expires: int | None
+    #: RFC 3903 §11.3.1: the entity tag a 2xx to a PUBLISH carries.
+    etag: str | None = None
 
 
 def read_lean_success(data: bytes) -> LeanSuccess | None:
     """A 2xx response read without making a Response: in the lean parse's
     shape (see :func:`_parse_lean`), with one Via of an unquoted branch.
     None for anything else, and for anything :func:`parse_message` refuses or
-    reads otherwise, or whose Expires the ``expires`` accessor would refuse:
-    the caller then parses it as it would have."""
+    reads otherwise, or whose Expires or SIP-ETag the ``expires`` or
+    ``sip_etag`` accessor would refuse: the caller then parses it as it
+    would have."""
     split = _lean_head(data)
     if split is None:
         return None
@@ -1153,11 +1156,13 @@ def read_lean_success(data: bytes) -> LeanSuccess | None:
         expires_text = fields.get("Expires")
         expires = (None if expires_text is None
                    else parse_delta_seconds(expires_text.strip(), "Expires"))
+        etag_text = fields.get("SIP-ETag")
+        etag = None if etag_text is None else _entity_tag(etag_text.strip())
     except (KeyError, RemoteProtocolError):
         return None
     if top is None or _lean_body(data, end, fields) is None:
         return None
-    return LeanSuccess(int(code), top[1], cseq.method, expires)
+    return LeanSuccess(int(code), top[1], cseq.method, expires, etag)
 
 
 def _lean_tag(text: str) -> str | None:

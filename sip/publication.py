@@ -230,6 +230,12 @@ class Publication:
         # To and From carry its AOR; our From tag stays): written once.
         self._from_text = str(NameAddr(None, aor, (("tag", local_tag),)))
         self._to_text = str(NameAddr(None, aor, ()))
+        # Every PUBLISH's fields are these texts, the CSeq and Expires we
+        # write, and an entity tag a 2xx carried (checked as a token when it
+        # was read) or this one: checked here once, and never per request.
+        Headers([("From", self._from_text), ("To", self._to_text), ("Call-ID", call_id),
+                 ("Event", event), ("Content-Type", content_type),
+                 *([("SIP-If-Match", self.etag)] if self.etag is not None else [])])
         self._cseq = 0
         self._spread = spread
         self._body: bytes | None = None  # desired state
@@ -291,7 +297,7 @@ class Publication:
         if self.state is PublicationState.REMOVING:
             return self._removal_done(now)
         if 200 <= status < 300:
-            return self._confirmed(response, now)
+            return self._confirmed(status, response.sip_etag, response.expires, now)
         if status == 412:
             # RFC 3903 §6 step 4: our entity tag is unknown to the ESC; the
             # whole state goes out again as a new publication.
@@ -310,6 +316,19 @@ class Publication:
         retry_after = response.retry_after.seconds if response.retry_after else None
         return self._failed(status, response.reason, now, retry_after, status in _PERMANENT)
 
+    def receive_success(
+        self, status: int, etag: str | None, expires: int | None, now: float
+    ) -> list[Action]:
+        """A 2xx to our outstanding PUBLISH, by the fields a 2xx is taken by
+        (its SIP-ETag and Expires, RFC 3903 §11.3.1, §4.1): the same as
+        :meth:`receive_response` of it, for a caller that read them from the
+        bytes."""
+        if self.state is PublicationState.SENDING:
+            return self._confirmed(status, etag, expires, now)
+        if self.state is PublicationState.REMOVING:
+            return self._removal_done(now)
+        return []  # late answer to something we no longer wait for
+
     def transaction_failed(self, reason: str, now: float) -> list[Action]:
         """The outstanding PUBLISH timed out or could not be sent."""
         if self.state is PublicationState.REMOVING:
@@ -327,13 +346,14 @@ class Publication:
     def _etag_alive(self, now: float) -> bool:
         return self.expires_at is not None and now < self.expires_at
 
-    def _confirmed(self, response: Response, now: float) -> list[Action]:
-        etag = response.sip_etag
-        expires = response.expires if response.expires is not None else self.requested_expires
+    def _confirmed(
+        self, status: int, etag: str | None, granted: int | None, now: float
+    ) -> list[Action]:
+        expires = granted if granted is not None else self.requested_expires
         if etag is None:
             # RFC 3903 §11.3.1: a 2xx to PUBLISH MUST carry SIP-ETag.  Without
             # one we could never refresh; treat it as a server failure.
-            return self._failed(response.status, "2xx without SIP-ETag", now, None, False)
+            return self._failed(status, "2xx without SIP-ETag", now, None, False)
         self.etag = etag
         self._failures = 0
         self.expires_at = now + expires
@@ -406,18 +426,21 @@ class Publication:
 
     def _request(self, expires: int, body: bytes, etag: str | None) -> Request:
         self._cseq += 1
-        h = Headers()
-        h.add("From", self._from_text)
-        h.add("To", self._to_text)
-        h.add("Call-ID", self._call_id)
-        h.add("CSeq", f"{self._cseq} PUBLISH")
-        h.add("Event", self.event)
-        h.add("Expires", str(expires))
+        items = [
+            ("from", "From", self._from_text),
+            ("to", "To", self._to_text),
+            ("call-id", "Call-ID", self._call_id),
+            ("cseq", "CSeq", f"{self._cseq} PUBLISH"),
+            ("event", "Event", self.event),
+            ("expires", "Expires", str(expires)),
+        ]
         if etag is not None:
-            h.add("SIP-If-Match", etag)
+            items.append(("sip-if-match", "SIP-If-Match", etag))
         if body:
-            h.add("Content-Type", self.content_type)
-        return Request(method="PUBLISH", uri=self.aor, headers=h, body=body)
+            items.append(("content-type", "Content-Type", self.content_type))
+        # The texts were checked in __init__ (see there).
+        return Request(method="PUBLISH", uri=self.aor, headers=Headers._vouched(items),
+                       body=body)
 
     def restamp(self, request: Request) -> Request:
         """The same request with the next CSeq (RFC 3261 §22.2 auth retry)."""

@@ -1170,16 +1170,18 @@ class UserAgent:
             self._pump(now)
 
     def _receive_refresh_success(self, data: bytes, source: Destination, now: float) -> bool:
-        """A datagram that is a 2xx to a subscription's refresh, taken from its
-        bytes; False, nothing done, for any other, which :meth:`receive` then
-        parses.
+        """A datagram that is a 2xx to a subscription's refresh, or to a
+        PUBLISH, taken from its bytes; False, nothing done, for any other,
+        which :meth:`receive` then parses.
 
-        Every held subscription's refresh brings one.  The outcome is the
-        general path's — the transaction ended, the counters, the window, the
-        subscription's new expiry — from the fields it reads (the top Via's
-        branch and the CSeq method to match the transaction, RFC 3261
-        §17.1.3; the Expires), without the Response and its transaction's
-        machine, which a final response ends at once here anyway.
+        Every held subscription's refresh brings one, and every refresh of a
+        publication.  The outcome is the general path's — the transaction
+        ended, the counters, the window, the subscription's new expiry, the
+        publication's new entity tag — from the fields it reads (the top
+        Via's branch and the CSeq method to match the transaction, RFC 3261
+        §17.1.3; the Expires; a PUBLISH's SIP-ETag, RFC 3903 §11.3.1),
+        without the Response and its transaction's machine, which a final
+        response ends at once here anyway.
         """
         if source.host not in self._trusted:
             return False
@@ -1193,10 +1195,16 @@ class UserAgent:
         if outgoing is None:
             return False
         owner = outgoing.owner
-        if type(owner) is not Subscription or outgoing.transaction.state not in _AWAITING:
+        if outgoing.transaction.state not in _AWAITING:
             return False
-        caused = owner.receive_refresh_success(success.expires, now)
-        if caused is None:
+        caused: Sequence[Request | UserAgentEvent] | None
+        if type(owner) is Subscription:
+            caused = owner.receive_refresh_success(success.expires, now)
+            if caused is None:
+                return False
+        elif type(owner) is Publication:
+            caused = owner.receive_success(success.status, success.etag, success.expires, now)
+        else:
             return False
         if not outgoing.retransmitted:
             self._widen()

@@ -89,6 +89,15 @@ class Store(Protocol):
         own record (a schedule: its watch's); a node of a cluster writes it
         only under that work's lease.  Stores without leases ignore it."""
 
+    def update(
+        self, kind: str, key: str, fields: dict[str, Any], *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
+        """Set the top-level ``fields`` of a stored record, keeping the rest as
+        it is; no record: nothing is written.  The future completes once it
+        is durable.  For a few fields of a larger record written often (a
+        publication's entity tag, on every refresh), which then need not be
+        encoded whole.  No value may be None.  ``lease`` as for :meth:`put`."""
+
     def delete(
         self, kind: str, key: str, *, lease: LeaseKey | None = None
     ) -> asyncio.Future[None]:

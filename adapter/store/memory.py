@@ -31,6 +31,14 @@ class MemoryStore:
         self._records[kind][key] = json.loads(json.dumps(value))
         return self._done()
 
+    def update(
+        self, kind: str, key: str, fields: dict[str, Any], *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
+        record = self._records[kind].get(key)
+        if record is not None:
+            record.update(json.loads(json.dumps(fields)))
+        return self._done()
+
     def delete(
         self, kind: str, key: str, *, lease: LeaseKey | None = None
     ) -> asyncio.Future[None]:

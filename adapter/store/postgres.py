@@ -158,6 +158,10 @@ _PUT_SCHEMA = (
     "INSERT INTO meta VALUES ('schema', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 _DELETE_RECORD = "DELETE FROM records WHERE kind = %s AND key = %s"
+# Some fields of a record set in place by the server (jsonb concatenation
+# replaces the top-level keys the right side has).
+_SET_FIELDS = "value = (value::jsonb || %s::jsonb)::text WHERE kind = %s AND key = %s"
+_UPDATE_RECORD = "UPDATE records SET " + _SET_FIELDS
 _ADD_BACKLOG = "INSERT INTO backlog VALUES (%s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING"
 _REMOVE_BACKLOG = "DELETE FROM backlog WHERE seq = ANY(%s)"
 _UPSERT = Upserts.with_placeholder("%s")
@@ -191,6 +195,10 @@ _FENCED_PUT = _Fenced(
     _FENCE + ", done AS (INSERT INTO records SELECT %s, %s, %s FROM fence"
     " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value)"
     " SELECT count(*) FROM fence"
+)
+_FENCED_UPDATE = _Fenced(
+    _FENCE + ", done AS (UPDATE records SET " + _SET_FIELDS
+    + " AND EXISTS (SELECT 1 FROM fence)) SELECT count(*) FROM fence"
 )
 _FENCED_DELETE = _Fenced(
     _FENCE + ", done AS (DELETE FROM records WHERE kind = %s AND key = %s"
@@ -422,6 +430,17 @@ class PostgresStore:
             if under is not None:
                 return self._fenced(_FENCED_PUT, under, (kind, key, encode(value)))
         return self._submit([(_UPSERT.record, (kind, key, encode(value)))])
+
+    def update(
+        self, kind: str, key: str, fields: dict[str, Any], *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
+        self._snapshot.pop(kind, None)
+        args = (encode(fields), kind, key)
+        if self.fence is not None:
+            under = lease or ((kind, key) if kind in FENCED else None)
+            if under is not None:
+                return self._fenced(_FENCED_UPDATE, under, args)
+        return self._submit([(_UPDATE_RECORD, args)])
 
     def delete(
         self, kind: str, key: str, *, lease: LeaseKey | None = None

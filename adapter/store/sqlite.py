@@ -74,6 +74,10 @@ MIGRATIONS: schema.Migrations = {
 # deletes the row and inserts it again — a new rowid, the old row's page, the
 # new row's page and the key's index entry all rewritten.
 _UPSERT = Upserts.with_placeholder("?")
+# Some fields of a record set in place by SQLite (RFC 7396 merge patch,
+# https://sqlite.org/json1.html#jpatch): the rest of its text is copied, not
+# decoded and encoded again in Python.
+_UPDATE = "UPDATE records SET value = json_patch(value, ?) WHERE kind = ? AND key = ?"
 _IDLE: Any = object()  # the writer thread woke with nothing queued
 
 
@@ -253,6 +257,11 @@ class SqliteStore:
         self, kind: str, key: str, value: Any, *, lease: LeaseKey | None = None
     ) -> asyncio.Future[None]:
         return self._submit([(_UPSERT.record, (kind, key, _encode(value)))])
+
+    def update(
+        self, kind: str, key: str, fields: dict[str, Any], *, lease: LeaseKey | None = None
+    ) -> asyncio.Future[None]:
+        return self._submit([(_UPDATE, (_encode(fields), kind, key))])
 
     def delete(
         self, kind: str, key: str, *, lease: LeaseKey | None = None

@@ -386,9 +386,9 @@ class EtagRefusingStore(MemoryStore):
         super().__init__()
         self.later = later
 
-    def put(self, kind: str, key: str, value: Any) -> asyncio.Future[None]:
-        if value.get("etag") is None:
-            return super().put(kind, key, value)
+    def update(self, kind: str, key: str, fields: dict[str, Any]) -> asyncio.Future[None]:
+        if "etag" not in fields:
+            return super().update(kind, key, fields)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         error = StoreError("disk full (refused by the test)")
         if self.later:
@@ -416,11 +416,10 @@ def test_a_published_presentity_keeps_no_leftovers_of_its_requests() -> None:
         await w.service.publish(ALICE, (busy(), office()))
         await asyncio.sleep(0)
         entry = w.service._presentities[ALICE]
-        # The written entity tag's write, the JSON form both writes shared and
-        # the watcherinfo state (nobody asked about watchers) are not kept:
-        # ten thousand publications would each hold them.
+        # The written entity tag's write and the watcherinfo state (nobody
+        # asked about watchers) are not kept: ten thousand publications would
+        # each hold them.
         assert entry.etag_saved is None
-        assert entry.json is None and entry.json_of is None
         assert entry.winfo is None and entry.winfo_state is None and entry.winfo_ready is None
         assert not hasattr(entry, "__dict__")
         # What is stored is whole all the same.

@@ -13,6 +13,7 @@ from adapter.publisher import (
     Publisher,
     Republish,
     Save,
+    SaveTag,
     Unpublish,
 )
 from pidf import Activity, AttributeType, Place, PresenceAttribute, decode
@@ -66,9 +67,16 @@ def test_a_later_publish_merges_and_modifies_keeping_the_older_last_change() -> 
 def test_a_confirmation_saves_the_entity_tag_and_when_it_expires() -> None:
     machine = Publisher()
     machine.publish(ALICE, (busy(),), T0)
+    # The tag alone: the attributes went to the store before the PUBLISH.
     assert machine.confirmed(ALICE, "e9", 600, at(2)) == [
-        Save(ALICE, (busy(T0),), "e9", at(602).timestamp())
+        SaveTag(ALICE, "e9", at(602).timestamp())
     ]
+    # A refresh's confirmation, the most frequent, likewise; the record as a
+    # whole (after a failed write, say) carries the new tag.
+    assert machine.confirmed(ALICE, "e10", 600, at(500)) == [
+        SaveTag(ALICE, "e10", at(1100).timestamp())
+    ]
+    assert machine.record(ALICE) == Save(ALICE, (busy(T0),), "e10", at(1100).timestamp())
 
 
 def test_withdrawing_everything_saves_nothing_published_then_unpublishes() -> None:

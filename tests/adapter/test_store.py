@@ -309,6 +309,45 @@ def test_put_after_delete_and_delete_of_an_absent_key(
     run(scenario)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "memory"])
+def test_an_update_sets_some_fields_of_a_record_and_keeps_the_rest(
+    request: pytest.FixtureRequest, path: Path, kind: str
+) -> None:
+    # A publication's new entity tag on each refresh: the attributes stay as
+    # the last put wrote them, through a reopen too.
+    record = {"attributes": a_publication(), "etag": "e1", "etag_expires": EPOCH + 0.25,
+              "note": "caf\u00e9 \u4e2d"}
+
+    def open_store() -> Store:
+        if kind == "memory":
+            return memory
+        if kind == "sqlite":
+            return SqliteStore(path)
+        return PostgresStore(request.getfixturevalue("postgres_url"))
+
+    memory = MemoryStore()
+
+    async def scenario() -> None:
+        store = open_store()
+        await store.put("publication", ALICE, record)
+        await store.update("publication", ALICE, {"etag": "e2", "etag_expires": EPOCH + 600.5})
+        # No record: nothing is written.
+        await store.update("publication", "sip:nobody@example.com", {"etag": "e9"})
+        # Queued one after the other, they apply in order.
+        store.put("publication", BOB, record)
+        store.update("publication", BOB, {"etag": "e3"})
+        await store.update("publication", BOB, {"etag": "e4", "etag_expires": 1})
+        await store.close()
+        store = open_store()
+        assert store.load("publication") == {
+            ALICE: {**record, "etag": "e2", "etag_expires": EPOCH + 600.5},
+            BOB: {**record, "etag": "e4", "etag_expires": 1},
+        }
+        await store.close()
+
+    run(scenario)
+
+
 def test_any_json_a_service_hands_over_comes_back_the_same(backend: Backend) -> None:
     # Whatever JSON the REST side accepted: control characters, NUL included,
     # any script, large and precise numbers; and a lone surrogate, which

@@ -1112,3 +1112,49 @@ def test_a_pjsua2_phone_sees_the_application_s_presence_unchanged_through_its_re
         assert publishes_answered(adapter, "412") == 0
     finally:
         phone.stop()
+
+
+def stored_entity_tag(scene: Scene) -> str | None:
+    """The entity tag the adapter's store holds for alice's publication."""
+    db = sqlite3.connect(f"file:{scene.adapter.store_path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM records WHERE kind = 'publication' AND key = ?",
+                         (scene.alice,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else json.loads(row[0]).get("etag")
+
+
+def test_a_restart_after_a_refresh_resumes_with_the_refreshed_entity_tag(
+    short_grant_scene: Scene,
+) -> None:
+    # Each refresh of alice's publication gets a new entity tag (RFC 3903
+    # §4.1), and only the latest refreshes or modifies it (§4.4; an older one
+    # is answered 412).  The adapter writes each to its store: killed after
+    # a refresh, it comes back and modifies that publication instead of
+    # adding a second one beside it.
+    scene = short_grant_scene
+    adapter = scene.adapter
+    adapter.start()
+    assert scene.publish("Busy").status_code == 204
+    (published,) = eventually(lambda: publications(scene.server, scene.alice),
+                              what="a publication")
+    eventually(lambda: stored_entity_tag(scene) == published, what="its entity tag stored")
+
+    def refreshed_and_stored() -> str | None:
+        tags = publications(scene.server, scene.alice)
+        stored = stored_entity_tag(scene)
+        return stored if tags == [stored] and stored != published else None
+
+    # The refresh comes 4–6 s into the 8-s grant; the next one as long after.
+    refreshed = eventually(refreshed_and_stored, timeout=SHORT_GRANT + 10,
+                           what="the refreshed entity tag stored")
+    adapter.kill()
+    adapter.restart()
+    assert scene.publish("Away").status_code == 204
+    # The stored tag was the server's: no 412, and one publication, modified.
+    assert publishes_answered(adapter, "412") == 0
+    assert len(publications(scene.server, scene.alice)) == 1
+    resumed = [h for h in traced_requests(adapter, "PUBLISH")
+               if f"SIP-If-Match: {refreshed}" in h]
+    assert resumed, f"no PUBLISH with SIP-If-Match: {refreshed}"

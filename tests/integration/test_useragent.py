@@ -14,7 +14,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +23,8 @@ import pytest
 from lxml import etree
 
 from sip.aio import PublicationHandle, SipEndpoint, SubscriptionHandle
-from sip.message import Request, Response
+from sip.errors import RemoteProtocolError
+from sip.message import Request, Response, parse_message
 from sip.publication import PublicationConfirmed, PublicationFailed, PublicationRemoved
 from sip.subscription import NotifyReceived, SubscriptionAccepted, SubscriptionTerminated
 from sip.uri import SipURI
@@ -240,18 +241,34 @@ async def client(server: PresenceServer, transport: str) -> AsyncIterator[Client
     )
     events = Events()
     await endpoint.start()
-    # The user agent's one entry for parsed messages (UDP and TCP alike) is
-    # wrapped so that tests can see answers that cause no event, like a 412
-    # (the handles hand over events only).
+    # The user agent's entries for datagrams and for messages framed from a
+    # stream are wrapped so that tests can see answers that cause no event,
+    # like a 412 (the handles hand over events only).  A datagram is recorded
+    # as the parser reads it, whichever path then takes it (the byte paths
+    # make no message).
     received: list[Request | Response] = []
     ua = endpoint.ua
     deliver = ua.receive_message
+    deliver_datagram = ua.receive
+    in_datagram = False
 
     def record(message: Request | Response, source: Destination, now: float) -> None:
-        received.append(message)
+        if not in_datagram:
+            received.append(message)
         deliver(message, source, now)
 
+    def record_datagram(data: bytes, source: Destination, now: float) -> None:
+        nonlocal in_datagram
+        with suppress(RemoteProtocolError):  # a keep-alive, or garbage
+            received.append(parse_message(data))
+        in_datagram = True
+        try:
+            deliver_datagram(data, source, now)
+        finally:
+            in_datagram = False
+
     ua.receive_message = record  # type: ignore[method-assign]
+    ua.receive = record_datagram  # type: ignore[method-assign]
     try:
         yield Client(endpoint, events, server, received)
     finally:

@@ -937,8 +937,9 @@ def test_the_presence_server_s_notifies_and_2xx_take_the_byte_paths(data: Path) 
         assert success is not None
         top = full.top_via
         assert top is not None
-        assert (success.status, success.branch, success.method, success.expires) == (
-            full.status, top.branch, full.cseq.method, full.expires)
+        assert (success.status, success.branch, success.method, success.expires,
+                success.etag) == (
+            full.status, top.branch, full.cseq.method, full.expires, full.sip_etag)
     else:
         assert read_lean_notify(raw) is None and read_lean_success(raw) is None
 

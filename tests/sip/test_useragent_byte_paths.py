@@ -1,5 +1,5 @@
 """The user agent's byte paths: the next NOTIFY of an active dialog, and the
-2xx to a subscription's refresh.
+2xx to a subscription's refresh or to a PUBLISH.
 
 ``UserAgent._receive_next_notify`` takes most NOTIFYs without making a
 Request, ``UserAgent._receive_refresh_success`` most 2xx without making a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -168,8 +169,13 @@ def _kept(net: Net) -> tuple[object, ...]:
          s._refresh_at, s._deadline_n, s._guard_at, s._outstanding, s.get_timer())
         for s in ua._subscriptions.values()
     ]
+    publications = [
+        (p.id, p.state, p.etag, p.expires_at, p.requested_expires, p.body, p._dirty,
+         p._remove_pending, p._failures, p._cseq, p.get_timer())
+        for p in ua._publications.values()
+    ]
     counters = ua.counters
-    return (dialogs, dict(ua._completed), dict(ua._expiring), dict(ua._resent),
+    return (dialogs, publications, dict(ua._completed), dict(ua._expiring), dict(ua._resent),
             dict(counters.answered), dict(counters.outcomes), counters.retransmissions,
             sorted(ua._outgoing), ua._bound, ua._kept_in_flight, ua.get_timer())
 
@@ -418,16 +424,10 @@ def _repeated(t: Twins) -> bytes:
     return data
 
 
-def _to_a_publish(t: Twins) -> bytes:
-    t.both(lambda net: net.ua.publish(ALICE, PIDF, net.now))
-    return success(t.sent(), headers=lambda h: h.add("SIP-ETag", "e1"))
-
-
 _SUCCESS_REFUSED: dict[str, Callable[[Twins], bytes | tuple[bytes, Destination]]] = {
     "a 2xx received again": _repeated,
     "to the initial SUBSCRIBE": _initial,
     "to the SUBSCRIBE that ends it": _unsubscribing,
-    "to a PUBLISH": _to_a_publish,
     "an Expires not a number": lambda t: success(t.refreshed(), expires="soon"),
     "two Vias": lambda t: success(t.refreshed(), headers=lambda h: h.add(
         "Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy")),
@@ -446,4 +446,124 @@ def test_any_other_response_takes_the_general_path_with_the_same_outcome(case: s
     made = _SUCCESS_REFUSED[case](t)
     data, source = made if isinstance(made, tuple) else (made, SERVER_ADDR)
     assert not t.feed(data, source)
+    t.run_until(t.lean.now + 4000.0)
+
+
+# -- the 2xx to a PUBLISH (RFC 3903) ---------------------------------------------
+
+
+def published(t: Twins, etag: str = "e1") -> tuple[int, bytes]:
+    """A publication of ``ALICE`` on both, confirmed; its id and first PUBLISH."""
+    ids = []
+    t.both(lambda net: ids.append(net.ua.publish(ALICE, PIDF, net.now)))
+    assert ids[0] == ids[1]
+    publish = t.sent()
+    assert t.feed(etagged(publish, etag), SERVER_ADDR)
+    return ids[0], publish
+
+
+def etagged(request: bytes, etag: str | None = "e2", status: int = 200, **options: Any) -> bytes:
+    """Kamailio's 2xx to a PUBLISH (tests/data/kamailio/02-publish-200.txt)."""
+    def more(h: Headers) -> None:
+        if etag is not None:
+            h.add("SIP-ETag", etag)
+        h.add("Server", "presence-adapter bundled presence server (Kamailio)")
+        extra = options.get("headers")
+        if extra is not None:
+            extra(h)
+
+    return success(request, status, expires=options.get("expires", "3600"), headers=more)
+
+
+def _refreshed_publication(t: Twins, publication: int) -> bytes:
+    """The publication's refresh on both (its timer): the PUBLISH sent."""
+    at = t.lean.ua.publication(publication).get_timer()  # type: ignore[union-attr]
+    assert at is not None
+    t.both(lambda net: net.run_until(at))
+    return t.sent()
+
+
+def _publication_case(t: Twins, case: str) -> bytes:
+    publication, _ = published(t)
+    if case == "to the first PUBLISH":
+        t.both(lambda net: net.ua.publish(CAROL, PIDF, net.now))
+        return etagged(t.sent())
+    if case == "to a modify":
+        t.both(lambda net: net.ua.modify(publication, PIDF + b" ", net.now))
+        return etagged(t.sent())
+    if case == "to a modify, another one waiting":
+        t.both(lambda net: net.ua.modify(publication, PIDF + b" ", net.now))
+        modify = t.sent()
+        t.both(lambda net: net.ua.modify(publication, PIDF + b"  ", net.now))
+        return etagged(modify)
+    if case == "to a modify, removed meanwhile":
+        t.both(lambda net: net.ua.modify(publication, PIDF + b" ", net.now))
+        modify = t.sent()
+        t.both(lambda net: net.ua.unpublish(publication, net.now))
+        return etagged(modify)
+    if case == "to the removal":
+        t.both(lambda net: net.ua.unpublish(publication, net.now))
+        return etagged(t.sent(), expires="0")
+    if case == "to a publication let go":
+        refresh = _refreshed_publication(t, publication)
+        t.both(lambda net: net.ua.abandon(publication))
+        return etagged(refresh)
+    refresh = _refreshed_publication(t, publication)
+    if case == "after a retransmission":
+        t.both(lambda net: net.run_until(net.now + 0.6))
+        assert t.sent() == refresh
+    return {
+        "to a refresh": lambda: etagged(refresh),
+        "after a retransmission": lambda: etagged(refresh),
+        "202": lambda: etagged(refresh, status=202),
+        "no Expires": lambda: etagged(refresh, expires=None),
+        "a shorter Expires": lambda: etagged(refresh, expires="120"),
+        "no SIP-ETag": lambda: etagged(refresh, etag=None),
+        "more headers": lambda: etagged(refresh, headers=_more),
+    }[case]()
+
+
+@pytest.mark.parametrize(
+    "case", ["to the first PUBLISH", "to a modify", "to a modify, another one waiting",
+             "to a modify, removed meanwhile", "to the removal", "to a publication let go",
+             "to a refresh", "after a retransmission", "202", "no Expires",
+             "a shorter Expires", "no SIP-ETag", "more headers"],
+)
+def test_the_2xx_to_a_publish_takes_the_byte_path(case: str) -> None:
+    t = twins()
+    data = _publication_case(t, case)
+    assert t.feed(data, SERVER_ADDR)
+    assert t.lean.ua._outgoing.keys() == t.general.ua._outgoing.keys()
+    # And the publications go on alike: what they send next, their refreshes,
+    # their retransmissions.
+    t.run_until(t.lean.now + 4000.0)
+
+
+def test_a_refresh_confirmed_from_its_bytes_carries_the_new_entity_tag() -> None:
+    t = twins()
+    publication, _ = published(t, "e1")
+    refresh = _refreshed_publication(t, publication)
+    assert b"\r\nSIP-If-Match: e1\r\n" in refresh
+    assert t.feed(etagged(refresh, "e2", expires="600"), SERVER_ADDR)
+    kept = t.lean.ua.publication(publication)
+    assert kept is not None and kept.etag == "e2" and kept.expires_at == t.lean.now + 600
+    t.both(lambda net: net.ua.modify(publication, PIDF + b" ", net.now))
+    assert b"\r\nSIP-If-Match: e2\r\n" in t.sent()
+
+
+_PUBLISH_REFUSED: dict[str, Callable[[bytes], bytes]] = {
+    "a SIP-ETag not a token": lambda refresh: etagged(refresh, "e 2"),
+    "an empty SIP-ETag": lambda refresh: etagged(refresh, ""),
+    "an Expires not a number": lambda refresh: etagged(refresh, expires="soon"),
+    "a 4xx": lambda refresh: etagged(refresh, status=412),
+    "a compact Via": lambda refresh: _edited(etagged(refresh), b"\r\nVia: ", b"\r\nv: "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_PUBLISH_REFUSED))
+def test_any_other_answer_to_a_publish_takes_the_general_path_alike(case: str) -> None:
+    t = twins()
+    publication, _ = published(t)
+    refresh = _refreshed_publication(t, publication)
+    assert not t.feed(_PUBLISH_REFUSED[case](refresh), SERVER_ADDR)
     t.run_until(t.lean.now + 4000.0)

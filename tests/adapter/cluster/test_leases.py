@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -256,6 +257,32 @@ def test_a_write_under_a_stale_token_does_nothing_and_fails(db: Db) -> None:
     assert stale == [PUB, PUB, PUB]
     assert db.run("SELECT kind, value FROM records ORDER BY kind") == [
         ("publication", '{"v":4}'), ("schedule", '{"kept":true}')]
+
+
+def test_an_update_is_fenced_like_a_put(db: Db) -> None:
+    # A publication's new entity tag, written alone on each refresh: only by
+    # the node that holds the publication's lease.
+    acquire(db, "a", PUB)
+    stale: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        a = fenced_store(db.url, "a", {PUB: 1})
+        a.on_stale = lambda kind, key: stale.append((kind, key))
+        await a.put(*PUB, {"attributes": [1], "etag": "e1"})
+        await a.update(*PUB, {"etag": "e2"})
+        db.expire("a")
+        assert acquire(db, "b", PUB) == [(2,)]  # node b takes it over
+        with pytest.raises(StaleLease):
+            await a.update(*PUB, {"etag": "e3"})
+        b = fenced_store(db.url, "b", {PUB: 2})
+        await b.update(*PUB, {"etag": "e4"})
+        await a.close()
+        await b.close()
+
+    run(scenario)
+    assert stale == [PUB]
+    (value,) = db.run("SELECT value FROM records WHERE kind = 'publication'")
+    assert json.loads(value[0]) == {"attributes": [1], "etag": "e4"}
 
 
 def test_a_write_of_work_the_node_holds_no_lease_for_fails_at_once(db: Db) -> None:
