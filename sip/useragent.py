@@ -1209,10 +1209,10 @@ class UserAgent:
         if not outgoing.retransmitted:
             self._widen()
         self.counters.ended(outgoing.transaction.request.method, str(success.status))
-        if caused:
-            self._run(owner, caused, now)
+        if not caused and isinstance(owner, Subscription):
+            self._settle(owner)  # nothing to carry out: only its timer to file
         else:
-            self._settle(owner)
+            self._run(owner, caused, now)
         self._forget(key, outgoing, now)
         return True
 
