@@ -586,14 +586,7 @@ class SipEndpoint:
             self._dispatching = True
             try:
                 while event is not None:
-                    if type(event) is NotifyReceived:
-                        # Nearly every event: taken here, not through _dispatch.
-                        self.heard_at = now if now is not None else self.now()
-                        handle = self._subscriptions.get(event.subscription_id)
-                        if handle is not None:
-                            handle._receive(event)
-                    else:
-                        self._dispatch(event)
+                    self._dispatch(event, now)
                     event = ua.next_event()
             finally:
                 self._dispatching = False
@@ -626,10 +619,19 @@ class SipEndpoint:
         self.ua.handle_timer(now)
         self._flush(now)
 
-    def _dispatch(self, event: UserAgentEvent) -> None:
-        """Route one event by its id to its handle."""
+    def _dispatch(self, event: UserAgentEvent, now: float | None) -> None:
+        """Route one event by its id to its handle (``now`` as for :meth:`_flush`)."""
+        if type(event) is NotifyReceived:
+            # Nearly every event: past the checks the others need.
+            self.heard_at = now if now is not None else self.now()
+            handle = self._subscriptions.get(event.subscription_id)
+            if handle is not None:
+                handle._receive(event)
+            return
+        if now is None:
+            now = self.now()
         if _from_server(event):
-            self.heard_at = self.now()
+            self.heard_at = now
         if isinstance(event, _SUBSCRIPTION_EVENTS):
             ident = event.subscription_id
             subscription = self._subscriptions.get(ident)
@@ -655,9 +657,9 @@ class SipEndpoint:
             if probe is not None and not probe.done():
                 probe.set_result(event)
         elif isinstance(event, MessageDropped):
-            self._dropped.add(self.now(), f"from {_where(event.source)}: {event.reason}")
+            self._dropped.add(now, f"from {_where(event.source)}: {event.reason}")
         elif isinstance(event, RequestRefused):
-            self._refused.add(self.now(), f"{event.method} from {_where(event.source)}")
+            self._refused.add(now, f"{event.method} from {_where(event.source)}")
 
     def _send(self, data: bytes, destination: Destination) -> None:
         if trace.isEnabledFor(logging.INFO):
