@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 
 from .errors import LocalProtocolError
 
-__all__ = ["TimerHeap"]
+__all__ = ["TimerCalendar", "TimerHeap"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -116,3 +116,115 @@ class TimerHeap(Generic[K]):
     def _compact(self) -> None:
         self._heap = list(self._live.values())
         heapq.heapify(self._heap)
+
+
+class TimerCalendar(Generic[K]):
+    """Keyed deadlines filed by instant: :class:`TimerHeap`'s interface and
+    order (deadline, then scheduling sequence), for deadlines that coincide.
+
+    The user agent's refreshes are moved onto a grid of whole seconds
+    (:class:`~sip.publication.RefreshPolicy`), so its hundred thousand
+    subscriptions fall due at a few hundred instants.  Here each instant
+    holds the keys due then, and only the instants are kept in a heap: filing
+    and moving a key is dictionary work, and a refresh costs no walk down a
+    heap of every subscription (two per refresh in :class:`TimerHeap`: its
+    entry coming up, and the stale one its move left).  Keys due at an
+    instant of their own each cost an instant, so deadlines that seldom
+    coincide belong in a :class:`TimerHeap`.
+
+    An instant left empty by a move or a cancel stays in the heap until it
+    surfaces; the heap is rebuilt from the live instants when such stale
+    ones reach a quarter of them, as :class:`TimerHeap` does.
+    """
+
+    def __init__(self) -> None:
+        # key -> (deadline, sequence, the key object first filed)
+        self._live: dict[K, tuple[float, int, K]] = {}
+        # deadline -> {key: sequence}: the keys due at that instant
+        self._due: dict[float, dict[K, int]] = {}
+        self._instants: list[float] = []  # heap; may hold stale instants
+        self._sequence = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    def deadline(self, key: K) -> float | None:
+        entry = self._live.get(key)
+        return entry[0] if entry is not None else None
+
+    def schedule(self, deadline: float, key: K) -> None:
+        """Arm ``key`` for ``deadline``, replacing any deadline it had."""
+        if math.isnan(deadline):
+            raise LocalProtocolError("a timer deadline cannot be NaN")
+        live = self._live
+        old = live.get(key)
+        if old is not None:
+            if deadline == old[0]:
+                return
+            key = old[2]  # equal, and already kept: one object per key
+            self._unfile(old)
+            # Moved later, it keeps its place among keys of equal deadline,
+            # as in TimerHeap, where its entry keeps its sequence number.
+            sequence = old[1] if deadline > old[0] else self._next()
+        else:
+            sequence = self._next()
+        live[key] = (deadline, sequence, key)
+        due = self._due.get(deadline)
+        if due is None:
+            due = self._due[deadline] = {}
+            heapq.heappush(self._instants, deadline)
+            instants = len(self._instants)
+            if instants > _MIN_COMPACT and instants > (1 + _STALE_SHARE) * len(self._due):
+                self._compact()
+        due[key] = sequence
+
+    def cancel(self, key: K) -> None:
+        """Disarm ``key``; unknown keys are ignored."""
+        old = self._live.pop(key, None)
+        if old is not None:
+            self._unfile(old)
+
+    def next_deadline(self) -> float | None:
+        instants = self._instants
+        due = self._due
+        while instants:
+            if instants[0] in due:
+                return instants[0]
+            heapq.heappop(instants)  # left empty
+        return None
+
+    def pop_expired(self, now: float) -> list[K]:
+        """Disarm and return the keys whose deadline is ``<= now``, earliest first."""
+        instants = self._instants
+        due = self._due
+        live = self._live
+        expired: list[K] = []
+        while instants and instants[0] <= now:
+            keys = due.pop(heapq.heappop(instants), None)
+            if keys is None:
+                continue  # left empty, or its duplicate already popped
+            if len(keys) > 1:
+                # Filed in sequence but for keys moved later, which kept theirs.
+                expired.extend(sorted(keys, key=keys.__getitem__))
+            else:
+                expired.extend(keys)
+            for key in keys:
+                del live[key]
+        return expired
+
+    def _next(self) -> int:
+        self._sequence += 1
+        return self._sequence
+
+    def _unfile(self, entry: tuple[float, int, K]) -> None:
+        keys = self._due[entry[0]]
+        del keys[entry[2]]
+        if not keys:
+            del self._due[entry[0]]
+
+    def _compact(self) -> None:
+        self._instants = list(self._due)
+        heapq.heapify(self._instants)

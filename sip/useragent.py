@@ -44,8 +44,10 @@ host is answered 403 and counted (:attr:`UserAgent.refused`,
 :class:`RequestRefused`); a response from another host is dropped.  The
 driver tells us the server's addresses (:meth:`UserAgent.trust`).
 
-Scale: one :class:`~sip.timers.TimerHeap` holds every deadline (transactions,
-refreshes, expiries), keyed by owner; no task or thread per subscription.
+Scale: one :class:`~sip.timers.TimerCalendar` holds every owner's deadline
+(refreshes, expiries, Timer J), filed by instant since the refreshes fall due
+on their grid, and a :class:`~sip.timers.TimerHeap` the client transactions';
+no task or thread per subscription.
 
 Back-pressure: a :class:`Window` bounds the client transactions outstanding
 at once, the bound halved when requests go unanswered for T1 and widened
@@ -117,7 +119,7 @@ from .subscription import (
     SubscriptionPhase,
     SubscriptionTerminated,
 )
-from .timers import TimerHeap
+from .timers import TimerCalendar, TimerHeap
 from .transaction import (
     MAGIC_COOKIE,
     ClientKey,
@@ -464,7 +466,8 @@ class UserAgent:
         # /metrics reads it instead of walking them all.
         self._phases: PhaseTally = PhaseTally()
         # Keys: (kind, what it names), see _Timer; a subscription's id alone.
-        self._timers: TimerHeap[tuple[_Timer, Any] | int] = TimerHeap()
+        # By instant: the refreshes fall due on their grid, many at each.
+        self._timers: TimerCalendar[tuple[_Timer, Any] | int] = TimerCalendar()
         # The client transactions' deadlines (Timers E, F and K, RFC 3261
         # §17.1.2.2), by transaction key, in a heap of their own: every
         # request files one and its answer cancels it, and this heap holds
