@@ -42,11 +42,12 @@ _MIN_COMPACT = 64
 _STALE_SHARE = 0.25
 
 
-class TimerHeap(Generic[K]):
+class _Keyed(Generic[K]):
+    """What both kinds share: each live key's entry, (deadline, sequence,
+    the key object first filed); the sequence breaks ties in scheduling
+    order and keeps keys (which need not be orderable) out of comparisons."""
+
     def __init__(self) -> None:
-        # (deadline, sequence, key); the sequence breaks ties in scheduling
-        # order and keeps keys (which need not be orderable) out of comparisons.
-        self._heap: list[tuple[float, int, K]] = []
         self._live: dict[K, tuple[float, int, K]] = {}
         self._sequence = 0
 
@@ -59,6 +60,12 @@ class TimerHeap(Generic[K]):
     def deadline(self, key: K) -> float | None:
         entry = self._live.get(key)
         return entry[0] if entry is not None else None
+
+
+class TimerHeap(_Keyed[K]):
+    def __init__(self) -> None:
+        super().__init__()
+        self._heap: list[tuple[float, int, K]] = []  # the live entries, and stale ones
 
     def schedule(self, deadline: float, key: K) -> None:
         """Arm ``key`` for ``deadline``, replacing any deadline it had."""
@@ -118,7 +125,7 @@ class TimerHeap(Generic[K]):
         heapq.heapify(self._heap)
 
 
-class TimerCalendar(Generic[K]):
+class TimerCalendar(_Keyed[K]):
     """Keyed deadlines filed by instant: :class:`TimerHeap`'s interface and
     order (deadline, then scheduling sequence), for deadlines that coincide.
 
@@ -138,22 +145,10 @@ class TimerCalendar(Generic[K]):
     """
 
     def __init__(self) -> None:
-        # key -> (deadline, sequence, the key object first filed)
-        self._live: dict[K, tuple[float, int, K]] = {}
+        super().__init__()
         # deadline -> {key: sequence}: the keys due at that instant
         self._due: dict[float, dict[K, int]] = {}
         self._instants: list[float] = []  # heap; may hold stale instants
-        self._sequence = 0
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._live
-
-    def deadline(self, key: K) -> float | None:
-        entry = self._live.get(key)
-        return entry[0] if entry is not None else None
 
     def schedule(self, deadline: float, key: K) -> None:
         """Arm ``key`` for ``deadline``, replacing any deadline it had."""
