@@ -1,25 +1,26 @@
-"""One heap of absolute deadlines for a whole user agent.
+"""Keyed absolute deadlines: a heap, and a calendar of instants.
 
 Every stateful object of the stack (transaction, publication, subscription)
 has at most one pending deadline, its ``get_timer()``.  The user agent files
-each under a key in one :class:`TimerHeap`, asks it for the earliest deadline
-to arm a single event-loop timer, and on expiry pops the keys that are due
-and calls their ``handle_timer(now)``.
+each under a key (its owners' in a :class:`TimerCalendar`, its client
+transactions' in a :class:`TimerHeap`), asks for the earliest deadline to arm
+a single event-loop timer, and on expiry pops the keys that are due and calls
+their ``handle_timer(now)``.
 
-Re-scheduling or cancelling does not search the heap: the entry stays where it
-is and is recognised as stale when it surfaces (lazy deletion, as the
-``heapq`` documentation describes).  A key moved *later* is not even pushed
-again: its entry keeps its place and its sequence number, the key's live
-entry says the new deadline, and when the old entry surfaces the live one
-takes its place in the heap.  A subscription's deadline moves later two or
-three times per refresh (the answer, the NOTIFY), and only the first of
+In a :class:`TimerHeap`, re-scheduling or cancelling does not search the heap:
+the entry stays where it is and is recognised as stale when it surfaces (lazy
+deletion, as the ``heapq`` documentation describes).  A key moved *later* is
+not even pushed again: its entry keeps its place and its sequence number, the
+key's live entry says the new deadline, and when the old entry surfaces the
+live one takes its place in the heap.  A subscription's deadline moves later
+two or three times per refresh (the answer, the NOTIFY), and only the first of
 those moves costs a push, when its entry comes up.  Each live key maps to its
 one valid entry (the tuple in the heap, or for a key moved later the tuple
 that will replace it, of the same sequence number: a user agent holds one per
-subscription, by the hundred thousand), and a re-armed key's entries share
-the key object first filed.  When stale entries reach a quarter of the live ones the heap is
-rebuilt, so memory stays proportional to the number of keys however often
-they are re-armed.  All operations are O(log n) amortised.
+subscription, by the hundred thousand), and a re-armed key's entries share the
+key object first filed.  When stale entries reach a quarter of the live ones
+the heap is rebuilt, so memory stays proportional to the number of keys
+however often they are re-armed.  All operations are O(log n) amortised.
 """
 
 from __future__ import annotations
