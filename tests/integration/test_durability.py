@@ -83,6 +83,7 @@ addresses = ["{bob}"]
 #: Rules PUT and Publish made again when bob sees nothing (see Scene.watching).
 AUTHORIZE_TRIES = 3
 
+
 class Scene:
     """One adapter process, its two applications, and their addresses."""
 
