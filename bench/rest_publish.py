@@ -55,6 +55,10 @@ tar -x -C DIR``), driven by the lean client over presentities of its own, in
 the same rounds — a before/after measured side by side::
 
     .venv/bin/python bench/rest_publish.py --reference /tmp/before --sides raw,ref,lean
+
+``--reference-python PATH`` runs side ref on another interpreter (a venv's
+python with the project installed); with ``--reference .`` the same code
+on two interpreters.
 """
 
 from __future__ import annotations
@@ -470,10 +474,14 @@ class BenchAdapter(AdapterProcess):
     log_level = "info"
     #: A source tree to run the adapter from instead of this one (--reference).
     source: Path | None = None
+    #: The interpreter to run it on instead of this one (--reference-python).
+    python: str | None = None
 
     def command(self) -> list[str]:
         command = super().command()
         command[command.index("--log-level") + 1] = self.log_level
+        if self.python is not None:
+            command[0] = self.python
         if self.source is not None:
             # env execs Python in place: the pid metered is the adapter's.
             command = ["env", f"PYTHONPATH={self.source}", *command]
@@ -711,6 +719,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run an adapter from the source tree DIR, as side ref (see above)",
     )
     parser.add_argument(
+        "--reference-python", metavar="PATH",
+        help="run side ref on this interpreter (another venv's python with the project "
+             "installed) rather than this one: with --reference . the same code on two "
+             "interpreters",
+    )
+    parser.add_argument(
         "--floor-delay", type=float, default=0.03, metavar="S",
         help="the floor side's pause per request before the lean side has run (default 0.03)",
     )
@@ -722,6 +736,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--sides: distinct names among {', '.join(SIDES)}")
     if ("ref" in args.sides) != (args.reference is not None):
         parser.error("--reference and the side ref go together")
+    if args.reference_python is not None and args.reference is None:
+        parser.error("--reference-python needs --reference")
     if args.reference is not None and not (args.reference / "adapter" / "cli.py").is_file():
         parser.error(f"--reference: {args.reference} holds no adapter/cli.py")
     if args.rounds < 1 or args.concurrency < 1 or args.presentities < args.concurrency:
@@ -746,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = BenchAdapter.for_server(directory / "ref", server, [ref_account])
             reference.log_level = args.adapter_log_level
             reference.source = args.reference.resolve()
+            reference.python = args.reference_python
         try:
             adapter.start(healthy=True)
             print(

@@ -497,6 +497,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def wakeups(pid: int) -> int:
+    """The times the adapter's event-loop thread went to sleep and was woken:
+    its voluntary context switches (each a wait in epoll that something ended)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def py_spy(output: str | None, pid: int) -> subprocess.Popen[bytes] | None:
     """py-spy recording ``pid`` into ``output`` (.svg: flame graph, else collapsed stacks)."""
     if not output:
@@ -557,7 +567,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
           f"{args.publications:,} publications over {args.apps} accounts; server grants "
           f"{args.server_expires or 'the bundled 86,400'} s; observe {args.observe:g} s; "
           f"load average {load_average()} at {time.strftime('%H:%M:%S', time.gmtime())} UTC; "
-          f"adapter from {args.source or 'the working tree'}",
+          f"adapter from {args.source or 'the working tree'} on {args.python}",
           flush=True)
     with server_max_expires(args.server_expires), \
             pg_presence_server(HOST, args.server_shm) as server:
@@ -582,7 +592,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             entry = (["-m", "adapter"] if not args.cpu_profile else
                      [str(HERE / "cpu_sampler.py"), str(args.cpu_profile.resolve()), "--"])
             adapter.command = lambda: [  # type: ignore[method-assign]
-                *source, sys.executable, *entry, "serve", "--config",
+                *source, args.python, *entry, "serve", "--config",
                 str(adapter.config_path), "--log-level", args.adapter_log_level]
             adapter.start(timeout=60, healthy=True)
             assert adapter.process is not None and server.pid is not None
@@ -630,17 +640,17 @@ def run(args: argparse.Namespace, directory: Path) -> int:
             peak_in_idle = 0
             window_end = time.monotonic() + args.observe
             adapter_pids = tree_pids(pid)
-            # (wall clock, adapter CPU s, (pres-rules reads, NOTIFYs answered), RSS KiB)
-            # every SLICE s
+            # (wall clock, adapter CPU s, (pres-rules reads, NOTIFYs answered), RSS KiB,
+            # wake-ups of the loop's thread) every SLICE s
             slices = [(wall["held"], cpu["held"]["adapter"], reads["held"],
-                       float(samples["held"].rss_kib))]
+                       float(samples["held"].rss_kib), wakeups(pid))]
             while time.monotonic() < window_end:
                 time.sleep(min(1.0, max(0.0, window_end - time.monotonic())))
                 rss = sample(pid).rss_kib
                 peak_in_idle = max(peak_in_idle, rss)
                 if time.time() - slices[-1][0] >= SLICE:
                     slices.append((time.time(), cpu_seconds(adapter_pids),
-                                   scrape_counts(adapter), float(rss)))
+                                   scrape_counts(adapter), float(rss), wakeups(pid)))
             samples["end"] = sample(pid)
             cpu["end"] = meter.read()
             reads["end"] = scrape_counts(adapter)
@@ -649,7 +659,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
                 os.kill(pid, signal.SIGUSR2)
             wall["end"] = time.time()
             slices.append((wall["end"], cpu["end"]["adapter"], reads["end"],
-                           float(samples["end"].rss_kib)))
+                           float(samples["end"].rss_kib), wakeups(pid)))
             drops["end"] = {k: udp_drops(v) for k, v in sockets.items()}
             print(f"  idle window over, load average {load_average()}", flush=True)
             rng = random.Random(8)
@@ -685,7 +695,7 @@ def run(args: argparse.Namespace, directory: Path) -> int:
     return 0
 
 
-def report_slices(slices: list[tuple[float, float, tuple[float, float], float]],
+def report_slices(slices: list[tuple[float, float, tuple[float, float], float, int]],
                   per_second: dict[str, dict[str, int]]) -> None:
     """The idle window's adapter CPU per slice against the refreshes sent in it, and
     over the refresh wave alone: from the first slice with refreshes to the end.
@@ -696,25 +706,29 @@ def report_slices(slices: list[tuple[float, float, tuple[float, float], float]],
     PUBLISH refresh with a NOTIFY to each of the presentity's watchers
     (docs/kamailio.md), so the NOTIFYs are counted beside the refreshes, and
     the cost is also given per exchange: a refresh or a NOTIFY, each a
-    request and its answer.
+    request and its answer.  Each exchange brings the adapter one datagram (a
+    2xx or a NOTIFY); the loop's wake-ups per exchange say how many of them
+    found it asleep, each costing a wake-up's switch on top of the datagram's.
     """
     kinds = ["SUBSCRIBE refresh", "PUBLISH refresh"]
     rows = []
-    for (t0, c0, (r0, n0), _), (t1, c1, (r1, n1), rss) in itertools.pairwise(slices):
+    for (t0, c0, (r0, n0), _, w0), (t1, c1, (r1, n1), rss, w1) in itertools.pairwise(slices):
         refreshes = sum(histogram(per_second, kinds, int(t0), int(t1)))
-        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0, n1 - n0, rss))
+        rows.append((t0 - slices[0][0], t1 - t0, c1 - c0, refreshes, r1 - r0, n1 - n0, rss,
+                     w1 - w0))
     print()
     print(f"| idle window, {SLICE:g}-s slices | adapter CPU, % of a core | refreshes/s | "
-          "NOTIFYs/s | µs per refresh | µs per exchange | pres-rules reads | "
-          "RSS at the end, MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for start, span, used, refreshes, reads, notifies, rss in rows:
+          "NOTIFYs/s | µs per refresh | µs per exchange | wake-ups per exchange | "
+          "pres-rules reads | RSS at the end, MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for start, span, used, refreshes, reads, notifies, rss, woken in rows:
         per = f"{used / refreshes * 1e6:,.0f}" if refreshes else "—"
         exchanges = refreshes + notifies
         per_exchange = f"{used / exchanges * 1e6:,.0f}" if exchanges else "—"
+        woken_per = f"{woken / exchanges:.2f}" if exchanges else f"{woken:,} in all"
         print(f"| {start:.0f}–{start + span:.0f} s | {used / span * 100:.2f} | "
               f"{refreshes / span:.0f} | {notifies / span:.0f} | {per} | {per_exchange} | "
-              f"{reads:,.0f} | {rss / 1024:.1f} |")
+              f"{woken_per} | {reads:,.0f} | {rss / 1024:.1f} |")
     first = next((i for i, row in enumerate(rows) if row[3]), None)
     if first is None:
         return
@@ -723,10 +737,12 @@ def report_slices(slices: list[tuple[float, float, tuple[float, float], float]],
     used = sum(r[2] for r in wave)
     refreshes = sum(r[3] for r in wave)
     notifies = sum(r[5] for r in wave)
+    woken = sum(r[7] for r in wave)
     print(f"refresh wave ({wave[0][0]:.0f} s to the end of the window): {refreshes:,} "
           f"refreshes and {notifies:,.0f} NOTIFYs in {span:.0f} s, "
           f"{used / span * 100:.2f} % of a core, {used / refreshes * 1e6:,.0f} µs per "
           f"refresh, {used / (refreshes + notifies) * 1e6:,.0f} µs per exchange, "
+          f"{woken / (refreshes + notifies):.2f} wake-ups of the loop per exchange, "
           f"{sum(r[4] for r in wave):,.0f} pres-rules reads")
 
 
@@ -943,6 +959,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, metavar="DIR",
                         help="run the adapter from this source tree (e.g. `git archive REV | "
                              "tar -x -C DIR`) rather than the working tree")
+    parser.add_argument("--python", default=sys.executable, metavar="PATH",
+                        help="the adapter's interpreter: another venv's python, with the "
+                             "project installed in it (default: this one)")
     parser.add_argument("--keep-log", type=Path, metavar="FILE",
                         help="copy the adapter's log into FILE at the end")
     parser.add_argument("--role", choices=("relay",), help=argparse.SUPPRESS)
