@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import platform
 import secrets
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -318,7 +321,11 @@ def create_app(
     async def app_lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
             state = await stack.enter_async_context(lifespan(app)) if lifespan else None
-            logger.info("serving on %s://%s", config.http.scheme, config.http.address)
+            # The interpreter too: what each SIP exchange costs depends on its build
+            # (scripts/setup prefers the system's).
+            logger.info("serving on %s://%s (Python %s, %s)", config.http.scheme,
+                        config.http.address, platform.python_version(),
+                        os.path.realpath(sys.executable))
             yield dict(state or {})
 
     handlers: dict[type[Exception], ExceptionHandler] = {
