@@ -33,6 +33,9 @@ UDP loopback included).
 With ``--reference DIR`` (a source tree: ``git archive REV | tar -x -C
 DIR``) the two sides' runs alternate ``--pairs`` times, each a fresh
 adapter; printed per run and as medians, with the ratio current/reference.
+``--reference-python PATH`` runs the reference on another interpreter (a
+venv's python with the project installed): with ``--reference .``, the same
+code on two interpreters.
 """
 
 from __future__ import annotations
@@ -134,7 +137,8 @@ def wait_delivered(clients: BayeuxClients, first: int, last: int, limit: float =
 
 
 def one_side(
-    args: argparse.Namespace, source: Path | None, directory: Path, floor: bool = False
+    args: argparse.Namespace, source: Path | None, directory: Path, floor: bool = False,
+    python: str | None = None,
 ) -> list[Round]:
     """One adapter (from ``source``, else this tree) or the floor (notify_floor.py):
     set up, warm up, the measured rounds."""
@@ -152,6 +156,7 @@ def one_side(
     )
     adapter = BenchAdapter(directory, template)
     adapter.source = source
+    adapter.python = python
     adapter.accounts = {account.id: account for account in accounts}
     clients = None
     profiler = None
@@ -256,6 +261,10 @@ def main() -> int:
                         help="unmeasured seconds first (default 35: past Timer J's 32 s)")
     parser.add_argument("--reference", type=Path, metavar="DIR",
                         help="a source tree to run beside this one, alternating")
+    parser.add_argument("--reference-python", metavar="PATH",
+                        help="run the reference on this interpreter (another venv's python "
+                             "with the project installed); with --reference . the same code "
+                             "on two interpreters")
     parser.add_argument("--pairs", type=int, default=1, help="runs of each side (default 1)")
     parser.add_argument("--floor", action="store_true",
                         help="also run notify_floor.py: transports only, no SIP stack, no PIDF")
@@ -264,6 +273,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.reference is not None and not (args.reference / "adapter" / "cli.py").is_file():
         parser.error(f"--reference: {args.reference} holds no adapter/cli.py")
+    if args.reference_python is not None and args.reference is None:
+        parser.error("--reference-python needs --reference")
     sides: dict[str, Path | None] = {"this tree": None}
     if args.reference is not None:
         sides = {"reference": args.reference.resolve(), **sides}
@@ -276,7 +287,8 @@ def main() -> int:
         for name, source in sides.items():
             args.profile = profile if name == "this tree" else None
             with tempfile.TemporaryDirectory(prefix="notify-cost-") as directory:
-                rounds = one_side(args, source, Path(directory), floor=name == "floor")
+                rounds = one_side(args, source, Path(directory), floor=name == "floor",
+                                  python=args.reference_python if name == "reference" else None)
             runs[name].append(rounds)
             for k, r in enumerate(rounds):
                 print(
